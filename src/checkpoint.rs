@@ -1,0 +1,199 @@
+//! Checkpoints: safetensors files whose tensor names are timm's `state_dict` keys and
+//! whose metadata holds the model config as JSON (`config`), so that a file written here
+//! loads with `strict=True` into timm's `VisionTransformer`, and the other way round.
+
+use crate::fsutil::write_atomic;
+use crate::model::{ViTConfig, VisionTransformer};
+use anyhow::{bail, Context, Result};
+use safetensors::tensor::{Dtype, SafeTensors, View};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use tch::{nn, Device, Kind, Tensor};
+
+/// Metadata key of the model config JSON.
+pub const CONFIG_KEY: &str = "config";
+
+/// A tensor copied to host memory in the layout safetensors stores.
+struct HostTensor {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl HostTensor {
+    fn new(tensor: &Tensor) -> Result<Self> {
+        let tensor = tensor.detach().to_device(Device::Cpu).contiguous();
+        let dtype = match tensor.kind() {
+            Kind::Float => Dtype::F32,
+            Kind::Double => Dtype::F64,
+            Kind::BFloat16 => Dtype::BF16,
+            Kind::Half => Dtype::F16,
+            Kind::Int64 => Dtype::I64,
+            Kind::Int => Dtype::I32,
+            Kind::Uint8 => Dtype::U8,
+            Kind::Bool => Dtype::BOOL,
+            other => bail!("cannot store a tensor of kind {other:?}"),
+        };
+        let numel = tensor.numel();
+        let mut bytes = vec![0u8; numel * tensor.kind().elt_size_in_bytes()];
+        tensor.f_copy_data_u8(&mut bytes, numel)?;
+        let shape = tensor.size().iter().map(|&d| d as usize).collect();
+        Ok(Self { dtype, shape, bytes })
+    }
+}
+
+impl View for &HostTensor {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+fn kind_of(dtype: Dtype) -> Result<Kind> {
+    Ok(match dtype {
+        Dtype::F32 => Kind::Float,
+        Dtype::F64 => Kind::Double,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::F16 => Kind::Half,
+        Dtype::I64 => Kind::Int64,
+        Dtype::I32 => Kind::Int,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::BOOL => Kind::Bool,
+        other => bail!("unsupported tensor dtype {other:?}"),
+    })
+}
+
+/// Named tensors and string metadata, as one safetensors file holds them.
+pub struct TensorFile {
+    pub tensors: BTreeMap<String, Tensor>,
+    pub metadata: HashMap<String, String>,
+}
+
+impl TensorFile {
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let parse = || -> Result<Self> {
+            let (_, header) = SafeTensors::read_metadata(&bytes)?;
+            let metadata = header.metadata().clone().unwrap_or_default();
+            let mut tensors = BTreeMap::new();
+            for (name, view) in SafeTensors::deserialize(&bytes)?.tensors() {
+                let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+                let tensor = Tensor::f_from_data_size(view.data(), &shape, kind_of(view.dtype())?)?;
+                tensors.insert(name, tensor);
+            }
+            Ok(Self { tensors, metadata })
+        };
+        parse().with_context(|| format!("{} is not a valid safetensors file", path.display()))
+    }
+
+    /// Writes atomically (temporary file, then rename).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let host: Vec<(&String, HostTensor)> = self
+            .tensors
+            .iter()
+            .map(|(name, t)| Ok((name, HostTensor::new(t)?)))
+            .collect::<Result<_>>()?;
+        let bytes = safetensors::serialize(
+            host.iter().map(|(name, t)| (name.as_str(), t)),
+            Some(self.metadata.clone()),
+        )?;
+        write_atomic(path, &bytes)
+    }
+
+    /// The tensor called `name`, or an error naming the file's contents.
+    pub fn get(&self, name: &str) -> Result<&Tensor> {
+        self.tensors.get(name).with_context(|| {
+            format!("no tensor `{name}` (has: {:?})", self.tensors.keys().collect::<Vec<_>>())
+        })
+    }
+
+    /// The model config stored under `config`.
+    pub fn config(&self) -> Result<ViTConfig> {
+        let json = self.metadata.get(CONFIG_KEY).with_context(|| {
+            format!(
+                "no `{CONFIG_KEY}` metadata: save the checkpoint with \
+                 metadata={{'{CONFIG_KEY}': json.dumps({{image_size, patch_size, in_channels, \
+                 embed_dim, num_heads, mlp_dim, num_layers, num_classes, dropout}})}}"
+            )
+        })?;
+        ViTConfig::from_json(json)
+    }
+
+    /// Copies the tensors into `vs`, which must have exactly the same names and shapes.
+    /// The error lists every missing, unexpected and mis-shaped tensor.
+    pub fn load_into(&self, vs: &nn::VarStore) -> Result<()> {
+        let variables = vs.variables();
+        let mut problems = Vec::new();
+        let mut missing: Vec<&String> =
+            variables.keys().filter(|k| !self.tensors.contains_key(*k)).collect();
+        missing.sort();
+        if !missing.is_empty() {
+            problems.push(format!("missing keys: {missing:?}"));
+        }
+        let unexpected: Vec<&String> =
+            self.tensors.keys().filter(|k| !variables.contains_key(*k)).collect();
+        if !unexpected.is_empty() {
+            problems.push(format!("unexpected keys: {unexpected:?}"));
+        }
+        for (name, tensor) in &self.tensors {
+            if let Some(var) = variables.get(name) {
+                if var.size() != tensor.size() {
+                    problems.push(format!(
+                        "`{name}` has shape {:?}, the model expects {:?}",
+                        tensor.size(),
+                        var.size()
+                    ));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            bail!("checkpoint does not match the model: {}", problems.join("; "));
+        }
+        tch::no_grad(|| {
+            for (name, var) in &variables {
+                var.shallow_clone().copy_(&self.tensors[name]);
+            }
+        });
+        Ok(())
+    }
+}
+
+/// A model rebuilt from a checkpoint: its parameters, the module, and the file's metadata.
+pub struct LoadedModel {
+    pub vs: nn::VarStore,
+    pub model: VisionTransformer,
+    pub metadata: HashMap<String, String>,
+}
+
+/// Rebuilds the model a checkpoint describes (config from its metadata) on `device`.
+pub fn load(path: &Path, device: Device) -> Result<LoadedModel> {
+    let file = TensorFile::read(path)?;
+    let config = file.config().with_context(|| format!("in {}", path.display()))?;
+    let vs = nn::VarStore::new(device);
+    let model = VisionTransformer::new(&vs.root(), &config)?;
+    file.load_into(&vs).with_context(|| format!("loading {}", path.display()))?;
+    Ok(LoadedModel { vs, model, metadata: file.metadata })
+}
+
+/// Writes the model's parameters with `config` and `extra` metadata, atomically.
+pub fn save(
+    vs: &nn::VarStore,
+    config: &ViTConfig,
+    extra: &[(&str, String)],
+    path: &Path,
+) -> Result<()> {
+    let mut metadata: HashMap<String, String> =
+        extra.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    metadata.insert(CONFIG_KEY.to_string(), config.to_json());
+    TensorFile { tensors: vs.variables().into_iter().collect(), metadata }.write(path)
+}

@@ -1,0 +1,327 @@
+//! Every command and flag of `vit`. Model flags carry the notebook's hyperparameter names;
+//! training flags carry PyTorch's.
+
+use crate::model::ViTConfig;
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "vit", version, about = "The NYU DL HW4 Vision Transformer on tch-rs (libtorch)")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the resolved model config, a per-module parameter table, and run the
+    /// notebook's shape check.
+    Info(InfoArgs),
+    /// Fetch a CIFAR archive, verify its MD5, and unpack it into the data folder.
+    Download(DownloadArgs),
+    /// Summarise a dataset: counts per split and class, per-channel mean and std.
+    Data(DataArgs),
+    /// Train with the notebook's recipe (or a stronger one), writing a run folder.
+    Train(TrainArgs),
+    /// Evaluate a checkpoint on a dataset's test split.
+    Eval(EvalArgs),
+    /// Classify image files with a checkpoint (top-5 classes).
+    Predict(PredictArgs),
+    /// Measure training and inference throughput and peak memory.
+    Bench(BenchArgs),
+    /// Draw loss and accuracy curves from one or more runs' metrics.csv.
+    Plot(PlotArgs),
+    /// Show where the model looks: attention rollout and last-layer heads over an image.
+    Attention(AttentionArgs),
+}
+
+/// The nine hyperparameters of the notebook, starting from a named preset.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Starting point: notebook (the homework's cell), small or tiny.
+    #[arg(long = "config", default_value = "notebook")]
+    pub preset: String,
+    #[arg(long)]
+    pub image_size: Option<i64>,
+    #[arg(long)]
+    pub patch_size: Option<i64>,
+    #[arg(long)]
+    pub in_channels: Option<i64>,
+    #[arg(long)]
+    pub embed_dim: Option<i64>,
+    #[arg(long)]
+    pub num_heads: Option<i64>,
+    #[arg(long)]
+    pub mlp_dim: Option<i64>,
+    #[arg(long)]
+    pub num_layers: Option<i64>,
+    /// Defaults to the dataset's class count when training.
+    #[arg(long)]
+    pub num_classes: Option<i64>,
+    #[arg(long)]
+    pub dropout: Option<f64>,
+}
+
+impl ModelArgs {
+    /// The preset with every given flag applied, validated.
+    pub fn resolve(&self) -> Result<ViTConfig> {
+        let mut config = ViTConfig::preset(&self.preset)?;
+        let overrides = [
+            (&mut config.image_size, self.image_size),
+            (&mut config.patch_size, self.patch_size),
+            (&mut config.in_channels, self.in_channels),
+            (&mut config.embed_dim, self.embed_dim),
+            (&mut config.num_heads, self.num_heads),
+            (&mut config.mlp_dim, self.mlp_dim),
+            (&mut config.num_layers, self.num_layers),
+            (&mut config.num_classes, self.num_classes),
+        ];
+        for (field, value) in overrides {
+            if let Some(value) = value {
+                *field = value;
+            }
+        }
+        if let Some(dropout) = self.dropout {
+            config.dropout = dropout;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatasetName {
+    Cifar10,
+    Cifar100,
+    /// An ImageFolder tree: DIR/train/<class>/*.png|jpg and DIR/test/<class>/*.png|jpg.
+    Folder,
+}
+
+/// Which dataset and where it lives.
+#[derive(Args, Debug, Clone)]
+pub struct DatasetArgs {
+    #[arg(long, value_enum, default_value = "cifar100")]
+    pub dataset: DatasetName,
+    #[arg(long, default_value = "data")]
+    pub data_dir: PathBuf,
+    /// CIFAR-100 only: the 20 coarse superclasses instead of the 100 fine labels.
+    #[arg(long)]
+    pub coarse_labels: bool,
+}
+
+/// `cpu`, `cuda`, `cuda:N`; by default CUDA when available.
+#[derive(Args, Debug, Clone)]
+pub struct DeviceArgs {
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+impl DeviceArgs {
+    pub fn resolve(&self) -> Result<tch::Device> {
+        parse_device(self.device.as_deref())
+    }
+}
+
+pub fn parse_device(name: Option<&str>) -> Result<tch::Device> {
+    let cuda_count = tch::Cuda::device_count() as usize;
+    let device = match name {
+        None => return Ok(tch::Device::cuda_if_available()),
+        Some("cpu") => tch::Device::Cpu,
+        Some("cuda") => tch::Device::Cuda(0),
+        Some(other) => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(index)) => tch::Device::Cuda(index),
+            _ => bail!("unknown device `{other}`: use cpu, cuda or cuda:N"),
+        },
+    };
+    if let tch::Device::Cuda(index) = device {
+        if index >= cuda_count {
+            bail!(
+                "--device {} asked for, but this machine has {cuda_count} CUDA device(s) \
+                 visible to libtorch; use --device cpu",
+                name.unwrap_or_default()
+            );
+        }
+    }
+    Ok(device)
+}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DownloadArgs {
+    #[arg(long, value_enum, default_value = "cifar100")]
+    pub dataset: DatasetName,
+    #[arg(long, default_value = "data")]
+    pub data_dir: PathBuf,
+    /// A mirror URL or a local copy of the archive (also VIT_DATA_MIRROR).
+    #[arg(long, env = "VIT_DATA_MIRROR")]
+    pub from: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DataArgs {
+    #[command(flatten)]
+    pub data: DatasetArgs,
+    /// Resize images to this size (folder datasets; CIFAR is 32).
+    #[arg(long, default_value_t = 32)]
+    pub image_size: i64,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recipe {
+    /// The notebook's augmentation (crop + flip) with the training flags as given.
+    Notebook,
+    /// RandAugment, MixUp/CutMix, random erasing, stochastic depth, EMA: see README.
+    Strong,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub data: DatasetArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[arg(long, default_value_t = 100)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: i64,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.05)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 5)]
+    pub warmup_epochs: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub label_smoothing: f64,
+    /// Clip the global gradient norm to this value (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip_grad: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Train on the first N training images only.
+    #[arg(long)]
+    pub train_subset: Option<i64>,
+    /// Run folder; default runs/<timestamp>.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in --out from its last finished epoch.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, value_enum, default_value = "notebook")]
+    pub recipe: Recipe,
+    /// Refresh curves.png in the run folder after every epoch.
+    #[arg(long)]
+    pub plot: bool,
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: Precision,
+    /// CPU threads for libtorch (default: libtorch's choice).
+    #[arg(long)]
+    pub threads: Option<i32>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Fp32,
+    /// bf16 autocast on CUDA.
+    Bf16,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Dataset; by default the one recorded in the checkpoint.
+    #[arg(long, value_enum)]
+    pub dataset: Option<DatasetName>,
+    #[arg(long, default_value = "data")]
+    pub data_dir: PathBuf,
+    #[arg(long)]
+    pub coarse_labels: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[arg(long, default_value_t = 500)]
+    pub batch_size: i64,
+    /// Folder for confusion_matrix.csv (default: beside the checkpoint).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print one JSON object instead of the report.
+    #[arg(long)]
+    pub json: bool,
+    /// Also draw the confusion matrix as confusion_matrix.png.
+    #[arg(long)]
+    pub plot: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// PNG or JPEG files.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: i64,
+    /// Timed steps (after warm-up).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: Precision,
+    #[arg(long)]
+    pub threads: Option<i32>,
+    /// Use the explicit softmax attention instead of the fused kernel.
+    #[arg(long)]
+    pub explicit_attention: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PlotArgs {
+    /// Run folders (each with metrics.csv).
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Output PNG; an SVG is written beside it.
+    #[arg(short, long, default_value = "curves.png")]
+    pub output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct AttentionArgs {
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// A PNG or JPEG file (or use --dataset and --index).
+    pub image: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    pub dataset: Option<DatasetName>,
+    #[arg(long, default_value = "data")]
+    pub data_dir: PathBuf,
+    #[arg(long)]
+    pub index: Option<i64>,
+    #[arg(short, long, default_value = "attention.png")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}

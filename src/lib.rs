@@ -1,0 +1,4 @@
+pub mod checkpoint;
+pub mod cli;
+pub mod fsutil;
+pub mod model;

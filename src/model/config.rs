@@ -1,0 +1,132 @@
+//! The notebook's hyperparameter cell as a value: the nine numbers that define a ViT.
+
+use anyhow::{bail, ensure, Result};
+use serde::{Deserialize, Serialize};
+
+/// The nine hyperparameters of the notebook's `VisionTransformer(...)`, with its names.
+///
+/// This is what a checkpoint's `config` metadata holds (as JSON), so a checkpoint alone is
+/// enough to rebuild its model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViTConfig {
+    pub image_size: i64,
+    pub patch_size: i64,
+    pub in_channels: i64,
+    pub embed_dim: i64,
+    pub num_heads: i64,
+    pub mlp_dim: i64,
+    pub num_layers: i64,
+    pub num_classes: i64,
+    pub dropout: f64,
+}
+
+/// Named presets for `--config`.
+pub const PRESETS: [&str; 3] = ["notebook", "small", "tiny"];
+
+impl ViTConfig {
+    /// The notebook's example cell: 3,218,276 parameters with 100 classes.
+    pub fn notebook() -> Self {
+        Self {
+            image_size: 32,
+            patch_size: 4,
+            in_channels: 3,
+            embed_dim: 256,
+            num_heads: 8,
+            mlp_dim: 512,
+            num_layers: 6,
+            num_classes: 100,
+            dropout: 0.1,
+        }
+    }
+
+    /// A CPU-friendly model for quick experiments (embed 128, 4 layers, 4 heads, no dropout).
+    pub fn small() -> Self {
+        Self {
+            embed_dim: 128,
+            num_heads: 4,
+            mlp_dim: 256,
+            num_layers: 4,
+            num_classes: 10,
+            dropout: 0.0,
+            ..Self::notebook()
+        }
+    }
+
+    /// A model small enough for tests and smoke runs.
+    pub fn tiny() -> Self {
+        Self {
+            embed_dim: 32,
+            num_heads: 2,
+            mlp_dim: 64,
+            num_layers: 2,
+            num_classes: 10,
+            dropout: 0.0,
+            ..Self::notebook()
+        }
+    }
+
+    pub fn preset(name: &str) -> Result<Self> {
+        match name {
+            "notebook" => Ok(Self::notebook()),
+            "small" => Ok(Self::small()),
+            "tiny" => Ok(Self::tiny()),
+            other => bail!("unknown config preset `{other}`; choose one of {PRESETS:?}"),
+        }
+    }
+
+    /// Checks every constraint the modules rely on, so a bad config fails here with a
+    /// message rather than deep inside libtorch.
+    pub fn validate(&self) -> Result<()> {
+        for (name, value) in [
+            ("image_size", self.image_size),
+            ("patch_size", self.patch_size),
+            ("in_channels", self.in_channels),
+            ("embed_dim", self.embed_dim),
+            ("num_heads", self.num_heads),
+            ("mlp_dim", self.mlp_dim),
+            ("num_layers", self.num_layers),
+            ("num_classes", self.num_classes),
+        ] {
+            ensure!(value > 0, "{name} must be positive, got {value}");
+        }
+        ensure!(
+            self.image_size % self.patch_size == 0,
+            "image_size ({}) must be divisible by patch_size ({})",
+            self.image_size,
+            self.patch_size
+        );
+        ensure!(
+            self.embed_dim % self.num_heads == 0,
+            "embed_dim ({}) must be divisible by num_heads ({})",
+            self.embed_dim,
+            self.num_heads
+        );
+        ensure!(
+            (0.0..1.0).contains(&self.dropout),
+            "dropout must be in [0, 1), got {}",
+            self.dropout
+        );
+        Ok(())
+    }
+
+    /// Tokens produced by the patch embedding: (image_size / patch_size)^2.
+    pub fn num_patches(&self) -> i64 {
+        (self.image_size / self.patch_size).pow(2)
+    }
+
+    pub fn head_dim(&self) -> i64 {
+        self.embed_dim / self.num_heads
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("ViTConfig serialises")
+    }
+
+    pub fn from_json(json: &str) -> Result<Self> {
+        let config: Self = serde_json::from_str(json)
+            .map_err(|e| anyhow::anyhow!("invalid model config JSON ({e}): {json}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+}

@@ -1,0 +1,95 @@
+//! Notebook cell 3: `TransformerBlock(embed_dim, num_heads, mlp_dim, dropout)`.
+
+use super::MultiHeadSelfAttention;
+use tch::{nn, nn::Module, nn::ModuleT, Tensor};
+
+/// fc1 -> GELU (exact erf) -> dropout -> fc2 -> dropout (timm's `Mlp`).
+#[derive(Debug)]
+pub struct Mlp {
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    dropout: f64,
+}
+
+impl Mlp {
+    /// Parameters: `fc1.{weight,bias}` [mlp_dim, embed_dim], `fc2.{weight,bias}`.
+    pub fn new(path: nn::Path, embed_dim: i64, mlp_dim: i64, dropout: f64) -> Self {
+        Self {
+            fc1: super::linear(&path / "fc1", embed_dim, mlp_dim),
+            fc2: super::linear(&path / "fc2", mlp_dim, embed_dim),
+            dropout,
+        }
+    }
+}
+
+impl ModuleT for Mlp {
+    /// [B, N, embed_dim] -> [B, N, embed_dim]
+    fn forward_t(&self, tokens: &Tensor, train: bool) -> Tensor {
+        tokens
+            .apply(&self.fc1)
+            .gelu("none")
+            .dropout(self.dropout, train)
+            .apply(&self.fc2)
+            .dropout(self.dropout, train)
+    }
+}
+
+/// A pre-norm transformer encoder block:
+/// x = x + drop(attn(norm1(x))); x = x + mlp(norm2(x)).
+#[derive(Debug)]
+pub struct TransformerBlock {
+    norm1: nn::LayerNorm,
+    pub attn: MultiHeadSelfAttention,
+    norm2: nn::LayerNorm,
+    mlp: Mlp,
+    dropout: f64,
+    /// Stochastic depth: the probability of skipping each residual branch for a sample
+    /// while training (0 = off).
+    pub drop_path: f64,
+}
+
+impl TransformerBlock {
+    /// Parameters under `norm1`, `attn`, `norm2`, `mlp`.
+    pub fn new(path: nn::Path, embed_dim: i64, num_heads: i64, mlp_dim: i64, dropout: f64) -> Self {
+        Self {
+            norm1: super::layer_norm(&path / "norm1", embed_dim),
+            attn: MultiHeadSelfAttention::new(&path / "attn", embed_dim, num_heads),
+            norm2: super::layer_norm(&path / "norm2", embed_dim),
+            mlp: Mlp::new(&path / "mlp", embed_dim, mlp_dim, dropout),
+            dropout,
+            drop_path: 0.0,
+        }
+    }
+
+    /// The attention probabilities this block computes for `tokens`:
+    /// [B, N, embed_dim] -> [B, num_heads, N, N].
+    pub fn attention_weights(&self, tokens: &Tensor) -> Tensor {
+        self.attn.attention_weights(&tokens.apply(&self.norm1))
+    }
+}
+
+impl ModuleT for TransformerBlock {
+    /// [B, N, embed_dim] -> [B, N, embed_dim]
+    fn forward_t(&self, tokens: &Tensor, train: bool) -> Tensor {
+        let attended = self
+            .attn
+            .forward(&tokens.apply(&self.norm1))
+            .dropout(self.dropout, train);
+        let tokens = tokens + drop_path(&attended, self.drop_path, train);
+        let mlp_out = tokens.apply(&self.norm2).apply_t(&self.mlp, train);
+        &tokens + drop_path(&mlp_out, self.drop_path, train)
+    }
+}
+
+/// Zeroes a residual branch for a random subset of samples, scaling the rest by
+/// 1/(1-prob) so the expectation is unchanged (timm's `drop_path`). [B, ...] -> [B, ...]
+fn drop_path(branch: &Tensor, prob: f64, train: bool) -> Tensor {
+    if !train || prob == 0.0 {
+        return branch.shallow_clone();
+    }
+    let mut mask_shape = vec![1; branch.dim()];
+    mask_shape[0] = branch.size()[0];
+    let keep = Tensor::empty(mask_shape.as_slice(), (branch.kind(), branch.device()))
+        .bernoulli_float_(1.0 - prob);
+    branch * keep / (1.0 - prob)
+}

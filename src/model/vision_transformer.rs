@@ -1,0 +1,128 @@
+//! Notebook cell 4: `VisionTransformer(image_size, patch_size, in_channels, embed_dim,
+//! num_heads, mlp_dim, num_layers, num_classes, dropout=0.1)`.
+
+use super::{PatchEmbedding, TransformerBlock, ViTConfig};
+use anyhow::{ensure, Result};
+use tch::{nn, nn::Module, nn::ModuleT, Tensor};
+
+/// Patch embedding, class token, positional embedding, `num_layers` pre-norm blocks, a
+/// final LayerNorm and a linear head on the class token (timm's `VisionTransformer`).
+#[derive(Debug)]
+pub struct VisionTransformer {
+    pub config: ViTConfig,
+    patch_embed: PatchEmbedding,
+    cls_token: Tensor,
+    pos_embed: Tensor,
+    pub blocks: Vec<TransformerBlock>,
+    norm: nn::LayerNorm,
+    head: nn::Linear,
+}
+
+impl VisionTransformer {
+    /// Creates the model's parameters under `path` with timm's default initialisation.
+    /// Fails on a config whose sizes do not fit together.
+    pub fn new(path: &nn::Path, config: &ViTConfig) -> Result<Self> {
+        config.validate()?;
+        let ViTConfig { embed_dim, num_heads, mlp_dim, dropout, .. } = *config;
+        let device = path.device();
+        let blocks = (0..config.num_layers)
+            .map(|i| {
+                TransformerBlock::new(path / "blocks" / i, embed_dim, num_heads, mlp_dim, dropout)
+            })
+            .collect();
+        Ok(Self {
+            config: config.clone(),
+            patch_embed: PatchEmbedding::new(
+                path / "patch_embed",
+                config.image_size,
+                config.patch_size,
+                config.in_channels,
+                embed_dim,
+            ),
+            cls_token: path.var_copy(
+                "cls_token",
+                &(Tensor::randn([1, 1, embed_dim], (tch::Kind::Float, device)) * 1e-6),
+            ),
+            pos_embed: path.var_copy(
+                "pos_embed",
+                &super::trunc_normal(&[1, config.num_patches() + 1, embed_dim], 0.02, device),
+            ),
+            blocks,
+            norm: super::layer_norm(path / "norm", embed_dim),
+            head: super::linear(path / "head", embed_dim, config.num_classes),
+        })
+    }
+
+    /// Stochastic depth rising linearly from 0 at the first block to `rate` at the last.
+    pub fn set_drop_path_rate(&mut self, rate: f64) {
+        let last = (self.blocks.len().max(2) - 1) as f64;
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            block.drop_path = rate * i as f64 / last;
+        }
+    }
+
+    /// Chooses fused (libtorch SDPA) or explicit softmax attention in every block.
+    pub fn set_fused_attention(&mut self, fused: bool) {
+        for block in &mut self.blocks {
+            block.attn.fused = fused;
+        }
+    }
+
+    /// Checks that `images` is a float [B, in_channels, image_size, image_size] batch.
+    pub fn check_input(&self, images: &Tensor) -> Result<()> {
+        let c = &self.config;
+        let expected = [c.in_channels, c.image_size, c.image_size];
+        let size = images.size();
+        ensure!(
+            size.len() == 4 && size[1..] == expected,
+            "the model expects images of shape [batch, {}, {}, {}], got {:?}",
+            c.in_channels,
+            c.image_size,
+            c.image_size,
+            size
+        );
+        ensure!(
+            images.is_floating_point(),
+            "the model expects float images, got {:?}",
+            images.kind()
+        );
+        Ok(())
+    }
+
+    /// Like `forward_t`, but a wrong input shape is an error instead of a panic.
+    pub fn f_forward_t(&self, images: &Tensor, train: bool) -> Result<Tensor> {
+        self.check_input(images)?;
+        Ok(self.forward_t(images, train))
+    }
+
+    /// The token sequence entering the first block (patches with the class token in
+    /// front, plus positions, then dropout): [B, C, H, W] -> [B, num_patches + 1, embed_dim].
+    pub fn embed(&self, images: &Tensor, train: bool) -> Tensor {
+        let patches = self.patch_embed.forward(images);
+        let cls = self.cls_token.expand([patches.size()[0], -1, -1], false);
+        (Tensor::cat(&[cls, patches], 1) + &self.pos_embed).dropout(self.config.dropout, train)
+    }
+
+    /// Every block's attention probabilities, first block first (for attention rollout):
+    /// [B, C, H, W] -> num_layers x [B, num_heads, N + 1, N + 1].
+    pub fn attention_maps(&self, images: &Tensor) -> Vec<Tensor> {
+        let mut tokens = self.embed(images, false);
+        let mut maps = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            maps.push(block.attention_weights(&tokens));
+            tokens = tokens.apply_t(block, false);
+        }
+        maps
+    }
+}
+
+impl ModuleT for VisionTransformer {
+    /// [B, in_channels, image_size, image_size] -> logits [B, num_classes]
+    fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
+        let tokens = self
+            .blocks
+            .iter()
+            .fold(self.embed(images, train), |tokens, block| tokens.apply_t(block, train));
+        tokens.apply(&self.norm).select(1, 0).apply(&self.head)
+    }
+}
