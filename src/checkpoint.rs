@@ -39,7 +39,11 @@ impl HostTensor {
         let mut bytes = vec![0u8; numel * tensor.kind().elt_size_in_bytes()];
         tensor.f_copy_data_u8(&mut bytes, numel)?;
         let shape = tensor.size().iter().map(|&d| d as usize).collect();
-        Ok(Self { dtype, shape, bytes })
+        Ok(Self {
+            dtype,
+            shape,
+            bytes,
+        })
     }
 }
 
@@ -80,8 +84,8 @@ pub struct TensorFile {
 
 impl TensorFile {
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         let parse = || -> Result<Self> {
             let (_, header) = SafeTensors::read_metadata(&bytes)?;
             let metadata = header.metadata().clone().unwrap_or_default();
@@ -113,7 +117,10 @@ impl TensorFile {
     /// The tensor called `name`, or an error naming the file's contents.
     pub fn get(&self, name: &str) -> Result<&Tensor> {
         self.tensors.get(name).with_context(|| {
-            format!("no tensor `{name}` (has: {:?})", self.tensors.keys().collect::<Vec<_>>())
+            format!(
+                "no tensor `{name}` (has: {:?})",
+                self.tensors.keys().collect::<Vec<_>>()
+            )
         })
     }
 
@@ -134,14 +141,19 @@ impl TensorFile {
     pub fn load_into(&self, vs: &nn::VarStore) -> Result<()> {
         let variables = vs.variables();
         let mut problems = Vec::new();
-        let mut missing: Vec<&String> =
-            variables.keys().filter(|k| !self.tensors.contains_key(*k)).collect();
+        let mut missing: Vec<&String> = variables
+            .keys()
+            .filter(|k| !self.tensors.contains_key(*k))
+            .collect();
         missing.sort();
         if !missing.is_empty() {
             problems.push(format!("missing keys: {missing:?}"));
         }
-        let unexpected: Vec<&String> =
-            self.tensors.keys().filter(|k| !variables.contains_key(*k)).collect();
+        let unexpected: Vec<&String> = self
+            .tensors
+            .keys()
+            .filter(|k| !variables.contains_key(*k))
+            .collect();
         if !unexpected.is_empty() {
             problems.push(format!("unexpected keys: {unexpected:?}"));
         }
@@ -157,7 +169,10 @@ impl TensorFile {
             }
         }
         if !problems.is_empty() {
-            bail!("checkpoint does not match the model: {}", problems.join("; "));
+            bail!(
+                "checkpoint does not match the model: {}",
+                problems.join("; ")
+            );
         }
         tch::no_grad(|| {
             for (name, var) in &variables {
@@ -178,11 +193,18 @@ pub struct LoadedModel {
 /// Rebuilds the model a checkpoint describes (config from its metadata) on `device`.
 pub fn load(path: &Path, device: Device) -> Result<LoadedModel> {
     let file = TensorFile::read(path)?;
-    let config = file.config().with_context(|| format!("in {}", path.display()))?;
+    let config = file
+        .config()
+        .with_context(|| format!("in {}", path.display()))?;
     let vs = nn::VarStore::new(device);
     let model = VisionTransformer::new(&vs.root(), &config)?;
-    file.load_into(&vs).with_context(|| format!("loading {}", path.display()))?;
-    Ok(LoadedModel { vs, model, metadata: file.metadata })
+    file.load_into(&vs)
+        .with_context(|| format!("loading {}", path.display()))?;
+    Ok(LoadedModel {
+        vs,
+        model,
+        metadata: file.metadata,
+    })
 }
 
 /// Writes the model's parameters with `config` and `extra` metadata, atomically.
@@ -192,8 +214,14 @@ pub fn save(
     extra: &[(&str, String)],
     path: &Path,
 ) -> Result<()> {
-    let mut metadata: HashMap<String, String> =
-        extra.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let mut metadata: HashMap<String, String> = extra
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
     metadata.insert(CONFIG_KEY.to_string(), config.to_json());
-    TensorFile { tensors: vs.variables().into_iter().collect(), metadata }.write(path)
+    TensorFile {
+        tensors: vs.variables().into_iter().collect(),
+        metadata,
+    }
+    .write(path)
 }

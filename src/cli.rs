@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "vit", version, about = "The NYU DL HW4 Vision Transformer on tch-rs (libtorch)")]
+#[command(
+    name = "vit",
+    version,
+    about = "The NYU DL HW4 Vision Transformer on tch-rs (libtorch)"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -23,6 +23,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// `dir/.name.tmp-PID`: hidden, in the same folder (so the rename is atomic), and unique
 /// per process.
 pub fn temporary_sibling(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }

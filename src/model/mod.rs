@@ -42,11 +42,17 @@ pub fn linear(path: nn::Path, in_dim: i64, out_dim: i64) -> nn::Linear {
         &trunc_normal(&[out_dim, in_dim], 0.02, path.device()),
     );
     let bias = path.zeros("bias", &[out_dim]);
-    nn::Linear { ws: weight, bs: Some(bias) }
+    nn::Linear {
+        ws: weight,
+        bs: Some(bias),
+    }
 }
 
 /// A LayerNorm over the last dimension with timm's eps (1e-6) and ones/zeros init.
 pub fn layer_norm(path: nn::Path, dim: i64) -> nn::LayerNorm {
-    let config = nn::LayerNormConfig { eps: 1e-6, ..Default::default() };
+    let config = nn::LayerNormConfig {
+        eps: 1e-6,
+        ..Default::default()
+    };
     nn::layer_norm(path, vec![dim], config)
 }

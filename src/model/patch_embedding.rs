@@ -22,7 +22,10 @@ impl PatchEmbedding {
         // PyTorch's default Conv2d init (kaiming_uniform with a=sqrt(5)) is U(-b, b) with
         // b = 1/sqrt(fan_in), for the weight and the bias alike.
         let bound = 1.0 / ((in_channels * patch_size * patch_size) as f64).sqrt();
-        let uniform = nn::Init::Uniform { lo: -bound, up: bound };
+        let uniform = nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
         let config = nn::ConvConfig {
             stride: patch_size,
             ws_init: uniform,
@@ -30,7 +33,10 @@ impl PatchEmbedding {
             ..Default::default()
         };
         let proj = nn::conv2d(path / "proj", in_channels, embed_dim, patch_size, config);
-        Self { proj, num_patches: (image_size / patch_size).pow(2) }
+        Self {
+            proj,
+            num_patches: (image_size / patch_size).pow(2),
+        }
     }
 }
 

@@ -23,7 +23,13 @@ impl VisionTransformer {
     /// Fails on a config whose sizes do not fit together.
     pub fn new(path: &nn::Path, config: &ViTConfig) -> Result<Self> {
         config.validate()?;
-        let ViTConfig { embed_dim, num_heads, mlp_dim, dropout, .. } = *config;
+        let ViTConfig {
+            embed_dim,
+            num_heads,
+            mlp_dim,
+            dropout,
+            ..
+        } = *config;
         let device = path.device();
         let blocks = (0..config.num_layers)
             .map(|i| {
@@ -122,7 +128,9 @@ impl ModuleT for VisionTransformer {
         let tokens = self
             .blocks
             .iter()
-            .fold(self.embed(images, train), |tokens, block| tokens.apply_t(block, train));
+            .fold(self.embed(images, train), |tokens, block| {
+                tokens.apply_t(block, train)
+            });
         tokens.apply(&self.norm).select(1, 0).apply(&self.head)
     }
 }

@@ -1,0 +1,155 @@
+//! AdamW, gradient clipping and the learning-rate schedule, written out so that their state
+//! can be saved for `--resume` (tch's C++ optimizers keep theirs out of reach).
+
+use anyhow::{ensure, Context, Result};
+use std::collections::BTreeMap;
+use tch::{nn, Kind, Tensor};
+
+/// Parameters that get no weight decay besides the 1-D ones (biases, LayerNorm), as in
+/// timm's `VisionTransformer.no_weight_decay()`.
+const NO_DECAY: [&str; 2] = ["cls_token", "pos_embed"];
+
+struct ParamState {
+    name: String,
+    param: Tensor,
+    decay: bool,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+}
+
+/// PyTorch's `torch.optim.AdamW` (betas 0.9/0.999, eps 1e-8, amsgrad off), with two
+/// parameter groups: decay for weight matrices, none for 1-D tensors, cls_token, pos_embed.
+pub struct AdamW {
+    params: Vec<ParamState>,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Steps taken so far (PyTorch's `state['step']`, shared by every parameter).
+    pub step: i64,
+}
+
+impl AdamW {
+    pub fn new(vs: &nn::VarStore, weight_decay: f64) -> Self {
+        let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        let params = variables
+            .into_iter()
+            .map(|(name, param)| ParamState {
+                decay: param.dim() >= 2 && !NO_DECAY.contains(&name.as_str()),
+                exp_avg: param.zeros_like(),
+                exp_avg_sq: param.zeros_like(),
+                name,
+                param,
+            })
+            .collect();
+        Self {
+            params,
+            weight_decay,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            step: 0,
+        }
+    }
+
+    pub fn zero_grad(&mut self) {
+        for state in &mut self.params {
+            state.param.zero_grad();
+        }
+    }
+
+    /// The parameters this optimizer updates (for gradient clipping).
+    pub fn parameters(&self) -> impl Iterator<Item = &Tensor> {
+        self.params.iter().map(|s| &s.param)
+    }
+
+    /// One AdamW update with learning rate `lr`, as PyTorch's single-tensor implementation.
+    pub fn step(&mut self, lr: f64) {
+        self.step += 1;
+        let bias_correction1 = 1.0 - self.beta1.powi(self.step as i32);
+        let bias_correction2_sqrt = (1.0 - self.beta2.powi(self.step as i32)).sqrt();
+        let step_size = lr / bias_correction1;
+        tch::no_grad(|| {
+            for state in &mut self.params {
+                let grad = state.param.grad();
+                if !grad.defined() {
+                    continue;
+                }
+                if state.decay && self.weight_decay != 0.0 {
+                    let _ = state.param.g_mul_scalar_(1.0 - lr * self.weight_decay);
+                }
+                let _ = state.exp_avg.lerp_(&grad, 1.0 - self.beta1);
+                let _ = state
+                    .exp_avg_sq
+                    .g_mul_scalar_(self.beta2)
+                    .addcmul_(&grad, &(&grad * (1.0 - self.beta2)));
+                let denom = (state.exp_avg_sq.sqrt() / bias_correction2_sqrt) + self.eps;
+                let _ = state.param.addcdiv_(&(&state.exp_avg * -step_size), &denom);
+            }
+        });
+    }
+
+    /// The moment estimates as named tensors (`exp_avg.NAME`, `exp_avg_sq.NAME`).
+    pub fn state_tensors(&self) -> BTreeMap<String, Tensor> {
+        let mut out = BTreeMap::new();
+        for s in &self.params {
+            out.insert(format!("exp_avg.{}", s.name), s.exp_avg.shallow_clone());
+            out.insert(
+                format!("exp_avg_sq.{}", s.name),
+                s.exp_avg_sq.shallow_clone(),
+            );
+        }
+        out
+    }
+
+    /// Restores what `state_tensors` saved (and `step`, which the caller keeps).
+    pub fn load_state_tensors(&mut self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+        tch::no_grad(|| {
+            for s in &mut self.params {
+                for (prefix, target) in [
+                    ("exp_avg", &mut s.exp_avg),
+                    ("exp_avg_sq", &mut s.exp_avg_sq),
+                ] {
+                    let key = format!("{prefix}.{}", s.name);
+                    let saved = tensors
+                        .get(&key)
+                        .with_context(|| format!("no `{key}` in the optimizer state"))?;
+                    ensure!(saved.size() == target.size(), "`{key}` has the wrong shape");
+                    target.copy_(saved);
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Scales all gradients so that their global L2 norm is at most `max_norm`, like
+/// `torch.nn.utils.clip_grad_norm_`. Returns the norm before clipping, left on the device
+/// (reading it would force a host-device synchronisation).
+pub fn clip_grad_norm<'a>(params: impl Iterator<Item = &'a Tensor>, max_norm: f64) -> Tensor {
+    let grads: Vec<Tensor> = params.map(|p| p.grad()).filter(|g| g.defined()).collect();
+    let norms: Vec<Tensor> = grads
+        .iter()
+        .map(|g| g.norm().to_kind(Kind::Float))
+        .collect();
+    let total = Tensor::stack(&norms, 0).norm();
+    let coef = (max_norm / (&total + 1e-6)).clamp_max(1.0);
+    tch::no_grad(|| {
+        for g in &grads {
+            let _ = g.shallow_clone().g_mul_(&coef);
+        }
+    });
+    total
+}
+
+/// Linear warm-up from 0 to `base_lr` over `warmup_steps`, then cosine decay to 0 at
+/// `total_steps` (timm's scheduler with warmup_lr_init=0, min_lr=0, per-step updates).
+pub fn learning_rate(base_lr: f64, step: usize, warmup_steps: usize, total_steps: usize) -> f64 {
+    if step < warmup_steps {
+        return base_lr * (step + 1) as f64 / warmup_steps as f64;
+    }
+    let decay_steps = total_steps.saturating_sub(warmup_steps).max(1);
+    let progress = ((step - warmup_steps) as f64 / decay_steps as f64).min(1.0);
+    0.5 * base_lr * (1.0 + (std::f64::consts::PI * progress).cos())
+}
