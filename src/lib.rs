@@ -1,4 +1,5 @@
 pub mod checkpoint;
 pub mod cli;
+pub mod data;
 pub mod fsutil;
 pub mod model;
