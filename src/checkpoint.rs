@@ -225,3 +225,24 @@ pub fn save(
     }
     .write(path)
 }
+
+/// The dataset a checkpoint was trained on, from its `dataset` metadata.
+pub fn dataset_of(metadata: &HashMap<String, String>) -> Option<crate::cli::DatasetName> {
+    use crate::cli::DatasetName;
+    match metadata.get("dataset")?.as_str() {
+        "cifar10" => Some(DatasetName::Cifar10),
+        "cifar100" | "cifar100-coarse" => Some(DatasetName::Cifar100),
+        "folder" => Some(DatasetName::Folder),
+        _ => None,
+    }
+}
+
+/// Class names from the `classes` metadata, or `class 0`, `class 1`, ... when absent
+/// (a checkpoint saved from timm, say).
+pub fn class_names(metadata: &HashMap<String, String>, num_classes: i64) -> Vec<String> {
+    metadata
+        .get("classes")
+        .and_then(|json| serde_json::from_str::<Vec<String>>(json).ok())
+        .filter(|names| names.len() as i64 == num_classes)
+        .unwrap_or_else(|| (0..num_classes).map(|i| format!("class {i}")).collect())
+}

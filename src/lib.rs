@@ -1,6 +1,17 @@
+//! vit-tch: the NYU Deep Learning HW4 Vision Transformer on tch-rs (libtorch).
+//!
+//! `model` holds the notebook's four modules; `data`, `train`, `eval`, `predict`, `bench`,
+//! `plot` and `attention` each implement one `vit` subcommand; `cli` declares them all.
+
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;
+pub mod eval;
 pub mod fsutil;
+pub mod info;
 pub mod model;
 pub mod optim;
+
+pub mod predict;
+pub mod train;

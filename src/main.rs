@@ -1,12 +1,15 @@
-use anyhow::{bail, Result};
 use clap::Parser;
 use vit_tch::cli::{Cli, Command};
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Info(args) => vit_tch::info::run(&args),
         Command::Download(args) => vit_tch::data::run_download(&args),
         Command::Data(args) => vit_tch::data::run_summary(&args),
-        other => bail!("`{other:?}` is not implemented yet"),
+        Command::Train(args) => vit_tch::train::run(&args),
+        Command::Eval(args) => vit_tch::eval::run(&args),
+        Command::Predict(args) => vit_tch::predict::run(&args),
+        Command::Bench(args) => vit_tch::bench::run(&args),
+        Command::Plot(_) | Command::Attention(_) => anyhow::bail!("plots are not built yet"),
     }
 }

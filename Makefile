@@ -1,0 +1,49 @@
+# vit-tch: `make train` and `make test` work from a fresh clone.
+# Python (torch 2.11.0 for libtorch, and the reference scripts) lives in .venv; cargo finds
+# libtorch through .venv/libtorch (see .cargo/config.toml and build.rs).
+
+PYTHON_SYS ?= python3
+VENV       := .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.requirements-installed
+VIT        := target/release/vit
+DATA_DIR   ?= data
+DATASET    ?= cifar100
+ARGS       ?=
+
+.PHONY: setup build fixtures test lint train bench clean
+
+# The venv is (re)built only when missing or when requirements.txt changed.
+setup: $(STAMP)
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	ln -sfn "$$($(PY) -c 'import torch, os; print(os.path.dirname(torch.__file__))')" $(VENV)/libtorch
+	touch $@
+
+build: setup
+	cargo build --release
+
+fixtures: setup
+	$(PY) tests/reference/make_fixtures.py
+	$(PY) tests/reference/rollout.py
+
+test: build fixtures
+	VIT_PYTHON=$(PY) cargo test --release
+
+lint: setup
+	cargo fmt --check
+	cargo clippy --release --all-targets -- -D warnings
+
+# The notebook's training run: CIFAR-100 (downloaded if missing), the notebook model.
+train: build
+	$(VIT) download --dataset $(DATASET) --data-dir $(DATA_DIR)
+	$(VIT) train --dataset $(DATASET) --data-dir $(DATA_DIR) $(ARGS)
+
+# Side-by-side throughput against PyTorch (see bench/README.md).
+bench: build
+	$(PY) bench/compare.py --vit $(VIT) $(ARGS)
+
+clean:
+	cargo clean
+	rm -rf $(VENV)

@@ -1,0 +1,143 @@
+//! `vit bench`: training and inference throughput of one configuration, and peak memory.
+//!
+//! The timed work is what `vit train` does per step (forward, label-smoothed loss,
+//! backward, gradient clipping, AdamW) and per evaluation batch, on random inputs, so the
+//! figures compare directly with the same model run in PyTorch (bench/compare.py).
+
+use crate::cli::BenchArgs;
+use crate::model::VisionTransformer;
+use crate::optim::AdamW;
+use crate::train::{autocast, train_step, StepOptions};
+use anyhow::{ensure, Result};
+use serde::Serialize;
+use std::time::Instant;
+use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
+
+#[derive(Serialize)]
+pub struct BenchReport {
+    pub config: String,
+    pub device: String,
+    pub precision: String,
+    pub threads: i32,
+    pub batch_size: i64,
+    pub steps: usize,
+    pub fused_attention: bool,
+    pub parameters: i64,
+    pub train_images_per_s: f64,
+    pub infer_images_per_s: f64,
+    /// Peak resident memory of the process (VmHWM), in bytes.
+    pub peak_rss_bytes: u64,
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if let Some(threads) = args.threads {
+        tch::set_num_threads(threads);
+    }
+    ensure!(
+        args.steps > 0 && args.batch_size > 0,
+        "--steps and --batch-size must be positive"
+    );
+    let device = args.device.resolve()?;
+    ensure!(
+        args.precision == crate::cli::Precision::Fp32 || device.is_cuda(),
+        "--precision bf16 needs a CUDA device"
+    );
+    let config = args.model.resolve()?;
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(device);
+    let mut model = VisionTransformer::new(&vs.root(), &config)?;
+    model.set_fused_attention(!args.explicit_attention);
+    let mut optimizer = AdamW::new(&vs, 0.05);
+    let shape = [
+        args.batch_size,
+        config.in_channels,
+        config.image_size,
+        config.image_size,
+    ];
+    let images = Tensor::randn(shape, (Kind::Float, device));
+    let labels = Tensor::randint(config.num_classes, [args.batch_size], (Kind::Int64, device));
+    let options = StepOptions {
+        label_smoothing: 0.1,
+        clip_grad: 1.0,
+        precision: args.precision,
+    };
+
+    let train_seconds = timed(device, args.warmup, args.steps, || {
+        let _ = train_step(&model, &mut optimizer, &images, &labels, 1e-3, options);
+    });
+    let infer_seconds = timed(device, args.warmup, args.steps, || {
+        let _ = tch::no_grad(|| autocast(args.precision, || model.forward_t(&images, false)));
+    });
+    let images_timed = (args.batch_size as usize * args.steps) as f64;
+    let report = BenchReport {
+        config: args.model.preset.clone(),
+        device: format!("{device:?}"),
+        precision: format!("{:?}", args.precision).to_lowercase(),
+        threads: tch::get_num_threads(),
+        batch_size: args.batch_size,
+        steps: args.steps,
+        fused_attention: !args.explicit_attention,
+        parameters: vs.variables().values().map(|t| t.numel() as i64).sum(),
+        train_images_per_s: images_timed / train_seconds,
+        infer_images_per_s: images_timed / infer_seconds,
+        peak_rss_bytes: peak_rss_bytes(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} ({} parameters), batch {}, {} on {} with {} threads, {} attention",
+            report.config,
+            report.parameters,
+            report.batch_size,
+            report.precision,
+            report.device,
+            report.threads,
+            if report.fused_attention {
+                "fused"
+            } else {
+                "explicit"
+            }
+        );
+        println!("train:     {:9.1} images/s", report.train_images_per_s);
+        println!("inference: {:9.1} images/s", report.infer_images_per_s);
+        println!(
+            "peak RSS:  {:9.1} MiB",
+            report.peak_rss_bytes as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(())
+}
+
+/// Seconds for `steps` calls of `work` after `warmup` untimed ones, with the device
+/// synchronised before each clock reading.
+fn timed(device: Device, warmup: usize, steps: usize, mut work: impl FnMut()) -> f64 {
+    for _ in 0..warmup {
+        work();
+    }
+    synchronize(device);
+    let start = Instant::now();
+    for _ in 0..steps {
+        work();
+    }
+    synchronize(device);
+    start.elapsed().as_secs_f64()
+}
+
+fn synchronize(device: Device) {
+    if let Device::Cuda(index) = device {
+        tch::Cuda::synchronize(index as i64);
+    }
+}
+
+/// The process's peak resident set size (VmHWM in /proc/self/status), 0 where unknown.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(0)
+}

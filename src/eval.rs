@@ -1,0 +1,181 @@
+//! Test-set evaluation (the notebook's "Validation Accuracy"), and `vit eval`.
+
+use crate::checkpoint;
+use crate::cli::{DatasetArgs, EvalArgs};
+use crate::data::{self, transforms, Split};
+use crate::model::VisionTransformer;
+use anyhow::{ensure, Context, Result};
+use serde::Serialize;
+use std::path::PathBuf;
+use tch::{nn::ModuleT, Kind, Reduction, Tensor};
+
+/// What one pass over a split measured.
+pub struct Evaluation {
+    /// Mean cross-entropy (no label smoothing).
+    pub loss: f64,
+    /// Fraction correct, in [0, 1].
+    pub accuracy: f64,
+    pub n: i64,
+    /// counts[true][predicted], int64 [num_classes, num_classes] on the CPU.
+    pub confusion: Tensor,
+}
+
+/// Runs the model over `split` in eval mode. Sums stay on the device until the end, so the
+/// pass has a single host-device synchronisation.
+pub fn evaluate(model: &VisionTransformer, split: &Split, batch_size: i64) -> Evaluation {
+    let num_classes = model.config.num_classes;
+    let device = split.images.device();
+    let n = split.len();
+    let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
+    let mut confusion = Tensor::zeros([num_classes * num_classes], (Kind::Int64, device));
+    tch::no_grad(|| {
+        for start in (0..n).step_by(batch_size as usize) {
+            let len = batch_size.min(n - start);
+            let images = transforms::test_transform(
+                &split.images.narrow(0, start, len),
+                model.config.image_size,
+            );
+            let labels = split.labels.narrow(0, start, len);
+            let logits = model.forward_t(&images, false).to_kind(Kind::Float);
+            loss_sum +=
+                logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, -100, 0.0);
+            let cells = &labels * num_classes + logits.argmax(-1, false);
+            confusion += cells.bincount::<Tensor>(None, num_classes * num_classes);
+        }
+    });
+    let confusion = confusion
+        .view([num_classes, num_classes])
+        .to_device(tch::Device::Cpu);
+    let correct = confusion
+        .diagonal(0, 0, 1)
+        .sum(Kind::Int64)
+        .int64_value(&[]);
+    let n_total = n.max(1) as f64;
+    Evaluation {
+        loss: loss_sum.double_value(&[]) / n_total,
+        accuracy: correct as f64 / n_total,
+        n,
+        confusion,
+    }
+}
+
+impl Evaluation {
+    /// Accuracy of each true class (NaN for a class with no test images).
+    pub fn per_class_accuracy(&self) -> Vec<f64> {
+        let rows: Vec<Vec<i64>> = Vec::try_from(&self.confusion).expect("confusion is 2-D int64");
+        rows.iter()
+            .enumerate()
+            .map(|(i, row)| row[i] as f64 / row.iter().sum::<i64>() as f64)
+            .collect()
+    }
+
+    /// Writes the matrix with class names as the header row and first column.
+    pub fn write_confusion_csv(&self, classes: &[String], path: &std::path::Path) -> Result<()> {
+        let rows: Vec<Vec<i64>> = Vec::try_from(&self.confusion)?;
+        let mut writer = csv::Writer::from_path(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        let header: Vec<&str> = std::iter::once("true\\predicted")
+            .chain(classes.iter().map(String::as_str))
+            .collect();
+        writer.write_record(&header)?;
+        for (class, row) in classes.iter().zip(&rows) {
+            let cells = std::iter::once(class.clone()).chain(row.iter().map(i64::to_string));
+            writer.write_record(cells)?;
+        }
+        writer.flush()?;
+        Ok(())
+    }
+}
+
+#[derive(Serialize)]
+struct EvalReport<'a> {
+    accuracy: f64,
+    loss: f64,
+    n: i64,
+    dataset: &'a str,
+    checkpoint: String,
+    per_class_accuracy: Vec<(&'a str, f64)>,
+    confusion_matrix_csv: String,
+}
+
+/// `vit eval`: the config, the dataset name and the class names come from the checkpoint.
+pub fn run(args: &EvalArgs) -> Result<()> {
+    let device = args.device.resolve()?;
+    let loaded = checkpoint::load(&args.checkpoint, device)?;
+    let config = &loaded.model.config;
+    let dataset_args = DatasetArgs {
+        dataset: match args.dataset {
+            Some(name) => name,
+            None => checkpoint::dataset_of(&loaded.metadata).with_context(|| {
+                format!(
+                    "{} does not record its dataset; pass --dataset",
+                    args.checkpoint.display()
+                )
+            })?,
+        },
+        data_dir: args.data_dir.clone(),
+        coarse_labels: args.coarse_labels
+            || loaded
+                .metadata
+                .get("dataset")
+                .is_some_and(|d| d == "cifar100-coarse"),
+    };
+    let dataset = data::load(&dataset_args, config.image_size)?;
+    ensure!(
+        dataset.classes.len() as i64 == config.num_classes,
+        "{} has {} classes but {} ({}) has {}: evaluate it on the dataset it was trained on",
+        args.checkpoint.display(),
+        config.num_classes,
+        dataset.name,
+        args.data_dir.display(),
+        dataset.classes.len()
+    );
+    let test = dataset.test.to_device(device);
+    let evaluation = evaluate(&loaded.model, &test, args.batch_size);
+
+    let out_dir = match &args.out {
+        Some(dir) => dir.clone(),
+        None => args
+            .checkpoint
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default(),
+    };
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let csv_path = out_dir.join("confusion_matrix.csv");
+    evaluation.write_confusion_csv(&dataset.classes, &csv_path)?;
+
+    let per_class = evaluation.per_class_accuracy();
+    if args.json {
+        let report = EvalReport {
+            accuracy: evaluation.accuracy,
+            loss: evaluation.loss,
+            n: evaluation.n,
+            dataset: &dataset.name,
+            checkpoint: args.checkpoint.display().to_string(),
+            per_class_accuracy: dataset
+                .classes
+                .iter()
+                .map(String::as_str)
+                .zip(per_class)
+                .collect(),
+            confusion_matrix_csv: csv_path.display().to_string(),
+        };
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("Checkpoint: {}", args.checkpoint.display());
+        println!(
+            "Dataset: {} test split, {} images",
+            dataset.name, evaluation.n
+        );
+        println!("Validation Accuracy: {:.2}%", 100.0 * evaluation.accuracy);
+        println!("Loss: {:.4}", evaluation.loss);
+        println!("Per-class accuracy:");
+        for (class, accuracy) in dataset.classes.iter().zip(per_class) {
+            println!("  {class:<20} {:6.2}%", 100.0 * accuracy);
+        }
+        println!("Confusion matrix: {}", csv_path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! `vit predict`: top-5 classes for image files.
+
+use crate::checkpoint;
+use crate::cli::PredictArgs;
+use crate::data::{folder, transforms};
+use anyhow::Result;
+use serde::Serialize;
+use std::path::PathBuf;
+use tch::Kind;
+
+#[derive(Serialize)]
+struct Guess {
+    class: String,
+    index: i64,
+    prob: f64,
+}
+
+#[derive(Serialize)]
+struct Prediction {
+    file: String,
+    top: Vec<Guess>,
+}
+
+pub fn run(args: &PredictArgs) -> Result<()> {
+    let device = args.device.resolve()?;
+    let loaded = checkpoint::load(&args.checkpoint, device)?;
+    let config = &loaded.model.config;
+    let classes = checkpoint::class_names(&loaded.metadata, config.num_classes);
+    let files: Vec<(PathBuf, i64)> = args.images.iter().map(|path| (path.clone(), 0)).collect();
+    let images = folder::decode_split(&files, config.image_size as u32)?.images;
+    let batch = transforms::test_transform(&images.to_device(device), config.image_size);
+    let probs = tch::no_grad(|| loaded.model.f_forward_t(&batch, false))?
+        .to_kind(Kind::Float)
+        .softmax(-1, None::<Kind>);
+    let k = config.num_classes.min(5);
+    let (top_probs, top_index) = probs.topk(k, -1, true, true);
+    let top_probs: Vec<Vec<f64>> = Vec::try_from(top_probs.to_kind(Kind::Double))?;
+    let top_index: Vec<Vec<i64>> = Vec::try_from(top_index)?;
+    for ((path, probs), indices) in args.images.iter().zip(top_probs).zip(top_index) {
+        let prediction = Prediction {
+            file: path.display().to_string(),
+            top: indices
+                .iter()
+                .zip(probs)
+                .map(|(&index, prob)| Guess {
+                    class: classes[index as usize].clone(),
+                    index,
+                    prob,
+                })
+                .collect(),
+        };
+        if args.json {
+            println!("{}", serde_json::to_string(&prediction)?);
+        } else {
+            println!("{}", prediction.file);
+            for guess in &prediction.top {
+                println!(
+                    "  {:6.2}%  {} ({})",
+                    100.0 * guess.prob,
+                    guess.class,
+                    guess.index
+                );
+            }
+        }
+    }
+    Ok(())
+}

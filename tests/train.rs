@@ -1,0 +1,318 @@
+//! End-to-end training: a tiny model learns a generated dataset, the run folder is what
+//! users rely on, `vit eval` reproduces the reported accuracy, and resuming is exact.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use tch::{Device, Kind, Tensor};
+use vit_tch::cli::{Precision, Recipe};
+use vit_tch::data::{Dataset, Split};
+use vit_tch::model::ViTConfig;
+use vit_tch::train::{self, Outcome, TrainSettings};
+
+const NUM_CLASSES: i64 = 10;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vit-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Images whose colour is decided by their class, plus noise: learnable in seconds.
+/// uint8 [n, 3, 32, 32] and int64 labels cycling through the classes.
+fn colour_split(n: i64, seed: i64) -> Split {
+    tch::manual_seed(seed);
+    let labels = Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(NUM_CLASSES);
+    // Each class gets its own RGB colour from three bits and an intensity.
+    let class = labels.to_kind(Kind::Float);
+    let channel = |bit: i64| {
+        let on = (labels.bitwise_right_shift_tensor_scalar(bit).remainder(2)).to_kind(Kind::Float);
+        on * 150.0 + 40.0 + &class * 5.0
+    };
+    let colours = Tensor::stack(&[channel(0), channel(1), channel(2)], 1).view([n, 3, 1, 1]);
+    let noise = Tensor::randn([n, 3, 32, 32], (Kind::Float, Device::Cpu)) * 12.0;
+    let images = (colours + noise).clamp(0.0, 255.0).to_kind(Kind::Uint8);
+    Split { images, labels }
+}
+
+fn colour_dataset() -> Dataset {
+    Dataset {
+        name: "cifar10".to_string(),
+        train: colour_split(600, 1),
+        test: colour_split(200, 2),
+        classes: (0..NUM_CLASSES).map(|c| format!("colour{c}")).collect(),
+    }
+}
+
+/// The CIFAR-10 binary layout of a split: 1 label byte + 3,072 pixel bytes per record.
+fn cifar10_records(split: &Split) -> Vec<u8> {
+    let images: Vec<u8> = Vec::try_from(split.images.flatten(0, -1)).unwrap();
+    let labels: Vec<i64> = Vec::try_from(&split.labels).unwrap();
+    labels
+        .iter()
+        .zip(images.chunks(3072))
+        .flat_map(|(&label, pixels)| std::iter::once(label as u8).chain(pixels.iter().copied()))
+        .collect()
+}
+
+/// Writes `dataset` as a cifar-10-batches-bin folder (the training split spread over the
+/// five batch files), so the `vit` binary can read it.
+fn write_cifar10(dataset: &Dataset, data_dir: &Path) {
+    let folder = data_dir.join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&folder).unwrap();
+    let per_file = dataset.train.len() / 5;
+    for i in 0..5 {
+        let part = Split {
+            images: dataset.train.images.narrow(0, i * per_file, per_file),
+            labels: dataset.train.labels.narrow(0, i * per_file, per_file),
+        };
+        std::fs::write(
+            folder.join(format!("data_batch_{}.bin", i + 1)),
+            cifar10_records(&part),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        folder.join("test_batch.bin"),
+        cifar10_records(&dataset.test),
+    )
+    .unwrap();
+    std::fs::write(
+        folder.join("batches.meta.txt"),
+        dataset.classes.join("\n") + "\n",
+    )
+    .unwrap();
+}
+
+fn tiny_settings(epochs: usize, batch_size: i64) -> TrainSettings {
+    TrainSettings {
+        model: ViTConfig {
+            patch_size: 8,
+            embed_dim: 32,
+            num_heads: 2,
+            mlp_dim: 64,
+            num_layers: 2,
+            num_classes: NUM_CLASSES,
+            dropout: 0.1,
+            ..ViTConfig::notebook()
+        },
+        dataset: "cifar10".to_string(),
+        data_dir: PathBuf::from("unused"),
+        epochs,
+        batch_size,
+        lr: 3e-3,
+        weight_decay: 0.05,
+        warmup_epochs: 1,
+        label_smoothing: 0.1,
+        clip_grad: 1.0,
+        seed: 7,
+        train_subset: None,
+        recipe: Recipe::Notebook,
+        precision: Precision::Fp32,
+    }
+}
+
+fn read_metrics(run: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut reader = csv::Reader::from_path(run.join("metrics.csv")).unwrap();
+    let header = reader.headers().unwrap().iter().map(String::from).collect();
+    let rows = reader
+        .records()
+        .map(|r| r.unwrap().iter().map(String::from).collect())
+        .collect();
+    (header, rows)
+}
+
+fn vit(args: &[&str]) -> std::process::Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_vit"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "vit {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+#[test]
+fn trains_to_90_percent_and_eval_reproduces_it() {
+    let root = temp_dir("e2e");
+    let data_dir = root.join("data");
+    write_cifar10(&colour_dataset(), &data_dir);
+    let run = root.join("run");
+    let (data, out) = (data_dir.to_str().unwrap(), run.to_str().unwrap());
+    let output = vit(&[
+        "train",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        data,
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--config",
+        "tiny",
+        "--patch-size",
+        "8",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "50",
+        "--lr",
+        "3e-3",
+        "--warmup-epochs",
+        "1",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("Epoch: 4, Validation Accuracy:"),
+        "{stdout}"
+    );
+
+    let (header, rows) = read_metrics(&run);
+    assert_eq!(header, train::METRICS_HEADER);
+    assert_eq!(rows.len(), 4);
+    let test_acc: Vec<f64> = rows.iter().map(|r| r[5].parse().unwrap()).collect();
+    let best = test_acc.iter().cloned().fold(0.0, f64::max);
+    assert!(best >= 0.9, "best test accuracy {best} < 0.9: {rows:?}");
+    for name in [
+        "config.json",
+        "best_model.safetensors",
+        "last_model.safetensors",
+        "resume.safetensors",
+    ] {
+        assert!(run.join(name).exists(), "{name} missing");
+    }
+
+    let best_model = run.join("best_model.safetensors");
+    let output = vit(&[
+        "eval",
+        "--checkpoint",
+        best_model.to_str().unwrap(),
+        "--data-dir",
+        data,
+        "--device",
+        "cpu",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let accuracy = report["accuracy"].as_f64().unwrap();
+    assert!(
+        (accuracy - best).abs() < 1e-9,
+        "eval {accuracy} vs training's best {best}"
+    );
+    assert_eq!(report["n"].as_i64(), Some(200));
+    assert!(run.join("confusion_matrix.csv").exists());
+
+    // A fresh run into the same folder must not overwrite it.
+    let refused = Command::new(env!("CARGO_BIN_EXE_vit"))
+        .args([
+            "train",
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            data,
+            "--out",
+            out,
+            "--device",
+            "cpu",
+            "--config",
+            "tiny",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--resume"));
+}
+
+/// libtorch's random generator is global to the process, and the test harness runs tests
+/// on parallel threads: runs that must be reproducible take turns.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Trains `settings` into `out`, interrupted (as by Ctrl-C) at the first opportunity when
+/// `interrupt` is set; returns the final parameters.
+fn run_training(
+    settings: &TrainSettings,
+    dataset: &Dataset,
+    out: &Path,
+    resume: bool,
+    interrupt: bool,
+) -> Outcome {
+    let flag = AtomicBool::new(interrupt);
+    train::train(settings, dataset, out, resume, Device::Cpu, &flag).unwrap()
+}
+
+fn parameters(run: &Path) -> Vec<(String, Tensor)> {
+    let file = vit_tch::checkpoint::TensorFile::read(&run.join("last_model.safetensors")).unwrap();
+    file.tensors.into_iter().collect()
+}
+
+/// Rows without the two timing columns, which differ from run to run.
+fn metrics_without_timing(run: &Path) -> Vec<Vec<String>> {
+    read_metrics(run)
+        .1
+        .into_iter()
+        .map(|row| row[..6].to_vec())
+        .collect()
+}
+
+fn assert_same_run(a: &Path, b: &Path) {
+    assert_eq!(metrics_without_timing(a), metrics_without_timing(b));
+    for ((name_a, ta), (name_b, tb)) in parameters(a).iter().zip(parameters(b)) {
+        assert_eq!(name_a, &name_b);
+        assert!(ta.equal(&tb), "{name_a} differs after resume");
+    }
+}
+
+#[test]
+fn resume_at_an_epoch_boundary_is_exact() {
+    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let dataset = colour_dataset();
+    // One step per epoch: the interrupt lands at the end of epoch 1.
+    let settings = tiny_settings(2, 600);
+    let root = temp_dir("resume-epoch");
+    let (straight, resumed) = (root.join("straight"), root.join("resumed"));
+    run_training(&settings, &dataset, &straight, false, false);
+    let first = run_training(&settings, &dataset, &resumed, false, true);
+    assert!(matches!(first, Outcome::Interrupted { epoch: 1, .. }));
+    assert_eq!(read_metrics(&resumed).1.len(), 1);
+    run_training(&settings, &dataset, &resumed, true, false);
+    assert_same_run(&straight, &resumed);
+}
+
+#[test]
+fn resume_in_the_middle_of_an_epoch_is_exact() {
+    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let dataset = colour_dataset();
+    let settings = tiny_settings(2, 200);
+    let root = temp_dir("resume-step");
+    let (straight, resumed) = (root.join("straight"), root.join("resumed"));
+    run_training(&settings, &dataset, &straight, false, false);
+    let first = run_training(&settings, &dataset, &resumed, false, true);
+    assert!(matches!(first, Outcome::Interrupted { epoch: 1, step: 1 }));
+    run_training(&settings, &dataset, &resumed, true, false);
+    assert_same_run(&straight, &resumed);
+}
+
+#[test]
+fn resume_with_changed_settings_is_refused() {
+    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let dataset = colour_dataset();
+    let root = temp_dir("resume-changed");
+    let run = root.join("run");
+    run_training(&tiny_settings(1, 600), &dataset, &run, false, true);
+    let mut changed = tiny_settings(1, 600);
+    changed.lr = 1e-2;
+    let flag = AtomicBool::new(false);
+    let error = train::train(&changed, &dataset, &run, true, Device::Cpu, &flag)
+        .err()
+        .unwrap();
+    assert!(
+        format!("{error:#}").contains("settings differ"),
+        "{error:#}"
+    );
+}
