@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from roundtrip import timm_model
 from vit_reference import (
     MultiHeadSelfAttention,
     PatchEmbedding,
@@ -130,6 +131,16 @@ def module_fixtures():
         with torch.no_grad():
             output = module(x)
         save(name, c, {**params(module), "input": x, "output": output})
+    return modules["vision_transformer"]
+
+
+def check_against_timm(reference, x):
+    """The reference's state_dict loads into timm's VisionTransformer with strict=True and
+    gives the same logits."""
+    timm = timm_model(SMALL)
+    timm.load_state_dict(reference.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(timm(x), reference(x), rtol=0, atol=1e-5)
 
 
 def notebook_fixture():
@@ -197,10 +208,11 @@ def adamw_fixture():
 def main():
     torch.manual_seed(0)
     FIXTURES.mkdir(exist_ok=True)
-    module_fixtures()
+    reference = module_fixtures()
     notebook_fixture()
     gradient_fixture()
     adamw_fixture()
+    check_against_timm(*reference)
     for path in sorted(FIXTURES.glob("*.safetensors")):
         print(f"{path.relative_to(FIXTURES.parent.parent)}: {path.stat().st_size} bytes")
 
