@@ -1,0 +1,105 @@
+//! Helpers shared by the integration tests: fixture files, strict parameter loading,
+//! error measures, and the deterministic parameter formula of `make_fixtures.py`.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use tch::{nn, Kind, Tensor};
+use vit_tch::checkpoint::TensorFile;
+
+/// `tests/fixtures/NAME.safetensors`, written by `tests/reference/make_fixtures.py`.
+pub fn fixture(name: &str) -> TensorFile {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(format!("{name}.safetensors"));
+    TensorFile::read(&path).unwrap_or_else(|e| {
+        panic!("{e:#}\n(regenerate with `.venv/bin/python tests/reference/make_fixtures.py`)")
+    })
+}
+
+/// The tensors stored as `PREFIX.<key>`, under `<key>`.
+pub fn with_prefix(file: &TensorFile, prefix: &str) -> BTreeMap<String, Tensor> {
+    let prefix = format!("{prefix}.");
+    file.tensors
+        .iter()
+        .filter_map(|(name, t)| {
+            let key = name.strip_prefix(&prefix)?;
+            Some((key.to_string(), t.shallow_clone()))
+        })
+        .collect()
+}
+
+/// Copies the fixture's `param.*` tensors into `vs`; every variable must be there with its
+/// shape and no other (`TensorFile::load_into`'s strict check).
+pub fn load_params(file: &TensorFile, vs: &nn::VarStore) {
+    let params = TensorFile {
+        tensors: with_prefix(file, "param"),
+        metadata: HashMap::new(),
+    };
+    params
+        .load_into(vs)
+        .expect("fixture parameters fit the module");
+}
+
+/// max |actual - expected|; the shapes must be equal.
+pub fn max_abs_error(actual: &Tensor, expected: &Tensor) -> f64 {
+    assert_eq!(actual.size(), expected.size(), "shape mismatch");
+    (actual.to_kind(Kind::Double) - expected.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+/// Panics with `what` and the error if `actual` is further than `tol` from `expected`.
+pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, tol: f64) {
+    let error = max_abs_error(actual, expected);
+    assert!(error <= tol, "{what}: max abs error {error:e} > {tol:e}");
+}
+
+/// `norm1.weight`, `norm2.weight`, `norm.weight`: LayerNorm scales.
+fn is_layer_norm_weight(name: &str) -> bool {
+    let mut parts = name.rsplit('.');
+    parts.next() == Some("weight") && parts.next().is_some_and(|p| p.starts_with("norm"))
+}
+
+/// `make_fixtures.py`'s `formula_fill`: the i-th parameter in sorted key order becomes
+/// 0.02 sin(0.1 arange(numel) + i), computed in float64 and cast to float32; LayerNorm
+/// weights get 1 added.
+pub fn formula_fill(vs: &nn::VarStore) {
+    let variables: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    tch::no_grad(|| {
+        for (i, (name, var)) in variables.iter().enumerate() {
+            let numel = var.numel() as i64;
+            let mut values =
+                (Tensor::arange(numel, (Kind::Double, tch::Device::Cpu)) * 0.1 + i as f64).sin()
+                    * 0.02;
+            if is_layer_norm_weight(name) {
+                values += 1.0;
+            }
+            var.shallow_clone()
+                .copy_(&values.to_kind(Kind::Float).reshape(var.size()));
+        }
+    });
+}
+
+/// A fresh folder under the system's temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("vit-tch-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create a temporary folder");
+        Self(dir)
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

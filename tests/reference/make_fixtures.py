@@ -1,0 +1,221 @@
+"""Writes the PyTorch fixtures that `tests/parity.rs` compares the Rust port against.
+
+    .venv/bin/python tests/reference/make_fixtures.py
+
+Every file is a float32 safetensors file with the model hyperparameters as JSON under the
+`config` metadata key. Parameters are stored as `param.<state_dict key>`.
+
+- `patch_embedding`, `multi_head_self_attention`, `transformer_block`,
+  `vision_transformer`: one module of the small config, `input` and its eval `output`;
+- `notebook_forward`: the notebook config, with every parameter filled by `formula_fill`
+  (the Rust tests repeat the formula), so only `input` and `output` are stored;
+- `gradients`: cross-entropy (label smoothing 0.1) of the small model in train mode:
+  `input`, `labels`, `loss`, `grad.<key>` and `grad.input`;
+- `adamw_steps`: three steps of clip_grad_norm_(1.0) + AdamW with decay and no-decay
+  groups and a different lr each step: `loss.<i>`, `grad_norm.<i>`, `after.<key>`.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from roundtrip import timm_model
+from vit_reference import (
+    MultiHeadSelfAttention,
+    PatchEmbedding,
+    TransformerBlock,
+    VisionTransformer,
+)
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+SMALL = dict(
+    image_size=8,
+    patch_size=4,
+    in_channels=3,
+    embed_dim=16,
+    num_heads=4,
+    mlp_dim=32,
+    num_layers=2,
+    num_classes=5,
+    dropout=0.0,
+)
+NOTEBOOK = dict(
+    image_size=32,
+    patch_size=4,
+    in_channels=3,
+    embed_dim=256,
+    num_heads=8,
+    mlp_dim=512,
+    num_layers=6,
+    num_classes=100,
+    dropout=0.1,
+)
+BATCH = 2
+LABEL_SMOOTHING = 0.1
+MAX_GRAD_NORM = 1.0
+WEIGHT_DECAY = 0.05
+STEP_LRS = (1e-3, 5e-3, 2e-3)
+NO_DECAY = ("cls_token", "pos_embed")
+
+
+def is_layer_norm_weight(name):
+    """`norm1.weight`, `norm2.weight`, `norm.weight`: LayerNorm scales."""
+    parts = name.split(".")
+    return parts[-1] == "weight" and parts[-2].startswith("norm")
+
+
+@torch.no_grad()
+def randomize(module):
+    """Random parameters with no symmetry left (distinct LayerNorms, non-zero biases and
+    positions), so that any wiring mistake changes the output."""
+    for name, p in sorted(module.named_parameters()):
+        p.copy_(torch.randn_like(p) * 0.3 + (1.0 if is_layer_norm_weight(name) else 0.0))
+
+
+@torch.no_grad()
+def formula_fill(module):
+    """The i-th parameter in sorted key order: 0.02 sin(0.1 arange(numel) + i), in float64
+    then cast to float32; LayerNorm weights get 1 added."""
+    for i, (name, p) in enumerate(sorted(module.named_parameters())):
+        values = 0.02 * torch.sin(torch.arange(p.numel(), dtype=torch.float64) * 0.1 + i)
+        if is_layer_norm_weight(name):
+            values = values + 1.0
+        p.copy_(values.to(torch.float32).reshape(p.shape))
+
+
+def params(module):
+    return {f"param.{k}": v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def save(name, config, tensors):
+    tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
+    save_file(tensors, FIXTURES / f"{name}.safetensors", metadata={"config": json.dumps(config)})
+
+
+def images(config):
+    size = config["image_size"]
+    return torch.randn(BATCH, config["in_channels"], size, size)
+
+
+def small_model():
+    model = VisionTransformer(**SMALL)
+    randomize(model)
+    return model
+
+
+def module_fixtures():
+    c = SMALL
+    num_tokens = (c["image_size"] // c["patch_size"]) ** 2 + 1
+    modules = {
+        "patch_embedding": (
+            PatchEmbedding(c["image_size"], c["patch_size"], c["in_channels"], c["embed_dim"]),
+            images(c),
+        ),
+        "multi_head_self_attention": (
+            MultiHeadSelfAttention(c["embed_dim"], c["num_heads"]),
+            torch.randn(BATCH, num_tokens, c["embed_dim"]),
+        ),
+        "transformer_block": (
+            TransformerBlock(c["embed_dim"], c["num_heads"], c["mlp_dim"], c["dropout"]),
+            torch.randn(BATCH, num_tokens, c["embed_dim"]),
+        ),
+        "vision_transformer": (VisionTransformer(**c), images(c)),
+    }
+    for name, (module, x) in modules.items():
+        randomize(module)
+        module.eval()
+        with torch.no_grad():
+            output = module(x)
+        save(name, c, {**params(module), "input": x, "output": output})
+    return modules["vision_transformer"]
+
+
+def check_against_timm(reference, x):
+    """The reference's state_dict loads into timm's VisionTransformer with strict=True and
+    gives the same logits."""
+    timm = timm_model(SMALL)
+    timm.load_state_dict(reference.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(timm(x), reference(x), rtol=0, atol=1e-5)
+
+
+def notebook_fixture():
+    model = VisionTransformer(**NOTEBOOK)
+    formula_fill(model)
+    model.eval()
+    x = images(NOTEBOOK)
+    with torch.no_grad():
+        output = model(x)
+    save("notebook_forward", NOTEBOOK, {"input": x, "output": output})
+
+
+def labels():
+    return torch.randint(0, SMALL["num_classes"], (BATCH,))
+
+
+def gradient_fixture():
+    model = small_model()
+    start = params(model)
+    model.train()
+    x, y = images(SMALL), labels()
+    x_grad = x.clone().requires_grad_()
+    loss = F.cross_entropy(model(x_grad), y, label_smoothing=LABEL_SMOOTHING)
+    loss.backward()
+    grads = {f"grad.{k}": p.grad for k, p in model.named_parameters()}
+    save(
+        "gradients",
+        SMALL,
+        {**start, "input": x, "labels": y, "loss": loss, **grads, "grad.input": x_grad.grad},
+    )
+
+
+def adamw_fixture():
+    model = small_model()
+    start = params(model)
+    model.train()
+    x, y = images(SMALL), labels()
+    named = sorted(model.named_parameters())
+    decay = [p for k, p in named if p.dim() >= 2 and k not in NO_DECAY]
+    no_decay = [p for k, p in named if not (p.dim() >= 2 and k not in NO_DECAY)]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": WEIGHT_DECAY},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        foreach=False,
+    )
+    record = {}
+    for step, lr in enumerate(STEP_LRS):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y, label_smoothing=LABEL_SMOOTHING)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+        optimizer.step()
+        record[f"loss.{step}"] = loss.detach()
+        record[f"grad_norm.{step}"] = norm
+    after = {f"after.{k}": v for k, v in model.state_dict().items()}
+    save("adamw_steps", SMALL, {**start, "input": x, "labels": y, **record, **after})
+
+
+def main():
+    torch.manual_seed(0)
+    FIXTURES.mkdir(exist_ok=True)
+    reference = module_fixtures()
+    notebook_fixture()
+    gradient_fixture()
+    adamw_fixture()
+    check_against_timm(*reference)
+    for path in sorted(FIXTURES.glob("*.safetensors")):
+        print(f"{path.relative_to(FIXTURES.parent.parent)}: {path.stat().st_size} bytes")
+
+
+if __name__ == "__main__":
+    main()

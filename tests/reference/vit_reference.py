@@ -1,0 +1,111 @@
+"""The notebook's four Vision Transformer modules in plain PyTorch.
+
+This is the reference the Rust port is checked against (`make_fixtures.py`) and the model
+the side-by-side benchmark runs. Parameter names equal timm's `VisionTransformer`
+state_dict keys, so a state_dict loads into either with `strict=True`.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LAYER_NORM_EPS = 1e-6
+
+
+class PatchEmbedding(nn.Module):
+    """[B, in_channels, H, W] -> [B, num_patches, embed_dim] with one strided Conv2d."""
+
+    def __init__(self, image_size, patch_size, in_channels, embed_dim):
+        super().__init__()
+        self.num_patches = (image_size // patch_size) ** 2
+        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """softmax(q k^T / sqrt(head_dim)) v over `num_heads` heads, with one fused qkv Linear."""
+
+    def __init__(self, embed_dim, num_heads):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(embed_dim, 3 * embed_dim)
+        self.proj = nn.Linear(embed_dim, embed_dim)
+
+    def forward(self, x):
+        batch, num_tokens, embed_dim = x.shape
+        qkv = self.qkv(x).reshape(batch, num_tokens, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        out = (attn @ v).transpose(1, 2).reshape(batch, num_tokens, embed_dim)
+        return self.proj(out)
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU (exact) -> dropout -> fc2 -> dropout."""
+
+    def __init__(self, embed_dim, mlp_dim, dropout):
+        super().__init__()
+        self.fc1 = nn.Linear(embed_dim, mlp_dim)
+        self.fc2 = nn.Linear(mlp_dim, embed_dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm: x = x + dropout(attn(norm1(x))); x = x + mlp(norm2(x))."""
+
+    def __init__(self, embed_dim, num_heads, mlp_dim, dropout):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(embed_dim, eps=LAYER_NORM_EPS)
+        self.attn = MultiHeadSelfAttention(embed_dim, num_heads)
+        self.norm2 = nn.LayerNorm(embed_dim, eps=LAYER_NORM_EPS)
+        self.mlp = Mlp(embed_dim, mlp_dim, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x):
+        x = x + self.drop(self.attn(self.norm1(x)))
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionTransformer(nn.Module):
+    """[B, in_channels, image_size, image_size] -> logits [B, num_classes]."""
+
+    def __init__(
+        self,
+        image_size,
+        patch_size,
+        in_channels,
+        embed_dim,
+        num_heads,
+        mlp_dim,
+        num_layers,
+        num_classes,
+        dropout=0.1,
+    ):
+        super().__init__()
+        self.patch_embed = PatchEmbedding(image_size, patch_size, in_channels, embed_dim)
+        num_tokens = self.patch_embed.num_patches + 1
+        self.cls_token = nn.Parameter(torch.randn(1, 1, embed_dim) * 1e-6)
+        self.pos_embed = nn.Parameter(
+            nn.init.trunc_normal_(torch.empty(1, num_tokens, embed_dim), std=0.02)
+        )
+        self.pos_drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(embed_dim, num_heads, mlp_dim, dropout) for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=LAYER_NORM_EPS)
+        self.head = nn.Linear(embed_dim, num_classes)
+
+    def forward(self, x):
+        patches = self.patch_embed(x)
+        cls = self.cls_token.expand(patches.shape[0], -1, -1)
+        x = self.pos_drop(torch.cat([cls, patches], dim=1) + self.pos_embed)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x)[:, 0])

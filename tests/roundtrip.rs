@@ -1,0 +1,166 @@
+//! Checkpoints move between vit-tch and timm in both directions (`tests/reference/
+//! roundtrip.py` is the Python half), and malformed checkpoints are refused by name.
+
+mod common;
+
+use common::{assert_close, TempDir};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::Command;
+use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
+use vit_tch::checkpoint::{self, TensorFile};
+use vit_tch::model::{ViTConfig, VisionTransformer};
+
+const TOLERANCE: f64 = 1e-5;
+
+fn tiny_config() -> ViTConfig {
+    ViTConfig {
+        image_size: 8,
+        patch_size: 4,
+        in_channels: 3,
+        embed_dim: 16,
+        num_heads: 4,
+        mlp_dim: 32,
+        num_layers: 2,
+        num_classes: 5,
+        dropout: 0.0,
+    }
+}
+
+/// A tiny model with timm's initialisation plus noise, so that every LayerNorm and bias
+/// differs and a parameter stored under the wrong name changes the logits.
+fn tiny_model() -> (nn::VarStore, VisionTransformer) {
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = VisionTransformer::new(&vs.root(), &tiny_config()).unwrap();
+    tch::no_grad(|| {
+        for var in vs.variables().values() {
+            let _ = var.shallow_clone().g_add_(&(var.randn_like() * 0.1));
+        }
+    });
+    (vs, model)
+}
+
+/// `VIT_PYTHON`, else the project's `.venv/bin/python`.
+fn python() -> PathBuf {
+    let python = std::env::var_os("VIT_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    assert!(
+        python.exists(),
+        "no Python interpreter at {}: run `make setup` (or set VIT_PYTHON to a Python with \
+         torch, timm and safetensors)",
+        python.display()
+    );
+    python
+}
+
+fn tensors(entries: &[(&str, &Tensor)]) -> TensorFile {
+    TensorFile {
+        tensors: entries
+            .iter()
+            .map(|(name, t)| (name.to_string(), t.shallow_clone()))
+            .collect(),
+        metadata: HashMap::new(),
+    }
+}
+
+#[test]
+fn checkpoints_round_trip_through_timm() {
+    let dir = TempDir::new("roundtrip");
+    let (vs, model) = tiny_model();
+    let config = tiny_config();
+    checkpoint::save(&vs, &config, &[], &dir.join("rust.safetensors")).unwrap();
+    let input = Tensor::randn([2, 3, 8, 8], (Kind::Float, Device::Cpu));
+    let logits = tch::no_grad(|| model.forward_t(&input, false));
+    tensors(&[("input", &input), ("logits", &logits)])
+        .write(&dir.join("rust_io.safetensors"))
+        .unwrap();
+
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/roundtrip.py");
+    let output = Command::new(python())
+        .arg(script)
+        .args(
+            ["rust", "rust_io", "timm", "timm_io"]
+                .map(|name| dir.join(&format!("{name}.safetensors"))),
+        )
+        .output()
+        .expect("run tests/reference/roundtrip.py");
+    assert!(
+        output.status.success(),
+        "roundtrip.py failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let loaded = checkpoint::load(&dir.join("timm.safetensors"), Device::Cpu).unwrap();
+    assert_eq!(loaded.model.config, config);
+    let io = TensorFile::read(&dir.join("timm_io.safetensors")).unwrap();
+    let logits =
+        tch::no_grad(|| loaded.model.f_forward_t(io.get("input").unwrap(), false)).unwrap();
+    assert_close(
+        "timm checkpoint in Rust",
+        &logits,
+        io.get("logits").unwrap(),
+        TOLERANCE,
+    );
+}
+
+/// The tiny model's parameters with `config` metadata, for the malformed variants below.
+fn checkpoint_tensors() -> (BTreeMap<String, Tensor>, HashMap<String, String>) {
+    let (vs, _model) = tiny_model();
+    let metadata = HashMap::from([("config".to_string(), tiny_config().to_json())]);
+    (vs.variables().into_iter().collect(), metadata)
+}
+
+fn load_error(name: &str, file: TensorFile) -> String {
+    let dir = TempDir::new(name);
+    let path = dir.join("checkpoint.safetensors");
+    file.write(&path).unwrap();
+    match checkpoint::load(&path, Device::Cpu) {
+        Ok(_) => panic!("a {name} checkpoint was accepted"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[test]
+fn mismatched_checkpoint_is_refused_naming_each_problem() {
+    let (mut tensors, metadata) = checkpoint_tensors();
+    assert!(tensors.remove("blocks.1.mlp.fc2.bias").is_some());
+    tensors.insert(
+        "blocks.2.norm1.weight".into(),
+        Tensor::ones([16], (Kind::Float, Device::Cpu)),
+    );
+    tensors.insert(
+        "head.weight".into(),
+        Tensor::zeros([7, 16], (Kind::Float, Device::Cpu)),
+    );
+    let error = load_error("mismatched", TensorFile { tensors, metadata });
+    for expected in [
+        "missing keys",
+        "blocks.1.mlp.fc2.bias",
+        "unexpected keys",
+        "blocks.2.norm1.weight",
+        "`head.weight` has shape [7, 16], the model expects [5, 16]",
+    ] {
+        assert!(
+            error.contains(expected),
+            "`{expected}` not in the error: {error}"
+        );
+    }
+}
+
+#[test]
+fn checkpoint_without_config_names_what_is_missing() {
+    let (tensors, _) = checkpoint_tensors();
+    let error = load_error(
+        "no-config",
+        TensorFile {
+            tensors,
+            metadata: HashMap::new(),
+        },
+    );
+    assert!(error.contains("no `config` metadata"), "{error}");
+    assert!(error.contains("embed_dim"), "{error}");
+}

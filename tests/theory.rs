@@ -1,0 +1,286 @@
+//! The homework's theory questions, answered on the real Rust modules: self-attention is
+//! permutation-equivariant, a sharp softmax "preserves" one token's value and a flat one
+//! "diffuses" them into the mean; plus the notebook's shape and size checks and the
+//! refusal of configs and inputs that do not fit.
+
+mod common;
+
+use common::assert_close;
+use tch::{nn, nn::Module, nn::ModuleT, Device, Kind, Tensor};
+use vit_tch::model::{
+    scaled_dot_product_attention, MultiHeadSelfAttention, TransformerBlock, ViTConfig,
+    VisionTransformer,
+};
+
+const TOL: f64 = 1e-5;
+const EMBED_DIM: i64 = 16;
+const NUM_HEADS: i64 = 4;
+const HEAD_DIM: i64 = EMBED_DIM / NUM_HEADS;
+const NUM_TOKENS: i64 = 7;
+
+fn cpu_store() -> nn::VarStore {
+    nn::VarStore::new(Device::Cpu)
+}
+
+fn randn(shape: &[i64]) -> Tensor {
+    Tensor::randn(shape, (Kind::Float, Device::Cpu))
+}
+
+/// Gives every parameter random values (zero biases and unit LayerNorms would hide
+/// nothing here, but random ones make the check general).
+fn randomize(vs: &nn::VarStore) {
+    tch::no_grad(|| {
+        for var in vs.variables().values() {
+            var.shallow_clone().copy_(&(var.randn_like() * 0.3));
+        }
+    });
+}
+
+/// f(x[:, perm]) == f(x)[:, perm] for a random permutation of the tokens.
+fn assert_permutation_equivariant(what: &str, f: impl Fn(&Tensor) -> Tensor) {
+    let tokens = randn(&[2, NUM_TOKENS, EMBED_DIM]);
+    let perm = Tensor::randperm(NUM_TOKENS, (Kind::Int64, Device::Cpu));
+    let permuted_then_f = f(&tokens.index_select(1, &perm));
+    let f_then_permuted = f(&tokens).index_select(1, &perm);
+    assert_close(what, &permuted_then_f, &f_then_permuted, TOL);
+}
+
+#[test]
+fn self_attention_is_permutation_equivariant() {
+    tch::manual_seed(0);
+    let vs = cpu_store();
+    let mut attn = MultiHeadSelfAttention::new(vs.root(), EMBED_DIM, NUM_HEADS);
+    randomize(&vs);
+    for fused in [true, false] {
+        attn.fused = fused;
+        assert_permutation_equivariant(&format!("attention (fused {fused})"), |x| attn.forward(x));
+    }
+}
+
+#[test]
+fn transformer_block_is_permutation_equivariant() {
+    tch::manual_seed(1);
+    let vs = cpu_store();
+    let mut block = TransformerBlock::new(vs.root(), EMBED_DIM, NUM_HEADS, 32, 0.0);
+    randomize(&vs);
+    for fused in [true, false] {
+        block.attn.fused = fused;
+        assert_permutation_equivariant(&format!("block (fused {fused})"), |x| {
+            block.forward_t(x, false)
+        });
+    }
+}
+
+/// [1, 1, N, d] keys e_0..e_{N-1} (orthonormal), random values, and queries equal to the
+/// keys in reverse order, so query i is aligned with key N-1-i only.
+fn aligned_qkv() -> (Tensor, Tensor, Tensor) {
+    let keys = Tensor::eye(HEAD_DIM, (Kind::Float, Device::Cpu)).view([1, 1, HEAD_DIM, HEAD_DIM]);
+    let queries = keys.flip([2]);
+    let values = randn(&[1, 1, HEAD_DIM, 8]);
+    (queries, keys, values)
+}
+
+#[test]
+fn sharp_attention_preserves_the_aligned_keys_value() {
+    tch::manual_seed(2);
+    let (q, k, v) = aligned_qkv();
+    for fused in [true, false] {
+        let out = scaled_dot_product_attention(&q, &k, &v, 1e4, fused);
+        let what = format!("scale 1e4 (fused {fused})");
+        assert_close(&what, &out, &v.flip([2]), TOL);
+    }
+}
+
+#[test]
+fn flat_attention_diffuses_into_the_mean_value() {
+    tch::manual_seed(3);
+    let (q, k, v) = aligned_qkv();
+    let mean = v.mean_dim(2, true, None::<Kind>).expand_as(&v);
+    for fused in [true, false] {
+        let out = scaled_dot_product_attention(&q, &k, &v, 0.0, fused);
+        assert_close(&format!("scale 0 (fused {fused})"), &out, &mean, TOL);
+    }
+}
+
+/// An attention module whose query and key projections are the identity (no bias), and
+/// HEAD_DIM tokens that are one-hot in every head: token i's query meets its own key with
+/// 1 and every other key with 0. Returns the module, its store, the tokens, and each
+/// token's own value passed through the output projection.
+fn module_with_aligned_tokens() -> (nn::VarStore, MultiHeadSelfAttention, Tensor, Tensor) {
+    let vs = cpu_store();
+    let attn = MultiHeadSelfAttention::new(vs.root(), EMBED_DIM, NUM_HEADS);
+    randomize(&vs);
+    let variables = vs.variables();
+    let (qkv_w, qkv_b) = (&variables["qkv.weight"], &variables["qkv.bias"]);
+    let identity = Tensor::eye(EMBED_DIM, (Kind::Float, Device::Cpu));
+    tch::no_grad(|| {
+        qkv_w
+            .narrow(0, 0, 2 * EMBED_DIM)
+            .copy_(&Tensor::cat(&[&identity, &identity], 0));
+        let _ = qkv_b.narrow(0, 0, 2 * EMBED_DIM).zero_();
+    });
+    let one_hot = Tensor::eye(HEAD_DIM, (Kind::Float, Device::Cpu));
+    let tokens = one_hot.repeat([1, NUM_HEADS]).unsqueeze(0); // [1, HEAD_DIM, EMBED_DIM]
+    let own_values = tokens
+        .linear(
+            &qkv_w.narrow(0, 2 * EMBED_DIM, EMBED_DIM),
+            Some(qkv_b.narrow(0, 2 * EMBED_DIM, EMBED_DIM)),
+        )
+        .linear(&variables["proj.weight"], Some(&variables["proj.bias"]));
+    (vs, attn, tokens, own_values)
+}
+
+#[test]
+fn sharp_attention_module_preserves_each_tokens_value() {
+    tch::manual_seed(4);
+    let (_vs, mut attn, tokens, own_values) = module_with_aligned_tokens();
+    attn.scale = 1e4;
+    for fused in [true, false] {
+        attn.fused = fused;
+        let out = tch::no_grad(|| attn.forward(&tokens));
+        let what = format!("module, scale 1e4 (fused {fused})");
+        assert_close(&what, &out, &own_values, TOL);
+    }
+}
+
+#[test]
+fn flat_attention_module_diffuses_into_the_mean_value() {
+    tch::manual_seed(5);
+    let (_vs, mut attn, tokens, own_values) = module_with_aligned_tokens();
+    attn.scale = 0.0;
+    // proj is affine, so proj(mean of values) = mean of proj(values).
+    let mean = own_values
+        .mean_dim(1, true, None::<Kind>)
+        .expand_as(&own_values);
+    for fused in [true, false] {
+        attn.fused = fused;
+        let out = tch::no_grad(|| attn.forward(&tokens));
+        assert_close(
+            &format!("module, scale 0 (fused {fused})"),
+            &out,
+            &mean,
+            TOL,
+        );
+    }
+}
+
+#[test]
+fn notebook_shape_check() {
+    let vs = cpu_store();
+    let model = VisionTransformer::new(&vs.root(), &ViTConfig::notebook()).unwrap();
+    let logits = tch::no_grad(|| model.f_forward_t(&randn(&[1, 3, 32, 32]), false)).unwrap();
+    assert_eq!(logits.size(), [1, 100]);
+}
+
+#[test]
+fn notebook_config_has_3_218_276_parameters() {
+    let vs = cpu_store();
+    let _model = VisionTransformer::new(&vs.root(), &ViTConfig::notebook()).unwrap();
+    let count: usize = vs.trainable_variables().iter().map(Tensor::numel).sum();
+    assert_eq!(count, 3_218_276);
+}
+
+const SIZES: [&str; 8] = [
+    "image_size",
+    "patch_size",
+    "in_channels",
+    "embed_dim",
+    "num_heads",
+    "mlp_dim",
+    "num_layers",
+    "num_classes",
+];
+
+/// The tiny config with the size called `name` set to 0.
+fn zero_size(name: &str) -> ViTConfig {
+    let mut config = ViTConfig::tiny();
+    let size = match name {
+        "image_size" => &mut config.image_size,
+        "patch_size" => &mut config.patch_size,
+        "in_channels" => &mut config.in_channels,
+        "embed_dim" => &mut config.embed_dim,
+        "num_heads" => &mut config.num_heads,
+        "mlp_dim" => &mut config.mlp_dim,
+        "num_layers" => &mut config.num_layers,
+        "num_classes" => &mut config.num_classes,
+        other => panic!("no size `{other}`"),
+    };
+    *size = 0;
+    config
+}
+
+#[test]
+fn invalid_configs_are_rejected_with_a_clear_error() {
+    let base = ViTConfig::tiny();
+    let mut cases: Vec<(ViTConfig, String)> = vec![
+        (
+            ViTConfig {
+                embed_dim: 30,
+                num_heads: 4,
+                ..base.clone()
+            },
+            "embed_dim (30) must be divisible by num_heads (4)".into(),
+        ),
+        (
+            ViTConfig {
+                image_size: 30,
+                ..base.clone()
+            },
+            "image_size (30) must be divisible by patch_size (4)".into(),
+        ),
+        (
+            ViTConfig {
+                dropout: 1.0,
+                ..base.clone()
+            },
+            "dropout must be in [0, 1), got 1".into(),
+        ),
+        (
+            ViTConfig {
+                dropout: -0.1,
+                ..base.clone()
+            },
+            "dropout must be in [0, 1), got -0.1".into(),
+        ),
+    ];
+    cases.extend(
+        SIZES
+            .iter()
+            .map(|name| (zero_size(name), format!("{name} must be positive, got 0"))),
+    );
+    for (config, expected) in cases {
+        let vs = cpu_store();
+        match VisionTransformer::new(&vs.root(), &config) {
+            Ok(_) => panic!("accepted {config:?}"),
+            Err(e) => {
+                let error = format!("{e:#}");
+                assert!(
+                    error.contains(&expected),
+                    "{config:?}: `{error}` lacks `{expected}`"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn wrong_input_shape_is_an_error_not_a_panic() {
+    let vs = cpu_store();
+    let model = VisionTransformer::new(&vs.root(), &ViTConfig::tiny()).unwrap();
+    for shape in [
+        vec![1, 3, 16, 16],
+        vec![3, 32, 32],
+        vec![1, 1, 32, 32],
+        vec![1, 3, 32],
+    ] {
+        let error = model.f_forward_t(&randn(&shape), false).unwrap_err();
+        let error = format!("{error:#}");
+        assert!(
+            error.contains("expects images of shape [batch, 3, 32, 32]"),
+            "{shape:?}: {error}"
+        );
+    }
+    let integers = Tensor::zeros([1, 3, 32, 32], (Kind::Int64, Device::Cpu));
+    let error = model.f_forward_t(&integers, false).unwrap_err();
+    assert!(format!("{error}").contains("float images"), "{error}");
+}
