@@ -93,8 +93,18 @@ pub struct StepOptions {
     pub precision: Precision,
 }
 
-/// One optimisation step on a prepared batch. Returns (loss, number correct), both still on
-/// the device: nothing here waits for the GPU.
+/// What one step leaves on the device (nothing here waits for the GPU).
+pub struct StepOutput {
+    /// The batch's mean training loss.
+    pub loss: Tensor,
+    /// How many of the batch's predictions were right (int64 scalar).
+    pub correct: Tensor,
+    /// The global gradient norm before clipping (when clipping is on).
+    pub grad_norm: Option<Tensor>,
+}
+
+/// One optimisation step on a prepared batch: forward in training mode, label-smoothed
+/// cross-entropy, backward, gradient clipping, AdamW.
 pub fn train_step(
     model: &VisionTransformer,
     optimizer: &mut AdamW,
@@ -102,17 +112,20 @@ pub fn train_step(
     labels: &Tensor,
     lr: f64,
     options: StepOptions,
-) -> (Tensor, Tensor) {
+) -> StepOutput {
     optimizer.zero_grad();
     let logits = autocast(options.precision, || model.forward_t(images, true)).to_kind(Kind::Float);
     let loss = training_loss(&logits, labels, options.label_smoothing);
     loss.backward();
-    if options.clip_grad > 0.0 {
-        let _ = clip_grad_norm(optimizer.parameters(), options.clip_grad);
-    }
+    let grad_norm = (options.clip_grad > 0.0)
+        .then(|| clip_grad_norm(optimizer.parameters(), options.clip_grad));
     optimizer.step(lr);
     let correct = logits.argmax(-1, false).eq_tensor(labels).sum(Kind::Int64);
-    (loss.detach(), correct)
+    StepOutput {
+        loss: loss.detach(),
+        correct,
+        grad_norm,
+    }
 }
 
 /// Runs `f` under bf16 autocast when asked (CUDA only: callers refuse bf16 on the CPU).
@@ -270,10 +283,9 @@ pub fn train(
                 warmup_steps,
                 total_steps,
             );
-            let (loss, batch_correct) =
-                train_step(&model, &mut optimizer, &images, &labels, lr, step_options);
-            loss_sum += loss * index.size()[0] as f64;
-            correct += batch_correct;
+            let output = train_step(&model, &mut optimizer, &images, &labels, lr, step_options);
+            loss_sum += output.loss * index.size()[0] as f64;
+            correct += output.correct;
             progress.seen += index.size()[0];
             console.step(&bar, step + 1, &loss_sum, &correct, progress.seen);
             if interrupted.load(Ordering::SeqCst) && step + 1 < steps_per_epoch {

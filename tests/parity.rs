@@ -5,15 +5,21 @@
 mod common;
 
 use common::{assert_close, fixture, formula_fill, load_params, with_prefix};
-use tch::{nn, nn::Module, nn::ModuleT, Reduction, Tensor};
+use tch::{nn, nn::Module, nn::ModuleT, Tensor};
 use vit_tch::checkpoint::TensorFile;
+use vit_tch::cli::Precision;
 use vit_tch::model::{MultiHeadSelfAttention, PatchEmbedding, TransformerBlock, VisionTransformer};
-use vit_tch::optim::{clip_grad_norm, AdamW};
+use vit_tch::optim::AdamW;
+use vit_tch::train::{train_step, training_loss, StepOptions};
 
 const FORWARD_TOL: f64 = 1e-5;
 const TRAIN_TOL: f64 = 1e-4;
 const LABEL_SMOOTHING: f64 = 0.1;
-const MAX_GRAD_NORM: f64 = 1.0;
+const STEP_OPTIONS: StepOptions = StepOptions {
+    label_smoothing: LABEL_SMOOTHING,
+    clip_grad: 1.0,
+    precision: Precision::Fp32,
+};
 const WEIGHT_DECAY: f64 = 0.05;
 const STEP_LRS: [f64; 3] = [1e-3, 5e-3, 2e-3];
 
@@ -31,16 +37,8 @@ fn small_model(file: &TensorFile, fused: bool) -> (nn::VarStore, VisionTransform
 }
 
 fn loss(model: &VisionTransformer, file: &TensorFile, input: &Tensor) -> Tensor {
-    model
-        .f_forward_t(input, true)
-        .unwrap()
-        .cross_entropy_loss::<Tensor>(
-            file.get("labels").unwrap(),
-            None,
-            Reduction::Mean,
-            -100,
-            LABEL_SMOOTHING,
-        )
+    let logits = model.f_forward_t(input, true).unwrap();
+    training_loss(&logits, file.get("labels").unwrap(), LABEL_SMOOTHING)
 }
 
 #[test]
@@ -151,8 +149,8 @@ fn gradients_match_pytorch() {
     }
 }
 
-/// Three steps of zero_grad, loss, backward, clip_grad_norm(1.0), AdamW with a different
-/// learning rate each: losses, gradient norms and the final parameters.
+/// Three of the trainer's own steps (zero_grad, loss, backward, clip_grad_norm(1.0), AdamW)
+/// with a different learning rate each: losses, gradient norms and the final parameters.
 ///
 /// The key bias (the middle third of `qkv.bias`) has an exactly zero true gradient (the
 /// softmax ignores a shift shared by all keys), so what it gets is rounding noise of size
@@ -168,18 +166,15 @@ fn adamw_steps_match_pytorch() {
     for fused in [false, true] {
         let (vs, model) = small_model(&file, fused);
         let mut optimizer = AdamW::new(&vs, WEIGHT_DECAY);
+        let labels = file.get("labels").unwrap();
         for (step, lr) in STEP_LRS.into_iter().enumerate() {
-            optimizer.zero_grad();
-            let loss = loss(&model, &file, input);
-            loss.backward();
-            let norm = clip_grad_norm(optimizer.parameters(), MAX_GRAD_NORM);
-            optimizer.step(lr);
+            let output = train_step(&model, &mut optimizer, input, labels, lr, STEP_OPTIONS);
             let expected_loss = file.get(&format!("loss.{step}")).unwrap();
             let what = format!("loss {step} (fused {fused})");
-            assert_close(&what, &loss, expected_loss, TRAIN_TOL);
+            assert_close(&what, &output.loss, expected_loss, TRAIN_TOL);
             let expected_norm = file.get(&format!("grad_norm.{step}")).unwrap();
             let what = format!("gradient norm {step} (fused {fused})");
-            assert_close(&what, &norm, expected_norm, TRAIN_TOL);
+            assert_close(&what, &output.grad_norm.unwrap(), expected_norm, TRAIN_TOL);
         }
         let variables = vs.variables();
         assert_eq!(after.len(), variables.len());
