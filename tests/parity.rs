@@ -72,7 +72,7 @@ fn multi_head_self_attention_matches_pytorch() {
     load_params(&file, &vs);
     for fused in [true, false] {
         module.fused = fused;
-        let output = module.forward(file.get("input").unwrap());
+        let output = module.forward_t(file.get("input").unwrap(), false);
         let what = format!("attention (fused {fused})");
         assert_close(&what, &output, file.get("output").unwrap(), FORWARD_TOL);
     }

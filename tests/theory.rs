@@ -53,7 +53,7 @@ fn self_attention_is_permutation_equivariant() {
     randomize(&vs);
     for fused in [true, false] {
         attn.fused = fused;
-        assert_permutation_equivariant(&format!("attention (fused {fused})"), |x| attn.forward(x));
+        assert_permutation_equivariant(&format!("attention (fused {fused})"), |x| attn.forward_t(x, false));
     }
 }
 
@@ -85,7 +85,7 @@ fn sharp_attention_preserves_the_aligned_keys_value() {
     tch::manual_seed(2);
     let (q, k, v) = aligned_qkv();
     for fused in [true, false] {
-        let out = scaled_dot_product_attention(&q, &k, &v, 1e4, fused);
+        let out = scaled_dot_product_attention(&q, &k, &v, 1e4, 0.0, fused);
         let what = format!("scale 1e4 (fused {fused})");
         assert_close(&what, &out, &v.flip([2]), TOL);
     }
@@ -97,7 +97,7 @@ fn flat_attention_diffuses_into_the_mean_value() {
     let (q, k, v) = aligned_qkv();
     let mean = v.mean_dim(2, true, None::<Kind>).expand_as(&v);
     for fused in [true, false] {
-        let out = scaled_dot_product_attention(&q, &k, &v, 0.0, fused);
+        let out = scaled_dot_product_attention(&q, &k, &v, 0.0, 0.0, fused);
         assert_close(&format!("scale 0 (fused {fused})"), &out, &mean, TOL);
     }
 }
@@ -137,7 +137,7 @@ fn sharp_attention_module_preserves_each_tokens_value() {
     attn.scale = 1e4;
     for fused in [true, false] {
         attn.fused = fused;
-        let out = tch::no_grad(|| attn.forward(&tokens));
+        let out = tch::no_grad(|| attn.forward_t(&tokens, false));
         let what = format!("module, scale 1e4 (fused {fused})");
         assert_close(&what, &out, &own_values, TOL);
     }
@@ -154,7 +154,7 @@ fn flat_attention_module_diffuses_into_the_mean_value() {
         .expand_as(&own_values);
     for fused in [true, false] {
         attn.fused = fused;
-        let out = tch::no_grad(|| attn.forward(&tokens));
+        let out = tch::no_grad(|| attn.forward_t(&tokens, false));
         assert_close(
             &format!("module, scale 0 (fused {fused})"),
             &out,

@@ -1,6 +1,6 @@
 //! Notebook cell 2: `MultiHeadSelfAttention(embed_dim, num_heads)`.
 
-use tch::{nn, nn::Module, Tensor};
+use tch::{nn, nn::Module, nn::ModuleT, Tensor};
 
 /// Multi-head self-attention with one fused qkv projection (timm's `Attention`).
 #[derive(Debug)]
@@ -14,6 +14,8 @@ pub struct MultiHeadSelfAttention {
     /// libtorch's fused `scaled_dot_product_attention` (flash / memory-efficient kernels)
     /// instead of the explicit softmax(q k^T) v; both compute the same function.
     pub fused: bool,
+    /// Dropout on the attention probabilities while training (timm's `attn_drop`).
+    pub attn_dropout: f64,
 }
 
 impl MultiHeadSelfAttention {
@@ -28,6 +30,7 @@ impl MultiHeadSelfAttention {
             head_dim,
             scale: (head_dim as f64).powf(-0.5),
             fused: true,
+            attn_dropout: 0.0,
         }
     }
 
@@ -50,24 +53,27 @@ impl MultiHeadSelfAttention {
     }
 }
 
-impl Module for MultiHeadSelfAttention {
+impl ModuleT for MultiHeadSelfAttention {
     /// [B, N, embed_dim] -> [B, N, embed_dim]
-    fn forward(&self, tokens: &Tensor) -> Tensor {
+    fn forward_t(&self, tokens: &Tensor, train: bool) -> Tensor {
         let (batch, num_tokens, embed_dim) = tokens.size3().expect("attention input is [B, N, C]");
         let (query, key, value) = self.split_heads(tokens);
-        scaled_dot_product_attention(&query, &key, &value, self.scale, self.fused)
+        let dropout = if train { self.attn_dropout } else { 0.0 };
+        scaled_dot_product_attention(&query, &key, &value, self.scale, dropout, self.fused)
             .transpose(1, 2)
             .reshape([batch, num_tokens, embed_dim])
             .apply(&self.proj)
     }
 }
 
-/// softmax(q k^T * scale) v, on [B, heads, N, head_dim] inputs and output.
+/// softmax(q k^T * scale) v, on [B, heads, N, head_dim] inputs and output, with
+/// `dropout` applied to the attention probabilities (0 outside training).
 pub fn scaled_dot_product_attention(
     query: &Tensor,
     key: &Tensor,
     value: &Tensor,
     scale: f64,
+    dropout: f64,
     fused: bool,
 ) -> Tensor {
     if fused {
@@ -76,13 +82,15 @@ pub fn scaled_dot_product_attention(
             key,
             value,
             None::<Tensor>,
-            0.0,
+            dropout,
             false,
             scale,
             false,
         )
     } else {
-        attention_probabilities(query, key, scale).matmul(value)
+        attention_probabilities(query, key, scale)
+            .dropout(dropout, dropout > 0.0)
+            .matmul(value)
     }
 }
 

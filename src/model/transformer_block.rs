@@ -1,7 +1,7 @@
 //! Notebook cell 3: `TransformerBlock(embed_dim, num_heads, mlp_dim, dropout)`.
 
 use super::MultiHeadSelfAttention;
-use tch::{nn, nn::Module, nn::ModuleT, Tensor};
+use tch::{nn, nn::ModuleT, Tensor};
 
 /// fc1 -> GELU (exact erf) -> dropout -> fc2 -> dropout (timm's `Mlp`).
 #[derive(Debug)]
@@ -73,7 +73,7 @@ impl ModuleT for TransformerBlock {
     fn forward_t(&self, tokens: &Tensor, train: bool) -> Tensor {
         let attended = self
             .attn
-            .forward(&tokens.apply(&self.norm1))
+            .forward_t(&tokens.apply(&self.norm1), train)
             .dropout(self.dropout, train);
         let tokens = tokens + drop_path(&attended, self.drop_path, train);
         let mlp_out = tokens.apply(&self.norm2).apply_t(&self.mlp, train);
