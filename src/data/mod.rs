@@ -63,16 +63,16 @@ impl Split {
     }
 
     /// Per-channel mean and (population) std of the images scaled to [0,1], computed in
-    /// chunks so a whole dataset never needs a float copy.
+    /// chunks (in f64) so a whole dataset never needs a float copy.
     pub fn channel_stats(&self) -> ([f64; 3], [f64; 3]) {
         let n = self.len();
         let mut sum = Tensor::zeros([3], (Kind::Double, Device::Cpu));
         let mut sum_sq = Tensor::zeros([3], (Kind::Double, Device::Cpu));
-        let chunk = 4096;
+        let chunk = 2048;
         let mut start = 0;
         while start < n {
             let len = chunk.min(n - start);
-            let x = self.images.narrow(0, start, len).to_kind(Kind::Float) / 255.0;
+            let x = self.images.narrow(0, start, len).to_kind(Kind::Double) / 255.0;
             sum += x
                 .sum_dim_intlist([0i64, 2, 3].as_slice(), false, Kind::Double)
                 .to_device(Device::Cpu);
