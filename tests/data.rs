@@ -489,23 +489,22 @@ fn coordinate_images(b: i64, h: i64, w: i64) -> Tensor {
     (c + y + x).expand([b, 3, h, w], false).contiguous()
 }
 
-#[test]
-fn random_crop_is_a_shifted_window_within_the_padding() {
-    let _lock = rng_lock();
-    tch::manual_seed(1);
-    let (b, h, w, p) = (600i64, 32i64, 32i64, 4i64);
-    let out = transforms::random_crop(&coordinate_images(b, h, w), p);
+/// Checks that every image of `out` is `coordinate_images` shifted by at most `p` rows and
+/// columns, zeros exactly where the shift leaves the image; returns how often each row
+/// and column shift (-p..=p) occurred.
+fn check_crops(out: &Tensor, h: i64, w: i64, p: i64) -> (Vec<usize>, Vec<usize>) {
+    let b = out.size()[0];
     assert_eq!(out.size(), [b, 3, h, w]);
-    let v = i64s(&out);
+    let v = i64s(&out.to_device(Device::Cpu));
     let (hu, wu) = (h as usize, w as usize);
-    let mut seen_dy = [0usize; 9];
-    let mut seen_dx = [0usize; 9];
+    let mut seen_dy = vec![0usize; 2 * p as usize + 1];
+    let mut seen_dx = vec![0usize; 2 * p as usize + 1];
     for i in 0..b as usize {
         let img = &v[i * 3 * hu * wu..(i + 1) * 3 * hu * wu];
-        // Some pixel is real (|shift| <= 4 < 32); it gives the shift.
+        // Some pixel is real (|shift| <= p < size); it gives the shift.
         let k = img.iter().position(|&v| v != 0).unwrap();
         let (y, x) = ((k / wu) % hu, k % wu);
-        let (sy, sx) = ((img[k] / 100 % 100 - 1) as i64, (img[k] % 100 - 1) as i64);
+        let (sy, sx) = (img[k] / 100 % 100 - 1, img[k] % 100 - 1);
         let (dy, dx) = (sy - y as i64, sx - x as i64);
         assert!(
             dy.abs() <= p && dx.abs() <= p,
@@ -532,9 +531,25 @@ fn random_crop_is_a_shifted_window_within_the_padding() {
             }
         }
     }
+    (seen_dy, seen_dx)
+}
+
+#[test]
+fn random_crop_is_a_shifted_window_within_the_padding() {
+    let _lock = rng_lock();
+    tch::manual_seed(1);
+    let out = transforms::random_crop(&coordinate_images(600, 32, 32), 4);
+    let (seen_dy, seen_dx) = check_crops(&out, 32, 32, 4);
     // Every offset occurs (missing one of 9 in 600 draws: p < 1e-29).
     assert!(seen_dy.iter().all(|&n| n > 0), "{seen_dy:?}");
     assert!(seen_dx.iter().all(|&n| n > 0), "{seen_dx:?}");
+    // Non-square images keep their size.
+    check_crops(
+        &transforms::random_crop(&coordinate_images(50, 12, 20), 3),
+        12,
+        20,
+        3,
+    );
     // Works on uint8 too, and padding 0 is the identity.
     let u = coordinate_images(2, 8, 8)
         .remainder(256)
@@ -767,4 +782,43 @@ fn http_download_and_interrupted_transfers() {
         Fetched::Unpacked(data_dir.join("cifar-10-batches-bin"))
     );
     assert_eq!(entries(&data_dir), ["cifar-10-batches-bin"]);
+}
+
+/// The same invariants on the GPU, where there is one (skipped otherwise).
+#[test]
+fn transforms_on_cuda_when_available() {
+    if !tch::Cuda::is_available() {
+        eprintln!("no CUDA device: skipped");
+        return;
+    }
+    let _lock = rng_lock();
+    let cuda = Device::Cuda(0);
+    tch::manual_seed(5);
+    let out = transforms::random_crop(&coordinate_images(600, 32, 32).to_device(cuda), 4);
+    assert_eq!(out.device(), cuda);
+    let (seen_dy, seen_dx) = check_crops(&out, 32, 32, 4);
+    assert!(seen_dy.iter().all(|&n| n > 0) && seen_dx.iter().all(|&n| n > 0));
+
+    let images = coordinate_images(2000, 4, 6).to_device(cuda);
+    let flipped = transforms::random_horizontal_flip(&images, 0.5)
+        .eq_tensor(&images.flip([3]))
+        .view([2000, -1])
+        .all_dim(1, false);
+    let count = flipped.sum(Kind::Int64).int64_value(&[]);
+    assert!((800..=1200).contains(&count), "{count} of 2000 flipped");
+
+    let batch = random_uint8_batch(64);
+    let on_gpu = batch.to_device(cuda);
+    tch::manual_seed(42);
+    let a = transforms::train_transform(&on_gpu, 64);
+    tch::manual_seed(42);
+    let b = transforms::train_transform(&on_gpu, 64);
+    assert_eq!(a.device(), cuda);
+    assert_eq!(a.size(), [64, 3, 64, 64]);
+    assert!(a.equal(&b));
+    for size in [32, 64] {
+        let gpu = transforms::test_transform(&on_gpu, size).to_device(Device::Cpu);
+        let cpu = transforms::test_transform(&batch, size);
+        assert!(gpu.allclose(&cpu, 1e-4, 1e-4, false), "size {size}");
+    }
 }
