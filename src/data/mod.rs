@@ -53,6 +53,23 @@ impl Split {
         }
     }
 
+    /// The images and labels at `indices` (int64 [B], on the split's device): how a batch is
+    /// drawn from a split already on the training device, without a host round trip.
+    pub fn batch(&self, indices: &Tensor) -> Split {
+        Split {
+            images: self.images.index_select(0, indices),
+            labels: self.labels.index_select(0, indices),
+        }
+    }
+
+    /// Another handle on the same tensors.
+    pub fn shallow_clone(&self) -> Split {
+        Split {
+            images: self.images.shallow_clone(),
+            labels: self.labels.shallow_clone(),
+        }
+    }
+
     /// Images per class, for `num_classes` classes.
     pub fn class_counts(&self, num_classes: usize) -> Vec<i64> {
         let counts = self
