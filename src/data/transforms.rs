@@ -84,14 +84,18 @@ pub fn resize(images: &Tensor, size: i64) -> Tensor {
 
 /// `Normalize(CIFAR_MEAN, CIFAR_STD)` of [0,1] floats [B,3,H,W].
 pub fn normalize(images: &Tensor) -> Tensor {
-    let options = (images.kind(), images.device());
-    let mean = Tensor::from_slice(&CIFAR_MEAN)
-        .to_kind(options.0)
-        .to_device(options.1)
-        .view([1, 3, 1, 1]);
-    let std = Tensor::from_slice(&CIFAR_STD)
-        .to_kind(options.0)
-        .to_device(options.1)
-        .view([1, 3, 1, 1]);
+    let mean = channel_constants(&CIFAR_MEAN, images);
+    let std = channel_constants(&CIFAR_STD, images);
     (images - mean) / std
+}
+
+/// `values` as a [1,3,1,1] tensor of `like`'s kind on `like`'s device, filled there by
+/// scalar kernels: a host-to-device copy of a small pageable buffer would make libtorch
+/// wait for the GPU on every batch.
+fn channel_constants(values: &[f64; 3], like: &Tensor) -> Tensor {
+    let out = Tensor::empty([1, 3, 1, 1], (like.kind(), like.device()));
+    for (c, &value) in values.iter().enumerate() {
+        let _ = out.narrow(1, c as i64, 1).fill_(value);
+    }
+    out
 }
