@@ -32,23 +32,24 @@ pub fn test_transform(images: &Tensor, image_size: i64) -> Tensor {
 
 /// `RandomCrop(H×W, padding)` with zero padding, for every image of a batch [B,C,H,W]
 /// (any dtype): pads once, draws a per-sample offset in 0..=2*padding for each axis, and
-/// gathers each window by advanced indexing. The output has the input's size.
+/// gathers each window with two `gather`s (rows, then columns) whose index tensors are
+/// broadcast views, never materialized per pixel. The output has the input's size.
 pub fn random_crop(images: &Tensor, padding: i64) -> Tensor {
     if padding <= 0 {
         return images.shallow_clone();
     }
     let (b, c, h, w) = images.size4().expect("random_crop expects [B,C,H,W]");
-    let device = images.device();
     let padded = images.constant_pad_nd([padding, padding, padding, padding]);
-    let options = (Kind::Int64, device);
+    let options = (Kind::Int64, images.device());
     let top = Tensor::randint(2 * padding + 1, [b], options);
     let left = Tensor::randint(2 * padding + 1, [b], options);
-    let batch = Tensor::arange(b, options).view([b, 1, 1, 1]);
-    let channel = Tensor::arange(c, options).view([1, c, 1, 1]);
-    let rows = top.view([b, 1, 1, 1]) + Tensor::arange(h, options).view([1, 1, h, 1]);
-    let cols = left.view([b, 1, 1, 1]) + Tensor::arange(w, options).view([1, 1, 1, w]);
-    // out[b, c, y, x] = padded[b, c, top[b] + y, left[b] + x], the indices broadcast to [B,C,H,W].
-    padded.index(&[Some(&batch), Some(&channel), Some(&rows), Some(&cols)])
+    // rows[b, c, y, x'] = top[b] + y; cols[b, c, y, x] = left[b] + x.
+    let rows = (top.view([b, 1, 1, 1]) + Tensor::arange(h, options).view([1, 1, h, 1]))
+        .expand([b, c, h, w + 2 * padding], false);
+    let cols = (left.view([b, 1, 1, 1]) + Tensor::arange(w, options).view([1, 1, 1, w]))
+        .expand([b, c, h, w], false);
+    // out[b, c, y, x] = padded[b, c, top[b] + y, left[b] + x].
+    padded.gather(2, &rows, false).gather(3, &cols, false)
 }
 
 /// `RandomHorizontalFlip(p)` for every image of a batch [B,C,H,W]: a per-sample mask from
