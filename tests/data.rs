@@ -826,3 +826,33 @@ fn transforms_on_cuda_when_available() {
         assert!(gpu.allclose(&cpu, 1e-4, 1e-4, false), "size {size}");
     }
 }
+
+#[test]
+fn cli_entry_points() {
+    use vit_tch::cli::{DataArgs, DownloadArgs};
+    let tmp = TempDir::new("cli");
+    write_cifar10(&tmp.0);
+    let data_args = DataArgs {
+        data: args(DatasetName::Cifar10, &tmp.0, false),
+        image_size: 32,
+    };
+    data::run_summary(&data_args).unwrap();
+    let download = |dataset, from: &str| DownloadArgs {
+        dataset,
+        data_dir: tmp.0.clone(),
+        from: Some(from.to_string()),
+    };
+    // In place already: the (nonexistent) source is never touched.
+    data::run_download(&download(DatasetName::Cifar10, "/nonexistent/")).unwrap();
+    let err = error_of(data::run_download(&download(
+        DatasetName::Folder,
+        "/nonexistent/",
+    )));
+    assert!(err.contains("not downloaded"), "{err}");
+    // The official spec: a small local file is refused by size, and nothing is left.
+    std::fs::write(tmp.0.join("small.tar.gz"), b"tiny").unwrap();
+    let from = tmp.0.join("small.tar.gz").display().to_string();
+    let err = error_of(data::run_download(&download(DatasetName::Cifar100, &from)));
+    assert!(err.contains("168513733"), "{err}");
+    assert_eq!(entries(&tmp.0), ["cifar-10-batches-bin", "small.tar.gz"]);
+}
