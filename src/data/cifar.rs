@@ -76,8 +76,9 @@ pub fn load_cifar10(data_dir: &Path) -> Result<Dataset> {
     let classes = read_class_names(&dir.join("batches.meta.txt"), &format, data_dir)?;
     let parts = CIFAR10_TRAIN_FILES
         .iter()
-        .map(|name| read_batch(&dir.join(name), &format, data_dir))
+        .map(|name| read_records(&dir.join(name), &format, data_dir))
         .collect::<Result<Vec<_>>>()?;
+    // One copy: the five batches' strided views straight into one contiguous tensor.
     let train = Split {
         images: Tensor::cat(&parts.iter().map(|s| &s.images).collect::<Vec<_>>(), 0),
         labels: Tensor::cat(&parts.iter().map(|s| &s.labels).collect::<Vec<_>>(), 0),
@@ -136,9 +137,18 @@ fn read_file(path: &Path, format: &RecordFormat, data_dir: &Path) -> Result<Vec<
     }
 }
 
-/// Reads one binary batch file into uint8 images [N, 3, 32, 32] and int64 labels [N].
-/// `data_dir` only feeds the `vit download` hint of the missing-file error.
+/// Reads one binary batch file into uint8 images [N, 3, 32, 32] (contiguous) and int64
+/// labels [N]. `data_dir` only feeds the `vit download` hint of the missing-file error.
 pub fn read_batch(path: &Path, format: &RecordFormat, data_dir: &Path) -> Result<Split> {
+    let split = read_records(path, format, data_dir)?;
+    Ok(Split {
+        images: split.images.contiguous(),
+        labels: split.labels,
+    })
+}
+
+/// [`read_batch`] with the images left as a strided view into the records tensor.
+fn read_records(path: &Path, format: &RecordFormat, data_dir: &Path) -> Result<Split> {
     let bytes = read_file(path, format, data_dir)?;
     let record = format.record_bytes();
     if bytes.is_empty() || bytes.len() % record != 0 {
@@ -177,8 +187,7 @@ pub fn read_batch(path: &Path, format: &RecordFormat, data_dir: &Path) -> Result
         .to_kind(Kind::Int64);
     let images = records
         .narrow(1, format.label_bytes as i64, IMAGE_BYTES as i64)
-        .reshape([n as i64, 3, 32, 32])
-        .contiguous();
+        .reshape([n as i64, 3, 32, 32]);
     Ok(Split { images, labels })
 }
 

@@ -157,8 +157,10 @@ fn download(source: &str, dest: &Path, spec: &ArchiveSpec) -> Result<()> {
             .timeout_recv_response(Some(Duration::from_secs(60)))
             .build()
             .into();
+        // Byte for byte: no transparent gzip decoding of the .tar.gz by ureq.
         let response = agent
             .get(source)
+            .header("accept-encoding", "identity")
             .call()
             .with_context(|| format!("cannot fetch {source}"))?;
         let length = response

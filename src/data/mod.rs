@@ -53,6 +53,23 @@ impl Split {
         }
     }
 
+    /// The images and labels at `indices` (int64 [B], on the split's device): how a batch is
+    /// drawn from a split already on the training device, without a host round trip.
+    pub fn batch(&self, indices: &Tensor) -> Split {
+        Split {
+            images: self.images.index_select(0, indices),
+            labels: self.labels.index_select(0, indices),
+        }
+    }
+
+    /// Another handle on the same tensors.
+    pub fn shallow_clone(&self) -> Split {
+        Split {
+            images: self.images.shallow_clone(),
+            labels: self.labels.shallow_clone(),
+        }
+    }
+
     /// Images per class, for `num_classes` classes.
     pub fn class_counts(&self, num_classes: usize) -> Vec<i64> {
         let counts = self
@@ -63,16 +80,16 @@ impl Split {
     }
 
     /// Per-channel mean and (population) std of the images scaled to [0,1], computed in
-    /// chunks so a whole dataset never needs a float copy.
+    /// chunks (in f64) so a whole dataset never needs a float copy.
     pub fn channel_stats(&self) -> ([f64; 3], [f64; 3]) {
         let n = self.len();
         let mut sum = Tensor::zeros([3], (Kind::Double, Device::Cpu));
         let mut sum_sq = Tensor::zeros([3], (Kind::Double, Device::Cpu));
-        let chunk = 4096;
+        let chunk = 2048;
         let mut start = 0;
         while start < n {
             let len = chunk.min(n - start);
-            let x = self.images.narrow(0, start, len).to_kind(Kind::Float) / 255.0;
+            let x = self.images.narrow(0, start, len).to_kind(Kind::Double) / 255.0;
             sum += x
                 .sum_dim_intlist([0i64, 2, 3].as_slice(), false, Kind::Double)
                 .to_device(Device::Cpu);

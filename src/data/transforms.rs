@@ -32,23 +32,24 @@ pub fn test_transform(images: &Tensor, image_size: i64) -> Tensor {
 
 /// `RandomCrop(H×W, padding)` with zero padding, for every image of a batch [B,C,H,W]
 /// (any dtype): pads once, draws a per-sample offset in 0..=2*padding for each axis, and
-/// gathers each window by advanced indexing. The output has the input's size.
+/// gathers each window with two `gather`s (rows, then columns) whose index tensors are
+/// broadcast views, never materialized per pixel. The output has the input's size.
 pub fn random_crop(images: &Tensor, padding: i64) -> Tensor {
     if padding <= 0 {
         return images.shallow_clone();
     }
     let (b, c, h, w) = images.size4().expect("random_crop expects [B,C,H,W]");
-    let device = images.device();
     let padded = images.constant_pad_nd([padding, padding, padding, padding]);
-    let options = (Kind::Int64, device);
+    let options = (Kind::Int64, images.device());
     let top = Tensor::randint(2 * padding + 1, [b], options);
     let left = Tensor::randint(2 * padding + 1, [b], options);
-    let batch = Tensor::arange(b, options).view([b, 1, 1, 1]);
-    let channel = Tensor::arange(c, options).view([1, c, 1, 1]);
-    let rows = top.view([b, 1, 1, 1]) + Tensor::arange(h, options).view([1, 1, h, 1]);
-    let cols = left.view([b, 1, 1, 1]) + Tensor::arange(w, options).view([1, 1, 1, w]);
-    // out[b, c, y, x] = padded[b, c, top[b] + y, left[b] + x], the indices broadcast to [B,C,H,W].
-    padded.index(&[Some(&batch), Some(&channel), Some(&rows), Some(&cols)])
+    // rows[b, c, y, x'] = top[b] + y; cols[b, c, y, x] = left[b] + x.
+    let rows = (top.view([b, 1, 1, 1]) + Tensor::arange(h, options).view([1, 1, h, 1]))
+        .expand([b, c, h, w + 2 * padding], false);
+    let cols = (left.view([b, 1, 1, 1]) + Tensor::arange(w, options).view([1, 1, 1, w]))
+        .expand([b, c, h, w], false);
+    // out[b, c, y, x] = padded[b, c, top[b] + y, left[b] + x].
+    padded.gather(2, &rows, false).gather(3, &cols, false)
 }
 
 /// `RandomHorizontalFlip(p)` for every image of a batch [B,C,H,W]: a per-sample mask from
@@ -84,14 +85,18 @@ pub fn resize(images: &Tensor, size: i64) -> Tensor {
 
 /// `Normalize(CIFAR_MEAN, CIFAR_STD)` of [0,1] floats [B,3,H,W].
 pub fn normalize(images: &Tensor) -> Tensor {
-    let options = (images.kind(), images.device());
-    let mean = Tensor::from_slice(&CIFAR_MEAN)
-        .to_kind(options.0)
-        .to_device(options.1)
-        .view([1, 3, 1, 1]);
-    let std = Tensor::from_slice(&CIFAR_STD)
-        .to_kind(options.0)
-        .to_device(options.1)
-        .view([1, 3, 1, 1]);
+    let mean = channel_constants(&CIFAR_MEAN, images);
+    let std = channel_constants(&CIFAR_STD, images);
     (images - mean) / std
+}
+
+/// `values` as a [1,3,1,1] tensor of `like`'s kind on `like`'s device, filled there by
+/// scalar kernels: a host-to-device copy of a small pageable buffer would make libtorch
+/// wait for the GPU on every batch.
+fn channel_constants(values: &[f64; 3], like: &Tensor) -> Tensor {
+    let out = Tensor::empty([1, 3, 1, 1], (like.kind(), like.device()));
+    for (c, &value) in values.iter().enumerate() {
+        let _ = out.narrow(1, c as i64, 1).fill_(value);
+    }
+    out
 }

@@ -1,0 +1,858 @@
+//! The data layer on generated files: both CIFAR binary formats, their errors, the
+//! download's verification and atomicity, ImageFolder reading, and the augmentation
+//! invariants. No network and no real dataset needed.
+
+use flate2::{write::GzEncoder, Compression};
+use md5::{Digest, Md5};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use tch::{Device, Kind, Tensor};
+use vit_tch::cli::{DatasetArgs, DatasetName};
+use vit_tch::data::download::{fetch, ArchiveSpec, Fetched};
+use vit_tch::data::{self, cifar, folder, transforms, CIFAR_MEAN, CIFAR_STD};
+
+/// Tests that seed or draw from libtorch's global generator hold this, so that one test's
+/// draws cannot land between another's seed and its draws.
+static RNG: Mutex<()> = Mutex::new(());
+
+fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A fresh, empty folder under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path =
+            std::env::temp_dir().join(format!("vit-tch-test-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The pixel byte of image `seed` at channel c, row y, column x.
+fn pixel(seed: usize, c: usize, y: usize, x: usize) -> u8 {
+    ((seed * 31 + c * 101 + y * 7 + x * 3) % 256) as u8
+}
+
+/// One record: the label bytes, then the R, G and B planes, row-major.
+fn record(labels: &[u8], seed: usize) -> Vec<u8> {
+    let mut bytes = labels.to_vec();
+    for c in 0..3 {
+        for y in 0..32 {
+            for x in 0..32 {
+                bytes.push(pixel(seed, c, y, x));
+            }
+        }
+    }
+    bytes
+}
+
+const CIFAR10_CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
+
+/// Writes a small CIFAR-10 tree: batch k holds k+1 records; image i has label i % 10.
+/// Returns the files (name, bytes) written, relative to `DATA_DIR/cifar-10-batches-bin`.
+fn cifar10_files() -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut seed = 0;
+    for k in 0..5 {
+        let mut bytes = Vec::new();
+        for _ in 0..=k {
+            bytes.extend(record(&[(seed % 10) as u8], seed));
+            seed += 1;
+        }
+        files.push((format!("data_batch_{}.bin", k + 1), bytes));
+    }
+    let mut test = Vec::new();
+    for _ in 0..4 {
+        test.extend(record(&[(seed % 10) as u8], seed));
+        seed += 1;
+    }
+    files.push(("test_batch.bin".into(), test));
+    files.push((
+        "batches.meta.txt".into(),
+        (CIFAR10_CLASSES.join("\n") + "\n\n").into_bytes(),
+    ));
+    files
+}
+
+fn write_cifar10(data_dir: &Path) -> PathBuf {
+    let dir = data_dir.join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, bytes) in cifar10_files() {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    dir
+}
+
+fn write_cifar100(data_dir: &Path) -> PathBuf {
+    let dir = data_dir.join("cifar-100-binary");
+    std::fs::create_dir_all(&dir).unwrap();
+    let split = |start: usize, n: usize| {
+        let mut bytes = Vec::new();
+        for i in start..start + n {
+            bytes.extend(record(&[(i % 20) as u8, (i * 7 % 100) as u8], i));
+        }
+        bytes
+    };
+    std::fs::write(dir.join("train.bin"), split(0, 25)).unwrap();
+    std::fs::write(dir.join("test.bin"), split(25, 5)).unwrap();
+    let fine: Vec<String> = (0..100).map(|i| format!("fine{i}")).collect();
+    let coarse: Vec<String> = (0..20).map(|i| format!("coarse{i}")).collect();
+    std::fs::write(dir.join("fine_label_names.txt"), fine.join("\n")).unwrap();
+    std::fs::write(dir.join("coarse_label_names.txt"), coarse.join("\n")).unwrap();
+    dir
+}
+
+fn u8s(t: &Tensor) -> Vec<u8> {
+    Vec::<u8>::try_from(&t.flatten(0, -1)).unwrap()
+}
+
+fn i64s(t: &Tensor) -> Vec<i64> {
+    Vec::<i64>::try_from(&t.flatten(0, -1).to_kind(Kind::Int64)).unwrap()
+}
+
+fn f32s(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(&t.flatten(0, -1).to_kind(Kind::Float)).unwrap()
+}
+
+fn args(dataset: DatasetName, data_dir: &Path, coarse_labels: bool) -> DatasetArgs {
+    DatasetArgs {
+        dataset,
+        data_dir: data_dir.to_path_buf(),
+        coarse_labels,
+    }
+}
+
+fn error_of<T: std::fmt::Debug>(result: anyhow::Result<T>) -> String {
+    format!("{:#}", result.expect_err("expected an error"))
+}
+
+#[test]
+fn cifar10_reads_back_exactly() {
+    let tmp = TempDir::new("c10");
+    write_cifar10(&tmp.0);
+    let ds = data::load(&args(DatasetName::Cifar10, &tmp.0, false), 32).unwrap();
+    assert_eq!(ds.name, "cifar10");
+    assert_eq!(ds.classes, CIFAR10_CLASSES);
+    assert_eq!(ds.train.images.size(), [15, 3, 32, 32]);
+    assert_eq!(ds.train.images.kind(), Kind::Uint8);
+    assert_eq!(ds.train.labels.kind(), Kind::Int64);
+    assert_eq!(ds.test.images.size(), [4, 3, 32, 32]);
+    assert_eq!(ds.train.len(), 15);
+    let expected: Vec<u8> = (0..15).flat_map(|i| record(&[], i)).collect();
+    assert_eq!(u8s(&ds.train.images), expected);
+    assert_eq!(
+        i64s(&ds.train.labels),
+        (0..15).map(|i| i % 10).collect::<Vec<i64>>()
+    );
+    assert_eq!(
+        u8s(&ds.test.images),
+        (15..19).flat_map(|i| record(&[], i)).collect::<Vec<u8>>()
+    );
+    assert_eq!(i64s(&ds.test.labels), vec![5, 6, 7, 8]);
+    // CHW: [i, c, y, x] is plane c, row y, column x of record i.
+    for (i, c, y, x) in [(0, 0, 0, 1), (3, 1, 5, 30), (14, 2, 31, 0), (7, 2, 17, 9)] {
+        let v = ds
+            .train
+            .images
+            .int64_value(&[i as i64, c as i64, y as i64, x as i64]);
+        assert_eq!(v, pixel(i, c, y, x) as i64, "image {i} c{c} y{y} x{x}");
+    }
+    let sub = ds.train.subset(4);
+    assert_eq!(sub.len(), 4);
+    assert_eq!(ds.train.subset(100).len(), 15);
+    assert_eq!(u8s(&sub.images), expected[..4 * 3072]);
+    assert_eq!(sub.to_device(Device::Cpu).len(), 4);
+    let picked = ds.train.batch(&Tensor::from_slice(&[14i64, 0, 3]));
+    assert_eq!(i64s(&picked.labels), [4, 0, 3]);
+    assert_eq!(u8s(&picked.images.get(0)), record(&[], 14));
+    assert_eq!(ds.train.shallow_clone().len(), 15);
+    assert_eq!(
+        ds.train.class_counts(10),
+        vec![2, 2, 2, 2, 2, 1, 1, 1, 1, 1]
+    );
+}
+
+#[test]
+fn cifar100_fine_and_coarse_labels() {
+    let tmp = TempDir::new("c100");
+    write_cifar100(&tmp.0);
+    let fine = data::load(&args(DatasetName::Cifar100, &tmp.0, false), 32).unwrap();
+    assert_eq!(fine.name, "cifar100");
+    assert_eq!(fine.classes.len(), 100);
+    assert_eq!(fine.classes[3], "fine3");
+    assert_eq!(
+        i64s(&fine.train.labels),
+        (0..25).map(|i| i * 7 % 100).collect::<Vec<i64>>()
+    );
+    assert_eq!(
+        i64s(&fine.test.labels),
+        (25..30).map(|i| i * 7 % 100).collect::<Vec<i64>>()
+    );
+    assert_eq!(
+        u8s(&fine.train.images),
+        (0..25).flat_map(|i| record(&[], i)).collect::<Vec<u8>>()
+    );
+    assert_eq!(
+        u8s(&fine.test.images),
+        (25..30).flat_map(|i| record(&[], i)).collect::<Vec<u8>>()
+    );
+    let coarse = data::load(&args(DatasetName::Cifar100, &tmp.0, true), 32).unwrap();
+    assert_eq!(coarse.name, "cifar100-coarse");
+    assert_eq!(coarse.classes.len(), 20);
+    assert_eq!(coarse.classes[19], "coarse19");
+    assert_eq!(
+        i64s(&coarse.train.labels),
+        (0..25).map(|i| i % 20).collect::<Vec<i64>>()
+    );
+    assert_eq!(u8s(&coarse.train.images), u8s(&fine.train.images));
+    let err = error_of(data::load(&args(DatasetName::Cifar10, &tmp.0, true), 32));
+    assert!(err.contains("--coarse-labels"), "{err}");
+}
+
+#[test]
+fn missing_files_name_the_download_command() {
+    let tmp = TempDir::new("missing");
+    let err = error_of(data::load(&args(DatasetName::Cifar10, &tmp.0, false), 32));
+    let command = format!(
+        "vit download --dataset cifar10 --data-dir {}",
+        tmp.0.display()
+    );
+    assert!(err.contains(&command), "{err}");
+    assert!(err.contains("batches.meta.txt"), "{err}");
+    let err = error_of(data::load(&args(DatasetName::Cifar100, &tmp.0, false), 32));
+    let command = format!(
+        "vit download --dataset cifar100 --data-dir {}",
+        tmp.0.display()
+    );
+    assert!(err.contains(&command), "{err}");
+
+    // One batch missing from an otherwise complete tree.
+    let dir = write_cifar10(&tmp.0);
+    std::fs::remove_file(dir.join("data_batch_3.bin")).unwrap();
+    let err = error_of(data::load(&args(DatasetName::Cifar10, &tmp.0, false), 32));
+    assert!(
+        err.contains("data_batch_3.bin") && err.contains("vit download"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_sizes_and_labels_are_named() {
+    let tmp = TempDir::new("bad");
+    let dir = write_cifar10(&tmp.0);
+    let load = || error_of(data::load(&args(DatasetName::Cifar10, &tmp.0, false), 32));
+
+    let mut bytes = std::fs::read(dir.join("test_batch.bin")).unwrap();
+    bytes.truncate(bytes.len() - 100);
+    std::fs::write(dir.join("test_batch.bin"), &bytes).unwrap();
+    let err = load();
+    assert!(
+        err.contains("test_batch.bin") && err.contains("not a positive multiple"),
+        "{err}"
+    );
+    assert!(err.contains("3073"), "{err}");
+
+    write_cifar10(&tmp.0);
+    let mut bytes = std::fs::read(dir.join("data_batch_2.bin")).unwrap();
+    bytes[3073] = 10; // second record's label
+    std::fs::write(dir.join("data_batch_2.bin"), &bytes).unwrap();
+    let err = load();
+    assert!(
+        err.contains("data_batch_2.bin") && err.contains("record 1 has label 10"),
+        "{err}"
+    );
+    assert!(err.contains("out of range"), "{err}");
+
+    let dir = write_cifar100(&tmp.0);
+    let mut bytes = std::fs::read(dir.join("train.bin")).unwrap();
+    bytes[1] = 100; // first record's fine label
+    std::fs::write(dir.join("train.bin"), &bytes).unwrap();
+    let err = error_of(data::load(&args(DatasetName::Cifar100, &tmp.0, false), 32));
+    assert!(
+        err.contains("train.bin") && err.contains("label 100"),
+        "{err}"
+    );
+    // The coarse labels of the same file are fine.
+    data::load(&args(DatasetName::Cifar100, &tmp.0, true), 32).unwrap();
+    bytes[3074 * 2] = 20; // third record's coarse label
+    std::fs::write(dir.join("train.bin"), &bytes).unwrap();
+    let err = error_of(data::load(&args(DatasetName::Cifar100, &tmp.0, true), 32));
+    assert!(err.contains("record 2 has label 20"), "{err}");
+    std::fs::write(dir.join("train.bin"), vec![0u8; 3073]).unwrap();
+    let err = error_of(data::load(&args(DatasetName::Cifar100, &tmp.0, false), 32));
+    assert!(err.contains("3074"), "{err}");
+}
+
+/// A .tar.gz of `entries` (path, bytes), with paths written raw (so `../evil` is possible).
+fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+    for (path, bytes) in entries {
+        let mut header = tar::Header::new_old();
+        let name = &mut header.as_old_mut().name;
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        builder.append(&header, *bytes).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+fn cifar10_archive() -> Vec<u8> {
+    let files = cifar10_files();
+    let entries: Vec<(String, &[u8])> = files
+        .iter()
+        .map(|(name, bytes)| (format!("cifar-10-batches-bin/{name}"), bytes.as_slice()))
+        .collect();
+    tar_gz(
+        &entries
+            .iter()
+            .map(|(p, b)| (p.as_str(), *b))
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn md5_hex(bytes: &[u8]) -> String {
+    Md5::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn spec_for<'a>(bytes: &[u8], md5: &'a str) -> ArchiveSpec<'a> {
+    ArchiveSpec {
+        file_name: "cifar-10-binary.tar.gz",
+        folder: "cifar-10-batches-bin",
+        size: bytes.len() as u64,
+        md5,
+    }
+}
+
+#[test]
+fn download_from_local_archive_unpacks_and_skips_when_present() {
+    let tmp = TempDir::new("dl");
+    let archive = cifar10_archive();
+    let md5 = md5_hex(&archive);
+    let source = tmp.0.join("mirror");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join("cifar-10-binary.tar.gz"), &archive).unwrap();
+    let data_dir = tmp.0.join("data");
+
+    // A folder holding the archive, as a mirror would.
+    let fetched = fetch(
+        source.to_str().unwrap(),
+        &data_dir,
+        &spec_for(&archive, &md5),
+    )
+    .unwrap();
+    let target = data_dir.join("cifar-10-batches-bin");
+    assert_eq!(fetched, Fetched::Unpacked(target.clone()));
+    assert_eq!(
+        entries(&data_dir),
+        ["cifar-10-batches-bin"],
+        "no temporaries left"
+    );
+    let ds = data::load(&args(DatasetName::Cifar10, &data_dir, false), 32).unwrap();
+    assert_eq!(ds.train.len(), 15);
+    assert_eq!(
+        u8s(&ds.test.images),
+        (15..19).flat_map(|i| record(&[], i)).collect::<Vec<u8>>()
+    );
+
+    // Already in place: not fetched again, even from a source that does not exist.
+    let fetched = fetch(
+        "/nonexistent/nowhere.tar.gz",
+        &data_dir,
+        &spec_for(&archive, &md5),
+    );
+    assert_eq!(fetched.unwrap(), Fetched::AlreadyPresent(target));
+
+    // The archive file itself, as a file:// URL.
+    let data_dir2 = tmp.0.join("data2");
+    let url = format!("file://{}", source.join("cifar-10-binary.tar.gz").display());
+    let fetched = fetch(&url, &data_dir2, &spec_for(&archive, &md5)).unwrap();
+    assert!(matches!(fetched, Fetched::Unpacked(_)));
+}
+
+#[test]
+fn checksum_mismatch_and_truncation_leave_nothing() {
+    let tmp = TempDir::new("dlbad");
+    let archive = cifar10_archive();
+    let md5 = md5_hex(&archive);
+    let file = tmp.0.join("archive.tar.gz");
+    std::fs::write(&file, &archive).unwrap();
+    let data_dir = tmp.0.join("data");
+
+    let wrong = "0123456789abcdef0123456789abcdef";
+    let err = error_of(fetch(
+        file.to_str().unwrap(),
+        &data_dir,
+        &spec_for(&archive, wrong),
+    ));
+    assert!(
+        err.contains("checksum mismatch") && err.contains("removed"),
+        "{err}"
+    );
+    assert!(err.contains(&md5) && err.contains(wrong), "{err}");
+    assert_eq!(entries(&data_dir), Vec::<String>::new());
+
+    // An interrupted transfer: the source holds only the first half of the archive.
+    let truncated = tmp.0.join("truncated.tar.gz");
+    std::fs::write(&truncated, &archive[..archive.len() / 2]).unwrap();
+    let spec = spec_for(&archive, &md5);
+    let err = error_of(fetch(truncated.to_str().unwrap(), &data_dir, &spec));
+    assert!(err.contains("bytes"), "{err}");
+    assert_eq!(entries(&data_dir), Vec::<String>::new());
+
+    // A source larger than the expected size.
+    let mut longer = archive.clone();
+    longer.extend([0u8; 10]);
+    std::fs::write(&truncated, &longer).unwrap();
+    let err = error_of(fetch(truncated.to_str().unwrap(), &data_dir, &spec));
+    assert!(err.contains("bytes"), "{err}");
+    assert_eq!(entries(&data_dir), Vec::<String>::new());
+
+    // A missing source.
+    let err = error_of(fetch("/nonexistent/a.tar.gz", &data_dir, &spec));
+    assert!(err.contains("/nonexistent/a.tar.gz"), "{err}");
+    assert_eq!(entries(&data_dir), Vec::<String>::new());
+
+    // Stale temporaries of a killed run (a PID that cannot be running) are swept.
+    let stale = data_dir.join(".cifar-10-binary.tar.gz.part-4294967295");
+    std::fs::write(&stale, b"partial").unwrap();
+    fetch(file.to_str().unwrap(), &data_dir, &spec).unwrap();
+    assert_eq!(entries(&data_dir), ["cifar-10-batches-bin"]);
+}
+
+#[test]
+fn escaping_or_stray_entries_are_refused() {
+    let tmp = TempDir::new("dlesc");
+    let data_dir = tmp.0.join("data");
+    let cases: [&[(&str, &[u8])]; 4] = [
+        &[("cifar-10-batches-bin/a.bin", b"ok"), ("../evil", b"boom")],
+        &[("cifar-10-batches-bin/../../evil", b"boom")],
+        &[("/tmp/evil-abs", b"boom")],
+        &[("elsewhere/evil", b"boom")],
+    ];
+    for entries_in in cases {
+        let archive = tar_gz(entries_in);
+        let md5 = md5_hex(&archive);
+        let file = tmp.0.join("evil.tar.gz");
+        std::fs::write(&file, &archive).unwrap();
+        let err = error_of(fetch(
+            file.to_str().unwrap(),
+            &data_dir,
+            &spec_for(&archive, &md5),
+        ));
+        assert!(err.contains("refusing"), "{err}");
+        assert_eq!(entries(&data_dir), Vec::<String>::new(), "{err}");
+        assert!(!tmp.0.join("evil").exists() && !tmp.0.join("data/evil").exists());
+    }
+}
+
+/// [B,3,H,W] int64 images whose pixel (c, y, x) holds c*10000 + (y+1)*100 + (x+1), so a
+/// zero can only be padding.
+fn coordinate_images(b: i64, h: i64, w: i64) -> Tensor {
+    let c = Tensor::arange(3, (Kind::Int64, Device::Cpu)).view([1, 3, 1, 1]) * 10000;
+    let y = (Tensor::arange(h, (Kind::Int64, Device::Cpu)) + 1).view([1, 1, h, 1]) * 100;
+    let x = (Tensor::arange(w, (Kind::Int64, Device::Cpu)) + 1).view([1, 1, 1, w]);
+    (c + y + x).expand([b, 3, h, w], false).contiguous()
+}
+
+/// Checks that every image of `out` is `coordinate_images` shifted by at most `p` rows and
+/// columns, zeros exactly where the shift leaves the image; returns how often each row
+/// and column shift (-p..=p) occurred.
+fn check_crops(out: &Tensor, h: i64, w: i64, p: i64) -> (Vec<usize>, Vec<usize>) {
+    let b = out.size()[0];
+    assert_eq!(out.size(), [b, 3, h, w]);
+    let v = i64s(&out.to_device(Device::Cpu));
+    let (hu, wu) = (h as usize, w as usize);
+    let mut seen_dy = vec![0usize; 2 * p as usize + 1];
+    let mut seen_dx = vec![0usize; 2 * p as usize + 1];
+    for i in 0..b as usize {
+        let img = &v[i * 3 * hu * wu..(i + 1) * 3 * hu * wu];
+        // Some pixel is real (|shift| <= p < size); it gives the shift.
+        let k = img.iter().position(|&v| v != 0).unwrap();
+        let (y, x) = ((k / wu) % hu, k % wu);
+        let (sy, sx) = (img[k] / 100 % 100 - 1, img[k] % 100 - 1);
+        let (dy, dx) = (sy - y as i64, sx - x as i64);
+        assert!(
+            dy.abs() <= p && dx.abs() <= p,
+            "shift ({dy}, {dx}) beyond the padding"
+        );
+        seen_dy[(dy + p) as usize] += 1;
+        seen_dx[(dx + p) as usize] += 1;
+        for c in 0..3 {
+            for y in 0..hu {
+                for x in 0..wu {
+                    let (yy, xx) = (y as i64 + dy, x as i64 + dx);
+                    let inside = (0..h).contains(&yy) && (0..w).contains(&xx);
+                    let expected = if inside {
+                        c as i64 * 10000 + (yy + 1) * 100 + xx + 1
+                    } else {
+                        0
+                    };
+                    assert_eq!(
+                        img[(c * hu + y) * wu + x],
+                        expected,
+                        "image {i} ({c},{y},{x})"
+                    );
+                }
+            }
+        }
+    }
+    (seen_dy, seen_dx)
+}
+
+#[test]
+fn random_crop_is_a_shifted_window_within_the_padding() {
+    let _lock = rng_lock();
+    tch::manual_seed(1);
+    let out = transforms::random_crop(&coordinate_images(600, 32, 32), 4);
+    let (seen_dy, seen_dx) = check_crops(&out, 32, 32, 4);
+    // Every offset occurs (missing one of 9 in 600 draws: p < 1e-29).
+    assert!(seen_dy.iter().all(|&n| n > 0), "{seen_dy:?}");
+    assert!(seen_dx.iter().all(|&n| n > 0), "{seen_dx:?}");
+    // Non-square images keep their size.
+    check_crops(
+        &transforms::random_crop(&coordinate_images(50, 12, 20), 3),
+        12,
+        20,
+        3,
+    );
+    // Works on uint8 too, and padding 0 is the identity.
+    let u = coordinate_images(2, 8, 8)
+        .remainder(256)
+        .to_kind(Kind::Uint8);
+    assert_eq!(transforms::random_crop(&u, 2).size(), [2, 3, 8, 8]);
+    assert_eq!(u8s(&transforms::random_crop(&u, 0)), u8s(&u));
+}
+
+#[test]
+fn horizontal_flip_happens_about_half_the_time() {
+    let _lock = rng_lock();
+    tch::manual_seed(2);
+    let n = 2000i64;
+    let images = coordinate_images(n, 4, 6);
+    let out = transforms::random_horizontal_flip(&images, 0.5);
+    let same = out.eq_tensor(&images).view([n, -1]).all_dim(1, false);
+    let flipped = out
+        .eq_tensor(&images.flip([3]))
+        .view([n, -1])
+        .all_dim(1, false);
+    assert!(
+        bool::try_from(same.logical_or(&flipped).all()).unwrap(),
+        "neither kept nor mirrored"
+    );
+    let count = flipped.sum(Kind::Int64).int64_value(&[]);
+    assert!((800..=1200).contains(&count), "{count} of {n} flipped");
+    assert_eq!(
+        i64s(&transforms::random_horizontal_flip(&images, 0.0)),
+        i64s(&images)
+    );
+    assert_eq!(
+        i64s(&transforms::random_horizontal_flip(&images, 1.0)),
+        i64s(&images.flip([3]))
+    );
+}
+
+fn random_uint8_batch(b: i64) -> Tensor {
+    Tensor::randint(256, [b, 3, 32, 32], (Kind::Uint8, Device::Cpu))
+}
+
+#[test]
+fn a_fixed_seed_gives_the_same_batch() {
+    let _lock = rng_lock();
+    tch::manual_seed(3);
+    let images = random_uint8_batch(64);
+    tch::manual_seed(42);
+    let a = transforms::train_transform(&images, 32);
+    tch::manual_seed(42);
+    let b = transforms::train_transform(&images, 32);
+    tch::manual_seed(43);
+    let c = transforms::train_transform(&images, 32);
+    assert_eq!(a.size(), [64, 3, 32, 32]);
+    assert_eq!(a.kind(), Kind::Float);
+    assert!(a.equal(&b));
+    assert!(!a.equal(&c));
+    let big = transforms::train_transform(&images, 64);
+    assert_eq!(big.size(), [64, 3, 64, 64]);
+}
+
+#[test]
+fn test_transform_is_the_normalize_formula() {
+    let _lock = rng_lock();
+    tch::manual_seed(4);
+    let images = random_uint8_batch(5);
+    let a = transforms::test_transform(&images, 32);
+    let b = transforms::test_transform(&images, 32);
+    assert!(a.equal(&b));
+    let pixels = u8s(&images);
+    let out = f32s(&a);
+    for (i, (&p, &o)) in pixels.iter().zip(&out).enumerate() {
+        let c = (i / 1024) % 3;
+        let expected = (p as f64 / 255.0 - CIFAR_MEAN[c]) / CIFAR_STD[c];
+        assert!((o as f64 - expected).abs() < 1e-5, "{i}: {o} vs {expected}");
+    }
+    let float01 = transforms::to_float01(&images);
+    assert!(transforms::normalize(&float01).allclose(&a, 1e-6, 1e-6, false));
+
+    // Resizing a constant image keeps it constant, up and down.
+    let constant = Tensor::full([2, 3, 32, 32], 200, (Kind::Uint8, Device::Cpu));
+    for size in [64, 224, 16] {
+        let out = transforms::test_transform(&constant, size);
+        assert_eq!(out.size(), [2, 3, size, size]);
+        for (c, v) in f32s(&out.select(1, 0)).iter().enumerate().take(5) {
+            let expected = (200.0 / 255.0 - CIFAR_MEAN[0]) / CIFAR_STD[0];
+            assert!((*v as f64 - expected).abs() < 1e-4, "{size} {c}: {v}");
+        }
+    }
+}
+
+#[test]
+fn channel_stats_of_constant_images() {
+    let images = Tensor::cat(
+        &[
+            Tensor::full([4, 1, 8, 8], 51, (Kind::Uint8, Device::Cpu)),
+            Tensor::full([4, 1, 8, 8], 102, (Kind::Uint8, Device::Cpu)),
+            Tensor::full([4, 1, 8, 8], 255, (Kind::Uint8, Device::Cpu)),
+        ],
+        1,
+    );
+    let split = data::Split {
+        images,
+        labels: Tensor::zeros([4], (Kind::Int64, Device::Cpu)),
+    };
+    let (mean, std) = split.channel_stats();
+    for (m, e) in mean.iter().zip([0.2, 0.4, 1.0]) {
+        assert!((m - e).abs() < 1e-6, "{mean:?}");
+    }
+    assert!(std.iter().all(|s| s.abs() < 1e-6), "{std:?}");
+}
+
+/// Writes DIR/<split>/<class>/<name>.png, a `size`×`size` image whose pixel (x, y) is
+/// (value, x, y).
+fn write_png(dir: &Path, split: &str, class: &str, name: &str, value: u8, size: u32) {
+    let folder = dir.join(split).join(class);
+    std::fs::create_dir_all(&folder).unwrap();
+    let image = image::RgbImage::from_fn(size, size, |x, y| image::Rgb([value, x as u8, y as u8]));
+    image.save(folder.join(format!("{name}.png"))).unwrap();
+}
+
+#[test]
+fn image_folder_reads_classes_in_name_order() {
+    let tmp = TempDir::new("folder");
+    // Written out of order; "bird" sorts before "cat" and "zebra".
+    write_png(&tmp.0, "train", "zebra", "b", 30, 8);
+    write_png(&tmp.0, "train", "zebra", "a", 31, 8);
+    write_png(&tmp.0, "train", "bird", "x", 10, 8);
+    write_png(&tmp.0, "train", "cat", "y", 20, 8);
+    write_png(&tmp.0, "test", "cat", "t", 21, 8);
+    write_png(&tmp.0, "test", "bird", "t", 11, 8);
+    write_png(&tmp.0, "test", "zebra", "t", 32, 8);
+    std::fs::write(tmp.0.join("train/cat/notes.txt"), "not an image").unwrap();
+
+    let ds = data::load(&args(DatasetName::Folder, &tmp.0, false), 8).unwrap();
+    assert_eq!(ds.name, "folder");
+    assert_eq!(ds.classes, ["bird", "cat", "zebra"]);
+    assert_eq!(i64s(&ds.train.labels), [0, 1, 2, 2]);
+    assert_eq!(i64s(&ds.test.labels), [0, 1, 2]);
+    assert_eq!(ds.train.images.size(), [4, 3, 8, 8]);
+    assert_eq!(ds.train.images.kind(), Kind::Uint8);
+    // Files sorted within a class (a before b); CHW: channel 0 = value, 1 = x, 2 = y.
+    let red: Vec<i64> = (0..4)
+        .map(|i| ds.train.images.int64_value(&[i, 0, 3, 5]))
+        .collect();
+    assert_eq!(red, [10, 20, 31, 30]);
+    assert_eq!(ds.train.images.int64_value(&[1, 1, 3, 5]), 5);
+    assert_eq!(ds.train.images.int64_value(&[1, 2, 3, 5]), 3);
+
+    // Resized on load.
+    let ds = data::load(&args(DatasetName::Folder, &tmp.0, false), 4).unwrap();
+    assert_eq!(ds.train.images.size(), [4, 3, 4, 4]);
+    assert_eq!(
+        i64s(&ds.train.images.select(1, 0).select(0, 0)),
+        vec![10; 16]
+    );
+
+    // A class only in the test split.
+    write_png(&tmp.0, "test", "dog", "t", 40, 8);
+    let err = error_of(data::load(&args(DatasetName::Folder, &tmp.0, false), 8));
+    assert!(
+        err.contains("test classes differ") && err.contains("dog"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(tmp.0.join("test")).unwrap();
+    let err = error_of(data::load(&args(DatasetName::Folder, &tmp.0, false), 8));
+    assert!(err.contains("test") && err.contains("missing"), "{err}");
+}
+
+#[test]
+fn image_folder_names_undecodable_files() {
+    let tmp = TempDir::new("folderbad");
+    write_png(&tmp.0, "train", "a", "ok", 1, 4);
+    write_png(&tmp.0, "test", "a", "ok", 1, 4);
+    std::fs::write(tmp.0.join("train/a/broken.jpg"), b"not a jpeg").unwrap();
+    let err = error_of(folder::load(&tmp.0, 4));
+    assert!(err.contains("broken.jpg"), "{err}");
+    let _ = cifar::IMAGE_BYTES;
+}
+
+/// Serves one HTTP request on localhost: `body`, announced as `length` bytes (or with no
+/// Content-Length when `None`), then closes the connection.
+fn serve_once(body: Vec<u8>, length: Option<usize>) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        let mut byte = [0u8; 1];
+        while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+            request.push(byte[0]);
+        }
+        let mut head = "HTTP/1.1 200 OK\r\nConnection: close\r\n".to_string();
+        if let Some(length) = length {
+            head += &format!("Content-Length: {length}\r\n");
+        }
+        head += "\r\n";
+        let _ = stream.write_all(head.as_bytes());
+        let _ = stream.write_all(&body);
+    });
+    format!("http://{address}/")
+}
+
+#[test]
+fn http_download_and_interrupted_transfers() {
+    let tmp = TempDir::new("http");
+    let archive = cifar10_archive();
+    let md5 = md5_hex(&archive);
+    let spec = spec_for(&archive, &md5);
+    let data_dir = tmp.0.join("data");
+    let half = archive[..archive.len() / 2].to_vec();
+
+    // The connection drops after half of the announced bytes.
+    let url = serve_once(half.clone(), Some(archive.len()));
+    let err = error_of(fetch(&url, &data_dir, &spec));
+    assert!(err.contains("removed the partial file"), "{err}");
+    assert_eq!(entries(&data_dir), Vec::<String>::new());
+
+    // No Content-Length: the short body is noticed at the end.
+    let url = serve_once(half, None);
+    let err = error_of(fetch(&url, &data_dir, &spec));
+    assert!(err.contains("incomplete transfer"), "{err}");
+    assert_eq!(entries(&data_dir), Vec::<String>::new());
+
+    // The whole archive; a base URL gets the file name appended.
+    let url = serve_once(archive.clone(), Some(archive.len()));
+    assert!(url.ends_with('/'));
+    let fetched = fetch(&url, &data_dir, &spec).unwrap();
+    assert_eq!(
+        fetched,
+        Fetched::Unpacked(data_dir.join("cifar-10-batches-bin"))
+    );
+    assert_eq!(entries(&data_dir), ["cifar-10-batches-bin"]);
+}
+
+/// The same invariants on the GPU, where there is one (skipped otherwise).
+#[test]
+fn transforms_on_cuda_when_available() {
+    if !tch::Cuda::is_available() {
+        eprintln!("no CUDA device: skipped");
+        return;
+    }
+    let _lock = rng_lock();
+    let cuda = Device::Cuda(0);
+    tch::manual_seed(5);
+    let out = transforms::random_crop(&coordinate_images(600, 32, 32).to_device(cuda), 4);
+    assert_eq!(out.device(), cuda);
+    let (seen_dy, seen_dx) = check_crops(&out, 32, 32, 4);
+    assert!(seen_dy.iter().all(|&n| n > 0) && seen_dx.iter().all(|&n| n > 0));
+
+    let images = coordinate_images(2000, 4, 6).to_device(cuda);
+    let flipped = transforms::random_horizontal_flip(&images, 0.5)
+        .eq_tensor(&images.flip([3]))
+        .view([2000, -1])
+        .all_dim(1, false);
+    let count = flipped.sum(Kind::Int64).int64_value(&[]);
+    assert!((800..=1200).contains(&count), "{count} of 2000 flipped");
+
+    let batch = random_uint8_batch(64);
+    let on_gpu = batch.to_device(cuda);
+    tch::manual_seed(42);
+    let a = transforms::train_transform(&on_gpu, 64);
+    tch::manual_seed(42);
+    let b = transforms::train_transform(&on_gpu, 64);
+    assert_eq!(a.device(), cuda);
+    assert_eq!(a.size(), [64, 3, 64, 64]);
+    assert!(a.equal(&b));
+    for size in [32, 64] {
+        let gpu = transforms::test_transform(&on_gpu, size).to_device(Device::Cpu);
+        let cpu = transforms::test_transform(&batch, size);
+        assert!(gpu.allclose(&cpu, 1e-4, 1e-4, false), "size {size}");
+    }
+}
+
+#[test]
+fn cli_entry_points() {
+    use vit_tch::cli::{DataArgs, DownloadArgs};
+    let tmp = TempDir::new("cli");
+    write_cifar10(&tmp.0);
+    let data_args = DataArgs {
+        data: args(DatasetName::Cifar10, &tmp.0, false),
+        image_size: 32,
+    };
+    data::run_summary(&data_args).unwrap();
+    let download = |dataset, from: &str| DownloadArgs {
+        dataset,
+        data_dir: tmp.0.clone(),
+        from: Some(from.to_string()),
+    };
+    // In place already: the (nonexistent) source is never touched.
+    data::run_download(&download(DatasetName::Cifar10, "/nonexistent/")).unwrap();
+    let err = error_of(data::run_download(&download(
+        DatasetName::Folder,
+        "/nonexistent/",
+    )));
+    assert!(err.contains("not downloaded"), "{err}");
+    // The official spec: a small local file is refused by size, and nothing is left.
+    std::fs::write(tmp.0.join("small.tar.gz"), b"tiny").unwrap();
+    let from = tmp.0.join("small.tar.gz").display().to_string();
+    let err = error_of(data::run_download(&download(DatasetName::Cifar100, &from)));
+    assert!(err.contains("168513733"), "{err}");
+    assert_eq!(entries(&tmp.0), ["cifar-10-batches-bin", "small.tar.gz"]);
+}
