@@ -272,11 +272,9 @@ pub fn train(
             let start = step as i64 * settings.batch_size;
             let index = order.narrow(0, start, settings.batch_size.min(n_train - start));
             tch::manual_seed(mix_seed(settings.seed, epoch, step));
-            let images = transforms::train_transform(
-                &train_split.images.index_select(0, &index),
-                config.image_size,
-            );
-            let labels = train_split.labels.index_select(0, &index);
+            let batch = train_split.batch(&index);
+            let images = transforms::train_transform(&batch.images, config.image_size);
+            let labels = batch.labels;
             lr = learning_rate(
                 settings.lr,
                 epoch * steps_per_epoch + step,
@@ -592,7 +590,9 @@ impl Console {
         seen: i64,
     ) {
         bar.set_position(step as u64);
-        if self.terminal && (step % Self::REFRESH_EVERY == 0 || step == self.steps_per_epoch) {
+        if self.terminal
+            && (step.is_multiple_of(Self::REFRESH_EVERY) || step == self.steps_per_epoch)
+        {
             let per_sec = bar.per_sec() * seen as f64 / step.max(1) as f64;
             bar.set_message(format!(
                 "loss {:.4} acc {:.2}% {:.0} img/s",

@@ -6,7 +6,7 @@
 mod common;
 
 use common::assert_close;
-use tch::{nn, nn::Module, nn::ModuleT, Device, Kind, Tensor};
+use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 use vit_tch::model::{
     scaled_dot_product_attention, MultiHeadSelfAttention, TransformerBlock, ViTConfig,
     VisionTransformer,
@@ -53,7 +53,9 @@ fn self_attention_is_permutation_equivariant() {
     randomize(&vs);
     for fused in [true, false] {
         attn.fused = fused;
-        assert_permutation_equivariant(&format!("attention (fused {fused})"), |x| attn.forward_t(x, false));
+        assert_permutation_equivariant(&format!("attention (fused {fused})"), |x| {
+            attn.forward_t(x, false)
+        });
     }
 }
 
