@@ -1,17 +1,14 @@
-fn main() -> anyhow::Result<()> {
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let model =
-        vit_tch::model::VisionTransformer::new(&vs.root(), &vit_tch::model::ViTConfig::notebook())?;
-    let n: i64 = vs
-        .trainable_variables()
-        .iter()
-        .map(|t| t.numel() as i64)
-        .sum();
-    let x = tch::Tensor::randn([1, 3, 32, 32], (tch::Kind::Float, tch::Device::Cpu));
-    println!(
-        "{n} {:?} cuda={}",
-        tch::nn::ModuleT::forward_t(&model, &x, false).size(),
-        tch::Cuda::is_available()
-    );
-    Ok(())
+use anyhow::{bail, Result};
+use clap::Parser;
+use vit_tch::cli::{Cli, Command};
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Download(args) => vit_tch::data::run_download(&args),
+        Command::Data(args) => vit_tch::data::run_summary(&args),
+        Command::Plot(args) => vit_tch::plot::run(&args),
+        Command::Attention(args) => vit_tch::attention::run(&args),
+        other => bail!("`{other:?}` is not implemented yet"),
+    }
 }

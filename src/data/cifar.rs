@@ -1,0 +1,209 @@
+//! Readers for the CIFAR-10 and CIFAR-100 binary releases.
+//!
+//! CIFAR-10 (`cifar-10-batches-bin/`): data_batch_1..5.bin and test_batch.bin, each record
+//! 1 label byte + 3,072 pixel bytes (the R, G and B planes, 32x32 row-major), class names
+//! in batches.meta.txt. CIFAR-100 (`cifar-100-binary/`): train.bin and test.bin, each
+//! record a coarse label byte, a fine label byte and 3,072 pixel bytes, class names in
+//! fine_label_names.txt and coarse_label_names.txt.
+//!
+//! Each file is read in one pass: one `std::fs::read`, one uint8 tensor built from the
+//! bytes, then a reshape and narrow into images and labels.
+
+use super::{Dataset, Split};
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+/// Bytes of one 32x32 RGB image.
+pub const IMAGE_BYTES: usize = 3 * 32 * 32;
+/// The folder `cifar-10-binary.tar.gz` unpacks to.
+pub const CIFAR10_FOLDER: &str = "cifar-10-batches-bin";
+/// The folder `cifar-100-binary.tar.gz` unpacks to.
+pub const CIFAR100_FOLDER: &str = "cifar-100-binary";
+pub const CIFAR10_TRAIN_FILES: [&str; 5] = [
+    "data_batch_1.bin",
+    "data_batch_2.bin",
+    "data_batch_3.bin",
+    "data_batch_4.bin",
+    "data_batch_5.bin",
+];
+pub const CIFAR10_TEST_FILE: &str = "test_batch.bin";
+pub const CIFAR100_TRAIN_FILE: &str = "train.bin";
+pub const CIFAR100_TEST_FILE: &str = "test.bin";
+
+/// The layout of one binary format's records.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordFormat {
+    /// Label bytes before the pixels (1 for CIFAR-10, 2 for CIFAR-100).
+    pub label_bytes: usize,
+    /// Which of the label bytes is used.
+    pub label_index: usize,
+    /// Labels must be below this.
+    pub num_classes: usize,
+    /// For messages and the download hint: "cifar10" or "cifar100".
+    pub dataset: &'static str,
+}
+
+impl RecordFormat {
+    pub fn record_bytes(&self) -> usize {
+        self.label_bytes + IMAGE_BYTES
+    }
+}
+
+pub const CIFAR10_FORMAT: RecordFormat = RecordFormat {
+    label_bytes: 1,
+    label_index: 0,
+    num_classes: 10,
+    dataset: "cifar10",
+};
+pub const CIFAR100_FINE_FORMAT: RecordFormat = RecordFormat {
+    label_bytes: 2,
+    label_index: 1,
+    num_classes: 100,
+    dataset: "cifar100",
+};
+pub const CIFAR100_COARSE_FORMAT: RecordFormat = RecordFormat {
+    label_bytes: 2,
+    label_index: 0,
+    num_classes: 20,
+    dataset: "cifar100",
+};
+
+/// Reads `DATA_DIR/cifar-10-batches-bin/`: 50,000 training and 10,000 test images.
+pub fn load_cifar10(data_dir: &Path) -> Result<Dataset> {
+    let dir = data_dir.join(CIFAR10_FOLDER);
+    let format = CIFAR10_FORMAT;
+    let classes = read_class_names(&dir.join("batches.meta.txt"), &format, data_dir)?;
+    let parts = CIFAR10_TRAIN_FILES
+        .iter()
+        .map(|name| read_batch(&dir.join(name), &format, data_dir))
+        .collect::<Result<Vec<_>>>()?;
+    let train = Split {
+        images: Tensor::cat(&parts.iter().map(|s| &s.images).collect::<Vec<_>>(), 0),
+        labels: Tensor::cat(&parts.iter().map(|s| &s.labels).collect::<Vec<_>>(), 0),
+    };
+    drop(parts);
+    let test = read_batch(&dir.join(CIFAR10_TEST_FILE), &format, data_dir)?;
+    Ok(Dataset {
+        name: "cifar10".into(),
+        train,
+        test,
+        classes,
+    })
+}
+
+/// Reads `DATA_DIR/cifar-100-binary/`: 50,000 training and 10,000 test images with the
+/// 100 fine labels, or the 20 coarse superclasses when `coarse_labels`.
+pub fn load_cifar100(data_dir: &Path, coarse_labels: bool) -> Result<Dataset> {
+    let dir = data_dir.join(CIFAR100_FOLDER);
+    let (format, names, name) = if coarse_labels {
+        (
+            CIFAR100_COARSE_FORMAT,
+            "coarse_label_names.txt",
+            "cifar100-coarse",
+        )
+    } else {
+        (CIFAR100_FINE_FORMAT, "fine_label_names.txt", "cifar100")
+    };
+    let classes = read_class_names(&dir.join(names), &format, data_dir)?;
+    let train = read_batch(&dir.join(CIFAR100_TRAIN_FILE), &format, data_dir)?;
+    let test = read_batch(&dir.join(CIFAR100_TEST_FILE), &format, data_dir)?;
+    Ok(Dataset {
+        name: name.into(),
+        train,
+        test,
+        classes,
+    })
+}
+
+/// The message for a file of a dataset that is not there.
+fn missing(path: &Path, format: &RecordFormat, data_dir: &Path) -> String {
+    format!(
+        "{} is missing: run `vit download --dataset {} --data-dir {}` first",
+        path.display(),
+        format.dataset,
+        data_dir.display()
+    )
+}
+
+fn read_file(path: &Path, format: &RecordFormat, data_dir: &Path) -> Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("{}", missing(path, format, data_dir))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Reads one binary batch file into uint8 images [N, 3, 32, 32] and int64 labels [N].
+/// `data_dir` only feeds the `vit download` hint of the missing-file error.
+pub fn read_batch(path: &Path, format: &RecordFormat, data_dir: &Path) -> Result<Split> {
+    let bytes = read_file(path, format, data_dir)?;
+    let record = format.record_bytes();
+    if bytes.is_empty() || bytes.len() % record != 0 {
+        bail!(
+            "{}: size {} bytes is not a positive multiple of the record size {} \
+             ({} label byte(s) + {} pixel bytes); the file is truncated or not a {} batch",
+            path.display(),
+            bytes.len(),
+            record,
+            format.label_bytes,
+            IMAGE_BYTES,
+            format.dataset
+        );
+    }
+    let n = bytes.len() / record;
+    if let Some((i, label)) = bytes
+        .chunks_exact(record)
+        .map(|r| r[format.label_index])
+        .enumerate()
+        .find(|&(_, label)| label as usize >= format.num_classes)
+    {
+        bail!(
+            "{}: record {} has label {}, out of range for {} classes; the file is corrupt \
+             or not a {} batch",
+            path.display(),
+            i,
+            label,
+            format.num_classes,
+            format.dataset
+        );
+    }
+    let records = Tensor::from_slice(&bytes).reshape([n as i64, record as i64]);
+    drop(bytes);
+    let labels = records
+        .select(1, format.label_index as i64)
+        .to_kind(Kind::Int64);
+    let images = records
+        .narrow(1, format.label_bytes as i64, IMAGE_BYTES as i64)
+        .reshape([n as i64, 3, 32, 32])
+        .contiguous();
+    Ok(Split { images, labels })
+}
+
+/// One class name a line (blank lines ignored); exactly `num_classes` of them.
+pub fn read_class_names(
+    path: &Path,
+    format: &RecordFormat,
+    data_dir: &Path,
+) -> Result<Vec<String>> {
+    let bytes = read_file(path, format, data_dir)?;
+    let text = String::from_utf8(bytes)
+        .with_context(|| format!("{}: not a UTF-8 text file", path.display()))?;
+    let names: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    if names.len() != format.num_classes {
+        bail!(
+            "{}: {} class names, expected {} (one a line)",
+            path.display(),
+            names.len(),
+            format.num_classes
+        );
+    }
+    Ok(names)
+}

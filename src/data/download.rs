@@ -1,0 +1,354 @@
+//! `vit download`: fetch a CIFAR archive (HTTP(S) or a local copy), check its size and MD5,
+//! and unpack it into the data folder, atomically.
+//!
+//! The archive is streamed to a hidden temporary file beside the data (hashing as it goes),
+//! verified, unpacked into a hidden temporary folder, and only then is the dataset folder
+//! renamed into place. Any failure removes the temporaries, so the data folder holds either
+//! the complete dataset or nothing of it; temporaries left by a killed run are removed by
+//! the next one.
+
+use anyhow::{bail, Context, Result};
+use md5::{Digest, Md5};
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+/// Where the official archives live.
+pub const OFFICIAL_URL: &str = "https://www.cs.toronto.edu/~kriz/";
+
+/// What an archive must be: its file name, size and MD5, and the folder it unpacks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchiveSpec<'a> {
+    /// Appended to a base URL (one ending in `/`) or a local folder.
+    pub file_name: &'a str,
+    /// The one top-level folder every entry lies under; it becomes `DATA_DIR/folder`.
+    pub folder: &'a str,
+    pub size: u64,
+    /// Lowercase hex.
+    pub md5: &'a str,
+}
+
+pub const CIFAR10_ARCHIVE: ArchiveSpec<'static> = ArchiveSpec {
+    file_name: "cifar-10-binary.tar.gz",
+    folder: super::cifar::CIFAR10_FOLDER,
+    size: 170_052_171,
+    md5: "c32a1d4ab5d03f1284b67883e8d87530",
+};
+
+pub const CIFAR100_ARCHIVE: ArchiveSpec<'static> = ArchiveSpec {
+    file_name: "cifar-100-binary.tar.gz",
+    folder: super::cifar::CIFAR100_FOLDER,
+    size: 168_513_733,
+    md5: "03b5dce01913d631647c71ecec9e9cb8",
+};
+
+/// What [`fetch`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// `DATA_DIR/folder` already existed; nothing was fetched.
+    AlreadyPresent(PathBuf),
+    /// The archive was fetched, verified and unpacked to this folder.
+    Unpacked(PathBuf),
+}
+
+/// Fetches `spec`'s archive from `source` into `data_dir/spec.folder`, unless that folder
+/// exists. `source` is an `http(s)://` URL (a base ending in `/` gets the file name
+/// appended), a `file://` URL, a local archive, or a local folder holding the archive.
+pub fn fetch(source: &str, data_dir: &Path, spec: &ArchiveSpec) -> Result<Fetched> {
+    let target = data_dir.join(spec.folder);
+    if target.is_dir() {
+        return Ok(Fetched::AlreadyPresent(target));
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    remove_stale_temporaries(data_dir, spec);
+
+    let pid = std::process::id();
+    let archive = TempPath(data_dir.join(format!(".{}.part-{pid}", spec.file_name)));
+    let source = resolve_source(source, spec);
+    download(&source, &archive.0, spec)?;
+
+    let unpack_dir = TempPath(data_dir.join(format!(".{}.unpack-{pid}", spec.folder)));
+    unpack(&archive.0, &unpack_dir.0, spec).with_context(|| {
+        format!(
+            "cannot unpack {source}; nothing was written to {}",
+            data_dir.display()
+        )
+    })?;
+    drop(archive);
+    let unpacked = unpack_dir.0.join(spec.folder);
+    if target.exists() {
+        bail!(
+            "{} appeared while unpacking (another `vit download`?)",
+            target.display()
+        );
+    }
+    std::fs::rename(&unpacked, &target)
+        .with_context(|| format!("cannot move {} to {}", unpacked.display(), target.display()))?;
+    Ok(Fetched::Unpacked(target))
+}
+
+/// The URL or path the archive is read from.
+fn resolve_source(source: &str, spec: &ArchiveSpec) -> String {
+    if is_url(source) {
+        if source.ends_with('/') {
+            format!("{source}{}", spec.file_name)
+        } else {
+            source.to_string()
+        }
+    } else {
+        let path = Path::new(source.strip_prefix("file://").unwrap_or(source));
+        if path.is_dir() {
+            path.join(spec.file_name).display().to_string()
+        } else {
+            path.display().to_string()
+        }
+    }
+}
+
+fn is_url(source: &str) -> bool {
+    source.starts_with("http://") || source.starts_with("https://")
+}
+
+/// A temporary file or folder, removed when dropped (after success or failure alike).
+struct TempPath(PathBuf);
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        if self.0.is_dir() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        } else {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// Removes `.<file>.part-PID` and `.<folder>.unpack-PID` left by runs that were killed
+/// (their PID no longer running). Only where `/proc` tells which processes run.
+fn remove_stale_temporaries(data_dir: &Path, spec: &ArchiveSpec) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let prefixes = [
+        format!(".{}.part-", spec.file_name),
+        format!(".{}.unpack-", spec.folder),
+    ];
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = prefixes.iter().find_map(|p| name.strip_prefix(p.as_str())) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            drop(TempPath(entry.path()));
+        }
+    }
+}
+
+/// Streams `source` into `dest`, with a progress bar, checking size and MD5. On any error
+/// `dest` is left for the caller's [`TempPath`] to remove.
+fn download(source: &str, dest: &Path, spec: &ArchiveSpec) -> Result<()> {
+    let (mut reader, announced): (Box<dyn Read>, Option<u64>) = if is_url(source) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(Duration::from_secs(30)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let response = agent
+            .get(source)
+            .call()
+            .with_context(|| format!("cannot fetch {source}"))?;
+        let length = response
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        (Box::new(response.into_body().into_reader()), length)
+    } else {
+        let file = File::open(source).with_context(|| format!("cannot open {source}"))?;
+        let length = file.metadata().ok().map(|m| m.len());
+        (Box::new(file), length)
+    };
+    if let Some(length) = announced {
+        if length != spec.size {
+            bail!(
+                "{source} is {length} bytes, but {} is {} bytes: wrong file or a bad mirror",
+                spec.file_name,
+                spec.size
+            );
+        }
+    }
+
+    let bar = indicatif::ProgressBar::new(spec.size);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(spec.file_name.to_string());
+
+    let mut out =
+        File::create(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    let mut hasher = Md5::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut received: u64 = 0;
+    loop {
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                bar.abandon();
+                return Err(e).with_context(|| {
+                    format!("transfer of {source} failed after {received} bytes; removed the partial file")
+                });
+            }
+        };
+        received += n as u64;
+        if received > spec.size {
+            bar.abandon();
+            bail!(
+                "{source} is larger than the {} bytes of {}: wrong file; removed it",
+                spec.size,
+                spec.file_name
+            );
+        }
+        hasher.update(&buffer[..n]);
+        out.write_all(&buffer[..n])
+            .with_context(|| format!("cannot write {}", dest.display()))?;
+        bar.inc(n as u64);
+    }
+    out.sync_all()
+        .with_context(|| format!("cannot write {}", dest.display()))?;
+    bar.finish_and_clear();
+    if received != spec.size {
+        bail!(
+            "incomplete transfer of {source}: got {received} of {} bytes (interrupted or \
+             truncated); removed the partial file, run the command again",
+            spec.size
+        );
+    }
+    let digest: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if !digest.eq_ignore_ascii_case(spec.md5) {
+        bail!(
+            "checksum mismatch for {source}: MD5 {digest}, expected {}; removed the bad file \
+             (try again, or another mirror with --from)",
+            spec.md5
+        );
+    }
+    Ok(())
+}
+
+/// Unpacks the .tar.gz `archive` into `dir` (created here). Only directories and regular
+/// files under `spec.folder/` are accepted; an entry with `..`, an absolute path, a link
+/// or a device is refused, and so is one outside `spec.folder/`.
+fn unpack(archive: &Path, dir: &Path, spec: &ArchiveSpec) -> Result<()> {
+    std::fs::create_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let file = File::open(archive).with_context(|| format!("cannot open {}", archive.display()))?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file)));
+    for entry in tar.entries().context("not a tar.gz archive")? {
+        let mut entry = entry.context("corrupt archive")?;
+        let raw = entry
+            .path()
+            .context("corrupt archive entry name")?
+            .into_owned();
+        let Some(relative) = safe_relative_path(&raw, spec.folder)? else {
+            continue;
+        };
+        let path = dir.join(&relative);
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            std::fs::create_dir_all(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+        } else if kind.is_file() {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            let mut out =
+                File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+            std::io::copy(&mut entry, &mut out)
+                .with_context(|| format!("cannot unpack {}", raw.display()))?;
+        } else {
+            bail!(
+                "archive entry `{}` is a link or special file; refusing it",
+                raw.display()
+            );
+        }
+    }
+    if !dir.join(spec.folder).is_dir() {
+        bail!("the archive holds no {}/ folder", spec.folder);
+    }
+    Ok(())
+}
+
+/// The entry's path with `.` components dropped, or `None` for the archive root itself.
+/// Refuses any path that could leave the target folder or is outside `folder/`.
+fn safe_relative_path(path: &Path, folder: &str) -> Result<Option<PathBuf>> {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => bail!(
+                "archive entry `{}` would escape the target folder; refusing to unpack",
+                path.display()
+            ),
+        }
+    }
+    match out.components().next() {
+        None => Ok(None),
+        Some(Component::Normal(first)) if first == folder => Ok(Some(out)),
+        Some(_) => bail!(
+            "archive entry `{}` lies outside {folder}/; refusing to unpack",
+            path.display()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_paths() {
+        let ok = |p: &str| safe_relative_path(Path::new(p), "d").unwrap();
+        assert_eq!(ok("d/a.bin"), Some(PathBuf::from("d/a.bin")));
+        assert_eq!(ok("./d/x/y"), Some(PathBuf::from("d/x/y")));
+        assert_eq!(ok("./"), None);
+        for bad in [
+            "../evil",
+            "d/../../evil",
+            "/etc/passwd",
+            "other/file",
+            "d/../e",
+        ] {
+            assert!(safe_relative_path(Path::new(bad), "d").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sources() {
+        assert_eq!(
+            resolve_source(OFFICIAL_URL, &CIFAR10_ARCHIVE),
+            "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+        );
+        assert_eq!(
+            resolve_source("http://m/x.tgz", &CIFAR10_ARCHIVE),
+            "http://m/x.tgz"
+        );
+        assert_eq!(
+            resolve_source("file:///nonexistent/a.tgz", &CIFAR10_ARCHIVE),
+            "/nonexistent/a.tgz"
+        );
+    }
+}

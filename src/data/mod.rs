@@ -1,0 +1,195 @@
+//! Datasets: the CIFAR-10/100 binary releases (downloaded by `vit download`), torchvision
+//! ImageFolder trees, and the notebook's transforms as batched tensor ops.
+//!
+//! A dataset is held whole as uint8 tensors (60,000 CIFAR images are 184 MB), moved to the
+//! training device once; batches are indexed and augmented there (see [`transforms`]).
+
+pub mod cifar;
+pub mod download;
+pub mod folder;
+pub mod transforms;
+
+use crate::cli::{DataArgs, DatasetArgs, DatasetName, DownloadArgs};
+use anyhow::{bail, Result};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// The notebook's `transforms.Normalize` mean (per RGB channel, of [0,1] pixels).
+pub const CIFAR_MEAN: [f64; 3] = [0.4914, 0.4822, 0.4465];
+/// The notebook's `transforms.Normalize` std.
+pub const CIFAR_STD: [f64; 3] = [0.2023, 0.1994, 0.2010];
+
+/// One split: images uint8 [N, 3, H, W] (CHW, RGB), labels int64 [N].
+#[derive(Debug)]
+pub struct Split {
+    pub images: Tensor,
+    pub labels: Tensor,
+}
+
+impl Split {
+    /// Number of images.
+    pub fn len(&self) -> i64 {
+        self.labels.size()[0]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A copy on `device` (a cheap alias when it is already there).
+    pub fn to_device(&self, device: Device) -> Split {
+        Split {
+            images: self.images.to_device(device),
+            labels: self.labels.to_device(device),
+        }
+    }
+
+    /// The first `n` images (all of them when `n` is larger); shares storage.
+    pub fn subset(&self, n: i64) -> Split {
+        let n = n.clamp(0, self.len());
+        Split {
+            images: self.images.narrow(0, 0, n),
+            labels: self.labels.narrow(0, 0, n),
+        }
+    }
+
+    /// Images per class, for `num_classes` classes.
+    pub fn class_counts(&self, num_classes: usize) -> Vec<i64> {
+        let counts = self
+            .labels
+            .to_device(Device::Cpu)
+            .bincount::<Tensor>(None, num_classes as i64);
+        Vec::<i64>::try_from(&counts).unwrap_or_default()
+    }
+
+    /// Per-channel mean and (population) std of the images scaled to [0,1], computed in
+    /// chunks so a whole dataset never needs a float copy.
+    pub fn channel_stats(&self) -> ([f64; 3], [f64; 3]) {
+        let n = self.len();
+        let mut sum = Tensor::zeros([3], (Kind::Double, Device::Cpu));
+        let mut sum_sq = Tensor::zeros([3], (Kind::Double, Device::Cpu));
+        let chunk = 4096;
+        let mut start = 0;
+        while start < n {
+            let len = chunk.min(n - start);
+            let x = self.images.narrow(0, start, len).to_kind(Kind::Float) / 255.0;
+            sum += x
+                .sum_dim_intlist([0i64, 2, 3].as_slice(), false, Kind::Double)
+                .to_device(Device::Cpu);
+            sum_sq += (&x * &x)
+                .sum_dim_intlist([0i64, 2, 3].as_slice(), false, Kind::Double)
+                .to_device(Device::Cpu);
+            start += len;
+        }
+        let size = self.images.size();
+        let count = (n * size[2] * size[3]).max(1) as f64;
+        let mean = &sum / count;
+        let var = (&sum_sq / count - &mean * &mean).clamp_min(0.0);
+        let std = var.sqrt();
+        let to3 = |t: &Tensor| {
+            let v = Vec::<f64>::try_from(t).unwrap_or_else(|_| vec![0.0; 3]);
+            [v[0], v[1], v[2]]
+        };
+        (to3(&mean), to3(&std))
+    }
+}
+
+/// A loaded dataset, both splits on the CPU.
+#[derive(Debug)]
+pub struct Dataset {
+    /// "cifar10", "cifar100", "cifar100-coarse" or "folder".
+    pub name: String,
+    pub train: Split,
+    pub test: Split,
+    pub classes: Vec<String>,
+}
+
+impl Dataset {
+    pub fn num_classes(&self) -> i64 {
+        self.classes.len() as i64
+    }
+}
+
+/// Loads a dataset chosen by the CLI flags; `image_size` is used by folder datasets (CIFAR
+/// is 32x32; resizing is left to the transforms).
+pub fn load(args: &DatasetArgs, image_size: i64) -> Result<Dataset> {
+    if args.coarse_labels && args.dataset != DatasetName::Cifar100 {
+        bail!("--coarse-labels applies to --dataset cifar100 only");
+    }
+    match args.dataset {
+        DatasetName::Cifar10 => cifar::load_cifar10(&args.data_dir),
+        DatasetName::Cifar100 => cifar::load_cifar100(&args.data_dir, args.coarse_labels),
+        DatasetName::Folder => folder::load(&args.data_dir, image_size),
+    }
+}
+
+/// `vit download`: fetch, verify and unpack a CIFAR archive into `--data-dir`.
+pub fn run_download(args: &DownloadArgs) -> Result<()> {
+    let spec = match args.dataset {
+        DatasetName::Cifar10 => &download::CIFAR10_ARCHIVE,
+        DatasetName::Cifar100 => &download::CIFAR100_ARCHIVE,
+        DatasetName::Folder => bail!(
+            "folder datasets are not downloaded: point --data-dir at a tree \
+             DIR/train/<class>/*.png|jpg and DIR/test/<class>/*.png|jpg"
+        ),
+    };
+    let source = args.from.as_deref().unwrap_or(download::OFFICIAL_URL);
+    match download::fetch(source, &args.data_dir, spec)? {
+        download::Fetched::AlreadyPresent(path) => {
+            println!("{} is already in place; nothing to fetch", path.display())
+        }
+        download::Fetched::Unpacked(path) => println!("unpacked to {}", path.display()),
+    }
+    Ok(())
+}
+
+/// `vit data`: counts per split and class, and the training images' channel statistics.
+pub fn run_summary(args: &DataArgs) -> Result<()> {
+    let start = Instant::now();
+    let dataset = load(&args.data, args.image_size)?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let size = dataset.train.images.size();
+    let total = dataset.train.len() + dataset.test.len();
+    println!(
+        "dataset {} from {}: {} classes, images {}x{}x{} uint8",
+        dataset.name,
+        args.data.data_dir.display(),
+        dataset.classes.len(),
+        size[1],
+        size[2],
+        size[3]
+    );
+    println!("loaded {} images in {:.3} s", total, elapsed);
+    println!("train {:>7} images", dataset.train.len());
+    println!("test  {:>7} images", dataset.test.len());
+    let k = dataset.classes.len();
+    let train_counts = dataset.train.class_counts(k);
+    let test_counts = dataset.test.class_counts(k);
+    let width = dataset
+        .classes
+        .iter()
+        .map(|c| c.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    println!(
+        "{:>5}  {:<width$}  {:>7}  {:>7}",
+        "label", "class", "train", "test"
+    );
+    for (i, class) in dataset.classes.iter().enumerate() {
+        println!(
+            "{:>5}  {:<width$}  {:>7}  {:>7}",
+            i, class, train_counts[i], test_counts[i]
+        );
+    }
+    let (mean, std) = dataset.train.channel_stats();
+    println!(
+        "train pixels in [0,1], per channel (R, G, B): mean {:.4} {:.4} {:.4}, std {:.4} {:.4} {:.4}",
+        mean[0], mean[1], mean[2], std[0], std[1], std[2]
+    );
+    println!(
+        "(the transforms normalize with mean {:?} and std {:?}, the notebook's constants)",
+        CIFAR_MEAN, CIFAR_STD
+    );
+    Ok(())
+}

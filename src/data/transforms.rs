@@ -1,0 +1,97 @@
+//! The notebook's torchvision transforms as batched tensor ops on the batch's own device.
+//!
+//! train: `RandomCrop(32, padding=4)`, `RandomHorizontalFlip()`, `Resize(image_size)` (when
+//! not 32), `ToTensor()`, `Normalize(CIFAR_MEAN, CIFAR_STD)`; test: `Resize`, `ToTensor`,
+//! `Normalize`. Crop and flip run on the uint8 batch (a quarter of the memory traffic);
+//! resizing runs on the [0,1] floats, so unlike PIL it does not round to uint8 in between.
+//!
+//! All randomness comes from libtorch's generator (`Tensor::randint`, `Tensor::rand`), so
+//! `tch::manual_seed` makes a run reproducible. There is no per-image loop and no host
+//! round trip.
+
+use super::{CIFAR_MEAN, CIFAR_STD};
+use tch::{Kind, Tensor};
+
+/// The notebook's `RandomCrop(32, padding=4)` padding.
+pub const CROP_PADDING: i64 = 4;
+/// The notebook's `RandomHorizontalFlip()` probability.
+pub const FLIP_PROBABILITY: f64 = 0.5;
+
+/// uint8 [B,3,H,W] on any device -> float [B,3,image_size,image_size], normalized.
+/// Random crop (pad 4) and flip, then resize if needed.
+pub fn train_transform(images: &Tensor, image_size: i64) -> Tensor {
+    let x = random_crop(images, CROP_PADDING);
+    let x = random_horizontal_flip(&x, FLIP_PROBABILITY);
+    normalize(&resize(&to_float01(&x), image_size))
+}
+
+/// uint8 [B,3,H,W] -> float normalized, resized if needed. Deterministic.
+pub fn test_transform(images: &Tensor, image_size: i64) -> Tensor {
+    normalize(&resize(&to_float01(images), image_size))
+}
+
+/// `RandomCrop(H×W, padding)` with zero padding, for every image of a batch [B,C,H,W]
+/// (any dtype): pads once, draws a per-sample offset in 0..=2*padding for each axis, and
+/// gathers each window by advanced indexing. The output has the input's size.
+pub fn random_crop(images: &Tensor, padding: i64) -> Tensor {
+    if padding <= 0 {
+        return images.shallow_clone();
+    }
+    let (b, c, h, w) = images.size4().expect("random_crop expects [B,C,H,W]");
+    let device = images.device();
+    let padded = images.constant_pad_nd([padding, padding, padding, padding]);
+    let options = (Kind::Int64, device);
+    let top = Tensor::randint(2 * padding + 1, [b], options);
+    let left = Tensor::randint(2 * padding + 1, [b], options);
+    let batch = Tensor::arange(b, options).view([b, 1, 1, 1]);
+    let channel = Tensor::arange(c, options).view([1, c, 1, 1]);
+    let rows = top.view([b, 1, 1, 1]) + Tensor::arange(h, options).view([1, 1, h, 1]);
+    let cols = left.view([b, 1, 1, 1]) + Tensor::arange(w, options).view([1, 1, 1, w]);
+    // out[b, c, y, x] = padded[b, c, top[b] + y, left[b] + x], the indices broadcast to [B,C,H,W].
+    padded.index(&[Some(&batch), Some(&channel), Some(&rows), Some(&cols)])
+}
+
+/// `RandomHorizontalFlip(p)` for every image of a batch [B,C,H,W]: a per-sample mask from
+/// `Tensor::rand` selects between the batch and its mirror.
+pub fn random_horizontal_flip(images: &Tensor, p: f64) -> Tensor {
+    let b = images.size()[0];
+    let mask = Tensor::rand([b], (Kind::Float, images.device()))
+        .lt(p)
+        .view([b, 1, 1, 1]);
+    images.flip([3]).where_self(&mask, images)
+}
+
+/// uint8 -> float in [0,1] (`ToTensor`'s scaling).
+pub fn to_float01(images: &Tensor) -> Tensor {
+    images.to_kind(Kind::Float) / 255.0
+}
+
+/// Bilinear resize of a float batch to `size`×`size` (a no-op when already that size).
+/// Downscaling is antialiased, as PIL's (and torchvision's default) bilinear resize is;
+/// upscaling is plain bilinear with `align_corners=False`, which is what both compute.
+pub fn resize(images: &Tensor, size: i64) -> Tensor {
+    let shape = images.size();
+    let (h, w) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+    if h == size && w == size {
+        return images.shallow_clone();
+    }
+    if size < h || size < w {
+        images.internal_upsample_bilinear2d_aa([size, size], false, None, None)
+    } else {
+        images.upsample_bilinear2d([size, size], false, None, None)
+    }
+}
+
+/// `Normalize(CIFAR_MEAN, CIFAR_STD)` of [0,1] floats [B,3,H,W].
+pub fn normalize(images: &Tensor) -> Tensor {
+    let options = (images.kind(), images.device());
+    let mean = Tensor::from_slice(&CIFAR_MEAN)
+        .to_kind(options.0)
+        .to_device(options.1)
+        .view([1, 3, 1, 1]);
+    let std = Tensor::from_slice(&CIFAR_STD)
+        .to_kind(options.0)
+        .to_device(options.1)
+        .view([1, 3, 1, 1]);
+    (images - mean) / std
+}
