@@ -9,12 +9,30 @@ use vit_tch::cli::{AttentionArgs, DeviceArgs, PlotArgs};
 use vit_tch::model::{ViTConfig, VisionTransformer};
 use vit_tch::plot::{self, confusion_size, CURVES_SIZE};
 
-/// A fresh, empty folder under the system temp folder.
-fn scratch(name: &str) -> PathBuf {
+/// A fresh, empty folder under the system temp folder, removed when the test passes (and
+/// kept for a look when it fails).
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn scratch(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("vit-plot-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 fn png_size(path: &Path) -> (u32, u32) {
@@ -67,7 +85,7 @@ fn curves_of_several_runs_as_png_and_svg() {
 fn curves_after_the_first_epoch_as_train_plot_calls_it() {
     let dir = scratch("first-epoch");
     write_metrics(&dir, 1, 1.0);
-    plot::curves(&[&dir], &dir.join("curves.png")).unwrap();
+    plot::curves(&[&*dir], &dir.join("curves.png")).unwrap();
     assert_eq!(png_size(&dir.join("curves.png")), CURVES_SIZE);
     // Refreshing overwrites the picture in place.
     write_metrics(&dir, 2, 1.0);
@@ -79,7 +97,7 @@ fn curves_after_the_first_epoch_as_train_plot_calls_it() {
 #[test]
 fn curves_without_metrics_is_an_error_naming_the_file() {
     let dir = scratch("no-metrics");
-    let err = plot::curves(&[&dir], &dir.join("curves.png")).unwrap_err();
+    let err = plot::curves(&[&*dir], &dir.join("curves.png")).unwrap_err();
     assert!(format!("{err:#}").contains("metrics.csv"), "{err:#}");
 }
 
@@ -203,4 +221,26 @@ fn rollout_matches_pytorch() {
 
     let heads = last_layer_heads(&maps);
     assert!(heads.equal(file.get("last_heads").unwrap()));
+}
+
+#[test]
+fn metrics_with_blank_or_missing_columns_still_plot() {
+    let dir = scratch("blank");
+    std::fs::write(
+        dir.join("metrics.csv"),
+        format!("{HEADER}\n1,0.001,2.1,0.2,,,3.0,100\n2,0.001,1.9,0.3,1.95,0.28,3.0,100\n"),
+    )
+    .unwrap();
+    let rows = plot::read_metrics(&dir.join("metrics.csv")).unwrap();
+    assert_eq!(rows[0].test_loss, None);
+    assert_eq!(rows[1].test_acc, Some(0.28));
+    let old = dir.join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(
+        old.join("metrics.csv"),
+        "epoch,train_loss,train_acc\n1,2.0,0.25\n",
+    )
+    .unwrap();
+    plot::curves(&[dir.to_path_buf(), old], &dir.join("curves.png")).unwrap();
+    assert_eq!(png_size(&dir.join("curves.png")), CURVES_SIZE);
 }
