@@ -270,15 +270,16 @@ fn draw_panel<DB: DrawingBackend>(
     let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let (title, y_desc, (y0, y1), legend_at) = match panel {
         Panel::Loss => {
-            let top = if hi.is_finite() && hi > 0.0 {
-                hi * 1.05
+            let range = if lo.is_finite() {
+                let margin = ((hi - lo) * 0.06).max(0.05);
+                ((lo - margin).max(0.0), hi + margin)
             } else {
-                1.0
+                (0.0, 1.0)
             };
             (
                 "Loss",
                 "cross-entropy loss",
-                (0.0, top),
+                range,
                 SeriesLabelPosition::UpperRight,
             )
         }
@@ -300,6 +301,11 @@ fn draw_panel<DB: DrawingBackend>(
         }
     };
 
+    let decimals = match panel {
+        Panel::Loss if y1 - y0 < 1.0 => 2,
+        Panel::Loss => 1,
+        Panel::Accuracy => 0,
+    };
     let mut chart = drawing(
         ChartBuilder::on(area)
             .caption(title, (FONT, 22))
@@ -312,6 +318,7 @@ fn draw_panel<DB: DrawingBackend>(
         chart
             .configure_mesh()
             .x_desc("epoch")
+            .x_labels(((x1 - x0).round() as usize + 1).clamp(2, 11))
             .y_desc(y_desc)
             .label_style((FONT, 14))
             .axis_desc_style((FONT, 16))
@@ -319,13 +326,10 @@ fn draw_panel<DB: DrawingBackend>(
                 if x.fract() == 0.0 {
                     format!("{x:.0}")
                 } else {
-                    format!("{x:.1}")
+                    String::new()
                 }
             })
-            .y_label_formatter(&|y| match panel {
-                Panel::Loss => format!("{y:.1}"),
-                Panel::Accuracy => format!("{y:.0}"),
-            })
+            .y_label_formatter(&|y| format!("{y:.decimals$}"))
             .bold_line_style(RGBColor(225, 225, 225))
             .light_line_style(TRANSPARENT)
             .draw(),
