@@ -145,6 +145,10 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
     let csv_path = out_dir.join("confusion_matrix.csv");
     evaluation.write_confusion_csv(&dataset.classes, &csv_path)?;
+    if args.plot {
+        let png = out_dir.join("confusion_matrix.png");
+        crate::plot::confusion_matrix(&evaluation.confusion, &dataset.classes, &png)?;
+    }
 
     let per_class = evaluation.per_class_accuracy();
     if args.json {

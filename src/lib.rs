@@ -3,6 +3,7 @@
 //! `model` holds the notebook's four modules; `data`, `train`, `eval`, `predict`, `bench`,
 //! `plot` and `attention` each implement one `vit` subcommand; `cli` declares them all.
 
+pub mod attention;
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;
@@ -12,6 +13,6 @@ pub mod fsutil;
 pub mod info;
 pub mod model;
 pub mod optim;
-
+pub mod plot;
 pub mod predict;
 pub mod train;

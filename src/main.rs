@@ -10,6 +10,7 @@ fn main() -> anyhow::Result<()> {
         Command::Eval(args) => vit_tch::eval::run(&args),
         Command::Predict(args) => vit_tch::predict::run(&args),
         Command::Bench(args) => vit_tch::bench::run(&args),
-        Command::Plot(_) | Command::Attention(_) => anyhow::bail!("plots are not built yet"),
+        Command::Plot(args) => vit_tch::plot::run(&args),
+        Command::Attention(args) => vit_tch::attention::run(&args),
     }
 }

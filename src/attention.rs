@@ -1,0 +1,362 @@
+//! `vit attention`: where the model looks. Attention rollout over all layers (Abnar and
+//! Zuidema 2020) and each head of the last layer, from the class token to the patches,
+//! upsampled to the image and overlaid as a heat map beside the image.
+
+use crate::checkpoint;
+use crate::cli::{AttentionArgs, DatasetArgs};
+use crate::data;
+use crate::plot::{inferno, write_rgb_png, FONT};
+use anyhow::{bail, ensure, Context, Result};
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use std::collections::HashMap;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// Attention rollout: for every layer, average the heads, add the identity (the residual
+/// connection) and renormalise the rows; multiply the layers together, last on the left
+/// (`R = Â_L ... Â_1`); return the class token's row over the patches.
+///
+/// `maps`: num_layers x [B, num_heads, N + 1, N + 1] (first layer first, class token at
+/// index 0), as [`VisionTransformer::attention_maps`](crate::model::VisionTransformer::attention_maps)
+/// gives them. Returns [B, N]; computed in the maps' kind and on their device.
+pub fn rollout(maps: &[Tensor]) -> Tensor {
+    assert!(
+        !maps.is_empty(),
+        "attention rollout needs at least one layer"
+    );
+    let mut joint: Option<Tensor> = None;
+    for map in maps {
+        let kind = map.kind();
+        let tokens = map.size()[map.dim() - 1];
+        let mean = map.mean_dim(1, false, kind);
+        let with_residual = mean + Tensor::eye(tokens, (kind, map.device()));
+        let normalised = &with_residual / with_residual.sum_dim_intlist(-1, true, kind);
+        joint = Some(match joint {
+            None => normalised,
+            Some(previous) => normalised.matmul(&previous),
+        });
+    }
+    let joint = joint.expect("at least one layer");
+    let tokens = joint.size()[1];
+    joint.select(1, 0).narrow(-1, 1, tokens - 1)
+}
+
+/// Each head of the last layer, from the class token to the patches: [B, num_heads, N].
+pub fn last_layer_heads(maps: &[Tensor]) -> Tensor {
+    let last = maps.last().expect("at least one layer");
+    let tokens = last.size()[3];
+    last.select(2, 0).narrow(-1, 1, tokens - 1)
+}
+
+/// Side of one picture in the attention figure, in pixels.
+pub const PANEL: u32 = 192;
+const PAD: u32 = 12;
+const HEADER: u32 = 44;
+const CAPTION: u32 = 26;
+
+/// Columns and rows of the figure's grid for `panels` pictures (at most 5 per row).
+fn grid(panels: u32) -> (u32, u32) {
+    let rows = panels.div_ceil(5).max(1);
+    (panels.div_ceil(rows), rows)
+}
+
+/// Width and height of the attention figure for a model with `num_heads` heads: the
+/// image, the rollout and one picture per head of the last layer.
+pub fn figure_size(num_heads: usize) -> (u32, u32) {
+    let (cols, rows) = grid(2 + num_heads as u32);
+    (
+        cols * PANEL + (cols + 1) * PAD,
+        HEADER + rows * (CAPTION + PANEL) + rows * PAD,
+    )
+}
+
+/// Decodes a PNG or JPEG file to uint8 [3, size, size] (RGB): the central square, resized
+/// with a triangle filter.
+pub fn load_image(path: &Path, size: i64) -> Result<Tensor> {
+    let image = image::open(path)
+        .with_context(|| format!("cannot decode {}", path.display()))?
+        .to_rgb8();
+    let (w, h) = image.dimensions();
+    let side = w.min(h);
+    ensure!(side > 0, "{} is empty", path.display());
+    let square =
+        image::imageops::crop_imm(&image, (w - side) / 2, (h - side) / 2, side, side).to_image();
+    let size = size as u32;
+    let resized = if side == size {
+        square
+    } else {
+        image::imageops::resize(&square, size, size, image::imageops::FilterType::Triangle)
+    };
+    Ok(Tensor::from_slice(resized.as_raw())
+        .view([size as i64, size as i64, 3])
+        .permute([2, 0, 1])
+        .contiguous())
+}
+
+/// The class token's view of one image: rollout [N] and last-layer heads [num_heads, N].
+pub struct AttentionResult {
+    pub rollout: Tensor,
+    pub heads: Tensor,
+    /// Softmax probabilities over the classes, [num_classes].
+    pub probabilities: Tensor,
+}
+
+/// `vit attention --checkpoint PATH (IMAGE | --dataset D --index I) [-o attention.png]`.
+pub fn run(args: &AttentionArgs) -> Result<()> {
+    let device = crate::cli::parse_device(args.device.device.as_deref())?;
+    let loaded = checkpoint::load(&args.checkpoint, device)?;
+    let config = loaded.model.config.clone();
+    let mut classes = class_names(&loaded.metadata, config.num_classes);
+    let (image, source, truth) = match (&args.image, args.dataset) {
+        (Some(path), None) => {
+            ensure!(
+                args.index.is_none(),
+                "--index picks an image from --dataset; with an IMAGE file, leave it out"
+            );
+            (
+                load_image(path, config.image_size)?,
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                None,
+            )
+        }
+        (None, Some(dataset)) => {
+            let index = args.index.unwrap_or(0);
+            let dataset_args = DatasetArgs {
+                dataset,
+                data_dir: args.data_dir.clone(),
+                coarse_labels: loaded
+                    .metadata
+                    .get("dataset")
+                    .is_some_and(|d| d == "cifar100-coarse"),
+            };
+            let data = data::load(&dataset_args, config.image_size)?;
+            let n = data.test.len();
+            ensure!(
+                (0..n).contains(&index),
+                "--index {index} is outside the test split (0..{n})"
+            );
+            let label = data.test.labels.int64_value(&[index]);
+            if data.classes.len() as i64 == config.num_classes {
+                classes = data.classes.clone();
+            }
+            (
+                data.test.images.get(index),
+                format!("{} test image {index}", data.name),
+                Some(label),
+            )
+        }
+        (Some(_), Some(_)) => bail!("give either an IMAGE file or --dataset, not both"),
+        (None, None) => bail!("give an IMAGE file, or --dataset D --index I"),
+    };
+    let result = analyse(&loaded.model, &image, device)?;
+    let probabilities = Vec::<f32>::try_from(&result.probabilities)?;
+    let (predicted, p) = probabilities
+        .iter()
+        .enumerate()
+        .fold(
+            (0, f32::MIN),
+            |best, (i, &p)| if p > best.1 { (i, p) } else { best },
+        );
+    let name = |i: usize| {
+        classes
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("class {i}"))
+    };
+    let mut title = format!(
+        "{source}: predicted {} ({:.0}%)",
+        name(predicted),
+        100.0 * p
+    );
+    if let Some(label) = truth {
+        title.push_str(&format!(", true class {}", name(label as usize)));
+    }
+    figure(&image, &result.rollout, &result.heads, &title, &args.output)?;
+    println!("{title}\nwrote {}", args.output.display());
+    Ok(())
+}
+
+/// Runs the model on one uint8 [3, H, W] image (test transform, on `device`) and collects
+/// the class token's attention and the class probabilities, on the CPU.
+pub fn analyse(
+    model: &crate::model::VisionTransformer,
+    image: &Tensor,
+    device: Device,
+) -> Result<AttentionResult> {
+    let size = model.config.image_size;
+    let batch = data::transforms::test_transform(&image.unsqueeze(0).to_device(device), size);
+    model.check_input(&batch)?;
+    tch::no_grad(|| {
+        let maps = model.attention_maps(&batch);
+        let logits = tch::nn::ModuleT::forward_t(model, &batch, false);
+        let to_cpu = |t: Tensor| t.to_device(Device::Cpu).to_kind(Kind::Float);
+        Ok(AttentionResult {
+            rollout: to_cpu(rollout(&maps).select(0, 0)),
+            heads: to_cpu(last_layer_heads(&maps).select(0, 0)),
+            probabilities: to_cpu(logits.softmax(-1, Kind::Float).select(0, 0)),
+        })
+    })
+}
+
+fn class_names(metadata: &HashMap<String, String>, num_classes: i64) -> Vec<String> {
+    metadata
+        .get("classes")
+        .and_then(|json| serde_json::from_str::<Vec<String>>(json).ok())
+        .filter(|names| names.len() as i64 == num_classes)
+        .unwrap_or_else(|| (0..num_classes).map(|i| format!("class {i}")).collect())
+}
+
+/// An RGB8 picture, row-major.
+struct Picture {
+    side: u32,
+    rgb: Vec<u8>,
+}
+
+/// uint8 [3, H, W] -> a `PANEL` x `PANEL` picture (nearest neighbour when enlarging, so
+/// CIFAR's 32x32 pixels stay visible as pixels).
+fn panel_image(image: &Tensor) -> Result<Picture> {
+    let (c, h, w) = image.size3()?;
+    ensure!(
+        c == 3,
+        "expected an RGB image [3, H, W], got {:?}",
+        image.size()
+    );
+    let hwc = Vec::<u8>::try_from(
+        image
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Uint8)
+            .permute([1, 2, 0])
+            .contiguous()
+            .reshape([-1]),
+    )?;
+    let source = image::RgbImage::from_raw(w as u32, h as u32, hwc)
+        .context("image buffer has the wrong size")?;
+    let filter = if (w as u32) < PANEL {
+        image::imageops::FilterType::Nearest
+    } else {
+        image::imageops::FilterType::Triangle
+    };
+    let resized = image::imageops::resize(&source, PANEL, PANEL, filter);
+    Ok(Picture {
+        side: PANEL,
+        rgb: resized.into_raw(),
+    })
+}
+
+/// A map over the patch grid [N] -> values in [0, 1] at `PANEL` x `PANEL` (bilinear,
+/// then scaled so that its minimum is 0 and its maximum 1; a constant map is all 0).
+fn upsample(map: &Tensor) -> Result<Vec<f32>> {
+    let n = map.numel() as i64;
+    let grid = (n as f64).sqrt().round() as i64;
+    ensure!(grid * grid == n, "{n} patches do not form a square grid");
+    let up = map
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .view([1, 1, grid, grid])
+        .upsample_bilinear2d([PANEL as i64, PANEL as i64], false, None, None)
+        .reshape([-1]);
+    let values = Vec::<f32>::try_from(&up)?;
+    let lo = values.iter().copied().fold(f32::INFINITY, f32::min);
+    let hi = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let range = hi - lo;
+    Ok(values
+        .into_iter()
+        .map(|v| if range > 1e-12 { (v - lo) / range } else { 0.0 })
+        .collect())
+}
+
+/// The heat map of `map` over `base`, half and half.
+fn overlay(base: &Picture, map: &Tensor) -> Result<Picture> {
+    const ALPHA: f64 = 0.55;
+    let heat = upsample(map)?;
+    let mut rgb = Vec::with_capacity(base.rgb.len());
+    for (pixel, &t) in base.rgb.chunks_exact(3).zip(&heat) {
+        let RGBColor(r, g, b) = inferno(t as f64);
+        for (channel, colour) in pixel.iter().zip([r, g, b]) {
+            let mixed = (1.0 - ALPHA) * *channel as f64 + ALPHA * colour as f64;
+            rgb.push(mixed.round() as u8);
+        }
+    }
+    Ok(Picture {
+        side: base.side,
+        rgb,
+    })
+}
+
+/// Draws the figure: the image, the rollout over it, and each last-layer head over it,
+/// with `title` on top. `image` is uint8 [3, H, W]; `rollout` is [N] and `heads`
+/// [num_heads, N] over the N patches. Writes a PNG of [`figure_size`]`(num_heads)`.
+pub fn figure(
+    image: &Tensor,
+    rollout: &Tensor,
+    heads: &Tensor,
+    title: &str,
+    output: &Path,
+) -> Result<()> {
+    let (num_heads, patches) = heads.size2()?;
+    ensure!(
+        rollout.size() == [patches],
+        "rollout has shape {:?}, the heads cover {patches} patches",
+        rollout.size()
+    );
+    let base = panel_image(image)?;
+    let layers_note = "rollout, all layers";
+    let mut panels = vec![
+        ("image".to_string(), base.rgb.clone()),
+        (layers_note.to_string(), overlay(&base, rollout)?.rgb),
+    ];
+    for h in 0..num_heads {
+        panels.push((
+            format!("last layer, head {}", h + 1),
+            overlay(&base, &heads.get(h))?.rgb,
+        ));
+    }
+
+    let (width, height) = figure_size(num_heads as usize);
+    let (cols, _) = grid(panels.len() as u32);
+    let origin = |i: usize| {
+        let (col, row) = (i as u32 % cols, i as u32 / cols);
+        (
+            PAD + col * (PANEL + PAD),
+            HEADER + row * (CAPTION + PANEL + PAD) + CAPTION,
+        )
+    };
+    // Text with plotters into a buffer, then the pictures copied into their places.
+    let mut buffer = vec![255u8; width as usize * height as usize * 3];
+    {
+        crate::plot::register_font();
+        let root = BitMapBackend::with_buffer(&mut buffer, (width, height)).into_drawing_area();
+        let text = |s: &str, at: (i32, i32), size: f64| {
+            root.draw(&Text::new(
+                s.to_string(),
+                at,
+                TextStyle::from((FONT, size).into_font()).pos(Pos::new(HPos::Center, VPos::Center)),
+            ))
+            .map_err(|e| anyhow::anyhow!("drawing {}: {e}", output.display()))
+        };
+        text(title, (width as i32 / 2, HEADER as i32 / 2), 18.0)?;
+        for (i, (caption, _)) in panels.iter().enumerate() {
+            let (x, y) = origin(i);
+            text(
+                caption,
+                ((x + PANEL / 2) as i32, (y - CAPTION / 2) as i32),
+                15.0,
+            )?;
+        }
+        root.present()
+            .map_err(|e| anyhow::anyhow!("drawing {}: {e}", output.display()))?;
+    }
+    for (i, (_, rgb)) in panels.iter().enumerate() {
+        let (x0, y0) = origin(i);
+        for row in 0..PANEL {
+            let src = (row * PANEL * 3) as usize;
+            let dst = (((y0 + row) * width + x0) * 3) as usize;
+            buffer[dst..dst + (PANEL * 3) as usize]
+                .copy_from_slice(&rgb[src..src + (PANEL * 3) as usize]);
+        }
+    }
+    write_rgb_png(output, width, height, &buffer)
+}

@@ -1,0 +1,632 @@
+//! Pictures: loss and accuracy curves from `metrics.csv` (`vit plot`, `vit train --plot`)
+//! and the confusion matrix as a heat map (`vit eval --plot`).
+//!
+//! Drawing goes through `plotters`; PNGs are rendered into an RGB buffer and encoded with
+//! the `image` crate, SVGs are written as text. Text uses DejaVu Sans, bundled in
+//! `assets/` and registered from bytes, so no system font lookup is ever needed. Every
+//! file is written atomically, so a viewer refreshing `curves.png` during training never
+//! sees half a picture.
+
+use crate::cli::PlotArgs;
+use crate::fsutil::write_atomic;
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use plotters::style::FontTransform;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+use tch::{Kind, Tensor};
+
+/// The font family every picture uses (DejaVu Sans, registered on first use).
+pub const FONT: &str = "sans-serif";
+
+static FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+/// Registers the bundled font with plotters (once per process).
+pub fn register_font() {
+    static REGISTER: Once = Once::new();
+    REGISTER.call_once(|| {
+        if plotters::style::register_font(FONT, FontStyle::Normal, FONT_BYTES).is_err() {
+            panic!("the bundled assets/DejaVuSans.ttf is not a valid font");
+        }
+    });
+}
+
+/// Width and height of `curves.png` (and of its SVG), in pixels.
+pub const CURVES_SIZE: (u32, u32) = (1200, 500);
+
+/// Ten distinguishable colours (Tableau 10), cycled over runs.
+pub const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// Runs `draw` on a `width` x `height` bitmap and writes it as a PNG, atomically.
+pub fn render_png<F>(path: &Path, (width, height): (u32, u32), draw: F) -> Result<()>
+where
+    F: FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<()>,
+{
+    register_font();
+    let mut buffer = vec![0u8; width as usize * height as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, (width, height)).into_drawing_area();
+        draw(&root)?;
+        root.present()
+            .map_err(|e| anyhow!("drawing {}: {e}", path.display()))?;
+    }
+    write_rgb_png(path, width, height, &buffer)
+}
+
+/// Encodes an RGB8 buffer as PNG and writes it atomically.
+pub fn write_rgb_png(path: &Path, width: u32, height: u32, rgb: &[u8]) -> Result<()> {
+    use image::ImageEncoder;
+    let mut bytes = Vec::new();
+    image::codecs::png::PngEncoder::new_with_quality(
+        &mut bytes,
+        image::codecs::png::CompressionType::Best,
+        image::codecs::png::FilterType::Adaptive,
+    )
+    .write_image(rgb, width, height, image::ExtendedColorType::Rgb8)
+    .with_context(|| format!("encoding {}", path.display()))?;
+    create_parent(path)?;
+    write_atomic(path, &bytes)
+}
+
+/// Runs `draw` on a `width` x `height` SVG canvas and writes the file atomically.
+pub fn render_svg<F>(path: &Path, size: (u32, u32), draw: F) -> Result<()>
+where
+    F: FnOnce(&DrawingArea<SVGBackend<'_>, Shift>) -> Result<()>,
+{
+    register_font();
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        draw(&root)?;
+        root.present()
+            .map_err(|e| anyhow!("drawing {}: {e}", path.display()))?;
+    }
+    create_parent(path)?;
+    write_atomic(path, svg.as_bytes())
+}
+
+fn create_parent(path: &Path) -> Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Turns a plotters error (whose type depends on the backend) into an `anyhow` error.
+fn drawing<T, E: std::fmt::Display>(result: std::result::Result<T, E>) -> Result<T> {
+    result.map_err(|e| anyhow!("drawing failed: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Curves
+// ---------------------------------------------------------------------------------------
+
+/// One row of `metrics.csv`; missing or non-numeric cells are `None`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: f64,
+    #[serde(default, deserialize_with = "csv::invalid_option")]
+    pub train_loss: Option<f64>,
+    #[serde(default, deserialize_with = "csv::invalid_option")]
+    pub train_acc: Option<f64>,
+    #[serde(default, deserialize_with = "csv::invalid_option")]
+    pub test_loss: Option<f64>,
+    #[serde(default, deserialize_with = "csv::invalid_option")]
+    pub test_acc: Option<f64>,
+}
+
+/// A run's label (its folder name) and its epochs.
+#[derive(Debug, Clone)]
+pub struct RunMetrics {
+    pub label: String,
+    pub epochs: Vec<EpochMetrics>,
+}
+
+/// `RUN_DIR/metrics.csv`, or the path itself when it is a file.
+pub fn metrics_path(run: &Path) -> PathBuf {
+    if run.is_file() {
+        run.to_path_buf()
+    } else {
+        run.join("metrics.csv")
+    }
+}
+
+/// Reads a `metrics.csv` written by `vit train` (columns are found by name; extra ones are
+/// ignored).
+pub fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
+    let mut reader =
+        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    reader
+        .deserialize()
+        .enumerate()
+        .map(|(i, row)| row.with_context(|| format!("{}: row {}", path.display(), i + 1)))
+        .collect()
+}
+
+/// Reads every run's metrics; labels are folder names, or full paths when names clash.
+pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
+    ensure!(!runs.is_empty(), "no run folders given");
+    let names: Vec<String> = runs
+        .iter()
+        .map(|run| {
+            let run = run.as_ref();
+            let dir = if run.is_file() {
+                run.parent().unwrap_or(run)
+            } else {
+                run
+            };
+            let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| dir.display().to_string())
+        })
+        .collect();
+    runs.iter()
+        .zip(&names)
+        .map(|(run, name)| {
+            let run = run.as_ref();
+            let unique = names.iter().filter(|n| *n == name).count() == 1;
+            Ok(RunMetrics {
+                label: if unique {
+                    name.clone()
+                } else {
+                    run.display().to_string()
+                },
+                epochs: read_metrics(&metrics_path(run))?,
+            })
+        })
+        .collect()
+}
+
+/// `vit plot RUN_DIR... [-o curves.png]`: the curves as PNG, with an SVG beside it.
+pub fn run(args: &PlotArgs) -> Result<()> {
+    curves(&args.runs, &args.output)?;
+    println!(
+        "wrote {} and {}",
+        args.output.display(),
+        args.output.with_extension("svg").display()
+    );
+    Ok(())
+}
+
+/// Loss (left) and accuracy (right) against epoch for every run, train solid and test
+/// dashed, one colour per run. Writes `output` (PNG, [`CURVES_SIZE`]) and the same picture
+/// as SVG beside it (same stem, `.svg`).
+pub fn curves<P: AsRef<Path>>(runs: &[P], output: &Path) -> Result<()> {
+    let runs = read_runs(runs)?;
+    render_png(output, CURVES_SIZE, |root| draw_curves(root, &runs))?;
+    render_svg(&output.with_extension("svg"), CURVES_SIZE, |root| {
+        draw_curves(root, &runs)
+    })
+}
+
+/// Which metric a panel shows.
+#[derive(Clone, Copy)]
+enum Panel {
+    Loss,
+    Accuracy,
+}
+
+impl Panel {
+    fn values(self, e: &EpochMetrics) -> [Option<f64>; 2] {
+        let finite = |v: Option<f64>| v.filter(|v| v.is_finite());
+        match self {
+            Panel::Loss => [finite(e.train_loss), finite(e.test_loss)],
+            Panel::Accuracy => [
+                finite(e.train_acc).map(|a| 100.0 * a),
+                finite(e.test_acc).map(|a| 100.0 * a),
+            ],
+        }
+    }
+}
+
+/// Draws the two panels of the curves picture on any plotters backend.
+pub fn draw_curves<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    runs: &[RunMetrics],
+) -> Result<()> {
+    drawing(root.fill(&WHITE))?;
+    let (left, right) = root.split_horizontally(root.dim_in_pixel().0 / 2);
+    draw_panel(&left, runs, Panel::Loss)?;
+    draw_panel(&right, runs, Panel::Accuracy)?;
+    Ok(())
+}
+
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    runs: &[RunMetrics],
+    panel: Panel,
+) -> Result<()> {
+    let epochs = runs.iter().flat_map(|r| r.epochs.iter().map(|e| e.epoch));
+    let (first, last) = epochs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), e| {
+        (lo.min(e), hi.max(e))
+    });
+    let (x0, x1) = if first.is_finite() {
+        (first.min(1.0).min(last - 1.0), last)
+    } else {
+        (0.0, 1.0)
+    };
+    let values: Vec<f64> = runs
+        .iter()
+        .flat_map(|r| r.epochs.iter().flat_map(|e| panel.values(e)))
+        .flatten()
+        .collect();
+    let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let (title, y_desc, (y0, y1), legend_at) = match panel {
+        Panel::Loss => {
+            let range = if lo.is_finite() {
+                let margin = ((hi - lo) * 0.06).max(0.05);
+                ((lo - margin).max(0.0), hi + margin)
+            } else {
+                (0.0, 1.0)
+            };
+            (
+                "Loss",
+                "cross-entropy loss",
+                range,
+                SeriesLabelPosition::UpperRight,
+            )
+        }
+        Panel::Accuracy => {
+            let (bottom, top) = if lo.is_finite() {
+                (
+                    (((lo - 2.0) / 10.0).floor() * 10.0).max(0.0),
+                    (((hi + 2.0) / 10.0).ceil() * 10.0).min(100.0),
+                )
+            } else {
+                (0.0, 100.0)
+            };
+            (
+                "Accuracy",
+                "accuracy (%)",
+                (bottom, top.max(bottom + 10.0)),
+                SeriesLabelPosition::LowerRight,
+            )
+        }
+    };
+
+    let decimals = match panel {
+        Panel::Loss if y1 - y0 < 1.0 => 2,
+        Panel::Loss => 1,
+        Panel::Accuracy => 0,
+    };
+    let mut chart = drawing(
+        ChartBuilder::on(area)
+            .caption(title, (FONT, 22))
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(65)
+            .build_cartesian_2d(x0..x1, y0..y1),
+    )?;
+    drawing(
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .x_labels(((x1 - x0).round() as usize + 1).clamp(2, 11))
+            .y_desc(y_desc)
+            .label_style((FONT, 14))
+            .axis_desc_style((FONT, 16))
+            .x_label_formatter(&|x| {
+                if x.fract() == 0.0 {
+                    format!("{x:.0}")
+                } else {
+                    String::new()
+                }
+            })
+            .y_label_formatter(&|y| format!("{y:.decimals$}"))
+            .bold_line_style(RGBColor(225, 225, 225))
+            .light_line_style(TRANSPARENT)
+            .draw(),
+    )?;
+
+    for (i, run) in runs.iter().enumerate() {
+        let colour = PALETTE[i % PALETTE.len()];
+        for (which, name) in ["train", "test"].into_iter().enumerate() {
+            let points: Vec<(f64, f64)> = run
+                .epochs
+                .iter()
+                .filter_map(|e| panel.values(e)[which].map(|v| (e.epoch, v)))
+                .collect();
+            if points.is_empty() {
+                continue;
+            }
+            let label = format!("{} {name}", run.label);
+            let style = colour.stroke_width(2);
+            let series = if which == 0 {
+                drawing(chart.draw_series(LineSeries::new(points.clone(), style)))?
+            } else {
+                drawing(chart.draw_series(DashedLineSeries::new(points.clone(), 8, 5, style)))?
+            };
+            let dashed = which == 1;
+            series.label(label).legend(move |(x, y)| {
+                let style = colour.stroke_width(2);
+                let element = EmptyElement::at((x, y));
+                if dashed {
+                    element
+                        + PathElement::new(vec![(0, 0), (7, 0)], style)
+                        + PathElement::new(vec![(12, 0), (20, 0)], style)
+                } else {
+                    element
+                        + PathElement::new(vec![(0, 0), (7, 0)], style)
+                        + PathElement::new(vec![(7, 0), (20, 0)], style)
+                }
+            });
+            // Markers, so that a short run (a single epoch, say) still shows.
+            if points.len() > 30 {
+                continue;
+            }
+            let marker = if dashed {
+                colour.stroke_width(1)
+            } else {
+                colour.filled()
+            };
+            drawing(chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, marker))))?;
+        }
+    }
+    drawing(
+        chart
+            .configure_series_labels()
+            .position(legend_at)
+            .label_font((FONT, 14))
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(180, 180, 180))
+            .draw(),
+    )?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Confusion matrix
+// ---------------------------------------------------------------------------------------
+
+const CM_TOP: u32 = 60;
+const CM_LEFT: u32 = 190;
+const CM_BOTTOM: u32 = 150;
+const CM_RIGHT: u32 = 110;
+
+/// Side of one confusion-matrix cell in pixels: large for 10 classes, 8 px for 100.
+pub fn confusion_cell_size(num_classes: usize) -> u32 {
+    (720 / num_classes.max(1) as u32).clamp(8, 56)
+}
+
+/// Width and height of the confusion-matrix picture for `num_classes` classes.
+pub fn confusion_size(num_classes: usize) -> (u32, u32) {
+    let side = confusion_cell_size(num_classes) * num_classes as u32;
+    (CM_LEFT + side + CM_RIGHT, CM_TOP + side + CM_BOTTOM)
+}
+
+/// Matplotlib's "Blues" colour map at `t` in [0, 1].
+pub fn blues(t: f64) -> RGBColor {
+    const STOPS: [(u8, u8, u8); 9] = [
+        (247, 251, 255),
+        (222, 235, 247),
+        (198, 219, 239),
+        (158, 202, 225),
+        (107, 174, 214),
+        (66, 146, 198),
+        (33, 113, 181),
+        (8, 81, 156),
+        (8, 48, 107),
+    ];
+    interpolate(&STOPS, t)
+}
+
+/// Matplotlib's "inferno" colour map at `t` in [0, 1].
+pub fn inferno(t: f64) -> RGBColor {
+    const STOPS: [(u8, u8, u8); 9] = [
+        (0, 0, 4),
+        (31, 12, 72),
+        (85, 15, 109),
+        (136, 34, 106),
+        (186, 54, 85),
+        (227, 89, 51),
+        (249, 140, 10),
+        (249, 201, 50),
+        (252, 255, 164),
+    ];
+    interpolate(&STOPS, t)
+}
+
+fn interpolate(stops: &[(u8, u8, u8)], t: f64) -> RGBColor {
+    let t = if t.is_finite() {
+        t.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let x = t * (stops.len() - 1) as f64;
+    let i = (x.floor() as usize).min(stops.len() - 2);
+    let f = x - i as f64;
+    let mix = |a: u8, b: u8| (a as f64 + (b as f64 - a as f64) * f).round() as u8;
+    let (a, b) = (stops[i], stops[i + 1]);
+    RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
+}
+
+/// Draws the confusion matrix (int64 [K, K], rows = true class, columns = predicted) as a
+/// heat map of row-normalised fractions (per-class recall on the diagonal), with class
+/// names on both axes, counts in the cells when K <= 20, and a colour bar. Writes a PNG of
+/// [`confusion_size`]`(K)`.
+pub fn confusion_matrix(confusion: &Tensor, classes: &[String], output: &Path) -> Result<()> {
+    let size = confusion.size();
+    ensure!(
+        size.len() == 2 && size[0] == size[1],
+        "the confusion matrix must be square [K, K], got {size:?}"
+    );
+    let k = size[0] as usize;
+    ensure!(k > 0, "the confusion matrix is empty");
+    ensure!(
+        classes.len() == k,
+        "{} class names for a {k}x{k} confusion matrix",
+        classes.len()
+    );
+    let counts: Vec<i64> = Vec::<i64>::try_from(
+        confusion
+            .to_device(tch::Device::Cpu)
+            .to_kind(Kind::Int64)
+            .reshape([-1]),
+    )?;
+    if counts.iter().any(|&n| n < 0) {
+        bail!("the confusion matrix has negative counts");
+    }
+    render_png(output, confusion_size(k), |root| {
+        draw_confusion(root, &counts, classes)
+    })
+}
+
+fn draw_confusion<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    counts: &[i64],
+    classes: &[String],
+) -> Result<()> {
+    let k = classes.len();
+    let cell = confusion_cell_size(k) as i32;
+    let side = cell * k as i32;
+    let (left, top) = (CM_LEFT as i32, CM_TOP as i32);
+    drawing(root.fill(&WHITE))?;
+
+    let total: i64 = counts.iter().sum();
+    let correct: i64 = (0..k).map(|i| counts[i * k + i]).sum();
+    let title = if total > 0 {
+        format!(
+            "Confusion matrix: {:.2}% of {total} test images correct",
+            100.0 * correct as f64 / total as f64
+        )
+    } else {
+        "Confusion matrix (no images)".to_string()
+    };
+    let (width, _) = root.dim_in_pixel();
+    drawing(root.draw(&Text::new(
+        title,
+        (width as i32 / 2, top / 2),
+        TextStyle::from((FONT, 20).into_font()).pos(Pos::new(HPos::Center, VPos::Center)),
+    )))?;
+
+    // Cells, shaded by the fraction of the true class (row) predicted as each column.
+    let show_counts = k <= 20;
+    let count_font = (cell as f64 / 3.2).clamp(8.0, 16.0);
+    for i in 0..k {
+        let row = &counts[i * k..(i + 1) * k];
+        let row_total: i64 = row.iter().sum();
+        for (j, &n) in row.iter().enumerate() {
+            let fraction = if row_total > 0 {
+                n as f64 / row_total as f64
+            } else {
+                0.0
+            };
+            let (x, y) = (left + j as i32 * cell, top + i as i32 * cell);
+            drawing(root.draw(&Rectangle::new(
+                [(x, y), (x + cell, y + cell)],
+                blues(fraction).filled(),
+            )))?;
+            if show_counts && n > 0 {
+                let colour = if fraction > 0.5 { WHITE } else { BLACK };
+                drawing(
+                    root.draw(&Text::new(
+                        n.to_string(),
+                        (x + cell / 2, y + cell / 2),
+                        TextStyle::from((FONT, count_font).into_font())
+                            .color(&colour)
+                            .pos(Pos::new(HPos::Center, VPos::Center)),
+                    )),
+                )?;
+            }
+        }
+    }
+    drawing(root.draw(&Rectangle::new(
+        [(left, top), (left + side, top + side)],
+        RGBColor(120, 120, 120).stroke_width(1),
+    )))?;
+
+    // Tick labels: every class up to 30 classes, else every `step`-th with its index.
+    let step = k.div_ceil(30).max(1);
+    let label_font = if k <= 30 { 13.0 } else { 11.0 };
+    let tick = |i: usize| {
+        if step == 1 {
+            classes[i].clone()
+        } else {
+            format!("{i} {}", classes[i])
+        }
+    };
+    for i in (0..k).step_by(step) {
+        let c = i as i32 * cell + cell / 2;
+        // True class, left of the row.
+        drawing(
+            root.draw(&Text::new(
+                tick(i),
+                (left - 6, top + c),
+                TextStyle::from((FONT, label_font).into_font())
+                    .pos(Pos::new(HPos::Right, VPos::Center)),
+            )),
+        )?;
+        // Predicted class, below the column, reading downwards.
+        drawing(
+            root.draw(&Text::new(
+                tick(i),
+                (left + c, top + side + 6),
+                TextStyle::from(
+                    (FONT, label_font)
+                        .into_font()
+                        .transform(FontTransform::Rotate90),
+                )
+                .pos(Pos::new(HPos::Left, VPos::Center)),
+            )),
+        )?;
+    }
+    drawing(root.draw(&Text::new(
+        "predicted class",
+        (left + side / 2, top + side + CM_BOTTOM as i32 - 14),
+        TextStyle::from((FONT, 16).into_font()).pos(Pos::new(HPos::Center, VPos::Center)),
+    )))?;
+    drawing(
+        root.draw(&Text::new(
+            "true class",
+            (14, top + side / 2),
+            TextStyle::from((FONT, 16).into_font().transform(FontTransform::Rotate270))
+                .pos(Pos::new(HPos::Center, VPos::Center)),
+        )),
+    )?;
+
+    // Colour bar: fraction of the true class, 0 at the bottom to 1 at the top.
+    let bar_x = left + side + 20;
+    let bar_w = 18;
+    for y in 0..side {
+        let t = 1.0 - y as f64 / (side - 1).max(1) as f64;
+        drawing(root.draw(&Rectangle::new(
+            [(bar_x, top + y), (bar_x + bar_w, top + y + 1)],
+            blues(t).filled(),
+        )))?;
+    }
+    drawing(root.draw(&Rectangle::new(
+        [(bar_x, top), (bar_x + bar_w, top + side)],
+        RGBColor(120, 120, 120).stroke_width(1),
+    )))?;
+    for (t, label) in [(1.0, "100%"), (0.5, "50%"), (0.0, "0%")] {
+        let y = top + ((1.0 - t) * (side - 1) as f64).round() as i32;
+        drawing(root.draw(&Text::new(
+            label,
+            (bar_x + bar_w + 5, y),
+            TextStyle::from((FONT, 13).into_font()).pos(Pos::new(HPos::Left, VPos::Center)),
+        )))?;
+    }
+    drawing(root.draw(&Text::new(
+        "of true class",
+        (bar_x + bar_w / 2 + 30, top + side + 16),
+        TextStyle::from((FONT, 12).into_font()).pos(Pos::new(HPos::Center, VPos::Center)),
+    )))?;
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! Pictures: curves, confusion matrix and attention figure are written with the expected
+//! sizes; attention rollout against hand-made cases and a PyTorch golden file.
+
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Kind, Tensor};
+use vit_tch::attention::{self, figure_size, last_layer_heads, rollout};
+use vit_tch::checkpoint::{self, TensorFile};
+use vit_tch::cli::{AttentionArgs, DeviceArgs, PlotArgs};
+use vit_tch::model::{ViTConfig, VisionTransformer};
+use vit_tch::plot::{self, confusion_size, CURVES_SIZE};
+
+/// A fresh, empty folder under the system temp folder, removed when the test passes (and
+/// kept for a look when it fails).
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn scratch(name: &str) -> Scratch {
+    let dir = std::env::temp_dir().join(format!("vit-plot-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    Scratch(dir)
+}
+
+fn png_size(path: &Path) -> (u32, u32) {
+    let image = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (image.width(), image.height())
+}
+
+const HEADER: &str =
+    "epoch,lr,train_loss,train_acc,test_loss,test_acc,epoch_seconds,images_per_second";
+
+fn write_metrics(dir: &Path, epochs: usize, speed: f64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut csv = format!("{HEADER}\n");
+    for e in 1..=epochs {
+        let loss = 2.3 * (-(e as f64) * speed / 10.0).exp() + 0.3;
+        let acc = 1.0 - loss / 2.6;
+        csv.push_str(&format!(
+            "{e},0.001,{loss},{acc},{},{},12.5,4000\n",
+            loss + 0.1,
+            acc - 0.05
+        ));
+    }
+    std::fs::write(dir.join("metrics.csv"), csv).unwrap();
+}
+
+#[test]
+fn curves_of_several_runs_as_png_and_svg() {
+    let dir = scratch("curves");
+    write_metrics(&dir.join("run-a"), 12, 1.0);
+    write_metrics(&dir.join("run-b"), 8, 0.7);
+    let output = dir.join("out/curves.png");
+    plot::run(&PlotArgs {
+        runs: vec![dir.join("run-a"), dir.join("run-b")],
+        output: output.clone(),
+    })
+    .unwrap();
+    assert_eq!(png_size(&output), CURVES_SIZE);
+    let svg = std::fs::read_to_string(dir.join("out/curves.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg"),
+        "not an SVG: {}",
+        &svg[..40.min(svg.len())]
+    );
+    for text in ["run-a train", "run-b test", "epoch", "Accuracy"] {
+        assert!(svg.contains(text), "the SVG lacks `{text}`");
+    }
+}
+
+#[test]
+fn curves_after_the_first_epoch_as_train_plot_calls_it() {
+    let dir = scratch("first-epoch");
+    write_metrics(&dir, 1, 1.0);
+    plot::curves(&[&*dir], &dir.join("curves.png")).unwrap();
+    assert_eq!(png_size(&dir.join("curves.png")), CURVES_SIZE);
+    // Refreshing overwrites the picture in place.
+    write_metrics(&dir, 2, 1.0);
+    plot::curves(&[dir.as_path()], &dir.join("curves.png")).unwrap();
+    assert_eq!(png_size(&dir.join("curves.png")), CURVES_SIZE);
+    assert!(dir.join("curves.svg").is_file());
+}
+
+#[test]
+fn curves_without_metrics_is_an_error_naming_the_file() {
+    let dir = scratch("no-metrics");
+    let err = plot::curves(&[&*dir], &dir.join("curves.png")).unwrap_err();
+    assert!(format!("{err:#}").contains("metrics.csv"), "{err:#}");
+}
+
+#[test]
+fn confusion_matrix_for_10_and_100_classes() {
+    let dir = scratch("confusion");
+    for k in [10i64, 100] {
+        let classes: Vec<String> = (0..k).map(|i| format!("class-{i}")).collect();
+        // Mostly right, some mistakes to the next class.
+        let confusion = Tensor::eye(k, (Kind::Int64, Device::Cpu)) * 90
+            + Tensor::eye(k, (Kind::Int64, Device::Cpu)).roll([1], [1]) * 10;
+        let output = dir.join(format!("confusion_{k}.png"));
+        plot::confusion_matrix(&confusion, &classes, &output).unwrap();
+        assert_eq!(png_size(&output), confusion_size(k as usize));
+    }
+    let wrong = plot::confusion_matrix(
+        &Tensor::zeros([3, 3], (Kind::Int64, Device::Cpu)),
+        &["a".to_string(), "b".to_string()],
+        &dir.join("wrong.png"),
+    );
+    assert!(wrong.is_err());
+}
+
+/// A tiny checkpoint (random weights) and a non-square PNG, then `vit attention`.
+#[test]
+fn attention_figure_from_a_checkpoint_and_an_image_file() {
+    tch::manual_seed(0);
+    let dir = scratch("attention");
+    let config = ViTConfig::tiny();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _model = VisionTransformer::new(&vs.root(), &config).unwrap();
+    let ckpt = dir.join("tiny.safetensors");
+    checkpoint::save(&vs, &config, &[], &ckpt).unwrap();
+
+    let picture = image::RgbImage::from_fn(48, 40, |x, y| {
+        image::Rgb([(x * 5) as u8, (y * 6) as u8, ((x + y) * 3) as u8])
+    });
+    let input = dir.join("input.png");
+    picture.save(&input).unwrap();
+
+    let output = dir.join("attn.png");
+    attention::run(&AttentionArgs {
+        checkpoint: ckpt,
+        image: Some(input),
+        dataset: None,
+        data_dir: dir.join("data"),
+        index: None,
+        output: output.clone(),
+        device: DeviceArgs {
+            device: Some("cpu".into()),
+        },
+    })
+    .unwrap();
+    assert_eq!(png_size(&output), figure_size(config.num_heads as usize));
+}
+
+/// Attention maps for `layers` layers of `[batch, heads, tokens, tokens]`, all `map`.
+fn repeated(map: &Tensor, layers: usize) -> Vec<Tensor> {
+    (0..layers).map(|_| map.shallow_clone()).collect()
+}
+
+#[test]
+fn rollout_of_identity_attention_is_uniform() {
+    let (batch, heads, tokens) = (2, 3, 17);
+    let eye = Tensor::eye(tokens, (Kind::Float, Device::Cpu))
+        .expand([batch, heads, tokens, tokens], false);
+    let map = rollout(&repeated(&eye, 4));
+    assert_eq!(map.size(), [batch, tokens - 1]);
+    // Every token attends to itself only: the class token takes nothing from any patch,
+    // and every patch gets the same (zero) weight.
+    let first = map.select(1, 0).unsqueeze(1);
+    assert!(map.allclose(&first.expand_as(&map), 0.0, 0.0, false));
+    assert!(map.abs().max().double_value(&[]) < 1e-7);
+
+    // Uniform attention everywhere: every patch gets the same share.
+    let uniform = Tensor::full(
+        [batch, heads, tokens, tokens],
+        1.0 / tokens as f64,
+        (Kind::Float, Device::Cpu),
+    );
+    let map = rollout(&repeated(&uniform, 3));
+    let expected = map.mean_dim(1, true, Kind::Float).expand_as(&map);
+    assert!(map.allclose(&expected, 1e-6, 1e-7, false), "{map}");
+    assert!(map.min().double_value(&[]) > 0.0);
+}
+
+#[test]
+fn rollout_of_a_single_layer_is_its_renormalised_head_mean() {
+    let map = Tensor::rand([1, 2, 5, 5], (Kind::Double, Device::Cpu)).softmax(-1, Kind::Double);
+    let a = map.mean_dim(1, false, Kind::Double) + Tensor::eye(5, (Kind::Double, Device::Cpu));
+    let a = &a / a.sum_dim_intlist(-1, true, Kind::Double);
+    let expected = a.select(1, 0).narrow(-1, 1, 4);
+    assert!(rollout(&[map]).allclose(&expected, 0.0, 1e-12, false));
+}
+
+#[test]
+fn rollout_matches_pytorch() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rollout.safetensors");
+    let file = TensorFile::read(&path).unwrap_or_else(|e| {
+        panic!("{e:#}\n(regenerate with `.venv/bin/python tests/reference/rollout.py`)")
+    });
+    let layers: usize = file.metadata["layers"].parse().unwrap();
+    let maps: Vec<Tensor> = (0..layers)
+        .map(|i| file.get(&format!("attn.{i}")).unwrap().shallow_clone())
+        .collect();
+    let expected = file.get("rollout").unwrap();
+
+    // In float32, as `vit attention` computes it.
+    let got = rollout(&maps);
+    assert_eq!(got.kind(), Kind::Float);
+    let err = (got.to_kind(Kind::Double) - expected)
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(err < 1e-6, "float32 rollout differs from PyTorch by {err}");
+
+    // In float64 the two agree to rounding.
+    let doubles: Vec<Tensor> = maps.iter().map(|m| m.to_kind(Kind::Double)).collect();
+    let err = (rollout(&doubles) - expected).abs().max().double_value(&[]);
+    assert!(err < 1e-12, "float64 rollout differs from PyTorch by {err}");
+
+    let heads = last_layer_heads(&maps);
+    assert!(heads.equal(file.get("last_heads").unwrap()));
+}
+
+#[test]
+fn metrics_with_blank_or_missing_columns_still_plot() {
+    let dir = scratch("blank");
+    std::fs::write(
+        dir.join("metrics.csv"),
+        format!("{HEADER}\n1,0.001,2.1,0.2,,,3.0,100\n2,0.001,1.9,0.3,1.95,0.28,3.0,100\n"),
+    )
+    .unwrap();
+    let rows = plot::read_metrics(&dir.join("metrics.csv")).unwrap();
+    assert_eq!(rows[0].test_loss, None);
+    assert_eq!(rows[1].test_acc, Some(0.28));
+    let old = dir.join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(
+        old.join("metrics.csv"),
+        "epoch,train_loss,train_acc\n1,2.0,0.25\n",
+    )
+    .unwrap();
+    plot::curves(&[dir.to_path_buf(), old], &dir.join("curves.png")).unwrap();
+    assert_eq!(png_size(&dir.join("curves.png")), CURVES_SIZE);
+}
