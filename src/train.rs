@@ -196,7 +196,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let flag = interrupted.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
         .context("cannot install the Ctrl-C handler")?;
-    let outcome = train(&settings, &dataset, &out, args.resume, device, &interrupted)?;
+    let options = RunOptions {
+        out: &out,
+        resume: args.resume,
+        device,
+        plot: args.plot,
+        interrupted: &interrupted,
+    };
+    let outcome = train(&settings, &dataset, &options)?;
     if let Outcome::Interrupted { epoch, step } = outcome {
         eprintln!(
             "Interrupted in epoch {epoch} after step {step}; the state is saved.\n\
@@ -213,15 +220,28 @@ pub enum Outcome {
     Interrupted { epoch: usize, step: usize },
 }
 
-/// The training loop proper, on a loaded dataset, writing into `out`.
-pub fn train(
-    settings: &TrainSettings,
-    dataset: &Dataset,
-    out: &Path,
-    resume: bool,
-    device: Device,
-    interrupted: &AtomicBool,
-) -> Result<Outcome> {
+/// How and where a run executes; none of it changes what the run computes.
+pub struct RunOptions<'a> {
+    /// The run folder.
+    pub out: &'a Path,
+    /// Continue the run in `out` instead of starting one.
+    pub resume: bool,
+    pub device: Device,
+    /// Refresh curves.png in the run folder after every epoch.
+    pub plot: bool,
+    /// Set by Ctrl-C: stop after the current step, saving the resume state.
+    pub interrupted: &'a AtomicBool,
+}
+
+/// The training loop proper, on a loaded dataset, writing into `options.out`.
+pub fn train(settings: &TrainSettings, dataset: &Dataset, options: &RunOptions) -> Result<Outcome> {
+    let RunOptions {
+        out,
+        resume,
+        device,
+        interrupted,
+        ..
+    } = *options;
     let run = RunFolder::open(out, settings, resume, device)?;
     let config = &settings.model;
     let vs = nn::VarStore::new(device);
@@ -317,6 +337,9 @@ pub fn train(
             images_per_second: progress.seen as f64 / train_seconds,
         };
         run.append_metrics(&row)?;
+        if options.plot {
+            crate::plot::curves(&[out], &run.path("curves.png"))?;
+        }
         checkpoint::save(&vs, config, &metadata, &run.path("last_model.safetensors"))?;
         if evaluation.accuracy > progress.best_accuracy {
             progress.best_accuracy = evaluation.accuracy;

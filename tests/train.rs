@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor};
 use vit_tch::cli::{Precision, Recipe};
 use vit_tch::data::{Dataset, Split};
 use vit_tch::model::ViTConfig;
-use vit_tch::train::{self, Outcome, TrainSettings};
+use vit_tch::train::{self, Outcome, RunOptions, TrainSettings};
 
 const NUM_CLASSES: i64 = 10;
 
@@ -166,6 +166,7 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         "3e-3",
         "--warmup-epochs",
         "1",
+        "--plot",
     ]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -180,6 +181,7 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     let best = test_acc.iter().cloned().fold(0.0, f64::max);
     assert!(best >= 0.9, "best test accuracy {best} < 0.9: {rows:?}");
     for name in [
+        "curves.png",
         "config.json",
         "best_model.safetensors",
         "last_model.safetensors",
@@ -243,7 +245,17 @@ fn run_training(
     interrupt: bool,
 ) -> Outcome {
     let flag = AtomicBool::new(interrupt);
-    train::train(settings, dataset, out, resume, Device::Cpu, &flag).unwrap()
+    train::train(settings, dataset, &options(out, resume, &flag)).unwrap()
+}
+
+fn options<'a>(out: &'a Path, resume: bool, interrupted: &'a AtomicBool) -> RunOptions<'a> {
+    RunOptions {
+        out,
+        resume,
+        device: Device::Cpu,
+        plot: false,
+        interrupted,
+    }
 }
 
 fn parameters(run: &Path) -> Vec<(String, Tensor)> {
@@ -308,7 +320,7 @@ fn resume_with_changed_settings_is_refused() {
     let mut changed = tiny_settings(1, 600);
     changed.lr = 1e-2;
     let flag = AtomicBool::new(false);
-    let error = train::train(&changed, &dataset, &run, true, Device::Cpu, &flag)
+    let error = train::train(&changed, &dataset, &options(&run, true, &flag))
         .err()
         .unwrap();
     assert!(
