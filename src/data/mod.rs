@@ -4,9 +4,11 @@
 //! A dataset is held whole as uint8 tensors (60,000 CIFAR images are 184 MB), moved to the
 //! training device once; batches are indexed and augmented there (see [`transforms`]).
 
+pub mod augment;
 pub mod cifar;
 pub mod download;
 pub mod folder;
+pub mod mix;
 pub mod transforms;
 
 use crate::cli::{DataArgs, DatasetArgs, DatasetName, DownloadArgs};
