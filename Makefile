@@ -27,6 +27,7 @@ build: setup
 fixtures: setup
 	$(PY) tests/reference/make_fixtures.py
 	$(PY) tests/reference/rollout.py
+	$(PY) tests/reference/augment_reference.py
 
 test: build fixtures
 	VIT_PYTHON=$(PY) cargo test --release

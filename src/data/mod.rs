@@ -2,11 +2,15 @@
 //! ImageFolder trees, and the notebook's transforms as batched tensor ops.
 //!
 //! A dataset is held whole as uint8 tensors (60,000 CIFAR images are 184 MB), moved to the
-//! training device once; batches are indexed and augmented there (see [`transforms`]).
+//! training device once; batches are indexed and augmented there (see [`transforms`]; the
+//! strong recipe's RandAugment/AutoAugment/random erasing are in [`augment`], MixUp/CutMix
+//! in [`mix`]).
 
+pub mod augment;
 pub mod cifar;
 pub mod download;
 pub mod folder;
+pub mod mix;
 pub mod transforms;
 
 use crate::cli::{DataArgs, DatasetArgs, DatasetName, DownloadArgs};

@@ -1,0 +1,518 @@
+//! The strong recipe's augmentations (`data::augment`, `data::mix`): identities at
+//! magnitude 0, rotation against `rot90`, range at maximal magnitude, reproducibility and
+//! per-image diversity, golden checks against torchvision, MixUp/CutMix targets and random
+//! erasing.
+//!
+//! libtorch's generator is global and the harness runs tests on parallel threads, so every
+//! test that draws random numbers holds `SEED_LOCK` from its `manual_seed` on.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+use tch::{Device, Kind, Tensor};
+use vit_tch::checkpoint::TensorFile;
+use vit_tch::data::augment::{
+    self, apply_op, AugOp, AugmentConfig, Interpolation, Policy, RandAugment, RandomErasing,
+};
+use vit_tch::data::mix::{self, MixConfig, MixMode};
+use vit_tch::data::transforms;
+
+static SEED_LOCK: Mutex<()> = Mutex::new(());
+
+/// Holds the generator for this test and seeds it.
+fn seeded(seed: i64) -> MutexGuard<'static, ()> {
+    let guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed);
+    guard
+}
+
+fn random_u8(shape: &[i64]) -> Tensor {
+    Tensor::randint(256, shape, (Kind::Int64, Device::Cpu)).to_kind(Kind::Uint8)
+}
+
+fn full(b: i64, value: f64) -> Tensor {
+    Tensor::full([b], value, (Kind::Double, Device::Cpu))
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> i64 {
+    assert_eq!(a.size(), b.size(), "shape mismatch");
+    (a.to_kind(Kind::Int64) - b.to_kind(Kind::Int64))
+        .abs()
+        .max()
+        .int64_value(&[])
+}
+
+fn to_vec(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
+}
+
+const INTERPOLATIONS: [Interpolation; 2] = [Interpolation::Nearest, Interpolation::Bilinear];
+
+#[test]
+fn magnitude_zero_is_identity() {
+    let _g = seeded(1);
+    let images = random_u8(&[8, 3, 32, 32]);
+    let cases = [
+        (AugOp::Identity, 0.0),
+        (AugOp::Rotate, 0.0),
+        (AugOp::ShearX, 0.0),
+        (AugOp::ShearY, 0.0),
+        (AugOp::TranslateX, 0.0),
+        (AugOp::TranslateY, 0.0),
+        (AugOp::Brightness, 0.0), // factor 1.0
+        (AugOp::Color, 0.0),
+        (AugOp::Contrast, 0.0),
+        (AugOp::Sharpness, 0.0),
+        (AugOp::Solarize, 256.0),
+        (AugOp::Posterize, 8.0),
+    ];
+    for interpolation in INTERPOLATIONS {
+        for (op, magnitude) in cases {
+            let out = apply_op(&images, op, &full(8, magnitude), interpolation);
+            assert_eq!(out.kind(), Kind::Uint8);
+            assert!(
+                out.equal(&images),
+                "{op:?} at {magnitude} ({interpolation:?}) changed the images"
+            );
+        }
+    }
+    // RandAugment with M = 0 over the ops that are identities there (solarize's bin 0 is
+    // threshold 255, which inverts 255s; autocontrast and equalize have no magnitude).
+    let cfg = RandAugment {
+        num_ops: 3,
+        magnitude: 0,
+        num_magnitude_bins: 31,
+        ops: vec![
+            AugOp::Identity,
+            AugOp::ShearX,
+            AugOp::ShearY,
+            AugOp::TranslateX,
+            AugOp::TranslateY,
+            AugOp::Rotate,
+            AugOp::Brightness,
+            AugOp::Color,
+            AugOp::Contrast,
+            AugOp::Sharpness,
+            AugOp::Posterize,
+        ],
+    };
+    for interpolation in INTERPOLATIONS {
+        let out = augment::rand_augment(&images, &cfg, interpolation);
+        assert!(out.equal(&images), "RandAugment M=0 ({interpolation:?})");
+    }
+}
+
+#[test]
+fn flips_and_zero_rotation_are_identities() {
+    let _g = seeded(2);
+    let images = random_u8(&[16, 3, 32, 32]);
+    assert!(transforms::random_horizontal_flip(&images, 0.0).equal(&images));
+    let flipped = transforms::random_horizontal_flip(&images, 1.0);
+    assert!(flipped.equal(&images.flip([3])));
+    assert!(transforms::random_horizontal_flip(&flipped, 1.0).equal(&images));
+    for interpolation in INTERPOLATIONS {
+        let out = apply_op(&images, AugOp::Rotate, &full(16, 0.0), interpolation);
+        assert!(out.equal(&images), "rotate 0 ({interpolation:?})");
+        // A full turn of four quarter turns.
+        let mut x = images.shallow_clone();
+        for _ in 0..4 {
+            x = apply_op(&x, AugOp::Rotate, &full(16, 90.0), interpolation);
+        }
+        assert!(x.equal(&images), "four quarter turns ({interpolation:?})");
+    }
+}
+
+/// A quarter turn of a square image samples exact pixel centres (up to float rounding of
+/// cos 90° ≈ -4e-8), so there are no border effects: the result equals `rot90` exactly,
+/// nearest and bilinear alike.
+#[test]
+fn rotation_by_90_degrees_is_rot90() {
+    let _g = seeded(3);
+    let images = random_u8(&[4, 3, 17, 17]);
+    for interpolation in INTERPOLATIONS {
+        let ccw = apply_op(&images, AugOp::Rotate, &full(4, 90.0), interpolation);
+        assert!(
+            ccw.equal(&images.rot90(1, [2, 3])),
+            "+90 ({interpolation:?})"
+        );
+        let cw = apply_op(&images, AugOp::Rotate, &full(4, -90.0), interpolation);
+        assert!(
+            cw.equal(&images.rot90(-1, [2, 3])),
+            "-90 ({interpolation:?})"
+        );
+    }
+}
+
+#[test]
+fn outputs_stay_in_range_at_max_magnitude() {
+    let _g = seeded(4);
+    let (b, h, w) = (16, 32, 32);
+    let images = random_u8(&[b, 3, h, w]);
+    for interpolation in INTERPOLATIONS {
+        for op in AugOp::ALL {
+            let (max, signed) = op.magnitude(30, 31, h, w);
+            let signs: &[f64] = if signed { &[1.0, -1.0] } else { &[1.0] };
+            for sign in signs {
+                let out = apply_op(&images, op, &full(b, sign * max), interpolation);
+                assert_eq!(out.kind(), Kind::Uint8, "{op:?}");
+                assert_eq!(out.size(), images.size(), "{op:?}");
+            }
+        }
+    }
+    // No wrap-around where the float result leaves [0, 255]: brightness and contrast at
+    // factor 1.9 and 0.1 against their clamped float formulas.
+    let x = images.to_kind(Kind::Float);
+    for factor in [1.9f64, 0.1] {
+        let expected = (&x * factor).clamp(0.0, 255.0).to_kind(Kind::Uint8);
+        let out = augment::adjust_brightness(&images, &full(b, factor));
+        assert!(max_abs_diff(&out, &expected) <= 1, "brightness {factor}");
+        let mean = augment::rgb_to_grayscale(&images)
+            .to_kind(Kind::Float)
+            .mean_dim([1i64, 2, 3].as_slice(), true, Kind::Float);
+        let expected = (&x * factor + mean * (1.0 - factor))
+            .clamp(0.0, 255.0)
+            .to_kind(Kind::Uint8);
+        let out = augment::adjust_contrast(&images, &full(b, factor));
+        assert!(max_abs_diff(&out, &expected) <= 1, "contrast {factor}");
+    }
+    let out = augment::adjust_brightness(&images, &full(b, 1.9));
+    assert!(out.ge_tensor(&images).all().int64_value(&[]) == 1);
+    // Whole policies at their largest magnitude.
+    let cfg = RandAugment {
+        num_ops: 4,
+        magnitude: 30,
+        ..RandAugment::default()
+    };
+    for interpolation in INTERPOLATIONS {
+        let out = augment::rand_augment(&images, &cfg, interpolation);
+        assert_eq!((out.kind(), out.size()), (Kind::Uint8, images.size()));
+        let out = augment::auto_augment_cifar10(&images, interpolation);
+        assert_eq!((out.kind(), out.size()), (Kind::Uint8, images.size()));
+    }
+}
+
+#[test]
+fn a_fixed_seed_gives_the_same_batch() {
+    let _g = seeded(5);
+    let images = random_u8(&[32, 3, 32, 32]);
+    let labels = Tensor::randint(10, [32], (Kind::Int64, Device::Cpu));
+    let configs = [
+        AugmentConfig::default(),
+        AugmentConfig {
+            policy: Some(Policy::AutoAugmentCifar10),
+            interpolation: Interpolation::Bilinear,
+            erasing: Some(RandomErasing {
+                p: 1.0,
+                ..RandomErasing::default()
+            }),
+            ..AugmentConfig::default()
+        },
+    ];
+    let mix_cfg = MixConfig {
+        mode: MixMode::Elem,
+        ..MixConfig::default()
+    };
+    for cfg in &configs {
+        let run = |seed| {
+            tch::manual_seed(seed);
+            let x = augment::strong_train_transform(&images, 32, cfg);
+            let (mixed, targets) = mix::mix(&x, &labels, 10, &mix_cfg, 0.1);
+            (x, mixed, targets)
+        };
+        let (a, b, c) = (run(11), run(11), run(12));
+        assert_eq!(a.0.size(), [32, 3, 32, 32]);
+        assert_eq!(a.0.kind(), Kind::Float);
+        assert!(a.0.equal(&b.0) && a.1.equal(&b.1) && a.2.equal(&b.2));
+        assert!(!a.0.equal(&c.0), "another seed gives another batch");
+    }
+}
+
+/// Distinct images of a batch of copies of one image.
+fn distinct_outcomes(out: &Tensor) -> usize {
+    let b = out.size()[0];
+    let weights = Tensor::rand(out.size()[1..].to_vec(), (Kind::Double, Device::Cpu));
+    let keys = (out.to_kind(Kind::Double) * weights).sum_dim_intlist(
+        [1i64, 2, 3].as_slice(),
+        false,
+        Kind::Double,
+    );
+    let keys = to_vec(&keys);
+    assert_eq!(keys.len() as i64, b);
+    keys.iter()
+        .map(|k| (k * 1e6).round() as i64)
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
+#[test]
+fn images_of_a_batch_draw_their_own_ops() {
+    let _g = seeded(6);
+    let one = random_u8(&[1, 3, 32, 32]);
+    let batch = one.repeat([256, 1, 1, 1]);
+    let cfg = RandAugment::default();
+    let out = augment::rand_augment(&batch, &cfg, Interpolation::Nearest);
+    let distinct = distinct_outcomes(&out);
+    assert!(distinct >= 10, "RandAugment: {distinct} distinct outcomes");
+    let out = augment::auto_augment_cifar10(&batch, Interpolation::Nearest);
+    let distinct = distinct_outcomes(&out);
+    assert!(distinct >= 10, "AutoAugment: {distinct} distinct outcomes");
+    // Per-image magnitudes reach every image: the geometric ops of one step with four
+    // different magnitudes in one batch equal four separate calls.
+    let b4 = one.repeat([4, 1, 1, 1]);
+    let magnitudes = Tensor::from_slice(&[10.0f64, -20.0, 5.0, 0.0]);
+    let kinds = Tensor::from_slice(&[
+        AugOp::Rotate.code(),
+        AugOp::Rotate.code(),
+        AugOp::TranslateX.code(),
+        AugOp::Brightness.code(),
+    ]);
+    let candidates = [AugOp::Rotate, AugOp::TranslateX, AugOp::Brightness];
+    let out = augment::apply_ops(
+        &b4,
+        &kinds,
+        &magnitudes,
+        &candidates,
+        Interpolation::Nearest,
+    );
+    let ops = [
+        AugOp::Rotate,
+        AugOp::Rotate,
+        AugOp::TranslateX,
+        AugOp::Brightness,
+    ];
+    for (i, op) in ops.iter().enumerate() {
+        let m = to_vec(&magnitudes)[i];
+        let single = apply_op(&one, *op, &full(1, m), Interpolation::Nearest);
+        assert!(
+            out.get(i as i64).equal(&single.get(0)),
+            "image {i}: {op:?} {m}"
+        );
+    }
+}
+
+fn fixture_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/augment_ops.safetensors")
+}
+
+/// Every case of `augment_reference.py` within ±1 intensity level of torchvision.
+#[test]
+fn ops_match_torchvision() {
+    let file = TensorFile::read(&fixture_path()).unwrap_or_else(|e| {
+        panic!("{e:#}\n(regenerate with `.venv/bin/python tests/reference/augment_reference.py`)")
+    });
+    let cases: Vec<(String, f64, String)> =
+        serde_json::from_str(&file.metadata["cases"]).expect("cases metadata");
+    let input = file.get("input").unwrap();
+    let b = input.size()[0];
+    let mut failures = Vec::new();
+    for (i, (name, magnitude, interp)) in cases.iter().enumerate() {
+        let op: AugOp = serde_json::from_value(serde_json::json!(name)).expect("op name");
+        let interpolation = match interp.as_str() {
+            "nearest" => Interpolation::Nearest,
+            _ => Interpolation::Bilinear,
+        };
+        let expected = file.get(&format!("case{i}")).unwrap();
+        let out = apply_op(input, op, &full(b, *magnitude), interpolation);
+        let error = max_abs_diff(&out, expected);
+        let off = (out.to_kind(Kind::Int64) - expected.to_kind(Kind::Int64))
+            .ne(0)
+            .sum(Kind::Int64)
+            .int64_value(&[]);
+        println!("{name} {magnitude} {interp}: max error {error}, {off} pixels differ");
+        if error > 1 {
+            failures.push(format!("{name} {magnitude} {interp}: max error {error}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// CutMix's weight of the pasted image is the share of pixels that came from it, counted
+/// on the output of constant-colour images.
+#[test]
+fn cutmix_weight_is_the_pasted_area() {
+    let _g = seeded(7);
+    let (b, h, w) = (4, 16, 20);
+    let colours = [-1.5f64, -0.5, 0.5, 1.5];
+    let images = Tensor::from_slice(&colours)
+        .to_kind(Kind::Float)
+        .view([b, 1, 1, 1])
+        .expand([b, 3, h, w], false)
+        .contiguous();
+    let labels = Tensor::from_slice(&[0i64, 1, 2, 3]);
+    let mut pasted_somewhere = 0;
+    for mode in [MixMode::Elem, MixMode::Batch] {
+        let cfg = MixConfig {
+            mixup_alpha: 0.0,
+            cutmix_alpha: 1.0,
+            prob: 1.0,
+            switch_prob: 0.5,
+            mode,
+        };
+        for _ in 0..50 {
+            let (out, targets) = mix::mix(&images, &labels, 4, &cfg, 0.0);
+            for i in 0..b {
+                let partner = b - 1 - i;
+                let img = out.get(i);
+                let from_partner = img
+                    .eq(colours[partner as usize])
+                    .sum(Kind::Int64)
+                    .int64_value(&[]) as f64
+                    / (3 * h * w) as f64;
+                let own = img
+                    .eq(colours[i as usize])
+                    .sum(Kind::Int64)
+                    .int64_value(&[]) as f64
+                    / (3 * h * w) as f64;
+                assert!((own + from_partner - 1.0).abs() < 1e-12, "only two colours");
+                let t = to_vec(&targets.get(i));
+                assert!((t[partner as usize] - from_partner).abs() < 1e-6, "{t:?}");
+                assert!((t[i as usize] - own).abs() < 1e-6, "{t:?}");
+                assert!((t.iter().sum::<f64>() - 1.0).abs() < 1e-6);
+                if from_partner > 0.0 {
+                    pasted_somewhere += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        pasted_somewhere > 100,
+        "CutMix pasted {pasted_somewhere} times"
+    );
+}
+
+#[test]
+fn mixup_targets_are_the_mixing_weights() {
+    let _g = seeded(8);
+    let (b, classes) = (6, 10);
+    let colours = [-2.0f64, -1.0, 0.0, 0.5, 1.0, 3.0];
+    let images = Tensor::from_slice(&colours)
+        .to_kind(Kind::Float)
+        .view([b, 1, 1, 1])
+        .expand([b, 3, 4, 4], false)
+        .contiguous();
+    let labels = Tensor::from_slice(&[3i64, 1, 4, 7, 5, 9]);
+    let label_of = to_vec(&labels);
+    for mode in [MixMode::Elem, MixMode::Batch] {
+        let cfg = MixConfig {
+            mixup_alpha: 0.8,
+            cutmix_alpha: 0.0,
+            mode,
+            ..MixConfig::default()
+        };
+        for _ in 0..20 {
+            let (out, targets) = mix::mix(&images, &labels, classes, &cfg, 0.0);
+            assert_eq!(targets.size(), [b, classes]);
+            let sums = to_vec(&targets.sum_dim_intlist([1i64].as_slice(), false, Kind::Double));
+            assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-6), "{sums:?}");
+            for i in 0..b as usize {
+                let partner = b as usize - 1 - i;
+                // out = lam * own + (1 - lam) * partner, so lam is read off the image.
+                let v = to_vec(&out.get(i as i64))[0];
+                let lam = (v - colours[partner]) / (colours[i] - colours[partner]);
+                let mut expected = vec![0.0; classes as usize];
+                expected[label_of[i] as usize] += lam;
+                expected[label_of[partner] as usize] += 1.0 - lam;
+                let t = to_vec(&targets.get(i as i64));
+                for (a, e) in t.iter().zip(&expected) {
+                    assert!((a - e).abs() < 1e-5, "image {i}: {t:?} vs {expected:?}");
+                }
+            }
+        }
+    }
+    // Smoothed targets still sum to 1, and prob = 0 leaves the batch alone.
+    let cfg = MixConfig {
+        prob: 0.0,
+        ..MixConfig::default()
+    };
+    let (out, targets) = mix::mix(&images, &labels, classes, &cfg, 0.1);
+    assert!(out.equal(&images));
+    let sums = to_vec(&targets.sum_dim_intlist([1i64].as_slice(), false, Kind::Double));
+    assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-6));
+    let expected = labels.one_hot(classes).to_kind(Kind::Float) * 0.9 + 0.01;
+    assert!(targets.allclose(&expected, 1e-6, 1e-6, false));
+}
+
+#[test]
+fn soft_target_cross_entropy_of_one_hot_targets_is_cross_entropy() {
+    let _g = seeded(9);
+    let logits = Tensor::randn([8, 5], (Kind::Float, Device::Cpu));
+    let labels = Tensor::randint(5, [8], (Kind::Int64, Device::Cpu));
+    let soft = mix::soft_target_cross_entropy(&logits, &labels.one_hot(5));
+    let hard = logits.cross_entropy_for_logits(&labels);
+    assert!((soft.double_value(&[]) - hard.double_value(&[])).abs() < 1e-5);
+}
+
+#[test]
+fn random_erasing_erases_one_rectangle_in_the_scale_range() {
+    let _g = seeded(10);
+    let (b, h, w) = (128, 32, 40);
+    let images = Tensor::ones([b, 3, h, w], (Kind::Float, Device::Cpu));
+    let cfg = RandomErasing {
+        p: 0.0,
+        ..RandomErasing::default()
+    };
+    assert!(augment::random_erasing(&images, &cfg).equal(&images));
+    let cfg = RandomErasing {
+        p: 1.0,
+        value: 0.0,
+        ..RandomErasing::default()
+    };
+    let out = augment::random_erasing(&images, &cfg);
+    let mut erased = 0;
+    for i in 0..b {
+        let img = out.get(i);
+        let zero = img.eq(0.0);
+        // The same rectangle in every channel.
+        assert!(zero.get(0).equal(&zero.get(1)) && zero.get(0).equal(&zero.get(2)));
+        let zero = zero.get(0);
+        let count = zero.sum(Kind::Int64).int64_value(&[]);
+        if count == 0 {
+            continue; // no attempt fitted: left alone, as torchvision
+        }
+        erased += 1;
+        let rows = to_vec(&zero.any_dim(1, false).to_kind(Kind::Int64));
+        let cols = to_vec(&zero.any_dim(0, false).to_kind(Kind::Int64));
+        let rh = rows.iter().filter(|&&r| r > 0.0).count() as f64;
+        let rw = cols.iter().filter(|&&c| c > 0.0).count() as f64;
+        assert_eq!(count as f64, rh * rw, "image {i}: not a rectangle");
+        // Sides are round(sqrt(area * ratio)) and round(sqrt(area / ratio)).
+        let area = (h * w) as f64;
+        assert!(
+            (rh + 0.5) * (rw + 0.5) >= cfg.scale.0 * area,
+            "image {i}: too small"
+        );
+        assert!(
+            (rh - 0.5) * (rw - 0.5) <= cfg.scale.1 * area,
+            "image {i}: too large"
+        );
+        let ratio = rh / rw;
+        assert!(ratio > 0.2 && ratio < 5.0, "image {i}: ratio {ratio}");
+    }
+    assert!(erased >= 120, "only {erased} of {b} images erased");
+}
+
+#[test]
+fn strong_transform_keeps_uint8_range_and_normalizes() {
+    let _g = seeded(11);
+    let images = random_u8(&[64, 3, 32, 32]);
+    let cfg = AugmentConfig {
+        erasing: None,
+        ..AugmentConfig::default()
+    };
+    let x = augment::strong_train_transform(&images, 48, &cfg);
+    assert_eq!(x.size(), [64, 3, 48, 48]);
+    // Normalized [0,1] pixels: within (0 - mean) / std and (1 - mean) / std.
+    let min = x.min().double_value(&[]);
+    let max = x.max().double_value(&[]);
+    assert!(min >= -0.4914 / 0.2023 - 1e-4 && max <= (1.0 - 0.4465) / 0.2010 + 1e-4);
+    // No policy, no erasing, no flip, no crop: the notebook's test transform.
+    let plain = AugmentConfig {
+        crop_padding: 0,
+        flip_prob: 0.0,
+        policy: None,
+        erasing: None,
+        ..AugmentConfig::default()
+    };
+    let x = augment::strong_train_transform(&images, 32, &plain);
+    assert!(x.equal(&transforms::test_transform(&images, 32)));
+}

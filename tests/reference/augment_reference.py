@@ -1,0 +1,82 @@
+"""Writes `tests/fixtures/augment_ops.safetensors`, torchvision's augmentation ops on a few
+fixed uint8 images, which `tests/augment.rs` compares `vit_tch::data::augment` against.
+
+    .venv/bin/python tests/reference/augment_reference.py
+
+Every case calls torchvision's own `_apply_op` (what RandAugment and AutoAugment call) on
+the uint8 batch `input` [3,3,12,12] with one fixed magnitude, in its units; the output of
+case i is `case<i>`, and the metadata entry `cases` lists `[op, magnitude, interpolation]`.
+The images: uniform noise, a low-contrast image (values 100..139, for autocontrast and
+equalize), and one with a constant channel and a smooth gradient.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.autoaugment import _apply_op
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+CASES = [
+    ("Identity", 0.0, "nearest"),
+    ("Brightness", 0.5, "nearest"),
+    ("Brightness", -0.4, "nearest"),
+    ("Color", 0.7, "nearest"),
+    ("Color", -0.3, "nearest"),
+    ("Contrast", 0.6, "nearest"),
+    ("Contrast", -0.5, "nearest"),
+    ("Sharpness", 0.9, "nearest"),
+    ("Sharpness", -0.6, "nearest"),
+    ("Posterize", 4.0, "nearest"),
+    ("Posterize", 2.0, "nearest"),
+    ("Solarize", 128.0, "nearest"),
+    ("Solarize", 40.0, "nearest"),
+    ("AutoContrast", 0.0, "nearest"),
+    ("Equalize", 0.0, "nearest"),
+    ("Invert", 0.0, "nearest"),
+    ("Rotate", 30.0, "nearest"),
+    ("Rotate", -17.0, "nearest"),
+    ("Rotate", 23.0, "bilinear"),
+    ("ShearX", 0.3, "nearest"),
+    ("ShearX", -0.2, "bilinear"),
+    ("ShearY", 0.25, "nearest"),
+    ("TranslateX", 5.4, "nearest"),
+    ("TranslateX", -3.0, "nearest"),
+    ("TranslateY", 4.0, "nearest"),
+]
+
+
+def images() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randint(0, 256, (3, 12, 12), generator=g, dtype=torch.uint8)
+    low = torch.randint(100, 140, (3, 12, 12), generator=g, dtype=torch.uint8)
+    ramp = torch.arange(12, dtype=torch.float32)
+    grad = torch.stack(
+        [
+            torch.full((12, 12), 77.0),
+            (ramp[:, None] * 20 + ramp[None, :] * 3).clamp(0, 255),
+            (200 - ramp[None, :] * 15).expand(12, 12),
+        ]
+    ).to(torch.uint8)
+    return torch.stack([noise, low, grad])
+
+
+def main() -> None:
+    x = images()
+    tensors = {"input": x}
+    for i, (op, magnitude, interp) in enumerate(CASES):
+        mode = InterpolationMode.NEAREST if interp == "nearest" else InterpolationMode.BILINEAR
+        out = _apply_op(x.clone(), op, magnitude, interpolation=mode, fill=None)
+        assert out.dtype == torch.uint8 and out.shape == x.shape, op
+        tensors[f"case{i}"] = out.contiguous()
+    FIXTURES.mkdir(exist_ok=True)
+    path = FIXTURES / "augment_ops.safetensors"
+    save_file(tensors, str(path), metadata={"cases": json.dumps(CASES)})
+    print(f"wrote {path} ({len(CASES)} cases)")
+
+
+if __name__ == "__main__":
+    main()
