@@ -7,7 +7,7 @@
 use crate::cli::BenchArgs;
 use crate::model::VisionTransformer;
 use crate::optim::AdamW;
-use crate::train::{autocast, train_step, StepOptions};
+use crate::train::{autocast, train_step, StepOptions, TrainBatch};
 use anyhow::{ensure, Result};
 use serde::Serialize;
 use std::time::Instant;
@@ -54,8 +54,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         config.image_size,
         config.image_size,
     ];
-    let images = Tensor::randn(shape, (Kind::Float, device));
-    let labels = Tensor::randint(config.num_classes, [args.batch_size], (Kind::Int64, device));
+    let batch = TrainBatch {
+        images: Tensor::randn(shape, (Kind::Float, device)),
+        labels: Tensor::randint(config.num_classes, [args.batch_size], (Kind::Int64, device)),
+        soft_targets: None,
+    };
     let options = StepOptions {
         label_smoothing: 0.1,
         clip_grad: 1.0,
@@ -63,10 +66,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
 
     let train_seconds = timed(device, args.warmup, args.steps, || {
-        let _ = train_step(&model, &mut optimizer, &images, &labels, 1e-3, options);
+        let _ = train_step(&model, &mut optimizer, &batch, 1e-3, options);
     });
     let infer_seconds = timed(device, args.warmup, args.steps, || {
-        let _ = tch::no_grad(|| autocast(args.precision, || model.forward_t(&images, false)));
+        let _ = tch::no_grad(|| autocast(args.precision, || model.forward_t(&batch.images, false)));
     });
     let images_timed = (args.batch_size as usize * args.steps) as f64;
     let report = BenchReport {

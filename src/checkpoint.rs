@@ -124,6 +124,22 @@ impl TensorFile {
         })
     }
 
+    /// The tensors named `PREFIX.rest`, renamed `rest` (no metadata).
+    pub fn with_prefix(&self, prefix: &str) -> TensorFile {
+        let prefix = format!("{prefix}.");
+        let tensors = self
+            .tensors
+            .iter()
+            .filter_map(|(name, t)| {
+                Some((name.strip_prefix(&prefix)?.to_string(), t.shallow_clone()))
+            })
+            .collect();
+        TensorFile {
+            tensors,
+            metadata: HashMap::new(),
+        }
+    }
+
     /// The model config stored under `config`.
     pub fn config(&self) -> Result<ViTConfig> {
         let json = self.metadata.get(CONFIG_KEY).with_context(|| {

@@ -27,7 +27,7 @@ pub enum Command {
     /// Summarise a dataset: counts per split and class, per-channel mean and std.
     Data(DataArgs),
     /// Train with the notebook's recipe (or a stronger one), writing a run folder.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Evaluate a checkpoint on a dataset's test split.
     Eval(EvalArgs),
     /// Classify image files with a checkpoint (top-5 classes).
@@ -181,7 +181,8 @@ pub struct DataArgs {
 pub enum Recipe {
     /// The notebook's augmentation (crop + flip) with the training flags as given.
     Notebook,
-    /// RandAugment, MixUp/CutMix, random erasing, stochastic depth, EMA: see README.
+    /// AutoAugment, MixUp/CutMix, random erasing, stochastic depth, EMA, no dropout:
+    /// see the README.
     Strong,
 }
 
@@ -221,6 +222,40 @@ pub struct TrainArgs {
     pub resume: bool,
     #[arg(long, value_enum, default_value = "notebook")]
     pub recipe: Recipe,
+    /// Automatic augmentation (strong recipe: autoaugment, the CIFAR-10 policy).
+    #[arg(long, value_enum)]
+    pub augment_policy: Option<AugmentPolicy>,
+    /// RandAugment: ops per image (N).
+    #[arg(long, default_value_t = 2)]
+    pub randaugment_ops: i64,
+    /// RandAugment: magnitude bin (M) of 31.
+    #[arg(long, default_value_t = 9)]
+    pub randaugment_magnitude: i64,
+    /// Random erasing probability (strong: 0.25).
+    #[arg(long)]
+    pub random_erasing: Option<f64>,
+    /// MixUp Beta(alpha, alpha); 0 = off (strong: 0.8).
+    #[arg(long)]
+    pub mixup: Option<f64>,
+    /// CutMix Beta(alpha, alpha); 0 = off (strong: 1.0).
+    #[arg(long)]
+    pub cutmix: Option<f64>,
+    /// Probability of mixing a batch (strong: 1.0).
+    #[arg(long)]
+    pub mix_prob: Option<f64>,
+    /// Probability of CutMix rather than MixUp when both are on.
+    #[arg(long, default_value_t = 0.5)]
+    pub switch_prob: f64,
+    /// Stochastic depth of the last block, rising linearly from 0 (strong: 0.1).
+    #[arg(long)]
+    pub drop_path: Option<f64>,
+    /// Dropout on the attention probabilities (strong: 0).
+    #[arg(long)]
+    pub attn_dropout: Option<f64>,
+    /// Keep an exponential moving average of the weights with this decay, evaluated and
+    /// saved as its own checkpoint; 0 = off (strong: 0.999).
+    #[arg(long)]
+    pub ema: Option<f64>,
     /// Refresh curves.png in the run folder after every epoch.
     #[arg(long)]
     pub plot: bool,
@@ -229,6 +264,15 @@ pub struct TrainArgs {
     /// CPU threads for libtorch (default: libtorch's choice).
     #[arg(long)]
     pub threads: Option<i32>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AugmentPolicy {
+    None,
+    /// RandAugment with --randaugment-ops and --randaugment-magnitude.
+    Randaugment,
+    /// AutoAugment with the CIFAR-10 policy.
+    Autoaugment,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -6,7 +6,9 @@
 //! continue exactly where it stopped, even mid-epoch.
 
 use crate::checkpoint::{self, TensorFile};
-use crate::cli::{Precision, TrainArgs};
+use crate::cli::{AugmentPolicy, Precision, Recipe, TrainArgs};
+use crate::data::augment::{self, AugmentConfig, Policy, RandAugment, RandomErasing};
+use crate::data::mix::{self, MixConfig};
 use crate::data::{self, transforms, Dataset};
 use crate::eval::evaluate;
 use crate::fsutil::write_atomic;
@@ -21,7 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tch::{nn, nn::ModuleT, Device, Kind, Reduction, Tensor};
 
-pub const METRICS_HEADER: [&str; 8] = [
+pub const METRICS_HEADER: [&str; 10] = [
     "epoch",
     "lr",
     "train_loss",
@@ -30,6 +32,8 @@ pub const METRICS_HEADER: [&str; 8] = [
     "test_acc",
     "epoch_seconds",
     "images_per_second",
+    "ema_test_loss",
+    "ema_test_acc",
 ];
 
 /// Everything that decides what a run computes: compared on `--resume`.
@@ -47,8 +51,100 @@ pub struct TrainSettings {
     pub clip_grad: f64,
     pub seed: u64,
     pub train_subset: Option<i64>,
-    pub recipe: crate::cli::Recipe,
+    pub recipe: Recipe,
+    pub regularization: Regularization,
     pub precision: Precision,
+}
+
+/// What the strong recipe adds to the notebook's training; all off for `--recipe notebook`
+/// unless a flag turns one on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Regularization {
+    /// AutoAugment/RandAugment and random erasing; None: the notebook's crop + flip.
+    pub augment: Option<AugmentConfig>,
+    /// MixUp/CutMix (the loss then uses their soft targets).
+    pub mix: Option<MixConfig>,
+    /// Stochastic depth of the last block (linear from 0 at the first).
+    pub drop_path: f64,
+    pub attn_dropout: f64,
+    /// Decay of the weights' exponential moving average.
+    pub ema: Option<f64>,
+}
+
+impl Regularization {
+    /// The recipe's values, with every flag given on the command line taking precedence.
+    pub fn from_args(args: &TrainArgs) -> Result<Self> {
+        let strong = args.recipe == Recipe::Strong;
+        let pick = |given: Option<f64>, strong_value: f64| {
+            given.unwrap_or(if strong { strong_value } else { 0.0 })
+        };
+        let default_policy = if strong {
+            AugmentPolicy::Autoaugment
+        } else {
+            AugmentPolicy::None
+        };
+        let policy = match args.augment_policy.unwrap_or(default_policy) {
+            AugmentPolicy::None => None,
+            AugmentPolicy::Autoaugment => Some(Policy::AutoAugmentCifar10),
+            AugmentPolicy::Randaugment => {
+                ensure!(
+                    args.randaugment_ops > 0,
+                    "--randaugment-ops must be positive"
+                );
+                let randaugment = RandAugment {
+                    num_ops: args.randaugment_ops,
+                    magnitude: args.randaugment_magnitude,
+                    ..RandAugment::default()
+                };
+                ensure!(
+                    (0..randaugment.num_magnitude_bins).contains(&randaugment.magnitude),
+                    "--randaugment-magnitude must be in 0..{}",
+                    randaugment.num_magnitude_bins
+                );
+                Some(Policy::RandAugment(randaugment))
+            }
+        };
+        let erasing = pick(args.random_erasing, 0.25);
+        let mix = MixConfig {
+            mixup_alpha: pick(args.mixup, 0.8),
+            cutmix_alpha: pick(args.cutmix, 1.0),
+            prob: args.mix_prob.unwrap_or(1.0),
+            switch_prob: args.switch_prob,
+            ..MixConfig::default()
+        };
+        let regularization = Self {
+            augment: (policy.is_some() || erasing > 0.0).then(|| AugmentConfig {
+                policy,
+                erasing: (erasing > 0.0).then(|| RandomErasing {
+                    p: erasing,
+                    ..RandomErasing::default()
+                }),
+                ..AugmentConfig::default()
+            }),
+            mix: mix.is_active().then_some(mix.clone()),
+            drop_path: pick(args.drop_path, 0.1),
+            attn_dropout: pick(args.attn_dropout, 0.0),
+            ema: Some(pick(args.ema, 0.999)).filter(|&decay| decay > 0.0),
+        };
+        for (flag, value) in [
+            ("--random-erasing", erasing),
+            ("--mix-prob", mix.prob),
+            ("--switch-prob", mix.switch_prob),
+            ("--drop-path", regularization.drop_path),
+            ("--attn-dropout", regularization.attn_dropout),
+            ("--ema", regularization.ema.unwrap_or(0.0)),
+        ] {
+            ensure!(
+                (0.0..1.0).contains(&value) || (flag.ends_with("prob") && value == 1.0),
+                "{flag} must be in [0, 1), got {value}"
+            );
+        }
+        ensure!(
+            mix.mixup_alpha >= 0.0 && mix.cutmix_alpha >= 0.0,
+            "--mixup and --cutmix take alpha >= 0"
+        );
+        Ok(regularization)
+    }
 }
 
 /// Where the loop is, saved in resume.safetensors's metadata.
@@ -59,6 +155,7 @@ struct Progress {
     /// Steps taken in the current, unfinished epoch.
     step_in_epoch: usize,
     best_accuracy: f64,
+    best_ema_accuracy: f64,
     /// Sums for the unfinished epoch's train_loss / train_acc, and its training time.
     loss_sum: f64,
     correct: i64,
@@ -77,6 +174,9 @@ pub struct EpochMetrics {
     pub test_acc: f64,
     pub epoch_seconds: f64,
     pub images_per_second: f64,
+    /// The weights' moving average on the test set (empty without `--ema`).
+    pub ema_test_loss: Option<f64>,
+    pub ema_test_acc: Option<f64>,
 }
 
 /// The loss the model is trained on: cross-entropy with label smoothing.
@@ -93,6 +193,49 @@ pub struct StepOptions {
     pub precision: Precision,
 }
 
+/// A training batch, augmented and ready for the model.
+pub struct TrainBatch {
+    /// float [B, C, image_size, image_size], normalized.
+    pub images: Tensor,
+    /// int64 [B]: the class of each image (of the dominant one, when mixed).
+    pub labels: Tensor,
+    /// float [B, num_classes] MixUp/CutMix targets (label smoothing included), when mixing.
+    pub soft_targets: Option<Tensor>,
+}
+
+impl TrainBatch {
+    /// Augments `images` (uint8 [B, C, H, W]) as `regularization` says: the notebook's crop
+    /// and flip, or the strong pipeline, then MixUp/CutMix.
+    pub fn new(
+        images: &Tensor,
+        labels: Tensor,
+        config: &ViTConfig,
+        regularization: &Regularization,
+        label_smoothing: f64,
+    ) -> Self {
+        let images = match &regularization.augment {
+            Some(augment) => augment::strong_train_transform(images, config.image_size, augment),
+            None => transforms::train_transform(images, config.image_size),
+        };
+        match &regularization.mix {
+            Some(mix) => {
+                let (images, soft_targets) =
+                    mix::mix(&images, &labels, config.num_classes, mix, label_smoothing);
+                Self {
+                    images,
+                    labels,
+                    soft_targets: Some(soft_targets),
+                }
+            }
+            None => Self {
+                images,
+                labels,
+                soft_targets: None,
+            },
+        }
+    }
+}
+
 /// What one step leaves on the device (nothing here waits for the GPU).
 pub struct StepOutput {
     /// The batch's mean training loss.
@@ -103,28 +246,75 @@ pub struct StepOutput {
     pub grad_norm: Option<Tensor>,
 }
 
-/// One optimisation step on a prepared batch: forward in training mode, label-smoothed
-/// cross-entropy, backward, gradient clipping, AdamW.
+/// One optimisation step: forward in training mode, cross-entropy (label-smoothed, or on
+/// the soft targets of a mixed batch), backward, gradient clipping, AdamW.
 pub fn train_step(
     model: &VisionTransformer,
     optimizer: &mut AdamW,
-    images: &Tensor,
-    labels: &Tensor,
+    batch: &TrainBatch,
     lr: f64,
     options: StepOptions,
 ) -> StepOutput {
     optimizer.zero_grad();
-    let logits = autocast(options.precision, || model.forward_t(images, true)).to_kind(Kind::Float);
-    let loss = training_loss(&logits, labels, options.label_smoothing);
+    let logits =
+        autocast(options.precision, || model.forward_t(&batch.images, true)).to_kind(Kind::Float);
+    let loss = match &batch.soft_targets {
+        Some(targets) => mix::soft_target_cross_entropy(&logits, targets),
+        None => training_loss(&logits, &batch.labels, options.label_smoothing),
+    };
     loss.backward();
     let grad_norm = (options.clip_grad > 0.0)
         .then(|| clip_grad_norm(optimizer.parameters(), options.clip_grad));
     optimizer.step(lr);
-    let correct = logits.argmax(-1, false).eq_tensor(labels).sum(Kind::Int64);
+    let correct = logits
+        .argmax(-1, false)
+        .eq_tensor(&batch.labels)
+        .sum(Kind::Int64);
     StepOutput {
         loss: loss.detach(),
         correct,
         grad_norm,
+    }
+}
+
+/// An exponential moving average of a model's weights (timm's `ModelEmaV2`), a model of
+/// its own that is evaluated and saved beside the trained one.
+struct Ema {
+    vs: nn::VarStore,
+    model: VisionTransformer,
+    /// (average, parameter) pairs.
+    pairs: Vec<(Tensor, Tensor)>,
+    decay: f64,
+}
+
+impl Ema {
+    /// Starts from a copy of `source`'s weights.
+    fn new(source: &nn::VarStore, config: &ViTConfig, decay: f64) -> Result<Self> {
+        let mut vs = nn::VarStore::new(source.device());
+        let model = VisionTransformer::new(&vs.root(), config)?;
+        vs.copy(source)?;
+        vs.freeze();
+        let averages = vs.variables();
+        let pairs = source
+            .variables()
+            .into_iter()
+            .map(|(name, param)| (averages[&name].shallow_clone(), param))
+            .collect();
+        Ok(Self {
+            vs,
+            model,
+            pairs,
+            decay,
+        })
+    }
+
+    /// average = decay * average + (1 - decay) * parameter, for every parameter.
+    fn update(&mut self) {
+        tch::no_grad(|| {
+            for (average, param) in &mut self.pairs {
+                let _ = average.lerp_(param, 1.0 - self.decay);
+            }
+        });
     }
 }
 
@@ -164,6 +354,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         );
     }
     let mut config = args.model.resolve()?;
+    if args.recipe == Recipe::Strong && args.model.dropout.is_none() {
+        // The strong recipe regularises with stochastic depth and augmentation instead.
+        config.dropout = 0.0;
+    }
     let dataset = data::load(&args.data, config.image_size)?;
     let num_classes = dataset.classes.len() as i64;
     match args.model.num_classes {
@@ -188,6 +382,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         seed: args.seed,
         train_subset: args.train_subset,
         recipe: args.recipe,
+        regularization: Regularization::from_args(args)?,
         precision: args.precision,
     };
     ensure!(args.batch_size > 0, "--batch-size must be positive");
@@ -244,13 +439,20 @@ pub fn train(settings: &TrainSettings, dataset: &Dataset, options: &RunOptions) 
     } = *options;
     let run = RunFolder::open(out, settings, resume, device)?;
     let config = &settings.model;
+    let regularization = &settings.regularization;
     let vs = nn::VarStore::new(device);
     tch::manual_seed(settings.seed as i64);
-    let model = VisionTransformer::new(&vs.root(), config)?;
+    let mut model = VisionTransformer::new(&vs.root(), config)?;
+    model.set_drop_path_rate(regularization.drop_path);
+    model.set_attn_dropout(regularization.attn_dropout);
     let mut optimizer = AdamW::new(&vs, settings.weight_decay);
+    let mut ema = regularization
+        .ema
+        .map(|decay| Ema::new(&vs, config, decay))
+        .transpose()?;
     let mut progress = Progress::default();
     if resume {
-        progress = run.load_resume(&vs, &mut optimizer)?;
+        progress = run.load_resume(&vs, &mut optimizer, ema.as_ref())?;
     }
 
     let train_split = match settings.train_subset {
@@ -292,16 +494,20 @@ pub fn train(settings: &TrainSettings, dataset: &Dataset, options: &RunOptions) 
             let start = step as i64 * settings.batch_size;
             let index = order.narrow(0, start, settings.batch_size.min(n_train - start));
             tch::manual_seed(mix_seed(settings.seed, epoch, step));
-            let batch = train_split.batch(&index);
-            let images = transforms::train_transform(&batch.images, config.image_size);
-            let labels = batch.labels;
-            lr = learning_rate(
-                settings.lr,
-                epoch * steps_per_epoch + step,
-                warmup_steps,
-                total_steps,
+            let images = train_split.batch(&index);
+            let batch = TrainBatch::new(
+                &images.images,
+                images.labels,
+                config,
+                regularization,
+                settings.label_smoothing,
             );
-            let output = train_step(&model, &mut optimizer, &images, &labels, lr, step_options);
+            let global_step = epoch * steps_per_epoch + step;
+            lr = learning_rate(settings.lr, global_step, warmup_steps, total_steps);
+            let output = train_step(&model, &mut optimizer, &batch, lr, step_options);
+            if let Some(ema) = &mut ema {
+                ema.update();
+            }
             loss_sum += output.loss * index.size()[0] as f64;
             correct += output.correct;
             progress.seen += index.size()[0];
@@ -311,7 +517,7 @@ pub fn train(settings: &TrainSettings, dataset: &Dataset, options: &RunOptions) 
                 progress.loss_sum = loss_sum.double_value(&[]);
                 progress.correct = correct.int64_value(&[]);
                 progress.seconds += started.elapsed().as_secs_f64();
-                run.save_resume(&vs, &optimizer, &progress)?;
+                run.save_resume(&vs, &optimizer, ema.as_ref(), &progress)?;
                 bar.abandon();
                 return Ok(Outcome::Interrupted {
                     epoch: epoch + 1,
@@ -324,7 +530,11 @@ pub fn train(settings: &TrainSettings, dataset: &Dataset, options: &RunOptions) 
         let train_acc = correct.int64_value(&[]) as f64 / progress.seen as f64;
         ensure_finite(train_loss, epoch + 1, &run)?;
         let train_seconds = progress.seconds + started.elapsed().as_secs_f64();
-        let evaluation = evaluate(&model, &test_split, settings.batch_size.max(256));
+        let eval_batch = settings.batch_size.max(256);
+        let evaluation = evaluate(&model, &test_split, eval_batch);
+        let ema_evaluation = ema
+            .as_ref()
+            .map(|ema| evaluate(&ema.model, &test_split, eval_batch));
         let seconds = progress.seconds + started.elapsed().as_secs_f64();
         let row = EpochMetrics {
             epoch: epoch + 1,
@@ -335,22 +545,35 @@ pub fn train(settings: &TrainSettings, dataset: &Dataset, options: &RunOptions) 
             test_acc: evaluation.accuracy,
             epoch_seconds: seconds,
             images_per_second: progress.seen as f64 / train_seconds,
+            ema_test_loss: ema_evaluation.as_ref().map(|e| e.loss),
+            ema_test_acc: ema_evaluation.as_ref().map(|e| e.accuracy),
         };
         run.append_metrics(&row)?;
         if options.plot {
             crate::plot::curves(&[out], &run.path("curves.png"))?;
         }
-        checkpoint::save(&vs, config, &metadata, &run.path("last_model.safetensors"))?;
+        let save = |vs: &nn::VarStore, name: &str| {
+            checkpoint::save(vs, config, &metadata, &run.path(name))
+        };
+        save(&vs, "last_model.safetensors")?;
         if evaluation.accuracy > progress.best_accuracy {
             progress.best_accuracy = evaluation.accuracy;
-            checkpoint::save(&vs, config, &metadata, &run.path("best_model.safetensors"))?;
+            save(&vs, "best_model.safetensors")?;
+        }
+        if let (Some(ema), Some(evaluation)) = (&ema, &ema_evaluation) {
+            save(&ema.vs, "last_ema_model.safetensors")?;
+            if evaluation.accuracy > progress.best_ema_accuracy {
+                progress.best_ema_accuracy = evaluation.accuracy;
+                save(&ema.vs, "best_ema_model.safetensors")?;
+            }
         }
         progress = Progress {
             epochs_done: epoch + 1,
             best_accuracy: progress.best_accuracy,
+            best_ema_accuracy: progress.best_ema_accuracy,
             ..Progress::default()
         };
-        run.save_resume(&vs, &optimizer, &progress)?;
+        run.save_resume(&vs, &optimizer, ema.as_ref(), &progress)?;
         console.epoch_done(&row);
         if interrupted.load(Ordering::SeqCst) && epoch + 1 < settings.epochs {
             return Ok(Outcome::Interrupted {
@@ -507,10 +730,22 @@ impl RunFolder {
         Ok(())
     }
 
-    fn save_resume(&self, vs: &nn::VarStore, optimizer: &AdamW, progress: &Progress) -> Result<()> {
+    fn save_resume(
+        &self,
+        vs: &nn::VarStore,
+        optimizer: &AdamW,
+        ema: Option<&Ema>,
+        progress: &Progress,
+    ) -> Result<()> {
         let mut tensors = optimizer.state_tensors();
-        for (name, tensor) in vs.variables() {
-            tensors.insert(format!("model.{name}"), tensor);
+        let mut add = |prefix: &str, vs: &nn::VarStore| {
+            for (name, tensor) in vs.variables() {
+                tensors.insert(format!("{prefix}.{name}"), tensor);
+            }
+        };
+        add("model", vs);
+        if let Some(ema) = ema {
+            add("ema", &ema.vs);
         }
         let metadata = [
             ("progress".to_string(), serde_json::to_string(progress)?),
@@ -520,7 +755,12 @@ impl RunFolder {
         TensorFile { tensors, metadata }.write(&self.path("resume.safetensors"))
     }
 
-    fn load_resume(&self, vs: &nn::VarStore, optimizer: &mut AdamW) -> Result<Progress> {
+    fn load_resume(
+        &self,
+        vs: &nn::VarStore,
+        optimizer: &mut AdamW,
+        ema: Option<&Ema>,
+    ) -> Result<Progress> {
         let path = self.path("resume.safetensors");
         ensure!(
             path.exists(),
@@ -528,18 +768,10 @@ impl RunFolder {
             path.display()
         );
         let file = TensorFile::read(&path)?;
-        let model = TensorFile {
-            tensors: file
-                .tensors
-                .iter()
-                .filter_map(|(k, t)| {
-                    k.strip_prefix("model.")
-                        .map(|k| (k.to_string(), t.shallow_clone()))
-                })
-                .collect(),
-            metadata: Default::default(),
-        };
-        model.load_into(vs)?;
+        file.with_prefix("model").load_into(vs)?;
+        if let Some(ema) = ema {
+            file.with_prefix("ema").load_into(&ema.vs)?;
+        }
         optimizer.load_state_tensors(&file.tensors)?;
         let field = |key: &str| {
             file.metadata

@@ -10,7 +10,7 @@ use vit_tch::checkpoint::TensorFile;
 use vit_tch::cli::Precision;
 use vit_tch::model::{MultiHeadSelfAttention, PatchEmbedding, TransformerBlock, VisionTransformer};
 use vit_tch::optim::AdamW;
-use vit_tch::train::{train_step, training_loss, StepOptions};
+use vit_tch::train::{train_step, training_loss, StepOptions, TrainBatch};
 
 const FORWARD_TOL: f64 = 1e-5;
 const TRAIN_TOL: f64 = 1e-4;
@@ -166,9 +166,13 @@ fn adamw_steps_match_pytorch() {
     for fused in [false, true] {
         let (vs, model) = small_model(&file, fused);
         let mut optimizer = AdamW::new(&vs, WEIGHT_DECAY);
-        let labels = file.get("labels").unwrap();
+        let batch = TrainBatch {
+            images: input.shallow_clone(),
+            labels: file.get("labels").unwrap().shallow_clone(),
+            soft_targets: None,
+        };
         for (step, lr) in STEP_LRS.into_iter().enumerate() {
-            let output = train_step(&model, &mut optimizer, input, labels, lr, STEP_OPTIONS);
+            let output = train_step(&model, &mut optimizer, &batch, lr, STEP_OPTIONS);
             let expected_loss = file.get(&format!("loss.{step}")).unwrap();
             let what = format!("loss {step} (fused {fused})");
             assert_close(&what, &output.loss, expected_loss, TRAIN_TOL);

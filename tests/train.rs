@@ -6,9 +6,11 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use tch::{Device, Kind, Tensor};
 use vit_tch::cli::{Precision, Recipe};
+use vit_tch::data::augment::{AugmentConfig, Policy, RandomErasing};
+use vit_tch::data::mix::MixConfig;
 use vit_tch::data::{Dataset, Split};
 use vit_tch::model::ViTConfig;
-use vit_tch::train::{self, Outcome, RunOptions, TrainSettings};
+use vit_tch::train::{self, Outcome, Regularization, RunOptions, TrainSettings};
 
 const NUM_CLASSES: i64 = 10;
 
@@ -109,6 +111,7 @@ fn tiny_settings(epochs: usize, batch_size: i64) -> TrainSettings {
         seed: 7,
         train_subset: None,
         recipe: Recipe::Notebook,
+        regularization: Regularization::default(),
         precision: Precision::Fp32,
     }
 }
@@ -327,4 +330,76 @@ fn resume_with_changed_settings_is_refused() {
         format!("{error:#}").contains("settings differ"),
         "{error:#}"
     );
+}
+
+fn strong_regularization() -> Regularization {
+    Regularization {
+        augment: Some(AugmentConfig {
+            policy: Some(Policy::AutoAugmentCifar10),
+            erasing: Some(RandomErasing::default()),
+            ..AugmentConfig::default()
+        }),
+        mix: Some(MixConfig::default()),
+        drop_path: 0.1,
+        attn_dropout: 0.1,
+        ema: Some(0.9),
+    }
+}
+
+#[test]
+fn strong_recipe_with_ema_resumes_exactly() {
+    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let dataset = colour_dataset();
+    let mut settings = tiny_settings(2, 200);
+    settings.recipe = Recipe::Strong;
+    settings.regularization = strong_regularization();
+    let root = temp_dir("resume-strong");
+    let (straight, resumed) = (root.join("straight"), root.join("resumed"));
+    run_training(&settings, &dataset, &straight, false, false);
+    run_training(&settings, &dataset, &resumed, false, true);
+    run_training(&settings, &dataset, &resumed, true, false);
+    assert_same_run(&straight, &resumed);
+    let (header, rows) = read_metrics(&straight);
+    let ema_acc = header.iter().position(|h| h == "ema_test_acc").unwrap();
+    assert!(
+        rows.iter().all(|row| row[ema_acc].parse::<f64>().is_ok()),
+        "{rows:?}"
+    );
+    for name in ["best_ema_model.safetensors", "last_ema_model.safetensors"] {
+        assert!(straight.join(name).exists(), "{name} missing");
+    }
+    let ema = vit_tch::checkpoint::TensorFile::read(&straight.join("last_ema_model.safetensors"))
+        .unwrap();
+    let last =
+        vit_tch::checkpoint::TensorFile::read(&straight.join("last_model.safetensors")).unwrap();
+    assert!(!ema
+        .get("head.weight")
+        .unwrap()
+        .equal(last.get("head.weight").unwrap()));
+}
+
+#[test]
+fn strong_recipe_runs_from_the_command_line() {
+    let root = temp_dir("strong-cli");
+    let data_dir = root.join("data");
+    write_cifar10(&colour_dataset(), &data_dir);
+    let run = root.join("run");
+    #[rustfmt::skip]
+    let output = vit(&[
+        "train", "--recipe", "strong", "--dataset", "cifar10",
+        "--data-dir", data_dir.to_str().unwrap(), "--out", run.to_str().unwrap(),
+        "--device", "cpu", "--config", "tiny", "--patch-size", "8", "--epochs", "1",
+        "--batch-size", "100",
+    ]);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("Epoch: 1, Validation Accuracy:"));
+    let config = std::fs::read_to_string(run.join("config.json")).unwrap();
+    for setting in [
+        "AutoAugmentCifar10",
+        "\"drop_path\": 0.1",
+        "\"cutmix_alpha\": 1.0",
+        "\"ema\": 0.999",
+        "\"dropout\": 0.0",
+    ] {
+        assert!(config.contains(setting), "{setting} not in {config}");
+    }
 }

@@ -67,6 +67,13 @@ impl VisionTransformer {
         }
     }
 
+    /// Dropout on the attention probabilities of every block while training.
+    pub fn set_attn_dropout(&mut self, prob: f64) {
+        for block in &mut self.blocks {
+            block.attn.attn_dropout = prob;
+        }
+    }
+
     /// Chooses fused (libtorch SDPA) or explicit softmax attention in every block.
     pub fn set_fused_attention(&mut self, fused: bool) {
         for block in &mut self.blocks {
