@@ -149,7 +149,7 @@ fn outputs_stay_in_range_at_max_magnitude() {
     let (b, h, w) = (16, 32, 32);
     let images = random_u8(&[b, 3, h, w]);
     for interpolation in INTERPOLATIONS {
-        for op in AugOp::ALL {
+        for op in AugOp::all() {
             let (max, signed) = op.magnitude(30, 31, h, w);
             let signs: &[f64] = if signed { &[1.0, -1.0] } else { &[1.0] };
             for sign in signs {

@@ -126,6 +126,16 @@ fn read_metrics(run: &Path) -> (Vec<String>, Vec<Vec<String>>) {
     (header, rows)
 }
 
+/// `vit train` of the tiny model on the generated CIFAR-10 folder, on the CPU.
+fn tiny_run_args<'a>(data_dir: &'a str, out: &'a str) -> Vec<&'a str> {
+    #[rustfmt::skip]
+    let args = vec![
+        "train", "--dataset", "cifar10", "--data-dir", data_dir, "--out", out,
+        "--device", "cpu", "--config", "tiny", "--patch-size", "8",
+    ];
+    args
+}
+
 fn vit(args: &[&str]) -> std::process::Output {
     let output = Command::new(env!("CARGO_BIN_EXE_vit"))
         .args(args)
@@ -147,30 +157,10 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     write_cifar10(&colour_dataset(), &data_dir);
     let run = root.join("run");
     let (data, out) = (data_dir.to_str().unwrap(), run.to_str().unwrap());
-    let output = vit(&[
-        "train",
-        "--dataset",
-        "cifar10",
-        "--data-dir",
-        data,
-        "--out",
-        out,
-        "--device",
-        "cpu",
-        "--config",
-        "tiny",
-        "--patch-size",
-        "8",
-        "--epochs",
-        "4",
-        "--batch-size",
-        "50",
-        "--lr",
-        "3e-3",
-        "--warmup-epochs",
-        "1",
-        "--plot",
-    ]);
+    let mut args = tiny_run_args(data, out);
+    #[rustfmt::skip]
+    args.extend(["--epochs", "4", "--batch-size", "50", "--lr", "3e-3", "--warmup-epochs", "1", "--plot"]);
+    let output = vit(&args);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains("Epoch: 4, Validation Accuracy:"),
@@ -215,19 +205,7 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
 
     // A fresh run into the same folder must not overwrite it.
     let refused = Command::new(env!("CARGO_BIN_EXE_vit"))
-        .args([
-            "train",
-            "--dataset",
-            "cifar10",
-            "--data-dir",
-            data,
-            "--out",
-            out,
-            "--device",
-            "cpu",
-            "--config",
-            "tiny",
-        ])
+        .args(tiny_run_args(data, out))
         .output()
         .unwrap();
     assert!(!refused.status.success());
@@ -384,13 +362,10 @@ fn strong_recipe_runs_from_the_command_line() {
     let data_dir = root.join("data");
     write_cifar10(&colour_dataset(), &data_dir);
     let run = root.join("run");
-    #[rustfmt::skip]
-    let output = vit(&[
-        "train", "--recipe", "strong", "--dataset", "cifar10",
-        "--data-dir", data_dir.to_str().unwrap(), "--out", run.to_str().unwrap(),
-        "--device", "cpu", "--config", "tiny", "--patch-size", "8", "--epochs", "1",
-        "--batch-size", "100",
-    ]);
+    let (data, out) = (data_dir.to_str().unwrap(), run.to_str().unwrap());
+    let mut args = tiny_run_args(data, out);
+    args.extend(["--recipe", "strong", "--epochs", "1", "--batch-size", "100"]);
+    let output = vit(&args);
     assert!(String::from_utf8_lossy(&output.stdout).contains("Epoch: 1, Validation Accuracy:"));
     let config = std::fs::read_to_string(run.join("config.json")).unwrap();
     for setting in [

@@ -65,24 +65,10 @@ impl AugOp {
         AugOp::Equalize,
     ];
 
-    /// Every op.
-    pub const ALL: [AugOp; 15] = [
-        AugOp::Identity,
-        AugOp::ShearX,
-        AugOp::ShearY,
-        AugOp::TranslateX,
-        AugOp::TranslateY,
-        AugOp::Rotate,
-        AugOp::Brightness,
-        AugOp::Color,
-        AugOp::Contrast,
-        AugOp::Sharpness,
-        AugOp::Posterize,
-        AugOp::Solarize,
-        AugOp::AutoContrast,
-        AugOp::Equalize,
-        AugOp::Invert,
-    ];
+    /// Every op: RandAugment's, and AutoAugment's `Invert`.
+    pub fn all() -> impl Iterator<Item = AugOp> {
+        Self::RANDAUGMENT.into_iter().chain([AugOp::Invert])
+    }
 
     /// The op's code in the per-image op tensors of [`apply_ops`].
     pub fn code(self) -> i64 {
