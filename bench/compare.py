@@ -103,6 +103,14 @@ def parse_args(argv=None):
         help="also time forward / backward / clip / AdamW separately on every side "
         "(after the timed steps, synchronised per phase)",
     )
+    p.add_argument(
+        "--also-vit",
+        action="append",
+        default=[],
+        metavar="LABEL=PATH",
+        help="one more vit binary as its own side (e.g. vit-before=old/vit), interleaved "
+        "with the others: before/after comparisons of a change in one run",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     # Internal: run one PyTorch side in this process and print its JSON report.
     p.add_argument("--worker", choices=("reference", "timm"), help=argparse.SUPPRESS)
@@ -331,16 +339,22 @@ def side_commands(args, config):
     if unknown:
         sys.exit(f"error: unknown side(s) {sorted(unknown)}; choose from vit,reference,timm")
     commands = {}
-    if "vit" in wanted:
-        vit = Path(args.vit)
+    binaries = [("vit", args.vit)] if "vit" in wanted else []
+    for extra in args.also_vit:
+        label, sep, path = extra.partition("=")
+        if not sep or not label.startswith("vit-"):
+            sys.exit(f"error: --also-vit takes vit-LABEL=PATH, got `{extra}`")
+        binaries.append((label, path))
+    model_flags = ["--config", args.config]
+    for name in MODEL_FLAGS:
+        model_flags += ["--" + name.replace("_", "-"), str(config[name])]
+    for label, path in binaries:
+        vit = Path(path)
         if not vit.exists():
             sys.exit(f"error: no vit binary at {vit}; build it with `cargo build --release`")
-        model_flags = ["--config", args.config]
-        for name in MODEL_FLAGS:
-            model_flags += ["--" + name.replace("_", "-"), str(config[name])]
-        commands["vit"] = [str(vit), "bench", *model_flags, *common, "--json"]
+        commands[label] = [str(vit), "bench", *model_flags, *common, "--json"]
         if args.phases:
-            commands["vit"].append("--phases")
+            commands[label].append("--phases")
     worker = [sys.executable, str(Path(__file__).resolve()), "--model-json", json.dumps(config)]
     worker += common
     if args.pytorch_foreach:
@@ -382,6 +396,15 @@ def median_report(runs):
     return merged
 
 
+def ratio(a, b):
+    keys = ("train_images_per_s", "infer_images_per_s", "peak_rss_bytes")
+    return {key: a[key] / b[key] for key in keys}
+
+
+def is_vit(side):
+    return side == "vit" or side.startswith("vit-")
+
+
 def mib(value):
     return "-" if value is None else f"{value / 2**20:.0f} MiB"
 
@@ -396,10 +419,14 @@ def print_table(result):
         f"{s['warmup']} warm-up + {s['steps']} timed steps, median of {s['repeats']}"
     )
     names = list(sides)
-    header = f"{'':22}" + "".join(f"{n:>14}" for n in names)
-    pytorch = [n for n in names if n != "vit"]
-    if "vit" in sides:
-        header += "".join(f"{'vit/' + n:>16}" for n in pytorch)
+    width = max([14] + [len(n) + 2 for n in names])
+    header = f"{'':22}" + "".join(f"{n:>{width}}" for n in names)
+    pytorch = [n for n in names if not is_vit(n)]
+    pairs = [(v, n) for v in names if is_vit(v) for n in pytorch]
+    if "vit" in sides:  # vit against each --also-vit binary
+        pairs += [("vit", n) for n in names if n.startswith("vit-")]
+    pair_width = max([16] + [len(v) + len(n) + 3 for v, n in pairs])
+    header += "".join(f"{v + '/' + n:>{pair_width}}" for v, n in pairs)
     print(header)
     rows = [
         ("train images/s", "train_images_per_s", lambda v: f"{v:.1f}"),
@@ -412,11 +439,10 @@ def print_table(result):
         line = f"{label:22}"
         for n in names:
             value = sides[n].get(key)
-            line += f"{'-' if value is None else fmt(value):>14}"
-        if "vit" in sides:
-            for n in pytorch:
-                a, b = sides["vit"].get(key), sides[n].get(key)
-                line += f"{(f'{a / b:.3f}' if a and b else '-'):>16}"
+            line += f"{'-' if value is None else fmt(value):>{width}}"
+        for v, n in pairs:
+            a, b = sides[v].get(key), sides[n].get(key)
+            line += f"{(f'{a / b:.3f}' if a and b else '-'):>{pair_width}}"
         print(line)
     for n in names:
         phases = sides[n].get("phase_ms_per_step")
@@ -455,14 +481,11 @@ def main():
     if len(set(counts.values())) != 1:
         sys.exit(f"error: the sides built different models (parameters: {counts})")
     ratios = {}
-    if "vit" in sides:
-        for side in sides:
-            if side == "vit":
-                continue
-            ratios[side] = {
-                key: sides["vit"][key] / sides[side][key]
-                for key in ("train_images_per_s", "infer_images_per_s", "peak_rss_bytes")
-            }
+    for vit in (s for s in sides if is_vit(s)):
+        for side in (s for s in sides if not is_vit(s)):
+            ratios[f"{vit}/{side}"] = ratio(sides[vit], sides[side])
+    for side in (s for s in sides if s.startswith("vit-") and "vit" in sides):
+        ratios[f"vit/{side}"] = ratio(sides["vit"], sides[side])
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "settings": {
@@ -480,7 +503,7 @@ def main():
         },
         "parameters": next(iter(counts.values())),
         "sides": sides,
-        "ratios_vit_over": ratios,
+        "ratios": ratios,
         "load_average": os.getloadavg(),
     }
     if args.json:

@@ -21,6 +21,11 @@ struct ParamState {
 /// parameter groups: decay for weight matrices, none for 1-D tensors, cls_token, pos_embed.
 pub struct AdamW {
     params: Vec<ParamState>,
+    /// A libtorch optimizer over the same parameters, used only for its `zero_grad`, which
+    /// sets the gradients to undefined (PyTorch's `set_to_none=True`) where
+    /// `Tensor::zero_grad` would fill them with zeros: no zero fill before backward, and
+    /// backward then writes each gradient instead of adding it to a zero tensor.
+    grad_clearer: Option<tch::COptimizer>,
     pub weight_decay: f64,
     pub beta1: f64,
     pub beta2: f64,
@@ -42,9 +47,18 @@ impl AdamW {
                 name,
                 param,
             })
-            .collect();
+            .collect::<Vec<ParamState>>();
+        let grad_clearer = tch::COptimizer::sgd(0.0, 0.0, 0.0, 0.0, false)
+            .and_then(|mut clearer| {
+                for state in &params {
+                    clearer.add_parameters(&state.param, 0)?;
+                }
+                Ok(clearer)
+            })
+            .ok();
         Self {
             params,
+            grad_clearer,
             weight_decay,
             beta1: 0.9,
             beta2: 0.999,
@@ -53,7 +67,13 @@ impl AdamW {
         }
     }
 
+    /// Clears the gradients (sets them to undefined; zero-fills them should that fail).
     pub fn zero_grad(&mut self) {
+        if let Some(clearer) = &self.grad_clearer {
+            if clearer.zero_grad().is_ok() {
+                return;
+            }
+        }
         for state in &mut self.params {
             state.param.zero_grad();
         }
@@ -84,7 +104,12 @@ impl AdamW {
                     .exp_avg_sq
                     .g_mul_scalar_(self.beta2)
                     .addcmul_(&grad, &(&grad * (1.0 - self.beta2)));
-                let denom = (state.exp_avg_sq.sqrt() / bias_correction2_sqrt) + self.eps;
+                // In place on one temporary: the same operations as PyTorch's
+                // `(exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)`.
+                let mut denom = state.exp_avg_sq.sqrt();
+                let _ = denom
+                    .g_div_scalar_(bias_correction2_sqrt)
+                    .g_add_scalar_(self.eps);
                 let _ = state.param.addcdiv_(&(&state.exp_avg * -step_size), &denom);
             }
         });
