@@ -21,9 +21,10 @@ recipe as `vit train --recipe notebook`:
 - cross-entropy with label smoothing, gradient clipping to a global norm;
 - after every epoch the test split in eval mode ("Validation Accuracy").
 
-Random draws are seeded per (seed, epoch, step) with vit's own mixing function and come in
-vit's order (shuffle; crop rows, crop columns, flip mask; dropout masks), so on the CPU
-the two programs see the same shuffles and augmentations; the initial weights differ.
+Random draws are seeded per (seed, epoch, step) with a port of vit's mixing function and
+come in vit's order (shuffle; crop rows, crop columns, flip mask; dropout masks), meant to
+give vit's shuffles and augmentations on the CPU (not checked bit for bit); the initial
+weights differ.
 
 Writes OUT/metrics.csv with vit's columns:
 epoch,lr,train_loss,train_acc,test_loss,test_acc,epoch_seconds,images_per_second
