@@ -6,8 +6,8 @@
 
 use crate::cli::BenchArgs;
 use crate::model::VisionTransformer;
-use crate::optim::AdamW;
-use crate::train::{autocast, train_step, StepOptions, TrainBatch};
+use crate::optim::{clip_grad_norm, AdamW};
+use crate::train::{autocast, train_step, training_loss, StepOptions, TrainBatch};
 use anyhow::{ensure, Result};
 use serde::Serialize;
 use std::time::Instant;
@@ -27,9 +27,26 @@ pub struct BenchReport {
     pub infer_images_per_s: f64,
     /// Peak resident memory of the process (VmHWM), in bytes.
     pub peak_rss_bytes: u64,
+    /// Resident memory before the model was built (libtorch loaded, no tensors), in bytes.
+    pub baseline_rss_bytes: u64,
+    /// With `--phases`: milliseconds per training step in each phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase_ms_per_step: Option<PhaseTimes>,
+}
+
+/// Milliseconds per training step spent in each part of `train_step`.
+#[derive(Serialize, Default, Debug, Clone, Copy)]
+pub struct PhaseTimes {
+    /// zero_grad, forward in train mode and the loss.
+    pub forward: f64,
+    pub backward: f64,
+    pub clip: f64,
+    /// AdamW and the accuracy count.
+    pub optimizer: f64,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    let baseline_rss_bytes = rss_bytes("VmRSS:");
     if let Some(threads) = args.threads {
         tch::set_num_threads(threads);
     }
@@ -47,7 +64,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let vs = nn::VarStore::new(device);
     let mut model = VisionTransformer::new(&vs.root(), &config)?;
     model.set_fused_attention(!args.explicit_attention);
-    let mut optimizer = AdamW::new(&vs, 0.05);
+    let mut optimizer = AdamW::new(&vs, 0.05)?;
     let shape = [
         args.batch_size,
         config.in_channels,
@@ -71,6 +88,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let infer_seconds = timed(device, args.warmup, args.steps, || {
         let _ = tch::no_grad(|| autocast(args.precision, || model.forward_t(&batch.images, false)));
     });
+    let phase_ms_per_step = args.phases.then(|| {
+        phase_times(
+            device,
+            args.steps,
+            &model,
+            &mut optimizer,
+            &batch.images,
+            &batch.labels,
+            options,
+        )
+    });
     let images_timed = (args.batch_size as usize * args.steps) as f64;
     let report = BenchReport {
         config: args.model.preset.clone(),
@@ -84,6 +112,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         train_images_per_s: images_timed / train_seconds,
         infer_images_per_s: images_timed / infer_seconds,
         peak_rss_bytes: peak_rss_bytes(),
+        baseline_rss_bytes,
+        phase_ms_per_step,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -108,6 +138,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "peak RSS:  {:9.1} MiB",
             report.peak_rss_bytes as f64 / (1 << 20) as f64
         );
+        if let Some(p) = report.phase_ms_per_step {
+            println!(
+                "ms per training step: forward {:.1}, backward {:.1}, clip {:.1}, optimizer {:.1}",
+                p.forward, p.backward, p.clip, p.optimizer
+            );
+        }
     }
     Ok(())
 }
@@ -127,6 +163,53 @@ fn timed(device: Device, warmup: usize, steps: usize, mut work: impl FnMut()) ->
     start.elapsed().as_secs_f64()
 }
 
+/// `train_step` split into its phases, each closed by a device synchronisation: the same
+/// operations in the same order, timed separately over `steps` steps.
+fn phase_times(
+    device: Device,
+    steps: usize,
+    model: &VisionTransformer,
+    optimizer: &mut AdamW,
+    images: &Tensor,
+    labels: &Tensor,
+    options: StepOptions,
+) -> PhaseTimes {
+    let mut totals = [0.0f64; 4];
+    for _ in 0..steps {
+        synchronize(device);
+        let t0 = Instant::now();
+        optimizer.zero_grad();
+        let logits =
+            autocast(options.precision, || model.forward_t(images, true)).to_kind(Kind::Float);
+        let loss = training_loss(&logits, labels, options.label_smoothing);
+        synchronize(device);
+        let t1 = Instant::now();
+        loss.backward();
+        synchronize(device);
+        let t2 = Instant::now();
+        let _ = clip_grad_norm(optimizer.parameters(), options.clip_grad);
+        synchronize(device);
+        let t3 = Instant::now();
+        optimizer.step(1e-3);
+        let _ = logits.argmax(-1, false).eq_tensor(labels).sum(Kind::Int64);
+        synchronize(device);
+        let t4 = Instant::now();
+        for (total, (a, b)) in totals
+            .iter_mut()
+            .zip([(t0, t1), (t1, t2), (t2, t3), (t3, t4)])
+        {
+            *total += (b - a).as_secs_f64();
+        }
+    }
+    let ms = |total: f64| 1e3 * total / steps as f64;
+    PhaseTimes {
+        forward: ms(totals[0]),
+        backward: ms(totals[1]),
+        clip: ms(totals[2]),
+        optimizer: ms(totals[3]),
+    }
+}
+
 fn synchronize(device: Device) {
     if let Device::Cuda(index) = device {
         tch::Cuda::synchronize(index as i64);
@@ -135,10 +218,15 @@ fn synchronize(device: Device) {
 
 /// The process's peak resident set size (VmHWM in /proc/self/status), 0 where unknown.
 pub fn peak_rss_bytes() -> u64 {
+    rss_bytes("VmHWM:")
+}
+
+/// A `/proc/self/status` memory line (`VmHWM:`, `VmRSS:`) in bytes, 0 where unknown.
+fn rss_bytes(key: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let line = status.lines().find(|l| l.starts_with(key))?;
             let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
             Some(kib * 1024)
         })

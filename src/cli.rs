@@ -342,6 +342,10 @@ pub struct BenchArgs {
     /// Use the explicit softmax attention instead of the fused kernel.
     #[arg(long)]
     pub explicit_attention: bool,
+    /// Also time the phases of a training step (forward + loss, backward, gradient
+    /// clipping, AdamW) in separate, synchronised steps after the timed ones.
+    #[arg(long)]
+    pub phases: bool,
     #[arg(long)]
     pub json: bool,
 }

@@ -21,6 +21,11 @@ struct ParamState {
 /// parameter groups: decay for weight matrices, none for 1-D tensors, cls_token, pos_embed.
 pub struct AdamW {
     params: Vec<ParamState>,
+    /// A libtorch optimizer over the same parameters, used only for its `zero_grad`, which
+    /// sets the gradients to undefined (PyTorch's `set_to_none=True`) where
+    /// `Tensor::zero_grad` would fill them with zeros: no zero fill before backward, and
+    /// backward then writes each gradient instead of adding it to a zero tensor.
+    grad_clearer: tch::COptimizer,
     pub weight_decay: f64,
     pub beta1: f64,
     pub beta2: f64,
@@ -30,7 +35,7 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    pub fn new(vs: &nn::VarStore, weight_decay: f64) -> Self {
+    pub fn new(vs: &nn::VarStore, weight_decay: f64) -> Result<Self> {
         let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         variables.sort_by(|a, b| a.0.cmp(&b.0));
         let params = variables
@@ -42,21 +47,25 @@ impl AdamW {
                 name,
                 param,
             })
-            .collect();
-        Self {
+            .collect::<Vec<ParamState>>();
+        let mut grad_clearer = tch::COptimizer::sgd(0.0, 0.0, 0.0, 0.0, false)?;
+        for state in &params {
+            grad_clearer.add_parameters(&state.param, 0)?;
+        }
+        Ok(Self {
             params,
+            grad_clearer,
             weight_decay,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
             step: 0,
-        }
+        })
     }
 
+    /// Clears the gradients (sets them to undefined, as PyTorch's default `set_to_none`).
     pub fn zero_grad(&mut self) {
-        for state in &mut self.params {
-            state.param.zero_grad();
-        }
+        self.grad_clearer.zero_grad().expect("libtorch zero_grad");
     }
 
     /// The parameters this optimizer updates (for gradient clipping).
@@ -84,7 +93,12 @@ impl AdamW {
                     .exp_avg_sq
                     .g_mul_scalar_(self.beta2)
                     .addcmul_(&grad, &(&grad * (1.0 - self.beta2)));
-                let denom = (state.exp_avg_sq.sqrt() / bias_correction2_sqrt) + self.eps;
+                // In place on one temporary: the same operations as PyTorch's
+                // `(exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)`.
+                let mut denom = state.exp_avg_sq.sqrt();
+                let _ = denom
+                    .g_div_scalar_(bias_correction2_sqrt)
+                    .g_add_scalar_(self.eps);
                 let _ = state.param.addcdiv_(&(&state.exp_avg * -step_size), &denom);
             }
         });

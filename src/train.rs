@@ -445,7 +445,7 @@ pub fn train(settings: &TrainSettings, dataset: &Dataset, options: &RunOptions) 
     let mut model = VisionTransformer::new(&vs.root(), config)?;
     model.set_drop_path_rate(regularization.drop_path);
     model.set_attn_dropout(regularization.attn_dropout);
-    let mut optimizer = AdamW::new(&vs, settings.weight_decay);
+    let mut optimizer = AdamW::new(&vs, settings.weight_decay)?;
     let mut ema = regularization
         .ema
         .map(|decay| Ema::new(&vs, config, decay))

@@ -4,11 +4,14 @@
 //! erasing.
 //!
 //! libtorch's generator is global and the harness runs tests on parallel threads, so every
-//! test that draws random numbers holds `SEED_LOCK` from its `manual_seed` on.
+//! test that draws random numbers holds `common::seeded`'s guard from its seeding on.
+
+mod common;
+
+use common::seeded;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
 use tch::{Device, Kind, Tensor};
 use vit_tch::checkpoint::TensorFile;
 use vit_tch::data::augment::{
@@ -16,15 +19,6 @@ use vit_tch::data::augment::{
 };
 use vit_tch::data::mix::{self, MixConfig, MixMode};
 use vit_tch::data::transforms;
-
-static SEED_LOCK: Mutex<()> = Mutex::new(());
-
-/// Holds the generator for this test and seeds it.
-fn seeded(seed: i64) -> MutexGuard<'static, ()> {
-    let guard = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    tch::manual_seed(seed);
-    guard
-}
 
 fn random_u8(shape: &[i64]) -> Tensor {
     Tensor::randint(256, shape, (Kind::Int64, Device::Cpu)).to_kind(Kind::Uint8)

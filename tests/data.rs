@@ -2,44 +2,17 @@
 //! download's verification and atomicity, ImageFolder reading, and the augmentation
 //! invariants. No network and no real dataset needed.
 
+mod common;
+
+use common::TempDir;
+
 use flate2::{write::GzEncoder, Compression};
 use md5::{Digest, Md5};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 use vit_tch::cli::{DatasetArgs, DatasetName};
 use vit_tch::data::download::{fetch, ArchiveSpec, Fetched};
 use vit_tch::data::{self, cifar, folder, transforms, CIFAR_MEAN, CIFAR_STD};
-
-/// Tests that seed or draw from libtorch's global generator hold this, so that one test's
-/// draws cannot land between another's seed and its draws.
-static RNG: Mutex<()> = Mutex::new(());
-
-fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
-    RNG.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A fresh, empty folder under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let path =
-            std::env::temp_dir().join(format!("vit-tch-test-{name}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -540,8 +513,7 @@ fn check_crops(out: &Tensor, h: i64, w: i64, p: i64) -> (Vec<usize>, Vec<usize>)
 
 #[test]
 fn random_crop_is_a_shifted_window_within_the_padding() {
-    let _lock = rng_lock();
-    tch::manual_seed(1);
+    let _lock = common::seeded(1);
     let out = transforms::random_crop(&coordinate_images(600, 32, 32), 4);
     let (seen_dy, seen_dx) = check_crops(&out, 32, 32, 4);
     // Every offset occurs (missing one of 9 in 600 draws: p < 1e-29).
@@ -564,8 +536,7 @@ fn random_crop_is_a_shifted_window_within_the_padding() {
 
 #[test]
 fn horizontal_flip_happens_about_half_the_time() {
-    let _lock = rng_lock();
-    tch::manual_seed(2);
+    let _lock = common::seeded(2);
     let n = 2000i64;
     let images = coordinate_images(n, 4, 6);
     let out = transforms::random_horizontal_flip(&images, 0.5);
@@ -596,8 +567,7 @@ fn random_uint8_batch(b: i64) -> Tensor {
 
 #[test]
 fn a_fixed_seed_gives_the_same_batch() {
-    let _lock = rng_lock();
-    tch::manual_seed(3);
+    let _lock = common::seeded(3);
     let images = random_uint8_batch(64);
     tch::manual_seed(42);
     let a = transforms::train_transform(&images, 32);
@@ -615,8 +585,7 @@ fn a_fixed_seed_gives_the_same_batch() {
 
 #[test]
 fn test_transform_is_the_normalize_formula() {
-    let _lock = rng_lock();
-    tch::manual_seed(4);
+    let _lock = common::seeded(4);
     let images = random_uint8_batch(5);
     let a = transforms::test_transform(&images, 32);
     let b = transforms::test_transform(&images, 32);
@@ -795,9 +764,8 @@ fn transforms_on_cuda_when_available() {
         eprintln!("no CUDA device: skipped");
         return;
     }
-    let _lock = rng_lock();
+    let _lock = common::seeded(5);
     let cuda = Device::Cuda(0);
-    tch::manual_seed(5);
     let out = transforms::random_crop(&coordinate_images(600, 32, 32).to_device(cuda), 4);
     assert_eq!(out.device(), cuda);
     let (seen_dy, seen_dx) = check_crops(&out, 32, 32, 4);

@@ -165,7 +165,7 @@ fn adamw_steps_match_pytorch() {
     let after = with_prefix(&file, "after");
     for fused in [false, true] {
         let (vs, model) = small_model(&file, fused);
-        let mut optimizer = AdamW::new(&vs, WEIGHT_DECAY);
+        let mut optimizer = AdamW::new(&vs, WEIGHT_DECAY).unwrap();
         let batch = TrainBatch {
             images: input.shallow_clone(),
             labels: file.get("labels").unwrap().shallow_clone(),

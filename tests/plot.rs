@@ -1,6 +1,10 @@
 //! Pictures: curves, confusion matrix and attention figure are written with the expected
 //! sizes; attention rollout against hand-made cases and a PyTorch golden file.
 
+mod common;
+
+use common::TempDir;
+
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 use vit_tch::attention::{self, figure_size, last_layer_heads, rollout};
@@ -8,32 +12,6 @@ use vit_tch::checkpoint::{self, TensorFile};
 use vit_tch::cli::{AttentionArgs, DeviceArgs, PlotArgs};
 use vit_tch::model::{ViTConfig, VisionTransformer};
 use vit_tch::plot::{self, confusion_size, CURVES_SIZE};
-
-/// A fresh, empty folder under the system temp folder, removed when the test passes (and
-/// kept for a look when it fails).
-struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = PathBuf;
-    fn deref(&self) -> &PathBuf {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-fn scratch(name: &str) -> Scratch {
-    let dir = std::env::temp_dir().join(format!("vit-plot-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    Scratch(dir)
-}
 
 fn png_size(path: &Path) -> (u32, u32) {
     let image = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -60,7 +38,7 @@ fn write_metrics(dir: &Path, epochs: usize, speed: f64) {
 
 #[test]
 fn curves_of_several_runs_as_png_and_svg() {
-    let dir = scratch("curves");
+    let dir = TempDir::new("curves");
     write_metrics(&dir.join("run-a"), 12, 1.0);
     write_metrics(&dir.join("run-b"), 8, 0.7);
     let output = dir.join("out/curves.png");
@@ -83,27 +61,27 @@ fn curves_of_several_runs_as_png_and_svg() {
 
 #[test]
 fn curves_after_the_first_epoch_as_train_plot_calls_it() {
-    let dir = scratch("first-epoch");
+    let dir = TempDir::new("first-epoch");
     write_metrics(&dir, 1, 1.0);
     plot::curves(&[&*dir], &dir.join("curves.png")).unwrap();
     assert_eq!(png_size(&dir.join("curves.png")), CURVES_SIZE);
     // Refreshing overwrites the picture in place.
     write_metrics(&dir, 2, 1.0);
-    plot::curves(&[dir.as_path()], &dir.join("curves.png")).unwrap();
+    plot::curves(&[&*dir], &dir.join("curves.png")).unwrap();
     assert_eq!(png_size(&dir.join("curves.png")), CURVES_SIZE);
     assert!(dir.join("curves.svg").is_file());
 }
 
 #[test]
 fn curves_without_metrics_is_an_error_naming_the_file() {
-    let dir = scratch("no-metrics");
+    let dir = TempDir::new("no-metrics");
     let err = plot::curves(&[&*dir], &dir.join("curves.png")).unwrap_err();
     assert!(format!("{err:#}").contains("metrics.csv"), "{err:#}");
 }
 
 #[test]
 fn confusion_matrix_for_10_and_100_classes() {
-    let dir = scratch("confusion");
+    let dir = TempDir::new("confusion");
     for k in [10i64, 100] {
         let classes: Vec<String> = (0..k).map(|i| format!("class-{i}")).collect();
         // Mostly right, some mistakes to the next class.
@@ -125,7 +103,7 @@ fn confusion_matrix_for_10_and_100_classes() {
 #[test]
 fn attention_figure_from_a_checkpoint_and_an_image_file() {
     tch::manual_seed(0);
-    let dir = scratch("attention");
+    let dir = TempDir::new("attention");
     let config = ViTConfig::tiny();
     let vs = nn::VarStore::new(Device::Cpu);
     let _model = VisionTransformer::new(&vs.root(), &config).unwrap();
@@ -225,7 +203,7 @@ fn rollout_matches_pytorch() {
 
 #[test]
 fn metrics_with_blank_or_missing_columns_still_plot() {
-    let dir = scratch("blank");
+    let dir = TempDir::new("blank");
     std::fs::write(
         dir.join("metrics.csv"),
         format!("{HEADER}\n1,0.001,2.1,0.2,,,3.0,100\n2,0.001,1.9,0.3,1.95,0.28,3.0,100\n"),

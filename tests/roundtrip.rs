@@ -82,7 +82,7 @@ fn checkpoints_round_trip_through_timm() {
         .arg(script)
         .args(
             ["rust", "rust_io", "timm", "timm_io"]
-                .map(|name| dir.join(&format!("{name}.safetensors"))),
+                .map(|name| dir.join(format!("{name}.safetensors"))),
         )
         .output()
         .expect("run tests/reference/roundtrip.py");

@@ -1,6 +1,10 @@
 //! End-to-end training: a tiny model learns a generated dataset, the run folder is what
 //! users rely on, `vit eval` reproduces the reported accuracy, and resuming is exact.
 
+mod common;
+
+use common::{seeded, TempDir};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
@@ -13,13 +17,6 @@ use vit_tch::model::ViTConfig;
 use vit_tch::train::{self, Outcome, Regularization, RunOptions, TrainSettings};
 
 const NUM_CLASSES: i64 = 10;
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vit-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Images whose colour is decided by their class, plus noise: learnable in seconds.
 /// uint8 [n, 3, 32, 32] and int64 labels cycling through the classes.
@@ -152,9 +149,13 @@ fn vit(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn trains_to_90_percent_and_eval_reproduces_it() {
-    let root = temp_dir("e2e");
+    let root = TempDir::new("e2e");
     let data_dir = root.join("data");
-    write_cifar10(&colour_dataset(), &data_dir);
+    let dataset = {
+        let _turn = seeded(0);
+        colour_dataset()
+    };
+    write_cifar10(&dataset, &data_dir);
     let run = root.join("run");
     let (data, out) = (data_dir.to_str().unwrap(), run.to_str().unwrap());
     let mut args = tiny_run_args(data, out);
@@ -212,10 +213,6 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--resume"));
 }
 
-/// libtorch's random generator is global to the process, and the test harness runs tests
-/// on parallel threads: runs that must be reproducible take turns.
-static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// Trains `settings` into `out`, interrupted (as by Ctrl-C) at the first opportunity when
 /// `interrupt` is set; returns the final parameters.
 fn run_training(
@@ -263,11 +260,11 @@ fn assert_same_run(a: &Path, b: &Path) {
 
 #[test]
 fn resume_at_an_epoch_boundary_is_exact() {
-    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = seeded(0);
     let dataset = colour_dataset();
     // One step per epoch: the interrupt lands at the end of epoch 1.
     let settings = tiny_settings(2, 600);
-    let root = temp_dir("resume-epoch");
+    let root = TempDir::new("resume-epoch");
     let (straight, resumed) = (root.join("straight"), root.join("resumed"));
     run_training(&settings, &dataset, &straight, false, false);
     let first = run_training(&settings, &dataset, &resumed, false, true);
@@ -279,10 +276,10 @@ fn resume_at_an_epoch_boundary_is_exact() {
 
 #[test]
 fn resume_in_the_middle_of_an_epoch_is_exact() {
-    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = seeded(0);
     let dataset = colour_dataset();
     let settings = tiny_settings(2, 200);
-    let root = temp_dir("resume-step");
+    let root = TempDir::new("resume-step");
     let (straight, resumed) = (root.join("straight"), root.join("resumed"));
     run_training(&settings, &dataset, &straight, false, false);
     let first = run_training(&settings, &dataset, &resumed, false, true);
@@ -293,9 +290,9 @@ fn resume_in_the_middle_of_an_epoch_is_exact() {
 
 #[test]
 fn resume_with_changed_settings_is_refused() {
-    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = seeded(0);
     let dataset = colour_dataset();
-    let root = temp_dir("resume-changed");
+    let root = TempDir::new("resume-changed");
     let run = root.join("run");
     run_training(&tiny_settings(1, 600), &dataset, &run, false, true);
     let mut changed = tiny_settings(1, 600);
@@ -326,12 +323,12 @@ fn strong_regularization() -> Regularization {
 
 #[test]
 fn strong_recipe_with_ema_resumes_exactly() {
-    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = seeded(0);
     let dataset = colour_dataset();
     let mut settings = tiny_settings(2, 200);
     settings.recipe = Recipe::Strong;
     settings.regularization = strong_regularization();
-    let root = temp_dir("resume-strong");
+    let root = TempDir::new("resume-strong");
     let (straight, resumed) = (root.join("straight"), root.join("resumed"));
     run_training(&settings, &dataset, &straight, false, false);
     run_training(&settings, &dataset, &resumed, false, true);
@@ -358,9 +355,13 @@ fn strong_recipe_with_ema_resumes_exactly() {
 
 #[test]
 fn strong_recipe_runs_from_the_command_line() {
-    let root = temp_dir("strong-cli");
+    let root = TempDir::new("strong-cli");
     let data_dir = root.join("data");
-    write_cifar10(&colour_dataset(), &data_dir);
+    let dataset = {
+        let _turn = seeded(0);
+        colour_dataset()
+    };
+    write_cifar10(&dataset, &data_dir);
     let run = root.join("run");
     let (data, out) = (data_dir.to_str().unwrap(), run.to_str().unwrap());
     let mut args = tiny_run_args(data, out);

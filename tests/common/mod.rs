@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use tch::{nn, Kind, Tensor};
 use vit_tch::checkpoint::TensorFile;
 
@@ -19,14 +21,7 @@ pub fn fixture(name: &str) -> TensorFile {
 
 /// The tensors stored as `PREFIX.<key>`, under `<key>`.
 pub fn with_prefix(file: &TensorFile, prefix: &str) -> BTreeMap<String, Tensor> {
-    let prefix = format!("{prefix}.");
-    file.tensors
-        .iter()
-        .filter_map(|(name, t)| {
-            let key = name.strip_prefix(&prefix)?;
-            Some((key.to_string(), t.shallow_clone()))
-        })
-        .collect()
+    file.with_prefix(prefix).tensors
 }
 
 /// Copies the fixture's `param.*` tensors into `vs`; every variable must be there with its
@@ -82,24 +77,41 @@ pub fn formula_fill(vs: &nn::VarStore) {
     });
 }
 
-/// A fresh folder under the system's temporary directory, removed on drop.
+/// A fresh folder under the system's temporary directory, removed on drop (kept when the
+/// test fails, to look at).
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("vit-tch-{name}-{}", std::process::id()));
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("vit-tch-{name}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create a temporary folder");
         Self(dir)
     }
+}
 
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
     }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
+}
+
+/// libtorch's random generator is global to the process and the harness runs tests on
+/// parallel threads: a test that seeds it holds this guard until its last draw.
+pub fn seeded(seed: i64) -> MutexGuard<'static, ()> {
+    static RNG: Mutex<()> = Mutex::new(());
+    let guard = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed);
+    guard
 }

@@ -3,6 +3,11 @@
 This is the reference the Rust port is checked against (`make_fixtures.py`) and the model
 the side-by-side benchmark runs. Parameter names equal timm's `VisionTransformer`
 state_dict keys, so a state_dict loads into either with `strict=True`.
+
+Attention is the explicit softmax(q k^T) v by default (what the fixtures are made with);
+`fused_attention=True` uses `torch.nn.functional.scaled_dot_product_attention` instead,
+like the Rust port's default, so a benchmark can run the fused kernel on both sides. The
+two compute the same function and have the same parameters.
 """
 
 import torch
@@ -25,10 +30,13 @@ class PatchEmbedding(nn.Module):
 
 
 class MultiHeadSelfAttention(nn.Module):
-    """softmax(q k^T / sqrt(head_dim)) v over `num_heads` heads, with one fused qkv Linear."""
+    """softmax(q k^T / sqrt(head_dim)) v over `num_heads` heads, with one fused qkv Linear.
 
-    def __init__(self, embed_dim, num_heads):
+    `fused=True` computes it with `F.scaled_dot_product_attention`."""
+
+    def __init__(self, embed_dim, num_heads, fused=False):
         super().__init__()
+        self.fused = fused
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
         self.scale = self.head_dim**-0.5
@@ -39,6 +47,9 @@ class MultiHeadSelfAttention(nn.Module):
         batch, num_tokens, embed_dim = x.shape
         qkv = self.qkv(x).reshape(batch, num_tokens, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        if self.fused:
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+            return self.proj(out.transpose(1, 2).reshape(batch, num_tokens, embed_dim))
         attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
         out = (attn @ v).transpose(1, 2).reshape(batch, num_tokens, embed_dim)
         return self.proj(out)
@@ -60,10 +71,10 @@ class Mlp(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm: x = x + dropout(attn(norm1(x))); x = x + mlp(norm2(x))."""
 
-    def __init__(self, embed_dim, num_heads, mlp_dim, dropout):
+    def __init__(self, embed_dim, num_heads, mlp_dim, dropout, fused_attention=False):
         super().__init__()
         self.norm1 = nn.LayerNorm(embed_dim, eps=LAYER_NORM_EPS)
-        self.attn = MultiHeadSelfAttention(embed_dim, num_heads)
+        self.attn = MultiHeadSelfAttention(embed_dim, num_heads, fused=fused_attention)
         self.norm2 = nn.LayerNorm(embed_dim, eps=LAYER_NORM_EPS)
         self.mlp = Mlp(embed_dim, mlp_dim, dropout)
         self.drop = nn.Dropout(dropout)
@@ -87,6 +98,7 @@ class VisionTransformer(nn.Module):
         num_layers,
         num_classes,
         dropout=0.1,
+        fused_attention=False,
     ):
         super().__init__()
         self.patch_embed = PatchEmbedding(image_size, patch_size, in_channels, embed_dim)
@@ -97,7 +109,8 @@ class VisionTransformer(nn.Module):
         )
         self.pos_drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            TransformerBlock(embed_dim, num_heads, mlp_dim, dropout) for _ in range(num_layers)
+            TransformerBlock(embed_dim, num_heads, mlp_dim, dropout, fused_attention)
+            for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(embed_dim, eps=LAYER_NORM_EPS)
         self.head = nn.Linear(embed_dim, num_classes)
@@ -109,3 +122,8 @@ class VisionTransformer(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x)[:, 0])
+
+    def set_fused_attention(self, fused):
+        """Switches every block between the explicit and the fused attention."""
+        for block in self.blocks:
+            block.attn.fused = fused

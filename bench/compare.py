@@ -1,0 +1,516 @@
+#!/usr/bin/env python3
+"""Side-by-side throughput of `vit bench` and the same model, batch and step in PyTorch.
+
+    .venv/bin/python bench/compare.py --vit target/release/vit [--config notebook]
+        [--batch-size 128] [--threads 2] [--steps 10] [--warmup 3] [--device cpu|cuda]
+        [--precision fp32|bf16] [--repeats 3] [--explicit-attention] [--json]
+
+Three sides, each in its own process so that peak RSS is per side:
+
+- `vit`: `vit bench --json` with the same flags;
+- `reference`: tests/reference/vit_reference.py (fused attention through
+  `F.scaled_dot_product_attention` unless --explicit-attention);
+- `timm`: `timm.models.vision_transformer.VisionTransformer` with the same nine numbers
+  (only when timm is installed).
+
+Every side times the same training step (forward in train mode, cross-entropy with label
+smoothing 0.1, backward, clip_grad_norm 1.0, AdamW with decay / no-decay groups, argmax
+accuracy) and the same inference (eval mode, no grad) on random inputs, `--warmup` untimed
+steps then `--steps` timed ones. With --repeats N the sides run interleaved N times (vit,
+reference, timm, vit, reference, timm, ...) and the median of each figure is reported, so
+that machine noise hits every side alike. See bench/README.md.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_DIR = ROOT / "tests" / "reference"
+
+# The presets of src/model/config.rs (`vit bench --config`).
+PRESETS = {
+    "notebook": dict(
+        image_size=32,
+        patch_size=4,
+        in_channels=3,
+        embed_dim=256,
+        num_heads=8,
+        mlp_dim=512,
+        num_layers=6,
+        num_classes=100,
+        dropout=0.1,
+    ),
+}
+PRESETS["small"] = {
+    **PRESETS["notebook"],
+    **dict(embed_dim=128, num_heads=4, mlp_dim=256, num_layers=4, num_classes=10, dropout=0.0),
+}
+PRESETS["tiny"] = {
+    **PRESETS["notebook"],
+    **dict(embed_dim=32, num_heads=2, mlp_dim=64, num_layers=2, num_classes=10, dropout=0.0),
+}
+MODEL_FLAGS = list(PRESETS["notebook"])
+
+LABEL_SMOOTHING = 0.1
+CLIP_GRAD = 1.0
+LR = 1e-3
+WEIGHT_DECAY = 0.05
+NO_DECAY = ("cls_token", "pos_embed")
+
+FIGURES = ("train_images_per_s", "infer_images_per_s", "peak_rss_bytes", "peak_device_bytes")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--vit", default=str(ROOT / "target" / "release" / "vit"), help="vit binary")
+    p.add_argument("--config", default="notebook", choices=sorted(PRESETS))
+    for name in MODEL_FLAGS:
+        kind = float if name == "dropout" else int
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads on every side")
+    p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps before the timed ones")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if any)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--repeats", type=int, default=1, help="interleaved runs; medians reported")
+    p.add_argument(
+        "--explicit-attention",
+        action="store_true",
+        help="explicit softmax(q k^T) v on every side instead of the fused kernel",
+    )
+    p.add_argument(
+        "--sides",
+        default="vit,reference,timm",
+        help="comma-separated subset of vit,reference,timm (timm is skipped if missing)",
+    )
+    p.add_argument(
+        "--pytorch-foreach",
+        action="store_true",
+        help="let PyTorch use its multi-tensor (foreach) AdamW and clipping: not the same "
+        "step as vit's any more, but shows what fusing the optimizer would gain",
+    )
+    p.add_argument(
+        "--phases",
+        action="store_true",
+        help="also time forward / backward / clip / AdamW separately on every side "
+        "(after the timed steps, synchronised per phase)",
+    )
+    p.add_argument(
+        "--also-vit",
+        action="append",
+        default=[],
+        metavar="LABEL=PATH",
+        help="one more vit binary as its own side (e.g. vit-before=old/vit), interleaved "
+        "with the others: before/after comparisons of a change in one run",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    # Internal: run one PyTorch side in this process and print its JSON report.
+    p.add_argument("--worker", choices=("reference", "timm"), help=argparse.SUPPRESS)
+    p.add_argument("--model-json", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.device is None:
+        args.device = default_device()
+    if args.precision == "bf16" and not args.device.startswith("cuda"):
+        p.error("--precision bf16 needs a CUDA device (as `vit bench`)")
+    if args.steps <= 0 or args.batch_size <= 0 or args.repeats <= 0 or args.warmup < 0:
+        p.error("--steps, --batch-size and --repeats must be positive, --warmup >= 0")
+    return args
+
+
+def default_device():
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def model_config(args):
+    config = dict(PRESETS[args.config])
+    for name in MODEL_FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            config[name] = value
+    return config
+
+
+# ---------------------------------------------------------------------------------------
+# The PyTorch side (runs in a child process: `compare.py --worker reference|timm`).
+
+
+def build_model(kind, config, fused):
+    import torch
+
+    if kind == "reference":
+        sys.path.insert(0, str(REFERENCE_DIR))
+        from vit_reference import VisionTransformer
+
+        return VisionTransformer(**config, fused_attention=fused)
+    from timm.models.vision_transformer import VisionTransformer
+
+    model = VisionTransformer(
+        img_size=config["image_size"],
+        patch_size=config["patch_size"],
+        in_chans=config["in_channels"],
+        num_classes=config["num_classes"],
+        embed_dim=config["embed_dim"],
+        depth=config["num_layers"],
+        num_heads=config["num_heads"],
+        mlp_ratio=config["mlp_dim"] / config["embed_dim"],
+        qkv_bias=True,
+        # The notebook's dropout sits where timm's pos_drop and proj_drop (attention
+        # projection, both MLP dropouts) are; timm's drop_rate is a head dropout the
+        # notebook does not have.
+        pos_drop_rate=config["dropout"],
+        proj_drop_rate=config["dropout"],
+        attn_drop_rate=0.0,
+        drop_rate=0.0,
+    )
+    for block in model.blocks:
+        block.attn.fused_attn = fused
+    assert isinstance(model, torch.nn.Module)
+    return model
+
+
+def param_groups(model):
+    named = sorted(model.named_parameters())
+    decay = [p for k, p in named if p.dim() >= 2 and k not in NO_DECAY]
+    no_decay = [p for k, p in named if not (p.dim() >= 2 and k not in NO_DECAY)]
+    return [
+        {"params": decay, "weight_decay": WEIGHT_DECAY},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def max_rss_bytes():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def worker(args):
+    import contextlib
+
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(args.threads)
+    rss_after_import = max_rss_bytes()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    config = json.loads(args.model_json)
+    torch.manual_seed(0)
+    model = build_model(args.worker, config, fused=not args.explicit_attention).to(device)
+    foreach = None if args.pytorch_foreach else False
+    optimizer = torch.optim.AdamW(
+        param_groups(model), lr=LR, betas=(0.9, 0.999), eps=1e-8, foreach=foreach
+    )
+    shape = (args.batch_size, config["in_channels"], config["image_size"], config["image_size"])
+    images = torch.randn(shape, device=device)
+    labels = torch.randint(config["num_classes"], (args.batch_size,), device=device)
+
+    def autocast():
+        if args.precision == "bf16":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    phases = {"forward": 0.0, "backward": 0.0, "clip": 0.0, "optimizer": 0.0}
+
+    def train_step(timing=False):
+        clock = time.perf_counter
+        if timing:
+            sync()
+            t0 = clock()
+        optimizer.zero_grad()
+        model.train()
+        with autocast():
+            logits = model(images)
+        logits = logits.float()
+        loss = F.cross_entropy(logits, labels, label_smoothing=LABEL_SMOOTHING)
+        if timing:
+            sync()
+            t1 = clock()
+        loss.backward()
+        if timing:
+            sync()
+            t2 = clock()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_GRAD, foreach=foreach)
+        if timing:
+            sync()
+            t3 = clock()
+        optimizer.step()
+        correct = (logits.argmax(-1) == labels).sum()
+        if timing:
+            sync()
+            t4 = clock()
+            phases["forward"] += t1 - t0
+            phases["backward"] += t2 - t1
+            phases["clip"] += t3 - t2
+            phases["optimizer"] += t4 - t3
+        return loss.detach(), correct
+
+    def infer():
+        model.eval()
+        with torch.no_grad(), autocast():
+            return model(images)
+
+    def timed(work):
+        for _ in range(args.warmup):
+            work()
+        sync()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            work()
+        sync()
+        return time.perf_counter() - start
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    train_seconds = timed(train_step)
+    infer_seconds = timed(infer)
+    if args.phases:
+        for _ in range(args.steps):
+            train_step(timing=True)
+    images_timed = args.batch_size * args.steps
+    report = {
+        "side": args.worker,
+        "device": str(device),
+        "precision": args.precision,
+        "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "fused_attention": not args.explicit_attention,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_images_per_s": images_timed / train_seconds,
+        "infer_images_per_s": images_timed / infer_seconds,
+        "peak_rss_bytes": max_rss_bytes(),
+        "baseline_rss_bytes": rss_after_import,
+        "peak_device_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
+        "torch": torch.__version__,
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "mkl": torch.backends.mkl.is_available(),
+    }
+    if args.phases:
+        report["phase_ms_per_step"] = {k: 1e3 * v / args.steps for k, v in phases.items()}
+    print(json.dumps(report))
+
+
+# ---------------------------------------------------------------------------------------
+# The driver.
+
+
+def run_json(command, env):
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        sys.exit(
+            f"error: `{' '.join(command)}` failed with exit status {done.returncode}:\n"
+            f"{done.stderr.strip()}"
+        )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        sys.exit(f"error: `{' '.join(command)}` printed no JSON:\n{done.stdout}{done.stderr}")
+    return json.loads(lines[-1])
+
+
+def side_commands(args, config):
+    common = [
+        "--batch-size", str(args.batch_size),
+        "--steps", str(args.steps),
+        "--warmup", str(args.warmup),
+        "--device", args.device,
+        "--precision", args.precision,
+        "--threads", str(args.threads),
+    ]  # fmt: skip
+    if args.explicit_attention:
+        common.append("--explicit-attention")
+    wanted = [s.strip() for s in args.sides.split(",") if s.strip()]
+    unknown = set(wanted) - {"vit", "reference", "timm"}
+    if unknown:
+        sys.exit(f"error: unknown side(s) {sorted(unknown)}; choose from vit,reference,timm")
+    commands = {}
+    binaries = [("vit", args.vit)] if "vit" in wanted else []
+    for extra in args.also_vit:
+        label, sep, path = extra.partition("=")
+        if not sep or not label.startswith("vit-"):
+            sys.exit(f"error: --also-vit takes vit-LABEL=PATH, got `{extra}`")
+        binaries.append((label, path))
+    model_flags = ["--config", args.config]
+    for name in MODEL_FLAGS:
+        model_flags += ["--" + name.replace("_", "-"), str(config[name])]
+    for label, path in binaries:
+        vit = Path(path)
+        if not vit.exists():
+            sys.exit(f"error: no vit binary at {vit}; build it with `cargo build --release`")
+        commands[label] = [str(vit), "bench", *model_flags, *common, "--json"]
+        if args.phases:
+            commands[label].append("--phases")
+    worker = [sys.executable, str(Path(__file__).resolve()), "--model-json", json.dumps(config)]
+    worker += common
+    if args.pytorch_foreach:
+        worker.append("--pytorch-foreach")
+    if args.phases:
+        worker.append("--phases")
+    for side in ("reference", "timm"):
+        if side not in wanted:
+            continue
+        if side == "timm" and not timm_installed():
+            print("note: timm is not installed; skipping the timm side", file=sys.stderr)
+            continue
+        commands[side] = [*worker, "--worker", side]
+    return commands
+
+
+def timm_installed():
+    try:
+        import importlib.util
+
+        return importlib.util.find_spec("timm") is not None
+    except ValueError:
+        return False
+
+
+def median_report(runs):
+    """The median of each figure over the repeats (first run's other fields)."""
+    merged = dict(runs[0])
+    for key in FIGURES:
+        values = [r.get(key) for r in runs if r.get(key) is not None]
+        merged[key] = statistics.median(values) if values else None
+    for key in ("train_images_per_s", "infer_images_per_s"):
+        merged[key + "_all"] = [r[key] for r in runs]
+    if "phase_ms_per_step" in runs[0]:
+        merged["phase_ms_per_step"] = {
+            k: statistics.median(r["phase_ms_per_step"][k] for r in runs)
+            for k in runs[0]["phase_ms_per_step"]
+        }
+    return merged
+
+
+def ratio(a, b):
+    keys = ("train_images_per_s", "infer_images_per_s", "peak_rss_bytes")
+    return {key: a[key] / b[key] for key in keys}
+
+
+def is_vit(side):
+    return side == "vit" or side.startswith("vit-")
+
+
+def mib(value):
+    return "-" if value is None else f"{value / 2**20:.0f} MiB"
+
+
+def print_table(result):
+    s = result["settings"]
+    sides = result["sides"]
+    print(
+        f"{s['config']} config ({result['parameters']:,} parameters), batch {s['batch_size']}, "
+        f"{s['precision']} on {s['device']}, {s['threads']} threads, "
+        f"{'explicit' if s['explicit_attention'] else 'fused'} attention, "
+        f"{s['warmup']} warm-up + {s['steps']} timed steps, median of {s['repeats']}"
+    )
+    names = list(sides)
+    width = max([14] + [len(n) + 2 for n in names])
+    header = f"{'':22}" + "".join(f"{n:>{width}}" for n in names)
+    pytorch = [n for n in names if not is_vit(n)]
+    pairs = [(v, n) for v in names if is_vit(v) for n in pytorch]
+    if "vit" in sides:  # vit against each --also-vit binary
+        pairs += [("vit", n) for n in names if n.startswith("vit-")]
+    pair_width = max([16] + [len(v) + len(n) + 3 for v, n in pairs])
+    header += "".join(f"{v + '/' + n:>{pair_width}}" for v, n in pairs)
+    print(header)
+    rows = [
+        ("train images/s", "train_images_per_s", lambda v: f"{v:.1f}"),
+        ("inference images/s", "infer_images_per_s", lambda v: f"{v:.1f}"),
+        ("peak RSS", "peak_rss_bytes", mib),
+    ]
+    if any(sides[n].get("peak_device_bytes") for n in names):
+        rows.append(("peak device memory", "peak_device_bytes", mib))
+    for label, key, fmt in rows:
+        line = f"{label:22}"
+        for n in names:
+            value = sides[n].get(key)
+            line += f"{'-' if value is None else fmt(value):>{width}}"
+        for v, n in pairs:
+            a, b = sides[v].get(key), sides[n].get(key)
+            line += f"{(f'{a / b:.3f}' if a and b else '-'):>{pair_width}}"
+        print(line)
+    for n in names:
+        phases = sides[n].get("phase_ms_per_step")
+        if phases:
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in phases.items())
+            print(f"{n} ms per training step: {parts}")
+    if s["repeats"] > 1:
+        for n in names:
+            all_train = ", ".join(f"{v:.1f}" for v in sides[n]["train_images_per_s_all"])
+            all_infer = ", ".join(f"{v:.1f}" for v in sides[n]["infer_images_per_s_all"])
+            print(f"{n}: train [{all_train}], inference [{all_infer}]")
+    baseline = ", ".join(f"{n} {mib(sides[n].get('baseline_rss_bytes'))}" for n in names)
+    print(
+        "ratio > 1: vit is faster (or, for memory, uses more). RSS includes each runtime's "
+        f"own footprint (RSS before the model was built: {baseline})."
+    )
+
+
+def main():
+    args = parse_args()
+    if args.worker:
+        worker(args)
+        return
+    config = model_config(args)
+    commands = side_commands(args, config)
+    if not commands:
+        sys.exit("error: no side to run")
+    env = dict(os.environ)
+    runs = {side: [] for side in commands}
+    for repeat in range(args.repeats):
+        for side, command in commands.items():
+            print(f"[{repeat + 1}/{args.repeats}] {side} ...", file=sys.stderr, flush=True)
+            runs[side].append(run_json(command, env))
+    sides = {side: median_report(r) for side, r in runs.items()}
+    counts = {side: r["parameters"] for side, r in sides.items()}
+    if len(set(counts.values())) != 1:
+        sys.exit(f"error: the sides built different models (parameters: {counts})")
+    ratios = {}
+    for vit in (s for s in sides if is_vit(s)):
+        for side in (s for s in sides if not is_vit(s)):
+            ratios[f"{vit}/{side}"] = ratio(sides[vit], sides[side])
+    for side in (s for s in sides if s.startswith("vit-") and "vit" in sides):
+        ratios[f"vit/{side}"] = ratio(sides["vit"], sides[side])
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "settings": {
+            "config": args.config,
+            "model": config,
+            "batch_size": args.batch_size,
+            "threads": args.threads,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "device": args.device,
+            "precision": args.precision,
+            "repeats": args.repeats,
+            "explicit_attention": args.explicit_attention,
+            "pytorch_foreach": args.pytorch_foreach,
+        },
+        "parameters": next(iter(counts.values())),
+        "sides": sides,
+        "ratios": ratios,
+        "load_average": os.getloadavg(),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_table(result)
+
+
+if __name__ == "__main__":
+    main()

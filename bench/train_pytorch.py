@@ -1,0 +1,326 @@
+#!/usr/bin/env python3
+"""`vit train`'s notebook recipe in plain PyTorch, for accuracy comparisons (issue #4).
+
+    .venv/bin/python bench/train_pytorch.py --dataset cifar10 --data-dir data \\
+        --embed-dim 128 --num-layers 4 --num-heads 4 --mlp-dim 256 --dropout 0 \\
+        --epochs 5 --batch-size 256 --lr 1e-3 --weight-decay 0.05 --warmup-epochs 1 \\
+        --label-smoothing 0.1 --clip-grad 1.0 --seed 0 --threads 2 --out runs/pytorch
+
+The same data (the CIFAR binary files, read with numpy; `--train-subset N` = the first N
+training images in file order), the same model (tests/reference/vit_reference.py, or
+timm's VisionTransformer with --model timm) with vit's initialisation, and the same
+recipe as `vit train --recipe notebook`:
+
+- per epoch a shuffle; per step RandomCrop(32, padding 4) + horizontal flip on the uint8
+  batch (batched tensor ops: zero padding, per-sample offsets, a per-sample flip mask),
+  then ToTensor scaling and Normalize(CIFAR mean, std);
+- AdamW (betas 0.9/0.999, eps 1e-8) with weight decay on the weight matrices only (none on
+  1-D parameters, cls_token, pos_embed);
+- a learning rate set every step: linear warm-up over --warmup-epochs, then cosine to 0
+  (src/optim.rs::learning_rate);
+- cross-entropy with label smoothing, gradient clipping to a global norm;
+- after every epoch the test split in eval mode ("Validation Accuracy").
+
+Random draws are seeded per (seed, epoch, step) with a port of vit's mixing function and
+come in vit's order (shuffle; crop rows, crop columns, flip mask; dropout masks), meant to
+give vit's shuffles and augmentations on the CPU (not checked bit for bit); the initial
+weights differ.
+
+Writes OUT/metrics.csv with vit's columns:
+epoch,lr,train_loss,train_acc,test_loss,test_acc,epoch_seconds,images_per_second
+"""
+
+import argparse
+import csv
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import MODEL_FLAGS, NO_DECAY, PRESETS, build_model  # noqa: E402
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+CROP_PADDING = 4
+FLIP_PROBABILITY = 0.5
+METRICS_HEADER = [
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "epoch_seconds",
+    "images_per_second",
+]
+MASK64 = (1 << 64) - 1
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--dataset", choices=("cifar10", "cifar100"), default="cifar10")
+    p.add_argument("--data-dir", type=Path, default=ROOT / "data")
+    p.add_argument("--model", choices=("reference", "timm"), default="reference")
+    p.add_argument("--config", default="notebook", choices=sorted(PRESETS))
+    for name in MODEL_FLAGS:
+        kind = float if name == "dropout" else int
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
+    p.add_argument("--explicit-attention", action="store_true")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup-epochs", type=int, default=5)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--clip-grad", type=float, default=1.0, help="0 = off")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-subset", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, default=None, help="folder for metrics.csv")
+    args = p.parse_args(argv)
+    if args.epochs <= 0 or args.batch_size <= 0:
+        p.error("--epochs and --batch-size must be positive")
+    return args
+
+
+# --- data ------------------------------------------------------------------------------
+
+
+def read_records(path, label_bytes, label_index):
+    if not path.exists():
+        sys.exit(f"error: {path} is missing (run `vit download`)")
+    raw = np.fromfile(path, dtype=np.uint8)
+    record = label_bytes + 3 * 32 * 32
+    if raw.size % record:
+        sys.exit(f"error: {path} is not a whole number of {record}-byte records")
+    raw = raw.reshape(-1, record)
+    labels = torch.from_numpy(raw[:, label_index].astype(np.int64))
+    images = torch.from_numpy(np.ascontiguousarray(raw[:, label_bytes:]).reshape(-1, 3, 32, 32))
+    return images, labels
+
+
+def load_dataset(name, data_dir):
+    """(train_images, train_labels, test_images, test_labels, num_classes), uint8 NCHW."""
+    if name == "cifar10":
+        folder = data_dir / "cifar-10-batches-bin"
+        parts = [read_records(folder / f"data_batch_{i}.bin", 1, 0) for i in range(1, 6)]
+        train = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        test = read_records(folder / "test_batch.bin", 1, 0)
+        return (*train, *test, 10)
+    folder = data_dir / "cifar-100-binary"
+    train = read_records(folder / "train.bin", 2, 1)
+    test = read_records(folder / "test.bin", 2, 1)
+    return (*train, *test, 100)
+
+
+def random_crop(images, padding):
+    """RandomCrop(H, padding) with zero padding for each image of a uint8 batch."""
+    b, c, h, w = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    top = torch.randint(2 * padding + 1, (b,), device=images.device)
+    left = torch.randint(2 * padding + 1, (b,), device=images.device)
+    arange = lambda n: torch.arange(n, device=images.device)  # noqa: E731
+    batch = arange(b).view(b, 1, 1, 1)
+    channel = arange(c).view(1, c, 1, 1)
+    rows = top.view(b, 1, 1, 1) + arange(h).view(1, 1, h, 1)
+    cols = left.view(b, 1, 1, 1) + arange(w).view(1, 1, 1, w)
+    return padded[batch, channel, rows, cols]
+
+
+def random_horizontal_flip(images, p):
+    b = images.shape[0]
+    mask = (torch.rand(b, device=images.device) < p).view(b, 1, 1, 1)
+    return torch.where(mask, images.flip(3), images)
+
+
+def normalize(images):
+    x = images.float() / 255.0
+    mean = torch.tensor(CIFAR_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def train_transform(images):
+    return normalize(random_horizontal_flip(random_crop(images, CROP_PADDING), FLIP_PROBABILITY))
+
+
+# --- model, optimiser, schedule --------------------------------------------------------
+
+
+@torch.no_grad()
+def vit_init(model):
+    """vit's (and timm's) initialisation: Linear weights trunc_normal(std .02) in [-2, 2],
+    biases 0; LayerNorm 1/0; cls_token N(0, 1e-6^2); pos_embed trunc_normal(.02); the patch
+    Conv2d keeps PyTorch's default uniform(+-1/sqrt(fan_in)) bounds."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.trunc_normal_(module.weight, std=0.02, a=-2.0, b=2.0)
+            torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, torch.nn.LayerNorm):
+            torch.nn.init.ones_(module.weight)
+            torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, torch.nn.Conv2d):
+            bound = 1.0 / math.sqrt(module.weight[0].numel())
+            torch.nn.init.uniform_(module.weight, -bound, bound)
+            torch.nn.init.uniform_(module.bias, -bound, bound)
+    model.cls_token.copy_(torch.randn_like(model.cls_token) * 1e-6)
+    torch.nn.init.trunc_normal_(model.pos_embed, std=0.02, a=-2.0, b=2.0)
+
+
+def param_groups(model, weight_decay):
+    named = sorted(model.named_parameters())
+    decay = [p for k, p in named if p.dim() >= 2 and k not in NO_DECAY]
+    no_decay = [p for k, p in named if not (p.dim() >= 2 and k not in NO_DECAY)]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def learning_rate(base_lr, step, warmup_steps, total_steps):
+    """src/optim.rs::learning_rate: linear warm-up from 0, then cosine to 0."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    decay_steps = max(total_steps - warmup_steps, 1)
+    progress = min((step - warmup_steps) / decay_steps, 1.0)
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * progress))
+
+
+def mix_seed(seed, epoch, step):
+    """src/train.rs::mix_seed (splitmix64 finaliser of seed, epoch, step)."""
+    step &= MASK64
+    rotated = ((step << 32) | (step >> 32)) & MASK64
+    x = seed ^ ((epoch * 0x9E3779B97F4A7C15) & MASK64) ^ rotated
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+    return (x ^ (x >> 31)) >> 1
+
+
+USIZE_MAX = MASK64
+
+
+@torch.no_grad()
+def evaluate(model, images, labels, batch_size):
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(labels), batch_size):
+        x = normalize(images[start : start + batch_size])
+        y = labels[start : start + batch_size]
+        logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(-1) == y).sum().item()
+    n = max(len(labels), 1)
+    return loss_sum / n, correct / n
+
+
+def main():
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    train_x, train_y, test_x, test_y, num_classes = load_dataset(args.dataset, args.data_dir)
+    if args.train_subset is not None:
+        if not 0 < args.train_subset <= len(train_y):
+            sys.exit(f"error: --train-subset must be in 1..={len(train_y)}")
+        train_x, train_y = train_x[: args.train_subset], train_y[: args.train_subset]
+    train_x, train_y = train_x.to(device), train_y.to(device)
+    test_x, test_y = test_x.to(device), test_y.to(device)
+
+    config = dict(PRESETS[args.config])
+    for name in MODEL_FLAGS:
+        if getattr(args, name) is not None:
+            config[name] = getattr(args, name)
+    if args.num_classes is not None and args.num_classes != num_classes:
+        sys.exit(f"error: --num-classes {args.num_classes}, but {args.dataset} has {num_classes}")
+    config["num_classes"] = num_classes
+
+    torch.manual_seed(args.seed)
+    model = build_model(args.model, config, fused=not args.explicit_attention)
+    vit_init(model)
+    model.to(device)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, args.weight_decay),
+        lr=args.lr,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        foreach=False,
+    )
+    n_train = len(train_y)
+    steps_per_epoch = math.ceil(n_train / args.batch_size)
+    total_steps = steps_per_epoch * args.epochs
+    warmup_steps = steps_per_epoch * args.warmup_epochs
+    parameters = sum(p.numel() for p in model.parameters())
+    print(
+        f"{args.model} model {config} ({parameters:,} parameters), {n_train} training images, "
+        f"{steps_per_epoch} steps per epoch, {torch.get_num_threads()} threads",
+        flush=True,
+    )
+
+    out = args.out
+    metrics = None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        metrics = out / "metrics.csv"
+        with open(metrics, "w", newline="") as f:
+            csv.writer(f).writerow(METRICS_HEADER)
+
+    best = 0.0
+    for epoch in range(args.epochs):
+        started = time.perf_counter()
+        model.train()
+        torch.manual_seed(mix_seed(args.seed, epoch, USIZE_MAX))
+        order = torch.randperm(n_train, device=device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen = 0
+        lr = 0.0
+        for step in range(steps_per_epoch):
+            index = order[step * args.batch_size : (step + 1) * args.batch_size]
+            torch.manual_seed(mix_seed(args.seed, epoch, step))
+            images = train_transform(train_x.index_select(0, index))
+            labels = train_y.index_select(0, index)
+            lr = learning_rate(args.lr, epoch * steps_per_epoch + step, warmup_steps, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad()
+            logits = model(images).float()
+            loss = F.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)
+            loss.backward()
+            if args.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad, foreach=False)
+            optimizer.step()
+            loss_sum += loss.detach() * len(index)
+            correct += (logits.argmax(-1) == labels).sum()
+            seen += len(index)
+        train_loss = loss_sum.item() / seen
+        train_acc = correct.item() / seen
+        if not math.isfinite(train_loss):
+            sys.exit(f"error: the training loss became {train_loss} in epoch {epoch + 1}")
+        train_seconds = time.perf_counter() - started
+        test_loss, test_acc = evaluate(model, test_x, test_y, max(args.batch_size, 256))
+        seconds = time.perf_counter() - started
+        best = max(best, test_acc)
+        row = [epoch + 1, lr, train_loss, train_acc, test_loss, test_acc, seconds]
+        row.append(seen / train_seconds)
+        if metrics is not None:
+            with open(metrics, "a", newline="") as f:
+                csv.writer(f).writerow(row)
+        print(
+            f"Epoch: {epoch + 1}, Validation Accuracy: {100 * test_acc:.2f}%  "
+            f"(train loss {train_loss:.4f}, train acc {100 * train_acc:.2f}%, "
+            f"test loss {test_loss:.4f}, lr {lr:.2e}, {seconds:.1f}s, "
+            f"{seen / train_seconds:.0f} img/s)",
+            flush=True,
+        )
+    print(f"Best validation accuracy: {100 * best:.2f}%")
+
+
+if __name__ == "__main__":
+    main()
