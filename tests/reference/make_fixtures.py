@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from roundtrip import timm_model
 from vit_reference import (
+    PRESETS,
+    timm_model,
     MultiHeadSelfAttention,
     PatchEmbedding,
     TransformerBlock,
@@ -43,17 +44,7 @@ SMALL = dict(
     num_classes=5,
     dropout=0.0,
 )
-NOTEBOOK = dict(
-    image_size=32,
-    patch_size=4,
-    in_channels=3,
-    embed_dim=256,
-    num_heads=8,
-    mlp_dim=512,
-    num_layers=6,
-    num_classes=100,
-    dropout=0.1,
-)
+NOTEBOOK = PRESETS["notebook"]
 BATCH = 2
 LABEL_SMOOTHING = 0.1
 MAX_GRAD_NORM = 1.0
@@ -137,7 +128,7 @@ def module_fixtures():
 def check_against_timm(reference, x):
     """The reference's state_dict loads into timm's VisionTransformer with strict=True and
     gives the same logits."""
-    timm = timm_model(SMALL)
+    timm = timm_model(SMALL).eval()
     timm.load_state_dict(reference.state_dict(), strict=True)
     with torch.no_grad():
         torch.testing.assert_close(timm(x), reference(x), rtol=0, atol=1e-5)

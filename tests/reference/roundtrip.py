@@ -16,7 +16,7 @@ import sys
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from timm.models.vision_transformer import VisionTransformer
+from vit_reference import timm_model
 
 TOLERANCE = 1e-5
 HYPERPARAMETERS = (
@@ -32,25 +32,11 @@ HYPERPARAMETERS = (
 )
 
 
-def timm_model(config):
-    return VisionTransformer(
-        img_size=config["image_size"],
-        patch_size=config["patch_size"],
-        in_chans=config["in_channels"],
-        num_classes=config["num_classes"],
-        embed_dim=config["embed_dim"],
-        depth=config["num_layers"],
-        num_heads=config["num_heads"],
-        mlp_ratio=config["mlp_dim"] / config["embed_dim"],
-        qkv_bias=True,
-    ).eval()
-
-
 def main(rust_checkpoint, rust_io, timm_checkpoint, timm_io):
     with safe_open(rust_checkpoint, "pt") as f:
         stored = json.loads(f.metadata()["config"])
     config = {name: stored[name] for name in HYPERPARAMETERS}
-    model = timm_model(config)
+    model = timm_model(config).eval()
     model.load_state_dict(load_file(rust_checkpoint), strict=True)
     io = load_file(rust_io)
     with torch.no_grad():
@@ -60,7 +46,7 @@ def main(rust_checkpoint, rust_io, timm_checkpoint, timm_io):
     print(f"Rust checkpoint in timm: max abs error {error:e}")
 
     torch.manual_seed(1)
-    model = timm_model(config)
+    model = timm_model(config).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)

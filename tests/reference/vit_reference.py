@@ -127,3 +127,54 @@ class VisionTransformer(nn.Module):
         """Switches every block between the explicit and the fused attention."""
         for block in self.blocks:
             block.attn.fused = fused
+
+
+# The presets of src/model/config.rs (`--config notebook|small|tiny`).
+PRESETS = {
+    "notebook": dict(
+        image_size=32,
+        patch_size=4,
+        in_channels=3,
+        embed_dim=256,
+        num_heads=8,
+        mlp_dim=512,
+        num_layers=6,
+        num_classes=100,
+        dropout=0.1,
+    ),
+}
+PRESETS["small"] = {
+    **PRESETS["notebook"],
+    **dict(embed_dim=128, num_heads=4, mlp_dim=256, num_layers=4, num_classes=10, dropout=0.0),
+}
+PRESETS["tiny"] = {
+    **PRESETS["notebook"],
+    **dict(embed_dim=32, num_heads=2, mlp_dim=64, num_layers=2, num_classes=10, dropout=0.0),
+}
+
+
+def timm_model(config, fused_attention=True):
+    """timm's VisionTransformer with the same architecture and parameter names as
+    `VisionTransformer(**config)`. The notebook's dropout sits where timm's pos_drop and
+    proj_drop (attention projection, both MLP dropouts) are; timm's drop_rate is a head
+    dropout the notebook does not have."""
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    model = TimmViT(
+        img_size=config["image_size"],
+        patch_size=config["patch_size"],
+        in_chans=config["in_channels"],
+        num_classes=config["num_classes"],
+        embed_dim=config["embed_dim"],
+        depth=config["num_layers"],
+        num_heads=config["num_heads"],
+        mlp_ratio=config["mlp_dim"] / config["embed_dim"],
+        qkv_bias=True,
+        pos_drop_rate=config["dropout"],
+        proj_drop_rate=config["dropout"],
+        attn_drop_rate=0.0,
+        drop_rate=0.0,
+    )
+    for block in model.blocks:
+        block.attn.fused_attn = fused_attention
+    return model
