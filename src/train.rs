@@ -347,12 +347,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         "--precision bf16 needs a CUDA device; use --precision fp32 on the CPU"
     );
     let out = args.out.clone().unwrap_or_else(default_run_dir);
-    if args.resume {
-        ensure!(
-            args.out.is_some(),
-            "--resume needs --out RUN_DIR: the run folder to continue"
-        );
-    }
+    ensure!(
+        !args.resume || args.out.is_some(),
+        "--resume needs --out RUN_DIR: the run folder to continue"
+    );
     let mut config = args.model.resolve()?;
     if args.recipe == Recipe::Strong && args.model.dropout.is_none() {
         // The strong recipe regularises with stochastic depth and augmentation instead.
@@ -400,10 +398,19 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     };
     let outcome = train(&settings, &dataset, &options)?;
     if let Outcome::Interrupted { epoch, step } = outcome {
+        // The same flags again (and the run folder, when it was the default) plus --resume.
+        let mut command: Vec<String> = std::env::args().collect();
+        if args.out.is_none() {
+            command.extend(["--out".to_string(), out.display().to_string()]);
+        }
+        if !args.resume {
+            command.push("--resume".to_string());
+        }
         eprintln!(
-            "Interrupted in epoch {epoch} after step {step}; the state is saved.\n\
-             Resume with: vit train --out {} --resume (and the same flags as before)",
-            out.display()
+            "Interrupted after step {step} of epoch {epoch}; the state is saved in {}.\n\
+             Resume with: {}",
+            out.display(),
+            command.join(" ")
         );
         std::process::exit(130);
     }

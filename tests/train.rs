@@ -379,3 +379,86 @@ fn strong_recipe_runs_from_the_command_line() {
         assert!(config.contains(setting), "{setting} not in {config}");
     }
 }
+
+/// Runs `vit ARGS` expecting failure; returns its standard error.
+fn vit_fails(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_vit"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "vit {args:?} should fail");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn user_errors_say_what_to_do() {
+    let root = TempDir::new("user-errors");
+    let data_dir = root.join("data");
+    let dataset = {
+        let _turn = seeded(0);
+        colour_dataset()
+    };
+    write_cifar10(&dataset, &data_dir);
+    let (data, empty) = (data_dir.to_str().unwrap(), root.join("empty"));
+    let run = root.join("run");
+
+    let stderr = vit_fails(&tiny_run_args(
+        empty.to_str().unwrap(),
+        run.to_str().unwrap(),
+    ));
+    assert!(
+        stderr.contains("vit download --dataset cifar10"),
+        "{stderr}"
+    );
+
+    let stderr = vit_fails(&tiny_run_args(data, "/proc/vit-cannot-write-here"));
+    assert!(stderr.contains("cannot create the run folder"), "{stderr}");
+
+    let mut args = tiny_run_args(data, run.to_str().unwrap());
+    args.extend(["--num-classes", "100"]);
+    let stderr = vit_fails(&args);
+    assert!(
+        stderr.contains("--num-classes 100 does not match"),
+        "{stderr}"
+    );
+
+    if !tch::Cuda::is_available() {
+        let args = tiny_run_args(data, run.to_str().unwrap());
+        let args: Vec<&str> = args
+            .into_iter()
+            .map(|a| if a == "cpu" { "cuda:0" } else { a })
+            .collect();
+        let stderr = vit_fails(&args);
+        assert!(stderr.contains("use --device cpu"), "{stderr}");
+    }
+
+    // A checkpoint of another class count than the dataset's.
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let config = ViTConfig {
+        num_classes: 5,
+        ..ViTConfig::tiny()
+    };
+    vit_tch::model::VisionTransformer::new(&vs.root(), &config).unwrap();
+    let checkpoint = root.join("five.safetensors");
+    vit_tch::checkpoint::save(&vs, &config, &[("dataset", "cifar10".into())], &checkpoint).unwrap();
+    let stderr = vit_fails(&[
+        "eval",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--data-dir",
+        data,
+        "--device",
+        "cpu",
+    ]);
+    assert!(stderr.contains("has 5 classes but cifar10"), "{stderr}");
+
+    let not_an_image = root.join("notes.png");
+    std::fs::write(&not_an_image, "not a picture").unwrap();
+    let stderr = vit_fails(&[
+        "predict",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        not_an_image.to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("notes.png"), "{stderr}");
+}
