@@ -5,36 +5,30 @@
 //! improvement) best_model. `resume.safetensors` holds everything else a run needs to
 //! continue exactly where it stopped, even mid-epoch.
 
-use crate::checkpoint::{self, TensorFile};
-use crate::cli::{AugmentPolicy, Precision, Recipe, TrainArgs};
-use crate::data::augment::{self, AugmentConfig, Policy, RandAugment, RandomErasing};
-use crate::data::mix::{self, MixConfig};
-use crate::data::{self, transforms, Dataset};
+mod console;
+mod ema;
+mod recipe;
+mod run_folder;
+
+pub use recipe::Regularization;
+pub use run_folder::{EpochMetrics, METRICS_HEADER};
+
+use crate::checkpoint;
+use crate::cli::{Precision, Recipe, TrainArgs};
+use crate::data::{self, augment, mix, transforms, Dataset};
 use crate::eval::evaluate;
-use crate::fsutil::write_atomic;
 use crate::model::{ViTConfig, VisionTransformer};
 use crate::optim::{clip_grad_norm, learning_rate, AdamW};
 use anyhow::{bail, ensure, Context, Result};
+use console::Console;
+use ema::Ema;
+use run_folder::{default_run_dir, Progress, RunFolder};
 use serde::{Deserialize, Serialize};
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tch::{nn, nn::ModuleT, Device, Kind, Reduction, Tensor};
-
-pub const METRICS_HEADER: [&str; 10] = [
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "test_loss",
-    "test_acc",
-    "epoch_seconds",
-    "images_per_second",
-    "ema_test_loss",
-    "ema_test_acc",
-];
 
 /// Everything that decides what a run computes: compared on `--resume`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,129 +48,6 @@ pub struct TrainSettings {
     pub recipe: Recipe,
     pub regularization: Regularization,
     pub precision: Precision,
-}
-
-/// What the strong recipe adds to the notebook's training; all off for `--recipe notebook`
-/// unless a flag turns one on.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Regularization {
-    /// AutoAugment/RandAugment and random erasing; None: the notebook's crop + flip.
-    pub augment: Option<AugmentConfig>,
-    /// MixUp/CutMix (the loss then uses their soft targets).
-    pub mix: Option<MixConfig>,
-    /// Stochastic depth of the last block (linear from 0 at the first).
-    pub drop_path: f64,
-    pub attn_dropout: f64,
-    /// Decay of the weights' exponential moving average.
-    pub ema: Option<f64>,
-}
-
-impl Regularization {
-    /// The recipe's values, with every flag given on the command line taking precedence.
-    pub fn from_args(args: &TrainArgs) -> Result<Self> {
-        let strong = args.recipe == Recipe::Strong;
-        let pick = |given: Option<f64>, strong_value: f64| {
-            given.unwrap_or(if strong { strong_value } else { 0.0 })
-        };
-        let default_policy = if strong {
-            AugmentPolicy::Autoaugment
-        } else {
-            AugmentPolicy::None
-        };
-        let policy = match args.augment_policy.unwrap_or(default_policy) {
-            AugmentPolicy::None => None,
-            AugmentPolicy::Autoaugment => Some(Policy::AutoAugmentCifar10),
-            AugmentPolicy::Randaugment => {
-                ensure!(
-                    args.randaugment_ops > 0,
-                    "--randaugment-ops must be positive"
-                );
-                let randaugment = RandAugment {
-                    num_ops: args.randaugment_ops,
-                    magnitude: args.randaugment_magnitude,
-                    ..RandAugment::default()
-                };
-                ensure!(
-                    (0..randaugment.num_magnitude_bins).contains(&randaugment.magnitude),
-                    "--randaugment-magnitude must be in 0..{}",
-                    randaugment.num_magnitude_bins
-                );
-                Some(Policy::RandAugment(randaugment))
-            }
-        };
-        let erasing = pick(args.random_erasing, 0.25);
-        let mix = MixConfig {
-            mixup_alpha: pick(args.mixup, 0.8),
-            cutmix_alpha: pick(args.cutmix, 1.0),
-            prob: args.mix_prob.unwrap_or(1.0),
-            switch_prob: args.switch_prob,
-            ..MixConfig::default()
-        };
-        let regularization = Self {
-            augment: (policy.is_some() || erasing > 0.0).then(|| AugmentConfig {
-                policy,
-                erasing: (erasing > 0.0).then(|| RandomErasing {
-                    p: erasing,
-                    ..RandomErasing::default()
-                }),
-                ..AugmentConfig::default()
-            }),
-            mix: mix.is_active().then_some(mix.clone()),
-            drop_path: pick(args.drop_path, 0.1),
-            attn_dropout: pick(args.attn_dropout, 0.0),
-            ema: Some(pick(args.ema, 0.999)).filter(|&decay| decay > 0.0),
-        };
-        for (flag, value) in [
-            ("--random-erasing", erasing),
-            ("--mix-prob", mix.prob),
-            ("--switch-prob", mix.switch_prob),
-            ("--drop-path", regularization.drop_path),
-            ("--attn-dropout", regularization.attn_dropout),
-            ("--ema", regularization.ema.unwrap_or(0.0)),
-        ] {
-            ensure!(
-                (0.0..1.0).contains(&value) || (flag.ends_with("prob") && value == 1.0),
-                "{flag} must be in [0, 1), got {value}"
-            );
-        }
-        ensure!(
-            mix.mixup_alpha >= 0.0 && mix.cutmix_alpha >= 0.0,
-            "--mixup and --cutmix take alpha >= 0"
-        );
-        Ok(regularization)
-    }
-}
-
-/// Where the loop is, saved in resume.safetensors's metadata.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Progress {
-    /// Epochs fully finished (rows in metrics.csv).
-    epochs_done: usize,
-    /// Steps taken in the current, unfinished epoch.
-    step_in_epoch: usize,
-    best_accuracy: f64,
-    best_ema_accuracy: f64,
-    /// Sums for the unfinished epoch's train_loss / train_acc, and its training time.
-    loss_sum: f64,
-    correct: i64,
-    seen: i64,
-    seconds: f64,
-}
-
-/// One epoch's metrics.csv row.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochMetrics {
-    pub epoch: usize,
-    pub lr: f64,
-    pub train_loss: f64,
-    pub train_acc: f64,
-    pub test_loss: f64,
-    pub test_acc: f64,
-    pub epoch_seconds: f64,
-    pub images_per_second: f64,
-    /// The weights' moving average on the test set (empty without `--ema`).
-    pub ema_test_loss: Option<f64>,
-    pub ema_test_acc: Option<f64>,
 }
 
 /// The loss the model is trained on: cross-entropy with label smoothing.
@@ -274,47 +145,6 @@ pub fn train_step(
         loss: loss.detach(),
         correct,
         grad_norm,
-    }
-}
-
-/// An exponential moving average of a model's weights (timm's `ModelEmaV2`), a model of
-/// its own that is evaluated and saved beside the trained one.
-struct Ema {
-    vs: nn::VarStore,
-    model: VisionTransformer,
-    /// (average, parameter) pairs.
-    pairs: Vec<(Tensor, Tensor)>,
-    decay: f64,
-}
-
-impl Ema {
-    /// Starts from a copy of `source`'s weights.
-    fn new(source: &nn::VarStore, config: &ViTConfig, decay: f64) -> Result<Self> {
-        let mut vs = nn::VarStore::new(source.device());
-        let model = VisionTransformer::new(&vs.root(), config)?;
-        vs.copy(source)?;
-        vs.freeze();
-        let averages = vs.variables();
-        let pairs = source
-            .variables()
-            .into_iter()
-            .map(|(name, param)| (averages[&name].shallow_clone(), param))
-            .collect();
-        Ok(Self {
-            vs,
-            model,
-            pairs,
-            decay,
-        })
-    }
-
-    /// average = decay * average + (1 - decay) * parameter, for every parameter.
-    fn update(&mut self) {
-        tch::no_grad(|| {
-            for (average, param) in &mut self.pairs {
-                let _ = average.lerp_(param, 1.0 - self.decay);
-            }
-        });
     }
 }
 
@@ -632,251 +462,4 @@ fn checkpoint_metadata(dataset: &Dataset) -> Vec<(&'static str, String)> {
             serde_json::to_string(&data::CIFAR_STD).expect("floats serialise"),
         ),
     ]
-}
-
-fn default_run_dir() -> PathBuf {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    PathBuf::from("runs").join(utc_timestamp(secs))
-}
-
-/// `YYYYMMDD-HHMMSS` in UTC (civil-from-days, Howard Hinnant's algorithm).
-fn utc_timestamp(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// The run folder: config.json, metrics.csv, checkpoints and the resume state.
-struct RunFolder {
-    dir: PathBuf,
-}
-
-impl RunFolder {
-    /// Creates (or, for `resume`, reopens) the folder. A fresh run refuses a folder that
-    /// already holds a run, so nothing a user had is overwritten.
-    fn open(dir: &Path, settings: &TrainSettings, resume: bool, device: Device) -> Result<Self> {
-        let run = Self {
-            dir: dir.to_path_buf(),
-        };
-        let config_path = run.path("config.json");
-        if resume {
-            let saved = std::fs::read_to_string(&config_path)
-                .with_context(|| format!("cannot resume: {} has no config.json", dir.display()))?;
-            let saved: RunConfig = serde_json::from_str(&saved)
-                .with_context(|| format!("{} is not a vit run config", config_path.display()))?;
-            if saved.settings != *settings {
-                bail!(
-                    "cannot resume {}: the settings differ from the saved run.\n  saved: {}\n  given: {}\n\
-                     Resume with the same flags, or start a new run with another --out",
-                    dir.display(),
-                    serde_json::to_string(&saved.settings)?,
-                    serde_json::to_string(settings)?
-                );
-            }
-            return Ok(run);
-        }
-        if config_path.exists() {
-            bail!(
-                "{} already holds a run; pass --resume to continue it or choose another --out",
-                dir.display()
-            );
-        }
-        std::fs::create_dir_all(dir).with_context(|| {
-            format!(
-                "cannot create the run folder {} (is it writable?)",
-                dir.display()
-            )
-        })?;
-        let record = RunConfig {
-            settings: settings.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            device: format!("{device:?}"),
-        };
-        write_atomic(
-            &config_path,
-            serde_json::to_string_pretty(&record)?.as_bytes(),
-        )
-        .with_context(|| format!("the run folder {} is not writable", dir.display()))?;
-        let mut writer = csv::Writer::from_path(run.path("metrics.csv"))?;
-        writer.write_record(METRICS_HEADER)?;
-        writer.flush()?;
-        Ok(run)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    /// Appends one row and flushes, so a crash never loses a finished epoch.
-    fn append_metrics(&self, row: &EpochMetrics) -> Result<()> {
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(self.path("metrics.csv"))?;
-        let mut writer = csv::WriterBuilder::new()
-            .has_headers(false)
-            .from_writer(file);
-        writer.serialize(row)?;
-        writer.flush()?;
-        Ok(())
-    }
-
-    fn save_resume(
-        &self,
-        vs: &nn::VarStore,
-        optimizer: &AdamW,
-        ema: Option<&Ema>,
-        progress: &Progress,
-    ) -> Result<()> {
-        let mut tensors = optimizer.state_tensors();
-        let mut add = |prefix: &str, vs: &nn::VarStore| {
-            for (name, tensor) in vs.variables() {
-                tensors.insert(format!("{prefix}.{name}"), tensor);
-            }
-        };
-        add("model", vs);
-        if let Some(ema) = ema {
-            add("ema", &ema.vs);
-        }
-        let metadata = [
-            ("progress".to_string(), serde_json::to_string(progress)?),
-            ("optimizer_step".to_string(), optimizer.step.to_string()),
-        ]
-        .into();
-        TensorFile { tensors, metadata }.write(&self.path("resume.safetensors"))
-    }
-
-    fn load_resume(
-        &self,
-        vs: &nn::VarStore,
-        optimizer: &mut AdamW,
-        ema: Option<&Ema>,
-    ) -> Result<Progress> {
-        let path = self.path("resume.safetensors");
-        ensure!(
-            path.exists(),
-            "cannot resume: {} is missing",
-            path.display()
-        );
-        let file = TensorFile::read(&path)?;
-        file.with_prefix("model").load_into(vs)?;
-        if let Some(ema) = ema {
-            file.with_prefix("ema").load_into(&ema.vs)?;
-        }
-        optimizer.load_state_tensors(&file.tensors)?;
-        let field = |key: &str| {
-            file.metadata
-                .get(key)
-                .with_context(|| format!("{} has no `{key}`", path.display()))
-        };
-        optimizer.step = field("optimizer_step")?.parse()?;
-        let progress: Progress = serde_json::from_str(field("progress")?)?;
-        // Rows written after the saved state (a crash between the two writes) are dropped.
-        self.truncate_metrics(progress.epochs_done)?;
-        Ok(progress)
-    }
-
-    fn truncate_metrics(&self, epochs: usize) -> Result<()> {
-        let path = self.path("metrics.csv");
-        let text = std::fs::read_to_string(&path)?;
-        let kept: Vec<&str> = text.lines().take(epochs + 1).collect();
-        write_atomic(&path, format!("{}\n", kept.join("\n")).as_bytes())
-    }
-}
-
-/// config.json: the settings plus what produced them.
-#[derive(Serialize, Deserialize)]
-struct RunConfig {
-    settings: TrainSettings,
-    version: String,
-    device: String,
-}
-
-/// A progress bar on a terminal, plain lines otherwise (CI logs, pipes).
-struct Console {
-    steps_per_epoch: usize,
-    terminal: bool,
-}
-
-impl Console {
-    /// Running loss/accuracy are read from the device only this often, to keep the
-    /// training steps free of synchronisation.
-    const REFRESH_EVERY: usize = 20;
-
-    fn new(steps_per_epoch: usize) -> Self {
-        Self {
-            steps_per_epoch,
-            terminal: std::io::stdout().is_terminal(),
-        }
-    }
-
-    fn epoch_bar(&self, epoch: usize, epochs: usize, position: usize) -> indicatif::ProgressBar {
-        if !self.terminal {
-            return indicatif::ProgressBar::hidden();
-        }
-        let bar = indicatif::ProgressBar::new(self.steps_per_epoch as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(format!("{epoch}/{epochs}"));
-        bar.set_position(position as u64);
-        bar
-    }
-
-    fn step(
-        &self,
-        bar: &indicatif::ProgressBar,
-        step: usize,
-        loss_sum: &Tensor,
-        correct: &Tensor,
-        seen: i64,
-    ) {
-        bar.set_position(step as u64);
-        if self.terminal
-            && (step.is_multiple_of(Self::REFRESH_EVERY) || step == self.steps_per_epoch)
-        {
-            let per_sec = bar.per_sec() * seen as f64 / step.max(1) as f64;
-            bar.set_message(format!(
-                "loss {:.4} acc {:.2}% {:.0} img/s",
-                loss_sum.double_value(&[]) / seen as f64,
-                100.0 * correct.int64_value(&[]) as f64 / seen as f64,
-                per_sec
-            ));
-        }
-    }
-
-    fn epoch_done(&self, row: &EpochMetrics) {
-        println!(
-            "Epoch: {}, Validation Accuracy: {:.2}%  (train loss {:.4}, train acc {:.2}%, \
-             test loss {:.4}, lr {:.2e}, {:.1}s, {:.0} img/s)",
-            row.epoch,
-            100.0 * row.test_acc,
-            row.train_loss,
-            100.0 * row.train_acc,
-            row.test_loss,
-            row.lr,
-            row.epoch_seconds,
-            row.images_per_second
-        );
-    }
 }

@@ -1,0 +1,84 @@
+//! What `vit train` prints: a progress bar on a terminal, plain lines elsewhere, and the
+//! notebook's `Epoch: N, Validation Accuracy: X.XX%` line.
+
+use super::EpochMetrics;
+use std::io::IsTerminal;
+use tch::Tensor;
+
+/// A progress bar on a terminal, plain lines otherwise (CI logs, pipes).
+pub(super) struct Console {
+    steps_per_epoch: usize,
+    terminal: bool,
+}
+
+impl Console {
+    /// Running loss/accuracy are read from the device only this often, to keep the
+    /// training steps free of synchronisation.
+    const REFRESH_EVERY: usize = 20;
+
+    pub(super) fn new(steps_per_epoch: usize) -> Self {
+        Self {
+            steps_per_epoch,
+            terminal: std::io::stdout().is_terminal(),
+        }
+    }
+
+    pub(super) fn epoch_bar(
+        &self,
+        epoch: usize,
+        epochs: usize,
+        position: usize,
+    ) -> indicatif::ProgressBar {
+        if !self.terminal {
+            return indicatif::ProgressBar::hidden();
+        }
+        let bar = indicatif::ProgressBar::new(self.steps_per_epoch as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{epoch}/{epochs}"));
+        bar.set_position(position as u64);
+        bar
+    }
+
+    pub(super) fn step(
+        &self,
+        bar: &indicatif::ProgressBar,
+        step: usize,
+        loss_sum: &Tensor,
+        correct: &Tensor,
+        seen: i64,
+    ) {
+        bar.set_position(step as u64);
+        if self.terminal
+            && (step.is_multiple_of(Self::REFRESH_EVERY) || step == self.steps_per_epoch)
+        {
+            let per_sec = bar.per_sec() * seen as f64 / step.max(1) as f64;
+            bar.set_message(format!(
+                "loss {:.4} acc {:.2}% {:.0} img/s",
+                loss_sum.double_value(&[]) / seen as f64,
+                100.0 * correct.int64_value(&[]) as f64 / seen as f64,
+                per_sec
+            ));
+        }
+    }
+
+    pub(super) fn epoch_done(&self, row: &EpochMetrics) {
+        println!(
+            "Epoch: {}, Validation Accuracy: {:.2}%  (train loss {:.4}, train acc {:.2}%, \
+             test loss {:.4}, lr {:.2e}, {:.1}s, {:.0} img/s)",
+            row.epoch,
+            100.0 * row.test_acc,
+            row.train_loss,
+            100.0 * row.train_acc,
+            row.test_loss,
+            row.lr,
+            row.epoch_seconds,
+            row.images_per_second
+        );
+    }
+}

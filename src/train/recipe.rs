@@ -1,0 +1,99 @@
+//! `--recipe`: what the strong recipe adds to the notebook's training, and the flags that
+//! override it one by one.
+
+use crate::cli::{AugmentPolicy, Recipe, TrainArgs};
+use crate::data::augment::{AugmentConfig, Policy, RandAugment, RandomErasing};
+use crate::data::mix::MixConfig;
+use anyhow::{ensure, Result};
+use serde::{Deserialize, Serialize};
+
+/// What the strong recipe adds to the notebook's training; all off for `--recipe notebook`
+/// unless a flag turns one on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Regularization {
+    /// AutoAugment/RandAugment and random erasing; None: the notebook's crop + flip.
+    pub augment: Option<AugmentConfig>,
+    /// MixUp/CutMix (the loss then uses their soft targets).
+    pub mix: Option<MixConfig>,
+    /// Stochastic depth of the last block (linear from 0 at the first).
+    pub drop_path: f64,
+    pub attn_dropout: f64,
+    /// Decay of the weights' exponential moving average.
+    pub ema: Option<f64>,
+}
+
+impl Regularization {
+    /// The recipe's values, with every flag given on the command line taking precedence.
+    pub fn from_args(args: &TrainArgs) -> Result<Self> {
+        let strong = args.recipe == Recipe::Strong;
+        let pick = |given: Option<f64>, strong_value: f64| {
+            given.unwrap_or(if strong { strong_value } else { 0.0 })
+        };
+        let default_policy = if strong {
+            AugmentPolicy::Autoaugment
+        } else {
+            AugmentPolicy::None
+        };
+        let policy = match args.augment_policy.unwrap_or(default_policy) {
+            AugmentPolicy::None => None,
+            AugmentPolicy::Autoaugment => Some(Policy::AutoAugmentCifar10),
+            AugmentPolicy::Randaugment => {
+                ensure!(
+                    args.randaugment_ops > 0,
+                    "--randaugment-ops must be positive"
+                );
+                let randaugment = RandAugment {
+                    num_ops: args.randaugment_ops,
+                    magnitude: args.randaugment_magnitude,
+                    ..RandAugment::default()
+                };
+                ensure!(
+                    (0..randaugment.num_magnitude_bins).contains(&randaugment.magnitude),
+                    "--randaugment-magnitude must be in 0..{}",
+                    randaugment.num_magnitude_bins
+                );
+                Some(Policy::RandAugment(randaugment))
+            }
+        };
+        let erasing = pick(args.random_erasing, 0.25);
+        let mix = MixConfig {
+            mixup_alpha: pick(args.mixup, 0.8),
+            cutmix_alpha: pick(args.cutmix, 1.0),
+            prob: args.mix_prob.unwrap_or(1.0),
+            switch_prob: args.switch_prob,
+            ..MixConfig::default()
+        };
+        let regularization = Self {
+            augment: (policy.is_some() || erasing > 0.0).then(|| AugmentConfig {
+                policy,
+                erasing: (erasing > 0.0).then(|| RandomErasing {
+                    p: erasing,
+                    ..RandomErasing::default()
+                }),
+                ..AugmentConfig::default()
+            }),
+            mix: mix.is_active().then_some(mix.clone()),
+            drop_path: pick(args.drop_path, 0.1),
+            attn_dropout: pick(args.attn_dropout, 0.0),
+            ema: Some(pick(args.ema, 0.999)).filter(|&decay| decay > 0.0),
+        };
+        for (flag, value) in [
+            ("--random-erasing", erasing),
+            ("--mix-prob", mix.prob),
+            ("--switch-prob", mix.switch_prob),
+            ("--drop-path", regularization.drop_path),
+            ("--attn-dropout", regularization.attn_dropout),
+            ("--ema", regularization.ema.unwrap_or(0.0)),
+        ] {
+            ensure!(
+                (0.0..1.0).contains(&value) || (flag.ends_with("prob") && value == 1.0),
+                "{flag} must be in [0, 1), got {value}"
+            );
+        }
+        ensure!(
+            mix.mixup_alpha >= 0.0 && mix.cutmix_alpha >= 0.0,
+            "--mixup and --cutmix take alpha >= 0"
+        );
+        Ok(regularization)
+    }
+}
