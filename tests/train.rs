@@ -84,6 +84,19 @@ fn write_cifar10(dataset: &Dataset, data_dir: &Path) {
     .unwrap();
 }
 
+/// A temporary folder holding the colour dataset as `data/cifar-10-batches-bin`, and
+/// that `data` folder.
+fn colour_cifar10(name: &str) -> (TempDir, PathBuf) {
+    let root = TempDir::new(name);
+    let data_dir = root.join("data");
+    let dataset = {
+        let _turn = seeded(0);
+        colour_dataset()
+    };
+    write_cifar10(&dataset, &data_dir);
+    (root, data_dir)
+}
+
 fn tiny_settings(epochs: usize, batch_size: i64) -> TrainSettings {
     TrainSettings {
         model: ViTConfig {
@@ -149,13 +162,7 @@ fn vit(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn trains_to_90_percent_and_eval_reproduces_it() {
-    let root = TempDir::new("e2e");
-    let data_dir = root.join("data");
-    let dataset = {
-        let _turn = seeded(0);
-        colour_dataset()
-    };
-    write_cifar10(&dataset, &data_dir);
+    let (root, data_dir) = colour_cifar10("e2e");
     let run = root.join("run");
     let (data, out) = (data_dir.to_str().unwrap(), run.to_str().unwrap());
     let mut args = tiny_run_args(data, out);
@@ -355,13 +362,7 @@ fn strong_recipe_with_ema_resumes_exactly() {
 
 #[test]
 fn strong_recipe_runs_from_the_command_line() {
-    let root = TempDir::new("strong-cli");
-    let data_dir = root.join("data");
-    let dataset = {
-        let _turn = seeded(0);
-        colour_dataset()
-    };
-    write_cifar10(&dataset, &data_dir);
+    let (root, data_dir) = colour_cifar10("strong-cli");
     let run = root.join("run");
     let (data, out) = (data_dir.to_str().unwrap(), run.to_str().unwrap());
     let mut args = tiny_run_args(data, out);
@@ -392,13 +393,7 @@ fn vit_fails(args: &[&str]) -> String {
 
 #[test]
 fn user_errors_say_what_to_do() {
-    let root = TempDir::new("user-errors");
-    let data_dir = root.join("data");
-    let dataset = {
-        let _turn = seeded(0);
-        colour_dataset()
-    };
-    write_cifar10(&dataset, &data_dir);
+    let (root, data_dir) = colour_cifar10("user-errors");
     let (data, empty) = (data_dir.to_str().unwrap(), root.join("empty"));
     let run = root.join("run");
 
