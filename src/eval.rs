@@ -26,7 +26,7 @@ pub fn evaluate(model: &VisionTransformer, split: &Split, batch_size: i64) -> Ev
     let num_classes = model.config.num_classes;
     let device = split.images.device();
     let n = split.len();
-    let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
+    let mut loss_sum = Tensor::zeros([], (Kind::Double, device));
     let mut confusion = Tensor::zeros([num_classes * num_classes], (Kind::Int64, device));
     tch::no_grad(|| {
         for start in (0..n).step_by(batch_size as usize) {
@@ -40,7 +40,8 @@ pub fn evaluate(model: &VisionTransformer, split: &Split, batch_size: i64) -> Ev
             loss_sum +=
                 logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, -100, 0.0);
             let cells = &labels * num_classes + logits.argmax(-1, false);
-            confusion += cells.bincount::<Tensor>(None, num_classes * num_classes);
+            // index_add_, not bincount, which reads the maximum back to the host on CUDA.
+            let _ = confusion.index_add_(0, &cells, &cells.ones_like());
         }
     });
     let confusion = confusion
@@ -120,9 +121,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 .get("dataset")
                 .is_some_and(|d| d == "cifar100-coarse"),
     };
+    ensure!(args.batch_size > 0, "--batch-size must be positive");
     let dataset = data::load(&dataset_args, config.image_size)?;
+    dataset.check_channels(config.in_channels)?;
     ensure!(
-        dataset.classes.len() as i64 == config.num_classes,
+        dataset.num_classes() == config.num_classes,
         "{} has {} classes but {} ({}) has {}: evaluate it on the dataset it was trained on",
         args.checkpoint.display(),
         config.num_classes,

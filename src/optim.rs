@@ -76,8 +76,8 @@ impl AdamW {
     /// One AdamW update with learning rate `lr`, as PyTorch's single-tensor implementation.
     pub fn step(&mut self, lr: f64) {
         self.step += 1;
-        let bias_correction1 = 1.0 - self.beta1.powi(self.step as i32);
-        let bias_correction2_sqrt = (1.0 - self.beta2.powi(self.step as i32)).sqrt();
+        let bias_correction1 = 1.0 - self.beta1.powf(self.step as f64);
+        let bias_correction2_sqrt = (1.0 - self.beta2.powf(self.step as f64)).sqrt();
         let step_size = lr / bias_correction1;
         tch::no_grad(|| {
             for state in &mut self.params {
@@ -148,7 +148,9 @@ pub fn clip_grad_norm<'a>(params: impl Iterator<Item = &'a Tensor>, max_norm: f6
         .map(|g| g.norm().to_kind(Kind::Float))
         .collect();
     let total = Tensor::stack(&norms, 0).norm();
-    let coef = (max_norm / (&total + 1e-6)).clamp_max(1.0);
+    // As PyTorch: max_norm / (total + 1e-6) in one division (tch's `f64 / &Tensor` would
+    // take a reciprocal first and round twice).
+    let coef = (total.full_like(max_norm) / (&total + 1e-6)).clamp_max(1.0);
     tch::no_grad(|| {
         for g in &grads {
             let _ = g.shallow_clone().g_mul_(&coef);
@@ -157,8 +159,10 @@ pub fn clip_grad_norm<'a>(params: impl Iterator<Item = &'a Tensor>, max_norm: f6
     total
 }
 
-/// Linear warm-up from 0 to `base_lr` over `warmup_steps`, then cosine decay to 0 at
-/// `total_steps` (timm's scheduler with warmup_lr_init=0, min_lr=0, per-step updates).
+/// The learning rate of step `step` (counted from 0): a linear warm-up that reaches
+/// `base_lr` at step `warmup_steps - 1` (step 0 gets base_lr / warmup_steps, not 0), then
+/// a cosine decay from `base_lr` to 0 at `total_steps`, updated every step (timm's
+/// `CosineLRScheduler` with `warmup_prefix=True`, `lr_min=0`, `t_in_epochs=False`).
 pub fn learning_rate(base_lr: f64, step: usize, warmup_steps: usize, total_steps: usize) -> f64 {
     if step < warmup_steps {
         return base_lr * (step + 1) as f64 / warmup_steps as f64;

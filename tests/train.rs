@@ -243,25 +243,36 @@ fn options<'a>(out: &'a Path, resume: bool, interrupted: &'a AtomicBool) -> RunO
     }
 }
 
-fn parameters(run: &Path) -> Vec<(String, Tensor)> {
-    let file = vit_tch::checkpoint::TensorFile::read(&run.join("last_model.safetensors")).unwrap();
-    file.tensors.into_iter().collect()
-}
-
-/// Rows without the two timing columns, which differ from run to run.
+/// Rows without the two timing columns (epoch_seconds, images_per_second), which differ
+/// from run to run.
 fn metrics_without_timing(run: &Path) -> Vec<Vec<String>> {
     read_metrics(run)
         .1
         .into_iter()
-        .map(|row| row[..6].to_vec())
+        .map(|row| [&row[..6], &row[8..]].concat())
         .collect()
 }
 
+/// The two runs wrote the same metrics and the same final weights (and EMA weights).
 fn assert_same_run(a: &Path, b: &Path) {
     assert_eq!(metrics_without_timing(a), metrics_without_timing(b));
-    for ((name_a, ta), (name_b, tb)) in parameters(a).iter().zip(parameters(b)) {
-        assert_eq!(name_a, &name_b);
-        assert!(ta.equal(&tb), "{name_a} differs after resume");
+    for checkpoint in ["last_model.safetensors", "last_ema_model.safetensors"] {
+        if !a.join(checkpoint).exists() {
+            continue;
+        }
+        let read = |run: &Path| {
+            vit_tch::checkpoint::TensorFile::read(&run.join(checkpoint))
+                .unwrap()
+                .tensors
+        };
+        let (ta, tb) = (read(a), read(b));
+        assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
+        for (name, tensor) in &ta {
+            assert!(
+                tensor.equal(&tb[name]),
+                "{name} of {checkpoint} differs after resume"
+            );
+        }
     }
 }
 
@@ -417,6 +428,11 @@ fn user_errors_say_what_to_do() {
         "{stderr}"
     );
 
+    let mut args = tiny_run_args(data, run.to_str().unwrap());
+    args.extend(["--in-channels", "1"]);
+    let stderr = vit_fails(&args);
+    assert!(stderr.contains("expects --in-channels 1"), "{stderr}");
+
     if !tch::Cuda::is_available() {
         let args = tiny_run_args(data, run.to_str().unwrap());
         let args: Vec<&str> = args
@@ -456,4 +472,19 @@ fn user_errors_say_what_to_do() {
         not_an_image.to_str().unwrap(),
     ]);
     assert!(stderr.contains("notes.png"), "{stderr}");
+}
+
+#[test]
+fn resume_of_a_run_killed_before_its_first_save_starts_over() {
+    let _turn = seeded(0);
+    let dataset = colour_dataset();
+    let settings = tiny_settings(2, 200);
+    let root = TempDir::new("resume-unsaved");
+    let (straight, killed) = (root.join("straight"), root.join("killed"));
+    run_training(&settings, &dataset, &straight, false, false);
+    run_training(&settings, &dataset, &killed, false, true);
+    // As if killed before resume.safetensors was first written.
+    std::fs::remove_file(killed.join("resume.safetensors")).unwrap();
+    run_training(&settings, &dataset, &killed, true, false);
+    assert_same_run(&straight, &killed);
 }

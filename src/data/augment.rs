@@ -22,7 +22,7 @@
 //! (counter-clockwise), brightness/color/contrast/sharpness are `factor - 1`, posterize is
 //! bits kept, solarize is the threshold (a pixel `>= threshold` is inverted).
 
-use super::transforms;
+use super::transforms::{self, device_constants};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -256,18 +256,18 @@ pub fn rand_augment(images: &Tensor, cfg: &RandAugment, interpolation: Interpola
     }
     let (b, _, h, w) = images.size4().expect("rand_augment expects [B,3,H,W]");
     let device = images.device();
-    let codes: Vec<i64> = cfg.ops.iter().map(|op| op.code()).collect();
-    let (mags, signed): (Vec<f64>, Vec<i64>) = cfg
+    let codes: Vec<f64> = cfg.ops.iter().map(|op| op.code() as f64).collect();
+    let (mags, signed): (Vec<f64>, Vec<f64>) = cfg
         .ops
         .iter()
         .map(|op| {
             let (m, s) = op.magnitude(cfg.magnitude, cfg.num_magnitude_bins, h, w);
-            (m, s as i64)
+            (m, f64::from(u8::from(s)))
         })
         .unzip();
-    let codes = Tensor::from_slice(&codes).to_device(device);
-    let mags = Tensor::from_slice(&mags).to_device(device);
-    let signed = Tensor::from_slice(&signed).to_device(device).gt(0);
+    let codes = device_constants(&codes, device).to_kind(Kind::Int64);
+    let mags = device_constants(&mags, device);
+    let signed = device_constants(&signed, device).gt(0.0);
     let mut x = images.shallow_clone();
     for _ in 0..cfg.num_ops {
         let choice = Tensor::randint(cfg.ops.len() as i64, [b], (Kind::Int64, device));
@@ -335,9 +335,7 @@ pub fn auto_augment_cifar10(images: &Tensor, interpolation: Interpolation) -> Te
             .collect();
         let table = |f: &dyn Fn(&PolicyOp) -> f64| {
             let values: Vec<f64> = ops.iter().map(f).collect();
-            Tensor::from_slice(&values)
-                .to_device(device)
-                .index_select(0, &policy_id)
+            device_constants(&values, device).index_select(0, &policy_id)
         };
         let code = table(&|op| op.0.code() as f64).to_kind(Kind::Int64);
         let p = table(&|op| op.1);
@@ -488,12 +486,12 @@ pub fn adjust_sharpness(images: &Tensor, factor: &Tensor) -> Tensor {
         return images.shallow_clone();
     }
     let x = images.to_kind(Kind::Float);
-    let kernel: Vec<f32> = [1f32, 1., 1., 1., 5., 1., 1., 1., 1.]
+    let kernel: Vec<f64> = [1., 1., 1., 1., 5., 1., 1., 1., 1.]
         .iter()
         .map(|v| v / 13.0)
         .collect();
-    let kernel = Tensor::from_slice(&kernel)
-        .to_device(images.device())
+    let kernel = device_constants(&kernel, images.device())
+        .to_kind(Kind::Float)
         .view([1, 1, 3, 3])
         .expand([c, 1, 3, 3], false)
         .contiguous();
@@ -543,7 +541,7 @@ pub fn autocontrast(images: &Tensor) -> Tensor {
 
 /// `equalize`: histogram equalization of every image channel, as torchvision's
 /// `_scale_channel` computes it (step = pixels not of the top value / 255; a channel with
-/// step 0 is left), batched: one `bincount` over image-channel offset values, `cumsum`,
+/// step 0 is left), batched: one histogram over image-channel offset values, `cumsum`,
 /// and a `gather` through the per-channel lookup tables.
 pub fn equalize(images: &Tensor) -> Tensor {
     let (b, c, h, w) = images.size4().expect("equalize expects [B,C,H,W]");
@@ -551,9 +549,10 @@ pub fn equalize(images: &Tensor) -> Tensor {
     let (channels, pixels) = (b * c, h * w);
     let flat = images.to_kind(Kind::Int64).reshape([channels, pixels]);
     let offsets = Tensor::arange(channels, (Kind::Int64, device)).view([channels, 1]) * 256;
-    let hist = (&flat + offsets)
-        .reshape([-1])
-        .bincount::<Tensor>(None, channels * 256)
+    // A scatter-add histogram: bincount would read the maximum back to the host on CUDA.
+    let index = (&flat + offsets).reshape([-1]);
+    let hist = Tensor::zeros([channels * 256], (Kind::Int64, device))
+        .index_add_(0, &index, &index.ones_like())
         .view([channels, 256]);
     let top = flat.amax([1i64].as_slice(), true);
     let step = (pixels - hist.gather(1, &top, false)).floor_divide_scalar(255);
@@ -571,8 +570,7 @@ pub fn equalize(images: &Tensor) -> Tensor {
 
 /// [B,6] identity affine matrices.
 fn identity_matrix(b: i64, device: tch::Device) -> Tensor {
-    Tensor::from_slice(&[1.0f64, 0., 0., 0., 1., 0.])
-        .to_device(device)
+    device_constants(&[1.0, 0., 0., 0., 1., 0.], device)
         .view([1, 6])
         .repeat([b, 1])
 }

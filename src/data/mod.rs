@@ -129,6 +129,18 @@ impl Dataset {
     pub fn num_classes(&self) -> i64 {
         self.classes.len() as i64
     }
+
+    /// Fails unless the images have `in_channels` channels (CIFAR and folder images are
+    /// RGB), so a mismatched `--in-channels` is an error rather than a libtorch panic.
+    pub fn check_channels(&self, in_channels: i64) -> anyhow::Result<()> {
+        let channels = self.train.images.size()[1];
+        anyhow::ensure!(
+            channels == in_channels,
+            "{} images have {channels} channels but the model expects --in-channels {in_channels}",
+            self.name
+        );
+        Ok(())
+    }
 }
 
 /// Loads a dataset chosen by the CLI flags; `image_size` is used by folder datasets (CIFAR

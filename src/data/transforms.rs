@@ -10,7 +10,7 @@
 //! round trip.
 
 use super::{CIFAR_MEAN, CIFAR_STD};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// The notebook's `RandomCrop(32, padding=4)` padding.
 pub const CROP_PADDING: i64 = 4;
@@ -90,13 +90,23 @@ pub fn normalize(images: &Tensor) -> Tensor {
     (images - mean) / std
 }
 
-/// `values` as a [1,3,1,1] tensor of `like`'s kind on `like`'s device, filled there by
-/// scalar kernels: a host-to-device copy of a small pageable buffer would make libtorch
-/// wait for the GPU on every batch.
+/// [1, 3, 1, 1] per-channel constants in `like`'s kind and device.
 fn channel_constants(values: &[f64; 3], like: &Tensor) -> Tensor {
-    let out = Tensor::empty([1, 3, 1, 1], (like.kind(), like.device()));
-    for (c, &value) in values.iter().enumerate() {
-        let _ = out.narrow(1, c as i64, 1).fill_(value);
+    device_constants(values, like.device())
+        .to_kind(like.kind())
+        .view([1, 3, 1, 1])
+}
+
+/// `values` as a double [N] tensor on `device`, without waiting for the device: an
+/// ordinary (pageable) host-to-GPU copy synchronises the host with the GPU, so the values
+/// go through pinned memory and an asynchronous copy (libtorch keeps the pinned buffer
+/// alive until the copy has run).
+pub fn device_constants(values: &[f64], device: Device) -> Tensor {
+    let host = Tensor::from_slice(values);
+    match device {
+        Device::Cpu => host,
+        _ => host
+            .pin_memory(device)
+            .to_device_(device, Kind::Double, true, false),
     }
-    out
 }

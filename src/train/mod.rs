@@ -68,7 +68,8 @@ pub struct StepOptions {
 pub struct TrainBatch {
     /// float [B, C, image_size, image_size], normalized.
     pub images: Tensor,
-    /// int64 [B]: the class of each image (of the dominant one, when mixed).
+    /// int64 [B]: the class of each image before mixing (train accuracy is measured
+    /// against these, also when MixUp/CutMix blend in a second image).
     pub labels: Tensor,
     /// float [B, num_classes] MixUp/CutMix targets (label smoothing included), when mixing.
     pub soft_targets: Option<Tensor>,
@@ -186,8 +187,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         // The strong recipe regularises with stochastic depth and augmentation instead.
         config.dropout = 0.0;
     }
+    ensure!(args.batch_size > 0, "--batch-size must be positive");
+    ensure!(args.epochs > 0, "--epochs must be positive");
     let dataset = data::load(&args.data, config.image_size)?;
-    let num_classes = dataset.classes.len() as i64;
+    dataset.check_channels(config.in_channels)?;
+    let num_classes = dataset.num_classes();
     match args.model.num_classes {
         None => config.num_classes = num_classes,
         Some(n) => ensure!(
@@ -213,12 +217,15 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         regularization: Regularization::from_args(args)?,
         precision: args.precision,
     };
-    ensure!(args.batch_size > 0, "--batch-size must be positive");
-    ensure!(args.epochs > 0, "--epochs must be positive");
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
-        .context("cannot install the Ctrl-C handler")?;
+    // The first Ctrl-C stops after the current step and saves; a second one quits at once.
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    })
+    .context("cannot install the Ctrl-C handler")?;
     let options = RunOptions {
         out: &out,
         resume: args.resume,
@@ -436,10 +443,17 @@ fn mix_seed(seed: u64, epoch: usize, step: usize) -> i64 {
 
 fn ensure_finite(train_loss: f64, epoch: usize, run: &RunFolder) -> Result<()> {
     if !train_loss.is_finite() {
+        let kept = if epoch > 1 {
+            format!(
+                "the last good weights are in {}",
+                run.path("last_model.safetensors").display()
+            )
+        } else {
+            "no epoch finished, so there are no weights to keep".to_string()
+        };
         bail!(
-            "the training loss became {train_loss} in epoch {epoch}; stopped. The last good \
-             weights are in {} (try a lower --lr or a --clip-grad)",
-            run.path("last_model.safetensors").display()
+            "the training loss became {train_loss} in epoch {epoch}; stopped ({kept}). \
+             Try a lower --lr or a --clip-grad"
         );
     }
     Ok(())

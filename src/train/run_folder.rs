@@ -6,7 +6,7 @@ use super::TrainSettings;
 use crate::checkpoint::TensorFile;
 use crate::fsutil::write_atomic;
 use crate::optim::AdamW;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device};
@@ -196,11 +196,11 @@ impl RunFolder {
         ema: Option<&Ema>,
     ) -> Result<Progress> {
         let path = self.path("resume.safetensors");
-        ensure!(
-            path.exists(),
-            "cannot resume: {} is missing",
-            path.display()
-        );
+        if !path.exists() {
+            // Stopped before its first state was saved: the run starts over.
+            self.truncate_metrics(0)?;
+            return Ok(Progress::default());
+        }
         let file = TensorFile::read(&path)?;
         file.with_prefix("model").load_into(vs)?;
         if let Some(ema) = ema {
