@@ -194,7 +194,7 @@ def learning_rate(base_lr, step, warmup_steps, total_steps):
 
 
 def mix_seed(seed, epoch, step):
-    """src/train.rs::mix_seed (splitmix64 finaliser of seed, epoch, step)."""
+    """src/train/mod.rs::mix_seed (splitmix64 finaliser of seed, epoch, step)."""
     step &= MASK64
     rotated = ((step << 32) | (step >> 32)) & MASK64
     x = seed ^ ((epoch * 0x9E3779B97F4A7C15) & MASK64) ^ rotated

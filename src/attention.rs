@@ -3,13 +3,12 @@
 //! upsampled to the image and overlaid as a heat map beside the image.
 
 use crate::checkpoint;
-use crate::cli::{AttentionArgs, DatasetArgs};
-use crate::data;
+use crate::cli::AttentionArgs;
+use crate::data::{self, folder};
 use crate::plot::{inferno, write_rgb_png, FONT};
 use anyhow::{bail, ensure, Context, Result};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -71,29 +70,6 @@ pub fn figure_size(num_heads: usize) -> (u32, u32) {
     )
 }
 
-/// Decodes a PNG or JPEG file to uint8 [3, size, size] (RGB): the central square, resized
-/// with a triangle filter.
-pub fn load_image(path: &Path, size: i64) -> Result<Tensor> {
-    let image = image::open(path)
-        .with_context(|| format!("cannot decode {}", path.display()))?
-        .to_rgb8();
-    let (w, h) = image.dimensions();
-    let side = w.min(h);
-    ensure!(side > 0, "{} is empty", path.display());
-    let square =
-        image::imageops::crop_imm(&image, (w - side) / 2, (h - side) / 2, side, side).to_image();
-    let size = size as u32;
-    let resized = if side == size {
-        square
-    } else {
-        image::imageops::resize(&square, size, size, image::imageops::FilterType::Triangle)
-    };
-    Ok(Tensor::from_slice(resized.as_raw())
-        .view([size as i64, size as i64, 3])
-        .permute([2, 0, 1])
-        .contiguous())
-}
-
 /// The class token's view of one image: rollout [N] and last-layer heads [num_heads, N].
 pub struct AttentionResult {
     pub rollout: Tensor,
@@ -104,10 +80,10 @@ pub struct AttentionResult {
 
 /// `vit attention --checkpoint PATH (IMAGE | --dataset D --index I) [-o attention.png]`.
 pub fn run(args: &AttentionArgs) -> Result<()> {
-    let device = crate::cli::parse_device(args.device.device.as_deref())?;
+    let device = args.device.resolve()?;
     let loaded = checkpoint::load(&args.checkpoint, device)?;
     let config = loaded.model.config.clone();
-    let mut classes = class_names(&loaded.metadata, config.num_classes);
+    let mut classes = checkpoint::class_names(&loaded.metadata, config.num_classes);
     let (image, source, truth) = match (&args.image, args.dataset) {
         (Some(path), None) => {
             ensure!(
@@ -115,7 +91,9 @@ pub fn run(args: &AttentionArgs) -> Result<()> {
                 "--index picks an image from --dataset; with an IMAGE file, leave it out"
             );
             (
-                load_image(path, config.image_size)?,
+                folder::decode_split(&[(path.clone(), 0)], config.image_size as u32)?
+                    .images
+                    .get(0),
                 path.file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default(),
@@ -124,14 +102,8 @@ pub fn run(args: &AttentionArgs) -> Result<()> {
         }
         (None, Some(dataset)) => {
             let index = args.index.unwrap_or(0);
-            let dataset_args = DatasetArgs {
-                dataset,
-                data_dir: args.data_dir.clone(),
-                coarse_labels: loaded
-                    .metadata
-                    .get("dataset")
-                    .is_some_and(|d| d == "cifar100-coarse"),
-            };
+            let dataset_args =
+                checkpoint::dataset_args(&loaded.metadata, Some(dataset), &args.data_dir, false)?;
             let data = data::load(&dataset_args, config.image_size)?;
             let n = data.test.len();
             ensure!(
@@ -199,14 +171,6 @@ pub fn analyse(
             probabilities: to_cpu(logits.softmax(-1, Kind::Float).select(0, 0)),
         })
     })
-}
-
-fn class_names(metadata: &HashMap<String, String>, num_classes: i64) -> Vec<String> {
-    metadata
-        .get("classes")
-        .and_then(|json| serde_json::from_str::<Vec<String>>(json).ok())
-        .filter(|names| names.len() as i64 == num_classes)
-        .unwrap_or_else(|| (0..num_classes).map(|i| format!("class {i}")).collect())
 }
 
 /// An RGB8 picture, row-major.

@@ -6,8 +6,10 @@
 
 use crate::cli::BenchArgs;
 use crate::model::VisionTransformer;
-use crate::optim::{clip_grad_norm, AdamW};
-use crate::train::{autocast, train_step, training_loss, StepOptions, TrainBatch};
+use crate::optim::AdamW;
+use crate::train::{
+    autocast, clip_gradients, count_correct, forward_loss, train_step, StepOptions, TrainBatch,
+};
 use anyhow::{ensure, Result};
 use serde::Serialize;
 use std::time::Instant;
@@ -88,17 +90,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let infer_seconds = timed(device, args.warmup, args.steps, || {
         let _ = tch::no_grad(|| autocast(args.precision, || model.forward_t(&batch.images, false)));
     });
-    let phase_ms_per_step = args.phases.then(|| {
-        phase_times(
-            device,
-            args.steps,
-            &model,
-            &mut optimizer,
-            &batch.images,
-            &batch.labels,
-            options,
-        )
-    });
+    let phase_ms_per_step = args
+        .phases
+        .then(|| phase_times(device, args.steps, &model, &mut optimizer, &batch, options));
     let images_timed = (args.batch_size as usize * args.steps) as f64;
     let report = BenchReport {
         config: args.model.preset.clone(),
@@ -170,8 +164,7 @@ fn phase_times(
     steps: usize,
     model: &VisionTransformer,
     optimizer: &mut AdamW,
-    images: &Tensor,
-    labels: &Tensor,
+    batch: &TrainBatch,
     options: StepOptions,
 ) -> PhaseTimes {
     let mut totals = [0.0f64; 4];
@@ -179,19 +172,17 @@ fn phase_times(
         synchronize(device);
         let t0 = Instant::now();
         optimizer.zero_grad();
-        let logits =
-            autocast(options.precision, || model.forward_t(images, true)).to_kind(Kind::Float);
-        let loss = training_loss(&logits, labels, options.label_smoothing);
+        let (logits, loss) = forward_loss(model, batch, options);
         synchronize(device);
         let t1 = Instant::now();
         loss.backward();
         synchronize(device);
         let t2 = Instant::now();
-        let _ = clip_grad_norm(optimizer.parameters(), options.clip_grad);
+        let _ = clip_gradients(optimizer, options);
         synchronize(device);
         let t3 = Instant::now();
         optimizer.step(1e-3);
-        let _ = logits.argmax(-1, false).eq_tensor(labels).sum(Kind::Int64);
+        let _ = count_correct(&logits, &batch.labels);
         synchronize(device);
         let t4 = Instant::now();
         for (total, (a, b)) in totals

@@ -242,15 +242,28 @@ pub fn save(
     .write(path)
 }
 
-/// The dataset a checkpoint was trained on, from its `dataset` metadata.
-pub fn dataset_of(metadata: &HashMap<String, String>) -> Option<crate::cli::DatasetName> {
+/// The dataset a checkpoint is evaluated on: `dataset` when given, else the one its
+/// `dataset` metadata records (coarse CIFAR-100 labels when it was trained on them).
+pub fn dataset_args(
+    metadata: &HashMap<String, String>,
+    dataset: Option<crate::cli::DatasetName>,
+    data_dir: &Path,
+    coarse_labels: bool,
+) -> Result<crate::cli::DatasetArgs> {
     use crate::cli::DatasetName;
-    match metadata.get("dataset")?.as_str() {
-        "cifar10" => Some(DatasetName::Cifar10),
-        "cifar100" | "cifar100-coarse" => Some(DatasetName::Cifar100),
-        "folder" => Some(DatasetName::Folder),
-        _ => None,
-    }
+    let recorded = metadata.get("dataset").map(String::as_str);
+    let dataset = match (dataset, recorded) {
+        (Some(name), _) => name,
+        (None, Some("cifar10")) => DatasetName::Cifar10,
+        (None, Some("cifar100" | "cifar100-coarse")) => DatasetName::Cifar100,
+        (None, Some("folder")) => DatasetName::Folder,
+        (None, _) => bail!("the checkpoint does not record its dataset; pass --dataset"),
+    };
+    Ok(crate::cli::DatasetArgs {
+        dataset,
+        data_dir: data_dir.to_path_buf(),
+        coarse_labels: coarse_labels || recorded == Some("cifar100-coarse"),
+    })
 }
 
 /// Class names from the `classes` metadata, or `class 0`, `class 1`, ... when absent

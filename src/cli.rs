@@ -217,7 +217,7 @@ pub struct TrainArgs {
     /// Run folder; default runs/<timestamp>.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue the run in --out from its last finished epoch.
+    /// Continue the run in --out exactly where it stopped (pass the same flags).
     #[arg(long)]
     pub resume: bool,
     #[arg(long, value_enum, default_value = "notebook")]

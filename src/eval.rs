@@ -1,7 +1,7 @@
 //! Test-set evaluation (the notebook's "Validation Accuracy"), and `vit eval`.
 
 use crate::checkpoint;
-use crate::cli::{DatasetArgs, EvalArgs};
+use crate::cli::EvalArgs;
 use crate::data::{self, transforms, Split};
 use crate::model::VisionTransformer;
 use anyhow::{ensure, Context, Result};
@@ -104,23 +104,13 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let device = args.device.resolve()?;
     let loaded = checkpoint::load(&args.checkpoint, device)?;
     let config = &loaded.model.config;
-    let dataset_args = DatasetArgs {
-        dataset: match args.dataset {
-            Some(name) => name,
-            None => checkpoint::dataset_of(&loaded.metadata).with_context(|| {
-                format!(
-                    "{} does not record its dataset; pass --dataset",
-                    args.checkpoint.display()
-                )
-            })?,
-        },
-        data_dir: args.data_dir.clone(),
-        coarse_labels: args.coarse_labels
-            || loaded
-                .metadata
-                .get("dataset")
-                .is_some_and(|d| d == "cifar100-coarse"),
-    };
+    let dataset_args = checkpoint::dataset_args(
+        &loaded.metadata,
+        args.dataset,
+        &args.data_dir,
+        args.coarse_labels,
+    )
+    .with_context(|| format!("evaluating {}", args.checkpoint.display()))?;
     ensure!(args.batch_size > 0, "--batch-size must be positive");
     let dataset = data::load(&dataset_args, config.image_size)?;
     dataset.check_channels(config.in_channels)?;

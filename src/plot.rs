@@ -118,7 +118,7 @@ fn drawing<T, E: std::fmt::Display>(result: std::result::Result<T, E>) -> Result
 
 /// One row of `metrics.csv`; missing or non-numeric cells are `None`.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-pub struct EpochMetrics {
+pub struct MetricsRow {
     pub epoch: f64,
     #[serde(default, deserialize_with = "csv::invalid_option")]
     pub train_loss: Option<f64>,
@@ -134,7 +134,7 @@ pub struct EpochMetrics {
 #[derive(Debug, Clone)]
 pub struct RunMetrics {
     pub label: String,
-    pub epochs: Vec<EpochMetrics>,
+    pub epochs: Vec<MetricsRow>,
 }
 
 /// `RUN_DIR/metrics.csv`, or the path itself when it is a file.
@@ -148,7 +148,7 @@ pub fn metrics_path(run: &Path) -> PathBuf {
 
 /// Reads a `metrics.csv` written by `vit train` (columns are found by name; extra ones are
 /// ignored).
-pub fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
+pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
     let mut reader =
         csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
     reader
@@ -223,7 +223,7 @@ enum Panel {
 }
 
 impl Panel {
-    fn values(self, e: &EpochMetrics) -> [Option<f64>; 2] {
+    fn values(self, e: &MetricsRow) -> [Option<f64>; 2] {
         let finite = |v: Option<f64>| v.filter(|v| v.is_finite());
         match self {
             Panel::Loss => [finite(e.train_loss), finite(e.test_loss)],

@@ -224,8 +224,8 @@ impl Default for AugmentConfig {
 /// float [B,3,image_size,image_size], normalized.
 ///
 /// crop -> flip -> RandAugment/AutoAugment (uint8, at the stored size) -> [0,1] floats ->
-/// resize -> normalize -> random erasing (on the normalized floats, as in timm and DeiT,
-/// so `value = 0` fills with the dataset mean).
+/// resize -> normalize -> random erasing (torchvision's constant fill, applied to the
+/// normalized floats as timm applies its erasing, so `value = 0` is the dataset mean).
 pub fn strong_train_transform(images: &Tensor, image_size: i64, cfg: &AugmentConfig) -> Tensor {
     let x = transforms::random_crop(images, cfg.crop_padding);
     let x = transforms::random_horizontal_flip(&x, cfg.flip_prob);
@@ -353,7 +353,7 @@ pub fn auto_augment_cifar10(images: &Tensor, interpolation: Interpolation) -> Te
 }
 
 /// Applies to image i the op with code `kinds[i]` (int64 [B], see [`AugOp::code`]) and
-/// magnitude `magnitudes[i]` (float [B], `_apply_op` units), for a uint8 batch.
+/// magnitude `magnitudes[i]` (any float kind [B], used as double; `_apply_op` units), for a uint8 batch.
 /// `candidates` lists the ops that may occur (others are left as they are); each is
 /// computed once for the whole batch, the geometric ones together in one grid sample.
 pub fn apply_ops(
@@ -673,14 +673,27 @@ pub fn random_erasing(images: &Tensor, cfg: &RandomErasing) -> Tensor {
     let top = (Tensor::rand([b, 1], opts) * (h as f64 - &eh + 1.0)).floor();
     let left = (Tensor::rand([b, 1], opts) * (w as f64 - &ew + 1.0)).floor();
     let apply = Tensor::rand([b, 1], opts).lt(cfg.p).logical_and(&found);
-    let rows = Tensor::arange(h, opts).view([1, h, 1]);
-    let cols = Tensor::arange(w, opts).view([1, 1, w]);
-    let view = |t: &Tensor| t.view([b, 1, 1]);
-    let inside = rows
-        .ge_tensor(&view(&top))
-        .logical_and(&rows.lt_tensor(&(view(&top) + view(&eh))))
-        .logical_and(&cols.ge_tensor(&view(&left)))
-        .logical_and(&cols.lt_tensor(&(view(&left) + view(&ew))))
-        .logical_and(&view(&apply));
-    images.masked_fill(&inside.unsqueeze(1), cfg.value)
+    let inside = box_mask(&top, &(&top + &eh), &left, &(&left + &ew), h, w)
+        .logical_and(&apply.view([b, 1, 1, 1]));
+    images.masked_fill(&inside, cfg.value)
+}
+
+/// Per-image rectangles as a mask: rows top..bottom and columns left..right (ends
+/// excluded) of an h x w image, from double [n] or [n, 1] bounds -> bool [n, 1, h, w].
+pub fn box_mask(
+    top: &Tensor,
+    bottom: &Tensor,
+    left: &Tensor,
+    right: &Tensor,
+    h: i64,
+    w: i64,
+) -> Tensor {
+    let opts = (Kind::Double, top.device());
+    let rows = Tensor::arange(h, opts).view([1, 1, h, 1]);
+    let cols = Tensor::arange(w, opts).view([1, 1, 1, w]);
+    let bound = |t: &Tensor| t.view([-1, 1, 1, 1]);
+    rows.ge_tensor(&bound(top))
+        .logical_and(&rows.lt_tensor(&bound(bottom)))
+        .logical_and(&cols.ge_tensor(&bound(left)))
+        .logical_and(&cols.lt_tensor(&bound(right)))
 }

@@ -132,15 +132,9 @@ pub fn mix(
     let xl = (&cx - &half_w).clamp(0.0, wf);
     let xh = (&cx + &half_w).clamp(0.0, wf);
     let lam_cut: Tensor = ((&yh - &yl) * (&xh - &xl) / (hf * wf)).neg() + 1.0;
-    let rows = Tensor::arange(h, opts).view([1, 1, h, 1]);
-    let cols = Tensor::arange(w, opts).view([1, 1, 1, w]);
-    let v = |t: &Tensor| t.view([n, 1, 1, 1]);
-    let in_box = rows
-        .ge_tensor(&v(&yl))
-        .logical_and(&rows.lt_tensor(&v(&yh)))
-        .logical_and(&cols.ge_tensor(&v(&xl)))
-        .logical_and(&cols.lt_tensor(&v(&xh)));
+    let in_box = super::augment::box_mask(&yl, &yh, &xl, &xh, h, w);
     let cut = flipped.where_self(&in_box, images);
+    let v = |t: &Tensor| t.view([n, 1, 1, 1]);
 
     let out = cut.where_self(&v(&use_cutmix), &mixed);
     let lam = lam_cut.where_self(&use_cutmix, &lam);

@@ -110,11 +110,6 @@ impl ViTConfig {
         Ok(())
     }
 
-    /// Tokens produced by the patch embedding: (image_size / patch_size)^2.
-    pub fn num_patches(&self) -> i64 {
-        (self.image_size / self.patch_size).pow(2)
-    }
-
     pub fn head_dim(&self) -> i64 {
         self.embed_dim / self.num_heads
     }

@@ -7,6 +7,7 @@ use tch::{nn, nn::Module, Tensor};
 #[derive(Debug)]
 pub struct PatchEmbedding {
     proj: nn::Conv2D,
+    /// (image_size / patch_size)^2, the tokens per image.
     pub num_patches: i64,
 }
 

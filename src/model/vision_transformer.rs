@@ -36,22 +36,25 @@ impl VisionTransformer {
                 TransformerBlock::new(path / "blocks" / i, embed_dim, num_heads, mlp_dim, dropout)
             })
             .collect();
+        let patch_embed = PatchEmbedding::new(
+            path / "patch_embed",
+            config.image_size,
+            config.patch_size,
+            config.in_channels,
+            embed_dim,
+        );
+        // One position per patch, plus the class token's.
+        let positions = patch_embed.num_patches + 1;
         Ok(Self {
             config: config.clone(),
-            patch_embed: PatchEmbedding::new(
-                path / "patch_embed",
-                config.image_size,
-                config.patch_size,
-                config.in_channels,
-                embed_dim,
-            ),
+            patch_embed,
             cls_token: path.var_copy(
                 "cls_token",
                 &(Tensor::randn([1, 1, embed_dim], (tch::Kind::Float, device)) * 1e-6),
             ),
             pos_embed: path.var_copy(
                 "pos_embed",
-                &super::trunc_normal(&[1, config.num_patches() + 1, embed_dim], 0.02, device),
+                &super::trunc_normal(&[1, positions, embed_dim], 0.02, device),
             ),
             blocks,
             norm: super::layer_norm(path / "norm", embed_dim),

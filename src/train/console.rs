@@ -1,11 +1,12 @@
-//! What `vit train` prints: a progress bar on a terminal, plain lines elsewhere, and the
-//! notebook's `Epoch: N, Validation Accuracy: X.XX%` line.
+//! What `vit train` prints: a progress bar on a terminal (nothing per step elsewhere, so
+//! CI logs and pipes stay readable), and after every epoch the notebook's
+//! `Epoch: N, Validation Accuracy: X.XX%` line with the epoch's other figures.
 
 use super::EpochMetrics;
 use std::io::IsTerminal;
 use tch::Tensor;
 
-/// A progress bar on a terminal, plain lines otherwise (CI logs, pipes).
+/// A progress bar on a terminal; off a terminal only the epoch lines.
 pub(super) struct Console {
     steps_per_epoch: usize,
     terminal: bool,

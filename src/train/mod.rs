@@ -110,11 +110,11 @@ impl TrainBatch {
 
 /// What one step leaves on the device (nothing here waits for the GPU).
 pub struct StepOutput {
-    /// The batch's mean training loss.
+    /// The batch's mean training loss, float [].
     pub loss: Tensor,
-    /// How many of the batch's predictions were right (int64 scalar).
+    /// How many of the batch's predictions were right, int64 [].
     pub correct: Tensor,
-    /// The global gradient norm before clipping (when clipping is on).
+    /// The global gradient norm before clipping (when clipping is on), float [].
     pub grad_norm: Option<Tensor>,
 }
 
@@ -128,25 +128,40 @@ pub fn train_step(
     options: StepOptions,
 ) -> StepOutput {
     optimizer.zero_grad();
+    let (logits, loss) = forward_loss(model, batch, options);
+    loss.backward();
+    let grad_norm = clip_gradients(optimizer, options);
+    optimizer.step(lr);
+    StepOutput {
+        loss: loss.detach(),
+        correct: count_correct(&logits, &batch.labels),
+        grad_norm,
+    }
+}
+
+/// The step's forward half: logits float [B, num_classes] and the scalar loss.
+pub fn forward_loss(
+    model: &VisionTransformer,
+    batch: &TrainBatch,
+    options: StepOptions,
+) -> (Tensor, Tensor) {
     let logits =
         autocast(options.precision, || model.forward_t(&batch.images, true)).to_kind(Kind::Float);
     let loss = match &batch.soft_targets {
         Some(targets) => mix::soft_target_cross_entropy(&logits, targets),
         None => training_loss(&logits, &batch.labels, options.label_smoothing),
     };
-    loss.backward();
-    let grad_norm = (options.clip_grad > 0.0)
-        .then(|| clip_grad_norm(optimizer.parameters(), options.clip_grad));
-    optimizer.step(lr);
-    let correct = logits
-        .argmax(-1, false)
-        .eq_tensor(&batch.labels)
-        .sum(Kind::Int64);
-    StepOutput {
-        loss: loss.detach(),
-        correct,
-        grad_norm,
-    }
+    (logits, loss)
+}
+
+/// Clips the gradients when `options` says so; the norm before clipping (float []).
+pub fn clip_gradients(optimizer: &AdamW, options: StepOptions) -> Option<Tensor> {
+    (options.clip_grad > 0.0).then(|| clip_grad_norm(optimizer.parameters(), options.clip_grad))
+}
+
+/// How many rows of `logits` [B, K] pick their label [B] (int64 []).
+pub fn count_correct(logits: &Tensor, labels: &Tensor) -> Tensor {
+    logits.argmax(-1, false).eq_tensor(labels).sum(Kind::Int64)
 }
 
 /// Runs `f` under bf16 autocast when asked (CUDA only: callers refuse bf16 on the CPU).
@@ -459,7 +474,9 @@ fn ensure_finite(train_loss: f64, epoch: usize, run: &RunFolder) -> Result<()> {
     Ok(())
 }
 
-/// Metadata that makes a checkpoint self-describing for `vit eval` and `vit predict`.
+/// Metadata that makes a checkpoint self-describing for `vit eval` and `vit predict`
+/// (`mean` and `std` record the normalisation for other tools; vit always uses the
+/// notebook's constants).
 fn checkpoint_metadata(dataset: &Dataset) -> Vec<(&'static str, String)> {
     vec![
         ("dataset", dataset.name.clone()),
