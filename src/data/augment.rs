@@ -353,7 +353,8 @@ pub fn auto_augment_cifar10(images: &Tensor, interpolation: Interpolation) -> Te
 }
 
 /// Applies to image i the op with code `kinds[i]` (int64 [B], see [`AugOp::code`]) and
-/// magnitude `magnitudes[i]` (any float kind [B], used as double; `_apply_op` units), for a uint8 batch.
+/// magnitude `magnitudes[i]` (any float kind [B], used as double; `_apply_op` units), for
+/// a uint8 batch.
 /// `candidates` lists the ops that may occur (others are left as they are); each is
 /// computed once for the whole batch, the geometric ones together in one grid sample.
 pub fn apply_ops(
