@@ -3,7 +3,8 @@
 
     .venv/bin/python bench/compare.py --vit target/release/vit [--config notebook]
         [--batch-size 128] [--threads 2] [--steps 10] [--warmup 3] [--device cpu|cuda]
-        [--precision fp32|bf16] [--repeats 3] [--explicit-attention] [--json]
+        [--precision fp32|bf16] [--adamw fused|loop] [--repeats 3] [--explicit-attention]
+        [--json]
 
 Three sides, each in its own process so that peak RSS is per side:
 
@@ -14,11 +15,11 @@ Three sides, each in its own process so that peak RSS is per side:
   (only when timm is installed).
 
 Every side times the same training step (forward in train mode, cross-entropy with label
-smoothing 0.1, backward, clip_grad_norm 1.0, AdamW with decay / no-decay groups, argmax
-accuracy) and the same inference (eval mode, no grad) on random inputs, `--warmup` untimed
-steps then `--steps` timed ones. With --repeats N the sides run interleaved N times (vit,
-reference, timm, vit, reference, timm, ...) and the median of each figure is reported, so
-that machine noise hits every side alike. See bench/README.md.
+smoothing 0.1, backward, clip_grad_norm 1.0, AdamW with decay / no-decay groups and the
+same AdamW kernel, argmax accuracy) and the same inference (eval mode, no grad) on random
+inputs, `--warmup` untimed steps then `--steps` timed ones. With --repeats N the sides run
+interleaved N times (vit, reference, timm, vit, reference, timm, ...) and the median of
+each figure is reported, so that machine noise hits every side alike. See bench/README.md.
 """
 
 import argparse
@@ -73,10 +74,16 @@ def parse_args(argv=None):
         help="comma-separated subset of vit,reference,timm (timm is skipped if missing)",
     )
     p.add_argument(
+        "--adamw",
+        default="fused",
+        choices=("fused", "loop"),
+        help="AdamW kernel on every side: fused (PyTorch fused=True) or loop (foreach=False)",
+    )
+    p.add_argument(
         "--pytorch-foreach",
         action="store_true",
-        help="let PyTorch use its multi-tensor (foreach) AdamW and clipping: not the same "
-        "step as vit's any more, but shows what fusing the optimizer would gain",
+        help="PyTorch runs its multi-tensor (foreach) AdamW, its default on CUDA, whatever "
+        "--adamw says (vit has no foreach AdamW)",
     )
     p.add_argument(
         "--phases",
@@ -99,8 +106,6 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.device is None:
         args.device = default_device()
-    if args.precision == "bf16" and not args.device.startswith("cuda"):
-        p.error("--precision bf16 needs a CUDA device (as `vit bench`)")
     if args.steps <= 0 or args.batch_size <= 0 or args.repeats <= 0 or args.warmup < 0:
         p.error("--steps, --batch-size and --repeats must be positive, --warmup >= 0")
     return args
@@ -161,17 +166,19 @@ def worker(args):
     config = json.loads(args.model_json)
     torch.manual_seed(0)
     model = build_model(args.worker, config, fused=not args.explicit_attention).to(device)
-    foreach = None if args.pytorch_foreach else False
-    optimizer = torch.optim.AdamW(
-        param_groups(model), lr=LR, betas=(0.9, 0.999), eps=1e-8, foreach=foreach
-    )
+    if args.pytorch_foreach:
+        kernel = {"foreach": True}
+    else:
+        kernel = {"fused": True} if args.adamw == "fused" else {"foreach": False}
+    groups = param_groups(model)
+    optimizer = torch.optim.AdamW(groups, lr=LR, betas=(0.9, 0.999), eps=1e-8, **kernel)
     shape = (args.batch_size, config["in_channels"], config["image_size"], config["image_size"])
     images = torch.randn(shape, device=device)
     labels = torch.randint(config["num_classes"], (args.batch_size,), device=device)
 
     def autocast():
         if args.precision == "bf16":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def sync():
@@ -198,7 +205,8 @@ def worker(args):
         if timing:
             sync()
             t2 = clock()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_GRAD, foreach=foreach)
+        # PyTorch's default: multi-tensor kernels on CUDA, a loop on the CPU (as vit).
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_GRAD)
         if timing:
             sync()
             t3 = clock()
@@ -284,6 +292,7 @@ def side_commands(args, config):
         "--device", args.device,
         "--precision", args.precision,
         "--threads", str(args.threads),
+        "--adamw", args.adamw,
     ]  # fmt: skip
     if args.explicit_attention:
         common.append("--explicit-attention")
@@ -350,8 +359,8 @@ def median_report(runs):
 
 
 def ratio(a, b):
-    keys = ("train_images_per_s", "infer_images_per_s", "peak_rss_bytes")
-    return {key: a[key] / b[key] for key in keys}
+    keys = ("train_images_per_s", "infer_images_per_s", "peak_rss_bytes", "peak_device_bytes")
+    return {key: a[key] / b[key] for key in keys if a.get(key) and b.get(key)}
 
 
 def is_vit(side):
@@ -369,6 +378,7 @@ def print_table(result):
         f"{s['config']} config ({result['parameters']:,} parameters), batch {s['batch_size']}, "
         f"{s['precision']} on {s['device']}, {s['threads']} threads, "
         f"{'explicit' if s['explicit_attention'] else 'fused'} attention, "
+        f"{s.get('adamw', 'loop')} AdamW{' (PyTorch: foreach)' if s['pytorch_foreach'] else ''}, "
         f"{s['warmup']} warm-up + {s['steps']} timed steps, median of {s['repeats']}"
     )
     names = list(sides)
@@ -452,6 +462,7 @@ def main():
             "precision": args.precision,
             "repeats": args.repeats,
             "explicit_attention": args.explicit_attention,
+            "adamw": args.adamw,
             "pytorch_foreach": args.pytorch_foreach,
         },
         "parameters": next(iter(counts.values())),

@@ -4,7 +4,8 @@
 //! backward, gradient clipping, AdamW) and per evaluation batch, on random inputs, so the
 //! figures compare directly with the same model run in PyTorch (bench/compare.py).
 
-use crate::cli::BenchArgs;
+use crate::cli::{AdamWKernel, BenchArgs};
+use crate::ffi;
 use crate::model::VisionTransformer;
 use crate::optim::AdamW;
 use crate::train::{
@@ -24,6 +25,7 @@ pub struct BenchReport {
     pub batch_size: i64,
     pub steps: usize,
     pub fused_attention: bool,
+    pub fused_adamw: bool,
     pub parameters: i64,
     pub train_images_per_s: f64,
     pub infer_images_per_s: f64,
@@ -31,6 +33,9 @@ pub struct BenchReport {
     pub peak_rss_bytes: u64,
     /// Resident memory before the model was built (libtorch loaded, no tensors), in bytes.
     pub baseline_rss_bytes: u64,
+    /// On CUDA: the allocator's peak bytes allocated to tensors during the timed work, the
+    /// model, optimizer state and batch included (`torch.cuda.max_memory_allocated`).
+    pub peak_device_bytes: Option<i64>,
     /// With `--phases`: milliseconds per training step in each phase.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phase_ms_per_step: Option<PhaseTimes>,
@@ -57,16 +62,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "--steps and --batch-size must be positive"
     );
     let device = args.device.resolve()?;
-    ensure!(
-        args.precision == crate::cli::Precision::Fp32 || device.is_cuda(),
-        "--precision bf16 needs a CUDA device"
-    );
     let config = args.model.resolve()?;
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
     let mut model = VisionTransformer::new(&vs.root(), &config)?;
     model.set_fused_attention(!args.explicit_attention);
     let mut optimizer = AdamW::new(&vs, 0.05)?;
+    optimizer.fused = args.adamw == AdamWKernel::Fused;
     let shape = [
         args.batch_size,
         config.in_channels,
@@ -84,15 +86,21 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         precision: args.precision,
     };
 
+    ffi::reset_peak_memory(device)?;
     let train_seconds = timed(device, args.warmup, args.steps, || {
         let _ = train_step(&model, &mut optimizer, &batch, 1e-3, options);
     });
     let infer_seconds = timed(device, args.warmup, args.steps, || {
-        let _ = tch::no_grad(|| autocast(args.precision, || model.forward_t(&batch.images, false)));
+        let _ = tch::no_grad(|| {
+            autocast(args.precision, device, || {
+                model.forward_t(&batch.images, false)
+            })
+        });
     });
     let phase_ms_per_step = args
         .phases
         .then(|| phase_times(device, args.steps, &model, &mut optimizer, &batch, options));
+    let peak_device_bytes = ffi::peak_memory(device)?.map(|peak| peak.allocated);
     let images_timed = (args.batch_size as usize * args.steps) as f64;
     let report = BenchReport {
         config: args.model.preset.clone(),
@@ -102,18 +110,20 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         batch_size: args.batch_size,
         steps: args.steps,
         fused_attention: !args.explicit_attention,
+        fused_adamw: optimizer.fused,
         parameters: vs.variables().values().map(|t| t.numel() as i64).sum(),
         train_images_per_s: images_timed / train_seconds,
         infer_images_per_s: images_timed / infer_seconds,
         peak_rss_bytes: peak_rss_bytes(),
         baseline_rss_bytes,
+        peak_device_bytes,
         phase_ms_per_step,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{} ({} parameters), batch {}, {} on {} with {} threads, {} attention",
+            "{} ({} parameters), batch {}, {} on {} with {} threads, {} attention, {} AdamW",
             report.config,
             report.parameters,
             report.batch_size,
@@ -124,14 +134,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 "fused"
             } else {
                 "explicit"
-            }
+            },
+            if report.fused_adamw { "fused" } else { "loop" }
         );
         println!("train:     {:9.1} images/s", report.train_images_per_s);
         println!("inference: {:9.1} images/s", report.infer_images_per_s);
-        println!(
-            "peak RSS:  {:9.1} MiB",
-            report.peak_rss_bytes as f64 / (1 << 20) as f64
-        );
+        let mib = |bytes: f64| bytes / (1 << 20) as f64;
+        println!("peak RSS:  {:9.1} MiB", mib(report.peak_rss_bytes as f64));
+        if let Some(bytes) = report.peak_device_bytes {
+            println!("peak CUDA: {:9.1} MiB allocated", mib(bytes as f64));
+        }
         if let Some(p) = report.phase_ms_per_step {
             println!(
                 "ms per training step: forward {:.1}, backward {:.1}, clip {:.1}, optimizer {:.1}",

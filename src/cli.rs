@@ -279,8 +279,16 @@ pub enum AugmentPolicy {
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     Fp32,
-    /// bf16 autocast on CUDA.
+    /// bf16 autocast (fast on CUDA; on the CPU only where it has bf16 instructions).
     Bf16,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdamWKernel {
+    /// `torch.optim.AdamW(fused=True)`.
+    Fused,
+    /// `torch.optim.AdamW(foreach=False)`.
+    Loop,
 }
 
 #[derive(Args, Debug)]
@@ -342,6 +350,9 @@ pub struct BenchArgs {
     /// Use the explicit softmax attention instead of the fused kernel.
     #[arg(long)]
     pub explicit_attention: bool,
+    /// AdamW as libtorch's fused kernel, or as PyTorch's single-tensor loop of small ops.
+    #[arg(long, value_enum, default_value = "fused")]
+    pub adamw: AdamWKernel,
     /// Also time the phases of a training step (forward + loss, backward, gradient
     /// clipping, AdamW) in separate, synchronised steps after the timed ones.
     #[arg(long)]

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod data;
 pub mod eval;
+pub mod ffi;
 pub mod fsutil;
 pub mod info;
 pub mod model;

@@ -1,6 +1,7 @@
 //! AdamW, gradient clipping and the learning-rate schedule, written out so that their state
 //! can be saved for `--resume` (tch's C++ optimizers keep theirs out of reach).
 
+use crate::ffi::{foreach_mul_, foreach_norm, fused_adamw, AdamWSlot};
 use anyhow::{ensure, Context, Result};
 use std::collections::BTreeMap;
 use tch::{nn, Kind, Tensor};
@@ -21,6 +22,13 @@ struct ParamState {
 /// parameter groups: decay for weight matrices, none for 1-D tensors, cls_token, pos_embed.
 pub struct AdamW {
     params: Vec<ParamState>,
+    /// Update with libtorch's fused kernel (`fused=True`: one kernel per group on CUDA,
+    /// where the loop launches ~10 per parameter); false runs PyTorch's single-tensor
+    /// loop, op by op. Both agree to float rounding (tested).
+    pub fused: bool,
+    /// `step` as a float32 tensor of shape [] on the parameters' device, which the fused
+    /// kernel reads.
+    step_on_device: Tensor,
     /// A libtorch optimizer over the same parameters, used only for its `zero_grad`, which
     /// sets the gradients to undefined (PyTorch's `set_to_none=True`) where
     /// `Tensor::zero_grad` would fill them with zeros: no zero fill before backward, and
@@ -30,8 +38,7 @@ pub struct AdamW {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
-    /// Steps taken so far (PyTorch's `state['step']`, shared by every parameter).
-    pub step: i64,
+    step: i64,
 }
 
 impl AdamW {
@@ -54,6 +61,8 @@ impl AdamW {
         }
         Ok(Self {
             params,
+            fused: true,
+            step_on_device: Tensor::zeros([], (Kind::Float, vs.device())),
             grad_clearer,
             weight_decay,
             beta1: 0.9,
@@ -73,9 +82,61 @@ impl AdamW {
         self.params.iter().map(|s| &s.param)
     }
 
-    /// One AdamW update with learning rate `lr`, as PyTorch's single-tensor implementation.
+    /// One AdamW update with learning rate `lr`. Parameters without a gradient are left
+    /// alone, as PyTorch does.
     pub fn step(&mut self, lr: f64) {
         self.step += 1;
+        if self.fused {
+            // Fails only on tensors the kernel cannot take, which `new` never makes.
+            self.fused_step(lr).expect("fused AdamW");
+        } else {
+            self.single_tensor_step(lr);
+        }
+    }
+
+    /// Steps taken so far (PyTorch's `state['step']`, shared by every parameter).
+    pub fn steps_taken(&self) -> i64 {
+        self.step
+    }
+
+    /// `torch.optim.AdamW(fused=True)`: the kernel once per weight-decay group.
+    fn fused_step(&mut self, lr: f64) -> Result<()> {
+        tch::no_grad(|| {
+            // A fill from the host value: one asynchronous kernel, and always in step
+            // with `self.step` (also after loop steps or a resume).
+            let _ = self.step_on_device.fill_(self.step as f64);
+            let grads: Vec<Tensor> = self.params.iter().map(|s| s.param.grad()).collect();
+            for decay in [true, false] {
+                let slots: Vec<AdamWSlot> = self
+                    .params
+                    .iter()
+                    .zip(&grads)
+                    .filter(|(s, grad)| s.decay == decay && grad.defined())
+                    .map(|(s, grad)| AdamWSlot {
+                        param: &s.param,
+                        grad,
+                        exp_avg: &s.exp_avg,
+                        exp_avg_sq: &s.exp_avg_sq,
+                    })
+                    .collect();
+                let weight_decay = if decay { self.weight_decay } else { 0.0 };
+                let (beta1, beta2, eps) = (self.beta1, self.beta2, self.eps);
+                fused_adamw(
+                    &slots,
+                    &self.step_on_device,
+                    lr,
+                    beta1,
+                    beta2,
+                    weight_decay,
+                    eps,
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// PyTorch's single-tensor implementation (`foreach=False`), op by op.
+    fn single_tensor_step(&mut self, lr: f64) {
         let bias_correction1 = 1.0 - self.beta1.powf(self.step as f64);
         let bias_correction2_sqrt = (1.0 - self.beta2.powf(self.step as f64)).sqrt();
         let step_size = lr / bias_correction1;
@@ -117,8 +178,9 @@ impl AdamW {
         out
     }
 
-    /// Restores what `state_tensors` saved (and `step`, which the caller keeps).
-    pub fn load_state_tensors(&mut self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+    /// Restores what `state_tensors` saved, and the step count.
+    pub fn load_state(&mut self, tensors: &BTreeMap<String, Tensor>, step: i64) -> Result<()> {
+        self.step = step;
         tch::no_grad(|| {
             for s in &mut self.params {
                 for (prefix, target) in [
@@ -138,24 +200,18 @@ impl AdamW {
     }
 }
 
-/// Scales all gradients so that their global L2 norm is at most `max_norm`, like
-/// `torch.nn.utils.clip_grad_norm_`. Returns the norm before clipping, left on the device
-/// (reading it would force a host-device synchronisation).
+/// Scales all gradients so that their global L2 norm is at most `max_norm`, as
+/// `torch.nn.utils.clip_grad_norm_` (multi-tensor kernels, as PyTorch's CUDA default).
+/// Returns the norm before clipping, left on the device (reading it would force a
+/// host-device synchronisation).
 pub fn clip_grad_norm<'a>(params: impl Iterator<Item = &'a Tensor>, max_norm: f64) -> Tensor {
     let grads: Vec<Tensor> = params.map(|p| p.grad()).filter(|g| g.defined()).collect();
-    let norms: Vec<Tensor> = grads
-        .iter()
-        .map(|g| g.norm().to_kind(Kind::Float))
-        .collect();
+    let norms = foreach_norm(&grads).expect("foreach norm of the gradients");
     let total = Tensor::stack(&norms, 0).norm();
-    // As PyTorch: max_norm / (total + 1e-6) in one division (tch's `f64 / &Tensor` would
-    // take a reciprocal first and round twice).
-    let coef = (total.full_like(max_norm) / (&total + 1e-6)).clamp_max(1.0);
-    tch::no_grad(|| {
-        for g in &grads {
-            let _ = g.shallow_clone().g_mul_(&coef);
-        }
-    });
+    // PyTorch's `max_norm / (total + 1e-6)` is `Tensor.__rtruediv__`: a reciprocal, then a
+    // product (two roundings, which a division would not match for max_norm != 1).
+    let coef = ((&total + 1e-6).reciprocal() * max_norm).clamp_max(1.0);
+    tch::no_grad(|| foreach_mul_(&grads, &coef)).expect("foreach mul of the gradients");
     total
 }
 

@@ -218,6 +218,14 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--resume"));
+
+    // Resuming the finished run with the data folder spelled another way is accepted.
+    let data_again = format!("{data}/../data");
+    let mut args = tiny_run_args(&data_again, out);
+    #[rustfmt::skip]
+    args.extend(["--epochs", "4", "--batch-size", "50", "--lr", "3e-3", "--warmup-epochs", "1", "--resume"]);
+    vit(&args);
+    assert_eq!(read_metrics(&run).1.len(), 4, "the finished run changed");
 }
 
 /// Trains `settings` into `out`, interrupted (as by Ctrl-C) at the first opportunity when
@@ -378,6 +386,8 @@ fn strong_recipe_runs_from_the_command_line() {
     let (data, out) = (data_dir.to_str().unwrap(), run.to_str().unwrap());
     let mut args = tiny_run_args(data, out);
     args.extend(["--recipe", "strong", "--epochs", "1", "--batch-size", "100"]);
+    // In bf16 autocast, as on a GPU: the CPU runs the same autocast machinery.
+    args.extend(["--precision", "bf16"]);
     let output = vit(&args);
     assert!(String::from_utf8_lossy(&output.stdout).contains("Epoch: 1, Validation Accuracy:"));
     let config = std::fs::read_to_string(run.join("config.json")).unwrap();
@@ -387,6 +397,7 @@ fn strong_recipe_runs_from_the_command_line() {
         "\"cutmix_alpha\": 1.0",
         "\"ema\": 0.999",
         "\"dropout\": 0.0",
+        "\"precision\": \"bf16\"",
     ] {
         assert!(config.contains(setting), "{setting} not in {config}");
     }

@@ -155,6 +155,9 @@ fn download(source: &str, dest: &Path, spec: &ArchiveSpec) -> Result<()> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_connect(Some(Duration::from_secs(30)))
             .timeout_recv_response(Some(Duration::from_secs(60)))
+            // A server that stops sending mid-transfer fails the download instead of
+            // leaving it waiting forever.
+            .timeout_per_read(Some(Duration::from_secs(60)))
             .build()
             .into();
         // Byte for byte: no transparent gzip decoding of the .tar.gz by ureq.

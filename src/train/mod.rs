@@ -145,8 +145,10 @@ pub fn forward_loss(
     batch: &TrainBatch,
     options: StepOptions,
 ) -> (Tensor, Tensor) {
-    let logits =
-        autocast(options.precision, || model.forward_t(&batch.images, true)).to_kind(Kind::Float);
+    let logits = autocast(options.precision, batch.images.device(), || {
+        model.forward_t(&batch.images, true)
+    })
+    .to_kind(Kind::Float);
     let loss = match &batch.soft_targets {
         Some(targets) => mix::soft_target_cross_entropy(&logits, targets),
         None => training_loss(&logits, &batch.labels, options.label_smoothing),
@@ -164,22 +166,12 @@ pub fn count_correct(logits: &Tensor, labels: &Tensor) -> Tensor {
     logits.argmax(-1, false).eq_tensor(labels).sum(Kind::Int64)
 }
 
-/// Runs `f` under bf16 autocast when asked (CUDA only: callers refuse bf16 on the CPU).
-pub fn autocast<T>(precision: Precision, f: impl FnOnce() -> T) -> T {
-    if precision == Precision::Fp32 {
-        return f();
+/// Runs `f` under bf16 autocast on `device` when `precision` asks for it.
+pub fn autocast<T>(precision: Precision, device: Device, f: impl FnOnce() -> T) -> T {
+    match precision {
+        Precision::Fp32 => f(),
+        Precision::Bf16 => crate::ffi::autocast_bf16(device, f),
     }
-    // tch enables CUDA autocast with libtorch's default dtype, float16, and exposes no
-    // setter; this libtorch C++ function (exported by libtorch_cpu) selects bfloat16.
-    extern "C" {
-        #[link_name = "_ZN2at8autocast18set_autocast_dtypeEN3c1010DeviceTypeENS1_10ScalarTypeE"]
-        fn set_autocast_dtype(device_type: i8, dtype: i8);
-    }
-    const DEVICE_TYPE_CUDA: i8 = 1;
-    const SCALAR_TYPE_BFLOAT16: i8 = 15;
-    // SAFETY: a plain setter of thread-local autocast state taking two int8 enums.
-    unsafe { set_autocast_dtype(DEVICE_TYPE_CUDA, SCALAR_TYPE_BFLOAT16) };
-    tch::autocast(true, f)
 }
 
 /// `vit train`.
@@ -188,10 +180,6 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         tch::set_num_threads(threads);
     }
     let device = args.device.resolve()?;
-    ensure!(
-        args.precision == Precision::Fp32 || device.is_cuda(),
-        "--precision bf16 needs a CUDA device; use --precision fp32 on the CPU"
-    );
     let out = args.out.clone().unwrap_or_else(default_run_dir);
     ensure!(
         !args.resume || args.out.is_some(),
@@ -218,7 +206,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let settings = TrainSettings {
         model: config,
         dataset: dataset.name.clone(),
-        data_dir: args.data.data_dir.clone(),
+        // Absolute, so that `--resume` from another folder or as `./data` still matches.
+        data_dir: std::fs::canonicalize(&args.data.data_dir)
+            .unwrap_or_else(|_| args.data.data_dir.clone()),
         epochs: args.epochs,
         batch_size: args.batch_size,
         lr: args.lr,

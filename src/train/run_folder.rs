@@ -183,7 +183,10 @@ impl RunFolder {
         }
         let metadata = [
             ("progress".to_string(), serde_json::to_string(progress)?),
-            ("optimizer_step".to_string(), optimizer.step.to_string()),
+            (
+                "optimizer_step".to_string(),
+                optimizer.steps_taken().to_string(),
+            ),
         ]
         .into();
         TensorFile { tensors, metadata }.write(&self.path("resume.safetensors"))
@@ -206,13 +209,12 @@ impl RunFolder {
         if let Some(ema) = ema {
             file.with_prefix("ema").load_into(&ema.vs)?;
         }
-        optimizer.load_state_tensors(&file.tensors)?;
         let field = |key: &str| {
             file.metadata
                 .get(key)
                 .with_context(|| format!("{} has no `{key}`", path.display()))
         };
-        optimizer.step = field("optimizer_step")?.parse()?;
+        optimizer.load_state(&file.tensors, field("optimizer_step")?.parse()?)?;
         let progress: Progress = serde_json::from_str(field("progress")?)?;
         // Rows written after the saved state (a crash between the two writes) are dropped.
         self.truncate_metrics(progress.epochs_done)?;

@@ -11,8 +11,10 @@ Every file is a float32 safetensors file with the model hyperparameters as JSON 
   (the Rust tests repeat the formula), so only `input` and `output` are stored;
 - `gradients`: cross-entropy (label smoothing 0.1) of the small model in train mode:
   `input`, `labels`, `loss`, `grad.<key>` and `grad.input`;
-- `adamw_steps`: three steps of clip_grad_norm_(1.0) + AdamW with decay and no-decay
-  groups and a different lr each step: `loss.<i>`, `grad_norm.<i>`, `after.<key>`.
+- `adamw_steps`: three steps of clip_grad_norm_(0.5) + AdamW with decay and no-decay
+  groups and a different lr each step, once with each AdamW kernel (KERNEL: `loop` for
+  foreach=False, `fused` for fused=True): `KERNEL.loss.<i>`, `KERNEL.grad_norm.<i>`,
+  `KERNEL.after.<key>`.
 """
 
 import json
@@ -47,7 +49,9 @@ SMALL = dict(
 NOTEBOOK = PRESETS["notebook"]
 BATCH = 2
 LABEL_SMOOTHING = 0.1
-MAX_GRAD_NORM = 1.0
+# Below the gradient norms (1.0 to 6.1) so clipping acts, and not 1.0, where a reciprocal times
+# max_norm and a division by the norm round alike.
+MAX_GRAD_NORM = 0.5
 WEIGHT_DECAY = 0.05
 STEP_LRS = (1e-3, 5e-3, 2e-3)
 NO_DECAY = ("cls_token", "pos_embed")
@@ -167,33 +171,36 @@ def gradient_fixture():
 def adamw_fixture():
     model = small_model()
     start = params(model)
-    model.train()
     x, y = images(SMALL), labels()
-    named = sorted(model.named_parameters())
-    decay = [p for k, p in named if p.dim() >= 2 and k not in NO_DECAY]
-    no_decay = [p for k, p in named if not (p.dim() >= 2 and k not in NO_DECAY)]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": WEIGHT_DECAY},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        foreach=False,
-    )
     record = {}
-    for step, lr in enumerate(STEP_LRS):
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(x), y, label_smoothing=LABEL_SMOOTHING)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-        optimizer.step()
-        record[f"loss.{step}"] = loss.detach()
-        record[f"grad_norm.{step}"] = norm
-    after = {f"after.{k}": v for k, v in model.state_dict().items()}
-    save("adamw_steps", SMALL, {**start, "input": x, "labels": y, **record, **after})
+    for kernel in ("loop", "fused"):
+        model.load_state_dict({k[len("param.") :]: v for k, v in start.items()})
+        model.train()
+        named = sorted(model.named_parameters())
+        decay = [p for k, p in named if p.dim() >= 2 and k not in NO_DECAY]
+        no_decay = [p for k, p in named if not (p.dim() >= 2 and k not in NO_DECAY)]
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": WEIGHT_DECAY},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            **({"fused": True} if kernel == "fused" else {"foreach": False}),
+        )
+        for step, lr in enumerate(STEP_LRS):
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x), y, label_smoothing=LABEL_SMOOTHING)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+            assert norm > MAX_GRAD_NORM, "the fixture should exercise clipping"
+            optimizer.step()
+            record[f"{kernel}.loss.{step}"] = loss.detach()
+            record[f"{kernel}.grad_norm.{step}"] = norm
+        record.update({f"{kernel}.after.{k}": v.clone() for k, v in model.state_dict().items()})
+    save("adamw_steps", SMALL, {**start, "input": x, "labels": y, **record})
 
 
 def main():

@@ -1,0 +1,96 @@
+//! bf16 autocast (through `vit_tch::ffi`), on the CPU, where libtorch runs the same
+//! autocast machinery as on CUDA: it must really lower the matmuls, leave the state as it
+//! found it, and keep a training step close to the fp32 one.
+
+mod common;
+
+use common::{assert_close, fixture, load_params, seeded};
+use tch::{nn, nn::Module, Device, Kind, Tensor};
+use vit_tch::cli::Precision;
+use vit_tch::ffi::{autocast_bf16, peak_memory};
+use vit_tch::model::VisionTransformer;
+use vit_tch::optim::AdamW;
+use vit_tch::train::{train_step, StepOptions, TrainBatch};
+
+#[test]
+fn bf16_autocast_lowers_linear_layers_and_restores_the_state() {
+    let _turn = seeded(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let linear = nn::linear(vs.root(), 8, 4, Default::default());
+    let x = Tensor::randn([3, 8], (Kind::Float, Device::Cpu));
+    let fp32 = linear.forward(&x);
+    let bf16 = autocast_bf16(Device::Cpu, || linear.forward(&x));
+    assert_eq!(fp32.kind(), Kind::Float);
+    assert_eq!(bf16.kind(), Kind::BFloat16);
+    // bf16 keeps 8 significant bits: agreement to about 1%.
+    assert_close("bf16 linear", &bf16.to_kind(Kind::Float), &fp32, 3e-2);
+
+    // Nested regions: leaving the inner one keeps the outer one on.
+    let nested = autocast_bf16(Device::Cpu, || {
+        autocast_bf16(Device::Cpu, || ());
+        linear.forward(&x)
+    });
+    assert_eq!(nested.kind(), Kind::BFloat16);
+    assert_eq!(linear.forward(&x).kind(), Kind::Float, "autocast left on");
+
+    // A panic inside the region still restores the state.
+    let caught = std::panic::catch_unwind(|| autocast_bf16(Device::Cpu, || panic!("inside")));
+    assert!(caught.is_err());
+    assert_eq!(linear.forward(&x).kind(), Kind::Float, "autocast left on");
+}
+
+/// One bf16 training step of the small fixture model against the same step in fp32: the
+/// loss and gradient norm agree to bf16 precision, and the parameters stay float32.
+#[test]
+fn a_bf16_training_step_tracks_the_fp32_one() {
+    let file = fixture("adamw_steps");
+    let batch = TrainBatch {
+        images: file.get("input").unwrap().shallow_clone(),
+        labels: file.get("labels").unwrap().shallow_clone(),
+        soft_targets: None,
+    };
+    let step = |precision| {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = VisionTransformer::new(&vs.root(), &file.config().unwrap()).unwrap();
+        load_params(&file, &vs);
+        let mut optimizer = AdamW::new(&vs, 0.05).unwrap();
+        let options = StepOptions {
+            label_smoothing: 0.1,
+            clip_grad: 1.0,
+            precision,
+        };
+        let output = train_step(&model, &mut optimizer, &batch, 1e-3, options);
+        (vs, output)
+    };
+    let (_, fp32) = step(Precision::Fp32);
+    let (bf16_vs, bf16) = step(Precision::Bf16);
+    assert_eq!(bf16.loss.kind(), Kind::Float);
+    assert_close("bf16 loss", &bf16.loss, &fp32.loss, 2e-2);
+    // An exact match would mean the step never ran in bf16.
+    assert!(bf16.loss != fp32.loss, "the bf16 step computed in fp32");
+    let fp32_norm = fp32.grad_norm.unwrap();
+    let bf16_norm = bf16.grad_norm.unwrap();
+    let relative = f64::try_from((&bf16_norm - &fp32_norm).abs() / &fp32_norm).unwrap();
+    assert!(
+        relative < 0.05,
+        "gradient norm off by {relative:.3} in bf16"
+    );
+    for (name, param) in bf16_vs.variables() {
+        assert_eq!(param.kind(), Kind::Float, "{name} is not float32");
+        assert!(param.isfinite().all().int64_value(&[]) == 1, "{name}");
+    }
+}
+
+#[test]
+fn peak_device_memory_is_only_reported_for_cuda() {
+    assert!(peak_memory(Device::Cpu).unwrap().is_none());
+    if tch::Cuda::is_available() {
+        let device = Device::Cuda(0);
+        vit_tch::ffi::reset_peak_memory(device).unwrap();
+        let before = peak_memory(device).unwrap().unwrap().allocated;
+        let big = Tensor::zeros([1 << 20], (Kind::Float, device));
+        let after = peak_memory(device).unwrap().unwrap().allocated;
+        assert!(after >= before + 4 * (1 << 20), "{before} -> {after}");
+        drop(big);
+    }
+}
