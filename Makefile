@@ -11,7 +11,9 @@ DATA_DIR   ?= data
 DATASET    ?= cifar100
 ARGS       ?=
 
-.PHONY: setup build fixtures test lint train bench clean
+SHARED     ?= ../shared
+
+.PHONY: setup build fixtures test lint train bench device clean
 
 # The venv is (re)built only when missing or when requirements.txt changed.
 setup: $(STAMP)
@@ -44,6 +46,13 @@ train: build
 # Side-by-side throughput against PyTorch (see bench/README.md).
 bench: build
 	$(PY) bench/compare.py --vit $(VIT) $(ARGS)
+
+# What bench/gpu.sh needs on a GPU machine that has torch but no Rust and no network, in
+# the git-ignored .device/ (the device tool's `carry`): vit, the CIFAR-10 JPEG converter
+# and archive from $(SHARED).
+device: build
+	mkdir -p .device
+	cp -f $(VIT) $(SHARED)/tools/cifar10-jpeg-to-bin $(SHARED)/data/cifar10-jpeg.tar.gz .device/
 
 clean:
 	cargo clean

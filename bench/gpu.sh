@@ -2,10 +2,8 @@
 # The GPU checks of issues 5 and 6 as one prepared run, for a session that is lent a
 # device machine (it has python3 with torch 2.11 and timm, but no Rust and no network).
 #
-# Here:   cargo build --release && mkdir -p .device && cp target/release/vit .device/ &&
-#         cp ../shared/tools/cifar10-jpeg-to-bin .device/ &&
-#         cp ../shared/data/cifar10-jpeg.tar.gz .device/
-#         (.device/ is git-ignored; name it in the device tool's `carry`)
+# Here:   make device     (builds vit and copies it, the CIFAR-10 JPEG converter and archive
+#                          into the git-ignored .device/; name it in the device tool's `carry`)
 # There:  OUT=$OUT bash bench/gpu.sh     (BUDGET_S: seconds the whole script may take, 540)
 #
 # Writes into $OUT: info.txt; compare-bf16.txt (vit against the PyTorch reference and timm,

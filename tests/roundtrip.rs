@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_close, TempDir};
+use common::{assert_close, python, TempDir};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::Command;
@@ -39,20 +39,6 @@ fn tiny_model() -> (nn::VarStore, VisionTransformer) {
         }
     });
     (vs, model)
-}
-
-/// `VIT_PYTHON`, else the project's `.venv/bin/python`.
-fn python() -> PathBuf {
-    let python = std::env::var_os("VIT_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
-    assert!(
-        python.exists(),
-        "no Python interpreter at {}: run `make setup` (or set VIT_PYTHON to a Python with \
-         torch, timm and safetensors)",
-        python.display()
-    );
-    python
 }
 
 fn tensors(entries: &[(&str, &Tensor)]) -> TensorFile {

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: fixture files, strict parameter loading,
-//! error measures, and the deterministic parameter formula of `make_fixtures.py`.
+//! error measures, the deterministic parameter formula of `make_fixtures.py`, temporary
+//! folders, the lock on the global random generator, and the Python interpreter.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -114,4 +115,18 @@ pub fn seeded(seed: i64) -> MutexGuard<'static, ()> {
     let guard = RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(seed);
     guard
+}
+
+/// `VIT_PYTHON`, else the project's `.venv/bin/python`.
+pub fn python() -> PathBuf {
+    let python = std::env::var_os("VIT_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    assert!(
+        python.exists(),
+        "no Python interpreter at {}: run `make setup` (or set VIT_PYTHON to a Python with \
+         torch, timm and safetensors)",
+        python.display()
+    );
+    python
 }

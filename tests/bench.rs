@@ -1,0 +1,95 @@
+//! `vit bench` and `bench/compare.py` (what `make bench` runs) on a tiny model: they run,
+//! report what they promise, and the side-by-side table compares like with like. No
+//! speed is asserted: throughput is measured with the benchmark, never in tests.
+
+mod common;
+
+use common::python;
+use serde_json::Value;
+use std::process::{Command, Output};
+
+fn succeeded(what: &str, output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn vit_bench(extra: &[&str]) -> Value {
+    #[rustfmt::skip]
+    let mut args = vec![
+        "bench", "--config", "tiny", "--batch-size", "4", "--steps", "2", "--warmup", "1",
+        "--device", "cpu", "--threads", "1", "--json",
+    ];
+    args.extend(extra);
+    let output = Command::new(env!("CARGO_BIN_EXE_vit"))
+        .args(&args)
+        .output()
+        .unwrap();
+    serde_json::from_str(&succeeded("vit bench", output)).unwrap()
+}
+
+#[test]
+fn vit_bench_reports_throughput_and_memory_for_each_setting() {
+    for (extra, precision, fused_adamw, fused_attention) in [
+        (&[][..], "fp32", true, true),
+        (
+            &["--precision", "bf16", "--adamw", "loop"][..],
+            "bf16",
+            false,
+            true,
+        ),
+        (&["--explicit-attention"][..], "fp32", true, false),
+    ] {
+        let report = vit_bench(extra);
+        assert_eq!(report["precision"], precision, "{report}");
+        assert_eq!(report["fused_adamw"], fused_adamw, "{report}");
+        assert_eq!(report["fused_attention"], fused_attention, "{report}");
+        assert_eq!(report["threads"], 1);
+        assert_eq!(report["parameters"], 21162, "the tiny preset's size");
+        for key in ["train_images_per_s", "infer_images_per_s"] {
+            let value = report[key].as_f64().unwrap();
+            assert!(value.is_finite() && value > 0.0, "{key} = {value}");
+        }
+        let peak = report["peak_rss_bytes"].as_u64().unwrap();
+        let baseline = report["baseline_rss_bytes"].as_u64().unwrap();
+        assert!(peak >= baseline && baseline > 0, "{report}");
+        assert!(
+            report["peak_device_bytes"].is_null(),
+            "no CUDA memory on the CPU"
+        );
+    }
+}
+
+#[test]
+fn compare_py_prints_one_table_with_ratios_of_the_same_work() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/compare.py");
+    #[rustfmt::skip]
+    let output = Command::new(python())
+        .args([
+            script, "--vit", env!("CARGO_BIN_EXE_vit"), "--config", "tiny", "--batch-size", "4",
+            "--steps", "2", "--warmup", "1", "--device", "cpu", "--threads", "1",
+            "--sides", "vit,reference", "--adamw", "loop", "--json",
+        ])
+        .output()
+        .unwrap();
+    let result: Value = serde_json::from_str(&succeeded("compare.py", output)).unwrap();
+    assert_eq!(result["settings"]["adamw"], "loop");
+    assert_eq!(result["parameters"], 21162);
+    let sides = result["sides"].as_object().unwrap();
+    assert_eq!(sides.len(), 2, "{result}");
+    assert_eq!(sides["vit"]["fused_adamw"], false);
+    let ratios = &result["ratios"]["vit/reference"];
+    for key in ["train_images_per_s", "infer_images_per_s"] {
+        let expected =
+            sides["vit"][key].as_f64().unwrap() / sides["reference"][key].as_f64().unwrap();
+        let ratio = ratios[key].as_f64().unwrap();
+        assert!(
+            (ratio - expected).abs() < 1e-9,
+            "{key}: {ratio} vs {expected}"
+        );
+    }
+}
