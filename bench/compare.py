@@ -4,7 +4,8 @@
     .venv/bin/python bench/compare.py --vit target/release/vit [--config notebook]
         [--batch-size 128] [--threads 2] [--steps 10] [--warmup 3] [--device cpu|cuda]
         [--precision fp32|bf16] [--adamw fused|loop] [--repeats 3] [--explicit-attention]
-        [--json]
+        [--sides vit,reference,timm] [--phases] [--pytorch-foreach]
+        [--also-vit vit-LABEL=PATH] [--json]
 
 Three sides, each in its own process so that peak RSS is per side:
 
@@ -205,7 +206,8 @@ def worker(args):
         if timing:
             sync()
             t2 = clock()
-        # PyTorch's default: multi-tensor kernels on CUDA, a loop on the CPU (as vit).
+        # PyTorch's default: multi-tensor kernels on CUDA, a per-tensor loop on the CPU;
+        # vit calls the multi-tensor kernels, whose CPU version is that same loop.
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_GRAD)
         if timing:
             sync()
@@ -359,8 +361,7 @@ def median_report(runs):
 
 
 def ratio(a, b):
-    keys = ("train_images_per_s", "infer_images_per_s", "peak_rss_bytes", "peak_device_bytes")
-    return {key: a[key] / b[key] for key in keys if a.get(key) and b.get(key)}
+    return {key: a[key] / b[key] for key in FIGURES if a.get(key) and b.get(key)}
 
 
 def is_vit(side):
@@ -378,7 +379,7 @@ def print_table(result):
         f"{s['config']} config ({result['parameters']:,} parameters), batch {s['batch_size']}, "
         f"{s['precision']} on {s['device']}, {s['threads']} threads, "
         f"{'explicit' if s['explicit_attention'] else 'fused'} attention, "
-        f"{s.get('adamw', 'loop')} AdamW{' (PyTorch: foreach)' if s['pytorch_foreach'] else ''}, "
+        f"{s['adamw']} AdamW{' (PyTorch: foreach)' if s['pytorch_foreach'] else ''}, "
         f"{s['warmup']} warm-up + {s['steps']} timed steps, median of {s['repeats']}"
     )
     names = list(sides)

@@ -193,8 +193,8 @@ def learning_rate(base_lr, step, warmup_steps, total_steps):
     return 0.5 * base_lr * (1.0 + math.cos(math.pi * progress))
 
 
-def mix_seed(seed, epoch, step):
-    """src/train/mod.rs::mix_seed (splitmix64 finaliser of seed, epoch, step)."""
+def step_seed(seed, epoch, step):
+    """src/train/mod.rs::step_seed (splitmix64 finaliser of seed, epoch, step)."""
     step &= MASK64
     rotated = ((step << 32) | (step >> 32)) & MASK64
     x = seed ^ ((epoch * 0x9E3779B97F4A7C15) & MASK64) ^ rotated
@@ -275,7 +275,7 @@ def main():
     for epoch in range(args.epochs):
         started = time.perf_counter()
         model.train()
-        torch.manual_seed(mix_seed(args.seed, epoch, USIZE_MAX))
+        torch.manual_seed(step_seed(args.seed, epoch, USIZE_MAX))
         order = torch.randperm(n_train, device=device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -283,7 +283,7 @@ def main():
         lr = 0.0
         for step in range(steps_per_epoch):
             index = order[step * args.batch_size : (step + 1) * args.batch_size]
-            torch.manual_seed(mix_seed(args.seed, epoch, step))
+            torch.manual_seed(step_seed(args.seed, epoch, step))
             images = train_transform(train_x.index_select(0, index))
             labels = train_y.index_select(0, index)
             lr = learning_rate(args.lr, epoch * steps_per_epoch + step, warmup_steps, total_steps)

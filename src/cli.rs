@@ -211,7 +211,8 @@ pub struct TrainArgs {
     pub clip_grad: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Train on the first N training images only.
+    /// Train on the first N training images only (CIFAR's files and folder datasets keep
+    /// the classes interleaved, so N images cover every class).
     #[arg(long)]
     pub train_subset: Option<i64>,
     /// Run folder; default runs/<timestamp>.
@@ -306,13 +307,13 @@ pub struct EvalArgs {
     pub device: DeviceArgs,
     #[arg(long, default_value_t = 500)]
     pub batch_size: i64,
-    /// Folder for confusion_matrix.csv (default: beside the checkpoint).
+    /// Folder for CHECKPOINT.confusion_matrix.csv (default: beside the checkpoint).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     pub json: bool,
-    /// Also draw the confusion matrix as confusion_matrix.png.
+    /// Also draw the confusion matrix as CHECKPOINT.confusion_matrix.png.
     #[arg(long)]
     pub plot: bool,
 }

@@ -136,10 +136,15 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
-    let csv_path = out_dir.join("confusion_matrix.csv");
+    // Named after the checkpoint, so evaluating best_model and then last_model keeps both.
+    let stem = args
+        .checkpoint
+        .file_stem()
+        .map_or("model".into(), |stem| stem.to_string_lossy());
+    let csv_path = out_dir.join(format!("{stem}.confusion_matrix.csv"));
     evaluation.write_confusion_csv(&dataset.classes, &csv_path)?;
     if args.plot {
-        let png = out_dir.join("confusion_matrix.png");
+        let png = out_dir.join(format!("{stem}.confusion_matrix.png"));
         crate::plot::confusion_matrix(&evaluation.confusion, &dataset.classes, &png)?;
     }
 

@@ -240,6 +240,9 @@ fn missing_files_name_the_download_command() {
         err.contains("data_batch_3.bin") && err.contains("vit download"),
         "{err}"
     );
+    // `vit download` would skip the existing folder: the message says to delete it.
+    let incomplete = format!("{} is incomplete: delete it", dir.display());
+    assert!(err.contains(&incomplete), "{err}");
 }
 
 #[test]
@@ -649,6 +652,7 @@ fn image_folder_reads_classes_in_name_order() {
     write_png(&tmp.0, "train", "zebra", "b", 30, 8);
     write_png(&tmp.0, "train", "zebra", "a", 31, 8);
     write_png(&tmp.0, "train", "bird", "x", 10, 8);
+    write_png(&tmp.0, "train", "bird", "w", 12, 8);
     write_png(&tmp.0, "train", "cat", "y", 20, 8);
     write_png(&tmp.0, "test", "cat", "t", 21, 8);
     write_png(&tmp.0, "test", "bird", "t", 11, 8);
@@ -658,24 +662,26 @@ fn image_folder_reads_classes_in_name_order() {
     let ds = data::load(&args(DatasetName::Folder, &tmp.0, false), 8).unwrap();
     assert_eq!(ds.name, "folder");
     assert_eq!(ds.classes, ["bird", "cat", "zebra"]);
-    assert_eq!(i64s(&ds.train.labels), [0, 1, 2, 2]);
+    // Classes interleaved, so that any first N images cover every class.
+    assert_eq!(i64s(&ds.train.labels), [0, 1, 2, 0, 2]);
     assert_eq!(i64s(&ds.test.labels), [0, 1, 2]);
-    assert_eq!(ds.train.images.size(), [4, 3, 8, 8]);
+    assert_eq!(ds.train.images.size(), [5, 3, 8, 8]);
     assert_eq!(ds.train.images.kind(), Kind::Uint8);
-    // Files sorted within a class (a before b); CHW: channel 0 = value, 1 = x, 2 = y.
-    let red: Vec<i64> = (0..4)
+    // Files sorted within a class (w before x, a before b); CHW: channel 0 = value, 1 = x,
+    // 2 = y.
+    let red: Vec<i64> = (0..5)
         .map(|i| ds.train.images.int64_value(&[i, 0, 3, 5]))
         .collect();
-    assert_eq!(red, [10, 20, 31, 30]);
+    assert_eq!(red, [12, 20, 31, 10, 30]);
     assert_eq!(ds.train.images.int64_value(&[1, 1, 3, 5]), 5);
     assert_eq!(ds.train.images.int64_value(&[1, 2, 3, 5]), 3);
 
     // Resized on load.
     let ds = data::load(&args(DatasetName::Folder, &tmp.0, false), 4).unwrap();
-    assert_eq!(ds.train.images.size(), [4, 3, 4, 4]);
+    assert_eq!(ds.train.images.size(), [5, 3, 4, 4]);
     assert_eq!(
         i64s(&ds.train.images.select(1, 0).select(0, 0)),
-        vec![10; 16]
+        vec![12; 16]
     );
 
     // A class only in the test split.

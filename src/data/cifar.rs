@@ -117,10 +117,17 @@ pub fn load_cifar100(data_dir: &Path, coarse_labels: bool) -> Result<Dataset> {
     })
 }
 
-/// The message for a file of a dataset that is not there.
+/// The message for a file of a dataset that is not there. `vit download` skips a dataset
+/// folder that exists, so a folder missing files has to go first.
 fn missing(path: &Path, format: &RecordFormat, data_dir: &Path) -> String {
+    let folder = path.parent().unwrap_or(path);
+    let advice = if folder.is_dir() {
+        format!("{} is incomplete: delete it, then run", folder.display())
+    } else {
+        "run".to_string()
+    };
     format!(
-        "{} is missing: run `vit download --dataset {} --data-dir {}` first",
+        "{} is missing: {advice} `vit download --dataset {} --data-dir {}`",
         path.display(),
         format.dataset,
         data_dir.display()

@@ -1,6 +1,7 @@
 //! torchvision's ImageFolder layout: `DIR/train/<class>/*.png|jpg|jpeg` and
 //! `DIR/test/<class>/*.png|jpg|jpeg`, classes sorted by name (label = index in that order),
-//! files found recursively under each class folder and sorted by path.
+//! files found recursively under each class folder and sorted by path, then the classes
+//! interleaved.
 //!
 //! Every image is decoded with the `image` crate, converted to RGB, resized to
 //! `image_size`×`image_size` (bilinear, antialiased when shrinking) when it is not already
@@ -78,8 +79,8 @@ pub fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
     if classes.is_empty() {
         bail!("{}: no class folders found", dir.display());
     }
-    let mut files = Vec::new();
-    for (label, class) in classes.iter().enumerate() {
+    let mut per_class = Vec::new();
+    for class in &classes {
         let mut found = Vec::new();
         collect_images(&dir.join(class), &mut found)?;
         if found.is_empty() {
@@ -89,7 +90,19 @@ pub fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
             );
         }
         found.sort();
-        files.extend(found.into_iter().map(|path| (path, label as i64)));
+        per_class.push(found.into_iter());
+    }
+    // Classes interleaved (the first file of each class, then the second, ...), as the
+    // CIFAR files are, so that the first N images (`--train-subset N`) cover every class.
+    let mut files = Vec::new();
+    loop {
+        let before = files.len();
+        for (label, found) in per_class.iter_mut().enumerate() {
+            files.extend(found.next().map(|path| (path, label as i64)));
+        }
+        if files.len() == before {
+            break;
+        }
     }
     Ok((classes, files))
 }

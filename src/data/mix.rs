@@ -148,7 +148,7 @@ pub fn mix(
 }
 
 /// timm's `SoftTargetCrossEntropy`: the batch mean of `-sum(targets * log_softmax(logits))`
-/// over classes, computed in float32.
+/// over classes, computed in float32. logits [B, K], targets float [B, K] -> float [].
 pub fn soft_target_cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
     let log_probs = logits.log_softmax(-1, Kind::Float);
     (-(targets.to_kind(Kind::Float) * log_probs))

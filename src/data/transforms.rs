@@ -62,7 +62,7 @@ pub fn random_horizontal_flip(images: &Tensor, p: f64) -> Tensor {
     images.flip([3]).where_self(&mask, images)
 }
 
-/// uint8 -> float in [0,1] (`ToTensor`'s scaling).
+/// uint8 -> float in [0,1] (`ToTensor`'s scaling). [B, C, H, W] -> [B, C, H, W].
 pub fn to_float01(images: &Tensor) -> Tensor {
     images.to_kind(Kind::Float) / 255.0
 }

@@ -35,7 +35,9 @@ impl ModuleT for Mlp {
 }
 
 /// A pre-norm transformer encoder block:
-/// x = x + drop(attn(norm1(x))); x = x + mlp(norm2(x)).
+/// x = x + drop_path(dropout(attn(norm1(x)))); x = x + drop_path(mlp(norm2(x))),
+/// where drop_path (stochastic depth, off unless the recipe sets it) skips a branch for
+/// whole samples.
 #[derive(Debug)]
 pub struct TransformerBlock {
     norm1: nn::LayerNorm,

@@ -15,7 +15,7 @@ pub use run_folder::{EpochMetrics, METRICS_HEADER};
 
 use crate::checkpoint;
 use crate::cli::{Precision, Recipe, TrainArgs};
-use crate::data::{self, augment, mix, transforms, Dataset};
+use crate::data::{self, augment, mix, transforms, Dataset, Split};
 use crate::eval::evaluate;
 use crate::model::{ViTConfig, VisionTransformer};
 use crate::optim::{clip_grad_norm, learning_rate, AdamW};
@@ -51,6 +51,7 @@ pub struct TrainSettings {
 }
 
 /// The loss the model is trained on: cross-entropy with label smoothing.
+/// logits float [B, num_classes], labels int64 [B] -> float [].
 pub fn training_loss(logits: &Tensor, labels: &Tensor, label_smoothing: f64) -> Tensor {
     logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, label_smoothing)
 }
@@ -192,6 +193,16 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     }
     ensure!(args.batch_size > 0, "--batch-size must be positive");
     ensure!(args.epochs > 0, "--epochs must be positive");
+    ensure!(args.lr > 0.0, "--lr must be positive, got {}", args.lr);
+    ensure!(
+        args.weight_decay >= 0.0 && args.clip_grad >= 0.0,
+        "--weight-decay and --clip-grad cannot be negative (0 turns them off)"
+    );
+    ensure!(
+        (0.0..1.0).contains(&args.label_smoothing),
+        "--label-smoothing must be in [0, 1), got {}",
+        args.label_smoothing
+    );
     let dataset = data::load(&args.data, config.image_size)?;
     dataset.check_channels(config.in_channels)?;
     let num_classes = dataset.num_classes();
@@ -279,112 +290,203 @@ pub struct RunOptions<'a> {
 
 /// The training loop proper, on a loaded dataset, writing into `options.out`.
 pub fn train(settings: &TrainSettings, dataset: &Dataset, options: &RunOptions) -> Result<Outcome> {
-    let RunOptions {
-        out,
-        resume,
-        device,
-        interrupted,
-        ..
-    } = *options;
-    let run = RunFolder::open(out, settings, resume, device)?;
-    let config = &settings.model;
-    let regularization = &settings.regularization;
-    let vs = nn::VarStore::new(device);
-    tch::manual_seed(settings.seed as i64);
-    let mut model = VisionTransformer::new(&vs.root(), config)?;
-    model.set_drop_path_rate(regularization.drop_path);
-    model.set_attn_dropout(regularization.attn_dropout);
-    let mut optimizer = AdamW::new(&vs, settings.weight_decay)?;
-    let mut ema = regularization
-        .ema
-        .map(|decay| Ema::new(&vs, config, decay))
-        .transpose()?;
-    let mut progress = Progress::default();
-    if resume {
-        progress = run.load_resume(&vs, &mut optimizer, ema.as_ref())?;
+    let mut trainer = Trainer::new(settings, dataset, options)?;
+    for epoch in trainer.progress.epochs_done..settings.epochs {
+        let started = Instant::now();
+        match trainer.train_epoch(epoch, started)? {
+            EpochEnd::Interrupted { step } => {
+                return Ok(Outcome::Interrupted {
+                    epoch: epoch + 1,
+                    step,
+                })
+            }
+            EpochEnd::Done { lr, sums } => trainer.finish_epoch(epoch, started, lr, sums)?,
+        }
+        if options.interrupted.load(Ordering::SeqCst) && epoch + 1 < settings.epochs {
+            return Ok(Outcome::Interrupted {
+                epoch: epoch + 1,
+                step: trainer.steps_per_epoch,
+            });
+        }
+    }
+    Ok(Outcome::Finished {
+        best_accuracy: trainer.progress.best_accuracy,
+    })
+}
+
+/// How `Trainer::train_epoch` ended.
+enum EpochEnd {
+    /// Every step ran: the last step's learning rate and the epoch's running sums.
+    Done { lr: f64, sums: RunningSums },
+    /// Ctrl-C: the state is saved after `step` steps of the epoch.
+    Interrupted { step: usize },
+}
+
+/// The epoch's summed training loss (float []) and correct count (int64 []), left on the
+/// device until the epoch ends: reading them per step would synchronise.
+struct RunningSums {
+    loss: Tensor,
+    correct: Tensor,
+}
+
+/// One run: its folder, model, optimizer, EMA and data, and where it stands.
+struct Trainer<'a> {
+    settings: &'a TrainSettings,
+    options: &'a RunOptions<'a>,
+    run: RunFolder,
+    vs: nn::VarStore,
+    model: VisionTransformer,
+    optimizer: AdamW,
+    ema: Option<Ema>,
+    train_split: Split,
+    test_split: Split,
+    steps_per_epoch: usize,
+    metadata: Vec<(&'static str, String)>,
+    console: Console,
+    progress: Progress,
+}
+
+impl<'a> Trainer<'a> {
+    /// Opens (or reopens, to resume) the run folder, builds the model, optimizer and EMA,
+    /// and moves the data to the device.
+    fn new(
+        settings: &'a TrainSettings,
+        dataset: &Dataset,
+        options: &'a RunOptions<'a>,
+    ) -> Result<Self> {
+        let device = options.device;
+        let run = RunFolder::open(options.out, settings, options.resume, device)?;
+        let regularization = &settings.regularization;
+        let vs = nn::VarStore::new(device);
+        tch::manual_seed(settings.seed as i64);
+        let mut model = VisionTransformer::new(&vs.root(), &settings.model)?;
+        model.set_drop_path_rate(regularization.drop_path);
+        model.set_attn_dropout(regularization.attn_dropout);
+        let mut optimizer = AdamW::new(&vs, settings.weight_decay)?;
+        let ema = regularization
+            .ema
+            .map(|decay| Ema::new(&vs, &settings.model, decay))
+            .transpose()?;
+        let progress = match options.resume {
+            true => run.load_resume(&vs, &mut optimizer, ema.as_ref())?,
+            false => Progress::default(),
+        };
+        let train_split = match settings.train_subset {
+            Some(n) => {
+                ensure!(
+                    n > 0 && n <= dataset.train.len(),
+                    "--train-subset {n} is outside 1..={} (the training images there are)",
+                    dataset.train.len()
+                );
+                dataset.train.subset(n).to_device(device)
+            }
+            None => dataset.train.to_device(device),
+        };
+        let n_train = train_split.len();
+        ensure!(n_train > 0, "the training split is empty");
+        let steps_per_epoch = ((n_train + settings.batch_size - 1) / settings.batch_size) as usize;
+        Ok(Self {
+            settings,
+            options,
+            run,
+            vs,
+            model,
+            optimizer,
+            ema,
+            test_split: dataset.test.to_device(device),
+            train_split,
+            steps_per_epoch,
+            metadata: checkpoint_metadata(dataset),
+            console: Console::new(steps_per_epoch),
+            progress,
+        })
     }
 
-    let train_split = match settings.train_subset {
-        Some(n) => {
-            ensure!(
-                n > 0 && n <= dataset.train.len(),
-                "--train-subset {n} is outside 1..={} (the training images there are)",
-                dataset.train.len()
-            );
-            dataset.train.subset(n).to_device(device)
-        }
-        None => dataset.train.to_device(device),
-    };
-    let test_split = dataset.test.to_device(device);
-    let n_train = train_split.len();
-    ensure!(n_train > 0, "the training split is empty");
-    let steps_per_epoch = ((n_train + settings.batch_size - 1) / settings.batch_size) as usize;
-    let total_steps = steps_per_epoch * settings.epochs;
-    let warmup_steps = steps_per_epoch * settings.warmup_epochs;
-    let metadata = checkpoint_metadata(dataset);
-    let console = Console::new(steps_per_epoch);
-    let step_options = StepOptions {
-        label_smoothing: settings.label_smoothing,
-        clip_grad: settings.clip_grad,
-        precision: settings.precision,
-    };
-
-    for epoch in progress.epochs_done..settings.epochs {
-        let started = Instant::now();
+    /// The training steps of `epoch` (from where a resumed run stopped), stopping early
+    /// with the state saved when Ctrl-C was pressed.
+    fn train_epoch(&mut self, epoch: usize, started: Instant) -> Result<EpochEnd> {
+        let settings = self.settings;
+        let device = self.options.device;
+        let n_train = self.train_split.len();
+        let total_steps = self.steps_per_epoch * settings.epochs;
+        let warmup_steps = self.steps_per_epoch * settings.warmup_epochs;
+        let step_options = StepOptions {
+            label_smoothing: settings.label_smoothing,
+            clip_grad: settings.clip_grad,
+            precision: settings.precision,
+        };
         // Every random draw derives from (seed, epoch, step), so a resumed run replays the
         // same shuffles, augmentations and dropout masks without saving generator state.
-        tch::manual_seed(mix_seed(settings.seed, epoch, usize::MAX));
+        tch::manual_seed(step_seed(settings.seed, epoch, usize::MAX));
         let order = Tensor::randperm(n_train, (Kind::Int64, device));
-        let mut loss_sum = Tensor::from(progress.loss_sum).to_device(device);
-        let mut correct = Tensor::from(progress.correct).to_device(device);
-        let bar = console.epoch_bar(epoch + 1, settings.epochs, progress.step_in_epoch);
+        let mut sums = RunningSums {
+            loss: Tensor::from(self.progress.loss_sum).to_device(device),
+            correct: Tensor::from(self.progress.correct).to_device(device),
+        };
+        let bar = self
+            .console
+            .epoch_bar(epoch + 1, settings.epochs, self.progress.step_in_epoch);
         let mut lr = 0.0;
-        for step in progress.step_in_epoch..steps_per_epoch {
+        for step in self.progress.step_in_epoch..self.steps_per_epoch {
             let start = step as i64 * settings.batch_size;
             let index = order.narrow(0, start, settings.batch_size.min(n_train - start));
-            tch::manual_seed(mix_seed(settings.seed, epoch, step));
-            let images = train_split.batch(&index);
+            tch::manual_seed(step_seed(settings.seed, epoch, step));
+            let images = self.train_split.batch(&index);
             let batch = TrainBatch::new(
                 &images.images,
                 images.labels,
-                config,
-                regularization,
+                &settings.model,
+                &settings.regularization,
                 settings.label_smoothing,
             );
-            let global_step = epoch * steps_per_epoch + step;
+            let global_step = epoch * self.steps_per_epoch + step;
             lr = learning_rate(settings.lr, global_step, warmup_steps, total_steps);
-            let output = train_step(&model, &mut optimizer, &batch, lr, step_options);
-            if let Some(ema) = &mut ema {
+            let output = train_step(&self.model, &mut self.optimizer, &batch, lr, step_options);
+            if let Some(ema) = &mut self.ema {
                 ema.update();
             }
-            loss_sum += output.loss * index.size()[0] as f64;
-            correct += output.correct;
-            progress.seen += index.size()[0];
-            console.step(&bar, step + 1, &loss_sum, &correct, progress.seen);
-            if interrupted.load(Ordering::SeqCst) && step + 1 < steps_per_epoch {
-                progress.step_in_epoch = step + 1;
-                progress.loss_sum = loss_sum.double_value(&[]);
-                progress.correct = correct.int64_value(&[]);
-                progress.seconds += started.elapsed().as_secs_f64();
-                run.save_resume(&vs, &optimizer, ema.as_ref(), &progress)?;
+            sums.loss += output.loss * index.size()[0] as f64;
+            sums.correct += output.correct;
+            self.progress.seen += index.size()[0];
+            let seen = self.progress.seen;
+            self.console
+                .step(&bar, step + 1, &sums.loss, &sums.correct, seen);
+            if self.options.interrupted.load(Ordering::SeqCst) && step + 1 < self.steps_per_epoch {
+                self.progress.step_in_epoch = step + 1;
+                self.progress.loss_sum = sums.loss.double_value(&[]);
+                self.progress.correct = sums.correct.int64_value(&[]);
+                self.progress.seconds += started.elapsed().as_secs_f64();
+                let ema = self.ema.as_ref();
+                self.run
+                    .save_resume(&self.vs, &self.optimizer, ema, &self.progress)?;
                 bar.abandon();
-                return Ok(Outcome::Interrupted {
-                    epoch: epoch + 1,
-                    step: step + 1,
-                });
+                return Ok(EpochEnd::Interrupted { step: step + 1 });
             }
         }
         bar.finish_and_clear();
-        let train_loss = loss_sum.double_value(&[]) / progress.seen as f64;
-        let train_acc = correct.int64_value(&[]) as f64 / progress.seen as f64;
-        ensure_finite(train_loss, epoch + 1, &run)?;
+        Ok(EpochEnd::Done { lr, sums })
+    }
+
+    /// The end of `epoch`: evaluation, the metrics row, the checkpoints, the resume state,
+    /// then (optionally) the curves.
+    fn finish_epoch(
+        &mut self,
+        epoch: usize,
+        started: Instant,
+        lr: f64,
+        sums: RunningSums,
+    ) -> Result<()> {
+        let progress = &mut self.progress;
+        let train_loss = sums.loss.double_value(&[]) / progress.seen as f64;
+        let train_acc = sums.correct.int64_value(&[]) as f64 / progress.seen as f64;
+        ensure_finite(train_loss, epoch + 1, &self.run)?;
         let train_seconds = progress.seconds + started.elapsed().as_secs_f64();
-        let eval_batch = settings.batch_size.max(256);
-        let evaluation = evaluate(&model, &test_split, eval_batch);
-        let ema_evaluation = ema
+        let eval_batch = self.settings.batch_size.max(256);
+        let evaluation = evaluate(&self.model, &self.test_split, eval_batch);
+        let ema_evaluation = self
+            .ema
             .as_ref()
-            .map(|ema| evaluate(&ema.model, &test_split, eval_batch));
-        let seconds = progress.seconds + started.elapsed().as_secs_f64();
+            .map(|ema| evaluate(&ema.model, &self.test_split, eval_batch));
         let row = EpochMetrics {
             epoch: epoch + 1,
             lr,
@@ -392,52 +494,54 @@ pub fn train(settings: &TrainSettings, dataset: &Dataset, options: &RunOptions) 
             train_acc,
             test_loss: evaluation.loss,
             test_acc: evaluation.accuracy,
-            epoch_seconds: seconds,
+            epoch_seconds: progress.seconds + started.elapsed().as_secs_f64(),
             images_per_second: progress.seen as f64 / train_seconds,
             ema_test_loss: ema_evaluation.as_ref().map(|e| e.loss),
             ema_test_acc: ema_evaluation.as_ref().map(|e| e.accuracy),
         };
-        run.append_metrics(&row)?;
-        if options.plot {
-            crate::plot::curves(&[out], &run.path("curves.png"))?;
-        }
+        self.run.append_metrics(&row)?;
         let save = |vs: &nn::VarStore, name: &str| {
-            checkpoint::save(vs, config, &metadata, &run.path(name))
+            checkpoint::save(
+                vs,
+                &self.settings.model,
+                &self.metadata,
+                &self.run.path(name),
+            )
         };
-        save(&vs, "last_model.safetensors")?;
+        save(&self.vs, "last_model.safetensors")?;
         if evaluation.accuracy > progress.best_accuracy {
             progress.best_accuracy = evaluation.accuracy;
-            save(&vs, "best_model.safetensors")?;
+            save(&self.vs, "best_model.safetensors")?;
         }
-        if let (Some(ema), Some(evaluation)) = (&ema, &ema_evaluation) {
+        if let (Some(ema), Some(evaluation)) = (&self.ema, &ema_evaluation) {
             save(&ema.vs, "last_ema_model.safetensors")?;
             if evaluation.accuracy > progress.best_ema_accuracy {
                 progress.best_ema_accuracy = evaluation.accuracy;
                 save(&ema.vs, "best_ema_model.safetensors")?;
             }
         }
-        progress = Progress {
+        *progress = Progress {
             epochs_done: epoch + 1,
             best_accuracy: progress.best_accuracy,
             best_ema_accuracy: progress.best_ema_accuracy,
             ..Progress::default()
         };
-        run.save_resume(&vs, &optimizer, ema.as_ref(), &progress)?;
-        console.epoch_done(&row);
-        if interrupted.load(Ordering::SeqCst) && epoch + 1 < settings.epochs {
-            return Ok(Outcome::Interrupted {
-                epoch: epoch + 1,
-                step: steps_per_epoch,
-            });
+        self.run
+            .save_resume(&self.vs, &self.optimizer, self.ema.as_ref(), progress)?;
+        self.console.epoch_done(&row);
+        // Last, and only a warning on failure: a picture is not worth the epoch.
+        if self.options.plot {
+            let curves = self.run.path("curves.png");
+            if let Err(e) = crate::plot::curves(&[self.options.out], &curves) {
+                eprintln!("warning: cannot draw {}: {e:#}", curves.display());
+            }
         }
+        Ok(())
     }
-    Ok(Outcome::Finished {
-        best_accuracy: progress.best_accuracy,
-    })
 }
 
 /// A seed for (run seed, epoch, step) that never repeats across steps of a run.
-fn mix_seed(seed: u64, epoch: usize, step: usize) -> i64 {
+fn step_seed(seed: u64, epoch: usize, step: usize) -> i64 {
     let mut x =
         seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (step as u64).rotate_left(32);
     // splitmix64 finaliser: nearby inputs give unrelated seeds.

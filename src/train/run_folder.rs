@@ -6,7 +6,7 @@ use super::TrainSettings;
 use crate::checkpoint::TensorFile;
 use crate::fsutil::write_atomic;
 use crate::optim::AdamW;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device};
@@ -92,7 +92,7 @@ pub(super) struct RunFolder {
 
 impl RunFolder {
     /// Creates (or, for `resume`, reopens) the folder. A fresh run refuses a folder that
-    /// already holds a run, so nothing a user had is overwritten.
+    /// already holds a run's results, so nothing a user had is overwritten.
     pub(super) fn open(
         dir: &Path,
         settings: &TrainSettings,
@@ -120,8 +120,15 @@ impl RunFolder {
             return Ok(run);
         }
         if config_path.exists() {
-            bail!(
+            ensure!(
+                !run.holds_results(),
                 "{} already holds a run; pass --resume to continue it or choose another --out",
+                dir.display()
+            );
+            // A run that failed before its first epoch or save (say, out of memory): there
+            // is nothing to lose, and its settings need not be repeated to start again.
+            eprintln!(
+                "note: {} holds a run that stopped before saving anything; starting it over",
                 dir.display()
             );
         }
@@ -145,6 +152,20 @@ impl RunFolder {
         writer.write_record(METRICS_HEADER)?;
         writer.flush()?;
         Ok(run)
+    }
+
+    /// Whether the folder holds anything a run produced: a metrics row or a saved state.
+    fn holds_results(&self) -> bool {
+        let has_rows = std::fs::read_to_string(self.path("metrics.csv"))
+            .is_ok_and(|text| text.lines().count() > 1);
+        has_rows
+            || [
+                "resume.safetensors",
+                "last_model.safetensors",
+                "best_model.safetensors",
+            ]
+            .iter()
+            .any(|name| self.path(name).exists())
     }
 
     pub(super) fn path(&self, name: &str) -> PathBuf {
