@@ -5,7 +5,7 @@
 use crate::checkpoint;
 use crate::cli::AttentionArgs;
 use crate::data::{self, folder};
-use crate::plot::{inferno, write_rgb_png, FONT};
+use crate::plot::{inferno, render_rgb, write_rgb_png, FONT};
 use anyhow::{bail, ensure, Context, Result};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -78,32 +78,35 @@ pub struct AttentionResult {
     pub probabilities: Tensor,
 }
 
-/// `vit attention --checkpoint PATH (IMAGE | --dataset D --index I) [-o attention.png]`.
+/// `vit attention --checkpoint PATH (IMAGE | --index I [--dataset D]) [-o attention.png]`.
 pub fn run(args: &AttentionArgs) -> Result<()> {
     let device = args.device.resolve()?;
     let loaded = checkpoint::load(&args.checkpoint, device)?;
     let config = loaded.model.config.clone();
     let mut classes = checkpoint::class_names(&loaded.metadata, config.num_classes);
-    let (image, source, truth) = match (&args.image, args.dataset) {
-        (Some(path), None) => {
+    let (image, source, truth) = match &args.image {
+        Some(path) => {
             ensure!(
-                args.index.is_none(),
-                "--index picks an image from --dataset; with an IMAGE file, leave it out"
+                args.index.is_none() && args.data.dataset.is_none(),
+                "give either an IMAGE file or --index (with --dataset), not both"
             );
             (
-                folder::decode_split(&[(path.clone(), 0)], config.image_size as u32)?
-                    .images
-                    .get(0),
+                folder::decode_images(&[path.as_path()], config.image_size as u32)?.get(0),
                 path.file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default(),
                 None,
             )
         }
-        (None, Some(dataset)) => {
+        None => {
+            if args.index.is_none() && args.data.dataset.is_none() {
+                bail!(
+                    "give an IMAGE file, or --index I (a test image of the checkpoint's \
+                     dataset, or of --dataset D)"
+                );
+            }
             let index = args.index.unwrap_or(0);
-            let dataset_args =
-                checkpoint::dataset_args(&loaded.metadata, Some(dataset), &args.data_dir, false)?;
+            let dataset_args = checkpoint::dataset_args(&loaded.metadata, &args.data)?;
             let data = data::load(&dataset_args, config.image_size)?;
             let n = data.test.len();
             ensure!(
@@ -120,8 +123,6 @@ pub fn run(args: &AttentionArgs) -> Result<()> {
                 Some(label),
             )
         }
-        (Some(_), Some(_)) => bail!("give either an IMAGE file or --dataset, not both"),
-        (None, None) => bail!("give an IMAGE file, or --dataset D --index I"),
     };
     let result = analyse(&loaded.model, &image, device)?;
     let probabilities = Vec::<f32>::try_from(&result.probabilities)?;
@@ -289,10 +290,7 @@ pub fn figure(
         )
     };
     // Text with plotters into a buffer, then the pictures copied into their places.
-    let mut buffer = vec![255u8; width as usize * height as usize * 3];
-    {
-        crate::plot::register_font();
-        let root = BitMapBackend::with_buffer(&mut buffer, (width, height)).into_drawing_area();
+    let mut buffer = render_rgb(output, (width, height), |root| {
         let text = |s: &str, at: (i32, i32), size: f64| {
             root.draw(&Text::new(
                 s.to_string(),
@@ -310,9 +308,8 @@ pub fn figure(
                 15.0,
             )?;
         }
-        root.present()
-            .map_err(|e| anyhow::anyhow!("drawing {}: {e}", output.display()))?;
-    }
+        Ok(())
+    })?;
     for (i, (_, rgb)) in panels.iter().enumerate() {
         let (x0, y0) = origin(i);
         for row in 0..PANEL {

@@ -242,27 +242,27 @@ pub fn save(
     .write(path)
 }
 
-/// The dataset a checkpoint is evaluated on: `dataset` when given, else the one its
-/// `dataset` metadata records (coarse CIFAR-100 labels when it was trained on them).
+/// The dataset a checkpoint is evaluated on: `--dataset` when given, else the one its
+/// `dataset` metadata records, with coarse CIFAR-100 labels when asked for or when that
+/// recorded dataset used them.
 pub fn dataset_args(
     metadata: &HashMap<String, String>,
-    dataset: Option<crate::cli::DatasetName>,
-    data_dir: &Path,
-    coarse_labels: bool,
+    args: &crate::cli::CheckpointDatasetArgs,
 ) -> Result<crate::cli::DatasetArgs> {
     use crate::cli::DatasetName;
     let recorded = metadata.get("dataset").map(String::as_str);
-    let dataset = match (dataset, recorded) {
+    let dataset = match (args.dataset, recorded) {
         (Some(name), _) => name,
         (None, Some("cifar10")) => DatasetName::Cifar10,
         (None, Some("cifar100" | "cifar100-coarse")) => DatasetName::Cifar100,
         (None, Some("folder")) => DatasetName::Folder,
         (None, _) => bail!("the checkpoint does not record its dataset; pass --dataset"),
     };
+    let recorded_coarse = recorded == Some("cifar100-coarse") && dataset == DatasetName::Cifar100;
     Ok(crate::cli::DatasetArgs {
         dataset,
-        data_dir: data_dir.to_path_buf(),
-        coarse_labels: coarse_labels || recorded == Some("cifar100-coarse"),
+        data_dir: args.data_dir.clone(),
+        coarse_labels: args.coarse_labels || recorded_coarse,
     })
 }
 

@@ -114,6 +114,19 @@ pub struct DatasetArgs {
     pub coarse_labels: bool,
 }
 
+/// The dataset to evaluate a checkpoint on; by default the one it records.
+#[derive(Args, Debug, Clone)]
+pub struct CheckpointDatasetArgs {
+    /// Dataset; by default the one recorded in the checkpoint.
+    #[arg(long, value_enum)]
+    pub dataset: Option<DatasetName>,
+    #[arg(long, default_value = "data")]
+    pub data_dir: PathBuf,
+    /// CIFAR-100 only: the 20 coarse superclasses (by default as the checkpoint records).
+    #[arg(long)]
+    pub coarse_labels: bool,
+}
+
 /// `cpu`, `cuda`, `cuda:N`; by default CUDA when available.
 #[derive(Args, Debug, Clone)]
 pub struct DeviceArgs {
@@ -296,13 +309,8 @@ pub enum AdamWKernel {
 pub struct EvalArgs {
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Dataset; by default the one recorded in the checkpoint.
-    #[arg(long, value_enum)]
-    pub dataset: Option<DatasetName>,
-    #[arg(long, default_value = "data")]
-    pub data_dir: PathBuf,
-    #[arg(long)]
-    pub coarse_labels: bool,
+    #[command(flatten)]
+    pub data: CheckpointDatasetArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
     #[arg(long, default_value_t = 500)]
@@ -376,12 +384,11 @@ pub struct PlotArgs {
 pub struct AttentionArgs {
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// A PNG or JPEG file (or use --dataset and --index).
+    /// A PNG or JPEG file (or use --index, with --dataset or the checkpoint's dataset).
     pub image: Option<PathBuf>,
-    #[arg(long, value_enum)]
-    pub dataset: Option<DatasetName>,
-    #[arg(long, default_value = "data")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub data: CheckpointDatasetArgs,
+    /// A test image of the dataset, by position.
     #[arg(long)]
     pub index: Option<i64>,
     #[arg(short, long, default_value = "attention.png")]

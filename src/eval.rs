@@ -104,13 +104,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let device = args.device.resolve()?;
     let loaded = checkpoint::load(&args.checkpoint, device)?;
     let config = &loaded.model.config;
-    let dataset_args = checkpoint::dataset_args(
-        &loaded.metadata,
-        args.dataset,
-        &args.data_dir,
-        args.coarse_labels,
-    )
-    .with_context(|| format!("evaluating {}", args.checkpoint.display()))?;
+    let dataset_args = checkpoint::dataset_args(&loaded.metadata, &args.data)
+        .with_context(|| format!("evaluating {}", args.checkpoint.display()))?;
     ensure!(args.batch_size > 0, "--batch-size must be positive");
     let dataset = data::load(&dataset_args, config.image_size)?;
     dataset.check_channels(config.in_channels)?;
@@ -120,7 +115,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         args.checkpoint.display(),
         config.num_classes,
         dataset.name,
-        args.data_dir.display(),
+        args.data.data_dir.display(),
         dataset.classes.len()
     );
     let test = dataset.test.to_device(device);

@@ -51,19 +51,29 @@ pub const PALETTE: [RGBColor; 10] = [
 ];
 
 /// Runs `draw` on a `width` x `height` bitmap and writes it as a PNG, atomically.
-pub fn render_png<F>(path: &Path, (width, height): (u32, u32), draw: F) -> Result<()>
+pub fn render_png<F>(path: &Path, size: (u32, u32), draw: F) -> Result<()>
+where
+    F: FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<()>,
+{
+    let buffer = render_rgb(path, size, draw)?;
+    write_rgb_png(path, size.0, size.1, &buffer)
+}
+
+/// Runs `draw` on a white `width` x `height` bitmap and returns its RGB8 pixels, row by
+/// row (for pictures pasted in before `write_rgb_png`); `path` names it in errors.
+pub fn render_rgb<F>(path: &Path, (width, height): (u32, u32), draw: F) -> Result<Vec<u8>>
 where
     F: FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<()>,
 {
     register_font();
-    let mut buffer = vec![0u8; width as usize * height as usize * 3];
+    let mut buffer = vec![255u8; width as usize * height as usize * 3];
     {
         let root = BitMapBackend::with_buffer(&mut buffer, (width, height)).into_drawing_area();
         draw(&root)?;
         root.present()
             .map_err(|e| anyhow!("drawing {}: {e}", path.display()))?;
     }
-    write_rgb_png(path, width, height, &buffer)
+    Ok(buffer)
 }
 
 /// Encodes an RGB8 buffer as PNG and writes it atomically.

@@ -5,7 +5,7 @@ use crate::cli::PredictArgs;
 use crate::data::{folder, transforms};
 use anyhow::Result;
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tch::Kind;
 
 #[derive(Serialize)]
@@ -26,8 +26,8 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     let loaded = checkpoint::load(&args.checkpoint, device)?;
     let config = &loaded.model.config;
     let classes = checkpoint::class_names(&loaded.metadata, config.num_classes);
-    let files: Vec<(PathBuf, i64)> = args.images.iter().map(|path| (path.clone(), 0)).collect();
-    let images = folder::decode_split(&files, config.image_size as u32)?.images;
+    let files: Vec<&Path> = args.images.iter().map(PathBuf::as_path).collect();
+    let images = folder::decode_images(&files, config.image_size as u32)?;
     let batch = transforms::test_transform(&images.to_device(device), config.image_size);
     let probs = tch::no_grad(|| loaded.model.f_forward_t(&batch, false))?
         .to_kind(Kind::Float)

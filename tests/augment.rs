@@ -137,6 +137,9 @@ fn rotation_by_90_degrees_is_rot90() {
     }
 }
 
+/// uint8 outputs cannot leave [0, 255]; what can go wrong is a float result cast without
+/// clamping, which wraps around. Every op runs at its extreme magnitudes (dtype and shape
+/// kept), and the ops that scale pixels are compared with their clamped float formulas.
 #[test]
 fn outputs_stay_in_range_at_max_magnitude() {
     let _g = seeded(4);

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 use vit_tch::attention::{self, figure_size, last_layer_heads, rollout};
 use vit_tch::checkpoint::{self, TensorFile};
-use vit_tch::cli::{AttentionArgs, DeviceArgs, PlotArgs};
+use vit_tch::cli::{AttentionArgs, CheckpointDatasetArgs, DeviceArgs, PlotArgs};
 use vit_tch::model::{ViTConfig, VisionTransformer};
 use vit_tch::plot::{self, confusion_size, CURVES_SIZE};
 
@@ -120,8 +120,11 @@ fn attention_figure_from_a_checkpoint_and_an_image_file() {
     attention::run(&AttentionArgs {
         checkpoint: ckpt,
         image: Some(input),
-        dataset: None,
-        data_dir: dir.join("data"),
+        data: CheckpointDatasetArgs {
+            dataset: None,
+            data_dir: dir.join("data"),
+            coarse_labels: false,
+        },
         index: None,
         output: output.clone(),
         device: DeviceArgs {

@@ -150,3 +150,24 @@ fn checkpoint_without_config_names_what_is_missing() {
     assert!(error.contains("no `config` metadata"), "{error}");
     assert!(error.contains("embed_dim"), "{error}");
 }
+
+#[test]
+fn the_dataset_to_evaluate_on_defaults_to_the_recorded_one() {
+    use vit_tch::cli::{CheckpointDatasetArgs, DatasetName};
+    let metadata: HashMap<String, String> =
+        [("dataset".to_string(), "cifar100-coarse".to_string())].into();
+    let given = |dataset| CheckpointDatasetArgs {
+        dataset,
+        data_dir: PathBuf::from("data"),
+        coarse_labels: false,
+    };
+    let resolved = checkpoint::dataset_args(&metadata, &given(None)).unwrap();
+    assert_eq!(resolved.dataset, DatasetName::Cifar100);
+    assert!(resolved.coarse_labels, "recorded coarse labels");
+    // Another dataset asked for: the recorded coarse labels do not apply to it.
+    let resolved = checkpoint::dataset_args(&metadata, &given(Some(DatasetName::Cifar10))).unwrap();
+    assert_eq!(resolved.dataset, DatasetName::Cifar10);
+    assert!(!resolved.coarse_labels);
+    let error = checkpoint::dataset_args(&HashMap::new(), &given(None)).unwrap_err();
+    assert!(format!("{error}").contains("pass --dataset"), "{error}");
+}

@@ -211,6 +211,15 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     assert_eq!(report["n"].as_i64(), Some(200));
     assert!(run.join("best_model.confusion_matrix.csv").exists());
 
+    // A test image of the dataset the checkpoint records, picked by --index alone.
+    let picture = run.join("attention.png");
+    #[rustfmt::skip]
+    vit(&[
+        "attention", "--checkpoint", best_model.to_str().unwrap(), "--data-dir", data,
+        "--index", "3", "--device", "cpu", "-o", picture.to_str().unwrap(),
+    ]);
+    assert!(picture.exists());
+
     // A fresh run into the same folder must not overwrite it.
     let refused = Command::new(env!("CARGO_BIN_EXE_vit"))
         .args(tiny_run_args(data, out))

@@ -129,6 +129,14 @@ fn has_image_extension(path: &Path) -> bool {
 
 /// Decodes the files into uint8 images [N, 3, size, size] and labels [N].
 pub fn decode_split(files: &[LabeledFile], size: u32) -> Result<Split> {
+    let paths: Vec<&Path> = files.iter().map(|(path, _)| path.as_path()).collect();
+    let images = decode_images(&paths, size)?;
+    let labels = Tensor::from_slice(&files.iter().map(|(_, l)| *l).collect::<Vec<i64>>());
+    Ok(Split { images, labels })
+}
+
+/// Decodes image files (on all cores) into uint8 [N, 3, size, size].
+pub fn decode_images(files: &[&Path], size: u32) -> Result<Tensor> {
     let per_image = 3 * size as usize * size as usize;
     let mut pixels = vec![0u8; files.len() * per_image];
     let threads = std::thread::available_parallelism()
@@ -141,7 +149,7 @@ pub fn decode_split(files: &[LabeledFile], size: u32) -> Result<Split> {
             .zip(pixels.chunks_mut(chunk * per_image))
             .map(|(files, out)| {
                 scope.spawn(move || -> Result<()> {
-                    for ((path, _), dst) in files.iter().zip(out.chunks_exact_mut(per_image)) {
+                    for (path, dst) in files.iter().zip(out.chunks_exact_mut(per_image)) {
                         decode_into(path, size, dst)?;
                     }
                     Ok(())
@@ -154,9 +162,7 @@ pub fn decode_split(files: &[LabeledFile], size: u32) -> Result<Split> {
         })
     })?;
     let n = files.len() as i64;
-    let images = Tensor::from_slice(&pixels).reshape([n, 3, size as i64, size as i64]);
-    let labels = Tensor::from_slice(&files.iter().map(|(_, l)| *l).collect::<Vec<i64>>());
-    Ok(Split { images, labels })
+    Ok(Tensor::from_slice(&pixels).reshape([n, 3, size as i64, size as i64]))
 }
 
 /// Decodes one image file as RGB, resized to `size`×`size`, into `dst` in CHW order.
