@@ -415,6 +415,12 @@ pub fn confusion_cell_size(num_classes: usize) -> u32 {
     (720 / num_classes.max(1) as u32).clamp(8, 56)
 }
 
+/// Top-left pixel of the cell of true class `row` predicted as `col`.
+pub fn confusion_cell_origin(num_classes: usize, row: usize, col: usize) -> (u32, u32) {
+    let cell = confusion_cell_size(num_classes);
+    (CM_LEFT + col as u32 * cell, CM_TOP + row as u32 * cell)
+}
+
 /// Width and height of the confusion-matrix picture for `num_classes` classes.
 pub fn confusion_size(num_classes: usize) -> (u32, u32) {
     let side = confusion_cell_size(num_classes) * num_classes as u32;
@@ -538,7 +544,8 @@ fn draw_confusion<DB: DrawingBackend>(
             } else {
                 0.0
             };
-            let (x, y) = (left + j as i32 * cell, top + i as i32 * cell);
+            let (x, y) = confusion_cell_origin(k, i, j);
+            let (x, y) = (x as i32, y as i32);
             drawing(root.draw(&Rectangle::new(
                 [(x, y), (x + cell, y + cell)],
                 blues(fraction).filled(),
