@@ -6,7 +6,7 @@
 
 use crate::cli::{AdamWKernel, BenchArgs};
 use crate::ffi;
-use crate::model::VisionTransformer;
+use crate::model::{ViTConfig, VisionTransformer};
 use crate::optim::AdamW;
 use crate::train::{
     autocast, clip_gradients, count_correct, forward_loss, train_step, StepOptions, TrainBatch,
@@ -18,7 +18,10 @@ use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 
 #[derive(Serialize)]
 pub struct BenchReport {
+    /// The `--config` preset the model started from.
     pub config: String,
+    /// The model measured: the preset with any of the nine flags applied.
+    pub model: ViTConfig,
     pub device: String,
     pub precision: String,
     pub threads: i32,
@@ -104,6 +107,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let images_timed = (args.batch_size as usize * args.steps) as f64;
     let report = BenchReport {
         config: args.model.preset.clone(),
+        model: config.clone(),
         device: format!("{device:?}"),
         precision: format!("{:?}", args.precision).to_lowercase(),
         threads: tch::get_num_threads(),

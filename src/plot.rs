@@ -257,11 +257,20 @@ pub fn draw_curves<DB: DrawingBackend>(
     Ok(())
 }
 
-fn draw_panel<DB: DrawingBackend>(
-    area: &DrawingArea<DB, Shift>,
-    runs: &[RunMetrics],
-    panel: Panel,
-) -> Result<()> {
+/// A panel's title, axis ranges and labelling.
+struct PanelAxes {
+    title: &'static str,
+    y_desc: &'static str,
+    x: (f64, f64),
+    y: (f64, f64),
+    /// Decimals of the y tick labels.
+    decimals: usize,
+    legend_at: SeriesLabelPosition,
+}
+
+/// Axes that fit every run's epochs and values: losses with a small margin above 0,
+/// accuracies on whole tens of percent.
+fn panel_axes(runs: &[RunMetrics], panel: Panel) -> PanelAxes {
     let epochs = runs.iter().flat_map(|r| r.epochs.iter().map(|e| e.epoch));
     let (first, last) = epochs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), e| {
         (lo.min(e), hi.max(e))
@@ -316,9 +325,26 @@ fn draw_panel<DB: DrawingBackend>(
         Panel::Loss => 1,
         Panel::Accuracy => 0,
     };
+    PanelAxes {
+        title,
+        y_desc,
+        x: (x0, x1),
+        y: (y0, y1),
+        decimals,
+        legend_at,
+    }
+}
+
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    runs: &[RunMetrics],
+    panel: Panel,
+) -> Result<()> {
+    let axes = panel_axes(runs, panel);
+    let ((x0, x1), (y0, y1), decimals) = (axes.x, axes.y, axes.decimals);
     let mut chart = drawing(
         ChartBuilder::on(area)
-            .caption(title, (FONT, 22))
+            .caption(axes.title, (FONT, 22))
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(65)
@@ -329,7 +355,7 @@ fn draw_panel<DB: DrawingBackend>(
             .configure_mesh()
             .x_desc("epoch")
             .x_labels(((x1 - x0).round() as usize + 1).clamp(2, 11))
-            .y_desc(y_desc)
+            .y_desc(axes.y_desc)
             .label_style((FONT, 14))
             .axis_desc_style((FONT, 16))
             .x_label_formatter(&|x| {
@@ -392,7 +418,7 @@ fn draw_panel<DB: DrawingBackend>(
     drawing(
         chart
             .configure_series_labels()
-            .position(legend_at)
+            .position(axes.legend_at)
             .label_font((FONT, 14))
             .background_style(WHITE.mix(0.85))
             .border_style(RGBColor(180, 180, 180))
@@ -510,9 +536,7 @@ fn draw_confusion<DB: DrawingBackend>(
     classes: &[String],
 ) -> Result<()> {
     let k = classes.len();
-    let cell = confusion_cell_size(k) as i32;
-    let side = cell * k as i32;
-    let (left, top) = (CM_LEFT as i32, CM_TOP as i32);
+    let top = CM_TOP as i32;
     drawing(root.fill(&WHITE))?;
 
     let total: i64 = counts.iter().sum();
@@ -532,6 +556,23 @@ fn draw_confusion<DB: DrawingBackend>(
         TextStyle::from((FONT, 20).into_font()).pos(Pos::new(HPos::Center, VPos::Center)),
     )))?;
 
+    draw_cells(root, counts, k)?;
+    draw_class_labels(root, classes)?;
+    draw_colour_bar(root, k)
+}
+
+/// Cell side, matrix side, left and top edge of the matrix, in pixels.
+fn confusion_geometry(k: usize) -> (i32, i32, i32, i32) {
+    let cell = confusion_cell_size(k) as i32;
+    (cell, cell * k as i32, CM_LEFT as i32, CM_TOP as i32)
+}
+
+fn draw_cells<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    counts: &[i64],
+    k: usize,
+) -> Result<()> {
+    let (cell, side, left, top) = confusion_geometry(k);
     // Cells, shaded by the fraction of the true class (row) predicted as each column.
     let show_counts = k <= 20;
     let count_font = (cell as f64 / 3.2).clamp(8.0, 16.0);
@@ -568,7 +609,17 @@ fn draw_confusion<DB: DrawingBackend>(
         [(left, top), (left + side, top + side)],
         RGBColor(120, 120, 120).stroke_width(1),
     )))?;
+    Ok(())
+}
 
+/// Class names left of the rows (true) and below the columns (predicted), and the axis
+/// titles.
+fn draw_class_labels<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    classes: &[String],
+) -> Result<()> {
+    let k = classes.len();
+    let (cell, side, left, top) = confusion_geometry(k);
     // Tick labels: every class up to 30 classes, else every `step`-th with its index.
     let step = k.div_ceil(30).max(1);
     let label_font = if k <= 30 { 13.0 } else { 11.0 };
@@ -617,7 +668,11 @@ fn draw_confusion<DB: DrawingBackend>(
                 .pos(Pos::new(HPos::Center, VPos::Center)),
         )),
     )?;
+    Ok(())
+}
 
+fn draw_colour_bar<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, k: usize) -> Result<()> {
+    let (_, side, left, top) = confusion_geometry(k);
     // Colour bar: fraction of the true class, 0 at the bottom to 1 at the top.
     let bar_x = left + side + 20;
     let bar_w = 18;
