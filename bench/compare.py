@@ -154,112 +154,121 @@ def max_rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def worker(args):
-    import contextlib
+class Side:
+    """One PyTorch side: the model, optimizer and batch, and vit bench's step on them."""
 
+    def __init__(self, args, config):
+        import torch
+
+        self.args, self.torch = args, torch
+        self.device = torch.device(args.device)
+        self.cuda = self.device.type == "cuda"
+        torch.manual_seed(0)
+        fused_attention = not args.explicit_attention
+        self.model = build_model(args.worker, config, fused=fused_attention).to(self.device)
+        if args.pytorch_foreach:
+            kernel = {"foreach": True}
+        else:
+            kernel = {"fused": True} if args.adamw == "fused" else {"foreach": False}
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model), lr=LR, betas=(0.9, 0.999), eps=1e-8, **kernel
+        )
+        size = config["image_size"]
+        shape = (args.batch_size, config["in_channels"], size, size)
+        self.images = torch.randn(shape, device=self.device)
+        self.labels = torch.randint(config["num_classes"], (args.batch_size,), device=self.device)
+        self.last_lap = 0.0
+
+    def autocast(self):
+        import contextlib
+
+        if self.args.precision == "bf16":
+            return self.torch.autocast(self.device.type, dtype=self.torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def sync(self):
+        if self.cuda:
+            self.torch.cuda.synchronize(self.device)
+
+    def lap(self, phases, name):
+        """With `phases`: adds the (synchronised) time since the last lap to phases[name]."""
+        if phases is None:
+            return
+        self.sync()
+        now = time.perf_counter()
+        if name is not None:
+            phases[name] += now - self.last_lap
+        self.last_lap = now
+
+    def train_step(self, phases=None):
+        import torch.nn.functional as F
+
+        model, optimizer = self.model, self.optimizer
+        self.lap(phases, None)
+        optimizer.zero_grad()
+        model.train()
+        with self.autocast():
+            logits = model(self.images)
+        logits = logits.float()
+        loss = F.cross_entropy(logits, self.labels, label_smoothing=LABEL_SMOOTHING)
+        self.lap(phases, "forward")
+        loss.backward()
+        self.lap(phases, "backward")
+        # PyTorch's default: multi-tensor kernels on CUDA, a per-tensor loop on the CPU;
+        # vit calls the multi-tensor kernels, whose CPU version is that same loop.
+        self.torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_GRAD)
+        self.lap(phases, "clip")
+        optimizer.step()
+        correct = (logits.argmax(-1) == self.labels).sum()
+        self.lap(phases, "optimizer")
+        return loss.detach(), correct
+
+    def infer(self):
+        self.model.eval()
+        with self.torch.no_grad(), self.autocast():
+            return self.model(self.images)
+
+    def timed(self, work):
+        """Seconds for --steps calls of `work` after --warmup untimed ones."""
+        for _ in range(self.args.warmup):
+            work()
+        self.sync()
+        start = time.perf_counter()
+        for _ in range(self.args.steps):
+            work()
+        self.sync()
+        return time.perf_counter() - start
+
+
+def worker(args):
     import torch
-    import torch.nn.functional as F
 
     torch.set_num_threads(args.threads)
     rss_after_import = max_rss_bytes()
-    device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    config = json.loads(args.model_json)
-    torch.manual_seed(0)
-    model = build_model(args.worker, config, fused=not args.explicit_attention).to(device)
-    if args.pytorch_foreach:
-        kernel = {"foreach": True}
-    else:
-        kernel = {"fused": True} if args.adamw == "fused" else {"foreach": False}
-    groups = param_groups(model)
-    optimizer = torch.optim.AdamW(groups, lr=LR, betas=(0.9, 0.999), eps=1e-8, **kernel)
-    shape = (args.batch_size, config["in_channels"], config["image_size"], config["image_size"])
-    images = torch.randn(shape, device=device)
-    labels = torch.randint(config["num_classes"], (args.batch_size,), device=device)
-
-    def autocast():
-        if args.precision == "bf16":
-            return torch.autocast(device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize(device)
-
+    side = Side(args, json.loads(args.model_json))
+    if side.cuda:
+        torch.cuda.reset_peak_memory_stats(side.device)
+    train_seconds = side.timed(side.train_step)
+    infer_seconds = side.timed(side.infer)
     phases = {"forward": 0.0, "backward": 0.0, "clip": 0.0, "optimizer": 0.0}
-
-    def train_step(timing=False):
-        clock = time.perf_counter
-        if timing:
-            sync()
-            t0 = clock()
-        optimizer.zero_grad()
-        model.train()
-        with autocast():
-            logits = model(images)
-        logits = logits.float()
-        loss = F.cross_entropy(logits, labels, label_smoothing=LABEL_SMOOTHING)
-        if timing:
-            sync()
-            t1 = clock()
-        loss.backward()
-        if timing:
-            sync()
-            t2 = clock()
-        # PyTorch's default: multi-tensor kernels on CUDA, a per-tensor loop on the CPU;
-        # vit calls the multi-tensor kernels, whose CPU version is that same loop.
-        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_GRAD)
-        if timing:
-            sync()
-            t3 = clock()
-        optimizer.step()
-        correct = (logits.argmax(-1) == labels).sum()
-        if timing:
-            sync()
-            t4 = clock()
-            phases["forward"] += t1 - t0
-            phases["backward"] += t2 - t1
-            phases["clip"] += t3 - t2
-            phases["optimizer"] += t4 - t3
-        return loss.detach(), correct
-
-    def infer():
-        model.eval()
-        with torch.no_grad(), autocast():
-            return model(images)
-
-    def timed(work):
-        for _ in range(args.warmup):
-            work()
-        sync()
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            work()
-        sync()
-        return time.perf_counter() - start
-
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    train_seconds = timed(train_step)
-    infer_seconds = timed(infer)
     if args.phases:
         for _ in range(args.steps):
-            train_step(timing=True)
+            side.train_step(phases)
     images_timed = args.batch_size * args.steps
     report = {
         "side": args.worker,
-        "device": str(device),
+        "device": str(side.device),
         "precision": args.precision,
         "threads": torch.get_num_threads(),
         "batch_size": args.batch_size,
         "steps": args.steps,
         "fused_attention": not args.explicit_attention,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": sum(p.numel() for p in side.model.parameters()),
         "train_images_per_s": images_timed / train_seconds,
         "infer_images_per_s": images_timed / infer_seconds,
         "peak_rss_bytes": max_rss_bytes(),
         "baseline_rss_bytes": rss_after_import,
-        "peak_device_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
+        "peak_device_bytes": torch.cuda.max_memory_allocated(side.device) if side.cuda else None,
         "torch": torch.__version__,
         "mkldnn": torch.backends.mkldnn.is_available(),
         "mkl": torch.backends.mkl.is_available(),

@@ -27,7 +27,7 @@ pub struct AdamW {
     /// loop, op by op. Both agree to float rounding (tested).
     pub fused: bool,
     /// `step` as a float32 tensor of shape [] on the parameters' device, which the fused
-    /// kernel reads.
+    /// kernel reads; refilled from `step` before each fused update.
     step_on_device: Tensor,
     /// A libtorch optimizer over the same parameters, used only for its `zero_grad`, which
     /// sets the gradients to undefined (PyTorch's `set_to_none=True`) where
@@ -38,6 +38,7 @@ pub struct AdamW {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
+    /// Steps taken so far (PyTorch's `state['step']`, shared by every parameter).
     step: i64,
 }
 
