@@ -1,7 +1,7 @@
 // The libtorch C++ APIs that tch 0.24 does not wrap, as plain C functions for
 // src/ffi/mod.rs: autocast with a chosen device and dtype, the device allocator's memory
-// statistics, the fused AdamW kernel, and the multi-tensor norm and scaling that
-// torch.nn.utils.clip_grad_norm_ uses.
+// statistics, the fused AdamW kernel, the multi-tensor norm and scaling that
+// torch.nn.utils.clip_grad_norm_ uses, and the multi-tensor lerp of a weight average.
 //
 // Every function returns 0 on success and -1 after a C++ exception, whose message
 // vit_last_error() then returns: exceptions must not unwind into Rust.
@@ -9,6 +9,7 @@
 #include <ATen/Context.h>
 #include <ATen/DeviceAccelerator.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/ops/_foreach_lerp.h>
 #include <ATen/ops/_foreach_mul.h>
 #include <ATen/ops/_foreach_norm.h>
 #include <ATen/ops/_fused_adamw.h>
@@ -136,6 +137,13 @@ int vit_foreach_norm(void* const* tensors, int64_t count, void** norms) {
 int vit_foreach_mul_(void* const* tensors, int64_t count, void* factor) {
   return guarded([&] {
     at::_foreach_mul_(tensor_list(tensors, count), *static_cast<at::Tensor*>(factor));
+  });
+}
+
+// torch._foreach_lerp_(tensors, ends, weight), in place: tensors += weight * (ends - tensors).
+int vit_foreach_lerp_(void* const* tensors, void* const* ends, int64_t count, double weight) {
+  return guarded([&] {
+    at::_foreach_lerp_(tensor_list(tensors, count), tensor_list(ends, count), weight);
   });
 }
 

@@ -2,9 +2,10 @@
 //! tch 0.24 leaves out. bf16 autocast on the CPU as on CUDA (tch only enables CUDA
 //! autocast, in float16), CUDA peak memory as `torch.cuda.max_memory_allocated`
 //! reports it, the fused AdamW kernel, and the multi-tensor norm and scaling of
-//! `clip_grad_norm_` (one kernel launch for all tensors on CUDA instead of one each).
+//! `clip_grad_norm_` and lerp of a weight average (one kernel launch for all tensors on
+//! CUDA instead of one each).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 use std::ffi::{c_void, CStr};
 use tch::{Device, Tensor};
 
@@ -38,6 +39,12 @@ extern "C" {
     ) -> i32;
     fn vit_foreach_norm(tensors: *const *mut c_void, count: i64, norms: *mut *mut c_void) -> i32;
     fn vit_foreach_mul_(tensors: *const *mut c_void, count: i64, factor: *mut c_void) -> i32;
+    fn vit_foreach_lerp_(
+        tensors: *const *mut c_void,
+        ends: *const *mut c_void,
+        count: i64,
+        weight: f64,
+    ) -> i32;
 }
 
 /// c10::DeviceType values.
@@ -210,6 +217,17 @@ pub fn foreach_mul_(tensors: &[Tensor], factor: &Tensor) -> Result<()> {
         )
     };
     check(status, "foreach mul")
+}
+
+/// `torch._foreach_lerp_(tensors, ends, weight)`: each tensor moves `weight` of the way to
+/// its partner in `ends` (same shapes), in place.
+pub fn foreach_lerp_(tensors: &[Tensor], ends: &[Tensor], weight: f64) -> Result<()> {
+    ensure!(tensors.len() == ends.len(), "foreach lerp of unequal lists");
+    let (inputs, ends) = (handles(tensors.iter()), handles(ends.iter()));
+    // SAFETY: both arrays hold live handles of the same length, borrowed for the call.
+    let status =
+        unsafe { vit_foreach_lerp_(inputs.as_ptr(), ends.as_ptr(), inputs.len() as i64, weight) };
+    check(status, "foreach lerp")
 }
 
 /// The C++ handles of `tensors`, borrowed: valid while the tensors live.

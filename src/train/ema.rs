@@ -1,5 +1,6 @@
 //! `--ema`: an exponential moving average of the weights.
 
+use crate::ffi::foreach_lerp_;
 use crate::model::{ViTConfig, VisionTransformer};
 use anyhow::Result;
 use tch::{nn, Tensor};
@@ -9,8 +10,9 @@ use tch::{nn, Tensor};
 pub(super) struct Ema {
     pub(super) vs: nn::VarStore,
     pub(super) model: VisionTransformer,
-    /// (average, parameter) pairs.
-    pub(super) pairs: Vec<(Tensor, Tensor)>,
+    /// The averages and the parameters they follow, in the same order.
+    averages: Vec<Tensor>,
+    params: Vec<Tensor>,
     pub(super) decay: f64,
 }
 
@@ -21,26 +23,25 @@ impl Ema {
         let model = VisionTransformer::new(&vs.root(), config)?;
         vs.copy(source)?;
         vs.freeze();
-        let averages = vs.variables();
-        let pairs = source
+        let by_name = vs.variables();
+        let (averages, params) = source
             .variables()
             .into_iter()
-            .map(|(name, param)| (averages[&name].shallow_clone(), param))
-            .collect();
+            .map(|(name, param)| (by_name[&name].shallow_clone(), param))
+            .unzip();
         Ok(Self {
             vs,
             model,
-            pairs,
+            averages,
+            params,
             decay,
         })
     }
 
-    /// average = decay * average + (1 - decay) * parameter, for every parameter.
+    /// average = decay * average + (1 - decay) * parameter, for every parameter, in one
+    /// multi-tensor call.
     pub(super) fn update(&mut self) {
-        tch::no_grad(|| {
-            for (average, param) in &mut self.pairs {
-                let _ = average.lerp_(param, 1.0 - self.decay);
-            }
-        });
+        tch::no_grad(|| foreach_lerp_(&self.averages, &self.params, 1.0 - self.decay))
+            .expect("EMA tensors match their parameters");
     }
 }

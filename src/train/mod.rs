@@ -90,21 +90,18 @@ impl TrainBatch {
             Some(augment) => augment::strong_train_transform(images, config.image_size, augment),
             None => transforms::train_transform(images, config.image_size),
         };
-        match &regularization.mix {
+        let (images, soft_targets) = match &regularization.mix {
             Some(mix) => {
-                let (images, soft_targets) =
+                let (images, targets) =
                     mix::mix(&images, &labels, config.num_classes, mix, label_smoothing);
-                Self {
-                    images,
-                    labels,
-                    soft_targets: Some(soft_targets),
-                }
+                (images, Some(targets))
             }
-            None => Self {
-                images,
-                labels,
-                soft_targets: None,
-            },
+            None => (images, None),
+        };
+        Self {
+            images,
+            labels,
+            soft_targets,
         }
     }
 }

@@ -16,20 +16,11 @@ import sys
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from vit_reference import timm_model
+from vit_reference import PRESETS, timm_model
 
 TOLERANCE = 1e-5
-HYPERPARAMETERS = (
-    "image_size",
-    "patch_size",
-    "in_channels",
-    "embed_dim",
-    "num_heads",
-    "mlp_dim",
-    "num_layers",
-    "num_classes",
-    "dropout",
-)
+# The nine names of the notebook's VisionTransformer(...) (the `config` metadata keys).
+HYPERPARAMETERS = tuple(PRESETS["notebook"])
 
 
 def main(rust_checkpoint, rust_io, timm_checkpoint, timm_io):
