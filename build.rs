@@ -11,6 +11,8 @@ use std::process::Command;
 
 fn main() {
     for var in [
+        "CUDA_HOME",
+        "CUDA_PATH",
         "LIBTORCH",
         "LIBTORCH_CXX11_ABI",
         "LIBTORCH_USE_PYTORCH",
@@ -26,12 +28,22 @@ fn main() {
              or set LIBTORCH to a libtorch folder"
         );
     };
-    compile_extension(&libtorch);
+    let cuda_include = libtorch.cuda_include_dir();
+    compile_extension(&libtorch, cuda_include.as_deref());
     let lib_dir = &libtorch.lib_dir;
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
-    if lib_dir.join("libtorch_cuda.so").exists() {
+    if libtorch.has_cuda() {
         println!("cargo:rustc-link-search=native={}", lib_dir.display());
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+    }
+    if cuda_include.is_some() {
+        // The CUDA graph and stream functions of the extension live in libc10_cuda.
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-lc10_cuda,--as-needed");
+    } else if libtorch.has_cuda() {
+        println!(
+            "cargo:warning=libtorch has CUDA but no CUDA runtime headers were found \
+             (set CUDA_HOME): vit is built without --cuda-graph"
+        );
     }
 }
 
@@ -39,7 +51,7 @@ const EXTENSION: &str = "src/ffi/libtorch_ext.cpp";
 
 /// The libtorch torch-sys links, found as torch-sys finds it.
 struct Libtorch {
-    /// `lib/`, resolved through symlinks so the rpath stays valid wherever cargo runs.
+    /// `lib/`, resolved through symlinks.
     lib_dir: PathBuf,
     include_dir: PathBuf,
     /// `_GLIBCXX_USE_CXX11_ABI`: the C++ ABI the library was built with.
@@ -68,26 +80,68 @@ impl Libtorch {
             let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
             (root, abi)
         };
+        // Resolved through symlinks (the venv's `libtorch` is one), so that the rpath stays
+        // valid wherever cargo runs and the include folder's neighbours can be found.
+        let root = canonical(&root);
         let lib_dir = root.join("lib");
         lib_dir.join("libtorch.so").exists().then(|| Self {
-            lib_dir: canonical(&lib_dir),
+            lib_dir,
             include_dir: root.join("include"),
             cxx11_abi,
         })
     }
+
+    fn has_cuda(&self) -> bool {
+        self.lib_dir.join("libtorch_cuda.so").exists()
+    }
+
+    /// Where the CUDA runtime headers are, for a CUDA build of libtorch: the CUDA
+    /// toolkit's, or the pip wheels' (site-packages/nvidia/*/include: torch brings the
+    /// runtime's, requirements.txt the `crt/` ones).
+    fn cuda_include_dir(&self) -> Option<PathBuf> {
+        if !self.has_cuda() {
+            return None;
+        }
+        let mut candidates: Vec<PathBuf> = ["CUDA_HOME", "CUDA_PATH"]
+            .iter()
+            .filter_map(std::env::var_os)
+            .map(|home| PathBuf::from(home).join("include"))
+            .chain([PathBuf::from("/usr/local/cuda/include")])
+            .collect();
+        // include_dir is site-packages/torch/include for a pip-installed torch.
+        if let Some(site_packages) = self.include_dir.parent().and_then(Path::parent) {
+            if let Ok(entries) = std::fs::read_dir(site_packages.join("nvidia")) {
+                let mut wheels: Vec<PathBuf> = entries
+                    .flatten()
+                    .map(|e| e.path().join("include"))
+                    .collect();
+                wheels.sort();
+                candidates.extend(wheels);
+            }
+        }
+        // cuda_runtime.h includes crt/, which the runtime wheel alone does not have.
+        candidates.into_iter().find(|dir| {
+            dir.join("cuda_runtime_api.h").exists() && dir.join("crt/host_config.h").exists()
+        })
+    }
 }
 
-/// Builds the C++ shim with the same standard and C++ ABI as torch-sys builds its own.
-fn compile_extension(libtorch: &Libtorch) {
-    cc::Build::new()
+/// Builds the C++ shim with the same standard and C++ ABI as torch-sys builds its own,
+/// with its CUDA part when `cuda_include` has the CUDA runtime headers.
+fn compile_extension(libtorch: &Libtorch, cuda_include: Option<&Path>) {
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .file(EXTENSION)
         .include(&libtorch.include_dir)
         .include(libtorch.include_dir.join("torch/csrc/api/include"))
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={}", libtorch.cxx11_abi))
-        .warnings(false)
-        .compile("vit_libtorch_ext");
+        .warnings(false);
+    if let Some(dir) = cuda_include {
+        build.include(dir).define("VIT_CUDA", None);
+    }
+    build.compile("vit_libtorch_ext");
 }
 
 fn canonical(path: &Path) -> PathBuf {

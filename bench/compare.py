@@ -5,7 +5,7 @@
         [--batch-size 128] [--threads 2] [--steps 10] [--warmup 3] [--device cpu|cuda]
         [--precision fp32|bf16] [--adamw fused|loop] [--repeats 3] [--explicit-attention]
         [--sides vit,reference,timm] [--phases] [--pytorch-foreach]
-        [--also-vit vit-LABEL=PATH] [--json]
+        [--also-vit vit-LABEL=PATH] [--cuda-graph] [--json]
 
 Three sides, each in its own process so that peak RSS is per side:
 
@@ -100,6 +100,12 @@ def parse_args(argv=None):
         help="one more vit binary as its own side (e.g. vit-before=old/vit), interleaved "
         "with the others: before/after comparisons of a change in one run",
     )
+    p.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="one more side, vit-graph: the --vit binary with --cuda-graph (its training "
+        "steps replayed as a CUDA graph; the PyTorch sides stay eager)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     # Internal: run one PyTorch side in this process and print its JSON report.
     p.add_argument("--worker", choices=("reference", "timm"), help=argparse.SUPPRESS)
@@ -107,6 +113,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.device is None:
         args.device = default_device()
+    if args.cuda_graph and not args.device.startswith("cuda"):
+        p.error("--cuda-graph needs --device cuda (CUDA graphs exist on CUDA only)")
     if args.steps <= 0 or args.batch_size <= 0 or args.repeats <= 0 or args.warmup < 0:
         p.error("--steps, --batch-size and --repeats must be positive, --warmup >= 0")
     return args
@@ -312,20 +320,22 @@ def side_commands(args, config):
     if unknown:
         sys.exit(f"error: unknown side(s) {sorted(unknown)}; choose from vit,reference,timm")
     commands = {}
-    binaries = [("vit", args.vit)] if "vit" in wanted else []
+    binaries = [("vit", args.vit, [])] if "vit" in wanted else []
+    if args.cuda_graph:
+        binaries.append(("vit-graph", args.vit, ["--cuda-graph"]))
     for extra in args.also_vit:
         label, sep, path = extra.partition("=")
         if not sep or not label.startswith("vit-"):
             sys.exit(f"error: --also-vit takes vit-LABEL=PATH, got `{extra}`")
-        binaries.append((label, path))
+        binaries.append((label, path, []))
     model_flags = ["--config", args.config]
     for name in MODEL_FLAGS:
         model_flags += ["--" + name.replace("_", "-"), str(config[name])]
-    for label, path in binaries:
+    for label, path, flags in binaries:
         vit = Path(path)
         if not vit.exists():
             sys.exit(f"error: no vit binary at {vit}; build it with `cargo build --release`")
-        commands[label] = [str(vit), "bench", *model_flags, *common, "--json"]
+        commands[label] = [str(vit), "bench", *model_flags, *common, *flags, "--json"]
         if args.phases:
             commands[label].append("--phases")
     worker = [sys.executable, str(Path(__file__).resolve()), "--model-json", json.dumps(config)]

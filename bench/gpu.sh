@@ -8,10 +8,13 @@
 #
 # Writes into $OUT: info.txt; compare-bf16.txt (vit against the PyTorch reference and timm,
 # bf16 autocast, notebook config, the fused AdamW kernel on every side) and
-# compare-bf16-pytorch-foreach.txt (timm with PyTorch's CUDA-default foreach AdamW);
-# epoch/ (two notebook-config epochs on CIFAR-10 with their metrics.csv: epoch_seconds is
-# the full-epoch time); strong/ (the strong recipe, as many epochs as the rest of the
-# budget allows, or EPOCHS=N).
+# compare-bf16-pytorch-foreach.txt (vit eager and with --cuda-graph against timm with
+# PyTorch's CUDA-default foreach AdamW); epoch/ and epoch-graph/ (two notebook-config
+# epochs on CIFAR-10, eager and with --cuda-graph, with their metrics.csv: epoch_seconds
+# is the full-epoch time, and the two runs' losses should agree); strong/ (the strong
+# recipe, with --cuda-graph if that worked, as many epochs as the rest of the budget
+# allows, or EPOCHS=N). The --cuda-graph parts have not run on a GPU before: a failure
+# there is recorded and the script goes on.
 # A dry run on a CPU: VIT_DEVICE=cpu PRECISION=fp32 SUBSET=500 BUDGET_S=400
 # BENCH_ARGS="--batch-size 8 --steps 1 --warmup 1" VIT=target/release/vit PY=.venv/bin/python
 # OUT=/tmp/dry bash bench/gpu.sh
@@ -26,7 +29,9 @@ BUDGET_S=${BUDGET_S:-540}
 SUBSET=${SUBSET:-50000}
 PRECISION=${PRECISION:-bf16}
 PY=${PY:-python3}
-BENCH_ARGS=${BENCH_ARGS:---batch-size 512 --steps 20 --warmup 5 --repeats 3}
+BENCH_ARGS=${BENCH_ARGS:---batch-size 256 --steps 30 --warmup 5 --repeats 3}
+# GRAPH_FLAG="" leaves --cuda-graph out (CUDA only).
+GRAPH_FLAG=${GRAPH_FLAG---cuda-graph}
 mkdir -p "$OUT"
 LIBTORCH_LIB=$($PY -c 'import torch, os; print(os.path.dirname(torch.__file__))')/lib
 export LD_LIBRARY_PATH="$LIBTORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -41,34 +46,61 @@ $PY bench/compare.py --vit "$VIT" --device "$DEVICE" --precision "$PRECISION" \
     --config notebook --threads 2 $BENCH_ARGS | tee "$OUT/compare-$PRECISION.txt"
 $PY bench/compare.py --vit "$VIT" --device "$DEVICE" --precision "$PRECISION" \
     --config notebook --threads 2 $BENCH_ARGS --sides vit,timm --pytorch-foreach \
-    | tee "$OUT/compare-$PRECISION-pytorch-foreach.txt"
+    $GRAPH_FLAG | tee "$OUT/compare-$PRECISION-pytorch-foreach.txt" \
+    || echo "compare with --cuda-graph failed: status $?" | tee -a "$OUT/failures.txt"
 
 # Two epochs: the first includes CUDA/cuDNN warm-up, the second is the steady-state
-# epoch time (training on all images plus the 10,000-image evaluation).
-"$VIT" train --dataset cifar10 --data-dir data --device "$DEVICE" --precision "$PRECISION" \
-    --epochs 2 --warmup-epochs 1 --batch-size 256 --train-subset "$SUBSET" \
-    --out "$OUT/epoch" | tee "$OUT/epoch.txt"
+# epoch time (training on all images plus the 10,000-image evaluation). Then the same
+# with --cuda-graph, whose losses should match the eager run's closely.
+epochs() {
+    "$VIT" train --dataset cifar10 --data-dir data --device "$DEVICE" \
+        --precision "$PRECISION" --epochs 2 --warmup-epochs 1 --batch-size 256 \
+        --train-subset "$SUBSET" --out "$OUT/$1" "${@:2}" 2>&1 | tee "$OUT/$1.txt"
+}
+epochs epoch
+STRONG_FLAGS=""
+if [ -n "$GRAPH_FLAG" ]; then
+    if epochs epoch-graph --cuda-graph; then
+        STRONG_FLAGS="--cuda-graph"
+    else
+        echo "epochs with --cuda-graph failed: status $?" | tee -a "$OUT/failures.txt"
+    fi
+fi
 
 # The strong recipe gets what is left of the budget: the epoch count comes from the
 # second epoch's time above (times 2 for the augmentations and the EMA model's own
 # evaluation), and should that estimate be short, a SIGINT 40 s before the end makes vit
 # finish its step (or evaluation), save its state and stop; SIGKILL 40 s later.
-LEFT=$((BUDGET_S - (SECONDS - START) - 60))
-if [ "$LEFT" -lt 60 ]; then
-    echo "no time left for the strong recipe (${LEFT} s)" | tee "$OUT/strong-plan.txt"
-    exit 0
-fi
-EPOCH_S=$($PY -c '
+strong() {
+    local left=$((BUDGET_S - (SECONDS - START) - 60))
+    if [ "$left" -lt 60 ]; then
+        echo "no time left for the strong recipe (${left} s)" | tee -a "$OUT/strong-plan.txt"
+        return 0
+    fi
+    local timing=epoch
+    [ -n "$STRONG_FLAGS" ] && timing=epoch-graph
+    local epoch_s epochs
+    epoch_s=$($PY -c '
 import csv, sys
 rows = list(csv.reader(open(sys.argv[1])))
-print(float(rows[-1][rows[0].index("epoch_seconds")]))' "$OUT/epoch/metrics.csv")
-EPOCHS=${EPOCHS:-$($PY -c "print(max(1, int($LEFT / ($EPOCH_S * 2))))")}
-echo "strong recipe: $EPOCHS epochs in the ${LEFT} s left (notebook epoch: $EPOCH_S s)" \
-    | tee "$OUT/strong-plan.txt"
-# --foreground: SIGINT to vit alone (a second one, to its process group, would make it
-# quit without saving).
-timeout --foreground -s INT -k 40 "$LEFT" \
-    "$VIT" train --recipe strong --dataset cifar10 --data-dir data --device "$DEVICE" \
-    --precision "$PRECISION" --epochs "$EPOCHS" --warmup-epochs $((EPOCHS / 30 + 1)) \
-    --batch-size 256 --train-subset "$SUBSET" --out "$OUT/strong" \
-    | tee "$OUT/strong.txt" || echo "strong run stopped: status $?"
+print(float(rows[-1][rows[0].index("epoch_seconds")]))' "$OUT/$timing/metrics.csv")
+    epochs=${EPOCHS:-$($PY -c "print(max(1, int($left / ($epoch_s * 2))))")}
+    echo "$1: $epochs epochs in the ${left} s left ($timing epoch: $epoch_s s) $STRONG_FLAGS" \
+        | tee -a "$OUT/strong-plan.txt"
+    # --foreground: SIGINT to vit alone (a second one, to its process group, would make it
+    # quit without saving).
+    timeout --foreground -s INT -k 40 "$left" \
+        "$VIT" train --recipe strong --dataset cifar10 --data-dir data --device "$DEVICE" \
+        --precision "$PRECISION" --epochs "$epochs" --warmup-epochs $((epochs / 30 + 1)) \
+        --batch-size 256 --train-subset "$SUBSET" --out "$OUT/$1" $STRONG_FLAGS \
+        2>&1 | tee "$OUT/$1.txt"
+}
+if ! strong strong; then
+    echo "strong run stopped: status $?" | tee -a "$OUT/failures.txt"
+    # A --cuda-graph run that failed before its first epoch: the rest of the time eagerly.
+    if [ -n "$STRONG_FLAGS" ] && [ ! -e "$OUT/strong/last_model.safetensors" ]; then
+        STRONG_FLAGS=""
+        strong strong-eager || echo "eager strong run stopped: status $?" \
+            | tee -a "$OUT/failures.txt"
+    fi
+fi

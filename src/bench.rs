@@ -9,7 +9,8 @@ use crate::ffi;
 use crate::model::{ViTConfig, VisionTransformer};
 use crate::optim::AdamW;
 use crate::train::{
-    autocast, clip_gradients, count_correct, forward_loss, train_step, StepOptions, TrainBatch,
+    autocast, clip_gradients, count_correct, forward_loss, train_step, CudaGraphSteps, StepOptions,
+    TrainBatch,
 };
 use anyhow::{ensure, Result};
 use serde::Serialize;
@@ -29,6 +30,8 @@ pub struct BenchReport {
     pub steps: usize,
     pub fused_attention: bool,
     pub fused_adamw: bool,
+    /// Training steps replayed as a CUDA graph (`--cuda-graph`).
+    pub cuda_graph: bool,
     pub parameters: i64,
     pub train_images_per_s: f64,
     pub infer_images_per_s: f64,
@@ -72,6 +75,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     model.set_fused_attention(!args.explicit_attention);
     let mut optimizer = AdamW::new(&vs, 0.05)?;
     optimizer.fused = args.adamw == AdamWKernel::Fused;
+    let mut cuda_graph = args
+        .cuda_graph
+        .then(|| CudaGraphSteps::new(device))
+        .transpose()?;
+    ensure!(
+        !args.cuda_graph || optimizer.fused,
+        "--cuda-graph needs the fused AdamW kernel (--adamw fused): a graph replays its \
+         update with the learning rate read on the device"
+    );
     let shape = [
         args.batch_size,
         config.in_channels,
@@ -90,16 +102,26 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
 
     ffi::reset_peak_memory(device)?;
-    let train_seconds = timed(device, args.warmup, args.steps, || {
-        let _ = train_step(&model, &mut optimizer, &batch, 1e-3, options);
-    });
+    // With a graph, the warm-up covers its eager steps and the capture.
+    let train_warmup = match cuda_graph {
+        Some(_) => args.warmup.max(CudaGraphSteps::WARMUP_STEPS + 1),
+        None => args.warmup,
+    };
+    let train_seconds = timed(device, train_warmup, args.steps, || {
+        match &mut cuda_graph {
+            Some(graph) => graph.step(&model, &mut optimizer, &batch, 1e-3, options)?,
+            None => train_step(&model, &mut optimizer, &batch, 1e-3, options),
+        };
+        Ok(())
+    })?;
     let infer_seconds = timed(device, args.warmup, args.steps, || {
         let _ = tch::no_grad(|| {
             autocast(args.precision, device, || {
                 model.forward_t(&batch.images, false)
             })
         });
-    });
+        Ok(())
+    })?;
     let phase_ms_per_step = args
         .phases
         .then(|| phase_times(device, args.steps, &model, &mut optimizer, &batch, options));
@@ -115,6 +137,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         steps: args.steps,
         fused_attention: !args.explicit_attention,
         fused_adamw: optimizer.fused,
+        cuda_graph: args.cuda_graph,
         parameters: vs.variables().values().map(|t| t.numel() as i64).sum(),
         train_images_per_s: images_timed / train_seconds,
         infer_images_per_s: images_timed / infer_seconds,
@@ -127,7 +150,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{} ({} parameters), batch {}, {} on {} with {} threads, {} attention, {} AdamW",
+            "{} ({} parameters), batch {}, {} on {} with {} threads, {} attention, {} AdamW{}",
             report.config,
             report.parameters,
             report.batch_size,
@@ -139,7 +162,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             } else {
                 "explicit"
             },
-            if report.fused_adamw { "fused" } else { "loop" }
+            if report.fused_adamw { "fused" } else { "loop" },
+            if report.cuda_graph {
+                ", CUDA graph"
+            } else {
+                ""
+            }
         );
         println!("train:     {:9.1} images/s", report.train_images_per_s);
         println!("inference: {:9.1} images/s", report.infer_images_per_s);
@@ -160,17 +188,22 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
 /// Seconds for `steps` calls of `work` after `warmup` untimed ones, with the device
 /// synchronised before each clock reading.
-fn timed(device: Device, warmup: usize, steps: usize, mut work: impl FnMut()) -> f64 {
+fn timed(
+    device: Device,
+    warmup: usize,
+    steps: usize,
+    mut work: impl FnMut() -> Result<()>,
+) -> Result<f64> {
     for _ in 0..warmup {
-        work();
+        work()?;
     }
     synchronize(device);
     let start = Instant::now();
     for _ in 0..steps {
-        work();
+        work()?;
     }
     synchronize(device);
-    start.elapsed().as_secs_f64()
+    Ok(start.elapsed().as_secs_f64())
 }
 
 /// `train_step` split into its phases, each closed by a device synchronisation: the same

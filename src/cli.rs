@@ -275,6 +275,10 @@ pub struct TrainArgs {
     pub plot: bool,
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: Precision,
+    /// Replay each training step as a CUDA graph after a few eager ones (CUDA only): one
+    /// launch per step instead of hundreds.
+    #[arg(long)]
+    pub cuda_graph: bool,
     /// CPU threads for libtorch (default: libtorch's choice).
     #[arg(long)]
     pub threads: Option<i32>,
@@ -362,6 +366,10 @@ pub struct BenchArgs {
     /// AdamW as libtorch's fused kernel, or as PyTorch's single-tensor loop of small ops.
     #[arg(long, value_enum, default_value = "fused")]
     pub adamw: AdamWKernel,
+    /// Time training steps replayed as a CUDA graph, as `vit train --cuda-graph` runs them
+    /// (the warm-up is raised to the eager steps and the capture that come first).
+    #[arg(long)]
+    pub cuda_graph: bool,
     /// Also time the phases of a training step (forward + loss, backward, gradient
     /// clipping, AdamW) in separate, synchronised steps after the timed ones.
     #[arg(long)]

@@ -1,7 +1,7 @@
 //! AdamW, gradient clipping and the learning-rate schedule, written out so that their state
 //! can be saved for `--resume` (tch's C++ optimizers keep theirs out of reach).
 
-use crate::ffi::{foreach_mul_, foreach_norm, fused_adamw, AdamWSlot};
+use crate::ffi::{foreach_mul_, foreach_norm, fused_adamw, AdamWSlot, LearningRate};
 use anyhow::{ensure, Context, Result};
 use std::collections::BTreeMap;
 use tch::{nn, Kind, Tensor};
@@ -27,8 +27,9 @@ pub struct AdamW {
     /// loop, op by op. Both agree to float rounding (tested).
     pub fused: bool,
     /// `step` as a float32 tensor of shape [] on the parameters' device, which the fused
-    /// kernel reads; refilled from `step` before each fused update.
-    step_on_device: Tensor,
+    /// kernel reads: refilled from `step` before each `step`, advanced on the device by
+    /// `step_on_device`.
+    step_counter: Tensor,
     /// A libtorch optimizer over the same parameters, used only for its `zero_grad`, which
     /// sets the gradients to undefined (PyTorch's `set_to_none=True`) where
     /// `Tensor::zero_grad` would fill them with zeros: no zero fill before backward, and
@@ -63,7 +64,7 @@ impl AdamW {
         Ok(Self {
             params,
             fused: true,
-            step_on_device: Tensor::zeros([], (Kind::Float, vs.device())),
+            step_counter: Tensor::zeros([], (Kind::Float, vs.device())),
             grad_clearer,
             weight_decay,
             beta1: 0.9,
@@ -88,11 +89,33 @@ impl AdamW {
     pub fn step(&mut self, lr: f64) {
         self.step += 1;
         if self.fused {
+            // A fill from the host value: one asynchronous kernel, and always in step
+            // with `self.step` (also after loop steps or a resume).
+            let _ = self.step_counter.fill_(self.step as f64);
             // Fails only on tensors the kernel cannot take, which `new` never makes.
-            self.fused_step(lr).expect("fused AdamW");
+            self.fused_step(LearningRate::Value(lr))
+                .expect("fused AdamW");
         } else {
             self.single_tensor_step(lr);
         }
+    }
+
+    /// `step` as a CUDA graph can capture it: the fused kernels, reading the learning rate
+    /// from `lr` (float32 [] on the parameters' device) and advancing the step counter on
+    /// the device, with nothing changed on the host. Each run of it (each replay) is one
+    /// step, to be counted with `count_step`.
+    pub fn step_on_device(&mut self, lr: &Tensor) -> Result<()> {
+        ensure!(
+            self.fused,
+            "a step on the device needs the fused AdamW kernel"
+        );
+        let _ = tch::no_grad(|| self.step_counter.g_add_scalar_(1.0));
+        self.fused_step(LearningRate::Tensor(lr))
+    }
+
+    /// Counts one run of `step_on_device` in `steps_taken`.
+    pub fn count_step(&mut self) {
+        self.step += 1;
     }
 
     /// Steps taken so far (PyTorch's `state['step']`, shared by every parameter).
@@ -100,12 +123,10 @@ impl AdamW {
         self.step
     }
 
-    /// `torch.optim.AdamW(fused=True)`: the kernel once per weight-decay group.
-    fn fused_step(&mut self, lr: f64) -> Result<()> {
+    /// `torch.optim.AdamW(fused=True)`: the kernel once per weight-decay group, with the
+    /// step number in `step_counter`.
+    fn fused_step(&self, lr: LearningRate) -> Result<()> {
         tch::no_grad(|| {
-            // A fill from the host value: one asynchronous kernel, and always in step
-            // with `self.step` (also after loop steps or a resume).
-            let _ = self.step_on_device.fill_(self.step as f64);
             let grads: Vec<Tensor> = self.params.iter().map(|s| s.param.grad()).collect();
             for decay in [true, false] {
                 let slots: Vec<AdamWSlot> = self
@@ -124,7 +145,7 @@ impl AdamW {
                 let (beta1, beta2, eps) = (self.beta1, self.beta2, self.eps);
                 fused_adamw(
                     &slots,
-                    &self.step_on_device,
+                    &self.step_counter,
                     lr,
                     beta1,
                     beta2,
@@ -183,6 +204,7 @@ impl AdamW {
     pub fn load_state(&mut self, tensors: &BTreeMap<String, Tensor>, step: i64) -> Result<()> {
         self.step = step;
         tch::no_grad(|| {
+            let _ = self.step_counter.fill_(step as f64);
             for s in &mut self.params {
                 for (prefix, target) in [
                     ("exp_avg", &mut s.exp_avg),

@@ -49,6 +49,7 @@ fn vit_bench_reports_throughput_and_memory_for_each_setting() {
         assert_eq!(report["fused_adamw"], fused_adamw, "{report}");
         assert_eq!(report["fused_attention"], fused_attention, "{report}");
         assert_eq!(report["threads"], 1);
+        assert_eq!(report["cuda_graph"], false, "{report}");
         assert_eq!(report["parameters"], 21162, "the tiny preset's size");
         assert_eq!(report["model"]["embed_dim"], 32, "{report}");
         for key in ["train_images_per_s", "infer_images_per_s"] {

@@ -256,6 +256,7 @@ fn options<'a>(out: &'a Path, resume: bool, interrupted: &'a AtomicBool) -> RunO
         resume,
         device: Device::Cpu,
         plot: false,
+        cuda_graph: false,
         interrupted,
     }
 }
@@ -461,6 +462,7 @@ fn user_errors_say_what_to_do() {
         ),
         ("--lr=0", "--lr must be positive"),
         ("--clip-grad=-1", "cannot be negative"),
+        ("--cuda-graph", "--cuda-graph needs a CUDA device"),
     ] {
         let mut args = tiny_run_args(data, run.to_str().unwrap());
         args.push(flag);

@@ -1,7 +1,11 @@
 // The libtorch C++ APIs that tch 0.24 does not wrap, as plain C functions for
 // src/ffi/mod.rs: autocast with a chosen device and dtype, the device allocator's memory
 // statistics, the fused AdamW kernel, the multi-tensor norm and scaling that
-// torch.nn.utils.clip_grad_norm_ uses, and the multi-tensor lerp of a weight average.
+// torch.nn.utils.clip_grad_norm_ uses, the multi-tensor lerp of a weight average, and
+// CUDA graphs (capture on a side stream, replay).
+//
+// The CUDA part is compiled only where build.rs found libtorch_cuda and the CUDA runtime
+// headers (it defines VIT_CUDA); elsewhere those functions fail with a message saying so.
 //
 // Every function returns 0 on success and -1 after a C++ exception, whose message
 // vit_last_error() then returns: exceptions must not unwind into Rust.
@@ -15,8 +19,18 @@
 #include <ATen/ops/_fused_adamw.h>
 
 #include <cstdint>
+#include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
+
+#ifdef VIT_CUDA
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/core/Event.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace {
 
@@ -53,6 +67,50 @@ void init_accelerator() {
     at::globalContext().lazyInitDevice(*device_type);
   }
 }
+
+#ifdef VIT_CUDA
+// Makes `waiter` wait for the work queued on `stream` so far (torch.cuda.Stream.wait_stream).
+void wait_stream(const c10::cuda::CUDAStream& waiter, const c10::cuda::CUDAStream& stream) {
+  c10::Event event(c10::DeviceType::CUDA);
+  event.record(stream.unwrap());
+  event.block(waiter.unwrap());
+}
+
+// A stream from libtorch's pool made current, ordered after the work queued before it and
+// before the work queued after it (`with torch.cuda.stream(s)` plus wait_stream both ways).
+// CUDA graphs are captured on such a stream, never on the default one, and PyTorch warms a
+// step up on one before capturing it.
+class SideStream {
+ public:
+  explicit SideStream(c10::DeviceIndex device)
+      : ambient_(c10::cuda::getCurrentCUDAStream(device)),
+        side_(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device)) {
+    wait_stream(side_, ambient_);
+    c10::cuda::setCurrentCUDAStream(side_);
+  }
+  void leave() {
+    wait_stream(ambient_, side_);
+    c10::cuda::setCurrentCUDAStream(ambient_);
+  }
+
+ private:
+  c10::cuda::CUDAStream ambient_;
+  c10::cuda::CUDAStream side_;
+};
+
+// A graph and what its capture changed, to be restored when the capture ends.
+struct Graph {
+  at::cuda::CUDAGraph graph;
+  std::optional<SideStream> capture_stream;
+  bool autocast_cache_enabled = true;
+};
+#else
+[[noreturn]] void no_cuda() {
+  throw std::runtime_error(
+      "this vit was built against a libtorch without CUDA (or without the CUDA runtime "
+      "headers), so it has no CUDA graphs: rebuild it against a CUDA build of torch");
+}
+#endif
 
 }  // namespace
 
@@ -108,17 +166,29 @@ int vit_accelerator_reset_peak_memory(int8_t device_index) {
 
 // torch._fused_adamw_ over `count` parameters (amsgrad and maximize off), as
 // torch.optim.AdamW(fused=True) calls it; `step` is the float step counter every
-// parameter shares, already incremented for this update.
+// parameter shares, already incremented for this update. The learning rate is `lr`, or,
+// when `lr_tensor` is not null, that tensor (the overload a CUDA graph replays, reading
+// the rate from device memory).
 int vit_fused_adamw(void* const* params, void* const* grads, void* const* exp_avgs,
                     void* const* exp_avg_sqs, void* step, int64_t count, double lr,
-                    double beta1, double beta2, double weight_decay, double eps) {
+                    void* lr_tensor, double beta1, double beta2, double weight_decay,
+                    double eps) {
   return guarded([&] {
     const auto steps =
         std::vector<at::Tensor>(count, *static_cast<at::Tensor*>(step));
-    at::_fused_adamw_(tensor_list(params, count), tensor_list(grads, count),
-                      tensor_list(exp_avgs, count), tensor_list(exp_avg_sqs, count),
-                      /*max_exp_avg_sqs=*/{}, steps, lr, beta1, beta2, weight_decay, eps,
-                      /*amsgrad=*/false, /*maximize=*/false);
+    const auto params_ = tensor_list(params, count);
+    const auto grads_ = tensor_list(grads, count);
+    const auto exp_avgs_ = tensor_list(exp_avgs, count);
+    const auto exp_avg_sqs_ = tensor_list(exp_avg_sqs, count);
+    if (lr_tensor != nullptr) {
+      at::_fused_adamw_(params_, grads_, exp_avgs_, exp_avg_sqs_, /*max_exp_avg_sqs=*/{},
+                        steps, *static_cast<at::Tensor*>(lr_tensor), beta1, beta2,
+                        weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false);
+    } else {
+      at::_fused_adamw_(params_, grads_, exp_avgs_, exp_avg_sqs_, /*max_exp_avg_sqs=*/{},
+                        steps, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false,
+                        /*maximize=*/false);
+    }
   });
 }
 
@@ -145,6 +215,104 @@ int vit_foreach_lerp_(void* const* tensors, void* const* ends, int64_t count, do
   return guarded([&] {
     at::_foreach_lerp_(tensor_list(tensors, count), tensor_list(ends, count), weight);
   });
+}
+
+// Makes a side stream of CUDA device `device` current (see SideStream); *scope is what
+// vit_cuda_side_stream_leave needs.
+int vit_cuda_side_stream_enter(int8_t device, void** scope) {
+  return guarded([&] {
+#ifdef VIT_CUDA
+    *scope = new SideStream(device);
+#else
+    no_cuda();
+#endif
+  });
+}
+
+// Makes the stream current before vit_cuda_side_stream_enter current again, after the
+// work queued on the side stream, and frees `scope`.
+int vit_cuda_side_stream_leave(void* scope) {
+  return guarded([&] {
+#ifdef VIT_CUDA
+    auto* side = static_cast<SideStream*>(scope);
+    side->leave();
+    delete side;
+#else
+    no_cuda();
+#endif
+  });
+}
+
+// As entering `with torch.cuda.graph(g)`: waits for the device, frees cached blocks, makes
+// a side stream current and starts capturing it into a new graph (*graph). Autocast's
+// cast-weight cache is turned off until the capture ends, as PyTorch requires: a cached
+// cast made during capture would outlive the graph memory it sits in.
+int vit_cuda_graph_capture_begin(int8_t device, void** graph) {
+  return guarded([&] {
+#ifdef VIT_CUDA
+    c10::cuda::device_synchronize();
+    c10::cuda::CUDACachingAllocator::emptyCache();
+    auto captured = std::make_unique<Graph>();
+    captured->capture_stream.emplace(device);
+    captured->autocast_cache_enabled = at::autocast::is_autocast_cache_enabled();
+    at::autocast::set_autocast_cache_enabled(false);
+    try {
+      captured->graph.capture_begin();
+    } catch (...) {
+      at::autocast::set_autocast_cache_enabled(captured->autocast_cache_enabled);
+      captured->capture_stream->leave();
+      throw;
+    }
+    *graph = captured.release();
+#else
+    no_cuda();
+#endif
+  });
+}
+
+// As leaving `with torch.cuda.graph(g)`: ends the capture (instantiating the graph), then
+// restores the stream and the autocast cache, also when ending the capture failed.
+int vit_cuda_graph_capture_end(void* graph) {
+  return guarded([&] {
+#ifdef VIT_CUDA
+    auto* captured = static_cast<Graph*>(graph);
+    struct Restore {
+      Graph* captured;
+      // Runs during the unwinding of capture_end's exception too, so it must not throw.
+      ~Restore() {
+        at::autocast::set_autocast_cache_enabled(captured->autocast_cache_enabled);
+        try {
+          if (captured->capture_stream) {
+            captured->capture_stream->leave();
+          }
+        } catch (...) {
+        }
+        captured->capture_stream.reset();
+      }
+    } restore{captured};
+    captured->graph.capture_end();
+#else
+    no_cuda();
+#endif
+  });
+}
+
+// Launches the captured work once on the current stream (torch.cuda.CUDAGraph.replay).
+int vit_cuda_graph_replay(void* graph) {
+  return guarded([&] {
+#ifdef VIT_CUDA
+    static_cast<Graph*>(graph)->graph.replay();
+#else
+    no_cuda();
+#endif
+  });
+}
+
+// Frees a graph from vit_cuda_graph_capture_begin, and the device memory it holds.
+void vit_cuda_graph_free(void* graph) {
+#ifdef VIT_CUDA
+  delete static_cast<Graph*>(graph);
+#endif
 }
 
 }  // extern "C"

@@ -3,7 +3,7 @@
 //! autocast, in float16), CUDA peak memory as `torch.cuda.max_memory_allocated`
 //! reports it, the fused AdamW kernel, and the multi-tensor norm and scaling of
 //! `clip_grad_norm_` and lerp of a weight average (one kernel launch for all tensors on
-//! CUDA instead of one each).
+//! CUDA instead of one each), and CUDA graphs (`torch.cuda.graph`).
 
 use anyhow::{bail, ensure, Result};
 use std::ffi::{c_void, CStr};
@@ -32,6 +32,7 @@ extern "C" {
         step: *mut c_void,
         count: i64,
         lr: f64,
+        lr_tensor: *mut c_void,
         beta1: f64,
         beta2: f64,
         weight_decay: f64,
@@ -45,6 +46,12 @@ extern "C" {
         count: i64,
         weight: f64,
     ) -> i32;
+    fn vit_cuda_side_stream_enter(device: i8, scope: *mut *mut c_void) -> i32;
+    fn vit_cuda_side_stream_leave(scope: *mut c_void) -> i32;
+    fn vit_cuda_graph_capture_begin(device: i8, graph: *mut *mut c_void) -> i32;
+    fn vit_cuda_graph_capture_end(graph: *mut c_void) -> i32;
+    fn vit_cuda_graph_replay(graph: *mut c_void) -> i32;
+    fn vit_cuda_graph_free(graph: *mut c_void);
 }
 
 /// c10::DeviceType values.
@@ -148,6 +155,15 @@ pub struct AdamWSlot<'a> {
     pub exp_avg_sq: &'a Tensor,
 }
 
+/// The learning rate of a fused AdamW update.
+#[derive(Clone, Copy)]
+pub enum LearningRate<'a> {
+    Value(f64),
+    /// A float32 tensor of shape [] on the parameters' device, read by the kernel when it
+    /// runs: what a CUDA graph needs, since it replays the value captured with it.
+    Tensor(&'a Tensor),
+}
+
 /// libtorch's fused AdamW kernel (`torch._fused_adamw_`, what `torch.optim.AdamW(fused=True)`
 /// runs) over `slots`, updating the parameters and moments in place. `step` is a float32
 /// tensor of shape [] on the parameters' device holding the step number, already
@@ -156,7 +172,7 @@ pub struct AdamWSlot<'a> {
 pub fn fused_adamw(
     slots: &[AdamWSlot],
     step: &Tensor,
-    lr: f64,
+    lr: LearningRate,
     beta1: f64,
     beta2: f64,
     weight_decay: f64,
@@ -169,7 +185,12 @@ pub fn fused_adamw(
     let grads = handles(slots.iter().map(|s| s.grad));
     let exp_avgs = handles(slots.iter().map(|s| s.exp_avg));
     let exp_avg_sqs = handles(slots.iter().map(|s| s.exp_avg_sq));
-    // SAFETY: each array holds `slots.len()` live tensor handles, borrowed for the call.
+    let (lr_value, lr_tensor) = match lr {
+        LearningRate::Value(value) => (value, std::ptr::null_mut()),
+        LearningRate::Tensor(tensor) => (f64::NAN, tensor.as_ptr() as *mut c_void),
+    };
+    // SAFETY: each array holds `slots.len()` live tensor handles, borrowed for the call,
+    // and `lr_tensor` is null or a live handle.
     let status = unsafe {
         vit_fused_adamw(
             params.as_ptr(),
@@ -178,7 +199,8 @@ pub fn fused_adamw(
             exp_avg_sqs.as_ptr(),
             step.as_ptr() as *mut c_void,
             slots.len() as i64,
-            lr,
+            lr_value,
+            lr_tensor,
             beta1,
             beta2,
             weight_decay,
@@ -228,6 +250,102 @@ pub fn foreach_lerp_(tensors: &[Tensor], ends: &[Tensor], weight: f64) -> Result
     let status =
         unsafe { vit_foreach_lerp_(inputs.as_ptr(), ends.as_ptr(), inputs.len() as i64, weight) };
     check(status, "foreach lerp")
+}
+
+/// The index of a CUDA device, or an error naming what needs one.
+fn cuda_index(device: Device, what: &str) -> Result<i8> {
+    match device {
+        Device::Cuda(index) => Ok(index as i8),
+        other => bail!("{what} needs a CUDA device, not {other:?}"),
+    }
+}
+
+/// The message of a caught panic.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".to_owned())
+}
+
+/// Runs `f` with a side stream of the CUDA `device` current, ordered after the work queued
+/// before and before the work queued after (as PyTorch warms up a step it will capture).
+/// The ambient stream is current again afterwards, also when `f` panics.
+pub fn on_side_stream<T>(device: Device, f: impl FnOnce() -> T) -> Result<T> {
+    let index = cuda_index(device, "a side stream")?;
+    let mut scope = std::ptr::null_mut();
+    // SAFETY: the out-pointer is live.
+    check(
+        unsafe { vit_cuda_side_stream_enter(index, &mut scope) },
+        "side stream",
+    )?;
+    struct Leave(*mut c_void);
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            // SAFETY: the scope from vit_cuda_side_stream_enter, left once.
+            let status = unsafe { vit_cuda_side_stream_leave(self.0) };
+            if let Err(e) = check(status, "side stream") {
+                eprintln!("warning: {e:#}");
+            }
+        }
+    }
+    let _leave = Leave(scope);
+    Ok(f())
+}
+
+/// A CUDA graph: the kernels one call of a closure queued, recorded once and then launched
+/// again with `replay`, at the cost of a single launch. A replay reads and writes the very
+/// tensors the capture used, so new inputs are copied into those; host-side code of the
+/// closure does not run again.
+pub struct CudaGraph {
+    handle: *mut c_void,
+}
+
+impl CudaGraph {
+    /// Captures what `f` queues on the CUDA `device`, as `with torch.cuda.graph(g): f()`:
+    /// the kernels are recorded, not run. `f` must not wait for the device (reading a
+    /// tensor's value, for example), which capture forbids; a panic or libtorch error
+    /// inside `f` becomes the error returned here.
+    pub fn capture<T>(device: Device, f: impl FnOnce() -> T) -> Result<(Self, T)> {
+        let index = cuda_index(device, "a CUDA graph")?;
+        let mut handle = std::ptr::null_mut();
+        // SAFETY: the out-pointer is live.
+        check(
+            unsafe { vit_cuda_graph_capture_begin(index, &mut handle) },
+            "CUDA graph capture",
+        )?;
+        let graph = Self { handle };
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        // SAFETY: the handle began capturing above and ends it once.
+        let ended = check(
+            unsafe { vit_cuda_graph_capture_end(graph.handle) },
+            "CUDA graph capture",
+        );
+        match result {
+            Err(payload) => bail!(
+                "CUDA graph capture failed: {}",
+                panic_message(payload.as_ref())
+            ),
+            Ok(value) => ended.map(|()| (graph, value)),
+        }
+    }
+
+    /// Launches the captured kernels once more, on the current stream.
+    pub fn replay(&self) -> Result<()> {
+        // SAFETY: a graph whose capture ended.
+        check(
+            unsafe { vit_cuda_graph_replay(self.handle) },
+            "CUDA graph replay",
+        )
+    }
+}
+
+impl Drop for CudaGraph {
+    fn drop(&mut self) {
+        // SAFETY: the handle from vit_cuda_graph_capture_begin, freed once.
+        unsafe { vit_cuda_graph_free(self.handle) }
+    }
 }
 
 /// The C++ handles of `tensors`, borrowed: valid while the tensors live.

@@ -6,10 +6,12 @@
 //! continue exactly where it stopped, even mid-epoch.
 
 mod console;
+mod cuda_graph;
 mod ema;
 mod recipe;
 mod run_folder;
 
+pub use cuda_graph::CudaGraphSteps;
 pub use recipe::Regularization;
 pub use run_folder::{EpochMetrics, METRICS_HEADER};
 
@@ -126,10 +128,25 @@ pub fn train_step(
     options: StepOptions,
 ) -> StepOutput {
     optimizer.zero_grad();
+    forward_backward_update(model, optimizer, batch, options, |optimizer| {
+        optimizer.step(lr)
+    })
+}
+
+/// A step from cleared gradients on: forward, loss, backward and clipping, then `update`
+/// (the AdamW update). This is what a CUDA graph captures (`cuda_graph.rs`), with an
+/// update that reads the learning rate on the device.
+pub fn forward_backward_update(
+    model: &VisionTransformer,
+    optimizer: &mut AdamW,
+    batch: &TrainBatch,
+    options: StepOptions,
+    update: impl FnOnce(&mut AdamW),
+) -> StepOutput {
     let (logits, loss) = forward_loss(model, batch, options);
     loss.backward();
     let grad_norm = clip_gradients(optimizer, options);
-    optimizer.step(lr);
+    update(optimizer);
     StepOutput {
         loss: loss.detach(),
         correct: count_correct(&logits, &batch.labels),
@@ -178,6 +195,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         tch::set_num_threads(threads);
     }
     let device = args.device.resolve()?;
+    if args.cuda_graph {
+        CudaGraphSteps::check_device(device)?;
+    }
     let out = args.out.clone().unwrap_or_else(default_run_dir);
     ensure!(
         !args.resume || args.out.is_some(),
@@ -244,6 +264,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         resume: args.resume,
         device,
         plot: args.plot,
+        cuda_graph: args.cuda_graph,
         interrupted: &interrupted,
     };
     let outcome = train(&settings, &dataset, &options)?;
@@ -281,6 +302,8 @@ pub struct RunOptions<'a> {
     pub device: Device,
     /// Refresh curves.png in the run folder after every epoch.
     pub plot: bool,
+    /// Replay the training steps as a CUDA graph.
+    pub cuda_graph: bool,
     /// Set by Ctrl-C: stop after the current step, saving the resume state.
     pub interrupted: &'a AtomicBool,
 }
@@ -334,6 +357,8 @@ struct Trainer<'a> {
     vs: nn::VarStore,
     model: VisionTransformer,
     optimizer: AdamW,
+    /// With `--cuda-graph`: the steps replayed as a graph.
+    cuda_graph: Option<CudaGraphSteps>,
     ema: Option<Ema>,
     train_split: Split,
     test_split: Split,
@@ -352,6 +377,10 @@ impl<'a> Trainer<'a> {
         options: &'a RunOptions<'a>,
     ) -> Result<Self> {
         let device = options.device;
+        let cuda_graph = options
+            .cuda_graph
+            .then(|| CudaGraphSteps::new(device))
+            .transpose()?;
         let run = RunFolder::open(options.out, settings, options.resume, device)?;
         let regularization = &settings.regularization;
         let vs = nn::VarStore::new(device);
@@ -389,6 +418,7 @@ impl<'a> Trainer<'a> {
             vs,
             model,
             optimizer,
+            cuda_graph,
             ema,
             test_split: dataset.test.to_device(device),
             train_split,
@@ -438,7 +468,11 @@ impl<'a> Trainer<'a> {
             );
             let global_step = epoch * self.steps_per_epoch + step;
             lr = learning_rate(settings.lr, global_step, warmup_steps, total_steps);
-            let output = train_step(&self.model, &mut self.optimizer, &batch, lr, step_options);
+            let (model, optimizer) = (&self.model, &mut self.optimizer);
+            let output = match &mut self.cuda_graph {
+                Some(graph) => graph.step(model, optimizer, &batch, lr, step_options)?,
+                None => train_step(model, optimizer, &batch, lr, step_options),
+            };
             if let Some(ema) = &mut self.ema {
                 ema.update();
             }

@@ -1,0 +1,147 @@
+//! `--cuda-graph`: the training step recorded once as a CUDA graph and replayed, so that a
+//! step costs the host one graph launch instead of several hundred kernel launches, which
+//! is what bounds a model this small on a fast GPU (bench/README.md, "host overhead").
+//!
+//! As PyTorch's whole-network capture (`torch.cuda.graph`): a few eager steps on a side
+//! stream first (they set up cuBLAS workspaces, autograd's device threads and the like),
+//! then the capture of one step on inputs the graph owns; from then on each step copies
+//! its batch and learning rate into those and replays. A batch of another shape (an
+//! epoch's last, smaller one) runs eagerly.
+
+use super::{forward_backward_update, train_step, StepOptions, StepOutput, TrainBatch};
+use crate::ffi::{self, CudaGraph};
+use crate::model::VisionTransformer;
+use crate::optim::AdamW;
+use anyhow::{ensure, Context, Result};
+use tch::{Device, Kind, Tensor};
+
+/// Training steps through a CUDA graph, once warmed up and captured.
+pub struct CudaGraphSteps {
+    device: Device,
+    warmup_steps_left: usize,
+    captured: Option<CapturedStep>,
+}
+
+impl CudaGraphSteps {
+    /// Eager steps before the capture.
+    pub const WARMUP_STEPS: usize = 3;
+
+    /// Nothing is captured yet. The optimizer must run the fused AdamW kernel (its
+    /// default), which reads the learning rate on the device.
+    pub fn new(device: Device) -> Result<Self> {
+        Self::check_device(device)?;
+        Ok(Self {
+            device,
+            warmup_steps_left: Self::WARMUP_STEPS,
+            captured: None,
+        })
+    }
+
+    /// Fails unless `device` has CUDA graphs, saying what to do.
+    pub fn check_device(device: Device) -> Result<()> {
+        ensure!(
+            device.is_cuda(),
+            "--cuda-graph needs a CUDA device (--device cuda), and this run's device is \
+             {device:?}"
+        );
+        Ok(())
+    }
+
+    /// One training step, as `train_step`: eager on a side stream while warming up, then
+    /// captured (at the first step after the warm-up) and replayed.
+    pub fn step(
+        &mut self,
+        model: &VisionTransformer,
+        optimizer: &mut AdamW,
+        batch: &TrainBatch,
+        lr: f64,
+        options: StepOptions,
+    ) -> Result<StepOutput> {
+        if self.warmup_steps_left > 0 {
+            self.warmup_steps_left -= 1;
+            return ffi::on_side_stream(self.device, || {
+                train_step(model, optimizer, batch, lr, options)
+            });
+        }
+        let captured = match &mut self.captured {
+            Some(captured) => captured,
+            empty => empty.insert(CapturedStep::capture(model, optimizer, batch, options)?),
+        };
+        if !captured.fits(batch) {
+            return Ok(train_step(model, optimizer, batch, lr, options));
+        }
+        captured.replay(optimizer, batch, lr)
+    }
+}
+
+/// One captured training step and the tensors it reads and writes.
+struct CapturedStep {
+    graph: CudaGraph,
+    /// The inputs of the captured step: each batch is copied into these.
+    batch: TrainBatch,
+    /// The learning rate, float32 [] on the device.
+    lr: Tensor,
+    /// What the captured step leaves, rewritten by each replay.
+    output: StepOutput,
+}
+
+impl CapturedStep {
+    /// Captures a step on batches shaped like `like`.
+    fn capture(
+        model: &VisionTransformer,
+        optimizer: &mut AdamW,
+        like: &TrainBatch,
+        options: StepOptions,
+    ) -> Result<Self> {
+        let device = like.images.device();
+        let batch = TrainBatch {
+            images: like.images.copy(),
+            labels: like.labels.copy(),
+            soft_targets: like.soft_targets.as_ref().map(Tensor::copy),
+        };
+        let lr = Tensor::zeros([], (Kind::Float, device));
+        // Cleared, so that backward creates the gradients inside the capture, in the
+        // graph's memory, and every replay writes them afresh rather than adding to them.
+        optimizer.zero_grad();
+        let (graph, output) = CudaGraph::capture(device, || {
+            forward_backward_update(model, optimizer, &batch, options, |optimizer| {
+                optimizer.step_on_device(&lr).expect("fused AdamW")
+            })
+        })
+        .context("capturing the training step as a CUDA graph (without --cuda-graph, vit trains eagerly)")?;
+        Ok(Self {
+            graph,
+            batch,
+            lr,
+            output,
+        })
+    }
+
+    /// Whether `batch` has the shapes the graph was captured with.
+    fn fits(&self, batch: &TrainBatch) -> bool {
+        let targets = |b: &TrainBatch| b.soft_targets.as_ref().map(Tensor::size);
+        batch.images.size() == self.batch.images.size()
+            && batch.labels.size() == self.batch.labels.size()
+            && targets(batch) == targets(&self.batch)
+    }
+
+    /// The step on `batch` with learning rate `lr`: its inputs copied in, one replay. The
+    /// outputs are copies, so they outlive the next replay.
+    fn replay(&self, optimizer: &mut AdamW, batch: &TrainBatch, lr: f64) -> Result<StepOutput> {
+        tch::no_grad(|| {
+            self.batch.images.shallow_clone().copy_(&batch.images);
+            self.batch.labels.shallow_clone().copy_(&batch.labels);
+            if let (Some(to), Some(from)) = (&self.batch.soft_targets, &batch.soft_targets) {
+                to.shallow_clone().copy_(from);
+            }
+            let _ = self.lr.shallow_clone().fill_(lr);
+        });
+        self.graph.replay()?;
+        optimizer.count_step();
+        Ok(StepOutput {
+            loss: self.output.loss.copy(),
+            correct: self.output.correct.copy(),
+            grad_norm: self.output.grad_norm.as_ref().map(Tensor::copy),
+        })
+    }
+}

@@ -1,0 +1,168 @@
+//! `--cuda-graph`. What a graph replays is checked on the CPU: the update that reads its
+//! learning rate from a tensor and counts its step on the device is the ordinary AdamW
+//! step. The capture and replay themselves need CUDA: that test runs where there is one.
+
+mod common;
+
+use common::{fixture, load_params, max_abs_error, seeded};
+use std::process::Command;
+use tch::{nn, Device, Kind, Tensor};
+use vit_tch::cli::Precision;
+use vit_tch::model::VisionTransformer;
+use vit_tch::optim::AdamW;
+use vit_tch::train::{
+    forward_backward_update, train_step, CudaGraphSteps, StepOptions, StepOutput, TrainBatch,
+};
+
+const OPTIONS: StepOptions = StepOptions {
+    label_smoothing: 0.1,
+    clip_grad: 0.5,
+    precision: Precision::Fp32,
+};
+
+/// The fixture model (no dropout) with its optimizer, on `device`.
+fn fixture_model(device: Device) -> (nn::VarStore, VisionTransformer, AdamW) {
+    let file = fixture("adamw_steps");
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let model = VisionTransformer::new(&vs.root(), &file.config().unwrap()).unwrap();
+    load_params(&file, &vs);
+    vs.set_device(device);
+    let optimizer = AdamW::new(&vs, 0.05).unwrap();
+    (vs, model, optimizer)
+}
+
+fn fixture_batch(device: Device) -> TrainBatch {
+    let file = fixture("adamw_steps");
+    TrainBatch {
+        images: file.get("input").unwrap().to_device(device),
+        labels: file.get("labels").unwrap().to_device(device),
+        soft_targets: None,
+    }
+}
+
+fn largest_difference(a: &nn::VarStore, b: &nn::VarStore) -> (f64, String) {
+    let b = b.variables();
+    a.variables()
+        .into_iter()
+        .map(|(name, t)| {
+            (
+                max_abs_error(&t.to_device(Device::Cpu), &b[&name].to_device(Device::Cpu)),
+                name,
+            )
+        })
+        .fold((0.0, String::new()), |worst, next| {
+            if next.0 > worst.0 {
+                next
+            } else {
+                worst
+            }
+        })
+}
+
+/// Three steps of what a graph captures (the update reading a float32 learning-rate tensor
+/// and advancing the step counter on the device, counted on the host after) against three
+/// `train_step`s: the same parameters, moments and step count, bit for bit. The learning
+/// rate is a power of two, which float32 holds exactly.
+#[test]
+fn the_captured_update_is_the_ordinary_step() {
+    let _turn = seeded(0);
+    let batch = fixture_batch(Device::Cpu);
+    let lr = 1.0 / 1024.0;
+    let (eager_vs, eager_model, mut eager) = fixture_model(Device::Cpu);
+    let (device_vs, device_model, mut on_device) = fixture_model(Device::Cpu);
+    let lr_tensor = Tensor::from(lr as f32);
+    for _ in 0..3 {
+        let expected = train_step(&eager_model, &mut eager, &batch, lr, OPTIONS);
+        on_device.zero_grad();
+        let actual: StepOutput = forward_backward_update(
+            &device_model,
+            &mut on_device,
+            &batch,
+            OPTIONS,
+            |optimizer| optimizer.step_on_device(&lr_tensor).unwrap(),
+        );
+        on_device.count_step();
+        assert_eq!(actual.loss, expected.loss);
+        assert_eq!(actual.grad_norm, expected.grad_norm);
+    }
+    assert_eq!(on_device.steps_taken(), 3);
+    assert_eq!(largest_difference(&device_vs, &eager_vs).0, 0.0);
+    let (a, b) = (on_device.state_tensors(), eager.state_tensors());
+    for (name, tensor) in &a {
+        assert_eq!(tensor, &b[name], "{name}");
+    }
+
+    // The loop kernel has no update on the device.
+    let (_, _, mut looping) = fixture_model(Device::Cpu);
+    looping.fused = false;
+    let error = looping.step_on_device(&lr_tensor).unwrap_err();
+    assert!(error.to_string().contains("fused AdamW"), "{error}");
+}
+
+#[test]
+fn cuda_graphs_are_refused_off_cuda() {
+    let error = CudaGraphSteps::new(Device::Cpu).err().unwrap();
+    assert!(
+        error
+            .to_string()
+            .contains("--cuda-graph needs a CUDA device"),
+        "{error}"
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_vit"))
+        .args([
+            "bench",
+            "--config",
+            "tiny",
+            "--device",
+            "cpu",
+            "--cuda-graph",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("--cuda-graph needs a CUDA device"),
+        "{stderr}"
+    );
+}
+
+/// Where CUDA is: six steps through a graph (three eager warm-up steps, the capture, then
+/// replays, with a smaller batch run eagerly in between) against six eager steps. The
+/// model has no dropout, so only the kernels' rounding may differ.
+#[test]
+fn graph_steps_follow_the_eager_steps_on_cuda() {
+    if !tch::Cuda::is_available() {
+        eprintln!("skipped: no CUDA device");
+        return;
+    }
+    let _turn = seeded(0);
+    let device = Device::Cuda(0);
+    let batch = fixture_batch(device);
+    let smaller = TrainBatch {
+        images: batch.images.narrow(0, 0, 1),
+        labels: batch.labels.narrow(0, 0, 1),
+        soft_targets: None,
+    };
+    let (eager_vs, eager_model, mut eager) = fixture_model(device);
+    let (graph_vs, graph_model, mut graphed) = fixture_model(device);
+    let mut graph = CudaGraphSteps::new(device).unwrap();
+    for step in 0..6 {
+        let batch = if step == 4 { &smaller } else { &batch };
+        let lr = 1e-3 * (step + 1) as f64;
+        let expected = train_step(&eager_model, &mut eager, batch, lr, OPTIONS);
+        let actual = graph
+            .step(&graph_model, &mut graphed, batch, lr, OPTIONS)
+            .unwrap();
+        let loss_error = max_abs_error(&actual.loss, &expected.loss);
+        assert!(loss_error < 1e-4, "step {step}: loss off by {loss_error}");
+        assert_eq!(
+            actual.correct.to_kind(Kind::Int64),
+            expected.correct.to_kind(Kind::Int64),
+            "step {step}"
+        );
+    }
+    assert_eq!(graphed.steps_taken(), 6);
+    let (error, name) = largest_difference(&graph_vs, &eager_vs);
+    assert!(error < 1e-4, "{name} off by {error}");
+}
