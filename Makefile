@@ -48,11 +48,14 @@ bench: build
 	$(PY) bench/compare.py --vit $(VIT) $(ARGS)
 
 # What bench/gpu.sh needs on a GPU machine that has torch but no Rust and no network, in
-# the git-ignored .device/ (the device tool's `carry`): vit, the CIFAR-10 JPEG converter
-# and archive from $(SHARED).
+# the git-ignored .device/ (the device tool's `carry`): vit, the test binaries with CUDA
+# checks, the CIFAR-10 JPEG converter and archive from $(SHARED).
+DEVICE_TESTS := cuda_graph precision
 device: build
-	mkdir -p .device
+	mkdir -p .device/tests
 	cp -f $(VIT) $(SHARED)/tools/cifar10-jpeg-to-bin $(SHARED)/data/cifar10-jpeg.tar.gz .device/
+	cargo test --release --no-run --message-format=json $(DEVICE_TESTS:%=--test %) \
+	    | $(PY) -c 'import json, shutil, sys; [shutil.copy(m["executable"], ".device/tests/" + m["target"]["name"]) for m in map(json.loads, sys.stdin) if m.get("executable") and m["target"]["kind"] == ["test"]]'
 
 clean:
 	cargo clean

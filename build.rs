@@ -95,30 +95,29 @@ impl Libtorch {
         self.lib_dir.join("libtorch_cuda.so").exists()
     }
 
-    /// Where the CUDA runtime headers are, for a CUDA build of libtorch: the CUDA
-    /// toolkit's, or the pip wheels' (site-packages/nvidia/*/include: torch brings the
-    /// runtime's, requirements.txt the `crt/` ones).
+    /// Where the CUDA runtime headers are, for a CUDA build of libtorch: the pip wheels'
+    /// (site-packages/nvidia/*/include: torch brings the runtime's, requirements.txt the
+    /// `crt/` ones), else the CUDA toolkit's.
     fn cuda_include_dir(&self) -> Option<PathBuf> {
         if !self.has_cuda() {
             return None;
         }
-        let mut candidates: Vec<PathBuf> = ["CUDA_HOME", "CUDA_PATH"]
-            .iter()
-            .filter_map(std::env::var_os)
-            .map(|home| PathBuf::from(home).join("include"))
-            .chain([PathBuf::from("/usr/local/cuda/include")])
-            .collect();
-        // include_dir is site-packages/torch/include for a pip-installed torch.
+        // First the wheels' (include_dir is site-packages/torch/include for a pip-installed
+        // torch): they are the CUDA version torch was built with, which a toolkit need not be.
+        let mut candidates = Vec::new();
         if let Some(site_packages) = self.include_dir.parent().and_then(Path::parent) {
             if let Ok(entries) = std::fs::read_dir(site_packages.join("nvidia")) {
-                let mut wheels: Vec<PathBuf> = entries
-                    .flatten()
-                    .map(|e| e.path().join("include"))
-                    .collect();
-                wheels.sort();
-                candidates.extend(wheels);
+                candidates.extend(entries.flatten().map(|e| e.path().join("include")));
+                candidates.sort();
             }
         }
+        candidates.extend(
+            ["CUDA_HOME", "CUDA_PATH"]
+                .iter()
+                .filter_map(std::env::var_os)
+                .map(|home| PathBuf::from(home).join("include"))
+                .chain([PathBuf::from("/usr/local/cuda/include")]),
+        );
         // cuda_runtime.h includes crt/, which the runtime wheel alone does not have.
         candidates.into_iter().find(|dir| {
             dir.join("cuda_runtime_api.h").exists() && dir.join("crt/host_config.h").exists()

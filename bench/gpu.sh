@@ -2,11 +2,12 @@
 # The GPU checks of issues 5 and 6 as one prepared run, for a session that is lent a
 # device machine (it has python3 with torch 2.11 and timm, but no Rust and no network).
 #
-# Here:   make device     (builds vit and copies it, the CIFAR-10 JPEG converter and archive
-#                          into the git-ignored .device/; name it in the device tool's `carry`)
+# Here:   make device     (builds vit and copies it, the test binaries with CUDA checks, the
+#                          CIFAR-10 JPEG converter and archive into the git-ignored .device/,
+#                          33 MiB; name it in the device tool's `carry`)
 # There:  OUT=$OUT bash bench/gpu.sh     (BUDGET_S: seconds the whole script may take, 540)
 #
-# Writes into $OUT: info.txt; compare-bf16.txt (vit against the PyTorch reference and timm,
+# Writes into $OUT: info.txt; test-*.txt (the CUDA tests); compare-bf16.txt (vit against the PyTorch reference and timm,
 # bf16 autocast, notebook config, the fused AdamW kernel on every side) and
 # compare-bf16-pytorch-foreach.txt (vit eager and with --cuda-graph against timm with
 # PyTorch's CUDA-default foreach AdamW); epoch/ and epoch-graph/ (two notebook-config
@@ -41,6 +42,14 @@ if [ ! -d data/cifar-10-batches-bin ]; then
 fi
 
 "$VIT" info | tee "$OUT/info.txt"
+
+# The test binaries with CUDA checks (CUDA graph steps against eager ones, CUDA peak
+# memory), built here by `make device`.
+for test in .device/tests/*; do
+    [ -x "$test" ] || continue
+    VIT_FIXTURES=tests/fixtures "$test" --test-threads 1 2>&1 | tee "$OUT/test-$(basename "$test").txt" \
+        || echo "$(basename "$test") failed: status $?" | tee -a "$OUT/failures.txt"
+done
 
 $PY bench/compare.py --vit "$VIT" --device "$DEVICE" --precision "$PRECISION" \
     --config notebook --threads 2 $BENCH_ARGS | tee "$OUT/compare-$PRECISION.txt"

@@ -77,7 +77,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     optimizer.fused = args.adamw == AdamWKernel::Fused;
     let mut cuda_graph = args
         .cuda_graph
-        .then(|| CudaGraphSteps::new(device))
+        .then(|| CudaGraphSteps::new(device, args.batch_size))
         .transpose()?;
     ensure!(
         !args.cuda_graph || optimizer.fused,

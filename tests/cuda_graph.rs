@@ -101,7 +101,7 @@ fn the_captured_update_is_the_ordinary_step() {
 
 #[test]
 fn cuda_graphs_are_refused_off_cuda() {
-    let error = CudaGraphSteps::new(Device::Cpu).err().unwrap();
+    let error = CudaGraphSteps::new(Device::Cpu, 2).err().unwrap();
     assert!(
         error
             .to_string()
@@ -146,7 +146,7 @@ fn graph_steps_follow_the_eager_steps_on_cuda() {
     };
     let (eager_vs, eager_model, mut eager) = fixture_model(device);
     let (graph_vs, graph_model, mut graphed) = fixture_model(device);
-    let mut graph = CudaGraphSteps::new(device).unwrap();
+    let mut graph = CudaGraphSteps::new(device, 2).unwrap();
     for step in 0..6 {
         let batch = if step == 4 { &smaller } else { &batch };
         let lr = 1e-3 * (step + 1) as f64;

@@ -26,10 +26,12 @@
 
 #ifdef VIT_CUDA
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/core/Event.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
+#include <memory>
 #endif
 
 namespace {
@@ -69,6 +71,12 @@ void init_accelerator() {
 }
 
 #ifdef VIT_CUDA
+// Makes CUDA device `device` current while it lives. The generic guard, not CUDAGuard,
+// whose inline implementation would need libcudart linked directly.
+c10::DeviceGuard cuda_device_guard(c10::DeviceIndex device) {
+  return c10::DeviceGuard(c10::Device(c10::DeviceType::CUDA, device));
+}
+
 // Makes `waiter` wait for the work queued on `stream` so far (torch.cuda.Stream.wait_stream).
 void wait_stream(const c10::cuda::CUDAStream& waiter, const c10::cuda::CUDAStream& stream) {
   c10::Event event(c10::DeviceType::CUDA);
@@ -79,27 +87,33 @@ void wait_stream(const c10::cuda::CUDAStream& waiter, const c10::cuda::CUDAStrea
 // A stream from libtorch's pool made current, ordered after the work queued before it and
 // before the work queued after it (`with torch.cuda.stream(s)` plus wait_stream both ways).
 // CUDA graphs are captured on such a stream, never on the default one, and PyTorch warms a
-// step up on one before capturing it.
+// step up on one before capturing it. The device is made current too, for as long as the
+// object lives: a capture takes its stream and device from the current ones.
 class SideStream {
  public:
   explicit SideStream(c10::DeviceIndex device)
-      : ambient_(c10::cuda::getCurrentCUDAStream(device)),
+      : device_(cuda_device_guard(device)),
+        ambient_(c10::cuda::getCurrentCUDAStream(device)),
         side_(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device)) {
     wait_stream(side_, ambient_);
     c10::cuda::setCurrentCUDAStream(side_);
   }
+  // The ambient stream is current again even if the wait cannot be queued.
   void leave() {
-    wait_stream(ambient_, side_);
     c10::cuda::setCurrentCUDAStream(ambient_);
+    wait_stream(ambient_, side_);
   }
 
  private:
+  c10::DeviceGuard device_;
   c10::cuda::CUDAStream ambient_;
   c10::cuda::CUDAStream side_;
 };
 
 // A graph and what its capture changed, to be restored when the capture ends.
 struct Graph {
+  explicit Graph(c10::DeviceIndex device) : device(device) {}
+  c10::DeviceIndex device;
   at::cuda::CUDAGraph graph;
   std::optional<SideStream> capture_stream;
   bool autocast_cache_enabled = true;
@@ -234,9 +248,8 @@ int vit_cuda_side_stream_enter(int8_t device, void** scope) {
 int vit_cuda_side_stream_leave(void* scope) {
   return guarded([&] {
 #ifdef VIT_CUDA
-    auto* side = static_cast<SideStream*>(scope);
+    const std::unique_ptr<SideStream> side(static_cast<SideStream*>(scope));
     side->leave();
-    delete side;
 #else
     no_cuda();
 #endif
@@ -250,9 +263,10 @@ int vit_cuda_side_stream_leave(void* scope) {
 int vit_cuda_graph_capture_begin(int8_t device, void** graph) {
   return guarded([&] {
 #ifdef VIT_CUDA
+    const auto guard = cuda_device_guard(device);
     c10::cuda::device_synchronize();
     c10::cuda::CUDACachingAllocator::emptyCache();
-    auto captured = std::make_unique<Graph>();
+    auto captured = std::make_unique<Graph>(device);
     captured->capture_stream.emplace(device);
     captured->autocast_cache_enabled = at::autocast::is_autocast_cache_enabled();
     at::autocast::set_autocast_cache_enabled(false);
@@ -301,7 +315,9 @@ int vit_cuda_graph_capture_end(void* graph) {
 int vit_cuda_graph_replay(void* graph) {
   return guarded([&] {
 #ifdef VIT_CUDA
-    static_cast<Graph*>(graph)->graph.replay();
+    auto* captured = static_cast<Graph*>(graph);
+    const auto guard = cuda_device_guard(captured->device);
+    captured->graph.replay();
 #else
     no_cuda();
 #endif

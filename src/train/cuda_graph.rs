@@ -4,9 +4,9 @@
 //!
 //! As PyTorch's whole-network capture (`torch.cuda.graph`): a few eager steps on a side
 //! stream first (they set up cuBLAS workspaces, autograd's device threads and the like),
-//! then the capture of one step on inputs the graph owns; from then on each step copies
-//! its batch and learning rate into those and replays. A batch of another shape (an
-//! epoch's last, smaller one) runs eagerly.
+//! then the capture of one full-size step on inputs the graph owns; from then on each step
+//! copies its batch and learning rate into those and replays. A smaller batch (an epoch's
+//! last) runs eagerly.
 
 use super::{forward_backward_update, train_step, StepOptions, StepOutput, TrainBatch};
 use crate::ffi::{self, CudaGraph};
@@ -15,9 +15,12 @@ use crate::optim::AdamW;
 use anyhow::{ensure, Context, Result};
 use tch::{Device, Kind, Tensor};
 
-/// Training steps through a CUDA graph, once warmed up and captured.
+/// Training steps through a CUDA graph, once warmed up and captured. Every call must pass
+/// the same model, optimizer and step options: the graph replays the step it captured.
 pub struct CudaGraphSteps {
     device: Device,
+    /// The images of a full batch: the batch shape the graph is captured for.
+    batch_size: i64,
     warmup_steps_left: usize,
     captured: Option<CapturedStep>,
 }
@@ -26,12 +29,14 @@ impl CudaGraphSteps {
     /// Eager steps before the capture.
     pub const WARMUP_STEPS: usize = 3;
 
-    /// Nothing is captured yet. The optimizer must run the fused AdamW kernel (its
-    /// default), which reads the learning rate on the device.
-    pub fn new(device: Device) -> Result<Self> {
+    /// Steps on `device` whose full batches hold `batch_size` images; nothing is captured
+    /// yet. The optimizer must run the fused AdamW kernel (its default), which reads the
+    /// learning rate on the device.
+    pub fn new(device: Device, batch_size: i64) -> Result<Self> {
         Self::check_device(device)?;
         Ok(Self {
             device,
+            batch_size,
             warmup_steps_left: Self::WARMUP_STEPS,
             captured: None,
         })
@@ -48,7 +53,9 @@ impl CudaGraphSteps {
     }
 
     /// One training step, as `train_step`: eager on a side stream while warming up, then
-    /// captured (at the first step after the warm-up) and replayed.
+    /// captured (at the first full batch after the warm-up) and replayed. A failed capture
+    /// leaves libtorch's CUDA state unusable for the rest of the process: the error says
+    /// to run again without --cuda-graph.
     pub fn step(
         &mut self,
         model: &VisionTransformer,
@@ -63,13 +70,18 @@ impl CudaGraphSteps {
                 train_step(model, optimizer, batch, lr, options)
             });
         }
+        if batch.images.size()[0] != self.batch_size {
+            return Ok(train_step(model, optimizer, batch, lr, options));
+        }
         let captured = match &mut self.captured {
             Some(captured) => captured,
             empty => empty.insert(CapturedStep::capture(model, optimizer, batch, options)?),
         };
-        if !captured.fits(batch) {
-            return Ok(train_step(model, optimizer, batch, lr, options));
-        }
+        ensure!(
+            captured.fits(batch) && captured.options == options,
+            "a CUDA graph replays the step it captured: the batch shapes and step options \
+             must stay as they were"
+        );
         captured.replay(optimizer, batch, lr)
     }
 }
@@ -81,6 +93,8 @@ struct CapturedStep {
     batch: TrainBatch,
     /// The learning rate, float32 [] on the device.
     lr: Tensor,
+    /// The options the step was captured with.
+    options: StepOptions,
     /// What the captured step leaves, rewritten by each replay.
     output: StepOutput,
 }
@@ -108,11 +122,15 @@ impl CapturedStep {
                 optimizer.step_on_device(&lr).expect("fused AdamW")
             })
         })
-        .context("capturing the training step as a CUDA graph (without --cuda-graph, vit trains eagerly)")?;
+        .context(
+            "capturing the training step as a CUDA graph failed; run again without \
+             --cuda-graph (--resume continues from the last saved state)",
+        )?;
         Ok(Self {
             graph,
             batch,
             lr,
+            options,
             output,
         })
     }

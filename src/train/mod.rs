@@ -59,7 +59,7 @@ pub fn training_loss(logits: &Tensor, labels: &Tensor, label_smoothing: f64) -> 
 }
 
 /// What a single optimisation step needs besides the model, the batch and the lr.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepOptions {
     pub label_smoothing: f64,
     /// Global gradient-norm limit (0 = off).
@@ -377,10 +377,9 @@ impl<'a> Trainer<'a> {
         options: &'a RunOptions<'a>,
     ) -> Result<Self> {
         let device = options.device;
-        let cuda_graph = options
-            .cuda_graph
-            .then(|| CudaGraphSteps::new(device))
-            .transpose()?;
+        if options.cuda_graph {
+            CudaGraphSteps::check_device(device)?;
+        }
         let run = RunFolder::open(options.out, settings, options.resume, device)?;
         let regularization = &settings.regularization;
         let vs = nn::VarStore::new(device);
@@ -411,6 +410,10 @@ impl<'a> Trainer<'a> {
         let n_train = train_split.len();
         ensure!(n_train > 0, "the training split is empty");
         let steps_per_epoch = ((n_train + settings.batch_size - 1) / settings.batch_size) as usize;
+        let cuda_graph = options
+            .cuda_graph
+            .then(|| CudaGraphSteps::new(device, settings.batch_size.min(n_train)))
+            .transpose()?;
         Ok(Self {
             settings,
             options,

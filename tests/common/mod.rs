@@ -10,11 +10,14 @@ use std::sync::{Mutex, MutexGuard};
 use tch::{nn, Kind, Tensor};
 use vit_tch::checkpoint::TensorFile;
 
-/// `tests/fixtures/NAME.safetensors`, written by `tests/reference/make_fixtures.py`.
+/// `tests/fixtures/NAME.safetensors`, written by `tests/reference/make_fixtures.py`; the
+/// folder is `$VIT_FIXTURES` where set (a test binary run on another machine, as
+/// bench/gpu.sh does).
 pub fn fixture(name: &str) -> TensorFile {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(format!("{name}.safetensors"));
+    let folder = std::env::var_os("VIT_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
+    let path = folder.join(format!("{name}.safetensors"));
     TensorFile::read(&path).unwrap_or_else(|e| {
         panic!("{e:#}\n(regenerate with `.venv/bin/python tests/reference/make_fixtures.py`)")
     })
