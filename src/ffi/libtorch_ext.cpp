@@ -117,6 +117,20 @@ struct Graph {
   at::cuda::CUDAGraph graph;
   std::optional<SideStream> capture_stream;
   bool autocast_cache_enabled = true;
+
+  // Undoes what starting the capture changed: the autocast cache and the current stream
+  // and device. It must not throw: it also runs while a failed capture's exception
+  // unwinds.
+  void restore() noexcept {
+    at::autocast::set_autocast_cache_enabled(autocast_cache_enabled);
+    try {
+      if (capture_stream) {
+        capture_stream->leave();
+      }
+    } catch (...) {
+    }
+    capture_stream.reset();
+  }
 };
 #else
 [[noreturn]] void no_cuda() {
@@ -273,8 +287,7 @@ int vit_cuda_graph_capture_begin(int8_t device, void** graph) {
     try {
       captured->graph.capture_begin();
     } catch (...) {
-      at::autocast::set_autocast_cache_enabled(captured->autocast_cache_enabled);
-      captured->capture_stream->leave();
+      captured->restore();
       throw;
     }
     *graph = captured.release();
@@ -292,17 +305,7 @@ int vit_cuda_graph_capture_end(void* graph) {
     auto* captured = static_cast<Graph*>(graph);
     struct Restore {
       Graph* captured;
-      // Runs during the unwinding of capture_end's exception too, so it must not throw.
-      ~Restore() {
-        at::autocast::set_autocast_cache_enabled(captured->autocast_cache_enabled);
-        try {
-          if (captured->capture_stream) {
-            captured->capture_stream->leave();
-          }
-        } catch (...) {
-        }
-        captured->capture_stream.reset();
-      }
+      ~Restore() { captured->restore(); }
     } restore{captured};
     captured->graph.capture_end();
 #else
