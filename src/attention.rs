@@ -9,6 +9,7 @@ use crate::plot::{inferno, render_rgb, write_rgb_png, FONT};
 use anyhow::{bail, ensure, Context, Result};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
+use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -82,49 +83,15 @@ pub struct AttentionResult {
 pub fn run(args: &AttentionArgs) -> Result<()> {
     let device = args.device.resolve()?;
     let loaded = checkpoint::load(&args.checkpoint, device)?;
-    let config = loaded.model.config.clone();
+    let config = &loaded.model.config;
     let mut classes = checkpoint::class_names(&loaded.metadata, config.num_classes);
-    let (image, source, truth) = match &args.image {
-        Some(path) => {
-            ensure!(
-                args.index.is_none() && args.data.dataset.is_none(),
-                "give either an IMAGE file or --index (with --dataset), not both"
-            );
-            (
-                folder::decode_images(&[path.as_path()], config.image_size as u32)?.get(0),
-                path.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                None,
-            )
+    let chosen = choose_image(args, &loaded.metadata, config.image_size)?;
+    if let Some(dataset_classes) = chosen.classes {
+        if dataset_classes.len() as i64 == config.num_classes {
+            classes = dataset_classes;
         }
-        None => {
-            if args.index.is_none() && args.data.dataset.is_none() {
-                bail!(
-                    "give an IMAGE file, or --index I (a test image of the checkpoint's \
-                     dataset, or of --dataset D)"
-                );
-            }
-            let index = args.index.unwrap_or(0);
-            let dataset_args = checkpoint::dataset_args(&loaded.metadata, &args.data)?;
-            let data = data::load(&dataset_args, config.image_size)?;
-            let n = data.test.len();
-            ensure!(
-                (0..n).contains(&index),
-                "--index {index} is outside the test split (0..{n})"
-            );
-            let label = data.test.labels.int64_value(&[index]);
-            if data.classes.len() as i64 == config.num_classes {
-                classes = data.classes.clone();
-            }
-            (
-                data.test.images.get(index),
-                format!("{} test image {index}", data.name),
-                Some(label),
-            )
-        }
-    };
-    let result = analyse(&loaded.model, &image, device)?;
+    }
+    let result = analyse(&loaded.model, &chosen.image, device)?;
     let probabilities = Vec::<f32>::try_from(&result.probabilities)?;
     let (predicted, p) = probabilities
         .iter()
@@ -140,16 +107,78 @@ pub fn run(args: &AttentionArgs) -> Result<()> {
             .unwrap_or_else(|| format!("class {i}"))
     };
     let mut title = format!(
-        "{source}: predicted {} ({:.0}%)",
+        "{}: predicted {} ({:.0}%)",
+        chosen.source,
         name(predicted),
         100.0 * p
     );
-    if let Some(label) = truth {
+    if let Some(label) = chosen.label {
         title.push_str(&format!(", true class {}", name(label as usize)));
     }
-    figure(&image, &result.rollout, &result.heads, &title, &args.output)?;
+    figure(
+        &chosen.image,
+        &result.rollout,
+        &result.heads,
+        &title,
+        &args.output,
+    )?;
     println!("{title}\nwrote {}", args.output.display());
     Ok(())
+}
+
+/// The image `vit attention` looks at: a file, or a test image of a dataset.
+struct ChosenImage {
+    /// uint8 [3, image_size, image_size].
+    image: Tensor,
+    /// The file name, or "DATASET test image I", for the title.
+    source: String,
+    /// The test image's class.
+    label: Option<i64>,
+    /// The dataset's class names, for a test image.
+    classes: Option<Vec<String>>,
+}
+
+/// The IMAGE file of `args`, or test image `--index` (0 by default) of `--dataset` or of
+/// the checkpoint's dataset (from its `metadata`).
+fn choose_image(
+    args: &AttentionArgs,
+    metadata: &HashMap<String, String>,
+    image_size: i64,
+) -> Result<ChosenImage> {
+    if let Some(path) = &args.image {
+        ensure!(
+            args.index.is_none() && args.data.dataset.is_none(),
+            "give either an IMAGE file or --index (with --dataset), not both"
+        );
+        return Ok(ChosenImage {
+            image: folder::decode_images(&[path.as_path()], image_size as u32)?.get(0),
+            source: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            label: None,
+            classes: None,
+        });
+    }
+    if args.index.is_none() && args.data.dataset.is_none() {
+        bail!(
+            "give an IMAGE file, or --index I (a test image of the checkpoint's dataset, or \
+             of --dataset D)"
+        );
+    }
+    let index = args.index.unwrap_or(0);
+    let data = data::load(&checkpoint::dataset_args(metadata, &args.data)?, image_size)?;
+    let n = data.test.len();
+    ensure!(
+        (0..n).contains(&index),
+        "--index {index} is outside the test split (0..{n})"
+    );
+    Ok(ChosenImage {
+        image: data.test.images.get(index),
+        source: format!("{} test image {index}", data.name),
+        label: Some(data.test.labels.int64_value(&[index])),
+        classes: Some(data.classes),
+    })
 }
 
 /// Runs the model on one uint8 [3, H, W] image (test transform, on `device`) and collects
