@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::python;
+use common::{python, vit};
 use serde_json::Value;
 use std::process::{Command, Output};
 
@@ -25,11 +25,7 @@ fn vit_bench(extra: &[&str]) -> Value {
         "--device", "cpu", "--threads", "1", "--json",
     ];
     args.extend(extra);
-    let output = Command::new(env!("CARGO_BIN_EXE_vit"))
-        .args(&args)
-        .output()
-        .unwrap();
-    serde_json::from_str(&succeeded("vit bench", output)).unwrap()
+    serde_json::from_slice(&vit(&args).stdout).unwrap()
 }
 
 #[test]

@@ -4,8 +4,7 @@
 
 mod common;
 
-use common::{fixture, load_params, max_abs_error, seeded};
-use std::process::Command;
+use common::{fixture, load_params, max_abs_error, seeded, vit_fails};
 use tch::{nn, Device, Kind, Tensor};
 use vit_tch::cli::Precision;
 use vit_tch::model::VisionTransformer;
@@ -108,19 +107,14 @@ fn cuda_graphs_are_refused_off_cuda() {
             .contains("--cuda-graph needs a CUDA device"),
         "{error}"
     );
-    let output = Command::new(env!("CARGO_BIN_EXE_vit"))
-        .args([
-            "bench",
-            "--config",
-            "tiny",
-            "--device",
-            "cpu",
-            "--cuda-graph",
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let stderr = vit_fails(&[
+        "bench",
+        "--config",
+        "tiny",
+        "--device",
+        "cpu",
+        "--cuda-graph",
+    ]);
     assert!(
         stderr.contains("--cuda-graph needs a CUDA device"),
         "{stderr}"

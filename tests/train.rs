@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{seeded, TempDir};
+use common::{seeded, vit, vit_fails, TempDir};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -144,20 +144,6 @@ fn tiny_run_args<'a>(data_dir: &'a str, out: &'a str) -> Vec<&'a str> {
         "--device", "cpu", "--config", "tiny", "--patch-size", "8",
     ];
     args
-}
-
-fn vit(args: &[&str]) -> std::process::Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_vit"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "vit {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
 }
 
 #[test]
@@ -412,16 +398,6 @@ fn strong_recipe_runs_from_the_command_line() {
     ] {
         assert!(config.contains(setting), "{setting} not in {config}");
     }
-}
-
-/// Runs `vit ARGS` expecting failure; returns its standard error.
-fn vit_fails(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_vit"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(!output.status.success(), "vit {args:?} should fail");
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[test]

@@ -172,15 +172,13 @@ int vit_autocast_exit(int8_t device_type, bool prev_enabled, int8_t prev_dtype) 
   });
 }
 
-// torch.cuda.max_memory_allocated / max_memory_reserved of the current accelerator.
-int vit_accelerator_peak_memory(int8_t device_index, int64_t* peak_allocated,
-                                int64_t* peak_reserved) {
+// torch.cuda.max_memory_allocated of the current accelerator.
+int vit_accelerator_peak_memory(int8_t device_index, int64_t* peak_allocated) {
   return guarded([&] {
     init_accelerator();
     const auto stats = at::accelerator::getDeviceStats(device_index);
     const auto aggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
     *peak_allocated = stats.allocated_bytes[aggregate].peak;
-    *peak_reserved = stats.reserved_bytes[aggregate].peak;
   });
 }
 

@@ -18,11 +18,7 @@ extern "C" {
         prev_dtype: *mut i8,
     ) -> i32;
     fn vit_autocast_exit(device_type: i8, prev_enabled: bool, prev_dtype: i8) -> i32;
-    fn vit_accelerator_peak_memory(
-        device_index: i8,
-        peak_allocated: *mut i64,
-        peak_reserved: *mut i64,
-    ) -> i32;
+    fn vit_accelerator_peak_memory(device_index: i8, peak_allocated: *mut i64) -> i32;
     fn vit_accelerator_reset_peak_memory(device_index: i8) -> i32;
     fn vit_fused_adamw(
         params: *const *mut c_void,
@@ -110,28 +106,18 @@ pub fn autocast_bf16<T>(device: Device, f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// Peak bytes of the CUDA caching allocator since the last reset: allocated to tensors
-/// (`torch.cuda.max_memory_allocated`) and reserved from the device
-/// (`torch.cuda.max_memory_reserved`).
-#[derive(Debug, Clone, Copy)]
-pub struct PeakMemory {
-    pub allocated: i64,
-    pub reserved: i64,
-}
-
-/// `device`'s peak memory, None for the CPU (whose figure is the process's peak RSS).
-pub fn peak_memory(device: Device) -> Result<Option<PeakMemory>> {
+/// `device`'s peak bytes allocated to tensors by the CUDA caching allocator since the last
+/// reset (`torch.cuda.max_memory_allocated`); None for the CPU (whose figure is the
+/// process's peak RSS).
+pub fn peak_memory(device: Device) -> Result<Option<i64>> {
     let Device::Cuda(index) = device else {
         return Ok(None);
     };
-    let (mut allocated, mut reserved) = (0i64, 0i64);
-    // SAFETY: out-pointers are live; the index names a CUDA device tch has used.
-    let status = unsafe { vit_accelerator_peak_memory(index as i8, &mut allocated, &mut reserved) };
+    let mut allocated = 0i64;
+    // SAFETY: the out-pointer is live; the index names a CUDA device tch has used.
+    let status = unsafe { vit_accelerator_peak_memory(index as i8, &mut allocated) };
     check(status, "memory statistics")?;
-    Ok(Some(PeakMemory {
-        allocated,
-        reserved,
-    }))
+    Ok(Some(allocated))
 }
 
 /// Starts `peak_memory` afresh from the memory in use now (no-op on the CPU).

@@ -18,7 +18,6 @@ use tch::{Device, Kind, Tensor};
 /// Training steps through a CUDA graph, once warmed up and captured. Every call must pass
 /// the same model, optimizer and step options: the graph replays the step it captured.
 pub struct CudaGraphSteps {
-    device: Device,
     /// The images of a full batch: the batch shape the graph is captured for.
     batch_size: i64,
     warmup_steps_left: usize,
@@ -30,32 +29,26 @@ impl CudaGraphSteps {
     pub const WARMUP_STEPS: usize = 3;
 
     /// Steps on `device` whose full batches hold `batch_size` images; nothing is captured
-    /// yet. The optimizer must run the fused AdamW kernel (its default), which reads the
-    /// learning rate on the device.
+    /// yet. Fails unless `device` has CUDA graphs, saying what to do.
     pub fn new(device: Device, batch_size: i64) -> Result<Self> {
-        Self::check_device(device)?;
+        ensure!(
+            device.is_cuda(),
+            "--cuda-graph needs a CUDA device (--device cuda), and this run's device is \
+             {device:?}"
+        );
         Ok(Self {
-            device,
             batch_size,
             warmup_steps_left: Self::WARMUP_STEPS,
             captured: None,
         })
     }
 
-    /// Fails unless `device` has CUDA graphs, saying what to do.
-    pub fn check_device(device: Device) -> Result<()> {
-        ensure!(
-            device.is_cuda(),
-            "--cuda-graph needs a CUDA device (--device cuda), and this run's device is \
-             {device:?}"
-        );
-        Ok(())
-    }
-
     /// One training step, as `train_step`: eager on a side stream while warming up, then
-    /// captured (at the first full batch after the warm-up) and replayed. A failed capture
-    /// leaves libtorch's CUDA state unusable for the rest of the process: the error says
-    /// to run again without --cuda-graph.
+    /// captured (at the first full batch after the warm-up) and replayed. The optimizer
+    /// must run the fused AdamW kernel (its default), which reads the learning rate on the
+    /// device. A failed capture leaves libtorch's CUDA state unusable for the rest of the
+    /// process: the error says to run again without --cuda-graph. The outputs of a
+    /// replayed step are the graph's own, valid until the next step.
     pub fn step(
         &mut self,
         model: &VisionTransformer,
@@ -64,9 +57,14 @@ impl CudaGraphSteps {
         lr: f64,
         options: StepOptions,
     ) -> Result<StepOutput> {
+        ensure!(
+            optimizer.fused,
+            "--cuda-graph needs the fused AdamW kernel (--adamw fused): a graph replays its \
+             update with the learning rate read on the device"
+        );
         if self.warmup_steps_left > 0 {
             self.warmup_steps_left -= 1;
-            return ffi::on_side_stream(self.device, || {
+            return ffi::on_side_stream(batch.images.device(), || {
                 train_step(model, optimizer, batch, lr, options)
             });
         }
@@ -144,7 +142,8 @@ impl CapturedStep {
     }
 
     /// The step on `batch` with learning rate `lr`: its inputs copied in, one replay. The
-    /// outputs are copies, so they outlive the next replay.
+    /// outputs are the graph's, which the next replay overwrites (in stream order, so
+    /// whatever is queued on them before it reads this step's values).
     fn replay(&self, optimizer: &mut AdamW, batch: &TrainBatch, lr: f64) -> Result<StepOutput> {
         tch::no_grad(|| {
             self.batch.images.shallow_clone().copy_(&batch.images);
@@ -157,9 +156,9 @@ impl CapturedStep {
         self.graph.replay()?;
         optimizer.count_step();
         Ok(StepOutput {
-            loss: self.output.loss.copy(),
-            correct: self.output.correct.copy(),
-            grad_norm: self.output.grad_norm.as_ref().map(Tensor::copy),
+            loss: self.output.loss.shallow_clone(),
+            correct: self.output.correct.shallow_clone(),
+            grad_norm: self.output.grad_norm.as_ref().map(Tensor::shallow_clone),
         })
     }
 }

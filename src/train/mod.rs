@@ -195,9 +195,6 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         tch::set_num_threads(threads);
     }
     let device = args.device.resolve()?;
-    if args.cuda_graph {
-        CudaGraphSteps::check_device(device)?;
-    }
     let out = args.out.clone().unwrap_or_else(default_run_dir);
     ensure!(
         !args.resume || args.out.is_some(),
@@ -377,9 +374,14 @@ impl<'a> Trainer<'a> {
         options: &'a RunOptions<'a>,
     ) -> Result<Self> {
         let device = options.device;
-        if options.cuda_graph {
-            CudaGraphSteps::check_device(device)?;
-        }
+        // Before the run folder exists, so that a refused --cuda-graph leaves none behind.
+        let full_batch = settings
+            .batch_size
+            .min(settings.train_subset.unwrap_or(dataset.train.len()));
+        let cuda_graph = options
+            .cuda_graph
+            .then(|| CudaGraphSteps::new(device, full_batch))
+            .transpose()?;
         let run = RunFolder::open(options.out, settings, options.resume, device)?;
         let regularization = &settings.regularization;
         let vs = nn::VarStore::new(device);
@@ -410,10 +412,6 @@ impl<'a> Trainer<'a> {
         let n_train = train_split.len();
         ensure!(n_train > 0, "the training split is empty");
         let steps_per_epoch = ((n_train + settings.batch_size - 1) / settings.batch_size) as usize;
-        let cuda_graph = options
-            .cuda_graph
-            .then(|| CudaGraphSteps::new(device, settings.batch_size.min(n_train)))
-            .transpose()?;
         Ok(Self {
             settings,
             options,

@@ -133,3 +133,28 @@ pub fn python() -> PathBuf {
     );
     python
 }
+
+/// Runs the `vit` binary with `args`, expecting success (the output says why not).
+pub fn vit(args: &[&str]) -> std::process::Output {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_vit"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "vit {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Runs `vit ARGS` expecting failure; returns its standard error.
+pub fn vit_fails(args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_vit"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "vit {args:?} should fail");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
