@@ -50,7 +50,7 @@ bench: build
 # What bench/gpu.sh needs on a GPU machine that has torch but no Rust and no network, in
 # the git-ignored .device/ (the device tool's `carry`): vit, the test binaries with CUDA
 # checks, the CIFAR-10 JPEG converter and archive from $(SHARED).
-DEVICE_TESTS := cuda_graph precision
+DEVICE_TESTS := cuda_graph precision augment data
 device: build
 	mkdir -p .device/tests
 	cp -f $(VIT) $(SHARED)/tools/cifar10-jpeg-to-bin $(SHARED)/data/cifar10-jpeg.tar.gz .device/

@@ -4,7 +4,7 @@
 #
 # Here:   make device     (builds vit and copies it, the test binaries with CUDA checks, the
 #                          CIFAR-10 JPEG converter and archive into the git-ignored .device/,
-#                          33 MiB; name it in the device tool's `carry`)
+#                          41 MiB; name it in the device tool's `carry`)
 # There:  OUT=$OUT bash bench/gpu.sh     (BUDGET_S: seconds the whole script may take, 540)
 #
 # Writes into $OUT: info.txt; test-*.txt (the CUDA tests); compare-bf16.txt (vit against the PyTorch reference and timm,
@@ -44,10 +44,12 @@ fi
 "$VIT" info | tee "$OUT/info.txt"
 
 # The test binaries with CUDA checks (CUDA graph steps against eager ones, CUDA peak
-# memory), built here by `make device`.
+# memory, the notebook's and the strong recipe's augmentations on the GPU), built here by
+# `make device`.
 for test in .device/tests/*; do
     [ -x "$test" ] || continue
-    VIT_FIXTURES=tests/fixtures "$test" --test-threads 1 2>&1 | tee "$OUT/test-$(basename "$test").txt" \
+    VIT_FIXTURES=tests/fixtures VIT_BIN="$VIT" "$test" --test-threads 1 2>&1 \
+        | tee "$OUT/test-$(basename "$test").txt" \
         || echo "$(basename "$test") failed: status $?" | tee -a "$OUT/failures.txt"
 done
 

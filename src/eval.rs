@@ -15,7 +15,8 @@ pub struct Evaluation {
     pub loss: f64,
     /// Fraction correct, in [0, 1].
     pub accuracy: f64,
-    pub n: i64,
+    /// How many images the pass covered.
+    pub images: i64,
     /// counts[true][predicted], int64 [num_classes, num_classes] on the CPU.
     pub confusion: Tensor,
 }
@@ -55,7 +56,7 @@ pub fn evaluate(model: &VisionTransformer, split: &Split, batch_size: i64) -> Ev
     Evaluation {
         loss: loss_sum.double_value(&[]) / n_total,
         accuracy: correct as f64 / n_total,
-        n,
+        images: n,
         confusion,
     }
 }
@@ -92,7 +93,7 @@ impl Evaluation {
 struct EvalReport<'a> {
     accuracy: f64,
     loss: f64,
-    n: i64,
+    images: i64,
     dataset: &'a str,
     checkpoint: String,
     per_class_accuracy: Vec<(&'a str, f64)>,
@@ -148,7 +149,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         let report = EvalReport {
             accuracy: evaluation.accuracy,
             loss: evaluation.loss,
-            n: evaluation.n,
+            images: evaluation.images,
             dataset: &dataset.name,
             checkpoint: args.checkpoint.display().to_string(),
             per_class_accuracy: dataset
@@ -164,7 +165,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         println!("Checkpoint: {}", args.checkpoint.display());
         println!(
             "Dataset: {} test split, {} images",
-            dataset.name, evaluation.n
+            dataset.name, evaluation.images
         );
         println!("Validation Accuracy: {:.2}%", 100.0 * evaluation.accuracy);
         println!("Loss: {:.4}", evaluation.loss);

@@ -11,14 +11,14 @@ mod common;
 use common::seeded;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
-use vit_tch::checkpoint::TensorFile;
 use vit_tch::data::augment::{
     self, apply_op, AugOp, AugmentConfig, Interpolation, Policy, RandAugment, RandomErasing,
 };
 use vit_tch::data::mix::{self, MixConfig, MixMode};
 use vit_tch::data::transforms;
+use vit_tch::model::ViTConfig;
+use vit_tch::train::{Regularization, TrainBatch};
 
 fn random_u8(shape: &[i64]) -> Tensor {
     Tensor::randint(256, shape, (Kind::Int64, Device::Cpu)).to_kind(Kind::Uint8)
@@ -276,40 +276,99 @@ fn images_of_a_batch_draw_their_own_ops() {
     }
 }
 
-fn fixture_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/augment_ops.safetensors")
+/// The CPU, and the first GPU where there is one: the augmentations run on the training
+/// device, so the checks that do not depend on the generator run on both.
+fn devices() -> Vec<Device> {
+    let mut devices = vec![Device::Cpu];
+    if tch::Cuda::is_available() {
+        devices.push(Device::Cuda(0));
+    } else {
+        eprintln!("no CUDA device: CPU only");
+    }
+    devices
 }
 
-/// Every case of `augment_reference.py` within ±1 intensity level of torchvision.
+/// Every case of `augment_reference.py` within ±1 intensity level of torchvision, on
+/// every device.
 #[test]
 fn ops_match_torchvision() {
-    let file = TensorFile::read(&fixture_path()).unwrap_or_else(|e| {
-        panic!("{e:#}\n(regenerate with `.venv/bin/python tests/reference/augment_reference.py`)")
-    });
+    let file = common::fixture("augment_ops");
     let cases: Vec<(String, f64, String)> =
         serde_json::from_str(&file.metadata["cases"]).expect("cases metadata");
-    let input = file.get("input").unwrap();
-    let b = input.size()[0];
+    let b = file.get("input").unwrap().size()[0];
     let mut failures = Vec::new();
-    for (i, (name, magnitude, interp)) in cases.iter().enumerate() {
-        let op: AugOp = serde_json::from_value(serde_json::json!(name)).expect("op name");
-        let interpolation = match interp.as_str() {
-            "nearest" => Interpolation::Nearest,
-            _ => Interpolation::Bilinear,
-        };
-        let expected = file.get(&format!("case{i}")).unwrap();
-        let out = apply_op(input, op, &full(b, *magnitude), interpolation);
-        let error = max_abs_diff(&out, expected);
-        let off = (out.to_kind(Kind::Int64) - expected.to_kind(Kind::Int64))
-            .ne(0)
-            .sum(Kind::Int64)
-            .int64_value(&[]);
-        println!("{name} {magnitude} {interp}: max error {error}, {off} pixels differ");
-        if error > 1 {
-            failures.push(format!("{name} {magnitude} {interp}: max error {error}"));
+    for device in devices() {
+        let input = file.get("input").unwrap().to_device(device);
+        for (i, (name, magnitude, interp)) in cases.iter().enumerate() {
+            let op: AugOp = serde_json::from_value(serde_json::json!(name)).expect("op name");
+            let interpolation = match interp.as_str() {
+                "nearest" => Interpolation::Nearest,
+                _ => Interpolation::Bilinear,
+            };
+            let expected = file.get(&format!("case{i}")).unwrap();
+            let out = apply_op(&input, op, &full(b, *magnitude), interpolation);
+            assert_eq!(out.device(), device, "{name}");
+            let out = out.to_device(Device::Cpu);
+            let error = max_abs_diff(&out, expected);
+            let off = (out.to_kind(Kind::Int64) - expected.to_kind(Kind::Int64))
+                .ne(0)
+                .sum(Kind::Int64)
+                .int64_value(&[]);
+            let case = format!("{device:?} {name} {magnitude} {interp}");
+            println!("{case}: max error {error}, {off} pixels differ");
+            if error > 1 {
+                failures.push(format!("{case}: max error {error}"));
+            }
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// The strong recipe's batch as the trainer builds it (`TrainBatch::new`: crop, flip,
+/// AutoAugment or RandAugment, random erasing, MixUp/CutMix), on every device: it stays
+/// there, keeps its shape and its pixels within the normalized [0, 1] range, and its soft
+/// targets sum to one.
+#[test]
+fn strong_batch_stays_on_its_device_and_in_range() {
+    let _g = seeded(12);
+    let config = ViTConfig::small();
+    for device in devices() {
+        let images = random_u8(&[64, 3, 32, 32]).to_device(device);
+        let labels = Tensor::randint(config.num_classes, [64], (Kind::Int64, device));
+        for policy in [Policy::AutoAugmentCifar10, Policy::default()] {
+            let regularization = Regularization {
+                augment: Some(AugmentConfig {
+                    policy: Some(policy.clone()),
+                    erasing: Some(RandomErasing::default()),
+                    ..AugmentConfig::default()
+                }),
+                mix: Some(MixConfig::default()),
+                ..Regularization::default()
+            };
+            let batch = TrainBatch::new(
+                &images,
+                labels.shallow_clone(),
+                &config,
+                &regularization,
+                0.1,
+            );
+            let case = format!("{device:?} {policy:?}");
+            assert_eq!(batch.images.device(), device, "{case}");
+            assert_eq!(batch.images.size(), [64, 3, 32, 32], "{case}");
+            let min = batch.images.min().double_value(&[]);
+            let max = batch.images.max().double_value(&[]);
+            assert!(
+                min >= -0.4914 / 0.2023 - 1e-4 && max <= (1.0 - 0.4465) / 0.2010 + 1e-4,
+                "{case}: pixels in [{min}, {max}]"
+            );
+            let targets = batch.soft_targets.expect("mixing gives soft targets");
+            assert_eq!(targets.device(), device, "{case}");
+            assert_eq!(targets.size(), [64, config.num_classes], "{case}");
+            let row_sums = targets.sum_dim_intlist([1i64].as_slice(), false, Kind::Double);
+            let error = (row_sums - 1.0).abs().max().double_value(&[]);
+            assert!(error < 1e-5, "{case}: target rows sum to 1 ± {error}");
+        }
+    }
 }
 
 /// CutMix's weight of the pasted image is the share of pixels that came from it, counted

@@ -740,6 +740,17 @@ fn http_download_and_interrupted_transfers() {
     let data_dir = tmp.0.join("data");
     let half = archive[..archive.len() / 2].to_vec();
 
+    // No server at all: the message says what to do instead.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", closed.local_addr().unwrap());
+    drop(closed);
+    let err = error_of(fetch(&url, &data_dir, &spec));
+    assert!(
+        err.contains("cannot fetch") && err.contains("--from"),
+        "{err}"
+    );
+    assert_eq!(entries(&data_dir), Vec::<String>::new());
+
     // The connection drops after half of the announced bytes.
     let url = serve_once(half.clone(), Some(archive.len()));
     let err = error_of(fetch(&url, &data_dir, &spec));

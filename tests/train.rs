@@ -194,7 +194,7 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         (accuracy - best).abs() < 1e-9,
         "eval {accuracy} vs training's best {best}"
     );
-    assert_eq!(report["n"].as_i64(), Some(200));
+    assert_eq!(report["images"].as_i64(), Some(200));
     assert!(run.join("best_model.confusion_matrix.csv").exists());
 
     // A test image of the dataset the checkpoint records, picked by --index alone.

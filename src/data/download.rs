@@ -165,7 +165,13 @@ fn download(source: &str, dest: &Path, spec: &ArchiveSpec) -> Result<()> {
             .get(source)
             .header("accept-encoding", "identity")
             .call()
-            .with_context(|| format!("cannot fetch {source}"))?;
+            .with_context(|| {
+                format!(
+                    "cannot fetch {source}: check the network, or fetch {} elsewhere and \
+                     pass its path (or a mirror's URL) with --from",
+                    spec.file_name
+                )
+            })?;
         let length = response
             .headers()
             .get("content-length")

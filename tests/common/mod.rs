@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 use tch::{nn, Kind, Tensor};
 use vit_tch::checkpoint::TensorFile;
 
-/// `tests/fixtures/NAME.safetensors`, written by `tests/reference/make_fixtures.py`; the
+/// `tests/fixtures/NAME.safetensors`, written by the scripts in `tests/reference/`; the
 /// folder is `$VIT_FIXTURES` where set (a test binary run on another machine, as
 /// bench/gpu.sh does).
 pub fn fixture(name: &str) -> TensorFile {
@@ -18,9 +18,8 @@ pub fn fixture(name: &str) -> TensorFile {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
     let path = folder.join(format!("{name}.safetensors"));
-    TensorFile::read(&path).unwrap_or_else(|e| {
-        panic!("{e:#}\n(regenerate with `.venv/bin/python tests/reference/make_fixtures.py`)")
-    })
+    TensorFile::read(&path)
+        .unwrap_or_else(|e| panic!("{e:#}\n(regenerate the fixtures with `make fixtures`)"))
 }
 
 /// The tensors stored as `PREFIX.<key>`, under `<key>`.
@@ -134,12 +133,19 @@ pub fn python() -> PathBuf {
     python
 }
 
-/// Runs the `vit` binary with `args`, expecting success (the output says why not).
-pub fn vit(args: &[&str]) -> std::process::Output {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_vit"))
+/// Runs `vit ARGS`: the binary cargo built for these tests, or `$VIT_BIN` where set (a test
+/// binary run on another machine, as bench/gpu.sh does).
+fn run_vit(args: &[&str]) -> std::process::Output {
+    let binary = std::env::var_os("VIT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_vit").into());
+    std::process::Command::new(&binary)
         .args(args)
         .output()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", Path::new(&binary).display()))
+}
+
+/// Runs the `vit` binary with `args`, expecting success (the output says why not).
+pub fn vit(args: &[&str]) -> std::process::Output {
+    let output = run_vit(args);
     assert!(
         output.status.success(),
         "vit {args:?} failed:\n{}\n{}",
@@ -151,10 +157,7 @@ pub fn vit(args: &[&str]) -> std::process::Output {
 
 /// Runs `vit ARGS` expecting failure; returns its standard error.
 pub fn vit_fails(args: &[&str]) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_vit"))
-        .args(args)
-        .output()
-        .unwrap();
+    let output = run_vit(args);
     assert!(!output.status.success(), "vit {args:?} should fail");
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
