@@ -615,6 +615,37 @@ fn test_transform_is_the_normalize_formula() {
     }
 }
 
+/// The transforms' constants are uploaded once per device and then shared: the values
+/// arrive exactly, on the device asked for, and a second request is the same storage.
+#[test]
+fn device_constants_are_uploaded_once() {
+    let mut devices = vec![Device::Cpu];
+    if tch::Cuda::is_available() {
+        devices.push(Device::Cuda(0));
+    }
+    let values = [0.25, -1.5, 1e-3, 7.0];
+    for device in devices {
+        let first = transforms::device_constants(&values, device);
+        assert_eq!(first.device(), device);
+        assert_eq!(first.kind(), Kind::Double);
+        let back = Vec::<f64>::try_from(first.to_device(Device::Cpu)).unwrap();
+        assert_eq!(back, values);
+        let again = transforms::device_constants(&values, device);
+        assert_eq!(
+            first.data_ptr(),
+            again.data_ptr(),
+            "{device:?}: uploaded twice"
+        );
+        let other = transforms::device_constants(&values[..3], device);
+        assert_ne!(
+            first.data_ptr(),
+            other.data_ptr(),
+            "{device:?}: other values"
+        );
+        assert_eq!(other.size(), [3]);
+    }
+}
+
 #[test]
 fn channel_stats_of_constant_images() {
     let images = Tensor::cat(

@@ -10,6 +10,8 @@
 //! round trip.
 
 use super::{CIFAR_MEAN, CIFAR_STD};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 use tch::{Device, Kind, Tensor};
 
 /// The notebook's `RandomCrop(32, padding=4)` padding.
@@ -97,16 +99,34 @@ fn channel_constants(values: &[f64; 3], like: &Tensor) -> Tensor {
         .view([1, 3, 1, 1])
 }
 
-/// `values` as a double [N] tensor on `device`, without waiting for the device: an
-/// ordinary (pageable) host-to-GPU copy synchronises the host with the GPU, so the values
-/// go through pinned memory and an asynchronous copy (libtorch keeps the pinned buffer
-/// alive until the copy has run).
+/// `values` as a double [N] tensor on `device`, for the constants of a batch's transforms
+/// (normalisation, augmentation tables, kernels). Each distinct (values, device) is
+/// uploaded once and then shared, so a training step costs no upload: callers must not
+/// modify the result in place.
+///
+/// The one upload does not wait for the device: an ordinary (pageable) host-to-GPU copy
+/// synchronises the host with the GPU, so the values go through pinned memory and an
+/// asynchronous copy (libtorch keeps the pinned buffer alive until the copy has run). It
+/// pins with `_pin_memory`: `pin_memory`, to which tch always passes the device, prints
+/// a deprecation warning on every call in libtorch 2.11.
 pub fn device_constants(values: &[f64], device: Device) -> Tensor {
-    let host = Tensor::from_slice(values);
-    match device {
-        Device::Cpu => host,
-        _ => host
-            .pin_memory(device)
-            .to_device_(device, Kind::Double, true, false),
-    }
+    type Cache = Mutex<HashMap<(Vec<u64>, Device), Tensor>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let key = (values.iter().map(|v| v.to_bits()).collect(), device);
+    let mut cache = CACHE
+        .get_or_init(Cache::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    cache
+        .entry(key)
+        .or_insert_with(|| {
+            let host = Tensor::from_slice(values);
+            match device {
+                Device::Cpu => host,
+                _ => host
+                    .internal_pin_memory(device)
+                    .to_device_(device, Kind::Double, true, false),
+            }
+        })
+        .shallow_clone()
 }
