@@ -290,16 +290,20 @@ def worker(args):
 # The driver.
 
 
+class SideFailed(Exception):
+    """A side's command failed or printed no report; the message says how."""
+
+
 def run_json(command, env):
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
-        sys.exit(
-            f"error: `{' '.join(command)}` failed with exit status {done.returncode}:\n"
+        raise SideFailed(
+            f"`{' '.join(command)}` failed with exit status {done.returncode}:\n"
             f"{done.stderr.strip()}"
         )
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if not lines:
-        sys.exit(f"error: `{' '.join(command)}` printed no JSON:\n{done.stdout}{done.stderr}")
+        raise SideFailed(f"`{' '.join(command)}` printed no JSON:\n{done.stdout}{done.stderr}")
     return json.loads(lines[-1])
 
 
@@ -437,6 +441,8 @@ def print_table(result):
             all_train = ", ".join(f"{v:.1f}" for v in sides[n]["train_images_per_s_all"])
             all_infer = ", ".join(f"{v:.1f}" for v in sides[n]["infer_images_per_s_all"])
             print(f"{n}: train [{all_train}], inference [{all_infer}]")
+    for side, failure in result["failed"].items():
+        print(f"{side}: failed, left out ({failure.strip().splitlines()[-1]})")
     baseline = ", ".join(f"{n} {mib(sides[n].get('baseline_rss_bytes'))}" for n in names)
     print(
         "ratio > 1: vit is faster (or, for memory, uses more). RSS includes each runtime's "
@@ -455,11 +461,22 @@ def main():
         sys.exit("error: no side to run")
     env = dict(os.environ)
     runs = {side: [] for side in commands}
+    # A side that fails is left out of the table (and the exit status says so), so that
+    # one broken side does not cost the others' figures.
+    failed = {}
     for repeat in range(args.repeats):
         for side, command in commands.items():
+            if side in failed:
+                continue
             print(f"[{repeat + 1}/{args.repeats}] {side} ...", file=sys.stderr, flush=True)
-            runs[side].append(run_json(command, env))
-    sides = {side: median_report(r) for side, r in runs.items()}
+            try:
+                runs[side].append(run_json(command, env))
+            except SideFailed as failure:
+                failed[side] = str(failure)
+                print(f"error: side {side}: {failure}", file=sys.stderr, flush=True)
+    if not any(runs.values()):
+        sys.exit("error: every side failed")
+    sides = {side: median_report(r) for side, r in runs.items() if side not in failed}
     counts = {side: r["parameters"] for side, r in sides.items()}
     if len(set(counts.values())) != 1:
         sys.exit(f"error: the sides built different models (parameters: {counts})")
@@ -488,12 +505,15 @@ def main():
         "parameters": next(iter(counts.values())),
         "sides": sides,
         "ratios": ratios,
+        "failed": failed,
         "load_average": os.getloadavg(),
     }
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print_table(result)
+    if failed:
+        sys.exit(f"error: side(s) {', '.join(failed)} failed (see above); the table has the rest")
 
 
 if __name__ == "__main__":

@@ -5,18 +5,21 @@
 # Here:   make device     (builds vit and copies it, the test binaries with CUDA checks, the
 #                          CIFAR-10 JPEG converter and archive into the git-ignored .device/,
 #                          41 MiB; name it in the device tool's `carry`)
-# There:  OUT=$OUT bash bench/gpu.sh     (BUDGET_S: seconds the whole script may take, 540)
+# There:  OUT=$OUT BUDGET_S=540 bash bench/gpu.sh   (BUDGET_S: seconds the whole script may
+#                          take; the device call's timeout_s less 60)
 #
-# Everything is written under $WORK (default /tmp/vit-gpu): info.txt; test-*.txt (the
-# CUDA tests); compare-bf16.txt (vit against the PyTorch reference and timm, bf16
-# autocast, notebook config, the fused AdamW kernel on every side) and
-# compare-bf16-pytorch-foreach.txt (vit eager and with --cuda-graph against timm with
-# PyTorch's CUDA-default foreach AdamW); epoch/ and epoch-graph/ (two notebook-config
-# epochs on CIFAR-10, eager and with --cuda-graph, with their metrics.csv: epoch_seconds
-# is the full-epoch time, and the two runs' losses should agree); strong/ (the strong
-# recipe, with --cuda-graph if that worked, as many epochs as the rest of the budget
-# allows, or EPOCHS=N); failures.txt; summary.txt. The --cuda-graph parts have not run on
-# a GPU before: a failure there is recorded and the script goes on.
+# Everything is written under $WORK (default /tmp/vit-gpu): info.txt (vit, GPU, torch and
+# timm versions); test-*.txt (the CUDA tests); compare-bf16.txt (vit against the PyTorch
+# reference and timm, bf16 autocast, notebook config, batch 256, the fused AdamW kernel on
+# every side) and compare-bf16-pytorch-foreach.txt (vit eager and with --cuda-graph
+# against timm with PyTorch's CUDA-default foreach AdamW); epoch/ and epoch-graph/ (two
+# notebook-config epochs on CIFAR-10, eager and with --cuda-graph, with their
+# metrics.csv: epoch_seconds is the full-epoch time, and the two runs' losses should
+# agree); strong-timing/ (two epochs of the strong recipe, for its epoch time); strong/
+# (the strong recipe, with --cuda-graph if that worked, as many epochs as the rest of the
+# budget allows, or EPOCHS=N); failures.txt; summary.txt. Every phase has a time limit;
+# a failure is recorded and the script goes on (the --cuda-graph parts have not run on a
+# GPU before).
 #
 # The device tool brings back at most 8 files of $OUT, 16 MiB each, so $OUT gets
 # results.tar.gz (all of $WORK but the checkpoints), the strong run's best models
@@ -24,9 +27,9 @@
 # summary.txt, packed again after every phase so that a run cut short still returns
 # what it finished. summary.txt is printed last, for the tool's output tail.
 #
-# A dry run on a CPU: VIT_DEVICE=cpu PRECISION=fp32 SUBSET=500 BUDGET_S=400
-# BENCH_ARGS="--batch-size 8 --steps 1 --warmup 1" VIT=target/release/vit PY=.venv/bin/python
-# OUT=/tmp/dry WORK=/tmp/dry-work bash bench/gpu.sh
+# A dry run on a CPU: VIT_DEVICE=cpu PRECISION=fp32 SUBSET=500 BUDGET_S=600 GRAPH_FLAG=""
+# BENCH_ARGS="--batch-size 8 --steps 1 --warmup 1 --repeats 1" VIT=target/release/vit
+# PY=.venv/bin/python OUT=/tmp/dry WORK=/tmp/dry-work bash bench/gpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 START=$SECONDS
@@ -39,7 +42,7 @@ BUDGET_S=${BUDGET_S:-540}
 SUBSET=${SUBSET:-50000}
 PRECISION=${PRECISION:-bf16}
 PY=${PY:-python3}
-BENCH_ARGS=${BENCH_ARGS:---batch-size 256 --steps 30 --warmup 5 --repeats 3}
+BENCH_ARGS=${BENCH_ARGS:---batch-size 256 --steps 100 --warmup 20 --repeats 2}
 # GRAPH_FLAG="" leaves --cuda-graph out (CUDA only).
 GRAPH_FLAG=${GRAPH_FLAG---cuda-graph}
 if [ -n "$(ls -A "$WORK" 2>/dev/null)" ]; then
@@ -59,7 +62,7 @@ summarize() {
         for f in "$WORK"/compare-*.txt; do
             [ -f "$f" ] && { echo "== $(basename "$f")"; tail -n 20 "$f"; }
         done
-        for run in epoch epoch-graph strong strong-eager; do
+        for run in epoch epoch-graph strong-timing strong-timing-eager strong strong-eager; do
             [ -f "$WORK/$run/metrics.csv" ] || continue
             echo "== $run/metrics.csv (header, first 3 and last 5 epochs)"
             head -n 4 "$WORK/$run/metrics.csv"
@@ -72,8 +75,15 @@ summarize() {
 pack() {
     summarize
     cp "$WORK/summary.txt" "$OUT/summary.txt"
-    { tar -czf "$OUT/results.tar.gz.part" -C "$WORK" --exclude='*.safetensors' --exclude=.stop . \
-        && mv "$OUT/results.tar.gz.part" "$OUT/results.tar.gz"; } || echo "cannot pack $WORK" >&2
+    # tar's status 1 is "a file changed while read": a log being written, which is fine.
+    local status=0
+    tar -czf "$OUT/results.tar.gz.part" -C "$WORK" --warning=no-file-changed \
+        --exclude='*.safetensors' --exclude=.stop . || status=$?
+    if [ "$status" -le 1 ]; then
+        mv "$OUT/results.tar.gz.part" "$OUT/results.tar.gz"
+    else
+        echo "cannot pack $WORK: tar status $status" >&2
+    fi
     for run in strong strong-eager; do
         for model in best_model best_ema_model; do
             if [ -f "$WORK/$run/$model.safetensors" ]; then
@@ -93,87 +103,7 @@ finish() {
     cat "$WORK/summary.txt"
 }
 trap finish EXIT
-LIBTORCH_LIB=$($PY -c 'import torch, os; print(os.path.dirname(torch.__file__))')/lib
-export LD_LIBRARY_PATH="$LIBTORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-
-if [ ! -d data/cifar-10-batches-bin ]; then
-    $PY .device/cifar10-jpeg-to-bin .device/cifar10-jpeg.tar.gz data/cifar-10-batches-bin
-fi
-
-"$VIT" info | tee "$WORK/info.txt"
-
-# The test binaries with CUDA checks (CUDA graph steps against eager ones, CUDA peak
-# memory, the notebook's and the strong recipe's augmentations on the GPU), built here by
-# `make device`.
-for test in .device/tests/*; do
-    [ -x "$test" ] || continue
-    VIT_FIXTURES=tests/fixtures VIT_BIN="$VIT" "$test" --test-threads 1 2>&1 \
-        | tee "$WORK/test-$(basename "$test").txt" \
-        || echo "$(basename "$test") failed: status $?" | tee -a "$WORK/failures.txt"
-done
-pack
-
-$PY bench/compare.py --vit "$VIT" --device "$DEVICE" --precision "$PRECISION" \
-    --config notebook --threads 2 $BENCH_ARGS | tee "$WORK/compare-$PRECISION.txt" \
-    || echo "compare failed: status $?" | tee -a "$WORK/failures.txt"
-$PY bench/compare.py --vit "$VIT" --device "$DEVICE" --precision "$PRECISION" \
-    --config notebook --threads 2 $BENCH_ARGS --sides vit,timm --pytorch-foreach \
-    $GRAPH_FLAG | tee "$WORK/compare-$PRECISION-pytorch-foreach.txt" \
-    || echo "compare with --cuda-graph failed: status $?" | tee -a "$WORK/failures.txt"
-pack
-
-# Two epochs: the first includes CUDA/cuDNN warm-up, the second is the steady-state
-# epoch time (training on all images plus the 10,000-image evaluation). Then the same
-# with --cuda-graph, whose losses should match the eager run's closely.
-epochs() {
-    "$VIT" train --dataset cifar10 --data-dir data --device "$DEVICE" \
-        --precision "$PRECISION" --epochs 2 --warmup-epochs 1 --batch-size 256 \
-        --train-subset "$SUBSET" --out "$WORK/$1" "${@:2}" 2>&1 | tee "$WORK/$1.txt"
-}
-epochs epoch || echo "eager epochs failed: status $?" | tee -a "$WORK/failures.txt"
-STRONG_FLAGS=""
-if [ -n "$GRAPH_FLAG" ]; then
-    if epochs epoch-graph --cuda-graph; then
-        STRONG_FLAGS="--cuda-graph"
-    else
-        echo "epochs with --cuda-graph failed: status $?" | tee -a "$WORK/failures.txt"
-    fi
-fi
-pack
-
-# The strong recipe gets what is left of the budget: the epoch count comes from the
-# second epoch's time above (times 2 for the augmentations and the EMA model's own
-# evaluation), and should that estimate be short, a SIGINT 40 s before the end makes vit
-# finish its step (or evaluation), save its state and stop; SIGKILL 40 s later.
-strong() {
-    local left=$((BUDGET_S - (SECONDS - START) - 60))
-    if [ "$left" -lt 60 ]; then
-        echo "no time left for the strong recipe (${left} s)" | tee -a "$WORK/strong-plan.txt"
-        return 0
-    fi
-    local timing=epoch
-    [ -n "$STRONG_FLAGS" ] && timing=epoch-graph
-    local epoch_s epochs
-    # 10 s when the timing run left no epoch behind (the SIGINT then bounds the run).
-    epoch_s=$($PY -c '
-import csv, sys
-try:
-    rows = list(csv.reader(open(sys.argv[1])))
-    print(float(rows[-1][rows[0].index("epoch_seconds")]))
-except (OSError, ValueError, IndexError):
-    print(10.0)' "$WORK/$timing/metrics.csv")
-    epochs=${EPOCHS:-$($PY -c "print(max(1, int($left / ($epoch_s * 2))))")}
-    echo "$1: $epochs epochs in the ${left} s left ($timing epoch: $epoch_s s) $STRONG_FLAGS" \
-        | tee -a "$WORK/strong-plan.txt"
-    # --foreground: SIGINT to vit alone (a second one, to its process group, would make it
-    # quit without saving).
-    timeout --foreground -s INT -k 40 "$left" \
-        "$VIT" train --recipe strong --dataset cifar10 --data-dir data --device "$DEVICE" \
-        --precision "$PRECISION" --epochs "$epochs" --warmup-epochs $((epochs / 30 + 1)) \
-        --batch-size 256 --train-subset "$SUBSET" --out "$WORK/$1" $STRONG_FLAGS \
-        2>&1 | tee "$WORK/$1.txt"
-}
-# Packed every minute meanwhile, in case the device tool's own limit cuts the script.
+# Packed every minute from here on, in case the device tool's own limit cuts the script.
 (
     n=0
     while [ ! -e "$WORK/.stop" ]; do
@@ -183,12 +113,132 @@ except (OSError, ValueError, IndexError):
     done
 ) >/dev/null 2>&1 &
 PACKER=$!
-if ! strong strong; then
-    echo "strong run stopped: status $?" | tee -a "$WORK/failures.txt"
-    # A --cuda-graph run that failed before its first epoch: the rest of the time eagerly.
-    if [ -n "$STRONG_FLAGS" ] && [ ! -e "$WORK/strong/last_model.safetensors" ]; then
-        STRONG_FLAGS=""
-        strong strong-eager || echo "eager strong run stopped: status $?" \
-            | tee -a "$WORK/failures.txt"
+
+# run_phase NAME LIMIT_S LOG COMMAND...: runs COMMAND for at most LIMIT_S seconds, its
+# output to the terminal and LOG; a failure (124: the limit) goes to failures.txt with
+# its status, and the status is returned for the caller to act on.
+run_phase() {
+    local name=$1 limit=$2 log=$3
+    shift 3
+    local status=0
+    timeout -k 10 "$limit" "$@" 2>&1 | tee "$log" || status=$?
+    if [ "$status" -eq 124 ]; then
+        echo "$name stopped: over its ${limit} s" | tee -a "$WORK/failures.txt"
+    elif [ "$status" -ne 0 ]; then
+        echo "$name failed: status $status" | tee -a "$WORK/failures.txt"
     fi
+    return "$status"
+}
+
+LIBTORCH_LIB=$($PY -c 'import torch, os; print(os.path.dirname(torch.__file__))')/lib
+export LD_LIBRARY_PATH="$LIBTORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+{
+    "$VIT" info || echo "vit info failed: status $?"
+    nvidia-smi || true
+    $PY -c 'import torch, timm; print("torch", torch.__version__, "CUDA", torch.version.cuda,
+torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU", "timm", timm.__version__)' \
+        || true
+} 2>&1 | tee "$WORK/info.txt"
+
+# The test binaries with CUDA checks (CUDA graph steps against eager ones, CUDA peak
+# memory, the notebook's and the strong recipe's augmentations on the GPU), built here by
+# `make device`.
+for test in .device/tests/*; do
+    [ -x "$test" ] || continue
+    name=test-$(basename "$test")
+    run_phase "$name" 180 "$WORK/$name.txt" \
+        env VIT_FIXTURES=tests/fixtures VIT_BIN="$VIT" "$test" --test-threads 1 || true
+done
+pack
+
+# vit against both PyTorch sides on the same fused AdamW kernel; then vit eager and with
+# --cuda-graph against timm on PyTorch's CUDA default (foreach AdamW). A side that fails
+# is left out of its table, and the others stay.
+run_phase compare 300 "$WORK/compare-$PRECISION.txt" \
+    $PY bench/compare.py --vit "$VIT" --device "$DEVICE" --precision "$PRECISION" \
+    --config notebook --threads 2 $BENCH_ARGS || true
+run_phase compare-pytorch-foreach 300 "$WORK/compare-$PRECISION-pytorch-foreach.txt" \
+    $PY bench/compare.py --vit "$VIT" --device "$DEVICE" --precision "$PRECISION" \
+    --config notebook --threads 2 $BENCH_ARGS --sides vit,timm --pytorch-foreach \
+    $GRAPH_FLAG || true
+pack
+
+if [ ! -d data/cifar-10-batches-bin ]; then
+    run_phase convert 300 "$WORK/convert.txt" \
+        $PY .device/cifar10-jpeg-to-bin .device/cifar10-jpeg.tar.gz data/cifar-10-batches-bin \
+        || true
+fi
+
+# Two epochs: the first includes CUDA/cuDNN warm-up, the second is the steady-state
+# epoch time (training on all images plus the 10,000-image evaluation). Then the same
+# with --cuda-graph, whose losses should match the eager run's closely.
+train() {
+    local run=$1 limit=$2
+    shift 2
+    run_phase "$run" "$limit" "$WORK/$run.txt" \
+        "$VIT" train --dataset cifar10 --data-dir data --device "$DEVICE" \
+        --precision "$PRECISION" --batch-size 256 --train-subset "$SUBSET" --out "$WORK/$run" "$@"
+}
+train epoch 180 --epochs 2 --warmup-epochs 1 || true
+STRONG_FLAGS=""
+if [ -n "$GRAPH_FLAG" ] && train epoch-graph 180 --epochs 2 --warmup-epochs 1 --cuda-graph; then
+    STRONG_FLAGS="--cuda-graph"
+fi
+pack
+
+# The strong recipe's own epoch time, from two epochs of it (its augmentations, MixUp and
+# the EMA run outside the graph, and the EMA model has its own evaluation); eagerly again
+# if that fails with --cuda-graph.
+TIMING=strong-timing
+if ! train "$TIMING" 180 --recipe strong --epochs 2 --warmup-epochs 1 $STRONG_FLAGS \
+    && [ -n "$STRONG_FLAGS" ]; then
+    STRONG_FLAGS=""
+    TIMING=strong-timing-eager
+    train "$TIMING" 180 --recipe strong --epochs 2 --warmup-epochs 1 || true
+fi
+pack
+
+# The strong recipe gets what is left of the budget: as many epochs as fit at the timing
+# run's second epoch plus a quarter (checkpoints are written between epochs, outside
+# epoch_seconds); should that be short, a SIGINT 40 s before the end makes vit finish its
+# step (or evaluation), save its state and stop; SIGKILL 40 s later.
+strong() {
+    local run=$1
+    local left=$((BUDGET_S - (SECONDS - START) - 60))
+    if [ "$left" -lt 60 ]; then
+        echo "no time left for the strong recipe (${left} s)" | tee -a "$WORK/strong-plan.txt"
+        return 0
+    fi
+    local epoch_s epochs
+    # 10 s when the timing run left no epoch behind (the SIGINT then bounds the run).
+    epoch_s=$($PY -c '
+import csv, sys
+try:
+    rows = list(csv.reader(open(sys.argv[1])))
+    print(float(rows[-1][rows[0].index("epoch_seconds")]))
+except (OSError, ValueError, IndexError):
+    print(10.0)' "$WORK/$TIMING/metrics.csv")
+    epochs=${EPOCHS:-$($PY -c "print(max(1, int($left / ($epoch_s * 1.25))))")}
+    echo "$run: $epochs epochs in the ${left} s left ($TIMING epoch: $epoch_s s) $STRONG_FLAGS" \
+        | tee -a "$WORK/strong-plan.txt"
+    local status=0
+    # --foreground: SIGINT to vit alone (a second one, to its process group, would make it
+    # quit without saving).
+    timeout --foreground -s INT -k 40 "$left" \
+        "$VIT" train --recipe strong --dataset cifar10 --data-dir data --device "$DEVICE" \
+        --precision "$PRECISION" --epochs "$epochs" --warmup-epochs $((epochs / 30 + 1)) \
+        --batch-size 256 --train-subset "$SUBSET" --out "$WORK/$run" $STRONG_FLAGS \
+        2>&1 | tee "$WORK/$run.txt" || status=$?
+    if [ "$status" -eq 124 ]; then
+        echo "$run stopped at its time limit (${left} s), state saved" | tee -a "$WORK/failures.txt"
+    elif [ "$status" -ne 0 ]; then
+        echo "$run failed: status $status" | tee -a "$WORK/failures.txt"
+    fi
+    return "$status"
+}
+# A --cuda-graph run that failed before its first epoch: the rest of the time eagerly.
+if ! strong strong && [ -n "$STRONG_FLAGS" ] && [ ! -e "$WORK/strong/last_model.safetensors" ]; then
+    STRONG_FLAGS=""
+    strong strong-eager || true
 fi

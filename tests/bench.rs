@@ -91,3 +91,28 @@ fn compare_py_prints_one_table_with_ratios_of_the_same_work() {
         );
     }
 }
+
+/// A side that fails is reported and left out, and the others' figures still come out
+/// (on a GPU run, a failing `vit-graph` must not cost the eager sides).
+#[test]
+fn compare_py_keeps_the_sides_that_ran_when_one_fails() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/compare.py");
+    #[rustfmt::skip]
+    let output = Command::new(python())
+        .args([
+            script, "--vit", env!("CARGO_BIN_EXE_vit"), "--config", "tiny", "--batch-size", "2",
+            "--steps", "1", "--warmup", "1", "--device", "cpu", "--threads", "1",
+            "--sides", "vit", "--also-vit", "vit-broken=/bin/false",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a failed side must fail the run:\n{stdout}"
+    );
+    assert!(stdout.contains("train images/s"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("vit-broken: failed, left out"), "{stdout}");
+    assert!(stderr.contains("side(s) vit-broken failed"), "{stderr}");
+}
