@@ -18,6 +18,22 @@ fn succeeded(what: &str, output: Output) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// `bench/compare.py` with this build's vit on a tiny model on the CPU, one thread, plus
+/// `extra`.
+fn compare_py(extra: &[&str]) -> Output {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/compare.py");
+    #[rustfmt::skip]
+    let args = [
+        script, "--vit", env!("CARGO_BIN_EXE_vit"), "--config", "tiny", "--warmup", "1",
+        "--device", "cpu", "--threads", "1",
+    ];
+    Command::new(python())
+        .args(args)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 fn vit_bench(extra: &[&str]) -> Value {
     #[rustfmt::skip]
     let mut args = vec![
@@ -64,16 +80,17 @@ fn vit_bench_reports_throughput_and_memory_for_each_setting() {
 
 #[test]
 fn compare_py_prints_one_table_with_ratios_of_the_same_work() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/compare.py");
-    #[rustfmt::skip]
-    let output = Command::new(python())
-        .args([
-            script, "--vit", env!("CARGO_BIN_EXE_vit"), "--config", "tiny", "--batch-size", "4",
-            "--steps", "2", "--warmup", "1", "--device", "cpu", "--threads", "1",
-            "--sides", "vit,reference", "--adamw", "loop", "--json",
-        ])
-        .output()
-        .unwrap();
+    let output = compare_py(&[
+        "--batch-size",
+        "4",
+        "--steps",
+        "2",
+        "--sides",
+        "vit,reference",
+        "--adamw",
+        "loop",
+        "--json",
+    ]);
     let result: Value = serde_json::from_str(&succeeded("compare.py", output)).unwrap();
     assert_eq!(result["settings"]["adamw"], "loop");
     assert_eq!(result["parameters"], 21162);
@@ -96,16 +113,16 @@ fn compare_py_prints_one_table_with_ratios_of_the_same_work() {
 /// (on a GPU run, a failing `vit-graph` must not cost the eager sides).
 #[test]
 fn compare_py_keeps_the_sides_that_ran_when_one_fails() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/compare.py");
-    #[rustfmt::skip]
-    let output = Command::new(python())
-        .args([
-            script, "--vit", env!("CARGO_BIN_EXE_vit"), "--config", "tiny", "--batch-size", "2",
-            "--steps", "1", "--warmup", "1", "--device", "cpu", "--threads", "1",
-            "--sides", "vit", "--also-vit", "vit-broken=/bin/false",
-        ])
-        .output()
-        .unwrap();
+    let output = compare_py(&[
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+        "--sides",
+        "vit",
+        "--also-vit",
+        "vit-broken=/bin/false",
+    ]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
