@@ -57,10 +57,11 @@ summarize() {
     {
         echo "== failures"
         cat "$WORK/failures.txt" 2>/dev/null || echo "none"
+        # The logs' lines start with their time stamp (see stamp), left out here.
         echo "== tests"
-        grep -H "test result" "$WORK"/test-*.txt 2>/dev/null || true
+        grep -H "test result" "$WORK"/test-*.txt 2>/dev/null | sed 's/:[0-9.]* /: /' || true
         for f in "$WORK"/compare-*.txt; do
-            [ -f "$f" ] && { echo "== $(basename "$f")"; tail -n 20 "$f"; }
+            [ -f "$f" ] && { echo "== $(basename "$f")"; tail -n 20 "$f" | sed 's/^[0-9.]* //'; }
         done
         for run in epoch epoch-graph strong-timing strong-timing-eager strong strong-eager; do
             [ -f "$WORK/$run/metrics.csv" ] || continue
@@ -114,14 +115,24 @@ trap finish EXIT
 ) >/dev/null 2>&1 &
 PACKER=$!
 
+# Prefixes each line with the time it arrived (seconds since 1970): vit prints a
+# training run's epoch line after that epoch's evaluation and checkpoints, so the gap
+# between two such lines is what an epoch really costs.
+stamp() {
+    local line
+    while IFS= read -r line; do
+        printf '%s %s\n' "${EPOCHREALTIME:-$(date +%s.%N)}" "$line"
+    done
+}
+
 # run_phase NAME LIMIT_S LOG COMMAND...: runs COMMAND for at most LIMIT_S seconds, its
-# output to the terminal and LOG; a failure (124: the limit) goes to failures.txt with
-# its status, and the status is returned for the caller to act on.
+# output (time-stamped) to the terminal and LOG; a failure (124: the limit) goes to
+# failures.txt with its status, and the status is returned for the caller to act on.
 run_phase() {
     local name=$1 limit=$2 log=$3
     shift 3
     local status=0
-    timeout -k 10 "$limit" "$@" 2>&1 | tee "$log" || status=$?
+    timeout -k 10 "$limit" "$@" 2>&1 | stamp | tee "$log" || status=$?
     if [ "$status" -eq 124 ]; then
         echo "$name stopped: over its ${limit} s" | tee -a "$WORK/failures.txt"
     elif [ "$status" -ne 0 ]; then
@@ -200,9 +211,9 @@ fi
 pack
 
 # The strong recipe gets what is left of the budget: as many epochs as fit at the timing
-# run's second epoch plus a quarter (checkpoints are written between epochs, outside
-# epoch_seconds); should that be short, a SIGINT 40 s before the end makes vit finish its
-# step (or evaluation), save its state and stop; SIGKILL 40 s later.
+# run's second epoch (from its first epoch line to its second: training, evaluation and
+# checkpoints), plus 5%; should that be short, a SIGINT 40 s before the end makes vit
+# finish its step (or evaluation), save its state and stop; SIGKILL 40 s later.
 strong() {
     local run=$1
     local left=$((BUDGET_S - (SECONDS - START) - 60))
@@ -211,15 +222,15 @@ strong() {
         return 0
     fi
     local epoch_s epochs
-    # 10 s when the timing run left no epoch behind (the SIGINT then bounds the run).
+    # 10 s when the timing run left no two epoch lines (the SIGINT then bounds the run).
     epoch_s=$($PY -c '
-import csv, sys
+import re, sys
 try:
-    rows = list(csv.reader(open(sys.argv[1])))
-    print(float(rows[-1][rows[0].index("epoch_seconds")]))
+    times = [float(m.group(1)) for m in re.finditer(r"^(\S+) Epoch: \d+,", open(sys.argv[1]).read(), re.M)]
+    print(f"{times[1] - times[0]:.3f}")
 except (OSError, ValueError, IndexError):
-    print(10.0)' "$WORK/$TIMING/metrics.csv")
-    epochs=${EPOCHS:-$($PY -c "print(max(1, int($left / ($epoch_s * 1.25))))")}
+    print(10.0)' "$WORK/$TIMING.txt")
+    epochs=${EPOCHS:-$($PY -c "print(max(1, int($left / ($epoch_s * 1.05))))")}
     echo "$run: $epochs epochs in the ${left} s left ($TIMING epoch: $epoch_s s) $STRONG_FLAGS" \
         | tee -a "$WORK/strong-plan.txt"
     local status=0
@@ -229,7 +240,7 @@ except (OSError, ValueError, IndexError):
         "$VIT" train --recipe strong --dataset cifar10 --data-dir data --device "$DEVICE" \
         --precision "$PRECISION" --epochs "$epochs" --warmup-epochs $((epochs / 30 + 1)) \
         --batch-size 256 --train-subset "$SUBSET" --out "$WORK/$run" $STRONG_FLAGS \
-        2>&1 | tee "$WORK/$run.txt" || status=$?
+        2>&1 | stamp | tee "$WORK/$run.txt" || status=$?
     if [ "$status" -eq 124 ]; then
         echo "$run stopped at its time limit (${left} s), state saved" | tee -a "$WORK/failures.txt"
     elif [ "$status" -ne 0 ]; then
