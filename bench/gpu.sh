@@ -33,6 +33,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 START=$SECONDS
+# A point, not a comma, in $EPOCHREALTIME's decimals (see stamp).
+export LC_ALL=C
 
 OUT=${OUT:-gpu-out}
 WORK=${WORK:-/tmp/vit-gpu}
@@ -78,8 +80,10 @@ pack() {
     cp "$WORK/summary.txt" "$OUT/summary.txt"
     # tar's status 1 is "a file changed while read": a log being written, which is fine.
     local status=0
+    # Checkpoints stay out, and so do vit's temporary files of one being written.
     tar -czf "$OUT/results.tar.gz.part" -C "$WORK" --warning=no-file-changed \
-        --exclude='*.safetensors' --exclude=.stop . || status=$?
+        --exclude='*.safetensors' --exclude='*.tmp-*' --exclude=.stop --exclude=.pack . \
+        || status=$?
     if [ "$status" -le 1 ]; then
         mv "$OUT/results.tar.gz.part" "$OUT/results.tar.gz"
     else
@@ -93,7 +97,10 @@ pack() {
         done
     done
 }
-# On any exit: stop the background packer (below), pack a last time, print the summary.
+# One packer at a time: the background one below packs every minute, in case the device
+# tool's own limit cuts the script, and whenever the script asks (pack_now); on exit,
+# finish stops it, then packs a last time and prints the summary.
+pack_now() { touch "$WORK/.pack"; }
 PACKER=""
 finish() {
     if [ -n "$PACKER" ]; then
@@ -104,13 +111,15 @@ finish() {
     cat "$WORK/summary.txt"
 }
 trap finish EXIT
-# Packed every minute from here on, in case the device tool's own limit cuts the script.
 (
     n=0
     while [ ! -e "$WORK/.stop" ]; do
-        sleep 5
-        n=$((n + 5))
-        if [ $((n % 60)) -eq 0 ]; then pack; fi
+        sleep 1
+        n=$((n + 1))
+        if [ -e "$WORK/.pack" ] || [ $((n % 60)) -eq 0 ]; then
+            rm -f "$WORK/.pack"
+            pack
+        fi
     done
 ) >/dev/null 2>&1 &
 PACKER=$!
@@ -125,14 +134,22 @@ stamp() {
     done
 }
 
-# run_phase NAME LIMIT_S LOG COMMAND...: runs COMMAND for at most LIMIT_S seconds, its
-# output (time-stamped) to the terminal and LOG; a failure (124: the limit) goes to
-# failures.txt with its status, and the status is returned for the caller to act on.
+# run_phase NAME LIMIT_S LOG COMMAND...: runs COMMAND for at most LIMIT_S seconds (less
+# where the budget has less left), its output (time-stamped, after a "== NAME started"
+# line) to the terminal and LOG; a failure (124: the limit) goes to failures.txt with its
+# status, and the status is returned for the caller to act on.
 run_phase() {
     local name=$1 limit=$2 log=$3
     shift 3
+    local left=$((BUDGET_S - (SECONDS - START) - 30))
+    if [ "$left" -lt 20 ]; then
+        echo "$name skipped: the time budget is spent" | tee -a "$WORK/failures.txt"
+        return 124
+    fi
+    [ "$limit" -le "$left" ] || limit=$left
     local status=0
-    timeout -k 10 "$limit" "$@" 2>&1 | stamp | tee "$log" || status=$?
+    { echo "== $name started"; timeout -k 10 "$limit" "$@"; } 2>&1 | stamp | tee "$log" \
+        || status=$?
     if [ "$status" -eq 124 ]; then
         echo "$name stopped: over its ${limit} s" | tee -a "$WORK/failures.txt"
     elif [ "$status" -ne 0 ]; then
@@ -159,9 +176,10 @@ for test in .device/tests/*; do
     [ -x "$test" ] || continue
     name=test-$(basename "$test")
     run_phase "$name" 180 "$WORK/$name.txt" \
-        env VIT_FIXTURES=tests/fixtures VIT_BIN="$VIT" "$test" --test-threads 1 || true
+        env VIT_FIXTURES=tests/fixtures VIT_BIN="$(realpath "$VIT")" "$test" --test-threads 1 \
+        || true
 done
-pack
+pack_now
 
 # vit against both PyTorch sides on the same fused AdamW kernel; then vit eager and with
 # --cuda-graph against timm on PyTorch's CUDA default (foreach AdamW). A side that fails
@@ -173,7 +191,7 @@ run_phase compare-pytorch-foreach 300 "$WORK/compare-$PRECISION-pytorch-foreach.
     $PY bench/compare.py --vit "$VIT" --device "$DEVICE" --precision "$PRECISION" \
     --config notebook --threads 2 $BENCH_ARGS --sides vit,timm --pytorch-foreach \
     $GRAPH_FLAG || true
-pack
+pack_now
 
 if [ ! -d data/cifar-10-batches-bin ]; then
     run_phase convert 300 "$WORK/convert.txt" \
@@ -196,7 +214,7 @@ STRONG_FLAGS=""
 if [ -n "$GRAPH_FLAG" ] && train epoch-graph 180 --epochs 2 --warmup-epochs 1 --cuda-graph; then
     STRONG_FLAGS="--cuda-graph"
 fi
-pack
+pack_now
 
 # The strong recipe's own epoch time, from two epochs of it (its augmentations, MixUp and
 # the EMA run outside the graph, and the EMA model has its own evaluation); eagerly again
@@ -208,7 +226,7 @@ if ! train "$TIMING" 180 --recipe strong --epochs 2 --warmup-epochs 1 $STRONG_FL
     TIMING=strong-timing-eager
     train "$TIMING" 180 --recipe strong --epochs 2 --warmup-epochs 1 || true
 fi
-pack
+pack_now
 
 # The strong recipe gets what is left of the budget: as many epochs as fit at the timing
 # run's second epoch (from its first epoch line to its second: training, evaluation and
@@ -221,26 +239,42 @@ strong() {
         echo "no time left for the strong recipe (${left} s)" | tee -a "$WORK/strong-plan.txt"
         return 0
     fi
-    local epoch_s epochs
-    # 10 s when the timing run left no two epoch lines (the SIGINT then bounds the run).
-    epoch_s=$($PY -c '
-import re, sys
+    # The epoch time and the start-up (process start to the first epoch's own start) from
+    # the timing run's log; else 1.25 x its last epoch_seconds; else 10 s, which the
+    # SIGINT then bounds.
+    local plan epochs epoch_s startup
+    plan=$($PY -c '
+import csv, re, sys
+log, metrics, left = sys.argv[1], sys.argv[2], float(sys.argv[3])
+startup = 0.0
 try:
-    times = [float(m.group(1)) for m in re.finditer(r"^(\S+) Epoch: \d+,", open(sys.argv[1]).read(), re.M)]
-    print(f"{times[1] - times[0]:.3f}")
-except (OSError, ValueError, IndexError):
-    print(10.0)' "$WORK/$TIMING.txt")
-    epochs=${EPOCHS:-$($PY -c "print(max(1, int($left / ($epoch_s * 1.05))))")}
-    echo "$run: $epochs epochs in the ${left} s left ($TIMING epoch: $epoch_s s) $STRONG_FLAGS" \
-        | tee -a "$WORK/strong-plan.txt"
+    text = open(log).read()
+    start = float(re.search(r"^(\S+) == .* started", text, re.M).group(1))
+    times = [float(t) for t in re.findall(r"^(\S+) Epoch: \d+,", text, re.M)]
+    epoch_s = times[1] - times[0]
+    startup = max(0.0, times[0] - start - epoch_s)
+except (OSError, ValueError, IndexError, AttributeError):
+    try:
+        epoch_s = 1.25 * float(list(csv.DictReader(open(metrics)))[-1]["epoch_seconds"])
+    except (OSError, ValueError, IndexError, KeyError):
+        epoch_s = 10.0
+epoch_s = max(epoch_s, 0.5)
+print(max(1, int((left - startup) / (epoch_s * 1.05))), f"{epoch_s:.3f}", f"{startup:.1f}")
+' "$WORK/$TIMING.txt" "$WORK/$TIMING/metrics.csv" "$left") || plan="1 10.0 0"
+    read -r epochs epoch_s startup <<<"$plan"
+    epochs=${EPOCHS:-$epochs}
+    echo "$run: $epochs epochs in the ${left} s left ($TIMING: ${epoch_s} s an epoch," \
+        "${startup} s to start) $STRONG_FLAGS" | tee -a "$WORK/strong-plan.txt"
     local status=0
     # --foreground: SIGINT to vit alone (a second one, to its process group, would make it
     # quit without saving).
-    timeout --foreground -s INT -k 40 "$left" \
-        "$VIT" train --recipe strong --dataset cifar10 --data-dir data --device "$DEVICE" \
-        --precision "$PRECISION" --epochs "$epochs" --warmup-epochs $((epochs / 30 + 1)) \
-        --batch-size 256 --train-subset "$SUBSET" --out "$WORK/$run" $STRONG_FLAGS \
-        2>&1 | stamp | tee "$WORK/$run.txt" || status=$?
+    {
+        echo "== $run started"
+        timeout --foreground -s INT -k 40 "$left" \
+            "$VIT" train --recipe strong --dataset cifar10 --data-dir data --device "$DEVICE" \
+            --precision "$PRECISION" --epochs "$epochs" --warmup-epochs $((epochs / 30 + 1)) \
+            --batch-size 256 --train-subset "$SUBSET" --out "$WORK/$run" $STRONG_FLAGS
+    } 2>&1 | stamp | tee "$WORK/$run.txt" || status=$?
     if [ "$status" -eq 124 ]; then
         echo "$run stopped at its time limit (${left} s), state saved" | tee -a "$WORK/failures.txt"
     elif [ "$status" -ne 0 ]; then
