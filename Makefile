@@ -52,6 +52,7 @@ bench: build
 # checks, the CIFAR-10 JPEG converter and archive from $(SHARED).
 DEVICE_TESTS := cuda_graph precision augment data
 device: build
+	rm -rf .device/tests
 	mkdir -p .device/tests
 	cp -f $(VIT) $(SHARED)/tools/cifar10-jpeg-to-bin $(SHARED)/data/cifar10-jpeg.tar.gz .device/
 	cargo test --release --no-run --message-format=json $(DEVICE_TESTS:%=--test %) \
