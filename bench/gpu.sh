@@ -202,12 +202,13 @@ fi
 # Two epochs: the first includes CUDA/cuDNN warm-up, the second is the steady-state
 # epoch time (training on all images plus the 10,000-image evaluation). Then the same
 # with --cuda-graph, whose losses should match the eager run's closely.
+# Every training run of this script: CIFAR-10, the training batch, the subset.
+TRAIN=("$VIT" train --dataset cifar10 --data-dir data --device "$DEVICE"
+    --precision "$PRECISION" --batch-size 256 --train-subset "$SUBSET")
 train() {
     local run=$1 limit=$2
     shift 2
-    run_phase "$run" "$limit" "$WORK/$run.txt" \
-        "$VIT" train --dataset cifar10 --data-dir data --device "$DEVICE" \
-        --precision "$PRECISION" --batch-size 256 --train-subset "$SUBSET" --out "$WORK/$run" "$@"
+    run_phase "$run" "$limit" "$WORK/$run.txt" "${TRAIN[@]}" --out "$WORK/$run" "$@"
 }
 train epoch 180 --epochs 2 --warmup-epochs 1 || true
 STRONG_FLAGS=""
@@ -270,10 +271,8 @@ print(max(1, int((left - startup) / (epoch_s * 1.05))), f"{epoch_s:.3f}", f"{sta
     # quit without saving).
     {
         echo "== $run started"
-        timeout --foreground -s INT -k 40 "$left" \
-            "$VIT" train --recipe strong --dataset cifar10 --data-dir data --device "$DEVICE" \
-            --precision "$PRECISION" --epochs "$epochs" --warmup-epochs $((epochs / 30 + 1)) \
-            --batch-size 256 --train-subset "$SUBSET" --out "$WORK/$run" $STRONG_FLAGS
+        timeout --foreground -s INT -k 40 "$left" "${TRAIN[@]}" --out "$WORK/$run" \
+            --recipe strong --epochs "$epochs" --warmup-epochs $((epochs / 30 + 1)) $STRONG_FLAGS
     } 2>&1 | stamp | tee "$WORK/$run.txt" || status=$?
     if [ "$status" -eq 124 ]; then
         echo "$run stopped at its time limit (${left} s), state saved" | tee -a "$WORK/failures.txt"

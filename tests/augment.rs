@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::seeded;
+use common::{devices, seeded};
 
 use std::collections::BTreeSet;
 use tch::{Device, Kind, Tensor};
@@ -274,18 +274,6 @@ fn images_of_a_batch_draw_their_own_ops() {
             "image {i}: {op:?} {m}"
         );
     }
-}
-
-/// The CPU, and the first GPU where there is one: the augmentations run on the training
-/// device, so the checks that do not depend on the generator run on both.
-fn devices() -> Vec<Device> {
-    let mut devices = vec![Device::Cpu];
-    if tch::Cuda::is_available() {
-        devices.push(Device::Cuda(0));
-    } else {
-        eprintln!("no CUDA device: CPU only");
-    }
-    devices
 }
 
 /// Every case of `augment_reference.py` within ±1 intensity level of torchvision, on

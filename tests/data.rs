@@ -619,12 +619,8 @@ fn test_transform_is_the_normalize_formula() {
 /// arrive exactly, on the device asked for, and a second request is the same storage.
 #[test]
 fn device_constants_are_uploaded_once() {
-    let mut devices = vec![Device::Cpu];
-    if tch::Cuda::is_available() {
-        devices.push(Device::Cuda(0));
-    }
     let values = [0.25, -1.5, 1e-3, 7.0];
-    for device in devices {
+    for device in common::devices() {
         let first = transforms::device_constants(&values, device);
         assert_eq!(first.device(), device);
         assert_eq!(first.kind(), Kind::Double);

@@ -119,6 +119,18 @@ pub fn seeded(seed: i64) -> MutexGuard<'static, ()> {
     guard
 }
 
+/// The CPU, and the first GPU where there is one: the data pipeline runs on the training
+/// device, so checks that do not depend on the random generator run on both.
+pub fn devices() -> Vec<tch::Device> {
+    let mut devices = vec![tch::Device::Cpu];
+    if tch::Cuda::is_available() {
+        devices.push(tch::Device::Cuda(0));
+    } else {
+        eprintln!("no CUDA device: CPU only");
+    }
+    devices
+}
+
 /// `VIT_PYTHON`, else the project's `.venv/bin/python`.
 pub fn python() -> PathBuf {
     let python = std::env::var_os("VIT_PYTHON")
