@@ -125,7 +125,8 @@ trap finish EXIT
 PACKER=$!
 
 # Prefixes each line with the time it arrived (seconds since 1970): vit prints a
-# training run's epoch line after that epoch's evaluation and checkpoints, so the gap
+# training run's epoch line after that epoch's evaluation and once the previous epoch's
+# checkpoints are on disk (they are written while the next epoch trains), so the gap
 # between two such lines is what an epoch really costs.
 stamp() {
     local line
@@ -231,7 +232,7 @@ pack_now
 
 # The strong recipe gets what is left of the budget: as many epochs as fit at the timing
 # run's second epoch (from its first epoch line to its second: training, evaluation and
-# checkpoints), plus 5%; should that be short, a SIGINT 40 s before the end makes vit
+# any wait for checkpoint writes), plus 5%; should that be short, a SIGINT 40 s before the end makes vit
 # finish its step (or evaluation), save its state and stop; SIGKILL 40 s later.
 strong() {
     local run=$1

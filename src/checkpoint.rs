@@ -100,18 +100,22 @@ impl TensorFile {
         parse().with_context(|| format!("{} is not a valid safetensors file", path.display()))
     }
 
-    /// Writes atomically (temporary file, then rename).
-    pub fn write(&self, path: &Path) -> Result<()> {
+    /// The file's bytes: a copy, so the tensors may change the moment this returns.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let host: Vec<(&String, HostTensor)> = self
             .tensors
             .iter()
             .map(|(name, t)| Ok((name, HostTensor::new(t)?)))
             .collect::<Result<_>>()?;
-        let bytes = safetensors::serialize(
+        Ok(safetensors::serialize(
             host.iter().map(|(name, t)| (name.as_str(), t)),
             Some(self.metadata.clone()),
-        )?;
-        write_atomic(path, &bytes)
+        )?)
+    }
+
+    /// Writes atomically (temporary file, then rename).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        write_atomic(path, &self.to_bytes()?)
     }
 
     /// The tensor called `name`, or an error naming the file's contents.
@@ -230,6 +234,15 @@ pub fn save(
     extra: &[(&str, String)],
     path: &Path,
 ) -> Result<()> {
+    write_atomic(path, &to_bytes(vs, config, extra)?)
+}
+
+/// The checkpoint file `save` writes, as bytes.
+pub fn to_bytes(
+    vs: &nn::VarStore,
+    config: &ViTConfig,
+    extra: &[(&str, String)],
+) -> Result<Vec<u8>> {
     let mut metadata: HashMap<String, String> = extra
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
@@ -239,7 +252,7 @@ pub fn save(
         tensors: vs.variables().into_iter().collect(),
         metadata,
     }
-    .write(path)
+    .to_bytes()
 }
 
 /// The dataset a checkpoint is evaluated on: `--dataset` when given, else the one its

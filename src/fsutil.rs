@@ -34,3 +34,45 @@ pub fn temporary_sibling(path: &Path) -> PathBuf {
         .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
+
+/// Files written by `write_atomic` on a thread, one batch in flight, so that the training
+/// loop goes on while the disk syncs (a checkpoint is ~13 MB, the resume state up to ~50).
+/// Files are written in the order given and batches in the order started, so a kill at any
+/// moment leaves what a synchronous writer would have: earlier files new, later ones old.
+#[derive(Default)]
+pub struct BackgroundWrites {
+    in_flight: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl BackgroundWrites {
+    /// Waits for the batch in flight (returning its error, if any), then starts writing
+    /// `files` (path, contents) on a thread.
+    pub fn start(&mut self, files: Vec<(PathBuf, Vec<u8>)>) -> Result<()> {
+        self.finish()?;
+        self.in_flight = Some(std::thread::spawn(move || {
+            files
+                .iter()
+                .try_for_each(|(path, bytes)| write_atomic(path, bytes))
+        }));
+        Ok(())
+    }
+
+    /// Waits until every file started is on disk; the first error of the batch in flight.
+    pub fn finish(&mut self) -> Result<()> {
+        match self.in_flight.take() {
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the file-writing thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for BackgroundWrites {
+    /// Leaving early (an error elsewhere) still completes the writes already started.
+    fn drop(&mut self) {
+        if let Err(e) = self.finish() {
+            eprintln!("error: {e:#}");
+        }
+    }
+}

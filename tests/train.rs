@@ -517,3 +517,69 @@ fn resume_of_a_run_killed_before_its_first_save_starts_over() {
     run_training(&settings, &dataset, &killed, true, false);
     assert_same_run(&straight, &killed);
 }
+
+#[test]
+fn background_writes_land_in_order_and_report_errors() {
+    use vit_tch::fsutil::BackgroundWrites;
+    let dir = TempDir::new("background-writes");
+    let mut writes = BackgroundWrites::default();
+    let model = dir.join("model.safetensors");
+    writes
+        .start(vec![(model.clone(), b"first".to_vec())])
+        .unwrap();
+    // The second batch rewrites the same file: it must win, whatever the timing.
+    let second = vec![
+        (dir.join("a"), b"a".to_vec()),
+        (model.clone(), b"second".to_vec()),
+    ];
+    writes.start(second).unwrap();
+    writes.finish().unwrap();
+    assert_eq!(std::fs::read(&model).unwrap(), b"second");
+    assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"a");
+
+    // A failed write is reported by the next call, naming the file; the files after it in
+    // its batch are not written, and no temporary file is left behind.
+    let unwritable = dir.join("no-such-folder").join("x");
+    let failing = vec![(unwritable.clone(), vec![1]), (dir.join("b"), vec![2])];
+    writes.start(failing).unwrap();
+    let error = format!("{:#}", writes.finish().unwrap_err());
+    assert!(error.contains(&unwritable.display().to_string()), "{error}");
+    let mut names: Vec<_> = std::fs::read_dir(&*dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "model.safetensors"]);
+    writes.finish().unwrap();
+
+    // Dropping the writer (an early return elsewhere) waits for the batch in flight.
+    writes
+        .start(vec![(dir.join("c"), vec![7; 1 << 24])])
+        .unwrap();
+    drop(writes);
+    assert_eq!(std::fs::read(dir.join("c")).unwrap().len(), 1 << 24);
+}
+
+#[test]
+fn a_checkpoint_that_cannot_be_written_stops_the_run_with_its_name() {
+    let _turn = seeded(0);
+    let dataset = colour_dataset();
+    let out = TempDir::new("unwritable-checkpoint");
+    // A folder where the checkpoint's temporary file goes: creating that file fails.
+    let temporary = format!(".last_model.safetensors.tmp-{}", std::process::id());
+    std::fs::create_dir_all(out.join(temporary)).unwrap();
+    let flag = AtomicBool::new(false);
+    let result = train::train(
+        &tiny_settings(1, 600),
+        &dataset,
+        &options(&out, false, &flag),
+    );
+    let error = format!("{:#}", result.err().expect("the run must fail"));
+    assert!(
+        error.contains("cannot write") && error.contains("last_model.safetensors"),
+        "{error}"
+    );
+    // The files before it in the epoch's batch landed; the resume state after it did not.
+    assert!(vit_tch::checkpoint::TensorFile::read(&out.join("best_model.safetensors")).is_ok());
+    assert!(!out.join("resume.safetensors").exists());
+}

@@ -308,27 +308,9 @@ pub struct RunOptions<'a> {
 /// The training loop proper, on a loaded dataset, writing into `options.out`.
 pub fn train(settings: &TrainSettings, dataset: &Dataset, options: &RunOptions) -> Result<Outcome> {
     let mut trainer = Trainer::new(settings, dataset, options)?;
-    for epoch in trainer.progress.epochs_done..settings.epochs {
-        let started = Instant::now();
-        match trainer.train_epoch(epoch, started)? {
-            EpochEnd::Interrupted { step } => {
-                return Ok(Outcome::Interrupted {
-                    epoch: epoch + 1,
-                    step,
-                })
-            }
-            EpochEnd::Done { lr, sums } => trainer.finish_epoch(epoch, started, lr, sums)?,
-        }
-        if options.interrupted.load(Ordering::SeqCst) && epoch + 1 < settings.epochs {
-            return Ok(Outcome::Interrupted {
-                epoch: epoch + 1,
-                step: trainer.steps_per_epoch,
-            });
-        }
-    }
-    Ok(Outcome::Finished {
-        best_accuracy: trainer.progress.best_accuracy,
-    })
+    let outcome = trainer.train_epochs()?;
+    trainer.run.finish_saving()?;
+    Ok(outcome)
 }
 
 /// How `Trainer::train_epoch` ended.
@@ -430,6 +412,32 @@ impl<'a> Trainer<'a> {
         })
     }
 
+    /// The remaining epochs, or until Ctrl-C.
+    fn train_epochs(&mut self) -> Result<Outcome> {
+        let epochs = self.settings.epochs;
+        for epoch in self.progress.epochs_done..epochs {
+            let started = Instant::now();
+            match self.train_epoch(epoch, started)? {
+                EpochEnd::Interrupted { step } => {
+                    return Ok(Outcome::Interrupted {
+                        epoch: epoch + 1,
+                        step,
+                    })
+                }
+                EpochEnd::Done { lr, sums } => self.finish_epoch(epoch, started, lr, sums)?,
+            }
+            if self.options.interrupted.load(Ordering::SeqCst) && epoch + 1 < epochs {
+                return Ok(Outcome::Interrupted {
+                    epoch: epoch + 1,
+                    step: self.steps_per_epoch,
+                });
+            }
+        }
+        Ok(Outcome::Finished {
+            best_accuracy: self.progress.best_accuracy,
+        })
+    }
+
     /// The training steps of `epoch` (from where a resumed run stopped), stopping early
     /// with the state saved when Ctrl-C was pressed.
     fn train_epoch(&mut self, epoch: usize, started: Instant) -> Result<EpochEnd> {
@@ -489,8 +497,9 @@ impl<'a> Trainer<'a> {
                 self.progress.correct = sums.correct.int64_value(&[]);
                 self.progress.seconds += started.elapsed().as_secs_f64();
                 let ema = self.ema.as_ref();
-                self.run
-                    .save_resume(&self.vs, &self.optimizer, ema, &self.progress)?;
+                let state =
+                    RunFolder::resume_state(&self.vs, &self.optimizer, ema, &self.progress)?;
+                self.run.save(vec![("resume.safetensors", state)])?;
                 bar.abandon();
                 return Ok(EpochEnd::Interrupted { step: step + 1 });
             }
@@ -532,25 +541,22 @@ impl<'a> Trainer<'a> {
             ema_test_acc: ema_evaluation.as_ref().map(|e| e.accuracy),
         };
         self.run.append_metrics(&row)?;
-        let save = |vs: &nn::VarStore, name: &str| {
-            checkpoint::save(
-                vs,
-                &self.settings.model,
-                &self.metadata,
-                &self.run.path(name),
-            )
-        };
-        save(&self.vs, "last_model.safetensors")?;
+        // The weights are copied now; the disk writes overlap the next epoch.
+        let mut files = Vec::new();
+        let model = |vs| checkpoint::to_bytes(vs, &self.settings.model, &self.metadata);
+        let last_model = model(&self.vs)?;
         if evaluation.accuracy > progress.best_accuracy {
             progress.best_accuracy = evaluation.accuracy;
-            save(&self.vs, "best_model.safetensors")?;
+            files.push(("best_model.safetensors", last_model.clone()));
         }
+        files.push(("last_model.safetensors", last_model));
         if let (Some(ema), Some(evaluation)) = (&self.ema, &ema_evaluation) {
-            save(&ema.vs, "last_ema_model.safetensors")?;
+            let last_ema_model = model(&ema.vs)?;
             if evaluation.accuracy > progress.best_ema_accuracy {
                 progress.best_ema_accuracy = evaluation.accuracy;
-                save(&ema.vs, "best_ema_model.safetensors")?;
+                files.push(("best_ema_model.safetensors", last_ema_model.clone()));
             }
+            files.push(("last_ema_model.safetensors", last_ema_model));
         }
         *progress = Progress {
             epochs_done: epoch + 1,
@@ -558,8 +564,13 @@ impl<'a> Trainer<'a> {
             best_ema_accuracy: progress.best_ema_accuracy,
             ..Progress::default()
         };
-        self.run
-            .save_resume(&self.vs, &self.optimizer, self.ema.as_ref(), progress)?;
+        // Last: until it lands, a resume replays this epoch from the previous state.
+        let ema = self.ema.as_ref();
+        files.push((
+            "resume.safetensors",
+            RunFolder::resume_state(&self.vs, &self.optimizer, ema, progress)?,
+        ));
+        self.run.save(files)?;
         self.console.epoch_done(&row);
         // Last, and only a warning on failure: a picture is not worth the epoch.
         if self.options.plot {

@@ -4,7 +4,7 @@
 use super::ema::Ema;
 use super::TrainSettings;
 use crate::checkpoint::TensorFile;
-use crate::fsutil::write_atomic;
+use crate::fsutil::{write_atomic, BackgroundWrites};
 use crate::optim::AdamW;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -88,6 +88,8 @@ fn utc_timestamp(secs: u64) -> String {
 /// The run folder: config.json, metrics.csv, checkpoints and the resume state.
 pub(super) struct RunFolder {
     dir: PathBuf,
+    /// Checkpoints and resume states on their way to disk.
+    writes: BackgroundWrites,
 }
 
 impl RunFolder {
@@ -101,6 +103,7 @@ impl RunFolder {
     ) -> Result<Self> {
         let run = Self {
             dir: dir.to_path_buf(),
+            writes: BackgroundWrites::default(),
         };
         let config_path = run.path("config.json");
         if resume {
@@ -185,13 +188,29 @@ impl RunFolder {
         Ok(())
     }
 
-    pub(super) fn save_resume(
-        &self,
+    /// Starts writing `files` (name in the folder, contents) in the background, after
+    /// the files saved before, in order; a write error shows on the next call or on
+    /// `finish_saving`.
+    pub(super) fn save(&mut self, files: Vec<(&str, Vec<u8>)>) -> Result<()> {
+        let files = files
+            .into_iter()
+            .map(|(name, bytes)| (self.path(name), bytes))
+            .collect();
+        self.writes.start(files)
+    }
+
+    /// Waits until everything saved is on disk.
+    pub(super) fn finish_saving(&mut self) -> Result<()> {
+        self.writes.finish()
+    }
+
+    /// resume.safetensors: the model, optimizer and EMA state, and `progress`.
+    pub(super) fn resume_state(
         vs: &nn::VarStore,
         optimizer: &AdamW,
         ema: Option<&Ema>,
         progress: &Progress,
-    ) -> Result<()> {
+    ) -> Result<Vec<u8>> {
         let mut tensors = optimizer.state_tensors();
         let mut add = |prefix: &str, vs: &nn::VarStore| {
             for (name, tensor) in vs.variables() {
@@ -210,7 +229,7 @@ impl RunFolder {
             ),
         ]
         .into();
-        TensorFile { tensors, metadata }.write(&self.path("resume.safetensors"))
+        TensorFile { tensors, metadata }.to_bytes()
     }
 
     pub(super) fn load_resume(
