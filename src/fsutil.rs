@@ -35,6 +35,31 @@ pub fn temporary_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
+/// Removes from `dir` the temporary files of `write_atomic` whose process is gone (killed
+/// mid-write): hidden, up to a checkpoint's size each, and never read. Returns how many.
+pub fn remove_stale_temporaries(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let writer = name
+            .strip_prefix('.')
+            .and_then(|rest| rest.rsplit_once(".tmp-"))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok());
+        let gone = |pid: u32| {
+            pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists()
+        };
+        if writer.is_some_and(gone) && path.is_file() {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Files written by `write_atomic` on a thread, one batch in flight, so that the training
 /// loop goes on while the disk syncs (a checkpoint is ~13 MB, the resume state up to ~50).
 /// Files are written in the order given and batches in the order started, so a kill at any

@@ -583,3 +583,24 @@ fn a_checkpoint_that_cannot_be_written_stops_the_run_with_its_name() {
     assert!(vit_tch::checkpoint::TensorFile::read(&out.join("best_model.safetensors")).is_ok());
     assert!(!out.join("resume.safetensors").exists());
 }
+
+#[test]
+fn resume_removes_the_temporary_files_of_a_killed_run() {
+    let _turn = seeded(0);
+    let dataset = colour_dataset();
+    let settings = tiny_settings(2, 600);
+    let out = TempDir::new("stale-temporaries");
+    run_training(&settings, &dataset, &out, false, true);
+    // A process killed mid-write (no process has this pid), a write of this process (it
+    // may be in flight), and a file of the user's that only looks alike.
+    let stale = out.join(".resume.safetensors.tmp-4294967295");
+    let own = out.join(format!(".curves.png.tmp-{}", std::process::id()));
+    let users = out.join(".notes.tmp-draft");
+    for file in [&stale, &own, &users] {
+        std::fs::write(file, b"partial").unwrap();
+    }
+    run_training(&settings, &dataset, &out, true, false);
+    assert!(!stale.exists());
+    assert!(own.exists() && users.exists());
+    assert_eq!(read_metrics(&out).1.len(), 2);
+}

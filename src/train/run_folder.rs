@@ -4,7 +4,7 @@
 use super::ema::Ema;
 use super::TrainSettings;
 use crate::checkpoint::TensorFile;
-use crate::fsutil::{write_atomic, BackgroundWrites};
+use crate::fsutil::{remove_stale_temporaries, write_atomic, BackgroundWrites};
 use crate::optim::AdamW;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -120,6 +120,7 @@ impl RunFolder {
                     serde_json::to_string(settings)?
                 );
             }
+            remove_stale_temporaries(dir)?;
             return Ok(run);
         }
         if config_path.exists() {
@@ -134,6 +135,7 @@ impl RunFolder {
                 "note: {} holds a run that stopped before saving anything; starting it over",
                 dir.display()
             );
+            remove_stale_temporaries(dir)?;
         }
         std::fs::create_dir_all(dir).with_context(|| {
             format!(
