@@ -36,13 +36,17 @@ pub fn temporary_sibling(path: &Path) -> PathBuf {
 }
 
 /// Removes from `dir` the temporary files of `write_atomic` whose process is gone (killed
-/// mid-write): hidden, up to a checkpoint's size each, and never read. Returns how many.
-pub fn remove_stale_temporaries(dir: &Path) -> Result<usize> {
-    let mut removed = 0;
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
-    for entry in entries {
-        let path = entry?.path();
+/// mid-write): hidden, up to a checkpoint's size each, and never read. Best effort: a
+/// file it cannot remove is a warning, and without `/proc` (to tell a live writer) it
+/// removes nothing.
+pub fn remove_stale_temporaries(dir: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for path in entries.flatten().map(|entry| entry.path()) {
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         let writer = name
             .strip_prefix('.')
@@ -52,12 +56,11 @@ pub fn remove_stale_temporaries(dir: &Path) -> Result<usize> {
             pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists()
         };
         if writer.is_some_and(gone) && path.is_file() {
-            std::fs::remove_file(&path)
-                .with_context(|| format!("cannot remove {}", path.display()))?;
-            removed += 1;
+            if let Err(e) = std::fs::remove_file(&path) {
+                eprintln!("warning: cannot remove {}: {e}", path.display());
+            }
         }
     }
-    Ok(removed)
 }
 
 /// Files written by `write_atomic` on a thread, one batch in flight, so that the training
@@ -80,6 +83,15 @@ impl BackgroundWrites {
                 .try_for_each(|(path, bytes)| write_atomic(path, bytes))
         }));
         Ok(())
+    }
+
+    /// The error of the batch in flight if it has already failed, without waiting: lets
+    /// a long epoch stop at once on a full disk instead of at its end.
+    pub fn check(&mut self) -> Result<()> {
+        match &self.in_flight {
+            Some(thread) if thread.is_finished() => self.finish(),
+            _ => Ok(()),
+        }
     }
 
     /// Waits until every file started is on disk; the first error of the batch in flight.

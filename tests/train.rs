@@ -537,13 +537,30 @@ fn background_writes_land_in_order_and_report_errors() {
     assert_eq!(std::fs::read(&model).unwrap(), b"second");
     assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"a");
 
-    // A failed write is reported by the next call, naming the file; the files after it in
-    // its batch are not written, and no temporary file is left behind.
+    // A failed write is reported, naming the file, by `check` once the batch is over (the
+    // training loop asks every step), by the next `start` (which then writes nothing) and
+    // by `finish`; the files after it in its batch are not written, and no temporary file
+    // is left behind.
     let unwritable = dir.join("no-such-folder").join("x");
-    let failing = vec![(unwritable.clone(), vec![1]), (dir.join("b"), vec![2])];
-    writes.start(failing).unwrap();
-    let error = format!("{:#}", writes.finish().unwrap_err());
-    assert!(error.contains(&unwritable.display().to_string()), "{error}");
+    let failing = || vec![(unwritable.clone(), vec![1]), (dir.join("b"), vec![2])];
+    let names_the_file = |error: anyhow::Error| {
+        let error = format!("{error:#}");
+        assert!(error.contains(&unwritable.display().to_string()), "{error}");
+    };
+    writes.start(failing()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let error = loop {
+        match writes.check() {
+            Err(error) => break error,
+            Ok(()) if std::time::Instant::now() < deadline => std::thread::yield_now(),
+            Ok(()) => panic!("check() never reported the failed write"),
+        }
+    };
+    names_the_file(error);
+    writes.start(failing()).unwrap();
+    names_the_file(writes.start(vec![(dir.join("c"), vec![3])]).unwrap_err());
+    writes.start(failing()).unwrap();
+    names_the_file(writes.finish().unwrap_err());
     let mut names: Vec<_> = std::fs::read_dir(&*dir)
         .unwrap()
         .map(|entry| entry.unwrap().file_name().into_string().unwrap())
@@ -551,37 +568,45 @@ fn background_writes_land_in_order_and_report_errors() {
     names.sort();
     assert_eq!(names, ["a", "model.safetensors"]);
     writes.finish().unwrap();
+    writes.check().unwrap();
 
     // Dropping the writer (an early return elsewhere) waits for the batch in flight.
     writes
-        .start(vec![(dir.join("c"), vec![7; 1 << 24])])
+        .start(vec![(dir.join("d"), vec![7; 1 << 24])])
         .unwrap();
     drop(writes);
-    assert_eq!(std::fs::read(dir.join("c")).unwrap().len(), 1 << 24);
+    assert_eq!(std::fs::read(dir.join("d")).unwrap().len(), 1 << 24);
 }
 
 #[test]
 fn a_checkpoint_that_cannot_be_written_stops_the_run_with_its_name() {
     let _turn = seeded(0);
     let dataset = colour_dataset();
-    let out = TempDir::new("unwritable-checkpoint");
-    // A folder where the checkpoint's temporary file goes: creating that file fails.
-    let temporary = format!(".last_model.safetensors.tmp-{}", std::process::id());
-    std::fs::create_dir_all(out.join(temporary)).unwrap();
-    let flag = AtomicBool::new(false);
-    let result = train::train(
-        &tiny_settings(1, 600),
-        &dataset,
-        &options(&out, false, &flag),
-    );
-    let error = format!("{:#}", result.err().expect("the run must fail"));
-    assert!(
-        error.contains("cannot write") && error.contains("last_model.safetensors"),
-        "{error}"
-    );
-    // The files before it in the epoch's batch landed; the resume state after it did not.
+    // Trains into a new folder where `name`'s temporary file is a folder, so that writing
+    // `name` fails; the run's error message.
+    let run_with_unwritable = |name: &str, settings: &TrainSettings| {
+        let out = TempDir::new("unwritable-checkpoint");
+        let temporary = format!(".{name}.tmp-{}", std::process::id());
+        std::fs::create_dir_all(out.join(temporary)).unwrap();
+        let flag = AtomicBool::new(false);
+        let result = train::train(settings, &dataset, &options(&out, false, &flag));
+        let error = format!("{:#}", result.err().expect("the run must fail"));
+        assert!(
+            error.contains("cannot write") && error.contains(name),
+            "{error}"
+        );
+        out
+    };
+    // The run's last batch of files: the error comes when vit waits for them at the end.
+    // The files before it in the batch landed; the resume state after it did not.
+    let out = run_with_unwritable("last_model.safetensors", &tiny_settings(1, 600));
     assert!(vit_tch::checkpoint::TensorFile::read(&out.join("best_model.safetensors")).is_ok());
     assert!(!out.join("resume.safetensors").exists());
+    // Epoch 1's files (best_model first) while epoch 2's 600 steps run: the run stops
+    // during epoch 2, without writing its metrics row.
+    let out = run_with_unwritable("best_model.safetensors", &tiny_settings(2, 1));
+    assert_eq!(read_metrics(&out).1.len(), 1);
+    assert!(!out.join("last_model.safetensors").exists());
 }
 
 #[test]
@@ -603,4 +628,17 @@ fn resume_removes_the_temporary_files_of_a_killed_run() {
     assert!(!stale.exists());
     assert!(own.exists() && users.exists());
     assert_eq!(read_metrics(&out).1.len(), 2);
+
+    // The same when a run that stopped before saving anything is started over.
+    let failed = TempDir::new("stale-temporaries-start-over");
+    let flag = AtomicBool::new(false);
+    let too_many = TrainSettings {
+        train_subset: Some(dataset.train.len() + 1),
+        ..settings.clone()
+    };
+    assert!(train::train(&too_many, &dataset, &options(&failed, false, &flag)).is_err());
+    let stale = failed.join(".config.json.tmp-4294967295");
+    std::fs::write(&stale, b"partial").unwrap();
+    run_training(&settings, &dataset, &failed, false, false);
+    assert!(!stale.exists());
 }

@@ -491,6 +491,7 @@ impl<'a> Trainer<'a> {
             let seen = self.progress.seen;
             self.console
                 .step(&bar, step + 1, &sums.loss, &sums.correct, seen);
+            self.run.check_saving()?;
             if self.options.interrupted.load(Ordering::SeqCst) && step + 1 < self.steps_per_epoch {
                 self.progress.step_in_epoch = step + 1;
                 self.progress.loss_sum = sums.loss.double_value(&[]);

@@ -120,7 +120,7 @@ impl RunFolder {
                     serde_json::to_string(settings)?
                 );
             }
-            remove_stale_temporaries(dir)?;
+            remove_stale_temporaries(dir);
             return Ok(run);
         }
         if config_path.exists() {
@@ -135,7 +135,7 @@ impl RunFolder {
                 "note: {} holds a run that stopped before saving anything; starting it over",
                 dir.display()
             );
-            remove_stale_temporaries(dir)?;
+            remove_stale_temporaries(dir);
         }
         std::fs::create_dir_all(dir).with_context(|| {
             format!(
@@ -204,6 +204,11 @@ impl RunFolder {
     /// Waits until everything saved is on disk.
     pub(super) fn finish_saving(&mut self) -> Result<()> {
         self.writes.finish()
+    }
+
+    /// A save that has already failed, without waiting (see `BackgroundWrites::check`).
+    pub(super) fn check_saving(&mut self) -> Result<()> {
+        self.writes.check()
     }
 
     /// resume.safetensors: the model, optimizer and EMA state, and `progress`.
