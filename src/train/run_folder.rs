@@ -191,8 +191,8 @@ impl RunFolder {
     }
 
     /// Starts writing `files` (name in the folder, contents) in the background, after
-    /// the files saved before, in order; a write error shows on the next call or on
-    /// `finish_saving`.
+    /// the files saved before, in order; a write error shows on the next call, on
+    /// `check_saving` or on `finish_saving`.
     pub(super) fn save(&mut self, files: Vec<(&str, Vec<u8>)>) -> Result<()> {
         let files = files
             .into_iter()
