@@ -160,6 +160,7 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         stdout.contains("Epoch: 4, Validation Accuracy:"),
         "{stdout}"
     );
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("warning"));
 
     let (header, rows) = read_metrics(&run);
     assert_eq!(header, train::METRICS_HEADER);
@@ -387,6 +388,12 @@ fn strong_recipe_runs_from_the_command_line() {
     args.extend(["--precision", "bf16"]);
     let output = vit(&args);
     assert!(String::from_utf8_lossy(&output.stdout).contains("Epoch: 1, Validation Accuracy:"));
+    // One epoch with the default 5 warm-up epochs: it runs, and says what that means.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("warning: --warmup-epochs 5 is not below --epochs 1"),
+        "{stderr}"
+    );
     let config = std::fs::read_to_string(run.join("config.json")).unwrap();
     for setting in [
         "AutoAugmentCifar10",

@@ -217,6 +217,15 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         "--label-smoothing must be in [0, 1), got {}",
         args.label_smoothing
     );
+    if args.warmup_epochs >= args.epochs {
+        // Allowed (a smoke test), but a short run with the default warm-up is a common slip.
+        eprintln!(
+            "warning: --warmup-epochs {} is not below --epochs {}: the learning rate rises \
+             for the whole run, reaching --lr only at its end if at all, and never decays; \
+             pass a smaller --warmup-epochs for a short run",
+            args.warmup_epochs, args.epochs
+        );
+    }
     let dataset = data::load(&args.data, config.image_size)?;
     dataset.check_channels(config.in_channels)?;
     let num_classes = dataset.num_classes();
