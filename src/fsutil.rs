@@ -25,6 +25,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result.with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Between a temporary file's name and its writer's PID.
+const TEMPORARY_TAG: &str = ".tmp-";
+
 /// `dir/.name.tmp-PID`: hidden, in the same folder (so the rename is atomic), and unique
 /// per process.
 pub fn temporary_sibling(path: &Path) -> PathBuf {
@@ -32,7 +35,13 @@ pub fn temporary_sibling(path: &Path) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    path.with_file_name(format!(".{name}{TEMPORARY_TAG}{}", std::process::id()))
+}
+
+/// The PID of the process that wrote the temporary file called `name`, if it is one.
+fn temporary_writer(name: &str) -> Option<u32> {
+    let (_, pid) = name.strip_prefix('.')?.rsplit_once(TEMPORARY_TAG)?;
+    pid.parse().ok()
 }
 
 /// Removes from `dir` the temporary files of `write_atomic` whose process is gone (killed
@@ -48,10 +57,7 @@ pub fn remove_stale_temporaries(dir: &Path) {
     };
     for path in entries.flatten().map(|entry| entry.path()) {
         let name = path.file_name().unwrap_or_default().to_string_lossy();
-        let writer = name
-            .strip_prefix('.')
-            .and_then(|rest| rest.rsplit_once(".tmp-"))
-            .and_then(|(_, pid)| pid.parse::<u32>().ok());
+        let writer = temporary_writer(&name);
         let gone = |pid: u32| {
             pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists()
         };

@@ -13,6 +13,7 @@ use vit_tch::cli::{Precision, Recipe};
 use vit_tch::data::augment::{AugmentConfig, Policy, RandomErasing};
 use vit_tch::data::mix::MixConfig;
 use vit_tch::data::{Dataset, Split};
+use vit_tch::fsutil::{temporary_sibling, BackgroundWrites};
 use vit_tch::model::ViTConfig;
 use vit_tch::train::{self, Outcome, Regularization, RunOptions, TrainSettings};
 
@@ -527,7 +528,6 @@ fn resume_of_a_run_killed_before_its_first_save_starts_over() {
 
 #[test]
 fn background_writes_land_in_order_and_report_errors() {
-    use vit_tch::fsutil::BackgroundWrites;
     let dir = TempDir::new("background-writes");
     let mut writes = BackgroundWrites::default();
     let model = dir.join("model.safetensors");
@@ -593,8 +593,7 @@ fn a_checkpoint_that_cannot_be_written_stops_the_run_with_its_name() {
     // `name` fails; the run's error message.
     let run_with_unwritable = |name: &str, settings: &TrainSettings| {
         let out = TempDir::new("unwritable-checkpoint");
-        let temporary = format!(".{name}.tmp-{}", std::process::id());
-        std::fs::create_dir_all(out.join(temporary)).unwrap();
+        std::fs::create_dir_all(temporary_sibling(&out.join(name))).unwrap();
         let flag = AtomicBool::new(false);
         let result = train::train(settings, &dataset, &options(&out, false, &flag));
         let error = format!("{:#}", result.err().expect("the run must fail"));
@@ -626,7 +625,7 @@ fn resume_removes_the_temporary_files_of_a_killed_run() {
     // A process killed mid-write (no process has this pid), a write of this process (it
     // may be in flight), and a file of the user's that only looks alike.
     let stale = out.join(".resume.safetensors.tmp-4294967295");
-    let own = out.join(format!(".curves.png.tmp-{}", std::process::id()));
+    let own = temporary_sibling(&out.join("curves.png"));
     let users = out.join(".notes.tmp-draft");
     for file in [&stale, &own, &users] {
         std::fs::write(file, b"partial").unwrap();
