@@ -5,7 +5,8 @@
         [--batch-size 128] [--threads 2] [--steps 10] [--warmup 3] [--device cpu|cuda]
         [--precision fp32|bf16] [--adamw fused|loop] [--repeats 3] [--explicit-attention]
         [--sides vit,reference,timm] [--phases] [--pytorch-foreach]
-        [--also-vit vit-LABEL=PATH] [--cuda-graph] [--json]
+        [--also-vit vit-LABEL=PATH] [--cuda-graph] [--libtorch-linear] [--libtorch-dropout]
+        [--json]
 
 Three sides, each in its own process so that peak RSS is per side:
 
@@ -99,6 +100,18 @@ def parse_args(argv=None):
         metavar="LABEL=PATH",
         help="one more vit binary as its own side (e.g. vit-before=old/vit), interleaved "
         "with the others: before/after comparisons of a change in one run",
+    )
+    p.add_argument(
+        "--libtorch-linear",
+        action="store_true",
+        help="vit runs its CPU linear layers through libtorch's linear (MKL's GEMM), as "
+        "the PyTorch sides do, instead of oneDNN",
+    )
+    p.add_argument(
+        "--libtorch-dropout",
+        action="store_true",
+        help="vit draws its CPU dropout masks with libtorch's Bernoulli sampler, as the "
+        "PyTorch sides do, instead of its own faster one",
     )
     p.add_argument(
         "--cuda-graph",
@@ -335,11 +348,19 @@ def side_commands(args, config):
     model_flags = ["--config", args.config]
     for name in MODEL_FLAGS:
         model_flags += ["--" + name.replace("_", "-"), str(config[name])]
+    vit_flags = [
+        flag
+        for flag, on in [
+            ("--libtorch-linear", args.libtorch_linear),
+            ("--libtorch-dropout", args.libtorch_dropout),
+        ]
+        if on
+    ]
     for label, path, flags in binaries:
         vit = Path(path)
         if not vit.exists():
             sys.exit(f"error: no vit binary at {vit}; build it with `cargo build --release`")
-        commands[label] = [str(vit), "bench", *model_flags, *common, *flags, "--json"]
+        commands[label] = [str(vit), "bench", *model_flags, *common, *vit_flags, *flags, "--json"]
         if args.phases:
             commands[label].append("--phases")
     worker = [sys.executable, str(Path(__file__).resolve()), "--model-json", json.dumps(config)]
@@ -403,6 +424,8 @@ def print_table(result):
         f"{s['precision']} on {s['device']}, {s['threads']} threads, "
         f"{'explicit' if s['explicit_attention'] else 'fused'} attention, "
         f"{s['adamw']} AdamW{' (PyTorch: foreach)' if s['pytorch_foreach'] else ''}, "
+        f"vit's linear layers in {'libtorch' if s['libtorch_linear'] else 'oneDNN'} and dropout "
+        f"masks from {'libtorch' if s['libtorch_dropout'] else 'its own sampler'}, "
         f"{s['warmup']} warm-up + {s['steps']} timed steps, median of {s['repeats']}"
     )
     names = list(sides)
@@ -501,6 +524,8 @@ def main():
             "explicit_attention": args.explicit_attention,
             "adamw": args.adamw,
             "pytorch_foreach": args.pytorch_foreach,
+            "libtorch_linear": args.libtorch_linear,
+            "libtorch_dropout": args.libtorch_dropout,
         },
         "parameters": next(iter(counts.values())),
         "sides": sides,

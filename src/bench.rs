@@ -30,6 +30,10 @@ pub struct BenchReport {
     pub steps: usize,
     pub fused_attention: bool,
     pub fused_adamw: bool,
+    /// CPU dropout masks from libtorch's sampler (`--libtorch-dropout`) instead of vit's.
+    pub libtorch_dropout: bool,
+    /// CPU linear layers through libtorch's `linear` (`--libtorch-linear`) instead of oneDNN.
+    pub libtorch_linear: bool,
     /// Training steps replayed as a CUDA graph (`--cuda-graph`).
     pub cuda_graph: bool,
     pub parameters: i64,
@@ -73,6 +77,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let vs = nn::VarStore::new(device);
     let mut model = VisionTransformer::new(&vs.root(), &config)?;
     model.set_fused_attention(!args.explicit_attention);
+    model.set_libtorch_dropout(args.libtorch_dropout);
+    model.set_onednn_linear(!args.libtorch_linear);
     let mut optimizer = AdamW::new(&vs, 0.05)?;
     optimizer.fused = args.adamw == AdamWKernel::Fused;
     let mut cuda_graph = args
@@ -132,6 +138,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         steps: args.steps,
         fused_attention: !args.explicit_attention,
         fused_adamw: optimizer.fused,
+        libtorch_dropout: args.libtorch_dropout,
+        libtorch_linear: args.libtorch_linear,
         cuda_graph: args.cuda_graph,
         parameters: vs.variables().values().map(|t| t.numel() as i64).sum(),
         train_images_per_s: images_timed / train_seconds,
@@ -145,7 +153,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{} ({} parameters), batch {}, {} on {} with {} threads, {} attention, {} AdamW{}",
+            "{} ({} parameters), batch {}, {} on {} with {} threads, {} attention, {} AdamW{}{}{}",
             report.config,
             report.parameters,
             report.batch_size,
@@ -158,6 +166,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 "explicit"
             },
             if report.fused_adamw { "fused" } else { "loop" },
+            if report.libtorch_dropout {
+                ", libtorch dropout masks"
+            } else {
+                ""
+            },
+            if report.libtorch_linear {
+                ", libtorch linear"
+            } else {
+                ""
+            },
             if report.cuda_graph {
                 ", CUDA graph"
             } else {

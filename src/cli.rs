@@ -366,6 +366,14 @@ pub struct BenchArgs {
     /// AdamW as libtorch's fused kernel, or as PyTorch's single-tensor loop of small ops.
     #[arg(long, value_enum, default_value = "fused")]
     pub adamw: AdamWKernel,
+    /// Draw CPU dropout masks with libtorch's Bernoulli sampler, as `torch.nn.Dropout`
+    /// does, instead of vit's faster one (CUDA uses libtorch's fused dropout either way).
+    #[arg(long)]
+    pub libtorch_dropout: bool,
+    /// Run CPU linear layers through libtorch's `linear` (MKL's GEMM), as PyTorch does,
+    /// instead of oneDNN (CUDA uses libtorch's either way).
+    #[arg(long)]
+    pub libtorch_linear: bool,
     /// Time training steps replayed as a CUDA graph, as `vit train --cuda-graph` runs them
     /// (the warm-up is raised to the eager steps and the capture that come first).
     #[arg(long)]

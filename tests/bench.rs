@@ -46,20 +46,36 @@ fn vit_bench(extra: &[&str]) -> Value {
 
 #[test]
 fn vit_bench_reports_throughput_and_memory_for_each_setting() {
-    for (extra, precision, fused_adamw, fused_attention) in [
-        (&[][..], "fp32", true, true),
+    // (flags, precision, fused AdamW, fused attention, libtorch's linear and dropout masks)
+    for (extra, precision, fused_adamw, fused_attention, libtorch_kernels) in [
+        (&["--dropout", "0.1"][..], "fp32", true, true, false),
         (
             &["--precision", "bf16", "--adamw", "loop"][..],
             "bf16",
             false,
             true,
+            false,
         ),
-        (&["--explicit-attention"][..], "fp32", true, false),
+        (&["--explicit-attention"][..], "fp32", true, false, false),
+        (
+            &[
+                "--dropout",
+                "0.1",
+                "--libtorch-dropout",
+                "--libtorch-linear",
+            ][..],
+            "fp32",
+            true,
+            true,
+            true,
+        ),
     ] {
         let report = vit_bench(extra);
         assert_eq!(report["precision"], precision, "{report}");
         assert_eq!(report["fused_adamw"], fused_adamw, "{report}");
         assert_eq!(report["fused_attention"], fused_attention, "{report}");
+        assert_eq!(report["libtorch_dropout"], libtorch_kernels, "{report}");
+        assert_eq!(report["libtorch_linear"], libtorch_kernels, "{report}");
         assert_eq!(report["threads"], 1);
         assert_eq!(report["cuda_graph"], false, "{report}");
         assert_eq!(report["parameters"], 21162, "the tiny preset's size");
@@ -89,14 +105,20 @@ fn compare_py_prints_one_table_with_ratios_of_the_same_work() {
         "vit,reference",
         "--adamw",
         "loop",
+        "--libtorch-dropout",
+        "--libtorch-linear",
         "--json",
     ]);
     let result: Value = serde_json::from_str(&succeeded("compare.py", output)).unwrap();
     assert_eq!(result["settings"]["adamw"], "loop");
+    assert_eq!(result["settings"]["libtorch_dropout"], true);
+    assert_eq!(result["settings"]["libtorch_linear"], true);
     assert_eq!(result["parameters"], 21162);
     let sides = result["sides"].as_object().unwrap();
     assert_eq!(sides.len(), 2, "{result}");
     assert_eq!(sides["vit"]["fused_adamw"], false);
+    assert_eq!(sides["vit"]["libtorch_dropout"], true);
+    assert_eq!(sides["vit"]["libtorch_linear"], true);
     let ratios = &result["ratios"]["vit/reference"];
     for key in ["train_images_per_s", "infer_images_per_s"] {
         let expected =

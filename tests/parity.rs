@@ -1,6 +1,7 @@
 //! The Rust modules against the PyTorch reference (`tests/reference/vit_reference.py`),
 //! on the fixtures `tests/reference/make_fixtures.py` writes: forward passes (fused and
-//! explicit attention), gradients, and three clipped AdamW steps.
+//! explicit attention), gradients, and three clipped AdamW steps; the whole model with its
+//! linear layers in oneDNN and in libtorch's `linear`.
 
 mod common;
 
@@ -27,14 +28,19 @@ fn cpu_store() -> nn::VarStore {
     nn::VarStore::new(tch::Device::Cpu)
 }
 
-/// The small model of `file`'s config with the fixture's parameters.
-fn small_model(file: &TensorFile, fused: bool) -> (nn::VarStore, VisionTransformer) {
+/// The small model of `file`'s config with the fixture's parameters, fused or explicit
+/// attention, linear layers in oneDNN or in libtorch's `linear`.
+fn small_model(file: &TensorFile, fused: bool, onednn: bool) -> (nn::VarStore, VisionTransformer) {
     let vs = cpu_store();
     let mut model = VisionTransformer::new(&vs.root(), &file.config().unwrap()).unwrap();
     model.set_fused_attention(fused);
+    model.set_onednn_linear(onednn);
     load_params(file, &vs);
     (vs, model)
 }
+
+/// Every combination of fused attention and oneDNN linear layers.
+const KERNELS: [(bool, bool); 4] = [(true, true), (true, false), (false, true), (false, false)];
 
 fn loss(model: &VisionTransformer, file: &TensorFile, input: &Tensor) -> Tensor {
     let logits = model.f_forward_t(input, true).unwrap();
@@ -97,12 +103,12 @@ fn transformer_block_matches_pytorch() {
 #[test]
 fn vision_transformer_matches_pytorch() {
     let file = fixture("vision_transformer");
-    for fused in [true, false] {
-        let (_vs, model) = small_model(&file, fused);
+    for (fused, onednn) in KERNELS {
+        let (_vs, model) = small_model(&file, fused, onednn);
         let output = model
             .f_forward_t(file.get("input").unwrap(), false)
             .unwrap();
-        let what = format!("vision transformer (fused {fused})");
+        let what = format!("vision transformer (fused {fused}, oneDNN {onednn})");
         assert_close(&what, &output, file.get("output").unwrap(), FORWARD_TOL);
     }
 }
@@ -114,10 +120,11 @@ fn notebook_config_matches_pytorch() {
     let vs = cpu_store();
     let mut model = VisionTransformer::new(&vs.root(), &file.config().unwrap()).unwrap();
     formula_fill(&vs);
-    for fused in [true, false] {
+    for (fused, onednn) in KERNELS {
         model.set_fused_attention(fused);
+        model.set_onednn_linear(onednn);
         let output = tch::no_grad(|| model.f_forward_t(file.get("input").unwrap(), false)).unwrap();
-        let what = format!("notebook config (fused {fused})");
+        let what = format!("notebook config (fused {fused}, oneDNN {onednn})");
         assert_close(&what, &output, file.get("output").unwrap(), FORWARD_TOL);
     }
 }
@@ -126,8 +133,8 @@ fn notebook_config_matches_pytorch() {
 fn gradients_match_pytorch() {
     let file = fixture("gradients");
     let expected = with_prefix(&file, "grad");
-    for fused in [true, false] {
-        let (vs, model) = small_model(&file, fused);
+    for (fused, onednn) in KERNELS {
+        let (vs, model) = small_model(&file, fused, onednn);
         let input = file.get("input").unwrap().copy().set_requires_grad(true);
         let loss = loss(&model, &file, &input);
         assert_close("loss", &loss, file.get("loss").unwrap(), TRAIN_TOL);
@@ -143,7 +150,7 @@ fn gradients_match_pytorch() {
                 "input" => input.grad(),
                 _ => variables[name].grad(),
             };
-            let what = format!("gradient of {name} (fused {fused})");
+            let what = format!("gradient of {name} (fused {fused}, oneDNN {onednn})");
             assert_close(&what, &actual, grad, TRAIN_TOL);
         }
     }
@@ -156,16 +163,17 @@ fn gradients_match_pytorch() {
 /// The key bias (the middle third of `qkv.bias`) has an exactly zero true gradient (the
 /// softmax ignores a shift shared by all keys), so what it gets is rounding noise of size
 /// 1e-10, which Adam's normalisation turns into steps of up to ~lr/10 in a direction set by
-/// that noise. The explicit attention path does PyTorch's operations one for one and
-/// reproduces even that noise, so it is compared everywhere; the fused attention kernel
-/// rounds differently, so there the key bias is left out.
+/// that noise. The explicit attention path with libtorch's `linear` does PyTorch's
+/// operations one for one and reproduces even that noise, so it is compared everywhere; the
+/// fused attention kernel and oneDNN's matrix products round differently, so with either
+/// of them the key bias is left out.
 #[test]
 fn adamw_steps_match_pytorch() {
     let file = fixture("adamw_steps");
     let input = file.get("input").unwrap();
-    for fused_attention in [false, true] {
+    for (fused_attention, onednn) in KERNELS {
         for kernel in ["loop", "fused"] {
-            let (vs, model) = small_model(&file, fused_attention);
+            let (vs, model) = small_model(&file, fused_attention, onednn);
             let mut optimizer = AdamW::new(&vs, WEIGHT_DECAY).unwrap();
             optimizer.fused = kernel == "fused";
             let batch = TrainBatch {
@@ -173,7 +181,8 @@ fn adamw_steps_match_pytorch() {
                 labels: file.get("labels").unwrap().shallow_clone(),
                 soft_targets: None,
             };
-            let case = format!("{kernel} AdamW, fused attention {fused_attention}");
+            let case =
+                format!("{kernel} AdamW, fused attention {fused_attention}, oneDNN {onednn}");
             let expected = |key: String| file.get(&format!("{kernel}.{key}")).unwrap();
             for (step, lr) in STEP_LRS.into_iter().enumerate() {
                 let output = train_step(&model, &mut optimizer, &batch, lr, STEP_OPTIONS);
@@ -195,7 +204,7 @@ fn adamw_steps_match_pytorch() {
             for (name, expected) in &after {
                 let actual = &variables[name];
                 let what = format!("{name} after 3 steps ({case})");
-                if fused_attention && name.ends_with("attn.qkv.bias") {
+                if (fused_attention || onednn) && name.ends_with("attn.qkv.bias") {
                     for start in [0, 2 * embed_dim] {
                         let (actual, expected) = (
                             actual.narrow(0, start, embed_dim),

@@ -1,8 +1,9 @@
 // The libtorch C++ APIs that tch 0.24 does not wrap, as plain C functions for
 // src/ffi/mod.rs: autocast with a chosen device and dtype, the device allocator's memory
 // statistics, the fused AdamW kernel, the multi-tensor norm and scaling that
-// torch.nn.utils.clip_grad_norm_ uses, the multi-tensor lerp of a weight average, and
-// CUDA graphs (capture on a side stream, replay).
+// torch.nn.utils.clip_grad_norm_ uses, the multi-tensor lerp of a weight average, a linear
+// layer whose matrix products run in oneDNN on the CPU, and CUDA graphs (capture on a side
+// stream, replay).
 //
 // The CUDA part is compiled only where build.rs found libtorch_cuda and the CUDA runtime
 // headers (it defines VIT_CUDA); elsewhere those functions fail with a message saying so.
@@ -13,6 +14,8 @@
 #include <ATen/Context.h>
 #include <ATen/DeviceAccelerator.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/linear.h>
 #include <ATen/ops/_foreach_lerp.h>
 #include <ATen/ops/_foreach_mul.h>
 #include <ATen/ops/_foreach_norm.h>
@@ -22,7 +25,10 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
+
+#include <torch/csrc/autograd/custom_function.h>
 
 #ifdef VIT_CUDA
 #include <ATen/cuda/CUDAGraph.h>
@@ -69,6 +75,67 @@ void init_accelerator() {
     at::globalContext().lazyInitDevice(*device_type);
   }
 }
+
+// oneDNN's matrix product a b^T (+ bias) through libtorch's `mkldnn::_linear_pointwise`
+// operator (what torch.compile's CPU inference uses): a [..., k], b [n, k], bias [n] ->
+// [..., n]; either operand may be strided. None where libtorch was built without oneDNN.
+std::optional<c10::TypedOperatorHandle<at::Tensor(
+    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, std::string_view,
+    c10::List<std::optional<at::Scalar>>, std::optional<std::string_view>)>>
+onednn_linear_op() {
+  static const auto op = [] {
+    const auto handle = c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
+    return handle ? std::make_optional(
+                        handle->typed<at::Tensor(const at::Tensor&, const at::Tensor&,
+                                                 const std::optional<at::Tensor>&,
+                                                 std::string_view,
+                                                 c10::List<std::optional<at::Scalar>>,
+                                                 std::optional<std::string_view>)>())
+                  : std::nullopt;
+  }();
+  return op;
+}
+
+at::Tensor onednn_matmul_t(const at::Tensor& a, const at::Tensor& b,
+                           const std::optional<at::Tensor>& bias) {
+  return onednn_linear_op()->call(a, b, bias, "none", c10::List<std::optional<at::Scalar>>(),
+                                  std::nullopt);
+}
+
+// A linear layer, input [..., in] x weight [out, in] (+ bias [out]) -> [..., out], whose
+// three matrix products (forward, and the gradients of the input and the weight) run in
+// oneDNN. The operator has no gradient of its own, hence this autograd function.
+struct OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input,
+                            const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+    ctx->save_for_backward({input, weight});
+    ctx->saved_data["has_bias"] = bias.has_value();
+    return onednn_matmul_t(input, weight, bias);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& input = saved[0];
+    const auto& weight = saved[1];
+    const auto grad = grads[0].reshape({-1, grads[0].size(-1)});
+    at::Tensor grad_input, grad_weight, grad_bias;
+    if (ctx->needs_input_grad(0)) {
+      // grad [M, out] x weight [out, in]: b^T is weight^T, a small copy.
+      grad_input = onednn_matmul_t(grad, weight.t().contiguous(), std::nullopt)
+                       .view(input.sizes());
+    }
+    if (ctx->needs_input_grad(1)) {
+      grad_weight = onednn_matmul_t(grad.t(), input.reshape({-1, input.size(-1)}).t(),
+                                    std::nullopt);
+    }
+    // Without a bias, there is no third gradient to ask about.
+    if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) {
+      grad_bias = grad.sum(0);
+    }
+    return {grad_input, grad_weight, grad_bias};
+  }
+};
 
 #ifdef VIT_CUDA
 // Makes CUDA device `device` current while it lives. The generic guard, not CUDAGuard,
@@ -215,6 +282,26 @@ int vit_fused_adamw(void* const* params, void* const* grads, void* const* exp_av
                         steps, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false,
                         /*maximize=*/false);
     }
+  });
+}
+
+// Whether this libtorch has oneDNN's linear operator (x86-64 builds of torch do).
+bool vit_onednn_linear_available() { return onednn_linear_op().has_value(); }
+
+// torch.nn.functional.linear(input, weight, bias) (bias may be null) into *output, a new
+// tensor the caller owns. Float32 CPU tensors outside autocast go through OneDnnLinear;
+// everything else (CUDA, other dtypes, autocast, a libtorch without oneDNN) through
+// at::linear, as PyTorch runs it.
+int vit_onednn_linear(void* input, void* weight, void* bias, void** output) {
+  return guarded([&] {
+    const auto& x = *static_cast<at::Tensor*>(input);
+    const auto& w = *static_cast<at::Tensor*>(weight);
+    const auto b = bias ? std::make_optional(*static_cast<at::Tensor*>(bias)) : std::nullopt;
+    const bool onednn = onednn_linear_op().has_value() && x.is_cpu() && w.is_cpu() &&
+                        x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat &&
+                        (!b || b->scalar_type() == at::kFloat) &&
+                        !at::autocast::is_autocast_enabled(at::kCPU);
+    *output = new at::Tensor(onednn ? OneDnnLinear::apply(x, w, b) : at::linear(x, w, b));
   });
 }
 

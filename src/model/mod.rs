@@ -1,21 +1,25 @@
-//! The notebook's four TODO cells, one file each, plus the hyperparameter cell.
+//! The notebook's four TODO cells, one file each, plus the hyperparameter cell and the
+//! layers they share: `Linear` (its matrix products in oneDNN on the CPU), LayerNorm, and
+//! `Dropout` (its own mask sampler on the CPU).
 //!
 //! Every parameter lives at the path timm's `VisionTransformer.state_dict()` uses
 //! (`blocks.0.attn.qkv.weight`, ...), so checkpoints move between tch and PyTorch as is.
 
 mod config;
+mod dropout;
 mod multi_head_self_attention;
 mod patch_embedding;
 mod transformer_block;
 mod vision_transformer;
 
 pub use config::{ViTConfig, PRESETS};
+pub use dropout::{fill_keep_mask, keep_mask, Dropout, CHUNK as DROPOUT_CHUNK};
 pub use multi_head_self_attention::{scaled_dot_product_attention, MultiHeadSelfAttention};
 pub use patch_embedding::PatchEmbedding;
 pub use transformer_block::{Mlp, TransformerBlock};
 pub use vision_transformer::VisionTransformer;
 
-use tch::{nn, Kind, Tensor};
+use tch::{nn, nn::Module, Device, Kind, Tensor};
 
 /// timm's `trunc_normal_(std=std, a=-2, b=2)`: inverse-CDF sampling of N(0, std^2)
 /// truncated to [-2, 2] (absolute bounds, as timm calls it), with PyTorch's algorithm.
@@ -35,16 +39,41 @@ fn scalar_erf(x: f64) -> f64 {
     Tensor::from(x).erf().double_value(&[])
 }
 
-/// A Linear layer with timm's ViT initialisation: weight ~ trunc_normal(std 0.02), bias 0.
-pub fn linear(path: nn::Path, in_dim: i64, out_dim: i64) -> nn::Linear {
-    let weight = path.var_copy(
-        "weight",
-        &trunc_normal(&[out_dim, in_dim], 0.02, path.device()),
-    );
-    let bias = path.zeros("bias", &[out_dim]);
-    nn::Linear {
-        ws: weight,
-        bs: Some(bias),
+/// A linear layer (`nn.Linear`) with timm's ViT initialisation: weight ~
+/// trunc_normal(std 0.02), bias 0.
+#[derive(Debug)]
+pub struct Linear {
+    /// [out_dim, in_dim]
+    pub weight: Tensor,
+    /// [out_dim]
+    pub bias: Tensor,
+    /// On the CPU, the matrix products run in oneDNN (`ffi::onednn_linear`) rather than in
+    /// libtorch's `linear`, as PyTorch runs them; the same function either way.
+    pub onednn: bool,
+}
+
+impl Linear {
+    /// Parameters: `weight` [out_dim, in_dim], `bias` [out_dim].
+    pub fn new(path: nn::Path, in_dim: i64, out_dim: i64) -> Self {
+        Self {
+            weight: path.var_copy(
+                "weight",
+                &trunc_normal(&[out_dim, in_dim], 0.02, path.device()),
+            ),
+            bias: path.zeros("bias", &[out_dim]),
+            onednn: true,
+        }
+    }
+}
+
+impl Module for Linear {
+    /// [..., in_dim] -> [..., out_dim]
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        if self.onednn && xs.device() == Device::Cpu {
+            crate::ffi::onednn_linear(xs, &self.weight, Some(&self.bias)).expect("linear layer")
+        } else {
+            xs.linear(&self.weight, Some(&self.bias))
+        }
     }
 }
 

@@ -1,12 +1,13 @@
 //! Notebook cell 2: `MultiHeadSelfAttention(embed_dim, num_heads)`.
 
+use super::Linear;
 use tch::{nn, nn::Module, nn::ModuleT, Tensor};
 
 /// Multi-head self-attention with one fused qkv projection (timm's `Attention`).
 #[derive(Debug)]
 pub struct MultiHeadSelfAttention {
-    qkv: nn::Linear,
-    proj: nn::Linear,
+    pub(super) qkv: Linear,
+    pub(super) proj: Linear,
     num_heads: i64,
     head_dim: i64,
     /// Multiplies q k^T before the softmax; 1/sqrt(head_dim) unless a test changes it.
@@ -25,8 +26,8 @@ impl MultiHeadSelfAttention {
     pub fn new(path: nn::Path, embed_dim: i64, num_heads: i64) -> Self {
         let head_dim = embed_dim / num_heads;
         Self {
-            qkv: super::linear(&path / "qkv", embed_dim, 3 * embed_dim),
-            proj: super::linear(&path / "proj", embed_dim, embed_dim),
+            qkv: Linear::new(&path / "qkv", embed_dim, 3 * embed_dim),
+            proj: Linear::new(&path / "proj", embed_dim, embed_dim),
             num_heads,
             head_dim,
             scale: (head_dim as f64).powf(-0.5),

@@ -1,23 +1,23 @@
 //! Notebook cell 3: `TransformerBlock(embed_dim, num_heads, mlp_dim, dropout)`.
 
-use super::MultiHeadSelfAttention;
+use super::{Dropout, Linear, MultiHeadSelfAttention};
 use tch::{nn, nn::ModuleT, Tensor};
 
 /// fc1 -> GELU (exact erf) -> dropout -> fc2 -> dropout (timm's `Mlp`).
 #[derive(Debug)]
 pub struct Mlp {
-    fc1: nn::Linear,
-    fc2: nn::Linear,
-    dropout: f64,
+    pub(super) fc1: Linear,
+    pub(super) fc2: Linear,
+    pub(super) drop: Dropout,
 }
 
 impl Mlp {
     /// Parameters: `fc1.{weight,bias}` [mlp_dim, embed_dim], `fc2.{weight,bias}`.
     pub fn new(path: nn::Path, embed_dim: i64, mlp_dim: i64, dropout: f64) -> Self {
         Self {
-            fc1: super::linear(&path / "fc1", embed_dim, mlp_dim),
-            fc2: super::linear(&path / "fc2", mlp_dim, embed_dim),
-            dropout,
+            fc1: Linear::new(&path / "fc1", embed_dim, mlp_dim),
+            fc2: Linear::new(&path / "fc2", mlp_dim, embed_dim),
+            drop: Dropout::new(dropout),
         }
     }
 }
@@ -28,9 +28,9 @@ impl ModuleT for Mlp {
         tokens
             .apply(&self.fc1)
             .gelu("none")
-            .dropout(self.dropout, train)
+            .apply_t(&self.drop, train)
             .apply(&self.fc2)
-            .dropout(self.dropout, train)
+            .apply_t(&self.drop, train)
     }
 }
 
@@ -43,8 +43,9 @@ pub struct TransformerBlock {
     norm1: nn::LayerNorm,
     pub attn: MultiHeadSelfAttention,
     norm2: nn::LayerNorm,
-    mlp: Mlp,
-    dropout: f64,
+    pub(super) mlp: Mlp,
+    /// On the attention branch's output (timm's `proj_drop`).
+    pub(super) proj_drop: Dropout,
     /// Stochastic depth: the probability of skipping each residual branch for a sample
     /// while training (0 = off).
     pub drop_path: f64,
@@ -58,7 +59,7 @@ impl TransformerBlock {
             attn: MultiHeadSelfAttention::new(&path / "attn", embed_dim, num_heads),
             norm2: super::layer_norm(&path / "norm2", embed_dim),
             mlp: Mlp::new(&path / "mlp", embed_dim, mlp_dim, dropout),
-            dropout,
+            proj_drop: Dropout::new(dropout),
             drop_path: 0.0,
         }
     }
@@ -76,7 +77,7 @@ impl ModuleT for TransformerBlock {
         let attended = self
             .attn
             .forward_t(&tokens.apply(&self.norm1), train)
-            .dropout(self.dropout, train);
+            .apply_t(&self.proj_drop, train);
         let tokens = tokens + drop_path(&attended, self.drop_path, train);
         let mlp_out = tokens.apply(&self.norm2).apply_t(&self.mlp, train);
         &tokens + drop_path(&mlp_out, self.drop_path, train)

@@ -1,7 +1,7 @@
 //! Notebook cell 4: `VisionTransformer(image_size, patch_size, in_channels, embed_dim,
 //! num_heads, mlp_dim, num_layers, num_classes, dropout=0.1)`.
 
-use super::{PatchEmbedding, TransformerBlock, ViTConfig};
+use super::{Dropout, Linear, PatchEmbedding, TransformerBlock, ViTConfig};
 use anyhow::{ensure, Result};
 use tch::{nn, nn::Module, nn::ModuleT, Tensor};
 
@@ -13,9 +13,10 @@ pub struct VisionTransformer {
     patch_embed: PatchEmbedding,
     cls_token: Tensor,
     pos_embed: Tensor,
+    pos_drop: Dropout,
     pub blocks: Vec<TransformerBlock>,
     norm: nn::LayerNorm,
-    head: nn::Linear,
+    head: Linear,
 }
 
 impl VisionTransformer {
@@ -56,9 +57,10 @@ impl VisionTransformer {
                 "pos_embed",
                 &super::trunc_normal(&[1, positions, embed_dim], 0.02, device),
             ),
+            pos_drop: Dropout::new(dropout),
             blocks,
             norm: super::layer_norm(path / "norm", embed_dim),
-            head: super::linear(path / "head", embed_dim, config.num_classes),
+            head: Linear::new(path / "head", embed_dim, config.num_classes),
         })
     }
 
@@ -81,6 +83,32 @@ impl VisionTransformer {
     pub fn set_fused_attention(&mut self, fused: bool) {
         for block in &mut self.blocks {
             block.attn.fused = fused;
+        }
+    }
+
+    /// Draws every dropout mask with libtorch's sampler (as `torch.nn.Dropout`), or with
+    /// the faster CPU one (the default; see `Dropout`).
+    pub fn set_libtorch_dropout(&mut self, libtorch_masks: bool) {
+        self.pos_drop.libtorch_masks = libtorch_masks;
+        for block in &mut self.blocks {
+            block.proj_drop.libtorch_masks = libtorch_masks;
+            block.mlp.drop.libtorch_masks = libtorch_masks;
+        }
+    }
+
+    /// Runs every linear layer's matrix products on the CPU in oneDNN (the default), or in
+    /// libtorch's `linear` as PyTorch does (see `Linear`).
+    pub fn set_onednn_linear(&mut self, onednn: bool) {
+        self.head.onednn = onednn;
+        for block in &mut self.blocks {
+            for linear in [
+                &mut block.attn.qkv,
+                &mut block.attn.proj,
+                &mut block.mlp.fc1,
+                &mut block.mlp.fc2,
+            ] {
+                linear.onednn = onednn;
+            }
         }
     }
 
@@ -116,7 +144,7 @@ impl VisionTransformer {
     pub fn embed(&self, images: &Tensor, train: bool) -> Tensor {
         let patches = self.patch_embed.forward(images);
         let cls = self.cls_token.expand([patches.size()[0], -1, -1], false);
-        (Tensor::cat(&[cls, patches], 1) + &self.pos_embed).dropout(self.config.dropout, train)
+        (Tensor::cat(&[cls, patches], 1) + &self.pos_embed).apply_t(&self.pos_drop, train)
     }
 
     /// Every block's attention probabilities, first block first (for attention rollout):

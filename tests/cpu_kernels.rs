@@ -1,0 +1,306 @@
+//! vit's own CPU kernels against libtorch's.
+//!
+//! Linear layers in oneDNN (`vit_tch::ffi::onednn_linear`): the same function and
+//! gradients as libtorch's `linear`, really computed by another library, and libtorch's
+//! `linear` wherever oneDNN does not apply (autocast, other dtypes).
+//!
+//! Dropout's mask sampler (`vit_tch::model::keep_mask`): it keeps each element with
+//! probability 1 - p and scales it as libtorch's dropout does, its chunks and generator
+//! lanes draw independent numbers, its masks follow the seed and not the thread count,
+//! and the `Dropout` module uses it while training only, with the right gradient.
+
+mod common;
+
+use common::{assert_close, seeded};
+use std::sync::MutexGuard;
+use tch::{nn::ModuleT, Device, Kind, Tensor};
+use vit_tch::ffi::{autocast_bf16, onednn_linear, onednn_linear_available};
+use vit_tch::model::{fill_keep_mask, keep_mask, Dropout, DROPOUT_CHUNK};
+
+/// Input [3, 65, 256] (a strided view when `strided`), weight [384, 256], bias [384],
+/// each requiring a gradient.
+fn linear_operands(strided: bool) -> (Tensor, Tensor, Tensor) {
+    let _rng = seeded(21);
+    let input = if strided {
+        Tensor::randn([65, 3, 256], (Kind::Float, Device::Cpu)).transpose(0, 1)
+    } else {
+        Tensor::randn([3, 65, 256], (Kind::Float, Device::Cpu))
+    };
+    let weight = Tensor::randn([384, 256], (Kind::Float, Device::Cpu)) * 0.05;
+    let bias = Tensor::randn([384], (Kind::Float, Device::Cpu));
+    (
+        input.set_requires_grad(true),
+        weight.set_requires_grad(true),
+        bias.set_requires_grad(true),
+    )
+}
+
+type LinearFn = fn(&Tensor, &Tensor, Option<&Tensor>) -> Tensor;
+
+/// The output of `linear` and the gradients of input, weight and bias of
+/// sum(output * upstream), for fresh operands.
+fn linear_and_gradients(linear: LinearFn, strided: bool, with_bias: bool) -> (Tensor, [Tensor; 3]) {
+    let (input, weight, bias) = linear_operands(strided);
+    let output = linear(&input, &weight, with_bias.then_some(&bias));
+    let upstream = output.ones_like().cumsum(-1, Kind::Float).cos();
+    (&output * upstream).sum(Kind::Float).backward();
+    (output.detach(), [input.grad(), weight.grad(), bias.grad()])
+}
+
+fn libtorch_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+    x.linear(w, b)
+}
+
+fn vit_onednn_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+    onednn_linear(x, w, b).unwrap()
+}
+
+#[test]
+fn onednn_linear_is_libtorchs_linear_computed_by_another_library() {
+    assert!(
+        onednn_linear_available(),
+        "this libtorch has no mkldnn::_linear_pointwise"
+    );
+    for strided in [false, true] {
+        for with_bias in [true, false] {
+            let case = format!("strided input {strided}, bias {with_bias}");
+            let (expected, expected_grads) =
+                linear_and_gradients(libtorch_linear, strided, with_bias);
+            let (actual, grads) = linear_and_gradients(vit_onednn_linear, strided, with_bias);
+            assert_close(&format!("output ({case})"), &actual, &expected, 1e-5);
+            assert!(
+                !actual.equal(&expected),
+                "{case}: bit for bit libtorch's output, so oneDNN did not run"
+            );
+            let names = ["input", "weight", "bias"];
+            for ((name, grad), expected) in names.iter().zip(&grads).zip(&expected_grads) {
+                if *name == "bias" && !with_bias {
+                    assert!(!grad.defined(), "{case}: a gradient for an unused bias");
+                } else {
+                    assert_close(
+                        &format!("gradient of {name} ({case})"),
+                        grad,
+                        expected,
+                        1e-4,
+                    );
+                }
+            }
+        }
+    }
+
+    // A frozen input, as the first layer's: gradients for the weight and bias only.
+    let (input, weight, bias) = linear_operands(false);
+    let input = input.detach();
+    let output = onednn_linear(&input, &weight, Some(&bias)).unwrap();
+    output.sum(Kind::Float).backward();
+    assert!(!input.grad().defined(), "a gradient for a frozen input");
+    let rows = input.size()[0] * input.size()[1];
+    let column_sums = input
+        .reshape([rows, 256])
+        .sum_dim_intlist(0, false, Kind::Float);
+    assert_close(
+        "weight gradient of a sum",
+        &weight.grad().get(0),
+        &column_sums,
+        1e-3,
+    );
+    assert_close(
+        "bias gradient of a sum",
+        &bias.grad(),
+        &(bias.ones_like() * rows as f64),
+        1e-3,
+    );
+}
+
+#[test]
+fn onednn_linear_is_libtorchs_where_onednn_does_not_apply() {
+    let (input, weight, bias) = linear_operands(false);
+    let (input, weight, bias) = (input.detach(), weight.detach(), bias.detach());
+    let double = |t: &Tensor| t.to_kind(Kind::Double);
+    let (x, w, b) = (double(&input), double(&weight), double(&bias));
+    let ours = onednn_linear(&x, &w, Some(&b)).unwrap();
+    assert!(
+        ours.equal(&x.linear(&w, Some(&b))),
+        "float64: libtorch's linear"
+    );
+    let (ours, theirs) = autocast_bf16(Device::Cpu, || {
+        (
+            onednn_linear(&input, &weight, Some(&bias)).unwrap(),
+            input.linear(&weight, Some(&bias)),
+        )
+    });
+    assert_eq!(ours.kind(), Kind::BFloat16, "autocast: a bf16 product");
+    assert!(ours.equal(&theirs), "autocast: libtorch's linear");
+}
+
+/// The value libtorch's dropout gives a kept 1.0.
+/// It draws from the global generator, so the caller holds its lock (`seeded`).
+fn libtorch_scale(prob: f64, _rng: &MutexGuard<()>) -> f32 {
+    let kept = Tensor::ones([1000], (Kind::Float, Device::Cpu)).dropout(prob, true);
+    kept.max().double_value(&[]) as f32
+}
+
+fn mask(len: usize, prob: f64, seed: u64, threads: usize) -> Vec<f32> {
+    let mut values = vec![f32::NAN; len];
+    fill_keep_mask(&mut values, prob, seed, threads);
+    values
+}
+
+/// Panics unless `zeros` of `n` draws is within 6 standard deviations of `n prob`.
+fn assert_drop_rate(what: &str, zeros: usize, n: usize, prob: f64) {
+    let expected = n as f64 * prob;
+    let sigma = (n as f64 * prob * (1.0 - prob)).sqrt();
+    assert!(
+        (zeros as f64 - expected).abs() <= 6.0 * sigma,
+        "{what}: {zeros} of {n} dropped, expected {expected:.0} +- {:.0}",
+        6.0 * sigma
+    );
+}
+
+#[test]
+fn keeps_each_element_with_probability_one_minus_p_scaled_as_libtorch() {
+    let rng = seeded(0);
+    let len = 60 * DROPOUT_CHUNK + 123;
+    for prob in [0.1, 0.5, 0.9] {
+        let values = mask(len, prob, 42, 2);
+        let scale = libtorch_scale(prob, &rng);
+        assert!(
+            values.iter().all(|&v| v == 0.0 || v == scale),
+            "p {prob}: every value is 0 or libtorch's {scale}"
+        );
+        let zeros = values.iter().filter(|&&v| v == 0.0).count();
+        assert_drop_rate(&format!("p {prob}"), zeros, len, prob);
+        // Every chunk on its own, the last, partial one included.
+        for (i, chunk) in values.chunks(DROPOUT_CHUNK).enumerate() {
+            let zeros = chunk.iter().filter(|&&v| v == 0.0).count();
+            assert_drop_rate(&format!("p {prob}, chunk {i}"), zeros, chunk.len(), prob);
+        }
+    }
+}
+
+#[test]
+fn chunks_and_generator_lanes_draw_independent_numbers() {
+    let lanes = 16;
+    let values = mask(4 * DROPOUT_CHUNK, 0.5, 7, 3);
+    let kept: Vec<bool> = values.iter().map(|&v| v != 0.0).collect();
+    let chunks: Vec<&[bool]> = kept.chunks(DROPOUT_CHUNK).collect();
+    for i in 0..chunks.len() {
+        for j in i + 1..chunks.len() {
+            assert_ne!(chunks[i], chunks[j], "chunks {i} and {j} repeat each other");
+        }
+    }
+    // Element k of a chunk comes from its lane k % 16: no lane of any chunk may repeat
+    // another (1,024 draws each).
+    let mut seen = std::collections::HashMap::new();
+    for (c, chunk) in chunks.iter().enumerate() {
+        for l in 0..lanes {
+            let draws: Vec<bool> = chunk.iter().skip(l).step_by(lanes).copied().collect();
+            if let Some((c0, l0)) = seen.insert(draws, (c, l)) {
+                panic!("chunk {c}, lane {l} repeats chunk {c0}, lane {l0}");
+            }
+        }
+    }
+    // Neighbours (other lanes) and the same lane's next draw agree about half the time, as
+    // independent fair coins do.
+    for (what, gap) in [("neighbours", 1), ("a lane's consecutive draws", lanes)] {
+        let pairs = kept.len() - gap;
+        let agree = (0..pairs).filter(|&k| kept[k] == kept[k + gap]).count();
+        assert_drop_rate(what, agree, pairs, 0.5);
+    }
+}
+
+#[test]
+fn the_mask_depends_on_the_seed_not_the_thread_count() {
+    let len = 5 * DROPOUT_CHUNK + 17;
+    let one_thread = mask(len, 0.3, 1234, 1);
+    for threads in [2, 3, 8] {
+        assert_eq!(
+            mask(len, 0.3, 1234, threads),
+            one_thread,
+            "{threads} threads"
+        );
+    }
+    assert_ne!(mask(len, 0.3, 1235, 1), one_thread, "another seed");
+
+    // keep_mask draws its seed from libtorch's generator.
+    let shape = [3, 65, 64];
+    let first = {
+        let _rng = seeded(5);
+        (keep_mask(&shape, 0.3), keep_mask(&shape, 0.3))
+    };
+    let again = {
+        let _rng = seeded(5);
+        keep_mask(&shape, 0.3)
+    };
+    assert!(first.0.equal(&again), "same seed, same mask");
+    assert!(
+        !first.0.equal(&first.1),
+        "the generator moves on between masks"
+    );
+    assert_eq!(first.0.size(), shape);
+}
+
+#[test]
+fn dropout_module_masks_while_training_only_with_the_masks_gradient() {
+    let rng = seeded(11);
+    let dropout = Dropout::new(0.25);
+    let input = Tensor::rand([4, 65, 32], (Kind::Float, Device::Cpu)) + 0.5;
+    assert!(
+        dropout.forward_t(&input, false).equal(&input),
+        "eval: identity"
+    );
+    assert!(
+        Dropout::new(0.0).forward_t(&input, true).equal(&input),
+        "p 0: identity"
+    );
+
+    let input = input.set_requires_grad(true);
+    let output = dropout.forward_t(&input, true);
+    let mask = (&output / &input).detach();
+    let scale = libtorch_scale(0.25, &rng) as f64;
+    let kept = mask.ne(0.0);
+    assert!(
+        (mask.masked_select(&kept) - scale)
+            .abs()
+            .max()
+            .double_value(&[])
+            < 1e-6,
+        "kept elements are scaled by 1/(1-p)"
+    );
+    let zeros = kept.logical_not().sum(Kind::Int64).int64_value(&[]) as usize;
+    assert_drop_rate("module", zeros, input.numel(), 0.25);
+    output.sum(Kind::Float).backward();
+    let grad = input.grad();
+    assert!(
+        (&grad - &mask).abs().max().double_value(&[]) < 1e-6,
+        "d output / d input is the mask"
+    );
+
+    let bf16 = input.detach().to_kind(Kind::BFloat16);
+    assert_eq!(dropout.forward_t(&bf16, true).kind(), Kind::BFloat16);
+}
+
+#[test]
+fn libtorch_masks_are_torch_dropouts_own() {
+    let input = Tensor::ones([8, 65, 32], (Kind::Float, Device::Cpu));
+    let libtorch = Dropout {
+        libtorch_masks: true,
+        ..Dropout::new(0.5)
+    };
+    let (ours, torch_own, theirs) = {
+        let _rng = seeded(3);
+        let ours = libtorch.forward_t(&input, true);
+        tch::manual_seed(3);
+        let torch_own = input.dropout(0.5, true);
+        tch::manual_seed(3);
+        (ours, torch_own, Dropout::new(0.5).forward_t(&input, true))
+    };
+    assert!(
+        ours.equal(&torch_own),
+        "libtorch_masks: torch.dropout's mask"
+    );
+    assert!(
+        !theirs.equal(&torch_own),
+        "the default sampler draws its own masks"
+    );
+}
