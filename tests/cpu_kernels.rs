@@ -131,6 +131,26 @@ fn onednn_linear_is_libtorchs_where_onednn_does_not_apply() {
     });
     assert_eq!(ours.kind(), Kind::BFloat16, "autocast: a bf16 product");
     assert!(ours.equal(&theirs), "autocast: libtorch's linear");
+
+    // A product under the size where oneDNN pays (65 x 256 x 256 multiply-adds).
+    let (x, w, b) = (
+        input.narrow(2, 0, 16),
+        weight.narrow(1, 0, 16),
+        bias.shallow_clone(),
+    );
+    let small = onednn_linear(&x, &w, Some(&b)).unwrap();
+    assert!(
+        small.equal(&x.linear(&w, Some(&b))),
+        "small: libtorch's linear"
+    );
+
+    // An empty batch.
+    let empty = Tensor::zeros([0, 65, 256], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let weight = weight.set_requires_grad(true);
+    let output = onednn_linear(&empty, &weight, Some(&bias)).unwrap();
+    assert_eq!(output.size(), [0, 65, 384]);
+    output.sum(Kind::Float).backward();
+    assert_eq!(weight.grad().abs().sum(Kind::Float).double_value(&[]), 0.0);
 }
 
 /// The value libtorch's dropout gives a kept 1.0.
@@ -176,6 +196,10 @@ fn keeps_each_element_with_probability_one_minus_p_scaled_as_libtorch() {
             assert_drop_rate(&format!("p {prob}, chunk {i}"), zeros, chunk.len(), prob);
         }
     }
+    assert!(
+        mask(len, 0.0, 42, 2).iter().all(|&v| v == 1.0),
+        "p 0 keeps everything"
+    );
 }
 
 #[test]
@@ -278,6 +302,8 @@ fn dropout_module_masks_while_training_only_with_the_masks_gradient() {
 
     let bf16 = input.detach().to_kind(Kind::BFloat16);
     assert_eq!(dropout.forward_t(&bf16, true).kind(), Kind::BFloat16);
+    let empty = Tensor::ones([0, 65, 32], (Kind::Float, Device::Cpu));
+    assert_eq!(dropout.forward_t(&empty, true).size(), [0, 65, 32]);
 }
 
 #[test]

@@ -78,20 +78,27 @@ void init_accelerator() {
 
 // oneDNN's matrix product a b^T (+ bias) through libtorch's `mkldnn::_linear_pointwise`
 // operator (what torch.compile's CPU inference uses): a [..., k], b [n, k], bias [n] ->
-// [..., n]; either operand may be strided. None where libtorch was built without oneDNN.
+// [..., n]; either operand may be strided. None where libtorch has no CPU kernel for it
+// (a build without oneDNN).
 std::optional<c10::TypedOperatorHandle<at::Tensor(
     const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, std::string_view,
     c10::List<std::optional<at::Scalar>>, std::optional<std::string_view>)>>
 onednn_linear_op() {
-  static const auto op = [] {
-    const auto handle = c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
-    return handle ? std::make_optional(
-                        handle->typed<at::Tensor(const at::Tensor&, const at::Tensor&,
-                                                 const std::optional<at::Tensor>&,
-                                                 std::string_view,
-                                                 c10::List<std::optional<at::Scalar>>,
-                                                 std::optional<std::string_view>)>())
-                  : std::nullopt;
+  using Signature = at::Tensor(const at::Tensor&, const at::Tensor&,
+                               const std::optional<at::Tensor>&, std::string_view,
+                               c10::List<std::optional<at::Scalar>>,
+                               std::optional<std::string_view>);
+  static const auto op = []() -> std::optional<c10::TypedOperatorHandle<Signature>> {
+    try {
+      const auto handle =
+          c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
+      if (handle && handle->hasKernelForDispatchKey(c10::DispatchKey::CPU)) {
+        return handle->typed<Signature>();
+      }
+    } catch (...) {
+      // A signature that does not match this libtorch's: leave the operator alone.
+    }
+    return std::nullopt;
   }();
   return op;
 }
@@ -102,9 +109,15 @@ at::Tensor onednn_matmul_t(const at::Tensor& a, const at::Tensor& b,
                                   std::nullopt);
 }
 
+// Products smaller than this many multiply-adds stay with at::linear: below it, measured on
+// this project's AMD EPYC (bench/cpu_kernels.py), oneDNN's set-up per call costs more than
+// its faster product saves. It is a batch of one notebook-size image, [65, 256] x [256, 256].
+constexpr int64_t kOneDnnMinMultiplyAdds = 65 * 256 * 256;
+
 // A linear layer, input [..., in] x weight [out, in] (+ bias [out]) -> [..., out], whose
 // three matrix products (forward, and the gradients of the input and the weight) run in
-// oneDNN. The operator has no gradient of its own, hence this autograd function.
+// oneDNN. The operator has no gradient of its own, hence this autograd function. Its
+// backward is not differentiable in turn (no double backward), which training never needs.
 struct OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input,
                             const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
@@ -126,8 +139,10 @@ struct OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
                        .view(input.sizes());
     }
     if (ctx->needs_input_grad(1)) {
-      grad_weight = onednn_matmul_t(grad.t(), input.reshape({-1, input.size(-1)}).t(),
-                                    std::nullopt);
+      // Dense rows for oneDNN: the head's input is a strided view (the class token of
+      // each sequence).
+      grad_weight = onednn_matmul_t(
+          grad.t(), input.reshape({-1, input.size(-1)}).contiguous().t(), std::nullopt);
     }
     // Without a bias, there is no third gradient to ask about.
     if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) {
@@ -285,22 +300,26 @@ int vit_fused_adamw(void* const* params, void* const* grads, void* const* exp_av
   });
 }
 
-// Whether this libtorch has oneDNN's linear operator (x86-64 builds of torch do).
+// Whether this libtorch has oneDNN's linear operator with a CPU kernel (x86-64 builds of
+// torch do).
 bool vit_onednn_linear_available() { return onednn_linear_op().has_value(); }
 
 // torch.nn.functional.linear(input, weight, bias) (bias may be null) into *output, a new
-// tensor the caller owns. Float32 CPU tensors outside autocast go through OneDnnLinear;
-// everything else (CUDA, other dtypes, autocast, a libtorch without oneDNN) through
-// at::linear, as PyTorch runs it.
+// tensor the caller owns. Float32 CPU tensors outside autocast whose product has at least
+// kOneDnnMinMultiplyAdds go through OneDnnLinear; everything else (CUDA, other dtypes,
+// autocast, small or empty products, a libtorch without oneDNN) through at::linear, as
+// PyTorch runs it.
 int vit_onednn_linear(void* input, void* weight, void* bias, void** output) {
   return guarded([&] {
     const auto& x = *static_cast<at::Tensor*>(input);
     const auto& w = *static_cast<at::Tensor*>(weight);
     const auto b = bias ? std::make_optional(*static_cast<at::Tensor*>(bias)) : std::nullopt;
+    const int64_t rows = x.dim() > 0 && x.size(-1) > 0 ? x.numel() / x.size(-1) : 0;
     const bool onednn = onednn_linear_op().has_value() && x.is_cpu() && w.is_cpu() &&
                         x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat &&
                         (!b || b->scalar_type() == at::kFloat) &&
-                        !at::autocast::is_autocast_enabled(at::kCPU);
+                        !at::autocast::is_autocast_enabled(at::kCPU) && w.dim() == 2 &&
+                        rows * w.size(0) * w.size(1) >= kOneDnnMinMultiplyAdds;
     *output = new at::Tensor(onednn ? OneDnnLinear::apply(x, w, b) : at::linear(x, w, b));
   });
 }

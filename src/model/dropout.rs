@@ -1,11 +1,11 @@
 //! `nn.Dropout(prob)`, with a faster mask sampler on the CPU.
 //!
-//! libtorch draws a CPU dropout mask with its Bernoulli sampler at about 5 ns an element
-//! (measured here with 2 threads), which made dropout half of the notebook model's forward
-//! pass. Masks of the same distribution — each element kept with probability 1 - prob —
-//! come from xoshiro128++ generators side by side in about 0.6 ns, the fresh tensor's page
-//! faults included. On CUDA, libtorch's fused dropout kernel is already fast and is used
-//! as is.
+//! libtorch draws a CPU dropout mask with its Bernoulli sampler at 4.3 ns an element
+//! (measured here with 2 threads, bench/cpu_kernels.py), which made dropout about half of
+//! the notebook model's forward pass. Masks of the same distribution — each element kept
+//! with probability 1 - prob — come from xoshiro128++ generators side by side, several
+//! times faster (bench/results/2026-11-29-cpu-kernels.txt). On CUDA, libtorch's fused
+//! dropout kernel is already fast and is used as is.
 
 use tch::{nn::ModuleT, Device, Kind, Tensor};
 
@@ -56,6 +56,10 @@ pub fn keep_mask(shape: &[i64], prob: f64) -> Tensor {
         .int64_value(&[]) as u64;
     let mask = Tensor::empty(shape, (Kind::Float, Device::Cpu));
     let len = mask.numel();
+    if len == 0 {
+        // An empty tensor has no data pointer to make a slice of.
+        return mask;
+    }
     // SAFETY: a fresh, contiguous float tensor of `len` elements, which nothing else sees
     // until this function returns it.
     let values = unsafe { std::slice::from_raw_parts_mut(mask.data_ptr() as *mut f32, len) };
@@ -71,6 +75,11 @@ const LANES: usize = 16;
 
 /// Fills `values` as `keep_mask` describes, from `seed`, on up to `threads` threads.
 pub fn fill_keep_mask(values: &mut [f32], prob: f64, seed: u64, threads: usize) {
+    if prob == 0.0 {
+        // The threshold below cannot express "always".
+        values.fill(1.0);
+        return;
+    }
     // Kept when a uniform 32-bit draw is below (1 - prob) 2^32.
     let threshold = ((1.0 - prob) * 4_294_967_296.0)
         .round()
