@@ -416,6 +416,15 @@ def mib(value):
     return "-" if value is None else f"{value / 2**20:.0f} MiB"
 
 
+def cpu_kernels(settings):
+    """What vit's CPU linear layers and dropout masks ran, for the table's first line."""
+    if settings["device"] != "cpu":
+        return ""
+    linear = "libtorch" if settings["libtorch_linear"] else "oneDNN"
+    masks = "libtorch's" if settings["libtorch_dropout"] else "its own"
+    return f"vit's linear layers in {linear} and dropout masks from {masks} sampler, "
+
+
 def print_table(result):
     s = result["settings"]
     sides = result["sides"]
@@ -424,8 +433,7 @@ def print_table(result):
         f"{s['precision']} on {s['device']}, {s['threads']} threads, "
         f"{'explicit' if s['explicit_attention'] else 'fused'} attention, "
         f"{s['adamw']} AdamW{' (PyTorch: foreach)' if s['pytorch_foreach'] else ''}, "
-        f"vit's linear layers in {'libtorch' if s['libtorch_linear'] else 'oneDNN'} and dropout "
-        f"masks from {'libtorch' if s['libtorch_dropout'] else 'its own sampler'}, "
+        f"{cpu_kernels(s)}"
         f"{s['warmup']} warm-up + {s['steps']} timed steps, median of {s['repeats']}"
     )
     names = list(sides)
