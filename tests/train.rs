@@ -216,12 +216,22 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--resume"));
 
-    // Resuming the finished run with the data folder spelled another way is accepted.
+    // Resuming the finished run with the data folder spelled another way is accepted; a
+    // run recorded on another device resumes with a note that the replay is not exact.
+    let config_path = run.join("config.json");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    assert!(config.contains("\"device\": \"Cpu\""), "{config}");
+    std::fs::write(&config_path, config.replace("\"Cpu\"", "\"Cuda(0)\"")).unwrap();
     let data_again = format!("{data}/../data");
     let mut args = tiny_run_args(&data_again, out);
     #[rustfmt::skip]
     args.extend(["--epochs", "4", "--batch-size", "50", "--lr", "3e-3", "--warmup-epochs", "1", "--resume"]);
-    vit(&args);
+    let resumed = vit(&args);
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(
+        stderr.contains("was trained on Cuda(0) and resumes on Cpu"),
+        "{stderr}"
+    );
     assert_eq!(read_metrics(&run).1.len(), 4, "the finished run changed");
 }
 

@@ -120,6 +120,17 @@ impl RunFolder {
                     serde_json::to_string(settings)?
                 );
             }
+            let device = format!("{device:?}");
+            if saved.device != device {
+                // Allowed (a run may move to a GPU or off one), but kernels differ between
+                // devices, so the continuation is not the run it would have been.
+                eprintln!(
+                    "note: {} was trained on {} and resumes on {device}: it continues, but \
+                     replays exactly only on the device it started on",
+                    dir.display(),
+                    saved.device
+                );
+            }
             remove_stale_temporaries(dir);
             return Ok(run);
         }
