@@ -280,7 +280,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub cuda_graph: bool,
     /// CPU threads for libtorch (default: libtorch's choice).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
     pub threads: Option<i32>,
 }
 
@@ -339,6 +339,9 @@ pub struct PredictArgs {
     pub images: Vec<PathBuf>,
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// Images decoded and classified at a time (any number of files can be given).
+    #[arg(long, default_value_t = 500)]
+    pub batch_size: i64,
     #[arg(long)]
     pub json: bool,
 }
@@ -358,7 +361,7 @@ pub struct BenchArgs {
     pub warmup: usize,
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: Precision,
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
     pub threads: Option<i32>,
     /// Use the explicit softmax attention instead of the fused kernel.
     #[arg(long)]

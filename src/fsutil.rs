@@ -44,27 +44,34 @@ fn temporary_writer(name: &str) -> Option<u32> {
     pid.parse().ok()
 }
 
-/// Removes from `dir` the temporary files of `write_atomic` whose process is gone (killed
-/// mid-write): hidden, up to a checkpoint's size each, and never read. Best effort: a
-/// file it cannot remove is a warning, and without `/proc` (to tell a live writer) it
-/// removes nothing.
+/// Whether process `pid` is known to have ended: `/proc` has no entry for it. Without
+/// `/proc` nothing is known, and nothing is taken for ended.
+pub fn process_ended(pid: u32) -> bool {
+    Path::new("/proc/self").exists()
+        && pid != std::process::id()
+        && !Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Removes from `dir` the temporaries of `temporary_sibling` (files of `write_atomic`,
+/// downloads and unpacked folders) whose process is gone (killed mid-write): hidden, up
+/// to a dataset's size each, and never read. Best effort: one it cannot remove is a
+/// warning.
 pub fn remove_stale_temporaries(dir: &Path) {
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for path in entries.flatten().map(|entry| entry.path()) {
         let name = path.file_name().unwrap_or_default().to_string_lossy();
-        let writer = temporary_writer(&name);
-        let gone = |pid: u32| {
-            pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists()
+        if !temporary_writer(&name).is_some_and(process_ended) {
+            continue;
+        }
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
         };
-        if writer.is_some_and(gone) && path.is_file() {
-            if let Err(e) = std::fs::remove_file(&path) {
-                eprintln!("warning: cannot remove {}: {e}", path.display());
-            }
+        if let Err(e) = removed {
+            eprintln!("warning: cannot remove {}: {e}", path.display());
         }
     }
 }

@@ -3,7 +3,7 @@
 use crate::checkpoint;
 use crate::cli::PredictArgs;
 use crate::data::{folder, transforms};
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use tch::Kind;
@@ -22,45 +22,54 @@ struct Prediction {
 }
 
 pub fn run(args: &PredictArgs) -> Result<()> {
+    ensure!(args.batch_size > 0, "--batch-size must be positive");
     let device = args.device.resolve()?;
     let loaded = checkpoint::load(&args.checkpoint, device)?;
     let config = &loaded.model.config;
     let classes = checkpoint::class_names(&loaded.metadata, config.num_classes);
-    let files: Vec<&Path> = args.images.iter().map(PathBuf::as_path).collect();
-    let images = folder::decode_images(&files, config.image_size as u32)?;
-    let batch = transforms::test_transform(&images.to_device(device), config.image_size);
-    let probs = tch::no_grad(|| loaded.model.f_forward_t(&batch, false))?
-        .to_kind(Kind::Float)
-        .softmax(-1, None::<Kind>);
     let k = config.num_classes.min(5);
-    let (top_probs, top_index) = probs.topk(k, -1, true, true);
-    let top_probs: Vec<Vec<f64>> = Vec::try_from(top_probs.to_kind(Kind::Double))?;
-    let top_index: Vec<Vec<i64>> = Vec::try_from(top_index)?;
-    for ((path, probs), indices) in args.images.iter().zip(top_probs).zip(top_index) {
-        let prediction = Prediction {
-            file: path.display().to_string(),
-            top: indices
-                .iter()
-                .zip(probs)
-                .map(|(&index, prob)| Guess {
-                    class: classes[index as usize].clone(),
-                    index,
-                    prob,
-                })
-                .collect(),
-        };
-        if args.json {
-            println!("{}", serde_json::to_string(&prediction)?);
-        } else {
-            println!("{}", prediction.file);
-            for guess in &prediction.top {
-                println!(
-                    "  {:6.2}%  {} ({})",
-                    100.0 * guess.prob,
-                    guess.class,
-                    guess.index
-                );
-            }
+    for chunk in args.images.chunks(args.batch_size as usize) {
+        let files: Vec<&Path> = chunk.iter().map(PathBuf::as_path).collect();
+        let images = folder::decode_images(&files, config.image_size as u32)?;
+        let batch = transforms::test_transform(&images.to_device(device), config.image_size);
+        let probs = tch::no_grad(|| loaded.model.f_forward_t(&batch, false))?
+            .to_kind(Kind::Float)
+            .softmax(-1, None::<Kind>);
+        let (top_probs, top_index) = probs.topk(k, -1, true, true);
+        let top_probs: Vec<Vec<f64>> = Vec::try_from(top_probs.to_kind(Kind::Double))?;
+        let top_index: Vec<Vec<i64>> = Vec::try_from(top_index)?;
+        for ((path, probs), indices) in chunk.iter().zip(top_probs).zip(top_index) {
+            let prediction = Prediction {
+                file: path.display().to_string(),
+                top: indices
+                    .iter()
+                    .zip(probs)
+                    .map(|(&index, prob)| Guess {
+                        class: classes[index as usize].clone(),
+                        index,
+                        prob,
+                    })
+                    .collect(),
+            };
+            print(&prediction, args.json)?;
+        }
+    }
+    Ok(())
+}
+
+/// One line of JSON, or the file name and its top classes as a list.
+fn print(prediction: &Prediction, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(prediction)?);
+    } else {
+        println!("{}", prediction.file);
+        for guess in &prediction.top {
+            println!(
+                "  {:6.2}%  {} ({})",
+                100.0 * guess.prob,
+                guess.class,
+                guess.index
+            );
         }
     }
     Ok(())

@@ -428,8 +428,11 @@ fn checksum_mismatch_and_truncation_leave_nothing() {
     assert_eq!(entries(&data_dir), Vec::<String>::new());
 
     // Stale temporaries of a killed run (a PID that cannot be running) are swept.
-    let stale = data_dir.join(".cifar-10-binary.tar.gz.part-4294967295");
+    let stale = data_dir.join(".cifar-10-binary.tar.gz.tmp-4294967295");
     std::fs::write(&stale, b"partial").unwrap();
+    let stale_unpacked = data_dir.join(".cifar-10-batches-bin.tmp-4294967295/cifar-10-batches-bin");
+    std::fs::create_dir_all(&stale_unpacked).unwrap();
+    std::fs::write(stale_unpacked.join("data_batch_1.bin"), b"partial").unwrap();
     fetch(file.to_str().unwrap(), &data_dir, &spec).unwrap();
     assert_eq!(entries(&data_dir), ["cifar-10-batches-bin"]);
 }

@@ -164,7 +164,12 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     assert!(!String::from_utf8_lossy(&output.stderr).contains("warning"));
 
     let (header, rows) = read_metrics(&run);
-    assert_eq!(header, train::METRICS_HEADER);
+    #[rustfmt::skip]
+    let columns = [
+        "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds",
+        "images_per_second", "ema_test_loss", "ema_test_acc",
+    ];
+    assert_eq!(header, columns, "the columns the README documents");
     assert_eq!(rows.len(), 4);
     let test_acc: Vec<f64> = rows.iter().map(|r| r[5].parse().unwrap()).collect();
     let best = test_acc.iter().cloned().fold(0.0, f64::max);
@@ -198,6 +203,67 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     );
     assert_eq!(report["images"].as_i64(), Some(200));
     assert!(run.join("best_model.confusion_matrix.csv").exists());
+
+    // `vit predict` on test images saved as PNG files: the top class is mostly the label
+    // (as eval's accuracy says), and the answers do not depend on the batch size.
+    let test = {
+        let _turn = seeded(0);
+        colour_split(200, 2)
+    };
+    let pngs: Vec<String> = (0..5)
+        .map(|i| {
+            let pixels: Vec<u8> =
+                Vec::try_from(test.images.get(i).permute([1, 2, 0]).flatten(0, -1)).unwrap();
+            let path = root.join(format!("test{i}.png"));
+            image::RgbImage::from_raw(32, 32, pixels)
+                .unwrap()
+                .save(&path)
+                .unwrap();
+            path.to_str().unwrap().to_string()
+        })
+        .collect();
+    let predict = |batch_size: &str| {
+        let mut args = vec![
+            "predict",
+            "--checkpoint",
+            best_model.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend(["--device", "cpu", "--batch-size", batch_size]);
+        args.extend(pngs.iter().map(String::as_str));
+        String::from_utf8(vit(&args).stdout).unwrap()
+    };
+    let parse = |text: String| -> Vec<serde_json::Value> {
+        text.lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    let (answers, unbatched) = (parse(predict("2")), parse(predict("500")));
+    assert_eq!(answers.len(), 5);
+    let labels: Vec<i64> = Vec::try_from(test.labels.narrow(0, 0, 5)).unwrap();
+    let mut right = 0;
+    for (((answer, alone), png), label) in answers.iter().zip(&unbatched).zip(&pngs).zip(labels) {
+        assert_eq!(answer["file"].as_str(), Some(png.as_str()));
+        for (guess, same) in answer["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(alone["top"].as_array().unwrap())
+        {
+            // Another batch size rounds differently in the last float bits.
+            assert_eq!(
+                guess["index"], same["index"],
+                "{answers:?} vs {unbatched:?}"
+            );
+            let (p, q) = (
+                guess["prob"].as_f64().unwrap(),
+                same["prob"].as_f64().unwrap(),
+            );
+            assert!((p - q).abs() < 1e-5, "{answers:?} vs {unbatched:?}");
+        }
+        right += i32::from(answer["top"][0]["index"].as_i64() == Some(label));
+    }
+    assert!(right >= 4, "{right} of 5 right: {answers:?}");
 
     // A test image of the dataset the checkpoint records, picked by --index alone.
     let picture = run.join("attention.png");
@@ -233,6 +299,50 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         "{stderr}"
     );
     assert_eq!(read_metrics(&run).1.len(), 4, "the finished run changed");
+}
+
+#[test]
+fn ctrl_c_saves_the_run_and_prints_a_resume_command_that_works() {
+    let (root, data_dir) = colour_cifar10("ctrl-c");
+    // A space and a quote in the folder's name: the printed command must quote them.
+    let run = root.join("run 'one'");
+    let (data, out) = (data_dir.to_str().unwrap(), run.to_str().unwrap());
+    let mut args = tiny_run_args(data, out);
+    #[rustfmt::skip]
+    args.extend(["--epochs", "2", "--batch-size", "1", "--warmup-epochs", "1", "--train-subset", "100"]);
+    let child = Command::new(env!("CARGO_BIN_EXE_vit"))
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // config.json exists once the Ctrl-C handler is installed; 200 steps follow.
+    let started = std::time::Instant::now();
+    while !run.join("config.json").exists() {
+        assert!(started.elapsed().as_secs() < 60, "the run did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let command = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("Resume with: "))
+        .unwrap_or_else(|| panic!("no resume command in {stderr}"));
+    assert!(run.join("resume.safetensors").exists());
+    let resumed = Command::new("sh").args(["-c", command]).output().unwrap();
+    assert!(
+        resumed.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_eq!(read_metrics(&run).1.len(), 2);
 }
 
 /// Trains `settings` into `out`, interrupted (as by Ctrl-C) at the first opportunity when
@@ -395,6 +505,8 @@ fn strong_recipe_runs_from_the_command_line() {
     let (data, out) = (data_dir.to_str().unwrap(), run.to_str().unwrap());
     let mut args = tiny_run_args(data, out);
     args.extend(["--recipe", "strong", "--epochs", "1", "--batch-size", "100"]);
+    // A probability may be 1, as in torchvision's RandomErasing.
+    args.extend(["--random-erasing", "1"]);
     // In bf16 autocast, as on a GPU: the CPU runs the same autocast machinery.
     args.extend(["--precision", "bf16"]);
     let output = vit(&args);
@@ -413,6 +525,7 @@ fn strong_recipe_runs_from_the_command_line() {
         "\"ema\": 0.999",
         "\"dropout\": 0.0",
         "\"precision\": \"bf16\"",
+        "\"p\": 1.0",
     ] {
         assert!(config.contains(setting), "{setting} not in {config}");
     }
@@ -457,6 +570,16 @@ fn user_errors_say_what_to_do() {
         ("--lr=0", "--lr must be positive"),
         ("--clip-grad=-1", "cannot be negative"),
         ("--cuda-graph", "--cuda-graph needs a CUDA device"),
+        (
+            "--train-subset=100000",
+            "--train-subset 100000 is outside 1..=600",
+        ),
+        ("--ema=-0.5", "--ema must be in [0, 1), got -0.5"),
+        (
+            "--random-erasing=1.5",
+            "--random-erasing must be in [0, 1], got 1.5",
+        ),
+        ("--threads=0", "invalid value '0' for '--threads"),
     ] {
         let mut args = tiny_run_args(data, run.to_str().unwrap());
         args.push(flag);
@@ -468,16 +591,67 @@ fn user_errors_say_what_to_do() {
         "a refused run must not leave a run folder behind"
     );
 
+    // A folder of the user's with files a run would overwrite is refused, untouched.
+    std::fs::create_dir_all(&run).unwrap();
+    for name in ["config.json", "best_model.safetensors"] {
+        std::fs::write(run.join(name), "the user's").unwrap();
+        let stderr = vit_fails(&tiny_run_args(data, run.to_str().unwrap()));
+        assert!(stderr.contains("is not a vit run folder"), "{stderr}");
+        assert!(stderr.contains(name), "{stderr}");
+        assert_eq!(
+            std::fs::read_to_string(run.join(name)).unwrap(),
+            "the user's"
+        );
+        std::fs::remove_file(run.join(name)).unwrap();
+    }
+    assert_eq!(
+        std::fs::read_dir(&run).unwrap().count(),
+        0,
+        "files left behind"
+    );
+
     // A folder left by a run that failed before saving anything (config.json and the
     // metrics header only) is started over, with other settings if need be.
-    std::fs::create_dir_all(&run).unwrap();
-    std::fs::write(run.join("config.json"), "{}").unwrap();
-    std::fs::write(run.join("metrics.csv"), "epoch\n").unwrap();
     let mut args = tiny_run_args(data, run.to_str().unwrap());
     args.extend(["--epochs", "1", "--batch-size", "100"]);
+    vit(&args);
+    for name in [
+        "best_model.safetensors",
+        "last_model.safetensors",
+        "resume.safetensors",
+    ] {
+        std::fs::remove_file(run.join(name)).unwrap();
+    }
+    let (header, _) = read_metrics(&run);
+    std::fs::write(run.join("metrics.csv"), header.join(",") + "\n").unwrap();
+    let mut args = tiny_run_args(data, run.to_str().unwrap());
+    args.extend(["--epochs", "1", "--batch-size", "50"]);
     let output = vit(&args);
     assert!(String::from_utf8_lossy(&output.stderr).contains("starting it over"));
     assert_eq!(read_metrics(&run).1.len(), 1);
+
+    // A folder another live vit process holds (this test's PID stands in for it) is
+    // refused, for a resume too; the lock of a process that is gone is taken over, and
+    // released when the run ends.
+    let lock = run.join(".lock");
+    let resume = |epochs| {
+        let mut args = tiny_run_args(data, run.to_str().unwrap());
+        args.extend(["--epochs", epochs, "--batch-size", "50", "--resume"]);
+        args
+    };
+    std::fs::write(&lock, std::process::id().to_string()).unwrap();
+    let stderr = vit_fails(&resume("1"));
+    assert!(
+        stderr.contains("is in use by another vit process"),
+        "{stderr}"
+    );
+    std::fs::write(&lock, "4294967295").unwrap();
+    let stderr = vit_fails(&resume("2"));
+    assert!(stderr.contains("the settings differ"), "{stderr}");
+    assert!(!lock.exists(), "a refused run must release its lock");
+    std::fs::write(&lock, "4294967295").unwrap();
+    vit(&resume("1"));
+    assert!(!lock.exists(), "the run must release its lock");
     std::fs::remove_dir_all(&run).unwrap();
 
     if !tch::Cuda::is_available() {

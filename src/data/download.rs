@@ -7,6 +7,7 @@
 //! the complete dataset or nothing of it; temporaries left by a killed run are removed by
 //! the next one.
 
+use crate::fsutil::{remove_stale_temporaries, temporary_sibling};
 use anyhow::{bail, Context, Result};
 use md5::{Digest, Md5};
 use std::fs::File;
@@ -62,14 +63,13 @@ pub fn fetch(source: &str, data_dir: &Path, spec: &ArchiveSpec) -> Result<Fetche
     }
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    remove_stale_temporaries(data_dir, spec);
+    remove_stale_temporaries(data_dir);
 
-    let pid = std::process::id();
-    let archive = TempPath(data_dir.join(format!(".{}.part-{pid}", spec.file_name)));
+    let archive = TempPath(temporary_sibling(&data_dir.join(spec.file_name)));
     let source = resolve_source(source, spec);
     download(&source, &archive.0, spec)?;
 
-    let unpack_dir = TempPath(data_dir.join(format!(".{}.unpack-{pid}", spec.folder)));
+    let unpack_dir = TempPath(temporary_sibling(&data_dir.join(spec.folder)));
     unpack(&archive.0, &unpack_dir.0, spec).with_context(|| {
         format!(
             "cannot unpack {source}; nothing was written to {}",
@@ -120,30 +120,6 @@ impl Drop for TempPath {
             let _ = std::fs::remove_dir_all(&self.0);
         } else {
             let _ = std::fs::remove_file(&self.0);
-        }
-    }
-}
-
-/// Removes `.<file>.part-PID` and `.<folder>.unpack-PID` left by runs that were killed
-/// (their PID no longer running). Only where `/proc` tells which processes run.
-fn remove_stale_temporaries(data_dir: &Path, spec: &ArchiveSpec) {
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
-    let prefixes = [
-        format!(".{}.part-", spec.file_name),
-        format!(".{}.unpack-", spec.folder),
-    ];
-    let Ok(entries) = std::fs::read_dir(data_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = prefixes.iter().find_map(|p| name.strip_prefix(p.as_str())) else {
-            continue;
-        };
-        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
-            drop(TempPath(entry.path()));
         }
     }
 }

@@ -13,7 +13,7 @@ mod run_folder;
 
 pub use cuda_graph::CudaGraphSteps;
 pub use recipe::Regularization;
-pub use run_folder::{EpochMetrics, METRICS_HEADER};
+pub use run_folder::EpochMetrics;
 
 use crate::checkpoint;
 use crate::cli::{Precision, Recipe, TrainArgs};
@@ -287,15 +287,22 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             "Interrupted after step {step} of epoch {epoch}; the state is saved in {}.\n\
              Resume with: {}",
             out.display(),
-            command.join(" ")
+            command
+                .iter()
+                .map(|arg| shell_quoted(arg))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         std::process::exit(130);
     }
     Ok(())
 }
 
+/// How `train` ended.
 pub enum Outcome {
-    Finished { best_accuracy: f64 },
+    /// Every epoch ran.
+    Finished,
+    /// Ctrl-C: the state is saved after `step` steps of `epoch` (1-based).
     Interrupted { epoch: usize, step: usize },
 }
 
@@ -365,7 +372,14 @@ impl<'a> Trainer<'a> {
         options: &'a RunOptions<'a>,
     ) -> Result<Self> {
         let device = options.device;
-        // Before the run folder exists, so that a refused --cuda-graph leaves none behind.
+        // Before the run folder exists, so that a refused run leaves none behind.
+        if let Some(n) = settings.train_subset {
+            ensure!(
+                n > 0 && n <= dataset.train.len(),
+                "--train-subset {n} is outside 1..={} (the training images there are)",
+                dataset.train.len()
+            );
+        }
         let full_batch = settings
             .batch_size
             .min(settings.train_subset.unwrap_or(dataset.train.len()));
@@ -390,14 +404,7 @@ impl<'a> Trainer<'a> {
             false => Progress::default(),
         };
         let train_split = match settings.train_subset {
-            Some(n) => {
-                ensure!(
-                    n > 0 && n <= dataset.train.len(),
-                    "--train-subset {n} is outside 1..={} (the training images there are)",
-                    dataset.train.len()
-                );
-                dataset.train.subset(n).to_device(device)
-            }
+            Some(n) => dataset.train.subset(n).to_device(device),
             None => dataset.train.to_device(device),
         };
         let n_train = train_split.len();
@@ -442,9 +449,7 @@ impl<'a> Trainer<'a> {
                 });
             }
         }
-        Ok(Outcome::Finished {
-            best_accuracy: self.progress.best_accuracy,
-        })
+        Ok(Outcome::Finished)
     }
 
     /// The training steps of `epoch` (from where a resumed run stopped), stopping early
@@ -504,6 +509,9 @@ impl<'a> Trainer<'a> {
             if self.options.interrupted.load(Ordering::SeqCst) && step + 1 < self.steps_per_epoch {
                 self.progress.step_in_epoch = step + 1;
                 self.progress.loss_sum = sums.loss.double_value(&[]);
+                // Diverged weights must not replace the last good resume state.
+                let mean_loss = self.progress.loss_sum / self.progress.seen as f64;
+                ensure_finite(mean_loss, epoch + 1, &self.run)?;
                 self.progress.correct = sums.correct.int64_value(&[]);
                 self.progress.seconds += started.elapsed().as_secs_f64();
                 let ema = self.ema.as_ref();
@@ -555,14 +563,15 @@ impl<'a> Trainer<'a> {
         let mut files = Vec::new();
         let model = |vs| checkpoint::to_bytes(vs, &self.settings.model, &self.metadata);
         let last_model = model(&self.vs)?;
-        if evaluation.accuracy > progress.best_accuracy {
+        // The first epoch always writes one, so that best_model exists even at 0%.
+        if evaluation.accuracy > progress.best_accuracy || epoch == 0 {
             progress.best_accuracy = evaluation.accuracy;
             files.push(("best_model.safetensors", last_model.clone()));
         }
         files.push(("last_model.safetensors", last_model));
         if let (Some(ema), Some(evaluation)) = (&self.ema, &ema_evaluation) {
             let last_ema_model = model(&ema.vs)?;
-            if evaluation.accuracy > progress.best_ema_accuracy {
+            if evaluation.accuracy > progress.best_ema_accuracy || epoch == 0 {
                 progress.best_ema_accuracy = evaluation.accuracy;
                 files.push(("best_ema_model.safetensors", last_ema_model.clone()));
             }
@@ -590,6 +599,16 @@ impl<'a> Trainer<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// `arg` as a POSIX shell reads it back: as is when that is safe, else in single quotes.
+fn shell_quoted(arg: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./:=,+@%".contains(c);
+    if !arg.is_empty() && arg.chars().all(plain) {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
     }
 }
 

@@ -77,17 +77,20 @@ impl Regularization {
             attn_dropout: pick(args.attn_dropout, 0.0),
             ema: Some(pick(args.ema, 0.999)).filter(|&decay| decay > 0.0),
         };
-        for (flag, value) in [
-            ("--random-erasing", erasing),
-            ("--mix-prob", mix.prob),
-            ("--switch-prob", mix.switch_prob),
-            ("--drop-path", regularization.drop_path),
-            ("--attn-dropout", regularization.attn_dropout),
-            ("--ema", regularization.ema.unwrap_or(0.0)),
+        // Probabilities may be 1; a drop rate of 1 would drop everything, a decay of 1
+        // would never move the average.
+        for (flag, value, one_allowed) in [
+            ("--random-erasing", erasing, true),
+            ("--mix-prob", mix.prob, true),
+            ("--switch-prob", mix.switch_prob, true),
+            ("--drop-path", regularization.drop_path, false),
+            ("--attn-dropout", regularization.attn_dropout, false),
+            ("--ema", pick(args.ema, 0.999), false),
         ] {
+            let upper = if one_allowed { "1]" } else { "1)" };
             ensure!(
-                (0.0..1.0).contains(&value) || (flag.ends_with("prob") && value == 1.0),
-                "{flag} must be in [0, 1), got {value}"
+                value >= 0.0 && (value < 1.0 || (one_allowed && value == 1.0)),
+                "{flag} must be in [0, {upper}, got {value}"
             );
         }
         ensure!(

@@ -4,25 +4,27 @@
 use super::ema::Ema;
 use super::TrainSettings;
 use crate::checkpoint::TensorFile;
-use crate::fsutil::{remove_stale_temporaries, write_atomic, BackgroundWrites};
+use crate::fsutil::{
+    process_ended, remove_stale_temporaries, temporary_sibling, write_atomic, BackgroundWrites,
+};
 use crate::optim::AdamW;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device};
 
-pub const METRICS_HEADER: [&str; 10] = [
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "test_loss",
-    "test_acc",
-    "epoch_seconds",
-    "images_per_second",
-    "ema_test_loss",
-    "ema_test_acc",
-];
+/// metrics.csv's column names: `EpochMetrics`'s fields, in order, as the csv crate
+/// names them when it writes a row with its header.
+fn metrics_header() -> Vec<String> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    writer
+        .serialize(EpochMetrics::default())
+        .expect("a row serializes to memory");
+    let text = writer.into_inner().expect("a Vec cannot fail to flush");
+    let mut reader = csv::Reader::from_reader(text.as_slice());
+    let header = reader.headers().expect("the header just written");
+    header.iter().map(String::from).collect()
+}
 
 /// Where the loop is, saved in resume.safetensors's metadata.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -40,8 +42,8 @@ pub(super) struct Progress {
     pub(super) seconds: f64,
 }
 
-/// One epoch's metrics.csv row.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One epoch's metrics.csv row; the header is its field names.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
     pub epoch: usize,
     pub lr: f64,
@@ -85,30 +87,44 @@ fn utc_timestamp(secs: u64) -> String {
     )
 }
 
+/// What a run writes into its folder: a fresh run refuses a folder holding any of them
+/// (unless they are a vit run's that saved nothing yet), so nothing a user had is
+/// overwritten.
+const RUN_FILES: [&str; 9] = [
+    "config.json",
+    "metrics.csv",
+    "best_model.safetensors",
+    "last_model.safetensors",
+    "resume.safetensors",
+    "best_ema_model.safetensors",
+    "last_ema_model.safetensors",
+    "curves.png",
+    "curves.svg",
+];
+
 /// The run folder: config.json, metrics.csv, checkpoints and the resume state.
 pub(super) struct RunFolder {
     dir: PathBuf,
     /// Checkpoints and resume states on their way to disk.
     writes: BackgroundWrites,
+    /// Dropped after `writes` (fields drop in order), so the folder stays locked until
+    /// the last file has landed.
+    _lock: RunLock,
 }
 
 impl RunFolder {
-    /// Creates (or, for `resume`, reopens) the folder. A fresh run refuses a folder that
-    /// already holds a run's results, so nothing a user had is overwritten.
+    /// Creates (or, for `resume`, reopens) the folder and locks it for this process.
     pub(super) fn open(
         dir: &Path,
         settings: &TrainSettings,
         resume: bool,
         device: Device,
     ) -> Result<Self> {
-        let run = Self {
-            dir: dir.to_path_buf(),
-            writes: BackgroundWrites::default(),
-        };
-        let config_path = run.path("config.json");
+        let config_path = dir.join("config.json");
         if resume {
             let saved = std::fs::read_to_string(&config_path)
                 .with_context(|| format!("cannot resume: {} has no config.json", dir.display()))?;
+            let lock = RunLock::take(dir)?;
             let saved: RunConfig = serde_json::from_str(&saved)
                 .with_context(|| format!("{} is not a vit run config", config_path.display()))?;
             if saved.settings != *settings {
@@ -132,28 +148,21 @@ impl RunFolder {
                 );
             }
             remove_stale_temporaries(dir);
-            return Ok(run);
+            return Ok(Self::locked(dir, lock));
         }
-        if config_path.exists() {
-            ensure!(
-                !run.holds_results(),
-                "{} already holds a run; pass --resume to continue it or choose another --out",
-                dir.display()
-            );
-            // A run that failed before its first epoch or save (say, out of memory): there
-            // is nothing to lose, and its settings need not be repeated to start again.
-            eprintln!(
-                "note: {} holds a run that stopped before saving anything; starting it over",
-                dir.display()
-            );
-            remove_stale_temporaries(dir);
-        }
+        let existed = dir.is_dir();
         std::fs::create_dir_all(dir).with_context(|| {
             format!(
                 "cannot create the run folder {} (is it writable?)",
                 dir.display()
             )
         })?;
+        let lock = RunLock::take(dir)?;
+        if existed {
+            check_fresh(dir)?;
+            remove_stale_temporaries(dir);
+        }
+        let run = Self::locked(dir, lock);
         let record = RunConfig {
             settings: settings.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -164,24 +173,20 @@ impl RunFolder {
             serde_json::to_string_pretty(&record)?.as_bytes(),
         )
         .with_context(|| format!("the run folder {} is not writable", dir.display()))?;
-        let mut writer = csv::Writer::from_path(run.path("metrics.csv"))?;
-        writer.write_record(METRICS_HEADER)?;
+        let metrics = run.path("metrics.csv");
+        let mut writer = csv::Writer::from_path(&metrics)
+            .with_context(|| format!("cannot write {}", metrics.display()))?;
+        writer.write_record(metrics_header())?;
         writer.flush()?;
         Ok(run)
     }
 
-    /// Whether the folder holds anything a run produced: a metrics row or a saved state.
-    fn holds_results(&self) -> bool {
-        let has_rows = std::fs::read_to_string(self.path("metrics.csv"))
-            .is_ok_and(|text| text.lines().count() > 1);
-        has_rows
-            || [
-                "resume.safetensors",
-                "last_model.safetensors",
-                "best_model.safetensors",
-            ]
-            .iter()
-            .any(|name| self.path(name).exists())
+    fn locked(dir: &Path, lock: RunLock) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            writes: BackgroundWrites::default(),
+            _lock: lock,
+        }
     }
 
     pub(super) fn path(&self, name: &str) -> PathBuf {
@@ -190,15 +195,17 @@ impl RunFolder {
 
     /// Appends one row and flushes, so a crash never loses a finished epoch.
     pub(super) fn append_metrics(&self, row: &EpochMetrics) -> Result<()> {
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(self.path("metrics.csv"))?;
-        let mut writer = csv::WriterBuilder::new()
-            .has_headers(false)
-            .from_writer(file);
-        writer.serialize(row)?;
-        writer.flush()?;
-        Ok(())
+        let path = self.path("metrics.csv");
+        let append = || -> Result<()> {
+            let file = std::fs::OpenOptions::new().append(true).open(&path)?;
+            let mut writer = csv::WriterBuilder::new()
+                .has_headers(false)
+                .from_writer(file);
+            writer.serialize(row)?;
+            writer.flush()?;
+            Ok(())
+        };
+        append().with_context(|| format!("cannot append to {}", path.display()))
     }
 
     /// Starts writing `files` (name in the folder, contents) in the background, after
@@ -281,9 +288,91 @@ impl RunFolder {
 
     fn truncate_metrics(&self, epochs: usize) -> Result<()> {
         let path = self.path("metrics.csv");
-        let text = std::fs::read_to_string(&path)?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot resume: cannot read {}", path.display()))?;
         let kept: Vec<&str> = text.lines().take(epochs + 1).collect();
         write_atomic(&path, format!("{}\n", kept.join("\n")).as_bytes())
+    }
+}
+
+/// Refuses an existing folder for a fresh run when it holds anything of `RUN_FILES`,
+/// except a vit run that stopped before saving anything (say, out of memory): there is
+/// nothing to lose, and its settings need not be repeated to start again.
+fn check_fresh(dir: &Path) -> Result<()> {
+    let present: Vec<&str> = RUN_FILES
+        .into_iter()
+        .filter(|name| dir.join(name).exists())
+        .collect();
+    if present.is_empty() {
+        return Ok(());
+    }
+    let is_vit_run = std::fs::read_to_string(dir.join("config.json"))
+        .is_ok_and(|text| serde_json::from_str::<RunConfig>(&text).is_ok());
+    ensure!(
+        is_vit_run,
+        "{} holds {} that a new run would overwrite, and is not a vit run folder; \
+         choose another --out",
+        dir.display(),
+        present.join(", ")
+    );
+    let has_rows =
+        std::fs::read_to_string(dir.join("metrics.csv")).is_ok_and(|text| text.lines().count() > 1);
+    let saved_anything = has_rows || present.iter().any(|name| name.ends_with(".safetensors"));
+    ensure!(
+        !saved_anything,
+        "{} already holds a run; pass --resume to continue it or choose another --out",
+        dir.display()
+    );
+    eprintln!(
+        "note: {} holds a run that stopped before saving anything; starting it over",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// `.lock` in a run folder while a vit process writes it, holding that process's PID: a
+/// second process given the same folder (a parallel run, or a resume while the run still
+/// trains) is refused instead of mixing its files in. Removed when the run ends; the lock
+/// of a process that is gone (killed) is taken over.
+struct RunLock(PathBuf);
+
+impl RunLock {
+    fn take(dir: &Path) -> Result<Self> {
+        let path = dir.join(".lock");
+        // Written whole under another name, then linked into place: the link fails if
+        // the lock exists, and a lock that exists always holds its PID.
+        let claim = temporary_sibling(&path);
+        std::fs::write(&claim, std::process::id().to_string())
+            .with_context(|| format!("the run folder {} is not writable", dir.display()))?;
+        let linked = (0..2).find_map(|_| match std::fs::hard_link(&claim, &path) {
+            Ok(()) => Some(Ok(())),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                match holder.trim().parse::<u32>() {
+                    Ok(pid) if process_ended(pid) => {
+                        let _ = std::fs::remove_file(&path);
+                        None
+                    }
+                    _ => Some(Err(anyhow!(
+                        "{} is in use by another vit process (PID {}): wait for it to end, or \
+                         choose another --out (if no vit process uses it, delete {})",
+                        dir.display(),
+                        holder.trim(),
+                        path.display()
+                    ))),
+                }
+            }
+            Err(e) => Some(Err(e).with_context(|| format!("cannot lock {}", path.display()))),
+        });
+        let _ = std::fs::remove_file(&claim);
+        linked.unwrap_or_else(|| bail!("cannot take {} over", path.display()))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
