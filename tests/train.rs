@@ -298,6 +298,10 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         stderr.contains("was trained on Cuda(0) and resumes on Cpu"),
         "{stderr}"
     );
+    assert!(
+        stderr.contains("already finished its 4 epochs; nothing to train"),
+        "{stderr}"
+    );
     assert_eq!(read_metrics(&run).1.len(), 4, "the finished run changed");
 }
 
@@ -442,13 +446,28 @@ fn resume_with_changed_settings_is_refused() {
     run_training(&tiny_settings(1, 600), &dataset, &run, false, true);
     let mut changed = tiny_settings(1, 600);
     changed.lr = 1e-2;
+    changed.model.embed_dim = 64;
     let flag = AtomicBool::new(false);
     let error = train::train(&changed, &dataset, &options(&run, true, &flag))
         .err()
         .unwrap();
+    // Each difference by name, and nothing else.
+    let error = format!("{error:#}");
+    let lines: Vec<&str> = error.lines().collect();
     assert!(
-        format!("{error:#}").contains("settings differ"),
-        "{error:#}"
+        lines[0].ends_with("the settings differ from the saved run's:"),
+        "{error}"
+    );
+    assert_eq!(
+        lines[1..3],
+        [
+            "  lr: saved 0.003, given 0.01",
+            "  model.embed_dim: saved 32, given 64"
+        ]
+    );
+    assert!(
+        lines[3].starts_with("Resume with the same flags"),
+        "{error}"
     );
 }
 
@@ -543,6 +562,16 @@ fn user_errors_say_what_to_do() {
     ));
     assert!(
         stderr.contains("vit download --dataset cifar10"),
+        "{stderr}"
+    );
+
+    // `vit download` does not fetch a dataset folder that exists, so it checks it.
+    let partial = root.join("partial");
+    std::fs::create_dir_all(partial.join("cifar-10-batches-bin")).unwrap();
+    #[rustfmt::skip]
+    let stderr = vit_fails(&["download", "--dataset", "cifar10", "--data-dir", partial.to_str().unwrap()]);
+    assert!(
+        stderr.contains("is there but not a whole dataset: delete it"),
         "{stderr}"
     );
 
@@ -708,6 +737,23 @@ fn resume_of_a_run_killed_before_its_first_save_starts_over() {
     std::fs::remove_file(killed.join("resume.safetensors")).unwrap();
     run_training(&settings, &dataset, &killed, true, false);
     assert_same_run(&straight, &killed);
+
+    // A run that saved results, then lost its resume state, is not started over.
+    std::fs::remove_file(killed.join("resume.safetensors")).unwrap();
+    let best_model = std::fs::read(killed.join("best_model.safetensors")).unwrap();
+    let flag = AtomicBool::new(false);
+    let result = train::train(&settings, &dataset, &options(&killed, true, &flag));
+    let error = format!("{:#}", result.err().expect("the resume must be refused"));
+    assert!(
+        error.contains("resume.safetensors is missing")
+            && error.contains("2 epoch(s) in metrics.csv, best_model.safetensors"),
+        "{error}"
+    );
+    assert_eq!(
+        std::fs::read(killed.join("best_model.safetensors")).unwrap(),
+        best_model
+    );
+    assert_eq!(read_metrics(&killed).1.len(), 2);
 }
 
 #[test]

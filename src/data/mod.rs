@@ -14,7 +14,7 @@ pub mod mix;
 pub mod transforms;
 
 use crate::cli::{DataArgs, DatasetArgs, DatasetName, DownloadArgs};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -169,6 +169,17 @@ pub fn run_download(args: &DownloadArgs) -> Result<()> {
     let source = args.from.as_deref().unwrap_or(download::OFFICIAL_URL);
     match download::fetch(source, &args.data_dir, spec)? {
         download::Fetched::AlreadyPresent(path) => {
+            // A folder that is there is not fetched again, so it has to be whole.
+            let whole = match args.dataset {
+                DatasetName::Cifar100 => cifar::load_cifar100(&args.data_dir, false).map(drop),
+                _ => cifar::load_cifar10(&args.data_dir).map(drop),
+            };
+            whole.with_context(|| {
+                format!(
+                    "{} is there but not a whole dataset: delete it, then run this command again",
+                    path.display()
+                )
+            })?;
             println!("{} is already in place; nothing to fetch", path.display())
         }
         download::Fetched::Unpacked(path) => println!("unpacked to {}", path.display()),

@@ -431,6 +431,12 @@ impl<'a> Trainer<'a> {
     /// The remaining epochs, or until Ctrl-C.
     fn train_epochs(&mut self) -> Result<Outcome> {
         let epochs = self.settings.epochs;
+        if self.progress.epochs_done >= epochs {
+            eprintln!(
+                "note: {} already finished its {epochs} epochs; nothing to train",
+                self.options.out.display()
+            );
+        }
         for epoch in self.progress.epochs_done..epochs {
             let started = Instant::now();
             match self.train_epoch(epoch, started)? {

@@ -63,7 +63,15 @@ pub(super) fn default_run_dir() -> PathBuf {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default();
-    PathBuf::from("runs").join(utc_timestamp(secs))
+    let stamp = utc_timestamp(secs);
+    // Another run started in the same second gets its own folder.
+    (1..)
+        .map(|n| match n {
+            1 => PathBuf::from("runs").join(&stamp),
+            n => PathBuf::from("runs").join(format!("{stamp}-{n}")),
+        })
+        .find(|dir| !dir.exists())
+        .expect("an unused name")
 }
 
 /// `YYYYMMDD-HHMMSS` in UTC (civil-from-days, Howard Hinnant's algorithm).
@@ -128,12 +136,20 @@ impl RunFolder {
             let saved: RunConfig = serde_json::from_str(&saved)
                 .with_context(|| format!("{} is not a vit run config", config_path.display()))?;
             if saved.settings != *settings {
+                let mut differences = Vec::new();
+                differing_settings(
+                    "",
+                    &serde_json::to_value(&saved.settings)?,
+                    &serde_json::to_value(settings)?,
+                    &mut differences,
+                );
                 bail!(
-                    "cannot resume {}: the settings differ from the saved run.\n  saved: {}\n  given: {}\n\
-                     Resume with the same flags, or start a new run with another --out",
+                    "cannot resume {}: the settings differ from the saved run's:\n  {}\n\
+                     Resume with the same flags (the learning-rate schedule, the shuffles and \
+                     the augmentations all follow from them; --epochs included), or start a \
+                     new run with another --out",
                     dir.display(),
-                    serde_json::to_string(&saved.settings)?,
-                    serde_json::to_string(settings)?
+                    differences.join("\n  ")
                 );
             }
             let device = format!("{device:?}");
@@ -265,7 +281,24 @@ impl RunFolder {
     ) -> Result<Progress> {
         let path = self.path("resume.safetensors");
         if !path.exists() {
-            // Stopped before its first state was saved: the run starts over.
+            // Stopped before its first state was saved, the run starts over; but a run
+            // that saved results has lost its state, and starting over would replace them.
+            let rows = self.metrics_rows()?;
+            let mut results: Vec<String> = RUN_FILES
+                .into_iter()
+                .filter(|name| name.ends_with(".safetensors") && self.path(name).exists())
+                .map(String::from)
+                .collect();
+            if rows > 0 {
+                results.insert(0, format!("{rows} epoch(s) in metrics.csv"));
+            }
+            ensure!(
+                results.is_empty(),
+                "cannot resume {}: resume.safetensors is missing, but the run has results \
+                 ({}) that starting over would replace; start a new run with another --out",
+                self.dir.display(),
+                results.join(", ")
+            );
             self.truncate_metrics(0)?;
             return Ok(Progress::default());
         }
@@ -286,12 +319,57 @@ impl RunFolder {
         Ok(progress)
     }
 
-    fn truncate_metrics(&self, epochs: usize) -> Result<()> {
+    /// metrics.csv's text, for a resume.
+    fn read_metrics(&self) -> Result<String> {
         let path = self.path("metrics.csv");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot resume: cannot read {}", path.display()))?;
+        std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot resume: cannot read {}", path.display()))
+    }
+
+    /// The epochs metrics.csv holds (rows after its header).
+    fn metrics_rows(&self) -> Result<usize> {
+        Ok(self.read_metrics()?.lines().count().saturating_sub(1))
+    }
+
+    fn truncate_metrics(&self, epochs: usize) -> Result<()> {
+        let text = self.read_metrics()?;
         let kept: Vec<&str> = text.lines().take(epochs + 1).collect();
-        write_atomic(&path, format!("{}\n", kept.join("\n")).as_bytes())
+        write_atomic(
+            &self.path("metrics.csv"),
+            format!("{}\n", kept.join("\n")).as_bytes(),
+        )
+    }
+}
+
+/// Appends to `out` a line `name: saved X, given Y` for each setting that differs, with
+/// nested settings named by their path (`model.embed_dim`).
+fn differing_settings(
+    path: &str,
+    saved: &serde_json::Value,
+    given: &serde_json::Value,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match (saved, given) {
+        (Value::Object(saved), Value::Object(given)) => {
+            let keys: std::collections::BTreeSet<&String> =
+                saved.keys().chain(given.keys()).collect();
+            for key in keys {
+                let null = Value::Null;
+                let name = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                let (a, b) = (
+                    saved.get(key).unwrap_or(&null),
+                    given.get(key).unwrap_or(&null),
+                );
+                differing_settings(&name, a, b, out);
+            }
+        }
+        _ if saved != given => out.push(format!("{path}: saved {saved}, given {given}")),
+        _ => {}
     }
 }
 
