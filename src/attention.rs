@@ -81,6 +81,7 @@ pub struct AttentionResult {
 
 /// `vit attention --checkpoint PATH (IMAGE | --index I [--dataset D]) [-o attention.png]`.
 pub fn run(args: &AttentionArgs) -> Result<()> {
+    crate::plot::ensure_png_output(&args.output)?;
     let device = args.device.resolve()?;
     let loaded = checkpoint::load(&args.checkpoint, device)?;
     let config = &loaded.model.config;

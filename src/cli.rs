@@ -415,3 +415,31 @@ pub struct AttentionArgs {
     #[command(flatten)]
     pub device: DeviceArgs,
 }
+
+/// Makes a libtorch error that tch raises as a panic (out of memory, say) print as one
+/// line, with advice where there is some, instead of a panic report with libtorch's C++
+/// stack. The panic still unwinds (run folders finish their writes) and exits non-zero;
+/// any other panic (a bug) keeps Rust's full report.
+pub fn report_libtorch_errors_briefly() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        // tch's error, printed with `{:?}`: Torch("what\nframe #0: ...").
+        let Some((_, error)) = message.split_once("Torch(\"") else {
+            return default_hook(info);
+        };
+        let first_line = error.split("\\n").next().unwrap_or(error);
+        let advice = if first_line.contains("allocate") || first_line.contains("out of memory") {
+            "\nThe model or batch needs more memory than the device has: use a smaller \
+             --batch-size or model"
+        } else {
+            ""
+        };
+        eprintln!("Error: libtorch: {first_line}{advice}");
+    }));
+}

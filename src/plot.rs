@@ -161,11 +161,39 @@ pub fn metrics_path(run: &Path) -> PathBuf {
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
     let mut reader =
         csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
-    reader
+    let has_epochs = reader
+        .headers()
+        .is_ok_and(|header| header.iter().any(|column| column == "epoch"));
+    ensure!(
+        has_epochs,
+        "{} is not a metrics.csv of `vit train` (it has no epoch column); pass run folders",
+        path.display()
+    );
+    let rows: Vec<MetricsRow> = reader
         .deserialize()
         .enumerate()
         .map(|(i, row)| row.with_context(|| format!("{}: row {}", path.display(), i + 1)))
-        .collect()
+        .collect::<Result<_>>()?;
+    ensure!(
+        !rows.is_empty(),
+        "{} has no finished epochs yet: nothing to draw",
+        path.display()
+    );
+    Ok(rows)
+}
+
+/// Refuses an `-o` that is not a `.png` path: the pictures are PNG (and the curves' SVG
+/// goes beside it, named after it).
+pub fn ensure_png_output(output: &Path) -> Result<()> {
+    let is_png = output
+        .extension()
+        .is_some_and(|extension| extension.eq_ignore_ascii_case("png"));
+    ensure!(
+        is_png,
+        "-o {} does not end in .png: the picture is written as PNG; name it NAME.png",
+        output.display()
+    );
+    Ok(())
 }
 
 /// Reads every run's metrics; labels are folder names, or full paths when names clash.
@@ -205,6 +233,7 @@ pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
 
 /// `vit plot RUN_DIR... [-o curves.png]`: the curves as PNG, with an SVG beside it.
 pub fn run(args: &PlotArgs) -> Result<()> {
+    ensure_png_output(&args.output)?;
     curves(&args.runs, &args.output)?;
     println!(
         "wrote {} and {}",

@@ -734,6 +734,11 @@ fn image_folder_names_undecodable_files() {
     std::fs::write(tmp.0.join("train/a/broken.jpg"), b"not a jpeg").unwrap();
     let err = error_of(folder::load(&tmp.0, 4));
     assert!(err.contains("broken.jpg"), "{err}");
+    assert!(err.contains("convert, replace or remove it"), "{err}");
+    // A size no memory holds is an error before any file is read (not an abort).
+    let broken = tmp.0.join("train/a/broken.jpg");
+    let err = error_of(folder::decode_images(&[broken.as_path()], 1 << 24));
+    assert!(err.contains("more memory than there is"), "{err}");
     let _ = cifar::IMAGE_BYTES;
 }
 

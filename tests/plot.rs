@@ -77,6 +77,34 @@ fn curves_without_metrics_is_an_error_naming_the_file() {
     let dir = TempDir::new("no-metrics");
     let err = plot::curves(&[&*dir], &dir.join("curves.png")).unwrap_err();
     assert!(format!("{err:#}").contains("metrics.csv"), "{err:#}");
+    // A run with no finished epoch, and a file that is not a metrics.csv.
+    std::fs::write(dir.join("metrics.csv"), format!("{HEADER}\n")).unwrap();
+    let err = plot::curves(&[&*dir], &dir.join("curves.png")).unwrap_err();
+    assert!(format!("{err:#}").contains("no finished epochs"), "{err:#}");
+    let picture = dir.join("cat.jpg");
+    std::fs::write(&picture, "not a table").unwrap();
+    let err = plot::curves(&[&picture], &dir.join("curves.png")).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("cat.jpg is not a metrics.csv"),
+        "{err:#}"
+    );
+    assert!(!dir.join("curves.png").exists());
+}
+
+#[test]
+fn pictures_are_written_only_as_png() {
+    let dir = TempDir::new("png-only");
+    write_metrics(&dir, 2, 1.0);
+    for name in ["curves.svg", "curves.jpg", "curves"] {
+        let output = dir.join(name);
+        let plotted = plot::run(&PlotArgs {
+            runs: vec![dir.to_path_buf()],
+            output: output.clone(),
+        });
+        let err = format!("{:#}", plotted.unwrap_err());
+        assert!(err.contains("does not end in .png"), "{err}");
+        assert!(!output.exists());
+    }
 }
 
 #[test]

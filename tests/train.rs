@@ -565,6 +565,22 @@ fn user_errors_say_what_to_do() {
         "{stderr}"
     );
 
+    // A libtorch error (here: out of memory) is one line with advice, not a C++ stack.
+    #[rustfmt::skip]
+    let stderr = vit_fails(&["info", "--config", "tiny", "--embed-dim", "4000000", "--num-heads", "1"]);
+    assert!(
+        stderr.contains("Error: libtorch: ") && stderr.contains("can't allocate memory"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("use a smaller --batch-size or model"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("frame #") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+
     // `vit download` does not fetch a dataset folder that exists, so it checks it.
     let partial = root.join("partial");
     std::fs::create_dir_all(partial.join("cifar-10-batches-bin")).unwrap();

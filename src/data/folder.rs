@@ -138,7 +138,18 @@ pub fn decode_split(files: &[LabeledFile], size: u32) -> Result<Split> {
 /// Decodes image files (on all cores) into uint8 [N, 3, size, size].
 pub fn decode_images(files: &[&Path], size: u32) -> Result<Tensor> {
     let per_image = 3 * size as usize * size as usize;
-    let mut pixels = vec![0u8; files.len() * per_image];
+    let bytes = files.len() * per_image;
+    // Refused with an error rather than an abort: a --image-size too large for memory.
+    let mut pixels = Vec::new();
+    pixels.try_reserve_exact(bytes).map_err(|_| {
+        anyhow!(
+            "{} images of {size}x{size} pixels need {:.1} GB, more memory than there is; \
+             use a smaller --image-size",
+            files.len(),
+            bytes as f64 / 1e9
+        )
+    })?;
+    pixels.resize(bytes, 0);
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .max(1);
@@ -171,7 +182,12 @@ pub fn decode_into(path: &Path, size: u32, dst: &mut [u8]) -> Result<()> {
         .and_then(|reader| reader.with_guessed_format())
         .with_context(|| format!("cannot read {}", path.display()))?
         .decode()
-        .with_context(|| format!("cannot decode {}", path.display()))?
+        .with_context(|| {
+            format!(
+                "cannot decode {} (vit reads PNG and JPEG): convert, replace or remove it",
+                path.display()
+            )
+        })?
         .into_rgb8();
     let image = if image.dimensions() == (size, size) {
         image
