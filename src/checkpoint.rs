@@ -213,6 +213,13 @@ pub struct LoadedModel {
 /// Rebuilds the model a checkpoint describes (config from its metadata) on `device`.
 pub fn load(path: &Path, device: Device) -> Result<LoadedModel> {
     let file = TensorFile::read(path)?;
+    if file.metadata.contains_key("progress") {
+        bail!(
+            "{} is a run's resume state, not a checkpoint: use best_model.safetensors or \
+             last_model.safetensors from the same folder",
+            path.display()
+        );
+    }
     let config = file
         .config()
         .with_context(|| format!("in {}", path.display()))?;
@@ -220,11 +227,52 @@ pub fn load(path: &Path, device: Device) -> Result<LoadedModel> {
     let model = VisionTransformer::new(&vs.root(), &config)?;
     file.load_into(&vs)
         .with_context(|| format!("loading {}", path.display()))?;
+    warn_about_contents(path, &file);
     Ok(LoadedModel {
         vs,
         model,
         metadata: file.metadata,
     })
+}
+
+/// Warnings for a checkpoint that loads but will not give what its user expects: weights
+/// that are not finite (every output NaN), or inputs normalised otherwise than vit does.
+fn warn_about_contents(path: &Path, file: &TensorFile) {
+    let not_finite: Vec<&str> = file
+        .tensors
+        .iter()
+        .filter(|(_, t)| t.is_floating_point() && t.isfinite().all().int64_value(&[]) == 0)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !not_finite.is_empty() {
+        eprintln!(
+            "warning: {} has NaN or infinite values in {}: its outputs will be NaN",
+            path.display(),
+            not_finite.join(", ")
+        );
+    }
+    for (key, used) in [
+        ("mean", crate::data::CIFAR_MEAN),
+        ("std", crate::data::CIFAR_STD),
+    ] {
+        let recorded = file
+            .metadata
+            .get(key)
+            .map(|json| serde_json::from_str::<[f64; 3]>(json));
+        let matches =
+            |values: &[f64; 3]| values.iter().zip(used).all(|(a, b)| (a - b).abs() < 1e-6);
+        if recorded
+            .as_ref()
+            .is_some_and(|values| !values.as_ref().is_ok_and(matches))
+        {
+            eprintln!(
+                "warning: {} records normalisation {key} {}, but vit normalises inputs with \
+                 the notebook's {used:?}: its predictions may be off",
+                path.display(),
+                file.metadata[key]
+            );
+        }
+    }
 }
 
 /// Writes the model's parameters with `config` and `extra` metadata, atomically.
@@ -269,7 +317,10 @@ pub fn dataset_args(
         (None, Some("cifar10")) => DatasetName::Cifar10,
         (None, Some("cifar100" | "cifar100-coarse")) => DatasetName::Cifar100,
         (None, Some("folder")) => DatasetName::Folder,
-        (None, _) => bail!("the checkpoint does not record its dataset; pass --dataset"),
+        (None, Some(other)) => {
+            bail!("the checkpoint records the dataset `{other}`, which vit cannot read; pass --dataset")
+        }
+        (None, None) => bail!("the checkpoint does not record its dataset; pass --dataset"),
     };
     let recorded_coarse = recorded == Some("cifar100-coarse") && dataset == DatasetName::Cifar100;
     Ok(crate::cli::DatasetArgs {
@@ -282,9 +333,18 @@ pub fn dataset_args(
 /// Class names from the `classes` metadata, or `class 0`, `class 1`, ... when absent
 /// (a checkpoint saved from timm, say).
 pub fn class_names(metadata: &HashMap<String, String>, num_classes: i64) -> Vec<String> {
-    metadata
-        .get("classes")
-        .and_then(|json| serde_json::from_str::<Vec<String>>(json).ok())
-        .filter(|names| names.len() as i64 == num_classes)
-        .unwrap_or_else(|| (0..num_classes).map(|i| format!("class {i}")).collect())
+    let numbered = || (0..num_classes).map(|i| format!("class {i}")).collect();
+    let Some(json) = metadata.get("classes") else {
+        return numbered();
+    };
+    match serde_json::from_str::<Vec<String>>(json) {
+        Ok(names) if names.len() as i64 == num_classes => names,
+        _ => {
+            eprintln!(
+                "warning: the checkpoint's `classes` metadata is not a list of {num_classes} \
+                 names; classes are shown by number"
+            );
+            numbered()
+        }
+    }
 }

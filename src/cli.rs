@@ -239,12 +239,13 @@ pub struct TrainArgs {
     /// Automatic augmentation (strong recipe: autoaugment, the CIFAR-10 policy).
     #[arg(long, value_enum)]
     pub augment_policy: Option<AugmentPolicy>,
-    /// RandAugment: ops per image (N).
-    #[arg(long, default_value_t = 2)]
-    pub randaugment_ops: i64,
-    /// RandAugment: magnitude bin (M) of 31.
-    #[arg(long, default_value_t = 9)]
-    pub randaugment_magnitude: i64,
+    /// RandAugment: ops per image (N; default 2). Needs --augment-policy randaugment.
+    #[arg(long)]
+    pub randaugment_ops: Option<i64>,
+    /// RandAugment: magnitude bin (M) of 0..=30 (default 9). Needs --augment-policy
+    /// randaugment.
+    #[arg(long)]
+    pub randaugment_magnitude: Option<i64>,
     /// Random erasing probability (strong: 0.25).
     #[arg(long)]
     pub random_erasing: Option<f64>,
@@ -257,9 +258,9 @@ pub struct TrainArgs {
     /// Probability of mixing a batch (strong: 1.0).
     #[arg(long)]
     pub mix_prob: Option<f64>,
-    /// Probability of CutMix rather than MixUp when both are on.
-    #[arg(long, default_value_t = 0.5)]
-    pub switch_prob: f64,
+    /// Probability of CutMix rather than MixUp when both are on (default 0.5).
+    #[arg(long)]
+    pub switch_prob: Option<f64>,
     /// Stochastic depth of the last block, rising linearly from 0 (strong: 0.1).
     #[arg(long)]
     pub drop_path: Option<f64>,
@@ -442,4 +443,20 @@ pub fn report_libtorch_errors_briefly() {
         };
         eprintln!("Error: libtorch: {first_line}{advice}");
     }));
+}
+
+/// Sets libtorch's CPU thread count when `--threads` is given, warning when it exceeds
+/// the cores here (the threads would then wait for each other, and a run crawls).
+pub fn apply_threads(threads: Option<i32>) {
+    let Some(threads) = threads else {
+        return;
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads as usize > cores {
+        eprintln!(
+            "warning: --threads {threads} is more than the {cores} cores here; it is likely to run \
+             slower than --threads {cores}"
+        );
+    }
+    tch::set_num_threads(threads);
 }

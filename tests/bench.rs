@@ -95,6 +95,26 @@ fn vit_bench_reports_throughput_and_memory_for_each_setting() {
 }
 
 #[test]
+fn more_threads_than_cores_is_a_warning() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let threads = (cores + 1).to_string();
+    #[rustfmt::skip]
+    let output = vit(&[
+        "bench", "--config", "tiny", "--batch-size", "2", "--steps", "1", "--warmup", "0",
+        "--device", "cpu", "--threads", &threads, "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let warning = format!("--threads {threads} is more than the {cores} cores here");
+    assert!(stderr.contains(&warning), "{stderr}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        report["threads"],
+        cores as i64 + 1,
+        "the count asked for is still used"
+    );
+}
+
+#[test]
 fn compare_py_prints_one_table_with_ratios_of_the_same_work() {
     let output = compare_py(&[
         "--batch-size",

@@ -241,7 +241,10 @@ fn missing_files_name_the_download_command() {
         "{err}"
     );
     // `vit download` would skip the existing folder: the message says to delete it.
-    let incomplete = format!("{} is incomplete: delete it", dir.display());
+    let incomplete = format!(
+        "{} is incomplete: delete {0}, then run `vit download",
+        dir.display()
+    );
     assert!(err.contains(&incomplete), "{err}");
 }
 
@@ -260,6 +263,8 @@ fn bad_sizes_and_labels_are_named() {
         "{err}"
     );
     assert!(err.contains("3073"), "{err}");
+    let advice = format!("delete {}, then run `vit download", dir.display());
+    assert!(err.contains(&advice), "{err}");
 
     write_cifar10(&tmp.0);
     let mut bytes = std::fs::read(dir.join("data_batch_2.bin")).unwrap();

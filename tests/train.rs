@@ -265,6 +265,15 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     }
     assert!(right >= 4, "{right} of 5 right: {answers:?}");
 
+    // The resume state is not a checkpoint, and eval says which files are.
+    let resume_state = run.join("resume.safetensors");
+    #[rustfmt::skip]
+    let stderr = vit_fails(&["eval", "--checkpoint", resume_state.to_str().unwrap(), "--data-dir", data]);
+    assert!(
+        stderr.contains("resume state, not a checkpoint: use best_model"),
+        "{stderr}"
+    );
+
     // A test image of the dataset the checkpoint records, picked by --index alone.
     let picture = run.join("attention.png");
     #[rustfmt::skip]
@@ -591,6 +600,12 @@ fn user_errors_say_what_to_do() {
         "{stderr}"
     );
 
+    let a_file = root.join("a-file");
+    std::fs::write(&a_file, "the user's").unwrap();
+    let stderr = vit_fails(&tiny_run_args(data, a_file.to_str().unwrap()));
+    assert!(stderr.contains("is a file; it takes a folder"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&a_file).unwrap(), "the user's");
+
     let stderr = vit_fails(&tiny_run_args(data, "/proc/vit-cannot-write-here"));
     assert!(stderr.contains("cannot create the run folder"), "{stderr}");
 
@@ -625,6 +640,8 @@ fn user_errors_say_what_to_do() {
             "--random-erasing must be in [0, 1], got 1.5",
         ),
         ("--threads=0", "invalid value '0' for '--threads"),
+        ("--randaugment-ops=3", "need --augment-policy randaugment"),
+        ("--mix-prob=0.5", "need --mixup or --cutmix"),
     ] {
         let mut args = tiny_run_args(data, run.to_str().unwrap());
         args.push(flag);
@@ -728,6 +745,35 @@ fn user_errors_say_what_to_do() {
         "cpu",
     ]);
     assert!(stderr.contains("has 5 classes but cifar10"), "{stderr}");
+
+    // A checkpoint that loads but would mislead: NaN weights, another normalisation, a
+    // broken class list. Each is a warning; a dataset vit cannot read is an error.
+    let _ = vs.variables()["head.bias"].detach().fill_(f64::NAN);
+    let odd = root.join("odd.safetensors");
+    #[rustfmt::skip]
+    let metadata = [
+        ("dataset", "imagenet".to_string()), ("classes", "[\"one\"]".into()), ("mean", "[0.5, 0.5, 0.5]".into()),
+    ];
+    vit_tch::checkpoint::save(&vs, &config, &metadata, &odd).unwrap();
+    let picture = root.join("grey.png");
+    image::RgbImage::from_pixel(32, 32, image::Rgb([128, 128, 128]))
+        .save(&picture)
+        .unwrap();
+    let (odd, picture) = (odd.to_str().unwrap(), picture.to_str().unwrap());
+    let output = vit(&["predict", "--checkpoint", odd, picture, "--device", "cpu"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for warning in [
+        "NaN or infinite values in head.bias",
+        "records normalisation mean [0.5, 0.5, 0.5]",
+        "`classes` metadata is not a list of 5 names",
+    ] {
+        assert!(stderr.contains(warning), "{warning}: {stderr}");
+    }
+    let stderr = vit_fails(&["eval", "--checkpoint", odd, "--data-dir", data]);
+    assert!(
+        stderr.contains("records the dataset `imagenet`"),
+        "{stderr}"
+    );
 
     let not_an_image = root.join("notes.png");
     std::fs::write(&not_an_image, "not a picture").unwrap();

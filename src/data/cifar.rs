@@ -117,18 +117,31 @@ pub fn load_cifar100(data_dir: &Path, coarse_labels: bool) -> Result<Dataset> {
     })
 }
 
-/// The message for a file of a dataset that is not there. `vit download` skips a dataset
-/// folder that exists, so a folder missing files has to go first.
+/// The message for a file of a dataset that is not there.
 fn missing(path: &Path, format: &RecordFormat, data_dir: &Path) -> String {
     let folder = path.parent().unwrap_or(path);
     let advice = if folder.is_dir() {
-        format!("{} is incomplete: delete it, then run", folder.display())
+        format!(
+            "{} is incomplete: {}",
+            folder.display(),
+            download_again(path, format, data_dir)
+        )
     } else {
-        "run".to_string()
+        format!(
+            "run `vit download --dataset {} --data-dir {}`",
+            format.dataset,
+            data_dir.display()
+        )
     };
+    format!("{} is missing: {advice}", path.display())
+}
+
+/// What to do about a dataset folder with a bad or missing file: `vit download` skips a
+/// folder that exists, so it has to go first.
+fn download_again(path: &Path, format: &RecordFormat, data_dir: &Path) -> String {
     format!(
-        "{} is missing: {advice} `vit download --dataset {} --data-dir {}`",
-        path.display(),
+        "delete {}, then run `vit download --dataset {} --data-dir {}`",
+        path.parent().unwrap_or(path).display(),
         format.dataset,
         data_dir.display()
     )
@@ -161,13 +174,15 @@ fn read_records(path: &Path, format: &RecordFormat, data_dir: &Path) -> Result<S
     if bytes.is_empty() || bytes.len() % record != 0 {
         bail!(
             "{}: size {} bytes is not a positive multiple of the record size {} \
-             ({} label byte(s) + {} pixel bytes); the file is truncated or not a {} batch",
+             ({} label byte(s) + {} pixel bytes); the file is truncated or not a {} batch: \
+             {}",
             path.display(),
             bytes.len(),
             record,
             format.label_bytes,
             IMAGE_BYTES,
-            format.dataset
+            format.dataset,
+            download_again(path, format, data_dir)
         );
     }
     let n = bytes.len() / record;

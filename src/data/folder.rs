@@ -57,7 +57,7 @@ pub fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
     if !dir.is_dir() {
         bail!(
             "{} is missing: a folder dataset needs DIR/train/<class>/*.png|jpg and \
-             DIR/test/<class>/*.png|jpg",
+             DIR/test/<class>/*.png|jpg (pass its DIR with --data-dir)",
             dir.display()
         );
     }

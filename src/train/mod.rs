@@ -191,9 +191,7 @@ pub fn autocast<T>(precision: Precision, device: Device, f: impl FnOnce() -> T) 
 
 /// `vit train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
-    if let Some(threads) = args.threads {
-        tch::set_num_threads(threads);
-    }
+    crate::cli::apply_threads(args.threads);
     let device = args.device.resolve()?;
     let out = args.out.clone().unwrap_or_else(default_run_dir);
     ensure!(
@@ -640,7 +638,7 @@ fn ensure_finite(train_loss: f64, epoch: usize, run: &RunFolder) -> Result<()> {
         };
         bail!(
             "the training loss became {train_loss} in epoch {epoch}; stopped ({kept}). \
-             Try a lower --lr or a --clip-grad"
+             Try a lower --lr or --weight-decay, or a --clip-grad"
         );
     }
     Ok(())

@@ -4,7 +4,7 @@
 use crate::cli::{AugmentPolicy, Recipe, TrainArgs};
 use crate::data::augment::{AugmentConfig, Policy, RandAugment, RandomErasing};
 use crate::data::mix::MixConfig;
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
 
 /// What the strong recipe adds to the notebook's training; all off for `--recipe notebook`
@@ -35,34 +35,47 @@ impl Regularization {
             AugmentPolicy::None
         };
         let policy = match args.augment_policy.unwrap_or(default_policy) {
+            AugmentPolicy::None | AugmentPolicy::Autoaugment
+                if args.randaugment_ops.is_some() || args.randaugment_magnitude.is_some() =>
+            {
+                bail!("--randaugment-ops and --randaugment-magnitude need --augment-policy randaugment")
+            }
             AugmentPolicy::None => None,
             AugmentPolicy::Autoaugment => Some(Policy::AutoAugmentCifar10),
             AugmentPolicy::Randaugment => {
-                ensure!(
-                    args.randaugment_ops > 0,
-                    "--randaugment-ops must be positive"
-                );
+                let default = RandAugment::default();
                 let randaugment = RandAugment {
-                    num_ops: args.randaugment_ops,
-                    magnitude: args.randaugment_magnitude,
-                    ..RandAugment::default()
+                    num_ops: args.randaugment_ops.unwrap_or(default.num_ops),
+                    magnitude: args.randaugment_magnitude.unwrap_or(default.magnitude),
+                    ..default
                 };
                 ensure!(
+                    randaugment.num_ops > 0,
+                    "--randaugment-ops must be positive"
+                );
+                ensure!(
                     (0..randaugment.num_magnitude_bins).contains(&randaugment.magnitude),
-                    "--randaugment-magnitude must be in 0..{}",
-                    randaugment.num_magnitude_bins
+                    "--randaugment-magnitude must be in 0..={}",
+                    randaugment.num_magnitude_bins - 1
                 );
                 Some(Policy::RandAugment(randaugment))
             }
         };
         let erasing = pick(args.random_erasing, 0.25);
+        let default_mix = MixConfig::default();
         let mix = MixConfig {
             mixup_alpha: pick(args.mixup, 0.8),
             cutmix_alpha: pick(args.cutmix, 1.0),
-            prob: args.mix_prob.unwrap_or(1.0),
-            switch_prob: args.switch_prob,
-            ..MixConfig::default()
+            prob: args.mix_prob.unwrap_or(default_mix.prob),
+            switch_prob: args.switch_prob.unwrap_or(default_mix.switch_prob),
+            ..default_mix
         };
+        ensure!(
+            mix.mixup_alpha > 0.0
+                || mix.cutmix_alpha > 0.0
+                || (args.mix_prob.is_none() && args.switch_prob.is_none()),
+            "--mix-prob and --switch-prob need --mixup or --cutmix (or --recipe strong)"
+        );
         let regularization = Self {
             augment: (policy.is_some() || erasing > 0.0).then(|| AugmentConfig {
                 policy,

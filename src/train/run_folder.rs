@@ -128,6 +128,11 @@ impl RunFolder {
         resume: bool,
         device: Device,
     ) -> Result<Self> {
+        ensure!(
+            !dir.exists() || dir.is_dir(),
+            "--out {} is a file; it takes a folder (created if missing)",
+            dir.display()
+        );
         let config_path = dir.join("config.json");
         if resume {
             let saved = std::fs::read_to_string(&config_path)
