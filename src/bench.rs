@@ -64,7 +64,7 @@ pub struct PhaseTimes {
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     let baseline_rss_bytes = rss_bytes("VmRSS:");
-    crate::cli::apply_threads(args.threads);
+    crate::runtime::apply_threads(args.threads);
     ensure!(
         args.steps > 0 && args.batch_size > 0,
         "--steps and --batch-size must be positive"

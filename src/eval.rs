@@ -119,8 +119,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         args.data.data_dir.display(),
         dataset.classes.len()
     );
-    let recorded = checkpoint::class_names(&loaded.metadata, config.num_classes);
-    if loaded.metadata.contains_key("classes") && recorded != dataset.classes {
+    let recorded = checkpoint::recorded_class_names(&loaded.metadata, config.num_classes);
+    if let Some(recorded) = recorded.filter(|names| *names != dataset.classes) {
         eprintln!(
             "warning: {} was trained on the classes {:?}, but {} has {:?}: the report uses \
              the dataset's names for the checkpoint's class numbers",
@@ -141,11 +141,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             .map(PathBuf::from)
             .unwrap_or_default(),
     };
-    ensure!(
-        !out_dir.exists() || out_dir.is_dir(),
-        "--out {} is a file; it takes a folder (created if missing)",
-        out_dir.display()
-    );
+    crate::fsutil::ensure_not_a_file(&out_dir)?;
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
     // Named after the checkpoint, so evaluating best_model and then last_model keeps both.

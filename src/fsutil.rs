@@ -3,6 +3,16 @@
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
+/// Refuses an `--out` folder that names a file (the folder is created if missing).
+pub fn ensure_not_a_file(dir: &Path) -> Result<()> {
+    anyhow::ensure!(
+        !dir.exists() || dir.is_dir(),
+        "--out {} is a file; it takes a folder (created if missing)",
+        dir.display()
+    );
+    Ok(())
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so
 /// a crash or kill at any moment leaves either the old file or the new one, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

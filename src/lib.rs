@@ -1,7 +1,8 @@
 //! vit-tch: the NYU Deep Learning HW4 Vision Transformer on tch-rs (libtorch).
 //!
 //! `model` holds the notebook's four modules; `data`, `train`, `eval`, `predict`, `bench`,
-//! `plot` and `attention` each implement one `vit` subcommand; `cli` declares them all.
+//! `plot` and `attention` each implement one `vit` subcommand; `cli` declares them all;
+//! `runtime` sets libtorch up for the process (threads, error reports).
 
 pub mod attention;
 pub mod bench;
@@ -16,4 +17,5 @@ pub mod model;
 pub mod optim;
 pub mod plot;
 pub mod predict;
+pub mod runtime;
 pub mod train;

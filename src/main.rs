@@ -2,7 +2,7 @@ use clap::Parser;
 use vit_tch::cli::{Cli, Command};
 
 fn main() -> anyhow::Result<()> {
-    vit_tch::cli::report_libtorch_errors_briefly();
+    vit_tch::runtime::report_libtorch_errors_briefly();
     match Cli::parse().command {
         Command::Info(args) => vit_tch::info::run(&args),
         Command::Download(args) => vit_tch::data::run_download(&args),

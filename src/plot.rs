@@ -169,17 +169,11 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
         "{} is not a metrics.csv of `vit train` (it has no epoch column); pass run folders",
         path.display()
     );
-    let rows: Vec<MetricsRow> = reader
+    reader
         .deserialize()
         .enumerate()
         .map(|(i, row)| row.with_context(|| format!("{}: row {}", path.display(), i + 1)))
-        .collect::<Result<_>>()?;
-    ensure!(
-        !rows.is_empty(),
-        "{} has no finished epochs yet: nothing to draw",
-        path.display()
-    );
-    Ok(rows)
+        .collect()
 }
 
 /// Refuses an `-o` that is not a `.png` path: the pictures are PNG (and the curves' SVG
@@ -214,21 +208,31 @@ pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
                 .unwrap_or_else(|| dir.display().to_string())
         })
         .collect();
-    runs.iter()
-        .zip(&names)
-        .map(|(run, name)| {
-            let run = run.as_ref();
-            let unique = names.iter().filter(|n| *n == name).count() == 1;
-            Ok(RunMetrics {
-                label: if unique {
-                    name.clone()
-                } else {
-                    run.display().to_string()
-                },
-                epochs: read_metrics(&metrics_path(run))?,
-            })
-        })
-        .collect()
+    let mut read = Vec::new();
+    for (run, name) in runs.iter().zip(&names) {
+        let run = run.as_ref();
+        let unique = names.iter().filter(|n| *n == name).count() == 1;
+        let path = metrics_path(run);
+        let epochs = read_metrics(&path)?;
+        if epochs.is_empty() {
+            // A run still in its first epoch: the others are drawn without it.
+            eprintln!(
+                "note: {} has no finished epochs yet; left out",
+                path.display()
+            );
+            continue;
+        }
+        read.push(RunMetrics {
+            label: if unique {
+                name.clone()
+            } else {
+                run.display().to_string()
+            },
+            epochs,
+        });
+    }
+    ensure!(!read.is_empty(), "no finished epochs yet: nothing to draw");
+    Ok(read)
 }
 
 /// `vit plot RUN_DIR... [-o curves.png]`: the curves as PNG, with an SVG beside it.

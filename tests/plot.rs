@@ -77,10 +77,15 @@ fn curves_without_metrics_is_an_error_naming_the_file() {
     let dir = TempDir::new("no-metrics");
     let err = plot::curves(&[&*dir], &dir.join("curves.png")).unwrap_err();
     assert!(format!("{err:#}").contains("metrics.csv"), "{err:#}");
-    // A run with no finished epoch, and a file that is not a metrics.csv.
+    // A run with no finished epoch is left out, and alone it is an error; a file that is
+    // not a metrics.csv is an error.
     std::fs::write(dir.join("metrics.csv"), format!("{HEADER}\n")).unwrap();
     let err = plot::curves(&[&*dir], &dir.join("curves.png")).unwrap_err();
     assert!(format!("{err:#}").contains("no finished epochs"), "{err:#}");
+    write_metrics(&dir.join("done"), 3, 1.0);
+    let runs = plot::read_runs(&[dir.join("done"), dir.to_path_buf()]).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!((runs[0].label.as_str(), runs[0].epochs.len()), ("done", 3));
     let picture = dir.join("cat.jpg");
     std::fs::write(&picture, "not a table").unwrap();
     let err = plot::curves(&[&picture], &dir.join("curves.png")).unwrap_err();

@@ -374,6 +374,7 @@ fn run_training(
 fn options<'a>(out: &'a Path, resume: bool, interrupted: &'a AtomicBool) -> RunOptions<'a> {
     RunOptions {
         out,
+        numbered_out: false,
         resume,
         device: Device::Cpu,
         plot: false,
@@ -441,7 +442,14 @@ fn resume_in_the_middle_of_an_epoch_is_exact() {
     let (straight, resumed) = (root.join("straight"), root.join("resumed"));
     run_training(&settings, &dataset, &straight, false, false);
     let first = run_training(&settings, &dataset, &resumed, false, true);
-    assert!(matches!(first, Outcome::Interrupted { epoch: 1, step: 1 }));
+    assert!(matches!(
+        first,
+        Outcome::Interrupted {
+            epoch: 1,
+            step: 1,
+            ..
+        }
+    ));
     run_training(&settings, &dataset, &resumed, true, false);
     assert_same_run(&straight, &resumed);
 }
@@ -641,10 +649,14 @@ fn user_errors_say_what_to_do() {
         ),
         ("--threads=0", "invalid value '0' for '--threads"),
         ("--randaugment-ops=3", "need --augment-policy randaugment"),
-        ("--mix-prob=0.5", "need --mixup or --cutmix"),
+        ("--mix-prob=0.5", "--mix-prob needs --mixup or --cutmix"),
+        (
+            "--switch-prob=0.2 --mixup=0.8",
+            "it needs both --mixup and --cutmix",
+        ),
     ] {
         let mut args = tiny_run_args(data, run.to_str().unwrap());
-        args.push(flag);
+        args.extend(flag.split(' '));
         let stderr = vit_fails(&args);
         assert!(stderr.contains(message), "{flag}: {stderr}");
     }
@@ -692,28 +704,27 @@ fn user_errors_say_what_to_do() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("starting it over"));
     assert_eq!(read_metrics(&run).1.len(), 1);
 
-    // A folder another live vit process holds (this test's PID stands in for it) is
-    // refused, for a resume too; the lock of a process that is gone is taken over, and
-    // released when the run ends.
-    let lock = run.join(".lock");
-    let resume = |epochs| {
+    // A folder another vit process holds (this test locks it, as that process would) is
+    // refused, for a resume too; once the holder is gone (the OS releases its lock), the
+    // folder is free again, whatever its lock file says.
+    let resume = {
         let mut args = tiny_run_args(data, run.to_str().unwrap());
-        args.extend(["--epochs", epochs, "--batch-size", "50", "--resume"]);
+        args.extend(["--epochs", "1", "--batch-size", "50", "--resume"]);
         args
     };
-    std::fs::write(&lock, std::process::id().to_string()).unwrap();
-    let stderr = vit_fails(&resume("1"));
+    let holder = std::fs::OpenOptions::new()
+        .write(true)
+        .open(run.join(".lock"))
+        .unwrap();
+    holder.try_lock().unwrap();
+    std::fs::write(run.join(".lock"), "12345").unwrap();
+    let stderr = vit_fails(&resume);
     assert!(
-        stderr.contains("is in use by another vit process"),
+        stderr.contains("is in use by another vit process (PID 12345)"),
         "{stderr}"
     );
-    std::fs::write(&lock, "4294967295").unwrap();
-    let stderr = vit_fails(&resume("2"));
-    assert!(stderr.contains("the settings differ"), "{stderr}");
-    assert!(!lock.exists(), "a refused run must release its lock");
-    std::fs::write(&lock, "4294967295").unwrap();
-    vit(&resume("1"));
-    assert!(!lock.exists(), "the run must release its lock");
+    drop(holder);
+    vit(&resume);
     std::fs::remove_dir_all(&run).unwrap();
 
     if !tch::Cuda::is_available() {
@@ -775,6 +786,24 @@ fn user_errors_say_what_to_do() {
         "{stderr}"
     );
 
+    // Class names other than the dataset's: the report goes on, with a warning.
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    vit_tch::model::VisionTransformer::new(&vs.root(), &ViTConfig::tiny()).unwrap();
+    let lettered = root.join("lettered.safetensors");
+    let letters: Vec<String> = ('a'..='j').map(String::from).collect();
+    let metadata = [
+        ("dataset", "cifar10".to_string()),
+        ("classes", serde_json::to_string(&letters).unwrap()),
+    ];
+    vit_tch::checkpoint::save(&vs, &ViTConfig::tiny(), &metadata, &lettered).unwrap();
+    #[rustfmt::skip]
+    let output = vit(&["eval", "--checkpoint", lettered.to_str().unwrap(), "--data-dir", data, "--device", "cpu"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("was trained on the classes [\"a\""),
+        "{stderr}"
+    );
+
     let not_an_image = root.join("notes.png");
     std::fs::write(&not_an_image, "not a picture").unwrap();
     let stderr = vit_fails(&[
@@ -784,6 +813,45 @@ fn user_errors_say_what_to_do() {
         not_an_image.to_str().unwrap(),
     ]);
     assert!(stderr.contains("notes.png"), "{stderr}");
+}
+
+#[test]
+fn runs_without_out_get_a_folder_each() {
+    let _turn = seeded(0);
+    let dataset = colour_dataset();
+    let settings = tiny_settings(1, 600);
+    let root = TempDir::new("numbered");
+    // As if taken by a run started in the same second.
+    let base = root.join("runs/20261129-120000");
+    std::fs::create_dir_all(&base).unwrap();
+    let flag = AtomicBool::new(false);
+    let options = RunOptions {
+        numbered_out: true,
+        ..options(&base, false, &flag)
+    };
+    train::train(&settings, &dataset, &options).unwrap();
+    train::train(&settings, &dataset, &options).unwrap();
+    assert_eq!(
+        std::fs::read_dir(&base).unwrap().count(),
+        0,
+        "the taken folder is untouched"
+    );
+    for dir in ["20261129-120000-2", "20261129-120000-3"] {
+        assert_eq!(read_metrics(&root.join("runs").join(dir)).1.len(), 1);
+    }
+}
+
+#[test]
+fn a_caught_libtorch_error_is_one_line() {
+    let error =
+        vit_tch::runtime::catch_panic(|| Tensor::zeros([1i64 << 50], (Kind::Float, Device::Cpu)))
+            .unwrap_err();
+    let error = format!("{error:#}");
+    assert!(
+        error.starts_with("libtorch: ") && error.contains("can't allocate memory"),
+        "{error}"
+    );
+    assert!(!error.contains("frame #"), "{error}");
 }
 
 #[test]
@@ -800,7 +868,26 @@ fn resume_of_a_run_killed_before_its_first_save_starts_over() {
     run_training(&settings, &dataset, &killed, true, false);
     assert_same_run(&straight, &killed);
 
-    // A run that saved results, then lost its resume state, is not started over.
+    // Killed while saving its first epoch (its row and checkpoints there, its resume
+    // state not yet): that epoch is trained again.
+    let settings = tiny_settings(2, 600);
+    let (straight, killed) = (root.join("straight-600"), root.join("killed-600"));
+    run_training(&settings, &dataset, &straight, false, false);
+    let first = run_training(&settings, &dataset, &killed, false, true);
+    assert!(matches!(
+        first,
+        Outcome::Interrupted {
+            epoch: 1,
+            step: 1,
+            ..
+        }
+    ));
+    assert_eq!(read_metrics(&killed).1.len(), 1);
+    std::fs::remove_file(killed.join("resume.safetensors")).unwrap();
+    run_training(&settings, &dataset, &killed, true, false);
+    assert_same_run(&straight, &killed);
+
+    // A run that saved more, then lost its resume state, is not started over.
     std::fs::remove_file(killed.join("resume.safetensors")).unwrap();
     let best_model = std::fs::read(killed.join("best_model.safetensors")).unwrap();
     let flag = AtomicBool::new(false);

@@ -284,15 +284,6 @@ fn cuda_index(device: Device, what: &str) -> Result<i8> {
     }
 }
 
-/// The message of a caught panic.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "panic".to_owned())
-}
-
 /// Runs `f` with a side stream of the CUDA `device` current, ordered after the work queued
 /// before and before the work queued after (as PyTorch warms up a step it will capture).
 /// The ambient stream is current again afterwards, also when `f` panics.
@@ -340,17 +331,14 @@ impl CudaGraph {
             "CUDA graph capture",
         )?;
         let graph = Self { handle };
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        let result = crate::runtime::catch_panic(f);
         // SAFETY: the handle began capturing above and ends it once.
         let ended = check(
             unsafe { vit_cuda_graph_capture_end(graph.handle) },
             "CUDA graph capture",
         );
         match result {
-            Err(payload) => bail!(
-                "CUDA graph capture failed: {}",
-                panic_message(payload.as_ref())
-            ),
+            Err(error) => bail!("CUDA graph capture failed: {error:#}"),
             Ok(value) => ended.map(|()| (graph, value)),
         }
     }

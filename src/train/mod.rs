@@ -191,7 +191,7 @@ pub fn autocast<T>(precision: Precision, device: Device, f: impl FnOnce() -> T) 
 
 /// `vit train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
-    crate::cli::apply_threads(args.threads);
+    crate::runtime::apply_threads(args.threads);
     let device = args.device.resolve()?;
     let out = args.out.clone().unwrap_or_else(default_run_dir);
     ensure!(
@@ -265,6 +265,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     .context("cannot install the Ctrl-C handler")?;
     let options = RunOptions {
         out: &out,
+        numbered_out: args.out.is_none(),
         resume: args.resume,
         device,
         plot: args.plot,
@@ -272,7 +273,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         interrupted: &interrupted,
     };
     let outcome = train(&settings, &dataset, &options)?;
-    if let Outcome::Interrupted { epoch, step } = outcome {
+    if let Outcome::Interrupted { epoch, step, out } = outcome {
         // The same flags again (and the run folder, when it was the default) plus --resume.
         let mut command: Vec<String> = std::env::args().collect();
         if args.out.is_none() {
@@ -300,14 +301,23 @@ pub fn run(args: &TrainArgs) -> Result<()> {
 pub enum Outcome {
     /// Every epoch ran.
     Finished,
-    /// Ctrl-C: the state is saved after `step` steps of `epoch` (1-based).
-    Interrupted { epoch: usize, step: usize },
+    /// Ctrl-C: the state is saved after `step` steps of `epoch` (1-based) in the run
+    /// folder `out`.
+    Interrupted {
+        epoch: usize,
+        step: usize,
+        out: PathBuf,
+    },
 }
 
 /// How and where a run executes; none of it changes what the run computes.
 pub struct RunOptions<'a> {
     /// The run folder.
     pub out: &'a Path,
+    /// `out` is the default name, `runs/<timestamp>`: a fresh run creates the first of
+    /// `out`, `out-2`, `out-3`, ... that does not exist, so runs started together each get
+    /// their own.
+    pub numbered_out: bool,
     /// Continue the run in `out` instead of starting one.
     pub resume: bool,
     pub device: Device,
@@ -385,7 +395,16 @@ impl<'a> Trainer<'a> {
             .cuda_graph
             .then(|| CudaGraphSteps::new(device, full_batch))
             .transpose()?;
-        let run = RunFolder::open(options.out, settings, options.resume, device)?;
+        let run = RunFolder::open(
+            options.out,
+            settings,
+            options.resume,
+            options.numbered_out,
+            device,
+        )?;
+        if options.numbered_out {
+            eprintln!("Run folder: {}", run.dir().display());
+        }
         let regularization = &settings.regularization;
         let vs = nn::VarStore::new(device);
         tch::manual_seed(settings.seed as i64);
@@ -432,7 +451,7 @@ impl<'a> Trainer<'a> {
         if self.progress.epochs_done >= epochs {
             eprintln!(
                 "note: {} already finished its {epochs} epochs; nothing to train",
-                self.options.out.display()
+                self.run.dir().display()
             );
         }
         for epoch in self.progress.epochs_done..epochs {
@@ -442,6 +461,7 @@ impl<'a> Trainer<'a> {
                     return Ok(Outcome::Interrupted {
                         epoch: epoch + 1,
                         step,
+                        out: self.run.dir().to_path_buf(),
                     })
                 }
                 EpochEnd::Done { lr, sums } => self.finish_epoch(epoch, started, lr, sums)?,
@@ -450,6 +470,7 @@ impl<'a> Trainer<'a> {
                 return Ok(Outcome::Interrupted {
                     epoch: epoch + 1,
                     step: self.steps_per_epoch,
+                    out: self.run.dir().to_path_buf(),
                 });
             }
         }
@@ -598,7 +619,7 @@ impl<'a> Trainer<'a> {
         // Last, and only a warning on failure: a picture is not worth the epoch.
         if self.options.plot {
             let curves = self.run.path("curves.png");
-            if let Err(e) = crate::plot::curves(&[self.options.out], &curves) {
+            if let Err(e) = crate::plot::curves(&[self.run.dir()], &curves) {
                 eprintln!("warning: cannot draw {}: {e:#}", curves.display());
             }
         }

@@ -71,10 +71,12 @@ impl Regularization {
             ..default_mix
         };
         ensure!(
-            mix.mixup_alpha > 0.0
-                || mix.cutmix_alpha > 0.0
-                || (args.mix_prob.is_none() && args.switch_prob.is_none()),
-            "--mix-prob and --switch-prob need --mixup or --cutmix (or --recipe strong)"
+            mix.mixup_alpha > 0.0 || mix.cutmix_alpha > 0.0 || args.mix_prob.is_none(),
+            "--mix-prob needs --mixup or --cutmix (or --recipe strong)"
+        );
+        ensure!(
+            (mix.mixup_alpha > 0.0 && mix.cutmix_alpha > 0.0) || args.switch_prob.is_none(),
+            "--switch-prob chooses between MixUp and CutMix: it needs both --mixup and --cutmix"
         );
         let regularization = Self {
             augment: (policy.is_some() || erasing > 0.0).then(|| AugmentConfig {

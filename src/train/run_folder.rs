@@ -4,11 +4,9 @@
 use super::ema::Ema;
 use super::TrainSettings;
 use crate::checkpoint::TensorFile;
-use crate::fsutil::{
-    process_ended, remove_stale_temporaries, temporary_sibling, write_atomic, BackgroundWrites,
-};
+use crate::fsutil::{ensure_not_a_file, remove_stale_temporaries, write_atomic, BackgroundWrites};
 use crate::optim::AdamW;
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device};
@@ -58,20 +56,40 @@ pub struct EpochMetrics {
     pub ema_test_acc: Option<f64>,
 }
 
+/// `runs/<UTC timestamp>`: a name to start from (see `RunFolder::open`).
 pub(super) fn default_run_dir() -> PathBuf {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default();
-    let stamp = utc_timestamp(secs);
-    // Another run started in the same second gets its own folder.
-    (1..)
-        .map(|n| match n {
-            1 => PathBuf::from("runs").join(&stamp),
-            n => PathBuf::from("runs").join(format!("{stamp}-{n}")),
-        })
-        .find(|dir| !dir.exists())
-        .expect("an unused name")
+    PathBuf::from("runs").join(utc_timestamp(secs))
+}
+
+/// Creates the first of `base`, `base-2`, `base-3`, ... that does not exist yet. Each
+/// creation either makes the folder or finds it there, so runs started in the same
+/// second get a folder each.
+fn create_numbered_folder(base: &Path) -> Result<PathBuf> {
+    let cannot = |dir: &Path| {
+        format!(
+            "cannot create the run folder {} (is it writable?)",
+            dir.display()
+        )
+    };
+    if let Some(parent) = base.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| cannot(base))?;
+    }
+    let mut number = 1;
+    loop {
+        let dir = match number {
+            1 => base.to_path_buf(),
+            n => PathBuf::from(format!("{}-{n}", base.display())),
+        };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => number += 1,
+            Err(e) => return Err(e).with_context(|| cannot(&dir)),
+        }
+    }
 }
 
 /// `YYYYMMDD-HHMMSS` in UTC (civil-from-days, Howard Hinnant's algorithm).
@@ -121,18 +139,24 @@ pub(super) struct RunFolder {
 }
 
 impl RunFolder {
-    /// Creates (or, for `resume`, reopens) the folder and locks it for this process.
+    /// Creates (or, for `resume`, reopens) the folder and locks it for this process. With
+    /// `numbered`, `dir` is only where a fresh run's name starts: it gets a new folder,
+    /// `dir` or `dir-2`, `dir-3`, ... (see [`Self::dir`]).
     pub(super) fn open(
         dir: &Path,
         settings: &TrainSettings,
         resume: bool,
+        numbered: bool,
         device: Device,
     ) -> Result<Self> {
-        ensure!(
-            !dir.exists() || dir.is_dir(),
-            "--out {} is a file; it takes a folder (created if missing)",
-            dir.display()
-        );
+        let numbered_dir;
+        let dir = if numbered && !resume {
+            numbered_dir = create_numbered_folder(dir)?;
+            numbered_dir.as_path()
+        } else {
+            dir
+        };
+        ensure_not_a_file(dir)?;
         let config_path = dir.join("config.json");
         if resume {
             let saved = std::fs::read_to_string(&config_path)
@@ -178,11 +202,12 @@ impl RunFolder {
                 dir.display()
             )
         })?;
-        let lock = RunLock::take(dir)?;
         if existed {
+            // Before the lock file is made: a refused folder is left as it was.
             check_fresh(dir)?;
-            remove_stale_temporaries(dir);
         }
+        let lock = RunLock::take(dir)?;
+        remove_stale_temporaries(dir);
         let run = Self::locked(dir, lock);
         let record = RunConfig {
             settings: settings.clone(),
@@ -208,6 +233,11 @@ impl RunFolder {
             writes: BackgroundWrites::default(),
             _lock: lock,
         }
+    }
+
+    /// The folder.
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub(super) fn path(&self, name: &str) -> PathBuf {
@@ -286,24 +316,24 @@ impl RunFolder {
     ) -> Result<Progress> {
         let path = self.path("resume.safetensors");
         if !path.exists() {
-            // Stopped before its first state was saved, the run starts over; but a run
-            // that saved results has lost its state, and starting over would replace them.
-            let rows = self.metrics_rows()?;
-            let mut results: Vec<String> = RUN_FILES
-                .into_iter()
-                .filter(|name| name.ends_with(".safetensors") && self.path(name).exists())
-                .map(String::from)
-                .collect();
-            if rows > 0 {
-                results.insert(0, format!("{rows} epoch(s) in metrics.csv"));
-            }
+            // Stopped before its first resume state landed: killed before or while saving
+            // its first epoch, which the run then trains again, as a resume from a later
+            // state would. Any more means the state was lost, and starting over would
+            // replace what the run saved.
+            let results = saved_results(&self.dir);
             ensure!(
-                results.is_empty(),
+                self.metrics_rows()? <= 1,
                 "cannot resume {}: resume.safetensors is missing, but the run has results \
                  ({}) that starting over would replace; start a new run with another --out",
                 self.dir.display(),
                 results.join(", ")
             );
+            if !results.is_empty() {
+                eprintln!(
+                    "note: {} stopped while saving its first epoch; training it again",
+                    self.dir.display()
+                );
+            }
             self.truncate_metrics(0)?;
             return Ok(Progress::default());
         }
@@ -378,6 +408,22 @@ fn differing_settings(
     }
 }
 
+/// What a run in `dir` has saved: its metrics rows and checkpoints, described for a
+/// message (empty when nothing).
+fn saved_results(dir: &Path) -> Vec<String> {
+    let rows = std::fs::read_to_string(dir.join("metrics.csv"))
+        .map_or(0, |text| text.lines().count().saturating_sub(1));
+    let mut results: Vec<String> = RUN_FILES
+        .into_iter()
+        .filter(|name| name.ends_with(".safetensors") && dir.join(name).exists())
+        .map(String::from)
+        .collect();
+    if rows > 0 {
+        results.insert(0, format!("{rows} epoch(s) in metrics.csv"));
+    }
+    results
+}
+
 /// Refuses an existing folder for a fresh run when it holds anything of `RUN_FILES`,
 /// except a vit run that stopped before saving anything (say, out of memory): there is
 /// nothing to lose, and its settings need not be repeated to start again.
@@ -398,11 +444,8 @@ fn check_fresh(dir: &Path) -> Result<()> {
         dir.display(),
         present.join(", ")
     );
-    let has_rows =
-        std::fs::read_to_string(dir.join("metrics.csv")).is_ok_and(|text| text.lines().count() > 1);
-    let saved_anything = has_rows || present.iter().any(|name| name.ends_with(".safetensors"));
     ensure!(
-        !saved_anything,
+        saved_results(dir).is_empty(),
         "{} already holds a run; pass --resume to continue it or choose another --out",
         dir.display()
     );
@@ -413,49 +456,53 @@ fn check_fresh(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `.lock` in a run folder while a vit process writes it, holding that process's PID: a
-/// second process given the same folder (a parallel run, or a resume while the run still
-/// trains) is refused instead of mixing its files in. Removed when the run ends; the lock
-/// of a process that is gone (killed) is taken over.
-struct RunLock(PathBuf);
+/// `.lock` in a run folder, locked (an advisory file lock) while a vit process writes
+/// the folder: a second process given the same folder (a parallel run, or a resume while
+/// the run still trains) is refused instead of mixing its files in. The operating system
+/// releases the lock when the process ends, however it ends; the file stays, holding the
+/// last holder's PID for the message.
+struct RunLock {
+    _file: std::fs::File,
+}
 
 impl RunLock {
     fn take(dir: &Path) -> Result<Self> {
+        use std::io::{Read, Seek, Write};
         let path = dir.join(".lock");
-        // Written whole under another name, then linked into place: the link fails if
-        // the lock exists, and a lock that exists always holds its PID.
-        let claim = temporary_sibling(&path);
-        std::fs::write(&claim, std::process::id().to_string())
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
             .with_context(|| format!("the run folder {} is not writable", dir.display()))?;
-        let linked = (0..2).find_map(|_| match std::fs::hard_link(&claim, &path) {
-            Ok(()) => Some(Ok(())),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                match holder.trim().parse::<u32>() {
-                    Ok(pid) if process_ended(pid) => {
-                        let _ = std::fs::remove_file(&path);
-                        None
-                    }
-                    _ => Some(Err(anyhow!(
-                        "{} is in use by another vit process (PID {}): wait for it to end, or \
-                         choose another --out (if no vit process uses it, delete {})",
-                        dir.display(),
-                        holder.trim(),
-                        path.display()
-                    ))),
-                }
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                bail!(
+                    "{} is in use by another vit process (PID {}): wait for it to end, or \
+                     choose another --out",
+                    dir.display(),
+                    holder.trim()
+                );
             }
-            Err(e) => Some(Err(e).with_context(|| format!("cannot lock {}", path.display()))),
-        });
-        let _ = std::fs::remove_file(&claim);
-        linked.unwrap_or_else(|| bail!("cannot take {} over", path.display()))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for RunLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+            Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+                eprintln!(
+                    "warning: the file system of {} has no file locks: nothing keeps a second \
+                     vit process out of this run folder",
+                    dir.display()
+                );
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+            }
+        }
+        // Only for the message a refused process prints.
+        let _ = file.set_len(0).and_then(|()| file.rewind());
+        let _ = write!(file, "{}", std::process::id());
+        Ok(Self { _file: file })
     }
 }
 

@@ -1,0 +1,82 @@
+//! Process-wide set-up around libtorch: its CPU thread count, and how its errors, which
+//! tch raises as panics, reach the user.
+
+use std::cell::Cell;
+
+/// Sets libtorch's CPU thread count when `--threads` is given, warning when it exceeds
+/// the cores here (the threads would then wait for each other, and a run crawls).
+pub fn apply_threads(threads: Option<i32>) {
+    let Some(threads) = threads else {
+        return;
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads as usize > cores {
+        eprintln!(
+            "warning: --threads {threads} is more than the {cores} cores here; it is likely \
+             to run slower than --threads {cores}"
+        );
+    }
+    tch::set_num_threads(threads);
+}
+
+thread_local! {
+    /// Set while `catch_panic` runs its closure: the caller reports the panic.
+    static CATCHING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Makes a libtorch error that tch raises as a panic (out of memory, say) print as one
+/// line, with advice where there is some, instead of a panic report with libtorch's C++
+/// stack. The panic still unwinds (run folders finish their writes) and exits non-zero;
+/// any other panic (a bug) keeps Rust's full report, and one that `catch_panic` catches
+/// prints nothing here.
+pub fn report_libtorch_errors_briefly() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if CATCHING.get() {
+            return;
+        }
+        let message = panic_message(info.payload());
+        match libtorch_error(&message) {
+            Some(error) => eprintln!("Error: libtorch: {error}"),
+            None => default_hook(info),
+        }
+    }));
+}
+
+/// Runs `f`, returning its panic as an error (libtorch's in one line) instead of
+/// unwinding further.
+pub fn catch_panic<T>(f: impl FnOnce() -> T) -> anyhow::Result<T> {
+    let was_catching = CATCHING.replace(true);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.set(was_catching);
+    result.map_err(|payload| {
+        let message = panic_message(payload.as_ref());
+        match libtorch_error(&message) {
+            Some(error) => anyhow::anyhow!("libtorch: {error}"),
+            None => anyhow::anyhow!("{message}"),
+        }
+    })
+}
+
+/// The text a panic was raised with.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".to_owned())
+}
+
+/// The first line of the libtorch error in a tch panic's message (tch prints its error
+/// with `{:?}`: `Torch("what\nframe #0: ...")`), with advice for running out of memory.
+fn libtorch_error(message: &str) -> Option<String> {
+    let (_, error) = message.split_once("Torch(\"")?;
+    let first_line = error.split("\\n").next().unwrap_or(error);
+    let advice = if first_line.contains("allocate") || first_line.contains("out of memory") {
+        "\nThe model or batch needs more memory than the device has: use a smaller \
+         --batch-size or model"
+    } else {
+        ""
+    };
+    Some(format!("{first_line}{advice}"))
+}
