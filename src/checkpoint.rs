@@ -333,25 +333,23 @@ pub fn dataset_args(
 /// Class names from the `classes` metadata, or `class 0`, `class 1`, ... when absent
 /// (a checkpoint saved from timm, say) or broken (with a warning).
 pub fn class_names(metadata: &HashMap<String, String>, num_classes: i64) -> Vec<String> {
-    recorded_class_names(metadata, num_classes)
-        .unwrap_or_else(|| (0..num_classes).map(|i| format!("class {i}")).collect())
-}
-
-/// The `classes` metadata when it is a list of `num_classes` names; a warning when it is
-/// there but is not.
-pub fn recorded_class_names(
-    metadata: &HashMap<String, String>,
-    num_classes: i64,
-) -> Option<Vec<String>> {
-    let json = metadata.get("classes")?;
-    match serde_json::from_str::<Vec<String>>(json) {
-        Ok(names) if names.len() as i64 == num_classes => Some(names),
-        _ => {
+    recorded_class_names(metadata, num_classes).unwrap_or_else(|| {
+        if metadata.contains_key("classes") {
             eprintln!(
                 "warning: the checkpoint's `classes` metadata is not a list of {num_classes} \
                  names; classes are shown by number"
             );
-            None
         }
-    }
+        (0..num_classes).map(|i| format!("class {i}")).collect()
+    })
+}
+
+/// The `classes` metadata when it is a list of `num_classes` names.
+pub fn recorded_class_names(
+    metadata: &HashMap<String, String>,
+    num_classes: i64,
+) -> Option<Vec<String>> {
+    serde_json::from_str::<Vec<String>>(metadata.get("classes")?)
+        .ok()
+        .filter(|names| names.len() as i64 == num_classes)
 }

@@ -141,7 +141,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             .map(PathBuf::from)
             .unwrap_or_default(),
     };
-    crate::fsutil::ensure_not_a_file(&out_dir)?;
+    crate::fsutil::ensure_out_is_a_folder(&out_dir)?;
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
     // Named after the checkpoint, so evaluating best_model and then last_model keeps both.

@@ -1,10 +1,11 @@
-//! Writes that never leave a half-written file behind.
+//! Files and folders: writes that never leave a half-written file behind, and the
+//! `--out` folder check.
 
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
-/// Refuses an `--out` folder that names a file (the folder is created if missing).
-pub fn ensure_not_a_file(dir: &Path) -> Result<()> {
+/// Refuses an `--out` that names a file: it takes a folder (created if missing).
+pub fn ensure_out_is_a_folder(dir: &Path) -> Result<()> {
     anyhow::ensure!(
         !dir.exists() || dir.is_dir(),
         "--out {} is a file; it takes a folder (created if missing)",

@@ -208,7 +208,7 @@ pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
                 .unwrap_or_else(|| dir.display().to_string())
         })
         .collect();
-    let mut read = Vec::new();
+    let (mut read, mut left_out) = (Vec::new(), Vec::new());
     for (run, name) in runs.iter().zip(&names) {
         let run = run.as_ref();
         let unique = names.iter().filter(|n| *n == name).count() == 1;
@@ -216,10 +216,7 @@ pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
         let epochs = read_metrics(&path)?;
         if epochs.is_empty() {
             // A run still in its first epoch: the others are drawn without it.
-            eprintln!(
-                "note: {} has no finished epochs yet; left out",
-                path.display()
-            );
+            left_out.push(path.display().to_string());
             continue;
         }
         read.push(RunMetrics {
@@ -231,7 +228,17 @@ pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
             epochs,
         });
     }
-    ensure!(!read.is_empty(), "no finished epochs yet: nothing to draw");
+    ensure!(
+        !read.is_empty(),
+        "{} has no finished epochs yet: nothing to draw",
+        left_out.join(", ")
+    );
+    if !left_out.is_empty() {
+        eprintln!(
+            "note: left out, with no finished epochs yet: {}",
+            left_out.join(", ")
+        );
+    }
     Ok(read)
 }
 

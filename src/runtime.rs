@@ -20,23 +20,21 @@ pub fn apply_threads(threads: Option<i32>) {
 }
 
 thread_local! {
-    /// Set while `catch_panic` runs its closure: the caller reports the panic.
+    /// Set while `catch_panic` runs its closure: the caller reports a libtorch error.
     static CATCHING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Makes a libtorch error that tch raises as a panic (out of memory, say) print as one
 /// line, with advice where there is some, instead of a panic report with libtorch's C++
 /// stack. The panic still unwinds (run folders finish their writes) and exits non-zero;
-/// any other panic (a bug) keeps Rust's full report, and one that `catch_panic` catches
-/// prints nothing here.
+/// any other panic (a bug) keeps Rust's full report, also where `catch_panic` catches it.
+/// A libtorch error that `catch_panic` catches prints nothing here: its caller reports it.
 pub fn report_libtorch_errors_briefly() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if CATCHING.get() {
-            return;
-        }
         let message = panic_message(info.payload());
         match libtorch_error(&message) {
+            Some(_) if CATCHING.get() => {}
             Some(error) => eprintln!("Error: libtorch: {error}"),
             None => default_hook(info),
         }

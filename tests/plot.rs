@@ -81,7 +81,11 @@ fn curves_without_metrics_is_an_error_naming_the_file() {
     // not a metrics.csv is an error.
     std::fs::write(dir.join("metrics.csv"), format!("{HEADER}\n")).unwrap();
     let err = plot::curves(&[&*dir], &dir.join("curves.png")).unwrap_err();
-    assert!(format!("{err:#}").contains("no finished epochs"), "{err:#}");
+    let expected = format!(
+        "{} has no finished epochs",
+        dir.join("metrics.csv").display()
+    );
+    assert!(format!("{err:#}").contains(&expected), "{err:#}");
     write_metrics(&dir.join("done"), 3, 1.0);
     let runs = plot::read_runs(&[dir.join("done"), dir.to_path_buf()]).unwrap();
     assert_eq!(runs.len(), 1);

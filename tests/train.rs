@@ -723,6 +723,11 @@ fn user_errors_say_what_to_do() {
         stderr.contains("is in use by another vit process (PID 12345)"),
         "{stderr}"
     );
+    let stderr = vit_fails(&resume[..resume.len() - 1]);
+    assert!(
+        stderr.contains("is in use by another vit process"),
+        "a fresh run: {stderr}"
+    );
     drop(holder);
     vit(&resume);
     std::fs::remove_dir_all(&run).unwrap();
@@ -886,6 +891,19 @@ fn resume_of_a_run_killed_before_its_first_save_starts_over() {
     std::fs::remove_file(killed.join("resume.safetensors")).unwrap();
     run_training(&settings, &dataset, &killed, true, false);
     assert_same_run(&straight, &killed);
+
+    // A finished run that lost its resume state is not started over, even of one epoch.
+    let one_epoch = root.join("one-epoch");
+    run_training(&tiny_settings(1, 600), &dataset, &one_epoch, false, false);
+    std::fs::remove_file(one_epoch.join("resume.safetensors")).unwrap();
+    let flag = AtomicBool::new(false);
+    let resumed = train::train(
+        &tiny_settings(1, 600),
+        &dataset,
+        &options(&one_epoch, true, &flag),
+    );
+    let error = format!("{:#}", resumed.err().expect("the resume must be refused"));
+    assert!(error.contains("resume.safetensors is missing"), "{error}");
 
     // A run that saved more, then lost its resume state, is not started over.
     std::fs::remove_file(killed.join("resume.safetensors")).unwrap();

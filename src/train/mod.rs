@@ -273,11 +273,16 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         interrupted: &interrupted,
     };
     let outcome = train(&settings, &dataset, &options)?;
-    if let Outcome::Interrupted { epoch, step, out } = outcome {
+    if let Outcome::Interrupted {
+        epoch,
+        step,
+        run_dir,
+    } = outcome
+    {
         // The same flags again (and the run folder, when it was the default) plus --resume.
         let mut command: Vec<String> = std::env::args().collect();
         if args.out.is_none() {
-            command.extend(["--out".to_string(), out.display().to_string()]);
+            command.extend(["--out".to_string(), run_dir.display().to_string()]);
         }
         if !args.resume {
             command.push("--resume".to_string());
@@ -285,7 +290,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         eprintln!(
             "Interrupted after step {step} of epoch {epoch}; the state is saved in {}.\n\
              Resume with: {}",
-            out.display(),
+            run_dir.display(),
             command
                 .iter()
                 .map(|arg| shell_quoted(arg))
@@ -302,17 +307,17 @@ pub enum Outcome {
     /// Every epoch ran.
     Finished,
     /// Ctrl-C: the state is saved after `step` steps of `epoch` (1-based) in the run
-    /// folder `out`.
+    /// folder `run_dir`.
     Interrupted {
         epoch: usize,
         step: usize,
-        out: PathBuf,
+        run_dir: PathBuf,
     },
 }
 
 /// How and where a run executes; none of it changes what the run computes.
 pub struct RunOptions<'a> {
-    /// The run folder.
+    /// The run folder (with `numbered_out`, where its name starts).
     pub out: &'a Path,
     /// `out` is the default name, `runs/<timestamp>`: a fresh run creates the first of
     /// `out`, `out-2`, `out-3`, ... that does not exist, so runs started together each get
@@ -329,7 +334,8 @@ pub struct RunOptions<'a> {
     pub interrupted: &'a AtomicBool,
 }
 
-/// The training loop proper, on a loaded dataset, writing into `options.out`.
+/// The training loop proper, on a loaded dataset, writing into the run folder
+/// `options` names.
 pub fn train(settings: &TrainSettings, dataset: &Dataset, options: &RunOptions) -> Result<Outcome> {
     let mut trainer = Trainer::new(settings, dataset, options)?;
     let outcome = trainer.train_epochs()?;
@@ -402,7 +408,7 @@ impl<'a> Trainer<'a> {
             options.numbered_out,
             device,
         )?;
-        if options.numbered_out {
+        if options.numbered_out && !options.resume {
             eprintln!("Run folder: {}", run.dir().display());
         }
         let regularization = &settings.regularization;
@@ -417,7 +423,7 @@ impl<'a> Trainer<'a> {
             .map(|decay| Ema::new(&vs, &settings.model, decay))
             .transpose()?;
         let progress = match options.resume {
-            true => run.load_resume(&vs, &mut optimizer, ema.as_ref())?,
+            true => run.load_resume(&vs, &mut optimizer, ema.as_ref(), settings.epochs)?,
             false => Progress::default(),
         };
         let train_split = match settings.train_subset {
@@ -461,7 +467,7 @@ impl<'a> Trainer<'a> {
                     return Ok(Outcome::Interrupted {
                         epoch: epoch + 1,
                         step,
-                        out: self.run.dir().to_path_buf(),
+                        run_dir: self.run.dir().to_path_buf(),
                     })
                 }
                 EpochEnd::Done { lr, sums } => self.finish_epoch(epoch, started, lr, sums)?,
@@ -470,7 +476,7 @@ impl<'a> Trainer<'a> {
                 return Ok(Outcome::Interrupted {
                     epoch: epoch + 1,
                     step: self.steps_per_epoch,
-                    out: self.run.dir().to_path_buf(),
+                    run_dir: self.run.dir().to_path_buf(),
                 });
             }
         }

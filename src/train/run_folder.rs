@@ -4,7 +4,9 @@
 use super::ema::Ema;
 use super::TrainSettings;
 use crate::checkpoint::TensorFile;
-use crate::fsutil::{ensure_not_a_file, remove_stale_temporaries, write_atomic, BackgroundWrites};
+use crate::fsutil::{
+    ensure_out_is_a_folder, remove_stale_temporaries, write_atomic, BackgroundWrites,
+};
 use crate::optim::AdamW;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -69,21 +71,17 @@ pub(super) fn default_run_dir() -> PathBuf {
 /// creation either makes the folder or finds it there, so runs started in the same
 /// second get a folder each.
 fn create_numbered_folder(base: &Path) -> Result<PathBuf> {
-    let cannot = |dir: &Path| {
-        format!(
-            "cannot create the run folder {} (is it writable?)",
-            dir.display()
-        )
-    };
+    let cannot = |dir: &Path| format!("cannot create {} (is it writable?)", dir.display());
     if let Some(parent) = base.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| cannot(base))?;
+        std::fs::create_dir_all(parent).with_context(|| cannot(parent))?;
     }
     let mut number = 1;
     loop {
-        let dir = match number {
-            1 => base.to_path_buf(),
-            n => PathBuf::from(format!("{}-{n}", base.display())),
-        };
+        let mut dir = base.as_os_str().to_owned();
+        if number > 1 {
+            dir.push(format!("-{number}"));
+        }
+        let dir = PathBuf::from(dir);
         match std::fs::create_dir(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => number += 1,
@@ -141,7 +139,7 @@ pub(super) struct RunFolder {
 impl RunFolder {
     /// Creates (or, for `resume`, reopens) the folder and locks it for this process. With
     /// `numbered`, `dir` is only where a fresh run's name starts: it gets a new folder,
-    /// `dir` or `dir-2`, `dir-3`, ... (see [`Self::dir`]).
+    /// `dir` or `dir-2`, `dir-3`, ... (see [`Self::dir`]); a resume is never numbered.
     pub(super) fn open(
         dir: &Path,
         settings: &TrainSettings,
@@ -149,21 +147,16 @@ impl RunFolder {
         numbered: bool,
         device: Device,
     ) -> Result<Self> {
-        let numbered_dir;
-        let dir = if numbered && !resume {
-            numbered_dir = create_numbered_folder(dir)?;
-            numbered_dir.as_path()
-        } else {
-            dir
-        };
-        ensure_not_a_file(dir)?;
+        ensure_out_is_a_folder(dir)?;
         let config_path = dir.join("config.json");
         if resume {
             let saved = std::fs::read_to_string(&config_path)
                 .with_context(|| format!("cannot resume: {} has no config.json", dir.display()))?;
-            let lock = RunLock::take(dir)?;
             let saved: RunConfig = serde_json::from_str(&saved)
                 .with_context(|| format!("{} is not a vit run config", config_path.display()))?;
+            // Before the settings are compared: a live run's folder is "in use" whatever
+            // the flags.
+            let lock = RunLock::take(dir)?;
             if saved.settings != *settings {
                 let mut differences = Vec::new();
                 differing_settings(
@@ -193,22 +186,51 @@ impl RunFolder {
                 );
             }
             remove_stale_temporaries(dir);
-            return Ok(Self::locked(dir, lock));
+            return Ok(Self {
+                dir: dir.to_path_buf(),
+                writes: BackgroundWrites::default(),
+                _lock: lock,
+            });
         }
-        let existed = dir.is_dir();
-        std::fs::create_dir_all(dir).with_context(|| {
-            format!(
-                "cannot create the run folder {} (is it writable?)",
-                dir.display()
-            )
-        })?;
-        if existed {
-            // Before the lock file is made: a refused folder is left as it was.
+        let lock = if numbered {
+            let dir = create_numbered_folder(dir)?;
+            let lock = RunLock::take(&dir)?;
+            return Self::start(dir, lock, settings, device);
+        } else if dir.join(".lock").exists() {
+            // A vit run's folder: locked first, so that a live run's is "in use".
+            let lock = RunLock::take(dir)?;
             check_fresh(dir)?;
-        }
-        let lock = RunLock::take(dir)?;
+            lock
+        } else if dir.is_dir() {
+            // Checked before the lock file is made: a refused folder is left as it was.
+            check_fresh(dir)?;
+            RunLock::take(dir)?
+        } else {
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!(
+                    "cannot create the run folder {} (is it writable?)",
+                    dir.display()
+                )
+            })?;
+            RunLock::take(dir)?
+        };
         remove_stale_temporaries(dir);
-        let run = Self::locked(dir, lock);
+        Self::start(dir.to_path_buf(), lock, settings, device)
+    }
+
+    /// A fresh run in the locked folder `dir`: config.json and the metrics header.
+    fn start(
+        dir: PathBuf,
+        lock: RunLock,
+        settings: &TrainSettings,
+        device: Device,
+    ) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let run = Self {
+            dir,
+            writes: BackgroundWrites::default(),
+            _lock: lock,
+        };
         let record = RunConfig {
             settings: settings.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -218,21 +240,13 @@ impl RunFolder {
             &config_path,
             serde_json::to_string_pretty(&record)?.as_bytes(),
         )
-        .with_context(|| format!("the run folder {} is not writable", dir.display()))?;
+        .with_context(|| format!("the run folder {} is not writable", run.dir.display()))?;
         let metrics = run.path("metrics.csv");
         let mut writer = csv::Writer::from_path(&metrics)
             .with_context(|| format!("cannot write {}", metrics.display()))?;
         writer.write_record(metrics_header())?;
         writer.flush()?;
         Ok(run)
-    }
-
-    fn locked(dir: &Path, lock: RunLock) -> Self {
-        Self {
-            dir: dir.to_path_buf(),
-            writes: BackgroundWrites::default(),
-            _lock: lock,
-        }
     }
 
     /// The folder.
@@ -308,21 +322,25 @@ impl RunFolder {
         TensorFile { tensors, metadata }.to_bytes()
     }
 
+    /// The state `resume.safetensors` holds, loaded into the model, optimizer and EMA, for
+    /// a run of `epochs` epochs.
     pub(super) fn load_resume(
         &self,
         vs: &nn::VarStore,
         optimizer: &mut AdamW,
         ema: Option<&Ema>,
+        epochs: usize,
     ) -> Result<Progress> {
         let path = self.path("resume.safetensors");
         if !path.exists() {
             // Stopped before its first resume state landed: killed before or while saving
             // its first epoch, which the run then trains again, as a resume from a later
-            // state would. Any more means the state was lost, and starting over would
-            // replace what the run saved.
+            // state would. A finished run, or one further on, lost its state, and starting
+            // over would replace what it saved.
             let results = saved_results(&self.dir);
+            let rows = metrics_rows(&self.dir);
             ensure!(
-                self.metrics_rows()? <= 1,
+                rows == 0 || (rows == 1 && epochs > 1),
                 "cannot resume {}: resume.safetensors is missing, but the run has results \
                  ({}) that starting over would replace; start a new run with another --out",
                 self.dir.display(),
@@ -330,8 +348,10 @@ impl RunFolder {
             );
             if !results.is_empty() {
                 eprintln!(
-                    "note: {} stopped while saving its first epoch; training it again",
-                    self.dir.display()
+                    "note: {} has results ({}) but no resume state (stopped while saving \
+                     its first epoch?); training that epoch again, which replaces them",
+                    self.dir.display(),
+                    results.join(", ")
                 );
             }
             self.truncate_metrics(0)?;
@@ -359,11 +379,6 @@ impl RunFolder {
         let path = self.path("metrics.csv");
         std::fs::read_to_string(&path)
             .with_context(|| format!("cannot resume: cannot read {}", path.display()))
-    }
-
-    /// The epochs metrics.csv holds (rows after its header).
-    fn metrics_rows(&self) -> Result<usize> {
-        Ok(self.read_metrics()?.lines().count().saturating_sub(1))
     }
 
     fn truncate_metrics(&self, epochs: usize) -> Result<()> {
@@ -411,8 +426,7 @@ fn differing_settings(
 /// What a run in `dir` has saved: its metrics rows and checkpoints, described for a
 /// message (empty when nothing).
 fn saved_results(dir: &Path) -> Vec<String> {
-    let rows = std::fs::read_to_string(dir.join("metrics.csv"))
-        .map_or(0, |text| text.lines().count().saturating_sub(1));
+    let rows = metrics_rows(dir);
     let mut results: Vec<String> = RUN_FILES
         .into_iter()
         .filter(|name| name.ends_with(".safetensors") && dir.join(name).exists())
@@ -422,6 +436,12 @@ fn saved_results(dir: &Path) -> Vec<String> {
         results.insert(0, format!("{rows} epoch(s) in metrics.csv"));
     }
     results
+}
+
+/// The epochs `dir/metrics.csv` holds (rows after its header; 0 without the file).
+fn metrics_rows(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("metrics.csv"))
+        .map_or(0, |text| text.lines().count().saturating_sub(1))
 }
 
 /// Refuses an existing folder for a fresh run when it holds anything of `RUN_FILES`,
@@ -481,11 +501,15 @@ impl RunLock {
             Err(std::fs::TryLockError::WouldBlock) => {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
+                // Being written at this moment, perhaps.
+                let pid = holder
+                    .trim()
+                    .parse::<u32>()
+                    .map_or("unknown".into(), |pid| pid.to_string());
                 bail!(
-                    "{} is in use by another vit process (PID {}): wait for it to end, or \
+                    "{} is in use by another vit process (PID {pid}): wait for it to end, or \
                      choose another --out",
-                    dir.display(),
-                    holder.trim()
+                    dir.display()
                 );
             }
             Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
