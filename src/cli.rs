@@ -281,7 +281,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub cuda_graph: bool,
     /// CPU threads for libtorch (default: libtorch's choice).
-    #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024))]
     pub threads: Option<i32>,
 }
 
@@ -362,7 +362,7 @@ pub struct BenchArgs {
     pub warmup: usize,
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: Precision,
-    #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024))]
     pub threads: Option<i32>,
     /// Use the explicit softmax attention instead of the fused kernel.
     #[arg(long)]

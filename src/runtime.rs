@@ -1,5 +1,5 @@
-//! Process-wide set-up around libtorch: its CPU thread count, and how its errors, which
-//! tch raises as panics, reach the user.
+//! The process and its machine: libtorch's CPU thread count, how libtorch's errors
+//! (which tch raises as panics) reach the user, and the memory there is.
 
 use std::cell::Cell;
 
@@ -17,6 +17,20 @@ pub fn apply_threads(threads: Option<i32>) {
         );
     }
     tch::set_num_threads(threads);
+}
+
+/// The machine's memory (`MemTotal` of /proc/meminfo), where it can be read.
+pub fn physical_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 thread_local! {

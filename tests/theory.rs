@@ -182,6 +182,29 @@ fn notebook_config_has_3_218_276_parameters() {
     assert_eq!(count, 3_218_276);
 }
 
+#[test]
+fn parameter_count_is_the_built_models() {
+    let odd = ViTConfig {
+        image_size: 24,
+        patch_size: 8,
+        in_channels: 1,
+        mlp_dim: 48,
+        num_classes: 7,
+        ..ViTConfig::tiny()
+    };
+    for config in [
+        ViTConfig::notebook(),
+        ViTConfig::small(),
+        ViTConfig::tiny(),
+        odd,
+    ] {
+        let vs = cpu_store();
+        let _model = VisionTransformer::new(&vs.root(), &config).unwrap();
+        let count: usize = vs.trainable_variables().iter().map(Tensor::numel).sum();
+        assert_eq!(config.parameter_count(), count as f64, "{config:?}");
+    }
+}
+
 const SIZES: [&str; 8] = [
     "image_size",
     "patch_size",
@@ -250,6 +273,17 @@ fn invalid_configs_are_rejected_with_a_clear_error() {
             .iter()
             .map(|name| (zero_size(name), format!("{name} must be positive, got 0"))),
     );
+    if vit_tch::runtime::physical_memory_bytes().is_some() {
+        // 10 million blocks: 8.5e10 parameters, refused before any is made.
+        let deep = ViTConfig {
+            num_layers: 10_000_000,
+            ..base.clone()
+        };
+        cases.push((
+            deep,
+            "8.544e10 parameters (341.8 GB in float32), more than the".into(),
+        ));
+    }
     for (config, expected) in cases {
         let vs = cpu_store();
         match VisionTransformer::new(&vs.root(), &config) {

@@ -315,47 +315,50 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
 }
 
 #[test]
-fn ctrl_c_saves_the_run_and_prints_a_resume_command_that_works() {
+fn ctrl_c_or_sigterm_saves_the_run_and_prints_a_resume_command_that_works() {
     let (root, data_dir) = colour_cifar10("ctrl-c");
-    // A space and a quote in the folder's name: the printed command must quote them.
-    let run = root.join("run 'one'");
-    let (data, out) = (data_dir.to_str().unwrap(), run.to_str().unwrap());
-    let mut args = tiny_run_args(data, out);
-    #[rustfmt::skip]
-    args.extend(["--epochs", "2", "--batch-size", "1", "--warmup-epochs", "1", "--train-subset", "100"]);
-    let child = Command::new(env!("CARGO_BIN_EXE_vit"))
-        .args(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // config.json exists once the Ctrl-C handler is installed; 200 steps follow.
-    let started = std::time::Instant::now();
-    while !run.join("config.json").exists() {
-        assert!(started.elapsed().as_secs() < 60, "the run did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    // Ctrl-C, and SIGTERM as a scheduler or `docker stop` sends it. A space and a quote in
+    // a folder's name: the printed command must quote them.
+    for (signal, folder) in [("-INT", "run 'one'"), ("-TERM", "run two")] {
+        let run = root.join(folder);
+        let (data, out) = (data_dir.to_str().unwrap(), run.to_str().unwrap());
+        let mut args = tiny_run_args(data, out);
+        #[rustfmt::skip]
+        args.extend(["--epochs", "2", "--batch-size", "1", "--warmup-epochs", "1", "--train-subset", "100"]);
+        let child = Command::new(env!("CARGO_BIN_EXE_vit"))
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // config.json exists once the signal handler is installed; 200 steps follow.
+        let started = std::time::Instant::now();
+        while !run.join("config.json").exists() {
+            assert!(started.elapsed().as_secs() < 60, "the run did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let pid = child.id().to_string();
+        assert!(Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success());
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(output.status.code(), Some(130), "{signal}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let command = stderr
+            .lines()
+            .find_map(|line| line.strip_prefix("Resume with: "))
+            .unwrap_or_else(|| panic!("{signal}: no resume command in {stderr}"));
+        assert!(run.join("resume.safetensors").exists());
+        let resumed = Command::new("sh").args(["-c", command]).output().unwrap();
+        assert!(
+            resumed.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&resumed.stderr)
+        );
+        assert_eq!(read_metrics(&run).1.len(), 2);
     }
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let output = child.wait_with_output().unwrap();
-    assert_eq!(output.status.code(), Some(130));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let command = stderr
-        .lines()
-        .find_map(|line| line.strip_prefix("Resume with: "))
-        .unwrap_or_else(|| panic!("no resume command in {stderr}"));
-    assert!(run.join("resume.safetensors").exists());
-    let resumed = Command::new("sh").args(["-c", command]).output().unwrap();
-    assert!(
-        resumed.status.success(),
-        "{command}: {}",
-        String::from_utf8_lossy(&resumed.stderr)
-    );
-    assert_eq!(read_metrics(&run).1.len(), 2);
 }
 
 /// Trains `settings` into `out`, interrupted (as by Ctrl-C) at the first opportunity when
@@ -546,7 +549,11 @@ fn strong_recipe_runs_from_the_command_line() {
     // In bf16 autocast, as on a GPU: the CPU runs the same autocast machinery.
     args.extend(["--precision", "bf16"]);
     let output = vit(&args);
-    assert!(String::from_utf8_lossy(&output.stdout).contains("Epoch: 1, Validation Accuracy:"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("Epoch: 1, Validation Accuracy:") && stdout.contains("EMA acc"),
+        "{stdout}"
+    );
     // One epoch with the default 5 warm-up epochs: it runs, and says what that means.
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -582,9 +589,22 @@ fn user_errors_say_what_to_do() {
         "{stderr}"
     );
 
+    // Weights the last step sent to infinity: the NaN test loss stops the run before
+    // they are saved.
+    let diverged = root.join("diverged");
+    let mut args = tiny_run_args(data, diverged.to_str().unwrap());
+    #[rustfmt::skip]
+    args.extend(["--lr", "1e30", "--clip-grad", "0", "--epochs", "1", "--batch-size", "600"]);
+    let stderr = vit_fails(&args);
+    assert!(
+        stderr.contains("the test loss became NaN in epoch 1; stopped"),
+        "{stderr}"
+    );
+    assert!(!diverged.join("best_model.safetensors").exists());
+
     // A libtorch error (here: out of memory) is one line with advice, not a C++ stack.
     #[rustfmt::skip]
-    let stderr = vit_fails(&["info", "--config", "tiny", "--embed-dim", "4000000", "--num-heads", "1"]);
+    let stderr = vit_fails(&["bench", "--config", "tiny", "--batch-size", "100000000", "--device", "cpu"]);
     assert!(
         stderr.contains("Error: libtorch: ") && stderr.contains("can't allocate memory"),
         "{stderr}"
@@ -635,8 +655,15 @@ fn user_errors_say_what_to_do() {
             "--label-smoothing=1.5",
             "--label-smoothing must be in [0, 1)",
         ),
-        ("--lr=0", "--lr must be positive"),
-        ("--clip-grad=-1", "cannot be negative"),
+        ("--lr=0", "--lr must be a positive number"),
+        ("--lr=inf", "--lr must be a positive number"),
+        ("--clip-grad=-1", "--clip-grad must be a number >= 0"),
+        ("--weight-decay=NaN", "--weight-decay must be a number >= 0"),
+        (
+            "--mixup=inf",
+            "--mixup and --cutmix take a number alpha >= 0",
+        ),
+        ("--threads=2000", "2000 is not in 1..=1024"),
         ("--cuda-graph", "--cuda-graph needs a CUDA device"),
         (
             "--train-subset=100000",

@@ -107,7 +107,46 @@ impl ViTConfig {
             "dropout must be in [0, 1), got {}",
             self.dropout
         );
+        // Refused here rather than found by building it: a model of millions of small
+        // layers would fill the memory one layer at a time, for minutes.
+        let bytes = 4.0 * self.parameter_count();
+        if let Some(memory) = crate::runtime::physical_memory_bytes() {
+            ensure!(
+                bytes <= memory as f64,
+                "the model would have {:.3e} parameters ({:.1} GB in float32), more than the \
+                 {:.1} GB of memory here: use a smaller embed_dim, mlp_dim or num_layers",
+                self.parameter_count(),
+                bytes / 1e9,
+                memory as f64 / 1e9
+            );
+        }
         Ok(())
+    }
+
+    /// The parameters `VisionTransformer::new` makes for this config (a test checks it
+    /// against the built model). A float: absurd sizes must not overflow the check.
+    pub fn parameter_count(&self) -> f64 {
+        let [image, patch, channels, embed, mlp, layers, classes] = [
+            self.image_size,
+            self.patch_size,
+            self.in_channels,
+            self.embed_dim,
+            self.mlp_dim,
+            self.num_layers,
+            self.num_classes,
+        ]
+        .map(|size| size as f64);
+        let tokens = (image / patch).powi(2) + 1.0;
+        let patch_embed = channels * patch * patch * embed + embed;
+        let class_and_positions = embed + tokens * embed;
+        let block = 2.0 * embed // norm1
+            + 3.0 * embed * embed + 3.0 * embed // qkv
+            + embed * embed + embed // proj
+            + 2.0 * embed // norm2
+            + embed * mlp + mlp // fc1
+            + mlp * embed + embed; // fc2
+        let head = 2.0 * embed + embed * classes + classes; // norm, head
+        patch_embed + class_and_positions + layers * block + head
     }
 
     pub fn head_dim(&self) -> i64 {

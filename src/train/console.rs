@@ -69,9 +69,13 @@ impl Console {
     }
 
     pub(super) fn epoch_done(&self, row: &EpochMetrics) {
+        let ema = match row.ema_test_acc {
+            Some(accuracy) => format!(", EMA acc {:.2}%", 100.0 * accuracy),
+            None => String::new(),
+        };
         println!(
             "Epoch: {}, Validation Accuracy: {:.2}%  (train loss {:.4}, train acc {:.2}%, \
-             test loss {:.4}, lr {:.2e}, {:.1}s, {:.0} img/s)",
+             test loss {:.4}{ema}, lr {:.2e}, {:.1}s, {:.0} img/s)",
             row.epoch,
             100.0 * row.test_acc,
             row.train_loss,

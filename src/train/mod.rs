@@ -205,11 +205,21 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     }
     ensure!(args.batch_size > 0, "--batch-size must be positive");
     ensure!(args.epochs > 0, "--epochs must be positive");
-    ensure!(args.lr > 0.0, "--lr must be positive, got {}", args.lr);
+    // Written as given to config.json, which has no infinity: a run must resume.
     ensure!(
-        args.weight_decay >= 0.0 && args.clip_grad >= 0.0,
-        "--weight-decay and --clip-grad cannot be negative (0 turns them off)"
+        args.lr > 0.0 && args.lr.is_finite(),
+        "--lr must be a positive number, got {}",
+        args.lr
     );
+    for (flag, value) in [
+        ("--weight-decay", args.weight_decay),
+        ("--clip-grad", args.clip_grad),
+    ] {
+        ensure!(
+            value >= 0.0 && value.is_finite(),
+            "{flag} must be a number >= 0 (0 turns it off), got {value}"
+        );
+    }
     ensure!(
         (0.0..1.0).contains(&args.label_smoothing),
         "--label-smoothing must be in [0, 1), got {}",
@@ -542,7 +552,7 @@ impl<'a> Trainer<'a> {
                 self.progress.loss_sum = sums.loss.double_value(&[]);
                 // Diverged weights must not replace the last good resume state.
                 let mean_loss = self.progress.loss_sum / self.progress.seen as f64;
-                ensure_finite(mean_loss, epoch + 1, &self.run)?;
+                ensure_finite("training loss", mean_loss, epoch + 1, &self.run)?;
                 self.progress.correct = sums.correct.int64_value(&[]);
                 self.progress.seconds += started.elapsed().as_secs_f64();
                 let ema = self.ema.as_ref();
@@ -569,10 +579,12 @@ impl<'a> Trainer<'a> {
         let progress = &mut self.progress;
         let train_loss = sums.loss.double_value(&[]) / progress.seen as f64;
         let train_acc = sums.correct.int64_value(&[]) as f64 / progress.seen as f64;
-        ensure_finite(train_loss, epoch + 1, &self.run)?;
+        ensure_finite("training loss", train_loss, epoch + 1, &self.run)?;
         let train_seconds = progress.seconds + started.elapsed().as_secs_f64();
         let eval_batch = self.settings.batch_size.max(256);
         let evaluation = evaluate(&self.model, &self.test_split, eval_batch);
+        // Weights the last step sent to infinity show only here; they are not saved.
+        ensure_finite("test loss", evaluation.loss, epoch + 1, &self.run)?;
         let ema_evaluation = self
             .ema
             .as_ref()
@@ -653,8 +665,8 @@ fn step_seed(seed: u64, epoch: usize, step: usize) -> i64 {
     ((x ^ (x >> 31)) >> 1) as i64
 }
 
-fn ensure_finite(train_loss: f64, epoch: usize, run: &RunFolder) -> Result<()> {
-    if !train_loss.is_finite() {
+fn ensure_finite(what: &str, loss: f64, epoch: usize, run: &RunFolder) -> Result<()> {
+    if !loss.is_finite() {
         let kept = if epoch > 1 {
             format!(
                 "the last good weights are in {}",
@@ -664,7 +676,7 @@ fn ensure_finite(train_loss: f64, epoch: usize, run: &RunFolder) -> Result<()> {
             "no epoch finished, so there are no weights to keep".to_string()
         };
         bail!(
-            "the training loss became {train_loss} in epoch {epoch}; stopped ({kept}). \
+            "the {what} became {loss} in epoch {epoch}; stopped ({kept}). \
              Try a lower --lr or --weight-decay, or a --clip-grad"
         );
     }

@@ -109,8 +109,10 @@ impl Regularization {
             );
         }
         ensure!(
-            mix.mixup_alpha >= 0.0 && mix.cutmix_alpha >= 0.0,
-            "--mixup and --cutmix take alpha >= 0"
+            [mix.mixup_alpha, mix.cutmix_alpha]
+                .iter()
+                .all(|alpha| *alpha >= 0.0 && alpha.is_finite()),
+            "--mixup and --cutmix take a number alpha >= 0 (0 turns it off)"
         );
         Ok(regularization)
     }
