@@ -57,7 +57,7 @@ fn temporary_writer(name: &str) -> Option<u32> {
 
 /// Whether process `pid` is known to have ended: `/proc` has no entry for it. Without
 /// `/proc` nothing is known, and nothing is taken for ended.
-pub fn process_ended(pid: u32) -> bool {
+fn process_ended(pid: u32) -> bool {
     Path::new("/proc/self").exists()
         && pid != std::process::id()
         && !Path::new("/proc").join(pid.to_string()).exists()

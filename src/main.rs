@@ -2,8 +2,7 @@ use clap::Parser;
 use vit_tch::cli::{Cli, Command};
 
 fn main() -> anyhow::Result<()> {
-    vit_tch::runtime::report_libtorch_errors_briefly();
-    match Cli::parse().command {
+    vit_tch::runtime::run_command(|| match Cli::parse().command {
         Command::Info(args) => vit_tch::info::run(&args),
         Command::Download(args) => vit_tch::data::run_download(&args),
         Command::Data(args) => vit_tch::data::run_summary(&args),
@@ -13,5 +12,5 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => vit_tch::bench::run(&args),
         Command::Plot(args) => vit_tch::plot::run(&args),
         Command::Attention(args) => vit_tch::attention::run(&args),
-    }
+    })
 }

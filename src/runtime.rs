@@ -38,12 +38,26 @@ thread_local! {
     static CATCHING: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Runs a `vit` command with libtorch's errors reported briefly (see
+/// `report_libtorch_errors_briefly`): one that unwinds out of the command, its message
+/// printed, exits with status 1 as other errors do; any other panic goes on unwinding.
+pub fn run_command(command: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    report_libtorch_errors_briefly();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(command)) {
+        Ok(result) => result,
+        Err(payload) if libtorch_error(&panic_message(payload.as_ref())).is_some() => {
+            std::process::exit(1)
+        }
+        Err(payload) => std::panic::resume_unwind(payload),
+    }
+}
+
 /// Makes a libtorch error that tch raises as a panic (out of memory, say) print as one
 /// line, with advice where there is some, instead of a panic report with libtorch's C++
-/// stack. The panic still unwinds (run folders finish their writes) and exits non-zero;
-/// any other panic (a bug) keeps Rust's full report, also where `catch_panic` catches it.
-/// A libtorch error that `catch_panic` catches prints nothing here: its caller reports it.
-pub fn report_libtorch_errors_briefly() {
+/// stack. The panic still unwinds (run folders finish their writes); any other panic (a
+/// bug) keeps Rust's full report, also where `catch_panic` catches it. A libtorch error
+/// that `catch_panic` catches prints nothing here: its caller reports it.
+fn report_libtorch_errors_briefly() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let message = panic_message(info.payload());

@@ -604,7 +604,12 @@ fn user_errors_say_what_to_do() {
 
     // A libtorch error (here: out of memory) is one line with advice, not a C++ stack.
     #[rustfmt::skip]
-    let stderr = vit_fails(&["bench", "--config", "tiny", "--batch-size", "100000000", "--device", "cpu"]);
+    let output = Command::new(env!("CARGO_BIN_EXE_vit"))
+        .args(["bench", "--config", "tiny", "--batch-size", "100000000", "--device", "cpu"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "as other errors");
+    let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("Error: libtorch: ") && stderr.contains("can't allocate memory"),
         "{stderr}"
