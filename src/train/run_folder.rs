@@ -148,50 +148,62 @@ impl RunFolder {
         device: Device,
     ) -> Result<Self> {
         ensure_out_is_a_folder(dir)?;
-        let config_path = dir.join("config.json");
-        if resume {
-            let saved = std::fs::read_to_string(&config_path)
-                .with_context(|| format!("cannot resume: {} has no config.json", dir.display()))?;
-            let saved: RunConfig = serde_json::from_str(&saved)
-                .with_context(|| format!("{} is not a vit run config", config_path.display()))?;
-            // Before the settings are compared: a live run's folder is "in use" whatever
-            // the flags.
-            let lock = RunLock::take(dir)?;
-            if saved.settings != *settings {
-                let mut differences = Vec::new();
-                differing_settings(
-                    "",
-                    &serde_json::to_value(&saved.settings)?,
-                    &serde_json::to_value(settings)?,
-                    &mut differences,
-                );
-                bail!(
-                    "cannot resume {}: the settings differ from the saved run's:\n  {}\n\
-                     Resume with the same flags (the learning-rate schedule, the shuffles and \
-                     the augmentations all follow from them; --epochs included), or start a \
-                     new run with another --out",
-                    dir.display(),
-                    differences.join("\n  ")
-                );
-            }
-            let device = format!("{device:?}");
-            if saved.device != device {
-                // Allowed (a run may move to a GPU or off one), but kernels differ between
-                // devices, so the continuation is not the run it would have been.
-                eprintln!(
-                    "note: {} was trained on {} and resumes on {device}: it continues, but \
-                     replays exactly only on the device it started on",
-                    dir.display(),
-                    saved.device
-                );
-            }
-            remove_stale_temporaries(dir);
-            return Ok(Self {
-                dir: dir.to_path_buf(),
-                writes: BackgroundWrites::default(),
-                _lock: lock,
-            });
+        match resume {
+            true => Self::reopen(dir, settings, device),
+            false => Self::create(dir, settings, numbered, device),
         }
+    }
+
+    /// The folder of the run to resume, checked against `settings`.
+    fn reopen(dir: &Path, settings: &TrainSettings, device: Device) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let saved = std::fs::read_to_string(&config_path)
+            .with_context(|| format!("cannot resume: {} has no config.json", dir.display()))?;
+        let saved: RunConfig = serde_json::from_str(&saved)
+            .with_context(|| format!("{} is not a vit run config", config_path.display()))?;
+        // Before the settings are compared: a live run's folder is "in use" whatever
+        // the flags.
+        let lock = RunLock::take(dir)?;
+        if saved.settings != *settings {
+            let mut differences = Vec::new();
+            differing_settings(
+                "",
+                &serde_json::to_value(&saved.settings)?,
+                &serde_json::to_value(settings)?,
+                &mut differences,
+            );
+            bail!(
+                "cannot resume {}: the settings differ from the saved run's:\n  {}\n\
+                 Resume with the same flags (the learning-rate schedule, the shuffles and \
+                 the augmentations all follow from them; --epochs included), or start a \
+                 new run with another --out",
+                dir.display(),
+                differences.join("\n  ")
+            );
+        }
+        let device = format!("{device:?}");
+        if saved.device != device {
+            // Allowed (a run may move to a GPU or off one), but kernels differ between
+            // devices, so the continuation is not the run it would have been.
+            eprintln!(
+                "note: {} was trained on {} and resumes on {device}: it continues, but \
+                 replays exactly only on the device it started on",
+                dir.display(),
+                saved.device
+            );
+        }
+        remove_stale_temporaries(dir);
+        Ok(Self::locked(dir.to_path_buf(), lock))
+    }
+
+    /// A new run's folder: `dir` (or, `numbered`, the first free of `dir`, `dir-2`, ...),
+    /// refused when it holds what the run would overwrite.
+    fn create(
+        dir: &Path,
+        settings: &TrainSettings,
+        numbered: bool,
+        device: Device,
+    ) -> Result<Self> {
         let lock = if numbered {
             let dir = create_numbered_folder(dir)?;
             let lock = RunLock::take(&dir)?;
@@ -226,11 +238,7 @@ impl RunFolder {
         device: Device,
     ) -> Result<Self> {
         let config_path = dir.join("config.json");
-        let run = Self {
-            dir,
-            writes: BackgroundWrites::default(),
-            _lock: lock,
-        };
+        let run = Self::locked(dir, lock);
         let record = RunConfig {
             settings: settings.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -247,6 +255,14 @@ impl RunFolder {
         writer.write_record(metrics_header())?;
         writer.flush()?;
         Ok(run)
+    }
+
+    fn locked(dir: PathBuf, lock: RunLock) -> Self {
+        Self {
+            dir,
+            writes: BackgroundWrites::default(),
+            _lock: lock,
+        }
     }
 
     /// The folder.
