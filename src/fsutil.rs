@@ -76,14 +76,18 @@ pub fn remove_stale_temporaries(dir: &Path) {
         if !temporary_writer(&name).is_some_and(process_ended) {
             continue;
         }
-        let removed = if path.is_dir() {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
-        };
-        if let Err(e) = removed {
+        if let Err(e) = remove_file_or_folder(&path) {
             eprintln!("warning: cannot remove {}: {e}", path.display());
         }
+    }
+}
+
+/// Removes `path`, a file or a folder with everything in it.
+pub fn remove_file_or_folder(path: &Path) -> std::io::Result<()> {
+    if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
     }
 }
 

@@ -7,7 +7,7 @@
 //! the complete dataset or nothing of it; temporaries left by a killed run are removed by
 //! the next one.
 
-use crate::fsutil::{remove_stale_temporaries, temporary_sibling};
+use crate::fsutil::{remove_file_or_folder, remove_stale_temporaries, temporary_sibling};
 use anyhow::{bail, Context, Result};
 use md5::{Digest, Md5};
 use std::fs::File;
@@ -116,11 +116,7 @@ struct TempPath(PathBuf);
 
 impl Drop for TempPath {
     fn drop(&mut self) {
-        if self.0.is_dir() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        } else {
-            let _ = std::fs::remove_file(&self.0);
-        }
+        let _ = remove_file_or_folder(&self.0);
     }
 }
 

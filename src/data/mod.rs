@@ -170,11 +170,12 @@ pub fn run_download(args: &DownloadArgs) -> Result<()> {
     match download::fetch(source, &args.data_dir, spec)? {
         download::Fetched::AlreadyPresent(path) => {
             // A folder that is there is not fetched again, so it has to be whole.
-            let whole = match args.dataset {
-                DatasetName::Cifar100 => cifar::load_cifar100(&args.data_dir, false).map(drop),
-                _ => cifar::load_cifar10(&args.data_dir).map(drop),
+            let dataset = DatasetArgs {
+                dataset: args.dataset,
+                data_dir: args.data_dir.clone(),
+                coarse_labels: false,
             };
-            whole.with_context(|| {
+            load(&dataset, 32).with_context(|| {
                 format!(
                     "{} is there but not a whole dataset: delete it, then run this command again",
                     path.display()

@@ -208,7 +208,7 @@ impl RunFolder {
             let dir = create_numbered_folder(dir)?;
             let lock = RunLock::take(&dir)?;
             return Self::start(dir, lock, settings, device);
-        } else if dir.join(".lock").exists() {
+        } else if dir.join(LOCK_FILE).exists() {
             // A vit run's folder: locked first, so that a live run's is "in use".
             let lock = RunLock::take(dir)?;
             check_fresh(dir)?;
@@ -390,20 +390,12 @@ impl RunFolder {
         Ok(progress)
     }
 
-    /// metrics.csv's text, for a resume.
-    fn read_metrics(&self) -> Result<String> {
-        let path = self.path("metrics.csv");
-        std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot resume: cannot read {}", path.display()))
-    }
-
     fn truncate_metrics(&self, epochs: usize) -> Result<()> {
-        let text = self.read_metrics()?;
+        let path = self.path("metrics.csv");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot resume: cannot read {}", path.display()))?;
         let kept: Vec<&str> = text.lines().take(epochs + 1).collect();
-        write_atomic(
-            &self.path("metrics.csv"),
-            format!("{}\n", kept.join("\n")).as_bytes(),
-        )
+        write_atomic(&path, format!("{}\n", kept.join("\n")).as_bytes())
     }
 }
 
@@ -492,6 +484,9 @@ fn check_fresh(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The lock file's name in a run folder.
+const LOCK_FILE: &str = ".lock";
+
 /// `.lock` in a run folder, locked (an advisory file lock) while a vit process writes
 /// the folder: a second process given the same folder (a parallel run, or a resume while
 /// the run still trains) is refused instead of mixing its files in. The operating system
@@ -504,7 +499,7 @@ struct RunLock {
 impl RunLock {
     fn take(dir: &Path) -> Result<Self> {
         use std::io::{Read, Seek, Write};
-        let path = dir.join(".lock");
+        let path = dir.join(LOCK_FILE);
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
