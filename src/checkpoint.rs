@@ -97,7 +97,15 @@ impl TensorFile {
             }
             Ok(Self { tensors, metadata })
         };
-        parse().with_context(|| format!("{} is not a valid safetensors file", path.display()))
+        parse().or_else(|e| {
+            if is_pytorch_file(&bytes) {
+                bail!("{}", convert_from_pytorch(path));
+            }
+            Err(e.context(format!(
+                "{} is not a valid safetensors file",
+                path.display()
+            )))
+        })
     }
 
     /// The file's bytes: a copy, so the tensors may change the moment this returns.
@@ -201,6 +209,30 @@ impl TensorFile {
         });
         Ok(())
     }
+}
+
+/// Whether `bytes`, which are not a safetensors file, start like a file of `torch.save` (a
+/// zip archive since PyTorch 1.6, a pickle of protocol 2 to 5 before) or `torch.jit.save`
+/// (a zip archive).
+fn is_pytorch_file(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"PK\x03\x04") || matches!(bytes, [0x80, 2..=5, ..])
+}
+
+/// What to do with a PyTorch file: vit reads safetensors only, and a state dict converts
+/// in one line of Python.
+fn convert_from_pytorch(path: &Path) -> String {
+    let converted = path.with_extension("safetensors");
+    format!(
+        "{} is a PyTorch file (torch.save), not a safetensors file; vit reads safetensors \
+         only. Convert a state dict with timm's parameter names in Python: `import json, \
+         torch, safetensors.torch as st; st.save_file(torch.load({:?}, map_location=\"cpu\"), \
+         {:?}, metadata={{\"config\": json.dumps(cfg)}})`, where cfg is the dict of the \
+         nine hyperparameters (image_size, patch_size, in_channels, embed_dim, num_heads, \
+         mlp_dim, num_layers, num_classes, dropout); README.md, Checkpoints, shows the names",
+        path.display(),
+        path.display().to_string(),
+        converted.display().to_string(),
+    )
 }
 
 /// A model rebuilt from a checkpoint: its parameters, the module, and the file's metadata.

@@ -93,6 +93,54 @@ fn checkpoints_round_trip_through_timm() {
     );
 }
 
+/// Runs `python -c CODE` in `dir`, expecting success.
+fn run_python(dir: &std::path::Path, code: &str) {
+    let output = Command::new(python())
+        .current_dir(dir)
+        .args(["-c", code])
+        .output()
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "python -c {code:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A file of `torch.save` (how PyTorch users save a state dict) is refused with the line of
+/// Python that converts it, and the file that line writes loads with the same weights.
+#[test]
+fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
+    let dir = TempDir::new("pytorch-file");
+    let (vs, _model) = tiny_model();
+    let config = tiny_config();
+    checkpoint::save(&vs, &config, &[], &dir.join("vit.safetensors")).unwrap();
+    run_python(
+        &dir,
+        "import collections, torch, safetensors.torch as st\n\
+         state = collections.OrderedDict(st.load_file('vit.safetensors'))\n\
+         torch.save(state, 'model.pth')\n\
+         torch.save(state, 'legacy.pth', _use_new_zipfile_serialization=False)",
+    );
+    for name in ["model.pth", "legacy.pth"] {
+        let error = match checkpoint::load(&dir.join(name), Device::Cpu) {
+            Ok(_) => panic!("{name} loaded as a safetensors file"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(error.contains("is a PyTorch file (torch.save)"), "{error}");
+        if name == "model.pth" {
+            // The advice, as a user would paste it, with their config as `cfg`.
+            let conversion = error.split('`').nth(1).expect("a command in backticks");
+            run_python(&dir, &format!("cfg = {}\n{conversion}", config.to_json()));
+        }
+    }
+    let converted = checkpoint::load(&dir.join("model.safetensors"), Device::Cpu).unwrap();
+    assert_eq!(converted.model.config, config);
+    for (name, original) in vs.variables() {
+        assert_close(&name, &converted.vs.variables()[&name], &original, 0.0);
+    }
+}
+
 /// The tiny model's parameters with `config` metadata, for the malformed variants below.
 fn checkpoint_tensors() -> (BTreeMap<String, Tensor>, HashMap<String, String>) {
     let (vs, _model) = tiny_model();

@@ -131,7 +131,8 @@ pub fn devices() -> Vec<tch::Device> {
     devices
 }
 
-/// `VIT_PYTHON`, else the project's `.venv/bin/python`.
+/// `VIT_PYTHON`, else the project's `.venv/bin/python`, as an absolute path (not resolved:
+/// a venv's python is a link that must stay one), so it runs from any folder.
 pub fn python() -> PathBuf {
     let python = std::env::var_os("VIT_PYTHON")
         .map(PathBuf::from)
@@ -142,7 +143,7 @@ pub fn python() -> PathBuf {
          torch, timm and safetensors)",
         python.display()
     );
-    python
+    std::path::absolute(&python).expect("an absolute path")
 }
 
 /// Runs `vit ARGS`: the binary cargo built for these tests, or `$VIT_BIN` where set (a test
