@@ -93,14 +93,9 @@ pub fn run(args: &AttentionArgs) -> Result<()> {
         }
     }
     let result = analyse(&loaded.model, &chosen.image, device)?;
-    let probabilities = Vec::<f32>::try_from(&result.probabilities)?;
-    let (predicted, p) = probabilities
-        .iter()
-        .enumerate()
-        .fold(
-            (0, f32::MIN),
-            |best, (i, &p)| if p > best.1 { (i, p) } else { best },
-        );
+    // As libtorch's max does: a NaN (from NaN weights) wins, and shows as NaN%.
+    let (p, predicted) = result.probabilities.max_dim(0, false);
+    let (p, predicted) = (p.double_value(&[]), predicted.int64_value(&[]) as usize);
     let name = |i: usize| {
         classes
             .get(i)
