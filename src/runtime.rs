@@ -43,12 +43,32 @@ thread_local! {
 /// printed, exits with status 1 as other errors do; any other panic goes on unwinding.
 pub fn run_command(command: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
     report_libtorch_errors_briefly();
+    end_quietly_on_a_closed_pipe();
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(command)) {
         Ok(result) => result,
         Err(payload) if libtorch_error(&panic_message(payload.as_ref())).is_some() => {
             std::process::exit(1)
         }
         Err(payload) => std::panic::resume_unwind(payload),
+    }
+}
+
+/// Ends the process at once with `status`, as a second Ctrl-C must: without exit handlers,
+/// which would tear libtorch down under a step still running on another thread (a crash,
+/// not a quit).
+pub fn quit_at_once(status: i32) -> ! {
+    // SAFETY: _exit only ends the process; nothing is read or written.
+    unsafe { libc::_exit(status) }
+}
+
+/// Lets a closed pipe on stdout (`vit data | head`) end the process quietly, as it ends other
+/// command-line tools, instead of making `println!` panic ("failed printing to stdout").
+/// Rust's own sockets do not raise SIGPIPE (they send with MSG_NOSIGNAL), so downloads
+/// still get an error.
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: setting a signal's disposition to its default has no other effect.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

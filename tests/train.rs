@@ -361,6 +361,50 @@ fn ctrl_c_or_sigterm_saves_the_run_and_prints_a_resume_command_that_works() {
     }
 }
 
+/// A second Ctrl-C quits at once with status 130, whatever the step is doing. (It ran exit
+/// handlers once, which tore libtorch down under the running step: most such runs died of
+/// a segmentation fault or heap corruption instead.) Five tries, as the crash was a race.
+#[test]
+fn a_second_ctrl_c_quits_at_once() {
+    let (root, data_dir) = colour_cifar10("ctrl-c-twice");
+    for attempt in 0..5 {
+        let run = root.join(format!("run-{attempt}"));
+        // Steps long enough to be inside libtorch when the second signal comes (the tiny
+        // preset with its 4x4 patches, batches of 32): the crash needed that.
+        #[rustfmt::skip]
+        let args = [
+            "train", "--dataset", "cifar10", "--data-dir", data_dir.to_str().unwrap(),
+            "--out", run.to_str().unwrap(), "--device", "cpu", "--config", "tiny",
+            "--epochs", "2", "--batch-size", "32", "--warmup-epochs", "1",
+        ];
+        let child = Command::new(env!("CARGO_BIN_EXE_vit"))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while !run.join("config.json").exists() {
+            assert!(started.elapsed().as_secs() < 60, "the run did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let pid = child.id().to_string();
+        for pause_ms in [0, 2 * attempt] {
+            std::thread::sleep(std::time::Duration::from_millis(pause_ms));
+            assert!(Command::new("kill")
+                .args(["-INT", &pid])
+                .status()
+                .unwrap()
+                .success());
+        }
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(130), "try {attempt}: {stderr}");
+        assert!(stderr.contains("press Ctrl-C again to quit"), "{stderr}");
+        assert!(!stderr.contains("Error"), "{stderr}");
+    }
+}
+
 /// Trains `settings` into `out`, interrupted (as by Ctrl-C) at the first opportunity when
 /// `interrupt` is set; returns the final parameters.
 fn run_training(
@@ -889,6 +933,24 @@ fn a_caught_libtorch_error_is_one_line() {
         "{error}"
     );
     assert!(!error.contains("frame #"), "{error}");
+}
+
+/// `vit info | head -1`: output to a pipe already closed ends vit quietly, by SIGPIPE as
+/// other tools end, not with a panic ("failed printing to stdout: Broken pipe").
+#[test]
+fn a_closed_pipe_ends_vit_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vit"))
+        .arg("info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.signal(), Some(libc::SIGPIPE), "{stderr}");
+    assert_eq!(stderr, "");
 }
 
 #[test]

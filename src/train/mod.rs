@@ -269,8 +269,13 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     // The first Ctrl-C stops after the current step and saves; a second one quits at once.
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
+            crate::runtime::quit_at_once(130);
         }
+        // Said at once: the step, or an epoch's test pass, may take a while to finish.
+        eprintln!(
+            "\nStopping: the run saves its state after the current step (or test pass); \
+             press Ctrl-C again to quit at once without saving"
+        );
     })
     .context("cannot install the Ctrl-C handler")?;
     let options = RunOptions {
@@ -283,6 +288,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         interrupted: &interrupted,
     };
     let outcome = train(&settings, &dataset, &options)?;
+    if let Outcome::Finished = outcome {
+        if interrupted.load(Ordering::SeqCst) {
+            eprintln!(
+                "note: the interrupt came in the last epoch's last step or test pass, so the run \
+                 finished and saved all its epochs; there is nothing to resume"
+            );
+        }
+    }
     if let Outcome::Interrupted {
         epoch,
         step,
