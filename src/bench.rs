@@ -129,7 +129,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let report = BenchReport {
         config: args.model.preset.clone(),
         model: config.clone(),
-        device: format!("{device:?}"),
+        device: crate::cli::device_name(device),
         precision: format!("{:?}", args.precision).to_lowercase(),
         threads: tch::get_num_threads(),
         batch_size: args.batch_size,

@@ -62,6 +62,26 @@ impl View for &HostTensor {
     }
 }
 
+/// A safetensors file's bytes with the metadata in its header sorted by key. safetensors
+/// writes it in a HashMap's order, which changes from process to process: without this,
+/// two identical runs write checkpoints whose bytes (and hashes) differ.
+fn with_sorted_header(mut bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let header_len = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
+    let header_end = 8 + header_len;
+    let mut header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..header_end])?;
+    if let Some(metadata) = header.get_mut("__metadata__") {
+        let sorted: BTreeMap<String, String> = serde_json::from_value(metadata.take())?;
+        *metadata = serde_json::to_value(sorted)?;
+    }
+    let mut json = serde_json::to_vec(&header)?;
+    // The tensors' data stays aligned to 8 bytes, as safetensors pads its header.
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let prefix = [(json.len() as u64).to_le_bytes().as_slice(), &json].concat();
+    bytes.splice(..header_end, prefix);
+    Ok(bytes)
+}
+
 fn kind_of(dtype: Dtype) -> Result<Kind> {
     Ok(match dtype {
         Dtype::F32 => Kind::Float,
@@ -115,10 +135,11 @@ impl TensorFile {
             .iter()
             .map(|(name, t)| Ok((name, HostTensor::new(t)?)))
             .collect::<Result<_>>()?;
-        Ok(safetensors::serialize(
+        let bytes = safetensors::serialize(
             host.iter().map(|(name, t)| (name.as_str(), t)),
             Some(self.metadata.clone()),
-        )?)
+        )?;
+        with_sorted_header(bytes)
     }
 
     /// Writes atomically (temporary file, then rename).
@@ -362,26 +383,27 @@ pub fn dataset_args(
     })
 }
 
-/// Class names from the `classes` metadata, or `class 0`, `class 1`, ... when absent
-/// (a checkpoint saved from timm, say) or broken (with a warning).
+/// Class names from the `classes` metadata, or `class 0`, `class 1`, ... when it has none
+/// (a checkpoint saved from timm, say) or a broken one.
 pub fn class_names(metadata: &HashMap<String, String>, num_classes: i64) -> Vec<String> {
-    recorded_class_names(metadata, num_classes).unwrap_or_else(|| {
-        if metadata.contains_key("classes") {
-            eprintln!(
-                "warning: the checkpoint's `classes` metadata is not a list of {num_classes} \
-                 names; classes are shown by number"
-            );
-        }
-        (0..num_classes).map(|i| format!("class {i}")).collect()
-    })
+    recorded_class_names(metadata, num_classes)
+        .unwrap_or_else(|| (0..num_classes).map(|i| format!("class {i}")).collect())
 }
 
-/// The `classes` metadata when it is a list of `num_classes` names.
+/// The `classes` metadata when it is a list of `num_classes` names; `None` when there is
+/// none, and `None` with a warning when it is not such a list.
 pub fn recorded_class_names(
     metadata: &HashMap<String, String>,
     num_classes: i64,
 ) -> Option<Vec<String>> {
-    serde_json::from_str::<Vec<String>>(metadata.get("classes")?)
+    let names = serde_json::from_str::<Vec<String>>(metadata.get("classes")?)
         .ok()
-        .filter(|names| names.len() as i64 == num_classes)
+        .filter(|names| names.len() as i64 == num_classes);
+    if names.is_none() {
+        eprintln!(
+            "warning: the checkpoint's `classes` metadata is not a list of {num_classes} \
+             names; it is ignored"
+        );
+    }
+    names
 }

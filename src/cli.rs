@@ -102,6 +102,22 @@ pub enum DatasetName {
     Folder,
 }
 
+/// The datasets `vit download` fetches (a folder dataset is the user's own).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownloadableDataset {
+    Cifar10,
+    Cifar100,
+}
+
+impl From<DownloadableDataset> for DatasetName {
+    fn from(dataset: DownloadableDataset) -> Self {
+        match dataset {
+            DownloadableDataset::Cifar10 => DatasetName::Cifar10,
+            DownloadableDataset::Cifar100 => DatasetName::Cifar100,
+        }
+    }
+}
+
 /// Which dataset and where it lives.
 #[derive(Args, Debug, Clone)]
 pub struct DatasetArgs {
@@ -140,6 +156,15 @@ impl DeviceArgs {
     }
 }
 
+/// The name `--device` takes for `device`: `cpu`, `cuda:N`.
+pub fn device_name(device: tch::Device) -> String {
+    match device {
+        tch::Device::Cpu => "cpu".to_string(),
+        tch::Device::Cuda(index) => format!("cuda:{index}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
 pub fn parse_device(name: Option<&str>) -> Result<tch::Device> {
     let cuda_count = tch::Cuda::device_count() as usize;
     let device = match name {
@@ -172,7 +197,7 @@ pub struct InfoArgs {
 #[derive(Args, Debug)]
 pub struct DownloadArgs {
     #[arg(long, value_enum, default_value = "cifar100")]
-    pub dataset: DatasetName,
+    pub dataset: DownloadableDataset,
     #[arg(long, default_value = "data")]
     pub data_dir: PathBuf,
     /// A mirror URL or a local copy of the archive (also VIT_DATA_MIRROR).

@@ -98,6 +98,8 @@ struct EvalReport<'a> {
     checkpoint: String,
     per_class_accuracy: Vec<(&'a str, f64)>,
     confusion_matrix_csv: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    confusion_matrix_png: Option<String>,
 }
 
 /// `vit eval`: the config, the dataset name and the class names come from the checkpoint.
@@ -151,9 +153,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         .map_or("model".into(), |stem| stem.to_string_lossy());
     let csv_path = out_dir.join(format!("{stem}.confusion_matrix.csv"));
     evaluation.write_confusion_csv(&dataset.classes, &csv_path)?;
-    if args.plot {
-        let png = out_dir.join(format!("{stem}.confusion_matrix.png"));
-        crate::plot::confusion_matrix(&evaluation.confusion, &dataset.classes, &png)?;
+    let png_path = args
+        .plot
+        .then(|| out_dir.join(format!("{stem}.confusion_matrix.png")));
+    if let Some(png) = &png_path {
+        crate::plot::confusion_matrix(&evaluation.confusion, &dataset.classes, png)?;
     }
 
     let per_class = evaluation.per_class_accuracy();
@@ -171,6 +175,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 .zip(per_class)
                 .collect(),
             confusion_matrix_csv: csv_path.display().to_string(),
+            confusion_matrix_png: png_path.as_ref().map(|png| png.display().to_string()),
         };
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -186,6 +191,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             println!("  {class:<20} {:6.2}%", 100.0 * accuracy);
         }
         println!("Confusion matrix: {}", csv_path.display());
+        if let Some(png) = &png_path {
+            println!("Confusion matrix picture: {}", png.display());
+        }
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `vit info`: the resolved config, where the parameters are, and the notebook's shape check.
 
 use crate::cli::InfoArgs;
-use crate::model::VisionTransformer;
+use crate::model::{ViTConfig, VisionTransformer};
 use anyhow::Result;
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 
@@ -37,7 +37,13 @@ pub fn parameter_table(vs: &nn::VarStore, num_layers: i64) -> Vec<(String, i64)>
 
 pub fn run(args: &InfoArgs) -> Result<()> {
     let config = args.model.resolve()?;
-    println!("Config ({} preset with overrides):", args.model.preset);
+    let preset = ViTConfig::preset(&args.model.preset)?;
+    let changed = if config == preset {
+        ""
+    } else {
+        " with the flags given"
+    };
+    println!("Config ({} preset{changed}):", args.model.preset);
     println!("{}", serde_json::to_string_pretty(&config)?);
     let vs = nn::VarStore::new(Device::Cpu);
     let model = VisionTransformer::new(&vs.root(), &config)?;

@@ -337,7 +337,9 @@ fn panel_axes(runs: &[RunMetrics], panel: Panel) -> PanelAxes {
             };
             (
                 "Loss",
-                "cross-entropy loss",
+                // Train is the objective optimised (smoothed, on mixed targets with
+                // MixUp/CutMix), so it sits above test even where the model does not overfit.
+                "cross-entropy (train: label-smoothed)",
                 range,
                 SeriesLabelPosition::UpperRight,
             )

@@ -854,7 +854,8 @@ fn transforms_on_cuda_when_available() {
 
 #[test]
 fn cli_entry_points() {
-    use vit_tch::cli::{DataArgs, DownloadArgs};
+    use clap::Parser;
+    use vit_tch::cli::{Cli, DataArgs, DownloadArgs, DownloadableDataset};
     let tmp = TempDir::new("cli");
     write_cifar10(&tmp.0);
     let data_args = DataArgs {
@@ -868,16 +869,21 @@ fn cli_entry_points() {
         from: Some(from.to_string()),
     };
     // In place already: the (nonexistent) source is never touched.
-    data::run_download(&download(DatasetName::Cifar10, "/nonexistent/")).unwrap();
-    let err = error_of(data::run_download(&download(
-        DatasetName::Folder,
-        "/nonexistent/",
-    )));
-    assert!(err.contains("not downloaded"), "{err}");
+    data::run_download(&download(DownloadableDataset::Cifar10, "/nonexistent/")).unwrap();
+    // A folder dataset is the user's own: `download` does not offer it.
+    let err = Cli::try_parse_from(["vit", "download", "--dataset", "folder"]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("[possible values: cifar10, cifar100]"),
+        "{err}"
+    );
     // The official spec: a small local file is refused by size, and nothing is left.
     std::fs::write(tmp.0.join("small.tar.gz"), b"tiny").unwrap();
     let from = tmp.0.join("small.tar.gz").display().to_string();
-    let err = error_of(data::run_download(&download(DatasetName::Cifar100, &from)));
+    let err = error_of(data::run_download(&download(
+        DownloadableDataset::Cifar100,
+        &from,
+    )));
     assert!(err.contains("168513733"), "{err}");
     assert_eq!(entries(&tmp.0), ["cifar-10-batches-bin", "small.tar.gz"]);
 }

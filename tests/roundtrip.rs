@@ -141,6 +141,32 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
     }
 }
 
+/// The same weights and metadata give the same bytes, whatever order the metadata's
+/// HashMap holds its keys in (it changes from process to process, so a run's checkpoints
+/// would otherwise hash differently each time it is repeated).
+#[test]
+fn a_checkpoint_has_the_same_bytes_each_time() {
+    let (vs, _model) = tiny_model();
+    #[rustfmt::skip]
+    let metadata = [
+        ("dataset", "cifar10".to_string()), ("classes", "[\"a\"]".into()),
+        ("mean", "[0.5]".into()), ("std", "[0.2]".into()), ("zz", "last".into()),
+    ];
+    let bytes = |metadata: &[(&str, String)]| checkpoint::to_bytes(&vs, &tiny_config(), metadata);
+    let first = bytes(&metadata).unwrap();
+    let mut reversed = metadata.clone();
+    reversed.reverse();
+    for _ in 0..5 {
+        assert!(bytes(&reversed).unwrap() == first, "the bytes differ");
+    }
+    let dir = TempDir::new("same-bytes");
+    let path = dir.join("model.safetensors");
+    std::fs::write(&path, &first).unwrap();
+    let read = TensorFile::read(&path).unwrap();
+    assert_eq!(read.metadata["zz"], "last");
+    assert_eq!(read.tensors.len(), vs.variables().len());
+}
+
 /// The tiny model's parameters with `config` metadata, for the malformed variants below.
 fn checkpoint_tensors() -> (BTreeMap<String, Tensor>, HashMap<String, String>) {
     let (vs, _model) = tiny_model();

@@ -194,6 +194,7 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         "--device",
         "cpu",
         "--json",
+        "--plot",
     ]);
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let accuracy = report["accuracy"].as_f64().unwrap();
@@ -202,7 +203,13 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         "eval {accuracy} vs training's best {best}"
     );
     assert_eq!(report["images"].as_i64(), Some(200));
-    assert!(run.join("best_model.confusion_matrix.csv").exists());
+    for (key, name) in [
+        ("confusion_matrix_csv", "best_model.confusion_matrix.csv"),
+        ("confusion_matrix_png", "best_model.confusion_matrix.png"),
+    ] {
+        assert_eq!(report[key].as_str(), run.join(name).to_str(), "{key}");
+        assert!(run.join(name).exists(), "{name}");
+    }
 
     // `vit predict` on test images saved as PNG files: the top class is mostly the label
     // (as eval's accuracy says), and the answers do not depend on the batch size.
@@ -295,16 +302,20 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     // run recorded on another device resumes with a note that the replay is not exact.
     let config_path = run.join("config.json");
     let config = std::fs::read_to_string(&config_path).unwrap();
-    assert!(config.contains("\"device\": \"Cpu\""), "{config}");
-    std::fs::write(&config_path, config.replace("\"Cpu\"", "\"Cuda(0)\"")).unwrap();
+    assert!(config.contains("\"device\": \"cpu\""), "{config}");
     let data_again = format!("{data}/../data");
     let mut args = tiny_run_args(&data_again, out);
     #[rustfmt::skip]
     args.extend(["--epochs", "4", "--batch-size", "50", "--lr", "3e-3", "--warmup-epochs", "1", "--resume"]);
+    // Earlier versions wrote the device as `Cpu`: the same device, no note.
+    std::fs::write(&config_path, config.replace("\"cpu\"", "\"Cpu\"")).unwrap();
+    let resumed = vit(&args);
+    assert!(!String::from_utf8_lossy(&resumed.stderr).contains("was trained on"));
+    std::fs::write(&config_path, config.replace("\"cpu\"", "\"cuda:0\"")).unwrap();
     let resumed = vit(&args);
     let stderr = String::from_utf8_lossy(&resumed.stderr);
     assert!(
-        stderr.contains("was trained on Cuda(0) and resumes on Cpu"),
+        stderr.contains("was trained on cuda:0 and resumes on cpu"),
         "{stderr}"
     );
     assert!(
@@ -461,6 +472,9 @@ fn assert_same_run(a: &Path, b: &Path) {
                 "{name} of {checkpoint} differs after resume"
             );
         }
+        // And the files themselves, metadata included: the same bytes, the same hash.
+        let bytes = |run: &Path| std::fs::read(run.join(checkpoint)).unwrap();
+        assert!(bytes(a) == bytes(b), "{checkpoint} has other bytes");
     }
 }
 
@@ -882,6 +896,19 @@ fn user_errors_say_what_to_do() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("was trained on the classes [\"a\""),
+        "{stderr}"
+    );
+    // A broken class list: eval warns as predict does, and reports the dataset's names.
+    let metadata = [
+        ("dataset", "cifar10".to_string()),
+        ("classes", "[\"one\"]".to_string()),
+    ];
+    vit_tch::checkpoint::save(&vs, &ViTConfig::tiny(), &metadata, &lettered).unwrap();
+    #[rustfmt::skip]
+    let output = vit(&["eval", "--checkpoint", lettered.to_str().unwrap(), "--data-dir", data, "--device", "cpu"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("`classes` metadata is not a list of 10 names"),
         "{stderr}"
     );
 

@@ -13,7 +13,7 @@ pub mod folder;
 pub mod mix;
 pub mod transforms;
 
-use crate::cli::{DataArgs, DatasetArgs, DatasetName, DownloadArgs};
+use crate::cli::{DataArgs, DatasetArgs, DatasetName, DownloadArgs, DownloadableDataset};
 use anyhow::{bail, Context, Result};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -159,19 +159,15 @@ pub fn load(args: &DatasetArgs, image_size: i64) -> Result<Dataset> {
 /// `vit download`: fetch, verify and unpack a CIFAR archive into `--data-dir`.
 pub fn run_download(args: &DownloadArgs) -> Result<()> {
     let spec = match args.dataset {
-        DatasetName::Cifar10 => &download::CIFAR10_ARCHIVE,
-        DatasetName::Cifar100 => &download::CIFAR100_ARCHIVE,
-        DatasetName::Folder => bail!(
-            "folder datasets are not downloaded: point --data-dir at a tree \
-             DIR/train/<class>/*.png|jpg and DIR/test/<class>/*.png|jpg"
-        ),
+        DownloadableDataset::Cifar10 => &download::CIFAR10_ARCHIVE,
+        DownloadableDataset::Cifar100 => &download::CIFAR100_ARCHIVE,
     };
     let source = args.from.as_deref().unwrap_or(download::OFFICIAL_URL);
     match download::fetch(source, &args.data_dir, spec)? {
         download::Fetched::AlreadyPresent(path) => {
             // A folder that is there is not fetched again, so it has to be whole.
             let dataset = DatasetArgs {
-                dataset: args.dataset,
+                dataset: args.dataset.into(),
                 data_dir: args.data_dir.clone(),
                 coarse_labels: false,
             };

@@ -4,6 +4,7 @@
 use super::ema::Ema;
 use super::TrainSettings;
 use crate::checkpoint::TensorFile;
+use crate::cli::device_name;
 use crate::fsutil::{
     ensure_out_is_a_folder, remove_stale_temporaries, write_atomic, BackgroundWrites,
 };
@@ -181,8 +182,10 @@ impl RunFolder {
                 differences.join("\n  ")
             );
         }
-        let device = format!("{device:?}");
-        if saved.device != device {
+        // Runs of earlier versions recorded the debug form, `Cpu` or `Cuda(0)`.
+        let same_device = [device_name(device), format!("{device:?}")].contains(&saved.device);
+        if !same_device {
+            let device = device_name(device);
             // Allowed (a run may move to a GPU or off one), but kernels differ between
             // devices, so the continuation is not the run it would have been.
             eprintln!(
@@ -242,7 +245,7 @@ impl RunFolder {
         let record = RunConfig {
             settings: settings.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            device: format!("{device:?}"),
+            device: device_name(device),
         };
         write_atomic(
             &config_path,
