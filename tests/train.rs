@@ -203,6 +203,32 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         "eval {accuracy} vs training's best {best}"
     );
     assert_eq!(report["images"].as_i64(), Some(200));
+    // The same evaluation done the notebook's way in PyTorch: its own CIFAR reader,
+    // torchvision's ToTensor + Normalize, timm's model. The same loss, and the same
+    // accuracy (to one image: a near-tie may fall either way).
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/eval_reference.py");
+    let reference = Command::new(common::python())
+        .arg(script)
+        .args([best_model.as_os_str(), data_dir.as_os_str()])
+        .output()
+        .unwrap();
+    assert!(
+        reference.status.success(),
+        "eval_reference.py: {}",
+        String::from_utf8_lossy(&reference.stderr)
+    );
+    let reference: serde_json::Value = serde_json::from_slice(&reference.stdout).unwrap();
+    let (loss, reference_loss) = (report["loss"].as_f64(), reference["loss"].as_f64());
+    assert!(
+        (loss.unwrap() - reference_loss.unwrap()).abs() < 1e-5,
+        "loss: vit {loss:?}, PyTorch {reference_loss:?}"
+    );
+    let reference_accuracy = reference["accuracy"].as_f64().unwrap();
+    assert!(
+        (accuracy - reference_accuracy).abs() <= 1.0 / 200.0 + 1e-12,
+        "accuracy: vit {accuracy}, PyTorch {reference_accuracy}"
+    );
     for (key, name) in [
         ("confusion_matrix_csv", "best_model.confusion_matrix.csv"),
         ("confusion_matrix_png", "best_model.confusion_matrix.png"),

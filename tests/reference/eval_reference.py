@@ -1,0 +1,58 @@
+"""`vit eval` done the notebook's way, for `tests/train.rs` and the README's check on real data.
+
+    eval_reference.py CHECKPOINT DATA_DIR
+
+Reads CIFAR-10's test_batch.bin from DATA_DIR/cifar-10-batches-bin with numpy (its own
+reader, not vit's), turns each image into a PIL image and through the notebook's test
+transform (torchvision's ToTensor and Normalize with the notebook's constants), loads
+CHECKPOINT into timm's VisionTransformer with strict=True, and prints one JSON object:
+{"accuracy": ..., "loss": ..., "images": ...} (loss: mean cross-entropy, no smoothing).
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torchvision import transforms
+from vit_reference import timm_model
+
+# The notebook's Normalize constants.
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2023, 0.1994, 0.2010)
+
+
+def cifar10_test(data_dir):
+    """uint8 images [N, 32, 32, 3] (HWC, as PIL takes them) and int64 labels [N]."""
+    path = os.path.join(data_dir, "cifar-10-batches-bin", "test_batch.bin")
+    records = np.fromfile(path, dtype=np.uint8).reshape(-1, 1 + 3 * 32 * 32)
+    images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return images, torch.from_numpy(records[:, 0].astype(np.int64))
+
+
+def main(checkpoint, data_dir):
+    with safe_open(checkpoint, "pt") as f:
+        config = json.loads(f.metadata()["config"])
+    model = timm_model(config).eval()
+    model.load_state_dict(load_file(checkpoint), strict=True)
+    test_transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+    images, labels = cifar10_test(data_dir)
+    inputs = torch.stack([test_transform(Image.fromarray(image)) for image in images])
+    loss, correct = 0.0, 0
+    with torch.no_grad():
+        for batch, batch_labels in zip(inputs.split(500), labels.split(500)):
+            logits = model(batch)
+            loss += F.cross_entropy(logits, batch_labels, reduction="sum").item()
+            correct += (logits.argmax(-1) == batch_labels).sum().item()
+    n = len(labels)
+    print(json.dumps({"accuracy": correct / n, "loss": loss / n, "images": n}))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(int(os.environ.get("THREADS", "2")))
+    main(*sys.argv[1:])
