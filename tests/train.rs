@@ -351,6 +351,30 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     assert_eq!(read_metrics(&run).1.len(), 4, "the finished run changed");
 }
 
+/// Starts `vit ARGS` (its stderr captured) and waits for the run folder `run` to get its
+/// config.json, which vit writes once its signal handler is installed.
+fn start_training(args: &[&str], run: &Path) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_vit"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !run.join("config.json").exists() {
+        assert!(started.elapsed().as_secs() < 60, "the run did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child
+}
+
+/// `kill SIGNAL` (`-INT`, `-TERM`) to `child`.
+fn send(signal: &str, child: &std::process::Child) {
+    let pid = child.id().to_string();
+    let killed = Command::new("kill").args([signal, &pid]).status().unwrap();
+    assert!(killed.success(), "kill {signal} {pid}");
+}
+
 #[test]
 fn ctrl_c_or_sigterm_saves_the_run_and_prints_a_resume_command_that_works() {
     let (root, data_dir) = colour_cifar10("ctrl-c");
@@ -362,24 +386,9 @@ fn ctrl_c_or_sigterm_saves_the_run_and_prints_a_resume_command_that_works() {
         let mut args = tiny_run_args(data, out);
         #[rustfmt::skip]
         args.extend(["--epochs", "2", "--batch-size", "1", "--warmup-epochs", "1", "--train-subset", "100"]);
-        let child = Command::new(env!("CARGO_BIN_EXE_vit"))
-            .args(&args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        // config.json exists once the signal handler is installed; 200 steps follow.
-        let started = std::time::Instant::now();
-        while !run.join("config.json").exists() {
-            assert!(started.elapsed().as_secs() < 60, "the run did not start");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let pid = child.id().to_string();
-        assert!(Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .unwrap()
-            .success());
+        // 200 steps follow the start.
+        let child = start_training(&args, &run);
+        send(signal, &child);
         let output = child.wait_with_output().unwrap();
         assert_eq!(output.status.code(), Some(130), "{signal}");
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -414,25 +423,10 @@ fn a_second_ctrl_c_quits_at_once() {
             "--out", run.to_str().unwrap(), "--device", "cpu", "--config", "tiny",
             "--epochs", "2", "--batch-size", "32", "--warmup-epochs", "1",
         ];
-        let child = Command::new(env!("CARGO_BIN_EXE_vit"))
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let started = std::time::Instant::now();
-        while !run.join("config.json").exists() {
-            assert!(started.elapsed().as_secs() < 60, "the run did not start");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let pid = child.id().to_string();
+        let child = start_training(&args, &run);
         for pause_ms in [0, 2 * attempt] {
             std::thread::sleep(std::time::Duration::from_millis(pause_ms));
-            assert!(Command::new("kill")
-                .args(["-INT", &pid])
-                .status()
-                .unwrap()
-                .success());
+            send("-INT", &child);
         }
         let output = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -911,28 +905,21 @@ fn user_errors_say_what_to_do() {
     let vs = tch::nn::VarStore::new(Device::Cpu);
     vit_tch::model::VisionTransformer::new(&vs.root(), &ViTConfig::tiny()).unwrap();
     let lettered = root.join("lettered.safetensors");
+    let eval_stderr = |classes: String| {
+        let metadata = [("dataset", "cifar10".to_string()), ("classes", classes)];
+        vit_tch::checkpoint::save(&vs, &ViTConfig::tiny(), &metadata, &lettered).unwrap();
+        #[rustfmt::skip]
+        let output = vit(&["eval", "--checkpoint", lettered.to_str().unwrap(), "--data-dir", data, "--device", "cpu"]);
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
     let letters: Vec<String> = ('a'..='j').map(String::from).collect();
-    let metadata = [
-        ("dataset", "cifar10".to_string()),
-        ("classes", serde_json::to_string(&letters).unwrap()),
-    ];
-    vit_tch::checkpoint::save(&vs, &ViTConfig::tiny(), &metadata, &lettered).unwrap();
-    #[rustfmt::skip]
-    let output = vit(&["eval", "--checkpoint", lettered.to_str().unwrap(), "--data-dir", data, "--device", "cpu"]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = eval_stderr(serde_json::to_string(&letters).unwrap());
     assert!(
         stderr.contains("was trained on the classes [\"a\""),
         "{stderr}"
     );
     // A broken class list: eval warns as predict does, and reports the dataset's names.
-    let metadata = [
-        ("dataset", "cifar10".to_string()),
-        ("classes", "[\"one\"]".to_string()),
-    ];
-    vit_tch::checkpoint::save(&vs, &ViTConfig::tiny(), &metadata, &lettered).unwrap();
-    #[rustfmt::skip]
-    let output = vit(&["eval", "--checkpoint", lettered.to_str().unwrap(), "--data-dir", data, "--device", "cpu"]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = eval_stderr("[\"one\"]".to_string());
     assert!(
         stderr.contains("`classes` metadata is not a list of 10 names"),
         "{stderr}"
