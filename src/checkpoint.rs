@@ -118,8 +118,8 @@ impl TensorFile {
             Ok(Self { tensors, metadata })
         };
         parse().or_else(|e| {
-            if is_pytorch_file(&bytes) {
-                bail!("{}", convert_from_pytorch(path));
+            if let Some(kind) = PyTorchFile::recognise(&bytes) {
+                bail!("{}", kind.conversion(path));
             }
             Err(e.context(format!(
                 "{} is not a valid safetensors file",
@@ -232,28 +232,68 @@ impl TensorFile {
     }
 }
 
-/// Whether `bytes`, which are not a safetensors file, start like a file of `torch.save` (a
-/// zip archive since PyTorch 1.6, a pickle of protocol 2 to 5 before) or `torch.jit.save`
-/// (a zip archive).
-fn is_pytorch_file(bytes: &[u8]) -> bool {
-    bytes.starts_with(b"PK\x03\x04") || matches!(bytes, [0x80, 2..=5, ..])
+/// A file PyTorch writes, which vit does not read but can say how to convert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PyTorchFile {
+    /// `torch.save`: a zip archive with `data.pkl` (PyTorch 1.6 on), or a pickle that
+    /// starts with PyTorch's magic number (before).
+    Save,
+    /// `torch.jit.save`: a zip archive with `constants.pkl` (and `data.pkl`) in it.
+    TorchScript,
 }
 
-/// What to do with a PyTorch file: vit reads safetensors only, and a state dict converts
-/// in one line of Python.
-fn convert_from_pytorch(path: &Path) -> String {
-    let converted = path.with_extension("safetensors");
-    format!(
-        "{} is a PyTorch file (torch.save), not a safetensors file; vit reads safetensors \
-         only. Convert a state dict with timm's parameter names in Python: `import json, \
-         torch, safetensors.torch as st; st.save_file(torch.load({:?}, map_location=\"cpu\"), \
-         {:?}, metadata={{\"config\": json.dumps(cfg)}})`, where cfg is the dict of the \
-         nine hyperparameters (image_size, patch_size, in_channels, embed_dim, num_heads, \
-         mlp_dim, num_layers, num_classes, dropout); README.md, Checkpoints, shows the names",
-        path.display(),
-        path.display().to_string(),
-        converted.display().to_string(),
-    )
+impl PyTorchFile {
+    /// What `bytes` (not a safetensors file) are, if a PyTorch file. Archive entries are
+    /// looked for by name among the bytes, as the zip's directory spells them.
+    fn recognise(bytes: &[u8]) -> Option<Self> {
+        // Protocol 2 pickle opcodes, then the LONG1 of torch.serialization's MAGIC_NUMBER.
+        const LEGACY_START: [u8; 14] = [
+            0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
+        ];
+        if bytes.starts_with(&LEGACY_START) {
+            return Some(Self::Save);
+        }
+        if !bytes.starts_with(b"PK\x03\x04") {
+            return None;
+        }
+        let holds = |name: &[u8]| bytes.windows(name.len()).any(|window| window == name);
+        if holds(b"/constants.pkl") {
+            Some(Self::TorchScript)
+        } else if holds(b"/data.pkl") {
+            Some(Self::Save)
+        } else {
+            None
+        }
+    }
+
+    /// What to do with the file at `path`: the line of Python that writes its state dict as
+    /// a safetensors file beside it.
+    fn conversion(self, path: &Path) -> String {
+        let mut converted = path.with_extension("safetensors");
+        if converted == path {
+            converted = path.with_extension("converted.safetensors");
+        }
+        let (what, load) = match self {
+            Self::Save => ("torch.save", "torch.load"),
+            Self::TorchScript => ("torch.jit.save", "torch.jit.load"),
+        };
+        let state_dict = match self {
+            Self::Save => "",
+            Self::TorchScript => ".state_dict()",
+        };
+        format!(
+            "{} is a PyTorch file ({what}), not a safetensors file; vit reads safetensors \
+             only. Convert its state dict (with timm's parameter names) in Python: `import \
+             json, torch, safetensors.torch as st; st.save_file({load}({:?}, \
+             map_location=\"cpu\"){state_dict}, {:?}, metadata={{\"config\": \
+             json.dumps(cfg)}})`, where cfg is the dict of the nine hyperparameters \
+             (image_size, patch_size, in_channels, embed_dim, num_heads, mlp_dim, num_layers, \
+             num_classes, dropout); README.md, Checkpoints, shows the names",
+            path.display(),
+            path.display().to_string(),
+            converted.display().to_string(),
+        )
+    }
 }
 
 /// A model rebuilt from a checkpoint: its parameters, the module, and the file's metadata.
@@ -280,7 +320,7 @@ pub fn load(path: &Path, device: Device) -> Result<LoadedModel> {
     let model = VisionTransformer::new(&vs.root(), &config)?;
     file.load_into(&vs)
         .with_context(|| format!("loading {}", path.display()))?;
-    warn_about_contents(path, &file);
+    warn_about_contents(path, &file, config.num_classes);
     Ok(LoadedModel {
         vs,
         model,
@@ -289,8 +329,18 @@ pub fn load(path: &Path, device: Device) -> Result<LoadedModel> {
 }
 
 /// Warnings for a checkpoint that loads but will not give what its user expects: weights
-/// that are not finite (every output NaN), or inputs normalised otherwise than vit does.
-fn warn_about_contents(path: &Path, file: &TensorFile) {
+/// that are not finite (every output NaN), inputs normalised otherwise than vit does, or
+/// class names that cannot be the model's.
+fn warn_about_contents(path: &Path, file: &TensorFile, num_classes: i64) {
+    if file.metadata.contains_key("classes")
+        && recorded_class_names(&file.metadata, num_classes).is_none()
+    {
+        eprintln!(
+            "warning: {} has `classes` metadata that is not a list of {num_classes} names; \
+             it is ignored",
+            path.display()
+        );
+    }
     let not_finite: Vec<&str> = file
         .tensors
         .iter()
@@ -390,20 +440,13 @@ pub fn class_names(metadata: &HashMap<String, String>, num_classes: i64) -> Vec<
         .unwrap_or_else(|| (0..num_classes).map(|i| format!("class {i}")).collect())
 }
 
-/// The `classes` metadata when it is a list of `num_classes` names; `None` when there is
-/// none, and `None` with a warning when it is not such a list.
+/// The `classes` metadata when it is a list of `num_classes` names (`load` warns about
+/// one that is not).
 pub fn recorded_class_names(
     metadata: &HashMap<String, String>,
     num_classes: i64,
 ) -> Option<Vec<String>> {
-    let names = serde_json::from_str::<Vec<String>>(metadata.get("classes")?)
+    serde_json::from_str::<Vec<String>>(metadata.get("classes")?)
         .ok()
-        .filter(|names| names.len() as i64 == num_classes);
-    if names.is_none() {
-        eprintln!(
-            "warning: the checkpoint's `classes` metadata is not a list of {num_classes} \
-             names; it is ignored"
-        );
-    }
-    names
+        .filter(|names| names.len() as i64 == num_classes)
 }

@@ -40,6 +40,14 @@ pub enum Command {
     Attention(AttentionArgs),
 }
 
+impl Command {
+    /// Whether a closed pipe on stdout (`vit data | head`) may end the command at once: all
+    /// but `train`, which must get to save its run.
+    pub fn may_end_on_a_closed_pipe(&self) -> bool {
+        !matches!(self, Command::Train(_))
+    }
+}
+
 /// The nine hyperparameters of the notebook, starting from a named preset.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {

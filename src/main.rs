@@ -2,7 +2,9 @@ use clap::Parser;
 use vit_tch::cli::{Cli, Command};
 
 fn main() -> anyhow::Result<()> {
-    vit_tch::runtime::run_command(|| match Cli::parse().command {
+    let command = Cli::parse().command;
+    let end_on_a_closed_pipe = command.may_end_on_a_closed_pipe();
+    vit_tch::runtime::run_command(end_on_a_closed_pipe, || match command {
         Command::Info(args) => vit_tch::info::run(&args),
         Command::Download(args) => vit_tch::data::run_download(&args),
         Command::Data(args) => vit_tch::data::run_summary(&args),

@@ -337,9 +337,9 @@ fn panel_axes(runs: &[RunMetrics], panel: Panel) -> PanelAxes {
             };
             (
                 "Loss",
-                // Train is the objective optimised (smoothed, on mixed targets with
-                // MixUp/CutMix), so it sits above test even where the model does not overfit.
-                "cross-entropy (train: label-smoothed)",
+                // Train is the objective optimised (label-smoothed, on mixed targets with
+                // MixUp/CutMix), so it can sit above test where the model does not overfit.
+                "cross-entropy (train: the training objective)",
                 range,
                 SeriesLabelPosition::UpperRight,
             )

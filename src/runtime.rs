@@ -41,9 +41,16 @@ thread_local! {
 /// Runs a `vit` command with libtorch's errors reported briefly (see
 /// `report_libtorch_errors_briefly`): one that unwinds out of the command, its message
 /// printed, exits with status 1 as other errors do; any other panic goes on unwinding.
-pub fn run_command(command: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+/// With `end_on_a_closed_pipe`, a closed pipe on stdout ends the process quietly (see
+/// `end_quietly_on_a_closed_pipe`).
+pub fn run_command(
+    end_on_a_closed_pipe: bool,
+    command: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     report_libtorch_errors_briefly();
-    end_quietly_on_a_closed_pipe();
+    if end_on_a_closed_pipe {
+        end_quietly_on_a_closed_pipe();
+    }
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(command)) {
         Ok(result) => result,
         Err(payload) if libtorch_error(&panic_message(payload.as_ref())).is_some() => {
@@ -64,7 +71,9 @@ pub fn quit_at_once(status: i32) -> ! {
 /// Lets a closed pipe on stdout (`vit data | head`) end the process quietly, as it ends other
 /// command-line tools, instead of making `println!` panic ("failed printing to stdout").
 /// Rust's own sockets do not raise SIGPIPE (they send with MSG_NOSIGNAL), so downloads
-/// still get an error.
+/// still get an error. Not for `train`: a signal would end it before its run is saved
+/// (`2>&1 | tee` when Ctrl-C has ended tee), where a panic unwinds and lets the writes
+/// finish.
 fn end_quietly_on_a_closed_pipe() {
     // SAFETY: setting a signal's disposition to its default has no other effect.
     unsafe {

@@ -107,38 +107,64 @@ fn run_python(dir: &std::path::Path, code: &str) {
     );
 }
 
-/// A file of `torch.save` (how PyTorch users save a state dict) is refused with the line of
-/// Python that converts it, and the file that line writes loads with the same weights.
+/// Files of `torch.save` (how PyTorch users save a state dict: the zip format, the legacy
+/// pickle, and one misnamed .safetensors) and of `torch.jit.save` are refused with the line
+/// of Python that converts them, and the file each line writes loads with the same weights.
+/// A zip of something else (numpy's .npz) is not taken for one.
 #[test]
 fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
     let dir = TempDir::new("pytorch-file");
     let (vs, _model) = tiny_model();
     let config = tiny_config();
     checkpoint::save(&vs, &config, &[], &dir.join("vit.safetensors")).unwrap();
+    let reference = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference");
     run_python(
         &dir,
-        "import collections, torch, safetensors.torch as st\n\
-         state = collections.OrderedDict(st.load_file('vit.safetensors'))\n\
-         torch.save(state, 'model.pth')\n\
-         torch.save(state, 'legacy.pth', _use_new_zipfile_serialization=False)",
+        &format!(
+            "import collections, json, sys, numpy, torch, safetensors.torch as st\n\
+             sys.path.insert(0, {reference:?})\n\
+             from vit_reference import timm_model\n\
+             state = collections.OrderedDict(st.load_file('vit.safetensors'))\n\
+             torch.save(state, 'model.pth')\n\
+             torch.save(state, 'legacy.pth', _use_new_zipfile_serialization=False)\n\
+             torch.save(state, 'renamed.safetensors')\n\
+             model = timm_model(json.loads({:?})).eval()\n\
+             model.load_state_dict(state, strict=True)\n\
+             torch.jit.trace(model, torch.randn(1, 3, 8, 8)).save('traced.pt')\n\
+             numpy.savez('arrays.npz', x=numpy.zeros(3))",
+            config.to_json()
+        ),
     );
-    for name in ["model.pth", "legacy.pth"] {
-        let error = match checkpoint::load(&dir.join(name), Device::Cpu) {
-            Ok(_) => panic!("{name} loaded as a safetensors file"),
-            Err(e) => format!("{e:#}"),
-        };
-        assert!(error.contains("is a PyTorch file (torch.save)"), "{error}");
-        if name == "model.pth" {
-            // The advice, as a user would paste it, with their config as `cfg`.
-            let conversion = error.split('`').nth(1).expect("a command in backticks");
-            run_python(&dir, &format!("cfg = {}\n{conversion}", config.to_json()));
+    let load_error = |name: &str| match checkpoint::load(&dir.join(name), Device::Cpu) {
+        Ok(_) => panic!("{name} loaded as a safetensors file"),
+        Err(e) => format!("{e:#}"),
+    };
+    for (name, kind, converted) in [
+        ("model.pth", "torch.save", "model.safetensors"),
+        ("legacy.pth", "torch.save", "legacy.safetensors"),
+        (
+            "renamed.safetensors",
+            "torch.save",
+            "renamed.converted.safetensors",
+        ),
+        ("traced.pt", "torch.jit.save", "traced.safetensors"),
+    ] {
+        let error = load_error(name);
+        assert!(
+            error.contains(&format!("is a PyTorch file ({kind})")),
+            "{error}"
+        );
+        // The advice, as a user would paste it, with their config as `cfg`.
+        let conversion = error.split('`').nth(1).expect("a command in backticks");
+        run_python(&dir, &format!("cfg = {}\n{conversion}", config.to_json()));
+        let converted = checkpoint::load(&dir.join(converted), Device::Cpu).unwrap();
+        assert_eq!(converted.model.config, config);
+        for (name, original) in vs.variables() {
+            assert_close(&name, &converted.vs.variables()[&name], &original, 0.0);
         }
     }
-    let converted = checkpoint::load(&dir.join("model.safetensors"), Device::Cpu).unwrap();
-    assert_eq!(converted.model.config, config);
-    for (name, original) in vs.variables() {
-        assert_close(&name, &converted.vs.variables()[&name], &original, 0.0);
-    }
+    let error = load_error("arrays.npz");
+    assert!(error.contains("is not a valid safetensors file"), "{error}");
 }
 
 /// The same weights and metadata give the same bytes, whatever order the metadata's

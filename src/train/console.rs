@@ -3,7 +3,7 @@
 //! `Epoch: N, Validation Accuracy: X.XX%` line with the epoch's other figures.
 
 use super::EpochMetrics;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use tch::Tensor;
 
 /// A progress bar on a terminal; off a terminal only the epoch lines.
@@ -73,7 +73,9 @@ impl Console {
             Some(accuracy) => format!(", EMA acc {:.2}%", 100.0 * accuracy),
             None => String::new(),
         };
-        println!(
+        // A closed stdout (`vit train | head`) must not stop the run: the line is dropped.
+        let _ = writeln!(
+            std::io::stdout(),
             "Epoch: {}, Validation Accuracy: {:.2}%  (train loss {:.4}, train acc {:.2}%, \
              test loss {:.4}{ema}, lr {:.2e}, {:.1}s, {:.0} img/s)",
             row.epoch,

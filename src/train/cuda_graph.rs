@@ -33,8 +33,8 @@ impl CudaGraphSteps {
     pub fn new(device: Device, batch_size: i64) -> Result<Self> {
         ensure!(
             device.is_cuda(),
-            "--cuda-graph needs a CUDA device (--device cuda), and this run's device is \
-             {device:?}"
+            "--cuda-graph needs a CUDA device (--device cuda), and this run's device is {}",
+            crate::cli::device_name(device)
         );
         Ok(Self {
             batch_size,

@@ -26,6 +26,7 @@ use console::Console;
 use ema::Ema;
 use run_folder::{default_run_dir, Progress, RunFolder};
 use serde::{Deserialize, Serialize};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -271,10 +272,12 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         if flag.swap(true, Ordering::SeqCst) {
             crate::runtime::quit_at_once(130);
         }
-        // Said at once: the step, or an epoch's test pass, may take a while to finish.
-        eprintln!(
+        // Said at once: the step, or an epoch's test pass, may take a while to finish. Not
+        // eprintln!, which panics on a closed stderr and would end this handler's thread.
+        let _ = writeln!(
+            std::io::stderr(),
             "\nStopping: the run saves its state after the current step (or test pass); \
-             press Ctrl-C again to quit at once without saving"
+             a second Ctrl-C (or signal) quits at once without saving"
         );
     })
     .context("cannot install the Ctrl-C handler")?;
@@ -310,7 +313,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         if !args.resume {
             command.push("--resume".to_string());
         }
-        eprintln!(
+        // The state is saved whether or not this can be written (`2>&1 | tee` after Ctrl-C
+        // ended tee), and the status says so.
+        let _ = writeln!(
+            std::io::stderr(),
             "Interrupted after step {step} of epoch {epoch}; the state is saved in {}.\n\
              Resume with: {}",
             run_dir.display(),

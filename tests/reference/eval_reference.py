@@ -37,7 +37,10 @@ def cifar10_test(data_dir):
 
 def main(checkpoint, data_dir):
     with safe_open(checkpoint, "pt") as f:
-        config = json.loads(f.metadata()["config"])
+        metadata = f.metadata()
+    if metadata.get("dataset", "cifar10") != "cifar10":
+        sys.exit(f"{checkpoint} was trained on {metadata['dataset']}; this script reads CIFAR-10 only")
+    config = json.loads(metadata["config"])
     model = timm_model(config).eval()
     model.load_state_dict(load_file(checkpoint), strict=True)
     test_transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
