@@ -989,22 +989,38 @@ fn a_caught_libtorch_error_is_one_line() {
     assert!(!error.contains("frame #"), "{error}");
 }
 
-/// `vit info | head -1`: output to a pipe already closed ends vit quietly, by SIGPIPE as
-/// other tools end, not with a panic ("failed printing to stdout: Broken pipe").
-#[test]
-fn a_closed_pipe_ends_vit_quietly() {
-    use std::os::unix::process::ExitStatusExt;
+/// Runs `vit ARGS` with its stdout a pipe already closed (`vit info | head -1` once head
+/// has gone).
+fn vit_into_a_closed_pipe(args: &[&str]) -> std::process::Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vit"))
-        .arg("info")
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     drop(child.stdout.take());
-    let output = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// A closed pipe ends a command that only reports quietly, by SIGPIPE as other tools end
+/// (not with a panic, "failed printing to stdout: Broken pipe"), but not a training run,
+/// which trains and saves on without its epoch lines.
+#[test]
+fn a_closed_pipe_ends_a_report_quietly_but_not_a_training_run() {
+    use std::os::unix::process::ExitStatusExt;
+    let output = vit_into_a_closed_pipe(&["info"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.signal(), Some(libc::SIGPIPE), "{stderr}");
     assert_eq!(stderr, "");
+
+    let (root, data_dir) = colour_cifar10("closed-pipe");
+    let run = root.join("run");
+    let mut args = tiny_run_args(data_dir.to_str().unwrap(), run.to_str().unwrap());
+    args.extend(["--epochs", "2", "--warmup-epochs", "1"]);
+    let output = vit_into_a_closed_pipe(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert_eq!(read_metrics(&run).1.len(), 2);
 }
 
 #[test]
