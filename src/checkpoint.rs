@@ -273,13 +273,9 @@ impl PyTorchFile {
         if converted == path {
             converted = path.with_extension("converted.safetensors");
         }
-        let (what, load) = match self {
-            Self::Save => ("torch.save", "torch.load"),
-            Self::TorchScript => ("torch.jit.save", "torch.jit.load"),
-        };
-        let state_dict = match self {
-            Self::Save => "",
-            Self::TorchScript => ".state_dict()",
+        let (what, load, state_dict) = match self {
+            Self::Save => ("torch.save", "torch.load", ""),
+            Self::TorchScript => ("torch.jit.save", "torch.jit.load", ".state_dict()"),
         };
         format!(
             "{} is a PyTorch file ({what}), not a safetensors file; vit reads safetensors \
