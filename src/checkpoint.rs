@@ -173,16 +173,61 @@ impl TensorFile {
         }
     }
 
-    /// The model config stored under `config`.
+    /// The model config stored under `config`. Without it, the error gives what the
+    /// tensors' shapes tell, for the user to complete.
     pub fn config(&self) -> Result<ViTConfig> {
-        let json = self.metadata.get(CONFIG_KEY).with_context(|| {
-            format!(
-                "no `{CONFIG_KEY}` metadata: save the checkpoint with \
-                 metadata={{'{CONFIG_KEY}': json.dumps({{image_size, patch_size, in_channels, \
-                 embed_dim, num_heads, mlp_dim, num_layers, num_classes, dropout}})}}"
-            )
-        })?;
+        let json =
+            self.metadata
+                .get(CONFIG_KEY)
+                .with_context(|| match self.config_from_shapes() {
+                    Some(json) => format!(
+                        "no `{CONFIG_KEY}` metadata. The tensors' shapes give {json}, all but \
+                     num_heads (a divisor of embed_dim, which shapes cannot tell): save the \
+                     checkpoint with metadata={{'{CONFIG_KEY}': that JSON with NUM_HEADS \
+                     filled in}}"
+                    ),
+                    None => format!(
+                        "no `{CONFIG_KEY}` metadata: save the checkpoint with \
+                     metadata={{'{CONFIG_KEY}': json.dumps({{image_size, patch_size, \
+                     in_channels, embed_dim, num_heads, mlp_dim, num_layers, num_classes, \
+                     dropout}})}}"
+                    ),
+                })?;
         ViTConfig::from_json(json)
+    }
+
+    /// The config JSON that timm's tensor names and shapes give, with `NUM_HEADS` where
+    /// the head count goes (the qkv weights are the same shape for any) and dropout 0 (it
+    /// has no weights). `None` when the tensors are not a timm ViT's.
+    fn config_from_shapes(&self) -> Option<String> {
+        let size = |name: &str| self.tensors.get(name).map(Tensor::size);
+        let [embed_dim, in_channels, patch_size, _] = size("patch_embed.proj.weight")?[..] else {
+            return None;
+        };
+        let [_, tokens, _] = size("pos_embed")?[..] else {
+            return None;
+        };
+        // The tokens are the class token and a square grid of patches.
+        let side = ((tokens - 1) as f64).sqrt().round() as i64;
+        let [mlp_dim, _] = size("blocks.0.mlp.fc1.weight")?[..] else {
+            return None;
+        };
+        let [num_classes, _] = size("head.weight")?[..] else {
+            return None;
+        };
+        let num_layers = (0..)
+            .take_while(|i| {
+                self.tensors
+                    .contains_key(&format!("blocks.{i}.norm1.weight"))
+            })
+            .count();
+        Some(format!(
+            "{{\"image_size\": {}, \"patch_size\": {patch_size}, \"in_channels\": \
+             {in_channels}, \"embed_dim\": {embed_dim}, \"num_heads\": NUM_HEADS, \
+             \"mlp_dim\": {mlp_dim}, \"num_layers\": {num_layers}, \"num_classes\": \
+             {num_classes}, \"dropout\": 0.0}}",
+            side * patch_size
+        ))
     }
 
     /// Copies the tensors into `vs`, which must have exactly the same names and shapes.
