@@ -37,6 +37,10 @@ pub struct BenchReport {
     /// Training steps replayed as a CUDA graph (`--cuda-graph`).
     pub cuda_graph: bool,
     pub parameters: i64,
+    /// The training loss of the last timed step. Every setting starts from the same seed
+    /// and batch, so two that compute the same function agree closely, and a switch that
+    /// changed nothing gives the very same bits.
+    pub last_step_loss: f64,
     pub train_images_per_s: f64,
     pub infer_images_per_s: f64,
     /// Peak resident memory of the process (VmHWM), in bytes.
@@ -106,13 +110,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Some(_) => args.warmup.max(CudaGraphSteps::WARMUP_STEPS + 1),
         None => args.warmup,
     };
+    let mut last_loss = None;
     let train_seconds = timed(device, train_warmup, args.steps, || {
-        match &mut cuda_graph {
+        let output = match &mut cuda_graph {
             Some(graph) => graph.step(&model, &mut optimizer, &batch, 1e-3, options)?,
             None => train_step(&model, &mut optimizer, &batch, 1e-3, options),
         };
+        last_loss = Some(output.loss);
         Ok(())
     })?;
+    let last_step_loss = last_loss.map_or(f64::NAN, |loss| loss.double_value(&[]));
     let infer_seconds = timed(device, args.warmup, args.steps, || {
         let _ = tch::no_grad(|| {
             autocast(args.precision, device, || {
@@ -140,6 +147,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         libtorch_linear: args.libtorch_linear,
         cuda_graph: args.cuda_graph,
         parameters: vs.variables().values().map(|t| t.numel() as i64).sum(),
+        last_step_loss,
         train_images_per_s: images_timed / train_seconds,
         infer_images_per_s: images_timed / infer_seconds,
         peak_rss_bytes: peak_rss_bytes(),

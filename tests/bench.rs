@@ -37,7 +37,7 @@ fn compare_py(extra: &[&str]) -> Output {
 fn vit_bench(extra: &[&str]) -> Value {
     #[rustfmt::skip]
     let mut args = vec![
-        "bench", "--config", "tiny", "--batch-size", "4", "--steps", "2", "--warmup", "1",
+        "bench", "--config", "tiny", "--batch-size", "32", "--steps", "2", "--warmup", "1",
         "--device", "cpu", "--threads", "1", "--json",
     ];
     args.extend(extra);
@@ -92,6 +92,38 @@ fn vit_bench_reports_throughput_and_memory_for_each_setting() {
             "no CUDA memory on the CPU"
         );
     }
+}
+
+/// Each switch changes what runs: the last step's loss moves off the one without it (which
+/// a second run repeats bit for bit), but only as far as its numerics explain.
+#[test]
+fn each_bench_switch_changes_what_runs_and_not_what_it_computes() {
+    let loss = |flags: &[&str]| {
+        let report = vit_bench(&[&["--dropout", "0.1"], flags].concat());
+        report["last_step_loss"].as_f64().unwrap()
+    };
+    assert_eq!(loss(&[]), loss(&[]), "not repeatable");
+    let switch_changes = |flags: &[&str], switch: &str, tolerance: f64| {
+        let (without, with) = (loss(flags), loss(&[flags, &[switch]].concat()));
+        assert_ne!(with, without, "{switch} computed the very same bits");
+        assert!(
+            (with - without).abs() <= tolerance * without.abs(),
+            "{switch}: loss {with} against {without}"
+        );
+    };
+    // bf16 rounding; other kernels' float32 rounding; other masks of the same distribution.
+    switch_changes(&[], "--precision=bf16", 0.05);
+    // Products of 256-long rows (MKL and oneDNN happen to round 32- and 128-long ones
+    // alike), and batches of 32 that make them large enough for oneDNN.
+    switch_changes(
+        &["--embed-dim", "256", "--mlp-dim", "512"],
+        "--libtorch-linear",
+        1e-4,
+    );
+    switch_changes(&[], "--libtorch-dropout", 0.1);
+    // In float32 on the CPU, libtorch's fused attention computes these small shapes with
+    // the explicit formula, bit for bit; under bf16 autocast the two differ.
+    switch_changes(&["--precision=bf16"], "--explicit-attention", 1e-3);
 }
 
 #[test]
