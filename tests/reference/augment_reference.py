@@ -4,10 +4,12 @@ fixed uint8 images, which `tests/augment.rs` compares `vit_tch::data::augment` a
     .venv/bin/python tests/reference/augment_reference.py
 
 Every case calls torchvision's own `_apply_op` (what RandAugment and AutoAugment call) on
-the uint8 batch `input` [3,3,12,12] with one fixed magnitude, in its units; the output of
+the uint8 batch `input` [3,3,32,32] with one fixed magnitude, in its units; the output of
 case i is `case<i>`, and the metadata entry `cases` lists `[op, magnitude, interpolation]`.
 The images: uniform noise, a low-contrast image (values 100..139, for autocontrast and
-equalize), and one with a constant channel and a smooth gradient.
+equalize), and one with a constant channel and a smooth gradient. They are CIFAR's size:
+equalize leaves an image of fewer than about 255 pixels a channel as it is, and every
+case but Identity must change the batch.
 """
 
 import json
@@ -49,16 +51,19 @@ CASES = [
 ]
 
 
+SIZE = 32
+
+
 def images() -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
-    noise = torch.randint(0, 256, (3, 12, 12), generator=g, dtype=torch.uint8)
-    low = torch.randint(100, 140, (3, 12, 12), generator=g, dtype=torch.uint8)
-    ramp = torch.arange(12, dtype=torch.float32)
+    noise = torch.randint(0, 256, (3, SIZE, SIZE), generator=g, dtype=torch.uint8)
+    low = torch.randint(100, 140, (3, SIZE, SIZE), generator=g, dtype=torch.uint8)
+    ramp = torch.arange(SIZE, dtype=torch.float32)
     grad = torch.stack(
         [
-            torch.full((12, 12), 77.0),
-            (ramp[:, None] * 20 + ramp[None, :] * 3).clamp(0, 255),
-            (200 - ramp[None, :] * 15).expand(12, 12),
+            torch.full((SIZE, SIZE), 77.0),
+            (ramp[:, None] * 7 + ramp[None, :]).clamp(0, 255),
+            (200 - ramp[None, :] * 5).expand(SIZE, SIZE),
         ]
     ).to(torch.uint8)
     return torch.stack([noise, low, grad])
@@ -71,6 +76,7 @@ def main() -> None:
         mode = InterpolationMode.NEAREST if interp == "nearest" else InterpolationMode.BILINEAR
         out = _apply_op(x.clone(), op, magnitude, interpolation=mode, fill=None)
         assert out.dtype == torch.uint8 and out.shape == x.shape, op
+        assert op == "Identity" or not torch.equal(out, x), f"{op} {magnitude} changed nothing"
         tensors[f"case{i}"] = out.contiguous()
     FIXTURES.mkdir(exist_ok=True)
     path = FIXTURES / "augment_ops.safetensors"
