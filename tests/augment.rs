@@ -312,6 +312,20 @@ fn ops_match_torchvision() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// The evaluation transform at sizes other than the images' (down, up, and up by a
+/// non-integer factor) is torchvision's ToTensor scaling, `Resize((size, size))` (bilinear,
+/// antialiased) and Normalize.
+#[test]
+fn resizing_transform_matches_torchvision() {
+    let file = common::fixture("augment_ops");
+    let input = file.get("input").unwrap();
+    for size in [16, 48, 100] {
+        let expected = file.get(&format!("resize{size}")).unwrap();
+        let actual = vit_tch::data::transforms::test_transform(input, size);
+        common::assert_close(&format!("resize to {size}"), &actual, expected, 1e-5);
+    }
+}
+
 /// The strong recipe's batch as the trainer builds it (`TrainBatch::new`: crop, flip,
 /// AutoAugment or RandAugment, random erasing, MixUp/CutMix), on every device: it stays
 /// there, keeps its shape and its pixels within the normalized [0, 1] range, and its soft
