@@ -121,9 +121,12 @@ fn confusion_matrix_for_10_and_100_classes() {
     let dir = TempDir::new("confusion");
     for k in [10i64, 100] {
         let classes: Vec<String> = (0..k).map(|i| format!("class-{i}")).collect();
-        // Mostly right, some mistakes to the next class.
-        let confusion = Tensor::eye(k, (Kind::Int64, Device::Cpu)) * 90
-            + Tensor::eye(k, (Kind::Int64, Device::Cpu)).roll([1], [1]) * 10;
+        // Mostly right, some mistakes to the next class; row i holds (i + 1) * 100 images,
+        // so that shares of a column (or of the whole) differ from shares of the row.
+        let rows = Tensor::arange_start(1, k + 1, (Kind::Int64, Device::Cpu)).view([k, 1]);
+        let confusion = (Tensor::eye(k, (Kind::Int64, Device::Cpu)) * 90
+            + Tensor::eye(k, (Kind::Int64, Device::Cpu)).roll([1], [1]) * 10)
+            * rows;
         let output = dir.join(format!("confusion_{k}.png"));
         plot::confusion_matrix(&confusion, &classes, &output).unwrap();
         assert_eq!(png_size(&output), confusion_size(k as usize));
