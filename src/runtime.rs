@@ -71,9 +71,8 @@ pub fn quit_at_once(status: i32) -> ! {
 /// Lets a closed pipe on stdout (`vit data | head`) end the process quietly, as it ends other
 /// command-line tools, instead of making `println!` panic ("failed printing to stdout").
 /// Rust's own sockets do not raise SIGPIPE (they send with MSG_NOSIGNAL), so downloads
-/// still get an error. Not for `train`: a signal would end it before its run is saved
-/// (`2>&1 | tee` when Ctrl-C has ended tee), where a panic unwinds and lets the writes
-/// finish.
+/// still get an error. Not for `train`: the signal would end it before its run is saved
+/// (`2>&1 | tee` when Ctrl-C has ended tee); it drops lines it cannot write and saves on.
 fn end_quietly_on_a_closed_pipe() {
     // SAFETY: setting a signal's disposition to its default has no other effect.
     unsafe {
