@@ -199,6 +199,49 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         !args.resume || args.out.is_some(),
         "--resume needs --out RUN_DIR: the run folder to continue"
     );
+    let (settings, dataset) = settings_and_dataset(args)?;
+    let interrupted = stop_on_interrupt()?;
+    let options = RunOptions {
+        out: &out,
+        numbered_out: args.out.is_none(),
+        resume: args.resume,
+        device,
+        plot: args.plot,
+        cuda_graph: args.cuda_graph,
+        interrupted: &interrupted,
+    };
+    match train(&settings, &dataset, &options)? {
+        Outcome::Finished => {
+            if interrupted.load(Ordering::SeqCst) {
+                eprintln!(
+                    "note: the interrupt came in the last epoch's last step or test pass, so \
+                     the run finished and saved all its epochs; there is nothing to resume"
+                );
+            }
+            Ok(())
+        }
+        Outcome::Interrupted {
+            epoch,
+            step,
+            run_dir,
+        } => {
+            // The state is saved whether or not this can be written (`2>&1 | tee` after
+            // Ctrl-C ended tee), and the status says so.
+            let _ = writeln!(
+                std::io::stderr(),
+                "Interrupted after step {step} of epoch {epoch}; the state is saved in {}.\n\
+                 Resume with: {}",
+                run_dir.display(),
+                resume_command(args, &run_dir)
+            );
+            std::process::exit(130);
+        }
+    }
+}
+
+/// The run's settings from the flags, checked, and the dataset it trains on (which gives
+/// the class count when `--num-classes` is not given).
+fn settings_and_dataset(args: &TrainArgs) -> Result<(TrainSettings, Dataset)> {
     let mut config = args.model.resolve()?;
     if args.recipe == Recipe::Strong && args.model.dropout.is_none() {
         // The strong recipe regularises with stochastic depth and augmentation instead.
@@ -265,9 +308,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         regularization: Regularization::from_args(args)?,
         precision: args.precision,
     };
+    Ok((settings, dataset))
+}
+
+/// The flag the training loop reads: the first Ctrl-C (or SIGTERM, SIGHUP) sets it, and
+/// the run stops after the current step and saves; a second one quits at once.
+fn stop_on_interrupt() -> Result<Arc<AtomicBool>> {
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
-    // The first Ctrl-C stops after the current step and saves; a second one quits at once.
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
             crate::runtime::quit_at_once(130);
@@ -281,54 +329,24 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         );
     })
     .context("cannot install the Ctrl-C handler")?;
-    let options = RunOptions {
-        out: &out,
-        numbered_out: args.out.is_none(),
-        resume: args.resume,
-        device,
-        plot: args.plot,
-        cuda_graph: args.cuda_graph,
-        interrupted: &interrupted,
-    };
-    let outcome = train(&settings, &dataset, &options)?;
-    if let Outcome::Finished = outcome {
-        if interrupted.load(Ordering::SeqCst) {
-            eprintln!(
-                "note: the interrupt came in the last epoch's last step or test pass, so the run \
-                 finished and saved all its epochs; there is nothing to resume"
-            );
-        }
+    Ok(interrupted)
+}
+
+/// The command that resumes the run in `run_dir`: the same flags again (and the run folder,
+/// when it was the default) plus `--resume`, quoted for a POSIX shell.
+fn resume_command(args: &TrainArgs, run_dir: &Path) -> String {
+    let mut command: Vec<String> = std::env::args().collect();
+    if args.out.is_none() {
+        command.extend(["--out".to_string(), run_dir.display().to_string()]);
     }
-    if let Outcome::Interrupted {
-        epoch,
-        step,
-        run_dir,
-    } = outcome
-    {
-        // The same flags again (and the run folder, when it was the default) plus --resume.
-        let mut command: Vec<String> = std::env::args().collect();
-        if args.out.is_none() {
-            command.extend(["--out".to_string(), run_dir.display().to_string()]);
-        }
-        if !args.resume {
-            command.push("--resume".to_string());
-        }
-        // The state is saved whether or not this can be written (`2>&1 | tee` after Ctrl-C
-        // ended tee), and the status says so.
-        let _ = writeln!(
-            std::io::stderr(),
-            "Interrupted after step {step} of epoch {epoch}; the state is saved in {}.\n\
-             Resume with: {}",
-            run_dir.display(),
-            command
-                .iter()
-                .map(|arg| shell_quoted(arg))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-        std::process::exit(130);
+    if !args.resume {
+        command.push("--resume".to_string());
     }
-    Ok(())
+    command
+        .iter()
+        .map(|arg| shell_quoted(arg))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// How `train` ended.
