@@ -190,7 +190,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         );
         println!("train:     {:9.1} images/s", report.train_images_per_s);
         println!("inference: {:9.1} images/s", report.infer_images_per_s);
-        println!("last step's training loss: {:.6}", report.last_step_loss);
+        println!(
+            "loss:      {:9.6} (the last timed step's)",
+            report.last_step_loss
+        );
         let mib = |bytes: f64| bytes / (1 << 20) as f64;
         println!("peak RSS:  {:9.1} MiB", mib(report.peak_rss_bytes as f64));
         if let Some(bytes) = report.peak_device_bytes {

@@ -198,17 +198,26 @@ impl TensorFile {
 
     /// The config JSON that timm's tensor names and shapes give, with `NUM_HEADS` where
     /// the head count goes (the qkv weights are the same shape for any) and dropout 0 (it
-    /// has no weights). `None` when the tensors are not a timm ViT's.
+    /// has no weights). `None` when the tensors are not the notebook's ViT in timm's
+    /// layout (a class token, square patches in a square grid, a head).
     fn config_from_shapes(&self) -> Option<String> {
         let size = |name: &str| self.tensors.get(name).map(Tensor::size);
-        let [embed_dim, in_channels, patch_size, _] = size("patch_embed.proj.weight")?[..] else {
+        let [embed_dim, in_channels, patch_size, patch_width] =
+            size("patch_embed.proj.weight")?[..]
+        else {
+            return None;
+        };
+        let [1, 1, _] = size("cls_token")?[..] else {
             return None;
         };
         let [_, tokens, _] = size("pos_embed")?[..] else {
             return None;
         };
-        // The tokens are the class token and a square grid of patches.
+        // The tokens are the class token and a square grid of square patches.
         let side = ((tokens - 1) as f64).sqrt().round() as i64;
+        if patch_width != patch_size || side < 1 || side * side != tokens - 1 {
+            return None;
+        }
         let [mlp_dim, _] = size("blocks.0.mlp.fc1.weight")?[..] else {
             return None;
         };

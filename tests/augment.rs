@@ -312,16 +312,16 @@ fn ops_match_torchvision() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
-/// The evaluation transform at sizes other than the images' (down, up, and up by a
-/// non-integer factor) is torchvision's ToTensor scaling, `Resize((size, size))` (bilinear,
+/// The evaluation transform at sizes other than the image's (down, up by 1.5, up by 53/32)
+/// is torchvision's ToTensor scaling, `Resize((size, size))` (bilinear,
 /// antialiased) and Normalize.
 #[test]
 fn resizing_transform_matches_torchvision() {
     let file = common::fixture("augment_ops");
-    let input = file.get("input").unwrap();
-    for size in [16, 48, 100] {
+    let input = file.get("input").unwrap().narrow(0, 0, 1);
+    for size in [16, 48, 53] {
         let expected = file.get(&format!("resize{size}")).unwrap();
-        let actual = vit_tch::data::transforms::test_transform(input, size);
+        let actual = vit_tch::data::transforms::test_transform(&input, size);
         common::assert_close(&format!("resize to {size}"), &actual, expected, 1e-5);
     }
 }

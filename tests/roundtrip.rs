@@ -256,6 +256,22 @@ fn checkpoint_without_config_names_what_is_missing() {
         .unwrap_or_else(|| panic!("no config from the shapes in: {error}"));
     let completed = json.replace("NUM_HEADS", &tiny_config().num_heads.to_string());
     assert_eq!(ViTConfig::from_json(&completed).unwrap(), tiny_config());
+
+    // Shapes that are not the notebook's ViT in timm's layout get the general advice,
+    // not a config that would not load: no class token, a grid that is not square.
+    let (mut no_class_token, _) = checkpoint_tensors();
+    no_class_token.remove("cls_token");
+    let (mut oblong, _) = checkpoint_tensors();
+    oblong.insert(
+        "pos_embed".into(),
+        Tensor::zeros([1, 7, 16], (Kind::Float, Device::Cpu)),
+    );
+    for (name, tensors) in [("no-class-token", no_class_token), ("oblong", oblong)] {
+        let metadata = HashMap::new();
+        let error = load_error(name, TensorFile { tensors, metadata });
+        assert!(!error.contains("shapes give"), "{name}: {error}");
+        assert!(error.contains("json.dumps({image_size,"), "{name}: {error}");
+    }
 }
 
 #[test]
