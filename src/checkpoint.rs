@@ -173,27 +173,30 @@ impl TensorFile {
         }
     }
 
-    /// The model config stored under `config`. Without it, the error gives what the
-    /// tensors' shapes tell, for the user to complete.
+    /// The model config stored under `config`.
     pub fn config(&self) -> Result<ViTConfig> {
-        let json =
-            self.metadata
-                .get(CONFIG_KEY)
-                .with_context(|| match self.config_from_shapes() {
-                    Some(json) => format!(
-                        "no `{CONFIG_KEY}` metadata. The tensors' shapes give {json}, all but \
-                     num_heads (a divisor of embed_dim, which shapes cannot tell): save the \
-                     checkpoint with metadata={{'{CONFIG_KEY}': that JSON with NUM_HEADS \
-                     filled in}}"
-                    ),
-                    None => format!(
-                        "no `{CONFIG_KEY}` metadata: save the checkpoint with \
-                     metadata={{'{CONFIG_KEY}': json.dumps({{image_size, patch_size, \
-                     in_channels, embed_dim, num_heads, mlp_dim, num_layers, num_classes, \
-                     dropout}})}}"
-                    ),
-                })?;
+        let json = self
+            .metadata
+            .get(CONFIG_KEY)
+            .with_context(|| self.missing_config_advice())?;
         ViTConfig::from_json(json)
+    }
+
+    /// What to do about a file without `config` metadata: what the tensors' shapes give,
+    /// for the user to complete, where they can tell.
+    fn missing_config_advice(&self) -> String {
+        match self.config_from_shapes() {
+            Some(json) => format!(
+                "no `{CONFIG_KEY}` metadata. The tensors' shapes give {json}, all but \
+                 num_heads (a divisor of embed_dim, which shapes cannot tell): save the \
+                 checkpoint with metadata={{'{CONFIG_KEY}': that JSON with NUM_HEADS filled in}}"
+            ),
+            None => format!(
+                "no `{CONFIG_KEY}` metadata: save the checkpoint with \
+                 metadata={{'{CONFIG_KEY}': json.dumps({{image_size, patch_size, in_channels, \
+                 embed_dim, num_heads, mlp_dim, num_layers, num_classes, dropout}})}}"
+            ),
+        }
     }
 
     /// The config JSON that timm's tensor names and shapes give, with `NUM_HEADS` where

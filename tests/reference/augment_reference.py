@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 from torchvision.transforms import InterpolationMode, Normalize, Resize
 from torchvision.transforms.autoaugment import _apply_op
+from vit_reference import MEAN, STD
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -57,9 +58,6 @@ CASES = [
 SIZE = 32
 # Down, up by 1.5, and up by a factor that is not a fraction of small integers.
 RESIZES = (16, 48, 53)
-# The notebook's Normalize constants.
-MEAN = (0.4914, 0.4822, 0.4465)
-STD = (0.2023, 0.1994, 0.2010)
 
 
 def images() -> torch.Tensor:

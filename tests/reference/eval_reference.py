@@ -20,11 +20,8 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torchvision import transforms
-from vit_reference import timm_model
+from vit_reference import MEAN, STD, timm_model
 
-# The notebook's Normalize constants.
-MEAN = (0.4914, 0.4822, 0.4465)
-STD = (0.2023, 0.1994, 0.2010)
 
 
 def cifar10_test(data_dir):

@@ -15,6 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 LAYER_NORM_EPS = 1e-6
+# The notebook's Normalize(mean, std) constants.
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2023, 0.1994, 0.2010)
 
 
 class PatchEmbedding(nn.Module):
