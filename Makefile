@@ -43,9 +43,15 @@ fixtures: setup
 test: build fixtures
 	VIT_PYTHON=$(PY) cargo test --release
 
+# Also: git tracks nothing outside the project's layout (a manual test's run folder was
+# once committed by mistake); the list names every top-level entry the project has.
+TRACKED := ^(\.cargo|\.ci|assets|bench|docs|src|tests)/|^(\.gitignore|Cargo\.toml|Cargo\.lock|Makefile|README\.md|build\.rs|requirements\.txt|data/README\.md)$$
 lint: setup
 	cargo fmt --check
 	cargo clippy --release --all-targets -- -D warnings
+	@stray=$$(git ls-files 2>/dev/null | grep -Ev '$(TRACKED)'); test -z "$$stray" || { \
+	    echo "error: git tracks files outside the project's layout (git rm them, or add them to TRACKED in the Makefile):"; \
+	    echo "$$stray"; exit 1; }
 
 # The notebook's training run: CIFAR-100 (downloaded if missing), the notebook model.
 train: build
