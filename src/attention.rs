@@ -2,14 +2,13 @@
 //! Zuidema 2020) and each head of the last layer, from the class token to the patches,
 //! upsampled to the image and overlaid as a heat map beside the image.
 
-use crate::checkpoint;
+use crate::checkpoint::{self, LoadedModel};
 use crate::cli::AttentionArgs;
 use crate::data::{self, folder};
 use crate::plot::{inferno, render_rgb, write_rgb_png, FONT};
 use anyhow::{bail, ensure, Context, Result};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -82,20 +81,27 @@ pub struct AttentionResult {
 /// `vit attention --checkpoint PATH (IMAGE | --index I [--dataset D]) [-o attention.png]`.
 pub fn run(args: &AttentionArgs) -> Result<()> {
     crate::plot::ensure_png_output(&args.output)?;
+    if let Some(image) = &args.image {
+        ensure!(
+            !crate::fsutil::same_file(image, &args.output),
+            "-o {} is the input image, which the picture would replace: give another -o",
+            args.output.display()
+        );
+    }
     let device = args.device.resolve()?;
     let loaded = checkpoint::load(&args.checkpoint, device)?;
     let config = &loaded.model.config;
-    let mut classes = checkpoint::class_names(&loaded.metadata, config.num_classes);
-    let chosen = choose_image(args, &loaded.metadata, config.image_size)?;
-    if let Some(dataset_classes) = chosen.classes {
-        if dataset_classes.len() as i64 == config.num_classes {
-            classes = dataset_classes;
-        }
-    }
+    let chosen = choose_image(args, &loaded)?;
+    let classes = chosen
+        .classes
+        .unwrap_or_else(|| checkpoint::class_names(&loaded.metadata, config.num_classes));
     let result = analyse(&loaded.model, &chosen.image, device)?;
     // As libtorch's max does: a NaN (from NaN weights) wins, and shows as NaN%.
-    let (p, predicted) = result.probabilities.max_dim(0, false);
-    let (p, predicted) = (p.double_value(&[]), predicted.int64_value(&[]) as usize);
+    let (probability, predicted) = result.probabilities.max_dim(0, false);
+    let (probability, predicted) = (
+        probability.double_value(&[]),
+        predicted.int64_value(&[]) as usize,
+    );
     let name = |i: usize| {
         classes
             .get(i)
@@ -106,7 +112,7 @@ pub fn run(args: &AttentionArgs) -> Result<()> {
         "{}: predicted {} ({:.0}%)",
         chosen.source,
         name(predicted),
-        100.0 * p
+        100.0 * probability
     );
     if let Some(label) = chosen.label {
         title.push_str(&format!(", true class {}", name(label as usize)));
@@ -130,22 +136,20 @@ struct ChosenImage {
     source: String,
     /// The test image's class.
     label: Option<i64>,
-    /// The dataset's class names, for a test image.
+    /// The dataset's class names (checked to fit the model), for a test image.
     classes: Option<Vec<String>>,
 }
 
 /// The IMAGE file of `args`, or test image `--index` (0 by default) of `--dataset` or of
-/// the checkpoint's dataset (from its `metadata`).
-fn choose_image(
-    args: &AttentionArgs,
-    metadata: &HashMap<String, String>,
-    image_size: i64,
-) -> Result<ChosenImage> {
+/// the checkpoint's dataset (from its metadata).
+fn choose_image(args: &AttentionArgs, loaded: &LoadedModel) -> Result<ChosenImage> {
+    let image_size = loaded.model.config.image_size;
     if let Some(path) = &args.image {
         ensure!(
             args.index.is_none() && args.data.dataset.is_none(),
             "give either an IMAGE file or --index (with --dataset), not both"
         );
+        loaded.ensure_rgb(&args.checkpoint)?;
         return Ok(ChosenImage {
             image: folder::decode_images(&[path.as_path()], image_size as u32)?.get(0),
             source: path
@@ -163,7 +167,9 @@ fn choose_image(
         );
     }
     let index = args.index.unwrap_or(0);
-    let data = data::load(&checkpoint::dataset_args(metadata, &args.data)?, image_size)?;
+    let dataset_args = checkpoint::dataset_args(&loaded.metadata, &args.data)?;
+    let data = data::load(&dataset_args, image_size)?;
+    loaded.check_dataset(&args.checkpoint, &data, &args.data.data_dir)?;
     let n = data.test.len();
     ensure!(
         (0..n).contains(&index),
@@ -258,15 +264,15 @@ fn upsample(map: &Tensor) -> Result<Vec<f32>> {
         .collect())
 }
 
-/// The heat map of `map` over `base`, half and half.
+/// The heat map of `map` over `base`, a little more heat than image.
 fn overlay(base: &Picture, map: &Tensor) -> Result<Picture> {
-    const ALPHA: f64 = 0.55;
+    const HEAT_WEIGHT: f64 = 0.55;
     let heat = upsample(map)?;
     let mut rgb = Vec::with_capacity(base.rgb.len());
     for (pixel, &t) in base.rgb.chunks_exact(3).zip(&heat) {
         let RGBColor(r, g, b) = inferno(t as f64);
         for (channel, colour) in pixel.iter().zip([r, g, b]) {
-            let mixed = (1.0 - ALPHA) * *channel as f64 + ALPHA * colour as f64;
+            let mixed = (1.0 - HEAT_WEIGHT) * *channel as f64 + HEAT_WEIGHT * colour as f64;
             rgb.push(mixed.round() as u8);
         }
     }
@@ -298,10 +304,10 @@ pub fn figure(
         ("image".to_string(), base.rgb.clone()),
         (layers_note.to_string(), overlay(&base, rollout)?.rgb),
     ];
-    for h in 0..num_heads {
+    for head in 0..num_heads {
         panels.push((
-            format!("last layer, head {}", h + 1),
-            overlay(&base, &heads.get(h))?.rgb,
+            format!("last layer, head {}", head + 1),
+            overlay(&base, &heads.get(head))?.rgb,
         ));
     }
 

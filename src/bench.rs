@@ -66,6 +66,55 @@ pub struct PhaseTimes {
     pub optimizer: f64,
 }
 
+impl BenchReport {
+    /// The report as text: the set-up line, then one line a measurement.
+    fn print(&self) {
+        println!(
+            "{} ({} parameters), batch {}, {} on {} with {} threads, {} attention, {} AdamW{}{}{}",
+            self.config,
+            self.parameters,
+            self.batch_size,
+            self.precision,
+            self.device,
+            self.threads,
+            if self.fused_attention {
+                "fused"
+            } else {
+                "explicit"
+            },
+            if self.fused_adamw { "fused" } else { "loop" },
+            if self.libtorch_dropout {
+                ", libtorch dropout masks"
+            } else {
+                ""
+            },
+            if self.libtorch_linear {
+                ", libtorch linear"
+            } else {
+                ""
+            },
+            if self.cuda_graph { ", CUDA graph" } else { "" }
+        );
+        println!("train:     {:9.1} images/s", self.train_images_per_s);
+        println!("inference: {:9.1} images/s", self.infer_images_per_s);
+        println!(
+            "loss:      {:9.6} (the last timed step's)",
+            self.last_step_loss
+        );
+        let mib = |bytes: f64| bytes / (1 << 20) as f64;
+        println!("peak RSS:  {:9.1} MiB", mib(self.peak_rss_bytes as f64));
+        if let Some(bytes) = self.peak_device_bytes {
+            println!("peak CUDA: {:9.1} MiB allocated", mib(bytes as f64));
+        }
+        if let Some(phases) = &self.phase_ms_per_step {
+            println!(
+                "ms per training step: forward {:.1}, backward {:.1}, clip {:.1}, optimizer {:.1}",
+                phases.forward, phases.backward, phases.clip, phases.optimizer
+            );
+        }
+    }
+}
+
 pub fn run(args: &BenchArgs) -> Result<()> {
     let baseline_rss_bytes = rss_bytes("VmRSS:");
     crate::runtime::apply_threads(args.threads);
@@ -158,53 +207,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!(
-            "{} ({} parameters), batch {}, {} on {} with {} threads, {} attention, {} AdamW{}{}{}",
-            report.config,
-            report.parameters,
-            report.batch_size,
-            report.precision,
-            report.device,
-            report.threads,
-            if report.fused_attention {
-                "fused"
-            } else {
-                "explicit"
-            },
-            if report.fused_adamw { "fused" } else { "loop" },
-            if report.libtorch_dropout {
-                ", libtorch dropout masks"
-            } else {
-                ""
-            },
-            if report.libtorch_linear {
-                ", libtorch linear"
-            } else {
-                ""
-            },
-            if report.cuda_graph {
-                ", CUDA graph"
-            } else {
-                ""
-            }
-        );
-        println!("train:     {:9.1} images/s", report.train_images_per_s);
-        println!("inference: {:9.1} images/s", report.infer_images_per_s);
-        println!(
-            "loss:      {:9.6} (the last timed step's)",
-            report.last_step_loss
-        );
-        let mib = |bytes: f64| bytes / (1 << 20) as f64;
-        println!("peak RSS:  {:9.1} MiB", mib(report.peak_rss_bytes as f64));
-        if let Some(bytes) = report.peak_device_bytes {
-            println!("peak CUDA: {:9.1} MiB allocated", mib(bytes as f64));
-        }
-        if let Some(p) = report.phase_ms_per_step {
-            println!(
-                "ms per training step: forward {:.1}, backward {:.1}, clip {:.1}, optimizer {:.1}",
-                p.forward, p.backward, p.clip, p.optimizer
-            );
-        }
+        report.print();
     }
     Ok(())
 }

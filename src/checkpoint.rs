@@ -2,9 +2,10 @@
 //! whose metadata holds the model config as JSON (`config`), so that a file written here
 //! loads with `strict=True` into timm's `VisionTransformer`, and the other way round.
 
+use crate::data::Dataset;
 use crate::fsutil::write_atomic;
 use crate::model::{ViTConfig, VisionTransformer};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, View};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -354,6 +355,49 @@ pub struct LoadedModel {
     pub vs: nn::VarStore,
     pub model: VisionTransformer,
     pub metadata: HashMap<String, String>,
+}
+
+impl LoadedModel {
+    /// Fails unless the model from `path` takes RGB images, as vit decodes image files.
+    pub fn ensure_rgb(&self, path: &Path) -> Result<()> {
+        let channels = self.model.config.in_channels;
+        ensure!(
+            channels == 3,
+            "{} takes images of {channels} channel(s), but vit reads image files as RGB (3 \
+             channels): it can only run RGB models on them",
+            path.display()
+        );
+        Ok(())
+    }
+
+    /// Fails unless `dataset` (read from `data_dir`) fits the model from `path`: its
+    /// channels and number of classes. Warns when the checkpoint recorded other class
+    /// names, since the dataset's names then label the model's class numbers.
+    pub fn check_dataset(&self, path: &Path, dataset: &Dataset, data_dir: &Path) -> Result<()> {
+        let config = &self.model.config;
+        dataset.check_channels(config.in_channels)?;
+        ensure!(
+            dataset.num_classes() == config.num_classes,
+            "{} has {} classes but {} ({}) has {}: use the dataset it was trained on",
+            path.display(),
+            config.num_classes,
+            dataset.name,
+            data_dir.display(),
+            dataset.classes.len()
+        );
+        let recorded = recorded_class_names(&self.metadata, config.num_classes);
+        if let Some(recorded) = recorded.filter(|names| *names != dataset.classes) {
+            eprintln!(
+                "warning: {} was trained on the classes {:?}, but {} has {:?}: the dataset's \
+                 names label the checkpoint's class numbers",
+                path.display(),
+                recorded,
+                dataset.name,
+                dataset.classes
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Rebuilds the model a checkpoint describes (config from its metadata) on `device`.

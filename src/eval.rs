@@ -4,7 +4,7 @@ use crate::checkpoint;
 use crate::cli::EvalArgs;
 use crate::data::{self, transforms, Split};
 use crate::model::VisionTransformer;
-use anyhow::{ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use serde::Serialize;
 use std::path::PathBuf;
 use tch::{nn::ModuleT, Kind, Reduction, Tensor};
@@ -71,11 +71,10 @@ impl Evaluation {
             .collect()
     }
 
-    /// Writes the matrix with class names as the header row and first column.
+    /// Writes the matrix with class names as the header row and first column, atomically.
     pub fn write_confusion_csv(&self, classes: &[String], path: &std::path::Path) -> Result<()> {
         let rows: Vec<Vec<i64>> = Vec::try_from(&self.confusion)?;
-        let mut writer = csv::Writer::from_path(path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        let mut writer = csv::Writer::from_writer(Vec::new());
         let header: Vec<&str> = std::iter::once("true\\predicted")
             .chain(classes.iter().map(String::as_str))
             .collect();
@@ -84,8 +83,8 @@ impl Evaluation {
             let cells = std::iter::once(class.clone()).chain(row.iter().map(i64::to_string));
             writer.write_record(cells)?;
         }
-        writer.flush()?;
-        Ok(())
+        let bytes = writer.into_inner().map_err(|e| e.into_error())?;
+        crate::fsutil::write_atomic(path, &bytes)
     }
 }
 
@@ -111,30 +110,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         .with_context(|| format!("evaluating {}", args.checkpoint.display()))?;
     ensure!(args.batch_size > 0, "--batch-size must be positive");
     let dataset = data::load(&dataset_args, config.image_size)?;
-    dataset.check_channels(config.in_channels)?;
-    ensure!(
-        dataset.num_classes() == config.num_classes,
-        "{} has {} classes but {} ({}) has {}: evaluate it on the dataset it was trained on",
-        args.checkpoint.display(),
-        config.num_classes,
-        dataset.name,
-        args.data.data_dir.display(),
-        dataset.classes.len()
-    );
-    let recorded = checkpoint::recorded_class_names(&loaded.metadata, config.num_classes);
-    if let Some(recorded) = recorded.filter(|names| *names != dataset.classes) {
-        eprintln!(
-            "warning: {} was trained on the classes {:?}, but {} has {:?}: the report uses \
-             the dataset's names for the checkpoint's class numbers",
-            args.checkpoint.display(),
-            recorded,
-            dataset.name,
-            dataset.classes
-        );
-    }
-    let test = dataset.test.to_device(device);
-    let evaluation = evaluate(&loaded.model, &test, args.batch_size);
-
+    loaded.check_dataset(&args.checkpoint, &dataset, &args.data.data_dir)?;
+    // Before the pass, which may take a while: a folder that cannot take the results.
     let out_dir = match &args.out {
         Some(dir) => dir.clone(),
         None => args
@@ -143,9 +120,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             .map(PathBuf::from)
             .unwrap_or_default(),
     };
-    crate::fsutil::ensure_out_is_a_folder(&out_dir)?;
-    std::fs::create_dir_all(&out_dir)
-        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    crate::fsutil::ensure_writable_folder(&out_dir).map_err(|e| {
+        anyhow!("{e:#}; the confusion matrix goes there: pass --out DIR to write it elsewhere")
+    })?;
+    let test = dataset.test.to_device(device);
+    let evaluation = evaluate(&loaded.model, &test, args.batch_size);
+
     // Named after the checkpoint, so evaluating best_model and then last_model keeps both.
     let stem = args
         .checkpoint

@@ -14,6 +14,22 @@ pub fn ensure_out_is_a_folder(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Creates the `--out` folder `dir` if missing, and proves that files can be written there
+/// (permissions, a read-only disk) by writing and removing a temporary one.
+pub fn ensure_writable_folder(dir: &Path) -> Result<()> {
+    ensure_out_is_a_folder(dir)?;
+    let shown = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::fs::create_dir_all(shown).with_context(|| format!("cannot create {}", shown.display()))?;
+    let probe = temporary_sibling(&shown.join("write-check"));
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .with_context(|| format!("cannot write to {}", shown.display()))
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so
 /// a crash or kill at any moment leaves either the old file or the new one, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -139,5 +155,14 @@ impl Drop for BackgroundWrites {
         if let Err(e) = self.finish() {
             eprintln!("error: {e:#}");
         }
+    }
+}
+
+/// Whether `a` and `b` name one existing file (through links, `..` or another spelling).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
 }

@@ -229,6 +229,10 @@ impl AdamW {
 /// host-device synchronisation).
 pub fn clip_grad_norm<'a>(params: impl Iterator<Item = &'a Tensor>, max_norm: f64) -> Tensor {
     let grads: Vec<Tensor> = params.map(|p| p.grad()).filter(|g| g.defined()).collect();
+    if grads.is_empty() {
+        // As PyTorch: no gradient has a norm of 0 (and the multi-tensor norm needs one).
+        return Tensor::zeros([], (Kind::Float, tch::Device::Cpu));
+    }
     let norms = foreach_norm(&grads).expect("foreach norm of the gradients");
     let total = Tensor::stack(&norms, 0).norm();
     // PyTorch's `max_norm / (total + 1e-6)` is `Tensor.__rtruediv__`: a reciprocal, then a

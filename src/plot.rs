@@ -432,18 +432,13 @@ fn draw_panel<DB: DrawingBackend>(
                 drawing(chart.draw_series(DashedLineSeries::new(points.clone(), 8, 5, style)))?
             };
             let dashed = which == 1;
+            // Two strokes: a gap between them for the dashed test line, none for train.
+            let second_from = if dashed { 12 } else { 7 };
             series.label(label).legend(move |(x, y)| {
                 let style = colour.stroke_width(2);
-                let element = EmptyElement::at((x, y));
-                if dashed {
-                    element
-                        + PathElement::new(vec![(0, 0), (7, 0)], style)
-                        + PathElement::new(vec![(12, 0), (20, 0)], style)
-                } else {
-                    element
-                        + PathElement::new(vec![(0, 0), (7, 0)], style)
-                        + PathElement::new(vec![(7, 0), (20, 0)], style)
-                }
+                EmptyElement::at((x, y))
+                    + PathElement::new(vec![(0, 0), (7, 0)], style)
+                    + PathElement::new(vec![(second_from, 0), (20, 0)], style)
             });
             // Markers, so that a short run (a single epoch, say) still shows.
             if points.len() > 30 {
@@ -551,11 +546,11 @@ pub fn confusion_matrix(confusion: &Tensor, classes: &[String], output: &Path) -
         size.len() == 2 && size[0] == size[1],
         "the confusion matrix must be square [K, K], got {size:?}"
     );
-    let k = size[0] as usize;
-    ensure!(k > 0, "the confusion matrix is empty");
+    let num_classes = size[0] as usize;
+    ensure!(num_classes > 0, "the confusion matrix is empty");
     ensure!(
-        classes.len() == k,
-        "{} class names for a {k}x{k} confusion matrix",
+        classes.len() == num_classes,
+        "{} class names for a {num_classes}x{num_classes} confusion matrix",
         classes.len()
     );
     let counts: Vec<i64> = Vec::<i64>::try_from(
@@ -567,7 +562,7 @@ pub fn confusion_matrix(confusion: &Tensor, classes: &[String], output: &Path) -
     if counts.iter().any(|&n| n < 0) {
         bail!("the confusion matrix has negative counts");
     }
-    render_png(output, confusion_size(k), |root| {
+    render_png(output, confusion_size(num_classes), |root| {
         draw_confusion(root, &counts, classes)
     })
 }
@@ -577,12 +572,12 @@ fn draw_confusion<DB: DrawingBackend>(
     counts: &[i64],
     classes: &[String],
 ) -> Result<()> {
-    let k = classes.len();
+    let num_classes = classes.len();
     let top = CM_TOP as i32;
     drawing(root.fill(&WHITE))?;
 
     let total: i64 = counts.iter().sum();
-    let correct: i64 = (0..k).map(|i| counts[i * k + i]).sum();
+    let correct: i64 = (0..num_classes).map(|i| counts[i * num_classes + i]).sum();
     let title = if total > 0 {
         format!(
             "Confusion matrix: {:.2}% of {total} test images correct",
@@ -598,28 +593,33 @@ fn draw_confusion<DB: DrawingBackend>(
         TextStyle::from((FONT, 20).into_font()).pos(Pos::new(HPos::Center, VPos::Center)),
     )))?;
 
-    draw_cells(root, counts, k)?;
+    draw_cells(root, counts, num_classes)?;
     draw_class_labels(root, classes)?;
-    draw_colour_bar(root, k)
+    draw_colour_bar(root, num_classes)
 }
 
 /// Cell side, matrix side, left and top edge of the matrix, in pixels.
-fn confusion_geometry(k: usize) -> (i32, i32, i32, i32) {
-    let cell = confusion_cell_size(k) as i32;
-    (cell, cell * k as i32, CM_LEFT as i32, CM_TOP as i32)
+fn confusion_geometry(num_classes: usize) -> (i32, i32, i32, i32) {
+    let cell = confusion_cell_size(num_classes) as i32;
+    (
+        cell,
+        cell * num_classes as i32,
+        CM_LEFT as i32,
+        CM_TOP as i32,
+    )
 }
 
 fn draw_cells<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     counts: &[i64],
-    k: usize,
+    num_classes: usize,
 ) -> Result<()> {
-    let (cell, side, left, top) = confusion_geometry(k);
+    let (cell, side, left, top) = confusion_geometry(num_classes);
     // Cells, shaded by the fraction of the true class (row) predicted as each column.
-    let show_counts = k <= 20;
+    let show_counts = num_classes <= 20;
     let count_font = (cell as f64 / 3.2).clamp(8.0, 16.0);
-    for i in 0..k {
-        let row = &counts[i * k..(i + 1) * k];
+    for i in 0..num_classes {
+        let row = &counts[i * num_classes..(i + 1) * num_classes];
         let row_total: i64 = row.iter().sum();
         for (j, &n) in row.iter().enumerate() {
             let fraction = if row_total > 0 {
@@ -627,7 +627,7 @@ fn draw_cells<DB: DrawingBackend>(
             } else {
                 0.0
             };
-            let (x, y) = confusion_cell_origin(k, i, j);
+            let (x, y) = confusion_cell_origin(num_classes, i, j);
             let (x, y) = (x as i32, y as i32);
             drawing(root.draw(&Rectangle::new(
                 [(x, y), (x + cell, y + cell)],
@@ -660,11 +660,11 @@ fn draw_class_labels<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     classes: &[String],
 ) -> Result<()> {
-    let k = classes.len();
-    let (cell, side, left, top) = confusion_geometry(k);
+    let num_classes = classes.len();
+    let (cell, side, left, top) = confusion_geometry(num_classes);
     // Tick labels: every class up to 30 classes, else every `step`-th with its index.
-    let step = k.div_ceil(30).max(1);
-    let label_font = if k <= 30 { 13.0 } else { 11.0 };
+    let step = num_classes.div_ceil(30).max(1);
+    let label_font = if num_classes <= 30 { 13.0 } else { 11.0 };
     let tick = |i: usize| {
         if step == 1 {
             classes[i].clone()
@@ -672,7 +672,7 @@ fn draw_class_labels<DB: DrawingBackend>(
             format!("{i} {}", classes[i])
         }
     };
-    for i in (0..k).step_by(step) {
+    for i in (0..num_classes).step_by(step) {
         let c = i as i32 * cell + cell / 2;
         // True class, left of the row.
         drawing(
@@ -713,8 +713,11 @@ fn draw_class_labels<DB: DrawingBackend>(
     Ok(())
 }
 
-fn draw_colour_bar<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, k: usize) -> Result<()> {
-    let (_, side, left, top) = confusion_geometry(k);
+fn draw_colour_bar<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    num_classes: usize,
+) -> Result<()> {
+    let (_, side, left, top) = confusion_geometry(num_classes);
     // Colour bar: fraction of the true class, 0 at the bottom to 1 at the top.
     let bar_x = left + side + 20;
     let bar_w = 18;

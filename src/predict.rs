@@ -25,6 +25,7 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     ensure!(args.batch_size > 0, "--batch-size must be positive");
     let device = args.device.resolve()?;
     let loaded = checkpoint::load(&args.checkpoint, device)?;
+    loaded.ensure_rgb(&args.checkpoint)?;
     let config = &loaded.model.config;
     let classes = checkpoint::class_names(&loaded.metadata, config.num_classes);
     let k = config.num_classes.min(5);

@@ -39,22 +39,22 @@ thread_local! {
     static CATCHING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Runs a `vit` command with libtorch's errors reported briefly (see
-/// `report_libtorch_errors_briefly`): one that unwinds out of the command, its message
-/// printed, exits with status 1 as other errors do; any other panic goes on unwinding.
+/// Runs a `vit` command with libtorch's errors and failed writes to stdout reported briefly
+/// (see `report_errors_briefly`): one that unwinds out of the command, its message printed,
+/// exits with status 1 as other errors do; any other panic goes on unwinding.
 /// With `end_on_a_closed_pipe`, a closed pipe on stdout ends the process quietly (see
 /// `end_quietly_on_a_closed_pipe`).
 pub fn run_command(
     end_on_a_closed_pipe: bool,
     command: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    report_libtorch_errors_briefly();
+    report_errors_briefly();
     if end_on_a_closed_pipe {
         end_quietly_on_a_closed_pipe();
     }
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(command)) {
         Ok(result) => result,
-        Err(payload) if libtorch_error(&panic_message(payload.as_ref())).is_some() => {
+        Err(payload) if brief_error(&panic_message(payload.as_ref())).is_some() => {
             std::process::exit(1)
         }
         Err(payload) => std::panic::resume_unwind(payload),
@@ -81,18 +81,19 @@ fn end_quietly_on_a_closed_pipe() {
     }
 }
 
-/// Makes a libtorch error that tch raises as a panic (out of memory, say) print as one
-/// line, with advice where there is some, instead of a panic report with libtorch's C++
-/// stack. The panic still unwinds (run folders finish their writes); any other panic (a
-/// bug) keeps Rust's full report, also where `catch_panic` catches it. A libtorch error
-/// that `catch_panic` catches prints nothing here: its caller reports it.
-fn report_libtorch_errors_briefly() {
+/// Makes the panics that are not bugs print as one line, with advice where there is some:
+/// a libtorch error that tch raises as a panic (out of memory, say) instead of a panic
+/// report with libtorch's C++ stack, and `println!`'s failed write to stdout (a full disk
+/// under `> results.json`). The panic still unwinds (run folders finish their writes); any
+/// other panic (a bug) keeps Rust's full report, also where `catch_panic` catches it. An
+/// error that `catch_panic` catches prints nothing here: its caller reports it.
+fn report_errors_briefly() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let message = panic_message(info.payload());
-        match libtorch_error(&message) {
+        match brief_error(&message) {
             Some(_) if CATCHING.get() => {}
-            Some(error) => eprintln!("Error: libtorch: {error}"),
+            Some(error) => eprintln!("Error: {error}"),
             None => default_hook(info),
         }
     }));
@@ -106,10 +107,7 @@ pub fn catch_panic<T>(f: impl FnOnce() -> T) -> anyhow::Result<T> {
     CATCHING.set(was_catching);
     result.map_err(|payload| {
         let message = panic_message(payload.as_ref());
-        match libtorch_error(&message) {
-            Some(error) => anyhow::anyhow!("libtorch: {error}"),
-            None => anyhow::anyhow!("{message}"),
-        }
+        anyhow::anyhow!("{}", brief_error(&message).unwrap_or(message))
     })
 }
 
@@ -120,6 +118,14 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .cloned()
         .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "panic".to_owned())
+}
+
+/// The one-line report of a panic that is not a bug (see `report_errors_briefly`).
+fn brief_error(message: &str) -> Option<String> {
+    if let Some(error) = message.strip_prefix("failed printing to stdout: ") {
+        return Some(format!("cannot write to standard output: {error}"));
+    }
+    libtorch_error(message).map(|error| format!("libtorch: {error}"))
 }
 
 /// The first line of the libtorch error in a tch panic's message (tch prints its error

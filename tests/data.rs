@@ -246,6 +246,14 @@ fn missing_files_name_the_download_command() {
         dir.display()
     );
     assert!(err.contains(&incomplete), "{err}");
+
+    // --data-dir naming the dataset's own folder: the parent is what it takes.
+    let err = error_of(data::load(&args(DatasetName::Cifar10, &dir, false), 32));
+    let parent = format!(
+        "--data-dir takes the folder that holds cifar-10-batches-bin: pass --data-dir {}",
+        tmp.0.display()
+    );
+    assert!(err.contains(&parent), "{err}");
 }
 
 #[test]
@@ -812,6 +820,73 @@ fn http_download_and_interrupted_transfers() {
         Fetched::Unpacked(data_dir.join("cifar-10-batches-bin"))
     );
     assert_eq!(entries(&data_dir), ["cifar-10-batches-bin"]);
+}
+
+/// Ctrl-C during a download (here, a server that has sent 1 MiB of the archive and then
+/// waits) removes the partial archive and ends with status 130: the data folder is left
+/// as it was, empty.
+#[test]
+fn ctrl_c_during_a_download_removes_the_partial_archive() {
+    use std::io::{Read, Write};
+    let tmp = TempDir::new("download-ctrl-c");
+    let data_dir = tmp.0.join("data");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut byte = [0u8; 1];
+        let mut request = Vec::new();
+        while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+            request.push(byte[0]);
+        }
+        let size = vit_tch::data::download::CIFAR10_ARCHIVE.size;
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n");
+        let _ = stream.write_all(head.as_bytes());
+        let _ = stream.write_all(&vec![0u8; 1 << 20]);
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    });
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_vit"))
+        .args([
+            "download",
+            "--dataset",
+            "cifar10",
+            "--from",
+            &url,
+            "--data-dir",
+        ])
+        .arg(&data_dir)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let partial_is_there = || {
+        std::fs::read_dir(&data_dir).is_ok_and(|found| {
+            found
+                .flatten()
+                .any(|entry| entry.metadata().is_ok_and(|m| m.len() >= 1 << 20))
+        })
+    };
+    let started = std::time::Instant::now();
+    while !partial_is_there() {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the download did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("the partial download is removed"),
+        "{stderr}"
+    );
+    assert_eq!(entries(&data_dir), Vec::<String>::new());
 }
 
 /// The same invariants on the GPU, where there is one (skipped otherwise).

@@ -219,3 +219,14 @@ fn adamw_steps_match_pytorch() {
         }
     }
 }
+
+/// `torch.nn.utils.clip_grad_norm_` over parameters that have no gradient returns a norm of
+/// 0 and changes nothing; vit's must do the same, not fail in the multi-tensor norm.
+#[test]
+fn clipping_without_gradients_gives_a_norm_of_zero() {
+    let vs = cpu_store();
+    let weight = vs.root().ones("weight", &[3]);
+    let norm = vit_tch::optim::clip_grad_norm(std::iter::once(&weight), 0.5);
+    assert_eq!(norm.double_value(&[]), 0.0);
+    assert!(!weight.grad().defined());
+}

@@ -172,23 +172,29 @@ fn attention_figure_from_a_checkpoint_and_an_image_file() {
     let input = dir.join("input.png");
     picture.save(&input).unwrap();
 
-    let output = dir.join("attn.png");
-    attention::run(&AttentionArgs {
-        checkpoint: ckpt,
-        image: Some(input),
+    let args = |output: PathBuf| AttentionArgs {
+        checkpoint: ckpt.clone(),
+        image: Some(input.clone()),
         data: CheckpointDatasetArgs {
             dataset: None,
             data_dir: dir.join("data"),
             coarse_labels: false,
         },
         index: None,
-        output: output.clone(),
+        output,
         device: DeviceArgs {
             device: Some("cpu".into()),
         },
-    })
-    .unwrap();
+    };
+    let output = dir.join("attn.png");
+    attention::run(&args(output.clone())).unwrap();
     assert_eq!(png_size(&output), figure_size(config.num_heads as usize));
+
+    // The input image as the output (spelled another way) is refused, the image untouched.
+    let before = std::fs::read(&input).unwrap();
+    let err = attention::run(&args(dir.join(".").join("input.png"))).unwrap_err();
+    assert!(format!("{err:#}").contains("is the input image"), "{err:#}");
+    assert_eq!(std::fs::read(&input).unwrap(), before);
 }
 
 /// Attention maps for `layers` layers of `[batch, heads, tokens, tokens]`, all `map`.

@@ -5,6 +5,8 @@ mod common;
 
 use common::{seeded, vit, vit_fails, TempDir};
 
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
@@ -353,7 +355,7 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
 
 /// Starts `vit ARGS` (its stderr captured) and waits for the run folder `run` to get its
 /// config.json, which vit writes once its signal handler is installed.
-fn start_training(args: &[&str], run: &Path) -> std::process::Child {
+fn start_training<S: AsRef<std::ffi::OsStr>>(args: &[S], run: &Path) -> std::process::Child {
     let child = Command::new(env!("CARGO_BIN_EXE_vit"))
         .args(args)
         .stdout(std::process::Stdio::null())
@@ -378,29 +380,37 @@ fn send(signal: &str, child: &std::process::Child) {
 #[test]
 fn ctrl_c_or_sigterm_saves_the_run_and_prints_a_resume_command_that_works() {
     let (root, data_dir) = colour_cifar10("ctrl-c");
-    // Ctrl-C, and SIGTERM as a scheduler or `docker stop` sends it. A space and a quote in
-    // a folder's name: the printed command must quote them.
-    for (signal, folder) in [("-INT", "run 'one'"), ("-TERM", "run two")] {
-        let run = root.join(folder);
-        let (data, out) = (data_dir.to_str().unwrap(), run.to_str().unwrap());
-        let mut args = tiny_run_args(data, out);
+    // Ctrl-C, and SIGTERM as a scheduler or `docker stop` sends it. A space, a quote and a
+    // byte that is not UTF-8 in a folder's name: the printed command must give them back.
+    for (signal, folder) in [("-INT", &b"run 'one' \xff"[..]), ("-TERM", b"run two")] {
+        let run = root.join(OsStr::from_bytes(folder));
+        let out_placeholder = "OUT";
+        let mut args: Vec<OsString> = tiny_run_args(data_dir.to_str().unwrap(), out_placeholder)
+            .into_iter()
+            .map(|arg| match arg {
+                _ if arg == out_placeholder => run.clone().into_os_string(),
+                _ => arg.into(),
+            })
+            .collect();
         #[rustfmt::skip]
-        args.extend(["--epochs", "2", "--batch-size", "1", "--warmup-epochs", "1", "--train-subset", "100"]);
+        args.extend(["--epochs", "2", "--batch-size", "1", "--warmup-epochs", "1", "--train-subset", "100"].map(OsString::from));
         // 200 steps follow the start.
         let child = start_training(&args, &run);
         send(signal, &child);
         let output = child.wait_with_output().unwrap();
-        assert_eq!(output.status.code(), Some(130), "{signal}");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let command = stderr
-            .lines()
-            .find_map(|line| line.strip_prefix("Resume with: "))
+        assert_eq!(output.status.code(), Some(130), "{signal}: {stderr}");
+        let command = output
+            .stderr
+            .split(|&byte| byte == b'\n')
+            .find_map(|line| line.strip_prefix(b"Resume with: "))
             .unwrap_or_else(|| panic!("{signal}: no resume command in {stderr}"));
         assert!(run.join("resume.safetensors").exists());
-        let resumed = Command::new("sh").args(["-c", command]).output().unwrap();
+        let command = OsStr::from_bytes(command);
+        let resumed = Command::new("sh").arg("-c").arg(command).output().unwrap();
         assert!(
             resumed.status.success(),
-            "{command}: {}",
+            "{command:?}: {}",
             String::from_utf8_lossy(&resumed.stderr)
         );
         assert_eq!(read_metrics(&run).1.len(), 2);
@@ -523,6 +533,26 @@ fn resume_at_an_epoch_boundary_is_exact() {
     let first = run_training(&settings, &dataset, &resumed, false, true);
     assert!(matches!(first, Outcome::Interrupted { epoch: 1, .. }));
     assert_eq!(read_metrics(&resumed).1.len(), 1);
+
+    // A metrics.csv that lost the finished epoch's row is refused and left as it is...
+    let metrics = resumed.join("metrics.csv");
+    let saved = std::fs::read_to_string(&metrics).unwrap();
+    let header_only = format!("{}\n", saved.lines().next().unwrap());
+    std::fs::write(&metrics, &header_only).unwrap();
+    let flag = AtomicBool::new(false);
+    let error = train::train(&settings, &dataset, &options(&resumed, true, &flag))
+        .err()
+        .unwrap();
+    let error = format!("{error:#}");
+    assert!(
+        error.contains("the rows of epochs 1 to 1, but its rows are for epochs []"),
+        "{error}"
+    );
+    assert_eq!(std::fs::read_to_string(&metrics).unwrap(), header_only);
+    // ...while a row after the saved state (a crash between the two writes) is dropped.
+    let extra_row = saved.lines().nth(1).unwrap().replacen("1,", "2,", 1);
+    std::fs::write(&metrics, format!("{saved}{extra_row}\n")).unwrap();
+
     run_training(&settings, &dataset, &resumed, true, false);
     assert_same_run(&straight, &resumed);
 }
@@ -774,6 +804,10 @@ fn user_errors_say_what_to_do() {
         ("--randaugment-ops=3", "need --augment-policy randaugment"),
         ("--mix-prob=0.5", "--mix-prob needs --mixup or --cutmix"),
         (
+            "--mixup=-1 --mix-prob=0.5",
+            "--mixup and --cutmix take a number alpha >= 0",
+        ),
+        (
             "--switch-prob=0.2 --mixup=0.8",
             "it needs both --mixup and --cutmix",
         ),
@@ -884,6 +918,44 @@ fn user_errors_say_what_to_do() {
         "cpu",
     ]);
     assert!(stderr.contains("has 5 classes but cifar10"), "{stderr}");
+    // attention too: a test image's true class would otherwise get another dataset's name.
+    let picture = root.join("five.png");
+    #[rustfmt::skip]
+    let stderr = vit_fails(&[
+        "attention", "--checkpoint", checkpoint.to_str().unwrap(), "--data-dir", data,
+        "--index", "0", "--device", "cpu", "-o", picture.to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("has 5 classes but cifar10"), "{stderr}");
+    assert!(!picture.exists());
+
+    // A greyscale model cannot take the RGB images vit decodes: said so, not a shape error.
+    let vs_grey = tch::nn::VarStore::new(Device::Cpu);
+    let grey_config = ViTConfig {
+        in_channels: 1,
+        ..ViTConfig::tiny()
+    };
+    vit_tch::model::VisionTransformer::new(&vs_grey.root(), &grey_config).unwrap();
+    let grey_model = root.join("grey-model.safetensors");
+    vit_tch::checkpoint::save(&vs_grey, &grey_config, &[], &grey_model).unwrap();
+    let colour = root.join("colour.png");
+    image::RgbImage::from_pixel(32, 32, image::Rgb([200, 30, 10]))
+        .save(&colour)
+        .unwrap();
+    let (grey_model, colour) = (grey_model.to_str().unwrap(), colour.to_str().unwrap());
+    for command in ["predict", "attention"] {
+        let stderr = vit_fails(&[
+            command,
+            "--checkpoint",
+            grey_model,
+            colour,
+            "--device",
+            "cpu",
+        ]);
+        assert!(
+            stderr.contains("takes images of 1 channel(s), but vit reads image files as RGB"),
+            "{command}: {stderr}"
+        );
+    }
 
     // A checkpoint that loads but would mislead: NaN weights, another normalisation, a
     // broken class list. Each is a warning; a dataset vit cannot read is an error.
@@ -936,6 +1008,14 @@ fn user_errors_say_what_to_do() {
     assert!(
         stderr
             .contains("lettered.safetensors has `classes` metadata that is not a list of 10 names"),
+        "{stderr}"
+    );
+    // A folder that cannot take the confusion matrix is refused before the test pass, with
+    // the flag that writes it elsewhere.
+    #[rustfmt::skip]
+    let stderr = vit_fails(&["eval", "--checkpoint", lettered.to_str().unwrap(), "--data-dir", data, "--device", "cpu", "--out", "/proc/vit-eval"]);
+    assert!(
+        stderr.contains("cannot create /proc/vit-eval") && stderr.contains("pass --out DIR"),
         "{stderr}"
     );
 
@@ -1208,4 +1288,25 @@ fn resume_removes_the_temporary_files_of_a_killed_run() {
     std::fs::write(&stale, b"partial").unwrap();
     run_training(&settings, &dataset, &failed, false, false);
     assert!(!stale.exists());
+}
+
+/// A write to stdout that fails (`vit eval --json > results.json` on a full disk) is an
+/// error of one line and status 1, as any other, not a panic ("failed printing to stdout").
+#[test]
+fn a_failed_write_to_stdout_is_an_error_not_a_panic() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_vit"))
+        .args(["info", "--config", "tiny"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        "Error: cannot write to standard output: No space left on device (os error 28)"
+    );
 }

@@ -42,6 +42,8 @@ pub struct RecordFormat {
     pub num_classes: usize,
     /// For messages and the download hint: "cifar10" or "cifar100".
     pub dataset: &'static str,
+    /// The folder under `--data-dir` that holds the files.
+    pub folder: &'static str,
 }
 
 impl RecordFormat {
@@ -55,18 +57,21 @@ pub const CIFAR10_FORMAT: RecordFormat = RecordFormat {
     label_index: 0,
     num_classes: 10,
     dataset: "cifar10",
+    folder: CIFAR10_FOLDER,
 };
 pub const CIFAR100_FINE_FORMAT: RecordFormat = RecordFormat {
     label_bytes: 2,
     label_index: 1,
     num_classes: 100,
     dataset: "cifar100",
+    folder: CIFAR100_FOLDER,
 };
 pub const CIFAR100_COARSE_FORMAT: RecordFormat = RecordFormat {
     label_bytes: 2,
     label_index: 0,
     num_classes: 20,
     dataset: "cifar100",
+    folder: CIFAR100_FOLDER,
 };
 
 /// Reads `DATA_DIR/cifar-10-batches-bin/`: 50,000 training and 10,000 test images.
@@ -120,7 +125,18 @@ pub fn load_cifar100(data_dir: &Path, coarse_labels: bool) -> Result<Dataset> {
 /// The message for a file of a dataset that is not there.
 fn missing(path: &Path, format: &RecordFormat, data_dir: &Path) -> String {
     let folder = path.parent().unwrap_or(path);
-    let advice = if folder.is_dir() {
+    let advice = if data_dir.file_name() == Some(std::ffi::OsStr::new(format.folder)) {
+        // `vit download` here would nest a second copy inside this one.
+        format!(
+            "--data-dir takes the folder that holds {}: pass --data-dir {}",
+            format.folder,
+            data_dir
+                .parent()
+                .filter(|parent| !parent.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .display()
+        )
+    } else if folder.is_dir() {
         format!(
             "{} is incomplete: {}",
             folder.display(),

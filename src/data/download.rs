@@ -3,9 +3,9 @@
 //!
 //! The archive is streamed to a hidden temporary file beside the data (hashing as it goes),
 //! verified, unpacked into a hidden temporary folder, and only then is the dataset folder
-//! renamed into place. Any failure removes the temporaries, so the data folder holds either
-//! the complete dataset or nothing of it; temporaries left by a killed run are removed by
-//! the next one.
+//! renamed into place. Any failure, and Ctrl-C, removes the temporaries, so the data folder
+//! holds either the complete dataset or nothing of it; temporaries left by a killed run
+//! are removed by the next one.
 
 use crate::fsutil::{remove_file_or_folder, remove_stale_temporaries, temporary_sibling};
 use anyhow::{bail, Context, Result};
@@ -13,6 +13,7 @@ use md5::{Digest, Md5};
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Where the official archives live.
@@ -64,12 +65,13 @@ pub fn fetch(source: &str, data_dir: &Path, spec: &ArchiveSpec) -> Result<Fetche
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     remove_stale_temporaries(data_dir);
+    remove_temporaries_on_interrupt()?;
 
-    let archive = TempPath(temporary_sibling(&data_dir.join(spec.file_name)));
+    let archive = TempPath::new(temporary_sibling(&data_dir.join(spec.file_name)));
     let source = resolve_source(source, spec);
     download(&source, &archive.0, spec)?;
 
-    let unpack_dir = TempPath(temporary_sibling(&data_dir.join(spec.folder)));
+    let unpack_dir = TempPath::new(temporary_sibling(&data_dir.join(spec.folder)));
     unpack(&archive.0, &unpack_dir.0, spec).with_context(|| {
         format!(
             "cannot unpack {source}; nothing was written to {}",
@@ -111,13 +113,58 @@ fn is_url(source: &str) -> bool {
     source.starts_with("http://") || source.starts_with("https://")
 }
 
-/// A temporary file or folder, removed when dropped (after success or failure alike).
+/// A temporary file or folder, removed when dropped (after success or failure alike), or
+/// by the Ctrl-C handler.
 struct TempPath(PathBuf);
+
+/// The temporaries that exist now, for the Ctrl-C handler: ending the process skips drops.
+static TEMPORARIES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+impl TempPath {
+    fn new(path: PathBuf) -> Self {
+        lock_temporaries().push(path.clone());
+        Self(path)
+    }
+}
 
 impl Drop for TempPath {
     fn drop(&mut self) {
+        lock_temporaries().retain(|path| *path != self.0);
         let _ = remove_file_or_folder(&self.0);
     }
+}
+
+fn lock_temporaries() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    // A list of paths stays usable after a panic elsewhere.
+    TEMPORARIES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Makes Ctrl-C (or SIGTERM, SIGHUP) remove the temporaries of a download in progress,
+/// then end the process with status 130. Installed once per process.
+fn remove_temporaries_on_interrupt() -> Result<()> {
+    static INSTALLED: std::sync::OnceLock<std::result::Result<(), String>> =
+        std::sync::OnceLock::new();
+    let installed = INSTALLED.get_or_init(|| {
+        ctrlc::set_handler(|| {
+            let removed: Vec<PathBuf> = lock_temporaries().drain(..).collect();
+            for path in &removed {
+                let _ = remove_file_or_folder(path);
+            }
+            if !removed.is_empty() {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\nInterrupted: the partial download is removed"
+                );
+            }
+            crate::runtime::quit_at_once(130);
+        })
+        .map_err(|e| e.to_string())
+    });
+    installed
+        .clone()
+        .map_err(|e| anyhow::anyhow!("cannot install the Ctrl-C handler: {e}"))
 }
 
 /// Streams `source` into `dest`, with a progress bar, checking size and MD5. On any error

@@ -5,13 +5,13 @@
 //!
 //! Every image is decoded with the `image` crate, converted to RGB, resized to
 //! `image_size`×`image_size` (bilinear, antialiased when shrinking) when it is not already
-//! that size, and written in CHW order into one contiguous buffer, which becomes one uint8
-//! tensor. Decoding is spread over the available cores.
+//! that size, and written in CHW order into one uint8 tensor. Decoding is spread over the
+//! available cores.
 
 use super::{Dataset, Split};
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 /// An image file and its label.
 pub type LabeledFile = (PathBuf, i64);
@@ -131,28 +131,44 @@ fn has_image_extension(path: &Path) -> bool {
 pub fn decode_split(files: &[LabeledFile], size: u32) -> Result<Split> {
     let paths: Vec<&Path> = files.iter().map(|(path, _)| path.as_path()).collect();
     let images = decode_images(&paths, size)?;
-    let labels = Tensor::from_slice(&files.iter().map(|(_, l)| *l).collect::<Vec<i64>>());
+    let labels = Tensor::from_slice(&files.iter().map(|(_, label)| *label).collect::<Vec<i64>>());
     Ok(Split { images, labels })
 }
 
 /// Decodes image files (on all cores) into uint8 [N, 3, size, size].
 pub fn decode_images(files: &[&Path], size: u32) -> Result<Tensor> {
-    let per_image = 3 * size as usize * size as usize;
-    let bytes = files.len() * per_image;
+    let (n, side) = (files.len() as i64, size as i64);
     // Refused with an error rather than an abort: a --image-size too large for memory.
-    let mut pixels = Vec::new();
-    pixels.try_reserve_exact(bytes).map_err(|_| {
+    let images = Tensor::f_empty([n, 3, side, side], (Kind::Uint8, Device::Cpu)).map_err(|_| {
         anyhow!(
-            "{} images of {size}x{size} pixels need {:.1} GB, more memory than there is; \
+            "{n} images of {size}x{size} pixels need {:.1} GB, more memory than there is; \
              use a smaller --image-size",
-            files.len(),
-            bytes as f64 / 1e9
+            (3 * n) as f64 * (side * side) as f64 / 1e9
         )
     })?;
-    pixels.resize(bytes, 0);
+    let per_image = 3 * size as usize * size as usize;
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .max(1);
+    // Decoded a block at a time into one buffer, then copied in: memory stays at the
+    // dataset plus a block, not twice the dataset.
+    let block = threads * 64;
+    let mut pixels = vec![0u8; block.min(files.len()) * per_image];
+    for (index, block_files) in files.chunks(block).enumerate() {
+        let block_pixels = &mut pixels[..block_files.len() * per_image];
+        decode_in_parallel(block_files, size, block_pixels, threads)?;
+        let count = block_files.len() as i64;
+        images
+            .narrow(0, (index * block) as i64, count)
+            .copy_(&Tensor::from_slice(block_pixels).view([count, 3, side, side]));
+    }
+    Ok(images)
+}
+
+/// Decodes `files` into `pixels` (one image's CHW bytes after another), split over
+/// `threads` threads.
+fn decode_in_parallel(files: &[&Path], size: u32, pixels: &mut [u8], threads: usize) -> Result<()> {
+    let per_image = pixels.len() / files.len().max(1);
     let chunk = files.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
         let workers: Vec<_> = files
@@ -171,9 +187,7 @@ pub fn decode_images(files: &[&Path], size: u32) -> Result<Tensor> {
             w.join()
                 .unwrap_or_else(|_| Err(anyhow!("an image decoding thread panicked")))
         })
-    })?;
-    let n = files.len() as i64;
-    Ok(Tensor::from_slice(&pixels).reshape([n, 3, size as i64, size as i64]))
+    })
 }
 
 /// Decodes one image file as RGB, resized to `size`×`size`, into `dst` in CHW order.

@@ -134,9 +134,9 @@ pub fn mix(
     let lam_cut: Tensor = ((&yh - &yl) * (&xh - &xl) / (hf * wf)).neg() + 1.0;
     let in_box = super::augment::box_mask(&yl, &yh, &xl, &xh, h, w);
     let cut = flipped.where_self(&in_box, images);
-    let v = |t: &Tensor| t.view([n, 1, 1, 1]);
+    let per_image = |t: &Tensor| t.view([n, 1, 1, 1]);
 
-    let out = cut.where_self(&v(&use_cutmix), &mixed);
+    let out = cut.where_self(&per_image(&use_cutmix), &mixed);
     let lam = lam_cut.where_self(&use_cutmix, &lam);
     let targets = mixup_target(
         labels,

@@ -26,7 +26,9 @@ use console::Console;
 use ema::Ema;
 use run_folder::{default_run_dir, Progress, RunFolder};
 use serde::{Deserialize, Serialize};
+use std::ffi::OsString;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -227,13 +229,15 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         } => {
             // The state is saved whether or not this can be written (`2>&1 | tee` after
             // Ctrl-C ended tee), and the status says so.
-            let _ = writeln!(
-                std::io::stderr(),
+            let mut report = format!(
                 "Interrupted after step {step} of epoch {epoch}; the state is saved in {}.\n\
-                 Resume with: {}",
-                run_dir.display(),
-                resume_command(args, &run_dir)
-            );
+                 Resume with: ",
+                run_dir.display()
+            )
+            .into_bytes();
+            report.extend(resume_command(args, &run_dir));
+            report.push(b'\n');
+            let _ = std::io::stderr().write_all(&report);
             std::process::exit(130);
         }
     }
@@ -333,20 +337,21 @@ fn stop_on_interrupt() -> Result<Arc<AtomicBool>> {
 }
 
 /// The command that resumes the run in `run_dir`: the same flags again (and the run folder,
-/// when it was the default) plus `--resume`, quoted for a POSIX shell.
-fn resume_command(args: &TrainArgs, run_dir: &Path) -> String {
-    let mut command: Vec<String> = std::env::args().collect();
+/// when it was the default) plus `--resume`, quoted for a POSIX shell. Bytes, not text: a
+/// path need not be UTF-8, and the command must give it back exactly.
+fn resume_command(args: &TrainArgs, run_dir: &Path) -> Vec<u8> {
+    let mut command: Vec<OsString> = std::env::args_os().collect();
     if args.out.is_none() {
-        command.extend(["--out".to_string(), run_dir.display().to_string()]);
+        command.extend(["--out".into(), run_dir.into()]);
     }
     if !args.resume {
-        command.push("--resume".to_string());
+        command.push("--resume".into());
     }
-    command
+    let quoted: Vec<Vec<u8>> = command
         .iter()
-        .map(|arg| shell_quoted(arg))
-        .collect::<Vec<_>>()
-        .join(" ")
+        .map(|arg| shell_quoted(arg.as_bytes()))
+        .collect();
+    quoted.join(&b' ')
 }
 
 /// How `train` ended.
@@ -682,14 +687,22 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// `arg` as a POSIX shell reads it back: as is when that is safe, else in single quotes.
-fn shell_quoted(arg: &str) -> String {
-    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./:=,+@%".contains(c);
-    if !arg.is_empty() && arg.chars().all(plain) {
-        arg.to_string()
-    } else {
-        format!("'{}'", arg.replace('\'', r"'\''"))
+/// `arg` as a POSIX shell reads it back: as is when that is safe, else in single quotes
+/// (which keep every byte but the quote itself as it is).
+fn shell_quoted(arg: &[u8]) -> Vec<u8> {
+    let plain = |byte: &u8| byte.is_ascii_alphanumeric() || b"_-./:=,+@%".contains(byte);
+    if !arg.is_empty() && arg.iter().all(plain) {
+        return arg.to_vec();
     }
+    let mut quoted = vec![b'\''];
+    for &byte in arg {
+        match byte {
+            b'\'' => quoted.extend(br"'\''"),
+            _ => quoted.push(byte),
+        }
+    }
+    quoted.push(b'\'');
+    quoted
 }
 
 /// A seed for (run seed, epoch, step) that never repeats across steps of a run.

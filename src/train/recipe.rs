@@ -70,6 +70,13 @@ impl Regularization {
             switch_prob: args.switch_prob.unwrap_or(default_mix.switch_prob),
             ..default_mix
         };
+        // First: a negative alpha would read as "not given" in the checks after it.
+        ensure!(
+            [mix.mixup_alpha, mix.cutmix_alpha]
+                .iter()
+                .all(|alpha| *alpha >= 0.0 && alpha.is_finite()),
+            "--mixup and --cutmix take a number alpha >= 0 (0 turns it off)"
+        );
         ensure!(
             mix.mixup_alpha > 0.0 || mix.cutmix_alpha > 0.0 || args.mix_prob.is_none(),
             "--mix-prob needs --mixup or --cutmix (or --recipe strong)"
@@ -108,12 +115,6 @@ impl Regularization {
                 "{flag} must be in [0, {upper}, got {value}"
             );
         }
-        ensure!(
-            [mix.mixup_alpha, mix.cutmix_alpha]
-                .iter()
-                .all(|alpha| *alpha >= 0.0 && alpha.is_finite()),
-            "--mixup and --cutmix take a number alpha >= 0 (0 turns it off)"
-        );
         Ok(regularization)
     }
 }

@@ -207,19 +207,19 @@ impl RunFolder {
         numbered: bool,
         device: Device,
     ) -> Result<Self> {
-        let lock = if numbered {
+        let (dir, lock) = if numbered {
             let dir = create_numbered_folder(dir)?;
             let lock = RunLock::take(&dir)?;
-            return Self::start(dir, lock, settings, device);
+            (dir, lock)
         } else if dir.join(LOCK_FILE).exists() {
             // A vit run's folder: locked first, so that a live run's is "in use".
             let lock = RunLock::take(dir)?;
             check_fresh(dir)?;
-            lock
+            (dir.to_path_buf(), lock)
         } else if dir.is_dir() {
             // Checked before the lock file is made: a refused folder is left as it was.
             check_fresh(dir)?;
-            RunLock::take(dir)?
+            (dir.to_path_buf(), RunLock::take(dir)?)
         } else {
             std::fs::create_dir_all(dir).with_context(|| {
                 format!(
@@ -227,10 +227,10 @@ impl RunFolder {
                     dir.display()
                 )
             })?;
-            RunLock::take(dir)?
+            (dir.to_path_buf(), RunLock::take(dir)?)
         };
-        remove_stale_temporaries(dir);
-        Self::start(dir.to_path_buf(), lock, settings, device)
+        remove_stale_temporaries(&dir);
+        Self::start(dir, lock, settings, device)
     }
 
     /// A fresh run in the locked folder `dir`: config.json and the metrics header.
@@ -393,12 +393,44 @@ impl RunFolder {
         Ok(progress)
     }
 
+    /// Keeps metrics.csv's header and the rows of the first `epochs` epochs, dropping any
+    /// after them; refuses a file that does not hold those rows (edited, or cut short), which
+    /// the resumed run would extend into one with gaps that `vit plot` cannot read.
     fn truncate_metrics(&self, epochs: usize) -> Result<()> {
         let path = self.path("metrics.csv");
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot resume: cannot read {}", path.display()))?;
-        let kept: Vec<&str> = text.lines().take(epochs + 1).collect();
-        write_atomic(&path, format!("{}\n", kept.join("\n")).as_bytes())
+        let kept = format!(
+            "{}\n",
+            text.lines().take(epochs + 1).collect::<Vec<_>>().join("\n")
+        );
+        let mut reader = csv::Reader::from_reader(kept.as_bytes());
+        let header_is_vits = reader
+            .headers()
+            .is_ok_and(|header| header.iter().eq(metrics_header().iter()));
+        let rows: Vec<Option<usize>> = reader
+            .deserialize::<EpochMetrics>()
+            .map(|row| row.ok().map(|row| row.epoch))
+            .collect();
+        let expected: Vec<Option<usize>> = (1..=epochs).map(Some).collect();
+        if !header_is_vits || rows != expected {
+            let found = if !header_is_vits {
+                "its first line is not the header vit writes".to_string()
+            } else {
+                let epochs: Vec<String> = rows
+                    .iter()
+                    .map(|row| row.map_or("(unreadable)".into(), |epoch| epoch.to_string()))
+                    .collect();
+                format!("its rows are for epochs [{}]", epochs.join(", "))
+            };
+            bail!(
+                "cannot resume {}: the saved state has finished {epochs} epoch(s), so metrics.csv \
+                 should hold its header and the rows of epochs 1 to {epochs}, but {found}. Put \
+                 back the run's own metrics.csv, or start a new run with another --out",
+                self.dir.display()
+            );
+        }
+        write_atomic(&path, kept.as_bytes())
     }
 }
 
