@@ -70,8 +70,11 @@ device: build
 	rm -rf .device/tests
 	mkdir -p .device/tests
 	cp -f $(VIT) $(SHARED)/tools/cifar10-jpeg-to-bin $(SHARED)/data/cifar10-jpeg.tar.gz .device/
-	cargo test --release --no-run --message-format=json $(DEVICE_TESTS:%=--test %) \
-	    | $(PY) -c 'import json, shutil, sys; [shutil.copy(m["executable"], ".device/tests/" + m["target"]["name"]) for m in map(json.loads, sys.stdin) if m.get("executable") and m["target"]["kind"] == ["test"]]'
+	cargo test --release --no-run --message-format=json $(DEVICE_TESTS:%=--test %) > .device/build.json
+	$(PY) -c 'import json, shutil, sys; [shutil.copy(m["executable"], ".device/tests/" + m["target"]["name"]) for m in map(json.loads, sys.stdin) if m.get("executable") and m["target"]["kind"] == ["test"]]' < .device/build.json
+	rm .device/build.json
+	test "$$(ls .device/tests | wc -l)" -eq $(words $(DEVICE_TESTS)) || { \
+	    echo "error: .device/tests should hold the $(words $(DEVICE_TESTS)) test binaries $(DEVICE_TESTS)"; exit 1; }
 
 clean:
 	cargo clean

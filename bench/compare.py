@@ -119,6 +119,12 @@ def parse_args(argv=None):
         help="one more side, vit-graph: the --vit binary with --cuda-graph (its training "
         "steps replayed as a CUDA graph; the PyTorch sides stay eager)",
     )
+    p.add_argument(
+        "--side-timeout",
+        type=float,
+        default=None,
+        help="seconds one side's run may take before it counts as failed (default: no limit)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     # Internal: run one PyTorch side in this process and print its JSON report.
     p.add_argument("--worker", choices=("reference", "timm"), help=argparse.SUPPRESS)
@@ -307,8 +313,11 @@ class SideFailed(Exception):
     """A side's command failed or printed no report; the message says how."""
 
 
-def run_json(command, env):
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+def run_json(command, env, timeout=None):
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SideFailed(f"`{' '.join(command)}` took more than {timeout:g} s") from None
     if done.returncode != 0:
         raise SideFailed(
             f"`{' '.join(command)}` failed with exit status {done.returncode}:\n"
@@ -501,10 +510,19 @@ def main():
                 continue
             print(f"[{repeat + 1}/{args.repeats}] {side} ...", file=sys.stderr, flush=True)
             try:
-                runs[side].append(run_json(command, env))
+                report = run_json(command, env, args.side_timeout)
             except SideFailed as failure:
                 failed[side] = str(failure)
                 print(f"error: side {side}: {failure}", file=sys.stderr, flush=True)
+                continue
+            runs[side].append(report)
+            # Said at once: a run cut short before the table still shows what it measured.
+            print(
+                f"[{repeat + 1}/{args.repeats}] {side}: train {report['train_images_per_s']:.1f}, "
+                f"inference {report['infer_images_per_s']:.1f} images/s",
+                file=sys.stderr,
+                flush=True,
+            )
     if not any(runs.values()):
         sys.exit("error: every side failed")
     sides = {side: median_report(r) for side, r in runs.items() if side not in failed}

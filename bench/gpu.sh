@@ -6,7 +6,9 @@
 #                          CIFAR-10 JPEG converter and archive into the git-ignored .device/,
 #                          41 MiB; name it in the device tool's `carry`)
 # There:  OUT=$OUT BUDGET_S=540 bash bench/gpu.sh   (BUDGET_S: seconds the whole script may
-#                          take; the device call's timeout_s less 60)
+#                          take; the device call's limit less 60. Check the device tool's
+#                          `status` first: with less than 600 s of device time left, the
+#                          limit is lower than the timeout_s asked for)
 #
 # Everything is written under $WORK (default /tmp/vit-gpu): info.txt (vit, GPU, torch and
 # timm versions); test-*.txt (the CUDA tests); compare-bf16.txt (vit against the PyTorch
@@ -162,43 +164,74 @@ run_phase() {
 LIBTORCH_LIB=$($PY -c 'import torch, os; print(os.path.dirname(torch.__file__))')/lib
 export LD_LIBRARY_PATH="$LIBTORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
+# The carry may lose the execute bits.
+chmod +x "$VIT" .device/tests/* .device/cifar10-jpeg-to-bin 2>/dev/null || true
 {
     "$VIT" info || echo "vit info failed: status $?"
+    # Built on another machine: a library missing here (an older glibc, say) shows now.
+    ldd "$VIT" | grep "not found" || echo "vit's libraries: all found"
+    ldd --version | head -n 1
     nvidia-smi || true
     $PY -c 'import torch, timm; print("torch", torch.__version__, "CUDA", torch.version.cuda,
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU", "timm", timm.__version__)' \
         || true
 } 2>&1 | tee "$WORK/info.txt"
+if [ "$DEVICE" != cpu ] && ! grep -q "CUDA available: true" "$WORK/info.txt"; then
+    echo "vit sees no CUDA device (see info.txt): every GPU figure below is missing" \
+        | tee -a "$WORK/failures.txt"
+fi
+
+# The CIFAR-10 conversion (CPU only) runs beside the tests, which time nothing; it is
+# waited for before the comparisons, which it would disturb.
+CONVERT=""
+if [ ! -d data/cifar-10-batches-bin ]; then
+    run_phase convert 300 "$WORK/convert.txt" \
+        $PY .device/cifar10-jpeg-to-bin .device/cifar10-jpeg.tar.gz data/cifar-10-batches-bin \
+        >/dev/null &
+    CONVERT=$!
+fi
 
 # The test binaries with CUDA checks (CUDA graph steps against eager ones, CUDA peak
 # memory, the notebook's and the strong recipe's augmentations on the GPU), built here by
-# `make device`.
-for test in .device/tests/*; do
-    [ -x "$test" ] || continue
+# `make device`. Each takes seconds; 90 s bounds one that hangs.
+tests=(.device/tests/*)
+[ -e "${tests[0]}" ] || echo "no test binaries in .device/tests (run make device)" \
+    | tee -a "$WORK/failures.txt"
+for test in "${tests[@]}"; do
+    [ -e "$test" ] || continue
     name=test-$(basename "$test")
-    run_phase "$name" 180 "$WORK/$name.txt" \
-        env VIT_FIXTURES=tests/fixtures VIT_BIN="$(realpath "$VIT")" "$test" --test-threads 1 \
-        || true
+    # --nocapture: the tests' own lines (a CUDA check's "no CUDA device") reach the log.
+    run_phase "$name" 90 "$WORK/$name.txt" \
+        env VIT_FIXTURES=tests/fixtures VIT_BIN="$(realpath "$VIT")" \
+        "$test" --test-threads 1 --nocapture || true
+    # A CUDA check that found no CUDA device passes: that must not pass for a result.
+    if grep -q "no CUDA device" "$WORK/$name.txt"; then
+        echo "$name: a CUDA check found no CUDA device" | tee -a "$WORK/failures.txt"
+    fi
 done
+# The graph phases only if the graph steps matched eager ones: a graph that hangs would
+# cost each of them its whole limit.
+if [ -n "$GRAPH_FLAG" ] && ! grep -q "test result: ok" "$WORK/test-cuda_graph.txt" 2>/dev/null; then
+    echo "no --cuda-graph phases: tests/cuda_graph.rs did not pass" | tee -a "$WORK/failures.txt"
+    GRAPH_FLAG=""
+fi
+if [ -n "$CONVERT" ]; then
+    wait "$CONVERT" || true
+fi
 pack_now
 
 # vit against both PyTorch sides on the same fused AdamW kernel; then vit eager and with
 # --cuda-graph against timm on PyTorch's CUDA default (foreach AdamW). A side that fails
 # is left out of its table, and the others stay.
-run_phase compare 300 "$WORK/compare-$PRECISION.txt" \
+# A side that hangs counts as failed after 90 s (each side's figures are logged as it ends).
+run_phase compare 200 "$WORK/compare-$PRECISION.txt" \
     $PY bench/compare.py --vit "$VIT" --device "$DEVICE" --precision "$PRECISION" \
-    --config notebook --threads 2 $BENCH_ARGS || true
-run_phase compare-pytorch-foreach 300 "$WORK/compare-$PRECISION-pytorch-foreach.txt" \
+    --config notebook --threads 2 --side-timeout 90 $BENCH_ARGS || true
+run_phase compare-pytorch-foreach 200 "$WORK/compare-$PRECISION-pytorch-foreach.txt" \
     $PY bench/compare.py --vit "$VIT" --device "$DEVICE" --precision "$PRECISION" \
-    --config notebook --threads 2 $BENCH_ARGS --sides vit,timm --pytorch-foreach \
-    $GRAPH_FLAG || true
+    --config notebook --threads 2 --side-timeout 90 $BENCH_ARGS --sides vit,timm \
+    --pytorch-foreach $GRAPH_FLAG || true
 pack_now
-
-if [ ! -d data/cifar-10-batches-bin ]; then
-    run_phase convert 300 "$WORK/convert.txt" \
-        $PY .device/cifar10-jpeg-to-bin .device/cifar10-jpeg.tar.gz data/cifar-10-batches-bin \
-        || true
-fi
 
 # Two epochs: the first includes CUDA/cuDNN warm-up, the second is the steady-state
 # epoch time (training on all images plus the 10,000-image evaluation). Then the same

@@ -25,10 +25,11 @@ fn compare_py(extra: &[&str]) -> Output {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/compare.py");
     #[rustfmt::skip]
     let args = [
-        script, "--vit", env!("CARGO_BIN_EXE_vit"), "--config", "tiny", "--warmup", "1",
-        "--device", "cpu", "--threads", "1",
+        "--config", "tiny", "--warmup", "1", "--device", "cpu", "--threads", "1",
     ];
     Command::new(python())
+        .args([script, "--vit"])
+        .arg(common::vit_binary())
         .args(args)
         .args(extra)
         .output()

@@ -845,7 +845,7 @@ fn ctrl_c_during_a_download_removes_the_partial_archive() {
         let _ = stream.write_all(&vec![0u8; 1 << 20]);
         std::thread::sleep(std::time::Duration::from_secs(60));
     });
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_vit"))
+    let child = std::process::Command::new(common::vit_binary())
         .args([
             "download",
             "--dataset",

@@ -319,7 +319,7 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     assert!(picture.exists());
 
     // A fresh run into the same folder must not overwrite it.
-    let refused = Command::new(env!("CARGO_BIN_EXE_vit"))
+    let refused = Command::new(common::vit_binary())
         .args(tiny_run_args(data, out))
         .output()
         .unwrap();
@@ -356,7 +356,7 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
 /// Starts `vit ARGS` (its stderr captured) and waits for the run folder `run` to get its
 /// config.json, which vit writes once its signal handler is installed.
 fn start_training<S: AsRef<std::ffi::OsStr>>(args: &[S], run: &Path) -> std::process::Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_vit"))
+    let child = Command::new(common::vit_binary())
         .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -725,7 +725,7 @@ fn user_errors_say_what_to_do() {
 
     // A libtorch error (here: out of memory) is one line with advice, not a C++ stack.
     #[rustfmt::skip]
-    let output = Command::new(env!("CARGO_BIN_EXE_vit"))
+    let output = Command::new(common::vit_binary())
         .args(["bench", "--config", "tiny", "--batch-size", "100000000", "--device", "cpu"])
         .output()
         .unwrap();
@@ -1072,7 +1072,7 @@ fn a_caught_libtorch_error_is_one_line() {
 /// Runs `vit ARGS` with its stdout a pipe already closed (`vit info | head -1` once head
 /// has gone).
 fn vit_into_a_closed_pipe(args: &[&str]) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vit"))
+    let mut child = Command::new(common::vit_binary())
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -1298,7 +1298,7 @@ fn a_failed_write_to_stdout_is_an_error_not_a_panic() {
         .write(true)
         .open("/dev/full")
         .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_vit"))
+    let output = Command::new(common::vit_binary())
         .args(["info", "--config", "tiny"])
         .stdout(full)
         .output()

@@ -6,7 +6,7 @@
 //! CUDA instead of one each), a linear layer whose matrix products run in oneDNN, and CUDA
 //! graphs (`torch.cuda.graph`).
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{anyhow, bail, ensure, Result};
 use std::ffi::{c_void, CStr};
 use tch::{Device, Tensor};
 
@@ -337,9 +337,18 @@ impl CudaGraph {
             unsafe { vit_cuda_graph_capture_end(graph.handle) },
             "CUDA graph capture",
         );
-        match result {
-            Err(error) => bail!("CUDA graph capture failed: {error:#}"),
-            Ok(value) => ended.map(|()| (graph, value)),
+        let outcome = match result {
+            Err(error) => Err(anyhow!("CUDA graph capture failed: {error:#}")),
+            Ok(value) => ended.map(|()| value),
+        };
+        match outcome {
+            Ok(value) => Ok((graph, value)),
+            Err(error) => {
+                // Not freed: freeing a graph whose capture failed may abort the process
+                // before this error reaches the user, who cannot go on with CUDA anyway.
+                std::mem::forget(graph);
+                Err(error)
+            }
         }
     }
 

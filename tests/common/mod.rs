@@ -146,10 +146,15 @@ pub fn python() -> PathBuf {
     std::path::absolute(&python).expect("an absolute path")
 }
 
-/// Runs `vit ARGS`: the binary cargo built for these tests, or `$VIT_BIN` where set (a test
+/// The `vit` binary: the one cargo built for these tests, or `$VIT_BIN` where set (a test
 /// binary run on another machine, as bench/gpu.sh does).
+pub fn vit_binary() -> std::ffi::OsString {
+    std::env::var_os("VIT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_vit").into())
+}
+
+/// Runs `vit ARGS` (see [`vit_binary`]).
 fn run_vit(args: &[&str]) -> std::process::Output {
-    let binary = std::env::var_os("VIT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_vit").into());
+    let binary = vit_binary();
     std::process::Command::new(&binary)
         .args(args)
         .output()
