@@ -170,7 +170,8 @@ chmod +x "$VIT" .device/tests/* .device/cifar10-jpeg-to-bin 2>/dev/null || true
     "$VIT" info || echo "vit info failed: status $?"
     # Built on another machine: a library missing here (an older glibc, say) shows now.
     ldd "$VIT" | grep "not found" || echo "vit's libraries: all found"
-    ldd --version | head -n 1
+    # sed, not head: head would end ldd by SIGPIPE, and pipefail the script.
+    ldd --version 2>&1 | sed -n 1p || true
     nvidia-smi || true
     $PY -c 'import torch, timm; print("torch", torch.__version__, "CUDA", torch.version.cuda,
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU", "timm", timm.__version__)' \

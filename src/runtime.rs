@@ -3,6 +3,7 @@
 //! second Ctrl-C; quietly, on a closed output pipe), and the memory there is.
 
 use std::cell::Cell;
+use std::io::Write;
 
 /// Sets libtorch's CPU thread count when `--threads` is given, warning when it exceeds
 /// the cores here (the threads would then wait for each other, and a run crawls).
@@ -61,6 +62,35 @@ pub fn run_command(
     }
 }
 
+/// Installs `handler` for Ctrl-C, SIGTERM and SIGHUP (the ctrlc crate's set), except for
+/// those the process was started with ignored: `nohup vit ...` must outlive its terminal,
+/// and a script's background job ignores Ctrl-C. Once per process.
+pub fn on_interrupt(handler: impl FnMut() + Send + 'static) -> anyhow::Result<()> {
+    let ignored: Vec<libc::c_int> = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP]
+        .into_iter()
+        .filter(|&signal| is_ignored(signal))
+        .collect();
+    ctrlc::set_handler(handler)
+        .map_err(|e| anyhow::anyhow!("cannot install the Ctrl-C handler: {e}"))?;
+    for signal in ignored {
+        // SAFETY: setting a signal's disposition to SIG_IGN has no other effect.
+        unsafe {
+            libc::signal(signal, libc::SIG_IGN);
+        }
+    }
+    Ok(())
+}
+
+/// Whether `signal` is ignored (SIG_IGN) in this process.
+fn is_ignored(signal: libc::c_int) -> bool {
+    // SAFETY: with a null new action, sigaction only reads the current one into `current`.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut current) == 0
+            && current.sa_sigaction == libc::SIG_IGN
+    }
+}
+
 /// Ends the process at once with `status`, as a second Ctrl-C must: without exit handlers,
 /// which would tear libtorch down under a step still running on another thread (a crash,
 /// not a quit).
@@ -93,7 +123,10 @@ fn report_errors_briefly() {
         let message = panic_message(info.payload());
         match brief_error(&message) {
             Some(_) if CATCHING.get() => {}
-            Some(error) => eprintln!("Error: {error}"),
+            // Not eprintln!: a panic here, on a stderr that fails too, would abort.
+            Some(error) => {
+                let _ = writeln!(std::io::stderr(), "Error: {error}");
+            }
             None => default_hook(info),
         }
     }));

@@ -824,7 +824,8 @@ fn http_download_and_interrupted_transfers() {
 
 /// Ctrl-C during a download (here, a server that has sent 1 MiB of the archive and then
 /// waits) removes the partial archive and ends with status 130: the data folder is left
-/// as it was, empty.
+/// as it was, empty. A signal the download was started with ignored (SIGHUP under nohup)
+/// stays ignored.
 #[test]
 fn ctrl_c_during_a_download_removes_the_partial_archive() {
     use std::io::{Read, Write};
@@ -845,16 +846,14 @@ fn ctrl_c_during_a_download_removes_the_partial_archive() {
         let _ = stream.write_all(&vec![0u8; 1 << 20]);
         std::thread::sleep(std::time::Duration::from_secs(60));
     });
-    let child = std::process::Command::new(common::vit_binary())
-        .args([
-            "download",
-            "--dataset",
-            "cifar10",
-            "--from",
-            &url,
-            "--data-dir",
-        ])
+    #[rustfmt::skip]
+    let mut child = std::process::Command::new("nohup")
+        .arg(common::vit_binary())
+        .args(["download", "--dataset", "cifar10", "--from", &url, "--data-dir"])
         .arg(&data_dir)
+        // Not a terminal: nohup would write nohup.out.
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -874,11 +873,20 @@ fn ctrl_c_during_a_download_removes_the_partial_archive() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let pid = child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap()
-        .success());
+    let kill = |signal: &str| {
+        let sent = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status();
+        assert!(sent.unwrap().success(), "kill {signal} {pid}");
+    };
+    kill("-HUP");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP under nohup ended the download"
+    );
+    assert!(partial_is_there());
+    kill("-INT");
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(130), "{stderr}");

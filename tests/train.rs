@@ -1012,12 +1012,17 @@ fn user_errors_say_what_to_do() {
     );
     // A folder that cannot take the confusion matrix is refused before the test pass, with
     // the flag that writes it elsewhere.
-    #[rustfmt::skip]
-    let stderr = vit_fails(&["eval", "--checkpoint", lettered.to_str().unwrap(), "--data-dir", data, "--device", "cpu", "--out", "/proc/vit-eval"]);
-    assert!(
-        stderr.contains("cannot create /proc/vit-eval") && stderr.contains("pass --out DIR"),
-        "{stderr}"
-    );
+    for (out, error) in [
+        ("/proc/vit-eval", "cannot create"),
+        ("/proc/self", "cannot write to"),
+    ] {
+        #[rustfmt::skip]
+        let stderr = vit_fails(&["eval", "--checkpoint", lettered.to_str().unwrap(), "--data-dir", data, "--device", "cpu", "--out", out]);
+        assert!(
+            stderr.contains(&format!("{error} {out}")) && stderr.contains("pass --out DIR"),
+            "{stderr}"
+        );
+    }
 
     let not_an_image = root.join("notes.png");
     std::fs::write(&not_an_image, "not a picture").unwrap();

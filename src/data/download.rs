@@ -147,24 +147,29 @@ fn remove_temporaries_on_interrupt() -> Result<()> {
     static INSTALLED: std::sync::OnceLock<std::result::Result<(), String>> =
         std::sync::OnceLock::new();
     let installed = INSTALLED.get_or_init(|| {
-        ctrlc::set_handler(|| {
-            let removed: Vec<PathBuf> = lock_temporaries().drain(..).collect();
-            for path in &removed {
-                let _ = remove_file_or_folder(path);
-            }
-            if !removed.is_empty() {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "\nInterrupted: the partial download is removed"
-                );
-            }
+        crate::runtime::on_interrupt(|| {
+            let temporaries: Vec<PathBuf> = lock_temporaries().drain(..).collect();
+            // The unpacking goes on while this runs: a folder it just added a file to is
+            // not empty at the first try.
+            let left: Vec<&PathBuf> = temporaries
+                .iter()
+                .filter(|path| {
+                    !(0..5).any(|_| remove_file_or_folder(path).is_ok() || !path.exists())
+                })
+                .collect();
+            let message = match left.as_slice() {
+                [] if temporaries.is_empty() => String::new(),
+                [] => "\nInterrupted: the partial download is removed\n".to_string(),
+                _ => format!(
+                    "\nInterrupted: cannot remove {left:?} now; the next `vit download` does\n"
+                ),
+            };
+            let _ = std::io::stderr().write_all(message.as_bytes());
             crate::runtime::quit_at_once(130);
         })
-        .map_err(|e| e.to_string())
+        .map_err(|e| format!("{e:#}"))
     });
-    installed
-        .clone()
-        .map_err(|e| anyhow::anyhow!("cannot install the Ctrl-C handler: {e}"))
+    installed.clone().map_err(|e| anyhow::anyhow!(e))
 }
 
 /// Streams `source` into `dest`, with a progress bar, checking size and MD5. On any error

@@ -21,7 +21,7 @@ use crate::data::{self, augment, mix, transforms, Dataset, Split};
 use crate::eval::evaluate;
 use crate::model::{ViTConfig, VisionTransformer};
 use crate::optim::{clip_grad_norm, learning_rate, AdamW};
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use console::Console;
 use ema::Ema;
 use run_folder::{default_run_dir, Progress, RunFolder};
@@ -320,7 +320,7 @@ fn settings_and_dataset(args: &TrainArgs) -> Result<(TrainSettings, Dataset)> {
 fn stop_on_interrupt() -> Result<Arc<AtomicBool>> {
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
-    ctrlc::set_handler(move || {
+    crate::runtime::on_interrupt(move || {
         if flag.swap(true, Ordering::SeqCst) {
             crate::runtime::quit_at_once(130);
         }
@@ -331,8 +331,7 @@ fn stop_on_interrupt() -> Result<Arc<AtomicBool>> {
             "\nStopping: the run saves its state after the current step (or test pass); \
              a second Ctrl-C (or signal) quits at once without saving"
         );
-    })
-    .context("cannot install the Ctrl-C handler")?;
+    })?;
     Ok(interrupted)
 }
 
@@ -349,7 +348,8 @@ fn resume_command(args: &TrainArgs, run_dir: &Path) -> Vec<u8> {
     }
     let quoted: Vec<Vec<u8>> = command
         .iter()
-        .map(|arg| shell_quoted(arg.as_bytes()))
+        .enumerate()
+        .map(|(index, arg)| shell_quoted(arg.as_bytes(), index == 0))
         .collect();
     quoted.join(&b' ')
 }
@@ -688,9 +688,14 @@ impl<'a> Trainer<'a> {
 }
 
 /// `arg` as a POSIX shell reads it back: as is when that is safe, else in single quotes
-/// (which keep every byte but the quote itself as it is).
-fn shell_quoted(arg: &[u8]) -> Vec<u8> {
-    let plain = |byte: &u8| byte.is_ascii_alphanumeric() || b"_-./:=,+@%".contains(byte);
+/// (which keep every byte but the quote itself as it is). A `command_word` with `=` is
+/// quoted too: bare, the shell would take it for a variable assignment.
+fn shell_quoted(arg: &[u8], command_word: bool) -> Vec<u8> {
+    let plain = |byte: &u8| {
+        byte.is_ascii_alphanumeric()
+            || b"_-./:,+@%".contains(byte)
+            || (*byte == b'=' && !command_word)
+    };
     if !arg.is_empty() && arg.iter().all(plain) {
         return arg.to_vec();
     }

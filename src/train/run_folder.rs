@@ -277,7 +277,8 @@ impl RunFolder {
         self.dir.join(name)
     }
 
-    /// Appends one row and flushes, so a crash never loses a finished epoch.
+    /// Appends one row and syncs it to the disk before the epoch's resume state is written,
+    /// so that no crash (a power loss included) keeps the state but loses its row.
     pub(super) fn append_metrics(&self, row: &EpochMetrics) -> Result<()> {
         let path = self.path("metrics.csv");
         let append = || -> Result<()> {
@@ -286,7 +287,10 @@ impl RunFolder {
                 .has_headers(false)
                 .from_writer(file);
             writer.serialize(row)?;
-            writer.flush()?;
+            writer
+                .into_inner()
+                .map_err(|e| e.into_error())?
+                .sync_data()?;
             Ok(())
         };
         append().with_context(|| format!("cannot append to {}", path.display()))
