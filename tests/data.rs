@@ -872,21 +872,14 @@ fn ctrl_c_during_a_download_removes_the_partial_archive() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let pid = child.id().to_string();
-    let kill = |signal: &str| {
-        let sent = std::process::Command::new("kill")
-            .args([signal, &pid])
-            .status();
-        assert!(sent.unwrap().success(), "kill {signal} {pid}");
-    };
-    kill("-HUP");
+    common::send("-HUP", &child);
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert!(
         child.try_wait().unwrap().is_none(),
         "SIGHUP under nohup ended the download"
     );
     assert!(partial_is_there());
-    kill("-INT");
+    common::send("-INT", &child);
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(130), "{stderr}");

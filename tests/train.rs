@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{seeded, vit, vit_fails, TempDir};
+use common::{seeded, send, vit, vit_fails, TempDir};
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -368,13 +368,6 @@ fn start_training<S: AsRef<std::ffi::OsStr>>(args: &[S], run: &Path) -> std::pro
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     child
-}
-
-/// `kill SIGNAL` (`-INT`, `-TERM`) to `child`.
-fn send(signal: &str, child: &std::process::Child) {
-    let pid = child.id().to_string();
-    let killed = Command::new("kill").args([signal, &pid]).status().unwrap();
-    assert!(killed.success(), "kill {signal} {pid}");
 }
 
 #[test]
@@ -900,14 +893,12 @@ fn user_errors_say_what_to_do() {
     }
 
     // A checkpoint of another class count than the dataset's.
-    let vs = tch::nn::VarStore::new(Device::Cpu);
     let config = ViTConfig {
         num_classes: 5,
         ..ViTConfig::tiny()
     };
-    vit_tch::model::VisionTransformer::new(&vs.root(), &config).unwrap();
     let checkpoint = root.join("five.safetensors");
-    vit_tch::checkpoint::save(&vs, &config, &[("dataset", "cifar10".into())], &checkpoint).unwrap();
+    let vs = save_fresh_model(&config, &[("dataset", "cifar10".into())], &checkpoint);
     let stderr = vit_fails(&[
         "eval",
         "--checkpoint",
@@ -929,14 +920,12 @@ fn user_errors_say_what_to_do() {
     assert!(!picture.exists());
 
     // A greyscale model cannot take the RGB images vit decodes: said so, not a shape error.
-    let vs_grey = tch::nn::VarStore::new(Device::Cpu);
     let grey_config = ViTConfig {
         in_channels: 1,
         ..ViTConfig::tiny()
     };
-    vit_tch::model::VisionTransformer::new(&vs_grey.root(), &grey_config).unwrap();
     let grey_model = root.join("grey-model.safetensors");
-    vit_tch::checkpoint::save(&vs_grey, &grey_config, &[], &grey_model).unwrap();
+    save_fresh_model(&grey_config, &[], &grey_model);
     let colour = root.join("colour.png");
     image::RgbImage::from_pixel(32, 32, image::Rgb([200, 30, 10]))
         .save(&colour)
@@ -1072,6 +1061,18 @@ fn a_caught_libtorch_error_is_one_line() {
         "{error}"
     );
     assert!(!error.contains("frame #"), "{error}");
+}
+
+/// Saves a model of `config` with fresh weights and `metadata` at `path`; returns its store.
+fn save_fresh_model(
+    config: &ViTConfig,
+    metadata: &[(&str, String)],
+    path: &Path,
+) -> tch::nn::VarStore {
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    vit_tch::model::VisionTransformer::new(&vs.root(), config).unwrap();
+    vit_tch::checkpoint::save(&vs, config, metadata, path).unwrap();
+    vs
 }
 
 /// Runs `vit ARGS` with its stdout a pipe already closed (`vit info | head -1` once head

@@ -179,3 +179,13 @@ pub fn vit_fails(args: &[&str]) -> String {
     assert!(!output.status.success(), "vit {args:?} should fail");
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// `kill SIGNAL` (`-INT`, `-TERM`, `-HUP`) to `child`.
+pub fn send(signal: &str, child: &std::process::Child) {
+    let pid = child.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "kill {signal} {pid}");
+}
