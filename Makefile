@@ -54,9 +54,11 @@ lint: setup
 	    echo "$$stray"; exit 1; }
 
 # The notebook's training run: CIFAR-100 (downloaded if missing), the notebook model.
+# DATASET=cifar10|cifar100|folder and DATA_DIR choose the data (a folder dataset is not
+# downloaded); ARGS adds `vit train` flags other than those two.
 train: build
-	$(VIT) download --dataset $(DATASET) --data-dir $(DATA_DIR)
-	$(VIT) train --dataset $(DATASET) --data-dir $(DATA_DIR) $(ARGS)
+	$(if $(filter folder,$(DATASET)),,$(VIT) download --dataset '$(DATASET)' --data-dir '$(DATA_DIR)')
+	$(VIT) train --dataset '$(DATASET)' --data-dir '$(DATA_DIR)' $(ARGS)
 
 # Side-by-side throughput against PyTorch (see bench/README.md).
 bench: build

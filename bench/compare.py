@@ -132,10 +132,16 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.device is None:
         args.device = default_device()
+    if args.device.startswith("cuda") and default_device() != "cuda":
+        p.error(f"--device {args.device}: PyTorch sees no CUDA device here; use --device cpu")
     if args.cuda_graph and not args.device.startswith("cuda"):
         p.error("--cuda-graph needs --device cuda (CUDA graphs exist on CUDA only)")
     if args.steps <= 0 or args.batch_size <= 0 or args.repeats <= 0 or args.warmup < 0:
         p.error("--steps, --batch-size and --repeats must be positive, --warmup >= 0")
+    if args.threads < 1:
+        p.error("--threads must be at least 1")
+    if args.side_timeout is not None and not args.side_timeout > 0:
+        p.error("--side-timeout takes a positive number of seconds")
     return args
 
 
@@ -319,10 +325,11 @@ def run_json(command, env, timeout=None):
     except subprocess.TimeoutExpired:
         raise SideFailed(f"`{' '.join(command)}` took more than {timeout:g} s") from None
     if done.returncode != 0:
-        raise SideFailed(
-            f"`{' '.join(command)}` failed with exit status {done.returncode}:\n"
-            f"{done.stderr.strip()}"
-        )
+        error = done.stderr.strip() or "(no output)"
+        if "Traceback (most recent call last)" in error:
+            # A Python side's error, without its traceback: the last line says what it was.
+            error = error.splitlines()[-1]
+        raise SideFailed(f"`{' '.join(command)}` failed with exit status {done.returncode}:\n{error}")
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if not lines:
         raise SideFailed(f"`{' '.join(command)}` printed no JSON:\n{done.stdout}{done.stderr}")
@@ -366,9 +373,13 @@ def side_commands(args, config):
         if on
     ]
     for label, path, flags in binaries:
-        vit = Path(path)
-        if not vit.exists():
-            sys.exit(f"error: no vit binary at {vit}; build it with `cargo build --release`")
+        # Absolute: a bare name (`vit`) would otherwise be looked up on PATH.
+        vit = Path(path).resolve()
+        if not (vit.is_file() and os.access(vit, os.X_OK)):
+            sys.exit(
+                f"error: no vit binary at {path} (an executable file); build it with "
+                "`cargo build --release`"
+            )
         commands[label] = [str(vit), "bench", *model_flags, *common, *vit_flags, *flags, "--json"]
         if args.phases:
             commands[label].append("--phases")

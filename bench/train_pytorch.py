@@ -87,15 +87,45 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.epochs <= 0 or args.batch_size <= 0:
         p.error("--epochs and --batch-size must be positive")
+    # What vit refuses too, said here rather than as a traceback from deep in PyTorch.
+    if not args.lr > 0 or args.weight_decay < 0 or args.warmup_epochs < 0:
+        p.error("--lr must be positive, --weight-decay and --warmup-epochs at least 0")
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be at least 1")
+    config = model_config(args)
+    if config["embed_dim"] % config["num_heads"] or config["image_size"] % config["patch_size"]:
+        p.error(
+            f"--embed-dim {config['embed_dim']} must be a multiple of --num-heads "
+            f"{config['num_heads']}, and --image-size {config['image_size']} of --patch-size "
+            f"{config['patch_size']}"
+        )
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: PyTorch sees no CUDA device here; use --device cpu")
+    if args.out is not None and (args.out / "metrics.csv").exists():
+        p.error(f"{args.out} already holds a metrics.csv, which a run would replace; choose another --out")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        p.error(f"--out {args.out} is a file; it takes a folder")
     return args
+
+
+def model_config(args):
+    """The preset of --config with the model flags given."""
+    config = dict(PRESETS[args.config])
+    for name in MODEL_FLAGS:
+        if getattr(args, name) is not None:
+            config[name] = getattr(args, name)
+    return config
 
 
 # --- data ------------------------------------------------------------------------------
 
 
-def read_records(path, label_bytes, label_index):
+def read_records(path, label_bytes, label_index, dataset, data_dir):
     if not path.exists():
-        sys.exit(f"error: {path} is missing (run `vit download`)")
+        sys.exit(
+            f"error: {path} is missing (run `vit download --dataset {dataset} --data-dir "
+            f"{data_dir}`)"
+        )
     raw = np.fromfile(path, dtype=np.uint8)
     record = label_bytes + 3 * 32 * 32
     if raw.size % record:
@@ -110,13 +140,14 @@ def load_dataset(name, data_dir):
     """(train_images, train_labels, test_images, test_labels, num_classes), uint8 NCHW."""
     if name == "cifar10":
         folder = data_dir / "cifar-10-batches-bin"
-        parts = [read_records(folder / f"data_batch_{i}.bin", 1, 0) for i in range(1, 6)]
+        read = lambda file: read_records(folder / file, 1, 0, name, data_dir)  # noqa: E731
+        parts = [read(f"data_batch_{i}.bin") for i in range(1, 6)]
         train = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        test = read_records(folder / "test_batch.bin", 1, 0)
+        test = read("test_batch.bin")
         return (*train, *test, 10)
     folder = data_dir / "cifar-100-binary"
-    train = read_records(folder / "train.bin", 2, 1)
-    test = read_records(folder / "test.bin", 2, 1)
+    train = read_records(folder / "train.bin", 2, 1, name, data_dir)
+    test = read_records(folder / "test.bin", 2, 1, name, data_dir)
     return (*train, *test, 100)
 
 
@@ -233,10 +264,7 @@ def main():
     train_x, train_y = train_x.to(device), train_y.to(device)
     test_x, test_y = test_x.to(device), test_y.to(device)
 
-    config = dict(PRESETS[args.config])
-    for name in MODEL_FLAGS:
-        if getattr(args, name) is not None:
-            config[name] = getattr(args, name)
+    config = model_config(args)
     if args.num_classes is not None and args.num_classes != num_classes:
         sys.exit(f"error: --num-classes {args.num_classes}, but {args.dataset} has {num_classes}")
     config["num_classes"] = num_classes

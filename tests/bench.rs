@@ -223,3 +223,41 @@ fn compare_py_keeps_the_sides_that_ran_when_one_fails() {
     assert!(stdout.contains("vit-broken: failed, left out"), "{stdout}");
     assert!(stderr.contains("side(s) vit-broken failed"), "{stderr}");
 }
+
+/// The benchmark scripts' user errors are one line each, before any work: a `--vit` that
+/// is no executable (here a bare name, which a subprocess would look up on PATH, of a file
+/// that is not a program), and a PyTorch training run into a folder that holds a
+/// metrics.csv (which it would replace).
+#[test]
+fn bench_scripts_refuse_bad_paths_before_running() {
+    let dir = common::TempDir::new("bench-scripts");
+    std::fs::write(dir.join("vit"), "not a program").unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/compare.py");
+    let output = Command::new(python())
+        .current_dir(&dir.0)
+        .args([
+            script, "--vit", "vit", "--config", "tiny", "--device", "cpu",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert_eq!(
+        stderr.trim_end(),
+        "error: no vit binary at vit (an executable file); build it with `cargo build --release`"
+    );
+
+    let metrics = dir.join("metrics.csv");
+    std::fs::write(&metrics, "the user's").unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/train_pytorch.py");
+    let output = Command::new(python())
+        .args([script, "--config", "tiny", "--out"])
+        .arg(&dir.0)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("already holds a metrics.csv"), "{stderr}");
+    assert!(!stderr.contains("Traceback"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&metrics).unwrap(), "the user's");
+}
