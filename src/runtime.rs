@@ -1,5 +1,6 @@
 //! The process and its machine: libtorch's CPU thread count, how libtorch's errors
-//! (which tch raises as panics) reach the user, how the process ends (at once, on a
+//! (which tch raises as panics) and failed writes to stdout reach the user, the interrupt
+//! handlers (signals started ignored stay ignored), how the process ends (at once, on a
 //! second Ctrl-C; quietly, on a closed output pipe), and the memory there is.
 
 use std::cell::Cell;
