@@ -132,8 +132,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.device is None:
         args.device = default_device()
-    if args.device.startswith("cuda") and default_device() != "cuda":
-        p.error(f"--device {args.device}: PyTorch sees no CUDA device here; use --device cpu")
+    refuse_missing_cuda(p, args.device)
     if args.cuda_graph and not args.device.startswith("cuda"):
         p.error("--cuda-graph needs --device cuda (CUDA graphs exist on CUDA only)")
     if args.steps <= 0 or args.batch_size <= 0 or args.repeats <= 0 or args.warmup < 0:
@@ -154,7 +153,14 @@ def default_device():
         return "cpu"
 
 
+def refuse_missing_cuda(parser, device):
+    """A parser error for a CUDA `device` where PyTorch sees none (not a traceback later)."""
+    if device.startswith("cuda") and default_device() != "cuda":
+        parser.error(f"--device {device}: PyTorch sees no CUDA device here; use --device cpu")
+
+
 def model_config(args):
+    """The preset of --config with the model flags given."""
     config = dict(PRESETS[args.config])
     for name in MODEL_FLAGS:
         value = getattr(args, name)

@@ -43,7 +43,14 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import MODEL_FLAGS, NO_DECAY, PRESETS, build_model  # noqa: E402
+from compare import (  # noqa: E402
+    MODEL_FLAGS,
+    NO_DECAY,
+    PRESETS,
+    build_model,
+    model_config,
+    refuse_missing_cuda,
+)
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -99,22 +106,12 @@ def parse_args(argv=None):
             f"{config['num_heads']}, and --image-size {config['image_size']} of --patch-size "
             f"{config['patch_size']}"
         )
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error(f"--device {args.device}: PyTorch sees no CUDA device here; use --device cpu")
+    refuse_missing_cuda(p, args.device)
     if args.out is not None and (args.out / "metrics.csv").exists():
         p.error(f"{args.out} already holds a metrics.csv, which a run would replace; choose another --out")
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         p.error(f"--out {args.out} is a file; it takes a folder")
     return args
-
-
-def model_config(args):
-    """The preset of --config with the model flags given."""
-    config = dict(PRESETS[args.config])
-    for name in MODEL_FLAGS:
-        if getattr(args, name) is not None:
-            config[name] = getattr(args, name)
-    return config
 
 
 # --- data ------------------------------------------------------------------------------
