@@ -53,6 +53,13 @@ lint: setup
 	    echo "error: git tracks files outside the project's layout (git rm them, or add them to TRACKED in the Makefile):"; \
 	    echo "$$stray"; exit 1; }
 
+# Checked before anything is installed or built: `vit train` refuses a flag given twice.
+ifneq ($(filter train,$(MAKECMDGOALS)),)
+ifneq ($(filter --dataset% --data-dir%,$(ARGS)),)
+$(error ARGS names --dataset or --data-dir, which make train sets itself: pass DATASET=... or DATA_DIR=... instead, for example make train DATASET=cifar10)
+endif
+endif
+
 # The notebook's training run: CIFAR-100 (downloaded if missing), the notebook model.
 # DATASET=cifar10|cifar100|folder and DATA_DIR choose the data (a folder dataset is not
 # downloaded); ARGS adds `vit train` flags other than those two.

@@ -1316,3 +1316,32 @@ fn a_failed_write_to_stdout_is_an_error_not_a_panic() {
         "Error: cannot write to standard output: No space left on device (os error 28)"
     );
 }
+
+/// `make train ARGS="--dataset cifar10"` would download CIFAR-100 and then have `vit train`
+/// refuse the flag given twice; make refuses it first, before installing or building
+/// anything, and says to use DATASET= (`make -n`: nothing is run either way).
+#[test]
+fn make_train_refuses_dataset_flags_in_args() {
+    let make = |args: &str| {
+        Command::new("make")
+            .args(["-n", "train"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            // Not as a sub-make of `make test`: that would print "Entering directory".
+            .env_remove("MAKELEVEL")
+            .env_remove("MAKEFLAGS")
+            .arg(format!("ARGS={args}"))
+            .output()
+            .expect("make runs")
+    };
+    for args in ["--dataset cifar10", "--epochs 2 --data-dir=/tmp/data"] {
+        let output = make(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args}");
+        assert!(stderr.contains("pass DATASET=... or DATA_DIR=..."), "{stderr}");
+        assert!(output.stdout.is_empty(), "{args}: make planned commands");
+    }
+    let output = make("--epochs 2");
+    assert!(output.status.success());
+    let planned = String::from_utf8_lossy(&output.stdout);
+    assert!(planned.contains("train --dataset 'cifar100' --data-dir 'data' --epochs 2"));
+}
