@@ -1337,7 +1337,10 @@ fn make_train_refuses_dataset_flags_in_args() {
         let output = make(args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{args}");
-        assert!(stderr.contains("pass DATASET=... or DATA_DIR=..."), "{stderr}");
+        assert!(
+            stderr.contains("pass DATASET=... or DATA_DIR=..."),
+            "{stderr}"
+        );
         assert!(output.stdout.is_empty(), "{args}: make planned commands");
     }
     let output = make("--epochs 2");

@@ -203,9 +203,9 @@ pub fn run_summary(args: &DataArgs) -> Result<()> {
     println!("loaded {} images in {:.3} s", total, elapsed);
     println!("train {:>7} images", dataset.train.len());
     println!("test  {:>7} images", dataset.test.len());
-    let k = dataset.classes.len();
-    let train_counts = dataset.train.class_counts(k);
-    let test_counts = dataset.test.class_counts(k);
+    let num_classes = dataset.classes.len();
+    let train_counts = dataset.train.class_counts(num_classes);
+    let test_counts = dataset.test.class_counts(num_classes);
     let width = dataset
         .classes
         .iter()

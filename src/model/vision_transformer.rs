@@ -114,16 +114,15 @@ impl VisionTransformer {
 
     /// Checks that `images` is a float [B, in_channels, image_size, image_size] batch.
     pub fn check_input(&self, images: &Tensor) -> Result<()> {
-        let c = &self.config;
-        let expected = [c.in_channels, c.image_size, c.image_size];
+        let ViTConfig {
+            in_channels,
+            image_size,
+            ..
+        } = self.config;
         let size = images.size();
         ensure!(
-            size.len() == 4 && size[1..] == expected,
-            "the model expects images of shape [batch, {}, {}, {}], got {:?}",
-            c.in_channels,
-            c.image_size,
-            c.image_size,
-            size
+            size.len() == 4 && size[1..] == [in_channels, image_size, image_size],
+            "the model expects images of shape [batch, {in_channels}, {image_size}, {image_size}], got {size:?}"
         );
         ensure!(
             images.is_floating_point(),
