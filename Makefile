@@ -20,8 +20,13 @@ SHARED     ?= ../shared
 # free (measured: 5.8): checked first, so that a full disk stops it with a plain message,
 # not midway through pip. A disk whose free space df cannot tell is not checked.
 SETUP_FREE_GIB ?= 6
+# The pinned numpy 2.3 needs Python 3.11+: checked before the venv is made, so that an
+# older one stops with a plain message, not in pip.
 setup: $(STAMP)
 $(STAMP): requirements.txt
+	@test -x $(PY) || version=$$($(PYTHON_SYS) -c 'import sys; print(sys.version.split()[0]); sys.exit(sys.version_info < (3, 11))' 2>/dev/null) || { \
+	    echo "error: the pinned requirements need Python 3.11 or newer, but $(PYTHON_SYS) is $${version:-not found}. Install one and pass it, for example make PYTHON_SYS=python3.12"; \
+	    exit 1; }
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	@$(PY) -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)' || { \
 	    free=$$(df -Pk $(VENV) 2>/dev/null | awk 'NR == 2 && $$4 ~ /^[0-9]+$$/ { print int($$4 / 1048576) }'); \

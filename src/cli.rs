@@ -68,7 +68,8 @@ pub struct ModelArgs {
     pub mlp_dim: Option<i64>,
     #[arg(long)]
     pub num_layers: Option<i64>,
-    /// Defaults to the dataset's class count when training.
+    /// Defaults to the preset's (100 for notebook); when training, to the dataset's class
+    /// count.
     #[arg(long)]
     pub num_classes: Option<i64>,
     #[arg(long)]
@@ -106,7 +107,8 @@ impl ModelArgs {
 pub enum DatasetName {
     Cifar10,
     Cifar100,
-    /// An ImageFolder tree: DIR/train/<class>/*.png|jpg and DIR/test/<class>/*.png|jpg.
+    /// An ImageFolder tree: DIR/train/<class>/*.png|jpg|jpeg and DIR/test/<class>/*.png|jpg|jpeg
+    /// (any case).
     Folder,
 }
 
