@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 use vit_tch::cli::{DatasetArgs, DatasetName};
 use vit_tch::data::download::{fetch, ArchiveSpec, Fetched};
-use vit_tch::data::{self, cifar, folder, transforms, CIFAR_MEAN, CIFAR_STD};
+use vit_tch::data::{self, folder, transforms, CIFAR_MEAN, CIFAR_STD};
 
 fn entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -752,7 +752,160 @@ fn image_folder_names_undecodable_files() {
     let broken = tmp.0.join("train/a/broken.jpg");
     let err = error_of(folder::decode_images(&[broken.as_path()], 1 << 24));
     assert!(err.contains("more memory than there is"), "{err}");
-    let _ = cifar::IMAGE_BYTES;
+}
+
+fn zlib(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), Compression::fast());
+    std::io::Write::write_all(&mut encoder, bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// A JPEG of 64x64 noise, as a camera would write it.
+fn jpeg_bytes() -> Vec<u8> {
+    let image = image::RgbImage::from_fn(64, 64, |x, y| {
+        image::Rgb([
+            pixel(7, 0, y as usize, x as usize),
+            (x * y) as u8,
+            (x ^ y) as u8 * 4,
+        ])
+    });
+    let mut bytes = Vec::new();
+    image
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+    bytes
+}
+
+/// What PIL refuses, vit refuses too, naming the file: a JPEG cut short (which the decoder
+/// would fill with made-up pixels) and an image too large to decode (whose header alone says
+/// so); a file read from a pipe decodes.
+#[test]
+fn images_cut_short_or_too_large_are_refused() {
+    let tmp = TempDir::new("imagecheck");
+    let decode = |name: &str, bytes: &[u8]| {
+        let path = tmp.0.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        folder::decode_images(&[path.as_path()], 8).map(|_| ())
+    };
+    let jpeg = jpeg_bytes();
+    decode("whole.jpg", &jpeg).unwrap();
+    // A phone's motion photo appends a video, whose bytes may look like any marker.
+    let trailer = [&jpeg[..], b"\xff\xda\x00\x08video\xff\xda"].concat();
+    decode("trailer.jpg", &trailer).unwrap();
+    // An embedded thumbnail (in an APP2 segment, as EXIF holds one) is skipped whole.
+    let segment_length = (jpeg.len() + 2) as u16;
+    let thumbnail = [b"\xff\xe2", &segment_length.to_be_bytes()[..], &jpeg[..]].concat();
+    let with_thumbnail = [&jpeg[..2], &thumbnail[..], &jpeg[2..]].concat();
+    decode("thumbnail.jpg", &with_thumbnail).unwrap();
+    let scan = jpeg
+        .windows(2)
+        .position(|pair| pair == [0xFF, 0xDA])
+        .unwrap();
+    assert!(jpeg.len() - scan > 1000, "too little image data to cut");
+    for (name, bytes) in [
+        ("no-end.jpg", &jpeg[..jpeg.len() - 2]),
+        ("half.jpg", &jpeg[..scan + 500]),
+        (
+            "thumbnail-half.jpg",
+            &with_thumbnail[..with_thumbnail.len() - 40],
+        ),
+    ] {
+        let err = error_of(decode(name, bytes));
+        assert!(
+            err.contains(name) && err.contains("ends before its image data"),
+            "{err}"
+        );
+    }
+
+    // A greyscale PNG of 20000x10000 (a 200 MB image from a header of a few bytes): only
+    // its header is written, so only the header can be what refuses it.
+    let chunk = |kind: &[u8], data: &[u8]| {
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        [
+            &(data.len() as u32).to_be_bytes()[..],
+            kind,
+            data,
+            &crc.sum().to_be_bytes(),
+        ]
+        .concat()
+    };
+    let header = [
+        &20000u32.to_be_bytes()[..],
+        &10000u32.to_be_bytes(),
+        &[8, 0, 0, 0, 0],
+    ]
+    .concat();
+    let bomb = [
+        &b"\x89PNG\r\n\x1a\n"[..],
+        &chunk(b"IHDR", &header),
+        // The first row's bytes (the decoder reads the header up to here).
+        &chunk(b"IDAT", &zlib(&[0; 20001])),
+        &chunk(b"IEND", &[]),
+    ]
+    .concat();
+    let err = error_of(decode("bomb.png", &bomb));
+    assert!(
+        err.contains("bomb.png is 20000x10000 pixels") && err.contains("downscale"),
+        "{err}"
+    );
+
+    let fifo = tmp.0.join("pipe.jpg");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let writer = {
+        let (fifo, jpeg) = (fifo.clone(), jpeg.clone());
+        std::thread::spawn(move || std::fs::write(fifo, jpeg).unwrap())
+    };
+    let piped = folder::decode_images(&[fifo.as_path()], 8).unwrap();
+    writer.join().unwrap();
+    let whole = folder::decode_images(&[tmp.0.join("whole.jpg").as_path()], 8).unwrap();
+    assert!(piped.equal(&whole));
+}
+
+/// A symbolic link back to a folder above it is refused (it would repeat images without
+/// end, under the wrong label); macOS's `._*` files are skipped; a class holding only
+/// images vit cannot read says so.
+#[test]
+fn image_folder_refuses_link_loops_and_explains_skipped_files() {
+    let tmp = TempDir::new("folderloop");
+    for split in ["train", "test"] {
+        write_png(&tmp.0, split, "cat", "0", 1, 4);
+        write_png(&tmp.0, split, "dog", "0", 2, 4);
+    }
+    std::fs::write(
+        tmp.0.join("train/cat/._0.png"),
+        b"\x00\x05\x16\x07 AppleDouble",
+    )
+    .unwrap();
+    let dataset = folder::load(&tmp.0, 4).unwrap();
+    assert_eq!(dataset.train.len(), 2);
+
+    let link = tmp.0.join("train/cat/up");
+    std::os::unix::fs::symlink("..", &link).unwrap();
+    let err = error_of(folder::load(&tmp.0, 4));
+    assert!(
+        err.contains("train/cat/up/cat is") && err.contains("through a symbolic link"),
+        "{err}"
+    );
+    std::fs::remove_file(&link).unwrap();
+
+    std::fs::remove_file(tmp.0.join("test/dog/0.png")).unwrap();
+    std::fs::write(tmp.0.join("test/dog/0.webp"), b"RIFF").unwrap();
+    let err = error_of(folder::load(&tmp.0, 4));
+    assert!(
+        err.contains("no .png, .jpg or .jpeg files in class folder `dog`")
+            && err.contains("1 image files in formats vit does not read, such as")
+            && err.contains("0.webp"),
+        "{err}"
+    );
 }
 
 /// Serves one HTTP request on localhost: `body`, announced as `length` bytes (or with no

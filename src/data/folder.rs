@@ -1,7 +1,8 @@
 //! torchvision's ImageFolder layout: `DIR/train/<class>/*.png|jpg|jpeg` and
 //! `DIR/test/<class>/*.png|jpg|jpeg`, classes sorted by name (label = index in that order),
-//! files found recursively under each class folder and sorted by path, then the classes
-//! interleaved.
+//! files found recursively under each class folder (following symbolic links, refusing a
+//! loop) and sorted by path, then the classes interleaved. macOS's `._*` metadata files are
+//! skipped; images in formats vit does not read are skipped with a note.
 //!
 //! Every image is decoded with the `image` crate, converted to RGB, resized to
 //! `image_size`×`image_size` (bilinear, antialiased when shrinking) when it is not already
@@ -9,14 +10,25 @@
 //! available cores.
 
 use super::{Dataset, Split};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 /// An image file and its label.
-pub type LabeledFile = (PathBuf, i64);
+type LabeledFile = (PathBuf, i64);
 
-pub const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+/// Image formats vit does not decode (torchvision's other extensions, and phones' HEIC):
+/// counted, so that a folder of them is not skipped without a word.
+const OTHER_IMAGE_EXTENSIONS: [&str; 10] = [
+    "bmp", "gif", "webp", "tif", "tiff", "ppm", "pgm", "heic", "heif", "avif",
+];
+
+/// The most pixels an image may have, PIL's `DecompressionBombError` threshold: its RGB
+/// copy stays under 512 MiB (a greyscale bomb passes the decoder's own limit, then triples).
+const MAX_PIXELS: u64 = 178_956_970;
 
 /// Reads `root/train` and `root/test`; the test split must have the same classes.
 pub fn load(root: &Path, image_size: i64) -> Result<Dataset> {
@@ -53,11 +65,11 @@ pub fn load(root: &Path, image_size: i64) -> Result<Dataset> {
 }
 
 /// The sorted class folder names of one split and its (file, label) list.
-pub fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
+fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
     if !dir.is_dir() {
         bail!(
-            "{} is missing: a folder dataset needs DIR/train/<class>/*.png|jpg and \
-             DIR/test/<class>/*.png|jpg (pass its DIR with --data-dir)",
+            "{} is missing: a folder dataset needs DIR/train/<class>/*.png|jpg|jpeg and \
+             DIR/test/<class>/*.png|jpg|jpeg (pass its DIR with --data-dir)",
             dir.display()
         );
     }
@@ -80,17 +92,36 @@ pub fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
         bail!("{}: no class folders found", dir.display());
     }
     let mut per_class = Vec::new();
+    let mut other_images = Vec::new();
     for class in &classes {
-        let mut found = Vec::new();
-        collect_images(&dir.join(class), &mut found)?;
-        if found.is_empty() {
+        let mut found = ClassFiles::default();
+        found.collect(&dir.join(class), &mut Vec::new())?;
+        if found.images.is_empty() {
             bail!(
-                "{}: no .png, .jpg or .jpeg files in class folder `{class}`",
-                dir.display()
+                "{}: no .png, .jpg or .jpeg files in class folder `{class}`{}",
+                dir.display(),
+                match found.other_images.len() {
+                    0 => String::new(),
+                    n => format!(
+                        " ({n} image files in formats vit does not read, such as {}: convert \
+                         them to PNG or JPEG)",
+                        found.other_images[0].display()
+                    ),
+                }
             );
         }
-        found.sort();
-        per_class.push(found.into_iter());
+        found.images.sort();
+        per_class.push(found.images.into_iter());
+        other_images.append(&mut found.other_images);
+    }
+    if let Some(example) = other_images.first() {
+        eprintln!(
+            "note: {}: skipped {} image files in formats vit does not read (such as {}); \
+             convert them to PNG or JPEG to use them",
+            dir.display(),
+            other_images.len(),
+            example.display()
+        );
     }
     // Classes interleaved (the first file of each class, then the second, ...), as the
     // CIFAR files are, so that the first N images (`--train-subset N`) cover every class.
@@ -107,24 +138,57 @@ pub fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
     Ok((classes, files))
 }
 
-fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let path = entry
-            .with_context(|| format!("cannot list {}", dir.display()))?
-            .path();
-        if path.is_dir() {
-            collect_images(&path, out)?;
-        } else if has_image_extension(&path) {
-            out.push(path);
-        }
-    }
-    Ok(())
+/// The files found under one class folder.
+#[derive(Default)]
+struct ClassFiles {
+    images: Vec<PathBuf>,
+    /// Images in formats vit does not read.
+    other_images: Vec<PathBuf>,
 }
 
-fn has_image_extension(path: &Path) -> bool {
+impl ClassFiles {
+    /// Adds the files under `dir`, recursively. `ancestors` holds the folders above it, by
+    /// (device, inode): a symbolic link back to one of them would repeat their images
+    /// (under this class's label) without end.
+    fn collect(&mut self, dir: &Path, ancestors: &mut Vec<((u64, u64), PathBuf)>) -> Result<()> {
+        let metadata =
+            std::fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+        let id = (metadata.dev(), metadata.ino());
+        if let Some((_, ancestor)) = ancestors.iter().find(|(folder, _)| *folder == id) {
+            bail!(
+                "{} is {} again, through a symbolic link: remove the link that makes this loop",
+                dir.display(),
+                ancestor.display()
+            );
+        }
+        ancestors.push((id, dir.to_path_buf()));
+        let list_error = || format!("cannot list {}", dir.display());
+        for entry in std::fs::read_dir(dir).with_context(list_error)? {
+            let path = entry.with_context(list_error)?.path();
+            if path.is_dir() {
+                self.collect(&path, ancestors)?;
+            } else if is_apple_double(&path) {
+                // macOS's metadata beside each file copied from its disks: never an image.
+            } else if has_extension(&path, &EXTENSIONS) {
+                self.images.push(path);
+            } else if has_extension(&path, &OTHER_IMAGE_EXTENSIONS) {
+                self.other_images.push(path);
+            }
+        }
+        ancestors.pop();
+        Ok(())
+    }
+}
+
+fn is_apple_double(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|name| name.as_encoded_bytes().starts_with(b"._"))
+}
+
+fn has_extension(path: &Path, extensions: &[&str]) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
-        .is_some_and(|e| EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+        .is_some_and(|e| extensions.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
 /// Decodes the files into uint8 images [N, 3, size, size] and labels [N].
@@ -192,17 +256,7 @@ fn decode_in_parallel(files: &[&Path], size: u32, pixels: &mut [u8], threads: us
 
 /// Decodes one image file as RGB, resized to `size`×`size`, into `dst` in CHW order.
 pub fn decode_into(path: &Path, size: u32, dst: &mut [u8]) -> Result<()> {
-    let image = image::ImageReader::open(path)
-        .and_then(|reader| reader.with_guessed_format())
-        .with_context(|| format!("cannot read {}", path.display()))?
-        .decode()
-        .with_context(|| {
-            format!(
-                "cannot decode {} (vit reads PNG and JPEG): convert, replace or remove it",
-                path.display()
-            )
-        })?
-        .into_rgb8();
+    let image = decode_rgb(path)?;
     let image = if image.dimensions() == (size, size) {
         image
     } else {
@@ -215,4 +269,82 @@ pub fn decode_into(path: &Path, size: u32, dst: &mut [u8]) -> Result<()> {
         dst[2 * plane + i] = pixel.0[2];
     }
     Ok(())
+}
+
+/// Reads an image file whole (so that a pipe works too) and decodes it as RGB, refusing
+/// what PIL refuses: more than [`MAX_PIXELS`] pixels, a JPEG cut short.
+fn decode_rgb(path: &Path) -> Result<image::RgbImage> {
+    use image::ImageDecoder;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let reader =
+        image::ImageReader::new(std::io::Cursor::new(bytes.as_slice())).with_guessed_format()?;
+    let format = reader.format();
+    let undecodable = || {
+        format!(
+            "cannot decode {} (vit reads PNG and JPEG): convert, replace or remove it",
+            path.display()
+        )
+    };
+    let decoder = reader.into_decoder().with_context(undecodable)?;
+    let (width, height) = decoder.dimensions();
+    ensure!(
+        u64::from(width) * u64::from(height) <= MAX_PIXELS,
+        "{} is {width}x{height} pixels, more than vit decodes ({} million at most): downscale it",
+        path.display(),
+        MAX_PIXELS / 1_000_000
+    );
+    if format == Some(image::ImageFormat::Jpeg) {
+        ensure!(
+            jpeg_is_complete(&bytes),
+            "{} ends before its image data does (a copy cut short?): replace or remove it",
+            path.display()
+        );
+    }
+    let image = image::DynamicImage::from_decoder(decoder).with_context(undecodable)?;
+    Ok(image.into_rgb8())
+}
+
+/// Whether a JPEG's end-of-image marker comes before its bytes end. The decoder fills a
+/// file cut off inside its image data with made-up pixels, without an error (PIL says
+/// "image file is truncated"). The markers are walked from the start, skipping each
+/// segment (an embedded thumbnail is inside one) and each scan's data, so that what a
+/// phone appends after the image (a motion photo's video) is never read.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let mut at = 0;
+    loop {
+        // The next marker: 0xFF and a code, after any fill 0xFFs (and, as libjpeg allows
+        // with a warning, stray bytes).
+        while bytes.get(at).is_some_and(|&byte| byte != 0xFF) {
+            at += 1;
+        }
+        while bytes.get(at + 1) == Some(&0xFF) {
+            at += 1;
+        }
+        let Some(&code) = bytes.get(at + 1) else {
+            return false;
+        };
+        at += 2;
+        match code {
+            0xD9 => return true,
+            // Start of image, restarts and the rest without a length.
+            0x00 | 0x01 | 0xD0..=0xD8 => continue,
+            _ => {}
+        }
+        let Some(&[high, low]) = bytes.get(at..at + 2) else {
+            return false;
+        };
+        at += usize::from(u16::from_be_bytes([high, low]));
+        if code == 0xDA {
+            // A scan's data runs to the next marker: its 0xFF bytes are followed by 0x00
+            // (stuffing) or a restart code.
+            loop {
+                match (bytes.get(at), bytes.get(at + 1)) {
+                    (Some(0xFF), Some(0x00 | 0xD0..=0xD7)) => at += 2,
+                    (Some(0xFF), Some(_)) => break,
+                    (Some(_), _) => at += 1,
+                    (None, _) => return false,
+                }
+            }
+        }
+    }
 }
