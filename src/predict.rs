@@ -28,20 +28,30 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     loaded.ensure_rgb(&args.checkpoint)?;
     let config = &loaded.model.config;
     let classes = checkpoint::class_names(&loaded.metadata, config.num_classes);
-    let k = config.num_classes.min(5);
+    let top_k = config.num_classes.min(5);
+    // A file that cannot be read is named and skipped; the others are still classified.
+    let mut skipped = 0;
     for chunk in args.images.chunks(args.batch_size as usize) {
         let files: Vec<&Path> = chunk.iter().map(PathBuf::as_path).collect();
-        let images = folder::decode_images(&files, config.image_size as u32)?;
-        let batch = transforms::test_transform(&images.to_device(device), config.image_size);
+        let decoded = folder::decode_readable(&files, config.image_size as u32)?;
+        for (_, error) in &decoded.failures {
+            eprintln!("skipped: {error:#}");
+        }
+        skipped += decoded.failures.len();
+        if decoded.files.is_empty() {
+            continue;
+        }
+        let batch =
+            transforms::test_transform(&decoded.images.to_device(device), config.image_size);
         let probs = tch::no_grad(|| loaded.model.f_forward_t(&batch, false))?
             .to_kind(Kind::Float)
             .softmax(-1, None::<Kind>);
-        let (top_probs, top_index) = probs.topk(k, -1, true, true);
+        let (top_probs, top_index) = probs.topk(top_k, -1, true, true);
         let top_probs: Vec<Vec<f64>> = Vec::try_from(top_probs.to_kind(Kind::Double))?;
         let top_index: Vec<Vec<i64>> = Vec::try_from(top_index)?;
-        for ((path, probs), indices) in chunk.iter().zip(top_probs).zip(top_index) {
+        for ((file, probs), indices) in decoded.files.into_iter().zip(top_probs).zip(top_index) {
             let prediction = Prediction {
-                file: path.display().to_string(),
+                file: files[file].display().to_string(),
                 top: indices
                     .iter()
                     .zip(probs)
@@ -55,6 +65,11 @@ pub fn run(args: &PredictArgs) -> Result<()> {
             print(&prediction, args.json)?;
         }
     }
+    ensure!(
+        skipped == 0,
+        "{skipped} of {} files could not be read (each is named above)",
+        args.images.len()
+    );
     Ok(())
 }
 

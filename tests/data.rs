@@ -748,6 +748,18 @@ fn image_folder_names_undecodable_files() {
     let err = error_of(folder::load(&tmp.0, 4));
     assert!(err.contains("broken.jpg"), "{err}");
     assert!(err.contains("convert, replace or remove it"), "{err}");
+    // Every bad file is named at once, not one per run.
+    std::fs::write(tmp.0.join("train/a/empty.png"), b"").unwrap();
+    std::fs::write(tmp.0.join("train/a/text.jpeg"), b"text").unwrap();
+    let err = error_of(folder::load(&tmp.0, 4));
+    assert!(
+        err.contains("3 files cannot be decoded: the first is below, the others are")
+            && err.contains("empty.png")
+            && err.contains("text.jpeg"),
+        "{err}"
+    );
+    std::fs::remove_file(tmp.0.join("train/a/empty.png")).unwrap();
+    std::fs::remove_file(tmp.0.join("train/a/text.jpeg")).unwrap();
     // A size no memory holds is an error before any file is read (not an abort).
     let broken = tmp.0.join("train/a/broken.jpg");
     let err = error_of(folder::decode_images(&[broken.as_path()], 1 << 24));

@@ -1013,15 +1013,28 @@ fn user_errors_say_what_to_do() {
         );
     }
 
+    // A file that cannot be read is named and skipped; the others are classified, and the
+    // exit status says that one was not.
     let not_an_image = root.join("notes.png");
     std::fs::write(&not_an_image, "not a picture").unwrap();
-    let stderr = vit_fails(&[
-        "predict",
-        "--checkpoint",
-        checkpoint.to_str().unwrap(),
-        not_an_image.to_str().unwrap(),
-    ]);
-    assert!(stderr.contains("notes.png"), "{stderr}");
+    #[rustfmt::skip]
+    let output = common::run_vit(&["predict", "--checkpoint", checkpoint.to_str().unwrap(), "--device", "cpu", picture, not_an_image.to_str().unwrap(), colour]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("skipped: cannot decode") && stderr.contains("notes.png"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("1 of 3 files could not be read"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let named: Vec<&str> = stdout
+        .lines()
+        .filter(|line| !line.starts_with(' '))
+        .collect();
+    assert_eq!(named, [picture, colour]);
 }
 
 #[test]

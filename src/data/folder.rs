@@ -199,8 +199,44 @@ pub fn decode_split(files: &[LabeledFile], size: u32) -> Result<Split> {
     Ok(Split { images, labels })
 }
 
-/// Decodes image files (on all cores) into uint8 [N, 3, size, size].
+/// Decodes image files (on all cores) into uint8 [N, 3, size, size]. Fails naming every
+/// file that cannot be decoded, so that one run finds them all.
 pub fn decode_images(files: &[&Path], size: u32) -> Result<Tensor> {
+    let decoded = decode_readable(files, size)?;
+    let mut failures = decoded.failures.into_iter();
+    let Some((_, first)) = failures.next() else {
+        return Ok(decoded.images);
+    };
+    let others: Vec<String> = failures
+        .map(|(index, _)| files[index].display().to_string())
+        .collect();
+    if others.is_empty() {
+        return Err(first);
+    }
+    const LISTED: usize = 10;
+    let unlisted = match others.len().saturating_sub(LISTED) {
+        0 => String::new(),
+        more => format!(" and {more} more"),
+    };
+    Err(first.context(format!(
+        "{} files cannot be decoded: the first is below, the others are {}{unlisted}",
+        others.len() + 1,
+        others[..others.len().min(LISTED)].join(", ")
+    )))
+}
+
+/// What [`decode_readable`] decoded, and what it could not.
+pub struct Decoded {
+    /// uint8 [files.len(), 3, size, size]
+    pub images: Tensor,
+    /// The index of each image's file, in order.
+    pub files: Vec<usize>,
+    /// The index and error of each file that cannot be decoded.
+    pub failures: Vec<(usize, anyhow::Error)>,
+}
+
+/// Decodes the files that can be decoded (on all cores), in their order.
+pub fn decode_readable(files: &[&Path], size: u32) -> Result<Decoded> {
     let (n, side) = (files.len() as i64, size as i64);
     // Refused with an error rather than an abort: a --image-size too large for memory.
     let images = Tensor::f_empty([n, 3, side, side], (Kind::Uint8, Device::Cpu)).map_err(|_| {
@@ -218,44 +254,78 @@ pub fn decode_images(files: &[&Path], size: u32) -> Result<Tensor> {
     // dataset plus a block, not twice the dataset.
     let block = threads * 64;
     let mut pixels = vec![0u8; block.min(files.len()) * per_image];
+    let mut failures = Vec::new();
     for (index, block_files) in files.chunks(block).enumerate() {
         let block_pixels = &mut pixels[..block_files.len() * per_image];
-        decode_in_parallel(block_files, size, block_pixels, threads)?;
+        let block_failures = decode_in_parallel(block_files, size, block_pixels, threads)?;
+        failures.extend(
+            block_failures
+                .into_iter()
+                .map(|(file, error)| (index * block + file, error)),
+        );
         let count = block_files.len() as i64;
         images
             .narrow(0, (index * block) as i64, count)
             .copy_(&Tensor::from_slice(block_pixels).view([count, 3, side, side]));
     }
-    Ok(images)
+    let mut readable = vec![true; files.len()];
+    for (failed, _) in &failures {
+        readable[*failed] = false;
+    }
+    let decoded: Vec<usize> = (0..files.len()).filter(|&file| readable[file]).collect();
+    let images = if failures.is_empty() {
+        images
+    } else {
+        let rows: Vec<i64> = decoded.iter().map(|&file| file as i64).collect();
+        images.index_select(0, &Tensor::from_slice(&rows))
+    };
+    Ok(Decoded {
+        images,
+        files: decoded,
+        failures,
+    })
 }
 
 /// Decodes `files` into `pixels` (one image's CHW bytes after another), split over
-/// `threads` threads.
-fn decode_in_parallel(files: &[&Path], size: u32, pixels: &mut [u8], threads: usize) -> Result<()> {
+/// `threads` threads; returns the index and error of each file that cannot be decoded.
+fn decode_in_parallel(
+    files: &[&Path],
+    size: u32,
+    pixels: &mut [u8],
+    threads: usize,
+) -> Result<Vec<(usize, anyhow::Error)>> {
     let per_image = pixels.len() / files.len().max(1);
     let chunk = files.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
         let workers: Vec<_> = files
             .chunks(chunk)
             .zip(pixels.chunks_mut(chunk * per_image))
-            .map(|(files, out)| {
-                scope.spawn(move || -> Result<()> {
-                    for (path, dst) in files.iter().zip(out.chunks_exact_mut(per_image)) {
-                        decode_into(path, size, dst)?;
-                    }
-                    Ok(())
+            .enumerate()
+            .map(|(worker, (files, out))| {
+                scope.spawn(move || {
+                    let jobs = files.iter().zip(out.chunks_exact_mut(per_image));
+                    jobs.enumerate()
+                        .filter_map(|(file, (path, dst))| {
+                            let error = decode_into(path, size, dst).err()?;
+                            Some((worker * chunk + file, error))
+                        })
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
-        workers.into_iter().try_for_each(|w| {
-            w.join()
-                .unwrap_or_else(|_| Err(anyhow!("an image decoding thread panicked")))
-        })
+        let mut failures = Vec::new();
+        for worker in workers {
+            let worker_failures = worker
+                .join()
+                .map_err(|_| anyhow!("an image decoding thread panicked"))?;
+            failures.extend(worker_failures);
+        }
+        Ok(failures)
     })
 }
 
 /// Decodes one image file as RGB, resized to `size`×`size`, into `dst` in CHW order.
-pub fn decode_into(path: &Path, size: u32, dst: &mut [u8]) -> Result<()> {
+fn decode_into(path: &Path, size: u32, dst: &mut [u8]) -> Result<()> {
     let image = decode_rgb(path)?;
     let image = if image.dimensions() == (size, size) {
         image

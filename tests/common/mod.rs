@@ -153,7 +153,7 @@ pub fn vit_binary() -> std::ffi::OsString {
 }
 
 /// Runs `vit ARGS` (see [`vit_binary`]).
-fn run_vit(args: &[&str]) -> std::process::Output {
+pub fn run_vit(args: &[&str]) -> std::process::Output {
     let binary = vit_binary();
     std::process::Command::new(&binary)
         .args(args)
