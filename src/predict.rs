@@ -38,7 +38,7 @@ pub fn run(args: &PredictArgs) -> Result<()> {
             eprintln!("skipped: {error:#}");
         }
         skipped += decoded.failures.len();
-        if decoded.files.is_empty() {
+        if decoded.indices.is_empty() {
             continue;
         }
         let batch =
@@ -49,9 +49,10 @@ pub fn run(args: &PredictArgs) -> Result<()> {
         let (top_probs, top_index) = probs.topk(top_k, -1, true, true);
         let top_probs: Vec<Vec<f64>> = Vec::try_from(top_probs.to_kind(Kind::Double))?;
         let top_index: Vec<Vec<i64>> = Vec::try_from(top_index)?;
-        for ((file, probs), indices) in decoded.files.into_iter().zip(top_probs).zip(top_index) {
+        let decoded_files = decoded.indices.into_iter().map(|index| files[index]);
+        for ((path, probs), indices) in decoded_files.zip(top_probs).zip(top_index) {
             let prediction = Prediction {
-                file: files[file].display().to_string(),
+                file: path.display().to_string(),
                 top: indices
                     .iter()
                     .zip(probs)

@@ -748,18 +748,18 @@ fn image_folder_names_undecodable_files() {
     let err = error_of(folder::load(&tmp.0, 4));
     assert!(err.contains("broken.jpg"), "{err}");
     assert!(err.contains("convert, replace or remove it"), "{err}");
-    // Every bad file is named at once, not one per run.
+    // Every bad file of either split is named at once, not one per run.
     std::fs::write(tmp.0.join("train/a/empty.png"), b"").unwrap();
-    std::fs::write(tmp.0.join("train/a/text.jpeg"), b"text").unwrap();
+    std::fs::write(tmp.0.join("test/a/text.jpeg"), b"text").unwrap();
     let err = error_of(folder::load(&tmp.0, 4));
     assert!(
         err.contains("3 files cannot be decoded: the first is below, the others are")
-            && err.contains("empty.png")
-            && err.contains("text.jpeg"),
+            && err.contains("train/a/empty.png")
+            && err.contains("test/a/text.jpeg"),
         "{err}"
     );
     std::fs::remove_file(tmp.0.join("train/a/empty.png")).unwrap();
-    std::fs::remove_file(tmp.0.join("train/a/text.jpeg")).unwrap();
+    std::fs::remove_file(tmp.0.join("test/a/text.jpeg")).unwrap();
     // A size no memory holds is an error before any file is read (not an abort).
     let broken = tmp.0.join("train/a/broken.jpg");
     let err = error_of(folder::decode_images(&[broken.as_path()], 1 << 24));
@@ -824,6 +824,8 @@ fn images_cut_short_or_too_large_are_refused() {
             "thumbnail-half.jpg",
             &with_thumbnail[..with_thumbnail.len() - 40],
         ),
+        // Cut short, then another whole JPEG after it (whose end marker is not this one's).
+        ("appended.jpg", &[&jpeg[..scan + 500], &jpeg[..]].concat()),
     ] {
         let err = error_of(decode(name, bytes));
         assert!(
@@ -882,6 +884,38 @@ fn images_cut_short_or_too_large_are_refused() {
     assert!(piped.equal(&whole));
 }
 
+/// JPEG files as PIL (libjpeg) writes them, in the variants cameras and tools use
+/// (progressive, restart markers, an EXIF thumbnail, ...): vit decodes each whole file and
+/// refuses it at each length where PIL refuses it cut (`jpeg_reference.py`).
+#[test]
+fn jpegs_decode_whole_and_are_refused_where_pil_refuses_them_cut() {
+    let fixture = common::fixture("jpeg_files");
+    let tmp = TempDir::new("jpegfixture");
+    let mut variants = Vec::new();
+    for (name, file) in &fixture.tensors {
+        let Some(cuts) = fixture.tensors.get(&format!("{name}.cuts")) else {
+            continue;
+        };
+        let bytes = Vec::<u8>::try_from(file).unwrap();
+        let path = tmp.0.join(format!("{name}.jpg"));
+        std::fs::write(&path, &bytes).unwrap();
+        if let Err(error) = folder::decode_images(&[path.as_path()], 8) {
+            panic!("{name}: {error:#}");
+        }
+        for cut in Vec::<i64>::try_from(cuts).unwrap() {
+            std::fs::write(&path, &bytes[..cut as usize]).unwrap();
+            let decoded = folder::decode_images(&[path.as_path()], 8);
+            assert!(
+                decoded.is_err(),
+                "{name}, cut to {cut} of {} bytes, was decoded",
+                bytes.len()
+            );
+        }
+        variants.push(name.as_str());
+    }
+    assert_eq!(variants.len(), 8, "{variants:?}");
+}
+
 /// A symbolic link back to a folder above it is refused (it would repeat images without
 /// end, under the wrong label); macOS's `._*` files are skipped; a class holding only
 /// images vit cannot read says so.
@@ -909,13 +943,23 @@ fn image_folder_refuses_link_loops_and_explains_skipped_files() {
     );
     std::fs::remove_file(&link).unwrap();
 
+    // Beside images vit reads, one it does not is skipped with a note.
+    std::fs::write(tmp.0.join("test/dog/1.webp"), b"RIFF").unwrap();
+    #[rustfmt::skip]
+    let output = common::run_vit(&["data", "--dataset", "folder", "--data-dir", tmp.0.to_str().unwrap(), "--image-size", "4"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("test: skipped 1 image file in formats vit does not read, such as")
+            && stderr.contains("1.webp: convert them to PNG or JPEG"),
+        "{stderr}"
+    );
+    // Alone in its class, it is an error that says why.
     std::fs::remove_file(tmp.0.join("test/dog/0.png")).unwrap();
-    std::fs::write(tmp.0.join("test/dog/0.webp"), b"RIFF").unwrap();
     let err = error_of(folder::load(&tmp.0, 4));
     assert!(
-        err.contains("no .png, .jpg or .jpeg files in class folder `dog`")
-            && err.contains("1 image files in formats vit does not read, such as")
-            && err.contains("0.webp"),
+        err.contains("no .png, .jpg or .jpeg files in class folder `dog` (1 image file in")
+            && err.contains("1.webp"),
         "{err}"
     );
 }

@@ -1018,7 +1018,7 @@ fn user_errors_say_what_to_do() {
     let not_an_image = root.join("notes.png");
     std::fs::write(&not_an_image, "not a picture").unwrap();
     #[rustfmt::skip]
-    let output = common::run_vit(&["predict", "--checkpoint", checkpoint.to_str().unwrap(), "--device", "cpu", picture, not_an_image.to_str().unwrap(), colour]);
+    let output = common::run_vit(&["predict", "--checkpoint", checkpoint.to_str().unwrap(), "--device", "cpu", "--batch-size", "2", picture, not_an_image.to_str().unwrap(), colour]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
@@ -1342,6 +1342,9 @@ fn make_train_refuses_dataset_flags_in_args() {
             // Not as a sub-make of `make test`: that would print "Entering directory".
             .env_remove("MAKELEVEL")
             .env_remove("MAKEFLAGS")
+            // The defaults, whatever the environment sets.
+            .env_remove("DATASET")
+            .env_remove("DATA_DIR")
             .arg(format!("ARGS={args}"))
             .output()
             .expect("make runs")

@@ -11,6 +11,7 @@
 
 use super::{Dataset, Split};
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -54,8 +55,17 @@ pub fn load(root: &Path, image_size: i64) -> Result<Dataset> {
             only_test
         );
     }
-    let train = decode_split(&train_files, image_size as u32)?;
-    let test = decode_split(&test_files, image_size as u32)?;
+    // Both splits in one pass, so that one error names every bad file of either.
+    let (train_count, test_count) = (train_files.len() as i64, test_files.len() as i64);
+    let files = [train_files, test_files].concat();
+    let paths: Vec<&Path> = files.iter().map(|(path, _)| path.as_path()).collect();
+    let images = decode_images(&paths, image_size as u32)?;
+    let labels = Tensor::from_slice(&files.iter().map(|(_, label)| *label).collect::<Vec<_>>());
+    let split = |start: i64, count: i64| Split {
+        images: images.narrow(0, start, count),
+        labels: labels.narrow(0, start, count),
+    };
+    let (train, test) = (split(0, train_count), split(train_count, test_count));
     Ok(Dataset {
         name: "folder".into(),
         train,
@@ -97,30 +107,24 @@ fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
         let mut found = ClassFiles::default();
         found.collect(&dir.join(class), &mut Vec::new())?;
         if found.images.is_empty() {
+            let other_formats = match found.other_images.as_slice() {
+                [] => String::new(),
+                others => format!(" ({})", other_formats(others)),
+            };
             bail!(
-                "{}: no .png, .jpg or .jpeg files in class folder `{class}`{}",
-                dir.display(),
-                match found.other_images.len() {
-                    0 => String::new(),
-                    n => format!(
-                        " ({n} image files in formats vit does not read, such as {}: convert \
-                         them to PNG or JPEG)",
-                        found.other_images[0].display()
-                    ),
-                }
+                "{}: no .png, .jpg or .jpeg files in class folder `{class}`{other_formats}",
+                dir.display()
             );
         }
         found.images.sort();
         per_class.push(found.images.into_iter());
         other_images.append(&mut found.other_images);
     }
-    if let Some(example) = other_images.first() {
+    if !other_images.is_empty() {
         eprintln!(
-            "note: {}: skipped {} image files in formats vit does not read (such as {}); \
-             convert them to PNG or JPEG to use them",
+            "note: {}: skipped {}",
             dir.display(),
-            other_images.len(),
-            example.display()
+            other_formats(&other_images)
         );
     }
     // Classes interleaved (the first file of each class, then the second, ...), as the
@@ -180,6 +184,18 @@ impl ClassFiles {
     }
 }
 
+/// "N image file(s) in formats vit does not read, such as PATH: convert them to PNG or JPEG"
+fn other_formats(files: &[PathBuf]) -> String {
+    let count = match files.len() {
+        1 => "1 image file".to_string(),
+        count => format!("{count} image files"),
+    };
+    format!(
+        "{count} in formats vit does not read, such as {}: convert them to PNG or JPEG",
+        files[0].display()
+    )
+}
+
 fn is_apple_double(path: &Path) -> bool {
     path.file_name()
         .is_some_and(|name| name.as_encoded_bytes().starts_with(b"._"))
@@ -187,25 +203,21 @@ fn is_apple_double(path: &Path) -> bool {
 
 fn has_extension(path: &Path, extensions: &[&str]) -> bool {
     path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| extensions.iter().any(|x| x.eq_ignore_ascii_case(e)))
-}
-
-/// Decodes the files into uint8 images [N, 3, size, size] and labels [N].
-pub fn decode_split(files: &[LabeledFile], size: u32) -> Result<Split> {
-    let paths: Vec<&Path> = files.iter().map(|(path, _)| path.as_path()).collect();
-    let images = decode_images(&paths, size)?;
-    let labels = Tensor::from_slice(&files.iter().map(|(_, label)| *label).collect::<Vec<i64>>());
-    Ok(Split { images, labels })
+        .and_then(|extension| extension.to_str())
+        .is_some_and(|extension| {
+            extensions
+                .iter()
+                .any(|known| known.eq_ignore_ascii_case(extension))
+        })
 }
 
 /// Decodes image files (on all cores) into uint8 [N, 3, size, size]. Fails naming every
 /// file that cannot be decoded, so that one run finds them all.
 pub fn decode_images(files: &[&Path], size: u32) -> Result<Tensor> {
-    let decoded = decode_readable(files, size)?;
-    let mut failures = decoded.failures.into_iter();
+    let (images, failures) = decode_all(files, size)?;
+    let mut failures = failures.into_iter();
     let Some((_, first)) = failures.next() else {
-        return Ok(decoded.images);
+        return Ok(images);
     };
     let others: Vec<String> = failures
         .map(|(index, _)| files[index].display().to_string())
@@ -227,16 +239,38 @@ pub fn decode_images(files: &[&Path], size: u32) -> Result<Tensor> {
 
 /// What [`decode_readable`] decoded, and what it could not.
 pub struct Decoded {
-    /// uint8 [files.len(), 3, size, size]
+    /// uint8 [decoded files, 3, size, size]
     pub images: Tensor,
-    /// The index of each image's file, in order.
-    pub files: Vec<usize>,
+    /// The index (in the files given) of each image's file, in order.
+    pub indices: Vec<usize>,
     /// The index and error of each file that cannot be decoded.
     pub failures: Vec<(usize, anyhow::Error)>,
 }
 
 /// Decodes the files that can be decoded (on all cores), in their order.
 pub fn decode_readable(files: &[&Path], size: u32) -> Result<Decoded> {
+    let (images, failures) = decode_all(files, size)?;
+    let mut readable = vec![true; files.len()];
+    for (failed, _) in &failures {
+        readable[*failed] = false;
+    }
+    let indices: Vec<usize> = (0..files.len()).filter(|&index| readable[index]).collect();
+    let images = if failures.is_empty() {
+        images
+    } else {
+        let rows: Vec<i64> = indices.iter().map(|&index| index as i64).collect();
+        images.index_select(0, &Tensor::from_slice(&rows))
+    };
+    Ok(Decoded {
+        images,
+        indices,
+        failures,
+    })
+}
+
+/// Decodes the files (on all cores) into uint8 [N, 3, size, size]; returns it with the
+/// index and error of each file that cannot be decoded (its image left as it was).
+fn decode_all(files: &[&Path], size: u32) -> Result<(Tensor, Vec<(usize, anyhow::Error)>)> {
     let (n, side) = (files.len() as i64, size as i64);
     // Refused with an error rather than an abort: a --image-size too large for memory.
     let images = Tensor::f_empty([n, 3, side, side], (Kind::Uint8, Device::Cpu)).map_err(|_| {
@@ -261,29 +295,14 @@ pub fn decode_readable(files: &[&Path], size: u32) -> Result<Decoded> {
         failures.extend(
             block_failures
                 .into_iter()
-                .map(|(file, error)| (index * block + file, error)),
+                .map(|(position, error)| (index * block + position, error)),
         );
         let count = block_files.len() as i64;
         images
             .narrow(0, (index * block) as i64, count)
             .copy_(&Tensor::from_slice(block_pixels).view([count, 3, side, side]));
     }
-    let mut readable = vec![true; files.len()];
-    for (failed, _) in &failures {
-        readable[*failed] = false;
-    }
-    let decoded: Vec<usize> = (0..files.len()).filter(|&file| readable[file]).collect();
-    let images = if failures.is_empty() {
-        images
-    } else {
-        let rows: Vec<i64> = decoded.iter().map(|&file| file as i64).collect();
-        images.index_select(0, &Tensor::from_slice(&rows))
-    };
-    Ok(Decoded {
-        images,
-        files: decoded,
-        failures,
-    })
+    Ok((images, failures))
 }
 
 /// Decodes `files` into `pixels` (one image's CHW bytes after another), split over
@@ -305,9 +324,9 @@ fn decode_in_parallel(
                 scope.spawn(move || {
                     let jobs = files.iter().zip(out.chunks_exact_mut(per_image));
                     jobs.enumerate()
-                        .filter_map(|(file, (path, dst))| {
+                        .filter_map(|(position, (path, dst))| {
                             let error = decode_into(path, size, dst).err()?;
-                            Some((worker * chunk + file, error))
+                            Some((worker * chunk + position, error))
                         })
                         .collect::<Vec<_>>()
                 })
@@ -345,16 +364,26 @@ fn decode_into(path: &Path, size: u32, dst: &mut [u8]) -> Result<()> {
 /// what PIL refuses: more than [`MAX_PIXELS`] pixels, a JPEG cut short.
 fn decode_rgb(path: &Path) -> Result<image::RgbImage> {
     use image::ImageDecoder;
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let reader =
-        image::ImageReader::new(std::io::Cursor::new(bytes.as_slice())).with_guessed_format()?;
-    let format = reader.format();
     let undecodable = || {
         format!(
             "cannot decode {} (vit reads PNG and JPEG): convert, replace or remove it",
             path.display()
         )
     };
+    let cannot_read = || format!("cannot read {}", path.display());
+    let mut file = std::fs::File::open(path).with_context(cannot_read)?;
+    // The format is told from the first bytes, before the rest is read: a video or
+    // /dev/zero named .jpg is refused at once.
+    let mut bytes = Vec::new();
+    (&mut file)
+        .take(16)
+        .read_to_end(&mut bytes)
+        .with_context(cannot_read)?;
+    image::guess_format(&bytes).with_context(undecodable)?;
+    file.read_to_end(&mut bytes).with_context(cannot_read)?;
+    let reader =
+        image::ImageReader::new(std::io::Cursor::new(bytes.as_slice())).with_guessed_format()?;
+    let format = reader.format();
     let decoder = reader.into_decoder().with_context(undecodable)?;
     let (width, height) = decoder.dimensions();
     ensure!(
@@ -396,6 +425,9 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
         at += 2;
         match code {
             0xD9 => return true,
+            // A second start of image: the first one ended without its end marker (a file
+            // cut short, another appended).
+            0xD8 if at > 2 => return false,
             // Start of image, restarts and the rest without a length.
             0x00 | 0x01 | 0xD0..=0xD8 => continue,
             _ => {}
