@@ -41,11 +41,11 @@ pub fn load(root: &Path, image_size: i64) -> Result<Dataset> {
     if test_classes != classes {
         let only_train: Vec<_> = classes
             .iter()
-            .filter(|c| !test_classes.contains(c))
+            .filter(|class| !test_classes.contains(class))
             .collect();
         let only_test: Vec<_> = test_classes
             .iter()
-            .filter(|c| !classes.contains(c))
+            .filter(|class| !classes.contains(class))
             .collect();
         bail!(
             "{}: the test classes differ from the train classes (only in train: {:?}; only in \
