@@ -401,13 +401,49 @@ fn ctrl_c_or_sigterm_saves_the_run_and_prints_a_resume_command_that_works() {
         assert!(run.join("resume.safetensors").exists());
         let command = OsStr::from_bytes(command);
         let resumed = Command::new("sh").arg("-c").arg(command).output().unwrap();
+        let resumed_stderr = String::from_utf8_lossy(&resumed.stderr);
+        assert!(resumed.status.success(), "{command:?}: {resumed_stderr}");
+        // Where it goes on from, as the interrupt said.
+        let place = stderr
+            .split_once("Interrupted ")
+            .and_then(|(_, rest)| rest.split_once(';'))
+            .map(|(place, _)| place)
+            .unwrap_or_else(|| panic!("{signal}: {stderr}"));
+        let expected = match place.strip_prefix("at the end of epoch ") {
+            Some(epoch) => format!(
+                "at the start of epoch {}",
+                epoch.parse::<usize>().unwrap() + 1
+            ),
+            None => place.to_string(),
+        };
         assert!(
-            resumed.status.success(),
-            "{command:?}: {}",
-            String::from_utf8_lossy(&resumed.stderr)
+            resumed_stderr.contains(&format!("{expected} (of 2)")),
+            "{place}: {resumed_stderr}"
         );
         assert_eq!(read_metrics(&run).1.len(), 2);
     }
+}
+
+/// With one step per epoch, Ctrl-C always lands at an epoch's end, whose row and
+/// checkpoints are saved: the report says so rather than "after step 1 of epoch N".
+#[test]
+fn ctrl_c_at_the_end_of_an_epoch_says_so() {
+    let (root, data_dir) = colour_cifar10("ctrl-c-end");
+    let run = root.join("run");
+    let mut args = tiny_run_args(data_dir.to_str().unwrap(), run.to_str().unwrap());
+    #[rustfmt::skip]
+    args.extend(["--epochs", "100", "--batch-size", "64", "--train-subset", "64", "--warmup-epochs", "1"]);
+    let child = start_training(&args, &run);
+    send("-INT", &child);
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    let epoch: usize = stderr
+        .split_once("Interrupted at the end of epoch ")
+        .and_then(|(_, rest)| rest.split_once(';'))
+        .and_then(|(epoch, _)| epoch.parse().ok())
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(read_metrics(&run).1.len(), epoch);
 }
 
 /// A second Ctrl-C quits at once with status 130, whatever the step is doing. (It ran exit
@@ -442,7 +478,7 @@ fn a_second_ctrl_c_quits_at_once() {
             "{stderr}"
         );
         assert!(!stderr.contains("Error"), "{stderr}");
-        if !stderr.contains("Interrupted after") {
+        if !stderr.contains("the state is saved in") {
             quit_at_once += 1;
         }
     }

@@ -225,13 +225,17 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         Outcome::Interrupted {
             epoch,
             step,
+            epoch_finished,
             run_dir,
         } => {
             // The state is saved whether or not this can be written (`2>&1 | tee` after
             // Ctrl-C ended tee), and the status says so.
+            let place = match epoch_finished {
+                true => format!("at the end of epoch {epoch}"),
+                false => format!("after step {step} of epoch {epoch}"),
+            };
             let mut report = format!(
-                "Interrupted after step {step} of epoch {epoch}; the state is saved in {}.\n\
-                 Resume with: ",
+                "Interrupted {place}; the state is saved in {}.\nResume with: ",
                 run_dir.display()
             )
             .into_bytes();
@@ -359,10 +363,12 @@ pub enum Outcome {
     /// Every epoch ran.
     Finished,
     /// Ctrl-C: the state is saved after `step` steps of `epoch` (1-based) in the run
-    /// folder `run_dir`.
+    /// folder `run_dir`; `epoch_finished` when that was the epoch's last step, and its
+    /// test pass and metrics row are done too.
     Interrupted {
         epoch: usize,
         step: usize,
+        epoch_finished: bool,
         run_dir: PathBuf,
     },
 }
@@ -478,6 +484,17 @@ impl<'a> Trainer<'a> {
             true => run.load_resume(&vs, &mut optimizer, ema.as_ref(), settings.epochs)?,
             false => Progress::default(),
         };
+        if options.resume && progress.epochs_done < settings.epochs {
+            let place = match progress.step_in_epoch {
+                0 => format!("at the start of epoch {}", progress.epochs_done + 1),
+                step => format!("after step {step} of epoch {}", progress.epochs_done + 1),
+            };
+            eprintln!(
+                "Resuming {} {place} (of {})",
+                run.dir().display(),
+                settings.epochs
+            );
+        }
         let train_split = match settings.train_subset {
             Some(n) => dataset.train.subset(n).to_device(device),
             None => dataset.train.to_device(device),
@@ -519,6 +536,7 @@ impl<'a> Trainer<'a> {
                     return Ok(Outcome::Interrupted {
                         epoch: epoch + 1,
                         step,
+                        epoch_finished: false,
                         run_dir: self.run.dir().to_path_buf(),
                     })
                 }
@@ -528,6 +546,7 @@ impl<'a> Trainer<'a> {
                 return Ok(Outcome::Interrupted {
                     epoch: epoch + 1,
                     step: self.steps_per_epoch,
+                    epoch_finished: true,
                     run_dir: self.run.dir().to_path_buf(),
                 });
             }
