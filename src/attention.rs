@@ -168,16 +168,20 @@ fn choose_image(args: &AttentionArgs, loaded: &LoadedModel) -> Result<ChosenImag
     }
     let index = args.index.unwrap_or(0);
     let dataset_args = checkpoint::dataset_args(&loaded.metadata, &args.data)?;
-    let data = data::load(&dataset_args, image_size)?;
+    let data = data::load_test(&dataset_args, image_size)?;
     loaded.check_dataset(&args.checkpoint, &data, &args.data.data_dir)?;
-    let n = data.test.len();
+    let count = data.test.len();
     ensure!(
-        (0..n).contains(&index),
-        "--index {index} is outside the test split (0..{n})"
+        (0..count).contains(&index),
+        "--index {index} is outside the test split (0..{count})"
     );
+    let file = match &data.files {
+        Some(files) => format!(" ({})", files[index as usize].display()),
+        None => String::new(),
+    };
     Ok(ChosenImage {
         image: data.test.images.get(index),
-        source: format!("{} test image {index}", data.name),
+        source: format!("{} test image {index}{file}", data.name),
         label: Some(data.test.labels.int64_value(&[index])),
         classes: Some(data.classes),
     })

@@ -2,7 +2,7 @@
 //! whose metadata holds the model config as JSON (`config`), so that a file written here
 //! loads with `strict=True` into timm's `VisionTransformer`, and the other way round.
 
-use crate::data::Dataset;
+use crate::data::TestSet;
 use crate::fsutil::write_atomic;
 use crate::model::{ViTConfig, VisionTransformer};
 use anyhow::{bail, ensure, Context, Result};
@@ -373,11 +373,13 @@ impl LoadedModel {
     /// Fails unless `dataset` (read from `data_dir`) fits the model from `path`: its
     /// channels and number of classes. Warns when the checkpoint recorded other class
     /// names, since the dataset's names then label the model's class numbers.
-    pub fn check_dataset(&self, path: &Path, dataset: &Dataset, data_dir: &Path) -> Result<()> {
+    pub fn check_dataset(&self, path: &Path, dataset: &TestSet, data_dir: &Path) -> Result<()> {
         let config = &self.model.config;
-        dataset.check_channels(config.in_channels)?;
+        dataset
+            .test
+            .check_channels(config.in_channels, &dataset.name)?;
         ensure!(
-            dataset.num_classes() == config.num_classes,
+            dataset.classes.len() as i64 == config.num_classes,
             "{} has {} classes but {} ({}) has {}: use the dataset it was trained on",
             path.display(),
             config.num_classes,

@@ -109,7 +109,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let dataset_args = checkpoint::dataset_args(&loaded.metadata, &args.data)
         .with_context(|| format!("evaluating {}", args.checkpoint.display()))?;
     ensure!(args.batch_size > 0, "--batch-size must be positive");
-    let dataset = data::load(&dataset_args, config.image_size)?;
+    let dataset = data::load_test(&dataset_args, config.image_size)?;
     loaded.check_dataset(&args.checkpoint, &dataset, &args.data.data_dir)?;
     // Before the pass, which may take a while: a folder that cannot take the results.
     let out_dir = match &args.out {

@@ -1400,3 +1400,46 @@ fn make_train_refuses_dataset_flags_in_args() {
     let planned = String::from_utf8_lossy(&output.stdout);
     assert!(planned.contains("train --dataset 'cifar100' --data-dir 'data' --epochs 2"));
 }
+
+/// A folder of held-out photos needs only `test/`: `vit eval` and `vit attention --index`
+/// read that split alone, and `--index` names its file (the classes taken in turn).
+#[test]
+fn a_test_only_folder_is_evaluated_and_index_names_its_file() {
+    let root = TempDir::new("test-only");
+    let photos = root.join("photos");
+    for (class, value) in [("cat", 40u8), ("dog", 200)] {
+        let folder = photos.join("test").join(class);
+        std::fs::create_dir_all(&folder).unwrap();
+        for index in 0..2 {
+            image::RgbImage::from_pixel(32, 32, image::Rgb([value, 90, 20 * index]))
+                .save(folder.join(format!("{index}.png")))
+                .unwrap();
+        }
+    }
+    let config = ViTConfig {
+        num_classes: 2,
+        ..ViTConfig::tiny()
+    };
+    let model = root.join("model.safetensors");
+    let metadata = [
+        ("dataset", "folder".to_string()),
+        ("classes", r#"["cat","dog"]"#.to_string()),
+    ];
+    save_fresh_model(&config, &metadata, &model);
+    let (model, photos) = (model.to_str().unwrap(), photos.to_str().unwrap());
+
+    #[rustfmt::skip]
+    let output = vit(&["eval", "--checkpoint", model, "--data-dir", photos, "--device", "cpu", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["images"], 4);
+
+    let picture = root.join("attention.png");
+    #[rustfmt::skip]
+    let output = vit(&["attention", "--checkpoint", model, "--data-dir", photos, "--index", "1", "-o", picture.to_str().unwrap(), "--device", "cpu"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let file = Path::new(photos).join("test/dog/0.png");
+    assert!(
+        stdout.contains(&format!("folder test image 1 ({})", file.display())),
+        "{stdout}"
+    );
+}

@@ -9,7 +9,7 @@
 //! that size, and written in CHW order into one uint8 tensor. Decoding is spread over the
 //! available cores.
 
-use super::{Dataset, Split};
+use super::{Dataset, Split, TestSet};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -33,9 +33,7 @@ const MAX_PIXELS: u64 = 178_956_970;
 
 /// Reads `root/train` and `root/test`; the test split must have the same classes.
 pub fn load(root: &Path, image_size: i64) -> Result<Dataset> {
-    if image_size <= 0 {
-        bail!("--image-size must be positive, got {image_size}");
-    }
+    let size = checked_size(image_size)?;
     let (classes, train_files) = scan_split(&root.join("train"))?;
     let (test_classes, test_files) = scan_split(&root.join("test"))?;
     if test_classes != classes {
@@ -57,20 +55,46 @@ pub fn load(root: &Path, image_size: i64) -> Result<Dataset> {
     }
     // Both splits in one pass, so that one error names every bad file of either.
     let (train_count, test_count) = (train_files.len() as i64, test_files.len() as i64);
-    let files = [train_files, test_files].concat();
-    let paths: Vec<&Path> = files.iter().map(|(path, _)| path.as_path()).collect();
-    let images = decode_images(&paths, image_size as u32)?;
-    let labels = Tensor::from_slice(&files.iter().map(|(_, label)| *label).collect::<Vec<_>>());
+    let both = decode_labeled(&[train_files, test_files].concat(), size)?;
     let split = |start: i64, count: i64| Split {
-        images: images.narrow(0, start, count),
-        labels: labels.narrow(0, start, count),
+        images: both.images.narrow(0, start, count),
+        labels: both.labels.narrow(0, start, count),
     };
-    let (train, test) = (split(0, train_count), split(train_count, test_count));
     Ok(Dataset {
         name: "folder".into(),
-        train,
-        test,
+        train: split(0, train_count),
+        test: split(train_count, test_count),
         classes,
+    })
+}
+
+/// Reads `root/test` alone: `root/train` may be missing.
+pub fn load_test(root: &Path, image_size: i64) -> Result<TestSet> {
+    let size = checked_size(image_size)?;
+    let (classes, files) = scan_split(&root.join("test"))?;
+    Ok(TestSet {
+        name: "folder".into(),
+        test: decode_labeled(&files, size)?,
+        classes,
+        files: Some(files.into_iter().map(|(path, _)| path).collect()),
+    })
+}
+
+fn checked_size(image_size: i64) -> Result<u32> {
+    ensure!(
+        image_size > 0,
+        "--image-size must be positive, got {image_size}"
+    );
+    u32::try_from(image_size).with_context(|| format!("--image-size {image_size} is too large"))
+}
+
+/// Decodes the files into uint8 images [N, 3, size, size] and their labels [N].
+fn decode_labeled(files: &[LabeledFile], size: u32) -> Result<Split> {
+    let paths: Vec<&Path> = files.iter().map(|(path, _)| path.as_path()).collect();
+    let labels: Vec<i64> = files.iter().map(|(_, label)| *label).collect();
+    Ok(Split {
+        images: decode_images(&paths, size)?,
+        labels: Tensor::from_slice(&labels),
     })
 }
 

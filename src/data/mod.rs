@@ -74,6 +74,18 @@ impl Split {
         }
     }
 
+    /// Fails unless the images have `in_channels` channels (CIFAR and folder images are
+    /// RGB), so a mismatched `--in-channels` is an error rather than a libtorch panic.
+    pub fn check_channels(&self, in_channels: i64, dataset: &str) -> Result<()> {
+        let channels = self.images.size()[1];
+        anyhow::ensure!(
+            channels == in_channels,
+            "{dataset} images have {channels} channels but the model expects --in-channels \
+             {in_channels}"
+        );
+        Ok(())
+    }
+
     /// Images per class, for `num_classes` classes.
     pub fn class_counts(&self, num_classes: usize) -> Vec<i64> {
         let counts = self
@@ -129,18 +141,18 @@ impl Dataset {
     pub fn num_classes(&self) -> i64 {
         self.classes.len() as i64
     }
+}
 
-    /// Fails unless the images have `in_channels` channels (CIFAR and folder images are
-    /// RGB), so a mismatched `--in-channels` is an error rather than a libtorch panic.
-    pub fn check_channels(&self, in_channels: i64) -> anyhow::Result<()> {
-        let channels = self.train.images.size()[1];
-        anyhow::ensure!(
-            channels == in_channels,
-            "{} images have {channels} channels but the model expects --in-channels {in_channels}",
-            self.name
-        );
-        Ok(())
-    }
+/// A dataset's test split alone, which is what evaluating a model needs (a folder dataset
+/// then needs no `train` folder, and its training images are not decoded).
+#[derive(Debug)]
+pub struct TestSet {
+    /// As [`Dataset::name`].
+    pub name: String,
+    pub test: Split,
+    pub classes: Vec<String>,
+    /// Each test image's file, for a folder dataset (CIFAR's images are records of one).
+    pub files: Option<Vec<std::path::PathBuf>>,
 }
 
 /// Loads a dataset chosen by the CLI flags; `image_size` is used by folder datasets (CIFAR
@@ -154,6 +166,21 @@ pub fn load(args: &DatasetArgs, image_size: i64) -> Result<Dataset> {
         DatasetName::Cifar100 => cifar::load_cifar100(&args.data_dir, args.coarse_labels),
         DatasetName::Folder => folder::load(&args.data_dir, image_size),
     }
+}
+
+/// Loads the test split of a dataset chosen by the CLI flags (see [`load`]).
+pub fn load_test(args: &DatasetArgs, image_size: i64) -> Result<TestSet> {
+    if args.dataset == DatasetName::Folder {
+        return folder::load_test(&args.data_dir, image_size);
+    }
+    // A CIFAR release is read whole in a fraction of a second.
+    let dataset = load(args, image_size)?;
+    Ok(TestSet {
+        name: dataset.name,
+        test: dataset.test,
+        classes: dataset.classes,
+        files: None,
+    })
 }
 
 /// `vit download`: fetch, verify and unpack a CIFAR archive into `--data-dir`.

@@ -287,7 +287,9 @@ fn settings_and_dataset(args: &TrainArgs) -> Result<(TrainSettings, Dataset)> {
         );
     }
     let dataset = data::load(&args.data, config.image_size)?;
-    dataset.check_channels(config.in_channels)?;
+    dataset
+        .train
+        .check_channels(config.in_channels, &dataset.name)?;
     let num_classes = dataset.num_classes();
     match args.model.num_classes {
         None => config.num_classes = num_classes,
