@@ -138,6 +138,11 @@ pub struct MetricsRow {
     pub test_loss: Option<f64>,
     #[serde(default, deserialize_with = "csv::invalid_option")]
     pub test_acc: Option<f64>,
+    /// The EMA weights' test figures (empty without `--ema`).
+    #[serde(default, deserialize_with = "csv::invalid_option")]
+    pub ema_test_loss: Option<f64>,
+    #[serde(default, deserialize_with = "csv::invalid_option")]
+    pub ema_test_acc: Option<f64>,
 }
 
 /// A run's label (its folder name) and its epochs.
@@ -273,14 +278,47 @@ enum Panel {
 }
 
 impl Panel {
-    fn values(self, e: &MetricsRow) -> [Option<f64>; 2] {
-        let finite = |v: Option<f64>| v.filter(|v| v.is_finite());
+    /// The values of [`CURVES`] in one epoch's row.
+    fn values(self, row: &MetricsRow) -> [Option<f64>; 3] {
+        let finite = |value: Option<f64>| value.filter(|value| value.is_finite());
+        let percent = |value: Option<f64>| finite(value).map(|fraction| 100.0 * fraction);
         match self {
-            Panel::Loss => [finite(e.train_loss), finite(e.test_loss)],
-            Panel::Accuracy => [
-                finite(e.train_acc).map(|a| 100.0 * a),
-                finite(e.test_acc).map(|a| 100.0 * a),
+            Panel::Loss => [
+                finite(row.train_loss),
+                finite(row.test_loss),
+                finite(row.ema_test_loss),
             ],
+            Panel::Accuracy => [
+                percent(row.train_acc),
+                percent(row.test_acc),
+                percent(row.ema_test_acc),
+            ],
+        }
+    }
+}
+
+/// Each run's curves, by name and line: train solid, test dashed, the EMA weights' test
+/// dotted (drawn only where the run has them).
+const CURVES: [(&str, Line); 3] = [
+    ("train", Line::Solid),
+    ("test", Line::Dashed),
+    ("EMA test", Line::Dotted),
+];
+
+#[derive(Clone, Copy, PartialEq)]
+enum Line {
+    Solid,
+    Dashed,
+    Dotted,
+}
+
+impl Line {
+    /// The three strokes of its legend sample, 20 pixels wide, as (start, end).
+    fn legend_strokes(self) -> [(i32, i32); 3] {
+        match self {
+            Line::Solid => [(0, 7), (7, 14), (14, 20)],
+            Line::Dashed => [(0, 7), (12, 20), (20, 20)],
+            Line::Dotted => [(0, 3), (8, 11), (16, 19)],
         }
     }
 }
@@ -413,41 +451,42 @@ fn draw_panel<DB: DrawingBackend>(
             .draw(),
     )?;
 
-    for (i, run) in runs.iter().enumerate() {
-        let colour = PALETTE[i % PALETTE.len()];
-        for (which, name) in ["train", "test"].into_iter().enumerate() {
+    for (run_index, run) in runs.iter().enumerate() {
+        let colour = PALETTE[run_index % PALETTE.len()];
+        for (curve, (name, line)) in CURVES.into_iter().enumerate() {
             let points: Vec<(f64, f64)> = run
                 .epochs
                 .iter()
-                .filter_map(|e| panel.values(e)[which].map(|v| (e.epoch, v)))
+                .filter_map(|row| panel.values(row)[curve].map(|value| (row.epoch, value)))
                 .collect();
             if points.is_empty() {
                 continue;
             }
             let label = format!("{} {name}", run.label);
             let style = colour.stroke_width(2);
-            let series = if which == 0 {
-                drawing(chart.draw_series(LineSeries::new(points.clone(), style)))?
-            } else {
-                drawing(chart.draw_series(DashedLineSeries::new(points.clone(), 8, 5, style)))?
+            let series = match line {
+                Line::Solid => drawing(chart.draw_series(LineSeries::new(points.clone(), style)))?,
+                Line::Dashed => {
+                    drawing(chart.draw_series(DashedLineSeries::new(points.clone(), 8, 5, style)))?
+                }
+                Line::Dotted => {
+                    drawing(chart.draw_series(DashedLineSeries::new(points.clone(), 3, 5, style)))?
+                }
             };
-            let dashed = which == 1;
-            // Two strokes: a gap between them for the dashed test line, none for train.
-            let second_from = if dashed { 12 } else { 7 };
             series.label(label).legend(move |(x, y)| {
                 let style = colour.stroke_width(2);
-                EmptyElement::at((x, y))
-                    + PathElement::new(vec![(0, 0), (7, 0)], style)
-                    + PathElement::new(vec![(second_from, 0), (20, 0)], style)
+                let [first, second, third] = line
+                    .legend_strokes()
+                    .map(|(start, end)| PathElement::new(vec![(start, 0), (end, 0)], style));
+                EmptyElement::at((x, y)) + first + second + third
             });
             // Markers, so that a short run (a single epoch, say) still shows.
             if points.len() > 30 {
                 continue;
             }
-            let marker = if dashed {
-                colour.stroke_width(1)
-            } else {
-                colour.filled()
+            let marker = match line {
+                Line::Solid => colour.filled(),
+                Line::Dashed | Line::Dotted => colour.stroke_width(1),
             };
             drawing(chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, marker))))?;
         }

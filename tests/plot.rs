@@ -59,6 +59,36 @@ fn curves_of_several_runs_as_png_and_svg() {
     }
 }
 
+/// A run trained with `--ema` gets a third, dotted curve in each panel, for its EMA
+/// weights; a run without (empty EMA cells, or no such columns) gets none.
+#[test]
+fn curves_of_the_ema_weights_where_a_run_has_them() {
+    let dir = TempDir::new("curves-ema");
+    let with_ema = dir.join("strong");
+    write_metrics(&with_ema, 3, 1.0);
+    let csv = std::fs::read_to_string(with_ema.join("metrics.csv")).unwrap();
+    let csv: String = csv
+        .lines()
+        .enumerate()
+        .map(|(row, line)| match row {
+            0 => format!("{line},ema_test_loss,ema_test_acc\n"),
+            _ => format!("{line},1.5,0.{row}\n"),
+        })
+        .collect();
+    std::fs::write(with_ema.join("metrics.csv"), csv).unwrap();
+    let rows = plot::read_metrics(&with_ema.join("metrics.csv")).unwrap();
+    assert_eq!(rows[1].ema_test_acc, Some(0.2));
+    let without = dir.join("notebook");
+    write_metrics(&without, 3, 1.0);
+    let output = dir.join("curves.png");
+    plot::curves(&[with_ema, without], &output).unwrap();
+    let svg = std::fs::read_to_string(dir.join("curves.svg")).unwrap();
+    // The legend of each panel names it once.
+    assert_eq!(svg.matches("strong EMA test").count(), 2, "{svg}");
+    assert!(!svg.contains("notebook EMA test"));
+    assert!(svg.contains("notebook test"));
+}
+
 #[test]
 fn curves_after_the_first_epoch_as_train_plot_calls_it() {
     let dir = TempDir::new("first-epoch");
