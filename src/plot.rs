@@ -507,26 +507,92 @@ fn draw_panel<DB: DrawingBackend>(
 // Confusion matrix
 // ---------------------------------------------------------------------------------------
 
-const CM_TOP: u32 = 60;
-const CM_LEFT: u32 = 190;
-const CM_BOTTOM: u32 = 150;
-const CM_RIGHT: u32 = 110;
-
-/// Side of one confusion-matrix cell in pixels: large for 10 classes, 8 px for 100.
-pub fn confusion_cell_size(num_classes: usize) -> u32 {
-    (720 / num_classes.max(1) as u32).clamp(8, 56)
+/// Where the confusion-matrix picture puts things, in pixels. The margins fit the longest
+/// class name (a dataset of short names gets its axis titles close to the matrix), and
+/// the picture is at least as wide as its title.
+pub struct ConfusionLayout {
+    /// Side of one cell: large for a few classes, 8 px for 100.
+    pub cell: u32,
+    /// Left and top edge of the matrix.
+    pub left: u32,
+    pub top: u32,
+    /// The picture's width and height.
+    pub size: (u32, u32),
+    num_classes: usize,
+    /// Every `tick_step`-th class is named on the axes.
+    tick_step: usize,
+    tick_font: f64,
 }
 
-/// Top-left pixel of the cell of true class `row` predicted as `col`.
-pub fn confusion_cell_origin(num_classes: usize, row: usize, col: usize) -> (u32, u32) {
-    let cell = confusion_cell_size(num_classes);
-    (CM_LEFT + col as u32 * cell, CM_TOP + row as u32 * cell)
+/// Room for an axis title (16 pt) and the gaps around it.
+const AXIS_TITLE_ROOM: u32 = 40;
+/// Right of the matrix: the colour bar and its percentages.
+const COLOUR_BAR_ROOM: u32 = 110;
+const TITLE_FONT: f64 = 20.0;
+
+impl ConfusionLayout {
+    pub fn new(classes: &[String]) -> Self {
+        register_font();
+        let num_classes = classes.len().max(1);
+        let cell = (720 / num_classes as u32).clamp(8, 72);
+        // Every class up to 30 classes, else every `tick_step`-th, with its index.
+        let tick_step = num_classes.div_ceil(30);
+        let tick_font = if num_classes <= 30 { 13.0 } else { 11.0 };
+        let mut layout = Self {
+            cell,
+            left: 0,
+            top: 60,
+            size: (0, 0),
+            num_classes,
+            tick_step,
+            tick_font,
+        };
+        let longest_tick = (0..classes.len())
+            .step_by(tick_step)
+            .map(|class| text_width(&layout.tick(classes, class), tick_font))
+            .max()
+            .unwrap_or(0);
+        let side = layout.side();
+        layout.left = AXIS_TITLE_ROOM + longest_tick;
+        // Below: the rotated names, then the axis title (and the colour bar's caption).
+        let bottom = (AXIS_TITLE_ROOM + longest_tick).max(60);
+        let title = text_width(
+            "Confusion matrix: 100.00% of 100000 test images correct",
+            TITLE_FONT,
+        );
+        let width = (layout.left + side + COLOUR_BAR_ROOM).max(title + 40);
+        layout.size = (width, layout.top + side + bottom);
+        layout
+    }
+
+    /// The matrix's side.
+    pub fn side(&self) -> u32 {
+        self.cell * self.num_classes as u32
+    }
+
+    /// Top-left pixel of the cell of true class `row` predicted as `col`.
+    pub fn cell_origin(&self, row: usize, col: usize) -> (u32, u32) {
+        (
+            self.left + col as u32 * self.cell,
+            self.top + row as u32 * self.cell,
+        )
+    }
+
+    /// The name on the axes of class `class`: with its index when not every class is named.
+    fn tick(&self, classes: &[String], class: usize) -> String {
+        match self.tick_step {
+            1 => classes[class].clone(),
+            _ => format!("{class} {}", classes[class]),
+        }
+    }
 }
 
-/// Width and height of the confusion-matrix picture for `num_classes` classes.
-pub fn confusion_size(num_classes: usize) -> (u32, u32) {
-    let side = confusion_cell_size(num_classes) * num_classes as u32;
-    (CM_LEFT + side + CM_RIGHT, CM_TOP + side + CM_BOTTOM)
+/// The width of `text` in the pictures' font at `size` points, in pixels.
+fn text_width(text: &str, size: f64) -> u32 {
+    (FONT, size)
+        .into_font()
+        .box_size(text)
+        .map_or((text.len() as f64 * size * 0.6) as u32, |(width, _)| width)
 }
 
 /// Matplotlib's "Blues" colour map at `t` in [0, 1].
@@ -578,7 +644,7 @@ fn interpolate(stops: &[(u8, u8, u8)], t: f64) -> RGBColor {
 /// Draws the confusion matrix (int64 [K, K], rows = true class, columns = predicted) as a
 /// heat map of row-normalised fractions (per-class recall on the diagonal), with class
 /// names on both axes, counts in the cells when K <= 20, and a colour bar. Writes a PNG of
-/// [`confusion_size`]`(K)`.
+/// [`ConfusionLayout`]'s size.
 pub fn confusion_matrix(confusion: &Tensor, classes: &[String], output: &Path) -> Result<()> {
     let size = confusion.size();
     ensure!(
@@ -601,18 +667,20 @@ pub fn confusion_matrix(confusion: &Tensor, classes: &[String], output: &Path) -
     if counts.iter().any(|&n| n < 0) {
         bail!("the confusion matrix has negative counts");
     }
-    render_png(output, confusion_size(num_classes), |root| {
-        draw_confusion(root, &counts, classes)
+    let layout = ConfusionLayout::new(classes);
+    render_png(output, layout.size, |root| {
+        draw_confusion(root, &layout, &counts, classes)
     })
 }
 
 fn draw_confusion<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
+    layout: &ConfusionLayout,
     counts: &[i64],
     classes: &[String],
 ) -> Result<()> {
     let num_classes = classes.len();
-    let top = CM_TOP as i32;
+    let top = layout.top as i32;
     drawing(root.fill(&WHITE))?;
 
     let total: i64 = counts.iter().sum();
@@ -629,31 +697,32 @@ fn draw_confusion<DB: DrawingBackend>(
     drawing(root.draw(&Text::new(
         title,
         (width as i32 / 2, top / 2),
-        TextStyle::from((FONT, 20).into_font()).pos(Pos::new(HPos::Center, VPos::Center)),
+        TextStyle::from((FONT, TITLE_FONT).into_font()).pos(Pos::new(HPos::Center, VPos::Center)),
     )))?;
 
-    draw_cells(root, counts, num_classes)?;
-    draw_class_labels(root, classes)?;
-    draw_colour_bar(root, num_classes)
+    draw_cells(root, layout, counts)?;
+    draw_class_labels(root, layout, classes)?;
+    draw_colour_bar(root, layout)
 }
 
-/// Cell side, matrix side, left and top edge of the matrix, in pixels.
-fn confusion_geometry(num_classes: usize) -> (i32, i32, i32, i32) {
-    let cell = confusion_cell_size(num_classes) as i32;
+/// Cell side, matrix side, left and top edge of the matrix, as drawing coordinates.
+fn geometry(layout: &ConfusionLayout) -> (i32, i32, i32, i32) {
+    let pixels = |value: u32| value as i32;
     (
-        cell,
-        cell * num_classes as i32,
-        CM_LEFT as i32,
-        CM_TOP as i32,
+        pixels(layout.cell),
+        pixels(layout.side()),
+        pixels(layout.left),
+        pixels(layout.top),
     )
 }
 
 fn draw_cells<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
+    layout: &ConfusionLayout,
     counts: &[i64],
-    num_classes: usize,
 ) -> Result<()> {
-    let (cell, side, left, top) = confusion_geometry(num_classes);
+    let num_classes = layout.num_classes;
+    let (cell, side, left, top) = geometry(layout);
     // Cells, shaded by the fraction of the true class (row) predicted as each column.
     let show_counts = num_classes <= 20;
     let count_font = (cell as f64 / 3.2).clamp(8.0, 16.0);
@@ -666,7 +735,7 @@ fn draw_cells<DB: DrawingBackend>(
             } else {
                 0.0
             };
-            let (x, y) = confusion_cell_origin(num_classes, i, j);
+            let (x, y) = layout.cell_origin(i, j);
             let (x, y) = (x as i32, y as i32);
             drawing(root.draw(&Rectangle::new(
                 [(x, y), (x + cell, y + cell)],
@@ -697,38 +766,27 @@ fn draw_cells<DB: DrawingBackend>(
 /// titles.
 fn draw_class_labels<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
+    layout: &ConfusionLayout,
     classes: &[String],
 ) -> Result<()> {
-    let num_classes = classes.len();
-    let (cell, side, left, top) = confusion_geometry(num_classes);
-    // Tick labels: every class up to 30 classes, else every `step`-th with its index.
-    let step = num_classes.div_ceil(30).max(1);
-    let label_font = if num_classes <= 30 { 13.0 } else { 11.0 };
-    let tick = |i: usize| {
-        if step == 1 {
-            classes[i].clone()
-        } else {
-            format!("{i} {}", classes[i])
-        }
-    };
-    for i in (0..num_classes).step_by(step) {
-        let c = i as i32 * cell + cell / 2;
+    let (cell, side, left, top) = geometry(layout);
+    let tick_font = layout.tick_font;
+    for class in (0..classes.len()).step_by(layout.tick_step) {
+        let centre = class as i32 * cell + cell / 2;
+        let tick = layout.tick(classes, class);
         // True class, left of the row.
-        drawing(
-            root.draw(&Text::new(
-                tick(i),
-                (left - 6, top + c),
-                TextStyle::from((FONT, label_font).into_font())
-                    .pos(Pos::new(HPos::Right, VPos::Center)),
-            )),
-        )?;
+        drawing(root.draw(&Text::new(
+            tick.clone(),
+            (left - 6, top + centre),
+            TextStyle::from((FONT, tick_font).into_font()).pos(Pos::new(HPos::Right, VPos::Center)),
+        )))?;
         // Predicted class, below the column, reading downwards.
         drawing(
             root.draw(&Text::new(
-                tick(i),
-                (left + c, top + side + 6),
+                tick,
+                (left + centre, top + side + 6),
                 TextStyle::from(
-                    (FONT, label_font)
+                    (FONT, tick_font)
                         .into_font()
                         .transform(FontTransform::Rotate90),
                 )
@@ -736,15 +794,21 @@ fn draw_class_labels<DB: DrawingBackend>(
             )),
         )?;
     }
+    // The axis titles, in the room kept for them beyond the longest name.
+    let longest_tick = left - AXIS_TITLE_ROOM as i32;
+    let title_centre = (AXIS_TITLE_ROOM as i32 - 6) / 2;
     drawing(root.draw(&Text::new(
         "predicted class",
-        (left + side / 2, top + side + CM_BOTTOM as i32 - 14),
+        (
+            left + side / 2,
+            top + side + 6 + longest_tick + title_centre,
+        ),
         TextStyle::from((FONT, 16).into_font()).pos(Pos::new(HPos::Center, VPos::Center)),
     )))?;
     drawing(
         root.draw(&Text::new(
             "true class",
-            (14, top + side / 2),
+            (title_centre, top + side / 2),
             TextStyle::from((FONT, 16).into_font().transform(FontTransform::Rotate270))
                 .pos(Pos::new(HPos::Center, VPos::Center)),
         )),
@@ -754,9 +818,9 @@ fn draw_class_labels<DB: DrawingBackend>(
 
 fn draw_colour_bar<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
-    num_classes: usize,
+    layout: &ConfusionLayout,
 ) -> Result<()> {
-    let (_, side, left, top) = confusion_geometry(num_classes);
+    let (_, side, left, top) = geometry(layout);
     // Colour bar: fraction of the true class, 0 at the bottom to 1 at the top.
     let bar_x = left + side + 20;
     let bar_w = 18;

@@ -11,7 +11,7 @@ use vit_tch::attention::{self, figure_size, last_layer_heads, rollout};
 use vit_tch::checkpoint::{self, TensorFile};
 use vit_tch::cli::{AttentionArgs, CheckpointDatasetArgs, DeviceArgs, PlotArgs};
 use vit_tch::model::{ViTConfig, VisionTransformer};
-use vit_tch::plot::{self, confusion_cell_origin, confusion_size, CURVES_SIZE};
+use vit_tch::plot::{self, ConfusionLayout, CURVES_SIZE};
 
 fn png_size(path: &Path) -> (u32, u32) {
     let image = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -147,9 +147,9 @@ fn pictures_are_written_only_as_png() {
 }
 
 #[test]
-fn confusion_matrix_for_10_and_100_classes() {
+fn confusion_matrix_for_3_10_and_100_classes() {
     let dir = TempDir::new("confusion");
-    for k in [10i64, 100] {
+    for k in [3i64, 10, 100] {
         let classes: Vec<String> = (0..k).map(|i| format!("class-{i}")).collect();
         // Mostly right, some mistakes to the next class; row i holds (i + 1) * 100 images,
         // so that shares of a column (or of the whole) differ from shares of the row.
@@ -159,14 +159,15 @@ fn confusion_matrix_for_10_and_100_classes() {
             * rows;
         let output = dir.join(format!("confusion_{k}.png"));
         plot::confusion_matrix(&confusion, &classes, &output).unwrap();
-        assert_eq!(png_size(&output), confusion_size(k as usize));
+        let layout = ConfusionLayout::new(&classes);
+        assert_eq!(png_size(&output), layout.size);
         // Each cell is shaded by its share of the row: 0.9 on the diagonal, 0.1 next to
         // it, 0 elsewhere (sampled inside the cell's corner, clear of the count text).
         let picture = image::open(&output).unwrap().into_rgb8();
         let k = k as usize;
         for row in [0, k / 2, k - 1] {
-            for (col, share) in [(row, 0.9), ((row + 1) % k, 0.1), ((row + 3) % k, 0.0)] {
-                let (x, y) = confusion_cell_origin(k, row, col);
+            for (col, share) in [(row, 0.9), ((row + 1) % k, 0.1), ((row + 2) % k, 0.0)] {
+                let (x, y) = layout.cell_origin(row, col);
                 let pixel = picture.get_pixel(x + 2, y + 2).0;
                 let expected = plot::blues(share);
                 assert_eq!(
