@@ -512,10 +512,10 @@ fn draw_panel<DB: DrawingBackend>(
 /// the picture is at least as wide as its title.
 pub struct ConfusionLayout {
     /// Side of one cell: large for a few classes, 8 px for 100.
-    pub cell: u32,
+    cell: u32,
     /// Left and top edge of the matrix.
-    pub left: u32,
-    pub top: u32,
+    left: u32,
+    top: u32,
     /// The picture's width and height.
     pub size: (u32, u32),
     num_classes: usize,
@@ -551,7 +551,9 @@ impl ConfusionLayout {
             .step_by(tick_step)
             .map(|class| text_width(&layout.tick(classes, class), tick_font))
             .max()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            // A name longer than this is cut at the picture's edge.
+            .min(400);
         let side = layout.side();
         layout.left = AXIS_TITLE_ROOM + longest_tick;
         // Below: the rotated names, then the axis title (and the colour bar's caption).
