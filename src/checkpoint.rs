@@ -370,14 +370,29 @@ impl LoadedModel {
         Ok(())
     }
 
-    /// Fails unless `dataset` (read from `data_dir`) fits the model from `path`: its
-    /// channels and number of classes. Warns when the checkpoint recorded other class
-    /// names, since the dataset's names then label the model's class numbers.
-    pub fn check_dataset(&self, path: &Path, dataset: &TestSet, data_dir: &Path) -> Result<()> {
+    /// Fits `dataset` (read from `data_dir`) to the model from `path`, or fails: its
+    /// channels and number of classes must match. A folder dataset's classes are numbered
+    /// by name as the checkpoint records them (its folders may be some of the model's
+    /// classes, and none other). Otherwise, a checkpoint that recorded other class names
+    /// gets a warning, since the dataset's names then label the model's numbers.
+    pub fn fit_dataset(&self, path: &Path, dataset: &mut TestSet, data_dir: &Path) -> Result<()> {
         let config = &self.model.config;
         dataset
             .test
             .check_channels(config.in_channels, &dataset.name)?;
+        let recorded = recorded_class_names(&self.metadata, config.num_classes);
+        // A folder dataset (one with files) numbers its classes by folder name.
+        let numbered_by_name = dataset.files.is_some();
+        if let Some(recorded) = recorded.as_ref().filter(|_| numbered_by_name) {
+            dataset.relabel(recorded).with_context(|| {
+                format!(
+                    "{}: its test class folders must be classes of {}; rename or remove the \
+                     others",
+                    data_dir.display(),
+                    path.display()
+                )
+            })?;
+        }
         ensure!(
             dataset.classes.len() as i64 == config.num_classes,
             "{} has {} classes but {} ({}) has {}: use the dataset it was trained on",
@@ -387,7 +402,6 @@ impl LoadedModel {
             data_dir.display(),
             dataset.classes.len()
         );
-        let recorded = recorded_class_names(&self.metadata, config.num_classes);
         if let Some(recorded) = recorded.filter(|names| *names != dataset.classes) {
             eprintln!(
                 "warning: {} was trained on the classes {:?}, but {} has {:?}: the dataset's \

@@ -62,12 +62,15 @@ pub fn evaluate(model: &VisionTransformer, split: &Split, batch_size: i64) -> Ev
 }
 
 impl Evaluation {
-    /// Accuracy of each true class (NaN for a class with no test images).
-    pub fn per_class_accuracy(&self) -> Vec<f64> {
+    /// Accuracy of each true class (None for a class with no test images).
+    pub fn per_class_accuracy(&self) -> Vec<Option<f64>> {
         let rows: Vec<Vec<i64>> = Vec::try_from(&self.confusion).expect("confusion is 2-D int64");
         rows.iter()
             .enumerate()
-            .map(|(i, row)| row[i] as f64 / row.iter().sum::<i64>() as f64)
+            .map(|(class, row)| {
+                let images = row.iter().sum::<i64>();
+                (images > 0).then(|| row[class] as f64 / images as f64)
+            })
             .collect()
     }
 
@@ -95,7 +98,8 @@ struct EvalReport<'a> {
     images: i64,
     dataset: &'a str,
     checkpoint: String,
-    per_class_accuracy: Vec<(&'a str, f64)>,
+    /// null for a class without test images.
+    per_class_accuracy: Vec<(&'a str, Option<f64>)>,
     confusion_matrix_csv: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     confusion_matrix_png: Option<String>,
@@ -109,8 +113,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let dataset_args = checkpoint::dataset_args(&loaded.metadata, &args.data)
         .with_context(|| format!("evaluating {}", args.checkpoint.display()))?;
     ensure!(args.batch_size > 0, "--batch-size must be positive");
-    let dataset = data::load_test(&dataset_args, config.image_size)?;
-    loaded.check_dataset(&args.checkpoint, &dataset, &args.data.data_dir)?;
+    let mut dataset = data::load_test(&dataset_args, config.image_size)?;
+    loaded.fit_dataset(&args.checkpoint, &mut dataset, &args.data.data_dir)?;
     // Before the pass, which may take a while: a folder that cannot take the results.
     let out_dir = match &args.out {
         Some(dir) => dir.clone(),
@@ -168,7 +172,10 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         println!("Loss: {:.4}", evaluation.loss);
         println!("Per-class accuracy:");
         for (class, accuracy) in dataset.classes.iter().zip(per_class) {
-            println!("  {class:<20} {:6.2}%", 100.0 * accuracy);
+            match accuracy {
+                Some(accuracy) => println!("  {class:<20} {:6.2}%", 100.0 * accuracy),
+                None => println!("  {class:<20} (no test images)"),
+            }
         }
         println!("Confusion matrix: {}", csv_path.display());
         if let Some(png) = &png_path {

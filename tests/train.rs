@@ -1401,13 +1401,15 @@ fn make_train_refuses_dataset_flags_in_args() {
     assert!(planned.contains("train --dataset 'cifar100' --data-dir 'data' --epochs 2"));
 }
 
-/// A folder of held-out photos needs only `test/`: `vit eval` and `vit attention --index`
-/// read that split alone, and `--index` names its file (the classes taken in turn).
+/// A folder of held-out photos needs only `test/`, and may hold some of the model's
+/// classes: `vit eval` and `vit attention --index` read that split alone, number its
+/// folders by the checkpoint's class names, and refuse a folder that is not one of them;
+/// `--index` names its file (the classes taken in turn).
 #[test]
 fn a_test_only_folder_is_evaluated_and_index_names_its_file() {
     let root = TempDir::new("test-only");
     let photos = root.join("photos");
-    for (class, value) in [("cat", 40u8), ("dog", 200)] {
+    let write_class = |class: &str, value: u8| {
         let folder = photos.join("test").join(class);
         std::fs::create_dir_all(&folder).unwrap();
         for index in 0..2 {
@@ -1415,31 +1417,64 @@ fn a_test_only_folder_is_evaluated_and_index_names_its_file() {
                 .save(folder.join(format!("{index}.png")))
                 .unwrap();
         }
-    }
+    };
+    write_class("cat", 40);
+    write_class("dog", 200);
+    // Trained on three classes; the folder has two of them, which in name order would be
+    // numbered 0 and 1 rather than the model's 1 and 2.
     let config = ViTConfig {
-        num_classes: 2,
+        num_classes: 3,
         ..ViTConfig::tiny()
     };
     let model = root.join("model.safetensors");
     let metadata = [
         ("dataset", "folder".to_string()),
-        ("classes", r#"["cat","dog"]"#.to_string()),
+        ("classes", r#"["bird","cat","dog"]"#.to_string()),
     ];
     save_fresh_model(&config, &metadata, &model);
-    let (model, photos) = (model.to_str().unwrap(), photos.to_str().unwrap());
+    let (model, photos_dir) = (model.to_str().unwrap(), photos.to_str().unwrap());
 
     #[rustfmt::skip]
-    let output = vit(&["eval", "--checkpoint", model, "--data-dir", photos, "--device", "cpu", "--json"]);
+    let output = vit(&["eval", "--checkpoint", model, "--data-dir", photos_dir, "--device", "cpu", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["images"], 4);
+    assert_eq!(report["per_class_accuracy"][0][0], "bird");
+    assert!(report["per_class_accuracy"][0][1].is_null(), "{report}");
+    let csv = std::fs::read_to_string(root.join("model.confusion_matrix.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    let row_images = |row: &str| -> i64 {
+        row.split(',')
+            .skip(1)
+            .map(|count| count.parse::<i64>().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        rows[1..]
+            .iter()
+            .map(|row| row_images(row))
+            .collect::<Vec<_>>(),
+        [0, 2, 2],
+        "{csv}"
+    );
 
     let picture = root.join("attention.png");
     #[rustfmt::skip]
-    let output = vit(&["attention", "--checkpoint", model, "--data-dir", photos, "--index", "1", "-o", picture.to_str().unwrap(), "--device", "cpu"]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let file = Path::new(photos).join("test/dog/0.png");
+    let attention = ["attention", "--checkpoint", model, "--data-dir", photos_dir, "--index", "1", "-o", picture.to_str().unwrap(), "--device", "cpu"];
+    let stdout = String::from_utf8(vit(&attention).stdout).unwrap();
+    let file = photos.join("test/dog/0.png");
     assert!(
-        stdout.contains(&format!("folder test image 1 ({})", file.display())),
+        stdout.contains(&format!("folder test image 1 ({})", file.display()))
+            && stdout.contains("true class dog"),
         "{stdout}"
+    );
+
+    // A folder that is none of the model's classes (a thumbnail cache, say) is named.
+    write_class(".thumbs", 120);
+    #[rustfmt::skip]
+    let stderr = vit_fails(&["eval", "--checkpoint", model, "--data-dir", photos_dir, "--device", "cpu"]);
+    assert!(
+        stderr.contains("the class `.thumbs` is not one of the model's classes")
+            && stderr.contains("rename or remove the others"),
+        "{stderr}"
     );
 }

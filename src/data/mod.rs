@@ -155,6 +155,29 @@ pub struct TestSet {
     pub files: Option<Vec<std::path::PathBuf>>,
 }
 
+impl TestSet {
+    /// Numbers the classes as `classes` (a model's) does, by name: a folder dataset numbers
+    /// its class folders in name order, which matches the model's numbers only when it has
+    /// the same folders (a held-out folder may lack some classes, or hold a stray one).
+    /// Fails naming a class that is not one of `classes`.
+    pub fn relabel(&mut self, classes: &[String]) -> Result<()> {
+        let numbers = self
+            .classes
+            .iter()
+            .map(|class| {
+                let number = classes.iter().position(|known| known == class);
+                number.map(|number| number as i64).with_context(|| {
+                    format!("the class `{class}` is not one of the model's classes {classes:?}")
+                })
+            })
+            .collect::<Result<Vec<i64>>>()?;
+        let numbers = Tensor::from_slice(&numbers).to_device(self.test.labels.device());
+        self.test.labels = numbers.index_select(0, &self.test.labels);
+        self.classes = classes.to_vec();
+        Ok(())
+    }
+}
+
 /// Loads a dataset chosen by the CLI flags; `image_size` is used by folder datasets (CIFAR
 /// is 32x32; resizing is left to the transforms).
 pub fn load(args: &DatasetArgs, image_size: i64) -> Result<Dataset> {
