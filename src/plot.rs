@@ -522,10 +522,14 @@ pub struct ConfusionLayout {
     /// Every `tick_step`-th class is named on the axes.
     tick_step: usize,
     tick_font: f64,
+    /// The longest name's length in pixels (across, and down), at most [`MAX_TICK`].
+    names_room: u32,
 }
 
 /// Room for an axis title (16 pt) and the gaps around it.
 const AXIS_TITLE_ROOM: u32 = 40;
+/// A class name longer than this, in pixels, is shortened with "…".
+const MAX_TICK: u32 = 300;
 /// Right of the matrix: the colour bar and its percentages.
 const COLOUR_BAR_ROOM: u32 = 110;
 const TITLE_FONT: f64 = 20.0;
@@ -546,23 +550,24 @@ impl ConfusionLayout {
             num_classes,
             tick_step,
             tick_font,
+            names_room: 0,
         };
-        let longest_tick = (0..classes.len())
+        layout.names_room = (0..classes.len())
             .step_by(tick_step)
             .map(|class| text_width(&layout.tick(classes, class), tick_font))
             .max()
-            .unwrap_or(0)
-            // A name longer than this is cut at the picture's edge.
-            .min(400);
+            .unwrap_or(0);
         let side = layout.side();
-        layout.left = AXIS_TITLE_ROOM + longest_tick;
-        // Below: the rotated names, then the axis title (and the colour bar's caption).
-        let bottom = (AXIS_TITLE_ROOM + longest_tick).max(60);
+        let matrix_width = AXIS_TITLE_ROOM + layout.names_room + side + COLOUR_BAR_ROOM;
         let title = text_width(
             "Confusion matrix: 100.00% of 100000 test images correct",
             TITLE_FONT,
         );
-        let width = (layout.left + side + COLOUR_BAR_ROOM).max(title + 40);
+        let width = matrix_width.max(title + 40);
+        // Centred under a title wider than itself.
+        layout.left = (width - matrix_width) / 2 + AXIS_TITLE_ROOM + layout.names_room;
+        // Below: the rotated names, then the axis title (and the colour bar's caption).
+        let bottom = (AXIS_TITLE_ROOM + layout.names_room).max(60);
         layout.size = (width, layout.top + side + bottom);
         layout
     }
@@ -580,11 +585,22 @@ impl ConfusionLayout {
         )
     }
 
-    /// The name on the axes of class `class`: with its index when not every class is named.
+    /// The name on the axes of class `class`: with its index when not every class is
+    /// named, shortened with "…" to [`MAX_TICK`] pixels.
     fn tick(&self, classes: &[String], class: usize) -> String {
-        match self.tick_step {
+        let mut name = match self.tick_step {
             1 => classes[class].clone(),
             _ => format!("{class} {}", classes[class]),
+        };
+        if text_width(&name, self.tick_font) <= MAX_TICK {
+            return name;
+        }
+        loop {
+            name.pop();
+            let shortened = format!("{name}…");
+            if name.is_empty() || text_width(&shortened, self.tick_font) <= MAX_TICK {
+                return shortened;
+            }
         }
     }
 }
@@ -797,20 +813,16 @@ fn draw_class_labels<DB: DrawingBackend>(
         )?;
     }
     // The axis titles, in the room kept for them beyond the longest name.
-    let longest_tick = left - AXIS_TITLE_ROOM as i32;
-    let title_centre = (AXIS_TITLE_ROOM as i32 - 6) / 2;
+    let beyond_names = 6 + layout.names_room as i32 + (AXIS_TITLE_ROOM as i32 - 6) / 2;
     drawing(root.draw(&Text::new(
         "predicted class",
-        (
-            left + side / 2,
-            top + side + 6 + longest_tick + title_centre,
-        ),
+        (left + side / 2, top + side + beyond_names),
         TextStyle::from((FONT, 16).into_font()).pos(Pos::new(HPos::Center, VPos::Center)),
     )))?;
     drawing(
         root.draw(&Text::new(
             "true class",
-            (title_centre, top + side / 2),
+            (left - beyond_names, top + side / 2),
             TextStyle::from((FONT, 16).into_font().transform(FontTransform::Rotate270))
                 .pos(Pos::new(HPos::Center, VPos::Center)),
         )),

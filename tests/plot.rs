@@ -178,6 +178,17 @@ fn confusion_matrix_for_3_10_and_100_classes() {
             }
         }
     }
+    // A very long class name is shortened, not given a margin of its own length.
+    let classes = ["a".to_string(), "m".repeat(250), "z".to_string()];
+    let output = dir.join("long-name.png");
+    plot::confusion_matrix(
+        &Tensor::eye(3, (Kind::Int64, Device::Cpu)),
+        &classes,
+        &output,
+    )
+    .unwrap();
+    let (width, height) = png_size(&output);
+    assert!(width < 800 && height < 800, "{width}x{height}");
     let wrong = plot::confusion_matrix(
         &Tensor::zeros([3, 3], (Kind::Int64, Device::Cpu)),
         &["a".to_string(), "b".to_string()],
