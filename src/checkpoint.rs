@@ -381,9 +381,18 @@ impl LoadedModel {
             .test
             .check_channels(config.in_channels, &dataset.name)?;
         let recorded = recorded_class_names(&self.metadata, config.num_classes);
-        // A folder dataset (one with files) numbers its classes by folder name.
+        // A folder dataset (one with files) numbers its classes by folder name; names are
+        // matched only when the checkpoint's are unique (ImageNet's repeat "crane").
         let numbered_by_name = dataset.files.is_some();
-        if let Some(recorded) = recorded.as_ref().filter(|_| numbered_by_name) {
+        let unique = |names: &&Vec<String>| {
+            let mut sorted: Vec<&String> = names.iter().collect();
+            sorted.sort();
+            sorted.windows(2).all(|pair| pair[0] != pair[1])
+        };
+        if let Some(recorded) = recorded
+            .as_ref()
+            .filter(|names| numbered_by_name && unique(names))
+        {
             dataset.relabel(recorded).with_context(|| {
                 format!(
                     "{}: its test class folders must be classes of {}; rename or remove the \

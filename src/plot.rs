@@ -313,7 +313,8 @@ enum Line {
 }
 
 impl Line {
-    /// The three strokes of its legend sample, 20 pixels wide, as (start, end).
+    /// The three strokes of its legend sample, 20 pixels wide, as (start, end): three, as
+    /// the legend's element has one type (a dash is two, and an empty third).
     fn legend_strokes(self) -> [(i32, i32); 3] {
         match self {
             Line::Solid => [(0, 7), (7, 14), (14, 20)],
@@ -365,11 +366,25 @@ fn panel_axes(runs: &[RunMetrics], panel: Panel) -> PanelAxes {
         .collect();
     let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    // The legend gets a band of the panel's height to itself (above the losses, below the
+    // accuracies), so that it never hides a curve: its rows, over the plot's ~400 px.
+    let legend_rows = runs
+        .iter()
+        .flat_map(|run| (0..CURVES.len()).map(move |curve| (run, curve)))
+        .filter(|(run, curve)| {
+            run.epochs
+                .iter()
+                .any(|row| panel.values(row)[*curve].is_some())
+        })
+        .count();
+    let legend_share = ((legend_rows as f64 * 19.0 + 16.0) / 400.0).min(0.6);
+    let room = |span: f64| span * legend_share / (1.0 - legend_share);
     let (title, y_desc, (y0, y1), legend_at) = match panel {
         Panel::Loss => {
             let range = if lo.is_finite() {
                 let margin = ((hi - lo) * 0.06).max(0.05);
-                ((lo - margin).max(0.0), hi + margin)
+                let (bottom, top) = ((lo - margin).max(0.0), hi + margin);
+                (bottom, top + room(top - bottom))
             } else {
                 (0.0, 1.0)
             };
@@ -384,10 +399,9 @@ fn panel_axes(runs: &[RunMetrics], panel: Panel) -> PanelAxes {
         }
         Panel::Accuracy => {
             let (bottom, top) = if lo.is_finite() {
-                (
-                    (((lo - 2.0) / 10.0).floor() * 10.0).max(0.0),
-                    (((hi + 2.0) / 10.0).ceil() * 10.0).min(100.0),
-                )
+                let top = (((hi + 2.0) / 10.0).ceil() * 10.0).min(100.0);
+                let bottom = lo - 2.0 - room(top - (lo - 2.0));
+                (((bottom / 10.0).floor() * 10.0).max(0.0), top)
             } else {
                 (0.0, 100.0)
             };
@@ -559,10 +573,8 @@ impl ConfusionLayout {
             .unwrap_or(0);
         let side = layout.side();
         let matrix_width = AXIS_TITLE_ROOM + layout.names_room + side + COLOUR_BAR_ROOM;
-        let title = text_width(
-            "Confusion matrix: 100.00% of 100000 test images correct",
-            TITLE_FONT,
-        );
+        // The widest title up to 100,000 test images.
+        let title = text_width(&confusion_title(99_999, 100_000), TITLE_FONT);
         let width = matrix_width.max(title + 40);
         // Centred under a title wider than itself.
         layout.left = (width - matrix_width) / 2 + AXIS_TITLE_ROOM + layout.names_room;
@@ -602,6 +614,17 @@ impl ConfusionLayout {
                 return shortened;
             }
         }
+    }
+}
+
+fn confusion_title(correct: i64, total: i64) -> String {
+    if total > 0 {
+        format!(
+            "Confusion matrix: {:.2}% of {total} test images correct",
+            100.0 * correct as f64 / total as f64
+        )
+    } else {
+        "Confusion matrix (no images)".to_string()
     }
 }
 
@@ -703,14 +726,7 @@ fn draw_confusion<DB: DrawingBackend>(
 
     let total: i64 = counts.iter().sum();
     let correct: i64 = (0..num_classes).map(|i| counts[i * num_classes + i]).sum();
-    let title = if total > 0 {
-        format!(
-            "Confusion matrix: {:.2}% of {total} test images correct",
-            100.0 * correct as f64 / total as f64
-        )
-    } else {
-        "Confusion matrix (no images)".to_string()
-    };
+    let title = confusion_title(correct, total);
     let (width, _) = root.dim_in_pixel();
     drawing(root.draw(&Text::new(
         title,

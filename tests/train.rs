@@ -1468,13 +1468,27 @@ fn a_test_only_folder_is_evaluated_and_index_names_its_file() {
         "{stdout}"
     );
 
-    // A folder that is none of the model's classes (a thumbnail cache, say) is named.
+    // Folders that are none of the model's classes (a thumbnail cache, say) are named.
     write_class(".thumbs", 120);
+    write_class("emu", 160);
     #[rustfmt::skip]
     let stderr = vit_fails(&["eval", "--checkpoint", model, "--data-dir", photos_dir, "--device", "cpu"]);
     assert!(
-        stderr.contains("the class `.thumbs` is not one of the model's classes")
+        stderr.contains(r#"the classes [".thumbs", "emu"] are not among the model's classes"#)
             && stderr.contains("rename or remove the others"),
         "{stderr}"
     );
+
+    // A checkpoint whose names repeat cannot number folders by name: in name order then,
+    // with the warning that the names differ.
+    std::fs::remove_dir_all(photos.join("test/.thumbs")).unwrap();
+    let repeated = [
+        ("dataset", "folder".to_string()),
+        ("classes", r#"["cat","cat","dog"]"#.to_string()),
+    ];
+    save_fresh_model(&config, &repeated, Path::new(model));
+    #[rustfmt::skip]
+    let output = vit(&["eval", "--checkpoint", model, "--data-dir", photos_dir, "--device", "cpu"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("was trained on the classes"), "{stderr}");
 }

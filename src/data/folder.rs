@@ -103,7 +103,8 @@ fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
     if !dir.is_dir() {
         bail!(
             "{} is missing: a folder dataset needs DIR/train/<class>/*.png|jpg|jpeg and \
-             DIR/test/<class>/*.png|jpg|jpeg (pass its DIR with --data-dir)",
+             DIR/test/<class>/*.png|jpg|jpeg (evaluating, only test/); pass its DIR with \
+             --data-dir",
             dir.display()
         );
     }

@@ -14,7 +14,7 @@ pub mod mix;
 pub mod transforms;
 
 use crate::cli::{DataArgs, DatasetArgs, DatasetName, DownloadArgs, DownloadableDataset};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -151,7 +151,7 @@ pub struct TestSet {
     pub name: String,
     pub test: Split,
     pub classes: Vec<String>,
-    /// Each test image's file, for a folder dataset (CIFAR's images are records of one).
+    /// Each test image's file, for a folder dataset (CIFAR's are records in one binary file).
     pub files: Option<Vec<std::path::PathBuf>>,
 }
 
@@ -159,18 +159,24 @@ impl TestSet {
     /// Numbers the classes as `classes` (a model's) does, by name: a folder dataset numbers
     /// its class folders in name order, which matches the model's numbers only when it has
     /// the same folders (a held-out folder may lack some classes, or hold a stray one).
-    /// Fails naming a class that is not one of `classes`.
+    /// Fails naming every class that is not one of `classes`.
     pub fn relabel(&mut self, classes: &[String]) -> Result<()> {
-        let numbers = self
+        let numbers: Vec<Option<usize>> = self
             .classes
             .iter()
-            .map(|class| {
-                let number = classes.iter().position(|known| known == class);
-                number.map(|number| number as i64).with_context(|| {
-                    format!("the class `{class}` is not one of the model's classes {classes:?}")
-                })
-            })
-            .collect::<Result<Vec<i64>>>()?;
+            .map(|class| classes.iter().position(|known| known == class))
+            .collect();
+        let unknown: Vec<&String> = self
+            .classes
+            .iter()
+            .zip(&numbers)
+            .filter_map(|(class, number)| number.is_none().then_some(class))
+            .collect();
+        ensure!(
+            unknown.is_empty(),
+            "the classes {unknown:?} are not among the model's classes {classes:?}"
+        );
+        let numbers: Vec<i64> = numbers.into_iter().flatten().map(|n| n as i64).collect();
         let numbers = Tensor::from_slice(&numbers).to_device(self.test.labels.device());
         self.test.labels = numbers.index_select(0, &self.test.labels);
         self.classes = classes.to_vec();
