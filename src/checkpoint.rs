@@ -385,9 +385,7 @@ impl LoadedModel {
         // matched only when the checkpoint's are unique (ImageNet's repeat "crane").
         let numbered_by_name = dataset.files.is_some();
         let unique = |names: &&Vec<String>| {
-            let mut sorted: Vec<&String> = names.iter().collect();
-            sorted.sort();
-            sorted.windows(2).all(|pair| pair[0] != pair[1])
+            names.iter().collect::<std::collections::HashSet<_>>().len() == names.len()
         };
         if let Some(recorded) = recorded
             .as_ref()

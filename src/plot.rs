@@ -305,7 +305,7 @@ const CURVES: [(&str, Line); 3] = [
     ("EMA test", Line::Dotted),
 ];
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Line {
     Solid,
     Dashed,
@@ -533,8 +533,8 @@ pub struct ConfusionLayout {
     /// The picture's width and height.
     pub size: (u32, u32),
     num_classes: usize,
-    /// Every `tick_step`-th class is named on the axes.
-    tick_step: usize,
+    /// The classes named on the axes, with their names as drawn.
+    ticks: Vec<(usize, String)>,
     tick_font: f64,
     /// The longest name's length in pixels (across, and down), at most [`MAX_TICK`].
     names_room: u32,
@@ -556,21 +556,31 @@ impl ConfusionLayout {
         // Every class up to 30 classes, else every `tick_step`-th, with its index.
         let tick_step = num_classes.div_ceil(30);
         let tick_font = if num_classes <= 30 { 13.0 } else { 11.0 };
+        let ticks: Vec<(usize, String)> = (0..classes.len())
+            .step_by(tick_step)
+            .map(|class| {
+                let name = match tick_step {
+                    1 => classes[class].clone(),
+                    _ => format!("{class} {}", classes[class]),
+                };
+                (class, shortened(name, tick_font))
+            })
+            .collect();
+        let names_room = ticks
+            .iter()
+            .map(|(_, name)| text_width(name, tick_font))
+            .max()
+            .unwrap_or(0);
         let mut layout = Self {
             cell,
             left: 0,
             top: 60,
             size: (0, 0),
             num_classes,
-            tick_step,
+            ticks,
             tick_font,
-            names_room: 0,
+            names_room,
         };
-        layout.names_room = (0..classes.len())
-            .step_by(tick_step)
-            .map(|class| text_width(&layout.tick(classes, class), tick_font))
-            .max()
-            .unwrap_or(0);
         let side = layout.side();
         let matrix_width = AXIS_TITLE_ROOM + layout.names_room + side + COLOUR_BAR_ROOM;
         // The widest title up to 100,000 test images.
@@ -596,23 +606,18 @@ impl ConfusionLayout {
             self.top + row as u32 * self.cell,
         )
     }
+}
 
-    /// The name on the axes of class `class`: with its index when not every class is
-    /// named, shortened with "…" to [`MAX_TICK`] pixels.
-    fn tick(&self, classes: &[String], class: usize) -> String {
-        let mut name = match self.tick_step {
-            1 => classes[class].clone(),
-            _ => format!("{class} {}", classes[class]),
-        };
-        if text_width(&name, self.tick_font) <= MAX_TICK {
-            return name;
-        }
-        loop {
-            name.pop();
-            let shortened = format!("{name}…");
-            if name.is_empty() || text_width(&shortened, self.tick_font) <= MAX_TICK {
-                return shortened;
-            }
+/// `name`, shortened with "…" to [`MAX_TICK`] pixels at `font` points.
+fn shortened(mut name: String, font: f64) -> String {
+    if text_width(&name, font) <= MAX_TICK {
+        return name;
+    }
+    loop {
+        name.pop();
+        let shortened = format!("{name}…");
+        if name.is_empty() || text_width(&shortened, font) <= MAX_TICK {
+            return shortened;
         }
     }
 }
@@ -710,7 +715,7 @@ pub fn confusion_matrix(confusion: &Tensor, classes: &[String], output: &Path) -
     }
     let layout = ConfusionLayout::new(classes);
     render_png(output, layout.size, |root| {
-        draw_confusion(root, &layout, &counts, classes)
+        draw_confusion(root, &layout, &counts)
     })
 }
 
@@ -718,9 +723,8 @@ fn draw_confusion<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     layout: &ConfusionLayout,
     counts: &[i64],
-    classes: &[String],
 ) -> Result<()> {
-    let num_classes = classes.len();
+    let num_classes = layout.num_classes;
     let top = layout.top as i32;
     drawing(root.fill(&WHITE))?;
 
@@ -735,7 +739,7 @@ fn draw_confusion<DB: DrawingBackend>(
     )))?;
 
     draw_cells(root, layout, counts)?;
-    draw_class_labels(root, layout, classes)?;
+    draw_class_labels(root, layout)?;
     draw_colour_bar(root, layout)
 }
 
@@ -801,23 +805,21 @@ fn draw_cells<DB: DrawingBackend>(
 fn draw_class_labels<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     layout: &ConfusionLayout,
-    classes: &[String],
 ) -> Result<()> {
     let (cell, side, left, top) = geometry(layout);
     let tick_font = layout.tick_font;
-    for class in (0..classes.len()).step_by(layout.tick_step) {
-        let centre = class as i32 * cell + cell / 2;
-        let tick = layout.tick(classes, class);
+    for (class, tick) in &layout.ticks {
+        let centre = *class as i32 * cell + cell / 2;
         // True class, left of the row.
         drawing(root.draw(&Text::new(
-            tick.clone(),
+            tick.as_str(),
             (left - 6, top + centre),
             TextStyle::from((FONT, tick_font).into_font()).pos(Pos::new(HPos::Right, VPos::Center)),
         )))?;
         // Predicted class, below the column, reading downwards.
         drawing(
             root.draw(&Text::new(
-                tick,
+                tick.as_str(),
                 (left + centre, top + side + 6),
                 TextStyle::from(
                     (FONT, tick_font)

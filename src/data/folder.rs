@@ -404,11 +404,9 @@ fn decode_rgb(path: &Path) -> Result<image::RgbImage> {
         .take(16)
         .read_to_end(&mut bytes)
         .with_context(cannot_read)?;
-    image::guess_format(&bytes).with_context(undecodable)?;
+    let format = image::guess_format(&bytes).with_context(undecodable)?;
     file.read_to_end(&mut bytes).with_context(cannot_read)?;
-    let reader =
-        image::ImageReader::new(std::io::Cursor::new(bytes.as_slice())).with_guessed_format()?;
-    let format = reader.format();
+    let reader = image::ImageReader::with_format(std::io::Cursor::new(bytes.as_slice()), format);
     let decoder = reader.into_decoder().with_context(undecodable)?;
     let (width, height) = decoder.dimensions();
     ensure!(
@@ -417,7 +415,7 @@ fn decode_rgb(path: &Path) -> Result<image::RgbImage> {
         path.display(),
         MAX_PIXELS / 1_000_000
     );
-    if format == Some(image::ImageFormat::Jpeg) {
+    if format == image::ImageFormat::Jpeg {
         ensure!(
             jpeg_is_complete(&bytes),
             "{} ends before its image data does (a copy cut short?): replace or remove it",

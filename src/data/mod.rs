@@ -78,7 +78,7 @@ impl Split {
     /// RGB), so a mismatched `--in-channels` is an error rather than a libtorch panic.
     pub fn check_channels(&self, in_channels: i64, dataset: &str) -> Result<()> {
         let channels = self.images.size()[1];
-        anyhow::ensure!(
+        ensure!(
             channels == in_channels,
             "{dataset} images have {channels} channels but the model expects --in-channels \
              {in_channels}"
