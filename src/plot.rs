@@ -8,7 +8,7 @@
 //! sees half a picture.
 
 use crate::cli::PlotArgs;
-use crate::fsutil::write_atomic;
+use crate::fsutil::{same_file, write_atomic};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -126,22 +126,16 @@ fn drawing<T, E: std::fmt::Display>(result: std::result::Result<T, E>) -> Result
 // Curves
 // ---------------------------------------------------------------------------------------
 
-/// One row of `metrics.csv`; missing or non-numeric cells are `None`.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+/// One row of `metrics.csv`; missing or empty cells are `None`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct MetricsRow {
     pub epoch: f64,
-    #[serde(default, deserialize_with = "csv::invalid_option")]
     pub train_loss: Option<f64>,
-    #[serde(default, deserialize_with = "csv::invalid_option")]
     pub train_acc: Option<f64>,
-    #[serde(default, deserialize_with = "csv::invalid_option")]
     pub test_loss: Option<f64>,
-    #[serde(default, deserialize_with = "csv::invalid_option")]
     pub test_acc: Option<f64>,
     /// The EMA weights' test figures (empty without `--ema`).
-    #[serde(default, deserialize_with = "csv::invalid_option")]
     pub ema_test_loss: Option<f64>,
-    #[serde(default, deserialize_with = "csv::invalid_option")]
     pub ema_test_acc: Option<f64>,
 }
 
@@ -162,23 +156,50 @@ pub fn metrics_path(run: &Path) -> PathBuf {
 }
 
 /// Reads a `metrics.csv` written by `vit train` (columns are found by name; extra ones are
-/// ignored).
+/// ignored). A cell that is not a number (edited in a spreadsheet, say) is left out of the
+/// curves with a note naming it; a row without a numeric epoch is an error.
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
     let mut reader =
         csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let has_epochs = reader
-        .headers()
-        .is_ok_and(|header| header.iter().any(|column| column == "epoch"));
+    let header = reader.headers().cloned().unwrap_or_default();
+    let column = |name: &str| header.iter().position(|column| column == name);
     ensure!(
-        has_epochs,
+        column("epoch").is_some(),
         "{} is not a metrics.csv of `vit train` (it has no epoch column); pass run folders",
         path.display()
     );
-    reader
-        .deserialize()
-        .enumerate()
-        .map(|(i, row)| row.with_context(|| format!("{}: row {}", path.display(), i + 1)))
-        .collect()
+    let mut not_numbers = Vec::new();
+    let mut rows = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let record = record.with_context(|| format!("{}: row {}", path.display(), i + 1))?;
+        let mut cell = |name: &str| {
+            let text = column(name).and_then(|c| record.get(c))?.trim();
+            let value = text.parse::<f64>().ok();
+            if value.is_none() && !text.is_empty() {
+                not_numbers.push(format!("row {} {name} {text:?}", i + 1));
+            }
+            value
+        };
+        let epoch = cell("epoch")
+            .with_context(|| format!("{}: row {} has no epoch number", path.display(), i + 1))?;
+        rows.push(MetricsRow {
+            epoch,
+            train_loss: cell("train_loss"),
+            train_acc: cell("train_acc"),
+            test_loss: cell("test_loss"),
+            test_acc: cell("test_acc"),
+            ema_test_loss: cell("ema_test_loss"),
+            ema_test_acc: cell("ema_test_acc"),
+        });
+    }
+    if !not_numbers.is_empty() {
+        eprintln!(
+            "note: {}: left out of the curves, not numbers: {}",
+            path.display(),
+            not_numbers.join(", ")
+        );
+    }
+    Ok(rows)
 }
 
 /// Refuses an `-o` that is not a `.png` path: the pictures are PNG (and the curves' SVG
@@ -195,28 +216,27 @@ pub fn ensure_png_output(output: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Reads every run's metrics; labels are folder names, or full paths when names clash.
+/// Reads every run's metrics; labels are folder names, or the paths as given when names
+/// clash. A run given twice (in any spelling) is drawn once.
 pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
     ensure!(!runs.is_empty(), "no run folders given");
-    let names: Vec<String> = runs
-        .iter()
-        .map(|run| {
-            let run = run.as_ref();
-            let dir = if run.is_file() {
-                run.parent().unwrap_or(run)
-            } else {
-                run
-            };
-            let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-            dir.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| dir.display().to_string())
-        })
-        .collect();
+    let mut distinct: Vec<&Path> = Vec::new();
+    for run in runs.iter().map(AsRef::as_ref) {
+        match distinct
+            .iter()
+            .find(|first| same_file(&metrics_path(first), &metrics_path(run)))
+        {
+            Some(first) => eprintln!(
+                "note: {} is {} again: drawn once",
+                run.display(),
+                first.display()
+            ),
+            None => distinct.push(run),
+        }
+    }
+    let names: Vec<String> = distinct.iter().map(|run| folder_name(run)).collect();
     let (mut read, mut left_out) = (Vec::new(), Vec::new());
-    for (run, name) in runs.iter().zip(&names) {
-        let run = run.as_ref();
-        let unique = names.iter().filter(|n| *n == name).count() == 1;
+    for (run, name) in distinct.iter().zip(&names) {
         let path = metrics_path(run);
         let epochs = read_metrics(&path)?;
         if epochs.is_empty() {
@@ -224,6 +244,7 @@ pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
             left_out.push(path.display().to_string());
             continue;
         }
+        let unique = names.iter().filter(|n| *n == name).count() == 1;
         read.push(RunMetrics {
             label: if unique {
                 name.clone()
@@ -245,6 +266,19 @@ pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
         );
     }
     Ok(read)
+}
+
+/// The name of a run's folder (of the file's folder, for a metrics file).
+fn folder_name(run: &Path) -> String {
+    let dir = if run.is_file() {
+        run.parent().unwrap_or(run)
+    } else {
+        run
+    };
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string())
 }
 
 /// `vit plot RUN_DIR... [-o curves.png]`: the curves as PNG, with an SVG beside it.

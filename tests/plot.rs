@@ -131,6 +131,55 @@ fn curves_without_metrics_is_an_error_naming_the_file() {
 }
 
 #[test]
+fn a_run_given_twice_is_drawn_once_under_its_folder_name() {
+    let dir = TempDir::new("twice");
+    write_metrics(&dir.join("a"), 3, 1.0);
+    write_metrics(&dir.join("b").join("a"), 2, 1.0);
+    // The same run as a folder, with a trailing slash, and as its metrics file.
+    let spellings = [
+        dir.join("a"),
+        PathBuf::from(format!("{}/", dir.join("a").display())),
+        dir.join("a").join("metrics.csv"),
+    ];
+    let runs = plot::read_runs(&spellings).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!((runs[0].label.as_str(), runs[0].epochs.len()), ("a", 3));
+    // Two different runs of one folder name are told apart by their paths.
+    let runs = plot::read_runs(&[dir.join("a"), dir.join("b").join("a")]).unwrap();
+    let labels: Vec<&str> = runs.iter().map(|run| run.label.as_str()).collect();
+    let expected = [
+        dir.join("a").display().to_string(),
+        dir.join("b").join("a").display().to_string(),
+    ];
+    assert_eq!(labels, expected);
+}
+
+#[test]
+fn a_cell_that_is_not_a_number_is_left_out_and_an_epoch_must_be_one() {
+    let dir = TempDir::new("not-numbers");
+    let path = dir.join("metrics.csv");
+    std::fs::write(
+        &path,
+        format!("{HEADER}\n1,0.001,2.1,0.2,n/a,0.3,3.0,100\n2,0.001,NaN,0.3,1.9, 0.4 ,3.0,100\n"),
+    )
+    .unwrap();
+    let rows = plot::read_metrics(&path).unwrap();
+    assert_eq!((rows[0].test_loss, rows[0].test_acc), (None, Some(0.3)));
+    assert!(
+        rows[1].train_loss.unwrap().is_nan(),
+        "NaN is a number vit writes"
+    );
+    assert_eq!(rows[1].test_acc, Some(0.4));
+    std::fs::write(
+        &path,
+        format!("{HEADER}\n1,0.001,2.1,0.2,2.0,0.3,3.0,100\nii,,,,,,,\n"),
+    )
+    .unwrap();
+    let err = format!("{:#}", plot::read_metrics(&path).unwrap_err());
+    assert!(err.contains("row 2 has no epoch number"), "{err}");
+}
+
+#[test]
 fn pictures_are_written_only_as_png() {
     let dir = TempDir::new("png-only");
     write_metrics(&dir, 2, 1.0);
