@@ -305,6 +305,33 @@ fn bad_sizes_and_labels_are_named() {
     assert!(err.contains("3074"), "{err}");
 }
 
+#[test]
+fn files_of_other_sizes_than_the_official_release_are_read_with_a_warning() {
+    // A copy cut at a record boundary reads as whole records: only its count tells.
+    let tmp = TempDir::new("counts");
+    let dir = write_cifar10(&tmp.0);
+    let data_dir = tmp.0.to_str().unwrap();
+    let output = common::vit(&["data", "--dataset", "cifar10", "--data-dir", data_dir]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for (file, images) in [
+        ("data_batch_1.bin", 1),
+        ("data_batch_5.bin", 5),
+        ("test_batch.bin", 4),
+    ] {
+        let warning = format!(
+            "warning: {} holds {images} image(s) where the official release has 10000",
+            dir.join(file).display()
+        );
+        assert!(stderr.contains(&warning), "{warning} not in:\n{stderr}");
+    }
+    assert!(stderr.contains(&format!("delete {}, then run `vit download", dir.display())));
+    write_cifar100(&tmp.0);
+    let output = common::vit(&["data", "--dataset", "cifar100", "--data-dir", data_dir]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("train.bin holds 25 image(s) where the official release has 50000"));
+    assert!(stderr.contains("test.bin holds 5 image(s) where the official release has 10000"));
+}
+
 /// A .tar.gz of `entries` (path, bytes), with paths written raw (so `../evil` is possible).
 fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));

@@ -30,6 +30,11 @@ pub const CIFAR10_TRAIN_FILES: [&str; 5] = [
 pub const CIFAR10_TEST_FILE: &str = "test_batch.bin";
 pub const CIFAR100_TRAIN_FILE: &str = "train.bin";
 pub const CIFAR100_TEST_FILE: &str = "test.bin";
+/// Images in each file of the official releases: every CIFAR-10 batch and CIFAR-100's
+/// test.bin hold 10,000, CIFAR-100's train.bin 50,000.
+pub const CIFAR10_BATCH_IMAGES: usize = 10_000;
+pub const CIFAR100_TRAIN_IMAGES: usize = 50_000;
+pub const CIFAR100_TEST_IMAGES: usize = 10_000;
 
 /// The layout of one binary format's records.
 #[derive(Debug, Clone, Copy)]
@@ -81,7 +86,7 @@ pub fn load_cifar10(data_dir: &Path) -> Result<Dataset> {
     let classes = read_class_names(&dir.join("batches.meta.txt"), &format, data_dir)?;
     let parts = CIFAR10_TRAIN_FILES
         .iter()
-        .map(|name| read_records(&dir.join(name), &format, data_dir))
+        .map(|name| read_records(&dir.join(name), &format, CIFAR10_BATCH_IMAGES, data_dir))
         .collect::<Result<Vec<_>>>()?;
     // One copy: the five batches' strided views straight into one contiguous tensor.
     let train = Split {
@@ -89,7 +94,12 @@ pub fn load_cifar10(data_dir: &Path) -> Result<Dataset> {
         labels: Tensor::cat(&parts.iter().map(|s| &s.labels).collect::<Vec<_>>(), 0),
     };
     drop(parts);
-    let test = read_batch(&dir.join(CIFAR10_TEST_FILE), &format, data_dir)?;
+    let test = read_batch(
+        &dir.join(CIFAR10_TEST_FILE),
+        &format,
+        CIFAR10_BATCH_IMAGES,
+        data_dir,
+    )?;
     Ok(Dataset {
         name: "cifar10".into(),
         train,
@@ -112,8 +122,18 @@ pub fn load_cifar100(data_dir: &Path, coarse_labels: bool) -> Result<Dataset> {
         (CIFAR100_FINE_FORMAT, "fine_label_names.txt", "cifar100")
     };
     let classes = read_class_names(&dir.join(names), &format, data_dir)?;
-    let train = read_batch(&dir.join(CIFAR100_TRAIN_FILE), &format, data_dir)?;
-    let test = read_batch(&dir.join(CIFAR100_TEST_FILE), &format, data_dir)?;
+    let train = read_batch(
+        &dir.join(CIFAR100_TRAIN_FILE),
+        &format,
+        CIFAR100_TRAIN_IMAGES,
+        data_dir,
+    )?;
+    let test = read_batch(
+        &dir.join(CIFAR100_TEST_FILE),
+        &format,
+        CIFAR100_TEST_IMAGES,
+        data_dir,
+    )?;
     Ok(Dataset {
         name: name.into(),
         train,
@@ -174,9 +194,15 @@ fn read_file(path: &Path, format: &RecordFormat, data_dir: &Path) -> Result<Vec<
 }
 
 /// Reads one binary batch file into uint8 images [N, 3, 32, 32] (contiguous) and int64
-/// labels [N]. `data_dir` only feeds the `vit download` hint of the missing-file error.
-pub fn read_batch(path: &Path, format: &RecordFormat, data_dir: &Path) -> Result<Split> {
-    let split = read_records(path, format, data_dir)?;
+/// labels [N], warning when N is not the `official` count. `data_dir` only feeds the
+/// `vit download` hint of the messages.
+pub fn read_batch(
+    path: &Path,
+    format: &RecordFormat,
+    official: usize,
+    data_dir: &Path,
+) -> Result<Split> {
+    let split = read_records(path, format, official, data_dir)?;
     Ok(Split {
         images: split.images.contiguous(),
         labels: split.labels,
@@ -184,7 +210,12 @@ pub fn read_batch(path: &Path, format: &RecordFormat, data_dir: &Path) -> Result
 }
 
 /// [`read_batch`] with the images left as a strided view into the records tensor.
-fn read_records(path: &Path, format: &RecordFormat, data_dir: &Path) -> Result<Split> {
+fn read_records(
+    path: &Path,
+    format: &RecordFormat,
+    official: usize,
+    data_dir: &Path,
+) -> Result<Split> {
     let bytes = read_file(path, format, data_dir)?;
     let record = format.record_bytes();
     if bytes.is_empty() || bytes.len() % record != 0 {
@@ -202,6 +233,16 @@ fn read_records(path: &Path, format: &RecordFormat, data_dir: &Path) -> Result<S
         );
     }
     let n = bytes.len() / record;
+    if n != official {
+        // Only a warning: a file of whole records may be a deliberate subset, but a copy cut
+        // at a record boundary looks just the same.
+        eprintln!(
+            "warning: {} holds {n} image(s) where the official release has {official}: it may \
+             be cut short; to replace it, {}",
+            path.display(),
+            download_again(path, format, data_dir)
+        );
+    }
     if let Some((i, label)) = bytes
         .chunks_exact(record)
         .map(|r| r[format.label_index])
