@@ -163,7 +163,13 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         stdout.contains("Epoch: 4, Validation Accuracy:"),
         "{stdout}"
     );
-    assert!(!String::from_utf8_lossy(&output.stderr).contains("warning"));
+    // No warning but the one that the generated files are not the official release's size.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("warning") && !line.contains("the official release has"))
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
 
     let (header, rows) = read_metrics(&run);
     #[rustfmt::skip]
