@@ -8,6 +8,7 @@
 mod console;
 mod cuda_graph;
 mod ema;
+mod interrupt;
 mod recipe;
 mod run_folder;
 
@@ -26,12 +27,8 @@ use console::Console;
 use ema::Ema;
 use run_folder::{default_run_dir, Progress, RunFolder};
 use serde::{Deserialize, Serialize};
-use std::ffi::OsString;
-use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 use tch::{nn, nn::ModuleT, Device, Kind, Reduction, Tensor};
 
@@ -202,7 +199,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         "--resume needs --out RUN_DIR: the run folder to continue"
     );
     let (settings, dataset) = settings_and_dataset(args)?;
-    let interrupted = stop_on_interrupt()?;
+    let interrupted = interrupt::stop_on_interrupt()?;
     let options = RunOptions {
         out: &out,
         numbered_out: args.out.is_none(),
@@ -227,23 +224,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             step,
             epoch_finished,
             run_dir,
-        } => {
-            // The state is saved whether or not this can be written (`2>&1 | tee` after
-            // Ctrl-C ended tee), and the status says so.
-            let place = match epoch_finished {
-                true => format!("at the end of epoch {epoch}"),
-                false => format!("after step {step} of epoch {epoch}"),
-            };
-            let mut report = format!(
-                "Interrupted {place}; the state is saved in {}.\nResume with: ",
-                run_dir.display()
-            )
-            .into_bytes();
-            report.extend(resume_command(args, &run_dir));
-            report.push(b'\n');
-            let _ = std::io::stderr().write_all(&report);
-            std::process::exit(130);
-        }
+        } => interrupt::quit_saved(args, epoch, step, epoch_finished, &run_dir),
     }
 }
 
@@ -319,45 +300,6 @@ fn settings_and_dataset(args: &TrainArgs) -> Result<(TrainSettings, Dataset)> {
         precision: args.precision,
     };
     Ok((settings, dataset))
-}
-
-/// The flag the training loop reads: the first Ctrl-C (or SIGTERM, SIGHUP) sets it, and
-/// the run stops after the current step and saves; a second one quits at once.
-fn stop_on_interrupt() -> Result<Arc<AtomicBool>> {
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let flag = interrupted.clone();
-    crate::runtime::on_interrupt(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            crate::runtime::quit_at_once(130);
-        }
-        // Said at once: the step, or an epoch's test pass, may take a while to finish. Not
-        // eprintln!, which panics on a closed stderr and would end this handler's thread.
-        let _ = writeln!(
-            std::io::stderr(),
-            "\nStopping: the run saves its state after the current step (or test pass); \
-             a second Ctrl-C (or signal) quits at once without saving"
-        );
-    })?;
-    Ok(interrupted)
-}
-
-/// The command that resumes the run in `run_dir`: the same flags again (and the run folder,
-/// when it was the default) plus `--resume`, quoted for a POSIX shell. Bytes, not text: a
-/// path need not be UTF-8, and the command must give it back exactly.
-fn resume_command(args: &TrainArgs, run_dir: &Path) -> Vec<u8> {
-    let mut command: Vec<OsString> = std::env::args_os().collect();
-    if args.out.is_none() {
-        command.extend(["--out".into(), run_dir.into()]);
-    }
-    if !args.resume {
-        command.push("--resume".into());
-    }
-    let quoted: Vec<Vec<u8>> = command
-        .iter()
-        .enumerate()
-        .map(|(index, arg)| shell_quoted(arg.as_bytes(), index == 0))
-        .collect();
-    quoted.join(&b' ')
 }
 
 /// How `train` ended.
@@ -706,29 +648,6 @@ impl<'a> Trainer<'a> {
         }
         Ok(())
     }
-}
-
-/// `arg` as a POSIX shell reads it back: as is when that is safe, else in single quotes
-/// (which keep every byte but the quote itself as it is). A `command_word` with `=` is
-/// quoted too: bare, the shell would take it for a variable assignment.
-fn shell_quoted(arg: &[u8], command_word: bool) -> Vec<u8> {
-    let plain = |byte: &u8| {
-        byte.is_ascii_alphanumeric()
-            || b"_-./:,+@%".contains(byte)
-            || (*byte == b'=' && !command_word)
-    };
-    if !arg.is_empty() && arg.iter().all(plain) {
-        return arg.to_vec();
-    }
-    let mut quoted = vec![b'\''];
-    for &byte in arg {
-        match byte {
-            b'\'' => quoted.extend(br"'\''"),
-            _ => quoted.push(byte),
-        }
-    }
-    quoted.push(b'\'');
-    quoted
 }
 
 /// A seed for (run seed, epoch, step) that never repeats across steps of a run.

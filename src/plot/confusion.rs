@@ -1,0 +1,318 @@
+//! The confusion matrix as a heat map (`vit eval --plot`).
+
+use super::{blues, drawing, register_font, render_png, text_width, FONT};
+use anyhow::{bail, ensure, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use plotters::style::FontTransform;
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+/// Where the confusion-matrix picture puts things, in pixels. The margins fit the longest
+/// class name (a dataset of short names gets its axis titles close to the matrix), and
+/// the picture is at least as wide as its title.
+pub struct ConfusionLayout {
+    /// Side of one cell: large for a few classes, 8 px for 100.
+    cell: u32,
+    /// Left and top edge of the matrix.
+    left: u32,
+    top: u32,
+    /// The picture's width and height.
+    pub size: (u32, u32),
+    num_classes: usize,
+    /// The classes named on the axes, with their names as drawn.
+    ticks: Vec<(usize, String)>,
+    tick_font: f64,
+    /// The longest name's length in pixels (across, and down), at most [`MAX_TICK`].
+    names_room: u32,
+}
+
+/// Room for an axis title (16 pt) and the gaps around it.
+const AXIS_TITLE_ROOM: u32 = 40;
+/// A class name longer than this, in pixels, is shortened with "…".
+const MAX_TICK: u32 = 300;
+/// Right of the matrix: the colour bar and its percentages.
+const COLOUR_BAR_ROOM: u32 = 110;
+const TITLE_FONT: f64 = 20.0;
+
+impl ConfusionLayout {
+    pub fn new(classes: &[String]) -> Self {
+        register_font();
+        let num_classes = classes.len().max(1);
+        let cell = (720 / num_classes as u32).clamp(8, 72);
+        // Every class up to 30 classes, else every `tick_step`-th, with its index.
+        let tick_step = num_classes.div_ceil(30);
+        let tick_font = if num_classes <= 30 { 13.0 } else { 11.0 };
+        let ticks: Vec<(usize, String)> = (0..classes.len())
+            .step_by(tick_step)
+            .map(|class| {
+                let name = match tick_step {
+                    1 => classes[class].clone(),
+                    _ => format!("{class} {}", classes[class]),
+                };
+                (class, shortened(name, tick_font))
+            })
+            .collect();
+        let names_room = ticks
+            .iter()
+            .map(|(_, name)| text_width(name, tick_font))
+            .max()
+            .unwrap_or(0);
+        let mut layout = Self {
+            cell,
+            left: 0,
+            top: 60,
+            size: (0, 0),
+            num_classes,
+            ticks,
+            tick_font,
+            names_room,
+        };
+        let side = layout.side();
+        let matrix_width = AXIS_TITLE_ROOM + layout.names_room + side + COLOUR_BAR_ROOM;
+        // The widest title up to 100,000 test images.
+        let title = text_width(&confusion_title(99_999, 100_000), TITLE_FONT);
+        let width = matrix_width.max(title + 40);
+        // Centred under a title wider than itself.
+        layout.left = (width - matrix_width) / 2 + AXIS_TITLE_ROOM + layout.names_room;
+        // Below: the rotated names, then the axis title (and the colour bar's caption).
+        let bottom = (AXIS_TITLE_ROOM + layout.names_room).max(60);
+        layout.size = (width, layout.top + side + bottom);
+        layout
+    }
+
+    /// The matrix's side.
+    pub fn side(&self) -> u32 {
+        self.cell * self.num_classes as u32
+    }
+
+    /// Top-left pixel of the cell of true class `row` predicted as `col`.
+    pub fn cell_origin(&self, row: usize, col: usize) -> (u32, u32) {
+        (
+            self.left + col as u32 * self.cell,
+            self.top + row as u32 * self.cell,
+        )
+    }
+}
+
+/// `name`, shortened with "…" to [`MAX_TICK`] pixels at `font` points.
+fn shortened(mut name: String, font: f64) -> String {
+    if text_width(&name, font) <= MAX_TICK {
+        return name;
+    }
+    loop {
+        name.pop();
+        let shortened = format!("{name}…");
+        if name.is_empty() || text_width(&shortened, font) <= MAX_TICK {
+            return shortened;
+        }
+    }
+}
+
+fn confusion_title(correct: i64, total: i64) -> String {
+    if total > 0 {
+        format!(
+            "Confusion matrix: {:.2}% of {total} test images correct",
+            100.0 * correct as f64 / total as f64
+        )
+    } else {
+        "Confusion matrix (no images)".to_string()
+    }
+}
+
+/// Draws the confusion matrix (int64 [K, K], rows = true class, columns = predicted) as a
+/// heat map of row-normalised fractions (per-class recall on the diagonal), with class
+/// names on both axes, counts in the cells when K <= 20, and a colour bar. Writes a PNG of
+/// [`ConfusionLayout`]'s size.
+pub fn confusion_matrix(confusion: &Tensor, classes: &[String], output: &Path) -> Result<()> {
+    let size = confusion.size();
+    ensure!(
+        size.len() == 2 && size[0] == size[1],
+        "the confusion matrix must be square [K, K], got {size:?}"
+    );
+    let num_classes = size[0] as usize;
+    ensure!(num_classes > 0, "the confusion matrix is empty");
+    ensure!(
+        classes.len() == num_classes,
+        "{} class names for a {num_classes}x{num_classes} confusion matrix",
+        classes.len()
+    );
+    let counts: Vec<i64> = Vec::<i64>::try_from(
+        confusion
+            .to_device(tch::Device::Cpu)
+            .to_kind(Kind::Int64)
+            .reshape([-1]),
+    )?;
+    if counts.iter().any(|&n| n < 0) {
+        bail!("the confusion matrix has negative counts");
+    }
+    let layout = ConfusionLayout::new(classes);
+    render_png(output, layout.size, |root| {
+        draw_confusion(root, &layout, &counts)
+    })
+}
+
+fn draw_confusion<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    layout: &ConfusionLayout,
+    counts: &[i64],
+) -> Result<()> {
+    let num_classes = layout.num_classes;
+    let top = layout.top as i32;
+    drawing(root.fill(&WHITE))?;
+
+    let total: i64 = counts.iter().sum();
+    let correct: i64 = (0..num_classes).map(|i| counts[i * num_classes + i]).sum();
+    let title = confusion_title(correct, total);
+    let (width, _) = root.dim_in_pixel();
+    drawing(root.draw(&Text::new(
+        title,
+        (width as i32 / 2, top / 2),
+        TextStyle::from((FONT, TITLE_FONT).into_font()).pos(Pos::new(HPos::Center, VPos::Center)),
+    )))?;
+
+    draw_cells(root, layout, counts)?;
+    draw_class_labels(root, layout)?;
+    draw_colour_bar(root, layout)
+}
+
+/// Cell side, matrix side, left and top edge of the matrix, as drawing coordinates.
+fn geometry(layout: &ConfusionLayout) -> (i32, i32, i32, i32) {
+    let pixels = |value: u32| value as i32;
+    (
+        pixels(layout.cell),
+        pixels(layout.side()),
+        pixels(layout.left),
+        pixels(layout.top),
+    )
+}
+
+fn draw_cells<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    layout: &ConfusionLayout,
+    counts: &[i64],
+) -> Result<()> {
+    let num_classes = layout.num_classes;
+    let (cell, side, left, top) = geometry(layout);
+    // Cells, shaded by the fraction of the true class (row) predicted as each column.
+    let show_counts = num_classes <= 20;
+    let count_font = (cell as f64 / 3.2).clamp(8.0, 16.0);
+    for i in 0..num_classes {
+        let row = &counts[i * num_classes..(i + 1) * num_classes];
+        let row_total: i64 = row.iter().sum();
+        for (j, &n) in row.iter().enumerate() {
+            let fraction = if row_total > 0 {
+                n as f64 / row_total as f64
+            } else {
+                0.0
+            };
+            let (x, y) = layout.cell_origin(i, j);
+            let (x, y) = (x as i32, y as i32);
+            drawing(root.draw(&Rectangle::new(
+                [(x, y), (x + cell, y + cell)],
+                blues(fraction).filled(),
+            )))?;
+            if show_counts && n > 0 {
+                let colour = if fraction > 0.5 { WHITE } else { BLACK };
+                drawing(
+                    root.draw(&Text::new(
+                        n.to_string(),
+                        (x + cell / 2, y + cell / 2),
+                        TextStyle::from((FONT, count_font).into_font())
+                            .color(&colour)
+                            .pos(Pos::new(HPos::Center, VPos::Center)),
+                    )),
+                )?;
+            }
+        }
+    }
+    drawing(root.draw(&Rectangle::new(
+        [(left, top), (left + side, top + side)],
+        RGBColor(120, 120, 120).stroke_width(1),
+    )))?;
+    Ok(())
+}
+
+/// Class names left of the rows (true) and below the columns (predicted), and the axis
+/// titles.
+fn draw_class_labels<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    layout: &ConfusionLayout,
+) -> Result<()> {
+    let (cell, side, left, top) = geometry(layout);
+    let tick_font = layout.tick_font;
+    for (class, tick) in &layout.ticks {
+        let centre = *class as i32 * cell + cell / 2;
+        // True class, left of the row.
+        drawing(root.draw(&Text::new(
+            tick.as_str(),
+            (left - 6, top + centre),
+            TextStyle::from((FONT, tick_font).into_font()).pos(Pos::new(HPos::Right, VPos::Center)),
+        )))?;
+        // Predicted class, below the column, reading downwards.
+        drawing(
+            root.draw(&Text::new(
+                tick.as_str(),
+                (left + centre, top + side + 6),
+                TextStyle::from(
+                    (FONT, tick_font)
+                        .into_font()
+                        .transform(FontTransform::Rotate90),
+                )
+                .pos(Pos::new(HPos::Left, VPos::Center)),
+            )),
+        )?;
+    }
+    // The axis titles, in the room kept for them beyond the longest name.
+    let beyond_names = 6 + layout.names_room as i32 + (AXIS_TITLE_ROOM as i32 - 6) / 2;
+    drawing(root.draw(&Text::new(
+        "predicted class",
+        (left + side / 2, top + side + beyond_names),
+        TextStyle::from((FONT, 16).into_font()).pos(Pos::new(HPos::Center, VPos::Center)),
+    )))?;
+    drawing(
+        root.draw(&Text::new(
+            "true class",
+            (left - beyond_names, top + side / 2),
+            TextStyle::from((FONT, 16).into_font().transform(FontTransform::Rotate270))
+                .pos(Pos::new(HPos::Center, VPos::Center)),
+        )),
+    )?;
+    Ok(())
+}
+
+fn draw_colour_bar<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    layout: &ConfusionLayout,
+) -> Result<()> {
+    let (_, side, left, top) = geometry(layout);
+    // Colour bar: fraction of the true class, 0 at the bottom to 1 at the top.
+    let bar_x = left + side + 20;
+    let bar_w = 18;
+    for y in 0..side {
+        let t = 1.0 - y as f64 / (side - 1).max(1) as f64;
+        drawing(root.draw(&Rectangle::new(
+            [(bar_x, top + y), (bar_x + bar_w, top + y + 1)],
+            blues(t).filled(),
+        )))?;
+    }
+    drawing(root.draw(&Rectangle::new(
+        [(bar_x, top), (bar_x + bar_w, top + side)],
+        RGBColor(120, 120, 120).stroke_width(1),
+    )))?;
+    for (t, label) in [(1.0, "100%"), (0.5, "50%"), (0.0, "0%")] {
+        let y = top + ((1.0 - t) * (side - 1) as f64).round() as i32;
+        drawing(root.draw(&Text::new(
+            label,
+            (bar_x + bar_w + 5, y),
+            TextStyle::from((FONT, 13).into_font()).pos(Pos::new(HPos::Left, VPos::Center)),
+        )))?;
+    }
+    drawing(root.draw(&Text::new(
+        "of true class",
+        (bar_x + bar_w / 2 + 30, top + side + 16),
+        TextStyle::from((FONT, 12).into_font()).pos(Pos::new(HPos::Center, VPos::Center)),
+    )))?;
+    Ok(())
+}

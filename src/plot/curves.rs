@@ -1,0 +1,437 @@
+//! Loss and accuracy curves from `metrics.csv` (`vit plot`, `vit train --plot`).
+
+use super::{drawing, ensure_png_output, render_png, render_svg, FONT};
+use crate::cli::PlotArgs;
+use crate::fsutil::same_file;
+use anyhow::{ensure, Context, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// Width and height of `curves.png` (and of its SVG), in pixels.
+pub const CURVES_SIZE: (u32, u32) = (1200, 500);
+
+/// Ten distinguishable colours (Tableau 10), cycled over runs.
+pub const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// One row of `metrics.csv`; missing or empty cells are `None`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsRow {
+    pub epoch: f64,
+    pub train_loss: Option<f64>,
+    pub train_acc: Option<f64>,
+    pub test_loss: Option<f64>,
+    pub test_acc: Option<f64>,
+    /// The EMA weights' test figures (empty without `--ema`).
+    pub ema_test_loss: Option<f64>,
+    pub ema_test_acc: Option<f64>,
+}
+
+/// A run's label (its folder name) and its epochs.
+#[derive(Debug, Clone)]
+pub struct RunMetrics {
+    pub label: String,
+    pub epochs: Vec<MetricsRow>,
+}
+
+/// `RUN_DIR/metrics.csv`, or the path itself when it is a file.
+pub fn metrics_path(run: &Path) -> PathBuf {
+    if run.is_file() {
+        run.to_path_buf()
+    } else {
+        run.join("metrics.csv")
+    }
+}
+
+/// Reads a `metrics.csv` written by `vit train` (columns are found by name; extra ones are
+/// ignored). A cell that is not a number (edited in a spreadsheet, say) is left out of the
+/// curves with a note naming it; a row without a numeric epoch is an error.
+pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
+    let mut reader =
+        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let header = reader.headers().cloned().unwrap_or_default();
+    let column = |name: &str| header.iter().position(|column| column == name);
+    ensure!(
+        column("epoch").is_some(),
+        "{} is not a metrics.csv of `vit train` (it has no epoch column); pass run folders",
+        path.display()
+    );
+    let mut not_numbers = Vec::new();
+    let mut rows = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let record = record.with_context(|| format!("{}: row {}", path.display(), i + 1))?;
+        let mut cell = |name: &str| {
+            let text = column(name).and_then(|c| record.get(c))?.trim();
+            let value = text.parse::<f64>().ok();
+            if value.is_none() && !text.is_empty() {
+                not_numbers.push(format!("row {} {name} {text:?}", i + 1));
+            }
+            value
+        };
+        let epoch = cell("epoch")
+            .with_context(|| format!("{}: row {} has no epoch number", path.display(), i + 1))?;
+        rows.push(MetricsRow {
+            epoch,
+            train_loss: cell("train_loss"),
+            train_acc: cell("train_acc"),
+            test_loss: cell("test_loss"),
+            test_acc: cell("test_acc"),
+            ema_test_loss: cell("ema_test_loss"),
+            ema_test_acc: cell("ema_test_acc"),
+        });
+    }
+    if !not_numbers.is_empty() {
+        eprintln!(
+            "note: {}: left out of the curves, not numbers: {}",
+            path.display(),
+            not_numbers.join(", ")
+        );
+    }
+    Ok(rows)
+}
+
+/// Reads every run's metrics; labels are folder names, or the paths as given when names
+/// clash. A run given twice (in any spelling) is drawn once.
+pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
+    ensure!(!runs.is_empty(), "no run folders given");
+    let mut distinct: Vec<&Path> = Vec::new();
+    for run in runs.iter().map(AsRef::as_ref) {
+        match distinct
+            .iter()
+            .find(|first| same_file(&metrics_path(first), &metrics_path(run)))
+        {
+            Some(first) => eprintln!(
+                "note: {} is {} again: drawn once",
+                run.display(),
+                first.display()
+            ),
+            None => distinct.push(run),
+        }
+    }
+    let names: Vec<String> = distinct.iter().map(|run| folder_name(run)).collect();
+    let (mut read, mut left_out) = (Vec::new(), Vec::new());
+    for (run, name) in distinct.iter().zip(&names) {
+        let path = metrics_path(run);
+        let epochs = read_metrics(&path)?;
+        if epochs.is_empty() {
+            // A run still in its first epoch: the others are drawn without it.
+            left_out.push(path.display().to_string());
+            continue;
+        }
+        let unique = names.iter().filter(|n| *n == name).count() == 1;
+        read.push(RunMetrics {
+            label: if unique {
+                name.clone()
+            } else {
+                run.display().to_string()
+            },
+            epochs,
+        });
+    }
+    ensure!(
+        !read.is_empty(),
+        "{} has no finished epochs yet: nothing to draw",
+        left_out.join(", ")
+    );
+    if !left_out.is_empty() {
+        eprintln!(
+            "note: left out, with no finished epochs yet: {}",
+            left_out.join(", ")
+        );
+    }
+    Ok(read)
+}
+
+/// The name of a run's folder (of the file's folder, for a metrics file).
+fn folder_name(run: &Path) -> String {
+    let dir = if run.is_file() {
+        run.parent().unwrap_or(run)
+    } else {
+        run
+    };
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string())
+}
+
+/// `vit plot RUN_DIR... [-o curves.png]`: the curves as PNG, with an SVG beside it.
+pub fn run(args: &PlotArgs) -> Result<()> {
+    ensure_png_output(&args.output)?;
+    curves(&args.runs, &args.output)?;
+    println!(
+        "wrote {} and {}",
+        args.output.display(),
+        args.output.with_extension("svg").display()
+    );
+    Ok(())
+}
+
+/// Loss (left) and accuracy (right) against epoch for every run, train solid and test
+/// dashed, one colour per run. Writes `output` (PNG, [`CURVES_SIZE`]) and the same picture
+/// as SVG beside it (same stem, `.svg`).
+pub fn curves<P: AsRef<Path>>(runs: &[P], output: &Path) -> Result<()> {
+    let runs = read_runs(runs)?;
+    render_png(output, CURVES_SIZE, |root| draw_curves(root, &runs))?;
+    render_svg(&output.with_extension("svg"), CURVES_SIZE, |root| {
+        draw_curves(root, &runs)
+    })
+}
+
+/// Which metric a panel shows.
+#[derive(Clone, Copy)]
+enum Panel {
+    Loss,
+    Accuracy,
+}
+
+impl Panel {
+    /// The values of [`CURVES`] in one epoch's row.
+    fn values(self, row: &MetricsRow) -> [Option<f64>; 3] {
+        let finite = |value: Option<f64>| value.filter(|value| value.is_finite());
+        let percent = |value: Option<f64>| finite(value).map(|fraction| 100.0 * fraction);
+        match self {
+            Panel::Loss => [
+                finite(row.train_loss),
+                finite(row.test_loss),
+                finite(row.ema_test_loss),
+            ],
+            Panel::Accuracy => [
+                percent(row.train_acc),
+                percent(row.test_acc),
+                percent(row.ema_test_acc),
+            ],
+        }
+    }
+}
+
+/// Each run's curves, by name and line: train solid, test dashed, the EMA weights' test
+/// dotted (drawn only where the run has them).
+const CURVES: [(&str, Line); 3] = [
+    ("train", Line::Solid),
+    ("test", Line::Dashed),
+    ("EMA test", Line::Dotted),
+];
+
+#[derive(Clone, Copy)]
+enum Line {
+    Solid,
+    Dashed,
+    Dotted,
+}
+
+impl Line {
+    /// The three strokes of its legend sample, 20 pixels wide, as (start, end): three, as
+    /// the legend's element has one type (a dash is two, and an empty third).
+    fn legend_strokes(self) -> [(i32, i32); 3] {
+        match self {
+            Line::Solid => [(0, 7), (7, 14), (14, 20)],
+            Line::Dashed => [(0, 7), (12, 20), (20, 20)],
+            Line::Dotted => [(0, 3), (8, 11), (16, 19)],
+        }
+    }
+}
+
+/// Draws the two panels of the curves picture on any plotters backend.
+pub fn draw_curves<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    runs: &[RunMetrics],
+) -> Result<()> {
+    drawing(root.fill(&WHITE))?;
+    let (left, right) = root.split_horizontally(root.dim_in_pixel().0 / 2);
+    draw_panel(&left, runs, Panel::Loss)?;
+    draw_panel(&right, runs, Panel::Accuracy)?;
+    Ok(())
+}
+
+/// A panel's title, axis ranges and labelling.
+struct PanelAxes {
+    title: &'static str,
+    y_desc: &'static str,
+    x: (f64, f64),
+    y: (f64, f64),
+    /// Decimals of the y tick labels.
+    decimals: usize,
+    legend_at: SeriesLabelPosition,
+}
+
+/// Axes that fit every run's epochs and values: losses with a small margin above 0,
+/// accuracies on whole tens of percent.
+fn panel_axes(runs: &[RunMetrics], panel: Panel) -> PanelAxes {
+    let epochs = runs.iter().flat_map(|r| r.epochs.iter().map(|e| e.epoch));
+    let (first, last) = epochs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), e| {
+        (lo.min(e), hi.max(e))
+    });
+    let (x0, x1) = if first.is_finite() {
+        (first.min(1.0).min(last - 1.0), last)
+    } else {
+        (0.0, 1.0)
+    };
+    let values: Vec<f64> = runs
+        .iter()
+        .flat_map(|r| r.epochs.iter().flat_map(|e| panel.values(e)))
+        .flatten()
+        .collect();
+    let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    // The legend gets a band of the panel's height to itself (above the losses, below the
+    // accuracies), so that it never hides a curve: its rows, over the plot's ~400 px.
+    let legend_rows = runs
+        .iter()
+        .flat_map(|run| (0..CURVES.len()).map(move |curve| (run, curve)))
+        .filter(|(run, curve)| {
+            run.epochs
+                .iter()
+                .any(|row| panel.values(row)[*curve].is_some())
+        })
+        .count();
+    let legend_share = ((legend_rows as f64 * 19.0 + 16.0) / 400.0).min(0.6);
+    let room = |span: f64| span * legend_share / (1.0 - legend_share);
+    let (title, y_desc, (y0, y1), legend_at) = match panel {
+        Panel::Loss => {
+            let range = if lo.is_finite() {
+                let margin = ((hi - lo) * 0.06).max(0.05);
+                let (bottom, top) = ((lo - margin).max(0.0), hi + margin);
+                (bottom, top + room(top - bottom))
+            } else {
+                (0.0, 1.0)
+            };
+            (
+                "Loss",
+                // Train is the objective optimised (label-smoothed, on mixed targets with
+                // MixUp/CutMix), so it can sit above test where the model does not overfit.
+                "cross-entropy (train: the training objective)",
+                range,
+                SeriesLabelPosition::UpperRight,
+            )
+        }
+        Panel::Accuracy => {
+            let (bottom, top) = if lo.is_finite() {
+                let top = (((hi + 2.0) / 10.0).ceil() * 10.0).min(100.0);
+                let bottom = lo - 2.0 - room(top - (lo - 2.0));
+                (((bottom / 10.0).floor() * 10.0).max(0.0), top)
+            } else {
+                (0.0, 100.0)
+            };
+            (
+                "Accuracy",
+                "accuracy (%)",
+                (bottom, top.max(bottom + 10.0)),
+                SeriesLabelPosition::LowerRight,
+            )
+        }
+    };
+
+    let decimals = match panel {
+        Panel::Loss if y1 - y0 < 1.0 => 2,
+        Panel::Loss => 1,
+        Panel::Accuracy => 0,
+    };
+    PanelAxes {
+        title,
+        y_desc,
+        x: (x0, x1),
+        y: (y0, y1),
+        decimals,
+        legend_at,
+    }
+}
+
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    runs: &[RunMetrics],
+    panel: Panel,
+) -> Result<()> {
+    let axes = panel_axes(runs, panel);
+    let ((x0, x1), (y0, y1), decimals) = (axes.x, axes.y, axes.decimals);
+    let mut chart = drawing(
+        ChartBuilder::on(area)
+            .caption(axes.title, (FONT, 22))
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(65)
+            .build_cartesian_2d(x0..x1, y0..y1),
+    )?;
+    drawing(
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .x_labels(((x1 - x0).round() as usize + 1).clamp(2, 11))
+            .y_desc(axes.y_desc)
+            .label_style((FONT, 14))
+            .axis_desc_style((FONT, 16))
+            .x_label_formatter(&|x| {
+                if x.fract() == 0.0 {
+                    format!("{x:.0}")
+                } else {
+                    String::new()
+                }
+            })
+            .y_label_formatter(&|y| format!("{y:.decimals$}"))
+            .bold_line_style(RGBColor(225, 225, 225))
+            .light_line_style(TRANSPARENT)
+            .draw(),
+    )?;
+
+    for (run_index, run) in runs.iter().enumerate() {
+        let colour = PALETTE[run_index % PALETTE.len()];
+        for (curve, (name, line)) in CURVES.into_iter().enumerate() {
+            let points: Vec<(f64, f64)> = run
+                .epochs
+                .iter()
+                .filter_map(|row| panel.values(row)[curve].map(|value| (row.epoch, value)))
+                .collect();
+            if points.is_empty() {
+                continue;
+            }
+            let label = format!("{} {name}", run.label);
+            let style = colour.stroke_width(2);
+            let series = match line {
+                Line::Solid => drawing(chart.draw_series(LineSeries::new(points.clone(), style)))?,
+                Line::Dashed => {
+                    drawing(chart.draw_series(DashedLineSeries::new(points.clone(), 8, 5, style)))?
+                }
+                Line::Dotted => {
+                    drawing(chart.draw_series(DashedLineSeries::new(points.clone(), 3, 5, style)))?
+                }
+            };
+            series.label(label).legend(move |(x, y)| {
+                let style = colour.stroke_width(2);
+                let [first, second, third] = line
+                    .legend_strokes()
+                    .map(|(start, end)| PathElement::new(vec![(start, 0), (end, 0)], style));
+                EmptyElement::at((x, y)) + first + second + third
+            });
+            // Markers, so that a short run (a single epoch, say) still shows.
+            if points.len() > 30 {
+                continue;
+            }
+            let marker = match line {
+                Line::Solid => colour.filled(),
+                Line::Dashed | Line::Dotted => colour.stroke_width(1),
+            };
+            drawing(chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, marker))))?;
+        }
+    }
+    drawing(
+        chart
+            .configure_series_labels()
+            .position(axes.legend_at)
+            .label_font((FONT, 14))
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(180, 180, 180))
+            .draw(),
+    )?;
+    Ok(())
+}
