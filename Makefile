@@ -45,6 +45,7 @@ fixtures: setup
 	$(PY) tests/reference/rollout.py
 	$(PY) tests/reference/augment_reference.py
 	$(PY) tests/reference/jpeg_reference.py
+	$(PY) tests/reference/png_reference.py
 
 test: build fixtures
 	VIT_PYTHON=$(PY) cargo test --release

@@ -943,6 +943,50 @@ fn jpegs_decode_whole_and_are_refused_where_pil_refuses_them_cut() {
     assert_eq!(variants.len(), 8, "{variants:?}");
 }
 
+/// PNG variants (`png_reference.py`) decode to PIL's pixels, also with their last 16 bytes
+/// cut off (the last data chunk's CRC, the IEND chunk), and are refused where PIL refuses
+/// them, cut inside their image data.
+#[test]
+fn pngs_decode_to_pils_pixels_and_are_refused_where_pil_refuses_them_cut() {
+    let fixture = common::fixture("png_files");
+    let tmp = TempDir::new("pngfixture");
+    let mut variants = Vec::new();
+    for (name, file) in &fixture.tensors {
+        let Some(pixels) = fixture.tensors.get(&format!("{name}.pixels")) else {
+            continue;
+        };
+        let expected = pixels.permute([2, 0, 1]).unsqueeze(0);
+        let side = pixels.size()[0] as u32;
+        let bytes = Vec::<u8>::try_from(file).unwrap();
+        let path = tmp.0.join(format!("{name}.png"));
+        let lengths = |key: &str| Vec::<i64>::try_from(&fixture.tensors[&format!("{name}.{key}")]);
+        for length in [bytes.len() as i64]
+            .into_iter()
+            .chain(lengths("decoded").unwrap())
+        {
+            std::fs::write(&path, &bytes[..length as usize]).unwrap();
+            match folder::decode_images(&[path.as_path()], side) {
+                Ok(images) => assert!(
+                    images.equal(&expected),
+                    "{name}, {length} of {} bytes: pixels differ from PIL's",
+                    bytes.len()
+                ),
+                Err(e) => panic!("{name}, {length} of {} bytes: {e:#}", bytes.len()),
+            }
+        }
+        for length in lengths("refused").unwrap() {
+            std::fs::write(&path, &bytes[..length as usize]).unwrap();
+            assert!(
+                folder::decode_images(&[path.as_path()], side).is_err(),
+                "{name}, cut to {length} of {} bytes, was decoded",
+                bytes.len()
+            );
+        }
+        variants.push(name.as_str());
+    }
+    assert_eq!(variants.len(), 11, "{variants:?}");
+}
+
 /// A symbolic link back to a folder above it is refused (it would repeat images without
 /// end, under the wrong label); macOS's `._*` files are skipped; a class holding only
 /// images vit cannot read says so.

@@ -422,8 +422,82 @@ fn decode_rgb(path: &Path) -> Result<image::RgbImage> {
             path.display()
         );
     }
+    if format == image::ImageFormat::Png {
+        return decode_png_rgb(&bytes).with_context(undecodable);
+    }
     let image = image::DynamicImage::from_decoder(decoder).with_context(undecodable)?;
     Ok(image.into_rgb8())
+}
+
+/// Decodes a PNG as RGB as PIL does: every row of the image must be there, but the bytes
+/// after them (the end of the zlib stream, the last data chunk's CRC, the IEND chunk) may
+/// be cut off, where `image` refuses the file. 16-bit samples keep their high byte and
+/// alpha is dropped, as in PIL's `convert("RGB")`.
+fn decode_png_rgb(bytes: &[u8]) -> Result<image::RgbImage> {
+    use png::{DecodingError, InterlaceInfo, Transformations};
+    let mut options = png::DecodeOptions::default();
+    // PIL checks the CRC of every chunk before the image data, not only critical ones.
+    options.set_skip_ancillary_crc_failures(false);
+    let mut decoder = png::Decoder::new_with_options(std::io::Cursor::new(bytes), options);
+    decoder.set_limits(png::Limits { bytes: 512 << 20 }); // image's default limit
+    decoder.set_transformations(Transformations::EXPAND | Transformations::STRIP_16);
+    let mut reader = decoder.read_info()?;
+    let (width, height) = (reader.info().width, reader.info().height);
+    let rows = stored_rows(width, height, reader.info().interlaced);
+    let samples = reader.output_color_type().0.samples();
+    let stride = reader
+        .output_line_size(width)
+        .ok_or(DecodingError::LimitsExceeded)?;
+    let mut pixels = vec![0u8; stride * height as usize];
+    for y in 0..rows as usize {
+        let row = reader
+            .next_interlaced_row()?
+            .context("the image data ends before its last row")?;
+        match row.interlace() {
+            InterlaceInfo::Adam7(pass) => {
+                png::expand_interlaced_row(&mut pixels, stride, row.data(), pass, 8 * samples as u8)
+            }
+            InterlaceInfo::Null(_) => pixels[y * stride..][..stride].copy_from_slice(row.data()),
+        }
+    }
+    // On to the end of the image data, as `image` does (a bad CRC there is an error),
+    // unless the file ends first.
+    match reader.next_row() {
+        Err(DecodingError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        other => drop(other?),
+    }
+    if samples != 3 {
+        pixels = pixels
+            .chunks_exact(samples)
+            .flat_map(|pixel| match samples {
+                1 | 2 => [pixel[0]; 3],
+                _ => [pixel[0], pixel[1], pixel[2]],
+            })
+            .collect();
+    }
+    Ok(image::RgbImage::from_raw(width, height, pixels).expect("a buffer of the image's size"))
+}
+
+/// The rows a PNG stores: the image's, or, interlaced, those of Adam7's seven passes (each
+/// every `dx`-th pixel from `x0` of every `dy`-th row from `y0`), an empty pass left out.
+fn stored_rows(width: u32, height: u32, interlaced: bool) -> u32 {
+    const PASSES: [(u32, u32, u32, u32); 7] = [
+        (0, 8, 0, 8),
+        (4, 8, 0, 8),
+        (0, 4, 4, 8),
+        (2, 4, 0, 4),
+        (0, 2, 2, 4),
+        (1, 2, 0, 2),
+        (0, 1, 1, 2),
+    ];
+    if !interlaced {
+        return height;
+    }
+    PASSES
+        .iter()
+        .filter(|&&(x0, _, _, _)| width > x0)
+        .map(|&(_, _, y0, dy)| height.saturating_sub(y0).div_ceil(dy))
+        .sum()
 }
 
 /// Whether a JPEG's end-of-image marker comes before its bytes end. The decoder fills a
