@@ -546,7 +546,7 @@ impl RunLock {
             .truncate(false)
             .open(&path)
             .with_context(|| format!("the run folder {} is not writable", dir.display()))?;
-        match file.try_lock() {
+        match try_lock_for_a_moment(&file) {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 let mut holder = String::new();
@@ -577,6 +577,21 @@ impl RunLock {
         let _ = file.set_len(0).and_then(|()| file.rewind());
         let _ = write!(file, "{}", std::process::id());
         Ok(Self { _file: file })
+    }
+}
+
+/// `file.try_lock()`, tried again for up to a second while another holds the lock: a lock
+/// can outlive its holder for a moment, as a child the holder forks (to run a command)
+/// shares it until that child starts its program.
+fn try_lock_for_a_moment(file: &std::fs::File) -> Result<(), std::fs::TryLockError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match file.try_lock() {
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return result,
+        }
     }
 }
 
