@@ -135,17 +135,23 @@ fn a_run_given_twice_is_drawn_once_under_its_folder_name() {
     let dir = TempDir::new("twice");
     write_metrics(&dir.join("a"), 3, 1.0);
     write_metrics(&dir.join("b").join("a"), 2, 1.0);
-    // The same run as a folder, with a trailing slash, and as its metrics file.
+    // The same run as a folder, with a trailing slash, through `..`, and as its metrics
+    // file; labelled by its folder's real name.
     let spellings = [
-        dir.join("a"),
+        dir.join("b").join(".."),
         PathBuf::from(format!("{}/", dir.join("a").display())),
+        dir.join("a"),
         dir.join("a").join("metrics.csv"),
     ];
-    let runs = plot::read_runs(&spellings).unwrap();
+    let runs = plot::read_runs(&spellings[1..]).unwrap();
     assert_eq!(runs.len(), 1);
     assert_eq!((runs[0].label.as_str(), runs[0].epochs.len()), ("a", 3));
-    // Two different runs of one folder name are told apart by their paths.
-    let runs = plot::read_runs(&[dir.join("a"), dir.join("b").join("a")]).unwrap();
+    write_metrics(&dir, 1, 1.0);
+    let runs = plot::read_runs(&spellings[..1]).unwrap();
+    assert_eq!(runs[0].label, dir.file_name().unwrap().to_str().unwrap());
+    // Two different runs of one folder name are told apart by their folders as given.
+    let runs =
+        plot::read_runs(&[dir.join("a").join("metrics.csv"), dir.join("b").join("a")]).unwrap();
     let labels: Vec<&str> = runs.iter().map(|run| run.label.as_str()).collect();
     let expected = [
         dir.join("a").display().to_string(),
@@ -170,13 +176,26 @@ fn a_cell_that_is_not_a_number_is_left_out_and_an_epoch_must_be_one() {
         "NaN is a number vit writes"
     );
     assert_eq!(rows[1].test_acc, Some(0.4));
+    // Names with spaces around them are found; an empty row (as spreadsheets write) is
+    // skipped.
+    let spaced = HEADER.replace(',', ", ");
     std::fs::write(
         &path,
-        format!("{HEADER}\n1,0.001,2.1,0.2,2.0,0.3,3.0,100\nii,,,,,,,\n"),
+        format!("{spaced}\n1,0.001,2.1,0.2,2.0,0.3,3.0,100\n,,,,,,,\n"),
     )
     .unwrap();
-    let err = format!("{:#}", plot::read_metrics(&path).unwrap_err());
-    assert!(err.contains("row 2 has no epoch number"), "{err}");
+    let rows = plot::read_metrics(&path).unwrap();
+    assert_eq!((rows.len(), rows[0].test_acc), (1, Some(0.3)));
+    // An epoch that is not a finite number is an error naming its line.
+    for epoch in ["ii", "inf", "NaN"] {
+        std::fs::write(
+            &path,
+            format!("{HEADER}\n1,0.001,2.1,0.2,2.0,0.3,3.0,100\n{epoch},,,,,,,\n"),
+        )
+        .unwrap();
+        let err = format!("{:#}", plot::read_metrics(&path).unwrap_err());
+        assert!(err.contains("line 3 has no epoch number"), "{epoch}: {err}");
+    }
 }
 
 #[test]

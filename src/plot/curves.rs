@@ -54,33 +54,62 @@ pub fn metrics_path(run: &Path) -> PathBuf {
     }
 }
 
+/// The columns of `metrics.csv` the curves are drawn from.
+const METRIC_COLUMNS: [&str; 6] = [
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "ema_test_loss",
+    "ema_test_acc",
+];
+
 /// Reads a `metrics.csv` written by `vit train` (columns are found by name; extra ones are
-/// ignored). A cell that is not a number (edited in a spreadsheet, say) is left out of the
-/// curves with a note naming it; a row without a numeric epoch is an error.
+/// ignored; cells and names may have spaces around them). A cell that is not a number
+/// (edited in a spreadsheet, say) is left out of the curves with a note, an empty row is
+/// skipped, and a row without a finite epoch number is an error.
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
-    let mut reader =
-        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let header = reader.headers().cloned().unwrap_or_default();
-    let column = |name: &str| header.iter().position(|column| column == name);
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let header = reader.byte_headers().cloned().unwrap_or_default();
+    let column = |name: &str| header.iter().position(|column| column == name.as_bytes());
     ensure!(
         column("epoch").is_some(),
         "{} is not a metrics.csv of `vit train` (it has no epoch column); pass run folders",
         path.display()
     );
-    let mut not_numbers = Vec::new();
+    if METRIC_COLUMNS.iter().all(|name| column(name).is_none()) {
+        eprintln!(
+            "note: {} has none of the columns {}: it has no curves to draw",
+            path.display(),
+            METRIC_COLUMNS.join(", ")
+        );
+    }
+    // Per column: how many cells are not numbers, and the first one's line and text.
+    let mut not_numbers: Vec<(&str, usize, u64, String)> = Vec::new();
     let mut rows = Vec::new();
-    for (i, record) in reader.records().enumerate() {
-        let record = record.with_context(|| format!("{}: row {}", path.display(), i + 1))?;
-        let mut cell = |name: &str| {
-            let text = column(name).and_then(|c| record.get(c))?.trim();
+    for record in reader.byte_records() {
+        let record = record.with_context(|| format!("cannot read {}", path.display()))?;
+        if record.iter().all(|cell| cell.is_empty()) {
+            continue;
+        }
+        let line = record.position().map_or(0, |position| position.line());
+        let mut cell = |name: &'static str| {
+            let text = String::from_utf8_lossy(column(name).and_then(|c| record.get(c))?);
             let value = text.parse::<f64>().ok();
             if value.is_none() && !text.is_empty() {
-                not_numbers.push(format!("row {} {name} {text:?}", i + 1));
+                match not_numbers.iter_mut().find(|(column, ..)| *column == name) {
+                    Some((_, count, ..)) => *count += 1,
+                    None => not_numbers.push((name, 1, line, text.into_owned())),
+                }
             }
             value
         };
         let epoch = cell("epoch")
-            .with_context(|| format!("{}: row {} has no epoch number", path.display(), i + 1))?;
+            .filter(|epoch| epoch.is_finite())
+            .with_context(|| format!("{}: line {line} has no epoch number", path.display()))?;
         rows.push(MetricsRow {
             epoch,
             train_loss: cell("train_loss"),
@@ -92,10 +121,16 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
         });
     }
     if !not_numbers.is_empty() {
+        let columns: Vec<String> = not_numbers
+            .iter()
+            .map(|(column, count, line, text)| {
+                format!("{column} ({count} cell(s), the first on line {line}: {text:?})")
+            })
+            .collect();
         eprintln!(
-            "note: {}: left out of the curves, not numbers: {}",
+            "note: {}: cells that are not numbers are left out of the curves: {}",
             path.display(),
-            not_numbers.join(", ")
+            columns.join(", ")
         );
     }
     Ok(rows)
@@ -134,7 +169,7 @@ pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
             label: if unique {
                 name.clone()
             } else {
-                run.display().to_string()
+                where_given(run).display().to_string()
             },
             epochs,
         });
@@ -153,17 +188,35 @@ pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
     Ok(read)
 }
 
-/// The name of a run's folder (of the file's folder, for a metrics file).
-fn folder_name(run: &Path) -> String {
-    let dir = if run.is_file() {
-        run.parent().unwrap_or(run)
+/// The folder of a run given as a folder, or as a file in it.
+fn run_folder(run: &Path) -> &Path {
+    if run.is_file() {
+        run.parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
     } else {
         run
-    };
-    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    }
+}
+
+/// The name of a run's folder, as it really is (`..` and links resolved).
+fn folder_name(run: &Path) -> String {
+    let dir = run_folder(run);
+    let dir = std::fs::canonicalize(dir)
+        .or_else(|_| std::path::absolute(dir))
+        .unwrap_or_else(|_| dir.to_path_buf());
     dir.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| dir.display().to_string())
+}
+
+/// A run as given, where folder names clash: its folder, or the file where that is not
+/// its folder's metrics.csv.
+fn where_given(run: &Path) -> &Path {
+    match run.file_name() {
+        Some(name) if name == "metrics.csv" => run_folder(run),
+        _ => run,
+    }
 }
 
 /// `vit plot RUN_DIR... [-o curves.png]`: the curves as PNG, with an SVG beside it.
