@@ -236,9 +236,13 @@ fn read_records(
     if n != official {
         // Only a warning: a file of whole records may be a deliberate subset, but a copy cut
         // at a record boundary looks just the same.
+        let what = match n < official {
+            true => "it may be cut short",
+            false => "it is not the official file",
+        };
         eprintln!(
-            "warning: {} holds {n} image(s) where the official release has {official}: it may \
-             be cut short; to replace it, {}",
+            "warning: {} holds {n} image(s) where the official release has {official}: {what}; \
+             to replace it, {}",
             path.display(),
             download_again(path, format, data_dir)
         );
