@@ -943,9 +943,9 @@ fn jpegs_decode_whole_and_are_refused_where_pil_refuses_them_cut() {
     assert_eq!(variants.len(), 8, "{variants:?}");
 }
 
-/// PNG variants (`png_reference.py`) decode to PIL's pixels, also with their last 16 bytes
-/// cut off (the last data chunk's CRC, the IEND chunk), and are refused where PIL refuses
-/// them, cut inside their image data.
+/// PNG variants (`png_reference.py`) decode to PIL's pixels (16-bit grey: to its high
+/// byte), also with their last 16 bytes cut off (the last data chunk's CRC, the IEND chunk),
+/// and are refused where PIL refuses them, cut inside their image data.
 #[test]
 fn pngs_decode_to_pils_pixels_and_are_refused_where_pil_refuses_them_cut() {
     let fixture = common::fixture("png_files");
@@ -976,15 +976,54 @@ fn pngs_decode_to_pils_pixels_and_are_refused_where_pil_refuses_them_cut() {
         }
         for length in lengths("refused").unwrap() {
             std::fs::write(&path, &bytes[..length as usize]).unwrap();
+            let Err(err) = folder::decode_images(&[path.as_path()], side) else {
+                panic!(
+                    "{name}, cut to {length} of {} bytes, was decoded",
+                    bytes.len()
+                );
+            };
+            let err = format!("{err:#}");
             assert!(
-                folder::decode_images(&[path.as_path()], side).is_err(),
-                "{name}, cut to {length} of {} bytes, was decoded",
-                bytes.len()
+                err.contains("ends before its image data does"),
+                "{name}, {length}: {err}"
             );
         }
         variants.push(name.as_str());
     }
-    assert_eq!(variants.len(), 11, "{variants:?}");
+    assert_eq!(variants.len(), 12, "{variants:?}");
+
+    // A palette that is not whole RGB entries (PIL drops the stray bytes) is refused by
+    // name; the decoder would panic on it.
+    let chunk = |kind: &[u8], data: &[u8]| {
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        let length = (data.len() as u32).to_be_bytes();
+        [&length[..], kind, data, &crc.sum().to_be_bytes()].concat()
+    };
+    let mut deflated = flate2::write::ZlibEncoder::new(Vec::new(), Compression::fast());
+    std::io::Write::write_all(&mut deflated, &[0, 0]).unwrap(); // 1x1: filter byte, index 0
+    let header = [
+        &1u32.to_be_bytes()[..],
+        &1u32.to_be_bytes(),
+        &[8, 3, 0, 0, 0],
+    ]
+    .concat();
+    let png = [
+        &b"\x89PNG\r\n\x1a\n"[..],
+        &chunk(b"IHDR", &header),
+        &chunk(b"PLTE", &[255, 0, 0, 7]),
+        &chunk(b"IDAT", &deflated.finish().unwrap()),
+        &chunk(b"IEND", b""),
+    ]
+    .concat();
+    let path = tmp.0.join("palette.png");
+    std::fs::write(&path, &png).unwrap();
+    let err = error_of(folder::decode_images(&[path.as_path()], 1));
+    assert!(
+        err.contains("palette.png") && err.contains("not whole RGB entries"),
+        "{err}"
+    );
 }
 
 /// A symbolic link back to a folder above it is refused (it would repeat images without

@@ -368,9 +368,15 @@ fn decode_in_parallel(
     })
 }
 
-/// Decodes one image file as RGB, resized to `size`×`size`, into `dst` in CHW order.
+/// Decodes one image file as RGB, resized to `size`×`size`, into `dst` in CHW order. A
+/// decoder that panics on a malformed file fails that file only.
 fn decode_into(path: &Path, size: u32, dst: &mut [u8]) -> Result<()> {
-    let image = decode_rgb(path)?;
+    let image = std::panic::catch_unwind(|| decode_rgb(path)).unwrap_or_else(|_| {
+        Err(anyhow!(
+            "cannot decode {} (the decoder failed on it): convert, replace or remove it",
+            path.display()
+        ))
+    })?;
     let image = if image.dimensions() == (size, size) {
         image
     } else {
@@ -386,15 +392,9 @@ fn decode_into(path: &Path, size: u32, dst: &mut [u8]) -> Result<()> {
 }
 
 /// Reads an image file whole (so that a pipe works too) and decodes it as RGB, refusing
-/// what PIL refuses: more than [`MAX_PIXELS`] pixels, a JPEG cut short.
+/// what PIL refuses: more than [`MAX_PIXELS`] pixels, a file cut short.
 fn decode_rgb(path: &Path) -> Result<image::RgbImage> {
     use image::ImageDecoder;
-    let undecodable = || {
-        format!(
-            "cannot decode {} (vit reads PNG and JPEG): convert, replace or remove it",
-            path.display()
-        )
-    };
     let cannot_read = || format!("cannot read {}", path.display());
     let mut file = std::fs::File::open(path).with_context(cannot_read)?;
     // The format is told from the first bytes, before the rest is read: a video or
@@ -404,55 +404,95 @@ fn decode_rgb(path: &Path) -> Result<image::RgbImage> {
         .take(16)
         .read_to_end(&mut bytes)
         .with_context(cannot_read)?;
-    let format = image::guess_format(&bytes).with_context(undecodable)?;
+    let format = image::guess_format(&bytes).with_context(|| undecodable(path))?;
     file.read_to_end(&mut bytes).with_context(cannot_read)?;
+    if format == image::ImageFormat::Png {
+        return decode_png_rgb(path, &bytes);
+    }
     let reader = image::ImageReader::with_format(std::io::Cursor::new(bytes.as_slice()), format);
-    let decoder = reader.into_decoder().with_context(undecodable)?;
+    let decoder = reader.into_decoder().with_context(|| undecodable(path))?;
     let (width, height) = decoder.dimensions();
+    check_size(path, width, height)?;
+    if format == image::ImageFormat::Jpeg && !jpeg_is_complete(&bytes) {
+        return Err(cut_short(path));
+    }
+    let image = image::DynamicImage::from_decoder(decoder).with_context(|| undecodable(path))?;
+    Ok(image.into_rgb8())
+}
+
+fn undecodable(path: &Path) -> String {
+    format!(
+        "cannot decode {} (vit reads PNG and JPEG): convert, replace or remove it",
+        path.display()
+    )
+}
+
+fn cut_short(path: &Path) -> anyhow::Error {
+    anyhow!(
+        "{} ends before its image data does (a copy cut short?): replace or remove it",
+        path.display()
+    )
+}
+
+/// Refuses an image of more than [`MAX_PIXELS`] pixels, before anything is allocated.
+fn check_size(path: &Path, width: u32, height: u32) -> Result<()> {
     ensure!(
         u64::from(width) * u64::from(height) <= MAX_PIXELS,
         "{} is {width}x{height} pixels, more than vit decodes ({} million at most): downscale it",
         path.display(),
         MAX_PIXELS / 1_000_000
     );
-    if format == image::ImageFormat::Jpeg {
-        ensure!(
-            jpeg_is_complete(&bytes),
-            "{} ends before its image data does (a copy cut short?): replace or remove it",
-            path.display()
-        );
-    }
-    if format == image::ImageFormat::Png {
-        return decode_png_rgb(&bytes).with_context(undecodable);
-    }
-    let image = image::DynamicImage::from_decoder(decoder).with_context(undecodable)?;
-    Ok(image.into_rgb8())
+    Ok(())
 }
 
 /// Decodes a PNG as RGB as PIL does: every row of the image must be there, but the bytes
-/// after them (the end of the zlib stream, the last data chunk's CRC, the IEND chunk) may
-/// be cut off, where `image` refuses the file. 16-bit samples keep their high byte and
-/// alpha is dropped, as in PIL's `convert("RGB")`.
-fn decode_png_rgb(bytes: &[u8]) -> Result<image::RgbImage> {
+/// after them (the zlib stream's checksum, the last data chunk's CRC, the IEND chunk) may
+/// be cut off, where `image` refuses the file. Alpha is dropped, as in PIL's
+/// `convert("RGB")`; 16-bit samples keep their high byte (PIL does so for colour, but
+/// clips greyscale to 255, which vit does not copy).
+fn decode_png_rgb(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
     use png::{DecodingError, InterlaceInfo, Transformations};
+    let failed = |error: DecodingError| match error {
+        DecodingError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            cut_short(path)
+        }
+        error => anyhow!(error).context(undecodable(path)),
+    };
     let mut options = png::DecodeOptions::default();
-    // PIL checks the CRC of every chunk before the image data, not only critical ones.
+    // Checks as PIL does: every chunk's CRC before the image data, not only the critical
+    // ones', and the zlib stream's checksum where the file holds it.
     options.set_skip_ancillary_crc_failures(false);
+    options.set_ignore_adler32(false);
+    // Never used here, and a compressed one can inflate to gigabytes.
+    options.set_ignore_text_chunk(true);
+    options.set_ignore_iccp_chunk(true);
     let mut decoder = png::Decoder::new_with_options(std::io::Cursor::new(bytes), options);
-    decoder.set_limits(png::Limits { bytes: 512 << 20 }); // image's default limit
     decoder.set_transformations(Transformations::EXPAND | Transformations::STRIP_16);
-    let mut reader = decoder.read_info()?;
-    let (width, height) = (reader.info().width, reader.info().height);
-    let rows = stored_rows(width, height, reader.info().interlaced);
+    let mut reader = decoder.read_info().map_err(failed)?;
+    let info = reader.info();
+    let (width, height) = (info.width, info.height);
+    check_size(path, width, height)?;
+    if info
+        .palette
+        .as_ref()
+        .is_some_and(|palette| palette.len() % 3 != 0)
+    {
+        // The decoder would panic on it.
+        return Err(
+            anyhow!("its palette (PLTE chunk) is not whole RGB entries").context(undecodable(path))
+        );
+    }
+    let rows = stored_rows(width, height, info.interlaced);
     let samples = reader.output_color_type().0.samples();
     let stride = reader
         .output_line_size(width)
-        .ok_or(DecodingError::LimitsExceeded)?;
+        .ok_or(DecodingError::LimitsExceeded)
+        .map_err(failed)?;
     let mut pixels = vec![0u8; stride * height as usize];
     for y in 0..rows as usize {
-        let row = reader
-            .next_interlaced_row()?
-            .context("the image data ends before its last row")?;
+        let Some(row) = reader.next_interlaced_row().map_err(failed)? else {
+            return Err(cut_short(path));
+        };
         match row.interlace() {
             InterlaceInfo::Adam7(pass) => {
                 png::expand_interlaced_row(&mut pixels, stride, row.data(), pass, 8 * samples as u8)
@@ -460,11 +500,11 @@ fn decode_png_rgb(bytes: &[u8]) -> Result<image::RgbImage> {
             InterlaceInfo::Null(_) => pixels[y * stride..][..stride].copy_from_slice(row.data()),
         }
     }
-    // On to the end of the image data, as `image` does (a bad CRC there is an error),
-    // unless the file ends first.
+    // On to the end of the image data, as `image` does (a bad CRC or checksum there is an
+    // error), unless the file ends first.
     match reader.next_row() {
         Err(DecodingError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
-        other => drop(other?),
+        other => drop(other.map_err(failed)?),
     }
     if samples != 3 {
         pixels = pixels
