@@ -799,6 +799,30 @@ fn zlib(bytes: &[u8]) -> Vec<u8> {
     encoder.finish().unwrap()
 }
 
+/// A PNG file: its signature, an IHDR of `width` x `height` at 8 bits of `colour_type`,
+/// then `chunks` (kind, data), each with its length and CRC.
+fn png_file(width: u32, height: u32, colour_type: u8, chunks: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let header = [
+        &width.to_be_bytes()[..],
+        &height.to_be_bytes(),
+        &[8, colour_type, 0, 0, 0],
+    ]
+    .concat();
+    let mut file = b"\x89PNG\r\n\x1a\n".to_vec();
+    for (kind, data) in [(&b"IHDR"[..], &header[..])]
+        .into_iter()
+        .chain(chunks.iter().copied())
+    {
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        file.extend((data.len() as u32).to_be_bytes());
+        file.extend([kind, data].concat());
+        file.extend(crc.sum().to_be_bytes());
+    }
+    file
+}
+
 /// A JPEG of 64x64 noise, as a camera would write it.
 fn jpeg_bytes() -> Vec<u8> {
     let image = image::RgbImage::from_fn(64, 64, |x, y| {
@@ -863,37 +887,21 @@ fn images_cut_short_or_too_large_are_refused() {
 
     // A greyscale PNG of 20000x10000 (a 200 MB image from a header of a few bytes): only
     // its header is written, so only the header can be what refuses it.
-    let chunk = |kind: &[u8], data: &[u8]| {
-        let mut crc = flate2::Crc::new();
-        crc.update(kind);
-        crc.update(data);
-        [
-            &(data.len() as u32).to_be_bytes()[..],
-            kind,
-            data,
-            &crc.sum().to_be_bytes(),
-        ]
-        .concat()
-    };
-    let header = [
-        &20000u32.to_be_bytes()[..],
-        &10000u32.to_be_bytes(),
-        &[8, 0, 0, 0, 0],
-    ]
-    .concat();
-    let bomb = [
-        &b"\x89PNG\r\n\x1a\n"[..],
-        &chunk(b"IHDR", &header),
+    let bomb = png_file(
+        20000,
+        10000,
+        0,
         // The first row's bytes (the decoder reads the header up to here).
-        &chunk(b"IDAT", &zlib(&[0; 20001])),
-        &chunk(b"IEND", &[]),
-    ]
-    .concat();
+        &[(b"IDAT", &zlib(&[0; 20001])), (b"IEND", &[])],
+    );
     let err = error_of(decode("bomb.png", &bomb));
     assert!(
         err.contains("bomb.png is 20000x10000 pixels") && err.contains("downscale"),
         "{err}"
     );
+    let header_only = png_file(i32::MAX as u32, 1, 6, &[]);
+    let err = error_of(decode("wide.png", &header_only));
+    assert!(err.contains("wide.png is 2147483647x1 pixels"), "{err}");
 
     let fifo = tmp.0.join("pipe.jpg");
     let status = std::process::Command::new("mkfifo")
@@ -994,29 +1002,17 @@ fn pngs_decode_to_pils_pixels_and_are_refused_where_pil_refuses_them_cut() {
 
     // A palette that is not whole RGB entries (PIL drops the stray bytes) is refused by
     // name; the decoder would panic on it.
-    let chunk = |kind: &[u8], data: &[u8]| {
-        let mut crc = flate2::Crc::new();
-        crc.update(kind);
-        crc.update(data);
-        let length = (data.len() as u32).to_be_bytes();
-        [&length[..], kind, data, &crc.sum().to_be_bytes()].concat()
-    };
-    let mut deflated = flate2::write::ZlibEncoder::new(Vec::new(), Compression::fast());
-    std::io::Write::write_all(&mut deflated, &[0, 0]).unwrap(); // 1x1: filter byte, index 0
-    let header = [
-        &1u32.to_be_bytes()[..],
-        &1u32.to_be_bytes(),
-        &[8, 3, 0, 0, 0],
-    ]
-    .concat();
-    let png = [
-        &b"\x89PNG\r\n\x1a\n"[..],
-        &chunk(b"IHDR", &header),
-        &chunk(b"PLTE", &[255, 0, 0, 7]),
-        &chunk(b"IDAT", &deflated.finish().unwrap()),
-        &chunk(b"IEND", b""),
-    ]
-    .concat();
+    let stray_byte: &[u8] = &[255, 0, 0, 7];
+    let png = png_file(
+        1,
+        1,
+        3,
+        &[
+            (b"PLTE", stray_byte),
+            (b"IDAT", &zlib(&[0, 0])),
+            (b"IEND", &[]),
+        ],
+    );
     let path = tmp.0.join("palette.png");
     std::fs::write(&path, &png).unwrap();
     let err = error_of(folder::decode_images(&[path.as_path()], 1));
@@ -1024,6 +1020,20 @@ fn pngs_decode_to_pils_pixels_and_are_refused_where_pil_refuses_them_cut() {
         err.contains("palette.png") && err.contains("not whole RGB entries"),
         "{err}"
     );
+    // In a colour image the palette is only a suggestion, never used: decoded, as in PIL.
+    let png = png_file(
+        1,
+        1,
+        2,
+        &[
+            (b"PLTE", stray_byte),
+            (b"IDAT", &zlib(&[0, 1, 2, 3])),
+            (b"IEND", &[]),
+        ],
+    );
+    std::fs::write(&path, &png).unwrap();
+    let image = folder::decode_images(&[path.as_path()], 1).unwrap();
+    assert_eq!(Vec::<u8>::try_from(image.reshape([-1])).unwrap(), [1, 2, 3]);
 }
 
 /// A symbolic link back to a folder above it is refused (it would repeat images without

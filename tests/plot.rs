@@ -194,7 +194,10 @@ fn a_cell_that_is_not_a_number_is_left_out_and_an_epoch_must_be_one() {
         )
         .unwrap();
         let err = format!("{:#}", plot::read_metrics(&path).unwrap_err());
-        assert!(err.contains("line 3 has no epoch number"), "{epoch}: {err}");
+        assert!(
+            err.contains("line 3 has no finite epoch number"),
+            "{epoch}: {err}"
+        );
     }
 }
 

@@ -466,16 +466,27 @@ fn decode_png_rgb(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
     // Never used here, and a compressed one can inflate to gigabytes.
     options.set_ignore_text_chunk(true);
     options.set_ignore_iccp_chunk(true);
+    // The size from the header, checked before the decoder allocates anything for it.
+    if let (Some(b"IHDR"), Some(width), Some(height)) = (
+        bytes.get(12..16),
+        bytes.get(16..20).and_then(|b| b.try_into().ok()),
+        bytes.get(20..24).and_then(|b| b.try_into().ok()),
+    ) {
+        check_size(path, u32::from_be_bytes(width), u32::from_be_bytes(height))?;
+    }
     let mut decoder = png::Decoder::new_with_options(std::io::Cursor::new(bytes), options);
+    // For a row's buffers (an image is bounded by `check_size`): as `image` had it.
+    decoder.set_limits(png::Limits { bytes: 512 << 20 });
     decoder.set_transformations(Transformations::EXPAND | Transformations::STRIP_16);
     let mut reader = decoder.read_info().map_err(failed)?;
     let info = reader.info();
     let (width, height) = (info.width, info.height);
-    check_size(path, width, height)?;
-    if info
-        .palette
-        .as_ref()
-        .is_some_and(|palette| palette.len() % 3 != 0)
+    let indexed = info.color_type == png::ColorType::Indexed;
+    if indexed
+        && info
+            .palette
+            .as_ref()
+            .is_some_and(|palette| palette.len() % 3 != 0)
     {
         // The decoder would panic on it.
         return Err(

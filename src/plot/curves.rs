@@ -67,10 +67,12 @@ const METRIC_COLUMNS: [&str; 6] = [
 /// Reads a `metrics.csv` written by `vit train` (columns are found by name; extra ones are
 /// ignored; cells and names may have spaces around them). A cell that is not a number
 /// (edited in a spreadsheet, say) is left out of the curves with a note, an empty row is
-/// skipped, and a row without a finite epoch number is an error.
+/// skipped, a short row has empty cells, and a row without a finite epoch number is an
+/// error.
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
+        .flexible(true)
         .from_path(path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     let header = reader.byte_headers().cloned().unwrap_or_default();
@@ -109,7 +111,9 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
         };
         let epoch = cell("epoch")
             .filter(|epoch| epoch.is_finite())
-            .with_context(|| format!("{}: line {line} has no epoch number", path.display()))?;
+            .with_context(|| {
+                format!("{}: line {line} has no finite epoch number", path.display())
+            })?;
         rows.push(MetricsRow {
             epoch,
             train_loss: cell("train_loss"),
