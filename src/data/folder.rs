@@ -4,14 +4,13 @@
 //! loop) and sorted by path, then the classes interleaved. macOS's `._*` metadata files are
 //! skipped; images in formats vit does not read are skipped with a note.
 //!
-//! Every image is decoded with the `image` crate, converted to RGB, resized to
+//! Every image is decoded as RGB (`image_file`), resized to
 //! `image_size`×`image_size` (bilinear, antialiased when shrinking) when it is not already
 //! that size, and written in CHW order into one uint8 tensor. Decoding is spread over the
 //! available cores.
 
-use super::{Dataset, Split, TestSet};
+use super::{image_file, Dataset, Split, TestSet};
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -26,10 +25,6 @@ const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 const OTHER_IMAGE_EXTENSIONS: [&str; 10] = [
     "bmp", "gif", "webp", "tif", "tiff", "ppm", "pgm", "heic", "heif", "avif",
 ];
-
-/// The most pixels an image may have, PIL's `DecompressionBombError` threshold: its RGB
-/// copy stays under 512 MiB (a greyscale bomb passes the decoder's own limit, then triples).
-const MAX_PIXELS: u64 = 178_956_970;
 
 /// Reads `root/train` and `root/test`; the test split must have the same classes.
 pub fn load(root: &Path, image_size: i64) -> Result<Dataset> {
@@ -371,7 +366,7 @@ fn decode_in_parallel(
 /// Decodes one image file as RGB, resized to `size`×`size`, into `dst` in CHW order. A
 /// decoder that panics on a malformed file fails that file only.
 fn decode_into(path: &Path, size: u32, dst: &mut [u8]) -> Result<()> {
-    let image = std::panic::catch_unwind(|| decode_rgb(path)).unwrap_or_else(|_| {
+    let image = std::panic::catch_unwind(|| image_file::decode_rgb(path)).unwrap_or_else(|_| {
         Err(anyhow!(
             "cannot decode {} (the decoder failed on it): convert, replace or remove it",
             path.display()
@@ -389,212 +384,4 @@ fn decode_into(path: &Path, size: u32, dst: &mut [u8]) -> Result<()> {
         dst[2 * plane + i] = pixel.0[2];
     }
     Ok(())
-}
-
-/// Reads an image file whole (so that a pipe works too) and decodes it as RGB, refusing
-/// what PIL refuses: more than [`MAX_PIXELS`] pixels, a file cut short.
-fn decode_rgb(path: &Path) -> Result<image::RgbImage> {
-    use image::ImageDecoder;
-    let cannot_read = || format!("cannot read {}", path.display());
-    let mut file = std::fs::File::open(path).with_context(cannot_read)?;
-    // The format is told from the first bytes, before the rest is read: a video or
-    // /dev/zero named .jpg is refused at once.
-    let mut bytes = Vec::new();
-    (&mut file)
-        .take(16)
-        .read_to_end(&mut bytes)
-        .with_context(cannot_read)?;
-    let format = image::guess_format(&bytes).with_context(|| undecodable(path))?;
-    file.read_to_end(&mut bytes).with_context(cannot_read)?;
-    if format == image::ImageFormat::Png {
-        return decode_png_rgb(path, &bytes);
-    }
-    let reader = image::ImageReader::with_format(std::io::Cursor::new(bytes.as_slice()), format);
-    let decoder = reader.into_decoder().with_context(|| undecodable(path))?;
-    let (width, height) = decoder.dimensions();
-    check_size(path, width, height)?;
-    if format == image::ImageFormat::Jpeg && !jpeg_is_complete(&bytes) {
-        return Err(cut_short(path));
-    }
-    let image = image::DynamicImage::from_decoder(decoder).with_context(|| undecodable(path))?;
-    Ok(image.into_rgb8())
-}
-
-fn undecodable(path: &Path) -> String {
-    format!(
-        "cannot decode {} (vit reads PNG and JPEG): convert, replace or remove it",
-        path.display()
-    )
-}
-
-fn cut_short(path: &Path) -> anyhow::Error {
-    anyhow!(
-        "{} ends before its image data does (a copy cut short?): replace or remove it",
-        path.display()
-    )
-}
-
-/// Refuses an image of more than [`MAX_PIXELS`] pixels, before anything is allocated.
-fn check_size(path: &Path, width: u32, height: u32) -> Result<()> {
-    ensure!(
-        u64::from(width) * u64::from(height) <= MAX_PIXELS,
-        "{} is {width}x{height} pixels, more than vit decodes ({} million at most): downscale it",
-        path.display(),
-        MAX_PIXELS / 1_000_000
-    );
-    Ok(())
-}
-
-/// Decodes a PNG as RGB as PIL does: every row of the image must be there, but the bytes
-/// after them (the zlib stream's checksum, the last data chunk's CRC, the IEND chunk) may
-/// be cut off, where `image` refuses the file. Alpha is dropped, as in PIL's
-/// `convert("RGB")`; 16-bit samples keep their high byte (PIL does so for colour, but
-/// clips greyscale to 255, which vit does not copy).
-fn decode_png_rgb(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
-    use png::{DecodingError, InterlaceInfo, Transformations};
-    let failed = |error: DecodingError| match error {
-        DecodingError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            cut_short(path)
-        }
-        error => anyhow!(error).context(undecodable(path)),
-    };
-    let mut options = png::DecodeOptions::default();
-    // Checks as PIL does: every chunk's CRC before the image data, not only the critical
-    // ones', and the zlib stream's checksum where the file holds it.
-    options.set_skip_ancillary_crc_failures(false);
-    options.set_ignore_adler32(false);
-    // Never used here, and a compressed one can inflate to gigabytes.
-    options.set_ignore_text_chunk(true);
-    options.set_ignore_iccp_chunk(true);
-    // The size from the header, checked before the decoder allocates anything for it.
-    if let (Some(b"IHDR"), Some(width), Some(height)) = (
-        bytes.get(12..16),
-        bytes.get(16..20).and_then(|b| b.try_into().ok()),
-        bytes.get(20..24).and_then(|b| b.try_into().ok()),
-    ) {
-        check_size(path, u32::from_be_bytes(width), u32::from_be_bytes(height))?;
-    }
-    let mut decoder = png::Decoder::new_with_options(std::io::Cursor::new(bytes), options);
-    // For a row's buffers (an image is bounded by `check_size`): as `image` had it.
-    decoder.set_limits(png::Limits { bytes: 512 << 20 });
-    decoder.set_transformations(Transformations::EXPAND | Transformations::STRIP_16);
-    let mut reader = decoder.read_info().map_err(failed)?;
-    let info = reader.info();
-    let (width, height) = (info.width, info.height);
-    let indexed = info.color_type == png::ColorType::Indexed;
-    if indexed
-        && info
-            .palette
-            .as_ref()
-            .is_some_and(|palette| palette.len() % 3 != 0)
-    {
-        // The decoder would panic on it.
-        return Err(
-            anyhow!("its palette (PLTE chunk) is not whole RGB entries").context(undecodable(path))
-        );
-    }
-    let rows = stored_rows(width, height, info.interlaced);
-    let samples = reader.output_color_type().0.samples();
-    let stride = reader
-        .output_line_size(width)
-        .ok_or(DecodingError::LimitsExceeded)
-        .map_err(failed)?;
-    let mut pixels = vec![0u8; stride * height as usize];
-    for y in 0..rows as usize {
-        let Some(row) = reader.next_interlaced_row().map_err(failed)? else {
-            return Err(cut_short(path));
-        };
-        match row.interlace() {
-            InterlaceInfo::Adam7(pass) => {
-                png::expand_interlaced_row(&mut pixels, stride, row.data(), pass, 8 * samples as u8)
-            }
-            InterlaceInfo::Null(_) => pixels[y * stride..][..stride].copy_from_slice(row.data()),
-        }
-    }
-    // On to the end of the image data, as `image` does (a bad CRC or checksum there is an
-    // error), unless the file ends first.
-    match reader.next_row() {
-        Err(DecodingError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
-        other => drop(other.map_err(failed)?),
-    }
-    if samples != 3 {
-        pixels = pixels
-            .chunks_exact(samples)
-            .flat_map(|pixel| match samples {
-                1 | 2 => [pixel[0]; 3],
-                _ => [pixel[0], pixel[1], pixel[2]],
-            })
-            .collect();
-    }
-    Ok(image::RgbImage::from_raw(width, height, pixels).expect("a buffer of the image's size"))
-}
-
-/// The rows a PNG stores: the image's, or, interlaced, those of Adam7's seven passes (each
-/// every `dx`-th pixel from `x0` of every `dy`-th row from `y0`), an empty pass left out.
-fn stored_rows(width: u32, height: u32, interlaced: bool) -> u32 {
-    const PASSES: [(u32, u32, u32, u32); 7] = [
-        (0, 8, 0, 8),
-        (4, 8, 0, 8),
-        (0, 4, 4, 8),
-        (2, 4, 0, 4),
-        (0, 2, 2, 4),
-        (1, 2, 0, 2),
-        (0, 1, 1, 2),
-    ];
-    if !interlaced {
-        return height;
-    }
-    PASSES
-        .iter()
-        .filter(|&&(x0, _, _, _)| width > x0)
-        .map(|&(_, _, y0, dy)| height.saturating_sub(y0).div_ceil(dy))
-        .sum()
-}
-
-/// Whether a JPEG's end-of-image marker comes before its bytes end. The decoder fills a
-/// file cut off inside its image data with made-up pixels, without an error (PIL says
-/// "image file is truncated"). The markers are walked from the start, skipping each
-/// segment (an embedded thumbnail is inside one) and each scan's data, so that what a
-/// phone appends after the image (a motion photo's video) is never read.
-fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    let mut at = 0;
-    loop {
-        // The next marker: 0xFF and a code, after any fill 0xFFs (and, as libjpeg allows
-        // with a warning, stray bytes).
-        while bytes.get(at).is_some_and(|&byte| byte != 0xFF) {
-            at += 1;
-        }
-        while bytes.get(at + 1) == Some(&0xFF) {
-            at += 1;
-        }
-        let Some(&code) = bytes.get(at + 1) else {
-            return false;
-        };
-        at += 2;
-        match code {
-            0xD9 => return true,
-            // A second start of image: the first one ended without its end marker (a file
-            // cut short, another appended).
-            0xD8 if at > 2 => return false,
-            // Start of image, restarts and the rest without a length.
-            0x00 | 0x01 | 0xD0..=0xD8 => continue,
-            _ => {}
-        }
-        let Some(&[high, low]) = bytes.get(at..at + 2) else {
-            return false;
-        };
-        at += usize::from(u16::from_be_bytes([high, low]));
-        if code == 0xDA {
-            // A scan's data runs to the next marker: its 0xFF bytes are followed by 0x00
-            // (stuffing) or a restart code.
-            loop {
-                match (bytes.get(at), bytes.get(at + 1)) {
-                    (Some(0xFF), Some(0x00 | 0xD0..=0xD7)) => at += 2,
-                    (Some(0xFF), Some(_)) => break,
-                    (Some(_), _) => at += 1,
-                    (None, _) => return false,
-                }
-            }
-        }
-    }
 }

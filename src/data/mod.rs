@@ -10,6 +10,7 @@ pub mod augment;
 pub mod cifar;
 pub mod download;
 pub mod folder;
+pub mod image_file;
 pub mod mix;
 pub mod transforms;
 
