@@ -370,8 +370,8 @@ pub struct EvalArgs {
 pub struct PredictArgs {
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// PNG or JPEG files (one that cannot be read is named and skipped; the exit status is
-    /// then 1).
+    /// PNG or JPEG files, or folders of them (their subfolders too; one file that cannot be
+    /// read is named and skipped, and the exit status is then 1).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
     #[command(flatten)]

@@ -1,4 +1,4 @@
-//! `vit predict`: top-5 classes for image files.
+//! `vit predict`: top-5 classes for image files (and the images in folders).
 
 use crate::checkpoint;
 use crate::cli::PredictArgs;
@@ -29,9 +29,17 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     let config = &loaded.model.config;
     let classes = checkpoint::class_names(&loaded.metadata, config.num_classes);
     let top_k = config.num_classes.min(5);
+    // A folder stands for the images under it.
+    let mut images = Vec::new();
+    for path in &args.images {
+        match path.is_dir() {
+            true => images.extend(folder::image_files_under(path)?),
+            false => images.push(path.clone()),
+        }
+    }
     // A file that cannot be read is named and skipped; the others are still classified.
     let mut skipped = 0;
-    for chunk in args.images.chunks(args.batch_size as usize) {
+    for chunk in images.chunks(args.batch_size as usize) {
         let files: Vec<&Path> = chunk.iter().map(PathBuf::as_path).collect();
         let decoded = folder::decode_readable(&files, config.image_size as u32)?;
         for (_, error) in &decoded.failures {
@@ -69,7 +77,7 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     ensure!(
         skipped == 0,
         "{skipped} of {} files could not be read (each is named above)",
-        args.images.len()
+        images.len()
     );
     Ok(())
 }

@@ -1077,6 +1077,37 @@ fn user_errors_say_what_to_do() {
         .filter(|line| !line.starts_with(' '))
         .collect();
     assert_eq!(named, [picture, colour]);
+
+    // A folder stands for the images in it and its subfolders, in path order, as a class
+    // folder is read; a folder without any is an error naming it.
+    let album = root.join("album");
+    std::fs::create_dir_all(album.join("sub")).unwrap();
+    for name in ["b.png", "sub/a.PNG", "._c.png"] {
+        std::fs::copy(colour, album.join(name)).unwrap();
+    }
+    std::fs::write(album.join("d.webp"), "RIFF").unwrap();
+    #[rustfmt::skip]
+    let output = vit(&["predict", "--checkpoint", checkpoint.to_str().unwrap(), "--device", "cpu", album.to_str().unwrap(), picture]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let named: Vec<&str> = stdout
+        .lines()
+        .filter(|line| !line.starts_with(' '))
+        .collect();
+    let in_album = |name: &str| album.join(name).display().to_string();
+    assert_eq!(named, [&in_album("b.png"), &in_album("sub/a.PNG"), picture]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("skipped 1 image file in formats vit does not read"),
+        "{stderr}"
+    );
+    let empty = root.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    #[rustfmt::skip]
+    let stderr = vit_fails(&["predict", "--checkpoint", checkpoint.to_str().unwrap(), "--device", "cpu", empty.to_str().unwrap()]);
+    assert!(
+        stderr.contains("empty: no .png, .jpg or .jpeg files"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -124,7 +124,7 @@ fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
     let mut per_class = Vec::new();
     let mut other_images = Vec::new();
     for class in &classes {
-        let mut found = ClassFiles::default();
+        let mut found = FolderImages::default();
         found.collect(&dir.join(class), &mut Vec::new())?;
         if found.images.is_empty() {
             let other_formats = match found.other_images.as_slice() {
@@ -162,15 +162,15 @@ fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
     Ok((classes, files))
 }
 
-/// The files found under one class folder.
+/// The image files found under one folder (a class folder, or one given to `vit predict`).
 #[derive(Default)]
-struct ClassFiles {
+struct FolderImages {
     images: Vec<PathBuf>,
     /// Images in formats vit does not read.
     other_images: Vec<PathBuf>,
 }
 
-impl ClassFiles {
+impl FolderImages {
     /// Adds the files under `dir`, recursively. `ancestors` holds the folders above it, by
     /// (device, inode): a symbolic link back to one of them would repeat their images
     /// (under this class's label) without end.
@@ -202,6 +202,27 @@ impl ClassFiles {
         ancestors.pop();
         Ok(())
     }
+}
+
+/// The image files under `dir` (`vit predict DIR`), found as in a class folder and sorted
+/// by path; images in other formats are skipped with a note.
+pub fn image_files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut found = FolderImages::default();
+    found.collect(dir, &mut Vec::new())?;
+    if !found.other_images.is_empty() {
+        eprintln!(
+            "note: {}: skipped {}",
+            dir.display(),
+            other_formats(&found.other_images)
+        );
+    }
+    ensure!(
+        !found.images.is_empty(),
+        "{}: no .png, .jpg or .jpeg files in it or its subfolders",
+        dir.display()
+    );
+    found.images.sort();
+    Ok(found.images)
 }
 
 /// "N image file(s) in formats vit does not read, such as PATH: convert them to PNG or JPEG"
