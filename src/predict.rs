@@ -29,12 +29,21 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     let config = &loaded.model.config;
     let classes = checkpoint::class_names(&loaded.metadata, config.num_classes);
     let top_k = config.num_classes.min(5);
-    // A folder stands for the images under it.
+    // A folder stands for the images under it; one that cannot be listed is named and
+    // skipped, as a file that cannot be read is.
     let mut images = Vec::new();
+    let mut unlisted = 0;
     for path in &args.images {
-        match path.is_dir() {
-            true => images.extend(folder::image_files_under(path)?),
-            false => images.push(path.clone()),
+        if !path.is_dir() {
+            images.push(path.clone());
+            continue;
+        }
+        match folder::image_files_under(path) {
+            Ok(files) => images.extend(files),
+            Err(error) => {
+                eprintln!("skipped: {error:#}");
+                unlisted += 1;
+            }
         }
     }
     // A file that cannot be read is named and skipped; the others are still classified.
@@ -74,10 +83,20 @@ pub fn run(args: &PredictArgs) -> Result<()> {
             print(&prediction, args.json)?;
         }
     }
+    let mut problems = Vec::new();
+    if skipped > 0 {
+        problems.push(format!(
+            "{skipped} of {} files could not be read",
+            images.len()
+        ));
+    }
+    if unlisted > 0 {
+        problems.push(format!("{unlisted} folder(s) could not be read"));
+    }
     ensure!(
-        skipped == 0,
-        "{skipped} of {} files could not be read (each is named above)",
-        images.len()
+        problems.is_empty(),
+        "{} (each is named above)",
+        problems.join(", and ")
     );
     Ok(())
 }

@@ -902,6 +902,19 @@ fn images_cut_short_or_too_large_are_refused() {
     let header_only = png_file(i32::MAX as u32, 1, 6, &[]);
     let err = error_of(decode("wide.png", &header_only));
     assert!(err.contains("wide.png is 2147483647x1 pixels"), "{err}");
+    // A strip under the pixel limit, but too wide for the resize's column pass (its float
+    // buffer, width x 8 x 16 bytes, would be 1.15 GB).
+    let strip = png_file(
+        9_000_000,
+        1,
+        0,
+        &[(b"IDAT", &zlib(&vec![0; 9_000_001])), (b"IEND", &[])],
+    );
+    let err = error_of(decode("strip.png", &strip));
+    assert!(
+        err.contains("strip.png is 9000000x1 pixels, too wide to resize to 8x8"),
+        "{err}"
+    );
 
     let fifo = tmp.0.join("pipe.jpg");
     let status = std::process::Command::new("mkfifo")

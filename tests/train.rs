@@ -1108,6 +1108,7 @@ fn user_errors_say_what_to_do() {
         stderr.contains("empty: no .png, .jpg or .jpeg files"),
         "{stderr}"
     );
+    assert!(stderr.contains("1 folder(s) could not be read"), "{stderr}");
 }
 
 #[test]

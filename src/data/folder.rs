@@ -173,7 +173,7 @@ struct FolderImages {
 impl FolderImages {
     /// Adds the files under `dir`, recursively. `ancestors` holds the folders above it, by
     /// (device, inode): a symbolic link back to one of them would repeat their images
-    /// (under this class's label) without end.
+    /// (under one class's label, for a class folder) without end.
     fn collect(&mut self, dir: &Path, ancestors: &mut Vec<((u64, u64), PathBuf)>) -> Result<()> {
         let metadata =
             std::fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
@@ -396,6 +396,14 @@ fn decode_into(path: &Path, size: u32, dst: &mut [u8]) -> Result<()> {
     let image = if image.dimensions() == (size, size) {
         image
     } else {
+        // `resize` filters the columns first, into a float image of width x size pixels.
+        ensure!(
+            u64::from(image.width()) * u64::from(size) * 16 <= 1 << 30,
+            "{} is {}x{} pixels, too wide to resize to {size}x{size}: crop or downscale it",
+            path.display(),
+            image.width(),
+            image.height()
+        );
         image::imageops::resize(&image, size, size, image::imageops::FilterType::Triangle)
     };
     let plane = size as usize * size as usize;

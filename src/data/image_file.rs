@@ -75,6 +75,10 @@ fn decode_png_rgb(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
         DecodingError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             cut_short(path)
         }
+        DecodingError::LimitsExceeded => anyhow!(
+            "{}: its rows are wider than vit decodes (512 MiB a row): downscale it",
+            path.display()
+        ),
         error => anyhow!(error).context(undecodable(path)),
     };
     let mut options = png::DecodeOptions::default();
