@@ -1071,12 +1071,7 @@ fn user_errors_say_what_to_do() {
         stderr.contains("1 of 3 files could not be read"),
         "{stderr}"
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let named: Vec<&str> = stdout
-        .lines()
-        .filter(|line| !line.starts_with(' '))
-        .collect();
-    assert_eq!(named, [picture, colour]);
+    assert_eq!(predicted_files(&output), [picture, colour]);
 
     // A folder stands for the images in it and its subfolders, in path order, as a class
     // folder is read; a folder without any is an error naming it.
@@ -1088,13 +1083,11 @@ fn user_errors_say_what_to_do() {
     std::fs::write(album.join("d.webp"), "RIFF").unwrap();
     #[rustfmt::skip]
     let output = vit(&["predict", "--checkpoint", checkpoint.to_str().unwrap(), "--device", "cpu", album.to_str().unwrap(), picture]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let named: Vec<&str> = stdout
-        .lines()
-        .filter(|line| !line.starts_with(' '))
-        .collect();
     let in_album = |name: &str| album.join(name).display().to_string();
-    assert_eq!(named, [&in_album("b.png"), &in_album("sub/a.PNG"), picture]);
+    assert_eq!(
+        predicted_files(&output),
+        [&in_album("b.png"), &in_album("sub/a.PNG"), picture]
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("skipped 1 image file in formats vit does not read"),
@@ -1109,6 +1102,16 @@ fn user_errors_say_what_to_do() {
         "{stderr}"
     );
     assert!(stderr.contains("1 folder(s) could not be read"), "{stderr}");
+}
+
+/// The files `vit predict` classified, in the order of its output (each file's line is
+/// followed by its indented classes).
+fn predicted_files(output: &std::process::Output) -> Vec<String> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| !line.starts_with(' '))
+        .map(String::from)
+        .collect()
 }
 
 #[test]

@@ -72,9 +72,7 @@ fn check_size(path: &Path, width: u32, height: u32) -> Result<()> {
 fn decode_png_rgb(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
     use png::{DecodingError, InterlaceInfo, Transformations};
     let failed = |error: DecodingError| match error {
-        DecodingError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            cut_short(path)
-        }
+        error if ends_early(&error) => cut_short(path),
         DecodingError::LimitsExceeded => anyhow!(
             "{}: its rows are wider than vit decodes (512 MiB a row): downscale it",
             path.display()
@@ -137,7 +135,7 @@ fn decode_png_rgb(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
     // On to the end of the image data, as `image` does (a bad CRC or checksum there is an
     // error), unless the file ends first.
     match reader.next_row() {
-        Err(DecodingError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        Err(error) if ends_early(&error) => {}
         other => drop(other.map_err(failed)?),
     }
     if samples != 3 {
@@ -150,6 +148,11 @@ fn decode_png_rgb(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
             .collect();
     }
     Ok(image::RgbImage::from_raw(width, height, pixels).expect("a buffer of the image's size"))
+}
+
+/// Whether the PNG decoder stopped at the end of the file.
+fn ends_early(error: &png::DecodingError) -> bool {
+    matches!(error, png::DecodingError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof)
 }
 
 /// The rows a PNG stores: the image's, or, interlaced, those of Adam7's seven passes (each
