@@ -6,7 +6,11 @@ fixed uint8 images, which `tests/augment.rs` compares `vit_tch::data::augment` a
 Every case calls torchvision's own `_apply_op` (what RandAugment and AutoAugment call) on
 the uint8 batch `input` [3,3,32,32] with one fixed magnitude, in its units; the output of
 case i is `case<i>`, and the metadata entry `cases` lists `[op, magnitude, interpolation]`.
-Also the evaluation transform at other sizes than CIFAR's: `resize<size>` is the input's
+The metadata also holds torchvision's tables: `cifar10_policy`, AutoAugment's 25 CIFAR-10
+sub-policies as `[[op, p, bin], [op, p, bin]]`; `randaugment_ops`, RandAugment's op list in
+its order; and `magnitudes`, `_augmentation_space(num_bins, (height, width))` of both
+(`{op: [magnitude of each bin, signed]}`) for each `[num_bins, height, width]` of
+`SPACES`. Also the evaluation transform at other sizes than CIFAR's: `resize<size>` is the input's
 first image (the noise) through ToTensor's scaling, `Resize((size, size))` (bilinear,
 antialiased) and Normalize with the notebook's constants.
 The images: uniform noise, a low-contrast image (values 100..139, for autocontrast and
@@ -20,7 +24,14 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from torchvision.transforms import InterpolationMode, Normalize, Resize
+from torchvision.transforms import (
+    AutoAugment,
+    AutoAugmentPolicy,
+    InterpolationMode,
+    Normalize,
+    RandAugment,
+    Resize,
+)
 from torchvision.transforms.autoaugment import _apply_op
 from vit_reference import MEAN, STD
 
@@ -56,6 +67,9 @@ CASES = [
 
 
 SIZE = 32
+# Both bin counts the recipes use (AutoAugment's 10, RandAugment's default 31), on images
+# wider and taller than square: translation scales with the side it moves along.
+SPACES = ((10, 32, 48), (31, 48, 32))
 # Down, up by 1.5, and up by a factor that is not a fraction of small integers.
 RESIZES = (16, 48, 53)
 
@@ -75,6 +89,24 @@ def images() -> torch.Tensor:
     return torch.stack([noise, low, grad])
 
 
+def magnitude_spaces() -> list:
+    """`[num_bins, height, width, {op: [magnitudes, signed]}]` of RandAugment and AutoAugment
+    merged (they agree on the ops both have)."""
+    spaces = []
+    for num_bins, height, width in SPACES:
+        ops = {}
+        for augment in (RandAugment(), AutoAugment(AutoAugmentPolicy.CIFAR10)):
+            for op, (magnitudes, signed) in augment._augmentation_space(
+                num_bins, (height, width)
+            ).items():
+                # Ops without a magnitude have a scalar 0.0 for every bin.
+                magnitudes = torch.as_tensor(magnitudes, dtype=torch.float64)
+                row = [magnitudes.expand(num_bins).tolist(), bool(signed)]
+                assert ops.setdefault(op, row) == row, op
+        spaces.append([num_bins, height, width, ops])
+    return spaces
+
+
 def main() -> None:
     x = images()
     tensors = {"input": x}
@@ -89,7 +121,13 @@ def main() -> None:
         tensors[f"resize{size}"] = Normalize(MEAN, STD)(resize(x[:1].float() / 255)).contiguous()
     FIXTURES.mkdir(exist_ok=True)
     path = FIXTURES / "augment_ops.safetensors"
-    save_file(tensors, str(path), metadata={"cases": json.dumps(CASES)})
+    metadata = {
+        "cases": json.dumps(CASES),
+        "cifar10_policy": json.dumps(AutoAugment(AutoAugmentPolicy.CIFAR10).policies),
+        "randaugment_ops": json.dumps(list(RandAugment()._augmentation_space(31, (SIZE, SIZE)))),
+        "magnitudes": json.dumps(magnitude_spaces()),
+    }
+    save_file(tensors, str(path), metadata=metadata)
     print(f"wrote {path} ({len(CASES)} cases)")
 
 
