@@ -5,11 +5,11 @@
 use crate::checkpoint::{self, LoadedModel};
 use crate::cli::AttentionArgs;
 use crate::data::{self, folder};
-use crate::plot::{inferno, render_rgb, write_rgb_png, FONT};
+use crate::plot::{fit_text, inferno, render_rgb, write_rgb_png, Keep, FONT};
 use anyhow::{bail, ensure, Context, Result};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 /// Attention rollout: for every layer, average the heads, add the identity (the residual
@@ -81,17 +81,17 @@ pub struct AttentionResult {
 /// `vit attention --checkpoint PATH (IMAGE | --index I [--dataset D]) [-o attention.png]`.
 pub fn run(args: &AttentionArgs) -> Result<()> {
     crate::plot::ensure_png_output(&args.output)?;
-    if let Some(image) = &args.image {
-        ensure!(
-            !crate::fsutil::same_file(image, &args.output),
-            "-o {} is the input image, which the picture would replace: give another -o",
-            args.output.display()
-        );
-    }
     let device = args.device.resolve()?;
     let loaded = checkpoint::load(&args.checkpoint, device)?;
     let config = &loaded.model.config;
     let chosen = choose_image(args, &loaded)?;
+    if let Some(file) = &chosen.file {
+        ensure!(
+            !crate::fsutil::same_file(file, &args.output),
+            "-o {} is the input image, which the picture would replace: give another -o",
+            args.output.display()
+        );
+    }
     let classes = chosen
         .classes
         .unwrap_or_else(|| checkpoint::class_names(&loaded.metadata, config.num_classes));
@@ -134,6 +134,8 @@ struct ChosenImage {
     image: Tensor,
     /// The file name, or "DATASET test image I", for the title.
     source: String,
+    /// The file the image was read from (none for a CIFAR test image).
+    file: Option<PathBuf>,
     /// The test image's class.
     label: Option<i64>,
     /// The dataset's class names (checked to fit the model), for a test image.
@@ -156,6 +158,7 @@ fn choose_image(args: &AttentionArgs, loaded: &LoadedModel) -> Result<ChosenImag
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
+            file: Some(path.clone()),
             label: None,
             classes: None,
         });
@@ -175,13 +178,15 @@ fn choose_image(args: &AttentionArgs, loaded: &LoadedModel) -> Result<ChosenImag
         (0..count).contains(&index),
         "--index {index} is outside the test split (0..{count})"
     );
-    let file = match &data.files {
-        Some(files) => format!(" ({})", files[index as usize].display()),
+    let file = data.files.map(|files| files[index as usize].clone());
+    let shown = match &file {
+        Some(file) => format!(" ({})", file.display()),
         None => String::new(),
     };
     Ok(ChosenImage {
         image: data.test.images.get(index),
-        source: format!("{} test image {index}{file}", data.name),
+        source: format!("{} test image {index}{shown}", data.name),
+        file,
         label: Some(data.test.labels.int64_value(&[index])),
         classes: Some(data.classes),
     })
@@ -334,7 +339,9 @@ pub fn figure(
             ))
             .map_err(|e| anyhow::anyhow!("drawing {}: {e}", output.display()))
         };
-        text(title, (width as i32 / 2, HEADER as i32 / 2), 18.0)?;
+        // The end says what the model predicted; a long path before it gives way.
+        let title = fit_text(title, 18.0, width - 2 * PAD, Keep::End);
+        text(&title, (width as i32 / 2, HEADER as i32 / 2), 18.0)?;
         for (i, (caption, _)) in panels.iter().enumerate() {
             let (x, y) = origin(i);
             text(

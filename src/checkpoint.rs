@@ -93,8 +93,44 @@ fn kind_of(dtype: Dtype) -> Result<Kind> {
         Dtype::I32 => Kind::Int,
         Dtype::U8 => Kind::Uint8,
         Dtype::BOOL => Kind::Bool,
-        other => bail!("unsupported tensor dtype {other:?}"),
+        other => bail!(
+            "its dtype is {other:?}, which vit does not read (it reads F32, F64, BF16, F16, \
+             I64, I32, U8 and BOOL): convert the tensor, say to float32, in Python"
+        ),
     })
+}
+
+/// What to say when a folder is given as a checkpoint: the checkpoints in it, if any.
+fn folder_given(dir: &Path) -> String {
+    let mut checkpoints: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".safetensors") && name != "resume.safetensors")
+        .collect();
+    checkpoints.sort();
+    if checkpoints.is_empty() {
+        format!(
+            "{} is a folder, not a checkpoint, and holds none: give a .safetensors file",
+            dir.display()
+        )
+    } else {
+        // A run folder's usual choice, where there is one.
+        let usual = "best_model.safetensors";
+        let best = if checkpoints.iter().any(|c| c == usual) {
+            usual
+        } else {
+            &checkpoints[0]
+        };
+        format!(
+            "{} is a folder, not a checkpoint: give one of the checkpoints in it ({}), such \
+             as {}",
+            dir.display(),
+            checkpoints.join(", "),
+            dir.join(best).display()
+        )
+    }
 }
 
 /// Named tensors and string metadata, as one safetensors file holds them.
@@ -105,28 +141,34 @@ pub struct TensorFile {
 
 impl TensorFile {
     pub fn read(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            bail!("{}", folder_given(path));
+        }
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let parse = || -> Result<Self> {
+        let parse = || -> Result<_> {
             let (_, header) = SafeTensors::read_metadata(&bytes)?;
-            let metadata = header.metadata().clone().unwrap_or_default();
-            let mut tensors = BTreeMap::new();
-            for (name, view) in SafeTensors::deserialize(&bytes)?.tensors() {
-                let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-                let tensor = Tensor::f_from_data_size(view.data(), &shape, kind_of(view.dtype())?)?;
-                tensors.insert(name, tensor);
-            }
-            Ok(Self { tensors, metadata })
+            Ok((header, SafeTensors::deserialize(&bytes)?))
         };
-        parse().or_else(|e| {
+        let (header, file) = parse().or_else(|e| {
             if let Some(kind) = PyTorchFile::recognise(&bytes) {
                 bail!("{}", kind.conversion(path));
             }
             Err(e.context(format!(
-                "{} is not a valid safetensors file",
+                "{} is not a valid safetensors file (not one, or a damaged one)",
                 path.display()
             )))
-        })
+        })?;
+        let metadata = header.metadata().clone().unwrap_or_default();
+        let mut tensors = BTreeMap::new();
+        for (name, view) in file.tensors() {
+            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            let tensor = kind_of(view.dtype())
+                .and_then(|kind| Ok(Tensor::f_from_data_size(view.data(), &shape, kind)?))
+                .with_context(|| format!("{}: tensor {name}", path.display()))?;
+            tensors.insert(name, tensor);
+        }
+        Ok(Self { tensors, metadata })
     }
 
     /// The file's bytes: a copy, so the tensors may change the moment this returns.
@@ -342,10 +384,19 @@ impl PyTorchFile {
              map_location=\"cpu\"){state_dict}, {:?}, metadata={{\"config\": \
              json.dumps(cfg)}})`, where cfg is the dict of the nine hyperparameters \
              (image_size, patch_size, in_channels, embed_dim, num_heads, mlp_dim, num_layers, \
-             num_classes, dropout); README.md, Checkpoints, shows the names",
+             num_classes, dropout); README.md, Checkpoints, shows the names{}",
             path.display(),
             path.display().to_string(),
             converted.display().to_string(),
+            match self {
+                Self::Save => {
+                    ". Where torch.load gives a training checkpoint (a dict with the weights \
+                     under a key such as \"state_dict\" or \"model\"), save that entry; \
+                     where it gives a whole model (torch.save(model)), load it with \
+                     weights_only=False and save its .state_dict()"
+                }
+                Self::TorchScript => "",
+            }
         )
     }
 }

@@ -131,7 +131,9 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
              model = timm_model(json.loads({:?})).eval()\n\
              model.load_state_dict(state, strict=True)\n\
              torch.jit.trace(model, torch.randn(1, 3, 8, 8)).save('traced.pt')\n\
-             numpy.savez('arrays.npz', x=numpy.zeros(3))",
+             numpy.savez('arrays.npz', x=numpy.zeros(3))\n\
+             state['head.bias'] = state['head.bias'].to(torch.int8)\n\
+             st.save_file(state, 'int8.safetensors')",
             config.to_json()
         ),
     );
@@ -163,8 +165,27 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
             assert_close(&name, &converted.vs.variables()[&name], &original, 0.0);
         }
     }
+    let error = load_error("model.pth");
+    assert!(
+        error.contains(r#"under a key such as "state_dict""#),
+        "{error}"
+    );
     let error = load_error("arrays.npz");
     assert!(error.contains("is not a valid safetensors file"), "{error}");
+    // A valid file with a dtype vit does not take names the tensor and the dtype.
+    let error = load_error("int8.safetensors");
+    assert!(
+        error.contains("tensor head.bias: its dtype is I8, which vit does not read"),
+        "{error}"
+    );
+    // A folder names the checkpoints in it.
+    let error = load_error(".");
+    assert!(
+        error.contains("is a folder, not a checkpoint: give one of the checkpoints in it")
+            && error.contains("(int8.safetensors, legacy.safetensors, model.safetensors")
+            && error.contains("such as"),
+        "{error}"
+    );
 }
 
 /// The same weights and metadata give the same bytes, whatever order the metadata's

@@ -809,7 +809,10 @@ fn user_errors_say_what_to_do() {
     let mut args = tiny_run_args(data, run.to_str().unwrap());
     args.extend(["--in-channels", "1"]);
     let stderr = vit_fails(&args);
-    assert!(stderr.contains("expects --in-channels 1"), "{stderr}");
+    assert!(
+        stderr.contains("takes 1-channel images (in_channels = 1)"),
+        "{stderr}"
+    );
 
     for (flag, message) in [
         (
@@ -1508,6 +1511,12 @@ fn a_test_only_folder_is_evaluated_and_index_names_its_file() {
             && stdout.contains("true class dog"),
         "{stdout}"
     );
+    // -o naming that very photo would replace it with the picture: refused.
+    let photo = std::fs::read(&file).unwrap();
+    #[rustfmt::skip]
+    let stderr = vit_fails(&["attention", "--checkpoint", model, "--data-dir", photos_dir, "--index", "1", "-o", file.to_str().unwrap(), "--device", "cpu"]);
+    assert!(stderr.contains("is the input image"), "{stderr}");
+    assert_eq!(std::fs::read(&file).unwrap(), photo);
 
     // Folders that are none of the model's classes (a thumbnail cache, say) are named.
     write_class(".thumbs", 120);

@@ -81,8 +81,8 @@ impl Split {
         let channels = self.images.size()[1];
         ensure!(
             channels == in_channels,
-            "{dataset} images have {channels} channels but the model expects --in-channels \
-             {in_channels}"
+            "{dataset} images have {channels} channels but the model takes {in_channels}-channel \
+             images (in_channels = {in_channels})"
         );
         Ok(())
     }

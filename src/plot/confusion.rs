@@ -1,6 +1,6 @@
 //! The confusion matrix as a heat map (`vit eval --plot`).
 
-use super::{blues, drawing, register_font, render_png, text_width, FONT};
+use super::{blues, drawing, fit_text, register_font, render_png, text_width, Keep, FONT};
 use anyhow::{bail, ensure, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -51,7 +51,7 @@ impl ConfusionLayout {
                     1 => classes[class].clone(),
                     _ => format!("{class} {}", classes[class]),
                 };
-                (class, shortened(name, tick_font))
+                (class, fit_text(&name, tick_font, MAX_TICK, Keep::Start))
             })
             .collect();
         let names_room = ticks
@@ -93,20 +93,6 @@ impl ConfusionLayout {
             self.left + col as u32 * self.cell,
             self.top + row as u32 * self.cell,
         )
-    }
-}
-
-/// `name`, shortened with "…" to [`MAX_TICK`] pixels at `font` points.
-fn shortened(mut name: String, font: f64) -> String {
-    if text_width(&name, font) <= MAX_TICK {
-        return name;
-    }
-    loop {
-        name.pop();
-        let shortened = format!("{name}…");
-        if name.is_empty() || text_width(&shortened, font) <= MAX_TICK {
-            return shortened;
-        }
     }
 }
 

@@ -135,6 +135,39 @@ pub(crate) fn text_width(text: &str, size: f64) -> u32 {
         .map_or((text.len() as f64 * size * 0.6) as u32, |(width, _)| width)
 }
 
+/// Which end of a text [`fit_text`] keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keep {
+    Start,
+    End,
+}
+
+/// `text`, or as much of it as fits in `max_width` pixels at `font` points with "…" where
+/// the rest was cut: at its end (keeping the start) or at its start (keeping the end).
+pub(crate) fn fit_text(text: &str, font: f64, max_width: u32, keep: Keep) -> String {
+    if text_width(text, font) <= max_width {
+        return text.to_string();
+    }
+    let chars: Vec<char> = text.chars().collect();
+    let shortened = |kept: usize| -> String {
+        match keep {
+            Keep::Start => chars[..kept].iter().chain(['…'].iter()).collect(),
+            Keep::End => ['…'].iter().chain(&chars[chars.len() - kept..]).collect(),
+        }
+    };
+    // The most characters that fit: the width grows with every character kept.
+    let (mut fits, mut too_many) = (0, chars.len());
+    while too_many - fits > 1 {
+        let kept = (fits + too_many) / 2;
+        if text_width(&shortened(kept), font) <= max_width {
+            fits = kept;
+        } else {
+            too_many = kept;
+        }
+    }
+    shortened(fits)
+}
+
 /// Matplotlib's "Blues" colour map at `t` in [0, 1].
 pub fn blues(t: f64) -> RGBColor {
     const STOPS: [(u8, u8, u8); 9] = [
@@ -179,4 +212,40 @@ fn interpolate(stops: &[(u8, u8, u8)], t: f64) -> RGBColor {
     let mix = |a: u8, b: u8| (a as f64 + (b as f64 - a as f64) * f).round() as u8;
     let (a, b) = (stops[i], stops[i + 1]);
     RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_text_keeps_the_end_it_is_told_to_and_as_much_as_fits() {
+        let text = "folder test image 1 (my_datasets/holiday_photos_2024/test/dog/0.png): \
+                    predicted cat (80%), true class dog";
+        assert_eq!(fit_text(text, 18.0, 10_000, Keep::End), text);
+        let chars: Vec<char> = text.chars().collect();
+        let max = text_width(text, 18.0) / 2;
+        for keep in [Keep::Start, Keep::End] {
+            let fitted = fit_text(text, 18.0, max, keep);
+            assert!(text_width(&fitted, 18.0) <= max, "{fitted}");
+            let kept = fitted.chars().count() - 1;
+            // The kept characters, and with one more the text would not fit.
+            let (kept_part, one_more): (String, String) = match keep {
+                Keep::Start => (
+                    chars[..kept].iter().collect(),
+                    chars[..=kept].iter().chain(['…'].iter()).collect(),
+                ),
+                Keep::End => (
+                    chars[chars.len() - kept..].iter().collect(),
+                    ['…']
+                        .iter()
+                        .chain(&chars[chars.len() - kept - 1..])
+                        .collect(),
+                ),
+            };
+            assert_eq!(fitted.replace('…', ""), kept_part, "{keep:?}");
+            assert!(text_width(&one_more, 18.0) > max, "{keep:?}: {fitted}");
+        }
+        assert_eq!(fit_text(text, 18.0, 1, Keep::Start), "…");
+    }
 }
