@@ -6,7 +6,7 @@ use crate::data::{self, transforms, Split};
 use crate::model::VisionTransformer;
 use anyhow::{anyhow, ensure, Context, Result};
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tch::{nn::ModuleT, Kind, Reduction, Tensor};
 
 /// What one pass over a split measured.
@@ -105,6 +105,28 @@ struct EvalReport<'a> {
     confusion_matrix_png: Option<String>,
 }
 
+/// The name the confusion matrix files of `checkpoint` start with: the checkpoint's (so
+/// evaluating best_model and then last_model keeps both), and in an `--out` folder other
+/// than the checkpoint's, its folder's before it (so the reports of runs/a and runs/b
+/// evaluated into one folder keep apart).
+fn report_name(checkpoint: &Path, out: Option<&Path>) -> String {
+    let stem = checkpoint
+        .file_stem()
+        .map_or("model".into(), |stem| stem.to_string_lossy());
+    let folder = std::fs::canonicalize(checkpoint)
+        .ok()
+        .and_then(|path| path.parent().map(Path::to_path_buf));
+    match (folder, out) {
+        (Some(folder), Some(out)) if !crate::fsutil::same_file(&folder, out) => {
+            match folder.file_name() {
+                Some(name) => format!("{}.{stem}", name.to_string_lossy()),
+                None => stem.into_owned(),
+            }
+        }
+        _ => stem.into_owned(),
+    }
+}
+
 /// `vit eval`: the config, the dataset name and the class names come from the checkpoint.
 pub fn run(args: &EvalArgs) -> Result<()> {
     let device = args.device.resolve()?;
@@ -130,19 +152,21 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let test = dataset.test.to_device(device);
     let evaluation = evaluate(&loaded.model, &test, args.batch_size);
 
-    // Named after the checkpoint, so evaluating best_model and then last_model keeps both.
-    let stem = args
-        .checkpoint
-        .file_stem()
-        .map_or("model".into(), |stem| stem.to_string_lossy());
-    let csv_path = out_dir.join(format!("{stem}.confusion_matrix.csv"));
+    let name = report_name(&args.checkpoint, args.out.as_deref());
+    let csv_path = out_dir.join(format!("{name}.confusion_matrix.csv"));
     evaluation.write_confusion_csv(&dataset.classes, &csv_path)?;
-    let png_path = args
-        .plot
-        .then(|| out_dir.join(format!("{stem}.confusion_matrix.png")));
-    if let Some(png) = &png_path {
-        crate::plot::confusion_matrix(&evaluation.confusion, &dataset.classes, png)?;
+    let png = out_dir.join(format!("{name}.confusion_matrix.png"));
+    if args.plot {
+        crate::plot::confusion_matrix(&evaluation.confusion, &dataset.classes, &png)?;
+    } else if png.exists() {
+        eprintln!(
+            "note: {} is from an earlier evaluation and may not match {} (pass --plot to \
+             redraw it)",
+            png.display(),
+            csv_path.display()
+        );
     }
+    let png_path = args.plot.then_some(png);
 
     let per_class = evaluation.per_class_accuracy();
     if args.json {

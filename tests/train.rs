@@ -244,6 +244,26 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         assert_eq!(report[key].as_str(), run.join(name).to_str(), "{key}");
         assert!(run.join(name).exists(), "{name}");
     }
+    // Into another folder: named after the run folder too, so that the reports of two
+    // runs evaluated there keep apart. Without --plot, an older picture is pointed out.
+    let results = root.join("results");
+    #[rustfmt::skip]
+    let output = vit(&["eval", "--checkpoint", best_model.to_str().unwrap(), "--data-dir", data, "--device", "cpu", "--out", results.to_str().unwrap()]);
+    let run_name = run.file_name().unwrap().to_str().unwrap();
+    let csv = results.join(format!("{run_name}.best_model.confusion_matrix.csv"));
+    assert!(
+        csv.exists(),
+        "{:?}",
+        std::fs::read_dir(&results).unwrap().collect::<Vec<_>>()
+    );
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("earlier evaluation"));
+    #[rustfmt::skip]
+    let output = vit(&["eval", "--checkpoint", best_model.to_str().unwrap(), "--data-dir", data, "--device", "cpu"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("best_model.confusion_matrix.png is from an earlier evaluation"),
+        "{stderr}"
+    );
 
     // `vit predict` on test images saved as PNG files: the top class is mostly the label
     // (as eval's accuracy says), and the answers do not depend on the batch size.
