@@ -9,16 +9,27 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A signal within this time of the first counts as the first one delivered again: a
+/// closing terminal sends SIGHUP twice (the kernel and the shell), and make passes on a
+/// SIGTERM its process group already got, microseconds apart.
+const REPEAT: Duration = Duration::from_millis(500);
 
 /// The flag the training loop reads: the first Ctrl-C (or SIGTERM, SIGHUP) sets it, and
-/// the run stops after the current step and saves; a second one quits at once.
+/// the run stops after the current step and saves; a second one (after [`REPEAT`]) quits
+/// at once.
 pub fn stop_on_interrupt() -> Result<Arc<AtomicBool>> {
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
+    let mut first: Option<Instant> = None;
     crate::runtime::on_interrupt(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            crate::runtime::quit_at_once(130);
+        match first {
+            Some(at) if at.elapsed() < REPEAT => return,
+            Some(_) => crate::runtime::quit_at_once(130),
+            None => first = Some(Instant::now()),
         }
+        flag.store(true, Ordering::SeqCst);
         // Said at once: the step, or an epoch's test pass, may take a while to finish. Not
         // eprintln!, which panics on a closed stderr and would end this handler's thread.
         let _ = writeln!(
