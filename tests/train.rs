@@ -373,7 +373,7 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("already finished its 4 epochs; nothing to train"),
+        stderr.contains("already finished its 4 epoch(s); nothing to train"),
         "{stderr}"
     );
     assert_eq!(read_metrics(&run).1.len(), 4, "the finished run changed");
@@ -453,6 +453,72 @@ fn ctrl_c_or_sigterm_saves_the_run_and_prints_a_resume_command_that_works() {
         );
         assert_eq!(read_metrics(&run).1.len(), 2);
     }
+}
+
+/// A run resumes from a copy of its data in another folder (a job's scratch copy, a moved
+/// project), with a note; data that changed is refused, naming what differs. A run of an
+/// earlier version, which recorded only the folder, still compares the folder.
+#[test]
+fn resume_follows_the_images_not_their_folder() {
+    let (root, data_dir) = colour_cifar10("resume-data");
+    let run = root.join("run");
+    fn args<'a>(data: &'a Path, run: &'a Path, resume: bool) -> Vec<&'a str> {
+        let mut args = tiny_run_args(data.to_str().unwrap(), run.to_str().unwrap());
+        #[rustfmt::skip]
+        args.extend(["--epochs", "1", "--batch-size", "100", "--train-subset", "100", "--warmup-epochs", "0"]);
+        if resume {
+            args.push("--resume");
+        }
+        args
+    }
+    vit(&args(&data_dir, &run, false));
+    let moved = root.join("scratch").join("data");
+    let mut dataset = {
+        let _turn = seeded(0);
+        colour_dataset()
+    };
+    write_cifar10(&dataset, &moved);
+    let output = vit(&args(&moved, &run, true));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("it goes on with the same images from")
+            && stderr.contains("already finished its 1 epoch(s)"),
+        "{stderr}"
+    );
+
+    // One test label changed: another dataset for the run, refused.
+    let label = dataset.test.labels.int64_value(&[0]);
+    let _ = dataset.test.labels.get(0).fill_((label + 1) % 10);
+    write_cifar10(&dataset, &moved);
+    let stderr = vit_fails(&args(&moved, &run, true));
+    assert!(
+        stderr.contains("are not the ones the run trained on")
+            && stderr.contains("data.fingerprint: saved"),
+        "{stderr}"
+    );
+    // Fewer test images: the count is named too.
+    dataset.test = dataset.test.subset(150);
+    write_cifar10(&dataset, &moved);
+    let stderr = vit_fails(&args(&moved, &run, true));
+    assert!(
+        stderr.contains("data.test_images: saved 200, given 150"),
+        "{stderr}"
+    );
+
+    // config.json of an earlier version: no record of the images, so the folder counts.
+    let config_path = run.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config.as_object_mut().unwrap().remove("data");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let original = {
+        let _turn = seeded(0);
+        colour_dataset()
+    };
+    write_cifar10(&original, &moved);
+    let stderr = vit_fails(&args(&moved, &run, true));
+    assert!(stderr.contains("data_dir: saved"), "{stderr}");
+    vit(&args(&data_dir, &run, true));
 }
 
 /// With one step per epoch, Ctrl-C always lands at an epoch's end, whose row and
@@ -782,6 +848,15 @@ fn user_errors_say_what_to_do() {
         "{stderr}"
     );
     assert!(!diverged.join("best_model.safetensors").exists());
+
+    // Step counts that would wrap around (they made the learning rate 0 or NaN) are
+    // refused before a run folder exists.
+    let huge = root.join("huge");
+    let mut args = tiny_run_args(data, huge.to_str().unwrap());
+    args.extend(["--epochs", "4611686018427387904", "--batch-size", "1"]);
+    let stderr = vit_fails(&args);
+    assert!(stderr.contains("more steps than vit counts"), "{stderr}");
+    assert!(!huge.exists());
 
     // A libtorch error (here: out of memory) is one line with advice, not a C++ stack.
     #[rustfmt::skip]

@@ -268,11 +268,7 @@ fn download(source: &str, dest: &Path, spec: &ArchiveSpec) -> Result<()> {
             spec.size
         );
     }
-    let digest: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = hex_digest(hasher);
     if !digest.eq_ignore_ascii_case(spec.md5) {
         bail!(
             "checksum mismatch for {source}: MD5 {digest}, expected {}; removed the bad file \
@@ -348,6 +344,15 @@ fn safe_relative_path(path: &Path, folder: &str) -> Result<Option<PathBuf>> {
             path.display()
         ),
     }
+}
+
+/// The MD5 of what `hasher` was fed, in lowercase hex.
+pub(crate) fn hex_digest(hasher: Md5) -> String {
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]

@@ -142,6 +142,50 @@ impl Dataset {
     pub fn num_classes(&self) -> i64 {
         self.classes.len() as i64
     }
+
+    /// What makes these images the same wherever they are read from (see [`DataIdentity`]).
+    pub fn identity(&self) -> DataIdentity {
+        use md5::{Digest, Md5};
+        let mut hasher = Md5::new();
+        for split in [&self.train, &self.test] {
+            let labels =
+                Vec::<i64>::try_from(split.labels.to_device(Device::Cpu)).expect("int64 labels");
+            for label in labels {
+                hasher.update(label.to_le_bytes());
+            }
+            let sample = split
+                .images
+                .flatten(0, -1)
+                .slice(0, None, None, DataIdentity::PIXEL_STRIDE)
+                .to_device(Device::Cpu)
+                .contiguous();
+            hasher.update(Vec::<u8>::try_from(sample).expect("uint8 images"));
+        }
+        DataIdentity {
+            train_images: self.train.len(),
+            test_images: self.test.len(),
+            classes: self.classes.clone(),
+            fingerprint: download::hex_digest(hasher),
+        }
+    }
+}
+
+/// A dataset's images, told apart without their path: a resumed run checks that its data
+/// did not change, and may read it from another folder.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DataIdentity {
+    pub train_images: i64,
+    pub test_images: i64,
+    pub classes: Vec<String>,
+    /// MD5 (hex) of the labels and of every [`Self::PIXEL_STRIDE`]th pixel value, of the
+    /// training split then the test split: cheap (3 MB for CIFAR), and any other copy of
+    /// the data, a subset or a new order differs.
+    pub fingerprint: String,
+}
+
+impl DataIdentity {
+    /// A prime, so that the sample takes every position of an image in turn.
+    pub const PIXEL_STRIDE: i64 = 61;
 }
 
 /// A dataset's test split alone, which is what evaluating a model needs (a folder dataset

@@ -396,9 +396,19 @@ impl<'a> Trainer<'a> {
                 dataset.train.len()
             );
         }
-        let full_batch = settings
-            .batch_size
-            .min(settings.train_subset.unwrap_or(dataset.train.len()));
+        let n_train = settings.train_subset.unwrap_or(dataset.train.len());
+        ensure!(n_train > 0, "the training split is empty");
+        let full_batch = settings.batch_size.min(n_train);
+        let steps_per_epoch = (n_train as u64).div_ceil(settings.batch_size as u64) as usize;
+        ensure!(
+            steps_per_epoch
+                .checked_mul(settings.epochs.max(settings.warmup_epochs))
+                .is_some(),
+            "--epochs {} (or --warmup-epochs {}) of {steps_per_epoch} steps each are more \
+             steps than vit counts",
+            settings.epochs,
+            settings.warmup_epochs
+        );
         let cuda_graph = options
             .cuda_graph
             .then(|| CudaGraphSteps::new(device, full_batch))
@@ -406,6 +416,7 @@ impl<'a> Trainer<'a> {
         let run = RunFolder::open(
             options.out,
             settings,
+            &dataset.identity(),
             options.resume,
             options.numbered_out,
             device,
@@ -443,9 +454,6 @@ impl<'a> Trainer<'a> {
             Some(n) => dataset.train.subset(n).to_device(device),
             None => dataset.train.to_device(device),
         };
-        let n_train = train_split.len();
-        ensure!(n_train > 0, "the training split is empty");
-        let steps_per_epoch = ((n_train + settings.batch_size - 1) / settings.batch_size) as usize;
         Ok(Self {
             settings,
             options,
@@ -469,7 +477,7 @@ impl<'a> Trainer<'a> {
         let epochs = self.settings.epochs;
         if self.progress.epochs_done >= epochs {
             eprintln!(
-                "note: {} already finished its {epochs} epochs; nothing to train",
+                "note: {} already finished its {epochs} epoch(s); nothing to train",
                 self.run.dir().display()
             );
         }

@@ -5,6 +5,7 @@ use super::ema::Ema;
 use super::TrainSettings;
 use crate::checkpoint::TensorFile;
 use crate::cli::device_name;
+use crate::data::DataIdentity;
 use crate::fsutil::{
     ensure_out_is_a_folder, remove_stale_temporaries, write_atomic, BackgroundWrites,
 };
@@ -144,19 +145,25 @@ impl RunFolder {
     pub(super) fn open(
         dir: &Path,
         settings: &TrainSettings,
+        data: &DataIdentity,
         resume: bool,
         numbered: bool,
         device: Device,
     ) -> Result<Self> {
         ensure_out_is_a_folder(dir)?;
         match resume {
-            true => Self::reopen(dir, settings, device),
-            false => Self::create(dir, settings, numbered, device),
+            true => Self::reopen(dir, settings, data, device),
+            false => Self::create(dir, settings, data, numbered, device),
         }
     }
 
-    /// The folder of the run to resume, checked against `settings`.
-    fn reopen(dir: &Path, settings: &TrainSettings, device: Device) -> Result<Self> {
+    /// The folder of the run to resume, checked against `settings` and `data`.
+    fn reopen(
+        dir: &Path,
+        settings: &TrainSettings,
+        data: &DataIdentity,
+        device: Device,
+    ) -> Result<Self> {
         let config_path = dir.join("config.json");
         let saved = std::fs::read_to_string(&config_path)
             .with_context(|| format!("cannot resume: {} has no config.json", dir.display()))?;
@@ -165,23 +172,7 @@ impl RunFolder {
         // Before the settings are compared: a live run's folder is "in use" whatever
         // the flags.
         let lock = RunLock::take(dir)?;
-        if saved.settings != *settings {
-            let mut differences = Vec::new();
-            differing_settings(
-                "",
-                &serde_json::to_value(&saved.settings)?,
-                &serde_json::to_value(settings)?,
-                &mut differences,
-            );
-            bail!(
-                "cannot resume {}: the settings differ from the saved run's:\n  {}\n\
-                 Resume with the same flags (the learning-rate schedule, the shuffles and \
-                 the augmentations all follow from them; --epochs included), or start a \
-                 new run with another --out",
-                dir.display(),
-                differences.join("\n  ")
-            );
-        }
+        check_same_run(dir, &saved, settings, data)?;
         // Runs of earlier versions recorded the debug form, `Cpu` or `Cuda(0)`.
         let same_device = [device_name(device), format!("{device:?}")].contains(&saved.device);
         if !same_device {
@@ -204,6 +195,7 @@ impl RunFolder {
     fn create(
         dir: &Path,
         settings: &TrainSettings,
+        data: &DataIdentity,
         numbered: bool,
         device: Device,
     ) -> Result<Self> {
@@ -230,7 +222,7 @@ impl RunFolder {
             (dir.to_path_buf(), RunLock::take(dir)?)
         };
         remove_stale_temporaries(&dir);
-        Self::start(dir, lock, settings, device)
+        Self::start(dir, lock, settings, data, device)
     }
 
     /// A fresh run in the locked folder `dir`: config.json and the metrics header.
@@ -238,6 +230,7 @@ impl RunFolder {
         dir: PathBuf,
         lock: RunLock,
         settings: &TrainSettings,
+        data: &DataIdentity,
         device: Device,
     ) -> Result<Self> {
         let config_path = dir.join("config.json");
@@ -246,6 +239,7 @@ impl RunFolder {
             settings: settings.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             device: device_name(device),
+            data: Some(data.clone()),
         };
         write_atomic(
             &config_path,
@@ -438,6 +432,68 @@ impl RunFolder {
     }
 }
 
+/// Fails unless `settings` and `data` are those of the run saved in `dir`, naming what
+/// differs. Where the run recorded its images, they are compared and the folder they are
+/// read from may have moved (with a note).
+fn check_same_run(
+    dir: &Path,
+    saved: &RunConfig,
+    settings: &TrainSettings,
+    data: &DataIdentity,
+) -> Result<()> {
+    let differences = |path: &str, saved: serde_json::Value, given: serde_json::Value| {
+        let mut out = Vec::new();
+        differing_settings(path, &saved, &given, &mut out);
+        out.join("\n  ")
+    };
+    let mut given = settings.clone();
+    if saved.data.is_some() {
+        given.data_dir = saved.settings.data_dir.clone();
+    }
+    if saved.settings != given {
+        bail!(
+            "cannot resume {}: the settings differ from the saved run's:\n  {}\n\
+             Resume with the same flags (the learning-rate schedule, the shuffles and \
+             the augmentations all follow from them; --epochs included), or start a \
+             new run with another --out",
+            dir.display(),
+            differences(
+                "",
+                serde_json::to_value(&saved.settings)?,
+                serde_json::to_value(&given)?
+            )
+        );
+    }
+    let Some(saved_data) = &saved.data else {
+        return Ok(());
+    };
+    let (was, is) = (&saved.settings.data_dir, &settings.data_dir);
+    if saved_data != data {
+        bail!(
+            "cannot resume {}: the images in {} are not the ones the run trained on (it \
+             started with {}):\n  {}\nGive --data-dir the run's data, or start a new run \
+             with another --out",
+            dir.display(),
+            is.display(),
+            was.display(),
+            differences(
+                "data",
+                serde_json::to_value(saved_data)?,
+                serde_json::to_value(data)?
+            )
+        );
+    }
+    if was != is {
+        eprintln!(
+            "note: {} started with the data in {}; it goes on with the same images from {}",
+            dir.display(),
+            was.display(),
+            is.display()
+        );
+    }
+    Ok(())
+}
+
 /// Appends to `out` a line `name: saved X, given Y` for each setting that differs, with
 /// nested settings named by their path (`model.embed_dim`).
 fn differing_settings(
@@ -601,4 +657,8 @@ struct RunConfig {
     settings: TrainSettings,
     version: String,
     device: String,
+    /// The images trained on (none in runs of earlier versions, which compare the data
+    /// folder instead).
+    #[serde(default)]
+    data: Option<DataIdentity>,
 }
