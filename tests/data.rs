@@ -439,12 +439,14 @@ fn checksum_mismatch_and_truncation_leave_nothing() {
         &data_dir,
         &spec_for(&archive, wrong),
     ));
+    // A local copy is the user's: kept, and the message says it is the wrong file.
     assert!(
-        err.contains("checksum mismatch") && err.contains("removed"),
+        err.contains("checksum mismatch") && err.contains("it is not the official archive"),
         "{err}"
     );
     assert!(err.contains(&md5) && err.contains(wrong), "{err}");
     assert_eq!(entries(&data_dir), Vec::<String>::new());
+    assert_eq!(std::fs::read(&file).unwrap(), archive);
 
     // An interrupted transfer: the source holds only the first half of the archive.
     let truncated = tmp.0.join("truncated.tar.gz");
@@ -732,6 +734,12 @@ fn image_folder_reads_classes_in_name_order() {
     let ds = data::load(&args(DatasetName::Folder, &tmp.0, false), 8).unwrap();
     assert_eq!(ds.name, "folder");
     assert_eq!(ds.classes, ["bird", "cat", "zebra"]);
+    // The same folder without --dataset folder: the error says to pass it.
+    let err = error_of(data::load(&args(DatasetName::Cifar100, &tmp.0, false), 32));
+    assert!(
+        err.contains("holds train/ and test/ folders: for your own images, pass --dataset folder"),
+        "{err}"
+    );
     // Classes interleaved, so that any first N images cover every class.
     assert_eq!(i64s(&ds.train.labels), [0, 1, 2, 0, 2]);
     assert_eq!(i64s(&ds.test.labels), [0, 1, 2]);

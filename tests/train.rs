@@ -519,6 +519,16 @@ fn resume_follows_the_images_not_their_folder() {
     let stderr = vit_fails(&args(&moved, &run, true));
     assert!(stderr.contains("data_dir: saved"), "{stderr}");
     vit(&args(&data_dir, &run, true));
+
+    // A resume state cut short names itself and says what to do.
+    let state = run.join("resume.safetensors");
+    let bytes = std::fs::read(&state).unwrap();
+    std::fs::write(&state, &bytes[..bytes.len() / 2]).unwrap();
+    let stderr = vit_fails(&args(&data_dir, &run, true));
+    assert!(
+        stderr.contains("its resume.safetensors is damaged or not this run's; start a new run"),
+        "{stderr}"
+    );
 }
 
 /// With one step per epoch, Ctrl-C always lands at an epoch's end, whose row and
@@ -1641,4 +1651,34 @@ fn a_test_only_folder_is_evaluated_and_index_names_its_file() {
     let output = vit(&["eval", "--checkpoint", model, "--data-dir", photos_dir, "--device", "cpu"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("was trained on the classes"), "{stderr}");
+}
+
+/// `vit train --dataset folder` end to end; a dataset of one class trains (the model
+/// learns a constant), with a warning that it teaches nothing.
+#[test]
+fn a_folder_dataset_trains_and_one_class_is_warned_about() {
+    let root = TempDir::new("one-class");
+    let photos = root.join("photos");
+    for split in ["train", "test"] {
+        let folder = photos.join(split).join("cat");
+        std::fs::create_dir_all(&folder).unwrap();
+        for index in 0..4u8 {
+            image::RgbImage::from_pixel(16, 16, image::Rgb([40, 90, 20 * index]))
+                .save(folder.join(format!("{index}.png")))
+                .unwrap();
+        }
+    }
+    let run = root.join("run");
+    #[rustfmt::skip]
+    let output = vit(&[
+        "train", "--dataset", "folder", "--data-dir", photos.to_str().unwrap(), "--out", run.to_str().unwrap(),
+        "--device", "cpu", "--config", "tiny", "--image-size", "16", "--epochs", "1", "--batch-size", "2",
+        "--warmup-epochs", "0",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("warning: folder has one class (cat)"),
+        "{stderr}"
+    );
+    assert_eq!(read_metrics(&run).1.len(), 1);
 }

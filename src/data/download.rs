@@ -208,9 +208,18 @@ fn download(source: &str, dest: &Path, spec: &ArchiveSpec) -> Result<()> {
         (Box::new(file), length)
     };
     if let Some(length) = announced {
+        // A mirror's folder given without its final `/` names the folder, not the archive.
+        let hint = if is_url(source) && !source.ends_with(spec.file_name) {
+            format!(
+                " (for a mirror's folder, end its URL with / and vit appends {})",
+                spec.file_name
+            )
+        } else {
+            String::new()
+        };
         if length != spec.size {
             bail!(
-                "{source} is {length} bytes, but {} is {} bytes: wrong file or a bad mirror",
+                "{source} is {length} bytes, but {} is {} bytes: wrong file or a bad mirror{hint}",
                 spec.file_name,
                 spec.size
             );
@@ -270,9 +279,13 @@ fn download(source: &str, dest: &Path, spec: &ArchiveSpec) -> Result<()> {
     }
     let digest = hex_digest(hasher);
     if !digest.eq_ignore_ascii_case(spec.md5) {
+        let what_now = if is_url(source) {
+            "removed the download (try again, or another mirror with --from)"
+        } else {
+            "it is not the official archive, or a damaged copy: fetch it again"
+        };
         bail!(
-            "checksum mismatch for {source}: MD5 {digest}, expected {}; removed the bad file \
-             (try again, or another mirror with --from)",
+            "checksum mismatch for {source}: MD5 {digest}, expected {}; {what_now}",
             spec.md5
         );
     }

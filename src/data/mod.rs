@@ -263,7 +263,10 @@ pub fn run_download(args: &DownloadArgs) -> Result<()> {
         DownloadableDataset::Cifar10 => &download::CIFAR10_ARCHIVE,
         DownloadableDataset::Cifar100 => &download::CIFAR100_ARCHIVE,
     };
-    let source = args.from.as_deref().unwrap_or(download::OFFICIAL_URL);
+    // An empty VIT_DATA_MIRROR (set but cleared) means no mirror.
+    let source = (args.from.as_deref())
+        .filter(|from| !from.is_empty())
+        .unwrap_or(download::OFFICIAL_URL);
     match download::fetch(source, &args.data_dir, spec)? {
         download::Fetched::AlreadyPresent(path) => {
             // A folder that is there is not fetched again, so it has to be whole.

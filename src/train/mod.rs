@@ -272,6 +272,14 @@ fn settings_and_dataset(args: &TrainArgs) -> Result<(TrainSettings, Dataset)> {
         .train
         .check_channels(config.in_channels, &dataset.name)?;
     let num_classes = dataset.num_classes();
+    if num_classes == 1 {
+        eprintln!(
+            "warning: {} has one class ({}): the model learns to give that answer to every \
+             image, which is always right and teaches nothing; add a folder for each other \
+             class",
+            dataset.name, dataset.classes[0]
+        );
+    }
     match args.model.num_classes {
         None => config.num_classes = num_classes,
         Some(n) => ensure!(

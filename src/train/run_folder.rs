@@ -374,18 +374,27 @@ impl RunFolder {
             self.truncate_metrics(0)?;
             return Ok(Progress::default());
         }
-        let file = TensorFile::read(&path)?;
-        file.with_prefix("model").load_into(vs)?;
-        if let Some(ema) = ema {
-            file.with_prefix("ema").load_into(&ema.vs)?;
-        }
-        let field = |key: &str| {
-            file.metadata
-                .get(key)
-                .with_context(|| format!("{} has no `{key}`", path.display()))
+        let mut load = || -> Result<Progress> {
+            let file = TensorFile::read(&path)?;
+            file.with_prefix("model").load_into(vs)?;
+            if let Some(ema) = ema {
+                file.with_prefix("ema").load_into(&ema.vs)?;
+            }
+            let field = |key: &str| {
+                file.metadata
+                    .get(key)
+                    .with_context(|| format!("{} has no `{key}`", path.display()))
+            };
+            optimizer.load_state(&file.tensors, field("optimizer_step")?.parse()?)?;
+            Ok(serde_json::from_str(field("progress")?)?)
         };
-        optimizer.load_state(&file.tensors, field("optimizer_step")?.parse()?)?;
-        let progress: Progress = serde_json::from_str(field("progress")?)?;
+        let progress = load().with_context(|| {
+            format!(
+                "cannot resume {}: its resume.safetensors is damaged or not this run's; start \
+                 a new run with another --out (this folder's checkpoints stay as they are)",
+                self.dir.display()
+            )
+        })?;
         // Rows written after the saved state (a crash between the two writes) are dropped.
         self.truncate_metrics(progress.epochs_done)?;
         Ok(progress)
