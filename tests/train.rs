@@ -557,7 +557,7 @@ fn ctrl_c_at_the_end_of_an_epoch_says_so() {
 /// handlers once, which tore libtorch down under the running step: most such runs died of
 /// a segmentation fault or heap corruption instead.) The second comes 0.7 s after the
 /// first (a repeat within half a second is the first delivered twice), inside the first
-/// step of the notebook-size model at batch 256, which takes seconds on a CPU. Three
+/// step of the notebook-size model at batch 256 on one thread, which takes seconds. Three
 /// tries, as the crash was a race; at least one must have quit at once rather than after
 /// saving.
 #[test]
@@ -570,7 +570,7 @@ fn a_second_ctrl_c_quits_at_once() {
         let args = [
             "train", "--dataset", "cifar10", "--data-dir", data_dir.to_str().unwrap(),
             "--out", run.to_str().unwrap(), "--device", "cpu", "--config", "notebook",
-            "--epochs", "2", "--batch-size", "256", "--warmup-epochs", "1",
+            "--epochs", "2", "--batch-size", "256", "--warmup-epochs", "1", "--threads", "1",
         ];
         let child = start_training(&args, &run);
         for pause_ms in [0, 700] {
