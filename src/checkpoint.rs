@@ -163,9 +163,9 @@ impl TensorFile {
         let mut tensors = BTreeMap::new();
         for (name, view) in file.tensors() {
             let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-            let tensor = kind_of(view.dtype())
-                .and_then(|kind| Ok(Tensor::f_from_data_size(view.data(), &shape, kind)?))
+            let kind = kind_of(view.dtype())
                 .with_context(|| format!("{}: tensor {name}", path.display()))?;
+            let tensor = Tensor::f_from_data_size(view.data(), &shape, kind)?;
             tensors.insert(name, tensor);
         }
         Ok(Self { tensors, metadata })

@@ -355,13 +355,15 @@ pub struct EvalArgs {
     pub device: DeviceArgs,
     #[arg(long, default_value_t = 500)]
     pub batch_size: i64,
-    /// Folder for CHECKPOINT.confusion_matrix.csv (default: beside the checkpoint).
+    /// Folder for the confusion matrix (default: beside the checkpoint, as
+    /// CHECKPOINT.confusion_matrix.csv; in another folder, FOLDER.CHECKPOINT.confusion_matrix.csv,
+    /// FOLDER being the checkpoint's).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     pub json: bool,
-    /// Also draw the confusion matrix as CHECKPOINT.confusion_matrix.png.
+    /// Also draw the confusion matrix, as a .png beside the .csv.
     #[arg(long)]
     pub plot: bool,
 }

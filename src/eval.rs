@@ -113,10 +113,12 @@ fn report_name(checkpoint: &Path, out: Option<&Path>) -> String {
     let stem = checkpoint
         .file_stem()
         .map_or("model".into(), |stem| stem.to_string_lossy());
-    let folder = std::fs::canonicalize(checkpoint)
-        .ok()
-        .and_then(|path| path.parent().map(Path::to_path_buf));
-    match (folder, out) {
+    // The folder the checkpoint is given in (a link is named where it lies).
+    let folder = match checkpoint.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    match (std::fs::canonicalize(folder).ok(), out) {
         (Some(folder), Some(out)) if !crate::fsutil::same_file(&folder, out) => {
             match folder.file_name() {
                 Some(name) => format!("{}.{stem}", name.to_string_lossy()),

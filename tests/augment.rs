@@ -303,10 +303,10 @@ fn ops_match_torchvision() {
                 .sum(Kind::Int64)
                 .int64_value(&[]);
             let case = format!("{device:?} {name} {magnitude} {interp}");
-            println!("{case}: max error {error}, {off} pixels differ");
+            println!("{case}: max error {error}, {off} values differ");
             // Bilinear rounding may differ by one level here and there, not everywhere.
             if error > 1 || off * 50 > expected.numel() as i64 {
-                failures.push(format!("{case}: max error {error}, {off} pixels differ"));
+                failures.push(format!("{case}: max error {error}, {off} values differ"));
             }
         }
     }

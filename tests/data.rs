@@ -737,7 +737,7 @@ fn image_folder_reads_classes_in_name_order() {
     // The same folder without --dataset folder: the error says to pass it.
     let err = error_of(data::load(&args(DatasetName::Cifar100, &tmp.0, false), 32));
     assert!(
-        err.contains("holds train/ and test/ folders: for your own images, pass --dataset folder"),
+        err.contains("holds a test/ folder: for your own images, pass --dataset folder"),
         "{err}"
     );
     // Classes interleaved, so that any first N images cover every class.

@@ -162,11 +162,11 @@ fn missing(path: &Path, format: &RecordFormat, data_dir: &Path) -> String {
             folder.display(),
             download_again(path, format, data_dir)
         )
-    } else if data_dir.join("train").is_dir() && data_dir.join("test").is_dir() {
-        // An ImageFolder tree given without --dataset folder.
+    } else if data_dir.join("test").is_dir() {
+        // An ImageFolder tree (or its test split alone) given without --dataset folder.
         format!(
-            "{} holds train/ and test/ folders: for your own images, pass --dataset folder; \
-             for {}, run `vit download --dataset {} --data-dir {}`",
+            "{} holds a test/ folder: for your own images, pass --dataset folder; for {}, \
+             run `vit download --dataset {} --data-dir {}`",
             data_dir.display(),
             format.dataset,
             format.dataset,

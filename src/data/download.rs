@@ -209,7 +209,8 @@ fn download(source: &str, dest: &Path, spec: &ArchiveSpec) -> Result<()> {
     };
     if let Some(length) = announced {
         // A mirror's folder given without its final `/` names the folder, not the archive.
-        let hint = if is_url(source) && !source.ends_with(spec.file_name) {
+        let path = source.split(['?', '#']).next().unwrap_or(source);
+        let hint = if is_url(source) && !path.ends_with(spec.file_name) {
             format!(
                 " (for a mirror's folder, end its URL with / and vit appends {})",
                 spec.file_name

@@ -178,13 +178,14 @@ pub struct DataIdentity {
     pub test_images: i64,
     pub classes: Vec<String>,
     /// MD5 (hex) of the labels and of every [`Self::PIXEL_STRIDE`]th pixel value, of the
-    /// training split then the test split: cheap (3 MB for CIFAR), and any other copy of
-    /// the data, a subset or a new order differs.
+    /// training split then the test split: cheap (3 MB for CIFAR), and other images, a
+    /// subset of them or another order give another.
     pub fingerprint: String,
 }
 
 impl DataIdentity {
-    /// A prime, so that the sample takes every position of an image in turn.
+    /// A prime, so that the sample moves across the positions of an image (unless its
+    /// side is a multiple of 61).
     pub const PIXEL_STRIDE: i64 = 61;
 }
 

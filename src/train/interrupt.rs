@@ -35,7 +35,8 @@ pub fn stop_on_interrupt() -> Result<Arc<AtomicBool>> {
         let _ = writeln!(
             std::io::stderr(),
             "\nStopping: the run saves its state after the current step (or test pass); \
-             a second Ctrl-C (or signal) quits at once without saving"
+             a second Ctrl-C (or signal), half a second or more later, quits at once \
+             without saving"
         );
     })?;
     Ok(interrupted)

@@ -277,7 +277,8 @@ fn settings_and_dataset(args: &TrainArgs) -> Result<(TrainSettings, Dataset)> {
             "warning: {} has one class ({}): the model learns to give that answer to every \
              image, which is always right and teaches nothing; add a folder for each other \
              class",
-            dataset.name, dataset.classes[0]
+            args.data.data_dir.display(),
+            dataset.classes[0]
         );
     }
     match args.model.num_classes {
@@ -447,6 +448,17 @@ impl<'a> Trainer<'a> {
             true => run.load_resume(&vs, &mut optimizer, ema.as_ref(), settings.epochs)?,
             false => Progress::default(),
         };
+        // Runs of earlier versions recorded no data identity: fewer images show here.
+        ensure!(
+            progress.step_in_epoch < steps_per_epoch,
+            "cannot resume {}: it stopped after step {} of epoch {}, but an epoch of the \
+             images in {} has {steps_per_epoch} steps: they are not the ones the run trained \
+             on; give --data-dir the run's data, or start a new run with another --out",
+            run.dir().display(),
+            progress.step_in_epoch,
+            progress.epochs_done + 1,
+            settings.data_dir.display()
+        );
         if options.resume && progress.epochs_done < settings.epochs {
             let place = match progress.step_in_epoch {
                 0 => format!("at the start of epoch {}", progress.epochs_done + 1),

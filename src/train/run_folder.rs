@@ -374,6 +374,8 @@ impl RunFolder {
             self.truncate_metrics(0)?;
             return Ok(Progress::default());
         }
+        // A file that cannot be opened says so; what is in it is what may be foreign.
+        std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let mut load = || -> Result<Progress> {
             let file = TensorFile::read(&path)?;
             file.with_prefix("model").load_into(vs)?;
@@ -478,13 +480,15 @@ fn check_same_run(
     };
     let (was, is) = (&saved.settings.data_dir, &settings.data_dir);
     if saved_data != data {
+        let started = match was == is {
+            true => String::new(),
+            false => format!(" (it started with {})", was.display()),
+        };
         bail!(
-            "cannot resume {}: the images in {} are not the ones the run trained on (it \
-             started with {}):\n  {}\nGive --data-dir the run's data, or start a new run \
-             with another --out",
+            "cannot resume {}: the images in {} are not the ones the run trained on{started}:\
+             \n  {}\nGive --data-dir the run's data, or start a new run with another --out",
             dir.display(),
             is.display(),
-            was.display(),
             differences(
                 "data",
                 serde_json::to_value(saved_data)?,
