@@ -12,6 +12,7 @@ use common::{devices, seeded};
 
 use std::collections::{BTreeMap, BTreeSet};
 use tch::{Device, Kind, Tensor};
+use vit_tch::checkpoint::TensorFile;
 use vit_tch::data::augment::{
     self, apply_op, AugOp, AugmentConfig, Interpolation, Policy, RandAugment, RandomErasing,
 };
@@ -41,6 +42,13 @@ fn to_vec(t: &Tensor) -> Vec<f64> {
 }
 
 const INTERPOLATIONS: [Interpolation; 2] = [Interpolation::Nearest, Interpolation::Bilinear];
+
+/// Entry `key` of the JSON object `augment_reference.py` stores as the `reference` metadata.
+fn reference_entry<T: serde::de::DeserializeOwned>(file: &TensorFile, key: &str) -> T {
+    let reference: serde_json::Value =
+        serde_json::from_str(&file.metadata["reference"]).expect("reference metadata");
+    serde_json::from_value(reference[key].clone()).unwrap_or_else(|e| panic!("{key}: {e}"))
+}
 
 #[test]
 fn magnitude_zero_is_identity() {
@@ -281,8 +289,7 @@ fn images_of_a_batch_draw_their_own_ops() {
 #[test]
 fn ops_match_torchvision() {
     let file = common::fixture("augment_ops");
-    let cases: Vec<(String, f64, String)> =
-        serde_json::from_str(&file.metadata["cases"]).expect("cases metadata");
+    let cases: Vec<(String, f64, String)> = reference_entry(&file, "cases");
     let b = file.get("input").unwrap().size()[0];
     let mut failures = Vec::new();
     for device in devices() {
@@ -320,14 +327,13 @@ fn ops_match_torchvision() {
 fn policy_tables_match_torchvision() {
     type Op = (AugOp, f64, Option<i64>);
     let file = common::fixture("augment_ops");
-    let table = |key: &str| file.metadata[key].as_str();
-    let policy: Vec<(Op, Op)> = serde_json::from_str(table("cifar10_policy")).unwrap();
+    let policy: Vec<(Op, Op)> = reference_entry(&file, "cifar10_policy");
     assert_eq!(policy, augment::CIFAR10_POLICY.to_vec());
-    let randaugment: Vec<AugOp> = serde_json::from_str(table("randaugment_ops")).unwrap();
+    let randaugment: Vec<AugOp> = reference_entry(&file, "randaugment_ops");
     assert_eq!(randaugment, AugOp::RANDAUGMENT.to_vec());
 
     type Space = (i64, i64, i64, BTreeMap<String, (Vec<f64>, bool)>);
-    let spaces: Vec<Space> = serde_json::from_str(table("magnitudes")).unwrap();
+    let spaces: Vec<Space> = reference_entry(&file, "magnitudes");
     assert_eq!(spaces.len(), 2);
     for (num_bins, height, width, ops) in spaces {
         let names: BTreeSet<String> = AugOp::all().map(|op| format!("{op:?}")).collect();

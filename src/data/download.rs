@@ -208,17 +208,17 @@ fn download(source: &str, dest: &Path, spec: &ArchiveSpec) -> Result<()> {
         (Box::new(file), length)
     };
     if let Some(length) = announced {
-        // A mirror's folder given without its final `/` names the folder, not the archive.
-        let path = source.split(['?', '#']).next().unwrap_or(source);
-        let hint = if is_url(source) && !path.ends_with(spec.file_name) {
-            format!(
-                " (for a mirror's folder, end its URL with / and vit appends {})",
-                spec.file_name
-            )
-        } else {
-            String::new()
-        };
         if length != spec.size {
+            // A mirror's folder given without its final `/` names the folder, not the archive.
+            let path = source.split(['?', '#']).next().unwrap_or(source);
+            let hint = if is_url(source) && !path.ends_with(spec.file_name) {
+                format!(
+                    " (for a mirror's folder, end its URL with / and vit appends {})",
+                    spec.file_name
+                )
+            } else {
+                String::new()
+            };
             bail!(
                 "{source} is {length} bytes, but {} is {} bytes: wrong file or a bad mirror{hint}",
                 spec.file_name,

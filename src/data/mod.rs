@@ -265,7 +265,9 @@ pub fn run_download(args: &DownloadArgs) -> Result<()> {
         DownloadableDataset::Cifar100 => &download::CIFAR100_ARCHIVE,
     };
     // An empty VIT_DATA_MIRROR (set but cleared) means no mirror.
-    let source = (args.from.as_deref())
+    let source = args
+        .from
+        .as_deref()
         .filter(|from| !from.is_empty())
         .unwrap_or(download::OFFICIAL_URL);
     match download::fetch(source, &args.data_dir, spec)? {

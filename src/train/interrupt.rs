@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 /// A signal within this time of the first counts as the first one delivered again: a
 /// closing terminal sends SIGHUP twice (the kernel and the shell), and make passes on a
-/// SIGTERM its process group already got, microseconds apart.
+/// SIGTERM its process group already got, moments apart.
 const REPEAT: Duration = Duration::from_millis(500);
 
 /// The flag the training loop reads: the first Ctrl-C (or SIGTERM, SIGHUP) sets it, and

@@ -5,12 +5,13 @@ fixed uint8 images, which `tests/augment.rs` compares `vit_tch::data::augment` a
 
 Every case calls torchvision's own `_apply_op` (what RandAugment and AutoAugment call) on
 the uint8 batch `input` [3,3,32,32] with one fixed magnitude, in its units; the output of
-case i is `case<i>`, and the metadata entry `cases` lists `[op, magnitude, interpolation]`.
-The metadata also holds torchvision's tables: `cifar10_policy`, AutoAugment's 25 CIFAR-10
-sub-policies as `[[op, p, bin], [op, p, bin]]`; `randaugment_ops`, RandAugment's op list in
-its order; and `magnitudes`, `_augmentation_space(num_bins, (height, width))` of both
-(`{op: [magnitude of each bin, signed]}`) for each `[num_bins, height, width]` of
-`SPACES`. Also the evaluation transform at other sizes than CIFAR's: `resize<size>` is the input's
+case i is `case<i>`. The one metadata entry, `reference` (one, as safetensors writes several
+in no fixed order, and the file must come out the same each time), is a JSON object:
+`cases` lists `[op, magnitude, interpolation]`; then torchvision's tables, `cifar10_policy`,
+AutoAugment's 25 CIFAR-10 sub-policies as `[[op, p, bin], [op, p, bin]]`;
+`randaugment_ops`, RandAugment's op list in its order; and `magnitudes`,
+`_augmentation_space(num_bins, (height, width))` of both (`{op: [magnitude of each bin,
+signed]}`) for each `[num_bins, height, width]` of `SPACES`. Also the evaluation transform at other sizes than CIFAR's: `resize<size>` is the input's
 first image (the noise) through ToTensor's scaling, `Resize((size, size))` (bilinear,
 antialiased) and Normalize with the notebook's constants.
 The images: uniform noise, a low-contrast image (values 100..139, for autocontrast and
@@ -121,13 +122,13 @@ def main() -> None:
         tensors[f"resize{size}"] = Normalize(MEAN, STD)(resize(x[:1].float() / 255)).contiguous()
     FIXTURES.mkdir(exist_ok=True)
     path = FIXTURES / "augment_ops.safetensors"
-    metadata = {
-        "cases": json.dumps(CASES),
-        "cifar10_policy": json.dumps(AutoAugment(AutoAugmentPolicy.CIFAR10).policies),
-        "randaugment_ops": json.dumps(list(RandAugment()._augmentation_space(31, (SIZE, SIZE)))),
-        "magnitudes": json.dumps(magnitude_spaces()),
+    reference = {
+        "cases": CASES,
+        "cifar10_policy": AutoAugment(AutoAugmentPolicy.CIFAR10).policies,
+        "randaugment_ops": list(RandAugment()._augmentation_space(31, (SIZE, SIZE))),
+        "magnitudes": magnitude_spaces(),
     }
-    save_file(tensors, str(path), metadata=metadata)
+    save_file(tensors, str(path), metadata={"reference": json.dumps(reference)})
     print(f"wrote {path} ({len(CASES)} cases)")
 
 
