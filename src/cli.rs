@@ -296,6 +296,10 @@ pub struct TrainArgs {
     /// Probability of CutMix rather than MixUp when both are on (default 0.5).
     #[arg(long)]
     pub switch_prob: Option<f64>,
+    /// Mix only the first EPOCHS epochs; the later ones train on single images, with the
+    /// same loss (timm's mixup_off_epoch; default: every epoch mixes).
+    #[arg(long, value_name = "EPOCHS")]
+    pub mix_off_epoch: Option<usize>,
     /// Stochastic depth of the last block, rising linearly from 0 (strong: 0.1).
     #[arg(long)]
     pub drop_path: Option<f64>,

@@ -396,6 +396,7 @@ fn strong_batch_stays_on_its_device_and_in_range() {
                 &config,
                 &regularization,
                 0.1,
+                0,
             );
             let case = format!("{device:?} {policy:?}");
             assert_eq!(batch.images.device(), device, "{case}");
@@ -413,6 +414,69 @@ fn strong_batch_stays_on_its_device_and_in_range() {
             let error = (row_sums - 1.0).abs().max().double_value(&[]);
             assert!(error < 1e-5, "{case}: target rows sum to 1 ± {error}");
         }
+    }
+}
+
+/// `--mix-off-epoch 2`: the batches of the first two epochs are mixed; later ones are the
+/// notebook's crop and flip alone, with soft targets that are each image's own smoothed
+/// label (timm's loss, unchanged).
+#[test]
+fn mixing_stops_after_mix_off_epoch() {
+    let _g = seeded(5);
+    let config = ViTConfig::tiny();
+    let images = random_u8(&[16, 3, 32, 32]);
+    let labels = Tensor::randint(config.num_classes, [16], (Kind::Int64, Device::Cpu));
+    let regularization = Regularization {
+        mix: Some(MixConfig::default()),
+        mix_off_epoch: Some(2),
+        ..Regularization::default()
+    };
+    let smoothing = 0.1;
+    let one_hot = |labels: &Tensor| {
+        let off = smoothing / config.num_classes as f64;
+        labels.one_hot(config.num_classes).to_kind(Kind::Float) * (1.0 - smoothing) + off
+    };
+    let batch_of_epoch = |epoch: usize| {
+        tch::manual_seed(7);
+        let batch = TrainBatch::new(
+            &images,
+            labels.shallow_clone(),
+            &config,
+            &regularization,
+            smoothing,
+            epoch,
+        );
+        tch::manual_seed(7);
+        let notebook = transforms::train_transform(&images, config.image_size);
+        (batch, notebook)
+    };
+    for epoch in [0, 1] {
+        let (batch, notebook) = batch_of_epoch(epoch);
+        let targets = batch.soft_targets.expect("soft targets");
+        assert!(
+            !targets.allclose(&one_hot(&labels), 1e-6, 1e-6, false),
+            "epoch {epoch}"
+        );
+        assert!(
+            !batch.images.allclose(&notebook, 1e-6, 1e-6, false),
+            "epoch {epoch}"
+        );
+    }
+    for epoch in [2, 9] {
+        let (batch, notebook) = batch_of_epoch(epoch);
+        let targets = batch.soft_targets.expect("the loss stays on soft targets");
+        common::assert_close(
+            &format!("targets, epoch {epoch}"),
+            &targets,
+            &one_hot(&labels),
+            1e-6,
+        );
+        common::assert_close(
+            &format!("images, epoch {epoch}"),
+            &batch.images,
+            &notebook,
+            0.0,
+        );
     }
 }
 

@@ -791,6 +791,8 @@ fn strong_regularization() -> Regularization {
             ..AugmentConfig::default()
         }),
         mix: Some(MixConfig::default()),
+        // Of the tests' two epochs, the second trains on single images.
+        mix_off_epoch: Some(1),
         drop_path: 0.1,
         attn_dropout: 0.1,
         ema: Some(0.9),
@@ -993,6 +995,14 @@ fn user_errors_say_what_to_do() {
         (
             "--switch-prob=0.2 --mixup=0.8",
             "it needs both --mixup and --cutmix",
+        ),
+        (
+            "--mix-off-epoch=5",
+            "--mix-off-epoch needs --mixup or --cutmix",
+        ),
+        (
+            "--mix-off-epoch=0 --recipe=strong",
+            "--mix-off-epoch 0 would never mix",
         ),
     ] {
         let mut args = tiny_run_args(data, run.to_str().unwrap());

@@ -79,23 +79,33 @@ pub struct TrainBatch {
 }
 
 impl TrainBatch {
-    /// Augments `images` (uint8 [B, C, H, W]) as `regularization` says: the notebook's crop
-    /// and flip, or the strong pipeline, then MixUp/CutMix.
+    /// Augments `images` (uint8 [B, C, H, W]) for a step of `epoch` (0-based) as
+    /// `regularization` says: the notebook's crop and flip, or the strong pipeline, then
+    /// MixUp/CutMix.
     pub fn new(
         images: &Tensor,
         labels: Tensor,
         config: &ViTConfig,
         regularization: &Regularization,
         label_smoothing: f64,
+        epoch: usize,
     ) -> Self {
         let images = match &regularization.augment {
             Some(augment) => augment::strong_train_transform(images, config.image_size, augment),
             None => transforms::train_transform(images, config.image_size),
         };
         let (images, soft_targets) = match &regularization.mix {
-            Some(mix) => {
+            Some(mix) if regularization.mixes_in(epoch) => {
                 let (images, targets) =
                     mix::mix(&images, &labels, config.num_classes, mix, label_smoothing);
+                (images, Some(targets))
+            }
+            // Past --mix-off-epoch: the same soft-target loss on each image's own label, as
+            // timm's (and a CUDA graph's step keeps its inputs).
+            Some(_) => {
+                let unmixed = Tensor::ones([1], (Kind::Float, images.device()));
+                let targets =
+                    mix::mixup_target(&labels, config.num_classes, &unmixed, label_smoothing);
                 (images, Some(targets))
             }
             None => (images, None),
@@ -562,6 +572,7 @@ impl<'a> Trainer<'a> {
                 &settings.model,
                 &settings.regularization,
                 settings.label_smoothing,
+                epoch,
             );
             let global_step = epoch * self.steps_per_epoch + step;
             lr = learning_rate(settings.lr, global_step, warmup_steps, total_steps);

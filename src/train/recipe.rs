@@ -15,6 +15,10 @@ pub struct Regularization {
     pub augment: Option<AugmentConfig>,
     /// MixUp/CutMix (the loss then uses their soft targets).
     pub mix: Option<MixConfig>,
+    /// The number of epochs that mix; later ones train on single images (timm's
+    /// `mixup_off_epoch`). None: every epoch mixes.
+    #[serde(default)]
+    pub mix_off_epoch: Option<usize>,
     /// Stochastic depth of the last block (linear from 0 at the first).
     pub drop_path: f64,
     pub attn_dropout: f64,
@@ -23,6 +27,11 @@ pub struct Regularization {
 }
 
 impl Regularization {
+    /// Whether the batches of `epoch` (0-based) are mixed.
+    pub fn mixes_in(&self, epoch: usize) -> bool {
+        self.mix.is_some() && self.mix_off_epoch.is_none_or(|off| epoch < off)
+    }
+
     /// The recipe's values, with every flag given on the command line taking precedence.
     pub fn from_args(args: &TrainArgs) -> Result<Self> {
         let strong = args.recipe == Recipe::Strong;
@@ -85,6 +94,23 @@ impl Regularization {
             (mix.mixup_alpha > 0.0 && mix.cutmix_alpha > 0.0) || args.switch_prob.is_none(),
             "--switch-prob chooses between MixUp and CutMix: it needs both --mixup and --cutmix"
         );
+        if let Some(off) = args.mix_off_epoch {
+            ensure!(
+                mix.is_active(),
+                "--mix-off-epoch needs --mixup or --cutmix (or --recipe strong)"
+            );
+            ensure!(
+                off > 0,
+                "--mix-off-epoch 0 would never mix: pass --mixup 0 --cutmix 0 instead"
+            );
+            if off >= args.epochs {
+                eprintln!(
+                    "warning: --mix-off-epoch {off} is not below --epochs {}: every epoch \
+                     mixes",
+                    args.epochs
+                );
+            }
+        }
         let regularization = Self {
             augment: (policy.is_some() || erasing > 0.0).then(|| AugmentConfig {
                 policy,
@@ -95,6 +121,7 @@ impl Regularization {
                 ..AugmentConfig::default()
             }),
             mix: mix.is_active().then_some(mix.clone()),
+            mix_off_epoch: args.mix_off_epoch,
             drop_path: pick(args.drop_path, 0.1),
             attn_dropout: pick(args.attn_dropout, 0.0),
             ema: Some(pick(args.ema, 0.999)).filter(|&decay| decay > 0.0),
