@@ -310,6 +310,10 @@ pub struct TrainArgs {
     /// saved as its own checkpoint; 0 = off (strong: 0.999).
     #[arg(long)]
     pub ema: Option<f64>,
+    /// Warm the EMA's decay up from 0 as timm's ModelEmaV3 does, min(DECAY, 1 - (1 +
+    /// step)^(-2/3)), so that the average of a short run is not mostly its first weights.
+    #[arg(long)]
+    pub ema_warmup: bool,
     /// Refresh curves.png in the run folder after every epoch.
     #[arg(long)]
     pub plot: bool,

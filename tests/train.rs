@@ -783,6 +783,60 @@ fn resume_with_changed_settings_is_refused() {
     );
 }
 
+/// `--ema-warmup`'s decay is timm's `ModelEmaV3.get_decay` with `use_warmup=True`, step
+/// for step; in a run, the first update copies the weights.
+#[test]
+fn ema_warmup_follows_timm() {
+    let steps = [1usize, 2, 3, 10, 100, 1_000, 31_623, 100_000];
+    let code = format!(
+        "import torch\nfrom timm.utils.model_ema import ModelEmaV3\n\
+         ema = ModelEmaV3(torch.nn.Linear(1, 1), decay=0.999, use_warmup=True)\n\
+         print(' '.join(repr(ema.get_decay(step)) for step in {steps:?}))"
+    );
+    let output = Command::new(common::python())
+        .args(["-c", &code])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let timm: Vec<f64> = String::from_utf8(output.stdout)
+        .unwrap()
+        .split_whitespace()
+        .map(|value| value.parse().unwrap())
+        .collect();
+    for (step, expected) in steps.iter().zip(timm) {
+        let decay = train::ema_decay(0.999, *step, true);
+        assert!(
+            (decay - expected).abs() < 1e-12,
+            "step {step}: {decay} vs timm {expected}"
+        );
+        assert_eq!(train::ema_decay(0.999, *step, false), 0.999);
+    }
+
+    let _turn = seeded(0);
+    let dataset = colour_dataset();
+    let mut settings = tiny_settings(1, 600);
+    settings.regularization = Regularization {
+        ema: Some(0.999),
+        ema_warmup: true,
+        ..Regularization::default()
+    };
+    let root = TempDir::new("ema-warmup");
+    run_training(&settings, &dataset, &root.join("run"), false, false);
+    let read = |name: &str| vit_tch::checkpoint::TensorFile::read(&root.join("run").join(name));
+    let (ema, last) = (
+        read("last_ema_model.safetensors"),
+        read("last_model.safetensors"),
+    );
+    for (name, weights) in &last.unwrap().tensors {
+        let average = &ema.as_ref().unwrap().tensors[name];
+        common::assert_close(name, average, weights, 1e-6);
+    }
+}
+
 fn strong_regularization() -> Regularization {
     Regularization {
         augment: Some(AugmentConfig {
@@ -796,6 +850,7 @@ fn strong_regularization() -> Regularization {
         drop_path: 0.1,
         attn_dropout: 0.1,
         ema: Some(0.9),
+        ema_warmup: false,
     }
 }
 
@@ -1000,6 +1055,7 @@ fn user_errors_say_what_to_do() {
             "--mix-off-epoch=5",
             "--mix-off-epoch needs --mixup or --cutmix",
         ),
+        ("--ema-warmup", "--ema-warmup needs --ema DECAY"),
         (
             "--mix-off-epoch=0 --recipe=strong",
             "--mix-off-epoch 0 would never mix",

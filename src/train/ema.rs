@@ -5,8 +5,21 @@ use crate::model::{ViTConfig, VisionTransformer};
 use anyhow::Result;
 use tch::{nn, Tensor};
 
-/// An exponential moving average of a model's weights (timm's `ModelEmaV2`), a model of
-/// its own that is evaluated and saved beside the trained one.
+/// The EMA's decay at the update after optimizer step `step` (1-based): `decay`, or with
+/// `warmup` timm's `ModelEmaV3` warm-up, `min(decay, 1 - (1 + t)^(-2/3))` with t = step -
+/// 1 (0 at the first update, which copies the weights).
+pub fn ema_decay(decay: f64, step: usize, warmup: bool) -> f64 {
+    let t = step.saturating_sub(1) as f64;
+    match warmup {
+        false => decay,
+        true if t == 0.0 => 0.0,
+        true => decay.min(1.0 - (1.0 + t).powf(-2.0 / 3.0)),
+    }
+}
+
+/// An exponential moving average of a model's weights (timm's `ModelEmaV2`, or with
+/// `warmup` `ModelEmaV3`'s warm-up), a model of its own that is evaluated and saved beside
+/// the trained one.
 pub(super) struct Ema {
     pub(super) vs: nn::VarStore,
     pub(super) model: VisionTransformer,
@@ -14,11 +27,17 @@ pub(super) struct Ema {
     averages: Vec<Tensor>,
     params: Vec<Tensor>,
     pub(super) decay: f64,
+    warmup: bool,
 }
 
 impl Ema {
     /// Starts from a copy of `source`'s weights.
-    pub(super) fn new(source: &nn::VarStore, config: &ViTConfig, decay: f64) -> Result<Self> {
+    pub(super) fn new(
+        source: &nn::VarStore,
+        config: &ViTConfig,
+        decay: f64,
+        warmup: bool,
+    ) -> Result<Self> {
         let mut vs = nn::VarStore::new(source.device());
         let model = VisionTransformer::new(&vs.root(), config)?;
         vs.copy(source)?;
@@ -35,13 +54,15 @@ impl Ema {
             averages,
             params,
             decay,
+            warmup,
         })
     }
 
-    /// average = decay * average + (1 - decay) * parameter, for every parameter, in one
-    /// multi-tensor call.
-    pub(super) fn update(&mut self) {
-        tch::no_grad(|| foreach_lerp_(&self.averages, &self.params, 1.0 - self.decay))
+    /// After optimizer step `step` (1-based, counted over the run): average = decay *
+    /// average + (1 - decay) * parameter, for every parameter, in one multi-tensor call.
+    pub(super) fn update(&mut self, step: usize) {
+        let decay = ema_decay(self.decay, step, self.warmup);
+        tch::no_grad(|| foreach_lerp_(&self.averages, &self.params, 1.0 - decay))
             .expect("EMA tensors match their parameters");
     }
 }

@@ -13,6 +13,7 @@ mod recipe;
 mod run_folder;
 
 pub use cuda_graph::CudaGraphSteps;
+pub use ema::ema_decay;
 pub use recipe::Regularization;
 pub use run_folder::EpochMetrics;
 
@@ -452,7 +453,7 @@ impl<'a> Trainer<'a> {
         let mut optimizer = AdamW::new(&vs, settings.weight_decay)?;
         let ema = regularization
             .ema
-            .map(|decay| Ema::new(&vs, &settings.model, decay))
+            .map(|decay| Ema::new(&vs, &settings.model, decay, regularization.ema_warmup))
             .transpose()?;
         let progress = match options.resume {
             true => run.load_resume(&vs, &mut optimizer, ema.as_ref(), settings.epochs)?,
@@ -582,7 +583,7 @@ impl<'a> Trainer<'a> {
                 None => train_step(model, optimizer, &batch, lr, step_options),
             };
             if let Some(ema) = &mut self.ema {
-                ema.update();
+                ema.update(global_step + 1);
             }
             sums.loss += output.loss * index.size()[0] as f64;
             sums.correct += output.correct;

@@ -24,6 +24,9 @@ pub struct Regularization {
     pub attn_dropout: f64,
     /// Decay of the weights' exponential moving average.
     pub ema: Option<f64>,
+    /// Whether that decay warms up (see [`crate::train::ema_decay`]).
+    #[serde(default)]
+    pub ema_warmup: bool,
 }
 
 impl Regularization {
@@ -125,7 +128,12 @@ impl Regularization {
             drop_path: pick(args.drop_path, 0.1),
             attn_dropout: pick(args.attn_dropout, 0.0),
             ema: Some(pick(args.ema, 0.999)).filter(|&decay| decay > 0.0),
+            ema_warmup: args.ema_warmup,
         };
+        ensure!(
+            regularization.ema.is_some() || !args.ema_warmup,
+            "--ema-warmup needs --ema DECAY (or --recipe strong)"
+        );
         // Probabilities may be 1; a drop rate of 1 would drop everything, a decay of 1
         // would never move the average.
         for (flag, value, one_allowed) in [
