@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_close, python, TempDir};
+use common::{assert_close, python, run_python, TempDir};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::Command;
@@ -90,20 +90,6 @@ fn checkpoints_round_trip_through_timm() {
         &logits,
         io.get("logits").unwrap(),
         TOLERANCE,
-    );
-}
-
-/// Runs `python -c CODE` in `dir`, expecting success.
-fn run_python(dir: &std::path::Path, code: &str) {
-    let output = Command::new(python())
-        .current_dir(dir)
-        .args(["-c", code])
-        .output()
-        .expect("run python");
-    assert!(
-        output.status.success(),
-        "python -c {code:?} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
     );
 }
 

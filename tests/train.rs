@@ -793,17 +793,7 @@ fn ema_warmup_follows_timm() {
          ema = ModelEmaV3(torch.nn.Linear(1, 1), decay=0.999, use_warmup=True)\n\
          print(' '.join(repr(ema.get_decay(step)) for step in {steps:?}))"
     );
-    let output = Command::new(common::python())
-        .args(["-c", &code])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let timm: Vec<f64> = String::from_utf8(output.stdout)
-        .unwrap()
+    let timm: Vec<f64> = common::run_python(Path::new("."), &code)
         .split_whitespace()
         .map(|value| value.parse().unwrap())
         .collect();

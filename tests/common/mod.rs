@@ -146,6 +146,21 @@ pub fn python() -> PathBuf {
     std::path::absolute(&python).expect("an absolute path")
 }
 
+/// Runs `python -c CODE` in `dir`, expecting success; its standard output.
+pub fn run_python(dir: &Path, code: &str) -> String {
+    let output = std::process::Command::new(python())
+        .current_dir(dir)
+        .args(["-c", code])
+        .output()
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "python -c {code:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
 /// The `vit` binary: the one cargo built for these tests, or `$VIT_BIN` where set (a test
 /// binary run on another machine, as bench/gpu.sh does).
 pub fn vit_binary() -> std::ffi::OsString {
