@@ -140,13 +140,7 @@ fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
         per_class.push(found.images.into_iter());
         other_images.append(&mut found.other_images);
     }
-    if !other_images.is_empty() {
-        eprintln!(
-            "note: {}: skipped {}",
-            dir.display(),
-            other_formats(&other_images)
-        );
-    }
+    note_skipped(dir, &other_images);
     // Classes interleaved (the first file of each class, then the second, ...), as the
     // CIFAR files are, so that the first N images (`--train-subset N`) cover every class.
     let mut files = Vec::new();
@@ -209,13 +203,7 @@ impl FolderImages {
 pub fn image_files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut found = FolderImages::default();
     found.collect(dir, &mut Vec::new())?;
-    if !found.other_images.is_empty() {
-        eprintln!(
-            "note: {}: skipped {}",
-            dir.display(),
-            other_formats(&found.other_images)
-        );
-    }
+    note_skipped(dir, &found.other_images);
     ensure!(
         !found.images.is_empty(),
         "{}: no .png, .jpg or .jpeg files in it or its subfolders",
@@ -223,6 +211,17 @@ pub fn image_files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     );
     found.images.sort();
     Ok(found.images)
+}
+
+/// Notes the images under `dir` in formats vit does not read, if any.
+fn note_skipped(dir: &Path, other_images: &[PathBuf]) {
+    if !other_images.is_empty() {
+        eprintln!(
+            "note: {}: skipped {}",
+            dir.display(),
+            other_formats(other_images)
+        );
+    }
 }
 
 /// "N image file(s) in formats vit does not read, such as PATH: convert them to PNG or JPEG"

@@ -12,7 +12,6 @@ pub fn ema_decay(decay: f64, step: usize, warmup: bool) -> f64 {
     let t = step.saturating_sub(1) as f64;
     match warmup {
         false => decay,
-        true if t == 0.0 => 0.0,
         true => decay.min(1.0 - (1.0 + t).powf(-2.0 / 3.0)),
     }
 }
