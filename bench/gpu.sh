@@ -20,8 +20,12 @@
 # agree); strong-timing/ (two epochs of the strong recipe, for its epoch time); strong/
 # (the strong recipe, with --cuda-graph if that worked, as many epochs as the rest of the
 # budget allows, or EPOCHS=N); failures.txt; summary.txt. Every phase has a time limit;
-# a failure is recorded and the script goes on (the --cuda-graph parts have not run on a
-# GPU before).
+# a failure is recorded and the script goes on.
+#
+# PHASES (default "tests compare epoch strong") chooses what runs. The first H200 run
+# (bench/results/2026-11-29-h200/) measured all of them; PHASES=strong gives the whole
+# budget to the strong recipe's accuracy (its two timing epochs, then the run, with
+# --cuda-graph: that run's tests showed it works).
 #
 # The device tool brings back at most 8 files of $OUT, 16 MiB each, so $OUT gets
 # results.tar.gz (all of $WORK but the checkpoints), the strong run's best models
@@ -49,6 +53,18 @@ PY=${PY:-python3}
 BENCH_ARGS=${BENCH_ARGS:---batch-size 256 --steps 100 --warmup 20 --repeats 2}
 # GRAPH_FLAG="" leaves --cuda-graph out (CUDA only).
 GRAPH_FLAG=${GRAPH_FLAG---cuda-graph}
+PHASES=${PHASES:-tests compare epoch strong}
+for phase in $PHASES; do
+    case $phase in
+        tests | compare | epoch | strong) ;;
+        *)
+            echo "PHASES: unknown phase '$phase' (known: tests compare epoch strong)" >&2
+            exit 2
+            ;;
+    esac
+done
+# Whether PHASES names $1.
+wanted() { [[ " $PHASES " == *" $1 "* ]]; }
 if [ -n "$(ls -A "$WORK" 2>/dev/null)" ]; then
     echo "$WORK is not empty: remove it, or set WORK to a new folder" >&2
     exit 2
@@ -185,7 +201,7 @@ fi
 # The CIFAR-10 conversion (CPU only) runs beside the tests, which time nothing; it is
 # waited for before the comparisons, which it would disturb.
 CONVERT=""
-if [ ! -d data/cifar-10-batches-bin ]; then
+if { wanted epoch || wanted strong; } && [ ! -d data/cifar-10-batches-bin ]; then
     run_phase convert 300 "$WORK/convert.txt" \
         $PY .device/cifar10-jpeg-to-bin .device/cifar10-jpeg.tar.gz data/cifar-10-batches-bin \
         >/dev/null &
@@ -195,26 +211,28 @@ fi
 # The test binaries with CUDA checks (CUDA graph steps against eager ones, CUDA peak
 # memory, the notebook's and the strong recipe's augmentations on the GPU), built here by
 # `make device`. Each takes seconds; 90 s bounds one that hangs.
-tests=(.device/tests/*)
-[ -e "${tests[0]}" ] || echo "no test binaries in .device/tests (run make device)" \
-    | tee -a "$WORK/failures.txt"
-for test in "${tests[@]}"; do
-    [ -e "$test" ] || continue
-    name=test-$(basename "$test")
-    # --nocapture: the tests' own lines (a CUDA check's "no CUDA device") reach the log.
-    run_phase "$name" 90 "$WORK/$name.txt" \
-        env VIT_FIXTURES=tests/fixtures VIT_BIN="$(realpath "$VIT")" \
-        "$test" --test-threads 1 --nocapture || true
-    # A CUDA check that found no CUDA device passes: that must not pass for a result.
-    if grep -q "no CUDA device" "$WORK/$name.txt"; then
-        echo "$name: a CUDA check found no CUDA device" | tee -a "$WORK/failures.txt"
+if wanted tests; then
+    tests=(.device/tests/*)
+    [ -e "${tests[0]}" ] || echo "no test binaries in .device/tests (run make device)" \
+        | tee -a "$WORK/failures.txt"
+    for test in "${tests[@]}"; do
+        [ -e "$test" ] || continue
+        name=test-$(basename "$test")
+        # --nocapture: the tests' own lines (a CUDA check's "no CUDA device") reach the log.
+        run_phase "$name" 90 "$WORK/$name.txt" \
+            env VIT_FIXTURES=tests/fixtures VIT_BIN="$(realpath "$VIT")" \
+            "$test" --test-threads 1 --nocapture || true
+        # A CUDA check that found no CUDA device passes: that must not pass for a result.
+        if grep -q "no CUDA device" "$WORK/$name.txt"; then
+            echo "$name: a CUDA check found no CUDA device" | tee -a "$WORK/failures.txt"
+        fi
+    done
+    # The graph phases only if the graph steps matched eager ones: a graph that hangs would
+    # cost each of them its whole limit.
+    if [ -n "$GRAPH_FLAG" ] && ! grep -q "test result: ok" "$WORK/test-cuda_graph.txt" 2>/dev/null; then
+        echo "no --cuda-graph phases: tests/cuda_graph.rs did not pass" | tee -a "$WORK/failures.txt"
+        GRAPH_FLAG=""
     fi
-done
-# The graph phases only if the graph steps matched eager ones: a graph that hangs would
-# cost each of them its whole limit.
-if [ -n "$GRAPH_FLAG" ] && ! grep -q "test result: ok" "$WORK/test-cuda_graph.txt" 2>/dev/null; then
-    echo "no --cuda-graph phases: tests/cuda_graph.rs did not pass" | tee -a "$WORK/failures.txt"
-    GRAPH_FLAG=""
 fi
 if [ -n "$CONVERT" ]; then
     wait "$CONVERT" || true
@@ -225,14 +243,16 @@ pack_now
 # --cuda-graph against timm on PyTorch's CUDA default (foreach AdamW). A side that fails
 # is left out of its table, and the others stay.
 # A side that hangs counts as failed after 90 s (each side's figures are logged as it ends).
-run_phase compare 200 "$WORK/compare-$PRECISION.txt" \
-    $PY bench/compare.py --vit "$VIT" --device "$DEVICE" --precision "$PRECISION" \
-    --config notebook --threads 2 --side-timeout 90 $BENCH_ARGS || true
-run_phase compare-pytorch-foreach 200 "$WORK/compare-$PRECISION-pytorch-foreach.txt" \
-    $PY bench/compare.py --vit "$VIT" --device "$DEVICE" --precision "$PRECISION" \
-    --config notebook --threads 2 --side-timeout 90 $BENCH_ARGS --sides vit,timm \
-    --pytorch-foreach $GRAPH_FLAG || true
-pack_now
+if wanted compare; then
+    run_phase compare 200 "$WORK/compare-$PRECISION.txt" \
+        $PY bench/compare.py --vit "$VIT" --device "$DEVICE" --precision "$PRECISION" \
+        --config notebook --threads 2 --side-timeout 90 $BENCH_ARGS || true
+    run_phase compare-pytorch-foreach 200 "$WORK/compare-$PRECISION-pytorch-foreach.txt" \
+        $PY bench/compare.py --vit "$VIT" --device "$DEVICE" --precision "$PRECISION" \
+        --config notebook --threads 2 --side-timeout 90 $BENCH_ARGS --sides vit,timm \
+        --pytorch-foreach $GRAPH_FLAG || true
+    pack_now
+fi
 
 # Two epochs: the first includes CUDA/cuDNN warm-up, the second is the steady-state
 # epoch time (training on all images plus the 10,000-image evaluation). Then the same
@@ -245,12 +265,17 @@ train() {
     shift 2
     run_phase "$run" "$limit" "$WORK/$run.txt" "${TRAIN[@]}" --out "$WORK/$run" "$@"
 }
-train epoch 180 --epochs 2 --warmup-epochs 1 || true
-STRONG_FLAGS=""
-if [ -n "$GRAPH_FLAG" ] && train epoch-graph 180 --epochs 2 --warmup-epochs 1 --cuda-graph; then
-    STRONG_FLAGS="--cuda-graph"
+# Without the epoch phases the strong recipe takes --cuda-graph as given.
+STRONG_FLAGS=$GRAPH_FLAG
+if wanted epoch; then
+    train epoch 180 --epochs 2 --warmup-epochs 1 || true
+    STRONG_FLAGS=""
+    if [ -n "$GRAPH_FLAG" ] && train epoch-graph 180 --epochs 2 --warmup-epochs 1 --cuda-graph; then
+        STRONG_FLAGS="--cuda-graph"
+    fi
+    pack_now
 fi
-pack_now
+wanted strong || exit 0
 
 # The strong recipe's own epoch time, from two epochs of it (its augmentations, MixUp and
 # the EMA run outside the graph, and the EMA model has its own evaluation); eagerly again
