@@ -80,7 +80,6 @@ summarize() {
         # The logs' lines start with their time stamp (see stamp), left out here.
         echo "== tests"
         grep -H "test result" "$WORK"/test-*.txt 2>/dev/null | sed 's/:[0-9.]* /: /' || true
-        grep -H "peak CUDA" "$WORK"/graph-memory-*.txt 2>/dev/null | sed 's/:[0-9.]* /: /' || true
         for f in "$WORK"/compare-*.txt; do
             [ -f "$f" ] && { echo "== $(basename "$f")"; tail -n 20 "$f" | sed 's/^[0-9.]* //'; }
         done
@@ -252,17 +251,6 @@ if wanted compare; then
         $PY bench/compare.py --vit "$VIT" --device "$DEVICE" --precision "$PRECISION" \
         --config notebook --threads 2 --side-timeout 90 $BENCH_ARGS --sides vit,timm \
         --pytorch-foreach $GRAPH_FLAG || true
-    # The --cuda-graph side allocated 1169 MiB against eager's 972 on the first H200 run.
-    # One lead: the allocator keeps a block freed during a capture, after use on another
-    # stream, until the capture ends, unless graph_capture_record_stream_reuse is set.
-    if [ -n "$GRAPH_FLAG" ]; then
-        for reuse in False True; do
-            run_phase "graph-memory-reuse-$reuse" 60 "$WORK/graph-memory-reuse-$reuse.txt" \
-                env PYTORCH_CUDA_ALLOC_CONF="graph_capture_record_stream_reuse:$reuse" \
-                "$VIT" bench --device "$DEVICE" --precision "$PRECISION" --config notebook \
-                --batch-size 256 --steps 20 --warmup 5 --cuda-graph || true
-        done
-    fi
     pack_now
 fi
 
