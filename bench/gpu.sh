@@ -54,6 +54,10 @@ BENCH_ARGS=${BENCH_ARGS:---batch-size 256 --steps 100 --warmup 20 --repeats 2}
 # GRAPH_FLAG="" leaves --cuda-graph out (CUDA only).
 GRAPH_FLAG=${GRAPH_FLAG---cuda-graph}
 PHASES=${PHASES:-tests compare epoch strong}
+# One space between names, whatever separated them, for `wanted`.
+read -r -d '' -a phase_list <<<"$PHASES" || true
+PHASES="${phase_list[*]}"
+[ -n "$PHASES" ] || { echo "PHASES names no phase (known: tests compare epoch strong)" >&2; exit 2; }
 for phase in $PHASES; do
     case $phase in
         tests | compare | epoch | strong) ;;
