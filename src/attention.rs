@@ -5,10 +5,11 @@
 use crate::checkpoint::{self, LoadedModel};
 use crate::cli::AttentionArgs;
 use crate::data::{self, folder};
-use crate::plot::{fit_text, inferno, render_rgb, write_rgb_png, Keep, FONT};
+use crate::plot::{fit_text, inferno, render_rgb, text_style, write_rgb_png, Keep};
 use anyhow::{bail, ensure, Context, Result};
 use plotters::prelude::*;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
+use plotters::style::text_anchor::HPos;
+use plotters::style::FontTransform;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -335,7 +336,7 @@ pub fn figure(
             root.draw(&Text::new(
                 s.to_string(),
                 at,
-                TextStyle::from((FONT, size).into_font()).pos(Pos::new(HPos::Center, VPos::Center)),
+                text_style(size, FontTransform::None, HPos::Center),
             ))
             .map_err(|e| anyhow::anyhow!("drawing {}: {e}", output.display()))
         };

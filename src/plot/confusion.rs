@@ -1,10 +1,12 @@
 //! The confusion matrix as a heat map (`vit eval --plot`).
 
-use super::{blues, drawing, fit_text, register_font, render_png, text_width, Keep, FONT};
+use super::{
+    blues, draw_text, drawing, fit_text, register_font, render_png, text_style, text_width, Keep,
+};
 use anyhow::{bail, ensure, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
+use plotters::style::text_anchor::HPos;
 use plotters::style::FontTransform;
 use std::path::Path;
 use tch::{Kind, Tensor};
@@ -152,11 +154,12 @@ fn draw_confusion<DB: DrawingBackend>(
     let correct: i64 = (0..num_classes).map(|i| counts[i * num_classes + i]).sum();
     let title = confusion_title(correct, total);
     let (width, _) = root.dim_in_pixel();
-    drawing(root.draw(&Text::new(
-        title,
+    draw_text(
+        root,
+        &title,
         (width as i32 / 2, top / 2),
-        TextStyle::from((FONT, TITLE_FONT).into_font()).pos(Pos::new(HPos::Center, VPos::Center)),
-    )))?;
+        text_style(TITLE_FONT, FontTransform::None, HPos::Center),
+    )?;
 
     draw_cells(root, layout, counts)?;
     draw_class_labels(root, layout)?;
@@ -201,14 +204,11 @@ fn draw_cells<DB: DrawingBackend>(
             )))?;
             if show_counts && n > 0 {
                 let colour = if fraction > 0.5 { WHITE } else { BLACK };
-                drawing(
-                    root.draw(&Text::new(
-                        n.to_string(),
-                        (x + cell / 2, y + cell / 2),
-                        TextStyle::from((FONT, count_font).into_font())
-                            .color(&colour)
-                            .pos(Pos::new(HPos::Center, VPos::Center)),
-                    )),
+                draw_text(
+                    root,
+                    &n.to_string(),
+                    (x + cell / 2, y + cell / 2),
+                    text_style(count_font, FontTransform::None, HPos::Center).color(&colour),
                 )?;
             }
         }
@@ -231,39 +231,33 @@ fn draw_class_labels<DB: DrawingBackend>(
     for (class, tick) in &layout.ticks {
         let centre = *class as i32 * cell + cell / 2;
         // True class, left of the row.
-        drawing(root.draw(&Text::new(
-            tick.as_str(),
+        draw_text(
+            root,
+            tick,
             (left - 6, top + centre),
-            TextStyle::from((FONT, tick_font).into_font()).pos(Pos::new(HPos::Right, VPos::Center)),
-        )))?;
+            text_style(tick_font, FontTransform::None, HPos::Right),
+        )?;
         // Predicted class, below the column, reading downwards.
-        drawing(
-            root.draw(&Text::new(
-                tick.as_str(),
-                (left + centre, top + side + 6),
-                TextStyle::from(
-                    (FONT, tick_font)
-                        .into_font()
-                        .transform(FontTransform::Rotate90),
-                )
-                .pos(Pos::new(HPos::Left, VPos::Center)),
-            )),
+        draw_text(
+            root,
+            tick,
+            (left + centre, top + side + 6),
+            text_style(tick_font, FontTransform::Rotate90, HPos::Left),
         )?;
     }
     // The axis titles, in the room kept for them beyond the longest name.
     let beyond_names = 6 + layout.names_room as i32 + (AXIS_TITLE_ROOM as i32 - 6) / 2;
-    drawing(root.draw(&Text::new(
+    draw_text(
+        root,
         "predicted class",
         (left + side / 2, top + side + beyond_names),
-        TextStyle::from((FONT, 16).into_font()).pos(Pos::new(HPos::Center, VPos::Center)),
-    )))?;
-    drawing(
-        root.draw(&Text::new(
-            "true class",
-            (left - beyond_names, top + side / 2),
-            TextStyle::from((FONT, 16).into_font().transform(FontTransform::Rotate270))
-                .pos(Pos::new(HPos::Center, VPos::Center)),
-        )),
+        text_style(16.0, FontTransform::None, HPos::Center),
+    )?;
+    draw_text(
+        root,
+        "true class",
+        (left - beyond_names, top + side / 2),
+        text_style(16.0, FontTransform::Rotate270, HPos::Center),
     )?;
     Ok(())
 }
@@ -289,16 +283,18 @@ fn draw_colour_bar<DB: DrawingBackend>(
     )))?;
     for (t, label) in [(1.0, "100%"), (0.5, "50%"), (0.0, "0%")] {
         let y = top + ((1.0 - t) * (side - 1) as f64).round() as i32;
-        drawing(root.draw(&Text::new(
+        draw_text(
+            root,
             label,
             (bar_x + bar_w + 5, y),
-            TextStyle::from((FONT, 13).into_font()).pos(Pos::new(HPos::Left, VPos::Center)),
-        )))?;
+            text_style(13.0, FontTransform::None, HPos::Left),
+        )?;
     }
-    drawing(root.draw(&Text::new(
+    draw_text(
+        root,
         "of true class",
         (bar_x + bar_w / 2 + 30, top + side + 16),
-        TextStyle::from((FONT, 12).into_font()).pos(Pos::new(HPos::Center, VPos::Center)),
-    )))?;
+        text_style(12.0, FontTransform::None, HPos::Center),
+    )?;
     Ok(())
 }

@@ -23,6 +23,8 @@ use crate::fsutil::write_atomic;
 use anyhow::{anyhow, ensure, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use plotters::style::FontTransform;
 use std::path::Path;
 use std::sync::Once;
 
@@ -111,6 +113,27 @@ fn create_parent(path: &Path) -> Result<()> {
 /// Turns a plotters error (whose type depends on the backend) into an `anyhow` error.
 pub(crate) fn drawing<T, E: std::fmt::Display>(result: std::result::Result<T, E>) -> Result<T> {
     result.map_err(|e| anyhow!("drawing failed: {e}"))
+}
+
+/// The pictures' font at `size` pixels, turned by `transform`, its anchor at its vertical
+/// centre and `h_anchor` (every label of the pictures is placed by its middle).
+pub(crate) fn text_style(
+    size: f64,
+    transform: FontTransform,
+    h_anchor: HPos,
+) -> TextStyle<'static> {
+    TextStyle::from((FONT, size).into_font().transform(transform))
+        .pos(Pos::new(h_anchor, VPos::Center))
+}
+
+/// Draws `text` at `at` in `style` (see [`text_style`]).
+pub(crate) fn draw_text<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    text: &str,
+    at: (i32, i32),
+    style: TextStyle,
+) -> Result<()> {
+    drawing(root.draw(&Text::new(text, at, style)))
 }
 
 /// Refuses an `-o` that is not a `.png` path: the pictures are PNG (and the curves' SVG
