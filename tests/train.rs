@@ -1222,8 +1222,7 @@ fn user_errors_say_what_to_do() {
     );
 
     // Class names other than the dataset's: the report goes on, with a warning.
-    let vs = tch::nn::VarStore::new(Device::Cpu);
-    vit_tch::model::VisionTransformer::new(&vs.root(), &ViTConfig::tiny()).unwrap();
+    let vs = fresh_model(&ViTConfig::tiny());
     let lettered = root.join("lettered.safetensors");
     let eval_stderr = |classes: String| {
         let metadata = [("dataset", "cifar10".to_string()), ("classes", classes)];
@@ -1357,14 +1356,23 @@ fn a_caught_libtorch_error_is_one_line() {
     assert!(!error.contains("frame #"), "{error}");
 }
 
+/// A model of `config` with fresh weights. Their draws come from libtorch's global
+/// generator, which the training tests beside it reseed and draw from, so it takes the
+/// generator's turn (`seeded`) as they do: call it without holding one.
+fn fresh_model(config: &ViTConfig) -> tch::nn::VarStore {
+    let _turn = seeded(0);
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    vit_tch::model::VisionTransformer::new(&vs.root(), config).unwrap();
+    vs
+}
+
 /// Saves a model of `config` with fresh weights and `metadata` at `path`; returns its store.
 fn save_fresh_model(
     config: &ViTConfig,
     metadata: &[(&str, String)],
     path: &Path,
 ) -> tch::nn::VarStore {
-    let vs = tch::nn::VarStore::new(Device::Cpu);
-    vit_tch::model::VisionTransformer::new(&vs.root(), config).unwrap();
+    let vs = fresh_model(config);
     vit_tch::checkpoint::save(&vs, config, metadata, path).unwrap();
     vs
 }
