@@ -27,6 +27,14 @@
 # budget to the strong recipe's accuracy (its two timing epochs, then the run, with
 # --cuda-graph: that run's tests showed it works).
 #
+# One device call may run 600 s, but a session has 900 s of device time. To train the
+# strong recipe in both: the first call plans its epochs for its own time left plus
+# EXTRA_S seconds more (default 0), and stops at its limit with the run's state saved; a
+# second call at once, while the machine is still warm (the device tool keeps it 30 s),
+# with PHASES=resume (alone) and the same WORK, continues that run with `vit train
+# --resume` for its own BUDGET_S. A machine that went back in between has lost $WORK: the
+# resume call then stops at once, and the first call's files are all there is.
+#
 # The device tool brings back at most 8 files of $OUT, 16 MiB each, so $OUT gets
 # results.tar.gz (all of $WORK but the checkpoints), the strong run's best models
 # (strong-best_model.safetensors, strong-best_ema_model.safetensors, 13 MB each) and
@@ -54,22 +62,37 @@ BENCH_ARGS=${BENCH_ARGS:---batch-size 256 --steps 100 --warmup 20 --repeats 2}
 # GRAPH_FLAG="" leaves --cuda-graph out (CUDA only).
 GRAPH_FLAG=${GRAPH_FLAG---cuda-graph}
 PHASES=${PHASES:-tests compare epoch strong}
+EXTRA_S=${EXTRA_S:-0}
 # One space between names, whatever separated them, for `wanted`.
 read -r -d '' -a phase_list <<<"$PHASES" || true
 PHASES="${phase_list[*]}"
-[ -n "$PHASES" ] || { echo "PHASES names no phase (known: tests compare epoch strong)" >&2; exit 2; }
+KNOWN="known: tests compare epoch strong, or resume alone"
+[ -n "$PHASES" ] || { echo "PHASES names no phase ($KNOWN)" >&2; exit 2; }
 for phase in $PHASES; do
     case $phase in
         tests | compare | epoch | strong) ;;
+        resume) [ "$PHASES" = resume ] || { echo "PHASES: resume runs alone ($KNOWN)" >&2; exit 2; } ;;
         *)
-            echo "PHASES: unknown phase '$phase' (known: tests compare epoch strong)" >&2
+            echo "PHASES: unknown phase '$phase' ($KNOWN)" >&2
             exit 2
             ;;
     esac
 done
+[[ $EXTRA_S =~ ^[0-9]+$ ]] || { echo "EXTRA_S must be a whole number of seconds, not '$EXTRA_S'" >&2; exit 2; }
 # Whether PHASES names $1.
 wanted() { [[ " $PHASES " == *" $1 "* ]]; }
-if [ -n "$(ls -A "$WORK" 2>/dev/null)" ]; then
+if wanted resume; then
+    # The strong run an earlier call left (see strong, below): its name, and its command.
+    RESUME_RUN=$(cat "$WORK/strong-run.txt" 2>/dev/null) || RESUME_RUN=""
+    if [ -z "$RESUME_RUN" ] || [ ! -f "$WORK/$RESUME_RUN.args" ] \
+        || [ ! -f "$WORK/$RESUME_RUN/resume.safetensors" ]; then
+        echo "$WORK holds no strong run to resume (strong-run.txt, the run's .args and its" \
+            "resume.safetensors): PHASES=resume continues the run of an earlier call on the" \
+            "same, still warm, machine" >&2
+        exit 2
+    fi
+    rm -f "$WORK/.stop" "$WORK/.pack"
+elif [ -n "$(ls -A "$WORK" 2>/dev/null)" ]; then
     echo "$WORK is not empty: remove it, or set WORK to a new folder" >&2
     exit 2
 fi
@@ -186,7 +209,8 @@ export LD_LIBRARY_PATH="$LIBTORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 # The carry may lose the execute bits.
 chmod +x "$VIT" .device/tests/* .device/cifar10-jpeg-to-bin 2>/dev/null || true
-{
+# A resumed call runs on the machine of the first, whose info.txt is there.
+wanted resume || {
     "$VIT" info || echo "vit info failed: status $?"
     # Built on another machine: a library missing here (an older glibc, say) shows now.
     ldd "$VIT" | grep "not found" || echo "vit's libraries: all found"
@@ -197,7 +221,7 @@ chmod +x "$VIT" .device/tests/* .device/cifar10-jpeg-to-bin 2>/dev/null || true
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU", "timm", timm.__version__)' \
         || true
 } 2>&1 | tee "$WORK/info.txt"
-if [ "$DEVICE" != cpu ] && ! grep -q "CUDA available: true" "$WORK/info.txt"; then
+if ! wanted resume && [ "$DEVICE" != cpu ] && ! grep -q "CUDA available: true" "$WORK/info.txt"; then
     echo "vit sees no CUDA device (see info.txt): every GPU figure below is missing" \
         | tee -a "$WORK/failures.txt"
 fi
@@ -279,6 +303,47 @@ if wanted epoch; then
     fi
     pack_now
 fi
+# Runs a strong-recipe training command (after RUN LEFT) for at most LEFT seconds, its
+# output time-stamped into LOG: a SIGINT at the limit makes vit finish its step (or
+# evaluation), save its state and stop; SIGKILL 40 s later. Returns vit's status (124: the
+# limit), recorded in failures.txt, or in strong-plan.txt when a resumed call is planned.
+train_strong() {
+    local run=$1 left=$2 log=$3
+    shift 3
+    local status=0
+    # --foreground: SIGINT to vit alone (a second one, to its process group, would make it
+    # quit without saving).
+    {
+        echo "== $run started"
+        timeout --foreground -s INT -k 40 "$left" "$@"
+    } 2>&1 | stamp | tee "$log" || status=$?
+    if [ "$status" -eq 124 ] && [ "$EXTRA_S" -gt 0 ]; then
+        echo "$run stopped at this call's limit (${left} s), state saved, for PHASES=resume" \
+            | tee -a "$WORK/strong-plan.txt"
+    elif [ "$status" -eq 124 ]; then
+        echo "$run stopped at its time limit (${left} s), state saved" | tee -a "$WORK/failures.txt"
+    elif [ "$status" -ne 0 ]; then
+        echo "$run failed: status $status" | tee -a "$WORK/failures.txt"
+    fi
+    return "$status"
+}
+
+# A second call: the first call's strong run, resumed with the command it was started with,
+# for what is left of this call's budget (its log: RUN-resume-N.txt).
+if wanted resume; then
+    left=$((BUDGET_S - (SECONDS - START) - 60))
+    if [ "$left" -lt 30 ]; then
+        echo "no time left to resume the strong run (${left} s)" | tee -a "$WORK/strong-plan.txt"
+        exit 0
+    fi
+    mapfile -d '' -t resume_command <"$WORK/$RESUME_RUN.args"
+    n=1
+    while [ -e "$WORK/$RESUME_RUN-resume-$n.txt" ]; do n=$((n + 1)); done
+    echo "$RESUME_RUN-resume-$n: resumed for the ${left} s left" | tee -a "$WORK/strong-plan.txt"
+    train_strong "$RESUME_RUN-resume-$n" "$left" "$WORK/$RESUME_RUN-resume-$n.txt" \
+        "${resume_command[@]}" --resume || true
+    exit 0
+fi
 wanted strong || exit 0
 
 # The strong recipe's own epoch time, from two epochs of it (its augmentations, MixUp and
@@ -293,10 +358,11 @@ if ! train "$TIMING" 180 --recipe strong --epochs 2 --warmup-epochs 1 $STRONG_FL
 fi
 pack_now
 
-# The strong recipe gets what is left of the budget: as many epochs as fit at the timing
-# run's second epoch (from its first epoch line to its second: training, evaluation and
-# any wait for checkpoint writes), plus 5%; should that be short, a SIGINT 40 s before the end makes vit
-# finish its step (or evaluation), save its state and stop; SIGKILL 40 s later.
+# The strong recipe gets what is left of the budget, plus EXTRA_S for a resumed call (less
+# that call's own start-up): as many epochs as fit at the timing run's second epoch (from
+# its first epoch line to its second: training, evaluation and any wait for checkpoint
+# writes), plus 5%. Its command goes to RUN.args (and its name to strong-run.txt) for
+# PHASES=resume.
 strong() {
     local run=$1
     local left=$((BUDGET_S - (SECONDS - START) - 60))
@@ -310,7 +376,7 @@ strong() {
     local plan epochs epoch_s startup
     plan=$($PY -c '
 import csv, re, sys
-log, metrics, left = sys.argv[1], sys.argv[2], float(sys.argv[3])
+log, metrics, left, extra = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 startup = 0.0
 try:
     text = open(log).read()
@@ -324,26 +390,20 @@ except (OSError, ValueError, IndexError, AttributeError):
     except (OSError, ValueError, IndexError, KeyError):
         epoch_s = 10.0
 epoch_s = max(epoch_s, 0.5)
-print(max(1, int((left - startup) / (epoch_s * 1.05))), f"{epoch_s:.3f}", f"{startup:.1f}")
-' "$WORK/$TIMING.txt" "$WORK/$TIMING/metrics.csv" "$left") || plan="1 10.0 0"
+starts = 2 if extra > 0 else 1
+print(max(1, int((left + extra - starts * startup) / (epoch_s * 1.05))), f"{epoch_s:.3f}",
+      f"{startup:.1f}")
+' "$WORK/$TIMING.txt" "$WORK/$TIMING/metrics.csv" "$left" "$EXTRA_S") || plan="1 10.0 0"
     read -r epochs epoch_s startup <<<"$plan"
     epochs=${EPOCHS:-$epochs}
-    echo "$run: $epochs epochs in the ${left} s left ($TIMING: ${epoch_s} s an epoch," \
-        "${startup} s to start) $STRONG_FLAGS" | tee -a "$WORK/strong-plan.txt"
-    local status=0
-    # --foreground: SIGINT to vit alone (a second one, to its process group, would make it
-    # quit without saving).
-    {
-        echo "== $run started"
-        timeout --foreground -s INT -k 40 "$left" "${TRAIN[@]}" --out "$WORK/$run" \
-            --recipe strong --epochs "$epochs" --warmup-epochs $((epochs / 30 + 1)) $STRONG_FLAGS
-    } 2>&1 | stamp | tee "$WORK/$run.txt" || status=$?
-    if [ "$status" -eq 124 ]; then
-        echo "$run stopped at its time limit (${left} s), state saved" | tee -a "$WORK/failures.txt"
-    elif [ "$status" -ne 0 ]; then
-        echo "$run failed: status $status" | tee -a "$WORK/failures.txt"
-    fi
-    return "$status"
+    echo "$run: $epochs epochs in the ${left} s left and ${EXTRA_S} s of a resumed call" \
+        "($TIMING: ${epoch_s} s an epoch, ${startup} s to start) $STRONG_FLAGS" \
+        | tee -a "$WORK/strong-plan.txt"
+    local command=("${TRAIN[@]}" --out "$WORK/$run" --recipe strong --epochs "$epochs"
+        --warmup-epochs $((epochs / 30 + 1)) $STRONG_FLAGS)
+    printf '%s\0' "${command[@]}" >"$WORK/$run.args"
+    echo "$run" >"$WORK/strong-run.txt"
+    train_strong "$run" "$left" "$WORK/$run.txt" "${command[@]}"
 }
 # A --cuda-graph run that failed before its first epoch: the rest of the time eagerly.
 if ! strong strong && [ -n "$STRONG_FLAGS" ] && [ ! -e "$WORK/strong/last_model.safetensors" ]; then
