@@ -346,9 +346,9 @@ if wanted resume; then
 fi
 wanted strong || exit 0
 
-# The strong recipe's own epoch time, from two epochs of it (its augmentations, MixUp and
-# the EMA run outside the graph, and the EMA model has its own evaluation); eagerly again
-# if that fails with --cuda-graph.
+# The strong recipe's own epoch time, from two epochs of it (the EMA update runs outside
+# the graph, and the EMA model has its own evaluation); eagerly again if that fails with
+# --cuda-graph.
 TIMING=strong-timing
 if ! train "$TIMING" 180 --recipe strong --epochs 2 --warmup-epochs 1 $STRONG_FLAGS \
     && [ -n "$STRONG_FLAGS" ]; then

@@ -5,6 +5,7 @@
 //! figures compare directly with the same model run in PyTorch (bench/compare.py).
 
 use crate::cli::{AdamWKernel, BenchArgs};
+use crate::data::Split;
 use crate::ffi;
 use crate::model::{ViTConfig, VisionTransformer};
 use crate::optim::AdamW;
@@ -142,11 +143,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         config.image_size,
         config.image_size,
     ];
-    let batch = TrainBatch {
+    let inputs = Split {
         images: Tensor::randn(shape, (Kind::Float, device)),
         labels: Tensor::randint(config.num_classes, [args.batch_size], (Kind::Int64, device)),
-        soft_targets: None,
     };
+    let batch = TrainBatch::as_is(&inputs);
     let options = StepOptions {
         label_smoothing: 0.1,
         clip_grad: 1.0,
@@ -162,7 +163,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut last_loss = None;
     let train_seconds = timed(device, train_warmup, args.steps, || {
         let output = match &mut cuda_graph {
-            Some(graph) => graph.step(&model, &mut optimizer, &batch, 1e-3, options)?,
+            Some(graph) => graph.step(
+                &model,
+                &mut optimizer,
+                &inputs,
+                &TrainBatch::as_is,
+                1e-3,
+                options,
+            )?,
             None => train_step(&model, &mut optimizer, &batch, 1e-3, options),
         };
         last_loss = Some(output.loss);

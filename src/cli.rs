@@ -319,8 +319,8 @@ pub struct TrainArgs {
     pub plot: bool,
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: Precision,
-    /// Replay each training step as a CUDA graph after a few eager ones (CUDA only): one
-    /// launch per step instead of hundreds.
+    /// Replay each training step, its batch's augmentation included, as a CUDA graph after
+    /// a few eager ones (CUDA only): one launch per step instead of hundreds.
     #[arg(long)]
     pub cuda_graph: bool,
     /// CPU threads for libtorch (default: libtorch's choice).

@@ -7,10 +7,14 @@ mod common;
 use common::{fixture, load_params, max_abs_error, seeded, vit_fails};
 use tch::{nn, Device, Kind, Tensor};
 use vit_tch::cli::Precision;
+use vit_tch::data::augment::{AugmentConfig, Policy, RandomErasing};
+use vit_tch::data::mix::MixConfig;
+use vit_tch::data::Split;
 use vit_tch::model::VisionTransformer;
 use vit_tch::optim::AdamW;
 use vit_tch::train::{
-    forward_backward_update, train_step, CudaGraphSteps, StepOptions, StepOutput, TrainBatch,
+    forward_backward_update, train_step, CudaGraphSteps, Regularization, StepOptions, StepOutput,
+    TrainBatch,
 };
 
 const OPTIONS: StepOptions = StepOptions {
@@ -30,12 +34,11 @@ fn fixture_model(device: Device) -> (nn::VarStore, VisionTransformer, AdamW) {
     (vs, model, optimizer)
 }
 
-fn fixture_batch(device: Device) -> TrainBatch {
+fn fixture_inputs(device: Device) -> Split {
     let file = fixture("adamw_steps");
-    TrainBatch {
+    Split {
         images: file.get("input").unwrap().to_device(device),
         labels: file.get("labels").unwrap().to_device(device),
-        soft_targets: None,
     }
 }
 
@@ -65,7 +68,7 @@ fn largest_difference(a: &nn::VarStore, b: &nn::VarStore) -> (f64, String) {
 #[test]
 fn the_captured_update_is_the_ordinary_step() {
     let _turn = seeded(0);
-    let batch = fixture_batch(Device::Cpu);
+    let batch = TrainBatch::as_is(&fixture_inputs(Device::Cpu));
     let lr = 1.0 / 1024.0;
     let (eager_vs, eager_model, mut eager) = fixture_model(Device::Cpu);
     let (device_vs, device_model, mut on_device) = fixture_model(Device::Cpu);
@@ -132,31 +135,98 @@ fn graph_steps_follow_the_eager_steps_on_cuda() {
     }
     let _turn = seeded(0);
     let device = Device::Cuda(0);
-    let batch = fixture_batch(device);
-    let smaller = TrainBatch {
-        images: batch.images.narrow(0, 0, 1),
-        labels: batch.labels.narrow(0, 0, 1),
-        soft_targets: None,
+    let inputs = fixture_inputs(device);
+    graph_steps_follow_eager_steps(device, &inputs, &[&TrainBatch::as_is]);
+}
+
+/// Where CUDA is: the same with the strong recipe's augmentation of uint8 images
+/// (AutoAugment, random erasing, MixUp/CutMix) inside the graph, then, after
+/// `start_over`, with the batches of an epoch past `--mix-off-epoch` (no mixing). Each step
+/// is seeded as training seeds it, so a replay must draw what the eager step drew.
+#[test]
+fn graph_steps_with_the_strong_augmentation_follow_the_eager_steps_on_cuda() {
+    if !tch::Cuda::is_available() {
+        eprintln!("skipped: no CUDA device");
+        return;
+    }
+    let _turn = seeded(0);
+    let device = Device::Cuda(0);
+    let config = fixture("adamw_steps").config().unwrap();
+    let side = config.image_size;
+    let inputs = Split {
+        images: Tensor::randint(256, [8, 3, side, side], (Kind::Uint8, device)),
+        labels: Tensor::randint(config.num_classes, [8], (Kind::Int64, device)),
+    };
+    let regularization = Regularization {
+        augment: Some(AugmentConfig {
+            policy: Some(Policy::AutoAugmentCifar10),
+            erasing: Some(RandomErasing::default()),
+            ..AugmentConfig::default()
+        }),
+        mix: Some(MixConfig::default()),
+        mix_off_epoch: Some(1),
+        ..Regularization::default()
+    };
+    let (config, regularization) = (&config, &regularization);
+    let prepare = |epoch: usize| {
+        move |inputs: &Split| {
+            TrainBatch::new(
+                &inputs.images,
+                inputs.labels.shallow_clone(),
+                config,
+                regularization,
+                OPTIONS.label_smoothing,
+                epoch,
+            )
+        }
+    };
+    // Two seeds give two different batches: the check below cannot pass by a replay that
+    // repeats the captured step's draws.
+    tch::manual_seed(1);
+    let first = prepare(0)(&inputs).images;
+    tch::manual_seed(2);
+    assert!(max_abs_error(&prepare(0)(&inputs).images, &first) > 0.1);
+    graph_steps_follow_eager_steps(device, &inputs, &[&prepare(0), &prepare(1)]);
+}
+
+/// For each of `prepares` in turn, six steps of `prepare(inputs)` through a graph for full
+/// batches of `inputs` (the fifth on its first image alone, run eagerly), each seeded,
+/// against six seeded eager steps, with the graph started over between them: the same
+/// losses, predictions and parameters, up to the kernels' rounding.
+fn graph_steps_follow_eager_steps(
+    device: Device,
+    inputs: &Split,
+    prepares: &[&dyn Fn(&Split) -> TrainBatch],
+) {
+    let smaller = Split {
+        images: inputs.images.narrow(0, 0, 1),
+        labels: inputs.labels.narrow(0, 0, 1),
     };
     let (eager_vs, eager_model, mut eager) = fixture_model(device);
     let (graph_vs, graph_model, mut graphed) = fixture_model(device);
-    let mut graph = CudaGraphSteps::new(device, 2).unwrap();
-    for step in 0..6 {
-        let batch = if step == 4 { &smaller } else { &batch };
-        let lr = 1e-3 * (step + 1) as f64;
-        let expected = train_step(&eager_model, &mut eager, batch, lr, OPTIONS);
-        let actual = graph
-            .step(&graph_model, &mut graphed, batch, lr, OPTIONS)
-            .unwrap();
-        let loss_error = max_abs_error(&actual.loss, &expected.loss);
-        assert!(loss_error < 1e-4, "step {step}: loss off by {loss_error}");
-        assert_eq!(
-            actual.correct.to_kind(Kind::Int64),
-            expected.correct.to_kind(Kind::Int64),
-            "step {step}"
-        );
+    let mut graph = CudaGraphSteps::new(device, inputs.len()).unwrap();
+    for (phase, prepare) in prepares.iter().enumerate() {
+        graph.start_over();
+        for step in 0..6 {
+            let inputs = if step == 4 { &smaller } else { inputs };
+            let lr = 1e-3 * (step + 1) as f64;
+            let case = format!("phase {phase}, step {step}");
+            tch::manual_seed(100 + step);
+            let expected = train_step(&eager_model, &mut eager, &prepare(inputs), lr, OPTIONS);
+            tch::manual_seed(100 + step);
+            let actual = graph
+                .step(&graph_model, &mut graphed, inputs, *prepare, lr, OPTIONS)
+                .unwrap();
+            let loss_error = max_abs_error(&actual.loss, &expected.loss);
+            assert!(loss_error < 1e-4, "{case}: loss off by {loss_error}");
+            assert_eq!(
+                actual.correct.to_kind(Kind::Int64),
+                expected.correct.to_kind(Kind::Int64),
+                "{case}"
+            );
+        }
     }
-    assert_eq!(graphed.steps_taken(), 6);
+    assert_eq!(graphed.steps_taken(), 6 * prepares.len() as i64);
     let (error, name) = largest_difference(&graph_vs, &eager_vs);
     assert!(error < 1e-4, "{name} off by {error}");
 }

@@ -1,14 +1,20 @@
-//! `--cuda-graph`: the training step recorded once as a CUDA graph and replayed, so that a
-//! step costs the host one graph launch instead of several hundred kernel launches, which
-//! is what bounds a model this small on a fast GPU (bench/README.md, "host overhead").
+//! `--cuda-graph`: the training step, its batch's augmentation included, recorded once as a
+//! CUDA graph and replayed, so that a step costs the host one graph launch instead of
+//! several hundred kernel launches (the strong recipe's AutoAugment, MixUp/CutMix and
+//! erasing alone are hundreds), which is what bounds a model this small on a fast GPU
+//! (bench/README.md, "host overhead").
 //!
 //! As PyTorch's whole-network capture (`torch.cuda.graph`): a few eager steps on a side
-//! stream first (they set up cuBLAS workspaces, autograd's device threads and the like),
-//! then the capture of one full-size step on inputs the graph owns; from then on each step
-//! copies its batch and learning rate into those and replays. A smaller batch (an epoch's
-//! last) runs eagerly.
+//! stream first (they set up cuBLAS workspaces, autograd's device threads, the
+//! augmentation's constants and the like), then the capture of one full-size step on
+//! inputs the graph owns; from then on each step copies its batch (as it comes from the
+//! dataset, before augmentation) and learning rate into those and replays. The random
+//! draws of a replay (augmentation, dropout) come from libtorch's generator as it stands
+//! when the replay starts, so a step seeded as the eager one draws what it draws. A
+//! smaller batch (an epoch's last) runs eagerly.
 
 use super::{forward_backward_update, train_step, StepOptions, StepOutput, TrainBatch};
+use crate::data::Split;
 use crate::ffi::{self, CudaGraph};
 use crate::model::VisionTransformer;
 use crate::optim::AdamW;
@@ -43,17 +49,21 @@ impl CudaGraphSteps {
         })
     }
 
-    /// One training step, as `train_step`: eager on a side stream while warming up, then
-    /// captured (at the first full batch after the warm-up) and replayed. The optimizer
-    /// must run the fused AdamW kernel (its default), which reads the learning rate on the
-    /// device. A failed capture leaves libtorch's CUDA state unusable for the rest of the
-    /// process: the error says to run again without --cuda-graph. The outputs of a
-    /// replayed step are the graph's own, valid until the next step.
+    /// One training step, as `train_step` on `prepare(inputs)`: eager on a side stream
+    /// while warming up, then captured (at the first full batch after the warm-up), the
+    /// augmentation `prepare` does included, and replayed. `prepare` must compute the same
+    /// thing at every call (the graph replays what it did at the capture; see
+    /// [`Self::start_over`]) and must not wait for the device. The optimizer must run the
+    /// fused AdamW kernel (its default), which reads the learning rate on the device. A
+    /// failed capture leaves libtorch's CUDA state unusable for the rest of the process:
+    /// the error says to run again without --cuda-graph. The outputs of a replayed step
+    /// are the graph's own, valid until the next step.
     pub fn step(
         &mut self,
         model: &VisionTransformer,
         optimizer: &mut AdamW,
-        batch: &TrainBatch,
+        inputs: &Split,
+        prepare: &dyn Fn(&Split) -> TrainBatch,
         lr: f64,
         options: StepOptions,
     ) -> Result<StepOutput> {
@@ -64,31 +74,42 @@ impl CudaGraphSteps {
         );
         if self.warmup_steps_left > 0 {
             self.warmup_steps_left -= 1;
-            return ffi::on_side_stream(batch.images.device(), || {
-                train_step(model, optimizer, batch, lr, options)
+            return ffi::on_side_stream(inputs.images.device(), || {
+                train_step(model, optimizer, &prepare(inputs), lr, options)
             });
         }
-        if batch.images.size()[0] != self.batch_size {
-            return Ok(train_step(model, optimizer, batch, lr, options));
+        if inputs.images.size()[0] != self.batch_size {
+            return Ok(train_step(model, optimizer, &prepare(inputs), lr, options));
         }
         let captured = match &mut self.captured {
             Some(captured) => captured,
-            empty => empty.insert(CapturedStep::capture(model, optimizer, batch, options)?),
+            empty => empty.insert(CapturedStep::capture(
+                model, optimizer, inputs, prepare, options,
+            )?),
         };
         ensure!(
-            captured.fits(batch) && captured.options == options,
+            captured.fits(inputs) && captured.options == options,
             "a CUDA graph replays the step it captured: the batch shapes and step options \
              must stay as they were"
         );
-        captured.replay(optimizer, batch, lr)
+        captured.replay(optimizer, inputs, lr)
+    }
+
+    /// Drops the captured step, for a `prepare` that computes something else from now on
+    /// (the batches after `--mix-off-epoch` are no longer mixed): the next steps warm up
+    /// and capture again.
+    pub fn start_over(&mut self) {
+        self.captured = None;
+        self.warmup_steps_left = Self::WARMUP_STEPS;
     }
 }
 
 /// One captured training step and the tensors it reads and writes.
 struct CapturedStep {
     graph: CudaGraph,
-    /// The inputs of the captured step: each batch is copied into these.
-    batch: TrainBatch,
+    /// The inputs of the captured step, before its augmentation: each batch is copied into
+    /// these.
+    inputs: Split,
     /// The learning rate, float32 [] on the device.
     lr: Tensor,
     /// The options the step was captured with.
@@ -98,24 +119,25 @@ struct CapturedStep {
 }
 
 impl CapturedStep {
-    /// Captures a step on batches shaped like `like`.
+    /// Captures `prepare` and a step on batches shaped like `like`.
     fn capture(
         model: &VisionTransformer,
         optimizer: &mut AdamW,
-        like: &TrainBatch,
+        like: &Split,
+        prepare: &dyn Fn(&Split) -> TrainBatch,
         options: StepOptions,
     ) -> Result<Self> {
         let device = like.images.device();
-        let batch = TrainBatch {
+        let inputs = Split {
             images: like.images.copy(),
             labels: like.labels.copy(),
-            soft_targets: like.soft_targets.as_ref().map(Tensor::copy),
         };
         let lr = Tensor::zeros([], (Kind::Float, device));
         // Cleared, so that backward creates the gradients inside the capture, in the
         // graph's memory, and every replay writes them afresh rather than adding to them.
         optimizer.zero_grad();
         let (graph, output) = CudaGraph::capture(device, || {
+            let batch = prepare(&inputs);
             forward_backward_update(model, optimizer, &batch, options, |optimizer| {
                 optimizer.step_on_device(&lr).expect("fused AdamW")
             })
@@ -126,31 +148,26 @@ impl CapturedStep {
         )?;
         Ok(Self {
             graph,
-            batch,
+            inputs,
             lr,
             options,
             output,
         })
     }
 
-    /// Whether `batch` has the shapes the graph was captured with.
-    fn fits(&self, batch: &TrainBatch) -> bool {
-        let targets = |b: &TrainBatch| b.soft_targets.as_ref().map(Tensor::size);
-        batch.images.size() == self.batch.images.size()
-            && batch.labels.size() == self.batch.labels.size()
-            && targets(batch) == targets(&self.batch)
+    /// Whether `inputs` have the shapes and kinds the graph was captured with.
+    fn fits(&self, inputs: &Split) -> bool {
+        let same = |a: &Tensor, b: &Tensor| a.size() == b.size() && a.kind() == b.kind();
+        same(&inputs.images, &self.inputs.images) && same(&inputs.labels, &self.inputs.labels)
     }
 
-    /// The step on `batch` with learning rate `lr`: its inputs copied in, one replay. The
+    /// The step on `inputs` with learning rate `lr`: its inputs copied in, one replay. The
     /// outputs are the graph's, which the next replay overwrites (in stream order, so
     /// whatever is queued on them before it reads this step's values).
-    fn replay(&self, optimizer: &mut AdamW, batch: &TrainBatch, lr: f64) -> Result<StepOutput> {
+    fn replay(&self, optimizer: &mut AdamW, inputs: &Split, lr: f64) -> Result<StepOutput> {
         tch::no_grad(|| {
-            self.batch.images.shallow_clone().copy_(&batch.images);
-            self.batch.labels.shallow_clone().copy_(&batch.labels);
-            if let (Some(to), Some(from)) = (&self.batch.soft_targets, &batch.soft_targets) {
-                to.shallow_clone().copy_(from);
-            }
+            self.inputs.images.shallow_clone().copy_(&inputs.images);
+            self.inputs.labels.shallow_clone().copy_(&inputs.labels);
             let _ = self.lr.shallow_clone().fill_(lr);
         });
         self.graph.replay()?;

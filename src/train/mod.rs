@@ -117,6 +117,15 @@ impl TrainBatch {
             soft_targets,
         }
     }
+
+    /// A batch trained on as it is: no augmentation, no mixing.
+    pub fn as_is(batch: &Split) -> Self {
+        Self {
+            images: batch.images.shallow_clone(),
+            labels: batch.labels.shallow_clone(),
+            soft_targets: None,
+        }
+    }
 }
 
 /// What one step leaves on the device (nothing here waits for the GPU).
@@ -552,6 +561,23 @@ impl<'a> Trainer<'a> {
         };
         // Every random draw derives from (seed, epoch, step), so a resumed run replays the
         // same shuffles, augmentations and dropout masks without saving generator state.
+        // A graph replays the augmentation it captured, which changes at --mix-off-epoch.
+        let regularization = &settings.regularization;
+        if epoch > 0 && regularization.mixes_in(epoch) != regularization.mixes_in(epoch - 1) {
+            if let Some(graph) = &mut self.cuda_graph {
+                graph.start_over();
+            }
+        }
+        let prepare = |inputs: &Split| {
+            TrainBatch::new(
+                &inputs.images,
+                inputs.labels.shallow_clone(),
+                &settings.model,
+                regularization,
+                settings.label_smoothing,
+                epoch,
+            )
+        };
         tch::manual_seed(step_seed(settings.seed, epoch, usize::MAX));
         let order = Tensor::randperm(n_train, (Kind::Int64, device));
         let mut sums = RunningSums {
@@ -566,21 +592,13 @@ impl<'a> Trainer<'a> {
             let start = step as i64 * settings.batch_size;
             let index = order.narrow(0, start, settings.batch_size.min(n_train - start));
             tch::manual_seed(step_seed(settings.seed, epoch, step));
-            let images = self.train_split.batch(&index);
-            let batch = TrainBatch::new(
-                &images.images,
-                images.labels,
-                &settings.model,
-                &settings.regularization,
-                settings.label_smoothing,
-                epoch,
-            );
+            let inputs = self.train_split.batch(&index);
             let global_step = epoch * self.steps_per_epoch + step;
             lr = learning_rate(settings.lr, global_step, warmup_steps, total_steps);
             let (model, optimizer) = (&self.model, &mut self.optimizer);
             let output = match &mut self.cuda_graph {
-                Some(graph) => graph.step(model, optimizer, &batch, lr, step_options)?,
-                None => train_step(model, optimizer, &batch, lr, step_options),
+                Some(graph) => graph.step(model, optimizer, &inputs, &prepare, lr, step_options)?,
+                None => train_step(model, optimizer, &prepare(&inputs), lr, step_options),
             };
             if let Some(ema) = &mut self.ema {
                 ema.update(global_step + 1);
