@@ -23,11 +23,32 @@ pub fn ensure_writable_folder(dir: &Path) -> Result<()> {
     } else {
         dir
     };
-    std::fs::create_dir_all(shown).with_context(|| format!("cannot create {}", shown.display()))?;
+    create_folder(shown)?;
     let probe = temporary_sibling(&shown.join("write-check"));
     std::fs::write(&probe, b"")
         .and_then(|()| std::fs::remove_file(&probe))
         .with_context(|| format!("cannot write to {}", shown.display()))
+}
+
+/// Creates the folder `dir` and the folders above it that are missing, with an error that
+/// says what stood in the way: a file where one of those folders should be, or a folder
+/// that cannot be written.
+pub fn create_folder(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|error| {
+        let file_in_the_way = dir
+            .ancestors()
+            .find(|path| !path.as_os_str().is_empty() && path.exists() && !path.is_dir());
+        match file_in_the_way {
+            Some(file) => anyhow::anyhow!(
+                "cannot create the folder {}: {} is a file, not a folder; move it away, or \
+                 choose another path",
+                dir.display(),
+                file.display()
+            ),
+            None => anyhow::Error::new(error)
+                .context(format!("cannot create {} (is it writable?)", dir.display())),
+        }
+    })
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so

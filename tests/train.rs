@@ -987,8 +987,23 @@ fn user_errors_say_what_to_do() {
     assert!(stderr.contains("is a file; it takes a folder"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&a_file).unwrap(), "the user's");
 
+    // A file where a folder above the run folder should be is named, and kept.
+    let below_a_file = a_file.join("run");
+    let stderr = vit_fails(&tiny_run_args(data, below_a_file.to_str().unwrap()));
+    assert!(
+        stderr.contains(&format!(
+            "{} is a file, not a folder; move it away",
+            a_file.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&a_file).unwrap(), "the user's");
+
     let stderr = vit_fails(&tiny_run_args(data, "/proc/vit-cannot-write-here"));
-    assert!(stderr.contains("cannot create the run folder"), "{stderr}");
+    assert!(
+        stderr.contains("cannot create /proc/vit-cannot-write-here (is it writable?)"),
+        "{stderr}"
+    );
 
     let mut args = tiny_run_args(data, run.to_str().unwrap());
     args.extend(["--num-classes", "100"]);

@@ -7,7 +7,9 @@
 //! holds either the complete dataset or nothing of it; temporaries left by a killed run
 //! are removed by the next one.
 
-use crate::fsutil::{remove_file_or_folder, remove_stale_temporaries, temporary_sibling};
+use crate::fsutil::{
+    create_folder, remove_file_or_folder, remove_stale_temporaries, temporary_sibling,
+};
 use anyhow::{bail, Context, Result};
 use md5::{Digest, Md5};
 use std::fs::File;
@@ -62,8 +64,7 @@ pub fn fetch(source: &str, data_dir: &Path, spec: &ArchiveSpec) -> Result<Fetche
     if target.is_dir() {
         return Ok(Fetched::AlreadyPresent(target));
     }
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    create_folder(data_dir)?;
     remove_stale_temporaries(data_dir);
     remove_temporaries_on_interrupt()?;
 
@@ -312,12 +313,10 @@ fn unpack(archive: &Path, dir: &Path, spec: &ArchiveSpec) -> Result<()> {
         let path = dir.join(&relative);
         let kind = entry.header().entry_type();
         if kind.is_dir() {
-            std::fs::create_dir_all(&path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
+            create_folder(&path)?;
         } else if kind.is_file() {
             if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("cannot create {}", parent.display()))?;
+                create_folder(parent)?;
             }
             let mut out =
                 File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;

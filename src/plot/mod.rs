@@ -19,7 +19,7 @@ pub use curves::{
     CURVES_SIZE, PALETTE,
 };
 
-use crate::fsutil::write_atomic;
+use crate::fsutil::{create_folder, write_atomic};
 use anyhow::{anyhow, ensure, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -103,9 +103,7 @@ where
 
 fn create_parent(path: &Path) -> Result<()> {
     match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
-        }
+        Some(dir) if !dir.as_os_str().is_empty() => create_folder(dir),
         _ => Ok(()),
     }
 }

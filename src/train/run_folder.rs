@@ -7,7 +7,7 @@ use crate::checkpoint::TensorFile;
 use crate::cli::device_name;
 use crate::data::DataIdentity;
 use crate::fsutil::{
-    ensure_out_is_a_folder, remove_stale_temporaries, write_atomic, BackgroundWrites,
+    create_folder, ensure_out_is_a_folder, remove_stale_temporaries, write_atomic, BackgroundWrites,
 };
 use crate::optim::AdamW;
 use anyhow::{bail, ensure, Context, Result};
@@ -73,9 +73,8 @@ pub(super) fn default_run_dir() -> PathBuf {
 /// creation either makes the folder or finds it there, so runs started in the same
 /// second get a folder each.
 fn create_numbered_folder(base: &Path) -> Result<PathBuf> {
-    let cannot = |dir: &Path| format!("cannot create {} (is it writable?)", dir.display());
     if let Some(parent) = base.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| cannot(parent))?;
+        create_folder(parent)?;
     }
     let mut number = 1;
     loop {
@@ -87,7 +86,10 @@ fn create_numbered_folder(base: &Path) -> Result<PathBuf> {
         match std::fs::create_dir(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => number += 1,
-            Err(e) => return Err(e).with_context(|| cannot(&dir)),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot create {} (is it writable?)", dir.display()))
+            }
         }
     }
 }
@@ -213,12 +215,7 @@ impl RunFolder {
             check_fresh(dir)?;
             (dir.to_path_buf(), RunLock::take(dir)?)
         } else {
-            std::fs::create_dir_all(dir).with_context(|| {
-                format!(
-                    "cannot create the run folder {} (is it writable?)",
-                    dir.display()
-                )
-            })?;
+            create_folder(dir)?;
             (dir.to_path_buf(), RunLock::take(dir)?)
         };
         remove_stale_temporaries(&dir);
