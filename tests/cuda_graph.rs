@@ -7,14 +7,11 @@ mod common;
 use common::{fixture, load_params, max_abs_error, seeded, vit_fails};
 use tch::{nn, Device, Kind, Tensor};
 use vit_tch::cli::Precision;
-use vit_tch::data::augment::{AugmentConfig, Policy, RandomErasing};
-use vit_tch::data::mix::MixConfig;
 use vit_tch::data::Split;
 use vit_tch::model::VisionTransformer;
 use vit_tch::optim::AdamW;
 use vit_tch::train::{
-    forward_backward_update, train_step, CudaGraphSteps, Regularization, StepOptions, StepOutput,
-    TrainBatch,
+    forward_backward_update, train_step, CudaGraphSteps, StepOptions, StepOutput, TrainBatch,
 };
 
 const OPTIONS: StepOptions = StepOptions {
@@ -157,16 +154,7 @@ fn graph_steps_with_the_strong_augmentation_follow_the_eager_steps_on_cuda() {
         images: Tensor::randint(256, [8, 3, side, side], (Kind::Uint8, device)),
         labels: Tensor::randint(config.num_classes, [8], (Kind::Int64, device)),
     };
-    let regularization = Regularization {
-        augment: Some(AugmentConfig {
-            policy: Some(Policy::AutoAugmentCifar10),
-            erasing: Some(RandomErasing::default()),
-            ..AugmentConfig::default()
-        }),
-        mix: Some(MixConfig::default()),
-        mix_off_epoch: Some(1),
-        ..Regularization::default()
-    };
+    let regularization = common::strong_augmentation();
     let (config, regularization) = (&config, &regularization);
     let prepare = |epoch: usize| {
         move |inputs: &Split| {

@@ -12,8 +12,6 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use tch::{Device, Kind, Tensor};
 use vit_tch::cli::{Precision, Recipe};
-use vit_tch::data::augment::{AugmentConfig, Policy, RandomErasing};
-use vit_tch::data::mix::MixConfig;
 use vit_tch::data::{Dataset, Split};
 use vit_tch::fsutil::{temporary_sibling, BackgroundWrites};
 use vit_tch::model::ViTConfig;
@@ -829,18 +827,11 @@ fn ema_warmup_follows_timm() {
 
 fn strong_regularization() -> Regularization {
     Regularization {
-        augment: Some(AugmentConfig {
-            policy: Some(Policy::AutoAugmentCifar10),
-            erasing: Some(RandomErasing::default()),
-            ..AugmentConfig::default()
-        }),
-        mix: Some(MixConfig::default()),
-        // Of the tests' two epochs, the second trains on single images.
-        mix_off_epoch: Some(1),
         drop_path: 0.1,
         attn_dropout: 0.1,
         ema: Some(0.9),
         ema_warmup: false,
+        ..common::strong_augmentation()
     }
 }
 

@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use tch::{nn, Kind, Tensor};
 use vit_tch::checkpoint::TensorFile;
+use vit_tch::data::augment::{AugmentConfig, Policy, RandomErasing};
+use vit_tch::data::mix::MixConfig;
+use vit_tch::train::Regularization;
 
 /// `tests/fixtures/NAME.safetensors`, written by the scripts in `tests/reference/`; the
 /// folder is `$VIT_FIXTURES` where set (a test binary run on another machine, as
@@ -117,6 +120,22 @@ pub fn seeded(seed: i64) -> MutexGuard<'static, ()> {
     let guard = RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(seed);
     guard
+}
+
+/// The strong recipe's batch: AutoAugment (CIFAR-10 policy), random erasing and
+/// MixUp/CutMix with their default settings, mixing in the first epoch only (of a test's
+/// two, the second trains on single images).
+pub fn strong_augmentation() -> Regularization {
+    Regularization {
+        augment: Some(AugmentConfig {
+            policy: Some(Policy::AutoAugmentCifar10),
+            erasing: Some(RandomErasing::default()),
+            ..AugmentConfig::default()
+        }),
+        mix: Some(MixConfig::default()),
+        mix_off_epoch: Some(1),
+        ..Regularization::default()
+    }
 }
 
 /// The CPU, and the first GPU where there is one: the data pipeline runs on the training
