@@ -23,9 +23,10 @@
 # a failure is recorded and the script goes on.
 #
 # PHASES (default "tests compare epoch strong") chooses what runs. The first H200 run
-# (bench/results/2026-11-29-h200/) measured all of them; PHASES=strong gives the whole
-# budget to the strong recipe's accuracy (its two timing epochs, then the run, with
-# --cuda-graph: that run's tests showed it works).
+# (bench/results/2026-11-29-h200/) measured all of them; PHASES="tests strong" gives the
+# rest of the budget to the strong recipe's accuracy (its two timing epochs, then the run,
+# with --cuda-graph if tests/cuda_graph.rs passed; PHASES=strong takes --cuda-graph
+# untested).
 #
 # One device call may run 600 s, but a session has 900 s of device time. To train the
 # strong recipe in both: the first call plans its epochs for its own time left plus
@@ -63,6 +64,9 @@ BENCH_ARGS=${BENCH_ARGS:---batch-size 256 --steps 100 --warmup 20 --repeats 2}
 GRAPH_FLAG=${GRAPH_FLAG---cuda-graph}
 PHASES=${PHASES:-tests compare epoch strong}
 EXTRA_S=${EXTRA_S:-0}
+# Seconds of the budget the strong run leaves for its SIGINT, the SIGKILL after it, and
+# the last packing.
+RESERVE_S=35
 # One space between names, whatever separated them, for `wanted`.
 read -r -d '' -a phase_list <<<"$PHASES" || true
 PHASES="${phase_list[*]}"
@@ -305,7 +309,8 @@ if wanted epoch; then
 fi
 # Runs a strong-recipe training command (after RUN LEFT) for at most LEFT seconds, its
 # output time-stamped into LOG: a SIGINT at the limit makes vit finish its step (or
-# evaluation), save its state and stop; SIGKILL 40 s later. Returns vit's status (124: the
+# evaluation), save its state and stop (a second or two); SIGKILL 15 s later. The callers
+# hold back RESERVE_S of the budget for that and the last packing. Returns vit's status (124: the
 # limit), recorded in failures.txt, or in strong-plan.txt when a resumed call is planned.
 train_strong() {
     local run=$1 left=$2 log=$3
@@ -315,7 +320,7 @@ train_strong() {
     # quit without saving).
     {
         echo "== $run started"
-        timeout --foreground -s INT -k 40 "$left" "$@"
+        timeout --foreground -s INT -k 15 "$left" "$@"
     } 2>&1 | stamp | tee "$log" || status=$?
     if [ "$status" -eq 124 ] && [ "$EXTRA_S" -gt 0 ]; then
         echo "$run stopped at this call's limit (${left} s), state saved, for PHASES=resume" \
@@ -331,12 +336,23 @@ train_strong() {
 # A second call: the first call's strong run, resumed with the command it was started with,
 # for what is left of this call's budget (its log: RUN-resume-N.txt).
 if wanted resume; then
-    left=$((BUDGET_S - (SECONDS - START) - 60))
+    left=$((BUDGET_S - (SECONDS - START) - RESERVE_S))
     if [ "$left" -lt 30 ]; then
         echo "no time left to resume the strong run (${left} s)" | tee -a "$WORK/strong-plan.txt"
         exit 0
     fi
     mapfile -d '' -t resume_command <"$WORK/$RESUME_RUN.args"
+    # A run the first call finished (it had time to spare) has nothing to resume.
+    planned=""
+    for i in "${!resume_command[@]}"; do
+        [ "${resume_command[$i]}" != --epochs ] || planned=${resume_command[$((i + 1))]}
+    done
+    finished=$(($(wc -l <"$WORK/$RESUME_RUN/metrics.csv" 2>/dev/null || echo 1) - 1))
+    if [ -n "$planned" ] && [ "$finished" -ge "$planned" ]; then
+        echo "$RESUME_RUN already finished its $planned epochs: nothing to resume" \
+            | tee -a "$WORK/strong-plan.txt"
+        exit 0
+    fi
     n=1
     while [ -e "$WORK/$RESUME_RUN-resume-$n.txt" ]; do n=$((n + 1)); done
     echo "$RESUME_RUN-resume-$n: resumed for the ${left} s left" | tee -a "$WORK/strong-plan.txt"
@@ -365,7 +381,7 @@ pack_now
 # PHASES=resume.
 strong() {
     local run=$1
-    local left=$((BUDGET_S - (SECONDS - START) - 60))
+    local left=$((BUDGET_S - (SECONDS - START) - RESERVE_S))
     if [ "$left" -lt 60 ]; then
         echo "no time left for the strong recipe (${left} s)" | tee -a "$WORK/strong-plan.txt"
         return 0

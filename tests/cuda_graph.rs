@@ -7,11 +7,13 @@ mod common;
 use common::{fixture, load_params, max_abs_error, seeded, vit_fails};
 use tch::{nn, Device, Kind, Tensor};
 use vit_tch::cli::Precision;
+use vit_tch::data::augment::Policy;
 use vit_tch::data::Split;
-use vit_tch::model::VisionTransformer;
+use vit_tch::model::{ViTConfig, VisionTransformer};
 use vit_tch::optim::AdamW;
 use vit_tch::train::{
-    forward_backward_update, train_step, CudaGraphSteps, StepOptions, StepOutput, TrainBatch,
+    forward_backward_update, train_step, CudaGraphSteps, Regularization, StepOptions, StepOutput,
+    TrainBatch,
 };
 
 const OPTIONS: StepOptions = StepOptions {
@@ -133,13 +135,14 @@ fn graph_steps_follow_the_eager_steps_on_cuda() {
     let _turn = seeded(0);
     let device = Device::Cuda(0);
     let inputs = fixture_inputs(device);
-    graph_steps_follow_eager_steps(device, &inputs, &[&TrainBatch::as_is]);
+    graph_steps_follow_eager_steps(device, &inputs, &[&TrainBatch::as_is], 0.0);
 }
 
 /// Where CUDA is: the same with the strong recipe's augmentation of uint8 images
-/// (AutoAugment, random erasing, MixUp/CutMix) inside the graph, then, after
-/// `start_over`, with the batches of an epoch past `--mix-off-epoch` (no mixing). Each step
-/// is seeded as training seeds it, so a replay must draw what the eager step drew.
+/// (AutoAugment, random erasing, MixUp/CutMix) and stochastic depth inside the graph;
+/// then, after `start_over`, with the batches of an epoch past `--mix-off-epoch` (no
+/// mixing); then with RandAugment. Each step is seeded as training seeds it, so a replay
+/// must draw what the eager step drew.
 #[test]
 fn graph_steps_with_the_strong_augmentation_follow_the_eager_steps_on_cuda() {
     if !tch::Cuda::is_available() {
@@ -154,44 +157,67 @@ fn graph_steps_with_the_strong_augmentation_follow_the_eager_steps_on_cuda() {
         images: Tensor::randint(256, [8, 3, side, side], (Kind::Uint8, device)),
         labels: Tensor::randint(config.num_classes, [8], (Kind::Int64, device)),
     };
-    let regularization = common::strong_augmentation();
-    let (config, regularization) = (&config, &regularization);
-    let prepare = |epoch: usize| {
-        move |inputs: &Split| {
-            TrainBatch::new(
-                &inputs.images,
-                inputs.labels.shallow_clone(),
-                config,
-                regularization,
-                OPTIONS.label_smoothing,
-                epoch,
-            )
-        }
-    };
+    let autoaugment = common::strong_augmentation();
+    let mut randaugment = common::strong_augmentation();
+    if let Some(augment) = &mut randaugment.augment {
+        augment.policy = Some(Policy::default());
+    }
+    let prepare = |regularization, epoch| training_batch(&config, regularization, epoch);
     // Two seeds give two different batches: the check below cannot pass by a replay that
     // repeats the captured step's draws.
     tch::manual_seed(1);
-    let first = prepare(0)(&inputs).images;
+    let first = prepare(&autoaugment, 0)(&inputs).images;
     tch::manual_seed(2);
-    assert!(max_abs_error(&prepare(0)(&inputs).images, &first) > 0.1);
-    graph_steps_follow_eager_steps(device, &inputs, &[&prepare(0), &prepare(1)]);
+    assert!(max_abs_error(&prepare(&autoaugment, 0)(&inputs).images, &first) > 0.1);
+    graph_steps_follow_eager_steps(
+        device,
+        &inputs,
+        &[
+            &prepare(&autoaugment, 0),
+            &prepare(&autoaugment, 1),
+            &prepare(&randaugment, 0),
+        ],
+        0.1,
+    );
+}
+
+/// The trainer's `prepare` for a step of `epoch`: `TrainBatch::new` of the step's inputs.
+fn training_batch<'a>(
+    config: &'a ViTConfig,
+    regularization: &'a Regularization,
+    epoch: usize,
+) -> impl Fn(&Split) -> TrainBatch + 'a {
+    move |inputs| {
+        TrainBatch::new(
+            &inputs.images,
+            inputs.labels.shallow_clone(),
+            config,
+            regularization,
+            OPTIONS.label_smoothing,
+            epoch,
+        )
+    }
 }
 
 /// For each of `prepares` in turn, six steps of `prepare(inputs)` through a graph for full
 /// batches of `inputs` (the fifth on its first image alone, run eagerly), each seeded,
 /// against six seeded eager steps, with the graph started over between them: the same
-/// losses, predictions and parameters, up to the kernels' rounding.
+/// losses, predictions and parameters, up to the kernels' rounding. Both models drop
+/// paths at `drop_path`.
 fn graph_steps_follow_eager_steps(
     device: Device,
     inputs: &Split,
     prepares: &[&dyn Fn(&Split) -> TrainBatch],
+    drop_path: f64,
 ) {
     let smaller = Split {
         images: inputs.images.narrow(0, 0, 1),
         labels: inputs.labels.narrow(0, 0, 1),
     };
-    let (eager_vs, eager_model, mut eager) = fixture_model(device);
-    let (graph_vs, graph_model, mut graphed) = fixture_model(device);
+    let (eager_vs, mut eager_model, mut eager) = fixture_model(device);
+    let (graph_vs, mut graph_model, mut graphed) = fixture_model(device);
+    eager_model.set_drop_path_rate(drop_path);
+    graph_model.set_drop_path_rate(drop_path);
     let mut graph = CudaGraphSteps::new(device, inputs.len()).unwrap();
     for (phase, prepare) in prepares.iter().enumerate() {
         graph.start_over();
