@@ -559,8 +559,6 @@ impl<'a> Trainer<'a> {
             clip_grad: settings.clip_grad,
             precision: settings.precision,
         };
-        // Every random draw derives from (seed, epoch, step), so a resumed run replays the
-        // same shuffles, augmentations and dropout masks without saving generator state.
         // A graph replays the augmentation it captured, which changes at --mix-off-epoch.
         let regularization = &settings.regularization;
         if epoch > 0 && regularization.mixes_in(epoch) != regularization.mixes_in(epoch - 1) {
@@ -578,6 +576,8 @@ impl<'a> Trainer<'a> {
                 epoch,
             )
         };
+        // Every random draw derives from (seed, epoch, step), so a resumed run replays the
+        // same shuffles, augmentations and dropout masks without saving generator state.
         tch::manual_seed(step_seed(settings.seed, epoch, usize::MAX));
         let order = Tensor::randperm(n_train, (Kind::Int64, device));
         let mut sums = RunningSums {
