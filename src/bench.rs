@@ -5,7 +5,6 @@
 //! figures compare directly with the same model run in PyTorch (bench/compare.py).
 
 use crate::cli::{AdamWKernel, BenchArgs};
-use crate::data::Split;
 use crate::ffi;
 use crate::model::{ViTConfig, VisionTransformer};
 use crate::optim::AdamW;
@@ -143,11 +142,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         config.image_size,
         config.image_size,
     ];
-    let inputs = Split {
+    let batch = TrainBatch {
         images: Tensor::randn(shape, (Kind::Float, device)),
         labels: Tensor::randint(config.num_classes, [args.batch_size], (Kind::Int64, device)),
+        soft_targets: None,
     };
-    let batch = TrainBatch::as_is(&inputs);
     let options = StepOptions {
         label_smoothing: 0.1,
         clip_grad: 1.0,
@@ -166,8 +165,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             Some(graph) => graph.step(
                 &model,
                 &mut optimizer,
-                &inputs,
-                &TrainBatch::as_is,
+                &batch,
+                &TrainBatch::shallow_clone,
                 1e-3,
                 options,
             )?,

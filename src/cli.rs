@@ -321,8 +321,10 @@ pub struct TrainArgs {
     pub precision: Precision,
     /// Replay each training step, its batch's augmentation included, as a CUDA graph after
     /// a few eager ones (CUDA only): one launch per step instead of hundreds.
-    #[arg(long)]
-    pub cuda_graph: bool,
+    /// `--cuda-graph=step` leaves the augmentation out of the graph.
+    #[arg(long, value_enum, value_name = "SCOPE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "batch")]
+    pub cuda_graph: Option<CudaGraphScope>,
     /// CPU threads for libtorch (default: libtorch's choice).
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024))]
     pub threads: Option<i32>,
@@ -343,6 +345,16 @@ pub enum Precision {
     Fp32,
     /// bf16 autocast (fast on CUDA; on the CPU only where it has bf16 instructions).
     Bf16,
+}
+
+/// What `vit train --cuda-graph` records as a CUDA graph.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CudaGraphScope {
+    /// The batch's augmentation (crop, flip, the strong recipe's policy, erasing,
+    /// MixUp/CutMix) and the training step.
+    Batch,
+    /// The training step alone; the augmentation runs eagerly before each replay.
+    Step,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,6 @@ use common::{fixture, load_params, max_abs_error, seeded, vit_fails};
 use tch::{nn, Device, Kind, Tensor};
 use vit_tch::cli::Precision;
 use vit_tch::data::augment::Policy;
-use vit_tch::data::Split;
 use vit_tch::model::{ViTConfig, VisionTransformer};
 use vit_tch::optim::AdamW;
 use vit_tch::train::{
@@ -33,11 +32,12 @@ fn fixture_model(device: Device) -> (nn::VarStore, VisionTransformer, AdamW) {
     (vs, model, optimizer)
 }
 
-fn fixture_inputs(device: Device) -> Split {
+fn fixture_batch(device: Device) -> TrainBatch {
     let file = fixture("adamw_steps");
-    Split {
+    TrainBatch {
         images: file.get("input").unwrap().to_device(device),
         labels: file.get("labels").unwrap().to_device(device),
+        soft_targets: None,
     }
 }
 
@@ -67,7 +67,7 @@ fn largest_difference(a: &nn::VarStore, b: &nn::VarStore) -> (f64, String) {
 #[test]
 fn the_captured_update_is_the_ordinary_step() {
     let _turn = seeded(0);
-    let batch = TrainBatch::as_is(&fixture_inputs(Device::Cpu));
+    let batch = fixture_batch(Device::Cpu);
     let lr = 1.0 / 1024.0;
     let (eager_vs, eager_model, mut eager) = fixture_model(Device::Cpu);
     let (device_vs, device_model, mut on_device) = fixture_model(Device::Cpu);
@@ -134,14 +134,15 @@ fn graph_steps_follow_the_eager_steps_on_cuda() {
     }
     let _turn = seeded(0);
     let device = Device::Cuda(0);
-    let inputs = fixture_inputs(device);
-    graph_steps_follow_eager_steps(device, &inputs, &[&TrainBatch::as_is], 0.0);
+    let batch = fixture_batch(device);
+    graph_steps_follow_eager_steps(device, &batch, &[&TrainBatch::shallow_clone], 0.0, true);
 }
 
 /// Where CUDA is: the same with the strong recipe's augmentation of uint8 images
-/// (AutoAugment, random erasing, MixUp/CutMix) and stochastic depth inside the graph;
-/// then, after `start_over`, with the batches of an epoch past `--mix-off-epoch` (no
-/// mixing); then with RandAugment. Each step is seeded as training seeds it, so a replay
+/// (AutoAugment, random erasing, MixUp/CutMix) and stochastic depth; then, after
+/// `start_over`, with the batches of an epoch past `--mix-off-epoch` (no mixing); then
+/// with RandAugment. Once with the augmentation inside the graph (`--cuda-graph`), once
+/// before it (`--cuda-graph=step`). Each step is seeded as training seeds it, so a replay
 /// must draw what the eager step drew.
 #[test]
 fn graph_steps_with_the_strong_augmentation_follow_the_eager_steps_on_cuda() {
@@ -153,9 +154,10 @@ fn graph_steps_with_the_strong_augmentation_follow_the_eager_steps_on_cuda() {
     let device = Device::Cuda(0);
     let config = fixture("adamw_steps").config().unwrap();
     let side = config.image_size;
-    let inputs = Split {
+    let inputs = TrainBatch {
         images: Tensor::randint(256, [8, 3, side, side], (Kind::Uint8, device)),
         labels: Tensor::randint(config.num_classes, [8], (Kind::Int64, device)),
+        soft_targets: None,
     };
     let autoaugment = common::strong_augmentation();
     let mut randaugment = common::strong_augmentation();
@@ -169,24 +171,27 @@ fn graph_steps_with_the_strong_augmentation_follow_the_eager_steps_on_cuda() {
     let first = prepare(&autoaugment, 0)(&inputs).images;
     tch::manual_seed(2);
     assert!(max_abs_error(&prepare(&autoaugment, 0)(&inputs).images, &first) > 0.1);
-    graph_steps_follow_eager_steps(
-        device,
-        &inputs,
-        &[
-            &prepare(&autoaugment, 0),
-            &prepare(&autoaugment, 1),
-            &prepare(&randaugment, 0),
-        ],
-        0.1,
-    );
+    for augment_in_graph in [true, false] {
+        graph_steps_follow_eager_steps(
+            device,
+            &inputs,
+            &[
+                &prepare(&autoaugment, 0),
+                &prepare(&autoaugment, 1),
+                &prepare(&randaugment, 0),
+            ],
+            0.1,
+            augment_in_graph,
+        );
+    }
 }
 
-/// The trainer's `prepare` for a step of `epoch`: `TrainBatch::new` of the step's inputs.
+/// The trainer's augmentation for a step of `epoch`: `TrainBatch::new` of its inputs.
 fn training_batch<'a>(
     config: &'a ViTConfig,
     regularization: &'a Regularization,
     epoch: usize,
-) -> impl Fn(&Split) -> TrainBatch + 'a {
+) -> impl Fn(&TrainBatch) -> TrainBatch + 'a {
     move |inputs| {
         TrainBatch::new(
             &inputs.images,
@@ -202,35 +207,45 @@ fn training_batch<'a>(
 /// For each of `prepares` in turn, six steps of `prepare(inputs)` through a graph for full
 /// batches of `inputs` (the fifth on its first image alone, run eagerly), each seeded,
 /// against six seeded eager steps, with the graph started over between them: the same
-/// losses, predictions and parameters, up to the kernels' rounding. Both models drop
-/// paths at `drop_path`.
+/// losses, predictions and parameters, up to the kernels' rounding. `prepare` runs inside
+/// the graph where `prepare_in_graph`, else before each step, as the trainer does with
+/// `--cuda-graph` and `--cuda-graph=step`. Both models drop paths at `drop_path`.
 fn graph_steps_follow_eager_steps(
     device: Device,
-    inputs: &Split,
-    prepares: &[&dyn Fn(&Split) -> TrainBatch],
+    inputs: &TrainBatch,
+    prepares: &[&dyn Fn(&TrainBatch) -> TrainBatch],
     drop_path: f64,
+    prepare_in_graph: bool,
 ) {
-    let smaller = Split {
+    let smaller = TrainBatch {
         images: inputs.images.narrow(0, 0, 1),
         labels: inputs.labels.narrow(0, 0, 1),
+        soft_targets: None,
     };
     let (eager_vs, mut eager_model, mut eager) = fixture_model(device);
     let (graph_vs, mut graph_model, mut graphed) = fixture_model(device);
     eager_model.set_drop_path_rate(drop_path);
     graph_model.set_drop_path_rate(drop_path);
-    let mut graph = CudaGraphSteps::new(device, inputs.len()).unwrap();
+    let mut graph = CudaGraphSteps::new(device, inputs.images.size()[0]).unwrap();
     for (phase, prepare) in prepares.iter().enumerate() {
         graph.start_over();
         for step in 0..6 {
             let inputs = if step == 4 { &smaller } else { inputs };
             let lr = 1e-3 * (step + 1) as f64;
-            let case = format!("phase {phase}, step {step}");
+            let case =
+                format!("phase {phase}, step {step}, prepared in the graph: {prepare_in_graph}");
             tch::manual_seed(100 + step);
             let expected = train_step(&eager_model, &mut eager, &prepare(inputs), lr, OPTIONS);
             tch::manual_seed(100 + step);
-            let actual = graph
-                .step(&graph_model, &mut graphed, inputs, *prepare, lr, OPTIONS)
-                .unwrap();
+            let actual = match prepare_in_graph {
+                true => graph.step(&graph_model, &mut graphed, inputs, *prepare, lr, OPTIONS),
+                false => {
+                    let batch = prepare(inputs);
+                    let same = TrainBatch::shallow_clone;
+                    graph.step(&graph_model, &mut graphed, &batch, &same, lr, OPTIONS)
+                }
+            }
+            .unwrap();
             let loss_error = max_abs_error(&actual.loss, &expected.loss);
             assert!(loss_error < 1e-4, "{case}: loss off by {loss_error}");
             assert_eq!(

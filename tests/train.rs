@@ -648,7 +648,7 @@ fn options<'a>(out: &'a Path, resume: bool, interrupted: &'a AtomicBool) -> RunO
         resume,
         device: Device::Cpu,
         plot: false,
-        cuda_graph: false,
+        cuda_graph: None,
         interrupted,
     }
 }
@@ -1027,6 +1027,11 @@ fn user_errors_say_what_to_do() {
         ),
         ("--threads=2000", "2000 is not in 1..=1024"),
         ("--cuda-graph", "--cuda-graph needs a CUDA device"),
+        ("--cuda-graph=step", "--cuda-graph needs a CUDA device"),
+        (
+            "--cuda-graph=all",
+            "invalid value 'all' for '--cuda-graph[=<SCOPE>]'",
+        ),
         (
             "--train-subset=100000",
             "--train-subset 100000 is outside 1..=600",

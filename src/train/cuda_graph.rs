@@ -8,13 +8,12 @@
 //! stream first (they set up cuBLAS workspaces, autograd's device threads, the
 //! augmentation's constants and the like), then the capture of one full-size step on
 //! inputs the graph owns; from then on each step copies its batch (as it comes from the
-//! dataset, before augmentation) and learning rate into those and replays. The random
-//! draws of a replay (augmentation, dropout) come from libtorch's generator as it stands
-//! when the replay starts, so a step seeded as the eager one draws what it draws. A
-//! smaller batch (an epoch's last) runs eagerly.
+//! dataset, before augmentation; with `--cuda-graph=step`, augmented) and learning rate
+//! into those and replays. The random draws of a replay (augmentation, dropout) come from
+//! libtorch's generator as it stands when the replay starts, so a step seeded as the eager
+//! one draws what it draws. A smaller batch (an epoch's last) runs eagerly.
 
 use super::{forward_backward_update, train_step, StepOptions, StepOutput, TrainBatch};
-use crate::data::Split;
 use crate::ffi::{self, CudaGraph};
 use crate::model::VisionTransformer;
 use crate::optim::AdamW;
@@ -50,8 +49,9 @@ impl CudaGraphSteps {
     }
 
     /// One training step, as `train_step` on `prepare(inputs)`: eager on a side stream
-    /// while warming up, then captured (at the first full batch after the warm-up), the
-    /// augmentation `prepare` does included, and replayed. `prepare` must compute the same
+    /// while warming up, then captured (at the first full batch after the warm-up), what
+    /// `prepare` does included (the augmentation, or `TrainBatch::shallow_clone` of a batch
+    /// augmented already), and replayed. `prepare` must compute the same
     /// thing at every call (the graph replays what it did at the capture; see
     /// [`Self::start_over`]) and must not wait for the device. The optimizer must run the
     /// fused AdamW kernel (its default), which reads the learning rate on the device. A
@@ -62,8 +62,8 @@ impl CudaGraphSteps {
         &mut self,
         model: &VisionTransformer,
         optimizer: &mut AdamW,
-        inputs: &Split,
-        prepare: &dyn Fn(&Split) -> TrainBatch,
+        inputs: &TrainBatch,
+        prepare: &dyn Fn(&TrainBatch) -> TrainBatch,
         lr: f64,
         options: StepOptions,
     ) -> Result<StepOutput> {
@@ -107,9 +107,9 @@ impl CudaGraphSteps {
 /// One captured training step and the tensors it reads and writes.
 struct CapturedStep {
     graph: CudaGraph,
-    /// The inputs of the captured step, before its augmentation: each batch is copied into
+    /// The inputs of the captured step (before what it prepares): each batch is copied into
     /// these.
-    inputs: Split,
+    inputs: TrainBatch,
     /// The learning rate, float32 [] on the device.
     lr: Tensor,
     /// The options the step was captured with.
@@ -123,14 +123,15 @@ impl CapturedStep {
     fn capture(
         model: &VisionTransformer,
         optimizer: &mut AdamW,
-        like: &Split,
-        prepare: &dyn Fn(&Split) -> TrainBatch,
+        like: &TrainBatch,
+        prepare: &dyn Fn(&TrainBatch) -> TrainBatch,
         options: StepOptions,
     ) -> Result<Self> {
         let device = like.images.device();
-        let inputs = Split {
+        let inputs = TrainBatch {
             images: like.images.copy(),
             labels: like.labels.copy(),
+            soft_targets: like.soft_targets.as_ref().map(Tensor::copy),
         };
         let lr = Tensor::zeros([], (Kind::Float, device));
         // Cleared, so that backward creates the gradients inside the capture, in the
@@ -156,18 +157,27 @@ impl CapturedStep {
     }
 
     /// Whether `inputs` have the shapes and kinds the graph was captured with.
-    fn fits(&self, inputs: &Split) -> bool {
+    fn fits(&self, inputs: &TrainBatch) -> bool {
         let same = |a: &Tensor, b: &Tensor| a.size() == b.size() && a.kind() == b.kind();
-        same(&inputs.images, &self.inputs.images) && same(&inputs.labels, &self.inputs.labels)
+        let targets = match (&inputs.soft_targets, &self.inputs.soft_targets) {
+            (Some(a), Some(b)) => same(a, b),
+            (a, b) => a.is_none() && b.is_none(),
+        };
+        same(&inputs.images, &self.inputs.images)
+            && same(&inputs.labels, &self.inputs.labels)
+            && targets
     }
 
     /// The step on `inputs` with learning rate `lr`: its inputs copied in, one replay. The
     /// outputs are the graph's, which the next replay overwrites (in stream order, so
     /// whatever is queued on them before it reads this step's values).
-    fn replay(&self, optimizer: &mut AdamW, inputs: &Split, lr: f64) -> Result<StepOutput> {
+    fn replay(&self, optimizer: &mut AdamW, inputs: &TrainBatch, lr: f64) -> Result<StepOutput> {
         tch::no_grad(|| {
             self.inputs.images.shallow_clone().copy_(&inputs.images);
             self.inputs.labels.shallow_clone().copy_(&inputs.labels);
+            if let (Some(to), Some(from)) = (&self.inputs.soft_targets, &inputs.soft_targets) {
+                to.shallow_clone().copy_(from);
+            }
             let _ = self.lr.shallow_clone().fill_(lr);
         });
         self.graph.replay()?;

@@ -18,7 +18,7 @@ pub use recipe::Regularization;
 pub use run_folder::EpochMetrics;
 
 use crate::checkpoint;
-use crate::cli::{Precision, Recipe, TrainArgs};
+use crate::cli::{CudaGraphScope, Precision, Recipe, TrainArgs};
 use crate::data::{self, augment, mix, transforms, Dataset, Split};
 use crate::eval::evaluate;
 use crate::model::{ViTConfig, VisionTransformer};
@@ -118,11 +118,22 @@ impl TrainBatch {
         }
     }
 
-    /// A batch trained on as it is: no augmentation, no mixing.
-    pub fn as_is(batch: &Split) -> Self {
+    /// Another handle on the same tensors.
+    pub fn shallow_clone(&self) -> Self {
         Self {
-            images: batch.images.shallow_clone(),
-            labels: batch.labels.shallow_clone(),
+            images: self.images.shallow_clone(),
+            labels: self.labels.shallow_clone(),
+            soft_targets: self.soft_targets.as_ref().map(Tensor::shallow_clone),
+        }
+    }
+}
+
+impl From<Split> for TrainBatch {
+    /// A batch as the dataset holds it: the images not augmented yet, no soft targets.
+    fn from(split: Split) -> Self {
+        Self {
+            images: split.images,
+            labels: split.labels,
             soft_targets: None,
         }
     }
@@ -360,7 +371,8 @@ pub struct RunOptions<'a> {
     /// Refresh curves.png in the run folder after every epoch.
     pub plot: bool,
     /// Replay the training steps as a CUDA graph.
-    pub cuda_graph: bool,
+    /// What a CUDA graph records; None: no graph.
+    pub cuda_graph: Option<CudaGraphScope>,
     /// Set by Ctrl-C: stop after the current step, saving the resume state.
     pub interrupted: &'a AtomicBool,
 }
@@ -440,7 +452,7 @@ impl<'a> Trainer<'a> {
         );
         let cuda_graph = options
             .cuda_graph
-            .then(|| CudaGraphSteps::new(device, full_batch))
+            .map(|_| CudaGraphSteps::new(device, full_batch))
             .transpose()?;
         let run = RunFolder::open(
             options.out,
@@ -559,14 +571,18 @@ impl<'a> Trainer<'a> {
             clip_grad: settings.clip_grad,
             precision: settings.precision,
         };
+        let graph_scope = self.options.cuda_graph;
         // A graph replays the augmentation it captured, which changes at --mix-off-epoch.
         let regularization = &settings.regularization;
-        if epoch > 0 && regularization.mixes_in(epoch) != regularization.mixes_in(epoch - 1) {
+        if epoch > 0
+            && regularization.mixes_in(epoch) != regularization.mixes_in(epoch - 1)
+            && graph_scope == Some(CudaGraphScope::Batch)
+        {
             if let Some(graph) = &mut self.cuda_graph {
                 graph.start_over();
             }
         }
-        let prepare = |inputs: &Split| {
+        let augment = |inputs: &TrainBatch| {
             TrainBatch::new(
                 &inputs.images,
                 inputs.labels.shallow_clone(),
@@ -592,13 +608,20 @@ impl<'a> Trainer<'a> {
             let start = step as i64 * settings.batch_size;
             let index = order.narrow(0, start, settings.batch_size.min(n_train - start));
             tch::manual_seed(step_seed(settings.seed, epoch, step));
-            let inputs = self.train_split.batch(&index);
+            let inputs = TrainBatch::from(self.train_split.batch(&index));
             let global_step = epoch * self.steps_per_epoch + step;
             lr = learning_rate(settings.lr, global_step, warmup_steps, total_steps);
             let (model, optimizer) = (&self.model, &mut self.optimizer);
-            let output = match &mut self.cuda_graph {
-                Some(graph) => graph.step(model, optimizer, &inputs, &prepare, lr, step_options)?,
-                None => train_step(model, optimizer, &prepare(&inputs), lr, step_options),
+            let output = match (&mut self.cuda_graph, graph_scope) {
+                (Some(graph), Some(CudaGraphScope::Batch)) => {
+                    graph.step(model, optimizer, &inputs, &augment, lr, step_options)?
+                }
+                (Some(graph), _) => {
+                    let batch = augment(&inputs);
+                    let same = TrainBatch::shallow_clone;
+                    graph.step(model, optimizer, &batch, &same, lr, step_options)?
+                }
+                (None, _) => train_step(model, optimizer, &augment(&inputs), lr, step_options),
             };
             if let Some(ema) = &mut self.ema {
                 ema.update(global_step + 1);
