@@ -436,8 +436,9 @@ pub struct BenchArgs {
     /// instead of oneDNN (CUDA uses libtorch's either way).
     #[arg(long)]
     pub libtorch_linear: bool,
-    /// Time training steps replayed as a CUDA graph, as `vit train --cuda-graph` runs them
-    /// (the warm-up is raised to the eager steps and the capture that come first).
+    /// Time training steps replayed as a CUDA graph, as `vit train --cuda-graph=step` runs
+    /// them (bench's batch is not augmented; the warm-up is raised to the eager steps and
+    /// the capture that come first).
     #[arg(long)]
     pub cuda_graph: bool,
     /// Also time the phases of a training step (forward + loss, backward, gradient

@@ -56,7 +56,8 @@ impl CudaGraphSteps {
     /// [`Self::start_over`]) and must not wait for the device. The optimizer must run the
     /// fused AdamW kernel (its default), which reads the learning rate on the device. A
     /// failed capture leaves libtorch's CUDA state unusable for the rest of the process:
-    /// the error says to run again without --cuda-graph. The outputs of a replayed step
+    /// the error says to run again with --cuda-graph=step or without a graph. The outputs of
+    /// a replayed step
     /// are the graph's own, valid until the next step.
     pub fn step(
         &mut self,
@@ -144,8 +145,9 @@ impl CapturedStep {
             })
         })
         .context(
-            "capturing the training step as a CUDA graph failed; run again without \
-             --cuda-graph (--resume continues from the last saved state)",
+            "capturing the training step as a CUDA graph failed; run again with \
+             --cuda-graph=step (the augmentation outside the graph) or without --cuda-graph \
+             (--resume continues from the last saved state)",
         )?;
         Ok(Self {
             graph,

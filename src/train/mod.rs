@@ -68,9 +68,11 @@ pub struct StepOptions {
     pub precision: Precision,
 }
 
-/// A training batch, augmented and ready for the model.
+/// A training batch, augmented and ready for the model; or, made `From` a dataset's
+/// `Split`, as the dataset holds it (the input a CUDA graph augments itself).
 pub struct TrainBatch {
-    /// float [B, C, image_size, image_size], normalized.
+    /// float [B, C, image_size, image_size], normalized (uint8 [B, C, H, W] as the dataset
+    /// holds it, before augmentation).
     pub images: Tensor,
     /// int64 [B]: the class of each image before mixing (train accuracy is measured
     /// against these, also when MixUp/CutMix blend in a second image).
@@ -370,7 +372,6 @@ pub struct RunOptions<'a> {
     pub device: Device,
     /// Refresh curves.png in the run folder after every epoch.
     pub plot: bool,
-    /// Replay the training steps as a CUDA graph.
     /// What a CUDA graph records; None: no graph.
     pub cuda_graph: Option<CudaGraphScope>,
     /// Set by Ctrl-C: stop after the current step, saving the resume state.
@@ -616,12 +617,12 @@ impl<'a> Trainer<'a> {
                 (Some(graph), Some(CudaGraphScope::Batch)) => {
                     graph.step(model, optimizer, &inputs, &augment, lr, step_options)?
                 }
-                (Some(graph), _) => {
+                (Some(graph), Some(CudaGraphScope::Step)) => {
                     let batch = augment(&inputs);
                     let same = TrainBatch::shallow_clone;
                     graph.step(model, optimizer, &batch, &same, lr, step_options)?
                 }
-                (None, _) => train_step(model, optimizer, &augment(&inputs), lr, step_options),
+                _ => train_step(model, optimizer, &augment(&inputs), lr, step_options),
             };
             if let Some(ema) = &mut self.ema {
                 ema.update(global_step + 1);
