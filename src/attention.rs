@@ -5,7 +5,7 @@
 use crate::checkpoint::{self, LoadedModel};
 use crate::cli::AttentionArgs;
 use crate::data::{self, folder};
-use crate::plot::{fit_text, inferno, render_rgb, text_style, write_rgb_png, Keep};
+use crate::plot::{draw_text, fit_text, inferno, render_rgb, text_style, write_rgb_png, Keep};
 use anyhow::{bail, ensure, Context, Result};
 use plotters::prelude::*;
 use plotters::style::text_anchor::HPos;
@@ -333,12 +333,12 @@ pub fn figure(
     // Text with plotters into a buffer, then the pictures copied into their places.
     let mut buffer = render_rgb(output, (width, height), |root| {
         let text = |s: &str, at: (i32, i32), size: f64| {
-            root.draw(&Text::new(
-                s.to_string(),
+            draw_text(
+                root,
+                s,
                 at,
                 text_style(size, FontTransform::None, HPos::Center),
-            ))
-            .map_err(|e| anyhow::anyhow!("drawing {}: {e}", output.display()))
+            )
         };
         // The end says what the model predicted; a long path before it gives way.
         let title = fit_text(title, 18.0, width - 2 * PAD, Keep::End);

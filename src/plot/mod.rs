@@ -62,7 +62,7 @@ where
     let mut buffer = vec![255u8; width as usize * height as usize * 3];
     {
         let root = BitMapBackend::with_buffer(&mut buffer, (width, height)).into_drawing_area();
-        draw(&root)?;
+        draw(&root).with_context(|| format!("drawing {}", path.display()))?;
         root.present()
             .map_err(|e| anyhow!("drawing {}: {e}", path.display()))?;
     }

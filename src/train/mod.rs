@@ -410,8 +410,8 @@ struct Trainer<'a> {
     vs: nn::VarStore,
     model: VisionTransformer,
     optimizer: AdamW,
-    /// With `--cuda-graph`: the steps replayed as a graph.
-    cuda_graph: Option<CudaGraphSteps>,
+    /// With `--cuda-graph`: the steps replayed as a graph, and what the graph records.
+    cuda_graph: Option<(CudaGraphScope, CudaGraphSteps)>,
     ema: Option<Ema>,
     train_split: Split,
     test_split: Split,
@@ -453,7 +453,7 @@ impl<'a> Trainer<'a> {
         );
         let cuda_graph = options
             .cuda_graph
-            .map(|_| CudaGraphSteps::new(device, full_batch))
+            .map(|scope| CudaGraphSteps::new(device, full_batch).map(|steps| (scope, steps)))
             .transpose()?;
         let run = RunFolder::open(
             options.out,
@@ -572,14 +572,10 @@ impl<'a> Trainer<'a> {
             clip_grad: settings.clip_grad,
             precision: settings.precision,
         };
-        let graph_scope = self.options.cuda_graph;
         // A graph replays the augmentation it captured, which changes at --mix-off-epoch.
         let regularization = &settings.regularization;
-        if epoch > 0
-            && regularization.mixes_in(epoch) != regularization.mixes_in(epoch - 1)
-            && graph_scope == Some(CudaGraphScope::Batch)
-        {
-            if let Some(graph) = &mut self.cuda_graph {
+        if epoch > 0 && regularization.mixes_in(epoch) != regularization.mixes_in(epoch - 1) {
+            if let Some((CudaGraphScope::Batch, graph)) = &mut self.cuda_graph {
                 graph.start_over();
             }
         }
@@ -613,16 +609,16 @@ impl<'a> Trainer<'a> {
             let global_step = epoch * self.steps_per_epoch + step;
             lr = learning_rate(settings.lr, global_step, warmup_steps, total_steps);
             let (model, optimizer) = (&self.model, &mut self.optimizer);
-            let output = match (&mut self.cuda_graph, graph_scope) {
-                (Some(graph), Some(CudaGraphScope::Batch)) => {
+            let output = match &mut self.cuda_graph {
+                Some((CudaGraphScope::Batch, graph)) => {
                     graph.step(model, optimizer, &inputs, &augment, lr, step_options)?
                 }
-                (Some(graph), Some(CudaGraphScope::Step)) => {
+                Some((CudaGraphScope::Step, graph)) => {
                     let batch = augment(&inputs);
                     let same = TrainBatch::shallow_clone;
                     graph.step(model, optimizer, &batch, &same, lr, step_options)?
                 }
-                _ => train_step(model, optimizer, &augment(&inputs), lr, step_options),
+                None => train_step(model, optimizer, &augment(&inputs), lr, step_options),
             };
             if let Some(ema) = &mut self.ema {
                 ema.update(global_step + 1);
