@@ -537,10 +537,9 @@ fn resume_follows_the_images_not_their_folder() {
 
     // A run of an earlier version stopped mid-epoch, whose images then shrank where they
     // are: the saved step lies beyond the epoch's end (it resumed into an empty epoch).
-    let dataset = {
-        let _turn = seeded(0);
-        colour_dataset()
-    };
+    // Trained in this process: the generator's turn is held to the end.
+    let _turn = seeded(0);
+    let dataset = colour_dataset();
     let legacy = root.join("legacy");
     let settings = tiny_settings(2, 100);
     let first = run_training(&settings, &dataset, &legacy, false, true);
