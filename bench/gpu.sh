@@ -37,6 +37,8 @@
 # with PHASES=resume (alone) and the same WORK, continues that run with `vit train
 # --resume` for its own BUDGET_S. A machine that went back in between has lost $WORK: the
 # resume call then stops at once, and the first call's files are all there is.
+# EPOCHS=N fixes the strong run's epochs instead; MIX_OFF_PERCENT=P (1 to 99) stops its
+# MixUp and CutMix after P% of them (vit's --mix-off-epoch).
 #
 # The device tool brings back at most 8 files of $OUT, 16 MiB each, so $OUT gets
 # results.tar.gz (all of $WORK but the checkpoints), the strong run's best models
@@ -67,6 +69,9 @@ BENCH_ARGS=${BENCH_ARGS:---batch-size 256 --steps 100 --warmup 20 --repeats 2}
 GRAPH_FLAG=${GRAPH_FLAG---cuda-graph}
 PHASES=${PHASES:-tests compare epoch strong}
 EXTRA_S=${EXTRA_S:-0}
+# The strong run mixes only in its first MIX_OFF_PERCENT percent of epochs (vit's
+# --mix-off-epoch, of the epochs it plans); empty: every epoch, as the strong recipe does.
+MIX_OFF_PERCENT=${MIX_OFF_PERCENT:-}
 # Seconds of the budget the strong run leaves for its SIGINT, the SIGKILL after it, and
 # the last packing.
 RESERVE_S=35
@@ -86,6 +91,8 @@ for phase in $PHASES; do
     esac
 done
 [[ $EXTRA_S =~ ^[0-9]+$ ]] || { echo "EXTRA_S must be a whole number of seconds, not '$EXTRA_S'" >&2; exit 2; }
+[[ -z $MIX_OFF_PERCENT || $MIX_OFF_PERCENT =~ ^([1-9]|[1-9][0-9])$ ]] \
+    || { echo "MIX_OFF_PERCENT must be a whole number from 1 to 99, not '$MIX_OFF_PERCENT'" >&2; exit 2; }
 # Whether PHASES names $1.
 wanted() { [[ " $PHASES " == *" $1 "* ]]; }
 if wanted resume; then
@@ -414,7 +421,7 @@ pack_now
 # The strong recipe gets what is left of the budget, plus EXTRA_S for a resumed call (less
 # that call's own start-up): as many epochs as fit at the timing run's second epoch (from
 # its first epoch line to its second: training, evaluation and any wait for checkpoint
-# writes), plus 5%. Its command goes to RUN.args (and its name to strong-run.txt) for
+# writes), plus 2%. Its command goes to RUN.args (and its name to strong-run.txt) for
 # PHASES=resume.
 strong() {
     local run=$1
@@ -444,16 +451,21 @@ except (OSError, ValueError, IndexError, AttributeError):
         epoch_s = 10.0
 epoch_s = max(epoch_s, 0.5)
 starts = 2 if extra > 0 else 1
-print(max(1, int((left + extra - starts * startup) / (epoch_s * 1.05))), f"{epoch_s:.3f}",
+print(max(1, int((left + extra - starts * startup) / (epoch_s * 1.02))), f"{epoch_s:.3f}",
       f"{startup:.1f}")
 ' "$WORK/$TIMING.txt" "$WORK/$TIMING/metrics.csv" "$left" "$EXTRA_S") || plan="1 10.0 0"
     read -r epochs epoch_s startup <<<"$plan"
     epochs=${EPOCHS:-$epochs}
+    local mix_off=()
+    if [ -n "$MIX_OFF_PERCENT" ]; then
+        local off=$((epochs * MIX_OFF_PERCENT / 100))
+        mix_off=(--mix-off-epoch $((off > 0 ? off : 1)))
+    fi
     echo "$run: $epochs epochs in the ${left} s left and ${EXTRA_S} s of a resumed call" \
-        "($TIMING: ${epoch_s} s an epoch, ${startup} s to start) $STRONG_FLAGS" \
+        "($TIMING: ${epoch_s} s an epoch, ${startup} s to start) $STRONG_FLAGS ${mix_off[*]}" \
         | tee -a "$WORK/strong-plan.txt"
     local command=("${TRAIN[@]}" --out "$WORK/$run" --recipe strong --epochs "$epochs"
-        --warmup-epochs $((epochs / 30 + 1)) $STRONG_FLAGS)
+        --warmup-epochs $((epochs / 30 + 1)) $STRONG_FLAGS "${mix_off[@]}")
     printf '%s\0' "${command[@]}" >"$WORK/$run.args"
     echo "$run" >"$WORK/strong-run.txt"
     train_strong "$run" "$left" "$WORK/$run.txt" "${command[@]}"
