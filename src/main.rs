@@ -1,8 +1,7 @@
-use clap::Parser;
 use vit_tch::cli::{Cli, Command};
 
 fn main() -> anyhow::Result<()> {
-    let command = Cli::parse().command;
+    let command = Cli::parse_args().command;
     let end_on_a_closed_pipe = command.may_end_on_a_closed_pipe();
     vit_tch::runtime::run_command(end_on_a_closed_pipe, || match command {
         Command::Info(args) => vit_tch::info::run(&args),

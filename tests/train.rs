@@ -1032,6 +1032,10 @@ fn user_errors_say_what_to_do() {
             "invalid value 'all' for '--cuda-graph[=<SCOPE>]'",
         ),
         (
+            "--cuda-graph step",
+            "--cuda-graph takes its scope after '=': write --cuda-graph=step",
+        ),
+        (
             "--train-subset=100000",
             "--train-subset 100000 is outside 1..=600",
         ),
