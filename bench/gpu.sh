@@ -6,7 +6,9 @@
 #                          CIFAR-10 JPEG converter and archive into the git-ignored .device/,
 #                          41 MiB; name it in the device tool's `carry`)
 # There:  OUT=$OUT BUDGET_S=540 bash bench/gpu.sh   (BUDGET_S: seconds the whole script may
-#                          take; the device call's limit less 60. Check the device tool's
+#                          take, 10 or more under the device call's limit: its strong
+#                          run gets SIGINT 35 s before BUDGET_S and, if need be, SIGKILL
+#                          15 s later, then the last packing. Check the device tool's
 #                          `status` first: with less than 600 s of device time left, the
 #                          limit is lower than the timeout_s asked for)
 #
@@ -71,6 +73,7 @@ PHASES=${PHASES:-tests compare epoch strong}
 EXTRA_S=${EXTRA_S:-0}
 # The strong run mixes only in its first MIX_OFF_PERCENT percent of epochs (vit's
 # --mix-off-epoch, of the epochs it plans); empty: every epoch, as the strong recipe does.
+# PHASES=resume takes the flag from the resumed run's command instead.
 MIX_OFF_PERCENT=${MIX_OFF_PERCENT:-}
 # Seconds of the budget the strong run leaves for its SIGINT, the SIGKILL after it, and
 # the last packing.
@@ -462,7 +465,7 @@ print(max(1, int((left + extra - starts * startup) / (epoch_s * 1.02))), f"{epoc
         mix_off=(--mix-off-epoch $((off > 0 ? off : 1)))
     fi
     echo "$run: $epochs epochs in the ${left} s left and ${EXTRA_S} s of a resumed call" \
-        "($TIMING: ${epoch_s} s an epoch, ${startup} s to start) $STRONG_FLAGS ${mix_off[*]}" \
+        "($TIMING: ${epoch_s} s an epoch, ${startup} s to start)${STRONG_FLAGS:+ $STRONG_FLAGS}${mix_off[*]:+ ${mix_off[*]}}" \
         | tee -a "$WORK/strong-plan.txt"
     local command=("${TRAIN[@]}" --out "$WORK/$run" --recipe strong --epochs "$epochs"
         --warmup-epochs $((epochs / 30 + 1)) $STRONG_FLAGS "${mix_off[@]}")

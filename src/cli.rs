@@ -3,8 +3,8 @@
 
 use crate::model::ViTConfig;
 use anyhow::{bail, Result};
-use clap::error::ErrorKind;
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::error::{ContextKind, ContextValue};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -20,36 +20,26 @@ pub struct Cli {
 
 impl Cli {
     /// The command line, parsed as `Cli::parse` does; exits with clap's message on an error.
-    /// `vit train --cuda-graph step` gets a hint: clap reads the scope after a space as a
-    /// stray argument, because a bare `--cuda-graph` is complete.
+    /// Clap reads `vit train --cuda-graph step` as a complete `--cuda-graph` and a stray
+    /// `step`, so that error gets a tip to write `--cuda-graph=step`.
     pub fn parse_args() -> Self {
         let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-        Self::try_parse_from(&args).unwrap_or_else(|error| {
-            let scope_after_space = args.windows(2).find_map(|pair| {
-                let scope = pair[1].to_str()?;
-                (pair[0] == "--cuda-graph" && CudaGraphScope::from_str(scope, false).is_ok())
-                    .then_some(scope)
-            });
-            let training = args.get(1).is_some_and(|command| command == "train");
-            match scope_after_space {
-                Some(scope) if training && error.kind() == ErrorKind::UnknownArgument => {
-                    let mut cli = Self::command();
-                    cli.build();
-                    let train = cli
-                        .find_subcommand_mut("train")
-                        .expect("vit has a train command");
-                    train
-                        .error(
-                            ErrorKind::UnknownArgument,
-                            format!(
-                                "--cuda-graph takes its scope after '=': write \
-                                 --cuda-graph={scope} (a bare --cuda-graph is --cuda-graph=batch)"
-                            ),
-                        )
-                        .exit()
+        Self::try_parse_from(&args).unwrap_or_else(|mut error| {
+            if let Some(ContextValue::String(stray)) = error.get(ContextKind::InvalidArg) {
+                let scope_after_space = args.get(1).is_some_and(|command| command == "train")
+                    && CudaGraphScope::from_str(stray, false).is_ok()
+                    && args
+                        .windows(2)
+                        .any(|pair| pair[0] == "--cuda-graph" && pair[1] == stray.as_str());
+                if scope_after_space {
+                    let tip = format!("a scope follows '=': write --cuda-graph={stray}");
+                    error.insert(
+                        ContextKind::Suggested,
+                        ContextValue::StyledStrs(vec![tip.into()]),
+                    );
                 }
-                _ => error.exit(),
             }
+            error.exit()
         })
     }
 }

@@ -1033,7 +1033,7 @@ fn user_errors_say_what_to_do() {
         ),
         (
             "--cuda-graph step",
-            "--cuda-graph takes its scope after '=': write --cuda-graph=step",
+            "tip: a scope follows '=': write --cuda-graph=step",
         ),
         (
             "--train-subset=100000",
