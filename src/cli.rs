@@ -346,6 +346,11 @@ pub struct TrainArgs {
     pub plot: bool,
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: Precision,
+    /// Precision of the per-epoch test passes: fp32 measures what `vit eval` measures;
+    /// bf16 (autocast, as timm validates under --amp) is faster on a GPU, and its
+    /// accuracies can differ from fp32's by a few images.
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub eval_precision: Precision,
     /// Replay each training step, its batch's augmentation included, as a CUDA graph after
     /// a few eager ones (CUDA only): one launch per step instead of hundreds.
     /// `--cuda-graph=step` leaves the augmentation out of the graph.
@@ -366,9 +371,12 @@ pub enum AugmentPolicy {
     Autoaugment,
 }
 
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    ValueEnum, Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
+    #[default]
     Fp32,
     /// bf16 autocast (fast on CUDA; on the CPU only where it has bf16 instructions).
     Bf16,

@@ -1,16 +1,18 @@
 //! bf16 autocast (through `vit_tch::ffi`), on the CPU, where libtorch runs the same
 //! autocast machinery as on CUDA: it must really lower the matmuls, leave the state as it
-//! found it, and keep a training step close to the fp32 one.
+//! found it, and keep a training step and a test pass close to the fp32 ones.
 
 mod common;
 
 use common::{assert_close, fixture, load_params, seeded};
 use tch::{nn, nn::Module, Device, Kind, Tensor};
 use vit_tch::cli::Precision;
+use vit_tch::data::Split;
+use vit_tch::eval::evaluate;
 use vit_tch::ffi::{autocast_bf16, peak_memory};
 use vit_tch::model::VisionTransformer;
 use vit_tch::optim::AdamW;
-use vit_tch::train::{train_step, StepOptions, TrainBatch};
+use vit_tch::train::{autocast, train_step, StepOptions, TrainBatch};
 
 #[test]
 fn bf16_autocast_lowers_linear_layers_and_restores_the_state() {
@@ -78,6 +80,54 @@ fn a_bf16_training_step_tracks_the_fp32_one() {
     for (name, param) in bf16_vs.variables() {
         assert_eq!(param.kind(), Kind::Float, "{name} is not float32");
         assert!(param.isfinite().all().int64_value(&[]) == 1, "{name}");
+    }
+}
+
+/// A test pass under bf16 autocast (`vit train --eval-precision bf16`), on the CPU and on
+/// CUDA where there is one: its loss tracks the fp32 pass's, and so does its accuracy.
+#[test]
+fn a_bf16_test_pass_tracks_the_fp32_one() {
+    let file = fixture("adamw_steps");
+    let config = file.config().unwrap();
+    let mut devices = vec![Device::Cpu];
+    if tch::Cuda::is_available() {
+        devices.push(Device::Cuda(0));
+    } else {
+        eprintln!("no CUDA device: CPU half only");
+    }
+    let _rng = seeded(0);
+    let images = Tensor::randint(
+        256,
+        [64, config.in_channels, config.image_size, config.image_size],
+        (Kind::Uint8, Device::Cpu),
+    );
+    let labels = Tensor::randint(config.num_classes, [64], (Kind::Int64, Device::Cpu));
+    for device in devices {
+        let vs = nn::VarStore::new(device);
+        let model = VisionTransformer::new(&vs.root(), &config).unwrap();
+        load_params(&file, &vs);
+        let split = Split {
+            images: images.to_device(device),
+            labels: labels.to_device(device),
+        };
+        let fp32 = evaluate(&model, &split, 16);
+        let bf16 = autocast(Precision::Bf16, device, || evaluate(&model, &split, 16));
+        // An exact match would mean the pass never ran in bf16.
+        assert_ne!(
+            bf16.loss, fp32.loss,
+            "{device:?}: the bf16 pass computed in fp32"
+        );
+        let relative = (bf16.loss - fp32.loss).abs() / fp32.loss;
+        assert!(
+            relative < 2e-2,
+            "{device:?}: loss off by {relative:.3} in bf16"
+        );
+        // Rounding may flip a near tie, not more than a few of the 64 images.
+        let flipped = (bf16.accuracy - fp32.accuracy).abs() * 64.0;
+        assert!(
+            flipped <= 4.0,
+            "{device:?}: {flipped} images changed class in bf16"
+        );
     }
 }
 

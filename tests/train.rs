@@ -124,6 +124,7 @@ fn tiny_settings(epochs: usize, batch_size: i64) -> TrainSettings {
         recipe: Recipe::Notebook,
         regularization: Regularization::default(),
         precision: Precision::Fp32,
+        eval_precision: Precision::Fp32,
     }
 }
 
@@ -901,6 +902,53 @@ fn strong_recipe_runs_from_the_command_line() {
     ] {
         assert!(config.contains(setting), "{setting} not in {config}");
     }
+}
+
+/// `--eval-precision bf16` changes the test passes (model and EMA) and nothing else: the
+/// same training, to the last bit of the weights, and test losses off fp32's by bf16's
+/// rounding only.
+#[test]
+fn eval_precision_changes_only_the_test_passes() {
+    let (root, data_dir) = colour_cifar10("eval-precision");
+    let data = data_dir.to_str().unwrap();
+    let train_with = |eval_precision: &str| {
+        let run = root.join(eval_precision);
+        let mut args = tiny_run_args(data, run.to_str().unwrap());
+        #[rustfmt::skip]
+        args.extend(["--epochs", "2", "--batch-size", "50", "--warmup-epochs", "1", "--ema", "0.9",
+                     "--eval-precision", eval_precision]);
+        vit(&args);
+        run
+    };
+    let (fp32, bf16) = (train_with("fp32"), train_with("bf16"));
+    let (header, fp32_rows) = read_metrics(&fp32);
+    let (_, bf16_rows) = read_metrics(&bf16);
+    let column = |name: &str| header.iter().position(|c| c == name).unwrap();
+    assert_eq!(fp32_rows.len(), 2);
+    for (fp32_row, bf16_row) in fp32_rows.iter().zip(&bf16_rows) {
+        let train_loss = column("train_loss");
+        assert_eq!(fp32_row[train_loss], bf16_row[train_loss]);
+        for loss in [column("test_loss"), column("ema_test_loss")] {
+            let (fp32_loss, bf16_loss): (f64, f64) = (
+                fp32_row[loss].parse().unwrap(),
+                bf16_row[loss].parse().unwrap(),
+            );
+            // An exact match would mean the pass never ran in bf16.
+            assert_ne!(fp32_loss, bf16_loss, "{}", header[loss]);
+            let relative = (fp32_loss - bf16_loss).abs() / fp32_loss;
+            assert!(
+                relative < 2e-2,
+                "{} off by {relative:.3} in bf16",
+                header[loss]
+            );
+        }
+    }
+    for name in ["last_model.safetensors", "last_ema_model.safetensors"] {
+        let read = |run: &Path| std::fs::read(run.join(name)).unwrap();
+        assert!(read(&fp32) == read(&bf16), "{name} differs");
+    }
+    let config = std::fs::read_to_string(bf16.join("config.json")).unwrap();
+    assert!(config.contains("\"eval_precision\": \"bf16\""), "{config}");
 }
 
 #[test]

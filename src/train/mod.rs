@@ -51,6 +51,9 @@ pub struct TrainSettings {
     pub recipe: Recipe,
     pub regularization: Regularization,
     pub precision: Precision,
+    /// Of the test passes after each epoch (runs saved before the flag tested in fp32).
+    #[serde(default)]
+    pub eval_precision: Precision,
 }
 
 /// The loss the model is trained on: cross-entropy with label smoothing.
@@ -340,6 +343,7 @@ fn settings_and_dataset(args: &TrainArgs) -> Result<(TrainSettings, Dataset)> {
         recipe: args.recipe,
         regularization: Regularization::from_args(args)?,
         precision: args.precision,
+        eval_precision: args.eval_precision,
     };
     Ok((settings, dataset))
 }
@@ -665,13 +669,15 @@ impl<'a> Trainer<'a> {
         ensure_finite("training loss", train_loss, epoch + 1, &self.run)?;
         let train_seconds = progress.seconds + started.elapsed().as_secs_f64();
         let eval_batch = self.settings.batch_size.max(256);
-        let evaluation = evaluate(&self.model, &self.test_split, eval_batch);
+        let test = |model| {
+            autocast(self.settings.eval_precision, self.options.device, || {
+                evaluate(model, &self.test_split, eval_batch)
+            })
+        };
+        let evaluation = test(&self.model);
         // Weights the last step sent to infinity show only here; they are not saved.
         ensure_finite("test loss", evaluation.loss, epoch + 1, &self.run)?;
-        let ema_evaluation = self
-            .ema
-            .as_ref()
-            .map(|ema| evaluate(&ema.model, &self.test_split, eval_batch));
+        let ema_evaluation = self.ema.as_ref().map(|ema| test(&ema.model));
         let row = EpochMetrics {
             epoch: epoch + 1,
             lr,
