@@ -75,9 +75,10 @@ EXTRA_S=${EXTRA_S:-0}
 # --mix-off-epoch, of the epochs it plans); empty: every epoch, as the strong recipe does.
 # PHASES=resume takes the flag from the resumed run's command instead.
 MIX_OFF_PERCENT=${MIX_OFF_PERCENT:-}
-# The strong runs' per-epoch test passes (vit's --eval-precision): bf16 takes about 0.3 s
-# off the H200's 2.0 s strong epoch (two float32 passes of 10,000 images, estimated from
-# the first run's figures), for more epochs in the same time; fp32 as vit eval measures.
+# The strong runs' per-epoch test passes (vit's --eval-precision): bf16, for more epochs
+# in the same time (the two float32 passes and the rest of an H200 strong epoch's end took
+# 0.36 s of its 1.93 s; what bf16 saves is not measured yet); fp32 as vit eval measures.
+# PHASES=resume takes the flag from the resumed run's command instead.
 EVAL_PRECISION=${EVAL_PRECISION:-bf16}
 # Seconds of the budget the strong run leaves for its SIGINT, the SIGKILL after it, and
 # the last packing.
@@ -472,7 +473,7 @@ print(max(1, int((left + extra - starts * startup) / (epoch_s * 1.02))), f"{epoc
         mix_off=(--mix-off-epoch $((off > 0 ? off : 1)))
     fi
     echo "$run: $epochs epochs in the ${left} s left and ${EXTRA_S} s of a resumed call" \
-        "($TIMING: ${epoch_s} s an epoch, ${startup} s to start)${STRONG_FLAGS:+ $STRONG_FLAGS}${mix_off[*]:+ ${mix_off[*]}}" \
+        "($TIMING: ${epoch_s} s an epoch, ${startup} s to start) ${STRONG[*]}${STRONG_FLAGS:+ $STRONG_FLAGS}${mix_off[*]:+ ${mix_off[*]}}" \
         | tee -a "$WORK/strong-plan.txt"
     local command=("${TRAIN[@]}" --out "$WORK/$run" "${STRONG[@]}" --epochs "$epochs"
         --warmup-epochs $((epochs / 30 + 1)) $STRONG_FLAGS "${mix_off[@]}")

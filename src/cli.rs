@@ -347,8 +347,8 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: Precision,
     /// Precision of the per-epoch test passes: fp32 measures what `vit eval` measures;
-    /// bf16 (autocast, as timm validates under --amp) is faster on a GPU, and its
-    /// accuracies can differ from fp32's by a few images.
+    /// bf16 (autocast, as timm validates under --amp) should be faster on a GPU, and its
+    /// accuracies can differ from fp32's by rounding.
     #[arg(long, value_enum, default_value = "fp32")]
     pub eval_precision: Precision,
     /// Replay each training step, its batch's augmentation included, as a CUDA graph after

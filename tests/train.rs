@@ -511,11 +511,14 @@ fn resume_follows_the_images_not_their_folder() {
         "{stderr}"
     );
 
-    // config.json of an earlier version: no record of the images, so the folder counts.
+    // config.json of an earlier version: no record of the images, so the folder counts;
+    // no --eval-precision either, so the test passes were fp32.
     let config_path = run.join("config.json");
     let mut config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
     config.as_object_mut().unwrap().remove("data");
+    let settings = config["settings"].as_object_mut().unwrap();
+    assert!(settings.remove("eval_precision").is_some(), "{settings:?}");
     std::fs::write(&config_path, config.to_string()).unwrap();
     let original = {
         let _turn = seeded(0);
@@ -757,6 +760,8 @@ fn resume_with_changed_settings_is_refused() {
     let mut changed = tiny_settings(1, 600);
     changed.lr = 1e-2;
     changed.model.embed_dim = 64;
+    // Another precision of the test passes: its metrics and best model would mix two.
+    changed.eval_precision = Precision::Bf16;
     let flag = AtomicBool::new(false);
     let error = train::train(&changed, &dataset, &options(&run, true, &flag))
         .err()
@@ -769,14 +774,15 @@ fn resume_with_changed_settings_is_refused() {
         "{error}"
     );
     assert_eq!(
-        lines[1..3],
+        lines[1..4],
         [
+            "  eval_precision: saved \"fp32\", given \"bf16\"",
             "  lr: saved 0.003, given 0.01",
             "  model.embed_dim: saved 32, given 64"
         ]
     );
     assert!(
-        lines[3].starts_with("Resume with the same flags"),
+        lines[4].starts_with("Resume with the same flags"),
         "{error}"
     );
 }

@@ -461,9 +461,9 @@ fn check_same_run(
     if saved.settings != given {
         bail!(
             "cannot resume {}: the settings differ from the saved run's:\n  {}\n\
-             Resume with the same flags (the learning-rate schedule, the shuffles and \
-             the augmentations all follow from them; --epochs included), or start a \
-             new run with another --out",
+             Resume with the same flags (the learning-rate schedule, the shuffles, \
+             the augmentations and the metrics all follow from them; --epochs included), \
+             or start a new run with another --out",
             dir.display(),
             differences(
                 "",
