@@ -410,6 +410,10 @@ pub struct EvalArgs {
     pub device: DeviceArgs,
     #[arg(long, default_value_t = 500)]
     pub batch_size: i64,
+    /// bf16: the pass under bf16 autocast, as `vit train --eval-precision bf16` tests (its
+    /// figures exactly with its batch: --batch-size 256, or the training batch if larger).
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: Precision,
     /// Folder for the confusion matrix (default: beside the checkpoint, as
     /// CHECKPOINT.confusion_matrix.csv; in another folder, FOLDER.CHECKPOINT.confusion_matrix.csv,
     /// FOLDER being the checkpoint's).

@@ -152,7 +152,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         anyhow!("{e:#}; the confusion matrix goes there: pass --out DIR to write it elsewhere")
     })?;
     let test = dataset.test.to_device(device);
-    let evaluation = evaluate(&loaded.model, &test, args.batch_size);
+    let evaluation = crate::train::autocast(args.precision, device, || {
+        evaluate(&loaded.model, &test, args.batch_size)
+    });
 
     let name = report_name(&args.checkpoint, args.out.as_deref());
     let csv_path = out_dir.join(format!("{name}.confusion_matrix.csv"));

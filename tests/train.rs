@@ -955,6 +955,24 @@ fn eval_precision_changes_only_the_test_passes() {
     }
     let config = std::fs::read_to_string(bf16.join("config.json")).unwrap();
     assert!(config.contains("\"eval_precision\": \"bf16\""), "{config}");
+    // vit eval repeats either pass's last test loss, given its precision and batch.
+    let last = |rows: &[Vec<String>]| -> f64 { rows[1][column("test_loss")].parse().unwrap() };
+    for (run, precision, expected) in [
+        (&fp32, "fp32", last(&fp32_rows)),
+        (&bf16, "bf16", last(&bf16_rows)),
+    ] {
+        let checkpoint = run.join("last_model.safetensors");
+        #[rustfmt::skip]
+        let output = vit(&["eval", "--checkpoint", checkpoint.to_str().unwrap(), "--data-dir", data,
+                           "--device", "cpu", "--batch-size", "256", "--precision", precision,
+                           "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let loss = report["loss"].as_f64().unwrap();
+        assert!(
+            (loss - expected).abs() < 1e-12,
+            "{precision}: {loss} against {expected}"
+        );
+    }
 }
 
 #[test]
