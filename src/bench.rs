@@ -4,7 +4,7 @@
 //! backward, gradient clipping, AdamW) and per evaluation batch, on random inputs, so the
 //! figures compare directly with the same model run in PyTorch (bench/compare.py).
 
-use crate::cli::{AdamWKernel, BenchArgs};
+use crate::cli::{AdamWKernel, BenchArgs, CudaGraphScope};
 use crate::ffi;
 use crate::model::{ViTConfig, VisionTransformer};
 use crate::optim::AdamW;
@@ -134,7 +134,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     optimizer.fused = args.adamw == AdamWKernel::Fused;
     let mut cuda_graph = args
         .cuda_graph
-        .then(|| CudaGraphSteps::new(device, args.batch_size))
+        .then(|| CudaGraphSteps::new(device, args.batch_size, CudaGraphScope::Step))
         .transpose()?;
     let shape = [
         args.batch_size,

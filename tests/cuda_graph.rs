@@ -6,7 +6,7 @@ mod common;
 
 use common::{fixture, load_params, max_abs_error, seeded, vit_fails};
 use tch::{nn, Device, Kind, Tensor};
-use vit_tch::cli::Precision;
+use vit_tch::cli::{CudaGraphScope, Precision};
 use vit_tch::data::augment::Policy;
 use vit_tch::model::{ViTConfig, VisionTransformer};
 use vit_tch::optim::AdamW;
@@ -102,7 +102,9 @@ fn the_captured_update_is_the_ordinary_step() {
 
 #[test]
 fn cuda_graphs_are_refused_off_cuda() {
-    let error = CudaGraphSteps::new(Device::Cpu, 2).err().unwrap();
+    let error = CudaGraphSteps::new(Device::Cpu, 2, CudaGraphScope::Batch)
+        .err()
+        .unwrap();
     assert!(
         error
             .to_string()
@@ -236,11 +238,14 @@ fn graph_steps_follow_eager_steps(
     let (graph_vs, mut graph_model, mut graphed) = fixture_model(device);
     eager_model.set_drop_path_rate(drop_path);
     graph_model.set_drop_path_rate(drop_path);
-    let mut graph = CudaGraphSteps::new(device, inputs.images.size()[0]).unwrap();
+    let scope = match prepare_in_graph {
+        true => CudaGraphScope::Batch,
+        false => CudaGraphScope::Step,
+    };
+    let mut graph = CudaGraphSteps::new(device, inputs.images.size()[0], scope).unwrap();
     for (phase, prepare) in prepares.iter().enumerate() {
-        if prepare_in_graph {
-            graph.start_over();
-        }
+        // As the trainer at --mix-off-epoch: the step scope's graph stays as it is.
+        graph.start_over();
         for step in 0..6 {
             let inputs = if step == 4 { &smaller } else { inputs };
             let lr = 1e-3 * (step + 1) as f64;
@@ -249,15 +254,9 @@ fn graph_steps_follow_eager_steps(
             tch::manual_seed(100 + step);
             let expected = train_step(&eager_model, &mut eager, &prepare(inputs), lr, OPTIONS);
             tch::manual_seed(100 + step);
-            let actual = match prepare_in_graph {
-                true => graph.step(&graph_model, &mut graphed, inputs, *prepare, lr, OPTIONS),
-                false => {
-                    let batch = prepare(inputs);
-                    let same = TrainBatch::shallow_clone;
-                    graph.step(&graph_model, &mut graphed, &batch, &same, lr, OPTIONS)
-                }
-            }
-            .unwrap();
+            let actual = graph
+                .step(&graph_model, &mut graphed, inputs, *prepare, lr, OPTIONS)
+                .unwrap();
             let loss_error = max_abs_error(&actual.loss, &expected.loss);
             assert!(loss_error < 1e-4, "{case}: loss off by {loss_error}");
             assert_eq!(

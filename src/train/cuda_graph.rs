@@ -14,6 +14,7 @@
 //! one draws what it draws. A smaller batch (an epoch's last) runs eagerly.
 
 use super::{forward_backward_update, train_step, StepOptions, StepOutput, TrainBatch};
+use crate::cli::CudaGraphScope;
 use crate::ffi::{self, CudaGraph};
 use crate::model::VisionTransformer;
 use crate::optim::AdamW;
@@ -23,6 +24,8 @@ use tch::{Device, Kind, Tensor};
 /// Training steps through a CUDA graph, once warmed up and captured. Every call must pass
 /// the same model, optimizer and step options: the graph replays the step it captured.
 pub struct CudaGraphSteps {
+    /// Whether the graph takes in each step's `prepare` or its result.
+    scope: CudaGraphScope,
     /// The images of a full batch: the batch shape the graph is captured for.
     batch_size: i64,
     warmup_steps_left: usize,
@@ -33,32 +36,32 @@ impl CudaGraphSteps {
     /// Eager steps before the capture.
     pub const WARMUP_STEPS: usize = 3;
 
-    /// Steps on `device` whose full batches hold `batch_size` images; nothing is captured
-    /// yet. Fails unless `device` has CUDA graphs, saying what to do.
-    pub fn new(device: Device, batch_size: i64) -> Result<Self> {
+    /// Steps on `device` whose full batches hold `batch_size` images, recording `scope`;
+    /// nothing is captured yet. Fails unless `device` has CUDA graphs, saying what to do.
+    pub fn new(device: Device, batch_size: i64, scope: CudaGraphScope) -> Result<Self> {
         ensure!(
             device.is_cuda(),
             "--cuda-graph needs a CUDA device (--device cuda), and this run's device is {}",
             crate::cli::device_name(device)
         );
         Ok(Self {
+            scope,
             batch_size,
             warmup_steps_left: Self::WARMUP_STEPS,
             captured: None,
         })
     }
 
-    /// One training step, as `train_step` on `prepare(inputs)`: eager on a side stream
-    /// while warming up, then captured (at the first full batch after the warm-up), what
-    /// `prepare` does included (the augmentation, or `TrainBatch::shallow_clone` of a batch
-    /// augmented already), and replayed. `prepare` must compute the same
-    /// thing at every call (the graph replays what it did at the capture; see
-    /// [`Self::start_over`]) and must not wait for the device. The optimizer must run the
-    /// fused AdamW kernel (its default), which reads the learning rate on the device. A
-    /// failed capture leaves libtorch's CUDA state unusable for the rest of the process:
-    /// the error says to run again with --cuda-graph=step or without a graph. The outputs of
-    /// a replayed step
-    /// are the graph's own, valid until the next step.
+    /// One training step, as `train_step` on `prepare(inputs)` (the augmentation): eager on
+    /// a side stream while warming up, then captured (at the first full batch after the
+    /// warm-up) and replayed. With the batch scope the graph takes in `prepare`, which must
+    /// then compute the same thing at every call (the graph replays what it did at the
+    /// capture; see [`Self::start_over`]) and must not wait for the device; with the step
+    /// scope `prepare` runs eagerly and the graph takes in its result. The optimizer must
+    /// run the fused AdamW kernel (its default), which reads the learning rate on the
+    /// device. A failed capture leaves libtorch's CUDA state unusable for the rest of the
+    /// process: the error says to run again with --cuda-graph=step or without a graph. The
+    /// outputs of a replayed step are the graph's own, valid until the next step.
     pub fn step(
         &mut self,
         model: &VisionTransformer,
@@ -68,6 +71,15 @@ impl CudaGraphSteps {
         lr: f64,
         options: StepOptions,
     ) -> Result<StepOutput> {
+        // From here on, `inputs` are what the graph takes in and `prepare` what it records.
+        let prepared;
+        let (inputs, prepare): (_, &dyn Fn(&TrainBatch) -> TrainBatch) = match self.scope {
+            CudaGraphScope::Batch => (inputs, prepare),
+            CudaGraphScope::Step => {
+                prepared = prepare(inputs);
+                (&prepared, &TrainBatch::shallow_clone)
+            }
+        };
         ensure!(
             optimizer.fused,
             "--cuda-graph needs the fused AdamW kernel (--adamw fused): a graph replays its \
@@ -96,12 +108,15 @@ impl CudaGraphSteps {
         captured.replay(optimizer, inputs, lr)
     }
 
-    /// Drops the captured step, for a `prepare` that computes something else from now on
-    /// (the batches after `--mix-off-epoch` are no longer mixed): the next steps warm up
-    /// and capture again.
+    /// For a `prepare` that computes something else from now on (the batches after
+    /// `--mix-off-epoch` are no longer mixed): with the batch scope, drops the captured
+    /// step, and the next steps warm up and capture again; the step scope's graph never
+    /// held `prepare` and keeps its capture.
     pub fn start_over(&mut self) {
-        self.captured = None;
-        self.warmup_steps_left = Self::WARMUP_STEPS;
+        if self.scope == CudaGraphScope::Batch {
+            self.captured = None;
+            self.warmup_steps_left = Self::WARMUP_STEPS;
+        }
     }
 }
 

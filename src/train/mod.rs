@@ -414,8 +414,8 @@ struct Trainer<'a> {
     vs: nn::VarStore,
     model: VisionTransformer,
     optimizer: AdamW,
-    /// With `--cuda-graph`: the steps replayed as a graph, and what the graph records.
-    cuda_graph: Option<(CudaGraphScope, CudaGraphSteps)>,
+    /// With `--cuda-graph`: the steps replayed as a graph.
+    cuda_graph: Option<CudaGraphSteps>,
     ema: Option<Ema>,
     train_split: Split,
     test_split: Split,
@@ -457,7 +457,7 @@ impl<'a> Trainer<'a> {
         );
         let cuda_graph = options
             .cuda_graph
-            .map(|scope| CudaGraphSteps::new(device, full_batch).map(|steps| (scope, steps)))
+            .map(|scope| CudaGraphSteps::new(device, full_batch, scope))
             .transpose()?;
         let run = RunFolder::open(
             options.out,
@@ -579,7 +579,7 @@ impl<'a> Trainer<'a> {
         // A graph replays the augmentation it captured, which changes at --mix-off-epoch.
         let regularization = &settings.regularization;
         if epoch > 0 && regularization.mixes_in(epoch) != regularization.mixes_in(epoch - 1) {
-            if let Some((CudaGraphScope::Batch, graph)) = &mut self.cuda_graph {
+            if let Some(graph) = &mut self.cuda_graph {
                 graph.start_over();
             }
         }
@@ -614,14 +614,7 @@ impl<'a> Trainer<'a> {
             lr = learning_rate(settings.lr, global_step, warmup_steps, total_steps);
             let (model, optimizer) = (&self.model, &mut self.optimizer);
             let output = match &mut self.cuda_graph {
-                Some((CudaGraphScope::Batch, graph)) => {
-                    graph.step(model, optimizer, &inputs, &augment, lr, step_options)?
-                }
-                Some((CudaGraphScope::Step, graph)) => {
-                    let batch = augment(&inputs);
-                    let same = TrainBatch::shallow_clone;
-                    graph.step(model, optimizer, &batch, &same, lr, step_options)?
-                }
+                Some(graph) => graph.step(model, optimizer, &inputs, &augment, lr, step_options)?,
                 None => train_step(model, optimizer, &augment(&inputs), lr, step_options),
             };
             if let Some(ema) = &mut self.ema {
