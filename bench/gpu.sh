@@ -40,7 +40,10 @@
 # --resume` for its own BUDGET_S. A machine that went back in between has lost $WORK: the
 # resume call then stops at once, and the first call's files are all there is.
 # EPOCHS=N fixes the strong run's epochs instead; MIX_OFF_PERCENT=P (1 to 99) stops its
-# MixUp and CutMix after P% of them (vit's --mix-off-epoch).
+# MixUp and CutMix after P% of them (vit's --mix-off-epoch). BATCH_SIZE (default 256) is
+# every training run's batch; STRONG_ARGS adds `vit train` flags to the strong runs (the
+# timing epochs and the run), for example "--mix-prob 0.5 --mixup 1.0"; the training
+# command is checked with them before anything runs.
 #
 # The device tool brings back at most 8 files of $OUT, 16 MiB each, so $OUT gets
 # results.tar.gz (all of $WORK but the checkpoints), the strong run's best models
@@ -71,6 +74,9 @@ BENCH_ARGS=${BENCH_ARGS:---batch-size 256 --steps 100 --warmup 20 --repeats 2}
 GRAPH_FLAG=${GRAPH_FLAG---cuda-graph}
 PHASES=${PHASES:-tests compare epoch strong}
 EXTRA_S=${EXTRA_S:-0}
+BATCH_SIZE=${BATCH_SIZE:-256}
+# Split into words as typed (no quoting inside): `vit train` flags and their values.
+read -r -d '' -a strong_args <<<"${STRONG_ARGS:-}" || true
 # The strong run mixes only in its first MIX_OFF_PERCENT percent of epochs (vit's
 # --mix-off-epoch, of the epochs it plans); empty: every epoch, as the strong recipe does.
 # PHASES=resume takes the flag from the resumed run's command instead.
@@ -99,6 +105,7 @@ for phase in $PHASES; do
     esac
 done
 [[ $EXTRA_S =~ ^[0-9]+$ ]] || { echo "EXTRA_S must be a whole number of seconds, not '$EXTRA_S'" >&2; exit 2; }
+[[ $BATCH_SIZE =~ ^[1-9][0-9]*$ ]] || { echo "BATCH_SIZE must be a positive whole number, not '$BATCH_SIZE'" >&2; exit 2; }
 [[ $EVAL_PRECISION =~ ^(fp32|bf16)$ ]] \
     || { echo "EVAL_PRECISION must be fp32 or bf16, not '$EVAL_PRECISION'" >&2; exit 2; }
 [[ -z $MIX_OFF_PERCENT || $MIX_OFF_PERCENT =~ ^([1-9]|[1-9][0-9])$ ]] \
@@ -234,6 +241,18 @@ export LD_LIBRARY_PATH="$LIBTORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 # The carry may lose the execute bits.
 chmod +x "$VIT" .device/tests/* .device/cifar10-jpeg-to-bin 2>/dev/null || true
+
+# Every training run of this script: CIFAR-10, the training batch, the subset.
+TRAIN=("$VIT" train --dataset cifar10 --data-dir data --device "$DEVICE"
+    --precision "$PRECISION" --batch-size "$BATCH_SIZE" --train-subset "$SUBSET")
+STRONG=(--recipe strong --eval-precision "$EVAL_PRECISION" "${strong_args[@]}")
+# A flag vit does not know, or given twice, would fail every strong run after the device
+# time of the phases before them: vit parses the command first (--help stops it there).
+if wanted strong && ! "${TRAIN[@]}" "${STRONG[@]}" --help >/dev/null 2>"$WORK/strong-args.txt"; then
+    { echo "STRONG_ARGS: vit train refuses the strong command:"; cat "$WORK/strong-args.txt"; } \
+        | tee -a "$WORK/failures.txt" >&2
+    exit 2
+fi
 # A resumed call runs on the machine of the first, whose info.txt is there.
 wanted resume || {
     "$VIT" info || echo "vit info failed: status $?"
@@ -326,10 +345,6 @@ fi
 # Two epochs: the first includes CUDA/cuDNN warm-up, the second is the steady-state
 # epoch time (training on all images plus the 10,000-image evaluation). Then the same
 # with the graph ($GRAPH_FLAG), whose losses should match the eager run's closely.
-# Every training run of this script: CIFAR-10, the training batch, the subset.
-TRAIN=("$VIT" train --dataset cifar10 --data-dir data --device "$DEVICE"
-    --precision "$PRECISION" --batch-size 256 --train-subset "$SUBSET")
-STRONG=(--recipe strong --eval-precision "$EVAL_PRECISION")
 train() {
     local run=$1 limit=$2
     shift 2
@@ -473,7 +488,7 @@ print(max(1, int((left + extra - starts * startup) / (epoch_s * 1.02))), f"{epoc
         mix_off=(--mix-off-epoch $((off > 0 ? off : 1)))
     fi
     echo "$run: $epochs epochs in the ${left} s left and ${EXTRA_S} s of a resumed call" \
-        "($TIMING: ${epoch_s} s an epoch, ${startup} s to start) ${STRONG[*]}${STRONG_FLAGS:+ $STRONG_FLAGS}${mix_off[*]:+ ${mix_off[*]}}" \
+        "($TIMING: ${epoch_s} s an epoch, ${startup} s to start) --batch-size $BATCH_SIZE ${STRONG[*]}${STRONG_FLAGS:+ $STRONG_FLAGS}${mix_off[*]:+ ${mix_off[*]}}" \
         | tee -a "$WORK/strong-plan.txt"
     local command=("${TRAIN[@]}" --out "$WORK/$run" "${STRONG[@]}" --epochs "$epochs"
         --warmup-epochs $((epochs / 30 + 1)) $STRONG_FLAGS "${mix_off[@]}")
