@@ -493,7 +493,8 @@ pub struct PlotArgs {
     /// Run folders (each with metrics.csv).
     #[arg(required = true)]
     pub runs: Vec<PathBuf>,
-    /// Output PNG; an SVG is written beside it.
+    /// Output PNG; an SVG is written beside it (NAME.svg: one there that is not curves vit
+    /// drew is kept, and the plot refused).
     #[arg(short, long, default_value = "curves.png")]
     pub output: PathBuf,
 }

@@ -217,6 +217,44 @@ fn pictures_are_written_only_as_png() {
     }
 }
 
+/// `-o NAME.png` also writes NAME.svg: an SVG of the user's there (or a folder) is kept,
+/// and refused by name; one vit drew is replaced, as a second `vit plot` does.
+#[test]
+fn an_svg_beside_the_png_that_vit_did_not_draw_is_kept() {
+    let dir = TempDir::new("svg-kept");
+    write_metrics(&dir.join("run"), 3, 1.0);
+    let output = dir.join("curves.png");
+    let args = PlotArgs {
+        runs: vec![dir.join("run")],
+        output: output.clone(),
+    };
+    let svg = dir.join("curves.svg");
+    let drawing = "<svg xmlns=\"http://www.w3.org/2000/svg\"><circle r=\"4\"/></svg>\n";
+    for theirs in [drawing, ""] {
+        std::fs::write(&svg, theirs).unwrap();
+        let err = format!("{:#}", plot::run(&args).unwrap_err());
+        assert!(
+            err.contains("curves.svg is already there") && err.contains("another PNG with -o"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&svg).unwrap(), theirs);
+        assert!(!output.exists(), "nothing is drawn when the SVG is refused");
+    }
+
+    std::fs::remove_file(&svg).unwrap();
+    plot::run(&args).unwrap();
+    let first = std::fs::read_to_string(&svg).unwrap();
+    write_metrics(&dir.join("run"), 5, 1.0);
+    plot::run(&args).unwrap();
+    let second = std::fs::read_to_string(&svg).unwrap();
+    assert_ne!(first, second, "vit's own SVG is redrawn with the new epochs");
+
+    std::fs::remove_file(&svg).unwrap();
+    std::fs::create_dir(&svg).unwrap();
+    let err = format!("{:#}", plot::run(&args).unwrap_err());
+    assert!(err.contains("cannot read it"), "{err}");
+}
+
 #[test]
 fn confusion_matrix_for_3_10_and_100_classes() {
     let dir = TempDir::new("confusion");

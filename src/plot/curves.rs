@@ -6,6 +6,7 @@ use crate::fsutil::same_file;
 use anyhow::{ensure, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Width and height of `curves.png` (and of its SVG), in pixels.
@@ -226,11 +227,40 @@ fn where_given(run: &Path) -> &Path {
 /// `vit plot RUN_DIR... [-o curves.png]`: the curves as PNG, with an SVG beside it.
 pub fn run(args: &PlotArgs) -> Result<()> {
     ensure_png_output(&args.output)?;
+    let svg = args.output.with_extension("svg");
+    ensure_replaceable_svg(&svg, &args.output)?;
     curves(&args.runs, &args.output)?;
-    println!(
-        "wrote {} and {}",
-        args.output.display(),
-        args.output.with_extension("svg").display()
+    println!("wrote {} and {}", args.output.display(), svg.display());
+    Ok(())
+}
+
+/// The SVG beside `-o NAME.png` is a file the user did not name: refuses to replace one
+/// that is not curves vit drew (whose first line is plotters' header at [`CURVES_SIZE`]).
+fn ensure_replaceable_svg(svg: &Path, png: &Path) -> Result<()> {
+    let (width, height) = CURVES_SIZE;
+    let header = format!(
+        r#"<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">"#
+    );
+    let existing = match std::fs::File::open(svg) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        opened => opened.and_then(|file| {
+            let mut start = Vec::new();
+            file.take(header.len() as u64 + 1).read_to_end(&mut start)?;
+            Ok(start)
+        }),
+    };
+    let drawn_by_vit = existing
+        .as_ref()
+        .is_ok_and(|start| start.strip_suffix(b"\n") == Some(header.as_bytes()));
+    ensure!(
+        drawn_by_vit,
+        "{} is already there{}, and is not curves vit drew: vit plot writes its SVG beside {} \
+         and would replace it. Move that file away, or name another PNG with -o",
+        svg.display(),
+        existing
+            .err()
+            .map_or(String::new(), |e| format!(" (cannot read it: {e})")),
+        png.display()
     );
     Ok(())
 }
