@@ -27,7 +27,32 @@ pub fn ensure_writable_folder(dir: &Path) -> Result<()> {
     let probe = temporary_sibling(&shown.join("write-check"));
     std::fs::write(&probe, b"")
         .and_then(|()| std::fs::remove_file(&probe))
-        .with_context(|| format!("cannot write to {}", shown.display()))
+        .map_err(|error| unwritable(error, format!("cannot write to {}", shown.display())))
+}
+
+/// `error`, from a folder that did not take a file, under `failed` ("cannot write to
+/// DIR") and why, from the OS error in its chain: a full disk, a used-up quota or a
+/// read-only file system by name, so that none of them reads as a matter of permissions.
+pub fn unwritable(error: impl Into<anyhow::Error>, failed: String) -> anyhow::Error {
+    use std::io::ErrorKind;
+    let error = error.into();
+    let kind = error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind);
+    let why = match kind {
+        Some(ErrorKind::StorageFull) => {
+            ": the disk is full; free some space on it, or choose a folder on another disk"
+        }
+        Some(ErrorKind::QuotaExceeded) => {
+            ": your disk quota is used up; free some space, or choose a folder on another disk"
+        }
+        Some(ErrorKind::ReadOnlyFilesystem) => {
+            ": its file system is read-only; choose a folder on another one"
+        }
+        _ => " (is it writable?)",
+    };
+    error.context(format!("{failed}{why}"))
 }
 
 /// Creates the folder `dir` and the folders above it that are missing, with an error that
@@ -45,8 +70,7 @@ pub fn create_folder(dir: &Path) -> Result<()> {
                 dir.display(),
                 file.display()
             ),
-            None => anyhow::Error::new(error)
-                .context(format!("cannot create {} (is it writable?)", dir.display())),
+            None => unwritable(error, format!("cannot create {}", dir.display())),
         }
     })
 }
@@ -185,5 +209,36 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
     match (std::fs::metadata(a), std::fs::metadata(b)) {
         (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unwritable;
+    use anyhow::Context;
+
+    /// The OS errors a folder gives when it takes no more files (Linux's numbers), as
+    /// `write_atomic` passes them on: each is named, and only the others ask about
+    /// permissions.
+    #[test]
+    fn a_full_disk_is_not_called_a_permissions_problem() {
+        for (errno, headline) in [
+            (28, "runs/a: the disk is full; free some space on it"),
+            (122, "runs/a: your disk quota is used up"),
+            (30, "runs/a: its file system is read-only"),
+            (13, "runs/a (is it writable?)"),
+        ] {
+            let write: anyhow::Result<()> = Err(std::io::Error::from_raw_os_error(errno))
+                .context("cannot write runs/a/config.json");
+            let message = format!(
+                "{:#}",
+                unwritable(write.unwrap_err(), "cannot write to runs/a".into())
+            );
+            assert!(
+                message.starts_with(&format!("cannot write to {headline}"))
+                    && message.contains(": cannot write runs/a/config.json: "),
+                "errno {errno}: {message}"
+            );
+        }
     }
 }

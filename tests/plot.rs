@@ -247,7 +247,10 @@ fn an_svg_beside_the_png_that_vit_did_not_draw_is_kept() {
     write_metrics(&dir.join("run"), 5, 1.0);
     plot::run(&args).unwrap();
     let second = std::fs::read_to_string(&svg).unwrap();
-    assert_ne!(first, second, "vit's own SVG is redrawn with the new epochs");
+    assert_ne!(
+        first, second,
+        "vit's own SVG is redrawn with the new epochs"
+    );
 
     std::fs::remove_file(&svg).unwrap();
     std::fs::create_dir(&svg).unwrap();

@@ -7,7 +7,8 @@ use crate::checkpoint::TensorFile;
 use crate::cli::device_name;
 use crate::data::DataIdentity;
 use crate::fsutil::{
-    create_folder, ensure_out_is_a_folder, remove_stale_temporaries, write_atomic, BackgroundWrites,
+    create_folder, ensure_out_is_a_folder, remove_stale_temporaries, unwritable, write_atomic,
+    BackgroundWrites,
 };
 use crate::optim::AdamW;
 use anyhow::{bail, ensure, Context, Result};
@@ -86,10 +87,7 @@ fn create_numbered_folder(base: &Path) -> Result<PathBuf> {
         match std::fs::create_dir(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => number += 1,
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot create {} (is it writable?)", dir.display()))
-            }
+            Err(e) => return Err(unwritable(e, format!("cannot create {}", dir.display()))),
         }
     }
 }
@@ -242,7 +240,12 @@ impl RunFolder {
             &config_path,
             serde_json::to_string_pretty(&record)?.as_bytes(),
         )
-        .with_context(|| format!("the run folder {} is not writable", run.dir.display()))?;
+        .map_err(|e| {
+            unwritable(
+                e,
+                format!("cannot write to the run folder {}", run.dir.display()),
+            )
+        })?;
         let metrics = run.path("metrics.csv");
         let mut writer = csv::Writer::from_path(&metrics)
             .with_context(|| format!("cannot write {}", metrics.display()))?;
@@ -611,7 +614,12 @@ impl RunLock {
             .create(true)
             .truncate(false)
             .open(&path)
-            .with_context(|| format!("the run folder {} is not writable", dir.display()))?;
+            .map_err(|e| {
+                unwritable(
+                    e,
+                    format!("cannot write to the run folder {}", dir.display()),
+                )
+            })?;
         match try_lock_for_a_moment(&file) {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
