@@ -42,8 +42,9 @@
 # EPOCHS=N fixes the strong run's epochs instead; MIX_OFF_PERCENT=P (1 to 99) stops its
 # MixUp and CutMix after P% of them (vit's --mix-off-epoch). BATCH_SIZE (default 256) is
 # every training run's batch; STRONG_ARGS adds `vit train` flags to the strong runs (the
-# timing epochs and the run), for example "--mix-prob 0.5 --mixup 1.0"; the training
-# command is checked with them before anything runs.
+# timing epochs and the run), for example "--mix-prob 0.5 --mixup 1.0": a flag the script
+# sets itself is refused at once, and the command goes through vit's argument parser
+# before the first phase (vit's own checks of the values come when the runs start).
 #
 # The device tool brings back at most 8 files of $OUT, 16 MiB each, so $OUT gets
 # results.tar.gz (all of $WORK but the checkpoints), the strong run's best models
@@ -106,6 +107,24 @@ for phase in $PHASES; do
 done
 [[ $EXTRA_S =~ ^[0-9]+$ ]] || { echo "EXTRA_S must be a whole number of seconds, not '$EXTRA_S'" >&2; exit 2; }
 [[ $BATCH_SIZE =~ ^[1-9][0-9]*$ ]] || { echo "BATCH_SIZE must be a positive whole number, not '$BATCH_SIZE'" >&2; exit 2; }
+# The flags this script sets itself: given again in STRONG_ARGS, vit would refuse every
+# strong run (a flag twice), after the device time of the phases before them.
+for word in "${strong_args[@]}"; do
+    case ${word%%=*} in
+        --batch-size) instead="BATCH_SIZE" ;;
+        --epochs) instead="EPOCHS" ;;
+        --mix-off-epoch) instead="MIX_OFF_PERCENT" ;;
+        --eval-precision) instead="EVAL_PRECISION" ;;
+        --precision) instead="PRECISION" ;;
+        --cuda-graph) instead="GRAPH_FLAG" ;;
+        --train-subset) instead="SUBSET" ;;
+        --device) instead="VIT_DEVICE" ;;
+        --warmup-epochs | --recipe | --dataset | --data-dir | --out | --resume) instead="" ;;
+        *) continue ;;
+    esac
+    echo "STRONG_ARGS: the script sets ${word%%=*} itself${instead:+ (set $instead instead)}" >&2
+    exit 2
+done
 [[ $EVAL_PRECISION =~ ^(fp32|bf16)$ ]] \
     || { echo "EVAL_PRECISION must be fp32 or bf16, not '$EVAL_PRECISION'" >&2; exit 2; }
 [[ -z $MIX_OFF_PERCENT || $MIX_OFF_PERCENT =~ ^([1-9]|[1-9][0-9])$ ]] \
@@ -246,13 +265,6 @@ chmod +x "$VIT" .device/tests/* .device/cifar10-jpeg-to-bin 2>/dev/null || true
 TRAIN=("$VIT" train --dataset cifar10 --data-dir data --device "$DEVICE"
     --precision "$PRECISION" --batch-size "$BATCH_SIZE" --train-subset "$SUBSET")
 STRONG=(--recipe strong --eval-precision "$EVAL_PRECISION" "${strong_args[@]}")
-# A flag vit does not know, or given twice, would fail every strong run after the device
-# time of the phases before them: vit parses the command first (--help stops it there).
-if wanted strong && ! "${TRAIN[@]}" "${STRONG[@]}" --help >/dev/null 2>"$WORK/strong-args.txt"; then
-    { echo "STRONG_ARGS: vit train refuses the strong command:"; cat "$WORK/strong-args.txt"; } \
-        | tee -a "$WORK/failures.txt" >&2
-    exit 2
-fi
 # A resumed call runs on the machine of the first, whose info.txt is there.
 wanted resume || {
     "$VIT" info || echo "vit info failed: status $?"
@@ -268,6 +280,24 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU", "timm"
 if ! wanted resume && [ "$DEVICE" != cpu ] && ! grep -q "CUDA available: true" "$WORK/info.txt"; then
     echo "vit sees no CUDA device (see info.txt): every GPU figure below is missing" \
         | tee -a "$WORK/failures.txt"
+fi
+# The strong runs' command as the timing run builds it, through vit's argument parser
+# (--help stops it there): a flag it does not know, or a value it cannot parse, in
+# STRONG_ARGS would fail every strong phase. Status 2 is the parser's refusal; another
+# is vit failing to start, which info.txt shows.
+if wanted strong; then
+    status=0
+    "${TRAIN[@]}" --out "$WORK/strong-check" "${STRONG[@]}" --epochs 2 --warmup-epochs 1 \
+        $GRAPH_FLAG ${MIX_OFF_PERCENT:+--mix-off-epoch 1} --help >/dev/null 2>"$WORK/strong-args.txt" \
+        || status=$?
+    if [ "$status" -eq 2 ]; then
+        { echo "STRONG_ARGS: vit train refuses the strong command:"; cat "$WORK/strong-args.txt"; } \
+            | tee -a "$WORK/failures.txt" >&2
+        exit 2
+    elif [ "$status" -ne 0 ]; then
+        echo "vit train --help failed (status $status; see info.txt)" | tee -a "$WORK/failures.txt"
+    fi
+    rm -f "$WORK/strong-args.txt"
 fi
 
 # The CIFAR-10 conversion (CPU only) runs beside the tests, which time nothing; it is

@@ -221,6 +221,7 @@ mod tests {
     /// `write_atomic` passes them on: each is named, and only the others ask about
     /// permissions.
     #[test]
+    #[cfg(target_os = "linux")]
     fn a_full_disk_is_not_called_a_permissions_problem() {
         for (errno, headline) in [
             (28, "runs/a: the disk is full; free some space on it"),

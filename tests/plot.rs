@@ -255,7 +255,22 @@ fn an_svg_beside_the_png_that_vit_did_not_draw_is_kept() {
     std::fs::remove_file(&svg).unwrap();
     std::fs::create_dir(&svg).unwrap();
     let err = format!("{:#}", plot::run(&args).unwrap_err());
-    assert!(err.contains("cannot read it"), "{err}");
+    assert!(err.contains("cannot check whether"), "{err}");
+    assert!(svg.is_dir());
+
+    // A file where the output's folder should be: no SVG can be there, and the PNG's
+    // writing names the file in the way.
+    let in_the_way = dir.join("a-file");
+    std::fs::write(&in_the_way, "the user's").unwrap();
+    let err = format!(
+        "{:#}",
+        plot::run(&PlotArgs {
+            runs: vec![dir.join("run")],
+            output: in_the_way.join("curves.png"),
+        })
+        .unwrap_err()
+    );
+    assert!(err.contains("a-file is a file, not a folder"), "{err}");
 }
 
 #[test]

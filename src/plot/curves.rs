@@ -3,7 +3,7 @@
 use super::{drawing, ensure_png_output, render_png, render_svg, FONT};
 use crate::cli::PlotArgs;
 use crate::fsutil::same_file;
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::io::Read;
@@ -237,29 +237,33 @@ pub fn run(args: &PlotArgs) -> Result<()> {
 /// The SVG beside `-o NAME.png` is a file the user did not name: refuses to replace one
 /// that is not curves vit drew (whose first line is plotters' header at [`CURVES_SIZE`]).
 fn ensure_replaceable_svg(svg: &Path, png: &Path) -> Result<()> {
+    use std::io::ErrorKind;
     let (width, height) = CURVES_SIZE;
     let header = format!(
         r#"<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">"#
     );
-    let existing = match std::fs::File::open(svg) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        opened => opened.and_then(|file| {
-            let mut start = Vec::new();
-            file.take(header.len() as u64 + 1).read_to_end(&mut start)?;
-            Ok(start)
-        }),
+    let start = match std::fs::File::open(svg).and_then(|file| {
+        let mut start = Vec::new();
+        file.take(header.len() as u64 + 1).read_to_end(&mut start)?;
+        Ok(start)
+    }) {
+        Ok(start) => start,
+        // Nothing there (a file in the folder's place is named when the PNG is written).
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+            return Ok(())
+        }
+        Err(e) => bail!(
+            "cannot check whether {} is curves vit drew, which vit plot would replace with \
+             the SVG beside {}: {e}. Move it away, or name another PNG with -o",
+            svg.display(),
+            png.display()
+        ),
     };
-    let drawn_by_vit = existing
-        .as_ref()
-        .is_ok_and(|start| start.strip_suffix(b"\n") == Some(header.as_bytes()));
     ensure!(
-        drawn_by_vit,
-        "{} is already there{}, and is not curves vit drew: vit plot writes its SVG beside {} \
+        start.strip_suffix(b"\n") == Some(header.as_bytes()),
+        "{} is already there, and is not curves vit drew: vit plot writes its SVG beside {} \
          and would replace it. Move that file away, or name another PNG with -o",
         svg.display(),
-        existing
-            .err()
-            .map_or(String::new(), |e| format!(" (cannot read it: {e})")),
         png.display()
     );
     Ok(())
