@@ -15,7 +15,8 @@ pub fn ensure_out_is_a_folder(dir: &Path) -> Result<()> {
 }
 
 /// Creates the `--out` folder `dir` if missing, and proves that files can be written there
-/// (permissions, a read-only disk) by writing and removing a temporary one.
+/// (permissions, a read-only or full disk) by writing and removing a temporary one of one
+/// disk block (an empty file takes no space, so it would pass on a full disk).
 pub fn ensure_writable_folder(dir: &Path) -> Result<()> {
     ensure_out_is_a_folder(dir)?;
     let shown = if dir.as_os_str().is_empty() {
@@ -25,9 +26,10 @@ pub fn ensure_writable_folder(dir: &Path) -> Result<()> {
     };
     create_folder(shown)?;
     let probe = temporary_sibling(&shown.join("write-check"));
-    std::fs::write(&probe, b"")
-        .and_then(|()| std::fs::remove_file(&probe))
-        .map_err(|error| unwritable(error, format!("cannot write to {}", shown.display())))
+    let written = std::fs::write(&probe, [0u8; 4096]);
+    // A write cut short by a full disk may still have created the file.
+    let _ = std::fs::remove_file(&probe);
+    written.map_err(|error| unwritable(error, format!("cannot write to {}", shown.display())))
 }
 
 /// `error`, from a folder that did not take a file, under `failed` ("cannot write to
