@@ -29,8 +29,8 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     let config = &loaded.model.config;
     let classes = checkpoint::class_names(&loaded.metadata, config.num_classes);
     let top_k = config.num_classes.min(5);
-    // A folder stands for the images under it; one that cannot be listed is named and
-    // skipped, as a file that cannot be read is.
+    // A folder stands for the images under it; one that cannot be listed (or a subfolder
+    // of it) is named and skipped, as a file that cannot be read is.
     let mut images = Vec::new();
     let mut unlisted = 0;
     for path in &args.images {
@@ -38,13 +38,17 @@ pub fn run(args: &PredictArgs) -> Result<()> {
             images.push(path.clone());
             continue;
         }
-        match folder::image_files_under(path) {
-            Ok(files) => images.extend(files),
-            Err(error) => {
-                eprintln!("skipped: {error:#}");
-                unlisted += 1;
+        let unreadable = match folder::image_files_under(path) {
+            Ok((files, unreadable)) => {
+                images.extend(files);
+                unreadable
             }
+            Err(error) => vec![error],
+        };
+        for error in &unreadable {
+            eprintln!("skipped: {error:#}");
         }
+        unlisted += unreadable.len();
     }
     // A file that cannot be read is named and skipped; the others are still classified.
     let mut skipped = 0;

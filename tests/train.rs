@@ -1391,6 +1391,24 @@ fn user_errors_say_what_to_do() {
         "{stderr}"
     );
     assert!(stderr.contains("1 folder(s) could not be read"), "{stderr}");
+
+    // A subfolder that cannot be read (here a link back up, which would loop) is named and
+    // skipped; the images beside it are still classified, and the status says one was not.
+    std::os::unix::fs::symlink("..", album.join("sub/up")).unwrap();
+    #[rustfmt::skip]
+    let output = common::run_vit(&["predict", "--checkpoint", checkpoint.to_str().unwrap(), "--device", "cpu", album.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        predicted_files(&output),
+        [in_album("b.png"), in_album("sub/a.PNG")]
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("skipped: {} is", in_album("sub/up")))
+            && stderr.contains("through a symbolic link")
+            && stderr.contains("1 folder(s) could not be read"),
+        "{stderr}"
+    );
 }
 
 /// The files `vit predict` classified, in the order of its output (each file's line is

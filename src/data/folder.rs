@@ -126,6 +126,10 @@ fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
     for class in &classes {
         let mut found = FolderImages::default();
         found.collect(&dir.join(class), &mut Vec::new())?;
+        // A dataset is read whole, or not at all.
+        if let Some(error) = found.unreadable.into_iter().next() {
+            return Err(error);
+        }
         if found.images.is_empty() {
             let other_formats = match found.other_images.as_slice() {
                 [] => String::new(),
@@ -162,12 +166,16 @@ struct FolderImages {
     images: Vec<PathBuf>,
     /// Images in formats vit does not read.
     other_images: Vec<PathBuf>,
+    /// The subfolders that could not be read (a loop of links, no permission), each an
+    /// error naming it; the images beside them are still found.
+    unreadable: Vec<anyhow::Error>,
 }
 
 impl FolderImages {
     /// Adds the files under `dir`, recursively. `ancestors` holds the folders above it, by
     /// (device, inode): a symbolic link back to one of them would repeat their images
-    /// (under one class's label, for a class folder) without end.
+    /// (under one class's label, for a class folder) without end. An error is `dir`'s own;
+    /// its subfolders' go to `unreadable`.
     fn collect(&mut self, dir: &Path, ancestors: &mut Vec<((u64, u64), PathBuf)>) -> Result<()> {
         let metadata =
             std::fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
@@ -180,11 +188,23 @@ impl FolderImages {
             );
         }
         ancestors.push((id, dir.to_path_buf()));
+        let listed = self.collect_entries(dir, ancestors);
+        ancestors.pop();
+        listed
+    }
+
+    fn collect_entries(
+        &mut self,
+        dir: &Path,
+        ancestors: &mut Vec<((u64, u64), PathBuf)>,
+    ) -> Result<()> {
         let list_error = || format!("cannot list {}", dir.display());
         for entry in std::fs::read_dir(dir).with_context(list_error)? {
             let path = entry.with_context(list_error)?.path();
             if path.is_dir() {
-                self.collect(&path, ancestors)?;
+                if let Err(error) = self.collect(&path, ancestors) {
+                    self.unreadable.push(error);
+                }
             } else if is_apple_double(&path) {
                 // macOS's metadata beside each file copied from its disks: never an image.
             } else if has_extension(&path, &EXTENSIONS) {
@@ -193,24 +213,25 @@ impl FolderImages {
                 self.other_images.push(path);
             }
         }
-        ancestors.pop();
         Ok(())
     }
 }
 
 /// The image files under `dir` (`vit predict DIR`), found as in a class folder and sorted
-/// by path; images in other formats are skipped with a note.
-pub fn image_files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+/// by path, and the subfolders that could not be read, each an error naming it (the images
+/// elsewhere in `dir` are still found); images in other formats are skipped with a note.
+/// An error is `dir`'s own, or that it holds no image at all.
+pub fn image_files_under(dir: &Path) -> Result<(Vec<PathBuf>, Vec<anyhow::Error>)> {
     let mut found = FolderImages::default();
     found.collect(dir, &mut Vec::new())?;
     note_skipped(dir, &found.other_images);
     ensure!(
-        !found.images.is_empty(),
+        !found.images.is_empty() || !found.unreadable.is_empty(),
         "{}: no .png, .jpg or .jpeg files in it or its subfolders",
         dir.display()
     );
     found.images.sort();
-    Ok(found.images)
+    Ok((found.images, found.unreadable))
 }
 
 /// Notes the images under `dir` in formats vit does not read, if any.
