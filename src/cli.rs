@@ -155,10 +155,13 @@ impl From<DownloadableDataset> for DatasetName {
     }
 }
 
+/// `--dataset` when not given: the notebook's CIFAR-100.
+pub const DEFAULT_DATASET: &str = "cifar100";
+
 /// Which dataset and where it lives.
 #[derive(Args, Debug, Clone)]
 pub struct DatasetArgs {
-    #[arg(long, value_enum, default_value = "cifar100")]
+    #[arg(long, value_enum, default_value = DEFAULT_DATASET)]
     pub dataset: DatasetName,
     #[arg(long, default_value = "data")]
     pub data_dir: PathBuf,

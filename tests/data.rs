@@ -138,6 +138,8 @@ fn cifar10_reads_back_exactly() {
     write_cifar10(&tmp.0);
     let ds = data::load(&args(DatasetName::Cifar10, &tmp.0, false), 32).unwrap();
     assert_eq!(ds.name, "cifar10");
+    let known_before = data::dataset_name(&args(DatasetName::Cifar10, &tmp.0, false));
+    assert_eq!(known_before, ds.name);
     assert_eq!(ds.classes, CIFAR10_CLASSES);
     assert_eq!(ds.train.images.size(), [15, 3, 32, 32]);
     assert_eq!(ds.train.images.kind(), Kind::Uint8);
@@ -184,6 +186,8 @@ fn cifar100_fine_and_coarse_labels() {
     write_cifar100(&tmp.0);
     let fine = data::load(&args(DatasetName::Cifar100, &tmp.0, false), 32).unwrap();
     assert_eq!(fine.name, "cifar100");
+    let known_before = data::dataset_name(&args(DatasetName::Cifar100, &tmp.0, false));
+    assert_eq!(known_before, fine.name);
     assert_eq!(fine.classes.len(), 100);
     assert_eq!(fine.classes[3], "fine3");
     assert_eq!(
@@ -204,6 +208,8 @@ fn cifar100_fine_and_coarse_labels() {
     );
     let coarse = data::load(&args(DatasetName::Cifar100, &tmp.0, true), 32).unwrap();
     assert_eq!(coarse.name, "cifar100-coarse");
+    let known_before = data::dataset_name(&args(DatasetName::Cifar100, &tmp.0, true));
+    assert_eq!(known_before, coarse.name);
     assert_eq!(coarse.classes.len(), 20);
     assert_eq!(coarse.classes[19], "coarse19");
     assert_eq!(
@@ -733,6 +739,8 @@ fn image_folder_reads_classes_in_name_order() {
 
     let ds = data::load(&args(DatasetName::Folder, &tmp.0, false), 8).unwrap();
     assert_eq!(ds.name, "folder");
+    let known_before = data::dataset_name(&args(DatasetName::Folder, &tmp.0, false));
+    assert_eq!(known_before, ds.name);
     assert_eq!(ds.classes, ["bird", "cat", "zebra"]);
     // The same folder without --dataset folder: the error says to pass it.
     let err = error_of(data::load(&args(DatasetName::Cifar100, &tmp.0, false), 32));

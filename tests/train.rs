@@ -356,7 +356,22 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         .output()
         .unwrap();
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--resume"));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("already holds a run that finished its 4 epoch(s); choose another --out"),
+        "{stderr}"
+    );
+
+    // A resume without the run's flags names the dataset before any data is read (the
+    // default CIFAR-100 is not there, and downloading it would not help).
+    let stderr = vit_fails(&["train", "--out", out, "--resume", "--device", "cpu"]);
+    assert!(
+        stderr.contains(
+            "it trained on cifar10, and this command reads cifar100 (the default without \
+             --dataset)"
+        ) && !stderr.contains("vit download"),
+        "{stderr}"
+    );
 
     // Resuming the finished run with the data folder spelled another way is accepted; a
     // run recorded on another device resumes with a note that the replay is not exact.

@@ -230,6 +230,17 @@ impl TestSet {
     }
 }
 
+/// The name that the dataset these flags choose records ([`Dataset::name`]), known before
+/// it is read: "cifar10", "cifar100", "cifar100-coarse" or "folder".
+pub fn dataset_name(args: &DatasetArgs) -> &'static str {
+    match (args.dataset, args.coarse_labels) {
+        (DatasetName::Cifar10, _) => "cifar10",
+        (DatasetName::Cifar100, false) => "cifar100",
+        (DatasetName::Cifar100, true) => "cifar100-coarse",
+        (DatasetName::Folder, _) => "folder",
+    }
+}
+
 /// Loads a dataset chosen by the CLI flags; `image_size` is used by folder datasets (CIFAR
 /// is 32x32; resizing is left to the transforms).
 pub fn load(args: &DatasetArgs, image_size: i64) -> Result<Dataset> {

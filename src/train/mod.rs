@@ -234,6 +234,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         !args.resume || args.out.is_some(),
         "--resume needs --out RUN_DIR: the run folder to continue"
     );
+    if args.resume {
+        run_folder::check_resumed_dataset(&out, data::dataset_name(&args.data))?;
+    }
     let (settings, dataset) = settings_and_dataset(args)?;
     let interrupted = interrupt::stop_on_interrupt()?;
     let options = RunOptions {

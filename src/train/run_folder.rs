@@ -443,6 +443,31 @@ impl RunFolder {
     }
 }
 
+/// Before `--resume` reads its data: refuses a run in `dir` that trained on another
+/// dataset than `dataset` (reading that one would fail first, or advise downloading it).
+/// Without a readable config.json there is nothing to compare here; opening the run
+/// says what is wrong.
+pub(super) fn check_resumed_dataset(dir: &Path, dataset: &str) -> Result<()> {
+    let Some(saved) = std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<RunConfig>(&text).ok())
+    else {
+        return Ok(());
+    };
+    let (trained, default) = (&saved.settings.dataset, crate::cli::DEFAULT_DATASET);
+    ensure!(
+        trained == dataset,
+        "cannot resume {}: it trained on {trained}, and this command reads {dataset}{}. \
+         Resume with the flags the run started with (its config.json records them)",
+        dir.display(),
+        match dataset == default {
+            true => " (the default without --dataset)".to_string(),
+            false => String::new(),
+        }
+    );
+    Ok(())
+}
+
 /// Fails unless `settings` and `data` are those of the run saved in `dir`, naming what
 /// differs. Where the run recorded its images, they are compared and the folder they are
 /// read from may have moved (with a note).
@@ -571,14 +596,22 @@ fn check_fresh(dir: &Path) -> Result<()> {
     if present.is_empty() {
         return Ok(());
     }
-    let is_vit_run = std::fs::read_to_string(dir.join("config.json"))
-        .is_ok_and(|text| serde_json::from_str::<RunConfig>(&text).is_ok());
+    let saved = std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<RunConfig>(&text).ok());
+    let Some(saved) = saved else {
+        bail!(
+            "{} holds {} that a new run would overwrite, and is not a vit run folder; \
+             choose another --out",
+            dir.display(),
+            present.join(", ")
+        );
+    };
+    let epochs = saved.settings.epochs;
     ensure!(
-        is_vit_run,
-        "{} holds {} that a new run would overwrite, and is not a vit run folder; \
-         choose another --out",
-        dir.display(),
-        present.join(", ")
+        metrics_rows(dir) < epochs,
+        "{} already holds a run that finished its {epochs} epoch(s); choose another --out",
+        dir.display()
     );
     ensure!(
         saved_results(dir).is_empty(),
