@@ -893,13 +893,33 @@ fn images_cut_short_or_too_large_are_refused() {
         ),
         // Cut short, then another whole JPEG after it (whose end marker is not this one's).
         ("appended.jpg", &[&jpeg[..scan + 500], &jpeg[..]].concat()),
+        // Cut inside its headers, where the decoder itself stops: the same message, on one
+        // line (not the decoder's, which said "Not enough bytes" twice, over three lines).
+        ("headers.jpg", &jpeg[..scan / 2]),
+        ("start.jpg", &jpeg[..4]),
     ] {
         let err = error_of(decode(name, bytes));
         assert!(
-            err.contains(name) && err.contains("ends before its image data"),
+            err.contains(name) && err.contains("ends before its image data") && !err.contains('\n'),
             "{err}"
         );
     }
+    // A file the decoder refuses for what it holds: its words, on one line, once.
+    // Its frame header (SOF) says 12 bits a sample, of a baseline JPEG.
+    let mut garbled = jpeg.clone();
+    let frame = jpeg
+        .windows(2)
+        .position(|pair| pair == [0xFF, 0xC0])
+        .unwrap();
+    garbled[frame + 4] = 12;
+    let err = error_of(decode("garbled.jpg", &garbled));
+    assert!(
+        err.starts_with("cannot decode")
+            && err.contains("garbled.jpg")
+            && err.matches("12 bits").count() == 1
+            && !err.contains('\n'),
+        "{err}"
+    );
 
     // A greyscale PNG of 20000x10000 (a 200 MB image from a header of a few bytes): only
     // its header is written, so only the header can be what refuses it.

@@ -23,27 +23,39 @@ pub fn decode_rgb(path: &Path) -> Result<image::RgbImage> {
         .take(16)
         .read_to_end(&mut bytes)
         .with_context(cannot_read)?;
-    let format = image::guess_format(&bytes).with_context(|| undecodable(path))?;
+    let format = image::guess_format(&bytes).map_err(|error| undecodable(path, error))?;
     file.read_to_end(&mut bytes).with_context(cannot_read)?;
     if format == image::ImageFormat::Png {
         return decode_png_rgb(path, &bytes);
     }
-    let reader = image::ImageReader::with_format(std::io::Cursor::new(bytes.as_slice()), format);
-    let decoder = reader.into_decoder().with_context(|| undecodable(path))?;
-    let (width, height) = decoder.dimensions();
-    check_size(path, width, height)?;
+    // Before its headers are read: a JPEG cut inside them fails there, in the decoder's
+    // words.
     if format == image::ImageFormat::Jpeg && !jpeg_is_complete(&bytes) {
         return Err(cut_short(path));
     }
-    let image = image::DynamicImage::from_decoder(decoder).with_context(|| undecodable(path))?;
+    let reader = image::ImageReader::with_format(std::io::Cursor::new(bytes.as_slice()), format);
+    let decoder = reader
+        .into_decoder()
+        .map_err(|error| undecodable(path, error))?;
+    let (width, height) = decoder.dimensions();
+    check_size(path, width, height)?;
+    let image =
+        image::DynamicImage::from_decoder(decoder).map_err(|error| undecodable(path, error))?;
     Ok(image.into_rgb8())
 }
 
-fn undecodable(path: &Path) -> String {
-    format!(
+/// A decoder's `error` about `path`, on one line: the decoders' messages may hold line
+/// breaks, and `image`'s repeat their cause after themselves.
+fn undecodable(path: &Path, error: impl std::fmt::Display) -> anyhow::Error {
+    let words: Vec<String> = error
+        .to_string()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    anyhow!("{}", words.join(" ")).context(format!(
         "cannot decode {} (vit reads PNG and JPEG): convert, replace or remove it",
         path.display()
-    )
+    ))
 }
 
 fn cut_short(path: &Path) -> anyhow::Error {
@@ -77,7 +89,7 @@ fn decode_png_rgb(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
             "{}: its rows are wider than vit decodes (512 MiB a row): downscale it",
             path.display()
         ),
-        error => anyhow!(error).context(undecodable(path)),
+        error => undecodable(path, error),
     };
     let mut options = png::DecodeOptions::default();
     // Checks as PIL does: every chunk's CRC before the image data, not only the critical
@@ -110,9 +122,10 @@ fn decode_png_rgb(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
             .is_some_and(|palette| palette.len() % 3 != 0)
     {
         // The decoder would panic on it.
-        return Err(
-            anyhow!("its palette (PLTE chunk) is not whole RGB entries").context(undecodable(path))
-        );
+        return Err(undecodable(
+            path,
+            "its palette (PLTE chunk) is not whole RGB entries",
+        ));
     }
     let rows = stored_rows(width, height, info.interlaced);
     let samples = reader.output_color_type().0.samples();
