@@ -741,6 +741,22 @@ fn image_folder_reads_classes_in_name_order() {
     assert_eq!(ds.name, "folder");
     let known_before = data::dataset_name(&args(DatasetName::Folder, &tmp.0, false));
     assert_eq!(known_before, ds.name);
+    // One of its splits given for the dataset: the error names the folder to pass.
+    for split in ["train", "test"] {
+        let given = args(DatasetName::Folder, &tmp.0.join(split), false);
+        for err in [
+            error_of(data::load(&given, 8)),
+            error_of(data::load_test(&given, 8)),
+        ] {
+            assert!(
+                err.contains(&format!(
+                    "{split} is one split of the dataset, not the dataset: pass --data-dir {}",
+                    tmp.0.display()
+                )),
+                "{err}"
+            );
+        }
+    }
     assert_eq!(ds.classes, ["bird", "cat", "zebra"]);
     // The same folder without --dataset folder: the error says to pass it.
     let err = error_of(data::load(&args(DatasetName::Cifar100, &tmp.0, false), 32));

@@ -95,6 +95,29 @@ fn decode_labeled(files: &[LabeledFile], size: u32) -> Result<Split> {
 
 /// The sorted class folder names of one split and its (file, label) list.
 fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
+    // `--data-dir DIR/train` (or `DIR/test`): the split given for the dataset.
+    let given = dir.parent().unwrap_or(Path::new(""));
+    let is_split = matches!(
+        given.file_name().and_then(|name| name.to_str()),
+        Some("train" | "test")
+    );
+    if let Some(above) = given
+        .parent()
+        .filter(|above| is_split && above.join("test").is_dir())
+    {
+        ensure!(
+            dir.is_dir(),
+            "{} is missing: {} is one split of the dataset, not the dataset: pass --data-dir {}",
+            dir.display(),
+            given.display(),
+            if above.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                above
+            }
+            .display()
+        );
+    }
     if !dir.is_dir() {
         bail!(
             "{} is missing: a folder dataset needs DIR/train/<class>/*.png|jpg|jpeg and \
