@@ -1847,15 +1847,21 @@ fn a_test_only_folder_is_evaluated_and_index_names_its_file() {
     assert_eq!(std::fs::read(&file).unwrap(), photo);
 
     // Folders that are none of the model's classes (a thumbnail cache, say) are named.
+    // One that differs from a class in case only is pointed out.
     write_class(".thumbs", 120);
     write_class("emu", 160);
+    write_class("Dog", 200);
     #[rustfmt::skip]
     let stderr = vit_fails(&["eval", "--checkpoint", model, "--data-dir", photos_dir, "--device", "cpu"]);
     assert!(
-        stderr.contains(r#"the classes [".thumbs", "emu"] are not among the model's classes"#)
+        stderr
+            .contains(r#"the classes [".thumbs", "Dog", "emu"] are not among the model's classes"#)
+            && stderr
+                .contains(r#"("Dog" is "dog" in another case: class names must match exactly)"#)
             && stderr.contains("rename or remove the others"),
         "{stderr}"
     );
+    std::fs::remove_dir_all(photos.join("test/Dog")).unwrap();
 
     // A checkpoint whose names repeat cannot number folders by name: in name order then,
     // with the warning that the names differ.

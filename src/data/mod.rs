@@ -218,9 +218,26 @@ impl TestSet {
             .zip(&numbers)
             .filter_map(|(class, number)| number.is_none().then_some(class))
             .collect();
+        // Class names are compared as they are spelt: a folder named `Bird` for `bird` is
+        // pointed out.
+        let other_case: Vec<String> = unknown
+            .iter()
+            .filter_map(|class| {
+                let lower = class.to_lowercase();
+                let known = classes.iter().find(|known| known.to_lowercase() == lower)?;
+                Some(format!("{class:?} is {known:?} in another case"))
+            })
+            .collect();
         ensure!(
             unknown.is_empty(),
-            "the classes {unknown:?} are not among the model's classes {classes:?}"
+            "the classes {unknown:?} are not among the model's classes {classes:?}{}",
+            match other_case.is_empty() {
+                true => String::new(),
+                false => format!(
+                    " ({}: class names must match exactly)",
+                    other_case.join(", ")
+                ),
+            }
         );
         let numbers: Vec<i64> = numbers.into_iter().flatten().map(|n| n as i64).collect();
         let numbers = Tensor::from_slice(&numbers).to_device(self.test.labels.device());
