@@ -43,10 +43,10 @@ pub fn run(args: &PredictArgs) -> Result<()> {
                 images.extend(files);
                 unreadable
             }
-            Err(error) => vec![error],
+            Err(error) => vec![(path.clone(), error)],
         };
-        for error in &unreadable {
-            eprintln!("skipped: {error:#}");
+        for (folder, error) in &unreadable {
+            skip(folder, error, args.json)?;
         }
         unlisted += unreadable.len();
     }
@@ -55,26 +55,19 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     for chunk in images.chunks(args.batch_size as usize) {
         let files: Vec<&Path> = chunk.iter().map(PathBuf::as_path).collect();
         let decoded = folder::decode_readable(&files, config.image_size as u32)?;
-        for (_, error) in &decoded.failures {
-            eprintln!("skipped: {error:#}");
-        }
         skipped += decoded.failures.len();
-        if decoded.indices.is_empty() {
-            continue;
-        }
-        let batch =
-            transforms::test_transform(&decoded.images.to_device(device), config.image_size);
-        let probs = tch::no_grad(|| loaded.model.f_forward_t(&batch, false))?
-            .to_kind(Kind::Float)
-            .softmax(-1, None::<Kind>);
-        let (top_probs, top_index) = probs.topk(top_k, -1, true, true);
-        let top_probs: Vec<Vec<f64>> = Vec::try_from(top_probs.to_kind(Kind::Double))?;
-        let top_index: Vec<Vec<i64>> = Vec::try_from(top_index)?;
-        let decoded_files = decoded.indices.into_iter().map(|index| files[index]);
-        for ((path, probs), indices) in decoded_files.zip(top_probs).zip(top_index) {
-            let prediction = Prediction {
-                file: path.display().to_string(),
-                top: indices
+        let mut predictions = Vec::new();
+        if !decoded.indices.is_empty() {
+            let batch =
+                transforms::test_transform(&decoded.images.to_device(device), config.image_size);
+            let probs = tch::no_grad(|| loaded.model.f_forward_t(&batch, false))?
+                .to_kind(Kind::Float)
+                .softmax(-1, None::<Kind>);
+            let (top_probs, top_index) = probs.topk(top_k, -1, true, true);
+            let top_probs: Vec<Vec<f64>> = Vec::try_from(top_probs.to_kind(Kind::Double))?;
+            let top_index: Vec<Vec<i64>> = Vec::try_from(top_index)?;
+            for ((&file, probs), indices) in decoded.indices.iter().zip(top_probs).zip(top_index) {
+                let top = indices
                     .iter()
                     .zip(probs)
                     .map(|(&index, prob)| Guess {
@@ -82,9 +75,21 @@ pub fn run(args: &PredictArgs) -> Result<()> {
                         index,
                         prob,
                     })
-                    .collect(),
-            };
+                    .collect();
+                let path = files[file].display().to_string();
+                predictions.push((file, Prediction { file: path, top }));
+            }
+        }
+        // Each file in the order given: its classes, or why it was skipped.
+        let mut failures = decoded.failures.into_iter().peekable();
+        for (file, prediction) in predictions {
+            while let Some((failed, error)) = failures.next_if(|(failed, _)| *failed < file) {
+                skip(files[failed], &error, args.json)?;
+            }
             print(&prediction, args.json)?;
+        }
+        for (failed, error) in failures {
+            skip(files[failed], &error, args.json)?;
         }
     }
     let mut problems = Vec::new();
@@ -103,6 +108,24 @@ pub fn run(args: &PredictArgs) -> Result<()> {
         problems.join(", and ")
     );
     Ok(())
+}
+
+/// A file or folder that could not be read: named on standard error, and with `json` in
+/// the output too, as `{"file": ..., "error": ...}` where its classes would be.
+fn skip(path: &Path, error: &anyhow::Error, json: bool) -> Result<()> {
+    let error = format!("{error:#}");
+    eprintln!("skipped: {error}");
+    if json {
+        let file = path.display().to_string();
+        println!("{}", serde_json::to_string(&Skipped { file, error })?);
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Skipped {
+    file: String,
+    error: String,
 }
 
 /// One line of JSON, or the file name and its top classes as a list.

@@ -1376,6 +1376,25 @@ fn user_errors_say_what_to_do() {
         "{stderr}"
     );
     assert_eq!(predicted_files(&output), [picture, colour]);
+    // With --json each input gets its line: the file that could not be read its error.
+    #[rustfmt::skip]
+    let output = common::run_vit(&["predict", "--checkpoint", checkpoint.to_str().unwrap(), "--device", "cpu", "--batch-size", "2", "--json", picture, not_an_image.to_str().unwrap(), colour]);
+    assert_eq!(output.status.code(), Some(1));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let files: Vec<&str> = lines
+        .iter()
+        .map(|line| line["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(files, [picture, not_an_image.to_str().unwrap(), colour]);
+    assert!(lines[0]["top"].is_array() && lines[2]["top"].is_array());
+    let error = lines[1]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("cannot decode") && lines[1].get("top").is_none(),
+        "{error}"
+    );
 
     // A folder stands for the images in it and its subfolders, in path order, as a class
     // folder is read; a folder without any is an error naming it.

@@ -150,7 +150,7 @@ fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
         let mut found = FolderImages::default();
         found.collect(&dir.join(class), &mut Vec::new())?;
         // A dataset is read whole, or not at all.
-        if let Some(error) = found.unreadable.into_iter().next() {
+        if let Some((_, error)) = found.unreadable.into_iter().next() {
             return Err(error);
         }
         if found.images.is_empty() {
@@ -183,15 +183,18 @@ fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
     Ok((classes, files))
 }
 
+/// A folder that could not be read, and the error that names it.
+pub type UnreadableFolder = (PathBuf, anyhow::Error);
+
 /// The image files found under one folder (a class folder, or one given to `vit predict`).
 #[derive(Default)]
 struct FolderImages {
     images: Vec<PathBuf>,
     /// Images in formats vit does not read.
     other_images: Vec<PathBuf>,
-    /// The subfolders that could not be read (a loop of links, no permission), each an
-    /// error naming it; the images beside them are still found.
-    unreadable: Vec<anyhow::Error>,
+    /// The subfolders that could not be read (a loop of links, no permission), each with
+    /// the error that names it; the images beside them are still found.
+    unreadable: Vec<UnreadableFolder>,
 }
 
 impl FolderImages {
@@ -226,7 +229,7 @@ impl FolderImages {
             let path = entry.with_context(list_error)?.path();
             if path.is_dir() {
                 if let Err(error) = self.collect(&path, ancestors) {
-                    self.unreadable.push(error);
+                    self.unreadable.push((path, error));
                 }
             } else if is_apple_double(&path) {
                 // macOS's metadata beside each file copied from its disks: never an image.
@@ -241,10 +244,10 @@ impl FolderImages {
 }
 
 /// The image files under `dir` (`vit predict DIR`), found as in a class folder and sorted
-/// by path, and the subfolders that could not be read, each an error naming it (the images
-/// elsewhere in `dir` are still found); images in other formats are skipped with a note.
-/// An error is `dir`'s own, or that it holds no image at all.
-pub fn image_files_under(dir: &Path) -> Result<(Vec<PathBuf>, Vec<anyhow::Error>)> {
+/// by path, and the subfolders that could not be read, each with the error that names it
+/// (the images elsewhere in `dir` are still found); images in other formats are skipped
+/// with a note. An error is `dir`'s own, or that it holds no image at all.
+pub fn image_files_under(dir: &Path) -> Result<(Vec<PathBuf>, Vec<UnreadableFolder>)> {
     let mut found = FolderImages::default();
     found.collect(dir, &mut Vec::new())?;
     note_skipped(dir, &found.other_images);
