@@ -20,11 +20,24 @@ pub struct Cli {
 
 impl Cli {
     /// The command line, parsed as `Cli::parse` does; exits with clap's message on an error.
-    /// Clap reads `vit train --cuda-graph step` as a complete `--cuda-graph` and a stray
-    /// `step`, so that error gets a tip to write `--cuda-graph=step`.
+    /// A flag's value may be a negative number (`--lr -1`, `--index -1`), which vit's own
+    /// checks then explain, where clap would take it for a flag. Clap reads `vit train
+    /// --cuda-graph step` as a complete `--cuda-graph` and a stray `step`, so that error
+    /// gets a tip to write `--cuda-graph=step`.
     pub fn parse_args() -> Self {
+        use clap::{CommandFactory, FromArgMatches};
         let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-        Self::try_parse_from(&args).unwrap_or_else(|mut error| {
+        let mut command = Self::command().mut_subcommands(|subcommand| {
+            subcommand.mut_args(|arg| {
+                let takes_values = arg.get_action().takes_values();
+                arg.allow_negative_numbers(takes_values)
+            })
+        });
+        let parsed = command
+            .try_get_matches_from_mut(&args)
+            .and_then(|mut matches| Self::from_arg_matches_mut(&mut matches))
+            .map_err(|error| error.format(&mut command));
+        parsed.unwrap_or_else(|mut error| {
             if let Some(ContextValue::String(stray)) = error.get(ContextKind::InvalidArg) {
                 let scope_after_space = args.get(1).is_some_and(|command| command == "train")
                     && CudaGraphScope::from_str(stray, false).is_ok()

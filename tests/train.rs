@@ -1106,6 +1106,9 @@ fn user_errors_say_what_to_do() {
         ("--lr=0", "--lr must be a positive number"),
         ("--lr=inf", "--lr must be a positive number"),
         ("--clip-grad=-1", "--clip-grad must be a number >= 0"),
+        // A negative value after a space is a value, not a flag clap does not know.
+        ("--clip-grad -1", "--clip-grad must be a number >= 0"),
+        ("--ema -0.5", "--ema must be in [0, 1), got -0.5"),
         ("--weight-decay=NaN", "--weight-decay must be a number >= 0"),
         (
             "--mixup=inf",
