@@ -72,7 +72,21 @@ pub fn create_folder(dir: &Path) -> Result<()> {
                 dir.display(),
                 file.display()
             ),
-            None => unwritable(error, format!("cannot create {}", dir.display())),
+            // A link to nothing, where a folder should be: create_dir_all finds the name
+            // taken.
+            None => match dir.ancestors().find_map(|path| {
+                let target = std::fs::read_link(path).ok()?;
+                (!path.exists()).then_some((path, target))
+            }) {
+                Some((link, target)) => anyhow::anyhow!(
+                    "cannot create the folder {}: {} is a symbolic link to {}, which does not \
+                     exist; create that, or choose another path",
+                    dir.display(),
+                    link.display(),
+                    target.display()
+                ),
+                None => unwritable(error, format!("cannot create {}", dir.display())),
+            },
         }
     })
 }

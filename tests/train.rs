@@ -1005,6 +1005,37 @@ fn user_errors_say_what_to_do() {
         "{stderr}"
     );
 
+    // --resume of a folder that holds no run says so, before any data is read (this
+    // command's CIFAR-100 is not there either); as does an --out that is a link to nothing.
+    let nowhere = root.join("nowhere");
+    let mut args = tiny_run_args(data, nowhere.to_str().unwrap());
+    args.push("--resume");
+    let stderr = vit_fails(&args);
+    assert!(
+        stderr.contains("nowhere does not exist; check --out, or leave out --resume"),
+        "{stderr}"
+    );
+    std::fs::create_dir_all(&nowhere).unwrap();
+    let stderr = vit_fails(&["train", "--out", nowhere.to_str().unwrap(), "--resume"]);
+    assert!(
+        stderr.contains("has no config.json, so it holds no vit run; check --out"),
+        "{stderr}"
+    );
+    std::fs::remove_dir(&nowhere).unwrap();
+    let link = root.join("link");
+    std::os::unix::fs::symlink(&nowhere, &link).unwrap();
+    for out in [link.clone(), link.join("run")] {
+        let stderr = vit_fails(&tiny_run_args(data, out.to_str().unwrap()));
+        assert!(
+            stderr.contains(&format!(
+                "{} is a symbolic link to {}, which does not exist",
+                link.display(),
+                nowhere.display()
+            )),
+            "{stderr}"
+        );
+    }
+
     // Weights the last step sent to infinity: the NaN test loss stops the run before
     // they are saved.
     let diverged = root.join("diverged");
@@ -1112,7 +1143,28 @@ fn user_errors_say_what_to_do() {
         ("--weight-decay=NaN", "--weight-decay must be a number >= 0"),
         (
             "--mixup=inf",
-            "--mixup and --cutmix take a number alpha >= 0",
+            "--mixup takes a finite alpha of at least 0.01, or 0 to turn it off; got inf",
+        ),
+        // Beta(alpha, alpha) of a tiny alpha lands at 0 or 1, and its draws underflow.
+        (
+            "--cutmix=1e-6",
+            "--cutmix takes a finite alpha of at least 0.01, or 0 to turn it off; got 0.000001",
+        ),
+        (
+            "--mixup=0.8 --mix-prob=0",
+            "--mix-prob 0 would never mix: pass --mixup 0 --cutmix 0 instead",
+        ),
+        (
+            "--recipe=strong --mixup=0 --cutmix=0 --mix-prob=0.5",
+            "--mix-prob needs --mixup or --cutmix (--mixup 0 --cutmix 0 turned both off)",
+        ),
+        (
+            "--recipe=strong --ema=0 --ema-warmup",
+            "--ema-warmup needs --ema DECAY (--ema 0 turned it off)",
+        ),
+        (
+            "--augment-policy=randaugment --randaugment-ops=17",
+            "--randaugment-ops must be in 1..=16, got 17",
         ),
         ("--threads=2000", "2000 is not in 1..=1024"),
         ("--cuda-graph", "--cuda-graph needs a CUDA device"),
@@ -1139,7 +1191,7 @@ fn user_errors_say_what_to_do() {
         ("--mix-prob=0.5", "--mix-prob needs --mixup or --cutmix"),
         (
             "--mixup=-1 --mix-prob=0.5",
-            "--mixup and --cutmix take a number alpha >= 0",
+            "--mixup takes a finite alpha of at least 0.01, or 0 to turn it off; got -1",
         ),
         (
             "--switch-prob=0.2 --mixup=0.8",

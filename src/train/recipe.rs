@@ -29,6 +29,12 @@ pub struct Regularization {
     pub ema_warmup: bool,
 }
 
+/// The most `--randaugment-ops`: each op is a pass over the batch.
+const MAX_RANDAUGMENT_OPS: i64 = 16;
+
+/// The smallest non-zero `--mixup`/`--cutmix` alpha (see [`Regularization::from_args`]).
+const MIN_MIX_ALPHA: f64 = 0.01;
+
 impl Regularization {
     /// Whether the batches of `epoch` (0-based) are mixed.
     pub fn mixes_in(&self, epoch: usize) -> bool {
@@ -61,9 +67,11 @@ impl Regularization {
                     magnitude: args.randaugment_magnitude.unwrap_or(default.magnitude),
                     ..default
                 };
+                // timm and torchvision use 2 or 3; each op costs the batch a pass.
                 ensure!(
-                    randaugment.num_ops > 0,
-                    "--randaugment-ops must be positive"
+                    (1..=MAX_RANDAUGMENT_OPS).contains(&randaugment.num_ops),
+                    "--randaugment-ops must be in 1..={MAX_RANDAUGMENT_OPS}, got {}",
+                    randaugment.num_ops
                 );
                 ensure!(
                     (0..randaugment.num_magnitude_bins).contains(&randaugment.magnitude),
@@ -82,16 +90,27 @@ impl Regularization {
             switch_prob: args.switch_prob.unwrap_or(default_mix.switch_prob),
             ..default_mix
         };
-        // First: a negative alpha would read as "not given" in the checks after it.
-        ensure!(
-            [mix.mixup_alpha, mix.cutmix_alpha]
-                .iter()
-                .all(|alpha| *alpha >= 0.0 && alpha.is_finite()),
-            "--mixup and --cutmix take a number alpha >= 0 (0 turns it off)"
-        );
+        // First: a negative alpha would read as "not given" in the checks after it. Below
+        // MIN_MIX_ALPHA, Beta(alpha, alpha) draws land at 0 or 1 (no mixing) and its Gamma
+        // draws underflow.
+        for (flag, alpha) in [("--mixup", mix.mixup_alpha), ("--cutmix", mix.cutmix_alpha)] {
+            ensure!(
+                alpha == 0.0 || (alpha >= MIN_MIX_ALPHA && alpha.is_finite()),
+                "{flag} takes a finite alpha of at least {MIN_MIX_ALPHA}, or 0 to turn it off; \
+                 got {alpha}"
+            );
+        }
+        let turned_off = match strong {
+            true => " (--mixup 0 --cutmix 0 turned both off)",
+            false => " (or --recipe strong)",
+        };
         ensure!(
             mix.mixup_alpha > 0.0 || mix.cutmix_alpha > 0.0 || args.mix_prob.is_none(),
-            "--mix-prob needs --mixup or --cutmix (or --recipe strong)"
+            "--mix-prob needs --mixup or --cutmix{turned_off}"
+        );
+        ensure!(
+            mix.prob > 0.0 || (mix.mixup_alpha == 0.0 && mix.cutmix_alpha == 0.0),
+            "--mix-prob 0 would never mix: pass --mixup 0 --cutmix 0 instead"
         );
         ensure!(
             (mix.mixup_alpha > 0.0 && mix.cutmix_alpha > 0.0) || args.switch_prob.is_none(),
@@ -100,7 +119,7 @@ impl Regularization {
         if let Some(off) = args.mix_off_epoch {
             ensure!(
                 mix.is_active(),
-                "--mix-off-epoch needs --mixup or --cutmix (or --recipe strong)"
+                "--mix-off-epoch needs --mixup or --cutmix{turned_off}"
             );
             ensure!(
                 off > 0,
@@ -132,7 +151,11 @@ impl Regularization {
         };
         ensure!(
             regularization.ema.is_some() || !args.ema_warmup,
-            "--ema-warmup needs --ema DECAY (or --recipe strong)"
+            "--ema-warmup needs --ema DECAY{}",
+            match strong {
+                true => " (--ema 0 turned it off)",
+                false => " (or --recipe strong)",
+            }
         );
         // Probabilities may be 1; a drop rate of 1 would drop everything, a decay of 1
         // would never move the average.

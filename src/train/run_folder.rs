@@ -164,11 +164,7 @@ impl RunFolder {
         data: &DataIdentity,
         device: Device,
     ) -> Result<Self> {
-        let config_path = dir.join("config.json");
-        let saved = std::fs::read_to_string(&config_path)
-            .with_context(|| format!("cannot resume: {} has no config.json", dir.display()))?;
-        let saved: RunConfig = serde_json::from_str(&saved)
-            .with_context(|| format!("{} is not a vit run config", config_path.display()))?;
+        let saved = saved_config(dir)?;
         // Before the settings are compared: a live run's folder is "in use" whatever
         // the flags.
         let lock = RunLock::take(dir)?;
@@ -407,8 +403,13 @@ impl RunFolder {
     /// the resumed run would extend into one with gaps that `vit plot` cannot read.
     fn truncate_metrics(&self, epochs: usize) -> Result<()> {
         let path = self.path("metrics.csv");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot resume: cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot resume: cannot read {} (bring back the run's own, or start a new \
+                 run with another --out)",
+                path.display()
+            )
+        })?;
         let kept = format!(
             "{}\n",
             text.lines().take(epochs + 1).collect::<Vec<_>>().join("\n")
@@ -443,17 +444,11 @@ impl RunFolder {
     }
 }
 
-/// Before `--resume` reads its data: refuses a run in `dir` that trained on another
-/// dataset than `dataset` (reading that one would fail first, or advise downloading it).
-/// Without a readable config.json there is nothing to compare here; opening the run
-/// says what is wrong.
+/// Before `--resume` reads its data: refuses a `dir` that holds no run, or a run that
+/// trained on another dataset than `dataset` (reading that one would fail first, or
+/// advise downloading it).
 pub(super) fn check_resumed_dataset(dir: &Path, dataset: &str) -> Result<()> {
-    let Some(saved) = std::fs::read_to_string(dir.join("config.json"))
-        .ok()
-        .and_then(|text| serde_json::from_str::<RunConfig>(&text).ok())
-    else {
-        return Ok(());
-    };
+    let saved = saved_config(dir)?;
     let (trained, default) = (&saved.settings.dataset, crate::cli::DEFAULT_DATASET);
     ensure!(
         trained == dataset,
@@ -466,6 +461,25 @@ pub(super) fn check_resumed_dataset(dir: &Path, dataset: &str) -> Result<()> {
         }
     );
     Ok(())
+}
+
+/// The config.json of the run in `dir`, for `--resume`; an error says why there is none.
+fn saved_config(dir: &Path) -> Result<RunConfig> {
+    ensure!(
+        dir.is_dir(),
+        "cannot resume: {} does not exist; check --out, or leave out --resume to start a new \
+         run there",
+        dir.display()
+    );
+    let config_path = dir.join("config.json");
+    let saved = std::fs::read_to_string(&config_path).with_context(|| {
+        format!(
+            "cannot resume: {} has no config.json, so it holds no vit run; check --out",
+            dir.display()
+        )
+    })?;
+    serde_json::from_str(&saved)
+        .with_context(|| format!("{} is not a vit run config", config_path.display()))
 }
 
 /// Fails unless `settings` and `data` are those of the run saved in `dir`, naming what
