@@ -382,10 +382,34 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     let mut args = tiny_run_args(&data_again, out);
     #[rustfmt::skip]
     args.extend(["--epochs", "4", "--batch-size", "50", "--lr", "3e-3", "--warmup-epochs", "1", "--resume"]);
-    // Earlier versions wrote the device as `Cpu`: the same device, no note.
-    std::fs::write(&config_path, config.replace("\"cpu\"", "\"Cpu\"")).unwrap();
+    // Earlier versions wrote the device as `Cpu`: the same device, no note; nor did they
+    // record the CPU thread count.
+    let threads = json_integer(&config, "cpu_threads");
+    let old_version = config
+        .replace("\"cpu\"", "\"Cpu\"")
+        .replace(&format!("\"cpu_threads\": {threads},"), "");
+    assert!(!old_version.contains("cpu_threads"), "{old_version}");
+    std::fs::write(&config_path, old_version).unwrap();
     let resumed = vit(&args);
-    assert!(!String::from_utf8_lossy(&resumed.stderr).contains("was trained on"));
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(
+        !stderr.contains("was trained on") && !stderr.contains("CPU threads"),
+        "{stderr}"
+    );
+    // Another CPU thread count rounds a CPU run's sums differently: said, not refused.
+    let other = config.replace(
+        &format!("\"cpu_threads\": {threads},"),
+        &format!("\"cpu_threads\": {},", threads + 5),
+    );
+    std::fs::write(&config_path, other).unwrap();
+    let stderr = String::from_utf8_lossy(&vit(&args).stderr).into_owned();
+    assert!(
+        stderr.contains(&format!(
+            "was trained with {} CPU threads and resumes with {threads}",
+            threads + 5
+        )),
+        "{stderr}"
+    );
     std::fs::write(&config_path, config.replace("\"cpu\"", "\"cuda:0\"")).unwrap();
     let resumed = vit(&args);
     let stderr = String::from_utf8_lossy(&resumed.stderr);
@@ -398,6 +422,14 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         "{stderr}"
     );
     assert_eq!(read_metrics(&run).1.len(), 4, "the finished run changed");
+}
+
+/// The whole-number value of `"name": N` in a JSON text.
+fn json_integer(json: &str, name: &str) -> i64 {
+    let value: serde_json::Value = serde_json::from_str(json).unwrap();
+    value[name]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no {name} in {json}"))
 }
 
 /// Starts `vit ARGS` (its stderr captured) and waits for the run folder `run` to get its

@@ -182,6 +182,18 @@ impl RunFolder {
                 saved.device
             );
         }
+        let threads = tch::get_num_threads();
+        if let Some(saved_threads) = saved.cpu_threads.filter(|&saved| saved != threads) {
+            if device == Device::Cpu && same_device {
+                // Allowed (another machine has another core count), as a device change is.
+                eprintln!(
+                    "note: {} was trained with {saved_threads} CPU threads and resumes with \
+                     {threads}: it continues, but replays exactly only with the same count \
+                     (--threads {saved_threads})",
+                    dir.display()
+                );
+            }
+        }
         remove_stale_temporaries(dir);
         Ok(Self::locked(dir.to_path_buf(), lock))
     }
@@ -230,6 +242,7 @@ impl RunFolder {
             settings: settings.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             device: device_name(device),
+            cpu_threads: Some(tch::get_num_threads()),
             data: Some(data.clone()),
         };
         write_atomic(
@@ -722,6 +735,10 @@ struct RunConfig {
     settings: TrainSettings,
     version: String,
     device: String,
+    /// libtorch's CPU thread count (none in runs of earlier versions): a CPU run's sums
+    /// split over another count round differently.
+    #[serde(default)]
+    cpu_threads: Option<i32>,
     /// The images trained on (none in runs of earlier versions, which compare the data
     /// folder instead).
     #[serde(default)]
