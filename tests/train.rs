@@ -670,6 +670,10 @@ fn a_second_ctrl_c_quits_at_once() {
         assert!(!stderr.contains("Error"), "{stderr}");
         if !stderr.contains("the state is saved in") {
             quit_at_once += 1;
+            assert!(
+                stderr.contains("Quit at once, without saving: the run folder keeps the state"),
+                "{stderr}"
+            );
         }
     }
     assert!(

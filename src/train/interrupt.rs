@@ -26,7 +26,15 @@ pub fn stop_on_interrupt() -> Result<Arc<AtomicBool>> {
     crate::runtime::on_interrupt(move || {
         match first {
             Some(at) if at.elapsed() < REPEAT => return,
-            Some(_) => crate::runtime::quit_at_once(130),
+            Some(_) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\nQuit at once, without saving: the run folder keeps the state saved \
+                     at the end of the last epoch it finished, if any; the same command \
+                     with --resume goes on from there"
+                );
+                crate::runtime::quit_at_once(130)
+            }
             None => first = Some(Instant::now()),
         }
         flag.store(true, Ordering::SeqCst);
