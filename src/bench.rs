@@ -28,6 +28,8 @@ pub struct BenchReport {
     pub threads: i32,
     pub batch_size: i64,
     pub steps: usize,
+    /// Untimed steps before the timed ones (`--warmup`).
+    pub warmup: usize,
     pub fused_attention: bool,
     pub fused_adamw: bool,
     /// CPU dropout masks from libtorch's sampler (`--libtorch-dropout`) instead of vit's.
@@ -70,13 +72,14 @@ impl BenchReport {
     /// The report as text: the set-up line, then one line a measurement.
     fn print(&self) {
         println!(
-            "{} ({} parameters), batch {}, {} on {} with {} threads, {} attention, {} AdamW{}{}{}",
+            "{} ({} parameters), batch {}, {} on {} with {} thread{}, {} attention, {} AdamW{}{}{}",
             self.config,
             self.parameters,
             self.batch_size,
             self.precision,
             self.device,
             self.threads,
+            if self.threads == 1 { "" } else { "s" },
             if self.fused_attention {
                 "fused"
             } else {
@@ -197,6 +200,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         threads: tch::get_num_threads(),
         batch_size: args.batch_size,
         steps: args.steps,
+        warmup: args.warmup,
         fused_attention: !args.explicit_attention,
         fused_adamw: optimizer.fused,
         libtorch_dropout: args.libtorch_dropout,

@@ -79,6 +79,11 @@ fn vit_bench_reports_throughput_and_memory_for_each_setting() {
         assert_eq!(report["libtorch_dropout"], libtorch_kernels, "{report}");
         assert_eq!(report["libtorch_linear"], libtorch_kernels, "{report}");
         assert_eq!(report["threads"], 1);
+        // What the run took, so that the record says how to repeat it.
+        assert_eq!(
+            (&report["steps"], &report["warmup"]),
+            (&2.into(), &1.into())
+        );
         assert_eq!(report["cuda_graph"], false, "{report}");
         assert_eq!(report["parameters"], 21162, "the tiny preset's size");
         assert_eq!(report["model"]["embed_dim"], 32, "{report}");
