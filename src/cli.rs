@@ -94,23 +94,23 @@ pub struct ModelArgs {
     /// Starting point: notebook (the homework's cell), small or tiny.
     #[arg(long = "config", default_value = "notebook")]
     pub preset: String,
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number)]
     pub image_size: Option<i64>,
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number)]
     pub patch_size: Option<i64>,
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number)]
     pub in_channels: Option<i64>,
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number)]
     pub embed_dim: Option<i64>,
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number)]
     pub num_heads: Option<i64>,
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number)]
     pub mlp_dim: Option<i64>,
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number)]
     pub num_layers: Option<i64>,
     /// Defaults to the preset's (100 for notebook); when training, to the dataset's class
     /// count.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number)]
     pub num_classes: Option<i64>,
     #[arg(long)]
     pub dropout: Option<f64>,
@@ -166,6 +166,21 @@ impl From<DownloadableDataset> for DatasetName {
             DownloadableDataset::Cifar100 => DatasetName::Cifar100,
         }
     }
+}
+
+/// A whole-number flag's value, refused in words (clap's own parser says "invalid digit
+/// found in string" of `9.5`); vit's checks then say which numbers the flag takes.
+fn whole_number(value: &str) -> Result<i64, String> {
+    value
+        .parse()
+        .map_err(|_| "expected a whole number".to_string())
+}
+
+/// A count's value (0 or more), refused in words, as [`whole_number`]'s is.
+fn natural_number<T: std::str::FromStr>(value: &str) -> Result<T, String> {
+    value
+        .parse()
+        .map_err(|_| "expected a whole number of 0 or more".to_string())
 }
 
 /// `--dataset` when not given: the notebook's CIFAR-100.
@@ -263,7 +278,7 @@ pub struct DataArgs {
     #[command(flatten)]
     pub data: DatasetArgs,
     /// Resize images to this size (folder datasets; CIFAR is 32).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, value_parser = whole_number, default_value_t = 32)]
     pub image_size: i64,
 }
 
@@ -285,26 +300,26 @@ pub struct TrainArgs {
     pub data: DatasetArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, value_parser = natural_number::<usize>, default_value_t = 100)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, value_parser = whole_number, default_value_t = 256)]
     pub batch_size: i64,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
     #[arg(long, default_value_t = 0.05)]
     pub weight_decay: f64,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, value_parser = natural_number::<usize>, default_value_t = 5)]
     pub warmup_epochs: usize,
     #[arg(long, default_value_t = 0.1)]
     pub label_smoothing: f64,
     /// Clip the global gradient norm to this value (0 = off).
     #[arg(long, default_value_t = 1.0)]
     pub clip_grad: f64,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_parser = natural_number::<u64>, default_value_t = 0)]
     pub seed: u64,
     /// Train on the first N training images only (CIFAR's files and folder datasets keep
     /// the classes interleaved, so N images cover every class).
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number)]
     pub train_subset: Option<i64>,
     /// Run folder; default runs/<timestamp>.
     #[arg(long)]
@@ -318,11 +333,11 @@ pub struct TrainArgs {
     #[arg(long, value_enum)]
     pub augment_policy: Option<AugmentPolicy>,
     /// RandAugment: ops per image (N; default 2). Needs --augment-policy randaugment.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number)]
     pub randaugment_ops: Option<i64>,
     /// RandAugment: magnitude bin (M) of 0..=30 (default 9). Needs --augment-policy
     /// randaugment.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number)]
     pub randaugment_magnitude: Option<i64>,
     /// Random erasing probability (strong: 0.25).
     #[arg(long)]
@@ -341,7 +356,7 @@ pub struct TrainArgs {
     pub switch_prob: Option<f64>,
     /// Mix only the first EPOCHS epochs; the later ones train on single images, with the
     /// same loss (timm's mixup_off_epoch; default: every epoch mixes).
-    #[arg(long, value_name = "EPOCHS")]
+    #[arg(long, value_parser = natural_number::<usize>, value_name = "EPOCHS")]
     pub mix_off_epoch: Option<usize>,
     /// Stochastic depth of the last block, rising linearly from 0 (strong: 0.1).
     #[arg(long)]
@@ -424,7 +439,7 @@ pub struct EvalArgs {
     pub data: CheckpointDatasetArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, value_parser = whole_number, default_value_t = 500)]
     pub batch_size: i64,
     /// bf16: the pass under bf16 autocast, as `vit train --eval-precision bf16` tests (its
     /// figures exactly with its batch: --batch-size 256, or the training batch if larger).
@@ -454,7 +469,7 @@ pub struct PredictArgs {
     #[command(flatten)]
     pub device: DeviceArgs,
     /// Images decoded and classified at a time (any number of files can be given).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, value_parser = whole_number, default_value_t = 500)]
     pub batch_size: i64,
     #[arg(long)]
     pub json: bool,
@@ -466,12 +481,12 @@ pub struct BenchArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, value_parser = whole_number, default_value_t = 128)]
     pub batch_size: i64,
     /// Timed steps (after warm-up).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, value_parser = natural_number::<usize>, default_value_t = 10)]
     pub steps: usize,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, value_parser = natural_number::<usize>, default_value_t = 3)]
     pub warmup: usize,
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: Precision,
@@ -524,7 +539,7 @@ pub struct AttentionArgs {
     #[command(flatten)]
     pub data: CheckpointDatasetArgs,
     /// A test image of the dataset, by position.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number)]
     pub index: Option<i64>,
     #[arg(short, long, default_value = "attention.png")]
     pub output: PathBuf,

@@ -1173,6 +1173,15 @@ fn user_errors_say_what_to_do() {
         ("--lr=0", "--lr must be a positive number"),
         ("--lr=inf", "--lr must be a positive number"),
         ("--clip-grad=-1", "--clip-grad must be a number >= 0"),
+        // A whole-number flag says so of another number.
+        (
+            "--seed=-1",
+            "invalid value '-1' for '--seed <SEED>': expected a whole number of 0 or more",
+        ),
+        (
+            "--embed-dim=32.5",
+            "invalid value '32.5' for '--embed-dim <EMBED_DIM>': expected a whole number",
+        ),
         // A negative value after a space is a value, not a flag clap does not know.
         ("--clip-grad -1", "--clip-grad must be a number >= 0"),
         ("--ema -0.5", "--ema must be in [0, 1), got -0.5"),
