@@ -585,18 +585,19 @@ pub fn dataset_args(
     args: &crate::cli::CheckpointDatasetArgs,
 ) -> Result<crate::cli::DatasetArgs> {
     use crate::cli::DatasetName;
+    use crate::data::{CIFAR10, CIFAR100, CIFAR100_COARSE, FOLDER};
     let recorded = metadata.get("dataset").map(String::as_str);
     let dataset = match (args.dataset, recorded) {
         (Some(name), _) => name,
-        (None, Some("cifar10")) => DatasetName::Cifar10,
-        (None, Some("cifar100" | "cifar100-coarse")) => DatasetName::Cifar100,
-        (None, Some("folder")) => DatasetName::Folder,
+        (None, Some(CIFAR10)) => DatasetName::Cifar10,
+        (None, Some(CIFAR100 | CIFAR100_COARSE)) => DatasetName::Cifar100,
+        (None, Some(FOLDER)) => DatasetName::Folder,
         (None, Some(other)) => {
             bail!("the checkpoint records the dataset `{other}`, which vit cannot read; pass --dataset")
         }
         (None, None) => bail!("the checkpoint does not record its dataset; pass --dataset"),
     };
-    let recorded_coarse = recorded == Some("cifar100-coarse") && dataset == DatasetName::Cifar100;
+    let recorded_coarse = recorded == Some(CIFAR100_COARSE) && dataset == DatasetName::Cifar100;
     Ok(crate::cli::DatasetArgs {
         dataset,
         data_dir: args.data_dir.clone(),

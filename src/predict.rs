@@ -56,7 +56,9 @@ pub fn run(args: &PredictArgs) -> Result<()> {
         let files: Vec<&Path> = chunk.iter().map(PathBuf::as_path).collect();
         let decoded = folder::decode_readable(&files, config.image_size as u32)?;
         skipped += decoded.failures.len();
-        let mut predictions = Vec::new();
+        // Each file in the order given: its classes, or why it was skipped.
+        let mut outcomes: Vec<Option<Result<Prediction, anyhow::Error>>> =
+            files.iter().map(|_| None).collect();
         if !decoded.indices.is_empty() {
             let batch =
                 transforms::test_transform(&decoded.images.to_device(device), config.image_size);
@@ -77,19 +79,17 @@ pub fn run(args: &PredictArgs) -> Result<()> {
                     })
                     .collect();
                 let path = files[file].display().to_string();
-                predictions.push((file, Prediction { file: path, top }));
+                outcomes[file] = Some(Ok(Prediction { file: path, top }));
             }
         }
-        // Each file in the order given: its classes, or why it was skipped.
-        let mut failures = decoded.failures.into_iter().peekable();
-        for (file, prediction) in predictions {
-            while let Some((failed, error)) = failures.next_if(|(failed, _)| *failed < file) {
-                skip(files[failed], &error, args.json)?;
-            }
-            print(&prediction, args.json)?;
+        for (file, error) in decoded.failures {
+            outcomes[file] = Some(Err(error));
         }
-        for (failed, error) in failures {
-            skip(files[failed], &error, args.json)?;
+        for (path, outcome) in files.iter().zip(outcomes) {
+            match outcome.expect("each file is classified or skipped") {
+                Ok(prediction) => print(&prediction, args.json)?,
+                Err(error) => skip(path, &error, args.json)?,
+            }
         }
     }
     let mut problems = Vec::new();

@@ -101,7 +101,7 @@ pub fn load_cifar10(data_dir: &Path) -> Result<Dataset> {
         data_dir,
     )?;
     Ok(Dataset {
-        name: "cifar10".into(),
+        name: super::CIFAR10.into(),
         train,
         test,
         classes,
@@ -116,10 +116,14 @@ pub fn load_cifar100(data_dir: &Path, coarse_labels: bool) -> Result<Dataset> {
         (
             CIFAR100_COARSE_FORMAT,
             "coarse_label_names.txt",
-            "cifar100-coarse",
+            super::CIFAR100_COARSE,
         )
     } else {
-        (CIFAR100_FINE_FORMAT, "fine_label_names.txt", "cifar100")
+        (
+            CIFAR100_FINE_FORMAT,
+            "fine_label_names.txt",
+            super::CIFAR100,
+        )
     };
     let classes = read_class_names(&dir.join(names), &format, data_dir)?;
     let train = read_batch(

@@ -56,7 +56,7 @@ pub fn load(root: &Path, image_size: i64) -> Result<Dataset> {
         labels: both.labels.narrow(0, start, count),
     };
     Ok(Dataset {
-        name: "folder".into(),
+        name: super::FOLDER.into(),
         train: split(0, train_count),
         test: split(train_count, test_count),
         classes,
@@ -68,7 +68,7 @@ pub fn load_test(root: &Path, image_size: i64) -> Result<TestSet> {
     let size = checked_size(image_size)?;
     let (classes, files) = scan_split(&root.join("test"))?;
     Ok(TestSet {
-        name: "folder".into(),
+        name: super::FOLDER.into(),
         test: decode_labeled(&files, size)?,
         classes,
         files: Some(files.into_iter().map(|(path, _)| path).collect()),
@@ -95,30 +95,29 @@ fn decode_labeled(files: &[LabeledFile], size: u32) -> Result<Split> {
 
 /// The sorted class folder names of one split and its (file, label) list.
 fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
-    // `--data-dir DIR/train` (or `DIR/test`): the split given for the dataset.
-    let given = dir.parent().unwrap_or(Path::new(""));
-    let is_split = matches!(
-        given.file_name().and_then(|name| name.to_str()),
-        Some("train" | "test")
-    );
-    if let Some(above) = given
-        .parent()
-        .filter(|above| is_split && above.join("test").is_dir())
-    {
-        ensure!(
-            dir.is_dir(),
-            "{} is missing: {} is one split of the dataset, not the dataset: pass --data-dir {}",
-            dir.display(),
-            given.display(),
-            if above.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                above
-            }
-            .display()
-        );
-    }
     if !dir.is_dir() {
+        // `--data-dir DIR/train` (or `DIR/test`): the split given for the dataset.
+        let given = dir.parent().unwrap_or(Path::new(""));
+        let is_split = matches!(
+            given.file_name().and_then(|name| name.to_str()),
+            Some("train" | "test")
+        );
+        if let Some(above) = given
+            .parent()
+            .filter(|above| is_split && above.join("test").is_dir())
+        {
+            let above = match above.as_os_str().is_empty() {
+                true => Path::new("."),
+                false => above,
+            };
+            bail!(
+                "{} is missing: {} is one split of the dataset, not the dataset: pass \
+                 --data-dir {}",
+                dir.display(),
+                given.display(),
+                above.display()
+            );
+        }
         bail!(
             "{} is missing: a folder dataset needs DIR/train/<class>/*.png|jpg|jpeg and \
              DIR/test/<class>/*.png|jpg|jpeg (evaluating, only test/); pass its DIR with \

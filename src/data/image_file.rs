@@ -47,11 +47,8 @@ pub fn decode_rgb(path: &Path) -> Result<image::RgbImage> {
 /// A decoder's `error` about `path`, on one line: the decoders' messages may hold line
 /// breaks, and `image`'s repeat their cause after themselves.
 fn undecodable(path: &Path, error: impl std::fmt::Display) -> anyhow::Error {
-    let words: Vec<String> = error
-        .to_string()
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
+    let message = error.to_string();
+    let words: Vec<&str> = message.split_whitespace().collect();
     anyhow!("{}", words.join(" ")).context(format!(
         "cannot decode {} (vit reads PNG and JPEG): convert, replace or remove it",
         path.display()

@@ -128,10 +128,17 @@ impl Split {
     }
 }
 
+/// The names a dataset records ([`Dataset::name`], config.json, a checkpoint's `dataset`).
+pub const CIFAR10: &str = "cifar10";
+pub const CIFAR100: &str = "cifar100";
+/// CIFAR-100 with its 20 coarse superclasses as the labels.
+pub const CIFAR100_COARSE: &str = "cifar100-coarse";
+pub const FOLDER: &str = "folder";
+
 /// A loaded dataset, both splits on the CPU.
 #[derive(Debug)]
 pub struct Dataset {
-    /// "cifar10", "cifar100", "cifar100-coarse" or "folder".
+    /// [`CIFAR10`], [`CIFAR100`], [`CIFAR100_COARSE`] or [`FOLDER`].
     pub name: String,
     pub train: Split,
     pub test: Split,
@@ -248,13 +255,13 @@ impl TestSet {
 }
 
 /// The name that the dataset these flags choose records ([`Dataset::name`]), known before
-/// it is read: "cifar10", "cifar100", "cifar100-coarse" or "folder".
+/// it is read.
 pub fn dataset_name(args: &DatasetArgs) -> &'static str {
     match (args.dataset, args.coarse_labels) {
-        (DatasetName::Cifar10, _) => "cifar10",
-        (DatasetName::Cifar100, false) => "cifar100",
-        (DatasetName::Cifar100, true) => "cifar100-coarse",
-        (DatasetName::Folder, _) => "folder",
+        (DatasetName::Cifar10, _) => CIFAR10,
+        (DatasetName::Cifar100, false) => CIFAR100,
+        (DatasetName::Cifar100, true) => CIFAR100_COARSE,
+        (DatasetName::Folder, _) => FOLDER,
     }
 }
 

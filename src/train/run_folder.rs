@@ -182,17 +182,19 @@ impl RunFolder {
                 saved.device
             );
         }
+        // Allowed (another machine has another core count), as a device change is.
         let threads = tch::get_num_threads();
-        if let Some(saved_threads) = saved.cpu_threads.filter(|&saved| saved != threads) {
-            if device == Device::Cpu && same_device {
-                // Allowed (another machine has another core count), as a device change is.
-                eprintln!(
-                    "note: {} was trained with {saved_threads} CPU threads and resumes with \
-                     {threads}: it continues, but replays exactly only with the same count \
-                     (--threads {saved_threads})",
-                    dir.display()
-                );
-            }
+        let cpu_run = device == Device::Cpu && same_device;
+        if let Some(saved_threads) = saved
+            .cpu_threads
+            .filter(|&saved| cpu_run && saved != threads)
+        {
+            eprintln!(
+                "note: {} was trained with {saved_threads} CPU threads and resumes with \
+                 {threads}: it continues, but replays exactly only with the same count \
+                 (--threads {saved_threads})",
+                dir.display()
+            );
         }
         remove_stale_temporaries(dir);
         Ok(Self::locked(dir.to_path_buf(), lock))
