@@ -4,15 +4,18 @@
 //! backward, gradient clipping, AdamW) and per evaluation batch, on random inputs, so the
 //! figures compare directly with the same model run in PyTorch (bench/compare.py).
 
-use crate::cli::{AdamWKernel, BenchArgs, CudaGraphScope};
+use crate::cli::{
+    AdamWKernel, BenchArgs, CudaGraphScope, DEFAULT_CLIP_GRAD, DEFAULT_LABEL_SMOOTHING, DEFAULT_LR,
+    DEFAULT_WEIGHT_DECAY,
+};
 use crate::ffi;
 use crate::model::{ViTConfig, VisionTransformer};
 use crate::optim::AdamW;
 use crate::train::{
-    autocast, clip_gradients, count_correct, forward_loss, train_step, CudaGraphSteps, StepOptions,
+    clip_gradients, count_correct, forward_loss, train_step, CudaGraphSteps, StepOptions,
     TrainBatch,
 };
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use serde::Serialize;
 use std::time::Instant;
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
@@ -121,10 +124,6 @@ impl BenchReport {
 pub fn run(args: &BenchArgs) -> Result<()> {
     let baseline_rss_bytes = rss_bytes("VmRSS:");
     crate::runtime::apply_threads(args.threads);
-    ensure!(
-        args.steps > 0 && args.batch_size > 0,
-        "--steps and --batch-size must be positive"
-    );
     let device = args.device.resolve()?;
     let config = args.model.resolve()?;
     tch::manual_seed(0);
@@ -133,7 +132,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     model.set_fused_attention(!args.explicit_attention);
     model.set_libtorch_dropout(args.libtorch_dropout);
     model.set_onednn_linear(!args.libtorch_linear);
-    let mut optimizer = AdamW::new(&vs, 0.05)?;
+    let mut optimizer = AdamW::new(&vs, DEFAULT_WEIGHT_DECAY)?;
     optimizer.fused = args.adamw == AdamWKernel::Fused;
     let mut cuda_graph = args
         .cuda_graph
@@ -151,8 +150,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         soft_targets: None,
     };
     let options = StepOptions {
-        label_smoothing: 0.1,
-        clip_grad: 1.0,
+        label_smoothing: DEFAULT_LABEL_SMOOTHING,
+        clip_grad: DEFAULT_CLIP_GRAD,
         precision: args.precision,
     };
 
@@ -170,10 +169,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 &mut optimizer,
                 &batch,
                 &TrainBatch::shallow_clone,
-                1e-3,
+                DEFAULT_LR,
                 options,
             )?,
-            None => train_step(&model, &mut optimizer, &batch, 1e-3, options),
+            None => train_step(&model, &mut optimizer, &batch, DEFAULT_LR, options),
         };
         last_loss = Some(output.loss);
         Ok(())
@@ -181,7 +180,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let last_step_loss = last_loss.map_or(f64::NAN, |loss| loss.double_value(&[]));
     let infer_seconds = timed(device, args.warmup, args.steps, || {
         let _ = tch::no_grad(|| {
-            autocast(args.precision, device, || {
+            ffi::autocast(args.precision, device, || {
                 model.forward_t(&batch.images, false)
             })
         });
@@ -267,7 +266,7 @@ fn phase_times(
         let _ = clip_gradients(optimizer, options);
         synchronize(device);
         let t3 = Instant::now();
-        optimizer.step(1e-3);
+        optimizer.step(DEFAULT_LR);
         let _ = count_correct(&logits, &batch.labels);
         synchronize(device);
         let t4 = Instant::now();

@@ -2,7 +2,7 @@
 //! whose metadata holds the model config as JSON (`config`), so that a file written here
 //! loads with `strict=True` into timm's `VisionTransformer`, and the other way round.
 
-use crate::data::TestSet;
+use crate::data::{Dataset, TestSet};
 use crate::fsutil::write_atomic;
 use crate::model::{ViTConfig, VisionTransformer};
 use anyhow::{bail, ensure, Context, Result};
@@ -14,6 +14,13 @@ use tch::{nn, Device, Kind, Tensor};
 
 /// Metadata key of the model config JSON.
 pub const CONFIG_KEY: &str = "config";
+/// Metadata keys of what the model was trained on (see [`dataset_metadata`]).
+const DATASET_KEY: &str = "dataset";
+const CLASSES_KEY: &str = "classes";
+const MEAN_KEY: &str = "mean";
+const STD_KEY: &str = "std";
+/// Metadata key of a run's resume state (`resume.safetensors`), which is no checkpoint.
+pub const PROGRESS_KEY: &str = "progress";
 
 /// A tensor copied to host memory in the layout safetensors stores.
 struct HostTensor {
@@ -229,10 +236,13 @@ impl TensorFile {
     /// for the user to complete, where they can tell.
     fn missing_config_advice(&self) -> String {
         match self.config_from_shapes() {
-            Some(json) => format!(
-                "no `{CONFIG_KEY}` metadata. The tensors' shapes give {json}, all but \
-                 num_heads (a divisor of embed_dim, which shapes cannot tell): save the \
-                 checkpoint with metadata={{'{CONFIG_KEY}': that JSON with NUM_HEADS filled in}}"
+            Some(shapes) => format!(
+                "no `{CONFIG_KEY}` metadata. The tensors' shapes give {}, all but num_heads \
+                 (a divisor of embed_dim, which shapes cannot tell, and a wrong one loads and \
+                 gives wrong outputs: take it from the model that saved the file): save the \
+                 checkpoint with metadata={{'{CONFIG_KEY}': that JSON with NUM_HEADS filled \
+                 in}}",
+                json_without_heads(&shapes)
             ),
             None => format!(
                 "no `{CONFIG_KEY}` metadata: save the checkpoint with \
@@ -242,11 +252,40 @@ impl TensorFile {
         }
     }
 
-    /// The config JSON that timm's tensor names and shapes give, with `NUM_HEADS` where
-    /// the head count goes (the qkv weights are the same shape for any) and dropout 0 (it
-    /// has no weights). `None` when the tensors are not the notebook's ViT in timm's
-    /// layout (a class token, square patches in a square grid, a head).
-    fn config_from_shapes(&self) -> Option<String> {
+    /// Fails when the tensors' shapes give another model than `config` (as the file's
+    /// metadata records it): the message names the sizes that differ, rather than listing
+    /// every tensor of the wrong shape.
+    pub fn check_config_matches_shapes(&self, config: &ViTConfig) -> Result<()> {
+        let Some(shapes) = self.config_from_shapes() else {
+            return Ok(());
+        };
+        // Shapes cannot tell num_heads: `shapes` has 0 there.
+        let (recorded, shaped): (Vec<String>, Vec<String>) = config
+            .sizes()
+            .into_iter()
+            .zip(shapes.sizes())
+            .filter(|((name, recorded), (_, shaped))| *name != "num_heads" && recorded != shaped)
+            .map(|((name, recorded), (_, shaped))| {
+                (format!("{name} {recorded}"), format!("{name} {shaped}"))
+            })
+            .unzip();
+        ensure!(
+            recorded.is_empty(),
+            "its `{CONFIG_KEY}` metadata does not describe its tensors: it says {}, the \
+             tensors' shapes {}. Save it again with the config of the model that made the \
+             tensors (their shapes give {}, all but num_heads)",
+            recorded.join(", "),
+            shaped.join(", "),
+            json_without_heads(&shapes)
+        );
+        Ok(())
+    }
+
+    /// The config that timm's tensor names and shapes give, with `num_heads` 0 (the qkv
+    /// weights are the same shape for any head count) and dropout 0 (it has no weights).
+    /// `None` when the tensors are not the notebook's ViT in timm's layout (a class token,
+    /// square patches in a square grid, a head).
+    fn config_from_shapes(&self) -> Option<ViTConfig> {
         let size = |name: &str| self.tensors.get(name).map(Tensor::size);
         let [embed_dim, in_channels, patch_size, patch_width] =
             size("patch_embed.proj.weight")?[..]
@@ -275,18 +314,23 @@ impl TensorFile {
                 self.tensors
                     .contains_key(&format!("blocks.{i}.norm1.weight"))
             })
-            .count();
-        Some(format!(
-            "{{\"image_size\": {}, \"patch_size\": {patch_size}, \"in_channels\": \
-             {in_channels}, \"embed_dim\": {embed_dim}, \"num_heads\": NUM_HEADS, \
-             \"mlp_dim\": {mlp_dim}, \"num_layers\": {num_layers}, \"num_classes\": \
-             {num_classes}, \"dropout\": 0.0}}",
-            side * patch_size
-        ))
+            .count() as i64;
+        Some(ViTConfig {
+            image_size: side * patch_size,
+            patch_size,
+            in_channels,
+            embed_dim,
+            num_heads: 0,
+            mlp_dim,
+            num_layers,
+            num_classes,
+            dropout: 0.0,
+        })
     }
 
     /// Copies the tensors into `vs`, which must have exactly the same names and shapes.
-    /// The error lists every missing, unexpected and mis-shaped tensor.
+    /// The error lists the missing, unexpected and mis-shaped tensors (the first few of
+    /// each), and says which of timm's model options the names point to.
     pub fn load_into(&self, vs: &nn::VarStore) -> Result<()> {
         let variables = vs.variables();
         let mut problems = Vec::new();
@@ -296,7 +340,7 @@ impl TensorFile {
             .collect();
         missing.sort();
         if !missing.is_empty() {
-            problems.push(format!("missing keys: {missing:?}"));
+            problems.push(format!("missing keys: {}", first_few(&missing)));
         }
         let unexpected: Vec<&String> = self
             .tensors
@@ -304,23 +348,33 @@ impl TensorFile {
             .filter(|k| !variables.contains_key(*k))
             .collect();
         if !unexpected.is_empty() {
-            problems.push(format!("unexpected keys: {unexpected:?}"));
+            problems.push(format!("unexpected keys: {}", first_few(&unexpected)));
         }
-        for (name, tensor) in &self.tensors {
-            if let Some(var) = variables.get(name) {
-                if var.size() != tensor.size() {
-                    problems.push(format!(
+        let mut mis_shaped: Vec<String> = self
+            .tensors
+            .iter()
+            .filter_map(|(name, tensor)| {
+                let var = variables.get(name)?;
+                (var.size() != tensor.size()).then(|| {
+                    format!(
                         "`{name}` has shape {:?}, the model expects {:?}",
                         tensor.size(),
                         var.size()
-                    ));
-                }
-            }
+                    )
+                })
+            })
+            .collect();
+        if mis_shaped.len() > SHOWN {
+            let more = mis_shaped.len() - SHOWN;
+            mis_shaped.truncate(SHOWN);
+            mis_shaped.push(format!("{more} more tensors of another shape"));
         }
+        problems.extend(mis_shaped);
         if !problems.is_empty() {
             bail!(
-                "checkpoint does not match the model: {}",
-                problems.join("; ")
+                "checkpoint does not match the model: {}{}",
+                problems.join("; "),
+                self.layout_advice()
             );
         }
         tch::no_grad(|| {
@@ -329,6 +383,79 @@ impl TensorFile {
             }
         });
         Ok(())
+    }
+
+    /// What the tensor names say of a model that is not vit's: a wrapper's prefix, or one
+    /// of timm's `VisionTransformer` options that vit's model does not have. Empty when
+    /// they say nothing.
+    fn layout_advice(&self) -> String {
+        let has = |part: &str| self.tensors.keys().any(|name| name.contains(part));
+        if self.tensors.keys().all(|name| name.starts_with("module.")) {
+            return ". Every name starts with `module.`, as a DistributedDataParallel or \
+                    DataParallel model's do: save model.module.state_dict() instead"
+                .to_string();
+        }
+        // Only a timm ViT's names say which of its options made them.
+        if !has("patch_embed.proj.") || !has("blocks.0.") {
+            return String::new();
+        }
+        let options: Vec<&str> = [
+            (has("fc_norm."), "global_pool='avg' (fc_norm)"),
+            (!has("cls_token"), "class_token=False"),
+            (
+                has("dist_token"),
+                "a distillation token (DeiT's distilled models)",
+            ),
+            (has("reg_token"), "reg_tokens"),
+            (
+                has("blocks.0.attn.qkv.weight") && !has("blocks.0.attn.qkv.bias"),
+                "qkv_bias=False",
+            ),
+            (has(".q_norm.") || has(".k_norm."), "qk_norm=True"),
+            (has(".ls1.") || has(".ls2."), "init_values (LayerScale)"),
+            (has("norm_pre."), "pre_norm=True"),
+        ]
+        .into_iter()
+        .filter_map(|(found, option)| found.then_some(option))
+        .collect();
+        match options.is_empty() {
+            true => String::new(),
+            false => format!(
+                ". Its names are those of a timm VisionTransformer made with {}, which vit's \
+                 model does not have: vit's is timm's with class_token=True, \
+                 global_pool='token', qkv_bias=True, and no LayerScale, QK norm, register or \
+                 distillation tokens or pre-norm",
+                options.join(", ")
+            ),
+        }
+    }
+}
+
+/// `config` as JSON with `NUM_HEADS` where its head count goes, for the user to fill in.
+fn json_without_heads(config: &ViTConfig) -> String {
+    format!(
+        "{{\"image_size\": {}, \"patch_size\": {}, \"in_channels\": {}, \"embed_dim\": {}, \
+         \"num_heads\": NUM_HEADS, \"mlp_dim\": {}, \"num_layers\": {}, \"num_classes\": {}, \
+         \"dropout\": 0.0}}",
+        config.image_size,
+        config.patch_size,
+        config.in_channels,
+        config.embed_dim,
+        config.mlp_dim,
+        config.num_layers,
+        config.num_classes
+    )
+}
+
+/// How many of each kind of problem a mismatched checkpoint's error lists: a wrapped
+/// model's 44 names say no more than its first few.
+const SHOWN: usize = 5;
+
+/// The first [`SHOWN`] of `items` as a list, with how many more there are.
+fn first_few<T: std::fmt::Debug>(items: &[T]) -> String {
+    match items.len() > SHOWN {
+        true => format!("{:?} and {} more", &items[..SHOWN], items.len() - SHOWN),
+        false => format!("{items:?}"),
     }
 }
 
@@ -430,7 +557,9 @@ impl LoadedModel {
         let config = &self.model.config;
         dataset
             .test
-            .check_channels(config.in_channels, &dataset.name)?;
+            .check_channels(config.in_channels, &dataset.name, |_| {
+                format!("{} was trained on other images", path.display())
+            })?;
         let recorded = recorded_class_names(&self.metadata, config.num_classes);
         // A folder dataset (one with files) numbers its classes by folder name; names are
         // matched only when the checkpoint's are unique (ImageNet's repeat "crane").
@@ -477,7 +606,7 @@ impl LoadedModel {
 /// Rebuilds the model a checkpoint describes (config from its metadata) on `device`.
 pub fn load(path: &Path, device: Device) -> Result<LoadedModel> {
     let file = TensorFile::read(path)?;
-    if file.metadata.contains_key("progress") {
+    if file.metadata.contains_key(PROGRESS_KEY) {
         bail!(
             "{} is a run's resume state, not a checkpoint: use best_model.safetensors or \
              last_model.safetensors from the same folder",
@@ -489,8 +618,24 @@ pub fn load(path: &Path, device: Device) -> Result<LoadedModel> {
         .with_context(|| format!("in {}", path.display()))?;
     let vs = nn::VarStore::new(device);
     let model = VisionTransformer::new(&vs.root(), &config)?;
-    file.load_into(&vs)
+    file.check_config_matches_shapes(&config)
+        .and_then(|()| file.load_into(&vs))
         .with_context(|| format!("loading {}", path.display()))?;
+    // Every output would be NaN, and an accuracy of NaN logits a plausible-looking 1/C.
+    // vit train never saves such weights: the file is damaged, or not vit's.
+    let not_finite: Vec<&str> = file
+        .tensors
+        .iter()
+        .filter(|(_, t)| t.is_floating_point() && t.isfinite().all().int64_value(&[]) == 0)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    ensure!(
+        not_finite.is_empty(),
+        "{} has NaN or infinite values in {}, so its every output would be NaN: the file is \
+         damaged, or was saved from a training run that diverged. Use another checkpoint",
+        path.display(),
+        first_few(&not_finite)
+    );
     warn_about_contents(path, &file, config.num_classes);
     Ok(LoadedModel {
         vs,
@@ -499,11 +644,10 @@ pub fn load(path: &Path, device: Device) -> Result<LoadedModel> {
     })
 }
 
-/// Warnings for a checkpoint that loads but will not give what its user expects: weights
-/// that are not finite (every output NaN), inputs normalised otherwise than vit does, or
-/// class names that cannot be the model's.
+/// Warnings for a checkpoint that loads but may not give what its user expects: inputs
+/// normalised otherwise than vit does, or class names that cannot be the model's.
 fn warn_about_contents(path: &Path, file: &TensorFile, num_classes: i64) {
-    if file.metadata.contains_key("classes")
+    if file.metadata.contains_key(CLASSES_KEY)
         && recorded_class_names(&file.metadata, num_classes).is_none()
     {
         eprintln!(
@@ -512,22 +656,9 @@ fn warn_about_contents(path: &Path, file: &TensorFile, num_classes: i64) {
             path.display()
         );
     }
-    let not_finite: Vec<&str> = file
-        .tensors
-        .iter()
-        .filter(|(_, t)| t.is_floating_point() && t.isfinite().all().int64_value(&[]) == 0)
-        .map(|(name, _)| name.as_str())
-        .collect();
-    if !not_finite.is_empty() {
-        eprintln!(
-            "warning: {} has NaN or infinite values in {}: its outputs will be NaN",
-            path.display(),
-            not_finite.join(", ")
-        );
-    }
     for (key, used) in [
-        ("mean", crate::data::CIFAR_MEAN),
-        ("std", crate::data::CIFAR_STD),
+        (MEAN_KEY, crate::data::CIFAR_MEAN),
+        (STD_KEY, crate::data::CIFAR_STD),
     ] {
         let recorded = file
             .metadata
@@ -547,6 +678,27 @@ fn warn_about_contents(path: &Path, file: &TensorFile, num_classes: i64) {
             );
         }
     }
+}
+
+/// Metadata that makes a checkpoint self-describing for `vit eval` and `vit predict`
+/// (`mean` and `std` record the normalisation for other tools; vit always uses the
+/// notebook's constants).
+pub fn dataset_metadata(dataset: &Dataset) -> Vec<(&'static str, String)> {
+    vec![
+        (DATASET_KEY, dataset.name.clone()),
+        (
+            CLASSES_KEY,
+            serde_json::to_string(&dataset.classes).expect("strings serialise"),
+        ),
+        (
+            MEAN_KEY,
+            serde_json::to_string(&crate::data::CIFAR_MEAN).expect("floats serialise"),
+        ),
+        (
+            STD_KEY,
+            serde_json::to_string(&crate::data::CIFAR_STD).expect("floats serialise"),
+        ),
+    ]
 }
 
 /// Writes the model's parameters with `config` and `extra` metadata, atomically.
@@ -586,7 +738,7 @@ pub fn dataset_args(
 ) -> Result<crate::cli::DatasetArgs> {
     use crate::cli::DatasetName;
     use crate::data::{CIFAR10, CIFAR100, CIFAR100_COARSE, FOLDER};
-    let recorded = metadata.get("dataset").map(String::as_str);
+    let recorded = metadata.get(DATASET_KEY).map(String::as_str);
     let dataset = match (args.dataset, recorded) {
         (Some(name), _) => name,
         (None, Some(CIFAR10)) => DatasetName::Cifar10,
@@ -618,7 +770,7 @@ pub fn recorded_class_names(
     metadata: &HashMap<String, String>,
     num_classes: i64,
 ) -> Option<Vec<String>> {
-    serde_json::from_str::<Vec<String>>(metadata.get("classes")?)
+    serde_json::from_str::<Vec<String>>(metadata.get(CLASSES_KEY)?)
         .ok()
         .filter(|names| names.len() as i64 == num_classes)
 }

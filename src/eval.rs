@@ -1,10 +1,11 @@
 //! Test-set evaluation (the notebook's "Validation Accuracy"), and `vit eval`.
 
 use crate::checkpoint;
-use crate::cli::EvalArgs;
+use crate::cli::{EvalArgs, Precision};
 use crate::data::{self, transforms, Split};
+use crate::ffi::autocast;
 use crate::model::VisionTransformer;
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use tch::{nn::ModuleT, Kind, Reduction, Tensor};
@@ -21,9 +22,14 @@ pub struct Evaluation {
     pub confusion: Tensor,
 }
 
-/// Runs the model over `split` in eval mode. Sums stay on the device until the end, so the
-/// pass has a single host-device synchronisation.
-pub fn evaluate(model: &VisionTransformer, split: &Split, batch_size: i64) -> Evaluation {
+/// Runs the model over `split` in eval mode, its forward at `precision`. Sums stay on the
+/// device until the end, so the pass has a single host-device synchronisation.
+pub fn evaluate(
+    model: &VisionTransformer,
+    split: &Split,
+    batch_size: i64,
+    precision: Precision,
+) -> Evaluation {
     let num_classes = model.config.num_classes;
     let device = split.images.device();
     let n = split.len();
@@ -37,7 +43,8 @@ pub fn evaluate(model: &VisionTransformer, split: &Split, batch_size: i64) -> Ev
                 model.config.image_size,
             );
             let labels = split.labels.narrow(0, start, len);
-            let logits = model.forward_t(&images, false).to_kind(Kind::Float);
+            let logits = autocast(precision, device, || model.forward_t(&images, false))
+                .to_kind(Kind::Float);
             loss_sum +=
                 logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, -100, 0.0);
             let cells = &labels * num_classes + logits.argmax(-1, false);
@@ -100,7 +107,8 @@ struct EvalReport<'a> {
     checkpoint: String,
     /// null for a class without test images.
     per_class_accuracy: Vec<(&'a str, Option<f64>)>,
-    confusion_matrix_csv: String,
+    /// null when the checkpoint's folder could not take it (and no --out was given).
+    confusion_matrix_csv: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     confusion_matrix_png: Option<String>,
 }
@@ -129,6 +137,36 @@ fn report_name(checkpoint: &Path, out: Option<&Path>) -> String {
     }
 }
 
+/// Where the confusion matrix goes, checked before the test pass (which may take a while).
+/// A folder the user named with --out must take it, as must the checkpoint's when --plot
+/// asks for its picture; otherwise a checkpoint's read-only folder (a shared models folder)
+/// only means that the figures are reported without the matrix: `None`.
+fn report_folder(args: &EvalArgs) -> Result<Option<PathBuf>> {
+    let folder = args
+        .checkpoint
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let out = args.out.as_ref().unwrap_or(&folder);
+    match crate::fsutil::ensure_writable_folder(out) {
+        Ok(()) => Ok(Some(out.clone())),
+        Err(e) if args.out.is_some() => Err(anyhow!(
+            "{e:#}; --out is where the confusion matrix goes: choose another"
+        )),
+        Err(e) if args.plot => Err(anyhow!(
+            "{e:#}; the confusion matrix (and its --plot picture) goes there: pass --out DIR \
+             to write it elsewhere"
+        )),
+        Err(e) => {
+            eprintln!(
+                "warning: {e:#}, so the confusion matrix is not saved: pass --out DIR to save \
+                 it elsewhere"
+            );
+            Ok(None)
+        }
+    }
+}
+
 /// `vit eval`: the config, the dataset name and the class names come from the checkpoint.
 pub fn run(args: &EvalArgs) -> Result<()> {
     let device = args.device.resolve()?;
@@ -136,41 +174,32 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let config = &loaded.model.config;
     let dataset_args = checkpoint::dataset_args(&loaded.metadata, &args.data)
         .with_context(|| format!("evaluating {}", args.checkpoint.display()))?;
-    ensure!(args.batch_size > 0, "--batch-size must be positive");
     let mut dataset = data::load_test(&dataset_args, config.image_size)?;
     loaded.fit_dataset(&args.checkpoint, &mut dataset, &args.data.data_dir)?;
-    // Before the pass, which may take a while: a folder that cannot take the results.
-    let out_dir = match &args.out {
-        Some(dir) => dir.clone(),
-        None => args
-            .checkpoint
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_default(),
-    };
-    crate::fsutil::ensure_writable_folder(&out_dir).map_err(|e| {
-        anyhow!("{e:#}; the confusion matrix goes there: pass --out DIR to write it elsewhere")
-    })?;
+    let out_dir = report_folder(args)?;
     let test = dataset.test.to_device(device);
-    let evaluation = crate::train::autocast(args.precision, device, || {
-        evaluate(&loaded.model, &test, args.batch_size)
-    });
+    let evaluation = evaluate(&loaded.model, &test, args.batch_size, args.precision);
 
     let name = report_name(&args.checkpoint, args.out.as_deref());
-    let csv_path = out_dir.join(format!("{name}.confusion_matrix.csv"));
-    evaluation.write_confusion_csv(&dataset.classes, &csv_path)?;
-    let png = out_dir.join(format!("{name}.confusion_matrix.png"));
-    if args.plot {
-        crate::plot::confusion_matrix(&evaluation.confusion, &dataset.classes, &png)?;
-    } else if png.exists() {
-        eprintln!(
-            "note: {} is from an earlier evaluation and may not match {} (pass --plot to \
-             redraw it)",
-            png.display(),
-            csv_path.display()
-        );
+    let csv_path = out_dir
+        .as_ref()
+        .map(|dir| dir.join(format!("{name}.confusion_matrix.csv")));
+    let mut png_path = None;
+    if let (Some(dir), Some(csv_path)) = (&out_dir, &csv_path) {
+        evaluation.write_confusion_csv(&dataset.classes, csv_path)?;
+        let png = dir.join(format!("{name}.confusion_matrix.png"));
+        if args.plot {
+            crate::plot::confusion_matrix(&evaluation.confusion, &dataset.classes, &png)?;
+            png_path = Some(png);
+        } else if png.exists() {
+            eprintln!(
+                "note: {} is from an earlier evaluation and may not match {} (pass --plot to \
+                 redraw it)",
+                png.display(),
+                csv_path.display()
+            );
+        }
     }
-    let png_path = args.plot.then_some(png);
 
     let per_class = evaluation.per_class_accuracy();
     if args.json {
@@ -186,7 +215,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 .map(String::as_str)
                 .zip(per_class)
                 .collect(),
-            confusion_matrix_csv: csv_path.display().to_string(),
+            confusion_matrix_csv: csv_path.as_ref().map(|csv| csv.display().to_string()),
             confusion_matrix_png: png_path.as_ref().map(|png| png.display().to_string()),
         };
         println!("{}", serde_json::to_string(&report)?);
@@ -205,7 +234,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 None => println!("  {class:<20} (no test images)"),
             }
         }
-        println!("Confusion matrix: {}", csv_path.display());
+        if let Some(csv_path) = &csv_path {
+            println!("Confusion matrix: {}", csv_path.display());
+        }
         if let Some(png) = &png_path {
             println!("Confusion matrix picture: {}", png.display());
         }

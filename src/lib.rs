@@ -1,8 +1,9 @@
 //! vit-tch: the NYU Deep Learning HW4 Vision Transformer on tch-rs (libtorch).
 //!
-//! `model` holds the notebook's four modules; `data`, `train`, `eval`, `predict`, `bench`,
-//! `plot` and `attention` each implement one `vit` subcommand; `cli` declares them all;
-//! `runtime` sets libtorch up for the process (threads, error reports).
+//! `model` holds the notebook's four modules; `info`, `train`, `eval`, `predict`, `bench`,
+//! `plot` and `attention` each implement the `vit` subcommand of their name, and `data`
+//! both `download` and `data`; `cli` declares them all; `runtime` sets libtorch up for the
+//! process (threads, error reports).
 
 pub mod attention;
 pub mod bench;

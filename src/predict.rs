@@ -22,7 +22,6 @@ struct Prediction {
 }
 
 pub fn run(args: &PredictArgs) -> Result<()> {
-    ensure!(args.batch_size > 0, "--batch-size must be positive");
     let device = args.device.resolve()?;
     let loaded = checkpoint::load(&args.checkpoint, device)?;
     loaded.ensure_rgb(&args.checkpoint)?;

@@ -222,26 +222,104 @@ fn mismatched_checkpoint_is_refused_naming_each_problem() {
     let (mut tensors, metadata) = checkpoint_tensors();
     assert!(tensors.remove("blocks.1.mlp.fc2.bias").is_some());
     tensors.insert(
-        "blocks.2.norm1.weight".into(),
+        "blocks.0.extra.weight".into(),
         Tensor::ones([16], (Kind::Float, Device::Cpu)),
     );
     tensors.insert(
-        "head.weight".into(),
-        Tensor::zeros([7, 16], (Kind::Float, Device::Cpu)),
+        "blocks.1.norm2.weight".into(),
+        Tensor::zeros([7], (Kind::Float, Device::Cpu)),
     );
     let error = load_error("mismatched", TensorFile { tensors, metadata });
     for expected in [
-        "missing keys",
-        "blocks.1.mlp.fc2.bias",
-        "unexpected keys",
-        "blocks.2.norm1.weight",
-        "`head.weight` has shape [7, 16], the model expects [5, 16]",
+        "missing keys: [\"blocks.1.mlp.fc2.bias\"]",
+        "unexpected keys: [\"blocks.0.extra.weight\"]",
+        "`blocks.1.norm2.weight` has shape [7], the model expects [16]",
     ] {
         assert!(
             error.contains(expected),
             "`{expected}` not in the error: {error}"
         );
     }
+    assert!(
+        !error.contains("timm VisionTransformer made with"),
+        "{error}"
+    );
+
+    // Many of a kind: the first five are listed, and the count of the others.
+    let (mut tensors, metadata) = checkpoint_tensors();
+    let mut biases = 0;
+    for (_, tensor) in tensors
+        .iter_mut()
+        .filter(|(name, _)| name.ends_with(".bias"))
+    {
+        *tensor = Tensor::zeros([3], (Kind::Float, Device::Cpu));
+        biases += 1;
+    }
+    let error = load_error("many", TensorFile { tensors, metadata });
+    let listed = error.matches("has shape [3], the model expects").count();
+    assert_eq!(listed, 5, "{error}");
+    assert!(
+        error.contains(&format!("; {} more tensors of another shape", biases - 5)),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_checkpoint_of_another_timm_layout_is_told_what_differs() {
+    let (tensors, metadata) = checkpoint_tensors();
+    let renamed = |rename: &dyn Fn(&str) -> Option<String>| {
+        let tensors = tensors
+            .iter()
+            .filter_map(|(name, t)| Some((rename(name)?, t.shallow_clone())))
+            .collect();
+        TensorFile {
+            tensors,
+            metadata: metadata.clone(),
+        }
+    };
+    for (name, file, expected) in [
+        (
+            "ddp",
+            renamed(&|name| Some(format!("module.{name}"))),
+            "Every name starts with `module.`, as a DistributedDataParallel or DataParallel \
+             model's do: save model.module.state_dict() instead",
+        ),
+        (
+            "avg-pool",
+            renamed(&|name| match name.starts_with("norm.") {
+                true => Some(format!("fc_{name}")),
+                false => Some(name.to_string()),
+            }),
+            "made with global_pool='avg' (fc_norm), which vit's model does not have",
+        ),
+        (
+            "no-qkv-bias",
+            renamed(&|name| (!name.ends_with("qkv.bias")).then(|| name.to_string())),
+            "made with qkv_bias=False, which vit's model does not have",
+        ),
+    ] {
+        let error = load_error(name, file);
+        assert!(error.contains(expected), "{name}: {error}");
+    }
+
+    // A config that is not the tensors': the sizes that differ, not each tensor.
+    let (tensors, _) = checkpoint_tensors();
+    let wrong = ViTConfig {
+        embed_dim: 32,
+        mlp_dim: 64,
+        ..tiny_config()
+    };
+    let metadata = HashMap::from([("config".to_string(), wrong.to_json())]);
+    let error = load_error("wrong-config", TensorFile { tensors, metadata });
+    assert!(
+        error.contains(&format!(
+            "it says embed_dim 32, mlp_dim 64, the tensors' shapes embed_dim {}, mlp_dim {}",
+            tiny_config().embed_dim,
+            tiny_config().mlp_dim
+        )),
+        "{error}"
+    );
+    assert!(!error.contains("has shape"), "{error}");
 }
 
 #[test]

@@ -1161,7 +1161,7 @@ fn user_errors_say_what_to_do() {
     args.extend(["--in-channels", "1"]);
     let stderr = vit_fails(&args);
     assert!(
-        stderr.contains("takes 1-channel images (in_channels = 1)"),
+        stderr.contains("takes 1-channel images: pass --in-channels 3, or leave it out"),
         "{stderr}"
     );
 
@@ -1182,6 +1182,22 @@ fn user_errors_say_what_to_do() {
             "--embed-dim=32.5",
             "invalid value '32.5' for '--embed-dim <EMBED_DIM>': expected a whole number",
         ),
+        (
+            "--epochs=0",
+            "invalid value '0' for '--epochs <EPOCHS>': expected a whole number of 1 or more",
+        ),
+        (
+            "--batch-size -8",
+            "invalid value '-8' for '--batch-size <BATCH_SIZE>': expected a whole number of 1 or \
+             more",
+        ),
+        // The model's flags are named as the user wrote them, not as config fields.
+        (
+            "--embed-dim=30 --num-heads=4",
+            "--embed-dim (30) must be divisible by --num-heads (4)",
+        ),
+        ("--dropout=1", "--dropout must be in [0, 1), got 1"),
+        ("--mlp-dim=0", "--mlp-dim must be positive, got 0"),
         // A negative value after a space is a value, not a flag clap does not know.
         ("--clip-grad -1", "--clip-grad must be a number >= 0"),
         ("--ema -0.5", "--ema must be in [0, 1), got -0.5"),
@@ -1261,6 +1277,19 @@ fn user_errors_say_what_to_do() {
         !run.exists(),
         "a refused run must not leave a run folder behind"
     );
+    // The other commands' sizes, refused before a checkpoint is read.
+    for command in [
+        "eval --checkpoint none.safetensors --batch-size 0",
+        "predict --checkpoint none.safetensors a.png --batch-size 0",
+        "bench --batch-size 0",
+        "bench --steps 0",
+    ] {
+        let stderr = vit_fails(&command.split(' ').collect::<Vec<_>>());
+        assert!(
+            stderr.contains("invalid value '0' for '--") && stderr.contains("of 1 or more"),
+            "{command}: {stderr}"
+        );
+    }
 
     // A folder of the user's with files a run would overwrite is refused, untouched.
     std::fs::create_dir_all(&run).unwrap();
@@ -1392,10 +1421,18 @@ fn user_errors_say_what_to_do() {
             "{command}: {stderr}"
         );
     }
+    #[rustfmt::skip]
+    let stderr = vit_fails(&["eval", "--checkpoint", grey_model, "--dataset", "cifar10", "--data-dir", data, "--device", "cpu"]);
+    assert!(
+        stderr.contains(&format!(
+            "cifar10 images have 3 channels but the model takes 1-channel images: {grey_model} \
+             was trained on other images"
+        )),
+        "{stderr}"
+    );
 
-    // A checkpoint that loads but would mislead: NaN weights, another normalisation, a
-    // broken class list. Each is a warning; a dataset vit cannot read is an error.
-    let _ = vs.variables()["head.bias"].detach().fill_(f64::NAN);
+    // A checkpoint that loads but may mislead: another normalisation, a broken class list.
+    // Each is a warning; a dataset vit cannot read is an error.
     let odd = root.join("odd.safetensors");
     #[rustfmt::skip]
     let metadata = [
@@ -1409,12 +1446,39 @@ fn user_errors_say_what_to_do() {
     let (odd, picture) = (odd.to_str().unwrap(), picture.to_str().unwrap());
     let output = vit(&["predict", "--checkpoint", odd, picture, "--device", "cpu"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
     for warning in [
-        "NaN or infinite values in head.bias",
         "records normalisation mean [0.5, 0.5, 0.5]",
         "has `classes` metadata that is not a list of 5 names",
     ] {
         assert!(stderr.contains(warning), "{warning}: {stderr}");
+    }
+    // NaN weights (a damaged file) would make every output NaN: refused.
+    let _ = vs.variables()["head.bias"].detach().fill_(f64::NAN);
+    let damaged = root.join("damaged.safetensors");
+    vit_tch::checkpoint::save(&vs, &config, &[], &damaged).unwrap();
+    let damaged = damaged.to_str().unwrap();
+    for args in [
+        vec!["predict", "--checkpoint", damaged, picture],
+        vec![
+            "eval",
+            "--checkpoint",
+            damaged,
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            data,
+        ],
+    ] {
+        let stderr = vit_fails(&args);
+        let command = args[0];
+        assert!(
+            stderr.contains(&format!(
+                "{damaged} has NaN or infinite values in [\"head.bias\"], so its every output \
+                 would be NaN: the file is damaged"
+            )),
+            "{command}: {stderr}"
+        );
     }
     let stderr = vit_fails(&["eval", "--checkpoint", odd, "--data-dir", data]);
     assert!(
@@ -1445,8 +1509,7 @@ fn user_errors_say_what_to_do() {
             .contains("lettered.safetensors has `classes` metadata that is not a list of 10 names"),
         "{stderr}"
     );
-    // A folder that cannot take the confusion matrix is refused before the test pass, with
-    // the flag that writes it elsewhere.
+    // An --out that cannot take the confusion matrix is refused before the test pass.
     for (out, error) in [
         ("/proc/vit-eval", "cannot create"),
         ("/proc/self", "cannot write to"),
@@ -1454,10 +1517,37 @@ fn user_errors_say_what_to_do() {
         #[rustfmt::skip]
         let stderr = vit_fails(&["eval", "--checkpoint", lettered.to_str().unwrap(), "--data-dir", data, "--device", "cpu", "--out", out]);
         assert!(
-            stderr.contains(&format!("{error} {out}")) && stderr.contains("pass --out DIR"),
+            stderr.contains(&format!("{error} {out}"))
+                && stderr.contains("--out is where the confusion matrix goes: choose another"),
             "{stderr}"
         );
     }
+    // A checkpoint in a folder that cannot take it (here /proc/PID/fd, of a file this test
+    // holds open) is evaluated all the same, without the matrix's file; --plot, which asks
+    // for a picture there, is refused.
+    let held = std::fs::File::open(&lettered).unwrap();
+    let in_read_only = format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        std::os::fd::AsRawFd::as_raw_fd(&held)
+    );
+    #[rustfmt::skip]
+    let output = vit(&["eval", "--checkpoint", &in_read_only, "--data-dir", data, "--device", "cpu", "--json"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("so the confusion matrix is not saved: pass --out DIR to save it"),
+        "{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(report["confusion_matrix_csv"].is_null(), "{report}");
+    assert!(report["accuracy"].as_f64().is_some(), "{report}");
+    #[rustfmt::skip]
+    let stderr = vit_fails(&["eval", "--checkpoint", &in_read_only, "--data-dir", data, "--device", "cpu", "--plot"]);
+    assert!(
+        stderr.contains("the confusion matrix (and its --plot picture) goes there: pass --out DIR"),
+        "{stderr}"
+    );
 
     // A file that cannot be read is named and skipped; the others are classified, and the
     // exit status says that one was not.

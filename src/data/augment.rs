@@ -151,7 +151,8 @@ impl Default for RandAugment {
     }
 }
 
-/// The automatic augmentation policy of the strong recipe.
+/// An automatic augmentation policy, per image of a uint8 batch (the strong recipe's is
+/// AutoAugment's; `--augment-policy` chooses).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Policy {
     RandAugment(RandAugment),

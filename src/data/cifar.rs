@@ -61,21 +61,21 @@ pub const CIFAR10_FORMAT: RecordFormat = RecordFormat {
     label_bytes: 1,
     label_index: 0,
     num_classes: 10,
-    dataset: "cifar10",
+    dataset: super::CIFAR10,
     folder: CIFAR10_FOLDER,
 };
 pub const CIFAR100_FINE_FORMAT: RecordFormat = RecordFormat {
     label_bytes: 2,
     label_index: 1,
     num_classes: 100,
-    dataset: "cifar100",
+    dataset: super::CIFAR100,
     folder: CIFAR100_FOLDER,
 };
 pub const CIFAR100_COARSE_FORMAT: RecordFormat = RecordFormat {
     label_bytes: 2,
     label_index: 0,
     num_classes: 20,
-    dataset: "cifar100",
+    dataset: super::CIFAR100,
     folder: CIFAR100_FOLDER,
 };
 

@@ -67,22 +67,21 @@ impl Split {
         }
     }
 
-    /// Another handle on the same tensors.
-    pub fn shallow_clone(&self) -> Split {
-        Split {
-            images: self.images.shallow_clone(),
-            labels: self.labels.shallow_clone(),
-        }
-    }
-
     /// Fails unless the images have `in_channels` channels (CIFAR and folder images are
-    /// RGB), so a mismatched `--in-channels` is an error rather than a libtorch panic.
-    pub fn check_channels(&self, in_channels: i64, dataset: &str) -> Result<()> {
+    /// RGB), so a mismatched `--in-channels` is an error rather than a libtorch panic;
+    /// `advice` (given the images' channel count) says what to do instead.
+    pub fn check_channels(
+        &self,
+        in_channels: i64,
+        dataset: &str,
+        advice: impl Fn(i64) -> String,
+    ) -> Result<()> {
         let channels = self.images.size()[1];
         ensure!(
             channels == in_channels,
             "{dataset} images have {channels} channels but the model takes {in_channels}-channel \
-             images (in_channels = {in_channels})"
+             images: {}",
+            advice(channels)
         );
         Ok(())
     }

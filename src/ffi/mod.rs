@@ -6,6 +6,7 @@
 //! CUDA instead of one each), a linear layer whose matrix products run in oneDNN, and CUDA
 //! graphs (`torch.cuda.graph`).
 
+use crate::cli::Precision;
 use anyhow::{anyhow, bail, ensure, Result};
 use std::ffi::{c_void, CStr};
 use tch::{Device, Tensor};
@@ -79,6 +80,14 @@ fn device_type(device: Device) -> i8 {
     match device {
         Device::Cuda(_) => DEVICE_TYPE_CUDA,
         _ => DEVICE_TYPE_CPU,
+    }
+}
+
+/// Runs `f` as `--precision` says: as it is (fp32), or under [`autocast_bf16`].
+pub fn autocast<T>(precision: Precision, device: Device, f: impl FnOnce() -> T) -> T {
+    match precision {
+        Precision::Fp32 => f(),
+        Precision::Bf16 => autocast_bf16(device, f),
     }
 }
 

@@ -76,9 +76,21 @@ impl ViTConfig {
     }
 
     /// Checks every constraint the modules rely on, so a bad config fails here with a
-    /// message rather than deep inside libtorch.
+    /// message rather than deep inside libtorch. The message names the config's fields
+    /// (`embed_dim`), as a checkpoint's config spells them.
     pub fn validate(&self) -> Result<()> {
-        for (name, value) in [
+        self.check(|field| field.to_string())
+    }
+
+    /// [`Self::validate`], naming the command-line flags that set the fields
+    /// (`--embed-dim`), for a config the user gave as flags.
+    pub fn validate_flags(&self) -> Result<()> {
+        self.check(|field| format!("--{}", field.replace('_', "-")))
+    }
+
+    /// The eight whole-number hyperparameters (all but dropout), with their names.
+    pub fn sizes(&self) -> [(&'static str, i64); 8] {
+        [
             ("image_size", self.image_size),
             ("patch_size", self.patch_size),
             ("in_channels", self.in_channels),
@@ -87,24 +99,33 @@ impl ViTConfig {
             ("mlp_dim", self.mlp_dim),
             ("num_layers", self.num_layers),
             ("num_classes", self.num_classes),
-        ] {
-            ensure!(value > 0, "{name} must be positive, got {value}");
+        ]
+    }
+
+    fn check(&self, name: impl Fn(&str) -> String) -> Result<()> {
+        for (field, value) in self.sizes() {
+            ensure!(value > 0, "{} must be positive, got {value}", name(field));
         }
         ensure!(
             self.image_size % self.patch_size == 0,
-            "image_size ({}) must be divisible by patch_size ({})",
+            "{} ({}) must be divisible by {} ({})",
+            name("image_size"),
             self.image_size,
+            name("patch_size"),
             self.patch_size
         );
         ensure!(
             self.embed_dim % self.num_heads == 0,
-            "embed_dim ({}) must be divisible by num_heads ({})",
+            "{} ({}) must be divisible by {} ({})",
+            name("embed_dim"),
             self.embed_dim,
+            name("num_heads"),
             self.num_heads
         );
         ensure!(
             (0.0..1.0).contains(&self.dropout),
-            "dropout must be in [0, 1), got {}",
+            "{} must be in [0, 1), got {}",
+            name("dropout"),
             self.dropout
         );
         // Refused here rather than found by building it: a model of millions of small
@@ -114,10 +135,13 @@ impl ViTConfig {
             ensure!(
                 bytes <= memory as f64,
                 "the model would have {:.3e} parameters ({:.1} GB in float32), more than the \
-                 {:.1} GB of memory here: use a smaller embed_dim, mlp_dim or num_layers",
+                 {:.1} GB of memory here: use a smaller {}, {} or {}",
                 self.parameter_count(),
                 bytes / 1e9,
-                memory as f64 / 1e9
+                memory as f64 / 1e9,
+                name("embed_dim"),
+                name("mlp_dim"),
+                name("num_layers")
             );
         }
         Ok(())
@@ -147,10 +171,6 @@ impl ViTConfig {
             + mlp * embed + embed; // fc2
         let head = 2.0 * embed + embed * classes + classes; // norm, head
         patch_embed + class_and_positions + layers * block + head
-    }
-
-    pub fn head_dim(&self) -> i64 {
-        self.embed_dim / self.num_heads
     }
 
     pub fn to_json(&self) -> String {

@@ -147,7 +147,7 @@ impl VisionTransformer {
     }
 
     /// Every block's attention probabilities, first block first (for attention rollout):
-    /// [B, C, H, W] -> num_layers x [B, num_heads, N + 1, N + 1].
+    /// [B, C, H, W] -> num_layers x [B, num_heads, num_patches + 1, num_patches + 1].
     pub fn attention_maps(&self, images: &Tensor) -> Vec<Tensor> {
         let mut tokens = self.embed(images, false);
         let mut maps = Vec::with_capacity(self.blocks.len());

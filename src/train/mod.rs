@@ -21,6 +21,7 @@ use crate::checkpoint;
 use crate::cli::{CudaGraphScope, Precision, Recipe, TrainArgs};
 use crate::data::{self, augment, mix, transforms, Dataset, Split};
 use crate::eval::evaluate;
+use crate::ffi::autocast;
 use crate::model::{ViTConfig, VisionTransformer};
 use crate::optim::{clip_grad_norm, learning_rate, AdamW};
 use anyhow::{bail, ensure, Result};
@@ -217,14 +218,6 @@ pub fn count_correct(logits: &Tensor, labels: &Tensor) -> Tensor {
     logits.argmax(-1, false).eq_tensor(labels).sum(Kind::Int64)
 }
 
-/// Runs `f` under bf16 autocast on `device` when `precision` asks for it.
-pub fn autocast<T>(precision: Precision, device: Device, f: impl FnOnce() -> T) -> T {
-    match precision {
-        Precision::Fp32 => f(),
-        Precision::Bf16 => crate::ffi::autocast_bf16(device, f),
-    }
-}
-
 /// `vit train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
     crate::runtime::apply_threads(args.threads);
@@ -275,8 +268,6 @@ fn settings_and_dataset(args: &TrainArgs) -> Result<(TrainSettings, Dataset)> {
         // The strong recipe regularises with stochastic depth and augmentation instead.
         config.dropout = 0.0;
     }
-    ensure!(args.batch_size > 0, "--batch-size must be positive");
-    ensure!(args.epochs > 0, "--epochs must be positive");
     // Written as given to config.json, which has no infinity: a run must resume.
     ensure!(
         args.lr > 0.0 && args.lr.is_finite(),
@@ -309,7 +300,9 @@ fn settings_and_dataset(args: &TrainArgs) -> Result<(TrainSettings, Dataset)> {
     let dataset = data::load(&args.data, config.image_size)?;
     dataset
         .train
-        .check_channels(config.in_channels, &dataset.name)?;
+        .check_channels(config.in_channels, &dataset.name, |channels| {
+            format!("pass --in-channels {channels}, or leave it out")
+        })?;
     let num_classes = dataset.num_classes();
     if num_classes == 1 {
         eprintln!(
@@ -366,7 +359,9 @@ pub enum Outcome {
     },
 }
 
-/// How and where a run executes; none of it changes what the run computes.
+/// How and where a run executes, as against [`TrainSettings`], what it computes. (The
+/// device's kernels round differently, so a run resumed on another one notes that it
+/// will not replay exactly.)
 pub struct RunOptions<'a> {
     /// The run folder (with `numbered_out`, where its name starts).
     pub out: &'a Path,
@@ -526,7 +521,7 @@ impl<'a> Trainer<'a> {
             test_split: dataset.test.to_device(device),
             train_split,
             steps_per_epoch,
-            metadata: checkpoint_metadata(dataset),
+            metadata: checkpoint::dataset_metadata(dataset),
             console: Console::new(steps_per_epoch),
             progress,
         })
@@ -666,9 +661,12 @@ impl<'a> Trainer<'a> {
         let train_seconds = progress.seconds + started.elapsed().as_secs_f64();
         let eval_batch = self.settings.batch_size.max(256);
         let test = |model| {
-            autocast(self.settings.eval_precision, self.options.device, || {
-                evaluate(model, &self.test_split, eval_batch)
-            })
+            evaluate(
+                model,
+                &self.test_split,
+                eval_batch,
+                self.settings.eval_precision,
+            )
         };
         let evaluation = test(&self.model);
         // Weights the last step sent to infinity show only here; they are not saved.
@@ -690,20 +688,29 @@ impl<'a> Trainer<'a> {
         // The weights are copied now; the disk writes overlap the next epoch.
         let mut files = Vec::new();
         let model = |vs| checkpoint::to_bytes(vs, &self.settings.model, &self.metadata);
-        let last_model = model(&self.vs)?;
-        // The first epoch always writes one, so that best_model exists even at 0%.
-        if evaluation.accuracy > progress.best_accuracy || epoch == 0 {
-            progress.best_accuracy = evaluation.accuracy;
-            files.push(("best_model.safetensors", last_model.clone()));
-        }
-        files.push(("last_model.safetensors", last_model));
+        // The last model, and the best when it is that too. The first epoch always writes
+        // one, so that a best model exists even at 0%.
+        let mut keep =
+            |[best, last]: [&'static str; 2], bytes: Vec<u8>, accuracy, best_accuracy: &mut f64| {
+                if accuracy > *best_accuracy || epoch == 0 {
+                    *best_accuracy = accuracy;
+                    files.push((best, bytes.clone()));
+                }
+                files.push((last, bytes));
+            };
+        keep(
+            ["best_model.safetensors", "last_model.safetensors"],
+            model(&self.vs)?,
+            evaluation.accuracy,
+            &mut progress.best_accuracy,
+        );
         if let (Some(ema), Some(evaluation)) = (&self.ema, &ema_evaluation) {
-            let last_ema_model = model(&ema.vs)?;
-            if evaluation.accuracy > progress.best_ema_accuracy || epoch == 0 {
-                progress.best_ema_accuracy = evaluation.accuracy;
-                files.push(("best_ema_model.safetensors", last_ema_model.clone()));
-            }
-            files.push(("last_ema_model.safetensors", last_ema_model));
+            keep(
+                ["best_ema_model.safetensors", "last_ema_model.safetensors"],
+                model(&ema.vs)?,
+                evaluation.accuracy,
+                &mut progress.best_ema_accuracy,
+            );
         }
         *progress = Progress {
             epochs_done: epoch + 1,
@@ -752,29 +759,9 @@ fn ensure_finite(what: &str, loss: f64, epoch: usize, run: &RunFolder) -> Result
         };
         bail!(
             "the {what} became {loss} in epoch {epoch}; stopped ({kept}). \
-             Try a lower --lr or --weight-decay, or a --clip-grad"
+             Train again into another --out with a lower --lr or --weight-decay, or a smaller \
+             --clip-grad"
         );
     }
     Ok(())
-}
-
-/// Metadata that makes a checkpoint self-describing for `vit eval` and `vit predict`
-/// (`mean` and `std` record the normalisation for other tools; vit always uses the
-/// notebook's constants).
-fn checkpoint_metadata(dataset: &Dataset) -> Vec<(&'static str, String)> {
-    vec![
-        ("dataset", dataset.name.clone()),
-        (
-            "classes",
-            serde_json::to_string(&dataset.classes).expect("strings serialise"),
-        ),
-        (
-            "mean",
-            serde_json::to_string(&data::CIFAR_MEAN).expect("floats serialise"),
-        ),
-        (
-            "std",
-            serde_json::to_string(&data::CIFAR_STD).expect("floats serialise"),
-        ),
-    ]
 }

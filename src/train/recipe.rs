@@ -35,6 +35,12 @@ const MAX_RANDAUGMENT_OPS: i64 = 16;
 /// The smallest non-zero `--mixup`/`--cutmix` alpha (see [`Regularization::from_args`]).
 const MIN_MIX_ALPHA: f64 = 0.01;
 
+/// The strong recipe's stochastic depth of the last block (CCT's and Lee et al.'s).
+const STRONG_DROP_PATH: f64 = 0.1;
+
+/// The strong recipe's EMA decay: an average over about the last 1,000 steps.
+const STRONG_EMA: f64 = 0.999;
+
 impl Regularization {
     /// Whether the batches of `epoch` (0-based) are mixed.
     pub fn mixes_in(&self, epoch: usize) -> bool {
@@ -81,11 +87,11 @@ impl Regularization {
                 Some(Policy::RandAugment(randaugment))
             }
         };
-        let erasing = pick(args.random_erasing, 0.25);
+        let erasing = pick(args.random_erasing, RandomErasing::default().p);
         let default_mix = MixConfig::default();
         let mix = MixConfig {
-            mixup_alpha: pick(args.mixup, 0.8),
-            cutmix_alpha: pick(args.cutmix, 1.0),
+            mixup_alpha: pick(args.mixup, default_mix.mixup_alpha),
+            cutmix_alpha: pick(args.cutmix, default_mix.cutmix_alpha),
             prob: args.mix_prob.unwrap_or(default_mix.prob),
             switch_prob: args.switch_prob.unwrap_or(default_mix.switch_prob),
             ..default_mix
@@ -133,6 +139,7 @@ impl Regularization {
                 );
             }
         }
+        let ema = pick(args.ema, STRONG_EMA);
         let regularization = Self {
             augment: (policy.is_some() || erasing > 0.0).then(|| AugmentConfig {
                 policy,
@@ -144,9 +151,9 @@ impl Regularization {
             }),
             mix: mix.is_active().then_some(mix.clone()),
             mix_off_epoch: args.mix_off_epoch,
-            drop_path: pick(args.drop_path, 0.1),
+            drop_path: pick(args.drop_path, STRONG_DROP_PATH),
             attn_dropout: pick(args.attn_dropout, 0.0),
-            ema: Some(pick(args.ema, 0.999)).filter(|&decay| decay > 0.0),
+            ema: Some(ema).filter(|&decay| decay > 0.0),
             ema_warmup: args.ema_warmup,
         };
         ensure!(
@@ -165,7 +172,7 @@ impl Regularization {
             ("--switch-prob", mix.switch_prob, true),
             ("--drop-path", regularization.drop_path, false),
             ("--attn-dropout", regularization.attn_dropout, false),
-            ("--ema", pick(args.ema, 0.999), false),
+            ("--ema", ema, false),
         ] {
             let upper = if one_allowed { "1]" } else { "1)" };
             ensure!(

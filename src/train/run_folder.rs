@@ -3,7 +3,7 @@
 
 use super::ema::Ema;
 use super::TrainSettings;
-use crate::checkpoint::TensorFile;
+use crate::checkpoint::{TensorFile, PROGRESS_KEY};
 use crate::cli::device_name;
 use crate::data::DataIdentity;
 use crate::fsutil::{
@@ -340,7 +340,7 @@ impl RunFolder {
             add("ema", &ema.vs);
         }
         let metadata = [
-            ("progress".to_string(), serde_json::to_string(progress)?),
+            (PROGRESS_KEY.to_string(), serde_json::to_string(progress)?),
             (
                 "optimizer_step".to_string(),
                 optimizer.steps_taken().to_string(),
@@ -399,7 +399,7 @@ impl RunFolder {
                     .with_context(|| format!("{} has no `{key}`", path.display()))
             };
             optimizer.load_state(&file.tensors, field("optimizer_step")?.parse()?)?;
-            Ok(serde_json::from_str(field("progress")?)?)
+            Ok(serde_json::from_str(field(PROGRESS_KEY)?)?)
         };
         let progress = load().with_context(|| {
             format!(
