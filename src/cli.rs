@@ -70,7 +70,7 @@ pub enum Command {
     Train(Box<TrainArgs>),
     /// Evaluate a checkpoint on a dataset's test split.
     Eval(EvalArgs),
-    /// Classify image files with a checkpoint (top-5 classes).
+    /// Classify image files with a checkpoint (the top 5 classes, or --top-k).
     Predict(PredictArgs),
     /// Measure training and inference throughput and peak memory.
     Bench(BenchArgs),
@@ -488,6 +488,10 @@ pub struct PredictArgs {
     /// Images decoded and classified at a time (any number of files can be given).
     #[arg(long, value_parser = positive_number::<i64>, default_value_t = 500)]
     pub batch_size: i64,
+    /// The most probable classes shown for each image (all of them, when K is at least the
+    /// model's class count).
+    #[arg(long, value_name = "K", value_parser = positive_number::<i64>, default_value_t = 5)]
+    pub top_k: i64,
     #[arg(long)]
     pub json: bool,
 }

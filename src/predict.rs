@@ -1,4 +1,5 @@
-//! `vit predict`: top-5 classes for image files (and the images in folders).
+//! `vit predict`: the most probable classes (5, or `--top-k`) for image files (and the
+//! images in folders).
 
 use crate::checkpoint;
 use crate::cli::PredictArgs;
@@ -27,7 +28,7 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     loaded.ensure_rgb(&args.checkpoint)?;
     let config = &loaded.model.config;
     let classes = checkpoint::class_names(&loaded.metadata, config.num_classes);
-    let top_k = config.num_classes.min(5);
+    let top_k = config.num_classes.min(args.top_k);
     // A folder stands for the images under it; one that cannot be listed (or a subfolder
     // of it) is named and skipped, as a file that cannot be read is.
     let mut images = Vec::new();

@@ -15,7 +15,7 @@ use vit_tch::cli::{Precision, Recipe};
 use vit_tch::data::{Dataset, Split};
 use vit_tch::fsutil::{temporary_sibling, BackgroundWrites};
 use vit_tch::model::ViTConfig;
-use vit_tch::train::{self, Outcome, Regularization, RunOptions, TrainSettings};
+use vit_tch::train::{self, Outcome, Regularization, RunOptions, StopPoint, TrainSettings};
 
 const NUM_CLASSES: i64 = 10;
 
@@ -331,6 +331,27 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         right += i32::from(answer["top"][0]["index"].as_i64() == Some(label));
     }
     assert!(right >= 4, "{right} of 5 right: {answers:?}");
+    // --top-k: that many classes, most probable first; all ten of them sum to 1.
+    for (k, shown) in [("1", 1), ("10", 10), ("50", 10)] {
+        #[rustfmt::skip]
+        let output = vit(&["predict", "--checkpoint", best_model.to_str().unwrap(), "--json", "--top-k", k, "--device", "cpu", &pngs[0]]);
+        let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let probs: Vec<f64> = answer["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|guess| guess["prob"].as_f64().unwrap())
+            .collect();
+        assert_eq!(probs.len(), shown, "--top-k {k}: {answer}");
+        assert!(probs.windows(2).all(|pair| pair[0] >= pair[1]), "{answer}");
+        assert_eq!(
+            answer["top"][0]["index"], answers[0]["top"][0]["index"],
+            "--top-k {k}"
+        );
+        if shown == 10 {
+            assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-4, "{answer}");
+        }
+    }
 
     // The resume state is not a checkpoint, and eval says which files are.
     let resume_state = run.join("resume.safetensors");
@@ -594,7 +615,13 @@ fn resume_follows_the_images_not_their_folder() {
     let legacy = root.join("legacy");
     let settings = tiny_settings(2, 100);
     let first = run_training(&settings, &dataset, &legacy, false, true);
-    assert!(matches!(first, Outcome::Interrupted { step: 1, .. }));
+    assert!(matches!(
+        first,
+        Outcome::Interrupted {
+            at: StopPoint::AfterStep { epoch: 1, step: 1 },
+            ..
+        }
+    ));
     let config_path = legacy.join("config.json");
     let mut config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
@@ -754,7 +781,13 @@ fn resume_at_an_epoch_boundary_is_exact() {
     let (straight, resumed) = (root.join("straight"), root.join("resumed"));
     run_training(&settings, &dataset, &straight, false, false);
     let first = run_training(&settings, &dataset, &resumed, false, true);
-    assert!(matches!(first, Outcome::Interrupted { epoch: 1, .. }));
+    assert!(matches!(
+        first,
+        Outcome::Interrupted {
+            at: StopPoint::EndOf(1),
+            ..
+        }
+    ));
     assert_eq!(read_metrics(&resumed).1.len(), 1);
 
     // A metrics.csv that lost the finished epoch's row is refused and left as it is...
@@ -792,8 +825,7 @@ fn resume_in_the_middle_of_an_epoch_is_exact() {
     assert!(matches!(
         first,
         Outcome::Interrupted {
-            epoch: 1,
-            step: 1,
+            at: StopPoint::AfterStep { epoch: 1, step: 1 },
             ..
         }
     ));
@@ -1762,8 +1794,7 @@ fn resume_of_a_run_killed_before_its_first_save_starts_over() {
     assert!(matches!(
         first,
         Outcome::Interrupted {
-            epoch: 1,
-            step: 1,
+            at: StopPoint::EndOf(1),
             ..
         }
     ));

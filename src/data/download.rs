@@ -176,7 +176,16 @@ fn remove_temporaries_on_interrupt() -> Result<()> {
 /// Streams `source` into `dest`, with a progress bar, checking size and MD5. On any error
 /// `dest` is left for the caller's [`TempPath`] to remove.
 fn download(source: &str, dest: &Path, spec: &ArchiveSpec) -> Result<()> {
-    let (mut reader, announced): (Box<dyn Read>, Option<u64>) = if is_url(source) {
+    let (reader, announced) = open_source(source, spec)?;
+    if let Some(length) = announced {
+        check_announced_size(source, length, spec)?;
+    }
+    copy_and_verify(reader, source, dest, spec)
+}
+
+/// A reader of `source` (a URL or a file), and the size its server or file system gives.
+fn open_source(source: &str, spec: &ArchiveSpec) -> Result<(Box<dyn Read>, Option<u64>)> {
+    Ok(if is_url(source) {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_connect(Some(Duration::from_secs(30)))
             .timeout_recv_response(Some(Duration::from_secs(60)))
@@ -207,27 +216,39 @@ fn download(source: &str, dest: &Path, spec: &ArchiveSpec) -> Result<()> {
         let file = File::open(source).with_context(|| format!("cannot open {source}"))?;
         let length = file.metadata().ok().map(|m| m.len());
         (Box::new(file), length)
-    };
-    if let Some(length) = announced {
-        if length != spec.size {
-            // A mirror's folder given without its final `/` names the folder, not the archive.
-            let path = source.split(['?', '#']).next().unwrap_or(source);
-            let hint = if is_url(source) && !path.ends_with(spec.file_name) {
-                format!(
-                    " (for a mirror's folder, end its URL with / and vit appends {})",
-                    spec.file_name
-                )
-            } else {
-                String::new()
-            };
-            bail!(
-                "{source} is {length} bytes, but {} is {} bytes: wrong file or a bad mirror{hint}",
-                spec.file_name,
-                spec.size
-            );
-        }
-    }
+    })
+}
 
+/// Refuses a source whose announced `length` is not the archive's, before any transfer.
+fn check_announced_size(source: &str, length: u64, spec: &ArchiveSpec) -> Result<()> {
+    if length == spec.size {
+        return Ok(());
+    }
+    // A mirror's folder given without its final `/` names the folder, not the archive.
+    let path = source.split(['?', '#']).next().unwrap_or(source);
+    let hint = if is_url(source) && !path.ends_with(spec.file_name) {
+        format!(
+            " (for a mirror's folder, end its URL with / and vit appends {})",
+            spec.file_name
+        )
+    } else {
+        String::new()
+    };
+    bail!(
+        "{source} is {length} bytes, but {} is {} bytes: wrong file or a bad mirror{hint}",
+        spec.file_name,
+        spec.size
+    );
+}
+
+/// Copies `reader` (of `source`) into `dest` with a progress bar, then checks the size
+/// and the MD5 of what came.
+fn copy_and_verify(
+    mut reader: Box<dyn Read>,
+    source: &str,
+    dest: &Path,
+    spec: &ArchiveSpec,
+) -> Result<()> {
     let bar = indicatif::ProgressBar::new(spec.size);
     bar.set_style(
         indicatif::ProgressStyle::with_template(

@@ -1,6 +1,7 @@
 //! Ctrl-C (or SIGTERM, SIGHUP) during `vit train`: stop after the current step, save, and
 //! print the command that resumes the run.
 
+use super::StopPoint;
 use crate::cli::TrainArgs;
 use anyhow::Result;
 use std::ffi::OsString;
@@ -69,24 +70,13 @@ fn resume_command(args: &TrainArgs, run_dir: &Path) -> Vec<u8> {
     quoted.join(&b' ')
 }
 
-/// Says where the interrupted run stopped (after `step` steps of `epoch`, or at the end of
-/// it when `epoch_finished`) and how to resume it, then exits with 130, as a shell does
-/// after Ctrl-C.
-pub fn quit_saved(
-    args: &TrainArgs,
-    epoch: usize,
-    step: usize,
-    epoch_finished: bool,
-    run_dir: &Path,
-) -> ! {
+/// Says where the interrupted run stopped and how to resume it, then exits with 130, as a
+/// shell does after Ctrl-C.
+pub fn quit_saved(args: &TrainArgs, at: StopPoint, run_dir: &Path) -> ! {
     // The state is saved whether or not this can be written (`2>&1 | tee` after Ctrl-C
     // ended tee), and the status says so.
-    let place = match epoch_finished {
-        true => format!("at the end of epoch {epoch}"),
-        false => format!("after step {step} of epoch {epoch}"),
-    };
     let mut report = format!(
-        "Interrupted {place}; the state is saved in {}.\nResume with: ",
+        "Interrupted {at}; the state is saved in {}.\nResume with: ",
         run_dir.display()
     )
     .into_bytes();

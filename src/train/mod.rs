@@ -251,12 +251,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             }
             Ok(())
         }
-        Outcome::Interrupted {
-            epoch,
-            step,
-            epoch_finished,
-            run_dir,
-        } => interrupt::quit_saved(args, epoch, step, epoch_finished, &run_dir),
+        Outcome::Interrupted { at, run_dir } => interrupt::quit_saved(args, at, &run_dir),
     }
 }
 
@@ -348,15 +343,29 @@ fn settings_and_dataset(args: &TrainArgs) -> Result<(TrainSettings, Dataset)> {
 pub enum Outcome {
     /// Every epoch ran.
     Finished,
-    /// Ctrl-C: the state is saved after `step` steps of `epoch` (1-based) in the run
-    /// folder `run_dir`; `epoch_finished` when that was the epoch's last step, and its
-    /// test pass and metrics row are done too.
-    Interrupted {
-        epoch: usize,
-        step: usize,
-        epoch_finished: bool,
-        run_dir: PathBuf,
-    },
+    /// Ctrl-C: the state is saved, as it was `at` that point, in the run folder `run_dir`.
+    Interrupted { at: StopPoint, run_dir: PathBuf },
+}
+
+/// Where in its epochs (1-based) a run stopped, or resumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopPoint {
+    /// Before the first step of the epoch.
+    StartOf(usize),
+    /// After `step` steps of `epoch`, which has more.
+    AfterStep { epoch: usize, step: usize },
+    /// After the epoch's last step, its test pass and its metrics row.
+    EndOf(usize),
+}
+
+impl std::fmt::Display for StopPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Self::StartOf(epoch) => write!(f, "at the start of epoch {epoch}"),
+            Self::AfterStep { epoch, step } => write!(f, "after step {step} of epoch {epoch}"),
+            Self::EndOf(epoch) => write!(f, "at the end of epoch {epoch}"),
+        }
+    }
 }
 
 /// How and where a run executes, as against [`TrainSettings`], what it computes. (The
@@ -423,6 +432,20 @@ struct Trainer<'a> {
     progress: Progress,
 }
 
+/// How many images an epoch trains on: all of the training split, or `--train-subset`'s.
+fn training_images(settings: &TrainSettings, dataset: &Dataset) -> Result<i64> {
+    let available = dataset.train.len();
+    if let Some(n) = settings.train_subset {
+        ensure!(
+            n > 0 && n <= available,
+            "--train-subset {n} is outside 1..={available} (the training images there are)"
+        );
+    }
+    let n_train = settings.train_subset.unwrap_or(available);
+    ensure!(n_train > 0, "the training split is empty");
+    Ok(n_train)
+}
+
 impl<'a> Trainer<'a> {
     /// Opens (or reopens, to resume) the run folder, builds the model, optimizer and EMA,
     /// and moves the data to the device.
@@ -433,15 +456,7 @@ impl<'a> Trainer<'a> {
     ) -> Result<Self> {
         let device = options.device;
         // Before the run folder exists, so that a refused run leaves none behind.
-        if let Some(n) = settings.train_subset {
-            ensure!(
-                n > 0 && n <= dataset.train.len(),
-                "--train-subset {n} is outside 1..={} (the training images there are)",
-                dataset.train.len()
-            );
-        }
-        let n_train = settings.train_subset.unwrap_or(dataset.train.len());
-        ensure!(n_train > 0, "the training split is empty");
+        let n_train = training_images(settings, dataset)?;
         let full_batch = settings.batch_size.min(n_train);
         let steps_per_epoch = (n_train as u64).div_ceil(settings.batch_size as u64) as usize;
         ensure!(
@@ -495,9 +510,10 @@ impl<'a> Trainer<'a> {
             settings.data_dir.display()
         );
         if options.resume && progress.epochs_done < settings.epochs {
+            let epoch = progress.epochs_done + 1;
             let place = match progress.step_in_epoch {
-                0 => format!("at the start of epoch {}", progress.epochs_done + 1),
-                step => format!("after step {step} of epoch {}", progress.epochs_done + 1),
+                0 => StopPoint::StartOf(epoch),
+                step => StopPoint::AfterStep { epoch, step },
             };
             eprintln!(
                 "Resuming {} {place} (of {})",
@@ -541,9 +557,10 @@ impl<'a> Trainer<'a> {
             match self.train_epoch(epoch, started)? {
                 EpochEnd::Interrupted { step } => {
                     return Ok(Outcome::Interrupted {
-                        epoch: epoch + 1,
-                        step,
-                        epoch_finished: false,
+                        at: StopPoint::AfterStep {
+                            epoch: epoch + 1,
+                            step,
+                        },
                         run_dir: self.run.dir().to_path_buf(),
                     })
                 }
@@ -551,9 +568,7 @@ impl<'a> Trainer<'a> {
             }
             if self.options.interrupted.load(Ordering::SeqCst) && epoch + 1 < epochs {
                 return Ok(Outcome::Interrupted {
-                    epoch: epoch + 1,
-                    step: self.steps_per_epoch,
-                    epoch_finished: true,
+                    at: StopPoint::EndOf(epoch + 1),
                     run_dir: self.run.dir().to_path_buf(),
                 });
             }
@@ -626,23 +641,34 @@ impl<'a> Trainer<'a> {
                 .step(&bar, step + 1, &sums.loss, &sums.correct, seen);
             self.run.check_saving()?;
             if self.options.interrupted.load(Ordering::SeqCst) && step + 1 < self.steps_per_epoch {
-                self.progress.step_in_epoch = step + 1;
-                self.progress.loss_sum = sums.loss.double_value(&[]);
-                // Diverged weights must not replace the last good resume state.
-                let mean_loss = self.progress.loss_sum / self.progress.seen as f64;
-                ensure_finite("training loss", mean_loss, epoch + 1, &self.run)?;
-                self.progress.correct = sums.correct.int64_value(&[]);
-                self.progress.seconds += started.elapsed().as_secs_f64();
-                let ema = self.ema.as_ref();
-                let state =
-                    RunFolder::resume_state(&self.vs, &self.optimizer, ema, &self.progress)?;
-                self.run.save(vec![("resume.safetensors", state)])?;
+                self.save_mid_epoch(epoch, step + 1, &sums, started)?;
                 bar.abandon();
                 return Ok(EpochEnd::Interrupted { step: step + 1 });
             }
         }
         bar.finish_and_clear();
         Ok(EpochEnd::Done { lr, sums })
+    }
+
+    /// Saves the resume state after `steps` steps of `epoch` (0-based), for Ctrl-C.
+    fn save_mid_epoch(
+        &mut self,
+        epoch: usize,
+        steps: usize,
+        sums: &RunningSums,
+        started: Instant,
+    ) -> Result<()> {
+        let progress = &mut self.progress;
+        progress.step_in_epoch = steps;
+        progress.loss_sum = sums.loss.double_value(&[]);
+        // Diverged weights must not replace the last good resume state.
+        let mean_loss = progress.loss_sum / progress.seen as f64;
+        ensure_finite("training loss", mean_loss, epoch + 1, &self.run)?;
+        progress.correct = sums.correct.int64_value(&[]);
+        progress.seconds += started.elapsed().as_secs_f64();
+        let state =
+            RunFolder::resume_state(&self.vs, &self.optimizer, self.ema.as_ref(), progress)?;
+        self.run.save(vec![("resume.safetensors", state)])
     }
 
     /// The end of `epoch`: evaluation, the metrics row, the checkpoints, the resume state,
