@@ -97,7 +97,6 @@ pub fn run(args: &AttentionArgs) -> Result<()> {
         .classes
         .unwrap_or_else(|| checkpoint::class_names(&loaded.metadata, config.num_classes));
     let result = analyse(&loaded.model, &chosen.image, device)?;
-    // As libtorch's max does: a NaN (from NaN weights) wins, and shows as NaN%.
     let (probability, predicted) = result.probabilities.max_dim(0, false);
     let (probability, predicted) = (
         probability.double_value(&[]),

@@ -309,12 +309,19 @@ impl TensorFile {
         let [num_classes, _] = size("head.weight")?[..] else {
             return None;
         };
-        let num_layers = (0..)
-            .take_while(|i| {
-                self.tensors
-                    .contains_key(&format!("blocks.{i}.norm1.weight"))
+        // Up to the highest block's number: a block that lacks a tensor is still a block.
+        let num_layers = self
+            .tensors
+            .keys()
+            .filter_map(|name| {
+                name.strip_prefix("blocks.")?
+                    .split('.')
+                    .next()?
+                    .parse()
+                    .ok()
             })
-            .count() as i64;
+            .max()
+            .map_or(0, |last: i64| last + 1);
         Some(ViTConfig {
             image_size: side * patch_size,
             patch_size,
@@ -350,7 +357,7 @@ impl TensorFile {
         if !unexpected.is_empty() {
             problems.push(format!("unexpected keys: {}", first_few(&unexpected)));
         }
-        let mut mis_shaped: Vec<String> = self
+        let mis_shaped: Vec<String> = self
             .tensors
             .iter()
             .filter_map(|(name, tensor)| {
@@ -364,12 +371,10 @@ impl TensorFile {
                 })
             })
             .collect();
-        if mis_shaped.len() > SHOWN {
-            let more = mis_shaped.len() - SHOWN;
-            mis_shaped.truncate(SHOWN);
-            mis_shaped.push(format!("{more} more tensors of another shape"));
+        if !mis_shaped.is_empty() {
+            let (shown, more) = shown_and_more(&mis_shaped);
+            problems.push(shown.join("; ") + &more);
         }
-        problems.extend(mis_shaped);
         if !problems.is_empty() {
             bail!(
                 "checkpoint does not match the model: {}{}",
@@ -390,7 +395,8 @@ impl TensorFile {
     /// they say nothing.
     fn layout_advice(&self) -> String {
         let has = |part: &str| self.tensors.keys().any(|name| name.contains(part));
-        if self.tensors.keys().all(|name| name.starts_with("module.")) {
+        let names = self.tensors.keys();
+        if names.len() > 0 && names.clone().all(|name| name.starts_with("module.")) {
             return ". Every name starts with `module.`, as a DistributedDataParallel or \
                     DataParallel model's do: save model.module.state_dict() instead"
                 .to_string();
@@ -453,9 +459,18 @@ const SHOWN: usize = 5;
 
 /// The first [`SHOWN`] of `items` as a list, with how many more there are.
 fn first_few<T: std::fmt::Debug>(items: &[T]) -> String {
+    let (shown, more) = shown_and_more(items);
+    format!("{shown:?}{more}")
+}
+
+/// The first [`SHOWN`] of `items`, and " and N more" of the others (or nothing).
+fn shown_and_more<T>(items: &[T]) -> (&[T], String) {
     match items.len() > SHOWN {
-        true => format!("{:?} and {} more", &items[..SHOWN], items.len() - SHOWN),
-        false => format!("{items:?}"),
+        true => (
+            &items[..SHOWN],
+            format!(" and {} more", items.len() - SHOWN),
+        ),
+        false => (items, String::new()),
     }
 }
 
@@ -616,18 +631,13 @@ pub fn load(path: &Path, device: Device) -> Result<LoadedModel> {
     let config = file
         .config()
         .with_context(|| format!("in {}", path.display()))?;
-    let vs = nn::VarStore::new(device);
-    let model = VisionTransformer::new(&vs.root(), &config)?;
-    file.check_config_matches_shapes(&config)
-        .and_then(|()| file.load_into(&vs))
-        .with_context(|| format!("loading {}", path.display()))?;
     // Every output would be NaN, and an accuracy of NaN logits a plausible-looking 1/C.
     // vit train never saves such weights: the file is damaged, or not vit's.
-    let not_finite: Vec<&str> = file
+    let not_finite: Vec<&String> = file
         .tensors
         .iter()
         .filter(|(_, t)| t.is_floating_point() && t.isfinite().all().int64_value(&[]) == 0)
-        .map(|(name, _)| name.as_str())
+        .map(|(name, _)| name)
         .collect();
     ensure!(
         not_finite.is_empty(),
@@ -636,6 +646,15 @@ pub fn load(path: &Path, device: Device) -> Result<LoadedModel> {
         path.display(),
         first_few(&not_finite)
     );
+    let vs = nn::VarStore::new(device);
+    let model = VisionTransformer::new(&vs.root(), &config)?;
+    if let Err(problems) = file.load_into(&vs) {
+        // A config that the shapes contradict explains its mis-shaped tensors at once.
+        let error = file.check_config_matches_shapes(&config).err();
+        return Err(error
+            .unwrap_or(problems)
+            .context(format!("loading {}", path.display())));
+    }
     warn_about_contents(path, &file, config.num_classes);
     Ok(LoadedModel {
         vs,

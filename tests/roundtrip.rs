@@ -259,7 +259,7 @@ fn mismatched_checkpoint_is_refused_naming_each_problem() {
     let listed = error.matches("has shape [3], the model expects").count();
     assert_eq!(listed, 5, "{error}");
     assert!(
-        error.contains(&format!("; {} more tensors of another shape", biases - 5)),
+        error.contains(&format!(" and {} more", biases - 5)),
         "{error}"
     );
 }

@@ -307,6 +307,7 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     };
     let (answers, unbatched) = (parse(predict("2")), parse(predict("500")));
     assert_eq!(answers.len(), 5);
+    assert_eq!(answers[0]["top"].as_array().unwrap().len(), 5, "the top 5");
     let labels: Vec<i64> = Vec::try_from(test.labels.narrow(0, 0, 5)).unwrap();
     let mut right = 0;
     for (((answer, alone), png), label) in answers.iter().zip(&unbatched).zip(&pngs).zip(labels) {
@@ -1112,7 +1113,8 @@ fn user_errors_say_what_to_do() {
     args.extend(["--lr", "1e30", "--clip-grad", "0", "--epochs", "1", "--batch-size", "600"]);
     let stderr = vit_fails(&args);
     assert!(
-        stderr.contains("the test loss became NaN in epoch 1; stopped"),
+        stderr.contains("the test loss became NaN in epoch 1; stopped")
+            && stderr.contains("lower --lr or --weight-decay, or --clip-grad 1 to clip"),
         "{stderr}"
     );
     assert!(!diverged.join("best_model.safetensors").exists());

@@ -663,7 +663,13 @@ impl<'a> Trainer<'a> {
         progress.loss_sum = sums.loss.double_value(&[]);
         // Diverged weights must not replace the last good resume state.
         let mean_loss = progress.loss_sum / progress.seen as f64;
-        ensure_finite("training loss", mean_loss, epoch + 1, &self.run)?;
+        ensure_finite(
+            "training loss",
+            mean_loss,
+            epoch + 1,
+            self.settings,
+            &self.run,
+        )?;
         progress.correct = sums.correct.int64_value(&[]);
         progress.seconds += started.elapsed().as_secs_f64();
         let state =
@@ -683,7 +689,13 @@ impl<'a> Trainer<'a> {
         let progress = &mut self.progress;
         let train_loss = sums.loss.double_value(&[]) / progress.seen as f64;
         let train_acc = sums.correct.int64_value(&[]) as f64 / progress.seen as f64;
-        ensure_finite("training loss", train_loss, epoch + 1, &self.run)?;
+        ensure_finite(
+            "training loss",
+            train_loss,
+            epoch + 1,
+            self.settings,
+            &self.run,
+        )?;
         let train_seconds = progress.seconds + started.elapsed().as_secs_f64();
         let eval_batch = self.settings.batch_size.max(256);
         let test = |model| {
@@ -696,7 +708,13 @@ impl<'a> Trainer<'a> {
         };
         let evaluation = test(&self.model);
         // Weights the last step sent to infinity show only here; they are not saved.
-        ensure_finite("test loss", evaluation.loss, epoch + 1, &self.run)?;
+        ensure_finite(
+            "test loss",
+            evaluation.loss,
+            epoch + 1,
+            self.settings,
+            &self.run,
+        )?;
         let ema_evaluation = self.ema.as_ref().map(|ema| test(&ema.model));
         let row = EpochMetrics {
             epoch: epoch + 1,
@@ -773,7 +791,15 @@ fn step_seed(seed: u64, epoch: usize, step: usize) -> i64 {
     ((x ^ (x >> 31)) >> 1) as i64
 }
 
-fn ensure_finite(what: &str, loss: f64, epoch: usize, run: &RunFolder) -> Result<()> {
+/// Stops a run whose `loss` (`what`) in `epoch` became NaN or infinite, saying where its
+/// last good weights are and what to change.
+fn ensure_finite(
+    what: &str,
+    loss: f64,
+    epoch: usize,
+    settings: &TrainSettings,
+    run: &RunFolder,
+) -> Result<()> {
     if !loss.is_finite() {
         let kept = if epoch > 1 {
             format!(
@@ -783,10 +809,14 @@ fn ensure_finite(what: &str, loss: f64, epoch: usize, run: &RunFolder) -> Result
         } else {
             "no epoch finished, so there are no weights to keep".to_string()
         };
+        let clipping = if settings.clip_grad > 0.0 {
+            "a smaller --clip-grad"
+        } else {
+            "--clip-grad 1 to clip the gradients"
+        };
         bail!(
-            "the {what} became {loss} in epoch {epoch}; stopped ({kept}). \
-             Train again into another --out with a lower --lr or --weight-decay, or a smaller \
-             --clip-grad"
+            "the {what} became {loss} in epoch {epoch}; stopped ({kept}). Train again into \
+             another --out with a lower --lr or --weight-decay, or {clipping}"
         );
     }
     Ok(())
