@@ -764,7 +764,10 @@ pub fn dataset_args(
         (None, Some(CIFAR100 | CIFAR100_COARSE)) => DatasetName::Cifar100,
         (None, Some(FOLDER)) => DatasetName::Folder,
         (None, Some(other)) => {
-            bail!("the checkpoint records the dataset `{other}`, which vit cannot read; pass --dataset")
+            bail!(
+                "the checkpoint records the dataset `{other}`, which vit cannot read (it reads \
+                 `{CIFAR10}`, `{CIFAR100}`, `{CIFAR100_COARSE}` and `{FOLDER}`); pass --dataset"
+            )
         }
         (None, None) => bail!("the checkpoint does not record its dataset; pass --dataset"),
     };

@@ -235,6 +235,24 @@ fn zero_size(name: &str) -> ViTConfig {
 }
 
 #[test]
+fn a_config_json_may_write_sizes_as_whole_floats() {
+    // Python's `embed_dim * mlp_ratio` is a float: 64.0 is the size 64; 64.5 is no size.
+    let tiny = ViTConfig::tiny();
+    let json = tiny.to_json().replace(
+        &format!("\"mlp_dim\":{}", tiny.mlp_dim),
+        &format!("\"mlp_dim\":{}.0", tiny.mlp_dim),
+    );
+    assert!(json.contains(".0,"), "{json}");
+    assert_eq!(ViTConfig::from_json(&json).unwrap(), tiny);
+    let halved = json.replace(".0,", ".5,");
+    let error = format!("{:#}", ViTConfig::from_json(&halved).unwrap_err());
+    assert!(
+        error.contains(&format!("expected a whole number, got {}.5", tiny.mlp_dim)),
+        "{error}"
+    );
+}
+
+#[test]
 fn invalid_configs_are_rejected_with_a_clear_error() {
     let base = ViTConfig::tiny();
     let mut cases: Vec<(ViTConfig, String)> = vec![

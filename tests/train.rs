@@ -1516,7 +1516,8 @@ fn user_errors_say_what_to_do() {
     }
     let stderr = vit_fails(&["eval", "--checkpoint", odd, "--data-dir", data]);
     assert!(
-        stderr.contains("records the dataset `imagenet`"),
+        stderr
+            .contains("records the dataset `imagenet`, which vit cannot read (it reads `cifar10`"),
         "{stderr}"
     );
 

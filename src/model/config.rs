@@ -10,15 +10,36 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ViTConfig {
+    #[serde(deserialize_with = "whole_number")]
     pub image_size: i64,
+    #[serde(deserialize_with = "whole_number")]
     pub patch_size: i64,
+    #[serde(deserialize_with = "whole_number")]
     pub in_channels: i64,
+    #[serde(deserialize_with = "whole_number")]
     pub embed_dim: i64,
+    #[serde(deserialize_with = "whole_number")]
     pub num_heads: i64,
+    #[serde(deserialize_with = "whole_number")]
     pub mlp_dim: i64,
+    #[serde(deserialize_with = "whole_number")]
     pub num_layers: i64,
+    #[serde(deserialize_with = "whole_number")]
     pub num_classes: i64,
     pub dropout: f64,
+}
+
+/// A size as JSON gives it: `128`, or `128.0` as Python's `embed_dim * mlp_ratio` writes
+/// it; not `127.5`.
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    // Exact below 2^53, far beyond any size `validate` lets through.
+    let value = f64::deserialize(deserializer)?;
+    if value.fract() != 0.0 || value.abs() >= 2f64.powi(53) {
+        return Err(serde::de::Error::custom(format!(
+            "expected a whole number, got {value}"
+        )));
+    }
+    Ok(value as i64)
 }
 
 /// Named presets for `--config`.
