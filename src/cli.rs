@@ -108,7 +108,7 @@ pub struct ModelArgs {
     pub mlp_dim: Option<i64>,
     #[arg(long, value_parser = whole_number)]
     pub num_layers: Option<i64>,
-    /// Defaults to the preset's (100 for notebook); when training, to the dataset's class
+    /// Defaults to the preset's (100 for notebook); in vit train, to the dataset's class
     /// count.
     #[arg(long, value_parser = whole_number)]
     pub num_classes: Option<i64>,
@@ -231,6 +231,7 @@ pub struct CheckpointDatasetArgs {
 /// `cpu`, `cuda`, `cuda:N`; by default CUDA when available.
 #[derive(Args, Debug, Clone)]
 pub struct DeviceArgs {
+    /// cpu, cuda or cuda:N (default: cuda when libtorch sees a GPU, else cpu).
     #[arg(long)]
     pub device: Option<String>,
 }
@@ -294,7 +295,8 @@ pub struct DownloadArgs {
 pub struct DataArgs {
     #[command(flatten)]
     pub data: DatasetArgs,
-    /// Resize images to this size (folder datasets; CIFAR is 32).
+    /// The size a folder dataset's images are resized to (as vit train's --image-size);
+    /// CIFAR's statistics are of its 32x32 images.
     #[arg(long, value_parser = whole_number, default_value_t = 32)]
     pub image_size: i64,
 }
@@ -334,8 +336,8 @@ pub struct TrainArgs {
     pub clip_grad: f64,
     #[arg(long, value_parser = natural_number::<u64>, default_value_t = 0)]
     pub seed: u64,
-    /// Train on the first N training images only (CIFAR's files and folder datasets keep
-    /// the classes interleaved, so N images cover every class).
+    /// Train on the first N training images only (in CIFAR's random order, or a folder
+    /// dataset's interleaved classes, so any but a small N covers every class).
     #[arg(long, value_parser = whole_number)]
     pub train_subset: Option<i64>,
     /// Run folder; default runs/<timestamp>.
@@ -389,7 +391,7 @@ pub struct TrainArgs {
     /// step)^(-2/3)), so that the average of a short run is not mostly its first weights.
     #[arg(long)]
     pub ema_warmup: bool,
-    /// Refresh curves.png in the run folder after every epoch.
+    /// Redraw curves.png (and curves.svg) in the run folder after every epoch.
     #[arg(long)]
     pub plot: bool,
     #[arg(long, value_enum, default_value = "fp32")]
@@ -492,6 +494,7 @@ pub struct PredictArgs {
     /// model's class count).
     #[arg(long, value_name = "K", value_parser = positive_number::<i64>, default_value_t = 5)]
     pub top_k: i64,
+    /// Print one JSON object per file, in the order given: its top classes, or its error.
     #[arg(long)]
     pub json: bool,
 }
@@ -536,6 +539,7 @@ pub struct BenchArgs {
     /// clipping, AdamW) in separate, synchronised steps after the timed ones.
     #[arg(long)]
     pub phases: bool,
+    /// Print one JSON object instead of the report.
     #[arg(long)]
     pub json: bool,
 }

@@ -180,23 +180,29 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let test = dataset.test.to_device(device);
     let evaluation = evaluate(&loaded.model, &test, args.batch_size, args.precision);
 
+    // A file that cannot be written after all (a folder in its place) fails the command
+    // once its figures are printed: they are not lost.
     let name = report_name(&args.checkpoint, args.out.as_deref());
-    let csv_path = out_dir
+    let mut csv_path = out_dir
         .as_ref()
         .map(|dir| dir.join(format!("{name}.confusion_matrix.csv")));
-    let mut png_path = None;
-    if let (Some(dir), Some(csv_path)) = (&out_dir, &csv_path) {
-        evaluation.write_confusion_csv(&dataset.classes, csv_path)?;
+    let (mut png_path, mut write_error) = (None, None);
+    if let (Some(dir), Some(csv)) = (&out_dir, &csv_path) {
         let png = dir.join(format!("{name}.confusion_matrix.png"));
-        if args.plot {
-            crate::plot::confusion_matrix(&evaluation.confusion, &dataset.classes, &png)?;
-            png_path = Some(png);
+        if let Err(e) = evaluation.write_confusion_csv(&dataset.classes, csv) {
+            write_error = Some(e);
+            csv_path = None;
+        } else if args.plot {
+            match crate::plot::confusion_matrix(&evaluation.confusion, &dataset.classes, &png) {
+                Ok(()) => png_path = Some(png),
+                Err(e) => write_error = Some(e),
+            }
         } else if png.exists() {
             eprintln!(
                 "note: {} is from an earlier evaluation and may not match {} (pass --plot to \
                  redraw it)",
                 png.display(),
-                csv_path.display()
+                csv.display()
             );
         }
     }
@@ -241,5 +247,10 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             println!("Confusion matrix picture: {}", png.display());
         }
     }
-    Ok(())
+    match write_error {
+        Some(e) => Err(anyhow!(
+            "{e:#}; the evaluation's figures are printed all the same"
+        )),
+        None => Ok(()),
+    }
 }

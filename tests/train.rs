@@ -1065,14 +1065,15 @@ fn user_errors_say_what_to_do() {
     let (data, empty) = (data_dir.to_str().unwrap(), root.join("empty"));
     let run = root.join("run");
 
-    let stderr = vit_fails(&tiny_run_args(
-        empty.to_str().unwrap(),
-        run.to_str().unwrap(),
-    ));
+    let mut args = tiny_run_args(empty.to_str().unwrap(), run.to_str().unwrap());
+    args.extend(["--epochs", "1"]);
+    let stderr = vit_fails(&args);
     assert!(
         stderr.contains("vit download --dataset cifar10"),
         "{stderr}"
     );
+    // The warm-up's warning comes once a run starts, not before an error that stops it.
+    assert!(!stderr.contains("--warmup-epochs"), "{stderr}");
 
     // --resume of a folder that holds no run says so, before any data is read (this
     // command's CIFAR-100 is not there either); as does an --out that is a link to nothing.
@@ -1557,6 +1558,24 @@ fn user_errors_say_what_to_do() {
             "{stderr}"
         );
     }
+    // A folder where the matrix's file goes, found only when it is written: the figures
+    // are printed, and the exit status says the file is not.
+    let blocked = root.join("lettered.confusion_matrix.csv");
+    let _ = std::fs::remove_file(&blocked);
+    std::fs::create_dir(&blocked).unwrap();
+    #[rustfmt::skip]
+    let output = common::run_vit(&["eval", "--checkpoint", lettered.to_str().unwrap(), "--data-dir", data, "--device", "cpu", "--json"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot write {}", blocked.display()))
+            && stderr.contains("the evaluation's figures are printed all the same"),
+        "{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(report["accuracy"].as_f64().is_some(), "{report}");
+    assert!(report["confusion_matrix_csv"].is_null(), "{report}");
+    std::fs::remove_dir(&blocked).unwrap();
     // A checkpoint in a folder that cannot take it (here /proc/PID/fd, of a file this test
     // holds open) is evaluated all the same, without the matrix's file; --plot, which asks
     // for a picture there, is refused.

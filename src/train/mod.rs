@@ -283,15 +283,6 @@ fn settings_and_dataset(args: &TrainArgs) -> Result<(TrainSettings, Dataset)> {
         "--label-smoothing must be in [0, 1), got {}",
         args.label_smoothing
     );
-    if args.warmup_epochs >= args.epochs {
-        // Allowed (a smoke test), but a short run with the default warm-up is a common slip.
-        eprintln!(
-            "warning: --warmup-epochs {} is not below --epochs {}: the learning rate rises \
-             for the whole run, reaching --lr only at its end if at all, and never decays; \
-             pass a smaller --warmup-epochs for a short run",
-            args.warmup_epochs, args.epochs
-        );
-    }
     let dataset = data::load(&args.data, config.image_size)?;
     dataset
         .train
@@ -393,6 +384,16 @@ pub struct RunOptions<'a> {
 /// `options` names.
 pub fn train(settings: &TrainSettings, dataset: &Dataset, options: &RunOptions) -> Result<Outcome> {
     let mut trainer = Trainer::new(settings, dataset, options)?;
+    // Once the run is sure to start: not before an error that stops it.
+    if settings.warmup_epochs >= settings.epochs {
+        // Allowed (a smoke test), but a short run with the default warm-up is a common slip.
+        eprintln!(
+            "warning: --warmup-epochs {} is not below --epochs {}: the learning rate rises \
+             for the whole run, reaching --lr only at its end if at all, and never decays; \
+             pass a smaller --warmup-epochs for a short run",
+            settings.warmup_epochs, settings.epochs
+        );
+    }
     let outcome = trainer.train_epochs()?;
     trainer.run.finish_saving()?;
     Ok(outcome)
