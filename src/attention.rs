@@ -170,9 +170,7 @@ fn choose_image(args: &AttentionArgs, loaded: &LoadedModel) -> Result<ChosenImag
         );
     }
     let index = args.index.unwrap_or(0);
-    let dataset_args = checkpoint::dataset_args(&loaded.metadata, &args.data)?;
-    let mut data = data::load_test(&dataset_args, image_size)?;
-    loaded.fit_dataset(&args.checkpoint, &mut data, &args.data.data_dir)?;
+    let data = loaded.test_set(&args.checkpoint, &args.data)?;
     let count = data.test.len();
     ensure!(
         (0..count).contains(&index),

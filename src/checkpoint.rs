@@ -563,12 +563,26 @@ impl LoadedModel {
         Ok(())
     }
 
+    /// The test split this model (from `path`) is evaluated on: the dataset `args` name, or
+    /// the one the checkpoint records, fitted to the model (see [`Self::fit_dataset`]).
+    pub fn test_set(
+        &self,
+        path: &Path,
+        args: &crate::cli::CheckpointDatasetArgs,
+    ) -> Result<TestSet> {
+        let dataset_args = dataset_args(&self.metadata, args)
+            .with_context(|| format!("evaluating {}", path.display()))?;
+        let mut dataset = crate::data::load_test(&dataset_args, self.model.config.image_size)?;
+        self.fit_dataset(path, &mut dataset, &args.data_dir)?;
+        Ok(dataset)
+    }
+
     /// Fits `dataset` (read from `data_dir`) to the model from `path`, or fails: its
     /// channels and number of classes must match. A folder dataset's classes are numbered
     /// by name as the checkpoint records them (its folders may be some of the model's
     /// classes, and none other). Otherwise, a checkpoint that recorded other class names
     /// gets a warning, since the dataset's names then label the model's numbers.
-    pub fn fit_dataset(&self, path: &Path, dataset: &mut TestSet, data_dir: &Path) -> Result<()> {
+    fn fit_dataset(&self, path: &Path, dataset: &mut TestSet, data_dir: &Path) -> Result<()> {
         let config = &self.model.config;
         dataset
             .test

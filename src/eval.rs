@@ -2,10 +2,10 @@
 
 use crate::checkpoint;
 use crate::cli::{EvalArgs, Precision};
-use crate::data::{self, transforms, Split};
+use crate::data::{transforms, Split};
 use crate::ffi::autocast;
 use crate::model::VisionTransformer;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use tch::{nn::ModuleT, Kind, Reduction, Tensor};
@@ -171,11 +171,7 @@ fn report_folder(args: &EvalArgs) -> Result<Option<PathBuf>> {
 pub fn run(args: &EvalArgs) -> Result<()> {
     let device = args.device.resolve()?;
     let loaded = checkpoint::load(&args.checkpoint, device)?;
-    let config = &loaded.model.config;
-    let dataset_args = checkpoint::dataset_args(&loaded.metadata, &args.data)
-        .with_context(|| format!("evaluating {}", args.checkpoint.display()))?;
-    let mut dataset = data::load_test(&dataset_args, config.image_size)?;
-    loaded.fit_dataset(&args.checkpoint, &mut dataset, &args.data.data_dir)?;
+    let dataset = loaded.test_set(&args.checkpoint, &args.data)?;
     let out_dir = report_folder(args)?;
     let test = dataset.test.to_device(device);
     let evaluation = evaluate(&loaded.model, &test, args.batch_size, args.precision);
