@@ -309,19 +309,26 @@ impl TensorFile {
         let [num_classes, _] = size("head.weight")?[..] else {
             return None;
         };
-        // Up to the highest block's number: a block that lacks a tensor is still a block.
-        let num_layers = self
+        // The blocks 0, 1, ... that have any tensor (a block that lacks one is still a
+        // block); a gap in their numbers says nothing of the model's depth.
+        let blocks: std::collections::BTreeSet<u32> = self
             .tensors
             .keys()
             .filter_map(|name| {
-                name.strip_prefix("blocks.")?
-                    .split('.')
-                    .next()?
-                    .parse()
-                    .ok()
+                let number = name.strip_prefix("blocks.")?.split('.').next()?;
+                number
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| number.parse().ok())?
             })
-            .max()
-            .map_or(0, |last: i64| last + 1);
+            .collect();
+        let num_layers = blocks.len() as i64;
+        if blocks
+            .last()
+            .is_some_and(|&last| i64::from(last) + 1 != num_layers)
+        {
+            return None;
+        }
         Some(ViTConfig {
             image_size: side * patch_size,
             patch_size,
@@ -373,7 +380,11 @@ impl TensorFile {
             .collect();
         if !mis_shaped.is_empty() {
             let (shown, more) = shown_and_more(&mis_shaped);
-            problems.push(shown.join("; ") + &more);
+            let others = match more {
+                0 => String::new(),
+                more => format!("; and {more} more tensors of another shape"),
+            };
+            problems.push(shown.join("; ") + &others);
         }
         if !problems.is_empty() {
             bail!(
@@ -459,19 +470,16 @@ const SHOWN: usize = 5;
 
 /// The first [`SHOWN`] of `items` as a list, with how many more there are.
 fn first_few<T: std::fmt::Debug>(items: &[T]) -> String {
-    let (shown, more) = shown_and_more(items);
-    format!("{shown:?}{more}")
+    match shown_and_more(items) {
+        (shown, 0) => format!("{shown:?}"),
+        (shown, more) => format!("{shown:?} and {more} more"),
+    }
 }
 
-/// The first [`SHOWN`] of `items`, and " and N more" of the others (or nothing).
-fn shown_and_more<T>(items: &[T]) -> (&[T], String) {
-    match items.len() > SHOWN {
-        true => (
-            &items[..SHOWN],
-            format!(" and {} more", items.len() - SHOWN),
-        ),
-        false => (items, String::new()),
-    }
+/// The first [`SHOWN`] of `items`, and how many others there are.
+fn shown_and_more<T>(items: &[T]) -> (&[T], usize) {
+    let shown = items.len().min(SHOWN);
+    (&items[..shown], items.len() - shown)
 }
 
 /// A file PyTorch writes, which vit does not read but can say how to convert.
@@ -571,7 +579,7 @@ impl LoadedModel {
         args: &crate::cli::CheckpointDatasetArgs,
     ) -> Result<TestSet> {
         let dataset_args = dataset_args(&self.metadata, args)
-            .with_context(|| format!("evaluating {}", path.display()))?;
+            .with_context(|| format!("choosing the test split for {}", path.display()))?;
         let mut dataset = crate::data::load_test(&dataset_args, self.model.config.image_size)?;
         self.fit_dataset(path, &mut dataset, &args.data_dir)?;
         Ok(dataset)
@@ -645,8 +653,18 @@ pub fn load(path: &Path, device: Device) -> Result<LoadedModel> {
     let config = file
         .config()
         .with_context(|| format!("in {}", path.display()))?;
+    let vs = nn::VarStore::new(device);
+    let model = VisionTransformer::new(&vs.root(), &config)?;
+    if let Err(problems) = file.load_into(&vs) {
+        // A config that the shapes contradict explains its mis-shaped tensors at once.
+        let error = file.check_config_matches_shapes(&config).err();
+        return Err(error
+            .unwrap_or(problems)
+            .context(format!("loading {}", path.display())));
+    }
     // Every output would be NaN, and an accuracy of NaN logits a plausible-looking 1/C.
-    // vit train never saves such weights: the file is damaged, or not vit's.
+    // vit train never saves such weights: the file is damaged, or not vit's. Checked
+    // once loaded, so on the model's own tensors only.
     let not_finite: Vec<&String> = file
         .tensors
         .iter()
@@ -660,15 +678,6 @@ pub fn load(path: &Path, device: Device) -> Result<LoadedModel> {
         path.display(),
         first_few(&not_finite)
     );
-    let vs = nn::VarStore::new(device);
-    let model = VisionTransformer::new(&vs.root(), &config)?;
-    if let Err(problems) = file.load_into(&vs) {
-        // A config that the shapes contradict explains its mis-shaped tensors at once.
-        let error = file.check_config_matches_shapes(&config).err();
-        return Err(error
-            .unwrap_or(problems)
-            .context(format!("loading {}", path.display())));
-    }
     warn_about_contents(path, &file, config.num_classes);
     Ok(LoadedModel {
         vs,
@@ -780,7 +789,8 @@ pub fn dataset_args(
         (None, Some(other)) => {
             bail!(
                 "the checkpoint records the dataset `{other}`, which vit cannot read (it reads \
-                 `{CIFAR10}`, `{CIFAR100}`, `{CIFAR100_COARSE}` and `{FOLDER}`); pass --dataset"
+                 `{CIFAR10}`, `{CIFAR100}`, `{CIFAR100_COARSE}` and `{FOLDER}`); pass --dataset \
+                 cifar10, cifar100 (with --coarse-labels for its 20 superclasses) or folder"
             )
         }
         (None, None) => bail!("the checkpoint does not record its dataset; pass --dataset"),

@@ -259,7 +259,10 @@ fn mismatched_checkpoint_is_refused_naming_each_problem() {
     let listed = error.matches("has shape [3], the model expects").count();
     assert_eq!(listed, 5, "{error}");
     assert!(
-        error.contains(&format!(" and {} more", biases - 5)),
+        error.contains(&format!(
+            "; and {} more tensors of another shape",
+            biases - 5
+        )),
         "{error}"
     );
 }
@@ -300,6 +303,21 @@ fn a_checkpoint_of_another_timm_layout_is_told_what_differs() {
     ] {
         let error = load_error(name, file);
         assert!(error.contains(expected), "{name}: {error}");
+    }
+
+    // A stray tensor numbered past the blocks, or with NaN in it, is one unexpected key:
+    // it neither makes the config's depth wrong nor the weights NaN.
+    for (name, value) in [("blocks.10.extra", 0.0), ("extra", f64::NAN)] {
+        let (mut tensors, metadata) = checkpoint_tensors();
+        tensors.insert(
+            name.into(),
+            Tensor::full([1], value, (Kind::Float, Device::Cpu)),
+        );
+        let error = load_error("stray", TensorFile { tensors, metadata });
+        assert!(
+            error.contains(&format!("unexpected keys: [\"{name}\"]")) && !error.contains("NaN"),
+            "{error}"
+        );
     }
 
     // A config that is not the tensors': the sizes that differ, not each tensor.

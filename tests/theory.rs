@@ -250,6 +250,14 @@ fn a_config_json_may_write_sizes_as_whole_floats() {
         error.contains(&format!("expected a whole number, got {}.5", tiny.mlp_dim)),
         "{error}"
     );
+    // A whole number is read exactly, however large (validate refuses it then), and a
+    // string is not a size.
+    let huge = json.replace(&format!("{}.0,", tiny.mlp_dim), "9007199254740993,");
+    let read: ViTConfig = serde_json::from_str(&huge).unwrap();
+    assert_eq!(read.mlp_dim, 9007199254740993);
+    let quoted = json.replace(&format!("{}.0,", tiny.mlp_dim), "\"64\",");
+    let error = format!("{:#}", ViTConfig::from_json(&quoted).unwrap_err());
+    assert!(error.contains("expected a whole number"), "{error}");
 }
 
 #[test]

@@ -980,6 +980,14 @@ fn strong_recipe_runs_from_the_command_line() {
         stderr.contains("warning: --warmup-epochs 5 is not below --epochs 1"),
         "{stderr}"
     );
+    // Resumed once finished, it trains nothing, and warns of nothing it would train.
+    let mut resume = args.clone();
+    resume.push("--resume");
+    let stderr = String::from_utf8_lossy(&vit(&resume).stderr).into_owned();
+    assert!(
+        stderr.contains("nothing to train") && !stderr.contains("--warmup-epochs"),
+        "{stderr}"
+    );
     let config = std::fs::read_to_string(run.join("config.json")).unwrap();
     for setting in [
         "AutoAugmentCifar10",

@@ -32,14 +32,28 @@ pub struct ViTConfig {
 /// A size as JSON gives it: `128`, or `128.0` as Python's `embed_dim * mlp_ratio` writes
 /// it; not `127.5`.
 fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
-    // Exact below 2^53, far beyond any size `validate` lets through.
-    let value = f64::deserialize(deserializer)?;
-    if value.fract() != 0.0 || value.abs() >= 2f64.powi(53) {
-        return Err(serde::de::Error::custom(format!(
-            "expected a whole number, got {value}"
-        )));
+    struct WholeNumber;
+    impl serde::de::Visitor<'_> for WholeNumber {
+        type Value = i64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a whole number")
+        }
+        fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<i64, E> {
+            Ok(value)
+        }
+        fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<i64, E> {
+            i64::try_from(value).map_err(|_| E::custom(format!("{value} is too large")))
+        }
+        fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<i64, E> {
+            // Whole floats up to 2^53 are exact, far beyond any size `validate` allows.
+            if value.fract() == 0.0 && value.abs() < 2f64.powi(53) {
+                Ok(value as i64)
+            } else {
+                Err(E::custom(format!("expected a whole number, got {value}")))
+            }
+        }
     }
-    Ok(value as i64)
+    deserializer.deserialize_any(WholeNumber)
 }
 
 /// Named presets for `--config`.

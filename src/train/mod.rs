@@ -384,8 +384,10 @@ pub struct RunOptions<'a> {
 /// `options` names.
 pub fn train(settings: &TrainSettings, dataset: &Dataset, options: &RunOptions) -> Result<Outcome> {
     let mut trainer = Trainer::new(settings, dataset, options)?;
-    // Once the run is sure to start: not before an error that stops it.
-    if settings.warmup_epochs >= settings.epochs {
+    // Once the run is sure to train: not before an error that stops it, nor for a finished
+    // run resumed.
+    let trains = trainer.progress.epochs_done < settings.epochs;
+    if trains && settings.warmup_epochs >= settings.epochs {
         // Allowed (a smoke test), but a short run with the default warm-up is a common slip.
         eprintln!(
             "warning: --warmup-epochs {} is not below --epochs {}: the learning rate rises \
