@@ -733,6 +733,30 @@ impl<'a> Trainer<'a> {
         };
         self.run.append_metrics(&row)?;
         // The weights are copied now; the disk writes overlap the next epoch.
+        let ema_accuracy = ema_evaluation.map(|evaluation| evaluation.accuracy);
+        let files = self.epoch_files(epoch, evaluation.accuracy, ema_accuracy)?;
+        self.run.save(files)?;
+        self.console.epoch_done(&row);
+        // Last, and only a warning on failure: a picture is not worth the epoch.
+        if self.options.plot {
+            let curves = self.run.path("curves.png");
+            if let Err(e) = crate::plot::curves(&[self.run.dir()], &curves) {
+                eprintln!("warning: cannot draw {}: {e:#}", curves.display());
+            }
+        }
+        Ok(())
+    }
+
+    /// The files that end `epoch` (0-based), with the weights copied: the last models, the
+    /// best ones when their test `accuracy` improved, then the resume state, which moves
+    /// on to the next epoch.
+    fn epoch_files(
+        &mut self,
+        epoch: usize,
+        accuracy: f64,
+        ema_accuracy: Option<f64>,
+    ) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        let progress = &mut self.progress;
         let mut files = Vec::new();
         let model = |vs| checkpoint::to_bytes(vs, &self.settings.model, &self.metadata);
         // The last model, and the best when it is that too. The first epoch always writes
@@ -748,14 +772,14 @@ impl<'a> Trainer<'a> {
         keep(
             ["best_model.safetensors", "last_model.safetensors"],
             model(&self.vs)?,
-            evaluation.accuracy,
+            accuracy,
             &mut progress.best_accuracy,
         );
-        if let (Some(ema), Some(evaluation)) = (&self.ema, &ema_evaluation) {
+        if let (Some(ema), Some(accuracy)) = (&self.ema, ema_accuracy) {
             keep(
                 ["best_ema_model.safetensors", "last_ema_model.safetensors"],
                 model(&ema.vs)?,
-                evaluation.accuracy,
+                accuracy,
                 &mut progress.best_ema_accuracy,
             );
         }
@@ -771,16 +795,7 @@ impl<'a> Trainer<'a> {
             "resume.safetensors",
             RunFolder::resume_state(&self.vs, &self.optimizer, ema, progress)?,
         ));
-        self.run.save(files)?;
-        self.console.epoch_done(&row);
-        // Last, and only a warning on failure: a picture is not worth the epoch.
-        if self.options.plot {
-            let curves = self.run.path("curves.png");
-            if let Err(e) = crate::plot::curves(&[self.run.dir()], &curves) {
-                eprintln!("warning: cannot draw {}: {e:#}", curves.display());
-            }
-        }
-        Ok(())
+        Ok(files)
     }
 }
 

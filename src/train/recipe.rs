@@ -53,92 +53,9 @@ impl Regularization {
         let pick = |given: Option<f64>, strong_value: f64| {
             given.unwrap_or(if strong { strong_value } else { 0.0 })
         };
-        let default_policy = if strong {
-            AugmentPolicy::Autoaugment
-        } else {
-            AugmentPolicy::None
-        };
-        let policy = match args.augment_policy.unwrap_or(default_policy) {
-            AugmentPolicy::None | AugmentPolicy::Autoaugment
-                if args.randaugment_ops.is_some() || args.randaugment_magnitude.is_some() =>
-            {
-                bail!("--randaugment-ops and --randaugment-magnitude need --augment-policy randaugment")
-            }
-            AugmentPolicy::None => None,
-            AugmentPolicy::Autoaugment => Some(Policy::AutoAugmentCifar10),
-            AugmentPolicy::Randaugment => {
-                let default = RandAugment::default();
-                let randaugment = RandAugment {
-                    num_ops: args.randaugment_ops.unwrap_or(default.num_ops),
-                    magnitude: args.randaugment_magnitude.unwrap_or(default.magnitude),
-                    ..default
-                };
-                // timm and torchvision use 2 or 3; each op costs the batch a pass.
-                ensure!(
-                    (1..=MAX_RANDAUGMENT_OPS).contains(&randaugment.num_ops),
-                    "--randaugment-ops must be in 1..={MAX_RANDAUGMENT_OPS}, got {}",
-                    randaugment.num_ops
-                );
-                ensure!(
-                    (0..randaugment.num_magnitude_bins).contains(&randaugment.magnitude),
-                    "--randaugment-magnitude must be in 0..={}",
-                    randaugment.num_magnitude_bins - 1
-                );
-                Some(Policy::RandAugment(randaugment))
-            }
-        };
+        let policy = augment_policy(args, strong)?;
         let erasing = pick(args.random_erasing, RandomErasing::default().p);
-        let default_mix = MixConfig::default();
-        let mix = MixConfig {
-            mixup_alpha: pick(args.mixup, default_mix.mixup_alpha),
-            cutmix_alpha: pick(args.cutmix, default_mix.cutmix_alpha),
-            prob: args.mix_prob.unwrap_or(default_mix.prob),
-            switch_prob: args.switch_prob.unwrap_or(default_mix.switch_prob),
-            ..default_mix
-        };
-        // First: a negative alpha would read as "not given" in the checks after it. Below
-        // MIN_MIX_ALPHA, Beta(alpha, alpha) draws land at 0 or 1 (no mixing) and its Gamma
-        // draws underflow.
-        for (flag, alpha) in [("--mixup", mix.mixup_alpha), ("--cutmix", mix.cutmix_alpha)] {
-            ensure!(
-                alpha == 0.0 || (alpha >= MIN_MIX_ALPHA && alpha.is_finite()),
-                "{flag} takes a finite alpha of at least {MIN_MIX_ALPHA}, or 0 to turn it off; \
-                 got {alpha}"
-            );
-        }
-        let turned_off = match strong {
-            true => " (--mixup 0 --cutmix 0 turned both off)",
-            false => " (or --recipe strong)",
-        };
-        ensure!(
-            mix.mixup_alpha > 0.0 || mix.cutmix_alpha > 0.0 || args.mix_prob.is_none(),
-            "--mix-prob needs --mixup or --cutmix{turned_off}"
-        );
-        ensure!(
-            mix.prob > 0.0 || (mix.mixup_alpha == 0.0 && mix.cutmix_alpha == 0.0),
-            "--mix-prob 0 would never mix: pass --mixup 0 --cutmix 0 instead"
-        );
-        ensure!(
-            (mix.mixup_alpha > 0.0 && mix.cutmix_alpha > 0.0) || args.switch_prob.is_none(),
-            "--switch-prob chooses between MixUp and CutMix: it needs both --mixup and --cutmix"
-        );
-        if let Some(off) = args.mix_off_epoch {
-            ensure!(
-                mix.is_active(),
-                "--mix-off-epoch needs --mixup or --cutmix{turned_off}"
-            );
-            ensure!(
-                off > 0,
-                "--mix-off-epoch 0 would never mix: pass --mixup 0 --cutmix 0 instead"
-            );
-            if off >= args.epochs {
-                eprintln!(
-                    "warning: --mix-off-epoch {off} is not below --epochs {}: every epoch \
-                     mixes",
-                    args.epochs
-                );
-            }
-        }
+        let mix = mix_config(args, strong, pick)?;
         let ema = pick(args.ema, STRONG_EMA);
         let regularization = Self {
             augment: (policy.is_some() || erasing > 0.0).then(|| AugmentConfig {
@@ -182,4 +99,102 @@ impl Regularization {
         }
         Ok(regularization)
     }
+}
+
+/// `--augment-policy` and RandAugment's settings (AutoAugment for the strong recipe).
+fn augment_policy(args: &TrainArgs, strong: bool) -> Result<Option<Policy>> {
+    let default_policy = if strong {
+        AugmentPolicy::Autoaugment
+    } else {
+        AugmentPolicy::None
+    };
+    Ok(match args.augment_policy.unwrap_or(default_policy) {
+        AugmentPolicy::None | AugmentPolicy::Autoaugment
+            if args.randaugment_ops.is_some() || args.randaugment_magnitude.is_some() =>
+        {
+            bail!("--randaugment-ops and --randaugment-magnitude need --augment-policy randaugment")
+        }
+        AugmentPolicy::None => None,
+        AugmentPolicy::Autoaugment => Some(Policy::AutoAugmentCifar10),
+        AugmentPolicy::Randaugment => {
+            let default = RandAugment::default();
+            let randaugment = RandAugment {
+                num_ops: args.randaugment_ops.unwrap_or(default.num_ops),
+                magnitude: args.randaugment_magnitude.unwrap_or(default.magnitude),
+                ..default
+            };
+            // timm and torchvision use 2 or 3; each op costs the batch a pass.
+            ensure!(
+                (1..=MAX_RANDAUGMENT_OPS).contains(&randaugment.num_ops),
+                "--randaugment-ops must be in 1..={MAX_RANDAUGMENT_OPS}, got {}",
+                randaugment.num_ops
+            );
+            ensure!(
+                (0..randaugment.num_magnitude_bins).contains(&randaugment.magnitude),
+                "--randaugment-magnitude must be in 0..={}",
+                randaugment.num_magnitude_bins - 1
+            );
+            Some(Policy::RandAugment(randaugment))
+        }
+    })
+}
+
+/// MixUp and CutMix as the flags (or the strong recipe, through `pick`) set them, checked.
+fn mix_config(
+    args: &TrainArgs,
+    strong: bool,
+    pick: impl Fn(Option<f64>, f64) -> f64,
+) -> Result<MixConfig> {
+    let default_mix = MixConfig::default();
+    let mix = MixConfig {
+        mixup_alpha: pick(args.mixup, default_mix.mixup_alpha),
+        cutmix_alpha: pick(args.cutmix, default_mix.cutmix_alpha),
+        prob: args.mix_prob.unwrap_or(default_mix.prob),
+        switch_prob: args.switch_prob.unwrap_or(default_mix.switch_prob),
+        ..default_mix
+    };
+    // First: a negative alpha would read as "not given" in the checks after it. Below
+    // MIN_MIX_ALPHA, Beta(alpha, alpha) draws land at 0 or 1 (no mixing) and its Gamma
+    // draws underflow.
+    for (flag, alpha) in [("--mixup", mix.mixup_alpha), ("--cutmix", mix.cutmix_alpha)] {
+        ensure!(
+            alpha == 0.0 || (alpha >= MIN_MIX_ALPHA && alpha.is_finite()),
+            "{flag} takes a finite alpha of at least {MIN_MIX_ALPHA}, or 0 to turn it off; \
+             got {alpha}"
+        );
+    }
+    let turned_off = match strong {
+        true => " (--mixup 0 --cutmix 0 turned both off)",
+        false => " (or --recipe strong)",
+    };
+    ensure!(
+        mix.mixup_alpha > 0.0 || mix.cutmix_alpha > 0.0 || args.mix_prob.is_none(),
+        "--mix-prob needs --mixup or --cutmix{turned_off}"
+    );
+    ensure!(
+        mix.prob > 0.0 || (mix.mixup_alpha == 0.0 && mix.cutmix_alpha == 0.0),
+        "--mix-prob 0 would never mix: pass --mixup 0 --cutmix 0 instead"
+    );
+    ensure!(
+        (mix.mixup_alpha > 0.0 && mix.cutmix_alpha > 0.0) || args.switch_prob.is_none(),
+        "--switch-prob chooses between MixUp and CutMix: it needs both --mixup and --cutmix"
+    );
+    if let Some(off) = args.mix_off_epoch {
+        ensure!(
+            mix.is_active(),
+            "--mix-off-epoch needs --mixup or --cutmix{turned_off}"
+        );
+        ensure!(
+            off > 0,
+            "--mix-off-epoch 0 would never mix: pass --mixup 0 --cutmix 0 instead"
+        );
+        if off >= args.epochs {
+            eprintln!(
+                "warning: --mix-off-epoch {off} is not below --epochs {}: every epoch \
+                 mixes",
+                args.epochs
+            );
+        }
+    }
+    Ok(mix)
 }
