@@ -1,0 +1,269 @@
+//! What vit says of a safetensors file it cannot load as a checkpoint, and of a PyTorch
+//! file: which of timm's model options or which config the tensors show, and what to do.
+
+use super::{TensorFile, CONFIG_KEY};
+use crate::model::ViTConfig;
+use anyhow::{ensure, Result};
+use std::path::Path;
+use tch::Tensor;
+
+impl TensorFile {
+    /// What to do about a file without `config` metadata: what the tensors' shapes give,
+    /// for the user to complete, where they can tell.
+    pub(super) fn missing_config_advice(&self) -> String {
+        match self.config_from_shapes() {
+            Some(shapes) => format!(
+                "no `{CONFIG_KEY}` metadata. The tensors' shapes give {}, all but num_heads \
+                 (a divisor of embed_dim, which shapes cannot tell, and a wrong one loads and \
+                 gives wrong outputs: take it from the model that saved the file): save the \
+                 checkpoint with metadata={{'{CONFIG_KEY}': that JSON with NUM_HEADS filled \
+                 in}}",
+                json_without_heads(&shapes)
+            ),
+            None => format!(
+                "no `{CONFIG_KEY}` metadata: save the checkpoint with \
+                 metadata={{'{CONFIG_KEY}': json.dumps({{image_size, patch_size, in_channels, \
+                 embed_dim, num_heads, mlp_dim, num_layers, num_classes, dropout}})}}"
+            ),
+        }
+    }
+
+    /// Fails when the tensors' shapes give another model than `config` (as the file's
+    /// metadata records it): the message names the sizes that differ, rather than listing
+    /// every tensor of the wrong shape.
+    pub(super) fn check_config_matches_shapes(&self, config: &ViTConfig) -> Result<()> {
+        let Some(shapes) = self.config_from_shapes() else {
+            return Ok(());
+        };
+        // Shapes cannot tell num_heads: `shapes` has 0 there.
+        let (recorded, shaped): (Vec<String>, Vec<String>) = config
+            .sizes()
+            .into_iter()
+            .zip(shapes.sizes())
+            .filter(|((name, recorded), (_, shaped))| *name != "num_heads" && recorded != shaped)
+            .map(|((name, recorded), (_, shaped))| {
+                (format!("{name} {recorded}"), format!("{name} {shaped}"))
+            })
+            .unzip();
+        ensure!(
+            recorded.is_empty(),
+            "its `{CONFIG_KEY}` metadata does not describe its tensors: it says {}, the \
+             tensors' shapes {}. Save it again with the config of the model that made the \
+             tensors (their shapes give {}, all but num_heads)",
+            recorded.join(", "),
+            shaped.join(", "),
+            json_without_heads(&shapes)
+        );
+        Ok(())
+    }
+
+    /// The config that timm's tensor names and shapes give, with `num_heads` 0 (the qkv
+    /// weights are the same shape for any head count) and dropout 0 (it has no weights).
+    /// `None` when the tensors are not the notebook's ViT in timm's layout (a class token,
+    /// square patches in a square grid, a head).
+    fn config_from_shapes(&self) -> Option<ViTConfig> {
+        let size = |name: &str| self.tensors.get(name).map(Tensor::size);
+        let [embed_dim, in_channels, patch_size, patch_width] =
+            size("patch_embed.proj.weight")?[..]
+        else {
+            return None;
+        };
+        let [1, 1, _] = size("cls_token")?[..] else {
+            return None;
+        };
+        let [_, tokens, _] = size("pos_embed")?[..] else {
+            return None;
+        };
+        // The tokens are the class token and a square grid of square patches.
+        let side = ((tokens - 1) as f64).sqrt().round() as i64;
+        if patch_width != patch_size || side < 1 || side * side != tokens - 1 {
+            return None;
+        }
+        let [mlp_dim, _] = size("blocks.0.mlp.fc1.weight")?[..] else {
+            return None;
+        };
+        let [num_classes, _] = size("head.weight")?[..] else {
+            return None;
+        };
+        // The blocks 0, 1, ... that have any tensor (a block that lacks one is still a
+        // block); a gap in their numbers says nothing of the model's depth.
+        let blocks: std::collections::BTreeSet<u32> = self
+            .tensors
+            .keys()
+            .filter_map(|name| {
+                let number = name.strip_prefix("blocks.")?.split('.').next()?;
+                number
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| number.parse().ok())?
+            })
+            .collect();
+        let num_layers = blocks.len() as i64;
+        if blocks
+            .last()
+            .is_some_and(|&last| i64::from(last) + 1 != num_layers)
+        {
+            return None;
+        }
+        Some(ViTConfig {
+            image_size: side * patch_size,
+            patch_size,
+            in_channels,
+            embed_dim,
+            num_heads: 0,
+            mlp_dim,
+            num_layers,
+            num_classes,
+            dropout: 0.0,
+        })
+    }
+
+    /// What the tensor names say of a model that is not vit's: a wrapper's prefix, or one
+    /// of timm's `VisionTransformer` options that vit's model does not have. Empty when
+    /// they say nothing.
+    pub(super) fn layout_advice(&self) -> String {
+        let has = |part: &str| self.tensors.keys().any(|name| name.contains(part));
+        let names = self.tensors.keys();
+        if names.len() > 0 && names.clone().all(|name| name.starts_with("module.")) {
+            return ". Every name starts with `module.`, as a DistributedDataParallel or \
+                    DataParallel model's do: save model.module.state_dict() instead"
+                .to_string();
+        }
+        // Only a timm ViT's names say which of its options made them.
+        if !has("patch_embed.proj.") || !has("blocks.0.") {
+            return String::new();
+        }
+        let options: Vec<&str> = [
+            (has("fc_norm."), "global_pool='avg' (fc_norm)"),
+            (!has("cls_token"), "class_token=False"),
+            (
+                has("dist_token"),
+                "a distillation token (DeiT's distilled models)",
+            ),
+            (has("reg_token"), "reg_tokens"),
+            (
+                has("blocks.0.attn.qkv.weight") && !has("blocks.0.attn.qkv.bias"),
+                "qkv_bias=False",
+            ),
+            (has(".q_norm.") || has(".k_norm."), "qk_norm=True"),
+            (has(".ls1.") || has(".ls2."), "init_values (LayerScale)"),
+            (has("norm_pre."), "pre_norm=True"),
+        ]
+        .into_iter()
+        .filter_map(|(found, option)| found.then_some(option))
+        .collect();
+        match options.is_empty() {
+            true => String::new(),
+            false => format!(
+                ". Its names are those of a timm VisionTransformer made with {}, which vit's \
+                 model does not have: vit's is timm's with class_token=True, \
+                 global_pool='token', qkv_bias=True, and no LayerScale, QK norm, register or \
+                 distillation tokens or pre-norm",
+                options.join(", ")
+            ),
+        }
+    }
+}
+
+/// `config` as JSON with `NUM_HEADS` where its head count goes, for the user to fill in.
+fn json_without_heads(config: &ViTConfig) -> String {
+    format!(
+        "{{\"image_size\": {}, \"patch_size\": {}, \"in_channels\": {}, \"embed_dim\": {}, \
+         \"num_heads\": NUM_HEADS, \"mlp_dim\": {}, \"num_layers\": {}, \"num_classes\": {}, \
+         \"dropout\": 0.0}}",
+        config.image_size,
+        config.patch_size,
+        config.in_channels,
+        config.embed_dim,
+        config.mlp_dim,
+        config.num_layers,
+        config.num_classes
+    )
+}
+
+/// How many of each kind of problem a mismatched checkpoint's error lists: a wrapped
+/// model's 44 names say no more than its first few.
+const SHOWN: usize = 5;
+
+/// The first [`SHOWN`] of `items` as a list, with how many more there are.
+pub(super) fn first_few<T: std::fmt::Debug>(items: &[T]) -> String {
+    match shown_and_more(items) {
+        (shown, 0) => format!("{shown:?}"),
+        (shown, more) => format!("{shown:?} and {more} more"),
+    }
+}
+
+/// The first [`SHOWN`] of `items`, and how many others there are.
+pub(super) fn shown_and_more<T>(items: &[T]) -> (&[T], usize) {
+    let shown = items.len().min(SHOWN);
+    (&items[..shown], items.len() - shown)
+}
+
+/// A file PyTorch writes, which vit does not read but can say how to convert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PyTorchFile {
+    /// `torch.save`: a zip archive with `data.pkl` (PyTorch 1.6 on), or a pickle that
+    /// starts with PyTorch's magic number (before).
+    Save,
+    /// `torch.jit.save`: a zip archive with `constants.pkl` (and `data.pkl`) in it.
+    TorchScript,
+}
+
+impl PyTorchFile {
+    /// What `bytes` (not a safetensors file) are, if a PyTorch file. Archive entries are
+    /// looked for by name among the bytes, as the zip's directory spells them.
+    pub(super) fn recognise(bytes: &[u8]) -> Option<Self> {
+        // Protocol 2 pickle opcodes, then the LONG1 of torch.serialization's MAGIC_NUMBER.
+        const LEGACY_START: [u8; 14] = [
+            0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
+        ];
+        if bytes.starts_with(&LEGACY_START) {
+            return Some(Self::Save);
+        }
+        if !bytes.starts_with(b"PK\x03\x04") {
+            return None;
+        }
+        let holds = |name: &[u8]| bytes.windows(name.len()).any(|window| window == name);
+        if holds(b"/constants.pkl") {
+            Some(Self::TorchScript)
+        } else if holds(b"/data.pkl") {
+            Some(Self::Save)
+        } else {
+            None
+        }
+    }
+
+    /// What to do with the file at `path`: the line of Python that writes its state dict as
+    /// a safetensors file beside it.
+    pub(super) fn conversion(self, path: &Path) -> String {
+        let mut converted = path.with_extension("safetensors");
+        if converted == path {
+            converted = path.with_extension("converted.safetensors");
+        }
+        let (what, load, state_dict) = match self {
+            Self::Save => ("torch.save", "torch.load", ""),
+            Self::TorchScript => ("torch.jit.save", "torch.jit.load", ".state_dict()"),
+        };
+        format!(
+            "{} is a PyTorch file ({what}), not a safetensors file; vit reads safetensors \
+             only. Convert its state dict (with timm's parameter names) in Python: `import \
+             json, torch, safetensors.torch as st; st.save_file({load}({:?}, \
+             map_location=\"cpu\"){state_dict}, {:?}, metadata={{\"config\": \
+             json.dumps(cfg)}})`, where cfg is the dict of the nine hyperparameters \
+             (image_size, patch_size, in_channels, embed_dim, num_heads, mlp_dim, num_layers, \
+             num_classes, dropout); README.md, Checkpoints, shows the names{}",
+            path.display(),
+            path.display().to_string(),
+            converted.display().to_string(),
+            match self {
+                Self::Save => {
+                    ". Where torch.load gives a training checkpoint (a dict with the weights \
+                     under a key such as \"state_dict\" or \"model\"), save that entry; \
+                     where it gives a whole model (torch.save(model)), load it with \
+                     weights_only=False and save its .state_dict()"
+                }
+                Self::TorchScript => "",
+            }
+        )
+    }
+}
