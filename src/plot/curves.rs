@@ -408,18 +408,35 @@ fn panel_axes(runs: &[RunMetrics], panel: Panel) -> PanelAxes {
             )
         }
         Panel::Accuracy => {
-            let (bottom, top) = if lo.is_finite() {
-                let top = (((hi + 2.0) / 10.0).ceil() * 10.0).min(100.0);
+            let tens = |value: f64, round: fn(f64) -> f64| round(value / 10.0) * 10.0;
+            let (bottom, top, legend_at) = if lo.is_finite() {
+                let top = tens(hi + 2.0, f64::ceil).min(100.0);
                 let bottom = lo - 2.0 - room(top - (lo - 2.0));
-                (((bottom / 10.0).floor() * 10.0).max(0.0), top)
+                let floor = tens(lo - 2.0, f64::floor).max(0.0);
+                let above = hi + 2.0 + room(hi + 2.0 - floor);
+                if bottom < 0.0 && above <= 100.0 {
+                    // Curves that reach down to 0% (a short or failing run) leave no band
+                    // below them: the legend's goes above them.
+                    (
+                        floor,
+                        tens(above, f64::ceil).min(100.0),
+                        SeriesLabelPosition::UpperRight,
+                    )
+                } else {
+                    (
+                        tens(bottom, f64::floor).max(0.0),
+                        top,
+                        SeriesLabelPosition::LowerRight,
+                    )
+                }
             } else {
-                (0.0, 100.0)
+                (0.0, 100.0, SeriesLabelPosition::LowerRight)
             };
             (
                 "Accuracy",
                 "accuracy (%)",
                 (bottom, top.max(bottom + 10.0)),
-                SeriesLabelPosition::LowerRight,
+                legend_at,
             )
         }
     };
@@ -525,4 +542,52 @@ fn draw_panel<DB: DrawingBackend>(
             .draw(),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One run whose train, test and EMA accuracies (fractions) rise from `first` to
+    /// `last` over five epochs.
+    fn run(first: f64, last: f64) -> RunMetrics {
+        let epochs = (0..5)
+            .map(|i| {
+                let acc = Some(first + (last - first) * i as f64 / 4.0);
+                MetricsRow {
+                    epoch: (i + 1) as f64,
+                    train_loss: Some(1.0),
+                    train_acc: acc,
+                    test_loss: Some(1.0),
+                    test_acc: acc,
+                    ema_test_loss: Some(1.0),
+                    ema_test_acc: acc,
+                }
+            })
+            .collect();
+        RunMetrics {
+            label: "run".into(),
+            epochs,
+        }
+    }
+
+    #[test]
+    fn the_accuracy_legend_has_a_band_of_its_own_below_or_above_the_curves() {
+        // Rising to 90% from 30%: the band lies below the curves, the legend lower right.
+        let axes = panel_axes(&[run(0.30, 0.90)], Panel::Accuracy);
+        assert!(matches!(axes.legend_at, SeriesLabelPosition::LowerRight));
+        assert!(axes.y.0 < 28.0 && axes.y.1 >= 92.0, "{:?}", axes.y);
+        // A short run near 0% leaves no room below: the band goes above, and the legend
+        // upper right, where it used to cover the curves' right end.
+        let axes = panel_axes(&[run(0.0, 0.15)], Panel::Accuracy);
+        assert!(matches!(axes.legend_at, SeriesLabelPosition::UpperRight));
+        let (bottom, top) = axes.y;
+        assert_eq!(bottom, 0.0);
+        // The legend's three rows take (3 * 19 + 16) / 400 of the height, above 17%.
+        let band = (top - bottom) * (3.0 * 19.0 + 16.0) / 400.0;
+        assert!(top - band >= 17.0, "{:?}", axes.y);
+        // Curves from 0% to near 100% have room for the band nowhere: as before.
+        let axes = panel_axes(&[run(0.0, 0.97)], Panel::Accuracy);
+        assert!(matches!(axes.legend_at, SeriesLabelPosition::LowerRight));
+    }
 }
