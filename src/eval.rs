@@ -35,22 +35,25 @@ pub fn evaluate(
     let n = split.len();
     let mut loss_sum = Tensor::zeros([], (Kind::Double, device));
     let mut confusion = Tensor::zeros([num_classes * num_classes], (Kind::Int64, device));
-    tch::no_grad(|| {
-        for start in (0..n).step_by(batch_size as usize) {
-            let len = batch_size.min(n - start);
-            let images = transforms::test_transform(
-                &split.images.narrow(0, start, len),
-                model.config.image_size,
-            );
-            let labels = split.labels.narrow(0, start, len);
-            let logits = autocast(precision, device, || model.forward_t(&images, false))
-                .to_kind(Kind::Float);
-            loss_sum +=
-                logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, -100, 0.0);
-            let cells = &labels * num_classes + logits.argmax(-1, false);
-            // index_add_, not bincount, which reads the maximum back to the host on CUDA.
-            let _ = confusion.index_add_(0, &cells, &cells.ones_like());
-        }
+    // One autocast region for the pass: bf16 copies of the weights are made once, not
+    // per batch (autocast's cache lives as long as its region).
+    autocast(precision, device, || {
+        tch::no_grad(|| {
+            for start in (0..n).step_by(batch_size as usize) {
+                let len = batch_size.min(n - start);
+                let images = transforms::test_transform(
+                    &split.images.narrow(0, start, len),
+                    model.config.image_size,
+                );
+                let labels = split.labels.narrow(0, start, len);
+                let logits = model.forward_t(&images, false).to_kind(Kind::Float);
+                loss_sum +=
+                    logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, -100, 0.0);
+                let cells = &labels * num_classes + logits.argmax(-1, false);
+                // index_add_, not bincount, which reads the maximum back to the host on CUDA.
+                let _ = confusion.index_add_(0, &cells, &cells.ones_like());
+            }
+        })
     });
     let confusion = confusion
         .view([num_classes, num_classes])

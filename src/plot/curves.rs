@@ -238,10 +238,10 @@ pub fn run(args: &PlotArgs) -> Result<()> {
 /// that is not curves vit drew (whose first line is plotters' header at [`CURVES_SIZE`]).
 fn ensure_replaceable_svg(svg: &Path, png: &Path) -> Result<()> {
     use std::io::ErrorKind;
-    let (width, height) = CURVES_SIZE;
-    let header = format!(
-        r#"<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">"#
-    );
+    // The header plotters writes, from plotters itself (an empty picture's first line).
+    let mut empty = String::new();
+    drop(SVGBackend::with_string(&mut empty, CURVES_SIZE));
+    let header = empty.lines().next().unwrap_or_default();
     let start = match std::fs::File::open(svg).and_then(|file| {
         let mut start = Vec::new();
         file.take(header.len() as u64 + 1).read_to_end(&mut start)?;

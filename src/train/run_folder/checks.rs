@@ -141,10 +141,9 @@ fn differing_settings(
     }
 }
 
-/// What a run in `dir` has saved: its metrics rows and checkpoints, described for a
-/// message (empty when nothing).
-pub(super) fn saved_results(dir: &Path) -> Vec<String> {
-    let rows = metrics_rows(dir);
+/// What a run in `dir` has saved: its metrics `rows` (as [`metrics_rows`] counts them)
+/// and checkpoints, described for a message (empty when nothing).
+pub(super) fn saved_results(dir: &Path, rows: usize) -> Vec<String> {
     let mut results: Vec<String> = RUN_FILES
         .into_iter()
         .filter(|name| name.ends_with(".safetensors") && dir.join(name).exists())
@@ -184,14 +183,14 @@ pub(super) fn check_fresh(dir: &Path) -> Result<()> {
             present.join(", ")
         );
     };
-    let epochs = saved.settings.epochs;
+    let (epochs, rows) = (saved.settings.epochs, metrics_rows(dir));
     ensure!(
-        metrics_rows(dir) < epochs,
+        rows < epochs,
         "{} already holds a run that finished its {epochs} epoch(s); choose another --out",
         dir.display()
     );
     ensure!(
-        saved_results(dir).is_empty(),
+        saved_results(dir, rows).is_empty(),
         "{} already holds a run; pass --resume to continue it or choose another --out",
         dir.display()
     );

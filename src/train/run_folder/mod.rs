@@ -369,8 +369,8 @@ impl RunFolder {
             // its first epoch, which the run then trains again, as a resume from a later
             // state would. A finished run, or one further on, lost its state, and starting
             // over would replace what it saved.
-            let results = saved_results(&self.dir);
             let rows = metrics_rows(&self.dir);
+            let results = saved_results(&self.dir, rows);
             ensure!(
                 rows == 0 || (rows == 1 && epochs > 1),
                 "cannot resume {}: resume.safetensors is missing, but the run has results \
