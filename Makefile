@@ -1,6 +1,8 @@
 # vit-tch: `make train` and `make test` work from a fresh clone.
-# Python (torch 2.11.0 for libtorch, and the reference scripts) lives in .venv; cargo finds
-# libtorch through .venv/libtorch (see .cargo/config.toml and build.rs).
+# Python (torch 2.11.0 for libtorch, and the reference scripts) lives in .venv. make's cargo
+# builds with LIBTORCH_USE_PYTORCH=1 and .venv's Python first on PATH: torch-sys then takes
+# libtorch's folder and C++ ABI from that torch and checks its version (2.11.0 for tch
+# 0.24). A plain `cargo` finds libtorch through .venv/libtorch instead (.cargo/config.toml).
 
 PYTHON_SYS ?= python3
 VENV       := .venv
@@ -12,6 +14,9 @@ DATASET    ?= cifar100
 ARGS       ?=
 
 SHARED     ?= ../shared
+# $(call quote,TEXT): TEXT as one shell word, whatever it holds (spaces, quotes).
+quote       = '$(subst ','\'',$(1))'
+CARGO      := LIBTORCH_USE_PYTORCH=1 VIRTUAL_ENV="$(CURDIR)/$(VENV)" PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cargo
 
 .PHONY: setup build fixtures test lint train bench device clean
 
@@ -21,13 +26,15 @@ SHARED     ?= ../shared
 # not midway through pip. A disk whose free space df cannot tell is not checked.
 SETUP_FREE_GIB ?= 6
 # The pinned numpy 2.3 needs Python 3.11+: checked before the venv is made, so that an
-# older one stops with a plain message, not in pip.
+# older one stops with a plain message, not in pip. A venv without pip (python3 -m venv
+# fails so on a system without its venv package, and leaves .venv half made) is made again.
 setup: $(STAMP)
 $(STAMP): requirements.txt
-	@test -x $(PY) || version=$$($(PYTHON_SYS) -c 'import sys; print(sys.version.split()[0]); sys.exit(sys.version_info < (3, 11))' 2>/dev/null) || { \
+	@$(PY) -m pip --version >/dev/null 2>&1 || version=$$("$(PYTHON_SYS)" -c 'import sys; print(sys.version.split()[0]); sys.exit(sys.version_info < (3, 11))' 2>/dev/null) || { \
 	    echo "error: the pinned requirements need Python 3.11 or newer, but $(PYTHON_SYS) is $${version:-not found}. Install one and pass it, for example make PYTHON_SYS=python3.12"; \
 	    exit 1; }
-	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && "$(PYTHON_SYS)" -m venv $(VENV); } || { \
+	    rm -rf $(VENV); echo "error: $(PYTHON_SYS) -m venv failed (above); install Python's venv module (on Debian or Ubuntu, the python3-venv package) and run make again"; exit 1; }
 	@$(PY) -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)' || { \
 	    free=$$(df -Pk $(VENV) 2>/dev/null | awk 'NR == 2 && $$4 ~ /^[0-9]+$$/ { print int($$4 / 1048576) }'); \
 	    test -z "$$free" || test "$$free" -ge $(SETUP_FREE_GIB) || { \
@@ -38,7 +45,7 @@ $(STAMP): requirements.txt
 	touch $@
 
 build: setup
-	cargo build --release
+	$(CARGO) build --release
 
 fixtures: setup
 	$(PY) tests/reference/make_fixtures.py
@@ -48,14 +55,14 @@ fixtures: setup
 	$(PY) tests/reference/png_reference.py
 
 test: build fixtures
-	VIT_PYTHON=$(PY) cargo test --release
+	VIT_PYTHON=$(PY) $(CARGO) test --release
 
 # Also: git tracks nothing outside the project's layout (a manual test's run folder was
 # once committed by mistake); the list names every top-level entry the project has.
 TRACKED := ^(\.cargo|\.ci|assets|bench|docs|src|tests)/|^(\.gitignore|Cargo\.toml|Cargo\.lock|Makefile|README\.md|build\.rs|requirements\.txt|data/README\.md)$$
 lint: setup
-	cargo fmt --check
-	cargo clippy --release --all-targets -- -D warnings
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
 	@stray=$$(git ls-files 2>/dev/null | grep -Ev '$(TRACKED)'); test -z "$$stray" || { \
 	    echo "error: git tracks files outside the project's layout (git rm them, or add them to TRACKED in the Makefile):"; \
 	    echo "$$stray"; exit 1; }
@@ -70,9 +77,10 @@ endif
 # The notebook's training run: CIFAR-100 (downloaded if missing), the notebook model.
 # DATASET=cifar10|cifar100|folder and DATA_DIR choose the data (a folder dataset is not
 # downloaded); ARGS adds `vit train` flags other than those two.
+# (A failed download names VIT_DATA_MIRROR, which `vit download` reads as its --from.)
 train: build
-	$(if $(filter folder,$(DATASET)),,$(VIT) download --dataset '$(DATASET)' --data-dir '$(DATA_DIR)')
-	$(VIT) train --dataset '$(DATASET)' --data-dir '$(DATA_DIR)' $(ARGS)
+	$(if $(filter folder,$(DATASET)),,$(VIT) download --dataset $(call quote,$(DATASET)) --data-dir $(call quote,$(DATA_DIR)))
+	$(VIT) train --dataset $(call quote,$(DATASET)) --data-dir $(call quote,$(DATA_DIR)) $(ARGS)
 
 # Side-by-side throughput against PyTorch (see bench/README.md).
 bench: build
@@ -86,7 +94,7 @@ device: build
 	rm -rf .device/tests
 	mkdir -p .device/tests
 	cp -f $(VIT) $(SHARED)/tools/cifar10-jpeg-to-bin $(SHARED)/data/cifar10-jpeg.tar.gz .device/
-	cargo test --release --no-run --message-format=json $(DEVICE_TESTS:%=--test %) > .device/build.json
+	$(CARGO) test --release --no-run --message-format=json $(DEVICE_TESTS:%=--test %) > .device/build.json
 	$(PY) -c 'import json, shutil, sys; [shutil.copy(m["executable"], ".device/tests/" + m["target"]["name"]) for m in map(json.loads, sys.stdin) if m.get("executable") and m["target"]["kind"] == ["test"]]' < .device/build.json
 	rm .device/build.json
 	test "$$(ls .device/tests | wc -l)" -eq $(words $(DEVICE_TESTS)) || { \

@@ -28,6 +28,12 @@ fn main() {
              or set LIBTORCH to a libtorch folder"
         );
     };
+    // A torch installed anew elsewhere (a venv made again with another Python) moves it:
+    // the rpath below must follow.
+    println!(
+        "cargo:rerun-if-changed={}",
+        libtorch.lib_dir.join("libtorch.so").display()
+    );
     let cuda_include = libtorch.cuda_include_dir();
     compile_extension(&libtorch, cuda_include.as_deref());
     let lib_dir = &libtorch.lib_dir;

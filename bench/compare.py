@@ -6,7 +6,7 @@
         [--precision fp32|bf16] [--adamw fused|loop] [--repeats 3] [--explicit-attention]
         [--sides vit,reference,timm] [--phases] [--pytorch-foreach]
         [--also-vit vit-LABEL=PATH] [--cuda-graph] [--libtorch-linear] [--libtorch-dropout]
-        [--json]
+        [--side-timeout SECONDS] [--json]
 
 Three sides, each in its own process so that peak RSS is per side:
 
@@ -27,7 +27,7 @@ each figure is reported, so that machine noise hits every side alike. See bench/
 import argparse
 import json
 import os
-import resource
+import re
 import statistics
 import subprocess
 import sys
@@ -132,6 +132,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.device is None:
         args.device = default_device()
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        p.error(f"--device takes cpu, cuda or cuda:N, got `{args.device}`")
     refuse_missing_cuda(p, args.device)
     if args.cuda_graph and not args.device.startswith("cuda"):
         p.error("--cuda-graph needs --device cuda (CUDA graphs exist on CUDA only)")
@@ -189,8 +191,18 @@ def param_groups(model):
     ]
 
 
-def max_rss_bytes():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+def rss_bytes(field):
+    """`field` of /proc/self/status in bytes (VmHWM: the peak resident set, VmRSS: the
+    present one), as vit bench reads it; 0 where unknown. Not ru_maxrss: a process keeps
+    its parent's peak through fork and exec, so this driver's memory would count."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return 0
 
 
 class Side:
@@ -283,7 +295,7 @@ def worker(args):
     import torch
 
     torch.set_num_threads(args.threads)
-    rss_after_import = max_rss_bytes()
+    rss_after_import = rss_bytes("VmRSS:")
     side = Side(args, json.loads(args.model_json))
     if side.cuda:
         torch.cuda.reset_peak_memory_stats(side.device)
@@ -305,7 +317,7 @@ def worker(args):
         "parameters": sum(p.numel() for p in side.model.parameters()),
         "train_images_per_s": images_timed / train_seconds,
         "infer_images_per_s": images_timed / infer_seconds,
-        "peak_rss_bytes": max_rss_bytes(),
+        "peak_rss_bytes": rss_bytes("VmHWM:"),
         "baseline_rss_bytes": rss_after_import,
         "peak_device_bytes": torch.cuda.max_memory_allocated(side.device) if side.cuda else None,
         "torch": torch.__version__,
@@ -367,6 +379,13 @@ def side_commands(args, config):
         if not sep or not label.startswith("vit-"):
             sys.exit(f"error: --also-vit takes vit-LABEL=PATH, got `{extra}`")
         binaries.append((label, path, []))
+    labels = [label for label, _, _ in binaries]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        sys.exit(
+            f"error: two vit sides are labelled {', '.join(twice)} (vit-graph is --cuda-graph's "
+            "side); give each --also-vit its own label"
+        )
     model_flags = ["--config", args.config]
     for name in MODEL_FLAGS:
         model_flags += ["--" + name.replace("_", "-"), str(config[name])]
@@ -442,9 +461,9 @@ def mib(value):
     return "-" if value is None else f"{value / 2**20:.0f} MiB"
 
 
-def cpu_kernels(settings):
+def cpu_kernels(settings, sides):
     """What vit's CPU linear layers and dropout masks ran, for the table's first line."""
-    if settings["device"] != "cpu":
+    if settings["device"] != "cpu" or not any(is_vit(side) for side in sides):
         return ""
     linear = "libtorch" if settings["libtorch_linear"] else "oneDNN"
     masks = "libtorch's" if settings["libtorch_dropout"] else "its own"
@@ -456,21 +475,19 @@ def print_table(result):
     sides = result["sides"]
     print(
         f"{s['config']} config ({result['parameters']:,} parameters), batch {s['batch_size']}, "
-        f"{s['precision']} on {s['device']}, {s['threads']} threads, "
+        f"{s['precision']} on {s['device']}, "
+        f"{s['threads']} thread{'' if s['threads'] == 1 else 's'}, "
         f"{'explicit' if s['explicit_attention'] else 'fused'} attention, "
         f"{s['adamw']} AdamW{' (PyTorch: foreach)' if s['pytorch_foreach'] else ''}, "
-        f"{cpu_kernels(s)}"
+        f"{cpu_kernels(s, sides)}"
         f"{s['warmup']} warm-up + {s['steps']} timed steps, median of {s['repeats']}"
     )
     names = list(sides)
     width = max([14] + [len(n) + 2 for n in names])
     header = f"{'':22}" + "".join(f"{n:>{width}}" for n in names)
-    pytorch = [n for n in names if not is_vit(n)]
-    pairs = [(v, n) for v in names if is_vit(v) for n in pytorch]
-    if "vit" in sides:  # vit against each --also-vit binary
-        pairs += [("vit", n) for n in names if n.startswith("vit-")]
-    pair_width = max([16] + [len(v) + len(n) + 3 for v, n in pairs])
-    header += "".join(f"{v + '/' + n:>{pair_width}}" for v, n in pairs)
+    pairs = list(result["ratios"])
+    pair_width = max([16] + [len(pair) + 2 for pair in pairs])
+    header += "".join(f"{pair:>{pair_width}}" for pair in pairs)
     print(header)
     rows = [
         ("train images/s", "train_images_per_s", lambda v: f"{v:.1f}"),
@@ -484,15 +501,16 @@ def print_table(result):
         for n in names:
             value = sides[n].get(key)
             line += f"{'-' if value is None else fmt(value):>{width}}"
-        for v, n in pairs:
-            a, b = sides[v].get(key), sides[n].get(key)
-            line += f"{(f'{a / b:.3f}' if a and b else '-'):>{pair_width}}"
+        for pair in pairs:
+            value = result["ratios"][pair].get(key)
+            line += f"{'-' if value is None else f'{value:.3f}':>{pair_width}}"
         print(line)
     for n in names:
         phases = sides[n].get("phase_ms_per_step")
         if phases:
             parts = ", ".join(f"{k} {v:.1f}" for k, v in phases.items())
-            print(f"{n} ms per training step: {parts}")
+            eager = " (eager)" if sides[n].get("cuda_graph") else ""
+            print(f"{n} ms per training step{eager}: {parts}")
     if s["repeats"] > 1:
         for n in names:
             all_train = ", ".join(f"{v:.1f}" for v in sides[n]["train_images_per_s_all"])
@@ -501,9 +519,11 @@ def print_table(result):
     for side, failure in result["failed"].items():
         print(f"{side}: failed, left out ({failure.strip().splitlines()[-1]})")
     baseline = ", ".join(f"{n} {mib(sides[n].get('baseline_rss_bytes'))}" for n in names)
+    if pairs:
+        print("ratio > 1: vit is faster (or, for memory, uses more).")
     print(
-        "ratio > 1: vit is faster (or, for memory, uses more). RSS includes each runtime's "
-        f"own footprint (RSS before the model was built: {baseline})."
+        "RSS includes each runtime's own footprint "
+        f"(RSS before the model was built: {baseline})."
     )
 
 
@@ -569,6 +589,9 @@ def main():
             "pytorch_foreach": args.pytorch_foreach,
             "libtorch_linear": args.libtorch_linear,
             "libtorch_dropout": args.libtorch_dropout,
+            "cuda_graph": args.cuda_graph,
+            # Which binary each vit side ran (--vit, --also-vit).
+            "vit_binaries": {side: cmd[0] for side, cmd in commands.items() if is_vit(side)},
         },
         "parameters": next(iter(counts.values())),
         "sides": sides,

@@ -31,7 +31,8 @@ pub struct BenchReport {
     pub threads: i32,
     pub batch_size: i64,
     pub steps: usize,
-    /// Untimed steps before the timed ones (`--warmup`).
+    /// Untimed training steps before the timed ones: `--warmup`, and with `--cuda-graph` at
+    /// least the graph's eager steps and its capture. (Inference warms up `--warmup` steps.)
     pub warmup: usize,
     pub fused_attention: bool,
     pub fused_adamw: bool,
@@ -52,10 +53,12 @@ pub struct BenchReport {
     pub peak_rss_bytes: u64,
     /// Resident memory before the model was built (libtorch loaded, no tensors), in bytes.
     pub baseline_rss_bytes: u64,
-    /// On CUDA: the allocator's peak bytes allocated to tensors during the timed work, the
-    /// model, optimizer state and batch included (`torch.cuda.max_memory_allocated`).
+    /// On CUDA: the allocator's peak bytes allocated to tensors from the first warm-up step
+    /// to the end (training, inference and `--phases`' steps), the model, optimizer state
+    /// and batch included (`torch.cuda.max_memory_allocated`).
     pub peak_device_bytes: Option<i64>,
-    /// With `--phases`: milliseconds per training step in each phase.
+    /// With `--phases`: milliseconds per training step in each phase, of eager steps even
+    /// with `--cuda-graph` (a replayed graph has no phases to time apart).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phase_ms_per_step: Option<PhaseTimes>,
 }
@@ -114,8 +117,12 @@ impl BenchReport {
         }
         if let Some(phases) = &self.phase_ms_per_step {
             println!(
-                "ms per training step: forward {:.1}, backward {:.1}, clip {:.1}, optimizer {:.1}",
-                phases.forward, phases.backward, phases.clip, phases.optimizer
+                "ms per training step{}: forward {:.1}, backward {:.1}, clip {:.1}, optimizer {:.1}",
+                if self.cuda_graph { " (eager)" } else { "" },
+                phases.forward,
+                phases.backward,
+                phases.clip,
+                phases.optimizer
             );
         }
     }
@@ -138,6 +145,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .cuda_graph
         .then(|| CudaGraphSteps::new(device, args.batch_size, CudaGraphScope::Step))
         .transpose()?;
+    if cuda_graph.is_some() {
+        CudaGraphSteps::check_optimizer(&optimizer)?;
+    }
     let shape = [
         args.batch_size,
         config.in_channels,
@@ -199,7 +209,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         threads: tch::get_num_threads(),
         batch_size: args.batch_size,
         steps: args.steps,
-        warmup: args.warmup,
+        warmup: train_warmup,
         fused_attention: !args.explicit_attention,
         fused_adamw: optimizer.fused,
         libtorch_dropout: args.libtorch_dropout,

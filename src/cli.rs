@@ -94,23 +94,23 @@ pub struct ModelArgs {
     /// Starting point: notebook (the homework's cell), small or tiny.
     #[arg(long = "config", default_value = "notebook")]
     pub preset: String,
-    #[arg(long, value_parser = whole_number)]
+    #[arg(long, value_parser = whole_number::<i64>(None))]
     pub image_size: Option<i64>,
-    #[arg(long, value_parser = whole_number)]
+    #[arg(long, value_parser = whole_number::<i64>(None))]
     pub patch_size: Option<i64>,
-    #[arg(long, value_parser = whole_number)]
+    #[arg(long, value_parser = whole_number::<i64>(None))]
     pub in_channels: Option<i64>,
-    #[arg(long, value_parser = whole_number)]
+    #[arg(long, value_parser = whole_number::<i64>(None))]
     pub embed_dim: Option<i64>,
-    #[arg(long, value_parser = whole_number)]
+    #[arg(long, value_parser = whole_number::<i64>(None))]
     pub num_heads: Option<i64>,
-    #[arg(long, value_parser = whole_number)]
+    #[arg(long, value_parser = whole_number::<i64>(None))]
     pub mlp_dim: Option<i64>,
-    #[arg(long, value_parser = whole_number)]
+    #[arg(long, value_parser = whole_number::<i64>(None))]
     pub num_layers: Option<i64>,
     /// Defaults to the preset's (100 for notebook); in vit train, to the dataset's class
     /// count.
-    #[arg(long, value_parser = whole_number)]
+    #[arg(long, value_parser = whole_number::<i64>(None))]
     pub num_classes: Option<i64>,
     #[arg(long)]
     pub dropout: Option<f64>,
@@ -168,29 +168,23 @@ impl From<DownloadableDataset> for DatasetName {
     }
 }
 
-/// A whole-number flag's value, refused in words (clap's own parser says "invalid digit
-/// found in string" of `9.5`); vit's checks then say which numbers the flag takes.
-fn whole_number(value: &str) -> Result<i64, String> {
-    value
-        .parse()
-        .map_err(|_| "expected a whole number".to_string())
-}
-
-/// A count's value (0 or more), refused in words, as [`whole_number`]'s is.
-fn natural_number<T: std::str::FromStr>(value: &str) -> Result<T, String> {
-    value
-        .parse()
-        .map_err(|_| "expected a whole number of 0 or more".to_string())
-}
-
-/// A size's value (1 or more: a batch size, a number of epochs), refused in words, as
-/// [`whole_number`]'s is.
-fn positive_number<T: std::str::FromStr + PartialOrd + From<u8>>(value: &str) -> Result<T, String> {
-    value
-        .parse()
-        .ok()
-        .filter(|number| *number >= T::from(1))
-        .ok_or_else(|| "expected a whole number of 1 or more".to_string())
+/// A whole-number flag's parser, which refuses a value in words (clap's own parser says
+/// "invalid digit found in string" of `9.5`): any whole number with `least` None (vit's
+/// checks then say which numbers the flag takes), else `least` or more (a count from 0, a
+/// size from 1).
+fn whole_number<T>(least: Option<u8>) -> impl Fn(&str) -> Result<T, String> + Clone
+where
+    T: std::str::FromStr + PartialOrd + From<u8>,
+{
+    move |value| {
+        let number = value.parse::<T>().ok();
+        match least {
+            None => number.ok_or_else(|| "expected a whole number".to_string()),
+            Some(least) => number
+                .filter(|number| *number >= T::from(least))
+                .ok_or_else(|| format!("expected a whole number of {least} or more")),
+        }
+    }
 }
 
 /// `--dataset` when not given: the notebook's CIFAR-100 (its value name is the name the
@@ -297,7 +291,7 @@ pub struct DataArgs {
     pub data: DatasetArgs,
     /// The size a folder dataset's images are resized to (as vit train's --image-size);
     /// CIFAR's statistics are of its 32x32 images.
-    #[arg(long, value_parser = whole_number, default_value_t = 32)]
+    #[arg(long, value_parser = whole_number::<i64>(None), default_value_t = 32)]
     pub image_size: i64,
 }
 
@@ -319,26 +313,26 @@ pub struct TrainArgs {
     pub data: DatasetArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
-    #[arg(long, value_parser = positive_number::<usize>, default_value_t = 100)]
+    #[arg(long, value_parser = whole_number::<usize>(Some(1)), default_value_t = 100)]
     pub epochs: usize,
-    #[arg(long, value_parser = positive_number::<i64>, default_value_t = 256)]
+    #[arg(long, value_parser = whole_number::<i64>(Some(1)), default_value_t = 256)]
     pub batch_size: i64,
     #[arg(long, default_value_t = DEFAULT_LR)]
     pub lr: f64,
     #[arg(long, default_value_t = DEFAULT_WEIGHT_DECAY)]
     pub weight_decay: f64,
-    #[arg(long, value_parser = natural_number::<usize>, default_value_t = 5)]
+    #[arg(long, value_parser = whole_number::<usize>(Some(0)), default_value_t = 5)]
     pub warmup_epochs: usize,
     #[arg(long, default_value_t = DEFAULT_LABEL_SMOOTHING)]
     pub label_smoothing: f64,
     /// Clip the global gradient norm to this value (0 = off).
     #[arg(long, default_value_t = DEFAULT_CLIP_GRAD)]
     pub clip_grad: f64,
-    #[arg(long, value_parser = natural_number::<u64>, default_value_t = 0)]
+    #[arg(long, value_parser = whole_number::<u64>(Some(0)), default_value_t = 0)]
     pub seed: u64,
     /// Train on the first N training images only (in CIFAR's random order, or a folder
     /// dataset's interleaved classes, so any but a small N covers every class).
-    #[arg(long, value_parser = whole_number)]
+    #[arg(long, value_parser = whole_number::<i64>(None))]
     pub train_subset: Option<i64>,
     /// Run folder; default runs/<timestamp>.
     #[arg(long)]
@@ -352,11 +346,11 @@ pub struct TrainArgs {
     #[arg(long, value_enum)]
     pub augment_policy: Option<AugmentPolicy>,
     /// RandAugment: ops per image (N; default 2). Needs --augment-policy randaugment.
-    #[arg(long, value_parser = whole_number)]
+    #[arg(long, value_parser = whole_number::<i64>(None))]
     pub randaugment_ops: Option<i64>,
     /// RandAugment: magnitude bin (M) of 0..=30 (default 9). Needs --augment-policy
     /// randaugment.
-    #[arg(long, value_parser = whole_number)]
+    #[arg(long, value_parser = whole_number::<i64>(None))]
     pub randaugment_magnitude: Option<i64>,
     /// Random erasing probability (strong: 0.25).
     #[arg(long)]
@@ -375,7 +369,7 @@ pub struct TrainArgs {
     pub switch_prob: Option<f64>,
     /// Mix only the first EPOCHS epochs; the later ones train on single images, with the
     /// same loss (timm's mixup_off_epoch; default: every epoch mixes).
-    #[arg(long, value_parser = natural_number::<usize>, value_name = "EPOCHS")]
+    #[arg(long, value_parser = whole_number::<usize>(Some(0)), value_name = "EPOCHS")]
     pub mix_off_epoch: Option<usize>,
     /// Stochastic depth of the last block, rising linearly from 0 (strong: 0.1).
     #[arg(long)]
@@ -458,7 +452,7 @@ pub struct EvalArgs {
     pub data: CheckpointDatasetArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
-    #[arg(long, value_parser = positive_number::<i64>, default_value_t = 500)]
+    #[arg(long, value_parser = whole_number::<i64>(Some(1)), default_value_t = 500)]
     pub batch_size: i64,
     /// bf16: the pass under bf16 autocast, as `vit train --eval-precision bf16` tests (its
     /// figures exactly with its batch: --batch-size 256, or the training batch if larger).
@@ -488,11 +482,11 @@ pub struct PredictArgs {
     #[command(flatten)]
     pub device: DeviceArgs,
     /// Images decoded and classified at a time (any number of files can be given).
-    #[arg(long, value_parser = positive_number::<i64>, default_value_t = 500)]
+    #[arg(long, value_parser = whole_number::<i64>(Some(1)), default_value_t = 500)]
     pub batch_size: i64,
     /// The most probable classes shown for each image (all of them, when K is at least the
     /// model's class count).
-    #[arg(long, value_name = "K", value_parser = positive_number::<i64>, default_value_t = 5)]
+    #[arg(long, value_name = "K", value_parser = whole_number::<i64>(Some(1)), default_value_t = 5)]
     pub top_k: i64,
     /// Print one JSON object per file, in the order given: its top classes, or its error.
     #[arg(long)]
@@ -505,12 +499,12 @@ pub struct BenchArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
-    #[arg(long, value_parser = positive_number::<i64>, default_value_t = 128)]
+    #[arg(long, value_parser = whole_number::<i64>(Some(1)), default_value_t = 128)]
     pub batch_size: i64,
     /// Timed steps (after warm-up).
-    #[arg(long, value_parser = positive_number::<usize>, default_value_t = 10)]
+    #[arg(long, value_parser = whole_number::<usize>(Some(1)), default_value_t = 10)]
     pub steps: usize,
-    #[arg(long, value_parser = natural_number::<usize>, default_value_t = 3)]
+    #[arg(long, value_parser = whole_number::<usize>(Some(0)), default_value_t = 3)]
     pub warmup: usize,
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: Precision,
@@ -564,7 +558,7 @@ pub struct AttentionArgs {
     #[command(flatten)]
     pub data: CheckpointDatasetArgs,
     /// A test image of the dataset, by position.
-    #[arg(long, value_parser = whole_number)]
+    #[arg(long, value_parser = whole_number::<i64>(None))]
     pub index: Option<i64>,
     #[arg(short, long, default_value = "attention.png")]
     pub output: PathBuf,

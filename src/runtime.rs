@@ -50,6 +50,11 @@ pub fn run_command(
     end_on_a_closed_pipe: bool,
     command: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    // vit's errors are messages for the user, not bugs: RUST_BACKTRACE (often set for
+    // panics) must not add a stack trace to them. RUST_LIB_BACKTRACE=1 still asks for one.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     report_errors_briefly();
     if end_on_a_closed_pipe {
         end_quietly_on_a_closed_pipe();

@@ -46,6 +46,24 @@ fn vit_bench(extra: &[&str]) -> Value {
     serde_json::from_slice(&vit(&args).stdout).unwrap()
 }
 
+/// A user's mistake is reported as a message, not with a stack trace, even where
+/// RUST_BACKTRACE is set (compare.py then summarised a failed side by a backtrace frame).
+#[test]
+fn an_error_is_its_message_even_with_rust_backtrace_set() {
+    let output = Command::new(common::vit_binary())
+        .args(["bench", "--config", "bogus"])
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.starts_with("Error: unknown config preset `bogus`") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn vit_bench_reports_throughput_and_memory_for_each_setting() {
     // (flags, precision, fused AdamW, fused attention, libtorch's linear and dropout masks)
@@ -186,6 +204,12 @@ fn compare_py_prints_one_table_with_ratios_of_the_same_work() {
     assert_eq!(result["settings"]["adamw"], "loop");
     assert_eq!(result["settings"]["libtorch_dropout"], true);
     assert_eq!(result["settings"]["libtorch_linear"], true);
+    assert_eq!(result["settings"]["cuda_graph"], false);
+    let binary = std::fs::canonicalize(common::vit_binary()).unwrap();
+    assert_eq!(
+        result["settings"]["vit_binaries"],
+        serde_json::json!({ "vit": binary.to_str().unwrap() })
+    );
     assert_eq!(result["parameters"], 21162);
     let sides = result["sides"].as_object().unwrap();
     assert_eq!(sides.len(), 2, "{result}");
@@ -251,6 +275,34 @@ fn bench_scripts_refuse_bad_paths_before_running() {
         stderr.trim_end(),
         "error: no vit binary at vit (an executable file); build it with `cargo build --release`"
     );
+
+    // A device no side could use, and two vit sides under one label (one would hide the
+    // other's figures).
+    let vit = common::vit_binary();
+    let also = format!("vit-a={}", vit.to_string_lossy());
+    for (flags, message) in [
+        (
+            vec!["--device", "gpu"],
+            "--device takes cpu, cuda or cuda:N, got `gpu`",
+        ),
+        (
+            vec!["--device", "cpu", "--also-vit", &also, "--also-vit", &also],
+            "error: two vit sides are labelled vit-a",
+        ),
+    ] {
+        let output = Command::new(python())
+            .arg(script)
+            .arg("--vit")
+            .arg(&vit)
+            .args(["--config", "tiny"])
+            .args(&flags)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{flags:?}");
+        assert!(stderr.contains(message), "{flags:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{flags:?}: a side ran");
+    }
 
     let metrics = dir.join("metrics.csv");
     std::fs::write(&metrics, "the user's").unwrap();

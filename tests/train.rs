@@ -1258,6 +1258,15 @@ fn user_errors_say_what_to_do() {
             "--mixup=0.8 --mix-prob=0",
             "--mix-prob 0 would never mix: pass --mixup 0 --cutmix 0 instead",
         ),
+        // Out of range is said as such, not as "0 would never mix".
+        (
+            "--mixup=0.8 --mix-prob=-0.5",
+            "--mix-prob must be in [0, 1], got -0.5",
+        ),
+        (
+            "--randaugment-magnitude=31 --augment-policy=randaugment",
+            "--randaugment-magnitude must be in 0..=30, got 31",
+        ),
         (
             "--recipe=strong --mixup=0 --cutmix=0 --mix-prob=0.5",
             "--mix-prob needs --mixup or --cutmix (--mixup 0 --cutmix 0 turned both off)",
@@ -2013,9 +2022,9 @@ fn a_failed_write_to_stdout_is_an_error_not_a_panic() {
 /// anything, and says to use DATASET= (`make -n`: nothing is run either way).
 #[test]
 fn make_train_refuses_dataset_flags_in_args() {
-    let make = |args: &str| {
+    let make = |args: &[&str]| {
         Command::new("make")
-            .args(["-n", "train"])
+            .args(args)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             // Not as a sub-make of `make test`: that would print "Entering directory".
             .env_remove("MAKELEVEL")
@@ -2023,12 +2032,12 @@ fn make_train_refuses_dataset_flags_in_args() {
             // The defaults, whatever the environment sets.
             .env_remove("DATASET")
             .env_remove("DATA_DIR")
-            .arg(format!("ARGS={args}"))
             .output()
             .expect("make runs")
     };
+    let plan = |args: &str| make(&["-n", "train", &format!("ARGS={args}")]);
     for args in ["--dataset cifar10", "--epochs 2 --data-dir=/tmp/data"] {
-        let output = make(args);
+        let output = plan(args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{args}");
         assert!(
@@ -2037,10 +2046,27 @@ fn make_train_refuses_dataset_flags_in_args() {
         );
         assert!(output.stdout.is_empty(), "{args}: make planned commands");
     }
-    let output = make("--epochs 2");
+    let output = plan("--epochs 2");
     assert!(output.status.success());
     let planned = String::from_utf8_lossy(&output.stdout);
     assert!(planned.contains("train --dataset 'cifar100' --data-dir 'data' --epochs 2"));
+
+    // A DATA_DIR with a space and a quote reaches vit as one argument (here printf, in
+    // vit's place; `-o build` builds nothing).
+    let output = make(&[
+        "-o",
+        "build",
+        "train",
+        "VIT=printf [%s]",
+        "DATA_DIR=bob's da ta",
+    ]);
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{printed}");
+    assert!(
+        printed.contains("[download][--dataset][cifar100][--data-dir][bob's da ta]")
+            && printed.contains("[train][--dataset][cifar100][--data-dir][bob's da ta]"),
+        "{printed}"
+    );
 }
 
 /// A folder of held-out photos needs only `test/`, and may hold some of the model's

@@ -224,9 +224,10 @@ impl Default for AugmentConfig {
 /// The strong recipe's training transform of one batch: uint8 [B,3,H,W] on any device ->
 /// float [B,3,image_size,image_size], normalized.
 ///
-/// crop -> flip -> RandAugment/AutoAugment (uint8, at the stored size) -> [0,1] floats ->
-/// resize -> normalize -> random erasing (torchvision's constant fill, applied to the
-/// normalized floats as timm applies its erasing, so `value = 0` is the dataset mean).
+/// crop -> flip -> RandAugment/AutoAugment (uint8, at the stored size) -> the test
+/// transform ([0,1] floats, resize, normalize) -> random erasing (torchvision's constant
+/// fill, applied to the normalized floats as timm applies its erasing, so `value = 0` is
+/// the dataset mean).
 pub fn strong_train_transform(images: &Tensor, image_size: i64, cfg: &AugmentConfig) -> Tensor {
     let x = transforms::random_crop(images, cfg.crop_padding);
     let x = transforms::random_horizontal_flip(&x, cfg.flip_prob);
@@ -234,7 +235,7 @@ pub fn strong_train_transform(images: &Tensor, image_size: i64, cfg: &AugmentCon
         Some(policy) => apply_policy(&x, policy, cfg.interpolation),
         None => x,
     };
-    let x = transforms::normalize(&transforms::resize(&transforms::to_float01(&x), image_size));
+    let x = transforms::test_transform(&x, image_size);
     match &cfg.erasing {
         Some(erasing) if erasing.p > 0.0 => random_erasing(&x, erasing),
         _ => x,

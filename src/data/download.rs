@@ -202,7 +202,8 @@ fn open_source(source: &str, spec: &ArchiveSpec) -> Result<(Box<dyn Read>, Optio
             .with_context(|| {
                 format!(
                     "cannot fetch {source}: check the network, or fetch {} elsewhere and \
-                     pass its path (or a mirror's URL) with --from",
+                     pass its path (or a mirror's URL) with --from (or in VIT_DATA_MIRROR, \
+                     which make train passes on)",
                     spec.file_name
                 )
             })?;

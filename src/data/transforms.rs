@@ -20,11 +20,11 @@ pub const CROP_PADDING: i64 = 4;
 pub const FLIP_PROBABILITY: f64 = 0.5;
 
 /// uint8 [B,3,H,W] on any device -> float [B,3,image_size,image_size], normalized.
-/// Random crop (pad 4) and flip, then resize if needed.
+/// Random crop (pad 4) and flip, then [`test_transform`]'s steps.
 pub fn train_transform(images: &Tensor, image_size: i64) -> Tensor {
     let x = random_crop(images, CROP_PADDING);
     let x = random_horizontal_flip(&x, FLIP_PROBABILITY);
-    normalize(&resize(&to_float01(&x), image_size))
+    test_transform(&x, image_size)
 }
 
 /// uint8 [B,3,H,W] -> float normalized, resized if needed. Deterministic.

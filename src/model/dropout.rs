@@ -156,8 +156,14 @@ impl Xoshiro128PlusPlus {
 
 /// Output number `index` of the SplitMix64 sequence that starts at `seed`.
 fn splitmix64(seed: u64, index: u64) -> u64 {
-    let mut z = seed.wrapping_add(index.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    splitmix64_finalizer(
+        seed.wrapping_add(index.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+    )
+}
+
+/// SplitMix64's output function: nearby inputs give unrelated outputs.
+pub(crate) fn splitmix64_finalizer(z: u64) -> u64 {
+    let z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }

@@ -13,17 +13,20 @@ mod transformer_block;
 mod vision_transformer;
 
 pub use config::{ViTConfig, PRESETS};
+pub(crate) use dropout::splitmix64_finalizer;
 pub use dropout::{fill_keep_mask, keep_mask, Dropout, CHUNK as DROPOUT_CHUNK};
 pub use multi_head_self_attention::{scaled_dot_product_attention, MultiHeadSelfAttention};
 pub use patch_embedding::PatchEmbedding;
-pub use transformer_block::{Mlp, TransformerBlock};
+pub use transformer_block::TransformerBlock;
 pub use vision_transformer::VisionTransformer;
 
 use tch::{nn, nn::Module, Device, Kind, Tensor};
 
 /// timm's `trunc_normal_(std=std, a=-2, b=2)`: inverse-CDF sampling of N(0, std^2)
 /// truncated to [-2, 2] (absolute bounds, as timm calls it), with PyTorch's algorithm.
-pub fn trunc_normal(shape: &[i64], std: f64, device: tch::Device) -> Tensor {
+/// As in PyTorch, a uniform draw of exactly `lo` (CDF(-2) is 0 in f64 at std 0.02) gives
+/// erfinv(-1) = -inf, clamped to -2: about one weight in 2^24 lies at the bound.
+fn trunc_normal(shape: &[i64], std: f64, device: tch::Device) -> Tensor {
     let (lower, upper) = (-2.0, 2.0);
     let cdf = |x: f64| (1.0 + scalar_erf(x / std / std::f64::consts::SQRT_2)) / 2.0;
     let (lo, up) = (2.0 * cdf(lower) - 1.0, 2.0 * cdf(upper) - 1.0);
@@ -42,7 +45,7 @@ fn scalar_erf(x: f64) -> f64 {
 /// A linear layer (`nn.Linear`) with timm's ViT initialisation: weight ~
 /// trunc_normal(std 0.02), bias 0.
 #[derive(Debug)]
-pub struct Linear {
+struct Linear {
     /// [out_dim, in_dim]
     pub weight: Tensor,
     /// [out_dim]
@@ -78,7 +81,7 @@ impl Module for Linear {
 }
 
 /// A LayerNorm over the last dimension with timm's eps (1e-6) and ones/zeros init.
-pub fn layer_norm(path: nn::Path, dim: i64) -> nn::LayerNorm {
+fn layer_norm(path: nn::Path, dim: i64) -> nn::LayerNorm {
     let config = nn::LayerNormConfig {
         eps: 1e-6,
         ..Default::default()

@@ -12,7 +12,8 @@ pub struct PatchEmbedding {
 }
 
 impl PatchEmbedding {
-    /// Parameters: `proj.weight` [embed_dim, in_channels, patch, patch], `proj.bias`.
+    /// Parameters: `proj.weight` [embed_dim, in_channels, patch_size, patch_size],
+    /// `proj.bias` [embed_dim].
     pub fn new(
         path: nn::Path,
         image_size: i64,

@@ -14,14 +14,16 @@ pub struct VisionTransformer {
     cls_token: Tensor,
     pos_embed: Tensor,
     pos_drop: Dropout,
-    pub blocks: Vec<TransformerBlock>,
+    blocks: Vec<TransformerBlock>,
     norm: nn::LayerNorm,
     head: Linear,
 }
 
 impl VisionTransformer {
-    /// Creates the model's parameters under `path` with timm's default initialisation.
-    /// Fails on a config whose sizes do not fit together.
+    /// Creates the model's parameters under `path` with timm's default initialisation:
+    /// `patch_embed.*`, `cls_token` [1, 1, embed_dim], `pos_embed` [1, num_patches + 1,
+    /// embed_dim], `blocks.{i}.*`, `norm.*` and `head.*` [num_classes, embed_dim] /
+    /// [num_classes]. Fails on a config whose sizes do not fit together.
     pub fn new(path: &nn::Path, config: &ViTConfig) -> Result<Self> {
         config.validate()?;
         let ViTConfig {
@@ -32,6 +34,8 @@ impl VisionTransformer {
             ..
         } = *config;
         let device = path.device();
+        // The blocks draw from the seed first: this order is what makes a seeded run's
+        // weights, and so its recorded results, what they are.
         let blocks = (0..config.num_layers)
             .map(|i| {
                 TransformerBlock::new(path / "blocks" / i, embed_dim, num_heads, mlp_dim, dropout)
@@ -140,7 +144,7 @@ impl VisionTransformer {
 
     /// The token sequence entering the first block (patches with the class token in
     /// front, plus positions, then dropout): [B, C, H, W] -> [B, num_patches + 1, embed_dim].
-    pub fn embed(&self, images: &Tensor, train: bool) -> Tensor {
+    fn embed(&self, images: &Tensor, train: bool) -> Tensor {
         let patches = self.patch_embed.forward(images);
         let cls = self.cls_token.expand([patches.size()[0], -1, -1], false);
         (Tensor::cat(&[cls, patches], 1) + &self.pos_embed).apply_t(&self.pos_drop, train)
@@ -162,12 +166,10 @@ impl VisionTransformer {
 impl ModuleT for VisionTransformer {
     /// [B, in_channels, image_size, image_size] -> logits [B, num_classes]
     fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
-        let tokens = self
-            .blocks
-            .iter()
-            .fold(self.embed(images, train), |tokens, block| {
-                tokens.apply_t(block, train)
-            });
+        let mut tokens = self.embed(images, train);
+        for block in &self.blocks {
+            tokens = tokens.apply_t(block, train);
+        }
         tokens.apply(&self.norm).select(1, 0).apply(&self.head)
     }
 }

@@ -227,7 +227,7 @@ fn where_given(run: &Path) -> &Path {
 /// `vit plot RUN_DIR... [-o curves.png]`: the curves as PNG, with an SVG beside it.
 pub fn run(args: &PlotArgs) -> Result<()> {
     ensure_png_output(&args.output)?;
-    let svg = args.output.with_extension("svg");
+    let svg = svg_beside(&args.output);
     ensure_replaceable_svg(&svg, &args.output)?;
     curves(&args.runs, &args.output)?;
     println!("wrote {} and {}", args.output.display(), svg.display());
@@ -275,9 +275,14 @@ fn ensure_replaceable_svg(svg: &Path, png: &Path) -> Result<()> {
 pub fn curves<P: AsRef<Path>>(runs: &[P], output: &Path) -> Result<()> {
     let runs = read_runs(runs)?;
     render_png(output, CURVES_SIZE, |root| draw_curves(root, &runs))?;
-    render_svg(&output.with_extension("svg"), CURVES_SIZE, |root| {
+    render_svg(&svg_beside(output), CURVES_SIZE, |root| {
         draw_curves(root, &runs)
     })
+}
+
+/// The SVG that [`curves`] writes beside its PNG `png`: the same name, ending `.svg`.
+fn svg_beside(png: &Path) -> PathBuf {
+    png.with_extension("svg")
 }
 
 /// Which metric a panel shows.

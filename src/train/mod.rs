@@ -16,7 +16,7 @@ mod step;
 pub use cuda_graph::CudaGraphSteps;
 pub use ema::ema_decay;
 pub use recipe::Regularization;
-pub use run_folder::EpochMetrics;
+use run_folder::EpochMetrics;
 pub use step::{
     clip_gradients, count_correct, forward_backward_update, forward_loss, train_step,
     training_loss, StepOptions, StepOutput, TrainBatch,
@@ -101,31 +101,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
 /// The run's settings from the flags, checked, and the dataset it trains on (which gives
 /// the class count when `--num-classes` is not given).
 fn settings_and_dataset(args: &TrainArgs) -> Result<(TrainSettings, Dataset)> {
-    let mut config = args.model.resolve()?;
-    if args.recipe == Recipe::Strong && args.model.dropout.is_none() {
-        // The strong recipe regularises with stochastic depth and augmentation instead.
-        config.dropout = 0.0;
-    }
-    // Written as given to config.json, which has no infinity: a run must resume.
-    ensure!(
-        args.lr > 0.0 && args.lr.is_finite(),
-        "--lr must be a positive number, got {}",
-        args.lr
-    );
-    for (flag, value) in [
-        ("--weight-decay", args.weight_decay),
-        ("--clip-grad", args.clip_grad),
-    ] {
-        ensure!(
-            value >= 0.0 && value.is_finite(),
-            "{flag} must be a number >= 0 (0 turns it off), got {value}"
-        );
-    }
-    ensure!(
-        (0.0..1.0).contains(&args.label_smoothing),
-        "--label-smoothing must be in [0, 1), got {}",
-        args.label_smoothing
-    );
+    let mut config = recipe::model_config(args)?;
+    check_optimizer_flags(args)?;
     let dataset = data::load(&args.data, config.image_size)?;
     dataset
         .train
@@ -171,6 +148,31 @@ fn settings_and_dataset(args: &TrainArgs) -> Result<(TrainSettings, Dataset)> {
         eval_precision: args.eval_precision,
     };
     Ok((settings, dataset))
+}
+
+/// The optimiser's flags, checked before any data is read. Each is written as given to
+/// config.json, which has no infinity: a run must resume.
+fn check_optimizer_flags(args: &TrainArgs) -> Result<()> {
+    ensure!(
+        args.lr > 0.0 && args.lr.is_finite(),
+        "--lr must be a positive number, got {}",
+        args.lr
+    );
+    for (flag, value) in [
+        ("--weight-decay", args.weight_decay),
+        ("--clip-grad", args.clip_grad),
+    ] {
+        ensure!(
+            value >= 0.0 && value.is_finite(),
+            "{flag} must be a number >= 0 (0 turns it off), got {value}"
+        );
+    }
+    ensure!(
+        (0.0..1.0).contains(&args.label_smoothing),
+        "--label-smoothing must be in [0, 1), got {}",
+        args.label_smoothing
+    );
+    Ok(())
 }
 
 /// How `train` ended.
@@ -504,18 +506,13 @@ impl<'a> Trainer<'a> {
         sums: &RunningSums,
         started: Instant,
     ) -> Result<()> {
+        let loss_sum = sums.loss.double_value(&[]);
+        // Diverged weights must not replace the last good resume state.
+        let mean_loss = loss_sum / self.progress.seen as f64;
+        self.ensure_finite("training loss", mean_loss, epoch + 1)?;
         let progress = &mut self.progress;
         progress.step_in_epoch = steps;
-        progress.loss_sum = sums.loss.double_value(&[]);
-        // Diverged weights must not replace the last good resume state.
-        let mean_loss = progress.loss_sum / progress.seen as f64;
-        ensure_finite(
-            "training loss",
-            mean_loss,
-            epoch + 1,
-            self.settings,
-            &self.run,
-        )?;
+        progress.loss_sum = loss_sum;
         progress.correct = sums.correct.int64_value(&[]);
         progress.seconds += started.elapsed().as_secs_f64();
         let state =
@@ -532,16 +529,10 @@ impl<'a> Trainer<'a> {
         lr: f64,
         sums: RunningSums,
     ) -> Result<()> {
-        let progress = &mut self.progress;
+        let progress = &self.progress;
         let train_loss = sums.loss.double_value(&[]) / progress.seen as f64;
         let train_acc = sums.correct.int64_value(&[]) as f64 / progress.seen as f64;
-        ensure_finite(
-            "training loss",
-            train_loss,
-            epoch + 1,
-            self.settings,
-            &self.run,
-        )?;
+        self.ensure_finite("training loss", train_loss, epoch + 1)?;
         let train_seconds = progress.seconds + started.elapsed().as_secs_f64();
         let eval_batch = self.settings.batch_size.max(256);
         let test = |model| {
@@ -554,13 +545,7 @@ impl<'a> Trainer<'a> {
         };
         let evaluation = test(&self.model);
         // Weights the last step sent to infinity show only here; they are not saved.
-        ensure_finite(
-            "test loss",
-            evaluation.loss,
-            epoch + 1,
-            self.settings,
-            &self.run,
-        )?;
+        self.ensure_finite("test loss", evaluation.loss, epoch + 1)?;
         let ema_evaluation = self.ema.as_ref().map(|ema| test(&ema.model));
         let row = EpochMetrics {
             epoch: epoch + 1,
@@ -586,6 +571,31 @@ impl<'a> Trainer<'a> {
             if let Err(e) = crate::plot::curves(&[self.run.dir()], &curves) {
                 eprintln!("warning: cannot draw {}: {e:#}", curves.display());
             }
+        }
+        Ok(())
+    }
+
+    /// Stops a run whose `loss` (`what`) in `epoch` became NaN or infinite, saying where its
+    /// last good weights are and what to change.
+    fn ensure_finite(&self, what: &str, loss: f64, epoch: usize) -> Result<()> {
+        if !loss.is_finite() {
+            let kept = if epoch > 1 {
+                format!(
+                    "the last good weights are in {}",
+                    self.run.path("last_model.safetensors").display()
+                )
+            } else {
+                "no epoch finished, so there are no weights to keep".to_string()
+            };
+            let clipping = if self.settings.clip_grad > 0.0 {
+                "a smaller --clip-grad"
+            } else {
+                "--clip-grad 1 to clip the gradients"
+            };
+            bail!(
+                "the {what} became {loss} in epoch {epoch}; stopped ({kept}). Train again into \
+                 another --out with a lower --lr or --weight-decay, or {clipping}"
+            );
         }
         Ok(())
     }
@@ -644,41 +654,8 @@ impl<'a> Trainer<'a> {
 
 /// A seed for (run seed, epoch, step) that never repeats across steps of a run.
 fn step_seed(seed: u64, epoch: usize, step: usize) -> i64 {
-    let mut x =
+    let x =
         seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (step as u64).rotate_left(32);
-    // splitmix64 finaliser: nearby inputs give unrelated seeds.
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    ((x ^ (x >> 31)) >> 1) as i64
-}
-
-/// Stops a run whose `loss` (`what`) in `epoch` became NaN or infinite, saying where its
-/// last good weights are and what to change.
-fn ensure_finite(
-    what: &str,
-    loss: f64,
-    epoch: usize,
-    settings: &TrainSettings,
-    run: &RunFolder,
-) -> Result<()> {
-    if !loss.is_finite() {
-        let kept = if epoch > 1 {
-            format!(
-                "the last good weights are in {}",
-                run.path("last_model.safetensors").display()
-            )
-        } else {
-            "no epoch finished, so there are no weights to keep".to_string()
-        };
-        let clipping = if settings.clip_grad > 0.0 {
-            "a smaller --clip-grad"
-        } else {
-            "--clip-grad 1 to clip the gradients"
-        };
-        bail!(
-            "the {what} became {loss} in epoch {epoch}; stopped ({kept}). Train again into \
-             another --out with a lower --lr or --weight-decay, or {clipping}"
-        );
-    }
-    Ok(())
+    // Nearby (epoch, step) pairs give unrelated seeds, made non-negative for manual_seed.
+    (crate::model::splitmix64_finalizer(x) >> 1) as i64
 }

@@ -4,6 +4,7 @@
 use crate::cli::{AugmentPolicy, Recipe, TrainArgs};
 use crate::data::augment::{AugmentConfig, Policy, RandAugment, RandomErasing};
 use crate::data::mix::MixConfig;
+use crate::model::ViTConfig;
 use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
 
@@ -32,7 +33,7 @@ pub struct Regularization {
 /// The most `--randaugment-ops`: each op is a pass over the batch.
 const MAX_RANDAUGMENT_OPS: i64 = 16;
 
-/// The smallest non-zero `--mixup`/`--cutmix` alpha (see [`Regularization::from_args`]).
+/// The smallest non-zero `--mixup`/`--cutmix` alpha (see [`mix_config`]).
 const MIN_MIX_ALPHA: f64 = 0.01;
 
 /// The strong recipe's stochastic depth of the last block (CCT's and Lee et al.'s).
@@ -40,6 +41,16 @@ const STRONG_DROP_PATH: f64 = 0.1;
 
 /// The strong recipe's EMA decay: an average over about the last 1,000 steps.
 const STRONG_EMA: f64 = 0.999;
+
+/// The model's sizes from the flags: with the strong recipe, dropout 0 unless `--dropout`
+/// is given, as it regularises with stochastic depth and augmentation instead.
+pub fn model_config(args: &TrainArgs) -> Result<ViTConfig> {
+    let mut config = args.model.resolve()?;
+    if args.recipe == Recipe::Strong && args.model.dropout.is_none() {
+        config.dropout = 0.0;
+    }
+    Ok(config)
+}
 
 impl Regularization {
     /// Whether the batches of `epoch` (0-based) are mixed.
@@ -131,8 +142,9 @@ fn augment_policy(args: &TrainArgs, strong: bool) -> Result<Option<Policy>> {
             );
             ensure!(
                 (0..randaugment.num_magnitude_bins).contains(&randaugment.magnitude),
-                "--randaugment-magnitude must be in 0..={}",
-                randaugment.num_magnitude_bins - 1
+                "--randaugment-magnitude must be in 0..={}, got {}",
+                randaugment.num_magnitude_bins - 1,
+                randaugment.magnitude
             );
             Some(Policy::RandAugment(randaugment))
         }
@@ -172,7 +184,8 @@ fn mix_config(
         "--mix-prob needs --mixup or --cutmix{turned_off}"
     );
     ensure!(
-        mix.prob > 0.0 || (mix.mixup_alpha == 0.0 && mix.cutmix_alpha == 0.0),
+        // A negative or NaN probability goes on to the range check in `from_args`.
+        mix.prob != 0.0 || (mix.mixup_alpha == 0.0 && mix.cutmix_alpha == 0.0),
         "--mix-prob 0 would never mix: pass --mixup 0 --cutmix 0 instead"
     );
     ensure!(

@@ -172,10 +172,7 @@ pub(super) fn check_fresh(dir: &Path) -> Result<()> {
     if present.is_empty() {
         return Ok(());
     }
-    let saved = std::fs::read_to_string(dir.join("config.json"))
-        .ok()
-        .and_then(|text| serde_json::from_str::<RunConfig>(&text).ok());
-    let Some(saved) = saved else {
+    let Ok(saved) = saved_config(dir) else {
         bail!(
             "{} holds {} that a new run would overwrite, and is not a vit run folder; \
              choose another --out",
