@@ -11,10 +11,7 @@ use crate::cli::{
 use crate::ffi;
 use crate::model::{ViTConfig, VisionTransformer};
 use crate::optim::AdamW;
-use crate::train::{
-    clip_gradients, count_correct, forward_loss, train_step, CudaGraphSteps, StepOptions,
-    TrainBatch,
-};
+use crate::train::{forward_backward_update, train_step, CudaGraphSteps, StepOptions, TrainBatch};
 use anyhow::Result;
 use serde::Serialize;
 use std::time::Instant;
@@ -252,8 +249,8 @@ fn timed(
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// `train_step` split into its phases, each closed by a device synchronisation: the same
-/// operations in the same order, timed separately over `steps` steps.
+/// `train_step` timed phase by phase over `steps` steps, the device synchronised at each
+/// phase's end: the same step, with [`forward_backward_update`]'s laps.
 fn phase_times(
     device: Device,
     steps: usize,
@@ -262,30 +259,22 @@ fn phase_times(
     batch: &TrainBatch,
     options: StepOptions,
 ) -> PhaseTimes {
+    // forward (with zero_grad and the loss), backward, clip, optimizer (with the count).
     let mut totals = [0.0f64; 4];
     for _ in 0..steps {
         synchronize(device);
-        let t0 = Instant::now();
+        let mut phase = 0;
+        let mut start = Instant::now();
+        let mut lap = || {
+            synchronize(device);
+            let now = Instant::now();
+            totals[phase] += (now - start).as_secs_f64();
+            (phase, start) = (phase + 1, now);
+        };
         optimizer.zero_grad();
-        let (logits, loss) = forward_loss(model, batch, options);
-        synchronize(device);
-        let t1 = Instant::now();
-        loss.backward();
-        synchronize(device);
-        let t2 = Instant::now();
-        let _ = clip_gradients(optimizer, options);
-        synchronize(device);
-        let t3 = Instant::now();
-        optimizer.step(DEFAULT_LR);
-        let _ = count_correct(&logits, &batch.labels);
-        synchronize(device);
-        let t4 = Instant::now();
-        for (total, (a, b)) in totals
-            .iter_mut()
-            .zip([(t0, t1), (t1, t2), (t2, t3), (t3, t4)])
-        {
-            *total += (b - a).as_secs_f64();
-        }
+        let update = |optimizer: &mut AdamW| optimizer.step(DEFAULT_LR);
+        let _ = forward_backward_update(model, optimizer, batch, options, update, &mut lap);
+        lap();
     }
     let ms = |total: f64| 1e3 * total / steps as f64;
     PhaseTimes {

@@ -81,6 +81,7 @@ fn the_captured_update_is_the_ordinary_step() {
             &batch,
             OPTIONS,
             |optimizer| optimizer.step_on_device(&lr_tensor).unwrap(),
+            &mut || {},
         );
         on_device.count_step();
         assert_eq!(actual.loss, expected.loss);

@@ -162,9 +162,9 @@ impl CapturedStep {
         optimizer.zero_grad();
         let (graph, output) = CudaGraph::capture(device, || {
             let batch = prepare(&inputs);
-            forward_backward_update(model, optimizer, &batch, options, |optimizer| {
-                optimizer.step_on_device(&lr).expect("fused AdamW")
-            })
+            let update =
+                |optimizer: &mut AdamW| optimizer.step_on_device(&lr).expect("fused AdamW");
+            forward_backward_update(model, optimizer, &batch, options, update, &mut || {})
         })
         .context(
             "capturing the training step as a CUDA graph failed; run again with \

@@ -18,8 +18,7 @@ pub use ema::ema_decay;
 pub use recipe::Regularization;
 use run_folder::EpochMetrics;
 pub use step::{
-    clip_gradients, count_correct, forward_backward_update, forward_loss, train_step,
-    training_loss, StepOptions, StepOutput, TrainBatch,
+    forward_backward_update, train_step, training_loss, StepOptions, StepOutput, TrainBatch,
 };
 
 use crate::checkpoint;
@@ -342,33 +341,15 @@ impl<'a> Trainer<'a> {
             .ema
             .map(|decay| Ema::new(&vs, &settings.model, decay, regularization.ema_warmup))
             .transpose()?;
-        let progress = match options.resume {
-            true => run.load_resume(&vs, &mut optimizer, ema.as_ref(), settings.epochs)?,
-            false => Progress::default(),
-        };
-        // Runs of earlier versions recorded no data identity: fewer images show here.
-        ensure!(
-            progress.step_in_epoch < steps_per_epoch,
-            "cannot resume {}: it stopped after step {} of epoch {}, but an epoch of the \
-             images in {} has {steps_per_epoch} steps: they are not the ones the run trained \
-             on; give --data-dir the run's data, or start a new run with another --out",
-            run.dir().display(),
-            progress.step_in_epoch,
-            progress.epochs_done + 1,
-            settings.data_dir.display()
-        );
-        if options.resume && progress.epochs_done < settings.epochs {
-            let epoch = progress.epochs_done + 1;
-            let place = match progress.step_in_epoch {
-                0 => StopPoint::StartOf(epoch),
-                step => StopPoint::AfterStep { epoch, step },
-            };
-            eprintln!(
-                "Resuming {} {place} (of {})",
-                run.dir().display(),
-                settings.epochs
-            );
-        }
+        let progress = starting_progress(
+            &run,
+            settings,
+            options.resume,
+            &vs,
+            &mut optimizer,
+            ema.as_ref(),
+            steps_per_epoch,
+        )?;
         let train_split = match settings.train_subset {
             Some(n) => dataset.train.subset(n).to_device(device),
             None => dataset.train.to_device(device),
@@ -650,6 +631,48 @@ impl<'a> Trainer<'a> {
         ));
         Ok(files)
     }
+}
+
+/// Where a run starts: at epoch 1, or with `resume` where `run`'s saved state says (loaded
+/// into the weights, optimizer and EMA), which must be a step of an epoch of this data's
+/// `steps_per_epoch`; said on stderr.
+fn starting_progress(
+    run: &RunFolder,
+    settings: &TrainSettings,
+    resume: bool,
+    vs: &nn::VarStore,
+    optimizer: &mut AdamW,
+    ema: Option<&Ema>,
+    steps_per_epoch: usize,
+) -> Result<Progress> {
+    let progress = match resume {
+        true => run.load_resume(vs, optimizer, ema, settings.epochs)?,
+        false => Progress::default(),
+    };
+    // Runs of earlier versions recorded no data identity: fewer images show here.
+    ensure!(
+        progress.step_in_epoch < steps_per_epoch,
+        "cannot resume {}: it stopped after step {} of epoch {}, but an epoch of the \
+         images in {} has {steps_per_epoch} steps: they are not the ones the run trained \
+         on; give --data-dir the run's data, or start a new run with another --out",
+        run.dir().display(),
+        progress.step_in_epoch,
+        progress.epochs_done + 1,
+        settings.data_dir.display()
+    );
+    if resume && progress.epochs_done < settings.epochs {
+        let epoch = progress.epochs_done + 1;
+        let place = match progress.step_in_epoch {
+            0 => StopPoint::StartOf(epoch),
+            step => StopPoint::AfterStep { epoch, step },
+        };
+        eprintln!(
+            "Resuming {} {place} (of {})",
+            run.dir().display(),
+            settings.epochs
+        );
+    }
+    Ok(progress)
 }
 
 /// A seed for (run seed, epoch, step) that never repeats across steps of a run.

@@ -117,24 +117,28 @@ pub fn train_step(
     options: StepOptions,
 ) -> StepOutput {
     optimizer.zero_grad();
-    forward_backward_update(model, optimizer, batch, options, |optimizer| {
-        optimizer.step(lr)
-    })
+    let update = |optimizer: &mut AdamW| optimizer.step(lr);
+    forward_backward_update(model, optimizer, batch, options, update, &mut || {})
 }
 
 /// A step from cleared gradients on: forward, loss, backward and clipping, then `update`
 /// (the AdamW update). This is what a CUDA graph captures (`cuda_graph.rs`), with an
-/// update that reads the learning rate on the device.
+/// update that reads the learning rate on the device. `lap` runs after each of the first
+/// three phases (`vit bench --phases` times them apart with it).
 pub fn forward_backward_update(
     model: &VisionTransformer,
     optimizer: &mut AdamW,
     batch: &TrainBatch,
     options: StepOptions,
     update: impl FnOnce(&mut AdamW),
+    lap: &mut dyn FnMut(),
 ) -> StepOutput {
     let (logits, loss) = forward_loss(model, batch, options);
+    lap();
     loss.backward();
+    lap();
     let grad_norm = clip_gradients(optimizer, options);
+    lap();
     update(optimizer);
     StepOutput {
         loss: loss.detach(),
@@ -144,7 +148,7 @@ pub fn forward_backward_update(
 }
 
 /// The step's forward half: logits float [B, num_classes] and the scalar loss.
-pub fn forward_loss(
+fn forward_loss(
     model: &VisionTransformer,
     batch: &TrainBatch,
     options: StepOptions,
@@ -161,11 +165,11 @@ pub fn forward_loss(
 }
 
 /// Clips the gradients when `options` says so; the norm before clipping (float []).
-pub fn clip_gradients(optimizer: &AdamW, options: StepOptions) -> Option<Tensor> {
+fn clip_gradients(optimizer: &AdamW, options: StepOptions) -> Option<Tensor> {
     (options.clip_grad > 0.0).then(|| clip_grad_norm(optimizer.parameters(), options.clip_grad))
 }
 
 /// How many rows of `logits` [B, K] pick their label [B] (int64 []).
-pub fn count_correct(logits: &Tensor, labels: &Tensor) -> Tensor {
+fn count_correct(logits: &Tensor, labels: &Tensor) -> Tensor {
     logits.argmax(-1, false).eq_tensor(labels).sum(Kind::Int64)
 }
