@@ -181,12 +181,14 @@ def build_model(kind, config, fused):
     return timm_model(config, fused_attention=fused)
 
 
-def param_groups(model):
+def param_groups(model, weight_decay=WEIGHT_DECAY):
+    """vit's AdamW groups: decay on the weight matrices, none on biases, norms and the
+    class and position embeddings."""
     named = sorted(model.named_parameters())
     decay = [p for k, p in named if p.dim() >= 2 and k not in NO_DECAY]
     no_decay = [p for k, p in named if not (p.dim() >= 2 and k not in NO_DECAY)]
     return [
-        {"params": decay, "weight_decay": WEIGHT_DECAY},
+        {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
 

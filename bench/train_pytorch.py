@@ -45,15 +45,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import (  # noqa: E402
     MODEL_FLAGS,
-    NO_DECAY,
     PRESETS,
     build_model,
     model_config,
+    param_groups,
     refuse_missing_cuda,
 )
-
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2023, 0.1994, 0.2010)
+from vit_reference import MEAN as CIFAR_MEAN, STD as CIFAR_STD  # noqa: E402
 CROP_PADDING = 4
 FLIP_PROBABILITY = 0.5
 METRICS_HEADER = [
@@ -202,16 +200,6 @@ def vit_init(model):
     torch.nn.init.trunc_normal_(model.pos_embed, std=0.02, a=-2.0, b=2.0)
 
 
-def param_groups(model, weight_decay):
-    named = sorted(model.named_parameters())
-    decay = [p for k, p in named if p.dim() >= 2 and k not in NO_DECAY]
-    no_decay = [p for k, p in named if not (p.dim() >= 2 and k not in NO_DECAY)]
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
 def learning_rate(base_lr, step, warmup_steps, total_steps):
     """src/optim.rs::learning_rate: linear warm-up from 0, then cosine to 0."""
     if step < warmup_steps:
@@ -282,9 +270,10 @@ def main():
     total_steps = steps_per_epoch * args.epochs
     warmup_steps = steps_per_epoch * args.warmup_epochs
     parameters = sum(p.numel() for p in model.parameters())
+    threads = torch.get_num_threads()
     print(
         f"{args.model} model {config} ({parameters:,} parameters), {n_train} training images, "
-        f"{steps_per_epoch} steps per epoch, {torch.get_num_threads()} threads",
+        f"{steps_per_epoch} steps per epoch, {threads} thread{'' if threads == 1 else 's'}",
         flush=True,
     )
 
