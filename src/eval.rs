@@ -110,9 +110,10 @@ struct EvalReport<'a> {
     checkpoint: String,
     /// null for a class without test images.
     per_class_accuracy: Vec<(&'a str, Option<f64>)>,
-    /// null when the checkpoint's folder could not take it (and no --out was given).
+    /// null when it was not written: the checkpoint's folder could not take it (and no
+    /// --out was given), or writing it failed.
     confusion_matrix_csv: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// null without --plot, or when it was not written.
     confusion_matrix_png: Option<String>,
 }
 
@@ -125,10 +126,7 @@ fn report_name(checkpoint: &Path, out: Option<&Path>) -> String {
         .file_stem()
         .map_or("model".into(), |stem| stem.to_string_lossy());
     // The folder the checkpoint is given in (a link is named where it lies).
-    let folder = match checkpoint.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
+    let folder = crate::fsutil::folder_of(checkpoint);
     match (std::fs::canonicalize(folder).ok(), out) {
         (Some(folder), Some(out)) if !crate::fsutil::same_file(&folder, out) => {
             match folder.file_name() {
@@ -145,11 +143,7 @@ fn report_name(checkpoint: &Path, out: Option<&Path>) -> String {
 /// asks for its picture; otherwise a checkpoint's read-only folder (a shared models folder)
 /// only means that the figures are reported without the matrix: `None`.
 fn report_folder(args: &EvalArgs) -> Result<Option<PathBuf>> {
-    let folder = args
-        .checkpoint
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default();
+    let folder = crate::fsutil::folder_of(&args.checkpoint).to_path_buf();
     let out = args.out.as_ref().unwrap_or(&folder);
     match crate::fsutil::ensure_writable_folder(out) {
         Ok(()) => Ok(Some(out.clone())),

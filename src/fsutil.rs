@@ -62,10 +62,7 @@ pub fn unwritable(error: impl Into<anyhow::Error>, failed: String) -> anyhow::Er
 /// that cannot be written.
 pub fn create_folder(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|error| {
-        let file_in_the_way = dir
-            .ancestors()
-            .find(|path| !path.as_os_str().is_empty() && path.exists() && !path.is_dir());
-        match file_in_the_way {
+        match file_in_the_way(dir) {
             Some(file) => anyhow::anyhow!(
                 "cannot create the folder {}: {} is a file, not a folder; move it away, or \
                  choose another path",
@@ -89,6 +86,20 @@ pub fn create_folder(dir: &Path) -> Result<()> {
             },
         }
     })
+}
+
+/// The file that stands where `path` or a folder above it should be a folder, if any.
+pub fn file_in_the_way(path: &Path) -> Option<&Path> {
+    path.ancestors()
+        .find(|path| !path.as_os_str().is_empty() && path.exists() && !path.is_dir())
+}
+
+/// The folder `path` names its file in: its parent, `.` for a bare name.
+pub fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so

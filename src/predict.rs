@@ -22,85 +22,60 @@ struct Prediction {
     top: Vec<Guess>,
 }
 
+/// One argument's share of the output, in the order given: an image file, or a folder
+/// (or a subfolder of one) that could not be listed or held no images.
+enum Entry {
+    Image(PathBuf),
+    Unlisted(PathBuf, anyhow::Error),
+}
+
+/// `vit predict`: each image's most probable classes, printed in the order the files and
+/// folders were given (a folder stands for the images under it). What cannot be read is
+/// named and skipped, and the others are still classified; the exit status says so.
 pub fn run(args: &PredictArgs) -> Result<()> {
     let device = args.device.resolve()?;
     let loaded = checkpoint::load(&args.checkpoint, device)?;
     loaded.ensure_rgb(&args.checkpoint)?;
-    let config = &loaded.model.config;
-    let classes = checkpoint::class_names(&loaded.metadata, config.num_classes);
-    let top_k = config.num_classes.min(args.top_k);
-    // A folder stands for the images under it; one that cannot be listed (or a subfolder
-    // of it) is named and skipped, as a file that cannot be read is.
-    let mut images = Vec::new();
-    let mut unlisted = 0;
-    for path in &args.images {
-        if !path.is_dir() {
-            images.push(path.clone());
-            continue;
-        }
-        let unreadable = match folder::image_files_under(path) {
-            Ok((files, unreadable)) => {
-                images.extend(files);
-                unreadable
-            }
-            Err(error) => vec![(path.clone(), error)],
-        };
-        for (folder, error) in &unreadable {
-            skip(folder, error, args.json)?;
-        }
-        unlisted += unreadable.len();
-    }
-    // A file that cannot be read is named and skipped; the others are still classified.
-    let mut skipped = 0;
-    for chunk in images.chunks(args.batch_size as usize) {
-        let files: Vec<&Path> = chunk.iter().map(PathBuf::as_path).collect();
-        let decoded = folder::decode_readable(&files, config.image_size as u32)?;
-        skipped += decoded.failures.len();
-        // Each file in the order given: its classes, or why it was skipped.
-        let mut outcomes: Vec<Option<Result<Prediction, anyhow::Error>>> =
-            files.iter().map(|_| None).collect();
-        if !decoded.indices.is_empty() {
-            let batch =
-                transforms::test_transform(&decoded.images.to_device(device), config.image_size);
-            let probs = tch::no_grad(|| loaded.model.f_forward_t(&batch, false))?
-                .to_kind(Kind::Float)
-                .softmax(-1, None::<Kind>);
-            let (top_probs, top_index) = probs.topk(top_k, -1, true, true);
-            let top_probs: Vec<Vec<f64>> = Vec::try_from(top_probs.to_kind(Kind::Double))?;
-            let top_index: Vec<Vec<i64>> = Vec::try_from(top_index)?;
-            for ((&file, probs), indices) in decoded.indices.iter().zip(top_probs).zip(top_index) {
-                let top = indices
-                    .iter()
-                    .zip(probs)
-                    .map(|(&index, prob)| Guess {
-                        class: classes[index as usize].clone(),
-                        index,
-                        prob,
-                    })
-                    .collect();
-                let path = files[file].display().to_string();
-                outcomes[file] = Some(Ok(Prediction { file: path, top }));
-            }
-        }
-        for (file, error) in decoded.failures {
-            outcomes[file] = Some(Err(error));
-        }
-        for (path, outcome) in files.iter().zip(outcomes) {
-            match outcome.expect("each file is classified or skipped") {
-                Ok(prediction) => print(&prediction, args.json)?,
-                Err(error) => skip(path, &error, args.json)?,
+    let classes = checkpoint::class_names(&loaded.metadata, loaded.model.config.num_classes);
+    let entries = entries(&args.images);
+    let images = entries
+        .iter()
+        .filter(|entry| matches!(entry, Entry::Image(_)))
+        .count();
+    let (mut skipped, mut unlisted) = (0, 0);
+    for chunk in entries.chunks(args.batch_size as usize) {
+        let files: Vec<&Path> = chunk
+            .iter()
+            .filter_map(|entry| match entry {
+                Entry::Image(path) => Some(path.as_path()),
+                Entry::Unlisted(..) => None,
+            })
+            .collect();
+        let mut predictions = classify(&loaded, &classes, &files, args.top_k)?.into_iter();
+        for entry in chunk {
+            match entry {
+                Entry::Image(path) => match predictions.next().expect("one a file") {
+                    Ok(prediction) => print(&prediction, args.json)?,
+                    Err(error) => {
+                        skipped += 1;
+                        skip(path, &error, args.json)?;
+                    }
+                },
+                Entry::Unlisted(folder, error) => {
+                    unlisted += 1;
+                    skip(folder, error, args.json)?;
+                }
             }
         }
     }
     let mut problems = Vec::new();
     if skipped > 0 {
-        problems.push(format!(
-            "{skipped} of {} files could not be read",
-            images.len()
-        ));
+        problems.push(format!("{skipped} of {images} files could not be read"));
     }
     if unlisted > 0 {
-        problems.push(format!("{unlisted} folder(s) could not be read"));
+        problems.push(format!(
+            "{unlisted} folder(s) could not be read or held no images"
+        ));
     }
     ensure!(
         problems.is_empty(),
@@ -108,6 +83,74 @@ pub fn run(args: &PredictArgs) -> Result<()> {
         problems.join(", and ")
     );
     Ok(())
+}
+
+/// The command line's files and folders as [`Entry`]s: a folder's images (then its
+/// subfolders that could not be listed) where the folder was given.
+fn entries(paths: &[PathBuf]) -> Vec<Entry> {
+    let mut entries = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            entries.push(Entry::Image(path.clone()));
+            continue;
+        }
+        match folder::image_files_under(path) {
+            Ok((files, unreadable)) => {
+                entries.extend(files.into_iter().map(Entry::Image));
+                entries.extend(
+                    unreadable
+                        .into_iter()
+                        .map(|(folder, error)| Entry::Unlisted(folder, error)),
+                );
+            }
+            Err(error) => entries.push(Entry::Unlisted(path.clone(), error)),
+        }
+    }
+    entries
+}
+
+/// The `top_k` most probable of `classes` for each of `files`, in their order, or why a
+/// file could not be read.
+fn classify(
+    loaded: &checkpoint::LoadedModel,
+    classes: &[String],
+    files: &[&Path],
+    top_k: i64,
+) -> Result<Vec<Result<Prediction>>> {
+    let config = &loaded.model.config;
+    let decoded = folder::decode_readable(files, config.image_size as u32)?;
+    let mut outcomes: Vec<Option<Result<Prediction>>> = files.iter().map(|_| None).collect();
+    if !decoded.indices.is_empty() {
+        let device = loaded.vs.device();
+        let batch =
+            transforms::test_transform(&decoded.images.to_device(device), config.image_size);
+        let probs = tch::no_grad(|| loaded.model.f_forward_t(&batch, false))?
+            .to_kind(Kind::Float)
+            .softmax(-1, None::<Kind>);
+        let (top_probs, top_index) = probs.topk(config.num_classes.min(top_k), -1, true, true);
+        let top_probs: Vec<Vec<f64>> = Vec::try_from(top_probs.to_kind(Kind::Double))?;
+        let top_index: Vec<Vec<i64>> = Vec::try_from(top_index)?;
+        for ((&file, probs), indices) in decoded.indices.iter().zip(top_probs).zip(top_index) {
+            let top = indices
+                .iter()
+                .zip(probs)
+                .map(|(&index, prob)| Guess {
+                    class: classes[index as usize].clone(),
+                    index,
+                    prob,
+                })
+                .collect();
+            let path = files[file].display().to_string();
+            outcomes[file] = Some(Ok(Prediction { file: path, top }));
+        }
+    }
+    for (file, error) in decoded.failures {
+        outcomes[file] = Some(Err(error));
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|outcome| outcome.expect("each file is classified or skipped"))
+        .collect())
 }
 
 /// A file or folder that could not be read: named on standard error, and with `json` in

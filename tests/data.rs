@@ -259,6 +259,39 @@ fn missing_files_name_the_download_command() {
         tmp.0.display()
     );
     assert!(err.contains(&parent), "{err}");
+
+    // Left without --dataset (CIFAR-100) where CIFAR-10 is: that one is named first.
+    let err = error_of(data::load(&args(DatasetName::Cifar100, &tmp.0, false), 32));
+    assert!(
+        err.contains("holds cifar-10-batches-bin: pass --dataset cifar10 for it; for cifar100"),
+        "{err}"
+    );
+
+    // A file where a folder should be: --data-dir itself, or the dataset's folder.
+    let file = tmp.0.join("notes");
+    std::fs::write(&file, "mine").unwrap();
+    let err = error_of(data::load(&args(DatasetName::Cifar10, &file, false), 32));
+    assert!(
+        err.contains(&format!(
+            "{} is a file, not a folder; --data-dir takes the folder that holds",
+            file.display()
+        )),
+        "{err}"
+    );
+    let in_place = TempDir::new("missing-file-in-place");
+    let dataset_folder = in_place.0.join("cifar-10-batches-bin");
+    std::fs::write(&dataset_folder, "mine").unwrap();
+    let err = error_of(data::load(
+        &args(DatasetName::Cifar10, &in_place.0, false),
+        32,
+    ));
+    assert!(
+        err.contains(&format!(
+            "{} is a file, not a folder; move it away, then run `vit download",
+            dataset_folder.display()
+        )),
+        "{err}"
+    );
 }
 
 #[test]
@@ -278,6 +311,21 @@ fn bad_sizes_and_labels_are_named() {
     assert!(err.contains("3073"), "{err}");
     let advice = format!("delete {}, then run `vit download", dir.display());
     assert!(err.contains(&advice), "{err}");
+
+    // A class-names file that is not ten names, or not text, gets the same advice.
+    write_cifar10(&tmp.0);
+    std::fs::write(dir.join("batches.meta.txt"), "a\nb\nc\nd\ne\n").unwrap();
+    let err = load();
+    assert!(
+        err.contains("5 class names, expected 10") && err.contains(&advice),
+        "{err}"
+    );
+    std::fs::write(dir.join("batches.meta.txt"), [0xff, 0xfe, 0x00]).unwrap();
+    let err = load();
+    assert!(
+        err.contains("not a UTF-8 text file") && err.contains(&advice),
+        "{err}"
+    );
 
     write_cifar10(&tmp.0);
     let mut bytes = std::fs::read(dir.join("data_batch_2.bin")).unwrap();
@@ -427,6 +475,35 @@ fn download_from_local_archive_unpacks_and_skips_when_present() {
     let url = format!("file://{}", source.join("cifar-10-binary.tar.gz").display());
     let fetched = fetch(&url, &data_dir2, &spec_for(&archive, &md5)).unwrap();
     assert!(matches!(fetched, Fetched::Unpacked(_)));
+
+    // Refused before anything is read: the dataset's folder given as --data-dir (a second
+    // copy would go inside it), and a file in the dataset folder's place (left as it is).
+    let spec = spec_for(&archive, &md5);
+    let err = error_of(fetch(
+        source.to_str().unwrap(),
+        &data_dir2.join("cifar-10-batches-bin"),
+        &spec,
+    ));
+    assert!(
+        err.contains(&format!(
+            "--data-dir takes the folder that holds cifar-10-batches-bin: pass --data-dir {}",
+            data_dir2.display()
+        )),
+        "{err}"
+    );
+    let data_dir3 = tmp.0.join("data3");
+    std::fs::create_dir_all(&data_dir3).unwrap();
+    std::fs::write(data_dir3.join("cifar-10-batches-bin"), "mine").unwrap();
+    let err = error_of(fetch("/nonexistent/nowhere.tar.gz", &data_dir3, &spec));
+    assert!(
+        err.contains("cifar-10-batches-bin is there but is not a folder")
+            && err.contains("move it away"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data_dir3.join("cifar-10-batches-bin")).unwrap(),
+        "mine"
+    );
 }
 
 #[test]
@@ -1143,7 +1220,23 @@ fn image_folder_refuses_link_loops_and_explains_skipped_files() {
     let err = error_of(folder::load(&tmp.0, 4));
     assert!(
         err.contains("no .png, .jpg or .jpeg files in class folder `dog` (1 image file in")
-            && err.contains("1.webp"),
+            && err.contains("1.webp")
+            && err.contains("add its images, or move the folder away"),
+        "{err}"
+    );
+    // Images straight in the split's folder: each class needs a folder of its own.
+    let loose = TempDir::new("folder-loose");
+    for split in ["train", "test"] {
+        std::fs::create_dir_all(loose.0.join(split)).unwrap();
+        std::fs::copy(
+            tmp.0.join("train/cat/0.png"),
+            loose.0.join(split).join("0.png"),
+        )
+        .unwrap();
+    }
+    let err = error_of(folder::load(&loose.0, 4));
+    assert!(
+        err.contains("no class folders found: put each class's images in a folder of its own"),
         "{err}"
     );
 }

@@ -1325,6 +1325,20 @@ fn user_errors_say_what_to_do() {
         let stderr = vit_fails(&args);
         assert!(stderr.contains(message), "{flag}: {stderr}");
     }
+    // The flags are checked before the data is read: here there is none.
+    let nowhere = root.join("no-data");
+    for (flag, message) in [
+        (
+            "--random-erasing=2",
+            "--random-erasing must be in [0, 1], got 2",
+        ),
+        ("--label-smoothing=1", "--label-smoothing must be in [0, 1)"),
+    ] {
+        let mut args = tiny_run_args(nowhere.to_str().unwrap(), run.to_str().unwrap());
+        args.push(flag);
+        let stderr = vit_fails(&args);
+        assert!(stderr.contains(message), "{flag}: {stderr}");
+    }
     assert!(
         !run.exists(),
         "a refused run must not leave a run folder behind"
@@ -1611,7 +1625,10 @@ fn user_errors_say_what_to_do() {
         "{stderr}"
     );
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert!(report["confusion_matrix_csv"].is_null(), "{report}");
+    // Both keys are there, null: the report's shape does not change with what was written.
+    for key in ["confusion_matrix_csv", "confusion_matrix_png"] {
+        assert_eq!(report.get(key), Some(&serde_json::Value::Null), "{report}");
+    }
     assert!(report["accuracy"].as_f64().is_some(), "{report}");
     #[rustfmt::skip]
     let stderr = vit_fails(&["eval", "--checkpoint", &in_read_only, "--data-dir", data, "--device", "cpu", "--plot"]);
@@ -1685,7 +1702,24 @@ fn user_errors_say_what_to_do() {
         stderr.contains("empty: no .png, .jpg or .jpeg files"),
         "{stderr}"
     );
-    assert!(stderr.contains("1 folder(s) could not be read"), "{stderr}");
+    assert!(
+        stderr.contains("1 folder(s) could not be read or held no images"),
+        "{stderr}"
+    );
+    // With --json, the folder's line comes where it was given, among the files.
+    #[rustfmt::skip]
+    let output = common::run_vit(&["predict", "--checkpoint", checkpoint.to_str().unwrap(), "--device", "cpu", "--json", picture, empty.to_str().unwrap(), colour]);
+    assert_eq!(output.status.code(), Some(1));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let files: Vec<&str> = lines
+        .iter()
+        .map(|line| line["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(files, [picture, empty.to_str().unwrap(), colour]);
+    assert!(lines[1]["error"].is_string(), "{}", lines[1]);
 
     // A subfolder that cannot be read (here a link back up, which would loop) is named and
     // skipped; the images beside it are still classified, and the status says one was not.
@@ -1701,7 +1735,7 @@ fn user_errors_say_what_to_do() {
     assert!(
         stderr.contains(&format!("skipped: {} is", in_album("sub/up")))
             && stderr.contains("through a symbolic link")
-            && stderr.contains("1 folder(s) could not be read"),
+            && stderr.contains("1 folder(s) could not be read or held no images"),
         "{stderr}"
     );
 }

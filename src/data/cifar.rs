@@ -149,22 +149,27 @@ pub fn load_cifar100(data_dir: &Path, coarse_labels: bool) -> Result<Dataset> {
 /// The message for a file of a dataset that is not there.
 fn missing(path: &Path, format: &RecordFormat, data_dir: &Path) -> String {
     let folder = path.parent().unwrap_or(path);
-    let advice = if data_dir.file_name() == Some(std::ffi::OsStr::new(format.folder)) {
-        // `vit download` here would nest a second copy inside this one.
-        format!(
-            "--data-dir takes the folder that holds {}: pass --data-dir {}",
-            format.folder,
-            data_dir
-                .parent()
-                .filter(|parent| !parent.as_os_str().is_empty())
-                .unwrap_or(Path::new("."))
-                .display()
-        )
+    let (other_folder, other_dataset) = match format.folder {
+        CIFAR10_FOLDER => (CIFAR100_FOLDER, "cifar100"),
+        _ => (CIFAR10_FOLDER, "cifar10"),
+    };
+    let advice = if let Some(advice) = dataset_folder_given(data_dir, format.folder) {
+        advice
     } else if folder.is_dir() {
         format!(
             "{} is incomplete: {}",
             folder.display(),
             download_again(path, format, data_dir)
+        )
+    } else if data_dir.join(other_folder).is_dir() {
+        // `--dataset` left out (CIFAR-100) where CIFAR-10 was downloaded, or the reverse.
+        format!(
+            "{} holds {other_folder}: pass --dataset {other_dataset} for it; for {}, run \
+             `vit download --dataset {} --data-dir {}`",
+            data_dir.display(),
+            format.dataset,
+            format.dataset,
+            data_dir.display()
         )
     } else if data_dir.join("test").is_dir() {
         // An ImageFolder tree (or its test split alone) given without --dataset folder.
@@ -186,6 +191,17 @@ fn missing(path: &Path, format: &RecordFormat, data_dir: &Path) -> String {
     format!("{} is missing: {advice}", path.display())
 }
 
+/// The advice for a `data_dir` that is the dataset's `folder` itself, not the folder
+/// holding it (`vit download` there would nest a second copy inside the first).
+pub fn dataset_folder_given(data_dir: &Path, folder: &str) -> Option<String> {
+    (data_dir.file_name() == Some(std::ffi::OsStr::new(folder))).then(|| {
+        format!(
+            "--data-dir takes the folder that holds {folder}: pass --data-dir {}",
+            crate::fsutil::folder_of(data_dir).display()
+        )
+    })
+}
+
 /// What to do about a dataset folder with a bad or missing file: `vit download` skips a
 /// folder that exists, so it has to go first.
 fn download_again(path: &Path, format: &RecordFormat, data_dir: &Path) -> String {
@@ -202,6 +218,22 @@ fn read_file(path: &Path, format: &RecordFormat, data_dir: &Path) -> Result<Vec<
         Ok(bytes) => Ok(bytes),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             bail!("{}", missing(path, format, data_dir))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            let file = crate::fsutil::file_in_the_way(path).unwrap_or(data_dir);
+            let advice = match file == data_dir {
+                true => format!("--data-dir takes the folder that holds {}", format.folder),
+                false => format!(
+                    "move it away, then run `vit download --dataset {} --data-dir {}`",
+                    format.dataset,
+                    data_dir.display()
+                ),
+            };
+            bail!(
+                "cannot read {}: {} is a file, not a folder; {advice}",
+                path.display(),
+                file.display()
+            )
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
@@ -295,8 +327,13 @@ pub fn read_class_names(
     data_dir: &Path,
 ) -> Result<Vec<String>> {
     let bytes = read_file(path, format, data_dir)?;
-    let text = String::from_utf8(bytes)
-        .with_context(|| format!("{}: not a UTF-8 text file", path.display()))?;
+    let Ok(text) = String::from_utf8(bytes) else {
+        bail!(
+            "{}: not a UTF-8 text file: {}",
+            path.display(),
+            download_again(path, format, data_dir)
+        );
+    };
     let names: Vec<String> = text
         .lines()
         .map(str::trim)
@@ -305,10 +342,11 @@ pub fn read_class_names(
         .collect();
     if names.len() != format.num_classes {
         bail!(
-            "{}: {} class names, expected {} (one a line)",
+            "{}: {} class names, expected {} (one a line): {}",
             path.display(),
             names.len(),
-            format.num_classes
+            format.num_classes,
+            download_again(path, format, data_dir)
         );
     }
     Ok(names)

@@ -4,13 +4,14 @@
 //! The archive is streamed to a hidden temporary file beside the data (hashing as it goes),
 //! verified, unpacked into a hidden temporary folder, and only then is the dataset folder
 //! renamed into place. Any failure, and Ctrl-C, removes the temporaries, so the data folder
-//! holds either the complete dataset or nothing of it; temporaries left by a killed run
-//! are removed by the next one.
+//! holds either the complete dataset or nothing of it, even after a kill (the unpacked
+//! files are not synced, so a power cut may still leave them short: the readers check
+//! every file's size); temporaries left by a killed run are removed by the next one.
 
 use crate::fsutil::{
     create_folder, remove_file_or_folder, remove_stale_temporaries, temporary_sibling,
 };
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use md5::{Digest, Md5};
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
@@ -60,10 +61,20 @@ pub enum Fetched {
 /// exists. `source` is an `http(s)://` URL (a base ending in `/` gets the file name
 /// appended), a `file://` URL, a local archive, or a local folder holding the archive.
 pub fn fetch(source: &str, data_dir: &Path, spec: &ArchiveSpec) -> Result<Fetched> {
+    if let Some(advice) = super::cifar::dataset_folder_given(data_dir, spec.folder) {
+        bail!("{} is the dataset's folder: {advice}", data_dir.display());
+    }
     let target = data_dir.join(spec.folder);
     if target.is_dir() {
         return Ok(Fetched::AlreadyPresent(target));
     }
+    // Found now, not after the download (as if it had appeared while unpacking).
+    ensure!(
+        target.symlink_metadata().is_err(),
+        "{} is there but is not a folder (a file, or a link to nothing): move it away, then \
+         run this again",
+        target.display()
+    );
     create_folder(data_dir)?;
     remove_stale_temporaries(data_dir);
     remove_temporaries_on_interrupt()?;
@@ -215,7 +226,12 @@ fn open_source(source: &str, spec: &ArchiveSpec) -> Result<(Box<dyn Read>, Optio
         (Box::new(response.into_body().into_reader()), length)
     } else {
         let file = File::open(source).with_context(|| format!("cannot open {source}"))?;
-        let length = file.metadata().ok().map(|m| m.len());
+        // A pipe (`--from /dev/stdin`) has no length to check before reading.
+        let length = file
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len());
         (Box::new(file), length)
     })
 }

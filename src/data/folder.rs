@@ -102,14 +102,8 @@ fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
             given.file_name().and_then(|name| name.to_str()),
             Some("train" | "test")
         );
-        if let Some(above) = given
-            .parent()
-            .filter(|above| is_split && above.join("test").is_dir())
-        {
-            let above = match above.as_os_str().is_empty() {
-                true => Path::new("."),
-                false => above,
-            };
+        let above = crate::fsutil::folder_of(given);
+        if is_split && above.join("test").is_dir() {
             bail!(
                 "{} is missing: {} is one split of the dataset, not the dataset: pass \
                  --data-dir {}",
@@ -141,7 +135,11 @@ fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
     }
     classes.sort();
     if classes.is_empty() {
-        bail!("{}: no class folders found", dir.display());
+        bail!(
+            "{}: no class folders found: put each class's images in a folder of its own, \
+             {0}/<class>/*.png|jpg|jpeg",
+            dir.display()
+        );
     }
     let mut per_class = Vec::new();
     let mut other_images = Vec::new();
@@ -158,7 +156,8 @@ fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
                 others => format!(" ({})", other_formats(others)),
             };
             bail!(
-                "{}: no .png, .jpg or .jpeg files in class folder `{class}`{other_formats}",
+                "{}: no .png, .jpg or .jpeg files in class folder `{class}`{other_formats}: \
+                 add its images, or move the folder away",
                 dir.display()
             );
         }
@@ -167,8 +166,8 @@ fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
         other_images.append(&mut found.other_images);
     }
     note_skipped(dir, &other_images);
-    // Classes interleaved (the first file of each class, then the second, ...), as the
-    // CIFAR files are, so that the first N images (`--train-subset N`) cover every class.
+    // Classes interleaved (the first file of each class, then the second, ...), so that the
+    // first N images (`--train-subset N`) cover every class, as CIFAR's shuffled ones do.
     let mut files = Vec::new();
     loop {
         let before = files.len();

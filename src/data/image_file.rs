@@ -1,6 +1,7 @@
-//! One image file as RGB, decoded as PIL decodes it: PNG (through the `png` crate, row by
-//! row) and JPEG (through `image`), with PIL's refusals: more than [`MAX_PIXELS`] pixels, a
-//! file cut short.
+//! One image file as RGB: PNG through the `png` crate, row by row, to PIL's very pixels
+//! (16-bit grey aside), and JPEG through `image`, whose decoder rounds a little differently
+//! from PIL's libjpeg (the README gives the size of it). PIL's refusals are kept: more than
+//! [`MAX_PIXELS`] pixels, a file cut short.
 
 use anyhow::{anyhow, ensure, Context, Result};
 use std::io::Read;

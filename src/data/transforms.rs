@@ -69,7 +69,8 @@ pub fn to_float01(images: &Tensor) -> Tensor {
     images.to_kind(Kind::Float) / 255.0
 }
 
-/// Bilinear resize of a float batch to `size`×`size` (a no-op when already that size).
+/// Bilinear resize of a float batch [B, C, H, W] to [B, C, size, size] (a no-op when
+/// already that size).
 /// Downscaling is antialiased, as PIL's (and torchvision's default) bilinear resize is;
 /// upscaling is plain bilinear with `align_corners=False`, which is what both compute.
 pub fn resize(images: &Tensor, size: i64) -> Tensor {

@@ -196,9 +196,7 @@ pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
 /// The folder of a run given as a folder, or as a file in it.
 fn run_folder(run: &Path) -> &Path {
     if run.is_file() {
-        run.parent()
-            .filter(|parent| !parent.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
+        crate::fsutil::folder_of(run)
     } else {
         run
     }

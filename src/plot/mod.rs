@@ -102,10 +102,7 @@ where
 }
 
 fn create_parent(path: &Path) -> Result<()> {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => create_folder(dir),
-        _ => Ok(()),
-    }
+    create_folder(crate::fsutil::folder_of(path))
 }
 
 /// Turns a plotters error (whose type depends on the backend) into an `anyhow` error.
@@ -134,8 +131,9 @@ pub(crate) fn draw_text<DB: DrawingBackend>(
     drawing(root.draw(&Text::new(text, at, style)))
 }
 
-/// Refuses an `-o` that is not a `.png` path: the pictures are PNG (and the curves' SVG
-/// goes beside it, named after it).
+/// Refuses, before any work, an `-o` that is not a `.png` path (the pictures are PNG, and
+/// the curves' SVG goes beside it, named after it), that is a folder, or whose folder
+/// cannot take a file.
 pub fn ensure_png_output(output: &Path) -> Result<()> {
     let is_png = output
         .extension()
@@ -145,7 +143,14 @@ pub fn ensure_png_output(output: &Path) -> Result<()> {
         "-o {} does not end in .png: the picture is written as PNG; name it NAME.png",
         output.display()
     );
-    Ok(())
+    ensure!(
+        !output.is_dir(),
+        "-o {} is a folder: name a file, such as {}",
+        output.display(),
+        output.join("picture.png").display()
+    );
+    crate::fsutil::ensure_writable_folder(crate::fsutil::folder_of(output))
+        .with_context(|| format!("-o {} cannot be written", output.display()))
 }
 
 /// The width of `text` in the pictures' font at `size` points, in pixels.

@@ -69,6 +69,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         !args.resume || args.out.is_some(),
         "--resume needs --out RUN_DIR: the run folder to continue"
     );
+    // As every flag, before the data is read (a folder dataset may take a while).
+    crate::fsutil::ensure_out_is_a_folder(&out)?;
     if args.resume {
         run_folder::check_resumed_dataset(&out, data::dataset_name(&args.data))?;
     }
@@ -102,6 +104,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
 fn settings_and_dataset(args: &TrainArgs) -> Result<(TrainSettings, Dataset)> {
     let mut config = recipe::model_config(args)?;
     check_optimizer_flags(args)?;
+    let regularization = Regularization::from_args(args)?;
     let dataset = data::load(&args.data, config.image_size)?;
     dataset
         .train
@@ -142,7 +145,7 @@ fn settings_and_dataset(args: &TrainArgs) -> Result<(TrainSettings, Dataset)> {
         seed: args.seed,
         train_subset: args.train_subset,
         recipe: args.recipe,
-        regularization: Regularization::from_args(args)?,
+        regularization,
         precision: args.precision,
         eval_precision: args.eval_precision,
     };
