@@ -1658,14 +1658,7 @@ fn user_errors_say_what_to_do() {
     #[rustfmt::skip]
     let output = common::run_vit(&["predict", "--checkpoint", checkpoint.to_str().unwrap(), "--device", "cpu", "--batch-size", "2", "--json", picture, not_an_image.to_str().unwrap(), colour]);
     assert_eq!(output.status.code(), Some(1));
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
-    let files: Vec<&str> = lines
-        .iter()
-        .map(|line| line["file"].as_str().unwrap())
-        .collect();
+    let (lines, files) = json_lines_and_files(&output);
     assert_eq!(files, [picture, not_an_image.to_str().unwrap(), colour]);
     assert!(lines[0]["top"].is_array() && lines[2]["top"].is_array());
     let error = lines[1]["error"].as_str().unwrap();
@@ -1710,14 +1703,7 @@ fn user_errors_say_what_to_do() {
     #[rustfmt::skip]
     let output = common::run_vit(&["predict", "--checkpoint", checkpoint.to_str().unwrap(), "--device", "cpu", "--json", picture, empty.to_str().unwrap(), colour]);
     assert_eq!(output.status.code(), Some(1));
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
-    let files: Vec<&str> = lines
-        .iter()
-        .map(|line| line["file"].as_str().unwrap())
-        .collect();
+    let (lines, files) = json_lines_and_files(&output);
     assert_eq!(files, [picture, empty.to_str().unwrap(), colour]);
     assert!(lines[1]["error"].is_string(), "{}", lines[1]);
 
@@ -1738,6 +1724,19 @@ fn user_errors_say_what_to_do() {
             && stderr.contains("1 folder(s) could not be read or held no images"),
         "{stderr}"
     );
+}
+
+/// `vit predict --json`'s lines, and the file each names, in the order of its output.
+fn json_lines_and_files(output: &std::process::Output) -> (Vec<serde_json::Value>, Vec<String>) {
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let files = lines
+        .iter()
+        .map(|line| line["file"].as_str().unwrap().to_string())
+        .collect();
+    (lines, files)
 }
 
 /// The files `vit predict` classified, in the order of its output (each file's line is
