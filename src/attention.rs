@@ -130,7 +130,8 @@ pub fn run(args: &AttentionArgs) -> Result<()> {
 
 /// The image `vit attention` looks at: a file, or a test image of a dataset.
 struct ChosenImage {
-    /// uint8 [3, image_size, image_size].
+    /// uint8 [3, H, W]: the model's image size for a file, the dataset's for a test image
+    /// (the test transform resizes it).
     image: Tensor,
     /// The file name, or "DATASET test image I", for the title.
     source: String,
@@ -147,9 +148,24 @@ struct ChosenImage {
 fn choose_image(args: &AttentionArgs, loaded: &LoadedModel) -> Result<ChosenImage> {
     let image_size = loaded.model.config.image_size;
     if let Some(path) = &args.image {
+        let test_image_flags: Vec<&str> = [
+            ("--index", args.index.is_some()),
+            ("--dataset", args.data.dataset.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect();
         ensure!(
-            args.index.is_none() && args.data.dataset.is_none(),
-            "give either an IMAGE file or --index (with --dataset), not both"
+            test_image_flags.is_empty(),
+            "give either an IMAGE file or a test image (--index, --dataset), not both: {} \
+             came with {}",
+            test_image_flags.join(" and "),
+            path.display()
+        );
+        ensure!(
+            !path.is_dir(),
+            "{} is a folder: give one image file (vit predict takes folders)",
+            path.display()
         );
         loaded.ensure_rgb(&args.checkpoint)?;
         return Ok(ChosenImage {

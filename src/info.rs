@@ -35,6 +35,8 @@ pub fn parameter_table(vs: &nn::VarStore, num_layers: i64) -> Vec<(String, i64)>
         .collect()
 }
 
+/// `vit info`: the config, its parameters module by module, the notebook's shape check and
+/// whether CUDA is there.
 pub fn run(args: &InfoArgs) -> Result<()> {
     let config = args.model.resolve()?;
     let preset = ViTConfig::preset(&args.model.preset)?;
@@ -52,7 +54,8 @@ pub fn run(args: &InfoArgs) -> Result<()> {
     for (module, count) in &table {
         println!("{module:<14} {count:>12}");
     }
-    let total: i64 = table.iter().map(|(_, c)| c).sum();
+    // Over every variable, so that one the table's modules missed would still count.
+    let total: i64 = vs.variables().values().map(|t| t.numel() as i64).sum();
     println!("{:<14} {:>12}", "total", total);
     let input = Tensor::randn(
         [1, config.in_channels, config.image_size, config.image_size],

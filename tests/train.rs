@@ -1460,6 +1460,31 @@ fn user_errors_say_what_to_do() {
     ]);
     assert!(stderr.contains("has 5 classes but cifar10"), "{stderr}");
     assert!(!picture.exists());
+    // An IMAGE with a test image's flag names the flag given; a folder as IMAGE is refused.
+    let checkpoint_arg = checkpoint.to_str().unwrap();
+    for (extra, message) in [
+        (
+            vec!["photo.png", "--dataset", "cifar10"],
+            "give either an IMAGE file or a test image (--index, --dataset), not both: \
+             --dataset came with",
+        ),
+        (
+            vec![root.to_str().unwrap()],
+            "is a folder: give one image file (vit predict takes folders)",
+        ),
+    ] {
+        let mut args = vec![
+            "attention",
+            "--checkpoint",
+            checkpoint_arg,
+            "--device",
+            "cpu",
+        ];
+        args.extend(&extra);
+        args.extend(["-o", picture.to_str().unwrap()]);
+        let stderr = vit_fails(&args);
+        assert!(stderr.contains(message), "{extra:?}: {stderr}");
+    }
 
     // A greyscale model cannot take the RGB images vit decodes: said so, not a shape error.
     let grey_config = ViTConfig {

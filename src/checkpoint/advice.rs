@@ -22,8 +22,8 @@ impl TensorFile {
             ),
             None => format!(
                 "no `{CONFIG_KEY}` metadata: save the checkpoint with \
-                 metadata={{'{CONFIG_KEY}': json.dumps({{image_size, patch_size, in_channels, \
-                 embed_dim, num_heads, mlp_dim, num_layers, num_classes, dropout}})}}"
+                 metadata={{'{CONFIG_KEY}': json.dumps({{{}}})}}",
+                hyperparameter_names()
             ),
         }
     }
@@ -167,18 +167,22 @@ impl TensorFile {
 
 /// `config` as JSON with `NUM_HEADS` where its head count goes, for the user to fill in.
 fn json_without_heads(config: &ViTConfig) -> String {
-    format!(
-        "{{\"image_size\": {}, \"patch_size\": {}, \"in_channels\": {}, \"embed_dim\": {}, \
-         \"num_heads\": NUM_HEADS, \"mlp_dim\": {}, \"num_layers\": {}, \"num_classes\": {}, \
-         \"dropout\": 0.0}}",
-        config.image_size,
-        config.patch_size,
-        config.in_channels,
-        config.embed_dim,
-        config.mlp_dim,
-        config.num_layers,
-        config.num_classes
-    )
+    let fields: Vec<String> = config
+        .sizes()
+        .iter()
+        .map(|&(name, value)| match name {
+            "num_heads" => format!("\"{name}\": NUM_HEADS"),
+            _ => format!("\"{name}\": {value}"),
+        })
+        .chain(["\"dropout\": 0.0".to_string()])
+        .collect();
+    format!("{{{}}}", fields.join(", "))
+}
+
+/// The nine hyperparameters, as a config names them: "image_size, ..., dropout".
+fn hyperparameter_names() -> String {
+    let sizes = ViTConfig::notebook().sizes().map(|(name, _)| name);
+    [sizes.as_slice(), &["dropout"]].concat().join(", ")
 }
 
 /// How many of each kind of problem a mismatched checkpoint's error lists: a wrapped
@@ -250,11 +254,11 @@ impl PyTorchFile {
              json, torch, safetensors.torch as st; st.save_file({load}({:?}, \
              map_location=\"cpu\"){state_dict}, {:?}, metadata={{\"config\": \
              json.dumps(cfg)}})`, where cfg is the dict of the nine hyperparameters \
-             (image_size, patch_size, in_channels, embed_dim, num_heads, mlp_dim, num_layers, \
-             num_classes, dropout); README.md, Checkpoints, shows the names{}",
+             ({}); README.md, Checkpoints, shows the names{}",
             path.display(),
             path.display().to_string(),
             converted.display().to_string(),
+            hyperparameter_names(),
             match self {
                 Self::Save => {
                     ". Where torch.load gives a training checkpoint (a dict with the weights \

@@ -35,16 +35,9 @@ struct HostTensor {
 impl HostTensor {
     fn new(tensor: &Tensor) -> Result<Self> {
         let tensor = tensor.detach().to_device(Device::Cpu).contiguous();
-        let dtype = match tensor.kind() {
-            Kind::Float => Dtype::F32,
-            Kind::Double => Dtype::F64,
-            Kind::BFloat16 => Dtype::BF16,
-            Kind::Half => Dtype::F16,
-            Kind::Int64 => Dtype::I64,
-            Kind::Int => Dtype::I32,
-            Kind::Uint8 => Dtype::U8,
-            Kind::Bool => Dtype::BOOL,
-            other => bail!("cannot store a tensor of kind {other:?}"),
+        let kind = tensor.kind();
+        let Some(&(_, dtype)) = KINDS.iter().find(|(k, _)| *k == kind) else {
+            bail!("cannot store a tensor of kind {kind:?}");
         };
         let numel = tensor.numel();
         let mut bytes = vec![0u8; numel * tensor.kind().elt_size_in_bytes()];
@@ -93,21 +86,30 @@ fn with_sorted_header(mut bytes: Vec<u8>) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The tensor kinds a checkpoint may hold, with their safetensors dtypes.
+const KINDS: [(Kind, Dtype); 8] = [
+    (Kind::Float, Dtype::F32),
+    (Kind::Double, Dtype::F64),
+    (Kind::BFloat16, Dtype::BF16),
+    (Kind::Half, Dtype::F16),
+    (Kind::Int64, Dtype::I64),
+    (Kind::Int, Dtype::I32),
+    (Kind::Uint8, Dtype::U8),
+    (Kind::Bool, Dtype::BOOL),
+];
+
 fn kind_of(dtype: Dtype) -> Result<Kind> {
-    Ok(match dtype {
-        Dtype::F32 => Kind::Float,
-        Dtype::F64 => Kind::Double,
-        Dtype::BF16 => Kind::BFloat16,
-        Dtype::F16 => Kind::Half,
-        Dtype::I64 => Kind::Int64,
-        Dtype::I32 => Kind::Int,
-        Dtype::U8 => Kind::Uint8,
-        Dtype::BOOL => Kind::Bool,
-        other => bail!(
-            "its dtype is {other:?}, which vit does not read (it reads F32, F64, BF16, F16, \
-             I64, I32, U8 and BOOL): convert the tensor, say to float32, in Python"
-        ),
-    })
+    match KINDS.iter().find(|(_, d)| *d == dtype) {
+        Some(&(kind, _)) => Ok(kind),
+        None => {
+            let readable: Vec<String> = KINDS.iter().map(|(_, d)| format!("{d:?}")).collect();
+            bail!(
+                "its dtype is {dtype:?}, which vit does not read (it reads {}): convert the \
+                 tensor, say to float32, in Python",
+                readable.join(", ")
+            )
+        }
+    }
 }
 
 /// What to say when a folder is given as a checkpoint: the checkpoints in it, if any.
@@ -203,10 +205,8 @@ impl TensorFile {
     /// The tensor called `name`, or an error naming the file's contents.
     pub fn get(&self, name: &str) -> Result<&Tensor> {
         self.tensors.get(name).with_context(|| {
-            format!(
-                "no tensor `{name}` (has: {:?})",
-                self.tensors.keys().collect::<Vec<_>>()
-            )
+            let names: Vec<&String> = self.tensors.keys().collect();
+            format!("no tensor `{name}` (has: {})", first_few(&names))
         })
     }
 
