@@ -1167,6 +1167,15 @@ fn user_errors_say_what_to_do() {
         stderr.contains("is there but not a whole dataset: delete it"),
         "{stderr}"
     );
+    // Nor one of whole records that is not the release (this test's small copy).
+    #[rustfmt::skip]
+    let stderr = vit_fails(&["download", "--dataset", "cifar10", "--data-dir", data]);
+    assert!(
+        stderr.contains("is there but not a whole dataset")
+            && stderr.contains("data_batch_1.bin is ")
+            && stderr.contains("bytes where the official file is 30730000"),
+        "{stderr}"
+    );
 
     let a_file = root.join("a-file");
     std::fs::write(&a_file, "the user's").unwrap();

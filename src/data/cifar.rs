@@ -10,7 +10,7 @@
 //! bytes, then a reshape and narrow into images and labels.
 
 use super::{Dataset, Split};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use std::path::Path;
 use tch::{Kind, Tensor};
 
@@ -144,6 +144,49 @@ pub fn load_cifar100(data_dir: &Path, coarse_labels: bool) -> Result<Dataset> {
         test,
         classes,
     })
+}
+
+/// Checks that `data_dir` holds the whole official release of `format`'s dataset, for
+/// `vit download` (which keeps a dataset folder that is there): every batch file of the
+/// official size, and the class-names files.
+pub fn check_release(data_dir: &Path, format: &RecordFormat) -> Result<()> {
+    let dir = data_dir.join(format.folder);
+    let (batches, names): (Vec<(&str, usize)>, &[&str]) = match format.folder {
+        CIFAR10_FOLDER => (
+            CIFAR10_TRAIN_FILES
+                .into_iter()
+                .chain([CIFAR10_TEST_FILE])
+                .map(|file| (file, CIFAR10_BATCH_IMAGES))
+                .collect(),
+            &["batches.meta.txt"],
+        ),
+        _ => (
+            vec![
+                (CIFAR100_TRAIN_FILE, CIFAR100_TRAIN_IMAGES),
+                (CIFAR100_TEST_FILE, CIFAR100_TEST_IMAGES),
+            ],
+            &["fine_label_names.txt", "coarse_label_names.txt"],
+        ),
+    };
+    for (file, images) in batches {
+        let path = dir.join(file);
+        let official = (images * format.record_bytes()) as u64;
+        match std::fs::metadata(&path) {
+            Ok(metadata) if metadata.len() == official => {}
+            Ok(metadata) => bail!(
+                "{} is {} bytes where the official file is {official}: {}",
+                path.display(),
+                metadata.len(),
+                download_again(&path, format, data_dir)
+            ),
+            Err(_) => bail!("{}", missing(&path, format, data_dir)),
+        }
+    }
+    for file in names {
+        let path = dir.join(file);
+        ensure!(path.is_file(), "{}", missing(&path, format, data_dir));
+    }
+    Ok(())
 }
 
 /// The message for a file of a dataset that is not there.

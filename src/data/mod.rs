@@ -294,9 +294,11 @@ pub fn load_test(args: &DatasetArgs, image_size: i64) -> Result<TestSet> {
 
 /// `vit download`: fetch, verify and unpack a CIFAR archive into `--data-dir`.
 pub fn run_download(args: &DownloadArgs) -> Result<()> {
-    let spec = match args.dataset {
-        DownloadableDataset::Cifar10 => &download::CIFAR10_ARCHIVE,
-        DownloadableDataset::Cifar100 => &download::CIFAR100_ARCHIVE,
+    let (spec, format) = match args.dataset {
+        DownloadableDataset::Cifar10 => (&download::CIFAR10_ARCHIVE, &cifar::CIFAR10_FORMAT),
+        DownloadableDataset::Cifar100 => {
+            (&download::CIFAR100_ARCHIVE, &cifar::CIFAR100_FINE_FORMAT)
+        }
     };
     // An empty VIT_DATA_MIRROR (set but cleared) means no mirror.
     let source = args
@@ -306,18 +308,22 @@ pub fn run_download(args: &DownloadArgs) -> Result<()> {
         .unwrap_or(download::OFFICIAL_URL);
     match download::fetch(source, &args.data_dir, spec)? {
         download::Fetched::AlreadyPresent(path) => {
-            // A folder that is there is not fetched again, so it has to be whole.
+            // A folder that is there is not fetched again, so it has to be the whole
+            // release: every file of its size, and each readable.
             let dataset = DatasetArgs {
                 dataset: args.dataset.into(),
                 data_dir: args.data_dir.clone(),
                 coarse_labels: false,
             };
-            load(&dataset, 32).with_context(|| {
-                format!(
-                    "{} is there but not a whole dataset: delete it, then run this command again",
-                    path.display()
-                )
-            })?;
+            cifar::check_release(&args.data_dir, format)
+                .and_then(|()| load(&dataset, 32))
+                .with_context(|| {
+                    format!(
+                        "{} is there but not a whole dataset: delete it, then run this \
+                         command again",
+                        path.display()
+                    )
+                })?;
             println!("{} is already in place; nothing to fetch", path.display())
         }
         download::Fetched::Unpacked(path) => println!("unpacked to {}", path.display()),
