@@ -1430,7 +1430,30 @@ fn cli_entry_points() {
         data_dir: tmp.0.clone(),
         from: Some(from.to_string()),
     };
-    // In place already: the (nonexistent) source is never touched.
+    // A folder there is checked, not fetched again: the (nonexistent) source is never
+    // touched. This small copy is not the release, so it is refused as such...
+    let err = error_of(data::run_download(&download(
+        DownloadableDataset::Cifar10,
+        "/nonexistent/",
+    )));
+    assert!(
+        err.contains("is there but not a whole dataset") && !err.contains("/nonexistent/"),
+        "{err}"
+    );
+    // ... and one whose every file has the official size (sparse: no disk space taken) is
+    // in place.
+    let dir = tmp.0.join("cifar-10-batches-bin");
+    for name in [
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+        "data_batch_5",
+        "test_batch",
+    ] {
+        let file = std::fs::File::create(dir.join(format!("{name}.bin"))).unwrap();
+        file.set_len(10_000 * 3073).unwrap();
+    }
     data::run_download(&download(DownloadableDataset::Cifar10, "/nonexistent/")).unwrap();
     // A folder dataset is the user's own: `download` does not offer it.
     let err = Cli::try_parse_from(["vit", "download", "--dataset", "folder"]).unwrap_err();

@@ -96,51 +96,9 @@ fn decode_labeled(files: &[LabeledFile], size: u32) -> Result<Split> {
 /// The sorted class folder names of one split and its (file, label) list.
 fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
     if !dir.is_dir() {
-        // `--data-dir DIR/train` (or `DIR/test`): the split given for the dataset.
-        let given = dir.parent().unwrap_or(Path::new(""));
-        let is_split = matches!(
-            given.file_name().and_then(|name| name.to_str()),
-            Some("train" | "test")
-        );
-        let above = crate::fsutil::folder_of(given);
-        if is_split && above.join("test").is_dir() {
-            bail!(
-                "{} is missing: {} is one split of the dataset, not the dataset: pass \
-                 --data-dir {}",
-                dir.display(),
-                given.display(),
-                above.display()
-            );
-        }
-        bail!(
-            "{} is missing: a folder dataset needs DIR/train/<class>/*.png|jpg|jpeg and \
-             DIR/test/<class>/*.png|jpg|jpeg (evaluating, only test/); pass its DIR with \
-             --data-dir",
-            dir.display()
-        );
+        return Err(missing_split(dir));
     }
-    let mut classes = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
-        if entry.path().is_dir() {
-            let name = entry.file_name().into_string().map_err(|name| {
-                anyhow!(
-                    "{}: class folder name {:?} is not UTF-8",
-                    dir.display(),
-                    name
-                )
-            })?;
-            classes.push(name);
-        }
-    }
-    classes.sort();
-    if classes.is_empty() {
-        bail!(
-            "{}: no class folders found: put each class's images in a folder of its own, \
-             {0}/<class>/*.png|jpg|jpeg",
-            dir.display()
-        );
-    }
+    let classes = class_folders(dir)?;
     let mut per_class = Vec::new();
     let mut other_images = Vec::new();
     for class in &classes {
@@ -162,12 +120,70 @@ fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
             );
         }
         found.images.sort();
-        per_class.push(found.images.into_iter());
+        per_class.push(found.images);
         other_images.append(&mut found.other_images);
     }
     note_skipped(dir, &other_images);
-    // Classes interleaved (the first file of each class, then the second, ...), so that the
-    // first N images (`--train-subset N`) cover every class, as CIFAR's shuffled ones do.
+    Ok((classes, interleaved(per_class)))
+}
+
+/// The error for a split folder `dir` that is not there.
+fn missing_split(dir: &Path) -> anyhow::Error {
+    // `--data-dir DIR/train` (or `DIR/test`): the split given for the dataset.
+    let given = dir.parent().unwrap_or(Path::new(""));
+    let is_split = matches!(
+        given.file_name().and_then(|name| name.to_str()),
+        Some("train" | "test")
+    );
+    let above = crate::fsutil::folder_of(given);
+    if is_split && above.join("test").is_dir() {
+        return anyhow!(
+            "{} is missing: {} is one split of the dataset, not the dataset: pass \
+             --data-dir {}",
+            dir.display(),
+            given.display(),
+            above.display()
+        );
+    }
+    anyhow!(
+        "{} is missing: a folder dataset needs DIR/train/<class>/*.png|jpg|jpeg and \
+         DIR/test/<class>/*.png|jpg|jpeg (evaluating, only test/); pass its DIR with \
+         --data-dir",
+        dir.display()
+    )
+}
+
+/// The names of the folders in the split folder `dir`, sorted: its classes.
+fn class_folders(dir: &Path) -> Result<Vec<String>> {
+    let mut classes = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        if entry.path().is_dir() {
+            let name = entry.file_name().into_string().map_err(|name| {
+                anyhow!(
+                    "{}: class folder name {:?} is not UTF-8",
+                    dir.display(),
+                    name
+                )
+            })?;
+            classes.push(name);
+        }
+    }
+    classes.sort();
+    ensure!(
+        !classes.is_empty(),
+        "{}: no class folders found: put each class's images in a folder of its own, \
+         {0}/<class>/*.png|jpg|jpeg",
+        dir.display()
+    );
+    Ok(classes)
+}
+
+/// Each class's files (label = position in `per_class`) taken in turn: the first of each
+/// class, then the second, ..., so that the first N images (`--train-subset N`) cover
+/// every class, as CIFAR's shuffled ones do.
+fn interleaved(per_class: Vec<Vec<PathBuf>>) -> Vec<LabeledFile> {
+    let mut per_class: Vec<_> = per_class.into_iter().map(Vec::into_iter).collect();
     let mut files = Vec::new();
     loop {
         let before = files.len();
@@ -175,10 +191,9 @@ fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
             files.extend(found.next().map(|path| (path, label as i64)));
         }
         if files.len() == before {
-            break;
+            return files;
         }
     }
-    Ok((classes, files))
 }
 
 /// A folder that could not be read, and the error that names it.
