@@ -2,7 +2,7 @@
 
 use crate::checkpoint;
 use crate::cli::{EvalArgs, Precision};
-use crate::data::{transforms, Split};
+use crate::data::{transforms, Split, TestSet};
 use crate::ffi::autocast;
 use crate::model::VisionTransformer;
 use anyhow::{anyhow, Result};
@@ -172,25 +172,49 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let out_dir = report_folder(args)?;
     let test = dataset.test.to_device(device);
     let evaluation = evaluate(&loaded.model, &test, args.batch_size, args.precision);
-
+    let name = report_name(&args.checkpoint, args.out.as_deref());
+    let files = match &out_dir {
+        Some(dir) => write_files(&evaluation, &dataset.classes, dir, &name, args.plot),
+        None => ReportFiles::default(),
+    };
+    print_report(args, &dataset, &evaluation, &files)?;
     // A file that cannot be written after all (a folder in its place) fails the command
     // once its figures are printed: they are not lost.
-    let name = report_name(&args.checkpoint, args.out.as_deref());
-    let mut csv_path = out_dir
-        .as_ref()
-        .map(|dir| dir.join(format!("{name}.confusion_matrix.csv")));
-    let (mut png_path, mut write_error) = (None, None);
-    if let (Some(dir), Some(csv)) = (&out_dir, &csv_path) {
-        let png = dir.join(format!("{name}.confusion_matrix.png"));
-        if let Err(e) = evaluation.write_confusion_csv(&dataset.classes, csv) {
-            write_error = Some(e);
-            csv_path = None;
-        } else if args.plot {
-            match crate::plot::confusion_matrix(&evaluation.confusion, &dataset.classes, &png) {
-                Ok(()) => png_path = Some(png),
-                Err(e) => write_error = Some(e),
-            }
-        } else if png.exists() {
+    match files.error {
+        Some(e) => Err(anyhow!(
+            "{e:#}; the evaluation's figures are printed all the same"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The confusion matrix files an evaluation wrote, and why one could not be.
+#[derive(Default)]
+struct ReportFiles {
+    csv: Option<PathBuf>,
+    png: Option<PathBuf>,
+    error: Option<anyhow::Error>,
+}
+
+/// Writes `NAME.confusion_matrix.csv` in `dir`, and with `plot` its picture
+/// `NAME.confusion_matrix.png` (without, an older picture there is pointed out).
+fn write_files(
+    evaluation: &Evaluation,
+    classes: &[String],
+    dir: &Path,
+    name: &str,
+    plot: bool,
+) -> ReportFiles {
+    let csv = dir.join(format!("{name}.confusion_matrix.csv"));
+    let png = dir.join(format!("{name}.confusion_matrix.png"));
+    if let Err(error) = evaluation.write_confusion_csv(classes, &csv) {
+        return ReportFiles {
+            error: Some(error),
+            ..ReportFiles::default()
+        };
+    }
+    if !plot {
+        if png.exists() {
             eprintln!(
                 "note: {} is from an earlier evaluation and may not match {} (pass --plot to \
                  redraw it)",
@@ -198,9 +222,34 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 csv.display()
             );
         }
+        return ReportFiles {
+            csv: Some(csv),
+            ..ReportFiles::default()
+        };
     }
+    match crate::plot::confusion_matrix(&evaluation.confusion, classes, &png) {
+        Ok(()) => ReportFiles {
+            csv: Some(csv),
+            png: Some(png),
+            error: None,
+        },
+        Err(error) => ReportFiles {
+            csv: Some(csv),
+            png: None,
+            error: Some(error),
+        },
+    }
+}
 
+/// The evaluation's figures on standard output: as text, or one JSON object with `--json`.
+fn print_report(
+    args: &EvalArgs,
+    dataset: &TestSet,
+    evaluation: &Evaluation,
+    files: &ReportFiles,
+) -> Result<()> {
     let per_class = evaluation.per_class_accuracy();
+    let shown = |path: &Option<PathBuf>| path.as_ref().map(|path| path.display().to_string());
     if args.json {
         let report = EvalReport {
             accuracy: evaluation.accuracy,
@@ -214,36 +263,31 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 .map(String::as_str)
                 .zip(per_class)
                 .collect(),
-            confusion_matrix_csv: csv_path.as_ref().map(|csv| csv.display().to_string()),
-            confusion_matrix_png: png_path.as_ref().map(|png| png.display().to_string()),
+            confusion_matrix_csv: shown(&files.csv),
+            confusion_matrix_png: shown(&files.png),
         };
         println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!("Checkpoint: {}", args.checkpoint.display());
-        println!(
-            "Dataset: {} test split, {} images",
-            dataset.name, evaluation.images
-        );
-        println!("Validation Accuracy: {:.2}%", 100.0 * evaluation.accuracy);
-        println!("Loss: {:.4}", evaluation.loss);
-        println!("Per-class accuracy:");
-        for (class, accuracy) in dataset.classes.iter().zip(per_class) {
-            match accuracy {
-                Some(accuracy) => println!("  {class:<20} {:6.2}%", 100.0 * accuracy),
-                None => println!("  {class:<20} (no test images)"),
-            }
-        }
-        if let Some(csv_path) = &csv_path {
-            println!("Confusion matrix: {}", csv_path.display());
-        }
-        if let Some(png) = &png_path {
-            println!("Confusion matrix picture: {}", png.display());
+        return Ok(());
+    }
+    println!("Checkpoint: {}", args.checkpoint.display());
+    println!(
+        "Dataset: {} test split, {} images",
+        dataset.name, evaluation.images
+    );
+    println!("Validation Accuracy: {:.2}%", 100.0 * evaluation.accuracy);
+    println!("Loss: {:.4}", evaluation.loss);
+    println!("Per-class accuracy:");
+    for (class, accuracy) in dataset.classes.iter().zip(per_class) {
+        match accuracy {
+            Some(accuracy) => println!("  {class:<20} {:6.2}%", 100.0 * accuracy),
+            None => println!("  {class:<20} (no test images)"),
         }
     }
-    match write_error {
-        Some(e) => Err(anyhow!(
-            "{e:#}; the evaluation's figures are printed all the same"
-        )),
-        None => Ok(()),
+    if let Some(csv) = &files.csv {
+        println!("Confusion matrix: {}", csv.display());
     }
+    if let Some(png) = &files.png {
+        println!("Confusion matrix picture: {}", png.display());
+    }
+    Ok(())
 }

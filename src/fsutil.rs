@@ -19,6 +19,12 @@ pub fn ensure_out_is_a_folder(dir: &Path) -> Result<()> {
 /// disk block (an empty file takes no space, so it would pass on a full disk).
 pub fn ensure_writable_folder(dir: &Path) -> Result<()> {
     ensure_out_is_a_folder(dir)?;
+    ensure_can_write_in(dir)
+}
+
+/// Creates the folder `dir` if missing, and proves that a file can be written there (see
+/// [`ensure_writable_folder`]).
+pub fn ensure_can_write_in(dir: &Path) -> Result<()> {
     let shown = if dir.as_os_str().is_empty() {
         Path::new(".")
     } else {

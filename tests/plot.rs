@@ -271,6 +271,22 @@ fn an_svg_beside_the_png_that_vit_did_not_draw_is_kept() {
         .unwrap_err()
     );
     assert!(err.contains("a-file is a file, not a folder"), "{err}");
+
+    // A folder named as the picture is refused, before any run is read.
+    let folder = dir.join("pictures.png");
+    std::fs::create_dir(&folder).unwrap();
+    let err = format!(
+        "{:#}",
+        plot::run(&PlotArgs {
+            runs: vec![dir.join("no-such-run")],
+            output: folder.clone(),
+        })
+        .unwrap_err()
+    );
+    assert!(
+        err.contains("pictures.png is a folder: name a file, such as"),
+        "{err}"
+    );
 }
 
 #[test]
