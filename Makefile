@@ -16,25 +16,37 @@ ARGS       ?=
 SHARED     ?= ../shared
 # $(call quote,TEXT): TEXT as one shell word, whatever it holds (spaces, quotes).
 quote       = '$(subst ','\'',$(1))'
-CARGO      := LIBTORCH_USE_PYTORCH=1 VIRTUAL_ENV="$(CURDIR)/$(VENV)" PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cargo
+CARGO      := LIBTORCH_USE_PYTORCH=1 VIRTUAL_ENV=$(call quote,$(CURDIR)/$(VENV)) PATH=$(call quote,$(CURDIR)/$(VENV)/bin):"$$PATH" cargo
 
 .PHONY: setup build fixtures test lint train bench device clean
 
-# The venv is (re)built only when missing or when requirements.txt changed. A first install
-# (torch with its CUDA libraries, 4.8 GiB) plus the build needs at least SETUP_FREE_GIB
-# free (measured: 5.8): checked first, so that a full disk stops it with a plain message,
-# not midway through pip. A disk whose free space df cannot tell is not checked.
+# The requirements are installed when the venv is missing or requirements.txt changed. A
+# first install (torch with its CUDA libraries, 4.8 GiB) plus the build needs at least
+# SETUP_FREE_GIB free (measured: 5.8): checked first, so that a full disk stops it with a
+# plain message, not midway through pip. A disk whose free space df cannot tell is not
+# checked.
 SETUP_FREE_GIB ?= 6
 # The pinned numpy 2.3 needs Python 3.11+: checked before the venv is made, so that an
-# older one stops with a plain message, not in pip. A venv without pip (python3 -m venv
-# fails so on a system without its venv package, and leaves .venv half made) is made again.
+# older one stops with a plain message, not in pip. A venv make starts and `venv` fails to
+# finish (a system without Python's venv package) is removed, so that the next make starts
+# it afresh; a venv without pip that was there before gets pip from ensurepip, and nothing
+# else at .venv is ever removed.
+VENV_MODULE_HINT := install Python's venv module (on Debian or Ubuntu, the python3-venv package) and run make again
 setup: $(STAMP)
 $(STAMP): requirements.txt
 	@$(PY) -m pip --version >/dev/null 2>&1 || version=$$("$(PYTHON_SYS)" -c 'import sys; print(sys.version.split()[0]); sys.exit(sys.version_info < (3, 11))' 2>/dev/null) || { \
 	    echo "error: the pinned requirements need Python 3.11 or newer, but $(PYTHON_SYS) is $${version:-not found}. Install one and pass it, for example make PYTHON_SYS=python3.12"; \
 	    exit 1; }
-	$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && "$(PYTHON_SYS)" -m venv $(VENV); } || { \
-	    rm -rf $(VENV); echo "error: $(PYTHON_SYS) -m venv failed (above); install Python's venv module (on Debian or Ubuntu, the python3-venv package) and run make again"; exit 1; }
+	@if $(PY) -m pip --version >/dev/null 2>&1; then :; \
+	elif test ! -e $(VENV) && test ! -L $(VENV); then \
+	    echo "$(PYTHON_SYS) -m venv $(VENV)"; \
+	    "$(PYTHON_SYS)" -m venv $(VENV) || { rm -rf $(VENV); echo "error: $(PYTHON_SYS) -m venv failed (above); $(VENV_MODULE_HINT)"; exit 1; }; \
+	elif test -f $(VENV)/pyvenv.cfg; then \
+	    echo "$(VENV) has no pip: adding it with ensurepip"; \
+	    $(PY) -m ensurepip >/dev/null || { echo "error: $(VENV) has no pip, and ensurepip cannot add it; $(VENV_MODULE_HINT)"; exit 1; }; \
+	else \
+	    echo "error: $(VENV) is there but is not a Python venv; move it away and run make again"; exit 1; \
+	fi
 	@$(PY) -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)' || { \
 	    free=$$(df -Pk $(VENV) 2>/dev/null | awk 'NR == 2 && $$4 ~ /^[0-9]+$$/ { print int($$4 / 1048576) }'); \
 	    test -z "$$free" || test "$$free" -ge $(SETUP_FREE_GIB) || { \

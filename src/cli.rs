@@ -332,7 +332,7 @@ pub struct TrainArgs {
     pub seed: u64,
     /// Train on the first N training images only (in CIFAR's random order, or a folder
     /// dataset's interleaved classes, so any but a small N covers every class).
-    #[arg(long, value_parser = whole_number::<i64>(None))]
+    #[arg(long, value_parser = whole_number::<i64>(Some(1)))]
     pub train_subset: Option<i64>,
     /// Run folder; default runs/<timestamp>.
     #[arg(long)]
@@ -488,7 +488,8 @@ pub struct PredictArgs {
     /// model's class count).
     #[arg(long, value_name = "K", value_parser = whole_number::<i64>(Some(1)), default_value_t = 5)]
     pub top_k: i64,
-    /// Print one JSON object per file, in the order given: its top classes, or its error.
+    /// Print one JSON object per file, in the order given: its top classes, or its error
+    /// (a folder that could not be read, or held no images, gets one too).
     #[arg(long)]
     pub json: bool,
 }

@@ -143,7 +143,12 @@ fn report_name(checkpoint: &Path, out: Option<&Path>) -> String {
 /// asks for its picture; otherwise a checkpoint's read-only folder (a shared models folder)
 /// only means that the figures are reported without the matrix: `None`.
 fn report_folder(args: &EvalArgs) -> Result<Option<PathBuf>> {
-    let folder = crate::fsutil::folder_of(&args.checkpoint).to_path_buf();
+    // A bare file name's folder is "" (shown as such in the files' names), not "./".
+    let folder = args
+        .checkpoint
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
     let out = args.out.as_ref().unwrap_or(&folder);
     match crate::fsutil::ensure_writable_folder(out) {
         Ok(()) => Ok(Some(out.clone())),

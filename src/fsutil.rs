@@ -1,17 +1,24 @@
 //! Files and folders: writes that never leave a half-written file behind, and the
 //! `--out` folder check.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
-/// Refuses an `--out` that names a file: it takes a folder (created if missing).
+/// Refuses an `--out` that names a file, or lies below one: it takes a folder (created if
+/// missing).
 pub fn ensure_out_is_a_folder(dir: &Path) -> Result<()> {
-    anyhow::ensure!(
-        !dir.exists() || dir.is_dir(),
-        "--out {} is a file; it takes a folder (created if missing)",
-        dir.display()
-    );
-    Ok(())
+    match file_in_the_way(dir) {
+        Some(file) if file == dir => bail!(
+            "--out {} is a file; it takes a folder (created if missing)",
+            dir.display()
+        ),
+        Some(file) => bail!(
+            "--out {}: {} is a file, not a folder; move it away, or choose another --out",
+            dir.display(),
+            file.display()
+        ),
+        None => Ok(()),
+    }
 }
 
 /// Creates the `--out` folder `dir` if missing, and proves that files can be written there
@@ -22,9 +29,26 @@ pub fn ensure_writable_folder(dir: &Path) -> Result<()> {
     ensure_can_write_in(dir)
 }
 
+/// Whether files can be written in `dir` once it is made, checked without making anything
+/// (the command may still fail before it writes): no file stands where a folder of it
+/// should be, and the nearest of its folders that exists takes a file.
+pub fn ensure_can_create_in(dir: &Path) -> Result<()> {
+    if let Some(file) = file_in_the_way(dir) {
+        bail!(
+            "{} is a file, not a folder; move it away, or choose another path",
+            file.display()
+        );
+    }
+    let existing = dir
+        .ancestors()
+        .find(|folder| folder.as_os_str().is_empty() || folder.is_dir())
+        .unwrap_or(Path::new(""));
+    ensure_can_write_in(existing)
+}
+
 /// Creates the folder `dir` if missing, and proves that a file can be written there (see
 /// [`ensure_writable_folder`]).
-pub fn ensure_can_write_in(dir: &Path) -> Result<()> {
+fn ensure_can_write_in(dir: &Path) -> Result<()> {
     let shown = if dir.as_os_str().is_empty() {
         Path::new(".")
     } else {

@@ -476,6 +476,22 @@ fn download_from_local_archive_unpacks_and_skips_when_present() {
     let fetched = fetch(&url, &data_dir2, &spec_for(&archive, &md5)).unwrap();
     assert!(matches!(fetched, Fetched::Unpacked(_)));
 
+    // A named pipe (as `--from /dev/stdin`) has no size to check first: it is read whole.
+    let fifo = tmp.0.join("archive.fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.unwrap().success());
+    let writer = {
+        let (fifo, archive) = (fifo.clone(), archive.clone());
+        std::thread::spawn(move || std::fs::write(fifo, archive).unwrap())
+    };
+    let fetched = fetch(
+        fifo.to_str().unwrap(),
+        &tmp.0.join("data4"),
+        &spec_for(&archive, &md5),
+    );
+    assert!(matches!(fetched.unwrap(), Fetched::Unpacked(_)));
+    writer.join().unwrap();
+
     // Refused before anything is read: the dataset's folder given as --data-dir (a second
     // copy would go inside it), and a file in the dataset folder's place (left as it is).
     let spec = spec_for(&archive, &md5);

@@ -287,6 +287,14 @@ fn an_svg_beside_the_png_that_vit_did_not_draw_is_kept() {
         err.contains("pictures.png is a folder: name a file, such as"),
         "{err}"
     );
+    // A command that fails leaves no folder of the picture's behind.
+    let new_folder = dir.join("new");
+    let result = plot::run(&PlotArgs {
+        runs: vec![dir.join("no-such-run")],
+        output: new_folder.join("deep/curves.png"),
+    });
+    assert!(result.is_err());
+    assert!(!new_folder.exists());
 }
 
 #[test]

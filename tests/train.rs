@@ -1341,13 +1341,20 @@ fn user_errors_say_what_to_do() {
             "--random-erasing=2",
             "--random-erasing must be in [0, 1], got 2",
         ),
-        ("--label-smoothing=1", "--label-smoothing must be in [0, 1)"),
+        ("--cuda-graph", "--cuda-graph needs a CUDA device"),
     ] {
         let mut args = tiny_run_args(nowhere.to_str().unwrap(), run.to_str().unwrap());
         args.push(flag);
         let stderr = vit_fails(&args);
         assert!(stderr.contains(message), "{flag}: {stderr}");
     }
+    let below_a_file = root.join("a-file").join("run");
+    #[rustfmt::skip]
+    let stderr = vit_fails(&tiny_run_args(nowhere.to_str().unwrap(), below_a_file.to_str().unwrap()));
+    assert!(
+        stderr.contains("a-file is a file, not a folder; move it away, or choose another --out"),
+        "{stderr}"
+    );
     assert!(
         !run.exists(),
         "a refused run must not leave a run folder behind"
@@ -2124,7 +2131,7 @@ fn make_train_refuses_dataset_flags_in_args() {
         "-o",
         "build",
         "train",
-        "VIT=printf [%s]",
+        "VIT=printf '[%s]'",
         "DATA_DIR=bob's da ta",
     ]);
     let printed = String::from_utf8_lossy(&output.stdout);

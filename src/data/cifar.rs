@@ -237,10 +237,16 @@ fn missing(path: &Path, format: &RecordFormat, data_dir: &Path) -> String {
 /// The advice for a `data_dir` that is the dataset's `folder` itself, not the folder
 /// holding it (`vit download` there would nest a second copy inside the first).
 pub fn dataset_folder_given(data_dir: &Path, folder: &str) -> Option<String> {
-    (data_dir.file_name() == Some(std::ffi::OsStr::new(folder))).then(|| {
+    // Resolved, so that `--data-dir .` inside the dataset's folder is seen as that too.
+    let resolved = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let parent = match data_dir.file_name() {
+        Some(_) => crate::fsutil::folder_of(data_dir),
+        None => resolved.parent().unwrap_or(Path::new("/")),
+    };
+    (resolved.file_name() == Some(std::ffi::OsStr::new(folder))).then(|| {
         format!(
             "--data-dir takes the folder that holds {folder}: pass --data-dir {}",
-            crate::fsutil::folder_of(data_dir).display()
+            parent.display()
         )
     })
 }

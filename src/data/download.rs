@@ -61,12 +61,12 @@ pub enum Fetched {
 /// exists. `source` is an `http(s)://` URL (a base ending in `/` gets the file name
 /// appended), a `file://` URL, a local archive, or a local folder holding the archive.
 pub fn fetch(source: &str, data_dir: &Path, spec: &ArchiveSpec) -> Result<Fetched> {
-    if let Some(advice) = super::cifar::dataset_folder_given(data_dir, spec.folder) {
-        bail!("{} is the dataset's folder: {advice}", data_dir.display());
-    }
     let target = data_dir.join(spec.folder);
     if target.is_dir() {
         return Ok(Fetched::AlreadyPresent(target));
+    }
+    if let Some(advice) = super::cifar::dataset_folder_given(data_dir, spec.folder) {
+        bail!("{} is the dataset's folder: {advice}", data_dir.display());
     }
     // Found now, not after the download (as if it had appeared while unpacking).
     ensure!(

@@ -149,7 +149,7 @@ pub fn ensure_png_output(output: &Path) -> Result<()> {
         output.display(),
         output.join("picture.png").display()
     );
-    crate::fsutil::ensure_can_write_in(crate::fsutil::folder_of(output))
+    crate::fsutil::ensure_can_create_in(crate::fsutil::folder_of(output))
         .with_context(|| format!("-o {} cannot be written", output.display()))
 }
 

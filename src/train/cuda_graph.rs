@@ -39,17 +39,23 @@ impl CudaGraphSteps {
     /// Steps on `device` whose full batches hold `batch_size` images, recording `scope`;
     /// nothing is captured yet. Fails unless `device` has CUDA graphs, saying what to do.
     pub fn new(device: Device, batch_size: i64, scope: CudaGraphScope) -> Result<Self> {
-        ensure!(
-            device.is_cuda(),
-            "--cuda-graph needs a CUDA device (--device cuda), and this run's device is {}",
-            crate::cli::device_name(device)
-        );
+        Self::check_device(device)?;
         Ok(Self {
             scope,
             batch_size,
             warmup_steps_left: Self::WARMUP_STEPS,
             captured: None,
         })
+    }
+
+    /// Fails unless `device` has CUDA graphs, saying what to do.
+    pub fn check_device(device: Device) -> Result<()> {
+        ensure!(
+            device.is_cuda(),
+            "--cuda-graph needs a CUDA device (--device cuda), and this run's device is {}",
+            crate::cli::device_name(device)
+        );
+        Ok(())
     }
 
     /// Fails unless `optimizer` runs the fused AdamW kernel, which a graph needs: it replays

@@ -71,6 +71,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     );
     // As every flag, before the data is read (a folder dataset may take a while).
     crate::fsutil::ensure_out_is_a_folder(&out)?;
+    if args.cuda_graph.is_some() {
+        CudaGraphSteps::check_device(device)?;
+    }
     if args.resume {
         run_folder::check_resumed_dataset(&out, data::dataset_name(&args.data))?;
     }
