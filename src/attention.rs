@@ -50,7 +50,7 @@ pub fn last_layer_heads(maps: &[Tensor]) -> Tensor {
 }
 
 /// Side of one picture in the attention figure, in pixels.
-pub const PANEL: u32 = 192;
+const PANEL: u32 = 192;
 const PAD: u32 = 12;
 const HEADER: u32 = 44;
 const CAPTION: u32 = 26;
@@ -208,7 +208,7 @@ fn choose_image(args: &AttentionArgs, loaded: &LoadedModel) -> Result<ChosenImag
 
 /// Runs the model on one uint8 [3, H, W] image (test transform, on `device`) and collects
 /// the class token's attention and the class probabilities, on the CPU.
-pub fn analyse(
+fn analyse(
     model: &crate::model::VisionTransformer,
     image: &Tensor,
     device: Device,
@@ -308,7 +308,7 @@ fn overlay(base: &Picture, map: &Tensor) -> Result<Picture> {
 /// Draws the figure: the image, the rollout over it, and each last-layer head over it,
 /// with `title` on top. `image` is uint8 [3, H, W]; `rollout` is [N] and `heads`
 /// [num_heads, N] over the N patches. Writes a PNG of [`figure_size`]`(num_heads)`.
-pub fn figure(
+fn figure(
     image: &Tensor,
     rollout: &Tensor,
     heads: &Tensor,

@@ -85,7 +85,7 @@ impl Evaluation {
     }
 
     /// Writes the matrix with class names as the header row and first column, atomically.
-    pub fn write_confusion_csv(&self, classes: &[String], path: &std::path::Path) -> Result<()> {
+    fn write_confusion_csv(&self, classes: &[String], path: &std::path::Path) -> Result<()> {
         let rows: Vec<Vec<i64>> = Vec::try_from(&self.confusion)?;
         let mut writer = csv::Writer::from_writer(Vec::new());
         let header: Vec<&str> = std::iter::once("true\\predicted")

@@ -6,7 +6,7 @@ use anyhow::Result;
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 
 /// Parameter counts per top-level module (`blocks.i` each its own row), in model order.
-pub fn parameter_table(vs: &nn::VarStore, num_layers: i64) -> Vec<(String, i64)> {
+fn parameter_table(vs: &nn::VarStore, num_layers: i64) -> Vec<(String, i64)> {
     let module_of = |name: &str| -> String {
         let mut parts = name.split('.');
         match (parts.next(), parts.next()) {

@@ -16,7 +16,7 @@ use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
 /// Metadata key of the model config JSON.
-pub const CONFIG_KEY: &str = "config";
+const CONFIG_KEY: &str = "config";
 /// Metadata keys of what the model was trained on (see [`dataset_metadata`]).
 const DATASET_KEY: &str = "dataset";
 const CLASSES_KEY: &str = "classes";
@@ -556,7 +556,7 @@ pub fn class_names(metadata: &HashMap<String, String>, num_classes: i64) -> Vec<
 
 /// The `classes` metadata when it is a list of `num_classes` names (`load` warns about
 /// one that is not).
-pub fn recorded_class_names(
+fn recorded_class_names(
     metadata: &HashMap<String, String>,
     num_classes: i64,
 ) -> Option<Vec<String>> {

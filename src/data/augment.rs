@@ -683,7 +683,7 @@ pub fn random_erasing(images: &Tensor, cfg: &RandomErasing) -> Tensor {
 
 /// Per-image rectangles as a mask: rows top..bottom and columns left..right (ends
 /// excluded) of an h x w image, from double [n] or [n, 1] bounds -> bool [n, 1, h, w].
-pub fn box_mask(
+pub(super) fn box_mask(
     top: &Tensor,
     bottom: &Tensor,
     left: &Tensor,

@@ -54,7 +54,7 @@ impl MixConfig {
 }
 
 /// `n` draws of Beta(α, α) (double [n] on `device`), as X / (X + Y) of two Gamma(α) draws.
-pub fn sample_beta(alpha: f64, n: i64, device: Device) -> Tensor {
+fn sample_beta(alpha: f64, n: i64, device: Device) -> Tensor {
     let shape = Tensor::full([n], alpha, (Kind::Double, device));
     let x = shape.internal_standard_gamma();
     let y = shape.internal_standard_gamma();

@@ -7,10 +7,10 @@
 //! in [`mix`]).
 
 pub mod augment;
-pub mod cifar;
+mod cifar;
 pub mod download;
 pub mod folder;
-pub mod image_file;
+mod image_file;
 pub mod mix;
 pub mod transforms;
 

@@ -14,10 +14,7 @@ mod confusion;
 mod curves;
 
 pub use confusion::{confusion_matrix, ConfusionLayout};
-pub use curves::{
-    curves, draw_curves, metrics_path, read_metrics, read_runs, run, MetricsRow, RunMetrics,
-    CURVES_SIZE, PALETTE,
-};
+pub use curves::{curves, read_metrics, read_runs, run, MetricsRow, RunMetrics, CURVES_SIZE};
 
 use crate::fsutil::{create_folder, write_atomic};
 use anyhow::{anyhow, ensure, Context, Result};
@@ -29,12 +26,12 @@ use std::path::Path;
 use std::sync::Once;
 
 /// The font family every picture uses (DejaVu Sans, registered on first use).
-pub const FONT: &str = "sans-serif";
+const FONT: &str = "sans-serif";
 
 static FONT_BYTES: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 
 /// Registers the bundled font with plotters (once per process).
-pub fn register_font() {
+fn register_font() {
     static REGISTER: Once = Once::new();
     REGISTER.call_once(|| {
         if plotters::style::register_font(FONT, FontStyle::Normal, FONT_BYTES).is_err() {
@@ -44,7 +41,7 @@ pub fn register_font() {
 }
 
 /// Runs `draw` on a `width` x `height` bitmap and writes it as a PNG, atomically.
-pub fn render_png<F>(path: &Path, size: (u32, u32), draw: F) -> Result<()>
+fn render_png<F>(path: &Path, size: (u32, u32), draw: F) -> Result<()>
 where
     F: FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<()>,
 {
@@ -54,7 +51,7 @@ where
 
 /// Runs `draw` on a white `width` x `height` bitmap and returns its RGB8 pixels, row by
 /// row (for pictures pasted in before `write_rgb_png`); `path` names it in errors.
-pub fn render_rgb<F>(path: &Path, (width, height): (u32, u32), draw: F) -> Result<Vec<u8>>
+pub(crate) fn render_rgb<F>(path: &Path, (width, height): (u32, u32), draw: F) -> Result<Vec<u8>>
 where
     F: FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<()>,
 {
@@ -70,7 +67,7 @@ where
 }
 
 /// Encodes an RGB8 buffer as PNG and writes it atomically.
-pub fn write_rgb_png(path: &Path, width: u32, height: u32, rgb: &[u8]) -> Result<()> {
+pub(crate) fn write_rgb_png(path: &Path, width: u32, height: u32, rgb: &[u8]) -> Result<()> {
     use image::ImageEncoder;
     let mut bytes = Vec::new();
     image::codecs::png::PngEncoder::new_with_quality(
@@ -85,7 +82,7 @@ pub fn write_rgb_png(path: &Path, width: u32, height: u32, rgb: &[u8]) -> Result
 }
 
 /// Runs `draw` on a `width` x `height` SVG canvas and writes the file atomically.
-pub fn render_svg<F>(path: &Path, size: (u32, u32), draw: F) -> Result<()>
+fn render_svg<F>(path: &Path, size: (u32, u32), draw: F) -> Result<()>
 where
     F: FnOnce(&DrawingArea<SVGBackend<'_>, Shift>) -> Result<()>,
 {
@@ -211,7 +208,7 @@ pub fn blues(t: f64) -> RGBColor {
 }
 
 /// Matplotlib's "inferno" colour map at `t` in [0, 1].
-pub fn inferno(t: f64) -> RGBColor {
+pub(crate) fn inferno(t: f64) -> RGBColor {
     const STOPS: [(u8, u8, u8); 9] = [
         (0, 0, 4),
         (31, 12, 72),
