@@ -379,71 +379,23 @@ fn panel_axes(runs: &[RunMetrics], panel: Panel) -> PanelAxes {
         .collect();
     let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    // The legend gets a band of the panel's height to itself (above the losses, below the
-    // accuracies), so that it never hides a curve: its rows, over the plot's ~400 px.
-    let legend_rows = runs
-        .iter()
-        .flat_map(|run| (0..CURVES.len()).map(move |curve| (run, curve)))
-        .filter(|(run, curve)| {
-            run.epochs
-                .iter()
-                .any(|row| panel.values(row)[*curve].is_some())
-        })
-        .count();
-    let legend_share = ((legend_rows as f64 * 19.0 + 16.0) / 400.0).min(0.6);
-    let room = |span: f64| span * legend_share / (1.0 - legend_share);
+    let share = legend_share(runs, panel);
+    // The span to add to a range of `span` for the legend's band to be `share` of it.
+    let room = |span: f64| span * share / (1.0 - share);
     let (title, y_desc, (y0, y1), legend_at) = match panel {
-        Panel::Loss => {
-            let range = if lo.is_finite() {
-                let margin = ((hi - lo) * 0.06).max(0.05);
-                let (bottom, top) = ((lo - margin).max(0.0), hi + margin);
-                (bottom, top + room(top - bottom))
-            } else {
-                (0.0, 1.0)
-            };
-            (
-                "Loss",
-                // Train is the objective optimised (label-smoothed, on mixed targets with
-                // MixUp/CutMix), so it can sit above test where the model does not overfit.
-                "cross-entropy (train: the training objective)",
-                range,
-                SeriesLabelPosition::UpperRight,
-            )
-        }
+        Panel::Loss => (
+            "Loss",
+            // Train is the objective optimised (label-smoothed, on mixed targets with
+            // MixUp/CutMix), so it can sit above test where the model does not overfit.
+            "cross-entropy (train: the training objective)",
+            loss_range(lo, hi, room),
+            SeriesLabelPosition::UpperRight,
+        ),
         Panel::Accuracy => {
-            let tens = |value: f64, round: fn(f64) -> f64| round(value / 10.0) * 10.0;
-            let (bottom, top, legend_at) = if lo.is_finite() {
-                let top = tens(hi + 2.0, f64::ceil).min(100.0);
-                let bottom = lo - 2.0 - room(top - (lo - 2.0));
-                let floor = tens(lo - 2.0, f64::floor).max(0.0);
-                let above = hi + 2.0 + room(hi + 2.0 - floor);
-                if bottom < 0.0 && above <= 100.0 {
-                    // Curves that reach down to 0% (a short or failing run) leave no band
-                    // below them: the legend's goes above them.
-                    (
-                        floor,
-                        tens(above, f64::ceil).min(100.0),
-                        SeriesLabelPosition::UpperRight,
-                    )
-                } else {
-                    (
-                        tens(bottom, f64::floor).max(0.0),
-                        top,
-                        SeriesLabelPosition::LowerRight,
-                    )
-                }
-            } else {
-                (0.0, 100.0, SeriesLabelPosition::LowerRight)
-            };
-            (
-                "Accuracy",
-                "accuracy (%)",
-                (bottom, top.max(bottom + 10.0)),
-                legend_at,
-            )
+            let (bottom, top, legend_at) = accuracy_range(lo, hi, room);
+            ("Accuracy", "accuracy (%)", (bottom, top), legend_at)
         }
     };
-
     let decimals = match panel {
         Panel::Loss if y1 - y0 < 1.0 => 2,
         Panel::Loss => 1,
@@ -457,6 +409,63 @@ fn panel_axes(runs: &[RunMetrics], panel: Panel) -> PanelAxes {
         decimals,
         legend_at,
     }
+}
+
+/// The share of a panel's height the legend gets as a band of its own (above the losses,
+/// below the accuracies), so that it never hides a curve: its rows, over the plot's
+/// ~400 px.
+fn legend_share(runs: &[RunMetrics], panel: Panel) -> f64 {
+    let legend_rows = runs
+        .iter()
+        .flat_map(|run| (0..CURVES.len()).map(move |curve| (run, curve)))
+        .filter(|(run, curve)| {
+            run.epochs
+                .iter()
+                .any(|row| panel.values(row)[*curve].is_some())
+        })
+        .count();
+    ((legend_rows as f64 * 19.0 + 16.0) / 400.0).min(0.6)
+}
+
+/// The loss axis for values in `lo..=hi` (none: infinite), with `room` above them for the
+/// legend.
+fn loss_range(lo: f64, hi: f64, room: impl Fn(f64) -> f64) -> (f64, f64) {
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    let margin = ((hi - lo) * 0.06).max(0.05);
+    let (bottom, top) = ((lo - margin).max(0.0), hi + margin);
+    (bottom, top + room(top - bottom))
+}
+
+/// The accuracy axis (%, on tens) for values in `lo..=hi` (none: infinite), with `room`
+/// for the legend below the curves, or above them where they reach down to 0%; and where
+/// the legend goes.
+fn accuracy_range(lo: f64, hi: f64, room: impl Fn(f64) -> f64) -> (f64, f64, SeriesLabelPosition) {
+    if !lo.is_finite() {
+        return (0.0, 100.0, SeriesLabelPosition::LowerRight);
+    }
+    let tens = |value: f64, round: fn(f64) -> f64| round(value / 10.0) * 10.0;
+    let top = tens(hi + 2.0, f64::ceil).min(100.0);
+    let bottom = lo - 2.0 - room(top - (lo - 2.0));
+    let floor = tens(lo - 2.0, f64::floor).max(0.0);
+    let above = hi + 2.0 + room(hi + 2.0 - floor);
+    let (bottom, top, legend_at) = if bottom < 0.0 && above <= 100.0 {
+        // Curves that reach down to 0% (a short or failing run) leave no band below them:
+        // the legend's goes above them.
+        (
+            floor,
+            tens(above, f64::ceil).min(100.0),
+            SeriesLabelPosition::UpperRight,
+        )
+    } else {
+        (
+            tens(bottom, f64::floor).max(0.0),
+            top,
+            SeriesLabelPosition::LowerRight,
+        )
+    };
+    (bottom, top.max(bottom + 10.0), legend_at)
 }
 
 fn draw_panel<DB: DrawingBackend>(
