@@ -32,20 +32,27 @@ SETUP_FREE_GIB ?= 6
 # it afresh; a venv without pip that was there before gets pip from ensurepip, and nothing
 # else at .venv is ever removed.
 VENV_MODULE_HINT := install Python's venv module (on Debian or Ubuntu, the python3-venv package) and run make again
+# $(call python_3_11,PYTHON,ADVICE): stops, with ADVICE, unless PYTHON runs and is 3.11+.
+python_3_11 = version=$$($(1) -c 'import sys; print(sys.version.split()[0]); sys.exit(sys.version_info < (3, 11))' 2>/dev/null) || { \
+	    echo "error: the pinned requirements need Python 3.11 or newer, but $(1) is $${version:-not found}. $(2)"; exit 1; }
+NEW_PYTHON_HINT := Install one and pass it, for example make PYTHON_SYS=python3.12
+comma := ,
 setup: $(STAMP)
 $(STAMP): requirements.txt
-	@$(PY) -m pip --version >/dev/null 2>&1 || version=$$("$(PYTHON_SYS)" -c 'import sys; print(sys.version.split()[0]); sys.exit(sys.version_info < (3, 11))' 2>/dev/null) || { \
-	    echo "error: the pinned requirements need Python 3.11 or newer, but $(PYTHON_SYS) is $${version:-not found}. Install one and pass it, for example make PYTHON_SYS=python3.12"; \
-	    exit 1; }
-	@if $(PY) -m pip --version >/dev/null 2>&1; then :; \
-	elif test ! -e $(VENV) && test ! -L $(VENV); then \
+	@if test ! -e $(VENV) && test ! -L $(VENV); then \
+	    $(call python_3_11,"$(PYTHON_SYS)",$(NEW_PYTHON_HINT)); \
 	    echo "$(PYTHON_SYS) -m venv $(VENV)"; \
 	    "$(PYTHON_SYS)" -m venv $(VENV) || { rm -rf $(VENV); echo "error: $(PYTHON_SYS) -m venv failed (above); $(VENV_MODULE_HINT)"; exit 1; }; \
-	elif test -f $(VENV)/pyvenv.cfg; then \
-	    echo "$(VENV) has no pip: adding it with ensurepip"; \
-	    $(PY) -m ensurepip >/dev/null || { echo "error: $(VENV) has no pip, and ensurepip cannot add it; $(VENV_MODULE_HINT)"; exit 1; }; \
+	elif test ! -f $(VENV)/pyvenv.cfg; then \
+	    echo "error: $(VENV) is there but is not a Python venv (it has no pyvenv.cfg); move it away and run make again"; exit 1; \
+	elif ! $(PY) -c '' 2>/dev/null; then \
+	    echo "error: $(PY) does not run (is the Python $(VENV) was made from gone?); remove it (rm -rf $(VENV)) and run make again"; exit 1; \
 	else \
-	    echo "error: $(VENV) is there but is not a Python venv; move it away and run make again"; exit 1; \
+	    $(call python_3_11,$(PY),Remove $(VENV) (rm -rf $(VENV)) and run make with a newer Python$(comma) for example make PYTHON_SYS=python3.12); \
+	    if ! $(PY) -m pip --version >/dev/null 2>&1; then \
+	        echo "$(VENV) has no pip: adding it with ensurepip"; \
+	        $(PY) -m ensurepip >/dev/null || { echo "error: $(VENV) has no pip, and ensurepip cannot add it; $(VENV_MODULE_HINT)"; exit 1; }; \
+	    fi; \
 	fi
 	@$(PY) -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)' || { \
 	    free=$$(df -Pk $(VENV) 2>/dev/null | awk 'NR == 2 && $$4 ~ /^[0-9]+$$/ { print int($$4 / 1048576) }'); \

@@ -1,5 +1,5 @@
-//! Files and folders: writes that never leave a half-written file behind, and the
-//! `--out` folder check.
+//! Files and folders: writes that never leave a half-written file behind, and the checks
+//! that a folder can take a run (`--out`) or a picture (`-o`) before the work starts.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};

@@ -1222,6 +1222,7 @@ fn user_errors_say_what_to_do() {
             "--label-smoothing=1.5",
             "--label-smoothing must be in [0, 1)",
         ),
+        ("--label-smoothing=1", "--label-smoothing must be in [0, 1)"),
         ("--lr=0", "--lr must be a positive number"),
         ("--lr=inf", "--lr must be a positive number"),
         ("--clip-grad=-1", "--clip-grad must be a number >= 0"),

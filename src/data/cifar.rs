@@ -196,41 +196,44 @@ fn missing(path: &Path, format: &RecordFormat, data_dir: &Path) -> String {
         CIFAR10_FOLDER => (CIFAR100_FOLDER, "cifar100"),
         _ => (CIFAR10_FOLDER, "cifar10"),
     };
-    let advice = if let Some(advice) = dataset_folder_given(data_dir, format.folder) {
-        advice
-    } else if folder.is_dir() {
-        format!(
-            "{} is incomplete: {}",
-            folder.display(),
-            download_again(path, format, data_dir)
-        )
-    } else if data_dir.join(other_folder).is_dir() {
-        // `--dataset` left out (CIFAR-100) where CIFAR-10 was downloaded, or the reverse.
-        format!(
-            "{} holds {other_folder}: pass --dataset {other_dataset} for it; for {}, run \
+    // (A copy nested inside the dataset folder is read as any other.)
+    let nested = data_dir.join(format.folder).is_dir();
+    let advice =
+        if let Some(advice) = dataset_folder_given(data_dir, format.folder).filter(|_| !nested) {
+            advice
+        } else if folder.is_dir() {
+            format!(
+                "{} is incomplete: {}",
+                folder.display(),
+                download_again(path, format, data_dir)
+            )
+        } else if data_dir.join(other_folder).is_dir() {
+            // `--dataset` left out (CIFAR-100) where CIFAR-10 was downloaded, or the reverse.
+            format!(
+                "{} holds {other_folder}: pass --dataset {other_dataset} for it; for {}, run \
              `vit download --dataset {} --data-dir {}`",
-            data_dir.display(),
-            format.dataset,
-            format.dataset,
-            data_dir.display()
-        )
-    } else if data_dir.join("test").is_dir() {
-        // An ImageFolder tree (or its test split alone) given without --dataset folder.
-        format!(
-            "{} holds a test/ folder: for your own images, pass --dataset folder; for {}, \
+                data_dir.display(),
+                format.dataset,
+                format.dataset,
+                data_dir.display()
+            )
+        } else if data_dir.join("test").is_dir() {
+            // An ImageFolder tree (or its test split alone) given without --dataset folder.
+            format!(
+                "{} holds a test/ folder: for your own images, pass --dataset folder; for {}, \
              run `vit download --dataset {} --data-dir {}`",
-            data_dir.display(),
-            format.dataset,
-            format.dataset,
-            data_dir.display()
-        )
-    } else {
-        format!(
-            "run `vit download --dataset {} --data-dir {}`",
-            format.dataset,
-            data_dir.display()
-        )
-    };
+                data_dir.display(),
+                format.dataset,
+                format.dataset,
+                data_dir.display()
+            )
+        } else {
+            format!(
+                "run `vit download --dataset {} --data-dir {}`",
+                format.dataset,
+                data_dir.display()
+            )
+        };
     format!("{} is missing: {advice}", path.display())
 }
 
@@ -239,9 +242,10 @@ fn missing(path: &Path, format: &RecordFormat, data_dir: &Path) -> String {
 pub fn dataset_folder_given(data_dir: &Path, folder: &str) -> Option<String> {
     // Resolved, so that `--data-dir .` inside the dataset's folder is seen as that too.
     let resolved = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    // The folder as given, unless it is `.` or a link: then the resolved one's.
     let parent = match data_dir.file_name() {
-        Some(_) => crate::fsutil::folder_of(data_dir),
-        None => resolved.parent().unwrap_or(Path::new("/")),
+        Some(name) if name == folder => crate::fsutil::folder_of(data_dir),
+        _ => resolved.parent().unwrap_or(Path::new("/")),
     };
     (resolved.file_name() == Some(std::ffi::OsStr::new(folder))).then(|| {
         format!(
