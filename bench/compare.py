@@ -485,6 +485,12 @@ def print_table(result):
         f"{s['warmup']} warm-up + {s['steps']} timed steps, median of {s['repeats']}"
     )
     names = list(sides)
+    for n in names:
+        # A CUDA graph's side warms up longer: its eager steps and its capture.
+        warmup = sides[n].get("warmup", s["warmup"])
+        if warmup != s["warmup"]:
+            print(f"({n}: {warmup} training warm-up steps, its CUDA graph's eager ones and "
+                  "capture)")
     width = max([14] + [len(n) + 2 for n in names])
     header = f"{'':22}" + "".join(f"{n:>{width}}" for n in names)
     pairs = list(result["ratios"])
