@@ -212,11 +212,20 @@ fn write_files(
 ) -> ReportFiles {
     let csv = dir.join(format!("{name}.confusion_matrix.csv"));
     let png = dir.join(format!("{name}.confusion_matrix.png"));
+    let replaced = csv.exists();
     if let Err(error) = evaluation.write_confusion_csv(classes, &csv) {
         return ReportFiles {
             error: Some(error),
             ..ReportFiles::default()
         };
+    }
+    if replaced {
+        // Said, as it may be another checkpoint's: runs/a/seed1 and runs/b/seed1 share it.
+        eprintln!(
+            "note: {} was there, from an earlier evaluation, and is replaced (to keep both, \
+             give each evaluation its own --out)",
+            csv.display()
+        );
     }
     if !plot {
         if png.exists() {

@@ -256,6 +256,17 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         std::fs::read_dir(&results).unwrap().collect::<Vec<_>>()
     );
     assert!(!String::from_utf8_lossy(&output.stderr).contains("earlier evaluation"));
+    // Again: the matrix there is replaced, and that is said (it may be another run's).
+    #[rustfmt::skip]
+    let output = vit(&["eval", "--checkpoint", best_model.to_str().unwrap(), "--data-dir", data, "--device", "cpu", "--out", results.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "note: {} was there, from an earlier evaluation, and is replaced",
+            csv.display()
+        )),
+        "{stderr}"
+    );
     // A link to the checkpoint lies in its own folder: evaluated into that folder, its
     // report is named after the link alone.
     let link = results.join("linked.safetensors");
