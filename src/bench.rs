@@ -142,9 +142,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .cuda_graph
         .then(|| CudaGraphSteps::new(device, args.batch_size, CudaGraphScope::Step))
         .transpose()?;
-    if cuda_graph.is_some() {
-        CudaGraphSteps::check_optimizer(&optimizer)?;
-    }
     let shape = [
         args.batch_size,
         config.in_channels,

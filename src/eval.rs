@@ -23,7 +23,7 @@ pub struct Evaluation {
 }
 
 /// Runs the model over `split` in eval mode, its forward at `precision`. Sums stay on the
-/// device until the end, so the pass has a single host-device synchronisation.
+/// device until the end: the pass waits for the device only when it reads them.
 pub fn evaluate(
     model: &VisionTransformer,
     split: &Split,
@@ -85,7 +85,7 @@ impl Evaluation {
     }
 
     /// Writes the matrix with class names as the header row and first column, atomically.
-    fn write_confusion_csv(&self, classes: &[String], path: &std::path::Path) -> Result<()> {
+    fn write_confusion_csv(&self, classes: &[String], path: &Path) -> Result<()> {
         let rows: Vec<Vec<i64>> = Vec::try_from(&self.confusion)?;
         let mut writer = csv::Writer::from_writer(Vec::new());
         let header: Vec<&str> = std::iter::once("true\\predicted")

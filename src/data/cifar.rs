@@ -196,44 +196,38 @@ fn missing(path: &Path, format: &RecordFormat, data_dir: &Path) -> String {
         CIFAR10_FOLDER => (CIFAR100_FOLDER, "cifar100"),
         _ => (CIFAR10_FOLDER, "cifar10"),
     };
-    // (A copy nested inside the dataset folder is read as any other.)
-    let nested = data_dir.join(format.folder).is_dir();
-    let advice =
-        if let Some(advice) = dataset_folder_given(data_dir, format.folder).filter(|_| !nested) {
-            advice
-        } else if folder.is_dir() {
-            format!(
-                "{} is incomplete: {}",
-                folder.display(),
-                download_again(path, format, data_dir)
-            )
-        } else if data_dir.join(other_folder).is_dir() {
-            // `--dataset` left out (CIFAR-100) where CIFAR-10 was downloaded, or the reverse.
-            format!(
-                "{} holds {other_folder}: pass --dataset {other_dataset} for it; for {}, run \
-             `vit download --dataset {} --data-dir {}`",
-                data_dir.display(),
-                format.dataset,
-                format.dataset,
-                data_dir.display()
-            )
-        } else if data_dir.join("test").is_dir() {
-            // An ImageFolder tree (or its test split alone) given without --dataset folder.
-            format!(
-                "{} holds a test/ folder: for your own images, pass --dataset folder; for {}, \
-             run `vit download --dataset {} --data-dir {}`",
-                data_dir.display(),
-                format.dataset,
-                format.dataset,
-                data_dir.display()
-            )
-        } else {
-            format!(
-                "run `vit download --dataset {} --data-dir {}`",
-                format.dataset,
-                data_dir.display()
-            )
-        };
+    let download = format!(
+        "run `vit download --dataset {} --data-dir {}`",
+        format.dataset,
+        data_dir.display()
+    );
+    // An incomplete copy first: one nested inside the dataset folder is read as any other.
+    let advice = if folder.is_dir() {
+        format!(
+            "{} is incomplete: {}",
+            folder.display(),
+            download_again(path, format, data_dir)
+        )
+    } else if let Some(advice) = dataset_folder_given(data_dir, format.folder) {
+        advice
+    } else if data_dir.join(other_folder).is_dir() {
+        // `--dataset` left out (CIFAR-100) where CIFAR-10 was downloaded, or the reverse.
+        format!(
+            "{} holds {other_folder}: pass --dataset {other_dataset} for it; for {}, {download}",
+            data_dir.display(),
+            format.dataset
+        )
+    } else if data_dir.join("test").is_dir() {
+        // An ImageFolder tree (or its test split alone) given without --dataset folder.
+        format!(
+            "{} holds a test/ folder: for your own images, pass --dataset folder; for {}, \
+             {download}",
+            data_dir.display(),
+            format.dataset
+        )
+    } else {
+        download
+    };
     format!("{} is missing: {advice}", path.display())
 }
 

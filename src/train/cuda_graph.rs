@@ -58,17 +58,6 @@ impl CudaGraphSteps {
         Ok(())
     }
 
-    /// Fails unless `optimizer` runs the fused AdamW kernel, which a graph needs: it replays
-    /// the update with the learning rate read on the device.
-    pub fn check_optimizer(optimizer: &AdamW) -> Result<()> {
-        ensure!(
-            optimizer.fused,
-            "--cuda-graph needs the fused AdamW kernel (--adamw fused): a graph replays its \
-             update with the learning rate read on the device"
-        );
-        Ok(())
-    }
-
     /// One training step, as `train_step` on `prepare(inputs)` (the augmentation): eager on
     /// a side stream while warming up, then captured (at the first full batch after the
     /// warm-up) and replayed. With the batch scope the graph takes in `prepare`, which must
@@ -97,7 +86,11 @@ impl CudaGraphSteps {
                 (&prepared, &TrainBatch::shallow_clone)
             }
         };
-        Self::check_optimizer(optimizer)?;
+        ensure!(
+            optimizer.fused,
+            "--cuda-graph needs the fused AdamW kernel (--adamw fused): a graph replays its \
+             update with the learning rate read on the device"
+        );
         if self.warmup_steps_left > 0 {
             self.warmup_steps_left -= 1;
             return ffi::on_side_stream(inputs.images.device(), || {
