@@ -56,8 +56,12 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64
     deserializer.deserialize_any(WholeNumber)
 }
 
-/// Named presets for `--config`.
-pub const PRESETS: [&str; 3] = ["notebook", "small", "tiny"];
+/// The presets `--config` names, each name beside the config it builds.
+const PRESETS: [(&str, fn() -> ViTConfig); 3] = [
+    ("notebook", ViTConfig::notebook),
+    ("small", ViTConfig::small),
+    ("tiny", ViTConfig::tiny),
+];
 
 impl ViTConfig {
     /// The notebook's example cell: 3,218,276 parameters with 100 classes.
@@ -102,11 +106,12 @@ impl ViTConfig {
     }
 
     pub fn preset(name: &str) -> Result<Self> {
-        match name {
-            "notebook" => Ok(Self::notebook()),
-            "small" => Ok(Self::small()),
-            "tiny" => Ok(Self::tiny()),
-            other => bail!("unknown config preset `{other}`; choose one of {PRESETS:?}"),
+        match PRESETS.iter().find(|(preset, _)| *preset == name) {
+            Some((_, build)) => Ok(build()),
+            None => bail!(
+                "unknown config preset `{name}`; choose one of {:?}",
+                PRESETS.map(|(preset, _)| preset)
+            ),
         }
     }
 

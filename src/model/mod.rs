@@ -12,7 +12,7 @@ mod patch_embedding;
 mod transformer_block;
 mod vision_transformer;
 
-pub use config::{ViTConfig, PRESETS};
+pub use config::ViTConfig;
 pub(crate) use dropout::splitmix64_finalizer;
 pub use dropout::{fill_keep_mask, keep_mask, Dropout, CHUNK as DROPOUT_CHUNK};
 pub use multi_head_self_attention::{scaled_dot_product_attention, MultiHeadSelfAttention};
