@@ -178,6 +178,17 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     ];
     assert_eq!(header, columns, "the columns the README documents");
     assert_eq!(rows.len(), 4);
+    // The learning rate of each epoch's last step: 600 images in steps of 50 make 12 an
+    // epoch, one epoch of warm-up, 48 in all.
+    for (epoch, row) in rows.iter().enumerate() {
+        let expected = vit_tch::optim::learning_rate(3e-3, (epoch + 1) * 12 - 1, 12, 48);
+        let lr: f64 = row[1].parse().unwrap();
+        assert!(
+            (lr - expected).abs() <= 1e-12,
+            "epoch {}: lr {lr}, not {expected}",
+            epoch + 1
+        );
+    }
     let test_acc: Vec<f64> = rows.iter().map(|r| r[5].parse().unwrap()).collect();
     let best = test_acc.iter().cloned().fold(0.0, f64::max);
     assert!(best >= 0.9, "best test accuracy {best} < 0.9: {rows:?}");
@@ -382,6 +393,16 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         "--index", "3", "--device", "cpu", "-o", picture.to_str().unwrap(),
     ]);
     assert!(picture.exists());
+    // The indices count from 0: the 200 test images are 0 to 199.
+    #[rustfmt::skip]
+    let stderr = vit_fails(&[
+        "attention", "--checkpoint", best_model.to_str().unwrap(), "--data-dir", data,
+        "--index", "200", "--device", "cpu", "-o", picture.to_str().unwrap(),
+    ]);
+    assert!(
+        stderr.contains("it holds 200 images, numbered 0 to 199"),
+        "{stderr}"
+    );
 
     // A fresh run into the same folder must not overwrite it.
     let refused = Command::new(common::vit_binary())

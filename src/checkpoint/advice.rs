@@ -15,8 +15,9 @@ impl TensorFile {
             Some(shapes) => format!(
                 "no `{CONFIG_KEY}` metadata. The tensors' shapes give {}, all but num_heads \
                  (a divisor of embed_dim, which shapes cannot tell, and a wrong one loads and \
-                 gives wrong outputs: take it from the model that saved the file): save the \
-                 checkpoint with metadata={{'{CONFIG_KEY}': that JSON with NUM_HEADS filled \
+                 gives wrong outputs: take it from the model that saved the file), and dropout \
+                 (no tensor records it: 0.0 there, which evaluation ignores; to train on, put \
+                 the model's own): save the checkpoint with metadata={{'{CONFIG_KEY}': that JSON with NUM_HEADS filled \
                  in}}",
                 json_without_heads(&shapes)
             ),
@@ -49,7 +50,7 @@ impl TensorFile {
             recorded.is_empty(),
             "its `{CONFIG_KEY}` metadata does not describe its tensors: it says {}, the \
              tensors' shapes {}. Save it again with the config of the model that made the \
-             tensors (their shapes give {}, all but num_heads)",
+             tensors (their shapes give {}, all but num_heads and dropout)",
             recorded.join(", "),
             shaped.join(", "),
             json_without_heads(&shapes)
