@@ -846,6 +846,32 @@ fn resume_at_an_epoch_boundary_is_exact() {
     assert_same_run(&straight, &resumed);
 }
 
+/// Images that do not fill an epoch's last batch are a step of their own: 600 in batches
+/// of 256 make three steps an epoch (the last of 88), as the learning rate of each epoch's
+/// last step shows, and each epoch's training accuracy counts all 600.
+#[test]
+fn the_last_partial_batch_of_an_epoch_is_a_step() {
+    let _turn = seeded(0);
+    let dataset = colour_dataset();
+    let root = TempDir::new("partial-batch");
+    run_training(&tiny_settings(2, 256), &dataset, &root.0, false, false);
+    for (epoch, row) in read_metrics(&root.0).1.iter().enumerate() {
+        let expected = vit_tch::optim::learning_rate(3e-3, (epoch + 1) * 3 - 1, 3, 6);
+        let lr: f64 = row[1].parse().unwrap();
+        assert!(
+            (lr - expected).abs() <= 1e-12,
+            "epoch {}: lr {lr}, not {expected}",
+            epoch + 1
+        );
+        let correct = row[3].parse::<f64>().unwrap() * 600.0;
+        assert!(
+            (correct - correct.round()).abs() < 1e-6,
+            "train_acc {} is not of 600",
+            row[3]
+        );
+    }
+}
+
 #[test]
 fn resume_in_the_middle_of_an_epoch_is_exact() {
     let _turn = seeded(0);
@@ -904,7 +930,8 @@ fn resume_with_changed_settings_is_refused() {
 }
 
 /// `--ema-warmup`'s decay is timm's `ModelEmaV3.get_decay` with `use_warmup=True`, step
-/// for step; in a run, the first update copies the weights.
+/// for step; in a run, the first update copies the weights, and the second (in the next
+/// epoch, after a resume) takes the decay of the run's step 2.
 #[test]
 fn ema_warmup_follows_timm() {
     let steps = [1usize, 2, 3, 10, 100, 1_000, 31_623, 100_000];
@@ -917,6 +944,7 @@ fn ema_warmup_follows_timm() {
         .split_whitespace()
         .map(|value| value.parse().unwrap())
         .collect();
+    assert_eq!(timm.len(), steps.len());
     for (step, expected) in steps.iter().zip(timm) {
         let decay = train::ema_decay(0.999, *step, true);
         assert!(
@@ -928,22 +956,44 @@ fn ema_warmup_follows_timm() {
 
     let _turn = seeded(0);
     let dataset = colour_dataset();
-    let mut settings = tiny_settings(1, 600);
+    // One step an epoch; the run stops at the end of the first.
+    let mut settings = tiny_settings(2, 600);
     settings.regularization = Regularization {
         ema: Some(0.999),
         ema_warmup: true,
         ..Regularization::default()
     };
     let root = TempDir::new("ema-warmup");
-    run_training(&settings, &dataset, &root.join("run"), false, false);
-    let read = |name: &str| vit_tch::checkpoint::TensorFile::read(&root.join("run").join(name));
-    let (ema, last) = (
+    let run = root.join("run");
+    let read = |name: &str| {
+        vit_tch::checkpoint::TensorFile::read(&run.join(name))
+            .unwrap()
+            .tensors
+    };
+    let first = run_training(&settings, &dataset, &run, false, true);
+    assert!(matches!(
+        first,
+        Outcome::Interrupted {
+            at: StopPoint::EndOf(1),
+            ..
+        }
+    ));
+    let (ema_1, weights_1) = (
         read("last_ema_model.safetensors"),
         read("last_model.safetensors"),
     );
-    for (name, weights) in &last.unwrap().tensors {
-        let average = &ema.as_ref().unwrap().tensors[name];
-        common::assert_close(name, average, weights, 1e-6);
+    for (name, weights) in &weights_1 {
+        common::assert_close(name, &ema_1[name], weights, 1e-6);
+    }
+    run_training(&settings, &dataset, &run, true, false);
+    let (ema_2, weights_2) = (
+        read("last_ema_model.safetensors"),
+        read("last_model.safetensors"),
+    );
+    let decay = train::ema_decay(0.999, 2, true);
+    for (name, weights) in &weights_2 {
+        let expected = &weights_1[name] + (weights - &weights_1[name]) * (1.0 - decay);
+        common::assert_close(name, &ema_2[name], &expected, 1e-6);
     }
 }
 
