@@ -52,7 +52,8 @@ fn largest_difference(a: &nn::VarStore, b: &nn::VarStore) -> (f64, String) {
             )
         })
         .fold((0.0, String::new()), |worst, next| {
-            if next.0 > worst.0 {
+            // A NaN is the worst difference (`>` is false for it).
+            if next.0.is_nan() || next.0 > worst.0 {
                 next
             } else {
                 worst

@@ -1934,16 +1934,22 @@ fn save_fresh_model(
 }
 
 /// Runs `vit ARGS` with its stdout a pipe already closed (`vit info | head -1` once head
-/// has gone).
+/// has gone): the read end is closed before vit starts, so its first write fails.
 fn vit_into_a_closed_pipe(args: &[&str]) -> std::process::Output {
-    let mut child = Command::new(common::vit_binary())
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut ends = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into `ends`, which are then owned here.
+    assert_eq!(
+        unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) },
+        0
+    );
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+    drop(read);
+    Command::new(common::vit_binary())
         .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    child.wait_with_output().unwrap()
+        .stdout(write)
+        .output()
+        .unwrap()
 }
 
 /// A closed pipe ends a command that only reports quietly, by SIGPIPE as other tools end
