@@ -56,8 +56,11 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64
     deserializer.deserialize_any(WholeNumber)
 }
 
+/// A preset's name, and what builds its config.
+type Preset = (&'static str, fn() -> ViTConfig);
+
 /// The presets `--config` names, each name beside the config it builds.
-const PRESETS: [(&str, fn() -> ViTConfig); 3] = [
+const PRESETS: [Preset; 3] = [
     ("notebook", ViTConfig::notebook),
     ("small", ViTConfig::small),
     ("tiny", ViTConfig::tiny),
