@@ -284,6 +284,81 @@ fn images_of_a_batch_draw_their_own_ops() {
     }
 }
 
+/// RandAugment runs `num_ops` steps one after another: with `Invert` as its only op, an odd
+/// count inverts every image and an even one gives it back.
+#[test]
+fn rand_augment_applies_num_ops_ops_in_turn() {
+    let _g = seeded(13);
+    let images = random_u8(&[8, 3, 16, 16]);
+    let inverted = augment::invert(&images);
+    for num_ops in 0..=4 {
+        let cfg = RandAugment {
+            num_ops,
+            ops: vec![AugOp::Invert],
+            ..RandAugment::default()
+        };
+        let out = augment::rand_augment(&images, &cfg, Interpolation::Nearest);
+        let expected = if num_ops % 2 == 1 { &inverted } else { &images };
+        assert!(out.equal(expected), "{num_ops} ops");
+    }
+}
+
+/// AutoAugment's draws, made again here in the order `auto_augment_cifar10` makes them (a
+/// sub-policy per image, then a [B, 2] probability and a [B, 2] sign for its two ops), give
+/// each image's expected result by single-op calls: op k of the sub-policy runs where its
+/// draw is `<=` its probability, negated where its sign draw is 0 (torchvision's
+/// `_apply_op` loop). The batched result must equal it exactly, image by image.
+#[test]
+fn auto_augment_applies_each_images_sub_policy_with_its_probabilities() {
+    let _g = seeded(14);
+    let (b, h, w) = (128, 16, 20);
+    let images = random_u8(&[b, 3, h, w]);
+    for interpolation in INTERPOLATIONS {
+        tch::manual_seed(15);
+        let policy_id = Tensor::randint(25, [b], (Kind::Int64, Device::Cpu));
+        let probs = Tensor::rand([b, 2], (Kind::Double, Device::Cpu));
+        let signs = Tensor::randint(2, [b, 2], (Kind::Int64, Device::Cpu));
+        tch::manual_seed(15);
+        let out = augment::auto_augment_cifar10(&images, interpolation);
+        // How many images ran each op, and changed with it: none of the branches may be
+        // missing from the batch, or the check below would not see it.
+        let (mut ran, mut skipped) = ([0; 2], [0; 2]);
+        for i in 0..b {
+            let pair = augment::CIFAR10_POLICY[policy_id.int64_value(&[i]) as usize];
+            let mut expected = images.narrow(0, i, 1);
+            for (step, (op, p, bin)) in [pair.0, pair.1].into_iter().enumerate() {
+                let step = step as i64;
+                if probs.double_value(&[i, step]) > p {
+                    skipped[step as usize] += 1;
+                    continue;
+                }
+                let (magnitude, signed) = op.magnitude(bin.unwrap_or(0), 10, h, w);
+                let magnitude = match bin {
+                    None => 0.0,
+                    Some(_) if signed && signs.int64_value(&[i, step]) == 0 => -magnitude,
+                    Some(_) => magnitude,
+                };
+                let next = apply_op(&expected, op, &full(1, magnitude), interpolation);
+                if !next.equal(&expected) {
+                    ran[step as usize] += 1;
+                }
+                expected = next;
+            }
+            assert!(
+                out.narrow(0, i, 1).equal(&expected),
+                "{interpolation:?}, image {i}: sub-policy {pair:?}, draws {:?} signs {:?}",
+                to_vec(&probs.get(i)),
+                to_vec(&signs.get(i))
+            );
+        }
+        println!("{interpolation:?}: ran {ran:?}, skipped {skipped:?}");
+        assert!(
+            ran.iter().chain(&skipped).all(|&n| n >= 10),
+            "{interpolation:?}: ran {ran:?}, skipped {skipped:?}"
+        );
+    }
+}
+
 /// Every case of `augment_reference.py` within ±1 intensity level of torchvision, with at
 /// most 2% of the values off, on every device.
 #[test]
