@@ -1,7 +1,8 @@
 //! The strong recipe's augmentations (`data::augment`, `data::mix`): identities at
 //! magnitude 0, rotation against `rot90`, range at maximal magnitude, reproducibility and
-//! per-image diversity, golden checks against torchvision, MixUp/CutMix targets and random
-//! erasing.
+//! per-image diversity, the policies' steps and probabilities, golden checks against
+//! torchvision, MixUp/CutMix targets, random erasing, and the strong transform stage by
+//! stage.
 //!
 //! libtorch's generator is global and the harness runs tests on parallel threads, so every
 //! test that draws random numbers holds `common::seeded`'s guard from its seeding on.
@@ -746,4 +747,92 @@ fn strong_transform_keeps_uint8_range_and_normalizes() {
     };
     let x = augment::strong_train_transform(&images, 32, &plain);
     assert!(x.equal(&transforms::test_transform(&images, 32)));
+}
+
+/// With crop and flip off, the strong transform is the policy on the uint8 batch, then the
+/// test transform: a policy of `Invert` alone gives the test transform of the inverted
+/// images, at the stored size and resized. The policy's geometric ops resample with the
+/// configured interpolation: a rotation by ±M is one of the two single-op rotations
+/// (bilinear), not the nearest ones.
+#[test]
+fn strong_transform_runs_the_policy_before_the_test_transform() {
+    let _g = seeded(16);
+    let images = random_u8(&[16, 3, 32, 32]);
+    let only = |op| AugmentConfig {
+        crop_padding: 0,
+        flip_prob: 0.0,
+        policy: Some(Policy::RandAugment(RandAugment {
+            num_ops: 1,
+            magnitude: 20,
+            ops: vec![op],
+            ..RandAugment::default()
+        })),
+        interpolation: Interpolation::Bilinear,
+        erasing: None,
+    };
+    let inverted = augment::invert(&images);
+    for size in [32, 48] {
+        let x = augment::strong_train_transform(&images, size, &only(AugOp::Invert));
+        assert!(
+            x.equal(&transforms::test_transform(&inverted, size)),
+            "size {size}"
+        );
+    }
+    let x = augment::strong_train_transform(&images, 32, &only(AugOp::Rotate));
+    let degrees = AugOp::Rotate.magnitude(20, 31, 32, 32).0;
+    for i in 0..16 {
+        let image = images.narrow(0, i, 1);
+        let rotated = [degrees, -degrees].map(|m| {
+            let out = apply_op(&image, AugOp::Rotate, &full(1, m), Interpolation::Bilinear);
+            transforms::test_transform(&out, 32)
+        });
+        let out = x.narrow(0, i, 1);
+        assert!(
+            rotated.iter().any(|r| out.equal(r)),
+            "image {i}: not a bilinear rotation by ±{degrees}°"
+        );
+    }
+}
+
+/// Random erasing comes last, on the normalized floats: with p = 1 and nothing else on,
+/// every image is the test transform's but for one rectangle, the same in every channel,
+/// that holds exactly `value` (so 0 is the dataset mean, not black).
+#[test]
+fn strong_transform_erases_one_rectangle_of_the_normalized_batch() {
+    let _g = seeded(17);
+    let (b, size) = (32, 48);
+    let images = random_u8(&[b, 3, 32, 32]);
+    let plain = transforms::test_transform(&images, size);
+    for value in [0.0, 1.5] {
+        let cfg = AugmentConfig {
+            crop_padding: 0,
+            flip_prob: 0.0,
+            policy: None,
+            interpolation: Interpolation::Nearest,
+            erasing: Some(RandomErasing {
+                p: 1.0,
+                value,
+                ..RandomErasing::default()
+            }),
+        };
+        let x = augment::strong_train_transform(&images, size, &cfg);
+        assert_eq!(x.size(), plain.size());
+        for i in 0..b {
+            let (out, plain) = (x.get(i), plain.get(i));
+            let changed = out.ne_tensor(&plain);
+            let case = format!("value {value}, image {i}");
+            assert!(
+                changed.get(0).equal(&changed.get(1)) && changed.get(0).equal(&changed.get(2)),
+                "{case}: not the same pixels in every channel"
+            );
+            let changed = changed.get(0);
+            let count = changed.sum(Kind::Int64).int64_value(&[]);
+            let rows = changed.any_dim(1, false).sum(Kind::Int64).int64_value(&[]);
+            let cols = changed.any_dim(0, false).sum(Kind::Int64).int64_value(&[]);
+            assert!(count > 0, "{case}: nothing erased");
+            assert_eq!(count, rows * cols, "{case}: not one rectangle");
+            let erased = out.masked_select(&changed.unsqueeze(0));
+            assert!(erased.eq(value).all().int64_value(&[]) == 1, "{case}");
+        }
+    }
 }
