@@ -736,24 +736,39 @@ fn test_transform_is_the_normalize_formula() {
     let a = transforms::test_transform(&images, 32);
     let b = transforms::test_transform(&images, 32);
     assert!(a.equal(&b));
+    // The notebook's `Normalize` constants, written out: CIFAR_MEAN and CIFAR_STD must be
+    // these.
+    let mean = [0.4914, 0.4822, 0.4465];
+    let std = [0.2023, 0.1994, 0.2010];
+    assert_eq!((CIFAR_MEAN, CIFAR_STD), (mean, std));
     let pixels = u8s(&images);
     let out = f32s(&a);
     for (i, (&p, &o)) in pixels.iter().zip(&out).enumerate() {
         let c = (i / 1024) % 3;
-        let expected = (p as f64 / 255.0 - CIFAR_MEAN[c]) / CIFAR_STD[c];
+        let expected = (p as f64 / 255.0 - mean[c]) / std[c];
         assert!((o as f64 - expected).abs() < 1e-5, "{i}: {o} vs {expected}");
     }
-    let float01 = transforms::to_float01(&images);
-    assert!(transforms::normalize(&float01).allclose(&a, 1e-6, 1e-6, false));
 
-    // Resizing a constant image keeps it constant, up and down.
-    let constant = Tensor::full([2, 3, 32, 32], 200, (Kind::Uint8, Device::Cpu));
+    // Resizing a constant image keeps it constant, up and down: every pixel of every
+    // channel of every image (each its own value), borders included.
+    let values = [[200u8, 17, 96], [0, 255, 128]];
+    let constant = Tensor::from_slice(values.as_flattened())
+        .view([2, 3, 1, 1])
+        .expand([2, 3, 32, 32], false)
+        .contiguous();
     for size in [64, 224, 16] {
         let out = transforms::test_transform(&constant, size);
         assert_eq!(out.size(), [2, 3, size, size]);
-        for (c, v) in f32s(&out.select(1, 0)).iter().enumerate().take(5) {
-            let expected = (200.0 / 255.0 - CIFAR_MEAN[0]) / CIFAR_STD[0];
-            assert!((*v as f64 - expected).abs() < 1e-4, "{size} {c}: {v}");
+        let out = f32s(&out);
+        let plane = (size * size) as usize;
+        for (i, v) in out.iter().enumerate() {
+            let (b, c) = (i / (3 * plane), (i / plane) % 3);
+            let expected = (values[b][c] as f64 / 255.0 - mean[c]) / std[c];
+            assert!(
+                (*v as f64 - expected).abs() < 1e-4,
+                "{size}: image {b}, channel {c}, pixel {}: {v} vs {expected}",
+                i % plane
+            );
         }
     }
 }
