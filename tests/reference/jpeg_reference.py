@@ -1,12 +1,16 @@
 """Writes `tests/fixtures/jpeg_files.safetensors`: JPEG files made by PIL (libjpeg) in the
-variants cameras and tools write, and PIL's verdict on them cut short, which
-`tests/data.rs` checks vit's reader against.
+variants cameras and tools write, PIL's pixels for each, and PIL's verdict on them cut
+short, which `tests/data.rs` checks vit's reader against.
 
     .venv/bin/python tests/reference/jpeg_reference.py
 
-For each variant NAME: `NAME` is the whole file (uint8 bytes, which PIL decodes); `NAME.cuts`
-(int64) are lengths at which PIL refuses the file cut there ("image file is truncated",
-"broken data stream"), at every 7th byte from the first scan on and at each of the last 8.
+For each variant NAME (a square image, so that vit decodes it at its own size):
+- `NAME`: the whole file (uint8 bytes, which PIL decodes);
+- `NAME.pixels`: PIL's `convert("RGB")` of it, uint8 [S, S, 3], which vit's decode must be
+  close to (its decoder rounds differently from libjpeg; `tests/data.rs` has the bounds);
+- `NAME.cuts` (int64): lengths at which PIL refuses the file cut there ("image file is
+  truncated", "broken data stream"), at every 7th byte from the first scan on and at each
+  of the last 8.
 vit must decode every whole file and refuse every one of those cuts. (Where PIL decodes a
 cut file, with bytes after the last scan but no end marker, vit refuses it: the safe side.)
 """
@@ -20,13 +24,15 @@ from PIL import Image
 from safetensors.torch import save_file
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+SIDE = 44
 
 
 def picture(mode: str) -> Image.Image:
-    """48x40 pixels of smooth shapes plus noise: enough scan data to cut in many places."""
+    """44x44 pixels of smooth shapes plus noise: enough scan data to cut in many places, and
+    a side that is no multiple of 8 or 16 (blocks and subsampled blocks cut at the edges)."""
     rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:40, 0:48]
-    rgb = np.stack([x * 5, y * 6, (x * y) % 256], axis=-1) + rng.integers(0, 40, (40, 48, 3))
+    y, x = np.mgrid[0:SIDE, 0:SIDE]
+    rgb = np.stack([x * 5, y * 6, (x * y) % 256], axis=-1) + rng.integers(0, 40, (SIDE, SIDE, 3))
     return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).convert(mode)
 
 
@@ -59,6 +65,10 @@ VARIANTS = {
 }
 
 
+def pil_pixels(data: bytes) -> torch.Tensor:
+    return torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB")))
+
+
 def pil_decodes(data: bytes) -> bool:
     try:
         Image.open(io.BytesIO(data)).load()
@@ -78,6 +88,8 @@ def main() -> None:
         assert cuts, name
         tensors[name] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         tensors[f"{name}.cuts"] = torch.tensor(cuts, dtype=torch.int64)
+        tensors[f"{name}.pixels"] = pil_pixels(data)
+        assert tensors[f"{name}.pixels"].shape == (SIDE, SIDE, 3), name
     path = FIXTURES / "jpeg_files.safetensors"
     save_file(tensors, str(path))
     print(f"wrote {path}: {len(VARIANTS)} variants")
