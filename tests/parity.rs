@@ -1,11 +1,12 @@
 //! The Rust modules against the PyTorch reference (`tests/reference/vit_reference.py`),
 //! on the fixtures `tests/reference/make_fixtures.py` writes: forward passes (fused and
-//! explicit attention), gradients, and three clipped AdamW steps; the whole model with its
-//! linear layers in oneDNN and in libtorch's `linear`.
+//! explicit attention), gradients (without and with dropout), three clipped AdamW steps and
+//! the attention maps; the whole model with its linear layers in oneDNN and in libtorch's
+//! `linear`.
 
 mod common;
 
-use common::{assert_close, fixture, formula_fill, load_params, with_prefix};
+use common::{assert_close, fixture, formula_fill, load_params, seeded, with_prefix};
 use tch::{nn, nn::Module, nn::ModuleT, Tensor};
 use vit_tch::checkpoint::TensorFile;
 use vit_tch::cli::Precision;
@@ -32,11 +33,19 @@ fn cpu_store() -> nn::VarStore {
     nn::VarStore::new(tch::Device::Cpu)
 }
 
+/// `build()`, holding the generator's lock (`common::seeded`): a module draws its initial
+/// parameters from libtorch's global generator, and the dropout test's masks are what that
+/// generator gives between its seeding and its forward pass, which must be its own draws.
+fn built<T>(build: impl FnOnce() -> T) -> T {
+    let _rng = seeded(0);
+    build()
+}
+
 /// The small model of `file`'s config with the fixture's parameters, fused or explicit
 /// attention, linear layers in oneDNN or in libtorch's `linear`.
 fn small_model(file: &TensorFile, fused: bool, onednn: bool) -> (nn::VarStore, VisionTransformer) {
     let vs = cpu_store();
-    let mut model = VisionTransformer::new(&vs.root(), &file.config().unwrap()).unwrap();
+    let mut model = built(|| VisionTransformer::new(&vs.root(), &file.config().unwrap())).unwrap();
     model.set_fused_attention(fused);
     model.set_onednn_linear(onednn);
     load_params(file, &vs);
@@ -56,13 +65,15 @@ fn patch_embedding_matches_pytorch() {
     let file = fixture("patch_embedding");
     let c = file.config().unwrap();
     let vs = cpu_store();
-    let module = PatchEmbedding::new(
-        vs.root(),
-        c.image_size,
-        c.patch_size,
-        c.in_channels,
-        c.embed_dim,
-    );
+    let module = built(|| {
+        PatchEmbedding::new(
+            vs.root(),
+            c.image_size,
+            c.patch_size,
+            c.in_channels,
+            c.embed_dim,
+        )
+    });
     load_params(&file, &vs);
     let output = module.forward(file.get("input").unwrap());
     assert_close(
@@ -78,7 +89,7 @@ fn multi_head_self_attention_matches_pytorch() {
     let file = fixture("multi_head_self_attention");
     let c = file.config().unwrap();
     let vs = cpu_store();
-    let mut module = MultiHeadSelfAttention::new(vs.root(), c.embed_dim, c.num_heads);
+    let mut module = built(|| MultiHeadSelfAttention::new(vs.root(), c.embed_dim, c.num_heads));
     load_params(&file, &vs);
     for fused in [true, false] {
         module.fused = fused;
@@ -94,7 +105,7 @@ fn transformer_block_matches_pytorch() {
     let c = file.config().unwrap();
     let vs = cpu_store();
     let mut block =
-        TransformerBlock::new(vs.root(), c.embed_dim, c.num_heads, c.mlp_dim, c.dropout);
+        built(|| TransformerBlock::new(vs.root(), c.embed_dim, c.num_heads, c.mlp_dim, c.dropout));
     load_params(&file, &vs);
     for fused in [true, false] {
         block.attn.fused = fused;
@@ -122,7 +133,7 @@ fn vision_transformer_matches_pytorch() {
 fn notebook_config_matches_pytorch() {
     let file = fixture("notebook_forward");
     let vs = cpu_store();
-    let mut model = VisionTransformer::new(&vs.root(), &file.config().unwrap()).unwrap();
+    let mut model = built(|| VisionTransformer::new(&vs.root(), &file.config().unwrap())).unwrap();
     formula_fill(&vs);
     for (fused, onednn) in KERNELS {
         model.set_fused_attention(fused);
@@ -156,6 +167,75 @@ fn gradients_match_pytorch() {
             };
             let what = format!("gradient of {name} (fused {fused}, oneDNN {onednn})");
             assert_close(&what, &actual, grad, TRAIN_TOL);
+        }
+    }
+}
+
+/// Train mode with dropout 0.1 (every fixture above has none): with libtorch's mask sampler
+/// and the generator seeded as PyTorch's was before the forward pass, the two draw the same
+/// masks only if the dropout sites, their order and their shapes are PyTorch's (`pos_drop`,
+/// then in each block the attention branch's and the MLP's two). A site left out, added or
+/// moved draws other masks, or puts them elsewhere, and the logits differ.
+#[test]
+fn train_mode_dropout_matches_pytorch_mask_for_mask() {
+    let file = fixture("dropout_gradients");
+    assert_eq!(file.config().unwrap().dropout, 0.1);
+    let seed = file.get("seed").unwrap().int64_value(&[]);
+    let expected = with_prefix(&file, "grad");
+    for (fused, onednn) in KERNELS {
+        let (vs, mut model) = small_model(&file, fused, onednn);
+        model.set_libtorch_dropout(true);
+        let input = file.get("input").unwrap().copy().set_requires_grad(true);
+        let logits = {
+            let _rng = seeded(seed);
+            model.f_forward_t(&input, true).unwrap()
+        };
+        let case = format!("fused {fused}, oneDNN {onednn}");
+        let expected_logits = file.get("logits").unwrap();
+        assert_close(
+            &format!("logits ({case})"),
+            &logits,
+            expected_logits,
+            TRAIN_TOL,
+        );
+        let loss = training_loss(&logits, file.get("labels").unwrap(), LABEL_SMOOTHING);
+        assert_close(
+            &format!("loss ({case})"),
+            &loss,
+            file.get("loss").unwrap(),
+            TRAIN_TOL,
+        );
+        loss.backward();
+        let variables = vs.variables();
+        assert_eq!(expected.len(), variables.len() + 1);
+        for (name, grad) in &expected {
+            let actual = match name.as_str() {
+                "input" => input.grad(),
+                _ => variables[name].grad(),
+            };
+            assert_close(
+                &format!("gradient of {name} ({case})"),
+                &actual,
+                grad,
+                TRAIN_TOL,
+            );
+        }
+    }
+}
+
+/// `attention_maps` (what `vit attention` draws its rollout from) against timm's own
+/// attention probabilities for the same parameters and images, layer by layer.
+#[test]
+fn attention_maps_match_timms() {
+    let file = fixture("attention_maps");
+    let expected = with_prefix(&file, "attention");
+    for (fused, onednn) in KERNELS {
+        let (_vs, model) = small_model(&file, fused, onednn);
+        let maps = tch::no_grad(|| model.attention_maps(file.get("input").unwrap()));
+        assert_eq!(maps.len(), expected.len(), "one map per block");
+        for (i, map) in maps.iter().enumerate() {
+            let what = format!("attention map {i} (fused {fused}, oneDNN {onednn})");
+            assert_close(&what, map, &expected[&i.to_string()], FORWARD_TOL);
         }
     }
 }

@@ -14,7 +14,13 @@ Every file is a float32 safetensors file with the model hyperparameters as JSON 
 - `adamw_steps`: three steps of clip_grad_norm_(0.5) + AdamW with decay and no-decay
   groups and a different lr each step, once with each AdamW kernel (KERNEL: `loop` for
   foreach=False, `fused` for fused=True): `KERNEL.loss.<i>`, `KERNEL.grad_norm.<i>`,
-  `KERNEL.after.<key>`.
+  `KERNEL.after.<key>`;
+- `dropout_gradients`: `gradients` with dropout 0.1, its masks drawn right after
+  `torch.manual_seed(seed)` (`seed`, int64): `input`, `labels`, `seed`, `logits`, `loss`,
+  `grad.<key>` and `grad.input`;
+- `attention_maps`: the small model (`param.<key>`), `input`, and each block's eval-mode
+  attention probabilities `attention.<i>` [batch, heads, tokens, tokens], taken from timm's
+  explicit attention path (what its `attn_drop` receives) with the same parameters.
 """
 
 import json
@@ -55,6 +61,8 @@ MAX_GRAD_NORM = 0.5
 WEIGHT_DECAY = 0.05
 STEP_LRS = (1e-3, 5e-3, 2e-3)
 NO_DECAY = ("cls_token", "pos_embed")
+DROPOUT = {**SMALL, "dropout": 0.1}
+DROPOUT_SEED = 7
 
 
 def is_layer_norm_weight(name):
@@ -203,6 +211,42 @@ def adamw_fixture():
     save("adamw_steps", SMALL, {**start, "input": x, "labels": y, **record})
 
 
+def dropout_fixture():
+    """`gradient_fixture` with dropout 0.1. The seed is set right before the forward pass, so
+    a port that seeds libtorch's CPU generator alike and draws its masks with libtorch's
+    sampler, at the same sites in the same order, draws the same masks."""
+    model = VisionTransformer(**DROPOUT)
+    randomize(model)
+    start = params(model)
+    model.train()
+    x, y = images(DROPOUT), labels()
+    x_grad = x.clone().requires_grad_()
+    torch.manual_seed(DROPOUT_SEED)
+    logits = model(x_grad)
+    loss = F.cross_entropy(logits, y, label_smoothing=LABEL_SMOOTHING)
+    loss.backward()
+    grads = {f"grad.{k}": p.grad for k, p in model.named_parameters()}
+    seed = torch.tensor(DROPOUT_SEED, dtype=torch.int64)
+    tensors = {**start, "input": x, "labels": y, "seed": seed, "logits": logits, "loss": loss}
+    save("dropout_gradients", DROPOUT, {**tensors, **grads, "grad.input": x_grad.grad})
+
+
+def attention_fixture(reference, x):
+    """Each block's attention probabilities for `reference` (eval) on `x`, as timm computes
+    them: a forward hook on `attn_drop`, which its explicit path applies to them."""
+    timm = timm_model(SMALL, fused_attention=False).eval()
+    timm.load_state_dict(reference.state_dict(), strict=True)
+    maps = {}
+    for i, block in enumerate(timm.blocks):
+        block.attn.attn_drop.register_forward_hook(
+            lambda _module, _args, output, i=i: maps.__setitem__(f"attention.{i}", output.clone())
+        )
+    with torch.no_grad():
+        torch.testing.assert_close(timm(x), reference(x), rtol=0, atol=1e-5)
+    assert len(maps) == SMALL["num_layers"]
+    save("attention_maps", SMALL, {**params(reference), "input": x, **maps})
+
+
 def main():
     torch.manual_seed(0)
     FIXTURES.mkdir(exist_ok=True)
@@ -210,7 +254,9 @@ def main():
     notebook_fixture()
     gradient_fixture()
     adamw_fixture()
+    dropout_fixture()
     check_against_timm(*reference)
+    attention_fixture(*reference)
     for path in sorted(FIXTURES.glob("*.safetensors")):
         print(f"{path.relative_to(FIXTURES.parent.parent)}: {path.stat().st_size} bytes")
 
