@@ -2,15 +2,17 @@
 //! on the fixtures `tests/reference/make_fixtures.py` writes: forward passes (fused and
 //! explicit attention), gradients (without and with dropout), three clipped AdamW steps and
 //! the attention maps; the whole model with its linear layers in oneDNN and in libtorch's
-//! `linear`.
+//! `linear`. Also a fresh model's initialisation against timm's.
 
 mod common;
 
 use common::{assert_close, fixture, formula_fill, load_params, seeded, with_prefix};
-use tch::{nn, nn::Module, nn::ModuleT, Tensor};
+use tch::{nn, nn::Module, nn::ModuleT, Kind, Tensor};
 use vit_tch::checkpoint::TensorFile;
 use vit_tch::cli::Precision;
-use vit_tch::model::{MultiHeadSelfAttention, PatchEmbedding, TransformerBlock, VisionTransformer};
+use vit_tch::model::{
+    MultiHeadSelfAttention, PatchEmbedding, TransformerBlock, ViTConfig, VisionTransformer,
+};
 use vit_tch::optim::AdamW;
 use vit_tch::train::{train_step, training_loss, StepOptions, TrainBatch};
 
@@ -238,6 +240,111 @@ fn attention_maps_match_timms() {
             assert_close(&what, map, &expected[&i.to_string()], FORWARD_TOL);
         }
     }
+}
+
+/// How timm initialises a parameter (`VisionTransformer.init_weights` and
+/// `init_weights_vit_timm`, timm 1.0).
+#[derive(Debug, Clone, Copy)]
+enum Init {
+    Zeros,
+    Ones,
+    /// `trunc_normal_(std, a=-2, b=2)` (bounds 100 std away at 0.02, so a normal) or
+    /// `normal_(std)`.
+    Normal(f64),
+    /// U(-bound, bound): PyTorch's default Conv2d init, which timm leaves to the patch
+    /// embedding.
+    Uniform(f64),
+}
+
+fn timm_init(name: &str, config: &ViTConfig) -> Init {
+    let patch_fan_in = config.in_channels * config.patch_size * config.patch_size;
+    let is_norm = name.split('.').any(|part| part.starts_with("norm"));
+    match name {
+        "cls_token" => Init::Normal(1e-6),
+        "pos_embed" => Init::Normal(0.02),
+        "patch_embed.proj.weight" | "patch_embed.proj.bias" => {
+            Init::Uniform(1.0 / (patch_fan_in as f64).sqrt())
+        }
+        _ if is_norm && name.ends_with(".weight") => Init::Ones,
+        _ if name.ends_with(".bias") => Init::Zeros,
+        // Every other weight is a Linear's: qkv, proj, fc1, fc2, head.
+        _ => Init::Normal(0.02),
+    }
+}
+
+/// Panics unless `value` is within 6 standard errors of `expected`.
+fn assert_within_6_sigma(what: &str, value: f64, expected: f64, sigma: f64) {
+    assert!(
+        (value - expected).abs() <= 6.0 * sigma,
+        "{what}: {value:e}, expected {expected:e} +- {:e}",
+        6.0 * sigma
+    );
+}
+
+/// A fresh notebook model's parameters, each against the distribution timm draws it from:
+/// exact values for the constants; for the random ones the mean, the mean square (the
+/// variance) and the share of values below a threshold (the shape: a normal has 68.3%
+/// within one std, a uniform 50% within half its bound), each within 6 standard errors of
+/// n draws: a right distribution fails each with a chance of about 2e-9, whatever the
+/// seed.
+#[test]
+fn fresh_model_is_initialised_as_timm_does() {
+    let config = ViTConfig::notebook();
+    let vs = {
+        let _rng = seeded(0);
+        let vs = cpu_store();
+        VisionTransformer::new(&vs.root(), &config).unwrap();
+        vs
+    };
+    let mut linear_weights = 0;
+    for (name, var) in vs.variables() {
+        let values = var.detach().to_kind(Kind::Double);
+        let n = values.numel() as f64;
+        let init = timm_init(&name, &config);
+        let (variance, fourth_moment, threshold, share) = match init {
+            Init::Zeros | Init::Ones => {
+                let constant = if matches!(init, Init::Ones) { 1.0 } else { 0.0 };
+                assert!(
+                    values.eq(constant).all().int64_value(&[]) == 1,
+                    "{name}: every value is {constant}"
+                );
+                continue;
+            }
+            Init::Normal(std) => {
+                if name.ends_with(".weight") {
+                    linear_weights += 1;
+                }
+                let within_one_std = erf(std::f64::consts::FRAC_1_SQRT_2);
+                (std * std, 3.0 * std.powi(4), std, within_one_std)
+            }
+            Init::Uniform(bound) => {
+                let largest = values.abs().max().double_value(&[]);
+                assert!(largest <= bound, "{name}: |value| {largest} > {bound}");
+                (bound * bound / 3.0, bound.powi(4) / 5.0, bound / 2.0, 0.5)
+            }
+        };
+        let square = values.square().mean(Kind::Double).double_value(&[]);
+        let sigma = ((fourth_moment - variance * variance) / n).sqrt();
+        assert_within_6_sigma(&format!("{name}: mean square"), square, variance, sigma);
+        let mean = values.mean(Kind::Double).double_value(&[]);
+        assert_within_6_sigma(&format!("{name}: mean"), mean, 0.0, (variance / n).sqrt());
+        let below = values.abs().lt(threshold).to_kind(Kind::Double);
+        let below = below.mean(Kind::Double).double_value(&[]);
+        let sigma = (share * (1.0 - share) / n).sqrt();
+        assert_within_6_sigma(
+            &format!("{name}: share below {threshold:e}"),
+            below,
+            share,
+            sigma,
+        );
+    }
+    // qkv, proj, fc1, fc2 in each block, and the head: no Linear was missed or miscounted.
+    assert_eq!(linear_weights, 4 * config.num_layers + 1);
+}
+
+/// erf through libtorch (the test needs it once).
+fn erf(x: f64) -> f64 {
+    Tensor::from(x).erf().double_value(&[])
 }
 
 /// Three of the trainer's own steps (zero_grad, loss, backward, clip_grad_norm(0.5), AdamW)
