@@ -1,0 +1,234 @@
+//! The model's own regularisers for the strong recipe, on models whose parameters are set
+//! by hand so that the output shows what each one did: stochastic depth (whole residual
+//! branches dropped per sample and the survivors scaled, at rates rising linearly over the
+//! blocks as in timm) and attention dropout (on the attention probabilities, while
+//! training only, on both attention paths).
+//!
+//! libtorch's generator is global and the harness runs tests on parallel threads, so every
+//! test that draws random numbers holds `common::seeded`'s guard from its seeding on.
+
+mod common;
+
+use common::{assert_close, seeded};
+use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
+use vit_tch::model::{MultiHeadSelfAttention, ViTConfig, VisionTransformer};
+
+/// Panics unless `dropped` of `n` draws is within 6 standard deviations of `n prob`.
+fn assert_drop_rate(what: &str, dropped: i64, n: i64, prob: f64) {
+    let expected = n as f64 * prob;
+    let sigma = (n as f64 * prob * (1.0 - prob)).sqrt();
+    assert!(
+        (dropped as f64 - expected).abs() <= 6.0 * sigma,
+        "{what}: {dropped} of {n} dropped, expected {expected:.0} +- {:.0}",
+        6.0 * sigma
+    );
+}
+
+/// Panics unless every element of `values` (there may be none) is within `tol` of `value`.
+fn assert_all(what: &str, values: &Tensor, value: f64, tol: f64) {
+    let error = if values.numel() == 0 {
+        0.0
+    } else {
+        (values - value).abs().max().double_value(&[])
+    };
+    assert!(
+        error <= tol,
+        "{what}: max abs error {error:e} from {value} > {tol:e}"
+    );
+}
+
+const LAYERS: i64 = 4;
+/// The class token's features: an anchor that is always 1, one that is always 0, then two
+/// per residual branch (attention, MLP) of each block.
+const ANCHOR: i64 = 0;
+const ZERO: i64 = 1;
+const FEATURES: i64 = 2 + 4 * LAYERS;
+
+/// The two features of block `block`'s attention branch (`mlp` false) or MLP branch.
+fn branch_features(block: i64, mlp: bool) -> [i64; 2] {
+    let first = 2 + 4 * block + if mlp { 2 } else { 0 };
+    [first, first + 1]
+}
+
+/// A model whose every residual branch adds a constant, (1, 2) on features of its own, and
+/// whose logits are the class token's features after the final LayerNorm (identity head).
+/// The class token enters the first block as 1 on `ANCHOR` (its position embedding) and 0
+/// elsewhere; every weight inside the blocks is 0, so each branch's output is its last bias,
+/// whatever it is given.
+fn branch_revealing_model() -> (nn::VarStore, VisionTransformer) {
+    let config = ViTConfig {
+        image_size: 4,
+        patch_size: 4,
+        in_channels: 1,
+        embed_dim: FEATURES,
+        num_heads: 1,
+        mlp_dim: 4,
+        num_layers: LAYERS,
+        num_classes: FEATURES,
+        dropout: 0.0,
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = VisionTransformer::new(&vs.root(), &config).unwrap();
+    let variables = vs.variables();
+    tch::no_grad(|| {
+        for var in variables.values() {
+            let _ = var.shallow_clone().zero_();
+        }
+        let _ = variables["norm.weight"].shallow_clone().fill_(1.0);
+        variables["head.weight"]
+            .shallow_clone()
+            .copy_(&Tensor::eye(FEATURES, (Kind::Float, Device::Cpu)));
+        let _ = variables["pos_embed"].get(0).get(0).get(ANCHOR).fill_(1.0);
+        for block in 0..LAYERS {
+            for (mlp, bias) in [(false, "attn.proj.bias"), (true, "mlp.fc2.bias")] {
+                let bias = &variables[&format!("blocks.{block}.{bias}")];
+                for (value, feature) in branch_features(block, mlp).into_iter().enumerate() {
+                    let _ = bias.get(feature).fill_(value as f64 + 1.0);
+                }
+            }
+        }
+    });
+    (vs, model)
+}
+
+/// The class token's features before the final LayerNorm, from the logits: the norm
+/// subtracts their mean and divides by one spread, which the always-0 and always-1 features
+/// undo. [B, FEATURES] -> [B, FEATURES].
+fn class_token_features(logits: &Tensor) -> Tensor {
+    let zero = logits.narrow(1, ZERO, 1);
+    let one = logits.narrow(1, ANCHOR, 1);
+    (logits - &zero) / (one - zero)
+}
+
+/// `VisionTransformer::set_drop_path_rate(0.3)` over 4 blocks gives them timm's rates
+/// (`linspace(0, 0.3, 4)`: 0, 0.1, 0.2, 0.3). In each sample, each branch is dropped whole
+/// (both of its class-token features; the logits show no other token) or kept whole and
+/// scaled by 1/(1 - p) — the scale shows the block's
+/// rate exactly, the share of samples dropped shows the probability it is drawn with — and
+/// a block's two branches draw independently (timm's `drop_path1` and `drop_path2`).
+/// Evaluation keeps every branch unscaled.
+#[test]
+fn stochastic_depth_drops_whole_branches_per_sample_at_rates_rising_to_the_last_block() {
+    const RATE: f64 = 0.3;
+    const SAMPLES: i64 = 10_000;
+    let _rng = seeded(0);
+    let (_vs, mut model) = branch_revealing_model();
+    model.set_drop_path_rate(RATE);
+    let images = Tensor::zeros([SAMPLES, 1, 4, 4], (Kind::Float, Device::Cpu));
+    let features = tch::no_grad(|| class_token_features(&model.forward_t(&images, true)));
+    let evaluated = tch::no_grad(|| class_token_features(&model.forward_t(&images, false)));
+    for block in 0..LAYERS {
+        let prob = RATE * block as f64 / (LAYERS - 1) as f64;
+        let mut dropped = Vec::new();
+        for mlp in [false, true] {
+            let what = format!(
+                "block {block}, {} branch",
+                if mlp { "MLP" } else { "attention" }
+            );
+            let [first, second] = branch_features(block, mlp);
+            let (first, second) = (features.select(1, first), features.select(1, second));
+            assert_close(
+                &format!("{what}: one mask per sample"),
+                &second,
+                &(&first * 2.0),
+                1e-4,
+            );
+            let kept = first.gt(0.5);
+            let drops = kept.logical_not();
+            let scale = 1.0 / (1.0 - prob);
+            let what_kept = format!("{what}: kept, scaled by 1/(1-{prob:.1})");
+            assert_all(&what_kept, &first.masked_select(&kept), scale, 1e-4);
+            assert_all(
+                &format!("{what}: dropped"),
+                &first.masked_select(&drops),
+                0.0,
+                1e-4,
+            );
+            assert_drop_rate(
+                &what,
+                drops.sum(Kind::Int64).int64_value(&[]),
+                SAMPLES,
+                prob,
+            );
+            dropped.push(drops);
+
+            let unscaled =
+                evaluated.index_select(1, &Tensor::from_slice(&branch_features(block, mlp)));
+            let expected = Tensor::from_slice(&[1.0f32, 2.0]).expand_as(&unscaled);
+            assert_close(&format!("{what} in evaluation"), &unscaled, &expected, 1e-4);
+        }
+        let both = dropped[0]
+            .logical_and(&dropped[1])
+            .sum(Kind::Int64)
+            .int64_value(&[]);
+        assert_drop_rate(
+            &format!("block {block}, both branches"),
+            both,
+            SAMPLES,
+            prob * prob,
+        );
+    }
+}
+
+const TOKENS: i64 = 16;
+
+/// An attention module (one head of `TOKENS` dimensions) whose value and output
+/// projections are the identity, with random queries and keys, and the one-hot tokens
+/// e_0..e_15 as its input: token i's output is then row i of the attention probabilities,
+/// after dropout if any. Returns the module, its store and the input [samples, 16, 16].
+fn probability_revealing_attention(samples: i64) -> (nn::VarStore, MultiHeadSelfAttention, Tensor) {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let attn = MultiHeadSelfAttention::new(vs.root(), TOKENS, 1);
+    let variables = vs.variables();
+    let identity = Tensor::eye(TOKENS, (Kind::Float, Device::Cpu));
+    tch::no_grad(|| {
+        let qkv = &variables["qkv.weight"];
+        qkv.narrow(0, 0, 2 * TOKENS).copy_(&Tensor::randn(
+            [2 * TOKENS, TOKENS],
+            (Kind::Float, Device::Cpu),
+        ));
+        qkv.narrow(0, 2 * TOKENS, TOKENS).copy_(&identity);
+        variables["proj.weight"].shallow_clone().copy_(&identity);
+    });
+    let tokens = identity
+        .unsqueeze(0)
+        .expand([samples, TOKENS, TOKENS], false);
+    (vs, attn, tokens)
+}
+
+/// With `attn_dropout` 0.4, training drops each attention probability with probability 0.4
+/// and scales the rest by 1/0.6, on the fused path (libtorch's SDPA) and on the explicit
+/// one; evaluation, and training with `attn_dropout` 0, leave the probabilities as they are.
+#[test]
+fn attention_dropout_drops_probabilities_while_training_only_on_both_paths() {
+    const PROB: f64 = 0.4;
+    const SAMPLES: i64 = 32;
+    let _rng = seeded(1);
+    let (_vs, mut attn, tokens) = probability_revealing_attention(SAMPLES);
+    // [samples, 1 head, 16, 16] -> [samples, 16, 16], as the module's output lays it out.
+    let probabilities = tch::no_grad(|| attn.attention_weights(&tokens)).squeeze_dim(1);
+    for fused in [true, false] {
+        attn.fused = fused;
+        let forward =
+            |attn: &MultiHeadSelfAttention, train| tch::no_grad(|| attn.forward_t(&tokens, train));
+        attn.attn_dropout = 0.0;
+        let what = format!("training without attention dropout (fused {fused})");
+        assert_close(&what, &forward(&attn, true), &probabilities, 1e-5);
+        attn.attn_dropout = PROB;
+        let what = format!("evaluation (fused {fused})");
+        assert_close(&what, &forward(&attn, false), &probabilities, 1e-5);
+
+        // Each output is its probability times 0 or 1/(1 - p); softmax probabilities of
+        // these logits are far from 0, so the ratio tells which.
+        let ratio = forward(&attn, true) / &probabilities;
+        let kept = ratio.gt(0.5);
+        let drops = kept.logical_not();
+        let what = format!("kept probabilities, scaled by 1/(1-p) (fused {fused})");
+        assert_all(&what, &ratio.masked_select(&kept), 1.0 / (1.0 - PROB), 1e-4);
+        let what = format!("dropped probabilities (fused {fused})");
+        assert_all(&what, &ratio.masked_select(&drops), 0.0, 1e-4);
+        let dropped = drops.sum(Kind::Int64).int64_value(&[]);
+        let what = format!("attention dropout (fused {fused})");
+        assert_drop_rate(&what, dropped, ratio.numel() as i64, PROB);
+    }
+}
