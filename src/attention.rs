@@ -190,8 +190,11 @@ fn choose_image(args: &AttentionArgs, loaded: &LoadedModel) -> Result<ChosenImag
     let count = data.test.len();
     ensure!(
         (0..count).contains(&index),
-        "--index {index} is outside the test split: it holds {count} images, numbered 0 to {}",
-        count - 1
+        "--index {index} is outside the test split, which holds {count} image(s){}",
+        match count {
+            0 => String::new(),
+            _ => format!(", numbered 0 to {}", count - 1),
+        }
     );
     let file = data.files.map(|files| files[index as usize].clone());
     let shown = match &file {

@@ -752,8 +752,8 @@ fn strong_transform_keeps_uint8_range_and_normalizes() {
 /// With crop and flip off, the strong transform is the policy on the uint8 batch, then the
 /// test transform: a policy of `Invert` alone gives the test transform of the inverted
 /// images, at the stored size and resized. The policy's geometric ops resample with the
-/// configured interpolation: a rotation by ±M is one of the two single-op rotations
-/// (bilinear), not the nearest ones.
+/// configured interpolation: a bilinear policy's rotation by ±M is one of the two single-op
+/// bilinear rotations.
 #[test]
 fn strong_transform_runs_the_policy_before_the_test_transform() {
     let _g = seeded(16);
@@ -779,7 +779,8 @@ fn strong_transform_runs_the_policy_before_the_test_transform() {
         );
     }
     let x = augment::strong_train_transform(&images, 32, &only(AugOp::Rotate));
-    let degrees = AugOp::Rotate.magnitude(20, 31, 32, 32).0;
+    let bins = RandAugment::default().num_magnitude_bins;
+    let degrees = AugOp::Rotate.magnitude(20, bins, 32, 32).0;
     for i in 0..16 {
         let image = images.narrow(0, i, 1);
         let rotated = [degrees, -degrees].map(|m| {
@@ -827,10 +828,14 @@ fn strong_transform_erases_one_rectangle_of_the_normalized_batch() {
             );
             let changed = changed.get(0);
             let count = changed.sum(Kind::Int64).int64_value(&[]);
-            let rows = changed.any_dim(1, false).sum(Kind::Int64).int64_value(&[]);
-            let cols = changed.any_dim(0, false).sum(Kind::Int64).int64_value(&[]);
             assert!(count > 0, "{case}: nothing erased");
-            assert_eq!(count, rows * cols, "{case}: not one rectangle");
+            // The rows (or columns) from the first changed one to the last: a rectangle
+            // fills the box they span.
+            let span = |dim: i64| {
+                let at = changed.any_dim(dim, false).nonzero();
+                at.max().int64_value(&[]) - at.min().int64_value(&[]) + 1
+            };
+            assert_eq!(count, span(1) * span(0), "{case}: not one rectangle");
             let erased = out.masked_select(&changed.unsqueeze(0));
             assert!(erased.eq(value).all().int64_value(&[]) == 1, "{case}");
         }

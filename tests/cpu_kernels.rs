@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{assert_close, seeded};
+use common::{assert_close, assert_drop_rate, seeded};
 use std::sync::MutexGuard;
 use tch::{nn::ModuleT, Device, Kind, Tensor};
 use vit_tch::ffi::{autocast_bf16, onednn_linear, onednn_linear_available};
@@ -164,17 +164,6 @@ fn mask(len: usize, prob: f64, seed: u64, threads: usize) -> Vec<f32> {
     let mut values = vec![f32::NAN; len];
     fill_keep_mask(&mut values, prob, seed, threads);
     values
-}
-
-/// Panics unless `zeros` of `n` draws is within 6 standard deviations of `n prob`.
-fn assert_drop_rate(what: &str, zeros: usize, n: usize, prob: f64) {
-    let expected = n as f64 * prob;
-    let sigma = (n as f64 * prob * (1.0 - prob)).sqrt();
-    assert!(
-        (zeros as f64 - expected).abs() <= 6.0 * sigma,
-        "{what}: {zeros} of {n} dropped, expected {expected:.0} +- {:.0}",
-        6.0 * sigma
-    );
 }
 
 #[test]

@@ -9,20 +9,9 @@
 
 mod common;
 
-use common::{assert_close, seeded};
+use common::{assert_close, assert_drop_rate, seeded};
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 use vit_tch::model::{MultiHeadSelfAttention, ViTConfig, VisionTransformer};
-
-/// Panics unless `dropped` of `n` draws is within 6 standard deviations of `n prob`.
-fn assert_drop_rate(what: &str, dropped: i64, n: i64, prob: f64) {
-    let expected = n as f64 * prob;
-    let sigma = (n as f64 * prob * (1.0 - prob)).sqrt();
-    assert!(
-        (dropped as f64 - expected).abs() <= 6.0 * sigma,
-        "{what}: {dropped} of {n} dropped, expected {expected:.0} +- {:.0}",
-        6.0 * sigma
-    );
-}
 
 /// Panics unless every element of `values` (there may be none) is within `tol` of `value`.
 fn assert_all(what: &str, values: &Tensor, value: f64, tol: f64) {
@@ -102,11 +91,11 @@ fn class_token_features(logits: &Tensor) -> Tensor {
 
 /// `VisionTransformer::set_drop_path_rate(0.3)` over 4 blocks gives them timm's rates
 /// (`linspace(0, 0.3, 4)`: 0, 0.1, 0.2, 0.3). In each sample, each branch is dropped whole
-/// (both of its class-token features; the logits show no other token) or kept whole and
-/// scaled by 1/(1 - p) — the scale shows the block's
-/// rate exactly, the share of samples dropped shows the probability it is drawn with — and
-/// a block's two branches draw independently (timm's `drop_path1` and `drop_path2`).
-/// Evaluation keeps every branch unscaled.
+/// or kept whole and scaled by 1/(1 - p), as its two class-token features show (the logits
+/// show no other token, so a mask drawn per token would pass too): the scale shows the
+/// block's rate exactly, the share of samples dropped the probability it is drawn with.
+/// A block's two branches draw independently (timm's `drop_path1` and `drop_path2`), and
+/// evaluation keeps every branch unscaled.
 #[test]
 fn stochastic_depth_drops_whole_branches_per_sample_at_rates_rising_to_the_last_block() {
     const RATE: f64 = 0.3;
@@ -146,8 +135,8 @@ fn stochastic_depth_drops_whole_branches_per_sample_at_rates_rising_to_the_last_
             );
             assert_drop_rate(
                 &what,
-                drops.sum(Kind::Int64).int64_value(&[]),
-                SAMPLES,
+                drops.sum(Kind::Int64).int64_value(&[]) as usize,
+                SAMPLES as usize,
                 prob,
             );
             dropped.push(drops);
@@ -160,11 +149,11 @@ fn stochastic_depth_drops_whole_branches_per_sample_at_rates_rising_to_the_last_
         let both = dropped[0]
             .logical_and(&dropped[1])
             .sum(Kind::Int64)
-            .int64_value(&[]);
+            .int64_value(&[]) as usize;
         assert_drop_rate(
             &format!("block {block}, both branches"),
             both,
-            SAMPLES,
+            SAMPLES as usize,
             prob * prob,
         );
     }
@@ -173,7 +162,7 @@ fn stochastic_depth_drops_whole_branches_per_sample_at_rates_rising_to_the_last_
 const TOKENS: i64 = 16;
 
 /// An attention module (one head of `TOKENS` dimensions) whose value and output
-/// projections are the identity, with random queries and keys, and the one-hot tokens
+/// projections are the identity (their biases 0, as built), with random queries and keys, and the one-hot tokens
 /// e_0..e_15 as its input: token i's output is then row i of the attention probabilities,
 /// after dropout if any. Returns the module, its store and the input [samples, 16, 16].
 fn probability_revealing_attention(samples: i64) -> (nn::VarStore, MultiHeadSelfAttention, Tensor) {
@@ -227,8 +216,8 @@ fn attention_dropout_drops_probabilities_while_training_only_on_both_paths() {
         assert_all(&what, &ratio.masked_select(&kept), 1.0 / (1.0 - PROB), 1e-4);
         let what = format!("dropped probabilities (fused {fused})");
         assert_all(&what, &ratio.masked_select(&drops), 0.0, 1e-4);
-        let dropped = drops.sum(Kind::Int64).int64_value(&[]);
+        let dropped = drops.sum(Kind::Int64).int64_value(&[]) as usize;
         let what = format!("attention dropout (fused {fused})");
-        assert_drop_rate(&what, dropped, ratio.numel() as i64, PROB);
+        assert_drop_rate(&what, dropped, ratio.numel(), PROB);
     }
 }

@@ -400,7 +400,7 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         "--index", "200", "--device", "cpu", "-o", picture.to_str().unwrap(),
     ]);
     assert!(
-        stderr.contains("it holds 200 images, numbered 0 to 199"),
+        stderr.contains("which holds 200 image(s), numbered 0 to 199"),
         "{stderr}"
     );
 
@@ -848,26 +848,22 @@ fn resume_at_an_epoch_boundary_is_exact() {
 
 /// Images that do not fill an epoch's last batch are a step of their own: 600 in batches
 /// of 256 make three steps an epoch (the last of 88), as the learning rate of each epoch's
-/// last step shows, and each epoch's training accuracy counts all 600.
+/// last step shows (two steps an epoch would give the second epoch twice its rate).
 #[test]
 fn the_last_partial_batch_of_an_epoch_is_a_step() {
     let _turn = seeded(0);
     let dataset = colour_dataset();
     let root = TempDir::new("partial-batch");
     run_training(&tiny_settings(2, 256), &dataset, &root.0, false, false);
-    for (epoch, row) in read_metrics(&root.0).1.iter().enumerate() {
+    let rows = read_metrics(&root.0).1;
+    assert_eq!(rows.len(), 2);
+    for (epoch, row) in rows.iter().enumerate() {
         let expected = vit_tch::optim::learning_rate(3e-3, (epoch + 1) * 3 - 1, 3, 6);
         let lr: f64 = row[1].parse().unwrap();
         assert!(
             (lr - expected).abs() <= 1e-12,
             "epoch {}: lr {lr}, not {expected}",
             epoch + 1
-        );
-        let correct = row[3].parse::<f64>().unwrap() * 600.0;
-        assert!(
-            (correct - correct.round()).abs() < 1e-6,
-            "train_acc {} is not of 600",
-            row[3]
         );
     }
 }
@@ -1936,14 +1932,7 @@ fn save_fresh_model(
 /// Runs `vit ARGS` with its stdout a pipe already closed (`vit info | head -1` once head
 /// has gone): the read end is closed before vit starts, so its first write fails.
 fn vit_into_a_closed_pipe(args: &[&str]) -> std::process::Output {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    let mut ends = [0; 2];
-    // SAFETY: pipe2 writes two new descriptors into `ends`, which are then owned here.
-    assert_eq!(
-        unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) },
-        0
-    );
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+    let (read, write) = std::io::pipe().unwrap();
     drop(read);
     Command::new(common::vit_binary())
         .args(args)

@@ -13,12 +13,12 @@ impl TensorFile {
     pub(super) fn missing_config_advice(&self) -> String {
         match self.config_from_shapes() {
             Some(shapes) => format!(
-                "no `{CONFIG_KEY}` metadata. The tensors' shapes give {}, all but num_heads \
-                 (a divisor of embed_dim, which shapes cannot tell, and a wrong one loads and \
-                 gives wrong outputs: take it from the model that saved the file), and dropout \
-                 (no tensor records it: 0.0 there, which evaluation ignores; to train on, put \
-                 the model's own): save the checkpoint with metadata={{'{CONFIG_KEY}': that JSON with NUM_HEADS filled \
-                 in}}",
+                "no `{CONFIG_KEY}` metadata. The tensors' shapes give {}, all but num_heads. \
+                 Fill in NUM_HEADS from the model that saved the file (a divisor of \
+                 embed_dim that shapes cannot tell; a wrong one loads and gives wrong \
+                 outputs). dropout is 0.0 there, as no tensor records it: evaluation ignores \
+                 it, but to train on, put the model's own. Then save the checkpoint with \
+                 metadata={{'{CONFIG_KEY}': that JSON}}",
                 json_without_heads(&shapes)
             ),
             None => format!(

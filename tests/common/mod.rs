@@ -57,6 +57,24 @@ pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, tol: f64) {
     assert!(error <= tol, "{what}: max abs error {error:e} > {tol:e}");
 }
 
+/// Panics unless `value` is within 6 standard deviations (`sigma`) of `expected`: a right
+/// value, normally distributed, fails this about twice in a billion draws.
+pub fn assert_within_6_sigma(what: &str, value: f64, expected: f64, sigma: f64) {
+    assert!(
+        (value - expected).abs() <= 6.0 * sigma,
+        "{what}: {value:e}, expected {expected:e} +- {:e}",
+        6.0 * sigma
+    );
+}
+
+/// Panics unless `dropped` of `n` draws, each dropped with probability `prob`, is within 6
+/// standard deviations of `n prob` (see [`assert_within_6_sigma`]).
+pub fn assert_drop_rate(what: &str, dropped: usize, n: usize, prob: f64) {
+    let sigma = (n as f64 * prob * (1.0 - prob)).sqrt();
+    let what = format!("{what}: dropped of {n}");
+    assert_within_6_sigma(&what, dropped as f64, n as f64 * prob, sigma);
+}
+
 /// `norm1.weight`, `norm2.weight`, `norm.weight`: LayerNorm scales.
 fn is_layer_norm_weight(name: &str) -> bool {
     let mut parts = name.rsplit('.');
