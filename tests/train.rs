@@ -138,6 +138,25 @@ fn read_metrics(run: &Path) -> (Vec<String>, Vec<Vec<String>>) {
     (header, rows)
 }
 
+/// Checks metrics.csv's `lr` column (`rows` of a whole run at the tests' lr of 3e-3): each
+/// epoch's is the schedule's at its last step.
+fn assert_lr_column(rows: &[Vec<String>], steps_per_epoch: usize, warmup_epochs: usize) {
+    let (warmup, total) = (
+        warmup_epochs * steps_per_epoch,
+        rows.len() * steps_per_epoch,
+    );
+    for (epoch, row) in rows.iter().enumerate() {
+        let last_step = (epoch + 1) * steps_per_epoch - 1;
+        let expected = vit_tch::optim::learning_rate(3e-3, last_step, warmup, total);
+        let lr: f64 = row[1].parse().unwrap();
+        let epoch = epoch + 1;
+        assert!(
+            (lr - expected).abs() <= 1e-12,
+            "epoch {epoch}: lr {lr}, not {expected}"
+        );
+    }
+}
+
 /// `vit train` of the tiny model on the generated CIFAR-10 folder, on the CPU.
 fn tiny_run_args<'a>(data_dir: &'a str, out: &'a str) -> Vec<&'a str> {
     #[rustfmt::skip]
@@ -178,17 +197,8 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     ];
     assert_eq!(header, columns, "the columns the README documents");
     assert_eq!(rows.len(), 4);
-    // The learning rate of each epoch's last step: 600 images in steps of 50 make 12 an
-    // epoch, one epoch of warm-up, 48 in all.
-    for (epoch, row) in rows.iter().enumerate() {
-        let expected = vit_tch::optim::learning_rate(3e-3, (epoch + 1) * 12 - 1, 12, 48);
-        let lr: f64 = row[1].parse().unwrap();
-        assert!(
-            (lr - expected).abs() <= 1e-12,
-            "epoch {}: lr {lr}, not {expected}",
-            epoch + 1
-        );
-    }
+    // 600 images in steps of 50, one epoch of warm-up.
+    assert_lr_column(&rows, 12, 1);
     let test_acc: Vec<f64> = rows.iter().map(|r| r[5].parse().unwrap()).collect();
     let best = test_acc.iter().cloned().fold(0.0, f64::max);
     assert!(best >= 0.9, "best test accuracy {best} < 0.9: {rows:?}");
@@ -857,15 +867,7 @@ fn the_last_partial_batch_of_an_epoch_is_a_step() {
     run_training(&tiny_settings(2, 256), &dataset, &root.0, false, false);
     let rows = read_metrics(&root.0).1;
     assert_eq!(rows.len(), 2);
-    for (epoch, row) in rows.iter().enumerate() {
-        let expected = vit_tch::optim::learning_rate(3e-3, (epoch + 1) * 3 - 1, 3, 6);
-        let lr: f64 = row[1].parse().unwrap();
-        assert!(
-            (lr - expected).abs() <= 1e-12,
-            "epoch {}: lr {lr}, not {expected}",
-            epoch + 1
-        );
-    }
+    assert_lr_column(&rows, 3, 1);
 }
 
 #[test]
