@@ -573,8 +573,21 @@ fn checksum_mismatch_and_truncation_leave_nothing() {
     let stale_unpacked = data_dir.join(".cifar-10-batches-bin.tmp-4294967295/cifar-10-batches-bin");
     std::fs::create_dir_all(&stale_unpacked).unwrap();
     std::fs::write(stale_unpacked.join("data_batch_1.bin"), b"partial").unwrap();
-    fetch(file.to_str().unwrap(), &data_dir, &spec).unwrap();
-    assert_eq!(entries(&data_dir), ["cifar-10-batches-bin"]);
+    // ...while one whose process still runs (another vit downloading here) is left alone.
+    let mut running = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let in_flight = format!(".cifar-10-binary.tar.gz.tmp-{}", running.id());
+    std::fs::write(data_dir.join(&in_flight), b"in flight").unwrap();
+    let fetched = fetch(file.to_str().unwrap(), &data_dir, &spec);
+    running.kill().unwrap();
+    running.wait().unwrap();
+    fetched.unwrap();
+    assert_eq!(
+        entries(&data_dir),
+        [in_flight.as_str(), "cifar-10-batches-bin"]
+    );
 }
 
 #[test]
