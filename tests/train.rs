@@ -176,11 +176,7 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     #[rustfmt::skip]
     args.extend(["--epochs", "4", "--batch-size", "50", "--lr", "3e-3", "--warmup-epochs", "1", "--plot"]);
     let output = vit(&args);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        stdout.contains("Epoch: 4, Validation Accuracy:"),
-        "{stdout}"
-    );
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     // No warning but the one that the generated files are not the official release's size.
     let stderr = String::from_utf8_lossy(&output.stderr);
     let warnings: Vec<&str> = stderr
@@ -197,6 +193,26 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     ];
     assert_eq!(header, columns, "the columns the README documents");
     assert_eq!(rows.len(), 4);
+    // The notebook's line for each epoch, with the row's figures as printed.
+    let epoch_lines: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.starts_with("Epoch: "))
+        .collect();
+    assert_eq!(epoch_lines.len(), 4, "{stdout}");
+    for (line, row) in epoch_lines.iter().zip(&rows) {
+        let figure = |column: usize| -> f64 { row[column].parse().unwrap() };
+        let expected = format!(
+            "Epoch: {}, Validation Accuracy: {:.2}%  (train loss {:.4}, train acc {:.2}%, \
+             test loss {:.4}, lr {:.2e}, ",
+            row[0],
+            100.0 * figure(5),
+            figure(2),
+            100.0 * figure(3),
+            figure(4),
+            figure(1)
+        );
+        assert!(line.starts_with(&expected), "{line:?} for {row:?}");
+    }
     // 600 images in steps of 50, one epoch of warm-up.
     assert_lr_column(&rows, 12, 1);
     let test_acc: Vec<f64> = rows.iter().map(|r| r[5].parse().unwrap()).collect();
@@ -271,6 +287,20 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     let output = vit(&["eval", "--checkpoint", best_model.to_str().unwrap(), "--data-dir", data, "--device", "cpu", "--out", results.to_str().unwrap()]);
     let run_name = run.file_name().unwrap().to_str().unwrap();
     let csv = results.join(format!("{run_name}.best_model.confusion_matrix.csv"));
+    // Its text report: the JSON report's figures, as printed.
+    let mut expected = format!(
+        "Checkpoint: {}\nDataset: cifar10 test split, 200 images\n\
+         Validation Accuracy: {:.2}%\nLoss: {:.4}\nPer-class accuracy:\n",
+        best_model.display(),
+        100.0 * accuracy,
+        report["loss"].as_f64().unwrap()
+    );
+    for class in report["per_class_accuracy"].as_array().unwrap() {
+        let (name, class_accuracy) = (class[0].as_str().unwrap(), class[1].as_f64().unwrap());
+        expected += &format!("  {name:<20} {:6.2}%\n", 100.0 * class_accuracy);
+    }
+    expected += &format!("Confusion matrix: {}\n", csv.display());
+    assert_eq!(String::from_utf8_lossy(&output.stdout), expected);
     assert!(
         csv.exists(),
         "{:?}",
