@@ -1187,23 +1187,31 @@ fn eval_precision_changes_only_the_test_passes() {
     }
     let config = std::fs::read_to_string(bf16.join("config.json")).unwrap();
     assert!(config.contains("\"eval_precision\": \"bf16\""), "{config}");
-    // vit eval repeats either pass's last test loss, given its precision and batch.
-    let last = |rows: &[Vec<String>]| -> f64 { rows[1][column("test_loss")].parse().unwrap() };
-    for (run, precision, expected) in [
-        (&fp32, "fp32", last(&fp32_rows)),
-        (&bf16, "bf16", last(&bf16_rows)),
-    ] {
-        let checkpoint = run.join("last_model.safetensors");
-        #[rustfmt::skip]
-        let output = vit(&["eval", "--checkpoint", checkpoint.to_str().unwrap(), "--data-dir", data,
-                           "--device", "cpu", "--batch-size", "256", "--precision", precision,
-                           "--json"]);
-        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        let loss = report["loss"].as_f64().unwrap();
-        assert!(
-            (loss - expected).abs() < 1e-12,
-            "{precision}: {loss} against {expected}"
+    // vit eval repeats either pass's last test loss, given its precision and batch: the
+    // model's of last_model, the EMA's of last_ema_model (which is another model).
+    let last = |rows: &[Vec<String>], name: &str| -> f64 { rows[1][column(name)].parse().unwrap() };
+    for (run, precision, rows) in [(&fp32, "fp32", &fp32_rows), (&bf16, "bf16", &bf16_rows)] {
+        assert_ne!(
+            last(rows, "test_loss"),
+            last(rows, "ema_test_loss"),
+            "{precision}"
         );
+        for (name, loss_column) in [
+            ("last_model.safetensors", "test_loss"),
+            ("last_ema_model.safetensors", "ema_test_loss"),
+        ] {
+            let checkpoint = run.join(name);
+            #[rustfmt::skip]
+            let output = vit(&["eval", "--checkpoint", checkpoint.to_str().unwrap(), "--data-dir", data,
+                               "--device", "cpu", "--batch-size", "256", "--precision", precision,
+                               "--json"]);
+            let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+            let (loss, expected) = (report["loss"].as_f64().unwrap(), last(rows, loss_column));
+            assert!(
+                (loss - expected).abs() < 1e-12,
+                "{precision}, {name}: {loss} against {loss_column} {expected}"
+            );
+        }
     }
 }
 
