@@ -847,10 +847,14 @@ fn metrics_without_timing(run: &Path) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// The two runs wrote the same metrics and the same final weights (and EMA weights).
+/// The two runs wrote the same metrics, the same final weights (and EMA weights) and the
+/// same best models.
 fn assert_same_run(a: &Path, b: &Path) {
     assert_eq!(metrics_without_timing(a), metrics_without_timing(b));
-    for checkpoint in ["last_model.safetensors", "last_ema_model.safetensors"] {
+    #[rustfmt::skip]
+    let checkpoints = ["last_model.safetensors", "last_ema_model.safetensors",
+                       "best_model.safetensors", "best_ema_model.safetensors"];
+    for checkpoint in checkpoints {
         // Only runs with an EMA have its checkpoint.
         if checkpoint.contains("ema") && !a.join(checkpoint).exists() {
             continue;
@@ -2421,4 +2425,163 @@ fn a_folder_dataset_trains_and_one_class_is_warned_about() {
     let warning = format!("warning: {} has one class (cat)", photos.display());
     assert!(stderr.contains(&warning), "{stderr}");
     assert_eq!(read_metrics(&run).1.len(), 1);
+}
+
+/// The notebook saves best_model only when the test accuracy improves: best_model (and
+/// best_ema_model) is the model of the first epoch that reached the run's highest test
+/// (EMA test) accuracy, ties and drops after it leaving it be, across resumes. One step an
+/// epoch, stopped at each epoch's end to keep every epoch's last models. The test labels
+/// of all but a few images are shifted by one class: once the model has learned the
+/// colours, the accuracy sits at the few; before, it wanders.
+#[test]
+fn best_model_is_the_first_epoch_with_the_best_test_accuracy() {
+    let _turn = seeded(0);
+    let mut dataset = colour_dataset();
+    let test = colour_split(40, 2);
+    let kept = Tensor::arange(40, (Kind::Int64, Device::Cpu)).lt(12);
+    let shifted = (&test.labels + 1).remainder(NUM_CLASSES);
+    dataset.test = Split {
+        labels: test.labels.where_self(&kept, &shifted),
+        images: test.images,
+    };
+    let epochs = 10;
+    let mut settings = tiny_settings(epochs, 100);
+    settings.train_subset = Some(100);
+    settings.lr = 1e-2;
+    settings.regularization = Regularization {
+        ema: Some(0.5),
+        ..Regularization::default()
+    };
+    let root = TempDir::new("best-model");
+    let run = root.join("run");
+    let mut last = Vec::new();
+    for epoch in 1..=epochs {
+        let outcome = run_training(&settings, &dataset, &run, epoch > 1, true);
+        match outcome {
+            Outcome::Interrupted {
+                at: StopPoint::EndOf(end),
+                ..
+            } => assert_eq!(end, epoch),
+            Outcome::Finished => assert_eq!(epoch, epochs),
+            Outcome::Interrupted { at, .. } => panic!("interrupted {at}"),
+        }
+        let read = |name: &str| std::fs::read(run.join(name)).unwrap();
+        last.push((
+            read("last_model.safetensors"),
+            read("last_ema_model.safetensors"),
+        ));
+    }
+    let (header, rows) = read_metrics(&run);
+    assert_eq!(rows.len(), epochs);
+    for (column, best, last_of) in [
+        ("test_acc", "best_model.safetensors", 0),
+        ("ema_test_acc", "best_ema_model.safetensors", 1),
+    ] {
+        let index = header.iter().position(|h| h == column).unwrap();
+        let accuracy: Vec<f64> = rows.iter().map(|r| r[index].parse().unwrap()).collect();
+        let highest = accuracy.iter().cloned().fold(f64::MIN, f64::max);
+        let first = accuracy.iter().position(|&a| a == highest).unwrap();
+        // What makes the check bite: the highest comes before the last epoch and is tied
+        // after (a run that saved on ties, every epoch, or forgot its best on resume
+        // would keep a later model).
+        assert!(
+            accuracy[first + 1..].contains(&highest),
+            "{column} {accuracy:?}: no later epoch ties the highest"
+        );
+        let bytes = std::fs::read(run.join(best)).unwrap();
+        let epoch = last
+            .iter()
+            .position(|models| [&models.0, &models.1][last_of] == &bytes)
+            .map(|e| e + 1);
+        assert_eq!(
+            epoch,
+            Some(first + 1),
+            "{best} is that of epoch {epoch:?}, not of the first with the highest \
+             {column} in {accuracy:?}"
+        );
+    }
+}
+
+/// metrics.csv's train_loss and train_acc are the epoch's mean label-smoothed loss and
+/// accuracy over its training images, each batch weighted by its size. Computed exactly
+/// here: black images are what the notebook's augmentation leaves them (its crop pads with
+/// black), so every one of them gives the model's logits for a black image; no dropout, and
+/// an --lr so small that no step moves the weights by a measurable amount, so each of the
+/// epoch's steps (256, 256 and 88 images) sees the initial model.
+#[test]
+fn train_loss_and_accuracy_are_the_epoch_means() {
+    let _turn = seeded(0);
+    let n = 600;
+    let labels = Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(NUM_CLASSES);
+    let black = Tensor::zeros([n, 3, 32, 32], (Kind::Uint8, Device::Cpu));
+    let dataset = Dataset {
+        train: Split {
+            images: black,
+            labels: labels.shallow_clone(),
+        },
+        ..colour_dataset()
+    };
+    let mut settings = tiny_settings(1, 256);
+    settings.lr = 1e-12;
+    settings.model.dropout = 0.0;
+    let root = TempDir::new("train-loss");
+    run_training(&settings, &dataset, &root.0, false, false);
+    let (header, rows) = read_metrics(&root.0);
+    let column = |name: &str| -> f64 {
+        let index = header.iter().position(|h| h == name).unwrap();
+        rows[0][index].parse().unwrap()
+    };
+    // The initial model, as the run makes it: seeded with the run's seed.
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    tch::manual_seed(settings.seed as i64);
+    let model = vit_tch::model::VisionTransformer::new(&vs.root(), &settings.model).unwrap();
+    let logits = tch::no_grad(|| {
+        let images = vit_tch::data::transforms::test_transform(&dataset.train.images, 32);
+        tch::nn::ModuleT::forward_t(&model, &images, false)
+    });
+    let loss = logits
+        .cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::Mean, -100, 0.1)
+        .double_value(&[]);
+    let (train_loss, train_acc) = (column("train_loss"), column("train_acc"));
+    assert!(
+        (train_loss - loss).abs() < 1e-5,
+        "train_loss {train_loss}, the initial model's {loss}"
+    );
+    let correct = logits.argmax(-1, false).eq_tensor(&labels).sum(Kind::Int64);
+    let accuracy = correct.int64_value(&[]) as f64 / n as f64;
+    // All the same answer: one class in ten is right.
+    assert_eq!(accuracy, 0.1);
+    assert_eq!(train_acc, accuracy, "train_acc");
+}
+
+/// `vit info` of the notebook's model for CIFAR-100: its module rows add up to the total,
+/// the total is the notebook's 3,218,276 parameters (tests/theory.rs counts the model's
+/// own), and the shape check gives one row of 100 logits.
+#[test]
+fn info_counts_the_notebook_model() {
+    let output = vit(&["info", "--config", "notebook"]);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let table: Vec<(&str, i64)> = stdout
+        .lines()
+        .skip_while(|line| !line.starts_with("module"))
+        .skip(1)
+        .take_while(|line| !line.is_empty())
+        .map(|line| {
+            let (module, count) = line.split_once(' ').unwrap();
+            (module, count.trim().parse().unwrap())
+        })
+        .collect();
+    let (total, modules) = table.split_last().expect("a parameter table");
+    assert_eq!(*total, ("total", 3_218_276), "{stdout}");
+    let names: Vec<&str> = modules.iter().map(|(name, _)| *name).collect();
+    #[rustfmt::skip]
+    let expected = ["patch_embed", "cls_token", "pos_embed", "blocks.0", "blocks.1", "blocks.2",
+                    "blocks.3", "blocks.4", "blocks.5", "norm", "head"];
+    assert_eq!(names, expected, "{stdout}");
+    let sum: i64 = modules.iter().map(|(_, count)| count).sum();
+    assert_eq!(sum, total.1, "{stdout}");
+    assert!(
+        stdout.contains("\nShape check: randn[1, 3, 32, 32] -> [1, 100]\n"),
+        "{stdout}"
+    );
 }
