@@ -1,0 +1,159 @@
+//! `--recipe`: the regularisation that `vit train`'s flags resolve to, parsed as the command
+//! line is, against the README's "Recipes" table transcribed by hand (numbers written out,
+//! not taken from the `Default`s the code builds it from), and flags overriding it.
+
+use clap::Parser;
+use vit_tch::cli::{Cli, Command, TrainArgs};
+use vit_tch::data::augment::{AugmentConfig, Interpolation, Policy, RandomErasing};
+use vit_tch::data::mix::{MixConfig, MixMode};
+use vit_tch::train::Regularization;
+
+/// `vit train ARGS` as clap parses it.
+fn train_args(args: &[&str]) -> TrainArgs {
+    let line = ["vit", "train"].iter().chain(args);
+    match Cli::try_parse_from(line).unwrap_or_else(|e| panic!("vit train {args:?}: {e}")) {
+        Cli {
+            command: Command::Train(args),
+        } => *args,
+        other => panic!("not a train command: {other:?}"),
+    }
+}
+
+fn regularization(args: &[&str]) -> Regularization {
+    Regularization::from_args(&train_args(args))
+        .unwrap_or_else(|e| panic!("vit train {args:?}: {e:#}"))
+}
+
+/// README.md, "Recipes": the `strong` column, row by row.
+fn readme_strong_recipe() -> Regularization {
+    Regularization {
+        // AutoAugment, CIFAR-10 policy, after the crop (padding 4, as the notebook) and the
+        // flip (p 0.5); random erasing p 0.25 filled with 0, torchvision's scale and ratio.
+        augment: Some(AugmentConfig {
+            crop_padding: 4,
+            flip_prob: 0.5,
+            policy: Some(Policy::AutoAugmentCifar10),
+            interpolation: Interpolation::Nearest,
+            erasing: Some(RandomErasing {
+                p: 0.25,
+                scale: (0.02, 0.33),
+                ratio: (0.3, 3.3),
+                value: 0.0,
+            }),
+        }),
+        // MixUp / CutMix alpha 0.8 / 1.0, every batch (prob 1, one draw per batch) of every
+        // epoch (no --mix-off-epoch), switch 0.5.
+        mix: Some(MixConfig {
+            mixup_alpha: 0.8,
+            cutmix_alpha: 1.0,
+            prob: 1.0,
+            switch_prob: 0.5,
+            mode: MixMode::Batch,
+        }),
+        mix_off_epoch: None,
+        // Stochastic depth 0.1 at the last block; attention dropout 0.
+        drop_path: 0.1,
+        attn_dropout: 0.0,
+        // Weight EMA, decay 0.999, without warm-up unless --ema-warmup.
+        ema: Some(0.999),
+        ema_warmup: false,
+    }
+}
+
+#[test]
+fn the_strong_recipe_is_the_readmes_table() {
+    assert_eq!(
+        regularization(&["--recipe", "strong"]),
+        readme_strong_recipe()
+    );
+}
+
+/// The notebook trains with crop and flip alone: no regularisation of the strong recipe's,
+/// also when `--recipe notebook` is not written (it is the default).
+#[test]
+fn the_notebook_recipe_adds_no_regularisation() {
+    let none = Regularization {
+        augment: None,
+        mix: None,
+        mix_off_epoch: None,
+        drop_path: 0.0,
+        attn_dropout: 0.0,
+        ema: None,
+        ema_warmup: false,
+    };
+    assert_eq!(regularization(&["--recipe", "notebook"]), none);
+    assert_eq!(regularization(&[]), none);
+}
+
+/// Every flag given wins over the recipe's value, each one on its own field (values chosen
+/// unlike any default, so that a flag read into the wrong field shows).
+#[test]
+fn flags_override_the_strong_recipe_one_by_one() {
+    let given = regularization(&[
+        "--recipe",
+        "strong",
+        "--switch-prob",
+        "0.2",
+        "--mixup",
+        "0.3",
+        "--cutmix",
+        "2.0",
+        "--mix-prob",
+        "0.6",
+        "--mix-off-epoch",
+        "7",
+        "--random-erasing",
+        "0.4",
+        "--augment-policy",
+        "none",
+        "--drop-path",
+        "0.2",
+        "--attn-dropout",
+        "0.15",
+        "--ema",
+        "0.99",
+        "--ema-warmup",
+    ]);
+    let mut expected = readme_strong_recipe();
+    let augment = expected.augment.as_mut().unwrap();
+    augment.policy = None;
+    augment.erasing.as_mut().unwrap().p = 0.4;
+    expected.mix = Some(MixConfig {
+        mixup_alpha: 0.3,
+        cutmix_alpha: 2.0,
+        prob: 0.6,
+        switch_prob: 0.2,
+        mode: MixMode::Batch,
+    });
+    expected.mix_off_epoch = Some(7);
+    expected.drop_path = 0.2;
+    expected.attn_dropout = 0.15;
+    expected.ema = Some(0.99);
+    expected.ema_warmup = true;
+    assert_eq!(given, expected);
+
+    // The README's own examples: the notebook recipe with MixUp/CutMix alone, and the
+    // strong recipe without MixUp/CutMix or EMA.
+    let mix_alone = regularization(&["--mixup", "0.8", "--cutmix", "1.0", "--switch-prob", "0.2"]);
+    assert_eq!(
+        mix_alone,
+        Regularization {
+            mix: Some(MixConfig {
+                switch_prob: 0.2,
+                ..readme_strong_recipe().mix.unwrap()
+            }),
+            ..Regularization::default()
+        }
+    );
+    let strong_unmixed = regularization(&[
+        "--recipe", "strong", "--mixup", "0", "--cutmix", "0", "--ema", "0",
+    ]);
+    assert_eq!(
+        strong_unmixed,
+        Regularization {
+            mix: None,
+            ema: None,
+            ..readme_strong_recipe()
+        }
+    );
+}
