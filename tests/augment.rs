@@ -1,8 +1,8 @@
 //! The strong recipe's augmentations (`data::augment`, `data::mix`): identities at
 //! magnitude 0, rotation against `rot90`, range at maximal magnitude, reproducibility and
 //! per-image diversity, the policies' steps and probabilities, golden checks against
-//! torchvision, MixUp/CutMix targets, random erasing, and the strong transform stage by
-//! stage.
+//! torchvision, MixUp/CutMix targets (label smoothing included), MixUp/CutMix randomness
+//! against timm's distributions, random erasing, and the strong transform stage by stage.
 //!
 //! libtorch's generator is global and the harness runs tests on parallel threads, so every
 //! test that draws random numbers holds `common::seeded`'s guard from its seeding on.
@@ -612,9 +612,11 @@ fn cutmix_weight_is_the_pasted_area() {
     );
 }
 
-#[test]
-fn mixup_targets_are_the_mixing_weights() {
-    let _g = seeded(8);
+/// Mixes constant-colour images with MixUp alone (both modes) and checks each image's
+/// targets against timm's `mixup_target`: `lam * y + (1 - lam) * y'` of the smoothed one-hot
+/// targets (off value `smoothing / K`, on value `1 - smoothing + smoothing / K`) of its own
+/// label and its partner's, with `lam` read off the mixed image.
+fn assert_mixup_targets_are_the_mixing_weights(smoothing: f64) {
     let (b, classes) = (6, 10);
     let colours = [-2.0f64, -1.0, 0.0, 0.5, 1.0, 3.0];
     let images = Tensor::from_slice(&colours)
@@ -624,6 +626,8 @@ fn mixup_targets_are_the_mixing_weights() {
         .contiguous();
     let labels = Tensor::from_slice(&[3i64, 1, 4, 7, 5, 9]);
     let label_of = to_vec(&labels);
+    let off = smoothing / classes as f64;
+    let on = 1.0 - smoothing + off;
     for mode in [MixMode::Elem, MixMode::Batch] {
         let cfg = MixConfig {
             mixup_alpha: 0.8,
@@ -632,7 +636,7 @@ fn mixup_targets_are_the_mixing_weights() {
             ..MixConfig::default()
         };
         for _ in 0..20 {
-            let (out, targets) = mix::mix(&images, &labels, classes, &cfg, 0.0);
+            let (out, targets) = mix::mix(&images, &labels, classes, &cfg, smoothing);
             assert_eq!(targets.size(), [b, classes]);
             let sums = to_vec(&targets.sum_dim_intlist([1i64].as_slice(), false, Kind::Double));
             assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-6), "{sums:?}");
@@ -641,16 +645,39 @@ fn mixup_targets_are_the_mixing_weights() {
                 // out = lam * own + (1 - lam) * partner, so lam is read off the image.
                 let v = to_vec(&out.get(i as i64))[0];
                 let lam = (v - colours[partner]) / (colours[i] - colours[partner]);
-                let mut expected = vec![0.0; classes as usize];
-                expected[label_of[i] as usize] += lam;
-                expected[label_of[partner] as usize] += 1.0 - lam;
+                let smoothed = |label: f64| {
+                    let mut y = vec![off; classes as usize];
+                    y[label as usize] = on;
+                    y
+                };
+                let (own, other) = (smoothed(label_of[i]), smoothed(label_of[partner]));
+                let expected: Vec<f64> = own
+                    .iter()
+                    .zip(&other)
+                    .map(|(y, y2)| lam * y + (1.0 - lam) * y2)
+                    .collect();
                 let t = to_vec(&targets.get(i as i64));
                 for (a, e) in t.iter().zip(&expected) {
-                    assert!((a - e).abs() < 1e-5, "image {i}: {t:?} vs {expected:?}");
+                    assert!(
+                        (a - e).abs() < 1e-5,
+                        "smoothing {smoothing}, image {i}: {t:?} vs {expected:?}"
+                    );
                 }
             }
         }
     }
+}
+
+#[test]
+fn mixup_targets_are_the_mixing_weights() {
+    let _g = seeded(8);
+    assert_mixup_targets_are_the_mixing_weights(0.0);
+    let (b, classes) = (6, 10);
+    let images = Tensor::from_slice(&[-2.0f32, -1.0, 0.0, 0.5, 1.0, 3.0])
+        .view([b, 1, 1, 1])
+        .expand([b, 3, 4, 4], false)
+        .contiguous();
+    let labels = Tensor::from_slice(&[3i64, 1, 4, 7, 5, 9]);
     // Smoothed targets still sum to 1, and prob = 0 leaves the batch alone.
     let cfg = MixConfig {
         prob: 0.0,
@@ -662,6 +689,268 @@ fn mixup_targets_are_the_mixing_weights() {
     assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-6));
     let expected = labels.one_hot(classes).to_kind(Kind::Float) * 0.9 + 0.01;
     assert!(targets.allclose(&expected, 1e-6, 1e-6, false));
+}
+
+/// Label smoothing applies to both images' labels of a mix, as in timm's `mixup_target`.
+#[test]
+fn smoothed_mixup_targets_mix_the_smoothed_one_hot_targets() {
+    let _g = seeded(18);
+    assert_mixup_targets_are_the_mixing_weights(0.1);
+}
+
+/// A training batch that mixes keeps the run's label smoothing: no class's target falls
+/// below the off value `smoothing / K` (it would be 0 unsmoothed, for all but two classes).
+#[test]
+fn a_mixed_training_batch_has_label_smoothed_targets() {
+    let _g = seeded(19);
+    let config = ViTConfig::tiny();
+    let images = random_u8(&[16, 3, 32, 32]);
+    let labels = Tensor::randint(config.num_classes, [16], (Kind::Int64, Device::Cpu));
+    let regularization = Regularization {
+        mix: Some(MixConfig::default()),
+        ..Regularization::default()
+    };
+    let batch = TrainBatch::new(&images, labels, &config, &regularization, 0.1, 0);
+    let targets = batch.soft_targets.expect("soft targets");
+    let off = 0.1 / config.num_classes as f64;
+    let lowest = targets.min().double_value(&[]);
+    assert!(
+        (lowest - off).abs() < 1e-7,
+        "lowest target {lowest}, not {off}"
+    );
+    let sums = to_vec(&targets.sum_dim_intlist([1i64].as_slice(), false, Kind::Double));
+    assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-6), "{sums:?}");
+}
+
+/// A batch of `n` constant images of one channel, float64 [n, 1, h, w]: 0 for the first
+/// half, 1 for the second, so that every image and its partner (its mirror in the batch,
+/// as timm pairs them) are 0 and 1. In float64, a MixUp weight very near 0 or 1 does not
+/// round to it.
+fn black_and_white(n: i64, h: i64, w: i64) -> Tensor {
+    Tensor::arange(n, (Kind::Int64, Device::Cpu))
+        .ge(n / 2)
+        .to_kind(Kind::Double)
+        .view([n, 1, 1, 1])
+        .expand([n, 1, h, w], false)
+        .contiguous()
+}
+
+/// What `mix` did to each image of a [`black_and_white`] batch.
+struct Mixed {
+    /// The weight of the image's own colour: 1 - the mean distance of its pixels to it
+    /// (MixUp's λ, CutMix's share of pixels not pasted over, 1 untouched).
+    lam: Vec<f64>,
+    /// Whether every pixel is 0 or 1: CutMix (or untouched), as a MixUp pixel lies between.
+    cut: Vec<bool>,
+    /// Whether every pixel is the image's own colour.
+    untouched: Vec<bool>,
+}
+
+fn read_mixed(images: &Tensor, out: &Tensor) -> Mixed {
+    let per_image = |t: Tensor| t.flatten(1, -1);
+    let distance = per_image((out - images).abs());
+    let bools = |t: Tensor| Vec::<bool>::try_from(t).unwrap();
+    Mixed {
+        lam: to_vec(&(1.0 - distance.mean_dim(1, false, Kind::Double))),
+        cut: bools(per_image(out * (1.0 - out)).abs().amax(1, false).eq(0.0)),
+        untouched: bools(distance.amax(1, false).eq(0.0)),
+    }
+}
+
+/// The images of `mixed` where `which` holds.
+fn lams_where(mixed: &Mixed, which: impl Fn(usize) -> bool) -> Vec<f64> {
+    (0..mixed.lam.len())
+        .filter(|&i| which(i))
+        .map(|i| mixed.lam[i])
+        .collect()
+}
+
+/// Checks the mean and variance of `values`, independent draws, against a distribution's
+/// `mean`, variance `var` and fourth central moment `m4`, to 6 standard errors: sqrt(var /
+/// n) for the mean and sqrt((m4 - var^2) / n) for the variance.
+fn assert_moments(what: &str, values: &[f64], mean: f64, var: f64, m4: f64) {
+    let n = values.len() as f64;
+    let sample_mean = values.iter().sum::<f64>() / n;
+    let sample_var = values
+        .iter()
+        .map(|v| (v - sample_mean).powi(2))
+        .sum::<f64>()
+        / n;
+    common::assert_within_6_sigma(
+        &format!("{what}: mean of {n}"),
+        sample_mean,
+        mean,
+        (var / n).sqrt(),
+    );
+    common::assert_within_6_sigma(
+        &format!("{what}: variance of {n}"),
+        sample_var,
+        var,
+        ((m4 - var * var) / n).sqrt(),
+    );
+}
+
+/// Checks that `count` of `n` independent images (or batches), each counted with
+/// probability `p`, is within 6 standard errors, sqrt(n p (1 - p)), of n p.
+fn assert_share(what: &str, count: usize, n: usize, p: f64) {
+    let sigma = (n as f64 * p * (1.0 - p)).sqrt();
+    common::assert_within_6_sigma(
+        &format!("{what}: of {n}"),
+        count as f64,
+        n as f64 * p,
+        sigma,
+    );
+}
+
+/// Beta(a, a)'s mean, variance 1 / (4 (2a + 1)) and fourth central moment: its excess
+/// kurtosis is -6 / (2a + 3).
+fn beta_moments(a: f64) -> (f64, f64, f64) {
+    let var = 1.0 / (4.0 * (2.0 * a + 1.0));
+    (0.5, var, var * var * (3.0 - 6.0 / (2.0 * a + 3.0)))
+}
+
+/// Mean, variance and fourth central moment of CutMix's corrected λ on `h` x `h` images,
+/// its λ drawn from Beta(alpha, alpha) (a whole alpha), computed without sampling. timm's
+/// `rand_bbox` pastes a box of sides 2 floor(floor(h sqrt(1 - λ)) / 2), centred at a
+/// uniform pixel and clipped; the corrected λ is 1 - its area / h², the product of two
+/// independent sides' shares. Their moments, averaged over the h centres, are integrated
+/// against the Beta density λ^(α-1) (1-λ)^(α-1) / B(α, α) by the midpoint rule.
+fn cutmix_lam_moments(alpha: i32, h: i64) -> (f64, f64, f64) {
+    let factorial = |k: i32| (1..=k).map(f64::from).product::<f64>();
+    let beta = factorial(alpha - 1).powi(2) / factorial(2 * alpha - 1);
+    let steps = 100_000;
+    // raw[k] = E[(area share)^k], k = 1..=4.
+    let mut raw = [0.0f64; 5];
+    for step in 0..steps {
+        let lam = (step as f64 + 0.5) / steps as f64;
+        let density = (lam * (1.0 - lam)).powi(alpha - 1) / beta / steps as f64;
+        let half = ((h as f64 * (1.0 - lam).sqrt()).floor() / 2.0).floor() as i64;
+        let mut side = [0.0f64; 5];
+        for centre in 0..h {
+            let len = ((centre + half).min(h) - (centre - half).max(0)) as f64 / h as f64;
+            for (k, moment) in side.iter_mut().enumerate() {
+                *moment += len.powi(k as i32) / h as f64;
+            }
+        }
+        for k in 1..5 {
+            raw[k] += density * side[k] * side[k];
+        }
+    }
+    let mean = raw[1];
+    let var = raw[2] - mean * mean;
+    let m4 = raw[4] - 4.0 * raw[3] * mean + 6.0 * raw[2] * mean.powi(2) - 3.0 * mean.powi(4);
+    // λ = 1 - area share: the same variance and fourth moment.
+    (1.0 - mean, var, m4)
+}
+
+/// MixUp's λ follows timm's Beta(alpha, alpha), one draw per image in `elem` mode and per
+/// batch in `batch` mode (alpha 0.8: variance 1/10.4; a uniform λ would have 1/12).
+#[test]
+fn mixup_weights_follow_beta_alpha_alpha() {
+    let _g = seeded(20);
+    let (mean, var, m4) = beta_moments(0.8);
+    let cfg = MixConfig {
+        mixup_alpha: 0.8,
+        cutmix_alpha: 0.0,
+        mode: MixMode::Elem,
+        ..MixConfig::default()
+    };
+    let images = black_and_white(100_000, 1, 1);
+    let labels = Tensor::zeros([100_000], (Kind::Int64, Device::Cpu));
+    let (out, _) = mix::mix(&images, &labels, 2, &cfg, 0.0);
+    let mixed = read_mixed(&images, &out);
+    assert!(
+        !mixed.cut.iter().any(|&cut| cut),
+        "MixUp alone, every image mixed"
+    );
+    assert_moments("elem mode", &mixed.lam, mean, var, m4);
+
+    // In batch mode, every image of a batch has the batch's λ.
+    let cfg = MixConfig {
+        mode: MixMode::Batch,
+        ..cfg
+    };
+    let images = black_and_white(4, 1, 1);
+    let labels = Tensor::zeros([4], (Kind::Int64, Device::Cpu));
+    let lams: Vec<f64> = (0..3000)
+        .map(|_| {
+            let (out, _) = mix::mix(&images, &labels, 2, &cfg, 0.0);
+            let lam = read_mixed(&images, &out).lam;
+            assert!(lam.iter().all(|&l| (l - lam[0]).abs() < 1e-12), "{lam:?}");
+            lam[0]
+        })
+        .collect();
+    assert_moments("batch mode", &lams, mean, var, m4);
+}
+
+/// With both on, CutMix is chosen with probability `switch_prob` (0.2 here, where a
+/// comparison the wrong way round would give 0.8), and each op draws λ from its own Beta:
+/// alphas 0.5 (MixUp) and 4 (CutMix), far apart, so that swapped ones show in both.
+#[test]
+fn with_both_on_cutmix_takes_switch_prob_of_the_images_and_each_its_own_alpha() {
+    let _g = seeded(21);
+    let (n, h) = (8192, 16);
+    let cfg = MixConfig {
+        mixup_alpha: 0.5,
+        cutmix_alpha: 4.0,
+        prob: 1.0,
+        switch_prob: 0.2,
+        mode: MixMode::Elem,
+    };
+    let images = black_and_white(n, h, h);
+    let labels = Tensor::zeros([n], (Kind::Int64, Device::Cpu));
+    let (out, _) = mix::mix(&images, &labels, 2, &cfg, 0.0);
+    let mixed = read_mixed(&images, &out);
+    let cut = mixed.cut.iter().filter(|&&cut| cut).count();
+    assert_share("images CutMix", cut, n as usize, 0.2);
+
+    let mixup = lams_where(&mixed, |i| !mixed.cut[i]);
+    let (mean, var, m4) = beta_moments(0.5);
+    assert_moments("MixUp's λ", &mixup, mean, var, m4);
+    let cutmix = lams_where(&mixed, |i| mixed.cut[i]);
+    let (mean, var, m4) = cutmix_lam_moments(4, h);
+    assert_moments("CutMix's corrected λ", &cutmix, mean, var, m4);
+}
+
+/// With `prob` 0.3, 70% of the images (in `elem` mode, each image on its own) or of the
+/// batches (in `batch` mode, all of a batch or none) stay as they were.
+#[test]
+fn mix_prob_is_the_share_of_images_or_batches_mixed() {
+    let _g = seeded(22);
+    let cfg = MixConfig {
+        mixup_alpha: 0.8,
+        cutmix_alpha: 0.0,
+        prob: 0.3,
+        switch_prob: 0.5,
+        mode: MixMode::Elem,
+    };
+    let n = 20_000;
+    let images = black_and_white(n, 1, 1);
+    let labels = Tensor::zeros([n], (Kind::Int64, Device::Cpu));
+    let (out, _) = mix::mix(&images, &labels, 2, &cfg, 0.0);
+    let untouched = read_mixed(&images, &out).untouched;
+    let count = untouched.iter().filter(|&&u| u).count();
+    assert_share("images untouched, elem mode", count, n as usize, 0.7);
+
+    let cfg = MixConfig {
+        mode: MixMode::Batch,
+        ..cfg
+    };
+    let images = black_and_white(4, 1, 1);
+    let labels = Tensor::zeros([4], (Kind::Int64, Device::Cpu));
+    let batches = 2000;
+    let untouched = (0..batches)
+        .filter(|_| {
+            let (out, _) = mix::mix(&images, &labels, 2, &cfg, 0.0);
+            let untouched = read_mixed(&images, &out).untouched;
+            assert!(
+                untouched.iter().all(|&u| u == untouched[0]),
+                "{untouched:?}"
+            );
+            untouched[0]
+        })
+        .count();
+    assert_share("batches untouched, batch mode", untouched, batches, 0.7);
 }
 
 #[test]
