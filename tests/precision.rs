@@ -1,14 +1,16 @@
 //! bf16 autocast (through `vit_tch::ffi`), on the CPU, where libtorch runs the same
 //! autocast machinery as on CUDA: it must really lower the matmuls, leave the state as it
-//! found it, and keep a training step and a test pass close to the fp32 ones.
+//! found it, and keep a training step and a test pass close to the fp32 ones. A test pass's
+//! accuracy and confusion matrix are checked against predictions counted here, and the
+//! per-class accuracy against a matrix made by hand.
 
 mod common;
 
 use common::{assert_close, fixture, load_params, seeded};
-use tch::{nn, nn::Module, Device, Kind, Tensor};
+use tch::{nn, nn::Module, nn::ModuleT, Device, Kind, Tensor};
 use vit_tch::cli::Precision;
-use vit_tch::data::Split;
-use vit_tch::eval::evaluate;
+use vit_tch::data::{transforms, Split};
+use vit_tch::eval::{evaluate, Evaluation};
 use vit_tch::ffi::{autocast_bf16, peak_memory};
 use vit_tch::model::VisionTransformer;
 use vit_tch::optim::AdamW;
@@ -112,6 +114,7 @@ fn a_bf16_test_pass_tracks_the_fp32_one() {
         };
         let fp32 = evaluate(&model, &split, 16, Precision::Fp32);
         let bf16 = evaluate(&model, &split, 16, Precision::Bf16);
+        assert_counts_its_own_predictions(&model, &split, &fp32);
         // An exact match would mean the pass never ran in bf16.
         assert_ne!(
             bf16.loss, fp32.loss,
@@ -134,6 +137,78 @@ fn a_bf16_test_pass_tracks_the_fp32_one() {
             "{device:?}: {changed} images changed class in bf16"
         );
     }
+}
+
+/// The fp32 pass `evaluation` of `model` over `split` (in batches of 16) against the
+/// predictions made here: its accuracy is the share of argmax == label, and its confusion
+/// matrix counts each image once at [true class][predicted class], so that its rows sum to
+/// the label counts and its columns to the prediction counts.
+fn assert_counts_its_own_predictions(
+    model: &VisionTransformer,
+    split: &Split,
+    evaluation: &Evaluation,
+) {
+    let k = model.config.num_classes as usize;
+    let predictions = tch::no_grad(|| {
+        let images = split.images.split(16, 0);
+        let logits: Vec<Tensor> = images
+            .iter()
+            .map(|batch| {
+                model.forward_t(
+                    &transforms::test_transform(batch, model.config.image_size),
+                    false,
+                )
+            })
+            .collect();
+        Tensor::cat(&logits, 0).argmax(-1, false)
+    });
+    let predictions = Vec::<i64>::try_from(predictions.to_device(Device::Cpu)).unwrap();
+    let labels = Vec::<i64>::try_from(split.labels.to_device(Device::Cpu)).unwrap();
+    let correct = predictions
+        .iter()
+        .zip(&labels)
+        .filter(|(p, l)| p == l)
+        .count();
+    assert_eq!(evaluation.images, labels.len() as i64);
+    assert_eq!(evaluation.accuracy, correct as f64 / labels.len() as f64);
+    let mut expected = vec![vec![0i64; k]; k];
+    for (&label, &prediction) in labels.iter().zip(&predictions) {
+        expected[label as usize][prediction as usize] += 1;
+    }
+    let confusion = Vec::<Vec<i64>>::try_from(&evaluation.confusion).unwrap();
+    let row_sums: Vec<i64> = confusion.iter().map(|row| row.iter().sum()).collect();
+    let column_sums: Vec<i64> = (0..k)
+        .map(|j| confusion.iter().map(|row| row[j]).sum())
+        .collect();
+    let count = |values: &[i64]| {
+        (0..k as i64)
+            .map(|c| values.iter().filter(|&&v| v == c).count() as i64)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(row_sums, count(&labels), "rows: the true classes");
+    assert_eq!(
+        column_sums,
+        count(&predictions),
+        "columns: the predicted classes"
+    );
+    assert_eq!(confusion, expected);
+}
+
+/// Each class's accuracy is its diagonal cell over its row (its test images), not its
+/// column; a class without test images has none.
+#[test]
+fn per_class_accuracy_is_the_diagonal_over_the_row() {
+    // Rows (true classes) of 8, 4 and 0 images; columns (predictions) of 7, 3 and 2.
+    let evaluation = Evaluation {
+        loss: 1.0,
+        accuracy: 7.0 / 12.0,
+        images: 12,
+        confusion: Tensor::from_slice2(&[[6i64, 2, 0], [1, 1, 2], [0, 0, 0]]),
+    };
+    assert_eq!(
+        evaluation.per_class_accuracy(),
+        [Some(6.0 / 8.0), Some(1.0 / 4.0), None]
+    );
 }
 
 #[test]
