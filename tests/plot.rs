@@ -348,6 +348,54 @@ fn confusion_matrix_for_3_10_and_100_classes() {
     assert!(wrong.is_err());
 }
 
+/// The middle pixel (median x, median y) of those of colour `colour` in `picture`: a
+/// cell's centre, as a cell is far larger than the few rows of the colour bar that may
+/// share its colour, or the text over it.
+fn middle_of(picture: &image::RgbImage, colour: plotters::style::RGBColor) -> (f64, f64) {
+    let (mut xs, mut ys): (Vec<u32>, Vec<u32>) = picture
+        .enumerate_pixels()
+        .filter(|(_, _, pixel)| pixel.0 == [colour.0, colour.1, colour.2])
+        .map(|(x, y, _)| (x, y))
+        .unzip();
+    assert!(xs.len() > 1000, "{} pixels of {colour:?}", xs.len());
+    xs.sort_unstable();
+    ys.sort_unstable();
+    (xs[xs.len() / 2] as f64, ys[ys.len() / 2] as f64)
+}
+
+/// Where the cells are, found in the picture itself rather than through the layout that
+/// draws them: rows are true classes from the top, columns predicted ones from the left.
+/// Class 0's images are 70% right and 30% predicted as class 2; classes 1 and 2 all right.
+#[test]
+fn the_confusion_picture_has_true_classes_down_and_predicted_ones_across() {
+    let dir = TempDir::new("confusion-orientation");
+    let classes: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+    let confusion = Tensor::from_slice2(&[[70i64, 0, 30], [0, 100, 0], [0, 0, 100]]);
+    let output = dir.join("confusion.png");
+    plot::confusion_matrix(&confusion, &classes, &output).unwrap();
+    let picture = image::open(&output).unwrap().into_rgb8();
+    let (x0, y0) = middle_of(&picture, plot::blues(0.7));
+    let (x2, y2) = middle_of(&picture, plot::blues(0.3));
+    // The two cells of 100% (1, 1) and (2, 2): their pixels' middle is where they meet,
+    // one and a half cells right of and below the centre of (0, 0).
+    let (xd, yd) = middle_of(&picture, plot::blues(1.0));
+    let cell = (yd - y0) / 1.5;
+    assert!(
+        cell > 20.0,
+        "the diagonal runs down from (0, 0): cell {cell}"
+    );
+    assert!(
+        (xd - x0 - 1.5 * cell).abs() <= 3.0,
+        "diagonal at {xd}, cell {cell}"
+    );
+    // The mistake: in the top row (class 0's), two cells right of the diagonal's first.
+    assert!((y2 - y0).abs() <= 3.0, "(0, 2) at y {y2}, (0, 0) at {y0}");
+    assert!(
+        (x2 - x0 - 2.0 * cell).abs() <= 3.0,
+        "(0, 2) at x {x2}, (0, 0) at {x0}, cell {cell}"
+    );
+}
+
 /// A tiny checkpoint (random weights) and a non-square PNG, then `vit attention`.
 #[test]
 fn attention_figure_from_a_checkpoint_and_an_image_file() {
