@@ -602,4 +602,29 @@ mod tests {
         let axes = panel_axes(&[run(0.0, 0.97)], Panel::Accuracy);
         assert!(matches!(axes.legend_at, SeriesLabelPosition::LowerRight));
     }
+
+    /// Each panel draws its own metrics in the order of the curves' names: train, test,
+    /// EMA test (accuracies in percent). Every value of the row differs, so a column read
+    /// for another shows.
+    #[test]
+    fn each_panel_draws_the_train_test_and_ema_test_values_of_its_metric() {
+        let row = MetricsRow {
+            epoch: 3.0,
+            train_loss: Some(1.25),
+            train_acc: Some(0.5),
+            test_loss: Some(1.5),
+            test_acc: Some(0.25),
+            ema_test_loss: Some(1.75),
+            ema_test_acc: Some(0.75),
+        };
+        assert_eq!(CURVES.map(|(name, _)| name), ["train", "test", "EMA test"]);
+        assert_eq!(
+            Panel::Loss.values(&row),
+            [Some(1.25), Some(1.5), Some(1.75)]
+        );
+        assert_eq!(
+            Panel::Accuracy.values(&row),
+            [Some(50.0), Some(25.0), Some(75.0)]
+        );
+    }
 }
