@@ -450,7 +450,8 @@ fn resizing_transform_matches_torchvision() {
 /// The strong recipe's batch as the trainer builds it (`TrainBatch::new`: crop, flip,
 /// AutoAugment or RandAugment, random erasing, MixUp/CutMix), on every device: it stays
 /// there, keeps its shape and its pixels within the normalized [0, 1] range, and its soft
-/// targets sum to one.
+/// targets sum to one and keep the label smoothing: no class's target falls below the off
+/// value `smoothing / K` (it would be 0 unsmoothed, for all but two classes).
 #[test]
 fn strong_batch_stays_on_its_device_and_in_range() {
     let _g = seeded(12);
@@ -491,6 +492,12 @@ fn strong_batch_stays_on_its_device_and_in_range() {
             let row_sums = targets.sum_dim_intlist([1i64].as_slice(), false, Kind::Double);
             let error = (row_sums - 1.0).abs().max().double_value(&[]);
             assert!(error < 1e-5, "{case}: target rows sum to 1 ± {error}");
+            let off = 0.1 / config.num_classes as f64;
+            let lowest = targets.min().double_value(&[]);
+            assert!(
+                (lowest - off).abs() < 1e-7,
+                "{case}: lowest target {lowest}, not {off}"
+            );
         }
     }
 }
@@ -612,19 +619,27 @@ fn cutmix_weight_is_the_pasted_area() {
     );
 }
 
+/// The colours of [`six_colour_batch`]'s images.
+const SIX_COLOURS: [f64; 6] = [-2.0, -1.0, 0.0, 0.5, 1.0, 3.0];
+
+/// Six images, each of one of [`SIX_COLOURS`], float [6, 3, 4, 4], with labels int64 [6].
+fn six_colour_batch() -> (Tensor, Tensor) {
+    let images = Tensor::from_slice(&SIX_COLOURS)
+        .to_kind(Kind::Float)
+        .view([-1, 1, 1, 1])
+        .expand([-1, 3, 4, 4], false)
+        .contiguous();
+    (images, Tensor::from_slice(&[3i64, 1, 4, 7, 5, 9]))
+}
+
 /// Mixes constant-colour images with MixUp alone (both modes) and checks each image's
 /// targets against timm's `mixup_target`: `lam * y + (1 - lam) * y'` of the smoothed one-hot
 /// targets (off value `smoothing / K`, on value `1 - smoothing + smoothing / K`) of its own
 /// label and its partner's, with `lam` read off the mixed image.
 fn assert_mixup_targets_are_the_mixing_weights(smoothing: f64) {
-    let (b, classes) = (6, 10);
-    let colours = [-2.0f64, -1.0, 0.0, 0.5, 1.0, 3.0];
-    let images = Tensor::from_slice(&colours)
-        .to_kind(Kind::Float)
-        .view([b, 1, 1, 1])
-        .expand([b, 3, 4, 4], false)
-        .contiguous();
-    let labels = Tensor::from_slice(&[3i64, 1, 4, 7, 5, 9]);
+    let (b, classes) = (SIX_COLOURS.len() as i64, 10);
+    let (images, labels) = six_colour_batch();
+    let colours = SIX_COLOURS;
     let label_of = to_vec(&labels);
     let off = smoothing / classes as f64;
     let on = 1.0 - smoothing + off;
@@ -672,12 +687,8 @@ fn assert_mixup_targets_are_the_mixing_weights(smoothing: f64) {
 fn mixup_targets_are_the_mixing_weights() {
     let _g = seeded(8);
     assert_mixup_targets_are_the_mixing_weights(0.0);
-    let (b, classes) = (6, 10);
-    let images = Tensor::from_slice(&[-2.0f32, -1.0, 0.0, 0.5, 1.0, 3.0])
-        .view([b, 1, 1, 1])
-        .expand([b, 3, 4, 4], false)
-        .contiguous();
-    let labels = Tensor::from_slice(&[3i64, 1, 4, 7, 5, 9]);
+    let classes = 10;
+    let (images, labels) = six_colour_batch();
     // Smoothed targets still sum to 1, and prob = 0 leaves the batch alone.
     let cfg = MixConfig {
         prob: 0.0,
@@ -696,30 +707,6 @@ fn mixup_targets_are_the_mixing_weights() {
 fn smoothed_mixup_targets_mix_the_smoothed_one_hot_targets() {
     let _g = seeded(18);
     assert_mixup_targets_are_the_mixing_weights(0.1);
-}
-
-/// A training batch that mixes keeps the run's label smoothing: no class's target falls
-/// below the off value `smoothing / K` (it would be 0 unsmoothed, for all but two classes).
-#[test]
-fn a_mixed_training_batch_has_label_smoothed_targets() {
-    let _g = seeded(19);
-    let config = ViTConfig::tiny();
-    let images = random_u8(&[16, 3, 32, 32]);
-    let labels = Tensor::randint(config.num_classes, [16], (Kind::Int64, Device::Cpu));
-    let regularization = Regularization {
-        mix: Some(MixConfig::default()),
-        ..Regularization::default()
-    };
-    let batch = TrainBatch::new(&images, labels, &config, &regularization, 0.1, 0);
-    let targets = batch.soft_targets.expect("soft targets");
-    let off = 0.1 / config.num_classes as f64;
-    let lowest = targets.min().double_value(&[]);
-    assert!(
-        (lowest - off).abs() < 1e-7,
-        "lowest target {lowest}, not {off}"
-    );
-    let sums = to_vec(&targets.sum_dim_intlist([1i64].as_slice(), false, Kind::Double));
-    assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-6), "{sums:?}");
 }
 
 /// A batch of `n` constant images of one channel, float64 [n, 1, h, w]: 0 for the first
@@ -787,18 +774,6 @@ fn assert_moments(what: &str, values: &[f64], mean: f64, var: f64, m4: f64) {
         sample_var,
         var,
         ((m4 - var * var) / n).sqrt(),
-    );
-}
-
-/// Checks that `count` of `n` independent images (or batches), each counted with
-/// probability `p`, is within 6 standard errors, sqrt(n p (1 - p)), of n p.
-fn assert_share(what: &str, count: usize, n: usize, p: f64) {
-    let sigma = (n as f64 * p * (1.0 - p)).sqrt();
-    common::assert_within_6_sigma(
-        &format!("{what}: of {n}"),
-        count as f64,
-        n as f64 * p,
-        sigma,
     );
 }
 
@@ -902,7 +877,7 @@ fn with_both_on_cutmix_takes_switch_prob_of_the_images_and_each_its_own_alpha() 
     let (out, _) = mix::mix(&images, &labels, 2, &cfg, 0.0);
     let mixed = read_mixed(&images, &out);
     let cut = mixed.cut.iter().filter(|&&cut| cut).count();
-    assert_share("images CutMix", cut, n as usize, 0.2);
+    common::assert_binomial_count("images CutMix", cut, n as usize, 0.2);
 
     let mixup = lams_where(&mixed, |i| !mixed.cut[i]);
     let (mean, var, m4) = beta_moments(0.5);
@@ -930,7 +905,7 @@ fn mix_prob_is_the_share_of_images_or_batches_mixed() {
     let (out, _) = mix::mix(&images, &labels, 2, &cfg, 0.0);
     let untouched = read_mixed(&images, &out).untouched;
     let count = untouched.iter().filter(|&&u| u).count();
-    assert_share("images untouched, elem mode", count, n as usize, 0.7);
+    common::assert_binomial_count("images untouched, elem mode", count, n as usize, 0.7);
 
     let cfg = MixConfig {
         mode: MixMode::Batch,
@@ -950,7 +925,7 @@ fn mix_prob_is_the_share_of_images_or_batches_mixed() {
             untouched[0]
         })
         .count();
-    assert_share("batches untouched, batch mode", untouched, batches, 0.7);
+    common::assert_binomial_count("batches untouched, batch mode", untouched, batches, 0.7);
 }
 
 #[test]

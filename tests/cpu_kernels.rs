@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{assert_close, assert_drop_rate, seeded};
+use common::{assert_binomial_count, assert_close, seeded};
 use std::sync::MutexGuard;
 use tch::{nn::ModuleT, Device, Kind, Tensor};
 use vit_tch::ffi::{autocast_bf16, onednn_linear, onednn_linear_available};
@@ -178,11 +178,11 @@ fn keeps_each_element_with_probability_one_minus_p_scaled_as_libtorch() {
             "p {prob}: every value is 0 or libtorch's {scale}"
         );
         let zeros = values.iter().filter(|&&v| v == 0.0).count();
-        assert_drop_rate(&format!("p {prob}"), zeros, len, prob);
+        assert_binomial_count(&format!("p {prob}"), zeros, len, prob);
         // Every chunk on its own, the last, partial one included.
         for (i, chunk) in values.chunks(DROPOUT_CHUNK).enumerate() {
             let zeros = chunk.iter().filter(|&&v| v == 0.0).count();
-            assert_drop_rate(&format!("p {prob}, chunk {i}"), zeros, chunk.len(), prob);
+            assert_binomial_count(&format!("p {prob}, chunk {i}"), zeros, chunk.len(), prob);
         }
     }
     assert!(
@@ -218,7 +218,7 @@ fn chunks_and_generator_lanes_draw_independent_numbers() {
     for (what, gap) in [("neighbours", 1), ("a lane's consecutive draws", lanes)] {
         let pairs = kept.len() - gap;
         let agree = (0..pairs).filter(|&k| kept[k] == kept[k + gap]).count();
-        assert_drop_rate(what, agree, pairs, 0.5);
+        assert_binomial_count(what, agree, pairs, 0.5);
     }
 }
 
@@ -281,7 +281,7 @@ fn dropout_module_masks_while_training_only_with_the_masks_gradient() {
         "kept elements are scaled by 1/(1-p)"
     );
     let zeros = kept.logical_not().sum(Kind::Int64).int64_value(&[]) as usize;
-    assert_drop_rate("module", zeros, input.numel(), 0.25);
+    assert_binomial_count("module", zeros, input.numel(), 0.25);
     output.sum(Kind::Float).backward();
     let grad = input.grad();
     assert!(

@@ -573,21 +573,26 @@ fn checksum_mismatch_and_truncation_leave_nothing() {
     let stale_unpacked = data_dir.join(".cifar-10-batches-bin.tmp-4294967295/cifar-10-batches-bin");
     std::fs::create_dir_all(&stale_unpacked).unwrap();
     std::fs::write(stale_unpacked.join("data_batch_1.bin"), b"partial").unwrap();
-    // ...while one whose process still runs (another vit downloading here) is left alone.
-    let mut running = std::process::Command::new("sleep")
-        .arg("60")
-        .spawn()
-        .unwrap();
-    let in_flight = format!(".cifar-10-binary.tar.gz.tmp-{}", running.id());
-    std::fs::write(data_dir.join(&in_flight), b"in flight").unwrap();
-    let fetched = fetch(file.to_str().unwrap(), &data_dir, &spec);
-    running.kill().unwrap();
-    running.wait().unwrap();
-    fetched.unwrap();
-    assert_eq!(
-        entries(&data_dir),
-        [in_flight.as_str(), "cifar-10-batches-bin"]
+    fetch(file.to_str().unwrap(), &data_dir, &spec).unwrap();
+    assert_eq!(entries(&data_dir), ["cifar-10-batches-bin"]);
+}
+
+/// The temporary file of a process that still runs (another vit downloading into the same
+/// folder) is not swept as stale; one of a process that has ended is.
+#[test]
+fn only_temporaries_of_ended_processes_are_swept() {
+    let tmp = TempDir::new("sweep");
+    // This test's parent (the harness or a shell) runs while the test does.
+    let running = format!(
+        ".cifar-10-binary.tar.gz.tmp-{}",
+        std::os::unix::process::parent_id()
     );
+    let ended = ".cifar-100-binary.tar.gz.tmp-4294967295";
+    for name in [running.as_str(), ended] {
+        std::fs::write(tmp.0.join(name), b"partial").unwrap();
+    }
+    vit_tch::fsutil::remove_stale_temporaries(&tmp.0);
+    assert_eq!(entries(&tmp.0), [running]);
 }
 
 #[test]

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{assert_close, assert_drop_rate, seeded};
+use common::{assert_binomial_count, assert_close, seeded};
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 use vit_tch::model::{MultiHeadSelfAttention, ViTConfig, VisionTransformer};
 
@@ -133,7 +133,7 @@ fn stochastic_depth_drops_whole_branches_per_sample_at_rates_rising_to_the_last_
                 0.0,
                 1e-4,
             );
-            assert_drop_rate(
+            assert_binomial_count(
                 &what,
                 drops.sum(Kind::Int64).int64_value(&[]) as usize,
                 SAMPLES as usize,
@@ -150,7 +150,7 @@ fn stochastic_depth_drops_whole_branches_per_sample_at_rates_rising_to_the_last_
             .logical_and(&dropped[1])
             .sum(Kind::Int64)
             .int64_value(&[]) as usize;
-        assert_drop_rate(
+        assert_binomial_count(
             &format!("block {block}, both branches"),
             both,
             SAMPLES as usize,
@@ -218,6 +218,6 @@ fn attention_dropout_drops_probabilities_while_training_only_on_both_paths() {
         assert_all(&what, &ratio.masked_select(&drops), 0.0, 1e-4);
         let dropped = drops.sum(Kind::Int64).int64_value(&[]) as usize;
         let what = format!("attention dropout (fused {fused})");
-        assert_drop_rate(&what, dropped, ratio.numel(), PROB);
+        assert_binomial_count(&what, dropped, ratio.numel(), PROB);
     }
 }

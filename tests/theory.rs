@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::assert_close;
+use common::{assert_close, vit};
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 use vit_tch::model::{
     scaled_dot_product_attention, MultiHeadSelfAttention, TransformerBlock, ViTConfig,
@@ -345,4 +345,36 @@ fn wrong_input_shape_is_an_error_not_a_panic() {
     let integers = Tensor::zeros([1, 3, 32, 32], (Kind::Int64, Device::Cpu));
     let error = model.f_forward_t(&integers, false).unwrap_err();
     assert!(format!("{error}").contains("float images"), "{error}");
+}
+
+/// `vit info` of the notebook's model for CIFAR-100: its module rows add up to the total,
+/// the total is the notebook's 3,218,276 parameters (as above, the model's
+/// own), and the shape check gives one row of 100 logits.
+#[test]
+fn info_counts_the_notebook_model() {
+    let output = vit(&["info", "--config", "notebook"]);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let table: Vec<(&str, i64)> = stdout
+        .lines()
+        .skip_while(|line| !line.starts_with("module"))
+        .skip(1)
+        .take_while(|line| !line.is_empty())
+        .map(|line| {
+            let (module, count) = line.split_once(' ').unwrap();
+            (module, count.trim().parse().unwrap())
+        })
+        .collect();
+    let (total, modules) = table.split_last().expect("a parameter table");
+    assert_eq!(*total, ("total", 3_218_276), "{stdout}");
+    let names: Vec<&str> = modules.iter().map(|(name, _)| *name).collect();
+    #[rustfmt::skip]
+    let expected = ["patch_embed", "cls_token", "pos_embed", "blocks.0", "blocks.1", "blocks.2",
+                    "blocks.3", "blocks.4", "blocks.5", "norm", "head"];
+    assert_eq!(names, expected, "{stdout}");
+    let sum: i64 = modules.iter().map(|(_, count)| count).sum();
+    assert_eq!(sum, total.1, "{stdout}");
+    assert!(
+        stdout.contains("\nShape check: randn[1, 3, 32, 32] -> [1, 100]\n"),
+        "{stdout}"
+    );
 }

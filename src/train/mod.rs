@@ -599,11 +599,10 @@ impl<'a> Trainer<'a> {
         let progress = &mut self.progress;
         let mut files = Vec::new();
         let model = |vs| checkpoint::to_bytes(vs, &self.settings.model, &self.metadata);
-        // The last model, and the best when it is that too. The first epoch always writes
-        // one, so that a best model exists even at 0%.
+        // The last model, and the best when it is that too.
         let mut keep =
             |[best, last]: [&'static str; 2], bytes: Vec<u8>, accuracy, best_accuracy: &mut f64| {
-                if accuracy > *best_accuracy || epoch == 0 {
+                if is_new_best(accuracy, *best_accuracy, epoch) {
                     *best_accuracy = accuracy;
                     files.push((best, bytes.clone()));
                 }
@@ -687,4 +686,31 @@ fn step_seed(seed: u64, epoch: usize, step: usize) -> i64 {
         seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (step as u64).rotate_left(32);
     // Nearby (epoch, step) pairs give unrelated seeds, made non-negative for manual_seed.
     (crate::model::splitmix64_finalizer(x) >> 1) as i64
+}
+
+/// The notebook's rule for `best_model`: epoch `epoch`'s (0-based) model is the best so far
+/// when its test accuracy beats `best_accuracy`, every earlier epoch's (a tie keeps the
+/// earlier model). The first epoch's always is, so that a best model exists even at 0%.
+fn is_new_best(accuracy: f64, best_accuracy: f64, epoch: usize) -> bool {
+    accuracy > best_accuracy || epoch == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_new_best;
+
+    #[test]
+    fn the_best_model_is_the_first_epoch_with_the_highest_accuracy() {
+        let accuracies = [0.0, 0.0, 0.3, 0.2, 0.3, 0.5, 0.5, 0.4];
+        let mut best = 0.0;
+        let mut saved = Vec::new();
+        for (epoch, &accuracy) in accuracies.iter().enumerate() {
+            if is_new_best(accuracy, best, epoch) {
+                best = accuracy;
+                saved.push(epoch);
+            }
+        }
+        // Epoch 0 at 0%, then each rise; not the ties (epochs 1, 4, 6) or the drops.
+        assert_eq!(saved, [0, 2, 5]);
+    }
 }

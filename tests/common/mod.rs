@@ -67,12 +67,17 @@ pub fn assert_within_6_sigma(what: &str, value: f64, expected: f64, sigma: f64) 
     );
 }
 
-/// Panics unless `dropped` of `n` draws, each dropped with probability `prob`, is within 6
-/// standard deviations of `n prob` (see [`assert_within_6_sigma`]).
-pub fn assert_drop_rate(what: &str, dropped: usize, n: usize, prob: f64) {
-    let sigma = (n as f64 * prob * (1.0 - prob)).sqrt();
-    let what = format!("{what}: dropped of {n}");
-    assert_within_6_sigma(&what, dropped as f64, n as f64 * prob, sigma);
+/// Panics unless `count` of `n` independent draws (dropped elements, mixed images, ...),
+/// each counted with probability `p`, is within 6 standard deviations, sqrt(n p (1 - p)),
+/// of n p (see [`assert_within_6_sigma`]).
+pub fn assert_binomial_count(what: &str, count: usize, n: usize, p: f64) {
+    let sigma = (n as f64 * p * (1.0 - p)).sqrt();
+    assert_within_6_sigma(
+        &format!("{what}: of {n}"),
+        count as f64,
+        n as f64 * p,
+        sigma,
+    );
 }
 
 /// `norm1.weight`, `norm2.weight`, `norm.weight`: LayerNorm scales.
