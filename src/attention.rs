@@ -381,3 +381,52 @@ fn figure(
     }
     write_rgb_png(output, width, height, &buffer)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The heat map keeps the patch grid's orientation (row by row, as the tokens are laid
+    /// out) and spans the whole colour map: a map hot at one patch is hottest over that
+    /// patch, a constant map is all cold.
+    #[test]
+    fn a_heat_map_is_hottest_over_its_hottest_patch() {
+        // A 4x4 grid, hot at row 0, column 3: the top right corner.
+        let mut map = vec![0.0f32; 16];
+        map[3] = 1.0;
+        let heat = upsample(&Tensor::from_slice(&map)).unwrap();
+        let side = PANEL as usize;
+        assert_eq!(heat.len(), side * side);
+        let hottest = (0..heat.len())
+            .max_by(|&a, &b| heat[a].total_cmp(&heat[b]))
+            .unwrap();
+        let (row, column) = (hottest / side, hottest % side);
+        assert!(
+            row < side / 4 && column >= 3 * side / 4,
+            "hottest at ({row}, {column})"
+        );
+        let lowest = heat.iter().copied().fold(f32::INFINITY, f32::min);
+        assert_eq!((lowest, heat[hottest]), (0.0, 1.0));
+
+        let constant = upsample(&Tensor::from_slice(&[0.5f32; 16])).unwrap();
+        assert!(constant.iter().all(|&t| t == 0.0));
+    }
+
+    /// Over a constant map the picture is the image dimmed to 45% plus 55% of the colour
+    /// map's coldest colour.
+    #[test]
+    fn an_overlay_mixes_the_image_with_the_heat() {
+        let base = Picture {
+            side: PANEL,
+            rgb: (0..PANEL * PANEL * 3).map(|i| (i % 251) as u8).collect(),
+        };
+        let picture = overlay(&base, &Tensor::from_slice(&[0.5f32; 16])).unwrap();
+        let RGBColor(r, g, b) = inferno(0.0);
+        for (i, (&mixed, &image)) in picture.rgb.iter().zip(&base.rgb).enumerate() {
+            let cold = [r, g, b][i % 3] as f64;
+            // 1 - 0.55 as the code writes it (not 0.45): the halves round alike.
+            let expected = ((1.0 - 0.55) * image as f64 + 0.55 * cold).round() as u8;
+            assert_eq!(mixed, expected, "value {i}");
+        }
+    }
+}
