@@ -352,7 +352,6 @@ fn auto_augment_applies_each_images_sub_policy_with_its_probabilities() {
                 to_vec(&signs.get(i))
             );
         }
-        println!("{interpolation:?}: ran {ran:?}, skipped {skipped:?}");
         assert!(
             ran.iter().chain(&skipped).all(|&n| n >= 10),
             "{interpolation:?}: ran {ran:?}, skipped {skipped:?}"

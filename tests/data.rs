@@ -582,7 +582,8 @@ fn checksum_mismatch_and_truncation_leave_nothing() {
 #[test]
 fn only_temporaries_of_ended_processes_are_swept() {
     let tmp = TempDir::new("sweep");
-    // This test's parent (the harness or a shell) runs while the test does.
+    // Our parent (cargo, or the shell that started this binary) outlives the test; our own
+    // PID would prove nothing, as `process_ended` never takes it for ended.
     let running = format!(
         ".cifar-10-binary.tar.gz.tmp-{}",
         std::os::unix::process::parent_id()
@@ -1184,6 +1185,7 @@ fn jpegs_decode_close_to_pils_pixels() {
                 .to_kind(Kind::Double)
                 .mean(Kind::Double)
                 .double_value(&[]);
+            // With --nocapture: the figures the doc comment quotes.
             println!("{name}, first {region}x{region}: max error {max}, mean {mean:.3}");
             assert!(
                 max <= max_bound && mean <= mean_bound,

@@ -85,10 +85,11 @@ fn a_bf16_training_step_tracks_the_fp32_one() {
     }
 }
 
-/// A test pass under bf16 autocast (`vit train --eval-precision bf16`), on the CPU and on
-/// CUDA where there is one: its loss tracks the fp32 pass's, and so do its predictions.
+/// A test pass counts its own predictions (accuracy and confusion matrix), and under bf16
+/// autocast (`vit train --eval-precision bf16`), on the CPU and on CUDA where there is one,
+/// its loss tracks the fp32 pass's, and so do its predictions.
 #[test]
-fn a_bf16_test_pass_tracks_the_fp32_one() {
+fn a_test_pass_counts_its_predictions_and_bf16_tracks_fp32() {
     let file = fixture("adamw_steps");
     let config = file.config().unwrap();
     let mut devices = vec![Device::Cpu];

@@ -33,6 +33,7 @@ fn readme_strong_recipe() -> Regularization {
             crop_padding: 4,
             flip_prob: 0.5,
             policy: Some(Policy::AutoAugmentCifar10),
+            // Not in the table: torchvision's AutoAugment default.
             interpolation: Interpolation::Nearest,
             erasing: Some(RandomErasing {
                 p: 0.25,

@@ -2440,8 +2440,8 @@ fn a_folder_dataset_trains_and_one_class_is_warned_about() {
 /// The notebook saves best_model only when the test accuracy improves: best_model (and
 /// best_ema_model) is the model of the first epoch that reached the run's highest test
 /// (EMA test) accuracy, across resumes. One step an epoch, stopped at each epoch's end to
-/// keep every epoch's last models. The test labels of all but a few images are shifted by
-/// one class, so the accuracy wanders. (The rule itself, ties and drops included, is
+/// keep every epoch's last models. 28 of the 40 test labels are shifted by one class, so
+/// the accuracy wanders. (The rule itself, ties and drops included, is
 /// `is_new_best`'s unit test in src/train/mod.rs.)
 #[test]
 fn best_model_is_the_first_epoch_with_the_best_test_accuracy() {
@@ -2492,8 +2492,7 @@ fn best_model_is_the_first_epoch_with_the_best_test_accuracy() {
         let highest = accuracy.iter().cloned().fold(f64::MIN, f64::max);
         let first = accuracy.iter().position(|&a| a == highest).unwrap();
         // What makes the check bite: the highest comes before the last epoch (a run that
-        // saved every epoch, or forgot its best on resume, would keep a later model). Here
-        // it comes at epoch 6 (7 for the EMA), and is tied after.
+        // saved every epoch, or forgot its best on resume, would keep a later model).
         assert!(
             first + 1 < epochs,
             "{column} {accuracy:?}: the highest came last; these data no longer test the rule"

@@ -313,7 +313,7 @@ fn has_extension(path: &Path, extensions: &[&str]) -> bool {
 
 /// Decodes image files (on all cores) into uint8 [N, 3, size, size]. Fails with the number
 /// of files that cannot be decoded, the first one's error and the names of up to ten
-/// others, so that one run finds them all.
+/// others, so that one run shows how many there are and names the first eleven.
 pub fn decode_images(files: &[&Path], size: u32) -> Result<Tensor> {
     let (images, failures) = decode_all(files, size)?;
     let mut failures = failures.into_iter();

@@ -2,8 +2,8 @@
 
     .venv/bin/python tests/reference/make_fixtures.py
 
-Every file is a float32 safetensors file with the model hyperparameters as JSON under the
-`config` metadata key. Parameters are stored as `param.<state_dict key>`.
+Every file is a safetensors file of float32 tensors (labels and the seed int64) with the
+model hyperparameters as JSON under the `config` metadata key. Parameters are stored as `param.<state_dict key>`.
 
 - `patch_embedding`, `multi_head_self_attention`, `transformer_block`,
   `vision_transformer`: one module of the small config, `input` and its eval `output`;
