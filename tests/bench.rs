@@ -68,7 +68,13 @@ fn an_error_is_its_message_even_with_rust_backtrace_set() {
 fn vit_bench_reports_throughput_and_memory_for_each_setting() {
     // (flags, precision, fused AdamW, fused attention, libtorch's linear and dropout masks)
     for (extra, precision, fused_adamw, fused_attention, libtorch_kernels) in [
-        (&["--dropout", "0.1"][..], "fp32", true, true, false),
+        (
+            &["--dropout", "0.1", "--phases"][..],
+            "fp32",
+            true,
+            true,
+            false,
+        ),
         (
             &["--precision", "bf16", "--adamw", "loop"][..],
             "bf16",
@@ -116,6 +122,16 @@ fn vit_bench_reports_throughput_and_memory_for_each_setting() {
             report["peak_device_bytes"].is_null(),
             "no CUDA memory on the CPU"
         );
+        // --phases times each part of the step: every one took some time.
+        let phases = &report["phase_ms_per_step"];
+        if extra.contains(&"--phases") {
+            for phase in ["forward", "backward", "clip", "optimizer"] {
+                let ms = phases[phase].as_f64().unwrap_or(f64::NAN);
+                assert!(ms.is_finite() && ms > 0.0, "{phase}: {phases}");
+            }
+        } else {
+            assert!(phases.is_null(), "{report}");
+        }
     }
 }
 
