@@ -97,9 +97,10 @@ endif
 # DATASET=cifar10|cifar100|folder and DATA_DIR choose the data (a folder dataset is not
 # downloaded); ARGS adds `vit train` flags other than those two.
 # (A failed download names VIT_DATA_MIRROR, which `vit download` reads as its --from.)
+DATA_FLAGS = --dataset $(call quote,$(DATASET)) --data-dir $(call quote,$(DATA_DIR))
 train: build
-	$(if $(filter folder,$(DATASET)),,$(VIT) download --dataset $(call quote,$(DATASET)) --data-dir $(call quote,$(DATA_DIR)))
-	$(VIT) train --dataset $(call quote,$(DATASET)) --data-dir $(call quote,$(DATA_DIR)) $(ARGS)
+	$(if $(filter folder,$(DATASET)),,$(VIT) download $(DATA_FLAGS))
+	$(VIT) train $(DATA_FLAGS) $(ARGS)
 
 # Side-by-side throughput against PyTorch (see bench/README.md).
 bench: build

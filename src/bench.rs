@@ -209,7 +209,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         libtorch_dropout: args.libtorch_dropout,
         libtorch_linear: args.libtorch_linear,
         cuda_graph: args.cuda_graph,
-        parameters: vs.variables().values().map(|t| t.numel() as i64).sum(),
+        parameters: crate::model::parameter_total(&vs),
         last_step_loss,
         train_images_per_s: images_timed / train_seconds,
         infer_images_per_s: images_timed / infer_seconds,

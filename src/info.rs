@@ -55,7 +55,7 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         println!("{module:<14} {count:>12}");
     }
     // Over every variable, so that one the table's modules missed would still count.
-    let total: i64 = vs.variables().values().map(|t| t.numel() as i64).sum();
+    let total = crate::model::parameter_total(&vs);
     println!("{:<14} {:>12}", "total", total);
     let input = Tensor::randn(
         [1, config.in_channels, config.image_size, config.image_size],

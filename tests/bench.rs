@@ -306,14 +306,7 @@ fn bench_scripts_refuse_bad_paths_before_running() {
             "error: two vit sides are labelled vit-a",
         ),
     ] {
-        let output = Command::new(python())
-            .arg(script)
-            .arg("--vit")
-            .arg(&vit)
-            .args(["--config", "tiny"])
-            .args(&flags)
-            .output()
-            .unwrap();
+        let output = compare_py(&flags);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{flags:?}");
         assert!(stderr.contains(message), "{flags:?}: {stderr}");

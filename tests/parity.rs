@@ -160,20 +160,32 @@ fn gradients_match_pytorch() {
         let loss = loss(&model, &file, &input);
         assert_close("loss", &loss, file.get("loss").unwrap(), TRAIN_TOL);
         loss.backward();
-        let variables = vs.variables();
-        assert_eq!(
-            expected.len(),
-            variables.len() + 1,
-            "one gradient per parameter + input"
-        );
-        for (name, grad) in &expected {
-            let actual = match name.as_str() {
-                "input" => input.grad(),
-                _ => variables[name].grad(),
-            };
-            let what = format!("gradient of {name} (fused {fused}, oneDNN {onednn})");
-            assert_close(&what, &actual, grad, TRAIN_TOL);
-        }
+        let case = format!("fused {fused}, oneDNN {onednn}");
+        assert_gradients_match(&vs, &input, &expected, &case);
+    }
+}
+
+/// After `backward()`: the gradient of every parameter of `vs` and of `input` against
+/// `expected` (the fixture's `grad.*`), to TRAIN_TOL.
+fn assert_gradients_match(
+    vs: &nn::VarStore,
+    input: &Tensor,
+    expected: &std::collections::BTreeMap<String, Tensor>,
+    case: &str,
+) {
+    let variables = vs.variables();
+    assert_eq!(
+        expected.len(),
+        variables.len() + 1,
+        "one gradient per parameter + input"
+    );
+    for (name, grad) in expected {
+        let actual = match name.as_str() {
+            "input" => input.grad(),
+            _ => variables[name].grad(),
+        };
+        let what = format!("gradient of {name} ({case})");
+        assert_close(&what, &actual, grad, TRAIN_TOL);
     }
 }
 
@@ -212,20 +224,7 @@ fn train_mode_dropout_matches_pytorch_mask_for_mask() {
             TRAIN_TOL,
         );
         loss.backward();
-        let variables = vs.variables();
-        assert_eq!(expected.len(), variables.len() + 1);
-        for (name, grad) in &expected {
-            let actual = match name.as_str() {
-                "input" => input.grad(),
-                _ => variables[name].grad(),
-            };
-            assert_close(
-                &format!("gradient of {name} ({case})"),
-                &actual,
-                grad,
-                TRAIN_TOL,
-            );
-        }
+        assert_gradients_match(&vs, &input, &expected, &case);
     }
 }
 
@@ -290,12 +289,8 @@ fn timm_init(name: &str, config: &ViTConfig) -> Init {
 #[test]
 fn fresh_model_is_initialised_as_timm_does() {
     let config = ViTConfig::notebook();
-    let vs = {
-        let _rng = seeded(0);
-        let vs = cpu_store();
-        VisionTransformer::new(&vs.root(), &config).unwrap();
-        vs
-    };
+    let vs = cpu_store();
+    built(|| VisionTransformer::new(&vs.root(), &config)).unwrap();
     let mut linear_weights = 0;
     for (name, var) in vs.variables() {
         let values = var.detach().to_kind(Kind::Double);

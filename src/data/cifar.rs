@@ -192,10 +192,11 @@ pub fn check_release(data_dir: &Path, format: &RecordFormat) -> Result<()> {
 /// The message for a file of a dataset that is not there.
 fn missing(path: &Path, format: &RecordFormat, data_dir: &Path) -> String {
     let folder = path.parent().unwrap_or(path);
-    let (other_folder, other_dataset) = match format.folder {
-        CIFAR10_FOLDER => (CIFAR100_FOLDER, "cifar100"),
-        _ => (CIFAR10_FOLDER, "cifar10"),
+    let other = match format.folder {
+        CIFAR10_FOLDER => CIFAR100_FINE_FORMAT,
+        _ => CIFAR10_FORMAT,
     };
+    let (other_folder, other_dataset) = (other.folder, other.dataset);
     let download = format!(
         "run `vit download --dataset {} --data-dir {}`",
         format.dataset,

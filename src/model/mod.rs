@@ -22,6 +22,11 @@ pub use vision_transformer::VisionTransformer;
 
 use tch::{nn, nn::Module, Device, Kind, Tensor};
 
+/// How many parameters the store's variables hold (every one, whatever module it is in).
+pub fn parameter_total(vs: &nn::VarStore) -> i64 {
+    vs.variables().values().map(|t| t.numel() as i64).sum()
+}
+
 /// timm's `trunc_normal_(std=std, a=-2, b=2)`: inverse-CDF sampling of N(0, std^2)
 /// truncated to [-2, 2] (absolute bounds, as timm calls it), with PyTorch's algorithm.
 /// As in PyTorch, a uniform draw of exactly `lo` (CDF(-2) is 0 in f64 at std 0.02) gives

@@ -78,9 +78,7 @@ pub(super) fn default_run_dir() -> PathBuf {
 /// creation either makes the folder or finds it there, so runs started in the same
 /// second get a folder each.
 fn create_numbered_folder(base: &Path) -> Result<PathBuf> {
-    if let Some(parent) = base.parent().filter(|p| !p.as_os_str().is_empty()) {
-        create_folder(parent)?;
-    }
+    create_folder(crate::fsutil::folder_of(base))?;
     let mut number = 1;
     loop {
         let mut dir = base.as_os_str().to_owned();
