@@ -20,23 +20,40 @@ pub const IMAGE_BYTES: usize = 3 * 32 * 32;
 pub const CIFAR10_FOLDER: &str = "cifar-10-batches-bin";
 /// The folder `cifar-100-binary.tar.gz` unpacks to.
 pub const CIFAR100_FOLDER: &str = "cifar-100-binary";
-pub const CIFAR10_TRAIN_FILES: [&str; 5] = [
-    "data_batch_1.bin",
-    "data_batch_2.bin",
-    "data_batch_3.bin",
-    "data_batch_4.bin",
-    "data_batch_5.bin",
-];
-pub const CIFAR10_TEST_FILE: &str = "test_batch.bin";
-pub const CIFAR100_TRAIN_FILE: &str = "train.bin";
-pub const CIFAR100_TEST_FILE: &str = "test.bin";
-/// Images in each file of the official releases: every CIFAR-10 batch and CIFAR-100's
-/// test.bin hold 10,000, CIFAR-100's train.bin 50,000.
-pub const CIFAR10_BATCH_IMAGES: usize = 10_000;
-pub const CIFAR100_TRAIN_IMAGES: usize = 50_000;
-pub const CIFAR100_TEST_IMAGES: usize = 10_000;
 
-/// The layout of one binary format's records.
+/// The files of one official binary release, as its archive unpacks them.
+#[derive(Debug)]
+pub struct Release {
+    /// The folder the archive unpacks to.
+    pub folder: &'static str,
+    /// The training batch files in order, each with its official number of images.
+    train_files: &'static [(&'static str, usize)],
+    /// The test batch file with its official number of images.
+    test_file: (&'static str, usize),
+    /// Every class-names file of the release.
+    class_names_files: &'static [&'static str],
+}
+
+const CIFAR10_RELEASE: Release = Release {
+    folder: CIFAR10_FOLDER,
+    train_files: &[
+        ("data_batch_1.bin", 10_000),
+        ("data_batch_2.bin", 10_000),
+        ("data_batch_3.bin", 10_000),
+        ("data_batch_4.bin", 10_000),
+        ("data_batch_5.bin", 10_000),
+    ],
+    test_file: ("test_batch.bin", 10_000),
+    class_names_files: &["batches.meta.txt"],
+};
+const CIFAR100_RELEASE: Release = Release {
+    folder: CIFAR100_FOLDER,
+    train_files: &[("train.bin", 50_000)],
+    test_file: ("test.bin", 10_000),
+    class_names_files: &["fine_label_names.txt", "coarse_label_names.txt"],
+};
+
+/// The layout of one binary format's records, and the release that holds them.
 #[derive(Debug, Clone, Copy)]
 pub struct RecordFormat {
     /// Label bytes before the pixels (1 for CIFAR-10, 2 for CIFAR-100).
@@ -47,8 +64,10 @@ pub struct RecordFormat {
     pub num_classes: usize,
     /// For messages and the download hint: "cifar10" or "cifar100".
     pub dataset: &'static str,
-    /// The folder under `--data-dir` that holds the files.
-    pub folder: &'static str,
+    /// The release's files, under `--data-dir`.
+    pub release: &'static Release,
+    /// The release's file that names these labels' classes.
+    class_names_file: &'static str,
 }
 
 impl RecordFormat {
@@ -62,82 +81,58 @@ pub const CIFAR10_FORMAT: RecordFormat = RecordFormat {
     label_index: 0,
     num_classes: 10,
     dataset: super::CIFAR10,
-    folder: CIFAR10_FOLDER,
+    release: &CIFAR10_RELEASE,
+    class_names_file: "batches.meta.txt",
 };
 pub const CIFAR100_FINE_FORMAT: RecordFormat = RecordFormat {
     label_bytes: 2,
     label_index: 1,
     num_classes: 100,
     dataset: super::CIFAR100,
-    folder: CIFAR100_FOLDER,
+    release: &CIFAR100_RELEASE,
+    class_names_file: "fine_label_names.txt",
 };
 pub const CIFAR100_COARSE_FORMAT: RecordFormat = RecordFormat {
     label_bytes: 2,
     label_index: 0,
     num_classes: 20,
     dataset: super::CIFAR100,
-    folder: CIFAR100_FOLDER,
+    release: &CIFAR100_RELEASE,
+    class_names_file: "coarse_label_names.txt",
 };
 
 /// Reads `DATA_DIR/cifar-10-batches-bin/`: 50,000 training and 10,000 test images.
 pub fn load_cifar10(data_dir: &Path) -> Result<Dataset> {
-    let dir = data_dir.join(CIFAR10_FOLDER);
-    let format = CIFAR10_FORMAT;
-    let classes = read_class_names(&dir.join("batches.meta.txt"), &format, data_dir)?;
-    let parts = CIFAR10_TRAIN_FILES
-        .iter()
-        .map(|name| read_records(&dir.join(name), &format, CIFAR10_BATCH_IMAGES, data_dir))
-        .collect::<Result<Vec<_>>>()?;
-    // One copy: the five batches' strided views straight into one contiguous tensor.
-    let train = Split {
-        images: Tensor::cat(&parts.iter().map(|s| &s.images).collect::<Vec<_>>(), 0),
-        labels: Tensor::cat(&parts.iter().map(|s| &s.labels).collect::<Vec<_>>(), 0),
-    };
-    drop(parts);
-    let test = read_batch(
-        &dir.join(CIFAR10_TEST_FILE),
-        &format,
-        CIFAR10_BATCH_IMAGES,
-        data_dir,
-    )?;
-    Ok(Dataset {
-        name: super::CIFAR10.into(),
-        train,
-        test,
-        classes,
-    })
+    load(data_dir, &CIFAR10_FORMAT, super::CIFAR10)
 }
 
 /// Reads `DATA_DIR/cifar-100-binary/`: 50,000 training and 10,000 test images with the
 /// 100 fine labels, or the 20 coarse superclasses when `coarse_labels`.
 pub fn load_cifar100(data_dir: &Path, coarse_labels: bool) -> Result<Dataset> {
-    let dir = data_dir.join(CIFAR100_FOLDER);
-    let (format, names, name) = if coarse_labels {
-        (
-            CIFAR100_COARSE_FORMAT,
-            "coarse_label_names.txt",
-            super::CIFAR100_COARSE,
-        )
-    } else {
-        (
-            CIFAR100_FINE_FORMAT,
-            "fine_label_names.txt",
-            super::CIFAR100,
-        )
+    match coarse_labels {
+        true => load(data_dir, &CIFAR100_COARSE_FORMAT, super::CIFAR100_COARSE),
+        false => load(data_dir, &CIFAR100_FINE_FORMAT, super::CIFAR100),
+    }
+}
+
+/// Reads `format`'s release under `data_dir` as the dataset `name`.
+fn load(data_dir: &Path, format: &RecordFormat, name: &str) -> Result<Dataset> {
+    let release = format.release;
+    let dir = data_dir.join(release.folder);
+    let classes = read_class_names(&dir.join(format.class_names_file), format, data_dir)?;
+    let parts = release
+        .train_files
+        .iter()
+        .map(|&(file, images)| read_records(&dir.join(file), format, images, data_dir))
+        .collect::<Result<Vec<_>>>()?;
+    // One copy: the batches' strided views straight into one contiguous tensor.
+    let train = Split {
+        images: Tensor::cat(&parts.iter().map(|s| &s.images).collect::<Vec<_>>(), 0),
+        labels: Tensor::cat(&parts.iter().map(|s| &s.labels).collect::<Vec<_>>(), 0),
     };
-    let classes = read_class_names(&dir.join(names), &format, data_dir)?;
-    let train = read_batch(
-        &dir.join(CIFAR100_TRAIN_FILE),
-        &format,
-        CIFAR100_TRAIN_IMAGES,
-        data_dir,
-    )?;
-    let test = read_batch(
-        &dir.join(CIFAR100_TEST_FILE),
-        &format,
-        CIFAR100_TEST_IMAGES,
-        data_dir,
-    )?;
+    drop(parts);
+    let (test_file, test_images) = release.test_file;
+    let test = read_batch(&dir.join(test_file), format, test_images, data_dir)?;
     Ok(Dataset {
         name: name.into(),
         train,
@@ -150,25 +145,9 @@ pub fn load_cifar100(data_dir: &Path, coarse_labels: bool) -> Result<Dataset> {
 /// `vit download` (which keeps a dataset folder that is there): every batch file of the
 /// official size, and the class-names files.
 pub fn check_release(data_dir: &Path, format: &RecordFormat) -> Result<()> {
-    let dir = data_dir.join(format.folder);
-    let (batches, names): (Vec<(&str, usize)>, &[&str]) = match format.folder {
-        CIFAR10_FOLDER => (
-            CIFAR10_TRAIN_FILES
-                .into_iter()
-                .chain([CIFAR10_TEST_FILE])
-                .map(|file| (file, CIFAR10_BATCH_IMAGES))
-                .collect(),
-            &["batches.meta.txt"],
-        ),
-        _ => (
-            vec![
-                (CIFAR100_TRAIN_FILE, CIFAR100_TRAIN_IMAGES),
-                (CIFAR100_TEST_FILE, CIFAR100_TEST_IMAGES),
-            ],
-            &["fine_label_names.txt", "coarse_label_names.txt"],
-        ),
-    };
-    for (file, images) in batches {
+    let release = format.release;
+    let dir = data_dir.join(release.folder);
+    for &(file, images) in release.train_files.iter().chain([&release.test_file]) {
         let path = dir.join(file);
         let official = (images * format.record_bytes()) as u64;
         match std::fs::metadata(&path) {
@@ -182,7 +161,7 @@ pub fn check_release(data_dir: &Path, format: &RecordFormat) -> Result<()> {
             Err(_) => bail!("{}", missing(&path, format, data_dir)),
         }
     }
-    for file in names {
+    for file in release.class_names_files {
         let path = dir.join(file);
         ensure!(path.is_file(), "{}", missing(&path, format, data_dir));
     }
@@ -192,11 +171,11 @@ pub fn check_release(data_dir: &Path, format: &RecordFormat) -> Result<()> {
 /// The message for a file of a dataset that is not there.
 fn missing(path: &Path, format: &RecordFormat, data_dir: &Path) -> String {
     let folder = path.parent().unwrap_or(path);
-    let other = match format.folder {
+    let other = match format.release.folder {
         CIFAR10_FOLDER => CIFAR100_FINE_FORMAT,
         _ => CIFAR10_FORMAT,
     };
-    let (other_folder, other_dataset) = (other.folder, other.dataset);
+    let (other_folder, other_dataset) = (other.release.folder, other.dataset);
     let download = format!(
         "run `vit download --dataset {} --data-dir {}`",
         format.dataset,
@@ -209,7 +188,7 @@ fn missing(path: &Path, format: &RecordFormat, data_dir: &Path) -> String {
             folder.display(),
             download_again(path, format, data_dir)
         )
-    } else if let Some(advice) = dataset_folder_given(data_dir, format.folder) {
+    } else if let Some(advice) = dataset_folder_given(data_dir, format.release.folder) {
         advice
     } else if data_dir.join(other_folder).is_dir() {
         // `--dataset` left out (CIFAR-100) where CIFAR-10 was downloaded, or the reverse.
@@ -270,7 +249,10 @@ fn read_file(path: &Path, format: &RecordFormat, data_dir: &Path) -> Result<Vec<
         Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
             let file = crate::fsutil::file_in_the_way(path).unwrap_or(data_dir);
             let advice = match file == data_dir {
-                true => format!("--data-dir takes the folder that holds {}", format.folder),
+                true => format!(
+                    "--data-dir takes the folder that holds {}",
+                    format.release.folder
+                ),
                 false => format!(
                     "move it away, then run `vit download --dataset {} --data-dir {}`",
                     format.dataset,
@@ -290,7 +272,7 @@ fn read_file(path: &Path, format: &RecordFormat, data_dir: &Path) -> Result<Vec<
 /// Reads one binary batch file into uint8 images [N, 3, 32, 32] (contiguous) and int64
 /// labels [N], warning when N is not the `official` count. `data_dir` only feeds the
 /// `vit download` hint of the messages.
-pub fn read_batch(
+fn read_batch(
     path: &Path,
     format: &RecordFormat,
     official: usize,
@@ -369,11 +351,7 @@ fn read_records(
 }
 
 /// One class name a line (blank lines ignored); exactly `num_classes` of them.
-pub fn read_class_names(
-    path: &Path,
-    format: &RecordFormat,
-    data_dir: &Path,
-) -> Result<Vec<String>> {
+fn read_class_names(path: &Path, format: &RecordFormat, data_dir: &Path) -> Result<Vec<String>> {
     let bytes = read_file(path, format, data_dir)?;
     let Ok(text) = String::from_utf8(bytes) else {
         bail!(
