@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = ROOT / "tests" / "reference"
 
 sys.path.insert(0, str(REFERENCE_DIR))
-from vit_reference import PRESETS, VisionTransformer, timm_model  # noqa: E402
+from vit_reference import PRESETS, VisionTransformer, param_groups, timm_model  # noqa: E402
 
 MODEL_FLAGS = list(PRESETS["notebook"])
 
@@ -46,7 +46,6 @@ LABEL_SMOOTHING = 0.1
 CLIP_GRAD = 1.0
 LR = 1e-3
 WEIGHT_DECAY = 0.05
-NO_DECAY = ("cls_token", "pos_embed")
 
 FIGURES = ("train_images_per_s", "infer_images_per_s", "peak_rss_bytes", "peak_device_bytes")
 
@@ -181,18 +180,6 @@ def build_model(kind, config, fused):
     return timm_model(config, fused_attention=fused)
 
 
-def param_groups(model, weight_decay=WEIGHT_DECAY):
-    """vit's AdamW groups: decay on the weight matrices, none on biases, norms and the
-    class and position embeddings."""
-    named = sorted(model.named_parameters())
-    decay = [p for k, p in named if p.dim() >= 2 and k not in NO_DECAY]
-    no_decay = [p for k, p in named if not (p.dim() >= 2 and k not in NO_DECAY)]
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
 def rss_bytes(field):
     """`field` of /proc/self/status in bytes (VmHWM: the peak resident set, VmRSS: the
     present one), as vit bench reads it; 0 where unknown. Not ru_maxrss: a process keeps
@@ -224,7 +211,7 @@ class Side:
         else:
             kernel = {"fused": True} if args.adamw == "fused" else {"foreach": False}
         self.optimizer = torch.optim.AdamW(
-            param_groups(self.model), lr=LR, betas=(0.9, 0.999), eps=1e-8, **kernel
+            param_groups(self.model, WEIGHT_DECAY), lr=LR, betas=(0.9, 0.999), eps=1e-8, **kernel
         )
         size = config["image_size"]
         shape = (args.batch_size, config["in_channels"], size, size)

@@ -48,10 +48,9 @@ from compare import (  # noqa: E402
     PRESETS,
     build_model,
     model_config,
-    param_groups,
     refuse_missing_cuda,
 )
-from vit_reference import MEAN as CIFAR_MEAN, STD as CIFAR_STD  # noqa: E402
+from vit_reference import MEAN as CIFAR_MEAN, STD as CIFAR_STD, param_groups  # noqa: E402
 CROP_PADDING = 4
 FLIP_PROBABILITY = 0.5
 METRICS_HEADER = [

@@ -61,11 +61,6 @@ fn small_model(file: &TensorFile, fused: bool, onednn: bool) -> (nn::VarStore, V
 /// Every combination of fused attention and oneDNN linear layers.
 const KERNELS: [(bool, bool); 4] = [(true, true), (true, false), (false, true), (false, false)];
 
-fn loss(model: &VisionTransformer, file: &TensorFile, input: &Tensor) -> Tensor {
-    let logits = model.f_forward_t(input, true).unwrap();
-    training_loss(&logits, file.get("labels").unwrap(), LABEL_SMOOTHING)
-}
-
 #[test]
 fn patch_embedding_matches_pytorch() {
     let file = fixture("patch_embedding");
@@ -152,15 +147,52 @@ fn notebook_config_matches_pytorch() {
 
 #[test]
 fn gradients_match_pytorch() {
-    let file = fixture("gradients");
+    assert_train_pass_matches("gradients");
+}
+
+/// Train mode with dropout 0.1 (every fixture above has none): with libtorch's mask sampler
+/// and the generator seeded as PyTorch's was before the forward pass, the two draw the same
+/// masks only if the dropout sites, their order and their shapes are PyTorch's (`pos_drop`,
+/// then in each block the attention branch's and the MLP's two). A site left out, added or
+/// moved draws other masks, or puts them elsewhere, and the logits differ.
+#[test]
+fn train_mode_dropout_matches_pytorch_mask_for_mask() {
+    assert_eq!(fixture("dropout_gradients").config().unwrap().dropout, 0.1);
+    assert_train_pass_matches("dropout_gradients");
+}
+
+/// One train-mode forward and backward pass of the small model against the fixture `name`:
+/// logits, loss (label smoothing 0.1) and every gradient, with each combination of kernels.
+/// The generator is seeded with the fixture's `seed`, where it has one, right before the
+/// forward pass, and dropout draws its masks with libtorch's sampler, as PyTorch does.
+fn assert_train_pass_matches(name: &str) {
+    let file = fixture(name);
+    let seed = file.get("seed").map(|seed| seed.int64_value(&[])).ok();
     let expected = with_prefix(&file, "grad");
     for (fused, onednn) in KERNELS {
-        let (vs, model) = small_model(&file, fused, onednn);
+        let (vs, mut model) = small_model(&file, fused, onednn);
+        model.set_libtorch_dropout(true);
         let input = file.get("input").unwrap().copy().set_requires_grad(true);
-        let loss = loss(&model, &file, &input);
-        assert_close("loss", &loss, file.get("loss").unwrap(), TRAIN_TOL);
-        loss.backward();
+        let logits = {
+            let _rng = seed.map(seeded);
+            model.f_forward_t(&input, true).unwrap()
+        };
         let case = format!("fused {fused}, oneDNN {onednn}");
+        let expected_logits = file.get("logits").unwrap();
+        assert_close(
+            &format!("logits ({case})"),
+            &logits,
+            expected_logits,
+            TRAIN_TOL,
+        );
+        let loss = training_loss(&logits, file.get("labels").unwrap(), LABEL_SMOOTHING);
+        assert_close(
+            &format!("loss ({case})"),
+            &loss,
+            file.get("loss").unwrap(),
+            TRAIN_TOL,
+        );
+        loss.backward();
         assert_gradients_match(&vs, &input, &expected, &case);
     }
 }
@@ -189,50 +221,11 @@ fn assert_gradients_match(
     }
 }
 
-/// Train mode with dropout 0.1 (every fixture above has none): with libtorch's mask sampler
-/// and the generator seeded as PyTorch's was before the forward pass, the two draw the same
-/// masks only if the dropout sites, their order and their shapes are PyTorch's (`pos_drop`,
-/// then in each block the attention branch's and the MLP's two). A site left out, added or
-/// moved draws other masks, or puts them elsewhere, and the logits differ.
-#[test]
-fn train_mode_dropout_matches_pytorch_mask_for_mask() {
-    let file = fixture("dropout_gradients");
-    assert_eq!(file.config().unwrap().dropout, 0.1);
-    let seed = file.get("seed").unwrap().int64_value(&[]);
-    let expected = with_prefix(&file, "grad");
-    for (fused, onednn) in KERNELS {
-        let (vs, mut model) = small_model(&file, fused, onednn);
-        model.set_libtorch_dropout(true);
-        let input = file.get("input").unwrap().copy().set_requires_grad(true);
-        let logits = {
-            let _rng = seeded(seed);
-            model.f_forward_t(&input, true).unwrap()
-        };
-        let case = format!("fused {fused}, oneDNN {onednn}");
-        let expected_logits = file.get("logits").unwrap();
-        assert_close(
-            &format!("logits ({case})"),
-            &logits,
-            expected_logits,
-            TRAIN_TOL,
-        );
-        let loss = training_loss(&logits, file.get("labels").unwrap(), LABEL_SMOOTHING);
-        assert_close(
-            &format!("loss ({case})"),
-            &loss,
-            file.get("loss").unwrap(),
-            TRAIN_TOL,
-        );
-        loss.backward();
-        assert_gradients_match(&vs, &input, &expected, &case);
-    }
-}
-
 /// `attention_maps` (what `vit attention` draws its rollout from) against timm's own
 /// attention probabilities for the same parameters and images, layer by layer.
 #[test]
 fn attention_maps_match_timms() {
-    let file = fixture("attention_maps");
+    let file = fixture("vision_transformer");
     let expected = with_prefix(&file, "attention");
     for (fused, onednn) in KERNELS {
         let (_vs, model) = small_model(&file, fused, onednn);

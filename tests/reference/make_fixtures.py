@@ -7,20 +7,19 @@ model hyperparameters as JSON under the `config` metadata key. Parameters are st
 
 - `patch_embedding`, `multi_head_self_attention`, `transformer_block`,
   `vision_transformer`: one module of the small config, `input` and its eval `output`;
+  `vision_transformer` also holds each block's eval-mode attention probabilities
+  `attention.<i>` [batch, heads, tokens, tokens], taken from timm's explicit attention path
+  (what its `attn_drop` receives) with the same parameters;
 - `notebook_forward`: the notebook config, with every parameter filled by `formula_fill`
   (the Rust tests repeat the formula), so only `input` and `output` are stored;
 - `gradients`: cross-entropy (label smoothing 0.1) of the small model in train mode:
-  `input`, `labels`, `loss`, `grad.<key>` and `grad.input`;
+  `input`, `labels`, `logits`, `loss`, `grad.<key>` and `grad.input`;
 - `adamw_steps`: three steps of clip_grad_norm_(0.5) + AdamW with decay and no-decay
   groups and a different lr each step, once with each AdamW kernel (KERNEL: `loop` for
   foreach=False, `fused` for fused=True): `KERNEL.loss.<i>`, `KERNEL.grad_norm.<i>`,
   `KERNEL.after.<key>`;
 - `dropout_gradients`: `gradients` with dropout 0.1, its masks drawn right after
-  `torch.manual_seed(seed)` (`seed`, int64): `input`, `labels`, `seed`, `logits`, `loss`,
-  `grad.<key>` and `grad.input`;
-- `attention_maps`: the small model (`param.<key>`), `input`, and each block's eval-mode
-  attention probabilities `attention.<i>` [batch, heads, tokens, tokens], taken from timm's
-  explicit attention path (what its `attn_drop` receives) with the same parameters.
+  `torch.manual_seed(seed)`, and `seed` (int64).
 """
 
 import json
@@ -32,6 +31,7 @@ from safetensors.torch import save_file
 
 from vit_reference import (
     PRESETS,
+    param_groups,
     timm_model,
     MultiHeadSelfAttention,
     PatchEmbedding,
@@ -60,7 +60,6 @@ LABEL_SMOOTHING = 0.1
 MAX_GRAD_NORM = 0.5
 WEIGHT_DECAY = 0.05
 STEP_LRS = (1e-3, 5e-3, 2e-3)
-NO_DECAY = ("cls_token", "pos_embed")
 DROPOUT = {**SMALL, "dropout": 0.1}
 DROPOUT_SEED = 7
 
@@ -104,8 +103,8 @@ def images(config):
     return torch.randn(BATCH, config["in_channels"], size, size)
 
 
-def small_model():
-    model = VisionTransformer(**SMALL)
+def random_model(config):
+    model = VisionTransformer(**config)
     randomize(model)
     return model
 
@@ -133,13 +132,18 @@ def module_fixtures():
         module.eval()
         with torch.no_grad():
             output = module(x)
-        save(name, c, {**params(module), "input": x, "output": output})
-    return modules["vision_transformer"]
+        tensors = {**params(module), "input": x, "output": output}
+        if name == "vision_transformer":
+            check_against_timm(module, x)
+            tensors.update(timm_attention_maps(module, x))
+        save(name, c, tensors)
 
 
+@torch.random.fork_rng()
 def check_against_timm(reference, x):
     """The reference's state_dict loads into timm's VisionTransformer with strict=True and
-    gives the same logits."""
+    gives the same logits. (timm's own initialisation draws from a forked generator, so
+    the fixtures after it do not depend on how many numbers it draws.)"""
     timm = timm_model(SMALL).eval()
     timm.load_state_dict(reference.state_dict(), strict=True)
     with torch.no_grad():
@@ -160,38 +164,38 @@ def labels():
     return torch.randint(0, SMALL["num_classes"], (BATCH,))
 
 
-def gradient_fixture():
-    model = small_model()
+def gradient_fixture(name, config, seed=None):
+    """Cross-entropy of a random model of `config` in train mode, and its gradients. With a
+    `seed`, set right before the forward pass: a port that seeds libtorch's CPU generator
+    alike and draws its dropout masks with libtorch's sampler, at the same sites in the same
+    order, draws the same masks."""
+    model = random_model(config)
     start = params(model)
     model.train()
-    x, y = images(SMALL), labels()
+    x, y = images(config), labels()
     x_grad = x.clone().requires_grad_()
-    loss = F.cross_entropy(model(x_grad), y, label_smoothing=LABEL_SMOOTHING)
+    seeded = {}
+    if seed is not None:
+        torch.manual_seed(seed)
+        seeded = {"seed": torch.tensor(seed, dtype=torch.int64)}
+    logits = model(x_grad)
+    loss = F.cross_entropy(logits, y, label_smoothing=LABEL_SMOOTHING)
     loss.backward()
     grads = {f"grad.{k}": p.grad for k, p in model.named_parameters()}
-    save(
-        "gradients",
-        SMALL,
-        {**start, "input": x, "labels": y, "loss": loss, **grads, "grad.input": x_grad.grad},
-    )
+    tensors = {**start, "input": x, "labels": y, **seeded, "logits": logits, "loss": loss}
+    save(name, config, {**tensors, **grads, "grad.input": x_grad.grad})
 
 
 def adamw_fixture():
-    model = small_model()
+    model = random_model(SMALL)
     start = params(model)
     x, y = images(SMALL), labels()
     record = {}
     for kernel in ("loop", "fused"):
         model.load_state_dict({k[len("param.") :]: v for k, v in start.items()})
         model.train()
-        named = sorted(model.named_parameters())
-        decay = [p for k, p in named if p.dim() >= 2 and k not in NO_DECAY]
-        no_decay = [p for k, p in named if not (p.dim() >= 2 and k not in NO_DECAY)]
         optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": WEIGHT_DECAY},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
+            param_groups(model, WEIGHT_DECAY),
             betas=(0.9, 0.999),
             eps=1e-8,
             **({"fused": True} if kernel == "fused" else {"foreach": False}),
@@ -211,27 +215,8 @@ def adamw_fixture():
     save("adamw_steps", SMALL, {**start, "input": x, "labels": y, **record})
 
 
-def dropout_fixture():
-    """`gradient_fixture` with dropout 0.1. The seed is set right before the forward pass, so
-    a port that seeds libtorch's CPU generator alike and draws its masks with libtorch's
-    sampler, at the same sites in the same order, draws the same masks."""
-    model = VisionTransformer(**DROPOUT)
-    randomize(model)
-    start = params(model)
-    model.train()
-    x, y = images(DROPOUT), labels()
-    x_grad = x.clone().requires_grad_()
-    torch.manual_seed(DROPOUT_SEED)
-    logits = model(x_grad)
-    loss = F.cross_entropy(logits, y, label_smoothing=LABEL_SMOOTHING)
-    loss.backward()
-    grads = {f"grad.{k}": p.grad for k, p in model.named_parameters()}
-    seed = torch.tensor(DROPOUT_SEED, dtype=torch.int64)
-    tensors = {**start, "input": x, "labels": y, "seed": seed, "logits": logits, "loss": loss}
-    save("dropout_gradients", DROPOUT, {**tensors, **grads, "grad.input": x_grad.grad})
-
-
-def attention_fixture(reference, x):
+@torch.random.fork_rng()
+def timm_attention_maps(reference, x):
     """Each block's attention probabilities for `reference` (eval) on `x`, as timm computes
     them: a forward hook on `attn_drop`, which its explicit path applies to them."""
     timm = timm_model(SMALL, fused_attention=False).eval()
@@ -244,19 +229,17 @@ def attention_fixture(reference, x):
     with torch.no_grad():
         torch.testing.assert_close(timm(x), reference(x), rtol=0, atol=1e-5)
     assert len(maps) == SMALL["num_layers"]
-    save("attention_maps", SMALL, {**params(reference), "input": x, **maps})
+    return maps
 
 
 def main():
     torch.manual_seed(0)
     FIXTURES.mkdir(exist_ok=True)
-    reference = module_fixtures()
+    module_fixtures()
     notebook_fixture()
-    gradient_fixture()
+    gradient_fixture("gradients", SMALL)
     adamw_fixture()
-    dropout_fixture()
-    check_against_timm(*reference)
-    attention_fixture(*reference)
+    gradient_fixture("dropout_gradients", DROPOUT, seed=DROPOUT_SEED)
     for path in sorted(FIXTURES.glob("*.safetensors")):
         print(f"{path.relative_to(FIXTURES.parent.parent)}: {path.stat().st_size} bytes")
 

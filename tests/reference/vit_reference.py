@@ -156,6 +156,21 @@ PRESETS["tiny"] = {
 }
 
 
+NO_DECAY = ("cls_token", "pos_embed")
+
+
+def param_groups(model, weight_decay):
+    """vit's AdamW groups: decay on the weight matrices, none on biases, norms and the
+    class and position embeddings."""
+    named = sorted(model.named_parameters())
+    decay = [p for k, p in named if p.dim() >= 2 and k not in NO_DECAY]
+    no_decay = [p for k, p in named if not (p.dim() >= 2 and k not in NO_DECAY)]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
 def timm_model(config, fused_attention=True):
     """timm's VisionTransformer with the same architecture and parameter names as
     `VisionTransformer(**config)`. The notebook's dropout sits where timm's pos_drop and
