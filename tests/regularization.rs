@@ -92,8 +92,9 @@ fn class_token_features(logits: &Tensor) -> Tensor {
 /// `VisionTransformer::set_drop_path_rate(0.3)` over 4 blocks gives them timm's rates
 /// (`linspace(0, 0.3, 4)`: 0, 0.1, 0.2, 0.3). In each sample, each branch is dropped whole
 /// or kept whole and scaled by 1/(1 - p), as its two class-token features show (the logits
-/// show no other token, so a mask drawn per token would pass too): the scale shows the
-/// block's rate exactly, the share of samples dropped the probability it is drawn with.
+/// show no other token: a unit test in src/model/transformer_block.rs checks that every
+/// token of a sample shares its draw): the scale shows the block's rate exactly, the share
+/// of samples dropped the probability it is drawn with.
 /// A block's two branches draw independently (timm's `drop_path1` and `drop_path2`), and
 /// evaluation keeps every branch unscaled.
 #[test]

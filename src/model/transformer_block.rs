@@ -97,3 +97,38 @@ fn drop_path(branch: &Tensor, prob: f64, train: bool) -> Tensor {
         .bernoulli_float_(1.0 - prob);
     branch * keep / (1.0 - prob)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::drop_path;
+    use tch::{Device, Kind, Tensor};
+
+    /// One draw per sample: every token and feature of a sample is dropped or kept
+    /// together (tests/regularization.rs sees only the class token of a whole model, where
+    /// a mask drawn per token would pass).
+    #[test]
+    fn drop_path_keeps_or_drops_each_sample_whole() {
+        const PROB: f64 = 0.5;
+        let branch = Tensor::ones([64, 5, 3], (Kind::Float, Device::Cpu));
+        let dropped = drop_path(&branch, PROB, true);
+        assert_eq!(dropped.size(), branch.size());
+        let per_sample = dropped.flatten(1, -1);
+        let first = per_sample.narrow(1, 0, 1);
+        assert!(
+            per_sample.eq_tensor(&first).all().int64_value(&[]) == 1,
+            "a sample's tokens and features drew different masks: {per_sample}"
+        );
+        let first = Vec::<f32>::try_from(first.flatten(0, -1)).unwrap();
+        let kept = first.iter().filter(|&&value| value != 0.0).count();
+        assert!(
+            first.iter().all(|&value| value == 0.0 || value == 2.0),
+            "{first:?}"
+        );
+        // 64 fair draws: all kept or all dropped has probability 2^-63.
+        assert!(
+            0 < kept && kept < first.len(),
+            "{kept} of {} kept",
+            first.len()
+        );
+    }
+}
