@@ -828,6 +828,22 @@ fn run_training(
     train::train(settings, dataset, &options(out, resume, &flag)).unwrap()
 }
 
+/// Trains `settings` straight through into `straight`, and into `interrupted` until the
+/// interrupt flag stops it at its first chance, which must be `stop`.
+fn train_straight_and_interrupted(
+    settings: &TrainSettings,
+    dataset: &Dataset,
+    straight: &Path,
+    interrupted: &Path,
+    stop: StopPoint,
+) {
+    run_training(settings, dataset, straight, false, false);
+    match run_training(settings, dataset, interrupted, false, true) {
+        Outcome::Interrupted { at, .. } => assert_eq!(at, stop),
+        Outcome::Finished => panic!("the interrupted run finished"),
+    }
+}
+
 fn options<'a>(out: &'a Path, resume: bool, interrupted: &'a AtomicBool) -> RunOptions<'a> {
     RunOptions {
         out,
@@ -889,15 +905,13 @@ fn resume_at_an_epoch_boundary_is_exact() {
     let settings = tiny_settings(2, 600);
     let root = TempDir::new("resume-epoch");
     let (straight, resumed) = (root.join("straight"), root.join("resumed"));
-    run_training(&settings, &dataset, &straight, false, false);
-    let first = run_training(&settings, &dataset, &resumed, false, true);
-    assert!(matches!(
-        first,
-        Outcome::Interrupted {
-            at: StopPoint::EndOf(1),
-            ..
-        }
-    ));
+    train_straight_and_interrupted(
+        &settings,
+        &dataset,
+        &straight,
+        &resumed,
+        StopPoint::EndOf(1),
+    );
     assert_eq!(read_metrics(&resumed).1.len(), 1);
 
     // A metrics.csv that lost the finished epoch's row is refused and left as it is...
@@ -944,15 +958,8 @@ fn resume_in_the_middle_of_an_epoch_is_exact() {
     let settings = tiny_settings(2, 200);
     let root = TempDir::new("resume-step");
     let (straight, resumed) = (root.join("straight"), root.join("resumed"));
-    run_training(&settings, &dataset, &straight, false, false);
-    let first = run_training(&settings, &dataset, &resumed, false, true);
-    assert!(matches!(
-        first,
-        Outcome::Interrupted {
-            at: StopPoint::AfterStep { epoch: 1, step: 1 },
-            ..
-        }
-    ));
+    let stop = StopPoint::AfterStep { epoch: 1, step: 1 };
+    train_straight_and_interrupted(&settings, &dataset, &straight, &resumed, stop);
     run_training(&settings, &dataset, &resumed, true, false);
     assert_same_run(&straight, &resumed);
 }
@@ -1081,8 +1088,8 @@ fn strong_recipe_with_ema_resumes_exactly() {
     settings.regularization = strong_regularization();
     let root = TempDir::new("resume-strong");
     let (straight, resumed) = (root.join("straight"), root.join("resumed"));
-    run_training(&settings, &dataset, &straight, false, false);
-    run_training(&settings, &dataset, &resumed, false, true);
+    let stop = StopPoint::AfterStep { epoch: 1, step: 1 };
+    train_straight_and_interrupted(&settings, &dataset, &straight, &resumed, stop);
     run_training(&settings, &dataset, &resumed, true, false);
     assert_same_run(&straight, &resumed);
     let (header, rows) = read_metrics(&straight);
@@ -2053,8 +2060,8 @@ fn resume_of_a_run_killed_before_its_first_save_starts_over() {
     let settings = tiny_settings(2, 200);
     let root = TempDir::new("resume-unsaved");
     let (straight, killed) = (root.join("straight"), root.join("killed"));
-    run_training(&settings, &dataset, &straight, false, false);
-    run_training(&settings, &dataset, &killed, false, true);
+    let stop = StopPoint::AfterStep { epoch: 1, step: 1 };
+    train_straight_and_interrupted(&settings, &dataset, &straight, &killed, stop);
     // As if killed before resume.safetensors was first written.
     std::fs::remove_file(killed.join("resume.safetensors")).unwrap();
     run_training(&settings, &dataset, &killed, true, false);
@@ -2064,15 +2071,7 @@ fn resume_of_a_run_killed_before_its_first_save_starts_over() {
     // state not yet): that epoch is trained again.
     let settings = tiny_settings(2, 600);
     let (straight, killed) = (root.join("straight-600"), root.join("killed-600"));
-    run_training(&settings, &dataset, &straight, false, false);
-    let first = run_training(&settings, &dataset, &killed, false, true);
-    assert!(matches!(
-        first,
-        Outcome::Interrupted {
-            at: StopPoint::EndOf(1),
-            ..
-        }
-    ));
+    train_straight_and_interrupted(&settings, &dataset, &straight, &killed, StopPoint::EndOf(1));
     assert_eq!(read_metrics(&killed).1.len(), 1);
     std::fs::remove_file(killed.join("resume.safetensors")).unwrap();
     run_training(&settings, &dataset, &killed, true, false);
