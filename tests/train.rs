@@ -1111,6 +1111,45 @@ fn strong_recipe_with_ema_resumes_exactly() {
         .equal(last.get("head.weight").unwrap()));
 }
 
+/// A best model moved away (to hand it in, say) is written again only by an epoch that
+/// beats it, so the finished run would lack it: the resume is refused, with the run folder
+/// left as it was, until the file is back; then it resumes exactly.
+#[test]
+fn resume_without_a_best_model_is_refused_until_it_is_back() {
+    let _turn = seeded(0);
+    let dataset = colour_dataset();
+    let mut settings = tiny_settings(2, 600);
+    settings.recipe = Recipe::Strong;
+    settings.regularization = strong_regularization();
+    let root = TempDir::new("resume-best-moved");
+    let (straight, resumed) = (root.join("straight"), root.join("resumed"));
+    train_straight_and_interrupted(
+        &settings,
+        &dataset,
+        &straight,
+        &resumed,
+        StopPoint::EndOf(1),
+    );
+    let metrics = std::fs::read(resumed.join("metrics.csv")).unwrap();
+    for name in ["best_model.safetensors", "best_ema_model.safetensors"] {
+        let (best, away) = (resumed.join(name), root.join(name));
+        std::fs::rename(&best, &away).unwrap();
+        let flag = AtomicBool::new(false);
+        let error = train::train(&settings, &dataset, &options(&resumed, true, &flag))
+            .err()
+            .unwrap();
+        let error = format!("{error:#}");
+        assert!(
+            error.contains(&format!("its {name} (test accuracy ")) && error.contains("Put it back"),
+            "{error}"
+        );
+        assert_eq!(std::fs::read(resumed.join("metrics.csv")).unwrap(), metrics);
+        std::fs::rename(&away, &best).unwrap();
+    }
+    run_training(&settings, &dataset, &resumed, true, false);
+    assert_same_run(&straight, &resumed);
+}
+
 #[test]
 fn strong_recipe_runs_from_the_command_line() {
     let (root, data_dir) = colour_cifar10("strong-cli");

@@ -410,9 +410,39 @@ impl RunFolder {
                 self.dir.display()
             )
         })?;
+        self.check_best_models(&progress, ema.is_some())?;
         // Rows written after the saved state (a crash between the two writes) are dropped.
         self.truncate_metrics(progress.epochs_done)?;
         Ok(progress)
+    }
+
+    /// Refuses to resume a run whose best model (or best EMA model) was moved away or
+    /// deleted: only an epoch that beats it writes it again, so the finished run could end
+    /// without one.
+    fn check_best_models(&self, progress: &Progress, ema: bool) -> Result<()> {
+        if progress.epochs_done == 0 {
+            return Ok(());
+        }
+        let best = [
+            ("best_model.safetensors", progress.best_accuracy, true),
+            (
+                "best_ema_model.safetensors",
+                progress.best_ema_accuracy,
+                ema,
+            ),
+        ];
+        for (name, accuracy, saved) in best {
+            ensure!(
+                !saved || self.path(name).exists(),
+                "cannot resume {dir}: its {name} (test accuracy {:.2}%, the best of its {} \
+                 epoch(s)) is missing, and the run writes it again only for an epoch that \
+                 beats it. Put it back in {dir}, or start a new run with another --out",
+                100.0 * accuracy,
+                progress.epochs_done,
+                dir = self.dir.display()
+            );
+        }
+        Ok(())
     }
 
     /// Keeps metrics.csv's header and the rows of the first `epochs` epochs, dropping any
