@@ -665,6 +665,12 @@ fn resume_follows_the_images_not_their_folder() {
             && stderr.contains("already finished its 1 epoch(s)"),
         "{stderr}"
     );
+    // A --data-dir without the data (say, the default where it was left out): the folder
+    // the run read is named, not a download.
+    let stderr = vit_fails(&args(&root.join("elsewhere"), &run, true));
+    let started = std::fs::canonicalize(&data_dir).unwrap();
+    let advice = format!("pass --data-dir {} to resume it", started.display());
+    assert!(stderr.contains(&advice), "{stderr}");
 
     // One test label changed: another dataset for the run, refused.
     let label = dataset.test.labels.int64_value(&[0]);

@@ -74,10 +74,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     if args.cuda_graph.is_some() {
         CudaGraphSteps::check_device(device)?;
     }
-    if args.resume {
-        run_folder::check_resumed_dataset(&out, data::dataset_name(&args.data))?;
-    }
-    let (settings, dataset) = settings_and_dataset(args)?;
+    let resumed_data_dir = match args.resume {
+        true => Some(run_folder::check_resumed_dataset(
+            &out,
+            data::dataset_name(&args.data),
+        )?),
+        false => None,
+    };
+    let (settings, dataset) = settings_and_dataset(args, resumed_data_dir.as_deref())?;
     let interrupted = interrupt::stop_on_interrupt()?;
     let options = RunOptions {
         out: &out,
@@ -103,12 +107,30 @@ pub fn run(args: &TrainArgs) -> Result<()> {
 }
 
 /// The run's settings from the flags, checked, and the dataset it trains on (which gives
-/// the class count when `--num-classes` is not given).
-fn settings_and_dataset(args: &TrainArgs) -> Result<(TrainSettings, Dataset)> {
+/// the class count when `--num-classes` is not given). `resumed_data_dir`: where the run
+/// to resume read its data, named when this command's cannot be read.
+fn settings_and_dataset(
+    args: &TrainArgs,
+    resumed_data_dir: Option<&Path>,
+) -> Result<(TrainSettings, Dataset)> {
     let mut config = recipe::model_config(args)?;
     check_optimizer_flags(args)?;
     let regularization = Regularization::from_args(args)?;
-    let dataset = data::load(&args.data, config.image_size)?;
+    // Absolute, so that `--resume` from another folder or as `./data` still matches.
+    let data_dir =
+        std::fs::canonicalize(&args.data.data_dir).unwrap_or_else(|_| args.data.data_dir.clone());
+    let dataset = data::load(&args.data, config.image_size).map_err(|error| {
+        match resumed_data_dir.filter(|&saved| saved != data_dir) {
+            // Most likely a --data-dir left out: the advice to download would be wrong.
+            Some(saved) => error.context(format!(
+                "the run read its images from {}, not {}: pass --data-dir {} to resume it",
+                saved.display(),
+                args.data.data_dir.display(),
+                saved.display()
+            )),
+            None => error,
+        }
+    })?;
     dataset
         .train
         .check_channels(config.in_channels, &dataset.name, |channels| {
@@ -135,9 +157,7 @@ fn settings_and_dataset(args: &TrainArgs) -> Result<(TrainSettings, Dataset)> {
     let settings = TrainSettings {
         model: config,
         dataset: dataset.name.clone(),
-        // Absolute, so that `--resume` from another folder or as `./data` still matches.
-        data_dir: std::fs::canonicalize(&args.data.data_dir)
-            .unwrap_or_else(|_| args.data.data_dir.clone()),
+        data_dir,
         epochs: args.epochs,
         batch_size: args.batch_size,
         lr: args.lr,

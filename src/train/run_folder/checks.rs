@@ -5,12 +5,12 @@ use super::{RunConfig, RUN_FILES};
 use crate::data::DataIdentity;
 use crate::train::TrainSettings;
 use anyhow::{bail, ensure, Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Before `--resume` reads its data: refuses a `dir` that holds no run, or a run that
 /// trained on another dataset than `dataset` (reading that one would fail first, or
-/// advise downloading it).
-pub(in crate::train) fn check_resumed_dataset(dir: &Path, dataset: &str) -> Result<()> {
+/// advise downloading it). Gives the folder the run read its data from.
+pub(in crate::train) fn check_resumed_dataset(dir: &Path, dataset: &str) -> Result<PathBuf> {
     let saved = saved_config(dir)?;
     let (trained, default) = (&saved.settings.dataset, crate::cli::DEFAULT_DATASET);
     ensure!(
@@ -23,7 +23,7 @@ pub(in crate::train) fn check_resumed_dataset(dir: &Path, dataset: &str) -> Resu
             false => String::new(),
         }
     );
-    Ok(())
+    Ok(saved.settings.data_dir)
 }
 
 /// The config.json of the run in `dir`, for `--resume`; an error says why there is none.
