@@ -1313,6 +1313,24 @@ fn user_errors_say_what_to_do() {
         stderr.contains("has no config.json, so it holds no vit run; check --out"),
         "{stderr}"
     );
+    // A run's folder whose config.json is gone, or damaged: put it back.
+    let resume = ["train", "--out", nowhere.to_str().unwrap(), "--resume"];
+    std::fs::write(nowhere.join("metrics.csv"), "epoch\n").unwrap();
+    let stderr = vit_fails(&resume);
+    assert!(
+        stderr.contains("holds a run's metrics.csv but not its config.json")
+            && stderr.contains("put it back, or start a new run with another --out"),
+        "{stderr}"
+    );
+    std::fs::write(nowhere.join("config.json"), "{broken").unwrap();
+    let stderr = vit_fails(&resume);
+    assert!(
+        stderr.contains("config.json is not a vit run config; put back the one the run wrote"),
+        "{stderr}"
+    );
+    for file in ["metrics.csv", "config.json"] {
+        std::fs::remove_file(nowhere.join(file)).unwrap();
+    }
     std::fs::remove_dir(&nowhere).unwrap();
     let link = root.join("link");
     std::os::unix::fs::symlink(&nowhere, &link).unwrap();

@@ -35,14 +35,39 @@ pub(super) fn saved_config(dir: &Path) -> Result<RunConfig> {
         dir.display()
     );
     let config_path = dir.join("config.json");
-    let saved = std::fs::read_to_string(&config_path).with_context(|| {
+    let saved = match std::fs::read_to_string(&config_path) {
+        Ok(saved) => saved,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let present: Vec<&str> = RUN_FILES
+                .into_iter()
+                .filter(|name| dir.join(name).exists())
+                .collect();
+            match present.is_empty() {
+                true => bail!(
+                    "cannot resume: {} has no config.json, so it holds no vit run; check --out",
+                    dir.display()
+                ),
+                false => bail!(
+                    "cannot resume: {} holds a run's {} but not its config.json, which \
+                     records the settings to resume with; put it back, or start a new run \
+                     with another --out",
+                    dir.display(),
+                    present.join(", ")
+                ),
+            }
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot resume: cannot read {}", config_path.display()))
+        }
+    };
+    serde_json::from_str(&saved).with_context(|| {
         format!(
-            "cannot resume: {} has no config.json, so it holds no vit run; check --out",
-            dir.display()
+            "cannot resume: {} is not a vit run config; put back the one the run wrote, or \
+             start a new run with another --out",
+            config_path.display()
         )
-    })?;
-    serde_json::from_str(&saved)
-        .with_context(|| format!("{} is not a vit run config", config_path.display()))
+    })
 }
 
 /// Fails unless `settings` and `data` are those of the run saved in `dir`, naming what
