@@ -217,10 +217,10 @@ fn pictures_are_written_only_as_png() {
     }
 }
 
-/// `-o NAME.png` also writes NAME.svg: an SVG of the user's there (or a folder) is kept,
-/// and refused by name; one vit drew is replaced, as a second `vit plot` does.
+/// `-o NAME.png` also writes NAME.svg: an SVG or a PNG of the user's there (or a folder) is
+/// kept, and refused by name; one vit drew is replaced, as a second `vit plot` does.
 #[test]
-fn an_svg_beside_the_png_that_vit_did_not_draw_is_kept() {
+fn a_png_or_svg_that_vit_did_not_draw_is_kept() {
     let dir = TempDir::new("svg-kept");
     write_metrics(&dir.join("run"), 3, 1.0);
     let output = dir.join("curves.png");
@@ -241,7 +241,20 @@ fn an_svg_beside_the_png_that_vit_did_not_draw_is_kept() {
         assert!(!output.exists(), "nothing is drawn when the SVG is refused");
     }
 
+    // The same for the PNG itself: one of the user's is kept, and refused by name.
     std::fs::remove_file(&svg).unwrap();
+    image::RgbImage::new(4, 4).save(&output).unwrap();
+    let theirs = std::fs::read(&output).unwrap();
+    let err = format!("{:#}", plot::run(&args).unwrap_err());
+    assert!(
+        err.contains("curves.png is already there, and is not a picture vit drew")
+            && err.contains("another PNG with -o"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&output).unwrap(), theirs);
+    assert!(!svg.exists());
+
+    std::fs::remove_file(&output).unwrap();
     plot::run(&args).unwrap();
     let first = std::fs::read_to_string(&svg).unwrap();
     write_metrics(&dir.join("run"), 5, 1.0);
@@ -431,11 +444,25 @@ fn attention_figure_from_a_checkpoint_and_an_image_file() {
     attention::run(&args(output.clone())).unwrap();
     assert_eq!(png_size(&output), figure_size(config.num_heads as usize));
 
-    // The input image as the output (spelled another way) is refused, the image untouched.
+    // A PNG vit did not draw is kept, and refused by name, the input image among them.
     let before = std::fs::read(&input).unwrap();
-    let err = attention::run(&args(dir.join(".").join("input.png"))).unwrap_err();
-    assert!(format!("{err:#}").contains("is the input image"), "{err:#}");
+    let err = attention::run(&args(input.clone())).unwrap_err();
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("input.png is already there, and is not a picture vit drew"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(&input).unwrap(), before);
+    // One vit drew is replaced, unless it is the input image (spelled another way).
+    attention::run(&args(output.clone())).unwrap();
+    let drawn = std::fs::read(&output).unwrap();
+    let err = attention::run(&AttentionArgs {
+        image: Some(output.clone()),
+        ..args(dir.join(".").join("attn.png"))
+    })
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("is the input image"), "{err:#}");
+    assert_eq!(std::fs::read(&output).unwrap(), drawn);
 }
 
 /// Attention maps for `layers` layers of `[batch, heads, tokens, tokens]`, all `map`.

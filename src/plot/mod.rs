@@ -17,7 +17,7 @@ pub use confusion::{confusion_matrix, ConfusionLayout};
 pub use curves::{curves, read_metrics, read_runs, run, MetricsRow, RunMetrics, CURVES_SIZE};
 
 use crate::fsutil::{create_folder, write_atomic};
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -66,19 +66,59 @@ where
     Ok(buffer)
 }
 
-/// Encodes an RGB8 buffer as PNG and writes it atomically.
+/// The `Software` text of every PNG vit draws: [`ensure_replaceable_png`] knows vit's own
+/// pictures by it.
+const PNG_SOFTWARE: &str = "vit-tch";
+
+/// Encodes an RGB8 buffer as PNG, marked as vit's ([`PNG_SOFTWARE`]), and writes it
+/// atomically.
 pub(crate) fn write_rgb_png(path: &Path, width: u32, height: u32, rgb: &[u8]) -> Result<()> {
-    use image::ImageEncoder;
     let mut bytes = Vec::new();
-    image::codecs::png::PngEncoder::new_with_quality(
-        &mut bytes,
-        image::codecs::png::CompressionType::Best,
-        image::codecs::png::FilterType::Adaptive,
-    )
-    .write_image(rgb, width, height, image::ExtendedColorType::Rgb8)
-    .with_context(|| format!("encoding {}", path.display()))?;
+    let encode = |bytes: &mut Vec<u8>| -> std::result::Result<(), png::EncodingError> {
+        let mut encoder = png::Encoder::new(bytes, width, height);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        encoder.set_compression(png::Compression::High);
+        encoder.set_filter(png::Filter::Adaptive);
+        encoder.add_text_chunk("Software".into(), PNG_SOFTWARE.into())?;
+        let mut writer = encoder.write_header()?;
+        writer.write_image_data(rgb)?;
+        writer.finish()
+    };
+    encode(&mut bytes).with_context(|| format!("encoding {}", path.display()))?;
     create_parent(path)?;
     write_atomic(path, &bytes)
+}
+
+/// `-o PNG` is replaced only when it is not there or is a picture vit drew: refuses to
+/// replace a PNG of the user's (or one vit drew before its pictures were marked).
+fn ensure_replaceable_png(png: &Path) -> Result<()> {
+    use std::io::ErrorKind;
+    let file = match std::fs::File::open(png) {
+        Ok(file) => file,
+        // Nothing there (a file in the folder's place is named when the PNG is written).
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+            return Ok(())
+        }
+        Err(e) => bail!(
+            "cannot check whether {} is a picture vit drew, which it would replace: {e}. Move \
+             it away, or name another PNG with -o",
+            png.display()
+        ),
+    };
+    let drawn_by_vit = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .is_ok_and(|reader| {
+            (reader.info().uncompressed_latin1_text.iter())
+                .any(|text| text.keyword == "Software" && text.text == PNG_SOFTWARE)
+        });
+    ensure!(
+        drawn_by_vit,
+        "{} is already there, and is not a picture vit drew: vit would replace it. Move that \
+         file away, or name another PNG with -o",
+        png.display()
+    );
+    Ok(())
 }
 
 /// Runs `draw` on a `width` x `height` SVG canvas and writes the file atomically.
@@ -129,8 +169,8 @@ pub(crate) fn draw_text<DB: DrawingBackend>(
 }
 
 /// Refuses, before any work, an `-o` that is not a `.png` path (the pictures are PNG, and
-/// the curves' SVG goes beside it, named after it), that is a folder, or whose folder
-/// cannot take a file.
+/// the curves' SVG goes beside it, named after it), that is a folder, that is a file vit
+/// did not draw, or whose folder cannot take a file.
 pub fn ensure_png_output(output: &Path) -> Result<()> {
     let is_png = output
         .extension()
@@ -146,6 +186,7 @@ pub fn ensure_png_output(output: &Path) -> Result<()> {
         output.display(),
         output.join("picture.png").display()
     );
+    ensure_replaceable_png(output)?;
     crate::fsutil::ensure_can_create_in(crate::fsutil::folder_of(output))
         .with_context(|| format!("-o {} cannot be written", output.display()))
 }
