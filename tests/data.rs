@@ -383,6 +383,30 @@ fn files_of_other_sizes_than_the_official_release_are_read_with_a_warning() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("train.bin holds 25 image(s) where the official release has 50000"));
     assert!(stderr.contains("test.bin holds 5 image(s) where the official release has 10000"));
+
+    // Files of the official size whose classes are not the release's even counts (all
+    // zeros, sparse: no disk space taken) are read with a warning, in the fine labels'
+    // classes or the coarse ones'.
+    let cifar100 = tmp.0.join("cifar-100-binary");
+    for (file, images) in [("train.bin", 50_000), ("test.bin", 10_000)] {
+        let file = std::fs::File::create(cifar100.join(file)).unwrap();
+        file.set_len(images * 3074).unwrap();
+    }
+    for (flags, per_class) in [(&[][..], 500), (&["--coarse-labels"][..], 2500)] {
+        let mut args = vec!["data", "--dataset", "cifar100", "--data-dir", data_dir];
+        args.extend(flags);
+        let output = common::vit(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let warning = format!(
+            "warning: the training images in cifar-100-binary are not the official release's \
+             {per_class} of each class ("
+        );
+        let advice = format!("delete {}, then run `vit download", cifar100.display());
+        assert!(
+            output.status.success() && stderr.contains(&warning) && stderr.contains(&advice),
+            "{warning} not in:\n{stderr}"
+        );
+    }
 }
 
 /// A .tar.gz of `entries` (path, bytes), with paths written raw (so `../evil` is possible).
@@ -1546,19 +1570,36 @@ fn cli_entry_points() {
         err.contains("is there but not a whole dataset") && !err.contains("/nonexistent/"),
         "{err}"
     );
-    // ... and one whose every file has the official size (sparse: no disk space taken) is
-    // in place.
+    // ... as is one whose every file has the official size but is all zeros (every image
+    // a black airplane: sparse files, no disk space taken)...
     let dir = tmp.0.join("cifar-10-batches-bin");
-    for name in [
-        "data_batch_1",
-        "data_batch_2",
-        "data_batch_3",
-        "data_batch_4",
-        "data_batch_5",
-        "test_batch",
-    ] {
+    #[rustfmt::skip]
+    let names = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
+                 "test_batch"];
+    for name in names {
         let file = std::fs::File::create(dir.join(format!("{name}.bin"))).unwrap();
         file.set_len(10_000 * 3073).unwrap();
+    }
+    let err = error_of(data::run_download(&download(
+        DownloadableDataset::Cifar10,
+        "/nonexistent/",
+    )));
+    assert!(
+        err.contains("is there but not a whole dataset")
+            && err.contains(
+                "the training images in cifar-10-batches-bin are not the official release's \
+                 5000 of each class (airplane 50000, automobile 0, bird 0, cat 0, deer 0 and 5 more)"
+            ),
+        "{err}"
+    );
+    // ... while one of the official size with 1,000 images of each class in each file is
+    // in place.
+    let mut records = vec![0u8; 10_000 * 3073];
+    for (i, record) in records.chunks_exact_mut(3073).enumerate() {
+        record[0] = (i % 10) as u8;
+    }
+    for name in names {
+        std::fs::write(dir.join(format!("{name}.bin")), &records).unwrap();
     }
     data::run_download(&download(DownloadableDataset::Cifar10, "/nonexistent/")).unwrap();
     // A folder dataset is the user's own: `download` does not offer it.

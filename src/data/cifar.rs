@@ -115,8 +115,22 @@ pub fn load_cifar100(data_dir: &Path, coarse_labels: bool) -> Result<Dataset> {
     }
 }
 
-/// Reads `format`'s release under `data_dir` as the dataset `name`.
+/// Reads `format`'s release under `data_dir` as the dataset `name`, with a warning when
+/// its classes are not the official release's even counts.
 fn load(data_dir: &Path, format: &RecordFormat, name: &str) -> Result<Dataset> {
+    let dataset = read(data_dir, format, name)?;
+    if let Some(uneven) = uneven_classes(&dataset, format) {
+        let dir = data_dir.join(format.release.folder);
+        eprintln!(
+            "warning: {uneven}; to replace it, {}",
+            download_again(&dir.join(format.class_names_file), format, data_dir)
+        );
+    }
+    Ok(dataset)
+}
+
+/// [`load`] without the class counts' check.
+fn read(data_dir: &Path, format: &RecordFormat, name: &str) -> Result<Dataset> {
     let release = format.release;
     let dir = data_dir.join(release.folder);
     let classes = read_class_names(&dir.join(format.class_names_file), format, data_dir)?;
@@ -141,9 +155,49 @@ fn load(data_dir: &Path, format: &RecordFormat, name: &str) -> Result<Dataset> {
     })
 }
 
+/// Where a split of the official size has not its even share of images in every class (as
+/// a file of zeros has, all of class 0): what differs, for a message.
+fn uneven_classes(dataset: &Dataset, format: &RecordFormat) -> Option<String> {
+    let release = format.release;
+    let train_images = release.train_files.iter().map(|&(_, images)| images).sum();
+    let splits = [
+        ("training", &dataset.train, train_images),
+        ("test", &dataset.test, release.test_file.1),
+    ];
+    splits.into_iter().find_map(|(what, split, official)| {
+        let per_class = (official / format.num_classes) as i64;
+        if split.len() != official as i64 {
+            return None; // Not the official files: their reader already warned.
+        }
+        let counts = Vec::<i64>::try_from(
+            split
+                .labels
+                .bincount::<Tensor>(None, format.num_classes as i64),
+        )
+        .ok()?;
+        let uneven: Vec<String> = (dataset.classes.iter().zip(counts))
+            .filter(|&(_, count)| count != per_class)
+            .map(|(class, count)| format!("{class} {count}"))
+            .collect();
+        (!uneven.is_empty()).then(|| {
+            let shown = uneven.len().min(5);
+            let more = match uneven.len() - shown {
+                0 => String::new(),
+                more => format!(" and {more} more"),
+            };
+            format!(
+                "the {what} images in {} are not the official release's {per_class} of each \
+                 class ({}{more}): a file is damaged, or not the official one",
+                release.folder,
+                uneven[..shown].join(", ")
+            )
+        })
+    })
+}
+
 /// Checks that `data_dir` holds the whole official release of `format`'s dataset, for
 /// `vit download` (which keeps a dataset folder that is there): every batch file of the
-/// official size, and the class-names files.
+/// official size, the class-names files, and the official count of images in each class.
 pub fn check_release(data_dir: &Path, format: &RecordFormat) -> Result<()> {
     let release = format.release;
     let dir = data_dir.join(release.folder);
@@ -165,7 +219,11 @@ pub fn check_release(data_dir: &Path, format: &RecordFormat) -> Result<()> {
         let path = dir.join(file);
         ensure!(path.is_file(), "{}", missing(&path, format, data_dir));
     }
-    Ok(())
+    let dataset = read(data_dir, format, format.dataset)?;
+    match uneven_classes(&dataset, format) {
+        Some(uneven) => bail!("{uneven}"),
+        None => Ok(()),
+    }
 }
 
 /// The message for a file of a dataset that is not there.

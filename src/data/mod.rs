@@ -310,20 +310,13 @@ pub fn run_download(args: &DownloadArgs) -> Result<()> {
         download::Fetched::AlreadyPresent(path) => {
             // A folder that is there is not fetched again, so it has to be the whole
             // release: every file of its size, and each readable.
-            let dataset = DatasetArgs {
-                dataset: args.dataset.into(),
-                data_dir: args.data_dir.clone(),
-                coarse_labels: false,
-            };
-            cifar::check_release(&args.data_dir, format)
-                .and_then(|()| load(&dataset, 32))
-                .with_context(|| {
-                    format!(
-                        "{} is there but not a whole dataset: delete it, then run this \
+            cifar::check_release(&args.data_dir, format).with_context(|| {
+                format!(
+                    "{} is there but not a whole dataset: delete it, then run this \
                          command again",
-                        path.display()
-                    )
-                })?;
+                    path.display()
+                )
+            })?;
             println!("{} is already in place; nothing to fetch", path.display())
         }
         download::Fetched::Unpacked(path) => println!("unpacked to {}", path.display()),
