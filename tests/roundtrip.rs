@@ -158,6 +158,22 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
     );
     let error = load_error("arrays.npz");
     assert!(error.contains("is not a valid safetensors file"), "{error}");
+    // An image given as the checkpoint (vit predict's arguments swapped) is named as one...
+    image::RgbImage::new(8, 8)
+        .save(dir.join("photo.png"))
+        .unwrap();
+    let error = load_error("photo.png");
+    assert!(
+        error.contains("photo.png is an image (Png), not a checkpoint: --checkpoint takes"),
+        "{error}"
+    );
+    // ...and a missing `.pth` (the notebook's name) points at the checkpoint beside it.
+    let error = load_error("vit.pth");
+    let beside = dir.join("vit.safetensors");
+    assert!(
+        error.contains(&format!("did you mean {}?", beside.display())),
+        "{error}"
+    );
     // A valid file with a dtype vit does not take names the tensor and the dtype.
     let error = load_error("int8.safetensors");
     assert!(

@@ -156,8 +156,18 @@ impl TensorFile {
         if path.is_dir() {
             bail!("{}", folder_given(path));
         }
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| {
+            // `best_model.pth` (the notebook's name) where vit saved best_model.safetensors.
+            let saved = path.with_extension("safetensors");
+            match saved != path && saved.is_file() {
+                true => format!(
+                    "cannot read {}; did you mean {}?",
+                    path.display(),
+                    saved.display()
+                ),
+                false => format!("cannot read {}", path.display()),
+            }
+        })?;
         let parse = || -> Result<_> {
             let (_, header) = SafeTensors::read_metadata(&bytes)?;
             Ok((header, SafeTensors::deserialize(&bytes)?))
@@ -165,6 +175,14 @@ impl TensorFile {
         let (header, file) = parse().or_else(|e| {
             if let Some(kind) = PyTorchFile::recognise(&bytes) {
                 bail!("{}", kind.conversion(path));
+            }
+            if let Ok(format) = image::guess_format(&bytes) {
+                bail!(
+                    "{} is an image ({format:?}), not a checkpoint: --checkpoint takes a \
+                     .safetensors file that vit train saved (vit predict takes the images \
+                     after it)",
+                    path.display()
+                );
             }
             Err(e.context(format!(
                 "{} is not a valid safetensors file (not one, or a damaged one)",
