@@ -236,6 +236,30 @@ fn missing_files_name_the_download_command() {
         tmp.0.display()
     );
     assert!(err.contains(&command), "{err}");
+    // torchvision's download (the notebook's), which vit does not read, named as such...
+    let python = tmp.0.join("cifar-100-python");
+    std::fs::create_dir(&python).unwrap();
+    let err = error_of(data::load(&args(DatasetName::Cifar100, &tmp.0, false), 32));
+    assert!(
+        err.contains(
+            "holds cifar-100-python, torchvision's Python release, which vit does not \
+                      read"
+        ) && err.contains(&command),
+        "{err}"
+    );
+    std::fs::remove_dir(&python).unwrap();
+    // ...and the binary archive fetched by hand: `vit download --from` unpacks it.
+    let archive = tmp.0.join("cifar-10-binary.tar.gz");
+    std::fs::write(&archive, b"an archive").unwrap();
+    let err = error_of(data::load(&args(DatasetName::Cifar10, &tmp.0, false), 32));
+    let unpack = format!(
+        "holds cifar-10-binary.tar.gz, not unpacked: run `vit download --dataset cifar10 \
+         --data-dir {} --from {}`",
+        tmp.0.display(),
+        archive.display()
+    );
+    assert!(err.contains(&unpack), "{err}");
+    std::fs::remove_file(&archive).unwrap();
 
     // One batch missing from an otherwise complete tree.
     let dir = write_cifar10(&tmp.0);
@@ -352,7 +376,10 @@ fn bad_sizes_and_labels_are_named() {
     bytes[3074 * 2] = 20; // third record's coarse label
     std::fs::write(dir.join("train.bin"), &bytes).unwrap();
     let err = error_of(data::load(&args(DatasetName::Cifar100, &tmp.0, true), 32));
-    assert!(err.contains("record 2 has label 20"), "{err}");
+    assert!(
+        err.contains("record 2 has label 20") && err.contains("then run `vit download"),
+        "{err}"
+    );
     std::fs::write(dir.join("train.bin"), vec![0u8; 3073]).unwrap();
     let err = error_of(data::load(&args(DatasetName::Cifar100, &tmp.0, false), 32));
     assert!(err.contains("3074"), "{err}");

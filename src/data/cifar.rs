@@ -9,6 +9,7 @@
 //! Each file is read in one pass: one `std::fs::read`, one uint8 tensor built from the
 //! bytes, then a reshape and narrow into images and labels.
 
+use super::download::ArchiveSpec;
 use super::{Dataset, Split};
 use anyhow::{bail, ensure, Context, Result};
 use std::path::Path;
@@ -26,6 +27,10 @@ pub const CIFAR100_FOLDER: &str = "cifar-100-binary";
 pub struct Release {
     /// The folder the archive unpacks to.
     pub folder: &'static str,
+    /// The binary release's archive, as `vit download` fetches it.
+    pub archive: &'static ArchiveSpec<'static>,
+    /// The folder of torchvision's download (the Python release), which vit does not read.
+    python_folder: &'static str,
     /// The training batch files in order, each with its official number of images.
     train_files: &'static [(&'static str, usize)],
     /// The test batch file with its official number of images.
@@ -36,6 +41,8 @@ pub struct Release {
 
 const CIFAR10_RELEASE: Release = Release {
     folder: CIFAR10_FOLDER,
+    archive: &super::download::CIFAR10_ARCHIVE,
+    python_folder: "cifar-10-batches-py",
     train_files: &[
         ("data_batch_1.bin", 10_000),
         ("data_batch_2.bin", 10_000),
@@ -48,6 +55,8 @@ const CIFAR10_RELEASE: Release = Release {
 };
 const CIFAR100_RELEASE: Release = Release {
     folder: CIFAR100_FOLDER,
+    archive: &super::download::CIFAR100_ARCHIVE,
+    python_folder: "cifar-100-python",
     train_files: &[("train.bin", 50_000)],
     test_file: ("test.bin", 10_000),
     class_names_files: &["fine_label_names.txt", "coarse_label_names.txt"],
@@ -229,7 +238,9 @@ pub fn check_release(data_dir: &Path, format: &RecordFormat) -> Result<()> {
 /// The message for a file of a dataset that is not there.
 fn missing(path: &Path, format: &RecordFormat, data_dir: &Path) -> String {
     let folder = path.parent().unwrap_or(path);
-    let other = match format.release.folder {
+    let release = format.release;
+    let archive = data_dir.join(release.archive.file_name);
+    let other = match release.folder {
         CIFAR10_FOLDER => CIFAR100_FINE_FORMAT,
         _ => CIFAR10_FORMAT,
     };
@@ -248,6 +259,24 @@ fn missing(path: &Path, format: &RecordFormat, data_dir: &Path) -> String {
         )
     } else if let Some(advice) = dataset_folder_given(data_dir, format.release.folder) {
         advice
+    } else if archive.is_file() {
+        // The archive fetched by hand, not unpacked.
+        format!(
+            "{} holds {}, not unpacked: run `vit download --dataset {} --data-dir {} --from {}`",
+            data_dir.display(),
+            release.archive.file_name,
+            format.dataset,
+            data_dir.display(),
+            archive.display()
+        )
+    } else if data_dir.join(release.python_folder).is_dir() {
+        // The notebook's `torchvision.datasets.CIFAR100(root, download=True)` leaves this.
+        format!(
+            "{} holds {}, torchvision's Python release, which vit does not read: vit reads \
+             the binary release; {download} (it goes beside the other)",
+            data_dir.display(),
+            release.python_folder
+        )
     } else if data_dir.join(other_folder).is_dir() {
         // `--dataset` left out (CIFAR-100) where CIFAR-10 was downloaded, or the reverse.
         format!(
@@ -389,12 +418,13 @@ fn read_records(
     {
         bail!(
             "{}: record {} has label {}, out of range for {} classes; the file is corrupt \
-             or not a {} batch",
+             or not a {} batch: {}",
             path.display(),
             i,
             label,
             format.num_classes,
-            format.dataset
+            format.dataset,
+            download_again(path, format, data_dir)
         );
     }
     let records = Tensor::from_slice(&bytes).reshape([n as i64, record as i64]);

@@ -294,12 +294,11 @@ pub fn load_test(args: &DatasetArgs, image_size: i64) -> Result<TestSet> {
 
 /// `vit download`: fetch, verify and unpack a CIFAR archive into `--data-dir`.
 pub fn run_download(args: &DownloadArgs) -> Result<()> {
-    let (spec, format) = match args.dataset {
-        DownloadableDataset::Cifar10 => (&download::CIFAR10_ARCHIVE, &cifar::CIFAR10_FORMAT),
-        DownloadableDataset::Cifar100 => {
-            (&download::CIFAR100_ARCHIVE, &cifar::CIFAR100_FINE_FORMAT)
-        }
+    let format = match args.dataset {
+        DownloadableDataset::Cifar10 => &cifar::CIFAR10_FORMAT,
+        DownloadableDataset::Cifar100 => &cifar::CIFAR100_FINE_FORMAT,
     };
+    let spec = format.release.archive;
     // An empty VIT_DATA_MIRROR (set but cleared) means no mirror.
     let source = args
         .from
