@@ -175,16 +175,41 @@ impl ViTConfig {
         // layers would fill the memory one layer at a time, for minutes.
         let bytes = 4.0 * self.parameter_count();
         if let Some(memory) = crate::runtime::physical_memory_bytes() {
+            // The advice follows the largest part: the patches' position embedding, the
+            // patch embedding's kernel, or the rest (mostly the blocks).
+            let [image, patch, channels, embed] = [
+                self.image_size,
+                self.patch_size,
+                self.in_channels,
+                self.embed_dim,
+            ]
+            .map(|size| size as f64);
+            let positions = ((image / patch).powi(2) + 1.0) * embed;
+            let kernel = channels * patch * patch * embed;
+            let rest = self.parameter_count() - positions - kernel;
+            let smaller = if positions >= kernel.max(rest) {
+                format!(
+                    "a larger {} or a smaller {}",
+                    name("patch_size"),
+                    name("image_size")
+                )
+            } else if kernel >= rest {
+                format!("a smaller {} or {}", name("patch_size"), name("embed_dim"))
+            } else {
+                format!(
+                    "a smaller {}, {} or {}",
+                    name("embed_dim"),
+                    name("mlp_dim"),
+                    name("num_layers")
+                )
+            };
             ensure!(
                 bytes <= memory as f64,
                 "the model would have {:.3e} parameters ({:.1} GB in float32), more than the \
-                 {:.1} GB of memory here: use a smaller {}, {} or {}",
+                 {:.1} GB of memory here: use {smaller}",
                 self.parameter_count(),
                 bytes / 1e9,
                 memory as f64 / 1e9,
-                name("embed_dim"),
-                name("mlp_dim"),
-                name("num_layers")
             );
         }
         Ok(())
