@@ -1075,13 +1075,18 @@ fn ema_warmup_follows_timm() {
     }
 }
 
-fn strong_regularization() -> Regularization {
-    Regularization {
-        drop_path: 0.1,
-        attn_dropout: 0.1,
-        ema: Some(0.9),
-        ema_warmup: false,
-        ..common::strong_augmentation()
+/// `tiny_settings` with the strong recipe: its augmentations and regularisers, and an EMA.
+fn strong_settings(epochs: usize, batch_size: i64) -> TrainSettings {
+    TrainSettings {
+        recipe: Recipe::Strong,
+        regularization: Regularization {
+            drop_path: 0.1,
+            attn_dropout: 0.1,
+            ema: Some(0.9),
+            ema_warmup: false,
+            ..common::strong_augmentation()
+        },
+        ..tiny_settings(epochs, batch_size)
     }
 }
 
@@ -1089,9 +1094,7 @@ fn strong_regularization() -> Regularization {
 fn strong_recipe_with_ema_resumes_exactly() {
     let _turn = seeded(0);
     let dataset = colour_dataset();
-    let mut settings = tiny_settings(2, 200);
-    settings.recipe = Recipe::Strong;
-    settings.regularization = strong_regularization();
+    let settings = strong_settings(2, 200);
     let root = TempDir::new("resume-strong");
     let (straight, resumed) = (root.join("straight"), root.join("resumed"));
     let stop = StopPoint::AfterStep { epoch: 1, step: 1 };
@@ -1124,9 +1127,7 @@ fn strong_recipe_with_ema_resumes_exactly() {
 fn resume_without_a_best_model_is_refused_until_it_is_back() {
     let _turn = seeded(0);
     let dataset = colour_dataset();
-    let mut settings = tiny_settings(2, 600);
-    settings.recipe = Recipe::Strong;
-    settings.regularization = strong_regularization();
+    let settings = strong_settings(2, 600);
     let root = TempDir::new("resume-best-moved");
     let (straight, resumed) = (root.join("straight"), root.join("resumed"));
     train_straight_and_interrupted(
