@@ -743,14 +743,8 @@ fn resume_follows_the_images_not_their_folder() {
         train: dataset.train.subset(100),
         ..colour_dataset()
     };
-    let flag = AtomicBool::new(false);
-    let Err(error) = train::train(&settings, &fewer, &options(&legacy, true, &flag)) else {
-        panic!("resumed on fewer images");
-    };
-    assert!(
-        format!("{error:#}").contains("but an epoch of the images in"),
-        "{error:#}"
-    );
+    let error = refused_resume(&settings, &fewer, &legacy);
+    assert!(error.contains("but an epoch of the images in"), "{error:#}");
 }
 
 /// With one step per epoch, Ctrl-C always lands at an epoch's end, whose row and
@@ -850,6 +844,15 @@ fn train_straight_and_interrupted(
     }
 }
 
+/// The error of a resume of `run` that must be refused, as printed.
+fn refused_resume(settings: &TrainSettings, dataset: &Dataset, run: &Path) -> String {
+    let flag = AtomicBool::new(false);
+    match train::train(settings, dataset, &options(run, true, &flag)) {
+        Ok(_) => panic!("the resume of {} was not refused", run.display()),
+        Err(error) => format!("{error:#}"),
+    }
+}
+
 fn options<'a>(out: &'a Path, resume: bool, interrupted: &'a AtomicBool) -> RunOptions<'a> {
     RunOptions {
         out,
@@ -925,11 +928,7 @@ fn resume_at_an_epoch_boundary_is_exact() {
     let saved = std::fs::read_to_string(&metrics).unwrap();
     let header_only = format!("{}\n", saved.lines().next().unwrap());
     std::fs::write(&metrics, &header_only).unwrap();
-    let flag = AtomicBool::new(false);
-    let error = train::train(&settings, &dataset, &options(&resumed, true, &flag))
-        .err()
-        .unwrap();
-    let error = format!("{error:#}");
+    let error = refused_resume(&settings, &dataset, &resumed);
     assert!(
         error.contains("the rows of epochs 1 to 1, but its rows are for epochs []"),
         "{error}"
@@ -982,12 +981,8 @@ fn resume_with_changed_settings_is_refused() {
     changed.model.embed_dim = 64;
     // Another precision of the test passes: its metrics and best model would mix two.
     changed.eval_precision = Precision::Bf16;
-    let flag = AtomicBool::new(false);
-    let error = train::train(&changed, &dataset, &options(&run, true, &flag))
-        .err()
-        .unwrap();
     // Each difference by name, and nothing else.
-    let error = format!("{error:#}");
+    let error = refused_resume(&changed, &dataset, &run);
     let lines: Vec<&str> = error.lines().collect();
     assert!(
         lines[0].ends_with("the settings differ from the saved run's:"),
@@ -1141,11 +1136,7 @@ fn resume_without_a_best_model_is_refused_until_it_is_back() {
     for name in ["best_model.safetensors", "best_ema_model.safetensors"] {
         let (best, away) = (resumed.join(name), root.join(name));
         std::fs::rename(&best, &away).unwrap();
-        let flag = AtomicBool::new(false);
-        let error = train::train(&settings, &dataset, &options(&resumed, true, &flag))
-            .err()
-            .unwrap();
-        let error = format!("{error:#}");
+        let error = refused_resume(&settings, &dataset, &resumed);
         assert!(
             error.contains(&format!("its {name} (test accuracy ")) && error.contains("Put it back"),
             "{error}"
@@ -2157,9 +2148,7 @@ fn resume_of_a_run_killed_before_its_first_save_starts_over() {
     // A run that saved more, then lost its resume state, is not started over.
     std::fs::remove_file(killed.join("resume.safetensors")).unwrap();
     let best_model = std::fs::read(killed.join("best_model.safetensors")).unwrap();
-    let flag = AtomicBool::new(false);
-    let result = train::train(&settings, &dataset, &options(&killed, true, &flag));
-    let error = format!("{:#}", result.err().expect("the resume must be refused"));
+    let error = refused_resume(&settings, &dataset, &killed);
     assert!(
         error.contains("resume.safetensors is missing")
             && error.contains("2 epoch(s) in metrics.csv, best_model.safetensors"),
