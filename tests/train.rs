@@ -2423,11 +2423,15 @@ fn a_test_only_folder_is_evaluated_and_index_names_its_file() {
             && stdout.contains("true class dog"),
         "{stdout}"
     );
-    // -o naming that very photo would replace it with the picture: refused.
+    // -o naming that very photo would replace it with the picture: refused, as any PNG
+    // vit did not draw.
     let photo = std::fs::read(&file).unwrap();
     #[rustfmt::skip]
     let stderr = vit_fails(&["attention", "--checkpoint", model, "--data-dir", photos_dir, "--index", "1", "-o", file.to_str().unwrap(), "--device", "cpu"]);
-    assert!(stderr.contains("is the input image"), "{stderr}");
+    assert!(
+        stderr.contains("0.png is already there, and is not a picture vit drew"),
+        "{stderr}"
+    );
     assert_eq!(std::fs::read(&file).unwrap(), photo);
 
     // Folders that are none of the model's classes (a thumbnail cache, say) are named.
