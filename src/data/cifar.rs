@@ -25,9 +25,8 @@ pub const CIFAR100_FOLDER: &str = "cifar-100-binary";
 /// The files of one official binary release, as its archive unpacks them.
 #[derive(Debug)]
 pub struct Release {
-    /// The folder the archive unpacks to.
-    pub folder: &'static str,
-    /// The binary release's archive, as `vit download` fetches it.
+    /// The binary release's archive, as `vit download` fetches it, and the folder it
+    /// unpacks to.
     pub archive: &'static ArchiveSpec<'static>,
     /// The folder of torchvision's download (the Python release), which vit does not read.
     python_folder: &'static str,
@@ -40,7 +39,6 @@ pub struct Release {
 }
 
 const CIFAR10_RELEASE: Release = Release {
-    folder: CIFAR10_FOLDER,
     archive: &super::download::CIFAR10_ARCHIVE,
     python_folder: "cifar-10-batches-py",
     train_files: &[
@@ -54,13 +52,19 @@ const CIFAR10_RELEASE: Release = Release {
     class_names_files: &["batches.meta.txt"],
 };
 const CIFAR100_RELEASE: Release = Release {
-    folder: CIFAR100_FOLDER,
     archive: &super::download::CIFAR100_ARCHIVE,
     python_folder: "cifar-100-python",
     train_files: &[("train.bin", 50_000)],
     test_file: ("test.bin", 10_000),
     class_names_files: &["fine_label_names.txt", "coarse_label_names.txt"],
 };
+
+impl Release {
+    /// The folder under `--data-dir` that holds the release.
+    pub fn folder(&self) -> &'static str {
+        self.archive.folder
+    }
+}
 
 /// The layout of one binary format's records, and the release that holds them.
 #[derive(Debug, Clone, Copy)]
@@ -129,7 +133,7 @@ pub fn load_cifar100(data_dir: &Path, coarse_labels: bool) -> Result<Dataset> {
 fn load(data_dir: &Path, format: &RecordFormat, name: &str) -> Result<Dataset> {
     let dataset = read(data_dir, format, name)?;
     if let Some(uneven) = uneven_classes(&dataset, format) {
-        let dir = data_dir.join(format.release.folder);
+        let dir = data_dir.join(format.release.folder());
         eprintln!(
             "warning: {uneven}; to replace it, {}",
             download_again(&dir.join(format.class_names_file), format, data_dir)
@@ -141,7 +145,7 @@ fn load(data_dir: &Path, format: &RecordFormat, name: &str) -> Result<Dataset> {
 /// [`load`] without the class counts' check.
 fn read(data_dir: &Path, format: &RecordFormat, name: &str) -> Result<Dataset> {
     let release = format.release;
-    let dir = data_dir.join(release.folder);
+    let dir = data_dir.join(release.folder());
     let classes = read_class_names(&dir.join(format.class_names_file), format, data_dir)?;
     let parts = release
         .train_files
@@ -197,7 +201,7 @@ fn uneven_classes(dataset: &Dataset, format: &RecordFormat) -> Option<String> {
             format!(
                 "the {what} images in {} are not the official release's {per_class} of each \
                  class ({}{more}): a file is damaged, or not the official one",
-                release.folder,
+                release.folder(),
                 uneven[..shown].join(", ")
             )
         })
@@ -209,7 +213,7 @@ fn uneven_classes(dataset: &Dataset, format: &RecordFormat) -> Option<String> {
 /// official size, the class-names files, and the official count of images in each class.
 pub fn check_release(data_dir: &Path, format: &RecordFormat) -> Result<()> {
     let release = format.release;
-    let dir = data_dir.join(release.folder);
+    let dir = data_dir.join(release.folder());
     for &(file, images) in release.train_files.iter().chain([&release.test_file]) {
         let path = dir.join(file);
         let official = (images * format.record_bytes()) as u64;
@@ -240,11 +244,11 @@ fn missing(path: &Path, format: &RecordFormat, data_dir: &Path) -> String {
     let folder = path.parent().unwrap_or(path);
     let release = format.release;
     let archive = data_dir.join(release.archive.file_name);
-    let other = match release.folder {
+    let other = match release.folder() {
         CIFAR10_FOLDER => CIFAR100_FINE_FORMAT,
         _ => CIFAR10_FORMAT,
     };
-    let (other_folder, other_dataset) = (other.release.folder, other.dataset);
+    let (other_folder, other_dataset) = (other.release.folder(), other.dataset);
     let download = format!(
         "run `vit download --dataset {} --data-dir {}`",
         format.dataset,
@@ -257,7 +261,7 @@ fn missing(path: &Path, format: &RecordFormat, data_dir: &Path) -> String {
             folder.display(),
             download_again(path, format, data_dir)
         )
-    } else if let Some(advice) = dataset_folder_given(data_dir, format.release.folder) {
+    } else if let Some(advice) = dataset_folder_given(data_dir, format.release.folder()) {
         advice
     } else if archive.is_file() {
         // The archive fetched by hand, not unpacked.
@@ -338,7 +342,7 @@ fn read_file(path: &Path, format: &RecordFormat, data_dir: &Path) -> Result<Vec<
             let advice = match file == data_dir {
                 true => format!(
                     "--data-dir takes the folder that holds {}",
-                    format.release.folder
+                    format.release.folder()
                 ),
                 false => format!(
                     "move it away, then run `vit download --dataset {} --data-dir {}`",
