@@ -673,6 +673,96 @@ fn escaping_or_stray_entries_are_refused() {
     }
 }
 
+/// An archive entry that is a link (here a symbolic link to a folder outside, which a later
+/// entry `link/victim` would write through) is refused, and nothing is unpacked.
+#[test]
+fn link_entries_are_refused() {
+    let tmp = TempDir::new("dllink");
+    let data_dir = tmp.0.join("data");
+    let outside = tmp.0.join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Symlink);
+    header.set_size(0);
+    header.set_mode(0o777);
+    builder
+        .append_link(&mut header, "cifar-10-batches-bin/link", &outside)
+        .unwrap();
+    let mut header = tar::Header::new_gnu();
+    header.set_size(4);
+    header.set_mode(0o644);
+    builder
+        .append_data(
+            &mut header,
+            "cifar-10-batches-bin/link/victim",
+            &b"boom"[..],
+        )
+        .unwrap();
+    let archive = builder.into_inner().unwrap().finish().unwrap();
+    let md5 = md5_hex(&archive);
+    let file = tmp.0.join("link.tar.gz");
+    std::fs::write(&file, &archive).unwrap();
+    let err = error_of(fetch(
+        file.to_str().unwrap(),
+        &data_dir,
+        &spec_for(&archive, &md5),
+    ));
+    assert!(
+        err.contains(
+            "archive entry `cifar-10-batches-bin/link` is a link or special file; refusing it"
+        ),
+        "{err}"
+    );
+    assert_eq!(entries(&data_dir), Vec::<String>::new());
+    assert_eq!(entries(&outside), Vec::<String>::new());
+}
+
+/// A source of another size than the archive's is refused by the size its server or file
+/// system gives, before the transfer (a mirror's folder given without its final `/` is
+/// told to add it); one that sends more than the archive's size without saying (a pipe, a
+/// server without Content-Length) is cut off once it does. Nothing is left either way.
+#[test]
+fn sources_of_the_wrong_size_are_refused_by_their_size() {
+    let tmp = TempDir::new("dlsize");
+    let archive = cifar10_archive();
+    let md5 = md5_hex(&archive);
+    let spec = spec_for(&archive, &md5);
+    let data_dir = tmp.0.join("data");
+    let page = b"<html>a mirror's index page</html>".to_vec();
+    let expected = format!(
+        "is {} bytes, but cifar-10-binary.tar.gz is {} bytes: wrong file or a bad mirror",
+        page.len(),
+        archive.len()
+    );
+    let folder_url = serve_once(page.clone(), Some(page.len())) + "mirror";
+    let err = error_of(fetch(&folder_url, &data_dir, &spec));
+    assert!(
+        err.contains(&expected)
+            && err.contains("for a mirror's folder, end its URL with / and vit appends"),
+        "{err}"
+    );
+    let local = tmp.0.join("index.html");
+    std::fs::write(&local, &page).unwrap();
+    let err = error_of(fetch(local.to_str().unwrap(), &data_dir, &spec));
+    assert!(
+        err.contains(&expected) && !err.contains("mirror's folder"),
+        "{err}"
+    );
+    assert_eq!(entries(&data_dir), Vec::<String>::new());
+
+    let longer = [&archive[..], &[0u8; 100]].concat();
+    let err = error_of(fetch(&serve_once(longer, None), &data_dir, &spec));
+    assert!(
+        err.contains(&format!(
+            "is larger than the {} bytes of cifar-10-binary.tar.gz: wrong file; removed it",
+            archive.len()
+        )),
+        "{err}"
+    );
+    assert_eq!(entries(&data_dir), Vec::<String>::new());
+}
+
 /// [B,3,H,W] int64 images whose pixel (c, y, x) holds c*10000 + (y+1)*100 + (x+1), so a
 /// zero can only be padding.
 fn coordinate_images(b: i64, h: i64, w: i64) -> Tensor {
@@ -799,6 +889,69 @@ fn a_fixed_seed_gives_the_same_batch() {
     assert_eq!(big.size(), [64, 3, 64, 64]);
 }
 
+/// `train_transform` is the notebook's `RandomCrop(32, padding=4)` then
+/// `RandomHorizontalFlip()` (p 0.5), then `ToTensor` and `Normalize`: undoing the
+/// normalisation gives back uint8 pixels, each image a window of the zero-padded image
+/// shifted by -4..=4 rows and columns (every shift occurring), mirrored about half the time.
+/// The pixels carry their coordinates (R = row + 1, G = column + 1, B = 7), so that a zero
+/// can only be padding.
+#[test]
+fn train_transform_is_the_notebooks_crop_with_padding_4_and_flip_with_p_half() {
+    let _lock = common::seeded(6);
+    let (n, side) = (1000i64, 32i64);
+    let options = (Kind::Int64, Device::Cpu);
+    let rows = (Tensor::arange(side, options) + 1).view([1, 1, side, 1]);
+    let cols = (Tensor::arange(side, options) + 1).view([1, 1, 1, side]);
+    let image = Tensor::cat(
+        &[
+            rows.expand([1, 1, side, side], false),
+            cols.expand([1, 1, side, side], false),
+            Tensor::full([1, 1, side, side], 7, options),
+        ],
+        1,
+    );
+    let images = image.expand([n, 3, side, side], false).to_kind(Kind::Uint8);
+    let out = transforms::train_transform(&images, side);
+    assert_eq!(out.size(), [n, 3, side, side]);
+    // The notebook's Normalize, undone with its constants written out.
+    let mean = Tensor::from_slice(&[0.4914, 0.4822, 0.4465]).view([1, 3, 1, 1]);
+    let std = Tensor::from_slice(&[0.2023, 0.1994, 0.2010]).view([1, 3, 1, 1]);
+    let levels = (out.to_kind(Kind::Double) * std + mean) * 255.0;
+    let pixels = levels.round();
+    assert!(
+        (&levels - &pixels).abs().max().double_value(&[]) < 1e-3,
+        "not whole uint8 levels"
+    );
+    let pixels = pixels.to_kind(Kind::Int64);
+    // Mirrored: the column numbers fall from left to right (the middle pixels are never
+    // padding, as a shift is at most 4).
+    let flipped = pixels
+        .select(1, 1)
+        .select(1, side / 2)
+        .select(1, side / 2)
+        .lt_tensor(
+            &pixels
+                .select(1, 1)
+                .select(1, side / 2)
+                .select(1, side / 2 - 1),
+        );
+    let mirrored_back = pixels
+        .flip([3])
+        .where_self(&flipped.view([n, 1, 1, 1]), &pixels);
+    // In `coordinate_images`' numbering (channel c, row r, column k as c*10000 + r*100 + k),
+    // zero where padding.
+    let (r, k) = (mirrored_back.select(1, 0), mirrored_back.select(1, 1));
+    let real = r.ne(0).unsqueeze(1);
+    let channel = (Tensor::arange(3, options) * 10000).view([1, 3, 1, 1]);
+    let numbered =
+        (channel + (r * 100 + k).unsqueeze(1)).where_self(&real, &Tensor::zeros([1], options));
+    let (seen_dy, seen_dx) = check_crops(&numbered, side, side, 4);
+    assert!(seen_dy.iter().all(|&n| n > 0), "{seen_dy:?}");
+    assert!(seen_dx.iter().all(|&n| n > 0), "{seen_dx:?}");
+    let count = flipped.sum(Kind::Int64).int64_value(&[]) as usize;
+    common::assert_binomial_count("mirrored images", count, n as usize, 0.5);
+}
+
 #[test]
 fn test_transform_is_the_normalize_formula() {
     let _lock = common::seeded(4);
@@ -889,6 +1042,68 @@ fn channel_stats_of_constant_images() {
         assert!((m - e).abs() < 1e-6, "{mean:?}");
     }
     assert!(std.iter().all(|s| s.abs() < 1e-6), "{std:?}");
+}
+
+/// Per channel, the population mean and standard deviation of the [0,1] pixels, worked out
+/// by hand: channel 0 half black, half white (mean 0.5, std 0.5); channel 1 all 51 (0.2,
+/// 0); channel 2 one white pixel in four (0.25, sqrt(0.25 * 0.75)).
+#[test]
+fn channel_stats_are_the_population_mean_and_std() {
+    let planes: [[u8; 4]; 3] = [[0, 255, 255, 0], [51; 4], [0, 0, 255, 0]];
+    let image = Tensor::from_slice(planes.as_flattened()).view([1, 3, 2, 2]);
+    let split = data::Split {
+        images: image.repeat([3, 1, 1, 1]),
+        labels: Tensor::zeros([3], (Kind::Int64, Device::Cpu)),
+    };
+    let (mean, std) = split.channel_stats();
+    let expected_std = [0.5, 0.0, (0.25f64 * 0.75).sqrt()];
+    for c in 0..3 {
+        assert!((mean[c] - [0.5, 0.2, 0.25][c]).abs() < 1e-9, "{mean:?}");
+        assert!((std[c] - expected_std[c]).abs() < 1e-9, "{std:?}");
+    }
+}
+
+/// A dataset's identity (what a resumed run compares) changes with any sampled pixel of
+/// either split, not only with the labels and counts; the same images give the same one.
+#[test]
+fn the_data_identity_follows_the_pixels() {
+    let split = |n: i64, seed: i64| data::Split {
+        images: (Tensor::arange(n * 3 * 8 * 8, (Kind::Int64, Device::Cpu)) * seed)
+            .remainder(251)
+            .to_kind(Kind::Uint8)
+            .view([n, 3, 8, 8]),
+        labels: Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(2),
+    };
+    let dataset = || data::Dataset {
+        name: "folder".into(),
+        train: split(4, 3),
+        test: split(2, 5),
+        classes: vec!["a".into(), "b".into()],
+    };
+    let original = dataset().identity();
+    assert_eq!(dataset().identity(), original);
+    for changed in ["train", "test"] {
+        let other = dataset();
+        let images = match changed {
+            "train" => &other.train.images,
+            _ => &other.test.images,
+        };
+        // The first pixel is sampled (every 61st value is, from the first).
+        let _ = images.get(0).get(0).get(0).get(0).fill_(200);
+        let identity = other.identity();
+        assert_ne!(
+            identity.fingerprint, original.fingerprint,
+            "a {changed} pixel changed"
+        );
+        assert_eq!(
+            (
+                identity.train_images,
+                identity.test_images,
+                &identity.classes
+            ),
+            (4, 2, &original.classes)
+        );
+    }
 }
 
 /// Writes DIR/<split>/<class>/<name>.png, a `size`×`size` image whose pixel (x, y) is
@@ -1011,10 +1226,21 @@ fn zlib(bytes: &[u8]) -> Vec<u8> {
 /// A PNG file: its signature, an IHDR of `width` x `height` at 8 bits of `colour_type`,
 /// then `chunks` (kind, data), each with its length and CRC.
 fn png_file(width: u32, height: u32, colour_type: u8, chunks: &[(&[u8], &[u8])]) -> Vec<u8> {
+    png_file_interlaced(width, height, colour_type, false, chunks)
+}
+
+/// [`png_file`], Adam7-interlaced where `interlaced`.
+fn png_file_interlaced(
+    width: u32,
+    height: u32,
+    colour_type: u8,
+    interlaced: bool,
+    chunks: &[(&[u8], &[u8])],
+) -> Vec<u8> {
     let header = [
         &width.to_be_bytes()[..],
         &height.to_be_bytes(),
-        &[8, colour_type, 0, 0, 0],
+        &[8, colour_type, 0, 0, u8::from(interlaced)],
     ]
     .concat();
     let mut file = b"\x89PNG\r\n\x1a\n".to_vec();
@@ -1332,6 +1558,201 @@ fn pngs_decode_to_pils_pixels_and_are_refused_where_pil_refuses_them_cut() {
     std::fs::write(&path, &png).unwrap();
     let image = folder::decode_images(&[path.as_path()], 1).unwrap();
     assert_eq!(Vec::<u8>::try_from(image.reshape([-1])).unwrap(), [1, 2, 3]);
+}
+
+/// The stored rows of an RGB image (`pixels[y][x]`) interlaced with Adam7: the rows of its
+/// seven passes (each every `dx`-th pixel from `x0` of every `dy`-th row from `y0`), a pass
+/// without pixels left out, each row after filter byte 0.
+fn adam7_rows(pixels: &[Vec<[u8; 3]>]) -> Vec<u8> {
+    let (height, width) = (pixels.len(), pixels[0].len());
+    let passes = [
+        (0, 8, 0, 8),
+        (4, 8, 0, 8),
+        (0, 4, 4, 8),
+        (2, 4, 0, 4),
+        (0, 2, 2, 4),
+        (1, 2, 0, 2),
+        (0, 1, 1, 2),
+    ];
+    let mut bytes = Vec::new();
+    for (x0, dx, y0, dy) in passes {
+        if x0 >= width || y0 >= height {
+            continue;
+        }
+        for row in pixels[y0..].iter().step_by(dy) {
+            bytes.push(0);
+            bytes.extend(row[x0..].iter().step_by(dx).flatten());
+        }
+    }
+    bytes
+}
+
+/// What PIL decodes or refuses at the edges of the PNG format (checked with Pillow 12:
+/// `Image.open(...).convert("RGB")`): interlaced images so small that some of Adam7's passes
+/// are empty decode to their pixels; a bad CRC on an ancillary chunk before the image data
+/// (PIL: "cannot identify image file") or a bad zlib checksum after it ("broken data
+/// stream") is refused; an image of exactly 2 x `Image.MAX_IMAGE_PIXELS` (178,956,970)
+/// pixels is opened (with a warning), one pixel more is a `DecompressionBombError`.
+#[test]
+fn pngs_at_the_edges_of_the_format_are_decoded_or_refused_as_pil_does() {
+    let tmp = TempDir::new("png-edges");
+    let decode = |name: &str, bytes: &[u8], size: u32| {
+        let path = tmp.0.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        folder::decode_images(&[path.as_path()], size)
+    };
+    for side in 1..=9usize {
+        let pixels: Vec<Vec<[u8; 3]>> = (0..side)
+            .map(|y| {
+                (0..side)
+                    .map(|x| {
+                        [
+                            pixel(side, 0, y, x),
+                            pixel(side, 1, y, x),
+                            pixel(side, 2, y, x),
+                        ]
+                    })
+                    .collect()
+            })
+            .collect();
+        let png = png_file_interlaced(
+            side as u32,
+            side as u32,
+            2,
+            true,
+            &[(b"IDAT", &zlib(&adam7_rows(&pixels))), (b"IEND", &[])],
+        );
+        let name = format!("interlaced_{side}.png");
+        let decoded = decode(&name, &png, side as u32).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let expected: Vec<u8> = (0..3)
+            .flat_map(|c| pixels.iter().flatten().map(move |rgb| rgb[c]))
+            .collect();
+        assert_eq!(u8s(&decoded), expected, "{name}");
+    }
+
+    // One pixel, (10, 20, 30).
+    let rows = zlib(&[0, 10, 20, 30]);
+    // gAMA 1/2.2, as an image editor writes it, but one bit of its CRC flipped.
+    let gamma = 45_455u32.to_be_bytes();
+    let mut png = png_file(
+        1,
+        1,
+        2,
+        &[(b"gAMA", &gamma), (b"IDAT", &rows), (b"IEND", &[])],
+    );
+    let decoded = decode("gamma.png", &png, 1).unwrap();
+    assert_eq!(u8s(&decoded), [10, 20, 30]);
+    let gamma_crc = png.windows(4).position(|w| w == b"gAMA").unwrap() + 8;
+    png[gamma_crc] ^= 1;
+    let err = error_of(decode("bad-crc.png", &png, 1));
+    assert!(err.contains("bad-crc.png"), "{err}");
+    // The zlib stream's Adler-32 checksum (its last 4 bytes) with one bit flipped.
+    let mut bad_checksum = rows.clone();
+    *bad_checksum.last_mut().unwrap() ^= 1;
+    let png = png_file(1, 1, 2, &[(b"IDAT", &bad_checksum), (b"IEND", &[])]);
+    let err = error_of(decode("bad-checksum.png", &png, 1));
+    assert!(err.contains("bad-checksum.png"), "{err}");
+
+    // The pixel limit, told from the header: a few bytes of image data follow it (both
+    // files are far short of their first row, so either is refused, for one reason or the
+    // other).
+    let limit = 178_956_970u32;
+    let first_row = zlib(&[0; 11]);
+    for (width, refused_by_size) in [(limit, false), (limit + 1, true)] {
+        let png = png_file(width, 1, 0, &[(b"IDAT", &first_row), (b"IEND", &[])]);
+        let err = error_of(decode("limit.png", &png, 8));
+        assert_eq!(
+            err.contains("pixels, more than vit decodes"),
+            refused_by_size,
+            "{width}x1: {err}"
+        );
+    }
+}
+
+/// Classes are numbered in the order of Python's `sorted()` of their folder names, as
+/// torchvision's ImageFolder numbers them (by code point: digits, capitals, `_`, small
+/// letters, then other letters), whatever order the folders were made in or the file
+/// system lists them.
+#[test]
+fn image_folder_numbers_classes_in_pythons_sorted_order() {
+    let tmp = TempDir::new("folder-order");
+    let made = ["zebra", "Yak", "10", "9", "ant", "émeu", "_misc", "bee"];
+    for (value, class) in made.iter().enumerate() {
+        for split in ["train", "test"] {
+            write_png(&tmp.0, split, class, "0", value as u8, 2);
+        }
+    }
+    let ds = folder::load(&tmp.0, 2).unwrap();
+    // sorted(["zebra", "Yak", "10", "9", "ant", "émeu", "_misc", "bee"]) in Python.
+    let sorted = ["10", "9", "Yak", "_misc", "ant", "bee", "zebra", "émeu"];
+    assert_eq!(ds.classes, sorted);
+    for split in [&ds.train, &ds.test] {
+        let labels = i64s(&split.labels);
+        assert_eq!(labels, (0..8).collect::<Vec<i64>>());
+        // Each image is its class's: the red value it was written with.
+        for (row, &label) in labels.iter().enumerate() {
+            let class = sorted[label as usize];
+            let value = made.iter().position(|made| *made == class).unwrap();
+            assert_eq!(
+                split.images.int64_value(&[row as i64, 0, 0, 0]),
+                value as i64
+            );
+        }
+    }
+}
+
+/// A link to a sibling folder is no loop: its images are read again, as torchvision's
+/// `os.walk(followlinks=True)` reads them; only a link to a folder above is refused.
+#[test]
+fn image_folder_follows_a_link_to_a_sibling_folder() {
+    let tmp = TempDir::new("folder-sibling");
+    write_png(&tmp.0, "train", "cat/a", "0", 1, 2);
+    write_png(&tmp.0, "train", "cat/c", "0", 2, 2);
+    std::os::unix::fs::symlink("a", tmp.0.join("train/cat/b")).unwrap();
+    write_png(&tmp.0, "test", "cat", "0", 3, 2);
+    let ds = folder::load(&tmp.0, 2).unwrap();
+    // a/0.png, b/0.png (a's, through the link), c/0.png: in path order.
+    let red: Vec<i64> = (0..3)
+        .map(|i| ds.train.images.int64_value(&[i, 0, 0, 0]))
+        .collect();
+    assert_eq!(red, [1, 1, 2]);
+}
+
+/// Files are decoded a block at a time (64 per core): more files than a block, one of
+/// them undecodable in the last, each decoded image lands in its own row and the failure
+/// is the right file's.
+#[test]
+fn images_of_several_decoding_blocks_keep_their_order() {
+    let tmp = TempDir::new("folder-blocks");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n = 2 * 64 * cores + 5;
+    let broken = n - 2;
+    let paths: Vec<PathBuf> = (0..n)
+        .map(|i| {
+            let path = tmp.0.join(format!("{i:05}.png"));
+            if i == broken {
+                std::fs::write(&path, b"not a png").unwrap();
+            } else {
+                image::RgbImage::from_pixel(1, 1, image::Rgb([i as u8, (i / 256) as u8, 9]))
+                    .save(&path)
+                    .unwrap();
+            }
+            path
+        })
+        .collect();
+    let files: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    let decoded = folder::decode_readable(&files, 1).unwrap();
+    let failed: Vec<usize> = decoded.failures.iter().map(|(index, _)| *index).collect();
+    assert_eq!(failed, [broken]);
+    let readable: Vec<usize> = (0..n).filter(|&i| i != broken).collect();
+    assert_eq!(decoded.indices, readable);
+    let expected: Vec<u8> = readable
+        .iter()
+        .flat_map(|&i| [i as u8, (i / 256) as u8, 9])
+        .collect();
+    assert_eq!(u8s(&decoded.images), expected);
+    let err = error_of(folder::decode_images(&files, 1));
+    assert!(err.contains(&format!("{broken:05}.png")), "{err}");
 }
 
 /// A symbolic link back to a folder above it is refused (it would repeat images without
