@@ -416,3 +416,222 @@ fn the_dataset_to_evaluate_on_defaults_to_the_recorded_one() {
     let error = checkpoint::dataset_args(&HashMap::new(), &given(None)).unwrap_err();
     assert!(format!("{error}").contains("pass --dataset"), "{error}");
 }
+
+/// Each tensor kind a checkpoint may hold moves both ways with Python's safetensors under
+/// its own dtype: torch reads what Rust wrote with the same dtype and values, and Rust reads
+/// what torch wrote.
+#[test]
+fn every_dtype_moves_between_rust_and_python() {
+    let dir = TempDir::new("dtypes");
+    let floats = [0.5, -1.25, 3.0, 1.0];
+    let whole = [0.0, 1.0, 200.0, 3.0];
+    let truth = [0.0, 1.0, 1.0, 1.0];
+    #[rustfmt::skip]
+    let cases = [
+        ("f32", Kind::Float, "torch.float32", floats), ("f64", Kind::Double, "torch.float64", floats),
+        ("bf16", Kind::BFloat16, "torch.bfloat16", floats), ("f16", Kind::Half, "torch.float16", floats),
+        ("i64", Kind::Int64, "torch.int64", whole), ("i32", Kind::Int, "torch.int32", whole),
+        ("u8", Kind::Uint8, "torch.uint8", whole), ("bool", Kind::Bool, "torch.bool", truth),
+    ];
+    let file = TensorFile {
+        tensors: cases
+            .iter()
+            .map(|(name, kind, _, values)| {
+                (name.to_string(), Tensor::from_slice(values).to_kind(*kind))
+            })
+            .collect(),
+        metadata: HashMap::new(),
+    };
+    file.write(&dir.join("rust.safetensors")).unwrap();
+    let read_by_torch = run_python(
+        &dir,
+        "import json, torch, safetensors.torch as st\n\
+         print(json.dumps({k: [str(t.dtype), t.double().tolist()] \
+         for k, t in st.load_file('rust.safetensors').items()}))\n\
+         floats, whole = [0.5, -1.25, 3.0, 1.0], [0, 1, 200, 3]\n\
+         st.save_file({'f32': torch.tensor(floats, dtype=torch.float32), \
+         'f64': torch.tensor(floats, dtype=torch.float64), \
+         'bf16': torch.tensor(floats, dtype=torch.bfloat16), \
+         'f16': torch.tensor(floats, dtype=torch.float16), \
+         'i64': torch.tensor(whole, dtype=torch.int64), \
+         'i32': torch.tensor(whole, dtype=torch.int32), \
+         'u8': torch.tensor(whole, dtype=torch.uint8), \
+         'bool': torch.tensor([False, True, True, True])}, 'torch.safetensors')",
+    );
+    let read_by_torch: HashMap<String, (String, Vec<f64>)> =
+        serde_json::from_str(&read_by_torch).unwrap();
+    let read_by_rust = TensorFile::read(&dir.join("torch.safetensors")).unwrap();
+    for (name, kind, dtype, values) in cases {
+        assert_eq!(
+            read_by_torch[name],
+            (dtype.to_string(), values.to_vec()),
+            "{name} read by torch"
+        );
+        let tensor = read_by_rust.get(name).unwrap();
+        assert_eq!(tensor.kind(), kind, "{name} read by Rust");
+        let read = Vec::<f64>::try_from(tensor.to_kind(Kind::Double)).unwrap();
+        assert_eq!(read, values, "{name} read by Rust");
+    }
+}
+
+/// The tensors' data starts 8-byte aligned, as safetensors lays out a file (it pads its
+/// header with spaces), whatever the lengths of the metadata that `with_sorted_header`
+/// rewrites.
+#[test]
+fn a_checkpoints_tensor_data_is_aligned_to_8_bytes() {
+    let (vs, _model) = tiny_model();
+    for length in 0..8 {
+        let extra = [("note", "x".repeat(length))];
+        let bytes = checkpoint::to_bytes(&vs, &tiny_config(), &extra).unwrap();
+        let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        assert_eq!((8 + header) % 8, 0, "metadata value of {length} characters");
+        let json: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header]).unwrap();
+        assert_eq!(json["__metadata__"]["note"], "x".repeat(length));
+    }
+}
+
+/// A checkpoint written with `dataset_metadata` records the notebook's normalisation (the
+/// numbers written out here) and loads without a warning; one that records another std is
+/// warned about, as one with another mean is.
+#[test]
+fn the_recorded_normalisation_is_the_notebooks_and_loads_without_a_warning() {
+    let dir = TempDir::new("normalisation");
+    let (vs, _model) = tiny_model();
+    let split = || vit_tch::data::Split {
+        images: Tensor::zeros([1, 3, 8, 8], (Kind::Uint8, Device::Cpu)),
+        labels: Tensor::zeros([1], (Kind::Int64, Device::Cpu)),
+    };
+    let dataset = vit_tch::data::Dataset {
+        name: "folder".into(),
+        train: split(),
+        test: split(),
+        classes: ["a", "b", "c", "d", "e"].map(String::from).to_vec(),
+    };
+    let metadata = checkpoint::dataset_metadata(&dataset);
+    let recorded = |key: &str| -> Vec<f64> {
+        let (_, json) = metadata.iter().find(|(k, _)| *k == key).unwrap();
+        serde_json::from_str(json).unwrap()
+    };
+    assert_eq!(recorded("mean"), [0.4914, 0.4822, 0.4465]);
+    assert_eq!(recorded("std"), [0.2023, 0.1994, 0.2010]);
+    let image = dir.join("image.png");
+    image::RgbImage::from_pixel(8, 8, image::Rgb([100, 150, 200]))
+        .save(&image)
+        .unwrap();
+    let predict_stderr = |name: &str, metadata: &[(&str, String)]| {
+        let path = dir.join(name);
+        checkpoint::save(&vs, &tiny_config(), metadata, &path).unwrap();
+        #[rustfmt::skip]
+        let output = common::vit(&["predict", "--checkpoint", path.to_str().unwrap(), image.to_str().unwrap(), "--device", "cpu"]);
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr = predict_stderr("vit.safetensors", &metadata);
+    assert!(!stderr.contains("warning"), "{stderr}");
+    let mut other_std = metadata.clone();
+    other_std.retain(|(key, _)| *key != "std");
+    other_std.push(("std", "[0.5, 0.5, 0.5]".into()));
+    let stderr = predict_stderr("other-std.safetensors", &other_std);
+    assert!(
+        stderr.contains("records normalisation std [0.5, 0.5, 0.5]")
+            && !stderr.contains("normalisation mean"),
+        "{stderr}"
+    );
+}
+
+/// A run folder (of a run with `--ema`) given as a checkpoint: its checkpoints are listed
+/// (not its resume state, which is none), and best_model.safetensors is the one suggested,
+/// not the first by name; a folder holding only a resume state holds no checkpoint.
+#[test]
+fn a_run_folder_given_as_a_checkpoint_suggests_its_best_model() {
+    let dir = TempDir::new("run-folder-given");
+    let (vs, _model) = tiny_model();
+    #[rustfmt::skip]
+    let names = ["last_model", "best_model", "last_ema_model", "best_ema_model", "resume"];
+    for name in names {
+        checkpoint::save(
+            &vs,
+            &tiny_config(),
+            &[],
+            &dir.join(format!("{name}.safetensors")),
+        )
+        .unwrap();
+    }
+    let error = |dir: &std::path::Path| match checkpoint::load(dir, Device::Cpu) {
+        Ok(_) => panic!("a folder loaded"),
+        Err(e) => format!("{e:#}"),
+    };
+    let message = error(&dir);
+    assert!(
+        message.contains(&format!(
+            "is a folder, not a checkpoint: give one of the checkpoints in it \
+             (best_ema_model.safetensors, best_model.safetensors, last_ema_model.safetensors, \
+             last_model.safetensors), such as {}",
+            dir.join("best_model.safetensors").display()
+        )),
+        "{message}"
+    );
+    let only_resume = TempDir::new("resume-only");
+    std::fs::copy(
+        dir.join("resume.safetensors"),
+        only_resume.join("resume.safetensors"),
+    )
+    .unwrap();
+    let message = error(&only_resume);
+    assert!(
+        message.contains("is a folder, not a checkpoint, and holds none"),
+        "{message}"
+    );
+}
+
+/// State dicts of timm models made with options vit's model lacks (timm's own parameter
+/// names, saved with the tiny config) are refused naming the option.
+#[test]
+fn timm_options_that_vit_lacks_are_named() {
+    let dir = TempDir::new("timm-options");
+    let config = tiny_config();
+    run_python(
+        &dir,
+        &format!(
+            "import json, safetensors.torch as st\n\
+             from timm.models.vision_transformer import VisionTransformer\n\
+             from timm.models.deit import VisionTransformerDistilled\n\
+             config = json.loads({:?})\n\
+             base = dict(img_size=config['image_size'], patch_size=config['patch_size'], \
+             embed_dim=config['embed_dim'], depth=config['num_layers'], \
+             num_heads=config['num_heads'], mlp_ratio=config['mlp_dim'] / config['embed_dim'], \
+             num_classes=config['num_classes'])\n\
+             for name, model in [\
+             ('layer_scale', VisionTransformer(**base, init_values=1e-5)), \
+             ('pre_norm', VisionTransformer(**base, pre_norm=True)), \
+             ('qk_norm', VisionTransformer(**base, qk_norm=True)), \
+             ('registers', VisionTransformer(**base, reg_tokens=2)), \
+             ('no_class_token', VisionTransformer(**base, class_token=False, global_pool='avg')), \
+             ('distilled', VisionTransformerDistilled(**base))]:\n\
+             \x20   state = {{k: v.contiguous() for k, v in model.state_dict().items()}}\n\
+             \x20   st.save_file(state, name + '.safetensors', metadata={{'config': json.dumps(config)}})",
+            config.to_json()
+        ),
+    );
+    for (name, option) in [
+        ("layer_scale", "init_values (LayerScale)"),
+        ("pre_norm", "pre_norm=True"),
+        ("qk_norm", "qk_norm=True"),
+        ("registers", "reg_tokens"),
+        ("no_class_token", "class_token=False"),
+        (
+            "distilled",
+            "a distillation token (DeiT's distilled models)",
+        ),
+    ] {
+        let path = dir.join(format!("{name}.safetensors"));
+        let error = match checkpoint::load(&path, Device::Cpu) {
+            Ok(_) => panic!("{name} loaded"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            error.contains("Its names are those of a timm VisionTransformer made with")
+                && error.contains(option),
+            "{name}: {error}"
+        );
+    }
+}
