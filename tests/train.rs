@@ -934,6 +934,23 @@ fn resume_at_an_epoch_boundary_is_exact() {
         "{error}"
     );
     assert_eq!(std::fs::read_to_string(&metrics).unwrap(), header_only);
+    // ...as is one whose header is not vit's, though its rows read under it (two columns
+    // renamed into each other's places: the resumed rows would go under the wrong names).
+    let swapped = saved
+        .replacen("train_acc", "TRAIN_ACC", 1)
+        .replacen("test_acc", "train_acc", 1)
+        .replacen("TRAIN_ACC", "test_acc", 1);
+    assert_ne!(swapped, saved);
+    std::fs::write(&metrics, &swapped).unwrap();
+    let error = train::train(&settings, &dataset, &options(&resumed, true, &flag))
+        .err()
+        .expect("a metrics.csv with another header must be refused");
+    let error = format!("{error:#}");
+    assert!(
+        error.contains("but its first line is not the header vit writes"),
+        "{error}"
+    );
+    assert_eq!(std::fs::read_to_string(&metrics).unwrap(), swapped);
     // ...while a row after the saved state (a crash between the two writes) is dropped.
     let extra_row = saved.lines().nth(1).unwrap().replacen("1,", "2,", 1);
     std::fs::write(&metrics, format!("{saved}{extra_row}\n")).unwrap();

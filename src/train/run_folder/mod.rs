@@ -583,3 +583,28 @@ struct RunConfig {
     #[serde(default)]
     data: Option<DataIdentity>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::utc_timestamp;
+
+    /// Run folder names against `date -u -d @SECS +%Y%m%d-%H%M%S`: leap days (2000 is a
+    /// leap year, 2100 is not), the ends of months and years, January and February (which
+    /// the algorithm counts in the year before).
+    #[test]
+    fn utc_timestamps_are_dates_command_ones() {
+        for (secs, date) in [
+            (0, "19700101-000000"),
+            (951_782_399, "20000228-235959"),
+            (951_782_400, "20000229-000000"),
+            (1_709_251_199, "20240229-235959"),
+            (1_709_251_200, "20240301-000000"),
+            (1_735_689_599, "20241231-235959"),
+            (1_738_411_200, "20250201-120000"),
+            (4_107_542_400, "21000301-000000"),
+            (253_402_300_799, "99991231-235959"),
+        ] {
+            assert_eq!(utc_timestamp(secs), date, "{secs}");
+        }
+    }
+}
