@@ -167,6 +167,15 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
         error.contains("photo.png is an image (Png), not a checkpoint: --checkpoint takes"),
         "{error}"
     );
+    // A safetensors file cut short whose header length (13,648) begins with PNM's magic
+    // number, `P5`, is not.
+    std::fs::write(dir.join("cut.safetensors"), b"P5\0\0\0\0\0\0{\"a\":").unwrap();
+    let error = load_error("cut.safetensors");
+    assert!(
+        error.contains("is not a valid safetensors file") && !error.contains("is an image"),
+        "{error}"
+    );
+    std::fs::remove_file(dir.join("cut.safetensors")).unwrap();
     // ...and a missing `.pth` (the notebook's name) points at the checkpoint beside it.
     let error = load_error("vit.pth");
     let beside = dir.join("vit.safetensors");

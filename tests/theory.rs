@@ -306,29 +306,32 @@ fn invalid_configs_are_rejected_with_a_clear_error() {
             ..base.clone()
         };
         cases.push((
-            deep,
+            deep.clone(),
             "8.544e10 parameters (341.8 GB in float32), more than the".into(),
         ));
-        // The advice follows the largest part: the blocks, the patches' position
-        // embedding (a pixel a patch), or the patch embedding's kernel (one huge patch).
-        let too_big = |image_size, patch_size, num_layers| ViTConfig {
+        // The advice names what sets the largest part: the blocks, the patches' position
+        // embedding (a pixel a patch), the patch embedding's kernel (one huge patch), or
+        // the head.
+        let too_big = |image_size, patch_size, num_layers, num_classes| ViTConfig {
             image_size,
             patch_size,
             num_layers,
+            num_classes,
             ..base.clone()
         };
         for (config, advice) in [
+            (deep, "use a smaller embed_dim, mlp_dim or num_layers"),
             (
-                too_big(32, 4, 10_000_000),
-                "use a smaller embed_dim, mlp_dim or num_layers",
-            ),
-            (
-                too_big(400_000, 1, 1),
+                too_big(400_000, 1, 1, 10),
                 "use a larger patch_size or a smaller image_size",
             ),
             (
-                too_big(400_000, 400_000, 1),
+                too_big(400_000, 400_000, 1, 10),
                 "use a smaller patch_size or embed_dim",
+            ),
+            (
+                too_big(32, 4, 1, 10_000_000_000),
+                "use a smaller num_classes or embed_dim",
             ),
         ] {
             cases.push((config, advice.into()));

@@ -1160,6 +1160,12 @@ fn resume_without_a_best_model_is_refused_until_it_is_back() {
     }
     run_training(&settings, &dataset, &resumed, true, false);
     assert_same_run(&straight, &resumed);
+    // A finished run, its best model handed in: a resume has nothing to train, and says so.
+    std::fs::remove_file(resumed.join("best_model.safetensors")).unwrap();
+    assert!(matches!(
+        run_training(&settings, &dataset, &resumed, true, false),
+        Outcome::Finished
+    ));
 }
 
 #[test]
@@ -1319,12 +1325,19 @@ fn user_errors_say_what_to_do() {
         stderr.contains("has no config.json, so it holds no vit run; check --out"),
         "{stderr}"
     );
-    // A run's folder whose config.json is gone, or damaged: put it back.
+    // A metrics.csv may be anyone's, but a resume state tells a run's folder: its
+    // config.json gone, or damaged, is to be put back.
     let resume = ["train", "--out", nowhere.to_str().unwrap(), "--resume"];
     std::fs::write(nowhere.join("metrics.csv"), "epoch\n").unwrap();
     let stderr = vit_fails(&resume);
     assert!(
-        stderr.contains("holds a run's metrics.csv but not its config.json")
+        stderr.contains("has no config.json, so it holds no vit run"),
+        "{stderr}"
+    );
+    std::fs::write(nowhere.join("resume.safetensors"), "state").unwrap();
+    let stderr = vit_fails(&resume);
+    assert!(
+        stderr.contains("holds a run's resume.safetensors but not its config.json")
             && stderr.contains("put it back, or start a new run with another --out"),
         "{stderr}"
     );
@@ -1334,7 +1347,7 @@ fn user_errors_say_what_to_do() {
         stderr.contains("config.json is not a vit run config; put back the one the run wrote"),
         "{stderr}"
     );
-    for file in ["metrics.csv", "config.json"] {
+    for file in ["metrics.csv", "resume.safetensors", "config.json"] {
         std::fs::remove_file(nowhere.join(file)).unwrap();
     }
     std::fs::remove_dir(&nowhere).unwrap();

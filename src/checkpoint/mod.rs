@@ -176,7 +176,12 @@ impl TensorFile {
             if let Some(kind) = PyTorchFile::recognise(&bytes) {
                 bail!("{}", kind.conversion(path));
             }
-            if let Ok(format) = image::guess_format(&bytes) {
+            // PNG and JPEG only, what vit predict reads: other formats' magic numbers are
+            // two bytes, which a safetensors header length can begin with.
+            let image = image::guess_format(&bytes).ok().filter(|format| {
+                matches!(format, image::ImageFormat::Png | image::ImageFormat::Jpeg)
+            });
+            if let Some(format) = image {
                 bail!(
                     "{} is an image ({format:?}), not a checkpoint: --checkpoint takes a \
                      .safetensors file that vit train saved (vit predict takes the images \

@@ -34,8 +34,6 @@ pub struct Release {
     train_files: &'static [(&'static str, usize)],
     /// The test batch file with its official number of images.
     test_file: (&'static str, usize),
-    /// Every class-names file of the release.
-    class_names_files: &'static [&'static str],
 }
 
 const CIFAR10_RELEASE: Release = Release {
@@ -49,14 +47,12 @@ const CIFAR10_RELEASE: Release = Release {
         ("data_batch_5.bin", 10_000),
     ],
     test_file: ("test_batch.bin", 10_000),
-    class_names_files: &["batches.meta.txt"],
 };
 const CIFAR100_RELEASE: Release = Release {
     archive: &super::download::CIFAR100_ARCHIVE,
     python_folder: "cifar-100-python",
     train_files: &[("train.bin", 50_000)],
     test_file: ("test.bin", 10_000),
-    class_names_files: &["fine_label_names.txt", "coarse_label_names.txt"],
 };
 
 impl Release {
@@ -228,7 +224,13 @@ pub fn check_release(data_dir: &Path, format: &RecordFormat) -> Result<()> {
             Err(_) => bail!("{}", missing(&path, format, data_dir)),
         }
     }
-    for file in release.class_names_files {
+    // The class names of each format of the release (CIFAR-100's fine and coarse labels).
+    let formats = [CIFAR10_FORMAT, CIFAR100_FINE_FORMAT, CIFAR100_COARSE_FORMAT];
+    let class_names_files = formats
+        .iter()
+        .filter(|other| other.release.folder() == release.folder())
+        .map(|other| other.class_names_file);
+    for file in class_names_files {
         let path = dir.join(file);
         ensure!(path.is_file(), "{}", missing(&path, format, data_dir));
     }

@@ -308,7 +308,7 @@ pub fn run_download(args: &DownloadArgs) -> Result<()> {
     match download::fetch(source, &args.data_dir, spec)? {
         download::Fetched::AlreadyPresent(path) => {
             // A folder that is there is not fetched again, so it has to be the whole
-            // release: every file of its size, and each readable.
+            // release: every file of its size, each readable, each class's images all there.
             cifar::check_release(&args.data_dir, format).with_context(|| {
                 format!(
                     "{} is there but not a whole dataset: delete it, then run this \

@@ -175,26 +175,21 @@ impl ViTConfig {
         // layers would fill the memory one layer at a time, for minutes.
         let bytes = 4.0 * self.parameter_count();
         if let Some(memory) = crate::runtime::physical_memory_bytes() {
-            // The advice follows the largest part: the patches' position embedding, the
-            // patch embedding's kernel, or the rest (mostly the blocks).
-            let [image, patch, channels, embed] = [
-                self.image_size,
-                self.patch_size,
-                self.in_channels,
-                self.embed_dim,
-            ]
-            .map(|size| size as f64);
-            let positions = ((image / patch).powi(2) + 1.0) * embed;
-            let kernel = channels * patch * patch * embed;
-            let rest = self.parameter_count() - positions - kernel;
-            let smaller = if positions >= kernel.max(rest) {
+            // The advice names what sets the largest part.
+            let parts = self.parameter_parts();
+            let largest = [parts.patch_embed, parts.positions, parts.blocks, parts.head]
+                .into_iter()
+                .fold(0.0, f64::max);
+            let smaller = if largest == parts.positions {
                 format!(
                     "a larger {} or a smaller {}",
                     name("patch_size"),
                     name("image_size")
                 )
-            } else if kernel >= rest {
+            } else if largest == parts.patch_embed {
                 format!("a smaller {} or {}", name("patch_size"), name("embed_dim"))
+            } else if largest == parts.head {
+                format!("a smaller {} or {}", name("num_classes"), name("embed_dim"))
             } else {
                 format!(
                     "a smaller {}, {} or {}",
@@ -218,6 +213,12 @@ impl ViTConfig {
     /// The parameters `VisionTransformer::new` makes for this config (a test checks it
     /// against the built model). A float: absurd sizes must not overflow the check.
     pub fn parameter_count(&self) -> f64 {
+        let parts = self.parameter_parts();
+        parts.patch_embed + parts.positions + parts.blocks + parts.head
+    }
+
+    /// [`Self::parameter_count`] by part of the model.
+    fn parameter_parts(&self) -> ParameterParts {
         let [image, patch, channels, embed, mlp, layers, classes] = [
             self.image_size,
             self.patch_size,
@@ -229,16 +230,18 @@ impl ViTConfig {
         ]
         .map(|size| size as f64);
         let tokens = (image / patch).powi(2) + 1.0;
-        let patch_embed = channels * patch * patch * embed + embed;
-        let class_and_positions = embed + tokens * embed;
         let block = 2.0 * embed // norm1
             + 3.0 * embed * embed + 3.0 * embed // qkv
             + embed * embed + embed // proj
             + 2.0 * embed // norm2
             + embed * mlp + mlp // fc1
             + mlp * embed + embed; // fc2
-        let head = 2.0 * embed + embed * classes + classes; // norm, head
-        patch_embed + class_and_positions + layers * block + head
+        ParameterParts {
+            patch_embed: channels * patch * patch * embed + embed,
+            positions: embed + tokens * embed, // class token, position embedding
+            blocks: layers * block,
+            head: 2.0 * embed + embed * classes + classes, // norm, head
+        }
     }
 
     pub fn to_json(&self) -> String {
@@ -251,4 +254,16 @@ impl ViTConfig {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// The parameters of each part of a model, as [`ViTConfig::parameter_count`] counts them.
+struct ParameterParts {
+    /// The patch embedding's kernel and bias.
+    patch_embed: f64,
+    /// The class token and the position embedding (one per patch and the class token).
+    positions: f64,
+    /// Every transformer block.
+    blocks: f64,
+    /// The final norm and the classification head.
+    head: f64,
 }

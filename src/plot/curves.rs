@@ -1,9 +1,9 @@
 //! Loss and accuracy curves from `metrics.csv` (`vit plot`, `vit train --plot`).
 
-use super::{drawing, ensure_png_output, render_png, render_svg, FONT};
+use super::{drawing, ensure_png_output, ensure_replaceable, render_png, render_svg, FONT};
 use crate::cli::PlotArgs;
 use crate::fsutil::same_file;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::io::Read;
@@ -235,36 +235,19 @@ pub fn run(args: &PlotArgs) -> Result<()> {
 /// The SVG beside `-o NAME.png` is a file the user did not name: refuses to replace one
 /// that is not curves vit drew (whose first line is plotters' header at [`CURVES_SIZE`]).
 fn ensure_replaceable_svg(svg: &Path, png: &Path) -> Result<()> {
-    use std::io::ErrorKind;
     // The header plotters writes, from plotters itself (an empty picture's first line).
     let mut empty = String::new();
     drop(SVGBackend::with_string(&mut empty, CURVES_SIZE));
-    let header = empty.lines().next().unwrap_or_default();
-    let start = match std::fs::File::open(svg).and_then(|file| {
-        let mut start = Vec::new();
-        file.take(header.len() as u64 + 1).read_to_end(&mut start)?;
-        Ok(start)
-    }) {
-        Ok(start) => start,
-        // Nothing there (a file in the folder's place is named when the PNG is written).
-        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
-            return Ok(())
-        }
-        Err(e) => bail!(
-            "cannot check whether {} is curves vit drew, which vit plot would replace with \
-             the SVG beside {}: {e}. Move it away, or name another PNG with -o",
-            svg.display(),
-            png.display()
-        ),
-    };
-    ensure!(
-        start.strip_suffix(b"\n") == Some(header.as_bytes()),
-        "{} is already there, and is not curves vit drew: vit plot writes its SVG beside {} \
-         and would replace it. Move that file away, or name another PNG with -o",
-        svg.display(),
+    let header = empty.lines().next().unwrap_or_default().to_string();
+    let replaced_by = format!(
+        "vit plot would replace it with the SVG beside {}",
         png.display()
     );
-    Ok(())
+    ensure_replaceable(svg, "curves vit drew", &replaced_by, |file| {
+        let mut start = Vec::new();
+        file.take(header.len() as u64 + 1).read_to_end(&mut start)?;
+        Ok(start.strip_suffix(b"\n") == Some(header.as_bytes()))
+    })
 }
 
 /// Loss (left) and accuracy (right) against epoch for every run, train solid and test

@@ -2,7 +2,8 @@
 //! and the confusion matrix as a heat map (`vit eval --plot`).
 //!
 //! Drawing goes through `plotters`; PNGs are rendered into an RGB buffer and encoded with
-//! the `image` crate, SVGs are written as text. Text uses DejaVu Sans, bundled in
+//! the `png` crate (marked as vit's, so that only vit's own pictures are ever replaced),
+//! SVGs are written as text. Text uses DejaVu Sans, bundled in
 //! `assets/` and registered from bytes, so no system font lookup is ever needed. Every
 //! file is written atomically, so a viewer refreshing `curves.png` during training never
 //! sees half a picture.
@@ -17,11 +18,12 @@ pub use confusion::{confusion_matrix, ConfusionLayout};
 pub use curves::{curves, read_metrics, read_runs, run, MetricsRow, RunMetrics, CURVES_SIZE};
 
 use crate::fsutil::{create_folder, write_atomic};
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::FontTransform;
+use std::io::ErrorKind;
 use std::path::Path;
 use std::sync::Once;
 
@@ -93,30 +95,48 @@ pub(crate) fn write_rgb_png(path: &Path, width: u32, height: u32, rgb: &[u8]) ->
 /// `-o PNG` is replaced only when it is not there or is a picture vit drew: refuses to
 /// replace a PNG of the user's (or one vit drew before its pictures were marked).
 fn ensure_replaceable_png(png: &Path) -> Result<()> {
-    use std::io::ErrorKind;
-    let file = match std::fs::File::open(png) {
+    let what = "a picture vit drew (vit marks its PNGs; those of versions before 2026-11-30 \
+                have no mark)";
+    ensure_replaceable(png, what, "vit would replace it with its picture", |file| {
+        match png::Decoder::new(std::io::BufReader::new(file)).read_info() {
+            Ok(reader) => Ok((reader.info().uncompressed_latin1_text.iter())
+                .any(|text| text.keyword == "Software" && text.text == PNG_SOFTWARE)),
+            Err(png::DecodingError::IoError(e)) if e.kind() != ErrorKind::UnexpectedEof => Err(e),
+            // Not a PNG, or one cut short: not a picture vit wrote (it writes atomically).
+            Err(_) => Ok(false),
+        }
+    })
+}
+
+/// Refuses to replace `path` unless nothing is there or `drawn_by_vit` tells from the file
+/// that vit drew it: `what` names such a picture ("curves vit drew"), `replaced_by` says
+/// what would replace it.
+pub(crate) fn ensure_replaceable(
+    path: &Path,
+    what: &str,
+    replaced_by: &str,
+    drawn_by_vit: impl FnOnce(std::fs::File) -> std::io::Result<bool>,
+) -> Result<()> {
+    let cannot_check = |e: std::io::Error| {
+        anyhow!(
+            "cannot check whether {} is {what} ({e}): {replaced_by}. Move it away, or name \
+             another PNG with -o",
+            path.display()
+        )
+    };
+    let file = match std::fs::File::open(path) {
         Ok(file) => file,
-        // Nothing there (a file in the folder's place is named when the PNG is written).
+        // Nothing there (a file in the folder's place is named when the picture is written).
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
             return Ok(())
         }
-        Err(e) => bail!(
-            "cannot check whether {} is a picture vit drew, which it would replace: {e}. Move \
-             it away, or name another PNG with -o",
-            png.display()
-        ),
+        Err(e) => return Err(cannot_check(e)),
     };
-    let drawn_by_vit = png::Decoder::new(std::io::BufReader::new(file))
-        .read_info()
-        .is_ok_and(|reader| {
-            (reader.info().uncompressed_latin1_text.iter())
-                .any(|text| text.keyword == "Software" && text.text == PNG_SOFTWARE)
-        });
     ensure!(
-        drawn_by_vit,
-        "{} is already there, and is not a picture vit drew: vit would replace it. Move that \
-         file away, or name another PNG with -o",
-        png.display()
+        drawn_by_vit(file).map_err(cannot_check)?,
+        "{} is already there, and is not {what}: {replaced_by}. Move that file away, or name \
+         another PNG with -o",
+        path.display()
     );
     Ok(())
 }

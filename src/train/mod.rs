@@ -108,7 +108,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
 
 /// The run's settings from the flags, checked, and the dataset it trains on (which gives
 /// the class count when `--num-classes` is not given). `resumed_data_dir`: where the run
-/// to resume read its data, named when this command's cannot be read.
+/// to resume read its data, named (where it is still there) when this command's cannot be
+/// read.
 fn settings_and_dataset(
     args: &TrainArgs,
     resumed_data_dir: Option<&Path>,
@@ -120,7 +121,7 @@ fn settings_and_dataset(
     let data_dir =
         std::fs::canonicalize(&args.data.data_dir).unwrap_or_else(|_| args.data.data_dir.clone());
     let dataset = data::load(&args.data, config.image_size).map_err(|error| {
-        match resumed_data_dir.filter(|&saved| saved != data_dir) {
+        match resumed_data_dir.filter(|&saved| saved != data_dir && saved.is_dir()) {
             // Most likely a --data-dir left out: the advice to download would be wrong.
             Some(saved) => error.context(format!(
                 "the run read its images from {}, not {}: pass --data-dir {} to resume it",

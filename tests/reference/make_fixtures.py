@@ -139,7 +139,7 @@ def module_fixtures():
         save(name, c, tensors)
 
 
-@torch.random.fork_rng()
+@torch.random.fork_rng(devices=[])
 def check_against_timm(reference, x):
     """The reference's state_dict loads into timm's VisionTransformer with strict=True and
     gives the same logits. (timm's own initialisation draws from a forked generator, so
@@ -215,7 +215,7 @@ def adamw_fixture():
     save("adamw_steps", SMALL, {**start, "input": x, "labels": y, **record})
 
 
-@torch.random.fork_rng()
+@torch.random.fork_rng(devices=[])
 def timm_attention_maps(reference, x):
     """Each block's attention probabilities for `reference` (eval) on `x`, as timm computes
     them: a forward hook on `attn_drop`, which its explicit path applies to them."""

@@ -38,9 +38,11 @@ pub(super) fn saved_config(dir: &Path) -> Result<RunConfig> {
     let saved = match std::fs::read_to_string(&config_path) {
         Ok(saved) => saved,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A run's checkpoints or resume state tell a run's folder; a metrics.csv or a
+            // picture may be anyone's.
             let present: Vec<&str> = RUN_FILES
                 .into_iter()
-                .filter(|name| dir.join(name).exists())
+                .filter(|name| name.ends_with(".safetensors") && dir.join(name).exists())
                 .collect();
             match present.is_empty() {
                 true => bail!(

@@ -410,17 +410,17 @@ impl RunFolder {
                 self.dir.display()
             )
         })?;
-        self.check_best_models(&progress, ema.is_some())?;
+        self.check_best_models(&progress, ema.is_some(), epochs)?;
         // Rows written after the saved state (a crash between the two writes) are dropped.
         self.truncate_metrics(progress.epochs_done)?;
         Ok(progress)
     }
 
-    /// Refuses to resume a run whose best model (or best EMA model) was moved away or
-    /// deleted: only an epoch that beats it writes it again, so the finished run could end
-    /// without one.
-    fn check_best_models(&self, progress: &Progress, ema: bool) -> Result<()> {
-        if progress.epochs_done == 0 {
+    /// Refuses to resume a run of `epochs` epochs whose best model (or best EMA model) was
+    /// moved away or deleted: only an epoch that beats it writes it again, so the finished
+    /// run could end without one. A finished run trains nothing more, so it is let be.
+    fn check_best_models(&self, progress: &Progress, ema: bool, epochs: usize) -> Result<()> {
+        if progress.epochs_done == 0 || progress.epochs_done >= epochs {
             return Ok(());
         }
         let best = [
