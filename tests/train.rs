@@ -706,7 +706,7 @@ fn resume_follows_the_images_not_their_folder() {
     };
     write_cifar10(&original, &moved);
     let stderr = vit_fails(&args(&moved, &run, true));
-    assert!(stderr.contains("data_dir: saved"), "{stderr}");
+    assert!(stderr.contains("data_dir (--data-dir): saved"), "{stderr}");
     vit(&args(&data_dir, &run, true));
 
     // A resume state cut short names itself and says what to do.
@@ -1005,9 +1005,9 @@ fn resume_with_changed_settings_is_refused() {
     assert_eq!(
         lines[1..4],
         [
-            "  eval_precision: saved \"fp32\", given \"bf16\"",
-            "  lr: saved 0.003, given 0.01",
-            "  model.embed_dim: saved 32, given 64"
+            "  eval_precision (--eval-precision): saved \"fp32\", given \"bf16\"",
+            "  lr (--lr): saved 0.003, given 0.01",
+            "  model.embed_dim (--embed-dim): saved 32, given 64"
         ]
     );
     assert!(

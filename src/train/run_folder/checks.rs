@@ -137,7 +137,8 @@ pub(super) fn check_same_run(
 }
 
 /// Appends to `out` a line `name: saved X, given Y` for each setting that differs, with
-/// nested settings named by their path (`model.embed_dim`).
+/// nested settings named by their path and, where `vit train` has one, the flag that sets
+/// them (`model.embed_dim (--embed-dim)`).
 fn differing_settings(
     path: &str,
     saved: &serde_json::Value,
@@ -163,7 +164,14 @@ fn differing_settings(
                 differing_settings(&name, a, b, out);
             }
         }
-        _ if saved != given => out.push(format!("{path}: saved {saved}, given {given}")),
+        _ if saved != given => {
+            let field = path.rsplit('.').next().unwrap_or(path).replace('_', "-");
+            let name = match train_flags().contains(&field) {
+                true => format!("{path} (--{field})"),
+                false => path.to_string(),
+            };
+            out.push(format!("{name}: saved {saved}, given {given}"))
+        }
         _ => {}
     }
 }
@@ -223,4 +231,13 @@ pub(super) fn check_fresh(dir: &Path) -> Result<()> {
         dir.display()
     );
     Ok(())
+}
+
+/// The long flags of `vit train`, without their dashes.
+fn train_flags() -> std::collections::BTreeSet<String> {
+    use clap::Args;
+    let command = crate::cli::TrainArgs::augment_args(clap::Command::new("train"));
+    (command.get_arguments())
+        .filter_map(|arg| arg.get_long().map(String::from))
+        .collect()
 }
