@@ -108,3 +108,67 @@ fn shell_quoted(arg: &[u8], command_word: bool) -> Vec<u8> {
     quoted.push(b'\'');
     quoted
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{resume_command, shell_quoted};
+    use crate::cli::{Cli, Command, TrainArgs};
+    use clap::Parser;
+    use std::path::Path;
+
+    fn train_args(args: &[&str]) -> TrainArgs {
+        match Cli::try_parse_from(["vit", "train"].iter().chain(args)).unwrap() {
+            Cli {
+                command: Command::Train(args),
+            } => *args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A run in the default folder (no --out) is resumed from the folder it got; a resumed
+    /// run's command already has --resume, and gets no second one (clap refuses a flag
+    /// given twice).
+    #[test]
+    fn the_resume_command_adds_what_the_first_command_lacked() {
+        let run = Path::new("runs/2026 11 30");
+        let command = resume_command(&train_args(&[]), run);
+        assert!(
+            command.ends_with(b" --out 'runs/2026 11 30' --resume"),
+            "{}",
+            String::from_utf8_lossy(&command)
+        );
+        let given = train_args(&["--out", "runs/a", "--resume"]);
+        let command = resume_command(&given, Path::new("runs/a"));
+        let text = String::from_utf8_lossy(&command);
+        // This test's own command line, which has neither flag, is all it holds.
+        assert!(
+            !text.contains("--resume") && !text.contains("--out"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn arguments_are_quoted_as_a_posix_shell_reads_them_back() {
+        for (arg, command_word, quoted) in [
+            (&b"--out"[..], false, &b"--out"[..]),
+            (b"runs/a-1_b.c:d,e+f@g%h", false, b"runs/a-1_b.c:d,e+f@g%h"),
+            // An empty argument is still an argument.
+            (b"", false, b"''"),
+            (b"a b", false, b"'a b'"),
+            (b"it's", false, br"'it'\''s'"),
+            (b"$HOME", false, b"'$HOME'"),
+            (b"\xff", false, b"'\xff'"),
+            // `--lr=1e-3` as is; a program named `a=b` would read as an assignment.
+            (b"--lr=1e-3", false, b"--lr=1e-3"),
+            (b"a=b", true, b"'a=b'"),
+            (b"target/release/vit", true, b"target/release/vit"),
+        ] {
+            assert_eq!(
+                shell_quoted(arg, command_word),
+                quoted,
+                "{}",
+                String::from_utf8_lossy(arg)
+            );
+        }
+    }
+}
