@@ -1185,6 +1185,16 @@ fn strong_recipe_runs_from_the_command_line() {
         stdout.contains("Epoch: 1, Validation Accuracy:") && stdout.contains("EMA acc"),
         "{stdout}"
     );
+    // The EMA's accuracy on the epoch line is metrics.csv's ema_test_acc, as a percentage
+    // like the model's own.
+    let (header, rows) = read_metrics(&run);
+    let column = header
+        .iter()
+        .position(|name| name == "ema_test_acc")
+        .unwrap();
+    let ema_acc: f64 = rows[0][column].parse().unwrap();
+    let expected = format!(", EMA acc {:.2}%, lr ", 100.0 * ema_acc);
+    assert!(stdout.contains(&expected), "{expected:?} not in {stdout}");
     // One epoch with the default 5 warm-up epochs: it runs, and says what that means.
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -1210,6 +1220,24 @@ fn strong_recipe_runs_from_the_command_line() {
         "\"p\": 1.0",
     ] {
         assert!(config.contains(setting), "{setting} not in {config}");
+    }
+}
+
+/// `--mix-off-epoch` at or past `--epochs` leaves no epoch unmixed: a warning, given with the
+/// flags' checks (so before the data is read: here there is none), and none when an epoch
+/// is left to train on single images.
+#[test]
+fn mix_off_epoch_not_below_epochs_is_a_warning() {
+    let root = TempDir::new("mix-off-warning");
+    let (nowhere, run) = (root.join("no-data"), root.join("run"));
+    for (epochs, off, warned) in [("1", "1", true), ("2", "3", true), ("2", "1", false)] {
+        let mut args = tiny_run_args(nowhere.to_str().unwrap(), run.to_str().unwrap());
+        args.extend(["--mixup", "0.8", "--epochs", epochs, "--mix-off-epoch", off]);
+        let stderr = vit_fails(&args);
+        let warning = format!(
+            "warning: --mix-off-epoch {off} is not below --epochs {epochs}: every epoch mixes"
+        );
+        assert_eq!(stderr.contains(&warning), warned, "{args:?}: {stderr}");
     }
 }
 
