@@ -155,3 +155,54 @@ fn flags_override_the_strong_recipe() {
         }
     );
 }
+
+/// `vit train` with no flags: README.md, "Training" (CIFAR-100, batch 256, AdamW lr 1e-3,
+/// weight decay 0.05, 5 warm-up epochs, label smoothing 0.1, clipping at 1.0, 100 epochs),
+/// seed 0, fp32, the notebook recipe, libtorch's thread count, a folder of its own. And the
+/// other commands' batch and top-k defaults the README's usage lines show.
+#[test]
+fn flags_left_out_take_the_readmes_defaults() {
+    use vit_tch::cli::{DatasetName, Precision, Recipe};
+    let args = train_args(&[]);
+    assert_eq!(args.data.dataset, DatasetName::Cifar100);
+    assert_eq!(args.data.data_dir, std::path::PathBuf::from("data"));
+    assert!(!args.data.coarse_labels);
+    assert_eq!(args.epochs, 100);
+    assert_eq!(args.batch_size, 256);
+    assert_eq!(args.lr, 1e-3);
+    assert_eq!(args.weight_decay, 0.05);
+    assert_eq!(args.warmup_epochs, 5);
+    assert_eq!(args.label_smoothing, 0.1);
+    assert_eq!(args.clip_grad, 1.0);
+    assert_eq!(args.seed, 0);
+    assert_eq!(args.train_subset, None);
+    assert_eq!(args.out, None);
+    assert!(!args.resume && !args.plot && !args.ema_warmup);
+    assert_eq!(args.recipe, Recipe::Notebook);
+    assert_eq!(args.precision, Precision::Fp32);
+    assert_eq!(args.eval_precision, Precision::Fp32);
+    assert_eq!(args.cuda_graph, None);
+    assert_eq!(args.threads, None);
+    assert_eq!(args.model.preset, "notebook");
+
+    match Cli::try_parse_from(["vit", "predict", "--checkpoint", "m.safetensors", "a.png"]) {
+        Ok(Cli {
+            command: Command::Predict(predict),
+        }) => {
+            assert_eq!((predict.top_k, predict.batch_size), (5, 500));
+            assert!(!predict.json);
+        }
+        other => panic!("{other:?}"),
+    }
+    match Cli::try_parse_from(["vit", "eval", "--checkpoint", "m.safetensors"]) {
+        Ok(Cli {
+            command: Command::Eval(eval),
+        }) => {
+            assert_eq!(eval.batch_size, 500);
+            assert_eq!(eval.precision, Precision::Fp32);
+            assert_eq!(eval.data.dataset, None, "the checkpoint's dataset");
+            assert!(!eval.json && !eval.plot && eval.out.is_none());
+        }
+        other => panic!("{other:?}"),
+    }
+}
