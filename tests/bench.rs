@@ -199,6 +199,15 @@ fn more_threads_than_cores_is_a_warning() {
         cores as i64 + 1,
         "the count asked for is still used"
     );
+    // As many threads as cores is no warning.
+    let threads = cores.to_string();
+    #[rustfmt::skip]
+    let output = vit(&[
+        "bench", "--config", "tiny", "--batch-size", "2", "--steps", "1", "--warmup", "0",
+        "--device", "cpu", "--threads", &threads, "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("warning: --threads"), "{stderr}");
 }
 
 #[test]

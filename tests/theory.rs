@@ -405,3 +405,21 @@ fn info_counts_the_notebook_model() {
         "{stdout}"
     );
 }
+
+/// The machine's memory is /proc/meminfo's `MemTotal`, whose "kB" are KiB (proc(5)): 1024
+/// bytes each, as sysinfo(2) counts the same total.
+#[test]
+#[cfg(target_os = "linux")]
+fn physical_memory_is_memtotal_in_bytes() {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let line = meminfo
+        .lines()
+        .find(|line| line.starts_with("MemTotal:"))
+        .unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_eq!(
+        vit_tch::runtime::physical_memory_bytes(),
+        Some(kib * 1024),
+        "{line}"
+    );
+}
