@@ -180,3 +180,51 @@ fn libtorch_error(message: &str) -> Option<String> {
     };
     Some(format!("{first_line}{advice}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::brief_error;
+
+    /// tch's panic message for a libtorch error, as `{:?}` of its error writes it.
+    fn tch_panic(what: &str) -> String {
+        format!("called `Result::unwrap()` on an `Err` value: Torch({what:?})")
+    }
+
+    /// The first line of libtorch's error, with the advice about memory for both ways
+    /// libtorch says it ran out (the CPU allocator's "can't allocate", CUDA's "out of
+    /// memory" without "allocate" in it), and for no other error.
+    #[test]
+    fn a_libtorch_error_is_its_first_line_with_advice_only_for_memory() {
+        let advice = "\nThe model or batch needs more memory than the device has: use a smaller \
+                      --batch-size or model";
+        for (what, brief) in [
+            (
+                "CUDA error: out of memory\nframe #0: c10::Error",
+                format!("libtorch: CUDA error: out of memory{advice}"),
+            ),
+            (
+                "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate \
+                 memory\nframe #0: c10::Error",
+                format!(
+                    "libtorch: [enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: \
+                     can't allocate memory{advice}"
+                ),
+            ),
+            (
+                "shape '[2, 3]' is invalid for input of size 5\nframe #0: c10::Error",
+                "libtorch: shape '[2, 3]' is invalid for input of size 5".to_string(),
+            ),
+        ] {
+            assert_eq!(brief_error(&tch_panic(what)), Some(brief), "{what}");
+        }
+        assert_eq!(
+            brief_error("failed printing to stdout: No space left on device (os error 28)"),
+            Some("cannot write to standard output: No space left on device (os error 28)".into())
+        );
+        assert_eq!(
+            brief_error("index out of bounds: the len is 3"),
+            None,
+            "a bug"
+        );
+    }
+}
