@@ -211,3 +211,29 @@ fn mix_config(
     }
     Ok(mix)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::model_config;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn dropout(args: &[&str]) -> f64 {
+        match Cli::try_parse_from(["vit", "train"].iter().chain(args)).unwrap() {
+            Cli {
+                command: Command::Train(args),
+            } => model_config(&args).unwrap().dropout,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The notebook's dropout is 0.1; the strong recipe turns it off, unless --dropout is
+    /// given, which either recipe then takes as it is.
+    #[test]
+    fn the_strong_recipe_drops_dropout_unless_it_is_given() {
+        assert_eq!(dropout(&[]), 0.1);
+        assert_eq!(dropout(&["--recipe", "strong"]), 0.0);
+        assert_eq!(dropout(&["--recipe", "strong", "--dropout", "0.2"]), 0.2);
+        assert_eq!(dropout(&["--dropout", "0.2"]), 0.2);
+    }
+}
