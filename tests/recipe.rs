@@ -205,4 +205,11 @@ fn flags_left_out_take_the_readmes_defaults() {
         }
         other => panic!("{other:?}"),
     }
+    // `vit data` sizes a folder dataset's images as `vit train` does by default: CIFAR's 32.
+    match Cli::try_parse_from(["vit", "data", "--dataset", "folder"]) {
+        Ok(Cli {
+            command: Command::Data(data),
+        }) => assert_eq!(data.image_size, 32),
+        other => panic!("{other:?}"),
+    }
 }
