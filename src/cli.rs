@@ -566,3 +566,14 @@ pub struct AttentionArgs {
     #[command(flatten)]
     pub device: DeviceArgs,
 }
+
+/// `vit train ARGS` parsed, for the unit tests of what takes its flags.
+#[cfg(test)]
+pub(crate) fn train_args(args: &[&str]) -> TrainArgs {
+    match Cli::try_parse_from(["vit", "train"].iter().chain(args)).unwrap() {
+        Cli {
+            command: Command::Train(args),
+        } => *args,
+        other => panic!("{other:?}"),
+    }
+}

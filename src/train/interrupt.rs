@@ -112,18 +112,8 @@ fn shell_quoted(arg: &[u8], command_word: bool) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::{resume_command, shell_quoted};
-    use crate::cli::{Cli, Command, TrainArgs};
-    use clap::Parser;
+    use crate::cli::train_args;
     use std::path::Path;
-
-    fn train_args(args: &[&str]) -> TrainArgs {
-        match Cli::try_parse_from(["vit", "train"].iter().chain(args)).unwrap() {
-            Cli {
-                command: Command::Train(args),
-            } => *args,
-            other => panic!("{other:?}"),
-        }
-    }
 
     /// A run in the default folder (no --out) is resumed from the folder it got; a resumed
     /// run's command already has --resume, and gets no second one (clap refuses a flag

@@ -215,16 +215,10 @@ fn mix_config(
 #[cfg(test)]
 mod tests {
     use super::model_config;
-    use crate::cli::{Cli, Command};
-    use clap::Parser;
+    use crate::cli::train_args;
 
     fn dropout(args: &[&str]) -> f64 {
-        match Cli::try_parse_from(["vit", "train"].iter().chain(args)).unwrap() {
-            Cli {
-                command: Command::Train(args),
-            } => model_config(&args).unwrap().dropout,
-            other => panic!("{other:?}"),
-        }
+        model_config(&train_args(args)).unwrap().dropout
     }
 
     /// The notebook's dropout is 0.1; the strong recipe turns it off, unless --dropout is
