@@ -82,7 +82,7 @@ pub fn unwritable(error: impl Into<anyhow::Error>, failed: String) -> anyhow::Er
         Some(ErrorKind::ReadOnlyFilesystem) => {
             ": its file system is read-only; choose a folder on another one"
         }
-        _ => " (is it writable?)",
+        _ => " (is it writable? If not, choose another folder)",
     };
     error.context(format!("{failed}{why}"))
 }
@@ -284,7 +284,7 @@ mod tests {
             (28, "runs/a: the disk is full; free some space on it"),
             (122, "runs/a: your disk quota is used up"),
             (30, "runs/a: its file system is read-only"),
-            (13, "runs/a (is it writable?)"),
+            (13, "runs/a (is it writable? If not, choose another folder)"),
         ] {
             let write: anyhow::Result<()> = Err(std::io::Error::from_raw_os_error(errno))
                 .context("cannot write runs/a/config.json");

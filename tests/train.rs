@@ -1476,7 +1476,10 @@ fn user_errors_say_what_to_do() {
 
     let stderr = vit_fails(&tiny_run_args(data, "/proc/vit-cannot-write-here"));
     assert!(
-        stderr.contains("cannot create /proc/vit-cannot-write-here (is it writable?)"),
+        stderr.contains(
+            "cannot create /proc/vit-cannot-write-here (is it writable? If not, choose another \
+             folder)"
+        ),
         "{stderr}"
     );
 
