@@ -199,7 +199,7 @@ pub(super) fn first_few<T: std::fmt::Debug>(items: &[T]) -> String {
 }
 
 /// The first [`SHOWN`] of `items`, and how many others there are.
-pub(super) fn shown_and_more<T>(items: &[T]) -> (&[T], usize) {
+pub(crate) fn shown_and_more<T>(items: &[T]) -> (&[T], usize) {
     let shown = items.len().min(SHOWN);
     (&items[..shown], items.len() - shown)
 }

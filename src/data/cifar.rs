@@ -189,8 +189,8 @@ fn uneven_classes(dataset: &Dataset, format: &RecordFormat) -> Option<String> {
             .map(|(class, count)| format!("{class} {count}"))
             .collect();
         (!uneven.is_empty()).then(|| {
-            let shown = uneven.len().min(5);
-            let more = match uneven.len() - shown {
+            let (shown, more) = crate::checkpoint::shown_and_more(&uneven);
+            let more = match more {
                 0 => String::new(),
                 more => format!(" and {more} more"),
             };
@@ -198,7 +198,7 @@ fn uneven_classes(dataset: &Dataset, format: &RecordFormat) -> Option<String> {
                 "the {what} images in {} are not the official release's {per_class} of each \
                  class ({}{more}): a file is damaged, or not the official one",
                 release.folder(),
-                uneven[..shown].join(", ")
+                shown.join(", ")
             )
         })
     })

@@ -40,10 +40,7 @@ pub(super) fn saved_config(dir: &Path) -> Result<RunConfig> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             // A run's checkpoints or resume state tell a run's folder; a metrics.csv or a
             // picture may be anyone's.
-            let present: Vec<&str> = RUN_FILES
-                .into_iter()
-                .filter(|name| name.ends_with(".safetensors") && dir.join(name).exists())
-                .collect();
+            let present = saved_results(dir, 0);
             match present.is_empty() {
                 true => bail!(
                     "cannot resume: {} has no config.json, so it holds no vit run; check --out",
