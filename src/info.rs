@@ -5,6 +5,26 @@ use crate::model::{ViTConfig, VisionTransformer};
 use anyhow::Result;
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 
+/// The CPU speed `vit info` assumes to say how long a slow shape check takes: `--image-size
+/// 256 --patch-size 2` (1.75 TFLOPs) took 18 s on this project's two-core machine.
+const CPU_FLOPS_PER_SECOND: f64 = 1e11;
+
+/// A note that the shape check will take longer than 10 s (at [`CPU_FLOPS_PER_SECOND`]),
+/// and about how long: printed before it starts.
+fn slow_shape_check_note(flops: f64) -> Option<String> {
+    let seconds = flops / CPU_FLOPS_PER_SECOND;
+    let took = match seconds {
+        s if s <= 10.0 => return None,
+        s if s < 120.0 => format!("{s:.0} s"),
+        s if s < 7200.0 => format!("{:.0} minutes", s / 60.0),
+        s => format!("{:.0} hours", s / 3600.0),
+    };
+    Some(format!(
+        "The shape check below runs that forward pass on the CPU: about {took} on two cores \
+         (Ctrl-C stops it; nothing above is lost)."
+    ))
+}
+
 /// Parameter counts per top-level module (`blocks.i` each its own row), in model order.
 fn parameter_table(vs: &nn::VarStore, num_layers: i64) -> Vec<(String, i64)> {
     let module_of = |name: &str| -> String {
@@ -57,6 +77,15 @@ pub fn run(args: &InfoArgs) -> Result<()> {
     // Over every variable, so that one the table's modules missed would still count.
     let total = crate::model::parameter_total(&vs);
     println!("{:<14} {:>12}", "total", total);
+    let flops = config.forward_flops();
+    println!(
+        "\nForward pass: {:.3} GFLOPs per image (matrix products and the patch convolution, \
+         2 per multiply-add)",
+        flops / 1e9
+    );
+    if let Some(note) = slow_shape_check_note(flops) {
+        println!("{note}");
+    }
     let input = Tensor::randn(
         [1, config.in_channels, config.image_size, config.image_size],
         (Kind::Float, Device::Cpu),
@@ -73,4 +102,33 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         tch::Cuda::device_count()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_shape_check_of_over_10_seconds_gets_a_note() {
+        let notebook = ViTConfig::notebook();
+        assert_eq!(slow_shape_check_note(notebook.forward_flops()), None);
+        assert_eq!(slow_shape_check_note(1e12), None);
+        let measured = ViTConfig {
+            image_size: 256,
+            patch_size: 2,
+            ..notebook.clone()
+        };
+        let note = slow_shape_check_note(measured.forward_flops()).unwrap();
+        assert!(note.contains("about 18 s on two cores"), "{note}");
+        let millions_of_tokens = ViTConfig {
+            image_size: 2048,
+            patch_size: 2,
+            ..notebook
+        };
+        let note = slow_shape_check_note(millions_of_tokens.forward_flops()).unwrap();
+        assert!(note.contains("about 19 hours"), "{note}");
+        assert!(slow_shape_check_note(3e13)
+            .unwrap()
+            .contains("about 5 minutes"));
+    }
 }

@@ -145,6 +145,17 @@ fn notebook_config_matches_pytorch() {
     }
 }
 
+/// `ViTConfig::forward_flops` is what PyTorch's flop counter counts for one image through
+/// timm's model, for the small config and the notebook's.
+#[test]
+fn forward_flops_match_pytorchs_flop_counter() {
+    for name in ["vision_transformer", "notebook_forward"] {
+        let file = fixture(name);
+        let counted = file.get("flops_per_image").unwrap().double_value(&[]);
+        assert_eq!(file.config().unwrap().forward_flops(), counted, "{name}");
+    }
+}
+
 #[test]
 fn gradients_match_pytorch() {
     assert_train_pass_matches("gradients");

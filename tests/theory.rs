@@ -376,7 +376,8 @@ fn wrong_input_shape_is_an_error_not_a_panic() {
 
 /// `vit info` of the notebook's model for CIFAR-100: its module rows add up to the total,
 /// the total is the notebook's 3,218,276 parameters (as above, the model's
-/// own), and the shape check gives one row of 100 logits.
+/// own), one image's forward pass is 0.437 GFLOPs (436,527,104, as PyTorch's flop counter
+/// counts it: `tests/parity.rs`), and the shape check, quick, gives one row of 100 logits.
 #[test]
 fn info_counts_the_notebook_model() {
     let output = vit(&["info", "--config", "notebook"]);
@@ -401,9 +402,14 @@ fn info_counts_the_notebook_model() {
     let sum: i64 = modules.iter().map(|(_, count)| count).sum();
     assert_eq!(sum, total.1, "{stdout}");
     assert!(
+        stdout.contains("\nForward pass: 0.437 GFLOPs per image ("),
+        "{stdout}"
+    );
+    assert!(
         stdout.contains("\nShape check: randn[1, 3, 32, 32] -> [1, 100]\n"),
         "{stdout}"
     );
+    assert!(!stdout.contains("The shape check below"), "{stdout}");
 }
 
 /// The machine's memory is /proc/meminfo's `MemTotal`, whose "kB" are KiB (proc(5)): 1024

@@ -219,16 +219,8 @@ impl ViTConfig {
 
     /// [`Self::parameter_count`] by part of the model.
     fn parameter_parts(&self) -> ParameterParts {
-        let [image, patch, channels, embed, mlp, layers, classes] = [
-            self.image_size,
-            self.patch_size,
-            self.in_channels,
-            self.embed_dim,
-            self.mlp_dim,
-            self.num_layers,
-            self.num_classes,
-        ]
-        .map(|size| size as f64);
+        let [image, patch, channels, embed, _, mlp, layers, classes] =
+            self.sizes().map(|(_, size)| size as f64);
         let tokens = (image / patch).powi(2) + 1.0;
         let block = 2.0 * embed // norm1
             + 3.0 * embed * embed + 3.0 * embed // qkv
@@ -242,6 +234,23 @@ impl ViTConfig {
             blocks: layers * block,
             head: 2.0 * embed + embed * classes + classes, // norm, head
         }
+    }
+
+    /// The floating-point operations of one image's forward pass, counted as PyTorch's
+    /// `torch.utils.flop_counter` counts them: two for each multiply-add of the patch
+    /// convolution and of every matrix product, attention's included. Norms, softmax and
+    /// GELU are left out: a few percent here. A float, like [`Self::parameter_count`].
+    pub fn forward_flops(&self) -> f64 {
+        let [image, patch, channels, embed, _, mlp, layers, classes] =
+            self.sizes().map(|(_, size)| size as f64);
+        let patches = (image / patch).powi(2);
+        let tokens = patches + 1.0;
+        let patch_embed = patches * channels * patch * patch * embed;
+        let block = tokens * (3.0 * embed * embed + embed * embed) // qkv, proj
+            + 2.0 * tokens * tokens * embed // scores q k^T, then their weights times v
+            + 2.0 * tokens * embed * mlp; // fc1, fc2
+        let head = embed * classes;
+        2.0 * (patch_embed + layers * block + head)
     }
 
     pub fn to_json(&self) -> String {

@@ -2,8 +2,9 @@
 
     .venv/bin/python tests/reference/make_fixtures.py
 
-Every file is a safetensors file of float32 tensors (labels and the seed int64) with the
-model hyperparameters as JSON under the `config` metadata key. Parameters are stored as `param.<state_dict key>`.
+Every file is a safetensors file of float32 tensors (labels and the seed int64,
+`flops_per_image` float64) with the model hyperparameters as JSON under the `config`
+metadata key. Parameters are stored as `param.<state_dict key>`.
 
 - `patch_embedding`, `multi_head_self_attention`, `transformer_block`,
   `vision_transformer`: one module of the small config, `input` and its eval `output`;
@@ -12,6 +13,8 @@ model hyperparameters as JSON under the `config` metadata key. Parameters are st
   (what its `attn_drop` receives) with the same parameters;
 - `notebook_forward`: the notebook config, with every parameter filled by `formula_fill`
   (the Rust tests repeat the formula), so only `input` and `output` are stored;
+- `vision_transformer` and `notebook_forward` also hold `flops_per_image` (float64), what
+  `torch.utils.flop_counter` counts for one image's forward pass through timm's model;
 - `gradients`: cross-entropy (label smoothing 0.1) of the small model in train mode:
   `input`, `labels`, `logits`, `loss`, `grad.<key>` and `grad.input`;
 - `adamw_steps`: three steps of clip_grad_norm_(0.5) + AdamW with decay and no-decay
@@ -136,6 +139,7 @@ def module_fixtures():
         if name == "vision_transformer":
             check_against_timm(module, x)
             tensors.update(timm_attention_maps(module, x))
+            tensors.update(timm_forward_flops(c))
         save(name, c, tensors)
 
 
@@ -157,7 +161,7 @@ def notebook_fixture():
     x = images(NOTEBOOK)
     with torch.no_grad():
         output = model(x)
-    save("notebook_forward", NOTEBOOK, {"input": x, "output": output})
+    save("notebook_forward", NOTEBOOK, {"input": x, "output": output, **timm_forward_flops(NOTEBOOK)})
 
 
 def labels():
@@ -230,6 +234,20 @@ def timm_attention_maps(reference, x):
         torch.testing.assert_close(timm(x), reference(x), rtol=0, atol=1e-5)
     assert len(maps) == SMALL["num_layers"]
     return maps
+
+
+@torch.random.fork_rng(devices=[])
+def timm_forward_flops(config):
+    """`flops_per_image`: what `torch.utils.flop_counter` counts for one image's eval forward
+    pass through timm's model of `config`, on its explicit attention path (the counter has
+    no formula for the fused CPU kernel, and would leave attention's products out)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    timm = timm_model(config, fused_attention=False).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        timm(torch.zeros(1, config["in_channels"], config["image_size"], config["image_size"]))
+    return {"flops_per_image": torch.tensor(counter.get_total_flops(), dtype=torch.float64)}
 
 
 def main():
