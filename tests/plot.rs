@@ -7,10 +7,11 @@ use common::TempDir;
 
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
-use vit_tch::attention::{self, figure_size, last_layer_heads, rollout};
+use vit_tch::attention::{self, last_layer_heads, rollout};
 use vit_tch::checkpoint::{self, TensorFile};
 use vit_tch::cli::{AttentionArgs, CheckpointDatasetArgs, DeviceArgs, PlotArgs};
 use vit_tch::model::{ViTConfig, VisionTransformer};
+use vit_tch::plot::attention_figure_size;
 use vit_tch::plot::{self, ConfusionLayout, CURVES_SIZE};
 
 fn png_size(path: &Path) -> (u32, u32) {
@@ -442,7 +443,10 @@ fn attention_figure_from_a_checkpoint_and_an_image_file() {
     };
     let output = dir.join("attn.png");
     attention::run(&args(output.clone())).unwrap();
-    assert_eq!(png_size(&output), figure_size(config.num_heads as usize));
+    assert_eq!(
+        png_size(&output),
+        attention_figure_size(config.num_heads as usize)
+    );
 
     // A PNG vit did not draw is kept, and refused by name, the input image among them.
     let before = std::fs::read(&input).unwrap();

@@ -1,5 +1,6 @@
-//! Pictures: loss and accuracy curves from `metrics.csv` (`vit plot`, `vit train --plot`)
-//! and the confusion matrix as a heat map (`vit eval --plot`).
+//! Pictures: loss and accuracy curves from `metrics.csv` (`vit plot`, `vit train --plot`),
+//! the confusion matrix as a heat map (`vit eval --plot`) and the attention maps over an
+//! image (`vit attention`).
 //!
 //! Drawing goes through `plotters`; PNGs are rendered into an RGB buffer and encoded with
 //! the `png` crate (marked as vit's, so that only vit's own pictures are ever replaced),
@@ -8,12 +9,14 @@
 //! file is written atomically, so a viewer refreshing `curves.png` during training never
 //! sees half a picture.
 //!
-//! Each picture has its own file (`curves`, `confusion`); this one holds what they and
-//! `vit attention` share: the font, rendering, the colour maps.
+//! Each picture has its own file (`curves`, `confusion`, `attention`); this one holds what
+//! they share: the font, rendering, the colour maps.
 
+mod attention;
 mod confusion;
 mod curves;
 
+pub use attention::{attention_figure, attention_figure_size};
 pub use confusion::{confusion_matrix, ConfusionLayout};
 pub use curves::{curves, read_metrics, read_runs, run, MetricsRow, RunMetrics, CURVES_SIZE};
 
