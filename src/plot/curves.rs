@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 pub const CURVES_SIZE: (u32, u32) = (1200, 500);
 
 /// Ten distinguishable colours (Tableau 10), cycled over runs.
-pub const PALETTE: [RGBColor; 10] = [
+const PALETTE: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -47,7 +47,7 @@ pub struct RunMetrics {
 }
 
 /// `RUN_DIR/metrics.csv`, or the path itself when it is a file.
-pub fn metrics_path(run: &Path) -> PathBuf {
+fn metrics_path(run: &Path) -> PathBuf {
     if run.is_file() {
         run.to_path_buf()
     } else {
@@ -55,7 +55,7 @@ pub fn metrics_path(run: &Path) -> PathBuf {
     }
 }
 
-/// The columns of `metrics.csv` the curves are drawn from.
+/// The columns of `metrics.csv` the curves are drawn from, in `MetricsRow`'s order.
 const METRIC_COLUMNS: [&str; 6] = [
     "train_loss",
     "train_acc",
@@ -115,14 +115,16 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
             .with_context(|| {
                 format!("{}: line {line} has no finite epoch number", path.display())
             })?;
+        let [train_loss, train_acc, test_loss, test_acc, ema_test_loss, ema_test_acc] =
+            METRIC_COLUMNS.map(&mut cell);
         rows.push(MetricsRow {
             epoch,
-            train_loss: cell("train_loss"),
-            train_acc: cell("train_acc"),
-            test_loss: cell("test_loss"),
-            test_acc: cell("test_acc"),
-            ema_test_loss: cell("ema_test_loss"),
-            ema_test_acc: cell("ema_test_acc"),
+            train_loss,
+            train_acc,
+            test_loss,
+            test_acc,
+            ema_test_loss,
+            ema_test_acc,
         });
     }
     if !not_numbers.is_empty() {
@@ -321,7 +323,7 @@ impl Line {
 }
 
 /// Draws the two panels of the curves picture on any plotters backend.
-pub fn draw_curves<DB: DrawingBackend>(
+fn draw_curves<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     runs: &[RunMetrics],
 ) -> Result<()> {
@@ -542,6 +544,19 @@ fn draw_panel<DB: DrawingBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `vit plot` draws is in the columns `vit train` writes: a field of
+    /// `EpochMetrics` renamed without its name here would leave a curve out, silently.
+    #[test]
+    fn the_columns_drawn_are_columns_train_writes() {
+        let written = crate::train::metrics_header();
+        for name in std::iter::once(&"epoch").chain(&METRIC_COLUMNS) {
+            assert!(
+                written.iter().any(|column| column == name),
+                "{name}: {written:?}"
+            );
+        }
+    }
 
     /// One run whose train, test and EMA accuracies (fractions) rise from `first` to
     /// `last` over five epochs.

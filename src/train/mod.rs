@@ -16,6 +16,8 @@ mod step;
 pub use cuda_graph::CudaGraphSteps;
 pub use ema::ema_decay;
 pub use recipe::Regularization;
+#[cfg(test)] // For `vit plot`'s test that it draws the columns written.
+pub(crate) use run_folder::metrics_header;
 use run_folder::EpochMetrics;
 pub use step::{
     forward_backward_update, train_step, training_loss, StepOptions, StepOutput, TrainBatch,

@@ -22,7 +22,7 @@ use tch::{nn, Device};
 
 /// metrics.csv's column names: `EpochMetrics`'s fields, in order, as the csv crate
 /// names them when it writes a row with its header.
-fn metrics_header() -> Vec<String> {
+pub(crate) fn metrics_header() -> Vec<String> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     writer
         .serialize(EpochMetrics::default())
