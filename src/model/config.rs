@@ -171,42 +171,47 @@ impl ViTConfig {
             name("dropout"),
             self.dropout
         );
-        // Refused here rather than found by building it: a model of millions of small
-        // layers would fill the memory one layer at a time, for minutes.
-        let bytes = 4.0 * self.parameter_count();
-        if let Some(memory) = crate::runtime::physical_memory_bytes() {
-            // The advice names what sets the largest part.
-            let parts = self.parameter_parts();
-            let largest = [parts.patch_embed, parts.positions, parts.blocks, parts.head]
-                .into_iter()
-                .fold(0.0, f64::max);
-            let smaller = if largest == parts.positions {
-                format!(
-                    "a larger {} or a smaller {}",
-                    name("patch_size"),
-                    name("image_size")
-                )
-            } else if largest == parts.patch_embed {
-                format!("a smaller {} or {}", name("patch_size"), name("embed_dim"))
-            } else if largest == parts.head {
-                format!("a smaller {} or {}", name("num_classes"), name("embed_dim"))
-            } else {
-                format!(
-                    "a smaller {}, {} or {}",
-                    name("embed_dim"),
-                    name("mlp_dim"),
-                    name("num_layers")
-                )
-            };
-            ensure!(
-                bytes <= memory as f64,
-                "the model would have {:.3e} parameters ({:.1} GB in float32), more than the \
-                 {:.1} GB of memory here: use {smaller}",
-                self.parameter_count(),
-                bytes / 1e9,
-                memory as f64 / 1e9,
-            );
-        }
+        self.check_fits_in_memory(name)
+    }
+
+    /// Refused here rather than found by building it: a model of millions of small layers
+    /// would fill the memory one layer at a time, for minutes. The advice names what sets
+    /// the largest part of the model.
+    fn check_fits_in_memory(&self, name: impl Fn(&str) -> String) -> Result<()> {
+        let Some(memory) = crate::runtime::physical_memory_bytes() else {
+            return Ok(());
+        };
+        let count = self.parameter_count();
+        let bytes = 4.0 * count;
+        let parts = self.parameter_parts();
+        let largest = [parts.patch_embed, parts.positions, parts.blocks, parts.head]
+            .into_iter()
+            .fold(0.0, f64::max);
+        let smaller = if largest == parts.positions {
+            format!(
+                "a larger {} or a smaller {}",
+                name("patch_size"),
+                name("image_size")
+            )
+        } else if largest == parts.patch_embed {
+            format!("a smaller {} or {}", name("patch_size"), name("embed_dim"))
+        } else if largest == parts.head {
+            format!("a smaller {} or {}", name("num_classes"), name("embed_dim"))
+        } else {
+            format!(
+                "a smaller {}, {} or {}",
+                name("embed_dim"),
+                name("mlp_dim"),
+                name("num_layers")
+            )
+        };
+        ensure!(
+            bytes <= memory as f64,
+            "the model would have {count:.3e} parameters ({:.1} GB in float32), more than the \
+             {:.1} GB of memory here: use {smaller}",
+            bytes / 1e9,
+            memory as f64 / 1e9,
+        );
         Ok(())
     }
 
