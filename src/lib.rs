@@ -14,6 +14,7 @@ pub mod eval;
 pub mod ffi;
 pub mod fsutil;
 pub mod info;
+mod listing;
 pub mod model;
 pub mod optim;
 pub mod plot;

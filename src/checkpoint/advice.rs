@@ -2,6 +2,7 @@
 //! file: which of timm's model options or which config the tensors show, and what to do.
 
 use super::{TensorFile, CONFIG_KEY};
+use crate::listing::{and_more, first_and_more};
 use crate::model::ViTConfig;
 use anyhow::{ensure, Result};
 use std::path::Path;
@@ -188,20 +189,12 @@ fn hyperparameter_names() -> String {
 
 /// How many of each kind of problem a mismatched checkpoint's error lists: a wrapped
 /// model's 44 names say no more than its first few.
-const SHOWN: usize = 5;
+pub(super) const SHOWN: usize = 5;
 
 /// The first [`SHOWN`] of `items` as a list, with how many more there are.
 pub(super) fn first_few<T: std::fmt::Debug>(items: &[T]) -> String {
-    match shown_and_more(items) {
-        (shown, 0) => format!("{shown:?}"),
-        (shown, more) => format!("{shown:?} and {more} more"),
-    }
-}
-
-/// The first [`SHOWN`] of `items`, and how many others there are.
-pub(crate) fn shown_and_more<T>(items: &[T]) -> (&[T], usize) {
-    let shown = items.len().min(SHOWN);
-    (&items[..shown], items.len() - shown)
+    let (shown, more) = first_and_more(items, SHOWN);
+    format!("{shown:?}{}", and_more(more))
 }
 
 /// A file PyTorch writes, which vit does not read but can say how to convert.

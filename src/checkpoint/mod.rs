@@ -6,9 +6,9 @@ mod advice;
 
 use crate::data::{Dataset, TestSet};
 use crate::fsutil::write_atomic;
+use crate::listing::first_and_more;
 use crate::model::{ViTConfig, VisionTransformer};
-pub(crate) use advice::shown_and_more;
-use advice::{first_few, PyTorchFile};
+use advice::{first_few, PyTorchFile, SHOWN};
 use anyhow::{bail, ensure, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, View};
 use std::borrow::Cow;
@@ -296,7 +296,7 @@ impl TensorFile {
             })
             .collect();
         if !mis_shaped.is_empty() {
-            let (shown, more) = shown_and_more(&mis_shaped);
+            let (shown, more) = first_and_more(&mis_shaped, SHOWN);
             let others = match more {
                 0 => String::new(),
                 more => format!("; and {more} more tensors of another shape"),

@@ -11,6 +11,7 @@
 
 use super::download::ArchiveSpec;
 use super::{Dataset, Split};
+use crate::listing::{and_more, first_and_more};
 use anyhow::{bail, ensure, Context, Result};
 use std::path::Path;
 use tch::{Kind, Tensor};
@@ -189,16 +190,13 @@ fn uneven_classes(dataset: &Dataset, format: &RecordFormat) -> Option<String> {
             .map(|(class, count)| format!("{class} {count}"))
             .collect();
         (!uneven.is_empty()).then(|| {
-            let (shown, more) = crate::checkpoint::shown_and_more(&uneven);
-            let more = match more {
-                0 => String::new(),
-                more => format!(" and {more} more"),
-            };
+            let (shown, more) = first_and_more(&uneven, 5);
             format!(
                 "the {what} images in {} are not the official release's {per_class} of each \
-                 class ({}{more}): a file is damaged, or not the official one",
+                 class ({}{}): a file is damaged, or not the official one",
                 release.folder(),
-                shown.join(", ")
+                shown.join(", "),
+                and_more(more)
             )
         })
     })

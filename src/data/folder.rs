@@ -10,6 +10,7 @@
 //! available cores.
 
 use super::{image_file, Dataset, Split, TestSet};
+use crate::listing::{and_more, first_and_more};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -327,14 +328,12 @@ pub fn decode_images(files: &[&Path], size: u32) -> Result<Tensor> {
         return Err(first);
     }
     const LISTED: usize = 10;
-    let unlisted = match others.len().saturating_sub(LISTED) {
-        0 => String::new(),
-        more => format!(" and {more} more"),
-    };
+    let (listed, unlisted) = first_and_more(&others, LISTED);
     Err(first.context(format!(
-        "{} files cannot be decoded: the first is below, the others are {}{unlisted}",
+        "{} files cannot be decoded: the first is below, the others are {}{}",
         others.len() + 1,
-        others[..others.len().min(LISTED)].join(", ")
+        listed.join(", "),
+        and_more(unlisted)
     )))
 }
 
