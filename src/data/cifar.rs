@@ -179,12 +179,7 @@ fn uneven_classes(dataset: &Dataset, format: &RecordFormat) -> Option<String> {
         if split.len() != official as i64 {
             return None; // Not the official files: their reader already warned.
         }
-        let counts = Vec::<i64>::try_from(
-            split
-                .labels
-                .bincount::<Tensor>(None, format.num_classes as i64),
-        )
-        .ok()?;
+        let counts = split.class_counts(format.num_classes);
         let uneven: Vec<String> = (dataset.classes.iter().zip(counts))
             .filter(|&(_, count)| count != per_class)
             .map(|(class, count)| format!("{class} {count}"))
