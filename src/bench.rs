@@ -295,12 +295,5 @@ pub fn peak_rss_bytes() -> u64 {
 
 /// A `/proc/self/status` memory line (`VmHWM:`, `VmRSS:`) in bytes, 0 where unknown.
 fn rss_bytes(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with(key))?;
-            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib * 1024)
-        })
-        .unwrap_or(0)
+    crate::runtime::proc_memory_bytes("/proc/self/status", key).unwrap_or(0)
 }

@@ -24,10 +24,15 @@ pub fn apply_threads(threads: Option<i32>) {
 
 /// The machine's memory (`MemTotal` of /proc/meminfo), where it can be read.
 pub fn physical_memory_bytes() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib = meminfo
-        .lines()
-        .find_map(|line| line.strip_prefix("MemTotal:"))?
+    proc_memory_bytes("/proc/meminfo", "MemTotal:")
+}
+
+/// A memory line of a /proc file (`KEY: N kB`, as /proc/meminfo and /proc/self/status
+/// write them) in bytes, where it can be read. `key` ends with its colon.
+pub(crate) fn proc_memory_bytes(path: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let value = text.lines().find_map(|line| line.strip_prefix(key))?;
+    let kib = value
         .trim()
         .strip_suffix("kB")?
         .trim()
