@@ -22,7 +22,7 @@
 //! (counter-clockwise), brightness/color/contrast/sharpness are `factor - 1`, posterize is
 //! bits kept, solarize is the threshold (a pixel `>= threshold` is inverted).
 
-use super::transforms::{self, device_constants};
+use super::transforms::{self, device_constants, per_image};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -391,10 +391,10 @@ pub fn apply_ops(
             any = any.logical_or(&selected);
         }
         let warped = affine(images, &matrix, interpolation);
-        out = warped.where_self(&any.view([b, 1, 1, 1]), &out);
+        out = warped.where_self(&per_image(&any), &out);
     }
     for op in unique.into_iter().filter(|op| !op.is_geometric()) {
-        let selected = kinds.eq(op.code()).view([b, 1, 1, 1]);
+        let selected = per_image(&kinds.eq(op.code()));
         out = apply_op(images, op, &magnitudes, interpolation).where_self(&selected, &out);
     }
     out
@@ -432,16 +432,13 @@ pub fn apply_op(
 }
 
 /// [B] -> [B,1,1,1] double on `images`' device.
-fn per_image(values: &Tensor, images: &Tensor) -> Tensor {
-    values
-        .to_device(images.device())
-        .to_kind(Kind::Double)
-        .view([-1, 1, 1, 1])
+fn double_per_image(values: &Tensor, images: &Tensor) -> Tensor {
+    per_image(&values.to_device(images.device()).to_kind(Kind::Double))
 }
 
 /// torchvision's `_blend` for uint8: `(r * img1 + (1 - r) * img2).clamp(0, 255)`, truncated.
 fn blend(img1: &Tensor, img2: &Tensor, ratio: &Tensor) -> Tensor {
-    let r = per_image(ratio, img1);
+    let r = double_per_image(ratio, img1);
     let one_minus = (r.neg() + 1.0).to_kind(Kind::Float);
     let r = r.to_kind(Kind::Float);
     (img1.to_kind(Kind::Float) * r + img2.to_kind(Kind::Float) * one_minus)
@@ -511,14 +508,14 @@ pub fn adjust_sharpness(images: &Tensor, factor: &Tensor) -> Tensor {
 
 /// `posterize` with per-image bit counts [B] (1..=8): keeps the `bits` high bits.
 pub fn posterize(images: &Tensor, bits: &Tensor) -> Tensor {
-    let step = (per_image(bits, images).neg() + 8.0).exp2();
+    let step = (double_per_image(bits, images).neg() + 8.0).exp2();
     let x = images.to_kind(Kind::Double);
     ((x / &step).floor() * step).to_kind(Kind::Uint8)
 }
 
 /// `solarize` with per-image thresholds [B]: inverts the pixels `>= threshold` (256: none).
 pub fn solarize(images: &Tensor, threshold: &Tensor) -> Tensor {
-    let threshold = per_image(threshold, images);
+    let threshold = double_per_image(threshold, images);
     let invert_here = images.to_kind(Kind::Double).ge_tensor(&threshold);
     invert(images).where_self(&invert_here, images)
 }
@@ -676,8 +673,8 @@ pub fn random_erasing(images: &Tensor, cfg: &RandomErasing) -> Tensor {
     let top = (Tensor::rand([b, 1], opts) * (h as f64 - &eh + 1.0)).floor();
     let left = (Tensor::rand([b, 1], opts) * (w as f64 - &ew + 1.0)).floor();
     let apply = Tensor::rand([b, 1], opts).lt(cfg.p).logical_and(&found);
-    let inside = box_mask(&top, &(&top + &eh), &left, &(&left + &ew), h, w)
-        .logical_and(&apply.view([b, 1, 1, 1]));
+    let inside =
+        box_mask(&top, &(&top + &eh), &left, &(&left + &ew), h, w).logical_and(&per_image(&apply));
     images.masked_fill(&inside, cfg.value)
 }
 
@@ -694,9 +691,8 @@ pub(super) fn box_mask(
     let opts = (Kind::Double, top.device());
     let rows = Tensor::arange(h, opts).view([1, 1, h, 1]);
     let cols = Tensor::arange(w, opts).view([1, 1, 1, w]);
-    let bound = |t: &Tensor| t.view([-1, 1, 1, 1]);
-    rows.ge_tensor(&bound(top))
-        .logical_and(&rows.lt_tensor(&bound(bottom)))
-        .logical_and(&cols.ge_tensor(&bound(left)))
-        .logical_and(&cols.lt_tensor(&bound(right)))
+    rows.ge_tensor(&per_image(top))
+        .logical_and(&rows.lt_tensor(&per_image(bottom)))
+        .logical_and(&cols.ge_tensor(&per_image(left)))
+        .logical_and(&cols.lt_tensor(&per_image(right)))
 }

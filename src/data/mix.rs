@@ -6,6 +6,7 @@
 //! randomness (Beta draws through two Gamma draws, the switch, the box) comes from
 //! libtorch's generator, on the batch's device, with no host round trip.
 
+use super::transforms::per_image;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -116,7 +117,7 @@ pub fn mix(
     let lam = lam_mix.where_self(&apply, &lam_mix.ones_like());
 
     let flipped = images.flip([0]);
-    let lam_img = lam.to_kind(images.kind()).view([n, 1, 1, 1]);
+    let lam_img = per_image(&lam.to_kind(images.kind()));
     let mixed = images * &lam_img + &flipped * (1.0 - &lam_img);
 
     // timm's rand_bbox: cut_rat = sqrt(1 - lam), a box of int(H cut_rat) x int(W cut_rat)
@@ -134,7 +135,6 @@ pub fn mix(
     let lam_cut: Tensor = ((&yh - &yl) * (&xh - &xl) / (hf * wf)).neg() + 1.0;
     let in_box = super::augment::box_mask(&yl, &yh, &xl, &xh, h, w);
     let cut = flipped.where_self(&in_box, images);
-    let per_image = |t: &Tensor| t.view([n, 1, 1, 1]);
 
     let out = cut.where_self(&per_image(&use_cutmix), &mixed);
     let lam = lam_cut.where_self(&use_cutmix, &lam);

@@ -46,9 +46,9 @@ pub fn random_crop(images: &Tensor, padding: i64) -> Tensor {
     let top = Tensor::randint(2 * padding + 1, [b], options);
     let left = Tensor::randint(2 * padding + 1, [b], options);
     // rows[b, c, y, x'] = top[b] + y; cols[b, c, y, x] = left[b] + x.
-    let rows = (top.view([b, 1, 1, 1]) + Tensor::arange(h, options).view([1, 1, h, 1]))
+    let rows = (per_image(&top) + Tensor::arange(h, options).view([1, 1, h, 1]))
         .expand([b, c, h, w + 2 * padding], false);
-    let cols = (left.view([b, 1, 1, 1]) + Tensor::arange(w, options).view([1, 1, 1, w]))
+    let cols = (per_image(&left) + Tensor::arange(w, options).view([1, 1, 1, w]))
         .expand([b, c, h, w], false);
     // out[b, c, y, x] = padded[b, c, top[b] + y, left[b] + x].
     padded.gather(2, &rows, false).gather(3, &cols, false)
@@ -58,10 +58,14 @@ pub fn random_crop(images: &Tensor, padding: i64) -> Tensor {
 /// `Tensor::rand` selects between the batch and its mirror.
 pub fn random_horizontal_flip(images: &Tensor, p: f64) -> Tensor {
     let b = images.size()[0];
-    let mask = Tensor::rand([b], (Kind::Float, images.device()))
-        .lt(p)
-        .view([b, 1, 1, 1]);
-    images.flip([3]).where_self(&mask, images)
+    let mask = Tensor::rand([b], (Kind::Float, images.device())).lt(p);
+    images.flip([3]).where_self(&per_image(&mask), images)
+}
+
+/// One value per image, [B] or [B, 1] (or one for the whole batch, [1]) -> [B,1,1,1], to
+/// broadcast over each image's channels and pixels.
+pub(crate) fn per_image(values: &Tensor) -> Tensor {
+    values.view([-1, 1, 1, 1])
 }
 
 /// uint8 -> float in [0,1] (`ToTensor`'s scaling). [B, C, H, W] -> [B, C, H, W].
