@@ -30,9 +30,10 @@ pub fn stop_on_interrupt() -> Result<Arc<AtomicBool>> {
             Some(_) => {
                 let _ = writeln!(
                     std::io::stderr(),
-                    "\nQuit at once, without saving: the run folder keeps the state saved \
-                     at the end of the last epoch it finished, if any; the same command \
-                     with --resume goes on from there"
+                    "\nQuit at once, without saving: the run folder keeps the state it \
+                     saved last, if any (at the end of an epoch, or where an earlier \
+                     interrupt stopped the run); the same command with --resume goes on \
+                     from there"
                 );
                 crate::runtime::quit_at_once(130)
             }
