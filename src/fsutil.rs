@@ -29,9 +29,10 @@ pub fn ensure_writable_folder(dir: &Path) -> Result<()> {
     ensure_can_write_in(dir)
 }
 
-/// Whether files can be written in `dir` once it is made, checked without making anything
-/// (the command may still fail before it writes): no file stands where a folder of it
-/// should be, and the nearest of its folders that exists takes a file.
+/// Whether files can be written in `dir` once it is made, checked without making any of
+/// its folders (the command may still fail before it writes): no file stands where a
+/// folder of it should be, and the nearest of its folders that exists takes a file (a
+/// probe file written there and removed, as [`ensure_writable_folder`] does).
 pub fn ensure_can_create_in(dir: &Path) -> Result<()> {
     if let Some(file) = file_in_the_way(dir) {
         bail!(
