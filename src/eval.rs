@@ -32,15 +32,15 @@ pub fn evaluate(
 ) -> Evaluation {
     let num_classes = model.config.num_classes;
     let device = split.images.device();
-    let n = split.len();
+    let image_count = split.len();
     let mut loss_sum = Tensor::zeros([], (Kind::Double, device));
     let mut confusion = Tensor::zeros([num_classes * num_classes], (Kind::Int64, device));
     // One autocast region for the pass: bf16 copies of the weights are made once, not
     // per batch (autocast's cache lives as long as its region).
     autocast(precision, device, || {
         tch::no_grad(|| {
-            for start in (0..n).step_by(batch_size as usize) {
-                let len = batch_size.min(n - start);
+            for start in (0..image_count).step_by(batch_size as usize) {
+                let len = batch_size.min(image_count - start);
                 let images = transforms::test_transform(
                     &split.images.narrow(0, start, len),
                     model.config.image_size,
@@ -62,11 +62,12 @@ pub fn evaluate(
         .diagonal(0, 0, 1)
         .sum(Kind::Int64)
         .int64_value(&[]);
-    let n_total = n.max(1) as f64;
+    // An empty split's loss and accuracy are 0, not NaN.
+    let divisor = image_count.max(1) as f64;
     Evaluation {
-        loss: loss_sum.double_value(&[]) / n_total,
-        accuracy: correct as f64 / n_total,
-        images: n,
+        loss: loss_sum.double_value(&[]) / divisor,
+        accuracy: correct as f64 / divisor,
+        images: image_count,
         confusion,
     }
 }

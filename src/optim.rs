@@ -81,7 +81,7 @@ impl AdamW {
 
     /// The parameters this optimizer updates (for gradient clipping).
     pub fn parameters(&self) -> impl Iterator<Item = &Tensor> {
-        self.params.iter().map(|s| &s.param)
+        self.params.iter().map(|state| &state.param)
     }
 
     /// One AdamW update with learning rate `lr`. Parameters without a gradient are left
@@ -127,18 +127,18 @@ impl AdamW {
     /// step number in `step_counter`.
     fn fused_step(&self, lr: LearningRate) -> Result<()> {
         tch::no_grad(|| {
-            let grads: Vec<Tensor> = self.params.iter().map(|s| s.param.grad()).collect();
+            let grads: Vec<Tensor> = self.params.iter().map(|state| state.param.grad()).collect();
             for decay in [true, false] {
                 let slots: Vec<AdamWSlot> = self
                     .params
                     .iter()
                     .zip(&grads)
-                    .filter(|(s, grad)| s.decay == decay && grad.defined())
-                    .map(|(s, grad)| AdamWSlot {
-                        param: &s.param,
+                    .filter(|(state, grad)| state.decay == decay && grad.defined())
+                    .map(|(state, grad)| AdamWSlot {
+                        param: &state.param,
                         grad,
-                        exp_avg: &s.exp_avg,
-                        exp_avg_sq: &s.exp_avg_sq,
+                        exp_avg: &state.exp_avg,
+                        exp_avg_sq: &state.exp_avg_sq,
                     })
                     .collect();
                 let weight_decay = if decay { self.weight_decay } else { 0.0 };
@@ -190,11 +190,14 @@ impl AdamW {
     /// The moment estimates as named tensors (`exp_avg.NAME`, `exp_avg_sq.NAME`).
     pub fn state_tensors(&self) -> BTreeMap<String, Tensor> {
         let mut out = BTreeMap::new();
-        for s in &self.params {
-            out.insert(format!("exp_avg.{}", s.name), s.exp_avg.shallow_clone());
+        for state in &self.params {
             out.insert(
-                format!("exp_avg_sq.{}", s.name),
-                s.exp_avg_sq.shallow_clone(),
+                format!("exp_avg.{}", state.name),
+                state.exp_avg.shallow_clone(),
+            );
+            out.insert(
+                format!("exp_avg_sq.{}", state.name),
+                state.exp_avg_sq.shallow_clone(),
             );
         }
         out
@@ -205,12 +208,12 @@ impl AdamW {
         self.step = step;
         tch::no_grad(|| {
             let _ = self.step_counter.fill_(step as f64);
-            for s in &mut self.params {
+            for state in &mut self.params {
                 for (prefix, target) in [
-                    ("exp_avg", &mut s.exp_avg),
-                    ("exp_avg_sq", &mut s.exp_avg_sq),
+                    ("exp_avg", &mut state.exp_avg),
+                    ("exp_avg_sq", &mut state.exp_avg_sq),
                 ] {
-                    let key = format!("{prefix}.{}", s.name);
+                    let key = format!("{prefix}.{}", state.name);
                     let saved = tensors
                         .get(&key)
                         .with_context(|| format!("no `{key}` in the optimizer state"))?;

@@ -95,25 +95,26 @@ pub fn mix(
 ) -> (Tensor, Tensor) {
     let (b, _, h, w) = images.size4().expect("mix expects [B,C,H,W]");
     let device = images.device();
-    let n = match cfg.mode {
+    // One λ (and one choice of op) for the batch, or one per image.
+    let draws = match cfg.mode {
         MixMode::Batch => 1,
         MixMode::Elem => b,
     };
-    let opts = (Kind::Double, device);
+    let double_options = (Kind::Double, device);
     let (mixup, cutmix) = (cfg.mixup_alpha > 0.0, cfg.cutmix_alpha > 0.0);
     let use_cutmix = if mixup && cutmix {
-        Tensor::rand([n], opts).lt(cfg.switch_prob)
+        Tensor::rand([draws], double_options).lt(cfg.switch_prob)
     } else {
-        Tensor::full([n], cutmix as i64, (Kind::Bool, device))
+        Tensor::full([draws], cutmix as i64, (Kind::Bool, device))
     };
     let lam_mix = match (mixup, cutmix) {
-        (true, true) => sample_beta(cfg.cutmix_alpha, n, device)
-            .where_self(&use_cutmix, &sample_beta(cfg.mixup_alpha, n, device)),
-        (true, false) => sample_beta(cfg.mixup_alpha, n, device),
-        (false, true) => sample_beta(cfg.cutmix_alpha, n, device),
-        (false, false) => Tensor::ones([n], opts),
+        (true, true) => sample_beta(cfg.cutmix_alpha, draws, device)
+            .where_self(&use_cutmix, &sample_beta(cfg.mixup_alpha, draws, device)),
+        (true, false) => sample_beta(cfg.mixup_alpha, draws, device),
+        (false, true) => sample_beta(cfg.cutmix_alpha, draws, device),
+        (false, false) => Tensor::ones([draws], double_options),
     };
-    let apply = Tensor::rand([n], opts).lt(cfg.prob);
+    let apply = Tensor::rand([draws], double_options).lt(cfg.prob);
     let lam = lam_mix.where_self(&apply, &lam_mix.ones_like());
 
     let flipped = images.flip([0]);
@@ -125,15 +126,15 @@ pub fn mix(
     let cut_rat = (lam.neg() + 1.0).clamp_min(0.0).sqrt();
     let half_h = (&cut_rat * h as f64).floor().divide_scalar(2.0).floor();
     let half_w = (&cut_rat * w as f64).floor().divide_scalar(2.0).floor();
-    let cy = Tensor::randint(h, [n], (Kind::Int64, device)).to_kind(Kind::Double);
-    let cx = Tensor::randint(w, [n], (Kind::Int64, device)).to_kind(Kind::Double);
-    let (hf, wf) = (h as f64, w as f64);
-    let yl = (&cy - &half_h).clamp(0.0, hf);
-    let yh = (&cy + &half_h).clamp(0.0, hf);
-    let xl = (&cx - &half_w).clamp(0.0, wf);
-    let xh = (&cx + &half_w).clamp(0.0, wf);
-    let lam_cut: Tensor = ((&yh - &yl) * (&xh - &xl) / (hf * wf)).neg() + 1.0;
-    let in_box = super::augment::box_mask(&yl, &yh, &xl, &xh, h, w);
+    let centre_y = Tensor::randint(h, [draws], (Kind::Int64, device)).to_kind(Kind::Double);
+    let centre_x = Tensor::randint(w, [draws], (Kind::Int64, device)).to_kind(Kind::Double);
+    let (height, width) = (h as f64, w as f64);
+    let top = (&centre_y - &half_h).clamp(0.0, height);
+    let bottom = (&centre_y + &half_h).clamp(0.0, height);
+    let left = (&centre_x - &half_w).clamp(0.0, width);
+    let right = (&centre_x + &half_w).clamp(0.0, width);
+    let lam_cut: Tensor = ((&bottom - &top) * (&right - &left) / (height * width)).neg() + 1.0;
+    let in_box = super::augment::box_mask(&top, &bottom, &left, &right, h, w);
     let cut = flipped.where_self(&in_box, images);
 
     let out = cut.where_self(&per_image(&use_cutmix), &mixed);

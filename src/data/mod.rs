@@ -98,32 +98,34 @@ impl Split {
     /// Per-channel mean and (population) std of the images scaled to [0,1], computed in
     /// chunks (in f64) so a whole dataset never needs a float copy.
     pub fn channel_stats(&self) -> ([f64; 3], [f64; 3]) {
-        let n = self.len();
+        let image_count = self.len();
+        // Images, rows and columns: what a sum over them leaves is one value per channel.
+        let all_but_channels = [0i64, 2, 3].as_slice();
         let mut sum = Tensor::zeros([3], (Kind::Double, Device::Cpu));
         let mut sum_sq = Tensor::zeros([3], (Kind::Double, Device::Cpu));
         let chunk = 2048;
         let mut start = 0;
-        while start < n {
-            let len = chunk.min(n - start);
-            let x = self.images.narrow(0, start, len).to_kind(Kind::Double) / 255.0;
-            sum += x
-                .sum_dim_intlist([0i64, 2, 3].as_slice(), false, Kind::Double)
+        while start < image_count {
+            let len = chunk.min(image_count - start);
+            let pixels = self.images.narrow(0, start, len).to_kind(Kind::Double) / 255.0;
+            sum += pixels
+                .sum_dim_intlist(all_but_channels, false, Kind::Double)
                 .to_device(Device::Cpu);
-            sum_sq += (&x * &x)
-                .sum_dim_intlist([0i64, 2, 3].as_slice(), false, Kind::Double)
+            sum_sq += (&pixels * &pixels)
+                .sum_dim_intlist(all_but_channels, false, Kind::Double)
                 .to_device(Device::Cpu);
             start += len;
         }
         let size = self.images.size();
-        let count = (n * size[2] * size[3]).max(1) as f64;
+        let count = (image_count * size[2] * size[3]).max(1) as f64;
         let mean = &sum / count;
         let var = (&sum_sq / count - &mean * &mean).clamp_min(0.0);
         let std = var.sqrt();
-        let to3 = |t: &Tensor| {
-            let v = Vec::<f64>::try_from(t).unwrap_or_else(|_| vec![0.0; 3]);
-            [v[0], v[1], v[2]]
+        let rgb = |per_channel: &Tensor| {
+            let values = Vec::<f64>::try_from(per_channel).unwrap_or_else(|_| vec![0.0; 3]);
+            [values[0], values[1], values[2]]
         };
-        (to3(&mean), to3(&std))
+        (rgb(&mean), rgb(&std))
     }
 }
 
