@@ -245,7 +245,7 @@ pub fn device_name(device: tch::Device) -> String {
     }
 }
 
-pub fn parse_device(name: Option<&str>) -> Result<tch::Device> {
+fn parse_device(name: Option<&str>) -> Result<tch::Device> {
     let cuda_count = tch::Cuda::device_count() as usize;
     let device = match name {
         None => return Ok(tch::Device::cuda_if_available()),

@@ -35,10 +35,10 @@ pub struct AdamW {
     /// `Tensor::zero_grad` would fill them with zeros: no zero fill before backward, and
     /// backward then writes each gradient instead of adding it to a zero tensor.
     grad_clearer: tch::COptimizer,
-    pub weight_decay: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
+    weight_decay: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
     /// Steps taken so far (PyTorch's `state['step']`, shared by every parameter).
     step: i64,
 }

@@ -243,7 +243,7 @@ pub fn strong_train_transform(images: &Tensor, image_size: i64, cfg: &AugmentCon
 }
 
 /// RandAugment or AutoAugment on a uint8 batch.
-pub fn apply_policy(images: &Tensor, policy: &Policy, interpolation: Interpolation) -> Tensor {
+fn apply_policy(images: &Tensor, policy: &Policy, interpolation: Interpolation) -> Tensor {
     match policy {
         Policy::RandAugment(cfg) => rand_augment(images, cfg, interpolation),
         Policy::AutoAugmentCifar10 => auto_augment_cifar10(images, interpolation),

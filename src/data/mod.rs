@@ -185,7 +185,7 @@ pub struct DataIdentity {
     pub train_images: i64,
     pub test_images: i64,
     pub classes: Vec<String>,
-    /// MD5 (hex) of the labels and of every [`Self::PIXEL_STRIDE`]th pixel value, of the
+    /// MD5 (hex) of the labels and of every 61st pixel value (`PIXEL_STRIDE`), of the
     /// training split then the test split: cheap (3 MB for CIFAR), and other images, a
     /// subset of them or another order give another.
     pub fingerprint: String,
@@ -194,7 +194,7 @@ pub struct DataIdentity {
 impl DataIdentity {
     /// A prime, so that the sample moves across the positions of an image (unless its
     /// side is a multiple of 61).
-    pub const PIXEL_STRIDE: i64 = 61;
+    const PIXEL_STRIDE: i64 = 61;
 }
 
 /// A dataset's test split alone, which is what evaluating a model needs (a folder dataset

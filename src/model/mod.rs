@@ -52,18 +52,18 @@ fn scalar_erf(x: f64) -> f64 {
 #[derive(Debug)]
 struct Linear {
     /// [out_dim, in_dim]
-    pub weight: Tensor,
+    weight: Tensor,
     /// [out_dim]
-    pub bias: Tensor,
+    bias: Tensor,
     /// On the CPU, the matrix products run in oneDNN (`ffi::onednn_linear`), about twice
     /// as fast on this project's machine as libtorch's `linear` (MKL's GEMM, which PyTorch
     /// runs); the same function either way (README, "Speed and memory").
-    pub onednn: bool,
+    onednn: bool,
 }
 
 impl Linear {
     /// Parameters: `weight` [out_dim, in_dim], `bias` [out_dim].
-    pub fn new(path: nn::Path, in_dim: i64, out_dim: i64) -> Self {
+    fn new(path: nn::Path, in_dim: i64, out_dim: i64) -> Self {
         Self {
             weight: path.var_copy(
                 "weight",

@@ -25,7 +25,7 @@ pub(super) struct Ema {
     /// The averages and the parameters they follow, in the same order.
     averages: Vec<Tensor>,
     params: Vec<Tensor>,
-    pub(super) decay: f64,
+    decay: f64,
     warmup: bool,
 }
 
