@@ -191,6 +191,10 @@ where
 /// dataset records).
 pub const DEFAULT_DATASET: &str = crate::data::CIFAR100;
 
+/// `--data-dir` when not given: where `vit download` puts the datasets and every other
+/// command reads them.
+const DEFAULT_DATA_DIR: &str = "data";
+
 /// `vit train`'s optimiser defaults, which `vit bench` times too.
 pub const DEFAULT_LR: f64 = 1e-3;
 pub const DEFAULT_WEIGHT_DECAY: f64 = 0.05;
@@ -202,7 +206,7 @@ pub const DEFAULT_CLIP_GRAD: f64 = 1.0;
 pub struct DatasetArgs {
     #[arg(long, value_enum, default_value = DEFAULT_DATASET)]
     pub dataset: DatasetName,
-    #[arg(long, default_value = "data")]
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// CIFAR-100 only: the 20 coarse superclasses instead of the 100 fine labels.
     #[arg(long)]
@@ -215,7 +219,7 @@ pub struct CheckpointDatasetArgs {
     /// Dataset; by default the one recorded in the checkpoint.
     #[arg(long, value_enum)]
     pub dataset: Option<DatasetName>,
-    #[arg(long, default_value = "data")]
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// CIFAR-100 only: the 20 coarse superclasses (by default as the checkpoint records).
     #[arg(long)]
@@ -278,7 +282,7 @@ pub struct InfoArgs {
 pub struct DownloadArgs {
     #[arg(long, value_enum, default_value = DEFAULT_DATASET)]
     pub dataset: DownloadableDataset,
-    #[arg(long, default_value = "data")]
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// A mirror URL or a local copy of the archive (also VIT_DATA_MIRROR).
     #[arg(long, env = "VIT_DATA_MIRROR")]
