@@ -4,6 +4,14 @@
 //! `plot` and `attention` each implement the `vit` subcommand of their name, and `data`
 //! both `download` and `data`; `cli` declares them all; `runtime` sets libtorch up for the
 //! process (threads, error reports).
+//!
+//! Shared by the subcommands:
+//! - `checkpoint`: model files (safetensors, with timm's tensor names and the config);
+//! - `optim`: AdamW, gradient clipping and the learning-rate schedule;
+//! - `ffi`: the libtorch C++ APIs tch leaves out (CPU autocast, fused AdamW, CUDA graphs);
+//! - `fsutil`: writes that never leave a half-written file, and checks that a folder can
+//!   be written;
+//! - `listing`: how a message lists many things (the first few, and how many more).
 
 pub mod attention;
 pub mod bench;
