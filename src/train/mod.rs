@@ -518,8 +518,7 @@ impl<'a> Trainer<'a> {
     ) -> Result<()> {
         let loss_sum = sums.loss.double_value(&[]);
         // Diverged weights must not replace the last good resume state.
-        let mean_loss = loss_sum / self.progress.seen as f64;
-        self.ensure_finite("training loss", mean_loss, epoch + 1)?;
+        self.mean_training_loss(loss_sum, epoch)?;
         let progress = &mut self.progress;
         progress.step_in_epoch = steps;
         progress.loss_sum = loss_sum;
@@ -539,10 +538,9 @@ impl<'a> Trainer<'a> {
         lr: f64,
         sums: RunningSums,
     ) -> Result<()> {
+        let train_loss = self.mean_training_loss(sums.loss.double_value(&[]), epoch)?;
         let progress = &self.progress;
-        let train_loss = sums.loss.double_value(&[]) / progress.seen as f64;
         let train_acc = sums.correct.int64_value(&[]) as f64 / progress.seen as f64;
-        self.ensure_finite("training loss", train_loss, epoch + 1)?;
         let train_seconds = progress.seconds + started.elapsed().as_secs_f64();
         let eval_batch = self.settings.batch_size.max(256);
         let test = |model| {
@@ -583,6 +581,14 @@ impl<'a> Trainer<'a> {
             }
         }
         Ok(())
+    }
+
+    /// The mean training loss of `epoch` (0-based) so far, from its summed `loss_sum`;
+    /// an error (see [`Self::ensure_finite`]) when it is NaN or infinite.
+    fn mean_training_loss(&self, loss_sum: f64, epoch: usize) -> Result<f64> {
+        let mean = loss_sum / self.progress.seen as f64;
+        self.ensure_finite("training loss", mean, epoch + 1)?;
+        Ok(mean)
     }
 
     /// Stops a run whose `loss` (`what`) in `epoch` became NaN or infinite, saying where its
