@@ -1,8 +1,9 @@
 //! `vit bench`: training and inference throughput of one configuration, and peak memory.
 //!
 //! The timed work is what `vit train` does per step (forward, label-smoothed loss,
-//! backward, gradient clipping, AdamW) and per evaluation batch, on random inputs, so the
-//! figures compare directly with the same model run in PyTorch (bench/compare.py).
+//! backward, gradient clipping, AdamW), and the model's forward pass per evaluation batch,
+//! on random inputs, so the figures compare directly with the same model run in PyTorch
+//! (bench/compare.py).
 
 use crate::cli::{
     AdamWKernel, BenchArgs, CudaGraphScope, DEFAULT_CLIP_GRAD, DEFAULT_LABEL_SMOOTHING, DEFAULT_LR,
