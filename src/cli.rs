@@ -143,6 +143,8 @@ impl ModelArgs {
     }
 }
 
+// `<class>` is `--help` text, which clap shows as written.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DatasetName {
     Cifar10,
@@ -309,6 +311,8 @@ pub enum Recipe {
     Strong,
 }
 
+// `<timestamp>` is `--help` text, which clap shows as written.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
     #[command(flatten)]

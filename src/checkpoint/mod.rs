@@ -340,7 +340,7 @@ impl LoadedModel {
     }
 
     /// The test split this model (from `path`) is evaluated on: the dataset `args` name, or
-    /// the one the checkpoint records, fitted to the model (see [`Self::fit_dataset`]).
+    /// the one the checkpoint records, fitted to the model (see `fit_dataset`).
     pub fn test_set(
         &self,
         path: &Path,

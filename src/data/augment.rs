@@ -2,18 +2,18 @@
 //! random erasing, and [`strong_train_transform`], the per-batch entry point of the
 //! `strong` recipe.
 //!
-//! Every op takes uint8 [B,3,H,W] on any device and returns uint8 of the same shape, so the
+//! Every op takes uint8 [B, 3, H, W] on any device and returns uint8 of the same shape, so the
 //! ops compose with [`transforms::random_crop`] and [`transforms::random_horizontal_flip`]
 //! before [`transforms::to_float01`] and [`transforms::normalize`]. Internally they compute
 //! in float and convert back the way torchvision's tensor backend does for uint8 images:
-//! the blends (brightness, contrast, color, sharpness) and autocontrast clamp to [0,255]
+//! the blends (brightness, contrast, color, sharpness) and autocontrast clamp to [0, 255]
 //! and *truncate* (`.to(torch.uint8)`), the grid samplers (rotate, shear, translate) and
 //! the sharpness blur *round* (torchvision's `_cast_squeeze_out`). Following torchvision
 //! rather than rounding everywhere keeps the golden checks against it within ±1 level.
 //!
 //! Each image draws its own ops and signs: for every op kind the op runs on the whole
 //! batch with per-image magnitudes, and `where` keeps it for the images that drew it; the
-//! geometric ops of one step share a single per-image [B,2,3] affine grid and one
+//! geometric ops of one step share a single per-image [B, 2, 3] affine grid and one
 //! `grid_sampler` call. There is no per-image loop and no host round trip, and all
 //! randomness comes from libtorch's generator (`tch::manual_seed` reproduces a batch).
 //!
@@ -221,11 +221,11 @@ impl Default for AugmentConfig {
     }
 }
 
-/// The strong recipe's training transform of one batch: uint8 [B,3,H,W] on any device ->
-/// float [B,3,image_size,image_size], normalized.
+/// The strong recipe's training transform of one batch: uint8 [B, 3, H, W] on any device ->
+/// float [B, 3, image_size, image_size], normalized.
 ///
 /// crop -> flip -> RandAugment/AutoAugment (uint8, at the stored size) -> the test
-/// transform ([0,1] floats, resize, normalize) -> random erasing (torchvision's constant
+/// transform ([0, 1] floats, resize, normalize) -> random erasing (torchvision's constant
 /// fill, applied to the normalized floats as timm applies its erasing, so `value = 0` is
 /// the dataset mean).
 pub fn strong_train_transform(images: &Tensor, image_size: i64, cfg: &AugmentConfig) -> Tensor {
@@ -354,8 +354,8 @@ pub fn auto_augment_cifar10(images: &Tensor, interpolation: Interpolation) -> Te
     x
 }
 
-/// Applies to image i the op with code `kinds[i]` (int64 [B], see [`AugOp::code`]) and
-/// magnitude `magnitudes[i]` (any float kind [B], used as double; `_apply_op` units), for
+/// Applies to image i the op with code `kinds[i]` (int64 `[B]`, see [`AugOp::code`]) and
+/// magnitude `magnitudes[i]` (any float kind `[B]`, used as double; `_apply_op` units), for
 /// a uint8 batch.
 /// `candidates` lists the ops that may occur (others are left as they are); each is
 /// computed once for the whole batch, the geometric ones together in one grid sample.
@@ -401,7 +401,7 @@ pub fn apply_ops(
 }
 
 /// torchvision's `_apply_op(img, op, magnitude)` for every image of a uint8 batch, with a
-/// per-image magnitude (float [B], or one value for all).
+/// per-image magnitude (float `[B]`, or one value for all).
 pub fn apply_op(
     images: &Tensor,
     op: AugOp,
@@ -445,7 +445,7 @@ fn blend(img1: &Tensor, img2: &Tensor, ratio: &Tensor) -> Tensor {
         .to_kind(Kind::Uint8)
 }
 
-/// torchvision's `rgb_to_grayscale` of uint8 [B,3,H,W]: uint8 [B,1,H,W], truncated.
+/// torchvision's `rgb_to_grayscale` of uint8 [B, 3, H, W]: uint8 [B, 1, H, W], truncated.
 pub fn rgb_to_grayscale(images: &Tensor) -> Tensor {
     let r = images.select(1, 0);
     let g = images.select(1, 1);
@@ -455,12 +455,12 @@ pub fn rgb_to_grayscale(images: &Tensor) -> Tensor {
         .unsqueeze(1)
 }
 
-/// `adjust_brightness` with per-image factors [B]: blend with black.
+/// `adjust_brightness` with per-image factors `[B]`: blend with black.
 pub fn adjust_brightness(images: &Tensor, factor: &Tensor) -> Tensor {
     blend(images, &images.zeros_like(), factor)
 }
 
-/// `adjust_contrast` with per-image factors [B]: blend with the mean of the image's
+/// `adjust_contrast` with per-image factors `[B]`: blend with the mean of the image's
 /// (uint8) grayscale.
 pub fn adjust_contrast(images: &Tensor, factor: &Tensor) -> Tensor {
     let mean = rgb_to_grayscale(images).to_kind(Kind::Float).mean_dim(
@@ -471,14 +471,14 @@ pub fn adjust_contrast(images: &Tensor, factor: &Tensor) -> Tensor {
     blend(images, &mean, factor)
 }
 
-/// `adjust_saturation` (the "Color" op) with per-image factors [B]: blend with the
+/// `adjust_saturation` (the "Color" op) with per-image factors `[B]`: blend with the
 /// image's (uint8) grayscale.
 pub fn adjust_saturation(images: &Tensor, factor: &Tensor) -> Tensor {
     blend(images, &rgb_to_grayscale(images), factor)
 }
 
-/// `adjust_sharpness` with per-image factors [B]: blend with the image smoothed by
-/// [[1,1,1],[1,5,1],[1,1,1]]/13 (rounded to uint8), whose border pixels are the image's.
+/// `adjust_sharpness` with per-image factors `[B]`: blend with the image smoothed by
+/// [[1, 1, 1], [1, 5, 1], [1, 1, 1]]/13 (rounded to uint8), whose border pixels are the image's.
 pub fn adjust_sharpness(images: &Tensor, factor: &Tensor) -> Tensor {
     let (_, c, h, w) = images.size4().expect("adjust_sharpness expects [B,C,H,W]");
     if h <= 2 || w <= 2 {
@@ -505,14 +505,14 @@ pub fn adjust_sharpness(images: &Tensor, factor: &Tensor) -> Tensor {
     blend(images, &degenerate, factor)
 }
 
-/// `posterize` with per-image bit counts [B] (1..=8): keeps the `bits` high bits.
+/// `posterize` with per-image bit counts `[B]` (1..=8): keeps the `bits` high bits.
 pub fn posterize(images: &Tensor, bits: &Tensor) -> Tensor {
     let step = (double_per_image(bits, images).neg() + 8.0).exp2();
     let x = images.to_kind(Kind::Double);
     ((x / &step).floor() * step).to_kind(Kind::Uint8)
 }
 
-/// `solarize` with per-image thresholds [B]: inverts the pixels `>= threshold` (256: none).
+/// `solarize` with per-image thresholds `[B]`: inverts the pixels `>= threshold` (256: none).
 pub fn solarize(images: &Tensor, threshold: &Tensor) -> Tensor {
     let threshold = double_per_image(threshold, images);
     let invert_here = images.to_kind(Kind::Double).ge_tensor(&threshold);
@@ -524,7 +524,7 @@ pub fn invert(images: &Tensor) -> Tensor {
     images.bitwise_not()
 }
 
-/// `autocontrast`: stretches every image channel to [0,255] (a constant channel is left).
+/// `autocontrast`: stretches every image channel to [0, 255] (a constant channel is left).
 pub fn autocontrast(images: &Tensor) -> Tensor {
     let x = images.to_kind(Kind::Float);
     let minimum = x.amin([2i64, 3].as_slice(), true);
@@ -575,8 +575,8 @@ fn identity_matrix(b: i64, device: tch::Device) -> Tensor {
 }
 
 /// The inverse affine matrix torchvision's `F.affine`/`F.rotate` build for `op` with
-/// per-image magnitudes [B], in its convention (pixel coordinates about the image centre,
-/// output -> input): [B,6] double rows (a, b, c, d, e, f) for x' = a x + b y + c,
+/// per-image magnitudes `[B]`, in its convention (pixel coordinates about the image centre,
+/// output -> input): [B, 6] double rows (a, b, c, d, e, f) for x' = a x + b y + c,
 /// y' = d x + e y + f.
 pub fn op_matrix(op: AugOp, magnitude: &Tensor, height: i64, width: i64) -> Tensor {
     let m = magnitude.to_kind(Kind::Double);
@@ -615,7 +615,7 @@ pub fn op_matrix(op: AugOp, magnitude: &Tensor, height: i64, width: i64) -> Tens
     Tensor::stack(&rows, 1)
 }
 
-/// Resamples every image of a uint8 batch through its own inverse affine matrix ([B,6], see
+/// Resamples every image of a uint8 batch through its own inverse affine matrix ([B, 6], see
 /// [`op_matrix`]) with `affine_grid_generator` + `grid_sampler` (`align_corners=False`,
 /// zeros outside), rounding back to uint8 as torchvision does.
 pub fn affine(images: &Tensor, matrix: &Tensor, interpolation: Interpolation) -> Tensor {
@@ -647,7 +647,7 @@ pub fn affine(images: &Tensor, matrix: &Tensor, interpolation: Interpolation) ->
 }
 
 /// torchvision's `RandomErasing(p, scale, ratio, value)` for every image of a batch
-/// [B,C,H,W] of any dtype (the strong recipe uses it on the normalized floats): with
+/// [B, C, H, W] of any dtype (the strong recipe uses it on the normalized floats): with
 /// probability `p` an image gets one rectangle set to `value`. As torchvision, up to 10
 /// attempts draw an area (uniform in `scale` × H·W) and an aspect ratio (log-uniform in
 /// `ratio`), the rectangle's sides are `round(sqrt(area·ratio))` × `round(sqrt(area/ratio))`,

@@ -78,7 +78,7 @@ pub fn mixup_target(labels: &Tensor, num_classes: i64, lam: &Tensor, smoothing: 
     one_hot(labels) * &lam + one_hot(&labels.flip([0])) * (1.0 - &lam)
 }
 
-/// MixUp or CutMix of a normalized float batch [B,C,H,W] with int64 labels [B]: the mixed
+/// MixUp or CutMix of a normalized float batch [B, C, H, W] with int64 labels `[B]`: the mixed
 /// batch and its soft targets (float [B, num_classes], smoothed by `label_smoothing`).
 ///
 /// As timm's `Mixup`: with both α > 0, CutMix is chosen with probability `switch_prob`;

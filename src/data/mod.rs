@@ -19,12 +19,12 @@ use anyhow::{bail, ensure, Context, Result};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-/// The notebook's `transforms.Normalize` mean (per RGB channel, of [0,1] pixels).
+/// The notebook's `transforms.Normalize` mean (per RGB channel, of [0, 1] pixels).
 pub const CIFAR_MEAN: [f64; 3] = [0.4914, 0.4822, 0.4465];
 /// The notebook's `transforms.Normalize` std.
 pub const CIFAR_STD: [f64; 3] = [0.2023, 0.1994, 0.2010];
 
-/// One split: images uint8 [N, 3, H, W] (CHW, RGB), labels int64 [N].
+/// One split: images uint8 [N, 3, H, W] (CHW, RGB), labels int64 `[N]`.
 #[derive(Debug)]
 pub struct Split {
     pub images: Tensor,
@@ -58,7 +58,7 @@ impl Split {
         }
     }
 
-    /// The images and labels at `indices` (int64 [B], on the split's device): how a batch is
+    /// The images and labels at `indices` (int64 `[B]`, on the split's device): how a batch is
     /// drawn from a split already on the training device, without a host round trip.
     pub fn batch(&self, indices: &Tensor) -> Split {
         Split {
@@ -95,7 +95,7 @@ impl Split {
         Vec::<i64>::try_from(&counts).unwrap_or_default()
     }
 
-    /// Per-channel mean and (population) std of the images scaled to [0,1], computed in
+    /// Per-channel mean and (population) std of the images scaled to [0, 1], computed in
     /// chunks (in f64) so a whole dataset never needs a float copy.
     pub fn channel_stats(&self) -> ([f64; 3], [f64; 3]) {
         let image_count = self.len();

@@ -3,7 +3,7 @@
 //! train: `RandomCrop(32, padding=4)`, `RandomHorizontalFlip()`, `Resize(image_size)` (when
 //! not 32), `ToTensor()`, `Normalize(CIFAR_MEAN, CIFAR_STD)`; test: `Resize`, `ToTensor`,
 //! `Normalize`. Crop and flip run on the uint8 batch (a quarter of the memory traffic);
-//! resizing runs on the [0,1] floats, so unlike PIL it does not round to uint8 in between.
+//! resizing runs on the [0, 1] floats, so unlike PIL it does not round to uint8 in between.
 //!
 //! All randomness comes from libtorch's generator (`Tensor::randint`, `Tensor::rand`), so
 //! `tch::manual_seed` makes a run reproducible. There is no per-image loop and no host
@@ -19,7 +19,7 @@ pub const CROP_PADDING: i64 = 4;
 /// The notebook's `RandomHorizontalFlip()` probability.
 pub const FLIP_PROBABILITY: f64 = 0.5;
 
-/// uint8 [B,3,H,W] on any device -> float [B,3,image_size,image_size], normalized.
+/// uint8 [B, 3, H, W] on any device -> float [B, 3, image_size, image_size], normalized.
 /// Random crop (pad 4) and flip, then [`test_transform`]'s steps.
 pub fn train_transform(images: &Tensor, image_size: i64) -> Tensor {
     let x = random_crop(images, CROP_PADDING);
@@ -27,12 +27,12 @@ pub fn train_transform(images: &Tensor, image_size: i64) -> Tensor {
     test_transform(&x, image_size)
 }
 
-/// uint8 [B,3,H,W] -> float normalized, resized if needed. Deterministic.
+/// uint8 [B, 3, H, W] -> float normalized, resized if needed. Deterministic.
 pub fn test_transform(images: &Tensor, image_size: i64) -> Tensor {
     normalize(&resize(&to_float01(images), image_size))
 }
 
-/// `RandomCrop(H×W, padding)` with zero padding, for every image of a batch [B,C,H,W]
+/// `RandomCrop(H×W, padding)` with zero padding, for every image of a batch [B, C, H, W]
 /// (any dtype): pads once, draws a per-sample offset in 0..=2*padding for each axis, and
 /// gathers each window with two `gather`s (rows, then columns) whose index tensors are
 /// broadcast views, never materialized per pixel. The output has the input's size.
@@ -54,7 +54,7 @@ pub fn random_crop(images: &Tensor, padding: i64) -> Tensor {
     padded.gather(2, &rows, false).gather(3, &cols, false)
 }
 
-/// `RandomHorizontalFlip(p)` for every image of a batch [B,C,H,W]: a per-sample mask from
+/// `RandomHorizontalFlip(p)` for every image of a batch [B, C, H, W]: a per-sample mask from
 /// `Tensor::rand` selects between the batch and its mirror.
 pub fn random_horizontal_flip(images: &Tensor, p: f64) -> Tensor {
     let b = images.size()[0];
@@ -68,7 +68,7 @@ pub(crate) fn per_image(values: &Tensor) -> Tensor {
     values.view([-1, 1, 1, 1])
 }
 
-/// uint8 -> float in [0,1] (`ToTensor`'s scaling). [B, C, H, W] -> [B, C, H, W].
+/// uint8 -> float in [0, 1] (`ToTensor`'s scaling). [B, C, H, W] -> [B, C, H, W].
 pub fn to_float01(images: &Tensor) -> Tensor {
     images.to_kind(Kind::Float) / 255.0
 }
@@ -90,7 +90,7 @@ pub fn resize(images: &Tensor, size: i64) -> Tensor {
     }
 }
 
-/// `Normalize(CIFAR_MEAN, CIFAR_STD)` of [0,1] floats [B,3,H,W].
+/// `Normalize(CIFAR_MEAN, CIFAR_STD)` of [0, 1] floats [B, 3, H, W].
 pub fn normalize(images: &Tensor) -> Tensor {
     let mean = channel_constants(&CIFAR_MEAN, images);
     let std = channel_constants(&CIFAR_STD, images);
@@ -104,7 +104,7 @@ fn channel_constants(values: &[f64; 3], like: &Tensor) -> Tensor {
         .view([1, 3, 1, 1])
 }
 
-/// `values` as a double [N] tensor on `device`, for the constants of a batch's transforms
+/// `values` as a double `[N]` tensor on `device`, for the constants of a batch's transforms
 /// (normalisation, augmentation tables, kernels). Each distinct (values, device) is
 /// uploaded once and then shared, so a training step costs no upload: callers must not
 /// modify the result in place.

@@ -255,7 +255,7 @@ pub fn foreach_lerp_(tensors: &[Tensor], ends: &[Tensor], weight: f64) -> Result
     check(status, "foreach lerp")
 }
 
-/// `torch.nn.functional.linear(input, weight, bias)`: [..., in] x [out, in] (+ [out]) ->
+/// `torch.nn.functional.linear(input, weight, bias)`: [..., in] x [out, in] (+ `[out]`) ->
 /// [..., out]. For float32 CPU tensors outside autocast, the product and the two products
 /// of its gradient run in oneDNN, which on this project's AMD EPYC machine is twice as fast
 /// as the MKL GEMM that libtorch's `linear` (and so PyTorch) calls there. Otherwise, and

@@ -21,7 +21,7 @@ pub struct MultiHeadSelfAttention {
 
 impl MultiHeadSelfAttention {
     /// Parameters: `qkv.{weight,bias}` [3 embed_dim, embed_dim] / [3 embed_dim],
-    /// `proj.{weight,bias}` [embed_dim, embed_dim] / [embed_dim].
+    /// `proj.{weight,bias}` [embed_dim, embed_dim] / `[embed_dim]`.
     /// `embed_dim` must be divisible by `num_heads` (checked by `ViTConfig::validate`).
     pub fn new(path: nn::Path, embed_dim: i64, num_heads: i64) -> Self {
         let head_dim = embed_dim / num_heads;

@@ -13,7 +13,7 @@ pub struct PatchEmbedding {
 
 impl PatchEmbedding {
     /// Parameters: `proj.weight` [embed_dim, in_channels, patch_size, patch_size],
-    /// `proj.bias` [embed_dim].
+    /// `proj.bias` `[embed_dim]`.
     pub fn new(
         path: nn::Path,
         image_size: i64,

@@ -23,7 +23,7 @@ impl VisionTransformer {
     /// Creates the model's parameters under `path` with timm's default initialisation:
     /// `patch_embed.*`, `cls_token` [1, 1, embed_dim], `pos_embed` [1, num_patches + 1,
     /// embed_dim], `blocks.{i}.*`, `norm.*` and `head.*` [num_classes, embed_dim] /
-    /// [num_classes]. Fails on a config whose sizes do not fit together.
+    /// `[num_classes]`. Fails on a config whose sizes do not fit together.
     pub fn new(path: &nn::Path, config: &ViTConfig) -> Result<Self> {
         config.validate()?;
         let ViTConfig {

@@ -118,7 +118,7 @@ fn overlay(base: &Picture, map: &Tensor) -> Result<Picture> {
 }
 
 /// Draws `vit attention`'s figure: the image, the rollout over it, and each last-layer
-/// head over it, with `title` on top. `image` is uint8 [3, H, W]; `rollout` is [N] and
+/// head over it, with `title` on top. `image` is uint8 [3, H, W]; `rollout` is `[N]` and
 /// `heads` [num_heads, N] over the N patches. Writes a PNG of
 /// [`attention_figure_size`]`(num_heads)`.
 pub fn attention_figure(

@@ -10,7 +10,7 @@ use crate::optim::{clip_grad_norm, AdamW};
 use tch::{nn::ModuleT, Kind, Reduction, Tensor};
 
 /// The loss the model is trained on: cross-entropy with label smoothing.
-/// logits float [B, num_classes], labels int64 [B] -> float [].
+/// logits float [B, num_classes], labels int64 `[B]` -> float [].
 pub fn training_loss(logits: &Tensor, labels: &Tensor, label_smoothing: f64) -> Tensor {
     logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, label_smoothing)
 }
@@ -30,7 +30,7 @@ pub struct TrainBatch {
     /// float [B, C, image_size, image_size], normalized (uint8 [B, C, H, W] as the dataset
     /// holds it, before augmentation).
     pub images: Tensor,
-    /// int64 [B]: the class of each image before mixing (train accuracy is measured
+    /// int64 `[B]`: the class of each image before mixing (train accuracy is measured
     /// against these, also when MixUp/CutMix blend in a second image).
     pub labels: Tensor,
     /// float [B, num_classes] MixUp/CutMix targets (label smoothing included), when mixing.
