@@ -16,11 +16,18 @@ pub struct Evaluation {
     pub loss: f64,
     /// Fraction correct, in [0, 1].
     pub accuracy: f64,
+    /// Fraction whose class is among the model's [`TOP_K`] highest logits; none for a
+    /// model of [`TOP_K`] classes or fewer, where it would always be 1.
+    pub top5_accuracy: Option<f64>,
     /// How many images the pass covered.
     pub images: i64,
     /// counts[true]`[predicted]`, int64 [num_classes, num_classes] on the CPU.
     pub confusion: Tensor,
 }
+
+/// The k of the top-k accuracy `vit eval` reports beside the top-1, as timm's validation
+/// reports Acc@5.
+pub const TOP_K: i64 = 5;
 
 /// Runs the model over `split` in eval mode, its forward at `precision`. Sums stay on the
 /// device until the end: the pass waits for the device only when it reads them.
@@ -35,6 +42,7 @@ pub fn evaluate(
     let image_count = split.len();
     let mut loss_sum = Tensor::zeros([], (Kind::Double, device));
     let mut confusion = Tensor::zeros([num_classes * num_classes], (Kind::Int64, device));
+    let mut top_k_correct = Tensor::zeros([], (Kind::Int64, device));
     // One autocast region for the pass: bf16 copies of the weights are made once, not
     // per batch (autocast's cache lives as long as its region).
     autocast(precision, device, || {
@@ -52,6 +60,10 @@ pub fn evaluate(
                 let cells = &labels * num_classes + logits.argmax(-1, false);
                 // index_add_, not bincount, which reads the maximum back to the host on CUDA.
                 let _ = confusion.index_add_(0, &cells, &cells.ones_like());
+                if num_classes > TOP_K {
+                    let (_, top_k) = logits.topk(TOP_K, -1, true, false);
+                    top_k_correct += top_k.eq_tensor(&labels.unsqueeze(1)).sum(Kind::Int64);
+                }
             }
         })
     });
@@ -67,6 +79,8 @@ pub fn evaluate(
     Evaluation {
         loss: loss_sum.double_value(&[]) / divisor,
         accuracy: correct as f64 / divisor,
+        top5_accuracy: (num_classes > TOP_K)
+            .then(|| top_k_correct.int64_value(&[]) as f64 / divisor),
         images: image_count,
         confusion,
     }
@@ -105,6 +119,8 @@ impl Evaluation {
 #[derive(Serialize)]
 struct EvalReport<'a> {
     accuracy: f64,
+    /// null for a model of 5 classes or fewer.
+    top5_accuracy: Option<f64>,
     loss: f64,
     images: i64,
     dataset: &'a str,
@@ -268,6 +284,7 @@ fn print_report(
     if args.json {
         let report = EvalReport {
             accuracy: evaluation.accuracy,
+            top5_accuracy: evaluation.top5_accuracy,
             loss: evaluation.loss,
             images: evaluation.images,
             dataset: &dataset.name,
@@ -290,6 +307,9 @@ fn print_report(
         dataset.name, evaluation.images
     );
     println!("Validation Accuracy: {:.2}%", 100.0 * evaluation.accuracy);
+    if let Some(top5) = evaluation.top5_accuracy {
+        println!("Top-{TOP_K} accuracy: {:.2}%", 100.0 * top5);
+    }
     println!("Loss: {:.4}", evaluation.loss);
     println!("Per-class accuracy:");
     for (class, accuracy) in dataset.classes.iter().zip(per_class) {

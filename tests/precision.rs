@@ -1,8 +1,8 @@
 //! bf16 autocast (through `vit_tch::ffi`), on the CPU, where libtorch runs the same
 //! autocast machinery as on CUDA: it must really lower the matmuls, leave the state as it
 //! found it, and keep a training step and a test pass close to the fp32 ones. A test pass's
-//! accuracy and confusion matrix are checked against predictions counted here, and the
-//! per-class accuracy against a matrix made by hand.
+//! accuracy, top-5 accuracy and confusion matrix are checked against predictions counted
+//! here, and the per-class accuracy against a matrix made by hand.
 
 mod common;
 
@@ -12,7 +12,7 @@ use vit_tch::cli::Precision;
 use vit_tch::data::{transforms, Split};
 use vit_tch::eval::{evaluate, Evaluation};
 use vit_tch::ffi::{autocast_bf16, peak_memory};
-use vit_tch::model::VisionTransformer;
+use vit_tch::model::{ViTConfig, VisionTransformer};
 use vit_tch::optim::AdamW;
 use vit_tch::train::{train_step, StepOptions, TrainBatch};
 
@@ -195,6 +195,64 @@ fn assert_counts_its_own_predictions(
     assert_eq!(confusion, expected);
 }
 
+/// The top-5 accuracy counts the images whose label's logit is beaten by fewer than five
+/// others (counted here, image by image, on an untrained 20-class model, where it is far
+/// from both 0 and 1); a model of five classes or fewer has none.
+#[test]
+fn top5_accuracy_counts_labels_among_the_five_highest_logits() {
+    let _rng = seeded(0);
+    let config = ViTConfig {
+        num_classes: 20,
+        image_size: 8,
+        ..ViTConfig::tiny()
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = VisionTransformer::new(&vs.root(), &config).unwrap();
+    // Logits spread wider than a fresh head's, so that the ranking is far from a tie
+    // (drawn in name order, so that every run draws the same).
+    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    tch::no_grad(|| {
+        for (_, var) in &variables {
+            var.shallow_clone().copy_(&(var.randn_like() * 0.5));
+        }
+    });
+    let split = Split {
+        images: Tensor::randint(256, [100, 3, 8, 8], (Kind::Uint8, Device::Cpu)),
+        labels: Tensor::randint(20, [100], (Kind::Int64, Device::Cpu)),
+    };
+    let evaluation = evaluate(&model, &split, 16, Precision::Fp32);
+    let logits =
+        tch::no_grad(|| model.forward_t(&transforms::test_transform(&split.images, 8), false));
+    let logits = Vec::<Vec<f32>>::try_from(logits).unwrap();
+    let labels = Vec::<i64>::try_from(&split.labels).unwrap();
+    let in_top5 = logits
+        .iter()
+        .zip(&labels)
+        .filter(|(row, &label)| {
+            let beaten_by = row.iter().filter(|&&logit| logit > row[label as usize]);
+            beaten_by.count() < 5
+        })
+        .count();
+    assert!((10..90).contains(&in_top5), "{in_top5} of 100");
+    assert_eq!(evaluation.top5_accuracy, Some(in_top5 as f64 / 100.0));
+
+    let five_classes = ViTConfig {
+        num_classes: 5,
+        ..config
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = VisionTransformer::new(&vs.root(), &five_classes).unwrap();
+    let split = Split {
+        labels: Tensor::randint(5, [100], (Kind::Int64, Device::Cpu)),
+        ..split
+    };
+    assert_eq!(
+        evaluate(&model, &split, 16, Precision::Fp32).top5_accuracy,
+        None
+    );
+}
+
 /// Each class's accuracy is its diagonal cell over its row (its test images), not its
 /// column; a class without test images has none.
 #[test]
@@ -203,6 +261,7 @@ fn per_class_accuracy_is_the_diagonal_over_the_row() {
     let evaluation = Evaluation {
         loss: 1.0,
         accuracy: 7.0 / 12.0,
+        top5_accuracy: None,
         images: 12,
         confusion: Tensor::from_slice2(&[[6i64, 2, 0], [1, 1, 2], [0, 0, 0]]),
     };

@@ -249,7 +249,7 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     assert_eq!(report["images"].as_i64(), Some(200));
     // The same evaluation done the notebook's way in PyTorch: its own CIFAR reader,
     // torchvision's ToTensor + Normalize, timm's model. The same loss, and the same
-    // accuracy (to one image: a near-tie may fall either way).
+    // accuracy and top-5 accuracy (to one image: a near-tie may fall either way).
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/eval_reference.py");
     let reference = Command::new(common::python())
@@ -268,11 +268,16 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         (loss.unwrap() - reference_loss.unwrap()).abs() < 1e-5,
         "loss: vit {loss:?}, PyTorch {reference_loss:?}"
     );
-    let reference_accuracy = reference["accuracy"].as_f64().unwrap();
-    assert!(
-        (accuracy - reference_accuracy).abs() <= 1.0 / 200.0 + 1e-12,
-        "accuracy: vit {accuracy}, PyTorch {reference_accuracy}"
-    );
+    for key in ["accuracy", "top5_accuracy"] {
+        let (vit, pytorch) = (
+            report[key].as_f64().unwrap(),
+            reference[key].as_f64().unwrap(),
+        );
+        assert!(
+            (vit - pytorch).abs() <= 1.0 / 200.0 + 1e-12,
+            "{key}: vit {vit}, PyTorch {pytorch}"
+        );
+    }
     for (key, name) in [
         ("confusion_matrix_csv", "best_model.confusion_matrix.csv"),
         ("confusion_matrix_png", "best_model.confusion_matrix.png"),
@@ -290,9 +295,11 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     // Its text report: the JSON report's figures, as printed.
     let mut expected = format!(
         "Checkpoint: {}\nDataset: cifar10 test split, 200 images\n\
-         Validation Accuracy: {:.2}%\nLoss: {:.4}\nPer-class accuracy:\n",
+         Validation Accuracy: {:.2}%\nTop-5 accuracy: {:.2}%\nLoss: {:.4}\n\
+         Per-class accuracy:\n",
         best_model.display(),
         100.0 * accuracy,
+        100.0 * report["top5_accuracy"].as_f64().unwrap(),
         report["loss"].as_f64().unwrap()
     );
     for class in report["per_class_accuracy"].as_array().unwrap() {
