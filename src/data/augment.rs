@@ -416,7 +416,9 @@ pub fn apply_op(
         .expand([b], false);
     match op {
         AugOp::Identity => images.shallow_clone(),
-        op if op.is_geometric() => affine(images, &op_matrix(op, &magnitude, h, w), interpolation),
+        AugOp::ShearX | AugOp::ShearY | AugOp::TranslateX | AugOp::TranslateY | AugOp::Rotate => {
+            affine(images, &op_matrix(op, &magnitude, h, w), interpolation)
+        }
         AugOp::Brightness => adjust_brightness(images, &(&magnitude + 1.0)),
         AugOp::Color => adjust_saturation(images, &(&magnitude + 1.0)),
         AugOp::Contrast => adjust_contrast(images, &(&magnitude + 1.0)),
@@ -426,7 +428,6 @@ pub fn apply_op(
         AugOp::AutoContrast => autocontrast(images),
         AugOp::Equalize => equalize(images),
         AugOp::Invert => invert(images),
-        op => unreachable!("{op:?} is geometric: the arm above"),
     }
 }
 
