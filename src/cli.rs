@@ -59,8 +59,8 @@ impl Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Print the resolved model config, a per-module parameter table, and run the
-    /// notebook's shape check.
+    /// Print the resolved model config, a per-module parameter table and the forward FLOPs
+    /// per image, and run the notebook's shape check.
     Info(InfoArgs),
     /// Fetch a CIFAR archive, verify its MD5, and unpack it into the data folder.
     Download(DownloadArgs),

@@ -21,7 +21,7 @@ pub struct Evaluation {
     pub top5_accuracy: Option<f64>,
     /// How many images the pass covered.
     pub images: i64,
-    /// counts[true]`[predicted]`, int64 [num_classes, num_classes] on the CPU.
+    /// `counts[true][predicted]`, int64 [num_classes, num_classes] on the CPU.
     pub confusion: Tensor,
 }
 

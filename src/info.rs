@@ -1,4 +1,5 @@
-//! `vit info`: the resolved config, where the parameters are, and the notebook's shape check.
+//! `vit info`: the resolved config, where the parameters are, the forward FLOPs, and the
+//! notebook's shape check.
 
 use crate::cli::InfoArgs;
 use crate::model::{ViTConfig, VisionTransformer};
@@ -13,11 +14,15 @@ const CPU_FLOPS_PER_SECOND: f64 = 1e11;
 /// and about how long: printed before it starts.
 fn slow_shape_check_note(flops: f64) -> Option<String> {
     let seconds = flops / CPU_FLOPS_PER_SECOND;
-    let took = match seconds {
-        s if s <= 10.0 => return None,
-        s if s < 120.0 => format!("{s:.0} s"),
-        s if s < 7200.0 => format!("{:.0} minutes", s / 60.0),
-        s => format!("{:.0} hours", s / 3600.0),
+    // The unit follows the rounded figure: 119.6 s is "2 minutes", not "120 s".
+    let took = if seconds <= 10.0 {
+        return None;
+    } else if seconds.round() < 120.0 {
+        format!("{seconds:.0} s")
+    } else if (seconds / 60.0).round() < 120.0 {
+        format!("{:.0} minutes", seconds / 60.0)
+    } else {
+        format!("{:.0} hours", seconds / 3600.0)
     };
     Some(format!(
         "The shape check below runs that forward pass on the CPU: about {took} on two cores \
@@ -55,8 +60,8 @@ fn parameter_table(vs: &nn::VarStore, num_layers: i64) -> Vec<(String, i64)> {
         .collect()
 }
 
-/// `vit info`: the config, its parameters module by module, the notebook's shape check and
-/// whether CUDA is there.
+/// `vit info`: the config, its parameters module by module, its forward FLOPs per image,
+/// the notebook's shape check and whether CUDA is there.
 pub fn run(args: &InfoArgs) -> Result<()> {
     let config = args.model.resolve()?;
     let preset = ViTConfig::preset(&args.model.preset)?;
@@ -127,8 +132,10 @@ mod tests {
         };
         let note = slow_shape_check_note(millions_of_tokens.forward_flops()).unwrap();
         assert!(note.contains("about 19 hours"), "{note}");
-        assert!(slow_shape_check_note(3e13)
-            .unwrap()
-            .contains("about 5 minutes"));
+        let at = |seconds: f64| slow_shape_check_note(seconds * CPU_FLOPS_PER_SECOND).unwrap();
+        assert!(at(300.0).contains("about 5 minutes"), "{}", at(300.0));
+        assert!(at(119.4).contains("about 119 s"), "{}", at(119.4));
+        assert!(at(119.6).contains("about 2 minutes"), "{}", at(119.6));
+        assert!(at(7199.0).contains("about 2 hours"), "{}", at(7199.0));
     }
 }

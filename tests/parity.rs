@@ -146,7 +146,7 @@ fn notebook_config_matches_pytorch() {
 }
 
 /// `ViTConfig::forward_flops` is what PyTorch's flop counter counts for one image through
-/// timm's model, for the small config and the notebook's.
+/// timm's model, for the fixtures' small config (8x8 images) and the notebook's.
 #[test]
 fn forward_flops_match_pytorchs_flop_counter() {
     for name in ["vision_transformer", "notebook_forward"] {

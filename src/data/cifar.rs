@@ -185,6 +185,7 @@ fn uneven_classes(dataset: &Dataset, format: &RecordFormat) -> Option<String> {
             .map(|(class, count)| format!("{class} {count}"))
             .collect();
         (!uneven.is_empty()).then(|| {
+            // Five classes say which are off; the count says how many.
             let (shown, more) = first_and_more(&uneven, 5);
             format!(
                 "the {what} images in {} are not the official release's {per_class} of each \

@@ -222,10 +222,34 @@ impl ViTConfig {
         parts.patch_embed + parts.positions + parts.blocks + parts.head
     }
 
+    /// The sizes the counts below multiply, as floats (absurd sizes must not overflow):
+    /// image, patch, channels, embed, mlp, layers, classes.
+    fn float_sizes(&self) -> [f64; 7] {
+        let Self {
+            image_size,
+            patch_size,
+            in_channels,
+            embed_dim,
+            mlp_dim,
+            num_layers,
+            num_classes,
+            ..
+        } = *self;
+        [
+            image_size,
+            patch_size,
+            in_channels,
+            embed_dim,
+            mlp_dim,
+            num_layers,
+            num_classes,
+        ]
+        .map(|size| size as f64)
+    }
+
     /// [`Self::parameter_count`] by part of the model.
     fn parameter_parts(&self) -> ParameterParts {
-        let [image, patch, channels, embed, _, mlp, layers, classes] =
-            self.sizes().map(|(_, size)| size as f64);
+        let [image, patch, channels, embed, mlp, layers, classes] = self.float_sizes();
         let tokens = (image / patch).powi(2) + 1.0;
         let block = 2.0 * embed // norm1
             + 3.0 * embed * embed + 3.0 * embed // qkv
@@ -246,8 +270,7 @@ impl ViTConfig {
     /// convolution and of every matrix product, attention's included. Norms, softmax and
     /// GELU are left out: a few percent here. A float, like [`Self::parameter_count`].
     pub fn forward_flops(&self) -> f64 {
-        let [image, patch, channels, embed, _, mlp, layers, classes] =
-            self.sizes().map(|(_, size)| size as f64);
+        let [image, patch, channels, embed, mlp, layers, classes] = self.float_sizes();
         let patches = (image / patch).powi(2);
         let tokens = patches + 1.0;
         let patch_embed = patches * channels * patch * patch * embed;
