@@ -47,6 +47,13 @@ pub struct BenchReport {
     pub last_step_loss: f64,
     pub train_images_per_s: f64,
     pub infer_images_per_s: f64,
+    /// One image's forward pass in FLOPs (`ViTConfig::forward_flops`: the matrix products
+    /// and the patch convolution, 2 per multiply-add).
+    pub forward_flops_per_image: f64,
+    /// The model FLOPs the timed steps did per second: training counts 3 forward passes an
+    /// image (the backward pass is about twice the forward), inference 1.
+    pub train_flops_per_s: f64,
+    pub infer_flops_per_s: f64,
     /// Peak resident memory of the process (VmHWM), in bytes.
     pub peak_rss_bytes: u64,
     /// Resident memory before the model was built (libtorch loaded, no tensors), in bytes.
@@ -102,8 +109,16 @@ impl BenchReport {
             },
             if self.cuda_graph { ", CUDA graph" } else { "" }
         );
-        println!("train:     {:9.1} images/s", self.train_images_per_s);
-        println!("inference: {:9.1} images/s", self.infer_images_per_s);
+        println!(
+            "train:     {:9.1} images/s {:9.1} GFLOP/s",
+            self.train_images_per_s,
+            self.train_flops_per_s / 1e9
+        );
+        println!(
+            "inference: {:9.1} images/s {:9.1} GFLOP/s",
+            self.infer_images_per_s,
+            self.infer_flops_per_s / 1e9
+        );
         println!(
             "loss:      {:9.6} (the last timed step's)",
             self.last_step_loss
@@ -125,6 +140,10 @@ impl BenchReport {
         }
     }
 }
+
+/// A training step's FLOPs per forward FLOP: the forward, and a backward pass of about
+/// twice its work (the gradients of each product's input and of its weight).
+const TRAINING_FLOPS_PER_FORWARD: f64 = 3.0;
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     let baseline_rss_bytes = rss_bytes("VmRSS:");
@@ -196,6 +215,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .then(|| phase_times(device, args.steps, &model, &mut optimizer, &batch, options));
     let peak_device_bytes = ffi::peak_memory(device)?;
     let images_timed = (args.batch_size as usize * args.steps) as f64;
+    let (train_images_per_s, infer_images_per_s) =
+        (images_timed / train_seconds, images_timed / infer_seconds);
+    let forward_flops_per_image = config.forward_flops();
     let report = BenchReport {
         config: args.model.preset.clone(),
         model: config.clone(),
@@ -212,8 +234,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         cuda_graph: args.cuda_graph,
         parameters: crate::model::parameter_total(&vs),
         last_step_loss,
-        train_images_per_s: images_timed / train_seconds,
-        infer_images_per_s: images_timed / infer_seconds,
+        train_images_per_s,
+        infer_images_per_s,
+        forward_flops_per_image,
+        train_flops_per_s: TRAINING_FLOPS_PER_FORWARD
+            * forward_flops_per_image
+            * train_images_per_s,
+        infer_flops_per_s: forward_flops_per_image * infer_images_per_s,
         peak_rss_bytes: peak_rss_bytes(),
         baseline_rss_bytes,
         peak_device_bytes,

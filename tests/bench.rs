@@ -115,6 +115,21 @@ fn vit_bench_reports_throughput_and_memory_for_each_setting() {
             let value = report[key].as_f64().unwrap();
             assert!(value.is_finite() && value > 0.0, "{key} = {value}");
         }
+        // Model FLOP/s: images/s times the tiny model's forward FLOPs (PyTorch's count, as
+        // tests/parity.rs checks it), three forwards' worth for a training image.
+        let forward = report["forward_flops_per_image"].as_f64().unwrap();
+        assert_eq!(forward, vit_tch::model::ViTConfig::tiny().forward_flops());
+        for (key, images, per_image) in [
+            ("train_flops_per_s", "train_images_per_s", 3.0 * forward),
+            ("infer_flops_per_s", "infer_images_per_s", forward),
+        ] {
+            let expected = report[images].as_f64().unwrap() * per_image;
+            let value = report[key].as_f64().unwrap();
+            assert!(
+                (value - expected).abs() <= 1e-9 * expected,
+                "{key} = {value}"
+            );
+        }
         let peak = report["peak_rss_bytes"].as_u64().unwrap();
         let baseline = report["baseline_rss_bytes"].as_u64().unwrap();
         assert!(peak >= baseline && baseline > 0, "{report}");
