@@ -225,24 +225,14 @@ impl ViTConfig {
     /// The sizes the counts below multiply, as floats (absurd sizes must not overflow):
     /// image, patch, channels, embed, mlp, layers, classes.
     fn float_sizes(&self) -> [f64; 7] {
-        let Self {
-            image_size,
-            patch_size,
-            in_channels,
-            embed_dim,
-            mlp_dim,
-            num_layers,
-            num_classes,
-            ..
-        } = *self;
         [
-            image_size,
-            patch_size,
-            in_channels,
-            embed_dim,
-            mlp_dim,
-            num_layers,
-            num_classes,
+            self.image_size,
+            self.patch_size,
+            self.in_channels,
+            self.embed_dim,
+            self.mlp_dim,
+            self.num_layers,
+            self.num_classes,
         ]
         .map(|size| size as f64)
     }
