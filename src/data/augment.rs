@@ -657,12 +657,13 @@ pub fn affine(images: &Tensor, matrix: &Tensor, interpolation: Interpolation) ->
 pub fn random_erasing(images: &Tensor, cfg: &RandomErasing) -> Tensor {
     const ATTEMPTS: i64 = 10;
     let (b, _, h, w) = images.size4().expect("random_erasing expects [B,C,H,W]");
-    let opts = (Kind::Double, images.device());
+    let double_options = (Kind::Double, images.device());
     let area = (h * w) as f64;
-    let erase_area =
-        (Tensor::rand([b, ATTEMPTS], opts) * (cfg.scale.1 - cfg.scale.0) + cfg.scale.0) * area;
+    let erase_area = (Tensor::rand([b, ATTEMPTS], double_options) * (cfg.scale.1 - cfg.scale.0)
+        + cfg.scale.0)
+        * area;
     let (log_lo, log_hi) = (cfg.ratio.0.ln(), cfg.ratio.1.ln());
-    let aspect = (Tensor::rand([b, ATTEMPTS], opts) * (log_hi - log_lo) + log_lo).exp();
+    let aspect = (Tensor::rand([b, ATTEMPTS], double_options) * (log_hi - log_lo) + log_lo).exp();
     let eh = (&erase_area * &aspect).sqrt().round();
     let ew = (&erase_area / &aspect).sqrt().round();
     let fits = eh.lt(h as f64).logical_and(&ew.lt(w as f64));
@@ -670,9 +671,11 @@ pub fn random_erasing(images: &Tensor, cfg: &RandomErasing) -> Tensor {
     let found = fits.any_dim(1, true);
     let eh = eh.gather(1, &first, false);
     let ew = ew.gather(1, &first, false);
-    let top = (Tensor::rand([b, 1], opts) * (h as f64 - &eh + 1.0)).floor();
-    let left = (Tensor::rand([b, 1], opts) * (w as f64 - &ew + 1.0)).floor();
-    let apply = Tensor::rand([b, 1], opts).lt(cfg.p).logical_and(&found);
+    let top = (Tensor::rand([b, 1], double_options) * (h as f64 - &eh + 1.0)).floor();
+    let left = (Tensor::rand([b, 1], double_options) * (w as f64 - &ew + 1.0)).floor();
+    let apply = Tensor::rand([b, 1], double_options)
+        .lt(cfg.p)
+        .logical_and(&found);
     let inside =
         box_mask(&top, &(&top + &eh), &left, &(&left + &ew), h, w).logical_and(&per_image(&apply));
     images.masked_fill(&inside, cfg.value)
@@ -688,9 +691,9 @@ pub(super) fn box_mask(
     h: i64,
     w: i64,
 ) -> Tensor {
-    let opts = (Kind::Double, top.device());
-    let rows = Tensor::arange(h, opts).view([1, 1, h, 1]);
-    let cols = Tensor::arange(w, opts).view([1, 1, 1, w]);
+    let double_options = (Kind::Double, top.device());
+    let rows = Tensor::arange(h, double_options).view([1, 1, h, 1]);
+    let cols = Tensor::arange(w, double_options).view([1, 1, 1, w]);
     rows.ge_tensor(&per_image(top))
         .logical_and(&rows.lt_tensor(&per_image(bottom)))
         .logical_and(&cols.ge_tensor(&per_image(left)))

@@ -54,9 +54,10 @@ impl MixConfig {
     }
 }
 
-/// `n` draws of Beta(α, α) (double [n] on `device`), as X / (X + Y) of two Gamma(α) draws.
-fn sample_beta(alpha: f64, n: i64, device: Device) -> Tensor {
-    let shape = Tensor::full([n], alpha, (Kind::Double, device));
+/// Beta(α, α) drawn `draws` times (double [draws] on `device`), each as X / (X + Y) of two
+/// Gamma(α) draws.
+fn sample_beta(alpha: f64, draws: i64, device: Device) -> Tensor {
+    let shape = Tensor::full([draws], alpha, (Kind::Double, device));
     let x = shape.internal_standard_gamma();
     let y = shape.internal_standard_gamma();
     let sum = &x + &y;
