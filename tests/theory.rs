@@ -412,6 +412,38 @@ fn info_counts_the_notebook_model() {
     assert!(!stdout.contains("The shape check below"), "{stdout}");
 }
 
+/// `vit info` of a config whose shape check is slow (the notebook's model on 256x256
+/// images in 2x2 patches: 1.75 TFLOPs, measured at 18 s on two cores) says about how long
+/// it will take before the check starts. The test stops `vit info` once that is printed.
+#[test]
+fn info_says_how_long_a_slow_shape_check_takes_before_it_starts() {
+    use std::io::BufRead;
+    #[rustfmt::skip]
+    let args = ["info", "--config", "notebook", "--image-size", "256", "--patch-size", "2"];
+    let mut child = std::process::Command::new(common::vit_binary())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut printed = String::new();
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.starts_with("The shape check below") || line.starts_with("Shape check:") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        printed.contains(
+            "\nThe shape check below runs that forward pass on the CPU: about 18 s on two cores"
+        ),
+        "{printed}"
+    );
+}
+
 /// The machine's memory is /proc/meminfo's `MemTotal`, whose "kB" are KiB (proc(5)): 1024
 /// bytes each, as sysinfo(2) counts the same total.
 #[test]
