@@ -1217,6 +1217,28 @@ fn image_folder_names_undecodable_files() {
     assert!(err.contains("more memory than there is"), "{err}");
 }
 
+/// Of many files that cannot be decoded, the error names ten besides the first (whose
+/// own error it shows) and counts the others.
+#[test]
+fn image_folder_lists_ten_undecodable_files_and_counts_the_others() {
+    let tmp = TempDir::new("folder-undecodable");
+    write_png(&tmp.0, "train", "a", "ok", 1, 4);
+    write_png(&tmp.0, "test", "a", "ok", 1, 4);
+    for i in 0..13 {
+        let path = tmp.0.join(format!("train/a/bad{i:02}.jpg"));
+        std::fs::write(path, b"not a jpeg").unwrap();
+    }
+    let err = error_of(folder::load(&tmp.0, 4));
+    assert!(
+        err.contains("13 files cannot be decoded: the first is below, the others are "),
+        "{err}"
+    );
+    let (listed, _) = err.split_once(" and 2 more").expect(&err);
+    let (_, listed) = listed.split_once("the others are ").unwrap();
+    assert_eq!(listed.split(", ").count(), 10, "{err}");
+    assert_eq!(listed.matches(".jpg").count(), 10, "{err}");
+}
+
 fn zlib(bytes: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), Compression::fast());
     std::io::Write::write_all(&mut encoder, bytes).unwrap();
