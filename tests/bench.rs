@@ -150,6 +150,60 @@ fn vit_bench_reports_throughput_and_memory_for_each_setting() {
     }
 }
 
+/// `vit bench`'s text report gives each line's model FLOP/s: its images/s times the tiny
+/// model's forward FLOPs per image, three forward passes' worth for a training image and
+/// one for inference (both figures printed to a tenth).
+#[test]
+fn vit_bench_text_gives_each_lines_flops_per_second() {
+    #[rustfmt::skip]
+    let args = [
+        "bench", "--config", "tiny", "--batch-size", "32", "--steps", "2", "--warmup", "1",
+        "--device", "cpu", "--threads", "1",
+    ];
+    let stdout = String::from_utf8(vit(&args).stdout).unwrap();
+    let forward = vit_tch::model::ViTConfig::tiny().forward_flops();
+    for (label, flops_per_image) in [("train:", 3.0 * forward), ("inference:", forward)] {
+        let line = stdout
+            .lines()
+            .find(|line| line.starts_with(label))
+            .unwrap_or_else(|| panic!("no {label} line:\n{stdout}"));
+        // "train:     1234.5 images/s      12.3 GFLOP/s"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!((words[2], words[4]), ("images/s", "GFLOP/s"), "{line}");
+        let images_per_s: f64 = words[1].parse().unwrap();
+        let gflops_per_s: f64 = words[3].parse().unwrap();
+        let expected = images_per_s * flops_per_image / 1e9;
+        let rounding = 0.05 + 0.05 * flops_per_image / 1e9;
+        assert!(
+            (gflops_per_s - expected).abs() <= rounding * 1.001,
+            "{line}: expected {expected:.3} GFLOP/s"
+        );
+    }
+}
+
+/// The peak resident memory is the high-water mark (`VmHWM`), not what is resident now:
+/// memory touched and freed again since still counts.
+#[test]
+#[cfg(target_os = "linux")]
+fn peak_rss_counts_memory_freed_since() {
+    const SIZE: usize = 256 << 20;
+    // Written, so resident; freed, it goes back to the system (glibc maps a block this
+    // large on its own).
+    drop(std::hint::black_box(vec![1u8; SIZE]));
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse().ok())
+        .unwrap();
+    let peak = vit_tch::bench::peak_rss_bytes();
+    assert!(
+        peak >= rss_kib * 1024 + SIZE as u64 / 2,
+        "peak {peak} bytes, resident now {rss_kib} KiB"
+    );
+}
+
 /// Each switch changes what runs: the last step's loss moves off the one without it (which
 /// a second run repeats bit for bit), but only as far as its numerics explain.
 #[test]
