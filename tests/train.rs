@@ -545,6 +545,25 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     assert_eq!(read_metrics(&run).1.len(), 4, "the finished run changed");
 }
 
+/// The training loss in metrics.csv (and the epoch line) is the mean over the epoch's
+/// images, not their sum: a tiny model's first epoch of 600 images stays below twice the
+/// loss of a uniform guess over 10 classes (ln 10).
+#[test]
+fn the_training_loss_is_a_mean_per_image() {
+    let (root, data_dir) = colour_cifar10("mean-train-loss");
+    let run = root.join("run");
+    let mut args = tiny_run_args(data_dir.to_str().unwrap(), run.to_str().unwrap());
+    args.extend(["--epochs", "1", "--batch-size", "100"]);
+    vit(&args);
+    let (header, rows) = read_metrics(&run);
+    let column = header.iter().position(|name| name == "train_loss").unwrap();
+    let train_loss: f64 = rows[0][column].parse().unwrap();
+    assert!(
+        train_loss > 0.0 && train_loss < 2.0 * 10f64.ln(),
+        "train loss {train_loss}"
+    );
+}
+
 /// The whole-number value of `"name": N` in a JSON text.
 fn json_integer(json: &str, name: &str) -> i64 {
     let value: serde_json::Value = serde_json::from_str(json).unwrap();
@@ -2056,6 +2075,27 @@ fn user_errors_say_what_to_do() {
             && stderr.contains("1 folder(s) could not be read or held no images"),
         "{stderr}"
     );
+}
+
+/// Weights the first steps send to infinity: the training loss of the first epoch is not
+/// finite, which stops the run at that epoch's end, named as the first (1-based, as the
+/// progress bar counts), before any weights are saved.
+#[test]
+fn a_training_loss_that_diverges_in_the_first_epoch_stops_the_run() {
+    let (root, data_dir) = colour_cifar10("diverged-training");
+    let run = root.join("run");
+    let mut args = tiny_run_args(data_dir.to_str().unwrap(), run.to_str().unwrap());
+    #[rustfmt::skip]
+    args.extend(["--lr", "1e30", "--clip-grad", "0", "--epochs", "2", "--batch-size", "100"]);
+    let stderr = vit_fails(&args);
+    assert!(
+        stderr.contains("the training loss became ")
+            && stderr.contains(
+                " in epoch 1; stopped (no epoch finished, so there are no weights to keep)"
+            ),
+        "{stderr}"
+    );
+    assert!(!run.join("last_model.safetensors").exists());
 }
 
 /// `vit predict --json`'s lines, and the file each names, in the order of its output.
