@@ -295,6 +295,27 @@ fn mismatched_checkpoint_is_refused_naming_each_problem() {
     );
 }
 
+/// Many unexpected keys: the error lists the first five (in name order) and counts the
+/// others, as it does for tensors of another shape.
+#[test]
+fn many_unexpected_keys_are_the_first_five_and_a_count() {
+    let (mut tensors, metadata) = checkpoint_tensors();
+    for i in 0..8 {
+        tensors.insert(
+            format!("extra.{i}"),
+            Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+        );
+    }
+    let error = load_error("unexpected", TensorFile { tensors, metadata });
+    assert!(
+        error.contains(
+            "unexpected keys: [\"extra.0\", \"extra.1\", \"extra.2\", \"extra.3\", \
+             \"extra.4\"] and 3 more"
+        ),
+        "{error}"
+    );
+}
+
 #[test]
 fn a_checkpoint_of_another_timm_layout_is_told_what_differs() {
     let (tensors, metadata) = checkpoint_tensors();
