@@ -132,14 +132,21 @@ fn error_of<T: std::fmt::Debug>(result: anyhow::Result<T>) -> String {
     format!("{:#}", result.expect_err("expected an error"))
 }
 
+/// Loads the dataset `dataset_args` names at `image_size`, checking that it is called
+/// `expected_name` and that `data::dataset_name` knew that name before loading.
+fn load_named(dataset_args: &DatasetArgs, image_size: i64, expected_name: &str) -> data::Dataset {
+    let dataset = data::load(dataset_args, image_size).unwrap();
+    assert_eq!(dataset.name, expected_name);
+    let known_before = data::dataset_name(dataset_args);
+    assert_eq!(known_before, dataset.name);
+    dataset
+}
+
 #[test]
 fn cifar10_reads_back_exactly() {
     let tmp = TempDir::new("c10");
     write_cifar10(&tmp.0);
-    let ds = data::load(&args(DatasetName::Cifar10, &tmp.0, false), 32).unwrap();
-    assert_eq!(ds.name, "cifar10");
-    let known_before = data::dataset_name(&args(DatasetName::Cifar10, &tmp.0, false));
-    assert_eq!(known_before, ds.name);
+    let ds = load_named(&args(DatasetName::Cifar10, &tmp.0, false), 32, "cifar10");
     assert_eq!(ds.classes, CIFAR10_CLASSES);
     assert_eq!(ds.train.images.size(), [15, 3, 32, 32]);
     assert_eq!(ds.train.images.kind(), Kind::Uint8);
@@ -183,10 +190,7 @@ fn cifar10_reads_back_exactly() {
 fn cifar100_fine_and_coarse_labels() {
     let tmp = TempDir::new("c100");
     write_cifar100(&tmp.0);
-    let fine = data::load(&args(DatasetName::Cifar100, &tmp.0, false), 32).unwrap();
-    assert_eq!(fine.name, "cifar100");
-    let known_before = data::dataset_name(&args(DatasetName::Cifar100, &tmp.0, false));
-    assert_eq!(known_before, fine.name);
+    let fine = load_named(&args(DatasetName::Cifar100, &tmp.0, false), 32, "cifar100");
     assert_eq!(fine.classes.len(), 100);
     assert_eq!(fine.classes[3], "fine3");
     assert_eq!(
@@ -205,10 +209,11 @@ fn cifar100_fine_and_coarse_labels() {
         u8s(&fine.test.images),
         (25..30).flat_map(|i| record(&[], i)).collect::<Vec<u8>>()
     );
-    let coarse = data::load(&args(DatasetName::Cifar100, &tmp.0, true), 32).unwrap();
-    assert_eq!(coarse.name, "cifar100-coarse");
-    let known_before = data::dataset_name(&args(DatasetName::Cifar100, &tmp.0, true));
-    assert_eq!(known_before, coarse.name);
+    let coarse = load_named(
+        &args(DatasetName::Cifar100, &tmp.0, true),
+        32,
+        "cifar100-coarse",
+    );
     assert_eq!(coarse.classes.len(), 20);
     assert_eq!(coarse.classes[19], "coarse19");
     assert_eq!(
@@ -482,6 +487,18 @@ fn spec_for<'a>(bytes: &[u8], md5: &'a str) -> ArchiveSpec<'a> {
     }
 }
 
+/// Writes `archive` to `file` and fetches it from there into `data_dir`, its size and
+/// checksum its own, expecting a refusal: the error.
+fn refused_archive(archive: &[u8], file: &Path, data_dir: &Path) -> String {
+    let md5 = md5_hex(archive);
+    std::fs::write(file, archive).unwrap();
+    error_of(fetch(
+        file.to_str().unwrap(),
+        data_dir,
+        &spec_for(archive, &md5),
+    ))
+}
+
 #[test]
 fn download_from_local_archive_unpacks_and_skips_when_present() {
     let tmp = TempDir::new("dl");
@@ -659,14 +676,7 @@ fn escaping_or_stray_entries_are_refused() {
     ];
     for entries_in in cases {
         let archive = tar_gz(entries_in);
-        let md5 = md5_hex(&archive);
-        let file = tmp.0.join("evil.tar.gz");
-        std::fs::write(&file, &archive).unwrap();
-        let err = error_of(fetch(
-            file.to_str().unwrap(),
-            &data_dir,
-            &spec_for(&archive, &md5),
-        ));
+        let err = refused_archive(&archive, &tmp.0.join("evil.tar.gz"), &data_dir);
         assert!(err.contains("refusing"), "{err}");
         assert_eq!(entries(&data_dir), Vec::<String>::new(), "{err}");
         assert!(!tmp.0.join("evil").exists() && !tmp.0.join("data/evil").exists());
@@ -700,14 +710,7 @@ fn link_entries_are_refused() {
         )
         .unwrap();
     let archive = builder.into_inner().unwrap().finish().unwrap();
-    let md5 = md5_hex(&archive);
-    let file = tmp.0.join("link.tar.gz");
-    std::fs::write(&file, &archive).unwrap();
-    let err = error_of(fetch(
-        file.to_str().unwrap(),
-        &data_dir,
-        &spec_for(&archive, &md5),
-    ));
+    let err = refused_archive(&archive, &tmp.0.join("link.tar.gz"), &data_dir);
     assert!(
         err.contains(
             "archive entry `cifar-10-batches-bin/link` is a link or special file; refusing it"
@@ -1146,10 +1149,7 @@ fn image_folder_reads_classes_in_name_order() {
     write_png(&tmp.0, "test", "zebra", "t", 32, 8);
     std::fs::write(tmp.0.join("train/cat/notes.txt"), "not an image").unwrap();
 
-    let ds = data::load(&args(DatasetName::Folder, &tmp.0, false), 8).unwrap();
-    assert_eq!(ds.name, "folder");
-    let known_before = data::dataset_name(&args(DatasetName::Folder, &tmp.0, false));
-    assert_eq!(known_before, ds.name);
+    let ds = load_named(&args(DatasetName::Folder, &tmp.0, false), 8, "folder");
     // One of its splits given for the dataset: the error names the folder to pass.
     for split in ["train", "test"] {
         let given = args(DatasetName::Folder, &tmp.0.join(split), false);

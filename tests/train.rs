@@ -933,29 +933,75 @@ fn assert_same_run(a: &Path, b: &Path) {
     }
 }
 
+/// A resume test's set-up: `settings` trained on the colour dataset straight through into
+/// `straight` and, interrupted (as by Ctrl-C) at its first chance, which must be `stop`,
+/// into `interrupted`; both folders in the temporary folder `root`. Holds the lock on the
+/// random generator (see `seeded`) for as long as it lives.
+struct StraightAndInterrupted {
+    settings: TrainSettings,
+    dataset: Dataset,
+    root: TempDir,
+    straight: PathBuf,
+    interrupted: PathBuf,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+impl StraightAndInterrupted {
+    /// Trains both runs in a new temporary folder named after `temp_name`.
+    fn new(temp_name: &str, settings: TrainSettings, stop: StopPoint) -> Self {
+        let turn = seeded(0);
+        let dataset = colour_dataset();
+        let root = TempDir::new(temp_name);
+        let (straight, interrupted) = (root.join("straight"), root.join("interrupted"));
+        train_straight_and_interrupted(&settings, &dataset, &straight, &interrupted, stop);
+        Self {
+            settings,
+            dataset,
+            root,
+            straight,
+            interrupted,
+            _turn: turn,
+        }
+    }
+
+    /// Resumes the interrupted run to its end.
+    fn resume(&self) -> Outcome {
+        run_training(
+            &self.settings,
+            &self.dataset,
+            &self.interrupted,
+            true,
+            false,
+        )
+    }
+
+    /// Resumes the interrupted run, which must then match the straight one (see
+    /// `assert_same_run`).
+    fn resume_matches_straight(&self) {
+        self.resume();
+        assert_same_run(&self.straight, &self.interrupted);
+    }
+
+    /// The error of a resume of the interrupted run that must be refused, as printed.
+    fn refused_resume(&self) -> String {
+        refused_resume(&self.settings, &self.dataset, &self.interrupted)
+    }
+}
+
 #[test]
 fn resume_at_an_epoch_boundary_is_exact() {
-    let _turn = seeded(0);
-    let dataset = colour_dataset();
     // One step per epoch: the interrupt lands at the end of epoch 1.
-    let settings = tiny_settings(2, 600);
-    let root = TempDir::new("resume-epoch");
-    let (straight, resumed) = (root.join("straight"), root.join("resumed"));
-    train_straight_and_interrupted(
-        &settings,
-        &dataset,
-        &straight,
-        &resumed,
-        StopPoint::EndOf(1),
-    );
-    assert_eq!(read_metrics(&resumed).1.len(), 1);
+    let runs =
+        StraightAndInterrupted::new("resume-epoch", tiny_settings(2, 600), StopPoint::EndOf(1));
+    let resumed = &runs.interrupted;
+    assert_eq!(read_metrics(resumed).1.len(), 1);
 
     // A metrics.csv that lost the finished epoch's row is refused and left as it is...
     let metrics = resumed.join("metrics.csv");
     let saved = std::fs::read_to_string(&metrics).unwrap();
     let header_only = format!("{}\n", saved.lines().next().unwrap());
     std::fs::write(&metrics, &header_only).unwrap();
-    let error = refused_resume(&settings, &dataset, &resumed);
+    let error = runs.refused_resume();
     assert!(
         error.contains("the rows of epochs 1 to 1, but its rows are for epochs []"),
         "{error}"
@@ -969,7 +1015,7 @@ fn resume_at_an_epoch_boundary_is_exact() {
         .replacen("TRAIN_ACC", "test_acc", 1);
     assert_ne!(swapped, saved);
     std::fs::write(&metrics, &swapped).unwrap();
-    let error = refused_resume(&settings, &dataset, &resumed);
+    let error = runs.refused_resume();
     assert!(
         error.contains("but its first line is not the header vit writes"),
         "{error}"
@@ -979,8 +1025,7 @@ fn resume_at_an_epoch_boundary_is_exact() {
     let extra_row = saved.lines().nth(1).unwrap().replacen("1,", "2,", 1);
     std::fs::write(&metrics, format!("{saved}{extra_row}\n")).unwrap();
 
-    run_training(&settings, &dataset, &resumed, true, false);
-    assert_same_run(&straight, &resumed);
+    runs.resume_matches_straight();
 }
 
 /// Images that do not fill an epoch's last batch are a step of their own: 600 in batches
@@ -999,15 +1044,9 @@ fn the_last_partial_batch_of_an_epoch_is_a_step() {
 
 #[test]
 fn resume_in_the_middle_of_an_epoch_is_exact() {
-    let _turn = seeded(0);
-    let dataset = colour_dataset();
-    let settings = tiny_settings(2, 200);
-    let root = TempDir::new("resume-step");
-    let (straight, resumed) = (root.join("straight"), root.join("resumed"));
     let stop = StopPoint::AfterStep { epoch: 1, step: 1 };
-    train_straight_and_interrupted(&settings, &dataset, &straight, &resumed, stop);
-    run_training(&settings, &dataset, &resumed, true, false);
-    assert_same_run(&straight, &resumed);
+    StraightAndInterrupted::new("resume-step", tiny_settings(2, 200), stop)
+        .resume_matches_straight();
 }
 
 #[test]
@@ -1128,16 +1167,11 @@ fn strong_settings(epochs: usize, batch_size: i64) -> TrainSettings {
 
 #[test]
 fn strong_recipe_with_ema_resumes_exactly() {
-    let _turn = seeded(0);
-    let dataset = colour_dataset();
-    let settings = strong_settings(2, 200);
-    let root = TempDir::new("resume-strong");
-    let (straight, resumed) = (root.join("straight"), root.join("resumed"));
     let stop = StopPoint::AfterStep { epoch: 1, step: 1 };
-    train_straight_and_interrupted(&settings, &dataset, &straight, &resumed, stop);
-    run_training(&settings, &dataset, &resumed, true, false);
-    assert_same_run(&straight, &resumed);
-    let (header, rows) = read_metrics(&straight);
+    let runs = StraightAndInterrupted::new("resume-strong", strong_settings(2, 200), stop);
+    runs.resume_matches_straight();
+    let straight = &runs.straight;
+    let (header, rows) = read_metrics(straight);
     let ema_acc = header.iter().position(|h| h == "ema_test_acc").unwrap();
     assert!(
         rows.iter().all(|row| row[ema_acc].parse::<f64>().is_ok()),
@@ -1161,23 +1195,17 @@ fn strong_recipe_with_ema_resumes_exactly() {
 /// left as it was, until the file is back; then it resumes exactly.
 #[test]
 fn resume_without_a_best_model_is_refused_until_it_is_back() {
-    let _turn = seeded(0);
-    let dataset = colour_dataset();
-    let settings = strong_settings(2, 600);
-    let root = TempDir::new("resume-best-moved");
-    let (straight, resumed) = (root.join("straight"), root.join("resumed"));
-    train_straight_and_interrupted(
-        &settings,
-        &dataset,
-        &straight,
-        &resumed,
+    let runs = StraightAndInterrupted::new(
+        "resume-best-moved",
+        strong_settings(2, 600),
         StopPoint::EndOf(1),
     );
+    let resumed = &runs.interrupted;
     let metrics = std::fs::read(resumed.join("metrics.csv")).unwrap();
     for name in ["best_model.safetensors", "best_ema_model.safetensors"] {
-        let (best, away) = (resumed.join(name), root.join(name));
+        let (best, away) = (resumed.join(name), runs.root.join(name));
         std::fs::rename(&best, &away).unwrap();
-        let error = refused_resume(&settings, &dataset, &resumed);
+        let error = runs.refused_resume();
         assert!(
             error.contains(&format!("its {name} (test accuracy ")) && error.contains("Put it back"),
             "{error}"
@@ -1185,14 +1213,10 @@ fn resume_without_a_best_model_is_refused_until_it_is_back() {
         assert_eq!(std::fs::read(resumed.join("metrics.csv")).unwrap(), metrics);
         std::fs::rename(&away, &best).unwrap();
     }
-    run_training(&settings, &dataset, &resumed, true, false);
-    assert_same_run(&straight, &resumed);
+    runs.resume_matches_straight();
     // A finished run, its best model handed in: a resume has nothing to train, and says so.
     std::fs::remove_file(resumed.join("best_model.safetensors")).unwrap();
-    assert!(matches!(
-        run_training(&settings, &dataset, &resumed, true, false),
-        Outcome::Finished
-    ));
+    assert!(matches!(runs.resume(), Outcome::Finished));
 }
 
 #[test]
@@ -2216,36 +2240,31 @@ fn a_closed_pipe_ends_a_report_quietly_but_not_a_training_run() {
 
 #[test]
 fn resume_of_a_run_killed_before_its_first_save_starts_over() {
-    let _turn = seeded(0);
-    let dataset = colour_dataset();
-    let settings = tiny_settings(2, 200);
-    let root = TempDir::new("resume-unsaved");
-    let (straight, killed) = (root.join("straight"), root.join("killed"));
     let stop = StopPoint::AfterStep { epoch: 1, step: 1 };
-    train_straight_and_interrupted(&settings, &dataset, &straight, &killed, stop);
+    let runs = StraightAndInterrupted::new("resume-unsaved", tiny_settings(2, 200), stop);
+    let (dataset, root) = (&runs.dataset, &runs.root);
     // As if killed before resume.safetensors was first written.
-    std::fs::remove_file(killed.join("resume.safetensors")).unwrap();
-    run_training(&settings, &dataset, &killed, true, false);
-    assert_same_run(&straight, &killed);
+    std::fs::remove_file(runs.interrupted.join("resume.safetensors")).unwrap();
+    runs.resume_matches_straight();
 
     // Killed while saving its first epoch (its row and checkpoints there, its resume
     // state not yet): that epoch is trained again.
     let settings = tiny_settings(2, 600);
     let (straight, killed) = (root.join("straight-600"), root.join("killed-600"));
-    train_straight_and_interrupted(&settings, &dataset, &straight, &killed, StopPoint::EndOf(1));
+    train_straight_and_interrupted(&settings, dataset, &straight, &killed, StopPoint::EndOf(1));
     assert_eq!(read_metrics(&killed).1.len(), 1);
     std::fs::remove_file(killed.join("resume.safetensors")).unwrap();
-    run_training(&settings, &dataset, &killed, true, false);
+    run_training(&settings, dataset, &killed, true, false);
     assert_same_run(&straight, &killed);
 
     // A finished run that lost its resume state is not started over, even of one epoch.
     let one_epoch = root.join("one-epoch");
-    run_training(&tiny_settings(1, 600), &dataset, &one_epoch, false, false);
+    run_training(&tiny_settings(1, 600), dataset, &one_epoch, false, false);
     std::fs::remove_file(one_epoch.join("resume.safetensors")).unwrap();
     let flag = AtomicBool::new(false);
     let resumed = train::train(
         &tiny_settings(1, 600),
-        &dataset,
+        dataset,
         &options(&one_epoch, true, &flag),
     );
     let error = format!("{:#}", resumed.err().expect("the resume must be refused"));
@@ -2254,7 +2273,7 @@ fn resume_of_a_run_killed_before_its_first_save_starts_over() {
     // A run that saved more, then lost its resume state, is not started over.
     std::fs::remove_file(killed.join("resume.safetensors")).unwrap();
     let best_model = std::fs::read(killed.join("best_model.safetensors")).unwrap();
-    let error = refused_resume(&settings, &dataset, &killed);
+    let error = refused_resume(&settings, dataset, &killed);
     assert!(
         error.contains("resume.safetensors is missing")
             && error.contains("2 epoch(s) in metrics.csv, best_model.safetensors"),
