@@ -77,70 +77,114 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
         .from_path(path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     let header = reader.byte_headers().cloned().unwrap_or_default();
-    let column = |name: &str| header.iter().position(|column| column == name.as_bytes());
-    ensure!(
-        column("epoch").is_some(),
-        "{} is not a metrics.csv of `vit train` (it has no epoch column); pass run folders",
-        path.display()
-    );
-    if METRIC_COLUMNS.iter().all(|name| column(name).is_none()) {
-        eprintln!(
-            "note: {} has none of the columns {}: it has no curves to draw",
-            path.display(),
-            METRIC_COLUMNS.join(", ")
-        );
-    }
-    // Per column: how many cells are not numbers, and the first one's line and text.
-    let mut not_numbers: Vec<(&str, usize, u64, String)> = Vec::new();
+    check_columns(path, &header)?;
+    let mut not_numbers = Vec::new();
     let mut rows = Vec::new();
     for record in reader.byte_records() {
         let record = record.with_context(|| format!("cannot read {}", path.display()))?;
         if record.iter().all(|cell| cell.is_empty()) {
             continue;
         }
-        let line = record.position().map_or(0, |position| position.line());
-        let mut cell = |name: &'static str| {
-            let text = String::from_utf8_lossy(column(name).and_then(|c| record.get(c))?);
-            let value = text.parse::<f64>().ok();
-            if value.is_none() && !text.is_empty() {
-                match not_numbers.iter_mut().find(|(column, ..)| *column == name) {
-                    Some((_, count, ..)) => *count += 1,
-                    None => not_numbers.push((name, 1, line, text.into_owned())),
-                }
-            }
-            value
-        };
-        let epoch = cell("epoch")
-            .filter(|epoch| epoch.is_finite())
-            .with_context(|| {
-                format!("{}: line {line} has no finite epoch number", path.display())
-            })?;
-        let [train_loss, train_acc, test_loss, test_acc, ema_test_loss, ema_test_acc] =
-            METRIC_COLUMNS.map(&mut cell);
-        rows.push(MetricsRow {
-            epoch,
-            train_loss,
-            train_acc,
-            test_loss,
-            test_acc,
-            ema_test_loss,
-            ema_test_acc,
-        });
+        rows.push(metrics_row(path, &header, &record, &mut not_numbers)?);
     }
-    if !not_numbers.is_empty() {
-        let columns: Vec<String> = not_numbers
-            .iter()
-            .map(|(column, count, line, text)| {
-                format!("{column} ({count} cell(s), the first on line {line}: {text:?})")
-            })
-            .collect();
+    note_not_numbers(path, &not_numbers);
+    Ok(rows)
+}
+
+/// Where the column `name` is in `header`.
+fn column(header: &csv::ByteRecord, name: &str) -> Option<usize> {
+    header.iter().position(|column| column == name.as_bytes())
+}
+
+/// Refuses a `header` without an epoch column; notes one without any of the curves'.
+fn check_columns(path: &Path, header: &csv::ByteRecord) -> Result<()> {
+    ensure!(
+        column(header, "epoch").is_some(),
+        "{} is not a metrics.csv of `vit train` (it has no epoch column); pass run folders",
+        path.display()
+    );
+    if METRIC_COLUMNS
+        .iter()
+        .all(|name| column(header, name).is_none())
+    {
         eprintln!(
-            "note: {}: cells that are not numbers are left out of the curves: {}",
+            "note: {} has none of the columns {}: it has no curves to draw",
             path.display(),
-            columns.join(", ")
+            METRIC_COLUMNS.join(", ")
         );
     }
-    Ok(rows)
+    Ok(())
+}
+
+/// The cells of one column that are not numbers: how many, and the first one's line and
+/// text.
+struct NotNumbers {
+    column: &'static str,
+    count: usize,
+    line: u64,
+    text: String,
+}
+
+/// One non-empty `record` of the file at `path` (under `header`) as a row, each cell that
+/// is not a number counted in `not_numbers`.
+fn metrics_row(
+    path: &Path,
+    header: &csv::ByteRecord,
+    record: &csv::ByteRecord,
+    not_numbers: &mut Vec<NotNumbers>,
+) -> Result<MetricsRow> {
+    let line = record.position().map_or(0, |position| position.line());
+    let mut cell = |name: &'static str| {
+        let text = String::from_utf8_lossy(column(header, name).and_then(|c| record.get(c))?);
+        let value = text.parse::<f64>().ok();
+        if value.is_none() && !text.is_empty() {
+            match not_numbers.iter_mut().find(|cells| cells.column == name) {
+                Some(cells) => cells.count += 1,
+                None => not_numbers.push(NotNumbers {
+                    column: name,
+                    count: 1,
+                    line,
+                    text: text.into_owned(),
+                }),
+            }
+        }
+        value
+    };
+    let epoch = cell("epoch")
+        .filter(|epoch| epoch.is_finite())
+        .with_context(|| format!("{}: line {line} has no finite epoch number", path.display()))?;
+    let [train_loss, train_acc, test_loss, test_acc, ema_test_loss, ema_test_acc] =
+        METRIC_COLUMNS.map(&mut cell);
+    Ok(MetricsRow {
+        epoch,
+        train_loss,
+        train_acc,
+        test_loss,
+        test_acc,
+        ema_test_loss,
+        ema_test_acc,
+    })
+}
+
+/// Notes the columns with cells that are not numbers, which the curves leave out.
+fn note_not_numbers(path: &Path, not_numbers: &[NotNumbers]) {
+    if not_numbers.is_empty() {
+        return;
+    }
+    let columns: Vec<String> = not_numbers
+        .iter()
+        .map(|cells| {
+            format!(
+                "{} ({} cell(s), the first on line {}: {:?})",
+                cells.column, cells.count, cells.line, cells.text
+            )
+        })
+        .collect();
+    eprintln!(
+        "note: {}: cells that are not numbers are left out of the curves: {}",
+        path.display(),
+        columns.join(", ")
+    );
 }
 
 /// Reads every run's metrics; labels are folder names, or the paths as given when names
