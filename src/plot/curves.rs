@@ -4,6 +4,7 @@ use super::{drawing, ensure_png_output, ensure_replaceable, render_png, render_s
 use crate::cli::PlotArgs;
 use crate::fsutil::same_file;
 use anyhow::{ensure, Context, Result};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::io::Read;
@@ -497,12 +498,49 @@ fn accuracy_range(lo: f64, hi: f64, room: impl Fn(f64) -> f64) -> (f64, f64, Ser
     (bottom, top.max(bottom + 10.0), legend_at)
 }
 
+/// One panel: its axes, every run's curves, one colour per run, and the legend.
 fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     runs: &[RunMetrics],
     panel: Panel,
 ) -> Result<()> {
     let axes = panel_axes(runs, panel);
+    let mut chart = panel_chart(area, &axes)?;
+    for (run_index, run) in runs.iter().enumerate() {
+        let colour = PALETTE[run_index % PALETTE.len()];
+        for (curve, (name, line)) in CURVES.into_iter().enumerate() {
+            let points: Vec<(f64, f64)> = run
+                .epochs
+                .iter()
+                .filter_map(|row| panel.values(row)[curve].map(|value| (row.epoch, value)))
+                .collect();
+            if points.is_empty() {
+                continue;
+            }
+            let label = format!("{} {name}", run.label);
+            draw_curve(&mut chart, points, label, colour, line)?;
+        }
+    }
+    drawing(
+        chart
+            .configure_series_labels()
+            .position(axes.legend_at)
+            .label_font((FONT, 14))
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(180, 180, 180))
+            .draw(),
+    )?;
+    Ok(())
+}
+
+/// A panel's chart: epochs across, the metric up.
+type PanelChart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A panel's chart on `area`, titled, with its `axes` and grid drawn.
+fn panel_chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    axes: &PanelAxes,
+) -> Result<PanelChart<'a, DB>> {
     let ((x0, x1), (y0, y1), decimals) = (axes.x, axes.y, axes.decimals);
     let mut chart = drawing(
         ChartBuilder::on(area)
@@ -532,56 +570,44 @@ fn draw_panel<DB: DrawingBackend>(
             .light_line_style(TRANSPARENT)
             .draw(),
     )?;
+    Ok(chart)
+}
 
-    for (run_index, run) in runs.iter().enumerate() {
-        let colour = PALETTE[run_index % PALETTE.len()];
-        for (curve, (name, line)) in CURVES.into_iter().enumerate() {
-            let points: Vec<(f64, f64)> = run
-                .epochs
-                .iter()
-                .filter_map(|row| panel.values(row)[curve].map(|value| (row.epoch, value)))
-                .collect();
-            if points.is_empty() {
-                continue;
-            }
-            let label = format!("{} {name}", run.label);
-            let style = colour.stroke_width(2);
-            let series = match line {
-                Line::Solid => drawing(chart.draw_series(LineSeries::new(points.clone(), style)))?,
-                Line::Dashed => {
-                    drawing(chart.draw_series(DashedLineSeries::new(points.clone(), 8, 5, style)))?
-                }
-                Line::Dotted => {
-                    drawing(chart.draw_series(DashedLineSeries::new(points.clone(), 3, 5, style)))?
-                }
-            };
-            series.label(label).legend(move |(x, y)| {
-                let style = colour.stroke_width(2);
-                let [first, second, third] = line
-                    .legend_strokes()
-                    .map(|(start, end)| PathElement::new(vec![(start, 0), (end, 0)], style));
-                EmptyElement::at((x, y)) + first + second + third
-            });
-            // Markers, so that a short run (a single epoch, say) still shows.
-            if points.len() > 30 {
-                continue;
-            }
-            let marker = match line {
-                Line::Solid => colour.filled(),
-                Line::Dashed | Line::Dotted => colour.stroke_width(1),
-            };
-            drawing(chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, marker))))?;
+/// One curve through `points` (epoch, value) in `colour` and `line`, with its legend entry
+/// `label`, and markers on its points when there are few.
+fn draw_curve<'a, DB: DrawingBackend + 'a>(
+    chart: &mut PanelChart<'a, DB>,
+    points: Vec<(f64, f64)>,
+    label: String,
+    colour: RGBColor,
+    line: Line,
+) -> Result<()> {
+    let style = colour.stroke_width(2);
+    let series = match line {
+        Line::Solid => drawing(chart.draw_series(LineSeries::new(points.clone(), style)))?,
+        Line::Dashed => {
+            drawing(chart.draw_series(DashedLineSeries::new(points.clone(), 8, 5, style)))?
         }
+        Line::Dotted => {
+            drawing(chart.draw_series(DashedLineSeries::new(points.clone(), 3, 5, style)))?
+        }
+    };
+    series.label(label).legend(move |(x, y)| {
+        let style = colour.stroke_width(2);
+        let [first, second, third] = line
+            .legend_strokes()
+            .map(|(start, end)| PathElement::new(vec![(start, 0), (end, 0)], style));
+        EmptyElement::at((x, y)) + first + second + third
+    });
+    // Markers, so that a short run (a single epoch, say) still shows.
+    if points.len() > 30 {
+        return Ok(());
     }
-    drawing(
-        chart
-            .configure_series_labels()
-            .position(axes.legend_at)
-            .label_font((FONT, 14))
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(180, 180, 180))
-            .draw(),
-    )?;
+    let marker = match line {
+        Line::Solid => colour.filled(),
+        Line::Dashed | Line::Dotted => colour.stroke_width(1),
+    };
+    drawing(chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, marker))))?;
     Ok(())
 }
 
