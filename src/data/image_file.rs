@@ -80,15 +80,40 @@ fn check_size(path: &Path, width: u32, height: u32) -> Result<()> {
 /// `convert("RGB")`; 16-bit samples keep their high byte (PIL does so for colour, but
 /// clips greyscale to 255, which vit does not copy).
 fn decode_png_rgb(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
-    use png::{DecodingError, InterlaceInfo, Transformations};
-    let failed = |error: DecodingError| match error {
+    use png::Transformations;
+    check_png_header_size(path, bytes)?;
+    let mut decoder =
+        png::Decoder::new_with_options(std::io::Cursor::new(bytes), pil_decode_options());
+    // For a row's buffers (an image is bounded by `check_size`): as `image` had it.
+    decoder.set_limits(png::Limits { bytes: 512 << 20 });
+    decoder.set_transformations(Transformations::EXPAND | Transformations::STRIP_16);
+    let mut reader = decoder
+        .read_info()
+        .map_err(|error| png_error(path, error))?;
+    let info = reader.info();
+    check_palette(path, info)?;
+    let (width, height) = (info.width, info.height);
+    let samples = reader.output_color_type().0.samples();
+    let pixels = read_pixels(path, &mut reader, samples)?;
+    let rgb = rgb_from_samples(pixels, samples);
+    Ok(image::RgbImage::from_raw(width, height, rgb).expect("a buffer of the image's size"))
+}
+
+/// The PNG decoder's `error` about `path`: a file cut short, rows too wide, or what the
+/// decoder says.
+fn png_error(path: &Path, error: png::DecodingError) -> anyhow::Error {
+    match error {
         error if ends_early(&error) => cut_short(path),
-        DecodingError::LimitsExceeded => anyhow!(
+        png::DecodingError::LimitsExceeded => anyhow!(
             "{}: its rows are wider than vit decodes (512 MiB a row): downscale it",
             path.display()
         ),
         error => undecodable(path, error),
-    };
+    }
+}
+
+/// The decoder's options: its checks as PIL's, and the chunks vit never reads skipped.
+fn pil_decode_options() -> png::DecodeOptions {
     let mut options = png::DecodeOptions::default();
     // Checks as PIL does: every chunk's CRC before the image data, not only the critical
     // ones', and the zlib stream's checksum where the file holds it.
@@ -97,7 +122,11 @@ fn decode_png_rgb(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
     // Never used here, and a compressed one can inflate to gigabytes.
     options.set_ignore_text_chunk(true);
     options.set_ignore_iccp_chunk(true);
-    // The size from the header, checked before the decoder allocates anything for it.
+    options
+}
+
+/// The size from the PNG's header, checked before the decoder allocates anything for it.
+fn check_png_header_size(path: &Path, bytes: &[u8]) -> Result<()> {
     if let (Some(b"IHDR"), Some(width), Some(height)) = (
         bytes.get(12..16),
         bytes.get(16..20).and_then(|b| b.try_into().ok()),
@@ -105,13 +134,12 @@ fn decode_png_rgb(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
     ) {
         check_size(path, u32::from_be_bytes(width), u32::from_be_bytes(height))?;
     }
-    let mut decoder = png::Decoder::new_with_options(std::io::Cursor::new(bytes), options);
-    // For a row's buffers (an image is bounded by `check_size`): as `image` had it.
-    decoder.set_limits(png::Limits { bytes: 512 << 20 });
-    decoder.set_transformations(Transformations::EXPAND | Transformations::STRIP_16);
-    let mut reader = decoder.read_info().map_err(failed)?;
-    let info = reader.info();
-    let (width, height) = (info.width, info.height);
+    Ok(())
+}
+
+/// Refuses an indexed PNG whose palette is not whole RGB entries: the decoder would panic
+/// on it.
+fn check_palette(path: &Path, info: &png::Info) -> Result<()> {
     let indexed = info.color_type == png::ColorType::Indexed;
     if indexed
         && info
@@ -119,17 +147,29 @@ fn decode_png_rgb(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
             .as_ref()
             .is_some_and(|palette| palette.len() % 3 != 0)
     {
-        // The decoder would panic on it.
         return Err(undecodable(
             path,
             "its palette (PLTE chunk) is not whole RGB entries",
         ));
     }
+    Ok(())
+}
+
+/// Every row of the image, de-interlaced, in the reader's output of `samples` bytes a
+/// pixel (`[H, W, samples]`); then on to the end of the image data.
+fn read_pixels(
+    path: &Path,
+    reader: &mut png::Reader<std::io::Cursor<&[u8]>>,
+    samples: usize,
+) -> Result<Vec<u8>> {
+    use png::InterlaceInfo;
+    let failed = |error| png_error(path, error);
+    let info = reader.info();
+    let (width, height) = (info.width, info.height);
     let rows = stored_rows(width, height, info.interlaced);
-    let samples = reader.output_color_type().0.samples();
     let stride = reader
         .output_line_size(width)
-        .ok_or(DecodingError::LimitsExceeded)
+        .ok_or(png::DecodingError::LimitsExceeded)
         .map_err(failed)?;
     let mut pixels = vec![0u8; stride * height as usize];
     for y in 0..rows as usize {
@@ -149,16 +189,22 @@ fn decode_png_rgb(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
         Err(error) if ends_early(&error) => {}
         other => drop(other.map_err(failed)?),
     }
-    if samples != 3 {
-        pixels = pixels
-            .chunks_exact(samples)
-            .flat_map(|pixel| match samples {
-                1 | 2 => [pixel[0]; 3],
-                _ => [pixel[0], pixel[1], pixel[2]],
-            })
-            .collect();
+    Ok(pixels)
+}
+
+/// Pixels of `samples` bytes each (grey, grey and alpha, RGB or RGBA) as RGB: grey
+/// repeated, alpha dropped.
+fn rgb_from_samples(pixels: Vec<u8>, samples: usize) -> Vec<u8> {
+    if samples == 3 {
+        return pixels;
     }
-    Ok(image::RgbImage::from_raw(width, height, pixels).expect("a buffer of the image's size"))
+    pixels
+        .chunks_exact(samples)
+        .flat_map(|pixel| match samples {
+            1 | 2 => [pixel[0]; 3],
+            _ => [pixel[0], pixel[1], pixel[2]],
+        })
+        .collect()
 }
 
 /// Whether the PNG decoder stopped at the end of the file.
