@@ -79,7 +79,57 @@ pub struct PhaseTimes {
     pub optimizer: f64,
 }
 
+/// A training step's FLOPs per forward FLOP: the forward, and a backward pass of about
+/// twice its work (the gradients of each product's input and of its weight).
+const TRAINING_FLOPS_PER_FORWARD: f64 = 3.0;
+
 impl BenchReport {
+    /// The report of `args`' run of the model `config` (its weights in `vs`, `optimizer`
+    /// its AdamW), from what `measured` timed and the process's memory now.
+    fn new(
+        args: &BenchArgs,
+        config: ViTConfig,
+        vs: &nn::VarStore,
+        optimizer: &AdamW,
+        measured: Measurements,
+        baseline_rss_bytes: u64,
+    ) -> Self {
+        let images_timed = (args.batch_size as usize * args.steps) as f64;
+        let (train_images_per_s, infer_images_per_s) = (
+            images_timed / measured.train_seconds,
+            images_timed / measured.infer_seconds,
+        );
+        let forward_flops_per_image = config.forward_flops();
+        BenchReport {
+            config: args.model.preset.clone(),
+            model: config,
+            device: crate::cli::device_name(vs.device()),
+            precision: format!("{:?}", args.precision).to_lowercase(),
+            threads: tch::get_num_threads(),
+            batch_size: args.batch_size,
+            steps: args.steps,
+            warmup: measured.train_warmup,
+            fused_attention: !args.explicit_attention,
+            fused_adamw: optimizer.fused,
+            libtorch_dropout: args.libtorch_dropout,
+            libtorch_linear: args.libtorch_linear,
+            cuda_graph: args.cuda_graph,
+            parameters: crate::model::parameter_total(vs),
+            last_step_loss: measured.last_step_loss,
+            train_images_per_s,
+            infer_images_per_s,
+            forward_flops_per_image,
+            train_flops_per_s: TRAINING_FLOPS_PER_FORWARD
+                * forward_flops_per_image
+                * train_images_per_s,
+            infer_flops_per_s: forward_flops_per_image * infer_images_per_s,
+            peak_rss_bytes: peak_rss_bytes(),
+            baseline_rss_bytes,
+            peak_device_bytes: measured.peak_device_bytes,
+            phase_ms_per_step: measured.phase_ms_per_step,
+        }
+    }
+
     /// The report as text: the set-up line, then one line a measurement.
     fn print(&self) {
         println!(
@@ -141,10 +191,6 @@ impl BenchReport {
     }
 }
 
-/// A training step's FLOPs per forward FLOP: the forward, and a backward pass of about
-/// twice its work (the gradients of each product's input and of its weight).
-const TRAINING_FLOPS_PER_FORWARD: f64 = 3.0;
-
 pub fn run(args: &BenchArgs) -> Result<()> {
     let baseline_rss_bytes = rss_bytes("VmRSS:");
     crate::runtime::apply_threads(args.threads);
@@ -152,33 +198,80 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let config = args.model.resolve()?;
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
-    let mut model = VisionTransformer::new(&vs.root(), &config)?;
-    model.set_fused_attention(!args.explicit_attention);
-    model.set_libtorch_dropout(args.libtorch_dropout);
-    model.set_onednn_linear(!args.libtorch_linear);
-    let mut optimizer = AdamW::new(&vs, DEFAULT_WEIGHT_DECAY)?;
-    optimizer.fused = args.adamw == AdamWKernel::Fused;
-    let mut cuda_graph = args
+    let (model, mut optimizer) = model_and_optimizer(&vs, &config, args)?;
+    let cuda_graph = args
         .cuda_graph
         .then(|| CudaGraphSteps::new(device, args.batch_size, CudaGraphScope::Step))
         .transpose()?;
+    let batch = random_batch(&config, args.batch_size, device);
+    let measured = measure(args, device, &model, &mut optimizer, cuda_graph, &batch)?;
+    let report = BenchReport::new(args, config, &vs, &optimizer, measured, baseline_rss_bytes);
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        report.print();
+    }
+    Ok(())
+}
+
+/// The model of `config` in `vs`, and its AdamW, with the kernels `args` choose.
+fn model_and_optimizer(
+    vs: &nn::VarStore,
+    config: &ViTConfig,
+    args: &BenchArgs,
+) -> Result<(VisionTransformer, AdamW)> {
+    let mut model = VisionTransformer::new(&vs.root(), config)?;
+    model.set_fused_attention(!args.explicit_attention);
+    model.set_libtorch_dropout(args.libtorch_dropout);
+    model.set_onednn_linear(!args.libtorch_linear);
+    let mut optimizer = AdamW::new(vs, DEFAULT_WEIGHT_DECAY)?;
+    optimizer.fused = args.adamw == AdamWKernel::Fused;
+    Ok((model, optimizer))
+}
+
+/// A batch of `batch_size` random images, `[batch_size, C, H, W]` as `config` takes them,
+/// with random labels.
+fn random_batch(config: &ViTConfig, batch_size: i64, device: Device) -> TrainBatch {
     let shape = [
-        args.batch_size,
+        batch_size,
         config.in_channels,
         config.image_size,
         config.image_size,
     ];
-    let batch = TrainBatch {
+    TrainBatch {
         images: Tensor::randn(shape, (Kind::Float, device)),
-        labels: Tensor::randint(config.num_classes, [args.batch_size], (Kind::Int64, device)),
+        labels: Tensor::randint(config.num_classes, [batch_size], (Kind::Int64, device)),
         soft_targets: None,
-    };
+    }
+}
+
+/// What [`measure`] timed, before it is turned into rates.
+struct Measurements {
+    /// The untimed training steps ([`BenchReport::warmup`]).
+    train_warmup: usize,
+    train_seconds: f64,
+    infer_seconds: f64,
+    last_step_loss: f64,
+    phase_ms_per_step: Option<PhaseTimes>,
+    peak_device_bytes: Option<i64>,
+}
+
+/// Times `args.steps` training steps on `batch` (replayed by `cuda_graph` where there is
+/// one), then as many forward passes, then with `--phases` the training steps' phases;
+/// the device's peak memory counts from the first warm-up step.
+fn measure(
+    args: &BenchArgs,
+    device: Device,
+    model: &VisionTransformer,
+    optimizer: &mut AdamW,
+    mut cuda_graph: Option<CudaGraphSteps>,
+    batch: &TrainBatch,
+) -> Result<Measurements> {
     let options = StepOptions {
         label_smoothing: DEFAULT_LABEL_SMOOTHING,
         clip_grad: DEFAULT_CLIP_GRAD,
         precision: args.precision,
     };
-
     ffi::reset_peak_memory(device)?;
     // With a graph, the warm-up covers its eager steps and the capture.
     let train_warmup = match cuda_graph {
@@ -189,14 +282,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let train_seconds = timed(device, train_warmup, args.steps, || {
         let output = match &mut cuda_graph {
             Some(graph) => graph.step(
-                &model,
-                &mut optimizer,
-                &batch,
+                model,
+                optimizer,
+                batch,
                 &TrainBatch::shallow_clone,
                 DEFAULT_LR,
                 options,
             )?,
-            None => train_step(&model, &mut optimizer, &batch, DEFAULT_LR, options),
+            None => train_step(model, optimizer, batch, DEFAULT_LR, options),
         };
         last_loss = Some(output.loss);
         Ok(())
@@ -212,46 +305,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     })?;
     let phase_ms_per_step = args
         .phases
-        .then(|| phase_times(device, args.steps, &model, &mut optimizer, &batch, options));
-    let peak_device_bytes = ffi::peak_memory(device)?;
-    let images_timed = (args.batch_size as usize * args.steps) as f64;
-    let (train_images_per_s, infer_images_per_s) =
-        (images_timed / train_seconds, images_timed / infer_seconds);
-    let forward_flops_per_image = config.forward_flops();
-    let report = BenchReport {
-        config: args.model.preset.clone(),
-        model: config.clone(),
-        device: crate::cli::device_name(device),
-        precision: format!("{:?}", args.precision).to_lowercase(),
-        threads: tch::get_num_threads(),
-        batch_size: args.batch_size,
-        steps: args.steps,
-        warmup: train_warmup,
-        fused_attention: !args.explicit_attention,
-        fused_adamw: optimizer.fused,
-        libtorch_dropout: args.libtorch_dropout,
-        libtorch_linear: args.libtorch_linear,
-        cuda_graph: args.cuda_graph,
-        parameters: crate::model::parameter_total(&vs),
+        .then(|| phase_times(device, args.steps, model, optimizer, batch, options));
+    Ok(Measurements {
+        train_warmup,
+        train_seconds,
+        infer_seconds,
         last_step_loss,
-        train_images_per_s,
-        infer_images_per_s,
-        forward_flops_per_image,
-        train_flops_per_s: TRAINING_FLOPS_PER_FORWARD
-            * forward_flops_per_image
-            * train_images_per_s,
-        infer_flops_per_s: forward_flops_per_image * infer_images_per_s,
-        peak_rss_bytes: peak_rss_bytes(),
-        baseline_rss_bytes,
-        peak_device_bytes,
         phase_ms_per_step,
-    };
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        report.print();
-    }
-    Ok(())
+        peak_device_bytes: ffi::peak_memory(device)?,
+    })
 }
 
 /// Seconds for `steps` calls of `work` after `warmup` untimed ones, with the device
