@@ -322,6 +322,62 @@ fn training_images(settings: &TrainSettings, dataset: &Dataset) -> Result<i64> {
     Ok(n_train)
 }
 
+/// The steps of an epoch of `n_train` images; refused where the run's steps (or its
+/// warm-up's) would be more than a `usize` counts.
+fn steps_per_epoch(settings: &TrainSettings, n_train: i64) -> Result<usize> {
+    let steps_per_epoch = (n_train as u64).div_ceil(settings.batch_size as u64) as usize;
+    ensure!(
+        steps_per_epoch
+            .checked_mul(settings.epochs.max(settings.warmup_epochs))
+            .is_some(),
+        "--epochs {} (or --warmup-epochs {}) of {steps_per_epoch} steps each are more \
+         steps than vit counts",
+        settings.epochs,
+        settings.warmup_epochs
+    );
+    Ok(steps_per_epoch)
+}
+
+/// Opens (or reopens, to resume) the run folder `options` names, saying where a fresh
+/// numbered one is.
+fn open_run_folder(
+    settings: &TrainSettings,
+    dataset: &Dataset,
+    options: &RunOptions,
+) -> Result<RunFolder> {
+    let run = RunFolder::open(
+        options.out,
+        settings,
+        &dataset.identity(),
+        options.resume,
+        options.numbered_out,
+        options.device,
+    )?;
+    if options.numbered_out && !options.resume {
+        eprintln!("Run folder: {}", run.dir().display());
+    }
+    Ok(run)
+}
+
+/// The model of `settings` in `vs`, drawn from the run's seed, with its dropouts; its AdamW;
+/// and with `--ema`, the EMA of its weights.
+fn model_optimizer_and_ema(
+    vs: &nn::VarStore,
+    settings: &TrainSettings,
+) -> Result<(VisionTransformer, AdamW, Option<Ema>)> {
+    let regularization = &settings.regularization;
+    tch::manual_seed(settings.seed as i64);
+    let mut model = VisionTransformer::new(&vs.root(), &settings.model)?;
+    model.set_drop_path_rate(regularization.drop_path);
+    model.set_attn_dropout(regularization.attn_dropout);
+    let optimizer = AdamW::new(vs, settings.weight_decay)?;
+    let ema = regularization
+        .ema
+        .map(|decay| Ema::new(vs, &settings.model, decay, regularization.ema_warmup))
+        .transpose()?;
+    Ok((model, optimizer, ema))
+}
+
 impl<'a> Trainer<'a> {
     /// Opens (or reopens, to resume) the run folder, builds the model, optimizer and EMA,
     /// and moves the data to the device.
@@ -334,42 +390,14 @@ impl<'a> Trainer<'a> {
         // Before the run folder exists, so that a refused run leaves none behind.
         let n_train = training_images(settings, dataset)?;
         let full_batch = settings.batch_size.min(n_train);
-        let steps_per_epoch = (n_train as u64).div_ceil(settings.batch_size as u64) as usize;
-        ensure!(
-            steps_per_epoch
-                .checked_mul(settings.epochs.max(settings.warmup_epochs))
-                .is_some(),
-            "--epochs {} (or --warmup-epochs {}) of {steps_per_epoch} steps each are more \
-             steps than vit counts",
-            settings.epochs,
-            settings.warmup_epochs
-        );
+        let steps_per_epoch = steps_per_epoch(settings, n_train)?;
         let cuda_graph = options
             .cuda_graph
             .map(|scope| CudaGraphSteps::new(device, full_batch, scope))
             .transpose()?;
-        let run = RunFolder::open(
-            options.out,
-            settings,
-            &dataset.identity(),
-            options.resume,
-            options.numbered_out,
-            device,
-        )?;
-        if options.numbered_out && !options.resume {
-            eprintln!("Run folder: {}", run.dir().display());
-        }
-        let regularization = &settings.regularization;
+        let run = open_run_folder(settings, dataset, options)?;
         let vs = nn::VarStore::new(device);
-        tch::manual_seed(settings.seed as i64);
-        let mut model = VisionTransformer::new(&vs.root(), &settings.model)?;
-        model.set_drop_path_rate(regularization.drop_path);
-        model.set_attn_dropout(regularization.attn_dropout);
-        let mut optimizer = AdamW::new(&vs, settings.weight_decay)?;
-        let ema = regularization
-            .ema
-            .map(|decay| Ema::new(&vs, &settings.model, decay, regularization.ema_warmup))
-            .transpose()?;
+        let (model, mut optimizer, ema) = model_optimizer_and_ema(&vs, settings)?;
         let progress = starting_progress(
             &run,
             settings,
