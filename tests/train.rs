@@ -2103,12 +2103,14 @@ fn user_errors_say_what_to_do() {
 
 /// Weights the first steps send to infinity: the training loss of the first epoch is not
 /// finite, which stops the run at that epoch's end, named as the first (1-based, as the
-/// progress bar counts), before any weights are saved.
+/// progress bar counts), before any weights are saved. Having saved nothing, the run may
+/// be trained again into the same --out, as the message says.
 #[test]
 fn a_training_loss_that_diverges_in_the_first_epoch_stops_the_run() {
     let (root, data_dir) = colour_cifar10("diverged-training");
     let run = root.join("run");
-    let mut args = tiny_run_args(data_dir.to_str().unwrap(), run.to_str().unwrap());
+    let (data, out) = (data_dir.to_str().unwrap(), run.to_str().unwrap());
+    let mut args = tiny_run_args(data, out);
     #[rustfmt::skip]
     args.extend(["--lr", "1e30", "--clip-grad", "0", "--epochs", "2", "--batch-size", "100"]);
     let stderr = vit_fails(&args);
@@ -2116,10 +2118,49 @@ fn a_training_loss_that_diverges_in_the_first_epoch_stops_the_run() {
         stderr.contains("the training loss became ")
             && stderr.contains(
                 " in epoch 1; stopped (no epoch finished, so there are no weights to keep)"
+            )
+            && stderr.contains(
+                "Train again with a lower --lr or --weight-decay, or --clip-grad 1 to clip the \
+                 gradients; the same --out will do, as the run saved nothing there"
             ),
         "{stderr}"
     );
     assert!(!run.join("last_model.safetensors").exists());
+    let mut args = tiny_run_args(data, out);
+    #[rustfmt::skip]
+    args.extend(["--epochs", "1", "--warmup-epochs", "0", "--batch-size", "100", "--train-subset", "100"]);
+    let output = vit(&args);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("starting it over"));
+    assert_eq!(read_metrics(&run).1.len(), 1);
+}
+
+/// A loss that diverges after the run saved its state (here: interrupted after its first
+/// step, then resumed) sends the user to another --out: this one keeps what was saved, so
+/// a new run there would be refused.
+#[test]
+fn a_loss_that_diverges_after_a_saved_state_advises_another_out() {
+    let _turn = seeded(0);
+    let dataset = colour_dataset();
+    let root = TempDir::new("diverged-after-save");
+    let run = root.join("run");
+    let settings = TrainSettings {
+        lr: 1e30,
+        clip_grad: 0.0,
+        warmup_epochs: 0,
+        ..tiny_settings(1, 300)
+    };
+    match run_training(&settings, &dataset, &run, false, true) {
+        Outcome::Interrupted { at, .. } => {
+            assert_eq!(at, StopPoint::AfterStep { epoch: 1, step: 1 })
+        }
+        Outcome::Finished => panic!("the interrupted run finished"),
+    }
+    let error = refused_resume(&settings, &dataset, &run);
+    assert!(
+        error.contains(" in epoch 1; stopped (no epoch finished")
+            && error.contains("; use another --out: this one keeps what the run saved"),
+        "{error}"
+    );
 }
 
 /// `vit predict --json`'s lines, and the file each names, in the order of its output.

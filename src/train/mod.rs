@@ -620,7 +620,7 @@ impl<'a> Trainer<'a> {
     }
 
     /// Stops a run whose `loss` (`what`) in `epoch` became NaN or infinite, saying where its
-    /// last good weights are and what to change.
+    /// last good weights are, what to change, and whether the same --out takes the new run.
     fn ensure_finite(&self, what: &str, loss: f64, epoch: usize) -> Result<()> {
         if !loss.is_finite() {
             let kept = if epoch > 1 {
@@ -636,9 +636,16 @@ impl<'a> Trainer<'a> {
             } else {
                 "--clip-grad 1 to clip the gradients"
             };
+            // A finished epoch's files may still be on their way to disk. A resume of the
+            // saved state would replay the same steps, and a fresh run is refused there.
+            let out = if epoch > 1 || self.run.holds_results() {
+                "use another --out: this one keeps what the run saved"
+            } else {
+                "the same --out will do, as the run saved nothing there"
+            };
             bail!(
-                "the {what} became {loss} in epoch {epoch}; stopped ({kept}). Train again into \
-                 another --out with a lower --lr or --weight-decay, or {clipping}"
+                "the {what} became {loss} in epoch {epoch}; stopped ({kept}). Train again with \
+                 a lower --lr or --weight-decay, or {clipping}; {out}"
             );
         }
         Ok(())

@@ -187,6 +187,12 @@ pub(super) fn saved_results(dir: &Path, rows: usize) -> Vec<String> {
     results
 }
 
+/// Whether the run in `dir` saved anything (see [`saved_results`]): a fresh run there
+/// would be refused.
+pub(super) fn holds_results(dir: &Path) -> bool {
+    !saved_results(dir, metrics_rows(dir)).is_empty()
+}
+
 /// The epochs `dir/metrics.csv` holds (rows after its header; 0 without the file).
 pub(super) fn metrics_rows(dir: &Path) -> usize {
     std::fs::read_to_string(dir.join("metrics.csv"))
@@ -219,7 +225,7 @@ pub(super) fn check_fresh(dir: &Path) -> Result<()> {
         dir.display()
     );
     ensure!(
-        saved_results(dir, rows).is_empty(),
+        !holds_results(dir),
         "{} already holds a run; pass --resume to continue it or choose another --out",
         dir.display()
     );

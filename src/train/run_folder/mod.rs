@@ -15,7 +15,9 @@ use crate::fsutil::{
 use crate::optim::AdamW;
 use anyhow::{bail, ensure, Context, Result};
 pub(super) use checks::check_resumed_dataset;
-use checks::{check_fresh, check_same_run, metrics_rows, saved_config, saved_results};
+use checks::{
+    check_fresh, check_same_run, holds_results, metrics_rows, saved_config, saved_results,
+};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device};
@@ -282,6 +284,12 @@ impl RunFolder {
 
     pub(super) fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// Whether the folder holds what the run saved, on disk now: a fresh run there would
+    /// be refused.
+    pub(super) fn holds_results(&self) -> bool {
+        holds_results(&self.dir)
     }
 
     /// Appends one row and syncs it to the disk before the epoch's resume state is written,
