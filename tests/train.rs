@@ -2163,6 +2163,47 @@ fn a_loss_that_diverges_after_a_saved_state_advises_another_out() {
     );
 }
 
+/// CIFAR's 32x32 images for a model of another --image-size are resized batch by batch,
+/// which training, evaluating and picturing a test image each say once, at the start; at
+/// the dataset's own size, nothing is said.
+#[test]
+fn cifar_images_resized_to_another_image_size_are_noted() {
+    let (root, data_dir) = colour_cifar10("image-size");
+    let data = data_dir.to_str().unwrap();
+    for (size, note) in [
+        (
+            "16",
+            Some("note: cifar10's 32x32 images are resized to 16x16 (bilinear)"),
+        ),
+        ("32", None),
+    ] {
+        let run = root.join(format!("run-{size}"));
+        let mut args = tiny_run_args(data, run.to_str().unwrap());
+        #[rustfmt::skip]
+        args.extend(["--image-size", size, "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "100", "--train-subset", "100"]);
+        let model = run.join("best_model.safetensors");
+        let picture = run.join("attention.png");
+        let (model, picture) = (model.to_str().unwrap(), picture.to_str().unwrap());
+        #[rustfmt::skip]
+        let commands = [
+            args,
+            vec!["eval", "--checkpoint", model, "--data-dir", data, "--device", "cpu"],
+            vec!["attention", "--checkpoint", model, "--data-dir", data, "--index", "0", "-o", picture, "--device", "cpu"],
+        ];
+        for command in commands {
+            let stderr = String::from_utf8_lossy(&vit(&command).stderr).into_owned();
+            let said = stderr.matches("images are resized").count();
+            match note {
+                Some(note) => assert!(
+                    said == 1 && stderr.lines().any(|line| line.starts_with(note)),
+                    "{command:?}: {stderr}"
+                ),
+                None => assert_eq!(said, 0, "{command:?}: {stderr}"),
+            }
+        }
+    }
+}
+
 /// `vit predict --json`'s lines, and the file each names, in the order of its output.
 fn json_lines_and_files(output: &std::process::Output) -> (Vec<serde_json::Value>, Vec<String>) {
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)

@@ -350,6 +350,9 @@ impl LoadedModel {
             .with_context(|| format!("choosing the test split for {}", path.display()))?;
         let mut dataset = crate::data::load_test(&dataset_args, self.model.config.image_size)?;
         self.fit_dataset(path, &mut dataset, &args.data_dir)?;
+        dataset
+            .test
+            .note_resizing(&dataset.name, self.model.config.image_size);
         Ok(dataset)
     }
 

@@ -86,6 +86,20 @@ impl Split {
         Ok(())
     }
 
+    /// Says (on stderr) when the images are not `image_size` square: the transforms then
+    /// resize each batch as it is used. A folder dataset's images are read at that size.
+    pub fn note_resizing(&self, dataset: &str, image_size: i64) {
+        let size = self.images.size();
+        let (height, width) = (size[2], size[3]);
+        if (height, width) != (image_size, image_size) {
+            eprintln!(
+                "note: {dataset}'s {height}x{width} images are resized to \
+                 {image_size}x{image_size} (bilinear) for the model as each batch is used, \
+                 which takes time"
+            );
+        }
+    }
+
     /// Images per class, for `num_classes` classes.
     pub fn class_counts(&self, num_classes: usize) -> Vec<i64> {
         let counts = self

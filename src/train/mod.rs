@@ -260,6 +260,11 @@ pub fn train(settings: &TrainSettings, dataset: &Dataset, options: &RunOptions) 
     // Once the run is sure to train: not before an error that stops it, nor for a finished
     // run resumed.
     let trains = trainer.progress.epochs_done < settings.epochs;
+    if trains {
+        dataset
+            .train
+            .note_resizing(&dataset.name, settings.model.image_size);
+    }
     if trains && settings.warmup_epochs >= settings.epochs {
         // Allowed (a smoke test), but a short run with the default warm-up is a common slip.
         eprintln!(
