@@ -9,7 +9,7 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// A signal within this time of the first counts as the first one delivered again: a
@@ -17,39 +17,80 @@ use std::time::{Duration, Instant};
 /// SIGTERM its process group already got, moments apart.
 const REPEAT: Duration = Duration::from_millis(500);
 
-/// The flag the training loop reads: the first Ctrl-C (or SIGTERM, SIGHUP) sets it, and
-/// the run stops after the current step and saves; a second one (after [`REPEAT`]) quits
-/// at once.
-pub fn stop_on_interrupt() -> Result<Arc<AtomicBool>> {
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let flag = interrupted.clone();
+/// A stop asked for by a signal, as the run and the signal handler share it: a signal is
+/// either seen by the run or, coming after its end, said to have come too late.
+#[derive(Default)]
+pub struct Stop {
+    /// The flag the training loop reads: set by a first signal while the run goes on.
+    pub requested: AtomicBool,
+    /// Set by [`Self::finish`]: the run has finished and saved everything. A lock, not a
+    /// flag, so that the run's last look at `requested` and a signal come one after the
+    /// other, each saying its line under it.
+    finished: Mutex<bool>,
+}
+
+/// Said when a stop came too late to stop the run.
+const FINISHED_NOTE: &str = "note: the stop came as the run was ending: it finished and saved \
+                             all its epochs; there is nothing to resume";
+
+impl Stop {
+    /// A first signal: asks the run to stop after the current step, unless it has finished,
+    /// and `say`s which.
+    fn signal(&self, say: impl FnOnce(&'static str)) {
+        let finished = self.finished.lock().unwrap_or_else(PoisonError::into_inner);
+        if *finished {
+            return say(FINISHED_NOTE);
+        }
+        self.requested.store(true, Ordering::SeqCst);
+        say(
+            "Stopping: the run saves its state after the current step (or test pass); a \
+             second Ctrl-C (or signal), half a second or more later, quits at once without \
+             saving",
+        )
+    }
+
+    /// Marks the run finished and saved; a stop that came before (in its last step or test
+    /// pass, or while it saved) is `say`d to have come too late.
+    pub fn finish(&self, say: impl FnOnce(&'static str)) {
+        let mut finished = self.finished.lock().unwrap_or_else(PoisonError::into_inner);
+        *finished = true;
+        if self.requested.load(Ordering::SeqCst) {
+            say(FINISHED_NOTE)
+        }
+    }
+}
+
+/// A line on stderr. Not eprintln!, which panics on a closed stderr (and would end the
+/// signal handler's thread).
+pub fn say_on_stderr(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The stop the training loop reads: the first Ctrl-C (or SIGTERM, SIGHUP) requests it,
+/// and the run stops after the current step and saves; a second one (after [`REPEAT`])
+/// quits at once.
+pub fn stop_on_interrupt() -> Result<Arc<Stop>> {
+    let stop = Arc::new(Stop::default());
+    let handler_stop = stop.clone();
     let mut first: Option<Instant> = None;
     crate::runtime::on_interrupt(move || {
         match first {
             Some(at) if at.elapsed() < REPEAT => return,
             Some(_) => {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "\nQuit at once, without saving: the run folder keeps the state it \
-                     saved last, if any (at the end of an epoch, or where an earlier \
-                     interrupt stopped the run); the same command with --resume goes on \
-                     from there"
+                say_on_stderr(
+                    "\nQuit at once, without saving: the run folder keeps the state it saved \
+                     last, if any (at the end of an epoch, or where an earlier interrupt \
+                     stopped the run); the same command with --resume goes on from there",
                 );
                 crate::runtime::quit_at_once(130)
             }
             None => first = Some(Instant::now()),
         }
-        flag.store(true, Ordering::SeqCst);
-        // Said at once: the step, or an epoch's test pass, may take a while to finish. Not
-        // eprintln!, which panics on a closed stderr and would end this handler's thread.
-        let _ = writeln!(
-            std::io::stderr(),
-            "\nStopping: the run saves its state after the current step (or test pass); \
-             a second Ctrl-C (or signal), half a second or more later, quits at once \
-             without saving"
-        );
+        // Said at once: the step, or an epoch's test pass, may take a while to finish. On
+        // a line of its own, after the progress bar's.
+        handler_stop.signal(|line| say_on_stderr(&format!("\n{line}")));
     })?;
-    Ok(interrupted)
+    Ok(stop)
 }
 
 /// The command that resumes the run in `run_dir`: the same flags again (and the run folder,
@@ -112,7 +153,34 @@ fn shell_quoted(arg: &[u8], command_word: bool) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::{resume_command, shell_quoted};
+    use super::{resume_command, shell_quoted, Stop, FINISHED_NOTE};
+    use std::sync::atomic::Ordering;
+
+    /// A stop that comes while the run goes on is requested (and, should the run finish
+    /// anyway, its end says so); one that comes after the run's end stops nothing and says
+    /// so itself; without one, the end says nothing.
+    #[test]
+    fn a_stop_is_said_to_come_too_late_by_the_run_or_by_the_signal_after_it() {
+        let stop = Stop::default();
+        let mut said = Vec::new();
+        stop.signal(|line| said.push(line));
+        assert!(stop.requested.load(Ordering::SeqCst));
+        stop.finish(|line| said.push(line));
+        assert!(
+            said.len() == 2 && said[0].starts_with("Stopping: "),
+            "{said:?}"
+        );
+        assert_eq!(said[1], FINISHED_NOTE);
+
+        let stop = Stop::default();
+        let mut said = Vec::new();
+        stop.finish(|line| said.push(line));
+        assert!(said.is_empty(), "{said:?}");
+        stop.signal(|line| said.push(line));
+        assert_eq!(said, [FINISHED_NOTE]);
+        assert!(!stop.requested.load(Ordering::SeqCst));
+    }
+
     use crate::cli::train_args;
     use std::path::Path;
 

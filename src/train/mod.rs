@@ -84,7 +84,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         false => None,
     };
     let (settings, dataset) = settings_and_dataset(args, resumed_data_dir.as_deref())?;
-    let interrupted = interrupt::stop_on_interrupt()?;
+    let stop = interrupt::stop_on_interrupt()?;
     let options = RunOptions {
         out: &out,
         numbered_out: args.out.is_none(),
@@ -92,16 +92,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         device,
         plot: args.plot,
         cuda_graph: args.cuda_graph,
-        interrupted: &interrupted,
+        interrupted: &stop.requested,
     };
     match train(&settings, &dataset, &options)? {
         Outcome::Finished => {
-            if interrupted.load(Ordering::SeqCst) {
-                eprintln!(
-                    "note: the interrupt came in the last epoch's last step or test pass, so \
-                     the run finished and saved all its epochs; there is nothing to resume"
-                );
-            }
+            stop.finish(interrupt::say_on_stderr);
             Ok(())
         }
         Outcome::Interrupted { at, run_dir } => interrupt::quit_saved(args, at, &run_dir),
