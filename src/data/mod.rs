@@ -196,6 +196,8 @@ impl Dataset {
 /// did not change, and may read it from another folder.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DataIdentity {
+    /// The dataset's whole training split, which the fingerprint covers: the images a run
+    /// trains on each epoch are `TrainSettings::train_subset` of them, where given.
     pub train_images: i64,
     pub test_images: i64,
     pub classes: Vec<String>,
