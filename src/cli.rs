@@ -92,7 +92,14 @@ impl Command {
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Starting point: notebook (the homework's cell), small or tiny.
-    #[arg(long = "config", default_value = "notebook")]
+    // Checked by the parser, as other flags' values are: an unknown name gets its message
+    // listing the presets, and status 2.
+    #[arg(
+        long = "config",
+        value_name = "PRESET",
+        default_value = "notebook",
+        value_parser = clap::builder::PossibleValuesParser::new(ViTConfig::preset_names())
+    )]
     pub preset: String,
     #[arg(long, value_parser = whole_number::<i64>(None))]
     pub image_size: Option<i64>,

@@ -2204,6 +2204,22 @@ fn cifar_images_resized_to_another_image_size_are_noted() {
     }
 }
 
+/// An unknown --config preset is refused as any other flag's bad value is, by the parser:
+/// status 2, listing the presets, for every command that takes it.
+#[test]
+fn an_unknown_config_preset_is_refused_listing_the_presets() {
+    for command in ["train", "info", "bench"] {
+        let output = common::run_vit(&[command, "--config", "big"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{command}: {stderr}");
+        assert!(
+            stderr.contains("invalid value 'big' for '--config <PRESET>'")
+                && stderr.contains("[possible values: notebook, small, tiny]"),
+            "{command}: {stderr}"
+        );
+    }
+}
+
 /// `vit predict --json`'s lines, and the file each names, in the order of its output.
 fn json_lines_and_files(output: &std::process::Output) -> (Vec<serde_json::Value>, Vec<String>) {
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)

@@ -108,12 +108,17 @@ impl ViTConfig {
         }
     }
 
+    /// The names `--config` takes, as [`Self::preset`] knows them.
+    pub fn preset_names() -> [&'static str; PRESETS.len()] {
+        PRESETS.map(|(name, _)| name)
+    }
+
     pub fn preset(name: &str) -> Result<Self> {
         match PRESETS.iter().find(|(preset, _)| *preset == name) {
             Some((_, build)) => Ok(build()),
             None => bail!(
                 "unknown config preset `{name}`; choose one of {:?}",
-                PRESETS.map(|(preset, _)| preset)
+                Self::preset_names()
             ),
         }
     }
