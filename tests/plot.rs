@@ -131,6 +131,45 @@ fn curves_without_metrics_is_an_error_naming_the_file() {
     assert!(!dir.join("curves.png").exists());
 }
 
+/// Runs with epochs but not one number to draw are refused, as runs without epochs are,
+/// rather than drawn as empty axes; beside a run with numbers they are left out as before.
+#[test]
+fn runs_without_a_number_to_draw_are_an_error_and_no_picture() {
+    let dir = TempDir::new("no-numbers");
+    let (no_curves, not_numbers, no_epochs) =
+        (dir.join("lr-only"), dir.join("text"), dir.join("starting"));
+    for (run, csv) in [
+        (&no_curves, "epoch,lr\n1,abc\n".to_string()),
+        (
+            &not_numbers,
+            "epoch,train_loss,test_acc\n1,abc,\n2,inf,n/a\n".to_string(),
+        ),
+        (&no_epochs, format!("{HEADER}\n")),
+    ] {
+        std::fs::create_dir_all(run).unwrap();
+        std::fs::write(run.join("metrics.csv"), csv).unwrap();
+    }
+    let output = dir.join("curves.png");
+    let err = plot::run(&PlotArgs {
+        runs: vec![no_curves.clone(), not_numbers.clone(), no_epochs.clone()],
+        output: output.clone(),
+    })
+    .unwrap_err();
+    let expected = format!(
+        "{}, {} has no finite number in any of the columns train_loss, train_acc, test_loss, \
+         test_acc, ema_test_loss, ema_test_acc, and {} has no finished epochs yet: nothing to \
+         draw",
+        no_curves.join("metrics.csv").display(),
+        not_numbers.join("metrics.csv").display(),
+        no_epochs.join("metrics.csv").display()
+    );
+    assert!(format!("{err:#}").contains(&expected), "{err:#}");
+    assert!(!output.exists() && !dir.join("curves.svg").exists());
+    write_metrics(&dir.join("done"), 2, 1.0);
+    plot::curves(&[no_curves, dir.join("done")], &output).unwrap();
+    assert_eq!(png_size(&output), CURVES_SIZE);
+}
+
 #[test]
 fn a_run_given_twice_is_drawn_once_under_its_folder_name() {
     let dir = TempDir::new("twice");

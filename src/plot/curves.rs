@@ -207,7 +207,7 @@ pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
         }
     }
     let names: Vec<String> = distinct.iter().map(|run| folder_name(run)).collect();
-    let (mut read, mut left_out) = (Vec::new(), Vec::new());
+    let (mut read, mut left_out, mut without_numbers) = (Vec::new(), Vec::new(), Vec::new());
     for (run, name) in distinct.iter().zip(&names) {
         let path = metrics_path(run);
         let epochs = read_metrics(&path)?;
@@ -215,6 +215,9 @@ pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
             // A run still in its first epoch: the others are drawn without it.
             left_out.push(path.display().to_string());
             continue;
+        }
+        if !epochs.iter().any(has_values) {
+            without_numbers.push(path.display().to_string());
         }
         let unique = names.iter().filter(|n| *n == name).count() == 1;
         read.push(RunMetrics {
@@ -231,6 +234,19 @@ pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
         "{} has no finished epochs yet: nothing to draw",
         left_out.join(", ")
     );
+    // Empty axes are no picture of a run: refused, as a run without epochs is.
+    ensure!(
+        without_numbers.len() < read.len(),
+        "{} has no finite number in any of the columns {}{}: nothing to draw; plot the \
+         folders of runs that `vit train` wrote",
+        without_numbers.join(", "),
+        METRIC_COLUMNS.join(", "),
+        if left_out.is_empty() {
+            String::new()
+        } else {
+            format!(", and {} has no finished epochs yet", left_out.join(", "))
+        }
+    );
     if !left_out.is_empty() {
         eprintln!(
             "note: left out, with no finished epochs yet: {}",
@@ -238,6 +254,13 @@ pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
         );
     }
     Ok(read)
+}
+
+/// Whether `row` has a value either panel draws.
+fn has_values(row: &MetricsRow) -> bool {
+    [Panel::Loss, Panel::Accuracy]
+        .into_iter()
+        .any(|panel| panel.values(row).iter().any(Option::is_some))
 }
 
 /// The folder of a run given as a folder, or as a file in it.
