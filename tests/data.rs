@@ -23,6 +23,12 @@ fn entries(dir: &Path) -> Vec<String> {
     names
 }
 
+/// Asserts that a failed download left no data folder: it created the folder, and removes
+/// it with the rest.
+fn assert_no_data_folder(data_dir: &Path) {
+    assert!(!data_dir.exists(), "{} is left", data_dir.display());
+}
+
 /// The pixel byte of image `seed` at channel c, row y, column x.
 fn pixel(seed: usize, c: usize, y: usize, x: usize) -> u8 {
     ((seed * 31 + c * 101 + y * 7 + x * 3) % 256) as u8
@@ -611,7 +617,7 @@ fn checksum_mismatch_and_truncation_leave_nothing() {
         "{err}"
     );
     assert!(err.contains(&md5) && err.contains(wrong), "{err}");
-    assert_eq!(entries(&data_dir), Vec::<String>::new());
+    assert_no_data_folder(&data_dir);
     assert_eq!(std::fs::read(&file).unwrap(), archive);
 
     // An interrupted transfer: the source holds only the first half of the archive.
@@ -620,7 +626,7 @@ fn checksum_mismatch_and_truncation_leave_nothing() {
     let spec = spec_for(&archive, &md5);
     let err = error_of(fetch(truncated.to_str().unwrap(), &data_dir, &spec));
     assert!(err.contains("bytes"), "{err}");
-    assert_eq!(entries(&data_dir), Vec::<String>::new());
+    assert_no_data_folder(&data_dir);
 
     // A source larger than the expected size.
     let mut longer = archive.clone();
@@ -628,14 +634,15 @@ fn checksum_mismatch_and_truncation_leave_nothing() {
     std::fs::write(&truncated, &longer).unwrap();
     let err = error_of(fetch(truncated.to_str().unwrap(), &data_dir, &spec));
     assert!(err.contains("bytes"), "{err}");
-    assert_eq!(entries(&data_dir), Vec::<String>::new());
+    assert_no_data_folder(&data_dir);
 
     // A missing source.
     let err = error_of(fetch("/nonexistent/a.tar.gz", &data_dir, &spec));
     assert!(err.contains("/nonexistent/a.tar.gz"), "{err}");
-    assert_eq!(entries(&data_dir), Vec::<String>::new());
+    assert_no_data_folder(&data_dir);
 
     // Stale temporaries of a killed run (a PID that cannot be running) are swept.
+    std::fs::create_dir(&data_dir).unwrap();
     let stale = data_dir.join(".cifar-10-binary.tar.gz.tmp-4294967295");
     std::fs::write(&stale, b"partial").unwrap();
     let stale_unpacked = data_dir.join(".cifar-10-batches-bin.tmp-4294967295/cifar-10-batches-bin");
@@ -678,7 +685,7 @@ fn escaping_or_stray_entries_are_refused() {
         let archive = tar_gz(entries_in);
         let err = refused_archive(&archive, &tmp.0.join("evil.tar.gz"), &data_dir);
         assert!(err.contains("refusing"), "{err}");
-        assert_eq!(entries(&data_dir), Vec::<String>::new(), "{err}");
+        assert_no_data_folder(&data_dir);
         assert!(!tmp.0.join("evil").exists() && !tmp.0.join("data/evil").exists());
     }
 }
@@ -717,7 +724,7 @@ fn link_entries_are_refused() {
         ),
         "{err}"
     );
-    assert_eq!(entries(&data_dir), Vec::<String>::new());
+    assert_no_data_folder(&data_dir);
     assert_eq!(entries(&outside), Vec::<String>::new());
 }
 
@@ -752,7 +759,7 @@ fn sources_of_the_wrong_size_are_refused_by_their_size() {
         err.contains(&expected) && !err.contains("mirror's folder"),
         "{err}"
     );
-    assert_eq!(entries(&data_dir), Vec::<String>::new());
+    assert_no_data_folder(&data_dir);
 
     let longer = [&archive[..], &[0u8; 100]].concat();
     let err = error_of(fetch(&serve_once(longer, None), &data_dir, &spec));
@@ -763,7 +770,7 @@ fn sources_of_the_wrong_size_are_refused_by_their_size() {
         )),
         "{err}"
     );
-    assert_eq!(entries(&data_dir), Vec::<String>::new());
+    assert_no_data_folder(&data_dir);
 }
 
 /// [B,3,H,W] int64 images whose pixel (c, y, x) holds c*10000 + (y+1)*100 + (x+1), so a
@@ -1900,19 +1907,19 @@ fn http_download_and_interrupted_transfers() {
         err.contains("cannot fetch") && err.contains("--from"),
         "{err}"
     );
-    assert_eq!(entries(&data_dir), Vec::<String>::new());
+    assert_no_data_folder(&data_dir);
 
     // The connection drops after half of the announced bytes.
     let url = serve_once(half.clone(), Some(archive.len()));
     let err = error_of(fetch(&url, &data_dir, &spec));
     assert!(err.contains("removed the partial file"), "{err}");
-    assert_eq!(entries(&data_dir), Vec::<String>::new());
+    assert_no_data_folder(&data_dir);
 
     // No Content-Length: the short body is noticed at the end.
     let url = serve_once(half, None);
     let err = error_of(fetch(&url, &data_dir, &spec));
     assert!(err.contains("incomplete transfer"), "{err}");
-    assert_eq!(entries(&data_dir), Vec::<String>::new());
+    assert_no_data_folder(&data_dir);
 
     // The whole archive; a base URL gets the file name appended.
     let url = serve_once(archive.clone(), Some(archive.len()));
@@ -1925,9 +1932,45 @@ fn http_download_and_interrupted_transfers() {
     assert_eq!(entries(&data_dir), ["cifar-10-batches-bin"]);
 }
 
+/// A failed download removes the folders it created for the data folder (`vit download
+/// --data-dir new/data` with neither there), and only those: a folder that was there
+/// before stays, empty as it was.
+#[test]
+fn a_failed_download_removes_the_folders_it_created_and_only_those() {
+    let tmp = TempDir::new("dl-created");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", closed.local_addr().unwrap());
+    drop(closed);
+    let new = tmp.0.join("new");
+    let output = common::run_vit(&[
+        "download",
+        "--dataset",
+        "cifar10",
+        "--from",
+        &url,
+        "--data-dir",
+        new.join("data").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot fetch"), "{stderr}");
+    assert!(!new.exists(), "{} is left", new.display());
+
+    let mine = tmp.0.join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    let archive = cifar10_archive();
+    let md5 = md5_hex(&archive);
+    let spec = spec_for(&archive, &md5);
+    for data_dir in [mine.clone(), mine.join("data")] {
+        let err = error_of(fetch("/nonexistent/a.tar.gz", &data_dir, &spec));
+        assert!(err.contains("/nonexistent/a.tar.gz"), "{err}");
+        assert_eq!(entries(&mine), Vec::<String>::new());
+    }
+}
+
 /// Ctrl-C during a download (here, a server that has sent 1 MiB of the archive and then
-/// waits) removes the partial archive and ends with status 130: the data folder is left
-/// as it was, empty. A signal the download was started with ignored (SIGHUP under nohup)
+/// waits) removes the partial archive, and the data folder the download created, and ends
+/// with status 130. A signal the download was started with ignored (SIGHUP under nohup)
 /// stays ignored.
 #[test]
 fn ctrl_c_during_a_download_removes_the_partial_archive() {
@@ -1990,7 +2033,7 @@ fn ctrl_c_during_a_download_removes_the_partial_archive() {
         stderr.contains("the partial download is removed"),
         "{stderr}"
     );
-    assert_eq!(entries(&data_dir), Vec::<String>::new());
+    assert_no_data_folder(&data_dir);
 }
 
 /// The same invariants on the GPU, where there is one (skipped otherwise).

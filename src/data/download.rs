@@ -6,7 +6,8 @@
 //! renamed into place. Any failure, and Ctrl-C, removes the temporaries, so the data folder
 //! holds either the complete dataset or nothing of it, even after a kill (the unpacked
 //! files are not synced, so a power cut may still leave them short: the readers check
-//! every file's size); temporaries left by a killed run are removed by the next one.
+//! every file's size); temporaries left by a killed run are removed by the next one. The
+//! folders the download created for the data folder go too, where still empty.
 
 use crate::fsutil::{
     create_folder, remove_file_or_folder, remove_stale_temporaries, temporary_sibling,
@@ -75,9 +76,9 @@ pub fn fetch(source: &str, data_dir: &Path, spec: &ArchiveSpec) -> Result<Fetche
          run this again",
         target.display()
     );
-    create_folder(data_dir)?;
-    remove_stale_temporaries(data_dir);
     remove_temporaries_on_interrupt()?;
+    let created = CreatedFolders::create(data_dir)?;
+    remove_stale_temporaries(data_dir);
 
     let archive = TempPath::new(temporary_sibling(&data_dir.join(spec.file_name)));
     let source = resolve_source(source, spec);
@@ -100,6 +101,7 @@ pub fn fetch(source: &str, data_dir: &Path, spec: &ArchiveSpec) -> Result<Fetche
     }
     std::fs::rename(&unpacked, &target)
         .with_context(|| format!("cannot move {} to {}", unpacked.display(), target.display()))?;
+    created.keep();
     Ok(Fetched::Unpacked(target))
 }
 
@@ -134,33 +136,79 @@ static TEMPORARIES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 impl TempPath {
     fn new(path: PathBuf) -> Self {
-        lock_temporaries().push(path.clone());
+        lock(&TEMPORARIES).push(path.clone());
         Self(path)
     }
 }
 
 impl Drop for TempPath {
     fn drop(&mut self) {
-        lock_temporaries().retain(|path| *path != self.0);
+        lock(&TEMPORARIES).retain(|path| *path != self.0);
         let _ = remove_file_or_folder(&self.0);
     }
 }
 
-fn lock_temporaries() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+/// The folders a download created to hold its data folder (that one included), deepest
+/// first: removed where still empty when it fails, or by the Ctrl-C handler, so that a
+/// failed download leaves no empty folder behind. A folder that was there before is
+/// never in it.
+struct CreatedFolders(Vec<PathBuf>);
+
+/// The folders of the download in progress, for the Ctrl-C handler.
+static CREATED_FOLDERS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+impl CreatedFolders {
+    /// Creates `dir` and the folders above it that are missing.
+    fn create(dir: &Path) -> Result<Self> {
+        let missing: Vec<PathBuf> = dir
+            .ancestors()
+            .take_while(|folder| !folder.as_os_str().is_empty())
+            .take_while(|folder| folder.symlink_metadata().is_err())
+            .map(Path::to_path_buf)
+            .collect();
+        *lock(&CREATED_FOLDERS) = missing.clone();
+        // Made before the folders are, so that any created before a failure go.
+        let created = Self(missing);
+        create_folder(dir)?;
+        Ok(created)
+    }
+
+    /// Leaves the folders where they are: they hold the dataset now.
+    fn keep(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for CreatedFolders {
+    fn drop(&mut self) {
+        lock(&CREATED_FOLDERS).clear();
+        remove_empty_folders(&self.0);
+    }
+}
+
+/// Removes each of `folders` that is empty (one with anything in it stays), in order.
+fn remove_empty_folders(folders: &[PathBuf]) {
+    for folder in folders {
+        let _ = std::fs::remove_dir(folder);
+    }
+}
+
+fn lock(paths: &'static Mutex<Vec<PathBuf>>) -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
     // A list of paths stays usable after a panic elsewhere.
-    TEMPORARIES
+    paths
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Makes Ctrl-C (or SIGTERM, SIGHUP) remove the temporaries of a download in progress,
-/// then end the process with status 130. Installed once per process.
+/// and the folders it created where empty, then end the process with status 130.
+/// Installed once per process.
 fn remove_temporaries_on_interrupt() -> Result<()> {
     static INSTALLED: std::sync::OnceLock<std::result::Result<(), String>> =
         std::sync::OnceLock::new();
     let installed = INSTALLED.get_or_init(|| {
         crate::runtime::on_interrupt(|| {
-            let temporaries: Vec<PathBuf> = lock_temporaries().drain(..).collect();
+            let temporaries: Vec<PathBuf> = lock(&TEMPORARIES).drain(..).collect();
             // The unpacking goes on while this runs: a folder it just added a file to is
             // not empty at the first try.
             let left: Vec<&PathBuf> = temporaries
@@ -169,6 +217,7 @@ fn remove_temporaries_on_interrupt() -> Result<()> {
                     !(0..5).any(|_| remove_file_or_folder(path).is_ok() || !path.exists())
                 })
                 .collect();
+            remove_empty_folders(&lock(&CREATED_FOLDERS));
             let message = match left.as_slice() {
                 [] if temporaries.is_empty() => String::new(),
                 [] => "\nInterrupted: the partial download is removed\n".to_string(),
