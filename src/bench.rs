@@ -10,6 +10,7 @@ use crate::cli::{
     DEFAULT_WEIGHT_DECAY,
 };
 use crate::ffi;
+use crate::listing::noun_for;
 use crate::model::{ViTConfig, VisionTransformer};
 use crate::optim::AdamW;
 use crate::train::{forward_backward_update, train_step, CudaGraphSteps, StepOptions, TrainBatch};
@@ -133,14 +134,14 @@ impl BenchReport {
     /// The report as text: the set-up line, then one line a measurement.
     fn print(&self) {
         println!(
-            "{} ({} parameters), batch {}, {} on {} with {} thread{}, {} attention, {} AdamW{}{}{}",
+            "{} ({} parameters), batch {}, {} on {} with {} {}, {} attention, {} AdamW{}{}{}",
             self.config,
             self.parameters,
             self.batch_size,
             self.precision,
             self.device,
             self.threads,
-            if self.threads == 1 { "" } else { "s" },
+            noun_for(self.threads, "thread"),
             if self.fused_attention {
                 "fused"
             } else {

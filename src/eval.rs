@@ -4,6 +4,7 @@ use crate::checkpoint;
 use crate::cli::{EvalArgs, Precision};
 use crate::data::{transforms, Split, TestSet};
 use crate::ffi::autocast;
+use crate::listing::noun_for;
 use crate::model::VisionTransformer;
 use anyhow::{anyhow, Result};
 use serde::Serialize;
@@ -303,8 +304,10 @@ fn print_report(
     }
     println!("Checkpoint: {}", args.checkpoint.display());
     println!(
-        "Dataset: {} test split, {} images",
-        dataset.name, evaluation.images
+        "Dataset: {} test split, {} {}",
+        dataset.name,
+        evaluation.images,
+        noun_for(evaluation.images, "image")
     );
     println!("Validation Accuracy: {:.2}%", 100.0 * evaluation.accuracy);
     if let Some(top5) = evaluation.top5_accuracy {

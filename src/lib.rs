@@ -11,7 +11,8 @@
 //! - `ffi`: the libtorch C++ APIs tch leaves out (bf16 autocast on the CPU and CUDA, fused AdamW, CUDA graphs);
 //! - `fsutil`: writes that never leave a half-written file, and checks that a folder can
 //!   be written;
-//! - `listing`: how a message lists many things (the first few, and how many more).
+//! - `listing`: how a message lists many things (the first few, and how many more), and
+//!   counts them ("1 thread", "4 threads").
 
 pub mod attention;
 pub mod bench;

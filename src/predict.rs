@@ -4,6 +4,7 @@
 use crate::checkpoint;
 use crate::cli::PredictArgs;
 use crate::data::{folder, transforms};
+use crate::listing::noun_for;
 use anyhow::{ensure, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -70,11 +71,15 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     }
     let mut problems = Vec::new();
     if skipped > 0 {
-        problems.push(format!("{skipped} of {images} files could not be read"));
+        problems.push(format!(
+            "{skipped} of {images} {} could not be read",
+            noun_for(images, "file")
+        ));
     }
     if unlisted > 0 {
         problems.push(format!(
-            "{unlisted} folder(s) could not be read or held no images"
+            "{unlisted} {} could not be read or held no images",
+            noun_for(unlisted, "folder")
         ));
     }
     ensure!(

@@ -3,6 +3,7 @@
 //! handlers (signals started ignored stay ignored), how the process ends (at once, on a
 //! second Ctrl-C; quietly, on a closed output pipe), and the memory there is.
 
+use crate::listing::noun_for;
 use std::cell::Cell;
 use std::io::Write;
 
@@ -15,8 +16,9 @@ pub fn apply_threads(threads: Option<i32>) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if threads as usize > cores {
         eprintln!(
-            "warning: --threads {threads} is more than the {cores} cores here; it is likely \
-             to run slower than --threads {cores}"
+            "warning: --threads {threads} is more than the {cores} {} here; it is likely \
+             to run slower than --threads {cores}",
+            noun_for(cores, "core")
         );
     }
     tch::set_num_threads(threads);

@@ -346,6 +346,16 @@ fn bad_sizes_and_labels_are_named() {
     assert!(err.contains("3073"), "{err}");
     let advice = format!("delete {}, then run `vit download", dir.display());
     assert!(err.contains(&advice), "{err}");
+    // Counts of one read as one.
+    std::fs::write(dir.join("test_batch.bin"), [0u8]).unwrap();
+    let err = load();
+    assert!(
+        err.contains(
+            "size 1 byte is not a positive multiple of the record size 3073 (1 label \
+                       byte + 3072 pixel bytes)"
+        ),
+        "{err}"
+    );
 
     // A class-names file that is not ten names, or not text, gets the same advice.
     write_cifar10(&tmp.0);
@@ -355,6 +365,9 @@ fn bad_sizes_and_labels_are_named() {
         err.contains("5 class names, expected 10") && err.contains(&advice),
         "{err}"
     );
+    std::fs::write(dir.join("batches.meta.txt"), "a\n").unwrap();
+    let err = load();
+    assert!(err.contains("1 class name, expected 10"), "{err}");
     std::fs::write(dir.join("batches.meta.txt"), [0xff, 0xfe, 0x00]).unwrap();
     let err = load();
     assert!(

@@ -531,6 +531,19 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         )),
         "{stderr}"
     );
+    // One thread is one thread.
+    let one = config.replace(
+        &format!("\"cpu_threads\": {threads},"),
+        "\"cpu_threads\": 1,",
+    );
+    std::fs::write(&config_path, one).unwrap();
+    let mut two_threads = args.clone();
+    two_threads.extend(["--threads", "2"]);
+    let stderr = String::from_utf8_lossy(&vit(&two_threads).stderr).into_owned();
+    assert!(
+        stderr.contains("was trained with 1 CPU thread and resumes with 2:"),
+        "{stderr}"
+    );
     std::fs::write(&config_path, config.replace("\"cpu\"", "\"cuda:0\"")).unwrap();
     let resumed = vit(&args);
     let stderr = String::from_utf8_lossy(&resumed.stderr);
@@ -2071,7 +2084,7 @@ fn user_errors_say_what_to_do() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("1 folder(s) could not be read or held no images"),
+        stderr.contains("1 folder could not be read or held no images"),
         "{stderr}"
     );
     // With --json, the folder's line comes where it was given, among the files.
@@ -2096,7 +2109,7 @@ fn user_errors_say_what_to_do() {
     assert!(
         stderr.contains(&format!("skipped: {} is", in_album("sub/up")))
             && stderr.contains("through a symbolic link")
-            && stderr.contains("1 folder(s) could not be read or held no images"),
+            && stderr.contains("1 folder could not be read or held no images"),
         "{stderr}"
     );
 }

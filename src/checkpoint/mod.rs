@@ -6,7 +6,7 @@ mod advice;
 
 use crate::data::{Dataset, TestSet};
 use crate::fsutil::write_atomic;
-use crate::listing::first_and_more;
+use crate::listing::{first_and_more, noun_for};
 use crate::model::{ViTConfig, VisionTransformer};
 use advice::{first_few, PyTorchFile, SHOWN};
 use anyhow::{bail, ensure, Context, Result};
@@ -299,7 +299,10 @@ impl TensorFile {
             let (shown, more) = first_and_more(&mis_shaped, SHOWN);
             let others = match more {
                 0 => String::new(),
-                more => format!("; and {more} more tensors of another shape"),
+                more => format!(
+                    "; and {more} more {} of another shape",
+                    noun_for(more, "tensor")
+                ),
             };
             problems.push(shown.join("; ") + &others);
         }
@@ -390,9 +393,10 @@ impl LoadedModel {
         }
         ensure!(
             dataset.classes.len() as i64 == config.num_classes,
-            "{} has {} classes but {} ({}) has {}: use the dataset it was trained on",
+            "{} has {} {} but {} ({}) has {}: use the dataset it was trained on",
             path.display(),
             config.num_classes,
+            noun_for(config.num_classes, "class"),
             dataset.name,
             data_dir.display(),
             dataset.classes.len()

@@ -11,7 +11,7 @@
 
 use super::download::ArchiveSpec;
 use super::{Dataset, Split};
-use crate::listing::{and_more, first_and_more};
+use crate::listing::{and_more, first_and_more, noun_for};
 use anyhow::{bail, ensure, Context, Result};
 use std::path::Path;
 use tch::{Kind, Tensor};
@@ -210,9 +210,10 @@ pub fn check_release(data_dir: &Path, format: &RecordFormat) -> Result<()> {
         match std::fs::metadata(&path) {
             Ok(metadata) if metadata.len() == official => {}
             Ok(metadata) => bail!(
-                "{} is {} bytes where the official file is {official}: {}",
+                "{} is {} {} where the official file is {official}: {}",
                 path.display(),
                 metadata.len(),
+                noun_for(metadata.len(), "byte"),
                 download_again(&path, format, data_dir)
             ),
             Err(_) => bail!("{}", missing(&path, format, data_dir)),
@@ -383,13 +384,14 @@ fn read_records(
     let record = format.record_bytes();
     if bytes.is_empty() || bytes.len() % record != 0 {
         bail!(
-            "{}: size {} bytes is not a positive multiple of the record size {} \
-             ({} label byte(s) + {} pixel bytes); the file is truncated or not a {} batch: \
-             {}",
+            "{}: size {} {} is not a positive multiple of the record size {} \
+             ({} label {} + {} pixel bytes); the file is truncated or not a {} batch: {}",
             path.display(),
             bytes.len(),
+            noun_for(bytes.len(), "byte"),
             record,
             format.label_bytes,
+            noun_for(format.label_bytes, "byte"),
             IMAGE_BYTES,
             format.dataset,
             download_again(path, format, data_dir)
@@ -456,9 +458,10 @@ fn read_class_names(path: &Path, format: &RecordFormat, data_dir: &Path) -> Resu
         .collect();
     if names.len() != format.num_classes {
         bail!(
-            "{}: {} class names, expected {} (one a line): {}",
+            "{}: {} class {}, expected {} (one a line): {}",
             path.display(),
             names.len(),
+            noun_for(names.len(), "name"),
             format.num_classes,
             download_again(path, format, data_dir)
         );

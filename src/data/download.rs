@@ -12,6 +12,7 @@
 use crate::fsutil::{
     create_folder, remove_file_or_folder, remove_stale_temporaries, temporary_sibling,
 };
+use crate::listing::noun_for;
 use anyhow::{bail, ensure, Context, Result};
 use md5::{Digest, Md5};
 use std::fs::File;
@@ -301,7 +302,8 @@ fn check_announced_size(source: &str, length: u64, spec: &ArchiveSpec) -> Result
         String::new()
     };
     bail!(
-        "{source} is {length} bytes, but {} is {} bytes: wrong file or a bad mirror{hint}",
+        "{source} is {length} {}, but {} is {} bytes: wrong file or a bad mirror{hint}",
+        noun_for(length, "byte"),
         spec.file_name,
         spec.size
     );
@@ -338,7 +340,11 @@ fn copy_and_verify(
             Err(e) => {
                 bar.abandon();
                 return Err(e).with_context(|| {
-                    format!("transfer of {source} failed after {received} bytes; removed the partial file")
+                    format!(
+                        "transfer of {source} failed after {received} {}; removed the partial \
+                         file",
+                        noun_for(received, "byte")
+                    )
                 });
             }
         };

@@ -10,7 +10,7 @@
 //! available cores.
 
 use super::{image_file, Dataset, Split, TestSet};
-use crate::listing::{and_more, first_and_more};
+use crate::listing::{and_more, first_and_more, noun_for};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -287,12 +287,10 @@ fn note_skipped(dir: &Path, other_images: &[PathBuf]) {
 
 /// "N image file(s) in formats vit does not read, such as PATH: convert them to PNG or JPEG"
 fn other_formats(files: &[PathBuf]) -> String {
-    let count = match files.len() {
-        1 => "1 image file".to_string(),
-        count => format!("{count} image files"),
-    };
     format!(
-        "{count} in formats vit does not read, such as {}: convert them to PNG or JPEG",
+        "{} image {} in formats vit does not read, such as {}: convert them to PNG or JPEG",
+        files.len(),
+        noun_for(files.len(), "file"),
         files[0].display()
     )
 }

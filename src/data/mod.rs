@@ -15,6 +15,7 @@ pub mod mix;
 pub mod transforms;
 
 use crate::cli::{DataArgs, DatasetArgs, DatasetName, DownloadArgs, DownloadableDataset};
+use crate::listing::noun_for;
 use anyhow::{bail, ensure, Context, Result};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -349,17 +350,26 @@ pub fn run_summary(args: &DataArgs) -> Result<()> {
     let size = dataset.train.images.size();
     let total = dataset.train.len() + dataset.test.len();
     println!(
-        "dataset {} from {}: {} classes, images {}x{}x{} uint8",
+        "dataset {} from {}: {} {}, images {}x{}x{} uint8",
         dataset.name,
         args.data.data_dir.display(),
         dataset.classes.len(),
+        noun_for(dataset.classes.len(), "class"),
         size[1],
         size[2],
         size[3]
     );
-    println!("loaded {} images in {:.3} s", total, elapsed);
-    println!("train {:>7} images", dataset.train.len());
-    println!("test  {:>7} images", dataset.test.len());
+    println!(
+        "loaded {total} {} in {elapsed:.3} s",
+        noun_for(total, "image")
+    );
+    for (name, split) in [("train", &dataset.train), ("test ", &dataset.test)] {
+        println!(
+            "{name} {:>7} {}",
+            split.len(),
+            noun_for(split.len(), "image")
+        );
+    }
     let num_classes = dataset.classes.len();
     let train_counts = dataset.train.class_counts(num_classes);
     let test_counts = dataset.test.class_counts(num_classes);

@@ -3,6 +3,7 @@
 use super::{
     blues, draw_text, drawing, fit_text, register_font, render_png, text_style, text_width, Keep,
 };
+use crate::listing::noun_for;
 use anyhow::{bail, ensure, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -101,8 +102,9 @@ impl ConfusionLayout {
 fn confusion_title(correct: i64, total: i64) -> String {
     if total > 0 {
         format!(
-            "Confusion matrix: {:.2}% of {total} test images correct",
-            100.0 * correct as f64 / total as f64
+            "Confusion matrix: {:.2}% of {total} test {} correct",
+            100.0 * correct as f64 / total as f64,
+            noun_for(total, "image")
         )
     } else {
         "Confusion matrix (no images)".to_string()

@@ -27,6 +27,7 @@ use crate::checkpoint;
 use crate::cli::{CudaGraphScope, Precision, Recipe, TrainArgs};
 use crate::data::{self, Dataset, Split};
 use crate::eval::evaluate;
+use crate::listing::noun_for;
 use crate::model::{ViTConfig, VisionTransformer};
 use crate::optim::{learning_rate, AdamW};
 use anyhow::{bail, ensure, Result};
@@ -148,8 +149,9 @@ fn settings_and_dataset(
         None => config.num_classes = num_classes,
         Some(n) => ensure!(
             n == num_classes,
-            "--num-classes {n} does not match {} which has {num_classes} classes",
-            dataset.name
+            "--num-classes {n} does not match {} which has {num_classes} {}",
+            dataset.name,
+            noun_for(num_classes, "class")
         ),
     }
     let settings = TrainSettings {
@@ -722,12 +724,13 @@ fn starting_progress(
     ensure!(
         progress.step_in_epoch < steps_per_epoch,
         "cannot resume {}: it stopped after step {} of epoch {}, but an epoch of the \
-         images in {} has {steps_per_epoch} steps: they are not the ones the run trained \
+         images in {} has {steps_per_epoch} {}: they are not the ones the run trained \
          on; give --data-dir the run's data, or start a new run with another --out",
         run.dir().display(),
         progress.step_in_epoch,
         progress.epochs_done + 1,
-        settings.data_dir.display()
+        settings.data_dir.display(),
+        noun_for(steps_per_epoch, "step")
     );
     if resume && progress.epochs_done < settings.epochs {
         let epoch = progress.epochs_done + 1;

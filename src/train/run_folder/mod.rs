@@ -12,6 +12,7 @@ use crate::fsutil::{
     create_folder, ensure_out_is_a_folder, remove_stale_temporaries, unwritable, write_atomic,
     BackgroundWrites,
 };
+use crate::listing::noun_for;
 use crate::optim::AdamW;
 use anyhow::{bail, ensure, Context, Result};
 pub(super) use checks::check_resumed_dataset;
@@ -194,10 +195,11 @@ impl RunFolder {
             .filter(|&saved| cpu_run && saved != threads)
         {
             eprintln!(
-                "note: {} was trained with {saved_threads} CPU threads and resumes with \
+                "note: {} was trained with {saved_threads} CPU {} and resumes with \
                  {threads}: it continues, but replays exactly only with the same count \
                  (--threads {saved_threads})",
-                dir.display()
+                dir.display(),
+                noun_for(saved_threads, "thread")
             );
         }
         remove_stale_temporaries(dir);
