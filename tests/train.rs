@@ -2316,6 +2316,61 @@ fn save_fresh_model(
     vs
 }
 
+/// CIFAR's class counts are known from its name: `vit eval` refuses a checkpoint of another
+/// count before reading the data, rather than first sending the user to download a dataset
+/// the model cannot be evaluated on. Where the counts match, the missing data is said.
+#[test]
+fn a_class_count_cifar_cannot_match_is_refused_before_its_data_is_read() {
+    let root = TempDir::new("class-count-first");
+    let no_data = root.join("no-data");
+    std::fs::create_dir(&no_data).unwrap();
+    let ten_classes = root.join("ten.safetensors");
+    save_fresh_model(
+        &ViTConfig::tiny(),
+        &[("dataset", "cifar10".into())],
+        &ten_classes,
+    );
+    let twenty_classes = root.join("twenty.safetensors");
+    let config = ViTConfig {
+        num_classes: 20,
+        ..ViTConfig::tiny()
+    };
+    save_fresh_model(
+        &config,
+        &[("dataset", "cifar100-coarse".into())],
+        &twenty_classes,
+    );
+    let eval = |checkpoint: &Path, dataset: &[&str]| {
+        let mut args = vec!["eval", "--checkpoint", checkpoint.to_str().unwrap()];
+        args.extend(dataset);
+        args.extend(["--data-dir", no_data.to_str().unwrap(), "--device", "cpu"]);
+        vit_fails(&args)
+    };
+    let no_data = no_data.display();
+    for (dataset, expected) in [
+        (
+            &["--dataset", "cifar100"][..],
+            format!("cifar100 ({no_data}) has 100"),
+        ),
+        (
+            &["--dataset", "cifar100", "--coarse-labels"],
+            format!("cifar100-coarse ({no_data}) has 20"),
+        ),
+    ] {
+        let stderr = eval(&ten_classes, dataset);
+        let expected = format!("{} has 10 classes but {expected}", ten_classes.display());
+        assert!(stderr.contains(&expected), "{stderr}");
+        assert!(!stderr.contains("vit download"), "{stderr}");
+    }
+    let stderr = eval(&twenty_classes, &[]);
+    assert!(
+        stderr.contains("vit download --dataset cifar100"),
+        "{stderr}"
+    );
+    let stderr = eval(&twenty_classes, &["--dataset", "cifar10"]);
+    assert!(stderr.contains("has 20 classes but cifar10"), "{stderr}");
+}
+
 /// Runs `vit ARGS` with its stdout a pipe already closed (`vit info | head -1` once head
 /// has gone): the read end is closed before vit starts, so its first write fails.
 fn vit_into_a_closed_pipe(args: &[&str]) -> std::process::Output {

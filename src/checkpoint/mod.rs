@@ -351,12 +351,39 @@ impl LoadedModel {
     ) -> Result<TestSet> {
         let dataset_args = dataset_args(&self.metadata, args)
             .with_context(|| format!("choosing the test split for {}", path.display()))?;
+        // Refused before the data is read: a missing CIFAR-100 would otherwise send the
+        // user to download it, for a model that cannot be evaluated on it anyway.
+        if let Some(count) = crate::data::known_class_count(&dataset_args) {
+            let name = crate::data::dataset_name(&dataset_args);
+            self.ensure_class_count(path, count, name, &args.data_dir)?;
+        }
         let mut dataset = crate::data::load_test(&dataset_args, self.model.config.image_size)?;
         self.fit_dataset(path, &mut dataset, &args.data_dir)?;
         dataset
             .test
             .note_resizing(&dataset.name, self.model.config.image_size);
         Ok(dataset)
+    }
+
+    /// Fails unless the model from `path` has `count` classes, as the dataset `name` (in
+    /// `data_dir`) has.
+    fn ensure_class_count(
+        &self,
+        path: &Path,
+        count: usize,
+        name: &str,
+        data_dir: &Path,
+    ) -> Result<()> {
+        let num_classes = self.model.config.num_classes;
+        ensure!(
+            count as i64 == num_classes,
+            "{} has {num_classes} {} but {name} ({}) has {count}: use the dataset it was \
+             trained on",
+            path.display(),
+            noun_for(num_classes, "class"),
+            data_dir.display()
+        );
+        Ok(())
     }
 
     /// Fits `dataset` (read from `data_dir`) to the model from `path`, or fails: its
@@ -391,16 +418,7 @@ impl LoadedModel {
                 )
             })?;
         }
-        ensure!(
-            dataset.classes.len() as i64 == config.num_classes,
-            "{} has {} {} but {} ({}) has {}: use the dataset it was trained on",
-            path.display(),
-            config.num_classes,
-            noun_for(config.num_classes, "class"),
-            dataset.name,
-            data_dir.display(),
-            dataset.classes.len()
-        );
+        self.ensure_class_count(path, dataset.classes.len(), &dataset.name, data_dir)?;
         if let Some(recorded) = recorded.filter(|names| *names != dataset.classes) {
             eprintln!(
                 "warning: {} was trained on the classes {:?}, but {} has {:?}: the dataset's \

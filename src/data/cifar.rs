@@ -119,9 +119,19 @@ pub fn load_cifar10(data_dir: &Path) -> Result<Dataset> {
 /// Reads `DATA_DIR/cifar-100-binary/`: 50,000 training and 10,000 test images with the
 /// 100 fine labels, or the 20 coarse superclasses when `coarse_labels`.
 pub fn load_cifar100(data_dir: &Path, coarse_labels: bool) -> Result<Dataset> {
+    let name = match coarse_labels {
+        true => super::CIFAR100_COARSE,
+        false => super::CIFAR100,
+    };
+    load(data_dir, cifar100_format(coarse_labels), name)
+}
+
+/// CIFAR-100's records read for the 100 fine labels, or the 20 coarse superclasses when
+/// `coarse_labels`.
+pub fn cifar100_format(coarse_labels: bool) -> &'static RecordFormat {
     match coarse_labels {
-        true => load(data_dir, &CIFAR100_COARSE_FORMAT, super::CIFAR100_COARSE),
-        false => load(data_dir, &CIFAR100_FINE_FORMAT, super::CIFAR100),
+        true => &CIFAR100_COARSE_FORMAT,
+        false => &CIFAR100_FINE_FORMAT,
     }
 }
 

@@ -296,6 +296,19 @@ pub fn load(args: &DatasetArgs, image_size: i64) -> Result<Dataset> {
     }
 }
 
+/// The number of classes of the dataset the CLI flags choose, where its name tells it
+/// without reading it: CIFAR's. None for a folder dataset, whose classes are its folders
+/// (and for --coarse-labels with cifar10, which [`load`] refuses).
+pub fn known_class_count(args: &DatasetArgs) -> Option<usize> {
+    match (args.dataset, args.coarse_labels) {
+        (DatasetName::Cifar10, false) => Some(cifar::CIFAR10_FORMAT.num_classes),
+        (DatasetName::Cifar100, coarse_labels) => {
+            Some(cifar::cifar100_format(coarse_labels).num_classes)
+        }
+        _ => None,
+    }
+}
+
 /// Loads the test split of a dataset chosen by the CLI flags (see [`load`]).
 pub fn load_test(args: &DatasetArgs, image_size: i64) -> Result<TestSet> {
     if args.dataset == DatasetName::Folder {
