@@ -5,6 +5,7 @@
 use crate::checkpoint::{self, LoadedModel};
 use crate::cli::AttentionArgs;
 use crate::data::{self, folder};
+use crate::listing::noun_for;
 use anyhow::{bail, ensure, Result};
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
@@ -156,15 +157,7 @@ fn choose_image(args: &AttentionArgs, loaded: &LoadedModel) -> Result<ChosenImag
     }
     let index = args.index.unwrap_or(0);
     let data = loaded.test_set(&args.checkpoint, &args.data)?;
-    let count = data.test.len();
-    ensure!(
-        (0..count).contains(&index),
-        "--index {index} is outside the test split, which holds {count} image(s){}",
-        match count {
-            0 => String::new(),
-            _ => format!(", numbered 0 to {}", count - 1),
-        }
-    );
+    check_index(index, data.test.len())?;
     let file = data.files.map(|files| files[index as usize].clone());
     let shown = match &file {
         Some(file) => format!(" ({})", file.display()),
@@ -177,6 +170,21 @@ fn choose_image(args: &AttentionArgs, loaded: &LoadedModel) -> Result<ChosenImag
         label: Some(data.test.labels.int64_value(&[index])),
         classes: Some(data.classes),
     })
+}
+
+/// Fails unless `index` is one of a test split's `count` images, naming how many it holds.
+fn check_index(index: i64, count: i64) -> Result<()> {
+    ensure!(
+        (0..count).contains(&index),
+        "--index {index} is outside the test split, which holds {count} {}{}",
+        noun_for(count, "image"),
+        match count {
+            0 => String::new(),
+            1 => ", numbered 0".to_string(),
+            _ => format!(", numbered 0 to {}", count - 1),
+        }
+    );
+    Ok(())
 }
 
 /// Runs the model on one uint8 [3, H, W] image (test transform, on `device`) and collects
@@ -199,4 +207,26 @@ fn analyse(
             probabilities: to_cpu(logits.softmax(-1, Kind::Float).select(0, 0)),
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_index;
+
+    /// An --index outside the test split is refused with how many images the split holds
+    /// ("1 image", "200 images") and their numbers.
+    #[test]
+    fn an_index_outside_the_test_split_names_its_count() {
+        assert!(check_index(0, 1).is_ok() && check_index(199, 200).is_ok());
+        let outside = "is outside the test split, which holds";
+        for (index, count, says) in [
+            (200, 200, "200 images, numbered 0 to 199"),
+            (-1, 200, "200 images, numbered 0 to 199"),
+            (1, 1, "1 image, numbered 0"),
+            (0, 0, "0 images"),
+        ] {
+            let error = check_index(index, count).unwrap_err().to_string();
+            assert_eq!(error, format!("--index {index} {outside} {says}"));
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Every command and flag of `vit`. Model flags carry the notebook's hyperparameter names;
 //! training flags carry PyTorch's.
 
+use crate::listing::noun_for;
 use crate::model::ViTConfig;
 use anyhow::{bail, Result};
 use clap::error::{ContextKind, ContextValue};
@@ -272,9 +273,10 @@ fn parse_device(name: Option<&str>) -> Result<tch::Device> {
     if let tch::Device::Cuda(index) = device {
         if index >= cuda_count {
             bail!(
-                "--device {} asked for, but this machine has {cuda_count} CUDA device(s) \
-                 visible to libtorch; use --device cpu",
-                name.unwrap_or_default()
+                "--device {} asked for, but this machine has {cuda_count} CUDA {} visible \
+                 to libtorch; use --device cpu",
+                name.unwrap_or_default(),
+                noun_for(cuda_count, "device")
             );
         }
     }

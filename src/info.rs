@@ -2,6 +2,7 @@
 //! notebook's shape check.
 
 use crate::cli::InfoArgs;
+use crate::listing::noun_for;
 use crate::model::{ViTConfig, VisionTransformer};
 use anyhow::Result;
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
@@ -101,10 +102,11 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         input.size(),
         output.size()
     );
+    let devices = tch::Cuda::device_count();
     println!(
-        "CUDA available: {} ({} device(s))",
+        "CUDA available: {} ({devices} {})",
         tch::Cuda::is_available(),
-        tch::Cuda::device_count()
+        noun_for(devices, "device")
     );
     Ok(())
 }

@@ -15,12 +15,18 @@ pub(crate) fn and_more(more: usize) -> String {
     }
 }
 
+/// Nouns ending in ch said as k, which take a plain -s ("epochs", not "epoches").
+const HARD_CH: [&str; 1] = ["epoch"];
+
 /// `noun` (singular) as it reads after `count`: as it is after 1, plural after any other
-/// count ("1 thread", "4 threads", "0 classes"); a noun ending in s, x, ch or sh takes -es.
+/// count ("1 thread", "4 threads", "0 classes"); a noun ending in s, x, ch or sh takes -es,
+/// except one of [`HARD_CH`].
 pub(crate) fn noun_for<N: PartialEq + From<u8>>(count: N, noun: &str) -> String {
     if count == N::from(1) {
         noun.to_string()
-    } else if ["s", "x", "ch", "sh"].iter().any(|end| noun.ends_with(end)) {
+    } else if ["s", "x", "ch", "sh"].iter().any(|end| noun.ends_with(end))
+        && !HARD_CH.contains(&noun)
+    {
         format!("{noun}es")
     } else {
         format!("{noun}s")
@@ -39,6 +45,8 @@ mod tests {
         assert_eq!(noun_for(1i32, "class"), "class");
         assert_eq!(noun_for(2usize, "class"), "classes");
         assert_eq!(noun_for(2usize, "patch"), "patches");
+        assert_eq!(noun_for(1usize, "epoch"), "epoch");
+        assert_eq!(noun_for(2usize, "epoch"), "epochs");
     }
 
     #[test]

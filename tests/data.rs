@@ -418,12 +418,12 @@ fn files_of_other_sizes_than_the_official_release_are_read_with_a_warning() {
     let output = common::vit(&["data", "--dataset", "cifar10", "--data-dir", data_dir]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     for (file, images) in [
-        ("data_batch_1.bin", 1),
-        ("data_batch_5.bin", 5),
-        ("test_batch.bin", 4),
+        ("data_batch_1.bin", "1 image"),
+        ("data_batch_5.bin", "5 images"),
+        ("test_batch.bin", "4 images"),
     ] {
         let warning = format!(
-            "warning: {} holds {images} image(s) where the official release has 10000",
+            "warning: {} holds {images} where the official release has 10000",
             dir.join(file).display()
         );
         assert!(stderr.contains(&warning), "{warning} not in:\n{stderr}");
@@ -432,8 +432,8 @@ fn files_of_other_sizes_than_the_official_release_are_read_with_a_warning() {
     write_cifar100(&tmp.0);
     let output = common::vit(&["data", "--dataset", "cifar100", "--data-dir", data_dir]);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("train.bin holds 25 image(s) where the official release has 50000"));
-    assert!(stderr.contains("test.bin holds 5 image(s) where the official release has 10000"));
+    assert!(stderr.contains("train.bin holds 25 images where the official release has 50000"));
+    assert!(stderr.contains("test.bin holds 5 images where the official release has 10000"));
 
     // Files of the official size whose classes are not the release's even counts (all
     // zeros, sparse: no disk space taken) are read with a warning, in the fine labels'

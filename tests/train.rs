@@ -467,7 +467,7 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         "--index", "200", "--device", "cpu", "-o", picture.to_str().unwrap(),
     ]);
     assert!(
-        stderr.contains("which holds 200 image(s), numbered 0 to 199"),
+        stderr.contains("which holds 200 images, numbered 0 to 199"),
         "{stderr}"
     );
 
@@ -479,7 +479,7 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        stderr.contains("already holds a run that finished its 4 epoch(s); choose another --out"),
+        stderr.contains("already holds a run that finished its 4 epochs; choose another --out"),
         "{stderr}"
     );
 
@@ -552,7 +552,7 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("already finished its 4 epoch(s); nothing to train"),
+        stderr.contains("already finished its 4 epochs; nothing to train"),
         "{stderr}"
     );
     assert_eq!(read_metrics(&run).1.len(), 4, "the finished run changed");
@@ -702,7 +702,13 @@ fn resume_follows_the_images_not_their_folder() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("it goes on with the same images from")
-            && stderr.contains("already finished its 1 epoch(s)"),
+            && stderr.contains("already finished its 1 epoch; nothing to train"),
+        "{stderr}"
+    );
+    // A fresh run into the finished one's folder is refused, in the singular too.
+    let stderr = vit_fails(&args(&data_dir, &run, false));
+    assert!(
+        stderr.contains("already holds a run that finished its 1 epoch; choose another --out"),
         "{stderr}"
     );
     // A --data-dir without the data (say, the default where it was left out): the folder
@@ -1016,7 +1022,10 @@ fn resume_at_an_epoch_boundary_is_exact() {
     std::fs::write(&metrics, &header_only).unwrap();
     let error = runs.refused_resume();
     assert!(
-        error.contains("the rows of epochs 1 to 1, but its rows are for epochs []"),
+        error.contains(
+            "finished 1 epoch, so metrics.csv should hold its header and the row of epoch 1, \
+         but its rows are for epochs []"
+        ),
         "{error}"
     );
     assert_eq!(std::fs::read_to_string(&metrics).unwrap(), header_only);
@@ -1871,7 +1880,7 @@ fn user_errors_say_what_to_do() {
             "cpu",
         ]);
         assert!(
-            stderr.contains("takes images of 1 channel(s), but vit reads image files as RGB"),
+            stderr.contains("takes images of 1 channel, but vit reads image files as RGB"),
             "{command}: {stderr}"
         );
     }
@@ -2442,7 +2451,7 @@ fn resume_of_a_run_killed_before_its_first_save_starts_over() {
     let error = refused_resume(&settings, dataset, &killed);
     assert!(
         error.contains("resume.safetensors is missing")
-            && error.contains("2 epoch(s) in metrics.csv, best_model.safetensors"),
+            && error.contains("2 epochs in metrics.csv, best_model.safetensors"),
         "{error}"
     );
     assert_eq!(

@@ -335,9 +335,10 @@ impl LoadedModel {
         let channels = self.model.config.in_channels;
         ensure!(
             channels == 3,
-            "{} takes images of {channels} channel(s), but vit reads image files as RGB (3 \
+            "{} takes images of {channels} {}, but vit reads image files as RGB (3 \
              channels): it can only run RGB models on them",
-            path.display()
+            path.display(),
+            noun_for(channels, "channel")
         );
         Ok(())
     }

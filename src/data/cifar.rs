@@ -416,9 +416,10 @@ fn read_records(
             false => "it is not the official file",
         };
         eprintln!(
-            "warning: {} holds {n} image(s) where the official release has {official}: {what}; \
+            "warning: {} holds {n} {} where the official release has {official}: {what}; \
              to replace it, {}",
             path.display(),
+            noun_for(n, "image"),
             download_again(path, format, data_dir)
         );
     }

@@ -285,7 +285,8 @@ fn note_skipped(dir: &Path, other_images: &[PathBuf]) {
     }
 }
 
-/// "N image file(s) in formats vit does not read, such as PATH: convert them to PNG or JPEG"
+/// "N image files in formats vit does not read, such as PATH: convert them to PNG or JPEG"
+/// ("1 image file" for one)
 fn other_formats(files: &[PathBuf]) -> String {
     format!(
         "{} image {} in formats vit does not read, such as {}: convert them to PNG or JPEG",

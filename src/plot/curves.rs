@@ -3,6 +3,7 @@
 use super::{drawing, ensure_png_output, ensure_replaceable, render_png, render_svg, FONT};
 use crate::cli::PlotArgs;
 use crate::fsutil::same_file;
+use crate::listing::noun_for;
 use anyhow::{ensure, Context, Result};
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
@@ -126,6 +127,20 @@ struct NotNumbers {
     text: String,
 }
 
+impl NotNumbers {
+    /// "test_acc (2 cells, the first on line 3: \"n/a\")", for [`note_not_numbers`].
+    fn describe(&self) -> String {
+        format!(
+            "{} ({} {}, the first on line {}: {:?})",
+            self.column,
+            self.count,
+            noun_for(self.count, "cell"),
+            self.line,
+            self.text
+        )
+    }
+}
+
 /// One non-empty `record` of the file at `path` (under `header`) as a row, each cell that
 /// is not a number counted in `not_numbers`.
 fn metrics_row(
@@ -172,15 +187,7 @@ fn note_not_numbers(path: &Path, not_numbers: &[NotNumbers]) {
     if not_numbers.is_empty() {
         return;
     }
-    let columns: Vec<String> = not_numbers
-        .iter()
-        .map(|cells| {
-            format!(
-                "{} ({} cell(s), the first on line {}: {:?})",
-                cells.column, cells.count, cells.line, cells.text
-            )
-        })
-        .collect();
+    let columns: Vec<String> = not_numbers.iter().map(NotNumbers::describe).collect();
     eprintln!(
         "note: {}: cells that are not numbers are left out of the curves: {}",
         path.display(),
@@ -649,6 +656,25 @@ mod tests {
                 "{name}: {written:?}"
             );
         }
+    }
+
+    /// The note on cells that are not numbers counts them per column: "1 cell", "2 cells".
+    #[test]
+    fn the_note_counts_a_columns_cells_that_are_not_numbers() {
+        let cells = |count| NotNumbers {
+            column: "test_acc",
+            count,
+            line: 3,
+            text: "n/a".into(),
+        };
+        assert_eq!(
+            cells(1).describe(),
+            r#"test_acc (1 cell, the first on line 3: "n/a")"#
+        );
+        assert_eq!(
+            cells(2).describe(),
+            r#"test_acc (2 cells, the first on line 3: "n/a")"#
+        );
     }
 
     /// One run whose train, test and EMA accuracies (fractions) rise from `first` to

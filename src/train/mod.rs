@@ -436,8 +436,9 @@ impl<'a> Trainer<'a> {
         let epochs = self.settings.epochs;
         if self.progress.epochs_done >= epochs {
             eprintln!(
-                "note: {} already finished its {epochs} epoch(s); nothing to train",
-                self.run.dir().display()
+                "note: {} already finished its {epochs} {}; nothing to train",
+                self.run.dir().display(),
+                noun_for(epochs, "epoch")
             );
         }
         for epoch in self.progress.epochs_done..epochs {

@@ -3,6 +3,7 @@
 
 use super::{RunConfig, RUN_FILES};
 use crate::data::DataIdentity;
+use crate::listing::noun_for;
 use crate::train::TrainSettings;
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
@@ -182,7 +183,8 @@ pub(super) fn saved_results(dir: &Path, rows: usize) -> Vec<String> {
         .map(String::from)
         .collect();
     if rows > 0 {
-        results.insert(0, format!("{rows} epoch(s) in metrics.csv"));
+        let epochs = noun_for(rows, "epoch");
+        results.insert(0, format!("{rows} {epochs} in metrics.csv"));
     }
     results
 }
@@ -221,8 +223,9 @@ pub(super) fn check_fresh(dir: &Path) -> Result<()> {
     let (epochs, rows) = (saved.settings.epochs, metrics_rows(dir));
     ensure!(
         rows < epochs,
-        "{} already holds a run that finished its {epochs} epoch(s); choose another --out",
-        dir.display()
+        "{} already holds a run that finished its {epochs} {}; choose another --out",
+        dir.display(),
+        noun_for(epochs, "epoch")
     );
     ensure!(
         !holds_results(dir),

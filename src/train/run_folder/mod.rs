@@ -445,10 +445,11 @@ impl RunFolder {
             ensure!(
                 !saved || self.path(name).exists(),
                 "cannot resume {dir}: its {name} (test accuracy {:.2}%, the best of its {} \
-                 epoch(s)) is missing, and the run writes it again only for an epoch that \
-                 beats it. Put it back in {dir}, or start a new run with another --out",
+                 {}) is missing, and the run writes it again only for an epoch that beats \
+                 it. Put it back in {dir}, or start a new run with another --out",
                 100.0 * accuracy,
                 progress.epochs_done,
+                noun_for(progress.epochs_done, "epoch"),
                 dir = self.dir.display()
             );
         }
@@ -490,11 +491,17 @@ impl RunFolder {
                     .collect();
                 format!("its rows are for epochs [{}]", epochs.join(", "))
             };
+            let rows = match epochs {
+                0 => "only its header".to_string(),
+                1 => "its header and the row of epoch 1".to_string(),
+                _ => format!("its header and the rows of epochs 1 to {epochs}"),
+            };
             bail!(
-                "cannot resume {}: the saved state has finished {epochs} epoch(s), so metrics.csv \
-                 should hold its header and the rows of epochs 1 to {epochs}, but {found}. Put \
-                 back the run's own metrics.csv, or start a new run with another --out",
-                self.dir.display()
+                "cannot resume {}: the saved state has finished {epochs} {}, so metrics.csv \
+                 should hold {rows}, but {found}. Put back the run's own metrics.csv, or start \
+                 a new run with another --out",
+                self.dir.display(),
+                noun_for(epochs, "epoch")
             );
         }
         write_atomic(&path, kept.as_bytes())
@@ -596,7 +603,17 @@ struct RunConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::utc_timestamp;
+    use super::{saved_results, utc_timestamp};
+
+    /// A run's saved results count its metrics.csv rows as epochs: "1 epoch", "2 epochs"
+    /// (a folder without checkpoints, here one that does not exist, adds nothing else).
+    #[test]
+    fn saved_results_count_the_epochs_in_metrics_csv() {
+        let dir = std::path::Path::new("/nonexistent/vit-run");
+        assert!(saved_results(dir, 0).is_empty());
+        assert_eq!(saved_results(dir, 1), ["1 epoch in metrics.csv"]);
+        assert_eq!(saved_results(dir, 2), ["2 epochs in metrics.csv"]);
+    }
 
     /// Run folder names against `date -u -d @SECS +%Y%m%d-%H%M%S`: leap days (2000 is a
     /// leap year, 2100 is not), the ends of months and years, January and February (which
