@@ -193,6 +193,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let loaded = checkpoint::load(&args.checkpoint, device)?;
     let dataset = loaded.test_set(&args.checkpoint, &args.data)?;
     let out_dir = report_folder(args)?;
+    let image_size = loaded.model.config.image_size;
+    dataset.test.note_resizing(&dataset.name, image_size);
     let test = dataset.test.to_device(device);
     let evaluation = evaluate(&loaded.model, &test, args.batch_size, args.precision);
     let name = report_name(&args.checkpoint, args.out.as_deref());

@@ -113,7 +113,7 @@ fn curves_without_metrics_is_an_error_naming_the_file() {
     std::fs::write(dir.join("metrics.csv"), format!("{HEADER}\n")).unwrap();
     let err = plot::curves(&[&*dir], &dir.join("curves.png")).unwrap_err();
     let expected = format!(
-        "{} has no finished epochs",
+        "nothing to draw: no finished epochs yet in {}",
         dir.join("metrics.csv").display()
     );
     assert!(format!("{err:#}").contains(&expected), "{err:#}");
@@ -156,9 +156,9 @@ fn runs_without_a_number_to_draw_are_an_error_and_no_picture() {
     })
     .unwrap_err();
     let expected = format!(
-        "{}, {} has no finite number in any of the columns train_loss, train_acc, test_loss, \
-         test_acc, ema_test_loss, ema_test_acc, and {} has no finished epochs yet: nothing to \
-         draw",
+        "nothing to draw: not one finite number in the columns train_loss, train_acc, \
+         test_loss, test_acc, ema_test_loss, ema_test_acc of {}, {}, and no finished epochs \
+         yet in {}; plot the folders of runs that `vit train` wrote",
         no_curves.join("metrics.csv").display(),
         not_numbers.join("metrics.csv").display(),
         no_epochs.join("metrics.csv").display()

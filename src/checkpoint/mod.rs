@@ -356,33 +356,23 @@ impl LoadedModel {
         // user to download it, for a model that cannot be evaluated on it anyway.
         if let Some(count) = crate::data::known_class_count(&dataset_args) {
             let name = crate::data::dataset_name(&dataset_args);
-            self.ensure_class_count(path, count, name, &args.data_dir)?;
+            self.ensure_class_count(path, count, name)?;
         }
         let mut dataset = crate::data::load_test(&dataset_args, self.model.config.image_size)?;
         self.fit_dataset(path, &mut dataset, &args.data_dir)?;
-        dataset
-            .test
-            .note_resizing(&dataset.name, self.model.config.image_size);
         Ok(dataset)
     }
 
-    /// Fails unless the model from `path` has `count` classes, as the dataset `name` (in
-    /// `data_dir`) has.
-    fn ensure_class_count(
-        &self,
-        path: &Path,
-        count: usize,
-        name: &str,
-        data_dir: &Path,
-    ) -> Result<()> {
+    /// Fails unless the model from `path` has `count` classes, as the `dataset` (its name,
+    /// and where it was read once it was) has.
+    fn ensure_class_count(&self, path: &Path, count: usize, dataset: &str) -> Result<()> {
         let num_classes = self.model.config.num_classes;
         ensure!(
             count as i64 == num_classes,
-            "{} has {num_classes} {} but {name} ({}) has {count}: use the dataset it was \
+            "{} has {num_classes} {} but {dataset} has {count}: use the dataset it was \
              trained on",
             path.display(),
-            noun_for(num_classes, "class"),
-            data_dir.display()
+            noun_for(num_classes, "class")
         );
         Ok(())
     }
@@ -419,7 +409,8 @@ impl LoadedModel {
                 )
             })?;
         }
-        self.ensure_class_count(path, dataset.classes.len(), &dataset.name, data_dir)?;
+        let read_from = format!("{} ({})", dataset.name, data_dir.display());
+        self.ensure_class_count(path, dataset.classes.len(), &read_from)?;
         if let Some(recorded) = recorded.filter(|names| *names != dataset.classes) {
             eprintln!(
                 "warning: {} was trained on the classes {:?}, but {} has {:?}: the dataset's \

@@ -98,23 +98,14 @@ fn column(header: &csv::ByteRecord, name: &str) -> Option<usize> {
     header.iter().position(|column| column == name.as_bytes())
 }
 
-/// Refuses a `header` without an epoch column; notes one without any of the curves'.
+/// Refuses a `header` without an epoch column. (One without any of the curves' columns
+/// has nothing to draw, which `read_runs` says of all such runs at once.)
 fn check_columns(path: &Path, header: &csv::ByteRecord) -> Result<()> {
     ensure!(
         column(header, "epoch").is_some(),
         "{} is not a metrics.csv of `vit train` (it has no epoch column); pass run folders",
         path.display()
     );
-    if METRIC_COLUMNS
-        .iter()
-        .all(|name| column(header, name).is_none())
-    {
-        eprintln!(
-            "note: {} has none of the columns {}: it has no curves to draw",
-            path.display(),
-            METRIC_COLUMNS.join(", ")
-        );
-    }
     Ok(())
 }
 
@@ -238,22 +229,27 @@ pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
     }
     ensure!(
         !read.is_empty(),
-        "{} has no finished epochs yet: nothing to draw",
+        "nothing to draw: no finished epochs yet in {}",
         left_out.join(", ")
+    );
+    let no_numbers = format!(
+        "not one finite number in the columns {} of {}",
+        METRIC_COLUMNS.join(", "),
+        without_numbers.join(", ")
     );
     // Empty axes are no picture of a run: refused, as a run without epochs is.
     ensure!(
         without_numbers.len() < read.len(),
-        "{} has no finite number in any of the columns {}{}: nothing to draw; plot the \
-         folders of runs that `vit train` wrote",
-        without_numbers.join(", "),
-        METRIC_COLUMNS.join(", "),
+        "nothing to draw: {no_numbers}{}; plot the folders of runs that `vit train` wrote",
         if left_out.is_empty() {
             String::new()
         } else {
-            format!(", and {} has no finished epochs yet", left_out.join(", "))
+            format!(", and no finished epochs yet in {}", left_out.join(", "))
         }
     );
+    if !without_numbers.is_empty() {
+        eprintln!("note: {no_numbers}; only the other runs have curves");
+    }
     if !left_out.is_empty() {
         eprintln!(
             "note: left out, with no finished epochs yet: {}",

@@ -326,7 +326,7 @@ fn training_images(settings: &TrainSettings, dataset: &Dataset) -> Result<i64> {
 
 /// The steps of an epoch of `n_train` images; refused where the run's steps (or its
 /// warm-up's) would be more than a `usize` counts.
-fn steps_per_epoch(settings: &TrainSettings, n_train: i64) -> Result<usize> {
+fn epoch_steps(settings: &TrainSettings, n_train: i64) -> Result<usize> {
     let steps_per_epoch = (n_train as u64).div_ceil(settings.batch_size as u64) as usize;
     ensure!(
         steps_per_epoch
@@ -392,7 +392,7 @@ impl<'a> Trainer<'a> {
         // Before the run folder exists, so that a refused run leaves none behind.
         let n_train = training_images(settings, dataset)?;
         let full_batch = settings.batch_size.min(n_train);
-        let steps_per_epoch = steps_per_epoch(settings, n_train)?;
+        let steps_per_epoch = epoch_steps(settings, n_train)?;
         let cuda_graph = options
             .cuda_graph
             .map(|scope| CudaGraphSteps::new(device, full_batch, scope))
@@ -623,7 +623,7 @@ impl<'a> Trainer<'a> {
     }
 
     /// Stops a run whose `loss` (`what`) in `epoch` became NaN or infinite, saying where its
-    /// last good weights are, what to change, and whether the same --out takes the new run.
+    /// last good weights are, what to change, and where the next run can go.
     fn ensure_finite(&self, what: &str, loss: f64, epoch: usize) -> Result<()> {
         if !loss.is_finite() {
             let kept = if epoch > 1 {
@@ -641,7 +641,9 @@ impl<'a> Trainer<'a> {
             };
             // A finished epoch's files may still be on their way to disk. A resume of the
             // saved state would replay the same steps, and a fresh run is refused there.
-            let out = if epoch > 1 || self.run.holds_results() {
+            let out = if self.options.numbered_out && !self.options.resume {
+                "the same command trains into a new run folder"
+            } else if epoch > 1 || self.run.holds_results() {
                 "use another --out: this one keeps what the run saved"
             } else {
                 "the same --out will do, as the run saved nothing there"
