@@ -2156,6 +2156,16 @@ fn a_training_loss_that_diverges_in_the_first_epoch_stops_the_run() {
     assert_eq!(read_metrics(&run).1.len(), 1);
 }
 
+/// One epoch, in batches of 300, at a learning rate that makes the loss diverge at once.
+fn diverging_settings() -> TrainSettings {
+    TrainSettings {
+        lr: 1e30,
+        clip_grad: 0.0,
+        warmup_epochs: 0,
+        ..tiny_settings(1, 300)
+    }
+}
+
 /// A loss that diverges after the run saved its state (here: interrupted after its first
 /// step, then resumed) sends the user to another --out: this one keeps what was saved, so
 /// a new run there would be refused.
@@ -2165,12 +2175,7 @@ fn a_loss_that_diverges_after_a_saved_state_advises_another_out() {
     let dataset = colour_dataset();
     let root = TempDir::new("diverged-after-save");
     let run = root.join("run");
-    let settings = TrainSettings {
-        lr: 1e30,
-        clip_grad: 0.0,
-        warmup_epochs: 0,
-        ..tiny_settings(1, 300)
-    };
+    let settings = diverging_settings();
     match run_training(&settings, &dataset, &run, false, true) {
         Outcome::Interrupted { at, .. } => {
             assert_eq!(at, StopPoint::AfterStep { epoch: 1, step: 1 })
@@ -2191,12 +2196,7 @@ fn a_loss_that_diverges_after_a_saved_state_advises_another_out() {
 fn a_diverged_run_without_out_is_told_the_same_command_starts_anew() {
     let _turn = seeded(0);
     let dataset = colour_dataset();
-    let settings = TrainSettings {
-        lr: 1e30,
-        clip_grad: 0.0,
-        warmup_epochs: 0,
-        ..tiny_settings(1, 300)
-    };
+    let settings = diverging_settings();
     let root = TempDir::new("diverged-numbered");
     let flag = AtomicBool::new(false);
     let base = root.join("runs/20261130-120000");
