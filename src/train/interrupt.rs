@@ -49,6 +49,11 @@ impl Stop {
         )
     }
 
+    /// Whether [`Self::finish`] has run: the process is about to exit on its own.
+    fn has_finished(&self) -> bool {
+        *self.finished.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Marks the run finished and saved; a stop that came before (in its last step or test
     /// pass, or while it saved) is `say`d to have come too late.
     pub fn finish(&self, say: impl FnOnce(&'static str)) {
@@ -76,6 +81,8 @@ pub fn stop_on_interrupt() -> Result<Arc<Stop>> {
     crate::runtime::on_interrupt(move || {
         match first {
             Some(at) if at.elapsed() < REPEAT => return,
+            // Nothing is left to quit: its first signal was told so.
+            Some(_) if handler_stop.has_finished() => return,
             Some(_) => {
                 say_on_stderr(
                     "\nQuit at once, without saving: the run folder keeps the state it saved \
@@ -179,6 +186,7 @@ mod tests {
         stop.signal(|line| said.push(line));
         assert_eq!(said, [FINISHED_NOTE]);
         assert!(!stop.requested.load(Ordering::SeqCst));
+        assert!(stop.has_finished() && !Stop::default().has_finished());
     }
 
     use crate::cli::train_args;
