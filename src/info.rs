@@ -31,6 +31,18 @@ fn slow_shape_check_note(flops: f64) -> Option<String> {
     ))
 }
 
+/// `flops` with the unit that keeps three significant digits in sight: a small model's
+/// forward is 0.264 MFLOPs, not 0.000 GFLOPs.
+fn flops_text(flops: f64) -> String {
+    if flops >= 1e8 {
+        format!("{:.3} GFLOPs", flops / 1e9)
+    } else if flops >= 1e5 {
+        format!("{:.3} MFLOPs", flops / 1e6)
+    } else {
+        format!("{flops:.0} FLOPs")
+    }
+}
+
 /// Parameter counts per top-level module (`blocks.i` each its own row), in model order.
 fn parameter_table(vs: &nn::VarStore, num_layers: i64) -> Vec<(String, i64)> {
     let module_of = |name: &str| -> String {
@@ -85,9 +97,9 @@ pub fn run(args: &InfoArgs) -> Result<()> {
     println!("{:<14} {:>12}", "total", total);
     let flops = config.forward_flops();
     println!(
-        "\nForward pass: {:.3} GFLOPs per image (matrix products and the patch convolution, \
-         2 per multiply-add)",
-        flops / 1e9
+        "\nForward pass: {} per image (matrix products and the patch convolution, 2 per \
+         multiply-add)",
+        flops_text(flops)
     );
     if let Some(note) = slow_shape_check_note(flops) {
         println!("{note}");
@@ -114,6 +126,18 @@ pub fn run(args: &InfoArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flops_keep_three_digits_in_sight() {
+        assert_eq!(
+            flops_text(ViTConfig::notebook().forward_flops()),
+            "0.437 GFLOPs"
+        );
+        assert_eq!(flops_text(263_808.0 * 1e3), "0.264 GFLOPs");
+        assert_eq!(flops_text(26_380_800.0), "26.381 MFLOPs");
+        assert_eq!(flops_text(263_808.0), "0.264 MFLOPs");
+        assert_eq!(flops_text(99_999.0), "99999 FLOPs");
+    }
 
     #[test]
     fn only_a_shape_check_of_over_10_seconds_gets_a_note() {

@@ -1640,6 +1640,11 @@ fn user_errors_say_what_to_do() {
             "--recipe=strong --ema=0 --ema-warmup",
             "--ema-warmup needs --ema DECAY (--ema 0 turned it off)",
         ),
+        // A negative decay is out of range, not off.
+        (
+            "--recipe=strong --ema=-0.5 --ema-warmup",
+            "--ema must be in [0, 1), got -0.5",
+        ),
         (
             "--augment-policy=randaugment --randaugment-ops=17",
             "--randaugment-ops must be in 1..=16, got 17",

@@ -84,14 +84,6 @@ impl Regularization {
             ema: Some(ema).filter(|&decay| decay > 0.0),
             ema_warmup: args.ema_warmup,
         };
-        ensure!(
-            regularization.ema.is_some() || !args.ema_warmup,
-            "--ema-warmup needs --ema DECAY{}",
-            match strong {
-                true => " (--ema 0 turned it off)",
-                false => " (or --recipe strong)",
-            }
-        );
         // Probabilities may be 1; a drop rate of 1 would drop everything, a decay of 1
         // would never move the average.
         for (flag, value, one_allowed) in [
@@ -108,6 +100,15 @@ impl Regularization {
                 "{flag} must be in [0, {upper}, got {value}"
             );
         }
+        // After the range check: a negative --ema is out of range, not off.
+        ensure!(
+            regularization.ema.is_some() || !args.ema_warmup,
+            "--ema-warmup needs --ema DECAY{}",
+            match strong {
+                true => " (--ema 0 turned it off)",
+                false => " (or --recipe strong)",
+            }
+        );
         Ok(regularization)
     }
 }
