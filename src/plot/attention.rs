@@ -99,6 +99,13 @@ fn upsample(map: &Tensor) -> Result<Vec<f32>> {
         .collect())
 }
 
+/// How uneven a map of attention weights is: its largest value over its smallest
+/// (infinite where some patch gets none).
+fn max_over_min(map: &Tensor) -> f64 {
+    let map = map.to_kind(Kind::Double);
+    map.max().double_value(&[]) / map.min().double_value(&[])
+}
+
 /// The heat map of `map` over `base`, a little more heat than image.
 fn overlay(base: &Picture, map: &Tensor) -> Result<Picture> {
     const HEAT_WEIGHT: f64 = 0.55;
@@ -135,18 +142,18 @@ pub fn attention_figure(
         rollout.size()
     );
     let base = panel_image(image)?;
+    // Each map is stretched to the full colour scale, so its caption says how uneven it
+    // really is: near-uniform attention (max/min 1.00) would look as sharp as a peak.
+    let map_panel = |name: String, map: &Tensor| -> Result<(String, Vec<u8>)> {
+        let caption = format!("{name}, max/min {:.2}", max_over_min(map));
+        Ok((caption, overlay(&base, map)?.rgb))
+    };
     let mut panels = vec![
-        ("image".to_string(), base.rgb.clone()),
-        (
-            "rollout, all layers".to_string(),
-            overlay(&base, rollout)?.rgb,
-        ),
+        ("image (heads: last layer)".to_string(), base.rgb.clone()),
+        map_panel("rollout".to_string(), rollout)?,
     ];
     for head in 0..num_heads {
-        panels.push((
-            format!("last layer, head {}", head + 1),
-            overlay(&base, &heads.get(head))?.rgb,
-        ));
+        panels.push(map_panel(format!("head {}", head + 1), &heads.get(head))?);
     }
 
     let (width, height) = attention_figure_size(num_heads as usize);
@@ -196,6 +203,15 @@ pub fn attention_figure(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The captions' measure of unevenness: 1 for uniform attention.
+    #[test]
+    fn max_over_min_is_one_for_a_uniform_map() {
+        let uniform = Tensor::full([64], 1.0 / 64.0, (Kind::Float, Device::Cpu));
+        assert!((max_over_min(&uniform) - 1.0).abs() < 1e-12);
+        let peaked = Tensor::from_slice(&[0.1f32, 0.2, 0.4, 0.3]);
+        assert!((max_over_min(&peaked) - 4.0).abs() < 1e-6);
+    }
 
     /// The heat map keeps the patch grid's orientation (row by row, as the tokens are laid
     /// out) and spans the whole colour map: a map hot at one patch is hottest over that
