@@ -12,6 +12,7 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use tch::{Device, Kind, Tensor};
 use vit_tch::cli::{Precision, Recipe};
+use vit_tch::data::augment::{Policy, RandAugment};
 use vit_tch::data::{Dataset, Split};
 use vit_tch::fsutil::{temporary_sibling, BackgroundWrites};
 use vit_tch::model::ViTConfig;
@@ -1100,6 +1101,48 @@ fn resume_with_changed_settings_is_refused() {
     );
     assert!(
         lines[4].starts_with("Resume with the same flags"),
+        "{error}"
+    );
+}
+
+/// The strong recipe's settings are named with the flag that sets them, however deep in
+/// config.json; a policy changed or a part switched off is said in a word.
+#[test]
+fn resume_with_changed_strong_recipe_names_its_flags() {
+    let _turn = seeded(0);
+    let dataset = colour_dataset();
+    let root = TempDir::new("resume-changed-strong");
+    let run = root.join("run");
+    let strong = TrainSettings {
+        recipe: Recipe::Strong,
+        regularization: Regularization {
+            ema: Some(0.999),
+            ..common::strong_augmentation()
+        },
+        ..tiny_settings(1, 600)
+    };
+    run_training(&strong, &dataset, &run, false, true);
+    let mut changed = strong.clone();
+    let augment = changed.regularization.augment.as_mut().unwrap();
+    augment.policy = Some(Policy::RandAugment(RandAugment::default()));
+    augment.erasing.as_mut().unwrap().p = 0.3;
+    changed.regularization.mix.as_mut().unwrap().mixup_alpha = 0.5;
+    changed.regularization.ema = None;
+    let error = refused_resume(&changed, &dataset, &run);
+    let lines: Vec<&str> = error.lines().collect();
+    assert_eq!(
+        lines[1..5],
+        [
+            "  regularization.augment.erasing.p (--random-erasing): saved 0.25, given 0.3",
+            "  regularization.augment.policy (--augment-policy): saved autoaugment, given \
+             randaugment (2 ops, magnitude 9)",
+            "  regularization.ema (--ema): saved 0.999, given off",
+            "  regularization.mix.mixup_alpha (--mixup): saved 0.8, given 0.5",
+        ],
+        "{error}"
+    );
+    assert!(
+        lines[5].starts_with("Resume with the same flags"),
         "{error}"
     );
 }

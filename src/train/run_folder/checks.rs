@@ -136,16 +136,41 @@ pub(super) fn check_same_run(
 
 /// Appends to `out` a line `name: saved X, given Y` for each setting that differs, with
 /// nested settings named by their path and, where `vit train` has one, the flag that sets
-/// them (`model.embed_dim (--embed-dim)`).
+/// them (`model.embed_dim (--embed-dim)`, see [`flag_for`]). A part switched on or off
+/// (`regularization.mix`) is compared setting by setting, the missing side's settings
+/// `off`, leaving out the [`FIXED_SETTINGS`] no flag changes; one with a flag of its own
+/// (`--augment-policy`, `--random-erasing`) is summarised as [`shown`] says.
 fn differing_settings(
     path: &str,
     saved: &serde_json::Value,
     given: &serde_json::Value,
     out: &mut Vec<String>,
 ) {
-    use serde_json::Value;
-    match (saved, given) {
-        (Value::Object(saved), Value::Object(given)) => {
+    compare_settings(path, saved, given, false, out)
+}
+
+/// [`differing_settings`]; `switched`: within a part that one side does not have.
+fn compare_settings(
+    path: &str,
+    saved: &serde_json::Value,
+    given: &serde_json::Value,
+    switched: bool,
+    out: &mut Vec<String>,
+) {
+    use serde_json::{Map, Value};
+    let empty = Map::new();
+    let parts = match (saved, given) {
+        (Value::Object(saved), Value::Object(given)) => Some((saved, given, switched)),
+        (Value::Object(saved), Value::Null) if flag_for(path).is_none() => {
+            Some((saved, &empty, true))
+        }
+        (Value::Null, Value::Object(given)) if flag_for(path).is_none() => {
+            Some((&empty, given, true))
+        }
+        _ => None,
+    };
+    match parts {
+        Some((saved, given, switched)) => {
             let keys: std::collections::BTreeSet<&String> =
                 saved.keys().chain(given.keys()).collect();
             for key in keys {
@@ -159,19 +184,98 @@ fn differing_settings(
                     saved.get(key).unwrap_or(&null),
                     given.get(key).unwrap_or(&null),
                 );
-                differing_settings(&name, a, b, out);
+                compare_settings(&name, a, b, switched, out);
             }
         }
-        _ if saved != given => {
-            let field = path.rsplit('.').next().unwrap_or(path).replace('_', "-");
-            let name = match train_flags().contains(&field) {
-                true => format!("{path} (--{field})"),
-                false => path.to_string(),
+        None if saved != given => {
+            if switched && FIXED_SETTINGS.contains(&path) {
+                return;
+            }
+            let name = match flag_for(path) {
+                Some(flag) => format!("{path} ({flag})"),
+                None => path.to_string(),
             };
+            let (saved, given) = (shown(path, saved), shown(path, given));
             out.push(format!("{name}: saved {saved}, given {given}"))
         }
+        None => {}
+    }
+}
+
+/// The settings of config.json whose flag is not named after them (the others are: the
+/// last part of `model.embed_dim` is `--embed-dim`'s), with that flag.
+const NESTED_FLAGS: [(&str, &str); 8] = [
+    ("regularization.augment.policy", "--augment-policy"),
+    (
+        "regularization.augment.policy.RandAugment.num_ops",
+        "--randaugment-ops",
+    ),
+    (
+        "regularization.augment.policy.RandAugment.magnitude",
+        "--randaugment-magnitude",
+    ),
+    ("regularization.augment.erasing", "--random-erasing"),
+    ("regularization.augment.erasing.p", "--random-erasing"),
+    ("regularization.mix.mixup_alpha", "--mixup"),
+    ("regularization.mix.cutmix_alpha", "--cutmix"),
+    ("regularization.mix.prob", "--mix-prob"),
+];
+
+/// The settings of config.json no flag sets: the recipe's, fixed (a run saved with other
+/// values still names them where they differ, without a flag).
+const FIXED_SETTINGS: [&str; 9] = [
+    "regularization.augment.crop_padding",
+    "regularization.augment.flip_prob",
+    "regularization.augment.interpolation",
+    "regularization.augment.policy.RandAugment.num_magnitude_bins",
+    "regularization.augment.policy.RandAugment.ops",
+    "regularization.augment.erasing.scale",
+    "regularization.augment.erasing.ratio",
+    "regularization.augment.erasing.value",
+    "regularization.mix.mode",
+];
+
+/// The flag of `vit train` that sets the setting at `path` of config.json: from
+/// [`NESTED_FLAGS`], else the one named after its last part, if any.
+fn flag_for(path: &str) -> Option<String> {
+    if let Some((_, flag)) = NESTED_FLAGS.iter().find(|(nested, _)| *nested == path) {
+        return Some(flag.to_string());
+    }
+    let field = path.rsplit('.').next().unwrap_or(path).replace('_', "-");
+    train_flags().contains(&field).then(|| format!("--{field}"))
+}
+
+/// A setting's value for a message: as config.json has it, except an augmentation
+/// policy (by its `--augment-policy` name), random erasing (its probability), the whole
+/// training set (`all`), and any other setting a flag turns off (`off`).
+fn shown(path: &str, value: &serde_json::Value) -> String {
+    use crate::data::augment::{Policy, RandomErasing};
+    use serde_json::{from_value, Value};
+    match path {
+        "regularization.augment.policy" => {
+            if let Ok(policy) = from_value::<Option<Policy>>(value.clone()) {
+                return match policy {
+                    None => "none".to_string(),
+                    Some(Policy::AutoAugmentCifar10) => "autoaugment".to_string(),
+                    Some(Policy::RandAugment(randaugment)) => format!(
+                        "randaugment ({} ops, magnitude {})",
+                        randaugment.num_ops, randaugment.magnitude
+                    ),
+                };
+            }
+        }
+        "regularization.augment.erasing" => {
+            if let Ok(erasing) = from_value::<Option<RandomErasing>>(value.clone()) {
+                return erasing.map_or("off".to_string(), |erasing| {
+                    Value::from(erasing.p).to_string()
+                });
+            }
+        }
+        "train_subset" if value.is_null() => return "all".to_string(),
+        _ if value.is_null() && flag_for(path).is_some() => return "off".to_string(),
         _ => {}
     }
+    value.to_string()
 }
 
 /// What a run in `dir` has saved: its metrics `rows` (as [`metrics_rows`] counts them)
@@ -246,4 +350,182 @@ fn train_flags() -> std::collections::BTreeSet<String> {
     (command.get_arguments())
         .filter_map(|arg| arg.get_long().map(String::from))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{differing_settings, flag_for, train_flags, FIXED_SETTINGS, NESTED_FLAGS};
+    use crate::cli::train_args;
+    use crate::train::{recipe, Regularization, TrainSettings};
+    use serde_json::Value;
+
+    /// The settings `vit train` takes from `flags` (as `settings_and_dataset`, without
+    /// reading a dataset).
+    fn settings(flags: &[&str]) -> TrainSettings {
+        let args = train_args(flags);
+        TrainSettings {
+            model: recipe::model_config(&args).unwrap(),
+            dataset: "cifar10".to_string(),
+            data_dir: args.data.data_dir.clone(),
+            epochs: args.epochs,
+            batch_size: args.batch_size,
+            lr: args.lr,
+            weight_decay: args.weight_decay,
+            warmup_epochs: args.warmup_epochs,
+            label_smoothing: args.label_smoothing,
+            clip_grad: args.clip_grad,
+            seed: args.seed,
+            train_subset: args.train_subset,
+            recipe: args.recipe,
+            regularization: Regularization::from_args(&args).unwrap(),
+            precision: args.precision,
+            eval_precision: args.eval_precision,
+        }
+    }
+
+    /// The lines a resume with `given` flags is refused with, after a run with `saved`.
+    fn differences(saved: &[&str], given: &[&str]) -> Vec<String> {
+        let json = |flags| serde_json::to_value(settings(flags)).unwrap();
+        let mut out = Vec::new();
+        differing_settings("", &json(saved), &json(given), &mut out);
+        out
+    }
+
+    /// Appends the path of each setting (not an object) in `value` to `out`.
+    fn leaves(path: &str, value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(fields) => {
+                for (key, value) in fields {
+                    let name = match path.is_empty() {
+                        true => key.clone(),
+                        false => format!("{path}.{key}"),
+                    };
+                    leaves(&name, value, out);
+                }
+            }
+            _ => out.push(path.to_string()),
+        }
+    }
+
+    /// Each setting of a run with every part of the strong recipe on is set by a flag, or
+    /// listed as fixed: a new setting without either fails here.
+    #[test]
+    fn every_setting_has_a_flag_or_is_fixed() {
+        let strong = [
+            "--recipe",
+            "strong",
+            "--augment-policy",
+            "randaugment",
+            "--mix-off-epoch",
+            "5",
+            "--train-subset",
+            "300",
+            "--ema-warmup",
+        ];
+        let mut paths = Vec::new();
+        leaves(
+            "",
+            &serde_json::to_value(settings(&strong)).unwrap(),
+            &mut paths,
+        );
+        let unnamed: Vec<&String> = (paths.iter())
+            .filter(|path| flag_for(path).is_none() && !FIXED_SETTINGS.contains(&path.as_str()))
+            .collect();
+        assert!(unnamed.is_empty(), "settings without a flag: {unnamed:?}");
+        for fixed in FIXED_SETTINGS {
+            assert!(
+                paths.iter().any(|path| path == fixed),
+                "{fixed} is no setting"
+            );
+        }
+        let flags = train_flags();
+        for (_, flag) in NESTED_FLAGS {
+            assert!(flags.contains(&flag[2..]), "{flag} is no flag of vit train");
+        }
+    }
+
+    /// The strong recipe's settings by their flags, and a part switched on or off (or
+    /// another policy) in a word or a number.
+    #[test]
+    fn the_strong_recipe_names_each_flag_that_differs() {
+        let strong = ["--recipe", "strong"];
+        assert_eq!(
+            differences(
+                &strong,
+                &[
+                    "--recipe",
+                    "strong",
+                    "--mixup",
+                    "0.5",
+                    "--cutmix",
+                    "0.7",
+                    "--mix-prob",
+                    "0.9",
+                    "--switch-prob",
+                    "0.4",
+                    "--random-erasing",
+                    "0.3",
+                    "--augment-policy",
+                    "randaugment",
+                    "--ema",
+                    "0"
+                ]
+            ),
+            [
+                "regularization.augment.erasing.p (--random-erasing): saved 0.25, given 0.3",
+                "regularization.augment.policy (--augment-policy): saved autoaugment, \
+                 given randaugment (2 ops, magnitude 9)",
+                "regularization.ema (--ema): saved 0.999, given off",
+                "regularization.mix.cutmix_alpha (--cutmix): saved 1.0, given 0.7",
+                "regularization.mix.mixup_alpha (--mixup): saved 0.8, given 0.5",
+                "regularization.mix.prob (--mix-prob): saved 1.0, given 0.9",
+                "regularization.mix.switch_prob (--switch-prob): saved 0.5, given 0.4",
+            ]
+        );
+        let randaugment = ["--recipe", "strong", "--augment-policy", "randaugment"];
+        assert_eq!(
+            differences(
+                &randaugment,
+                &[
+                    "--recipe",
+                    "strong",
+                    "--augment-policy",
+                    "randaugment",
+                    "--randaugment-ops",
+                    "3",
+                    "--randaugment-magnitude",
+                    "5",
+                    "--random-erasing",
+                    "0",
+                    "--mixup",
+                    "0",
+                    "--cutmix",
+                    "0"
+                ]
+            ),
+            [
+                "regularization.augment.erasing (--random-erasing): saved 0.25, given off",
+                "regularization.augment.policy.RandAugment.magnitude (--randaugment-magnitude): \
+                 saved 9, given 5",
+                "regularization.augment.policy.RandAugment.num_ops (--randaugment-ops): saved 2, \
+                 given 3",
+                "regularization.mix.cutmix_alpha (--cutmix): saved 1.0, given off",
+                "regularization.mix.mixup_alpha (--mixup): saved 0.8, given off",
+                "regularization.mix.prob (--mix-prob): saved 1.0, given off",
+                "regularization.mix.switch_prob (--switch-prob): saved 0.5, given off",
+            ]
+        );
+        // The notebook's recipe has no augmentation part: its settings are off, and the
+        // recipe's fixed ones are left out.
+        assert_eq!(
+            differences(
+                &[],
+                &["--augment-policy", "autoaugment", "--train-subset", "300"]
+            ),
+            [
+                "regularization.augment.policy (--augment-policy): saved none, given autoaugment",
+                "train_subset (--train-subset): saved all, given 300",
+            ]
+        );
+    }
 }
