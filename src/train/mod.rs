@@ -154,25 +154,39 @@ fn settings_and_dataset(
             noun_for(num_classes, "class")
         ),
     }
-    let settings = TrainSettings {
-        model: config,
-        dataset: dataset.name.clone(),
-        data_dir,
-        epochs: args.epochs,
-        batch_size: args.batch_size,
-        lr: args.lr,
-        weight_decay: args.weight_decay,
-        warmup_epochs: args.warmup_epochs,
-        label_smoothing: args.label_smoothing,
-        clip_grad: args.clip_grad,
-        seed: args.seed,
-        train_subset: args.train_subset,
-        recipe: args.recipe,
-        regularization,
-        precision: args.precision,
-        eval_precision: args.eval_precision,
-    };
+    let settings = TrainSettings::from_args(args, config, regularization, &dataset.name, data_dir);
     Ok((settings, dataset))
+}
+
+impl TrainSettings {
+    /// The settings `args` give, with the checked `model` and `regularization` they give,
+    /// for the dataset `dataset` read from `data_dir`.
+    pub(crate) fn from_args(
+        args: &TrainArgs,
+        model: ViTConfig,
+        regularization: Regularization,
+        dataset: &str,
+        data_dir: PathBuf,
+    ) -> Self {
+        Self {
+            model,
+            dataset: dataset.to_string(),
+            data_dir,
+            epochs: args.epochs,
+            batch_size: args.batch_size,
+            lr: args.lr,
+            weight_decay: args.weight_decay,
+            warmup_epochs: args.warmup_epochs,
+            label_smoothing: args.label_smoothing,
+            clip_grad: args.clip_grad,
+            seed: args.seed,
+            train_subset: args.train_subset,
+            recipe: args.recipe,
+            regularization,
+            precision: args.precision,
+            eval_precision: args.eval_precision,
+        }
+    }
 }
 
 /// The optimiser's flags, checked before any data is read. Each is written as given to

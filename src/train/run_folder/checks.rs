@@ -363,24 +363,13 @@ mod tests {
     /// reading a dataset).
     fn settings(flags: &[&str]) -> TrainSettings {
         let args = train_args(flags);
-        TrainSettings {
-            model: recipe::model_config(&args).unwrap(),
-            dataset: "cifar10".to_string(),
-            data_dir: args.data.data_dir.clone(),
-            epochs: args.epochs,
-            batch_size: args.batch_size,
-            lr: args.lr,
-            weight_decay: args.weight_decay,
-            warmup_epochs: args.warmup_epochs,
-            label_smoothing: args.label_smoothing,
-            clip_grad: args.clip_grad,
-            seed: args.seed,
-            train_subset: args.train_subset,
-            recipe: args.recipe,
-            regularization: Regularization::from_args(&args).unwrap(),
-            precision: args.precision,
-            eval_precision: args.eval_precision,
-        }
+        TrainSettings::from_args(
+            &args,
+            recipe::model_config(&args).unwrap(),
+            Regularization::from_args(&args).unwrap(),
+            "cifar10",
+            args.data.data_dir.clone(),
+        )
     }
 
     /// The lines a resume with `given` flags is refused with, after a run with `saved`.
