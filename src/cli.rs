@@ -187,14 +187,26 @@ where
     T: std::str::FromStr + PartialOrd + From<u8>,
 {
     move |value| {
-        let number = value.parse::<T>().ok();
-        match least {
-            None => number.ok_or_else(|| "expected a whole number".to_string()),
-            Some(least) => number
-                .filter(|number| *number >= T::from(least))
-                .ok_or_else(|| format!("expected a whole number of {least} or more")),
+        let expected = match least {
+            None => "expected a whole number".to_string(),
+            Some(least) => format!("expected a whole number of {least} or more"),
+        };
+        match value.parse::<T>() {
+            Ok(number) if least.is_none_or(|least| number >= T::from(least)) => Ok(number),
+            Ok(_) => Err(expected),
+            // Digits all the same (not below 0, which a count's type also refuses): a
+            // whole number too large for the type.
+            Err(_) if is_digits(value.strip_prefix('+').unwrap_or(value)) => {
+                Err(format!("{value} is more than vit can count"))
+            }
+            Err(_) => Err(expected),
         }
     }
+}
+
+/// Whether `text` is one or more of the digits 0 to 9.
+fn is_digits(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit())
 }
 
 /// `--dataset` when not given: the notebook's CIFAR-100 (its value name is the name the
@@ -306,7 +318,7 @@ pub struct DataArgs {
     pub data: DatasetArgs,
     /// The size a folder dataset's images are resized to (as vit train's --image-size);
     /// CIFAR's statistics are of its 32x32 images.
-    #[arg(long, value_parser = whole_number::<i64>(None), default_value_t = 32)]
+    #[arg(long, value_parser = whole_number::<i64>(Some(1)), default_value_t = 32)]
     pub image_size: i64,
 }
 

@@ -429,6 +429,14 @@ fn files_of_other_sizes_than_the_official_release_are_read_with_a_warning() {
         assert!(stderr.contains(&warning), "{warning} not in:\n{stderr}");
     }
     assert!(stderr.contains(&format!("delete {}, then run `vit download", dir.display())));
+    // A size of 0 is no size, whatever the dataset.
+    let output = common::run_vit(&["data", "--data-dir", data_dir, "--image-size", "0"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("expected a whole number of 1 or more"),
+        "{stderr}"
+    );
     write_cifar100(&tmp.0);
     let output = common::vit(&["data", "--dataset", "cifar100", "--data-dir", data_dir]);
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -1642,6 +1642,17 @@ fn user_errors_say_what_to_do() {
             "invalid value '-8' for '--batch-size <BATCH_SIZE>': expected a whole number of 1 or \
              more",
         ),
+        // A whole number too large for its type is called that, not "not a whole number".
+        (
+            "--batch-size 9223372036854775808",
+            "invalid value '9223372036854775808' for '--batch-size <BATCH_SIZE>': \
+             9223372036854775808 is more than vit can count",
+        ),
+        (
+            "--seed -18446744073709551616",
+            "invalid value '-18446744073709551616' for '--seed <SEED>': expected a whole number \
+             of 0 or more",
+        ),
         // The model's flags are named as the user wrote them, not as config fields.
         (
             "--embed-dim=30 --num-heads=4",
