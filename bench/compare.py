@@ -96,9 +96,10 @@ def parse_args(argv=None):
         "--also-vit",
         action="append",
         default=[],
-        metavar="LABEL=PATH",
-        help="one more vit binary as its own side (e.g. vit-before=old/vit), interleaved "
-        "with the others: before/after comparisons of a change in one run",
+        metavar="vit-LABEL=PATH",
+        help="one more vit binary as its own side, labelled vit-LABEL (e.g. "
+        "vit-before=old/vit), interleaved with the others: before/after comparisons of a "
+        "change in one run",
     )
     p.add_argument(
         "--libtorch-linear",
@@ -142,6 +143,9 @@ def parse_args(argv=None):
         p.error("--threads must be at least 1")
     if args.side_timeout is not None and not args.side_timeout > 0:
         p.error("--side-timeout takes a positive number of seconds")
+    if not args.worker:
+        # A worker's model is --model-json, which its driver has checked.
+        refuse_bad_model(p, model_config(args))
     return args
 
 
@@ -158,6 +162,27 @@ def refuse_missing_cuda(parser, device):
     """A parser error for a CUDA `device` where PyTorch sees none (not a traceback later)."""
     if device.startswith("cuda") and default_device() != "cuda":
         parser.error(f"--device {device}: PyTorch sees no CUDA device here; use --device cpu")
+
+
+def refuse_bad_model(parser, config):
+    """A parser error for a model vit refuses (in vit's words), before any side runs:
+    sizes of 0 or less, a dropout outside [0, 1), heads that do not divide the embedding,
+    patches that do not tile the image. Shared with train_pytorch.py."""
+    for name in MODEL_FLAGS:
+        if name != "dropout" and config[name] < 1:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {config[name]}")
+    if not 0 <= config["dropout"] < 1:
+        parser.error(f"--dropout must be in [0, 1), got {config['dropout']}")
+    if config["embed_dim"] % config["num_heads"]:
+        parser.error(
+            f"--embed-dim ({config['embed_dim']}) must be divisible by --num-heads "
+            f"({config['num_heads']})"
+        )
+    if config["image_size"] % config["patch_size"]:
+        parser.error(
+            f"--image-size ({config['image_size']}) must be divisible by --patch-size "
+            f"({config['patch_size']})"
+        )
 
 
 def model_config(args):

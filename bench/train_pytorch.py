@@ -48,9 +48,14 @@ from compare import (  # noqa: E402
     PRESETS,
     build_model,
     model_config,
+    refuse_bad_model,
     refuse_missing_cuda,
 )
 from vit_reference import MEAN as CIFAR_MEAN, STD as CIFAR_STD, param_groups  # noqa: E402
+# Every image of either CIFAR: the model must take these (vit train would resize to another
+# --image-size; this script does not).
+DATA_IMAGE_SIZE = 32
+DATA_CHANNELS = 3
 CROP_PADDING = 4
 FLIP_PROBABILITY = 0.5
 METRICS_HEADER = [
@@ -92,22 +97,48 @@ def parse_args(argv=None):
     if args.epochs <= 0 or args.batch_size <= 0:
         p.error("--epochs and --batch-size must be positive")
     # What vit refuses too, said here rather than as a traceback from deep in PyTorch.
-    if not args.lr > 0 or args.weight_decay < 0 or args.warmup_epochs < 0:
+    finite = math.isfinite(args.lr) and math.isfinite(args.weight_decay)
+    if not (finite and args.lr > 0 and args.weight_decay >= 0 and args.warmup_epochs >= 0):
         p.error("--lr must be positive, --weight-decay and --warmup-epochs at least 0")
+    if not 0 <= args.label_smoothing < 1:
+        p.error(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
+    if not 0 <= args.clip_grad < math.inf:
+        p.error(f"--clip-grad must be a number >= 0 (0 turns it off), got {args.clip_grad}")
+    if not 0 <= args.seed <= MASK64:
+        p.error(f"--seed must be a whole number in 0..={MASK64}, got {args.seed}")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be at least 1")
     config = model_config(args)
-    if config["embed_dim"] % config["num_heads"] or config["image_size"] % config["patch_size"]:
+    refuse_bad_model(p, config)
+    if config["image_size"] != DATA_IMAGE_SIZE:
         p.error(
-            f"--embed-dim {config['embed_dim']} must be a multiple of --num-heads "
-            f"{config['num_heads']}, and --image-size {config['image_size']} of --patch-size "
-            f"{config['patch_size']}"
+            f"--image-size {config['image_size']}: {args.dataset}'s images are "
+            f"{DATA_IMAGE_SIZE}x{DATA_IMAGE_SIZE} and this script does not resize them (vit "
+            f"train does); pass --image-size {DATA_IMAGE_SIZE}, or leave it out"
+        )
+    if config["in_channels"] != DATA_CHANNELS:
+        p.error(
+            f"--in-channels {config['in_channels']}: {args.dataset} images have "
+            f"{DATA_CHANNELS} channels; pass --in-channels {DATA_CHANNELS}, or leave it out"
         )
     refuse_missing_cuda(p, args.device)
     if args.out is not None and (args.out / "metrics.csv").exists():
         p.error(f"{args.out} already holds a metrics.csv, which a run would replace; choose another --out")
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         p.error(f"--out {args.out} is a file; it takes a folder")
+    if args.out is not None:
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            p.error(f"cannot create --out {args.out} ({error.strerror}); choose another folder")
+    if args.warmup_epochs >= args.epochs:
+        # vit train's warning, word for word.
+        print(
+            f"warning: --warmup-epochs {args.warmup_epochs} is not below --epochs {args.epochs}: "
+            "the learning rate rises for the whole run, reaching --lr only at its end if at "
+            "all, and never decays; pass a smaller --warmup-epochs for a short run",
+            file=sys.stderr,
+        )
     return args
 
 
