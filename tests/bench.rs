@@ -384,6 +384,11 @@ fn bench_scripts_refuse_bad_paths_before_running() {
             vec!["--device", "cpu", "--also-vit", &also, "--also-vit", &also],
             "error: two vit sides are labelled vit-a",
         ),
+        // A model vit refuses is refused before any side starts.
+        (
+            vec!["--device", "cpu", "--config", "tiny", "--num-heads", "3"],
+            "error: --embed-dim (32) must be divisible by --num-heads (3)",
+        ),
     ] {
         let output = compare_py(&flags);
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -405,4 +410,29 @@ fn bench_scripts_refuse_bad_paths_before_running() {
     assert!(stderr.contains("already holds a metrics.csv"), "{stderr}");
     assert!(!stderr.contains("Traceback"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&metrics).unwrap(), "the user's");
+
+    // Values vit train refuses are refused as it does, before any data is read (there is
+    // none here), not met with PyTorch's traceback mid-run.
+    for (flag, value, message) in [
+        (
+            "--label-smoothing",
+            "2",
+            "--label-smoothing must be in [0, 1), got 2.0",
+        ),
+        ("--num-layers", "0", "--num-layers must be positive, got 0"),
+        ("--image-size", "64", "this script does not resize them"),
+    ] {
+        let output = Command::new(python())
+            .args([script, "--config", "tiny", "--data-dir"])
+            .arg(dir.join("no-data"))
+            .args([flag, value])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flag}: {stderr}");
+        assert!(
+            stderr.contains(message) && !stderr.contains("Traceback"),
+            "{flag}: {stderr}"
+        );
+    }
 }
