@@ -179,7 +179,11 @@ fn brief_error(message: &str) -> Option<String> {
 fn libtorch_error(message: &str) -> Option<String> {
     let (_, error) = message.split_once("Torch(\"")?;
     let first_line = error.split("\\n").next().unwrap_or(error);
-    let advice = if first_line.contains("allocate") || first_line.contains("out of memory") {
+    // A tensor whose byte count overflows 64 bits would not fit either.
+    let advice = if ["allocate", "out of memory", "size calculation overflowed"]
+        .iter()
+        .any(|sign| first_line.contains(sign))
+    {
         "\nThe model or batch needs more memory than the device has: use a smaller \
          --batch-size or model"
     } else {
@@ -197,9 +201,9 @@ mod tests {
         format!("called `Result::unwrap()` on an `Err` value: Torch({what:?})")
     }
 
-    /// The first line of libtorch's error, with the advice about memory for both ways
+    /// The first line of libtorch's error, with the advice about memory for the ways
     /// libtorch says it ran out (the CPU allocator's "can't allocate", CUDA's "out of
-    /// memory" without "allocate" in it), and for no other error.
+    /// memory" without "allocate" in it, a size past 64 bits), and for no other error.
     #[test]
     fn a_libtorch_error_is_its_first_line_with_advice_only_for_memory() {
         let advice = "\nThe model or batch needs more memory than the device has: use a smaller \
@@ -215,6 +219,14 @@ mod tests {
                 format!(
                     "libtorch: [enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: \
                      can't allocate memory{advice}"
+                ),
+            ),
+            (
+                "Storage size calculation overflowed with sizes=[9223372036854775807, 3, 32, \
+                 32]\nframe #0: c10::Error",
+                format!(
+                    "libtorch: Storage size calculation overflowed with \
+                     sizes=[9223372036854775807, 3, 32, 32]{advice}"
                 ),
             ),
             (
