@@ -150,40 +150,40 @@ impl Drop for TempPath {
 }
 
 /// The folders a download created to hold its data folder (that one included), deepest
-/// first: removed where still empty when it fails, or by the Ctrl-C handler, so that a
-/// failed download leaves no empty folder behind. A folder that was there before is
-/// never in it.
-struct CreatedFolders(Vec<PathBuf>);
+/// first, listed in [`CREATED_FOLDERS`]: removed where still empty when the guard drops
+/// (the download failed), or by the Ctrl-C handler, so that a failed download leaves no
+/// empty folder behind. A folder that was there before is never listed.
+struct CreatedFolders;
 
-/// The folders of the download in progress, for the Ctrl-C handler.
+/// The folders of the download in progress: the one list, which the guard and the Ctrl-C
+/// handler both read.
 static CREATED_FOLDERS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 impl CreatedFolders {
     /// Creates `dir` and the folders above it that are missing.
     fn create(dir: &Path) -> Result<Self> {
-        let missing: Vec<PathBuf> = dir
+        *lock(&CREATED_FOLDERS) = dir
             .ancestors()
             .take_while(|folder| !folder.as_os_str().is_empty())
             .take_while(|folder| folder.symlink_metadata().is_err())
             .map(Path::to_path_buf)
             .collect();
-        *lock(&CREATED_FOLDERS) = missing.clone();
         // Made before the folders are, so that any created before a failure go.
-        let created = Self(missing);
+        let created = Self;
         create_folder(dir)?;
         Ok(created)
     }
 
     /// Leaves the folders where they are: they hold the dataset now.
-    fn keep(mut self) {
-        self.0.clear();
+    fn keep(self) {
+        lock(&CREATED_FOLDERS).clear();
     }
 }
 
 impl Drop for CreatedFolders {
     fn drop(&mut self) {
-        lock(&CREATED_FOLDERS).clear();
-        remove_empty_folders(&self.0);
+        let folders = std::mem::take(&mut *lock(&CREATED_FOLDERS));
+        remove_empty_folders(&folders);
     }
 }
 

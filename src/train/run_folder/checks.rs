@@ -249,19 +249,29 @@ fn flag_for(path: &str) -> Option<String> {
 /// policy (by its `--augment-policy` name), random erasing (its probability), the whole
 /// training set (`all`), and any other setting a flag turns off (`off`).
 fn shown(path: &str, value: &serde_json::Value) -> String {
+    use crate::cli::AugmentPolicy;
     use crate::data::augment::{Policy, RandomErasing};
+    use clap::ValueEnum;
     use serde_json::{from_value, Value};
     match path {
         "regularization.augment.policy" => {
             if let Ok(policy) = from_value::<Option<Policy>>(value.clone()) {
-                return match policy {
-                    None => "none".to_string(),
-                    Some(Policy::AutoAugmentCifar10) => "autoaugment".to_string(),
-                    Some(Policy::RandAugment(randaugment)) => format!(
-                        "randaugment ({} ops, magnitude {})",
-                        randaugment.num_ops, randaugment.magnitude
+                // The --augment-policy value that gives it, as the parser names it.
+                let (choice, details) = match policy {
+                    None => (AugmentPolicy::None, String::new()),
+                    Some(Policy::AutoAugmentCifar10) => (AugmentPolicy::Autoaugment, String::new()),
+                    Some(Policy::RandAugment(randaugment)) => (
+                        AugmentPolicy::Randaugment,
+                        format!(
+                            " ({} ops, magnitude {})",
+                            randaugment.num_ops, randaugment.magnitude
+                        ),
                     ),
                 };
+                let name = choice
+                    .to_possible_value()
+                    .expect("a value --augment-policy takes");
+                return format!("{}{details}", name.get_name());
             }
         }
         "regularization.augment.erasing" => {
