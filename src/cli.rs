@@ -26,14 +26,9 @@ impl Cli {
     /// --cuda-graph step` as a complete `--cuda-graph` and a stray `step`, so that error
     /// gets a tip to write `--cuda-graph=step`.
     pub fn parse_args() -> Self {
-        use clap::{CommandFactory, FromArgMatches};
+        use clap::FromArgMatches;
         let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-        let mut command = Self::command().mut_subcommands(|subcommand| {
-            subcommand.mut_args(|arg| {
-                let takes_values = arg.get_action().takes_values();
-                arg.allow_negative_numbers(takes_values)
-            })
-        });
+        let mut command = Self::definition();
         let parsed = command
             .try_get_matches_from_mut(&args)
             .and_then(|mut matches| Self::from_arg_matches_mut(&mut matches))
@@ -54,6 +49,49 @@ impl Cli {
                 }
             }
             error.exit()
+        })
+    }
+
+    /// The command line as [`Self::parse_args`] reads it: clap's, with negative numbers
+    /// taken as values, and each model flag's help ending with the presets' values
+    /// (`[notebook: 256, small: 128, tiny: 32]`), read from the presets themselves.
+    pub fn definition() -> clap::Command {
+        use clap::CommandFactory;
+        let presets: Vec<(&str, serde_json::Value)> = ViTConfig::preset_names()
+            .into_iter()
+            .map(|name| {
+                let config = ViTConfig::preset(name).expect("a preset's name");
+                (
+                    name,
+                    serde_json::to_value(config).expect("a config as JSON"),
+                )
+            })
+            .collect();
+        Self::command().mut_subcommands(|subcommand| {
+            let model_flags: Vec<clap::Id> = subcommand
+                .get_groups()
+                .filter(|group| group.get_id() == "ModelArgs")
+                .flat_map(|group| group.get_args().cloned())
+                .collect();
+            subcommand.mut_args(|arg| {
+                let takes_values = arg.get_action().takes_values();
+                let arg = arg.allow_negative_numbers(takes_values);
+                let values: Vec<String> = presets
+                    .iter()
+                    .filter_map(|(name, config)| {
+                        let value = config.get(arg.get_id().as_str())?;
+                        Some(format!("{name}: {value}"))
+                    })
+                    .collect();
+                match model_flags.contains(arg.get_id()) && !values.is_empty() {
+                    true => {
+                        let help = arg.get_help().map(|help| help.to_string());
+                        let help = format!("{} [{}]", help.unwrap_or_default(), values.join(", "));
+                        arg.help(help)
+                    }
+                    false => arg,
+                }
+            })
         })
     }
 }
@@ -102,24 +140,33 @@ pub struct ModelArgs {
         value_parser = clap::builder::PossibleValuesParser::new(ViTConfig::preset_names())
     )]
     pub preset: String,
+    /// Side of the square input images, in pixels.
     #[arg(long, value_parser = whole_number::<i64>(None))]
     pub image_size: Option<i64>,
+    /// Side of the square patches (the patch embedding's kernel and stride).
     #[arg(long, value_parser = whole_number::<i64>(None))]
     pub patch_size: Option<i64>,
+    /// Colour channels of the input images.
     #[arg(long, value_parser = whole_number::<i64>(None))]
     pub in_channels: Option<i64>,
+    /// Width of each token: the patch embedding's output channels.
     #[arg(long, value_parser = whole_number::<i64>(None))]
     pub embed_dim: Option<i64>,
+    /// Attention heads per block; they split --embed-dim evenly.
     #[arg(long, value_parser = whole_number::<i64>(None))]
     pub num_heads: Option<i64>,
+    /// Hidden width of each block's MLP.
     #[arg(long, value_parser = whole_number::<i64>(None))]
     pub mlp_dim: Option<i64>,
+    /// Transformer blocks.
     #[arg(long, value_parser = whole_number::<i64>(None))]
     pub num_layers: Option<i64>,
-    /// Defaults to the preset's (100 for notebook); in vit train, to the dataset's class
-    /// count.
+    /// Outputs of the classification head (in vit train, the dataset's class count; leave
+    /// it out there).
     #[arg(long, value_parser = whole_number::<i64>(None))]
     pub num_classes: Option<i64>,
+    /// Dropout probability after the positional embedding, the attention's projection and
+    /// in the MLP (the strong recipe: 0 unless given).
     #[arg(long)]
     pub dropout: Option<f64>,
 }
@@ -226,8 +273,10 @@ pub const DEFAULT_CLIP_GRAD: f64 = 1.0;
 /// Which dataset and where it lives.
 #[derive(Args, Debug, Clone)]
 pub struct DatasetArgs {
+    /// The dataset to read.
     #[arg(long, value_enum, default_value = DEFAULT_DATASET)]
     pub dataset: DatasetName,
+    /// Where the datasets are (as `vit download` puts them), or a folder dataset's DIR.
     #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// CIFAR-100 only: the 20 coarse superclasses instead of the 100 fine labels.
@@ -241,6 +290,7 @@ pub struct CheckpointDatasetArgs {
     /// Dataset; by default the one recorded in the checkpoint.
     #[arg(long, value_enum)]
     pub dataset: Option<DatasetName>,
+    /// Where the datasets are (as `vit download` puts them), or a folder dataset's DIR.
     #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// CIFAR-100 only: the 20 coarse superclasses (by default as the checkpoint records).
@@ -303,8 +353,10 @@ pub struct InfoArgs {
 
 #[derive(Args, Debug)]
 pub struct DownloadArgs {
+    /// The dataset to fetch.
     #[arg(long, value_enum, default_value = DEFAULT_DATASET)]
     pub dataset: DownloadableDataset,
+    /// The folder to unpack it into (created if missing).
     #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// A mirror URL or a local copy of the archive (also VIT_DATA_MIRROR).
@@ -342,21 +394,29 @@ pub struct TrainArgs {
     pub data: DatasetArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// Passes over the training set; the test set is evaluated after each.
     #[arg(long, value_parser = whole_number::<usize>(Some(1)), default_value_t = 100)]
     pub epochs: usize,
+    /// Images per training step.
     #[arg(long, value_parser = whole_number::<i64>(Some(1)), default_value_t = 256)]
     pub batch_size: i64,
+    /// AdamW's peak learning rate, reached after the warm-up, then cosine-decayed to 0.
     #[arg(long, default_value_t = DEFAULT_LR)]
     pub lr: f64,
+    /// AdamW's decoupled weight decay (not on biases, norms, class token or positions).
     #[arg(long, default_value_t = DEFAULT_WEIGHT_DECAY)]
     pub weight_decay: f64,
+    /// Epochs of linear learning-rate warm-up from 0.
     #[arg(long, value_parser = whole_number::<usize>(Some(0)), default_value_t = 5)]
     pub warmup_epochs: usize,
+    /// Label smoothing of the cross-entropy loss (0 = off).
     #[arg(long, default_value_t = DEFAULT_LABEL_SMOOTHING)]
     pub label_smoothing: f64,
     /// Clip the global gradient norm to this value (0 = off).
     #[arg(long, default_value_t = DEFAULT_CLIP_GRAD)]
     pub clip_grad: f64,
+    /// Seeds the weights, shuffles, augmentations and dropout: the same seed and flags
+    /// train the same run.
     #[arg(long, value_parser = whole_number::<u64>(Some(0)), default_value_t = 0)]
     pub seed: u64,
     /// Train on the first N training images only (in CIFAR's random order, or a folder
@@ -369,6 +429,7 @@ pub struct TrainArgs {
     /// Continue the run in --out exactly where it stopped (pass the same flags).
     #[arg(long)]
     pub resume: bool,
+    /// Augmentation and regularisation presets; the flags below change a part of either.
     #[arg(long, value_enum, default_value = "notebook")]
     pub recipe: Recipe,
     /// Automatic augmentation (strong recipe: autoaugment, the CIFAR-10 policy).
@@ -417,6 +478,7 @@ pub struct TrainArgs {
     /// Redraw curves.png (and curves.svg) in the run folder after every epoch.
     #[arg(long)]
     pub plot: bool,
+    /// Precision of the training steps' forward and backward passes (weights stay fp32).
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: Precision,
     /// Precision of the per-epoch test passes: fp32 measures what `vit eval` measures;
@@ -475,12 +537,14 @@ pub enum AdamWKernel {
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
+    /// A .safetensors checkpoint vit saved (or one in timm's layout with its config).
     #[arg(long)]
     pub checkpoint: PathBuf,
     #[command(flatten)]
     pub data: CheckpointDatasetArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// Test images per forward pass.
     #[arg(long, value_parser = whole_number::<i64>(Some(1)), default_value_t = 500)]
     pub batch_size: i64,
     /// bf16: the pass under bf16 autocast, as `vit train --eval-precision bf16` tests (its
@@ -502,6 +566,7 @@ pub struct EvalArgs {
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
+    /// A .safetensors checkpoint vit saved (or one in timm's layout with its config).
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// PNG or JPEG files, or folders of them (their subfolders too; one file that cannot be
@@ -529,15 +594,19 @@ pub struct BenchArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// Images per timed step (random images of the model's size).
     #[arg(long, value_parser = whole_number::<i64>(Some(1)), default_value_t = 128)]
     pub batch_size: i64,
     /// Timed steps (after warm-up).
     #[arg(long, value_parser = whole_number::<usize>(Some(1)), default_value_t = 10)]
     pub steps: usize,
+    /// Untimed steps first, which let libtorch pick its kernels and allocate.
     #[arg(long, value_parser = whole_number::<usize>(Some(0)), default_value_t = 3)]
     pub warmup: usize,
+    /// Precision of the timed passes, as vit train's --precision.
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: Precision,
+    /// CPU threads for libtorch (default: libtorch's choice).
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024))]
     pub threads: Option<i32>,
     /// Use the explicit softmax attention instead of the fused kernel.
@@ -581,6 +650,7 @@ pub struct PlotArgs {
 
 #[derive(Args, Debug)]
 pub struct AttentionArgs {
+    /// A .safetensors checkpoint vit saved (or one in timm's layout with its config).
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// A PNG or JPEG file (or use --index, with --dataset or the checkpoint's dataset).
@@ -590,6 +660,7 @@ pub struct AttentionArgs {
     /// A test image of the dataset, by position.
     #[arg(long, value_parser = whole_number::<i64>(None))]
     pub index: Option<i64>,
+    /// Output PNG: the image, its rollout and the last block's heads.
     #[arg(short, long, default_value = "attention.png")]
     pub output: PathBuf,
     #[command(flatten)]
@@ -604,5 +675,65 @@ pub(crate) fn train_args(args: &[&str]) -> TrainArgs {
             command: Command::Train(args),
         } => *args,
         other => panic!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// The help of `vit SUBCOMMAND`'s argument `id`, as `vit SUBCOMMAND --help` shows it.
+    fn help_of(command: &clap::Command, subcommand: &str, id: &str) -> String {
+        let subcommand = command.find_subcommand(subcommand).expect(subcommand);
+        let arg = subcommand.get_arguments().find(|arg| arg.get_id() == id);
+        let help = arg.expect(id).get_help().map(|help| help.to_string());
+        help.unwrap_or_default()
+    }
+
+    /// Every flag and argument of every command says in `--help` what it is (the preset
+    /// values added to the model flags' help do not count).
+    #[test]
+    fn every_argument_has_help_of_its_own() {
+        let command = Cli::command();
+        let missing: Vec<String> = command
+            .get_subcommands()
+            .flat_map(|subcommand| {
+                subcommand.get_arguments().filter_map(|arg| {
+                    let id = arg.get_id().as_str();
+                    let help = help_of(&command, subcommand.get_name(), id);
+                    help.trim()
+                        .is_empty()
+                        .then(|| format!("vit {} {id}", subcommand.get_name()))
+                })
+            })
+            .collect();
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
+
+    /// The model flags of `vit info`, `vit train` and `vit bench` end their help with every
+    /// preset's value; a flag of the same name outside the model's (`vit data
+    /// --image-size`) is left as written.
+    #[test]
+    fn model_flags_show_the_presets_values() {
+        let command = Cli::definition();
+        for subcommand in ["info", "train", "bench"] {
+            assert!(
+                help_of(&command, subcommand, "embed_dim")
+                    .ends_with(" [notebook: 256, small: 128, tiny: 32]"),
+                "{subcommand}"
+            );
+            assert!(
+                help_of(&command, subcommand, "dropout")
+                    .ends_with(" [notebook: 0.1, small: 0.0, tiny: 0.0]"),
+                "{subcommand}"
+            );
+            assert!(!help_of(&command, subcommand, "preset").contains("notebook: "));
+        }
+        let data_image_size = help_of(&command, "data", "image_size");
+        assert_eq!(
+            data_image_size,
+            help_of(&Cli::command(), "data", "image_size")
+        );
     }
 }

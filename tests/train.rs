@@ -1603,7 +1603,7 @@ fn user_errors_say_what_to_do() {
     args.extend(["--num-classes", "100"]);
     let stderr = vit_fails(&args);
     assert!(
-        stderr.contains("--num-classes 100 does not match"),
+        stderr.contains("--num-classes 100 does not match cifar10, which has 10 classes: leave out --num-classes"),
         "{stderr}"
     );
 

@@ -149,7 +149,8 @@ fn settings_and_dataset(
         None => config.num_classes = num_classes,
         Some(n) => ensure!(
             n == num_classes,
-            "--num-classes {n} does not match {} which has {num_classes} {}",
+            "--num-classes {n} does not match {}, which has {num_classes} {}: leave out \
+             --num-classes (vit train takes the dataset's count)",
             dataset.name,
             noun_for(num_classes, "class")
         ),
