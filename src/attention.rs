@@ -15,7 +15,8 @@ use tch::{Device, Kind, Tensor};
 /// (`R = Â_L ... Â_1`); return the class token's row over the patches.
 ///
 /// `maps`: num_layers x [B, num_heads, N + 1, N + 1] (first layer first, class token at
-/// index 0), as [`VisionTransformer::attention_maps`](crate::model::VisionTransformer::attention_maps)
+/// index 0), as
+/// [`VisionTransformer::forward_with_attention_maps`](crate::model::VisionTransformer::forward_with_attention_maps)
 /// gives them. Returns [B, N]; computed in the maps' kind and on their device.
 pub fn rollout(maps: &[Tensor]) -> Tensor {
     assert!(
@@ -187,8 +188,8 @@ fn check_index(index: i64, count: i64) -> Result<()> {
     Ok(())
 }
 
-/// Runs the model on one uint8 [3, H, W] image (test transform, on `device`) and collects
-/// the class token's attention and the class probabilities, on the CPU.
+/// Runs the model once on one uint8 [3, H, W] image (test transform, on `device`) and
+/// collects the class token's attention and the class probabilities, on the CPU.
 fn analyse(
     model: &crate::model::VisionTransformer,
     image: &Tensor,
@@ -198,8 +199,7 @@ fn analyse(
     let batch = data::transforms::test_transform(&image.unsqueeze(0).to_device(device), size);
     model.check_input(&batch)?;
     tch::no_grad(|| {
-        let maps = model.attention_maps(&batch);
-        let logits = tch::nn::ModuleT::forward_t(model, &batch, false);
+        let (logits, maps) = model.forward_with_attention_maps(&batch);
         let to_cpu = |t: Tensor| t.to_device(Device::Cpu).to_kind(Kind::Float);
         Ok(AttentionResult {
             rollout: to_cpu(rollout(&maps).select(0, 0)),

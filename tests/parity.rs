@@ -232,20 +232,25 @@ fn assert_gradients_match(
     }
 }
 
-/// `attention_maps` (what `vit attention` draws its rollout from) against timm's own
-/// attention probabilities for the same parameters and images, layer by layer.
+/// `forward_with_attention_maps` (what `vit attention` draws its rollout and prediction
+/// from) against timm's own attention probabilities for the same parameters and images,
+/// layer by layer; its logits are those of the plain forward pass, to the bit.
 #[test]
-fn attention_maps_match_timms() {
+fn attention_maps_match_timms_and_logits_the_forward_pass() {
     let file = fixture("vision_transformer");
     let expected = with_prefix(&file, "attention");
+    let input = file.get("input").unwrap();
     for (fused, onednn) in KERNELS {
         let (_vs, model) = small_model(&file, fused, onednn);
-        let maps = tch::no_grad(|| model.attention_maps(file.get("input").unwrap()));
+        let (logits, maps) = tch::no_grad(|| model.forward_with_attention_maps(input));
+        let kernels = format!("fused {fused}, oneDNN {onednn}");
         assert_eq!(maps.len(), expected.len(), "one map per block");
         for (i, map) in maps.iter().enumerate() {
-            let what = format!("attention map {i} (fused {fused}, oneDNN {onednn})");
+            let what = format!("attention map {i} ({kernels})");
             assert_close(&what, map, &expected[&i.to_string()], FORWARD_TOL);
         }
+        let forward = tch::no_grad(|| model.forward_t(input, false));
+        assert!(logits.equal(&forward), "logits ({kernels})");
     }
 }
 

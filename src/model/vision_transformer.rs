@@ -150,16 +150,23 @@ impl VisionTransformer {
         (Tensor::cat(&[cls, patches], 1) + &self.pos_embed).apply_t(&self.pos_drop, train)
     }
 
-    /// Every block's attention probabilities, first block first (for attention rollout):
-    /// [B, C, H, W] -> num_layers x [B, num_heads, num_patches + 1, num_patches + 1].
-    pub fn attention_maps(&self, images: &Tensor) -> Vec<Tensor> {
+    /// The logits and every block's attention probabilities, first block first (for
+    /// attention rollout), from one pass in evaluation mode: [B, C, H, W] -> (logits
+    /// [B, num_classes], num_layers x [B, num_heads, num_patches + 1, num_patches + 1]).
+    pub fn forward_with_attention_maps(&self, images: &Tensor) -> (Tensor, Vec<Tensor>) {
         let mut tokens = self.embed(images, false);
         let mut maps = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
             maps.push(block.attention_weights(&tokens));
             tokens = tokens.apply_t(block, false);
         }
-        maps
+        (self.classify(&tokens), maps)
+    }
+
+    /// The head on the class token after the last block: [B, num_patches + 1, embed_dim]
+    /// -> logits [B, num_classes].
+    fn classify(&self, tokens: &Tensor) -> Tensor {
+        tokens.apply(&self.norm).select(1, 0).apply(&self.head)
     }
 }
 
@@ -170,6 +177,6 @@ impl ModuleT for VisionTransformer {
         for block in &self.blocks {
             tokens = tokens.apply_t(block, train);
         }
-        tokens.apply(&self.norm).select(1, 0).apply(&self.head)
+        self.classify(&tokens)
     }
 }
