@@ -14,10 +14,10 @@ use tch::{Device, Kind, Tensor};
 /// connection) and renormalise the rows; multiply the layers together, last on the left
 /// (`R = Â_L ... Â_1`); return the class token's row over the patches.
 ///
-/// `maps`: num_layers x [B, num_heads, N + 1, N + 1] (first layer first, class token at
-/// index 0), as
+/// `maps`: num_layers x [B, num_heads, num_patches + 1, num_patches + 1] (first layer
+/// first, class token at index 0), as
 /// [`VisionTransformer::forward_with_attention_maps`](crate::model::VisionTransformer::forward_with_attention_maps)
-/// gives them. Returns [B, N]; computed in the maps' kind and on their device.
+/// gives them. Returns [B, num_patches]; computed in the maps' kind and on their device.
 pub fn rollout(maps: &[Tensor]) -> Tensor {
     assert!(
         !maps.is_empty(),
@@ -40,18 +40,20 @@ pub fn rollout(maps: &[Tensor]) -> Tensor {
     joint.select(1, 0).narrow(-1, 1, tokens - 1)
 }
 
-/// Each head of the last layer, from the class token to the patches: [B, num_heads, N].
+/// Each head of the last layer, from the class token to the patches: `maps` as for
+/// [`rollout`] -> [B, num_heads, num_patches].
 pub fn last_layer_heads(maps: &[Tensor]) -> Tensor {
     let last = maps.last().expect("at least one layer");
     let tokens = last.size()[3];
     last.select(2, 0).narrow(-1, 1, tokens - 1)
 }
 
-/// The class token's view of one image: rollout [N] and last-layer heads [num_heads, N].
+/// The class token's view of one image, float on the CPU: rollout `[num_patches]` and
+/// last-layer heads [num_heads, num_patches].
 struct AttentionResult {
     rollout: Tensor,
     heads: Tensor,
-    /// Softmax probabilities over the classes, [num_classes].
+    /// Softmax probabilities over the classes, `[num_classes]`.
     probabilities: Tensor,
 }
 

@@ -230,8 +230,9 @@ fn model_and_optimizer(
     Ok((model, optimizer))
 }
 
-/// A batch of `batch_size` random images, `[batch_size, C, H, W]` as `config` takes them,
-/// with random labels.
+/// A batch of `batch_size` random images as the model takes them, float N(0, 1)
+/// [batch_size, in_channels, image_size, image_size] in place of augmented, normalized ones
+/// (the timed steps run no augmentation), with random int64 labels `[batch_size]`.
 fn random_batch(config: &ViTConfig, batch_size: i64, device: Device) -> TrainBatch {
     let shape = [
         batch_size,

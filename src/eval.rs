@@ -30,7 +30,8 @@ pub struct Evaluation {
 /// reports Acc@5.
 pub const TOP_K: i64 = 5;
 
-/// Runs the model over `split` in eval mode, its forward at `precision`. Sums stay on the
+/// Runs the model over `split` (uint8 images as the dataset holds them, test-transformed
+/// here a batch at a time) in eval mode, its forward at `precision`. Sums stay on the
 /// device until the end: the pass waits for the device only when it reads them.
 pub fn evaluate(
     model: &VisionTransformer,

@@ -14,6 +14,7 @@ struct ParamState {
     name: String,
     param: Tensor,
     decay: bool,
+    /// The moment estimates, each of `param`'s shape, kind and device.
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
 }
@@ -187,7 +188,8 @@ impl AdamW {
         });
     }
 
-    /// The moment estimates as named tensors (`exp_avg.NAME`, `exp_avg_sq.NAME`).
+    /// The moment estimates as named tensors (`exp_avg.NAME`, `exp_avg_sq.NAME`), each of
+    /// its parameter's shape.
     pub fn state_tensors(&self) -> BTreeMap<String, Tensor> {
         let mut out = BTreeMap::new();
         for state in &self.params {
@@ -203,7 +205,8 @@ impl AdamW {
         out
     }
 
-    /// Restores what `state_tensors` saved, and the step count.
+    /// Restores what `state_tensors` saved (each of its parameter's shape, checked), and
+    /// the step count.
     pub fn load_state(&mut self, tensors: &BTreeMap<String, Tensor>, step: i64) -> Result<()> {
         self.step = step;
         tch::no_grad(|| {
@@ -228,8 +231,8 @@ impl AdamW {
 
 /// Scales all gradients so that their global L2 norm is at most `max_norm`, as
 /// `torch.nn.utils.clip_grad_norm_` (multi-tensor kernels, as PyTorch's CUDA default).
-/// Returns the norm before clipping, left on the device (reading it would force a
-/// host-device synchronisation).
+/// Returns the norm before clipping, float [] left on the device (reading it would force a
+/// host-device synchronisation); on the CPU when no parameter has a gradient.
 pub fn clip_grad_norm<'a>(params: impl Iterator<Item = &'a Tensor>, max_norm: f64) -> Tensor {
     let grads: Vec<Tensor> = params.map(|p| p.grad()).filter(|g| g.defined()).collect();
     if grads.is_empty() {

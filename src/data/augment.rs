@@ -242,7 +242,7 @@ pub fn strong_train_transform(images: &Tensor, image_size: i64, cfg: &AugmentCon
     }
 }
 
-/// RandAugment or AutoAugment on a uint8 batch.
+/// RandAugment or AutoAugment on a uint8 batch [B, 3, H, W] -> the same shape.
 fn apply_policy(images: &Tensor, policy: &Policy, interpolation: Interpolation) -> Tensor {
     match policy {
         Policy::RandAugment(cfg) => rand_augment(images, cfg, interpolation),
@@ -250,8 +250,9 @@ fn apply_policy(images: &Tensor, policy: &Policy, interpolation: Interpolation) 
     }
 }
 
-/// torchvision's `RandAugment` for every image of a uint8 batch: each of `num_ops` steps
-/// draws, per image, one op of `cfg.ops` uniformly and (for signed ops) a sign.
+/// torchvision's `RandAugment` for every image of a uint8 batch [B, 3, H, W] (-> the same
+/// shape): each of `num_ops` steps draws, per image, one op of `cfg.ops` uniformly and (for
+/// signed ops) a sign.
 pub fn rand_augment(images: &Tensor, cfg: &RandAugment, interpolation: Interpolation) -> Tensor {
     if cfg.ops.is_empty() || cfg.num_ops <= 0 {
         return images.shallow_clone();
@@ -319,9 +320,9 @@ pub const CIFAR10_POLICY: [(PolicyOp, PolicyOp); 25] = {
     ]
 };
 
-/// torchvision's `AutoAugment(AutoAugmentPolicy.CIFAR10)` for every image of a uint8 batch:
-/// each image draws a sub-policy, and each of its two ops applies with the op's
-/// probability, with magnitudes from 10 bins and a random sign.
+/// torchvision's `AutoAugment(AutoAugmentPolicy.CIFAR10)` for every image of a uint8 batch
+/// [B, 3, H, W] (-> the same shape): each image draws a sub-policy, and each of its two ops
+/// applies with the op's probability, with magnitudes from 10 bins and a random sign.
 pub fn auto_augment_cifar10(images: &Tensor, interpolation: Interpolation) -> Tensor {
     let (b, _, h, w) = images.size4().expect("auto_augment expects [B,3,H,W]");
     let device = images.device();
@@ -356,7 +357,7 @@ pub fn auto_augment_cifar10(images: &Tensor, interpolation: Interpolation) -> Te
 
 /// Applies to image i the op with code `kinds[i]` (int64 `[B]`, see [`AugOp::code`]) and
 /// magnitude `magnitudes[i]` (any float kind `[B]`, used as double; `_apply_op` units), for
-/// a uint8 batch.
+/// a uint8 batch [B, 3, H, W] -> the same shape.
 /// `candidates` lists the ops that may occur (others are left as they are); each is
 /// computed once for the whole batch, the geometric ones together in one grid sample.
 pub fn apply_ops(
@@ -400,8 +401,9 @@ pub fn apply_ops(
     out
 }
 
-/// torchvision's `_apply_op(img, op, magnitude)` for every image of a uint8 batch, with a
-/// per-image magnitude (float `[B]`, or one value for all).
+/// torchvision's `_apply_op(img, op, magnitude)` for every image of a uint8 batch
+/// [B, 3, H, W] (-> the same shape), with a per-image magnitude (float `[B]`, or one value
+/// for all).
 pub fn apply_op(
     images: &Tensor,
     op: AugOp,
@@ -431,12 +433,14 @@ pub fn apply_op(
     }
 }
 
-/// [B] -> [B,1,1,1] double on `images`' device.
+/// `[B]` -> [B, 1, 1, 1] (one value, `[1]`, -> [1, 1, 1, 1]) double on `images`' device.
 fn double_per_image(values: &Tensor, images: &Tensor) -> Tensor {
     per_image(&values.to_device(images.device()).to_kind(Kind::Double))
 }
 
 /// torchvision's `_blend` for uint8: `(r * img1 + (1 - r) * img2).clamp(0, 255)`, truncated.
+/// `img1` uint8 [B, C, H, W]; `img2` uint8 or float, the same shape or broadcast to it (a
+/// [B, 1, H, W] grayscale, a [B, 1, 1, 1] mean); `ratio` `[B]` -> uint8 [B, C, H, W].
 fn blend(img1: &Tensor, img2: &Tensor, ratio: &Tensor) -> Tensor {
     let r = double_per_image(ratio, img1);
     let one_minus = (r.neg() + 1.0).to_kind(Kind::Float);
@@ -456,13 +460,14 @@ pub fn rgb_to_grayscale(images: &Tensor) -> Tensor {
         .unsqueeze(1)
 }
 
-/// `adjust_brightness` with per-image factors `[B]`: blend with black.
+/// `adjust_brightness` of uint8 [B, 3, H, W] with per-image factors `[B]`: blend with
+/// black.
 pub fn adjust_brightness(images: &Tensor, factor: &Tensor) -> Tensor {
     blend(images, &images.zeros_like(), factor)
 }
 
-/// `adjust_contrast` with per-image factors `[B]`: blend with the mean of the image's
-/// (uint8) grayscale.
+/// `adjust_contrast` of uint8 [B, 3, H, W] with per-image factors `[B]`: blend with the
+/// mean of the image's (uint8) grayscale.
 pub fn adjust_contrast(images: &Tensor, factor: &Tensor) -> Tensor {
     let mean = rgb_to_grayscale(images).to_kind(Kind::Float).mean_dim(
         [1i64, 2, 3].as_slice(),
@@ -472,14 +477,15 @@ pub fn adjust_contrast(images: &Tensor, factor: &Tensor) -> Tensor {
     blend(images, &mean, factor)
 }
 
-/// `adjust_saturation` (the "Color" op) with per-image factors `[B]`: blend with the
-/// image's (uint8) grayscale.
+/// `adjust_saturation` (the "Color" op) of uint8 [B, 3, H, W] with per-image factors `[B]`:
+/// blend with the image's (uint8) grayscale.
 pub fn adjust_saturation(images: &Tensor, factor: &Tensor) -> Tensor {
     blend(images, &rgb_to_grayscale(images), factor)
 }
 
-/// `adjust_sharpness` with per-image factors `[B]`: blend with the image smoothed by
-/// [[1, 1, 1], [1, 5, 1], [1, 1, 1]]/13 (rounded to uint8), whose border pixels are the image's.
+/// `adjust_sharpness` of uint8 [B, C, H, W] with per-image factors `[B]`: blend with the
+/// image smoothed by [[1, 1, 1], [1, 5, 1], [1, 1, 1]]/13 (rounded to uint8), whose border
+/// pixels are the image's.
 pub fn adjust_sharpness(images: &Tensor, factor: &Tensor) -> Tensor {
     let (_, c, h, w) = images.size4().expect("adjust_sharpness expects [B,C,H,W]");
     if h <= 2 || w <= 2 {
@@ -506,26 +512,29 @@ pub fn adjust_sharpness(images: &Tensor, factor: &Tensor) -> Tensor {
     blend(images, &degenerate, factor)
 }
 
-/// `posterize` with per-image bit counts `[B]` (1..=8): keeps the `bits` high bits.
+/// `posterize` of uint8 [B, C, H, W] with per-image bit counts `[B]` (1..=8): keeps the
+/// `bits` high bits.
 pub fn posterize(images: &Tensor, bits: &Tensor) -> Tensor {
     let step = (double_per_image(bits, images).neg() + 8.0).exp2();
     let x = images.to_kind(Kind::Double);
     ((x / &step).floor() * step).to_kind(Kind::Uint8)
 }
 
-/// `solarize` with per-image thresholds `[B]`: inverts the pixels `>= threshold` (256: none).
+/// `solarize` of uint8 [B, C, H, W] with per-image thresholds `[B]`: inverts the pixels
+/// `>= threshold` (256: none).
 pub fn solarize(images: &Tensor, threshold: &Tensor) -> Tensor {
     let threshold = double_per_image(threshold, images);
     let invert_here = images.to_kind(Kind::Double).ge_tensor(&threshold);
     invert(images).where_self(&invert_here, images)
 }
 
-/// `invert`: 255 - pixel.
+/// `invert` of uint8 images (any shape): 255 - pixel, as a bitwise not.
 pub fn invert(images: &Tensor) -> Tensor {
     images.bitwise_not()
 }
 
-/// `autocontrast`: stretches every image channel to [0, 255] (a constant channel is left).
+/// `autocontrast` of uint8 [B, C, H, W]: stretches every image channel to 0..=255 (a
+/// constant channel is left).
 pub fn autocontrast(images: &Tensor) -> Tensor {
     let x = images.to_kind(Kind::Float);
     let minimum = x.amin([2i64, 3].as_slice(), true);
@@ -539,10 +548,10 @@ pub fn autocontrast(images: &Tensor) -> Tensor {
         .to_kind(Kind::Uint8)
 }
 
-/// `equalize`: histogram equalization of every image channel, as torchvision's
-/// `_scale_channel` computes it (step = pixels not of the top value / 255; a channel with
-/// step 0 is left), batched: one histogram over image-channel offset values, `cumsum`,
-/// and a `gather` through the per-channel lookup tables.
+/// `equalize` of uint8 [B, C, H, W]: histogram equalization of every image channel, as
+/// torchvision's `_scale_channel` computes it (step = pixels not of the top value / 255; a
+/// channel with step 0 is left), batched: one histogram over image-channel offset values,
+/// `cumsum`, and a `gather` through the per-channel lookup tables.
 pub fn equalize(images: &Tensor) -> Tensor {
     let (b, c, h, w) = images.size4().expect("equalize expects [B,C,H,W]");
     let device = images.device();
@@ -568,7 +577,7 @@ pub fn equalize(images: &Tensor) -> Tensor {
         .to_kind(Kind::Uint8)
 }
 
-/// [B,6] identity affine matrices.
+/// `b` identity affine matrices: double [B, 6] (B = `b`), laid out as [`op_matrix`]'s.
 fn identity_matrix(b: i64, device: tch::Device) -> Tensor {
     device_constants(&[1.0, 0., 0., 0., 1., 0.], device)
         .view([1, 6])
@@ -616,9 +625,10 @@ pub fn op_matrix(op: AugOp, magnitude: &Tensor, height: i64, width: i64) -> Tens
     Tensor::stack(&rows, 1)
 }
 
-/// Resamples every image of a uint8 batch through its own inverse affine matrix ([B, 6], see
-/// [`op_matrix`]) with `affine_grid_generator` + `grid_sampler` (`align_corners=False`,
-/// zeros outside), rounding back to uint8 as torchvision does.
+/// Resamples every image of a uint8 batch [B, C, H, W] through its own inverse affine
+/// matrix ([B, 6], see [`op_matrix`]) with `affine_grid_generator` + `grid_sampler`
+/// (`align_corners=False`, zeros outside), rounding back to uint8 [B, C, H, W] as
+/// torchvision does.
 pub fn affine(images: &Tensor, matrix: &Tensor, interpolation: Interpolation) -> Tensor {
     let (b, c, h, w) = images.size4().expect("affine expects [B,C,H,W]");
     let m = matrix.to_device(images.device()).to_kind(Kind::Double);
@@ -682,7 +692,8 @@ pub fn random_erasing(images: &Tensor, cfg: &RandomErasing) -> Tensor {
 }
 
 /// Per-image rectangles as a mask: rows top..bottom and columns left..right (ends
-/// excluded) of an h x w image, from double [n] or [n, 1] bounds -> bool [n, 1, h, w].
+/// excluded) of an h x w image, from double `[B]` or [B, 1] bounds -> bool [B, 1, h, w]
+/// (B is 1 for one box over the whole batch).
 pub(super) fn box_mask(
     top: &Tensor,
     bottom: &Tensor,

@@ -367,9 +367,9 @@ fn read_file(path: &Path, format: &RecordFormat, data_dir: &Path) -> Result<Vec<
     }
 }
 
-/// Reads one binary batch file into uint8 images [N, 3, 32, 32] (contiguous) and int64
-/// labels [N], warning when N is not the `official` count. `data_dir` only feeds the
-/// `vit download` hint of the messages.
+/// Reads one binary batch file of `len` records into uint8 images [len, 3, 32, 32]
+/// (contiguous) and int64 labels `[len]`, warning when `len` is not the `official` count.
+/// `data_dir` only feeds the `vit download` hint of the messages.
 fn read_batch(
     path: &Path,
     format: &RecordFormat,

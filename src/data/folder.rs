@@ -84,7 +84,8 @@ fn checked_size(image_size: i64) -> Result<u32> {
     u32::try_from(image_size).with_context(|| format!("--image-size {image_size} is too large"))
 }
 
-/// Decodes the files into uint8 images [N, 3, size, size] and their labels [N].
+/// Decodes the files into uint8 images [files.len(), 3, size, size] and their labels,
+/// int64 `[files.len()]`.
 fn decode_labeled(files: &[LabeledFile], size: u32) -> Result<Split> {
     let paths: Vec<&Path> = files.iter().map(|(path, _)| path.as_path()).collect();
     let labels: Vec<i64> = files.iter().map(|(_, label)| *label).collect();
@@ -311,9 +312,9 @@ fn has_extension(path: &Path, extensions: &[&str]) -> bool {
         })
 }
 
-/// Decodes image files (on all cores) into uint8 [N, 3, size, size]. Fails with the number
-/// of files that cannot be decoded, the first one's error and the names of up to ten
-/// others, so that one run shows how many there are and names the first eleven.
+/// Decodes image files (on all cores) into uint8 [files.len(), 3, size, size]. Fails with
+/// the number of files that cannot be decoded, the first one's error and the names of up to
+/// ten others, so that one run shows how many there are and names the first eleven.
 pub fn decode_images(files: &[&Path], size: u32) -> Result<Tensor> {
     let (images, failures) = decode_all(files, size)?;
     let mut failures = failures.into_iter();
@@ -367,8 +368,8 @@ pub fn decode_readable(files: &[&Path], size: u32) -> Result<Decoded> {
     })
 }
 
-/// Decodes the files (on all cores) into uint8 [N, 3, size, size]; returns it with the
-/// index and error of each file that cannot be decoded (its image left as it was).
+/// Decodes the files (on all cores) into uint8 [files.len(), 3, size, size]; returns it
+/// with the index and error of each file that cannot be decoded (its image left as it was).
 fn decode_all(files: &[&Path], size: u32) -> Result<(Tensor, Vec<(usize, anyhow::Error)>)> {
     let (n, side) = (files.len() as i64, size as i64);
     // Refused with an error rather than an abort: a --image-size too large for memory.

@@ -54,7 +54,7 @@ impl MixConfig {
     }
 }
 
-/// Beta(α, α) drawn `draws` times (double [draws] on `device`), each as X / (X + Y) of two
+/// Beta(α, α) drawn `draws` times (double `[draws]` on `device`), each as X / (X + Y) of two
 /// Gamma(α) draws.
 fn sample_beta(alpha: f64, draws: i64, device: Device) -> Tensor {
     let shape = Tensor::full([draws], alpha, (Kind::Double, device));
@@ -65,9 +65,10 @@ fn sample_beta(alpha: f64, draws: i64, device: Device) -> Tensor {
     (&x / &sum).where_self(&sum.gt(0.0), &x.full_like(0.5))
 }
 
-/// timm's `mixup_target`: smoothed one-hot targets of `labels` mixed with those of the
-/// flipped batch, `lam * y(labels) + (1 - lam) * y(labels.flip(0))`, with per-image (or one)
-/// `lam`. Float [B, num_classes]; every row sums to 1.
+/// timm's `mixup_target`: smoothed one-hot targets of `labels` (int64 `[B]`) mixed with
+/// those of the flipped batch, `lam * y(labels) + (1 - lam) * y(labels.flip(0))`, with
+/// per-image `lam` `[B]` (or one for all, `[1]`). Float [B, num_classes]; every row sums
+/// to 1.
 pub fn mixup_target(labels: &Tensor, num_classes: i64, lam: &Tensor, smoothing: f64) -> Tensor {
     let off = smoothing / num_classes as f64;
     let on = 1.0 - smoothing + off;
@@ -80,7 +81,8 @@ pub fn mixup_target(labels: &Tensor, num_classes: i64, lam: &Tensor, smoothing: 
 }
 
 /// MixUp or CutMix of a normalized float batch [B, C, H, W] with int64 labels `[B]`: the mixed
-/// batch and its soft targets (float [B, num_classes], smoothed by `label_smoothing`).
+/// batch (the same shape and kind) and its soft targets (float [B, num_classes], smoothed
+/// by `label_smoothing`).
 ///
 /// As timm's `Mixup`: with both α > 0, CutMix is chosen with probability `switch_prob`;
 /// λ ~ Beta(α, α) of the chosen op, and with probability 1 - `prob` there is no mixing
@@ -150,7 +152,8 @@ pub fn mix(
 }
 
 /// timm's `SoftTargetCrossEntropy`: the batch mean of `-sum(targets * log_softmax(logits))`
-/// over classes, computed in float32. logits [B, K], targets float [B, K] -> float [].
+/// over classes, computed in float32. logits [B, num_classes], targets float
+/// [B, num_classes] -> float [].
 pub fn soft_target_cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
     let log_probs = logits.log_softmax(-1, Kind::Float);
     (-(targets.to_kind(Kind::Float) * log_probs))

@@ -25,7 +25,8 @@ pub const CIFAR_MEAN: [f64; 3] = [0.4914, 0.4822, 0.4465];
 /// The notebook's `transforms.Normalize` std.
 pub const CIFAR_STD: [f64; 3] = [0.2023, 0.1994, 0.2010];
 
-/// One split: images uint8 [N, 3, H, W] (CHW, RGB), labels int64 `[N]`.
+/// One split of [`Split::len`] images: images uint8 [len, 3, H, W] (CHW, RGB, 0..=255),
+/// labels int64 `[len]`.
 #[derive(Debug)]
 pub struct Split {
     pub images: Tensor,

@@ -27,7 +27,8 @@ pub fn train_transform(images: &Tensor, image_size: i64) -> Tensor {
     test_transform(&x, image_size)
 }
 
-/// uint8 [B, 3, H, W] -> float normalized, resized if needed. Deterministic.
+/// uint8 [B, 3, H, W] -> float [B, 3, image_size, image_size], normalized (resized only
+/// if needed). Deterministic.
 pub fn test_transform(images: &Tensor, image_size: i64) -> Tensor {
     normalize(&resize(&to_float01(images), image_size))
 }
@@ -54,16 +55,16 @@ pub fn random_crop(images: &Tensor, padding: i64) -> Tensor {
     padded.gather(2, &rows, false).gather(3, &cols, false)
 }
 
-/// `RandomHorizontalFlip(p)` for every image of a batch [B, C, H, W]: a per-sample mask from
-/// `Tensor::rand` selects between the batch and its mirror.
+/// `RandomHorizontalFlip(p)` for every image of a batch [B, C, H, W] of any dtype (-> the
+/// same): a per-sample mask from `Tensor::rand` selects between the batch and its mirror.
 pub fn random_horizontal_flip(images: &Tensor, p: f64) -> Tensor {
     let b = images.size()[0];
     let mask = Tensor::rand([b], (Kind::Float, images.device())).lt(p);
     images.flip([3]).where_self(&per_image(&mask), images)
 }
 
-/// One value per image, [B] or [B, 1] (or one for the whole batch, [1]) -> [B,1,1,1], to
-/// broadcast over each image's channels and pixels.
+/// One value per image, `[B]` or [B, 1] -> [B, 1, 1, 1] (or one for the whole batch, `[1]`
+/// -> [1, 1, 1, 1]), of the same kind, to broadcast over each image's channels and pixels.
 pub(crate) fn per_image(values: &Tensor) -> Tensor {
     values.view([-1, 1, 1, 1])
 }
@@ -90,7 +91,7 @@ pub fn resize(images: &Tensor, size: i64) -> Tensor {
     }
 }
 
-/// `Normalize(CIFAR_MEAN, CIFAR_STD)` of [0, 1] floats [B, 3, H, W].
+/// `Normalize(CIFAR_MEAN, CIFAR_STD)` of [0, 1] floats [B, 3, H, W] -> [B, 3, H, W].
 pub fn normalize(images: &Tensor) -> Tensor {
     let mean = channel_constants(&CIFAR_MEAN, images);
     let std = channel_constants(&CIFAR_STD, images);
@@ -104,9 +105,9 @@ fn channel_constants(values: &[f64; 3], like: &Tensor) -> Tensor {
         .view([1, 3, 1, 1])
 }
 
-/// `values` as a double `[N]` tensor on `device`, for the constants of a batch's transforms
-/// (normalisation, augmentation tables, kernels). Each distinct (values, device) is
-/// uploaded once and then shared, so a training step costs no upload: callers must not
+/// `values` as a double `[values.len()]` tensor on `device`, for the constants of a batch's
+/// transforms (normalisation, augmentation tables, kernels). Each distinct (values, device)
+/// is uploaded once and then shared, so a training step costs no upload: callers must not
 /// modify the result in place.
 ///
 /// The one upload does not wait for the device: an ordinary (pageable) host-to-GPU copy

@@ -229,8 +229,8 @@ pub fn foreach_norm(tensors: &[Tensor]) -> Result<Vec<Tensor>> {
         .collect())
 }
 
-/// `torch._foreach_mul_(tensors, factor)`: scales every tensor in place by the scalar
-/// tensor `factor`, which stays on the device.
+/// `torch._foreach_mul_(tensors, factor)`: scales every tensor in place by `factor`, a
+/// tensor of shape [] that stays on the device.
 pub fn foreach_mul_(tensors: &[Tensor], factor: &Tensor) -> Result<()> {
     let inputs = handles(tensors.iter());
     // SAFETY: `inputs` and `factor` are live handles borrowed for the call.
@@ -255,12 +255,12 @@ pub fn foreach_lerp_(tensors: &[Tensor], ends: &[Tensor], weight: f64) -> Result
     check(status, "foreach lerp")
 }
 
-/// `torch.nn.functional.linear(input, weight, bias)`: [..., in] x [out, in] (+ `[out]`) ->
-/// [..., out]. For float32 CPU tensors outside autocast, the product and the two products
-/// of its gradient run in oneDNN, which on this project's AMD EPYC machine is twice as fast
-/// as the MKL GEMM that libtorch's `linear` (and so PyTorch) calls there. Otherwise, and
-/// for products under 65 x 256 x 256 multiply-adds (where oneDNN's set-up per call costs
-/// more than it saves), it is libtorch's `linear`.
+/// `torch.nn.functional.linear(input, weight, bias)`: [..., in_dim] x [out_dim, in_dim]
+/// (+ `[out_dim]`) -> [..., out_dim]. For float32 CPU tensors outside autocast, the product
+/// and the two products of its gradient run in oneDNN, which on this project's AMD EPYC
+/// machine is twice as fast as the MKL GEMM that libtorch's `linear` (and so PyTorch)
+/// calls there. Otherwise, and for products under 65 x 256 x 256 multiply-adds (where
+/// oneDNN's set-up per call costs more than it saves), it is libtorch's `linear`.
 pub fn onednn_linear(input: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let bias = bias.map_or(std::ptr::null_mut(), |b| b.as_ptr() as *mut c_void);
     let mut output = std::ptr::null_mut();

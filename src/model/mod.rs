@@ -31,6 +31,7 @@ pub fn parameter_total(vs: &nn::VarStore) -> i64 {
 /// truncated to [-2, 2] (absolute bounds, as timm calls it), with PyTorch's algorithm.
 /// As in PyTorch, a uniform draw of exactly `lo` (CDF(-2) is 0 in f64 at std 0.02) gives
 /// erfinv(-1) = -inf, clamped to -2: about one weight in 2^24 lies at the bound.
+/// Float32 of `shape`, on `device`.
 fn trunc_normal(shape: &[i64], std: f64, device: tch::Device) -> Tensor {
     let (lower, upper) = (-2.0, 2.0);
     let cdf = |x: f64| (1.0 + scalar_erf(x / std / std::f64::consts::SQRT_2)) / 2.0;
@@ -53,7 +54,7 @@ fn scalar_erf(x: f64) -> f64 {
 struct Linear {
     /// [out_dim, in_dim]
     weight: Tensor,
-    /// [out_dim]
+    /// `[out_dim]`
     bias: Tensor,
     /// On the CPU, the matrix products run in oneDNN (`ffi::onednn_linear`), about twice
     /// as fast on this project's machine as libtorch's `linear` (MKL's GEMM, which PyTorch
@@ -62,7 +63,7 @@ struct Linear {
 }
 
 impl Linear {
-    /// Parameters: `weight` [out_dim, in_dim], `bias` [out_dim].
+    /// Parameters: `weight` [out_dim, in_dim], `bias` `[out_dim]`.
     fn new(path: nn::Path, in_dim: i64, out_dim: i64) -> Self {
         Self {
             weight: path.var_copy(

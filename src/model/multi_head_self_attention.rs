@@ -68,7 +68,7 @@ impl ModuleT for MultiHeadSelfAttention {
     }
 }
 
-/// softmax(q k^T * scale) v, on [B, heads, N, head_dim] inputs and output, with
+/// softmax(q k^T * scale) v, on [B, num_heads, N, head_dim] inputs and output, with
 /// `dropout` applied to the attention probabilities (0 outside training).
 pub fn scaled_dot_product_attention(
     query: &Tensor,
@@ -96,7 +96,8 @@ pub fn scaled_dot_product_attention(
     }
 }
 
-/// softmax(q k^T * scale) over the keys: [B, heads, N, N].
+/// softmax(q k^T * scale) over the keys: q, k [B, num_heads, N, head_dim] ->
+/// [B, num_heads, N, N].
 fn attention_probabilities(query: &Tensor, key: &Tensor, scale: f64) -> Tensor {
     // Scaling q first (as timm does) keeps the explicit path closest to PyTorch's numbers.
     (query * scale)

@@ -12,8 +12,8 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    /// Parameters: `fc1.weight` [mlp_dim, embed_dim], `fc1.bias` [mlp_dim],
-    /// `fc2.weight` [embed_dim, mlp_dim], `fc2.bias` [embed_dim].
+    /// Parameters: `fc1.weight` [mlp_dim, embed_dim], `fc1.bias` `[mlp_dim]`,
+    /// `fc2.weight` [embed_dim, mlp_dim], `fc2.bias` `[embed_dim]`.
     pub fn new(path: nn::Path, embed_dim: i64, mlp_dim: i64, dropout: f64) -> Self {
         Self {
             fc1: Linear::new(&path / "fc1", embed_dim, mlp_dim),

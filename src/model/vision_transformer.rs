@@ -11,7 +11,9 @@ use tch::{nn, nn::Module, nn::ModuleT, Tensor};
 pub struct VisionTransformer {
     pub config: ViTConfig,
     patch_embed: PatchEmbedding,
+    /// [1, 1, embed_dim]
     cls_token: Tensor,
+    /// [1, num_patches + 1, embed_dim], the class token's position first.
     pos_embed: Tensor,
     pos_drop: Dropout,
     blocks: Vec<TransformerBlock>,
@@ -143,7 +145,8 @@ impl VisionTransformer {
     }
 
     /// The token sequence entering the first block (patches with the class token in
-    /// front, plus positions, then dropout): [B, C, H, W] -> [B, num_patches + 1, embed_dim].
+    /// front, plus positions, then dropout):
+    /// [B, in_channels, image_size, image_size] -> [B, num_patches + 1, embed_dim].
     fn embed(&self, images: &Tensor, train: bool) -> Tensor {
         let patches = self.patch_embed.forward(images);
         let cls = self.cls_token.expand([patches.size()[0], -1, -1], false);
@@ -151,8 +154,9 @@ impl VisionTransformer {
     }
 
     /// The logits and every block's attention probabilities, first block first (for
-    /// attention rollout), from one pass in evaluation mode: [B, C, H, W] -> (logits
-    /// [B, num_classes], num_layers x [B, num_heads, num_patches + 1, num_patches + 1]).
+    /// attention rollout), from one pass in evaluation mode: [B, in_channels, image_size,
+    /// image_size] -> (logits [B, num_classes], num_layers x [B, num_heads, num_patches + 1,
+    /// num_patches + 1]).
     pub fn forward_with_attention_maps(&self, images: &Tensor) -> (Tensor, Vec<Tensor>) {
         let mut tokens = self.embed(images, false);
         let mut maps = Vec::with_capacity(self.blocks.len());

@@ -68,8 +68,9 @@ fn panel_image(image: &Tensor) -> Result<Picture> {
     })
 }
 
-/// A map over the patch grid [N] -> values in [0, 1] at `PANEL` x `PANEL` (bilinear,
-/// then scaled so that its minimum is 0 and its maximum 1; a constant map is all 0).
+/// A map over the patch grid, `[num_patches]` -> values in [0, 1] at `PANEL` x `PANEL`
+/// (bilinear, then scaled so that its minimum is 0 and its maximum 1; a constant map is all
+/// 0).
 fn upsample(map: &Tensor) -> Result<Vec<f32>> {
     let patches = map.numel() as i64;
     let side = (patches as f64).sqrt().round() as i64;
@@ -99,14 +100,14 @@ fn upsample(map: &Tensor) -> Result<Vec<f32>> {
         .collect())
 }
 
-/// How uneven a map of attention weights is: its largest value over its smallest
-/// (infinite where some patch gets none).
+/// How uneven a map of attention weights (`[num_patches]`) is: its largest value over its
+/// smallest (infinite where some patch gets none).
 fn max_over_min(map: &Tensor) -> f64 {
     let map = map.to_kind(Kind::Double);
     map.max().double_value(&[]) / map.min().double_value(&[])
 }
 
-/// The heat map of `map` over `base`, a little more heat than image.
+/// The heat map of `map` (`[num_patches]`) over `base`, a little more heat than image.
 fn overlay(base: &Picture, map: &Tensor) -> Result<Picture> {
     const HEAT_WEIGHT: f64 = 0.55;
     let heat = upsample(map)?;
@@ -125,8 +126,8 @@ fn overlay(base: &Picture, map: &Tensor) -> Result<Picture> {
 }
 
 /// Draws `vit attention`'s figure: the image, the rollout over it, and each last-layer
-/// head over it, with `title` on top. `image` is uint8 [3, H, W]; `rollout` is `[N]` and
-/// `heads` [num_heads, N] over the N patches. Writes a PNG of
+/// head over it, with `title` on top. `image` is uint8 [3, H, W]; `rollout` is
+/// `[num_patches]` and `heads` [num_heads, num_patches]. Writes a PNG of
 /// [`attention_figure_size`]`(num_heads)`.
 pub fn attention_figure(
     image: &Tensor,

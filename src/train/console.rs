@@ -46,6 +46,9 @@ impl Console {
         bar
     }
 
+    /// After step `step` (1-based): moves the bar, and now and then shows the running loss
+    /// and accuracy of the `seen` images from the epoch's sums, `loss_sum` (double []) and
+    /// `correct` (int64 []), still on the device.
     pub(super) fn step(
         &self,
         bar: &indicatif::ProgressBar,

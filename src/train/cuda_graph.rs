@@ -130,7 +130,8 @@ impl CudaGraphSteps {
 struct CapturedStep {
     graph: CudaGraph,
     /// The inputs of the captured step (before what it prepares): each batch is copied into
-    /// these.
+    /// these. uint8 images as the dataset holds them with the batch scope, the augmented
+    /// float ones with the step scope.
     inputs: TrainBatch,
     /// The learning rate, float32 [] on the device.
     lr: Tensor,

@@ -22,7 +22,8 @@ pub fn ema_decay(decay: f64, step: usize, warmup: bool) -> f64 {
 pub(super) struct Ema {
     pub(super) vs: nn::VarStore,
     pub(super) model: VisionTransformer,
-    /// The averages and the parameters they follow, in the same order.
+    /// The averages and the parameters they follow, in the same order (each average of its
+    /// parameter's shape).
     averages: Vec<Tensor>,
     params: Vec<Tensor>,
     decay: f64,

@@ -299,8 +299,9 @@ enum EpochEnd {
     Interrupted { step: usize },
 }
 
-/// The epoch's summed training loss (float []) and correct count (int64 []), left on the
-/// device until the epoch ends: reading them per step would synchronise.
+/// The epoch's summed training loss (double [], seeded from `Progress::loss_sum`) and
+/// correct count (int64 []), left on the device until the epoch ends: reading them per step
+/// would synchronise.
 struct RunningSums {
     loss: Tensor,
     correct: Tensor,

@@ -38,9 +38,9 @@ pub struct TrainBatch {
 }
 
 impl TrainBatch {
-    /// Augments `images` (uint8 [B, C, H, W]) for a step of `epoch` (0-based) as
-    /// `regularization` says: the notebook's crop and flip, or the strong pipeline, then
-    /// MixUp/CutMix.
+    /// Augments `images` (uint8 [B, C, H, W], with int64 `labels` `[B]`) for a step of
+    /// `epoch` (0-based) as `regularization` says: the notebook's crop and flip, or the
+    /// strong pipeline, then MixUp/CutMix.
     pub fn new(
         images: &Tensor,
         labels: Tensor,
@@ -147,7 +147,7 @@ pub fn forward_backward_update(
     }
 }
 
-/// The step's forward half: logits float [B, num_classes] and the scalar loss.
+/// The step's forward half: logits float [B, num_classes] and the loss, float [].
 fn forward_loss(
     model: &VisionTransformer,
     batch: &TrainBatch,
@@ -169,7 +169,8 @@ fn clip_gradients(optimizer: &AdamW, options: StepOptions) -> Option<Tensor> {
     (options.clip_grad > 0.0).then(|| clip_grad_norm(optimizer.parameters(), options.clip_grad))
 }
 
-/// How many rows of `logits` [B, K] pick their label [B] (int64 []).
+/// How many rows of `logits` [B, num_classes] pick their label (`labels`, int64 `[B]`):
+/// int64 [].
 fn count_correct(logits: &Tensor, labels: &Tensor) -> Tensor {
     logits.argmax(-1, false).eq_tensor(labels).sum(Kind::Int64)
 }
