@@ -82,7 +82,7 @@ TRACKED := ^(\.cargo|\.ci|assets|bench|docs|src|tests)/|^(\.gitignore|Cargo\.tom
 lint: setup
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --release --no-deps
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --release --no-deps --document-private-items
 	@stray=$$(git ls-files 2>/dev/null | grep -Ev '$(TRACKED)'); test -z "$$stray" || { \
 	    echo "error: git tracks files outside the project's layout (git rm them, or add them to TRACKED in the Makefile):"; \
 	    echo "$$stray"; exit 1; }

@@ -115,7 +115,7 @@ fn fill_chunks(values: &mut [f32], first_chunk: usize, threshold: u32, scale: f3
 
 /// `LANES` xoshiro128++ generators (Blackman and Vigna, 2019) stepped together.
 struct Xoshiro128PlusPlus {
-    /// state[word][lane]
+    /// The four state words of every lane, indexed `state[word][lane]`.
     state: [[u32; LANES]; 4],
 }
 
