@@ -219,6 +219,18 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     let test_acc: Vec<f64> = rows.iter().map(|r| r[5].parse().unwrap()).collect();
     let best = test_acc.iter().cloned().fold(0.0, f64::max);
     assert!(best >= 0.9, "best test accuracy {best} < 0.9: {rows:?}");
+    // The run ends naming its best epoch, the first with the highest accuracy (the one
+    // best_model.safetensors keeps).
+    let best_epoch = 1 + test_acc.iter().position(|&acc| acc == best).unwrap();
+    let summary = format!(
+        "Best Validation Accuracy: {:.2}% (epoch {best_epoch} of 4), saved as {}\n",
+        100.0 * best,
+        run.join("best_model.safetensors").display()
+    );
+    assert!(
+        stdout.ends_with(&summary),
+        "{summary:?} does not end {stdout}"
+    );
     for name in [
         "curves.png",
         "config.json",
@@ -1311,6 +1323,15 @@ fn strong_recipe_runs_from_the_command_line() {
     let ema_acc: f64 = rows[0][column].parse().unwrap();
     let expected = format!(", EMA acc {:.2}%, lr ", 100.0 * ema_acc);
     assert!(stdout.contains(&expected), "{expected:?} not in {stdout}");
+    let summary = format!(
+        "Best EMA Validation Accuracy: {:.2}% (epoch 1 of 1), saved as {}\n",
+        100.0 * ema_acc,
+        run.join("best_ema_model.safetensors").display()
+    );
+    assert!(
+        stdout.ends_with(&summary),
+        "{summary:?} does not end {stdout}"
+    );
     // One epoch with the default 5 warm-up epochs: it runs, and says what that means.
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -1320,11 +1341,14 @@ fn strong_recipe_runs_from_the_command_line() {
     // Resumed once finished, it trains nothing, and warns of nothing it would train.
     let mut resume = args.clone();
     resume.push("--resume");
-    let stderr = String::from_utf8_lossy(&vit(&resume).stderr).into_owned();
+    let output = vit(&resume);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(
         stderr.contains("nothing to train") && !stderr.contains("--warmup-epochs"),
         "{stderr}"
     );
+    // ... and says again how it ended.
+    assert!(output.stdout.ends_with(summary.as_bytes()), "{stderr}");
     let config = std::fs::read_to_string(run.join("config.json")).unwrap();
     for setting in [
         "AutoAugmentCifar10",

@@ -288,6 +288,13 @@ pub fn train(settings: &TrainSettings, dataset: &Dataset, options: &RunOptions) 
     }
     let outcome = trainer.train_epochs()?;
     trainer.run.finish_saving()?;
+    if let Outcome::Finished = outcome {
+        // The summary only: the run is saved, whether or not it can be read back.
+        match trainer.run.metrics() {
+            Ok(rows) => trainer.console.run_done(&rows, trainer.run.dir()),
+            Err(e) => eprintln!("warning: no summary of the run: {e:#}"),
+        }
+    }
     Ok(outcome)
 }
 

@@ -313,6 +313,14 @@ impl RunFolder {
         append().with_context(|| format!("cannot append to {}", path.display()))
     }
 
+    /// metrics.csv's rows, one per epoch, as [`Self::append_metrics`] wrote them.
+    pub(super) fn metrics(&self) -> Result<Vec<EpochMetrics>> {
+        let path = self.path("metrics.csv");
+        let rows =
+            csv::Reader::from_path(&path).and_then(|mut reader| reader.deserialize().collect());
+        rows.with_context(|| format!("cannot read {}", path.display()))
+    }
+
     /// Starts writing `files` (name in the folder, contents) in the background, after
     /// the files saved before, in order; a write error shows on the next call, on
     /// `check_saving` or on `finish_saving`.
