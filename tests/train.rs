@@ -158,6 +158,18 @@ fn assert_lr_column(rows: &[Vec<String>], steps_per_epoch: usize, warmup_epochs:
     }
 }
 
+/// The line that ends a finished run's output for its best model (`which` "") or best EMA
+/// model ("EMA "): its `accuracy` (a fraction), `(epoch, of epochs)` and `checkpoint`.
+fn summary_line(which: &str, accuracy: f64, epoch: (usize, usize), checkpoint: &Path) -> String {
+    format!(
+        "Best {which}Validation Accuracy: {:.2}% (epoch {} of {}), saved as {}\n",
+        100.0 * accuracy,
+        epoch.0,
+        epoch.1,
+        checkpoint.display()
+    )
+}
+
 /// `vit train` of the tiny model on the generated CIFAR-10 folder, on the CPU.
 fn tiny_run_args<'a>(data_dir: &'a str, out: &'a str) -> Vec<&'a str> {
     #[rustfmt::skip]
@@ -222,10 +234,11 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     // The run ends naming its best epoch, the first with the highest accuracy (the one
     // best_model.safetensors keeps).
     let best_epoch = 1 + test_acc.iter().position(|&acc| acc == best).unwrap();
-    let summary = format!(
-        "Best Validation Accuracy: {:.2}% (epoch {best_epoch} of 4), saved as {}\n",
-        100.0 * best,
-        run.join("best_model.safetensors").display()
+    let summary = summary_line(
+        "",
+        best,
+        (best_epoch, 4),
+        &run.join("best_model.safetensors"),
     );
     assert!(
         stdout.ends_with(&summary),
@@ -1323,11 +1336,8 @@ fn strong_recipe_runs_from_the_command_line() {
     let ema_acc: f64 = rows[0][column].parse().unwrap();
     let expected = format!(", EMA acc {:.2}%, lr ", 100.0 * ema_acc);
     assert!(stdout.contains(&expected), "{expected:?} not in {stdout}");
-    let summary = format!(
-        "Best EMA Validation Accuracy: {:.2}% (epoch 1 of 1), saved as {}\n",
-        100.0 * ema_acc,
-        run.join("best_ema_model.safetensors").display()
-    );
+    let best_ema_model = run.join("best_ema_model.safetensors");
+    let summary = summary_line("EMA ", ema_acc, (1, 1), &best_ema_model);
     assert!(
         stdout.ends_with(&summary),
         "{summary:?} does not end {stdout}"
