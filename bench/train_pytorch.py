@@ -31,6 +31,7 @@ epoch,lr,train_loss,train_acc,test_loss,test_acc,epoch_seconds,images_per_second
 """
 
 import argparse
+import contextlib
 import csv
 import math
 import sys
@@ -72,6 +73,8 @@ MASK64 = (1 << 64) - 1
 
 
 def parse_args(argv=None):
+    """(parser, args). --out is checked here but created later, by `create_out` once the data
+    and the model have been checked too; the parser refuses it there if it cannot be."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--dataset", choices=("cifar10", "cifar100"), default="cifar10")
     p.add_argument("--data-dir", type=Path, default=ROOT / "data")
@@ -126,11 +129,6 @@ def parse_args(argv=None):
         p.error(f"{args.out} already holds a metrics.csv, which a run would replace; choose another --out")
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         p.error(f"--out {args.out} is a file; it takes a folder")
-    if args.out is not None:
-        try:
-            args.out.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            p.error(f"cannot create --out {args.out} ({error.strerror}); choose another folder")
     if args.warmup_epochs >= args.epochs:
         # vit train's warning, word for word.
         print(
@@ -139,7 +137,21 @@ def parse_args(argv=None):
             "all, and never decays; pass a smaller --warmup-epochs for a short run",
             file=sys.stderr,
         )
-    return args
+    return p, args
+
+
+def create_out(parser, out):
+    """Creates the folder `out` and its missing parents, called once every check has passed so
+    that a refused run leaves no folder behind; where that fails, removes the parents it made
+    (mkdir makes them before it fails on, say, a name too long) and refuses."""
+    missing = [folder for folder in (out, *out.parents) if not folder.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        for folder in missing:  # deepest first; rmdir removes only empty folders
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        parser.error(f"cannot create --out {out} ({error.strerror}); choose another folder")
 
 
 # --- data ------------------------------------------------------------------------------
@@ -267,7 +279,7 @@ def evaluate(model, images, labels, batch_size):
 
 
 def main():
-    args = parse_args()
+    parser, args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -301,19 +313,19 @@ def main():
     warmup_steps = steps_per_epoch * args.warmup_epochs
     parameters = sum(p.numel() for p in model.parameters())
     threads = torch.get_num_threads()
+
+    out = args.out
+    metrics = None
+    if out is not None:
+        create_out(parser, out)
+        metrics = out / "metrics.csv"
+        with open(metrics, "w", newline="") as f:
+            csv.writer(f).writerow(METRICS_HEADER)
     print(
         f"{args.model} model {config} ({parameters:,} parameters), {n_train} training images, "
         f"{steps_per_epoch} steps per epoch, {threads} thread{'' if threads == 1 else 's'}",
         flush=True,
     )
-
-    out = args.out
-    metrics = None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        metrics = out / "metrics.csv"
-        with open(metrics, "w", newline="") as f:
-            csv.writer(f).writerow(METRICS_HEADER)
 
     best = 0.0
     for epoch in range(args.epochs):

@@ -6,6 +6,7 @@ mod common;
 
 use common::{python, vit};
 use serde_json::Value;
+use std::path::Path;
 use std::process::{Command, Output};
 use tch::{Device, Kind, Tensor};
 
@@ -31,6 +32,16 @@ fn compare_py(extra: &[&str]) -> Output {
         .args([script, "--vit"])
         .arg(common::vit_binary())
         .args(args)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// `bench/train_pytorch.py` on the tiny preset, plus `extra`.
+fn train_pytorch_py(extra: &[&str]) -> Output {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/train_pytorch.py");
+    Command::new(python())
+        .args([script, "--config", "tiny"])
         .args(extra)
         .output()
         .unwrap()
@@ -399,12 +410,7 @@ fn bench_scripts_refuse_bad_paths_before_running() {
 
     let metrics = dir.join("metrics.csv");
     std::fs::write(&metrics, "the user's").unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/train_pytorch.py");
-    let output = Command::new(python())
-        .args([script, "--config", "tiny", "--out"])
-        .arg(&dir.0)
-        .output()
-        .unwrap();
+    let output = train_pytorch_py(&["--out", dir.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("already holds a metrics.csv"), "{stderr}");
@@ -413,6 +419,7 @@ fn bench_scripts_refuse_bad_paths_before_running() {
 
     // Values vit train refuses are refused as it does, before any data is read (there is
     // none here), not met with PyTorch's traceback mid-run.
+    let no_data = dir.join("no-data");
     for (flag, value, message) in [
         (
             "--label-smoothing",
@@ -422,17 +429,91 @@ fn bench_scripts_refuse_bad_paths_before_running() {
         ("--num-layers", "0", "--num-layers must be positive, got 0"),
         ("--image-size", "64", "this script does not resize them"),
     ] {
-        let output = Command::new(python())
-            .args([script, "--config", "tiny", "--data-dir"])
-            .arg(dir.join("no-data"))
-            .args([flag, value])
-            .output()
-            .unwrap();
+        let output = train_pytorch_py(&["--data-dir", no_data.to_str().unwrap(), flag, value]);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{flag}: {stderr}");
         assert!(
             stderr.contains(message) && !stderr.contains("Traceback"),
             "{flag}: {stderr}"
+        );
+    }
+}
+
+/// A cifar-10-batches-bin folder in `data_dir` of blank images, one a file: five training
+/// images and one test image, enough for train_pytorch.py's checks of the data.
+fn write_blank_cifar10(data_dir: &Path) {
+    let folder = data_dir.join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&folder).unwrap();
+    let record = [0u8; 1 + 3 * 32 * 32];
+    let training = (1..=5).map(|i| format!("data_batch_{i}.bin"));
+    for name in training.chain(["test_batch.bin".to_string()]) {
+        std::fs::write(folder.join(name), record).unwrap();
+    }
+}
+
+/// A PyTorch training run refused for what only the data shows (no data, a --train-subset
+/// past it, a --num-classes it does not have) or for an --out it cannot create leaves no
+/// --out folder behind, nor any of its parents that it made; and keeps an --out folder that
+/// was there before, with what it held.
+#[test]
+fn a_refused_pytorch_training_run_leaves_no_out_folder_behind() {
+    let dir = common::TempDir::new("pytorch-out");
+    let data_dir = dir.join("data");
+    write_blank_cifar10(&data_dir);
+    let no_data = dir.join("no-data");
+    let (data_dir, no_data) = (data_dir.to_str().unwrap(), no_data.to_str().unwrap());
+    let kept = dir.join("kept");
+    std::fs::create_dir(&kept).unwrap();
+    std::fs::write(kept.join("notes.txt"), "the user's").unwrap();
+    let too_long_name = "x".repeat(300);
+    let new_run = dir.join("new/run");
+    let under_kept = kept.join("new").join(&too_long_name);
+    let under_new = dir.join("new").join(&too_long_name);
+    for (out, data_dir, extra, message, code) in [
+        (&new_run, no_data, &[][..], "data_batch_1.bin is missing", 1),
+        (
+            &new_run,
+            data_dir,
+            &["--train-subset", "6"][..],
+            "error: --train-subset must be in 1..=5",
+            1,
+        ),
+        (
+            &new_run,
+            data_dir,
+            &["--num-classes", "100"][..],
+            "error: --num-classes 100, but cifar10 has 10",
+            1,
+        ),
+        (
+            &kept,
+            data_dir,
+            &["--train-subset", "6"][..],
+            "error: --train-subset must be in 1..=5",
+            1,
+        ),
+        // mkdir makes the parents before the name too long fails.
+        (&under_new, data_dir, &[][..], "cannot create --out", 2),
+        (&under_kept, data_dir, &[][..], "cannot create --out", 2),
+    ] {
+        let out = out.to_str().unwrap();
+        let flags = [&["--data-dir", data_dir, "--out", out][..], extra].concat();
+        let output = train_pytorch_py(&flags);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains(message) && !stderr.contains("Traceback"),
+            "{extra:?}: {stderr}"
+        );
+        assert!(!dir.join("new").exists(), "{out} was left behind");
+        assert_eq!(
+            std::fs::read_dir(&kept).unwrap().count(),
+            1,
+            "--out {out} changed what the folder there holds"
+        );
+        assert_eq!(
+            std::fs::read_to_string(kept.join("notes.txt")).unwrap(),
+            "the user's"
         );
     }
 }
