@@ -1309,6 +1309,46 @@ fn resume_without_a_best_model_is_refused_until_it_is_back() {
     assert!(matches!(runs.resume(), Outcome::Finished));
 }
 
+/// The refusal of a resume without its best model, word for word: the file's test
+/// accuracy (metrics.csv's best) and the epochs it is the best of, "1 epoch" after the
+/// first and "2 epochs" after the second (a resume interrupted at its first chance).
+#[test]
+fn a_missing_best_model_is_refused_naming_its_accuracy_and_epochs() {
+    let _turn = seeded(0);
+    let dataset = colour_dataset();
+    let root = TempDir::new("resume-best-epochs");
+    let run = root.join("run");
+    // One step an epoch: each interrupted run stops at the end of its first epoch.
+    let settings = tiny_settings(3, 600);
+    let (best, away) = (
+        run.join("best_model.safetensors"),
+        root.join("best_model.safetensors"),
+    );
+    for (resume, epochs_done) in [(false, "1 epoch"), (true, "2 epochs")] {
+        let outcome = run_training(&settings, &dataset, &run, resume, true);
+        assert!(matches!(outcome, Outcome::Interrupted { .. }));
+        let (header, rows) = read_metrics(&run);
+        let test_acc = header.iter().position(|h| h == "test_acc").unwrap();
+        let best_accuracy = rows
+            .iter()
+            .map(|row| row[test_acc].parse::<f64>().unwrap())
+            .fold(0.0, f64::max);
+        std::fs::rename(&best, &away).unwrap();
+        let dir = run.display();
+        assert_eq!(
+            refused_resume(&settings, &dataset, &run),
+            format!(
+                "cannot resume {dir}: its best_model.safetensors (test accuracy {:.2}%, the \
+                 best of its {epochs_done}) is missing, and the run writes it again only for \
+                 an epoch that beats it. Put it back in {dir}, or start a new run with \
+                 another --out",
+                100.0 * best_accuracy
+            )
+        );
+        std::fs::rename(&away, &best).unwrap();
+    }
+}
+
 #[test]
 fn strong_recipe_runs_from_the_command_line() {
     let (root, data_dir) = colour_cifar10("strong-cli");
