@@ -323,11 +323,19 @@ pub fn device_name(device: tch::Device) -> String {
 
 fn parse_device(name: Option<&str>) -> Result<tch::Device> {
     let cuda_count = tch::Cuda::device_count() as usize;
+    match name {
+        None => Ok(tch::Device::cuda_if_available()),
+        Some(name) => named_device(name, cuda_count),
+    }
+}
+
+/// The device `--device NAME` names, refused where it is not among the `cuda_count` CUDA
+/// devices libtorch sees (passed in, so that tests can give any count).
+fn named_device(name: &str, cuda_count: usize) -> Result<tch::Device> {
     let device = match name {
-        None => return Ok(tch::Device::cuda_if_available()),
-        Some("cpu") => tch::Device::Cpu,
-        Some("cuda") => tch::Device::Cuda(0),
-        Some(other) => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+        "cpu" => tch::Device::Cpu,
+        "cuda" => tch::Device::Cuda(0),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(index)) => tch::Device::Cuda(index),
             _ => bail!("unknown device `{other}`: use cpu, cuda or cuda:N"),
         },
@@ -335,9 +343,8 @@ fn parse_device(name: Option<&str>) -> Result<tch::Device> {
     if let tch::Device::Cuda(index) = device {
         if index >= cuda_count {
             bail!(
-                "--device {} asked for, but this machine has {cuda_count} CUDA {} visible \
+                "--device {name} asked for, but this machine has {cuda_count} CUDA {} visible \
                  to libtorch; use --device cpu",
-                name.unwrap_or_default(),
                 noun_for(cuda_count, "device")
             );
         }
@@ -680,7 +687,7 @@ pub(crate) fn train_args(args: &[&str]) -> TrainArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::Cli;
+    use super::{named_device, Cli};
     use clap::CommandFactory;
 
     /// The help of `vit SUBCOMMAND`'s argument `id`, as `vit SUBCOMMAND --help` shows it.
@@ -735,5 +742,26 @@ mod tests {
             data_image_size,
             help_of(&Cli::command(), "data", "image_size")
         );
+    }
+
+    /// A CUDA device past the ones libtorch sees is refused, counting them in words: "0 CUDA
+    /// devices", "1 CUDA device", "2 CUDA devices".
+    #[test]
+    fn a_missing_cuda_device_is_refused_with_the_count_in_words() {
+        for (name, cuda_count, devices) in [
+            ("cuda", 0, "0 CUDA devices"),
+            ("cuda:1", 1, "1 CUDA device"),
+            ("cuda:2", 2, "2 CUDA devices"),
+        ] {
+            assert_eq!(
+                named_device(name, cuda_count).unwrap_err().to_string(),
+                format!(
+                    "--device {name} asked for, but this machine has {devices} visible to \
+                     libtorch; use --device cpu"
+                )
+            );
+        }
+        assert_eq!(named_device("cuda:1", 2).unwrap(), tch::Device::Cuda(1));
+        assert_eq!(named_device("cpu", 0).unwrap(), tch::Device::Cpu);
     }
 }

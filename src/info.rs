@@ -115,17 +115,29 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         output.size()
     );
     let devices = tch::Cuda::device_count();
-    println!(
-        "CUDA available: {} ({devices} {})",
-        tch::Cuda::is_available(),
-        noun_for(devices, "device")
-    );
+    println!("{}", cuda_line(tch::Cuda::is_available(), devices));
     Ok(())
+}
+
+/// `vit info`'s last line: whether libtorch can use CUDA, and on how many devices.
+fn cuda_line(available: bool, devices: i64) -> String {
+    format!(
+        "CUDA available: {available} ({devices} {})",
+        noun_for(devices, "device")
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The device count in words, as `vit info` prints it with 0, 1 or 2 GPUs.
+    #[test]
+    fn the_cuda_line_counts_devices_in_words() {
+        assert_eq!(cuda_line(false, 0), "CUDA available: false (0 devices)");
+        assert_eq!(cuda_line(true, 1), "CUDA available: true (1 device)");
+        assert_eq!(cuda_line(true, 2), "CUDA available: true (2 devices)");
+    }
 
     #[test]
     fn flops_keep_three_digits_in_sight() {
