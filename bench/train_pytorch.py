@@ -327,7 +327,7 @@ def main():
         flush=True,
     )
 
-    best = 0.0
+    best, best_epoch = 0.0, 0
     for epoch in range(args.epochs):
         started = time.perf_counter()
         model.train()
@@ -362,7 +362,8 @@ def main():
         train_seconds = time.perf_counter() - started
         test_loss, test_acc = evaluate(model, test_x, test_y, max(args.batch_size, 256))
         seconds = time.perf_counter() - started
-        best = max(best, test_acc)
+        if test_acc > best or epoch == 0:  # vit's best_model rule: a later tie is not
+            best, best_epoch = test_acc, epoch + 1
         row = [epoch + 1, lr, train_loss, train_acc, test_loss, test_acc, seconds]
         row.append(seen / train_seconds)
         if metrics is not None:
@@ -375,7 +376,7 @@ def main():
             f"{seen / train_seconds:.0f} img/s)",
             flush=True,
         )
-    print(f"Best validation accuracy: {100 * best:.2f}%")
+    print(f"Best Validation Accuracy: {100 * best:.2f}% (epoch {best_epoch} of {args.epochs})")
 
 
 if __name__ == "__main__":
