@@ -6,7 +6,6 @@ mod common;
 
 use common::{python, vit};
 use serde_json::Value;
-use std::path::Path;
 use std::process::{Command, Output};
 use tch::{Device, Kind, Tensor};
 
@@ -439,18 +438,6 @@ fn bench_scripts_refuse_bad_paths_before_running() {
     }
 }
 
-/// A cifar-10-batches-bin folder in `data_dir` of blank images, one a file: five training
-/// images and one test image, enough for train_pytorch.py's checks of the data.
-fn write_blank_cifar10(data_dir: &Path) {
-    let folder = data_dir.join("cifar-10-batches-bin");
-    std::fs::create_dir_all(&folder).unwrap();
-    let record = [0u8; 1 + 3 * 32 * 32];
-    let training = (1..=5).map(|i| format!("data_batch_{i}.bin"));
-    for name in training.chain(["test_batch.bin".to_string()]) {
-        std::fs::write(folder.join(name), record).unwrap();
-    }
-}
-
 /// A PyTorch training run refused for what only the data shows (no data, a --train-subset
 /// past it, a --num-classes it does not have) or for an --out it cannot create leaves no
 /// --out folder behind, nor any of its parents that it made; and keeps an --out folder that
@@ -459,7 +446,7 @@ fn write_blank_cifar10(data_dir: &Path) {
 fn a_refused_pytorch_training_run_leaves_no_out_folder_behind() {
     let dir = common::TempDir::new("pytorch-out");
     let data_dir = dir.join("data");
-    write_blank_cifar10(&data_dir);
+    common::write_cifar10(&data_dir);
     let no_data = dir.join("no-data");
     let (data_dir, no_data) = (data_dir.to_str().unwrap(), no_data.to_str().unwrap());
     let kept = dir.join("kept");
@@ -474,8 +461,8 @@ fn a_refused_pytorch_training_run_leaves_no_out_folder_behind() {
         (
             &new_run,
             data_dir,
-            &["--train-subset", "6"][..],
-            "error: --train-subset must be in 1..=5",
+            &["--train-subset", "16"][..],
+            "error: --train-subset must be in 1..=15",
             1,
         ),
         (
@@ -488,8 +475,8 @@ fn a_refused_pytorch_training_run_leaves_no_out_folder_behind() {
         (
             &kept,
             data_dir,
-            &["--train-subset", "6"][..],
-            "error: --train-subset must be in 1..=5",
+            &["--train-subset", "16"][..],
+            "error: --train-subset must be in 1..=15",
             1,
         ),
         // mkdir makes the parents before the name too long fails.

@@ -246,3 +246,72 @@ pub fn send(signal: &str, child: &std::process::Child) {
         .unwrap();
     assert!(killed.success(), "kill {signal} {pid}");
 }
+
+/// The pixel byte of image `seed` at channel c, row y, column x.
+pub fn pixel(seed: usize, c: usize, y: usize, x: usize) -> u8 {
+    ((seed * 31 + c * 101 + y * 7 + x * 3) % 256) as u8
+}
+
+/// One record: the label bytes, then the R, G and B planes, row-major.
+pub fn record(labels: &[u8], seed: usize) -> Vec<u8> {
+    let mut bytes = labels.to_vec();
+    for c in 0..3 {
+        for y in 0..32 {
+            for x in 0..32 {
+                bytes.push(pixel(seed, c, y, x));
+            }
+        }
+    }
+    bytes
+}
+
+/// CIFAR-10's class names, in label order, as its batches.meta.txt lists them.
+pub const CIFAR10_CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
+
+/// A small CIFAR-10 tree: batch k holds k+1 records (15 training images), the test batch
+/// 4; image i has label i % 10. The files (name, bytes), relative to
+/// `DATA_DIR/cifar-10-batches-bin`.
+pub fn cifar10_files() -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut seed = 0;
+    for k in 0..5 {
+        let mut bytes = Vec::new();
+        for _ in 0..=k {
+            bytes.extend(record(&[(seed % 10) as u8], seed));
+            seed += 1;
+        }
+        files.push((format!("data_batch_{}.bin", k + 1), bytes));
+    }
+    let mut test = Vec::new();
+    for _ in 0..4 {
+        test.extend(record(&[(seed % 10) as u8], seed));
+        seed += 1;
+    }
+    files.push(("test_batch.bin".into(), test));
+    files.push((
+        "batches.meta.txt".into(),
+        (CIFAR10_CLASSES.join("\n") + "\n\n").into_bytes(),
+    ));
+    files
+}
+
+/// Writes [`cifar10_files`] into `data_dir`; gives their folder.
+pub fn write_cifar10(data_dir: &Path) -> PathBuf {
+    let dir = data_dir.join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, bytes) in cifar10_files() {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    dir
+}
