@@ -75,8 +75,8 @@ impl Console {
     /// The end of a finished run: the best epoch's test accuracy and its checkpoint, and
     /// the EMA's where it has one, from the run's `rows` in `dir`.
     pub(super) fn run_done(&self, rows: &[EpochMetrics], dir: &Path) {
-        let model = best_epoch(rows, |row| Some(row.test_acc));
-        let ema = best_epoch(rows, |row| row.ema_test_acc);
+        let model = super::best_epoch(rows, |row| Some(row.test_acc));
+        let ema = super::best_epoch(rows, |row| row.ema_test_acc);
         let best = [("", model, "best_model"), ("EMA ", ema, "best_ema_model")];
         for (which, best, file) in best {
             if let Some((epoch, accuracy)) = best {
@@ -111,42 +111,5 @@ impl Console {
             row.epoch_seconds,
             row.images_per_second
         );
-    }
-}
-
-/// The epoch (1-based) and accuracy of the first row with the highest `accuracy`, as the
-/// notebook keeps `best_model` (a later tie does not replace it); None without one.
-fn best_epoch(
-    rows: &[EpochMetrics],
-    accuracy: impl Fn(&EpochMetrics) -> Option<f64>,
-) -> Option<(usize, f64)> {
-    rows.iter()
-        .filter_map(|row| Some((row.epoch, accuracy(row)?)))
-        .fold(None, |best, (epoch, accuracy)| match best {
-            Some((_, best_accuracy)) if accuracy <= best_accuracy => best,
-            _ => Some((epoch, accuracy)),
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{best_epoch, EpochMetrics};
-
-    /// The best epoch is the first with the highest accuracy (a later tie is not), and
-    /// there is none without a figure (no EMA).
-    #[test]
-    fn the_best_epoch_is_the_first_with_the_highest_accuracy() {
-        let rows: Vec<EpochMetrics> = [0.5, 0.7, 0.7, 0.6]
-            .into_iter()
-            .enumerate()
-            .map(|(i, test_acc)| EpochMetrics {
-                epoch: i + 1,
-                test_acc,
-                ..Default::default()
-            })
-            .collect();
-        assert_eq!(best_epoch(&rows, |row| Some(row.test_acc)), Some((2, 0.7)));
-        assert_eq!(best_epoch(&rows, |row| row.ema_test_acc), None);
-        assert_eq!(best_epoch(&[], |row| Some(row.test_acc)), None);
     }
 }

@@ -788,9 +788,29 @@ fn is_new_best(accuracy: f64, best_accuracy: f64, epoch: usize) -> bool {
     accuracy > best_accuracy || epoch == 0
 }
 
+/// The epoch (1-based) and accuracy of the model a run kept as its best, by
+/// [`is_new_best`] over its metrics `rows`' `accuracy` (the rows without one left out);
+/// None without any.
+fn best_epoch(
+    rows: &[EpochMetrics],
+    accuracy: impl Fn(&EpochMetrics) -> Option<f64>,
+) -> Option<(usize, f64)> {
+    let figures = rows
+        .iter()
+        .filter_map(|row| Some((row.epoch, accuracy(row)?)));
+    let mut best: Option<(usize, f64)> = None;
+    for (index, (epoch, accuracy)) in figures.enumerate() {
+        let best_accuracy = best.map_or(0.0, |(_, best_accuracy)| best_accuracy);
+        if is_new_best(accuracy, best_accuracy, index) {
+            best = Some((epoch, accuracy));
+        }
+    }
+    best
+}
+
 #[cfg(test)]
 mod tests {
-    use super::is_new_best;
+    use super::{best_epoch, is_new_best, EpochMetrics};
 
     #[test]
     fn the_best_model_is_the_first_epoch_with_the_highest_accuracy() {
@@ -805,5 +825,23 @@ mod tests {
         }
         // Epoch 0 at 0%, then each rise; not the ties (epochs 1, 4, 6) or the drops.
         assert_eq!(saved, [0, 2, 5]);
+    }
+
+    /// The best epoch a run reports is the one it kept: the first with the highest
+    /// accuracy (a later tie is not), and none without a figure (no EMA).
+    #[test]
+    fn the_best_epoch_is_the_first_with_the_highest_accuracy() {
+        let rows: Vec<EpochMetrics> = [0.5, 0.7, 0.7, 0.6]
+            .into_iter()
+            .enumerate()
+            .map(|(i, test_acc)| EpochMetrics {
+                epoch: i + 1,
+                test_acc,
+                ..Default::default()
+            })
+            .collect();
+        assert_eq!(best_epoch(&rows, |row| Some(row.test_acc)), Some((2, 0.7)));
+        assert_eq!(best_epoch(&rows, |row| row.ema_test_acc), None);
+        assert_eq!(best_epoch(&[], |row| Some(row.test_acc)), None);
     }
 }
