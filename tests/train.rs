@@ -159,13 +159,17 @@ fn assert_lr_column(rows: &[Vec<String>], steps_per_epoch: usize, warmup_epochs:
 }
 
 /// The line that ends a finished run's output for its best model (`which` "") or best EMA
-/// model ("EMA "): its `accuracy` (a fraction), `(epoch, of epochs)` and `checkpoint`.
-fn summary_line(which: &str, accuracy: f64, epoch: (usize, usize), checkpoint: &Path) -> String {
+/// model ("EMA "): its `accuracy` (a fraction), `(epoch, epochs)`: its epoch of the run's,
+/// and its `checkpoint`.
+fn summary_line(
+    which: &str,
+    accuracy: f64,
+    (epoch, epochs): (usize, usize),
+    checkpoint: &Path,
+) -> String {
     format!(
-        "Best {which}Validation Accuracy: {:.2}% (epoch {} of {}), saved as {}\n",
+        "Best {which}Validation Accuracy: {:.2}% (epoch {epoch} of {epochs}), saved as {}\n",
         100.0 * accuracy,
-        epoch.0,
-        epoch.1,
         checkpoint.display()
     )
 }
@@ -1376,10 +1380,16 @@ fn strong_recipe_runs_from_the_command_line() {
     let ema_acc: f64 = rows[0][column].parse().unwrap();
     let expected = format!(", EMA acc {:.2}%, lr ", 100.0 * ema_acc);
     assert!(stdout.contains(&expected), "{expected:?} not in {stdout}");
-    let best_ema_model = run.join("best_ema_model.safetensors");
+    // It ends with the best model and the best EMA model.
+    let (best_model, best_ema_model) = (
+        run.join("best_model.safetensors"),
+        run.join("best_ema_model.safetensors"),
+    );
+    let test_acc: f64 = rows[0][5].parse().unwrap();
+    let model_summary = summary_line("", test_acc, (1, 1), &best_model);
     let summary = summary_line("EMA ", ema_acc, (1, 1), &best_ema_model);
     assert!(
-        stdout.ends_with(&summary),
+        stdout.ends_with(&(model_summary + &summary)),
         "{summary:?} does not end {stdout}"
     );
     // One epoch with the default 5 warm-up epochs: it runs, and says what that means.
@@ -1397,8 +1407,31 @@ fn strong_recipe_runs_from_the_command_line() {
         stderr.contains("nothing to train") && !stderr.contains("--warmup-epochs"),
         "{stderr}"
     );
-    // ... and says again how it ended.
-    assert!(output.stdout.ends_with(summary.as_bytes()), "{stderr}");
+    // ... and says again how it ended, from its saved state: not from metrics.csv, which
+    // an edit may have changed, and naming a best model moved away.
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        stdout.ends_with(&summary),
+        "{summary:?} does not end {stdout}"
+    );
+    let mut edited = rows.clone();
+    (edited[0][5], edited[0][column]) = ("0.99".into(), "0.98".into());
+    let mut writer = csv::Writer::from_path(run.join("metrics.csv")).unwrap();
+    for record in std::iter::once(&header).chain(&edited) {
+        writer.write_record(record).unwrap();
+    }
+    writer.flush().unwrap();
+    std::fs::remove_file(&best_model).unwrap();
+    let stdout = String::from_utf8_lossy(&vit(&resume).stdout).into_owned();
+    let model_summary = format!(
+        "Best Validation Accuracy: {:.2}% (epoch 1 of 1), {} is no longer there\n",
+        100.0 * test_acc,
+        best_model.display()
+    );
+    assert!(
+        stdout.ends_with(&(model_summary + &summary)),
+        "{summary:?} does not end {stdout}"
+    );
     let config = std::fs::read_to_string(run.join("config.json")).unwrap();
     for setting in [
         "AutoAugmentCifar10",

@@ -72,24 +72,29 @@ impl Console {
         }
     }
 
-    /// The end of a finished run: the best epoch's test accuracy and its checkpoint, and
-    /// the EMA's where it has one, from the run's `rows` in `dir`.
-    pub(super) fn run_done(&self, rows: &[EpochMetrics], dir: &Path) {
-        let model = super::best_epoch(rows, |row| Some(row.test_acc));
-        let ema = super::best_epoch(rows, |row| row.ema_test_acc);
-        let best = [("", model, "best_model"), ("EMA ", ema, "best_ema_model")];
-        for (which, best, file) in best {
-            if let Some((epoch, accuracy)) = best {
-                let path = dir.join(format!("{file}.safetensors"));
-                let _ = writeln!(
-                    std::io::stdout(),
-                    "Best {which}Validation Accuracy: {:.2}% (epoch {epoch} of {}), saved as {}",
-                    100.0 * accuracy,
-                    rows.len(),
-                    path.display()
-                );
-            }
-        }
+    /// A finished run's best model (`which` "") or best EMA model ("EMA "): its test
+    /// `accuracy`, its `epoch` of the run's epochs where known, and its `checkpoint`, which
+    /// a user may have moved away since.
+    pub(super) fn best_model(
+        &self,
+        which: &str,
+        accuracy: f64,
+        epoch: Option<(usize, usize)>,
+        checkpoint: &Path,
+    ) {
+        let epoch = match epoch {
+            Some((epoch, epochs)) => format!(" (epoch {epoch} of {epochs})"),
+            None => String::new(),
+        };
+        let checkpoint = match checkpoint.exists() {
+            true => format!("saved as {}", checkpoint.display()),
+            false => format!("{} is no longer there", checkpoint.display()),
+        };
+        let _ = writeln!(
+            std::io::stdout(),
+            "Best {which}Validation Accuracy: {:.2}%{epoch}, {checkpoint}",
+            100.0 * accuracy
+        );
     }
 
     pub(super) fn epoch_done(&self, row: &EpochMetrics) {

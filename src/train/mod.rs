@@ -289,11 +289,7 @@ pub fn train(settings: &TrainSettings, dataset: &Dataset, options: &RunOptions) 
     let outcome = trainer.train_epochs()?;
     trainer.run.finish_saving()?;
     if let Outcome::Finished = outcome {
-        // The summary only: the run is saved, whether or not it can be read back.
-        match trainer.run.metrics() {
-            Ok(rows) => trainer.console.run_done(&rows, trainer.run.dir()),
-            Err(e) => eprintln!("warning: no summary of the run: {e:#}"),
-        }
+        trainer.say_best_models();
     }
     Ok(outcome)
 }
@@ -679,6 +675,32 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
+    /// The end of a finished run: the best model's test accuracy, its epoch and its file,
+    /// and the EMA's with `--ema`, as the saved state records them (so also for a finished
+    /// run resumed, whatever an edit made of metrics.csv since).
+    fn say_best_models(&self) {
+        let progress = &self.progress;
+        let mut best = vec![(
+            "",
+            progress.best_accuracy,
+            progress.best_epoch,
+            "best_model.safetensors",
+        )];
+        if self.ema.is_some() {
+            best.push((
+                "EMA ",
+                progress.best_ema_accuracy,
+                progress.best_ema_epoch,
+                "best_ema_model.safetensors",
+            ));
+        }
+        for (which, accuracy, epoch, file) in best {
+            let epoch = (epoch > 0).then_some((epoch, self.settings.epochs));
+            self.console
+                .best_model(which, accuracy, epoch, &self.run.path(file));
+        }
+    }
+
     /// The files that end `epoch` (0-based), with the weights copied: the last models, the
     /// best ones when their test `accuracy` improved, then the resume state, which moves
     /// on to the next epoch.
@@ -693,9 +715,12 @@ impl<'a> Trainer<'a> {
         let model = |vs| checkpoint::to_bytes(vs, &self.settings.model, &self.metadata);
         // The last model, and the best when it is that too.
         let mut keep =
-            |[best, last]: [&'static str; 2], bytes: Vec<u8>, accuracy, best_accuracy: &mut f64| {
+            |[best, last]: [&'static str; 2],
+             bytes: Vec<u8>,
+             accuracy,
+             (best_accuracy, best_epoch): (&mut f64, &mut usize)| {
                 if is_new_best(accuracy, *best_accuracy, epoch) {
-                    *best_accuracy = accuracy;
+                    (*best_accuracy, *best_epoch) = (accuracy, epoch + 1);
                     files.push((best, bytes.clone()));
                 }
                 files.push((last, bytes));
@@ -704,20 +729,25 @@ impl<'a> Trainer<'a> {
             ["best_model.safetensors", "last_model.safetensors"],
             model(&self.vs)?,
             accuracy,
-            &mut progress.best_accuracy,
+            (&mut progress.best_accuracy, &mut progress.best_epoch),
         );
         if let (Some(ema), Some(accuracy)) = (&self.ema, ema_accuracy) {
             keep(
                 ["best_ema_model.safetensors", "last_ema_model.safetensors"],
                 model(&ema.vs)?,
                 accuracy,
-                &mut progress.best_ema_accuracy,
+                (
+                    &mut progress.best_ema_accuracy,
+                    &mut progress.best_ema_epoch,
+                ),
             );
         }
         *progress = Progress {
             epochs_done: epoch + 1,
             best_accuracy: progress.best_accuracy,
+            best_epoch: progress.best_epoch,
             best_ema_accuracy: progress.best_ema_accuracy,
+            best_ema_epoch: progress.best_ema_epoch,
             ..Progress::default()
         };
         // Last: until it lands, a resume replays this epoch from the previous state.
@@ -788,29 +818,9 @@ fn is_new_best(accuracy: f64, best_accuracy: f64, epoch: usize) -> bool {
     accuracy > best_accuracy || epoch == 0
 }
 
-/// The epoch (1-based) and accuracy of the model a run kept as its best, by
-/// [`is_new_best`] over its metrics `rows`' `accuracy` (the rows without one left out);
-/// None without any.
-fn best_epoch(
-    rows: &[EpochMetrics],
-    accuracy: impl Fn(&EpochMetrics) -> Option<f64>,
-) -> Option<(usize, f64)> {
-    let figures = rows
-        .iter()
-        .filter_map(|row| Some((row.epoch, accuracy(row)?)));
-    let mut best: Option<(usize, f64)> = None;
-    for (index, (epoch, accuracy)) in figures.enumerate() {
-        let best_accuracy = best.map_or(0.0, |(_, best_accuracy)| best_accuracy);
-        if is_new_best(accuracy, best_accuracy, index) {
-            best = Some((epoch, accuracy));
-        }
-    }
-    best
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{best_epoch, is_new_best, EpochMetrics};
+    use super::is_new_best;
 
     #[test]
     fn the_best_model_is_the_first_epoch_with_the_highest_accuracy() {
@@ -825,23 +835,5 @@ mod tests {
         }
         // Epoch 0 at 0%, then each rise; not the ties (epochs 1, 4, 6) or the drops.
         assert_eq!(saved, [0, 2, 5]);
-    }
-
-    /// The best epoch a run reports is the one it kept: the first with the highest
-    /// accuracy (a later tie is not), and none without a figure (no EMA).
-    #[test]
-    fn the_best_epoch_is_the_first_with_the_highest_accuracy() {
-        let rows: Vec<EpochMetrics> = [0.5, 0.7, 0.7, 0.6]
-            .into_iter()
-            .enumerate()
-            .map(|(i, test_acc)| EpochMetrics {
-                epoch: i + 1,
-                test_acc,
-                ..Default::default()
-            })
-            .collect();
-        assert_eq!(best_epoch(&rows, |row| Some(row.test_acc)), Some((2, 0.7)));
-        assert_eq!(best_epoch(&rows, |row| row.ema_test_acc), None);
-        assert_eq!(best_epoch(&[], |row| Some(row.test_acc)), None);
     }
 }

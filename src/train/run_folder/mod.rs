@@ -43,8 +43,15 @@ pub(super) struct Progress {
     pub(super) epochs_done: usize,
     /// Steps taken in the current, unfinished epoch.
     pub(super) step_in_epoch: usize,
+    /// The test accuracy of best_model.safetensors, and its epoch (1-based; 0 in a state
+    /// saved before vit recorded it).
     pub(super) best_accuracy: f64,
+    #[serde(default)]
+    pub(super) best_epoch: usize,
+    /// The same of best_ema_model.safetensors (with `--ema`).
     pub(super) best_ema_accuracy: f64,
+    #[serde(default)]
+    pub(super) best_ema_epoch: usize,
     /// Sums for the unfinished epoch's train_loss / train_acc, and its training time.
     pub(super) loss_sum: f64,
     pub(super) correct: i64,
@@ -311,14 +318,6 @@ impl RunFolder {
             Ok(())
         };
         append().with_context(|| format!("cannot append to {}", path.display()))
-    }
-
-    /// metrics.csv's rows, one per epoch, as [`Self::append_metrics`] wrote them.
-    pub(super) fn metrics(&self) -> Result<Vec<EpochMetrics>> {
-        let path = self.path("metrics.csv");
-        let rows =
-            csv::Reader::from_path(&path).and_then(|mut reader| reader.deserialize().collect());
-        rows.with_context(|| format!("cannot read {}", path.display()))
     }
 
     /// Starts writing `files` (name in the folder, contents) in the background, after
