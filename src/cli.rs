@@ -28,7 +28,7 @@ impl Cli {
     pub fn parse_args() -> Self {
         use clap::FromArgMatches;
         let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-        let mut command = Self::definition();
+        let mut command = Self::command_with_presets();
         let parsed = command
             .try_get_matches_from_mut(&args)
             .and_then(|mut matches| Self::from_arg_matches_mut(&mut matches))
@@ -55,41 +55,44 @@ impl Cli {
     /// The command line as [`Self::parse_args`] reads it: clap's, with negative numbers
     /// taken as values, and each model flag's help ending with the presets' values
     /// (`[notebook: 256, small: 128, tiny: 32]`), read from the presets themselves.
-    pub fn definition() -> clap::Command {
+    fn command_with_presets() -> clap::Command {
         use clap::CommandFactory;
         let presets: Vec<(&str, serde_json::Value)> = ViTConfig::preset_names()
             .into_iter()
             .map(|name| {
                 let config = ViTConfig::preset(name).expect("a preset's name");
-                (
-                    name,
-                    serde_json::to_value(config).expect("a config as JSON"),
-                )
+                let config = serde_json::to_value(config).expect("a config as JSON");
+                (name, config)
             })
             .collect();
+        let model_group = <ModelArgs as clap::Args>::group_id().expect("ModelArgs' group");
         Self::command().mut_subcommands(|subcommand| {
             let model_flags: Vec<clap::Id> = subcommand
                 .get_groups()
-                .filter(|group| group.get_id() == "ModelArgs")
+                .filter(|group| group.get_id() == &model_group)
                 .flat_map(|group| group.get_args().cloned())
                 .collect();
+            // vit train takes the dataset's class count, never a preset's.
+            let train = subcommand.get_name() == "train";
             subcommand.mut_args(|arg| {
                 let takes_values = arg.get_action().takes_values();
                 let arg = arg.allow_negative_numbers(takes_values);
+                let id = arg.get_id().as_str();
+                if !model_flags.contains(arg.get_id()) || (train && id == "num_classes") {
+                    return arg;
+                }
                 let values: Vec<String> = presets
                     .iter()
-                    .filter_map(|(name, config)| {
-                        let value = config.get(arg.get_id().as_str())?;
-                        Some(format!("{name}: {value}"))
-                    })
+                    .filter_map(|(name, config)| Some(format!("{name}: {}", config.get(id)?)))
                     .collect();
-                match model_flags.contains(arg.get_id()) && !values.is_empty() {
-                    true => {
+                match values.is_empty() {
+                    // --config itself.
+                    true => arg,
+                    false => {
                         let help = arg.get_help().map(|help| help.to_string());
                         let help = format!("{} [{}]", help.unwrap_or_default(), values.join(", "));
                         arg.help(help)
                     }
-                    false => arg,
                 }
             })
         })
@@ -166,7 +169,7 @@ pub struct ModelArgs {
     #[arg(long, value_parser = whole_number::<i64>(None))]
     pub num_classes: Option<i64>,
     /// Dropout probability after the positional embedding, the attention's projection and
-    /// in the MLP (the strong recipe: 0 unless given).
+    /// in the MLP (vit train --recipe strong: 0 unless given).
     #[arg(long)]
     pub dropout: Option<f64>,
 }
@@ -264,6 +267,15 @@ pub const DEFAULT_DATASET: &str = crate::data::CIFAR100;
 /// command reads them.
 const DEFAULT_DATA_DIR: &str = "data";
 
+/// `--data-dir`'s help where a command reads a dataset.
+const DATA_DIR_HELP: &str =
+    "Where the datasets are (as `vit download` puts them), or a folder dataset's DIR";
+
+/// `--checkpoint`'s help, for every command that loads one.
+const CHECKPOINT_HELP: &str =
+    "A .safetensors file vit saved, or a timm state_dict with `config` metadata (README: \
+     Checkpoints)";
+
 /// `vit train`'s optimiser defaults, which `vit bench` times too.
 pub const DEFAULT_LR: f64 = 1e-3;
 pub const DEFAULT_WEIGHT_DECAY: f64 = 0.05;
@@ -276,8 +288,7 @@ pub struct DatasetArgs {
     /// The dataset to read.
     #[arg(long, value_enum, default_value = DEFAULT_DATASET)]
     pub dataset: DatasetName,
-    /// Where the datasets are (as `vit download` puts them), or a folder dataset's DIR.
-    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    #[arg(long, default_value = DEFAULT_DATA_DIR, help = DATA_DIR_HELP)]
     pub data_dir: PathBuf,
     /// CIFAR-100 only: the 20 coarse superclasses instead of the 100 fine labels.
     #[arg(long)]
@@ -290,8 +301,7 @@ pub struct CheckpointDatasetArgs {
     /// Dataset; by default the one recorded in the checkpoint.
     #[arg(long, value_enum)]
     pub dataset: Option<DatasetName>,
-    /// Where the datasets are (as `vit download` puts them), or a folder dataset's DIR.
-    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    #[arg(long, default_value = DEFAULT_DATA_DIR, help = DATA_DIR_HELP)]
     pub data_dir: PathBuf,
     /// CIFAR-100 only: the 20 coarse superclasses (by default as the checkpoint records).
     #[arg(long)]
@@ -413,7 +423,8 @@ pub struct TrainArgs {
     /// AdamW's decoupled weight decay (not on biases, norms, class token or positions).
     #[arg(long, default_value_t = DEFAULT_WEIGHT_DECAY)]
     pub weight_decay: f64,
-    /// Epochs of linear learning-rate warm-up from 0.
+    /// Epochs over which the learning rate rises linearly to --lr (its first step at --lr
+    /// divided by the warm-up's steps).
     #[arg(long, value_parser = whole_number::<usize>(Some(0)), default_value_t = 5)]
     pub warmup_epochs: usize,
     /// Label smoothing of the cross-entropy loss (0 = off).
@@ -422,8 +433,8 @@ pub struct TrainArgs {
     /// Clip the global gradient norm to this value (0 = off).
     #[arg(long, default_value_t = DEFAULT_CLIP_GRAD)]
     pub clip_grad: f64,
-    /// Seeds the weights, shuffles, augmentations and dropout: the same seed and flags
-    /// train the same run.
+    /// Seeds the weights, shuffles, augmentations and dropout (on the CPU, the same seed,
+    /// flags and thread count train the same run).
     #[arg(long, value_parser = whole_number::<u64>(Some(0)), default_value_t = 0)]
     pub seed: u64,
     /// Train on the first N training images only (in CIFAR's random order, or a folder
@@ -436,7 +447,8 @@ pub struct TrainArgs {
     /// Continue the run in --out exactly where it stopped (pass the same flags).
     #[arg(long)]
     pub resume: bool,
-    /// Augmentation and regularisation presets; the flags below change a part of either.
+    /// Augmentation and regularisation presets, whose parts the flags --augment-policy to
+    /// --ema-warmup change.
     #[arg(long, value_enum, default_value = "notebook")]
     pub recipe: Recipe,
     /// Automatic augmentation (strong recipe: autoaugment, the CIFAR-10 policy).
@@ -544,8 +556,7 @@ pub enum AdamWKernel {
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// A .safetensors checkpoint vit saved (or one in timm's layout with its config).
-    #[arg(long)]
+    #[arg(long, help = CHECKPOINT_HELP)]
     pub checkpoint: PathBuf,
     #[command(flatten)]
     pub data: CheckpointDatasetArgs,
@@ -573,8 +584,7 @@ pub struct EvalArgs {
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
-    /// A .safetensors checkpoint vit saved (or one in timm's layout with its config).
-    #[arg(long)]
+    #[arg(long, help = CHECKPOINT_HELP)]
     pub checkpoint: PathBuf,
     /// PNG or JPEG files, or folders of them (their subfolders too; one file that cannot be
     /// read is named and skipped, and the exit status is then 1).
@@ -657,8 +667,7 @@ pub struct PlotArgs {
 
 #[derive(Args, Debug)]
 pub struct AttentionArgs {
-    /// A .safetensors checkpoint vit saved (or one in timm's layout with its config).
-    #[arg(long)]
+    #[arg(long, help = CHECKPOINT_HELP)]
     pub checkpoint: PathBuf,
     /// A PNG or JPEG file (or use --index, with --dataset or the checkpoint's dataset).
     pub image: Option<PathBuf>,
@@ -707,11 +716,11 @@ mod tests {
             .get_subcommands()
             .flat_map(|subcommand| {
                 subcommand.get_arguments().filter_map(|arg| {
-                    let id = arg.get_id().as_str();
-                    let help = help_of(&command, subcommand.get_name(), id);
-                    help.trim()
+                    let help = arg.get_help().map(|help| help.to_string());
+                    help.unwrap_or_default()
+                        .trim()
                         .is_empty()
-                        .then(|| format!("vit {} {id}", subcommand.get_name()))
+                        .then(|| format!("vit {} {}", subcommand.get_name(), arg.get_id()))
                 })
             })
             .collect();
@@ -719,29 +728,42 @@ mod tests {
     }
 
     /// The model flags of `vit info`, `vit train` and `vit bench` end their help with every
-    /// preset's value; a flag of the same name outside the model's (`vit data
-    /// --image-size`) is left as written.
+    /// preset's value, all but `vit train --num-classes` (the dataset's there); `--config`
+    /// and a flag of the same name outside the model's (`vit data --image-size`) are left as
+    /// written.
     #[test]
     fn model_flags_show_the_presets_values() {
-        let command = Cli::definition();
+        let (written, shown) = (Cli::command(), Cli::command_with_presets());
+        let config = serde_json::to_value(crate::model::ViTConfig::notebook()).unwrap();
+        let fields = config.as_object().unwrap();
+        assert_eq!(fields.len(), 9, "the notebook's nine hyperparameters");
         for subcommand in ["info", "train", "bench"] {
+            for field in fields.keys() {
+                let help = help_of(&shown, subcommand, field);
+                let own = help_of(&written, subcommand, field);
+                match (subcommand, field.as_str()) {
+                    ("train", "num_classes") => assert_eq!(help, own),
+                    _ => assert!(
+                        help.starts_with(&own) && help.contains(" [notebook: "),
+                        "{subcommand} --{field}: {help}"
+                    ),
+                }
+            }
             assert!(
-                help_of(&command, subcommand, "embed_dim")
+                help_of(&shown, subcommand, "embed_dim")
                     .ends_with(" [notebook: 256, small: 128, tiny: 32]"),
                 "{subcommand}"
             );
             assert!(
-                help_of(&command, subcommand, "dropout")
+                help_of(&shown, subcommand, "dropout")
                     .ends_with(" [notebook: 0.1, small: 0.0, tiny: 0.0]"),
                 "{subcommand}"
             );
-            assert!(!help_of(&command, subcommand, "preset").contains("notebook: "));
+            let preset = help_of(&shown, subcommand, "preset");
+            assert_eq!(preset, help_of(&written, subcommand, "preset"));
         }
-        let data_image_size = help_of(&command, "data", "image_size");
-        assert_eq!(
-            data_image_size,
-            help_of(&Cli::command(), "data", "image_size")
-        );
+        let data_image_size = help_of(&shown, "data", "image_size");
+        assert_eq!(data_image_size, help_of(&written, "data", "image_size"));
     }
 
     /// A CUDA device past the ones libtorch sees is refused, counting them in words: "0 CUDA
