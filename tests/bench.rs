@@ -504,3 +504,47 @@ fn a_refused_pytorch_training_run_leaves_no_out_folder_behind() {
         );
     }
 }
+
+/// A PyTorch training run ends, as `vit train` does, with its best epoch: the first with
+/// the highest test accuracy in its metrics.csv.
+#[test]
+fn a_pytorch_training_run_ends_with_its_best_epoch() {
+    let dir = common::TempDir::new("pytorch-best");
+    let data_dir = dir.join("data");
+    common::write_cifar10(&data_dir);
+    let out = dir.join("run");
+    #[rustfmt::skip]
+    let output = train_pytorch_py(&[
+        "--data-dir", data_dir.to_str().unwrap(), "--out", out.to_str().unwrap(),
+        "--epochs", "3", "--warmup-epochs", "1", "--batch-size", "5", "--threads", "1",
+    ]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stderr}");
+    let mut metrics = csv::Reader::from_path(out.join("metrics.csv")).unwrap();
+    let test_acc = metrics
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == "test_acc");
+    let accuracies: Vec<f64> = metrics
+        .records()
+        .map(|row| row.unwrap()[test_acc.unwrap()].parse().unwrap())
+        .collect();
+    assert_eq!(accuracies.len(), 3);
+    let best = accuracies.iter().cloned().fold(f64::MIN, f64::max);
+    let epoch = 1 + accuracies
+        .iter()
+        .position(|&accuracy| accuracy == best)
+        .unwrap();
+    let expected = format!(
+        "Best Validation Accuracy: {:.2}% (epoch {epoch} of 3)\n",
+        100.0 * best
+    );
+    assert!(
+        stdout.ends_with(&expected),
+        "{expected:?} does not end {stdout}"
+    );
+}

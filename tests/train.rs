@@ -59,7 +59,7 @@ fn cifar10_records(split: &Split) -> Vec<u8> {
 
 /// Writes `dataset` as a cifar-10-batches-bin folder (the training split spread over the
 /// five batch files), so the `vit` binary can read it.
-fn write_cifar10(dataset: &Dataset, data_dir: &Path) {
+fn write_as_cifar10(dataset: &Dataset, data_dir: &Path) {
     let folder = data_dir.join("cifar-10-batches-bin");
     std::fs::create_dir_all(&folder).unwrap();
     let per_file = dataset.train.len() / 5;
@@ -95,7 +95,7 @@ fn colour_cifar10(name: &str) -> (TempDir, PathBuf) {
         let _turn = seeded(0);
         colour_dataset()
     };
-    write_cifar10(&dataset, &data_dir);
+    write_as_cifar10(&dataset, &data_dir);
     (root, data_dir)
 }
 
@@ -727,7 +727,7 @@ fn resume_follows_the_images_not_their_folder() {
         let _turn = seeded(0);
         colour_dataset()
     };
-    write_cifar10(&dataset, &moved);
+    write_as_cifar10(&dataset, &moved);
     let output = vit(&args(&moved, &run, true));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -751,7 +751,7 @@ fn resume_follows_the_images_not_their_folder() {
     // One test label changed: another dataset for the run, refused.
     let label = dataset.test.labels.int64_value(&[0]);
     let _ = dataset.test.labels.get(0).fill_((label + 1) % 10);
-    write_cifar10(&dataset, &moved);
+    write_as_cifar10(&dataset, &moved);
     let stderr = vit_fails(&args(&moved, &run, true));
     assert!(
         stderr.contains("are not the ones the run trained on")
@@ -760,7 +760,7 @@ fn resume_follows_the_images_not_their_folder() {
     );
     // Fewer test images: the count is named too.
     dataset.test = dataset.test.subset(150);
-    write_cifar10(&dataset, &moved);
+    write_as_cifar10(&dataset, &moved);
     let stderr = vit_fails(&args(&moved, &run, true));
     assert!(
         stderr.contains("data.test_images: saved 200, given 150"),
@@ -780,7 +780,7 @@ fn resume_follows_the_images_not_their_folder() {
         let _turn = seeded(0);
         colour_dataset()
     };
-    write_cifar10(&original, &moved);
+    write_as_cifar10(&original, &moved);
     let stderr = vit_fails(&args(&moved, &run, true));
     assert!(stderr.contains("data_dir (--data-dir): saved"), "{stderr}");
     vit(&args(&data_dir, &run, true));

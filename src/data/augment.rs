@@ -577,7 +577,7 @@ pub fn equalize(images: &Tensor) -> Tensor {
         .to_kind(Kind::Uint8)
 }
 
-/// `b` identity affine matrices: double [B, 6] (B = `b`), laid out as [`op_matrix`]'s.
+/// `b` identity affine matrices: double [b, 6], laid out as [`op_matrix`]'s.
 fn identity_matrix(b: i64, device: tch::Device) -> Tensor {
     device_constants(&[1.0, 0., 0., 0., 1., 0.], device)
         .view([1, 6])

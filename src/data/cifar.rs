@@ -367,8 +367,8 @@ fn read_file(path: &Path, format: &RecordFormat, data_dir: &Path) -> Result<Vec<
     }
 }
 
-/// Reads one binary batch file of `len` records into uint8 images [len, 3, 32, 32]
-/// (contiguous) and int64 labels `[len]`, warning when `len` is not the `official` count.
+/// Reads one binary batch file of R records into uint8 images [R, 3, 32, 32] (contiguous)
+/// and int64 labels `[R]`, warning when R is not the `official` count.
 /// `data_dir` only feeds the `vit download` hint of the messages.
 fn read_batch(
     path: &Path,

@@ -154,9 +154,11 @@ impl VisionTransformer {
     }
 
     /// The logits and every block's attention probabilities, first block first (for
-    /// attention rollout), from one pass in evaluation mode: [B, in_channels, image_size,
-    /// image_size] -> (logits [B, num_classes], num_layers x [B, num_heads, num_patches + 1,
-    /// num_patches + 1]).
+    /// attention rollout), in evaluation mode: [B, in_channels, image_size, image_size] ->
+    /// (logits [B, num_classes], num_layers x [B, num_heads, num_patches + 1,
+    /// num_patches + 1]). One pass through the blocks, each of which also computes its
+    /// attention probabilities explicitly (the forward may use the fused kernel, which
+    /// does not give them).
     pub fn forward_with_attention_maps(&self, images: &Tensor) -> (Tensor, Vec<Tensor>) {
         let mut tokens = self.embed(images, false);
         let mut maps = Vec::with_capacity(self.blocks.len());

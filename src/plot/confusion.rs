@@ -114,8 +114,7 @@ fn confusion_title(correct: i64, total: i64) -> String {
 /// Draws the confusion matrix (int64 [num_classes, num_classes], rows = true class,
 /// columns = predicted) as a heat map of row-normalised fractions (per-class recall on the
 /// diagonal), with class names on both axes, counts in the cells for up to 20 classes, and
-/// a colour bar. Writes a PNG of
-/// [`ConfusionLayout`]'s size.
+/// a colour bar. Writes a PNG of [`ConfusionLayout`]'s size.
 pub fn confusion_matrix(confusion: &Tensor, classes: &[String], output: &Path) -> Result<()> {
     let size = confusion.size();
     ensure!(
