@@ -167,6 +167,12 @@ summarize() {
             head -n 4 "$WORK/$run/metrics.csv"
             tail -n +5 "$WORK/$run/metrics.csv" | tail -n 5
         done
+        # vit's closing lines of the strong run: its best models, once it has finished (in
+        # its first call, or in the resumed one).
+        for log in "$WORK"/strong.txt "$WORK"/strong-eager.txt "$WORK"/strong*-resume-*.txt; do
+            [ -f "$log" ] || continue
+            grep -h "Best .*Validation Accuracy" "$log" | sed 's/^[0-9.]* //' || true
+        done
         cat "$WORK/strong-plan.txt" 2>/dev/null || true
         echo "== elapsed $((SECONDS - START)) s"
     } > "$WORK/summary.txt"

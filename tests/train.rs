@@ -196,6 +196,16 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     // No warning but the one that the generated files are not the official release's size.
     let stderr = String::from_utf8_lossy(&output.stderr);
+    // First, what it trains. The tiny model with 8-pixel patches: patch embedding
+    // 3*8*8*32 + 32, class token 32, positions 17*32, two blocks of 2*(2*32) norms +
+    // 32*96 + 96 + 32*32 + 32 + 32*64 + 64 + 64*32 + 32, final norm 2*32, head 32*10 + 10.
+    let parameters = 6176 + 32 + 544 + 2 * 8544 + 64 + 330;
+    let header = format!(
+        "Training {parameters} parameters on 600 cifar10 training images (testing on 200): \
+         4 epochs of 12 steps, batch 50, notebook recipe, on cpu with "
+    );
+    let said = stderr.lines().any(|line| line.starts_with(&header));
+    assert!(said, "no line of {stderr} starts {header:?}");
     let warnings: Vec<&str> = stderr
         .lines()
         .filter(|line| line.contains("warning") && !line.contains("the official release has"))

@@ -273,6 +273,7 @@ pub fn train(settings: &TrainSettings, dataset: &Dataset, options: &RunOptions) 
     // run resumed.
     let trains = trainer.progress.epochs_done < settings.epochs;
     if trains {
+        trainer.say_what_it_trains(&dataset.name);
         dataset
             .train
             .note_resizing(&dataset.name, settings.model.image_size);
@@ -448,6 +449,44 @@ impl<'a> Trainer<'a> {
             console: Console::new(steps_per_epoch),
             progress,
         })
+    }
+
+    /// A line on stderr before the first epoch: the model's size, the images of
+    /// `dataset_name`, the epochs and steps, the recipe and where it all runs, so that a
+    /// long run's log says what it is from the start.
+    fn say_what_it_trains(&self, dataset_name: &str) {
+        let parameters: i64 = self
+            .vs
+            .trainable_variables()
+            .iter()
+            .map(Tensor::numel)
+            .map(|n| n as i64)
+            .sum();
+        let settings = self.settings;
+        let device = match self.options.device {
+            Device::Cpu => {
+                let threads = tch::get_num_threads();
+                format!("cpu with {threads} {}", noun_for(threads, "thread"))
+            }
+            device => crate::cli::device_name(device),
+        };
+        let recipe = clap::ValueEnum::to_possible_value(&settings.recipe).expect("a recipe's name");
+        let precision = match settings.precision {
+            Precision::Fp32 => "",
+            Precision::Bf16 => " in bf16",
+        };
+        eprintln!(
+            "Training {parameters} parameters on {} {dataset_name} training images (testing on \
+             {}): {} {} of {} {}, batch {}, {} recipe{precision}, on {device}",
+            self.train_split.len(),
+            self.test_split.len(),
+            settings.epochs,
+            noun_for(settings.epochs, "epoch"),
+            self.steps_per_epoch,
+            noun_for(self.steps_per_epoch, "step"),
+            settings.batch_size.min(self.train_split.len()),
+            recipe.get_name()
+        );
     }
 
     /// The remaining epochs, or until Ctrl-C.
