@@ -455,13 +455,7 @@ impl<'a> Trainer<'a> {
     /// `dataset_name`, the epochs and steps, the recipe and where it all runs, so that a
     /// long run's log says what it is from the start.
     fn say_what_it_trains(&self, dataset_name: &str) {
-        let parameters: i64 = self
-            .vs
-            .trainable_variables()
-            .iter()
-            .map(Tensor::numel)
-            .map(|n| n as i64)
-            .sum();
+        let parameters = crate::model::parameter_total(&self.vs);
         let settings = self.settings;
         let device = match self.options.device {
             Device::Cpu => {
