@@ -84,10 +84,44 @@ fn curves_of_the_ema_weights_where_a_run_has_them() {
     let output = dir.join("curves.png");
     plot::curves(&[with_ema, without], &output).unwrap();
     let svg = std::fs::read_to_string(dir.join("curves.svg")).unwrap();
-    // The legend of each panel names it once.
+    // The legend of each panel names it once; the accuracy panel's gives its best.
     assert_eq!(svg.matches("strong EMA test").count(), 2, "{svg}");
+    assert_eq!(
+        svg.matches("strong EMA test (best 30.00%, epoch 3)")
+            .count(),
+        1
+    );
     assert!(!svg.contains("notebook EMA test"));
     assert!(svg.contains("notebook test"));
+}
+
+/// The accuracy panel's legend gives each run's best test accuracy and its epoch, the
+/// first of tied ones, as the run keeps its best model; its train curve, and the loss
+/// panel, get none.
+#[test]
+fn the_legend_gives_the_best_test_accuracy_and_its_epoch() {
+    let dir = TempDir::new("curves-best");
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let rows = [(0.4, 0.5), (0.6, 0.7), (0.9, 0.7), (0.8, 0.6)];
+    let mut csv = format!("{HEADER}\n");
+    for (epoch, (train_acc, test_acc)) in rows.iter().enumerate() {
+        let epoch = epoch + 1;
+        csv.push_str(&format!(
+            "{epoch},0.001,1.0,{train_acc},1.1,{test_acc},12.5,4000\n"
+        ));
+    }
+    std::fs::write(run.join("metrics.csv"), csv).unwrap();
+    plot::curves(&[&run], &dir.join("curves.png")).unwrap();
+    let svg = std::fs::read_to_string(dir.join("curves.svg")).unwrap();
+    assert_eq!(
+        svg.matches("run test (best 70.00%, epoch 2)").count(),
+        1,
+        "{svg}"
+    );
+    assert_eq!(svg.matches("(best ").count(), 1, "{svg}");
+    // One ring marks that point.
+    assert_eq!(svg.matches(r#"r="6""#).count(), 1, "{svg}");
 }
 
 #[test]

@@ -543,8 +543,23 @@ fn draw_panel<DB: DrawingBackend>(
             if points.is_empty() {
                 continue;
             }
-            let label = format!("{} {name}", run.label);
+            // The test accuracies a best model is kept by (the model's and the EMA's): the
+            // legend gives the best, and a ring marks it.
+            let best = match (panel, curve) {
+                (Panel::Accuracy, 1 | 2) => best_point(&points),
+                _ => None,
+            };
+            let label = match best {
+                Some((epoch, accuracy)) => {
+                    format!("{} {name} (best {accuracy:.2}%, epoch {epoch})", run.label)
+                }
+                None => format!("{} {name}", run.label),
+            };
             draw_curve(&mut chart, points, label, colour, line)?;
+            if let Some(best) = best {
+                let ring = Circle::new(best, 6, colour.stroke_width(2));
+                drawing(chart.draw_series(std::iter::once(ring)))?;
+            }
         }
     }
     drawing(
@@ -557,6 +572,19 @@ fn draw_panel<DB: DrawingBackend>(
             .draw(),
     )?;
     Ok(())
+}
+
+/// The point (epoch, accuracy) of the epoch whose model `vit train` keeps as the best:
+/// the first with the highest accuracy, by [`crate::train::is_new_best`].
+fn best_point(points: &[(f64, f64)]) -> Option<(f64, f64)> {
+    let mut best: Option<(f64, f64)> = None;
+    for (index, &(epoch, accuracy)) in points.iter().enumerate() {
+        let best_accuracy = best.map_or(0.0, |(_, best_accuracy)| best_accuracy);
+        if crate::train::is_new_best(accuracy, best_accuracy, index) {
+            best = Some((epoch, accuracy));
+        }
+    }
+    best
 }
 
 /// A panel's chart: epochs across, the metric up.

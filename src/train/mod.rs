@@ -847,7 +847,7 @@ fn step_seed(seed: u64, epoch: usize, step: usize) -> i64 {
 /// The notebook's rule for `best_model`: epoch `epoch`'s (0-based) model is the best so far
 /// when its test accuracy beats `best_accuracy`, every earlier epoch's (a tie keeps the
 /// earlier model). The first epoch's always is, so that a best model exists even at 0%.
-fn is_new_best(accuracy: f64, best_accuracy: f64, epoch: usize) -> bool {
+pub(crate) fn is_new_best(accuracy: f64, best_accuracy: f64, epoch: usize) -> bool {
     accuracy > best_accuracy || epoch == 0
 }
 
