@@ -448,7 +448,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: bool,
     /// Augmentation and regularisation presets, whose parts the flags --augment-policy to
-    /// --ema-warmup change.
+    /// --ema-warmup, and --dropout, change.
     #[arg(long, value_enum, default_value = "notebook")]
     pub recipe: Recipe,
     /// Automatic augmentation (strong recipe: autoaugment, the CIFAR-10 policy).

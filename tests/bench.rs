@@ -535,6 +535,13 @@ fn a_pytorch_training_run_ends_with_its_best_epoch() {
         .collect();
     assert_eq!(accuracies.len(), 3);
     let best = accuracies.iter().cloned().fold(f64::MIN, f64::max);
+    // The seeded run ties at its best (four test images), so the line shows which of the
+    // tied epochs it names: the first.
+    let tied = accuracies
+        .iter()
+        .filter(|&&accuracy| accuracy == best)
+        .count();
+    assert!(tied > 1, "no tie to break: {accuracies:?}");
     let epoch = 1 + accuracies
         .iter()
         .position(|&accuracy| accuracy == best)

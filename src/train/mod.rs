@@ -469,10 +469,17 @@ impl<'a> Trainer<'a> {
             Precision::Fp32 => "",
             Precision::Bf16 => " in bf16",
         };
+        let train_images = self.train_split.len();
+        let train_images = match dataset_name == data::FOLDER {
+            true => format!(
+                "{train_images} training images of the folder dataset {}",
+                settings.data_dir.display()
+            ),
+            false => format!("{train_images} {dataset_name} training images"),
+        };
         eprintln!(
-            "Training {parameters} parameters on {} {dataset_name} training images (testing on \
-             {}): {} {} of {} {}, batch {}, {} recipe{precision}, on {device}",
-            self.train_split.len(),
+            "Training {parameters} parameters on {train_images} (testing on {}): {} {} of {} \
+             {}, batch {}, {} recipe{precision}, on {device}",
             self.test_split.len(),
             settings.epochs,
             noun_for(settings.epochs, "epoch"),
