@@ -557,12 +557,8 @@ fn draw_panel<DB: DrawingBackend>(
             };
             draw_curve(&mut chart, points, label, colour, line)?;
             if let Some(best) = best {
-                // On the panel, not the chart, which would clip the half of a ring past
-                // its last epoch (where the best usually is).
-                let (x, y) = chart.backend_coord(&best);
-                let (left, top) = area.get_base_pixel();
-                let ring = Circle::new((x - left, y - top), 6, colour.stroke_width(2));
-                drawing(area.draw(&ring))?;
+                let ring = Circle::new(best, 6, colour.stroke_width(2));
+                drawing(chart.draw_series(std::iter::once(ring)))?;
             }
         }
     }
