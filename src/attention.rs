@@ -60,7 +60,7 @@ struct AttentionResult {
 /// `vit attention --checkpoint PATH (IMAGE | --index I [--dataset D]) [-o attention.png]`.
 pub fn run(args: &AttentionArgs) -> Result<()> {
     crate::plot::ensure_png_output(&args.output)?;
-    let device = args.device.resolve()?;
+    let device = args.device.set_up()?;
     let loaded = checkpoint::load(&args.checkpoint, device)?;
     let config = &loaded.model.config;
     let chosen = choose_image(args, &loaded)?;

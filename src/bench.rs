@@ -194,8 +194,7 @@ impl BenchReport {
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     let baseline_rss_bytes = rss_bytes("VmRSS:");
-    crate::runtime::apply_threads(args.threads);
-    let device = args.device.resolve()?;
+    let device = args.device.set_up()?;
     let config = args.model.resolve()?;
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);

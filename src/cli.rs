@@ -308,16 +308,23 @@ pub struct CheckpointDatasetArgs {
     pub coarse_labels: bool,
 }
 
-/// `cpu`, `cuda`, `cuda:N`; by default CUDA when available.
+/// Where a command runs: `cpu`, `cuda`, `cuda:N` (by default CUDA when available), and
+/// with how many CPU threads.
 #[derive(Args, Debug, Clone)]
 pub struct DeviceArgs {
     /// cpu, cuda or cuda:N (default: cuda when libtorch sees a GPU, else cpu).
     #[arg(long)]
     pub device: Option<String>,
+    /// CPU threads for libtorch, and for decoding image files (default: libtorch's choice).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024))]
+    pub threads: Option<i32>,
 }
 
 impl DeviceArgs {
-    pub fn resolve(&self) -> Result<tch::Device> {
+    /// Sets libtorch's CPU thread count as `--threads` asks, and gives the device
+    /// `--device` names (refused where there is no such device).
+    pub fn set_up(&self) -> Result<tch::Device> {
+        crate::runtime::apply_threads(self.threads);
         parse_device(self.device.as_deref())
     }
 }
@@ -511,9 +518,6 @@ pub struct TrainArgs {
     #[arg(long, value_enum, value_name = "SCOPE", num_args = 0..=1, require_equals = true,
           default_missing_value = "batch")]
     pub cuda_graph: Option<CudaGraphScope>,
-    /// CPU threads for libtorch (default: libtorch's choice).
-    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024))]
-    pub threads: Option<i32>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -623,9 +627,6 @@ pub struct BenchArgs {
     /// Precision of the timed passes, as vit train's --precision.
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: Precision,
-    /// CPU threads for libtorch (default: libtorch's choice).
-    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024))]
-    pub threads: Option<i32>,
     /// Use the explicit softmax attention instead of the fused kernel.
     #[arg(long)]
     pub explicit_attention: bool,

@@ -8,6 +8,7 @@ use crate::listing::noun_for;
 use crate::model::VisionTransformer;
 use anyhow::{anyhow, Result};
 use serde::Serialize;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use tch::{nn::ModuleT, Kind, Reduction, Tensor};
 
@@ -105,7 +106,7 @@ impl Evaluation {
     fn write_confusion_csv(&self, classes: &[String], path: &Path) -> Result<()> {
         let rows: Vec<Vec<i64>> = Vec::try_from(&self.confusion)?;
         let mut writer = csv::Writer::from_writer(Vec::new());
-        let header: Vec<&str> = std::iter::once("true\\predicted")
+        let header: Vec<&str> = std::iter::once(CSV_CORNER)
             .chain(classes.iter().map(String::as_str))
             .collect();
         writer.write_record(&header)?;
@@ -190,15 +191,18 @@ fn report_folder(args: &EvalArgs) -> Result<Option<PathBuf>> {
 
 /// `vit eval`: the config, the dataset name and the class names come from the checkpoint.
 pub fn run(args: &EvalArgs) -> Result<()> {
-    let device = args.device.resolve()?;
+    let device = args.device.set_up()?;
     let loaded = checkpoint::load(&args.checkpoint, device)?;
     let dataset = loaded.test_set(&args.checkpoint, &args.data)?;
     let out_dir = report_folder(args)?;
+    let name = report_name(&args.checkpoint, args.out.as_deref());
+    if let Some(dir) = &out_dir {
+        ensure_replaceable_files(dir, &name, args.plot)?;
+    }
     let image_size = loaded.model.config.image_size;
     dataset.test.note_resizing(&dataset.name, image_size);
     let test = dataset.test.to_device(device);
     let evaluation = evaluate(&loaded.model, &test, args.batch_size, args.precision);
-    let name = report_name(&args.checkpoint, args.out.as_deref());
     let files = match &out_dir {
         Some(dir) => write_files(&evaluation, &dataset.classes, dir, &name, args.plot),
         None => ReportFiles::default(),
@@ -212,6 +216,32 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         )),
         None => Ok(()),
     }
+}
+
+/// The first cell of every confusion matrix CSV vit writes: it knows its own files by it.
+const CSV_CORNER: &str = "true\\predicted";
+
+/// The confusion matrix files `NAME.confusion_matrix.csv` (and with `plot` its `.png`) in
+/// `dir` may be replaced: checked before the test pass, so that a file of the user's there
+/// is kept.
+fn ensure_replaceable_files(dir: &Path, name: &str, plot: bool) -> Result<()> {
+    let instead = "pass --out DIR to write the evaluation's files elsewhere";
+    let csv = dir.join(format!("{name}.confusion_matrix.csv"));
+    let what = "a confusion matrix vit wrote";
+    let replaced_by = "vit eval would replace it with the confusion matrix";
+    crate::plot::ensure_replaceable(&csv, what, replaced_by, instead, |file| {
+        let mut start = Vec::new();
+        file.take(CSV_CORNER.len() as u64 + 1)
+            .read_to_end(&mut start)?;
+        Ok(start == format!("{CSV_CORNER},").as_bytes())
+    })?;
+    if plot {
+        crate::plot::ensure_replaceable_png(
+            &dir.join(format!("{name}.confusion_matrix.png")),
+            instead,
+        )?;
+    }
+    Ok(())
 }
 
 /// The confusion matrix files an evaluation wrote, and why one could not be.

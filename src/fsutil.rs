@@ -261,6 +261,16 @@ impl Drop for BackgroundWrites {
     }
 }
 
+/// `path` as shown in a message about data that is missing: a relative path says which
+/// folder it is relative to ("data/x (in /home/me, where vit runs)"), since the default
+/// `--data-dir data` is read from the folder vit runs in.
+pub fn shown_where_missing(path: &Path) -> String {
+    match (path.is_relative(), std::env::current_dir()) {
+        (true, Ok(here)) => format!("{} (in {}, where vit runs)", path.display(), here.display()),
+        _ => path.display().to_string(),
+    }
+}
+
 /// Whether `a` and `b` name one existing file (through links, `..` or another spelling).
 pub fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;

@@ -34,7 +34,7 @@ enum Entry {
 /// folders were given (a folder stands for the images under it). What cannot be read is
 /// named and skipped, and the others are still classified; the exit status says so.
 pub fn run(args: &PredictArgs) -> Result<()> {
-    let device = args.device.resolve()?;
+    let device = args.device.set_up()?;
     let loaded = checkpoint::load(&args.checkpoint, device)?;
     loaded.ensure_rgb(&args.checkpoint)?;
     let classes = checkpoint::class_names(&loaded.metadata, loaded.model.config.num_classes);

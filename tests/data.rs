@@ -181,6 +181,19 @@ fn missing_files_name_the_download_command() {
         tmp.0.display()
     );
     assert!(err.contains(&command), "{err}");
+    // The default `--data-dir data` is relative: the message says where vit looked for it.
+    let output = std::process::Command::new(common::vit_binary())
+        .args(["data", "--dataset", "cifar10"])
+        .current_dir(&tmp.0)
+        .output()
+        .unwrap();
+    let where_vit_runs = format!(
+        "data/cifar-10-batches-bin/batches.meta.txt (in {}, where vit runs) is missing: run \
+         `vit download --dataset cifar10 --data-dir data`",
+        tmp.0.display()
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&where_vit_runs), "{stderr}");
     // torchvision's download (the notebook's), which vit does not read, named as such...
     let python = tmp.0.join("cifar-100-python");
     std::fs::create_dir(&python).unwrap();
@@ -1161,7 +1174,10 @@ fn image_folder_reads_classes_in_name_order() {
     write_png(&tmp.0, "test", "dog", "t", 40, 8);
     let err = error_of(data::load(&args(DatasetName::Folder, &tmp.0, false), 8));
     assert!(
-        err.contains("test classes differ") && err.contains("dog"),
+        err.contains(
+            "the test classes differ from the train classes (test/ has \"dog\" that train/ \
+             lacks); both splits need the same class folders"
+        ),
         "{err}"
     );
     std::fs::remove_dir_all(tmp.0.join("test")).unwrap();
@@ -1188,7 +1204,16 @@ fn image_folder_names_undecodable_files() {
             && err.contains("test/a/text.jpeg"),
         "{err}"
     );
-    std::fs::remove_file(tmp.0.join("train/a/empty.png")).unwrap();
+    let empty = tmp.0.join("train/a/empty.png");
+    let err = error_of(folder::decode_images(&[empty.as_path()], 4));
+    assert!(
+        err.contains(&format!(
+            "{} is empty (0 bytes): replace or remove it",
+            empty.display()
+        )),
+        "{err}"
+    );
+    std::fs::remove_file(&empty).unwrap();
     std::fs::remove_file(tmp.0.join("test/a/text.jpeg")).unwrap();
     // A size no memory holds is an error before any file is read (not an abort).
     let broken = tmp.0.join("train/a/broken.jpg");

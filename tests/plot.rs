@@ -512,6 +512,7 @@ fn attention_figure_from_a_checkpoint_and_an_image_file() {
         output,
         device: DeviceArgs {
             device: Some("cpu".into()),
+            threads: None,
         },
     };
     let output = dir.join("attn.png");

@@ -371,7 +371,39 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     let link = results.join("linked.safetensors");
     std::os::unix::fs::symlink(&best_model, &link).unwrap();
     #[rustfmt::skip]
-    vit(&["eval", "--checkpoint", link.to_str().unwrap(), "--data-dir", data, "--device", "cpu", "--out", results.to_str().unwrap()]);
+    let eval_link = ["eval", "--checkpoint", link.to_str().unwrap(), "--data-dir", data, "--device", "cpu", "--out", results.to_str().unwrap(), "--plot", "--threads", "1"];
+    // Files of the user's at the report's names are kept: the evaluation is refused, before
+    // its test pass, naming the file and what to do.
+    let photo = root.join("photo.png");
+    image::RgbImage::new(4, 4).save(&photo).unwrap();
+    for (name, mine) in [
+        ("linked.confusion_matrix.csv", b"my notes\n".to_vec()),
+        (
+            "linked.confusion_matrix.png",
+            std::fs::read(&photo).unwrap(),
+        ),
+    ] {
+        let path = results.join(name);
+        std::fs::write(&path, &mine).unwrap();
+        let output = common::run_vit(&eval_link);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "{} is already there, and is not a",
+                path.display()
+            )) && stderr.contains(
+                "Move that file away, or pass --out DIR to write the evaluation's files \
+                     elsewhere"
+            ),
+            "{stderr}"
+        );
+        // Before the test pass: no figures.
+        assert!(output.stdout.is_empty(), "{stderr}");
+        assert_eq!(std::fs::read(&path).unwrap(), mine, "{name}");
+        std::fs::remove_file(&path).unwrap();
+    }
+    vit(&eval_link);
     assert!(results.join("linked.confusion_matrix.csv").exists());
     #[rustfmt::skip]
     let output = vit(&["eval", "--checkpoint", best_model.to_str().unwrap(), "--data-dir", data, "--device", "cpu"]);

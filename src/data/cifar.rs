@@ -306,7 +306,10 @@ fn missing(path: &Path, format: &RecordFormat, data_dir: &Path) -> String {
     } else {
         download
     };
-    format!("{} is missing: {advice}", path.display())
+    format!(
+        "{} is missing: {advice}",
+        crate::fsutil::shown_where_missing(path)
+    )
 }
 
 /// The advice for a `data_dir` that is the dataset's `folder` itself, not the folder

@@ -33,20 +33,28 @@ pub fn load(root: &Path, image_size: i64) -> Result<Dataset> {
     let (classes, train_files) = scan_split(&root.join("train"))?;
     let (test_classes, test_files) = scan_split(&root.join("test"))?;
     if test_classes != classes {
-        let only_train: Vec<_> = classes
-            .iter()
-            .filter(|class| !test_classes.contains(class))
-            .collect();
-        let only_test: Vec<_> = test_classes
-            .iter()
-            .filter(|class| !classes.contains(class))
-            .collect();
+        // Each side's extra classes, quoted (a folder name may hold spaces or commas).
+        let only_in = |these: &[String], those: &[String], split: &str, other: &str| {
+            let extra: Vec<String> = these
+                .iter()
+                .filter(|class| !those.contains(class))
+                .map(|class| format!("{class:?}"))
+                .collect();
+            (!extra.is_empty())
+                .then(|| format!("{split}/ has {} that {other}/ lacks", extra.join(", ")))
+        };
+        let differences: Vec<String> = [
+            only_in(&classes, &test_classes, "train", "test"),
+            only_in(&test_classes, &classes, "test", "train"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         bail!(
-            "{}: the test classes differ from the train classes (only in train: {:?}; only in \
-             test: {:?}); both splits need the same class folders",
+            "{}: the test classes differ from the train classes ({}); both splits need the \
+             same class folders",
             root.display(),
-            only_train,
-            only_test
+            differences.join("; ")
         );
     }
     // Both splits in one pass, so that one error names every bad file of either.
@@ -151,7 +159,7 @@ fn missing_split(dir: &Path) -> anyhow::Error {
         "{} is missing: a folder dataset needs DIR/train/<class>/*.png|jpg|jpeg and \
          DIR/test/<class>/*.png|jpg|jpeg (evaluating, only test/); pass its DIR with \
          --data-dir",
-        dir.display()
+        crate::fsutil::shown_where_missing(dir)
     )
 }
 
@@ -381,9 +389,8 @@ fn decode_all(files: &[&Path], size: u32) -> Result<(Tensor, Vec<(usize, anyhow:
         )
     })?;
     let per_image = 3 * size as usize * size as usize;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .max(1);
+    // As many as libtorch's CPU threads: `--threads` limits both.
+    let threads = tch::get_num_threads().max(1) as usize;
     // Decoded a block at a time into one buffer, then copied in: memory stays at the
     // dataset plus a block, not twice the dataset.
     let block = threads * 64;

@@ -24,6 +24,12 @@ pub fn decode_rgb(path: &Path) -> Result<image::RgbImage> {
         .take(16)
         .read_to_end(&mut bytes)
         .with_context(cannot_read)?;
+    // Said as such: the decoder would say it cannot tell the format.
+    ensure!(
+        !bytes.is_empty(),
+        "{} is empty (0 bytes): replace or remove it",
+        path.display()
+    );
     let format = image::guess_format(&bytes).map_err(|error| undecodable(path, error))?;
     file.read_to_end(&mut bytes).with_context(cannot_read)?;
     if format == image::ImageFormat::Png {

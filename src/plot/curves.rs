@@ -1,6 +1,8 @@
 //! Loss and accuracy curves from `metrics.csv` (`vit plot`, `vit train --plot`).
 
-use super::{drawing, ensure_png_output, ensure_replaceable, render_png, render_svg, FONT};
+use super::{
+    drawing, ensure_png_output, ensure_replaceable, render_png, render_svg, FONT, OTHER_PNG,
+};
 use crate::cli::PlotArgs;
 use crate::fsutil::same_file;
 use crate::listing::noun_for;
@@ -316,7 +318,7 @@ fn ensure_replaceable_svg(svg: &Path, png: &Path) -> Result<()> {
         "vit plot would replace it with the SVG beside {}",
         png.display()
     );
-    ensure_replaceable(svg, "curves vit drew", &replaced_by, |file| {
+    ensure_replaceable(svg, "curves vit drew", &replaced_by, OTHER_PNG, |file| {
         let mut start = Vec::new();
         file.take(header.len() as u64 + 1).read_to_end(&mut start)?;
         Ok(start.strip_suffix(b"\n") == Some(header.as_bytes()))

@@ -75,6 +75,9 @@ where
 /// pictures by it.
 const PNG_SOFTWARE: &str = "vit-tch";
 
+/// How `vit plot` and `vit attention` write a picture elsewhere than over a file in the way.
+const OTHER_PNG: &str = "name another PNG with -o";
+
 /// Encodes an RGB8 buffer as PNG, marked as vit's ([`PNG_SOFTWARE`]), and writes it
 /// atomically.
 pub(crate) fn write_rgb_png(path: &Path, width: u32, height: u32, rgb: &[u8]) -> Result<()> {
@@ -95,12 +98,14 @@ pub(crate) fn write_rgb_png(path: &Path, width: u32, height: u32, rgb: &[u8]) ->
     write_atomic(path, &bytes)
 }
 
-/// `-o PNG` is replaced only when it is not there or is a picture vit drew: refuses to
-/// replace a PNG of the user's (or one vit drew before its pictures were marked).
-fn ensure_replaceable_png(png: &Path) -> Result<()> {
+/// A PNG at `png` is replaced only when it is not there or is a picture vit drew: refuses
+/// to replace a PNG of the user's (or one vit drew before its pictures were marked).
+/// `instead` says how to write the picture elsewhere ("name another PNG with -o").
+pub(crate) fn ensure_replaceable_png(png: &Path, instead: &str) -> Result<()> {
     let what = "a picture vit drew (vit marks its PNGs; those of versions before 2026-11-30 \
                 have no mark)";
-    ensure_replaceable(png, what, "vit would replace it with its picture", |file| {
+    let replaced_by = "vit would replace it with its picture";
+    ensure_replaceable(png, what, replaced_by, instead, |file| {
         match png::Decoder::new(std::io::BufReader::new(file)).read_info() {
             Ok(reader) => Ok((reader.info().uncompressed_latin1_text.iter())
                 .any(|text| text.keyword == "Software" && text.text == PNG_SOFTWARE)),
@@ -111,19 +116,20 @@ fn ensure_replaceable_png(png: &Path) -> Result<()> {
     })
 }
 
-/// Refuses to replace `path` unless nothing is there or `drawn_by_vit` tells from the file
-/// that vit drew it: `what` names such a picture ("curves vit drew"), `replaced_by` says
-/// what would replace it.
+/// Refuses to replace `path` unless nothing is there or `written_by_vit` tells from the
+/// file that vit wrote it: `what` names such a file ("curves vit drew"), `replaced_by` says
+/// what would replace it, `instead` how to write it elsewhere ("name another PNG with -o").
 pub(crate) fn ensure_replaceable(
     path: &Path,
     what: &str,
     replaced_by: &str,
-    drawn_by_vit: impl FnOnce(std::fs::File) -> std::io::Result<bool>,
+    instead: &str,
+    written_by_vit: impl FnOnce(std::fs::File) -> std::io::Result<bool>,
 ) -> Result<()> {
     let cannot_check = |e: std::io::Error| {
         anyhow!(
-            "cannot check whether {} is {what} ({e}): {replaced_by}. Move it away, or name \
-             another PNG with -o",
+            "cannot check whether {} is {what} ({e}): {replaced_by}. Move it away, or \
+             {instead}",
             path.display()
         )
     };
@@ -136,9 +142,9 @@ pub(crate) fn ensure_replaceable(
         Err(e) => return Err(cannot_check(e)),
     };
     ensure!(
-        drawn_by_vit(file).map_err(cannot_check)?,
-        "{} is already there, and is not {what}: {replaced_by}. Move that file away, or name \
-         another PNG with -o",
+        written_by_vit(file).map_err(cannot_check)?,
+        "{} is already there, and is not {what}: {replaced_by}. Move that file away, or \
+         {instead}",
         path.display()
     );
     Ok(())
@@ -209,7 +215,7 @@ pub fn ensure_png_output(output: &Path) -> Result<()> {
         output.display(),
         output.join("picture.png").display()
     );
-    ensure_replaceable_png(output)?;
+    ensure_replaceable_png(output, OTHER_PNG)?;
     crate::fsutil::ensure_can_create_in(crate::fsutil::folder_of(output))
         .with_context(|| format!("-o {} cannot be written", output.display()))
 }

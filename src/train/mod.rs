@@ -65,8 +65,7 @@ pub struct TrainSettings {
 
 /// `vit train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
-    crate::runtime::apply_threads(args.threads);
-    let device = args.device.resolve()?;
+    let device = args.device.set_up()?;
     let out = args.out.clone().unwrap_or_else(default_run_dir);
     ensure!(
         !args.resume || args.out.is_some(),
@@ -470,12 +469,13 @@ impl<'a> Trainer<'a> {
             Precision::Bf16 => " in bf16",
         };
         let train_images = self.train_split.len();
+        let images = noun_for(train_images, "image");
         let train_images = match dataset_name == data::FOLDER {
             true => format!(
-                "{train_images} training images of the folder dataset {}",
+                "{train_images} training {images} of the folder dataset {}",
                 settings.data_dir.display()
             ),
-            false => format!("{train_images} {dataset_name} training images"),
+            false => format!("{train_images} {dataset_name} training {images}"),
         };
         eprintln!(
             "Training {parameters} parameters on {train_images} (testing on {}): {} {} of {} \
