@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use tch::{Device, Kind, Tensor};
+use vit_tch::checkpoint::TensorFile;
 use vit_tch::cli::{Precision, Recipe};
 use vit_tch::data::augment::{Policy, RandAugment};
 use vit_tch::data::{Dataset, Split};
@@ -657,12 +658,12 @@ fn json_integer(json: &str, name: &str) -> i64 {
         .unwrap_or_else(|| panic!("no {name} in {json}"))
 }
 
-/// Starts `vit ARGS` (its stderr captured) and waits for the run folder `run` to get its
+/// Starts `vit ARGS` (its stdout and stderr captured) and waits for the run folder `run` to get its
 /// config.json, which vit writes once its signal handler is installed.
 fn start_training<S: AsRef<std::ffi::OsStr>>(args: &[S], run: &Path) -> std::process::Child {
     let child = Command::new(common::vit_binary())
         .args(args)
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -716,6 +717,9 @@ fn ctrl_c_or_sigterm_saves_the_run_and_prints_a_resume_command_that_works() {
             .unwrap_or_else(|| panic!("{signal}: the run finished before the signal came, twice"));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(130), "{signal}: {stderr}");
+        // A run that stopped has no best epoch of its epochs to tell yet.
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(!stdout.contains("Best "), "{signal}: {stdout}");
         let command = output
             .stderr
             .split(|&byte| byte == b'\n')
@@ -1446,7 +1450,9 @@ fn strong_recipe_runs_from_the_command_line() {
     let output = vit(&resume);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(
-        stderr.contains("nothing to train") && !stderr.contains("--warmup-epochs"),
+        stderr.contains("nothing to train")
+            && !stderr.contains("--warmup-epochs")
+            && !stderr.contains("Training "),
         "{stderr}"
     );
     // ... and says again how it ended, from its saved state: not from metrics.csv, which
@@ -1486,6 +1492,82 @@ fn strong_recipe_runs_from_the_command_line() {
     ] {
         assert!(config.contains(setting), "{setting} not in {config}");
     }
+}
+
+/// A finished run names the best epoch of its model and, apart, that of its EMA, each by
+/// the rule that keeps the best checkpoint (the first epoch with the highest accuracy);
+/// a run whose saved state has no best epoch (saved by a version before the epochs were
+/// recorded) leaves the epoch out. Its opening line gives the batch the steps take: the
+/// training images, when they are fewer than `--batch-size`.
+#[test]
+fn the_closing_lines_name_the_best_epochs_of_the_model_and_of_its_ema() {
+    let (root, data_dir) = colour_cifar10("best-epochs");
+    let run = root.join("run");
+    let mut args = tiny_run_args(data_dir.to_str().unwrap(), run.to_str().unwrap());
+    // A slow EMA (0.999 over 36 steps) stays near the first weights while the model learns:
+    // the two peak in different epochs.
+    #[rustfmt::skip]
+    args.extend(["--epochs", "3", "--batch-size", "50", "--warmup-epochs", "1", "--ema", "0.999"]);
+    let stdout = String::from_utf8_lossy(&vit(&args).stdout).into_owned();
+    let (header, rows) = read_metrics(&run);
+    let first_best = |name: &str| {
+        let column = header.iter().position(|c| c == name).unwrap();
+        let accuracies: Vec<f64> = rows.iter().map(|r| r[column].parse().unwrap()).collect();
+        let best = accuracies.iter().cloned().fold(f64::MIN, f64::max);
+        let epoch = 1 + accuracies.iter().position(|&acc| acc == best).unwrap();
+        (best, epoch)
+    };
+    let ((model_acc, model_epoch), (ema_acc, ema_epoch)) =
+        (first_best("test_acc"), first_best("ema_test_acc"));
+    assert_ne!(
+        model_epoch, ema_epoch,
+        "the test needs a run whose model and EMA peak in different epochs: {rows:?}"
+    );
+    let (best_model, best_ema_model) = (
+        run.join("best_model.safetensors"),
+        run.join("best_ema_model.safetensors"),
+    );
+    let lines = summary_line("", model_acc, (model_epoch, 3), &best_model)
+        + &summary_line("EMA ", ema_acc, (ema_epoch, 3), &best_ema_model);
+    assert!(stdout.ends_with(&lines), "{lines:?} does not end {stdout}");
+
+    // The state of an earlier version: no best epochs recorded.
+    let state_path = run.join("resume.safetensors");
+    let mut state = TensorFile::read(&state_path).unwrap();
+    let mut progress: serde_json::Value =
+        serde_json::from_str(&state.metadata["progress"]).unwrap();
+    for key in ["best_epoch", "best_ema_epoch"] {
+        assert!(
+            progress.as_object_mut().unwrap().remove(key).is_some(),
+            "{key}"
+        );
+    }
+    state
+        .metadata
+        .insert("progress".into(), progress.to_string());
+    std::fs::write(&state_path, state.to_bytes().unwrap()).unwrap();
+    args.push("--resume");
+    let stdout = String::from_utf8_lossy(&vit(&args).stdout).into_owned();
+    let lines = format!(
+        "Best Validation Accuracy: {:.2}%, saved as {}\n\
+         Best EMA Validation Accuracy: {:.2}%, saved as {}\n",
+        100.0 * model_acc,
+        best_model.display(),
+        100.0 * ema_acc,
+        best_ema_model.display()
+    );
+    assert!(stdout.ends_with(&lines), "{lines:?} does not end {stdout}");
+
+    // Fewer training images than --batch-size: one step of them all.
+    let small = root.join("small");
+    let mut args = tiny_run_args(data_dir.to_str().unwrap(), small.to_str().unwrap());
+    #[rustfmt::skip]
+    args.extend(["--epochs", "1", "--batch-size", "64", "--warmup-epochs", "0", "--train-subset", "30"]);
+    let stderr = String::from_utf8_lossy(&vit(&args).stderr).into_owned();
+    assert!(
+        stderr.contains("on 30 cifar10 training images (testing on 200): 1 epoch of 1 step, batch 30, notebook recipe"),
+        "{stderr}"
+    );
 }
 
 /// `--mix-off-epoch` at or past `--epochs` leaves no epoch unmixed: a warning, given with the
@@ -1583,6 +1665,26 @@ fn eval_precision_changes_only_the_test_passes() {
             let expected = last(rows, accuracy_column);
             assert_eq!(accuracy, expected, "{precision}, {name}: {accuracy_column}");
         }
+    }
+}
+
+/// `--help` (as the binary prints it, not only as the parser is built) ends each model
+/// flag's help with the presets' values; `vit train --num-classes` takes the dataset's.
+#[test]
+fn help_gives_each_model_flag_the_presets_values() {
+    for command in ["info", "train", "bench"] {
+        let help = String::from_utf8_lossy(&vit(&[command, "--help"]).stdout).into_owned();
+        // Unwrapped: clap wraps help to the terminal's width.
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            help.contains("[notebook: 256, small: 128, tiny: 32]"),
+            "vit {command} --help: {help}"
+        );
+        assert_eq!(
+            help.contains("[notebook: 100, small: 10, tiny: 10]"),
+            command != "train",
+            "vit {command} --help: {help}"
+        );
     }
 }
 
