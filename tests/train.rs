@@ -557,13 +557,37 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     );
 
     // A resume without the run's flags names the dataset before any data is read (the
-    // default CIFAR-100 is not there, and downloading it would not help).
+    // default CIFAR-100 is not there, and downloading it would not help), and gives the
+    // command that resumes the run, from the one that started it: it works as given.
     let stderr = vit_fails(&["train", "--out", out, "--resume", "--device", "cpu"]);
+    let binary = common::vit_binary().into_string().unwrap();
+    let resume_command = format!("{binary} {} --resume", args.join(" "));
     assert!(
-        stderr.contains(
+        stderr.contains(&format!(
             "it trained on cifar10, and this command reads cifar100 (the default without \
-             --dataset)"
-        ) && !stderr.contains("vit download"),
+             --dataset). Resume with the flags the run started with: {resume_command}\n"
+        )) && !stderr.contains("vit download"),
+        "{stderr}"
+    );
+    let resumed = Command::new("sh")
+        .args(["-c", &resume_command])
+        .output()
+        .unwrap();
+    let resumed_stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(
+        resumed.status.success() && resumed_stderr.contains("nothing to train"),
+        "{resume_command}: {resumed_stderr}"
+    );
+    // With a flag changed, the settings that differ are named, then that command.
+    let mut changed = args.clone();
+    changed.extend(["--weight-decay", "0.1", "--resume"]);
+    let stderr = vit_fails(&changed);
+    assert!(
+        stderr.contains("  weight_decay (--weight-decay): saved 0.05, given 0.1\n")
+            && stderr.ends_with(&format!(
+                "or start a new run with another --out.\nTo resume it with its own flags: \
+                 {resume_command}\n"
+            )),
         "{stderr}"
     );
 
@@ -984,6 +1008,7 @@ fn options<'a>(out: &'a Path, resume: bool, interrupted: &'a AtomicBool) -> RunO
         plot: false,
         cuda_graph: None,
         interrupted,
+        command: None,
     }
 }
 

@@ -100,15 +100,22 @@ pub fn stop_on_interrupt() -> Result<Arc<Stop>> {
     Ok(stop)
 }
 
-/// The command that resumes the run in `run_dir`: the same flags again (and the run folder,
-/// when it was the default) plus `--resume`, quoted for a POSIX shell. Bytes, not text: a
-/// path need not be UTF-8, and the command must give it back exactly.
-fn resume_command(args: &TrainArgs, run_dir: &Path) -> Vec<u8> {
-    let mut command: Vec<OsString> = std::env::args_os().collect();
-    if args.out.is_none() {
+/// The command that resumes the run in `run_dir`, from `command`, the command line that
+/// started it or last resumed it (`resumed`): the same flags again, with `--out` added
+/// where `out_given` is false (the default folder) and `--resume` where it was not there,
+/// quoted for a POSIX shell. Bytes, not text: a path need not be UTF-8, and the command
+/// must give it back exactly.
+pub(super) fn resume_command(
+    command: &[OsString],
+    out_given: bool,
+    resumed: bool,
+    run_dir: &Path,
+) -> Vec<u8> {
+    let mut command = command.to_vec();
+    if !out_given {
         command.extend(["--out".into(), run_dir.into()]);
     }
-    if !args.resume {
+    if !resumed {
         command.push("--resume".into());
     }
     let quoted: Vec<Vec<u8>> = command
@@ -129,7 +136,13 @@ pub fn quit_saved(args: &TrainArgs, at: StopPoint, run_dir: &Path) -> ! {
         run_dir.display()
     )
     .into_bytes();
-    report.extend(resume_command(args, run_dir));
+    let command: Vec<OsString> = std::env::args_os().collect();
+    report.extend(resume_command(
+        &command,
+        args.out.is_some(),
+        args.resume,
+        run_dir,
+    ));
     report.push(b'\n');
     let _ = std::io::stderr().write_all(&report);
     std::process::exit(130);
@@ -189,28 +202,31 @@ mod tests {
         assert!(stop.has_finished() && !Stop::default().has_finished());
     }
 
-    use crate::cli::train_args;
+    use std::ffi::OsString;
     use std::path::Path;
 
     /// A run in the default folder (no --out) is resumed from the folder it got; a resumed
     /// run's command already has --resume, and gets no second one (clap refuses a flag
-    /// given twice).
+    /// given twice). The command's own words are given back as they were.
     #[test]
     fn the_resume_command_adds_what_the_first_command_lacked() {
+        let words = |words: &[&str]| words.iter().map(OsString::from).collect::<Vec<_>>();
         let run = Path::new("runs/2026 11 30");
-        let command = resume_command(&train_args(&[]), run);
-        assert!(
-            command.ends_with(b" --out 'runs/2026 11 30' --resume"),
-            "{}",
-            String::from_utf8_lossy(&command)
+        let command = resume_command(
+            &words(&["vit", "train", "--epochs", "3"]),
+            false,
+            false,
+            run,
         );
-        let given = train_args(&["--out", "runs/a", "--resume"]);
-        let command = resume_command(&given, Path::new("runs/a"));
-        let text = String::from_utf8_lossy(&command);
-        // This test's own command line, which has neither flag, is all it holds.
-        assert!(
-            !text.contains("--resume") && !text.contains("--out"),
-            "{text}"
+        assert_eq!(
+            String::from_utf8_lossy(&command),
+            "vit train --epochs 3 --out 'runs/2026 11 30' --resume"
+        );
+        let given = words(&["vit", "train", "--out", "runs/a", "--resume"]);
+        let command = resume_command(&given, true, true, Path::new("runs/a"));
+        assert_eq!(
+            String::from_utf8_lossy(&command),
+            "vit train --out runs/a --resume"
         );
     }
 

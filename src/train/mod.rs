@@ -35,6 +35,7 @@ use console::Console;
 use ema::Ema;
 use run_folder::{default_run_dir, Progress, RunFolder};
 use serde::{Deserialize, Serialize};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -93,6 +94,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         plot: args.plot,
         cuda_graph: args.cuda_graph,
         interrupted: &stop.requested,
+        command: Some(std::env::args_os().collect()),
     };
     match train(&settings, &dataset, &options)? {
         Outcome::Finished => {
@@ -262,6 +264,9 @@ pub struct RunOptions<'a> {
     pub cuda_graph: Option<CudaGraphScope>,
     /// Set by Ctrl-C: stop after the current step, saving the resume state.
     pub interrupted: &'a AtomicBool,
+    /// The command line that started the run, from which a fresh run records the command
+    /// that resumes it (in config.json, for a resume refused to show); None: not recorded.
+    pub command: Option<Vec<OsString>>,
 }
 
 /// The training loop proper, on a loaded dataset, writing into the run folder
@@ -366,14 +371,7 @@ fn open_run_folder(
     dataset: &Dataset,
     options: &RunOptions,
 ) -> Result<RunFolder> {
-    let run = RunFolder::open(
-        options.out,
-        settings,
-        &dataset.identity(),
-        options.resume,
-        options.numbered_out,
-        options.device,
-    )?;
+    let run = RunFolder::open(options, settings, &dataset.identity())?;
     if options.numbered_out && !options.resume {
         eprintln!("Run folder: {}", run.dir().display());
     }

@@ -17,11 +17,15 @@ pub(in crate::train) fn check_resumed_dataset(dir: &Path, dataset: &str) -> Resu
     ensure!(
         trained == dataset,
         "cannot resume {}: it trained on {trained}, and this command reads {dataset}{}. \
-         Resume with the flags the run started with (its config.json records them)",
+         Resume with the flags the run started with{}",
         dir.display(),
         match dataset == default {
             true => " (the default without --dataset)".to_string(),
             false => String::new(),
+        },
+        match &saved.resume_command {
+            Some(command) => format!(": {command}"),
+            None => " (its config.json records them)".to_string(),
         }
     );
     Ok(saved.settings.data_dir)
@@ -93,13 +97,17 @@ pub(super) fn check_same_run(
             "cannot resume {}: the settings differ from the saved run's:\n  {}\n\
              Resume with the same flags (the learning-rate schedule, the shuffles, \
              the augmentations and the metrics all follow from them; --epochs included), \
-             or start a new run with another --out",
+             or start a new run with another --out{}",
             dir.display(),
             differences(
                 "",
                 serde_json::to_value(&saved.settings)?,
                 serde_json::to_value(&given)?
-            )
+            ),
+            match &saved.resume_command {
+                Some(command) => format!(".\nTo resume it with its own flags: {command}"),
+                None => String::new(),
+            }
         );
     }
     let Some(saved_data) = &saved.data else {

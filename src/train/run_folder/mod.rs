@@ -4,7 +4,8 @@
 mod checks;
 
 use super::ema::Ema;
-use super::TrainSettings;
+use super::interrupt::resume_command;
+use super::{RunOptions, TrainSettings};
 use crate::checkpoint::{TensorFile, PROGRESS_KEY};
 use crate::cli::device_name;
 use crate::data::DataIdentity;
@@ -151,21 +152,20 @@ pub(super) struct RunFolder {
 }
 
 impl RunFolder {
-    /// Creates (or, for `resume`, reopens) the folder and locks it for this process. With
-    /// `numbered`, `dir` is only where a fresh run's name starts: it gets a new folder,
-    /// `dir` or `dir-2`, `dir-3`, ... (see [`Self::dir`]); a resume is never numbered.
+    /// Creates (or, to resume, reopens) the folder `options` names and locks it for this
+    /// process. With `numbered_out`, `out` is only where a fresh run's name starts: it gets
+    /// a new folder, `out` or `out-2`, `out-3`, ... (see [`Self::dir`]); a resume is never
+    /// numbered.
     pub(super) fn open(
-        dir: &Path,
+        options: &RunOptions,
         settings: &TrainSettings,
         data: &DataIdentity,
-        resume: bool,
-        numbered: bool,
-        device: Device,
     ) -> Result<Self> {
+        let dir = options.out;
         ensure_out_is_a_folder(dir)?;
-        match resume {
-            true => Self::reopen(dir, settings, data, device),
-            false => Self::create(dir, settings, data, numbered, device),
+        match options.resume {
+            true => Self::reopen(dir, settings, data, options.device),
+            false => Self::create(options, settings, data),
         }
     }
 
@@ -213,16 +213,11 @@ impl RunFolder {
         Ok(Self::locked(dir.to_path_buf(), lock))
     }
 
-    /// A new run's folder: `dir` (or, `numbered`, the first free of `dir`, `dir-2`, ...),
-    /// refused when it holds what the run would overwrite.
-    fn create(
-        dir: &Path,
-        settings: &TrainSettings,
-        data: &DataIdentity,
-        numbered: bool,
-        device: Device,
-    ) -> Result<Self> {
-        let (dir, lock) = if numbered {
+    /// A new run's folder: `out` (or, `numbered_out`, the first free of `out`, `out-2`,
+    /// ...), refused when it holds what the run would overwrite.
+    fn create(options: &RunOptions, settings: &TrainSettings, data: &DataIdentity) -> Result<Self> {
+        let dir = options.out;
+        let (dir, lock) = if options.numbered_out {
             let dir = create_numbered_folder(dir)?;
             let lock = RunLock::take(&dir)?;
             (dir, lock)
@@ -240,42 +235,43 @@ impl RunFolder {
             (dir.to_path_buf(), RunLock::take(dir)?)
         };
         remove_stale_temporaries(&dir);
-        Self::start(dir, lock, settings, data, device)
-    }
-
-    /// A fresh run in the locked folder `dir`: config.json and the metrics header.
-    fn start(
-        dir: PathBuf,
-        lock: RunLock,
-        settings: &TrainSettings,
-        data: &DataIdentity,
-        device: Device,
-    ) -> Result<Self> {
-        let config_path = dir.join("config.json");
+        // Text, for JSON: a command with a path that is not UTF-8 is not recorded.
+        let resume_command = options.command.as_ref().and_then(|command| {
+            let resume = resume_command(command, !options.numbered_out, false, &dir);
+            String::from_utf8(resume).ok()
+        });
         let run = Self::locked(dir, lock);
         let record = RunConfig {
             settings: settings.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            device: device_name(device),
+            device: device_name(options.device),
             cpu_threads: Some(tch::get_num_threads()),
             data: Some(data.clone()),
+            resume_command,
         };
+        run.start(&record)?;
+        Ok(run)
+    }
+
+    /// A fresh run in its locked folder: config.json (`record`) and the metrics header.
+    fn start(&self, record: &RunConfig) -> Result<()> {
+        let config_path = self.path("config.json");
         write_atomic(
             &config_path,
-            serde_json::to_string_pretty(&record)?.as_bytes(),
+            serde_json::to_string_pretty(record)?.as_bytes(),
         )
         .map_err(|e| {
             unwritable(
                 e,
-                format!("cannot write to the run folder {}", run.dir.display()),
+                format!("cannot write to the run folder {}", self.dir.display()),
             )
         })?;
-        let metrics = run.path("metrics.csv");
+        let metrics = self.path("metrics.csv");
         let mut writer = csv::Writer::from_path(&metrics)
             .with_context(|| format!("cannot write {}", metrics.display()))?;
         writer.write_record(metrics_header())?;
         writer.flush()?;
-        Ok(run)
+        Ok(())
     }
 
     fn locked(dir: PathBuf, lock: RunLock) -> Self {
@@ -606,6 +602,11 @@ struct RunConfig {
     /// folder instead).
     #[serde(default)]
     data: Option<DataIdentity>,
+    /// The command that resumes the run, from the one that started it, quoted for a POSIX
+    /// shell; a resume refused shows it (none in runs of earlier versions, or where the
+    /// command was not text).
+    #[serde(default)]
+    resume_command: Option<String>,
 }
 
 #[cfg(test)]
