@@ -97,7 +97,8 @@ fn curves_of_the_ema_weights_where_a_run_has_them() {
 
 /// The accuracy panel's legend gives each run's best test accuracy and its epoch, the
 /// first of tied ones, as the run keeps its best model; its train curve, and the loss
-/// panel, get none.
+/// panel, get none. The ring that marks the best sits on that epoch's point of the test
+/// curve (the first of the tied ones), not on another epoch's.
 #[test]
 fn the_legend_gives_the_best_test_accuracy_and_its_epoch() {
     let dir = TempDir::new("curves-best");
@@ -122,6 +123,67 @@ fn the_legend_gives_the_best_test_accuracy_and_its_epoch() {
     assert_eq!(svg.matches("(best ").count(), 1, "{svg}");
     // One ring marks that point.
     assert_eq!(svg.matches(r#"r="6""#).count(), 1, "{svg}");
+    // Where: on the test curve's marker of epoch 2. The test curve is dashed, so its
+    // markers are the hollow ones, one an epoch in each panel; the accuracy panel's are
+    // drawn last.
+    let circles = svg_circles(&svg);
+    let ring: Vec<_> = circles.iter().filter(|c| c.r == "6").collect();
+    let test_markers: Vec<_> = circles
+        .iter()
+        .filter(|c| c.r == "3" && c.fill == "none")
+        .collect();
+    assert_eq!(ring.len(), 1, "{svg}");
+    assert_eq!(test_markers.len(), 2 * rows.len(), "{svg}");
+    let accuracy_markers = &test_markers[rows.len()..];
+    let centre = |c: &SvgCircle| (c.cx, c.cy);
+    // Epochs 2 and 3 tie at 70%: same height, different places; epoch 4 is lower.
+    assert_eq!(accuracy_markers[1].cy, accuracy_markers[2].cy, "{svg}");
+    assert_ne!(accuracy_markers[1].cx, accuracy_markers[2].cx, "{svg}");
+    assert_ne!(accuracy_markers[1].cy, accuracy_markers[3].cy, "{svg}");
+    assert_eq!(
+        centre(ring[0]),
+        centre(accuracy_markers[1]),
+        "the best-accuracy ring is not on epoch 2's point of the test curve; the test \
+         curve's points, epoch 1 to 4: {:?}",
+        accuracy_markers
+            .iter()
+            .map(|c| centre(c))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// A `<circle>` of an SVG vit drew: its centre, radius and fill.
+struct SvgCircle {
+    cx: i64,
+    cy: i64,
+    r: String,
+    fill: String,
+}
+
+/// The circles of `svg`, in the order they are drawn.
+fn svg_circles(svg: &str) -> Vec<SvgCircle> {
+    fn attribute<'a>(element: &'a str, name: &str) -> &'a str {
+        let start = element
+            .find(&format!(" {name}=\""))
+            .unwrap_or_else(|| panic!("no {name} in {element}"))
+            + name.len()
+            + 3;
+        let length = element[start..].find('"').unwrap();
+        &element[start..start + length]
+    }
+    svg.split("<circle")
+        .skip(1)
+        .map(|element| {
+            let element = &element[..element.find("/>").unwrap()];
+            let number = |name| attribute(element, name).parse().unwrap();
+            SvgCircle {
+                cx: number("cx"),
+                cy: number("cy"),
+                r: attribute(element, "r").to_string(),
+                fill: attribute(element, "fill").to_string(),
+            }
+        })
+        .collect()
 }
 
 #[test]
