@@ -254,6 +254,46 @@ fn attention_maps_match_timms_and_logits_the_forward_pass() {
     }
 }
 
+/// `forward_with_attention_maps` is an evaluation-mode pass for a model with dropout too
+/// (here 0.5, on the fixture's parameters): two calls give the same maps and logits, to the
+/// bit, and the logits are those of `forward_t(x, false)`. Dropout on in it would draw
+/// other masks each call, and `vit attention` another figure and prediction each run.
+#[test]
+fn attention_maps_of_a_model_with_dropout_are_taken_without_it() {
+    let file = fixture("vision_transformer");
+    let config = ViTConfig {
+        dropout: 0.5,
+        ..file.config().unwrap()
+    };
+    let vs = cpu_store();
+    let model = built(|| VisionTransformer::new(&vs.root(), &config)).unwrap();
+    load_params(&file, &vs);
+    let input = file.get("input").unwrap();
+    // Held for the passes: where dropout is on, they draw from the global generator.
+    let _rng = seeded(0);
+    let (logits, maps) = tch::no_grad(|| model.forward_with_attention_maps(input));
+    let (logits_again, maps_again) = tch::no_grad(|| model.forward_with_attention_maps(input));
+    assert_eq!(maps.len(), maps_again.len());
+    for (i, (map, again)) in maps.iter().zip(&maps_again).enumerate() {
+        assert!(
+            map.equal(again),
+            "attention map {i} differs between two calls"
+        );
+    }
+    assert!(
+        logits.equal(&logits_again),
+        "the logits differ between two calls"
+    );
+    let evaluation = tch::no_grad(|| model.forward_t(input, false));
+    assert!(
+        logits.equal(&evaluation),
+        "the logits are not forward_t(x, false)'s"
+    );
+    // The dropout is there to leave out: in train mode it changes the logits.
+    let training = tch::no_grad(|| model.forward_t(input, true));
+    assert!(!training.equal(&evaluation), "dropout 0.5 changed nothing");
+}
+
 /// How timm initialises a parameter (`VisionTransformer.init_weights` and
 /// `init_weights_vit_timm`, timm 1.0).
 #[derive(Debug, Clone, Copy)]
