@@ -2744,6 +2744,57 @@ fn a_class_count_cifar_cannot_match_is_refused_before_its_data_is_read() {
     assert!(stderr.contains("has 20 classes but cifar10"), "{stderr}");
 }
 
+/// A checkpoint that records no class names (only its config, as one converted from timm)
+/// cannot number a folder's classes by name: a folder dataset with another number of
+/// classes than the model's, fewer or more, is refused once read, by `vit eval` and by
+/// `vit attention --index`, rather than evaluated with the model's numbers for its classes.
+#[test]
+fn a_folder_with_another_class_count_than_an_unnamed_checkpoints_is_refused() {
+    let root = TempDir::new("class-count-folder");
+    let photos = root.join("photos");
+    let write_class = |class: &str, value: u8| {
+        let folder = photos.join("test").join(class);
+        std::fs::create_dir_all(&folder).unwrap();
+        image::RgbImage::from_pixel(32, 32, image::Rgb([value, 90, 20]))
+            .save(folder.join("0.png"))
+            .unwrap();
+    };
+    write_class("cat", 40);
+    write_class("dog", 200);
+    let config = ViTConfig {
+        num_classes: 3,
+        ..ViTConfig::tiny()
+    };
+    let model = root.join("model.safetensors");
+    save_fresh_model(&config, &[], &model);
+    let (model, photos_dir) = (model.to_str().unwrap(), photos.to_str().unwrap());
+    let picture = root.join("attention.png");
+    #[rustfmt::skip]
+    let commands = [
+        vec!["eval", "--checkpoint", model, "--dataset", "folder", "--data-dir", photos_dir, "--device", "cpu"],
+        vec!["attention", "--checkpoint", model, "--dataset", "folder", "--data-dir", photos_dir, "--index", "0", "-o", picture.to_str().unwrap(), "--device", "cpu"],
+    ];
+    // Two folders, then four, for the model's three classes.
+    for (class, count) in [(None, 2), (Some("emu"), 4)] {
+        if let Some(class) = class {
+            write_class(class, 120);
+            write_class("fox", 160);
+        }
+        for args in &commands {
+            let stderr = vit_fails(args);
+            let expected = format!("{model} has 3 classes but ");
+            let said = format!("({photos_dir}) has {count}: use the dataset it was trained on");
+            assert!(
+                stderr.contains(&expected) && stderr.contains(&said),
+                "vit {}: {stderr}",
+                args[0]
+            );
+        }
+    }
+    assert!(!picture.exists());
+    assert!(!root.join("model.confusion_matrix.csv").exists());
+}
+
 /// Runs `vit ARGS` with its stdout a pipe already closed (`vit info | head -1` once head
 /// has gone): the read end is closed before vit starts, so its first write fails.
 fn vit_into_a_closed_pipe(args: &[&str]) -> std::process::Output {
