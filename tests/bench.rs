@@ -46,6 +46,45 @@ fn train_pytorch_py(extra: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `bench/train_pytorch.py` on the tiny preset run once for each of `runs` (its extra
+/// arguments), as a script (`__main__`), all in one interpreter so that torch is imported
+/// once: each run's exit status and what it wrote to stderr. A run that gets past its
+/// checks goes on as the script would.
+fn train_pytorch_py_runs(runs: &[Vec<&str>]) -> Vec<(i64, String)> {
+    const RUNNER: &str = r#"
+import contextlib, io, json, runpy, sys, traceback
+script, runs = sys.argv[1], json.loads(sys.argv[2])
+results = []
+for extra in runs:
+    sys.argv = [script, "--config", "tiny", *extra]
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            runpy.run_path(script, run_name="__main__")
+            code = 0
+        except SystemExit as exit:
+            code = exit.code
+            if isinstance(code, str):  # sys.exit("error: ..."), as the interpreter says it
+                print(code, file=sys.stderr)
+                code = 1
+            code = code or 0
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    results.append([code, stderr.getvalue()])
+print(json.dumps(results))
+"#;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/train_pytorch.py");
+    let output = Command::new(python())
+        .args(["-c", RUNNER, script, &serde_json::to_string(runs).unwrap()])
+        .output()
+        .unwrap();
+    let results: Vec<(i64, String)> =
+        serde_json::from_str(&succeeded("the runner", output)).unwrap();
+    assert_eq!(results.len(), runs.len());
+    results
+}
+
 fn vit_bench(extra: &[&str]) -> Value {
     #[rustfmt::skip]
     let mut args = vec![
@@ -360,8 +399,9 @@ fn compare_py_keeps_the_sides_that_ran_when_one_fails() {
 
 /// The benchmark scripts' user errors are one line each, before any work: a `--vit` that
 /// is no executable (here a bare name, which a subprocess would look up on PATH, of a file
-/// that is not a program), and a PyTorch training run into a folder that holds a
-/// metrics.csv (which it would replace).
+/// that is not a program), a PyTorch training run into a folder that holds a metrics.csv
+/// (which it would replace), and each value the PyTorch training script checks (as vit
+/// train does: ranges, NaN and infinity, a model vit refuses, images it cannot take).
 #[test]
 fn bench_scripts_refuse_bad_paths_before_running() {
     let dir = common::TempDir::new("bench-scripts");
@@ -419,21 +459,41 @@ fn bench_scripts_refuse_bad_paths_before_running() {
     // Values vit train refuses are refused as it does, before any data is read (there is
     // none here), not met with PyTorch's traceback mid-run.
     let no_data = dir.join("no-data");
-    for (flag, value, message) in [
-        (
-            "--label-smoothing",
-            "2",
-            "--label-smoothing must be in [0, 1), got 2.0",
-        ),
-        ("--num-layers", "0", "--num-layers must be positive, got 0"),
-        ("--image-size", "64", "this script does not resize them"),
-    ] {
-        let output = train_pytorch_py(&["--data-dir", no_data.to_str().unwrap(), flag, value]);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{flag}: {stderr}");
+    let seed_past = (u128::from(u64::MAX) + 1).to_string();
+    let not_positive = "--lr must be positive, --weight-decay and --warmup-epochs at least 0";
+    let clip_grad = "--clip-grad must be a number >= 0 (0 turns it off), got";
+    let seed = format!("--seed must be a whole number in 0..={}, got", u64::MAX);
+    #[rustfmt::skip]
+    let refusals = [
+        ("--label-smoothing", "2", "--label-smoothing must be in [0, 1), got 2.0".to_string()),
+        ("--num-layers", "0", "--num-layers must be positive, got 0".into()),
+        ("--image-size", "64", "this script does not resize them".into()),
+        ("--clip-grad", "-1", format!("{clip_grad} -1.0")),
+        ("--clip-grad", "inf", format!("{clip_grad} inf")),
+        ("--clip-grad", "nan", format!("{clip_grad} nan")),
+        ("--seed", "-1", format!("{seed} -1")),
+        ("--seed", seed_past.as_str(), format!("{seed} {seed_past}")),
+        ("--lr", "nan", not_positive.into()),
+        ("--lr", "inf", not_positive.into()),
+        ("--lr", "0", not_positive.into()),
+        ("--weight-decay", "nan", not_positive.into()),
+        ("--dropout", "1", "--dropout must be in [0, 1), got 1.0".into()),
+        ("--dropout", "-0.1", "--dropout must be in [0, 1), got -0.1".into()),
+        ("--in-channels", "0", "--in-channels must be positive, got 0".into()),
+        ("--in-channels", "1", "--in-channels 1: cifar10 images have 3 channels".into()),
+        ("--threads", "0", "--threads must be at least 1".into()),
+    ];
+    let runs: Vec<Vec<&str>> = refusals
+        .iter()
+        .map(|(flag, value, _)| vec!["--data-dir", no_data.to_str().unwrap(), flag, value])
+        .collect();
+    for ((flag, value, message), (code, stderr)) in
+        refusals.iter().zip(train_pytorch_py_runs(&runs))
+    {
+        assert_eq!(code, 2, "{flag} {value}: {stderr}");
         assert!(
-            stderr.contains(message) && !stderr.contains("Traceback"),
-            "{flag}: {stderr}"
+            stderr.contains(message.as_str()) && !stderr.contains("Traceback"),
+            "{flag} {value}: {stderr}"
         );
     }
 }
