@@ -697,7 +697,7 @@ pub(crate) fn train_args(args: &[&str]) -> TrainArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::{named_device, Cli};
+    use super::{named_device, whole_number, Cli};
     use clap::CommandFactory;
 
     /// The help of `vit SUBCOMMAND`'s argument `id`, as `vit SUBCOMMAND --help` shows it.
@@ -765,6 +765,46 @@ mod tests {
         }
         let data_image_size = help_of(&shown, "data", "image_size");
         assert_eq!(data_image_size, help_of(&written, "data", "image_size"));
+    }
+
+    /// A whole number too large for its flag's type is said to be that, with or without the
+    /// leading `+` Rust's parsers take (`--batch-size +9223372036854775808`), rather than
+    /// "expected a whole number"; a `+` before a number in range is taken, and what is no
+    /// whole number (a fraction, a sign alone or twice, one below the least) is not.
+    #[test]
+    fn a_whole_number_too_large_is_said_to_be_so_with_or_without_its_plus() {
+        let size = whole_number::<i64>(Some(1));
+        let seed = whole_number::<u64>(Some(0));
+        let too_large = |value: &str| format!("{value} is more than vit can count");
+        for value in [
+            "9223372036854775808",
+            "+9223372036854775808",
+            "+99999999999999999999",
+        ] {
+            assert_eq!(size(value).unwrap_err(), too_large(value), "{value}");
+        }
+        for value in ["18446744073709551616", "+18446744073709551616"] {
+            assert_eq!(seed(value).unwrap_err(), too_large(value), "{value}");
+        }
+        assert_eq!(size("+32"), Ok(32));
+        assert_eq!(seed("+7"), Ok(7));
+        let not_one = "expected a whole number of 1 or more";
+        for value in [
+            "9.5",
+            "+9.5",
+            "",
+            "+",
+            "++9",
+            "+-9",
+            "0",
+            "-9223372036854775809",
+        ] {
+            assert_eq!(size(value).unwrap_err(), not_one, "{value:?}");
+        }
+        assert_eq!(
+            seed("-1").unwrap_err(),
+            "expected a whole number of 0 or more"
+        );
     }
 
     /// A CUDA device past the ones libtorch sees is refused, counting them in words: "0 CUDA
