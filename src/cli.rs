@@ -315,17 +315,32 @@ pub struct DeviceArgs {
     /// cpu, cuda or cuda:N (default: cuda when libtorch sees a GPU, else cpu).
     #[arg(long)]
     pub device: Option<String>,
-    /// CPU threads for libtorch, and for decoding image files (default: libtorch's choice).
-    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024))]
-    pub threads: Option<i32>,
+    #[command(flatten)]
+    pub threads: ThreadsArgs,
 }
 
 impl DeviceArgs {
     /// Sets libtorch's CPU thread count as `--threads` asks, and gives the device
     /// `--device` names (refused where there is no such device).
     pub fn set_up(&self) -> Result<tch::Device> {
-        crate::runtime::apply_threads(self.threads);
+        self.threads.set_up();
         parse_device(self.device.as_deref())
+    }
+}
+
+/// `--threads`: how many CPU threads libtorch's kernels and vit's image decoding use.
+#[derive(Args, Debug, Clone)]
+pub struct ThreadsArgs {
+    /// CPU threads for libtorch, and for decoding image files (default: libtorch's choice).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024))]
+    pub threads: Option<i32>,
+}
+
+impl ThreadsArgs {
+    /// Sets libtorch's CPU thread count as `--threads` asks (see
+    /// [`crate::runtime::apply_threads`]).
+    pub fn set_up(&self) {
+        crate::runtime::apply_threads(self.threads);
     }
 }
 
@@ -396,6 +411,8 @@ pub struct DataArgs {
     /// CIFAR's statistics are of its 32x32 images.
     #[arg(long, value_parser = whole_number::<i64>(Some(1)), default_value_t = 32)]
     pub image_size: i64,
+    #[command(flatten)]
+    pub threads: ThreadsArgs,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

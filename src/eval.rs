@@ -196,15 +196,16 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let dataset = loaded.test_set(&args.checkpoint, &args.data)?;
     let out_dir = report_folder(args)?;
     let name = report_name(&args.checkpoint, args.out.as_deref());
-    if let Some(dir) = &out_dir {
-        ensure_replaceable_files(dir, &name, args.plot)?;
+    let paths = out_dir.map(|dir| ReportPaths::new(&dir, &name));
+    if let Some(paths) = &paths {
+        paths.ensure_replaceable(args.plot, args.out.is_some())?;
     }
     let image_size = loaded.model.config.image_size;
     dataset.test.note_resizing(&dataset.name, image_size);
     let test = dataset.test.to_device(device);
     let evaluation = evaluate(&loaded.model, &test, args.batch_size, args.precision);
-    let files = match &out_dir {
-        Some(dir) => write_files(&evaluation, &dataset.classes, dir, &name, args.plot),
+    let files = match &paths {
+        Some(paths) => write_files(&evaluation, &dataset.classes, paths, args.plot),
         None => ReportFiles::default(),
     };
     print_report(args, &dataset, &evaluation, &files)?;
@@ -221,27 +222,41 @@ pub fn run(args: &EvalArgs) -> Result<()> {
 /// The first cell of every confusion matrix CSV vit writes: it knows its own files by it.
 const CSV_CORNER: &str = "true\\predicted";
 
-/// The confusion matrix files `NAME.confusion_matrix.csv` (and with `plot` its `.png`) in
-/// `dir` may be replaced: checked before the test pass, so that a file of the user's there
-/// is kept.
-fn ensure_replaceable_files(dir: &Path, name: &str, plot: bool) -> Result<()> {
-    let instead = "pass --out DIR to write the evaluation's files elsewhere";
-    let csv = dir.join(format!("{name}.confusion_matrix.csv"));
-    let what = "a confusion matrix vit wrote";
-    let replaced_by = "vit eval would replace it with the confusion matrix";
-    crate::plot::ensure_replaceable(&csv, what, replaced_by, instead, |file| {
-        let mut start = Vec::new();
-        file.take(CSV_CORNER.len() as u64 + 1)
-            .read_to_end(&mut start)?;
-        Ok(start == format!("{CSV_CORNER},").as_bytes())
-    })?;
-    if plot {
-        crate::plot::ensure_replaceable_png(
-            &dir.join(format!("{name}.confusion_matrix.png")),
-            instead,
-        )?;
+/// Where an evaluation's confusion matrix goes: `NAME.confusion_matrix.csv` in a folder,
+/// and with `--plot` its picture `NAME.confusion_matrix.png` beside it.
+struct ReportPaths {
+    csv: PathBuf,
+    png: PathBuf,
+}
+
+impl ReportPaths {
+    fn new(dir: &Path, name: &str) -> Self {
+        Self {
+            csv: dir.join(format!("{name}.confusion_matrix.csv")),
+            png: dir.join(format!("{name}.confusion_matrix.png")),
+        }
     }
-    Ok(())
+
+    /// Refuses, before the test pass, to replace a file of the user's there: a CSV vit did
+    /// not write, or with `plot` a PNG it did not draw. `out_given`: the folder is --out's.
+    fn ensure_replaceable(&self, plot: bool, out_given: bool) -> Result<()> {
+        let instead = match out_given {
+            true => "choose another --out",
+            false => "pass --out DIR to write the evaluation's files elsewhere",
+        };
+        let what = "a confusion matrix vit wrote";
+        let replaced_by = "vit eval would replace it with the confusion matrix";
+        crate::plot::ensure_replaceable(&self.csv, what, replaced_by, instead, |file| {
+            let mut start = Vec::new();
+            file.take(CSV_CORNER.len() as u64 + 1)
+                .read_to_end(&mut start)?;
+            Ok(start == format!("{CSV_CORNER},").as_bytes())
+        })?;
+        if plot {
+            crate::plot::ensure_replaceable_png(&self.png, instead)?;
+        }
+        Ok(())
+    }
 }
 
 /// The confusion matrix files an evaluation wrote, and why one could not be.
@@ -252,17 +267,15 @@ struct ReportFiles {
     error: Option<anyhow::Error>,
 }
 
-/// Writes `NAME.confusion_matrix.csv` in `dir`, and with `plot` its picture
-/// `NAME.confusion_matrix.png` (without, an older picture there is pointed out).
+/// Writes the confusion matrix CSV, and with `plot` its picture (without, an older one vit
+/// drew there is pointed out).
 fn write_files(
     evaluation: &Evaluation,
     classes: &[String],
-    dir: &Path,
-    name: &str,
+    paths: &ReportPaths,
     plot: bool,
 ) -> ReportFiles {
-    let csv = dir.join(format!("{name}.confusion_matrix.csv"));
-    let png = dir.join(format!("{name}.confusion_matrix.png"));
+    let (csv, png) = (paths.csv.clone(), paths.png.clone());
     let replaced = csv.exists();
     if let Err(error) = evaluation.write_confusion_csv(classes, &csv) {
         return ReportFiles {
@@ -279,7 +292,8 @@ fn write_files(
         );
     }
     if !plot {
-        if png.exists() {
+        // A picture of the user's at that name is theirs: nothing to say of it.
+        if crate::plot::is_drawn_by_vit(&png) {
             eprintln!(
                 "note: {} is from an earlier evaluation and may not match {} (pass --plot to \
                  redraw it)",

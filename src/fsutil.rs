@@ -262,11 +262,23 @@ impl Drop for BackgroundWrites {
 }
 
 /// `path` as shown in a message about data that is missing: a relative path says which
-/// folder it is relative to ("data/x (in /home/me, where vit runs)"), since the default
-/// `--data-dir data` is read from the folder vit runs in.
+/// folder it is relative to ("data/x (in the current folder, /home/me)"), since the
+/// default `--data-dir data` is read from the folder vit runs in; one starting with a `~`
+/// the shell left as it is (`--data-dir=~/data`) says so.
 pub fn shown_where_missing(path: &Path) -> String {
+    if path.starts_with("~") {
+        return format!(
+            "{} (the shell left its ~ as it is, as after `=`: give the folder apart from its \
+             flag, `--data-dir ~/...`, or write $HOME)",
+            path.display()
+        );
+    }
     match (path.is_relative(), std::env::current_dir()) {
-        (true, Ok(here)) => format!("{} (in {}, where vit runs)", path.display(), here.display()),
+        (true, Ok(here)) => format!(
+            "{} (in the current folder, {})",
+            path.display(),
+            here.display()
+        ),
         _ => path.display().to_string(),
     }
 }

@@ -188,12 +188,27 @@ fn missing_files_name_the_download_command() {
         .output()
         .unwrap();
     let where_vit_runs = format!(
-        "data/cifar-10-batches-bin/batches.meta.txt (in {}, where vit runs) is missing: run \
-         `vit download --dataset cifar10 --data-dir data`",
+        "data/cifar-10-batches-bin/batches.meta.txt (in the current folder, {}) is missing: \
+         run `vit download --dataset cifar10 --data-dir data`",
         tmp.0.display()
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(&where_vit_runs), "{stderr}");
+    // A ~ the shell did not expand (after `=`) is a folder named ~ there: said so.
+    let output = std::process::Command::new(common::vit_binary())
+        .args(["data", "--dataset", "cifar10", "--data-dir=~/data"])
+        .current_dir(&tmp.0)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "~/data/cifar-10-batches-bin/batches.meta.txt (the shell left its ~ as it is, as \
+             after `=`: give the folder apart from its flag, `--data-dir ~/...`, or write \
+             $HOME) is missing"
+        ),
+        "{stderr}"
+    );
     // torchvision's download (the notebook's), which vit does not read, named as such...
     let python = tmp.0.join("cifar-100-python");
     std::fs::create_dir(&python).unwrap();
@@ -2057,12 +2072,13 @@ fn transforms_on_cuda_when_available() {
 #[test]
 fn cli_entry_points() {
     use clap::Parser;
-    use vit_tch::cli::{Cli, DataArgs, DownloadArgs, DownloadableDataset};
+    use vit_tch::cli::{Cli, DataArgs, DownloadArgs, DownloadableDataset, ThreadsArgs};
     let tmp = TempDir::new("cli");
     write_cifar10(&tmp.0);
     let data_args = DataArgs {
         data: args(DatasetName::Cifar10, &tmp.0, false),
         image_size: 32,
+        threads: ThreadsArgs { threads: None },
     };
     data::run_summary(&data_args).unwrap();
     let download = |dataset, from: &str| DownloadArgs {

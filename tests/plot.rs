@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 use vit_tch::attention::{self, last_layer_heads, rollout};
 use vit_tch::checkpoint::{self, TensorFile};
-use vit_tch::cli::{AttentionArgs, CheckpointDatasetArgs, DeviceArgs, PlotArgs};
+use vit_tch::cli::{AttentionArgs, CheckpointDatasetArgs, DeviceArgs, PlotArgs, ThreadsArgs};
 use vit_tch::model::{ViTConfig, VisionTransformer};
 use vit_tch::plot::attention_figure_size;
 use vit_tch::plot::{self, ConfusionLayout, CURVES_SIZE};
@@ -574,7 +574,7 @@ fn attention_figure_from_a_checkpoint_and_an_image_file() {
         output,
         device: DeviceArgs {
             device: Some("cpu".into()),
-            threads: None,
+            threads: ThreadsArgs { threads: None },
         },
     };
     let output = dir.join("attn.png");

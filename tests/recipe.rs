@@ -182,7 +182,7 @@ fn flags_left_out_take_the_readmes_defaults() {
     assert_eq!(args.precision, Precision::Fp32);
     assert_eq!(args.eval_precision, Precision::Fp32);
     assert_eq!(args.cuda_graph, None);
-    assert_eq!(args.device.threads, None);
+    assert_eq!(args.device.threads.threads, None);
     assert_eq!(args.model.preset, "notebook");
 
     match Cli::try_parse_from(["vit", "predict", "--checkpoint", "m.safetensors", "a.png"]) {

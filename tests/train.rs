@@ -393,15 +393,25 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
             stderr.contains(&format!(
                 "{} is already there, and is not a",
                 path.display()
-            )) && stderr.contains(
-                "Move that file away, or pass --out DIR to write the evaluation's files \
-                     elsewhere"
-            ),
+            )) && stderr.contains("Move that file away, or choose another --out"),
             "{stderr}"
         );
         // Before the test pass: no figures.
         assert!(output.stdout.is_empty(), "{stderr}");
         assert_eq!(std::fs::read(&path).unwrap(), mine, "{name}");
+        if name.ends_with(".png") {
+            // Without --plot, a picture of the user's is left alone, and not taken for an
+            // earlier evaluation's.
+            let without_plot: Vec<&str> = eval_link
+                .iter()
+                .copied()
+                .filter(|&a| a != "--plot")
+                .collect();
+            let stderr = String::from_utf8_lossy(&vit(&without_plot).stderr).into_owned();
+            assert!(!stderr.contains(name), "{stderr}");
+            assert_eq!(std::fs::read(&path).unwrap(), mine, "{name}");
+            std::fs::remove_file(results.join("linked.confusion_matrix.csv")).unwrap();
+        }
         std::fs::remove_file(&path).unwrap();
     }
     vit(&eval_link);
@@ -561,7 +571,12 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     // command that resumes the run, from the one that started it: it works as given.
     let stderr = vit_fails(&["train", "--out", out, "--resume", "--device", "cpu"]);
     let binary = common::vit_binary().into_string().unwrap();
-    let resume_command = format!("{binary} {} --resume", args.join(" "));
+    let flags: Vec<&str> = args
+        .iter()
+        .filter(|&&arg| arg != "--out" && arg != out)
+        .copied()
+        .collect();
+    let resume_command = format!("{binary} {} --out {out} --resume", flags.join(" "));
     assert!(
         stderr.contains(&format!(
             "it trained on cifar10, and this command reads cifar100 (the default without \
@@ -772,6 +787,85 @@ fn ctrl_c_or_sigterm_saves_the_run_and_prints_a_resume_command_that_works() {
             "{place}: {resumed_stderr}"
         );
         assert_eq!(read_metrics(&run).1.len(), 2);
+    }
+}
+
+/// The command a refused resume gives works from wherever it is given: relative paths are
+/// those of the folder the run started in, so from another folder it goes there first
+/// (with the run folder made absolute); a run in the default folder is resumed from the
+/// folder it got.
+#[test]
+fn a_refused_resume_gives_a_command_that_resumes_the_run_from_anywhere() {
+    let (root, _) = colour_cifar10("resume-anywhere");
+    let binary = common::vit_binary().into_string().unwrap();
+    #[rustfmt::skip]
+    let flags = ["train", "--dataset", "cifar10", "--data-dir", "data", "--device", "cpu", "--config",
+                 "tiny", "--patch-size", "8", "--epochs", "1", "--warmup-epochs", "0"];
+    let run_in = |folder: &Path, args: &[&str]| {
+        Command::new(&binary)
+            .args(args)
+            .current_dir(folder)
+            .output()
+            .unwrap()
+    };
+    // Without --out: the run folder runs/<time>, relative to where it started.
+    let started = run_in(&root.0, &flags);
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let runs: Vec<PathBuf> = std::fs::read_dir(root.join("runs"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let run = runs[0]
+        .strip_prefix(&root.0)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let elsewhere = root.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let absolute = root.join(&run);
+    for (folder, out, command) in [
+        (
+            root.0.as_path(),
+            run.clone(),
+            format!("{binary} {} --out {run} --resume", flags.join(" ")),
+        ),
+        (
+            elsewhere.as_path(),
+            absolute.to_str().unwrap().to_string(),
+            format!(
+                "cd {} && {binary} {} --out {} --resume",
+                root.0.display(),
+                flags.join(" "),
+                absolute.display()
+            ),
+        ),
+    ] {
+        // Without the run's flags: the default dataset, CIFAR-100, is not the run's.
+        let refused = run_in(folder, &["train", "--out", &out, "--resume"]);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success()
+                && stderr.contains(&format!(
+                    "Resume with the flags the run started with: {command}\n"
+                )),
+            "{command:?} not in {stderr}"
+        );
+        let resumed = Command::new("sh")
+            .args(["-c", &command])
+            .current_dir(folder)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&resumed.stderr);
+        assert!(
+            resumed.status.success() && stderr.contains("nothing to train"),
+            "{command}: {stderr}"
+        );
     }
 }
 

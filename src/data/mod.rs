@@ -358,6 +358,7 @@ pub fn run_download(args: &DownloadArgs) -> Result<()> {
 
 /// `vit data`: counts per split and class, and the training images' channel statistics.
 pub fn run_summary(args: &DataArgs) -> Result<()> {
+    args.threads.set_up();
     let start = Instant::now();
     let dataset = load(&args.data, args.image_size)?;
     let elapsed = start.elapsed().as_secs_f64();

@@ -105,15 +105,23 @@ pub(crate) fn ensure_replaceable_png(png: &Path, instead: &str) -> Result<()> {
     let what = "a picture vit drew (vit marks its PNGs; those of versions before 2026-11-30 \
                 have no mark)";
     let replaced_by = "vit would replace it with its picture";
-    ensure_replaceable(png, what, replaced_by, instead, |file| {
-        match png::Decoder::new(std::io::BufReader::new(file)).read_info() {
-            Ok(reader) => Ok((reader.info().uncompressed_latin1_text.iter())
-                .any(|text| text.keyword == "Software" && text.text == PNG_SOFTWARE)),
-            Err(png::DecodingError::IoError(e)) if e.kind() != ErrorKind::UnexpectedEof => Err(e),
-            // Not a PNG, or one cut short: not a picture vit wrote (it writes atomically).
-            Err(_) => Ok(false),
-        }
-    })
+    ensure_replaceable(png, what, replaced_by, instead, drawn_by_vit)
+}
+
+/// Whether the file at `path` is a picture vit drew (it bears [`PNG_SOFTWARE`]'s mark).
+pub(crate) fn is_drawn_by_vit(path: &Path) -> bool {
+    std::fs::File::open(path).is_ok_and(|file| drawn_by_vit(file).unwrap_or(false))
+}
+
+/// Whether `file` is a PNG that bears [`PNG_SOFTWARE`]'s mark.
+fn drawn_by_vit(file: std::fs::File) -> std::io::Result<bool> {
+    match png::Decoder::new(std::io::BufReader::new(file)).read_info() {
+        Ok(reader) => Ok((reader.info().uncompressed_latin1_text.iter())
+            .any(|text| text.keyword == "Software" && text.text == PNG_SOFTWARE)),
+        Err(png::DecodingError::IoError(e)) if e.kind() != ErrorKind::UnexpectedEof => Err(e),
+        // Not a PNG, or one cut short: not a picture vit wrote (it writes atomically).
+        Err(_) => Ok(false),
+    }
 }
 
 /// Refuses to replace `path` unless nothing is there or `written_by_vit` tells from the

@@ -1,12 +1,11 @@
 //! Ctrl-C (or SIGTERM, SIGHUP) during `vit train`: stop after the current step, save, and
 //! print the command that resumes the run.
 
+use super::command::{flags_of, resume_command};
 use super::StopPoint;
-use crate::cli::TrainArgs;
 use anyhow::Result;
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -100,35 +99,9 @@ pub fn stop_on_interrupt() -> Result<Arc<Stop>> {
     Ok(stop)
 }
 
-/// The command that resumes the run in `run_dir`, from `command`, the command line that
-/// started it or last resumed it (`resumed`): the same flags again, with `--out` added
-/// where `out_given` is false (the default folder) and `--resume` where it was not there,
-/// quoted for a POSIX shell. Bytes, not text: a path need not be UTF-8, and the command
-/// must give it back exactly.
-pub(super) fn resume_command(
-    command: &[OsString],
-    out_given: bool,
-    resumed: bool,
-    run_dir: &Path,
-) -> Vec<u8> {
-    let mut command = command.to_vec();
-    if !out_given {
-        command.extend(["--out".into(), run_dir.into()]);
-    }
-    if !resumed {
-        command.push("--resume".into());
-    }
-    let quoted: Vec<Vec<u8>> = command
-        .iter()
-        .enumerate()
-        .map(|(index, arg)| shell_quoted(arg.as_bytes(), index == 0))
-        .collect();
-    quoted.join(&b' ')
-}
-
 /// Says where the interrupted run stopped and how to resume it, then exits with 130, as a
 /// shell does after Ctrl-C.
-pub fn quit_saved(args: &TrainArgs, at: StopPoint, run_dir: &Path) -> ! {
+pub fn quit_saved(at: StopPoint, run_dir: &Path) -> ! {
     // The state is saved whether or not this can be written (`2>&1 | tee` after Ctrl-C
     // ended tee), and the status says so.
     let mut report = format!(
@@ -137,43 +110,15 @@ pub fn quit_saved(args: &TrainArgs, at: StopPoint, run_dir: &Path) -> ! {
     )
     .into_bytes();
     let command: Vec<OsString> = std::env::args_os().collect();
-    report.extend(resume_command(
-        &command,
-        args.out.is_some(),
-        args.resume,
-        run_dir,
-    ));
+    report.extend(resume_command(&flags_of(&command), run_dir));
     report.push(b'\n');
     let _ = std::io::stderr().write_all(&report);
     std::process::exit(130);
 }
 
-/// `arg` as a POSIX shell reads it back: as is when that is safe, else in single quotes
-/// (which keep every byte but the quote itself as it is). A `command_word` with `=` is
-/// quoted too: bare, the shell would take it for a variable assignment.
-fn shell_quoted(arg: &[u8], command_word: bool) -> Vec<u8> {
-    let plain = |byte: &u8| {
-        byte.is_ascii_alphanumeric()
-            || b"_-./:,+@%".contains(byte)
-            || (*byte == b'=' && !command_word)
-    };
-    if !arg.is_empty() && arg.iter().all(plain) {
-        return arg.to_vec();
-    }
-    let mut quoted = vec![b'\''];
-    for &byte in arg {
-        match byte {
-            b'\'' => quoted.extend(br"'\''"),
-            _ => quoted.push(byte),
-        }
-    }
-    quoted.push(b'\'');
-    quoted
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{resume_command, shell_quoted, Stop, FINISHED_NOTE};
+    use super::{Stop, FINISHED_NOTE};
     use std::sync::atomic::Ordering;
 
     /// A stop that comes while the run goes on is requested (and, should the run finish
@@ -200,58 +145,5 @@ mod tests {
         assert_eq!(said, [FINISHED_NOTE]);
         assert!(!stop.requested.load(Ordering::SeqCst));
         assert!(stop.has_finished() && !Stop::default().has_finished());
-    }
-
-    use std::ffi::OsString;
-    use std::path::Path;
-
-    /// A run in the default folder (no --out) is resumed from the folder it got; a resumed
-    /// run's command already has --resume, and gets no second one (clap refuses a flag
-    /// given twice). The command's own words are given back as they were.
-    #[test]
-    fn the_resume_command_adds_what_the_first_command_lacked() {
-        let words = |words: &[&str]| words.iter().map(OsString::from).collect::<Vec<_>>();
-        let run = Path::new("runs/2026 11 30");
-        let command = resume_command(
-            &words(&["vit", "train", "--epochs", "3"]),
-            false,
-            false,
-            run,
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&command),
-            "vit train --epochs 3 --out 'runs/2026 11 30' --resume"
-        );
-        let given = words(&["vit", "train", "--out", "runs/a", "--resume"]);
-        let command = resume_command(&given, true, true, Path::new("runs/a"));
-        assert_eq!(
-            String::from_utf8_lossy(&command),
-            "vit train --out runs/a --resume"
-        );
-    }
-
-    #[test]
-    fn arguments_are_quoted_as_a_posix_shell_reads_them_back() {
-        for (arg, command_word, quoted) in [
-            (&b"--out"[..], false, &b"--out"[..]),
-            (b"runs/a-1_b.c:d,e+f@g%h", false, b"runs/a-1_b.c:d,e+f@g%h"),
-            // An empty argument is still an argument.
-            (b"", false, b"''"),
-            (b"a b", false, b"'a b'"),
-            (b"it's", false, br"'it'\''s'"),
-            (b"$HOME", false, b"'$HOME'"),
-            (b"\xff", false, b"'\xff'"),
-            // `--lr=1e-3` as is; a program named `a=b` would read as an assignment.
-            (b"--lr=1e-3", false, b"--lr=1e-3"),
-            (b"a=b", true, b"'a=b'"),
-            (b"target/release/vit", true, b"target/release/vit"),
-        ] {
-            assert_eq!(
-                shell_quoted(arg, command_word),
-                quoted,
-                "{}",
-                String::from_utf8_lossy(arg)
-            );
-        }
     }
 }

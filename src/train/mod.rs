@@ -5,6 +5,7 @@
 //! improvement) best_model. `resume.safetensors` holds everything else a run needs to
 //! continue exactly where it stopped, even mid-epoch.
 
+mod command;
 mod console;
 mod cuda_graph;
 mod ema;
@@ -101,7 +102,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             stop.finish(interrupt::say_on_stderr);
             Ok(())
         }
-        Outcome::Interrupted { at, run_dir } => interrupt::quit_saved(args, at, &run_dir),
+        Outcome::Interrupted { at, run_dir } => interrupt::quit_saved(at, &run_dir),
     }
 }
 

@@ -23,8 +23,8 @@ pub(in crate::train) fn check_resumed_dataset(dir: &Path, dataset: &str) -> Resu
             true => " (the default without --dataset)".to_string(),
             false => String::new(),
         },
-        match &saved.resume_command {
-            Some(command) => format!(": {command}"),
+        match &saved.command {
+            Some(command) => format!(": {}", command.resume_command(dir)),
             None => " (its config.json records them)".to_string(),
         }
     );
@@ -104,8 +104,11 @@ pub(super) fn check_same_run(
                 serde_json::to_value(&saved.settings)?,
                 serde_json::to_value(&given)?
             ),
-            match &saved.resume_command {
-                Some(command) => format!(".\nTo resume it with its own flags: {command}"),
+            match &saved.command {
+                Some(command) => format!(
+                    ".\nTo resume it with its own flags: {}",
+                    command.resume_command(dir)
+                ),
                 None => String::new(),
             }
         );

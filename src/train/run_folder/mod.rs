@@ -3,8 +3,8 @@
 
 mod checks;
 
+use super::command::StartCommand;
 use super::ema::Ema;
-use super::interrupt::resume_command;
 use super::{RunOptions, TrainSettings};
 use crate::checkpoint::{TensorFile, PROGRESS_KEY};
 use crate::cli::device_name;
@@ -235,11 +235,6 @@ impl RunFolder {
             (dir.to_path_buf(), RunLock::take(dir)?)
         };
         remove_stale_temporaries(&dir);
-        // Text, for JSON: a command with a path that is not UTF-8 is not recorded.
-        let resume_command = options.command.as_ref().and_then(|command| {
-            let resume = resume_command(command, !options.numbered_out, false, &dir);
-            String::from_utf8(resume).ok()
-        });
         let run = Self::locked(dir, lock);
         let record = RunConfig {
             settings: settings.clone(),
@@ -247,7 +242,7 @@ impl RunFolder {
             device: device_name(options.device),
             cpu_threads: Some(tch::get_num_threads()),
             data: Some(data.clone()),
-            resume_command,
+            command: options.command.as_deref().and_then(StartCommand::new),
         };
         run.start(&record)?;
         Ok(run)
@@ -602,11 +597,10 @@ struct RunConfig {
     /// folder instead).
     #[serde(default)]
     data: Option<DataIdentity>,
-    /// The command that resumes the run, from the one that started it, quoted for a POSIX
-    /// shell; a resume refused shows it (none in runs of earlier versions, or where the
-    /// command was not text).
+    /// The command that started the run, from which a resume refused gives the command
+    /// that resumes it (none in runs of earlier versions, or where it was not text).
     #[serde(default)]
-    resume_command: Option<String>,
+    command: Option<StartCommand>,
 }
 
 #[cfg(test)]
