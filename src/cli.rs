@@ -19,6 +19,39 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `args` with each negative number that follows a long flag attached to it (`--lr -1e-3`
+/// as `--lr=-1e-3`): clap takes a negative number for a value only in the forms it knows,
+/// and `-1e-3` (an exponent with a sign) for a flag `-1`, so that vit's own check of the
+/// value, which says what is wrong with it, would never see it.
+fn negative_values_attached(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut attached: Vec<std::ffi::OsString> = Vec::with_capacity(args.len());
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            // Only positional arguments follow.
+            attached.push(arg);
+            attached.extend(args.by_ref());
+            break;
+        }
+        let negative_number = arg
+            .to_str()
+            .is_some_and(|text| text.starts_with('-') && text.parse::<f64>().is_ok());
+        match attached.last_mut() {
+            Some(flag)
+                if negative_number
+                    && flag.to_str().is_some_and(|flag| {
+                        flag.starts_with("--") && flag.len() > 2 && !flag.contains('=')
+                    }) =>
+            {
+                flag.push("=");
+                flag.push(&arg);
+            }
+            _ => attached.push(arg),
+        }
+    }
+    attached
+}
+
 impl Cli {
     /// The command line, parsed as `Cli::parse` does; exits with clap's message on an error.
     /// A flag's value may be a negative number (`--lr -1`, `--index -1`), which vit's own
@@ -27,7 +60,7 @@ impl Cli {
     /// gets a tip to write `--cuda-graph=step`.
     pub fn parse_args() -> Self {
         use clap::FromArgMatches;
-        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        let args = negative_values_attached(std::env::args_os().collect());
         let mut command = Self::command_with_presets();
         let parsed = command
             .try_get_matches_from_mut(&args)
@@ -714,7 +747,7 @@ pub(crate) fn train_args(args: &[&str]) -> TrainArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::{named_device, whole_number, Cli};
+    use super::{named_device, negative_values_attached, whole_number, Cli};
     use clap::CommandFactory;
 
     /// The help of `vit SUBCOMMAND`'s argument `id`, as `vit SUBCOMMAND --help` shows it.
@@ -822,6 +855,54 @@ mod tests {
             seed("-1").unwrap_err(),
             "expected a whole number of 0 or more"
         );
+    }
+
+    /// A negative number after a long flag is its value, in every form Rust reads as a
+    /// number (clap alone takes `-1e-3` for a flag); other words are left as they are.
+    #[test]
+    fn negative_numbers_are_attached_to_the_flag_before_them() {
+        let words =
+            |words: &[&str]| -> Vec<std::ffi::OsString> { words.iter().map(Into::into).collect() };
+        assert_eq!(
+            negative_values_attached(words(&[
+                "vit",
+                "train",
+                "--lr",
+                "-1e-3",
+                "--weight-decay",
+                "-2.5E+1",
+                "--seed",
+                "-1",
+                "--index=-3",
+                "-o",
+                "-x.png",
+                "--dropout",
+                "-inf",
+                "--",
+                "--a",
+                "-4",
+            ])),
+            words(&[
+                "vit",
+                "train",
+                "--lr=-1e-3",
+                "--weight-decay=-2.5E+1",
+                "--seed=-1",
+                "--index=-3",
+                "-o",
+                "-x.png",
+                "--dropout=-inf",
+                "--",
+                "--a",
+                "-4",
+            ])
+        );
+        // Through the parser: the value reaches vit's check.
+        let error =
+            Cli::command_with_presets().try_get_matches_from(negative_values_attached(words(&[
+                "vit", "train", "--lr", "-1e-3",
+            ])));
+        assert!(error.is_ok(), "{error:?}");
     }
 
     /// A CUDA device past the ones libtorch sees is refused, counting them in words: "0 CUDA

@@ -246,13 +246,17 @@ impl ReportPaths {
         };
         let what = "a confusion matrix vit wrote";
         let replaced_by = "vit eval would replace it with the confusion matrix";
-        crate::plot::ensure_replaceable(&self.csv, what, replaced_by, instead, |file| {
-            let mut start = Vec::new();
-            file.take(CSV_CORNER.len() as u64 + 1)
-                .read_to_end(&mut start)?;
-            Ok(start == format!("{CSV_CORNER},").as_bytes())
-        })?;
-        if plot {
+        // A folder in a file's place is no file of the user's to keep: it is named when the
+        // file is written, after the figures are printed.
+        if !self.csv.is_dir() {
+            crate::plot::ensure_replaceable(&self.csv, what, replaced_by, instead, |file| {
+                let mut start = Vec::new();
+                file.take(CSV_CORNER.len() as u64 + 1)
+                    .read_to_end(&mut start)?;
+                Ok(start == format!("{CSV_CORNER},").as_bytes())
+            })?;
+        }
+        if plot && !self.png.is_dir() {
             crate::plot::ensure_replaceable_png(&self.png, instead)?;
         }
         Ok(())

@@ -1993,6 +1993,8 @@ fn user_errors_say_what_to_do() {
         ("--label-smoothing=1", "--label-smoothing must be in [0, 1)"),
         ("--lr=0", "--lr must be a positive number"),
         ("--lr=inf", "--lr must be a positive number"),
+        // A negative number with a signed exponent is a value too, not a flag `-1`.
+        ("--lr -1e-3", "--lr must be a positive number, got -0.001"),
         ("--clip-grad=-1", "--clip-grad must be a number >= 0"),
         // A whole-number flag says so of another number.
         (
