@@ -72,12 +72,12 @@ impl Console {
         }
     }
 
-    /// A finished run's best model (`which` "") or best EMA model ("EMA "): its test
-    /// `accuracy`, its `epoch` of the run's epochs where known, and its `checkpoint`, which
-    /// a user may have moved away since.
+    /// A finished run's best model (with `ema`, its best EMA model): its test `accuracy`,
+    /// its `epoch` of the run's epochs where known, and its `checkpoint`, which a user may
+    /// have moved away since.
     pub(super) fn best_model(
         &self,
-        which: &str,
+        ema: bool,
         accuracy: f64,
         epoch: Option<(usize, usize)>,
         checkpoint: &Path,
@@ -90,6 +90,7 @@ impl Console {
             true => format!("saved as {}", checkpoint.display()),
             false => format!("{} is no longer there", checkpoint.display()),
         };
+        let which = if ema { "EMA " } else { "" };
         let _ = writeln!(
             std::io::stdout(),
             "Best {which}Validation Accuracy: {:.2}%{epoch}, {checkpoint}",

@@ -720,23 +720,23 @@ impl<'a> Trainer<'a> {
     fn say_best_models(&self) {
         let progress = &self.progress;
         let mut best = vec![(
-            "",
+            false,
             progress.best_accuracy,
             progress.best_epoch,
             "best_model.safetensors",
         )];
         if self.ema.is_some() {
             best.push((
-                "EMA ",
+                true,
                 progress.best_ema_accuracy,
                 progress.best_ema_epoch,
                 "best_ema_model.safetensors",
             ));
         }
-        for (which, accuracy, epoch, file) in best {
+        for (ema, accuracy, epoch, file) in best {
             let epoch = (epoch > 0).then_some((epoch, self.settings.epochs));
             self.console
-                .best_model(which, accuracy, epoch, &self.run.path(file));
+                .best_model(ema, accuracy, epoch, &self.run.path(file));
         }
     }
 
