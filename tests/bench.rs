@@ -594,7 +594,7 @@ fn a_pytorch_training_run_ends_with_its_best_epoch() {
         .map(|row| row.unwrap()[test_acc.unwrap()].parse().unwrap())
         .collect();
     assert_eq!(accuracies.len(), 3);
-    let best = accuracies.iter().cloned().fold(f64::MIN, f64::max);
+    let (best, epoch) = common::first_best(&accuracies);
     // The seeded run ties at its best (four test images), so the line shows which of the
     // tied epochs it names: the first.
     let tied = accuracies
@@ -602,10 +602,6 @@ fn a_pytorch_training_run_ends_with_its_best_epoch() {
         .filter(|&&accuracy| accuracy == best)
         .count();
     assert!(tied > 1, "no tie to break: {accuracies:?}");
-    let epoch = 1 + accuracies
-        .iter()
-        .position(|&accuracy| accuracy == best)
-        .unwrap();
     let expected = format!(
         "Best Validation Accuracy: {:.2}% (epoch {epoch} of 3)\n",
         100.0 * best

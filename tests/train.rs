@@ -244,11 +244,10 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     // 600 images in steps of 50, one epoch of warm-up.
     assert_lr_column(&rows, 12, 1);
     let test_acc: Vec<f64> = rows.iter().map(|r| r[5].parse().unwrap()).collect();
-    let best = test_acc.iter().cloned().fold(0.0, f64::max);
+    let (best, best_epoch) = common::first_best(&test_acc);
     assert!(best >= 0.9, "best test accuracy {best} < 0.9: {rows:?}");
     // The run ends naming its best epoch, the first with the highest accuracy (the one
     // best_model.safetensors keeps).
-    let best_epoch = 1 + test_acc.iter().position(|&acc| acc == best).unwrap();
     let summary = summary_line(
         "",
         best,
@@ -1632,9 +1631,7 @@ fn the_closing_lines_name_the_best_epochs_of_the_model_and_of_its_ema() {
     let first_best = |name: &str| {
         let column = header.iter().position(|c| c == name).unwrap();
         let accuracies: Vec<f64> = rows.iter().map(|r| r[column].parse().unwrap()).collect();
-        let best = accuracies.iter().cloned().fold(f64::MIN, f64::max);
-        let epoch = 1 + accuracies.iter().position(|&acc| acc == best).unwrap();
-        (best, epoch)
+        common::first_best(&accuracies)
     };
     let ((model_acc, model_epoch), (ema_acc, ema_epoch)) =
         (first_best("test_acc"), first_best("ema_test_acc"));
@@ -3365,12 +3362,11 @@ fn best_model_is_the_first_epoch_with_the_best_test_accuracy() {
     ] {
         let index = header.iter().position(|h| h == column).unwrap();
         let accuracy: Vec<f64> = rows.iter().map(|r| r[index].parse().unwrap()).collect();
-        let highest = accuracy.iter().cloned().fold(f64::MIN, f64::max);
-        let first = accuracy.iter().position(|&a| a == highest).unwrap();
+        let (_, first_epoch) = common::first_best(&accuracy);
         // What makes the check bite: the highest comes before the last epoch (a run that
         // saved every epoch, or forgot its best on resume, would keep a later model).
         assert!(
-            first + 1 < epochs,
+            first_epoch < epochs,
             "{column} {accuracy:?}: the highest came last; these data no longer test the rule"
         );
         let bytes = std::fs::read(run.join(best)).unwrap();
@@ -3380,7 +3376,7 @@ fn best_model_is_the_first_epoch_with_the_best_test_accuracy() {
             .map(|e| e + 1);
         assert_eq!(
             epoch,
-            Some(first + 1),
+            Some(first_epoch),
             "{best} is that of epoch {epoch:?}, not of the first with the highest \
              {column} in {accuracy:?}"
         );

@@ -320,9 +320,10 @@ fn has_extension(path: &Path, extensions: &[&str]) -> bool {
         })
 }
 
-/// Decodes image files (on libtorch's CPU threads, `--threads`) into uint8 [files.len(), 3, size, size]. Fails with
-/// the number of files that cannot be decoded, the first one's error and the names of up to
-/// ten others, so that one run shows how many there are and names the first eleven.
+/// Decodes image files (on libtorch's CPU threads, `--threads`) into uint8 [files.len(), 3,
+/// size, size]. Fails with the number of files that cannot be decoded, the first one's error
+/// and the names of up to ten others, so that one run shows how many there are and names
+/// the first eleven.
 pub fn decode_images(files: &[&Path], size: u32) -> Result<Tensor> {
     let (images, failures) = decode_all(files, size)?;
     let mut failures = failures.into_iter();
@@ -355,7 +356,8 @@ pub struct Decoded {
     pub failures: Vec<(usize, anyhow::Error)>,
 }
 
-/// Decodes the files that can be decoded (on libtorch's CPU threads, `--threads`), in their order.
+/// Decodes the files that can be decoded (on libtorch's CPU threads, `--threads`), in their
+/// order.
 pub fn decode_readable(files: &[&Path], size: u32) -> Result<Decoded> {
     let (images, failures) = decode_all(files, size)?;
     let mut readable = vec![true; files.len()];
@@ -376,8 +378,9 @@ pub fn decode_readable(files: &[&Path], size: u32) -> Result<Decoded> {
     })
 }
 
-/// Decodes the files (on libtorch's CPU threads, `--threads`) into uint8 [files.len(), 3, size, size]; returns it
-/// with the index and error of each file that cannot be decoded (its image left as it was).
+/// Decodes the files (on libtorch's CPU threads, `--threads`) into uint8 [files.len(), 3,
+/// size, size]; returns it with the index and error of each file that cannot be decoded
+/// (its image left as it was).
 fn decode_all(files: &[&Path], size: u32) -> Result<(Tensor, Vec<(usize, anyhow::Error)>)> {
     let (n, side) = (files.len() as i64, size as i64);
     // Refused with an error rather than an abort: a --image-size too large for memory.

@@ -99,9 +99,9 @@ pub fn stop_on_interrupt() -> Result<Arc<Stop>> {
     Ok(stop)
 }
 
-/// Says where the interrupted run stopped and how to resume it, then exits with 130, as a
-/// shell does after Ctrl-C.
-pub fn quit_saved(at: StopPoint, run_dir: &Path) -> ! {
+/// Says where the interrupted run stopped and how to resume it (`command`: the command
+/// line that ran it), then exits with 130, as a shell does after Ctrl-C.
+pub fn quit_saved(command: &[OsString], at: StopPoint, run_dir: &Path) -> ! {
     // The state is saved whether or not this can be written (`2>&1 | tee` after Ctrl-C
     // ended tee), and the status says so.
     let mut report = format!(
@@ -109,8 +109,7 @@ pub fn quit_saved(at: StopPoint, run_dir: &Path) -> ! {
         run_dir.display()
     )
     .into_bytes();
-    let command: Vec<OsString> = std::env::args_os().collect();
-    report.extend(resume_command(&flags_of(&command), run_dir));
+    report.extend(resume_command(&flags_of(command), run_dir));
     report.push(b'\n');
     let _ = std::io::stderr().write_all(&report);
     std::process::exit(130);

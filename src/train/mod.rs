@@ -87,6 +87,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     };
     let (settings, dataset) = settings_and_dataset(args, resumed_data_dir.as_deref())?;
     let stop = interrupt::stop_on_interrupt()?;
+    let command: Vec<OsString> = std::env::args_os().collect();
     let options = RunOptions {
         out: &out,
         numbered_out: args.out.is_none(),
@@ -95,14 +96,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         plot: args.plot,
         cuda_graph: args.cuda_graph,
         interrupted: &stop.requested,
-        command: Some(std::env::args_os().collect()),
+        command: Some(command.clone()),
     };
     match train(&settings, &dataset, &options)? {
         Outcome::Finished => {
             stop.finish(interrupt::say_on_stderr);
             Ok(())
         }
-        Outcome::Interrupted { at, run_dir } => interrupt::quit_saved(at, &run_dir),
+        Outcome::Interrupted { at, run_dir } => interrupt::quit_saved(&command, at, &run_dir),
     }
 }
 

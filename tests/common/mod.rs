@@ -230,6 +230,14 @@ pub fn vit(args: &[&str]) -> std::process::Output {
     output
 }
 
+/// The highest of a run's test `accuracies` (one per epoch) and the first epoch (from 1)
+/// that reached it: the one whose model a run keeps as its best.
+pub fn first_best(accuracies: &[f64]) -> (f64, usize) {
+    let best = accuracies.iter().cloned().fold(f64::MIN, f64::max);
+    let epoch = 1 + accuracies.iter().position(|&acc| acc == best).unwrap();
+    (best, epoch)
+}
+
 /// Runs `vit ARGS` expecting failure; returns its standard error.
 pub fn vit_fails(args: &[&str]) -> String {
     let output = run_vit(args);
