@@ -176,19 +176,20 @@ struct Skipped {
     error: String,
 }
 
-/// One line of JSON, or the file name and its top classes as a list.
+/// One line of JSON, or the file name and its top classes as a list: each a name and its
+/// number, or only the number where the checkpoint names none ("class 4", not "class 4 (4)").
 fn print(prediction: &Prediction, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string(prediction)?);
     } else {
         println!("{}", prediction.file);
         for guess in &prediction.top {
-            println!(
-                "  {:6.2}%  {} ({})",
-                100.0 * guess.prob,
-                guess.class,
-                guess.index
-            );
+            let percent = 100.0 * guess.prob;
+            if guess.class == checkpoint::unnamed_class(guess.index) {
+                println!("  {percent:6.2}%  {}", guess.class);
+            } else {
+                println!("  {percent:6.2}%  {} ({})", guess.class, guess.index);
+            }
         }
     }
     Ok(())

@@ -568,6 +568,47 @@ fn the_recorded_normalisation_is_the_notebooks_and_loads_without_a_warning() {
     );
 }
 
+/// `vit predict` lists each guess as its class name and number, or, from a checkpoint that
+/// names no classes (as one saved from timm), as the number alone: "class 4", never the
+/// "class 4 (4)" that says it twice.
+#[test]
+fn predict_names_a_class_by_number_only_where_the_checkpoint_names_none() {
+    let dir = TempDir::new("predict-names");
+    let (vs, _model) = tiny_model();
+    let image = dir.join("image.png");
+    image::RgbImage::from_pixel(8, 8, image::Rgb([100, 150, 200]))
+        .save(&image)
+        .unwrap();
+    let guesses = |name: &str, metadata: &[(&str, String)]| -> Vec<String> {
+        let path = dir.join(name);
+        checkpoint::save(&vs, &tiny_config(), metadata, &path).unwrap();
+        #[rustfmt::skip]
+        let output = common::vit(&["predict", "--checkpoint", path.to_str().unwrap(), image.to_str().unwrap(), "--device", "cpu"]);
+        assert!(output.status.success());
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines[0], image.display().to_string());
+        // "   12.34%  NAME": the guesses after the percentages, all five classes.
+        lines[1..]
+            .iter()
+            .map(|line| line.split_once("%  ").unwrap().1.to_string())
+            .collect()
+    };
+    let named = guesses(
+        "named.safetensors",
+        &[("classes", r#"["a", "b", "c", "d", "e"]"#.into())],
+    );
+    let unnamed = guesses("unnamed.safetensors", &[]);
+    // The same weights rank the classes the same way, whatever they are called.
+    assert_eq!(named.len(), 5);
+    for (named, unnamed) in named.iter().zip(&unnamed) {
+        let (name, number) = named.split_once(" (").unwrap();
+        let index: usize = number.strip_suffix(')').unwrap().parse().unwrap();
+        assert_eq!(name, ["a", "b", "c", "d", "e"][index]);
+        assert_eq!(unnamed, &format!("class {index}"));
+    }
+}
+
 /// A run folder (of a run with `--ema`) given as a checkpoint: its checkpoints are listed
 /// (not its resume state, which is none), and best_model.safetensors is the one suggested,
 /// not the first by name; a folder holding only a resume state holds no checkpoint.

@@ -592,7 +592,12 @@ pub fn dataset_args(
 /// (a checkpoint saved from timm, say) or a broken one.
 pub fn class_names(metadata: &HashMap<String, String>, num_classes: i64) -> Vec<String> {
     recorded_class_names(metadata, num_classes)
-        .unwrap_or_else(|| (0..num_classes).map(|i| format!("class {i}")).collect())
+        .unwrap_or_else(|| (0..num_classes).map(unnamed_class).collect())
+}
+
+/// What class `index` is called where a checkpoint records no class names.
+pub fn unnamed_class(index: i64) -> String {
+    format!("class {index}")
 }
 
 /// The `classes` metadata when it is a list of `num_classes` names (`load` warns about
