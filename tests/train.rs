@@ -2888,6 +2888,47 @@ fn a_folder_with_another_class_count_than_an_unnamed_checkpoints_is_refused() {
     assert!(!root.join("model.confusion_matrix.csv").exists());
 }
 
+/// `--coarse-labels` (CIFAR-100's 20 superclasses) with another dataset is refused, before
+/// it is read, by every command that reads one: given with `--dataset`, or recorded by the
+/// checkpoint that `vit eval` and `vit attention` evaluate, rather than silently ignored.
+#[test]
+fn coarse_labels_with_another_dataset_than_cifar100_are_refused() {
+    let root = TempDir::new("coarse-elsewhere");
+    let model = root.join("model.safetensors");
+    save_fresh_model(&ViTConfig::tiny(), &[("dataset", "folder".into())], &model);
+    let (run, picture) = (root.join("run"), root.join("attention.png"));
+    let missing = root.join("no data here");
+    let (model, run) = (model.to_str().unwrap(), run.to_str().unwrap());
+    let (picture_arg, missing) = (picture.to_str().unwrap(), missing.to_str().unwrap());
+    #[rustfmt::skip]
+    let commands = [
+        vec!["train", "--config", "tiny", "--epochs", "1", "--out", run, "--device", "cpu"],
+        vec!["data"],
+        vec!["eval", "--checkpoint", model, "--device", "cpu"],
+        vec!["attention", "--checkpoint", model, "--index", "0", "-o", picture_arg, "--device", "cpu"],
+    ];
+    // Each dataset given with --dataset, then (for the checkpoint's commands) none: the
+    // folder dataset the checkpoint records.
+    for dataset in [Some("cifar10"), Some("folder"), None] {
+        for command in &commands {
+            let mut args = command.clone();
+            args.extend(["--coarse-labels", "--data-dir", missing]);
+            match dataset {
+                Some(dataset) => args.extend(["--dataset", dataset]),
+                None if args.contains(&"--checkpoint") => {}
+                None => continue,
+            }
+            let stderr = vit_fails(&args);
+            let said = format!(
+                "--coarse-labels applies to --dataset cifar100 only, not to {}: leave it out",
+                dataset.unwrap_or("folder")
+            );
+            assert!(stderr.contains(&said), "{args:?}: {stderr}");
+        }
+    }
+    assert!(!picture.exists() && !Path::new(run).exists());
+}
+
 /// Runs `vit ARGS` with its stdout a pipe already closed (`vit info | head -1` once head
 /// has gone): the read end is closed before vit starts, so its first write fails.
 fn vit_into_a_closed_pipe(args: &[&str]) -> std::process::Output {

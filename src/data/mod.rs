@@ -16,7 +16,7 @@ pub mod transforms;
 
 use crate::cli::{DataArgs, DatasetArgs, DatasetName, DownloadArgs, DownloadableDataset};
 use crate::listing::noun_for;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -287,9 +287,7 @@ pub fn dataset_name(args: &DatasetArgs) -> &'static str {
 /// Loads a dataset chosen by the CLI flags; `image_size` is used by folder datasets (CIFAR
 /// is 32x32; resizing is left to the transforms).
 pub fn load(args: &DatasetArgs, image_size: i64) -> Result<Dataset> {
-    if args.coarse_labels && args.dataset != DatasetName::Cifar100 {
-        bail!("--coarse-labels applies to --dataset cifar100 only");
-    }
+    ensure_coarse_labels_apply(args)?;
     match args.dataset {
         DatasetName::Cifar10 => cifar::load_cifar10(&args.data_dir),
         DatasetName::Cifar100 => cifar::load_cifar100(&args.data_dir, args.coarse_labels),
@@ -310,8 +308,20 @@ pub fn known_class_count(args: &DatasetArgs) -> Option<usize> {
     }
 }
 
+/// Fails for `--coarse-labels` with a dataset other than CIFAR-100 (given with `--dataset`,
+/// or recorded by the checkpoint evaluated), rather than ignoring it.
+fn ensure_coarse_labels_apply(args: &DatasetArgs) -> Result<()> {
+    ensure!(
+        !args.coarse_labels || args.dataset == DatasetName::Cifar100,
+        "--coarse-labels applies to --dataset cifar100 only, not to {}: leave it out",
+        dataset_name(args)
+    );
+    Ok(())
+}
+
 /// Loads the test split of a dataset chosen by the CLI flags (see [`load`]).
 pub fn load_test(args: &DatasetArgs, image_size: i64) -> Result<TestSet> {
+    ensure_coarse_labels_apply(args)?;
     if args.dataset == DatasetName::Folder {
         return folder::load_test(&args.data_dir, image_size);
     }
