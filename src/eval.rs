@@ -8,7 +8,6 @@ use crate::listing::noun_for;
 use crate::model::VisionTransformer;
 use anyhow::{anyhow, Result};
 use serde::Serialize;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use tch::{nn::ModuleT, Kind, Reduction, Tensor};
 
@@ -249,11 +248,9 @@ impl ReportPaths {
         // A folder in a file's place is no file of the user's to keep: it is named when the
         // file is written, after the figures are printed.
         if !self.csv.is_dir() {
+            let first_cell = format!("{CSV_CORNER},");
             crate::plot::ensure_replaceable(&self.csv, what, replaced_by, instead, |file| {
-                let mut start = Vec::new();
-                file.take(CSV_CORNER.len() as u64 + 1)
-                    .read_to_end(&mut start)?;
-                Ok(start == format!("{CSV_CORNER},").as_bytes())
+                crate::plot::begins_with(file, first_cell.as_bytes())
             })?;
         }
         if plot && !self.png.is_dir() {

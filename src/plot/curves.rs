@@ -10,7 +10,6 @@ use anyhow::{ensure, Context, Result};
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Width and height of `curves.png` (and of its SVG), in pixels.
@@ -318,10 +317,9 @@ fn ensure_replaceable_svg(svg: &Path, png: &Path) -> Result<()> {
         "vit plot would replace it with the SVG beside {}",
         png.display()
     );
+    let first_line = format!("{header}\n");
     ensure_replaceable(svg, "curves vit drew", &replaced_by, OTHER_PNG, |file| {
-        let mut start = Vec::new();
-        file.take(header.len() as u64 + 1).read_to_end(&mut start)?;
-        Ok(start.strip_suffix(b"\n") == Some(header.as_bytes()))
+        super::begins_with(file, first_line.as_bytes())
     })
 }
 

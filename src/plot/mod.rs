@@ -26,7 +26,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::FontTransform;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read};
 use std::path::Path;
 use std::sync::Once;
 
@@ -122,6 +122,14 @@ fn drawn_by_vit(file: std::fs::File) -> std::io::Result<bool> {
         // Not a PNG, or one cut short: not a picture vit wrote (it writes atomically).
         Err(_) => Ok(false),
     }
+}
+
+/// Whether `file` begins with `prefix`: how vit knows a text file of its own (the first line
+/// of curves it drew, the corner of a confusion matrix it wrote).
+pub(crate) fn begins_with(file: std::fs::File, prefix: &[u8]) -> std::io::Result<bool> {
+    let mut start = Vec::with_capacity(prefix.len());
+    file.take(prefix.len() as u64).read_to_end(&mut start)?;
+    Ok(start == prefix)
 }
 
 /// Refuses to replace `path` unless nothing is there or `written_by_vit` tells from the
