@@ -12,6 +12,7 @@ mod ema;
 mod interrupt;
 mod recipe;
 mod run_folder;
+mod settings;
 mod step;
 
 pub use cuda_graph::CudaGraphSteps;
@@ -20,50 +21,28 @@ pub use recipe::Regularization;
 #[cfg(test)] // For `vit plot`'s test that it draws the columns written.
 pub(crate) use run_folder::metrics_header;
 use run_folder::EpochMetrics;
+pub use settings::TrainSettings;
 pub use step::{
     forward_backward_update, train_step, training_loss, StepOptions, StepOutput, TrainBatch,
 };
 
 use crate::checkpoint;
-use crate::cli::{CudaGraphScope, Precision, Recipe, TrainArgs};
+use crate::cli::{CudaGraphScope, Precision, TrainArgs};
 use crate::data::{self, Dataset, Split};
 use crate::eval::evaluate;
 use crate::listing::noun_for;
-use crate::model::{ViTConfig, VisionTransformer};
+use crate::model::VisionTransformer;
 use crate::optim::{learning_rate, AdamW};
 use anyhow::{bail, ensure, Result};
 use console::Console;
 use ema::Ema;
 use run_folder::{default_run_dir, Progress, RunFolder};
-use serde::{Deserialize, Serialize};
+use settings::{epoch_steps, settings_and_dataset, training_images};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
-
-/// Everything that decides what a run computes: compared on `--resume`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainSettings {
-    pub model: ViTConfig,
-    pub dataset: String,
-    pub data_dir: PathBuf,
-    pub epochs: usize,
-    pub batch_size: i64,
-    pub lr: f64,
-    pub weight_decay: f64,
-    pub warmup_epochs: usize,
-    pub label_smoothing: f64,
-    pub clip_grad: f64,
-    pub seed: u64,
-    pub train_subset: Option<i64>,
-    pub recipe: Recipe,
-    pub regularization: Regularization,
-    pub precision: Precision,
-    /// Of the test passes after each epoch (runs saved before the flag tested in fp32).
-    #[serde(default)]
-    pub eval_precision: Precision,
-}
 
 /// `vit train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
@@ -105,117 +84,6 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         }
         Outcome::Interrupted { at, run_dir } => interrupt::quit_saved(&command, at, &run_dir),
     }
-}
-
-/// The run's settings from the flags, checked, and the dataset it trains on (which gives
-/// the class count when `--num-classes` is not given). `resumed_data_dir`: where the run
-/// to resume read its data, named (where it is still there) when this command's cannot be
-/// read.
-fn settings_and_dataset(
-    args: &TrainArgs,
-    resumed_data_dir: Option<&Path>,
-) -> Result<(TrainSettings, Dataset)> {
-    let mut config = recipe::model_config(args)?;
-    check_optimizer_flags(args)?;
-    let regularization = Regularization::from_args(args)?;
-    // Absolute, so that `--resume` from another folder or as `./data` still matches.
-    let data_dir =
-        std::fs::canonicalize(&args.data.data_dir).unwrap_or_else(|_| args.data.data_dir.clone());
-    let dataset = data::load(&args.data, config.image_size).map_err(|error| {
-        match resumed_data_dir.filter(|&saved| saved != data_dir && saved.is_dir()) {
-            // Most likely a --data-dir left out: the advice to download would be wrong.
-            Some(saved) => error.context(format!(
-                "the run read its images from {}, not {}: pass --data-dir {} to resume it",
-                saved.display(),
-                args.data.data_dir.display(),
-                saved.display()
-            )),
-            None => error,
-        }
-    })?;
-    dataset
-        .train
-        .check_channels(config.in_channels, &dataset.name, |channels| {
-            format!("pass --in-channels {channels}, or leave it out")
-        })?;
-    let num_classes = dataset.num_classes();
-    if num_classes == 1 {
-        eprintln!(
-            "warning: {} has one class ({}): the model learns to give that answer to every \
-             image, which is always right and teaches nothing; add a folder for each other \
-             class",
-            args.data.data_dir.display(),
-            dataset.classes[0]
-        );
-    }
-    match args.model.num_classes {
-        None => config.num_classes = num_classes,
-        Some(n) => ensure!(
-            n == num_classes,
-            "--num-classes {n} does not match {}, which has {num_classes} {}: leave out \
-             --num-classes (vit train takes the dataset's count)",
-            dataset.name,
-            noun_for(num_classes, "class")
-        ),
-    }
-    let settings = TrainSettings::from_args(args, config, regularization, &dataset.name, data_dir);
-    Ok((settings, dataset))
-}
-
-impl TrainSettings {
-    /// The settings `args` give, with the checked `model` and `regularization` they give,
-    /// for the dataset `dataset` read from `data_dir`.
-    pub(crate) fn from_args(
-        args: &TrainArgs,
-        model: ViTConfig,
-        regularization: Regularization,
-        dataset: &str,
-        data_dir: PathBuf,
-    ) -> Self {
-        Self {
-            model,
-            dataset: dataset.to_string(),
-            data_dir,
-            epochs: args.epochs,
-            batch_size: args.batch_size,
-            lr: args.lr,
-            weight_decay: args.weight_decay,
-            warmup_epochs: args.warmup_epochs,
-            label_smoothing: args.label_smoothing,
-            clip_grad: args.clip_grad,
-            seed: args.seed,
-            train_subset: args.train_subset,
-            recipe: args.recipe,
-            regularization,
-            precision: args.precision,
-            eval_precision: args.eval_precision,
-        }
-    }
-}
-
-/// The optimiser's flags, checked before any data is read. Each is written as given to
-/// config.json, which has no infinity: a run must resume.
-fn check_optimizer_flags(args: &TrainArgs) -> Result<()> {
-    ensure!(
-        args.lr > 0.0 && args.lr.is_finite(),
-        "--lr must be a positive number, got {}",
-        args.lr
-    );
-    for (flag, value) in [
-        ("--weight-decay", args.weight_decay),
-        ("--clip-grad", args.clip_grad),
-    ] {
-        ensure!(
-            value >= 0.0 && value.is_finite(),
-            "{flag} must be a number >= 0 (0 turns it off), got {value}"
-        );
-    }
-    ensure!(
-        (0.0..1.0).contains(&args.label_smoothing),
-        "--label-smoothing must be in [0, 1), got {}",
-        args.label_smoothing
-    );
-    Ok(())
 }
 
 /// How `train` ended.
@@ -334,36 +202,6 @@ struct Trainer<'a> {
     metadata: Vec<(&'static str, String)>,
     console: Console,
     progress: Progress,
-}
-
-/// How many images an epoch trains on: all of the training split, or `--train-subset`'s.
-fn training_images(settings: &TrainSettings, dataset: &Dataset) -> Result<i64> {
-    let available = dataset.train.len();
-    if let Some(n) = settings.train_subset {
-        ensure!(
-            n > 0 && n <= available,
-            "--train-subset {n} is outside 1..={available} (the training images there are)"
-        );
-    }
-    let n_train = settings.train_subset.unwrap_or(available);
-    ensure!(n_train > 0, "the training split is empty");
-    Ok(n_train)
-}
-
-/// The steps of an epoch of `n_train` images; refused where the run's steps (or its
-/// warm-up's) would be more than a `usize` counts.
-fn epoch_steps(settings: &TrainSettings, n_train: i64) -> Result<usize> {
-    let steps_per_epoch = (n_train as u64).div_ceil(settings.batch_size as u64) as usize;
-    ensure!(
-        steps_per_epoch
-            .checked_mul(settings.epochs.max(settings.warmup_epochs))
-            .is_some(),
-        "--epochs {} (or --warmup-epochs {}) of {steps_per_epoch} steps each are more \
-         steps than vit counts",
-        settings.epochs,
-        settings.warmup_epochs
-    );
-    Ok(steps_per_epoch)
 }
 
 /// Opens (or reopens, to resume) the run folder `options` names, saying where a fresh
