@@ -19,6 +19,7 @@ use serde::Serialize;
 use std::time::Instant;
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 
+/// What `vit bench` measured and how: printed as text, or as JSON with `--json`.
 #[derive(Serialize)]
 pub struct BenchReport {
     /// The `--config` preset the model started from.
@@ -105,7 +106,7 @@ impl BenchReport {
             config: args.model.preset.clone(),
             model: config,
             device: crate::cli::device_name(vs.device()),
-            precision: format!("{:?}", args.precision).to_lowercase(),
+            precision: crate::cli::value_name(&args.precision),
             threads: tch::get_num_threads(),
             batch_size: args.batch_size,
             steps: args.steps,
@@ -192,6 +193,7 @@ impl BenchReport {
     }
 }
 
+/// `vit bench`: times training steps and inference batches of the model the flags give.
 pub fn run(args: &BenchArgs) -> Result<()> {
     let baseline_rss_bytes = rss_bytes("VmRSS:");
     let device = args.device.set_up()?;

@@ -377,6 +377,12 @@ impl ThreadsArgs {
     }
 }
 
+/// The name a flag takes for `value` (`strong` for `Recipe::Strong`), as `--help` lists it.
+pub fn value_name(value: &impl ValueEnum) -> String {
+    let possible = value.to_possible_value().expect("every value has a name");
+    possible.get_name().to_string()
+}
+
 /// The name `--device` takes for `device`: `cpu`, `cuda:N`.
 pub fn device_name(device: tch::Device) -> String {
     match device {

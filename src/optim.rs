@@ -45,6 +45,9 @@ pub struct AdamW {
 }
 
 impl AdamW {
+    /// AdamW over every variable of `vs`: `weight_decay` for those of two or more
+    /// dimensions other than `cls_token` and `pos_embed`, none for the others (biases,
+    /// LayerNorm), as timm groups them.
     pub fn new(vs: &nn::VarStore, weight_decay: f64) -> Result<Self> {
         let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         variables.sort_by(|a, b| a.0.cmp(&b.0));

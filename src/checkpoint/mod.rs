@@ -120,7 +120,7 @@ fn folder_given(dir: &Path) -> String {
         .flatten()
         .flatten()
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.ends_with(".safetensors") && name != "resume.safetensors")
+        .filter(|name| name.ends_with(".safetensors") && name != crate::train::RESUME_STATE)
         .collect();
     checkpoints.sort();
     if checkpoints.is_empty() {
@@ -130,7 +130,7 @@ fn folder_given(dir: &Path) -> String {
         )
     } else {
         // A run folder's usual choice, where there is one.
-        let usual = "best_model.safetensors";
+        let usual = crate::train::MODEL_FILES.best;
         let best = if checkpoints.iter().any(|c| c == usual) {
             usual
         } else {
@@ -153,6 +153,8 @@ pub struct TensorFile {
 }
 
 impl TensorFile {
+    /// Reads a safetensors file, or says what `path` is instead (a folder, a PyTorch
+    /// pickle, an image, ...) and what to give.
     pub fn read(path: &Path) -> Result<Self> {
         if path.is_dir() {
             bail!("{}", folder_given(path));

@@ -228,61 +228,62 @@ impl Default for AugmentConfig {
 /// transform ([0, 1] floats, resize, normalize) -> random erasing (torchvision's constant
 /// fill, applied to the normalized floats as timm applies its erasing, so `value = 0` is
 /// the dataset mean).
-pub fn strong_train_transform(images: &Tensor, image_size: i64, cfg: &AugmentConfig) -> Tensor {
-    let x = transforms::random_crop(images, cfg.crop_padding);
-    let x = transforms::random_horizontal_flip(&x, cfg.flip_prob);
-    let x = match &cfg.policy {
-        Some(policy) => apply_policy(&x, policy, cfg.interpolation),
-        None => x,
+pub fn strong_train_transform(images: &Tensor, image_size: i64, config: &AugmentConfig) -> Tensor {
+    let images = transforms::random_crop(images, config.crop_padding);
+    let images = transforms::random_horizontal_flip(&images, config.flip_prob);
+    let images = match &config.policy {
+        Some(policy) => apply_policy(&images, policy, config.interpolation),
+        None => images,
     };
-    let x = transforms::test_transform(&x, image_size);
-    match &cfg.erasing {
-        Some(erasing) if erasing.p > 0.0 => random_erasing(&x, erasing),
-        _ => x,
+    let images = transforms::test_transform(&images, image_size);
+    match &config.erasing {
+        Some(erasing) if erasing.p > 0.0 => random_erasing(&images, erasing),
+        _ => images,
     }
 }
 
 /// RandAugment or AutoAugment on a uint8 batch [B, 3, H, W] -> the same shape.
 fn apply_policy(images: &Tensor, policy: &Policy, interpolation: Interpolation) -> Tensor {
     match policy {
-        Policy::RandAugment(cfg) => rand_augment(images, cfg, interpolation),
+        Policy::RandAugment(config) => rand_augment(images, config, interpolation),
         Policy::AutoAugmentCifar10 => auto_augment_cifar10(images, interpolation),
     }
 }
 
 /// torchvision's `RandAugment` for every image of a uint8 batch [B, 3, H, W] (-> the same
-/// shape): each of `num_ops` steps draws, per image, one op of `cfg.ops` uniformly and (for
-/// signed ops) a sign.
-pub fn rand_augment(images: &Tensor, cfg: &RandAugment, interpolation: Interpolation) -> Tensor {
-    if cfg.ops.is_empty() || cfg.num_ops <= 0 {
+/// shape): each of `num_ops` steps draws, per image, one op of `config.ops` uniformly and
+/// (for signed ops) a sign.
+pub fn rand_augment(images: &Tensor, config: &RandAugment, interpolation: Interpolation) -> Tensor {
+    if config.ops.is_empty() || config.num_ops <= 0 {
         return images.shallow_clone();
     }
     let (b, _, h, w) = images.size4().expect("rand_augment expects [B,3,H,W]");
     let device = images.device();
-    let codes: Vec<f64> = cfg.ops.iter().map(|op| op.code() as f64).collect();
-    let (mags, signed): (Vec<f64>, Vec<f64>) = cfg
+    let codes: Vec<f64> = config.ops.iter().map(|op| op.code() as f64).collect();
+    let (magnitudes, signed): (Vec<f64>, Vec<f64>) = config
         .ops
         .iter()
         .map(|op| {
-            let (m, s) = op.magnitude(cfg.magnitude, cfg.num_magnitude_bins, h, w);
-            (m, f64::from(u8::from(s)))
+            let (magnitude, is_signed) =
+                op.magnitude(config.magnitude, config.num_magnitude_bins, h, w);
+            (magnitude, f64::from(u8::from(is_signed)))
         })
         .unzip();
     let codes = device_constants(&codes, device).to_kind(Kind::Int64);
-    let mags = device_constants(&mags, device);
+    let magnitudes = device_constants(&magnitudes, device);
     let signed = device_constants(&signed, device).gt(0.0);
-    let mut x = images.shallow_clone();
-    for _ in 0..cfg.num_ops {
-        let choice = Tensor::randint(cfg.ops.len() as i64, [b], (Kind::Int64, device));
+    let mut augmented = images.shallow_clone();
+    for _ in 0..config.num_ops {
+        let choice = Tensor::randint(config.ops.len() as i64, [b], (Kind::Int64, device));
         // torchvision: `if signed and torch.randint(2, (1,)): magnitude *= -1.0`.
         let flip = Tensor::randint(2, [b], (Kind::Int64, device)).eq(1);
         let kinds = codes.index_select(0, &choice);
-        let magnitude = mags.index_select(0, &choice);
+        let magnitude = magnitudes.index_select(0, &choice);
         let negate = signed.index_select(0, &choice).logical_and(&flip);
         let magnitude = (-&magnitude).where_self(&negate, &magnitude);
-        x = apply_ops(&x, &kinds, &magnitude, &cfg.ops, interpolation);
+        augmented = apply_ops(&augmented, &kinds, &magnitude, &config.ops, interpolation);
     }
-    x
+    augmented
 }
 
 /// One op of an AutoAugment sub-policy: (op, probability, magnitude bin of 10).
@@ -330,7 +331,7 @@ pub fn auto_augment_cifar10(images: &Tensor, interpolation: Interpolation) -> Te
     let policy_id = Tensor::randint(n, [b], (Kind::Int64, device));
     let probs = Tensor::rand([b, 2], (Kind::Double, device));
     let signs = Tensor::randint(2, [b, 2], (Kind::Int64, device));
-    let mut x = images.shallow_clone();
+    let mut augmented = images.shallow_clone();
     for step in 0..2 {
         let ops: Vec<PolicyOp> = CIFAR10_POLICY
             .iter()
@@ -350,9 +351,9 @@ pub fn auto_augment_cifar10(images: &Tensor, interpolation: Interpolation) -> Te
         let negate = signed.logical_and(&signs.select(1, step).eq(0));
         let magnitude = (-&magnitude).where_self(&negate, &magnitude);
         let candidates: Vec<AugOp> = ops.iter().map(|op| op.0).collect();
-        x = apply_ops(&x, &kinds, &magnitude, &candidates, interpolation);
+        augmented = apply_ops(&augmented, &kinds, &magnitude, &candidates, interpolation);
     }
-    x
+    augmented
 }
 
 /// Applies to image i the op with code `kinds[i]` (int64 `[B]`, see [`AugOp::code`]) and
@@ -664,31 +665,41 @@ pub fn affine(images: &Tensor, matrix: &Tensor, interpolation: Interpolation) ->
 /// `ratio`), the rectangle's sides are `round(sqrt(area·ratio))` × `round(sqrt(area/ratio))`,
 /// the first attempt that fits strictly inside the image is placed uniformly, and an image
 /// without one is left as it is.
-pub fn random_erasing(images: &Tensor, cfg: &RandomErasing) -> Tensor {
+pub fn random_erasing(images: &Tensor, config: &RandomErasing) -> Tensor {
     const ATTEMPTS: i64 = 10;
     let (b, _, h, w) = images.size4().expect("random_erasing expects [B,C,H,W]");
     let double_options = (Kind::Double, images.device());
     let area = (h * w) as f64;
-    let erase_area = (Tensor::rand([b, ATTEMPTS], double_options) * (cfg.scale.1 - cfg.scale.0)
-        + cfg.scale.0)
+    let erase_area = (Tensor::rand([b, ATTEMPTS], double_options)
+        * (config.scale.1 - config.scale.0)
+        + config.scale.0)
         * area;
-    let (log_lo, log_hi) = (cfg.ratio.0.ln(), cfg.ratio.1.ln());
+    let (log_lo, log_hi) = (config.ratio.0.ln(), config.ratio.1.ln());
     let aspect = (Tensor::rand([b, ATTEMPTS], double_options) * (log_hi - log_lo) + log_lo).exp();
-    let eh = (&erase_area * &aspect).sqrt().round();
-    let ew = (&erase_area / &aspect).sqrt().round();
-    let fits = eh.lt(h as f64).logical_and(&ew.lt(w as f64));
+    let erase_height = (&erase_area * &aspect).sqrt().round();
+    let erase_width = (&erase_area / &aspect).sqrt().round();
+    let fits = erase_height
+        .lt(h as f64)
+        .logical_and(&erase_width.lt(w as f64));
     let first = fits.to_kind(Kind::Int64).argmax(1, true);
     let found = fits.any_dim(1, true);
-    let eh = eh.gather(1, &first, false);
-    let ew = ew.gather(1, &first, false);
-    let top = (Tensor::rand([b, 1], double_options) * (h as f64 - &eh + 1.0)).floor();
-    let left = (Tensor::rand([b, 1], double_options) * (w as f64 - &ew + 1.0)).floor();
+    let erase_height = erase_height.gather(1, &first, false);
+    let erase_width = erase_width.gather(1, &first, false);
+    let top = (Tensor::rand([b, 1], double_options) * (h as f64 - &erase_height + 1.0)).floor();
+    let left = (Tensor::rand([b, 1], double_options) * (w as f64 - &erase_width + 1.0)).floor();
     let apply = Tensor::rand([b, 1], double_options)
-        .lt(cfg.p)
+        .lt(config.p)
         .logical_and(&found);
-    let inside =
-        box_mask(&top, &(&top + &eh), &left, &(&left + &ew), h, w).logical_and(&per_image(&apply));
-    images.masked_fill(&inside, cfg.value)
+    let inside = box_mask(
+        &top,
+        &(&top + &erase_height),
+        &left,
+        &(&left + &erase_width),
+        h,
+        w,
+    )
+    .logical_and(&per_image(&apply));
+    images.masked_fill(&inside, config.value)
 }
 
 /// Per-image rectangles as a mask: rows top..bottom and columns left..right (ends

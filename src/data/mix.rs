@@ -93,31 +93,31 @@ pub fn mix(
     images: &Tensor,
     labels: &Tensor,
     num_classes: i64,
-    cfg: &MixConfig,
+    config: &MixConfig,
     label_smoothing: f64,
 ) -> (Tensor, Tensor) {
     let (b, _, h, w) = images.size4().expect("mix expects [B,C,H,W]");
     let device = images.device();
     // One λ (and one choice of op) for the batch, or one per image.
-    let draws = match cfg.mode {
+    let draws = match config.mode {
         MixMode::Batch => 1,
         MixMode::Elem => b,
     };
     let double_options = (Kind::Double, device);
-    let (mixup, cutmix) = (cfg.mixup_alpha > 0.0, cfg.cutmix_alpha > 0.0);
+    let (mixup, cutmix) = (config.mixup_alpha > 0.0, config.cutmix_alpha > 0.0);
     let use_cutmix = if mixup && cutmix {
-        Tensor::rand([draws], double_options).lt(cfg.switch_prob)
+        Tensor::rand([draws], double_options).lt(config.switch_prob)
     } else {
         Tensor::full([draws], cutmix as i64, (Kind::Bool, device))
     };
     let lam_mix = match (mixup, cutmix) {
-        (true, true) => sample_beta(cfg.cutmix_alpha, draws, device)
-            .where_self(&use_cutmix, &sample_beta(cfg.mixup_alpha, draws, device)),
-        (true, false) => sample_beta(cfg.mixup_alpha, draws, device),
-        (false, true) => sample_beta(cfg.cutmix_alpha, draws, device),
+        (true, true) => sample_beta(config.cutmix_alpha, draws, device)
+            .where_self(&use_cutmix, &sample_beta(config.mixup_alpha, draws, device)),
+        (true, false) => sample_beta(config.mixup_alpha, draws, device),
+        (false, true) => sample_beta(config.cutmix_alpha, draws, device),
         (false, false) => Tensor::ones([draws], double_options),
     };
-    let apply = Tensor::rand([draws], double_options).lt(cfg.prob);
+    let apply = Tensor::rand([draws], double_options).lt(config.prob);
     let lam = lam_mix.where_self(&apply, &lam_mix.ones_like());
 
     let flipped = images.flip([0]);

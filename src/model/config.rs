@@ -113,6 +113,8 @@ impl ViTConfig {
         PRESETS.map(|(name, _)| name)
     }
 
+    /// The sizes of the `--config` preset `name`, or an error listing the names there
+    /// are.
     pub fn preset(name: &str) -> Result<Self> {
         match PRESETS.iter().find(|(preset, _)| *preset == name) {
             Some((_, build)) => Ok(build()),
@@ -276,10 +278,12 @@ impl ViTConfig {
         2.0 * (patch_embed + layers * block + head)
     }
 
+    /// The config as a checkpoint's `config` metadata records it.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("ViTConfig serialises")
     }
 
+    /// A config from a checkpoint's `config` metadata, validated (see [`Self::validate`]).
     pub fn from_json(json: &str) -> Result<Self> {
         let config: Self = serde_json::from_str(json)
             .map_err(|e| anyhow::anyhow!("invalid model config JSON ({e}): {json}"))?;

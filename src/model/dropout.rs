@@ -20,6 +20,7 @@ pub struct Dropout {
 }
 
 impl Dropout {
+    /// Dropout with probability `prob`, its CPU masks from vit's sampler.
     pub fn new(prob: f64) -> Self {
         Self {
             prob,

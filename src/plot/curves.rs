@@ -54,7 +54,7 @@ fn metrics_path(run: &Path) -> PathBuf {
     if run.is_file() {
         run.to_path_buf()
     } else {
-        run.join("metrics.csv")
+        run.join(crate::train::METRICS_CSV)
     }
 }
 
@@ -291,7 +291,7 @@ fn folder_name(run: &Path) -> String {
 /// its folder's metrics.csv.
 fn where_given(run: &Path) -> &Path {
     match run.file_name() {
-        Some(name) if name == "metrics.csv" => run_folder(run),
+        Some(name) if name == crate::train::METRICS_CSV => run_folder(run),
         _ => run,
     }
 }

@@ -45,7 +45,7 @@ fn register_font() {
     });
 }
 
-/// Runs `draw` on a `width` x `height` bitmap and writes it as a PNG, atomically.
+/// Runs `draw` on a bitmap of `size` (width, height) and writes it as a PNG, atomically.
 fn render_png<F>(path: &Path, size: (u32, u32), draw: F) -> Result<()>
 where
     F: FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<()>,
@@ -166,7 +166,7 @@ pub(crate) fn ensure_replaceable(
     Ok(())
 }
 
-/// Runs `draw` on a `width` x `height` SVG canvas and writes the file atomically.
+/// Runs `draw` on an SVG canvas of `size` (width, height) and writes the file atomically.
 fn render_svg<F>(path: &Path, size: (u32, u32), draw: F) -> Result<()>
 where
     F: FnOnce(&DrawingArea<SVGBackend<'_>, Shift>) -> Result<()>,

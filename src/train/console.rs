@@ -25,6 +25,8 @@ impl Console {
         }
     }
 
+    /// The progress bar of `epoch` (1-based) of `epochs`, at step `position` (a resumed
+    /// epoch starts part way); hidden when stdout is not a terminal.
     pub(super) fn epoch_bar(
         &self,
         epoch: usize,
@@ -98,6 +100,8 @@ impl Console {
         );
     }
 
+    /// The notebook's line for a finished epoch ("Epoch: N, Validation Accuracy: ...")
+    /// with the rest of its metrics.csv row.
     pub(super) fn epoch_done(&self, row: &EpochMetrics) {
         let ema = match row.ema_test_acc {
             Some(accuracy) => format!(", EMA acc {:.2}%", 100.0 * accuracy),

@@ -36,7 +36,9 @@ use crate::optim::{learning_rate, AdamW};
 use anyhow::{bail, ensure, Result};
 use console::Console;
 use ema::Ema;
-use run_folder::{default_run_dir, Progress, RunFolder};
+use run_folder::{default_run_dir, ModelFiles, Progress, RunFolder, CURVES_PNG, EMA_MODEL_FILES};
+// The run folder's file names, for commands that read it.
+pub(crate) use run_folder::{METRICS_CSV, MODEL_FILES, RESUME_STATE};
 use settings::{epoch_steps, settings_and_dataset, training_images};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -301,7 +303,7 @@ impl<'a> Trainer<'a> {
             }
             device => crate::cli::device_name(device),
         };
-        let recipe = clap::ValueEnum::to_possible_value(&settings.recipe).expect("a recipe's name");
+        let recipe = crate::cli::value_name(&settings.recipe);
         let precision = match settings.precision {
             Precision::Fp32 => "",
             Precision::Bf16 => " in bf16",
@@ -324,7 +326,7 @@ impl<'a> Trainer<'a> {
             self.steps_per_epoch,
             noun_for(self.steps_per_epoch, "step"),
             settings.batch_size.min(self.train_split.len()),
-            recipe.get_name()
+            recipe
         );
     }
 
@@ -454,7 +456,7 @@ impl<'a> Trainer<'a> {
         progress.seconds += started.elapsed().as_secs_f64();
         let state =
             RunFolder::resume_state(&self.vs, &self.optimizer, self.ema.as_ref(), progress)?;
-        self.run.save(vec![("resume.safetensors", state)])
+        self.run.save(vec![(RESUME_STATE, state)])
     }
 
     /// The end of `epoch`: evaluation, the metrics row, the checkpoints, the resume state,
@@ -503,7 +505,7 @@ impl<'a> Trainer<'a> {
         self.console.epoch_done(&row);
         // Last, and only a warning on failure: a picture is not worth the epoch.
         if self.options.plot {
-            let curves = self.run.path("curves.png");
+            let curves = self.run.path(CURVES_PNG);
             if let Err(e) = crate::plot::curves(&[self.run.dir()], &curves) {
                 eprintln!("warning: cannot draw {}: {e:#}", curves.display());
             }
@@ -526,7 +528,7 @@ impl<'a> Trainer<'a> {
             let kept = if epoch > 1 {
                 format!(
                     "the last good weights are in {}",
-                    self.run.path("last_model.safetensors").display()
+                    self.run.path(MODEL_FILES.last).display()
                 )
             } else {
                 "no epoch finished, so there are no weights to keep".to_string()
@@ -562,14 +564,14 @@ impl<'a> Trainer<'a> {
             false,
             progress.best_accuracy,
             progress.best_epoch,
-            "best_model.safetensors",
+            MODEL_FILES.best,
         )];
         if self.ema.is_some() {
             best.push((
                 true,
                 progress.best_ema_accuracy,
                 progress.best_ema_epoch,
-                "best_ema_model.safetensors",
+                EMA_MODEL_FILES.best,
             ));
         }
         for (ema, accuracy, epoch, file) in best {
@@ -593,7 +595,7 @@ impl<'a> Trainer<'a> {
         let model = |vs| checkpoint::to_bytes(vs, &self.settings.model, &self.metadata);
         // The last model, and the best when it is that too.
         let mut keep =
-            |[best, last]: [&'static str; 2],
+            |ModelFiles { best, last },
              bytes: Vec<u8>,
              accuracy,
              (best_accuracy, best_epoch): (&mut f64, &mut usize)| {
@@ -604,14 +606,14 @@ impl<'a> Trainer<'a> {
                 files.push((last, bytes));
             };
         keep(
-            ["best_model.safetensors", "last_model.safetensors"],
+            MODEL_FILES,
             model(&self.vs)?,
             accuracy,
             (&mut progress.best_accuracy, &mut progress.best_epoch),
         );
         if let (Some(ema), Some(accuracy)) = (&self.ema, ema_accuracy) {
             keep(
-                ["best_ema_model.safetensors", "last_ema_model.safetensors"],
+                EMA_MODEL_FILES,
                 model(&ema.vs)?,
                 accuracy,
                 (
@@ -631,7 +633,7 @@ impl<'a> Trainer<'a> {
         // Last: until it lands, a resume replays this epoch from the previous state.
         let ema = self.ema.as_ref();
         files.push((
-            "resume.safetensors",
+            RESUME_STATE,
             RunFolder::resume_state(&self.vs, &self.optimizer, ema, progress)?,
         ));
         Ok(files)

@@ -39,7 +39,7 @@ pub(super) fn saved_config(dir: &Path) -> Result<RunConfig> {
          run there",
         dir.display()
     );
-    let config_path = dir.join("config.json");
+    let config_path = dir.join(super::CONFIG_JSON);
     let saved = match std::fs::read_to_string(&config_path) {
         Ok(saved) => saved,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -262,7 +262,6 @@ fn flag_for(path: &str) -> Option<String> {
 fn shown(path: &str, value: &serde_json::Value) -> String {
     use crate::cli::AugmentPolicy;
     use crate::data::augment::{Policy, RandomErasing};
-    use clap::ValueEnum;
     use serde_json::{from_value, Value};
     match path {
         "regularization.augment.policy" => {
@@ -279,10 +278,7 @@ fn shown(path: &str, value: &serde_json::Value) -> String {
                         ),
                     ),
                 };
-                let name = choice
-                    .to_possible_value()
-                    .expect("a value --augment-policy takes");
-                return format!("{}{details}", name.get_name());
+                return format!("{}{details}", crate::cli::value_name(&choice));
             }
         }
         "regularization.augment.erasing" => {
@@ -322,7 +318,7 @@ pub(super) fn holds_results(dir: &Path) -> bool {
 
 /// The epochs `dir/metrics.csv` holds (rows after its header; 0 without the file).
 pub(super) fn metrics_rows(dir: &Path) -> usize {
-    std::fs::read_to_string(dir.join("metrics.csv"))
+    std::fs::read_to_string(dir.join(super::METRICS_CSV))
         .map_or(0, |text| text.lines().count().saturating_sub(1))
 }
 

@@ -69,7 +69,9 @@ pub struct EpochMetrics {
     pub train_acc: f64,
     pub test_loss: f64,
     pub test_acc: f64,
+    /// The whole epoch: its training steps, then its test passes.
     pub epoch_seconds: f64,
+    /// The training steps' images over their time alone.
     pub images_per_second: f64,
     /// The weights' moving average on the test set (empty without `--ema`).
     pub ema_test_loss: Option<f64>,
@@ -126,19 +128,47 @@ fn utc_timestamp(secs: u64) -> String {
     )
 }
 
+/// The run's settings, dataset and starting command.
+pub(crate) const CONFIG_JSON: &str = "config.json";
+/// A row per finished epoch.
+pub(crate) const METRICS_CSV: &str = "metrics.csv";
+/// Everything else a run needs to continue where it stopped.
+pub(crate) const RESUME_STATE: &str = "resume.safetensors";
+/// With `--plot`, the curves (and the same as SVG beside them).
+pub(crate) const CURVES_PNG: &str = "curves.png";
+const CURVES_SVG: &str = "curves.svg";
+
+/// A model's checkpoints in the run folder: of its best epoch so far, and of its last.
+pub(crate) struct ModelFiles {
+    pub(crate) best: &'static str,
+    pub(crate) last: &'static str,
+}
+
+/// The trained weights' checkpoints.
+pub(crate) const MODEL_FILES: ModelFiles = ModelFiles {
+    best: "best_model.safetensors",
+    last: "last_model.safetensors",
+};
+
+/// With `--ema`, the checkpoints of the weights' moving average.
+pub(crate) const EMA_MODEL_FILES: ModelFiles = ModelFiles {
+    best: "best_ema_model.safetensors",
+    last: "last_ema_model.safetensors",
+};
+
 /// What a run writes into its folder: a fresh run refuses a folder holding any of them
 /// (unless they are a vit run's that saved nothing yet), so nothing a user had is
 /// overwritten.
 const RUN_FILES: [&str; 9] = [
-    "config.json",
-    "metrics.csv",
-    "best_model.safetensors",
-    "last_model.safetensors",
-    "resume.safetensors",
-    "best_ema_model.safetensors",
-    "last_ema_model.safetensors",
-    "curves.png",
-    "curves.svg",
+    CONFIG_JSON,
+    METRICS_CSV,
+    MODEL_FILES.best,
+    MODEL_FILES.last,
+    RESUME_STATE,
+    EMA_MODEL_FILES.best,
+    EMA_MODEL_FILES.last,
+    CURVES_PNG,
+    CURVES_SVG,
 ];
 
 /// The run folder: config.json, metrics.csv, checkpoints and the resume state.
@@ -250,7 +280,7 @@ impl RunFolder {
 
     /// A fresh run in its locked folder: config.json (`record`) and the metrics header.
     fn start(&self, record: &RunConfig) -> Result<()> {
-        let config_path = self.path("config.json");
+        let config_path = self.path(CONFIG_JSON);
         write_atomic(
             &config_path,
             serde_json::to_string_pretty(record)?.as_bytes(),
@@ -261,7 +291,7 @@ impl RunFolder {
                 format!("cannot write to the run folder {}", self.dir.display()),
             )
         })?;
-        let metrics = self.path("metrics.csv");
+        let metrics = self.path(METRICS_CSV);
         let mut writer = csv::Writer::from_path(&metrics)
             .with_context(|| format!("cannot write {}", metrics.display()))?;
         writer.write_record(metrics_header())?;
@@ -295,7 +325,7 @@ impl RunFolder {
     /// Appends one row and syncs it to the disk before the epoch's resume state is written,
     /// so that no crash (a power loss included) keeps the state but loses its row.
     pub(super) fn append_metrics(&self, row: &EpochMetrics) -> Result<()> {
-        let path = self.path("metrics.csv");
+        let path = self.path(METRICS_CSV);
         let append = || -> Result<()> {
             let file = std::fs::OpenOptions::new().append(true).open(&path)?;
             let mut writer = csv::WriterBuilder::new()
@@ -369,7 +399,7 @@ impl RunFolder {
         ema: Option<&Ema>,
         epochs: usize,
     ) -> Result<Progress> {
-        let path = self.path("resume.safetensors");
+        let path = self.path(RESUME_STATE);
         if !path.exists() {
             // Stopped before its first resume state landed: killed before or while saving
             // its first epoch, which the run then trains again, as a resume from a later
@@ -432,12 +462,8 @@ impl RunFolder {
             return Ok(());
         }
         let best = [
-            ("best_model.safetensors", progress.best_accuracy, true),
-            (
-                "best_ema_model.safetensors",
-                progress.best_ema_accuracy,
-                ema,
-            ),
+            (MODEL_FILES.best, progress.best_accuracy, true),
+            (EMA_MODEL_FILES.best, progress.best_ema_accuracy, ema),
         ];
         for (name, accuracy, saved) in best {
             ensure!(
@@ -458,7 +484,7 @@ impl RunFolder {
     /// after them; refuses a file that does not hold those rows (edited, or cut short), which
     /// the resumed run would extend into one with gaps that `vit plot` cannot read.
     fn truncate_metrics(&self, epochs: usize) -> Result<()> {
-        let path = self.path("metrics.csv");
+        let path = self.path(METRICS_CSV);
         let text = std::fs::read_to_string(&path).with_context(|| {
             format!(
                 "cannot resume: cannot read {} (bring back the run's own, or start a new \
