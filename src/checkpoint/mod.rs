@@ -3,8 +3,11 @@
 //! loads with `strict=True` into timm's `VisionTransformer`, and the other way round.
 
 mod advice;
+mod test_set;
 
-use crate::data::{Dataset, TestSet};
+pub use test_set::dataset_args;
+
+use crate::data::Dataset;
 use crate::fsutil::write_atomic;
 use crate::listing::{first_and_more, noun_for};
 use crate::model::{ViTConfig, VisionTransformer};
@@ -344,87 +347,6 @@ impl LoadedModel {
         );
         Ok(())
     }
-
-    /// The test split this model (from `path`) is evaluated on: the dataset `args` name, or
-    /// the one the checkpoint records, fitted to the model (see `fit_dataset`).
-    pub fn test_set(
-        &self,
-        path: &Path,
-        args: &crate::cli::CheckpointDatasetArgs,
-    ) -> Result<TestSet> {
-        let dataset_args = dataset_args(&self.metadata, args)
-            .with_context(|| format!("choosing the test split for {}", path.display()))?;
-        // Refused before the data is read: a missing CIFAR-100 would otherwise send the
-        // user to download it, for a model that cannot be evaluated on it anyway.
-        if let Some(count) = crate::data::known_class_count(&dataset_args) {
-            let name = crate::data::dataset_name(&dataset_args);
-            self.ensure_class_count(path, count, name)?;
-        }
-        let mut dataset = crate::data::load_test(&dataset_args, self.model.config.image_size)?;
-        self.fit_dataset(path, &mut dataset, &args.data_dir)?;
-        Ok(dataset)
-    }
-
-    /// Fails unless the model from `path` has `count` classes, as the `dataset` (its name,
-    /// and where it was read once it was) has.
-    fn ensure_class_count(&self, path: &Path, count: usize, dataset: &str) -> Result<()> {
-        let num_classes = self.model.config.num_classes;
-        ensure!(
-            count as i64 == num_classes,
-            "{} has {num_classes} {} but {dataset} has {count}: use the dataset it was \
-             trained on",
-            path.display(),
-            noun_for(num_classes, "class")
-        );
-        Ok(())
-    }
-
-    /// Fits `dataset` (read from `data_dir`) to the model from `path`, or fails: its
-    /// channels and number of classes must match. A folder dataset's classes are numbered
-    /// by name as the checkpoint records them (its folders may be some of the model's
-    /// classes, and none other). Otherwise, a checkpoint that recorded other class names
-    /// gets a warning, since the dataset's names then label the model's numbers.
-    fn fit_dataset(&self, path: &Path, dataset: &mut TestSet, data_dir: &Path) -> Result<()> {
-        let config = &self.model.config;
-        dataset
-            .test
-            .check_channels(config.in_channels, &dataset.name, |_| {
-                format!("{} was trained on other images", path.display())
-            })?;
-        let recorded = recorded_class_names(&self.metadata, config.num_classes);
-        // A folder dataset (one with files) numbers its classes by folder name; names are
-        // matched only when the checkpoint's are unique (ImageNet's repeat "crane").
-        let numbered_by_name = dataset.files.is_some();
-        let unique = |names: &&Vec<String>| {
-            names.iter().collect::<std::collections::HashSet<_>>().len() == names.len()
-        };
-        if let Some(recorded) = recorded
-            .as_ref()
-            .filter(|names| numbered_by_name && unique(names))
-        {
-            dataset.relabel(recorded).with_context(|| {
-                format!(
-                    "{}: its test class folders must be classes of {}; rename or remove the \
-                     others",
-                    data_dir.display(),
-                    path.display()
-                )
-            })?;
-        }
-        let read_from = format!("{} ({})", dataset.name, data_dir.display());
-        self.ensure_class_count(path, dataset.classes.len(), &read_from)?;
-        if let Some(recorded) = recorded.filter(|names| *names != dataset.classes) {
-            eprintln!(
-                "warning: {} was trained on the classes {:?}, but {} has {:?}: the dataset's \
-                 names label the checkpoint's class numbers",
-                path.display(),
-                recorded,
-                dataset.name,
-                dataset.classes
-            );
-        }
-        Ok(())
-    }
 }
 
 /// Rebuilds the model a checkpoint describes (config from its metadata) on `device`.
@@ -556,38 +478,6 @@ pub fn to_bytes(
         metadata,
     }
     .to_bytes()
-}
-
-/// The dataset a checkpoint is evaluated on: `--dataset` when given, else the one its
-/// `dataset` metadata records, with coarse CIFAR-100 labels when asked for or when that
-/// recorded dataset used them.
-pub fn dataset_args(
-    metadata: &HashMap<String, String>,
-    args: &crate::cli::CheckpointDatasetArgs,
-) -> Result<crate::cli::DatasetArgs> {
-    use crate::cli::DatasetName;
-    use crate::data::{CIFAR10, CIFAR100, CIFAR100_COARSE, FOLDER};
-    let recorded = metadata.get(DATASET_KEY).map(String::as_str);
-    let dataset = match (args.dataset, recorded) {
-        (Some(name), _) => name,
-        (None, Some(CIFAR10)) => DatasetName::Cifar10,
-        (None, Some(CIFAR100 | CIFAR100_COARSE)) => DatasetName::Cifar100,
-        (None, Some(FOLDER)) => DatasetName::Folder,
-        (None, Some(other)) => {
-            bail!(
-                "the checkpoint records the dataset `{other}`, which vit cannot read (it reads \
-                 `{CIFAR10}`, `{CIFAR100}`, `{CIFAR100_COARSE}` and `{FOLDER}`); pass --dataset \
-                 cifar10, cifar100 (with --coarse-labels for its 20 superclasses) or folder"
-            )
-        }
-        (None, None) => bail!("the checkpoint does not record its dataset; pass --dataset"),
-    };
-    let recorded_coarse = recorded == Some(CIFAR100_COARSE) && dataset == DatasetName::Cifar100;
-    Ok(crate::cli::DatasetArgs {
-        dataset,
-        data_dir: args.data_dir.clone(),
-        coarse_labels: args.coarse_labels || recorded_coarse,
-    })
 }
 
 /// Class names from the `classes` metadata, or `class 0`, `class 1`, ... when it has none
