@@ -2584,6 +2584,37 @@ fn a_training_loss_that_diverges_in_the_first_epoch_stops_the_run() {
     assert_eq!(read_metrics(&run).1.len(), 1);
 }
 
+/// Weights that diverge in the second epoch: the run stops there, pointing to the first
+/// epoch's weights, which it kept (finite, and still loadable), and to another --out, as
+/// this one holds them. The weight decay scales the weight matrices by about -1e9 a step:
+/// the first epoch's test loss is large but finite, the second's attention scores overflow.
+#[test]
+fn a_loss_that_diverges_after_the_first_epoch_points_to_its_weights() {
+    let (root, data_dir) = colour_cifar10("diverged-later");
+    let run = root.join("run");
+    let (data, out) = (data_dir.to_str().unwrap(), run.to_str().unwrap());
+    let mut args = tiny_run_args(data, out);
+    #[rustfmt::skip]
+    args.extend(["--epochs", "2", "--batch-size", "300", "--train-subset", "300", "--lr", "1", "--weight-decay", "1e9", "--warmup-epochs", "0", "--clip-grad", "0"]);
+    let stderr = vit_fails(&args);
+    let last_model = run.join("last_model.safetensors");
+    let expected = format!(
+        " in epoch 2; stopped (the last good weights are in {}). Train again with a lower \
+         --lr or --weight-decay, or --clip-grad 1 to clip the gradients; use another --out: \
+         this one keeps what the run saved",
+        last_model.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert_eq!(read_metrics(&run).1.len(), 1);
+    let loaded = vit_tch::checkpoint::load(&last_model, Device::Cpu).unwrap();
+    for (name, weights) in loaded.vs.variables() {
+        assert!(
+            weights.isfinite().all().int64_value(&[]) == 1,
+            "{name} is not finite"
+        );
+    }
+}
+
 /// One epoch, in batches of 300, at a learning rate that makes the loss diverge at once.
 fn diverging_settings() -> TrainSettings {
     TrainSettings {

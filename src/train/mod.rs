@@ -483,7 +483,7 @@ impl<'a> Trainer<'a> {
         };
         let evaluation = test(&self.model);
         // Weights the last step sent to infinity show only here; they are not saved.
-        self.ensure_finite("test loss", evaluation.loss, epoch + 1)?;
+        self.ensure_finite("test loss", evaluation.loss, epoch)?;
         let ema_evaluation = self.ema.as_ref().map(|ema| test(&ema.model));
         let row = EpochMetrics {
             epoch: epoch + 1,
@@ -517,15 +517,16 @@ impl<'a> Trainer<'a> {
     /// an error (see [`Self::ensure_finite`]) when it is NaN or infinite.
     fn mean_training_loss(&self, loss_sum: f64, epoch: usize) -> Result<f64> {
         let mean = loss_sum / self.progress.seen as f64;
-        self.ensure_finite("training loss", mean, epoch + 1)?;
+        self.ensure_finite("training loss", mean, epoch)?;
         Ok(mean)
     }
 
-    /// Stops a run whose `loss` (`what`) in `epoch` became NaN or infinite, saying where its
-    /// last good weights are, what to change, and where the next run can go.
+    /// Stops a run whose `loss` (`what`) in `epoch` (0-based) became NaN or infinite, saying
+    /// where its last good weights are, what to change, and where the next run can go.
     fn ensure_finite(&self, what: &str, loss: f64, epoch: usize) -> Result<()> {
         if !loss.is_finite() {
-            let kept = if epoch > 1 {
+            let earlier_epochs_finished = epoch > 0;
+            let kept = if earlier_epochs_finished {
                 format!(
                     "the last good weights are in {}",
                     self.run.path(MODEL_FILES.last).display()
@@ -542,14 +543,15 @@ impl<'a> Trainer<'a> {
             // saved state would replay the same steps, and a fresh run is refused there.
             let out = if self.options.numbered_out && !self.options.resume {
                 "the same command trains into a new run folder"
-            } else if epoch > 1 || self.run.holds_results() {
+            } else if earlier_epochs_finished || self.run.holds_results() {
                 "use another --out: this one keeps what the run saved"
             } else {
                 "the same --out will do, as the run saved nothing there"
             };
             bail!(
-                "the {what} became {loss} in epoch {epoch}; stopped ({kept}). Train again with \
-                 a lower --lr or --weight-decay, or {clipping}; {out}"
+                "the {what} became {loss} in epoch {}; stopped ({kept}). Train again with \
+                 a lower --lr or --weight-decay, or {clipping}; {out}",
+                epoch + 1
             );
         }
         Ok(())
