@@ -36,7 +36,7 @@ use crate::optim::{learning_rate, AdamW};
 use anyhow::{bail, ensure, Result};
 use console::Console;
 use ema::Ema;
-use run_folder::{default_run_dir, ModelFiles, Progress, RunFolder, CURVES_PNG, EMA_MODEL_FILES};
+use run_folder::{default_run_dir, ModelFiles, Progress, RunFolder, CURVES_PNG};
 // The run folder's file names, for commands that read it.
 pub(crate) use run_folder::{METRICS_CSV, MODEL_FILES, RESUME_STATE};
 use settings::{epoch_steps, settings_and_dataset, training_images};
@@ -561,25 +561,12 @@ impl<'a> Trainer<'a> {
     /// and the EMA's with `--ema`, as the saved state records them (so also for a finished
     /// run resumed, whatever an edit made of metrics.csv since).
     fn say_best_models(&self) {
-        let progress = &self.progress;
-        let mut best = vec![(
-            false,
-            progress.best_accuracy,
-            progress.best_epoch,
-            MODEL_FILES.best,
-        )];
-        if self.ema.is_some() {
-            best.push((
-                true,
-                progress.best_ema_accuracy,
-                progress.best_ema_epoch,
-                EMA_MODEL_FILES.best,
-            ));
-        }
-        for (ema, accuracy, epoch, file) in best {
+        let models = [false].into_iter().chain(self.ema.as_ref().map(|_| true));
+        for ema in models {
+            let (accuracy, epoch) = self.progress.best(ema);
             let epoch = (epoch > 0).then_some((epoch, self.settings.epochs));
-            self.console
-                .best_model(ema, accuracy, epoch, &self.run.path(file));
+            let file = self.run.path(ModelFiles::of(ema).best);
+            self.console.best_model(ema, accuracy, epoch, &file);
         }
     }
 
@@ -592,51 +579,25 @@ impl<'a> Trainer<'a> {
         accuracy: f64,
         ema_accuracy: Option<f64>,
     ) -> Result<Vec<(&'static str, Vec<u8>)>> {
-        let progress = &mut self.progress;
         let mut files = Vec::new();
-        let model = |vs| checkpoint::to_bytes(vs, &self.settings.model, &self.metadata);
-        // The last model, and the best when it is that too.
-        let mut keep =
-            |ModelFiles { best, last },
-             bytes: Vec<u8>,
-             accuracy,
-             (best_accuracy, best_epoch): (&mut f64, &mut usize)| {
-                if is_new_best(accuracy, *best_accuracy, epoch) {
-                    (*best_accuracy, *best_epoch) = (accuracy, epoch + 1);
-                    files.push((best, bytes.clone()));
-                }
-                files.push((last, bytes));
-            };
-        keep(
-            MODEL_FILES,
-            model(&self.vs)?,
-            accuracy,
-            (&mut progress.best_accuracy, &mut progress.best_epoch),
-        );
-        if let (Some(ema), Some(accuracy)) = (&self.ema, ema_accuracy) {
-            keep(
-                EMA_MODEL_FILES,
-                model(&ema.vs)?,
-                accuracy,
-                (
-                    &mut progress.best_ema_accuracy,
-                    &mut progress.best_ema_epoch,
-                ),
-            );
+        let ema =
+            (self.ema.as_ref().zip(ema_accuracy)).map(|(ema, accuracy)| (true, &ema.vs, accuracy));
+        for (is_ema, vs, accuracy) in [(false, &self.vs, accuracy)].into_iter().chain(ema) {
+            let bytes = checkpoint::to_bytes(vs, &self.settings.model, &self.metadata)?;
+            let ModelFiles { best, last } = ModelFiles::of(is_ema);
+            // The last model, and the best when it is that too.
+            if is_new_best(accuracy, self.progress.best(is_ema).0, epoch) {
+                self.progress.set_best(is_ema, accuracy, epoch + 1);
+                files.push((*best, bytes.clone()));
+            }
+            files.push((*last, bytes));
         }
-        *progress = Progress {
-            epochs_done: epoch + 1,
-            best_accuracy: progress.best_accuracy,
-            best_epoch: progress.best_epoch,
-            best_ema_accuracy: progress.best_ema_accuracy,
-            best_ema_epoch: progress.best_ema_epoch,
-            ..Progress::default()
-        };
+        self.progress = self.progress.after_epochs(epoch + 1);
         // Last: until it lands, a resume replays this epoch from the previous state.
         let ema = self.ema.as_ref();
         files.push((
             RESUME_STATE,
-            RunFolder::resume_state(&self.vs, &self.optimizer, ema, progress)?,
+            RunFolder::resume_state(&self.vs, &self.optimizer, ema, &self.progress)?,
         ));
         Ok(files)
     }

@@ -60,6 +60,39 @@ pub(super) struct Progress {
     pub(super) seconds: f64,
 }
 
+impl Progress {
+    /// The best test accuracy so far and its epoch (1-based), of the model or, with `ema`,
+    /// of its moving average.
+    pub(super) fn best(&self, ema: bool) -> (f64, usize) {
+        match ema {
+            false => (self.best_accuracy, self.best_epoch),
+            true => (self.best_ema_accuracy, self.best_ema_epoch),
+        }
+    }
+
+    /// Records `accuracy`, of epoch `epoch` (1-based), as the best of the model or, with
+    /// `ema`, of its moving average.
+    pub(super) fn set_best(&mut self, ema: bool, accuracy: f64, epoch: usize) {
+        match ema {
+            false => (self.best_accuracy, self.best_epoch) = (accuracy, epoch),
+            true => (self.best_ema_accuracy, self.best_ema_epoch) = (accuracy, epoch),
+        }
+    }
+
+    /// Where the loop is once `epochs_done` epochs have finished: the best models kept,
+    /// nothing of the next epoch done yet.
+    pub(super) fn after_epochs(&self, epochs_done: usize) -> Self {
+        Self {
+            epochs_done,
+            best_accuracy: self.best_accuracy,
+            best_epoch: self.best_epoch,
+            best_ema_accuracy: self.best_ema_accuracy,
+            best_ema_epoch: self.best_ema_epoch,
+            ..Self::default()
+        }
+    }
+}
+
 /// One epoch's metrics.csv row; the header is its field names.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
@@ -142,6 +175,16 @@ const CURVES_SVG: &str = "curves.svg";
 pub(crate) struct ModelFiles {
     pub(crate) best: &'static str,
     pub(crate) last: &'static str,
+}
+
+impl ModelFiles {
+    /// The model's checkpoints, or with `ema` its moving average's.
+    pub(crate) fn of(ema: bool) -> &'static Self {
+        match ema {
+            false => &MODEL_FILES,
+            true => &EMA_MODEL_FILES,
+        }
+    }
 }
 
 /// The trained weights' checkpoints.
@@ -461,13 +504,12 @@ impl RunFolder {
         if progress.epochs_done == 0 || progress.epochs_done >= epochs {
             return Ok(());
         }
-        let best = [
-            (MODEL_FILES.best, progress.best_accuracy, true),
-            (EMA_MODEL_FILES.best, progress.best_ema_accuracy, ema),
-        ];
-        for (name, accuracy, saved) in best {
+        let models = [false].into_iter().chain(ema.then_some(true));
+        for ema in models {
+            let (accuracy, _) = progress.best(ema);
+            let name = ModelFiles::of(ema).best;
             ensure!(
-                !saved || self.path(name).exists(),
+                self.path(name).exists(),
                 "cannot resume {dir}: its {name} (test accuracy {:.2}%, the best of its {} \
                  {}) is missing, and the run writes it again only for an epoch that beats \
                  it. Put it back in {dir}, or start a new run with another --out",
