@@ -2960,6 +2960,48 @@ fn coarse_labels_with_another_dataset_than_cifar100_are_refused() {
     assert!(!picture.exists() && !Path::new(run).exists());
 }
 
+/// Without --out, the confusion matrix goes beside the checkpoint: a file of the user's at
+/// its name is kept, and the evaluation refused before its test pass with the advice to
+/// pass --out (there is no --out to choose another of, nor a PNG to name with -o). A file
+/// there that cannot be checked (a link that loops) is refused with the same advice.
+#[test]
+fn a_users_file_beside_the_checkpoint_is_kept_and_out_is_advised() {
+    let (root, data_dir) = colour_cifar10("eval-beside-checkpoint");
+    let model = root.join("model.safetensors");
+    save_fresh_model(&ViTConfig::tiny(), &[("dataset", "cifar10".into())], &model);
+    #[rustfmt::skip]
+    let eval = ["eval", "--checkpoint", model.to_str().unwrap(), "--data-dir", data_dir.to_str().unwrap(), "--device", "cpu"];
+    let csv = root.join("model.confusion_matrix.csv");
+    let what = "a confusion matrix vit wrote";
+    let advice = "pass --out DIR to write the evaluation's files elsewhere";
+    std::fs::write(&csv, "my notes\n").unwrap();
+    let output = common::run_vit(&eval);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{} is already there, and is not {what}: vit eval would replace it with the \
+             confusion matrix. Move that file away, or {advice}\n",
+            csv.display()
+        )),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&csv).unwrap(), "my notes\n");
+    std::fs::remove_file(&csv).unwrap();
+    // A link to itself: opening it fails with another error than "not found".
+    std::os::unix::fs::symlink(&csv, &csv).unwrap();
+    let stderr = vit_fails(&eval);
+    assert!(
+        stderr.contains(&format!(
+            "cannot check whether {} is {what} (",
+            csv.display()
+        )) && stderr.contains(&format!("Move it away, or {advice}\n")),
+        "{stderr}"
+    );
+    assert!(csv.is_symlink());
+}
+
 /// Runs `vit ARGS` with its stdout a pipe already closed (`vit info | head -1` once head
 /// has gone): the read end is closed before vit starts, so its first write fails.
 fn vit_into_a_closed_pipe(args: &[&str]) -> std::process::Output {
