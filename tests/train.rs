@@ -792,7 +792,8 @@ fn ctrl_c_or_sigterm_saves_the_run_and_prints_a_resume_command_that_works() {
 /// The command a refused resume gives works from wherever it is given: relative paths are
 /// those of the folder the run started in, so from another folder it goes there first
 /// (with the run folder made absolute); a run in the default folder is resumed from the
-/// folder it got.
+/// folder it got. A run of an earlier version, which recorded no command, is sent to its
+/// config.json instead.
 #[test]
 fn a_refused_resume_gives_a_command_that_resumes_the_run_from_anywhere() {
     let (root, _) = colour_cifar10("resume-anywhere");
@@ -866,6 +867,23 @@ fn a_refused_resume_gives_a_command_that_resumes_the_run_from_anywhere() {
             "{command}: {stderr}"
         );
     }
+    // A run of an earlier version recorded no command: the refusal points to where its
+    // flags are, config.json.
+    let config_path = absolute.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let recorded = config.as_object_mut().unwrap().remove("command");
+    assert!(recorded.is_some(), "{config}");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let refused = run_in(&root.0, &["train", "--out", &run, "--resume"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && stderr.contains(
+                "Resume with the flags the run started with (its config.json records them)\n"
+            ),
+        "{stderr}"
+    );
 }
 
 /// A run resumes from a copy of its data in another folder (a job's scratch copy, a moved
