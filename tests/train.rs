@@ -1634,7 +1634,8 @@ fn strong_recipe_runs_from_the_command_line() {
 /// the rule that keeps the best checkpoint (the first epoch with the highest accuracy);
 /// a run whose saved state has no best epoch (saved by a version before the epochs were
 /// recorded) leaves the epoch out. Its opening line gives the batch the steps take: the
-/// training images, when they are fewer than `--batch-size`.
+/// training images, when they are fewer than `--batch-size` (one is "1 ... training
+/// image").
 #[test]
 fn the_closing_lines_name_the_best_epochs_of_the_model_and_of_its_ema() {
     let (root, data_dir) = colour_cifar10("best-epochs");
@@ -1693,15 +1694,22 @@ fn the_closing_lines_name_the_best_epochs_of_the_model_and_of_its_ema() {
     assert!(stdout.ends_with(&lines), "{lines:?} does not end {stdout}");
 
     // Fewer training images than --batch-size: one step of them all.
-    let small = root.join("small");
-    let mut args = tiny_run_args(data_dir.to_str().unwrap(), small.to_str().unwrap());
-    #[rustfmt::skip]
-    args.extend(["--epochs", "1", "--batch-size", "64", "--warmup-epochs", "0", "--train-subset", "30"]);
-    let stderr = String::from_utf8_lossy(&vit(&args).stderr).into_owned();
-    assert!(
-        stderr.contains("on 30 cifar10 training images (testing on 200): 1 epoch of 1 step, batch 30, notebook recipe"),
-        "{stderr}"
-    );
+    for (subset, images) in [
+        ("30", "30 cifar10 training images"),
+        ("1", "1 cifar10 training image"),
+    ] {
+        let small = root.join(format!("small-{subset}"));
+        let mut args = tiny_run_args(data_dir.to_str().unwrap(), small.to_str().unwrap());
+        #[rustfmt::skip]
+        args.extend(["--epochs", "1", "--batch-size", "64", "--warmup-epochs", "0", "--train-subset", subset]);
+        let stderr = String::from_utf8_lossy(&vit(&args).stderr).into_owned();
+        assert!(
+            stderr.contains(&format!(
+                "on {images} (testing on 200): 1 epoch of 1 step, batch {subset}, notebook recipe"
+            )),
+            "{stderr}"
+        );
+    }
 }
 
 /// `--mix-off-epoch` at or past `--epochs` leaves no epoch unmixed: a warning, given with the
