@@ -173,8 +173,12 @@ fn missing_files_name_the_download_command() {
         "vit download --dataset cifar10 --data-dir {}",
         tmp.0.display()
     );
-    assert!(err.contains(&command), "{err}");
-    assert!(err.contains("batches.meta.txt"), "{err}");
+    // An absolute path is shown as it is, with no "(in the current folder, ...)".
+    let meta = tmp.0.join("cifar-10-batches-bin/batches.meta.txt");
+    assert!(
+        err.contains(&format!("{} is missing: run `{command}`", meta.display())),
+        "{err}"
+    );
     let err = error_of(data::load(&args(DatasetName::Cifar100, &tmp.0, false), 32));
     let command = format!(
         "vit download --dataset cifar100 --data-dir {}",
@@ -1197,7 +1201,22 @@ fn image_folder_reads_classes_in_name_order() {
     );
     std::fs::remove_dir_all(tmp.0.join("test")).unwrap();
     let err = error_of(data::load(&args(DatasetName::Folder, &tmp.0, false), 8));
-    assert!(err.contains("test") && err.contains("missing"), "{err}");
+    let needs = "is missing: a folder dataset needs DIR/train/<class>/*.png|jpg|jpeg";
+    assert!(
+        err.contains(&format!("{} {needs}", tmp.0.join("test").display())),
+        "{err}"
+    );
+    // A relative --data-dir is read from the folder vit runs in: the message names it.
+    let relative = Path::new("no-such-folder-dataset");
+    let err = error_of(data::load(&args(DatasetName::Folder, relative, false), 8));
+    let here = std::env::current_dir().unwrap();
+    assert!(
+        err.contains(&format!(
+            "no-such-folder-dataset/train (in the current folder, {}) {needs}",
+            here.display()
+        )),
+        "{err}"
+    );
 }
 
 #[test]
@@ -2067,6 +2086,26 @@ fn transforms_on_cuda_when_available() {
         let cpu = transforms::test_transform(&batch, size);
         assert!(gpu.allclose(&cpu, 1e-4, 1e-4, false), "size {size}");
     }
+}
+
+/// `vit data --threads` sets libtorch's thread count as the other commands' does: more
+/// threads than the cores here are warned about, and the summary is given all the same.
+#[test]
+fn vit_data_takes_threads_as_the_other_commands_do() {
+    let tmp = TempDir::new("data-threads");
+    write_cifar10(&tmp.0);
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let threads = (cores + 1).to_string();
+    #[rustfmt::skip]
+    let output = common::vit(&["data", "--dataset", "cifar10", "--data-dir", tmp.0.to_str().unwrap(), "--threads", &threads]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "warning: --threads {threads} is more than the {cores} "
+        )),
+        "{stderr}"
+    );
+    assert!(!output.stdout.is_empty(), "{stderr}");
 }
 
 #[test]
