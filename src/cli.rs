@@ -864,7 +864,8 @@ mod tests {
     }
 
     /// A negative number after a long flag is its value, in every form Rust reads as a
-    /// number (clap alone takes `-1e-3` for a flag); other words are left as they are.
+    /// number (clap alone takes `-1e-3` for a flag), unless the flag has its value already
+    /// (`--index=-3 -4`); other words, positive numbers among them, are left as they are.
     #[test]
     fn negative_numbers_are_attached_to_the_flag_before_them() {
         let words =
@@ -880,6 +881,9 @@ mod tests {
                 "--seed",
                 "-1",
                 "--index=-3",
+                "-4",
+                "--epochs",
+                "3",
                 "-o",
                 "-x.png",
                 "--dropout",
@@ -895,6 +899,9 @@ mod tests {
                 "--weight-decay=-2.5E+1",
                 "--seed=-1",
                 "--index=-3",
+                "-4",
+                "--epochs",
+                "3",
                 "-o",
                 "-x.png",
                 "--dropout=-inf",

@@ -182,5 +182,13 @@ mod tests {
                 String::from_utf8_lossy(arg)
             );
         }
+        // In a command, the first word alone is the command word.
+        assert_eq!(
+            String::from_utf8_lossy(&resume_command(
+                &words(&["a=b", "--lr=1e-3"]),
+                Path::new("runs/a")
+            )),
+            "'a=b' --lr=1e-3 --out runs/a --resume"
+        );
     }
 }
