@@ -2007,7 +2007,7 @@ fn ctrl_c_during_a_download_removes_the_partial_archive() {
         std::thread::sleep(std::time::Duration::from_secs(60));
     });
     #[rustfmt::skip]
-    let mut child = std::process::Command::new("nohup")
+    let mut child = common::with_default_signals(&mut std::process::Command::new("nohup"))
         .arg(common::vit_binary())
         .args(["download", "--dataset", "cifar10", "--from", &url, "--data-dir"])
         .arg(&data_dir)

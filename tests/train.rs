@@ -699,7 +699,7 @@ fn json_integer(json: &str, name: &str) -> i64 {
 /// Starts `vit ARGS` (its stdout and stderr captured) and waits for the run folder `run` to get its
 /// config.json, which vit writes once its signal handler is installed.
 fn start_training<S: AsRef<std::ffi::OsStr>>(args: &[S], run: &Path) -> std::process::Child {
-    let child = Command::new(common::vit_binary())
+    let child = common::with_default_signals(&mut Command::new(common::vit_binary()))
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

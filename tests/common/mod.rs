@@ -245,6 +245,21 @@ pub fn vit_fails(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// `command`, with SIGINT and SIGHUP back at their defaults in the child: tests run as a
+/// background job (`make test &`) or under nohup pass them on ignored, and vit keeps a
+/// signal that whoever started it ignored, so the signals a test sends would never arrive.
+pub fn with_default_signals(command: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec, signal() is async-signal-safe and touches no memory.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGHUP, libc::SIG_DFL);
+            Ok(())
+        })
+    }
+}
+
 /// `kill SIGNAL` (`-INT`, `-TERM`, `-HUP`) to `child`.
 pub fn send(signal: &str, child: &std::process::Child) {
     let pid = child.id().to_string();
