@@ -4,7 +4,7 @@
 
 use crate::checkpoint::{self, LoadedModel};
 use crate::cli::AttentionArgs;
-use crate::data::{self, folder};
+use crate::data::{self, image_file};
 use crate::listing::noun_for;
 use anyhow::{bail, ensure, Result};
 use std::path::PathBuf;
@@ -142,7 +142,7 @@ fn choose_image(args: &AttentionArgs, loaded: &LoadedModel) -> Result<ChosenImag
         );
         loaded.ensure_rgb(&args.checkpoint)?;
         return Ok(ChosenImage {
-            image: folder::decode_images(&[path.as_path()], image_size as u32)?.get(0),
+            image: image_file::decode_images(&[path.as_path()], image_size as u32)?.get(0),
             source: path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())

@@ -3,7 +3,7 @@
 
 use crate::checkpoint;
 use crate::cli::PredictArgs;
-use crate::data::{folder, transforms};
+use crate::data::{folder, image_file, transforms};
 use crate::listing::noun_for;
 use anyhow::{ensure, Result};
 use serde::Serialize;
@@ -123,7 +123,7 @@ fn classify(
     top_k: i64,
 ) -> Result<Vec<Result<Prediction>>> {
     let config = &loaded.model.config;
-    let decoded = folder::decode_readable(files, config.image_size as u32)?;
+    let decoded = image_file::decode_readable(files, config.image_size as u32)?;
     let mut outcomes: Vec<Option<Result<Prediction>>> = files.iter().map(|_| None).collect();
     if !decoded.indices.is_empty() {
         let device = loaded.vs.device();

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 use vit_tch::cli::{DatasetArgs, DatasetName};
 use vit_tch::data::download::{fetch, ArchiveSpec, Fetched};
-use vit_tch::data::{self, folder, transforms, CIFAR_MEAN, CIFAR_STD};
+use vit_tch::data::{self, folder, image_file, transforms, CIFAR_MEAN, CIFAR_STD};
 
 fn entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -1239,7 +1239,7 @@ fn image_folder_names_undecodable_files() {
         "{err}"
     );
     let empty = tmp.0.join("train/a/empty.png");
-    let err = error_of(folder::decode_images(&[empty.as_path()], 4));
+    let err = error_of(image_file::decode_images(&[empty.as_path()], 4));
     assert!(
         err.contains(&format!(
             "{} is empty (0 bytes): replace or remove it",
@@ -1251,7 +1251,7 @@ fn image_folder_names_undecodable_files() {
     std::fs::remove_file(tmp.0.join("test/a/text.jpeg")).unwrap();
     // A size no memory holds is an error before any file is read (not an abort).
     let broken = tmp.0.join("train/a/broken.jpg");
-    let err = error_of(folder::decode_images(&[broken.as_path()], 1 << 24));
+    let err = error_of(image_file::decode_images(&[broken.as_path()], 1 << 24));
     assert!(err.contains("more memory than there is"), "{err}");
 }
 
@@ -1346,7 +1346,7 @@ fn images_cut_short_or_too_large_are_refused() {
     let decode = |name: &str, bytes: &[u8]| {
         let path = tmp.0.join(name);
         std::fs::write(&path, bytes).unwrap();
-        folder::decode_images(&[path.as_path()], 8).map(|_| ())
+        image_file::decode_images(&[path.as_path()], 8).map(|_| ())
     };
     let jpeg = jpeg_bytes();
     decode("whole.jpg", &jpeg).unwrap();
@@ -1441,9 +1441,9 @@ fn images_cut_short_or_too_large_are_refused() {
         let (fifo, jpeg) = (fifo.clone(), jpeg.clone());
         std::thread::spawn(move || std::fs::write(fifo, jpeg).unwrap())
     };
-    let piped = folder::decode_images(&[fifo.as_path()], 8).unwrap();
+    let piped = image_file::decode_images(&[fifo.as_path()], 8).unwrap();
     writer.join().unwrap();
-    let whole = folder::decode_images(&[tmp.0.join("whole.jpg").as_path()], 8).unwrap();
+    let whole = image_file::decode_images(&[tmp.0.join("whole.jpg").as_path()], 8).unwrap();
     assert!(piped.equal(&whole));
 }
 
@@ -1462,12 +1462,12 @@ fn jpegs_decode_whole_and_are_refused_where_pil_refuses_them_cut() {
         let bytes = Vec::<u8>::try_from(file).unwrap();
         let path = tmp.0.join(format!("{name}.jpg"));
         std::fs::write(&path, &bytes).unwrap();
-        if let Err(error) = folder::decode_images(&[path.as_path()], 8) {
+        if let Err(error) = image_file::decode_images(&[path.as_path()], 8) {
             panic!("{name}: {error:#}");
         }
         for cut in Vec::<i64>::try_from(cuts).unwrap() {
             std::fs::write(&path, &bytes[..cut as usize]).unwrap();
-            let decoded = folder::decode_images(&[path.as_path()], 8);
+            let decoded = image_file::decode_images(&[path.as_path()], 8);
             assert!(
                 decoded.is_err(),
                 "{name}, cut to {cut} of {} bytes, was decoded",
@@ -1507,7 +1507,7 @@ fn jpegs_decode_close_to_pils_pixels() {
         assert_eq!(pixels.size(), [side, side, 3], "{name}: a square image");
         let path = tmp.0.join(format!("{name}.jpg"));
         std::fs::write(&path, Vec::<u8>::try_from(file).unwrap()).unwrap();
-        let decoded = folder::decode_images(&[path.as_path()], side as u32)
+        let decoded = image_file::decode_images(&[path.as_path()], side as u32)
             .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         let error = (decoded.to_kind(Kind::Int64) - expected).abs();
         let bounds = bounds(name);
@@ -1557,7 +1557,7 @@ fn pngs_decode_to_pils_pixels_and_are_refused_where_pil_refuses_them_cut() {
             .chain(lengths("decoded").unwrap())
         {
             std::fs::write(&path, &bytes[..length as usize]).unwrap();
-            match folder::decode_images(&[path.as_path()], side) {
+            match image_file::decode_images(&[path.as_path()], side) {
                 Ok(images) => assert!(
                     images.equal(&expected),
                     "{name}, {length} of {} bytes: pixels differ from PIL's",
@@ -1568,7 +1568,7 @@ fn pngs_decode_to_pils_pixels_and_are_refused_where_pil_refuses_them_cut() {
         }
         for length in lengths("refused").unwrap() {
             std::fs::write(&path, &bytes[..length as usize]).unwrap();
-            let Err(err) = folder::decode_images(&[path.as_path()], side) else {
+            let Err(err) = image_file::decode_images(&[path.as_path()], side) else {
                 panic!(
                     "{name}, cut to {length} of {} bytes, was decoded",
                     bytes.len()
@@ -1599,7 +1599,7 @@ fn pngs_decode_to_pils_pixels_and_are_refused_where_pil_refuses_them_cut() {
     );
     let path = tmp.0.join("palette.png");
     std::fs::write(&path, &png).unwrap();
-    let err = error_of(folder::decode_images(&[path.as_path()], 1));
+    let err = error_of(image_file::decode_images(&[path.as_path()], 1));
     assert!(
         err.contains("palette.png") && err.contains("not whole RGB entries"),
         "{err}"
@@ -1616,7 +1616,7 @@ fn pngs_decode_to_pils_pixels_and_are_refused_where_pil_refuses_them_cut() {
         ],
     );
     std::fs::write(&path, &png).unwrap();
-    let image = folder::decode_images(&[path.as_path()], 1).unwrap();
+    let image = image_file::decode_images(&[path.as_path()], 1).unwrap();
     assert_eq!(Vec::<u8>::try_from(image.reshape([-1])).unwrap(), [1, 2, 3]);
 }
 
@@ -1659,7 +1659,7 @@ fn pngs_at_the_edges_of_the_format_are_decoded_or_refused_as_pil_does() {
     let decode = |name: &str, bytes: &[u8], size: u32| {
         let path = tmp.0.join(name);
         std::fs::write(&path, bytes).unwrap();
-        folder::decode_images(&[path.as_path()], size)
+        image_file::decode_images(&[path.as_path()], size)
     };
     for side in 1..=9usize {
         let pixels: Vec<Vec<[u8; 3]>> = (0..side)
@@ -1801,7 +1801,7 @@ fn images_of_several_decoding_blocks_keep_their_order() {
         })
         .collect();
     let files: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
-    let decoded = folder::decode_readable(&files, 1).unwrap();
+    let decoded = image_file::decode_readable(&files, 1).unwrap();
     let failed: Vec<usize> = decoded.failures.iter().map(|(index, _)| *index).collect();
     assert_eq!(failed, [broken]);
     let readable: Vec<usize> = (0..n).filter(|&i| i != broken).collect();
@@ -1811,7 +1811,7 @@ fn images_of_several_decoding_blocks_keep_their_order() {
         .flat_map(|&i| [i as u8, (i / 256) as u8, 9])
         .collect();
     assert_eq!(u8s(&decoded.images), expected);
-    let err = error_of(folder::decode_images(&files, 1));
+    let err = error_of(image_file::decode_images(&files, 1));
     assert!(err.contains(&format!("{broken:05}.png")), "{err}");
 }
 

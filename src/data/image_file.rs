@@ -1,15 +1,19 @@
-//! One image file as RGB: PNG through the `png` crate, row by row, to PIL's very pixels
+//! Image files as RGB: PNG through the `png` crate, row by row, to PIL's very pixels
 //! (16-bit grey aside), and JPEG through `image`, whose decoder rounds a little differently
 //! from PIL's libjpeg (the README gives the size of it). PIL's refusals are kept: more than
-//! [`MAX_PIXELS`] pixels, a file cut short.
+//! [`MAX_PIXELS`] pixels, a file cut short. One file ([`decode_rgb`]), or many at once,
+//! decoded in parallel and resized into one uint8 batch ([`decode_images`],
+//! [`decode_readable`]).
 
+use crate::listing::{and_more, first_and_more};
 use anyhow::{anyhow, ensure, Context, Result};
 use std::io::Read;
 use std::path::Path;
+use tch::{Device, Kind, Tensor};
 
 /// The most pixels an image may have, PIL's `DecompressionBombError` threshold: its RGB
 /// copy stays under 512 MiB (a greyscale bomb passes the decoder's own limit, then triples).
-const MAX_PIXELS: u64 = 178_956_970;
+pub const MAX_PIXELS: u64 = 178_956_970;
 
 /// Reads an image file whole (so that a pipe works too) and decodes it as RGB, refusing
 /// what PIL refuses: more than [`MAX_PIXELS`] pixels, a file cut short.
@@ -286,4 +290,168 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
             }
         }
     }
+}
+
+/// Decodes image files (on libtorch's CPU threads, `--threads`) into uint8 [files.len(), 3,
+/// size, size]. Fails with the number of files that cannot be decoded, the first one's error
+/// and the names of up to ten others, so that one run shows how many there are and names
+/// the first eleven.
+pub fn decode_images(files: &[&Path], size: u32) -> Result<Tensor> {
+    let (images, failures) = decode_all(files, size)?;
+    let mut failures = failures.into_iter();
+    let Some((_, first)) = failures.next() else {
+        return Ok(images);
+    };
+    let others: Vec<String> = failures
+        .map(|(index, _)| files[index].display().to_string())
+        .collect();
+    if others.is_empty() {
+        return Err(first);
+    }
+    const LISTED: usize = 10;
+    let (listed, unlisted) = first_and_more(&others, LISTED);
+    Err(first.context(format!(
+        "{} files cannot be decoded: the first is below, the others are {}{}",
+        others.len() + 1,
+        listed.join(", "),
+        and_more(unlisted)
+    )))
+}
+
+/// What [`decode_readable`] decoded, and what it could not.
+pub struct Decoded {
+    /// uint8 [decoded files, 3, size, size]
+    pub images: Tensor,
+    /// The index (in the files given) of each image's file, in order.
+    pub indices: Vec<usize>,
+    /// The index and error of each file that cannot be decoded.
+    pub failures: Vec<(usize, anyhow::Error)>,
+}
+
+/// Decodes the files that can be decoded (on libtorch's CPU threads, `--threads`), in their
+/// order.
+pub fn decode_readable(files: &[&Path], size: u32) -> Result<Decoded> {
+    let (images, failures) = decode_all(files, size)?;
+    let mut readable = vec![true; files.len()];
+    for (failed, _) in &failures {
+        readable[*failed] = false;
+    }
+    let indices: Vec<usize> = (0..files.len()).filter(|&index| readable[index]).collect();
+    let images = if failures.is_empty() {
+        images
+    } else {
+        let rows: Vec<i64> = indices.iter().map(|&index| index as i64).collect();
+        images.index_select(0, &Tensor::from_slice(&rows))
+    };
+    Ok(Decoded {
+        images,
+        indices,
+        failures,
+    })
+}
+
+/// Decodes the files (on libtorch's CPU threads, `--threads`) into uint8 [files.len(), 3,
+/// size, size]; returns it with the index and error of each file that cannot be decoded
+/// (its image left as it was).
+fn decode_all(files: &[&Path], size: u32) -> Result<(Tensor, Vec<(usize, anyhow::Error)>)> {
+    let (n, side) = (files.len() as i64, size as i64);
+    // Refused with an error rather than an abort: a --image-size too large for memory.
+    let images = Tensor::f_empty([n, 3, side, side], (Kind::Uint8, Device::Cpu)).map_err(|_| {
+        anyhow!(
+            "{n} images of {size}x{size} pixels need {:.1} GB, more memory than there is; \
+             use a smaller --image-size",
+            (3 * n) as f64 * (side * side) as f64 / 1e9
+        )
+    })?;
+    let per_image = 3 * size as usize * size as usize;
+    // As many as libtorch's CPU threads: `--threads` limits both.
+    let threads = tch::get_num_threads().max(1) as usize;
+    // Decoded a block at a time into one buffer, then copied in: memory stays at the
+    // dataset plus a block, not twice the dataset.
+    let block = threads * 64;
+    let mut pixels = vec![0u8; block.min(files.len()) * per_image];
+    let mut failures = Vec::new();
+    for (index, block_files) in files.chunks(block).enumerate() {
+        let block_pixels = &mut pixels[..block_files.len() * per_image];
+        let block_failures = decode_in_parallel(block_files, size, block_pixels, threads)?;
+        failures.extend(
+            block_failures
+                .into_iter()
+                .map(|(position, error)| (index * block + position, error)),
+        );
+        let count = block_files.len() as i64;
+        images
+            .narrow(0, (index * block) as i64, count)
+            .copy_(&Tensor::from_slice(block_pixels).view([count, 3, side, side]));
+    }
+    Ok((images, failures))
+}
+
+/// Decodes `files` into `pixels` (one image's CHW bytes after another), split over
+/// `threads` threads; returns the index and error of each file that cannot be decoded.
+fn decode_in_parallel(
+    files: &[&Path],
+    size: u32,
+    pixels: &mut [u8],
+    threads: usize,
+) -> Result<Vec<(usize, anyhow::Error)>> {
+    let per_image = pixels.len() / files.len().max(1);
+    let chunk = files.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = files
+            .chunks(chunk)
+            .zip(pixels.chunks_mut(chunk * per_image))
+            .enumerate()
+            .map(|(worker, (files, out))| {
+                scope.spawn(move || {
+                    let jobs = files.iter().zip(out.chunks_exact_mut(per_image));
+                    jobs.enumerate()
+                        .filter_map(|(position, (path, dst))| {
+                            let error = decode_into(path, size, dst).err()?;
+                            Some((worker * chunk + position, error))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut failures = Vec::new();
+        for worker in workers {
+            let worker_failures = worker
+                .join()
+                .map_err(|_| anyhow!("an image decoding thread panicked"))?;
+            failures.extend(worker_failures);
+        }
+        Ok(failures)
+    })
+}
+
+/// Decodes one image file as RGB, resized to `size`×`size`, into `dst` in CHW order. A
+/// decoder that panics on a malformed file fails that file only.
+fn decode_into(path: &Path, size: u32, dst: &mut [u8]) -> Result<()> {
+    let image = std::panic::catch_unwind(|| decode_rgb(path)).unwrap_or_else(|_| {
+        Err(anyhow!(
+            "cannot decode {} (the decoder failed on it): convert, replace or remove it",
+            path.display()
+        ))
+    })?;
+    let image = if image.dimensions() == (size, size) {
+        image
+    } else {
+        // `resize` filters the columns first, into a float image of width x size pixels.
+        ensure!(
+            u64::from(image.width()) * u64::from(size) * 16 <= 1 << 30,
+            "{} is {}x{} pixels, too wide to resize to {size}x{size}: crop or downscale it",
+            path.display(),
+            image.width(),
+            image.height()
+        );
+        image::imageops::resize(&image, size, size, image::imageops::FilterType::Triangle)
+    };
+    let plane = size as usize * size as usize;
+    for (i, pixel) in image.pixels().enumerate() {
+        dst[i] = pixel.0[0];
+        dst[plane + i] = pixel.0[1];
+        dst[2 * plane + i] = pixel.0[2];
+    }
+    Ok(())
 }

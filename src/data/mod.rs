@@ -10,7 +10,7 @@ pub mod augment;
 mod cifar;
 pub mod download;
 pub mod folder;
-mod image_file;
+pub mod image_file;
 pub mod mix;
 pub mod transforms;
 
