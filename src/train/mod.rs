@@ -141,6 +141,13 @@ pub struct RunOptions<'a> {
     pub command: Option<Vec<OsString>>,
 }
 
+impl RunOptions<'_> {
+    /// Whether the run gets a new numbered folder, whose name is known only once made.
+    fn numbers_a_new_folder(&self) -> bool {
+        self.numbered_out && !self.resume
+    }
+}
+
 /// The training loop proper, on a loaded dataset, writing into the run folder
 /// `options` names.
 pub fn train(settings: &TrainSettings, dataset: &Dataset, options: &RunOptions) -> Result<Outcome> {
@@ -214,7 +221,7 @@ fn open_run_folder(
     options: &RunOptions,
 ) -> Result<RunFolder> {
     let run = RunFolder::open(options, settings, &dataset.identity())?;
-    if options.numbered_out && !options.resume {
+    if options.numbers_a_new_folder() {
         eprintln!("Run folder: {}", run.dir().display());
     }
     Ok(run)
@@ -541,7 +548,7 @@ impl<'a> Trainer<'a> {
             };
             // A finished epoch's files may still be on their way to disk. A resume of the
             // saved state would replay the same steps, and a fresh run is refused there.
-            let out = if self.options.numbered_out && !self.options.resume {
+            let out = if self.options.numbers_a_new_folder() {
                 "the same command trains into a new run folder"
             } else if earlier_epochs_finished || self.run.holds_results() {
                 "use another --out: this one keeps what the run saved"
