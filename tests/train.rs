@@ -3028,6 +3028,42 @@ fn a_users_file_beside_the_checkpoint_is_kept_and_out_is_advised() {
     assert!(csv.is_symlink());
 }
 
+/// A `.lock` in `--out` that vit did not make (vit's hold a process ID) is the user's: the
+/// run is refused and the file left as it was, whether the folder holds nothing else or
+/// also a file the run is refused for.
+#[test]
+fn a_lock_file_of_the_users_is_kept() {
+    let (root, data_dir) = colour_cifar10("users-lock");
+    let data = data_dir.to_str().unwrap();
+    let contents: [&[u8]; 2] = [b"my important lock data\n", b"\xff\xfe 12"];
+    for (case, content) in contents.iter().enumerate() {
+        let out = root.join(format!("out-{case}"));
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join(".lock"), content).unwrap();
+        let mut args = tiny_run_args(data, out.to_str().unwrap());
+        args.extend(["--epochs", "1", "--batch-size", "100"]);
+        let stderr = vit_fails(&args);
+        assert!(
+            stderr.contains(&format!(
+                "{} is already there, and is not a lock vit made (those hold a process ID): \
+                 a run in {} would replace it. Move that file away, or choose another --out",
+                out.join(".lock").display(),
+                out.display()
+            )),
+            "{stderr}"
+        );
+        assert_eq!(std::fs::read(out.join(".lock")).unwrap(), *content);
+        // With a config.json that is not a vit run's beside it.
+        std::fs::write(out.join("config.json"), r#"{"mine": 1}"#).unwrap();
+        vit_fails(&args);
+        assert_eq!(std::fs::read(out.join(".lock")).unwrap(), *content);
+        assert_eq!(
+            std::fs::read_to_string(out.join("config.json")).unwrap(),
+            r#"{"mine": 1}"#
+        );
+    }
+}
+
 /// Runs `vit ARGS` with its stdout a pipe already closed (`vit info | head -1` once head
 /// has gone): the read end is closed before vit starts, so its first write fails.
 fn vit_into_a_closed_pipe(args: &[&str]) -> std::process::Output {

@@ -629,6 +629,19 @@ impl RunLock {
                 return Err(e).with_context(|| format!("cannot lock {}", path.display()));
             }
         }
+        // vit's lock files hold a process ID (or nothing, for a moment): another file of
+        // that name is the user's, and is left as it is.
+        let mut held = Vec::new();
+        file.read_to_end(&mut held)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let held = held.trim_ascii();
+        ensure!(
+            held.iter().all(u8::is_ascii_digit),
+            "{} is already there, and is not a lock vit made (those hold a process ID): a run \
+             in {} would replace it. Move that file away, or choose another --out",
+            path.display(),
+            dir.display()
+        );
         // Only for the message a refused process prints.
         let _ = file.set_len(0).and_then(|()| file.rewind());
         let _ = write!(file, "{}", std::process::id());
