@@ -1316,6 +1316,50 @@ fn resume_with_changed_settings_is_refused() {
     );
 }
 
+/// A resume with --plot, which draws curves.png and curves.svg into the run folder after
+/// each epoch, is refused where either is a file of the user's (vit plot refuses the same),
+/// and the file is kept; with vit's own pictures or none there, the run resumes.
+#[test]
+fn a_resume_with_plot_keeps_the_users_pictures() {
+    let _turn = seeded(0);
+    let dataset = colour_dataset();
+    let root = TempDir::new("resume-plot");
+    let run = root.join("run");
+    let settings = tiny_settings(2, 600);
+    run_training(&settings, &dataset, &run, false, true);
+    let flag = AtomicBool::new(false);
+    let with_plot = RunOptions {
+        plot: true,
+        ..options(&run, true, &flag)
+    };
+    let mut users_png = Vec::new();
+    image::RgbImage::new(4, 4)
+        .write_to(
+            &mut std::io::Cursor::new(&mut users_png),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    let users_svg = b"<svg>my own drawing</svg>".to_vec();
+    for (name, content) in [("curves.png", users_png), ("curves.svg", users_svg)] {
+        let path = run.join(name);
+        std::fs::write(&path, &content).unwrap();
+        let error = match train::train(&settings, &dataset, &with_plot) {
+            Ok(_) => panic!("a resume with --plot replaced {name}"),
+            Err(error) => format!("{error:#}"),
+        };
+        assert!(
+            error.contains(&format!("{} is already there, and is not ", path.display()))
+                && error.ends_with("Move that file away, or leave out --plot (vit plot RUN_DIR -o NAME.png draws the curves elsewhere)"),
+            "{error}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), content);
+        std::fs::remove_file(&path).unwrap();
+    }
+    train::train(&settings, &dataset, &with_plot).unwrap();
+    assert!(run.join("curves.png").is_file() && run.join("curves.svg").is_file());
+    assert_eq!(read_metrics(&run).1.len(), 2);
+}
+
 /// The strong recipe's settings are named with the flag that sets them, however deep in
 /// config.json; a policy changed or a part switched off is said in a word.
 #[test]

@@ -300,25 +300,29 @@ fn where_given(run: &Path) -> &Path {
 pub fn run(args: &PlotArgs) -> Result<()> {
     ensure_png_output(&args.output)?;
     let svg = svg_beside(&args.output);
-    ensure_replaceable_svg(&svg, &args.output)?;
+    ensure_replaceable_svg(&svg, &args.output, OTHER_PNG)?;
     curves(&args.runs, &args.output)?;
     println!("wrote {} and {}", args.output.display(), svg.display());
     Ok(())
 }
 
+/// Refuses to draw the curves at `png` (and as SVG beside it) over a PNG or an SVG there
+/// that vit did not draw; `instead` says how to go on without them.
+pub(crate) fn ensure_curves_replaceable(png: &Path, instead: &str) -> Result<()> {
+    super::ensure_replaceable_png(png, instead)?;
+    ensure_replaceable_svg(&svg_beside(png), png, instead)
+}
+
 /// The SVG beside `-o NAME.png` is a file the user did not name: refuses to replace one
 /// that is not curves vit drew (whose first line is plotters' header at [`CURVES_SIZE`]).
-fn ensure_replaceable_svg(svg: &Path, png: &Path) -> Result<()> {
+fn ensure_replaceable_svg(svg: &Path, png: &Path, instead: &str) -> Result<()> {
     // The header plotters writes, from plotters itself (an empty picture's first line).
     let mut empty = String::new();
     drop(SVGBackend::with_string(&mut empty, CURVES_SIZE));
     let header = empty.lines().next().unwrap_or_default().to_string();
-    let replaced_by = format!(
-        "vit plot would replace it with the SVG beside {}",
-        png.display()
-    );
+    let replaced_by = format!("vit would replace it with the SVG beside {}", png.display());
     let first_line = format!("{header}\n");
-    ensure_replaceable(svg, "curves vit drew", &replaced_by, OTHER_PNG, |file| {
+    ensure_replaceable(svg, "curves vit drew", &replaced_by, instead, |file| {
         super::begins_with(file, first_line.as_bytes())
     })
 }

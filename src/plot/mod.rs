@@ -18,6 +18,7 @@ mod curves;
 
 pub use attention::{attention_figure, attention_figure_size};
 pub use confusion::{confusion_matrix, ConfusionLayout};
+pub(crate) use curves::ensure_curves_replaceable;
 pub use curves::{curves, read_metrics, read_runs, run, MetricsRow, RunMetrics, CURVES_SIZE};
 
 use crate::fsutil::{create_folder, write_atomic};

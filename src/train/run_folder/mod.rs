@@ -237,7 +237,16 @@ impl RunFolder {
         let dir = options.out;
         ensure_out_is_a_folder(dir)?;
         match options.resume {
-            true => Self::reopen(dir, settings, data, options.device),
+            true => {
+                let run = Self::reopen(dir, settings, data, options.device)?;
+                // A fresh run is refused in a folder holding pictures of the user's there.
+                if options.plot {
+                    let instead = "leave out --plot (vit plot RUN_DIR -o NAME.png draws the \
+                                   curves elsewhere)";
+                    crate::plot::ensure_curves_replaceable(&run.path(CURVES_PNG), instead)?;
+                }
+                Ok(run)
+            }
             false => Self::create(options, settings, data),
         }
     }
