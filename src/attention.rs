@@ -3,11 +3,11 @@
 //! upsampled to the image and overlaid as a heat map beside the image.
 
 use crate::checkpoint::{self, LoadedModel};
-use crate::cli::AttentionArgs;
+use crate::cli::{AttentionArgs, DEFAULT_DATA_DIR};
 use crate::data::{self, image_file};
 use crate::listing::noun_for;
 use anyhow::{bail, ensure, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 /// Attention rollout: for every layer, average the heads, add the identity (the residual
@@ -121,16 +121,24 @@ struct ChosenImage {
 fn choose_image(args: &AttentionArgs, loaded: &LoadedModel) -> Result<ChosenImage> {
     let image_size = loaded.model.config.image_size;
     if let Some(path) = &args.image {
+        // Each would go unused with a file. (A --data-dir of the default's value cannot
+        // be told from none.)
         let test_image_flags: Vec<&str> = [
             ("--index", args.index.is_some()),
             ("--dataset", args.data.dataset.is_some()),
+            (
+                "--data-dir",
+                args.data.data_dir != Path::new(DEFAULT_DATA_DIR),
+            ),
+            ("--coarse-labels", args.data.coarse_labels),
         ]
         .into_iter()
         .filter_map(|(flag, given)| given.then_some(flag))
         .collect();
         ensure!(
             test_image_flags.is_empty(),
-            "give either an IMAGE file or a test image (--index, --dataset), not both: {} \
+            "give either an IMAGE file or a test image (--index, --dataset, --data-dir, \
+             --coarse-labels), not both: {} \
              came with {}",
             test_image_flags.join(" and "),
             path.display()

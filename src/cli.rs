@@ -298,7 +298,7 @@ pub const DEFAULT_DATASET: &str = crate::data::CIFAR100;
 
 /// `--data-dir` when not given: where `vit download` puts the datasets and every other
 /// command reads them.
-const DEFAULT_DATA_DIR: &str = "data";
+pub const DEFAULT_DATA_DIR: &str = "data";
 
 /// `--data-dir`'s help where a command reads a dataset.
 const DATA_DIR_HELP: &str =

@@ -2335,8 +2335,12 @@ fn user_errors_say_what_to_do() {
     for (extra, message) in [
         (
             vec!["photo.png", "--dataset", "cifar10"],
-            "give either an IMAGE file or a test image (--index, --dataset), not both: \
-             --dataset came with",
+            "give either an IMAGE file or a test image (--index, --dataset, --data-dir, \
+             --coarse-labels), not both: --dataset came with",
+        ),
+        (
+            vec!["photo.png", "--coarse-labels", "--data-dir", data],
+            "not both: --data-dir and --coarse-labels came with",
         ),
         (
             vec![root.to_str().unwrap()],
