@@ -578,8 +578,8 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     let resume_command = format!("{binary} {} --out {out} --resume", flags.join(" "));
     assert!(
         stderr.contains(&format!(
-            "it trained on cifar10, and this command reads cifar100 (the default without \
-             --dataset). Resume with the flags the run started with: {resume_command}\n"
+            "it trained on cifar10, and this command reads cifar100 (--dataset cifar100, \
+             the default). Resume with the flags the run started with: {resume_command}\n"
         )) && !stderr.contains("vit download"),
         "{stderr}"
     );

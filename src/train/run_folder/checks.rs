@@ -13,22 +13,31 @@ use std::path::{Path, PathBuf};
 /// advise downloading it). Gives the folder the run read its data from.
 pub(in crate::train) fn check_resumed_dataset(dir: &Path, dataset: &str) -> Result<PathBuf> {
     let saved = saved_config(dir)?;
-    let (trained, default) = (&saved.settings.dataset, crate::cli::DEFAULT_DATASET);
+    let trained = saved.settings.dataset.as_str();
+    let flag = flag_behind(trained, dataset);
     ensure!(
         trained == dataset,
-        "cannot resume {}: it trained on {trained}, and this command reads {dataset}{}. \
+        "cannot resume {}: it trained on {trained}, and this command reads {dataset}{flag}. \
          Resume with the flags the run started with{}",
         dir.display(),
-        match dataset == default {
-            true => " (the default without --dataset)".to_string(),
-            false => String::new(),
-        },
         match &saved.command {
             Some(command) => format!(": {}", command.resume_command(dir)),
             None => " (its config.json records them)".to_string(),
         }
     );
     Ok(saved.settings.data_dir)
+}
+
+/// The flag that makes a command read `given` where a run `trained` on another dataset,
+/// in parentheses, where one tells them apart: CIFAR-100's coarse labels, or the default.
+fn flag_behind(trained: &str, given: &str) -> &'static str {
+    use crate::data::{CIFAR100, CIFAR100_COARSE};
+    match (trained, given) {
+        (CIFAR100_COARSE, CIFAR100) => " (without --coarse-labels)",
+        (CIFAR100, CIFAR100_COARSE) => " (with --coarse-labels)",
+        (_, CIFAR100) => " (--dataset cifar100, the default)",
+        _ => "",
+    }
 }
 
 /// The config.json of the run in `dir`, for `--resume`; an error says why there is none.
@@ -371,7 +380,9 @@ fn train_flags() -> std::collections::BTreeSet<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{differing_settings, flag_for, train_flags, FIXED_SETTINGS, NESTED_FLAGS};
+    use super::{
+        differing_settings, flag_behind, flag_for, train_flags, FIXED_SETTINGS, NESTED_FLAGS,
+    };
     use crate::cli::train_args;
     use crate::train::{recipe, Regularization, TrainSettings};
     use serde_json::Value;
@@ -533,5 +544,23 @@ mod tests {
                 "train_subset (--train-subset): saved all, given 300",
             ]
         );
+    }
+
+    /// A resume refused for its dataset names the flag behind the difference: the coarse
+    /// labels between CIFAR-100's two, `--dataset`'s default otherwise; and none where
+    /// `--dataset` was given another value.
+    #[test]
+    fn a_refused_dataset_names_the_flag_behind_it() {
+        let cases = [
+            ("cifar100-coarse", "cifar100", " (without --coarse-labels)"),
+            ("cifar100", "cifar100-coarse", " (with --coarse-labels)"),
+            ("cifar10", "cifar100", " (--dataset cifar100, the default)"),
+            ("folder", "cifar100", " (--dataset cifar100, the default)"),
+            ("cifar100", "cifar10", ""),
+            ("cifar10", "folder", ""),
+        ];
+        for (trained, given, said) in cases {
+            assert_eq!(flag_behind(trained, given), said, "{trained} -> {given}");
+        }
     }
 }
