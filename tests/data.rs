@@ -261,6 +261,18 @@ fn missing_files_name_the_download_command() {
     );
     assert!(err.contains(&parent), "{err}");
 
+    // CIFAR-100 asked of CIFAR-10's own folder: the folder holding it is the one to
+    // pass, for either (a download into CIFAR-10's folder would nest one in the other).
+    let err = error_of(data::load(&args(DatasetName::Cifar100, &dir, false), 32));
+    let parent = format!(
+        "{} is cifar10's folder, cifar-10-batches-bin, and --data-dir takes the folder that \
+         holds it: pass --data-dir {1} --dataset cifar10 for it; for cifar100, run `vit \
+         download --dataset cifar100 --data-dir {1}`",
+        dir.display(),
+        tmp.0.display()
+    );
+    assert!(err.contains(&parent), "{err}");
+
     // Left without --dataset (CIFAR-100) where CIFAR-10 is: that one is named first.
     let err = error_of(data::load(&args(DatasetName::Cifar100, &tmp.0, false), 32));
     assert!(

@@ -13,7 +13,7 @@ use super::download::ArchiveSpec;
 use super::{Dataset, Split};
 use crate::listing::{and_more, first_and_more, noun_for};
 use anyhow::{bail, ensure, Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
 /// Bytes of one 32x32 RGB image.
@@ -270,6 +270,18 @@ fn missing(path: &Path, format: &RecordFormat, data_dir: &Path) -> String {
         )
     } else if let Some(advice) = dataset_folder_given(data_dir, format.release.folder()) {
         advice
+    } else if let Some(parent) = folder_holding(data_dir, other_folder) {
+        // The other CIFAR's folder itself: a download there would nest this one inside it.
+        format!(
+            "{} is {other_dataset}'s folder, {other_folder}, and --data-dir takes the folder \
+             that holds it: pass --data-dir {} --dataset {other_dataset} for it; for {}, run \
+             `vit download --dataset {} --data-dir {}`",
+            data_dir.display(),
+            parent.display(),
+            format.dataset,
+            format.dataset,
+            parent.display()
+        )
     } else if archive.is_file() {
         // The archive fetched by hand, not unpacked.
         format!(
@@ -315,6 +327,16 @@ fn missing(path: &Path, format: &RecordFormat, data_dir: &Path) -> String {
 /// The advice for a `data_dir` that is the dataset's `folder` itself, not the folder
 /// holding it (`vit download` there would nest a second copy inside the first).
 pub fn dataset_folder_given(data_dir: &Path, folder: &str) -> Option<String> {
+    folder_holding(data_dir, folder).map(|parent| {
+        format!(
+            "--data-dir takes the folder that holds {folder}: pass --data-dir {}",
+            parent.display()
+        )
+    })
+}
+
+/// Where `data_dir` is the dataset folder `folder` itself, the folder that holds it.
+fn folder_holding(data_dir: &Path, folder: &str) -> Option<PathBuf> {
     // Resolved, so that `--data-dir .` inside the dataset's folder is seen as that too.
     let resolved = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
     // The folder as given, unless it is `.` or a link: then the resolved one's.
@@ -322,12 +344,7 @@ pub fn dataset_folder_given(data_dir: &Path, folder: &str) -> Option<String> {
         Some(name) if name == folder => crate::fsutil::folder_of(data_dir),
         _ => resolved.parent().unwrap_or(Path::new("/")),
     };
-    (resolved.file_name() == Some(std::ffi::OsStr::new(folder))).then(|| {
-        format!(
-            "--data-dir takes the folder that holds {folder}: pass --data-dir {}",
-            parent.display()
-        )
-    })
+    (resolved.file_name() == Some(std::ffi::OsStr::new(folder))).then(|| parent.to_path_buf())
 }
 
 /// What to do about a dataset folder with a bad or missing file: `vit download` skips a
