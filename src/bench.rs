@@ -36,7 +36,8 @@ pub struct BenchReport {
     pub warmup: usize,
     pub fused_attention: bool,
     pub fused_adamw: bool,
-    /// CPU dropout masks from libtorch's sampler (`--libtorch-dropout`) instead of vit's.
+    /// CPU dropout masks from libtorch's sampler (`--libtorch-dropout`) instead of vit's;
+    /// false for a model without dropout, which draws none.
     pub libtorch_dropout: bool,
     /// CPU linear layers through libtorch's `linear` (`--libtorch-linear`) instead of oneDNN.
     pub libtorch_linear: bool,
@@ -102,6 +103,7 @@ impl BenchReport {
             images_timed / measured.infer_seconds,
         );
         let forward_flops_per_image = config.forward_flops();
+        let draws_dropout_masks = config.dropout > 0.0;
         BenchReport {
             config: args.model.preset.clone(),
             model: config,
@@ -113,7 +115,7 @@ impl BenchReport {
             warmup: measured.train_warmup,
             fused_attention: !args.explicit_attention,
             fused_adamw: optimizer.fused,
-            libtorch_dropout: args.libtorch_dropout,
+            libtorch_dropout: args.libtorch_dropout && draws_dropout_masks,
             libtorch_linear: args.libtorch_linear,
             cuda_graph: args.cuda_graph,
             parameters: crate::model::parameter_total(vs),
@@ -198,6 +200,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let baseline_rss_bytes = rss_bytes("VmRSS:");
     let device = args.device.set_up()?;
     let config = args.model.resolve()?;
+    if args.libtorch_dropout && config.dropout == 0.0 {
+        eprintln!(
+            "warning: --libtorch-dropout changes nothing here: the model has no dropout \
+             (--dropout 0), so no masks are drawn; add --dropout P to time them"
+        );
+    }
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
     let (model, mut optimizer) = model_and_optimizer(&vs, &config, args)?;

@@ -203,6 +203,32 @@ fn vit_bench_reports_throughput_and_memory_for_each_setting() {
 /// `vit bench`'s text report gives each line's model FLOP/s: its images/s times the tiny
 /// model's forward FLOPs per image, three forward passes' worth for a training image and
 /// one for inference (both figures printed to a tenth).
+/// `--libtorch-dropout` on a model without dropout (the tiny preset's) draws no masks: a
+/// warning says so, and the report does not claim libtorch's masks.
+#[test]
+fn libtorch_dropout_without_dropout_is_warned_about() {
+    #[rustfmt::skip]
+    let args = [
+        "bench", "--config", "tiny", "--batch-size", "32", "--steps", "2", "--warmup", "1",
+        "--device", "cpu", "--threads", "1", "--libtorch-dropout",
+    ];
+    let output = vit(&args);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(
+        stderr.contains(
+            "warning: --libtorch-dropout changes nothing here: the model has no dropout \
+             (--dropout 0), so no masks are drawn; add --dropout P to time them"
+        ),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("libtorch dropout"), "{stdout}");
+    let report = vit_bench(&["--libtorch-dropout"]);
+    assert_eq!(report["libtorch_dropout"], false, "{report}");
+}
+
 #[test]
 fn vit_bench_text_gives_each_lines_flops_per_second() {
     #[rustfmt::skip]
@@ -331,6 +357,7 @@ fn more_threads_than_cores_is_a_warning() {
 
 #[test]
 fn compare_py_prints_one_table_with_ratios_of_the_same_work() {
+    // With dropout, so that there are masks for --libtorch-dropout to draw.
     let output = compare_py(&[
         "--batch-size",
         "4",
@@ -340,6 +367,8 @@ fn compare_py_prints_one_table_with_ratios_of_the_same_work() {
         "vit,reference",
         "--adamw",
         "loop",
+        "--dropout",
+        "0.1",
         "--libtorch-dropout",
         "--libtorch-linear",
         "--json",
