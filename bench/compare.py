@@ -480,6 +480,8 @@ def cpu_kernels(settings, sides):
     if settings["device"] != "cpu" or not any(is_vit(side) for side in sides):
         return ""
     linear = "libtorch" if settings["libtorch_linear"] else "oneDNN"
+    if settings["model"]["dropout"] == 0:
+        return f"vit's linear layers in {linear} (no dropout masks: dropout 0), "
     masks = "libtorch's" if settings["libtorch_dropout"] else "its own"
     return f"vit's linear layers in {linear} and dropout masks from {masks} sampler, "
 

@@ -200,9 +200,6 @@ fn vit_bench_reports_throughput_and_memory_for_each_setting() {
     }
 }
 
-/// `vit bench`'s text report gives each line's model FLOP/s: its images/s times the tiny
-/// model's forward FLOPs per image, three forward passes' worth for a training image and
-/// one for inference (both figures printed to a tenth).
 /// `--libtorch-dropout` on a model without dropout (the tiny preset's) draws no masks: a
 /// warning says so, and the report does not claim libtorch's masks.
 #[test]
@@ -229,6 +226,9 @@ fn libtorch_dropout_without_dropout_is_warned_about() {
     assert_eq!(report["libtorch_dropout"], false, "{report}");
 }
 
+/// `vit bench`'s text report gives each line's model FLOP/s: its images/s times the tiny
+/// model's forward FLOPs per image, three forward passes' worth for a training image and
+/// one for inference (both figures printed to a tenth).
 #[test]
 fn vit_bench_text_gives_each_lines_flops_per_second() {
     #[rustfmt::skip]

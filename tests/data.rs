@@ -580,6 +580,20 @@ fn download_from_local_archive_unpacks_and_skips_when_present() {
         )),
         "{err}"
     );
+    // CIFAR-100's folder given for CIFAR-10: one dataset would be unpacked inside the other.
+    let other = data_dir2.join("cifar-100-binary");
+    std::fs::create_dir_all(&other).unwrap();
+    let err = error_of(fetch(source.to_str().unwrap(), &other, &spec));
+    assert!(
+        err.contains(&format!(
+            "{} is a dataset's folder: --data-dir takes the folder that holds \
+             cifar-100-binary: pass --data-dir {}",
+            other.display(),
+            data_dir2.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&other).unwrap().count(), 0);
     let data_dir3 = tmp.0.join("data3");
     std::fs::create_dir_all(&data_dir3).unwrap();
     std::fs::write(data_dir3.join("cifar-10-batches-bin"), "mine").unwrap();

@@ -1360,6 +1360,39 @@ fn a_resume_with_plot_keeps_the_users_pictures() {
     assert_eq!(read_metrics(&run).1.len(), 2);
 }
 
+/// `vit train --resume --plot` refuses a user's curves.png before it reads the data (here
+/// gone, which would otherwise be the error).
+#[test]
+fn a_resume_with_plot_is_refused_before_the_data_is_read() {
+    let (root, data_dir) = colour_cifar10("resume-plot-early");
+    let run = root.join("run");
+    let mut args = tiny_run_args(data_dir.to_str().unwrap(), run.to_str().unwrap());
+    args.extend([
+        "--epochs",
+        "1",
+        "--batch-size",
+        "100",
+        "--train-subset",
+        "100",
+    ]);
+    vit(&args);
+    std::fs::remove_dir_all(&data_dir).unwrap();
+    std::fs::write(run.join("curves.png"), "my picture").unwrap();
+    args.extend(["--resume", "--plot"]);
+    let stderr = vit_fails(&args);
+    assert!(
+        stderr.contains(&format!(
+            "{} is already there, and is not a picture vit drew",
+            run.join("curves.png").display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(run.join("curves.png")).unwrap(),
+        "my picture"
+    );
+}
+
 /// The strong recipe's settings are named with the flag that sets them, however deep in
 /// config.json; a policy changed or a part switched off is said in a word.
 #[test]
@@ -3078,9 +3111,10 @@ fn a_users_file_beside_the_checkpoint_is_kept_and_out_is_advised() {
 
 /// A `.lock` in `--out` that vit did not make (vit's hold a process ID) is the user's: the
 /// run is refused and the file left as it was, whether the folder holds nothing else or
-/// also a file the run is refused for.
+/// also a file the run is refused for, and a named pipe there is refused without waiting.
 #[test]
 fn a_lock_file_of_the_users_is_kept() {
+    use std::os::unix::fs::FileTypeExt;
     let (root, data_dir) = colour_cifar10("users-lock");
     let data = data_dir.to_str().unwrap();
     let contents: [&[u8]; 2] = [b"my important lock data\n", b"\xff\xfe 12"];
@@ -3094,7 +3128,7 @@ fn a_lock_file_of_the_users_is_kept() {
         assert!(
             stderr.contains(&format!(
                 "{} is already there, and is not a lock vit made (those hold a process ID): \
-                 a run in {} would replace it. Move that file away, or choose another --out",
+                 a run in {} would replace it. Move that file away\n",
                 out.join(".lock").display(),
                 out.display()
             )),
@@ -3110,6 +3144,22 @@ fn a_lock_file_of_the_users_is_kept() {
             r#"{"mine": 1}"#
         );
     }
+    // A named pipe: refused at once (reading it would wait for a writer forever).
+    let out = root.join("out-pipe");
+    std::fs::create_dir_all(&out).unwrap();
+    let made = Command::new("mkfifo")
+        .arg(out.join(".lock"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut args = tiny_run_args(data, out.to_str().unwrap());
+    args.extend(["--epochs", "1", "--batch-size", "100"]);
+    let stderr = vit_fails(&args);
+    assert!(stderr.contains("is not a lock vit made"), "{stderr}");
+    assert!(std::fs::symlink_metadata(out.join(".lock"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
 }
 
 /// Runs `vit ARGS` with its stdout a pipe already closed (`vit info | head -1` once head

@@ -67,8 +67,11 @@ pub fn fetch(source: &str, data_dir: &Path, spec: &ArchiveSpec) -> Result<Fetche
     if target.is_dir() {
         return Ok(Fetched::AlreadyPresent(target));
     }
-    if let Some(advice) = super::cifar::dataset_folder_given(data_dir, spec.folder) {
-        bail!("{} is the dataset's folder: {advice}", data_dir.display());
+    // This dataset's folder, or the other CIFAR's: a copy unpacked there would be nested.
+    for folder in [CIFAR10_ARCHIVE.folder, CIFAR100_ARCHIVE.folder] {
+        if let Some(advice) = super::cifar::dataset_folder_given(data_dir, folder) {
+            bail!("{} is a dataset's folder: {advice}", data_dir.display());
+        }
     }
     // Found now, not after the download (as if it had appeared while unpacking).
     ensure!(

@@ -60,10 +60,13 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         CudaGraphSteps::check_device(device)?;
     }
     let resumed_data_dir = match args.resume {
-        true => Some(run_folder::check_resumed_dataset(
-            &out,
-            data::dataset_name(&args.data),
-        )?),
+        true => {
+            let data_dir = run_folder::check_resumed_dataset(&out, data::dataset_name(&args.data))?;
+            if args.plot {
+                run_folder::check_curves_replaceable(&out)?;
+            }
+            Some(data_dir)
+        }
         false => None,
     };
     let (settings, dataset) = settings_and_dataset(args, resumed_data_dir.as_deref())?;

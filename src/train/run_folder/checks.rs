@@ -30,14 +30,23 @@ pub(in crate::train) fn check_resumed_dataset(dir: &Path, dataset: &str) -> Resu
 
 /// The flag that makes a command read `given` where a run `trained` on another dataset,
 /// in parentheses, where one tells them apart: CIFAR-100's coarse labels, or the default.
-fn flag_behind(trained: &str, given: &str) -> &'static str {
+fn flag_behind(trained: &str, given: &str) -> String {
+    use crate::cli::DEFAULT_DATASET;
     use crate::data::{CIFAR100, CIFAR100_COARSE};
     match (trained, given) {
-        (CIFAR100_COARSE, CIFAR100) => " (without --coarse-labels)",
-        (CIFAR100, CIFAR100_COARSE) => " (with --coarse-labels)",
-        (_, CIFAR100) => " (--dataset cifar100, the default)",
-        _ => "",
+        (CIFAR100_COARSE, CIFAR100) => " (without --coarse-labels)".to_string(),
+        (_, CIFAR100_COARSE) => " (with --coarse-labels)".to_string(),
+        (_, DEFAULT_DATASET) => format!(" (--dataset {DEFAULT_DATASET}, the default)"),
+        _ => String::new(),
     }
+}
+
+/// Refuses a `--resume --plot` of the run in `dir` where its curves.png or curves.svg is a
+/// picture of the user's, which the curves drawn after each epoch would replace (a fresh
+/// run is refused in a folder holding them).
+pub(in crate::train) fn check_curves_replaceable(dir: &Path) -> Result<()> {
+    let instead = "leave out --plot (vit plot RUN_DIR -o NAME.png draws the curves elsewhere)";
+    crate::plot::ensure_curves_replaceable(&dir.join(super::CURVES_PNG), instead)
 }
 
 /// The config.json of the run in `dir`, for `--resume`; an error says why there is none.
@@ -547,13 +556,14 @@ mod tests {
     }
 
     /// A resume refused for its dataset names the flag behind the difference: the coarse
-    /// labels between CIFAR-100's two, `--dataset`'s default otherwise; and none where
-    /// `--dataset` was given another value.
+    /// labels where they are read or were trained on, `--dataset`'s default otherwise; and
+    /// none where `--dataset` was given another value.
     #[test]
     fn a_refused_dataset_names_the_flag_behind_it() {
         let cases = [
             ("cifar100-coarse", "cifar100", " (without --coarse-labels)"),
             ("cifar100", "cifar100-coarse", " (with --coarse-labels)"),
+            ("cifar10", "cifar100-coarse", " (with --coarse-labels)"),
             ("cifar10", "cifar100", " (--dataset cifar100, the default)"),
             ("folder", "cifar100", " (--dataset cifar100, the default)"),
             ("cifar100", "cifar10", ""),

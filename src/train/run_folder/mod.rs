@@ -15,8 +15,8 @@ use crate::fsutil::{
 };
 use crate::listing::noun_for;
 use crate::optim::AdamW;
-use anyhow::{bail, ensure, Context, Result};
-pub(super) use checks::check_resumed_dataset;
+use anyhow::{anyhow, bail, ensure, Context, Result};
+pub(super) use checks::{check_curves_replaceable, check_resumed_dataset};
 use checks::{
     check_fresh, check_same_run, holds_results, metrics_rows, saved_config, saved_results,
 };
@@ -239,11 +239,8 @@ impl RunFolder {
         match options.resume {
             true => {
                 let run = Self::reopen(dir, settings, data, options.device)?;
-                // A fresh run is refused in a folder holding pictures of the user's there.
                 if options.plot {
-                    let instead = "leave out --plot (vit plot RUN_DIR -o NAME.png draws the \
-                                   curves elsewhere)";
-                    crate::plot::ensure_curves_replaceable(&run.path(CURVES_PNG), instead)?;
+                    check_curves_replaceable(dir)?;
                 }
                 Ok(run)
             }
@@ -597,7 +594,7 @@ struct RunLock {
 
 impl RunLock {
     fn take(dir: &Path) -> Result<Self> {
-        use std::io::{Read, Seek, Write};
+        use std::io::{Seek, Write};
         let path = dir.join(LOCK_FILE);
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -611,16 +608,27 @@ impl RunLock {
                     format!("cannot write to the run folder {}", dir.display()),
                 )
             })?;
+        let not_vits = || {
+            anyhow!(
+                "{} is already there, and is not a lock vit made (those hold a process ID): a \
+                 run in {} would replace it. Move that file away",
+                path.display(),
+                dir.display()
+            )
+        };
+        // vit's lock files are regular files: another `.lock` (a pipe, whose read would
+        // wait forever) is the user's, and is left as it is.
+        if !file.metadata().is_ok_and(|metadata| metadata.is_file()) {
+            return Err(not_vits());
+        }
         match try_lock_for_a_moment(&file) {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                // Being written at this moment, perhaps.
-                let pid = holder
-                    .trim()
-                    .parse::<u32>()
-                    .map_or("unknown".into(), |pid| pid.to_string());
+                let pid = match read_lock(&mut file) {
+                    Ok(LockContent::Vits(Some(pid))) => pid.to_string(),
+                    // Being written at this moment, perhaps.
+                    _ => "unknown".to_string(),
+                };
                 bail!(
                     "{} is in use by another vit process (PID {pid}): wait for it to end, or \
                      choose another --out",
@@ -638,24 +646,40 @@ impl RunLock {
                 return Err(e).with_context(|| format!("cannot lock {}", path.display()));
             }
         }
-        // vit's lock files hold a process ID (or nothing, for a moment): another file of
-        // that name is the user's, and is left as it is.
-        let mut held = Vec::new();
-        file.read_to_end(&mut held)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let held = held.trim_ascii();
-        ensure!(
-            held.iter().all(u8::is_ascii_digit),
-            "{} is already there, and is not a lock vit made (those hold a process ID): a run \
-             in {} would replace it. Move that file away, or choose another --out",
-            path.display(),
-            dir.display()
-        );
+        match read_lock(&mut file).with_context(|| format!("cannot read {}", path.display()))? {
+            LockContent::Vits(_) => {}
+            LockContent::Other => return Err(not_vits()),
+        }
         // Only for the message a refused process prints.
         let _ = file.set_len(0).and_then(|()| file.rewind());
         let _ = write!(file, "{}", std::process::id());
         Ok(Self { _file: file })
     }
+}
+
+/// What a `.lock` holds.
+enum LockContent {
+    /// vit's: its holder's process ID, or none while it is being written.
+    Vits(Option<u32>),
+    /// Anything else: a file of the user's.
+    Other,
+}
+
+/// Reads a `.lock` from its start: at most a few bytes, as a process ID is short.
+fn read_lock(file: &mut std::fs::File) -> std::io::Result<LockContent> {
+    use std::io::{Read, Seek};
+    file.rewind()?;
+    let mut bytes = Vec::new();
+    file.by_ref().take(32).read_to_end(&mut bytes)?;
+    let text = bytes.trim_ascii();
+    if text.is_empty() {
+        return Ok(LockContent::Vits(None));
+    }
+    let pid = std::str::from_utf8(text)
+        .ok()
+        .filter(|text| text.bytes().all(|byte| byte.is_ascii_digit()))
+        .and_then(|text| text.parse().ok());
+    Ok(pid.map_or(LockContent::Other, |pid| LockContent::Vits(Some(pid))))
 }
 
 /// `file.try_lock()`, tried again for up to a second while another holds the lock: a lock
