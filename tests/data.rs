@@ -548,6 +548,16 @@ fn download_from_local_archive_unpacks_and_skips_when_present() {
     let url = format!("file://{}", source.join("cifar-10-binary.tar.gz").display());
     let fetched = fetch(&url, &data_dir2, &spec_for(&archive, &md5)).unwrap();
     assert!(matches!(fetched, Fetched::Unpacked(_)));
+    // With the host `localhost`, and a space in a folder's name escaped as URLs do.
+    let spaced = tmp.0.join("mirror folder");
+    std::fs::create_dir_all(&spaced).unwrap();
+    std::fs::write(spaced.join("cifar-10-binary.tar.gz"), &archive).unwrap();
+    let url = format!(
+        "file://localhost{}/mirror%20folder/cifar-10-binary.tar.gz",
+        tmp.0.display()
+    );
+    let fetched = fetch(&url, &tmp.0.join("data2b"), &spec_for(&archive, &md5));
+    assert!(matches!(fetched.unwrap(), Fetched::Unpacked(_)));
 
     // A named pipe (as `--from /dev/stdin`) has no size to check first: it is read whole.
     let fifo = tmp.0.join("archive.fifo");
@@ -770,6 +780,29 @@ fn sources_of_the_wrong_size_are_refused_by_their_size() {
     let err = error_of(fetch(local.to_str().unwrap(), &data_dir, &spec));
     assert!(
         err.contains(&expected) && !err.contains("mirror's folder"),
+        "{err}"
+    );
+    // A URL that names a file is no mirror's folder either.
+    let file_url = serve_once(page.clone(), Some(page.len())) + "other.tar.gz";
+    let err = error_of(fetch(&file_url, &data_dir, &spec));
+    assert!(
+        err.contains(&expected) && !err.contains("mirror's folder"),
+        "{err}"
+    );
+    assert_no_data_folder(&data_dir);
+
+    // CIFAR-10's archive (its size: a sparse file) given for CIFAR-100 is said to be that.
+    let cifar10_sized = tmp.0.join("cifar-10-binary.tar.gz");
+    let file = std::fs::File::create(&cifar10_sized).unwrap();
+    file.set_len(vit_tch::data::download::CIFAR10_ARCHIVE.size)
+        .unwrap();
+    let cifar100 = vit_tch::data::download::CIFAR100_ARCHIVE;
+    let err = error_of(fetch(cifar10_sized.to_str().unwrap(), &data_dir, &cifar100));
+    assert!(
+        err.contains(
+            "but cifar-100-binary.tar.gz is 168513733 bytes: wrong file or a bad mirror (it is \
+             the size of cifar-10-binary.tar.gz, the other CIFAR's)"
+        ),
         "{err}"
     );
     assert_no_data_folder(&data_dir);
@@ -1908,6 +1941,12 @@ fn image_folder_refuses_link_loops_and_explains_skipped_files() {
 /// Serves one HTTP request on localhost: `body`, announced as `length` bytes (or with no
 /// Content-Length when `None`), then closes the connection.
 fn serve_once(body: Vec<u8>, length: Option<usize>) -> String {
+    serve_once_with_status("200 OK", body, length)
+}
+
+/// [`serve_once`] with another status line than `200 OK`.
+fn serve_once_with_status(status: &str, body: Vec<u8>, length: Option<usize>) -> String {
+    let status = status.to_string();
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
@@ -1918,7 +1957,7 @@ fn serve_once(body: Vec<u8>, length: Option<usize>) -> String {
         while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
             request.push(byte[0]);
         }
-        let mut head = "HTTP/1.1 200 OK\r\nConnection: close\r\n".to_string();
+        let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
         if let Some(length) = length {
             head += &format!("Content-Length: {length}\r\n");
         }
@@ -1945,6 +1984,18 @@ fn http_download_and_interrupted_transfers() {
     let err = error_of(fetch(&url, &data_dir, &spec));
     assert!(
         err.contains("cannot fetch") && err.contains("--from"),
+        "{err}"
+    );
+    assert_no_data_folder(&data_dir);
+
+    // A server that answers, but not with the archive: the URL is wrong, not the network.
+    let url = serve_once_with_status("404 Not Found", b"no such file".to_vec(), Some(12));
+    let err = error_of(fetch(&url, &data_dir, &spec));
+    assert!(
+        err.contains(&format!(
+            "cannot fetch {url}cifar-10-binary.tar.gz: the server answered HTTP 404, so it \
+             does not serve cifar-10-binary.tar.gz there; check the URL, or fetch"
+        )) && !err.contains("network"),
         "{err}"
     );
     assert_no_data_folder(&data_dir);

@@ -13,7 +13,7 @@ use crate::fsutil::{
     create_folder, remove_file_or_folder, remove_stale_temporaries, temporary_sibling,
 };
 use crate::listing::noun_for;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use md5::{Digest, Md5};
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
@@ -118,13 +118,45 @@ fn resolve_source(source: &str, spec: &ArchiveSpec) -> String {
             source.to_string()
         }
     } else {
-        let path = Path::new(source.strip_prefix("file://").unwrap_or(source));
+        let path = local_path(source);
         if path.is_dir() {
             path.join(spec.file_name).display().to_string()
         } else {
             path.display().to_string()
         }
     }
+}
+
+/// The file a local `source` names: a path, or a `file://` URL (`file:///data/a%20b.tar.gz`,
+/// `file://localhost/...`), whose `%XX` escapes are decoded.
+fn local_path(source: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let Some(url_path) = source.strip_prefix("file://") else {
+        return PathBuf::from(source);
+    };
+    let url_path = match url_path.strip_prefix("localhost") {
+        Some(path) if path.starts_with('/') => path,
+        _ => url_path,
+    };
+    let mut decoded = Vec::with_capacity(url_path.len());
+    let mut rest = url_path.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        let escaped = (byte == b'%')
+            .then(|| tail.get(..2))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+        match escaped {
+            Some(value) => {
+                decoded.push(value);
+                rest = &tail[2..];
+            }
+            None => {
+                decoded.push(byte);
+                rest = tail;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(decoded))
 }
 
 fn is_url(source: &str) -> bool {
@@ -259,17 +291,25 @@ fn open_source(source: &str, spec: &ArchiveSpec) -> Result<(Box<dyn Read>, Optio
             .build()
             .into();
         // Byte for byte: no transparent gzip decoding of the .tar.gz by ureq.
+        let elsewhere = format!(
+            "fetch {} elsewhere and pass its path (or a mirror's URL) with --from (or in \
+             VIT_DATA_MIRROR, which make train passes on)",
+            spec.file_name
+        );
         let response = agent
             .get(source)
             .header("accept-encoding", "identity")
             .call()
-            .with_context(|| {
-                format!(
-                    "cannot fetch {source}: check the network, or fetch {} elsewhere and \
-                     pass its path (or a mirror's URL) with --from (or in VIT_DATA_MIRROR, \
-                     which make train passes on)",
+            .map_err(|error| match error {
+                // The server answered: the network is fine, the URL is not.
+                ureq::Error::StatusCode(status) => anyhow!(
+                    "cannot fetch {source}: the server answered HTTP {status}, so it does not \
+                     serve {} there; check the URL, or {elsewhere}",
                     spec.file_name
-                )
+                ),
+                error => anyhow::Error::new(error).context(format!(
+                    "cannot fetch {source}: check the network, or {elsewhere}"
+                )),
             })?;
         let length = response
             .headers()
@@ -294,9 +334,18 @@ fn check_announced_size(source: &str, length: u64, spec: &ArchiveSpec) -> Result
     if length == spec.size {
         return Ok(());
     }
-    // A mirror's folder given without its final `/` names the folder, not the archive.
     let path = source.split(['?', '#']).next().unwrap_or(source);
-    let hint = if is_url(source) && !path.ends_with(spec.file_name) {
+    let last_segment = path.rsplit('/').next().unwrap_or(path);
+    let other_archive = [CIFAR10_ARCHIVE, CIFAR100_ARCHIVE]
+        .into_iter()
+        .find(|other| other.size == length && other.file_name != spec.file_name);
+    let hint = if let Some(other) = other_archive {
+        format!(
+            " (it is the size of {}, the other CIFAR's)",
+            other.file_name
+        )
+    } else if is_url(source) && !last_segment.contains('.') {
+        // A mirror's folder given without its final `/` names the folder, not the archive.
         format!(
             " (for a mirror's folder, end its URL with / and vit appends {})",
             spec.file_name
