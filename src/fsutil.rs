@@ -4,9 +4,33 @@
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
-/// Refuses an `--out` that names a file, or lies below one: it takes a folder (created if
-/// missing).
+/// Extensions of the files vit writes or reads: a missing `--out` ending in one of them
+/// was meant as a file (`--out report.csv`), not as the folder it would be made.
+const FILE_EXTENSIONS: [&str; 8] = [
+    "csv",
+    "png",
+    "svg",
+    "json",
+    "txt",
+    "safetensors",
+    "pth",
+    "pt",
+];
+
+/// Refuses an `--out` that names a file, lies below one, or is missing and named as a file
+/// (`report.csv`): it takes a folder (created if missing).
 pub fn ensure_out_is_a_folder(dir: &Path) -> Result<()> {
+    let extension = dir.extension().and_then(|extension| extension.to_str());
+    if let Some(extension) = extension.filter(|extension| {
+        FILE_EXTENSIONS.contains(&extension.to_ascii_lowercase().as_str())
+            && dir.symlink_metadata().is_err()
+    }) {
+        bail!(
+            "--out {} is named as a .{extension} file, but --out takes a folder (created if \
+             missing), where the files go: name a folder",
+            dir.display()
+        );
+    }
     match file_in_the_way(dir) {
         Some(file) if file == dir => bail!(
             "--out {} is a file; it takes a folder (created if missing)",

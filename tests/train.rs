@@ -2048,6 +2048,26 @@ fn user_errors_say_what_to_do() {
     assert!(stderr.contains("is a file; it takes a folder"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&a_file).unwrap(), "the user's");
 
+    // A missing --out named as a file (vit eval's too) is refused, not made a folder; an
+    // existing folder of that name is taken.
+    let named_as_a_file = root.join("report.CSV");
+    let stderr = vit_fails(&tiny_run_args(data, named_as_a_file.to_str().unwrap()));
+    let said = format!(
+        "--out {} is named as a .CSV file, but --out takes a folder (created if missing), \
+         where the files go: name a folder",
+        named_as_a_file.display()
+    );
+    assert!(stderr.contains(&said), "{stderr}");
+    let model = root.join("model.safetensors");
+    save_fresh_model(&ViTConfig::tiny(), &[("dataset", "cifar10".into())], &model);
+    #[rustfmt::skip]
+    let eval = ["eval", "--checkpoint", model.to_str().unwrap(), "--data-dir", data, "--device", "cpu", "--out", named_as_a_file.to_str().unwrap()];
+    assert!(vit_fails(&eval).contains(&said));
+    assert!(!named_as_a_file.exists());
+    std::fs::create_dir(&named_as_a_file).unwrap();
+    vit(&eval);
+    std::fs::remove_dir_all(&named_as_a_file).unwrap();
+
     // A file where a folder above the run folder should be is named, and kept.
     let below_a_file = a_file.join("run");
     let stderr = vit_fails(&tiny_run_args(data, below_a_file.to_str().unwrap()));
