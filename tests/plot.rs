@@ -294,6 +294,12 @@ fn a_run_given_twice_is_drawn_once_under_its_folder_name() {
         dir.join("b").join("a").display().to_string(),
     ];
     assert_eq!(labels, expected);
+    // One given as `..` (as `.` from inside it) is labelled by its full path instead.
+    std::fs::create_dir_all(dir.join("b").join("a").join("sub")).unwrap();
+    let up = dir.join("b").join("a").join("sub").join("..");
+    let runs = plot::read_runs(&[dir.join("a"), up.clone()]).unwrap();
+    let full = std::fs::canonicalize(&up).unwrap();
+    assert_eq!(runs[1].label, full.display().to_string());
 }
 
 #[test]

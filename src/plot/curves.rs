@@ -223,7 +223,7 @@ pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
             label: if unique {
                 name.clone()
             } else {
-                where_given(run).display().to_string()
+                where_given(run)
             },
             epochs,
         });
@@ -288,11 +288,19 @@ fn folder_name(run: &Path) -> String {
 }
 
 /// A run as given, where folder names clash: its folder, or the file where that is not
-/// its folder's metrics.csv.
-fn where_given(run: &Path) -> &Path {
-    match run.file_name() {
+/// its folder's metrics.csv; a folder given as `.` or `..`, which would say nothing in
+/// the legend, by its full path.
+fn where_given(run: &Path) -> String {
+    let given = match run.file_name() {
         Some(name) if name == crate::train::METRICS_CSV => run_folder(run),
         _ => run,
+    };
+    match given.file_name() {
+        Some(_) => given.display().to_string(),
+        None => std::fs::canonicalize(given)
+            .unwrap_or_else(|_| given.to_path_buf())
+            .display()
+            .to_string(),
     }
 }
 
