@@ -138,7 +138,7 @@ impl BenchReport {
     fn print(&self) {
         println!(
             "{} ({} parameters), batch {}, {} on {} with {} {}, {} attention, {} AdamW{}{}{}",
-            self.config,
+            self.model.described_as(&self.config),
             self.parameters,
             self.batch_size,
             self.precision,

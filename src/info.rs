@@ -3,7 +3,7 @@
 
 use crate::cli::InfoArgs;
 use crate::listing::noun_for;
-use crate::model::{ViTConfig, VisionTransformer};
+use crate::model::VisionTransformer;
 use anyhow::Result;
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 
@@ -77,13 +77,7 @@ fn parameter_table(vs: &nn::VarStore, num_layers: i64) -> Vec<(String, i64)> {
 /// the notebook's shape check and whether CUDA is there.
 pub fn run(args: &InfoArgs) -> Result<()> {
     let config = args.model.resolve()?;
-    let preset = ViTConfig::preset(&args.model.preset)?;
-    let changed = if config == preset {
-        ""
-    } else {
-        " with the flags given"
-    };
-    println!("Config ({} preset{changed}):", args.model.preset);
+    println!("Config ({}):", config.described_as(&args.model.preset));
     println!("{}", serde_json::to_string_pretty(&config)?);
     let vs = nn::VarStore::new(Device::Cpu);
     let model = VisionTransformer::new(&vs.root(), &config)?;
@@ -130,6 +124,7 @@ fn cuda_line(available: bool, devices: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ViTConfig;
 
     /// The device count in words, as `vit info` prints it with 0, 1 or 2 GPUs.
     #[test]

@@ -222,6 +222,11 @@ fn libtorch_dropout_without_dropout_is_warned_about() {
         "{stderr}"
     );
     assert!(!stdout.contains("libtorch dropout"), "{stdout}");
+    // The set-up line names the preset, here as it is.
+    assert!(
+        stdout.starts_with("tiny preset (21162 parameters), batch 32"),
+        "{stdout}"
+    );
     let report = vit_bench(&["--libtorch-dropout"]);
     assert_eq!(report["libtorch_dropout"], false, "{report}");
 }

@@ -278,6 +278,16 @@ impl ViTConfig {
         2.0 * (patch_embed + layers * block + head)
     }
 
+    /// How this config came from the `--config` preset `preset`: "tiny preset", or "tiny
+    /// preset with the flags given" where a flag changed one of its sizes.
+    pub fn described_as(&self, preset: &str) -> String {
+        let changed = match Self::preset(preset) {
+            Ok(sizes) if sizes == *self => "",
+            _ => " with the flags given",
+        };
+        format!("{preset} preset{changed}")
+    }
+
     /// The config as a checkpoint's `config` metadata records it.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("ViTConfig serialises")
@@ -302,4 +312,27 @@ struct ParameterParts {
     blocks: f64,
     /// The final norm and the classification head.
     head: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ViTConfig;
+
+    /// `vit info` and `vit bench` say whether the flags changed the preset's sizes.
+    #[test]
+    fn a_config_says_whether_flags_changed_its_preset() {
+        assert_eq!(ViTConfig::tiny().described_as("tiny"), "tiny preset");
+        let wider = ViTConfig {
+            embed_dim: 64,
+            ..ViTConfig::tiny()
+        };
+        assert_eq!(
+            wider.described_as("tiny"),
+            "tiny preset with the flags given"
+        );
+        assert_eq!(
+            ViTConfig::tiny().described_as("notebook"),
+            "notebook preset with the flags given"
+        );
+    }
 }

@@ -340,12 +340,11 @@ impl RunFolder {
                 format!("cannot write to the run folder {}", self.dir.display()),
             )
         })?;
-        let metrics = self.path(METRICS_CSV);
-        let mut writer = csv::Writer::from_path(&metrics)
-            .with_context(|| format!("cannot write {}", metrics.display()))?;
-        writer.write_record(metrics_header())?;
-        writer.flush()?;
-        Ok(())
+        // Atomically: `vit plot` on a live run never finds the file without its header.
+        let mut header = csv::Writer::from_writer(Vec::new());
+        header.write_record(metrics_header())?;
+        let header = header.into_inner().map_err(|e| e.into_error())?;
+        write_atomic(&self.path(METRICS_CSV), &header)
     }
 
     fn locked(dir: PathBuf, lock: RunLock) -> Self {
