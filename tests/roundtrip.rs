@@ -677,7 +677,8 @@ fn timm_options_that_vit_lacks_are_named() {
              ('qk_norm', VisionTransformer(**base, qk_norm=True)), \
              ('registers', VisionTransformer(**base, reg_tokens=2)), \
              ('no_class_token', VisionTransformer(**base, class_token=False, global_pool='avg')), \
-             ('distilled', VisionTransformerDistilled(**base))]:\n\
+             ('distilled', VisionTransformerDistilled(**base)), \
+             ('headless', VisionTransformer(**{{**base, 'num_classes': 0}}))]:\n\
              \x20   state = {{k: v.contiguous() for k, v in model.state_dict().items()}}\n\
              \x20   st.save_file(state, name + '.safetensors', metadata={{'config': json.dumps(config)}})",
             config.to_json()
@@ -693,6 +694,7 @@ fn timm_options_that_vit_lacks_are_named() {
             "distilled",
             "a distillation token (DeiT's distilled models)",
         ),
+        ("headless", "num_classes=0 (no classification head)"),
     ] {
         let path = dir.join(format!("{name}.safetensors"));
         let error = match checkpoint::load(&path, Device::Cpu) {

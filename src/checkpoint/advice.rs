@@ -150,6 +150,7 @@ impl TensorFile {
             (has(".q_norm.") || has(".k_norm."), "qk_norm=True"),
             (has(".ls1.") || has(".ls2."), "init_values (LayerScale)"),
             (has("norm_pre."), "pre_norm=True"),
+            (!has("head."), "num_classes=0 (no classification head)"),
         ]
         .into_iter()
         .filter_map(|(found, option)| found.then_some(option))
@@ -159,8 +160,8 @@ impl TensorFile {
             false => format!(
                 ". Its names are those of a timm VisionTransformer made with {}, which vit's \
                  model does not have: vit's is timm's with class_token=True, \
-                 global_pool='token', qkv_bias=True, and no LayerScale, QK norm, register or \
-                 distillation tokens or pre-norm",
+                 global_pool='token', qkv_bias=True, a classification head, and no LayerScale, \
+                 QK norm, register or distillation tokens or pre-norm",
                 options.join(", ")
             ),
         }
