@@ -39,9 +39,9 @@ fn negative_values_attached(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsSt
         match attached.last_mut() {
             Some(flag)
                 if negative_number
-                    && flag.to_str().is_some_and(|flag| {
-                        flag.starts_with("--") && flag.len() > 2 && !flag.contains('=')
-                    }) =>
+                    && flag
+                        .to_str()
+                        .is_some_and(|flag| flag.starts_with("--") && !flag.contains('=')) =>
             {
                 flag.push("=");
                 flag.push(&arg);

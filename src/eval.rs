@@ -203,7 +203,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     dataset.test.note_resizing(&dataset.name, image_size);
     let test = dataset.test.to_device(device);
     let evaluation = evaluate(&loaded.model, &test, args.batch_size, args.precision);
-    let files = match &paths {
+    let files = match paths {
         Some(paths) => write_files(&evaluation, &dataset.classes, paths, args.plot),
         None => ReportFiles::default(),
     };
@@ -273,10 +273,10 @@ struct ReportFiles {
 fn write_files(
     evaluation: &Evaluation,
     classes: &[String],
-    paths: &ReportPaths,
+    paths: ReportPaths,
     plot: bool,
 ) -> ReportFiles {
-    let (csv, png) = (paths.csv.clone(), paths.png.clone());
+    let ReportPaths { csv, png } = paths;
     let replaced = csv.exists();
     if let Err(error) = evaluation.write_confusion_csv(classes, &csv) {
         return ReportFiles {

@@ -80,7 +80,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         plot: args.plot,
         cuda_graph: args.cuda_graph,
         interrupted: &stop.requested,
-        command: Some(command.clone()),
+        command: Some(&command),
     };
     match train(&settings, &dataset, &options)? {
         Outcome::Finished => {
@@ -141,7 +141,7 @@ pub struct RunOptions<'a> {
     pub interrupted: &'a AtomicBool,
     /// The command line that started the run, from which a fresh run records the command
     /// that resumes it (in config.json, for a resume refused to show); None: not recorded.
-    pub command: Option<Vec<OsString>>,
+    pub command: Option<&'a [OsString]>,
 }
 
 impl RunOptions<'_> {
@@ -571,8 +571,7 @@ impl<'a> Trainer<'a> {
     /// and the EMA's with `--ema`, as the saved state records them (so also for a finished
     /// run resumed, whatever an edit made of metrics.csv since).
     fn say_best_models(&self) {
-        let models = [false].into_iter().chain(self.ema.as_ref().map(|_| true));
-        for ema in models {
+        for ema in run_folder::kept_models(self.ema.is_some()) {
             let (accuracy, epoch) = self.progress.best(ema);
             let epoch = (epoch > 0).then_some((epoch, self.settings.epochs));
             let file = self.run.path(ModelFiles::of(ema).best);

@@ -187,6 +187,12 @@ impl ModelFiles {
     }
 }
 
+/// The models a run keeps, as `ema` flags: the trained weights (`false`), and with
+/// `with_ema` their moving average (`true`).
+pub(super) fn kept_models(with_ema: bool) -> impl Iterator<Item = bool> {
+    [false].into_iter().chain(with_ema.then_some(true))
+}
+
 /// The trained weights' checkpoints.
 pub(crate) const MODEL_FILES: ModelFiles = ModelFiles {
     best: "best_model.safetensors",
@@ -321,7 +327,7 @@ impl RunFolder {
             device: device_name(options.device),
             cpu_threads: Some(tch::get_num_threads()),
             data: Some(data.clone()),
-            command: options.command.as_deref().and_then(StartCommand::new),
+            command: options.command.and_then(StartCommand::new),
         };
         run.start(&record)?;
         Ok(run)
@@ -505,12 +511,11 @@ impl RunFolder {
     /// Refuses to resume a run of `epochs` epochs whose best model (or best EMA model) was
     /// moved away or deleted: only an epoch that beats it writes it again, so the finished
     /// run could end without one. A finished run trains nothing more, so it is let be.
-    fn check_best_models(&self, progress: &Progress, ema: bool, epochs: usize) -> Result<()> {
+    fn check_best_models(&self, progress: &Progress, with_ema: bool, epochs: usize) -> Result<()> {
         if progress.epochs_done == 0 || progress.epochs_done >= epochs {
             return Ok(());
         }
-        let models = [false].into_iter().chain(ema.then_some(true));
-        for ema in models {
+        for ema in kept_models(with_ema) {
             let (accuracy, _) = progress.best(ema);
             let name = ModelFiles::of(ema).best;
             ensure!(
