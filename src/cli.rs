@@ -437,7 +437,8 @@ pub struct DownloadArgs {
     /// The folder to unpack it into (created if missing).
     #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
-    /// A mirror URL or a local copy of the archive (also VIT_DATA_MIRROR).
+    /// The archive, as a file or URL, or a local folder or URL ending in / that holds it
+    /// (also VIT_DATA_MIRROR).
     #[arg(long, env = "VIT_DATA_MIRROR")]
     pub from: Option<String>,
 }

@@ -702,3 +702,26 @@ fn metrics_with_blank_or_missing_columns_still_plot() {
     plot::curves(&[dir.to_path_buf(), old], &dir.join("curves.png")).unwrap();
     assert_eq!(png_size(&dir.join("curves.png")), CURVES_SIZE);
 }
+
+#[test]
+fn accuracies_in_percent_are_refused_naming_the_cell() {
+    let dir = TempDir::new("percent");
+    let path = dir.join("metrics.csv");
+    // The ends of the range are accuracies; 25 (percent) is not.
+    std::fs::write(
+        &path,
+        format!("{HEADER}\n1,0.001,2.1,0,2.0,1,3.0,100\n2,0.001,2.0,0.5,1.9,25,3.0,100\n"),
+    )
+    .unwrap();
+    let err = format!("{:#}", plot::read_metrics(&path).unwrap_err());
+    assert!(
+        err.contains("test_acc is 25 on line 3") && err.contains("divide it by 100"),
+        "{err}"
+    );
+    std::fs::write(&path, format!("{HEADER}\n1,0.001,2.1,0,2.0,1,3.0,100\n")).unwrap();
+    let rows = plot::read_metrics(&path).unwrap();
+    assert_eq!(
+        (rows[0].train_acc, rows[0].test_acc),
+        (Some(0.0), Some(1.0))
+    );
+}

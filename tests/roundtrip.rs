@@ -350,8 +350,23 @@ fn a_checkpoint_of_another_timm_layout_is_told_what_differs() {
             "made with qkv_bias=False, which vit's model does not have",
         ),
     ] {
+        // Without a config the names are told too, rather than how to add a config that
+        // would then be refused for them.
+        let without_config = TensorFile {
+            tensors: (file.tensors.iter())
+                .map(|(name, t)| (name.clone(), t.shallow_clone()))
+                .collect(),
+            metadata: HashMap::new(),
+        };
         let error = load_error(name, file);
         assert!(error.contains(expected), "{name}: {error}");
+        let error = load_error(name, without_config);
+        assert!(
+            error.contains("no `config` metadata, and adding one would not make it load")
+                && error.contains(expected)
+                && !error.contains("NUM_HEADS"),
+            "{name} without config: {error}"
+        );
     }
 
     // A stray tensor numbered past the blocks, or with NaN in it, is one unexpected key:
@@ -409,20 +424,28 @@ fn checkpoint_without_config_names_what_is_missing() {
     let completed = json.replace("NUM_HEADS", &tiny_config().num_heads.to_string());
     assert_eq!(ViTConfig::from_json(&completed).unwrap(), tiny_config());
 
-    // Shapes that are not the notebook's ViT in timm's layout get the general advice,
-    // not a config that would not load: no class token, a grid that is not square.
-    let (mut no_class_token, _) = checkpoint_tensors();
-    no_class_token.remove("cls_token");
+    // Shapes that are not the notebook's ViT in timm's layout get no config that would
+    // not load: a grid that is not square gets the general advice, a model without a class
+    // token is told that vit's has one.
     let (mut oblong, _) = checkpoint_tensors();
     oblong.insert(
         "pos_embed".into(),
         Tensor::zeros([1, 7, 16], (Kind::Float, Device::Cpu)),
     );
-    for (name, tensors) in [("no-class-token", no_class_token), ("oblong", oblong)] {
+    let (mut no_class_token, _) = checkpoint_tensors();
+    no_class_token.remove("cls_token");
+    for (name, tensors, expected) in [
+        ("oblong", oblong, "json.dumps({image_size,"),
+        (
+            "no-class-token",
+            no_class_token,
+            "made with class_token=False",
+        ),
+    ] {
         let metadata = HashMap::new();
         let error = load_error(name, TensorFile { tensors, metadata });
         assert!(!error.contains("shapes give"), "{name}: {error}");
-        assert!(error.contains("json.dumps({image_size,"), "{name}: {error}");
+        assert!(error.contains(expected), "{name}: {error}");
     }
 }
 

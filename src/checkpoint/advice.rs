@@ -10,8 +10,15 @@ use tch::Tensor;
 
 impl TensorFile {
     /// What to do about a file without `config` metadata: what the tensors' shapes give,
-    /// for the user to complete, where they can tell.
+    /// for the user to complete, where they can tell. Names of a model vit's cannot load
+    /// are told first: a config added to them would only be refused next.
     pub(super) fn missing_config_advice(&self) -> String {
+        let layout = self.layout_advice();
+        if !layout.is_empty() {
+            return format!(
+                "no `{CONFIG_KEY}` metadata, and adding one would not make it load{layout}"
+            );
+        }
         match self.config_from_shapes() {
             Some(shapes) => format!(
                 "no `{CONFIG_KEY}` metadata. The tensors' shapes give {}, all but num_heads. \

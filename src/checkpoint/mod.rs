@@ -109,7 +109,8 @@ fn kind_of(dtype: Dtype) -> Result<Kind> {
             let readable: Vec<String> = KINDS.iter().map(|(_, d)| format!("{d:?}")).collect();
             bail!(
                 "its dtype is {dtype:?}, which vit does not read (it reads {}): convert the \
-                 tensor, say to float32, in Python",
+                 tensor, say to float32, in Python, or leave it out of the file if it is not \
+                 one of the model's parameters (a step counter, say)",
                 readable.join(", ")
             )
         }

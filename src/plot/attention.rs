@@ -69,8 +69,8 @@ fn panel_image(image: &Tensor) -> Result<Picture> {
 }
 
 /// A map over the patch grid, `[num_patches]` -> values in [0, 1] at `PANEL` x `PANEL`
-/// (bilinear, then scaled so that its minimum is 0 and its maximum 1; a constant map is all
-/// 0).
+/// (bilinear, then scaled so that its minimum is 0 and its maximum 1; a map constant to
+/// within [`FLAT`] of its values is all 0).
 fn upsample(map: &Tensor) -> Result<Vec<f32>> {
     let patches = map.numel() as i64;
     let side = (patches as f64).sqrt().round() as i64;
@@ -88,17 +88,17 @@ fn upsample(map: &Tensor) -> Result<Vec<f32>> {
     let lowest = values.iter().copied().fold(f32::INFINITY, f32::min);
     let highest = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let range = highest - lowest;
+    let flat = range <= FLAT * highest.abs().max(lowest.abs());
     Ok(values
         .into_iter()
-        .map(|v| {
-            if range > 1e-12 {
-                (v - lowest) / range
-            } else {
-                0.0
-            }
-        })
+        .map(|v| if flat { 0.0 } else { (v - lowest) / range })
         .collect())
 }
+
+/// How far apart, relative to its values, a map's extremes may be and the map still be
+/// drawn flat: float rounding in uniform attention and its interpolation (about 1e-6 of
+/// the values) must not be stretched over the whole colour map as if it were a peak.
+const FLAT: f32 = 1e-4;
 
 /// How uneven a map of attention weights (`[num_patches]`) is: its largest value over its
 /// smallest (infinite where some patch gets none).
@@ -238,6 +238,15 @@ mod tests {
 
         let constant = upsample(&Tensor::from_slice(&[0.5f32; 16])).unwrap();
         assert!(constant.iter().all(|&t| t == 0.0));
+        // Uniform up to rounding (1/65, as 65 tokens attend uniformly, a few ulps apart) is
+        // as flat; a hundredth apart is not.
+        let mut rounded = [1.0f32 / 65.0; 16];
+        rounded[5] = f32::from_bits(rounded[5].to_bits() + 4);
+        let flat = upsample(&Tensor::from_slice(&rounded)).unwrap();
+        assert!(flat.iter().all(|&t| t == 0.0));
+        rounded[5] *= 1.01;
+        let peak = upsample(&Tensor::from_slice(&rounded)).unwrap();
+        assert_eq!(peak.iter().copied().fold(0.0, f32::max), 1.0);
     }
 
     /// Over a constant map the picture is the image dimmed to 45% plus 55% of the colour

@@ -6,7 +6,7 @@ use super::{
 use crate::cli::PlotArgs;
 use crate::fsutil::same_file;
 use crate::listing::noun_for;
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -163,6 +163,21 @@ fn metrics_row(
         .with_context(|| format!("{}: line {line} has no finite epoch number", path.display()))?;
     let [train_loss, train_acc, test_loss, test_acc, ema_test_loss, ema_test_acc] =
         METRIC_COLUMNS.map(&mut cell);
+    // A percentage (typed in a spreadsheet, say) would be drawn 100 times too high.
+    for (name, accuracy) in [
+        ("train_acc", train_acc),
+        ("test_acc", test_acc),
+        ("ema_test_acc", ema_test_acc),
+    ] {
+        if let Some(accuracy) = accuracy.filter(|a| a.is_finite() && !(0.0..=1.0).contains(a)) {
+            bail!(
+                "{}: {name} is {accuracy} on line {line}, but accuracies there are fractions \
+                 from 0 to 1 (vit train writes 0.25 for 25%); if the column holds percentages, \
+                 divide it by 100",
+                path.display()
+            );
+        }
+    }
     Ok(MetricsRow {
         epoch,
         train_loss,
