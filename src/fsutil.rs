@@ -80,12 +80,15 @@ fn ensure_can_write_in(dir: &Path) -> Result<()> {
         dir
     };
     create_folder(shown)?;
-    let probe = temporary_sibling(&shown.join("write-check"));
+    let probe = temporary_sibling(&shown.join(WRITE_CHECK));
     let written = std::fs::write(&probe, [0u8; 4096]);
     // A write cut short by a full disk may still have created the file.
     let _ = std::fs::remove_file(&probe);
     written.map_err(|error| unwritable(error, format!("cannot write to {}", shown.display())))
 }
+
+/// The file that proves a folder writable, as a temporary (removed at once, or as stale).
+const WRITE_CHECK: &str = "write-check";
 
 /// `error`, from a folder that did not take a file, under `failed` ("cannot write to
 /// DIR") and why, from the OS error in its chain: a full disk, a used-up quota or a
@@ -192,10 +195,11 @@ pub fn temporary_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}{TEMPORARY_TAG}{}", std::process::id()))
 }
 
-/// The PID of the process that wrote the temporary file called `name`, if it is one.
-fn temporary_writer(name: &str) -> Option<u32> {
-    let (_, pid) = name.strip_prefix('.')?.rsplit_once(TEMPORARY_TAG)?;
-    pid.parse().ok()
+/// What the temporary file called `name` stands in for, and the PID of the process that
+/// wrote it, if it is one.
+fn temporary_writer(name: &str) -> Option<(&str, u32)> {
+    let (of, pid) = name.strip_prefix('.')?.rsplit_once(TEMPORARY_TAG)?;
+    Some((of, pid.parse().ok()?))
 }
 
 /// Whether process `pid` is known to have ended: `/proc` has no entry for it. Without
@@ -206,17 +210,21 @@ fn process_ended(pid: u32) -> bool {
         && !Path::new("/proc").join(pid.to_string()).exists()
 }
 
-/// Removes from `dir` the temporaries of `temporary_sibling` (files of `write_atomic`,
-/// downloads and unpacked folders) whose process is gone (killed mid-write): hidden, up
-/// to a dataset's size each, and never read. Best effort: one it cannot remove is a
-/// warning.
-pub fn remove_stale_temporaries(dir: &Path) {
+/// Removes from `dir` the temporaries of `temporary_sibling` for the files or folders
+/// called `names` (files of `write_atomic`, downloads and unpacked folders) whose process
+/// is gone (killed mid-write): hidden, up to a dataset's size each, and never read. Only
+/// those of names vit writes there: a user's file that merely looks alike is kept. Best
+/// effort: one it cannot remove is a warning.
+pub fn remove_stale_temporaries(dir: &Path, names: &[&str]) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for path in entries.flatten().map(|entry| entry.path()) {
         let name = path.file_name().unwrap_or_default().to_string_lossy();
-        if !temporary_writer(&name).is_some_and(process_ended) {
+        let stale = temporary_writer(&name).is_some_and(|(of, pid)| {
+            (names.contains(&of) || of == WRITE_CHECK) && process_ended(pid)
+        });
+        if !stale {
             continue;
         }
         if let Err(e) = remove_file_or_folder(&path) {

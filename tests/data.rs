@@ -676,7 +676,8 @@ fn checksum_mismatch_and_truncation_leave_nothing() {
 }
 
 /// The temporary file of a process that still runs (another vit downloading into the same
-/// folder) is not swept as stale; one of a process that has ended is.
+/// folder) is not swept as stale; one of a process that has ended is, where it stands for
+/// a name given (a user's file or folder that only looks alike is kept).
 #[test]
 fn only_temporaries_of_ended_processes_are_swept() {
     let tmp = TempDir::new("sweep");
@@ -687,11 +688,19 @@ fn only_temporaries_of_ended_processes_are_swept() {
         std::os::unix::process::parent_id()
     );
     let ended = ".cifar-100-binary.tar.gz.tmp-4294967295";
-    for name in [running.as_str(), ended] {
+    let users = ".notes.tmp-4294967295";
+    for name in [running.as_str(), ended, users] {
         std::fs::write(tmp.0.join(name), b"partial").unwrap();
     }
-    vit_tch::fsutil::remove_stale_temporaries(&tmp.0);
-    assert_eq!(entries(&tmp.0), [running]);
+    let users_folder = tmp.0.join(".photos.tmp-4294967295");
+    std::fs::create_dir(&users_folder).unwrap();
+    std::fs::write(users_folder.join("a.jpg"), b"precious").unwrap();
+    let names = ["cifar-10-binary.tar.gz", "cifar-100-binary.tar.gz"];
+    vit_tch::fsutil::remove_stale_temporaries(&tmp.0, &names);
+    let mut expected = [running.as_str(), users, ".photos.tmp-4294967295"];
+    expected.sort();
+    assert_eq!(entries(&tmp.0), expected);
+    assert!(users_folder.join("a.jpg").exists());
 }
 
 #[test]
@@ -782,6 +791,10 @@ fn sources_of_the_wrong_size_are_refused_by_their_size() {
         err.contains(&expected) && !err.contains("mirror's folder"),
         "{err}"
     );
+    // A server's address alone (its host has dots, as a file name would) is a folder too.
+    let host_url = serve_once(page.clone(), Some(page.len()));
+    let err = error_of(fetch(host_url.trim_end_matches('/'), &data_dir, &spec));
+    assert!(err.contains("end its URL with / and vit appends"), "{err}");
     // A URL that names a file is no mirror's folder either.
     let file_url = serve_once(page.clone(), Some(page.len())) + "other.tar.gz";
     let err = error_of(fetch(&file_url, &data_dir, &spec));

@@ -789,6 +789,46 @@ fn ctrl_c_or_sigterm_saves_the_run_and_prints_a_resume_command_that_works() {
     }
 }
 
+/// config.json records the data folder as text: one not named in UTF-8 is refused before
+/// anything is written, and reached through a link named in UTF-8 it trains.
+#[test]
+fn a_data_folder_not_named_in_utf8_is_refused_unless_linked() {
+    let (root, data_dir) = colour_cifar10("non-utf8-data");
+    let odd = root.join(OsStr::from_bytes(b"data \xff"));
+    std::fs::rename(&data_dir, &odd).unwrap();
+    let run = root.join("run");
+    let train = |data: &Path| {
+        let mut args: Vec<OsString> = tiny_run_args("DATA", run.to_str().unwrap())
+            .into_iter()
+            .map(|arg| match arg {
+                "DATA" => data.as_os_str().to_owned(),
+                _ => arg.into(),
+            })
+            .collect();
+        #[rustfmt::skip]
+        args.extend(["--epochs", "1", "--warmup-epochs", "0", "--train-subset", "20"].map(OsString::from));
+        Command::new(common::vit_binary())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let refused = train(&odd);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("is not named in UTF-8"),
+        "{stderr}"
+    );
+    assert!(!run.exists(), "a refused run left {}", run.display());
+
+    let link = root.join("linked data");
+    std::os::unix::fs::symlink(&odd, &link).unwrap();
+    let trained = train(&link);
+    let stderr = String::from_utf8_lossy(&trained.stderr);
+    assert!(trained.status.success(), "{stderr}");
+    let config = std::fs::read_to_string(run.join("config.json")).unwrap();
+    assert!(config.contains(link.to_str().unwrap()), "{config}");
+}
+
 /// The command a refused resume gives works from wherever it is given: relative paths are
 /// those of the folder the run started in, so from another folder it goes there first
 /// (with the run folder made absolute); a run in the default folder is resumed from the
@@ -1257,9 +1297,37 @@ fn resume_at_an_epoch_boundary_is_exact() {
     assert_eq!(std::fs::read_to_string(&metrics).unwrap(), swapped);
     // ...while a row after the saved state (a crash between the two writes) is dropped.
     let extra_row = saved.lines().nth(1).unwrap().replacen("1,", "2,", 1);
-    std::fs::write(&metrics, format!("{saved}{extra_row}\n")).unwrap();
+    let crashed = format!("{saved}{extra_row}\n");
+    std::fs::write(&metrics, &crashed).unwrap();
+    // With that row, metrics.csv has all the run's epochs, but the run has not finished:
+    // a fresh run there is told to resume it.
+    let flag = AtomicBool::new(false);
+    let fresh = train::train(
+        &runs.settings,
+        &runs.dataset,
+        &options(resumed, false, &flag),
+    );
+    let error = format!(
+        "{:#}",
+        fresh.err().expect("a fresh run over an unfinished one")
+    );
+    assert!(error.contains("pass --resume to continue it"), "{error}");
+    // A line of the user's after that row would have the resumed rows after it: refused,
+    // and kept.
+    let with_note = format!("{crashed}# a note\n");
+    std::fs::write(&metrics, &with_note).unwrap();
+    let error = runs.refused_resume();
+    assert!(error.contains("line 4 of its metrics.csv"), "{error}");
+    assert_eq!(std::fs::read_to_string(&metrics).unwrap(), with_note);
+    std::fs::write(&metrics, &crashed).unwrap();
 
     runs.resume_matches_straight();
+
+    // A finished run's resume writes nothing: a line added to its metrics.csv stays.
+    let finished = std::fs::read_to_string(&metrics).unwrap() + "# best so far\n";
+    std::fs::write(&metrics, &finished).unwrap();
+    runs.resume();
+    assert_eq!(std::fs::read_to_string(&metrics).unwrap(), finished);
 }
 
 /// Images that do not fill an epoch's last batch are a step of their own: 600 in batches
@@ -3131,7 +3199,8 @@ fn a_users_file_beside_the_checkpoint_is_kept_and_out_is_advised() {
 
 /// A `.lock` in `--out` that vit did not make (vit's hold a process ID) is the user's: the
 /// run is refused and the file left as it was, whether the folder holds nothing else or
-/// also a file the run is refused for, and a named pipe there is refused without waiting.
+/// also a file the run is refused for; a named pipe there is refused without waiting, and
+/// a folder as the user's too.
 #[test]
 fn a_lock_file_of_the_users_is_kept() {
     use std::os::unix::fs::FileTypeExt;
@@ -3147,8 +3216,8 @@ fn a_lock_file_of_the_users_is_kept() {
         let stderr = vit_fails(&args);
         assert!(
             stderr.contains(&format!(
-                "{} is already there, and is not a lock vit made (those hold a process ID): \
-                 a run in {} would replace it. Move that file away\n",
+                "{} is already there, and is not a lock vit made (those are files that hold a \
+                 process ID): a run in {} would replace it. Move it away\n",
                 out.join(".lock").display(),
                 out.display()
             )),
@@ -3180,6 +3249,18 @@ fn a_lock_file_of_the_users_is_kept() {
         .unwrap()
         .file_type()
         .is_fifo());
+    // A folder, with something in it.
+    let out = root.join("out-folder");
+    std::fs::create_dir_all(out.join(".lock")).unwrap();
+    std::fs::write(out.join(".lock/notes"), "mine").unwrap();
+    let mut args = tiny_run_args(data, out.to_str().unwrap());
+    args.extend(["--epochs", "1", "--batch-size", "100"]);
+    let stderr = vit_fails(&args);
+    assert!(stderr.contains("is not a lock vit made"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(out.join(".lock/notes")).unwrap(),
+        "mine"
+    );
 }
 
 /// Runs `vit ARGS` with its stdout a pipe already closed (`vit info | head -1` once head
@@ -3360,16 +3441,18 @@ fn resume_removes_the_temporary_files_of_a_killed_run() {
     let out = TempDir::new("stale-temporaries");
     run_training(&settings, &dataset, &out, false, true);
     // A process killed mid-write (no process has this pid), a write of this process (it
-    // may be in flight), and a file of the user's that only looks alike.
+    // may be in flight), and files of the user's that only look alike: one not numbered,
+    // one numbered but not of a file vit writes.
     let stale = out.join(".resume.safetensors.tmp-4294967295");
     let own = temporary_sibling(&out.join("curves.png"));
     let users = out.join(".notes.tmp-draft");
-    for file in [&stale, &own, &users] {
+    let users_numbered = out.join(".notes.tmp-4294967295");
+    for file in [&stale, &own, &users, &users_numbered] {
         std::fs::write(file, b"partial").unwrap();
     }
     run_training(&settings, &dataset, &out, true, false);
     assert!(!stale.exists());
-    assert!(own.exists() && users.exists());
+    assert!(own.exists() && users.exists() && users_numbered.exists());
     assert_eq!(read_metrics(&out).1.len(), 2);
 
     // The same when a run that stopped before saving anything is started over.

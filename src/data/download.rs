@@ -82,7 +82,7 @@ pub fn fetch(source: &str, data_dir: &Path, spec: &ArchiveSpec) -> Result<Fetche
     );
     remove_temporaries_on_interrupt()?;
     let created = CreatedFolders::create(data_dir)?;
-    remove_stale_temporaries(data_dir);
+    remove_stale_temporaries(data_dir, &[spec.file_name, spec.folder]);
 
     let archive = TempPath::new(temporary_sibling(&data_dir.join(spec.file_name)));
     let source = resolve_source(source, spec);
@@ -344,7 +344,7 @@ fn check_announced_size(source: &str, length: u64, spec: &ArchiveSpec) -> Result
             " (it is the size of {}, the other CIFAR's)",
             other.file_name
         )
-    } else if is_url(source) && !last_segment.contains('.') {
+    } else if is_url(source) && (!last_segment.contains('.') || names_a_host(path)) {
         // A mirror's folder given without its final `/` names the folder, not the archive.
         format!(
             " (for a mirror's folder, end its URL with / and vit appends {})",
@@ -359,6 +359,13 @@ fn check_announced_size(source: &str, length: u64, spec: &ArchiveSpec) -> Result
         spec.file_name,
         spec.size
     );
+}
+
+/// Whether `url` names a server alone (`http://example.org`), whose host has dots that a
+/// file name would.
+fn names_a_host(url: &str) -> bool {
+    url.split_once("://")
+        .is_some_and(|(_, rest)| !rest.contains('/'))
 }
 
 /// Copies `reader` (of `source`) into `dest` with a progress bar, then checks the size

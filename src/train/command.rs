@@ -40,15 +40,13 @@ impl StartCommand {
         let words: Vec<OsString> = self.words.iter().map(OsString::from).collect();
         let here = std::env::current_dir().ok();
         if here.as_deref() == Some(Path::new(&self.folder)) {
-            return String::from_utf8_lossy(&resume_command(&words, run_dir)).into_owned();
+            return resume_command(&words, run_dir);
         }
         let run_dir = std::path::absolute(run_dir).unwrap_or_else(|_| run_dir.to_path_buf());
         let command = resume_command(&words, &run_dir);
-        let cd = shell_quoted(self.folder.as_bytes(), false);
         format!(
-            "cd {} && {}",
-            String::from_utf8_lossy(&cd),
-            String::from_utf8_lossy(&command)
+            "cd {} && {command}",
+            shell_quoted(self.folder.as_bytes(), false)
         )
     }
 }
@@ -69,40 +67,57 @@ pub(super) fn flags_of(command: &[OsString]) -> Vec<OsString> {
 }
 
 /// `flags` (a command without `--out` and `--resume`, see [`flags_of`]) with `--out
-/// run_dir --resume`, quoted for a POSIX shell. Bytes, not text: a path need not be
-/// UTF-8, and the command must give it back exactly.
-pub(super) fn resume_command(flags: &[OsString], run_dir: &Path) -> Vec<u8> {
+/// run_dir --resume`, quoted for a POSIX shell. A folder whose name starts with `-` is
+/// given as `--out=-NAME`: apart, it would read as a flag.
+pub(super) fn resume_command(flags: &[OsString], run_dir: &Path) -> String {
     let mut command = flags.to_vec();
-    command.extend(["--out".into(), run_dir.into(), "--resume".into()]);
-    let quoted: Vec<Vec<u8>> = command
+    if run_dir.as_os_str().as_bytes().starts_with(b"-") {
+        let mut out = OsString::from("--out=");
+        out.push(run_dir);
+        command.push(out);
+    } else {
+        command.extend(["--out".into(), run_dir.into()]);
+    }
+    command.push("--resume".into());
+    let quoted: Vec<String> = command
         .iter()
         .enumerate()
         .map(|(index, arg)| shell_quoted(arg.as_bytes(), index == 0))
         .collect();
-    quoted.join(&b' ')
+    quoted.join(" ")
 }
 
 /// `arg` as a POSIX shell reads it back: as is when that is safe, else in single quotes
 /// (which keep every byte but the quote itself as it is). A `command_word` with `=` is
-/// quoted too: bare, the shell would take it for a variable assignment.
-fn shell_quoted(arg: &[u8], command_word: bool) -> Vec<u8> {
+/// quoted too: bare, the shell would take it for a variable assignment. An argument that
+/// is not UTF-8 (a folder name, say) is written by `printf` from octal escapes, so that
+/// the command is text that a terminal shows, and a copy of it pastes, as it is.
+fn shell_quoted(arg: &[u8], command_word: bool) -> String {
     let plain = |byte: &u8| {
         byte.is_ascii_alphanumeric()
             || b"_-./:,+@%".contains(byte)
             || (*byte == b'=' && !command_word)
     };
-    if !arg.is_empty() && arg.iter().all(plain) {
-        return arg.to_vec();
-    }
-    let mut quoted = vec![b'\''];
-    for &byte in arg {
-        match byte {
-            b'\'' => quoted.extend(br"'\''"),
-            _ => quoted.push(byte),
+    match std::str::from_utf8(arg) {
+        Ok(text) if !text.is_empty() && arg.iter().all(plain) => text.to_string(),
+        Ok(text) => format!("'{}'", text.replace('\'', r"'\''")),
+        Err(_) => {
+            // `$(...)` drops trailing newlines: they follow it, quoted, in the same word.
+            let newlines = arg.iter().rev().take_while(|&&byte| byte == b'\n').count();
+            let escaped: String = (arg[..arg.len() - newlines].iter())
+                // printf reads `%` as a conversion and a leading `-` as an option.
+                .map(|&byte| match plain(&byte) && !b"%-".contains(&byte) {
+                    true => char::from(byte).to_string(),
+                    false => format!("\\{byte:03o}"),
+                })
+                .collect();
+            let trailing = match newlines {
+                0 => String::new(),
+                n => format!("'{}'", "\n".repeat(n)),
+            };
+            format!("\"$(printf '{escaped}')\"{trailing}")
         }
     }
-    quoted.push(b'\'');
-    quoted
 }
 
 #[cfg(test)]
@@ -129,11 +144,16 @@ mod tests {
         ] {
             let flags = flags_of(&words(command));
             assert_eq!(
-                String::from_utf8_lossy(&resume_command(&flags, run)),
+                resume_command(&flags, run),
                 "vit train --epochs 3 --out 'runs/2026 11 30' --resume",
                 "{command:?}"
             );
         }
+        // A folder named like a flag is given with `=`, as clap reads it back.
+        assert_eq!(
+            resume_command(&words(&["vit", "train"]), Path::new("-weird")),
+            "vit train --out=-weird --resume"
+        );
     }
 
     /// Resumed from the folder it started in, a run's command is its own words; from
@@ -169,25 +189,36 @@ mod tests {
             (b"a b", false, b"'a b'"),
             (b"it's", false, br"'it'\''s'"),
             (b"$HOME", false, b"'$HOME'"),
-            (b"\xff", false, b"'\xff'"),
+            // Not UTF-8: from printf, `%`, `-` and `'` escaped too, and trailing newlines
+            // (which `$(...)` drops) quoted after it.
+            (
+                b"-a%b'c \xff",
+                false,
+                br#""$(printf '\055a\045b\047c\040\377')""#,
+            ),
+            (b"\xff\n\n", false, b"\"$(printf '\\377')\"'\n\n'"),
             // `--lr=1e-3` as is; a program named `a=b` would read as an assignment.
             (b"--lr=1e-3", false, b"--lr=1e-3"),
             (b"a=b", true, b"'a=b'"),
             (b"target/release/vit", true, b"target/release/vit"),
         ] {
             assert_eq!(
-                shell_quoted(arg, command_word),
+                shell_quoted(arg, command_word).as_bytes(),
                 quoted,
                 "{}",
                 String::from_utf8_lossy(arg)
             );
+            // What the shell makes of it is the argument, byte for byte.
+            let echoed = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {}", shell_quoted(arg, false)))
+                .output()
+                .unwrap();
+            assert_eq!(echoed.stdout, arg, "{}", String::from_utf8_lossy(arg));
         }
         // In a command, the first word alone is the command word.
         assert_eq!(
-            String::from_utf8_lossy(&resume_command(
-                &words(&["a=b", "--lr=1e-3"]),
-                Path::new("runs/a")
-            )),
+            resume_command(&words(&["a=b", "--lr=1e-3"]), Path::new("runs/a")),
             "'a=b' --lr=1e-3 --out runs/a --resume"
         );
     }

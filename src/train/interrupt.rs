@@ -109,7 +109,7 @@ pub fn quit_saved(command: &[OsString], at: StopPoint, run_dir: &Path) -> ! {
         run_dir.display()
     )
     .into_bytes();
-    report.extend(resume_command(&flags_of(command), run_dir));
+    report.extend(resume_command(&flags_of(command), run_dir).into_bytes());
     report.push(b'\n');
     let _ = std::io::stderr().write_all(&report);
     std::process::exit(130);

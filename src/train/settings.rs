@@ -6,7 +6,7 @@ use crate::cli::{Precision, Recipe, TrainArgs};
 use crate::data::{self, Dataset};
 use crate::listing::noun_for;
 use crate::model::ViTConfig;
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -44,9 +44,7 @@ pub(super) fn settings_and_dataset(
     let mut config = recipe::model_config(args)?;
     check_optimizer_flags(args)?;
     let regularization = Regularization::from_args(args)?;
-    // Absolute, so that `--resume` from another folder or as `./data` still matches.
-    let data_dir =
-        std::fs::canonicalize(&args.data.data_dir).unwrap_or_else(|_| args.data.data_dir.clone());
+    let data_dir = recorded_data_dir(&args.data.data_dir)?;
     let dataset = data::load(&args.data, config.image_size).map_err(|error| {
         match resumed_data_dir.filter(|&saved| saved != data_dir && saved.is_dir()) {
             // Most likely a --data-dir left out: the advice to download would be wrong.
@@ -86,6 +84,26 @@ pub(super) fn settings_and_dataset(
     }
     let settings = TrainSettings::from_args(args, config, regularization, &dataset.name, data_dir);
     Ok((settings, dataset))
+}
+
+/// The data folder as config.json records it: absolute, so that `--resume` from another
+/// folder or as `./data` still matches, and text, which JSON is (refused before anything is
+/// written where it cannot be). Links are resolved, unless that gives a name that is not
+/// text and the link's own is.
+fn recorded_data_dir(given: &Path) -> Result<PathBuf> {
+    let resolved = std::fs::canonicalize(given).unwrap_or_else(|_| given.to_path_buf());
+    if resolved.to_str().is_some() {
+        return Ok(resolved);
+    }
+    match std::path::absolute(given) {
+        Ok(absolute) if absolute.to_str().is_some() => Ok(absolute),
+        _ => bail!(
+            "the data folder {} is not named in UTF-8, and a run records it in config.json, \
+             as text: give --data-dir as an absolute path in UTF-8 (a link to the folder, \
+             named in UTF-8 in a folder that is, will do)",
+            resolved.display()
+        ),
+    }
 }
 
 impl TrainSettings {

@@ -1,7 +1,8 @@
 //! Whether a folder may take a run: a fresh run's (nothing of a user's overwritten, no
 //! finished run started over) and a resumed one's (the same settings, images and rows).
 
-use super::{RunConfig, RUN_FILES};
+use super::{Progress, RunConfig, RUN_FILES};
+use crate::checkpoint::PROGRESS_KEY;
 use crate::data::DataIdentity;
 use crate::listing::noun_for;
 use crate::train::TrainSettings;
@@ -167,7 +168,8 @@ pub(super) fn check_same_run(
 /// nested settings named by their path and, where `vit train` has one, the flag that sets
 /// them (`model.embed_dim (--embed-dim)`, see [`flag_for`]). A part switched on or off
 /// (`regularization.mix`) is compared setting by setting, the missing side's settings
-/// `off`, leaving out the [`FIXED_SETTINGS`] no flag changes; one with a flag of its own
+/// `off`, leaving out the [`FIXED_SETTINGS`] no flag changes and the
+/// [`QUALIFYING_SETTINGS`]; one with a flag of its own
 /// (`--augment-policy`, `--random-erasing`) is summarised as [`shown`] says.
 fn differing_settings(
     path: &str,
@@ -217,7 +219,7 @@ fn compare_settings(
             }
         }
         None if saved != given => {
-            if switched && FIXED_SETTINGS.contains(&path) {
+            if switched && (FIXED_SETTINGS.contains(&path) || QUALIFYING_SETTINGS.contains(&path)) {
                 return;
             }
             let name = match flag_for(path) {
@@ -225,7 +227,10 @@ fn compare_settings(
                 None => path.to_string(),
             };
             let (saved, given) = (shown(path, saved), shown(path, given));
-            out.push(format!("{name}: saved {saved}, given {given}"))
+            // `--cutmix 0` is CutMix off, as a run without mixing has it.
+            if saved != given {
+                out.push(format!("{name}: saved {saved}, given {given}"))
+            }
         }
         None => {}
     }
@@ -263,6 +268,12 @@ const FIXED_SETTINGS: [&str; 9] = [
     "regularization.augment.erasing.value",
     "regularization.mix.mode",
 ];
+
+/// Settings that only qualify a part that the settings switching it on (`--mixup`,
+/// `--cutmix`) switch on: where one side lacks the part, those name the difference, and
+/// these (how often it mixes, which of the two) say nothing more.
+const QUALIFYING_SETTINGS: [&str; 2] =
+    ["regularization.mix.prob", "regularization.mix.switch_prob"];
 
 /// The flag of `vit train` that sets the setting at `path` of config.json: from
 /// [`NESTED_FLAGS`], else the one named after its last part, if any.
@@ -307,6 +318,12 @@ fn shown(path: &str, value: &serde_json::Value) -> String {
             }
         }
         "train_subset" if value.is_null() => return "all".to_string(),
+        // An alpha of 0 turns its kind of mixing off.
+        "regularization.mix.mixup_alpha" | "regularization.mix.cutmix_alpha"
+            if value.as_f64() == Some(0.0) =>
+        {
+            return "off".to_string()
+        }
         _ if value.is_null() && flag_for(path).is_some() => return "off".to_string(),
         _ => {}
     }
@@ -340,6 +357,22 @@ pub(super) fn metrics_rows(dir: &Path) -> usize {
         .map_or(0, |text| text.lines().count().saturating_sub(1))
 }
 
+/// The progress `dir/resume.safetensors` records, read from the file's header alone (the
+/// state is tens of megabytes); None where there is none to read.
+fn saved_progress(dir: &Path) -> Option<Progress> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(dir.join(super::RESUME_STATE)).ok()?;
+    let mut length = [0u8; 8];
+    file.read_exact(&mut length).ok()?;
+    // safetensors caps its header at 100 MB.
+    let length = u64::from_le_bytes(length).min(100_000_000);
+    let mut header = Vec::new();
+    file.take(length).read_to_end(&mut header).ok()?;
+    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    let progress = header.get("__metadata__")?.get(PROGRESS_KEY)?.as_str()?;
+    serde_json::from_str(progress).ok()
+}
+
 /// Refuses an existing folder for a fresh run when it holds anything of `RUN_FILES`,
 /// except a vit run that stopped before saving anything (say, out of memory): there is
 /// nothing to lose, and its settings need not be repeated to start again.
@@ -359,9 +392,12 @@ pub(super) fn check_fresh(dir: &Path) -> Result<()> {
             present.join(", ")
         );
     };
-    let (epochs, rows) = (saved.settings.epochs, metrics_rows(dir));
+    // The resume state says how far the run got: metrics.csv may have a row it does not
+    // (a crash between the two writes), which a resume trains again.
+    let epochs = saved.settings.epochs;
+    let done = saved_progress(dir).map_or_else(|| metrics_rows(dir), |saved| saved.epochs_done);
     ensure!(
-        rows < epochs,
+        done < epochs,
         "{} already holds a run that finished its {epochs} {}; choose another --out",
         dir.display(),
         noun_for(epochs, "epoch")
@@ -471,7 +507,7 @@ mod tests {
     }
 
     /// The strong recipe's settings by their flags, and a part switched on or off (or
-    /// another policy) in a word or a number.
+    /// another policy) in a word or a number, by the settings that switch it.
     #[test]
     fn the_strong_recipe_names_each_flag_that_differs() {
         let strong = ["--recipe", "strong"];
@@ -537,9 +573,13 @@ mod tests {
                  given 3",
                 "regularization.mix.cutmix_alpha (--cutmix): saved 1.0, given off",
                 "regularization.mix.mixup_alpha (--mixup): saved 0.8, given off",
-                "regularization.mix.prob (--mix-prob): saved 1.0, given off",
-                "regularization.mix.switch_prob (--switch-prob): saved 0.5, given off",
             ]
+        );
+        // Mixing switched on is named by the alphas that switch it on: an alpha of 0 is
+        // off, as no mixing is, and how often and which to mix say nothing more.
+        assert_eq!(
+            differences(&[], &["--mixup", "0.2"]),
+            ["regularization.mix.mixup_alpha (--mixup): saved off, given 0.2"]
         );
         // The notebook's recipe has no augmentation part: its settings are off, and the
         // recipe's fixed ones are left out.

@@ -294,7 +294,7 @@ impl RunFolder {
                 noun_for(saved_threads, "thread")
             );
         }
-        remove_stale_temporaries(dir);
+        remove_stale_temporaries(dir, &RUN_FILES);
         Ok(Self::locked(dir.to_path_buf(), lock))
     }
 
@@ -319,7 +319,7 @@ impl RunFolder {
             create_folder(dir)?;
             (dir.to_path_buf(), RunLock::take(dir)?)
         };
-        remove_stale_temporaries(&dir);
+        remove_stale_temporaries(&dir, &RUN_FILES);
         let run = Self::locked(dir, lock);
         let record = RunConfig {
             settings: settings.clone(),
@@ -476,7 +476,7 @@ impl RunFolder {
                     results.join(", ")
                 );
             }
-            self.truncate_metrics(0)?;
+            self.truncate_metrics(0, true)?;
             return Ok(Progress::default());
         }
         // A file that cannot be opened says so; what is in it is what may be foreign.
@@ -503,8 +503,9 @@ impl RunFolder {
             )
         })?;
         self.check_best_models(&progress, ema.is_some(), epochs)?;
-        // Rows written after the saved state (a crash between the two writes) are dropped.
-        self.truncate_metrics(progress.epochs_done)?;
+        // Rows written after the saved state (a crash between the two writes) are dropped
+        // where the run goes on; a finished run writes nothing.
+        self.truncate_metrics(progress.epochs_done, progress.epochs_done < epochs)?;
         Ok(progress)
     }
 
@@ -532,10 +533,12 @@ impl RunFolder {
         Ok(())
     }
 
-    /// Keeps metrics.csv's header and the rows of the first `epochs` epochs, dropping any
-    /// after them; refuses a file that does not hold those rows (edited, or cut short), which
-    /// the resumed run would extend into one with gaps that `vit plot` cannot read.
-    fn truncate_metrics(&self, epochs: usize) -> Result<()> {
+    /// Refuses a metrics.csv that does not begin with the header and the rows of the first
+    /// `epochs` epochs (edited, or cut short), which the resumed run would extend into one
+    /// with gaps that `vit plot` cannot read. Where the run `goes_on`, rows of later epochs
+    /// (written before a crash) are dropped, and lines that are not vit's rows after them are
+    /// refused, as the run's rows would follow them; else the file is left as it is.
+    fn truncate_metrics(&self, epochs: usize, goes_on: bool) -> Result<()> {
         let path = self.path(METRICS_CSV);
         let text = std::fs::read_to_string(&path).with_context(|| {
             format!(
@@ -548,14 +551,24 @@ impl RunFolder {
             "{}\n",
             text.lines().take(epochs + 1).collect::<Vec<_>>().join("\n")
         );
-        let mut reader = csv::Reader::from_reader(kept.as_bytes());
-        let header_is_vits = reader
-            .headers()
-            .is_ok_and(|header| header.iter().eq(metrics_header().iter()));
-        let rows: Vec<Option<usize>> = reader
-            .deserialize::<EpochMetrics>()
-            .map(|row| row.ok().map(|row| row.epoch))
+        let mut reader = csv::Reader::from_reader(text.as_bytes());
+        let header = reader.headers().cloned().unwrap_or_default();
+        let header_is_vits = header.iter().eq(metrics_header().iter());
+        // Each line and its epoch, where it is a row vit writes (blank lines are skipped).
+        let lines: Vec<(u64, Option<usize>)> = reader
+            .records()
+            .map(|record| match record {
+                Ok(record) => (
+                    record.position().map_or(0, |p| p.line()),
+                    (record.deserialize::<EpochMetrics>(Some(&header)).ok()).map(|row| row.epoch),
+                ),
+                Err(e) => (e.position().map_or(0, |p| p.line()), None),
+            })
             .collect();
+        let (rows, after): (Vec<Option<usize>>, _) = (
+            lines.iter().take(epochs).map(|&(_, epoch)| epoch).collect(),
+            &lines[epochs.min(lines.len())..],
+        );
         let expected: Vec<Option<usize>> = (1..=epochs).map(Some).collect();
         if !header_is_vits || rows != expected {
             let found = if !header_is_vits {
@@ -580,6 +593,21 @@ impl RunFolder {
                 noun_for(epochs, "epoch")
             );
         }
+        if !goes_on || kept == text {
+            return Ok(());
+        }
+        if let Some(&(line, _)) = after
+            .iter()
+            .find(|&&(_, epoch)| epoch.is_none_or(|epoch| epoch <= epochs))
+        {
+            bail!(
+                "cannot resume {}: line {line} of its metrics.csv, after the row of epoch \
+                 {epochs} (the last the saved state has finished), is not a row vit wrote, and \
+                 the resumed run's rows would follow it. Move that line out of metrics.csv, \
+                 then resume",
+                self.dir.display()
+            );
+        }
         write_atomic(&path, kept.as_bytes())
     }
 }
@@ -600,6 +628,19 @@ impl RunLock {
     fn take(dir: &Path) -> Result<Self> {
         use std::io::{Seek, Write};
         let path = dir.join(LOCK_FILE);
+        let not_vits = || {
+            anyhow!(
+                "{} is already there, and is not a lock vit made (those are files that hold a \
+                 process ID): a run in {} would replace it. Move it away",
+                path.display(),
+                dir.display()
+            )
+        };
+        // vit's lock files are regular files: another `.lock` (a folder, or a pipe, whose
+        // read would wait forever) is the user's, and is left as it is.
+        if std::fs::metadata(&path).is_ok_and(|metadata| !metadata.is_file()) {
+            return Err(not_vits());
+        }
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -612,19 +653,6 @@ impl RunLock {
                     format!("cannot write to the run folder {}", dir.display()),
                 )
             })?;
-        let not_vits = || {
-            anyhow!(
-                "{} is already there, and is not a lock vit made (those hold a process ID): a \
-                 run in {} would replace it. Move that file away",
-                path.display(),
-                dir.display()
-            )
-        };
-        // vit's lock files are regular files: another `.lock` (a pipe, whose read would
-        // wait forever) is the user's, and is left as it is.
-        if !file.metadata().is_ok_and(|metadata| metadata.is_file()) {
-            return Err(not_vits());
-        }
         match try_lock_for_a_moment(&file) {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
