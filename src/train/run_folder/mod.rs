@@ -335,22 +335,26 @@ impl RunFolder {
 
     /// A fresh run in its locked folder: config.json (`record`) and the metrics header.
     fn start(&self, record: &RunConfig) -> Result<()> {
-        let config_path = self.path(CONFIG_JSON);
-        write_atomic(
-            &config_path,
-            serde_json::to_string_pretty(record)?.as_bytes(),
-        )
-        .map_err(|e| {
-            unwritable(
-                e,
-                format!("cannot write to the run folder {}", self.dir.display()),
-            )
-        })?;
-        // Atomically: `vit plot` on a live run never finds the file without its header.
+        // Atomically: `vit plot` on a live run never finds metrics.csv without its header.
         let mut header = csv::Writer::from_writer(Vec::new());
         header.write_record(metrics_header())?;
         let header = header.into_inner().map_err(|e| e.into_error())?;
-        write_atomic(&self.path(METRICS_CSV), &header)
+        let files = [
+            (
+                CONFIG_JSON,
+                serde_json::to_string_pretty(record)?.into_bytes(),
+            ),
+            (METRICS_CSV, header),
+        ];
+        for (name, contents) in files {
+            write_atomic(&self.path(name), &contents).map_err(|e| {
+                unwritable(
+                    e,
+                    format!("cannot write to the run folder {}", self.dir.display()),
+                )
+            })?;
+        }
+        Ok(())
     }
 
     fn locked(dir: PathBuf, lock: RunLock) -> Self {
