@@ -6,7 +6,7 @@ use crate::data::{transforms, Split, TestSet};
 use crate::ffi::autocast;
 use crate::listing::noun_for;
 use crate::model::VisionTransformer;
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use tch::{nn::ModuleT, Kind, Reduction, Tensor};
@@ -210,12 +210,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     print_report(args, &dataset, &evaluation, &files)?;
     // A file that cannot be written after all (a folder in its place) fails the command
     // once its figures are printed: they are not lost.
-    match files.error {
-        Some(e) => Err(anyhow!(
-            "{e:#}; the evaluation's figures are printed all the same"
-        )),
-        None => Ok(()),
+    if files.errors.is_empty() {
+        return Ok(());
     }
+    let errors: Vec<String> = files.errors.iter().map(|e| format!("{e:#}")).collect();
+    bail!(
+        "{}; the evaluation's figures are printed all the same",
+        errors.join("; ")
+    )
 }
 
 /// The first cell of every confusion matrix CSV vit writes: it knows its own files by it.
@@ -260,16 +262,17 @@ impl ReportPaths {
     }
 }
 
-/// The confusion matrix files an evaluation wrote, and why one could not be.
+/// The confusion matrix files an evaluation wrote, and why those it could not write were
+/// not.
 #[derive(Default)]
 struct ReportFiles {
     csv: Option<PathBuf>,
     png: Option<PathBuf>,
-    error: Option<anyhow::Error>,
+    errors: Vec<anyhow::Error>,
 }
 
 /// Writes the confusion matrix CSV, and with `plot` its picture (without, an older one vit
-/// drew there is pointed out).
+/// drew there is pointed out); each is written, or fails, on its own.
 fn write_files(
     evaluation: &Evaluation,
     classes: &[String],
@@ -277,24 +280,28 @@ fn write_files(
     plot: bool,
 ) -> ReportFiles {
     let ReportPaths { csv, png } = paths;
+    let mut files = ReportFiles::default();
     let replaced = csv.exists();
-    if let Err(error) = evaluation.write_confusion_csv(classes, &csv) {
-        return ReportFiles {
-            error: Some(error),
-            ..ReportFiles::default()
-        };
-    }
-    if replaced {
-        // Said, as it may be another checkpoint's: runs/a/seed1 and runs/b/seed1 share it.
-        eprintln!(
-            "note: {} was there, from an earlier evaluation, and is replaced (to keep both, \
-             give each evaluation its own --out)",
-            csv.display()
-        );
+    match evaluation.write_confusion_csv(classes, &csv) {
+        Ok(()) if replaced => {
+            // Said, as it may be another checkpoint's: runs/a/seed1 and runs/b/seed1 share it.
+            eprintln!(
+                "note: {} was there, from an earlier evaluation, and is replaced (to keep both, \
+                 give each evaluation its own --out)",
+                csv.display()
+            );
+            files.csv = Some(csv);
+        }
+        Ok(()) => files.csv = Some(csv),
+        Err(error) => files.errors.push(error),
     }
     if !plot {
         // A picture of the user's at that name is theirs: nothing to say of it.
-        if crate::plot::is_drawn_by_vit(&png) {
+        if let Some(csv) = files
+            .csv
+            .as_ref()
+            .filter(|_| crate::plot::is_drawn_by_vit(&png))
+        {
             eprintln!(
                 "note: {} is from an earlier evaluation and may not match {} (pass --plot to \
                  redraw it)",
@@ -302,23 +309,13 @@ fn write_files(
                 csv.display()
             );
         }
-        return ReportFiles {
-            csv: Some(csv),
-            ..ReportFiles::default()
-        };
+        return files;
     }
     match crate::plot::confusion_matrix(&evaluation.confusion, classes, &png) {
-        Ok(()) => ReportFiles {
-            csv: Some(csv),
-            png: Some(png),
-            error: None,
-        },
-        Err(error) => ReportFiles {
-            csv: Some(csv),
-            png: None,
-            error: Some(error),
-        },
+        Ok(()) => files.png = Some(png),
+        Err(error) => files.errors.push(error),
     }
+    files
 }
 
 /// The evaluation's figures on standard output: as text, or one JSON object with `--json`.

@@ -2610,22 +2610,34 @@ fn user_errors_say_what_to_do() {
         );
     }
     // A folder where the matrix's file goes, found only when it is written: the figures
-    // are printed, and the exit status says the file is not.
+    // are printed, and the exit status says the file is not; with --plot the picture is
+    // drawn all the same.
     let blocked = root.join("lettered.confusion_matrix.csv");
+    let matrix_png = root.join("lettered.confusion_matrix.png");
     let _ = std::fs::remove_file(&blocked);
     std::fs::create_dir(&blocked).unwrap();
-    #[rustfmt::skip]
-    let output = common::run_vit(&["eval", "--checkpoint", lettered.to_str().unwrap(), "--data-dir", data, "--device", "cpu", "--json"]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!("cannot write {}", blocked.display()))
-            && stderr.contains("the evaluation's figures are printed all the same"),
-        "{stderr}"
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert!(report["accuracy"].as_f64().is_some(), "{report}");
-    assert!(report["confusion_matrix_csv"].is_null(), "{report}");
+    for plot in [None, Some("--plot")] {
+        let _ = std::fs::remove_file(&matrix_png);
+        #[rustfmt::skip]
+        let args = ["eval", "--checkpoint", lettered.to_str().unwrap(), "--data-dir", data, "--device", "cpu", "--json"];
+        let output = common::run_vit(&[&args[..], plot.as_slice()].concat());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("cannot write {}", blocked.display()))
+                && stderr.contains("the evaluation's figures are printed all the same"),
+            "{stderr}"
+        );
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert!(report["accuracy"].as_f64().is_some(), "{report}");
+        assert!(report["confusion_matrix_csv"].is_null(), "{report}");
+        assert_eq!(
+            report["confusion_matrix_png"].as_str(),
+            plot.map(|_| matrix_png.to_str().unwrap()),
+            "{report}"
+        );
+        assert_eq!(matrix_png.exists(), plot.is_some());
+    }
     std::fs::remove_dir(&blocked).unwrap();
     // A checkpoint in a folder that cannot take it (here /proc/PID/fd, of a file this test
     // holds open) is evaluated all the same, without the matrix's file; --plot, which asks
