@@ -677,7 +677,8 @@ fn checksum_mismatch_and_truncation_leave_nothing() {
 
 /// The temporary file of a process that still runs (another vit downloading into the same
 /// folder) is not swept as stale; one of a process that has ended is, where it stands for
-/// a name given (a user's file or folder that only looks alike is kept).
+/// a name given or for the write check every folder gets (a user's file or folder that
+/// only looks alike is kept).
 #[test]
 fn only_temporaries_of_ended_processes_are_swept() {
     let tmp = TempDir::new("sweep");
@@ -688,8 +689,9 @@ fn only_temporaries_of_ended_processes_are_swept() {
         std::os::unix::process::parent_id()
     );
     let ended = ".cifar-100-binary.tar.gz.tmp-4294967295";
+    let write_check = ".write-check.tmp-4294967295";
     let users = ".notes.tmp-4294967295";
-    for name in [running.as_str(), ended, users] {
+    for name in [running.as_str(), ended, write_check, users] {
         std::fs::write(tmp.0.join(name), b"partial").unwrap();
     }
     let users_folder = tmp.0.join(".photos.tmp-4294967295");
