@@ -725,3 +725,26 @@ fn accuracies_in_percent_are_refused_naming_the_cell() {
         (Some(0.0), Some(1.0))
     );
 }
+
+/// Every accuracy column is checked, below 0 as above 1: a train_acc of -0.5 and an
+/// ema_test_acc of 50 are refused by their column and line.
+#[test]
+fn accuracies_outside_0_to_1_are_refused_in_each_accuracy_column() {
+    let dir = TempDir::new("accuracy-range");
+    let path = dir.join("metrics.csv");
+    for (row, refused) in [
+        (
+            "1,0.001,2.1,-0.5,2.0,0.5,3.0,100,2.0,0.5",
+            "train_acc is -0.5 on line 2",
+        ),
+        (
+            "1,0.001,2.1,0.5,2.0,0.5,3.0,100,2.0,50",
+            "ema_test_acc is 50 on line 2",
+        ),
+    ] {
+        let text = format!("{HEADER},ema_test_loss,ema_test_acc\n{row}\n");
+        std::fs::write(&path, text).unwrap();
+        let err = format!("{:#}", plot::read_metrics(&path).unwrap_err());
+        assert!(err.contains(refused), "{err}");
+    }
+}
