@@ -755,7 +755,7 @@ struct RunConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::{saved_results, utc_timestamp};
+    use super::{metrics_header, saved_results, utc_timestamp, RunFolder, RunLock, METRICS_CSV};
 
     /// A run's saved results count its metrics.csv rows as epochs: "1 epoch", "2 epochs"
     /// (a folder without checkpoints, here one that does not exist, adds nothing else).
@@ -785,5 +785,45 @@ mod tests {
         ] {
             assert_eq!(utc_timestamp(secs), date, "{secs}");
         }
+    }
+
+    /// After the rows the saved state has finished, a resume drops the rows of later
+    /// epochs (a crash between the two writes), but refuses by its line one that is not a
+    /// later epoch's row, an earlier epoch's row again or a line vit did not write, and
+    /// leaves the file as it is.
+    #[test]
+    fn rows_after_the_saved_state_are_dropped_only_for_later_epochs() {
+        let dir = std::env::temp_dir().join(format!("vit-unit-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = RunFolder::locked(dir.clone(), RunLock::take(&dir).unwrap());
+        let row = |epoch: &str| format!("{epoch},0.001,2.0,0.5,1.9,0.4,1.0,100.0,,");
+        let header = metrics_header().join(",");
+        let saved = format!("{header}\n{}\n", row("1"));
+        let path = dir.join(METRICS_CSV);
+        for (after, refused) in [
+            (vec![row("2")], None),
+            (vec![row("2"), row("1")], Some("line 4 of its metrics.csv")),
+            (
+                vec![row("2"), row("n/a")],
+                Some("line 4 of its metrics.csv"),
+            ),
+        ] {
+            let text = format!("{saved}{}\n", after.join("\n"));
+            std::fs::write(&path, &text).unwrap();
+            let result = run.truncate_metrics(1, true).map_err(|e| e.to_string());
+            let left = std::fs::read_to_string(&path).unwrap();
+            match refused {
+                None => assert_eq!((result, left), (Ok(()), saved.clone())),
+                Some(refused) => {
+                    assert!(
+                        result.as_ref().is_err_and(|e| e.contains(refused)),
+                        "{result:?}"
+                    );
+                    assert_eq!(left, text);
+                }
+            }
+        }
+        drop(run);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
