@@ -3445,6 +3445,27 @@ fn a_checkpoint_that_cannot_be_written_stops_the_run_with_its_name() {
     assert!(!out.join("last_model.safetensors").exists());
 }
 
+/// A fresh run's first files, config.json and metrics.csv's header, that cannot be written
+/// name the run folder, with the reason where the OS gives one (a full disk, say).
+#[test]
+fn a_fresh_runs_first_files_that_cannot_be_written_name_the_run_folder() {
+    let _turn = seeded(0);
+    let dataset = colour_dataset();
+    for name in ["config.json", "metrics.csv"] {
+        let out = TempDir::new("unwritable-start");
+        std::fs::create_dir_all(temporary_sibling(&out.join(name))).unwrap();
+        let flag = AtomicBool::new(false);
+        let result = train::train(
+            &tiny_settings(1, 600),
+            &dataset,
+            &options(&out, false, &flag),
+        );
+        let error = format!("{:#}", result.err().expect("the run must fail"));
+        let expected = format!("cannot write to the run folder {}", out.display());
+        assert!(error.contains(&expected), "{name}: {error}");
+    }
+}
+
 #[test]
 fn resume_removes_the_temporary_files_of_a_killed_run() {
     let _turn = seeded(0);
