@@ -200,6 +200,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let baseline_rss_bytes = rss_bytes("VmRSS:");
     let device = args.device.set_up()?;
     let config = args.model.resolve()?;
+    if device == Device::Cpu {
+        config.check_trains_in_memory()?;
+    }
     if args.libtorch_dropout && config.dropout == 0.0 {
         eprintln!(
             "warning: --libtorch-dropout changes nothing here: the model has no dropout \

@@ -59,15 +59,15 @@ fn parameter_table(vs: &nn::VarStore, num_layers: i64) -> Vec<(String, i64)> {
         .chain((0..num_layers).map(|i| format!("blocks.{i}")))
         .chain(["norm", "head"].into_iter().map(String::from))
         .collect();
-    let variables = vs.variables();
+    // Summed in one pass: thousands of blocks, each a row, must not rescan every tensor.
+    let mut counts: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    for (name, tensor) in vs.variables() {
+        *counts.entry(module_of(&name)).or_default() += tensor.numel() as i64;
+    }
     order
         .into_iter()
         .map(|module| {
-            let count = variables
-                .iter()
-                .filter(|(name, _)| module_of(name) == module)
-                .map(|(_, t)| t.numel() as i64)
-                .sum();
+            let count = counts.get(&module).copied().unwrap_or(0);
             (module, count)
         })
         .collect()

@@ -6,6 +6,7 @@
 use crate::listing::noun_for;
 use std::cell::Cell;
 use std::io::Write;
+use std::path::Path;
 
 /// Sets libtorch's CPU thread count when `--threads` is given, warning when it exceeds
 /// the cores here (the threads would then wait for each other, and a run crawls).
@@ -24,9 +25,48 @@ pub fn apply_threads(threads: Option<i32>) {
     tch::set_num_threads(threads);
 }
 
+/// The memory this process may use, where it can be read: the machine's (`MemTotal` of
+/// /proc/meminfo), or less where a cgroup limits it (a container's, a Slurm job's), whose
+/// kernel kills the process without a word when it takes more.
+pub fn memory_bytes() -> Option<u64> {
+    let machine = physical_memory_bytes()?;
+    let memberships = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let limits = cgroup_memory_limits(&memberships, Path::new("/sys/fs/cgroup"));
+    Some(limits.into_iter().fold(machine, u64::min))
+}
+
 /// The machine's memory (`MemTotal` of /proc/meminfo), where it can be read.
 pub fn physical_memory_bytes() -> Option<u64> {
     proc_memory_bytes("/proc/meminfo", "MemTotal:")
+}
+
+/// The memory limits of the cgroups that `memberships` (as /proc/self/cgroup lists them)
+/// names and of the cgroups above them, in the cgroup file system at `root`: cgroup v2's
+/// `memory.max` and v1's memory controller's `memory.limit_in_bytes`. "max", or v1's huge
+/// number, is no limit.
+fn cgroup_memory_limits(memberships: &str, root: &Path) -> Vec<u64> {
+    let mut limits = Vec::new();
+    for line in memberships.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let (hierarchy, file) = match controllers {
+            "" => (root.to_path_buf(), "memory.max"),
+            _ if controllers.split(',').any(|c| c == "memory") => {
+                (root.join("memory"), "memory.limit_in_bytes")
+            }
+            _ => continue,
+        };
+        let cgroup = hierarchy.join(path.trim_start_matches('/'));
+        for folder in cgroup.ancestors().take_while(|f| f.starts_with(&hierarchy)) {
+            let limit = std::fs::read_to_string(folder.join(file));
+            limits.extend(limit.ok().and_then(|text| text.trim().parse::<u64>().ok()));
+        }
+    }
+    limits
 }
 
 /// A memory line of a /proc file (`KEY: N kB`, as /proc/meminfo and /proc/self/status
@@ -194,7 +234,32 @@ fn libtorch_error(message: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::brief_error;
+    use super::{brief_error, cgroup_memory_limits};
+
+    /// The limits of a process's cgroups and of those above them, v1's and v2's, are
+    /// read; no limit ("max"), other controllers and cgroups that are not the process's
+    /// are not.
+    #[test]
+    fn cgroup_memory_limits_are_those_of_the_process_and_above() {
+        let root = std::env::temp_dir().join(format!("vit-cgroups-{}", std::process::id()));
+        let write = |folder: &str, file: &str, text: &str| {
+            let folder = root.join(folder);
+            std::fs::create_dir_all(&folder).unwrap();
+            std::fs::write(folder.join(file), text).unwrap();
+        };
+        write("memory", "memory.limit_in_bytes", "9223372036854771712\n");
+        write("memory/job", "memory.limit_in_bytes", "2000\n");
+        write("memory/job/step", "memory.limit_in_bytes", "3000\n");
+        write("memory/other", "memory.limit_in_bytes", "1000\n");
+        write("cpu/job/step", "memory.limit_in_bytes", "500\n");
+        write("slice", "memory.max", "max\n");
+        write("slice/container", "memory.max", "4000\n");
+        let memberships = "5:cpu,cpuacct:/job/step\n4:memory:/job/step\n0::/slice/container\n";
+        let mut limits = cgroup_memory_limits(memberships, &root);
+        limits.sort();
+        assert_eq!(limits, [2000, 3000, 4000, 9223372036854771712]);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     /// tch's panic message for a libtorch error, as `{:?}` of its error writes it.
     fn tch_panic(what: &str) -> String {

@@ -299,7 +299,7 @@ fn invalid_configs_are_rejected_with_a_clear_error() {
             .iter()
             .map(|name| (zero_size(name), format!("{name} must be positive, got 0"))),
     );
-    if vit_tch::runtime::physical_memory_bytes().is_some() {
+    if vit_tch::runtime::memory_bytes().is_some() {
         // 10 million blocks: 8.5e10 parameters, refused before any is made.
         let deep = ViTConfig {
             num_layers: 10_000_000,
@@ -307,7 +307,9 @@ fn invalid_configs_are_rejected_with_a_clear_error() {
         };
         cases.push((
             deep.clone(),
-            "8.544e10 parameters (341.8 GB in float32), more than the".into(),
+            "the model would take at least 505.6 GB: 8.544e10 parameters (341.8 GB in \
+             float32) and libtorch's bookkeeping for 10000000 blocks; this process may use"
+                .into(),
         ));
         // The advice names what sets the largest part: the blocks, the patches' position
         // embedding (a pixel a patch), the patch embedding's kernel (one huge patch), or
@@ -350,6 +352,32 @@ fn invalid_configs_are_rejected_with_a_clear_error() {
             }
         }
     }
+}
+
+/// Training holds the weights four times (with their gradients and AdamW's two moments):
+/// a model whose weights take half the memory here is built, but refused for training,
+/// naming the flags.
+#[test]
+fn a_model_that_fits_but_cannot_train_is_refused_for_training() {
+    let Some(memory) = vit_tch::runtime::memory_bytes() else {
+        return;
+    };
+    let tiny = ViTConfig::tiny();
+    // The head holds embed_dim + 1 weights a class.
+    let classes = memory as f64 / 2.0 / 4.0 / (tiny.embed_dim as f64 + 1.0);
+    let config = ViTConfig {
+        num_classes: classes as i64,
+        ..tiny
+    };
+    config.validate().unwrap();
+    let error = format!("{:#}", config.check_trains_in_memory().unwrap_err());
+    assert!(
+        error.starts_with("training the model would take at least")
+            && error.contains("held four times: weights, gradients and AdamW's two moments")
+            && error.ends_with("use a smaller --num-classes or --embed-dim"),
+        "{error}"
+    );
+    ViTConfig::tiny().check_trains_in_memory().unwrap();
 }
 
 #[test]
@@ -460,4 +488,6 @@ fn physical_memory_is_memtotal_in_bytes() {
         Some(kib * 1024),
         "{line}"
     );
+    // What the process may use is no more (less under a cgroup's limit).
+    assert!(vit_tch::runtime::memory_bytes().is_some_and(|bytes| bytes <= kib * 1024));
 }

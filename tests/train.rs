@@ -3209,6 +3209,54 @@ fn a_users_file_beside_the_checkpoint_is_kept_and_out_is_advised() {
     assert!(csv.is_symlink());
 }
 
+/// A resume.safetensors that is a named pipe (whose open would wait for a writer forever)
+/// holds no state: a resume is refused at once, saying so, and a fresh run there is refused
+/// at once too, as over any run with results.
+#[test]
+fn a_resume_state_that_is_a_pipe_is_refused_at_once() {
+    let (root, data_dir) = colour_cifar10("pipe-state");
+    let run = root.join("run");
+    let mut args = tiny_run_args(data_dir.to_str().unwrap(), run.to_str().unwrap());
+    args.extend([
+        "--epochs",
+        "2",
+        "--batch-size",
+        "100",
+        "--warmup-epochs",
+        "1",
+    ]);
+    args.extend(["--train-subset", "100"]);
+    vit(&args);
+    std::fs::remove_file(run.join("resume.safetensors")).unwrap();
+    let made = Command::new("mkfifo")
+        .arg(run.join("resume.safetensors"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // Under `timeout`, so that a wait on the pipe fails the test instead of hanging it
+    // (with SIGKILL: vit takes SIGTERM for a stop at the next step, which a wait never
+    // reaches).
+    let within_a_minute = |args: &[&str]| {
+        Command::new("timeout")
+            .args(["-s", "KILL", "60"])
+            .arg(common::vit_binary())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let resumed = within_a_minute(&[&args[..], &["--resume"]].concat());
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert_eq!(resumed.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("its resume.safetensors is not a file (a folder or a pipe)"),
+        "{stderr}"
+    );
+    let fresh = within_a_minute(&args);
+    let stderr = String::from_utf8_lossy(&fresh.stderr);
+    assert_eq!(fresh.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("choose another --out"), "{stderr}");
+}
+
 /// A `.lock` in `--out` that vit did not make (vit's hold a process ID) is the user's: the
 /// run is refused and the file left as it was, whether the folder holds nothing else or
 /// also a file the run is refused for; a named pipe there is refused without waiting, and

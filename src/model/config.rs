@@ -1,5 +1,6 @@
 //! The notebook's hyperparameter cell as a value: the nine numbers that define a ViT.
 
+use crate::listing::noun_for;
 use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
 
@@ -135,7 +136,7 @@ impl ViTConfig {
     /// [`Self::validate`], naming the command-line flags that set the fields
     /// (`--embed-dim`), for a config the user gave as flags.
     pub fn validate_flags(&self) -> Result<()> {
-        self.check(|field| format!("--{}", field.replace('_', "-")))
+        self.check(flag_name)
     }
 
     /// The eight whole-number hyperparameters (all but dropout), with their names.
@@ -178,20 +179,35 @@ impl ViTConfig {
             name("dropout"),
             self.dropout
         );
-        self.check_fits_in_memory(name)
+        self.check_fits_in_memory(name, false)
+    }
+
+    /// Refuses, before training starts, a model whose training state (weights, gradients
+    /// and AdamW's two moments) and libtorch's bookkeeping for it outgrow the memory this
+    /// process may use, naming the flags that set the sizes. For the CPU, where the kernel
+    /// kills a process that takes too much without a word; a GPU's allocator fails with a
+    /// message instead.
+    pub fn check_trains_in_memory(&self) -> Result<()> {
+        self.check_fits_in_memory(flag_name, true)
     }
 
     /// Refused here rather than found by building it: a model of millions of small layers
-    /// would fill the memory one layer at a time, for minutes. The advice names what sets
+    /// would fill the memory one layer at a time, for minutes, and a process that takes
+    /// more than its cgroup allows is killed without a word. The advice names what sets
     /// the largest part of the model.
-    fn check_fits_in_memory(&self, name: impl Fn(&str) -> String) -> Result<()> {
-        let Some(memory) = crate::runtime::physical_memory_bytes() else {
+    fn check_fits_in_memory(&self, name: impl Fn(&str) -> String, training: bool) -> Result<()> {
+        let Some(memory) = crate::runtime::memory_bytes() else {
             return Ok(());
         };
-        let count = self.parameter_count();
-        let bytes = 4.0 * count;
+        let bytes = self.memory_needed(training);
+        if bytes <= memory as f64 {
+            return Ok(());
+        }
         let parts = self.parameter_parts();
-        let largest = [parts.patch_embed, parts.positions, parts.blocks, parts.head]
+        // The blocks' bookkeeping counts with their weights: in bytes per weight.
+        let (copies, block_bytes) = Self::memory_per(training);
+        let blocks = parts.blocks + block_bytes * self.num_layers as f64 / (4.0 * copies);
+        let largest = [parts.patch_embed, parts.positions, blocks, parts.head]
             .into_iter()
             .fold(0.0, f64::max);
         let smaller = if largest == parts.positions {
@@ -212,14 +228,45 @@ impl ViTConfig {
                 name("num_layers")
             )
         };
-        ensure!(
-            bytes <= memory as f64,
-            "the model would have {count:.3e} parameters ({:.1} GB in float32), more than the \
-             {:.1} GB of memory here: use {smaller}",
+        let count = self.parameter_count();
+        let what = match training {
+            true => "training the model would take",
+            false => "the model would take",
+        };
+        bail!(
+            "{what} at least {:.1} GB: {count:.3e} parameters ({:.1} GB in float32{}) and \
+             libtorch's bookkeeping for {} {}; this process may use {:.1} GB of memory: use \
+             {smaller}",
             bytes / 1e9,
+            4.0 * count / 1e9,
+            match training {
+                true => ", held four times: weights, gradients and AdamW's two moments",
+                false => "",
+            },
+            self.num_layers,
+            noun_for(self.num_layers as usize, "block"),
             memory as f64 / 1e9,
-        );
-        Ok(())
+        )
+    }
+
+    /// A lower bound on the memory the model takes, built or, `training`, trained (on top,
+    /// activations grow with the batch): its float32 weights, held once or four times, and
+    /// libtorch's bookkeeping for each block.
+    fn memory_needed(&self, training: bool) -> f64 {
+        let (copies, block_bytes) = Self::memory_per(training);
+        copies * 4.0 * self.parameter_count() + block_bytes * self.num_layers as f64
+    }
+
+    /// How many copies of the weights the model's memory holds, and the bytes of
+    /// libtorch's bookkeeping per block (its tensors, and training's gradients, optimizer
+    /// state and autograd graph). Measured with one-wide blocks (`--embed-dim 1 --num-heads
+    /// 1 --mlp-dim 1`), from the maximum RSS at 500, 1,000 and 2,000 of them: 9 KiB a block
+    /// for `vit info`, 68 KiB for `vit bench --batch-size 1` (2026-11-30); rounded up.
+    fn memory_per(training: bool) -> (f64, f64) {
+        match training {
+            true => (4.0, 96.0 * 1024.0),
+            false => (1.0, 16.0 * 1024.0),
+        }
     }
 
     /// The parameters `VisionTransformer::new` makes for this config (a test checks it
@@ -300,6 +347,11 @@ impl ViTConfig {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// The flag of `vit` that sets the config field `field`: `--embed-dim` for `embed_dim`.
+fn flag_name(field: &str) -> String {
+    format!("--{}", field.replace('_', "-"))
 }
 
 /// The parameters of each part of a model, as [`ViTConfig::parameter_count`] counts them.

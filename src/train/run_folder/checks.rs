@@ -361,7 +361,12 @@ pub(super) fn metrics_rows(dir: &Path) -> usize {
 /// state is tens of megabytes); None where there is none to read.
 fn saved_progress(dir: &Path) -> Option<Progress> {
     use std::io::Read;
-    let mut file = std::fs::File::open(dir.join(super::RESUME_STATE)).ok()?;
+    let path = dir.join(super::RESUME_STATE);
+    // A pipe's open would wait for a writer.
+    if !path.is_file() {
+        return None;
+    }
+    let mut file = std::fs::File::open(path).ok()?;
     let mut length = [0u8; 8];
     file.read_exact(&mut length).ok()?;
     // safetensors caps its header at 100 MB.

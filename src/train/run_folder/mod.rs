@@ -483,7 +483,15 @@ impl RunFolder {
             self.truncate_metrics(0, true)?;
             return Ok(Progress::default());
         }
-        // A file that cannot be opened says so; what is in it is what may be foreign.
+        // A file that cannot be opened says so; what is in it is what may be foreign. Not
+        // a file (a pipe, whose open would wait for a writer): not the run's.
+        ensure!(
+            path.is_file(),
+            "cannot resume {}: its resume.safetensors is not a file (a folder or a pipe), so it \
+             holds no saved state; start a new run with another --out (this folder's \
+             checkpoints stay as they are)",
+            self.dir.display()
+        );
         std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let mut load = || -> Result<Progress> {
             let file = TensorFile::read(&path)?;
@@ -539,9 +547,10 @@ impl RunFolder {
 
     /// Refuses a metrics.csv that does not begin with the header and the rows of the first
     /// `epochs` epochs (edited, or cut short), which the resumed run would extend into one
-    /// with gaps that `vit plot` cannot read. Where the run `goes_on`, rows of later epochs
-    /// (written before a crash) are dropped, and lines that are not vit's rows after them are
-    /// refused, as the run's rows would follow them; else the file is left as it is.
+    /// with gaps that `vit plot` cannot read. Where the run `goes_on`, the rows of later
+    /// epochs after them (written before a crash) are dropped, and anything else there (a
+    /// line of the user's, which dropping would delete) is refused; a finished run's file is
+    /// left as it is.
     fn truncate_metrics(&self, epochs: usize, goes_on: bool) -> Result<()> {
         let path = self.path(METRICS_CSV);
         let text = std::fs::read_to_string(&path).with_context(|| {
@@ -551,27 +560,34 @@ impl RunFolder {
                 path.display()
             )
         })?;
-        let kept = format!(
-            "{}\n",
-            text.lines().take(epochs + 1).collect::<Vec<_>>().join("\n")
-        );
         let mut reader = csv::Reader::from_reader(text.as_bytes());
         let header = reader.headers().cloned().unwrap_or_default();
         let header_is_vits = header.iter().eq(metrics_header().iter());
-        // Each line and its epoch, where it is a row vit writes (blank lines are skipped).
-        let lines: Vec<(u64, Option<usize>)> = reader
+        // Each record (blank lines are skipped), where it starts, and its epoch where it is
+        // a row vit writes.
+        let records: Vec<(csv::Position, Option<usize>)> = reader
             .records()
             .map(|record| match record {
                 Ok(record) => (
-                    record.position().map_or(0, |p| p.line()),
+                    record
+                        .position()
+                        .cloned()
+                        .unwrap_or_else(csv::Position::new),
                     (record.deserialize::<EpochMetrics>(Some(&header)).ok()).map(|row| row.epoch),
                 ),
-                Err(e) => (e.position().map_or(0, |p| p.line()), None),
+                Err(e) => (
+                    e.position().cloned().unwrap_or_else(csv::Position::new),
+                    None,
+                ),
             })
             .collect();
         let (rows, after): (Vec<Option<usize>>, _) = (
-            lines.iter().take(epochs).map(|&(_, epoch)| epoch).collect(),
-            &lines[epochs.min(lines.len())..],
+            records
+                .iter()
+                .take(epochs)
+                .map(|(_, epoch)| *epoch)
+                .collect(),
+            &records[epochs.min(records.len())..],
         );
         let expected: Vec<Option<usize>> = (1..=epochs).map(Some).collect();
         if !header_is_vits || rows != expected {
@@ -597,22 +613,32 @@ impl RunFolder {
                 noun_for(epochs, "epoch")
             );
         }
-        if !goes_on || kept == text {
+        if !goes_on {
             return Ok(());
         }
-        if let Some(&(line, _)) = after
+        if let Some((position, _)) = after
             .iter()
-            .find(|&&(_, epoch)| epoch.is_none_or(|epoch| epoch <= epochs))
+            .find(|(_, epoch)| epoch.is_none_or(|epoch| epoch <= epochs))
         {
             bail!(
-                "cannot resume {}: line {line} of its metrics.csv, after the row of epoch \
-                 {epochs} (the last the saved state has finished), is not a row vit wrote, and \
-                 the resumed run's rows would follow it. Move that line out of metrics.csv, \
-                 then resume",
-                self.dir.display()
+                "cannot resume {}: line {} of its metrics.csv, after the row of epoch {epochs} \
+                 (the last the saved state has finished), is not the row of a later epoch \
+                 (which a resume drops, to train that epoch again), and dropping it would \
+                 delete it. Move that line out of metrics.csv, then resume",
+                self.dir.display(),
+                position.line()
             );
         }
-        write_atomic(&path, kept.as_bytes())
+        // Cut where the first row after them starts; the resumed rows are appended after a
+        // line's end.
+        let kept = &text[..after
+            .first()
+            .map_or(text.len(), |(start, _)| start.byte() as usize)];
+        if kept.len() < text.len() || !kept.ends_with('\n') {
+            let ended = if kept.ends_with('\n') { "" } else { "\n" };
+            write_atomic(&path, format!("{kept}{ended}").as_bytes())?;
+        }
+        Ok(())
     }
 }
 
@@ -822,6 +848,33 @@ mod tests {
                     assert_eq!(left, text);
                 }
             }
+        }
+
+        // Blank lines are no rows: one among the finished rows keeps the row after it, and
+        // the cut is where the first later row starts. CRLF endings are kept, and a file
+        // whose last line has no end gets one (the resumed rows follow it).
+        for (text, kept) in [
+            (
+                format!("{header}\n{}\n\n{}\n{}\n", row("1"), row("2"), row("3")),
+                format!("{header}\n{}\n\n{}\n", row("1"), row("2")),
+            ),
+            (
+                format!(
+                    "{header}\r\n{}\r\n{}\r\n{}\r\n",
+                    row("1"),
+                    row("2"),
+                    row("3")
+                ),
+                format!("{header}\r\n{}\r\n{}\r\n", row("1"), row("2")),
+            ),
+            (
+                format!("{header}\n{}\n{}", row("1"), row("2")),
+                format!("{header}\n{}\n{}\n", row("1"), row("2")),
+            ),
+        ] {
+            std::fs::write(&path, &text).unwrap();
+            run.truncate_metrics(2, true).unwrap();
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), kept, "{text:?}");
         }
         drop(run);
         std::fs::remove_dir_all(&dir).unwrap();
