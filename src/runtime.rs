@@ -261,6 +261,35 @@ mod tests {
         std::fs::remove_dir_all(&root).unwrap();
     }
 
+    /// A v1 hierarchy that holds the memory controller among others counts, a cgroup path
+    /// with a colon in it is read whole, and the folders above the hierarchy's root are
+    /// not read (here the root is itself in a folder with limits).
+    #[test]
+    fn cgroup_memory_limits_stay_in_the_memory_hierarchy() {
+        let above = std::env::temp_dir().join(format!("vit-cgroups-above-{}", std::process::id()));
+        let root = above.join("cgroup");
+        let write = |folder: &std::path::Path, file: &str, text: &str| {
+            std::fs::create_dir_all(folder).unwrap();
+            std::fs::write(folder.join(file), text).unwrap();
+        };
+        write(&above, "memory.max", "100\n");
+        write(&above, "memory.limit_in_bytes", "100\n");
+        write(&root.join("memory/job"), "memory.limit_in_bytes", "2000\n");
+        write(&root.join("slice/a:b"), "memory.max", "4000\n");
+        write(&root.join("slice/a"), "memory.max", "500\n");
+        for (memberships, expected) in [
+            ("4:blkio,memory:/job\n", vec![2000]),
+            ("4:memory,hugetlb:/job\n", vec![2000]),
+            ("0::/slice/a:b\n", vec![4000]),
+            ("0::/slice\n", vec![]),
+        ] {
+            let mut limits = cgroup_memory_limits(memberships, &root);
+            limits.sort();
+            assert_eq!(limits, expected, "{memberships:?}");
+        }
+        std::fs::remove_dir_all(&above).unwrap();
+    }
+
     /// tch's panic message for a libtorch error, as `{:?}` of its error writes it.
     fn tch_panic(what: &str) -> String {
         format!("called `Result::unwrap()` on an `Err` value: Torch({what:?})")
