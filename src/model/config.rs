@@ -370,6 +370,39 @@ struct ParameterParts {
 mod tests {
     use super::ViTConfig;
 
+    /// Training counts libtorch's bookkeeping of each block (96 KiB) on top of four copies
+    /// of the weights: one-wide blocks whose bookkeeping outgrows the memory here are
+    /// refused for training, though built they fit, and the advice names the blocks' flags
+    /// though the head holds more weights than they do.
+    #[test]
+    fn thin_blocks_bookkeeping_is_counted_for_training() {
+        let Some(memory) = crate::runtime::memory_bytes() else {
+            return;
+        };
+        let memory = memory as f64;
+        // Bookkeeping of 1.5 times the memory for training (a quarter of it built), and a
+        // head of 2 weights a class whose four copies take half the memory.
+        let num_layers = (memory / 65536.0) as i64;
+        let config = ViTConfig {
+            embed_dim: 1,
+            num_heads: 1,
+            mlp_dim: 1,
+            num_layers,
+            num_classes: (memory / 64.0) as i64,
+            ..ViTConfig::tiny()
+        };
+        config.validate().unwrap();
+        let error = format!("{:#}", config.check_trains_in_memory().unwrap_err());
+        let needed = 16.0 * config.parameter_count() + 96.0 * 1024.0 * num_layers as f64;
+        assert!(
+            error.starts_with(&format!(
+                "training the model would take at least {:.1} GB: ",
+                needed / 1e9
+            )) && error.ends_with("use a smaller --embed-dim, --mlp-dim or --num-layers"),
+            "{error}"
+        );
+    }
+
     /// `vit info` and `vit bench` say whether the flags changed the preset's sizes.
     #[test]
     fn a_config_says_whether_flags_changed_its_preset() {
