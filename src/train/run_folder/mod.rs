@@ -816,7 +816,7 @@ mod tests {
     /// After the rows the saved state has finished, a resume drops the rows of later
     /// epochs (a crash between the two writes), but refuses by its line one that is not a
     /// later epoch's row, an earlier epoch's row again or a line vit did not write, and
-    /// leaves the file as it is.
+    /// leaves the file as it is; a finished run's file is left as it is too.
     #[test]
     fn rows_after_the_saved_state_are_dropped_only_for_later_epochs() {
         let dir = std::env::temp_dir().join(format!("vit-unit-metrics-{}", std::process::id()));
@@ -828,6 +828,11 @@ mod tests {
         let path = dir.join(METRICS_CSV);
         for (after, refused) in [
             (vec![row("2")], None),
+            (vec![row("2"), row("3")], None),
+            (
+                vec![row("2"), "# a note".into()],
+                Some("line 4 of its metrics.csv"),
+            ),
             (vec![row("2"), row("1")], Some("line 4 of its metrics.csv")),
             (
                 vec![row("2"), row("n/a")],
@@ -849,6 +854,11 @@ mod tests {
                 }
             }
         }
+        // A finished run's file is left as it is, whatever follows its rows.
+        let finished = format!("{saved}{}\n# a note", row("2"));
+        std::fs::write(&path, &finished).unwrap();
+        run.truncate_metrics(1, false).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), finished);
 
         // Blank lines are no rows: one among the finished rows keeps the row after it, and
         // the cut is where the first later row starts. CRLF endings are kept, and a file
