@@ -645,3 +645,25 @@ fn a_pytorch_training_run_ends_with_its_best_epoch() {
         "{expected:?} does not end {stdout}"
     );
 }
+
+/// On the CPU, a model whose weights fit in the memory here but whose training state
+/// (four copies of them) does not is refused before it is built, naming the flag to lower
+/// (the kernel would kill the bench without a word).
+#[test]
+fn bench_on_the_cpu_refuses_a_model_that_cannot_train_in_memory() {
+    let Some(memory) = vit_tch::runtime::memory_bytes() else {
+        return;
+    };
+    // The tiny model's head holds 33 weights a class: here they take half the memory.
+    let classes = (memory as f64 / 2.0 / 4.0 / 33.0) as i64;
+    let classes = classes.to_string();
+    #[rustfmt::skip]
+    let output = common::run_vit(&["bench", "--config", "tiny", "--num-classes", &classes, "--device", "cpu", "--steps", "1", "--warmup", "0"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("Error: training the model would take at least")
+            && stderr.contains("use a smaller --num-classes or --embed-dim"),
+        "{stderr}"
+    );
+}
