@@ -3003,6 +3003,40 @@ fn a_caught_libtorch_error_is_one_line() {
     assert!(!error.contains("frame #"), "{error}");
 }
 
+/// `vit eval --plot` where neither the confusion matrix's CSV nor its picture can be
+/// written (a folder in the place of each): the figures are printed, the error names both
+/// files, and the report has neither.
+#[test]
+fn eval_names_both_confusion_matrix_files_it_cannot_write() {
+    let (root, data_dir) = colour_cifar10("eval-both-blocked");
+    let checkpoint = root.join("model.safetensors");
+    let metadata = [("dataset", "cifar10".to_string())];
+    let vs = fresh_model(&ViTConfig::tiny());
+    vit_tch::checkpoint::save(&vs, &ViTConfig::tiny(), &metadata, &checkpoint).unwrap();
+    let blocked = ["csv", "png"].map(|ext| root.join(format!("model.confusion_matrix.{ext}")));
+    for folder in &blocked {
+        std::fs::create_dir(folder).unwrap();
+    }
+    #[rustfmt::skip]
+    let output = common::run_vit(&["eval", "--checkpoint", checkpoint.to_str().unwrap(), "--data-dir", data_dir.to_str().unwrap(), "--device", "cpu", "--json", "--plot"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    for folder in &blocked {
+        assert!(
+            stderr.contains(&format!("cannot write {}", folder.display())),
+            "{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("the evaluation's figures are printed all the same"),
+        "{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(report["accuracy"].as_f64().is_some(), "{report}");
+    assert!(report["confusion_matrix_csv"].is_null(), "{report}");
+    assert!(report["confusion_matrix_png"].is_null(), "{report}");
+}
+
 /// A model of `config` with fresh weights. Their draws come from libtorch's global
 /// generator, which the training tests beside it reseed and draw from, so it takes the
 /// generator's turn (`seeded`) as they do: call it without holding one.
