@@ -60,6 +60,10 @@ fn cgroup_memory_limits(memberships: &str, root: &Path) -> Vec<u64> {
             }
             _ => continue,
         };
+        // A cgroup outside this namespace's root is shown as `/..`: not here to read.
+        if path.split('/').any(|part| part == "..") {
+            continue;
+        }
         let cgroup = hierarchy.join(path.trim_start_matches('/'));
         for folder in cgroup.ancestors().take_while(|f| f.starts_with(&hierarchy)) {
             let limit = std::fs::read_to_string(folder.join(file));
@@ -263,7 +267,8 @@ mod tests {
 
     /// A v1 hierarchy that holds the memory controller among others counts, a cgroup path
     /// with a colon in it is read whole, and the folders above the hierarchy's root are
-    /// not read (here the root is itself in a folder with limits).
+    /// not read, nor is a cgroup outside it (here the root is itself in a folder with
+    /// limits).
     #[test]
     fn cgroup_memory_limits_stay_in_the_memory_hierarchy() {
         let above = std::env::temp_dir().join(format!("vit-cgroups-above-{}", std::process::id()));
@@ -282,6 +287,8 @@ mod tests {
             ("4:memory,hugetlb:/job\n", vec![2000]),
             ("0::/slice/a:b\n", vec![4000]),
             ("0::/slice\n", vec![]),
+            // Outside this namespace's root: the folder above it is not read.
+            ("0::/..\n", vec![]),
         ] {
             let mut limits = cgroup_memory_limits(memberships, &root);
             limits.sort();

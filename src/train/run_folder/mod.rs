@@ -626,7 +626,7 @@ impl RunFolder {
                  (which a resume drops, to train that epoch again), and dropping it would \
                  delete it. Move that line out of metrics.csv, then resume",
                 self.dir.display(),
-                position.line()
+                line_at(&text, position.byte() as usize)
             );
         }
         // Cut where the first row after them starts; the resumed rows are appended after a
@@ -640,6 +640,25 @@ impl RunFolder {
         }
         Ok(())
     }
+}
+
+/// The line (from 1) of the record whose csv position is `byte`: csv puts it where the
+/// record before it ended, before the line breaks (and blank lines) that precede this one,
+/// and its own line count does not see CR-only or CRLF endings as one break each.
+fn line_at(text: &str, byte: usize) -> usize {
+    let bytes = text.as_bytes();
+    let start = byte
+        + bytes[byte.min(bytes.len())..]
+            .iter()
+            .take_while(|&&b| b == b'\n' || b == b'\r')
+            .count();
+    // A line ends at \n, or at a \r that no \n follows.
+    let ends = bytes[..start]
+        .iter()
+        .enumerate()
+        .filter(|&(i, &b)| b == b'\n' || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n')))
+        .count();
+    1 + ends
 }
 
 /// The lock file's name in a run folder.
@@ -781,7 +800,9 @@ struct RunConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::{metrics_header, saved_results, utc_timestamp, RunFolder, RunLock, METRICS_CSV};
+    use super::{
+        line_at, metrics_header, saved_results, utc_timestamp, RunFolder, RunLock, METRICS_CSV,
+    };
 
     /// A run's saved results count its metrics.csv rows as epochs: "1 epoch", "2 epochs"
     /// (a folder without checkpoints, here one that does not exist, adds nothing else).
@@ -819,6 +840,16 @@ mod tests {
     /// leaves the file as it is; a finished run's file is left as it is too.
     #[test]
     fn rows_after_the_saved_state_are_dropped_only_for_later_epochs() {
+        // The line refused is named as an editor numbers it, whatever ends the lines and
+        // however many blank ones come before it.
+        for (text, line) in [
+            ("h\r\nr1\r\nr2\r\n# a note\r\n", 4),
+            ("h\nr1\nr2\n\n\n# a note\n", 6),
+            ("h\rr1\rr2\r# a note\r", 4),
+        ] {
+            let byte = text.find("r2").unwrap() + 2;
+            assert_eq!(line_at(text, byte), line, "{text:?}");
+        }
         let dir = std::env::temp_dir().join(format!("vit-unit-metrics-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let run = RunFolder::locked(dir.clone(), RunLock::take(&dir).unwrap());
@@ -859,6 +890,25 @@ mod tests {
         std::fs::write(&path, &finished).unwrap();
         run.truncate_metrics(1, false).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), finished);
+
+        // The refused line as numbered in the file, with CRLF endings or blank lines before.
+        for (text, line) in [
+            (
+                format!("{header}\r\n{}\r\n{}\r\n# a note\r\n", row("1"), row("2")),
+                4,
+            ),
+            (
+                format!("{header}\n{}\n{}\n\n\n# a note\n", row("1"), row("2")),
+                6,
+            ),
+        ] {
+            std::fs::write(&path, &text).unwrap();
+            let error = run.truncate_metrics(1, true).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("line {line} of")),
+                "{text:?}: {error}"
+            );
+        }
 
         // Blank lines are no rows: one among the finished rows keeps the row after it, and
         // the cut is where the first later row starts. CRLF endings are kept, and a file
