@@ -188,37 +188,44 @@ impl Drop for TempPath {
 /// first, listed in [`CREATED_FOLDERS`]: removed where still empty when the guard drops
 /// (the download failed), or by the Ctrl-C handler, so that a failed download leaves no
 /// empty folder behind. A folder that was there before is never listed.
-struct CreatedFolders;
+struct CreatedFolders(Vec<PathBuf>);
 
-/// The folders of the download in progress: the one list, which the guard and the Ctrl-C
-/// handler both read.
+/// The folders of the downloads in progress (one in `vit download`; a test runs several at
+/// once), which the Ctrl-C handler reads; each guard takes out its own.
 static CREATED_FOLDERS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 impl CreatedFolders {
     /// Creates `dir` and the folders above it that are missing.
     fn create(dir: &Path) -> Result<Self> {
-        *lock(&CREATED_FOLDERS) = dir
+        let folders: Vec<PathBuf> = dir
             .ancestors()
             .take_while(|folder| !folder.as_os_str().is_empty())
             .take_while(|folder| folder.symlink_metadata().is_err())
             .map(Path::to_path_buf)
             .collect();
+        lock(&CREATED_FOLDERS).extend(folders.iter().cloned());
         // Made before the folders are, so that any created before a failure go.
-        let created = Self;
+        let created = Self(folders);
         create_folder(dir)?;
         Ok(created)
     }
 
     /// Leaves the folders where they are: they hold the dataset now.
-    fn keep(self) {
-        lock(&CREATED_FOLDERS).clear();
+    fn keep(mut self) {
+        self.unlist();
+        self.0.clear();
+    }
+
+    /// Takes this download's folders out of [`CREATED_FOLDERS`].
+    fn unlist(&self) {
+        lock(&CREATED_FOLDERS).retain(|folder| !self.0.contains(folder));
     }
 }
 
 impl Drop for CreatedFolders {
     fn drop(&mut self) {
-        let folders = std::mem::take(&mut *lock(&CREATED_FOLDERS));
-        remove_empty_folders(&folders);
+        self.unlist();
+        remove_empty_folders(&self.0);
     }
 }
 
@@ -523,6 +530,26 @@ pub(crate) fn hex_digest(hasher: Md5) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two downloads at once (as tests run them) each remove their own folders when they
+    /// fail, whichever ends first; one that succeeds keeps its folders and leaves the
+    /// other's listed for the Ctrl-C handler.
+    #[test]
+    fn downloads_at_once_each_remove_their_own_folders() {
+        let root = std::env::temp_dir().join(format!("vit-created-{}", std::process::id()));
+        let (a, b) = (root.join("a/data"), root.join("b/data"));
+        let first = CreatedFolders::create(&a).unwrap();
+        let second = CreatedFolders::create(&b).unwrap();
+        drop(first);
+        assert!(!a.exists() && !root.join("a").exists() && b.exists());
+        assert!(lock(&CREATED_FOLDERS).contains(&b));
+        let third = CreatedFolders::create(&a).unwrap();
+        third.keep();
+        drop(second);
+        assert!(a.exists() && !root.join("b").exists());
+        assert!(!lock(&CREATED_FOLDERS).iter().any(|f| f.starts_with(&root)));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn safe_paths() {
