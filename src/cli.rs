@@ -377,6 +377,11 @@ impl ThreadsArgs {
     }
 }
 
+/// The flag that sets the setting called `field`: `--embed-dim` for `embed_dim`.
+pub fn flag_name(field: &str) -> String {
+    format!("--{}", field.replace('_', "-"))
+}
+
 /// The name a flag takes for `value` (`strong` for `Recipe::Strong`), as `--help` lists it.
 pub fn value_name(value: &impl ValueEnum) -> String {
     let possible = value.to_possible_value().expect("every value has a name");

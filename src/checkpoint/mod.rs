@@ -156,6 +156,25 @@ pub struct TensorFile {
     pub metadata: HashMap<String, String>,
 }
 
+/// The metadata of the safetensors file at `path`, read from its header alone (without its
+/// tensors); None where there is none to read (no such file, not a file, a damaged one).
+pub fn read_metadata(path: &Path) -> Option<HashMap<String, String>> {
+    use std::io::Read;
+    // A pipe's open would wait for a writer.
+    if !path.is_file() {
+        return None;
+    }
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut length = [0u8; 8];
+    file.read_exact(&mut length).ok()?;
+    // safetensors caps its header at 100 MB.
+    let length = u64::from_le_bytes(length).min(100_000_000);
+    let mut header = Vec::new();
+    file.take(length).read_to_end(&mut header).ok()?;
+    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    serde_json::from_value(header.get("__metadata__")?.clone()).ok()
+}
+
 impl TensorFile {
     /// Reads a safetensors file, or says what `path` is instead (a folder, a PyTorch
     /// pickle, an image, ...) and what to give.

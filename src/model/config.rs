@@ -136,7 +136,7 @@ impl ViTConfig {
     /// [`Self::validate`], naming the command-line flags that set the fields
     /// (`--embed-dim`), for a config the user gave as flags.
     pub fn validate_flags(&self) -> Result<()> {
-        self.check(flag_name)
+        self.check(crate::cli::flag_name)
     }
 
     /// The eight whole-number hyperparameters (all but dropout), with their names.
@@ -188,7 +188,7 @@ impl ViTConfig {
     /// kills a process that takes too much without a word; a GPU's allocator fails with a
     /// message instead.
     pub fn check_trains_in_memory(&self) -> Result<()> {
-        self.check_fits_in_memory(flag_name, true)
+        self.check_fits_in_memory(crate::cli::flag_name, true)
     }
 
     /// Refused here rather than found by building it: a model of millions of small layers
@@ -347,11 +347,6 @@ impl ViTConfig {
         config.validate()?;
         Ok(config)
     }
-}
-
-/// The flag of `vit` that sets the config field `field`: `--embed-dim` for `embed_dim`.
-fn flag_name(field: &str) -> String {
-    format!("--{}", field.replace('_', "-"))
 }
 
 /// The parameters of each part of a model, as [`ViTConfig::parameter_count`] counts them.

@@ -281,8 +281,8 @@ fn flag_for(path: &str) -> Option<String> {
     if let Some((_, flag)) = NESTED_FLAGS.iter().find(|(nested, _)| *nested == path) {
         return Some(flag.to_string());
     }
-    let field = path.rsplit('.').next().unwrap_or(path).replace('_', "-");
-    train_flags().contains(&field).then(|| format!("--{field}"))
+    let flag = crate::cli::flag_name(path.rsplit('.').next().unwrap_or(path));
+    train_flags().contains(&flag[2..]).then_some(flag)
 }
 
 /// A setting's value for a message: as config.json has it, except an augmentation
@@ -357,25 +357,11 @@ pub(super) fn metrics_rows(dir: &Path) -> usize {
         .map_or(0, |text| text.lines().count().saturating_sub(1))
 }
 
-/// The progress `dir/resume.safetensors` records, read from the file's header alone (the
-/// state is tens of megabytes); None where there is none to read.
+/// The progress `dir/resume.safetensors` records (from its header alone: the state is
+/// tens of megabytes); None where there is none to read.
 fn saved_progress(dir: &Path) -> Option<Progress> {
-    use std::io::Read;
-    let path = dir.join(super::RESUME_STATE);
-    // A pipe's open would wait for a writer.
-    if !path.is_file() {
-        return None;
-    }
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut length = [0u8; 8];
-    file.read_exact(&mut length).ok()?;
-    // safetensors caps its header at 100 MB.
-    let length = u64::from_le_bytes(length).min(100_000_000);
-    let mut header = Vec::new();
-    file.take(length).read_to_end(&mut header).ok()?;
-    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
-    let progress = header.get("__metadata__")?.get(PROGRESS_KEY)?.as_str()?;
-    serde_json::from_str(progress).ok()
+    let metadata = crate::checkpoint::read_metadata(&dir.join(super::RESUME_STATE))?;
+    serde_json::from_str(metadata.get(PROGRESS_KEY)?).ok()
 }
 
 /// Refuses an existing folder for a fresh run when it holds anything of `RUN_FILES`,

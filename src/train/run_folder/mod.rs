@@ -631,14 +631,17 @@ impl RunFolder {
         }
         // Cut where the first row after them starts; the resumed rows are appended after a
         // line's end.
-        let kept = &text[..after
+        let cut = after
             .first()
-            .map_or(text.len(), |(start, _)| start.byte() as usize)];
-        if kept.len() < text.len() || !kept.ends_with('\n') {
-            let ended = if kept.ends_with('\n') { "" } else { "\n" };
-            write_atomic(&path, format!("{kept}{ended}").as_bytes())?;
+            .map_or(text.len(), |(start, _)| start.byte() as usize);
+        let mut kept = text[..cut].to_string();
+        if !kept.ends_with('\n') {
+            kept.push('\n');
         }
-        Ok(())
+        match kept == text {
+            true => Ok(()),
+            false => write_atomic(&path, kept.as_bytes()),
+        }
     }
 }
 
