@@ -162,7 +162,11 @@ pub fn folder_of(path: &Path) -> &Path {
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so
 /// a crash or kill at any moment leaves either the old file or the new one, never a mix.
+/// The temporaries of earlier writes of `path` killed midway go first.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(name) = path.file_name().and_then(|name| name.to_str()) {
+        remove_stale_temporaries(folder_of(path), &[name]);
+    }
     let tmp = temporary_sibling(path);
     let result = (|| {
         use std::io::Write;

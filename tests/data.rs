@@ -705,6 +705,23 @@ fn only_temporaries_of_ended_processes_are_swept() {
     assert!(users_folder.join("a.jpg").exists());
 }
 
+/// Every atomic write (a confusion matrix of `vit eval`, a picture of `vit plot`, a run's
+/// files) first removes what earlier writes of the same file left when killed midway, and
+/// only that: another file's temporary, and one of a process still running, are kept.
+#[test]
+fn an_atomic_write_sweeps_its_own_killed_writes() {
+    let tmp = TempDir::new("write-sweep");
+    let running = format!(".matrix.csv.tmp-{}", std::os::unix::process::parent_id());
+    let others = ".curves.png.tmp-4294967295";
+    for name in [".matrix.csv.tmp-4294967295", running.as_str(), others] {
+        std::fs::write(tmp.0.join(name), b"partial").unwrap();
+    }
+    vit_tch::fsutil::write_atomic(&tmp.0.join("matrix.csv"), b"rows").unwrap();
+    let mut expected = [running.as_str(), others, "matrix.csv"];
+    expected.sort();
+    assert_eq!(entries(&tmp.0), expected);
+}
+
 #[test]
 fn escaping_or_stray_entries_are_refused() {
     let tmp = TempDir::new("dlesc");
