@@ -352,6 +352,25 @@ fn bad_sizes_and_labels_are_named() {
         err.contains("not a UTF-8 text file") && err.contains(&advice),
         "{err}"
     );
+    // Two classes of one name could not be told apart by a folder of test images.
+    std::fs::write(
+        dir.join("batches.meta.txt"),
+        "a\nb\nc\nd\ne\nf\ng\nh\ni\na\n",
+    )
+    .unwrap();
+    let err = load();
+    assert!(
+        err.contains("the class name \"a\" is there twice") && err.contains(&advice),
+        "{err}"
+    );
+    // A byte-order mark (as some editors save) is not part of the first name.
+    std::fs::write(
+        dir.join("batches.meta.txt"),
+        "\u{feff}a\nb\nc\nd\ne\nf\ng\nh\ni\nj\n",
+    )
+    .unwrap();
+    let dataset = data::load(&args(DatasetName::Cifar10, &tmp.0, false), 32).unwrap();
+    assert_eq!(dataset.classes[..2], ["a", "b"]);
 
     write_cifar10(&tmp.0);
     let mut bytes = std::fs::read(dir.join("data_batch_2.bin")).unwrap();
@@ -792,7 +811,7 @@ fn sources_of_the_wrong_size_are_refused_by_their_size() {
     let data_dir = tmp.0.join("data");
     let page = b"<html>a mirror's index page</html>".to_vec();
     let expected = format!(
-        "is {} bytes, but cifar-10-binary.tar.gz is {} bytes: wrong file or a bad mirror",
+        "is {} bytes, but the official cifar-10-binary.tar.gz is {} bytes: wrong file or a bad mirror",
         page.len(),
         archive.len()
     );
@@ -832,7 +851,7 @@ fn sources_of_the_wrong_size_are_refused_by_their_size() {
     let err = error_of(fetch(cifar10_sized.to_str().unwrap(), &data_dir, &cifar100));
     assert!(
         err.contains(
-            "but cifar-100-binary.tar.gz is 168513733 bytes: wrong file or a bad mirror (it is \
+            "but the official cifar-100-binary.tar.gz is 168513733 bytes: wrong file or a bad mirror (it is \
              the size of cifar-10-binary.tar.gz, the other CIFAR's)"
         ),
         "{err}"
@@ -1308,6 +1327,26 @@ fn image_folder_reads_classes_in_name_order() {
         )),
         "{err}"
     );
+    // A file given as the folder is named as one.
+    let file = tmp.0.join("test.txt");
+    std::fs::write(&file, b"").unwrap();
+    let err = error_of(data::load(&args(DatasetName::Folder, &file, false), 8));
+    let expected = format!(
+        "{} is a file, not a folder: --data-dir takes the folder that holds train/ and test/",
+        file.display()
+    );
+    assert!(err.contains(&expected), "{err}");
+    // A CIFAR download read as a folder dataset: the --dataset it needs.
+    let cifar = tmp.0.join("downloads");
+    std::fs::create_dir_all(cifar.join("cifar-100-binary")).unwrap();
+    let err = error_of(data::load(&args(DatasetName::Folder, &cifar, false), 8));
+    assert!(
+        err.contains(
+            "holds cifar-100-binary, a CIFAR download, not a folder dataset: pass \
+             --dataset cifar100 for it"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -1508,18 +1547,26 @@ fn images_cut_short_or_too_large_are_refused() {
     let header_only = png_file(i32::MAX as u32, 1, 6, &[]);
     let err = error_of(decode("wide.png", &header_only));
     assert!(err.contains("wide.png is 2147483647x1 pixels"), "{err}");
-    // A strip under the pixel limit, but too wide for the resize's column pass (its float
-    // buffer, width x 8 x 16 bytes, would be 1.15 GB).
-    let strip = png_file(
-        9_000_000,
-        1,
-        0,
-        &[(b"IDAT", &zlib(&vec![0; 9_000_001])), (b"IEND", &[])],
+    // A strip under the pixel limit, too wide for the resize's column pass (its float
+    // buffer, width x 8 x 16 bytes, would be 1.15 GB), is resized with the passes turned:
+    // black on the left, white on the right, and the middle between.
+    let mut row = vec![0u8; 9_000_001];
+    row[4_500_001..].fill(255);
+    let strip = png_file(9_000_000, 1, 0, &[(b"IDAT", &zlib(&row)), (b"IEND", &[])]);
+    let path = tmp.0.join("strip.png");
+    std::fs::write(&path, &strip).unwrap();
+    let resized = image_file::decode_images(&[path.as_path()], 8).unwrap();
+    assert_eq!(resized.size(), [1, 3, 8, 8]);
+    let columns = i64s(&resized.get(0).get(0).get(0));
+    // Every row and channel alike.
+    assert_eq!(i64s(&resized), columns.repeat(24));
+    assert_eq!(
+        (columns[..3].to_vec(), columns[5..].to_vec()),
+        (vec![0; 3], vec![255; 3])
     );
-    let err = error_of(decode("strip.png", &strip));
     assert!(
-        err.contains("strip.png is 9000000x1 pixels, too wide to resize to 8x8"),
-        "{err}"
+        columns[2] < columns[3] && columns[3] < columns[4] && columns[4] < 255,
+        "{columns:?}"
     );
 
     let fifo = tmp.0.join("pipe.jpg");
@@ -1933,8 +1980,12 @@ fn image_folder_refuses_link_loops_and_explains_skipped_files() {
     );
     std::fs::remove_file(&link).unwrap();
 
-    // Beside images vit reads, one it does not is skipped with a note.
+    // Beside images vit reads, one it does not is skipped with a note; so is a pipe named
+    // as an image, whose reading would wait for a writer forever.
     std::fs::write(tmp.0.join("test/dog/1.webp"), b"RIFF").unwrap();
+    let pipe = tmp.0.join("train/dog/2.png");
+    let made = std::process::Command::new("mkfifo").arg(&pipe).status();
+    assert!(made.unwrap().success());
     #[rustfmt::skip]
     let output = common::run_vit(&["data", "--dataset", "folder", "--data-dir", tmp.0.to_str().unwrap(), "--image-size", "4"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -1944,6 +1995,12 @@ fn image_folder_refuses_link_loops_and_explains_skipped_files() {
             && stderr.contains("1.webp: convert them to PNG or JPEG"),
         "{stderr}"
     );
+    let note = format!(
+        "train: skipped 1 image name of a pipe, socket or device, not a file, such as {}",
+        pipe.display()
+    );
+    assert!(stderr.contains(&note), "{stderr}");
+    std::fs::remove_file(&pipe).unwrap();
     // Alone in its class, it is an error that says why.
     std::fs::remove_file(tmp.0.join("test/dog/0.png")).unwrap();
     let err = error_of(folder::load(&tmp.0, 4));

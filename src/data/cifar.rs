@@ -471,7 +471,7 @@ fn read_records(
     Ok(Split { images, labels })
 }
 
-/// One class name a line (blank lines ignored); exactly `num_classes` of them.
+/// One class name a line (blank lines ignored); exactly `num_classes` of them, each once.
 fn read_class_names(path: &Path, format: &RecordFormat, data_dir: &Path) -> Result<Vec<String>> {
     let bytes = read_file(path, format, data_dir)?;
     let Ok(text) = String::from_utf8(bytes) else {
@@ -481,7 +481,10 @@ fn read_class_names(path: &Path, format: &RecordFormat, data_dir: &Path) -> Resu
             download_again(path, format, data_dir)
         );
     };
+    // An editor's byte-order mark is not part of the first name (trim keeps it).
     let names: Vec<String> = text
+        .strip_prefix('\u{feff}')
+        .unwrap_or(&text)
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
@@ -494,6 +497,19 @@ fn read_class_names(path: &Path, format: &RecordFormat, data_dir: &Path) -> Resu
             names.len(),
             noun_for(names.len(), "name"),
             format.num_classes,
+            download_again(path, format, data_dir)
+        );
+    }
+    // A checkpoint records the names, and a folder of test images is matched to them by
+    // name: two classes of one name could not be told apart.
+    if let Some(name) = names
+        .iter()
+        .enumerate()
+        .find_map(|(i, name)| names[..i].contains(name).then_some(name))
+    {
+        bail!(
+            "{}: the class name {name:?} is there twice; each class needs its own name: {}",
+            path.display(),
             download_again(path, format, data_dir)
         );
     }

@@ -361,7 +361,7 @@ fn check_announced_size(source: &str, length: u64, spec: &ArchiveSpec) -> Result
         String::new()
     };
     bail!(
-        "{source} is {length} {}, but {} is {} bytes: wrong file or a bad mirror{hint}",
+        "{source} is {length} {}, but the official {} is {} bytes: wrong file or a bad mirror{hint}",
         noun_for(length, "byte"),
         spec.file_name,
         spec.size

@@ -109,7 +109,7 @@ fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
     }
     let classes = class_folders(dir)?;
     let mut per_class = Vec::new();
-    let mut other_images = Vec::new();
+    let (mut other_images, mut not_files) = (Vec::new(), Vec::new());
     for class in &classes {
         let mut found = FolderImages::default();
         found.collect(&dir.join(class), &mut Vec::new())?;
@@ -131,8 +131,9 @@ fn scan_split(dir: &Path) -> Result<(Vec<String>, Vec<LabeledFile>)> {
         found.images.sort();
         per_class.push(found.images);
         other_images.append(&mut found.other_images);
+        not_files.append(&mut found.not_files);
     }
-    note_skipped(dir, &other_images);
+    note_skipped(dir, &other_images, &not_files);
     Ok((classes, interleaved(per_class)))
 }
 
@@ -145,6 +146,29 @@ fn missing_split(dir: &Path) -> anyhow::Error {
         Some("train" | "test")
     );
     let above = crate::fsutil::folder_of(given);
+    if let Some(file) = crate::fsutil::file_in_the_way(given) {
+        return anyhow!(
+            "{} is a file, not a folder: --data-dir takes the folder that holds train/ and \
+             test/",
+            file.display()
+        );
+    }
+    let cifar = [
+        &super::cifar::CIFAR10_FORMAT,
+        &super::cifar::CIFAR100_FINE_FORMAT,
+    ]
+    .into_iter()
+    .find(|format| given.join(format.release.folder()).is_dir());
+    if let Some(format) = cifar {
+        return anyhow!(
+            "{} is missing: {} holds {}, a CIFAR download, not a folder dataset: pass \
+             --dataset {} for it",
+            dir.display(),
+            given.display(),
+            format.release.folder(),
+            format.dataset
+        );
+    }
     if is_split && above.join("test").is_dir() {
         return anyhow!(
             "{} is missing: {} is one split of the dataset, not the dataset: pass \
@@ -214,6 +238,8 @@ struct FolderImages {
     images: Vec<PathBuf>,
     /// Images in formats vit does not read.
     other_images: Vec<PathBuf>,
+    /// Named as images, but pipes, sockets or devices: opening a pipe would wait forever.
+    not_files: Vec<PathBuf>,
     /// The subfolders that could not be read (a loop of links, no permission), each with
     /// the error that names it; the images beside them are still found.
     unreadable: Vec<UnreadableFolder>,
@@ -256,7 +282,11 @@ impl FolderImages {
             } else if is_apple_double(&path) {
                 // macOS's metadata beside each file copied from its disks: never an image.
             } else if has_extension(&path, &EXTENSIONS) {
-                self.images.push(path);
+                // A broken link stays an image: reading it says what is wrong.
+                match std::fs::metadata(&path) {
+                    Ok(metadata) if !metadata.is_file() => self.not_files.push(path),
+                    _ => self.images.push(path),
+                }
             } else if has_extension(&path, &OTHER_IMAGE_EXTENSIONS) {
                 self.other_images.push(path);
             }
@@ -272,7 +302,7 @@ impl FolderImages {
 pub fn image_files_under(dir: &Path) -> Result<(Vec<PathBuf>, Vec<UnreadableFolder>)> {
     let mut found = FolderImages::default();
     found.collect(dir, &mut Vec::new())?;
-    note_skipped(dir, &found.other_images);
+    note_skipped(dir, &found.other_images, &found.not_files);
     ensure!(
         !found.images.is_empty() || !found.unreadable.is_empty(),
         "{}: no .png, .jpg or .jpeg files in it or its subfolders",
@@ -282,13 +312,23 @@ pub fn image_files_under(dir: &Path) -> Result<(Vec<PathBuf>, Vec<UnreadableFold
     Ok((found.images, found.unreadable))
 }
 
-/// Notes the images under `dir` in formats vit does not read, if any.
-fn note_skipped(dir: &Path, other_images: &[PathBuf]) {
+/// Notes the images under `dir` in formats vit does not read, and the entries named as
+/// images that are not files, if any.
+fn note_skipped(dir: &Path, other_images: &[PathBuf], not_files: &[PathBuf]) {
     if !other_images.is_empty() {
         eprintln!(
             "note: {}: skipped {}",
             dir.display(),
             other_formats(other_images)
+        );
+    }
+    if let [first, ..] = not_files {
+        eprintln!(
+            "note: {}: skipped {} {} of a pipe, socket or device, not a file, such as {}",
+            dir.display(),
+            not_files.len(),
+            noun_for(not_files.len(), "image name"),
+            first.display()
         );
     }
 }
