@@ -253,6 +253,32 @@ fn top5_accuracy_counts_labels_among_the_five_highest_logits() {
     );
 }
 
+/// A pass over an empty split (a test set with no images) scores 0, as documented, not
+/// the NaN that 0 / 0 would give: NaN would pass for a figure in metrics.csv and in
+/// `vit eval --json`, and compare false against every best accuracy.
+#[test]
+fn an_empty_split_scores_0_not_nan() {
+    let config = ViTConfig {
+        num_classes: 20,
+        image_size: 8,
+        ..ViTConfig::tiny()
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = VisionTransformer::new(&vs.root(), &config).unwrap();
+    let split = Split {
+        images: Tensor::zeros([0, 3, 8, 8], (Kind::Uint8, Device::Cpu)),
+        labels: Tensor::zeros([0], (Kind::Int64, Device::Cpu)),
+    };
+    let evaluation = evaluate(&model, &split, 16, Precision::Fp32);
+    assert_eq!(evaluation.images, 0);
+    assert_eq!(evaluation.loss, 0.0);
+    assert_eq!(evaluation.accuracy, 0.0);
+    assert_eq!(evaluation.top5_accuracy, Some(0.0));
+    assert_eq!(evaluation.confusion.size(), [20, 20]);
+    assert_eq!(evaluation.confusion.sum(Kind::Int64).int64_value(&[]), 0);
+    assert_eq!(evaluation.per_class_accuracy(), vec![None; 20]);
+}
+
 /// Each class's accuracy is its diagonal cell over its row (its test images), not its
 /// column; a class without test images has none.
 #[test]

@@ -183,6 +183,13 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
         error.contains(&format!("did you mean {}?", beside.display())),
         "{error}"
     );
+    // A missing `.pth` with no checkpoint beside it is only said to be unreadable: a file
+    // that is not there either is no suggestion.
+    let error = load_error("other.pth");
+    assert!(
+        error.contains("cannot read") && !error.contains("did you mean"),
+        "{error}"
+    );
     // A valid file with a dtype vit does not take names the tensor and the dtype.
     let error = load_error("int8.safetensors");
     assert!(
@@ -589,6 +596,56 @@ fn the_recorded_normalisation_is_the_notebooks_and_loads_without_a_warning() {
             && !stderr.contains("normalisation mean"),
         "{stderr}"
     );
+}
+
+/// Metadata is warned about only where it is there and cannot be the model's: a checkpoint
+/// saved from timm, which records neither class names nor normalisation, loads without a
+/// warning, while a `mean` that is not three numbers is warned about, as another mean is
+/// (vit cannot tell that it is the notebook's).
+#[test]
+fn only_metadata_that_is_there_and_wrong_is_warned_about() {
+    let dir = TempDir::new("metadata-warnings");
+    let (vs, _model) = tiny_model();
+    let image = dir.join("image.png");
+    image::RgbImage::from_pixel(8, 8, image::Rgb([100, 150, 200]))
+        .save(&image)
+        .unwrap();
+    let predict_stderr = |name: &str, metadata: &[(&str, String)]| {
+        let path = dir.join(name);
+        checkpoint::save(&vs, &tiny_config(), metadata, &path).unwrap();
+        #[rustfmt::skip]
+        let output = common::vit(&["predict", "--checkpoint", path.to_str().unwrap(), image.to_str().unwrap(), "--device", "cpu"]);
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr = predict_stderr("timm.safetensors", &[]);
+    assert!(!stderr.contains("warning"), "{stderr}");
+    let stderr = predict_stderr("broken-mean.safetensors", &[("mean", "[0.5]".into())]);
+    assert!(
+        stderr.contains("records normalisation mean [0.5], but vit normalises inputs"),
+        "{stderr}"
+    );
+}
+
+/// A checkpoint with an infinite weight (and no NaN) is refused as one with a NaN is: its
+/// outputs would be NaN or infinite all the same, and its accuracy a meaningless figure.
+#[test]
+fn a_checkpoint_with_infinite_weights_is_refused() {
+    let (tensors, metadata) = checkpoint_tensors();
+    for value in [f64::INFINITY, f64::NEG_INFINITY] {
+        let _ = tensors["head.bias"].detach().narrow(0, 0, 1).fill_(value);
+        let file = TensorFile {
+            tensors: tensors
+                .iter()
+                .map(|(name, t)| (name.clone(), t.shallow_clone()))
+                .collect(),
+            metadata: metadata.clone(),
+        };
+        let error = load_error("infinite", file);
+        assert!(
+            error.contains("has NaN or infinite values in [\"head.bias\"]"),
+            "{value}: {error}"
+        );
+    }
 }
 
 /// `vit predict` lists each guess as its class name and number, or, from a checkpoint that
