@@ -156,6 +156,15 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
         error.contains(r#"under a key such as "state_dict""#),
         "{error}"
     );
+    // model.safetensors is there now (converted above): pasted again, the command would
+    // write over it, so it names a free file.
+    let free = format!(
+        "{:?}",
+        dir.join("model.converted.safetensors")
+            .display()
+            .to_string()
+    );
+    assert!(error.contains(&free), "{error}");
     let error = load_error("arrays.npz");
     assert!(error.contains("is not a valid safetensors file"), "{error}");
     // An image given as the checkpoint (vit predict's arguments swapped) is named as one...
@@ -409,6 +418,22 @@ fn a_checkpoint_of_another_timm_layout_is_told_what_differs() {
         "{error}"
     );
     assert!(!error.contains("has shape"), "{error}");
+    // So too where the config fails its own checks, which would name other sizes: a width
+    // the heads do not divide, a width too large to build.
+    for embed_dim in [tiny_config().num_heads * 5 + 1, 3_000_000] {
+        let (tensors, _) = checkpoint_tensors();
+        let wrong = ViTConfig {
+            embed_dim,
+            ..tiny_config()
+        };
+        let metadata = HashMap::from([("config".to_string(), wrong.to_json())]);
+        let error = load_error("invalid-config", TensorFile { tensors, metadata });
+        let expected = format!(
+            "it says embed_dim {embed_dim}, the tensors' shapes embed_dim {}",
+            tiny_config().embed_dim
+        );
+        assert!(error.contains(&expected), "{error}");
+    }
 }
 
 #[test]

@@ -1015,6 +1015,18 @@ fn resume_follows_the_images_not_their_folder() {
         stderr.contains("its resume.safetensors is damaged or not this run's; start a new run"),
         "{stderr}"
     );
+    // So is one whole but with a NaN in it, which training on would spread (a NaN in the
+    // EMA weights trained to the end, saving NaN weights).
+    std::fs::write(&state, &bytes).unwrap();
+    let file = vit_tch::checkpoint::TensorFile::read(&state).unwrap();
+    let _ = file.get("model.head.bias").unwrap().get(0).fill_(f64::NAN);
+    file.write(&state).unwrap();
+    let stderr = vit_fails(&args(&data_dir, &run, true));
+    assert!(
+        stderr.contains("its resume.safetensors is damaged or not this run's")
+            && stderr.contains("it has NaN or infinite values in [\"model.head.bias\"]"),
+        "{stderr}"
+    );
 
     // A run of an earlier version stopped mid-epoch, whose images then shrank where they
     // are: the saved step lies beyond the epoch's end (it resumed into an empty epoch).

@@ -200,7 +200,7 @@ fn hyperparameter_names() -> String {
 pub(super) const SHOWN: usize = 5;
 
 /// The first [`SHOWN`] of `items` as a list, with how many more there are.
-pub(super) fn first_few<T: std::fmt::Debug>(items: &[T]) -> String {
+pub(crate) fn first_few<T: std::fmt::Debug>(items: &[T]) -> String {
     let (shown, more) = first_and_more(items, SHOWN);
     format!("{shown:?}{}", and_more(more))
 }
@@ -242,10 +242,17 @@ impl PyTorchFile {
     /// What to do with the file at `path`: the line of Python that writes its state dict as
     /// a safetensors file beside it.
     pub(super) fn conversion(self, path: &Path) -> String {
-        let mut converted = path.with_extension("safetensors");
-        if converted == path {
-            converted = path.with_extension("converted.safetensors");
-        }
+        // Never a file that is there: pasted, the command would write over it.
+        let numbered = (2..).map(|n| format!("converted-{n}.safetensors"));
+        let converted = [
+            "safetensors".to_string(),
+            "converted.safetensors".to_string(),
+        ]
+        .into_iter()
+        .chain(numbered)
+        .map(|extension| path.with_extension(extension))
+        .find(|converted| converted != path && !converted.exists())
+        .expect("a free name");
         let (what, load, state_dict) = match self {
             Self::Save => ("torch.save", "torch.load", ""),
             Self::TorchScript => ("torch.jit.save", "torch.jit.load", ".state_dict()"),

@@ -11,7 +11,8 @@ use crate::data::Dataset;
 use crate::fsutil::write_atomic;
 use crate::listing::{first_and_more, noun_for};
 use crate::model::{ViTConfig, VisionTransformer};
-use advice::{first_few, PyTorchFile, SHOWN};
+pub(crate) use advice::first_few;
+use advice::{PyTorchFile, SHOWN};
 use anyhow::{bail, ensure, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, View};
 use std::borrow::Cow;
@@ -275,13 +276,27 @@ impl TensorFile {
         }
     }
 
-    /// The model config stored under `config`.
+    /// The names of the tensors that hold NaN or infinite values, which vit train never
+    /// saves (a loss that is not finite stops a run before its weights are written).
+    pub fn not_finite(&self) -> Vec<&String> {
+        self.tensors
+            .iter()
+            .filter(|(_, t)| t.is_floating_point() && t.isfinite().all().int64_value(&[]) == 0)
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// The model config stored under `config`, validated, and refused where its tensors'
+    /// shapes contradict it (before its own checks, which would name the wrong sizes).
     pub fn config(&self) -> Result<ViTConfig> {
         let json = self
             .metadata
             .get(CONFIG_KEY)
             .with_context(|| self.missing_config_advice())?;
-        ViTConfig::from_json(json)
+        let config = ViTConfig::parse_json(json)?;
+        self.check_config_matches_shapes(&config)?;
+        config.validate()?;
+        Ok(config)
     }
 
     /// Copies the tensors into `vs`, which must have exactly the same names and shapes.
@@ -384,22 +399,12 @@ pub fn load(path: &Path, device: Device) -> Result<LoadedModel> {
         .with_context(|| format!("in {}", path.display()))?;
     let vs = nn::VarStore::new(device);
     let model = VisionTransformer::new(&vs.root(), &config)?;
-    if let Err(problems) = file.load_into(&vs) {
-        // A config that the shapes contradict explains its mis-shaped tensors at once.
-        let error = file.check_config_matches_shapes(&config).err();
-        return Err(error
-            .unwrap_or(problems)
-            .context(format!("loading {}", path.display())));
-    }
+    file.load_into(&vs)
+        .with_context(|| format!("loading {}", path.display()))?;
     // Every output would be NaN, and an accuracy of NaN logits a plausible-looking 1/C.
     // vit train never saves such weights: the file is damaged, or not vit's. Checked
     // once loaded, so on the model's own tensors only.
-    let not_finite: Vec<&String> = file
-        .tensors
-        .iter()
-        .filter(|(_, t)| t.is_floating_point() && t.isfinite().all().int64_value(&[]) == 0)
-        .map(|(name, _)| name)
-        .collect();
+    let not_finite = file.not_finite();
     ensure!(
         not_finite.is_empty(),
         "{} has NaN or infinite values in {}, so its every output would be NaN: the file is \

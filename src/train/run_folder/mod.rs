@@ -495,6 +495,12 @@ impl RunFolder {
         std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let mut load = || -> Result<Progress> {
             let file = TensorFile::read(&path)?;
+            let not_finite = file.not_finite();
+            ensure!(
+                not_finite.is_empty(),
+                "it has NaN or infinite values in {}",
+                crate::checkpoint::first_few(&not_finite)
+            );
             file.with_prefix("model").load_into(vs)?;
             if let Some(ema) = ema {
                 file.with_prefix("ema").load_into(&ema.vs)?;
