@@ -48,6 +48,9 @@ LR = 1e-3
 WEIGHT_DECAY = 0.05
 
 FIGURES = ("train_images_per_s", "infer_images_per_s", "peak_rss_bytes", "peak_device_bytes")
+# What every side's report holds: the figures the table cannot do without, and the model's
+# size, compared across sides.
+REPORT_KEYS = ("train_images_per_s", "infer_images_per_s", "parameters")
 
 
 def parse_args(argv=None):
@@ -132,9 +135,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.device is None:
         args.device = default_device()
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
-        p.error(f"--device takes cpu, cuda or cuda:N, got `{args.device}`")
-    refuse_missing_cuda(p, args.device)
+    check_device(p, args.device)
     if args.cuda_graph and not args.device.startswith("cuda"):
         p.error("--cuda-graph needs --device cuda (CUDA graphs exist on CUDA only)")
     if args.steps <= 0 or args.batch_size <= 0 or args.repeats <= 0 or args.warmup < 0:
@@ -158,8 +159,11 @@ def default_device():
         return "cpu"
 
 
-def refuse_missing_cuda(parser, device):
-    """A parser error for a CUDA `device` where PyTorch sees none (not a traceback later)."""
+def check_device(parser, device):
+    """A parser error for a `device` that is not cpu, cuda or cuda:N, or a CUDA one where
+    PyTorch sees none (not a traceback later). Shared with train_pytorch.py."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        parser.error(f"--device takes cpu, cuda or cuda:N, got `{device}`")
     if device.startswith("cuda") and default_device() != "cuda":
         parser.error(f"--device {device}: PyTorch sees no CUDA device here; use --device cpu")
 
@@ -365,7 +369,15 @@ def run_json(command, env, timeout=None):
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if not lines:
         raise SideFailed(f"`{' '.join(command)}` printed no JSON:\n{done.stdout}{done.stderr}")
-    return json.loads(lines[-1])
+    try:
+        report = json.loads(lines[-1])
+    except json.JSONDecodeError as error:
+        raise SideFailed(f"`{' '.join(command)}` printed a report that is not JSON ({error})") from None
+    # An older vit (--also-vit) may not report every figure the table needs.
+    missing = [key for key in REPORT_KEYS if key not in report]
+    if missing:
+        raise SideFailed(f"`{' '.join(command)}` printed a report without {', '.join(missing)}")
+    return report
 
 
 def side_commands(args, config):
@@ -539,7 +551,10 @@ def print_table(result):
             all_infer = ", ".join(f"{v:.1f}" for v in sides[n]["infer_images_per_s_all"])
             print(f"{n}: train [{all_train}], inference [{all_infer}]")
     for side, failure in result["failed"].items():
-        print(f"{side}: failed, left out ({failure.strip().splitlines()[-1]})")
+        # The line that says what went wrong: a vit error's is followed by clap's hint.
+        lines = failure.strip().splitlines()
+        reason = next((line for line in reversed(lines) if line.startswith("error")), lines[-1])
+        print(f"{side}: failed, left out ({reason})")
     baseline = ", ".join(f"{n} {mib(sides[n].get('baseline_rss_bytes'))}" for n in names)
     if pairs:
         print("ratio > 1: vit is faster (or, for memory, uses more).")
@@ -582,9 +597,9 @@ def main():
                 file=sys.stderr,
                 flush=True,
             )
-    if not any(runs.values()):
-        sys.exit("error: every side failed")
     sides = {side: median_report(r) for side, r in runs.items() if side not in failed}
+    if not sides:
+        sys.exit("error: every side failed")
     counts = {side: r["parameters"] for side, r in sides.items()}
     if len(set(counts.values())) != 1:
         sys.exit(f"error: the sides built different models (parameters: {counts})")

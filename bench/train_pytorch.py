@@ -48,9 +48,9 @@ from compare import (  # noqa: E402
     MODEL_FLAGS,
     PRESETS,
     build_model,
+    check_device,
     model_config,
     refuse_bad_model,
-    refuse_missing_cuda,
 )
 from vit_reference import MEAN as CIFAR_MEAN, STD as CIFAR_STD, param_groups  # noqa: E402
 # Every image of either CIFAR: the model must take these (vit train would resize to another
@@ -124,7 +124,7 @@ def parse_args(argv=None):
             f"--in-channels {config['in_channels']}: {args.dataset} images have "
             f"{DATA_CHANNELS} channels; pass --in-channels {DATA_CHANNELS}, or leave it out"
         )
-    refuse_missing_cuda(p, args.device)
+    check_device(p, args.device)
     if args.out is not None and (args.out / "metrics.csv").exists():
         p.error(f"{args.out} already holds a metrics.csv, which a run would replace; choose another --out")
     if args.out is not None and args.out.exists() and not args.out.is_dir():

@@ -429,6 +429,76 @@ fn compare_py_keeps_the_sides_that_ran_when_one_fails() {
     assert!(stdout.contains("train images/s"), "{stdout}\n{stderr}");
     assert!(stdout.contains("vit-broken: failed, left out"), "{stdout}");
     assert!(stderr.contains("side(s) vit-broken failed"), "{stderr}");
+
+    // Sides that fail otherwise: an older vit whose report lacks a figure, one refusing a
+    // flag (its reason is its error line, not the hint after it), and one that ran once,
+    // then failed: each is left out, and with no side left, the error says so.
+    let dir = common::TempDir::new("compare-failing-sides");
+    let script = |name: &str, body: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let old = format!("vit-old={}", script("old", "echo '{\"parameters\": 1}'"));
+    let picky = format!(
+        "vit-picky={}",
+        script(
+            "picky",
+            "echo \"error: unexpected argument '--adamw' found\" >&2; echo >&2; \
+             echo \"For more information, try '--help'.\" >&2; exit 2"
+        )
+    );
+    #[rustfmt::skip]
+    let output = compare_py(&["--batch-size", "2", "--steps", "1", "--sides", "vit", "--also-vit", &old, "--also-vit", &picky]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    assert!(stdout.contains("train images/s"), "{stdout}");
+    for reason in [
+        "vit-old: failed, left out (`",
+        "printed a report without train_images_per_s, infer_images_per_s)",
+        "vit-picky: failed, left out (error: unexpected argument '--adamw' found)",
+    ] {
+        assert!(stdout.contains(reason), "{reason}: {stdout}");
+    }
+    let once = dir.join("ran");
+    let vit = common::vit_binary();
+    let flaky = script(
+        "flaky",
+        &format!(
+            "test -e '{}' && exit 3; touch '{0}'; exec '{}' \"$@\"",
+            once.display(),
+            vit.display()
+        ),
+    );
+    let output = Command::new(python())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/compare.py"))
+        .args([
+            "--vit",
+            &flaky,
+            "--sides",
+            "vit",
+            "--repeats",
+            "2",
+            "--config",
+            "tiny",
+        ])
+        .args([
+            "--batch-size",
+            "2",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--device",
+            "cpu",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.ends_with("error: every side failed\n"), "{stderr}");
 }
 
 /// The benchmark scripts' user errors are one line each, before any work: a `--vit` that
@@ -516,6 +586,7 @@ fn bench_scripts_refuse_bad_paths_before_running() {
         ("--in-channels", "0", "--in-channels must be positive, got 0".into()),
         ("--in-channels", "1", "--in-channels 1: cifar10 images have 3 channels".into()),
         ("--threads", "0", "--threads must be at least 1".into()),
+        ("--device", "gpu", "--device takes cpu, cuda or cuda:N, got `gpu`".into()),
     ];
     let runs: Vec<Vec<&str>> = refusals
         .iter()

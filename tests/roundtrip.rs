@@ -93,6 +93,33 @@ fn checkpoints_round_trip_through_timm() {
     );
 }
 
+/// The timm model the tests and benchmarks compare with (and README.md's loading snippet)
+/// has vit's MLP width for any sizes: timm builds int(embed_dim * mlp_ratio) hidden units,
+/// and 61 / 14 * 14 is 60.99999999999999.
+#[test]
+fn the_timm_model_has_the_mlp_width_asked_for() {
+    let config = ViTConfig {
+        embed_dim: 14,
+        num_heads: 2,
+        mlp_dim: 61,
+        ..tiny_config()
+    };
+    let dir = TempDir::new("timm-mlp-width");
+    let reference = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference");
+    let parameters = run_python(
+        &dir,
+        &format!(
+            "import json, sys\n\
+             sys.path.insert(0, {reference:?})\n\
+             from vit_reference import timm_model\n\
+             model = timm_model(json.loads({:?}))\n\
+             print(sum(p.numel() for p in model.parameters()))",
+            config.to_json()
+        ),
+    );
+    assert_eq!(parameters.trim(), config.parameter_count().to_string());
+}
+
 /// Files of `torch.save` (how PyTorch users save a state dict: the zip format, the legacy
 /// pickle, and one misnamed .safetensors) and of `torch.jit.save` are refused with the line
 /// of Python that converts them, and the file each line writes loads with the same weights.

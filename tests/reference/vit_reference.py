@@ -186,7 +186,9 @@ def timm_model(config, fused_attention=True):
         embed_dim=config["embed_dim"],
         depth=config["num_layers"],
         num_heads=config["num_heads"],
-        mlp_ratio=config["mlp_dim"] / config["embed_dim"],
+        # timm builds int(embed_dim * mlp_ratio) hidden units: mlp_dim / embed_dim alone
+        # rounds one short for some pairs (14 and 61), half a unit more never does.
+        mlp_ratio=(config["mlp_dim"] + 0.5) / config["embed_dim"],
         qkv_bias=True,
         pos_drop_rate=config["dropout"],
         proj_drop_rate=config["dropout"],
@@ -195,4 +197,5 @@ def timm_model(config, fused_attention=True):
     )
     for block in model.blocks:
         block.attn.fused_attn = fused_attention
+        assert block.mlp.fc1.out_features == config["mlp_dim"], block.mlp.fc1
     return model
