@@ -566,75 +566,14 @@ impl RunFolder {
                 path.display()
             )
         })?;
-        let mut reader = csv::Reader::from_reader(text.as_bytes());
-        let header = reader.headers().cloned().unwrap_or_default();
-        let header_is_vits = header.iter().eq(metrics_header().iter());
-        // Each record (blank lines are skipped), where it starts, and its epoch where it is
-        // a row vit writes.
-        let records: Vec<(csv::Position, Option<usize>)> = reader
-            .records()
-            .map(|record| match record {
-                Ok(record) => (
-                    record
-                        .position()
-                        .cloned()
-                        .unwrap_or_else(csv::Position::new),
-                    (record.deserialize::<EpochMetrics>(Some(&header)).ok()).map(|row| row.epoch),
-                ),
-                Err(e) => (
-                    e.position().cloned().unwrap_or_else(csv::Position::new),
-                    None,
-                ),
-            })
-            .collect();
-        let (rows, after): (Vec<Option<usize>>, _) = (
-            records
-                .iter()
-                .take(epochs)
-                .map(|(_, epoch)| *epoch)
-                .collect(),
-            &records[epochs.min(records.len())..],
-        );
-        let expected: Vec<Option<usize>> = (1..=epochs).map(Some).collect();
-        if !header_is_vits || rows != expected {
-            let found = if !header_is_vits {
-                "its first line is not the header vit writes".to_string()
-            } else {
-                let epochs: Vec<String> = rows
-                    .iter()
-                    .map(|row| row.map_or("(unreadable)".into(), |epoch| epoch.to_string()))
-                    .collect();
-                format!("its rows are for epochs [{}]", epochs.join(", "))
-            };
-            let rows = match epochs {
-                0 => "only its header".to_string(),
-                1 => "its header and the row of epoch 1".to_string(),
-                _ => format!("its header and the rows of epochs 1 to {epochs}"),
-            };
-            bail!(
-                "cannot resume {}: the saved state has finished {epochs} {}, so metrics.csv \
-                 should hold {rows}, but {found}. Put back the run's own metrics.csv, or start \
-                 a new run with another --out",
-                self.dir.display(),
-                noun_for(epochs, "epoch")
-            );
-        }
+        let (header_is_vits, records) = metrics_records(&text);
+        let (finished, after) = records.split_at(epochs.min(records.len()));
+        let rows: Vec<Option<usize>> = finished.iter().map(|(_, epoch)| *epoch).collect();
+        self.ensure_finished_rows(epochs, header_is_vits, &rows)?;
         if !goes_on {
             return Ok(());
         }
-        if let Some((position, _)) = after
-            .iter()
-            .find(|(_, epoch)| epoch.is_none_or(|epoch| epoch <= epochs))
-        {
-            bail!(
-                "cannot resume {}: line {} of its metrics.csv, after the row of epoch {epochs} \
-                 (the last the saved state has finished), is not the row of a later epoch \
-                 (which a resume drops, to train that epoch again), and dropping it would \
-                 delete it. Move that line out of metrics.csv, then resume",
-                self.dir.display(),
-                line_at(&text, position.byte() as usize)
-            );
-        }
+        self.ensure_only_later_rows_after(epochs, &text, after)?;
         // Cut where the first row after them starts; the resumed rows are appended after a
         // line's end.
         let cut = after
@@ -649,6 +588,93 @@ impl RunFolder {
             false => write_atomic(&path, kept.as_bytes()),
         }
     }
+
+    /// Refuses a metrics.csv whose first line is not vit's header (`header_is_vits`) or
+    /// whose first `rows` (their epochs, None where unreadable) are not those of epochs 1
+    /// to `epochs`.
+    fn ensure_finished_rows(
+        &self,
+        epochs: usize,
+        header_is_vits: bool,
+        rows: &[Option<usize>],
+    ) -> Result<()> {
+        let expected: Vec<Option<usize>> = (1..=epochs).map(Some).collect();
+        if header_is_vits && rows == expected {
+            return Ok(());
+        }
+        let found = if !header_is_vits {
+            "its first line is not the header vit writes".to_string()
+        } else {
+            let epochs: Vec<String> = rows
+                .iter()
+                .map(|row| row.map_or("(unreadable)".into(), |epoch| epoch.to_string()))
+                .collect();
+            format!("its rows are for epochs [{}]", epochs.join(", "))
+        };
+        let rows = match epochs {
+            0 => "only its header".to_string(),
+            1 => "its header and the row of epoch 1".to_string(),
+            _ => format!("its header and the rows of epochs 1 to {epochs}"),
+        };
+        bail!(
+            "cannot resume {}: the saved state has finished {epochs} {}, so metrics.csv \
+             should hold {rows}, but {found}. Put back the run's own metrics.csv, or start \
+             a new run with another --out",
+            self.dir.display(),
+            noun_for(epochs, "epoch")
+        );
+    }
+
+    /// Refuses the records of metrics.csv (`text`) `after` the rows of the `epochs` the
+    /// saved state finished where one is not the row of a later epoch: a resume drops
+    /// them, and that one is not the run's to drop.
+    fn ensure_only_later_rows_after(
+        &self,
+        epochs: usize,
+        text: &str,
+        after: &[(csv::Position, Option<usize>)],
+    ) -> Result<()> {
+        if let Some((position, _)) = after
+            .iter()
+            .find(|(_, epoch)| epoch.is_none_or(|epoch| epoch <= epochs))
+        {
+            bail!(
+                "cannot resume {}: line {} of its metrics.csv, after the row of epoch {epochs} \
+                 (the last the saved state has finished), is not the row of a later epoch \
+                 (which a resume drops, to train that epoch again), and dropping it would \
+                 delete it. Move that line out of metrics.csv, then resume",
+                self.dir.display(),
+                line_at(text, position.byte() as usize)
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Whether metrics.csv (`text`) starts with the header vit writes, and each record after
+/// it (blank lines are skipped): where it starts, and its epoch where it is a row vit
+/// writes.
+fn metrics_records(text: &str) -> (bool, Vec<(csv::Position, Option<usize>)>) {
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let header = reader.headers().cloned().unwrap_or_default();
+    let header_is_vits = header.iter().eq(metrics_header().iter());
+    let records = reader
+        .records()
+        .map(|record| match record {
+            Ok(record) => (
+                record
+                    .position()
+                    .cloned()
+                    .unwrap_or_else(csv::Position::new),
+                (record.deserialize::<EpochMetrics>(Some(&header)).ok()).map(|row| row.epoch),
+            ),
+            Err(e) => (
+                e.position().cloned().unwrap_or_else(csv::Position::new),
+                None,
+            ),
+        })
+        .collect();
+    (header_is_vits, records)
 }
 
 /// The line (from 1) of the record whose csv position is `byte`: csv puts it where the
