@@ -459,29 +459,7 @@ impl RunFolder {
     ) -> Result<Progress> {
         let path = self.path(RESUME_STATE);
         if !path.exists() {
-            // Stopped before its first resume state landed: killed before or while saving
-            // its first epoch, which the run then trains again, as a resume from a later
-            // state would. A finished run, or one further on, lost its state, and starting
-            // over would replace what it saved.
-            let rows = metrics_rows(&self.dir);
-            let results = saved_results(&self.dir, rows);
-            ensure!(
-                rows == 0 || (rows == 1 && epochs > 1),
-                "cannot resume {}: resume.safetensors is missing, but the run has results \
-                 ({}) that starting over would replace; start a new run with another --out",
-                self.dir.display(),
-                results.join(", ")
-            );
-            if !results.is_empty() {
-                eprintln!(
-                    "note: {} has results ({}) but no resume state (stopped while saving \
-                     its first epoch?); training that epoch again, which replaces them",
-                    self.dir.display(),
-                    results.join(", ")
-                );
-            }
-            self.truncate_metrics(0, true)?;
-            return Ok(Progress::default());
+            return self.resume_without_state(epochs);
         }
         // A file that cannot be opened says so; what is in it is what may be foreign. Not
         // a file (a pipe, whose open would wait for a writer): not the run's.
@@ -493,27 +471,7 @@ impl RunFolder {
             self.dir.display()
         );
         std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let mut load = || -> Result<Progress> {
-            let file = TensorFile::read(&path)?;
-            let not_finite = file.not_finite();
-            ensure!(
-                not_finite.is_empty(),
-                "it has NaN or infinite values in {}",
-                crate::checkpoint::first_few(&not_finite)
-            );
-            file.with_prefix("model").load_into(vs)?;
-            if let Some(ema) = ema {
-                file.with_prefix("ema").load_into(&ema.vs)?;
-            }
-            let field = |key: &str| {
-                file.metadata
-                    .get(key)
-                    .with_context(|| format!("{} has no `{key}`", path.display()))
-            };
-            optimizer.load_state(&file.tensors, field("optimizer_step")?.parse()?)?;
-            Ok(serde_json::from_str(field(PROGRESS_KEY)?)?)
-        };
-        let progress = load().with_context(|| {
+        let progress = read_resume_state(&path, vs, optimizer, ema).with_context(|| {
             format!(
                 "cannot resume {}: its resume.safetensors is damaged or not this run's; start \
                  a new run with another --out (this folder's checkpoints stay as they are)",
@@ -525,6 +483,32 @@ impl RunFolder {
         // where the run goes on; a finished run writes nothing.
         self.truncate_metrics(progress.epochs_done, progress.epochs_done < epochs)?;
         Ok(progress)
+    }
+
+    /// Where a run of `epochs` epochs without a resume state starts: over, when it stopped
+    /// before its first state landed (killed before or while saving its first epoch, which
+    /// it then trains again, as a resume from a later state would). A finished run, or one
+    /// further on, lost its state, and starting over would replace what it saved.
+    fn resume_without_state(&self, epochs: usize) -> Result<Progress> {
+        let rows = metrics_rows(&self.dir);
+        let results = saved_results(&self.dir, rows);
+        ensure!(
+            rows == 0 || (rows == 1 && epochs > 1),
+            "cannot resume {}: resume.safetensors is missing, but the run has results \
+             ({}) that starting over would replace; start a new run with another --out",
+            self.dir.display(),
+            results.join(", ")
+        );
+        if !results.is_empty() {
+            eprintln!(
+                "note: {} has results ({}) but no resume state (stopped while saving \
+                 its first epoch?); training that epoch again, which replaces them",
+                self.dir.display(),
+                results.join(", ")
+            );
+        }
+        self.truncate_metrics(0, true)?;
+        Ok(Progress::default())
     }
 
     /// Refuses to resume a run of `epochs` epochs whose best model (or best EMA model) was
@@ -649,6 +633,34 @@ impl RunFolder {
         }
         Ok(())
     }
+}
+
+/// The state a resume.safetensors at `path` holds (as [`RunFolder::resume_state`] writes
+/// it), loaded into the weights in `vs`, the optimizer and the EMA; its progress.
+fn read_resume_state(
+    path: &Path,
+    vs: &nn::VarStore,
+    optimizer: &mut AdamW,
+    ema: Option<&Ema>,
+) -> Result<Progress> {
+    let file = TensorFile::read(path)?;
+    let not_finite = file.not_finite();
+    ensure!(
+        not_finite.is_empty(),
+        "it has NaN or infinite values in {}",
+        crate::checkpoint::first_few(&not_finite)
+    );
+    file.with_prefix("model").load_into(vs)?;
+    if let Some(ema) = ema {
+        file.with_prefix("ema").load_into(&ema.vs)?;
+    }
+    let field = |key: &str| {
+        file.metadata
+            .get(key)
+            .with_context(|| format!("{} has no `{key}`", path.display()))
+    };
+    optimizer.load_state(&file.tensors, field("optimizer_step")?.parse()?)?;
+    Ok(serde_json::from_str(field(PROGRESS_KEY)?)?)
 }
 
 /// Whether metrics.csv (`text`) starts with the header vit writes, and each record after
