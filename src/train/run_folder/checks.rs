@@ -1,13 +1,16 @@
 //! Whether a folder may take a run: a fresh run's (nothing of a user's overwritten, no
-//! finished run started over) and a resumed one's (the same settings, images and rows).
+//! finished run started over) and a resumed one's (the same settings, images and rows;
+//! another device or thread count only noted).
 
 use super::{Progress, RunConfig, RUN_FILES};
 use crate::checkpoint::PROGRESS_KEY;
+use crate::cli::device_name;
 use crate::data::DataIdentity;
 use crate::listing::noun_for;
 use crate::train::TrainSettings;
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
+use tch::Device;
 
 /// Before `--resume` reads its data: refuses a `dir` that holds no run, or a run that
 /// trained on another dataset than `dataset` (reading that one would fail first, or
@@ -162,6 +165,40 @@ pub(super) fn check_same_run(
         );
     }
     Ok(())
+}
+
+/// Notes (a resume is allowed to move) that the run saved in `dir` (`saved`) resumes on
+/// another device than its own, or on the CPU with another thread count: it continues,
+/// but does not replay exactly.
+pub(super) fn note_another_machine(dir: &Path, saved: &RunConfig, device: Device) {
+    // Runs of earlier versions recorded the debug form, `Cpu` or `Cuda(0)`.
+    let same_device = [device_name(device), format!("{device:?}")].contains(&saved.device);
+    if !same_device {
+        let device = device_name(device);
+        // Allowed (a run may move to a GPU or off one), but kernels differ between
+        // devices, so the continuation is not the run it would have been.
+        eprintln!(
+            "note: {} was trained on {} and resumes on {device}: it continues, but \
+             replays exactly only on the device it started on",
+            dir.display(),
+            saved.device
+        );
+    }
+    // Allowed (another machine has another core count), as a device change is.
+    let threads = tch::get_num_threads();
+    let cpu_run = device == Device::Cpu && same_device;
+    if let Some(saved_threads) = saved
+        .cpu_threads
+        .filter(|&saved| cpu_run && saved != threads)
+    {
+        eprintln!(
+            "note: {} was trained with {saved_threads} CPU {} and resumes with \
+             {threads}: it continues, but replays exactly only with the same count \
+             (--threads {saved_threads})",
+            dir.display(),
+            noun_for(saved_threads, "thread")
+        );
+    }
 }
 
 /// Appends to `out` a line `name: saved X, given Y` for each setting that differs, with

@@ -18,7 +18,8 @@ use crate::optim::AdamW;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 pub(super) use checks::{check_curves_replaceable, check_resumed_dataset};
 use checks::{
-    check_fresh, check_same_run, holds_results, metrics_rows, saved_config, saved_results,
+    check_fresh, check_same_run, holds_results, metrics_rows, note_another_machine, saved_config,
+    saved_results,
 };
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -266,34 +267,7 @@ impl RunFolder {
         // the flags.
         let lock = RunLock::take(dir)?;
         check_same_run(dir, &saved, settings, data)?;
-        // Runs of earlier versions recorded the debug form, `Cpu` or `Cuda(0)`.
-        let same_device = [device_name(device), format!("{device:?}")].contains(&saved.device);
-        if !same_device {
-            let device = device_name(device);
-            // Allowed (a run may move to a GPU or off one), but kernels differ between
-            // devices, so the continuation is not the run it would have been.
-            eprintln!(
-                "note: {} was trained on {} and resumes on {device}: it continues, but \
-                 replays exactly only on the device it started on",
-                dir.display(),
-                saved.device
-            );
-        }
-        // Allowed (another machine has another core count), as a device change is.
-        let threads = tch::get_num_threads();
-        let cpu_run = device == Device::Cpu && same_device;
-        if let Some(saved_threads) = saved
-            .cpu_threads
-            .filter(|&saved| cpu_run && saved != threads)
-        {
-            eprintln!(
-                "note: {} was trained with {saved_threads} CPU {} and resumes with \
-                 {threads}: it continues, but replays exactly only with the same count \
-                 (--threads {saved_threads})",
-                dir.display(),
-                noun_for(saved_threads, "thread")
-            );
-        }
+        note_another_machine(dir, &saved, device);
         remove_stale_temporaries(dir, &RUN_FILES);
         Ok(Self::locked(dir.to_path_buf(), lock))
     }
