@@ -357,24 +357,22 @@ impl<'a> Trainer<'a> {
             let started = Instant::now();
             match self.train_epoch(epoch, started)? {
                 EpochEnd::Interrupted { step } => {
-                    return Ok(Outcome::Interrupted {
-                        at: StopPoint::AfterStep {
-                            epoch: epoch + 1,
-                            step,
-                        },
-                        run_dir: self.run.dir().to_path_buf(),
-                    })
+                    let epoch = epoch + 1;
+                    return Ok(self.interrupted(StopPoint::AfterStep { epoch, step }));
                 }
                 EpochEnd::Done { lr, sums } => self.finish_epoch(epoch, started, lr, sums)?,
             }
             if self.options.interrupted.load(Ordering::SeqCst) && epoch + 1 < epochs {
-                return Ok(Outcome::Interrupted {
-                    at: StopPoint::EndOf(epoch + 1),
-                    run_dir: self.run.dir().to_path_buf(),
-                });
+                return Ok(self.interrupted(StopPoint::EndOf(epoch + 1)));
             }
         }
         Ok(Outcome::Finished)
+    }
+
+    /// How a run stopped by Ctrl-C `at` a point ends, its state saved in the run folder.
+    fn interrupted(&self, at: StopPoint) -> Outcome {
+        let run_dir = self.run.dir().to_path_buf();
+        Outcome::Interrupted { at, run_dir }
     }
 
     /// The training steps of `epoch` (from where a resumed run stopped), stopping early
@@ -382,14 +380,6 @@ impl<'a> Trainer<'a> {
     fn train_epoch(&mut self, epoch: usize, started: Instant) -> Result<EpochEnd> {
         let settings = self.settings;
         let device = self.options.device;
-        let n_train = self.train_split.len();
-        let total_steps = self.steps_per_epoch * settings.epochs;
-        let warmup_steps = self.steps_per_epoch * settings.warmup_epochs;
-        let step_options = StepOptions {
-            label_smoothing: settings.label_smoothing,
-            clip_grad: settings.clip_grad,
-            precision: settings.precision,
-        };
         // A graph replays the augmentation it captured, which changes at --mix-off-epoch.
         let regularization = &settings.regularization;
         if epoch > 0 && regularization.mixes_in(epoch) != regularization.mixes_in(epoch - 1) {
@@ -410,7 +400,7 @@ impl<'a> Trainer<'a> {
         // Every random draw derives from (seed, epoch, step), so a resumed run replays the
         // same shuffles, augmentations and dropout masks without saving generator state.
         tch::manual_seed(step_seed(settings.seed, epoch, usize::MAX));
-        let order = Tensor::randperm(n_train, (Kind::Int64, device));
+        let order = Tensor::randperm(self.train_split.len(), (Kind::Int64, device));
         let mut sums = RunningSums {
             loss: Tensor::from(self.progress.loss_sum).to_device(device),
             correct: Tensor::from(self.progress.correct).to_device(device),
@@ -420,23 +410,7 @@ impl<'a> Trainer<'a> {
             .epoch_bar(epoch + 1, settings.epochs, self.progress.step_in_epoch);
         let mut lr = 0.0;
         for step in self.progress.step_in_epoch..self.steps_per_epoch {
-            let start = step as i64 * settings.batch_size;
-            let index = order.narrow(0, start, settings.batch_size.min(n_train - start));
-            tch::manual_seed(step_seed(settings.seed, epoch, step));
-            let inputs = TrainBatch::from(self.train_split.batch(&index));
-            let global_step = epoch * self.steps_per_epoch + step;
-            lr = learning_rate(settings.lr, global_step, warmup_steps, total_steps);
-            let (model, optimizer) = (&self.model, &mut self.optimizer);
-            let output = match &mut self.cuda_graph {
-                Some(graph) => graph.step(model, optimizer, &inputs, &augment, lr, step_options)?,
-                None => train_step(model, optimizer, &augment(&inputs), lr, step_options),
-            };
-            if let Some(ema) = &mut self.ema {
-                ema.update(global_step + 1);
-            }
-            sums.loss += output.loss * index.size()[0] as f64;
-            sums.correct += output.correct;
-            self.progress.seen += index.size()[0];
+            lr = self.take_step(epoch, step, &order, &augment, &mut sums)?;
             let seen = self.progress.seen;
             self.console
                 .step(&bar, step + 1, &sums.loss, &sums.correct, seen);
@@ -449,6 +423,48 @@ impl<'a> Trainer<'a> {
         }
         bar.finish_and_clear();
         Ok(EpochEnd::Done { lr, sums })
+    }
+
+    /// Step `step` (0-based) of `epoch`: the batch at that place of the epoch's shuffled
+    /// `order`, augmented by `augment`, trained on (through the CUDA graph with
+    /// `--cuda-graph`) and averaged into the EMA, its loss and correct count added to
+    /// `sums`. Gives the step's learning rate.
+    fn take_step(
+        &mut self,
+        epoch: usize,
+        step: usize,
+        order: &Tensor,
+        augment: &dyn Fn(&TrainBatch) -> TrainBatch,
+        sums: &mut RunningSums,
+    ) -> Result<f64> {
+        let settings = self.settings;
+        let n_train = self.train_split.len();
+        let start = step as i64 * settings.batch_size;
+        let index = order.narrow(0, start, settings.batch_size.min(n_train - start));
+        tch::manual_seed(step_seed(settings.seed, epoch, step));
+        let inputs = TrainBatch::from(self.train_split.batch(&index));
+        let global_step = epoch * self.steps_per_epoch + step;
+        let total_steps = self.steps_per_epoch * settings.epochs;
+        let warmup_steps = self.steps_per_epoch * settings.warmup_epochs;
+        let lr = learning_rate(settings.lr, global_step, warmup_steps, total_steps);
+        let step_options = StepOptions {
+            label_smoothing: settings.label_smoothing,
+            clip_grad: settings.clip_grad,
+            precision: settings.precision,
+        };
+        let (model, optimizer) = (&self.model, &mut self.optimizer);
+        let output = match &mut self.cuda_graph {
+            Some(graph) => graph.step(model, optimizer, &inputs, augment, lr, step_options)?,
+            None => train_step(model, optimizer, &augment(&inputs), lr, step_options),
+        };
+        if let Some(ema) = &mut self.ema {
+            ema.update(global_step + 1);
+        }
+        let images = index.size()[0];
+        sums.loss += output.loss * images as f64;
+        sums.correct += output.correct;
+        self.progress.seen += images;
+        Ok(lr)
     }
 
     /// Saves the resume state after `steps` steps of `epoch` (0-based), for Ctrl-C.
