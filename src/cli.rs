@@ -52,6 +52,27 @@ fn negative_values_attached(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsSt
     attached
 }
 
+/// clap's `error` for the command line `args`, with a tip to write `--cuda-graph=SCOPE`
+/// where the argument it did not expect is a scope given after a space (`vit train
+/// --cuda-graph step`, which clap reads as a complete `--cuda-graph` and a stray `step`).
+fn with_cuda_graph_scope_tip(mut error: clap::Error, args: &[std::ffi::OsString]) -> clap::Error {
+    if let Some(ContextValue::String(stray)) = error.get(ContextKind::InvalidArg) {
+        let scope_after_space = args.get(1).is_some_and(|command| command == "train")
+            && CudaGraphScope::from_str(stray, false).is_ok()
+            && args
+                .windows(2)
+                .any(|pair| pair[0] == "--cuda-graph" && pair[1] == stray.as_str());
+        if scope_after_space {
+            let tip = format!("a scope follows '=': write --cuda-graph={stray}");
+            error.insert(
+                ContextKind::Suggested,
+                ContextValue::StyledStrs(vec![tip.into()]),
+            );
+        }
+    }
+    error
+}
+
 impl Cli {
     /// The command line, parsed as `Cli::parse` does; exits with clap's message on an error.
     /// A flag's value may be a negative number (`--lr -1`, `--index -1`), which vit's own
@@ -66,23 +87,7 @@ impl Cli {
             .try_get_matches_from_mut(&args)
             .and_then(|mut matches| Self::from_arg_matches_mut(&mut matches))
             .map_err(|error| error.format(&mut command));
-        parsed.unwrap_or_else(|mut error| {
-            if let Some(ContextValue::String(stray)) = error.get(ContextKind::InvalidArg) {
-                let scope_after_space = args.get(1).is_some_and(|command| command == "train")
-                    && CudaGraphScope::from_str(stray, false).is_ok()
-                    && args
-                        .windows(2)
-                        .any(|pair| pair[0] == "--cuda-graph" && pair[1] == stray.as_str());
-                if scope_after_space {
-                    let tip = format!("a scope follows '=': write --cuda-graph={stray}");
-                    error.insert(
-                        ContextKind::Suggested,
-                        ContextValue::StyledStrs(vec![tip.into()]),
-                    );
-                }
-            }
-            error.exit()
-        })
+        parsed.unwrap_or_else(|error| with_cuda_graph_scope_tip(error, &args).exit())
     }
 
     /// The command line as [`Self::parse_args`] reads it: clap's, with negative numbers
@@ -114,21 +119,28 @@ impl Cli {
                 if !model_flags.contains(arg.get_id()) || (train && id == "num_classes") {
                     return arg;
                 }
-                let values: Vec<String> = presets
-                    .iter()
-                    .filter_map(|(name, config)| Some(format!("{name}: {}", config.get(id)?)))
-                    .collect();
-                match values.is_empty() {
-                    // --config itself.
-                    true => arg,
-                    false => {
-                        let help = arg.get_help().map(|help| help.to_string());
-                        let help = format!("{} [{}]", help.unwrap_or_default(), values.join(", "));
-                        arg.help(help)
-                    }
-                }
+                with_preset_values(arg, &presets)
             })
         })
+    }
+}
+
+/// The model flag `arg` with its help ending in each of the `presets`' value (a preset's
+/// name and its config as JSON): `[notebook: 256, small: 128, tiny: 32]`.
+fn with_preset_values(arg: clap::Arg, presets: &[(&str, serde_json::Value)]) -> clap::Arg {
+    let id = arg.get_id().as_str();
+    let values: Vec<String> = presets
+        .iter()
+        .filter_map(|(name, config)| Some(format!("{name}: {}", config.get(id)?)))
+        .collect();
+    match values.is_empty() {
+        // --config itself.
+        true => arg,
+        false => {
+            let help = arg.get_help().map(|help| help.to_string());
+            let help = format!("{} [{}]", help.unwrap_or_default(), values.join(", "));
+            arg.help(help)
+        }
     }
 }
 
