@@ -45,7 +45,27 @@ pub(super) fn settings_and_dataset(
     check_optimizer_flags(args)?;
     let regularization = Regularization::from_args(args)?;
     let data_dir = recorded_data_dir(&args.data.data_dir)?;
-    let dataset = data::load(&args.data, config.image_size).map_err(|error| {
+    let dataset = load_dataset(args, config.image_size, &data_dir, resumed_data_dir)?;
+    dataset
+        .train
+        .check_channels(config.in_channels, &dataset.name, |channels| {
+            format!("pass --in-channels {channels}, or leave it out")
+        })?;
+    config.num_classes = class_count(args, &dataset)?;
+    let settings = TrainSettings::from_args(args, config, regularization, &dataset.name, data_dir);
+    Ok((settings, dataset))
+}
+
+/// The dataset `args` name, its images at `image_size`, read from `data_dir`; where a
+/// resumed run read its data from another folder still there (`resumed_data_dir`), an
+/// error reading it names that folder.
+fn load_dataset(
+    args: &TrainArgs,
+    image_size: i64,
+    data_dir: &Path,
+    resumed_data_dir: Option<&Path>,
+) -> Result<Dataset> {
+    data::load(&args.data, image_size).map_err(|error| {
         match resumed_data_dir.filter(|&saved| saved != data_dir && saved.is_dir()) {
             // Most likely a --data-dir left out: the advice to download would be wrong.
             Some(saved) => error.context(format!(
@@ -56,12 +76,12 @@ pub(super) fn settings_and_dataset(
             )),
             None => error,
         }
-    })?;
-    dataset
-        .train
-        .check_channels(config.in_channels, &dataset.name, |channels| {
-            format!("pass --in-channels {channels}, or leave it out")
-        })?;
+    })
+}
+
+/// The model's class count: the dataset's, which `--num-classes` may repeat but not
+/// change. A dataset of one class is trained on, with a warning.
+fn class_count(args: &TrainArgs, dataset: &Dataset) -> Result<i64> {
     let num_classes = dataset.num_classes();
     if num_classes == 1 {
         eprintln!(
@@ -72,18 +92,16 @@ pub(super) fn settings_and_dataset(
             dataset.classes[0]
         );
     }
-    match args.model.num_classes {
-        None => config.num_classes = num_classes,
-        Some(n) => ensure!(
+    if let Some(n) = args.model.num_classes {
+        ensure!(
             n == num_classes,
             "--num-classes {n} does not match {}, which has {num_classes} {}: leave out \
              --num-classes (vit train takes the dataset's count)",
             dataset.name,
             noun_for(num_classes, "class")
-        ),
+        );
     }
-    let settings = TrainSettings::from_args(args, config, regularization, &dataset.name, data_dir);
-    Ok((settings, dataset))
+    Ok(num_classes)
 }
 
 /// The data folder as config.json records it: absolute, so that `--resume` from another
