@@ -388,10 +388,11 @@ pub(super) fn holds_results(dir: &Path) -> bool {
     !saved_results(dir, metrics_rows(dir)).is_empty()
 }
 
-/// The epochs `dir/metrics.csv` holds (rows after its header; 0 without the file).
+/// The epochs `dir/metrics.csv` holds: its records after the header, counted as a resume
+/// reads them (blank lines skipped, any line ending); 0 without the file.
 pub(super) fn metrics_rows(dir: &Path) -> usize {
     std::fs::read_to_string(dir.join(super::METRICS_CSV))
-        .map_or(0, |text| text.lines().count().saturating_sub(1))
+        .map_or(0, |text| super::metrics_records(&text).1.len())
 }
 
 /// The progress `dir/resume.safetensors` records (from its header alone: the state is

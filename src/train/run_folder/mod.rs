@@ -822,7 +822,8 @@ struct RunConfig {
 #[cfg(test)]
 mod tests {
     use super::{
-        line_at, metrics_header, saved_results, utc_timestamp, RunFolder, RunLock, METRICS_CSV,
+        line_at, metrics_header, metrics_rows, saved_results, utc_timestamp, RunFolder, RunLock,
+        METRICS_CSV,
     };
 
     /// A run's saved results count its metrics.csv rows as epochs: "1 epoch", "2 epochs"
@@ -833,6 +834,28 @@ mod tests {
         assert!(saved_results(dir, 0).is_empty());
         assert_eq!(saved_results(dir, 1), ["1 epoch in metrics.csv"]);
         assert_eq!(saved_results(dir, 2), ["2 epochs in metrics.csv"]);
+    }
+
+    /// metrics.csv's epochs are counted as a resume reads its rows: a blank line after the
+    /// header (which made a folder with no results neither fresh nor resumable) or between
+    /// rows is none, and CR-only line ends end rows too.
+    #[test]
+    fn metrics_rows_are_its_records_after_the_header() {
+        let dir = std::env::temp_dir().join(format!("vit-metrics-rows-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let header = metrics_header().join(",");
+        let row = |epoch: usize| format!("{epoch}{}", ",1".repeat(metrics_header().len() - 1));
+        for (text, rows) in [
+            (format!("{header}\n"), 0),
+            (format!("{header}\n\n"), 0),
+            (format!("{header}\n{}\n\n{}\n", row(1), row(2)), 2),
+            (format!("{header}\r{}\r{}\r", row(1), row(2)), 2),
+        ] {
+            std::fs::write(dir.join(METRICS_CSV), &text).unwrap();
+            assert_eq!(metrics_rows(&dir), rows, "{text:?}");
+        }
+        assert_eq!(metrics_rows(&dir.join("nonexistent")), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Run folder names against `date -u -d @SECS +%Y%m%d-%H%M%S`: leap days (2000 is a
