@@ -280,6 +280,33 @@ fn missing_files_name_the_download_command() {
         "{err}"
     );
 
+    // The reverse, CIFAR-10 asked where only CIFAR-100 is, or of CIFAR-100's own folder:
+    // CIFAR-100 is named for it, not a download of CIFAR-10.
+    let only_100 = TempDir::new("missing-only-100");
+    let cifar100 = only_100.0.join("cifar-100-binary");
+    std::fs::create_dir(&cifar100).unwrap();
+    let err = error_of(data::load(
+        &args(DatasetName::Cifar10, &only_100.0, false),
+        32,
+    ));
+    assert!(
+        err.contains("holds cifar-100-binary: pass --dataset cifar100 for it; for cifar10"),
+        "{err}"
+    );
+    let err = error_of(data::load(
+        &args(DatasetName::Cifar10, &cifar100, false),
+        32,
+    ));
+    assert!(
+        err.contains(&format!(
+            "{} is cifar100's folder, cifar-100-binary, and --data-dir takes the folder that \
+             holds it: pass --data-dir {} --dataset cifar100 for it",
+            cifar100.display(),
+            only_100.0.display()
+        )),
+        "{err}"
+    );
+
     // A file where a folder should be: --data-dir itself, or the dataset's folder.
     let file = tmp.0.join("notes");
     std::fs::write(&file, "mine").unwrap();
@@ -324,6 +351,13 @@ fn bad_sizes_and_labels_are_named() {
     assert!(err.contains("3073"), "{err}");
     let advice = format!("delete {}, then run `vit download", dir.display());
     assert!(err.contains(&advice), "{err}");
+    // An empty file is no batch, though 0 is a multiple of the record size.
+    std::fs::write(dir.join("test_batch.bin"), []).unwrap();
+    let err = load();
+    assert!(
+        err.contains("test_batch.bin: size 0 bytes is not a positive multiple"),
+        "{err}"
+    );
     // Counts of one read as one.
     std::fs::write(dir.join("test_batch.bin"), [0u8]).unwrap();
     let err = load();
@@ -419,8 +453,10 @@ fn files_of_other_sizes_than_the_official_release_are_read_with_a_warning() {
         ("data_batch_5.bin", "5 images"),
         ("test_batch.bin", "4 images"),
     ] {
+        // Fewer images than the release's: a copy cut short at a record boundary.
         let warning = format!(
-            "warning: {} holds {images} where the official release has 10000",
+            "warning: {} holds {images} where the official release has 10000: it may be cut \
+             short",
             dir.join(file).display()
         );
         assert!(stderr.contains(&warning), "{warning} not in:\n{stderr}");
@@ -1290,6 +1326,21 @@ fn image_folder_reads_classes_in_name_order() {
     assert_eq!(red, [12, 20, 31, 10, 30]);
     assert_eq!(ds.train.images.int64_value(&[1, 1, 3, 5]), 5);
     assert_eq!(ds.train.images.int64_value(&[1, 2, 3, 5]), 3);
+    // The test split holds test/'s images, not train/'s (whose labels run alike).
+    let red: Vec<i64> = (0..3)
+        .map(|i| ds.test.images.int64_value(&[i, 0, 3, 5]))
+        .collect();
+    assert_eq!(red, [11, 21, 32]);
+    // A size of 0 is refused by the reader too, not only by the command line.
+    for err in [
+        error_of(folder::load(&tmp.0, 0)),
+        error_of(folder::load_test(&tmp.0, 0)),
+    ] {
+        assert!(
+            err.contains("--image-size must be positive, got 0"),
+            "{err}"
+        );
+    }
 
     // Resized on load.
     let ds = data::load(&args(DatasetName::Folder, &tmp.0, false), 4).unwrap();
@@ -2027,6 +2078,50 @@ fn image_folder_refuses_link_loops_and_explains_skipped_files() {
     );
 }
 
+/// `vit download` keeps a CIFAR-100 folder that is there only when it is whole, and that
+/// includes the coarse labels' class names, which reading the fine labels never opens:
+/// without them, `--coarse-labels` could not read the download.
+#[test]
+fn a_cifar100_folder_without_its_coarse_class_names_is_not_whole() {
+    use vit_tch::cli::{DownloadArgs, DownloadableDataset};
+    let tmp = TempDir::new("c100-no-coarse");
+    let dir = write_cifar100(&tmp.0);
+    // Batch files of the official size (sparse zeros: no disk space taken).
+    for (file, images) in [("train.bin", 50_000), ("test.bin", 10_000)] {
+        let file = std::fs::File::create(dir.join(file)).unwrap();
+        file.set_len(images * 3074).unwrap();
+    }
+    let coarse = dir.join("coarse_label_names.txt");
+    std::fs::remove_file(&coarse).unwrap();
+    let err = error_of(data::run_download(&DownloadArgs {
+        dataset: DownloadableDataset::Cifar100,
+        data_dir: tmp.0.clone(),
+        from: Some("/nonexistent/".into()),
+    }));
+    assert!(
+        err.contains("is there but not a whole dataset")
+            && err.contains(&format!("{} is missing", coarse.display())),
+        "{err}"
+    );
+}
+
+/// A folder given to `vit predict` that holds no image but a subfolder it cannot read
+/// (here a link back up) is reported as that subfolder's error, not as a folder without
+/// images: the images may be in it.
+#[test]
+fn a_folder_of_only_an_unreadable_subfolder_names_that_subfolder() {
+    let tmp = TempDir::new("folder-only-unreadable");
+    let sub = tmp.0.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::os::unix::fs::symlink("..", sub.join("up")).unwrap();
+    let (images, unreadable) = folder::image_files_under(&tmp.0).unwrap();
+    assert!(images.is_empty(), "{images:?}");
+    let folders: Vec<&Path> = unreadable.iter().map(|(path, _)| path.as_path()).collect();
+    assert_eq!(folders, [sub.join("up")]);
+    let error = format!("{:#}", unreadable[0].1);
+    assert!(error.contains("through a symbolic link"), "{error}");
+}
+
 /// Serves one HTTP request on localhost: `body`, announced as `length` bytes (or with no
 /// Content-Length when `None`), then closes the connection.
 fn serve_once(body: Vec<u8>, length: Option<usize>) -> String {
@@ -2333,6 +2428,24 @@ fn cli_entry_points() {
         std::fs::write(dir.join(format!("{name}.bin")), &records).unwrap();
     }
     data::run_download(&download(DownloadableDataset::Cifar10, "/nonexistent/")).unwrap();
+    // One record more than the official file is not the release either, though its
+    // classes are read without complaint.
+    let test_batch = dir.join("test_batch.bin");
+    let mut longer = records.clone();
+    longer.extend_from_slice(&records[..3073]);
+    std::fs::write(&test_batch, &longer).unwrap();
+    let err = error_of(data::run_download(&download(
+        DownloadableDataset::Cifar10,
+        "/nonexistent/",
+    )));
+    assert!(
+        err.contains(&format!(
+            "{} is 30733073 bytes where the official file is 30730000",
+            test_batch.display()
+        )),
+        "{err}"
+    );
+    std::fs::write(&test_batch, &records).unwrap();
     // A folder dataset is the user's own: `download` does not offer it.
     let err = Cli::try_parse_from(["vit", "download", "--dataset", "folder"]).unwrap_err();
     assert!(

@@ -213,3 +213,73 @@ fn flags_left_out_take_the_readmes_defaults() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A probability, drop rate or decay of NaN is refused as out of range: every comparison
+/// with NaN is false, so a check written as "not below 0 and not above 1" would let it
+/// through (into the loss, or an average that never moves).
+#[test]
+fn nan_rates_are_refused() {
+    for (flags, message) in [
+        (
+            &["--random-erasing", "nan"][..],
+            "--random-erasing must be in [0, 1], got NaN",
+        ),
+        (
+            &["--mixup", "0.8", "--mix-prob", "nan"],
+            "--mix-prob must be in [0, 1], got NaN",
+        ),
+        (
+            &["--mixup", "0.8", "--cutmix", "1", "--switch-prob", "nan"],
+            "--switch-prob must be in [0, 1], got NaN",
+        ),
+        (
+            &["--drop-path", "nan"],
+            "--drop-path must be in [0, 1), got NaN",
+        ),
+        (
+            &["--attn-dropout", "nan"],
+            "--attn-dropout must be in [0, 1), got NaN",
+        ),
+        (&["--ema", "nan"], "--ema must be in [0, 1), got NaN"),
+    ] {
+        let error = Regularization::from_args(&train_args(flags)).map(|_| ());
+        let error = format!("{:#}", error.expect_err(&format!("{flags:?} accepted")));
+        assert!(error.contains(message), "{flags:?}: {error}");
+    }
+}
+
+/// RandAugment's settings are refused with any other policy, the strong recipe's
+/// AutoAugment included (they would be ignored without a word), and its op count must
+/// be at least 1 (0 ops would apply no augmentation at all).
+#[test]
+fn randaugment_settings_need_randaugment_and_at_least_one_op() {
+    for flags in [
+        &["--recipe", "strong", "--randaugment-ops", "3"][..],
+        &[
+            "--augment-policy",
+            "autoaugment",
+            "--randaugment-magnitude",
+            "5",
+        ],
+        &["--randaugment-ops", "3"],
+    ] {
+        let error = Regularization::from_args(&train_args(flags)).map(|_| ());
+        let error = format!("{:#}", error.expect_err(&format!("{flags:?} accepted")));
+        assert!(
+            error.contains("need --augment-policy randaugment"),
+            "{flags:?}: {error}"
+        );
+    }
+    let error = Regularization::from_args(&train_args(&[
+        "--augment-policy",
+        "randaugment",
+        "--randaugment-ops",
+        "0",
+    ]))
+    .map(|_| ());
+    let error = format!("{:#}", error.expect_err("--randaugment-ops 0 accepted"));
+    assert!(
+        error.contains("--randaugment-ops must be in 1..=16, got 0"),
+        "{error}"
+    );
+}

@@ -968,6 +968,17 @@ fn resume_follows_the_images_not_their_folder() {
     let started = std::fs::canonicalize(&data_dir).unwrap();
     let advice = format!("pass --data-dir {} to resume it", started.display());
     assert!(stderr.contains(&advice), "{stderr}");
+    // The run's own folder, its data damaged: the error is the data's, with no advice to
+    // pass the folder that was given.
+    let batch = data_dir.join("cifar-10-batches-bin/test_batch.bin");
+    let aside = root.join("test_batch.bin");
+    std::fs::rename(&batch, &aside).unwrap();
+    let stderr = vit_fails(&args(&data_dir, &run, true));
+    assert!(
+        stderr.contains("test_batch.bin is missing") && !stderr.contains("the run read its images"),
+        "{stderr}"
+    );
+    std::fs::rename(&aside, &batch).unwrap();
 
     // One test label changed: another dataset for the run, refused.
     let label = dataset.test.labels.int64_value(&[0]);
@@ -3812,6 +3823,10 @@ fn a_folder_dataset_trains_and_one_class_is_warned_about() {
     let warning = format!("warning: {} has one class (cat)", photos.display());
     assert!(stderr.contains(&warning), "{stderr}");
     assert_eq!(read_metrics(&run).1.len(), 1);
+    // The model has the dataset's one class, not the tiny preset's ten.
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["settings"]["model"]["num_classes"], 1, "{config}");
 }
 
 /// The notebook saves best_model only when the test accuracy improves: best_model (and

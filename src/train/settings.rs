@@ -209,3 +209,76 @@ pub(super) fn epoch_steps(settings: &TrainSettings, n_train: i64) -> Result<usiz
     );
     Ok(steps_per_epoch)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{epoch_steps, training_images, TrainSettings};
+    use crate::cli::train_args;
+    use crate::data::{Dataset, Split};
+    use crate::train::recipe::Regularization;
+    use tch::{Kind, Tensor};
+
+    /// The settings of `vit train ARGS` with the tiny model.
+    fn settings(args: &[&str]) -> TrainSettings {
+        let args = train_args(args);
+        let model = crate::train::recipe::model_config(&args).unwrap();
+        let data_dir = std::path::PathBuf::from("/data");
+        TrainSettings::from_args(&args, model, Regularization::default(), "cifar10", data_dir)
+    }
+
+    /// A dataset of `n` training images (and one test image), of one class.
+    fn dataset(n: i64) -> Dataset {
+        let split = |n: i64| Split {
+            images: Tensor::zeros([n, 3, 2, 2], (Kind::Uint8, tch::Device::Cpu)),
+            labels: Tensor::zeros([n], (Kind::Int64, tch::Device::Cpu)),
+        };
+        Dataset {
+            name: "cifar10".into(),
+            train: split(n),
+            test: split(1),
+            classes: vec!["a".into()],
+        }
+    }
+
+    /// `--train-subset` may be every training image there is (1..=N, both ends
+    /// included), and no more.
+    #[test]
+    fn the_train_subset_may_be_the_whole_split() {
+        let ds = dataset(10);
+        for n in ["1", "10"] {
+            let given = settings(&["--train-subset", n]);
+            assert_eq!(training_images(&given, &ds).unwrap().to_string(), n);
+        }
+        assert_eq!(training_images(&settings(&[]), &ds).unwrap(), 10);
+        let error = training_images(&settings(&["--train-subset", "11"]), &ds).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("--train-subset 11 is outside 1..=10"),
+            "{error}"
+        );
+    }
+
+    /// The warm-up's steps are counted too: `--warmup-epochs` past `--epochs`, of more
+    /// steps than a `usize` counts, is refused (its schedule would wrap around), as such
+    /// `--epochs` is.
+    #[test]
+    fn warm_up_steps_past_what_vit_counts_are_refused() {
+        let huge = (usize::MAX / 2 + 1).to_string();
+        let args = [
+            "--epochs",
+            "1",
+            "--batch-size",
+            "1",
+            "--warmup-epochs",
+            &huge,
+        ];
+        let error = epoch_steps(&settings(&args), 2).unwrap_err();
+        assert!(
+            error.to_string().contains("more steps than vit counts"),
+            "{error}"
+        );
+        let args = ["--epochs", "1", "--batch-size", "1", "--warmup-epochs", "0"];
+        assert_eq!(epoch_steps(&settings(&args), 2).unwrap(), 2);
+    }
+}
