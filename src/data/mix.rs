@@ -97,12 +97,35 @@ pub fn mix(
     label_smoothing: f64,
 ) -> (Tensor, Tensor) {
     let (b, _, h, w) = images.size4().expect("mix expects [B,C,H,W]");
-    let device = images.device();
     // One λ (and one choice of op) for the batch, or one per image.
     let draws = match config.mode {
         MixMode::Batch => 1,
         MixMode::Elem => b,
     };
+    let (use_cutmix, lam) = draw_lambda(config, draws, images.device());
+
+    let flipped = images.flip([0]);
+    let lam_img = per_image(&lam.to_kind(images.kind()));
+    let mixed = images * &lam_img + &flipped * (1.0 - &lam_img);
+
+    let (in_box, lam_cut) = cutmix_box(&lam, h, w);
+    let cut = flipped.where_self(&in_box, images);
+
+    let out = cut.where_self(&per_image(&use_cutmix), &mixed);
+    let lam = lam_cut.where_self(&use_cutmix, &lam);
+    let targets = mixup_target(
+        labels,
+        num_classes,
+        &lam.expand([b], false),
+        label_smoothing,
+    );
+    (out, targets)
+}
+
+/// `draws` choices of CutMix over MixUp (bool `[draws]` on `device`) and their λ (double
+/// `[draws]`; 1 where there is no mixing), drawn in this order: the switch, the Beta draws
+/// (CutMix's before MixUp's when both are enabled), then whether to mix at all.
+fn draw_lambda(config: &MixConfig, draws: i64, device: Device) -> (Tensor, Tensor) {
     let double_options = (Kind::Double, device);
     let (mixup, cutmix) = (config.mixup_alpha > 0.0, config.cutmix_alpha > 0.0);
     let use_cutmix = if mixup && cutmix {
@@ -119,13 +142,16 @@ pub fn mix(
     };
     let apply = Tensor::rand([draws], double_options).lt(config.prob);
     let lam = lam_mix.where_self(&apply, &lam_mix.ones_like());
+    (use_cutmix, lam)
+}
 
-    let flipped = images.flip([0]);
-    let lam_img = per_image(&lam.to_kind(images.kind()));
-    let mixed = images * &lam_img + &flipped * (1.0 - &lam_img);
-
-    // timm's rand_bbox: cut_rat = sqrt(1 - lam), a box of int(H cut_rat) x int(W cut_rat)
-    // centred at (randint(H), randint(W)), half-sides floor-divided, clipped.
+/// CutMix's box for each λ of `lam` (double `[draws]`) in an `h` x `w` image, as timm's
+/// `rand_bbox`: cut_rat = sqrt(1 - λ), a box of int(H cut_rat) x int(W cut_rat) centred at
+/// (randint(H), randint(W)), half-sides floor-divided, clipped. The box as a mask (bool
+/// [draws, 1, h, w]) and λ corrected to its area, 1 - (box area) / (H·W) (double
+/// `[draws]`).
+fn cutmix_box(lam: &Tensor, h: i64, w: i64) -> (Tensor, Tensor) {
+    let (draws, device) = (lam.size()[0], lam.device());
     let cut_rat = (lam.neg() + 1.0).clamp_min(0.0).sqrt();
     let half_h = (&cut_rat * h as f64).floor().divide_scalar(2.0).floor();
     let half_w = (&cut_rat * w as f64).floor().divide_scalar(2.0).floor();
@@ -138,17 +164,7 @@ pub fn mix(
     let right = (&centre_x + &half_w).clamp(0.0, width);
     let lam_cut: Tensor = ((&bottom - &top) * (&right - &left) / (height * width)).neg() + 1.0;
     let in_box = super::augment::box_mask(&top, &bottom, &left, &right, h, w);
-    let cut = flipped.where_self(&in_box, images);
-
-    let out = cut.where_self(&per_image(&use_cutmix), &mixed);
-    let lam = lam_cut.where_self(&use_cutmix, &lam);
-    let targets = mixup_target(
-        labels,
-        num_classes,
-        &lam.expand([b], false),
-        label_smoothing,
-    );
-    (out, targets)
+    (in_box, lam_cut)
 }
 
 /// timm's `SoftTargetCrossEntropy`: the batch mean of `-sum(targets * log_softmax(logits))`
