@@ -75,21 +75,12 @@ pub fn run(args: &AttentionArgs) -> Result<()> {
         .classes
         .unwrap_or_else(|| checkpoint::class_names(&loaded.metadata, config.num_classes));
     let result = analyse(&loaded.model, &chosen.image, device)?;
-    let (probability, predicted) = result.probabilities.max_dim(0, false);
-    let (probability, predicted) = (
-        probability.double_value(&[]),
-        predicted.int64_value(&[]) as usize,
+    let title = figure_title(
+        &chosen.source,
+        chosen.label,
+        &classes,
+        &result.probabilities,
     );
-    // Both hold the model's num_classes names (the dataset's were checked to fit).
-    let mut title = format!(
-        "{}: predicted {} ({:.0}%)",
-        chosen.source,
-        classes[predicted],
-        100.0 * probability
-    );
-    if let Some(label) = chosen.label {
-        title.push_str(&format!(", true class {}", classes[label as usize]));
-    }
     crate::plot::attention_figure(
         &chosen.image,
         &result.rollout,
@@ -99,6 +90,31 @@ pub fn run(args: &AttentionArgs) -> Result<()> {
     )?;
     println!("{title}\nwrote {}", args.output.display());
     Ok(())
+}
+
+/// "SOURCE: predicted CLASS (P%)", and ", true class CLASS" for a test image of class
+/// `label`; `probabilities` is `[num_classes]`.
+fn figure_title(
+    source: &str,
+    label: Option<i64>,
+    classes: &[String],
+    probabilities: &Tensor,
+) -> String {
+    let (probability, predicted) = probabilities.max_dim(0, false);
+    let (probability, predicted) = (
+        probability.double_value(&[]),
+        predicted.int64_value(&[]) as usize,
+    );
+    // Both hold the model's num_classes names (the dataset's were checked to fit).
+    let mut title = format!(
+        "{source}: predicted {} ({:.0}%)",
+        classes[predicted],
+        100.0 * probability
+    );
+    if let Some(label) = label {
+        title.push_str(&format!(", true class {}", classes[label as usize]));
+    }
+    title
 }
 
 /// The image `vit attention` looks at: a file, or a test image of a dataset.
@@ -119,46 +135,8 @@ struct ChosenImage {
 /// The IMAGE file of `args`, or test image `--index` (0 by default) of `--dataset` or of
 /// the checkpoint's dataset (from its metadata).
 fn choose_image(args: &AttentionArgs, loaded: &LoadedModel) -> Result<ChosenImage> {
-    let image_size = loaded.model.config.image_size;
     if let Some(path) = &args.image {
-        // Each would go unused with a file. (A --data-dir of the default's value cannot
-        // be told from none.)
-        let test_image_flags: Vec<&str> = [
-            ("--index", args.index.is_some()),
-            ("--dataset", args.data.dataset.is_some()),
-            (
-                "--data-dir",
-                args.data.data_dir != Path::new(DEFAULT_DATA_DIR),
-            ),
-            ("--coarse-labels", args.data.coarse_labels),
-        ]
-        .into_iter()
-        .filter_map(|(flag, given)| given.then_some(flag))
-        .collect();
-        ensure!(
-            test_image_flags.is_empty(),
-            "give either an IMAGE file or a test image (--index, --dataset, --data-dir, \
-             --coarse-labels), not both: {} \
-             came with {}",
-            test_image_flags.join(" and "),
-            path.display()
-        );
-        ensure!(
-            !path.is_dir(),
-            "{} is a folder: give one image file (vit predict takes folders)",
-            path.display()
-        );
-        loaded.ensure_rgb(&args.checkpoint)?;
-        return Ok(ChosenImage {
-            image: image_file::decode_images(&[path.as_path()], image_size as u32)?.get(0),
-            source: path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            file: Some(path.clone()),
-            label: None,
-            classes: None,
-        });
+        return chosen_file(args, loaded, path);
     }
     if args.index.is_none() && args.data.dataset.is_none() {
         bail!(
@@ -166,6 +144,55 @@ fn choose_image(args: &AttentionArgs, loaded: &LoadedModel) -> Result<ChosenImag
              of --dataset D)"
         );
     }
+    chosen_test_image(args, loaded)
+}
+
+/// The image file `path` at the model's image size, refusing the test image's flags
+/// alongside it.
+fn chosen_file(args: &AttentionArgs, loaded: &LoadedModel, path: &Path) -> Result<ChosenImage> {
+    // Each would go unused with a file. (A --data-dir of the default's value cannot
+    // be told from none.)
+    let test_image_flags: Vec<&str> = [
+        ("--index", args.index.is_some()),
+        ("--dataset", args.data.dataset.is_some()),
+        (
+            "--data-dir",
+            args.data.data_dir != Path::new(DEFAULT_DATA_DIR),
+        ),
+        ("--coarse-labels", args.data.coarse_labels),
+    ]
+    .into_iter()
+    .filter_map(|(flag, given)| given.then_some(flag))
+    .collect();
+    ensure!(
+        test_image_flags.is_empty(),
+        "give either an IMAGE file or a test image (--index, --dataset, --data-dir, \
+         --coarse-labels), not both: {} \
+         came with {}",
+        test_image_flags.join(" and "),
+        path.display()
+    );
+    ensure!(
+        !path.is_dir(),
+        "{} is a folder: give one image file (vit predict takes folders)",
+        path.display()
+    );
+    loaded.ensure_rgb(&args.checkpoint)?;
+    let image_size = loaded.model.config.image_size;
+    Ok(ChosenImage {
+        image: image_file::decode_images(&[path], image_size as u32)?.get(0),
+        source: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        file: Some(path.to_path_buf()),
+        label: None,
+        classes: None,
+    })
+}
+
+/// Test image `--index` (0 by default) of `--dataset` or of the checkpoint's dataset.
+fn chosen_test_image(args: &AttentionArgs, loaded: &LoadedModel) -> Result<ChosenImage> {
     let index = args.index.unwrap_or(0);
     let data = loaded.test_set(&args.checkpoint, &args.data)?;
     check_index(index, data.test.len())?;
