@@ -206,20 +206,7 @@ fn note_not_numbers(path: &Path, not_numbers: &[NotNumbers]) {
 /// clash. A run given twice (in any spelling) is drawn once.
 pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
     ensure!(!runs.is_empty(), "no run folders given");
-    let mut distinct: Vec<&Path> = Vec::new();
-    for run in runs.iter().map(AsRef::as_ref) {
-        match distinct
-            .iter()
-            .find(|first| same_file(&metrics_path(first), &metrics_path(run)))
-        {
-            Some(first) => eprintln!(
-                "note: {} is {} again: drawn once",
-                run.display(),
-                first.display()
-            ),
-            None => distinct.push(run),
-        }
-    }
+    let distinct = distinct_runs(runs);
     let names: Vec<String> = distinct.iter().map(|run| folder_name(run)).collect();
     let (mut read, mut left_out, mut without_numbers) = (Vec::new(), Vec::new(), Vec::new());
     for (run, name) in distinct.iter().zip(&names) {
@@ -243,8 +230,39 @@ pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
             epochs,
         });
     }
+    ensure_something_to_draw(read.len(), &left_out, &without_numbers)?;
+    Ok(read)
+}
+
+/// `runs` with each run given again (in any spelling) left out, with a note.
+fn distinct_runs<P: AsRef<Path>>(runs: &[P]) -> Vec<&Path> {
+    let mut distinct: Vec<&Path> = Vec::new();
+    for run in runs.iter().map(AsRef::as_ref) {
+        match distinct
+            .iter()
+            .find(|first| same_file(&metrics_path(first), &metrics_path(run)))
+        {
+            Some(first) => eprintln!(
+                "note: {} is {} again: drawn once",
+                run.display(),
+                first.display()
+            ),
+            None => distinct.push(run),
+        }
+    }
+    distinct
+}
+
+/// Fails when none of the `read` runs with epochs has a value to draw: `left_out` are the
+/// metrics files without epochs, `without_numbers` those whose epochs have none.
+/// Otherwise notes what the picture leaves out.
+fn ensure_something_to_draw(
+    read: usize,
+    left_out: &[String],
+    without_numbers: &[String],
+) -> Result<()> {
     ensure!(
-        !read.is_empty(),
+        read > 0,
         "nothing to draw: no finished epochs yet in {}",
         left_out.join(", ")
     );
@@ -255,7 +273,7 @@ pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
     );
     // Empty axes are no picture of a run: refused, as a run without epochs is.
     ensure!(
-        without_numbers.len() < read.len(),
+        without_numbers.len() < read,
         "nothing to draw: {no_numbers}{}; plot the folders of runs that `vit train` wrote",
         if left_out.is_empty() {
             String::new()
@@ -272,7 +290,7 @@ pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
             left_out.join(", ")
         );
     }
-    Ok(read)
+    Ok(())
 }
 
 /// Whether `row` has a value either panel draws.
