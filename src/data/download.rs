@@ -288,52 +288,62 @@ fn download(source: &str, dest: &Path, spec: &ArchiveSpec) -> Result<()> {
 
 /// A reader of `source` (a URL or a file), and the size its server or file system gives.
 fn open_source(source: &str, spec: &ArchiveSpec) -> Result<(Box<dyn Read>, Option<u64>)> {
-    Ok(if is_url(source) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_secs(60)))
-            // A server that stops sending mid-transfer fails the download instead of
-            // leaving it waiting forever.
-            .timeout_per_read(Some(Duration::from_secs(60)))
-            .build()
-            .into();
-        // Byte for byte: no transparent gzip decoding of the .tar.gz by ureq.
-        let elsewhere = format!(
-            "fetch {} elsewhere and pass its path (or a mirror's URL) with --from (or in \
-             VIT_DATA_MIRROR, which make train passes on)",
-            spec.file_name
-        );
-        let response = agent
-            .get(source)
-            .header("accept-encoding", "identity")
-            .call()
-            .map_err(|error| match error {
-                // The server answered: the network is fine, the URL is not.
-                ureq::Error::StatusCode(status) => anyhow!(
-                    "cannot fetch {source}: the server answered HTTP {status}, so it does not \
-                     serve {} there; check the URL, or {elsewhere}",
-                    spec.file_name
-                ),
-                error => anyhow::Error::new(error).context(format!(
-                    "cannot fetch {source}: check the network, or {elsewhere}"
-                )),
-            })?;
-        let length = response
-            .headers()
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        (Box::new(response.into_body().into_reader()), length)
+    if is_url(source) {
+        open_url(source, spec)
     } else {
-        let file = File::open(source).with_context(|| format!("cannot open {source}"))?;
-        // A pipe (`--from /dev/stdin`) has no length to check before reading.
-        let length = file
-            .metadata()
-            .ok()
-            .filter(|m| m.is_file())
-            .map(|m| m.len());
-        (Box::new(file), length)
-    })
+        open_file(source)
+    }
+}
+
+/// A reader of the body of `url`'s answer, and its Content-Length.
+fn open_url(url: &str, spec: &ArchiveSpec) -> Result<(Box<dyn Read>, Option<u64>)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_recv_response(Some(Duration::from_secs(60)))
+        // A server that stops sending mid-transfer fails the download instead of
+        // leaving it waiting forever.
+        .timeout_per_read(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let elsewhere = format!(
+        "fetch {} elsewhere and pass its path (or a mirror's URL) with --from (or in \
+         VIT_DATA_MIRROR, which make train passes on)",
+        spec.file_name
+    );
+    // Byte for byte: no transparent gzip decoding of the .tar.gz by ureq.
+    let response = agent
+        .get(url)
+        .header("accept-encoding", "identity")
+        .call()
+        .map_err(|error| match error {
+            // The server answered: the network is fine, the URL is not.
+            ureq::Error::StatusCode(status) => anyhow!(
+                "cannot fetch {url}: the server answered HTTP {status}, so it does not \
+                 serve {} there; check the URL, or {elsewhere}",
+                spec.file_name
+            ),
+            error => anyhow::Error::new(error).context(format!(
+                "cannot fetch {url}: check the network, or {elsewhere}"
+            )),
+        })?;
+    let length = response
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    Ok((Box::new(response.into_body().into_reader()), length))
+}
+
+/// A reader of the file at `path`, and its size where it is a regular file.
+fn open_file(path: &str) -> Result<(Box<dyn Read>, Option<u64>)> {
+    let file = File::open(path).with_context(|| format!("cannot open {path}"))?;
+    // A pipe (`--from /dev/stdin`) has no length to check before reading.
+    let length = file
+        .metadata()
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len());
+    Ok((Box::new(file), length))
 }
 
 /// Refuses a source whose announced `length` is not the archive's, before any transfer.
@@ -383,16 +393,7 @@ fn copy_and_verify(
     dest: &Path,
     spec: &ArchiveSpec,
 ) -> Result<()> {
-    let bar = indicatif::ProgressBar::new(spec.size);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    bar.set_message(spec.file_name.to_string());
-
+    let bar = progress_bar(spec);
     let mut out =
         File::create(dest).with_context(|| format!("cannot create {}", dest.display()))?;
     let mut hasher = Md5::new();
@@ -451,6 +452,21 @@ fn copy_and_verify(
         );
     }
     Ok(())
+}
+
+/// The download's progress bar: the archive's name, its bytes so far of its size, the
+/// speed and the time left.
+fn progress_bar(spec: &ArchiveSpec) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(spec.size);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(spec.file_name.to_string());
+    bar
 }
 
 /// Unpacks the .tar.gz `archive` into `dir` (created here). Only directories and regular
