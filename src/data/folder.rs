@@ -31,31 +31,7 @@ pub fn load(root: &Path, image_size: i64) -> Result<Dataset> {
     let size = checked_size(image_size)?;
     let (classes, train_files) = scan_split(&root.join("train"))?;
     let (test_classes, test_files) = scan_split(&root.join("test"))?;
-    if test_classes != classes {
-        // Each side's extra classes, quoted (a folder name may hold spaces or commas).
-        let only_in = |these: &[String], those: &[String], split: &str, other: &str| {
-            let extra: Vec<String> = these
-                .iter()
-                .filter(|class| !those.contains(class))
-                .map(|class| format!("{class:?}"))
-                .collect();
-            (!extra.is_empty())
-                .then(|| format!("{split}/ has {} that {other}/ lacks", extra.join(", ")))
-        };
-        let differences: Vec<String> = [
-            only_in(&classes, &test_classes, "train", "test"),
-            only_in(&test_classes, &classes, "test", "train"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        bail!(
-            "{}: the test classes differ from the train classes ({}); both splits need the \
-             same class folders",
-            root.display(),
-            differences.join("; ")
-        );
-    }
+    ensure_same_classes(root, &classes, &test_classes)?;
     // Both splits in one pass, so that one error names every bad file of either.
     let (train_count, test_count) = (train_files.len() as i64, test_files.len() as i64);
     let both = decode_labeled(&[train_files, test_files].concat(), size)?;
@@ -69,6 +45,41 @@ pub fn load(root: &Path, image_size: i64) -> Result<Dataset> {
         test: split(train_count, test_count),
         classes,
     })
+}
+
+/// Fails unless the train and test splits under `root` have the same classes, naming each
+/// side's extra ones.
+fn ensure_same_classes(
+    root: &Path,
+    train_classes: &[String],
+    test_classes: &[String],
+) -> Result<()> {
+    if test_classes == train_classes {
+        return Ok(());
+    }
+    // Each side's extra classes, quoted (a folder name may hold spaces or commas).
+    let only_in = |these: &[String], those: &[String], split: &str, other: &str| {
+        let extra: Vec<String> = these
+            .iter()
+            .filter(|class| !those.contains(class))
+            .map(|class| format!("{class:?}"))
+            .collect();
+        (!extra.is_empty())
+            .then(|| format!("{split}/ has {} that {other}/ lacks", extra.join(", ")))
+    };
+    let differences: Vec<String> = [
+        only_in(train_classes, test_classes, "train", "test"),
+        only_in(test_classes, train_classes, "test", "train"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    bail!(
+        "{}: the test classes differ from the train classes ({}); both splits need the \
+         same class folders",
+        root.display(),
+        differences.join("; ")
+    );
 }
 
 /// Reads `root/test` alone: `root/train` may be missing.
