@@ -142,21 +142,7 @@ pub fn attention_figure(
         "rollout has shape {:?}, the heads cover {patches} patches",
         rollout.size()
     );
-    let base = panel_image(image)?;
-    // Each map is stretched to the full colour scale, so its caption says how uneven it
-    // really is: near-uniform attention (max/min 1.00) would look as sharp as a peak.
-    let map_panel = |name: String, map: &Tensor| -> Result<(String, Vec<u8>)> {
-        let caption = format!("{name}, max/min {:.2}", max_over_min(map));
-        Ok((caption, overlay(&base, map)?.rgb))
-    };
-    let mut panels = vec![
-        ("image (heads: last layer)".to_string(), base.rgb.clone()),
-        map_panel("rollout".to_string(), rollout)?,
-    ];
-    for head in 0..num_heads {
-        panels.push(map_panel(format!("head {}", head + 1), &heads.get(head))?);
-    }
-
+    let panels = captioned_panels(&panel_image(image)?, rollout, heads)?;
     let (width, height) = attention_figure_size(num_heads as usize);
     let (cols, _) = grid(panels.len() as u32);
     let origin = |i: usize| {
@@ -190,15 +176,43 @@ pub fn attention_figure(
         Ok(())
     })?;
     for (i, (_, rgb)) in panels.iter().enumerate() {
-        let (x0, y0) = origin(i);
-        for row in 0..PANEL {
-            let src = (row * PANEL * 3) as usize;
-            let dst = (((y0 + row) * width + x0) * 3) as usize;
-            buffer[dst..dst + (PANEL * 3) as usize]
-                .copy_from_slice(&rgb[src..src + (PANEL * 3) as usize]);
-        }
+        paste_panel(&mut buffer, width, origin(i), rgb);
     }
     write_rgb_png(output, width, height, &buffer)
+}
+
+/// The figure's pictures in order, each with its caption: the image `base`, then the
+/// rollout (`[num_patches]`) and each head (`heads`, [num_heads, num_patches]) over it.
+fn captioned_panels(
+    base: &Picture,
+    rollout: &Tensor,
+    heads: &Tensor,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    // Each map is stretched to the full colour scale, so its caption says how uneven it
+    // really is: near-uniform attention (max/min 1.00) would look as sharp as a peak.
+    let map_panel = |name: String, map: &Tensor| -> Result<(String, Vec<u8>)> {
+        let caption = format!("{name}, max/min {:.2}", max_over_min(map));
+        Ok((caption, overlay(base, map)?.rgb))
+    };
+    let mut panels = vec![
+        ("image (heads: last layer)".to_string(), base.rgb.clone()),
+        map_panel("rollout".to_string(), rollout)?,
+    ];
+    for head in 0..heads.size()[0] {
+        panels.push(map_panel(format!("head {}", head + 1), &heads.get(head))?);
+    }
+    Ok(panels)
+}
+
+/// Copies the RGB8 `PANEL` x `PANEL` picture `rgb` into `buffer` (RGB8, `width` pixels a
+/// row) with its top-left corner at `(x0, y0)`.
+fn paste_panel(buffer: &mut [u8], width: u32, (x0, y0): (u32, u32), rgb: &[u8]) {
+    for row in 0..PANEL {
+        let src = (row * PANEL * 3) as usize;
+        let dst = (((y0 + row) * width + x0) * 3) as usize;
+        buffer[dst..dst + (PANEL * 3) as usize]
+            .copy_from_slice(&rgb[src..src + (PANEL * 3) as usize]);
+    }
 }
 
 #[cfg(test)]
