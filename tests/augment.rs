@@ -135,6 +135,48 @@ fn rotation_by_90_degrees_is_rot90() {
     }
 }
 
+/// Shear on non-square images (the golden cases are all square, where a height and a width
+/// swapped in the affine grid cannot show): torchvision shears about the top-left corner,
+/// so with nearest sampling output pixel (i, j) of ShearX by m is input pixel
+/// (i, round(j + m (i + 1/2))), of ShearY (round(i + m (j + 1/2)), j), and 0 where that
+/// falls outside (checked against torchvision's `_apply_op` on this 6 x 11 image). With
+/// m = ±0.3 no index lands on a tie, so the comparison is exact, wide and tall, per image
+/// magnitude.
+#[test]
+fn shear_of_a_non_square_image_is_torchvisions_about_the_corner() {
+    for (h, w) in [(6i64, 11i64), (11, 6)] {
+        let pixels = 3 * h * w;
+        let image: Vec<u8> = (0..pixels).map(|k| (k % 251 + 1) as u8).collect();
+        let image = Tensor::from_slice(&image).view([1, 3, h, w]);
+        let images = Tensor::cat(&[&image, &image], 0);
+        let magnitudes = Tensor::from_slice(&[0.3f64, -0.3]);
+        for op in [AugOp::ShearX, AugOp::ShearY] {
+            let out = apply_op(&images, op, &magnitudes, Interpolation::Nearest);
+            for (n, m) in [0.3f64, -0.3].into_iter().enumerate() {
+                let mut expected = vec![0u8; pixels as usize];
+                for i in 0..h {
+                    for j in 0..w {
+                        let (si, sj) = match op {
+                            AugOp::ShearX => (i, (j as f64 + m * (i as f64 + 0.5)).round() as i64),
+                            _ => ((i as f64 + m * (j as f64 + 0.5)).round() as i64, j),
+                        };
+                        if (0..h).contains(&si) && (0..w).contains(&sj) {
+                            for c in 0..3 {
+                                expected[((c * h + i) * w + j) as usize] =
+                                    ((((c * h + si) * w + sj) % 251) + 1) as u8;
+                            }
+                        }
+                    }
+                }
+                let expected = Tensor::from_slice(&expected).view([3, h, w]);
+                let got = out.get(n as i64);
+                let off = got.ne_tensor(&expected).sum(Kind::Int64).int64_value(&[]);
+                assert_eq!(off, 0, "{op:?} {m} on {h}x{w}: {off} pixels differ");
+            }
+        }
+    }
+}
+
 /// uint8 outputs cannot leave [0, 255]; what can go wrong is a float result cast without
 /// clamping, which wraps around. Every op runs at its extreme magnitudes (dtype and shape
 /// kept), and the ops that scale pixels are compared with their clamped float formulas.
@@ -783,13 +825,14 @@ fn beta_moments(a: f64) -> (f64, f64, f64) {
     (0.5, var, var * var * (3.0 - 6.0 / (2.0 * a + 3.0)))
 }
 
-/// Mean, variance and fourth central moment of CutMix's corrected λ on `h` x `h` images,
+/// Mean, variance and fourth central moment of CutMix's corrected λ on `h` x `w` images,
 /// its λ drawn from Beta(alpha, alpha) (a whole alpha), computed without sampling. timm's
-/// `rand_bbox` pastes a box of sides 2 floor(floor(h sqrt(1 - λ)) / 2), centred at a
-/// uniform pixel and clipped; the corrected λ is 1 - its area / h², the product of two
-/// independent sides' shares. Their moments, averaged over the h centres, are integrated
-/// against the Beta density λ^(α-1) (1-λ)^(α-1) / B(α, α) by the midpoint rule.
-fn cutmix_lam_moments(alpha: i32, h: i64) -> (f64, f64, f64) {
+/// `rand_bbox` pastes a box of sides 2 floor(floor(h sqrt(1 - λ)) / 2) and
+/// 2 floor(floor(w sqrt(1 - λ)) / 2), centred at a uniform pixel and clipped; the
+/// corrected λ is 1 - its area / (h w), the product of two independent sides' shares.
+/// Their moments, averaged over the h (w) centres, are integrated against the Beta density
+/// λ^(α-1) (1-λ)^(α-1) / B(α, α) by the midpoint rule.
+fn cutmix_lam_moments(alpha: i32, h: i64, w: i64) -> (f64, f64, f64) {
     let factorial = |k: i32| (1..=k).map(f64::from).product::<f64>();
     let beta = factorial(alpha - 1).powi(2) / factorial(2 * alpha - 1);
     let steps = 100_000;
@@ -798,16 +841,21 @@ fn cutmix_lam_moments(alpha: i32, h: i64) -> (f64, f64, f64) {
     for step in 0..steps {
         let lam = (step as f64 + 0.5) / steps as f64;
         let density = (lam * (1.0 - lam)).powi(alpha - 1) / beta / steps as f64;
-        let half = ((h as f64 * (1.0 - lam).sqrt()).floor() / 2.0).floor() as i64;
-        let mut side = [0.0f64; 5];
-        for centre in 0..h {
-            let len = ((centre + half).min(h) - (centre - half).max(0)) as f64 / h as f64;
-            for (k, moment) in side.iter_mut().enumerate() {
-                *moment += len.powi(k as i32) / h as f64;
+        // side(n)[k] = E[(the box's share of a side of n pixels)^k] over the n centres.
+        let side = |n: i64| {
+            let half = ((n as f64 * (1.0 - lam).sqrt()).floor() / 2.0).floor() as i64;
+            let mut side = [0.0f64; 5];
+            for centre in 0..n {
+                let len = ((centre + half).min(n) - (centre - half).max(0)) as f64 / n as f64;
+                for (k, moment) in side.iter_mut().enumerate() {
+                    *moment += len.powi(k as i32) / n as f64;
+                }
             }
-        }
+            side
+        };
+        let (rows, cols) = (side(h), side(w));
         for k in 1..5 {
-            raw[k] += density * side[k] * side[k];
+            raw[k] += density * rows[k] * cols[k];
         }
     }
     let mean = raw[1];
@@ -882,8 +930,35 @@ fn with_both_on_cutmix_takes_switch_prob_of_the_images_and_each_its_own_alpha() 
     let (mean, var, m4) = beta_moments(0.5);
     assert_moments("MixUp's λ", &mixup, mean, var, m4);
     let cutmix = lams_where(&mixed, |i| mixed.cut[i]);
-    let (mean, var, m4) = cutmix_lam_moments(4, h);
+    let (mean, var, m4) = cutmix_lam_moments(4, h, h);
     assert_moments("CutMix's corrected λ", &cutmix, mean, var, m4);
+}
+
+/// CutMix's box on non-square images is timm's `rand_bbox`: int(H sqrt(1 - λ)) rows by
+/// int(W sqrt(1 - λ)) columns, its centre uniform over every row and column, clipped to
+/// the image (to row H and column W, ends excluded). Its corrected λ must have the moments
+/// [`cutmix_lam_moments`] computes for 5 x 12 and 12 x 5 images: on square images, or with
+/// the box's height taken from the width, or clipped a row short of the bottom, they differ.
+#[test]
+fn cutmix_boxes_of_non_square_images_follow_timm() {
+    let _g = seeded(24);
+    let n = 16_384;
+    let cfg = MixConfig {
+        mixup_alpha: 0.0,
+        cutmix_alpha: 1.0,
+        prob: 1.0,
+        switch_prob: 0.5,
+        mode: MixMode::Elem,
+    };
+    let labels = Tensor::zeros([n], (Kind::Int64, Device::Cpu));
+    for (h, w) in [(5, 12), (12, 5)] {
+        let images = black_and_white(n, h, w);
+        let (out, _) = mix::mix(&images, &labels, 2, &cfg, 0.0);
+        let mixed = read_mixed(&images, &out);
+        assert!(mixed.cut.iter().all(|&cut| cut), "CutMix alone");
+        let (mean, var, m4) = cutmix_lam_moments(1, h, w);
+        assert_moments(&format!("CutMix's λ on {h}x{w}"), &mixed.lam, mean, var, m4);
+    }
 }
 
 /// With `prob` 0.3, 70% of the images (in `elem` mode, each image on its own) or of the
@@ -984,6 +1059,79 @@ fn random_erasing_erases_one_rectangle_in_the_scale_range() {
         assert!(ratio > 0.2 && ratio < 5.0, "image {i}: ratio {ratio}");
     }
     assert!(erased >= 120, "only {erased} of {b} images erased");
+}
+
+/// The rectangle random erasing set to 0 in each image of a batch of ones: (top, left,
+/// height, width) of the zeros of channel 0 (height and width 0 where nothing was erased).
+fn erased_rectangles(out: &Tensor) -> Vec<(i64, i64, i64, i64)> {
+    let zero = out.select(1, 0).eq(0.0);
+    let rows = zero.any_dim(2, false).to_kind(Kind::Int64);
+    let cols = zero.any_dim(1, false).to_kind(Kind::Int64);
+    let first = |t: &Tensor| Vec::<i64>::try_from(t.argmax(1, false)).unwrap();
+    let count = |t: &Tensor| {
+        Vec::<i64>::try_from(t.sum_dim_intlist([1i64].as_slice(), false, Kind::Int64)).unwrap()
+    };
+    let (top, left, height, width) = (first(&rows), first(&cols), count(&rows), count(&cols));
+    (0..top.len())
+        .map(|i| (top[i], left[i], height[i], width[i]))
+        .collect()
+}
+
+/// As torchvision (`if not (h < img_h and w < img_w): continue`), an attempt whose rectangle
+/// is as tall or as wide as the image is drawn again, never erased: with areas of 25-33% of
+/// 10 x 10 images and aspect ratios of 3-3.3, about half the attempts round to a 10 x 3
+/// strip, and every image must get a 9 x 3 rectangle instead (3 x 9 turned sideways).
+#[test]
+fn random_erasing_never_erases_the_whole_height_or_width() {
+    let _g = seeded(25);
+    let (b, side) = (1000, 10);
+    let images = Tensor::ones([b, 3, side, side], (Kind::Float, Device::Cpu));
+    for (ratio, sides) in [((3.0, 3.3), (9, 3)), ((1.0 / 3.3, 1.0 / 3.0), (3, 9))] {
+        let cfg = RandomErasing {
+            p: 1.0,
+            scale: (0.25, 0.33),
+            ratio,
+            value: 0.0,
+        };
+        let rectangles = erased_rectangles(&augment::random_erasing(&images, &cfg));
+        let erased: Vec<(i64, i64)> = rectangles
+            .iter()
+            .filter(|r| r.2 > 0)
+            .map(|r| (r.2, r.3))
+            .collect();
+        // All 10 attempts too large: about 0.55^10 of the images, left as they are.
+        assert!(erased.len() >= 980, "only {} of {b} erased", erased.len());
+        assert!(
+            erased.iter().all(|&s| s == sides),
+            "ratio {ratio:?}: {erased:?}"
+        );
+    }
+}
+
+/// Random erasing places its rectangle uniformly over every position where it fits, as
+/// torchvision's `randint(0, img_h - h + 1)` and `randint(0, img_w - w + 1)`: a 4 x 4
+/// rectangle (an area of exactly a quarter, an aspect ratio of exactly 1) on 8 x 8 images
+/// starts at each of the rows 0..=4, and each of the columns 0..=4, a fifth of the time, so
+/// the last row and column are erased as often as the first.
+#[test]
+fn random_erasing_places_the_rectangle_uniformly() {
+    let _g = seeded(26);
+    let b = 10_000;
+    let images = Tensor::ones([b, 3, 8, 8], (Kind::Float, Device::Cpu));
+    let cfg = RandomErasing {
+        p: 1.0,
+        scale: (0.25, 0.25),
+        ratio: (1.0, 1.0),
+        value: 0.0,
+    };
+    let rectangles = erased_rectangles(&augment::random_erasing(&images, &cfg));
+    assert!(rectangles.iter().all(|r| (r.2, r.3) == (4, 4)));
+    for start in 0..=4 {
+        let tops = rectangles.iter().filter(|r| r.0 == start).count();
+        common::assert_binomial_count(&format!("top row {start}"), tops, b as usize, 0.2);
+        let lefts = rectangles.iter().filter(|r| r.1 == start).count();
+        common::assert_binomial_count(&format!("left column {start}"), lefts, b as usize, 0.2);
+    }
 }
 
 #[test]

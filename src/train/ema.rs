@@ -66,3 +66,43 @@ impl Ema {
             .expect("EMA tensors match their parameters");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Ema;
+    use crate::model::{ViTConfig, VisionTransformer};
+    use tch::{nn, Device};
+
+    /// The EMA starts as a copy of the trained weights, not as its own model's fresh
+    /// initialisation (which, at a decay of 0.999 without warm-up, would stay in the
+    /// average for thousands of steps; the training tests do not see it, as the warm-up's
+    /// first update copies the weights anyway and a resume reads the saved average), and
+    /// each update then moves every average 1 - decay of the way to its parameter.
+    #[test]
+    fn starts_as_the_weights_and_moves_one_minus_decay_towards_them() {
+        let config = ViTConfig::tiny();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _model = VisionTransformer::new(&vs.root(), &config).unwrap();
+        let mut ema = Ema::new(&vs, &config, 0.75, false).unwrap();
+        let weights = vs.variables();
+        let averages = ema.vs.variables();
+        assert_eq!(averages.len(), weights.len());
+        for (name, weight) in &weights {
+            assert!(averages[name].equal(weight), "{name}: not a copy");
+        }
+        tch::no_grad(|| {
+            for weight in weights.values() {
+                let _ = weight.shallow_clone().g_add_scalar_(1.0);
+            }
+        });
+        ema.update(1);
+        for (name, weight) in &weights {
+            // The weight before + (1 - 0.75) of its step of 1.
+            let expected = weight - 0.75;
+            assert!(
+                averages[name].allclose(&expected, 1e-6, 1e-6, false),
+                "{name}: not a quarter of the way"
+            );
+        }
+    }
+}
