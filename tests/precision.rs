@@ -195,12 +195,8 @@ fn assert_counts_its_own_predictions(
     assert_eq!(confusion, expected);
 }
 
-/// The top-5 accuracy counts the images whose label's logit is beaten by fewer than five
-/// others (counted here, image by image, on an untrained 20-class model, where it is far
-/// from both 0 and 1); a model of five classes or fewer has none.
-#[test]
-fn top5_accuracy_counts_labels_among_the_five_highest_logits() {
-    let _rng = seeded(0);
+/// The tiny model with 20 classes on 8x8 images (its config and weights, and itself).
+fn twenty_class_model() -> (ViTConfig, nn::VarStore, VisionTransformer) {
     let config = ViTConfig {
         num_classes: 20,
         image_size: 8,
@@ -208,6 +204,16 @@ fn top5_accuracy_counts_labels_among_the_five_highest_logits() {
     };
     let vs = nn::VarStore::new(Device::Cpu);
     let model = VisionTransformer::new(&vs.root(), &config).unwrap();
+    (config, vs, model)
+}
+
+/// The top-5 accuracy counts the images whose label's logit is beaten by fewer than five
+/// others (counted here, image by image, on an untrained 20-class model, where it is far
+/// from both 0 and 1); a model of five classes or fewer has none.
+#[test]
+fn top5_accuracy_counts_labels_among_the_five_highest_logits() {
+    let _rng = seeded(0);
+    let (config, vs, model) = twenty_class_model();
     // Logits spread wider than a fresh head's, so that the ranking is far from a tie
     // (drawn in name order, so that every run draws the same).
     let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
@@ -258,13 +264,7 @@ fn top5_accuracy_counts_labels_among_the_five_highest_logits() {
 /// `vit eval --json`, and compare false against every best accuracy.
 #[test]
 fn an_empty_split_scores_0_not_nan() {
-    let config = ViTConfig {
-        num_classes: 20,
-        image_size: 8,
-        ..ViTConfig::tiny()
-    };
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = VisionTransformer::new(&vs.root(), &config).unwrap();
+    let (_, _vs, model) = twenty_class_model();
     let split = Split {
         images: Tensor::zeros([0, 3, 8, 8], (Kind::Uint8, Device::Cpu)),
         labels: Tensor::zeros([0], (Kind::Int64, Device::Cpu)),

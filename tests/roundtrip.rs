@@ -5,7 +5,7 @@ mod common;
 
 use common::{assert_close, python, run_python, TempDir};
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 use vit_tch::checkpoint::{self, TensorFile};
@@ -626,28 +626,40 @@ fn the_recorded_normalisation_is_the_notebooks_and_loads_without_a_warning() {
     };
     assert_eq!(recorded("mean"), [0.4914, 0.4822, 0.4465]);
     assert_eq!(recorded("std"), [0.2023, 0.1994, 0.2010]);
-    let image = dir.join("image.png");
-    image::RgbImage::from_pixel(8, 8, image::Rgb([100, 150, 200]))
-        .save(&image)
-        .unwrap();
-    let predict_stderr = |name: &str, metadata: &[(&str, String)]| {
-        let path = dir.join(name);
-        checkpoint::save(&vs, &tiny_config(), metadata, &path).unwrap();
-        #[rustfmt::skip]
-        let output = common::vit(&["predict", "--checkpoint", path.to_str().unwrap(), image.to_str().unwrap(), "--device", "cpu"]);
+    let stderr_of = |name: &str, metadata: &[(&str, String)]| {
+        let (output, _) = predict_one_image(&dir, &vs, name, metadata);
         String::from_utf8_lossy(&output.stderr).into_owned()
     };
-    let stderr = predict_stderr("vit.safetensors", &metadata);
+    let stderr = stderr_of("vit.safetensors", &metadata);
     assert!(!stderr.contains("warning"), "{stderr}");
     let mut other_std = metadata.clone();
     other_std.retain(|(key, _)| *key != "std");
     other_std.push(("std", "[0.5, 0.5, 0.5]".into()));
-    let stderr = predict_stderr("other-std.safetensors", &other_std);
+    let stderr = stderr_of("other-std.safetensors", &other_std);
     assert!(
         stderr.contains("records normalisation std [0.5, 0.5, 0.5]")
             && !stderr.contains("normalisation mean"),
         "{stderr}"
     );
+}
+
+/// `vit predict` of one image (`dir/image.png`, returned with the output) by `vs` saved
+/// with `metadata` as the checkpoint `dir/name`.
+fn predict_one_image(
+    dir: &Path,
+    vs: &nn::VarStore,
+    name: &str,
+    metadata: &[(&str, String)],
+) -> (std::process::Output, PathBuf) {
+    let image = dir.join("image.png");
+    image::RgbImage::from_pixel(8, 8, image::Rgb([100, 150, 200]))
+        .save(&image)
+        .unwrap();
+    let path = dir.join(name);
+    checkpoint::save(vs, &tiny_config(), metadata, &path).unwrap();
+    #[rustfmt::skip]
+    let output = common::vit(&["predict", "--checkpoint", path.to_str().unwrap(), image.to_str().unwrap(), "--device", "cpu"]);
+    (output, image)
 }
 
 /// Metadata is warned about only where it is there and cannot be the model's: a checkpoint
@@ -658,20 +670,13 @@ fn the_recorded_normalisation_is_the_notebooks_and_loads_without_a_warning() {
 fn only_metadata_that_is_there_and_wrong_is_warned_about() {
     let dir = TempDir::new("metadata-warnings");
     let (vs, _model) = tiny_model();
-    let image = dir.join("image.png");
-    image::RgbImage::from_pixel(8, 8, image::Rgb([100, 150, 200]))
-        .save(&image)
-        .unwrap();
-    let predict_stderr = |name: &str, metadata: &[(&str, String)]| {
-        let path = dir.join(name);
-        checkpoint::save(&vs, &tiny_config(), metadata, &path).unwrap();
-        #[rustfmt::skip]
-        let output = common::vit(&["predict", "--checkpoint", path.to_str().unwrap(), image.to_str().unwrap(), "--device", "cpu"]);
+    let stderr_of = |name: &str, metadata: &[(&str, String)]| {
+        let (output, _) = predict_one_image(&dir, &vs, name, metadata);
         String::from_utf8_lossy(&output.stderr).into_owned()
     };
-    let stderr = predict_stderr("timm.safetensors", &[]);
+    let stderr = stderr_of("timm.safetensors", &[]);
     assert!(!stderr.contains("warning"), "{stderr}");
-    let stderr = predict_stderr("broken-mean.safetensors", &[("mean", "[0.5]".into())]);
+    let stderr = stderr_of("broken-mean.safetensors", &[("mean", "[0.5]".into())]);
     assert!(
         stderr.contains("records normalisation mean [0.5], but vit normalises inputs"),
         "{stderr}"
@@ -707,15 +712,8 @@ fn a_checkpoint_with_infinite_weights_is_refused() {
 fn predict_names_a_class_by_number_only_where_the_checkpoint_names_none() {
     let dir = TempDir::new("predict-names");
     let (vs, _model) = tiny_model();
-    let image = dir.join("image.png");
-    image::RgbImage::from_pixel(8, 8, image::Rgb([100, 150, 200]))
-        .save(&image)
-        .unwrap();
     let guesses = |name: &str, metadata: &[(&str, String)]| -> Vec<String> {
-        let path = dir.join(name);
-        checkpoint::save(&vs, &tiny_config(), metadata, &path).unwrap();
-        #[rustfmt::skip]
-        let output = common::vit(&["predict", "--checkpoint", path.to_str().unwrap(), image.to_str().unwrap(), "--device", "cpu"]);
+        let (output, image) = predict_one_image(&dir, &vs, name, metadata);
         assert!(output.status.success());
         let stdout = String::from_utf8(output.stdout).unwrap();
         let lines: Vec<&str> = stdout.lines().collect();
