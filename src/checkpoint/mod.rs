@@ -304,6 +304,26 @@ impl TensorFile {
     /// each), and says which of timm's model options the names point to.
     pub fn load_into(&self, vs: &nn::VarStore) -> Result<()> {
         let variables = vs.variables();
+        let problems = self.mismatches(&variables);
+        if !problems.is_empty() {
+            bail!(
+                "checkpoint does not match the model: {}{}",
+                problems.join("; "),
+                self.layout_advice()
+            );
+        }
+        tch::no_grad(|| {
+            for (name, var) in &variables {
+                var.shallow_clone().copy_(&self.tensors[name]);
+            }
+        });
+        Ok(())
+    }
+
+    /// How the tensors differ from `variables` (a model's, by name): the missing keys, the
+    /// unexpected ones and the mis-shaped tensors, each a part of the message where there
+    /// are any. Empty when they match.
+    fn mismatches(&self, variables: &HashMap<String, Tensor>) -> Vec<String> {
         let mut problems = Vec::new();
         let mut missing: Vec<&String> = variables
             .keys()
@@ -346,19 +366,7 @@ impl TensorFile {
             };
             problems.push(shown.join("; ") + &others);
         }
-        if !problems.is_empty() {
-            bail!(
-                "checkpoint does not match the model: {}{}",
-                problems.join("; "),
-                self.layout_advice()
-            );
-        }
-        tch::no_grad(|| {
-            for (name, var) in &variables {
-                var.shallow_clone().copy_(&self.tensors[name]);
-            }
-        });
-        Ok(())
+        problems
     }
 }
 
