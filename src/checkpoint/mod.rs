@@ -13,7 +13,7 @@ use crate::listing::{first_and_more, noun_for};
 use crate::model::{ViTConfig, VisionTransformer};
 pub(crate) use advice::first_few;
 use advice::{PyTorchFile, SHOWN};
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, View};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -151,6 +151,49 @@ fn folder_given(dir: &Path) -> String {
     }
 }
 
+/// The bytes of the file at `path`; where it cannot be read, the error names the
+/// checkpoint vit saved beside it, if any (`best_model.pth`, the notebook's name, where vit
+/// saved best_model.safetensors).
+fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| {
+        let saved = path.with_extension("safetensors");
+        match saved != path && saved.is_file() {
+            true => format!(
+                "cannot read {}; did you mean {}?",
+                path.display(),
+                saved.display()
+            ),
+            false => format!("cannot read {}", path.display()),
+        }
+    })
+}
+
+/// The error for `bytes` (read from `path`) that safetensors could not parse: what they
+/// are instead (a PyTorch file, an image) and what to give, or else `error` under the
+/// file's name.
+fn not_safetensors(path: &Path, bytes: &[u8], error: anyhow::Error) -> anyhow::Error {
+    if let Some(kind) = PyTorchFile::recognise(bytes) {
+        return anyhow!("{}", kind.conversion(path));
+    }
+    // PNG and JPEG only, what vit predict reads: other formats' magic numbers are two
+    // bytes, which a safetensors header length can begin with.
+    let image = image::guess_format(bytes)
+        .ok()
+        .filter(|format| matches!(format, image::ImageFormat::Png | image::ImageFormat::Jpeg));
+    if let Some(format) = image {
+        return anyhow!(
+            "{} is an image ({format:?}), not a checkpoint: --checkpoint takes a \
+             .safetensors file that vit train saved (vit predict takes the images \
+             after it)",
+            path.display()
+        );
+    }
+    error.context(format!(
+        "{} is not a valid safetensors file (not one, or a damaged one)",
+        path.display()
+    ))
+}
+
 /// Named tensors and string metadata, as one safetensors file holds them.
 pub struct TensorFile {
     pub tensors: BTreeMap<String, Tensor>,
@@ -183,44 +226,12 @@ impl TensorFile {
         if path.is_dir() {
             bail!("{}", folder_given(path));
         }
-        let bytes = std::fs::read(path).with_context(|| {
-            // `best_model.pth` (the notebook's name) where vit saved best_model.safetensors.
-            let saved = path.with_extension("safetensors");
-            match saved != path && saved.is_file() {
-                true => format!(
-                    "cannot read {}; did you mean {}?",
-                    path.display(),
-                    saved.display()
-                ),
-                false => format!("cannot read {}", path.display()),
-            }
-        })?;
+        let bytes = read_bytes(path)?;
         let parse = || -> Result<_> {
             let (_, header) = SafeTensors::read_metadata(&bytes)?;
             Ok((header, SafeTensors::deserialize(&bytes)?))
         };
-        let (header, file) = parse().or_else(|e| {
-            if let Some(kind) = PyTorchFile::recognise(&bytes) {
-                bail!("{}", kind.conversion(path));
-            }
-            // PNG and JPEG only, what vit predict reads: other formats' magic numbers are
-            // two bytes, which a safetensors header length can begin with.
-            let image = image::guess_format(&bytes).ok().filter(|format| {
-                matches!(format, image::ImageFormat::Png | image::ImageFormat::Jpeg)
-            });
-            if let Some(format) = image {
-                bail!(
-                    "{} is an image ({format:?}), not a checkpoint: --checkpoint takes a \
-                     .safetensors file that vit train saved (vit predict takes the images \
-                     after it)",
-                    path.display()
-                );
-            }
-            Err(e.context(format!(
-                "{} is not a valid safetensors file (not one, or a damaged one)",
-                path.display()
-            )))
-        })?;
+        let (header, file) = parse().map_err(|e| not_safetensors(path, &bytes, e))?;
         let metadata = header.metadata().clone().unwrap_or_default();
         let mut tensors = BTreeMap::new();
         for (name, view) in file.tensors() {
