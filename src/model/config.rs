@@ -153,26 +153,28 @@ impl ViTConfig {
         ]
     }
 
+    /// Every check of [`Self::validate`], naming each field as `name` spells it.
     fn check(&self, name: impl Fn(&str) -> String) -> Result<()> {
         for (field, value) in self.sizes() {
             ensure!(value > 0, "{} must be positive, got {value}", name(field));
         }
-        ensure!(
-            self.image_size % self.patch_size == 0,
-            "{} ({}) must be divisible by {} ({})",
-            name("image_size"),
-            self.image_size,
-            name("patch_size"),
-            self.patch_size
-        );
-        ensure!(
-            self.embed_dim % self.num_heads == 0,
-            "{} ({}) must be divisible by {} ({})",
-            name("embed_dim"),
-            self.embed_dim,
-            name("num_heads"),
-            self.num_heads
-        );
+        // The patches tile the image; the heads split the embedding.
+        for ((whole, whole_size), (part, part_size)) in [
+            (
+                ("image_size", self.image_size),
+                ("patch_size", self.patch_size),
+            ),
+            (("embed_dim", self.embed_dim), ("num_heads", self.num_heads)),
+        ] {
+            ensure!(
+                whole_size % part_size == 0,
+                "{} ({}) must be divisible by {} ({})",
+                name(whole),
+                whole_size,
+                name(part),
+                part_size
+            );
+        }
         ensure!(
             (0.0..1.0).contains(&self.dropout),
             "{} must be in [0, 1), got {}",
@@ -203,31 +205,7 @@ impl ViTConfig {
         if bytes <= memory as f64 {
             return Ok(());
         }
-        let parts = self.parameter_parts();
-        // The blocks' bookkeeping counts with their weights: in bytes per weight.
-        let (copies, block_bytes) = Self::memory_per(training);
-        let blocks = parts.blocks + block_bytes * self.num_layers as f64 / (4.0 * copies);
-        let largest = [parts.patch_embed, parts.positions, blocks, parts.head]
-            .into_iter()
-            .fold(0.0, f64::max);
-        let smaller = if largest == parts.positions {
-            format!(
-                "a larger {} or a smaller {}",
-                name("patch_size"),
-                name("image_size")
-            )
-        } else if largest == parts.patch_embed {
-            format!("a smaller {} or {}", name("patch_size"), name("embed_dim"))
-        } else if largest == parts.head {
-            format!("a smaller {} or {}", name("num_classes"), name("embed_dim"))
-        } else {
-            format!(
-                "a smaller {}, {} or {}",
-                name("embed_dim"),
-                name("mlp_dim"),
-                name("num_layers")
-            )
-        };
+        let smaller = self.largest_part_advice(&name, training);
         let count = self.parameter_count();
         let what = match training {
             true => "training the model would take",
@@ -247,6 +225,37 @@ impl ViTConfig {
             noun_for(self.num_layers as usize, "block"),
             memory as f64 / 1e9,
         )
+    }
+
+    /// What to make smaller, as `name` calls the flags or fields: the sizes of the model's
+    /// largest part (its blocks' bookkeeping, for a build or for `training`, counted with
+    /// their weights), as in `a smaller --embed-dim, --mlp-dim or --num-layers`.
+    fn largest_part_advice(&self, name: impl Fn(&str) -> String, training: bool) -> String {
+        let parts = self.parameter_parts();
+        // The blocks' bookkeeping counts with their weights: in bytes per weight.
+        let (copies, block_bytes) = Self::memory_per(training);
+        let blocks = parts.blocks + block_bytes * self.num_layers as f64 / (4.0 * copies);
+        let largest = [parts.patch_embed, parts.positions, blocks, parts.head]
+            .into_iter()
+            .fold(0.0, f64::max);
+        if largest == parts.positions {
+            format!(
+                "a larger {} or a smaller {}",
+                name("patch_size"),
+                name("image_size")
+            )
+        } else if largest == parts.patch_embed {
+            format!("a smaller {} or {}", name("patch_size"), name("embed_dim"))
+        } else if largest == parts.head {
+            format!("a smaller {} or {}", name("num_classes"), name("embed_dim"))
+        } else {
+            format!(
+                "a smaller {}, {} or {}",
+                name("embed_dim"),
+                name("mlp_dim"),
+                name("num_layers")
+            )
+        }
     }
 
     /// A lower bound on the memory the model takes, built or, `training`, trained (on top,
