@@ -120,29 +120,33 @@ pub fn unwritable(error: impl Into<anyhow::Error>, failed: String) -> anyhow::Er
 /// that cannot be written.
 pub fn create_folder(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|error| {
-        match file_in_the_way(dir) {
-            Some(file) => anyhow::anyhow!(
+        if let Some(file) = file_in_the_way(dir) {
+            return anyhow::anyhow!(
                 "cannot create the folder {}: {} is a file, not a folder; move it away, or \
                  choose another path",
                 dir.display(),
                 file.display()
-            ),
-            // A link to nothing, where a folder should be: create_dir_all finds the name
-            // taken.
-            None => match dir.ancestors().find_map(|path| {
-                let target = std::fs::read_link(path).ok()?;
-                (!path.exists()).then_some((path, target))
-            }) {
-                Some((link, target)) => anyhow::anyhow!(
-                    "cannot create the folder {}: {} is a symbolic link to {}, which does not \
-                     exist; create that, or choose another path",
-                    dir.display(),
-                    link.display(),
-                    target.display()
-                ),
-                None => unwritable(error, format!("cannot create {}", dir.display())),
-            },
+            );
         }
+        if let Some((link, target)) = dangling_link(dir) {
+            return anyhow::anyhow!(
+                "cannot create the folder {}: {} is a symbolic link to {}, which does not \
+                 exist; create that, or choose another path",
+                dir.display(),
+                link.display(),
+                target.display()
+            );
+        }
+        unwritable(error, format!("cannot create {}", dir.display()))
+    })
+}
+
+/// The symbolic link to nothing that stands where `path` or a folder above it should be a
+/// folder, if any, with its target: create_dir_all finds its name taken.
+fn dangling_link(path: &Path) -> Option<(&Path, PathBuf)> {
+    path.ancestors().find_map(|path| {
+        let target = std::fs::read_link(path).ok()?;
+        (!path.exists()).then_some((path, target))
     })
 }
 
