@@ -136,33 +136,7 @@ impl BenchReport {
 
     /// The report as text: the set-up line, then one line a measurement.
     fn print(&self) {
-        println!(
-            "{} ({} parameters), batch {}, {} on {} with {} {}, {} attention, {} AdamW{}{}{}",
-            self.model.described_as(&self.config),
-            self.parameters,
-            self.batch_size,
-            self.precision,
-            self.device,
-            self.threads,
-            noun_for(self.threads, "thread"),
-            if self.fused_attention {
-                "fused"
-            } else {
-                "explicit"
-            },
-            if self.fused_adamw { "fused" } else { "loop" },
-            if self.libtorch_dropout {
-                ", libtorch dropout masks"
-            } else {
-                ""
-            },
-            if self.libtorch_linear {
-                ", libtorch linear"
-            } else {
-                ""
-            },
-            if self.cuda_graph { ", CUDA graph" } else { "" }
-        );
+        println!("{}", self.setup_line());
         println!(
             "train:     {:9.1} images/s {:9.1} GFLOP/s",
             self.train_images_per_s,
@@ -192,6 +166,38 @@ impl BenchReport {
                 phases.optimizer
             );
         }
+    }
+
+    /// What was measured, and how: the model, its parameters, the batch, the precision,
+    /// the device and its threads, and the kernels chosen.
+    fn setup_line(&self) -> String {
+        format!(
+            "{} ({} parameters), batch {}, {} on {} with {} {}, {} attention, {} AdamW{}{}{}",
+            self.model.described_as(&self.config),
+            self.parameters,
+            self.batch_size,
+            self.precision,
+            self.device,
+            self.threads,
+            noun_for(self.threads, "thread"),
+            if self.fused_attention {
+                "fused"
+            } else {
+                "explicit"
+            },
+            if self.fused_adamw { "fused" } else { "loop" },
+            if self.libtorch_dropout {
+                ", libtorch dropout masks"
+            } else {
+                ""
+            },
+            if self.libtorch_linear {
+                ", libtorch linear"
+            } else {
+                ""
+            },
+            if self.cuda_graph { ", CUDA graph" } else { "" }
+        )
     }
 }
 
