@@ -248,7 +248,24 @@ fn analyse(
 
 #[cfg(test)]
 mod tests {
-    use super::check_index;
+    use super::{check_index, figure_title};
+    use tch::Tensor;
+
+    /// The title names the predicted class (the most probable) with its probability, and
+    /// a test image's true class by its label, not by the prediction.
+    #[test]
+    fn the_title_names_the_predicted_and_the_true_class() {
+        let classes = ["cat", "dog", "bird"].map(String::from);
+        let probabilities = Tensor::from_slice(&[0.1f32, 0.7, 0.2]);
+        assert_eq!(
+            figure_title("test image 4", Some(2), &classes, &probabilities),
+            "test image 4: predicted dog (70%), true class bird"
+        );
+        assert_eq!(
+            figure_title("photo.png", None, &classes, &probabilities),
+            "photo.png: predicted dog (70%)"
+        );
+    }
 
     /// An --index outside the test split is refused with how many images the split holds
     /// ("1 image", "200 images") and their numbers.

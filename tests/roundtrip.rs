@@ -838,3 +838,37 @@ fn timm_options_that_vit_lacks_are_named() {
         );
     }
 }
+
+/// `vit predict` lists the guesses most probable first, as percentages: all five classes of
+/// a five-class model, falling, and summing to 100%. (Ranked the wrong way round, or given
+/// as fractions, they would not.)
+#[test]
+fn predict_lists_the_most_probable_classes_first_in_percent() {
+    let dir = TempDir::new("predict-order");
+    let (vs, _model) = tiny_model();
+    let image = dir.join("image.png");
+    image::RgbImage::from_fn(8, 8, |x, y| {
+        image::Rgb([(x * 30) as u8, (y * 30) as u8, 90])
+    })
+    .save(&image)
+    .unwrap();
+    let path = dir.join("model.safetensors");
+    checkpoint::save(&vs, &tiny_config(), &[], &path).unwrap();
+    #[rustfmt::skip]
+    let output = common::vit(&["predict", "--checkpoint", path.to_str().unwrap(), image.to_str().unwrap(), "--device", "cpu"]);
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    // "   12.34%  class 3" after the file's line.
+    let percents: Vec<f64> = stdout
+        .lines()
+        .skip(1)
+        .map(|line| line.trim().split_once('%').unwrap().0.parse().unwrap())
+        .collect();
+    assert_eq!(percents.len(), 5, "{stdout}");
+    assert!(percents.windows(2).all(|p| p[0] >= p[1]), "{stdout}");
+    assert!(percents[0] > percents[4], "{stdout}");
+    assert!(
+        (percents.iter().sum::<f64>() - 100.0).abs() < 0.05,
+        "{stdout}"
+    );
+}

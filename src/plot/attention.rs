@@ -261,6 +261,108 @@ mod tests {
         rounded[5] *= 1.01;
         let peak = upsample(&Tensor::from_slice(&rounded)).unwrap();
         assert_eq!(peak.iter().copied().fold(0.0, f32::max), 1.0);
+        // Its smallest value is 0 too: a near-uniform map that is not flat is stretched
+        // over the whole colour map, not drawn nearly all at its hottest.
+        assert_eq!(peak.iter().copied().fold(1.0, f32::min), 0.0);
+    }
+
+    /// The figure's pictures, in order: the image, the rollout over it, then each head over
+    /// it, each captioned with its own map's name and unevenness. A head drawn for another
+    /// (or a head for the rollout) would show the wrong attention under the right name.
+    #[test]
+    fn each_picture_shows_its_own_map_under_its_caption() {
+        let base = Picture {
+            side: PANEL,
+            rgb: (0..PANEL * PANEL * 3).map(|i| (i % 251) as u8).collect(),
+        };
+        let rollout = Tensor::from_slice(&[0.1f32, 0.2, 0.3, 0.4]);
+        let heads = Tensor::from_slice(&[
+            0.5f32, 0.1, 0.2, 0.2, // head 1: max/min 5
+            0.1, 0.1, 0.1, 0.7, // head 2: 7
+            0.3, 0.2, 0.3, 0.2, // head 3: 1.5
+        ])
+        .view([3, 4]);
+        let panels = captioned_panels(&base, &rollout, &heads).unwrap();
+        let captions: Vec<&str> = panels.iter().map(|(caption, _)| caption.as_str()).collect();
+        assert_eq!(
+            captions,
+            [
+                "image (heads: last layer)",
+                "rollout, max/min 4.00",
+                "head 1, max/min 5.00",
+                "head 2, max/min 7.00",
+                "head 3, max/min 1.50",
+            ]
+        );
+        assert!(
+            panels[0].1 == base.rgb,
+            "the first picture is not the image"
+        );
+        let maps = [rollout, heads.get(0), heads.get(1), heads.get(2)];
+        for (i, map) in maps.iter().enumerate() {
+            let expected = overlay(&base, map).unwrap().rgb;
+            assert!(panels[i + 1].1 == expected, "{}", captions[i + 1]);
+        }
+    }
+
+    /// Each picture lies below its caption, in its own square: the image (one colour here)
+    /// fills the first square from its top-left corner at (PAD, HEADER + CAPTION), leaving
+    /// the caption's band above it to the caption. (A picture pasted over its caption, or
+    /// into another's place, fails.)
+    #[test]
+    fn the_image_fills_its_square_below_its_caption() {
+        let colour = [200u8, 30, 10];
+        let image = Tensor::from_slice(&colour)
+            .view([3, 1, 1])
+            .expand([3, 8, 8], false)
+            .contiguous();
+        let rollout = Tensor::full([4], 0.25, (Kind::Float, Device::Cpu));
+        let heads = Tensor::full([2, 4], 0.25, (Kind::Float, Device::Cpu));
+        let dir = std::env::temp_dir().join(format!("vit-attention-figure-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let output = dir.join("attention.png");
+        attention_figure(&image, &rollout, &heads, "a title", &output).unwrap();
+        let picture = image::open(&output).unwrap().into_rgb8();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(picture.dimensions(), attention_figure_size(2));
+        let (x0, y0) = (PAD, HEADER + CAPTION);
+        for y in y0..y0 + PANEL {
+            for x in x0..x0 + PANEL {
+                assert_eq!(picture.get_pixel(x, y).0, colour, "at ({x}, {y})");
+            }
+        }
+        // The caption's band: the caption's text, and no picture.
+        let band: Vec<[u8; 3]> = (HEADER..y0)
+            .flat_map(|y| (x0..x0 + PANEL).map(move |x| (x, y)))
+            .map(|(x, y)| picture.get_pixel(x, y).0)
+            .collect();
+        assert!(
+            band.iter().all(|&pixel| pixel != colour),
+            "the image covers its caption"
+        );
+        assert!(
+            band.iter().any(|&pixel| pixel != [255, 255, 255]),
+            "no caption"
+        );
+    }
+
+    /// A rollout over another number of patches than the heads' is refused: the figure
+    /// would put maps of two different models (or images) side by side.
+    #[test]
+    fn a_rollout_over_other_patches_than_the_heads_is_refused() {
+        let image = Tensor::zeros([3, 8, 8], (Kind::Uint8, Device::Cpu));
+        let rollout = Tensor::full([9], 1.0 / 9.0, (Kind::Float, Device::Cpu));
+        let heads = Tensor::full([2, 4], 0.25, (Kind::Float, Device::Cpu));
+        let output =
+            std::env::temp_dir().join(format!("vit-attention-refused-{}.png", std::process::id()));
+        let error = attention_figure(&image, &rollout, &heads, "t", &output).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("rollout has shape [9], the heads cover 4 patches"),
+            "{error}"
+        );
+        assert!(!output.exists());
     }
 
     /// Over a constant map the picture is the image dimmed to 45% plus 55% of the colour

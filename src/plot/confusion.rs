@@ -300,3 +300,108 @@ fn draw_colour_bar<DB: DrawingBackend>(
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three classes: 60 of class a's 100 images right (40 taken for c), all 100 of b's,
+    /// 190 of c's 200 (10 taken for a). 350 of 400 right, 87.5%; the first row alone
+    /// (what a slip in the diagonal's index would add up) holds 100.
+    const COUNTS: [i64; 9] = [60, 0, 40, 0, 100, 0, 10, 0, 190];
+
+    fn classes() -> Vec<String> {
+        ["a", "b", "c"].map(String::from).to_vec()
+    }
+
+    /// The title gives the diagonal's share of all the images, in percent.
+    #[test]
+    fn the_title_gives_the_share_of_all_images_on_the_diagonal() {
+        let layout = ConfusionLayout::new(&classes());
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, layout.size).into_drawing_area();
+            draw_confusion(&root, &layout, &COUNTS).unwrap();
+            root.present().unwrap();
+        }
+        assert!(
+            svg.contains("Confusion matrix: 87.50% of 400 test images correct"),
+            "{svg}"
+        );
+        assert_eq!(
+            confusion_title(1, 1),
+            "Confusion matrix: 100.00% of 1 test image correct"
+        );
+        assert_eq!(confusion_title(0, 0), "Confusion matrix (no images)");
+    }
+
+    /// The picture of [`COUNTS`], as `confusion_matrix` writes it.
+    fn picture() -> (ConfusionLayout, image::RgbImage) {
+        let dir = std::env::temp_dir().join(format!("vit-confusion-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let output = dir.join(format!("{:?}.png", std::thread::current().id()));
+        let confusion = Tensor::from_slice(&COUNTS).view([3, 3]);
+        confusion_matrix(&confusion, &classes(), &output).unwrap();
+        let picture = image::open(&output).unwrap().into_rgb8();
+        std::fs::remove_file(&output).unwrap();
+        (ConfusionLayout::new(&classes()), picture)
+    }
+
+    /// The colour bar runs from 0% (white) at the bottom to 100% (dark blue) at the top,
+    /// as its labels say: upside down, it would read every cell's share the wrong way.
+    #[test]
+    fn the_colour_bar_is_darkest_at_the_top() {
+        let (layout, picture) = picture();
+        let (_, side, left, top) = geometry(&layout);
+        let x = (left + side + 20 + 9) as u32;
+        let (t, u) = (1.0 - 1.0 / (side - 1) as f64, 1.0 / (side - 1) as f64);
+        let colour = |c: RGBColor| [c.0, c.1, c.2];
+        assert_eq!(picture.get_pixel(x, top as u32 + 1).0, colour(blues(t)));
+        assert_eq!(
+            picture.get_pixel(x, (top + side - 2) as u32).0,
+            colour(blues(u))
+        );
+    }
+
+    /// A count is written in white on a dark cell (over half its row) and in black on a
+    /// light one, so that it can be read on either.
+    #[test]
+    fn counts_are_white_on_dark_cells_and_black_on_light_ones() {
+        let (layout, picture) = picture();
+        let cell_pixels = |row, col| {
+            let (x, y) = layout.cell_origin(row, col);
+            let cell = layout.cell;
+            (y + 2..y + cell - 2)
+                .flat_map(move |y| (x + 2..x + cell - 2).map(move |x| (x, y)))
+                .map(|(x, y)| picture.get_pixel(x, y).0)
+                .collect::<Vec<_>>()
+        };
+        let light = |p: &[u8; 3]| p.iter().all(|&c| c >= 230);
+        let dark = |p: &[u8; 3]| p.iter().all(|&c| c <= 60);
+        // b's 100 of 100, on the darkest blue: white digits.
+        assert!(
+            cell_pixels(1, 1).iter().any(light),
+            "no white count on cell (1, 1)"
+        );
+        // a's 40 taken for c, 40% of the row, on a light blue: black digits.
+        assert!(
+            cell_pixels(0, 2).iter().any(dark),
+            "no black count on cell (0, 2)"
+        );
+    }
+
+    /// A matrix with a negative count is no count of images (a damaged file, or
+    /// differences of two matrices): refused, and nothing is drawn.
+    #[test]
+    fn negative_counts_are_refused() {
+        let output = std::env::temp_dir().join(format!("vit-negative-{}.png", std::process::id()));
+        let confusion = Tensor::from_slice(&[5i64, -1, 0, 3]).view([2, 2]);
+        let classes = ["a", "b"].map(String::from);
+        let error = confusion_matrix(&confusion, &classes, &output).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the confusion matrix has negative counts"
+        );
+        assert!(!output.exists());
+    }
+}

@@ -789,6 +789,21 @@ mod tests {
         assert!(matches!(axes.legend_at, SeriesLabelPosition::LowerRight));
     }
 
+    /// The loss axis stops at 0, below which no cross-entropy goes: losses near 0 get
+    /// their margin above them only.
+    #[test]
+    fn the_loss_axis_does_not_reach_below_zero() {
+        let mut near_zero = run(0.5, 0.99);
+        for (i, row) in near_zero.epochs.iter_mut().enumerate() {
+            let loss = 0.5 / (i + 1) as f64 - 0.09;
+            (row.train_loss, row.test_loss, row.ema_test_loss) =
+                (Some(loss), Some(loss + 0.01), None);
+        }
+        let axes = panel_axes(&[near_zero], Panel::Loss);
+        assert_eq!(axes.y.0, 0.0, "{:?}", axes.y);
+        assert!(axes.y.1 > 0.42, "{:?}", axes.y);
+    }
+
     /// Each panel draws its own metrics in the order of the curves' names: train, test,
     /// EMA test (accuracies in percent). Every value of the row differs, so a column read
     /// for another shows.
