@@ -251,14 +251,25 @@ def learning_rate(base_lr, step, warmup_steps, total_steps):
     return 0.5 * base_lr * (1.0 + math.cos(math.pi * progress))
 
 
+def splitmix64_finalizer(x):
+    """src/model/dropout.rs::splitmix64_finalizer."""
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
+
+
+def seed_bits(seed):
+    """src/train/mod.rs::seed_bits: the seed below 2^32, or hashed to 32 bits (the CPU
+    generator keeps 32)."""
+    return seed if seed <= 0xFFFFFFFF else splitmix64_finalizer(seed) & 0xFFFFFFFF
+
+
 def step_seed(seed, epoch, step):
     """src/train/mod.rs::step_seed (splitmix64 finaliser of seed, epoch, step)."""
     step &= MASK64
     rotated = ((step << 32) | (step >> 32)) & MASK64
-    x = seed ^ ((epoch * 0x9E3779B97F4A7C15) & MASK64) ^ rotated
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
-    return (x ^ (x >> 31)) >> 1
+    x = seed_bits(seed) ^ ((epoch * 0x9E3779B97F4A7C15) & MASK64) ^ rotated
+    return splitmix64_finalizer(x) >> 1
 
 
 USIZE_MAX = MASK64
@@ -296,7 +307,7 @@ def main():
         sys.exit(f"error: --num-classes {args.num_classes}, but {args.dataset} has {num_classes}")
     config["num_classes"] = num_classes
 
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed_bits(args.seed))
     model = build_model(args.model, config, fused=not args.explicit_attention)
     vit_init(model)
     model.to(device)

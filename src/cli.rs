@@ -515,7 +515,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = DEFAULT_CLIP_GRAD)]
     pub clip_grad: f64,
     /// Seeds the weights, shuffles, augmentations and dropout (on the CPU, the same seed,
-    /// flags and thread count train the same run).
+    /// flags and thread count train the same run). libtorch's generator takes 32 bits: a
+    /// seed above 4294967295 is hashed to 32 bits.
     #[arg(long, value_parser = whole_number::<u64>(Some(0)), default_value_t = 0)]
     pub seed: u64,
     /// Train on the first N training images only (in CIFAR's random order, or a folder

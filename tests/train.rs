@@ -789,6 +789,72 @@ fn ctrl_c_or_sigterm_saves_the_run_and_prints_a_resume_command_that_works() {
     }
 }
 
+/// Settings that are allowed but do nothing on the run given are said at its start: a batch
+/// larger than the images trained on, MixUp in batches of one image (mixed with itself),
+/// and stochastic depth in a one-block model (whose rate at the first block is 0).
+#[test]
+fn settings_without_effect_are_said() {
+    let (root, data_dir) = colour_cifar10("idle-settings");
+    let stderr = |name: &str, extra: &[&str]| {
+        let run = root.join(name);
+        let mut args = tiny_run_args(data_dir.to_str().unwrap(), run.to_str().unwrap());
+        #[rustfmt::skip]
+        args.extend(["--epochs", "1", "--warmup-epochs", "0", "--mixup", "0.8", "--drop-path", "0.1"]);
+        args.extend(extra);
+        let output = vit(&args);
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    #[rustfmt::skip]
+    let said = stderr("idle", &["--train-subset", "1", "--batch-size", "4", "--num-layers", "1"]);
+    for message in [
+        "note: --batch-size 4 is more than the 1 training image: each epoch is one batch of 1",
+        "warning: MixUp and CutMix mix each image with another of its batch: in batches of \
+         one image each is mixed with itself",
+        "warning: --drop-path 0.1 drops nothing in a model of one block",
+    ] {
+        assert!(said.contains(message), "{message}: {said}");
+    }
+    let said = stderr("busy", &["--train-subset", "4", "--batch-size", "2"]);
+    for message in ["--batch-size", "MixUp", "--drop-path"] {
+        assert!(!said.contains(message), "{message}: {said}");
+    }
+}
+
+/// Every --seed draws its own weights: libtorch's CPU generator keeps only 32 bits of a
+/// seed, so seeds that differed above them (5 and 5 + 2^32, 0 and 2^63) drew the same.
+#[test]
+fn seeds_that_differ_above_32_bits_draw_other_weights() {
+    let (root, data_dir) = colour_cifar10("seed-bits");
+    let weights = |seed: u64| {
+        let run = root.join(format!("seed-{seed}"));
+        let seed = seed.to_string();
+        let mut args = tiny_run_args(data_dir.to_str().unwrap(), run.to_str().unwrap());
+        // A step too small to move the weights: the last model is the first one drawn.
+        #[rustfmt::skip]
+        args.extend(["--epochs", "1", "--warmup-epochs", "0", "--train-subset", "10", "--lr", "1e-12", "--seed", &seed]);
+        vit(&args);
+        let file = TensorFile::read(&run.join("last_model.safetensors")).unwrap();
+        file.get("head.weight").unwrap().copy()
+    };
+    let differ = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]) > 1e-3;
+    let small = weights(5);
+    assert!(differ(&small, &weights(5 + (1 << 32))));
+    assert!(differ(&weights(0), &weights(1 << 63)));
+    // Seeds below 2^32 seed the generator as they are (as torch.manual_seed does), so
+    // runs of earlier versions replay: the model drawn right after manual_seed(5).
+    let drawn = {
+        let _turn = seeded(5);
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let config = ViTConfig {
+            patch_size: 8,
+            ..ViTConfig::tiny()
+        };
+        vit_tch::model::VisionTransformer::new(&vs.root(), &config).unwrap();
+        vs.variables()["head.weight"].copy()
+    };
+    assert!(!differ(&small, &drawn));
+}
+
 /// config.json records the data folder as text: one not named in UTF-8 is refused before
 /// anything is written, and reached through a link named in UTF-8 it trains.
 #[test]

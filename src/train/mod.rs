@@ -28,6 +28,7 @@ pub use step::{
 
 use crate::checkpoint;
 use crate::cli::{CudaGraphScope, Precision, TrainArgs};
+use crate::data::mix::MixConfig;
 use crate::data::{self, Dataset, Split};
 use crate::eval::evaluate;
 use crate::listing::noun_for;
@@ -167,14 +168,8 @@ pub fn train(settings: &TrainSettings, dataset: &Dataset, options: &RunOptions) 
             .train
             .note_resizing(&dataset.name, settings.model.image_size);
     }
-    if trains && settings.warmup_epochs >= settings.epochs {
-        // Allowed (a smoke test), but a short run with the default warm-up is a common slip.
-        eprintln!(
-            "warning: --warmup-epochs {} is not below --epochs {}: the learning rate rises \
-             for the whole run, reaching --lr only at its end if at all, and never decays; \
-             pass a smaller --warmup-epochs for a short run",
-            settings.warmup_epochs, settings.epochs
-        );
+    if trains {
+        warn_about_settings_without_effect(settings, trainer.train_split.len());
     }
     let outcome = trainer.train_epochs()?;
     trainer.run.finish_saving()?;
@@ -182,6 +177,46 @@ pub fn train(settings: &TrainSettings, dataset: &Dataset, options: &RunOptions) 
         trainer.say_best_models();
     }
     Ok(outcome)
+}
+
+/// Warnings (and a note) for settings that are allowed, for a smoke test, but do not do what
+/// they say on a run of `train_images` images: each a common slip.
+fn warn_about_settings_without_effect(settings: &TrainSettings, train_images: i64) {
+    if settings.warmup_epochs >= settings.epochs {
+        eprintln!(
+            "warning: --warmup-epochs {} is not below --epochs {}: the learning rate rises \
+             for the whole run, reaching --lr only at its end if at all, and never decays; \
+             pass a smaller --warmup-epochs for a short run",
+            settings.warmup_epochs, settings.epochs
+        );
+    }
+    if settings.batch_size > train_images {
+        eprintln!(
+            "note: --batch-size {} is more than the {train_images} training {}: each epoch \
+             is one batch of {train_images}",
+            settings.batch_size,
+            noun_for(train_images, "image")
+        );
+    }
+    let regularization = &settings.regularization;
+    let mixes = regularization
+        .mix
+        .as_ref()
+        .is_some_and(MixConfig::is_active);
+    if mixes && settings.batch_size.min(train_images) == 1 {
+        eprintln!(
+            "warning: MixUp and CutMix mix each image with another of its batch: in batches \
+             of one image each is mixed with itself, which changes nothing; use a \
+             --batch-size of 2 or more"
+        );
+    }
+    if regularization.drop_path > 0.0 && settings.model.num_layers == 1 {
+        eprintln!(
+            "warning: --drop-path {} drops nothing in a model of one block: its rate rises \
+             from 0 at the first block to --drop-path at the last (as timm's)",
+            regularization.drop_path
+        );
+    }
 }
 
 /// How `Trainer::train_epoch` ended.
@@ -240,7 +275,7 @@ fn model_optimizer_and_ema(
     settings: &TrainSettings,
 ) -> Result<(VisionTransformer, AdamW, Option<Ema>)> {
     let regularization = &settings.regularization;
-    tch::manual_seed(settings.seed as i64);
+    tch::manual_seed(seed_bits(settings.seed) as i64);
     let mut model = VisionTransformer::new(&vs.root(), &settings.model)?;
     model.set_drop_path_rate(regularization.drop_path);
     model.set_attn_dropout(regularization.attn_dropout);
@@ -674,10 +709,22 @@ fn starting_progress(
     Ok(progress)
 }
 
+/// The 32 bits of `--seed` that the run's draws derive from: libtorch's CPU generator
+/// (mt19937) keeps only a seed's low 32 bits, so a seed above them is hashed into them
+/// (seeds that differed above bit 31 drew the same weights). Seeds below 2^32 are used as
+/// they are, as `torch.manual_seed` uses them.
+pub(crate) fn seed_bits(seed: u64) -> u64 {
+    match seed <= u64::from(u32::MAX) {
+        true => seed,
+        false => crate::model::splitmix64_finalizer(seed) & u64::from(u32::MAX),
+    }
+}
+
 /// A seed for (run seed, epoch, step) that never repeats across steps of a run.
 fn step_seed(seed: u64, epoch: usize, step: usize) -> i64 {
-    let x =
-        seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (step as u64).rotate_left(32);
+    let x = seed_bits(seed)
+        ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (step as u64).rotate_left(32);
     // Nearby (epoch, step) pairs give unrelated seeds, made non-negative for manual_seed.
     (crate::model::splitmix64_finalizer(x) >> 1) as i64
 }
