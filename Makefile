@@ -98,10 +98,17 @@ endif
 # DATASET=cifar10|cifar100|folder and DATA_DIR choose the data (a folder dataset is not
 # downloaded); ARGS adds `vit train` flags other than those two.
 # (A failed download names VIT_DATA_MIRROR, which `vit download` reads as its --from.)
+ifneq ($(filter train,$(MAKECMDGOALS)),)
+ifeq ($(filter cifar10 cifar100 folder,$(DATASET)),)
+$(error DATASET=$(DATASET): make train takes DATASET=cifar10, cifar100 or folder)
+endif
+endif
 DATA_FLAGS = --dataset $(call quote,$(DATASET)) --data-dir $(call quote,$(DATA_DIR))
+# vit's advice names its flags; under make, two of them are variables.
+UNDER_MAKE_HINT := echo "make train: where the error above says --dataset or --data-dir, pass DATASET=... or DATA_DIR=... to make"; exit 1
 train: build
-	$(if $(filter folder,$(DATASET)),,$(VIT) download $(DATA_FLAGS))
-	$(VIT) train $(DATA_FLAGS) $(ARGS)
+	$(if $(filter folder,$(DATASET)),,$(VIT) download $(DATA_FLAGS) || { $(UNDER_MAKE_HINT); })
+	$(VIT) train $(DATA_FLAGS) $(ARGS) || { $(UNDER_MAKE_HINT); }
 
 # Side-by-side throughput against PyTorch (see bench/README.md).
 bench: build
@@ -111,16 +118,23 @@ bench: build
 # the git-ignored .device/ (the device tool's `carry`): vit, the test binaries with CUDA
 # checks, the CIFAR-10 JPEG converter and archive from $(SHARED).
 DEVICE_TESTS := cuda_graph precision augment data
+SHARED_FILES = $(call quote,$(SHARED)/tools/cifar10-jpeg-to-bin) $(call quote,$(SHARED)/data/cifar10-jpeg.tar.gz)
 device: build
+	@for file in $(SHARED_FILES); do test -f "$$file" || { \
+	    echo "error: $$file is missing: make device copies it from SHARED ($(SHARED)); pass SHARED=DIR, the folder that holds tools/ and data/"; exit 1; }; done
 	rm -rf .device/tests
 	mkdir -p .device/tests
-	cp -f $(VIT) $(SHARED)/tools/cifar10-jpeg-to-bin $(SHARED)/data/cifar10-jpeg.tar.gz .device/
+	cp -f $(VIT) $(SHARED_FILES) .device/
 	$(CARGO) test --release --no-run --message-format=json $(DEVICE_TESTS:%=--test %) > .device/build.json
 	$(PY) -c 'import json, shutil, sys; [shutil.copy(m["executable"], ".device/tests/" + m["target"]["name"]) for m in map(json.loads, sys.stdin) if m.get("executable") and m["target"]["kind"] == ["test"]]' < .device/build.json
 	rm .device/build.json
 	test "$$(ls .device/tests | wc -l)" -eq $(words $(DEVICE_TESTS)) || { \
 	    echo "error: .device/tests should hold the $(words $(DEVICE_TESTS)) test binaries $(DEVICE_TESTS)"; exit 1; }
 
+# The build, and the venv make set up: a .venv that is not a venv is left, as setup leaves
+# it; a link is removed, not what it points to.
 clean:
 	cargo clean
-	rm -rf $(VENV)
+	@if test -L $(VENV); then rm -f $(VENV); \
+	elif test -f $(VENV)/pyvenv.cfg; then echo "rm -rf $(VENV)"; rm -rf $(VENV); \
+	elif test -e $(VENV); then echo "note: $(VENV) is not a Python venv (it has no pyvenv.cfg): left as it is"; fi
