@@ -3744,6 +3744,23 @@ fn make_train_refuses_dataset_flags_in_args() {
             && printed.contains("[train][--dataset][cifar100][--data-dir][bob's da ta]"),
         "{printed}"
     );
+
+    // A DATASET make train does not take is refused before anything runs; a vit that fails
+    // is followed by what its two data flags are under make (`false` in vit's place).
+    let output = make(&["-n", "train", "DATASET=imagenet"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && output.stdout.is_empty());
+    assert!(
+        stderr.contains("DATASET=imagenet: make train takes DATASET=cifar10, cifar100 or folder"),
+        "{stderr}"
+    );
+    let output = make(&["-o", "build", "train", "VIT=false"]);
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success());
+    assert!(
+        printed.contains("where the error above says --dataset or --data-dir, pass DATASET=... or DATA_DIR=... to make"),
+        "{printed}"
+    );
 }
 
 /// A folder of held-out photos needs only `test/`, and may hold some of the model's
