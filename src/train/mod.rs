@@ -713,7 +713,7 @@ fn starting_progress(
 /// (mt19937) keeps only a seed's low 32 bits, so a seed above them is hashed into them
 /// (seeds that differed above bit 31 drew the same weights). Seeds below 2^32 are used as
 /// they are, as `torch.manual_seed` uses them.
-pub(crate) fn seed_bits(seed: u64) -> u64 {
+fn seed_bits(seed: u64) -> u64 {
     match seed <= u64::from(u32::MAX) {
         true => seed,
         false => crate::model::splitmix64_finalizer(seed) & u64::from(u32::MAX),
