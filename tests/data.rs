@@ -675,6 +675,30 @@ fn download_from_local_archive_unpacks_and_skips_when_present() {
 }
 
 #[test]
+fn missing_local_archive_names_where_it_was_given() {
+    let tmp = TempDir::new("dlmissing");
+    let archive = cifar10_archive();
+    let md5 = md5_hex(&archive);
+    let data_dir = tmp.0.join("data");
+    let missing = tmp.0.join("nowhere.tar.gz");
+    let err = error_of(fetch(
+        missing.to_str().unwrap(),
+        &data_dir,
+        &spec_for(&archive, &md5),
+    ));
+    // A mistyped VIT_DATA_MIRROR is found by its name, not only by the path it held.
+    assert!(
+        err.contains(&format!(
+            "cannot open {}, the archive given with --from or in VIT_DATA_MIRROR: check the \
+             path, or leave both unset to fetch from the official site",
+            missing.display()
+        )),
+        "{err}"
+    );
+    assert_no_data_folder(&data_dir);
+}
+
+#[test]
 fn checksum_mismatch_and_truncation_leave_nothing() {
     let tmp = TempDir::new("dlbad");
     let archive = cifar10_archive();

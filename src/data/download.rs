@@ -336,7 +336,13 @@ fn open_url(url: &str, spec: &ArchiveSpec) -> Result<(Box<dyn Read>, Option<u64>
 
 /// A reader of the file at `path`, and its size where it is a regular file.
 fn open_file(path: &str) -> Result<(Box<dyn Read>, Option<u64>)> {
-    let file = File::open(path).with_context(|| format!("cannot open {path}"))?;
+    // Only --from (or VIT_DATA_MIRROR, its default) names a local file: say which to mend.
+    let file = File::open(path).with_context(|| {
+        format!(
+            "cannot open {path}, the archive given with --from or in VIT_DATA_MIRROR: \
+             check the path, or leave both unset to fetch from the official site"
+        )
+    })?;
     // A pipe (`--from /dev/stdin`) has no length to check before reading.
     let length = file
         .metadata()
