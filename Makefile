@@ -106,8 +106,9 @@ endif
 DATA_FLAGS = --dataset $(call quote,$(DATASET)) --data-dir $(call quote,$(DATA_DIR))
 # vit's advice names its flags; under make, two of them are variables.
 UNDER_MAKE_HINT := echo "make train: where the error above says --dataset or --data-dir, pass DATASET=... or DATA_DIR=... to make"; exit 1
+# `ARGS=--help` shows vit train's flags without downloading a dataset first.
 train: build
-	$(if $(filter folder,$(DATASET)),,$(VIT) download $(DATA_FLAGS) || { $(UNDER_MAKE_HINT); })
+	$(if $(filter folder,$(DATASET))$(filter -h --help,$(ARGS)),,$(VIT) download $(DATA_FLAGS) || { $(UNDER_MAKE_HINT); })
 	$(VIT) train $(DATA_FLAGS) $(ARGS) || { $(UNDER_MAKE_HINT); }
 
 # Side-by-side throughput against PyTorch (see bench/README.md).
@@ -131,10 +132,11 @@ device: build
 	test "$$(ls .device/tests | wc -l)" -eq $(words $(DEVICE_TESTS)) || { \
 	    echo "error: .device/tests should hold the $(words $(DEVICE_TESTS)) test binaries $(DEVICE_TESTS)"; exit 1; }
 
-# The build, and the venv make set up: a .venv that is not a venv is left, as setup leaves
-# it; a link is removed, not what it points to.
+# The build, make device's copies of it, and the venv make set up: a .venv that is not a
+# venv is left, as setup leaves it; a link is removed, not what it points to.
 clean:
 	cargo clean
+	rm -rf .device
 	@if test -L $(VENV); then rm -f $(VENV); \
 	elif test -f $(VENV)/pyvenv.cfg; then echo "rm -rf $(VENV)"; rm -rf $(VENV); \
 	elif test -e $(VENV); then echo "note: $(VENV) is not a Python venv (it has no pyvenv.cfg): left as it is"; fi

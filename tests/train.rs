@@ -3754,6 +3754,16 @@ fn make_train_refuses_dataset_flags_in_args() {
         stderr.contains("DATASET=imagenet: make train takes DATASET=cifar10, cifar100 or folder"),
         "{stderr}"
     );
+    // `ARGS=--help` shows train's flags: nothing is downloaded for it.
+    let output = make(&["-o", "build", "train", "VIT=printf '[%s]'", "ARGS=--help"]);
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{printed}");
+    assert!(
+        !printed.contains("[download]")
+            && printed.contains("[train]")
+            && printed.contains("[--help]"),
+        "{printed}"
+    );
     let output = make(&["-o", "build", "train", "VIT=false"]);
     let printed = String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success());
@@ -3761,6 +3771,86 @@ fn make_train_refuses_dataset_flags_in_args() {
         printed.contains("where the error above says --dataset or --data-dir, pass DATASET=... or DATA_DIR=... to make"),
         "{printed}"
     );
+}
+
+/// `make clean` removes the build (cargo's, here a stand-in that only logs) and make
+/// device's copies of it, and a venv, never what a user keeps: data, run folders, or a
+/// `.venv` that is not a venv (the Makefile run in a folder of its own).
+#[test]
+fn make_clean_removes_builds_and_only_a_real_venv() {
+    let root = TempDir::new("make-clean");
+    let project = root.join("project");
+    let bin = root.join("bin");
+    for folder in [
+        ".device/tests",
+        ".venv",
+        "data/cifar-10-batches-bin",
+        "runs/a",
+        "bin",
+    ] {
+        let base = if folder == "bin" { &*root } else { &project };
+        std::fs::create_dir_all(base.join(folder)).unwrap();
+    }
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("Makefile"),
+        project.join("Makefile"),
+    )
+    .unwrap();
+    std::fs::write(project.join(".device/vit"), "a copy").unwrap();
+    std::fs::write(
+        project.join("data/cifar-10-batches-bin/data_batch_1.bin"),
+        "x",
+    )
+    .unwrap();
+    std::fs::write(project.join("runs/a/metrics.csv"), "epoch\n").unwrap();
+    std::fs::write(project.join(".venv/mine.txt"), "not a venv").unwrap();
+    let log = root.join("cargo.log");
+    let cargo = bin.join("cargo");
+    std::fs::write(
+        &cargo,
+        format!("#!/bin/sh\necho \"$@\" >> '{}'\n", log.display()),
+    )
+    .unwrap();
+    let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&cargo, executable).unwrap();
+    let clean = || {
+        let mut path = OsString::from(&bin);
+        path.push(":");
+        path.push(std::env::var_os("PATH").unwrap_or_default());
+        let output = Command::new("make")
+            .arg("clean")
+            .current_dir(&project)
+            .env("PATH", path)
+            .env_remove("MAKELEVEL")
+            .env_remove("MAKEFLAGS")
+            .output()
+            .expect("make runs");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+
+    let printed = clean();
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "clean\n");
+    assert!(
+        !project.join(".device").exists(),
+        "make device's copies are left"
+    );
+    assert!(printed.contains(".venv is not a Python venv"), "{printed}");
+    for kept in [
+        ".venv/mine.txt",
+        "data/cifar-10-batches-bin/data_batch_1.bin",
+        "runs/a/metrics.csv",
+    ] {
+        assert!(project.join(kept).is_file(), "{kept} was removed");
+    }
+
+    // A venv make set up is removed.
+    std::fs::write(project.join(".venv/pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+    clean();
+    assert!(!project.join(".venv").exists());
+    assert!(project
+        .join("data/cifar-10-batches-bin/data_batch_1.bin")
+        .is_file());
 }
 
 /// A folder of held-out photos needs only `test/`, and may hold some of the model's
