@@ -3198,6 +3198,33 @@ fn a_class_count_cifar_cannot_match_is_refused_before_its_data_is_read() {
     assert!(stderr.contains("has 20 classes but cifar10"), "{stderr}");
 }
 
+/// On the CPU, a model too big to train here is refused before the data is read (a folder
+/// dataset may take minutes): here the data is not there at all, and the memory is said.
+/// The head, sized by the folder's class count, is checked again once that is known.
+#[test]
+fn a_model_too_big_to_train_is_refused_before_the_data_is_read() {
+    let Some(memory) = vit_tch::runtime::memory_bytes() else {
+        return;
+    };
+    let root = TempDir::new("memory-first");
+    let no_data = root.join("no-data");
+    let no_data = no_data.to_str().unwrap();
+    // The tiny model's head holds 33 weights a class: here they take half the memory.
+    let classes = ((memory as f64 / 2.0 / 4.0 / 33.0) as i64).to_string();
+    let memory_error = "Error: training the model would take at least";
+    #[rustfmt::skip]
+    let stderr = vit_fails(&["train", "--config", "tiny", "--num-classes", &classes, "--dataset", "folder", "--data-dir", no_data, "--device", "cpu"]);
+    assert!(stderr.starts_with(memory_error), "{stderr}");
+    // Without --num-classes, a folder may have one class: the tiny model fits, and the
+    // missing folder is said.
+    #[rustfmt::skip]
+    let stderr = vit_fails(&["train", "--config", "tiny", "--dataset", "folder", "--data-dir", no_data, "--device", "cpu"]);
+    assert!(
+        !stderr.contains(memory_error) && stderr.contains(no_data),
+        "{stderr}"
+    );
+}
+
 /// A checkpoint that records no class names (only its config, as one converted from timm)
 /// cannot number a folder's classes by name: a folder dataset with another number of
 /// classes than the model's, fewer or more, is refused once read, by `vit eval` and by

@@ -70,10 +70,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         }
         false => None,
     };
-    let (settings, dataset) = settings_and_dataset(args, resumed_data_dir.as_deref())?;
-    if device == Device::Cpu {
-        settings.model.check_trains_in_memory()?;
-    }
+    let check_memory = device == Device::Cpu;
+    let (settings, dataset) =
+        settings_and_dataset(args, resumed_data_dir.as_deref(), check_memory)?;
     let stop = interrupt::stop_on_interrupt()?;
     let command: Vec<OsString> = std::env::args_os().collect();
     let options = RunOptions {

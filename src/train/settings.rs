@@ -36,14 +36,29 @@ pub struct TrainSettings {
 /// The run's settings from the flags, checked, and the dataset it trains on (which gives
 /// the class count when `--num-classes` is not given). `resumed_data_dir`: where the run
 /// to resume read its data, named (where it is still there) when this command's cannot be
-/// read.
+/// read. `check_memory`: whether training the model has to fit in this machine's memory
+/// (on the CPU).
 pub(super) fn settings_and_dataset(
     args: &TrainArgs,
     resumed_data_dir: Option<&Path>,
+    check_memory: bool,
 ) -> Result<(TrainSettings, Dataset)> {
     let mut config = recipe::model_config(args)?;
     check_optimizer_flags(args)?;
     let regularization = Regularization::from_args(args)?;
+    if check_memory {
+        // Before the data is read (a folder dataset may take minutes), with the fewest
+        // classes the data may have: the head's size is known only after.
+        ViTConfig {
+            num_classes: args
+                .model
+                .num_classes
+                .or(data::known_class_count(&args.data).map(|count| count as i64))
+                .unwrap_or(1),
+            ..config.clone()
+        }
+        .check_trains_in_memory()?;
+    }
     let data_dir = recorded_data_dir(&args.data.data_dir)?;
     let dataset = load_dataset(args, config.image_size, &data_dir, resumed_data_dir)?;
     dataset
@@ -52,6 +67,9 @@ pub(super) fn settings_and_dataset(
             format!("pass --in-channels {channels}, or leave it out")
         })?;
     config.num_classes = class_count(args, &dataset)?;
+    if check_memory {
+        config.check_trains_in_memory()?;
+    }
     let settings = TrainSettings::from_args(args, config, regularization, &dataset.name, data_dir);
     Ok((settings, dataset))
 }
