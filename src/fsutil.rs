@@ -156,6 +156,32 @@ pub fn file_in_the_way(path: &Path) -> Option<&Path> {
         .find(|path| !path.as_os_str().is_empty() && path.exists() && !path.is_dir())
 }
 
+/// What `path` is where it is there but no regular file (links followed): "a folder", "a
+/// named pipe (FIFO)", "a socket", "a character device" (such as /dev/zero) or "a block
+/// device". Such a path is refused, or skipped, before it is opened: a pipe's open waits
+/// for a writer forever, and /dev/zero's read never ends. None for a regular file, and
+/// for a path that cannot be looked at (missing, a broken link), whose open says why.
+pub fn kind_if_not_a_file(path: &Path) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let file_type = std::fs::metadata(path).ok()?.file_type();
+    let kind = if file_type.is_file() {
+        return None;
+    } else if file_type.is_dir() {
+        "a folder"
+    } else if file_type.is_fifo() {
+        "a named pipe (FIFO)"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else {
+        "a special file"
+    };
+    Some(kind)
+}
+
 /// The folder `path` names its file in: its parent, `.` for a bare name.
 pub fn folder_of(path: &Path) -> &Path {
     match path.parent() {

@@ -245,6 +245,91 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
     );
 }
 
+/// What is no file is refused as a checkpoint before it is opened, naming what it is (a
+/// named pipe's open would wait for a writer forever, and /dev/zero's read never ends); a
+/// large file that is no checkpoint, after its header alone (it was read whole into
+/// memory first); and a header that declares more data than the file holds, before that
+/// data is read. Each under `run_vit_bounded`, so that a regression fails the test rather
+/// than hang it or take the machine's memory.
+#[test]
+fn a_checkpoint_is_refused_from_its_header_and_a_special_file_unopened() {
+    let dir = TempDir::new("checkpoint-header");
+    let eval_fails = |checkpoint: &Path| {
+        let checkpoint = checkpoint.to_str().unwrap();
+        let output =
+            common::run_vit_bounded(&["eval", "--device", "cpu", "--checkpoint", checkpoint]);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(1), "{checkpoint}: {stderr}");
+        stderr
+    };
+    let pipe = dir.join("pipe.safetensors");
+    let made = Command::new("mkfifo").arg(&pipe).status().unwrap();
+    assert!(made.success());
+    for (special, kind) in [
+        (Path::new("/dev/zero"), "a character device"),
+        (&pipe, "a named pipe (FIFO)"),
+    ] {
+        let stderr = eval_fails(special);
+        assert!(
+            stderr.contains(&format!(
+                "{} is {kind}, not a checkpoint file: --checkpoint takes a .safetensors file \
+                 that vit train saved",
+                special.display()
+            )),
+            "{stderr}"
+        );
+    }
+    // 4 GiB of zeros (a sparse file, which takes no disk): twice the memory vit is given.
+    let large = dir.join("large.safetensors");
+    std::fs::File::create(&large)
+        .unwrap()
+        .set_len(4 << 30)
+        .unwrap();
+    let stderr = eval_fails(&large);
+    assert!(
+        stderr.contains(&format!(
+            "{} is not a valid safetensors file",
+            large.display()
+        )),
+        "{stderr}"
+    );
+    std::fs::remove_file(&large).unwrap();
+    // A header that declares a 4 GiB tensor, in a file of a few bytes.
+    let json = r#"{"w":{"dtype":"F32","shape":[1073741824],"data_offsets":[0,4294967296]}}"#;
+    let declared = dir.join("declared.safetensors");
+    let bytes = [
+        &(json.len() as u64).to_le_bytes()[..],
+        json.as_bytes(),
+        &[0; 16],
+    ]
+    .concat();
+    std::fs::write(&declared, bytes).unwrap();
+    let error = match checkpoint::load(&declared, Device::Cpu) {
+        Ok(_) => panic!("a header of more data than the file holds loaded"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        error.contains("is not a valid safetensors file")
+            && error.contains("incomplete metadata, file not fully covered"),
+        "{error}"
+    );
+    // A TorchScript file larger than the bytes read from its ends to tell what it is: its
+    // zip names constants.pkl only in its directory, at its end.
+    run_python(
+        &dir,
+        "import torch\n\
+         torch.jit.script(torch.nn.Linear(1024, 1024)).save('large.pt')",
+    );
+    let error = match checkpoint::load(&dir.join("large.pt"), Device::Cpu) {
+        Ok(_) => panic!("a TorchScript file loaded"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        error.contains("is a PyTorch file (torch.jit.save)"),
+        "{error}"
+    );
+}
+
 /// The same weights and metadata give the same bytes, whatever order the metadata's
 /// HashMap holds its keys in (it changes from process to process, so a run's checkpoints
 /// would otherwise hash differently each time it is repeated).

@@ -3383,25 +3383,14 @@ fn a_resume_state_that_is_a_pipe_is_refused_at_once() {
         .status()
         .unwrap();
     assert!(made.success());
-    // Under `timeout`, so that a wait on the pipe fails the test instead of hanging it
-    // (with SIGKILL: vit takes SIGTERM for a stop at the next step, which a wait never
-    // reaches).
-    let within_a_minute = |args: &[&str]| {
-        Command::new("timeout")
-            .args(["-s", "KILL", "60"])
-            .arg(common::vit_binary())
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let resumed = within_a_minute(&[&args[..], &["--resume"]].concat());
+    let resumed = common::run_vit_bounded(&[&args[..], &["--resume"]].concat());
     let stderr = String::from_utf8_lossy(&resumed.stderr);
     assert_eq!(resumed.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("its resume.safetensors is not a file (a folder or a pipe)"),
         "{stderr}"
     );
-    let fresh = within_a_minute(&args);
+    let fresh = common::run_vit_bounded(&args);
     let stderr = String::from_utf8_lossy(&fresh.stderr);
     assert_eq!(fresh.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("choose another --out"), "{stderr}");

@@ -14,9 +14,12 @@ use crate::model::{ViTConfig, VisionTransformer};
 pub(crate) use advice::first_few;
 use advice::{PyTorchFile, SHOWN};
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use safetensors::tensor::{Dtype, SafeTensors, View};
+use safetensors::tensor::{Dtype, Metadata, View};
+use safetensors::SafeTensorError;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -151,11 +154,12 @@ fn folder_given(dir: &Path) -> String {
     }
 }
 
-/// The bytes of the file at `path`; where it cannot be read, the error names the
-/// checkpoint vit saved beside it, if any (`best_model.pth`, the notebook's name, where vit
-/// saved best_model.safetensors).
-fn read_bytes(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| {
+/// The file at `path`, opened for reading, and its size; where it cannot be opened, the
+/// error names the checkpoint vit saved beside it, if any (`best_model.pth`, the
+/// notebook's name, where vit saved best_model.safetensors).
+fn open(path: &Path) -> Result<(File, u64)> {
+    let opened = File::open(path).and_then(|file| Ok((file.metadata()?.len(), file)));
+    let (size, file) = opened.with_context(|| {
         let saved = path.with_extension("safetensors");
         match saved != path && saved.is_file() {
             true => format!(
@@ -165,12 +169,73 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>> {
             ),
             false => format!("cannot read {}", path.display()),
         }
-    })
+    })?;
+    Ok((file, size))
 }
 
-/// The error for `bytes` (read from `path`) that safetensors could not parse: what they
-/// are instead (a PyTorch file, an image) and what to give, or else `error` under the
-/// file's name.
+/// safetensors' limit on its JSON header's length, beyond which it refuses a file.
+const MAX_HEADER_LENGTH: u64 = 100_000_000;
+
+/// The header of the safetensors file `file` (of `size` bytes) and its length, read alone:
+/// the tensor data after it is not. Ok(Err) with safetensors' own error for a file it
+/// would refuse: no safetensors header, or one that describes other data than the file
+/// holds after it. An Err is the file's reading failing.
+fn read_header(
+    file: &mut File,
+    size: u64,
+) -> std::io::Result<Result<(u64, Metadata), SafeTensorError>> {
+    if size < 8 {
+        return Ok(Err(SafeTensorError::HeaderTooSmall));
+    }
+    let mut length = [0u8; 8];
+    file.read_exact(&mut length)?;
+    let length = u64::from_le_bytes(length);
+    if length > MAX_HEADER_LENGTH {
+        return Ok(Err(SafeTensorError::HeaderTooLarge));
+    }
+    if 8 + length > size {
+        return Ok(Err(SafeTensorError::InvalidHeaderLength));
+    }
+    let mut header = vec![0; length as usize];
+    file.read_exact(&mut header)?;
+    let parse = || {
+        let header = std::str::from_utf8(&header).map_err(SafeTensorError::InvalidHeader)?;
+        // Checks that the tensors' offsets follow each other and fit their shapes.
+        let metadata: Metadata =
+            serde_json::from_str(header).map_err(SafeTensorError::InvalidHeaderDeserialization)?;
+        let data_length = metadata
+            .tensors()
+            .values()
+            .map(|info| info.data_offsets.1 as u64)
+            .max()
+            .unwrap_or(0);
+        match data_length.checked_add(8 + length) == Some(size) {
+            true => Ok((length, metadata)),
+            false => Err(SafeTensorError::MetadataIncompleteBuffer),
+        }
+    };
+    Ok(parse())
+}
+
+/// The first and last bytes of `file` (of `size` bytes), as many as tell what a file that
+/// is no safetensors file is (see [`not_safetensors`]): PyTorch's and images' magic
+/// numbers open a file, and a zip names its entries (some 100 bytes each) in the directory
+/// at its end, where TorchScript's `constants.pkl`, written after the model's tensors, is
+/// found.
+fn read_ends(file: &mut File, size: u64) -> std::io::Result<Vec<u8>> {
+    const START: u64 = 4096;
+    const END: u64 = 1 << 20;
+    let mut bytes = Vec::new();
+    file.rewind()?;
+    file.by_ref().take(START).read_to_end(&mut bytes)?;
+    file.seek(SeekFrom::Start(size.saturating_sub(END).max(START)))?;
+    file.take(END).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// The error for the file at `path` that safetensors would refuse (`bytes`, its first and
+/// last ones): what it is instead (a PyTorch file, an image) and what to give, or else
+/// `error` under the file's name.
 fn not_safetensors(path: &Path, bytes: &[u8], error: anyhow::Error) -> anyhow::Error {
     if let Some(kind) = PyTorchFile::recognise(bytes) {
         return anyhow!("{}", kind.conversion(path));
@@ -203,42 +268,50 @@ pub struct TensorFile {
 /// The metadata of the safetensors file at `path`, read from its header alone (without its
 /// tensors); None where there is none to read (no such file, not a file, a damaged one).
 pub fn read_metadata(path: &Path) -> Option<HashMap<String, String>> {
-    use std::io::Read;
     // A pipe's open would wait for a writer.
     if !path.is_file() {
         return None;
     }
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut length = [0u8; 8];
-    file.read_exact(&mut length).ok()?;
-    // safetensors caps its header at 100 MB.
-    let length = u64::from_le_bytes(length).min(100_000_000);
-    let mut header = Vec::new();
-    file.take(length).read_to_end(&mut header).ok()?;
-    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
-    serde_json::from_value(header.get("__metadata__")?.clone()).ok()
+    let (mut file, size) = open(path).ok()?;
+    let (_, header) = read_header(&mut file, size).ok()?.ok()?;
+    header.metadata().clone()
 }
 
 impl TensorFile {
-    /// Reads a safetensors file, or says what `path` is instead (a folder, a PyTorch
-    /// pickle, an image, ...) and what to give.
+    /// Reads a safetensors file, or says what `path` is instead (a folder, a pipe, a PyTorch
+    /// pickle, an image, ...) and what to give. Its header is checked before its tensors
+    /// are read: a large file of something else is refused at once.
     pub fn read(path: &Path) -> Result<Self> {
         if path.is_dir() {
             bail!("{}", folder_given(path));
         }
-        let bytes = read_bytes(path)?;
-        let parse = || -> Result<_> {
-            let (_, header) = SafeTensors::read_metadata(&bytes)?;
-            Ok((header, SafeTensors::deserialize(&bytes)?))
-        };
-        let (header, file) = parse().map_err(|e| not_safetensors(path, &bytes, e))?;
+        if let Some(kind) = crate::fsutil::kind_if_not_a_file(path) {
+            bail!(
+                "{} is {kind}, not a checkpoint file: --checkpoint takes a .safetensors file \
+                 that vit train saved",
+                path.display()
+            );
+        }
+        let (mut file, size) = open(path)?;
+        let cannot_read = || format!("cannot read {}", path.display());
+        let (header_length, header) =
+            match read_header(&mut file, size).with_context(cannot_read)? {
+                Ok(header) => header,
+                Err(error) => {
+                    let ends = read_ends(&mut file, size).with_context(cannot_read)?;
+                    return Err(not_safetensors(path, &ends, error.into()));
+                }
+            };
+        let mut data = vec![0; (size - 8 - header_length) as usize];
+        file.read_exact(&mut data).with_context(cannot_read)?;
         let metadata = header.metadata().clone().unwrap_or_default();
         let mut tensors = BTreeMap::new();
-        for (name, view) in file.tensors() {
-            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-            let kind = kind_of(view.dtype())
+        for (name, info) in header.tensors() {
+            let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+            let kind = kind_of(info.dtype)
                 .with_context(|| format!("{}: tensor {name}", path.display()))?;
-            let tensor = Tensor::f_from_data_size(view.data(), &shape, kind)?;
+            let (start, end) = info.data_offsets;
+            let tensor = Tensor::f_from_data_size(&data[start..end], &shape, kind)?;
             tensors.insert(name, tensor);
         }
         Ok(Self { tensors, metadata })

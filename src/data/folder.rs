@@ -294,9 +294,9 @@ impl FolderImages {
                 // macOS's metadata beside each file copied from its disks: never an image.
             } else if has_extension(&path, &EXTENSIONS) {
                 // A broken link stays an image: reading it says what is wrong.
-                match std::fs::metadata(&path) {
-                    Ok(metadata) if !metadata.is_file() => self.not_files.push(path),
-                    _ => self.images.push(path),
+                match crate::fsutil::kind_if_not_a_file(&path) {
+                    Some(_) => self.not_files.push(path),
+                    None => self.images.push(path),
                 }
             } else if has_extension(&path, &OTHER_IMAGE_EXTENSIONS) {
                 self.other_images.push(path);

@@ -218,6 +218,34 @@ pub fn run_vit(args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", Path::new(&binary).display()))
 }
 
+/// Runs `vit ARGS` (see [`vit_binary`]) where a fault would wait forever (opening a named
+/// pipe) or read without end (/dev/zero): killed after a minute and allowed 2 GiB of
+/// memory, so that the test fails instead of hanging or taking the machine's memory.
+/// SIGKILL, as vit takes SIGTERM for a stop at the next step, which a wait never reaches.
+pub fn run_vit_bounded(args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new("timeout");
+    command
+        .args(["-s", "KILL", "60"])
+        .arg(vit_binary())
+        .args(args);
+    // SAFETY: between fork and exec, setrlimit is one system call on a value on the stack.
+    unsafe {
+        command.pre_exec(|| {
+            // The heap and anonymous maps, not the address space libtorch's libraries take.
+            let limit = libc::rlimit {
+                rlim_cur: 2 << 30,
+                rlim_max: 2 << 30,
+            };
+            match libc::setrlimit(libc::RLIMIT_DATA, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        })
+    };
+    command.output().expect("cannot run timeout")
+}
+
 /// Runs the `vit` binary with `args`, expecting success (the output says why not).
 pub fn vit(args: &[&str]) -> std::process::Output {
     let output = run_vit(args);

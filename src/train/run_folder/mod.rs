@@ -10,8 +10,8 @@ use crate::checkpoint::{TensorFile, PROGRESS_KEY};
 use crate::cli::device_name;
 use crate::data::DataIdentity;
 use crate::fsutil::{
-    create_folder, ensure_out_is_a_folder, remove_stale_temporaries, unwritable, write_atomic,
-    BackgroundWrites,
+    create_folder, ensure_out_is_a_folder, kind_if_not_a_file, remove_stale_temporaries,
+    unwritable, write_atomic, BackgroundWrites,
 };
 use crate::listing::noun_for;
 use crate::optim::AdamW;
@@ -708,7 +708,7 @@ impl RunLock {
         };
         // vit's lock files are regular files: another `.lock` (a folder, or a pipe, whose
         // read would wait forever) is the user's, and is left as it is.
-        if std::fs::metadata(&path).is_ok_and(|metadata| !metadata.is_file()) {
+        if kind_if_not_a_file(&path).is_some() {
             return Err(not_vits());
         }
         let mut file = std::fs::OpenOptions::new()
