@@ -3396,6 +3396,56 @@ fn a_resume_state_that_is_a_pipe_is_refused_at_once() {
     assert!(stderr.contains("choose another --out"), "{stderr}");
 }
 
+/// A config.json or metrics.csv that is a named pipe (whose read would wait for a writer
+/// forever) is not the run's: a resume is refused at once, naming it (with the run's
+/// resume state, and without, where the metrics are counted first), and so is a fresh run
+/// there.
+#[test]
+fn a_config_or_metrics_file_that_is_a_pipe_is_refused_at_once() {
+    let (root, data_dir) = colour_cifar10("pipe-run-files");
+    let run = root.join("run");
+    let mut args = tiny_run_args(data_dir.to_str().unwrap(), run.to_str().unwrap());
+    #[rustfmt::skip]
+    args.extend(["--epochs", "2", "--batch-size", "100", "--warmup-epochs", "1", "--train-subset", "100"]);
+    vit(&args);
+    let resume = [&args[..], &["--resume"]].concat();
+    let refused = |args: &[&str], message: &str| {
+        let output = common::run_vit_bounded(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(message), "{stderr}");
+        stderr.into_owned()
+    };
+    let not_the_runs = |name: &str| {
+        format!(
+            "cannot resume: {} is a named pipe (FIFO), not the file the run wrote; put back \
+             the run's own, or start a new run with another --out",
+            run.join(name).display()
+        )
+    };
+    for name in ["config.json", "metrics.csv"] {
+        let (file, kept) = (run.join(name), root.join(name));
+        std::fs::rename(&file, &kept).unwrap();
+        let made = Command::new("mkfifo").arg(&file).status().unwrap();
+        assert!(made.success());
+        refused(&resume, &not_the_runs(name));
+        if name == "config.json" {
+            refused(&args, "and is not a vit run folder; choose another --out");
+        } else {
+            let state = run.join("resume.safetensors");
+            std::fs::rename(&state, root.join("resume.safetensors")).unwrap();
+            let stderr = refused(&resume, &not_the_runs(name));
+            assert!(!stderr.contains("training that epoch again"), "{stderr}");
+            refused(&args, "already holds a run; pass --resume to continue it");
+            std::fs::rename(root.join("resume.safetensors"), &state).unwrap();
+        }
+        std::fs::remove_file(&file).unwrap();
+        std::fs::rename(&kept, &file).unwrap();
+    }
+    // Put back, the run's files resume it (finished: nothing more to train).
+    vit(&resume);
+}
+
 /// A `.lock` in `--out` that vit did not make (vit's hold a process ID) is the user's: the
 /// run is refused and the file left as it was, whether the folder holds nothing else or
 /// also a file the run is refused for; a named pipe there is refused without waiting, and

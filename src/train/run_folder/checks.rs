@@ -6,6 +6,7 @@ use super::{Progress, RunConfig, RUN_FILES};
 use crate::checkpoint::PROGRESS_KEY;
 use crate::cli::device_name;
 use crate::data::DataIdentity;
+use crate::fsutil::kind_if_not_a_file;
 use crate::listing::noun_for;
 use crate::train::TrainSettings;
 use anyhow::{bail, ensure, Context, Result};
@@ -62,6 +63,7 @@ pub(super) fn saved_config(dir: &Path) -> Result<RunConfig> {
         dir.display()
     );
     let config_path = dir.join(super::CONFIG_JSON);
+    ensure_run_file_is_a_file(&config_path)?;
     let saved = match std::fs::read_to_string(&config_path) {
         Ok(saved) => saved,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -94,6 +96,20 @@ pub(super) fn saved_config(dir: &Path) -> Result<RunConfig> {
             config_path.display()
         )
     })
+}
+
+/// Refuses to resume from the run file at `path` (config.json, metrics.csv) where it is
+/// there but no file, before anything opens it: the run wrote a file, and a pipe's read
+/// would wait for a writer forever.
+pub(super) fn ensure_run_file_is_a_file(path: &Path) -> Result<()> {
+    match kind_if_not_a_file(path) {
+        Some(kind) => bail!(
+            "cannot resume: {} is {kind}, not the file the run wrote; put back the run's own, \
+             or start a new run with another --out",
+            path.display()
+        ),
+        None => Ok(()),
+    }
 }
 
 /// Fails unless `settings` and `data` are those of the run saved in `dir`, naming what
@@ -389,10 +405,14 @@ pub(super) fn holds_results(dir: &Path) -> bool {
 }
 
 /// The epochs `dir/metrics.csv` holds: its records after the header, counted as a resume
-/// reads them (blank lines skipped, any line ending); 0 without the file.
+/// reads them (blank lines skipped, any line ending); 0 without the file, or where it is
+/// no file (a pipe's read would wait for a writer forever).
 pub(super) fn metrics_rows(dir: &Path) -> usize {
-    std::fs::read_to_string(dir.join(super::METRICS_CSV))
-        .map_or(0, |text| super::metrics_records(&text).1.len())
+    let path = dir.join(super::METRICS_CSV);
+    if kind_if_not_a_file(&path).is_some() {
+        return 0;
+    }
+    std::fs::read_to_string(path).map_or(0, |text| super::metrics_records(&text).1.len())
 }
 
 /// The progress `dir/resume.safetensors` records (from its header alone: the state is

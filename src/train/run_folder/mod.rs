@@ -18,8 +18,8 @@ use crate::optim::AdamW;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 pub(super) use checks::{check_curves_replaceable, check_resumed_dataset};
 use checks::{
-    check_fresh, check_same_run, holds_results, metrics_rows, note_another_machine, saved_config,
-    saved_results,
+    check_fresh, check_same_run, ensure_run_file_is_a_file, holds_results, metrics_rows,
+    note_another_machine, saved_config, saved_results,
 };
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -431,6 +431,8 @@ impl RunFolder {
         ema: Option<&Ema>,
         epochs: usize,
     ) -> Result<Progress> {
+        // metrics.csv first: before the state is loaded, and before a note counts its rows.
+        ensure_run_file_is_a_file(&self.path(METRICS_CSV))?;
         let path = self.path(RESUME_STATE);
         if !path.exists() {
             return self.resume_without_state(epochs);
