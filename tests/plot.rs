@@ -227,6 +227,31 @@ fn curves_without_metrics_is_an_error_naming_the_file() {
     assert!(!dir.join("curves.png").exists());
 }
 
+/// A run folder whose metrics.csv is a named pipe is refused at once (reading it waited
+/// for a writer forever), and no picture is written.
+#[test]
+fn a_metrics_file_that_is_a_pipe_is_refused_at_once() {
+    let dir = TempDir::new("metrics-pipe");
+    let pipe = dir.join("metrics.csv");
+    let made = std::process::Command::new("mkfifo").arg(&pipe).status();
+    assert!(made.unwrap().success());
+    let output_png = dir.join("curves.png");
+    let output = common::run_vit_bounded(&[
+        "plot",
+        dir.to_str().unwrap(),
+        "--output",
+        output_png.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let expected = format!(
+        "{} is a named pipe (FIFO), not the metrics file vit train writes",
+        pipe.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!output_png.exists());
+}
+
 /// Runs with epochs but not one number to draw are refused, as runs without epochs are,
 /// rather than drawn as empty axes; beside a run with numbers they are left out as before.
 #[test]

@@ -74,6 +74,14 @@ const METRIC_COLUMNS: [&str; 6] = [
 /// skipped, a short row has empty cells, and a row without a finite epoch number is an
 /// error.
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
+    // A pipe's read would wait for a writer forever.
+    if let Some(kind) = crate::fsutil::kind_if_not_a_file(path) {
+        bail!(
+            "{} is {kind}, not the metrics file vit train writes: give run folders, or their \
+             metrics.csv files",
+            path.display()
+        );
+    }
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(true)
