@@ -191,6 +191,32 @@ fn keeps_each_element_with_probability_one_minus_p_scaled_as_libtorch() {
     );
 }
 
+/// p 0 keeps every element, even where the draw is the largest there is (u32::MAX, which
+/// no threshold below 2^32 keeps): seed 38437 draws it at element 11,475 of its first chunk,
+/// which any p above 0, however small, drops. An empty mask is filled on any number of
+/// threads.
+#[test]
+fn p_zero_keeps_even_the_largest_draw() {
+    let tiniest = mask(DROPOUT_CHUNK, 1e-12, 38437, 1);
+    let dropped: Vec<usize> = (0..tiniest.len()).filter(|&i| tiniest[i] == 0.0).collect();
+    assert_eq!(dropped, [11_475], "where seed 38437 draws u32::MAX");
+    assert!(
+        mask(DROPOUT_CHUNK, 0.0, 38437, 1).iter().all(|&v| v == 1.0),
+        "p 0 dropped an element"
+    );
+    assert!(mask(0, 0.3, 1, 4).is_empty());
+}
+
+/// `keep_mask` refuses a probability outside [0, 1): at 1 it would keep nothing, scaled by
+/// infinity.
+#[test]
+fn keep_mask_refuses_a_probability_outside_0_to_1() {
+    for prob in [1.0, 1.5, -0.1, f64::NAN] {
+        let mask = std::panic::catch_unwind(|| keep_mask(&[4], prob));
+        assert!(mask.is_err(), "p {prob} was accepted");
+    }
+}
+
 #[test]
 fn chunks_and_generator_lanes_draw_independent_numbers() {
     let lanes = 16;

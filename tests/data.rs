@@ -1049,6 +1049,21 @@ fn horizontal_flip_happens_about_half_the_time() {
         i64s(&transforms::random_horizontal_flip(&images, 1.0)),
         i64s(&images.flip([3]))
     );
+    // p 0 never flips, not even an image whose draw is exactly 0.0 (torchvision flips where
+    // `torch.rand(1) < p`): seed 146 draws it for image 18,555 of 32,768.
+    let n = 32_768;
+    tch::manual_seed(146);
+    let draws = Tensor::rand([n], (Kind::Float, Device::Cpu));
+    assert_eq!(i64s(&draws.eq(0.0).nonzero()), [18_555], "seed 146's draws");
+    let pairs = coordinate_images(n, 1, 2);
+    tch::manual_seed(146);
+    let out = transforms::random_horizontal_flip(&pairs, 0.0);
+    let flipped = out.ne_tensor(&pairs).view([n, -1]).any_dim(1, false);
+    assert_eq!(
+        i64s(&flipped.nonzero()),
+        [0i64; 0],
+        "images flipped with p 0"
+    );
 }
 
 fn random_uint8_batch(b: i64) -> Tensor {
@@ -1178,6 +1193,29 @@ fn test_transform_is_the_normalize_formula() {
             );
         }
     }
+}
+
+/// A batch that shrinks along one side and grows along the other is antialiased along the
+/// side that shrinks, as torchvision's `Resize` (antialias=True) does: rows one in four
+/// bright, shrunk 4x (64 -> 16) while the columns grow (8 -> 16), come out a quarter bright
+/// away from the edges (each output row averages eight input rows with the triangle filter).
+/// A plain bilinear resize would sample two dark rows for each and give 0.
+#[test]
+fn resizing_down_one_side_and_up_the_other_is_antialiased() {
+    let options = (Kind::Int64, Device::Cpu);
+    let rows = Tensor::arange(64, options).remainder(4).eq(0);
+    let images = rows
+        .to_kind(Kind::Float)
+        .view([1, 1, 64, 1])
+        .expand([2, 3, 64, 8], false);
+    let out = transforms::resize(&images, 16);
+    assert_eq!(out.size(), [2, 3, 16, 16]);
+    let inner = f32s(&out.narrow(2, 1, 14));
+    assert!(
+        inner.iter().all(|&v| (v - 0.25).abs() < 1e-5),
+        "{:?}",
+        &inner[..16]
+    );
 }
 
 /// The transforms' constants are uploaded once per device and then shared: the values
@@ -1925,6 +1963,26 @@ fn pngs_at_the_edges_of_the_format_are_decoded_or_refused_as_pil_does() {
     let png = png_file(1, 1, 2, &[(b"IDAT", &bad_checksum), (b"IEND", &[])]);
     let err = error_of(decode("bad-checksum.png", &png, 1));
     assert!(err.contains("bad-checksum.png"), "{err}");
+    // The image data split in two chunks, the second only the checksum, which comes after
+    // every row: decoded; with one bit of that chunk's CRC flipped, refused, as `image`
+    // refuses it: the decoder reads on to the end of the image data. (PIL, which does not
+    // check an IDAT chunk's CRC, decodes it.)
+    let (data, checksum) = rows.split_at(rows.len() - 4);
+    let mut png = png_file(
+        1,
+        1,
+        2,
+        &[(b"IDAT", data), (b"IDAT", checksum), (b"IEND", &[])],
+    );
+    assert_eq!(u8s(&decode("split.png", &png, 1).unwrap()), [10, 20, 30]);
+    // The second IDAT's CRC: before IEND's 12 bytes.
+    let crc = png.len() - 12 - 4;
+    png[crc] ^= 1;
+    let err = error_of(decode("bad-last-crc.png", &png, 1));
+    assert!(
+        err.contains("bad-last-crc.png") && err.contains("CRC error"),
+        "{err}"
+    );
 
     // The pixel limit, told from the header: a few bytes of image data follow it (both
     // files are far short of their first row, so either is refused, for one reason or the

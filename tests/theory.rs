@@ -258,6 +258,38 @@ fn a_config_json_may_write_sizes_as_whole_floats() {
     let quoted = json.replace(&format!("{}.0,", tiny.mlp_dim), "\"64\",");
     let error = format!("{:#}", ViTConfig::from_json(&quoted).unwrap_err());
     assert!(error.contains("expected a whole number"), "{error}");
+    // Past any size: a whole number above i64's, and a float from 2^53 up (where floats
+    // skip whole numbers), are refused as they are read, not wrapped or saturated into
+    // another number.
+    for (size, expected) in [
+        ("9223372036854775808", "9223372036854775808 is too large"),
+        ("1e20", "100000000000000000000 is too large"),
+        ("-1e20", "-100000000000000000000 is too large"),
+    ] {
+        let json = json.replace(&format!("{}.0,", tiny.mlp_dim), &format!("{size},"));
+        let error = format!("{:#}", ViTConfig::parse_json(&json).unwrap_err());
+        assert!(error.contains(expected), "{error}");
+    }
+}
+
+/// `ViTConfig::from_json` validates the config it reads; `parse_json` leaves that to its
+/// caller (a checkpoint compares the config with its tensors first).
+#[test]
+fn a_config_from_json_is_validated() {
+    let tiny = ViTConfig::tiny();
+    let indivisible = tiny.to_json().replace(
+        &format!("\"num_heads\":{}", tiny.num_heads),
+        "\"num_heads\":3",
+    );
+    assert_eq!(ViTConfig::parse_json(&indivisible).unwrap().num_heads, 3);
+    let error = format!("{:#}", ViTConfig::from_json(&indivisible).unwrap_err());
+    assert!(
+        error.contains(&format!(
+            "embed_dim ({}) must be divisible by num_heads (3)",
+            tiny.embed_dim
+        )),
+        "{error}"
+    );
 }
 
 #[test]

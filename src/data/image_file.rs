@@ -477,8 +477,20 @@ fn decode_into(path: &Path, size: u32, dst: &mut [u8]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::resize_turned;
+    use super::{resize_turned, undecodable};
     use image::imageops::{resize, FilterType};
+    use std::path::Path;
+
+    /// A decoder's message is given on one line, its words as they were.
+    #[test]
+    fn a_decoders_message_is_given_on_one_line() {
+        let error = undecodable(Path::new("a.jpg"), "bad marker\n  at byte 12\n");
+        assert_eq!(
+            format!("{error:#}"),
+            "cannot decode a.jpg (vit reads PNG and JPEG): convert, replace or remove it: bad \
+             marker at byte 12"
+        );
+    }
 
     /// The turned resize (for panoramas) draws the picture the plain one does, up to the
     /// rounding of the other pass order, shrinking and enlarging alike.

@@ -168,3 +168,58 @@ pub(crate) fn splitmix64_finalizer(z: u64) -> u64 {
     let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{splitmix64, Xoshiro128PlusPlus, LANES};
+
+    /// SplitMix64 from seed 0: the first outputs of the reference splitmix64.c (Vigna),
+    /// whose stream seeds the generators.
+    #[test]
+    fn splitmix64_is_the_reference_sequence() {
+        let outputs: Vec<u64> = (0..3).map(|index| splitmix64(0, index)).collect();
+        assert_eq!(
+            outputs,
+            [
+                16294208416658607535,
+                7960286522194355700,
+                487617019471545679
+            ]
+        );
+    }
+
+    /// Every lane steps as the reference xoshiro128plusplus.c (Blackman and Vigna): from the
+    /// state 1, 2, 3, 4 its first ten outputs are the reference's (rand_xoshiro checks the
+    /// same ten).
+    #[test]
+    fn every_lane_is_the_reference_xoshiro128plusplus() {
+        let mut generators = Xoshiro128PlusPlus {
+            state: [[1; LANES], [2; LANES], [3; LANES], [4; LANES]],
+        };
+        let reference: [u32; 10] = [
+            641, 1573767, 3222811527, 3517856514, 836907274, 4247214768, 3867114732, 1355841295,
+            495546011, 621204420,
+        ];
+        let mut draws = [0; LANES];
+        for (i, output) in reference.into_iter().enumerate() {
+            generators.next(&mut draws);
+            assert_eq!(draws, [output; LANES], "output {i}");
+        }
+    }
+
+    /// Lane `lane` of chunk `chunk` is seeded with SplitMix64 outputs 2 (chunk LANES + lane)
+    /// and the next: their low and high halves are its state words 0, 1 and 2, 3.
+    #[test]
+    fn each_lane_is_seeded_with_its_own_two_splitmix64_outputs() {
+        for (seed, chunk) in [(0, 0), (0, 3), (12345, 1)] {
+            let generators = Xoshiro128PlusPlus::new(seed, chunk);
+            for lane in 0..LANES {
+                let first = 2 * (chunk * LANES + lane) as u64;
+                let (a, b) = (splitmix64(seed, first), splitmix64(seed, first + 1));
+                let words = [a as u32, (a >> 32) as u32, b as u32, (b >> 32) as u32];
+                let state = generators.state.map(|word| word[lane]);
+                assert_eq!(state, words, "seed {seed}, chunk {chunk}, lane {lane}");
+            }
+        }
+    }
+}
