@@ -216,6 +216,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result.with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Appends `bytes` to the file at `path` and syncs them to the disk. Where either fails (a
+/// full disk), the file is cut back to its length before, so that no part of `bytes` is
+/// left: a line cut short would read as a line of someone else's.
+pub fn append_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    append_or_cut_back(path, |file| {
+        use std::io::Write;
+        file.write_all(bytes)?;
+        file.sync_data()
+    })
+}
+
+/// [`append_whole`] with the appending (and syncing) done by `append`.
+fn append_or_cut_back(
+    path: &Path,
+    append: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
+    let length = file.metadata()?.len();
+    let appended = append(&mut file);
+    if appended.is_err() {
+        // Shrinking a file takes no space, so this works on the disk that is full.
+        let _ = file.set_len(length).and_then(|()| file.sync_data());
+    }
+    appended
+}
+
 /// Between a temporary file's name and its writer's PID.
 const TEMPORARY_TAG: &str = ".tmp-";
 
@@ -360,8 +386,30 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::unwritable;
+    use super::{append_or_cut_back, append_whole, unwritable};
     use anyhow::Context;
+
+    /// An append that fails partway (a full disk) leaves the file as it was, not with a
+    /// line cut short, and the next append follows the lines before.
+    #[test]
+    fn a_failed_append_leaves_the_file_as_it_was() {
+        use std::io::Write;
+        let path = std::env::temp_dir().join(format!("vit-append-{}", std::process::id()));
+        let before = "epoch,lr\n1,0.5\n";
+        std::fs::write(&path, before).unwrap();
+        let failed = append_or_cut_back(&path, |file| {
+            file.write_all(b"2,0.")?;
+            Err(std::io::ErrorKind::StorageFull.into())
+        });
+        assert_eq!(failed.unwrap_err().kind(), std::io::ErrorKind::StorageFull);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+        append_whole(&path, b"2,0.25\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{before}2,0.25\n")
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
 
     /// The OS errors a folder gives when it takes no more files (Linux's numbers), as
     /// `write_atomic` passes them on: each is named, and only the others ask about

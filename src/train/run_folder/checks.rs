@@ -405,14 +405,14 @@ pub(super) fn holds_results(dir: &Path) -> bool {
 }
 
 /// The epochs `dir/metrics.csv` holds: its records after the header, counted as a resume
-/// reads them (blank lines skipped, any line ending); 0 without the file, or where it is
-/// no file (a pipe's read would wait for a writer forever).
+/// reads them (blank lines skipped, any line ending, a last row cut short none); 0 without
+/// the file, or where it is no file (a pipe's read would wait for a writer forever).
 pub(super) fn metrics_rows(dir: &Path) -> usize {
     let path = dir.join(super::METRICS_CSV);
     if kind_if_not_a_file(&path).is_some() {
         return 0;
     }
-    std::fs::read_to_string(path).map_or(0, |text| super::metrics_records(&text).1.len())
+    std::fs::read_to_string(path).map_or(0, |text| super::metrics_records(&text).records.len())
 }
 
 /// The progress `dir/resume.safetensors` records (from its header alone: the state is

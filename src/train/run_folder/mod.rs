@@ -10,8 +10,8 @@ use crate::checkpoint::{TensorFile, PROGRESS_KEY};
 use crate::cli::device_name;
 use crate::data::DataIdentity;
 use crate::fsutil::{
-    create_folder, ensure_out_is_a_folder, kind_if_not_a_file, remove_stale_temporaries,
-    unwritable, write_atomic, BackgroundWrites,
+    append_whole, create_folder, ensure_out_is_a_folder, kind_if_not_a_file,
+    remove_stale_temporaries, unwritable, write_atomic, BackgroundWrites,
 };
 use crate::listing::noun_for;
 use crate::optim::AdamW;
@@ -356,21 +356,16 @@ impl RunFolder {
 
     /// Appends one row and syncs it to the disk before the epoch's resume state is written,
     /// so that no crash (a power loss included) keeps the state but loses its row.
+    /// A write that fails (a full disk) leaves no part of the row, so that the folder
+    /// stays resumable.
     pub(super) fn append_metrics(&self, row: &EpochMetrics) -> Result<()> {
+        let mut line = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(Vec::new());
+        line.serialize(row)?;
+        let line = line.into_inner().map_err(|e| e.into_error())?;
         let path = self.path(METRICS_CSV);
-        let append = || -> Result<()> {
-            let file = std::fs::OpenOptions::new().append(true).open(&path)?;
-            let mut writer = csv::WriterBuilder::new()
-                .has_headers(false)
-                .from_writer(file);
-            writer.serialize(row)?;
-            writer
-                .into_inner()
-                .map_err(|e| e.into_error())?
-                .sync_data()?;
-            Ok(())
-        };
-        append().with_context(|| format!("cannot append to {}", path.display()))
+        append_whole(&path, &line).with_context(|| format!("cannot append to {}", path.display()))
     }
 
     /// Starts writing `files` (name in the folder, contents) in the background, after
@@ -526,7 +521,11 @@ impl RunFolder {
                 path.display()
             )
         })?;
-        let (header_is_vits, records) = metrics_records(&text);
+        let MetricsText {
+            header_is_vits,
+            records,
+            end,
+        } = metrics_records(&text);
         let (finished, after) = records.split_at(epochs.min(records.len()));
         let rows: Vec<Option<usize>> = finished.iter().map(|(_, epoch)| *epoch).collect();
         self.ensure_finished_rows(epochs, header_is_vits, &rows)?;
@@ -534,11 +533,11 @@ impl RunFolder {
             return Ok(());
         }
         self.ensure_only_later_rows_after(epochs, &text, after)?;
-        // Cut where the first row after them starts; the resumed rows are appended after a
-        // line's end.
+        // Cut where the first row after them starts, or a row cut short; the resumed rows
+        // are appended after a line's end.
         let cut = after
             .first()
-            .map_or(text.len(), |(start, _)| start.byte() as usize);
+            .map_or(end, |(start, _)| start.byte() as usize);
         let mut kept = text[..cut].to_string();
         if !kept.ends_with('\n') {
             kept.push('\n');
@@ -639,14 +638,24 @@ fn read_resume_state(
     Ok(serde_json::from_str(field(PROGRESS_KEY)?)?)
 }
 
-/// Whether metrics.csv (`text`) starts with the header vit writes, and each record after
-/// it (blank lines are skipped): where it starts, and its epoch where it is a row vit
-/// writes.
-fn metrics_records(text: &str) -> (bool, Vec<(csv::Position, Option<usize>)>) {
+/// metrics.csv as a resume reads it.
+struct MetricsText {
+    /// Whether it starts with the header vit writes.
+    header_is_vits: bool,
+    /// Each record after the header (blank lines are skipped): where it starts, and its
+    /// epoch where it is a row vit writes.
+    records: Vec<(csv::Position, Option<usize>)>,
+    /// Where its records end: at the start of a last row cut short (see [`cut_row_start`]),
+    /// which is none of them, or at its end.
+    end: usize,
+}
+
+/// metrics.csv (`text`) read as a resume reads it.
+fn metrics_records(text: &str) -> MetricsText {
     let mut reader = csv::Reader::from_reader(text.as_bytes());
     let header = reader.headers().cloned().unwrap_or_default();
     let header_is_vits = header.iter().eq(metrics_header().iter());
-    let records = reader
+    let mut records: Vec<(csv::Position, Option<usize>)> = reader
         .records()
         .map(|record| match record {
             Ok(record) => (
@@ -662,7 +671,51 @@ fn metrics_records(text: &str) -> (bool, Vec<(csv::Position, Option<usize>)>) {
             ),
         })
         .collect();
-    (header_is_vits, records)
+    let mut end = text.len();
+    // Only an unreadable last record that is the last line alone (csv puts its position
+    // before the line breaks in front of it), after a row vit wrote or the header.
+    if let [.., (last, None)] = records.as_slice() {
+        let previous_epoch = match records.len() {
+            1 => Some(0),
+            n => records[n - 2].1,
+        };
+        let cut_row = previous_epoch.and_then(|epoch| cut_row_start(text, epoch));
+        if let Some(start) = cut_row.filter(|&start| {
+            text.get(last.byte() as usize..start)
+                .is_some_and(|gap| gap.bytes().all(|b| b == b'\n' || b == b'\r'))
+        }) {
+            records.pop();
+            end = start;
+        }
+    }
+    MetricsText {
+        header_is_vits,
+        records,
+        end,
+    }
+}
+
+/// Where the last line of metrics.csv (`text`) starts when it is a row cut short: the
+/// start of the one vit writes for the epoch after `previous_epoch`, without a line end
+/// (left by a write a full disk cut short, in versions before vit cut those back, or by a
+/// power loss). Nothing else is taken for one: its epoch is the next one, whole; the
+/// values after it are numbers, the last possibly cut short; it has fewer values than a
+/// row. A resume drops it, as a later epoch's row, and trains that epoch again.
+fn cut_row_start(text: &str, previous_epoch: usize) -> Option<usize> {
+    if text.ends_with(['\n', '\r']) {
+        return None;
+    }
+    // The header's line is no row.
+    let start = text.rfind(['\n', '\r'])? + 1;
+    let values: Vec<&str> = text[start..].split(',').collect();
+    let (cut, whole) = values.split_last()?;
+    let number_part =
+        |value: &str| (value.bytes()).all(|b| b.is_ascii_digit() || b".eE+-".contains(&b));
+    let is_cut_row = values.len() < metrics_header().len()
+        && values[0] == (previous_epoch + 1).to_string()
+        && whole.iter().all(|value| value.parse::<f64>().is_ok())
+        && number_part(cut);
+    is_cut_row.then_some(start)
 }
 
 /// The line (from 1) of the record whose csv position is `byte`: csv puts it where the
@@ -981,6 +1034,57 @@ mod tests {
             std::fs::write(&path, &text).unwrap();
             run.truncate_metrics(2, true).unwrap();
             assert_eq!(std::fs::read_to_string(&path).unwrap(), kept, "{text:?}");
+        }
+        drop(run);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A last row that a failed write cut short (left by versions before vit cut those
+    /// back) is dropped where a resume goes on, as a later epoch's row, and is not counted
+    /// as an epoch; a line that only looks like one (with a line end, of another epoch, or
+    /// with a value that is no number) is refused by its line, and left as it is.
+    #[test]
+    fn a_last_row_cut_short_is_dropped_but_no_line_that_looks_like_one() {
+        let dir = std::env::temp_dir().join(format!("vit-unit-cut-row-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = RunFolder::locked(dir.clone(), RunLock::take(&dir).unwrap());
+        let row = |epoch: &str| format!("{epoch},0.001,2.0,0.5,1.9,0.4,1.0,100.0,,");
+        let saved = format!("{}\n{}\n", metrics_header().join(","), row("1"));
+        let path = dir.join(METRICS_CSV);
+        for cut in [
+            "2".to_string(),
+            "2,0.001,2.".into(),
+            "2,6.88e-6,1.94,0.315,".into(),
+            "2,0.001,2.0,0.5,1.9,0.4,1.0,100.0,".into(),
+            format!("{}\n3,0.00", row("2")),
+            format!("{}\r\n\r\n3,0.00", row("2")),
+        ] {
+            let text = format!("{saved}{cut}");
+            std::fs::write(&path, &text).unwrap();
+            let rows = 1 + cut.matches(&row("2")).count();
+            assert_eq!(metrics_rows(&dir), rows, "{text:?}");
+            run.truncate_metrics(1, true).unwrap();
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), saved, "{text:?}");
+        }
+        for users in [
+            "2,0.001,2.\n",
+            "3,0.001",
+            "20,0.1",
+            "1,0.001",
+            "2,abc,0.5",
+            "2,,0.5",
+            "2,0.001,n/a",
+            "# 2,0.001",
+            "\"2\",0.001",
+        ] {
+            let text = format!("{saved}{users}");
+            std::fs::write(&path, &text).unwrap();
+            let error = run.truncate_metrics(1, true).unwrap_err().to_string();
+            assert!(
+                error.contains("line 3 of its metrics.csv"),
+                "{text:?}: {error}"
+            );
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
         }
         drop(run);
         std::fs::remove_dir_all(&dir).unwrap();
