@@ -3703,6 +3703,24 @@ fn a_fresh_runs_first_files_that_cannot_be_written_name_the_run_folder() {
     }
 }
 
+/// A fresh run that stopped before its metrics.csv header landed (a full disk) saved
+/// nothing: `--resume` starts it from the beginning, as a fresh run there would.
+#[test]
+fn a_run_stopped_before_its_metrics_header_landed_resumes_from_the_start() {
+    let _turn = seeded(0);
+    let dataset = colour_dataset();
+    let settings = tiny_settings(1, 600);
+    let out = TempDir::new("unwritable-header");
+    let blocker = temporary_sibling(&out.join("metrics.csv"));
+    std::fs::create_dir_all(&blocker).unwrap();
+    let flag = AtomicBool::new(false);
+    assert!(train::train(&settings, &dataset, &options(&out, false, &flag)).is_err());
+    assert!(out.join("config.json").exists() && !out.join("metrics.csv").exists());
+    std::fs::remove_dir(&blocker).unwrap();
+    run_training(&settings, &dataset, &out, true, false);
+    assert_eq!(read_metrics(&out).1.len(), 1);
+}
+
 #[test]
 fn resume_removes_the_temporary_files_of_a_killed_run() {
     let _turn = seeded(0);

@@ -309,26 +309,29 @@ impl RunFolder {
 
     /// A fresh run in its locked folder: config.json (`record`) and the metrics header.
     fn start(&self, record: &RunConfig) -> Result<()> {
+        let config = serde_json::to_string_pretty(record)?;
+        self.write_first_file(CONFIG_JSON, config.as_bytes())?;
+        self.start_metrics()
+    }
+
+    /// metrics.csv with its header alone, as a run starts it.
+    fn start_metrics(&self) -> Result<()> {
         // Atomically: `vit plot` on a live run never finds metrics.csv without its header.
         let mut header = csv::Writer::from_writer(Vec::new());
         header.write_record(metrics_header())?;
         let header = header.into_inner().map_err(|e| e.into_error())?;
-        let files = [
-            (
-                CONFIG_JSON,
-                serde_json::to_string_pretty(record)?.into_bytes(),
-            ),
-            (METRICS_CSV, header),
-        ];
-        for (name, contents) in files {
-            write_atomic(&self.path(name), &contents).map_err(|e| {
-                unwritable(
-                    e,
-                    format!("cannot write to the run folder {}", self.dir.display()),
-                )
-            })?;
-        }
-        Ok(())
+        self.write_first_file(METRICS_CSV, &header)
+    }
+
+    /// Writes `name`, a file a run starts with, naming the folder that did not take it and
+    /// why (a full disk, say).
+    fn write_first_file(&self, name: &str, contents: &[u8]) -> Result<()> {
+        write_atomic(&self.path(name), contents).map_err(|e| {
+            unwritable(
+                e,
+                format!("cannot write to the run folder {}", self.dir.display()),
+            )
+        })
     }
 
     fn locked(dir: PathBuf, lock: RunLock) -> Self {
@@ -477,6 +480,13 @@ impl RunFolder {
                 self.dir.display(),
                 results.join(", ")
             );
+        }
+        let metrics_missing = (self.path(METRICS_CSV).symlink_metadata())
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+        if results.is_empty() && metrics_missing {
+            // Stopped before its header landed (a full disk): it saved nothing, and starts
+            // as a fresh run there would start it over.
+            return self.start_metrics().map(|()| Progress::default());
         }
         self.truncate_metrics(0, true)?;
         Ok(Progress::default())
