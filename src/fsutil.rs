@@ -84,35 +84,75 @@ fn ensure_can_write_in(dir: &Path) -> Result<()> {
     let written = std::fs::write(&probe, [0u8; 4096]);
     // A write cut short by a full disk may still have created the file.
     let _ = std::fs::remove_file(&probe);
-    written.map_err(|error| unwritable(error, format!("cannot write to {}", shown.display())))
+    written.map_err(|error| {
+        let failed = format!("cannot write to {}", shown.display());
+        unwritable(error, failed, Remedy::AnotherFolder)
+    })
 }
 
 /// The file that proves a folder writable, as a temporary (removed at once, or as stale).
 const WRITE_CHECK: &str = "write-check";
 
+/// What to do about a folder that took no file, besides freeing space on its disk or
+/// making it writable.
+#[derive(Clone, Copy)]
+pub enum Remedy<'a> {
+    /// Choose another folder: nothing there is needed yet (a command's output).
+    AnotherFolder,
+    /// Resume the run in this folder (`--out` it, with `--resume`), which keeps the state
+    /// the run saved last.
+    ResumeRun(&'a Path),
+}
+
 /// `error`, from a folder that did not take a file, under `failed` ("cannot write to
 /// DIR") and why, from the OS error in its chain: a full disk, a used-up quota or a
-/// read-only file system by name, so that none of them reads as a matter of permissions.
-pub fn unwritable(error: impl Into<anyhow::Error>, failed: String) -> anyhow::Error {
+/// read-only file system by name, so that none of them reads as a matter of permissions;
+/// then what to do, as `remedy` says.
+pub fn unwritable(
+    error: impl Into<anyhow::Error>,
+    failed: String,
+    remedy: Remedy,
+) -> anyhow::Error {
     use std::io::ErrorKind;
     let error = error.into();
     let kind = error
         .chain()
         .find_map(|cause| cause.downcast_ref::<std::io::Error>())
         .map(std::io::Error::kind);
-    let why = match kind {
-        Some(ErrorKind::StorageFull) => {
-            ": the disk is full; free some space on it, or choose a folder on another disk"
+    let once_freed = match remedy {
+        Remedy::AnotherFolder => "or choose a folder on another disk".to_string(),
+        Remedy::ResumeRun(run) => format!("then {}", resume_from_its_last_state(run)),
+    };
+    let why = match (kind, remedy) {
+        (Some(ErrorKind::StorageFull), _) => {
+            format!(": the disk is full; free some space on it, {once_freed}")
         }
-        Some(ErrorKind::QuotaExceeded) => {
-            ": your disk quota is used up; free some space, or choose a folder on another disk"
+        (Some(ErrorKind::QuotaExceeded), _) => {
+            format!(": your disk quota is used up; free some space, {once_freed}")
         }
-        Some(ErrorKind::ReadOnlyFilesystem) => {
-            ": its file system is read-only; choose a folder on another one"
+        (Some(ErrorKind::ReadOnlyFilesystem), Remedy::AnotherFolder) => {
+            ": its file system is read-only; choose a folder on another one".to_string()
         }
-        _ => " (is it writable? If not, choose another folder)",
+        (Some(ErrorKind::ReadOnlyFilesystem), Remedy::ResumeRun(run)) => format!(
+            ": its file system is read-only; make it writable, then {}; or copy the folder \
+             to another disk and resume the copy",
+            resume_from_its_last_state(run)
+        ),
+        (_, Remedy::AnotherFolder) => " (is it writable? If not, choose another folder)".into(),
+        (_, Remedy::ResumeRun(run)) => format!(
+            " (is it writable? Once it is, {})",
+            resume_from_its_last_state(run)
+        ),
     };
     error.context(format!("{failed}{why}"))
+}
+
+/// How to resume the run in `run` from the state its folder keeps, for a message.
+fn resume_from_its_last_state(run: &Path) -> String {
+    format!(
+        "resume the run (--out {} --resume): its folder keeps the state it saved last",
+        run.display()
+    )
 }
 
 /// Creates the folder `dir` and the folders above it that are missing, with an error that
@@ -137,7 +177,11 @@ pub fn create_folder(dir: &Path) -> Result<()> {
                 target.display()
             );
         }
-        unwritable(error, format!("cannot create {}", dir.display()))
+        unwritable(
+            error,
+            format!("cannot create {}", dir.display()),
+            Remedy::AnotherFolder,
+        )
     })
 }
 
@@ -386,8 +430,9 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{append_or_cut_back, append_whole, unwritable};
+    use super::{append_or_cut_back, append_whole, unwritable, Remedy};
     use anyhow::Context;
+    use std::path::Path;
 
     /// An append that fails partway (a full disk) leaves the file as it was, not with a
     /// line cut short, and the next append follows the lines before.
@@ -412,28 +457,52 @@ mod tests {
     }
 
     /// The OS errors a folder gives when it takes no more files (Linux's numbers), as
-    /// `write_atomic` passes them on: each is named, and only the others ask about
-    /// permissions.
+    /// `write_atomic` passes them on: each is named, only the others ask about permissions,
+    /// and each says what to do: for a command's output, choose another folder; for a run
+    /// folder, resume the run once the folder takes files again.
     #[test]
     #[cfg(target_os = "linux")]
     fn a_full_disk_is_not_called_a_permissions_problem() {
-        for (errno, headline) in [
-            (28, "runs/a: the disk is full; free some space on it"),
-            (122, "runs/a: your disk quota is used up"),
-            (30, "runs/a: its file system is read-only"),
-            (13, "runs/a (is it writable? If not, choose another folder)"),
+        let resume =
+            "resume the run (--out runs/a --resume): its folder keeps the state it saved last";
+        for (errno, another_folder, resume_run) in [
+            (
+                28,
+                ": the disk is full; free some space on it, or choose a folder on another disk",
+                format!(": the disk is full; free some space on it, then {resume}"),
+            ),
+            (
+                122,
+                ": your disk quota is used up; free some space, or choose a folder on another \
+                 disk",
+                format!(": your disk quota is used up; free some space, then {resume}"),
+            ),
+            (
+                30,
+                ": its file system is read-only; choose a folder on another one",
+                format!(
+                    ": its file system is read-only; make it writable, then {resume}; or copy \
+                     the folder to another disk and resume the copy"
+                ),
+            ),
+            (
+                13,
+                " (is it writable? If not, choose another folder)",
+                format!(" (is it writable? Once it is, {resume})"),
+            ),
         ] {
-            let write: anyhow::Result<()> = Err(std::io::Error::from_raw_os_error(errno))
-                .context("cannot write runs/a/config.json");
-            let message = format!(
-                "{:#}",
-                unwritable(write.unwrap_err(), "cannot write to runs/a".into())
-            );
-            assert!(
-                message.starts_with(&format!("cannot write to {headline}"))
-                    && message.contains(": cannot write runs/a/config.json: "),
-                "errno {errno}: {message}"
-            );
+            for (remedy, why) in [
+                (Remedy::AnotherFolder, another_folder.to_string()),
+                (Remedy::ResumeRun(Path::new("runs/a")), resume_run),
+            ] {
+                let write: anyhow::Result<()> = Err(std::io::Error::from_raw_os_error(errno))
+                    .context("cannot write runs/a/config.json");
+                let failed = "cannot write to runs/a".to_string();
+                let message = format!("{:#}", unwritable(write.unwrap_err(), failed, remedy));
+                let expected =
+                    format!("cannot write to runs/a{why}: cannot write runs/a/config.json: ");
+                assert!(message.starts_with(&expected), "errno {errno}: {message}");
+            }
         }
     }
 }

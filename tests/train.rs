@@ -3682,6 +3682,40 @@ fn a_checkpoint_that_cannot_be_written_stops_the_run_with_its_name() {
     assert!(!out.join("last_model.safetensors").exists());
 }
 
+/// A full disk while an epoch's files are written (here resume.safetensors's temporary
+/// file leads to /dev/full) stops the run, saying so, that its folder keeps the state it
+/// saved last, and how to resume it; once the disk takes files again, the resume is exact.
+#[test]
+#[cfg(target_os = "linux")]
+fn a_full_disk_stops_the_run_and_its_resume_goes_on_exactly() {
+    let runs = StraightAndInterrupted::new("full-disk", tiny_settings(3, 600), StopPoint::EndOf(1));
+    let run = &runs.interrupted;
+    let full_disk = temporary_sibling(&run.join("resume.safetensors"));
+    std::os::unix::fs::symlink("/dev/full", &full_disk).unwrap();
+    let error = format!(
+        "{:#}",
+        train::train(
+            &runs.settings,
+            &runs.dataset,
+            &options(run, true, &AtomicBool::new(false)),
+        )
+        .err()
+        .expect("a run on a full disk must stop")
+    );
+    let run_name = run.display();
+    assert!(
+        error.starts_with(&format!(
+            "cannot write to the run folder {run_name}: the disk is full; free some space on \
+             it, then resume the run (--out {run_name} --resume): its folder keeps the state \
+             it saved last: cannot write {run_name}/resume.safetensors: "
+        )),
+        "{error}"
+    );
+    // The failed write took its temporary file, the link, with it.
+    assert!(full_disk.symlink_metadata().is_err());
+    runs.resume_matches_straight();
+}
+
 /// A fresh run's first files, config.json and metrics.csv's header, that cannot be written
 /// name the run folder, with the reason where the OS gives one (a full disk, say).
 #[test]

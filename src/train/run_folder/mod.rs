@@ -11,7 +11,7 @@ use crate::cli::device_name;
 use crate::data::DataIdentity;
 use crate::fsutil::{
     append_whole, create_folder, ensure_out_is_a_folder, kind_if_not_a_file,
-    remove_stale_temporaries, unwritable, write_atomic, BackgroundWrites,
+    remove_stale_temporaries, unwritable, write_atomic, BackgroundWrites, Remedy,
 };
 use crate::listing::noun_for;
 use crate::optim::AdamW;
@@ -136,7 +136,10 @@ fn create_numbered_folder(base: &Path) -> Result<PathBuf> {
         match std::fs::create_dir(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => number += 1,
-            Err(e) => return Err(unwritable(e, format!("cannot create {}", dir.display()))),
+            Err(e) => {
+                let failed = format!("cannot create {}", dir.display());
+                return Err(unwritable(e, failed, Remedy::AnotherFolder));
+            }
         }
     }
 }
@@ -310,28 +313,36 @@ impl RunFolder {
     /// A fresh run in its locked folder: config.json (`record`) and the metrics header.
     fn start(&self, record: &RunConfig) -> Result<()> {
         let config = serde_json::to_string_pretty(record)?;
-        self.write_first_file(CONFIG_JSON, config.as_bytes())?;
-        self.start_metrics()
+        self.write_first_file(CONFIG_JSON, config.as_bytes(), Remedy::AnotherFolder)?;
+        self.start_metrics(Remedy::AnotherFolder)
     }
 
-    /// metrics.csv with its header alone, as a run starts it.
-    fn start_metrics(&self) -> Result<()> {
+    /// metrics.csv with its header alone, as a run starts it; `remedy` for a folder that
+    /// does not take it.
+    fn start_metrics(&self, remedy: Remedy) -> Result<()> {
         // Atomically: `vit plot` on a live run never finds metrics.csv without its header.
         let mut header = csv::Writer::from_writer(Vec::new());
         header.write_record(metrics_header())?;
         let header = header.into_inner().map_err(|e| e.into_error())?;
-        self.write_first_file(METRICS_CSV, &header)
+        self.write_first_file(METRICS_CSV, &header, remedy)
     }
 
-    /// Writes `name`, a file a run starts with, naming the folder that did not take it and
-    /// why (a full disk, say).
-    fn write_first_file(&self, name: &str, contents: &[u8]) -> Result<()> {
-        write_atomic(&self.path(name), contents).map_err(|e| {
-            unwritable(
-                e,
-                format!("cannot write to the run folder {}", self.dir.display()),
-            )
-        })
+    /// Writes `name`, a file a run starts with (see [`Self::write_failed`]).
+    fn write_first_file(&self, name: &str, contents: &[u8], remedy: Remedy) -> Result<()> {
+        write_atomic(&self.path(name), contents).map_err(|e| self.write_failed(e, remedy))
+    }
+
+    /// `error`, from a write into the folder, naming the folder and why it took no file
+    /// (a full disk, say), then what to do, as `remedy` says.
+    fn write_failed(&self, error: anyhow::Error, remedy: Remedy) -> anyhow::Error {
+        let failed = format!("cannot write to the run folder {}", self.dir.display());
+        unwritable(error, failed, remedy)
+    }
+
+    /// `error`, from a write of the run as it trains (see [`Self::write_failed`]): the run
+    /// is resumed from the state its folder keeps, once the folder takes files again.
+    fn saving_failed(&self, error: anyhow::Error) -> anyhow::Error {
+        self.write_failed(error, Remedy::ResumeRun(&self.dir))
     }
 
     fn locked(dir: PathBuf, lock: RunLock) -> Self {
@@ -360,15 +371,20 @@ impl RunFolder {
     /// Appends one row and syncs it to the disk before the epoch's resume state is written,
     /// so that no crash (a power loss included) keeps the state but loses its row.
     /// A write that fails (a full disk) leaves no part of the row, so that the folder
-    /// stays resumable.
-    pub(super) fn append_metrics(&self, row: &EpochMetrics) -> Result<()> {
+    /// stays resumable. First the files saved before must have landed: a row is never
+    /// more than one epoch ahead of the state, which a resume without a state (its first
+    /// one lost) counts on.
+    pub(super) fn append_metrics(&mut self, row: &EpochMetrics) -> Result<()> {
+        self.finish_saving()?;
         let mut line = csv::WriterBuilder::new()
             .has_headers(false)
             .from_writer(Vec::new());
         line.serialize(row)?;
         let line = line.into_inner().map_err(|e| e.into_error())?;
         let path = self.path(METRICS_CSV);
-        append_whole(&path, &line).with_context(|| format!("cannot append to {}", path.display()))
+        append_whole(&path, &line)
+            .with_context(|| format!("cannot append to {}", path.display()))
+            .map_err(|e| self.saving_failed(e))
     }
 
     /// Starts writing `files` (name in the folder, contents) in the background, after
@@ -379,17 +395,17 @@ impl RunFolder {
             .into_iter()
             .map(|(name, bytes)| (self.path(name), bytes))
             .collect();
-        self.writes.start(files)
+        self.writes.start(files).map_err(|e| self.saving_failed(e))
     }
 
     /// Waits until everything saved is on disk.
     pub(super) fn finish_saving(&mut self) -> Result<()> {
-        self.writes.finish()
+        self.writes.finish().map_err(|e| self.saving_failed(e))
     }
 
     /// A save that has already failed, without waiting (see `BackgroundWrites::check`).
     pub(super) fn check_saving(&mut self) -> Result<()> {
-        self.writes.check()
+        self.writes.check().map_err(|e| self.saving_failed(e))
     }
 
     /// resume.safetensors: the model, optimizer and EMA state, and `progress`.
@@ -486,7 +502,8 @@ impl RunFolder {
         if results.is_empty() && metrics_missing {
             // Stopped before its header landed (a full disk): it saved nothing, and starts
             // as a fresh run there would start it over.
-            return self.start_metrics().map(|()| Progress::default());
+            let remedy = Remedy::ResumeRun(&self.dir);
+            return self.start_metrics(remedy).map(|()| Progress::default());
         }
         self.truncate_metrics(0, true)?;
         Ok(Progress::default())
@@ -554,7 +571,8 @@ impl RunFolder {
         }
         match kept == text {
             true => Ok(()),
-            false => write_atomic(&path, kept.as_bytes()),
+            false => write_atomic(&path, kept.as_bytes())
+                .map_err(|e| self.write_failed(e, Remedy::ResumeRun(&self.dir))),
         }
     }
 
@@ -786,6 +804,7 @@ impl RunLock {
                 unwritable(
                     e,
                     format!("cannot write to the run folder {}", dir.display()),
+                    Remedy::AnotherFolder,
                 )
             })?;
         match try_lock_for_a_moment(&file) {
@@ -887,8 +906,8 @@ struct RunConfig {
 #[cfg(test)]
 mod tests {
     use super::{
-        line_at, metrics_header, metrics_rows, saved_results, utc_timestamp, RunFolder, RunLock,
-        METRICS_CSV,
+        line_at, metrics_header, metrics_rows, saved_results, utc_timestamp, EpochMetrics,
+        RunFolder, RunLock, METRICS_CSV,
     };
 
     /// A run's saved results count its metrics.csv rows as epochs: "1 epoch", "2 epochs"
@@ -1045,6 +1064,32 @@ mod tests {
             run.truncate_metrics(2, true).unwrap();
             assert_eq!(std::fs::read_to_string(&path).unwrap(), kept, "{text:?}");
         }
+        drop(run);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A row is appended only once the files saved before it have landed: where they
+    /// failed, the run stops before the row, which a resume of a run whose first state
+    /// failed could not tell from a finished epoch's.
+    #[test]
+    fn a_row_waits_for_the_files_saved_before_it() {
+        let dir = std::env::temp_dir().join(format!("vit-unit-row-waits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut run = RunFolder::locked(dir.clone(), RunLock::take(&dir).unwrap());
+        let header = format!("{}\n", metrics_header().join(","));
+        std::fs::write(dir.join(METRICS_CSV), &header).unwrap();
+        let unwritable = "no-such-folder/resume.safetensors";
+        run.save(vec![(unwritable, vec![0])]).unwrap();
+        let row = EpochMetrics {
+            epoch: 1,
+            ..EpochMetrics::default()
+        };
+        let error = format!("{:#}", run.append_metrics(&row).unwrap_err());
+        assert!(error.contains(unwritable), "{error}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join(METRICS_CSV)).unwrap(),
+            header
+        );
         drop(run);
         std::fs::remove_dir_all(&dir).unwrap();
     }
