@@ -115,10 +115,7 @@ pub fn unwritable(
 ) -> anyhow::Error {
     use std::io::ErrorKind;
     let error = error.into();
-    let kind = error
-        .chain()
-        .find_map(|cause| cause.downcast_ref::<std::io::Error>())
-        .map(std::io::Error::kind);
+    let kind = io_error_kind(&error);
     let once_freed = match remedy {
         Remedy::AnotherFolder => "or choose a folder on another disk".to_string(),
         Remedy::ResumeRun(run) => format!("then {}", resume_from_its_last_state(run)),
@@ -145,6 +142,14 @@ pub fn unwritable(
         ),
     };
     error.context(format!("{failed}{why}"))
+}
+
+/// The kind of the OS error in `error`'s chain, if any.
+pub fn io_error_kind(error: &anyhow::Error) -> Option<std::io::ErrorKind> {
+    error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind)
 }
 
 /// How to resume the run in `run` from the state its folder keeps, for a message.

@@ -417,7 +417,7 @@ pub(super) fn metrics_rows(dir: &Path) -> usize {
 
 /// The progress `dir/resume.safetensors` records (from its header alone: the state is
 /// tens of megabytes); None where there is none to read.
-fn saved_progress(dir: &Path) -> Option<Progress> {
+pub(super) fn saved_progress(dir: &Path) -> Option<Progress> {
     let metadata = crate::checkpoint::read_metadata(&dir.join(super::RESUME_STATE))?;
     serde_json::from_str(metadata.get(PROGRESS_KEY)?).ok()
 }

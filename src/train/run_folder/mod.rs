@@ -10,7 +10,7 @@ use crate::checkpoint::{TensorFile, PROGRESS_KEY};
 use crate::cli::device_name;
 use crate::data::DataIdentity;
 use crate::fsutil::{
-    append_whole, create_folder, ensure_out_is_a_folder, kind_if_not_a_file,
+    append_whole, create_folder, ensure_out_is_a_folder, io_error_kind, kind_if_not_a_file,
     remove_stale_temporaries, unwritable, write_atomic, BackgroundWrites, Remedy,
 };
 use crate::listing::noun_for;
@@ -19,7 +19,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 pub(super) use checks::{check_curves_replaceable, check_resumed_dataset};
 use checks::{
     check_fresh, check_same_run, ensure_run_file_is_a_file, holds_results, metrics_rows,
-    note_another_machine, saved_config, saved_results,
+    note_another_machine, saved_config, saved_progress, saved_results,
 };
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -230,8 +230,9 @@ pub(super) struct RunFolder {
     /// Checkpoints and resume states on their way to disk.
     writes: BackgroundWrites,
     /// Dropped after `writes` (fields drop in order), so the folder stays locked until
-    /// the last file has landed.
-    _lock: RunLock,
+    /// the last file has landed. None: a finished run on a read-only file system, which
+    /// its resume only reads (see [`resume_lock`]).
+    _lock: Option<RunLock>,
 }
 
 impl RunFolder {
@@ -268,11 +269,21 @@ impl RunFolder {
         let saved = saved_config(dir)?;
         // Before the settings are compared: a live run's folder is "in use" whatever
         // the flags.
-        let lock = RunLock::take(dir)?;
+        let lock = resume_lock(
+            dir,
+            settings.epochs,
+            RunLock::take(dir, Remedy::ResumeRun(dir)),
+        )?;
         check_same_run(dir, &saved, settings, data)?;
         note_another_machine(dir, &saved, device);
-        remove_stale_temporaries(dir, &RUN_FILES);
-        Ok(Self::locked(dir.to_path_buf(), lock))
+        if lock.is_some() {
+            remove_stale_temporaries(dir, &RUN_FILES);
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            writes: BackgroundWrites::default(),
+            _lock: lock,
+        })
     }
 
     /// A new run's folder: `out` (or, `numbered_out`, the first free of `out`, `out-2`,
@@ -281,20 +292,26 @@ impl RunFolder {
         let dir = options.out;
         let (dir, lock) = if options.numbered_out {
             let dir = create_numbered_folder(dir)?;
-            let lock = RunLock::take(&dir)?;
+            let lock = RunLock::take(&dir, Remedy::AnotherFolder)?;
             (dir, lock)
         } else if dir.join(LOCK_FILE).exists() {
             // A vit run's folder: locked first, so that a live run's is "in use".
-            let lock = RunLock::take(dir)?;
+            let lock = RunLock::take(dir, Remedy::AnotherFolder)?;
             check_fresh(dir)?;
             (dir.to_path_buf(), lock)
         } else if dir.is_dir() {
             // Checked before the lock file is made: a refused folder is left as it was.
             check_fresh(dir)?;
-            (dir.to_path_buf(), RunLock::take(dir)?)
+            (
+                dir.to_path_buf(),
+                RunLock::take(dir, Remedy::AnotherFolder)?,
+            )
         } else {
             create_folder(dir)?;
-            (dir.to_path_buf(), RunLock::take(dir)?)
+            (
+                dir.to_path_buf(),
+                RunLock::take(dir, Remedy::AnotherFolder)?,
+            )
         };
         remove_stale_temporaries(&dir, &RUN_FILES);
         let run = Self::locked(dir, lock);
@@ -349,7 +366,7 @@ impl RunFolder {
         Self {
             dir,
             writes: BackgroundWrites::default(),
-            _lock: lock,
+            _lock: Some(lock),
         }
     }
 
@@ -778,7 +795,9 @@ struct RunLock {
 }
 
 impl RunLock {
-    fn take(dir: &Path) -> Result<Self> {
+    /// Locks the run folder `dir`; where it takes no lock file, the error says why and
+    /// what to do, as `remedy` says.
+    fn take(dir: &Path, remedy: Remedy) -> Result<Self> {
         use std::io::{Seek, Write};
         let path = dir.join(LOCK_FILE);
         let not_vits = || {
@@ -804,7 +823,7 @@ impl RunLock {
                 unwritable(
                     e,
                     format!("cannot write to the run folder {}", dir.display()),
-                    Remedy::AnotherFolder,
+                    remedy,
                 )
             })?;
         match try_lock_for_a_moment(&file) {
@@ -840,6 +859,23 @@ impl RunLock {
         let _ = file.set_len(0).and_then(|()| file.rewind());
         let _ = write!(file, "{}", std::process::id());
         Ok(Self { _file: file })
+    }
+}
+
+/// The lock of the run in `dir`, resumed for `epochs` epochs, from the attempt to take it
+/// (`taken`); none where a finished run is on a read-only file system: nothing can write
+/// there, so no run can come in, and the resume of a finished run writes nothing (it
+/// only says that the run finished, and its best models).
+fn resume_lock(dir: &Path, epochs: usize, taken: Result<RunLock>) -> Result<Option<RunLock>> {
+    match taken {
+        Ok(lock) => Ok(Some(lock)),
+        Err(e)
+            if io_error_kind(&e) == Some(std::io::ErrorKind::ReadOnlyFilesystem)
+                && saved_progress(dir).is_some_and(|saved| saved.epochs_done >= epochs) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -906,9 +942,27 @@ struct RunConfig {
 #[cfg(test)]
 mod tests {
     use super::{
-        line_at, metrics_header, metrics_rows, saved_results, utc_timestamp, EpochMetrics,
-        RunFolder, RunLock, METRICS_CSV,
+        line_at, metrics_header, metrics_rows, resume_lock, saved_results, utc_timestamp,
+        EpochMetrics, Progress, RunFolder, RunLock, METRICS_CSV, RESUME_STATE,
     };
+    use crate::fsutil::{io_error_kind, Remedy};
+
+    /// A locked run folder, made anew in the temporary folder under a name from `name`.
+    fn temporary_run(name: &str) -> RunFolder {
+        let dir = std::env::temp_dir().join(format!("vit-unit-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        RunFolder::locked(
+            dir.clone(),
+            RunLock::take(&dir, Remedy::AnotherFolder).unwrap(),
+        )
+    }
+
+    /// Removes the temporary run folder of `run` (see `temporary_run`).
+    fn remove(run: RunFolder) {
+        let dir = run.dir().to_path_buf();
+        drop(run);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     /// A run's saved results count its metrics.csv rows as epochs: "1 epoch", "2 epochs"
     /// (a folder without checkpoints, here one that does not exist, adds nothing else).
@@ -978,9 +1032,8 @@ mod tests {
             let byte = text.find("r2").unwrap() + 2;
             assert_eq!(line_at(text, byte), line, "{text:?}");
         }
-        let dir = std::env::temp_dir().join(format!("vit-unit-metrics-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let run = RunFolder::locked(dir.clone(), RunLock::take(&dir).unwrap());
+        let run = temporary_run("metrics");
+        let dir = run.dir().to_path_buf();
         let row = |epoch: &str| format!("{epoch},0.001,2.0,0.5,1.9,0.4,1.0,100.0,,");
         let header = metrics_header().join(",");
         let saved = format!("{header}\n{}\n", row("1"));
@@ -1064,8 +1117,44 @@ mod tests {
             run.truncate_metrics(2, true).unwrap();
             assert_eq!(std::fs::read_to_string(&path).unwrap(), kept, "{text:?}");
         }
-        drop(run);
-        std::fs::remove_dir_all(&dir).unwrap();
+        remove(run);
+    }
+
+    /// A resume that cannot lock its folder on a read-only file system goes on without the
+    /// lock for a finished run alone, which writes nothing; an unfinished run, or another
+    /// error, is refused with that error.
+    #[test]
+    fn only_a_finished_run_resumes_without_its_lock_on_a_read_only_file_system() {
+        use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem, StorageFull};
+        let run = temporary_run("read-only");
+        let progress = Progress {
+            epochs_done: 2,
+            ..Progress::default()
+        };
+        let metadata = [(
+            crate::checkpoint::PROGRESS_KEY.to_string(),
+            serde_json::to_string(&progress).unwrap(),
+        )];
+        let state = crate::checkpoint::TensorFile {
+            tensors: Default::default(),
+            metadata: metadata.into(),
+        };
+        std::fs::write(run.path(RESUME_STATE), state.to_bytes().unwrap()).unwrap();
+        let failed = |kind: std::io::ErrorKind| {
+            Err(anyhow::Error::new(std::io::Error::from(kind)).context("cannot write"))
+        };
+        let finished = resume_lock(run.dir(), 2, failed(ReadOnlyFilesystem)).unwrap();
+        assert!(finished.is_none());
+        for (epochs, kind) in [
+            (3, ReadOnlyFilesystem),
+            (2, PermissionDenied),
+            (2, StorageFull),
+        ] {
+            let refused = resume_lock(run.dir(), epochs, failed(kind)).err();
+            let kind_refused = refused.as_ref().and_then(io_error_kind);
+            assert_eq!(kind_refused, Some(kind), "{epochs} epochs");
+        }
+        remove(run);
     }
 
     /// A row is appended only once the files saved before it have landed: where they
@@ -1073,9 +1162,8 @@ mod tests {
     /// failed could not tell from a finished epoch's.
     #[test]
     fn a_row_waits_for_the_files_saved_before_it() {
-        let dir = std::env::temp_dir().join(format!("vit-unit-row-waits-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut run = RunFolder::locked(dir.clone(), RunLock::take(&dir).unwrap());
+        let mut run = temporary_run("row-waits");
+        let dir = run.dir().to_path_buf();
         let header = format!("{}\n", metrics_header().join(","));
         std::fs::write(dir.join(METRICS_CSV), &header).unwrap();
         let unwritable = "no-such-folder/resume.safetensors";
@@ -1090,8 +1178,7 @@ mod tests {
             std::fs::read_to_string(dir.join(METRICS_CSV)).unwrap(),
             header
         );
-        drop(run);
-        std::fs::remove_dir_all(&dir).unwrap();
+        remove(run);
     }
 
     /// A last row that a failed write cut short (left by versions before vit cut those
@@ -1100,9 +1187,8 @@ mod tests {
     /// with a value that is no number) is refused by its line, and left as it is.
     #[test]
     fn a_last_row_cut_short_is_dropped_but_no_line_that_looks_like_one() {
-        let dir = std::env::temp_dir().join(format!("vit-unit-cut-row-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let run = RunFolder::locked(dir.clone(), RunLock::take(&dir).unwrap());
+        let run = temporary_run("cut-row");
+        let dir = run.dir().to_path_buf();
         let row = |epoch: &str| format!("{epoch},0.001,2.0,0.5,1.9,0.4,1.0,100.0,,");
         let saved = format!("{}\n{}\n", metrics_header().join(","), row("1"));
         let path = dir.join(METRICS_CSV);
@@ -1141,7 +1227,6 @@ mod tests {
             );
             assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
         }
-        drop(run);
-        std::fs::remove_dir_all(&dir).unwrap();
+        remove(run);
     }
 }
