@@ -358,17 +358,36 @@ pub fn remove_file_or_folder(path: &Path) -> std::io::Result<()> {
 #[derive(Default)]
 pub struct BackgroundWrites {
     in_flight: Option<std::thread::JoinHandle<Result<()>>>,
+    /// Called before each file is written (see [`Self::checked_by`]).
+    before_each: Option<std::sync::Arc<WriteCheck>>,
 }
 
+/// A check that files may still be written where they go (see
+/// [`BackgroundWrites::checked_by`]).
+type WriteCheck = dyn Fn() -> Result<()> + Send + Sync;
+
 impl BackgroundWrites {
+    /// Writes that call `check` before each file: its error (the folder they go to was
+    /// removed, say) stops the batch there, as a failed write does.
+    pub fn checked_by(check: impl Fn() -> Result<()> + Send + Sync + 'static) -> Self {
+        Self {
+            in_flight: None,
+            before_each: Some(std::sync::Arc::new(check)),
+        }
+    }
+
     /// Waits for the batch in flight (returning its error, if any), then starts writing
     /// `files` (path, contents) on a thread.
     pub fn start(&mut self, files: Vec<(PathBuf, Vec<u8>)>) -> Result<()> {
         self.finish()?;
+        let before_each = self.before_each.clone();
         self.in_flight = Some(std::thread::spawn(move || {
-            files
-                .iter()
-                .try_for_each(|(path, bytes)| write_atomic(path, bytes))
+            files.iter().try_for_each(|(path, bytes)| {
+                if let Some(check) = &before_each {
+                    check()?;
+                }
+                write_atomic(path, bytes)
+            })
         }));
         Ok(())
     }

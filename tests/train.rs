@@ -3593,6 +3593,46 @@ fn resume_of_a_run_killed_before_its_first_save_starts_over() {
     assert_eq!(read_metrics(&killed).1.len(), 2);
 }
 
+/// A live run's folder removed, and a new run started at the same --out: the first run
+/// stops at its next epoch's end, saying that its folder was removed, and writes nothing
+/// into the new run's folder, whose metrics.csv holds that run's rows alone.
+#[test]
+fn a_run_whose_folder_is_removed_stops_and_leaves_the_next_run_there_alone() {
+    let (root, data_dir) = colour_cifar10("removed-folder");
+    let run = root.join("run");
+    let (data, out) = (data_dir.to_str().unwrap(), run.to_str().unwrap());
+    let mut args = tiny_run_args(data, out);
+    args.extend(["--epochs", "300", "--warmup-epochs", "1"]);
+    let first = start_training(&args, &run);
+    let rows = || {
+        std::fs::read_to_string(run.join("metrics.csv")).map_or(0, |text| text.lines().count() - 1)
+    };
+    let started = std::time::Instant::now();
+    while rows() < 1 {
+        assert!(started.elapsed().as_secs() < 60, "no epoch finished");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // A file of the run may land in the folder as it goes: removed until it is gone.
+    while std::fs::remove_dir_all(&run).is_err() {
+        assert!(run.exists() && started.elapsed().as_secs() < 60);
+    }
+    let mut args = tiny_run_args(data, out);
+    args.extend(["--epochs", "2", "--warmup-epochs", "1"]);
+    vit(&args);
+    let first = first.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(
+        !first.status.success() && stderr.contains(&format!("{out} was removed")),
+        "{stderr}"
+    );
+    let epochs: Vec<String> = read_metrics(&run)
+        .1
+        .into_iter()
+        .map(|row| row[0].clone())
+        .collect();
+    assert_eq!(epochs, ["1", "2"]);
+}
+
 #[test]
 fn background_writes_land_in_order_and_report_errors() {
     let dir = TempDir::new("background-writes");

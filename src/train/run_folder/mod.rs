@@ -227,12 +227,13 @@ const RUN_FILES: [&str; 9] = [
 /// The run folder: config.json, metrics.csv, checkpoints and the resume state.
 pub(super) struct RunFolder {
     dir: PathBuf,
-    /// Checkpoints and resume states on their way to disk.
+    /// Checkpoints and resume states on their way to disk, each checked first to go to
+    /// the folder locked (see [`Self::new`]).
     writes: BackgroundWrites,
     /// Dropped after `writes` (fields drop in order), so the folder stays locked until
     /// the last file has landed. None: a finished run on a read-only file system, which
     /// its resume only reads (see [`resume_lock`]).
-    _lock: Option<RunLock>,
+    lock: Option<RunLock>,
 }
 
 impl RunFolder {
@@ -279,11 +280,7 @@ impl RunFolder {
         if lock.is_some() {
             remove_stale_temporaries(dir, &RUN_FILES);
         }
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            writes: BackgroundWrites::default(),
-            _lock: lock,
-        })
+        Ok(Self::new(dir.to_path_buf(), lock))
     }
 
     /// A new run's folder: `out` (or, `numbered_out`, the first free of `out`, `out-2`,
@@ -314,7 +311,7 @@ impl RunFolder {
             )
         };
         remove_stale_temporaries(&dir, &RUN_FILES);
-        let run = Self::locked(dir, lock);
+        let run = Self::new(dir, Some(lock));
         let record = RunConfig {
             settings: settings.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -356,18 +353,35 @@ impl RunFolder {
         unwritable(error, failed, remedy)
     }
 
-    /// `error`, from a write of the run as it trains (see [`Self::write_failed`]): the run
-    /// is resumed from the state its folder keeps, once the folder takes files again.
+    /// `error`, from a write of the run as it trains: its folder removed or replaced
+    /// (which explains a file with nowhere to go, and is the error of the check before a
+    /// write), or else as [`Self::write_failed`] says, the run to be resumed from the state
+    /// its folder keeps once the folder takes files again.
     fn saving_failed(&self, error: anyhow::Error) -> anyhow::Error {
-        self.write_failed(error, Remedy::ResumeRun(&self.dir))
+        match self.ensure_still_locked() {
+            Err(replaced) => replaced,
+            Ok(()) => self.write_failed(error, Remedy::ResumeRun(&self.dir)),
+        }
     }
 
-    fn locked(dir: PathBuf, lock: RunLock) -> Self {
+    /// The run folder `dir`, locked by `lock` (None: opened only to read, see
+    /// [`resume_lock`]). Its background writes check before each file that the folder is
+    /// still the one locked, as the metrics row does.
+    fn new(dir: PathBuf, lock: Option<RunLock>) -> Self {
+        let (folder, place) = (dir.clone(), lock.as_ref().map(|lock| lock.place));
         Self {
             dir,
-            writes: BackgroundWrites::default(),
-            _lock: Some(lock),
+            writes: BackgroundWrites::checked_by(move || {
+                ensure_folder_locked(&folder, place.as_ref())
+            }),
+            lock,
         }
+    }
+
+    /// Fails, saying what happened, unless the folder is still the one this run locked:
+    /// the run writes nothing into a folder that replaced it (see [`LockPlace`]).
+    fn ensure_still_locked(&self) -> Result<()> {
+        ensure_folder_locked(&self.dir, self.lock.as_ref().map(|lock| &lock.place))
     }
 
     /// The folder.
@@ -393,6 +407,7 @@ impl RunFolder {
     /// one lost) counts on.
     pub(super) fn append_metrics(&mut self, row: &EpochMetrics) -> Result<()> {
         self.finish_saving()?;
+        self.ensure_still_locked()?;
         let mut line = csv::WriterBuilder::new()
             .has_headers(false)
             .from_writer(Vec::new());
@@ -792,6 +807,8 @@ const LOCK_FILE: &str = ".lock";
 /// last holder's PID for the message.
 struct RunLock {
     _file: std::fs::File,
+    /// The lock file and its folder, as they were when locked.
+    place: LockPlace,
 }
 
 impl RunLock {
@@ -858,7 +875,75 @@ impl RunLock {
         // Only for the message a refused process prints.
         let _ = file.set_len(0).and_then(|()| file.rewind());
         let _ = write!(file, "{}", std::process::id());
-        Ok(Self { _file: file })
+        let cannot_read = |path: &Path| format!("cannot read {}", path.display());
+        let lock = file.metadata().with_context(|| cannot_read(&path))?;
+        let folder = std::fs::metadata(dir).with_context(|| cannot_read(dir))?;
+        let place = LockPlace {
+            lock: file_id(&lock),
+            folder: file_id(&folder),
+        };
+        Ok(Self { _file: file, place })
+    }
+}
+
+/// A file's identity on disk: its device and inode.
+type FileId = (u64, u64);
+
+fn file_id(metadata: &std::fs::Metadata) -> FileId {
+    use std::os::unix::fs::MetadataExt;
+    (metadata.dev(), metadata.ino())
+}
+
+/// Where a run took its lock: the identities of the `.lock` it locked and of its folder.
+/// The run holds the file open, so its inode is not reused: while the folder's `.lock`
+/// has it, the folder is the one locked, and any other file there is a new lock, which
+/// another run may hold (the folder removed, and a run started in its place).
+#[derive(Clone, Copy)]
+struct LockPlace {
+    lock: FileId,
+    folder: FileId,
+}
+
+impl LockPlace {
+    /// Fails unless `dir`'s `.lock` is still the file locked, saying what happened: the
+    /// folder was removed (or moved), replaced, or lost its `.lock`. One stat where it
+    /// holds, as it does unless one of these happened.
+    fn ensure_unchanged(&self, dir: &Path) -> Result<()> {
+        let id = |path: &Path| std::fs::metadata(path).ok().map(|m| file_id(&m));
+        if id(&dir.join(LOCK_FILE)) == Some(self.lock) {
+            return Ok(());
+        }
+        let shown = dir.display();
+        let moved = "(had it been moved, resume it where it is: --out THERE --resume)";
+        match id(dir) {
+            None => bail!(
+                "{shown} was removed while this run trained: the run stops, as its files \
+                 have nowhere to go {moved}"
+            ),
+            Some(folder) if folder == self.folder => bail!(
+                "{shown}/{LOCK_FILE} was removed or replaced while this run trained, which \
+                 lets another vit process into the folder (another run there now?): this run \
+                 stops without writing; once no other run uses the folder, resume it \
+                 (--out {shown} --resume)"
+            ),
+            Some(_) => bail!(
+                "{shown} was removed or replaced while this run trained (another run there \
+                 now?): this run stops without writing, to keep its files out of that folder \
+                 {moved}"
+            ),
+        }
+    }
+}
+
+/// Fails unless the run folder `dir` is still the one its run locked, at `place` (None:
+/// opened only to read, see [`resume_lock`]): checked before each write as the run trains.
+fn ensure_folder_locked(dir: &Path, place: Option<&LockPlace>) -> Result<()> {
+    match place {
+        Some(place) => place.ensure_unchanged(dir),
+        None => bail!(
+            "cannot write to {}: it was opened without its lock, only to read",
+            dir.display()
+        ),
     }
 }
 
@@ -943,7 +1028,8 @@ struct RunConfig {
 mod tests {
     use super::{
         line_at, metrics_header, metrics_rows, resume_lock, saved_results, utc_timestamp,
-        EpochMetrics, Progress, RunFolder, RunLock, METRICS_CSV, RESUME_STATE,
+        EpochMetrics, Progress, RunFolder, RunLock, LOCK_FILE, METRICS_CSV, MODEL_FILES,
+        RESUME_STATE,
     };
     use crate::fsutil::{io_error_kind, Remedy};
 
@@ -951,10 +1037,8 @@ mod tests {
     fn temporary_run(name: &str) -> RunFolder {
         let dir = std::env::temp_dir().join(format!("vit-unit-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        RunFolder::locked(
-            dir.clone(),
-            RunLock::take(&dir, Remedy::AnotherFolder).unwrap(),
-        )
+        let lock = RunLock::take(&dir, Remedy::AnotherFolder).unwrap();
+        RunFolder::new(dir, Some(lock))
     }
 
     /// Removes the temporary run folder of `run` (see `temporary_run`).
@@ -1155,6 +1239,53 @@ mod tests {
             assert_eq!(kind_refused, Some(kind), "{epochs} epochs");
         }
         remove(run);
+    }
+
+    /// A run whose `.lock` or whole folder was removed or replaced while it trained, or
+    /// whose folder was removed, writes nothing more there, neither its row nor its files
+    /// in the background, and says which of these happened.
+    #[test]
+    fn a_run_writes_only_into_the_folder_it_locked() {
+        let mut run = temporary_run("replaced");
+        let dir = run.dir().to_path_buf();
+        let header = format!("{}\n", metrics_header().join(","));
+        std::fs::write(dir.join(METRICS_CSV), &header).unwrap();
+        let row = EpochMetrics {
+            epoch: 1,
+            ..EpochMetrics::default()
+        };
+        run.append_metrics(&row).unwrap();
+        let metrics = std::fs::read_to_string(dir.join(METRICS_CSV)).unwrap();
+        let refused = |run: &mut RunFolder, said: &str, metrics: Option<&str>| {
+            let error = format!("{:#}", run.append_metrics(&row).unwrap_err());
+            assert!(error.contains(said), "{error}");
+            run.save(vec![(MODEL_FILES.last, vec![0])]).unwrap();
+            let error = format!("{:#}", run.finish_saving().unwrap_err());
+            assert!(error.contains(said), "{error}");
+            let now = std::fs::read_to_string(dir.join(METRICS_CSV)).ok();
+            assert_eq!(now.as_deref(), metrics);
+            assert!(!dir.join(MODEL_FILES.last).exists());
+        };
+        // Its .lock removed, and made again (by a resume, say).
+        std::fs::remove_file(dir.join(LOCK_FILE)).unwrap();
+        std::fs::write(dir.join(LOCK_FILE), "1").unwrap();
+        let shown = dir.display();
+        let said = format!("{shown}/.lock was removed or replaced while this run trained");
+        refused(&mut run, &said, Some(&metrics));
+        // The folder removed, and another run started in its place.
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join(LOCK_FILE), "1").unwrap();
+        std::fs::write(dir.join(METRICS_CSV), &header).unwrap();
+        let said = format!(
+            "{shown} was removed or replaced while this run trained (another run there now?): \
+             this run stops without writing"
+        );
+        refused(&mut run, &said, Some(&header));
+        // The folder removed.
+        std::fs::remove_dir_all(&dir).unwrap();
+        let said = format!("{shown} was removed while this run trained");
+        refused(&mut run, &said, None);
     }
 
     /// A row is appended only once the files saved before it have landed: where they
