@@ -3852,18 +3852,24 @@ fn a_failed_write_to_stdout_is_an_error_not_a_panic() {
     );
 }
 
+/// `make`, run in `dir` as a make of its own: not as a sub-make of `make test`, which
+/// would print "Entering directory".
+fn make_in(dir: &Path) -> Command {
+    let mut make = Command::new("make");
+    make.current_dir(dir)
+        .env_remove("MAKELEVEL")
+        .env_remove("MAKEFLAGS");
+    make
+}
+
 /// `make train ARGS="--dataset cifar10"` would download CIFAR-100 and then have `vit train`
 /// refuse the flag given twice; make refuses it first, before installing or building
 /// anything, and says to use DATASET= (`make -n`: nothing is run either way).
 #[test]
 fn make_train_refuses_dataset_flags_in_args() {
     let make = |args: &[&str]| {
-        Command::new("make")
+        make_in(Path::new(env!("CARGO_MANIFEST_DIR")))
             .args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            // Not as a sub-make of `make test`: that would print "Entering directory".
-            .env_remove("MAKELEVEL")
-            .env_remove("MAKEFLAGS")
             // The defaults, whatever the environment sets.
             .env_remove("DATASET")
             .env_remove("DATA_DIR")
@@ -3944,11 +3950,10 @@ fn make_clean_removes_builds_and_only_a_real_venv() {
         ".venv",
         "data/cifar-10-batches-bin",
         "runs/a",
-        "bin",
     ] {
-        let base = if folder == "bin" { &*root } else { &project };
-        std::fs::create_dir_all(base.join(folder)).unwrap();
+        std::fs::create_dir_all(project.join(folder)).unwrap();
     }
+    std::fs::create_dir(&bin).unwrap();
     std::fs::copy(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("Makefile"),
         project.join("Makefile"),
@@ -3975,12 +3980,9 @@ fn make_clean_removes_builds_and_only_a_real_venv() {
         let mut path = OsString::from(&bin);
         path.push(":");
         path.push(std::env::var_os("PATH").unwrap_or_default());
-        let output = Command::new("make")
+        let output = make_in(&project)
             .arg("clean")
-            .current_dir(&project)
             .env("PATH", path)
-            .env_remove("MAKELEVEL")
-            .env_remove("MAKEFLAGS")
             .output()
             .expect("make runs");
         assert!(output.status.success(), "{output:?}");
