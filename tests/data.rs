@@ -2212,7 +2212,19 @@ fn serve_once(body: Vec<u8>, length: Option<usize>) -> String {
 
 /// [`serve_once`] with another status line than `200 OK`.
 fn serve_once_with_status(status: &str, body: Vec<u8>, length: Option<usize>) -> String {
+    serve_once_with_head(status, "", body, length)
+}
+
+/// [`serve_once`] with the status line `status` and `headers` (each ending in `\r\n`)
+/// added to the response's head.
+fn serve_once_with_head(
+    status: &str,
+    headers: &str,
+    body: Vec<u8>,
+    length: Option<usize>,
+) -> String {
     let status = status.to_string();
+    let headers = headers.to_string();
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
@@ -2223,7 +2235,7 @@ fn serve_once_with_status(status: &str, body: Vec<u8>, length: Option<usize>) ->
         while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
             request.push(byte[0]);
         }
-        let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
+        let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\n{headers}");
         if let Some(length) = length {
             head += &format!("Content-Length: {length}\r\n");
         }
@@ -2277,6 +2289,21 @@ fn http_download_and_interrupted_transfers() {
     let err = error_of(fetch(&url, &data_dir, &spec));
     assert!(err.contains("incomplete transfer"), "{err}");
     assert_no_data_folder(&data_dir);
+
+    // A server that labels the .tar.gz as gzip-encoded (some static servers do): the bytes
+    // are the archive's own, so they are kept as they came, not unpacked on the way.
+    let url = serve_once_with_head(
+        "200 OK",
+        "Content-Encoding: gzip\r\n",
+        archive.clone(),
+        Some(archive.len()),
+    );
+    let fetched = fetch(&url, &data_dir, &spec).unwrap();
+    assert_eq!(
+        fetched,
+        Fetched::Unpacked(data_dir.join("cifar-10-batches-bin"))
+    );
+    std::fs::remove_dir_all(&data_dir).unwrap();
 
     // The whole archive; a base URL gets the file name appended.
     let url = serve_once(archive.clone(), Some(archive.len()));
