@@ -799,6 +799,12 @@ fn an_atomic_write_sweeps_its_own_killed_writes() {
     let mut expected = [running.as_str(), others, "matrix.csv"];
     expected.sort();
     assert_eq!(entries(&tmp.0), expected);
+    // A file whose own name holds the temporaries' tag: its killed write is told by the
+    // last tag.
+    let killed = tmp.0.join(".curves.tmp-2.csv.tmp-4294967295");
+    std::fs::write(&killed, b"partial").unwrap();
+    vit_tch::fsutil::write_atomic(&tmp.0.join("curves.tmp-2.csv"), b"rows").unwrap();
+    assert!(!killed.exists());
 }
 
 #[test]
@@ -817,6 +823,24 @@ fn escaping_or_stray_entries_are_refused() {
         assert!(err.contains("refusing"), "{err}");
         assert_no_data_folder(&data_dir);
         assert!(!tmp.0.join("evil").exists() && !tmp.0.join("data/evil").exists());
+    }
+}
+
+/// An archive that holds nothing of the dataset's folder (an empty one, or one of its
+/// root alone) is refused naming the folder it lacks, and nothing is left.
+#[test]
+fn an_archive_without_the_dataset_folder_is_refused() {
+    let tmp = TempDir::new("dlempty");
+    let data_dir = tmp.0.join("data");
+    let root_alone: &[(&str, &[u8])] = &[("./", b"")];
+    for entries_in in [&[][..], root_alone] {
+        let archive = tar_gz(entries_in);
+        let err = refused_archive(&archive, &tmp.0.join("empty.tar.gz"), &data_dir);
+        assert!(
+            err.contains("the archive holds no cifar-10-batches-bin/ folder"),
+            "{err}"
+        );
+        assert_no_data_folder(&data_dir);
     }
 }
 
@@ -893,13 +917,16 @@ fn sources_of_the_wrong_size_are_refused_by_their_size() {
     let host_url = serve_once(page.clone(), Some(page.len()));
     let err = error_of(fetch(host_url.trim_end_matches('/'), &data_dir, &spec));
     assert!(err.contains("end its URL with / and vit appends"), "{err}");
-    // A URL that names a file is no mirror's folder either.
-    let file_url = serve_once(page.clone(), Some(page.len())) + "other.tar.gz";
-    let err = error_of(fetch(&file_url, &data_dir, &spec));
-    assert!(
-        err.contains(&expected) && !err.contains("mirror's folder"),
-        "{err}"
-    );
+    // A URL that names a file is no mirror's folder either, even where its query holds a
+    // path (as a signed link's may): the file is named before the `?`.
+    for file in ["other.tar.gz", "other.tar.gz?from=/mirror"] {
+        let file_url = serve_once(page.clone(), Some(page.len())) + file;
+        let err = error_of(fetch(&file_url, &data_dir, &spec));
+        assert!(
+            err.contains(&expected) && !err.contains("mirror's folder"),
+            "{file}: {err}"
+        );
+    }
     assert_no_data_folder(&data_dir);
 
     // CIFAR-10's archive (its size: a sparse file) given for CIFAR-100 is said to be that.
@@ -2225,6 +2252,19 @@ fn serve_once_with_head(
 ) -> String {
     let status = status.to_string();
     let headers = headers.to_string();
+    serve_once_answering(move |_| {
+        let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\n{headers}");
+        if let Some(length) = length {
+            head += &format!("Content-Length: {length}\r\n");
+        }
+        head += "\r\n";
+        [head.as_bytes(), &body].concat()
+    })
+}
+
+/// Serves one HTTP request on localhost with what `answer` makes of the request's head
+/// (the whole response, head and body), then closes the connection.
+fn serve_once_answering(answer: impl FnOnce(&str) -> Vec<u8> + Send + 'static) -> String {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
@@ -2235,13 +2275,7 @@ fn serve_once_with_head(
         while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
             request.push(byte[0]);
         }
-        let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\n{headers}");
-        if let Some(length) = length {
-            head += &format!("Content-Length: {length}\r\n");
-        }
-        head += "\r\n";
-        let _ = stream.write_all(head.as_bytes());
-        let _ = stream.write_all(&body);
+        let _ = stream.write_all(&answer(&String::from_utf8_lossy(&request)));
     });
     format!("http://{address}/")
 }
@@ -2305,6 +2339,35 @@ fn http_download_and_interrupted_transfers() {
     );
     std::fs::remove_dir_all(&data_dir).unwrap();
 
+    // A server that compresses what it sends unless told not to (a request without
+    // Accept-Encoding accepts any encoding): vit asks for the bytes as they are, since it
+    // would not undo the compression, and gets the archive.
+    let served = archive.clone();
+    let url = serve_once_answering(move |request| {
+        let identity = request
+            .to_ascii_lowercase()
+            .contains("accept-encoding: identity\r\n");
+        let (encoding, body) = match identity {
+            true => ("", served),
+            false => {
+                let mut gzip = GzEncoder::new(Vec::new(), Compression::fast());
+                std::io::Write::write_all(&mut gzip, &served).unwrap();
+                ("Content-Encoding: gzip\r\n", gzip.finish().unwrap())
+            }
+        };
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\n{encoding}Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        [head.as_bytes(), &body].concat()
+    });
+    let fetched = fetch(&url, &data_dir, &spec).unwrap();
+    assert_eq!(
+        fetched,
+        Fetched::Unpacked(data_dir.join("cifar-10-batches-bin"))
+    );
+    std::fs::remove_dir_all(&data_dir).unwrap();
+
     // The whole archive; a base URL gets the file name appended.
     let url = serve_once(archive.clone(), Some(archive.len()));
     assert!(url.ends_with('/'));
@@ -2350,6 +2413,27 @@ fn a_failed_download_removes_the_folders_it_created_and_only_those() {
         assert!(err.contains("/nonexistent/a.tar.gz"), "{err}");
         assert_eq!(entries(&mine), Vec::<String>::new());
     }
+}
+
+/// A data folder that would lie below a file (`--data-dir notes/data`, notes a file) is
+/// refused naming that file, which is kept.
+#[test]
+fn a_data_folder_below_a_file_names_the_file() {
+    let tmp = TempDir::new("dl-below-a-file");
+    let notes = tmp.0.join("notes");
+    std::fs::write(&notes, "mine").unwrap();
+    let archive = cifar10_archive();
+    let md5 = md5_hex(&archive);
+    let spec = spec_for(&archive, &md5);
+    let err = error_of(fetch("/nonexistent/a.tar.gz", &notes.join("data"), &spec));
+    assert!(
+        err.contains(&format!(
+            "{} is a file, not a folder; move it away, or choose another path",
+            notes.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "mine");
 }
 
 /// Ctrl-C during a download (here, a server that has sent 1 MiB of the archive and then

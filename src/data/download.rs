@@ -604,5 +604,14 @@ mod tests {
             resolve_source("file:///nonexistent/a.tgz", &CIFAR10_ARCHIVE),
             "/nonexistent/a.tgz"
         );
+        // A `%` that starts no escape (two hex digits) is the file name's own.
+        assert_eq!(
+            resolve_source("file:///nonexistent/100%.tgz", &CIFAR10_ARCHIVE),
+            "/nonexistent/100%.tgz"
+        );
+        assert_eq!(
+            resolve_source("file:///nonexistent/a%2", &CIFAR10_ARCHIVE),
+            "/nonexistent/a%2"
+        );
     }
 }
