@@ -454,7 +454,10 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{append_or_cut_back, append_whole, unwritable, Remedy};
+    use super::{
+        append_or_cut_back, append_whole, ensure_writable_folder, kind_if_not_a_file,
+        temporary_sibling, unwritable, Remedy, WRITE_CHECK,
+    };
     use anyhow::Context;
     use std::path::Path;
 
@@ -477,6 +480,38 @@ mod tests {
             std::fs::read_to_string(&path).unwrap(),
             format!("{before}2,0.25\n")
         );
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    /// A folder on a full disk (here the write check's file leads to /dev/full) is refused
+    /// as such: the check writes a disk block, since an empty file takes no space and
+    /// would pass. Its file goes either way.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_folder_on_a_full_disk_fails_the_write_check() {
+        let dir = std::env::temp_dir().join(format!("vit-full-disk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let probe = temporary_sibling(&dir.join(WRITE_CHECK));
+        std::os::unix::fs::symlink("/dev/full", &probe).unwrap();
+        let error = format!("{:#}", ensure_writable_folder(&dir).unwrap_err());
+        assert!(
+            error.starts_with(&format!(
+                "cannot write to {}: the disk is full; free some space on it",
+                dir.display()
+            )),
+            "{error}"
+        );
+        assert!(probe.symlink_metadata().is_err());
+        std::fs::remove_dir(&dir).unwrap();
+    }
+
+    /// A socket (a server's, left in a folder) is named as one, as the reason it is no
+    /// file to read.
+    #[test]
+    fn a_socket_is_named_as_one() {
+        let path = std::env::temp_dir().join(format!("vit-socket-{}", std::process::id()));
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert_eq!(kind_if_not_a_file(&path), Some("a socket"));
         std::fs::remove_file(&path).unwrap();
     }
 

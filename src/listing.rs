@@ -45,6 +45,8 @@ mod tests {
         assert_eq!(noun_for(1i32, "class"), "class");
         assert_eq!(noun_for(2usize, "class"), "classes");
         assert_eq!(noun_for(2usize, "patch"), "patches");
+        assert_eq!(noun_for(2usize, "box"), "boxes");
+        assert_eq!(noun_for(2usize, "mesh"), "meshes");
         assert_eq!(noun_for(1usize, "epoch"), "epoch");
         assert_eq!(noun_for(2usize, "epoch"), "epochs");
     }

@@ -451,6 +451,16 @@ fn a_png_or_svg_that_vit_did_not_draw_is_kept() {
         .unwrap_err()
     );
     assert!(err.contains("a-file is a file, not a folder"), "{err}");
+    // It is found before any run is read.
+    let err = format!(
+        "{:#}",
+        plot::run(&PlotArgs {
+            runs: vec![dir.join("no-such-run")],
+            output: in_the_way.join("curves.png"),
+        })
+        .unwrap_err()
+    );
+    assert!(err.contains("a-file is a file, not a folder"), "{err}");
 
     // A folder named as the picture is refused, before any run is read.
     let folder = dir.join("pictures.png");

@@ -3126,6 +3126,37 @@ fn eval_names_both_confusion_matrix_files_it_cannot_write() {
     assert!(report["confusion_matrix_png"].is_null(), "{report}");
 }
 
+/// `vit eval --checkpoint model.safetensors --out results`, given in the checkpoint's own
+/// folder: the report is named after that folder too, as for a checkpoint given with its
+/// path, so that the reports of two runs evaluated into one folder keep apart; and the
+/// report is all that lands there (the check that the folder takes files removes its own).
+#[test]
+fn a_checkpoint_given_by_its_bare_name_names_its_report_after_its_folder() {
+    let (root, data_dir) = colour_cifar10("eval-bare-name");
+    let run = root.join("run-a");
+    std::fs::create_dir(&run).unwrap();
+    let metadata = [("dataset", "cifar10".to_string())];
+    save_fresh_model(
+        &ViTConfig::tiny(),
+        &metadata,
+        &run.join("model.safetensors"),
+    );
+    let results = root.join("results");
+    #[rustfmt::skip]
+    let output = Command::new(common::vit_binary())
+        .args(["eval", "--checkpoint", "model.safetensors", "--data-dir", data_dir.to_str().unwrap(), "--device", "cpu", "--out", results.to_str().unwrap()])
+        .current_dir(&run)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let names: Vec<String> = std::fs::read_dir(&results)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["run-a.model.confusion_matrix.csv"]);
+}
+
 /// A model of `config` with fresh weights. Their draws come from libtorch's global
 /// generator, which the training tests beside it reseed and draw from, so it takes the
 /// generator's turn (`seeded`) as they do: call it without holding one.
@@ -3692,6 +3723,25 @@ fn background_writes_land_in_order_and_report_errors() {
     assert_eq!(std::fs::read(dir.join("d")).unwrap().len(), 1 << 24);
 }
 
+/// Writes checked before each file (that the run folder is still there) stop where the
+/// check fails: its error is reported, and the files from there on are not written.
+#[test]
+fn checked_background_writes_stop_where_the_check_fails() {
+    let dir = TempDir::new("checked-writes");
+    let checks = std::sync::atomic::AtomicUsize::new(0);
+    let mut writes = BackgroundWrites::checked_by(move || {
+        match checks.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            0 => Ok(()),
+            _ => Err(anyhow::anyhow!("the run folder was removed")),
+        }
+    });
+    let files = ["a", "b"].map(|name| (dir.join(name), name.as_bytes().to_vec()));
+    writes.start(files.to_vec()).unwrap();
+    let error = format!("{:#}", writes.finish().unwrap_err());
+    assert_eq!(error, "the run folder was removed");
+    assert!(dir.join("a").exists() && !dir.join("b").exists());
+}
+
 #[test]
 fn a_checkpoint_that_cannot_be_written_stops_the_run_with_its_name() {
     let _turn = seeded(0);
@@ -4048,6 +4098,9 @@ fn a_test_only_folder_is_evaluated_and_index_names_its_file() {
 
     #[rustfmt::skip]
     let output = vit(&["eval", "--checkpoint", model, "--data-dir", photos_dir, "--device", "cpu", "--json"]);
+    // Numbered by name, the folder's classes are the model's: no warning that they differ.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("warning"), "{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["images"], 4);
     assert_eq!(report["per_class_accuracy"][0][0], "bird");
