@@ -194,6 +194,21 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
     assert!(error.contains(&free), "{error}");
     let error = load_error("arrays.npz");
     assert!(error.contains("is not a valid safetensors file"), "{error}");
+    // Nor is a tar of the folder that torch.save's zip unpacks to: outside a zip, the
+    // names it holds tell nothing.
+    let mut folder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(3);
+    header.set_mode(0o644);
+    folder
+        .append_data(&mut header, "model/data.pkl", &b"pkl"[..])
+        .unwrap();
+    std::fs::write(dir.join("model.tar"), folder.into_inner().unwrap()).unwrap();
+    let error = load_error("model.tar");
+    assert!(
+        error.contains("is not a valid safetensors file") && !error.contains("PyTorch file"),
+        "{error}"
+    );
     // An image given as the checkpoint (vit predict's arguments swapped) is named as one...
     image::RgbImage::new(8, 8)
         .save(dir.join("photo.png"))
@@ -576,10 +591,23 @@ fn checkpoint_without_config_names_what_is_missing() {
         "pos_embed".into(),
         Tensor::zeros([1, 7, 16], (Kind::Float, Device::Cpu)),
     );
+    // So do patches that are not square, and a grid of no patches.
+    let (mut oblong_patches, _) = checkpoint_tensors();
+    oblong_patches.insert(
+        "patch_embed.proj.weight".into(),
+        Tensor::zeros([16, 3, 4, 2], (Kind::Float, Device::Cpu)),
+    );
+    let (mut no_patches, _) = checkpoint_tensors();
+    no_patches.insert(
+        "pos_embed".into(),
+        Tensor::zeros([1, 1, 16], (Kind::Float, Device::Cpu)),
+    );
     let (mut no_class_token, _) = checkpoint_tensors();
     no_class_token.remove("cls_token");
     for (name, tensors, expected) in [
         ("oblong", oblong, "json.dumps({image_size,"),
+        ("oblong-patches", oblong_patches, "json.dumps({image_size,"),
+        ("no-patches", no_patches, "json.dumps({image_size,"),
         (
             "no-class-token",
             no_class_token,
@@ -590,6 +618,75 @@ fn checkpoint_without_config_names_what_is_missing() {
         let error = load_error(name, TensorFile { tensors, metadata });
         assert!(!error.contains("shapes give"), "{name}: {error}");
         assert!(error.contains(expected), "{name}: {error}");
+    }
+}
+
+/// A file without `config` metadata whose tensors tell no config (here none at all, as
+/// the state dict of the wrong object would be) is told every field a config needs, so
+/// that with the model's values they make its config; and it is no wrapped model's.
+#[test]
+fn a_checkpoint_whose_shapes_tell_no_config_is_told_every_field_it_needs() {
+    let dir = TempDir::new("no-tensors");
+    let path = dir.join("empty.safetensors");
+    // A header of no tensors, padded to 8 bytes as safetensors pads it.
+    std::fs::write(&path, [&8u64.to_le_bytes()[..], b"{}      "].concat()).unwrap();
+    let error = match checkpoint::load(&path, Device::Cpu) {
+        Ok(_) => panic!("a checkpoint of no tensors was accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(!error.contains("module."), "{error}");
+    let names = error
+        .split("json.dumps({")
+        .nth(1)
+        .and_then(|rest| rest.split("})").next())
+        .unwrap_or_else(|| panic!("no config fields in: {error}"));
+    let values: serde_json::Value = serde_json::from_str(&tiny_config().to_json()).unwrap();
+    let config: serde_json::Map<String, serde_json::Value> = names
+        .split(", ")
+        .map(|name| (name.to_string(), values[name].clone()))
+        .collect();
+    let config = serde_json::Value::Object(config).to_string();
+    assert_eq!(ViTConfig::from_json(&config).unwrap(), tiny_config());
+}
+
+/// Names that are not those of a timm ViT made with other options, nor of a wrapped model,
+/// are not told as such: a timm EfficientNet's (its blocks are numbered too), a ViT's that
+/// lacks block 0's attention weights, and one stray `module.` name among vit's own.
+#[test]
+fn names_of_no_timm_vit_option_are_not_told_as_one() {
+    let efficientnet = [
+        "conv_stem.weight",
+        "blocks.0.0.conv_dw.weight",
+        "classifier.weight",
+    ]
+    .map(|name| {
+        (
+            name.to_string(),
+            Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+        )
+    })
+    .into();
+    let (mut no_attention, metadata) = checkpoint_tensors();
+    no_attention.remove("blocks.0.attn.qkv.weight");
+    no_attention.remove("blocks.0.attn.qkv.bias");
+    let (mut stray, _) = checkpoint_tensors();
+    stray.insert(
+        "module.extra".into(),
+        Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+    );
+    for (name, tensors) in [
+        ("efficientnet", efficientnet),
+        ("no-attention", no_attention),
+        ("stray-module", stray),
+    ] {
+        let metadata = metadata.clone();
+        let error = load_error(name, TensorFile { tensors, metadata });
+        assert!(
+            error.contains("checkpoint does not match the model")
+                && !error.contains("timm VisionTransformer")
+                && !error.contains("DistributedDataParallel"),
+            "{name}: {error}"
+        );
     }
 }
 
