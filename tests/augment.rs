@@ -606,6 +606,35 @@ fn mixing_stops_after_mix_off_epoch() {
     }
 }
 
+/// With the strong recipe's augmentation (`--auto-augment`, `--rand-augment`,
+/// `--random-erasing`), the trainer's batch is the strong pipeline's, not the notebook's crop
+/// and flip: from the same draws, the same images as `strong_train_transform` gives.
+#[test]
+fn a_strong_recipes_batch_is_augmented_by_its_pipeline() {
+    let _g = seeded(3);
+    let config = ViTConfig::tiny();
+    let images = random_u8(&[16, 3, 32, 32]);
+    let labels = Tensor::randint(config.num_classes, [16], (Kind::Int64, Device::Cpu));
+    let augment = AugmentConfig {
+        policy: Some(Policy::default()),
+        erasing: Some(RandomErasing::default()),
+        ..AugmentConfig::default()
+    };
+    let regularization = Regularization {
+        augment: Some(augment.clone()),
+        ..Regularization::default()
+    };
+    tch::manual_seed(7);
+    let batch = TrainBatch::new(&images, labels, &config, &regularization, 0.1, 0);
+    tch::manual_seed(7);
+    let strong = augment::strong_train_transform(&images, config.image_size, &augment);
+    tch::manual_seed(7);
+    let notebook = transforms::train_transform(&images, config.image_size);
+    common::assert_close("images", &batch.images, &strong, 0.0);
+    assert!(!batch.images.allclose(&notebook, 1e-6, 1e-6, false));
+    assert!(batch.soft_targets.is_none(), "soft targets without mixing");
+}
+
 /// CutMix's weight of the pasted image is the share of pixels that came from it, counted
 /// on the output of constant-colour images.
 #[test]

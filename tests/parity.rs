@@ -3,8 +3,9 @@
 //! explicit attention), gradients (without and with dropout), three clipped AdamW steps and
 //! the attention maps; the whole model with its linear layers in oneDNN and in libtorch's
 //! `linear`. Also a fresh model's initialisation against timm's, the learning-rate
-//! schedule against PyTorch's schedulers (run in Python), the loss of a mixed batch, and
-//! clipping under the limit.
+//! schedule against PyTorch's schedulers (run in Python), the loss and the correct count
+//! of a mixed batch, a training step's dropout, clipping under the limit, and
+//! `--clip-grad 0`.
 
 mod common;
 
@@ -417,6 +418,9 @@ fn adamw_steps_match_pytorch() {
             let expected = |key: String| file.get(&format!("{kernel}.{key}")).unwrap();
             for (step, lr) in STEP_LRS.into_iter().enumerate() {
                 let output = train_step(&model, &mut optimizer, &batch, lr, STEP_OPTIONS);
+                // An epoch sums the losses: one that kept its graph would keep every step's
+                // activations alive until the epoch's end.
+                assert!(!output.loss.requires_grad(), "loss {step} ({case})");
                 let what = format!("loss {step} ({case})");
                 assert_close(
                     &what,
@@ -449,6 +453,84 @@ fn adamw_steps_match_pytorch() {
             }
         }
     }
+}
+
+/// A mixed batch's predictions are counted right against each image's own label (the
+/// train accuracy of metrics.csv), also where the image mixed into it weighs more in its
+/// soft targets.
+#[test]
+fn a_mixed_batch_counts_its_predictions_against_its_own_labels() {
+    let file = fixture("adamw_steps");
+    let (vs, model) = small_model(&file, true, false);
+    let mut optimizer = AdamW::new(&vs, WEIGHT_DECAY).unwrap();
+    let input = file.get("input").unwrap();
+    let num_classes = model.config.num_classes;
+    // Labelled with the model's own answers, every prediction is right. The model has no
+    // dropout: this forward pass is the step's.
+    let labels = tch::no_grad(|| model.forward_t(input, true)).argmax(-1, false);
+    let other = (&labels + 1).remainder(num_classes);
+    let targets = labels.one_hot(num_classes) * 0.3 + other.one_hot(num_classes) * 0.7;
+    let batch = TrainBatch {
+        images: input.shallow_clone(),
+        labels: labels.shallow_clone(),
+        soft_targets: Some(targets),
+    };
+    let output = train_step(&model, &mut optimizer, &batch, 1e-3, STEP_OPTIONS);
+    assert_eq!(output.correct.int64_value(&[]), labels.size()[0]);
+}
+
+/// A training step runs the model in train mode: with dropout, its loss is that of the
+/// fixture's train-mode pass, with the masks PyTorch drew, not that of the model without
+/// dropout.
+#[test]
+fn a_training_step_draws_dropout_masks() {
+    let file = fixture("dropout_gradients");
+    let (vs, mut model) = small_model(&file, true, false);
+    model.set_libtorch_dropout(true);
+    let mut optimizer = AdamW::new(&vs, WEIGHT_DECAY).unwrap();
+    let batch = TrainBatch {
+        images: file.get("input").unwrap().shallow_clone(),
+        labels: file.get("labels").unwrap().shallow_clone(),
+        soft_targets: None,
+    };
+    let seed = file.get("seed").unwrap().int64_value(&[]);
+    let output = {
+        let _rng = seeded(seed);
+        train_step(&model, &mut optimizer, &batch, 1e-3, STEP_OPTIONS)
+    };
+    let expected = file.get("loss").unwrap();
+    assert_close("loss of the step", &output.loss, expected, TRAIN_TOL);
+}
+
+/// `--clip-grad 0` turns clipping off: a step moves the weights exactly as one under a
+/// limit that no gradient reaches, and reports no gradient norm.
+#[test]
+fn a_clip_grad_of_0_leaves_the_gradients_as_they_are() {
+    let file = fixture("adamw_steps");
+    let batch = TrainBatch {
+        images: file.get("input").unwrap().shallow_clone(),
+        labels: file.get("labels").unwrap().shallow_clone(),
+        soft_targets: None,
+    };
+    let step = |clip_grad| {
+        let (vs, model) = small_model(&file, true, false);
+        let mut optimizer = AdamW::new(&vs, WEIGHT_DECAY).unwrap();
+        let options = StepOptions {
+            clip_grad,
+            ..STEP_OPTIONS
+        };
+        let output = train_step(&model, &mut optimizer, &batch, 1e-3, options);
+        (vs, output)
+    };
+    let (off, off_output) = step(0.0);
+    let (unreached, unreached_output) = step(1e9);
+    let norm = unreached_output.grad_norm.unwrap().double_value(&[]);
+    assert!(norm > 0.0 && norm < 1e9, "gradient norm {norm}");
+    let unreached = unreached.variables();
+    for (name, weights) in off.variables() {
+        assert!(weights.equal(&unreached[&name]), "{name}");
+    }
+    assert!(off_output.grad_norm.is_none());
 }
 
 /// `torch.nn.utils.clip_grad_norm_` over parameters that have no gradient returns a norm of
