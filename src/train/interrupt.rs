@@ -28,6 +28,17 @@ pub struct Stop {
     finished: Mutex<bool>,
 }
 
+/// What a signal does.
+#[derive(Debug, PartialEq)]
+enum Reaction {
+    /// Nothing: it repeats the first signal, or comes after the run's end.
+    Nothing,
+    /// Stop after the current step and save (see [`Stop::signal`]).
+    Stop,
+    /// Quit at once, without saving.
+    Quit,
+}
+
 /// Said when a stop came too late to stop the run.
 const FINISHED_NOTE: &str = "note: the stop came as the run was ending: it finished and saved \
                              all its epochs; there is nothing to resume";
@@ -46,6 +57,18 @@ impl Stop {
              second Ctrl-C (or signal), half a second or more later, quits at once without \
              saving",
         )
+    }
+
+    /// What a signal that comes `since_first` after the first one does (None: it is the
+    /// first).
+    fn reaction(&self, since_first: Option<Duration>) -> Reaction {
+        match since_first {
+            None => Reaction::Stop,
+            Some(since) if since < REPEAT => Reaction::Nothing,
+            // Nothing is left to quit: its first signal was told so.
+            Some(_) if self.has_finished() => Reaction::Nothing,
+            Some(_) => Reaction::Quit,
+        }
     }
 
     /// Whether [`Self::finish`] has run: the process is about to exit on its own.
@@ -78,11 +101,9 @@ pub fn stop_on_interrupt() -> Result<Arc<Stop>> {
     let handler_stop = stop.clone();
     let mut first: Option<Instant> = None;
     crate::runtime::on_interrupt(move || {
-        match first {
-            Some(at) if at.elapsed() < REPEAT => return,
-            // Nothing is left to quit: its first signal was told so.
-            Some(_) if handler_stop.has_finished() => return,
-            Some(_) => {
+        match handler_stop.reaction(first.map(|at| at.elapsed())) {
+            Reaction::Nothing => {}
+            Reaction::Quit => {
                 say_on_stderr(
                     "\nQuit at once, without saving: the run folder keeps the state it saved \
                      last, if any (at the end of an epoch, or where an earlier interrupt \
@@ -90,11 +111,13 @@ pub fn stop_on_interrupt() -> Result<Arc<Stop>> {
                 );
                 crate::runtime::quit_at_once(130)
             }
-            None => first = Some(Instant::now()),
+            Reaction::Stop => {
+                first = Some(Instant::now());
+                // Said at once: the step, or an epoch's test pass, may take a while to
+                // finish. On a line of its own, after the progress bar's.
+                handler_stop.signal(|line| say_on_stderr(&format!("\n{line}")));
+            }
         }
-        // Said at once: the step, or an epoch's test pass, may take a while to finish. On
-        // a line of its own, after the progress bar's.
-        handler_stop.signal(|line| say_on_stderr(&format!("\n{line}")));
     })?;
     Ok(stop)
 }
@@ -117,8 +140,9 @@ pub fn quit_saved(command: &[OsString], at: StopPoint, run_dir: &Path) -> ! {
 
 #[cfg(test)]
 mod tests {
-    use super::{Stop, FINISHED_NOTE};
+    use super::{Reaction, Stop, FINISHED_NOTE, REPEAT};
     use std::sync::atomic::Ordering;
+    use std::time::Duration;
 
     /// A stop that comes while the run goes on is requested (and, should the run finish
     /// anyway, its end says so); one that comes after the run's end stops nothing and says
@@ -144,5 +168,22 @@ mod tests {
         assert_eq!(said, [FINISHED_NOTE]);
         assert!(!stop.requested.load(Ordering::SeqCst));
         assert!(stop.has_finished() && !Stop::default().has_finished());
+    }
+
+    /// The first signal stops the run; one within half a second of it is the first
+    /// delivered again (a closing terminal's two SIGHUPs) and does nothing; a later one
+    /// quits at once, unless the run has finished and saved: the process is exiting on its
+    /// own, and a quit would say, and exit as if, it had not saved.
+    #[test]
+    fn a_second_signal_quits_unless_it_repeats_the_first_or_the_run_has_finished() {
+        let stop = Stop::default();
+        assert_eq!(stop.reaction(None), Reaction::Stop);
+        assert_eq!(stop.reaction(Some(Duration::ZERO)), Reaction::Nothing);
+        let just_under = REPEAT - Duration::from_millis(1);
+        assert_eq!(stop.reaction(Some(just_under)), Reaction::Nothing);
+        assert_eq!(stop.reaction(Some(REPEAT)), Reaction::Quit);
+        assert_eq!(stop.reaction(Some(REPEAT * 20)), Reaction::Quit);
+        stop.finish(|_| {});
+        assert_eq!(stop.reaction(Some(REPEAT)), Reaction::Nothing);
     }
 }
