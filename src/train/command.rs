@@ -179,6 +179,19 @@ mod tests {
         );
     }
 
+    /// A command with a word that is not text is not recorded (a refused resume then points
+    /// to config.json), rather than recorded with another word in its place.
+    #[test]
+    fn a_command_with_a_word_that_is_not_text_is_not_recorded() {
+        use std::os::unix::ffi::OsStringExt;
+        let mut command = words(&["vit", "train", "--data-dir"]);
+        command.push(OsString::from_vec(b"data-\xff".to_vec()));
+        assert!(StartCommand::new(&command).is_none());
+        // A run folder that is not text is no such word: a resume gives `--out` anew.
+        let out = OsString::from_vec(b"--out=runs/\xff".to_vec());
+        assert!(StartCommand::new(&[OsString::from("vit"), out]).is_some());
+    }
+
     #[test]
     fn arguments_are_quoted_as_a_posix_shell_reads_them_back() {
         for (arg, command_word, quoted) in [
