@@ -186,3 +186,56 @@ impl ModuleT for VisionTransformer {
         self.classify(&tokens)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    /// Panics unless every layer of `model` is set as given: attention dropout `prob`,
+    /// fused attention, dropout masks from libtorch's sampler, linear layers in oneDNN.
+    fn assert_every_layer(model: &VisionTransformer, prob: f64, on: [bool; 3]) {
+        let [fused, libtorch_masks, onednn] = on;
+        assert_eq!(model.pos_drop.libtorch_masks, libtorch_masks);
+        assert_eq!(model.head.onednn, onednn);
+        for (i, block) in model.blocks.iter().enumerate() {
+            assert_eq!(block.attn.attn_dropout, prob, "block {i}");
+            assert_eq!(block.attn.fused, fused, "block {i}");
+            assert_eq!(block.proj_drop.libtorch_masks, libtorch_masks, "block {i}");
+            assert_eq!(block.mlp.drop.libtorch_masks, libtorch_masks, "block {i}");
+            let linears = [
+                &block.attn.qkv,
+                &block.attn.proj,
+                &block.mlp.fc1,
+                &block.mlp.fc2,
+            ];
+            for (j, linear) in linears.into_iter().enumerate() {
+                assert_eq!(linear.onednn, onednn, "block {i}, linear layer {j}");
+            }
+        }
+    }
+
+    /// A fresh model has the documented defaults (no attention dropout, fused attention,
+    /// the fast CPU dropout sampler, oneDNN linear layers), and each setter reaches every
+    /// block and every layer of its kind in it (the head too): `--attn-dropout` or
+    /// `--libtorch-linear` applied to some layers only would leave no trace in the outputs
+    /// of a short run.
+    #[test]
+    fn every_setter_reaches_every_layer() {
+        let config = ViTConfig {
+            num_layers: 3,
+            ..ViTConfig::tiny()
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut model = VisionTransformer::new(&vs.root(), &config).unwrap();
+        assert_every_layer(&model, 0.0, [true, false, true]);
+        for on in [true, false] {
+            let prob = if on { 0.25 } else { 0.0 };
+            model.set_attn_dropout(prob);
+            model.set_fused_attention(on);
+            model.set_libtorch_dropout(on);
+            model.set_onednn_linear(on);
+            assert_every_layer(&model, prob, [on; 3]);
+        }
+    }
+}
