@@ -160,6 +160,28 @@ fn stochastic_depth_drops_whole_branches_per_sample_at_rates_rising_to_the_last_
     }
 }
 
+/// A one-block model's block gets stochastic depth 0 (timm's `linspace(0, rate, 1)` is
+/// [0]): a train-mode pass of a dropout-free model is then its evaluation pass. The rate
+/// spread over `blocks - 1` gaps would divide by zero here and give the block NaN.
+#[test]
+fn a_single_block_gets_no_stochastic_depth() {
+    let config = ViTConfig {
+        num_layers: 1,
+        ..ViTConfig::tiny()
+    };
+    let _rng = seeded(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut model = VisionTransformer::new(&vs.root(), &config).unwrap();
+    model.set_drop_path_rate(0.3);
+    let images = Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let training = tch::no_grad(|| model.forward_t(&images, true));
+    let evaluation = tch::no_grad(|| model.forward_t(&images, false));
+    assert!(
+        training.equal(&evaluation),
+        "the only block dropped branches"
+    );
+}
+
 const TOKENS: i64 = 16;
 
 /// An attention module (one head of `TOKENS` dimensions) whose value and output
@@ -220,5 +242,44 @@ fn attention_dropout_drops_probabilities_while_training_only_on_both_paths() {
         let dropped = drops.sum(Kind::Int64).int64_value(&[]) as usize;
         let what = format!("attention dropout (fused {fused})");
         assert_binomial_count(&what, dropped, ratio.numel(), PROB);
+    }
+}
+
+/// Attention dropout drops probabilities before they weight the values, on both paths: with
+/// every token's value the same vector v (value weights 0, bias v), token i's output is
+/// (the sum of its kept probabilities / (1 - p)) * v, a multiple of v; dropping the
+/// attention output instead (which the one-hot test above cannot tell from this) would
+/// zero single features of it.
+#[test]
+fn attention_dropout_drops_probabilities_before_they_weight_the_values() {
+    const PROB: f64 = 0.4;
+    const SAMPLES: i64 = 8;
+    let _rng = seeded(2);
+    let (vs, mut attn, tokens) = probability_revealing_attention(SAMPLES);
+    let value = Tensor::arange_start(1, TOKENS + 1, (Kind::Float, Device::Cpu));
+    let variables = vs.variables();
+    tch::no_grad(|| {
+        let _ = variables["qkv.weight"]
+            .narrow(0, 2 * TOKENS, TOKENS)
+            .zero_();
+        variables["qkv.bias"]
+            .narrow(0, 2 * TOKENS, TOKENS)
+            .copy_(&value);
+    });
+    attn.attn_dropout = PROB;
+    for fused in [true, false] {
+        attn.fused = fused;
+        // [samples, 16 tokens, 16 features]: each token's multiple of v, feature by feature.
+        let multiples = tch::no_grad(|| attn.forward_t(&tokens, true)) / &value;
+        let spread = (multiples.amax([-1], false) - multiples.amin([-1], false))
+            .max()
+            .double_value(&[]);
+        assert!(
+            spread <= 1e-4,
+            "a token's output is not a multiple of v (spread {spread:e}, fused {fused})"
+        );
+        // Kept probabilities scaled by 1/(1-p) rarely sum to exactly 1: dropout acted.
+        let moved = (multiples - 1.0).abs().max().double_value(&[]);
+        assert!(moved > 0.01, "no probability was dropped (fused {fused})");
     }
 }
