@@ -388,6 +388,26 @@ fn fresh_model_is_initialised_as_timm_does() {
     assert_eq!(linear_weights, 4 * config.num_layers + 1);
 }
 
+/// timm's truncated normal clamps its draws to [-2, 2]: a uniform draw of exactly the lower
+/// end (erfinv(-1) = -inf, about one in 2^24) gives -2, not an infinite weight (and NaN
+/// logits from the first step). Seed 1's notebook model draws one; the test checks that
+/// it does.
+#[test]
+fn truncated_normal_draws_at_the_end_are_clamped_to_the_bound() {
+    let vs = cpu_store();
+    {
+        let _rng = seeded(1);
+        VisionTransformer::new(&vs.root(), &ViTConfig::notebook()).unwrap();
+    }
+    let mut at_bound = 0;
+    for (name, var) in vs.variables() {
+        let largest = var.abs().max().double_value(&[]);
+        assert!(largest <= 2.0, "{name}: |value| {largest} > 2");
+        at_bound += var.eq(-2.0).sum(Kind::Int64).int64_value(&[]);
+    }
+    assert!(at_bound > 0, "seed 1 drew no value at the lower end");
+}
+
 /// Three of the trainer's own steps (zero_grad, loss, backward, clip_grad_norm(0.5), AdamW)
 /// with a different learning rate each: losses, gradient norms and the final parameters,
 /// for each AdamW kernel against PyTorch's same kernel (`foreach=False` / `fused=True`).
