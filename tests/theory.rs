@@ -418,6 +418,9 @@ fn wrong_input_shape_is_an_error_not_a_panic() {
     let model = VisionTransformer::new(&vs.root(), &ViTConfig::tiny()).unwrap();
     for shape in [
         vec![1, 3, 16, 16],
+        // Not square: each side is checked.
+        vec![1, 3, 32, 16],
+        vec![1, 3, 16, 32],
         vec![3, 32, 32],
         vec![1, 1, 32, 32],
         vec![1, 3, 32],
