@@ -1312,10 +1312,40 @@ fn channel_stats_are_the_population_mean_and_std() {
     }
 }
 
-/// A dataset's identity (what a resumed run compares) changes with any sampled pixel of
-/// either split, not only with the labels and counts; the same images give the same one.
+/// Per channel, the statistics of every image, in each of the chunks they are summed in
+/// (2048 images each): channel 0 is black in the first chunk's images and white in the
+/// rest, channel 1 all 51, channel 2 white in every other image.
 #[test]
-fn the_data_identity_follows_the_pixels() {
+fn channel_stats_cover_every_chunk() {
+    const IMAGES: i64 = 5000;
+    const FIRST_CHUNK: i64 = 2048;
+    let index = Tensor::arange(IMAGES, (Kind::Int64, Device::Cpu));
+    let planes = [
+        index.ge(FIRST_CHUNK).to_kind(Kind::Int64) * 255,
+        index.full_like(51),
+        index.remainder(2) * 255,
+    ];
+    let split = data::Split {
+        images: Tensor::stack(&planes, 1)
+            .to_kind(Kind::Uint8)
+            .view([IMAGES, 3, 1, 1]),
+        labels: Tensor::zeros([IMAGES], (Kind::Int64, Device::Cpu)),
+    };
+    let (mean, std) = split.channel_stats();
+    let white = (IMAGES - FIRST_CHUNK) as f64 / IMAGES as f64;
+    let expected_mean = [white, 0.2, 0.5];
+    let expected_std = [(white * (1.0 - white)).sqrt(), 0.0, 0.5];
+    for c in 0..3 {
+        assert!((mean[c] - expected_mean[c]).abs() < 1e-9, "{mean:?}");
+        assert!((std[c] - expected_std[c]).abs() < 1e-9, "{std:?}");
+    }
+}
+
+/// A dataset's identity (what a resumed run compares) changes with any sampled pixel of
+/// either split (the first and the last sampled value here) and with any label, not only
+/// with the counts; the same images give the same one.
+#[test]
+fn the_data_identity_follows_the_pixels_and_labels() {
     let split = |n: i64, seed: i64| data::Split {
         images: (Tensor::arange(n * 3 * 8 * 8, (Kind::Int64, Device::Cpu)) * seed)
             .remainder(251)
@@ -1332,26 +1362,37 @@ fn the_data_identity_follows_the_pixels() {
     let original = dataset().identity();
     assert_eq!(dataset().identity(), original);
     for changed in ["train", "test"] {
-        let other = dataset();
-        let images = match changed {
-            "train" => &other.train.images,
-            _ => &other.test.images,
-        };
-        // The first pixel is sampled (every 61st value is, from the first).
-        let _ = images.get(0).get(0).get(0).get(0).fill_(200);
-        let identity = other.identity();
-        assert_ne!(
-            identity.fingerprint, original.fingerprint,
-            "a {changed} pixel changed"
-        );
-        assert_eq!(
-            (
-                identity.train_images,
-                identity.test_images,
-                &identity.classes
-            ),
-            (4, 2, &original.classes)
-        );
+        for what in ["first pixel", "last sampled pixel", "last label"] {
+            let other = dataset();
+            let split = match changed {
+                "train" => &other.train,
+                _ => &other.test,
+            };
+            let pixels = split.images.view([-1]);
+            // Every 61st value is sampled, from the first.
+            let last_sampled = (pixels.size()[0] - 1) / 61 * 61;
+            let mut value = match what {
+                "first pixel" => pixels.get(0),
+                "last sampled pixel" => pixels.get(last_sampled),
+                _ => split.labels.get(split.len() - 1),
+            };
+            // 255 - v differs from any pixel value v, and 1 - l from a label l of 0 or 1.
+            let top = if what == "last label" { 1 } else { 255 };
+            let _ = value.fill_(top - value.int64_value(&[]));
+            let identity = other.identity();
+            assert_ne!(
+                identity.fingerprint, original.fingerprint,
+                "the {changed} split's {what} changed"
+            );
+            assert_eq!(
+                (
+                    identity.train_images,
+                    identity.test_images,
+                    &identity.classes
+                ),
+                (4, 2, &original.classes)
+            );
+        }
     }
 }
 
@@ -2560,6 +2601,51 @@ fn vit_data_takes_threads_as_the_other_commands_do() {
         "{stderr}"
     );
     assert!(!output.stdout.is_empty(), "{stderr}");
+}
+
+/// `vit data`'s table counts each class's images in the training split and in the test
+/// split, each in its own (the small CIFAR-10 copy's differ: 2 or 1 a class in training,
+/// 0 or 1 in test), and gives the training images' channel statistics.
+#[test]
+fn vit_data_counts_each_split_on_its_own() {
+    let tmp = TempDir::new("data-table");
+    write_cifar10(&tmp.0);
+    let data_dir = tmp.0.to_str().unwrap();
+    let output = common::vit(&["data", "--dataset", "cifar10", "--data-dir", data_dir]);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let dataset = load_named(&args(DatasetName::Cifar10, &tmp.0, false), 32, "cifar10");
+    let (train, test) = (
+        dataset.train.class_counts(10),
+        dataset.test.class_counts(10),
+    );
+    assert_ne!(
+        train, test,
+        "the copy's splits tell one count from the other"
+    );
+    // The table's rows: label, class, training images, test images.
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|words| words.len() == 4 && words[0].parse::<usize>().is_ok())
+        .collect();
+    let expected: Vec<Vec<String>> = (0..10)
+        .map(|label| {
+            let class = dataset.classes[label].clone();
+            vec![
+                label.to_string(),
+                class,
+                train[label].to_string(),
+                test[label].to_string(),
+            ]
+        })
+        .collect();
+    assert_eq!(rows, expected, "{stdout}");
+    let (mean, std) = dataset.train.channel_stats();
+    let stats = format!(
+        "mean {:.4} {:.4} {:.4}, std {:.4} {:.4} {:.4}",
+        mean[0], mean[1], mean[2], std[0], std[1], std[2]
+    );
+    assert!(stdout.contains(&stats), "{stats}: {stdout}");
 }
 
 #[test]
