@@ -3316,7 +3316,13 @@ fn a_folder_with_another_class_count_than_an_unnamed_checkpoints_is_refused() {
 fn coarse_labels_with_another_dataset_than_cifar100_are_refused() {
     let root = TempDir::new("coarse-elsewhere");
     let model = root.join("model.safetensors");
-    save_fresh_model(&ViTConfig::tiny(), &[("dataset", "folder".into())], &model);
+    // 7 classes, none of the datasets' counts: a class-count check made before this one
+    // would be what the checkpoint's commands say.
+    let config = ViTConfig {
+        num_classes: 7,
+        ..ViTConfig::tiny()
+    };
+    save_fresh_model(&config, &[("dataset", "folder".into())], &model);
     let (run, picture) = (root.join("run"), root.join("attention.png"));
     let missing = root.join("no data here");
     let (model, run) = (model.to_str().unwrap(), run.to_str().unwrap());
