@@ -87,12 +87,13 @@ pub struct PhaseTimes {
 const TRAINING_FLOPS_PER_FORWARD: f64 = 3.0;
 
 impl BenchReport {
-    /// The report of `args`' run of the model `config` (its weights in `vs`, `optimizer`
-    /// its AdamW), from what `measured` timed and the process's memory now.
+    /// The report of `args`' run of `model` (its weights in `vs`, `optimizer` its AdamW),
+    /// from what `measured` timed and the process's memory now. The kernels are read from
+    /// the model and optimizer that ran, not from the flags that chose them.
     fn new(
         args: &BenchArgs,
-        config: ViTConfig,
         vs: &nn::VarStore,
+        model: &VisionTransformer,
         optimizer: &AdamW,
         measured: Measurements,
         baseline_rss_bytes: u64,
@@ -102,6 +103,7 @@ impl BenchReport {
             images_timed / measured.train_seconds,
             images_timed / measured.infer_seconds,
         );
+        let config = model.config.clone();
         let forward_flops_per_image = config.forward_flops();
         let draws_dropout_masks = config.dropout > 0.0;
         BenchReport {
@@ -113,10 +115,10 @@ impl BenchReport {
             batch_size: args.batch_size,
             steps: args.steps,
             warmup: measured.train_warmup,
-            fused_attention: !args.explicit_attention,
+            fused_attention: model.fused_attention(),
             fused_adamw: optimizer.fused,
-            libtorch_dropout: args.libtorch_dropout && draws_dropout_masks,
-            libtorch_linear: args.libtorch_linear,
+            libtorch_dropout: model.libtorch_dropout() && draws_dropout_masks,
+            libtorch_linear: !model.onednn_linear(),
             cuda_graph: args.cuda_graph,
             parameters: crate::model::parameter_total(vs),
             last_step_loss: measured.last_step_loss,
@@ -135,29 +137,39 @@ impl BenchReport {
     }
 
     /// The report as text: the set-up line, then one line a measurement.
-    fn print(&self) {
-        println!("{}", self.setup_line());
-        println!(
+    fn text(&self) -> String {
+        use std::fmt::Write;
+        let mut text = String::new();
+        let _ = writeln!(text, "{}", self.setup_line());
+        let _ = writeln!(
+            text,
             "train:     {:9.1} images/s {:9.1} GFLOP/s",
             self.train_images_per_s,
             self.train_flops_per_s / 1e9
         );
-        println!(
+        let _ = writeln!(
+            text,
             "inference: {:9.1} images/s {:9.1} GFLOP/s",
             self.infer_images_per_s,
             self.infer_flops_per_s / 1e9
         );
-        println!(
+        let _ = writeln!(
+            text,
             "loss:      {:9.6} (the last timed step's)",
             self.last_step_loss
         );
         let mib = |bytes: f64| bytes / (1 << 20) as f64;
-        println!("peak RSS:  {:9.1} MiB", mib(self.peak_rss_bytes as f64));
+        let _ = writeln!(
+            text,
+            "peak RSS:  {:9.1} MiB",
+            mib(self.peak_rss_bytes as f64)
+        );
         if let Some(bytes) = self.peak_device_bytes {
-            println!("peak CUDA: {:9.1} MiB allocated", mib(bytes as f64));
+            let _ = writeln!(text, "peak CUDA: {:9.1} MiB allocated", mib(bytes as f64));
         }
         if let Some(phases) = &self.phase_ms_per_step {
-            println!(
+            let _ = writeln!(
+                text,
                 "ms per training step{}: forward {:.1}, backward {:.1}, clip {:.1}, optimizer {:.1}",
                 if self.cuda_graph { " (eager)" } else { "" },
                 phases.forward,
@@ -166,6 +178,7 @@ impl BenchReport {
                 phases.optimizer
             );
         }
+        text
     }
 
     /// What was measured, and how: the model, its parameters, the batch, the precision,
@@ -224,11 +237,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .transpose()?;
     let batch = random_batch(&config, args.batch_size, device);
     let measured = measure(args, device, &model, &mut optimizer, cuda_graph, &batch)?;
-    let report = BenchReport::new(args, config, &vs, &optimizer, measured, baseline_rss_bytes);
+    let report = BenchReport::new(args, &vs, &model, &optimizer, measured, baseline_rss_bytes);
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        report.print();
+        print!("{}", report.text());
     }
     Ok(())
 }
@@ -406,4 +419,132 @@ pub fn peak_rss_bytes() -> u64 {
 /// A `/proc/self/status` memory line (`VmHWM:`, `VmRSS:`) in bytes, 0 where unknown.
 fn rss_bytes(key: &str) -> u64 {
     crate::runtime::proc_memory_bytes("/proc/self/status", key).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    /// `vit bench ARGS` parsed.
+    fn bench_args(args: &[&str]) -> BenchArgs {
+        match Cli::try_parse_from(["vit", "bench"].iter().chain(args)).unwrap() {
+            Cli {
+                command: Command::Bench(args),
+            } => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The report of `args`' tiny model on the CPU, as if its training steps took 2 s, its
+    /// forward passes 0.5 s and its warm-up 4 steps.
+    fn report_of(args: &[&str]) -> BenchReport {
+        let args = bench_args(args);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let config = args.model.resolve().unwrap();
+        let (model, optimizer) = model_and_optimizer(&vs, &config, &args).unwrap();
+        let measured = Measurements {
+            train_warmup: 4,
+            train_seconds: 2.0,
+            infer_seconds: 0.5,
+            last_step_loss: 2.25,
+            phase_ms_per_step: None,
+            peak_device_bytes: None,
+        };
+        BenchReport::new(&args, &vs, &model, &optimizer, measured, 1 << 20)
+    }
+
+    /// Images per second are the timed steps' images (the batch times --steps; the warm-up
+    /// is not timed) over each pass's own seconds; the report gives the warm-up that ran,
+    /// which a CUDA graph can make more than --warmup.
+    #[test]
+    fn the_rates_are_the_timed_images_over_each_passs_seconds() {
+        #[rustfmt::skip]
+        let report = report_of(&["--config", "tiny", "--batch-size", "8", "--steps", "5", "--warmup", "1"]);
+        // 40 images in 2 s of training and in 0.5 s of inference.
+        assert_eq!(report.train_images_per_s, 20.0);
+        assert_eq!(report.infer_images_per_s, 80.0);
+        assert_eq!((report.batch_size, report.steps, report.warmup), (8, 5, 4));
+        let forward = ViTConfig::tiny().forward_flops();
+        assert_eq!(report.train_flops_per_s, 3.0 * forward * 20.0);
+        assert_eq!(report.infer_flops_per_s, forward * 80.0);
+    }
+
+    /// The text report names the kernels that ran, counts the threads in words, and gives
+    /// each rate and the loss as the JSON has them and memory in MiB (2^20 bytes).
+    #[test]
+    fn the_text_report_says_what_ran_and_what_it_measured() {
+        #[rustfmt::skip]
+        let mut report = report_of(&[
+            "--config", "tiny", "--batch-size", "8", "--steps", "5", "--dropout", "0.1",
+            "--explicit-attention", "--adamw", "loop", "--libtorch-dropout", "--libtorch-linear",
+        ]);
+        report.threads = 1;
+        report.peak_rss_bytes = 3 << 19;
+        report.peak_device_bytes = Some(5 << 20);
+        let parameters = report.parameters;
+        let forward = ViTConfig::tiny().forward_flops();
+        let text = report.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            format!(
+                "tiny preset with the flags given ({parameters} parameters), batch 8, fp32 on \
+                 cpu with 1 thread, explicit attention, loop AdamW, libtorch dropout masks, \
+                 libtorch linear"
+            )
+        );
+        let words =
+            |line: &str| -> Vec<String> { line.split_whitespace().map(String::from).collect() };
+        let gflops = |flops: f64| format!("{:.1}", flops / 1e9);
+        assert_eq!(
+            words(lines[1]),
+            [
+                "train:",
+                "20.0",
+                "images/s",
+                &gflops(60.0 * forward),
+                "GFLOP/s"
+            ]
+        );
+        assert_eq!(
+            words(lines[2]),
+            [
+                "inference:",
+                "80.0",
+                "images/s",
+                &gflops(80.0 * forward),
+                "GFLOP/s"
+            ]
+        );
+        assert_eq!(words(lines[3])[..2], ["loss:", "2.250000"]);
+        assert_eq!(words(lines[4]), ["peak", "RSS:", "1.5", "MiB"]);
+        assert_eq!(
+            words(lines[5]),
+            ["peak", "CUDA:", "5.0", "MiB", "allocated"]
+        );
+
+        let mut report = report_of(&["--config", "tiny"]);
+        report.threads = 2;
+        assert!(
+            report
+                .setup_line()
+                .ends_with("batch 128, fp32 on cpu with 2 threads, fused attention, fused AdamW"),
+            "{}",
+            report.setup_line()
+        );
+    }
+
+    /// `timed` runs the warm-up's calls, then the timed ones, each once.
+    #[test]
+    fn timed_runs_the_warmup_and_the_steps_once_each() {
+        let mut calls = 0;
+        timed(Device::Cpu, 2, 3, || {
+            calls += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(calls, 5);
+    }
 }

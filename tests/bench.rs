@@ -85,10 +85,17 @@ print(json.dumps(results))
     results
 }
 
+/// `vit bench --json` as [`vit_bench_steps`] runs it, with one warm-up step and two timed.
 fn vit_bench(extra: &[&str]) -> Value {
+    vit_bench_steps("1", "2", extra)
+}
+
+/// `vit bench --json` of the tiny model on the CPU, one thread, batch 32, with `warmup`
+/// untimed and `steps` timed steps, plus `extra`.
+fn vit_bench_steps(warmup: &str, steps: &str, extra: &[&str]) -> Value {
     #[rustfmt::skip]
     let mut args = vec![
-        "bench", "--config", "tiny", "--batch-size", "32", "--steps", "2", "--warmup", "1",
+        "bench", "--config", "tiny", "--batch-size", "32", "--steps", steps, "--warmup", warmup,
         "--device", "cpu", "--threads", "1", "--json",
     ];
     args.extend(extra);
@@ -110,6 +117,24 @@ fn an_error_is_its_message_even_with_rust_backtrace_set() {
     assert!(
         stderr.starts_with("Error: --embed-dim (30) must be divisible by --num-heads (4)")
             && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+}
+
+/// `RUST_LIB_BACKTRACE=1` still asks for the error's backtrace (RUST_BACKTRACE alone does
+/// not give one: see above).
+#[test]
+fn rust_lib_backtrace_still_gives_an_errors_backtrace() {
+    let output = Command::new(common::vit_binary())
+        .args(["bench", "--embed-dim", "30", "--num-heads", "4"])
+        .env("RUST_LIB_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("Error: --embed-dim (30) must be divisible by --num-heads (4)")
+            && stderr.contains("Stack backtrace:"),
         "{stderr}"
     );
 }
@@ -229,6 +254,23 @@ fn libtorch_dropout_without_dropout_is_warned_about() {
     );
     let report = vit_bench(&["--libtorch-dropout"]);
     assert_eq!(report["libtorch_dropout"], false, "{report}");
+    // With dropout there are masks to draw: no warning.
+    let output = vit(&[&args[..], &["--dropout", "0.1"]].concat());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("warning: --libtorch-dropout"), "{stderr}");
+}
+
+/// The loss reported is the last timed step's: the second step's whether the first was
+/// warm-up or timed, which is not the first step's.
+#[test]
+fn the_loss_reported_is_the_last_timed_steps() {
+    let loss = |warmup: &str, steps: &str| {
+        let report = vit_bench_steps(warmup, steps, &[]);
+        report["last_step_loss"].as_f64().unwrap()
+    };
+    let second_step = loss("0", "2");
+    assert_eq!(loss("1", "1"), second_step);
+    assert_ne!(loss("0", "1"), second_step, "the first step's loss");
 }
 
 /// `vit bench`'s text report gives each line's model FLOP/s: its images/s times the tiny

@@ -118,6 +118,21 @@ impl VisionTransformer {
         }
     }
 
+    /// Whether the blocks run libtorch's fused attention (see `set_fused_attention`).
+    pub fn fused_attention(&self) -> bool {
+        self.blocks.iter().all(|block| block.attn.fused)
+    }
+
+    /// Whether dropout masks come from libtorch's sampler (see `set_libtorch_dropout`).
+    pub fn libtorch_dropout(&self) -> bool {
+        self.pos_drop.libtorch_masks
+    }
+
+    /// Whether CPU linear layers run in oneDNN (see `set_onednn_linear`).
+    pub fn onednn_linear(&self) -> bool {
+        self.head.onednn
+    }
+
     /// Checks that `images` is a float [B, in_channels, image_size, image_size] batch.
     pub fn check_input(&self, images: &Tensor) -> Result<()> {
         let ViTConfig {
