@@ -475,6 +475,52 @@ fn info_counts_the_notebook_model() {
     assert!(!stdout.contains("The shape check below"), "{stdout}");
 }
 
+/// `vit info` with every model flag given describes the model they give: the config it
+/// prints is theirs (the preset's "with the flags given"), its table has a row per block,
+/// the shape check runs an image of the model's size and channels into its classes, and
+/// the last line says whether libtorch here sees CUDA.
+#[test]
+fn info_describes_the_model_the_flags_give() {
+    #[rustfmt::skip]
+    let output = vit(&[
+        "info", "--config", "tiny", "--image-size", "16", "--patch-size", "8", "--in-channels", "1",
+        "--embed-dim", "24", "--num-heads", "3", "--mlp-dim", "40", "--num-layers", "3",
+        "--num-classes", "7", "--dropout", "0.25",
+    ]);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let (header, rest) = stdout.split_once('\n').unwrap();
+    assert_eq!(header, "Config (tiny preset with the flags given):");
+    let json = rest.split("\n\n").next().unwrap();
+    let config: ViTConfig = serde_json::from_str(json).unwrap();
+    let given = ViTConfig {
+        image_size: 16,
+        patch_size: 8,
+        in_channels: 1,
+        embed_dim: 24,
+        num_heads: 3,
+        mlp_dim: 40,
+        num_layers: 3,
+        num_classes: 7,
+        dropout: 0.25,
+    };
+    assert_eq!(config, given, "{stdout}");
+    let blocks: Vec<&str> = stdout
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|module| module.starts_with("blocks."))
+        .collect();
+    assert_eq!(blocks, ["blocks.0", "blocks.1", "blocks.2"], "{stdout}");
+    assert!(
+        stdout.contains("\nShape check: randn[1, 1, 16, 16] -> [1, 7]\n"),
+        "{stdout}"
+    );
+    let cuda = format!("CUDA available: {} (", tch::Cuda::is_available());
+    assert!(
+        stdout.lines().last().unwrap().starts_with(&cuda),
+        "{stdout}"
+    );
+}
+
 /// `vit info` of a config whose shape check is slow (the notebook's model on 256x256
 /// images in 2x2 patches: 1.75 TFLOPs, measured at 18 s on two cores) says about how long
 /// it will take before the check starts. The test stops `vit info` once that is printed.
