@@ -772,7 +772,9 @@ pub(crate) fn train_args(args: &[&str]) -> TrainArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::{named_device, negative_values_attached, whole_number, Cli};
+    use super::{
+        named_device, negative_values_attached, whole_number, with_cuda_graph_scope_tip, Cli,
+    };
     use clap::CommandFactory;
 
     /// The help of `vit SUBCOMMAND`'s argument `id`, as `vit SUBCOMMAND --help` shows it.
@@ -903,6 +905,9 @@ mod tests {
                 "-4",
                 "--epochs",
                 "3",
+                "--plot",
+                "--out",
+                "-run",
                 "-o",
                 "-x.png",
                 "--dropout",
@@ -921,6 +926,9 @@ mod tests {
                 "-4",
                 "--epochs",
                 "3",
+                "--plot",
+                "--out",
+                "-run",
                 "-o",
                 "-x.png",
                 "--dropout=-inf",
@@ -937,8 +945,36 @@ mod tests {
         assert!(error.is_ok(), "{error:?}");
     }
 
+    /// The tip to write `--cuda-graph=SCOPE` comes where `vit train` was given a scope after
+    /// a space, and not for another word there, a scope elsewhere, or another command's
+    /// `--cuda-graph` (`vit bench`'s is a switch).
+    #[test]
+    fn the_cuda_graph_tip_is_for_a_scope_after_a_space() {
+        let tip_for = |line: &str| {
+            let args: Vec<std::ffi::OsString> = line.split(' ').map(Into::into).collect();
+            let mut command = Cli::command_with_presets();
+            let error = command.try_get_matches_from_mut(&args).unwrap_err();
+            let error = with_cuda_graph_scope_tip(error.format(&mut command), &args);
+            error.to_string().contains("tip: a scope follows '='")
+        };
+        for scope in ["step", "batch"] {
+            assert!(
+                tip_for(&format!("vit train --cuda-graph {scope}")),
+                "{scope}"
+            );
+        }
+        for line in [
+            "vit bench --cuda-graph step",
+            "vit train --cuda-graph other",
+            "vit train --cuda-graph=batch step",
+            "vit train step --cuda-graph",
+        ] {
+            assert!(!tip_for(line), "{line}");
+        }
+    }
+
     /// A CUDA device past the ones libtorch sees is refused, counting them in words: "0 CUDA
-    /// devices", "1 CUDA device", "2 CUDA devices".
+    /// devices", "1 CUDA device", "2 CUDA devices". `cuda` is the first of them.
     #[test]
     fn a_missing_cuda_device_is_refused_with_the_count_in_words() {
         for (name, cuda_count, devices) in [
@@ -955,6 +991,11 @@ mod tests {
             );
         }
         assert_eq!(named_device("cuda:1", 2).unwrap(), tch::Device::Cuda(1));
+        assert_eq!(
+            named_device("cuda", 2).unwrap(),
+            tch::Device::Cuda(0),
+            "the first"
+        );
         assert_eq!(named_device("cpu", 0).unwrap(), tch::Device::Cpu);
     }
 }
