@@ -2479,8 +2479,8 @@ fn a_data_folder_below_a_file_names_the_file() {
 
 /// Ctrl-C during a download (here, a server that has sent 1 MiB of the archive and then
 /// waits) removes the partial archive, and the data folder the download created, and ends
-/// with status 130. A signal the download was started with ignored (SIGHUP under nohup)
-/// stays ignored.
+/// with status 130. A signal the download was started with ignored (SIGHUP under nohup,
+/// SIGTERM where the parent ignored it) stays ignored.
 #[test]
 fn ctrl_c_during_a_download_removes_the_partial_archive() {
     use std::io::{Read, Write};
@@ -2501,8 +2501,17 @@ fn ctrl_c_during_a_download_removes_the_partial_archive() {
         let _ = stream.write_all(&vec![0u8; 1 << 20]);
         std::thread::sleep(std::time::Duration::from_secs(60));
     });
+    let mut nohup = std::process::Command::new("nohup");
+    // SAFETY: between fork and exec, signal() is async-signal-safe and touches no memory.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        nohup.pre_exec(|| {
+            libc::signal(libc::SIGTERM, libc::SIG_IGN);
+            Ok(())
+        });
+    }
     #[rustfmt::skip]
-    let mut child = common::with_default_signals(&mut std::process::Command::new("nohup"))
+    let mut child = common::with_default_signals(&mut nohup)
         .arg(common::vit_binary())
         .args(["download", "--dataset", "cifar10", "--from", &url, "--data-dir"])
         .arg(&data_dir)
@@ -2528,10 +2537,11 @@ fn ctrl_c_during_a_download_removes_the_partial_archive() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     common::send("-HUP", &child);
+    common::send("-TERM", &child);
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert!(
         child.try_wait().unwrap().is_none(),
-        "SIGHUP under nohup ended the download"
+        "SIGHUP under nohup, or an ignored SIGTERM, ended the download"
     );
     assert!(partial_is_there());
     common::send("-INT", &child);
