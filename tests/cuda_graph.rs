@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fixture, load_params, max_abs_error, seeded, vit_fails};
+use common::{fixture, fixture_batch, load_params, max_abs_error, seeded, vit_fails};
 use tch::{nn, Device, Kind, Tensor};
 use vit_tch::cli::{CudaGraphScope, Precision};
 use vit_tch::data::augment::Policy;
@@ -30,15 +30,6 @@ fn fixture_model(device: Device) -> (nn::VarStore, VisionTransformer, AdamW) {
     vs.set_device(device);
     let optimizer = AdamW::new(&vs, 0.05).unwrap();
     (vs, model, optimizer)
-}
-
-fn fixture_batch(device: Device) -> TrainBatch {
-    let file = fixture("adamw_steps");
-    TrainBatch {
-        images: file.get("input").unwrap().to_device(device),
-        labels: file.get("labels").unwrap().to_device(device),
-        soft_targets: None,
-    }
 }
 
 fn largest_difference(a: &nn::VarStore, b: &nn::VarStore) -> (f64, String) {
@@ -68,7 +59,7 @@ fn largest_difference(a: &nn::VarStore, b: &nn::VarStore) -> (f64, String) {
 #[test]
 fn the_captured_update_is_the_ordinary_step() {
     let _turn = seeded(0);
-    let batch = fixture_batch(Device::Cpu);
+    let batch = fixture_batch(&fixture("adamw_steps"), Device::Cpu);
     let lr = 1.0 / 1024.0;
     let (eager_vs, eager_model, mut eager) = fixture_model(Device::Cpu);
     let (device_vs, device_model, mut on_device) = fixture_model(Device::Cpu);
@@ -138,7 +129,7 @@ fn graph_steps_follow_the_eager_steps_on_cuda() {
     }
     let _turn = seeded(0);
     let device = Device::Cuda(0);
-    let batch = fixture_batch(device);
+    let batch = fixture_batch(&fixture("adamw_steps"), device);
     graph_steps_follow_eager_steps(device, &batch, &[&TrainBatch::shallow_clone], 0.0, true);
 }
 

@@ -10,9 +10,10 @@
 mod common;
 
 use common::{
-    assert_close, assert_within_6_sigma, fixture, formula_fill, load_params, seeded, with_prefix,
+    assert_close, assert_within_6_sigma, fixture, fixture_batch, formula_fill, load_params, seeded,
+    with_prefix,
 };
-use tch::{nn, nn::Module, nn::ModuleT, Kind, Tensor};
+use tch::{nn, nn::Module, nn::ModuleT, Device, Kind, Tensor};
 use vit_tch::checkpoint::TensorFile;
 use vit_tch::cli::Precision;
 use vit_tch::model::{
@@ -448,17 +449,12 @@ fn truncated_normal_draws_at_the_end_are_clamped_to_the_bound() {
 #[test]
 fn adamw_steps_match_pytorch() {
     let file = fixture("adamw_steps");
-    let input = file.get("input").unwrap();
     for (fused_attention, onednn) in KERNELS {
         for kernel in ["loop", "fused"] {
             let (vs, model) = small_model(&file, fused_attention, onednn);
             let mut optimizer = AdamW::new(&vs, WEIGHT_DECAY).unwrap();
             optimizer.fused = kernel == "fused";
-            let batch = TrainBatch {
-                images: input.shallow_clone(),
-                labels: file.get("labels").unwrap().shallow_clone(),
-                soft_targets: None,
-            };
+            let batch = fixture_batch(&file, Device::Cpu);
             let case =
                 format!("{kernel} AdamW, fused attention {fused_attention}, oneDNN {onednn}");
             let expected = |key: String| file.get(&format!("{kernel}.{key}")).unwrap();
@@ -534,11 +530,7 @@ fn a_training_step_draws_dropout_masks() {
     let (vs, mut model) = small_model(&file, true, false);
     model.set_libtorch_dropout(true);
     let mut optimizer = AdamW::new(&vs, WEIGHT_DECAY).unwrap();
-    let batch = TrainBatch {
-        images: file.get("input").unwrap().shallow_clone(),
-        labels: file.get("labels").unwrap().shallow_clone(),
-        soft_targets: None,
-    };
+    let batch = fixture_batch(&file, Device::Cpu);
     let seed = file.get("seed").unwrap().int64_value(&[]);
     let output = {
         let _rng = seeded(seed);
@@ -553,11 +545,7 @@ fn a_training_step_draws_dropout_masks() {
 #[test]
 fn a_clip_grad_of_0_leaves_the_gradients_as_they_are() {
     let file = fixture("adamw_steps");
-    let batch = TrainBatch {
-        images: file.get("input").unwrap().shallow_clone(),
-        labels: file.get("labels").unwrap().shallow_clone(),
-        soft_targets: None,
-    };
+    let batch = fixture_batch(&file, Device::Cpu);
     let step = |clip_grad| {
         let (vs, model) = small_model(&file, true, false);
         let mut optimizer = AdamW::new(&vs, WEIGHT_DECAY).unwrap();

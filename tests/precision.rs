@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{assert_close, fixture, load_params, seeded};
+use common::{assert_close, fixture, fixture_batch, load_params, seeded};
 use tch::{nn, nn::Module, nn::ModuleT, Device, Kind, Tensor};
 use vit_tch::cli::Precision;
 use vit_tch::data::{transforms, Split};
@@ -14,7 +14,7 @@ use vit_tch::eval::{evaluate, Evaluation};
 use vit_tch::ffi::{autocast_bf16, peak_memory};
 use vit_tch::model::{ViTConfig, VisionTransformer};
 use vit_tch::optim::AdamW;
-use vit_tch::train::{train_step, StepOptions, TrainBatch};
+use vit_tch::train::{train_step, StepOptions};
 
 #[test]
 fn bf16_autocast_lowers_linear_layers_and_restores_the_state() {
@@ -48,11 +48,7 @@ fn bf16_autocast_lowers_linear_layers_and_restores_the_state() {
 #[test]
 fn a_bf16_training_step_tracks_the_fp32_one() {
     let file = fixture("adamw_steps");
-    let batch = TrainBatch {
-        images: file.get("input").unwrap().shallow_clone(),
-        labels: file.get("labels").unwrap().shallow_clone(),
-        soft_targets: None,
-    };
+    let batch = fixture_batch(&file, Device::Cpu);
     let step = |precision| {
         let vs = nn::VarStore::new(Device::Cpu);
         let model = VisionTransformer::new(&vs.root(), &file.config().unwrap()).unwrap();

@@ -7,11 +7,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use tch::{nn, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 use vit_tch::checkpoint::TensorFile;
 use vit_tch::data::augment::{AugmentConfig, Policy, RandomErasing};
 use vit_tch::data::mix::MixConfig;
-use vit_tch::train::Regularization;
+use vit_tch::train::{Regularization, TrainBatch};
 
 /// `tests/fixtures/NAME.safetensors`, written by the scripts in `tests/reference/`; the
 /// folder is `$VIT_FIXTURES` where set (a test binary run on another machine, as
@@ -23,6 +23,15 @@ pub fn fixture(name: &str) -> TensorFile {
     let path = folder.join(format!("{name}.safetensors"));
     TensorFile::read(&path)
         .unwrap_or_else(|e| panic!("{e:#}\n(regenerate the fixtures with `make fixtures`)"))
+}
+
+/// The labelled batch of the fixture `file` (its `input` images and `labels`), on `device`.
+pub fn fixture_batch(file: &TensorFile, device: Device) -> TrainBatch {
+    TrainBatch {
+        images: file.get("input").unwrap().to_device(device),
+        labels: file.get("labels").unwrap().to_device(device),
+        soft_targets: None,
+    }
 }
 
 /// The tensors stored as `PREFIX.<key>`, under `<key>`.
