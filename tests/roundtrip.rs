@@ -474,12 +474,6 @@ fn a_checkpoint_of_another_timm_layout_is_told_what_differs() {
     };
     for (name, file, expected) in [
         (
-            "ddp",
-            renamed(&|name| Some(format!("module.{name}"))),
-            "Every name starts with `module.`, as a DistributedDataParallel or DataParallel \
-             model's do: save model.module.state_dict() instead",
-        ),
-        (
             "avg-pool",
             renamed(&|name| match name.starts_with("norm.") {
                 true => Some(format!("fc_{name}")),
@@ -964,6 +958,76 @@ fn a_run_folder_given_as_a_checkpoint_suggests_its_best_model() {
         message.contains("is a folder, not a checkpoint, and holds none"),
         "{message}"
     );
+}
+
+/// The state dict of a wrapped timm model (timm's ModelEma and DistributedDataParallel
+/// prefix `module.`, torch.compile `_orig_mod.`, both together `module._orig_mod.`) is
+/// refused with the line of Python that strips the prefix, and the file it writes loads
+/// with the model's weights. The advice was to save `model.module.state_dict()`, which a
+/// user given the file alone cannot do, and said nothing of torch.compile's prefix.
+#[test]
+fn a_wrapped_models_checkpoint_is_refused_with_the_line_that_strips_its_prefix() {
+    let dir = TempDir::new("wrapped");
+    let config = tiny_config();
+    run_python(
+        &dir,
+        &format!(
+            "import json, sys, torch, safetensors.torch as st\n\
+             from timm.utils import ModelEmaV3\n\
+             sys.path.insert(0, {:?})\n\
+             from vit_reference import timm_model\n\
+             config = json.loads({:?})\n\
+             model = timm_model(config)\n\
+             metadata = {{'config': json.dumps(config)}}\n\
+             st.save_file(model.state_dict(), 'plain.safetensors')\n\
+             st.save_file(ModelEmaV3(model).state_dict(), 'ema.safetensors', metadata)\n\
+             compiled = torch.compile(model)\n\
+             st.save_file(compiled.state_dict(), 'compiled.safetensors', metadata)\n\
+             state = {{'module.' + k: v for k, v in compiled.state_dict().items()}}\n\
+             st.save_file(state, 'both.safetensors')",
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference"),
+            config.to_json()
+        ),
+    );
+    let plain = TensorFile::read(&dir.join("plain.safetensors")).unwrap();
+    for (name, prefix) in [
+        ("ema", "module."),
+        ("compiled", "_orig_mod."),
+        ("both", "module._orig_mod."),
+    ] {
+        let path = dir.join(format!("{name}.safetensors"));
+        let error = match checkpoint::load(&path, Device::Cpu) {
+            Ok(_) => panic!("{name} loaded"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            error.contains(&format!(
+                "starts with `{prefix}`, as those of a wrapped model"
+            )),
+            "{name}: {error}"
+        );
+        let command = error
+            .split('`')
+            .find(|part| part.starts_with("import"))
+            .unwrap_or_else(|| panic!("{name}: no command in: {error}"));
+        run_python(&dir, command);
+        let stripped = dir.join(format!("{name}.converted.safetensors"));
+        assert!(error.ends_with(&format!("then give {}", stripped.display())));
+        if name == "both" {
+            // Saved without a config: the stripped file is told the one its shapes give.
+            let error = match checkpoint::load(&stripped, Device::Cpu) {
+                Ok(_) => panic!("{name} loaded without a config"),
+                Err(e) => format!("{e:#}"),
+            };
+            assert!(error.contains("The tensors' shapes give"), "{error}");
+            continue;
+        }
+        let loaded = checkpoint::load(&stripped, Device::Cpu).unwrap();
+        assert_eq!(loaded.model.config, config);
+        for (name, tensor) in loaded.vs.variables() {
+            assert_close(&name, &tensor, plain.get(&name).unwrap(), 0.0);
+        }
+    }
 }
 
 /// State dicts of timm models made with options vit's model lacks (timm's own parameter

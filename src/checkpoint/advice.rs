@@ -4,8 +4,8 @@
 use super::{TensorFile, CONFIG_KEY};
 use crate::listing::{and_more, first_and_more};
 use crate::model::ViTConfig;
-use anyhow::{ensure, Result};
-use std::path::Path;
+use anyhow::{bail, ensure, Result};
+use std::path::{Path, PathBuf};
 use tch::Tensor;
 
 impl TensorFile {
@@ -127,17 +127,40 @@ impl TensorFile {
         })
     }
 
-    /// What the tensor names say of a model that is not vit's: a wrapper's prefix, or one
-    /// of timm's `VisionTransformer` options that vit's model does not have. Empty when
-    /// they say nothing.
+    /// The prefix that every tensor name starts with where the names after it are a timm
+    /// ViT's: a wrapper's, such as DistributedDataParallel's and timm's ModelEma's
+    /// `module.`, torch.compile's `_orig_mod.`, or both.
+    fn wrapper_prefix(&self) -> Option<&str> {
+        let prefix =
+            (self.tensors.keys()).find_map(|name| name.strip_suffix("patch_embed.proj.weight"))?;
+        let wraps = prefix.ends_with('.') && self.tensors.keys().all(|n| n.starts_with(prefix));
+        wraps.then_some(prefix)
+    }
+
+    /// Fails where every tensor name of the file at `path` has a wrapper's prefix (see
+    /// [`Self::wrapper_prefix`]), with the line of Python that writes the file without it.
+    /// A user with the file alone has no wrapped model to save again.
+    pub(super) fn check_no_wrapper_prefix(&self, path: &Path) -> Result<()> {
+        let Some(prefix) = self.wrapper_prefix() else {
+            return Ok(());
+        };
+        let stripped = free_name_beside(path);
+        let [path, stripped] = [path, &stripped].map(|p| p.display().to_string());
+        bail!(
+            "every tensor name in {path} starts with `{prefix}`, as those of a wrapped model \
+             do (`module.`: DistributedDataParallel, DataParallel, timm's ModelEma; \
+             `_orig_mod.`: torch.compile). Strip it in Python: `import safetensors.torch as \
+             st; from safetensors import safe_open; st.save_file({{k.removeprefix({prefix:?}): \
+             v for k, v in st.load_file({path:?}).items()}}, {stripped:?}, \
+             metadata=safe_open({path:?}, \"pt\").metadata())`, then give {stripped}"
+        )
+    }
+
+    /// What the tensor names say of a model that is not vit's: one of timm's
+    /// `VisionTransformer` options that vit's model does not have. Empty when they say
+    /// nothing.
     pub(super) fn layout_advice(&self) -> String {
         let has = |part: &str| self.tensors.keys().any(|name| name.contains(part));
-        let names = self.tensors.keys();
-        if names.len() > 0 && names.clone().all(|name| name.starts_with("module.")) {
-            return ". Every name starts with `module.`, as a DistributedDataParallel or \
-                    DataParallel model's do: save model.module.state_dict() instead"
-                .to_string();
-        }
         // Only a timm ViT's names say which of its options made them.
         if !has("patch_embed.proj.") || !has("blocks.0.") {
             return String::new();
@@ -173,6 +196,22 @@ impl TensorFile {
             ),
         }
     }
+}
+
+/// The file a pasted conversion of the file at `path` writes: PATH.safetensors, or else
+/// PATH.converted.safetensors, PATH.converted-2.safetensors, ... Never a file that is
+/// there: pasted, the command would write over it.
+fn free_name_beside(path: &Path) -> PathBuf {
+    let numbered = (2..).map(|n| format!("converted-{n}.safetensors"));
+    [
+        "safetensors".to_string(),
+        "converted.safetensors".to_string(),
+    ]
+    .into_iter()
+    .chain(numbered)
+    .map(|extension| path.with_extension(extension))
+    .find(|converted| converted != path && !converted.exists())
+    .expect("a free name")
 }
 
 /// `config` as JSON with `NUM_HEADS` where its head count goes, for the user to fill in.
@@ -242,17 +281,7 @@ impl PyTorchFile {
     /// What to do with the file at `path`: the line of Python that writes its state dict as
     /// a safetensors file beside it.
     pub(super) fn conversion(self, path: &Path) -> String {
-        // Never a file that is there: pasted, the command would write over it.
-        let numbered = (2..).map(|n| format!("converted-{n}.safetensors"));
-        let converted = [
-            "safetensors".to_string(),
-            "converted.safetensors".to_string(),
-        ]
-        .into_iter()
-        .chain(numbered)
-        .map(|extension| path.with_extension(extension))
-        .find(|converted| converted != path && !converted.exists())
-        .expect("a free name");
+        let converted = free_name_beside(path);
         let (what, load, state_dict) = match self {
             Self::Save => ("torch.save", "torch.load", ""),
             Self::TorchScript => ("torch.jit.save", "torch.jit.load", ".state_dict()"),

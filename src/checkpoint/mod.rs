@@ -486,6 +486,7 @@ pub fn load(path: &Path, device: Device) -> Result<LoadedModel> {
             path.display()
         );
     }
+    file.check_no_wrapper_prefix(path)?;
     let config = file
         .config()
         .with_context(|| format!("in {}", path.display()))?;
