@@ -1085,6 +1085,60 @@ fn timm_options_that_vit_lacks_are_named() {
     }
 }
 
+/// A file without `config` metadata whose tensors are a timm ViT's of another kind than
+/// vit's that the names do not tell (attention pooling, no final norm, RMSNorm) is told
+/// that a config would not make it load, and why: it was given the config its shapes give
+/// to add, and that config, added, was refused.
+#[test]
+fn a_config_that_would_not_make_a_checkpoint_load_is_not_offered() {
+    let dir = TempDir::new("config-not-offered");
+    let config = tiny_config();
+    run_python(
+        &dir,
+        &format!(
+            "import json, safetensors.torch as st\n\
+             from timm.layers import RmsNorm\n\
+             from timm.models.vision_transformer import VisionTransformer\n\
+             config = json.loads({:?})\n\
+             base = dict(img_size=config['image_size'], patch_size=config['patch_size'], \
+             embed_dim=config['embed_dim'], depth=config['num_layers'], \
+             num_heads=config['num_heads'], mlp_ratio=config['mlp_dim'] / config['embed_dim'], \
+             num_classes=config['num_classes'])\n\
+             for name, model in [\
+             ('attention_pool', VisionTransformer(**base, global_pool='map')), \
+             ('no_final_norm', VisionTransformer(**base, final_norm=False)), \
+             ('rms_norm', VisionTransformer(**base, norm_layer=RmsNorm))]:\n\
+             \x20   state = {{k: v.contiguous() for k, v in model.state_dict().items()}}\n\
+             \x20   st.save_file(state, name + '.safetensors')\n\
+             \x20   st.save_file(state, name + '.config.safetensors', \
+             metadata={{'config': json.dumps(config)}})",
+            config.to_json()
+        ),
+    );
+    for (name, problem) in [
+        ("attention_pool", "unexpected keys: [\"attn_pool."),
+        (
+            "no_final_norm",
+            "missing keys: [\"norm.bias\", \"norm.weight\"]",
+        ),
+        ("rms_norm", "missing keys: [\"blocks.0.norm1.bias\""),
+    ] {
+        let error = |file: &str| match checkpoint::load(&dir.join(file), Device::Cpu) {
+            Ok(_) => panic!("{file} loaded"),
+            Err(e) => format!("{e:#}"),
+        };
+        let without_config = error(&format!("{name}.safetensors"));
+        assert!(
+            without_config.contains("no `config` metadata, and adding one would not make it load")
+                && without_config.contains(problem)
+                && !without_config.contains("NUM_HEADS"),
+            "{name}: {without_config}"
+        );
+        let with_config = error(&format!("{name}.config.safetensors"));
+        assert!(with_config.contains(problem), "{name}: {with_config}");
+    }
+}
+
 /// `vit predict` lists the guesses most probable first, as percentages: all five classes of
 /// a five-class model, falling, and summing to 100%. (Ranked the wrong way round, or given
 /// as fractions, they would not.)

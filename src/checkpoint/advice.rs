@@ -3,15 +3,17 @@
 
 use super::{TensorFile, CONFIG_KEY};
 use crate::listing::{and_more, first_and_more};
-use crate::model::ViTConfig;
+use crate::model::{ViTConfig, VisionTransformer};
 use anyhow::{bail, ensure, Result};
 use std::path::{Path, PathBuf};
-use tch::Tensor;
+use tch::{nn, Device, Tensor};
 
 impl TensorFile {
     /// What to do about a file without `config` metadata: what the tensors' shapes give,
     /// for the user to complete, where they can tell. Names of a model vit's cannot load
-    /// are told first: a config added to them would only be refused next.
+    /// are told first, as are tensors that the model of that config would not take (a
+    /// timm option's that the names do not tell): a config added to them would only be
+    /// refused next.
     pub(super) fn missing_config_advice(&self) -> String {
         let layout = self.layout_advice();
         if !layout.is_empty() {
@@ -19,7 +21,16 @@ impl TensorFile {
                 "no `{CONFIG_KEY}` metadata, and adding one would not make it load{layout}"
             );
         }
-        match self.config_from_shapes() {
+        let shapes = self.config_from_shapes();
+        let problems = shapes.as_ref().map(|shapes| self.mismatches_of(shapes));
+        if let Some(problems) = problems.filter(|problems| !problems.is_empty()) {
+            return format!(
+                "no `{CONFIG_KEY}` metadata, and adding one would not make it load: its \
+                 tensors are not those of vit's model of the size their shapes give: {}",
+                problems.join("; ")
+            );
+        }
+        match shapes {
             Some(shapes) => format!(
                 "no `{CONFIG_KEY}` metadata. The tensors' shapes give {}, all but num_heads. \
                  Fill in NUM_HEADS from the model that saved the file (a divisor of \
@@ -34,6 +45,21 @@ impl TensorFile {
                  metadata={{'{CONFIG_KEY}': json.dumps({{{}}})}}",
                 hyperparameter_names()
             ),
+        }
+    }
+
+    /// How the tensors differ from those of vit's model of the sizes `shapes` gives (see
+    /// [`Self::config_from_shapes`]; any head count builds the same tensors). Empty when
+    /// they match, or when no such model can be built.
+    fn mismatches_of(&self, shapes: &ViTConfig) -> Vec<String> {
+        let config = ViTConfig {
+            num_heads: 1,
+            ..shapes.clone()
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        match VisionTransformer::new(&vs.root(), &config) {
+            Ok(_) => self.mismatches(&vs.variables()),
+            Err(_) => Vec::new(),
         }
     }
 
