@@ -1031,7 +1031,9 @@ fn a_wrapped_models_checkpoint_is_refused_with_the_line_that_strips_its_prefix()
 }
 
 /// State dicts of timm models made with options vit's model lacks (timm's own parameter
-/// names, saved with the tiny config) are refused naming the option.
+/// names, saved with the tiny config and without a config) are refused naming the option.
+/// `no_embed_class=True`, which only the position embedding's shape shows, was refused
+/// for that shape alone, and without a config offered one that would not load.
 #[test]
 fn timm_options_that_vit_lacks_are_named() {
     let dir = TempDir::new("timm-options");
@@ -1050,19 +1052,25 @@ fn timm_options_that_vit_lacks_are_named() {
              for name, model in [\
              ('layer_scale', VisionTransformer(**base, init_values=1e-5)), \
              ('pre_norm', VisionTransformer(**base, pre_norm=True)), \
+             ('no_embed_class', VisionTransformer(**base, no_embed_class=True)), \
              ('qk_norm', VisionTransformer(**base, qk_norm=True)), \
              ('registers', VisionTransformer(**base, reg_tokens=2)), \
              ('no_class_token', VisionTransformer(**base, class_token=False, global_pool='avg')), \
              ('distilled', VisionTransformerDistilled(**base)), \
              ('headless', VisionTransformer(**{{**base, 'num_classes': 0}}))]:\n\
              \x20   state = {{k: v.contiguous() for k, v in model.state_dict().items()}}\n\
-             \x20   st.save_file(state, name + '.safetensors', metadata={{'config': json.dumps(config)}})",
+             \x20   st.save_file(state, name + '.safetensors', metadata={{'config': json.dumps(config)}})\n\
+             \x20   st.save_file(state, name + '.no-config.safetensors')",
             config.to_json()
         ),
     );
     for (name, option) in [
         ("layer_scale", "init_values (LayerScale)"),
         ("pre_norm", "pre_norm=True"),
+        (
+            "no_embed_class",
+            "no_embed_class=True (no position embedding for the class token)",
+        ),
         ("qk_norm", "qk_norm=True"),
         ("registers", "reg_tokens"),
         ("no_class_token", "class_token=False"),
@@ -1072,16 +1080,19 @@ fn timm_options_that_vit_lacks_are_named() {
         ),
         ("headless", "num_classes=0 (no classification head)"),
     ] {
-        let path = dir.join(format!("{name}.safetensors"));
-        let error = match checkpoint::load(&path, Device::Cpu) {
-            Ok(_) => panic!("{name} loaded"),
-            Err(e) => format!("{e:#}"),
-        };
-        assert!(
-            error.contains("Its names are those of a timm VisionTransformer made with")
-                && error.contains(option),
-            "{name}: {error}"
-        );
+        // Without a config, the option is told rather than a config that would not load.
+        for file in [name.to_string(), format!("{name}.no-config")] {
+            let path = dir.join(format!("{file}.safetensors"));
+            let error = match checkpoint::load(&path, Device::Cpu) {
+                Ok(_) => panic!("{file} loaded"),
+                Err(e) => format!("{e:#}"),
+            };
+            assert!(
+                error.contains("Its tensors are those of a timm VisionTransformer made with")
+                    && error.contains(option),
+                "{file}: {error}"
+            );
+        }
     }
 }
 

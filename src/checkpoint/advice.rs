@@ -182,9 +182,22 @@ impl TensorFile {
         )
     }
 
-    /// What the tensor names say of a model that is not vit's: one of timm's
-    /// `VisionTransformer` options that vit's model does not have. Empty when they say
-    /// nothing.
+    /// Whether the position embedding has a square grid's tokens alone, beside a class token:
+    /// timm's `no_embed_class=True`. vit's has the grid's and the class token's, s² + 1 of
+    /// them, never a square. (A single token is left alone: a grid of one patch without the
+    /// class token's, or the class token's without a grid, which no model is.)
+    fn position_embedding_lacks_class_token(&self) -> bool {
+        let tokens = match self.tensors.get("pos_embed").map(Tensor::size).as_deref() {
+            Some(&[1, tokens, _]) => tokens,
+            _ => return false,
+        };
+        let side = (tokens as f64).sqrt().round() as i64;
+        self.tensors.contains_key("cls_token") && tokens > 1 && side * side == tokens
+    }
+
+    /// What the tensor names (and the position embedding's shape) say of a model that is
+    /// not vit's: one of timm's `VisionTransformer` options that vit's model does not
+    /// have. Empty when they say nothing.
     pub(super) fn layout_advice(&self) -> String {
         let has = |part: &str| self.tensors.keys().any(|name| name.contains(part));
         // Only a timm ViT's names say which of its options made them.
@@ -207,6 +220,10 @@ impl TensorFile {
             (has(".ls1.") || has(".ls2."), "init_values (LayerScale)"),
             (has("norm_pre."), "pre_norm=True"),
             (!has("head."), "num_classes=0 (no classification head)"),
+            (
+                self.position_embedding_lacks_class_token(),
+                "no_embed_class=True (no position embedding for the class token)",
+            ),
         ]
         .into_iter()
         .filter_map(|(found, option)| found.then_some(option))
@@ -214,10 +231,10 @@ impl TensorFile {
         match options.is_empty() {
             true => String::new(),
             false => format!(
-                ". Its names are those of a timm VisionTransformer made with {}, which vit's \
+                ". Its tensors are those of a timm VisionTransformer made with {}, which vit's \
                  model does not have: vit's is timm's with class_token=True, \
                  global_pool='token', qkv_bias=True, a classification head, and no LayerScale, \
-                 QK norm, register or distillation tokens or pre-norm",
+                 QK norm, register or distillation tokens, pre-norm or no_embed_class",
                 options.join(", ")
             ),
         }
