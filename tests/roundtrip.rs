@@ -122,7 +122,10 @@ fn the_timm_model_has_the_mlp_width_asked_for() {
 
 /// Files of `torch.save` (how PyTorch users save a state dict: the zip format, the legacy
 /// pickle, and one misnamed .safetensors) and of `torch.jit.save` are refused with the line
-/// of Python that converts them, and the file each line writes loads with the same weights.
+/// of Python that converts them, and the file each line writes loads with the same weights;
+/// so too a whole model and timm's train.py checkpoint, with the expression told for them
+/// (the line's torch.load refuses them, and the advice said to load a training checkpoint
+/// as it does).
 /// A zip of something else (numpy's .npz) is not taken for one.
 #[test]
 fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
@@ -144,6 +147,10 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
              model = timm_model(json.loads({:?})).eval()\n\
              model.load_state_dict(state, strict=True)\n\
              torch.jit.trace(model, torch.randn(1, 3, 8, 8)).save('traced.pt')\n\
+             torch.save(model, 'whole.pth')\n\
+             import argparse\n\
+             torch.save({{'epoch': 1, 'state_dict': state, 'args': argparse.Namespace(lr=0.1)}}, \
+             'model_best.pth.tar')\n\
              numpy.savez('arrays.npz', x=numpy.zeros(3))\n\
              state['head.bias'] = state['head.bias'].to(torch.int8)\n\
              st.save_file(state, 'int8.safetensors')",
@@ -178,11 +185,26 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
             assert_close(&name, &converted.vs.variables()[&name], &original, 0.0);
         }
     }
+    // A whole model and timm's train.py checkpoint (the weights under "state_dict", beside
+    // its argparse arguments), which torch.load's weights-only default refuses: the
+    // expression told for each, put in place of the state dict, converts it.
+    for (name, expression) in [("whole.pth", 5), ("model_best.pth.tar", 3)] {
+        let error = load_error(name);
+        let parts: Vec<&str> = error.split('`').collect();
+        let loaded = format!(
+            "torch.load({:?}, map_location=\"cpu\")",
+            dir.join(name).display().to_string()
+        );
+        let expression = parts.get(expression).unwrap_or_else(|| panic!("{error}"));
+        let conversion = parts[1].replace(&loaded, expression);
+        run_python(&dir, &format!("cfg = {}\n{conversion}", config.to_json()));
+        let converted = dir.join(name).with_extension("safetensors");
+        let converted = checkpoint::load(&converted, Device::Cpu).unwrap();
+        for (name, original) in vs.variables() {
+            assert_close(&name, &converted.vs.variables()[&name], &original, 0.0);
+        }
+    }
     let error = load_error("model.pth");
-    assert!(
-        error.contains(r#"under a key such as "state_dict""#),
-        "{error}"
-    );
     // model.safetensors is there now (converted above): pasted again, the command would
     // write over it, so it names a free file.
     let free = format!(

@@ -329,26 +329,33 @@ impl PyTorchFile {
             Self::Save => ("torch.save", "torch.load", ""),
             Self::TorchScript => ("torch.jit.save", "torch.jit.load", ".state_dict()"),
         };
+        let quoted = format!("{:?}", path.display().to_string());
+        // torch.load's weights-only default (PyTorch 2.6 on) refuses a pickle that holds
+        // other objects than tensors and containers: a whole model, or a training
+        // checkpoint with its arguments (timm's train.py saves an argparse.Namespace).
+        let other_contents = match self {
+            Self::Save => format!(
+                ". Where the file is a training checkpoint (a dict with the weights under a \
+                 key such as \"state_dict\", as timm's train.py saves them, or \"model\") \
+                 or a whole model (torch.save(model)), which torch.load refuses as not \
+                 weights only or gives as no state dict, put in its place `torch.load(\
+                 {quoted}, map_location=\"cpu\", weights_only=False)[\"state_dict\"]` (with \
+                 the dict's key) or `torch.load({quoted}, map_location=\"cpu\", \
+                 weights_only=False).state_dict()`, for a file you trust: weights_only=False \
+                 runs the code its pickle names"
+            ),
+            Self::TorchScript => String::new(),
+        };
         format!(
             "{} is a PyTorch file ({what}), not a safetensors file; vit reads safetensors \
              only. Convert its state dict (with timm's parameter names) in Python: `import \
-             json, torch, safetensors.torch as st; st.save_file({load}({:?}, \
+             json, torch, safetensors.torch as st; st.save_file({load}({quoted}, \
              map_location=\"cpu\"){state_dict}, {:?}, metadata={{\"config\": \
              json.dumps(cfg)}})`, where cfg is the dict of the nine hyperparameters \
-             ({}); README.md, Checkpoints, shows the names{}",
+             ({}); README.md, Checkpoints, shows the names{other_contents}",
             path.display(),
-            path.display().to_string(),
             converted.display().to_string(),
             hyperparameter_names(),
-            match self {
-                Self::Save => {
-                    ". Where torch.load gives a training checkpoint (a dict with the weights \
-                     under a key such as \"state_dict\" or \"model\"), save that entry; \
-                     where it gives a whole model (torch.save(model)), load it with \
-                     weights_only=False and save its .state_dict()"
-                }
-                Self::TorchScript => "",
-            }
         )
     }
 }
