@@ -121,12 +121,13 @@ fn the_timm_model_has_the_mlp_width_asked_for() {
 }
 
 /// Files of `torch.save` (how PyTorch users save a state dict: the zip format, the legacy
-/// pickle, and one misnamed .safetensors) and of `torch.jit.save` are refused with the line
-/// of Python that converts them, and the file each line writes loads with the same weights;
-/// so too a whole model and timm's train.py checkpoint, with the expression told for them
-/// (the line's torch.load refuses them, and the advice said to load a training checkpoint
-/// as it does).
-/// A zip of something else (numpy's .npz) is not taken for one.
+/// pickle, and one misnamed .safetensors), of `torch.jit.save` and of `torch.export.save`
+/// (once taken for a torch.save file, by the one of its sample inputs inside, and told a
+/// torch.load that fails) are refused with the line of Python that converts them, and the
+/// file each line writes loads with the same weights; so too a whole model and timm's
+/// train.py checkpoint, with the expression told for them (the line's torch.load refuses
+/// them, and the advice said to load a training checkpoint as it does). A zip of something
+/// else (numpy's .npz) is not taken for one.
 #[test]
 fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
     let dir = TempDir::new("pytorch-file");
@@ -148,6 +149,8 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
              model.load_state_dict(state, strict=True)\n\
              torch.jit.trace(model, torch.randn(1, 3, 8, 8)).save('traced.pt')\n\
              torch.save(model, 'whole.pth')\n\
+             example = (torch.randn(1, 3, 8, 8),)\n\
+             torch.export.save(torch.export.export(model, example), 'exported.pt2')\n\
              import argparse\n\
              torch.save({{'epoch': 1, 'state_dict': state, 'args': argparse.Namespace(lr=0.1)}}, \
              'model_best.pth.tar')\n\
@@ -170,6 +173,7 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
             "renamed.converted.safetensors",
         ),
         ("traced.pt", "torch.jit.save", "traced.safetensors"),
+        ("exported.pt2", "torch.export.save", "exported.safetensors"),
     ] {
         let error = load_error(name);
         assert!(
@@ -276,7 +280,7 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
     let error = load_error(".");
     assert!(
         error.contains("is a folder, not a checkpoint: give one of the checkpoints in it")
-            && error.contains("(int8.safetensors, legacy.safetensors, model.safetensors")
+            && error.contains("(exported.safetensors, int8.safetensors, legacy.safetensors")
             && error.contains("such as"),
         "{error}"
     );

@@ -295,6 +295,9 @@ pub(super) enum PyTorchFile {
     Save,
     /// `torch.jit.save`: a zip archive with `constants.pkl` (and `data.pkl`) in it.
     TorchScript,
+    /// `torch.export.save`: a zip archive with `archive_format` in it (and the sample
+    /// inputs as a `torch.save` file, whose `data.pkl` is no model's).
+    Export,
 }
 
 impl PyTorchFile {
@@ -312,7 +315,9 @@ impl PyTorchFile {
             return None;
         }
         let holds = |name: &[u8]| bytes.windows(name.len()).any(|window| window == name);
-        if holds(b"/constants.pkl") {
+        if holds(b"/archive_format") {
+            Some(Self::Export)
+        } else if holds(b"/constants.pkl") {
             Some(Self::TorchScript)
         } else if holds(b"/data.pkl") {
             Some(Self::Save)
@@ -325,11 +330,21 @@ impl PyTorchFile {
     /// a safetensors file beside it.
     pub(super) fn conversion(self, path: &Path) -> String {
         let converted = free_name_beside(path);
-        let (what, load, state_dict) = match self {
-            Self::Save => ("torch.save", "torch.load", ""),
-            Self::TorchScript => ("torch.jit.save", "torch.jit.load", ".state_dict()"),
-        };
         let quoted = format!("{:?}", path.display().to_string());
+        let (what, state_dict) = match self {
+            Self::Save => (
+                "torch.save",
+                format!("torch.load({quoted}, map_location=\"cpu\")"),
+            ),
+            Self::TorchScript => (
+                "torch.jit.save",
+                format!("torch.jit.load({quoted}, map_location=\"cpu\").state_dict()"),
+            ),
+            Self::Export => (
+                "torch.export.save",
+                format!("torch.export.load({quoted}).state_dict"),
+            ),
+        };
         // torch.load's weights-only default (PyTorch 2.6 on) refuses a pickle that holds
         // other objects than tensors and containers: a whole model, or a training
         // checkpoint with its arguments (timm's train.py saves an argparse.Namespace).
@@ -344,14 +359,13 @@ impl PyTorchFile {
                  weights_only=False).state_dict()`, for a file you trust: weights_only=False \
                  runs the code its pickle names"
             ),
-            Self::TorchScript => String::new(),
+            Self::TorchScript | Self::Export => String::new(),
         };
         format!(
             "{} is a PyTorch file ({what}), not a safetensors file; vit reads safetensors \
              only. Convert its state dict (with timm's parameter names) in Python: `import \
-             json, torch, safetensors.torch as st; st.save_file({load}({quoted}, \
-             map_location=\"cpu\"){state_dict}, {:?}, metadata={{\"config\": \
-             json.dumps(cfg)}})`, where cfg is the dict of the nine hyperparameters \
+             json, torch, safetensors.torch as st; st.save_file({state_dict}, {:?}, \
+             metadata={{\"config\": json.dumps(cfg)}})`, where cfg is the dict of the nine hyperparameters \
              ({}); README.md, Checkpoints, shows the names{other_contents}",
             path.display(),
             converted.display().to_string(),
