@@ -986,8 +986,9 @@ fn a_run_folder_given_as_a_checkpoint_suggests_its_best_model() {
     );
 }
 
-/// The state dict of a wrapped timm model (timm's ModelEma and DistributedDataParallel
-/// prefix `module.`, torch.compile `_orig_mod.`, both together `module._orig_mod.`) is
+/// The state dict of a wrapped timm model (timm's ModelEma, torch's AveragedModel, with its
+/// own `n_averaged` beside the model's tensors, and DistributedDataParallel prefix
+/// `module.`, torch.compile `_orig_mod.`, both together `module._orig_mod.`) is
 /// refused with the line of Python that strips the prefix, and the file it writes loads
 /// with the model's weights. The advice was to save `model.module.state_dict()`, which a
 /// user given the file alone cannot do, and said nothing of torch.compile's prefix.
@@ -1000,6 +1001,7 @@ fn a_wrapped_models_checkpoint_is_refused_with_the_line_that_strips_its_prefix()
         &format!(
             "import json, sys, torch, safetensors.torch as st\n\
              from timm.utils import ModelEmaV3\n\
+             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn\n\
              sys.path.insert(0, {:?})\n\
              from vit_reference import timm_model\n\
              config = json.loads({:?})\n\
@@ -1007,6 +1009,8 @@ fn a_wrapped_models_checkpoint_is_refused_with_the_line_that_strips_its_prefix()
              metadata = {{'config': json.dumps(config)}}\n\
              st.save_file(model.state_dict(), 'plain.safetensors')\n\
              st.save_file(ModelEmaV3(model).state_dict(), 'ema.safetensors', metadata)\n\
+             averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.999))\n\
+             st.save_file(averaged.state_dict(), 'averaged.safetensors', metadata)\n\
              compiled = torch.compile(model)\n\
              st.save_file(compiled.state_dict(), 'compiled.safetensors', metadata)\n\
              state = {{'module.' + k: v for k, v in compiled.state_dict().items()}}\n\
@@ -1018,6 +1022,7 @@ fn a_wrapped_models_checkpoint_is_refused_with_the_line_that_strips_its_prefix()
     let plain = TensorFile::read(&dir.join("plain.safetensors")).unwrap();
     for (name, prefix) in [
         ("ema", "module."),
+        ("averaged", "module."),
         ("compiled", "_orig_mod."),
         ("both", "module._orig_mod."),
     ] {
@@ -1028,7 +1033,7 @@ fn a_wrapped_models_checkpoint_is_refused_with_the_line_that_strips_its_prefix()
         };
         assert!(
             error.contains(&format!(
-                "starts with `{prefix}`, as those of a wrapped model"
+                "start with `{prefix}`, as those of a wrapped model"
             )),
             "{name}: {error}"
         );
@@ -1038,7 +1043,10 @@ fn a_wrapped_models_checkpoint_is_refused_with_the_line_that_strips_its_prefix()
             .unwrap_or_else(|| panic!("{name}: no command in: {error}"));
         run_python(&dir, command);
         let stripped = dir.join(format!("{name}.converted.safetensors"));
-        assert!(error.ends_with(&format!("then give {}", stripped.display())));
+        assert!(
+            error.contains(&format!("then give {}", stripped.display())),
+            "{error}"
+        );
         if name == "both" {
             // Saved without a config: the stripped file is told the one its shapes give.
             let error = match checkpoint::load(&stripped, Device::Cpu) {

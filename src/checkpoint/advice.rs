@@ -153,32 +153,47 @@ impl TensorFile {
         })
     }
 
-    /// The prefix that every tensor name starts with where the names after it are a timm
-    /// ViT's: a wrapper's, such as DistributedDataParallel's and timm's ModelEma's
-    /// `module.`, torch.compile's `_orig_mod.`, or both.
+    /// The prefix of a timm ViT's tensor names in the file, where a wrapper put one: such as
+    /// DistributedDataParallel's, timm's ModelEma's and torch's AveragedModel's `module.`,
+    /// torch.compile's `_orig_mod.`, or both. A wrapper's own tensors (AveragedModel's
+    /// `n_averaged`) may sit beside the model's, but no model's tensor without the prefix.
     fn wrapper_prefix(&self) -> Option<&str> {
         let prefix =
             (self.tensors.keys()).find_map(|name| name.strip_suffix("patch_embed.proj.weight"))?;
-        let wraps = prefix.ends_with('.') && self.tensors.keys().all(|n| n.starts_with(prefix));
+        let wraps = prefix.ends_with('.')
+            && (self.wrapper_tensors(prefix))
+                .all(|name| !name.contains("patch_embed.") && !name.contains("blocks."));
         wraps.then_some(prefix)
     }
 
-    /// Fails where every tensor name of the file at `path` has a wrapper's prefix (see
-    /// [`Self::wrapper_prefix`]), with the line of Python that writes the file without it.
-    /// A user with the file alone has no wrapped model to save again.
+    /// The names of the tensors in the file without `prefix`.
+    fn wrapper_tensors<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a String> {
+        (self.tensors.keys()).filter(move |name| !name.starts_with(prefix))
+    }
+
+    /// Fails where the model's tensor names in the file at `path` have a wrapper's prefix
+    /// (see [`Self::wrapper_prefix`]), with the line of Python that writes the model's
+    /// tensors without it. A user with the file alone has no wrapped model to save again.
     pub(super) fn check_no_wrapper_prefix(&self, path: &Path) -> Result<()> {
         let Some(prefix) = self.wrapper_prefix() else {
             return Ok(());
         };
+        let others: Vec<&String> = self.wrapper_tensors(prefix).collect();
+        let left_out = match others.is_empty() {
+            true => String::new(),
+            false => format!(" (the wrapper's own {}, are left out)", first_few(&others)),
+        };
         let stripped = free_name_beside(path);
         let [path, stripped] = [path, &stripped].map(|p| p.display().to_string());
         bail!(
-            "every tensor name in {path} starts with `{prefix}`, as those of a wrapped model \
-             do (`module.`: DistributedDataParallel, DataParallel, timm's ModelEma; \
-             `_orig_mod.`: torch.compile). Strip it in Python: `import safetensors.torch as \
-             st; from safetensors import safe_open; st.save_file({{k.removeprefix({prefix:?}): \
-             v for k, v in st.load_file({path:?}).items()}}, {stripped:?}, \
-             metadata=safe_open({path:?}, \"pt\").metadata())`, then give {stripped}"
+            "the model's tensor names in {path} start with `{prefix}`, as those of a wrapped \
+             model do (`module.`: DistributedDataParallel, DataParallel, timm's ModelEma, \
+             torch's AveragedModel; `_orig_mod.`: torch.compile). Strip it in Python: `import \
+             safetensors.torch as st; from safetensors import safe_open; \
+             st.save_file({{k.removeprefix({prefix:?}): v for k, v in \
+             st.load_file({path:?}).items() if k.startswith({prefix:?})}}, {stripped:?}, \
+             metadata=safe_open({path:?}, \"pt\").metadata())`, then give {stripped}\
+             {left_out}"
         )
     }
 
