@@ -793,21 +793,30 @@ fn ctrl_c_or_sigterm_saves_the_run_and_prints_a_resume_command_that_works() {
 
 /// Settings that are allowed but do nothing on the run given are said at its start: a batch
 /// larger than the images trained on, MixUp in batches of one image (mixed with itself),
-/// and stochastic depth in a one-block model (whose rate at the first block is 0).
+/// and stochastic depth in a one-block model (whose rate at the first block is 0). At the
+/// edges: a warm-up as long as the run never decays (warned), while a batch of exactly the
+/// images trained on, and a one-block model without stochastic depth, are nothing to say.
 #[test]
 fn settings_without_effect_are_said() {
     let (root, data_dir) = colour_cifar10("idle-settings");
     let stderr = |name: &str, extra: &[&str]| {
         let run = root.join(name);
         let mut args = tiny_run_args(data_dir.to_str().unwrap(), run.to_str().unwrap());
-        #[rustfmt::skip]
-        args.extend(["--epochs", "1", "--warmup-epochs", "0", "--mixup", "0.8", "--drop-path", "0.1"]);
+        args.extend(["--epochs", "1"]);
         args.extend(extra);
         let output = vit(&args);
         String::from_utf8_lossy(&output.stderr).into_owned()
     };
+    let idle_regularization = [
+        "--warmup-epochs",
+        "0",
+        "--mixup",
+        "0.8",
+        "--drop-path",
+        "0.1",
+    ];
     #[rustfmt::skip]
-    let said = stderr("idle", &["--train-subset", "1", "--batch-size", "4", "--num-layers", "1"]);
+    let said = stderr("idle", &[&idle_regularization[..], &["--train-subset", "1", "--batch-size", "4", "--num-layers", "1"]].concat());
     for message in [
         "note: --batch-size 4 is more than the 1 training image: each epoch is one batch of 1",
         "warning: MixUp and CutMix mix each image with another of its batch: in batches of \
@@ -816,8 +825,26 @@ fn settings_without_effect_are_said() {
     ] {
         assert!(said.contains(message), "{message}: {said}");
     }
-    let said = stderr("busy", &["--train-subset", "4", "--batch-size", "2"]);
+    let said = stderr(
+        "busy",
+        &[
+            &idle_regularization[..],
+            &["--train-subset", "4", "--batch-size", "2"],
+        ]
+        .concat(),
+    );
     for message in ["--batch-size", "MixUp", "--drop-path"] {
+        assert!(!said.contains(message), "{message}: {said}");
+    }
+    #[rustfmt::skip]
+    let said = stderr("edges", &["--warmup-epochs", "1", "--train-subset", "4", "--batch-size", "4", "--num-layers", "1"]);
+    assert!(
+        said.contains(
+            "warning: --warmup-epochs 1 is not below --epochs 1: the learning rate rises"
+        ),
+        "{said}"
+    );
+    for message in ["--batch-size", "--drop-path"] {
         assert!(!said.contains(message), "{message}: {said}");
     }
 }
@@ -1442,6 +1469,49 @@ fn resume_in_the_middle_of_an_epoch_is_exact() {
         .resume_matches_straight();
 }
 
+/// An epoch's epoch_seconds and images_per_second count the seconds it trained before an
+/// interruption, as its saved state records them (set to 1,000 here, so that the resumed
+/// row shows them), and images_per_second is over the training steps alone: the epoch's
+/// images took fewer seconds than the epoch, whose test pass came after them.
+#[test]
+fn a_resumed_epoch_counts_the_seconds_it_trained_before_it_stopped() {
+    let _turn = seeded(0);
+    let dataset = colour_dataset();
+    let root = TempDir::new("resume-seconds");
+    let run = root.join("run");
+    // Three steps an epoch: the interrupt lands after the first.
+    let settings = tiny_settings(1, 200);
+    let stopped = run_training(&settings, &dataset, &run, false, true);
+    let at_step_1 = StopPoint::AfterStep { epoch: 1, step: 1 };
+    assert!(matches!(stopped, Outcome::Interrupted { at, .. } if at == at_step_1));
+    let state_path = run.join("resume.safetensors");
+    let mut state = TensorFile::read(&state_path).unwrap();
+    let mut progress: serde_json::Value =
+        serde_json::from_str(&state.metadata["progress"]).unwrap();
+    let saved = progress["seconds"].as_f64().unwrap();
+    assert!(
+        saved > 0.0,
+        "the first step's seconds were not saved: {progress}"
+    );
+    progress["seconds"] = 1000.0.into();
+    state
+        .metadata
+        .insert("progress".into(), progress.to_string());
+    std::fs::write(&state_path, state.to_bytes().unwrap()).unwrap();
+    run_training(&settings, &dataset, &run, true, false);
+    let (header, rows) = read_metrics(&run);
+    let column = |name: &str| -> f64 {
+        let index = header.iter().position(|h| h == name).unwrap();
+        rows[0][index].parse().unwrap()
+    };
+    let epoch_seconds = column("epoch_seconds");
+    let training_seconds = 600.0 / column("images_per_second");
+    assert!(
+        1000.0 < training_seconds && training_seconds < epoch_seconds,
+        "600 images trained in {training_seconds} s of an epoch of {epoch_seconds} s"
+    );
+}
+
 #[test]
 fn resume_with_changed_settings_is_refused() {
     let _turn = seeded(0);
@@ -1475,9 +1545,10 @@ fn resume_with_changed_settings_is_refused() {
     );
 }
 
-/// A resume with --plot, which draws curves.png and curves.svg into the run folder after
-/// each epoch, is refused where either is a file of the user's (vit plot refuses the same),
-/// and the file is kept; with vit's own pictures or none there, the run resumes.
+/// --plot draws curves.png and curves.svg into the run folder after each epoch (here
+/// the first of two, where the run stops). A resume with --plot is refused where either
+/// is a file of the user's (vit plot refuses the same), and the file is kept; with vit's
+/// own pictures or none there, the run resumes.
 #[test]
 fn a_resume_with_plot_keeps_the_users_pictures() {
     let _turn = seeded(0);
@@ -1485,7 +1556,14 @@ fn a_resume_with_plot_keeps_the_users_pictures() {
     let root = TempDir::new("resume-plot");
     let run = root.join("run");
     let settings = tiny_settings(2, 600);
-    run_training(&settings, &dataset, &run, false, true);
+    let interrupt = AtomicBool::new(true);
+    let first_epoch = RunOptions {
+        plot: true,
+        ..options(&run, false, &interrupt)
+    };
+    train::train(&settings, &dataset, &first_epoch).unwrap();
+    assert_eq!(read_metrics(&run).1.len(), 1);
+    assert!(run.join("curves.png").is_file() && run.join("curves.svg").is_file());
     let flag = AtomicBool::new(false);
     let with_plot = RunOptions {
         plot: true,
@@ -1824,7 +1902,8 @@ fn strong_recipe_runs_from_the_command_line() {
     assert!(
         stderr.contains("nothing to train")
             && !stderr.contains("--warmup-epochs")
-            && !stderr.contains("Training "),
+            && !stderr.contains("Training ")
+            && !stderr.contains("Resuming "),
         "{stderr}"
     );
     // ... and says again how it ended, from its saved state: not from metrics.csv, which
@@ -2886,6 +2965,7 @@ fn a_training_loss_that_diverges_in_the_first_epoch_stops_the_run() {
 /// epoch's weights, which it kept (finite, and still loadable), and to another --out, as
 /// this one holds them. The weight decay scales the weight matrices by about -1e9 a step:
 /// the first epoch's test loss is large but finite, the second's attention scores overflow.
+/// A resume goes on from the start of the second epoch, and replays its divergence.
 #[test]
 fn a_loss_that_diverges_after_the_first_epoch_points_to_its_weights() {
     let (root, data_dir) = colour_cifar10("diverged-later");
@@ -2903,6 +2983,14 @@ fn a_loss_that_diverges_after_the_first_epoch_points_to_its_weights() {
         last_model.display()
     );
     assert!(stderr.contains(&expected), "{stderr}");
+    assert_eq!(read_metrics(&run).1.len(), 1);
+    args.push("--resume");
+    let resumed = vit_fails(&args);
+    let resuming = format!("Resuming {out} at the start of epoch 2 (of 2)\n");
+    assert!(
+        resumed.contains(&resuming) && resumed.contains(&expected),
+        "{resumed}"
+    );
     assert_eq!(read_metrics(&run).1.len(), 1);
     let loaded = vit_tch::checkpoint::load(&last_model, Device::Cpu).unwrap();
     for (name, weights) in loaded.vs.variables() {
@@ -2925,20 +3013,37 @@ fn diverging_settings() -> TrainSettings {
 
 /// A loss that diverges after the run saved its state (here: interrupted after its first
 /// step, then resumed) sends the user to another --out: this one keeps what was saved, so
-/// a new run there would be refused.
+/// a new run there would be refused. A resume interrupted after its step whose loss is no
+/// longer finite stops the same way, and its diverged weights do not replace the saved
+/// state.
 #[test]
 fn a_loss_that_diverges_after_a_saved_state_advises_another_out() {
     let _turn = seeded(0);
     let dataset = colour_dataset();
     let root = TempDir::new("diverged-after-save");
     let run = root.join("run");
-    let settings = diverging_settings();
+    // Three steps an epoch: the second, resumed, has a diverged loss and is not the last.
+    let settings = TrainSettings {
+        batch_size: 200,
+        ..diverging_settings()
+    };
     match run_training(&settings, &dataset, &run, false, true) {
         Outcome::Interrupted { at, .. } => {
             assert_eq!(at, StopPoint::AfterStep { epoch: 1, step: 1 })
         }
         Outcome::Finished => panic!("the interrupted run finished"),
     }
+    let state = std::fs::read(run.join("resume.safetensors")).unwrap();
+    let interrupt = AtomicBool::new(true);
+    let Err(error) = train::train(&settings, &dataset, &options(&run, true, &interrupt)) else {
+        panic!("a resume interrupted after a diverged step saved it");
+    };
+    let error = format!("{error:#}");
+    assert!(
+        error.contains("the training loss became ") && error.contains(" in epoch 1; stopped ("),
+        "{error}"
+    );
+    assert!(std::fs::read(run.join("resume.safetensors")).unwrap() == state);
     let error = refused_resume(&settings, &dataset, &run);
     assert!(
         error.contains(" in epoch 1; stopped (no epoch finished")
@@ -2948,12 +3053,16 @@ fn a_loss_that_diverges_after_a_saved_state_advises_another_out() {
 }
 
 /// Without --out, a diverged run's advice names no --out: the same command trains into a
-/// new numbered folder.
+/// new numbered folder. A run that clipped its gradients already is told to clip them
+/// harder.
 #[test]
 fn a_diverged_run_without_out_is_told_the_same_command_starts_anew() {
     let _turn = seeded(0);
     let dataset = colour_dataset();
-    let settings = diverging_settings();
+    let settings = TrainSettings {
+        clip_grad: 1.0,
+        ..diverging_settings()
+    };
     let root = TempDir::new("diverged-numbered");
     let flag = AtomicBool::new(false);
     let base = root.join("runs/20261130-120000");
@@ -2967,7 +3076,10 @@ fn a_diverged_run_without_out_is_told_the_same_command_starts_anew() {
     let error = format!("{error:#}");
     assert!(
         error.contains(" in epoch 1; stopped (")
-            && error.ends_with("; the same command trains into a new run folder"),
+            && error.ends_with(
+                "--weight-decay, or a smaller --clip-grad; the same command trains into a new \
+                 run folder"
+            ),
         "{error}"
     );
 }
@@ -4226,7 +4338,8 @@ fn a_folder_dataset_trains_and_one_class_is_warned_about() {
 /// The notebook saves best_model only when the test accuracy improves: best_model (and
 /// best_ema_model) is the model of the first epoch that reached the run's highest test
 /// (EMA test) accuracy, across resumes. One step an epoch, stopped at each epoch's end to
-/// keep every epoch's last models. 28 of the 40 test labels are shifted by one class, so
+/// keep every epoch's last models (a stop in the last epoch finishes the run, with nothing
+/// left to resume). 28 of the 40 test labels are shifted by one class, so
 /// the accuracy wanders. (The rule itself, ties and drops included, is
 /// `is_new_best`'s unit test in src/train/mod.rs.)
 #[test]
@@ -4252,15 +4365,16 @@ fn best_model_is_the_first_epoch_with_the_best_test_accuracy() {
     let run = root.join("run");
     let mut last = Vec::new();
     for epoch in 1..=epochs {
-        let outcome = run_training(&settings, &dataset, &run, epoch > 1, true);
-        match outcome {
+        let end = match run_training(&settings, &dataset, &run, epoch > 1, true) {
             Outcome::Interrupted {
                 at: StopPoint::EndOf(end),
                 ..
-            } => assert_eq!(end, epoch),
-            Outcome::Finished => assert_eq!(epoch, epochs),
+            } => Some(end),
+            Outcome::Finished => None,
             Outcome::Interrupted { at, .. } => panic!("interrupted {at}"),
-        }
+        };
+        // A Ctrl-C in the last epoch leaves nothing to resume: the run finishes.
+        assert_eq!(end, (epoch < epochs).then_some(epoch), "epoch {epoch}");
         let read = |name: &str| std::fs::read(run.join(name)).unwrap();
         last.push((
             read("last_model.safetensors"),
