@@ -433,8 +433,7 @@ impl<'a> Trainer<'a> {
         };
         // Every random draw derives from (seed, epoch, step), so a resumed run replays the
         // same shuffles, augmentations and dropout masks without saving generator state.
-        tch::manual_seed(step_seed(settings.seed, epoch, usize::MAX));
-        let order = Tensor::randperm(self.train_split.len(), (Kind::Int64, device));
+        let order = epoch_order(settings.seed, epoch, self.train_split.len(), device);
         let mut sums = RunningSums {
             loss: Tensor::from(self.progress.loss_sum).to_device(device),
             correct: Tensor::from(self.progress.correct).to_device(device),
@@ -719,6 +718,13 @@ fn seed_bits(seed: u64) -> u64 {
     }
 }
 
+/// The order of the `n` training images in `epoch` (0-based) of the run seeded `seed`:
+/// int64 indices on `device`, a permutation drawn anew each epoch from its own seed.
+fn epoch_order(seed: u64, epoch: usize, n: i64, device: Device) -> Tensor {
+    tch::manual_seed(step_seed(seed, epoch, usize::MAX));
+    Tensor::randperm(n, (Kind::Int64, device))
+}
+
 /// A seed for (run seed, epoch, step) that never repeats across steps of a run.
 fn step_seed(seed: u64, epoch: usize, step: usize) -> i64 {
     let x = seed_bits(seed)
@@ -737,7 +743,56 @@ pub(crate) fn is_new_best(accuracy: f64, best_accuracy: f64, epoch: usize) -> bo
 
 #[cfg(test)]
 mod tests {
-    use super::is_new_best;
+    use super::{epoch_order, is_new_best, step_seed};
+    use std::collections::HashSet;
+    use tch::{Device, Kind, Tensor};
+
+    /// Each epoch trains on the images in a new order (the same order every epoch would
+    /// pass the resume tests, which compare a run with itself), and runs seeded apart
+    /// shuffle apart.
+    #[test]
+    fn every_epoch_shuffles_anew() {
+        let n = 50;
+        let orders: Vec<Tensor> = (0..3)
+            .map(|epoch| epoch_order(0, epoch, n, Device::Cpu))
+            .collect();
+        let identity = Tensor::arange(n, (Kind::Int64, Device::Cpu));
+        for (epoch, order) in orders.iter().enumerate() {
+            assert!(
+                order.sort(0, false).0.equal(&identity),
+                "epoch {epoch}: {order}"
+            );
+        }
+        for (a, b) in [(0, 1), (1, 2), (0, 2)] {
+            assert!(
+                !orders[a].equal(&orders[b]),
+                "epochs {a} and {b} share an order"
+            );
+        }
+        assert!(
+            !epoch_order(1, 0, n, Device::Cpu).equal(&orders[0]),
+            "seeds 0 and 1"
+        );
+    }
+
+    /// The seeds of a run's steps and shuffles never repeat: no two steps draw the same
+    /// augmentation and dropout masks.
+    #[test]
+    fn step_seeds_do_not_repeat() {
+        for seed in [0, 1, u64::MAX] {
+            let mut seen = HashSet::new();
+            for epoch in 0..20 {
+                for step in (0..200).chain([usize::MAX]) {
+                    let drawn = step_seed(seed, epoch, step);
+                    assert!(drawn >= 0, "{drawn}: manual_seed takes it as it is");
+                    assert!(
+                        seen.insert(drawn),
+                        "seed {seed}, epoch {epoch}, step {step}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn the_best_model_is_the_first_epoch_with_the_highest_accuracy() {
