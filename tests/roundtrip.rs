@@ -1064,6 +1064,19 @@ fn a_wrapped_models_checkpoint_is_refused_with_the_line_that_strips_its_prefix()
     }
 }
 
+/// Python lines that set `config` to `config`'s fields and `base` to the keyword arguments
+/// of timm's `VisionTransformer` for the same model.
+fn timm_base(config: &ViTConfig) -> String {
+    format!(
+        "config = json.loads({:?})\n\
+         base = dict(img_size=config['image_size'], patch_size=config['patch_size'], \
+         embed_dim=config['embed_dim'], depth=config['num_layers'], \
+         num_heads=config['num_heads'], mlp_ratio=config['mlp_dim'] / config['embed_dim'], \
+         num_classes=config['num_classes'])\n",
+        config.to_json()
+    )
+}
+
 /// State dicts of timm models made with options vit's model lacks (timm's own parameter
 /// names, saved with the tiny config and without a config) are refused naming the option.
 /// `no_embed_class=True`, which only the position embedding's shape shows, was refused
@@ -1078,11 +1091,7 @@ fn timm_options_that_vit_lacks_are_named() {
             "import json, safetensors.torch as st\n\
              from timm.models.vision_transformer import VisionTransformer\n\
              from timm.models.deit import VisionTransformerDistilled\n\
-             config = json.loads({:?})\n\
-             base = dict(img_size=config['image_size'], patch_size=config['patch_size'], \
-             embed_dim=config['embed_dim'], depth=config['num_layers'], \
-             num_heads=config['num_heads'], mlp_ratio=config['mlp_dim'] / config['embed_dim'], \
-             num_classes=config['num_classes'])\n\
+             {}\
              for name, model in [\
              ('layer_scale', VisionTransformer(**base, init_values=1e-5)), \
              ('pre_norm', VisionTransformer(**base, pre_norm=True)), \
@@ -1095,7 +1104,7 @@ fn timm_options_that_vit_lacks_are_named() {
              \x20   state = {{k: v.contiguous() for k, v in model.state_dict().items()}}\n\
              \x20   st.save_file(state, name + '.safetensors', metadata={{'config': json.dumps(config)}})\n\
              \x20   st.save_file(state, name + '.no-config.safetensors')",
-            config.to_json()
+            timm_base(&config)
         ),
     );
     for (name, option) in [
@@ -1144,11 +1153,7 @@ fn a_config_that_would_not_make_a_checkpoint_load_is_not_offered() {
             "import json, safetensors.torch as st\n\
              from timm.layers import RmsNorm\n\
              from timm.models.vision_transformer import VisionTransformer\n\
-             config = json.loads({:?})\n\
-             base = dict(img_size=config['image_size'], patch_size=config['patch_size'], \
-             embed_dim=config['embed_dim'], depth=config['num_layers'], \
-             num_heads=config['num_heads'], mlp_ratio=config['mlp_dim'] / config['embed_dim'], \
-             num_classes=config['num_classes'])\n\
+             {}\
              for name, model in [\
              ('attention_pool', VisionTransformer(**base, global_pool='map')), \
              ('no_final_norm', VisionTransformer(**base, final_norm=False)), \
@@ -1157,7 +1162,7 @@ fn a_config_that_would_not_make_a_checkpoint_load_is_not_offered() {
              \x20   st.save_file(state, name + '.safetensors')\n\
              \x20   st.save_file(state, name + '.config.safetensors', \
              metadata={{'config': json.dumps(config)}})",
-            config.to_json()
+            timm_base(&config)
         ),
     );
     for (name, problem) in [
