@@ -26,6 +26,9 @@ pub struct Stop {
     /// flag, so that the run's last look at `requested` and a signal come one after the
     /// other, each saying its line under it.
     finished: Mutex<bool>,
+    /// Set once the run is set up and about to train: before, as the settings are checked
+    /// and the data read, a signal quits at once, as it would end any other command.
+    armed: AtomicBool,
 }
 
 /// What a signal does.
@@ -71,6 +74,11 @@ impl Stop {
         }
     }
 
+    /// From now on, a signal stops the run after the current step instead of quitting.
+    pub fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
     /// Whether [`Self::finish`] has run: the process is about to exit on its own.
     fn has_finished(&self) -> bool {
         *self.finished.lock().unwrap_or_else(PoisonError::into_inner)
@@ -101,6 +109,9 @@ pub fn stop_on_interrupt() -> Result<Arc<Stop>> {
     let handler_stop = stop.clone();
     let mut first: Option<Instant> = None;
     crate::runtime::on_interrupt(move || {
+        if !handler_stop.armed.load(Ordering::SeqCst) {
+            crate::runtime::quit_at_once(130)
+        }
         match handler_stop.reaction(first.map(|at| at.elapsed())) {
             Reaction::Nothing => {}
             Reaction::Quit => {

@@ -49,6 +49,9 @@ use tch::{nn, Device, Kind, Tensor};
 
 /// `vit train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
+    // Before libtorch starts its threads, so that they leave the signals to the handler's
+    // thread (see runtime::on_interrupt); until the run is armed below, it quits at once.
+    let stop = interrupt::stop_on_interrupt()?;
     let device = args.device.set_up()?;
     let out = args.out.clone().unwrap_or_else(default_run_dir);
     ensure!(
@@ -73,7 +76,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let check_memory = device == Device::Cpu;
     let (settings, dataset) =
         settings_and_dataset(args, resumed_data_dir.as_deref(), check_memory)?;
-    let stop = interrupt::stop_on_interrupt()?;
+    stop.arm();
     let command: Vec<OsString> = std::env::args_os().collect();
     let options = RunOptions {
         out: &out,
