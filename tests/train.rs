@@ -715,6 +715,18 @@ fn start_training<S: AsRef<std::ffi::OsStr>>(args: &[S], run: &Path) -> std::pro
     child
 }
 
+/// Waits until the run training in `run` has finished its first epoch (written its row).
+fn wait_for_first_epoch(run: &Path) {
+    let started = std::time::Instant::now();
+    let rows = || {
+        std::fs::read_to_string(run.join("metrics.csv")).map_or(0, |text| text.lines().count() - 1)
+    };
+    while rows() < 1 {
+        assert!(started.elapsed().as_secs() < 60, "no epoch finished");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn ctrl_c_or_sigterm_saves_the_run_and_prints_a_resume_command_that_works() {
     let (root, data_dir) = colour_cifar10("ctrl-c");
@@ -802,8 +814,8 @@ fn interrupts_are_taken_by_the_handler_thread_alone() {
     let mut args = tiny_run_args(data_dir.to_str().unwrap(), run.to_str().unwrap());
     args.extend(["--epochs", "50", "--batch-size", "1", "--threads", "2"]);
     let mut child = start_training(&args, &run);
-    // Some steps in, so that libtorch's threads are there too.
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // An epoch in, so that libtorch's threads are there too.
+    wait_for_first_epoch(&run);
     // SIGHUP, SIGINT and SIGTERM (1, 2, 15) in the hexadecimal masks of /proc's status.
     let interrupts: u64 = (1 << 0) | (1 << 1) | (1 << 14);
     let tasks = Path::new("/proc").join(child.id().to_string()).join("task");
@@ -3792,14 +3804,8 @@ fn a_run_whose_folder_is_removed_stops_and_leaves_the_next_run_there_alone() {
     let mut args = tiny_run_args(data, out);
     args.extend(["--epochs", "300", "--warmup-epochs", "1"]);
     let first = start_training(&args, &run);
-    let rows = || {
-        std::fs::read_to_string(run.join("metrics.csv")).map_or(0, |text| text.lines().count() - 1)
-    };
+    wait_for_first_epoch(&run);
     let started = std::time::Instant::now();
-    while rows() < 1 {
-        assert!(started.elapsed().as_secs() < 60, "no epoch finished");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
     // A file of the run may land in the folder as it goes: removed until it is gone.
     while std::fs::remove_dir_all(&run).is_err() {
         assert!(run.exists() && started.elapsed().as_secs() < 60);
