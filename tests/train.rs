@@ -4012,6 +4012,47 @@ fn a_run_stopped_before_its_metrics_header_landed_resumes_from_the_start() {
     assert_eq!(read_metrics(&out).1.len(), 1);
 }
 
+/// A run killed after it locked its folder but before its config.json landed (a moment
+/// at its start, which random SIGKILLs hit) saved nothing: `--resume` starts it over, as
+/// the README says, instead of refusing a folder that "holds no vit run" and advising to
+/// check --out. Through the library, then the command line (which reads config.json first).
+#[test]
+fn a_run_killed_before_its_config_landed_resumes_from_the_start() {
+    // As such a run leaves its folder: its .lock (a process that has ended) and the
+    // temporary file of the config.json it was writing.
+    let killed_before_config = |dir: &Path| {
+        std::fs::write(dir.join(".lock"), "4294967295").unwrap();
+        let partial = dir.join(".config.json.tmp-4294967295");
+        std::fs::write(&partial, b"{").unwrap();
+        partial
+    };
+    {
+        let _turn = seeded(0);
+        let dataset = colour_dataset();
+        let settings = tiny_settings(1, 600);
+        let out = TempDir::new("killed-before-config");
+        let partial = killed_before_config(&out);
+        run_training(&settings, &dataset, &out, true, false);
+        assert_eq!(read_metrics(&out).1.len(), 1);
+        assert!(out.join("resume.safetensors").exists() && !partial.exists());
+    }
+    let (root, data_dir) = colour_cifar10("killed-before-config-cli");
+    let out = root.join("run");
+    std::fs::create_dir(&out).unwrap();
+    killed_before_config(&out);
+    let (data_dir, out_str) = (data_dir.to_str().unwrap(), out.to_str().unwrap());
+    let mut args = tiny_run_args(data_dir, out_str);
+    args.extend(["--epochs", "1", "--threads", "1", "--resume"]);
+    let stderr = String::from_utf8_lossy(&vit(&args).stderr).into_owned();
+    assert!(
+        stderr
+            .contains("stopped before saving anything (before its config.json); starting it over"),
+        "{stderr}"
+    );
+    assert!(out.join("config.json").exists());
+    assert_eq!(read_metrics(&out).1.len(), 1);
+}
+
 #[test]
 fn resume_removes_the_temporary_files_of_a_killed_run() {
     let _turn = seeded(0);

@@ -63,7 +63,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     if args.cuda_graph.is_some() {
         CudaGraphSteps::check_device(device)?;
     }
-    let resumed_data_dir = match args.resume {
+    // A run killed before its config.json landed saved nothing: it starts over.
+    let resumed_data_dir = match args.resume && !run_folder::stopped_before_its_config(&out) {
         true => {
             let data_dir = run_folder::check_resumed_dataset(&out, data::dataset_name(&args.data))?;
             if args.plot {

@@ -248,7 +248,15 @@ impl RunFolder {
     ) -> Result<Self> {
         let dir = options.out;
         ensure_out_is_a_folder(dir)?;
-        match options.resume {
+        let saved_nothing = options.resume && stopped_before_its_config(dir);
+        if saved_nothing {
+            eprintln!(
+                "note: {} holds a run that stopped before saving anything (before its \
+                 config.json); starting it over",
+                dir.display()
+            );
+        }
+        match options.resume && !saved_nothing {
             true => {
                 let run = Self::reopen(dir, settings, data, options.device)?;
                 if options.plot {
@@ -799,6 +807,17 @@ fn line_at(text: &str, byte: usize) -> usize {
 
 /// The lock file's name in a run folder.
 const LOCK_FILE: &str = ".lock";
+
+/// Whether `dir` holds a run that was stopped (killed, or the power lost) after it locked
+/// its folder but before its config.json landed: its `.lock` alone (vit's or not; the lock
+/// checks that), and none of the files a run writes. It saved nothing, so `--resume`
+/// starts it over, as a fresh run there would (a live run's lock refuses both).
+pub(super) fn stopped_before_its_config(dir: &Path) -> bool {
+    let missing = |name: &str| {
+        (dir.join(name).symlink_metadata()).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    };
+    !missing(LOCK_FILE) && RUN_FILES.into_iter().all(missing)
+}
 
 /// `.lock` in a run folder, locked (an advisory file lock) while a vit process writes
 /// the folder: a second process given the same folder (a parallel run, or a resume while
