@@ -171,9 +171,10 @@ fn report_folder(args: &EvalArgs) -> Result<Option<PathBuf>> {
     let out = args.out.as_ref().unwrap_or(&folder);
     match crate::fsutil::ensure_writable_folder(out) {
         Ok(()) => Ok(Some(out.clone())),
-        Err(e) if args.out.is_some() => Err(anyhow!(
-            "{e:#}; --out is where the confusion matrix goes: choose another"
-        )),
+        // The error already says what to do about the folder.
+        Err(e) if args.out.is_some() => {
+            Err(anyhow!("--out is where the confusion matrix goes: {e:#}"))
+        }
         Err(e) if args.plot => Err(anyhow!(
             "{e:#}; the confusion matrix (and its --plot picture) goes there: pass --out DIR \
              to write it elsewhere"

@@ -2823,8 +2823,8 @@ fn user_errors_say_what_to_do() {
         #[rustfmt::skip]
         let stderr = vit_fails(&["eval", "--checkpoint", lettered.to_str().unwrap(), "--data-dir", data, "--device", "cpu", "--out", out]);
         assert!(
-            stderr.contains(&format!("{error} {out}"))
-                && stderr.contains("--out is where the confusion matrix goes: choose another"),
+            stderr.contains(&format!("--out is where the confusion matrix goes: {error} {out}"))
+                && stderr.matches("choose another").count() == 1,
             "{stderr}"
         );
     }
@@ -4013,7 +4013,7 @@ fn a_run_stopped_before_its_metrics_header_landed_resumes_from_the_start() {
 }
 
 /// A run killed after it locked its folder but before its config.json landed (a moment
-/// at its start, which random SIGKILLs hit) saved nothing: `--resume` starts it over, as
+/// at its start, which a SIGKILL may hit) saved nothing: `--resume` starts it over, as
 /// the README says, instead of refusing a folder that "holds no vit run" and advising to
 /// check --out. Through the library, then the command line (which reads config.json first).
 #[test]
