@@ -2211,6 +2211,12 @@ fn image_folder_refuses_link_loops_and_explains_skipped_files() {
             && err.contains("add its images, or move the folder away"),
         "{err}"
     );
+    // So it is for `vit eval`, which reads test/ alone (a class without a folder is fine).
+    let err = error_of(folder::load_test(&tmp.0, 4));
+    assert!(
+        err.contains("no .png, .jpg or .jpeg files in class folder `dog`"),
+        "{err}"
+    );
     // Images straight in the split's folder: each class needs a folder of its own.
     let loose = TempDir::new("folder-loose");
     for split in ["train", "test"] {
