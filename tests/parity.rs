@@ -442,10 +442,10 @@ fn truncated_normal_draws_at_the_end_are_clamped_to_the_bound() {
 /// The key bias (the middle third of `qkv.bias`) has an exactly zero true gradient (the
 /// softmax ignores a shift shared by all keys), so what it gets is rounding noise of size
 /// 1e-10, which Adam's normalisation turns into steps of up to ~lr/10 in a direction set by
-/// that noise. The explicit attention path with libtorch's `linear` does PyTorch's
-/// operations one for one and reproduces even that noise, so it is compared everywhere; the
-/// fused attention kernel and oneDNN's matrix products round differently, so with either
-/// of them the key bias is left out.
+/// that noise. Its values after the steps depend on how each kernel rounds, and on the CPU
+/// that wrote the fixture (PyTorch's own differ by 1.4e-3 between an AMD EPYC's fixture and
+/// an Intel Xeon's), so they are held only to Adam's bound: each moved by at most the sum
+/// of the steps' learning rates (|m̂| <= 1.01 sqrt(v̂) over three steps with these betas).
 #[test]
 fn adamw_steps_match_pytorch() {
     let file = fixture("adamw_steps");
@@ -481,7 +481,7 @@ fn adamw_steps_match_pytorch() {
             for (name, expected) in &after {
                 let actual = &variables[name];
                 let what = format!("{name} after 3 steps ({case})");
-                if (fused_attention || onednn) && name.ends_with("attn.qkv.bias") {
+                if name.ends_with("attn.qkv.bias") {
                     for start in [0, 2 * embed_dim] {
                         let (actual, expected) = (
                             actual.narrow(0, start, embed_dim),
@@ -489,6 +489,11 @@ fn adamw_steps_match_pytorch() {
                         );
                         assert_close(&what, &actual, &expected, STEPS_TOL);
                     }
+                    let before = file.get(&format!("param.{name}")).unwrap();
+                    let key_bias = |bias: &Tensor| bias.narrow(0, embed_dim, embed_dim);
+                    let what = format!("{name}'s key bias after 3 steps ({case})");
+                    let steps_bound = 1.01 * STEP_LRS.iter().sum::<f64>();
+                    assert_close(&what, &key_bias(actual), &key_bias(before), steps_bound);
                 } else {
                     assert_close(&what, actual, expected, STEPS_TOL);
                 }
