@@ -2823,8 +2823,9 @@ fn user_errors_say_what_to_do() {
         #[rustfmt::skip]
         let stderr = vit_fails(&["eval", "--checkpoint", lettered.to_str().unwrap(), "--data-dir", data, "--device", "cpu", "--out", out]);
         assert!(
-            stderr.contains(&format!("--out is where the confusion matrix goes: {error} {out}"))
-                && stderr.matches("choose another").count() == 1,
+            stderr.contains(&format!(
+                "--out is where the confusion matrix goes: {error} {out}"
+            )) && stderr.matches("choose another").count() == 1,
             "{stderr}"
         );
     }
