@@ -5,8 +5,8 @@
         [--batch-size 128] [--threads 2] [--steps 10] [--warmup 3] [--device cpu|cuda]
         [--precision fp32|bf16] [--adamw fused|loop] [--repeats 3] [--explicit-attention]
         [--sides vit,reference,timm] [--phases] [--pytorch-foreach]
-        [--also-vit vit-LABEL=PATH] [--cuda-graph] [--libtorch-linear] [--libtorch-dropout]
-        [--side-timeout SECONDS] [--json]
+        [--also-vit vit-LABEL=PATH] [--cuda-graph] [--libtorch-linear | --onednn-linear]
+        [--libtorch-dropout] [--side-timeout SECONDS] [--json]
 
 Three sides, each in its own process so that peak RSS is per side:
 
@@ -104,11 +104,18 @@ def parse_args(argv=None):
         "vit-before=old/vit), interleaved with the others: before/after comparisons of a "
         "change in one run",
     )
-    p.add_argument(
+    linear = p.add_mutually_exclusive_group()
+    linear.add_argument(
         "--libtorch-linear",
         action="store_true",
         help="vit runs its CPU linear layers through libtorch's linear (MKL's GEMM), as "
-        "the PyTorch sides do, instead of oneDNN",
+        "the PyTorch sides do, instead of oneDNN (unasked: the CPU's default, oneDNN on "
+        "AMD CPUs only)",
+    )
+    linear.add_argument(
+        "--onednn-linear",
+        action="store_true",
+        help="vit runs its CPU linear layers in oneDNN, also where it would not unasked",
     )
     p.add_argument(
         "--libtorch-dropout",
@@ -419,6 +426,7 @@ def side_commands(args, config):
         flag
         for flag, on in [
             ("--libtorch-linear", args.libtorch_linear),
+            ("--onednn-linear", args.onednn_linear),
             ("--libtorch-dropout", args.libtorch_dropout),
         ]
         if on
@@ -491,7 +499,11 @@ def cpu_kernels(settings, sides):
     """What vit's CPU linear layers and dropout masks ran, for the table's first line."""
     if settings["device"] != "cpu" or not any(is_vit(side) for side in sides):
         return ""
-    linear = "libtorch" if settings["libtorch_linear"] else "oneDNN"
+    # What each vit side reports it ran: unasked, its CPU's default.
+    ran = {sides[side].get("libtorch_linear") for side in sides if is_vit(side)}
+    linear = {frozenset([True]): "libtorch", frozenset([False]): "oneDNN"}.get(
+        frozenset(ran), "oneDNN or libtorch (by side)"
+    )
     if settings["model"]["dropout"] == 0:
         return f"vit's linear layers in {linear} (no dropout masks: dropout 0), "
     masks = "libtorch's" if settings["libtorch_dropout"] else "its own"
@@ -625,6 +637,7 @@ def main():
             "adamw": args.adamw,
             "pytorch_foreach": args.pytorch_foreach,
             "libtorch_linear": args.libtorch_linear,
+            "onednn_linear": args.onednn_linear,
             "libtorch_dropout": args.libtorch_dropout,
             "cuda_graph": args.cuda_graph,
             # Which binary each vit side ran (--vit, --also-vit).

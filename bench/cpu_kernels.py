@@ -6,7 +6,9 @@
 1. A linear layer's matrix product: libtorch's `linear` (MKL's GEMM on x86, what
    `nn.Linear` runs) against oneDNN's `mkldnn::_linear_pointwise` (what vit's `Linear`
    runs on the CPU), at the notebook model's shapes (a 128-image batch is 8,320 rows of
-   65 tokens) and at small ones, where oneDNN's set-up per call shows.
+   65 tokens) and at small ones, where oneDNN's set-up per call shows; then the two
+   products of its backward pass at the model's shapes, as PyTorch's autograd runs them
+   (`mm`) and as vit's runs them in oneDNN (src/ffi/libtorch_ext.cpp, `OneDnnLinear`).
 2. A dropout mask: libtorch's Bernoulli sampler, per element (what `nn.Dropout` runs).
    vit's own sampler is timed by `vit bench --phases` with and without
    `--libtorch-dropout` (see bench/README.md).
@@ -56,6 +58,23 @@ def main():
             print(
                 f"{rows:>6} {n_in:>4} {n_out:>4} {rows * n_in * n_out:>14,} "
                 f"{theirs:>10.1f} {ours:>10.1f} {theirs / ours:>6.2f}"
+            )
+        print("backward: microseconds per call, libtorch (mm) / oneDNN (vit's operands)")
+        print(f"{'rows':>6} {'in':>4} {'out':>4} {'input grad':>21} {'weight grad':>21}")
+        for rows, n_in, n_out in shapes[3:]:
+            x, w, g = torch.randn(rows, n_in), torch.randn(n_out, n_in), torch.randn(rows, n_out)
+            # grad [rows, out] x weight [out, in]; grad^T [out, rows] x input [rows, in].
+            input_grad = (
+                microseconds(lambda: g.mm(w)),
+                microseconds(lambda: onednn(g, w.t().contiguous(), None, "none", [], "")),
+            )
+            weight_grad = (
+                microseconds(lambda: g.t().mm(x)),
+                microseconds(lambda: onednn(g.t(), x.contiguous().t(), None, "none", [], "")),
+            )
+            print(
+                f"{rows:>6} {n_in:>4} {n_out:>4} "
+                + " ".join(f"{theirs:>10.1f} {ours:>10.1f}" for theirs, ours in (input_grad, weight_grad))
             )
         mask = torch.empty(128, 65, 512)
         per_element = microseconds(lambda: mask.bernoulli_(0.9)) * 1e3 / mask.numel()

@@ -39,7 +39,8 @@ pub struct BenchReport {
     /// CPU dropout masks from libtorch's sampler (`--libtorch-dropout`) instead of vit's;
     /// false for a model without dropout, which draws none.
     pub libtorch_dropout: bool,
-    /// CPU linear layers through libtorch's `linear` (`--libtorch-linear`) instead of oneDNN.
+    /// CPU linear layers through libtorch's `linear` instead of oneDNN: `--libtorch-linear`,
+    /// or this CPU's default without it or `--onednn-linear` (see `onednn_linear_by_default`).
     pub libtorch_linear: bool,
     /// Training steps replayed as a CUDA graph (`--cuda-graph`).
     pub cuda_graph: bool,
@@ -204,10 +205,10 @@ impl BenchReport {
             } else {
                 ""
             },
-            if self.libtorch_linear {
-                ", libtorch linear"
-            } else {
-                ""
+            match (self.device.as_str(), self.libtorch_linear) {
+                ("cpu", true) => ", libtorch linear",
+                ("cpu", false) => ", oneDNN linear",
+                _ => "",
             },
             if self.cuda_graph { ", CUDA graph" } else { "" }
         )
@@ -255,7 +256,9 @@ fn model_and_optimizer(
     let mut model = VisionTransformer::new(&vs.root(), config)?;
     model.set_fused_attention(!args.explicit_attention);
     model.set_libtorch_dropout(args.libtorch_dropout);
-    model.set_onednn_linear(!args.libtorch_linear);
+    if args.libtorch_linear || args.onednn_linear {
+        model.set_onednn_linear(args.onednn_linear);
+    }
     let mut optimizer = AdamW::new(vs, DEFAULT_WEIGHT_DECAY)?;
     optimizer.fused = args.adamw == AdamWKernel::Fused;
     Ok((model, optimizer))
@@ -527,12 +530,21 @@ mod tests {
 
         let mut report = report_of(&["--config", "tiny"]);
         report.threads = 2;
-        assert!(
-            report
-                .setup_line()
-                .ends_with("batch 128, fp32 on cpu with 2 threads, fused attention, fused AdamW"),
-            "{}",
-            report.setup_line()
+        // The CPU's linear kernel is named whichever it is (vit chooses it by CPU).
+        report.libtorch_linear = false;
+        let ends_with = |report: &BenchReport, end: &str| {
+            let line = report.setup_line();
+            assert!(line.ends_with(end), "{line}");
+        };
+        ends_with(
+            &report,
+            "batch 128, fp32 on cpu with 2 threads, fused attention, fused AdamW, oneDNN linear",
+        );
+        // On CUDA, libtorch's runs either way.
+        report.device = "cuda".into();
+        ends_with(
+            &report,
+            "fp32 on cuda with 2 threads, fused attention, fused AdamW",
         );
     }
 

@@ -713,9 +713,14 @@ pub struct BenchArgs {
     #[arg(long)]
     pub libtorch_dropout: bool,
     /// Run CPU linear layers through libtorch's `linear` (MKL's GEMM), as PyTorch does,
-    /// instead of oneDNN (CUDA uses libtorch's either way).
+    /// instead of oneDNN (CUDA uses libtorch's either way). Without this flag or
+    /// --onednn-linear, the CPU's default: oneDNN on AMD CPUs, libtorch's elsewhere.
     #[arg(long)]
     pub libtorch_linear: bool,
+    /// Run CPU linear layers in oneDNN, also on a CPU where vit train would not (see
+    /// --libtorch-linear).
+    #[arg(long, conflicts_with = "libtorch_linear")]
+    pub onednn_linear: bool,
     /// Time training steps replayed as a CUDA graph, as `vit train --cuda-graph=step` runs
     /// them (bench's batch is not augmented; the warm-up is raised to the eager steps and
     /// the capture that come first).

@@ -176,7 +176,9 @@ fn vit_bench_reports_throughput_and_memory_for_each_setting() {
         assert_eq!(report["fused_adamw"], fused_adamw, "{report}");
         assert_eq!(report["fused_attention"], fused_attention, "{report}");
         assert_eq!(report["libtorch_dropout"], libtorch_kernels, "{report}");
-        assert_eq!(report["libtorch_linear"], libtorch_kernels, "{report}");
+        // Unasked, the linear layers run as vit train runs them on this CPU.
+        let libtorch_linear = libtorch_kernels || !vit_tch::model::onednn_linear_by_default();
+        assert_eq!(report["libtorch_linear"], libtorch_linear, "{report}");
         assert_eq!(report["threads"], 1);
         // What the run took, so that the record says how to repeat it.
         assert_eq!(
@@ -349,11 +351,19 @@ fn each_bench_switch_changes_what_runs_and_not_what_it_computes() {
     // bf16 rounding; other kernels' float32 rounding; other masks of the same distribution.
     switch_changes(&[], "--precision=bf16", 0.05, true);
     // Products of 256-long rows, in batches of 32 that make them large enough for oneDNN.
-    // Whether its bits differ from MKL's is the CPU's and the libraries' choice (here, on
-    // an AMD EPYC, they round 32- and 128-long rows alike and 256-long ones not).
+    // Whether its bits differ from MKL's is the CPU's and the libraries' choice (on an AMD
+    // EPYC, they round 32- and 128-long rows alike and 256-long ones not). Unasked, the
+    // layers run this CPU's default kernel, which the other switch changes.
+    let sizes = ["--embed-dim", "256", "--mlp-dim", "512"];
+    let [default_kernel, other_kernel] = match vit_tch::model::onednn_linear_by_default() {
+        true => ["--onednn-linear", "--libtorch-linear"],
+        false => ["--libtorch-linear", "--onednn-linear"],
+    };
+    let asked = loss(&[&sizes[..], &[default_kernel]].concat());
+    assert_eq!(loss(&sizes), asked, "unasked is not {default_kernel}");
     switch_changes(
-        &["--embed-dim", "256", "--mlp-dim", "512"],
-        "--libtorch-linear",
+        &sizes,
+        other_kernel,
         1e-4,
         linear_kernels_round_differently(256),
     );

@@ -231,7 +231,7 @@ mod tests {
     }
 
     /// A fresh model has the documented defaults (no attention dropout, fused attention,
-    /// the fast CPU dropout sampler, oneDNN linear layers), and each setter reaches every
+    /// the fast CPU dropout sampler, the CPU's linear kernel), and each setter reaches every
     /// block and every layer of its kind in it (the head too): `--attn-dropout` or
     /// `--libtorch-linear` applied to some layers only would leave no trace in the outputs
     /// of a short run.
@@ -243,7 +243,8 @@ mod tests {
         };
         let vs = nn::VarStore::new(Device::Cpu);
         let mut model = VisionTransformer::new(&vs.root(), &config).unwrap();
-        assert_every_layer(&model, 0.0, [true, false, true]);
+        let onednn = crate::model::onednn_linear_by_default();
+        assert_every_layer(&model, 0.0, [true, false, onednn]);
         for on in [true, false] {
             let prob = if on { 0.25 } else { 0.0 };
             model.set_attn_dropout(prob);
