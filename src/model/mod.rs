@@ -1,5 +1,5 @@
 //! The notebook's four TODO cells, one file each, plus the hyperparameter cell and the
-//! layers they share: `Linear` (its matrix products in oneDNN on the CPU), LayerNorm, and
+//! layers they share: `Linear` (its matrix products in oneDNN on AMD's CPUs), LayerNorm, and
 //! `Dropout` (its own mask sampler on the CPU).
 //!
 //! Every parameter lives at the path timm's `VisionTransformer.state_dict()` uses

@@ -102,8 +102,8 @@ impl VisionTransformer {
         }
     }
 
-    /// Runs every linear layer's matrix products on the CPU in oneDNN (the default), or in
-    /// libtorch's `linear` as PyTorch does (see `Linear`).
+    /// Runs every linear layer's matrix products on the CPU in oneDNN (the default on AMD's
+    /// CPUs), or in libtorch's `linear` as PyTorch does (see `Linear`).
     pub fn set_onednn_linear(&mut self, onednn: bool) {
         self.head.onednn = onednn;
         for block in &mut self.blocks {
