@@ -501,9 +501,10 @@ def cpu_kernels(settings, sides):
         return ""
     # What each vit side reports it ran: unasked, its CPU's default.
     ran = {sides[side].get("libtorch_linear") for side in sides if is_vit(side)}
-    linear = {frozenset([True]): "libtorch", frozenset([False]): "oneDNN"}.get(
-        frozenset(ran), "oneDNN or libtorch (by side)"
-    )
+    if len(ran) > 1:
+        linear = "oneDNN or libtorch (by side)"
+    else:
+        linear = "libtorch" if ran.pop() else "oneDNN"
     if settings["model"]["dropout"] == 0:
         return f"vit's linear layers in {linear} (no dropout masks: dropout 0), "
     masks = "libtorch's" if settings["libtorch_dropout"] else "its own"

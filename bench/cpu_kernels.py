@@ -72,10 +72,9 @@ def main():
                 microseconds(lambda: g.t().mm(x)),
                 microseconds(lambda: onednn(g.t(), x.contiguous().t(), None, "none", [], "")),
             )
-            print(
-                f"{rows:>6} {n_in:>4} {n_out:>4} "
-                + " ".join(f"{theirs:>10.1f} {ours:>10.1f}" for theirs, ours in (input_grad, weight_grad))
-            )
+            pairs = (input_grad, weight_grad)
+            times = " ".join(f"{theirs:>10.1f} {ours:>10.1f}" for theirs, ours in pairs)
+            print(f"{rows:>6} {n_in:>4} {n_out:>4} {times}")
         mask = torch.empty(128, 65, 512)
         per_element = microseconds(lambda: mask.bernoulli_(0.9)) * 1e3 / mask.numel()
         print(f"dropout mask, libtorch's Bernoulli sampler: {per_element:.2f} ns per element")
