@@ -8,7 +8,8 @@
    runs on the CPU), at the notebook model's shapes (a 128-image batch is 8,320 rows of
    65 tokens) and at small ones, where oneDNN's set-up per call shows; then the two
    products of its backward pass at the model's shapes, as PyTorch's autograd runs them
-   (`mm`) and as vit's runs them in oneDNN (src/ffi/libtorch_ext.cpp, `OneDnnLinear`).
+   (`mm`) and in oneDNN (src/ffi/libtorch_ext.cpp, `OneDnnLinear`, runs the input's
+   gradient there; the weight's, slower in oneDNN on every CPU measured, in `mm`).
 2. A dropout mask: libtorch's Bernoulli sampler, per element (what `nn.Dropout` runs).
    vit's own sampler is timed by `vit bench --phases` with and without
    `--libtorch-dropout` (see bench/README.md).
@@ -59,7 +60,7 @@ def main():
                 f"{rows:>6} {n_in:>4} {n_out:>4} {rows * n_in * n_out:>14,} "
                 f"{theirs:>10.1f} {ours:>10.1f} {theirs / ours:>6.2f}"
             )
-        print("backward: microseconds per call, libtorch (mm) / oneDNN (vit's operands)")
+        print("backward: microseconds per call, libtorch (mm) / oneDNN (vit: oneDNN / mm)")
         print(f"{'rows':>6} {'in':>4} {'out':>4} {'input grad':>21} {'weight grad':>21}")
         for rows, n_in, n_out in shapes[3:]:
             x, w, g = torch.randn(rows, n_in), torch.randn(n_out, n_in), torch.randn(rows, n_out)

@@ -87,12 +87,13 @@ impl Module for Linear {
     }
 }
 
-/// Whether CPU linear layers run in oneDNN unless told otherwise: on AMD's x86 CPUs, where
+/// Whether CPU linear layers run in oneDNN unless told otherwise (the forward product and
+/// the input gradient; the weight gradient is MKL's either way): on AMD's x86 CPUs, where
 /// libtorch has oneDNN's operator. Measured (README, "Speed and memory"): on an AMD EPYC,
-/// oneDNN's products ran up to twice as fast as MKL's, which libtorch's `linear` calls, and
-/// training 20% faster; on an Intel Xeon, where MKL is Intel's own, MKL's forward products
-/// were as fast and its weight gradients up to 2.3 times faster, and training ran 1.39
-/// times as fast with libtorch's `linear`. Other CPUs (unmeasured) run what PyTorch runs.
+/// oneDNN's products ran 1.0 to 2.2 times as fast as MKL's, which libtorch's `linear`
+/// calls; on an Intel Xeon, where MKL is Intel's own, MKL's were as fast or faster, and
+/// training ran 1.39 times as fast with libtorch's `linear`. Other CPUs (unmeasured) run
+/// what PyTorch runs.
 pub fn onednn_linear_by_default() -> bool {
     static DEFAULT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *DEFAULT.get_or_init(|| {
