@@ -277,10 +277,7 @@ impl From<DownloadableDataset> for DatasetName {
 /// "invalid digit found in string" of `9.5`): any whole number with `least` None (vit's
 /// checks then say which numbers the flag takes), else `least` or more (a count from 0, a
 /// size from 1).
-fn whole_number<T>(least: Option<u8>) -> impl Fn(&str) -> Result<T, String> + Clone
-where
-    T: std::str::FromStr + PartialOrd + From<u8>,
-{
+fn whole_number<T: WholeNumber>(least: Option<u8>) -> impl Fn(&str) -> Result<T, String> + Clone {
     move |value| {
         let expected = match least {
             None => "expected a whole number".to_string(),
@@ -291,12 +288,30 @@ where
             Ok(_) => Err(expected),
             // Digits all the same (not below 0, which a count's type also refuses): a
             // whole number too large for the type.
-            Err(_) if is_digits(value.strip_prefix('+').unwrap_or(value)) => {
-                Err(format!("{value} is more than vit can count"))
-            }
+            Err(_) if is_digits(value.strip_prefix('+').unwrap_or(value)) => Err(format!(
+                "{value} is more than vit can count (at most {})",
+                T::MAX
+            )),
             Err(_) => Err(expected),
         }
     }
+}
+
+/// The integer types of whole-number flags, with the largest value each holds.
+trait WholeNumber: std::str::FromStr + PartialOrd + From<u8> + std::fmt::Display {
+    const MAX: Self;
+}
+
+impl WholeNumber for i64 {
+    const MAX: Self = i64::MAX;
+}
+
+impl WholeNumber for u64 {
+    const MAX: Self = u64::MAX;
+}
+
+impl WholeNumber for usize {
+    const MAX: Self = usize::MAX;
 }
 
 /// Whether `text` is one or more of the digits 0 to 9.
@@ -857,16 +872,20 @@ mod tests {
     fn a_whole_number_too_large_is_said_to_be_so_with_or_without_its_plus() {
         let size = whole_number::<i64>(Some(1));
         let seed = whole_number::<u64>(Some(0));
-        let too_large = |value: &str| format!("{value} is more than vit can count");
+        let too_large = |value: &str, most: &str| {
+            format!("{value} is more than vit can count (at most {most})")
+        };
         for value in [
             "9223372036854775808",
             "+9223372036854775808",
             "+99999999999999999999",
         ] {
-            assert_eq!(size(value).unwrap_err(), too_large(value), "{value}");
+            let expected = too_large(value, "9223372036854775807");
+            assert_eq!(size(value).unwrap_err(), expected, "{value}");
         }
         for value in ["18446744073709551616", "+18446744073709551616"] {
-            assert_eq!(seed(value).unwrap_err(), too_large(value), "{value}");
+            let expected = too_large(value, "18446744073709551615");
+            assert_eq!(seed(value).unwrap_err(), expected, "{value}");
         }
         assert_eq!(size("+32"), Ok(32));
         assert_eq!(seed("+7"), Ok(7));

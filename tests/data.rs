@@ -1508,6 +1508,26 @@ fn image_folder_reads_classes_in_name_order() {
         )),
         "{err}"
     );
+    assert!(
+        err.ends_with("; give --data-dir the folder that holds train/ and test/"),
+        "{err}"
+    );
+    // Loose images given as the dataset: they need class folders, or `vit predict`.
+    let loose = tmp.0.join("loose");
+    std::fs::create_dir_all(&loose).unwrap();
+    image::RgbImage::new(4, 4)
+        .save_with_format(loose.join("cat.PNG"), image::ImageFormat::Png)
+        .unwrap();
+    let err = error_of(data::load(&args(DatasetName::Folder, &loose, false), 8));
+    let expected = format!(
+        "{} is missing: {} holds images itself, not in class folders, and a folder dataset \
+         needs DIR/train/<class>/*.png|jpg|jpeg",
+        loose.join("train").display(),
+        loose.display()
+    );
+    assert!(err.contains(&expected), "{err}");
+    let predict = format!("`vit predict --checkpoint FILE {}`", loose.display());
+    assert!(err.contains(&predict), "{err}");
     // A file given as the folder is named as one.
     let file = tmp.0.join("test.txt");
     std::fs::write(&file, b"").unwrap();

@@ -2425,7 +2425,7 @@ fn user_errors_say_what_to_do() {
         (
             "--batch-size 9223372036854775808",
             "invalid value '9223372036854775808' for '--batch-size <BATCH_SIZE>': \
-             9223372036854775808 is more than vit can count",
+             9223372036854775808 is more than vit can count (at most 9223372036854775807)",
         ),
         (
             "--seed -18446744073709551616",

@@ -189,12 +189,32 @@ fn missing_split(dir: &Path) -> anyhow::Error {
             above.display()
         );
     }
+    const LAYOUT: &str = "a folder dataset needs DIR/train/<class>/*.png|jpg|jpeg and \
+                          DIR/test/<class>/*.png|jpg|jpeg (evaluating, only test/)";
+    if holds_images(given) {
+        return anyhow!(
+            "{} is missing: {} holds images itself, not in class folders, and {LAYOUT}: sort \
+             them into such folders (`vit predict --checkpoint FILE {}` classifies images as \
+             they are)",
+            dir.display(),
+            given.display(),
+            given.display()
+        );
+    }
     anyhow!(
-        "{} is missing: a folder dataset needs DIR/train/<class>/*.png|jpg|jpeg and \
-         DIR/test/<class>/*.png|jpg|jpeg (evaluating, only test/); pass its DIR with \
-         --data-dir",
+        "{} is missing: {LAYOUT}; give --data-dir the folder that holds train/ and test/",
         crate::fsutil::shown_where_missing(dir)
     )
+}
+
+/// Whether the folder `dir` has PNG or JPEG files of its own (not in subfolders).
+fn holds_images(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|entry| {
+            let path = entry.path();
+            path.is_file() && has_extension(&path, &EXTENSIONS)
+        })
+    })
 }
 
 /// The names of the folders in the split folder `dir`, sorted: its classes.
