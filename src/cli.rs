@@ -732,7 +732,8 @@ pub struct BenchArgs {
     /// --onednn-linear, the CPU's default: oneDNN on AMD CPUs, libtorch's elsewhere.
     #[arg(long)]
     pub libtorch_linear: bool,
-    /// Run CPU linear layers in oneDNN, also on a CPU where vit train would not (see
+    /// Run CPU linear layers in oneDNN (the forward product and the input's gradient; the
+    /// weights' gradient stays MKL's), also on a CPU where vit train would not (see
     /// --libtorch-linear).
     #[arg(long, conflicts_with = "libtorch_linear")]
     pub onednn_linear: bool,
