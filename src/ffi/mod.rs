@@ -257,12 +257,13 @@ pub fn foreach_lerp_(tensors: &[Tensor], ends: &[Tensor], weight: f64) -> Result
 
 /// `torch.nn.functional.linear(input, weight, bias)`: [..., in_dim] x [out_dim, in_dim]
 /// (+ `[out_dim]`) -> [..., out_dim]. For float32 CPU tensors outside autocast, the product
-/// and the two products of its gradient run in oneDNN, which on this project's AMD EPYC
-/// machine is twice as fast as the MKL GEMM that libtorch's `linear` (and so PyTorch)
-/// calls there (on an Intel Xeon, MKL's were the faster: the model's linear layers call
-/// this on AMD's CPUs alone, `model::onednn_linear_by_default`). Otherwise, and for
-/// products under 65 x 256 x 256 multiply-adds (where oneDNN's set-up per call costs more
-/// than it saves), it is libtorch's `linear`.
+/// and the input's gradient run in oneDNN, which on this project's AMD EPYC machine is up
+/// to twice as fast as the MKL GEMM that libtorch's `linear` (and so PyTorch) calls there;
+/// the weight's gradient is MKL's, as in `linear`, where oneDNN was the slower. (On an
+/// Intel Xeon MKL's products were the faster: the model's linear layers call this on AMD's
+/// CPUs alone, `model::onednn_linear_by_default`.) Otherwise, and for products under
+/// 65 x 256 x 256 multiply-adds (where oneDNN's set-up per call costs more than it saves),
+/// it is libtorch's `linear`.
 pub fn onednn_linear(input: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let bias = bias.map_or(std::ptr::null_mut(), |b| b.as_ptr() as *mut c_void);
     let mut output = std::ptr::null_mut();

@@ -1,5 +1,5 @@
 //! The notebook's four TODO cells, one file each, plus the hyperparameter cell and the
-//! layers they share: `Linear` (its matrix products in oneDNN on AMD's CPUs), LayerNorm, and
+//! layers they share: `Linear` (most of its products in oneDNN on AMD's CPUs), LayerNorm, and
 //! `Dropout` (its own mask sampler on the CPU).
 //!
 //! Every parameter lives at the path timm's `VisionTransformer.state_dict()` uses
@@ -56,8 +56,9 @@ struct Linear {
     weight: Tensor,
     /// `[out_dim]`
     bias: Tensor,
-    /// On the CPU, the matrix products run in oneDNN (`ffi::onednn_linear`) rather than
-    /// libtorch's `linear` (MKL's GEMM, which PyTorch runs); the same function either way.
+    /// On the CPU, the forward product and the input's gradient run in oneDNN
+    /// (`ffi::onednn_linear`) rather than libtorch's `linear` (MKL's GEMM, which PyTorch
+    /// runs); the same function either way.
     /// By default where that is faster: see [`onednn_linear_by_default`].
     onednn: bool,
 }
