@@ -229,6 +229,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
              (--dropout 0), so no masks are drawn; add --dropout P to time them"
         );
     }
+    crate::runtime::warn_if_bf16_is_slow(device, &[("--precision", args.precision)]);
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
     let (model, mut optimizer) = model_and_optimizer(&vs, &config, args)?;

@@ -102,6 +102,27 @@ fn vit_bench_steps(warmup: &str, steps: &str, extra: &[&str]) -> Value {
     serde_json::from_slice(&vit(&args).stdout).unwrap()
 }
 
+/// bf16 on a CPU without AVX-512 BF16 instructions is warned of, and only there: libtorch's
+/// bf16 kernels crawl without them (26 times slower than fp32 on an AMD EPYC Zen 3).
+#[test]
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn bf16_is_warned_of_on_a_cpu_without_bf16_instructions() {
+    for precision in ["fp32", "bf16"] {
+        #[rustfmt::skip]
+        let output = vit(&[
+            "bench", "--config", "tiny", "--batch-size", "8", "--steps", "1", "--warmup", "0",
+            "--device", "cpu", "--threads", "1", "--precision", precision,
+        ]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let warned = stderr.contains(
+            "warning: --precision bf16 on a CPU without AVX-512 BF16 instructions: libtorch's \
+             bf16 is many times slower than fp32 there",
+        );
+        let expected = precision == "bf16" && common::cpu_lacks_bf16();
+        assert_eq!(warned, expected, "--precision {precision}: {stderr}");
+    }
+}
+
 /// A user's mistake is reported as a message, not with a stack trace, even where
 /// RUST_BACKTRACE is set (compare.py then summarised a failed side by a backtrace frame).
 #[test]

@@ -1911,6 +1911,10 @@ fn strong_recipe_runs_from_the_command_line() {
     args.extend(["--precision", "bf16"]);
     let output = vit(&args);
     let stdout = String::from_utf8_lossy(&output.stdout);
+    // Where the CPU has no bf16 instructions, the user is told that bf16 crawls there.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let warned = stderr.contains("warning: --precision bf16 on a CPU without AVX-512 BF16");
+    assert_eq!(warned, common::cpu_lacks_bf16(), "{stderr}");
     assert!(
         stdout.contains("Epoch: 1, Validation Accuracy:") && stdout.contains("EMA acc"),
         "{stdout}"
@@ -2107,7 +2111,13 @@ fn eval_precision_changes_only_the_test_passes() {
         #[rustfmt::skip]
         args.extend(["--epochs", "2", "--batch-size", "50", "--warmup-epochs", "1", "--ema", "0.9",
                      "--eval-precision", eval_precision]);
-        vit(&args);
+        let stderr = String::from_utf8(vit(&args).stderr).unwrap();
+        // The flag that asks for bf16 is the one named where bf16 crawls.
+        let warned =
+            stderr.contains("warning: --eval-precision bf16 on a CPU without AVX-512 BF16");
+        let expected = eval_precision == "bf16" && common::cpu_lacks_bf16();
+        assert_eq!(warned, expected, "{stderr}");
+        assert_eq!(stderr.contains("AVX-512 BF16"), expected, "{stderr}");
         run
     };
     let (fp32, bf16) = (train_with("fp32"), train_with("bf16"));

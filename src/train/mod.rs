@@ -173,6 +173,13 @@ pub fn train(settings: &TrainSettings, dataset: &Dataset, options: &RunOptions) 
     }
     if trains {
         warn_about_settings_without_effect(settings, trainer.train_split.len());
+        crate::runtime::warn_if_bf16_is_slow(
+            options.device,
+            &[
+                ("--precision", settings.precision),
+                ("--eval-precision", settings.eval_precision),
+            ],
+        );
     }
     let outcome = trainer.train_epochs()?;
     trainer.run.finish_saving()?;

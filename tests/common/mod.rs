@@ -182,6 +182,17 @@ pub fn devices() -> Vec<tch::Device> {
     devices
 }
 
+/// Whether this CPU lacks the AVX-512 BF16 instructions, as Linux's /proc/cpuinfo flags
+/// say: where vit warns that bf16 runs slowly.
+pub fn cpu_lacks_bf16() -> bool {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    let flags = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("flags"))
+        .expect("a flags line in /proc/cpuinfo");
+    !flags.split_whitespace().any(|flag| flag == "avx512_bf16")
+}
+
 /// `VIT_PYTHON`, else the project's `.venv/bin/python`, as an absolute path (not resolved:
 /// a venv's python is a link that must stay one), so it runs from any folder.
 pub fn python() -> PathBuf {
