@@ -229,7 +229,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
              (--dropout 0), so no masks are drawn; add --dropout P to time them"
         );
     }
-    crate::runtime::warn_if_bf16_is_slow(device, &[("--precision", args.precision)]);
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
     let (model, mut optimizer) = model_and_optimizer(&vs, &config, args)?;
@@ -237,6 +236,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .cuda_graph
         .then(|| CudaGraphSteps::new(device, args.batch_size, CudaGraphScope::Step))
         .transpose()?;
+    crate::runtime::warn_if_bf16_is_slow(device, &[("--precision", args.precision)], false);
     let batch = random_batch(&config, args.batch_size, device);
     let measured = measure(args, device, &model, &mut optimizer, cuda_graph, &batch)?;
     let report = BenchReport::new(args, &vs, &model, &optimizer, measured, baseline_rss_bytes);

@@ -203,7 +203,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let image_size = loaded.model.config.image_size;
     dataset.test.note_resizing(&dataset.name, image_size);
     let test = dataset.test.to_device(device);
-    crate::runtime::warn_if_bf16_is_slow(device, &[("--precision", args.precision)]);
+    crate::runtime::warn_if_bf16_is_slow(device, &[("--precision", args.precision)], false);
     let evaluation = evaluate(&loaded.model, &test, args.batch_size, args.precision);
     let files = match paths {
         Some(paths) => write_files(&evaluation, &dataset.classes, paths, args.plot),

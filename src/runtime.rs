@@ -27,38 +27,55 @@ pub fn apply_threads(threads: Option<i32>) {
     tch::set_num_threads(threads);
 }
 
-/// Warns when a precision flag of `flags` (`("--precision", value)`) asks for bf16 on the
-/// CPU and the CPU lacks AVX-512 BF16 instructions, where libtorch's bf16 kernels crawl:
-/// on this project's AMD EPYC Zen 3 (AVX2 only) the notebook model trained 26 to 27 times
-/// and inferred 8 to 9 times slower in bf16 than in fp32 (`vit bench --precision`), where
-/// the Zen 4 with them trained 1.1 times and inferred 1.4 times faster. A warning, not an error:
-/// bf16's numbers on the CPU can still be what a user wants to see.
-pub fn warn_if_bf16_is_slow(device: Device, flags: &[(&str, Precision)]) {
-    let asked: Vec<String> = flags
+/// Warns when `flags` (precision flags and their values, as `("--precision", Bf16)`) ask
+/// for bf16 on the CPU and the CPU lacks the AVX-512 BF16 instructions. Without them
+/// libtorch's bf16 kernels crawl: on this project's AMD EPYC Zen 3 (AVX2 only) the
+/// notebook model trained 21 to 27 times and inferred 7 to 9 times slower in bf16 than in
+/// fp32 (`vit bench --precision`), where the Zen 4, which has them, trained 1.1 times and
+/// inferred 1.4 times faster; CPUs with AVX-512 but not its BF16 part are unmeasured. A
+/// warning, not an error: bf16's numbers on the CPU can be what a user wants to see.
+/// `resumed`: the flags are those of a run being resumed, which keeps them.
+pub fn warn_if_bf16_is_slow(device: Device, flags: &[(&str, Precision)], resumed: bool) {
+    let bf16_flags: Vec<String> = flags
         .iter()
         .filter(|(_, precision)| *precision == Precision::Bf16)
         .map(|(flag, _)| format!("{flag} bf16"))
         .collect();
-    if asked.is_empty() || device != Device::Cpu || cpu_has_bf16() != Some(false) {
+    if bf16_flags.is_empty() || device != Device::Cpu || cpu_has_bf16() != Some(false) {
         return;
     }
-    eprintln!(
-        "warning: {} on a CPU without AVX-512 BF16 instructions: libtorch's bf16 is many \
-         times slower than fp32 there (a training step 26 times on an AMD EPYC Zen 3); \
-         leave {} out to run in fp32, or run on a GPU",
-        asked.join(" and "),
-        match asked.len() {
-            1 => "it",
-            _ => "them",
-        }
-    );
+    eprintln!("{}", slow_bf16_warning(&bf16_flags, resumed));
+}
+
+/// The warning of [`warn_if_bf16_is_slow`] for `bf16_flags` (as "--precision bf16"), with
+/// what to do: leave them out, or, for a `resumed` run, which keeps them, start anew.
+fn slow_bf16_warning(bf16_flags: &[String], resumed: bool) -> String {
+    let them = match bf16_flags.len() {
+        1 => "it",
+        _ => "them",
+    };
+    let what_to_do = match resumed {
+        false => format!("leave {them} out to run in fp32, or run on a GPU"),
+        true => format!(
+            "the resumed run keeps {them}: resume it on a GPU (--device cuda), or start a new \
+             run without {them} to train in fp32"
+        ),
+    };
+    format!(
+        "warning: {} on a CPU without AVX-512 BF16 instructions: libtorch's bf16 is slower \
+         than fp32 there, many times so on some CPUs (on an AMD EPYC Zen 3, training 21 to \
+         27 times, inference 7 to 9 times); {what_to_do}",
+        bf16_flags.join(" and ")
+    )
 }
 
 /// Whether the CPU has the AVX-512 BF16 instructions (and the OS lets them run); unknown
 /// off x86-64.
 fn cpu_has_bf16() -> Option<bool> {
     #[cfg(target_arch = "x86_64")]
-    return Some(std::arch::is_x86_feature_detected!("avx512bf16"));
+    {
+        Some(std::arch::is_x86_feature_detected!("avx512bf16"))
+    }
     #[cfg(not(target_arch = "x86_64"))]
     None
 }
@@ -296,7 +313,7 @@ fn libtorch_error(message: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{brief_error, cgroup_memory_limits};
+    use super::{brief_error, cgroup_memory_limits, slow_bf16_warning};
 
     /// The limits of a process's cgroups and of those above them, v1's and v2's, are
     /// read; no limit ("max"), other controllers and cgroups that are not the process's
@@ -403,6 +420,30 @@ mod tests {
             brief_error("index out of bounds: the len is 3"),
             None,
             "a bug"
+        );
+    }
+
+    /// The slow-bf16 warning names each flag that asked for bf16, and says what to do: a
+    /// new run leaves them out, a resumed one (which keeps them) moves or starts anew.
+    #[test]
+    fn the_slow_bf16_warning_names_the_flags_and_what_to_do() {
+        let flags = |names: &[&str]| names.iter().map(|name| format!("{name} bf16")).collect();
+        let one: Vec<String> = flags(&["--precision"]);
+        let both: Vec<String> = flags(&["--precision", "--eval-precision"]);
+        let warning = slow_bf16_warning(&one, false);
+        assert!(
+            warning.starts_with("warning: --precision bf16 on a CPU without AVX-512 BF16")
+                && warning.ends_with("; leave it out to run in fp32, or run on a GPU"),
+            "{warning}"
+        );
+        let warning = slow_bf16_warning(&both, true);
+        assert!(
+            warning.starts_with("warning: --precision bf16 and --eval-precision bf16 on a CPU")
+                && warning.ends_with(
+                    "; the resumed run keeps them: resume it on a GPU (--device cuda), or \
+                     start a new run without them to train in fp32"
+                ),
+            "{warning}"
         );
     }
 }

@@ -103,9 +103,8 @@ fn vit_bench_steps(warmup: &str, steps: &str, extra: &[&str]) -> Value {
 }
 
 /// bf16 on a CPU without AVX-512 BF16 instructions is warned of, and only there: libtorch's
-/// bf16 kernels crawl without them (26 times slower than fp32 on an AMD EPYC Zen 3).
+/// bf16 kernels crawl without them (21 to 27 times slower than fp32 on an AMD EPYC Zen 3).
 #[test]
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 fn bf16_is_warned_of_on_a_cpu_without_bf16_instructions() {
     for precision in ["fp32", "bf16"] {
         #[rustfmt::skip]
@@ -116,8 +115,8 @@ fn bf16_is_warned_of_on_a_cpu_without_bf16_instructions() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let warned = stderr.contains(
             "warning: --precision bf16 on a CPU without AVX-512 BF16 instructions: libtorch's \
-             bf16 is many times slower than fp32 there",
-        );
+             bf16 is slower than fp32 there",
+        ) && stderr.contains("leave it out to run in fp32, or run on a GPU");
         let expected = precision == "bf16" && common::cpu_lacks_bf16();
         assert_eq!(warned, expected, "--precision {precision}: {stderr}");
     }

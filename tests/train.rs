@@ -1908,13 +1908,21 @@ fn strong_recipe_runs_from_the_command_line() {
     // A probability may be 1, as in torchvision's RandomErasing.
     args.extend(["--random-erasing", "1"]);
     // In bf16 autocast, as on a GPU: the CPU runs the same autocast machinery.
-    args.extend(["--precision", "bf16"]);
+    args.extend(["--precision", "bf16", "--eval-precision", "bf16"]);
     let output = vit(&args);
     let stdout = String::from_utf8_lossy(&output.stdout);
-    // Where the CPU has no bf16 instructions, the user is told that bf16 crawls there.
+    // Where the CPU has no bf16 instructions, the user is told that bf16 crawls there, in
+    // one line for both flags.
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let warned = stderr.contains("warning: --precision bf16 on a CPU without AVX-512 BF16");
+    let warning = "warning: --precision bf16 and --eval-precision bf16 on a CPU without \
+                   AVX-512 BF16 instructions";
+    let warned = stderr.contains(warning) && stderr.contains("leave them out to run in fp32");
     assert_eq!(warned, common::cpu_lacks_bf16(), "{stderr}");
+    assert_eq!(
+        stderr.matches("AVX-512").count(),
+        usize::from(warned),
+        "{stderr}"
+    );
     assert!(
         stdout.contains("Epoch: 1, Validation Accuracy:") && stdout.contains("EMA acc"),
         "{stdout}"
@@ -2171,6 +2179,13 @@ fn eval_precision_changes_only_the_test_passes() {
             let output = vit(&["eval", "--checkpoint", checkpoint.to_str().unwrap(), "--data-dir", data,
                                "--device", "cpu", "--batch-size", "256", "--precision", precision,
                                "--json"]);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let warned = stderr.contains("warning: --precision bf16 on a CPU without AVX-512 BF16");
+            assert_eq!(
+                warned,
+                precision == "bf16" && common::cpu_lacks_bf16(),
+                "{stderr}"
+            );
             let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
             let (loss, expected) = (report["loss"].as_f64().unwrap(), last(rows, loss_column));
             assert!(

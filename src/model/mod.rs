@@ -92,9 +92,10 @@ impl Module for Linear {
 /// the input gradient; the weight gradient is MKL's either way): on AMD's x86 CPUs, where
 /// libtorch has oneDNN's operator. Measured (README, "Speed and memory"): on an AMD EPYC
 /// Zen 4, oneDNN's products ran 1.0 to 2.2 times as fast as MKL's, which libtorch's
-/// `linear` calls, and on a Zen 3 1.07 to 1.33 times; on an Intel Xeon, where MKL is Intel's own, MKL's were as fast or faster, and
-/// training ran 1.39 times as fast with libtorch's `linear`. Other CPUs (unmeasured) run
-/// what PyTorch runs.
+/// `linear` calls; on a Zen 3, 0.94 to 1.33 times, by the host's load, and the model
+/// trained 1.09 to 1.17 times as fast; on an Intel Xeon, where MKL is Intel's own, MKL's
+/// were as fast or faster, and training ran 1.39 times as fast with libtorch's `linear`.
+/// Other CPUs (unmeasured) run what PyTorch runs.
 pub fn onednn_linear_by_default() -> bool {
     static DEFAULT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *DEFAULT.get_or_init(|| {

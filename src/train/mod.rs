@@ -179,6 +179,7 @@ pub fn train(settings: &TrainSettings, dataset: &Dataset, options: &RunOptions) 
                 ("--precision", settings.precision),
                 ("--eval-precision", settings.eval_precision),
             ],
+            options.resume,
         );
     }
     let outcome = trainer.train_epochs()?;
