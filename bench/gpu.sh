@@ -52,9 +52,10 @@
 # summary.txt, packed again after every phase so that a run cut short still returns
 # what it finished. summary.txt is printed last, for the tool's output tail.
 #
-# A dry run on a CPU: VIT_DEVICE=cpu PRECISION=fp32 SUBSET=500 BUDGET_S=600 GRAPH_FLAG=""
-# BENCH_ARGS="--batch-size 8 --steps 1 --warmup 1 --repeats 1" VIT=target/release/vit
-# PY=.venv/bin/python OUT=/tmp/dry WORK=/tmp/dry-work bash bench/gpu.sh
+# A dry run on a CPU: VIT_DEVICE=cpu PRECISION=fp32 EVAL_PRECISION=fp32 SUBSET=500
+# BUDGET_S=600 GRAPH_FLAG="" BENCH_ARGS="--batch-size 8 --steps 1 --warmup 1 --repeats 1"
+# VIT=target/release/vit PY=.venv/bin/python OUT=/tmp/dry WORK=/tmp/dry-work bash bench/gpu.sh
+# (float32 throughout: bf16 crawls on a CPU without bf16 instructions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 START=$SECONDS
