@@ -1,7 +1,8 @@
 //! The process and its machine: libtorch's CPU thread count, how libtorch's errors
 //! (which tch raises as panics) and failed writes to stdout reach the user, the interrupt
 //! handlers (signals started ignored stay ignored), how the process ends (at once, on a
-//! second Ctrl-C; quietly, on a closed output pipe), and the memory there is.
+//! second Ctrl-C; quietly, on a closed output pipe), what its CPU is and has, and the
+//! memory there is.
 
 use crate::cli::Precision;
 use crate::listing::noun_for;
@@ -75,6 +76,21 @@ fn cpu_has_bf16() -> Option<bool> {
     #[cfg(target_arch = "x86_64")]
     {
         Some(std::arch::is_x86_feature_detected!("avx512bf16"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}
+
+/// The x86 CPU's vendor string (CPUID leaf 0: "GenuineIntel", "AuthenticAMD", ...); none
+/// on other architectures.
+pub(crate) fn cpu_vendor() -> Option<String> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: every x86_64 CPU has CPUID and its leaf 0 (a safe function in newer Rust).
+        #[allow(unused_unsafe)]
+        let id = unsafe { std::arch::x86_64::__cpuid(0) };
+        let bytes = [id.ebx, id.edx, id.ecx].map(u32::to_le_bytes).concat();
+        Some(String::from_utf8_lossy(&bytes).into_owned())
     }
     #[cfg(not(target_arch = "x86_64"))]
     None

@@ -99,23 +99,9 @@ impl Module for Linear {
 pub fn onednn_linear_by_default() -> bool {
     static DEFAULT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *DEFAULT.get_or_init(|| {
-        cpu_vendor().as_deref() == Some("AuthenticAMD") && crate::ffi::onednn_linear_available()
+        crate::runtime::cpu_vendor().as_deref() == Some("AuthenticAMD")
+            && crate::ffi::onednn_linear_available()
     })
-}
-
-/// The x86 CPU's vendor string (CPUID leaf 0: "GenuineIntel", "AuthenticAMD", ...); none
-/// on other architectures.
-fn cpu_vendor() -> Option<String> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: every x86_64 CPU has CPUID and its leaf 0 (a safe function in newer Rust).
-        #[allow(unused_unsafe)]
-        let id = unsafe { std::arch::x86_64::__cpuid(0) };
-        let bytes = [id.ebx, id.edx, id.ecx].map(u32::to_le_bytes).concat();
-        Some(String::from_utf8_lossy(&bytes).into_owned())
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    None
 }
 
 /// A LayerNorm over the last dimension with timm's eps (1e-6) and ones/zeros init.
@@ -141,7 +127,7 @@ mod tests {
             .and_then(|rest| rest.split(':').nth(1))
             .map(str::trim)
             .unwrap();
-        assert_eq!(super::cpu_vendor().as_deref(), Some(vendor));
+        assert_eq!(crate::runtime::cpu_vendor().as_deref(), Some(vendor));
         let amd = vendor == "AuthenticAMD" && crate::ffi::onednn_linear_available();
         assert_eq!(super::onednn_linear_by_default(), amd);
     }
