@@ -363,6 +363,8 @@ class SideFailed(Exception):
 
 
 def run_json(command, env, timeout=None):
+    """The JSON report `command` printed last, and the lines it wrote to stderr (a side's
+    warnings, such as vit's on bf16 where the CPU has no bf16 instructions)."""
     try:
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -384,7 +386,7 @@ def run_json(command, env, timeout=None):
     missing = [key for key in REPORT_KEYS if key not in report]
     if missing:
         raise SideFailed(f"`{' '.join(command)}` printed a report without {', '.join(missing)}")
-    return report
+    return report, [line for line in done.stderr.splitlines() if line.strip()]
 
 
 def side_commands(args, config):
@@ -591,18 +593,24 @@ def main():
     # A side that fails is left out of the table (and the exit status says so), so that
     # one broken side does not cost the others' figures.
     failed = {}
+    # What a side said on stderr is passed on, each line once, though every repeat says it.
+    said = {side: set() for side in commands}
     for repeat in range(args.repeats):
         for side, command in commands.items():
             if side in failed:
                 continue
             print(f"[{repeat + 1}/{args.repeats}] {side} ...", file=sys.stderr, flush=True)
             try:
-                report = run_json(command, env, args.side_timeout)
+                report, stderr_lines = run_json(command, env, args.side_timeout)
             except SideFailed as failure:
                 failed[side] = str(failure)
                 print(f"error: side {side}: {failure}", file=sys.stderr, flush=True)
                 continue
             runs[side].append(report)
+            for line in stderr_lines:
+                if line not in said[side]:
+                    said[side].add(line)
+                    print(f"{side}: {line}", file=sys.stderr, flush=True)
             # Said at once: a run cut short before the table still shows what it measured.
             print(
                 f"[{repeat + 1}/{args.repeats}] {side}: train {report['train_images_per_s']:.1f}, "

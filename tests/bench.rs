@@ -478,6 +478,40 @@ fn compare_py_prints_one_table_with_ratios_of_the_same_work() {
     }
 }
 
+/// What a side writes to stderr (vit's warnings, such as the one on bf16 where the CPU has
+/// no bf16 instructions) reaches compare.py's stderr after the side's name, once for all
+/// the repeats.
+#[test]
+fn compare_py_passes_on_a_sides_warnings_once() {
+    let dir = common::TempDir::new("compare-side-warning");
+    let noisy = dir.join("noisy");
+    std::fs::write(
+        &noisy,
+        format!(
+            "#!/bin/sh\necho 'warning: a side said this' >&2\nexec '{}' \"$@\"\n",
+            common::vit_binary().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&noisy, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let also = format!("vit-noisy={}", noisy.display());
+    #[rustfmt::skip]
+    let output = compare_py(&[
+        "--batch-size", "2", "--steps", "1", "--repeats", "2", "--sides", "vit", "--also-vit", &also,
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let stdout = succeeded("compare.py", output);
+    assert!(stdout.contains("vit/vit-noisy"), "{stdout}");
+    assert_eq!(
+        stderr
+            .matches("vit-noisy: warning: a side said this\n")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(!stderr.contains("\nvit: warning"), "{stderr}");
+}
+
 /// A side that fails is reported and left out, and the others' figures still come out
 /// (on a GPU run, a failing `vit-graph` must not cost the eager sides).
 #[test]
