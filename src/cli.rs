@@ -391,7 +391,8 @@ impl DeviceArgs {
 /// `--threads`: how many CPU threads libtorch's kernels and vit's image decoding use.
 #[derive(Args, Debug, Clone)]
 pub struct ThreadsArgs {
-    /// CPU threads for libtorch, and for decoding image files (default: libtorch's choice).
+    /// CPU threads for libtorch, and for decoding image files where the command reads them
+    /// (default: libtorch's choice).
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024))]
     pub threads: Option<i32>,
 }
@@ -469,9 +470,8 @@ pub struct DownloadArgs {
     /// The folder to unpack it into (created if missing).
     #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
-    /// The archive, as a file or URL, or a local folder or URL ending in / that holds it
-    /// (also VIT_DATA_MIRROR).
-    #[arg(long, env = "VIT_DATA_MIRROR")]
+    /// The archive, as a file or URL, or a local folder or URL ending in / that holds it.
+    #[arg(long, env = "VIT_DATA_MIRROR", hide_env_values = true)]
     pub from: Option<String>,
 }
 
@@ -770,7 +770,8 @@ pub struct AttentionArgs {
     pub image: Option<PathBuf>,
     #[command(flatten)]
     pub data: CheckpointDatasetArgs,
-    /// A test image of the dataset, by position.
+    /// A test image of the dataset, by its position from 0 (of a folder dataset: the
+    /// classes' files taken in turn, as the README's "Your own images" says).
     #[arg(long, value_parser = whole_number::<i64>(None))]
     pub index: Option<i64>,
     /// Output PNG: the image, its rollout and the last block's heads.

@@ -8,6 +8,7 @@ use crate::listing::noun_for;
 use crate::model::VisionTransformer;
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use tch::{nn::ModuleT, Kind, Reduction, Tensor};
 
@@ -179,10 +180,13 @@ fn report_folder(args: &EvalArgs) -> Result<Option<PathBuf>> {
             "{e:#}; the confusion matrix (and its --plot picture) goes there: pass --out DIR \
              to write it elsewhere"
         )),
+        // Only the cause: the error's own remedy (another folder) is --out here.
         Err(e) => {
             eprintln!(
-                "warning: {e:#}, so the confusion matrix is not saved: pass --out DIR to save \
-                 it elsewhere"
+                "warning: cannot write in {} ({}), so the confusion matrix is not saved: pass \
+                 --out DIR to save it elsewhere",
+                crate::fsutil::shown_folder(out).display(),
+                e.root_cause()
             );
             Ok(None)
         }
@@ -225,6 +229,35 @@ pub fn run(args: &EvalArgs) -> Result<()> {
 /// The first cell of every confusion matrix CSV vit writes: it knows its own files by it.
 const CSV_CORNER: &str = "true\\predicted";
 
+/// Larger than any confusion matrix CSV vit writes (1,000 classes of 7-digit counts: 8 MB).
+const MAX_CSV_BYTES: u64 = 64 << 20;
+
+/// Whether `text` is a confusion matrix as vit writes it (its numbers may have been
+/// edited): [`CSV_CORNER`] and the class names, then a row of whole-number counts for each
+/// class, in the header's order, and nothing else. A file with anything more (notes, say)
+/// is the user's.
+fn is_confusion_csv(text: &[u8]) -> bool {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text);
+    let Ok(records) = reader.records().collect::<Result<Vec<_>, _>>() else {
+        return false;
+    };
+    let Some((header, rows)) = records.split_first() else {
+        return false;
+    };
+    let classes: Vec<&str> = header.iter().skip(1).collect();
+    header.get(0) == Some(CSV_CORNER)
+        && !classes.is_empty()
+        && rows.len() == classes.len()
+        && rows.iter().zip(&classes).all(|(row, class)| {
+            row.len() == classes.len() + 1
+                && row.get(0) == Some(*class)
+                && row.iter().skip(1).all(|count| count.parse::<u64>().is_ok())
+        })
+}
+
 /// Where an evaluation's confusion matrix goes: `NAME.confusion_matrix.csv` in a folder,
 /// and with `--plot` its picture `NAME.confusion_matrix.png` beside it.
 struct ReportPaths {
@@ -252,9 +285,10 @@ impl ReportPaths {
         // A folder in a file's place is no file of the user's to keep: it is named when the
         // file is written, after the figures are printed.
         if !self.csv.is_dir() {
-            let first_cell = format!("{CSV_CORNER},");
             crate::plot::ensure_replaceable(&self.csv, what, replaced_by, instead, |file| {
-                crate::plot::begins_with(file, first_cell.as_bytes())
+                let mut text = Vec::new();
+                file.take(MAX_CSV_BYTES).read_to_end(&mut text)?;
+                Ok(is_confusion_csv(&text))
             })?;
         }
         if plot && !self.png.is_dir() {
@@ -375,4 +409,30 @@ fn print_report(
         println!("Confusion matrix picture: {}", png.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// vit's own matrix is known as such, with its counts edited too; one with anything
+    /// more or less than vit writes is the user's.
+    #[test]
+    fn a_confusion_csv_is_vits_only_as_vit_writes_it() {
+        let vits = "true\\predicted,cat,\"a, b\"\ncat,3,1\n\"a, b\",0,4\n";
+        assert!(is_confusion_csv(vits.as_bytes()));
+        assert!(is_confusion_csv(vits.replace(",3,", ",30,").as_bytes()));
+        for users in [
+            format!("{vits}my,notes\n"),
+            "true\\predicted,a,b\nmine,1,2\n".to_string(),
+            "true\\predicted,cat\n".to_string(),
+            vits.replace(",3,", ",three,"),
+            vits.replace("cat,3,1", "cat,3,1,2"),
+            vits.replace("\ncat,", "\ndog,"),
+            "my notes\n".to_string(),
+            String::new(),
+        ] {
+            assert!(!is_confusion_csv(users.as_bytes()), "{users:?}");
+        }
+    }
 }

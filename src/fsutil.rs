@@ -71,14 +71,19 @@ pub fn ensure_can_create_in(dir: &Path) -> Result<()> {
     ensure_can_write_in(existing)
 }
 
-/// Creates the folder `dir` if missing, and proves that a file can be written there (see
-/// [`ensure_writable_folder`]).
-fn ensure_can_write_in(dir: &Path) -> Result<()> {
-    let shown = if dir.as_os_str().is_empty() {
+/// `dir` as a message shows it: the current folder, "", as ".".
+pub fn shown_folder(dir: &Path) -> &Path {
+    if dir.as_os_str().is_empty() {
         Path::new(".")
     } else {
         dir
-    };
+    }
+}
+
+/// Creates the folder `dir` if missing, and proves that a file can be written there (see
+/// [`ensure_writable_folder`]).
+fn ensure_can_write_in(dir: &Path) -> Result<()> {
+    let shown = shown_folder(dir);
     create_folder(shown)?;
     let probe = temporary_sibling(&shown.join(WRITE_CHECK));
     let written = std::fs::write(&probe, [0u8; 4096]);

@@ -2362,7 +2362,10 @@ fn http_download_and_interrupted_transfers() {
     drop(closed);
     let err = error_of(fetch(&url, &data_dir, &spec));
     assert!(
-        err.contains("cannot fetch") && err.contains("--from"),
+        err.contains(&format!(
+            "cannot fetch {url}cifar-10-binary.tar.gz: check the network and the URL given \
+             with --from (or in VIT_DATA_MIRROR), or pass there the path of a copy of"
+        )),
         "{err}"
     );
     assert_no_data_folder(&data_dir);
@@ -2373,7 +2376,9 @@ fn http_download_and_interrupted_transfers() {
     assert!(
         err.contains(&format!(
             "cannot fetch {url}cifar-10-binary.tar.gz: the server answered HTTP 404, so it \
-             does not serve cifar-10-binary.tar.gz there; check the URL, or fetch"
+             does not serve cifar-10-binary.tar.gz there; check the URL given with --from \
+             (or in VIT_DATA_MIRROR), or pass there the path of a copy of \
+             cifar-10-binary.tar.gz fetched elsewhere, or another mirror's URL"
         )) && !err.contains("network"),
         "{err}"
     );

@@ -203,7 +203,19 @@ fn curves_after_the_first_epoch_as_train_plot_calls_it() {
 fn curves_without_metrics_is_an_error_naming_the_file() {
     let dir = TempDir::new("no-metrics");
     let err = plot::curves(&[&*dir], &dir.join("curves.png")).unwrap_err();
-    assert!(format!("{err:#}").contains("metrics.csv"), "{err:#}");
+    let expected = format!(
+        "{} has no metrics.csv, so it is not a run folder of vit train (or its run has not \
+         started)",
+        dir.display()
+    );
+    assert!(format!("{err:#}").starts_with(&expected), "{err:#}");
+    let missing = dir.join("no-such-run");
+    let err = plot::curves(&[&missing], &dir.join("curves.png")).unwrap_err();
+    let expected = format!(
+        "{} does not exist: give vit train's run folders, or their metrics.csv files",
+        missing.display()
+    );
+    assert_eq!(format!("{err:#}"), expected);
     // A run with no finished epoch is left out, and alone it is an error; a file that is
     // not a metrics.csv is an error.
     std::fs::write(dir.join("metrics.csv"), format!("{HEADER}\n")).unwrap();

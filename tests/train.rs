@@ -2520,7 +2520,8 @@ fn user_errors_say_what_to_do() {
         ),
         (
             "--train-subset=100000",
-            "--train-subset 100000 is outside 1..=600",
+            "--train-subset 100000 is more than the 600 training images there are; give 1 \
+             to 600, or leave it out to train on all of them",
         ),
         ("--ema=-0.5", "--ema must be in [0, 1), got -0.5"),
         (
@@ -3128,7 +3129,7 @@ fn a_loss_that_diverges_after_a_saved_state_advises_another_out() {
 }
 
 /// Without --out, a diverged run's advice names no --out: the same command trains into a
-/// new numbered folder. A run that clipped its gradients already is told to clip them
+/// new numbered folder, and the one that saved nothing may go. A run that clipped its gradients already is told to clip them
 /// harder.
 #[test]
 fn a_diverged_run_without_out_is_told_the_same_command_starts_anew() {
@@ -3151,10 +3152,11 @@ fn a_diverged_run_without_out_is_told_the_same_command_starts_anew() {
     let error = format!("{error:#}");
     assert!(
         error.contains(" in epoch 1; stopped (")
-            && error.ends_with(
+            && error.ends_with(&format!(
                 "--weight-decay, or a smaller --clip-grad; the same command trains into a new \
-                 run folder"
-            ),
+                 run folder ({} saved nothing: delete it)",
+                base.display()
+            )),
         "{error}"
     );
 }
@@ -3557,20 +3559,23 @@ fn a_users_file_beside_the_checkpoint_is_kept_and_out_is_advised() {
     let csv = root.join("model.confusion_matrix.csv");
     let what = "a confusion matrix vit wrote";
     let advice = "pass --out DIR to write the evaluation's files elsewhere";
-    std::fs::write(&csv, "my notes\n").unwrap();
-    let output = common::run_vit(&eval);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!(
-            "{} is already there, and is not {what}: vit eval would replace it with the \
-             confusion matrix. Move that file away, or {advice}\n",
-            csv.display()
-        )),
-        "{stderr}"
-    );
-    assert!(output.stdout.is_empty(), "{stderr}");
-    assert_eq!(std::fs::read_to_string(&csv).unwrap(), "my notes\n");
+    // The second begins as vit's matrices do, but is not one of them.
+    for users in ["my notes\n", "true\\predicted,a,b\nmine,1,2\n"] {
+        std::fs::write(&csv, users).unwrap();
+        let output = common::run_vit(&eval);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "{} is already there, and is not {what}: vit eval would replace it with the \
+                 confusion matrix. Move that file away, or {advice}\n",
+                csv.display()
+            )),
+            "{stderr}"
+        );
+        assert!(output.stdout.is_empty(), "{stderr}");
+        assert_eq!(std::fs::read_to_string(&csv).unwrap(), users);
+    }
     std::fs::remove_file(&csv).unwrap();
     // A link to itself: opening it fails with another error than "not found".
     std::os::unix::fs::symlink(&csv, &csv).unwrap();
@@ -3656,7 +3661,11 @@ fn a_config_or_metrics_file_that_is_a_pipe_is_refused_at_once() {
         assert!(made.success());
         refused(&resume, &not_the_runs(name));
         if name == "config.json" {
-            refused(&args, "and is not a vit run folder; choose another --out");
+            refused(
+                &args,
+                "and is not a vit run folder: a run there could write over them; choose \
+                 another --out",
+            );
         } else {
             let state = run.join("resume.safetensors");
             std::fs::rename(&state, root.join("resume.safetensors")).unwrap();

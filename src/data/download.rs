@@ -295,6 +295,37 @@ fn open_source(source: &str, spec: &ArchiveSpec) -> Result<(Box<dyn Read>, Optio
     }
 }
 
+/// What to do where `url` (of the archive `file_name`) gave no answer, and where its
+/// server refused (an HTTP error status).
+struct FetchAdvice {
+    no_answer: String,
+    refused: String,
+}
+
+/// A mirror the user named may be at fault; the official URL, only the network.
+fn fetch_advice(url: &str, file_name: &str) -> FetchAdvice {
+    if url.starts_with(OFFICIAL_URL) {
+        let instead = format!(
+            "fetch {file_name} elsewhere and pass its path (or a mirror's URL) with --from (or \
+             in VIT_DATA_MIRROR, which make train passes on)"
+        );
+        FetchAdvice {
+            no_answer: format!("check the network, or {instead}"),
+            refused: instead,
+        }
+    } else {
+        let given = "the URL given with --from (or in VIT_DATA_MIRROR)";
+        let instead = format!(
+            "pass there the path of a copy of {file_name} fetched elsewhere, or another \
+             mirror's URL"
+        );
+        FetchAdvice {
+            no_answer: format!("check the network and {given}, or {instead}"),
+            refused: format!("check {given}, or {instead}"),
+        }
+    }
+}
+
 /// A reader of the body of `url`'s answer, and its Content-Length.
 fn open_url(url: &str, spec: &ArchiveSpec) -> Result<(Box<dyn Read>, Option<u64>)> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -305,11 +336,7 @@ fn open_url(url: &str, spec: &ArchiveSpec) -> Result<(Box<dyn Read>, Option<u64>
         .timeout_per_read(Some(Duration::from_secs(60)))
         .build()
         .into();
-    let elsewhere = format!(
-        "fetch {} elsewhere and pass its path (or a mirror's URL) with --from (or in \
-         VIT_DATA_MIRROR, which make train passes on)",
-        spec.file_name
-    );
+    let advice = fetch_advice(url, spec.file_name);
     // Byte for byte: no transparent gzip decoding of the .tar.gz by ureq.
     let response = agent
         .get(url)
@@ -319,12 +346,12 @@ fn open_url(url: &str, spec: &ArchiveSpec) -> Result<(Box<dyn Read>, Option<u64>
             // The server answered: the network is fine, the URL is not.
             ureq::Error::StatusCode(status) => anyhow!(
                 "cannot fetch {url}: the server answered HTTP {status}, so it does not \
-                 serve {} there; check the URL, or {elsewhere}",
-                spec.file_name
+                 serve {} there; {}",
+                spec.file_name,
+                advice.refused
             ),
-            error => anyhow::Error::new(error).context(format!(
-                "cannot fetch {url}: check the network, or {elsewhere}"
-            )),
+            error => anyhow::Error::new(error)
+                .context(format!("cannot fetch {url}: {}", advice.no_answer)),
         })?;
     let length = response
         .headers()
@@ -588,6 +615,27 @@ mod tests {
         ] {
             assert!(safe_relative_path(Path::new(bad), "d").is_err(), "{bad}");
         }
+    }
+
+    /// The official archive's failure points to --from; a mirror's, to the mirror.
+    #[test]
+    fn fetch_advice_names_the_source_to_mend() {
+        let official = fetch_advice(&resolve_source(OFFICIAL_URL, &CIFAR10_ARCHIVE), "a.tgz");
+        assert_eq!(
+            official.no_answer,
+            "check the network, or fetch a.tgz elsewhere and pass its path (or a mirror's URL) \
+             with --from (or in VIT_DATA_MIRROR, which make train passes on)"
+        );
+        assert!(official.refused.starts_with("fetch a.tgz elsewhere"));
+        let mirror = fetch_advice("http://m/a.tgz", "a.tgz");
+        assert_eq!(
+            mirror.refused,
+            "check the URL given with --from (or in VIT_DATA_MIRROR), or pass there the path \
+             of a copy of a.tgz fetched elsewhere, or another mirror's URL"
+        );
+        assert!(mirror
+            .no_answer
+            .starts_with("check the network and the URL given"));
     }
 
     #[test]

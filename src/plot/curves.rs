@@ -218,7 +218,18 @@ pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
     let names: Vec<String> = distinct.iter().map(|run| folder_name(run)).collect();
     let (mut read, mut left_out, mut without_numbers) = (Vec::new(), Vec::new(), Vec::new());
     for (run, name) in distinct.iter().zip(&names) {
+        ensure!(
+            run.exists(),
+            "{} does not exist: give vit train's run folders, or their metrics.csv files",
+            run.display()
+        );
         let path = metrics_path(run);
+        ensure!(
+            path.exists(),
+            "{} has no metrics.csv, so it is not a run folder of vit train (or its run has \
+             not started): give run folders, or their metrics.csv files",
+            run.display()
+        );
         let epochs = read_metrics(&path)?;
         if epochs.is_empty() {
             // A run still in its first epoch: the others are drawn without it.

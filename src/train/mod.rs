@@ -615,12 +615,20 @@ impl<'a> Trainer<'a> {
             };
             // A finished epoch's files may still be on their way to disk. A resume of the
             // saved state would replay the same steps, and a fresh run is refused there.
-            let out = if self.options.numbers_a_new_folder() {
-                "the same command trains into a new run folder"
+            let out = if !self.options.numbers_a_new_folder() {
+                if earlier_epochs_finished || self.run.holds_results() {
+                    "use another --out: this one keeps what the run saved".to_string()
+                } else {
+                    "the same --out will do, as the run saved nothing there".to_string()
+                }
             } else if earlier_epochs_finished || self.run.holds_results() {
-                "use another --out: this one keeps what the run saved"
+                "the same command trains into a new run folder".to_string()
             } else {
-                "the same --out will do, as the run saved nothing there"
+                format!(
+                    "the same command trains into a new run folder ({} saved nothing: delete \
+                     it)",
+                    self.run.dir().display()
+                )
             };
             bail!(
                 "the {what} became {loss} in epoch {}; stopped ({kept}). Train again with \

@@ -204,7 +204,9 @@ pub(super) fn training_images(settings: &TrainSettings, dataset: &Dataset) -> Re
     if let Some(n) = settings.train_subset {
         ensure!(
             n > 0 && n <= available,
-            "--train-subset {n} is outside 1..={available} (the training images there are)"
+            "--train-subset {n} is more than the {available} training {} there are; give \
+             1 to {available}, or leave it out to train on all of them",
+            noun_for(available, "image")
         );
     }
     let n_train = settings.train_subset.unwrap_or(available);

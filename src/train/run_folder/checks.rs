@@ -435,10 +435,11 @@ pub(super) fn check_fresh(dir: &Path) -> Result<()> {
     }
     let Ok(saved) = saved_config(dir) else {
         bail!(
-            "{} holds {} that a new run would overwrite, and is not a vit run folder; \
+            "{} holds {} and is not a vit run folder: a run there could write over {}; \
              choose another --out",
             dir.display(),
-            present.join(", ")
+            present.join(", "),
+            if present.len() == 1 { "it" } else { "them" }
         );
     };
     // The resume state says how far the run got: metrics.csv may have a row it does not
