@@ -260,7 +260,7 @@ fn is_confusion_csv(text: &[u8]) -> bool {
 
 /// Where an evaluation's confusion matrix goes: `NAME.confusion_matrix.csv` in a folder,
 /// and with `--plot` its picture `NAME.confusion_matrix.png` beside it.
-struct ReportPaths {
+pub(crate) struct ReportPaths {
     csv: PathBuf,
     png: PathBuf,
 }
@@ -271,6 +271,20 @@ impl ReportPaths {
             csv: dir.join(format!("{name}.confusion_matrix.csv")),
             png: dir.join(format!("{name}.confusion_matrix.png")),
         }
+    }
+
+    /// The files `vit eval` of `checkpoint` writes beside it, without --out.
+    pub(crate) fn beside(checkpoint: &Path) -> Self {
+        let folder = crate::fsutil::folder_of(checkpoint);
+        Self::new(folder, &report_name(checkpoint, None))
+    }
+
+    /// Those of the two files that are there.
+    pub(crate) fn present(self) -> Vec<PathBuf> {
+        [self.csv, self.png]
+            .into_iter()
+            .filter(|path| path.exists())
+            .collect()
     }
 
     /// Refuses, before the test pass, to replace a file of the user's there: a CSV vit did

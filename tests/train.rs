@@ -1233,6 +1233,58 @@ fn ctrl_c_at_the_end_of_an_epoch_says_so() {
     assert_eq!(read_metrics(&run).1.len(), epoch);
 }
 
+/// A resume points out the confusion matrices `vit eval` wrote beside the run's
+/// checkpoints, which the run goes on to replace; a resume without them says nothing of it.
+#[test]
+fn a_resume_points_out_confusion_matrices_of_the_checkpoints_it_replaces() {
+    let (root, data_dir) = colour_cifar10("resume-stale-matrix");
+    let run = root.join("run");
+    let (data, out) = (data_dir.to_str().unwrap(), run.to_str().unwrap());
+    let mut args = tiny_run_args(data, out);
+    // One step an epoch, so that Ctrl-C lands at an epoch's end, with its checkpoints.
+    #[rustfmt::skip]
+    args.extend(["--epochs", "6", "--batch-size", "64", "--train-subset", "64", "--warmup-epochs", "1"]);
+    let child = start_training(&args, &run);
+    send("-INT", &child);
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let unfinished = root.join("unfinished");
+    let copied = Command::new("cp")
+        .arg("-a")
+        .args([&run, &unfinished])
+        .status();
+    assert!(copied.unwrap().success());
+    let best = run.join("best_model.safetensors");
+    #[rustfmt::skip]
+    vit(&["eval", "--checkpoint", best.to_str().unwrap(), "--data-dir", data, "--device", "cpu"]);
+    let matrix = run.join("best_model.confusion_matrix.csv");
+    assert!(matrix.is_file());
+    let resume = [&args[..], &["--resume"]].concat();
+    let stderr = String::from_utf8_lossy(&vit(&resume).stderr).into_owned();
+    assert!(
+        stderr.contains(&format!(
+            "note: {} is of the checkpoints as they were before this resume; the run replaces \
+             last_model every epoch and best_model when its test accuracy improves: evaluate \
+             them again when it ends",
+            matrix.display()
+        )),
+        "{stderr}"
+    );
+    // The same stopped run, never evaluated.
+    std::fs::remove_dir_all(&run).unwrap();
+    std::fs::rename(&unfinished, &run).unwrap();
+    let stderr = String::from_utf8_lossy(&vit(&resume).stderr).into_owned();
+    assert!(
+        stderr.contains("Resuming") && !stderr.contains("confusion_matrix"),
+        "{stderr}"
+    );
+}
+
 /// A second Ctrl-C quits at once with status 130, whatever the step is doing. (It ran exit
 /// handlers once, which tore libtorch down under the running step: most such runs died of
 /// a segmentation fault or heap corruption instead.) The second comes 0.7 s after the

@@ -723,8 +723,31 @@ fn starting_progress(
             run.dir().display(),
             settings.epochs
         );
+        note_earlier_evaluations(run);
     }
     Ok(progress)
+}
+
+/// Points out the confusion matrices `vit eval` wrote beside `run`'s checkpoints before a
+/// resume: the run replaces the checkpoints, and the matrices then describe models no
+/// longer there.
+fn note_earlier_evaluations(run: &RunFolder) {
+    let names: Vec<String> = [false, true]
+        .map(ModelFiles::of)
+        .iter()
+        .flat_map(|files| [files.best, files.last])
+        .flat_map(|file| crate::eval::ReportPaths::beside(&run.path(file)).present())
+        .map(|matrix| matrix.display().to_string())
+        .collect();
+    if !names.is_empty() {
+        eprintln!(
+            "note: {} {} of the checkpoints as they were before this resume; the run \
+             replaces last_model every epoch and best_model when its test accuracy improves: \
+             evaluate them again when it ends",
+            names.join(", "),
+            if names.len() == 1 { "is" } else { "are" }
+        );
+    }
 }
 
 /// The 32 bits of `--seed` that the run's draws derive from: libtorch's CPU generator
