@@ -309,11 +309,16 @@ fn brief_error(message: &str) -> Option<String> {
     libtorch_error(message).map(|error| format!("libtorch: {error}"))
 }
 
-/// The first line of the libtorch error in a tch panic's message (tch prints its error
-/// with `{:?}`: `Torch("what\nframe #0: ...")`), with advice for running out of memory.
+/// The first line of the libtorch error in a panic's message, with advice for running out
+/// of memory: tch's (it prints its error with `{:?}`: `Torch("what\nframe #0: ...")`), or
+/// that of a call into vit's own libtorch shim (`crate::ffi`), unwrapped where its caller
+/// cannot fail (`fused AdamW: libtorch fused AdamW failed: what` and libtorch's C++ stack
+/// on the next lines).
 fn libtorch_error(message: &str) -> Option<String> {
-    let (_, error) = message.split_once("Torch(\"")?;
-    let first_line = error.split("\\n").next().unwrap_or(error);
+    let first_line = match message.split_once("Torch(\"") {
+        Some((_, error)) => error.split("\\n").next().unwrap_or(error),
+        None => shim_error(message)?,
+    };
     // A tensor whose byte count overflows 64 bits would not fit either.
     let advice = if ["allocate", "out of memory", "size calculation overflowed"]
         .iter()
@@ -325,6 +330,15 @@ fn libtorch_error(message: &str) -> Option<String> {
         ""
     };
     Some(format!("{first_line}{advice}"))
+}
+
+/// The first line of the libtorch error in the message of a failed shim call (see
+/// `crate::ffi`, whose errors say `libtorch WHAT failed: `).
+fn shim_error(message: &str) -> Option<&str> {
+    let first_line = message.lines().next()?;
+    let (_, call) = first_line.split_once("libtorch ")?;
+    let (_, error) = call.split_once(" failed: ")?;
+    Some(error)
 }
 
 #[cfg(test)]
@@ -428,6 +442,24 @@ mod tests {
         ] {
             assert_eq!(brief_error(&tch_panic(what)), Some(brief), "{what}");
         }
+        // A shim call unwrapped (`.expect("linear layer")` of its anyhow error).
+        let shim = anyhow::anyhow!(
+            "libtorch oneDNN linear failed: [enforce fail at alloc_cpu.cpp:127] err == 0. \
+             DefaultCPUAllocator: can't allocate memory: you tried to allocate 42598400000 \
+             bytes.\nframe #0: c10::ThrowEnforceNotMet"
+        );
+        assert_eq!(
+            brief_error(&format!("linear layer: {shim:?}")),
+            Some(format!(
+                "libtorch: [enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: \
+                 can't allocate memory: you tried to allocate 42598400000 bytes.{advice}"
+            ))
+        );
+        let shim = anyhow::anyhow!("libtorch fused AdamW failed: Expected all tensors\nframe #0");
+        assert_eq!(
+            brief_error(&format!("fused AdamW: {shim:?}")),
+            Some("libtorch: Expected all tensors".into())
+        );
         assert_eq!(
             brief_error("failed printing to stdout: No space left on device (os error 28)"),
             Some("cannot write to standard output: No space left on device (os error 28)".into())

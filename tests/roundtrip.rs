@@ -671,7 +671,8 @@ fn a_checkpoint_whose_shapes_tell_no_config_is_told_every_field_it_needs() {
 
 /// Names that are not those of a timm ViT made with other options, nor of a wrapped model,
 /// are not told as such: a timm EfficientNet's (its blocks are numbered too), a ViT's that
-/// lacks block 0's attention weights, and one stray `module.` name among vit's own.
+/// lacks block 0's attention weights, and one stray `module.` name among vit's own. The
+/// EfficientNet's, none of them vit's, are told which names vit reads.
 #[test]
 fn names_of_no_timm_vit_option_are_not_told_as_one() {
     let efficientnet = [
@@ -703,10 +704,17 @@ fn names_of_no_timm_vit_option_are_not_told_as_one() {
         let error = load_error(name, TensorFile { tensors, metadata });
         assert!(
             error.contains("checkpoint does not match the model")
-                && !error.contains("timm VisionTransformer")
+                && !error.contains("timm VisionTransformer made with")
                 && !error.contains("DistributedDataParallel"),
             "{name}: {error}"
         );
+        // Only names that are none of vit's are told vit's are timm's.
+        let told = error.ends_with(
+            ". None of its tensor names is vit's: vit reads a timm VisionTransformer's state \
+             dict, by timm's names (patch_embed.proj.weight, cls_token, pos_embed, \
+             blocks.0.attn.qkv.weight, ..., head.weight; README: Checkpoints)",
+        );
+        assert_eq!(told, name == "efficientnet", "{name}: {error}");
     }
 }
 

@@ -390,8 +390,23 @@ impl TensorFile {
         let variables = vs.variables();
         let problems = self.mismatches(&variables);
         if !problems.is_empty() {
+            // Another model's names (a torchvision ViT's, say): vit's are timm's.
+            let none_is_vits = !self.tensors.is_empty()
+                && self
+                    .tensors
+                    .keys()
+                    .all(|name| !variables.contains_key(name));
+            let names = match none_is_vits {
+                true => {
+                    ". None of its tensor names is vit's: vit reads a timm VisionTransformer's \
+                     state dict, by timm's names (patch_embed.proj.weight, cls_token, \
+                     pos_embed, blocks.0.attn.qkv.weight, ..., head.weight; README: \
+                     Checkpoints)"
+                }
+                false => "",
+            };
             bail!(
-                "checkpoint does not match the model: {}{}",
+                "checkpoint does not match the model: {}{}{names}",
                 problems.join("; "),
                 self.layout_advice()
             );

@@ -362,8 +362,14 @@ impl ViTConfig {
     /// A config from a checkpoint's `config` metadata, not yet validated: a checkpoint
     /// compares it with its tensors first, which explain a wrong size better.
     pub fn parse_json(json: &str) -> Result<Self> {
-        serde_json::from_str(json)
-            .map_err(|e| anyhow::anyhow!("invalid model config JSON ({e}): {json}"))
+        serde_json::from_str(json).map_err(|e| {
+            let sizes = Self::notebook().sizes().map(|(name, _)| name);
+            anyhow::anyhow!(
+                "invalid model config JSON ({e}): {json}. It holds the eight sizes ({}) and \
+                 dropout, each once (README: Checkpoints)",
+                sizes.join(", ")
+            )
+        })
     }
 }
 
@@ -382,6 +388,36 @@ struct ParameterParts {
 #[cfg(test)]
 mod tests {
     use super::ViTConfig;
+
+    /// A config JSON that lacks a field says so, and lists the fields it holds: those
+    /// a config writes.
+    #[test]
+    fn a_config_json_without_dropout_is_told_its_fields() {
+        let written: serde_json::Value =
+            serde_json::from_str(&ViTConfig::tiny().to_json()).unwrap();
+        let mut fields: Vec<&str> = written
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut expected = ViTConfig::tiny().sizes().map(|(name, _)| name).to_vec();
+        expected.push("dropout");
+        fields.sort();
+        expected.sort();
+        assert_eq!(fields, expected);
+        let json = ViTConfig::tiny().to_json().replace(",\"dropout\":0.0", "");
+        let error = ViTConfig::parse_json(&json).unwrap_err().to_string();
+        assert!(
+            error.starts_with("invalid model config JSON (missing field `dropout`")
+                && error.ends_with(
+                    "It holds the eight sizes (image_size, patch_size, in_channels, \
+                     embed_dim, num_heads, mlp_dim, num_layers, num_classes) and dropout, \
+                     each once (README: Checkpoints)"
+                ),
+            "{error}"
+        );
+    }
 
     /// Training counts libtorch's bookkeeping of each block (96 KiB) on top of four copies
     /// of the weights: one-wide blocks whose bookkeeping outgrows the memory here are
