@@ -2370,6 +2370,17 @@ fn http_download_and_interrupted_transfers() {
     );
     assert_no_data_folder(&data_dir);
 
+    // A URL of a scheme vit does not fetch is refused as such, not looked for as a file.
+    let err = error_of(fetch("ftp://mirror/cifar.tgz", &data_dir, &spec));
+    assert!(
+        err.contains(
+            "cannot fetch ftp://mirror/cifar.tgz: vit fetches http:// and https:// URLs, \
+             file:// URLs and paths, not ftp://"
+        ),
+        "{err}"
+    );
+    assert_no_data_folder(&data_dir);
+
     // A server that answers, but not with the archive: the URL is wrong, not the network.
     let url = serve_once_with_status("404 Not Found", b"no such file".to_vec(), Some(12));
     let err = error_of(fetch(&url, &data_dir, &spec));

@@ -442,6 +442,20 @@ fn mismatched_checkpoint_is_refused_naming_each_problem() {
         "{error}"
     );
 
+    // Weights of whole numbers (copied in, they were taken as weights without a word);
+    // half-precision ones load.
+    let (mut tensors, metadata) = checkpoint_tensors();
+    let bias = tensors.get_mut("head.bias").unwrap();
+    *bias = bias.to_kind(Kind::Int64);
+    let error = load_error("int-weights", TensorFile { tensors, metadata });
+    assert!(
+        error.ends_with(
+            "tensors of whole numbers where the model has floating-point weights (F32, F16 \
+             or BF16): [\"head.bias (Int64)\"]"
+        ),
+        "{error}"
+    );
+
     // Many of a kind: the first five are listed, and the count of the others.
     let (mut tensors, metadata) = checkpoint_tensors();
     let mut biases = 0;

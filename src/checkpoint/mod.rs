@@ -465,6 +465,22 @@ impl TensorFile {
             };
             problems.push(shown.join("; ") + &others);
         }
+        // Weights stored as whole numbers are no model's trained weights (copied into the
+        // model, they would be taken as such without a word).
+        let mut whole_numbers: Vec<String> = self
+            .tensors
+            .iter()
+            .filter(|(name, tensor)| variables.contains_key(*name) && !tensor.is_floating_point())
+            .map(|(name, tensor)| format!("{name} ({:?})", tensor.kind()))
+            .collect();
+        whole_numbers.sort();
+        if !whole_numbers.is_empty() {
+            problems.push(format!(
+                "tensors of whole numbers where the model has floating-point weights (F32, \
+                 F16 or BF16): {}",
+                first_few(&whole_numbers)
+            ));
+        }
         problems
     }
 }

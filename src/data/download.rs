@@ -73,6 +73,16 @@ pub fn fetch(source: &str, data_dir: &Path, spec: &ArchiveSpec) -> Result<Fetche
             bail!("{} is a dataset's folder: {advice}", data_dir.display());
         }
     }
+    // ftp:// and the like would be read as a file's path, and reported missing.
+    if let Some((scheme, _)) = source.split_once("://") {
+        ensure!(
+            matches!(scheme, "http" | "https" | "file"),
+            "cannot fetch {source}: vit fetches http:// and https:// URLs, file:// URLs and \
+             paths, not {scheme}://; fetch {} another way and pass its path with --from (or \
+             in VIT_DATA_MIRROR)",
+            spec.file_name
+        );
+    }
     // Found now, not after the download (as if it had appeared while unpacking).
     ensure!(
         target.symlink_metadata().is_err(),

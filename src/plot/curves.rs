@@ -168,7 +168,13 @@ fn metrics_row(
     };
     let epoch = cell("epoch")
         .filter(|epoch| epoch.is_finite())
-        .with_context(|| format!("{}: line {line} has no finite epoch number", path.display()))?;
+        .with_context(|| {
+            format!(
+                "{}: line {line} has no finite epoch number: vit plot draws the rows vit \
+                 train wrote; remove or correct that line",
+                path.display()
+            )
+        })?;
     let [train_loss, train_acc, test_loss, test_acc, ema_test_loss, ema_test_acc] =
         METRIC_COLUMNS.map(&mut cell);
     // A percentage (typed in a spreadsheet, say) would be drawn 100 times too high.
