@@ -332,6 +332,27 @@ fn missing_files_name_the_download_command() {
         )),
         "{err}"
     );
+
+    // A folder where a batch file should be.
+    let folder_in_place = TempDir::new("folder-in-place");
+    let dir = write_cifar10(&folder_in_place.0);
+    let batch = dir.join("data_batch_1.bin");
+    std::fs::remove_file(&batch).unwrap();
+    std::fs::create_dir(&batch).unwrap();
+    let err = error_of(data::load(
+        &args(DatasetName::Cifar10, &folder_in_place.0, false),
+        32,
+    ));
+    assert!(
+        err.contains(&format!(
+            "cannot read {}: it is a folder, not the dataset's file; delete {}, then run `vit \
+             download --dataset cifar10 --data-dir {}`",
+            batch.display(),
+            dir.display(),
+            folder_in_place.0.display()
+        )),
+        "{err}"
+    );
 }
 
 #[test]

@@ -383,6 +383,11 @@ fn read_file(path: &Path, format: &RecordFormat, data_dir: &Path) -> Result<Vec<
                 file.display()
             )
         }
+        Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => bail!(
+            "cannot read {}: it is a folder, not the dataset's file; {}",
+            path.display(),
+            download_again(path, format, data_dir)
+        ),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }
