@@ -271,11 +271,10 @@ mod tests {
         }
         assert_eq!(training_images(&settings(&[]), &ds).unwrap(), 10);
         let error = training_images(&settings(&["--train-subset", "11"]), &ds).unwrap_err();
-        assert!(
-            error
-                .to_string()
-                .contains("--train-subset 11 is outside 1..=10"),
-            "{error}"
+        assert_eq!(
+            error.to_string(),
+            "--train-subset 11 is more than the 10 training images there are; give 1 to 10, \
+             or leave it out to train on all of them"
         );
     }
 
