@@ -253,6 +253,24 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
         "{error}"
     );
     std::fs::remove_file(dir.join("cut.safetensors")).unwrap();
+    // A text file (a run's metrics.csv given by mistake) is named as one; beside a run's
+    // best model, that is offered instead.
+    std::fs::write(dir.join("metrics.csv"), "epoch,lr\n1,0.001\n").unwrap();
+    let refused = format!(
+        "{} is a text file, not a checkpoint: --checkpoint takes a .safetensors file that vit \
+         train saved",
+        dir.join("metrics.csv").display()
+    );
+    let error = load_error("metrics.csv");
+    assert!(error.ends_with(&refused), "{error}");
+    let best = dir.join("best_model.safetensors");
+    std::fs::copy(dir.join("vit.safetensors"), &best).unwrap();
+    let error = load_error("metrics.csv");
+    assert!(
+        error.ends_with(&format!("{refused}, such as {}", best.display())),
+        "{error}"
+    );
+    std::fs::remove_file(&best).unwrap();
     // ...and a missing `.pth` (the notebook's name) points at the checkpoint beside it.
     let error = load_error("vit.pth");
     let beside = dir.join("vit.safetensors");

@@ -253,10 +253,36 @@ fn not_safetensors(path: &Path, bytes: &[u8], error: anyhow::Error) -> anyhow::E
             path.display()
         );
     }
+    if is_text(bytes) {
+        // Beside a run's config.json or metrics.csv, its best model.
+        let best = crate::fsutil::folder_of(path).join(crate::train::MODEL_FILES.best);
+        let instead = match best.is_file() {
+            true => format!(", such as {}", best.display()),
+            false => String::new(),
+        };
+        return anyhow!(
+            "{} is a text file, not a checkpoint: --checkpoint takes a .safetensors file \
+             that vit train saved{instead}",
+            path.display()
+        );
+    }
     error.context(format!(
         "{} is not a valid safetensors file (not one, or a damaged one)",
         path.display()
     ))
+}
+
+/// Whether `start`, a file's first bytes, is text: UTF-8 (but for a character cut at the
+/// end) without NUL bytes. A safetensors file is never that: its first 8 bytes are its
+/// header's length, whose top bytes are 0.
+fn is_text(start: &[u8]) -> bool {
+    let start = &start[..start.len().min(4096)];
+    let valid = match std::str::from_utf8(start) {
+        Ok(_) => true,
+        // A character cut at the end is no sign of binary data.
+        Err(error) => error.error_len().is_none(),
+    };
+    !start.is_empty() && valid && !start.contains(&0)
 }
 
 /// Named tensors and string metadata, as one safetensors file holds them.
