@@ -105,18 +105,23 @@ impl Evaluation {
     /// Writes the matrix with class names as the header row and first column, atomically.
     fn write_confusion_csv(&self, classes: &[String], path: &Path) -> Result<()> {
         let rows: Vec<Vec<i64>> = Vec::try_from(&self.confusion)?;
-        let mut writer = csv::Writer::from_writer(Vec::new());
-        let header: Vec<&str> = std::iter::once(CSV_CORNER)
-            .chain(classes.iter().map(String::as_str))
-            .collect();
-        writer.write_record(&header)?;
-        for (class, row) in classes.iter().zip(&rows) {
-            let cells = std::iter::once(class.clone()).chain(row.iter().map(i64::to_string));
-            writer.write_record(cells)?;
-        }
-        let bytes = writer.into_inner().map_err(|e| e.into_error())?;
-        crate::fsutil::write_atomic(path, &bytes)
+        crate::fsutil::write_atomic(path, &confusion_csv(classes, &rows)?)
     }
+}
+
+/// The confusion matrix `rows` (`rows[true][predicted]`) of `classes` as a CSV: the
+/// [`CSV_CORNER`] and the class names, then each class's name and counts.
+fn confusion_csv(classes: &[String], rows: &[Vec<i64>]) -> Result<Vec<u8>> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let header: Vec<&str> = std::iter::once(CSV_CORNER)
+        .chain(classes.iter().map(String::as_str))
+        .collect();
+    writer.write_record(&header)?;
+    for (class, row) in classes.iter().zip(rows) {
+        let cells = std::iter::once(class.clone()).chain(row.iter().map(i64::to_string));
+        writer.write_record(cells)?;
+    }
+    Ok(writer.into_inner().map_err(|e| e.into_error())?)
 }
 
 #[derive(Serialize)]
@@ -232,6 +237,13 @@ const CSV_CORNER: &str = "true\\predicted";
 /// Larger than any confusion matrix CSV vit writes (1,000 classes of 7-digit counts: 8 MB).
 const MAX_CSV_BYTES: u64 = 64 << 20;
 
+/// The first `limit` bytes of `file` (all of a smaller one).
+fn read_start(file: std::fs::File, limit: u64) -> std::io::Result<Vec<u8>> {
+    let mut start = Vec::new();
+    file.take(limit).read_to_end(&mut start)?;
+    Ok(start)
+}
+
 /// Whether `text` is a confusion matrix as vit writes it (its numbers may have been
 /// edited): [`CSV_CORNER`] and the class names, then a row of whole-number counts for each
 /// class, in the header's order, and nothing else. A file with anything more (notes, say)
@@ -279,11 +291,16 @@ impl ReportPaths {
         Self::new(folder, &report_name(checkpoint, None))
     }
 
-    /// Those of the two files that are there.
-    pub(crate) fn present(self) -> Vec<PathBuf> {
-        [self.csv, self.png]
+    /// Those of the two files that are there and vit's: a matrix it wrote, a picture it
+    /// drew.
+    pub(crate) fn written_by_vit(self) -> Vec<PathBuf> {
+        let csv = std::fs::File::open(&self.csv)
+            .and_then(|file| read_start(file, MAX_CSV_BYTES))
+            .is_ok_and(|text| is_confusion_csv(&text));
+        let png = crate::plot::is_drawn_by_vit(&self.png);
+        [(self.csv, csv), (self.png, png)]
             .into_iter()
-            .filter(|path| path.exists())
+            .filter_map(|(path, vits)| vits.then_some(path))
             .collect()
     }
 
@@ -300,9 +317,7 @@ impl ReportPaths {
         // file is written, after the figures are printed.
         if !self.csv.is_dir() {
             crate::plot::ensure_replaceable(&self.csv, what, replaced_by, instead, |file| {
-                let mut text = Vec::new();
-                file.take(MAX_CSV_BYTES).read_to_end(&mut text)?;
-                Ok(is_confusion_csv(&text))
+                Ok(is_confusion_csv(&read_start(file, MAX_CSV_BYTES)?))
             })?;
         }
         if plot && !self.png.is_dir() {
@@ -433,7 +448,13 @@ mod tests {
     /// more or less than vit writes is the user's.
     #[test]
     fn a_confusion_csv_is_vits_only_as_vit_writes_it() {
-        let vits = "true\\predicted,cat,\"a, b\"\ncat,3,1\n\"a, b\",0,4\n";
+        let classes = ["cat".to_string(), "a, b".to_string()];
+        let written = confusion_csv(&classes, &[vec![3, 1], vec![0, 4]]).unwrap();
+        let vits = String::from_utf8(written).unwrap();
+        assert_eq!(
+            vits,
+            "true\\predicted,cat,\"a, b\"\ncat,3,1\n\"a, b\",0,4\n"
+        );
         assert!(is_confusion_csv(vits.as_bytes()));
         assert!(is_confusion_csv(vits.replace(",3,", ",30,").as_bytes()));
         for users in [

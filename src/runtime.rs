@@ -306,7 +306,7 @@ fn brief_error(message: &str) -> Option<String> {
     if let Some(error) = message.strip_prefix("failed printing to stdout: ") {
         return Some(format!("cannot write to standard output: {error}"));
     }
-    libtorch_error(message).map(|error| format!("libtorch: {error}"))
+    libtorch_error(message)
 }
 
 /// The first line of the libtorch error in a panic's message, with advice for running out
@@ -315,9 +315,15 @@ fn brief_error(message: &str) -> Option<String> {
 /// cannot fail (`fused AdamW: libtorch fused AdamW failed: what` and libtorch's C++ stack
 /// on the next lines).
 fn libtorch_error(message: &str) -> Option<String> {
-    let first_line = match message.split_once("Torch(\"") {
-        Some((_, error)) => error.split("\\n").next().unwrap_or(error),
-        None => shim_error(message)?,
+    let (source, first_line) = match message.split_once("Torch(\"") {
+        Some((_, error)) => (
+            "libtorch".to_string(),
+            error.split("\\n").next().unwrap_or(error),
+        ),
+        None => {
+            let (call, error) = crate::ffi::unwrapped_failure(message)?;
+            (format!("libtorch ({call})"), error)
+        }
     };
     // A tensor whose byte count overflows 64 bits would not fit either.
     let advice = if ["allocate", "out of memory", "size calculation overflowed"]
@@ -329,16 +335,7 @@ fn libtorch_error(message: &str) -> Option<String> {
     } else {
         ""
     };
-    Some(format!("{first_line}{advice}"))
-}
-
-/// The first line of the libtorch error in the message of a failed shim call (see
-/// `crate::ffi`, whose errors say `libtorch WHAT failed: `).
-fn shim_error(message: &str) -> Option<&str> {
-    let first_line = message.lines().next()?;
-    let (_, call) = first_line.split_once("libtorch ")?;
-    let (_, error) = call.split_once(" failed: ")?;
-    Some(error)
+    Some(format!("{source}: {first_line}{advice}"))
 }
 
 #[cfg(test)]
@@ -451,14 +448,21 @@ mod tests {
         assert_eq!(
             brief_error(&format!("linear layer: {shim:?}")),
             Some(format!(
-                "libtorch: [enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: \
-                 can't allocate memory: you tried to allocate 42598400000 bytes.{advice}"
+                "libtorch (oneDNN linear): [enforce fail at alloc_cpu.cpp:127] err == 0. \
+                 DefaultCPUAllocator: can't allocate memory: you tried to allocate \
+                 42598400000 bytes.{advice}"
             ))
         );
         let shim = anyhow::anyhow!("libtorch fused AdamW failed: Expected all tensors\nframe #0");
         assert_eq!(
             brief_error(&format!("fused AdamW: {shim:?}")),
-            Some("libtorch: Expected all tensors".into())
+            Some("libtorch (fused AdamW): Expected all tensors".into())
+        );
+        // Not a shim call's error unwrapped, though it says much the same: a bug's panic.
+        assert_eq!(
+            brief_error("the libtorch copy failed: 3 != 4"),
+            None,
+            "a bug"
         );
         assert_eq!(
             brief_error("failed printing to stdout: No space left on device (os error 28)"),

@@ -460,19 +460,32 @@ fn mismatched_checkpoint_is_refused_naming_each_problem() {
         "{error}"
     );
 
-    // Weights of whole numbers (copied in, they were taken as weights without a word);
-    // half-precision ones load.
+    // Weights of integers (copied in, they were taken as weights without a word); those of
+    // every floating-point dtype load.
     let (mut tensors, metadata) = checkpoint_tensors();
     let bias = tensors.get_mut("head.bias").unwrap();
     *bias = bias.to_kind(Kind::Int64);
     let error = load_error("int-weights", TensorFile { tensors, metadata });
     assert!(
         error.ends_with(
-            "tensors of whole numbers where the model has floating-point weights (F32, F16 \
-             or BF16): [\"head.bias (Int64)\"]"
+            "tensors that are not floating-point where the model's weights are (F32, F64, F16 \
+             and BF16 load): [\"head.bias (I64)\"]"
         ),
         "{error}"
     );
+    let (mut tensors, metadata) = checkpoint_tensors();
+    for (name, kind) in [
+        ("head.bias", Kind::Half),
+        ("head.weight", Kind::BFloat16),
+        ("cls_token", Kind::Double),
+    ] {
+        let tensor = tensors.get_mut(name).unwrap();
+        *tensor = tensor.to_kind(kind);
+    }
+    let dir = TempDir::new("float-weights");
+    let path = dir.join("checkpoint.safetensors");
+    TensorFile { tensors, metadata }.write(&path).unwrap();
+    checkpoint::load(&path, Device::Cpu).unwrap();
 
     // Many of a kind: the first five are listed, and the count of the others.
     let (mut tensors, metadata) = checkpoint_tensors();

@@ -1234,7 +1234,9 @@ fn ctrl_c_at_the_end_of_an_epoch_says_so() {
 }
 
 /// A resume points out the confusion matrices `vit eval` wrote beside the run's
-/// checkpoints, which the run goes on to replace; a resume without them says nothing of it.
+/// checkpoints, which the run goes on to replace; a resume without them says nothing of it,
+/// nor of a file of the user's at such a name. Twenty epochs of one step each: Ctrl-C,
+/// sent as the run starts, lands at the end of an epoch before the last.
 #[test]
 fn a_resume_points_out_confusion_matrices_of_the_checkpoints_it_replaces() {
     let (root, data_dir) = colour_cifar10("resume-stale-matrix");
@@ -1243,7 +1245,7 @@ fn a_resume_points_out_confusion_matrices_of_the_checkpoints_it_replaces() {
     let mut args = tiny_run_args(data, out);
     // One step an epoch, so that Ctrl-C lands at an epoch's end, with its checkpoints.
     #[rustfmt::skip]
-    args.extend(["--epochs", "6", "--batch-size", "64", "--train-subset", "64", "--warmup-epochs", "1"]);
+    args.extend(["--epochs", "20", "--batch-size", "64", "--train-subset", "64", "--warmup-epochs", "1"]);
     let child = start_training(&args, &run);
     send("-INT", &child);
     let output = child.wait_with_output().unwrap();
@@ -1268,16 +1270,17 @@ fn a_resume_points_out_confusion_matrices_of_the_checkpoints_it_replaces() {
     let stderr = String::from_utf8_lossy(&vit(&resume).stderr).into_owned();
     assert!(
         stderr.contains(&format!(
-            "note: {} is of the checkpoints as they were before this resume; the run replaces \
-             last_model every epoch and best_model when its test accuracy improves: evaluate \
-             them again when it ends",
+            "note: vit eval wrote {} from the checkpoints as they were before this resume, \
+             which the run replaces (last_model every epoch, best_model when its test accuracy \
+             improves): run vit eval again when the run ends",
             matrix.display()
         )),
         "{stderr}"
     );
-    // The same stopped run, never evaluated.
+    // The same stopped run, never evaluated, with a file of the user's at a matrix's name.
     std::fs::remove_dir_all(&run).unwrap();
     std::fs::rename(&unfinished, &run).unwrap();
+    std::fs::write(run.join("last_model.confusion_matrix.csv"), "my notes\n").unwrap();
     let stderr = String::from_utf8_lossy(&vit(&resume).stderr).into_owned();
     assert!(
         stderr.contains("Resuming") && !stderr.contains("confusion_matrix"),
@@ -3181,8 +3184,8 @@ fn a_loss_that_diverges_after_a_saved_state_advises_another_out() {
 }
 
 /// Without --out, a diverged run's advice names no --out: the same command trains into a
-/// new numbered folder, and the one that saved nothing may go. A run that clipped its gradients already is told to clip them
-/// harder.
+/// new numbered folder, and the one that saved nothing may go. A run that clipped its
+/// gradients already is told to clip them harder.
 #[test]
 fn a_diverged_run_without_out_is_told_the_same_command_starts_anew() {
     let _turn = seeded(0);

@@ -43,7 +43,7 @@ impl TensorFile {
             None => format!(
                 "no `{CONFIG_KEY}` metadata: save the checkpoint with \
                  metadata={{'{CONFIG_KEY}': json.dumps({{{}}})}}",
-                hyperparameter_names()
+                ViTConfig::field_names().join(", ")
             ),
         }
     }
@@ -286,12 +286,6 @@ fn json_without_heads(config: &ViTConfig) -> String {
     format!("{{{}}}", fields.join(", "))
 }
 
-/// The nine hyperparameters, as a config names them: "image_size, ..., dropout".
-fn hyperparameter_names() -> String {
-    let sizes = ViTConfig::notebook().sizes().map(|(name, _)| name);
-    [sizes.as_slice(), &["dropout"]].concat().join(", ")
-}
-
 /// How many of each kind of problem a mismatched checkpoint's error lists: a wrapped
 /// model's 44 names say no more than its first few.
 pub(super) const SHOWN: usize = 5;
@@ -384,7 +378,7 @@ impl PyTorchFile {
              ({}); README.md, Checkpoints, shows the names{other_contents}",
             path.display(),
             converted.display().to_string(),
-            hyperparameter_names(),
+            ViTConfig::field_names().join(", "),
         )
     }
 }

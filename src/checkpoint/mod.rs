@@ -44,7 +44,7 @@ impl HostTensor {
     fn new(tensor: &Tensor) -> Result<Self> {
         let tensor = tensor.detach().to_device(Device::Cpu).contiguous();
         let kind = tensor.kind();
-        let Some(&(_, dtype)) = KINDS.iter().find(|(k, _)| *k == kind) else {
+        let Some(dtype) = dtype_of(kind) else {
             bail!("cannot store a tensor of kind {kind:?}");
         };
         let numel = tensor.numel();
@@ -105,6 +105,14 @@ const KINDS: [(Kind, Dtype); 8] = [
     (Kind::Uint8, Dtype::U8),
     (Kind::Bool, Dtype::BOOL),
 ];
+
+/// The safetensors dtype a tensor of `kind` is stored as; None for a kind it does not take.
+fn dtype_of(kind: Kind) -> Option<Dtype> {
+    KINDS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|&(_, dtype)| dtype)
+}
 
 fn kind_of(dtype: Dtype) -> Result<Kind> {
     match KINDS.iter().find(|(_, d)| *d == dtype) {
@@ -491,20 +499,26 @@ impl TensorFile {
             };
             problems.push(shown.join("; ") + &others);
         }
-        // Weights stored as whole numbers are no model's trained weights (copied into the
-        // model, they would be taken as such without a word).
-        let mut whole_numbers: Vec<String> = self
+        // Integer or boolean tensors are no model's trained weights (copied into the model,
+        // they would be taken as such without a word).
+        let mut not_floats: Vec<String> = self
             .tensors
             .iter()
             .filter(|(name, tensor)| variables.contains_key(*name) && !tensor.is_floating_point())
-            .map(|(name, tensor)| format!("{name} ({:?})", tensor.kind()))
+            .map(|(name, tensor)| {
+                let dtype = dtype_of(tensor.kind());
+                format!(
+                    "{name} ({})",
+                    dtype.map_or("?".into(), |d| format!("{d:?}"))
+                )
+            })
             .collect();
-        whole_numbers.sort();
-        if !whole_numbers.is_empty() {
+        not_floats.sort();
+        if !not_floats.is_empty() {
             problems.push(format!(
-                "tensors of whole numbers where the model has floating-point weights (F32, \
-                 F16 or BF16): {}",
-                first_few(&whole_numbers)
+                "tensors that are not floating-point where the model's weights are (F32, \
+                 F64, F16 and BF16 load): {}",
+                first_few(&not_floats)
             ));
         }
         problems

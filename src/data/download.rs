@@ -74,9 +74,9 @@ pub fn fetch(source: &str, data_dir: &Path, spec: &ArchiveSpec) -> Result<Fetche
         }
     }
     // ftp:// and the like would be read as a file's path, and reported missing.
-    if let Some((scheme, _)) = source.split_once("://") {
+    if let Some((scheme, _)) = url_parts(source) {
         ensure!(
-            matches!(scheme, "http" | "https" | "file"),
+            matches!(scheme.as_str(), "http" | "https" | "file"),
             "cannot fetch {source}: vit fetches http:// and https:// URLs, file:// URLs and \
              paths, not {scheme}://; fetch {} another way and pass its path with --from (or \
              in VIT_DATA_MIRROR)",
@@ -141,7 +141,7 @@ fn resolve_source(source: &str, spec: &ArchiveSpec) -> String {
 /// `file://localhost/...`), whose `%XX` escapes are decoded.
 fn local_path(source: &str) -> PathBuf {
     use std::os::unix::ffi::OsStringExt;
-    let Some(url_path) = source.strip_prefix("file://") else {
+    let Some((_, url_path)) = url_parts(source).filter(|(scheme, _)| scheme == "file") else {
         return PathBuf::from(source);
     };
     let url_path = match url_path.strip_prefix("localhost") {
@@ -170,7 +170,18 @@ fn local_path(source: &str) -> PathBuf {
 }
 
 fn is_url(source: &str) -> bool {
-    source.starts_with("http://") || source.starts_with("https://")
+    url_parts(source).is_some_and(|(scheme, _)| scheme == "http" || scheme == "https")
+}
+
+/// The scheme of the URL `source` (lowercased: `http`, `file`, ...) and what follows its
+/// `://`; None where `source` is a path. A scheme is a letter, then letters, digits, `+`,
+/// `-` or `.` (RFC 3986), so `./a://b` is a path.
+fn url_parts(source: &str) -> Option<(String, &str)> {
+    let (scheme, rest) = source.split_once("://")?;
+    let mut chars = scheme.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    valid.then(|| (scheme.to_ascii_lowercase(), rest))
 }
 
 /// A temporary file or folder, removed when dropped (after success or failure alike), or
@@ -646,6 +657,20 @@ mod tests {
         assert!(mirror
             .no_answer
             .starts_with("check the network and the URL given"));
+    }
+
+    /// A URL's scheme, in any case, is told from a path that holds `://`.
+    #[test]
+    fn url_parts_tell_urls_from_paths() {
+        assert_eq!(url_parts("HTTPS://m/a"), Some(("https".into(), "m/a")));
+        assert_eq!(url_parts("file:///a"), Some(("file".into(), "/a")));
+        assert_eq!(url_parts("svn+ssh://m"), Some(("svn+ssh".into(), "m")));
+        for path in ["./a://b", "/data/a", "1ftp://m", "://m", "a b://m"] {
+            assert_eq!(url_parts(path), None, "{path}");
+        }
+        assert!(is_url("HTTP://m/a") && !is_url("file:///a") && !is_url("ftp://m"));
+        assert_eq!(local_path("FILE:///a%20b"), PathBuf::from("/a b"));
+        assert_eq!(local_path("./a://b"), PathBuf::from("./a://b"));
     }
 
     #[test]

@@ -65,6 +65,10 @@ const DEVICE_TYPE_CUDA: i8 = 1;
 /// c10::ScalarType::BFloat16.
 const SCALAR_TYPE_BFLOAT16: i8 = 15;
 
+/// How [`check`] words a failed call: `libtorch WHAT failed: ERROR`.
+const CALL_NAMED: &str = "libtorch ";
+const CALL_FAILED: &str = " failed: ";
+
 /// Turns a shim status into a Result carrying the C++ exception's message.
 fn check(status: i32, what: &str) -> Result<()> {
     if status == 0 {
@@ -73,7 +77,16 @@ fn check(status: i32, what: &str) -> Result<()> {
     // SAFETY: vit_last_error returns a NUL-terminated thread-local string that stays valid
     // until the next shim call on this thread; it is copied at once.
     let message = unsafe { CStr::from_ptr(vit_last_error()) }.to_string_lossy();
-    bail!("libtorch {what} failed: {message}")
+    bail!("{CALL_NAMED}{what}{CALL_FAILED}{message}")
+}
+
+/// The call's name and the first line of libtorch's error where `panic` is the message of
+/// a [`check`] error unwrapped (`expect("CONTEXT")`: `CONTEXT: libtorch WHAT failed: ERROR`,
+/// libtorch's C++ stack on the lines after); None for any other panic.
+pub(crate) fn unwrapped_failure(panic: &str) -> Option<(&str, &str)> {
+    let first_line = panic.lines().next()?;
+    let (_, call) = first_line.split_once(&format!(": {CALL_NAMED}"))?;
+    call.split_once(CALL_FAILED)
 }
 
 fn device_type(device: Device) -> i8 {

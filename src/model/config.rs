@@ -363,13 +363,18 @@ impl ViTConfig {
     /// compares it with its tensors first, which explain a wrong size better.
     pub fn parse_json(json: &str) -> Result<Self> {
         serde_json::from_str(json).map_err(|e| {
-            let sizes = Self::notebook().sizes().map(|(name, _)| name);
             anyhow::anyhow!(
-                "invalid model config JSON ({e}): {json}. It holds the eight sizes ({}) and \
-                 dropout, each once (README: Checkpoints)",
-                sizes.join(", ")
+                "invalid model config JSON ({e}): {json}. It holds {}, each once (README: \
+                 Checkpoints)",
+                Self::field_names().join(", ")
             )
         })
+    }
+
+    /// The fields of a config JSON: the sizes, then dropout.
+    pub fn field_names() -> Vec<&'static str> {
+        let sizes = Self::notebook().sizes().map(|(name, _)| name);
+        [sizes.as_slice(), &["dropout"]].concat()
     }
 }
 
@@ -401,8 +406,7 @@ mod tests {
             .keys()
             .map(String::as_str)
             .collect();
-        let mut expected = ViTConfig::tiny().sizes().map(|(name, _)| name).to_vec();
-        expected.push("dropout");
+        let mut expected = ViTConfig::field_names();
         fields.sort();
         expected.sort();
         assert_eq!(fields, expected);
@@ -411,9 +415,9 @@ mod tests {
         assert!(
             error.starts_with("invalid model config JSON (missing field `dropout`")
                 && error.ends_with(
-                    "It holds the eight sizes (image_size, patch_size, in_channels, \
-                     embed_dim, num_heads, mlp_dim, num_layers, num_classes) and dropout, \
-                     each once (README: Checkpoints)"
+                    "It holds image_size, patch_size, in_channels, embed_dim, num_heads, \
+                     mlp_dim, num_layers, num_classes, dropout, each once (README: \
+                     Checkpoints)"
                 ),
             "{error}"
         );

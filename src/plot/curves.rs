@@ -68,6 +68,9 @@ const METRIC_COLUMNS: [&str; 6] = [
     "ema_test_acc",
 ];
 
+/// What `vit plot` takes, for its errors.
+const GIVE_RUNS: &str = "give vit train's run folders, or their metrics.csv files";
+
 /// Reads a `metrics.csv` written by `vit train` (columns are found by name; extra ones are
 /// ignored; cells and names may have spaces around them). A cell that is not a number
 /// (edited in a spreadsheet, say) is left out of the curves with a note, an empty row is
@@ -77,8 +80,7 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
     // A pipe's read would wait for a writer forever.
     if let Some(kind) = crate::fsutil::kind_if_not_a_file(path) {
         bail!(
-            "{} is {kind}, not the metrics file vit train writes: give run folders, or their \
-             metrics.csv files",
+            "{} is {kind}, not the metrics file vit train writes: {GIVE_RUNS}",
             path.display()
         );
     }
@@ -112,7 +114,7 @@ fn column(header: &csv::ByteRecord, name: &str) -> Option<usize> {
 fn check_columns(path: &Path, header: &csv::ByteRecord) -> Result<()> {
     ensure!(
         column(header, "epoch").is_some(),
-        "{} is not a metrics.csv of `vit train` (it has no epoch column); pass run folders",
+        "{} is not a metrics.csv of `vit train` (it has no epoch column): {GIVE_RUNS}",
         path.display()
     );
     Ok(())
@@ -224,16 +226,18 @@ pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
     let names: Vec<String> = distinct.iter().map(|run| folder_name(run)).collect();
     let (mut read, mut left_out, mut without_numbers) = (Vec::new(), Vec::new(), Vec::new());
     for (run, name) in distinct.iter().zip(&names) {
+        // Only what is surely missing: another failure (a folder that cannot be searched)
+        // is the read's to report.
         ensure!(
-            run.exists(),
-            "{} does not exist: give vit train's run folders, or their metrics.csv files",
+            !matches!(run.try_exists(), Ok(false)),
+            "{} does not exist: {GIVE_RUNS}",
             run.display()
         );
         let path = metrics_path(run);
         ensure!(
-            path.exists(),
+            !matches!(path.try_exists(), Ok(false)),
             "{} has no metrics.csv, so it is not a run folder of vit train (or its run has \
-             not started): give run folders, or their metrics.csv files",
+             not started): {GIVE_RUNS}",
             run.display()
         );
         let epochs = read_metrics(&path)?;

@@ -126,7 +126,7 @@ fn drawn_by_vit(file: std::fs::File) -> std::io::Result<bool> {
 }
 
 /// Whether `file` begins with `prefix`: how vit knows a text file of its own (the first line
-/// of curves it drew, the corner of a confusion matrix it wrote).
+/// of the SVG curves it drew).
 pub(crate) fn begins_with(file: std::fs::File, prefix: &[u8]) -> std::io::Result<bool> {
     let mut start = Vec::with_capacity(prefix.len());
     file.take(prefix.len() as u64).read_to_end(&mut start)?;

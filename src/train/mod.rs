@@ -615,20 +615,16 @@ impl<'a> Trainer<'a> {
             };
             // A finished epoch's files may still be on their way to disk. A resume of the
             // saved state would replay the same steps, and a fresh run is refused there.
-            let out = if !self.options.numbers_a_new_folder() {
-                if earlier_epochs_finished || self.run.holds_results() {
-                    "use another --out: this one keeps what the run saved".to_string()
-                } else {
-                    "the same --out will do, as the run saved nothing there".to_string()
-                }
-            } else if earlier_epochs_finished || self.run.holds_results() {
-                "the same command trains into a new run folder".to_string()
-            } else {
-                format!(
+            let saved = earlier_epochs_finished || self.run.holds_results();
+            let out = match (self.options.numbers_a_new_folder(), saved) {
+                (false, true) => "use another --out: this one keeps what the run saved".into(),
+                (false, false) => "the same --out will do, as the run saved nothing there".into(),
+                (true, true) => "the same command trains into a new run folder".into(),
+                (true, false) => format!(
                     "the same command trains into a new run folder ({} saved nothing: delete \
                      it)",
                     self.run.dir().display()
-                )
+                ),
             };
             bail!(
                 "the {what} became {loss} in epoch {}; stopped ({kept}). Train again with \
@@ -728,24 +724,22 @@ fn starting_progress(
     Ok(progress)
 }
 
-/// Points out the confusion matrices `vit eval` wrote beside `run`'s checkpoints before a
-/// resume: the run replaces the checkpoints, and the matrices then describe models no
-/// longer there.
+/// Points out the confusion matrices `vit eval` wrote beside `run`'s checkpoints (the
+/// model's, and any EMA's) before a resume: the run replaces the checkpoints, and the
+/// matrices then describe models no longer there.
 fn note_earlier_evaluations(run: &RunFolder) {
-    let names: Vec<String> = [false, true]
+    let names: Vec<String> = run_folder::kept_models(true)
         .map(ModelFiles::of)
-        .iter()
         .flat_map(|files| [files.best, files.last])
-        .flat_map(|file| crate::eval::ReportPaths::beside(&run.path(file)).present())
+        .flat_map(|file| crate::eval::ReportPaths::beside(&run.path(file)).written_by_vit())
         .map(|matrix| matrix.display().to_string())
         .collect();
     if !names.is_empty() {
         eprintln!(
-            "note: {} {} of the checkpoints as they were before this resume; the run \
-             replaces last_model every epoch and best_model when its test accuracy improves: \
-             evaluate them again when it ends",
-            names.join(", "),
-            if names.len() == 1 { "is" } else { "are" }
+            "note: vit eval wrote {} from the checkpoints as they were before this resume, \
+             which the run replaces (last_model every epoch, best_model when its test \
+             accuracy improves): run vit eval again when the run ends",
+            names.join(", ")
         );
     }
 }

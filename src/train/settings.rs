@@ -201,6 +201,7 @@ fn check_optimizer_flags(args: &TrainArgs) -> Result<()> {
 /// How many images an epoch trains on: all of the training split, or `--train-subset`'s.
 pub(super) fn training_images(settings: &TrainSettings, dataset: &Dataset) -> Result<i64> {
     let available = dataset.train.len();
+    ensure!(available > 0, "the training split is empty");
     if let Some(n) = settings.train_subset {
         ensure!(
             n > 0 && n <= available,
@@ -209,9 +210,7 @@ pub(super) fn training_images(settings: &TrainSettings, dataset: &Dataset) -> Re
             noun_for(available, "image")
         );
     }
-    let n_train = settings.train_subset.unwrap_or(available);
-    ensure!(n_train > 0, "the training split is empty");
-    Ok(n_train)
+    Ok(settings.train_subset.unwrap_or(available))
 }
 
 /// The steps of an epoch of `n_train` images; refused where the run's steps (or its
