@@ -34,6 +34,13 @@ enum Entry {
 /// folders were given (a folder stands for the images under it). What cannot be read is
 /// named and skipped, and the others are still classified; the exit status says so.
 pub fn run(args: &PredictArgs) -> Result<()> {
+    // The usual spelling of standard input, which vit does not read (a file named "-" is).
+    let stdin = Path::new("-");
+    ensure!(
+        !args.images.iter().any(|image| image == stdin) || stdin.exists(),
+        "vit predict reads image files, not standard input ('-'): save the image to a file \
+         and pass its path"
+    );
     let device = args.device.set_up()?;
     let loaded = checkpoint::load(&args.checkpoint, device)?;
     loaded.ensure_rgb(&args.checkpoint)?;

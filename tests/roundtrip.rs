@@ -1274,4 +1274,28 @@ fn predict_lists_the_most_probable_classes_first_in_percent() {
         (percents.iter().sum::<f64>() - 100.0).abs() < 0.05,
         "{stdout}"
     );
+    // `-`, standard input's usual spelling, is refused as such, unless a file has that name.
+    let predict_dash = || {
+        std::process::Command::new(common::vit_binary())
+            .args([
+                "predict",
+                "--checkpoint",
+                path.to_str().unwrap(),
+                "-",
+                "--device",
+                "cpu",
+            ])
+            .current_dir(&dir.0)
+            .output()
+            .unwrap()
+    };
+    let output = predict_dash();
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "Error: vit predict reads image files, not standard input ('-'): save the image to a \
+         file and pass its path\n"
+    );
+    std::fs::copy(&image, dir.join("-")).unwrap();
+    assert!(predict_dash().status.success());
 }
