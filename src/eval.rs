@@ -237,11 +237,11 @@ const CSV_CORNER: &str = "true\\predicted";
 /// Larger than any confusion matrix CSV vit writes (1,000 classes of 7-digit counts: 8 MB).
 const MAX_CSV_BYTES: u64 = 64 << 20;
 
-/// The first `limit` bytes of `file` (all of a smaller one).
-fn read_start(file: std::fs::File, limit: u64) -> std::io::Result<Vec<u8>> {
-    let mut start = Vec::new();
-    file.take(limit).read_to_end(&mut start)?;
-    Ok(start)
+/// Whether `file` is a confusion matrix vit wrote (see [`is_confusion_csv`]).
+fn is_vits_confusion_csv(file: std::fs::File) -> std::io::Result<bool> {
+    let mut text = Vec::new();
+    file.take(MAX_CSV_BYTES).read_to_end(&mut text)?;
+    Ok(is_confusion_csv(&text))
 }
 
 /// Whether `text` is a confusion matrix as vit writes it (its numbers may have been
@@ -295,8 +295,8 @@ impl ReportPaths {
     /// drew.
     pub(crate) fn written_by_vit(self) -> Vec<PathBuf> {
         let csv = std::fs::File::open(&self.csv)
-            .and_then(|file| read_start(file, MAX_CSV_BYTES))
-            .is_ok_and(|text| is_confusion_csv(&text));
+            .and_then(is_vits_confusion_csv)
+            .unwrap_or(false);
         let png = crate::plot::is_drawn_by_vit(&self.png);
         [(self.csv, csv), (self.png, png)]
             .into_iter()
@@ -316,9 +316,13 @@ impl ReportPaths {
         // A folder in a file's place is no file of the user's to keep: it is named when the
         // file is written, after the figures are printed.
         if !self.csv.is_dir() {
-            crate::plot::ensure_replaceable(&self.csv, what, replaced_by, instead, |file| {
-                Ok(is_confusion_csv(&read_start(file, MAX_CSV_BYTES)?))
-            })?;
+            crate::plot::ensure_replaceable(
+                &self.csv,
+                what,
+                replaced_by,
+                instead,
+                is_vits_confusion_csv,
+            )?;
         }
         if plot && !self.png.is_dir() {
             crate::plot::ensure_replaceable_png(&self.png, instead)?;
