@@ -127,7 +127,7 @@ fn the_timm_model_has_the_mlp_width_asked_for() {
 /// file each line writes loads with the same weights; so too a whole model and timm's
 /// train.py checkpoint, with the expression told for them (the line's torch.load refuses
 /// them, and the advice said to load a training checkpoint as it does). A zip of something
-/// else (numpy's .npz) is not taken for one.
+/// else (numpy's .npz) is not taken for one: it is named as an archive.
 #[test]
 fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
     let dir = TempDir::new("pytorch-file");
@@ -155,6 +155,8 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
              torch.save({{'epoch': 1, 'state_dict': state, 'args': argparse.Namespace(lr=0.1)}}, \
              'model_best.pth.tar')\n\
              numpy.savez('arrays.npz', x=numpy.zeros(3))\n\
+             import zipfile\n\
+             zipfile.ZipFile('notes.zip', 'w').writestr('notes.txt', 'notes')\n\
              state['head.bias'] = state['head.bias'].to(torch.int8)\n\
              st.save_file(state, 'int8.safetensors')",
             config.to_json()
@@ -218,8 +220,23 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
             .to_string()
     );
     assert!(error.contains(&free), "{error}");
+    // A zip that no PyTorch function wrote is named as an archive, not as a damaged
+    // safetensors file (whose header length its magic number would be).
     let error = load_error("arrays.npz");
-    assert!(error.contains("is not a valid safetensors file"), "{error}");
+    assert!(
+        error.ends_with(&format!(
+            "{} is a numpy archive (numpy.savez), not a checkpoint: --checkpoint takes a \
+             .safetensors file that vit train saved, or a model's weights saved as one with \
+             timm's names (README.md, Checkpoints)",
+            dir.join("arrays.npz").display()
+        )),
+        "{error}"
+    );
+    let error = load_error("notes.zip");
+    assert!(
+        error.contains("notes.zip is a zip archive that PyTorch did not save, not a checkpoint"),
+        "{error}"
+    );
     // Nor is a tar of the folder that torch.save's zip unpacks to: outside a zip, the
     // names it holds tell nothing.
     let mut folder = tar::Builder::new(Vec::new());

@@ -261,6 +261,21 @@ fn not_safetensors(path: &Path, bytes: &[u8], error: anyhow::Error) -> anyhow::E
             path.display()
         );
     }
+    // A zip's magic number is 4 bytes, a safetensors header length of 67 MB, which
+    // safetensors refuses as too large: naming the archive says more.
+    if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
+        let holds_npy = bytes.windows(4).any(|window| window == b".npy");
+        let what = match holds_npy {
+            true => "a numpy archive (numpy.savez)",
+            false => "a zip archive that PyTorch did not save",
+        };
+        return anyhow!(
+            "{} is {what}, not a checkpoint: --checkpoint takes a .safetensors file that vit \
+             train saved, or a model's weights saved as one with timm's names (README.md, \
+             Checkpoints)",
+            path.display()
+        );
+    }
     if is_text(bytes) {
         // Beside a run's config.json or metrics.csv, its best model.
         let best = crate::fsutil::folder_of(path).join(crate::train::MODEL_FILES.best);
