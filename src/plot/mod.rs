@@ -2,17 +2,18 @@
 //! the confusion matrix as a heat map (`vit eval --plot`) and the attention maps over an
 //! image (`vit attention`).
 //!
-//! Drawing goes through `plotters`; PNGs are rendered into an RGB buffer and encoded with
-//! the `png` crate (marked as vit's, so that only vit's own pictures are ever replaced),
-//! SVGs are written as text. Text uses DejaVu Sans, bundled in
-//! `assets/` and registered from bytes, so no system font lookup is ever needed. Every
-//! file is written atomically, so a viewer refreshing `curves.png` during training never
-//! sees half a picture.
+//! Drawing goes through `plotters`; PNGs are rendered into an RGB buffer (on
+//! `bitmap::Bitmap`, which draws their text itself) and encoded with the `png` crate
+//! (marked as vit's, so that only vit's own pictures are ever replaced), SVGs are written
+//! as text. Text uses DejaVu Sans, bundled in `assets/` and registered from bytes, so no
+//! system font lookup is ever needed. Every file is written atomically, so a viewer
+//! refreshing `curves.png` during training never sees half a picture.
 //!
 //! Each picture has its own file (`curves`, `confusion`, `attention`); this one holds what
 //! they share: the font, rendering, the colour maps.
 
 mod attention;
+mod bitmap;
 mod confusion;
 mod curves;
 
@@ -23,6 +24,7 @@ pub use curves::{curves, read_metrics, read_runs, run, MetricsRow, RunMetrics, C
 
 use crate::fsutil::{create_folder, write_atomic};
 use anyhow::{anyhow, ensure, Context, Result};
+use bitmap::Bitmap;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -49,7 +51,7 @@ fn register_font() {
 /// Runs `draw` on a bitmap of `size` (width, height) and writes it as a PNG, atomically.
 fn render_png<F>(path: &Path, size: (u32, u32), draw: F) -> Result<()>
 where
-    F: FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<()>,
+    F: FnOnce(&DrawingArea<Bitmap<'_>, Shift>) -> Result<()>,
 {
     let buffer = render_rgb(path, size, draw)?;
     write_rgb_png(path, size.0, size.1, &buffer)
@@ -59,12 +61,13 @@ where
 /// row (for pictures pasted in before `write_rgb_png`); `path` names it in errors.
 pub(crate) fn render_rgb<F>(path: &Path, (width, height): (u32, u32), draw: F) -> Result<Vec<u8>>
 where
-    F: FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<()>,
+    F: FnOnce(&DrawingArea<Bitmap<'_>, Shift>) -> Result<()>,
 {
     register_font();
     let mut buffer = vec![255u8; width as usize * height as usize * 3];
     {
-        let root = BitMapBackend::with_buffer(&mut buffer, (width, height)).into_drawing_area();
+        let root =
+            Bitmap::with_buffer(&mut buffer, (width, height), FONT_BYTES).into_drawing_area();
         draw(&root).with_context(|| format!("drawing {}", path.display()))?;
         root.present()
             .map_err(|e| anyhow!("drawing {}: {e}", path.display()))?;
