@@ -2197,7 +2197,8 @@ fn images_of_several_decoding_blocks_keep_their_order() {
 
 /// A symbolic link back to a folder above it is refused (it would repeat images without
 /// end, under the wrong label); macOS's `._*` files are skipped; a class holding only
-/// images vit cannot read says so.
+/// images vit cannot read says so; so do images without a class folder, and a class
+/// folder whose name is not UTF-8.
 #[test]
 fn image_folder_refuses_link_loops_and_explains_skipped_files() {
     let tmp = TempDir::new("folderloop");
@@ -2271,6 +2272,18 @@ fn image_folder_refuses_link_loops_and_explains_skipped_files() {
     let err = error_of(folder::load(&loose.0, 4));
     assert!(
         err.contains("no class folders found: put each class's images in a folder of its own"),
+        "{err}"
+    );
+    // A class folder whose name is not UTF-8 (Latin-1 "café") is told to be renamed.
+    use std::os::unix::ffi::OsStrExt;
+    let latin1 = loose.0.join("train").join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    std::fs::create_dir(&latin1).unwrap();
+    let err = error_of(folder::load(&loose.0, 4));
+    assert!(
+        err.contains(
+            "class folder name \"caf\\xE9\" is not UTF-8, and vit keeps class names as text \
+             (in checkpoints, CSVs and pictures): rename the folder in UTF-8"
+        ),
         "{err}"
     );
 }

@@ -225,7 +225,8 @@ fn class_folders(dir: &Path) -> Result<Vec<String>> {
         if entry.path().is_dir() {
             let name = entry.file_name().into_string().map_err(|name| {
                 anyhow!(
-                    "{}: class folder name {:?} is not UTF-8",
+                    "{}: class folder name {:?} is not UTF-8, and vit keeps class names as \
+                     text (in checkpoints, CSVs and pictures): rename the folder in UTF-8",
                     dir.display(),
                     name
                 )
