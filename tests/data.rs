@@ -2276,7 +2276,10 @@ fn image_folder_refuses_link_loops_and_explains_skipped_files() {
     );
     // A class folder whose name is not UTF-8 (Latin-1 "café") is told to be renamed.
     use std::os::unix::ffi::OsStrExt;
-    let latin1 = loose.0.join("train").join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    let latin1 = loose
+        .0
+        .join("train")
+        .join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
     std::fs::create_dir(&latin1).unwrap();
     let err = error_of(folder::load(&loose.0, 4));
     assert!(

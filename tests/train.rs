@@ -4482,7 +4482,8 @@ fn a_test_only_folder_is_evaluated_and_index_names_its_file() {
 }
 
 /// `vit train --dataset folder` end to end; a dataset of one class trains (the model
-/// learns a constant), with a warning that it teaches nothing.
+/// learns a constant), with a warning that it teaches nothing. A 1-channel model is
+/// refused on greyscale files too, which vit reads as RGB.
 #[test]
 fn a_folder_dataset_trains_and_one_class_is_warned_about() {
     let root = TempDir::new("one-class");
@@ -4491,12 +4492,24 @@ fn a_folder_dataset_trains_and_one_class_is_warned_about() {
         let folder = photos.join(split).join("cat");
         std::fs::create_dir_all(&folder).unwrap();
         for index in 0..4u8 {
-            image::RgbImage::from_pixel(16, 16, image::Rgb([40, 90, 20 * index]))
+            image::GrayImage::from_pixel(16, 16, image::Luma([40 * index]))
                 .save(folder.join(format!("{index}.png")))
                 .unwrap();
         }
     }
     let run = root.join("run");
+    #[rustfmt::skip]
+    let stderr = vit_fails(&[
+        "train", "--dataset", "folder", "--data-dir", photos.to_str().unwrap(), "--out", run.to_str().unwrap(),
+        "--device", "cpu", "--config", "tiny", "--image-size", "16", "--in-channels", "1",
+    ]);
+    assert!(
+        stderr.contains(
+            "folder images have 3 channels (vit reads image files as RGB, greyscale ones too) \
+             but the model takes 1-channel images: pass --in-channels 3, or leave it out"
+        ),
+        "{stderr}"
+    );
     #[rustfmt::skip]
     let output = vit(&[
         "train", "--dataset", "folder", "--data-dir", photos.to_str().unwrap(), "--out", run.to_str().unwrap(),

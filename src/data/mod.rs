@@ -79,10 +79,15 @@ impl Split {
         advice: impl Fn(i64) -> String,
     ) -> Result<()> {
         let channels = self.images.size()[1];
+        // Files in one channel (greyscale PNGs) are read as RGB too.
+        let read_as = match dataset == FOLDER {
+            true => " (vit reads image files as RGB, greyscale ones too)",
+            false => "",
+        };
         ensure!(
             channels == in_channels,
-            "{dataset} images have {channels} channels but the model takes {in_channels}-channel \
-             images: {}",
+            "{dataset} images have {channels} channels{read_as} but the model takes \
+             {in_channels}-channel images: {}",
             advice(channels)
         );
         Ok(())
