@@ -131,6 +131,8 @@ struct EvalReport<'a> {
     top5_accuracy: Option<f64>,
     loss: f64,
     images: i64,
+    /// The forward pass's: "fp32", or "bf16" (autocast).
+    precision: String,
     dataset: &'a str,
     checkpoint: String,
     /// null for a class without test images.
@@ -402,6 +404,7 @@ fn print_report(
             top5_accuracy: evaluation.top5_accuracy,
             loss: evaluation.loss,
             images: evaluation.images,
+            precision: crate::cli::value_name(&args.precision),
             dataset: &dataset.name,
             checkpoint: args.checkpoint.display().to_string(),
             per_class_accuracy: dataset
@@ -423,6 +426,9 @@ fn print_report(
         evaluation.images,
         noun_for(evaluation.images, "image")
     );
+    if args.precision == Precision::Bf16 {
+        println!("Precision: bf16 autocast (figures may differ a little from fp32's)");
+    }
     println!("Validation Accuracy: {:.2}%", 100.0 * evaluation.accuracy);
     if let Some(top5) = evaluation.top5_accuracy {
         println!("Top-{TOP_K} accuracy: {:.2}%", 100.0 * top5);

@@ -2242,6 +2242,7 @@ fn eval_precision_changes_only_the_test_passes() {
                 "{stderr}"
             );
             let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+            assert_eq!(report["precision"], precision, "{report}");
             let (loss, expected) = (report["loss"].as_f64().unwrap(), last(rows, loss_column));
             assert!(
                 (loss - expected).abs() < 1e-12,
@@ -2251,6 +2252,18 @@ fn eval_precision_changes_only_the_test_passes() {
             let expected = last(rows, accuracy_column);
             assert_eq!(accuracy, expected, "{precision}, {name}: {accuracy_column}");
         }
+        // The text report says when its figures are bf16's.
+        let checkpoint = run.join("last_model.safetensors");
+        #[rustfmt::skip]
+        let output = vit(&["eval", "--checkpoint", checkpoint.to_str().unwrap(), "--data-dir", data,
+                           "--device", "cpu", "--precision", precision]);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(
+            stdout
+                .contains("\nPrecision: bf16 autocast (figures may differ a little from fp32's)\n"),
+            precision == "bf16",
+            "{stdout}"
+        );
     }
 }
 
