@@ -195,7 +195,7 @@ pub struct ModelArgs {
     #[arg(long, value_parser = whole_number::<i64>(None))]
     pub patch_size: Option<i64>,
     /// Colour channels of the input images (3 to train, evaluate or predict: vit reads CIFAR
-    /// and image files as RGB).
+    /// and image files as RGB, greyscale ones too).
     #[arg(long, value_parser = whole_number::<i64>(None))]
     pub in_channels: Option<i64>,
     /// Width of each token: the patch embedding's output channels.

@@ -8,6 +8,7 @@ use common::{cifar10_files, pixel, record, write_cifar10, TempDir, CIFAR10_CLASS
 
 use flate2::{write::GzEncoder, Compression};
 use md5::{Digest, Md5};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 use vit_tch::cli::{DatasetArgs, DatasetName};
@@ -2275,7 +2276,6 @@ fn image_folder_refuses_link_loops_and_explains_skipped_files() {
         "{err}"
     );
     // A class folder whose name is not UTF-8 (Latin-1 "café") is told to be renamed.
-    use std::os::unix::ffi::OsStrExt;
     let latin1 = loose
         .0
         .join("train")

@@ -155,6 +155,7 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
              torch.save({{'epoch': 1, 'state_dict': state, 'args': argparse.Namespace(lr=0.1)}}, \
              'model_best.pth.tar')\n\
              numpy.savez('arrays.npz', x=numpy.zeros(3))\n\
+             numpy.savez('jax.npz', **{{'embedding/kernel': numpy.zeros((4, 4, 3, 8)), 'cls': numpy.zeros((1, 1, 8))}})\n\
              import zipfile\n\
              zipfile.ZipFile('notes.zip', 'w').writestr('notes.txt', 'notes')\n\
              state['head.bias'] = state['head.bias'].to(torch.int8)\n\
@@ -226,10 +227,18 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
     assert!(
         error.ends_with(&format!(
             "{} is a numpy archive (numpy.savez), not a checkpoint: --checkpoint takes a \
-             .safetensors file that vit train saved, or a model's weights saved as one with \
-             timm's names (README.md, Checkpoints)",
+             .safetensors file that vit train saved; a model's weights with timm's names can \
+             be saved as one (README.md, Checkpoints)",
             dir.join("arrays.npz").display()
         )),
+        "{error}"
+    );
+    // Google's JAX ViT checkpoints are numpy archives too, with Flax's names: timm reads
+    // them.
+    let error = load_error("jax.npz");
+    assert!(
+        error.contains("jax.npz is a JAX ViT checkpoint (numpy arrays with Flax's names)")
+            && error.contains("`model.load_pretrained(PATH)`"),
         "{error}"
     );
     let error = load_error("notes.zip");

@@ -2481,7 +2481,10 @@ fn user_errors_say_what_to_do() {
     args.extend(["--in-channels", "1"]);
     let stderr = vit_fails(&args);
     assert!(
-        stderr.contains("takes 1-channel images: pass --in-channels 3, or leave it out"),
+        stderr.contains(
+            "--in-channels 1: vit reads CIFAR and image files as RGB (3 channels; greyscale \
+             files too); leave --in-channels out"
+        ),
         "{stderr}"
     );
 
@@ -2816,7 +2819,10 @@ fn user_errors_say_what_to_do() {
             "cpu",
         ]);
         assert!(
-            stderr.contains("takes images of 1 channel, but vit reads image files as RGB"),
+            stderr.contains(&format!(
+                "{grey_model} takes images of 1 channel, but vit reads CIFAR and image files \
+                 as RGB (3 channels; greyscale files too): it can only run RGB models"
+            )),
             "{command}: {stderr}"
         );
     }
@@ -2824,8 +2830,7 @@ fn user_errors_say_what_to_do() {
     let stderr = vit_fails(&["eval", "--checkpoint", grey_model, "--dataset", "cifar10", "--data-dir", data, "--device", "cpu"]);
     assert!(
         stderr.contains(&format!(
-            "cifar10 images have 3 channels but the model takes 1-channel images: {grey_model} \
-             was trained on other images"
+            "{grey_model} takes images of 1 channel, but vit reads CIFAR and image files as RGB"
         )),
         "{stderr}"
     );
@@ -4518,8 +4523,8 @@ fn a_folder_dataset_trains_and_one_class_is_warned_about() {
     ]);
     assert!(
         stderr.contains(
-            "folder images have 3 channels (vit reads image files as RGB, greyscale ones too) \
-             but the model takes 1-channel images: pass --in-channels 3, or leave it out"
+            "--in-channels 1: vit reads CIFAR and image files as RGB (3 channels; greyscale \
+             files too); leave --in-channels out"
         ),
         "{stderr}"
     );

@@ -296,6 +296,48 @@ pub(crate) fn first_few<T: std::fmt::Debug>(items: &[T]) -> String {
     format!("{shown:?}{}", and_more(more))
 }
 
+/// How a zip archive begins (a local file header): torch.save's files, numpy's .npz.
+const ZIP_START: &[u8] = b"PK\x03\x04";
+
+/// Whether `bytes` hold `name` anywhere: how an archive's entries are found, by the names
+/// its directory spells.
+fn holds(bytes: &[u8], name: &[u8]) -> bool {
+    bytes.windows(name.len()).any(|window| window == name)
+}
+
+/// Why the file at `path`, whose first and last `bytes` these are, is no checkpoint, where
+/// it is a zip archive that PyTorch did not write (see [`PyTorchFile::recognise`]): a
+/// numpy archive (Google's JAX ViT checkpoints are such, which timm converts), or another.
+pub(super) fn other_zip(path: &Path, bytes: &[u8]) -> Option<String> {
+    // An empty zip is its directory's end record alone.
+    if !bytes.starts_with(ZIP_START) && !bytes.starts_with(b"PK\x05\x06") {
+        return None;
+    }
+    let (what, instead) = if holds(bytes, b"embedding/kernel.npy") {
+        (
+            "a JAX ViT checkpoint (numpy arrays with Flax's names)",
+            "timm converts it: build timm's VisionTransformer with its sizes, call \
+             `model.load_pretrained(PATH)`, then save `model.state_dict()` with the config as \
+             README.md, Checkpoints, shows",
+        )
+    } else if holds(bytes, b".npy") {
+        (
+            "a numpy archive (numpy.savez)",
+            "a model's weights with timm's names can be saved as one (README.md, Checkpoints)",
+        )
+    } else {
+        (
+            "a zip archive that PyTorch did not save",
+            "a model's weights with timm's names can be saved as one (README.md, Checkpoints)",
+        )
+    };
+    Some(format!(
+        "{} is {what}, not a checkpoint: --checkpoint takes a .safetensors file that vit train \
+         saved; {instead}",
+        path.display()
+    ))
+}
+
 /// A file PyTorch writes, which vit does not read but can say how to convert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum PyTorchFile {
@@ -320,15 +362,14 @@ impl PyTorchFile {
         if bytes.starts_with(&LEGACY_START) {
             return Some(Self::Save);
         }
-        if !bytes.starts_with(b"PK\x03\x04") {
+        if !bytes.starts_with(ZIP_START) {
             return None;
         }
-        let holds = |name: &[u8]| bytes.windows(name.len()).any(|window| window == name);
-        if holds(b"/archive_format") {
+        if holds(bytes, b"/archive_format") {
             Some(Self::Export)
-        } else if holds(b"/constants.pkl") {
+        } else if holds(bytes, b"/constants.pkl") {
             Some(Self::TorchScript)
-        } else if holds(b"/data.pkl") {
+        } else if holds(bytes, b"/data.pkl") {
             Some(Self::Save)
         } else {
             None

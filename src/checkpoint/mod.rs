@@ -261,20 +261,10 @@ fn not_safetensors(path: &Path, bytes: &[u8], error: anyhow::Error) -> anyhow::E
             path.display()
         );
     }
-    // A zip's magic number is 4 bytes, a safetensors header length of 67 MB, which
-    // safetensors refuses as too large: naming the archive says more.
-    if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
-        let holds_npy = bytes.windows(4).any(|window| window == b".npy");
-        let what = match holds_npy {
-            true => "a numpy archive (numpy.savez)",
-            false => "a zip archive that PyTorch did not save",
-        };
-        return anyhow!(
-            "{} is {what}, not a checkpoint: --checkpoint takes a .safetensors file that vit \
-             train saved, or a model's weights saved as one with timm's names (README.md, \
-             Checkpoints)",
-            path.display()
-        );
+    // A zip's first 8 bytes (its magic number, then the version that extracts it) read as
+    // a header length of tens of GB, which safetensors calls too large.
+    if let Some(refusal) = advice::other_zip(path, bytes) {
+        return anyhow!("{refusal}");
     }
     if is_text(bytes) {
         // Beside a run's config.json or metrics.csv, its best model.
@@ -548,15 +538,15 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// Fails unless the model from `path` takes RGB images, as vit decodes image files.
+    /// Fails unless the model from `path` takes RGB images, the only ones vit reads.
     pub fn ensure_rgb(&self, path: &Path) -> Result<()> {
         let channels = self.model.config.in_channels;
         ensure!(
             channels == 3,
-            "{} takes images of {channels} {}, but vit reads image files as RGB (3 \
-             channels): it can only run RGB models on them",
+            "{} takes images of {channels} {}, but {}: it can only run RGB models",
             path.display(),
-            noun_for(channels, "channel")
+            noun_for(channels, "channel"),
+            crate::data::READ_AS_RGB
         );
         Ok(())
     }

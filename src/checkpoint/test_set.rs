@@ -16,6 +16,7 @@ impl LoadedModel {
         path: &Path,
         args: &crate::cli::CheckpointDatasetArgs,
     ) -> Result<TestSet> {
+        self.ensure_rgb(path)?;
         let dataset_args = dataset_args(&self.metadata, args)
             .with_context(|| format!("choosing the test split for {}", path.display()))?;
         // Refused before the data is read: a missing CIFAR-100 would otherwise send the
@@ -44,17 +45,12 @@ impl LoadedModel {
     }
 
     /// Fits `dataset` (read from `data_dir`) to the model from `path`, or fails: its
-    /// channels and number of classes must match. A folder dataset's classes are numbered
+    /// number of classes must match. A folder dataset's classes are numbered
     /// by name as the checkpoint records them (its folders may be some of the model's
     /// classes, and none other). Otherwise, a checkpoint that recorded other class names
     /// gets a warning, since the dataset's names then label the model's numbers.
     fn fit_dataset(&self, path: &Path, dataset: &mut TestSet, data_dir: &Path) -> Result<()> {
         let config = &self.model.config;
-        dataset
-            .test
-            .check_channels(config.in_channels, &dataset.name, |_| {
-                format!("{} was trained on other images", path.display())
-            })?;
         let recorded = recorded_class_names(&self.metadata, config.num_classes);
         // A folder dataset (one with files) numbers its classes by folder name; names are
         // matched only when the checkpoint's are unique (ImageNet's repeat "crane").

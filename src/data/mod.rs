@@ -69,30 +69,6 @@ impl Split {
         }
     }
 
-    /// Fails unless the images have `in_channels` channels (CIFAR and folder images are
-    /// RGB), so a mismatched `--in-channels` is an error rather than a libtorch panic;
-    /// `advice` (given the images' channel count) says what to do instead.
-    pub fn check_channels(
-        &self,
-        in_channels: i64,
-        dataset: &str,
-        advice: impl Fn(i64) -> String,
-    ) -> Result<()> {
-        let channels = self.images.size()[1];
-        // Files in one channel (greyscale PNGs) are read as RGB too.
-        let read_as = match dataset == FOLDER {
-            true => " (vit reads image files as RGB, greyscale ones too)",
-            false => "",
-        };
-        ensure!(
-            channels == in_channels,
-            "{dataset} images have {channels} channels{read_as} but the model takes \
-             {in_channels}-channel images: {}",
-            advice(channels)
-        );
-        Ok(())
-    }
-
     /// Says (on stderr) when the images are not `image_size` square: the transforms then
     /// resize each batch as it is used. A folder dataset's images are read at that size.
     pub fn note_resizing(&self, dataset: &str, image_size: i64) {
@@ -156,6 +132,10 @@ pub const CIFAR100: &str = "cifar100";
 /// CIFAR-100 with its 20 coarse superclasses as the labels.
 pub const CIFAR100_COARSE: &str = "cifar100-coarse";
 pub const FOLDER: &str = "folder";
+
+/// Why every model vit trains or runs takes 3 channels.
+pub const READ_AS_RGB: &str =
+    "vit reads CIFAR and image files as RGB (3 channels; greyscale files too)";
 
 /// A loaded dataset, both splits on the CPU.
 #[derive(Debug)]

@@ -66,8 +66,7 @@ where
     register_font();
     let mut buffer = vec![255u8; width as usize * height as usize * 3];
     {
-        let root =
-            Bitmap::with_buffer(&mut buffer, (width, height), FONT_BYTES).into_drawing_area();
+        let root = Bitmap::with_buffer(&mut buffer, (width, height)).into_drawing_area();
         draw(&root).with_context(|| format!("drawing {}", path.display()))?;
         root.present()
             .map_err(|e| anyhow!("drawing {}: {e}", path.display()))?;

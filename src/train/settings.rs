@@ -44,6 +44,12 @@ pub(super) fn settings_and_dataset(
     check_memory: bool,
 ) -> Result<(TrainSettings, Dataset)> {
     let mut config = recipe::model_config(args)?;
+    ensure!(
+        config.in_channels == 3,
+        "--in-channels {}: {}; leave --in-channels out",
+        config.in_channels,
+        data::READ_AS_RGB
+    );
     check_optimizer_flags(args)?;
     let regularization = Regularization::from_args(args)?;
     if check_memory {
@@ -61,11 +67,6 @@ pub(super) fn settings_and_dataset(
     }
     let data_dir = recorded_data_dir(&args.data.data_dir)?;
     let dataset = load_dataset(args, config.image_size, &data_dir, resumed_data_dir)?;
-    dataset
-        .train
-        .check_channels(config.in_channels, &dataset.name, |channels| {
-            format!("pass --in-channels {channels}, or leave it out")
-        })?;
     config.num_classes = class_count(args, &dataset)?;
     if check_memory {
         config.check_trains_in_memory()?;
