@@ -124,10 +124,11 @@ fn the_timm_model_has_the_mlp_width_asked_for() {
 /// pickle, and one misnamed .safetensors), of `torch.jit.save` and of `torch.export.save`
 /// (once taken for a torch.save file, by the one of its sample inputs inside, and told a
 /// torch.load that fails) are refused with the line of Python that converts them, and the
-/// file each line writes loads with the same weights; so too a whole model and timm's
-/// train.py checkpoint, with the expression told for them (the line's torch.load refuses
-/// them, and the advice said to load a training checkpoint as it does). A zip of something
-/// else (numpy's .npz) is not taken for one: it is named as an archive.
+/// file each line writes loads with the same weights; so too a whole model and timm's and
+/// DeiT's training checkpoints, known by their pickles (which torch.load's default refuses),
+/// and a training checkpoint under another key, with the expression told for one and the key
+/// put in. A zip of something else (numpy's .npz) is not taken for one: it is named as an
+/// archive.
 #[test]
 fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
     let dir = TempDir::new("pytorch-file");
@@ -154,6 +155,8 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
              import argparse\n\
              torch.save({{'epoch': 1, 'state_dict': state, 'args': argparse.Namespace(lr=0.1)}}, \
              'model_best.pth.tar')\n\
+             torch.save({{'model': state, 'epoch': 3}}, 'deit.pth')\n\
+             torch.save({{'net': state, 'args': argparse.Namespace(lr=0.1)}}, 'net.pth')\n\
              numpy.savez('arrays.npz', x=numpy.zeros(3))\n\
              numpy.savez('jax.npz', **{{'embedding/kernel': numpy.zeros((4, 4, 3, 8)), 'cls': numpy.zeros((1, 1, 8))}})\n\
              import zipfile\n\
@@ -177,6 +180,24 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
         ),
         ("traced.pt", "torch.jit.save", "traced.safetensors"),
         ("exported.pt2", "torch.export.save", "exported.safetensors"),
+        // Which torch.load refuses by default: a whole model, and training checkpoints
+        // (timm's train.py's, the weights under "state_dict" beside its argparse
+        // arguments; DeiT's, under "model").
+        (
+            "whole.pth",
+            "torch.save of a whole model",
+            "whole.safetensors",
+        ),
+        (
+            "model_best.pth.tar",
+            "torch.save of a training checkpoint, the weights under \"state_dict\"",
+            "model_best.pth.safetensors",
+        ),
+        (
+            "deit.pth",
+            "torch.save of a training checkpoint, the weights under \"model\"",
+            "deit.safetensors",
+        ),
     ] {
         let error = load_error(name);
         assert!(
@@ -192,24 +213,23 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
             assert_close(&name, &converted.vs.variables()[&name], &original, 0.0);
         }
     }
-    // A whole model and timm's train.py checkpoint (the weights under "state_dict", beside
-    // its argparse arguments), which torch.load's weights-only default refuses: the
-    // expression told for each, put in place of the state dict, converts it.
-    for (name, expression) in [("whole.pth", 5), ("model_best.pth.tar", 3)] {
-        let error = load_error(name);
-        let parts: Vec<&str> = error.split('`').collect();
-        let loaded = format!(
-            "torch.load({:?}, map_location=\"cpu\")",
-            dir.join(name).display().to_string()
-        );
-        let expression = parts.get(expression).unwrap_or_else(|| panic!("{error}"));
-        let conversion = parts[1].replace(&loaded, expression);
-        run_python(&dir, &format!("cfg = {}\n{conversion}", config.to_json()));
-        let converted = dir.join(name).with_extension("safetensors");
-        let converted = checkpoint::load(&converted, Device::Cpu).unwrap();
-        for (name, original) in vs.variables() {
-            assert_close(&name, &converted.vs.variables()[&name], &original, 0.0);
-        }
+    // A training checkpoint under a key vit does not know is told of as weights, with how
+    // to load a training checkpoint: that expression, with the dict's key put in and in
+    // place of the state dict, converts it.
+    let error = load_error("net.pth");
+    let parts: Vec<&str> = error.split('`').collect();
+    let loaded = format!(
+        "torch.load({:?}, map_location=\"cpu\")",
+        dir.join("net.pth").display().to_string()
+    );
+    let expression = parts.get(3).unwrap_or_else(|| panic!("{error}"));
+    assert!(expression.ends_with("[\"state_dict\"]"), "{error}");
+    let expression = expression.replace("\"state_dict\"", "\"net\"");
+    let conversion = parts[1].replace(&loaded, &expression);
+    run_python(&dir, &format!("cfg = {}\n{conversion}", config.to_json()));
+    let converted = checkpoint::load(&dir.join("net.safetensors"), Device::Cpu).unwrap();
+    for (name, original) in vs.variables() {
+        assert_close(&name, &converted.vs.variables()[&name], &original, 0.0);
     }
     let error = load_error("model.pth");
     // model.safetensors is there now (converted above): pasted again, the command would
@@ -324,7 +344,7 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
     let error = load_error(".");
     assert!(
         error.contains("is a folder, not a checkpoint: give one of the checkpoints in it")
-            && error.contains("(exported.safetensors, int8.safetensors, legacy.safetensors")
+            && error.contains("(deit.safetensors, exported.safetensors, int8.safetensors")
             && error.contains("such as"),
         "{error}"
     );

@@ -343,12 +343,47 @@ pub(super) fn other_zip(path: &Path, bytes: &[u8]) -> Option<String> {
 pub(super) enum PyTorchFile {
     /// `torch.save`: a zip archive with `data.pkl` (PyTorch 1.6 on), or a pickle that
     /// starts with PyTorch's magic number (before).
-    Save,
+    Save(Saved),
     /// `torch.jit.save`: a zip archive with `constants.pkl` (and `data.pkl`) in it.
     TorchScript,
     /// `torch.export.save`: a zip archive with `archive_format` in it (and the sample
     /// inputs as a `torch.save` file, whose `data.pkl` is no model's).
     Export,
+}
+
+/// What a `torch.save` file holds, as far as its pickle's first bytes tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Saved {
+    /// A whole model (`torch.save(model)`): its modules' `_modules` attribute is pickled.
+    Model,
+    /// A training checkpoint, a dict with the weights under this key ("state_dict" in
+    /// timm's train.py, "model" in DeiT's).
+    Checkpoint(&'static str),
+    /// A state dict, as far as the bytes tell.
+    Weights,
+}
+
+impl Saved {
+    /// What the pickle among `bytes` holds. torch.save pickles with protocol 2, which
+    /// writes a string as `X`, its length in 4 bytes, then the string: a dict key is found
+    /// whole, not as part of a longer name.
+    fn recognise(bytes: &[u8]) -> Self {
+        let string = |text: &str| {
+            [
+                b"X",
+                &(text.len() as u32).to_le_bytes()[..],
+                text.as_bytes(),
+            ]
+            .concat()
+        };
+        if holds(bytes, &string("_modules")) {
+            return Self::Model;
+        }
+        ["state_dict", "model"]
+            .into_iter()
+            .find(|key| holds(bytes, &string(key)))
+            .map_or(Self::Weights, Self::Checkpoint)
+    }
 }
 
 impl PyTorchFile {
@@ -360,7 +395,7 @@ impl PyTorchFile {
             0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
         ];
         if bytes.starts_with(&LEGACY_START) {
-            return Some(Self::Save);
+            return Some(Self::Save(Saved::recognise(bytes)));
         }
         if !bytes.starts_with(ZIP_START) {
             return None;
@@ -370,7 +405,7 @@ impl PyTorchFile {
         } else if holds(bytes, b"/constants.pkl") {
             Some(Self::TorchScript)
         } else if holds(bytes, b"/data.pkl") {
-            Some(Self::Save)
+            Some(Self::Save(Saved::recognise(bytes)))
         } else {
             None
         }
@@ -381,35 +416,45 @@ impl PyTorchFile {
     pub(super) fn conversion(self, path: &Path) -> String {
         let converted = free_name_beside(path);
         let quoted = format!("{:?}", path.display().to_string());
-        let (what, state_dict) = match self {
-            Self::Save => (
-                "torch.save",
-                format!("torch.load({quoted}, map_location=\"cpu\")"),
-            ),
-            Self::TorchScript => (
-                "torch.jit.save",
-                format!("torch.jit.load({quoted}, map_location=\"cpu\").state_dict()"),
-            ),
-            Self::Export => (
-                "torch.export.save",
-                format!("torch.export.load({quoted}).state_dict"),
-            ),
-        };
         // torch.load's weights-only default (PyTorch 2.6 on) refuses a pickle that holds
         // other objects than tensors and containers: a whole model, or a training
         // checkpoint with its arguments (timm's train.py saves an argparse.Namespace).
-        let other_contents = match self {
-            Self::Save => format!(
-                ". Where the file is a training checkpoint (a dict with the weights under a \
-                 key such as \"state_dict\", as timm's train.py saves them, or \"model\") \
-                 or a whole model (torch.save(model)), which torch.load refuses as not \
-                 weights only or gives as no state dict, put in its place `torch.load(\
-                 {quoted}, map_location=\"cpu\", weights_only=False)[\"state_dict\"]` (with \
-                 the dict's key) or `torch.load({quoted}, map_location=\"cpu\", \
-                 weights_only=False).state_dict()`, for a file you trust: weights_only=False \
-                 runs the code its pickle names"
+        let trusted = format!("torch.load({quoted}, map_location=\"cpu\", weights_only=False)");
+        let trust = "; weights_only=False runs the code its pickle names: use it on a file you \
+                     trust";
+        let (what, state_dict, other_contents) = match self {
+            Self::Save(Saved::Model) => (
+                "torch.save of a whole model".to_string(),
+                format!("{trusted}.state_dict()"),
+                format!("{trust} (the model's classes must be importable)"),
             ),
-            Self::TorchScript | Self::Export => String::new(),
+            Self::Save(Saved::Checkpoint(key)) => (
+                format!("torch.save of a training checkpoint, the weights under {key:?}"),
+                format!("{trusted}[{key:?}]"),
+                trust.to_string(),
+            ),
+            Self::Save(Saved::Weights) => (
+                "torch.save".to_string(),
+                format!("torch.load({quoted}, map_location=\"cpu\")"),
+                format!(
+                    ". Where the file is a training checkpoint (a dict with the weights under a \
+                     key such as \"state_dict\", as timm's train.py saves them, or \"model\") \
+                     or a whole model (torch.save(model)), which torch.load refuses as not \
+                     weights only or gives as no state dict, put in its place `{trusted}[\
+                     \"state_dict\"]` (with the dict's key) or `{trusted}.state_dict()`, for a \
+                     file you trust: weights_only=False runs the code its pickle names"
+                ),
+            ),
+            Self::TorchScript => (
+                "torch.jit.save".to_string(),
+                format!("torch.jit.load({quoted}, map_location=\"cpu\").state_dict()"),
+                String::new(),
+            ),
+            Self::Export => (
+                "torch.export.save".to_string(),
+                format!("torch.export.load({quoted}).state_dict"),
+                String::new(),
+            ),
         };
         format!(
             "{} is a PyTorch file ({what}), not a safetensors file; vit reads safetensors \
