@@ -157,6 +157,9 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
              'model_best.pth.tar')\n\
              torch.save({{'model': state, 'epoch': 3}}, 'deit.pth')\n\
              torch.save({{'net': state, 'args': argparse.Namespace(lr=0.1)}}, 'net.pth')\n\
+             wrapped = collections.OrderedDict(state)\n\
+             wrapped._metadata = {{'': {{}}, 'model': {{}}, 'state_dict': {{}}}}\n\
+             torch.save(wrapped, 'wrapped.pth')\n\
              numpy.savez('arrays.npz', x=numpy.zeros(3))\n\
              numpy.savez('jax.npz', **{{'embedding/kernel': numpy.zeros((4, 4, 3, 8)), 'cls': numpy.zeros((1, 1, 8))}})\n\
              import zipfile\n\
@@ -173,6 +176,9 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
     for (name, kind, converted) in [
         ("model.pth", "torch.save", "model.safetensors"),
         ("legacy.pth", "torch.save", "legacy.safetensors"),
+        // A state dict whose submodules' names (kept in its _metadata) are a training
+        // checkpoint's keys is still one.
+        ("wrapped.pth", "torch.save", "wrapped.safetensors"),
         (
             "renamed.safetensors",
             "torch.save",

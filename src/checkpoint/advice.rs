@@ -302,7 +302,15 @@ const ZIP_START: &[u8] = b"PK\x03\x04";
 /// Whether `bytes` hold `name` anywhere: how an archive's entries are found, by the names
 /// its directory spells.
 fn holds(bytes: &[u8], name: &[u8]) -> bool {
-    bytes.windows(name.len()).any(|window| window == name)
+    after(bytes, name).is_some()
+}
+
+/// What follows the first `part` in `bytes`.
+fn after<'a>(bytes: &'a [u8], part: &[u8]) -> Option<&'a [u8]> {
+    let at = bytes
+        .windows(part.len())
+        .position(|window| window == part)?;
+    Some(&bytes[at + part.len()..])
 }
 
 /// Why the file at `path`, whose first and last `bytes` these are, is no checkpoint, where
@@ -356,17 +364,18 @@ pub(super) enum PyTorchFile {
 pub(super) enum Saved {
     /// A whole model (`torch.save(model)`): its modules' `_modules` attribute is pickled.
     Model,
-    /// A training checkpoint, a dict with the weights under this key ("state_dict" in
-    /// timm's train.py, "model" in DeiT's).
+    /// A training checkpoint, a dict holding this key ("state_dict" in timm's train.py,
+    /// "model" in DeiT's), the weights under it as far as the bytes tell.
     Checkpoint(&'static str),
     /// A state dict, as far as the bytes tell.
     Weights,
 }
 
 impl Saved {
-    /// What the pickle among `bytes` holds. torch.save pickles with protocol 2, which
-    /// writes a string as `X`, its length in 4 bytes, then the string: a dict key is found
-    /// whole, not as part of a longer name.
+    /// What the pickle of a zip's `data.pkl` among `bytes` holds, from its first object and
+    /// the strings in it (a legacy file's pickle, after three others, is not looked into).
+    /// torch.save pickles with protocol 2, which writes a string as `X`, its length in 4
+    /// bytes, then the string: a key is found whole, not as part of a longer name.
     fn recognise(bytes: &[u8]) -> Self {
         let string = |text: &str| {
             [
@@ -376,13 +385,23 @@ impl Saved {
             ]
             .concat()
         };
-        if holds(bytes, &string("_modules")) {
-            return Self::Model;
+        let Some(pickle) = after(bytes, b"data.pkl").and_then(|rest| after(rest, b"\x80\x02"))
+        else {
+            return Self::Weights;
+        };
+        // A dict: a state dict is an OrderedDict, a training checkpoint a plain one.
+        if pickle.starts_with(b"}") {
+            return ["state_dict", "model"]
+                .into_iter()
+                .find(|key| holds(pickle, &string(key)))
+                .map_or(Self::Weights, Self::Checkpoint);
         }
-        ["state_dict", "model"]
-            .into_iter()
-            .find(|key| holds(bytes, &string(key)))
-            .map_or(Self::Weights, Self::Checkpoint)
+        // An object of a class other than the state dict's, with modules.
+        let class = pickle.starts_with(b"c") && !pickle.starts_with(b"ccollections\nOrderedDict\n");
+        match class && holds(pickle, &string("_modules")) {
+            true => Self::Model,
+            false => Self::Weights,
+        }
     }
 }
 
