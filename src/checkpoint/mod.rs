@@ -506,7 +506,8 @@ impl TensorFile {
         }
         // Integer or boolean tensors are no model's trained weights (copied into the model,
         // they would be taken as such without a word).
-        let mut not_floats: Vec<String> = self
+        // By name, as the map keeps them.
+        let not_floats: Vec<String> = self
             .tensors
             .iter()
             .filter(|(name, tensor)| variables.contains_key(*name) && !tensor.is_floating_point())
@@ -518,7 +519,6 @@ impl TensorFile {
                 )
             })
             .collect();
-        not_floats.sort();
         if !not_floats.is_empty() {
             problems.push(format!(
                 "tensors that are not floating-point where the model's weights are (F32, \

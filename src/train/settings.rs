@@ -203,9 +203,10 @@ fn check_optimizer_flags(args: &TrainArgs) -> Result<()> {
 pub(super) fn training_images(settings: &TrainSettings, dataset: &Dataset) -> Result<i64> {
     let available = dataset.train.len();
     ensure!(available > 0, "the training split is empty");
+    // The flag's parser takes 1 and up.
     if let Some(n) = settings.train_subset {
         ensure!(
-            n > 0 && n <= available,
+            n <= available,
             "--train-subset {n} is more than the {available} training {} there are; give \
              1 to {available}, or leave it out to train on all of them",
             noun_for(available, "image")
