@@ -463,6 +463,7 @@ mod tests {
         append_or_cut_back, append_whole, ensure_writable_folder, kind_if_not_a_file,
         temporary_sibling, unwritable, Remedy, WRITE_CHECK,
     };
+    use crate::temp_dir::TempDir;
     use anyhow::Context;
     use std::path::Path;
 
@@ -471,7 +472,8 @@ mod tests {
     #[test]
     fn a_failed_append_leaves_the_file_as_it_was() {
         use std::io::Write;
-        let path = std::env::temp_dir().join(format!("vit-append-{}", std::process::id()));
+        let dir = TempDir::new("append");
+        let path = dir.join("metrics.csv");
         let before = "epoch,lr\n1,0.5\n";
         std::fs::write(&path, before).unwrap();
         let failed = append_or_cut_back(&path, |file| {
@@ -485,7 +487,6 @@ mod tests {
             std::fs::read_to_string(&path).unwrap(),
             format!("{before}2,0.25\n")
         );
-        std::fs::remove_file(&path).unwrap();
     }
 
     /// A folder on a full disk (here the write check's file leads to /dev/full) is refused
@@ -494,8 +495,7 @@ mod tests {
     #[test]
     #[cfg(target_os = "linux")]
     fn a_folder_on_a_full_disk_fails_the_write_check() {
-        let dir = std::env::temp_dir().join(format!("vit-full-disk-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("full-disk");
         let probe = temporary_sibling(&dir.join(WRITE_CHECK));
         std::os::unix::fs::symlink("/dev/full", &probe).unwrap();
         let error = format!("{:#}", ensure_writable_folder(&dir).unwrap_err());
@@ -507,17 +507,16 @@ mod tests {
             "{error}"
         );
         assert!(probe.symlink_metadata().is_err());
-        std::fs::remove_dir(&dir).unwrap();
     }
 
     /// A socket (a server's, left in a folder) is named as one, as the reason it is no
     /// file to read.
     #[test]
     fn a_socket_is_named_as_one() {
-        let path = std::env::temp_dir().join(format!("vit-socket-{}", std::process::id()));
+        let dir = TempDir::new("socket");
+        let path = dir.join("server.sock");
         let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         assert_eq!(kind_if_not_a_file(&path), Some("a socket"));
-        std::fs::remove_file(&path).unwrap();
     }
 
     /// The OS errors a folder gives when it takes no more files (Linux's numbers), as

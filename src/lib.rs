@@ -30,3 +30,8 @@ pub mod plot;
 pub mod predict;
 pub mod runtime;
 pub mod train;
+
+/// Temporary folders for the unit tests, shared with the integration tests.
+#[cfg(test)]
+#[path = "../tests/common/temp_dir.rs"]
+mod temp_dir;

@@ -341,13 +341,14 @@ fn libtorch_error(message: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::{brief_error, cgroup_memory_limits, slow_bf16_warning};
+    use crate::temp_dir::TempDir;
 
     /// The limits of a process's cgroups and of those above them, v1's and v2's, are
     /// read; no limit ("max"), other controllers and cgroups that are not the process's
     /// are not.
     #[test]
     fn cgroup_memory_limits_are_those_of_the_process_and_above() {
-        let root = std::env::temp_dir().join(format!("vit-cgroups-{}", std::process::id()));
+        let root = TempDir::new("cgroups");
         let write = |folder: &str, file: &str, text: &str| {
             let folder = root.join(folder);
             std::fs::create_dir_all(&folder).unwrap();
@@ -364,7 +365,6 @@ mod tests {
         let mut limits = cgroup_memory_limits(memberships, &root);
         limits.sort();
         assert_eq!(limits, [2000, 3000, 4000, 9223372036854771712]);
-        std::fs::remove_dir_all(&root).unwrap();
     }
 
     /// A v1 hierarchy that holds the memory controller among others counts, a cgroup path
@@ -373,7 +373,7 @@ mod tests {
     /// limits).
     #[test]
     fn cgroup_memory_limits_stay_in_the_memory_hierarchy() {
-        let above = std::env::temp_dir().join(format!("vit-cgroups-above-{}", std::process::id()));
+        let above = TempDir::new("cgroups-above");
         let root = above.join("cgroup");
         let write = |folder: &std::path::Path, file: &str, text: &str| {
             std::fs::create_dir_all(folder).unwrap();
@@ -396,7 +396,6 @@ mod tests {
             limits.sort();
             assert_eq!(limits, expected, "{memberships:?}");
         }
-        std::fs::remove_dir_all(&above).unwrap();
     }
 
     /// tch's panic message for a libtorch error, as `{:?}` of its error writes it.

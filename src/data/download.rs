@@ -606,7 +606,7 @@ mod tests {
     /// other's listed for the Ctrl-C handler.
     #[test]
     fn downloads_at_once_each_remove_their_own_folders() {
-        let root = std::env::temp_dir().join(format!("vit-created-{}", std::process::id()));
+        let root = crate::temp_dir::TempDir::new("created");
         let (a, b) = (root.join("a/data"), root.join("b/data"));
         let first = CreatedFolders::create(&a).unwrap();
         let second = CreatedFolders::create(&b).unwrap();
@@ -617,8 +617,7 @@ mod tests {
         third.keep();
         drop(second);
         assert!(a.exists() && !root.join("b").exists());
-        assert!(!lock(&CREATED_FOLDERS).iter().any(|f| f.starts_with(&root)));
-        std::fs::remove_dir_all(&root).unwrap();
+        assert!(!lock(&CREATED_FOLDERS).iter().any(|f| f.starts_with(&*root)));
     }
 
     #[test]

@@ -218,6 +218,7 @@ fn paste_panel(buffer: &mut [u8], width: u32, (x0, y0): (u32, u32), rgb: &[u8]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::temp_dir::TempDir;
 
     /// The captions' measure of unevenness: 1 for uniform attention.
     #[test]
@@ -318,12 +319,10 @@ mod tests {
             .contiguous();
         let rollout = Tensor::full([4], 0.25, (Kind::Float, Device::Cpu));
         let heads = Tensor::full([2, 4], 0.25, (Kind::Float, Device::Cpu));
-        let dir = std::env::temp_dir().join(format!("vit-attention-figure-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("attention-figure");
         let output = dir.join("attention.png");
         attention_figure(&image, &rollout, &heads, "a title", &output).unwrap();
         let picture = image::open(&output).unwrap().into_rgb8();
-        std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(picture.dimensions(), attention_figure_size(2));
         let (x0, y0) = (PAD, HEADER + CAPTION);
         for y in y0..y0 + PANEL {
@@ -353,8 +352,8 @@ mod tests {
         let image = Tensor::zeros([3, 8, 8], (Kind::Uint8, Device::Cpu));
         let rollout = Tensor::full([9], 1.0 / 9.0, (Kind::Float, Device::Cpu));
         let heads = Tensor::full([2, 4], 0.25, (Kind::Float, Device::Cpu));
-        let output =
-            std::env::temp_dir().join(format!("vit-attention-refused-{}.png", std::process::id()));
+        let dir = TempDir::new("attention-refused");
+        let output = dir.join("attention.png");
         let error = attention_figure(&image, &rollout, &heads, "t", &output).unwrap_err();
         assert!(
             error

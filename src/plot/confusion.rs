@@ -304,6 +304,7 @@ fn draw_colour_bar<DB: DrawingBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::temp_dir::TempDir;
 
     /// Three classes: 60 of class a's 100 images right (40 taken for c), all 100 of b's,
     /// 190 of c's 200 (10 taken for a). 350 of 400 right, 87.5%; the first row alone
@@ -337,13 +338,11 @@ mod tests {
 
     /// The picture of [`COUNTS`], as `confusion_matrix` writes it.
     fn picture() -> (ConfusionLayout, image::RgbImage) {
-        let dir = std::env::temp_dir().join(format!("vit-confusion-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let output = dir.join(format!("{:?}.png", std::thread::current().id()));
+        let dir = TempDir::new("confusion");
+        let output = dir.join("confusion.png");
         let confusion = Tensor::from_slice(&COUNTS).view([3, 3]);
         confusion_matrix(&confusion, &classes(), &output).unwrap();
         let picture = image::open(&output).unwrap().into_rgb8();
-        std::fs::remove_file(&output).unwrap();
         (ConfusionLayout::new(&classes()), picture)
     }
 
@@ -394,7 +393,8 @@ mod tests {
     /// differences of two matrices): refused, and nothing is drawn.
     #[test]
     fn negative_counts_are_refused() {
-        let output = std::env::temp_dir().join(format!("vit-negative-{}.png", std::process::id()));
+        let dir = TempDir::new("negative-counts");
+        let output = dir.join("confusion.png");
         let confusion = Tensor::from_slice(&[5i64, -1, 0, 3]).view([2, 2]);
         let classes = ["a", "b"].map(String::from);
         let error = confusion_matrix(&confusion, &classes, &output).unwrap_err();

@@ -5,13 +5,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use tch::{nn, Device, Kind, Tensor};
 use vit_tch::checkpoint::TensorFile;
 use vit_tch::data::augment::{AugmentConfig, Policy, RandomErasing};
 use vit_tch::data::mix::MixConfig;
 use vit_tch::train::{Regularization, TrainBatch};
+
+mod temp_dir;
+// Not every test crate uses it (as with the helpers below, hence `dead_code` above).
+#[allow(unused_imports)]
+pub use temp_dir::TempDir;
 
 /// `tests/fixtures/NAME.safetensors`, written by the scripts in `tests/reference/`; the
 /// folder is `$VIT_FIXTURES` where set (a test binary run on another machine, as
@@ -113,36 +117,6 @@ pub fn formula_fill(vs: &nn::VarStore) {
                 .copy_(&values.to_kind(Kind::Float).reshape(var.size()));
         }
     });
-}
-
-/// A fresh folder under the system's temporary directory, removed on drop (kept when the
-/// test fails, to look at).
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(name: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("vit-tch-{name}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create a temporary folder");
-        Self(dir)
-    }
-}
-
-impl std::ops::Deref for TempDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 /// libtorch's random generator is global to the process and the harness runs tests on
