@@ -773,6 +773,32 @@ fn accuracies_in_percent_are_refused_naming_the_cell() {
     );
 }
 
+/// A refused row is named by its line as an editor numbers it, whatever ends the lines
+/// (a spreadsheet saves CRLF) and however many blank lines come before it: csv's own count
+/// said line 2 for the CRLF file's third line, line 1 for the CR-only one's.
+#[test]
+fn a_refused_row_is_named_by_its_line_in_the_editor() {
+    let dir = TempDir::new("row-lines");
+    let path = dir.join("metrics.csv");
+    let (good, bad) = (
+        "1,0.001,2.1,0.5,2.0,0.5,3.0,100",
+        "2,0.001,2.1,0.5,2.0,25,3.0,100",
+    );
+    for (text, line) in [
+        (format!("{HEADER}\r\n{good}\r\n{bad}\r\n"), 3),
+        (format!("{HEADER}\r{good}\r{bad}\r"), 3),
+        (format!("{HEADER}\n{good}\n\n\n{bad}\n"), 5),
+        (format!("{HEADER}\r\n{good}\r\n\r\n{bad}\r\n"), 4),
+    ] {
+        std::fs::write(&path, &text).unwrap();
+        let err = format!("{:#}", plot::read_metrics(&path).unwrap_err());
+        assert!(
+            err.contains(&format!("test_acc is 25 on line {line}")),
+            "{text:?}: {err}"
+        );
+    }
+}
+
 /// Every accuracy column is checked, below 0 as above 1: a train_acc of -0.5 and an
 /// ema_test_acc of 50 are refused by their column and line.
 #[test]

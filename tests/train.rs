@@ -4157,6 +4157,8 @@ fn a_run_killed_before_its_config_landed_resumes_from_the_start() {
             .contains("stopped before saving anything (before its config.json); starting it over"),
         "{stderr}"
     );
+    // Started over, not resumed: no "Resuming RUN at the start of epoch 1" after the note.
+    assert!(!stderr.contains("Resuming"), "{stderr}");
     assert!(out.join("config.json").exists());
     assert_eq!(read_metrics(&out).1.len(), 1);
 }

@@ -6,6 +6,7 @@ use super::{
 use crate::cli::PlotArgs;
 use crate::fsutil::same_file;
 use crate::listing::noun_for;
+use crate::train::line_at;
 use anyhow::{bail, ensure, Context, Result};
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
@@ -84,11 +85,12 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
             path.display()
         );
     }
+    // Read whole, so that a message can name a row's line as an editor numbers it.
+    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(true)
-        .from_path(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+        .from_reader(text.as_slice());
     let header = reader.byte_headers().cloned().unwrap_or_default();
     check_columns(path, &header)?;
     let mut not_numbers = Vec::new();
@@ -98,7 +100,10 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
         if record.iter().all(|cell| cell.is_empty()) {
             continue;
         }
-        rows.push(metrics_row(path, &header, &record, &mut not_numbers)?);
+        let line = record
+            .position()
+            .map_or(0, |position| line_at(&text, position));
+        rows.push(metrics_row(path, &header, &record, line, &mut not_numbers)?);
     }
     note_not_numbers(path, &not_numbers);
     Ok(rows)
@@ -125,7 +130,7 @@ fn check_columns(path: &Path, header: &csv::ByteRecord) -> Result<()> {
 struct NotNumbers {
     column: &'static str,
     count: usize,
-    line: u64,
+    line: usize,
     text: String,
 }
 
@@ -143,15 +148,15 @@ impl NotNumbers {
     }
 }
 
-/// One non-empty `record` of the file at `path` (under `header`) as a row, each cell that
-/// is not a number counted in `not_numbers`.
+/// One non-empty `record`, on `line` of the file at `path` (under `header`), as a row, each
+/// cell that is not a number counted in `not_numbers`.
 fn metrics_row(
     path: &Path,
     header: &csv::ByteRecord,
     record: &csv::ByteRecord,
+    line: usize,
     not_numbers: &mut Vec<NotNumbers>,
 ) -> Result<MetricsRow> {
-    let line = record.position().map_or(0, |position| position.line());
     let mut cell = |name: &'static str| {
         let text = String::from_utf8_lossy(column(header, name).and_then(|c| record.get(c))?);
         let value = text.parse::<f64>().ok();

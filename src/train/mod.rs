@@ -39,7 +39,7 @@ use console::Console;
 use ema::Ema;
 use run_folder::{default_run_dir, ModelFiles, Progress, RunFolder, CURVES_PNG};
 // The run folder's file names, for commands that read it.
-pub(crate) use run_folder::{METRICS_CSV, MODEL_FILES, RESUME_STATE};
+pub(crate) use run_folder::{line_at, METRICS_CSV, MODEL_FILES, RESUME_STATE};
 use settings::{epoch_steps, settings_and_dataset, training_images};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -179,7 +179,7 @@ pub fn train(settings: &TrainSettings, dataset: &Dataset, options: &RunOptions) 
                 ("--precision", settings.precision),
                 ("--eval-precision", settings.eval_precision),
             ],
-            options.resume,
+            trainer.run.resumed(),
         );
     }
     let outcome = trainer.train_epochs()?;
@@ -321,7 +321,6 @@ impl<'a> Trainer<'a> {
         let progress = starting_progress(
             &run,
             settings,
-            options.resume,
             &vs,
             &mut optimizer,
             ema.as_ref(),
@@ -680,19 +679,18 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// Where a run starts: at epoch 1, or with `resume` where `run`'s saved state says (loaded
+/// Where a run starts: at epoch 1, or for a resumed `run` where its saved state says (loaded
 /// into the weights, optimizer and EMA), which must be a step of an epoch of this data's
 /// `steps_per_epoch`; said on stderr.
 fn starting_progress(
     run: &RunFolder,
     settings: &TrainSettings,
-    resume: bool,
     vs: &nn::VarStore,
     optimizer: &mut AdamW,
     ema: Option<&Ema>,
     steps_per_epoch: usize,
 ) -> Result<Progress> {
-    let progress = match resume {
+    let progress = match run.resumed() {
         true => run.load_resume(vs, optimizer, ema, settings.epochs)?,
         false => Progress::default(),
     };
@@ -708,7 +706,7 @@ fn starting_progress(
         settings.data_dir.display(),
         noun_for(steps_per_epoch, "step")
     );
-    if resume && progress.epochs_done < settings.epochs {
+    if run.resumed() && progress.epochs_done < settings.epochs {
         let epoch = progress.epochs_done + 1;
         let place = match progress.step_in_epoch {
             0 => StopPoint::StartOf(epoch),

@@ -227,6 +227,9 @@ const RUN_FILES: [&str; 9] = [
 /// The run folder: config.json, metrics.csv, checkpoints and the resume state.
 pub(super) struct RunFolder {
     dir: PathBuf,
+    /// Reopened to resume: false for a new run, and for a resumed one that saved nothing
+    /// (started over).
+    resumed: bool,
     /// Checkpoints and resume states on their way to disk, each checked first to go to
     /// the folder locked (see [`Self::new`]).
     writes: BackgroundWrites,
@@ -288,7 +291,9 @@ impl RunFolder {
         if lock.is_some() {
             remove_stale_temporaries(dir, &RUN_FILES);
         }
-        Ok(Self::new(dir.to_path_buf(), lock))
+        let mut run = Self::new(dir.to_path_buf(), lock);
+        run.resumed = true;
+        Ok(run)
     }
 
     /// A new run's folder: `out` (or, `numbered_out`, the first free of `out`, `out-2`,
@@ -379,6 +384,7 @@ impl RunFolder {
         let (folder, place) = (dir.clone(), lock.as_ref().map(|lock| lock.place));
         Self {
             dir,
+            resumed: false,
             writes: BackgroundWrites::checked_by(move || {
                 ensure_folder_locked(&folder, place.as_ref())
             }),
@@ -395,6 +401,12 @@ impl RunFolder {
     /// The folder.
     pub(super) fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether the run goes on from the state saved here (`--resume`), rather than from
+    /// its first epoch.
+    pub(super) fn resumed(&self) -> bool {
+        self.resumed
     }
 
     pub(super) fn path(&self, name: &str) -> PathBuf {
@@ -671,7 +683,7 @@ impl RunFolder {
                  (which a resume drops, to train that epoch again), and dropping it would \
                  delete it. Move that line out of metrics.csv, then resume",
                 self.dir.display(),
-                line_at(text, position.byte() as usize)
+                line_at(text.as_bytes(), position)
             );
         }
         Ok(())
@@ -786,11 +798,12 @@ fn cut_row_start(text: &str, previous_epoch: usize) -> Option<usize> {
     is_cut_row.then_some(start)
 }
 
-/// The line (from 1) of the record whose csv position is `byte`: csv puts it where the
-/// record before it ended, before the line breaks (and blank lines) that precede this one,
-/// and its own line count does not see CR-only or CRLF endings as one break each.
-fn line_at(text: &str, byte: usize) -> usize {
-    let bytes = text.as_bytes();
+/// The line (from 1, as an editor numbers it) of the record of csv `text` at `position`:
+/// csv puts a record where the one before it ended, before the line breaks (and blank
+/// lines) that precede it, and its own line count does not see CR-only or CRLF endings as
+/// one break each.
+pub(crate) fn line_at(text: &[u8], position: &csv::Position) -> usize {
+    let (bytes, byte) = (text, position.byte() as usize);
     let start = byte
         + bytes[byte.min(bytes.len())..]
             .iter()
@@ -1051,20 +1064,15 @@ mod tests {
         RESUME_STATE,
     };
     use crate::fsutil::{io_error_kind, Remedy};
+    use crate::temp_dir::TempDir;
 
-    /// A locked run folder, made anew in the temporary folder under a name from `name`.
-    fn temporary_run(name: &str) -> RunFolder {
-        let dir = std::env::temp_dir().join(format!("vit-unit-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+    /// A locked run folder in a new temporary folder named from `name` (removed when the
+    /// folder is dropped, after the run).
+    fn temporary_run(name: &str) -> (TempDir, RunFolder) {
+        let dir = TempDir::new(name);
         let lock = RunLock::take(&dir, Remedy::AnotherFolder).unwrap();
-        RunFolder::new(dir, Some(lock))
-    }
-
-    /// Removes the temporary run folder of `run` (see `temporary_run`).
-    fn remove(run: RunFolder) {
-        let dir = run.dir().to_path_buf();
-        drop(run);
-        std::fs::remove_dir_all(dir).unwrap();
+        let run = RunFolder::new(dir.to_path_buf(), Some(lock));
+        (dir, run)
     }
 
     /// A run's saved results count its metrics.csv rows as epochs: "1 epoch", "2 epochs"
@@ -1082,8 +1090,7 @@ mod tests {
     /// rows is none, and CR-only line ends end rows too.
     #[test]
     fn metrics_rows_are_its_records_after_the_header() {
-        let dir = std::env::temp_dir().join(format!("vit-metrics-rows-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("metrics-rows");
         let header = metrics_header().join(",");
         let row = |epoch: usize| format!("{epoch}{}", ",1".repeat(metrics_header().len() - 1));
         for (text, rows) in [
@@ -1096,7 +1103,6 @@ mod tests {
             assert_eq!(metrics_rows(&dir), rows, "{text:?}");
         }
         assert_eq!(metrics_rows(&dir.join("nonexistent")), 0);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Run folder names against `date -u -d @SECS +%Y%m%d-%H%M%S`: leap days (2000 is a
@@ -1132,10 +1138,11 @@ mod tests {
             ("h\nr1\nr2\n\n\n# a note\n", 6),
             ("h\rr1\rr2\r# a note\r", 4),
         ] {
-            let byte = text.find("r2").unwrap() + 2;
-            assert_eq!(line_at(text, byte), line, "{text:?}");
+            let mut position = csv::Position::new();
+            position.set_byte((text.find("r2").unwrap() + 2) as u64);
+            assert_eq!(line_at(text.as_bytes(), &position), line, "{text:?}");
         }
-        let run = temporary_run("metrics");
+        let (_dir, run) = temporary_run("metrics");
         let dir = run.dir().to_path_buf();
         let row = |epoch: &str| format!("{epoch},0.001,2.0,0.5,1.9,0.4,1.0,100.0,,");
         let header = metrics_header().join(",");
@@ -1220,7 +1227,6 @@ mod tests {
             run.truncate_metrics(2, true).unwrap();
             assert_eq!(std::fs::read_to_string(&path).unwrap(), kept, "{text:?}");
         }
-        remove(run);
     }
 
     /// A resume that cannot lock its folder on a read-only file system goes on without the
@@ -1229,7 +1235,7 @@ mod tests {
     #[test]
     fn only_a_finished_run_resumes_without_its_lock_on_a_read_only_file_system() {
         use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem, StorageFull};
-        let run = temporary_run("read-only");
+        let (_dir, run) = temporary_run("read-only");
         let progress = Progress {
             epochs_done: 2,
             ..Progress::default()
@@ -1257,7 +1263,6 @@ mod tests {
             let kind_refused = refused.as_ref().and_then(io_error_kind);
             assert_eq!(kind_refused, Some(kind), "{epochs} epochs");
         }
-        remove(run);
     }
 
     /// A run whose `.lock` or whole folder was removed or replaced while it trained, or
@@ -1265,7 +1270,7 @@ mod tests {
     /// in the background, and says which of these happened.
     #[test]
     fn a_run_writes_only_into_the_folder_it_locked() {
-        let mut run = temporary_run("replaced");
+        let (_dir, mut run) = temporary_run("replaced");
         let dir = run.dir().to_path_buf();
         let header = format!("{}\n", metrics_header().join(","));
         std::fs::write(dir.join(METRICS_CSV), &header).unwrap();
@@ -1312,7 +1317,7 @@ mod tests {
     /// failed could not tell from a finished epoch's.
     #[test]
     fn a_row_waits_for_the_files_saved_before_it() {
-        let mut run = temporary_run("row-waits");
+        let (_dir, mut run) = temporary_run("row-waits");
         let dir = run.dir().to_path_buf();
         let header = format!("{}\n", metrics_header().join(","));
         std::fs::write(dir.join(METRICS_CSV), &header).unwrap();
@@ -1328,7 +1333,6 @@ mod tests {
             std::fs::read_to_string(dir.join(METRICS_CSV)).unwrap(),
             header
         );
-        remove(run);
     }
 
     /// A last row that a failed write cut short (left by versions before vit cut those
@@ -1337,7 +1341,7 @@ mod tests {
     /// with a value that is no number) is refused by its line, and left as it is.
     #[test]
     fn a_last_row_cut_short_is_dropped_but_no_line_that_looks_like_one() {
-        let run = temporary_run("cut-row");
+        let (_dir, run) = temporary_run("cut-row");
         let dir = run.dir().to_path_buf();
         let row = |epoch: &str| format!("{epoch},0.001,2.0,0.5,1.9,0.4,1.0,100.0,,");
         let saved = format!("{}\n{}\n", metrics_header().join(","), row("1"));
@@ -1377,6 +1381,5 @@ mod tests {
             );
             assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
         }
-        remove(run);
     }
 }
