@@ -3691,7 +3691,7 @@ fn a_resume_state_that_is_a_pipe_is_refused_at_once() {
     let stderr = String::from_utf8_lossy(&resumed.stderr);
     assert_eq!(resumed.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("its resume.safetensors is not a file (a folder or a pipe)"),
+        stderr.contains("resume.safetensors is a named pipe (FIFO), not the file the run wrote"),
         "{stderr}"
     );
     let fresh = common::run_vit_bounded(&args);

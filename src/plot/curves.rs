@@ -687,7 +687,7 @@ fn panel_chart<'a, DB: DrawingBackend>(
         chart
             .configure_mesh()
             .x_desc("epoch")
-            .x_labels(((x1 - x0).round() as usize + 1).clamp(2, 11))
+            .x_labels(((x1 - x0).round() + 1.0).clamp(2.0, 11.0) as usize)
             .y_desc(axes.y_desc)
             .label_style((FONT, 14))
             .axis_desc_style((FONT, 16))

@@ -98,9 +98,9 @@ pub(super) fn saved_config(dir: &Path) -> Result<RunConfig> {
     })
 }
 
-/// Refuses to resume from the run file at `path` (config.json, metrics.csv) where it is
-/// there but no file, before anything opens it: the run wrote a file, and a pipe's read
-/// would wait for a writer forever.
+/// Refuses to resume from the run file at `path` (config.json, metrics.csv, the resume
+/// state) where it is there but no file, before anything opens it: the run wrote a file,
+/// and a pipe's read would wait for a writer forever.
 pub(super) fn ensure_run_file_is_a_file(path: &Path) -> Result<()> {
     match kind_if_not_a_file(path) {
         Some(kind) => bail!(

@@ -503,15 +503,8 @@ impl RunFolder {
         if !path.exists() {
             return self.resume_without_state(epochs);
         }
-        // A file that cannot be opened says so; what is in it is what may be foreign. Not
-        // a file (a pipe, whose open would wait for a writer): not the run's.
-        ensure!(
-            path.is_file(),
-            "cannot resume {}: its resume.safetensors is not a file (a folder or a pipe), so it \
-             holds no saved state; start a new run with another --out (this folder's \
-             checkpoints stay as they are)",
-            self.dir.display()
-        );
+        ensure_run_file_is_a_file(&path)?;
+        // A file that cannot be opened says so; what is in it is what may be foreign.
         std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let progress = read_resume_state(&path, vs, optimizer, ema).with_context(|| {
             format!(
