@@ -170,8 +170,6 @@ pub fn train(settings: &TrainSettings, dataset: &Dataset, options: &RunOptions) 
         dataset
             .train
             .note_resizing(&dataset.name, settings.model.image_size);
-    }
-    if trains {
         warn_about_settings_without_effect(settings, trainer.train_split.len());
         crate::runtime::warn_if_bf16_is_slow(
             options.device,
@@ -308,9 +306,9 @@ impl<'a> Trainer<'a> {
     ) -> Result<Self> {
         let device = options.device;
         // Before the run folder exists, so that a refused run leaves none behind.
-        let n_train = training_images(settings, dataset)?;
-        let full_batch = settings.batch_size.min(n_train);
-        let steps_per_epoch = epoch_steps(settings, n_train)?;
+        let train_images = training_images(settings, dataset)?;
+        let full_batch = settings.batch_size.min(train_images);
+        let steps_per_epoch = epoch_steps(settings, train_images)?;
         let cuda_graph = options
             .cuda_graph
             .map(|scope| CudaGraphSteps::new(device, full_batch, scope))
@@ -482,9 +480,9 @@ impl<'a> Trainer<'a> {
         sums: &mut RunningSums,
     ) -> Result<f64> {
         let settings = self.settings;
-        let n_train = self.train_split.len();
+        let train_images = self.train_split.len();
         let start = step as i64 * settings.batch_size;
-        let index = order.narrow(0, start, settings.batch_size.min(n_train - start));
+        let index = order.narrow(0, start, settings.batch_size.min(train_images - start));
         tch::manual_seed(step_seed(settings.seed, epoch, step));
         let inputs = TrainBatch::from(self.train_split.batch(&index));
         let global_step = epoch * self.steps_per_epoch + step;
@@ -528,7 +526,7 @@ impl<'a> Trainer<'a> {
         progress.correct = sums.correct.int64_value(&[]);
         progress.seconds += started.elapsed().as_secs_f64();
         let state =
-            RunFolder::resume_state(&self.vs, &self.optimizer, self.ema.as_ref(), progress)?;
+            run_folder::resume_state(&self.vs, &self.optimizer, self.ema.as_ref(), progress)?;
         self.run.save(vec![(RESUME_STATE, state)])
     }
 
@@ -673,7 +671,7 @@ impl<'a> Trainer<'a> {
         let ema = self.ema.as_ref();
         files.push((
             RESUME_STATE,
-            RunFolder::resume_state(&self.vs, &self.optimizer, ema, &self.progress)?,
+            run_folder::resume_state(&self.vs, &self.optimizer, ema, &self.progress)?,
         ));
         Ok(files)
     }

@@ -215,10 +215,10 @@ pub(super) fn training_images(settings: &TrainSettings, dataset: &Dataset) -> Re
     Ok(settings.train_subset.unwrap_or(available))
 }
 
-/// The steps of an epoch of `n_train` images; refused where the run's steps (or its
+/// The steps of an epoch of `train_images` images; refused where the run's steps (or its
 /// warm-up's) would be more than a `usize` counts.
-pub(super) fn epoch_steps(settings: &TrainSettings, n_train: i64) -> Result<usize> {
-    let steps_per_epoch = (n_train as u64).div_ceil(settings.batch_size as u64) as usize;
+pub(super) fn epoch_steps(settings: &TrainSettings, train_images: i64) -> Result<usize> {
+    let steps_per_epoch = (train_images as u64).div_ceil(settings.batch_size as u64) as usize;
     ensure!(
         steps_per_epoch
             .checked_mul(settings.epochs.max(settings.warmup_epochs))

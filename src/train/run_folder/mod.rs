@@ -460,34 +460,6 @@ impl RunFolder {
         self.writes.check().map_err(|e| self.saving_failed(e))
     }
 
-    /// resume.safetensors: the model, optimizer and EMA state, and `progress`.
-    pub(super) fn resume_state(
-        vs: &nn::VarStore,
-        optimizer: &AdamW,
-        ema: Option<&Ema>,
-        progress: &Progress,
-    ) -> Result<Vec<u8>> {
-        let mut tensors = optimizer.state_tensors();
-        let mut add = |prefix: &str, vs: &nn::VarStore| {
-            for (name, tensor) in vs.variables() {
-                tensors.insert(format!("{prefix}.{name}"), tensor);
-            }
-        };
-        add("model", vs);
-        if let Some(ema) = ema {
-            add("ema", &ema.vs);
-        }
-        let metadata = [
-            (PROGRESS_KEY.to_string(), serde_json::to_string(progress)?),
-            (
-                "optimizer_step".to_string(),
-                optimizer.steps_taken().to_string(),
-            ),
-        ]
-        .into();
-        TensorFile { tensors, metadata }.to_bytes()
-    }
-
     /// The state `resume.safetensors` holds, loaded into the model, optimizer and EMA, for
     /// a run of `epochs` epochs.
     pub(super) fn load_resume(
@@ -683,8 +655,43 @@ impl RunFolder {
     }
 }
 
-/// The state a resume.safetensors at `path` holds (as [`RunFolder::resume_state`] writes
-/// it), loaded into the weights in `vs`, the optimizer and the EMA; its progress.
+/// In resume.safetensors: the prefixes of the model's and the EMA's tensors (the optimizer's
+/// have their own names), and the metadata key of the optimizer's step count (beside
+/// [`PROGRESS_KEY`]).
+const MODEL_PREFIX: &str = "model";
+const EMA_PREFIX: &str = "ema";
+const OPTIMIZER_STEP_KEY: &str = "optimizer_step";
+
+/// resume.safetensors: the model, optimizer and EMA state, and `progress`.
+pub(super) fn resume_state(
+    vs: &nn::VarStore,
+    optimizer: &AdamW,
+    ema: Option<&Ema>,
+    progress: &Progress,
+) -> Result<Vec<u8>> {
+    let mut tensors = optimizer.state_tensors();
+    let mut add = |prefix: &str, vs: &nn::VarStore| {
+        for (name, tensor) in vs.variables() {
+            tensors.insert(format!("{prefix}.{name}"), tensor);
+        }
+    };
+    add(MODEL_PREFIX, vs);
+    if let Some(ema) = ema {
+        add(EMA_PREFIX, &ema.vs);
+    }
+    let metadata = [
+        (PROGRESS_KEY.to_string(), serde_json::to_string(progress)?),
+        (
+            OPTIMIZER_STEP_KEY.to_string(),
+            optimizer.steps_taken().to_string(),
+        ),
+    ]
+    .into();
+    TensorFile { tensors, metadata }.to_bytes()
+}
+
+/// The state a resume.safetensors at `path` holds (as [`resume_state`] writes it), loaded
+/// into the weights in `vs`, the optimizer and the EMA; its progress.
 fn read_resume_state(
     path: &Path,
     vs: &nn::VarStore,
@@ -698,16 +705,16 @@ fn read_resume_state(
         "it has NaN or infinite values in {}",
         crate::checkpoint::first_few(&not_finite)
     );
-    file.with_prefix("model").load_into(vs)?;
+    file.with_prefix(MODEL_PREFIX).load_into(vs)?;
     if let Some(ema) = ema {
-        file.with_prefix("ema").load_into(&ema.vs)?;
+        file.with_prefix(EMA_PREFIX).load_into(&ema.vs)?;
     }
     let field = |key: &str| {
         file.metadata
             .get(key)
             .with_context(|| format!("{} has no `{key}`", path.display()))
     };
-    optimizer.load_state(&file.tensors, field("optimizer_step")?.parse()?)?;
+    optimizer.load_state(&file.tensors, field(OPTIMIZER_STEP_KEY)?.parse()?)?;
     Ok(serde_json::from_str(field(PROGRESS_KEY)?)?)
 }
 
