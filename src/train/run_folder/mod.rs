@@ -299,30 +299,23 @@ impl RunFolder {
     /// A new run's folder: `out` (or, `numbered_out`, the first free of `out`, `out-2`,
     /// ...), refused when it holds what the run would overwrite.
     fn create(options: &RunOptions, settings: &TrainSettings, data: &DataIdentity) -> Result<Self> {
-        let dir = options.out;
-        let (dir, lock) = if options.numbered_out {
-            let dir = create_numbered_folder(dir)?;
-            let lock = RunLock::take(&dir, Remedy::AnotherFolder)?;
-            (dir, lock)
-        } else if dir.join(LOCK_FILE).exists() {
-            // A vit run's folder: locked first, so that a live run's is "in use".
-            let lock = RunLock::take(dir, Remedy::AnotherFolder)?;
-            check_fresh(dir)?;
-            (dir.to_path_buf(), lock)
-        } else if dir.is_dir() {
-            // Checked before the lock file is made: a refused folder is left as it was.
-            check_fresh(dir)?;
-            (
-                dir.to_path_buf(),
-                RunLock::take(dir, Remedy::AnotherFolder)?,
-            )
-        } else {
-            create_folder(dir)?;
-            (
-                dir.to_path_buf(),
-                RunLock::take(dir, Remedy::AnotherFolder)?,
-            )
+        let dir = match options.numbered_out {
+            true => create_numbered_folder(options.out)?,
+            false => options.out.to_path_buf(),
         };
+        // A vit run's folder is locked before it is checked, so that a live run's is "in
+        // use"; any other folder is checked before the lock file is made, so that a refused
+        // one is left as it was.
+        let vit_run = dir.join(LOCK_FILE).exists();
+        match (vit_run, dir.is_dir()) {
+            (true, _) => {}
+            (false, true) => check_fresh(&dir)?,
+            (false, false) => create_folder(&dir)?,
+        }
+        let lock = RunLock::take(&dir, Remedy::AnotherFolder)?;
+        if vit_run {
+            check_fresh(&dir)?;
+        }
         remove_stale_temporaries(&dir, &RUN_FILES);
         let run = Self::new(dir, Some(lock));
         let record = RunConfig {
