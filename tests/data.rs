@@ -1559,14 +1559,16 @@ fn image_folder_reads_classes_in_name_order() {
         file.display()
     );
     assert!(err.contains(&expected), "{err}");
-    // A CIFAR download read as a folder dataset: the --dataset it needs.
+    // A CIFAR download read as a folder dataset: the --dataset it needs, or the --data-dir
+    // the user meant (the default, data, is where CIFAR goes).
     let cifar = tmp.0.join("downloads");
     std::fs::create_dir_all(cifar.join("cifar-100-binary")).unwrap();
     let err = error_of(data::load(&args(DatasetName::Folder, &cifar, false), 8));
     assert!(
         err.contains(
             "holds cifar-100-binary, a CIFAR download, not a folder dataset: pass \
-             --dataset cifar100 for it"
+             --dataset cifar100 for it, or --data-dir the folder of your own images (with \
+             train/ and test/ class folders)"
         ),
         "{err}"
     );

@@ -4544,6 +4544,35 @@ fn a_folder_dataset_trains_and_one_class_is_warned_about() {
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["settings"]["model"]["num_classes"], 1, "{config}");
+
+    // Evaluated without --data-dir (its default, data, is CIFAR's), the model's images are
+    // asked for: by the folder its run read where its config.json is beside it.
+    let lone = root.join("lone.safetensors");
+    std::fs::copy(run.join("best_model.safetensors"), &lone).unwrap();
+    for (checkpoint, give) in [
+        (
+            run.join("best_model.safetensors"),
+            photos.display().to_string(),
+        ),
+        (lone, "FOLDER".to_string()),
+    ] {
+        let output = std::process::Command::new(common::vit_binary())
+            .args(["eval", "--device", "cpu", "--checkpoint"])
+            .arg(&checkpoint)
+            .current_dir(&*root)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "{} was trained on a folder dataset (images of your own), and --data-dir is \
+                 data (the default, for CIFAR): pass --data-dir {give}, ",
+                checkpoint.display()
+            )),
+            "{stderr}"
+        );
+    }
 }
 
 /// The notebook saves best_model only when the test accuracy improves: best_model (and

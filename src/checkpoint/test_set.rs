@@ -6,7 +6,7 @@ use crate::data::TestSet;
 use crate::listing::noun_for;
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 impl LoadedModel {
     /// The test split this model (from `path`) is evaluated on: the dataset `args` name, or
@@ -19,6 +19,11 @@ impl LoadedModel {
         self.ensure_rgb(path)?;
         let dataset_args = dataset_args(&self.metadata, args)
             .with_context(|| format!("choosing the test split for {}", path.display()))?;
+        let trained_on_folder =
+            self.metadata.get(DATASET_KEY).map(String::as_str) == Some(crate::data::FOLDER);
+        if trained_on_folder && dataset_args.dataset == crate::cli::DatasetName::Folder {
+            ensure_folder_data_given(path, &dataset_args.data_dir)?;
+        }
         // Refused before the data is read: a missing CIFAR-100 would otherwise send the
         // user to download it, for a model that cannot be evaluated on it anyway.
         if let Some(count) = crate::data::known_class_count(&dataset_args) {
@@ -85,6 +90,34 @@ impl LoadedModel {
         }
         Ok(())
     }
+}
+
+/// Refuses to evaluate the model at `path`, trained on a folder dataset (a user's own
+/// images), on the default `data_dir`, which is CIFAR's, where it holds no test/ folder:
+/// the folder to give is named, as the config.json of the run beside the checkpoint
+/// records it where there is one.
+fn ensure_folder_data_given(path: &Path, data_dir: &Path) -> Result<()> {
+    use crate::cli::DEFAULT_DATA_DIR;
+    if data_dir != Path::new(DEFAULT_DATA_DIR) || data_dir.join("test").is_dir() {
+        return Ok(());
+    }
+    let config = crate::fsutil::folder_of(path).join(crate::train::CONFIG_JSON);
+    let run_data_dir = std::fs::read_to_string(config)
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|config| config["settings"]["data_dir"].as_str().map(PathBuf::from));
+    let give = match run_data_dir {
+        Some(dir) => format!(
+            "{}, the folder its run read (as the config.json beside it records)",
+            dir.display()
+        ),
+        None => "FOLDER, the folder whose test/ holds those images in class folders".to_string(),
+    };
+    bail!(
+        "{} was trained on a folder dataset (images of your own), and --data-dir is \
+         {DEFAULT_DATA_DIR} (the default, for CIFAR): pass --data-dir {give}",
+        path.display()
+    )
 }
 
 /// The dataset a checkpoint is evaluated on: `--dataset` when given, else the one its

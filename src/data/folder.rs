@@ -173,7 +173,8 @@ fn missing_split(dir: &Path) -> anyhow::Error {
     if let Some(format) = cifar {
         return anyhow!(
             "{} is missing: {} holds {}, a CIFAR download, not a folder dataset: pass \
-             --dataset {} for it",
+             --dataset {} for it, or --data-dir the folder of your own images (with train/ and \
+             test/ class folders)",
             dir.display(),
             given.display(),
             format.release.folder(),

@@ -39,7 +39,7 @@ use console::Console;
 use ema::Ema;
 use run_folder::{default_run_dir, ModelFiles, Progress, RunFolder, CURVES_PNG};
 // The run folder's file names, for commands that read it.
-pub(crate) use run_folder::{line_at, METRICS_CSV, MODEL_FILES, RESUME_STATE};
+pub(crate) use run_folder::{line_at, CONFIG_JSON, METRICS_CSV, MODEL_FILES, RESUME_STATE};
 use settings::{epoch_steps, settings_and_dataset, training_images};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
