@@ -102,11 +102,11 @@ def parse_args(argv=None):
     # What vit refuses too, said here rather than as a traceback from deep in PyTorch.
     finite = math.isfinite(args.lr) and math.isfinite(args.weight_decay)
     if not (finite and args.lr > 0 and args.weight_decay >= 0 and args.warmup_epochs >= 0):
-        p.error("--lr must be positive, --weight-decay and --warmup-epochs at least 0")
+        p.error("--lr must be a positive finite number, --weight-decay a finite number >= 0, --warmup-epochs >= 0")
     if not 0 <= args.label_smoothing < 1:
         p.error(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
     if not 0 <= args.clip_grad < math.inf:
-        p.error(f"--clip-grad must be a number >= 0 (0 turns it off), got {args.clip_grad}")
+        p.error(f"--clip-grad must be a finite number >= 0 (0 turns it off), got {args.clip_grad}")
     if not 0 <= args.seed <= MASK64:
         p.error(f"--seed must be a whole number in 0..={MASK64}, got {args.seed}")
     if args.threads is not None and args.threads < 1:

@@ -670,8 +670,9 @@ fn bench_scripts_refuse_bad_paths_before_running() {
     // none here), not met with PyTorch's traceback mid-run.
     let no_data = dir.join("no-data");
     let seed_past = (u128::from(u64::MAX) + 1).to_string();
-    let not_positive = "--lr must be positive, --weight-decay and --warmup-epochs at least 0";
-    let clip_grad = "--clip-grad must be a number >= 0 (0 turns it off), got";
+    let not_positive =
+        "--lr must be a positive finite number, --weight-decay a finite number >= 0, --warmup-epochs >= 0";
+    let clip_grad = "--clip-grad must be a finite number >= 0 (0 turns it off), got";
     let seed = format!("--seed must be a whole number in 0..={}, got", u64::MAX);
     #[rustfmt::skip]
     let refusals = [

@@ -2494,11 +2494,14 @@ fn user_errors_say_what_to_do() {
             "--label-smoothing must be in [0, 1)",
         ),
         ("--label-smoothing=1", "--label-smoothing must be in [0, 1)"),
-        ("--lr=0", "--lr must be a positive number"),
-        ("--lr=inf", "--lr must be a positive number"),
+        ("--lr=0", "--lr must be a positive finite number"),
+        ("--lr=inf", "--lr must be a positive finite number"),
         // A negative number with a signed exponent is a value too, not a flag `-1`.
-        ("--lr -1e-3", "--lr must be a positive number, got -0.001"),
-        ("--clip-grad=-1", "--clip-grad must be a number >= 0"),
+        (
+            "--lr -1e-3",
+            "--lr must be a positive finite number, got -0.001",
+        ),
+        ("--clip-grad=-1", "--clip-grad must be a finite number >= 0"),
         // A whole-number flag says so of another number.
         (
             "--seed=-1",
@@ -2536,9 +2539,12 @@ fn user_errors_say_what_to_do() {
         ("--dropout=1", "--dropout must be in [0, 1), got 1"),
         ("--mlp-dim=0", "--mlp-dim must be positive, got 0"),
         // A negative value after a space is a value, not a flag clap does not know.
-        ("--clip-grad -1", "--clip-grad must be a number >= 0"),
+        ("--clip-grad -1", "--clip-grad must be a finite number >= 0"),
         ("--ema -0.5", "--ema must be in [0, 1), got -0.5"),
-        ("--weight-decay=NaN", "--weight-decay must be a number >= 0"),
+        (
+            "--weight-decay=NaN",
+            "--weight-decay must be a finite number >= 0",
+        ),
         (
             "--mixup=inf",
             "--mixup takes a finite alpha of at least 0.01, or 0 to turn it off; got inf",

@@ -179,7 +179,7 @@ impl TrainSettings {
 fn check_optimizer_flags(args: &TrainArgs) -> Result<()> {
     ensure!(
         args.lr > 0.0 && args.lr.is_finite(),
-        "--lr must be a positive number, got {}",
+        "--lr must be a positive finite number, got {}",
         args.lr
     );
     for (flag, value) in [
@@ -188,7 +188,7 @@ fn check_optimizer_flags(args: &TrainArgs) -> Result<()> {
     ] {
         ensure!(
             value >= 0.0 && value.is_finite(),
-            "{flag} must be a number >= 0 (0 turns it off), got {value}"
+            "{flag} must be a finite number >= 0 (0 turns it off), got {value}"
         );
     }
     ensure!(

@@ -635,11 +635,14 @@ impl RunFolder {
             .iter()
             .find(|(_, epoch)| epoch.is_none_or(|epoch| epoch <= epochs))
         {
+            let after = match epochs {
+                0 => "its header (the saved state has finished no epoch)".to_string(),
+                _ => format!("the row of epoch {epochs} (the last the saved state has finished)"),
+            };
             bail!(
-                "cannot resume {}: line {} of its metrics.csv, after the row of epoch {epochs} \
-                 (the last the saved state has finished), is not the row of a later epoch \
-                 (which a resume drops, to train that epoch again), and dropping it would \
-                 delete it. Move that line out of metrics.csv, then resume",
+                "cannot resume {}: line {} of its metrics.csv, after {after}, is not the row of \
+                 a later epoch (which a resume drops, to train that epoch again), and dropping \
+                 it would delete it. Move that line out of metrics.csv, then resume",
                 self.dir.display(),
                 line_at(text.as_bytes(), position)
             );
@@ -1174,6 +1177,13 @@ mod tests {
         std::fs::write(&path, &finished).unwrap();
         run.truncate_metrics(1, false).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), finished);
+        // Where the state finished no epoch, the line refused follows the header.
+        std::fs::write(&path, format!("{header}\n# a note\n")).unwrap();
+        let error = run.truncate_metrics(0, true).unwrap_err().to_string();
+        assert!(
+            error.contains("line 2 of its metrics.csv, after its header (the saved state has"),
+            "{error}"
+        );
 
         // The refused line as numbered in the file, with CRLF endings or blank lines before.
         for (text, line) in [
