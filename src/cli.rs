@@ -73,6 +73,51 @@ fn with_cuda_graph_scope_tip(mut error: clap::Error, args: &[std::ffi::OsString]
     error
 }
 
+/// clap's `error` for the command line `args`, with a tip where the argument it did not
+/// expect is a model flag (`--config`, `--embed-dim`, ...) given to a command that reads a
+/// checkpoint, whose config sets the model: clap's own tip there (to pass it as a value, or
+/// a similar flag such as `--threads` for `--num-heads`) leads astray.
+fn with_checkpoint_model_tip(
+    mut error: clap::Error,
+    args: &[std::ffi::OsString],
+    command: &mut clap::Command,
+) -> clap::Error {
+    let Some(ContextValue::String(invalid)) = error.get(ContextKind::InvalidArg) else {
+        return error;
+    };
+    let flag = invalid.split('=').next().unwrap_or_default().to_string();
+    let model_flags = <ModelArgs as clap::Args>::augment_args(clap::Command::new("model"));
+    let is_model_flag = (model_flags.get_arguments()).any(|arg| {
+        arg.get_long()
+            .is_some_and(|long| flag == format!("--{long}"))
+    });
+    let subcommand = args
+        .get(1)
+        .and_then(|name| name.to_str())
+        .unwrap_or_default();
+    let Some(reader) = command.find_subcommand_mut(subcommand) else {
+        return error;
+    };
+    let reads_checkpoint = reader
+        .get_arguments()
+        .any(|arg| arg.get_long() == Some("checkpoint"));
+    if is_model_flag && reads_checkpoint {
+        let tip = format!(
+            "the model's settings come from the checkpoint's config: leave out {flag} and its \
+             value"
+        );
+        error.remove(ContextKind::SuggestedArg);
+        error.insert(
+            ContextKind::Suggested,
+            ContextValue::StyledStrs(vec![tip.into()]),
+        );
+        // Without the similar flag clap put in the usage line.
+        let usage = reader.render_usage();
+        error.insert(ContextKind::Usage, ContextValue::StyledStr(usage));
+    }
+    error
+}
+
 impl Cli {
     /// The command line, parsed as `Cli::parse` does; exits with clap's message on an error.
     /// A flag's value may be a negative number (`--lr -1`, `--index -1`), which vit's own
@@ -87,7 +132,10 @@ impl Cli {
             .try_get_matches_from_mut(&args)
             .and_then(|mut matches| Self::from_arg_matches_mut(&mut matches))
             .map_err(|error| error.format(&mut command));
-        parsed.unwrap_or_else(|error| with_cuda_graph_scope_tip(error, &args).exit())
+        parsed.unwrap_or_else(|error| {
+            let error = with_cuda_graph_scope_tip(error, &args);
+            with_checkpoint_model_tip(error, &args, &mut command).exit()
+        })
     }
 
     /// The command line as [`Self::parse_args`] reads it: clap's, with negative numbers
@@ -796,7 +844,8 @@ pub(crate) fn train_args(args: &[&str]) -> TrainArgs {
 #[cfg(test)]
 mod tests {
     use super::{
-        named_device, negative_values_attached, whole_number, with_cuda_graph_scope_tip, Cli,
+        named_device, negative_values_attached, whole_number, with_checkpoint_model_tip,
+        with_cuda_graph_scope_tip, Cli,
     };
     use clap::CommandFactory;
 
@@ -970,6 +1019,50 @@ mod tests {
                 "vit", "train", "--lr", "-1e-3",
             ])));
         assert!(error.is_ok(), "{error:?}");
+    }
+
+    /// A model flag given to a command that reads a checkpoint gets the tip that the
+    /// checkpoint sets the model, in place of clap's (a similar flag, `--threads` for
+    /// `--num-heads`, or to pass the flag as a value), which is kept for other flags.
+    #[test]
+    fn a_model_flag_for_a_checkpoint_is_told_the_checkpoint_sets_the_model() {
+        let message = |line: &str| {
+            let args: Vec<std::ffi::OsString> = line.split(' ').map(Into::into).collect();
+            let mut command = Cli::command_with_presets();
+            let error = command.try_get_matches_from_mut(&args).unwrap_err();
+            let error = with_checkpoint_model_tip(error.format(&mut command), &args, &mut command);
+            error.to_string()
+        };
+        for (line, flag) in [
+            (
+                "vit predict --config tiny --checkpoint m.safetensors a.png",
+                "--config",
+            ),
+            (
+                "vit eval --checkpoint m.safetensors --embed-dim 32",
+                "--embed-dim",
+            ),
+            (
+                "vit attention --checkpoint m.safetensors --num-heads=2",
+                "--num-heads",
+            ),
+        ] {
+            let message = message(line);
+            let tip = format!(
+                "tip: the model's settings come from the checkpoint's config: leave out {flag} and \
+                 its value"
+            );
+            assert!(message.contains(&tip), "{message}");
+            assert!(
+                !message.contains("--threads") && !message.contains("as a value"),
+                "{message}"
+            );
+        }
+        let other = message("vit attention --checkpoint m.safetensors --thread 2");
+        assert!(
+            other.contains("a similar argument exists: '--threads'"),
+            "{other}"
+        );
     }
 
     /// The tip to write `--cuda-graph=SCOPE` comes where `vit train` was given a scope after
