@@ -669,6 +669,15 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         "{stderr}"
     );
     assert_eq!(read_metrics(&run).1.len(), 4, "the finished run changed");
+    // With --plot, the curves --plot asks for are drawn, though no epoch ends.
+    for picture in ["curves.png", "curves.svg"] {
+        std::fs::remove_file(run.join(picture)).unwrap();
+    }
+    let plotted = vit(&[&args[..], &["--plot"]].concat());
+    let stderr = String::from_utf8_lossy(&plotted.stderr);
+    assert!(stderr.contains("nothing to train"), "{stderr}");
+    assert!(run.join("curves.png").is_file() && run.join("curves.svg").is_file());
+    assert_eq!(read_metrics(&run).1.len(), 4, "the finished run changed");
 }
 
 /// The training loss in metrics.csv (and the epoch line) is the mean over the epoch's

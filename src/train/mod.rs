@@ -395,6 +395,8 @@ impl<'a> Trainer<'a> {
                 self.run.dir().display(),
                 noun_for(epochs, "epoch")
             );
+            // What --plot asks for, though no epoch ends to draw them.
+            self.draw_curves();
         }
         for epoch in self.progress.epochs_done..epochs {
             let started = Instant::now();
@@ -575,13 +577,19 @@ impl<'a> Trainer<'a> {
         self.run.save(files)?;
         self.console.epoch_done(&row);
         // Last, and only a warning on failure: a picture is not worth the epoch.
+        self.draw_curves();
+        Ok(())
+    }
+
+    /// With `--plot`, curves.png (and .svg) of metrics.csv; a warning where they cannot be
+    /// drawn.
+    fn draw_curves(&self) {
         if self.options.plot {
             let curves = self.run.path(CURVES_PNG);
             if let Err(e) = crate::plot::curves(&[self.run.dir()], &curves) {
                 eprintln!("warning: cannot draw {}: {e:#}", curves.display());
             }
         }
-        Ok(())
     }
 
     /// The mean training loss of `epoch` (0-based) so far, from its summed `loss_sum`;
