@@ -1297,13 +1297,13 @@ fn a_resume_points_out_confusion_matrices_of_the_checkpoints_it_replaces() {
     );
 }
 
-/// A second Ctrl-C quits at once with status 130, whatever the step is doing. (It ran exit
-/// handlers once, which tore libtorch down under the running step: most such runs died of
-/// a segmentation fault or heap corruption instead.) The second comes 0.7 s after the
-/// first (a repeat within half a second is the first delivered twice), inside the first
-/// step of the notebook-size model at batch 256 on one thread, which takes seconds. Three
-/// tries, as the crash was a race; at least one must have quit at once rather than after
-/// saving.
+/// A second Ctrl-C quits at once with status 130, whatever the step is doing, saying the
+/// command that resumes the run. (It ran exit handlers once, which tore libtorch down
+/// under the running step: most such runs died of a segmentation fault or heap corruption
+/// instead.) The second comes 0.7 s after the first (a repeat within half a second is the
+/// first delivered twice), inside the first step of the notebook-size model at batch 256
+/// on one thread, which takes seconds. Three tries, as the crash was a race; at least one
+/// must have quit at once rather than after saving.
 #[test]
 fn a_second_ctrl_c_quits_at_once() {
     let (root, data_dir) = colour_cifar10("ctrl-c-twice");
@@ -1333,6 +1333,12 @@ fn a_second_ctrl_c_quits_at_once() {
             quit_at_once += 1;
             assert!(
                 stderr.contains("Quit at once, without saving: the run folder keeps the state"),
+                "{stderr}"
+            );
+            // With the command that resumes it.
+            let resume = format!(" --out {} --resume\n", run.display());
+            assert!(
+                stderr.contains("resume with: ") && stderr.contains(&resume),
                 "{stderr}"
             );
         }

@@ -42,6 +42,35 @@ enum Reaction {
     Quit,
 }
 
+/// The command that resumes the run in progress, for the message of a second signal (which
+/// quits from the handler's thread, away from the run): set once the run's folder is known.
+static RESUME_COMMAND: Mutex<Option<String>> = Mutex::new(None);
+
+/// Records the command that resumes the run in `run_dir`, started by `command` (its words),
+/// for a quit's message.
+pub fn note_run_folder(command: &[OsString], run_dir: &Path) {
+    let line = resume_command(&flags_of(command), run_dir);
+    *RESUME_COMMAND
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(line);
+}
+
+/// What a second signal says as it quits: where the run goes on from, and the command
+/// (see [`note_run_folder`]) that resumes it there.
+fn quit_note() -> String {
+    let command = RESUME_COMMAND
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let resume = match command.as_deref() {
+        Some(command) => format!("resume with: {command}"),
+        None => "the same command with --resume goes on from there".to_string(),
+    };
+    format!(
+        "\nQuit at once, without saving: the run folder keeps the state it saved last, if any \
+         (at the end of an epoch, or where an earlier interrupt stopped the run); {resume}"
+    )
+}
+
 /// Said when a stop came too late to stop the run.
 const FINISHED_NOTE: &str = "note: the stop came as the run was ending: it finished and saved \
                              all its epochs; there is nothing to resume";
@@ -115,11 +144,7 @@ pub fn stop_on_interrupt() -> Result<Arc<Stop>> {
         match handler_stop.reaction(first.map(|at| at.elapsed())) {
             Reaction::Nothing => {}
             Reaction::Quit => {
-                say_on_stderr(
-                    "\nQuit at once, without saving: the run folder keeps the state it saved \
-                     last, if any (at the end of an epoch, or where an earlier interrupt \
-                     stopped the run); the same command with --resume goes on from there",
-                );
+                say_on_stderr(&quit_note());
                 crate::runtime::quit_at_once(130)
             }
             Reaction::Stop => {

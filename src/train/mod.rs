@@ -271,6 +271,9 @@ fn open_run_folder(
     options: &RunOptions,
 ) -> Result<RunFolder> {
     let run = RunFolder::open(options, settings, &dataset.identity())?;
+    if let Some(command) = options.command {
+        interrupt::note_run_folder(command, run.dir());
+    }
     if options.numbers_a_new_folder() {
         eprintln!("Run folder: {}", run.dir().display());
     }
