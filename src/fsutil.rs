@@ -448,6 +448,12 @@ pub fn shown_where_missing(path: &Path) -> String {
     }
 }
 
+/// Whether nothing is at `path`, not even a link (a dangling one is something there): a
+/// path that cannot be checked (a permission) is not called missing.
+pub fn is_missing(path: &Path) -> bool {
+    (path.symlink_metadata()).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+}
+
 /// Whether `a` and `b` name one existing file (through links, `..` or another spelling).
 pub fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;

@@ -507,9 +507,7 @@ impl RunFolder {
                 results.join(", ")
             );
         }
-        let metrics_missing = (self.path(METRICS_CSV).symlink_metadata())
-            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
-        if results.is_empty() && metrics_missing {
+        if results.is_empty() && crate::fsutil::is_missing(&self.path(METRICS_CSV)) {
             // Stopped before its header landed (a full disk): it saved nothing, and starts
             // as a fresh run there would start it over.
             let remedy = Remedy::ResumeRun(&self.dir);
@@ -822,9 +820,7 @@ const LOCK_FILE: &str = ".lock";
 /// checks that), and none of the files a run writes. It saved nothing, so `--resume`
 /// starts it over, as a fresh run there would (a live run's lock refuses both).
 pub(super) fn stopped_before_its_config(dir: &Path) -> bool {
-    let missing = |name: &str| {
-        (dir.join(name).symlink_metadata()).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
-    };
+    let missing = |name: &str| crate::fsutil::is_missing(&dir.join(name));
     !missing(LOCK_FILE) && RUN_FILES.into_iter().all(missing)
 }
 
