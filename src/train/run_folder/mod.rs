@@ -421,12 +421,18 @@ impl RunFolder {
     pub(super) fn append_metrics(&mut self, row: &EpochMetrics) -> Result<()> {
         self.finish_saving()?;
         self.ensure_still_locked()?;
+        let path = self.path(METRICS_CSV);
+        // A row ends as the header does: a file a spreadsheet saved with CRLF stays CRLF.
+        let terminator = match header_ends_in_crlf(&path) {
+            true => csv::Terminator::CRLF,
+            false => csv::Terminator::Any(b'\n'),
+        };
         let mut line = csv::WriterBuilder::new()
             .has_headers(false)
+            .terminator(terminator)
             .from_writer(Vec::new());
         line.serialize(row)?;
         let line = line.into_inner().map_err(|e| e.into_error())?;
-        let path = self.path(METRICS_CSV);
         append_whole(&path, &line)
             .with_context(|| format!("cannot append to {}", path.display()))
             .map_err(|e| self.saving_failed(e))
@@ -790,6 +796,16 @@ fn cut_row_start(text: &str, previous_epoch: usize) -> Option<usize> {
         && whole.iter().all(|value| value.parse::<f64>().is_ok())
         && number_part(cut);
     is_cut_row.then_some(start)
+}
+
+/// Whether the first line of the file at `path` ends in CRLF (false where it cannot be
+/// read: the append says why).
+fn header_ends_in_crlf(path: &Path) -> bool {
+    use std::io::BufRead;
+    let mut first_line = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| std::io::BufReader::new(file).read_until(b'\n', &mut first_line))
+        .is_ok_and(|_| first_line.ends_with(b"\r\n"))
 }
 
 /// The line (from 1, as an editor numbers it) of the record of csv `text` at `position`:
@@ -1309,6 +1325,28 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         let said = format!("{shown} was removed while this run trained");
         refused(&mut run, &said, None);
+    }
+
+    /// Rows end as the header does: LF as vit writes it, CRLF where a spreadsheet saved the
+    /// file so (a resume would otherwise mix the two).
+    #[test]
+    fn rows_end_as_the_header_does() {
+        let (_dir, mut run) = temporary_run("row-ends");
+        let path = run.path(METRICS_CSV);
+        let header = metrics_header().join(",");
+        let row = EpochMetrics {
+            epoch: 1,
+            ..EpochMetrics::default()
+        };
+        for end in ["\n", "\r\n"] {
+            std::fs::write(&path, format!("{header}{end}")).unwrap();
+            run.append_metrics(&row).unwrap();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let lines: Vec<&str> = text.split_inclusive('\n').collect();
+            assert_eq!(lines.len(), 2, "{text:?}");
+            assert!(lines.iter().all(|line| line.ends_with(end)), "{text:?}");
+            assert!(lines[1].starts_with("1,"), "{text:?}");
+        }
     }
 
     /// A row is appended only once the files saved before it have landed: where they
