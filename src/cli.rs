@@ -125,17 +125,21 @@ impl Cli {
     /// --cuda-graph step` as a complete `--cuda-graph` and a stray `step`, so that error
     /// gets a tip to write `--cuda-graph=step`.
     pub fn parse_args() -> Self {
-        use clap::FromArgMatches;
         let args = negative_values_attached(std::env::args_os().collect());
+        Self::try_parse_args(&args).unwrap_or_else(|error| error.exit())
+    }
+
+    /// `args` parsed as [`Self::parse_args`] does, or clap's error with vit's tips.
+    fn try_parse_args(args: &[std::ffi::OsString]) -> Result<Self, clap::Error> {
+        use clap::FromArgMatches;
         let mut command = Self::command_with_presets();
-        let parsed = command
-            .try_get_matches_from_mut(&args)
+        command
+            .try_get_matches_from_mut(args)
             .and_then(|mut matches| Self::from_arg_matches_mut(&mut matches))
-            .map_err(|error| error.format(&mut command));
-        parsed.unwrap_or_else(|error| {
-            let error = with_cuda_graph_scope_tip(error, &args);
-            with_checkpoint_model_tip(error, &args, &mut command).exit()
-        })
+            .map_err(|error| {
+                let error = with_cuda_graph_scope_tip(error.format(&mut command), args);
+                with_checkpoint_model_tip(error, args, &mut command)
+            })
     }
 
     /// The command line as [`Self::parse_args`] reads it: clap's, with negative numbers
@@ -843,10 +847,7 @@ pub(crate) fn train_args(args: &[&str]) -> TrainArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::{
-        named_device, negative_values_attached, whole_number, with_checkpoint_model_tip,
-        with_cuda_graph_scope_tip, Cli,
-    };
+    use super::{named_device, negative_values_attached, whole_number, Cli};
     use clap::CommandFactory;
 
     /// The help of `vit SUBCOMMAND`'s argument `id`, as `vit SUBCOMMAND --help` shows it.
@@ -1021,18 +1022,21 @@ mod tests {
         assert!(error.is_ok(), "{error:?}");
     }
 
+    /// The message of the error that the command line `line` (words apart by single spaces)
+    /// gets from vit's parser.
+    fn parse_error(line: &str) -> String {
+        let args: Vec<std::ffi::OsString> = line.split(' ').map(Into::into).collect();
+        match Cli::try_parse_args(&args) {
+            Ok(_) => panic!("{line} parsed"),
+            Err(error) => error.to_string(),
+        }
+    }
+
     /// A model flag given to a command that reads a checkpoint gets the tip that the
     /// checkpoint sets the model, in place of clap's (a similar flag, `--threads` for
     /// `--num-heads`, or to pass the flag as a value), which is kept for other flags.
     #[test]
     fn a_model_flag_for_a_checkpoint_is_told_the_checkpoint_sets_the_model() {
-        let message = |line: &str| {
-            let args: Vec<std::ffi::OsString> = line.split(' ').map(Into::into).collect();
-            let mut command = Cli::command_with_presets();
-            let error = command.try_get_matches_from_mut(&args).unwrap_err();
-            let error = with_checkpoint_model_tip(error.format(&mut command), &args, &mut command);
-            error.to_string()
-        };
         for (line, flag) in [
             (
                 "vit predict --config tiny --checkpoint m.safetensors a.png",
@@ -1047,7 +1051,7 @@ mod tests {
                 "--num-heads",
             ),
         ] {
-            let message = message(line);
+            let message = parse_error(line);
             let tip = format!(
                 "tip: the model's settings come from the checkpoint's config: leave out {flag} and \
                  its value"
@@ -1058,7 +1062,7 @@ mod tests {
                 "{message}"
             );
         }
-        let other = message("vit attention --checkpoint m.safetensors --thread 2");
+        let other = parse_error("vit attention --checkpoint m.safetensors --thread 2");
         assert!(
             other.contains("a similar argument exists: '--threads'"),
             "{other}"
@@ -1070,13 +1074,7 @@ mod tests {
     /// `--cuda-graph` (`vit bench`'s is a switch).
     #[test]
     fn the_cuda_graph_tip_is_for_a_scope_after_a_space() {
-        let tip_for = |line: &str| {
-            let args: Vec<std::ffi::OsString> = line.split(' ').map(Into::into).collect();
-            let mut command = Cli::command_with_presets();
-            let error = command.try_get_matches_from_mut(&args).unwrap_err();
-            let error = with_cuda_graph_scope_tip(error.format(&mut command), &args);
-            error.to_string().contains("tip: a scope follows '='")
-        };
+        let tip_for = |line: &str| parse_error(line).contains("tip: a scope follows '='");
         for scope in ["step", "batch"] {
             assert!(
                 tip_for(&format!("vit train --cuda-graph {scope}")),
