@@ -1567,8 +1567,9 @@ fn image_folder_reads_classes_in_name_order() {
     assert!(
         err.contains(
             "holds cifar-100-binary, a CIFAR download, not a folder dataset: pass \
-             --dataset cifar100 for it, or --data-dir the folder of your own images (with \
-             train/ and test/ class folders)"
+             --dataset cifar100 for it, or --data-dir the folder of your own images (a folder \
+             dataset needs DIR/train/<class>/*.png|jpg|jpeg and DIR/test/<class>/*.png|jpg|jpeg \
+             (evaluating, only test/))"
         ),
         "{err}"
     );

@@ -4570,12 +4570,25 @@ fn a_folder_dataset_trains_and_one_class_is_warned_about() {
     // asked for: by the folder its run read where its config.json is beside it.
     let lone = root.join("lone.safetensors");
     std::fs::copy(run.join("best_model.safetensors"), &lone).unwrap();
+    // Beside the config.json of a CIFAR run, whose folder is not this model's images.
+    let beside_cifar = root.join("cifar-run");
+    std::fs::create_dir(&beside_cifar).unwrap();
+    let cifar_config = std::fs::read_to_string(run.join("config.json"))
+        .unwrap()
+        .replace("\"dataset\": \"folder\"", "\"dataset\": \"cifar10\"");
+    assert!(cifar_config.contains("cifar10"), "{cifar_config}");
+    std::fs::write(beside_cifar.join("config.json"), cifar_config).unwrap();
+    std::fs::copy(&lone, beside_cifar.join("best_model.safetensors")).unwrap();
     for (checkpoint, give) in [
         (
             run.join("best_model.safetensors"),
             photos.display().to_string(),
         ),
         (lone, "FOLDER".to_string()),
+        (
+            beside_cifar.join("best_model.safetensors"),
+            "FOLDER".to_string(),
+        ),
     ] {
         let output = std::process::Command::new(common::vit_binary())
             .args(["eval", "--device", "cpu", "--checkpoint"])

@@ -6,7 +6,7 @@ use crate::data::TestSet;
 use crate::listing::noun_for;
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 impl LoadedModel {
     /// The test split this model (from `path`) is evaluated on: the dataset `args` name, or
@@ -101,11 +101,9 @@ fn ensure_folder_data_given(path: &Path, data_dir: &Path) -> Result<()> {
     if data_dir != Path::new(DEFAULT_DATA_DIR) || data_dir.join("test").is_dir() {
         return Ok(());
     }
-    let config = crate::fsutil::folder_of(path).join(crate::train::CONFIG_JSON);
-    let run_data_dir = std::fs::read_to_string(config)
-        .ok()
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-        .and_then(|config| config["settings"]["data_dir"].as_str().map(PathBuf::from));
+    let run_data_dir = crate::train::recorded_settings(crate::fsutil::folder_of(path))
+        .filter(|settings| settings.dataset == crate::data::FOLDER)
+        .map(|settings| settings.data_dir);
     let give = match run_data_dir {
         Some(dir) => format!(
             "{}, the folder its run read (as the config.json beside it records)",

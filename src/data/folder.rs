@@ -157,6 +157,8 @@ fn missing_split(dir: &Path) -> anyhow::Error {
         Some("train" | "test")
     );
     let above = crate::fsutil::folder_of(given);
+    const LAYOUT: &str = "a folder dataset needs DIR/train/<class>/*.png|jpg|jpeg and \
+                          DIR/test/<class>/*.png|jpg|jpeg (evaluating, only test/)";
     if let Some(file) = crate::fsutil::file_in_the_way(given) {
         return anyhow!(
             "{} is a file, not a folder: --data-dir takes the folder that holds train/ and \
@@ -173,8 +175,7 @@ fn missing_split(dir: &Path) -> anyhow::Error {
     if let Some(format) = cifar {
         return anyhow!(
             "{} is missing: {} holds {}, a CIFAR download, not a folder dataset: pass \
-             --dataset {} for it, or --data-dir the folder of your own images (with train/ and \
-             test/ class folders)",
+             --dataset {} for it, or --data-dir the folder of your own images ({LAYOUT})",
             dir.display(),
             given.display(),
             format.release.folder(),
@@ -190,8 +191,6 @@ fn missing_split(dir: &Path) -> anyhow::Error {
             above.display()
         );
     }
-    const LAYOUT: &str = "a folder dataset needs DIR/train/<class>/*.png|jpg|jpeg and \
-                          DIR/test/<class>/*.png|jpg|jpeg (evaluating, only test/)";
     if holds_images(given) {
         return anyhow!(
             "{} is missing: {} holds images itself, not in class folders, and {LAYOUT}: sort \

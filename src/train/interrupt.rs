@@ -63,7 +63,8 @@ fn quit_note() -> String {
         .unwrap_or_else(PoisonError::into_inner);
     let resume = match command.as_deref() {
         Some(command) => format!("resume with: {command}"),
-        None => "the same command with --resume goes on from there".to_string(),
+        // A run without --out whose folder is not made yet: it saved nothing.
+        None => "it saved nothing yet, so the same command starts it again".to_string(),
     };
     format!(
         "\nQuit at once, without saving: the run folder keeps the state it saved last, if any \

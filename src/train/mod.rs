@@ -38,8 +38,9 @@ use anyhow::{bail, ensure, Result};
 use console::Console;
 use ema::Ema;
 use run_folder::{default_run_dir, ModelFiles, Progress, RunFolder, CURVES_PNG};
-// The run folder's file names, for commands that read it.
-pub(crate) use run_folder::{line_at, CONFIG_JSON, METRICS_CSV, MODEL_FILES, RESUME_STATE};
+// The run folder's file names and recorded settings, for commands that read it; and how
+// metrics.csv's lines are numbered, for `vit plot`'s messages.
+pub(crate) use run_folder::{line_at, recorded_settings, METRICS_CSV, MODEL_FILES, RESUME_STATE};
 use settings::{epoch_steps, settings_and_dataset, training_images};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -77,8 +78,13 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let check_memory = device == Device::Cpu;
     let (settings, dataset) =
         settings_and_dataset(args, resumed_data_dir.as_deref(), check_memory)?;
-    stop.arm();
     let command: Vec<OsString> = std::env::args_os().collect();
+    // A run without --out has its folder's name once the folder is made (see
+    // open_run_folder).
+    if args.out.is_some() {
+        interrupt::note_run_folder(&command, &out);
+    }
+    stop.arm();
     let options = RunOptions {
         out: &out,
         numbered_out: args.out.is_none(),
@@ -140,7 +146,8 @@ pub struct RunOptions<'a> {
     /// Continue the run in `out` instead of starting one.
     pub resume: bool,
     pub device: Device,
-    /// Refresh curves.png in the run folder after every epoch.
+    /// Refresh curves.png in the run folder after every epoch (or draw it once, for a
+    /// finished run resumed).
     pub plot: bool,
     /// What a CUDA graph records; None: no graph.
     pub cuda_graph: Option<CudaGraphScope>,

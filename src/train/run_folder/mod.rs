@@ -422,14 +422,9 @@ impl RunFolder {
         self.finish_saving()?;
         self.ensure_still_locked()?;
         let path = self.path(METRICS_CSV);
-        // A row ends as the header does: a file a spreadsheet saved with CRLF stays CRLF.
-        let terminator = match header_ends_in_crlf(&path) {
-            true => csv::Terminator::CRLF,
-            false => csv::Terminator::Any(b'\n'),
-        };
         let mut line = csv::WriterBuilder::new()
             .has_headers(false)
-            .terminator(terminator)
+            .terminator(header_line_end(&path))
             .from_writer(Vec::new());
         line.serialize(row)?;
         let line = line.into_inner().map_err(|e| e.into_error())?;
@@ -639,12 +634,12 @@ impl RunFolder {
             .iter()
             .find(|(_, epoch)| epoch.is_none_or(|epoch| epoch <= epochs))
         {
-            let after = match epochs {
-                0 => "its header (the saved state has finished no epoch)".to_string(),
+            let last_kept = match epochs {
+                0 => "its header (no epoch is saved)".to_string(),
                 _ => format!("the row of epoch {epochs} (the last the saved state has finished)"),
             };
             bail!(
-                "cannot resume {}: line {} of its metrics.csv, after {after}, is not the row of \
+                "cannot resume {}: line {} of its metrics.csv, after {last_kept}, is not the row of \
                  a later epoch (which a resume drops, to train that epoch again), and dropping \
                  it would delete it. Move that line out of metrics.csv, then resume",
                 self.dir.display(),
@@ -798,14 +793,23 @@ fn cut_row_start(text: &str, previous_epoch: usize) -> Option<usize> {
     is_cut_row.then_some(start)
 }
 
-/// Whether the first line of the file at `path` ends in CRLF (false where it cannot be
-/// read: the append says why).
-fn header_ends_in_crlf(path: &Path) -> bool {
-    use std::io::BufRead;
-    let mut first_line = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|file| std::io::BufReader::new(file).read_until(b'\n', &mut first_line))
-        .is_ok_and(|_| first_line.ends_with(b"\r\n"))
+/// How the first line of the file at `path` ends, for the rows appended after it: a file
+/// a spreadsheet saved with CRLF (or CR) line ends keeps them. LF, as vit writes it, where
+/// the line has no end or cannot be read (the append says why).
+fn header_line_end(path: &Path) -> csv::Terminator {
+    let mut start = Vec::new();
+    let read = std::fs::File::open(path).and_then(|file| {
+        use std::io::Read;
+        file.take(64 * 1024).read_to_end(&mut start)
+    });
+    let end = start
+        .iter()
+        .position(|&byte| byte == b'\n' || byte == b'\r');
+    match (read, end.map(|at| &start[at..])) {
+        (Ok(_), Some([b'\r', b'\n', ..])) => csv::Terminator::CRLF,
+        (Ok(_), Some([b'\r', ..])) => csv::Terminator::Any(b'\r'),
+        _ => csv::Terminator::Any(b'\n'),
+    }
 }
 
 /// The line (from 1, as an editor numbers it) of the record of csv `text` at `position`:
@@ -1044,6 +1048,18 @@ fn try_lock_for_a_moment(file: &std::fs::File) -> Result<(), std::fs::TryLockErr
     }
 }
 
+/// The settings the run in `dir` records in its config.json, where that is a file vit can
+/// read as one (a pipe is not read: its read would wait for a writer).
+pub(crate) fn recorded_settings(dir: &Path) -> Option<TrainSettings> {
+    let path = dir.join(CONFIG_JSON);
+    if kind_if_not_a_file(&path).is_some() {
+        return None;
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let config: RunConfig = serde_json::from_str(&text).ok()?;
+    Some(config.settings)
+}
+
 /// config.json: the settings plus what produced them.
 #[derive(Serialize, Deserialize)]
 struct RunConfig {
@@ -1193,7 +1209,7 @@ mod tests {
         std::fs::write(&path, format!("{header}\n# a note\n")).unwrap();
         let error = run.truncate_metrics(0, true).unwrap_err().to_string();
         assert!(
-            error.contains("line 2 of its metrics.csv, after its header (the saved state has"),
+            error.contains("line 2 of its metrics.csv, after its header (no epoch is saved)"),
             "{error}"
         );
 
@@ -1327,8 +1343,8 @@ mod tests {
         refused(&mut run, &said, None);
     }
 
-    /// Rows end as the header does: LF as vit writes it, CRLF where a spreadsheet saved the
-    /// file so (a resume would otherwise mix the two).
+    /// Rows end as the header does: LF as vit writes it, CRLF or CR where a spreadsheet
+    /// saved the file so (a resume would otherwise mix the two).
     #[test]
     fn rows_end_as_the_header_does() {
         let (_dir, mut run) = temporary_run("row-ends");
@@ -1338,14 +1354,15 @@ mod tests {
             epoch: 1,
             ..EpochMetrics::default()
         };
-        for end in ["\n", "\r\n"] {
+        for end in ["\n", "\r\n", "\r"] {
             std::fs::write(&path, format!("{header}{end}")).unwrap();
             run.append_metrics(&row).unwrap();
             let text = std::fs::read_to_string(&path).unwrap();
-            let lines: Vec<&str> = text.split_inclusive('\n').collect();
-            assert_eq!(lines.len(), 2, "{text:?}");
-            assert!(lines.iter().all(|line| line.ends_with(end)), "{text:?}");
-            assert!(lines[1].starts_with("1,"), "{text:?}");
+            let row_text = text.strip_prefix(&format!("{header}{end}")).unwrap();
+            assert!(row_text.starts_with("1,"), "{text:?}");
+            let (cells, row_end) = row_text.split_at(row_text.len() - end.len());
+            assert_eq!(row_end, end, "{text:?}");
+            assert!(!cells.contains(['\r', '\n']), "{text:?}");
         }
     }
 
