@@ -2,6 +2,7 @@
 //! finished run started over) and a resumed one's (the same settings, images and rows;
 //! another device or thread count only noted).
 
+use super::metrics::metrics_rows;
 use super::{Progress, RunConfig, RUN_FILES};
 use crate::checkpoint::PROGRESS_KEY;
 use crate::cli::device_name;
@@ -402,17 +403,6 @@ pub(super) fn saved_results(dir: &Path, rows: usize) -> Vec<String> {
 /// would be refused.
 pub(super) fn holds_results(dir: &Path) -> bool {
     !saved_results(dir, metrics_rows(dir)).is_empty()
-}
-
-/// The epochs `dir/metrics.csv` holds: its records after the header, counted as a resume
-/// reads them (blank lines skipped, any line ending, a last row cut short none); 0 without
-/// the file, or where it is no file (a pipe's read would wait for a writer forever).
-pub(super) fn metrics_rows(dir: &Path) -> usize {
-    let path = dir.join(super::METRICS_CSV);
-    if kind_if_not_a_file(&path).is_some() {
-        return 0;
-    }
-    std::fs::read_to_string(path).map_or(0, |text| super::metrics_records(&text).records.len())
 }
 
 /// The progress `dir/resume.safetensors` records (from its header alone: the state is

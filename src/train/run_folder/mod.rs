@@ -1,7 +1,10 @@
 //! The run folder: config.json, metrics.csv (one row per epoch, flushed), the checkpoints,
-//! and resume.safetensors with everything else `--resume` needs.
+//! and resume.safetensors with everything else `--resume` needs. Apart: whether a folder
+//! may take a run (`checks`), its `.lock` (`lock`), and metrics.csv's rows (`metrics`).
 
 mod checks;
+mod lock;
+mod metrics;
 
 use super::command::StartCommand;
 use super::ema::Ema;
@@ -10,33 +13,23 @@ use crate::checkpoint::{TensorFile, PROGRESS_KEY};
 use crate::cli::device_name;
 use crate::data::DataIdentity;
 use crate::fsutil::{
-    append_whole, create_folder, ensure_out_is_a_folder, io_error_kind, kind_if_not_a_file,
+    append_whole, create_folder, ensure_out_is_a_folder, kind_if_not_a_file,
     remove_stale_temporaries, unwritable, write_atomic, BackgroundWrites, Remedy,
 };
 use crate::listing::noun_for;
 use crate::optim::AdamW;
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 pub(super) use checks::{check_curves_replaceable, check_resumed_dataset};
 use checks::{
-    check_fresh, check_same_run, ensure_run_file_is_a_file, holds_results, metrics_rows,
-    note_another_machine, saved_config, saved_progress, saved_results,
+    check_fresh, check_same_run, ensure_run_file_is_a_file, holds_results, note_another_machine,
+    saved_config, saved_results,
 };
+use lock::{ensure_folder_locked, resume_lock, RunLock, LOCK_FILE};
+use metrics::{header_line_end, metrics_records, metrics_rows, MetricsText};
+pub(crate) use metrics::{line_at, metrics_header, EpochMetrics};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device};
-
-/// metrics.csv's column names: `EpochMetrics`'s fields, in order, as the csv crate
-/// names them when it writes a row with its header.
-pub(crate) fn metrics_header() -> Vec<String> {
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    writer
-        .serialize(EpochMetrics::default())
-        .expect("a row serializes to memory");
-    let text = writer.into_inner().expect("a Vec cannot fail to flush");
-    let mut reader = csv::Reader::from_reader(text.as_slice());
-    let header = reader.headers().expect("the header just written");
-    header.iter().map(String::from).collect()
-}
 
 /// Where the loop is, saved in resume.safetensors's metadata.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -92,24 +85,6 @@ impl Progress {
             ..Self::default()
         }
     }
-}
-
-/// One epoch's metrics.csv row; the header is its field names.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct EpochMetrics {
-    pub epoch: usize,
-    pub lr: f64,
-    pub train_loss: f64,
-    pub train_acc: f64,
-    pub test_loss: f64,
-    pub test_acc: f64,
-    /// The whole epoch: its training steps, then its test passes.
-    pub epoch_seconds: f64,
-    /// The training steps' images over their time alone.
-    pub images_per_second: f64,
-    /// The weights' moving average on the test set (empty without `--ema`).
-    pub ema_test_loss: Option<f64>,
-    pub ema_test_acc: Option<f64>,
 }
 
 /// `runs/<UTC timestamp>`: a name to start from (see `RunFolder::open`).
@@ -713,128 +688,6 @@ fn read_resume_state(
     Ok(serde_json::from_str(field(PROGRESS_KEY)?)?)
 }
 
-/// metrics.csv as a resume reads it.
-struct MetricsText {
-    /// Whether it starts with the header vit writes.
-    header_is_vits: bool,
-    /// Each record after the header (blank lines are skipped): where it starts, and its
-    /// epoch where it is a row vit writes.
-    records: Vec<(csv::Position, Option<usize>)>,
-    /// Where its records end: at the start of a last row cut short (see [`cut_row_start`]),
-    /// which is none of them, or at its end.
-    end: usize,
-}
-
-/// metrics.csv (`text`) read as a resume reads it.
-fn metrics_records(text: &str) -> MetricsText {
-    let mut reader = csv::Reader::from_reader(text.as_bytes());
-    let header = reader.headers().cloned().unwrap_or_default();
-    let header_is_vits = header.iter().eq(metrics_header().iter());
-    let mut records: Vec<(csv::Position, Option<usize>)> = reader
-        .records()
-        .map(|record| match record {
-            Ok(record) => (
-                record
-                    .position()
-                    .cloned()
-                    .unwrap_or_else(csv::Position::new),
-                (record.deserialize::<EpochMetrics>(Some(&header)).ok()).map(|row| row.epoch),
-            ),
-            Err(e) => (
-                e.position().cloned().unwrap_or_else(csv::Position::new),
-                None,
-            ),
-        })
-        .collect();
-    let mut end = text.len();
-    // Only an unreadable last record that is the last line alone (csv puts its position
-    // before the line breaks in front of it), after a row vit wrote or the header.
-    if let [.., (last, None)] = records.as_slice() {
-        let previous_epoch = match records.len() {
-            1 => Some(0),
-            n => records[n - 2].1,
-        };
-        let cut_row = previous_epoch.and_then(|epoch| cut_row_start(text, epoch));
-        if let Some(start) = cut_row.filter(|&start| {
-            text.get(last.byte() as usize..start)
-                .is_some_and(|gap| gap.bytes().all(|b| b == b'\n' || b == b'\r'))
-        }) {
-            records.pop();
-            end = start;
-        }
-    }
-    MetricsText {
-        header_is_vits,
-        records,
-        end,
-    }
-}
-
-/// Where the last line of metrics.csv (`text`) starts when it is a row cut short: the
-/// start of the one vit writes for the epoch after `previous_epoch`, without a line end
-/// (left by a write a full disk cut short, in versions before vit cut those back, or by a
-/// power loss). Nothing else is taken for one: its epoch is the next one, whole; the
-/// values after it are numbers, the last possibly cut short; it has fewer values than a
-/// row. A resume drops it, as a later epoch's row, and trains that epoch again.
-fn cut_row_start(text: &str, previous_epoch: usize) -> Option<usize> {
-    if text.ends_with(['\n', '\r']) {
-        return None;
-    }
-    // The header's line is no row.
-    let start = text.rfind(['\n', '\r'])? + 1;
-    let values: Vec<&str> = text[start..].split(',').collect();
-    let (cut, whole) = values.split_last()?;
-    let number_part =
-        |value: &str| (value.bytes()).all(|b| b.is_ascii_digit() || b".eE+-".contains(&b));
-    let is_cut_row = values.len() < metrics_header().len()
-        && values[0] == (previous_epoch + 1).to_string()
-        && whole.iter().all(|value| value.parse::<f64>().is_ok())
-        && number_part(cut);
-    is_cut_row.then_some(start)
-}
-
-/// How the first line of the file at `path` ends, for the rows appended after it: a file
-/// a spreadsheet saved with CRLF (or CR) line ends keeps them. LF, as vit writes it, where
-/// the line has no end or cannot be read (the append says why).
-fn header_line_end(path: &Path) -> csv::Terminator {
-    let mut start = Vec::new();
-    let read = std::fs::File::open(path).and_then(|file| {
-        use std::io::Read;
-        file.take(64 * 1024).read_to_end(&mut start)
-    });
-    let end = start
-        .iter()
-        .position(|&byte| byte == b'\n' || byte == b'\r');
-    match (read, end.map(|at| &start[at..])) {
-        (Ok(_), Some([b'\r', b'\n', ..])) => csv::Terminator::CRLF,
-        (Ok(_), Some([b'\r', ..])) => csv::Terminator::Any(b'\r'),
-        _ => csv::Terminator::Any(b'\n'),
-    }
-}
-
-/// The line (from 1, as an editor numbers it) of the record of csv `text` at `position`:
-/// csv puts a record where the one before it ended, before the line breaks (and blank
-/// lines) that precede it, and its own line count does not see CR-only or CRLF endings as
-/// one break each.
-pub(crate) fn line_at(text: &[u8], position: &csv::Position) -> usize {
-    let (bytes, byte) = (text, position.byte() as usize);
-    let start = byte
-        + bytes[byte.min(bytes.len())..]
-            .iter()
-            .take_while(|&&b| b == b'\n' || b == b'\r')
-            .count();
-    // A line ends at \n, or at a \r that no \n follows.
-    let ends = bytes[..start]
-        .iter()
-        .enumerate()
-        .filter(|&(i, &b)| b == b'\n' || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n')))
-        .count();
-    1 + ends
-}
-
-/// The lock file's name in a run folder.
-const LOCK_FILE: &str = ".lock";
-
 /// Whether `dir` holds a run that was stopped (killed, or the power lost) after it locked
 /// its folder but before its config.json landed: its `.lock` alone (vit's or not; the lock
 /// checks that), and none of the files a run writes. It saved nothing, so `--resume`
@@ -842,210 +695,6 @@ const LOCK_FILE: &str = ".lock";
 pub(super) fn stopped_before_its_config(dir: &Path) -> bool {
     let missing = |name: &str| crate::fsutil::is_missing(&dir.join(name));
     !missing(LOCK_FILE) && RUN_FILES.into_iter().all(missing)
-}
-
-/// `.lock` in a run folder, locked (an advisory file lock) while a vit process writes
-/// the folder: a second process given the same folder (a parallel run, or a resume while
-/// the run still trains) is refused instead of mixing its files in. The operating system
-/// releases the lock when the process ends, however it ends; the file stays, holding the
-/// last holder's PID for the message.
-struct RunLock {
-    _file: std::fs::File,
-    /// The lock file and its folder, as they were when locked.
-    place: LockPlace,
-}
-
-impl RunLock {
-    /// Locks the run folder `dir`; where it takes no lock file, the error says why and
-    /// what to do, as `remedy` says.
-    fn take(dir: &Path, remedy: Remedy) -> Result<Self> {
-        use std::io::{Seek, Write};
-        let path = dir.join(LOCK_FILE);
-        let not_vits = || {
-            anyhow!(
-                "{} is already there, and is not a lock vit made (those are files that hold a \
-                 process ID): a run in {} would replace it. Move it away",
-                path.display(),
-                dir.display()
-            )
-        };
-        // vit's lock files are regular files: another `.lock` (a folder, or a pipe, whose
-        // read would wait forever) is the user's, and is left as it is.
-        if kind_if_not_a_file(&path).is_some() {
-            return Err(not_vits());
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| {
-                unwritable(
-                    e,
-                    format!("cannot write to the run folder {}", dir.display()),
-                    remedy,
-                )
-            })?;
-        match try_lock_for_a_moment(&file) {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let pid = match read_lock(&mut file) {
-                    Ok(LockContent::Vits(Some(pid))) => pid.to_string(),
-                    // Being written at this moment, perhaps.
-                    _ => "unknown".to_string(),
-                };
-                bail!(
-                    "{} is in use by another vit process (PID {pid}): wait for it to end, or \
-                     choose another --out",
-                    dir.display()
-                );
-            }
-            Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
-                eprintln!(
-                    "warning: the file system of {} has no file locks: nothing keeps a second \
-                     vit process out of this run folder",
-                    dir.display()
-                );
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("cannot lock {}", path.display()));
-            }
-        }
-        match read_lock(&mut file).with_context(|| format!("cannot read {}", path.display()))? {
-            LockContent::Vits(_) => {}
-            LockContent::Other => return Err(not_vits()),
-        }
-        // Only for the message a refused process prints.
-        let _ = file.set_len(0).and_then(|()| file.rewind());
-        let _ = write!(file, "{}", std::process::id());
-        let cannot_read = |path: &Path| format!("cannot read {}", path.display());
-        let lock = file.metadata().with_context(|| cannot_read(&path))?;
-        let folder = std::fs::metadata(dir).with_context(|| cannot_read(dir))?;
-        let place = LockPlace {
-            lock: file_id(&lock),
-            folder: file_id(&folder),
-        };
-        Ok(Self { _file: file, place })
-    }
-}
-
-/// A file's identity on disk: its device and inode.
-type FileId = (u64, u64);
-
-fn file_id(metadata: &std::fs::Metadata) -> FileId {
-    use std::os::unix::fs::MetadataExt;
-    (metadata.dev(), metadata.ino())
-}
-
-/// Where a run took its lock: the identities of the `.lock` it locked and of its folder.
-/// The run holds the file open, so its inode is not reused: while the folder's `.lock`
-/// has it, the folder is the one locked, and any other file there is a new lock, which
-/// another run may hold (the folder removed, and a run started in its place).
-#[derive(Clone, Copy)]
-struct LockPlace {
-    lock: FileId,
-    folder: FileId,
-}
-
-impl LockPlace {
-    /// Fails unless `dir`'s `.lock` is still the file locked, saying what happened: the
-    /// folder was removed (or moved), replaced, or lost its `.lock`. One stat where it
-    /// holds, as it does unless one of these happened.
-    fn ensure_unchanged(&self, dir: &Path) -> Result<()> {
-        let id = |path: &Path| std::fs::metadata(path).ok().map(|m| file_id(&m));
-        if id(&dir.join(LOCK_FILE)) == Some(self.lock) {
-            return Ok(());
-        }
-        let shown = dir.display();
-        let moved = "(had it been moved, resume it where it is: --out THERE --resume)";
-        match id(dir) {
-            None => bail!(
-                "{shown} was removed while this run trained: the run stops, as its files \
-                 have nowhere to go {moved}"
-            ),
-            Some(folder) if folder == self.folder => bail!(
-                "{shown}/{LOCK_FILE} was removed or replaced while this run trained, which \
-                 lets another vit process into the folder (another run there now?): this run \
-                 stops without writing; once no other run uses the folder, resume it \
-                 (--out {shown} --resume)"
-            ),
-            Some(_) => bail!(
-                "{shown} was removed or replaced while this run trained (another run there \
-                 now?): this run stops without writing, to keep its files out of that folder \
-                 {moved}"
-            ),
-        }
-    }
-}
-
-/// Fails unless the run folder `dir` is still the one its run locked, at `place` (None:
-/// opened only to read, see [`resume_lock`]): checked before each write as the run trains.
-fn ensure_folder_locked(dir: &Path, place: Option<&LockPlace>) -> Result<()> {
-    match place {
-        Some(place) => place.ensure_unchanged(dir),
-        None => bail!(
-            "cannot write to {}: it was opened without its lock, only to read",
-            dir.display()
-        ),
-    }
-}
-
-/// The lock of the run in `dir`, resumed for `epochs` epochs, from the attempt to take it
-/// (`taken`); none where a finished run is on a read-only file system: nothing can write
-/// there, so no run can come in, and the resume of a finished run writes nothing (it
-/// only says that the run finished, and its best models).
-fn resume_lock(dir: &Path, epochs: usize, taken: Result<RunLock>) -> Result<Option<RunLock>> {
-    match taken {
-        Ok(lock) => Ok(Some(lock)),
-        Err(e)
-            if io_error_kind(&e) == Some(std::io::ErrorKind::ReadOnlyFilesystem)
-                && saved_progress(dir).is_some_and(|saved| saved.epochs_done >= epochs) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// What a `.lock` holds.
-enum LockContent {
-    /// vit's: its holder's process ID, or none while it is being written.
-    Vits(Option<u32>),
-    /// Anything else: a file of the user's.
-    Other,
-}
-
-/// Reads a `.lock` from its start: at most a few bytes, as a process ID is short.
-fn read_lock(file: &mut std::fs::File) -> std::io::Result<LockContent> {
-    use std::io::{Read, Seek};
-    file.rewind()?;
-    let mut bytes = Vec::new();
-    file.by_ref().take(32).read_to_end(&mut bytes)?;
-    let text = bytes.trim_ascii();
-    if text.is_empty() {
-        return Ok(LockContent::Vits(None));
-    }
-    let pid = std::str::from_utf8(text)
-        .ok()
-        .filter(|text| text.bytes().all(|byte| byte.is_ascii_digit()))
-        .and_then(|text| text.parse().ok());
-    Ok(pid.map_or(LockContent::Other, |pid| LockContent::Vits(Some(pid))))
-}
-
-/// `file.try_lock()`, tried again for up to a second while another holds the lock: a lock
-/// can outlive its holder for a moment, as a child the holder forks (to run a command)
-/// shares it until that child starts its program.
-fn try_lock_for_a_moment(file: &std::fs::File) -> Result<(), std::fs::TryLockError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-    loop {
-        match file.try_lock() {
-            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            result => return result,
-        }
-    }
 }
 
 /// The settings the run in `dir` records in its config.json, where that is a file vit can
@@ -1083,9 +732,8 @@ struct RunConfig {
 #[cfg(test)]
 mod tests {
     use super::{
-        line_at, metrics_header, metrics_rows, resume_lock, saved_results, utc_timestamp,
-        EpochMetrics, Progress, RunFolder, RunLock, LOCK_FILE, METRICS_CSV, MODEL_FILES,
-        RESUME_STATE,
+        metrics_header, metrics_rows, resume_lock, saved_results, utc_timestamp, EpochMetrics,
+        Progress, RunFolder, RunLock, LOCK_FILE, METRICS_CSV, MODEL_FILES, RESUME_STATE,
     };
     use crate::fsutil::{io_error_kind, Remedy};
     use crate::temp_dir::TempDir;
@@ -1107,26 +755,6 @@ mod tests {
         assert!(saved_results(dir, 0).is_empty());
         assert_eq!(saved_results(dir, 1), ["1 epoch in metrics.csv"]);
         assert_eq!(saved_results(dir, 2), ["2 epochs in metrics.csv"]);
-    }
-
-    /// metrics.csv's epochs are counted as a resume reads its rows: a blank line after the
-    /// header (which made a folder with no results neither fresh nor resumable) or between
-    /// rows is none, and CR-only line ends end rows too.
-    #[test]
-    fn metrics_rows_are_its_records_after_the_header() {
-        let dir = TempDir::new("metrics-rows");
-        let header = metrics_header().join(",");
-        let row = |epoch: usize| format!("{epoch}{}", ",1".repeat(metrics_header().len() - 1));
-        for (text, rows) in [
-            (format!("{header}\n"), 0),
-            (format!("{header}\n\n"), 0),
-            (format!("{header}\n{}\n\n{}\n", row(1), row(2)), 2),
-            (format!("{header}\r{}\r{}\r", row(1), row(2)), 2),
-        ] {
-            std::fs::write(dir.join(METRICS_CSV), &text).unwrap();
-            assert_eq!(metrics_rows(&dir), rows, "{text:?}");
-        }
-        assert_eq!(metrics_rows(&dir.join("nonexistent")), 0);
     }
 
     /// Run folder names against `date -u -d @SECS +%Y%m%d-%H%M%S`: leap days (2000 is a
@@ -1155,17 +783,6 @@ mod tests {
     /// leaves the file as it is; a finished run's file is left as it is too.
     #[test]
     fn rows_after_the_saved_state_are_dropped_only_for_later_epochs() {
-        // The line refused is named as an editor numbers it, whatever ends the lines and
-        // however many blank ones come before it.
-        for (text, line) in [
-            ("h\r\nr1\r\nr2\r\n# a note\r\n", 4),
-            ("h\nr1\nr2\n\n\n# a note\n", 6),
-            ("h\rr1\rr2\r# a note\r", 4),
-        ] {
-            let mut position = csv::Position::new();
-            position.set_byte((text.find("r2").unwrap() + 2) as u64);
-            assert_eq!(line_at(text.as_bytes(), &position), line, "{text:?}");
-        }
         let (_dir, run) = temporary_run("metrics");
         let dir = run.dir().to_path_buf();
         let row = |epoch: &str| format!("{epoch},0.001,2.0,0.5,1.9,0.4,1.0,100.0,,");
