@@ -123,9 +123,7 @@ pub(super) fn check_same_run(
     data: &DataIdentity,
 ) -> Result<()> {
     let differences = |path: &str, saved: serde_json::Value, given: serde_json::Value| {
-        let mut out = Vec::new();
-        differing_settings(path, &saved, &given, &mut out);
-        out.join("\n  ")
+        differing_settings(path, &saved, &given).join("\n  ")
     };
     let mut given = settings.clone();
     if saved.data.is_some() {
@@ -218,23 +216,25 @@ pub(super) fn note_another_machine(dir: &Path, saved: &RunConfig, device: Device
     }
 }
 
-/// Appends to `out` a line `name: saved X, given Y` for each setting that differs, with
-/// nested settings named by their path and, where `vit train` has one, the flag that sets
-/// them (`model.embed_dim (--embed-dim)`, see [`flag_for`]). A part switched on or off
+/// A line `name: saved X, given Y` for each setting that differs, with nested settings
+/// named by their path and, where `vit train` has one, the flag that sets them
+/// (`model.embed_dim (--embed-dim)`, see [`flag_for`]). A part switched on or off
 /// (`regularization.mix`) is compared setting by setting, the missing side's settings
 /// `off`, leaving out the [`FIXED_SETTINGS`] no flag changes and the
-/// [`QUALIFYING_SETTINGS`]; one with a flag of its own
-/// (`--augment-policy`, `--random-erasing`) is summarised as [`shown`] says.
+/// [`QUALIFYING_SETTINGS`]; one with a flag of its own (`--augment-policy`,
+/// `--random-erasing`) is summarised as [`shown`] says.
 fn differing_settings(
     path: &str,
     saved: &serde_json::Value,
     given: &serde_json::Value,
-    out: &mut Vec<String>,
-) {
-    compare_settings(path, saved, given, false, out)
+) -> Vec<String> {
+    let mut out = Vec::new();
+    compare_settings(path, saved, given, false, &mut out);
+    out
 }
 
-/// [`differing_settings`]; `switched`: within a part that one side does not have.
+/// [`differing_settings`], appended to `out`; `switched`: within a part that one side does
+/// not have.
 fn compare_settings(
     path: &str,
     saved: &serde_json::Value,
@@ -488,9 +488,7 @@ mod tests {
     /// The lines a resume with `given` flags is refused with, after a run with `saved`.
     fn differences(saved: &[&str], given: &[&str]) -> Vec<String> {
         let json = |flags| serde_json::to_value(settings(flags)).unwrap();
-        let mut out = Vec::new();
-        differing_settings("", &json(saved), &json(given), &mut out);
-        out
+        differing_settings("", &json(saved), &json(given))
     }
 
     /// Appends the path of each setting (not an object) in `value` to `out`.

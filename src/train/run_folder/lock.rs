@@ -74,7 +74,13 @@ impl RunLock {
                 );
             }
             Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot lock {}: its file system refused a file lock; choose another \
+                         --out (on a local disk)",
+                        path.display()
+                    )
+                });
             }
         }
         match read_lock(&mut file).with_context(|| format!("cannot read {}", path.display()))? {

@@ -217,8 +217,8 @@ pub(super) struct RunFolder {
 impl RunFolder {
     /// Creates (or, to resume, reopens) the folder `options` names and locks it for this
     /// process. With `numbered_out`, `out` is only where a fresh run's name starts: it gets
-    /// a new folder, `out` or `out-2`, `out-3`, ... (see [`Self::dir`]); a resume is never
-    /// numbered.
+    /// a new folder, `out` or `out-2`, `out-3`, ... (see [`create_numbered_folder`]), which
+    /// [`Self::dir`] then gives; a resume is never numbered.
     pub(super) fn open(
         options: &RunOptions,
         settings: &TrainSettings,
