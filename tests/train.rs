@@ -678,6 +678,26 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     assert!(stderr.contains("nothing to train"), "{stderr}");
     assert!(run.join("curves.png").is_file() && run.join("curves.svg").is_file());
     assert_eq!(read_metrics(&run).1.len(), 4, "the finished run changed");
+    // Its resume state removed (only an unfinished run needs it), the finished run still
+    // has nothing to train, and its best models are told from its metrics.csv as from the
+    // state.
+    let best_from_state = String::from_utf8_lossy(&plotted.stdout).into_owned();
+    assert!(
+        best_from_state.contains("Best Validation Accuracy: "),
+        "{best_from_state}"
+    );
+    std::fs::remove_file(run.join("resume.safetensors")).unwrap();
+    let without_state = vit(&args);
+    let stderr = String::from_utf8_lossy(&without_state.stderr);
+    assert!(
+        stderr.contains("already finished its 4 epochs; nothing to train"),
+        "{stderr}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&without_state.stdout),
+        best_from_state
+    );
+    assert_eq!(read_metrics(&run).1.len(), 4, "the finished run changed");
 }
 
 /// The training loss in metrics.csv (and the epoch line) is the mean over the epoch's
@@ -3893,21 +3913,39 @@ fn resume_of_a_run_killed_before_its_first_save_starts_over() {
     run_training(&settings, dataset, &killed, true, false);
     assert_same_run(&straight, &killed);
 
-    // A finished run that lost its resume state is not started over, even of one epoch.
+    // A finished run whose resume state was removed (only an unfinished run needs it) is
+    // not started over, even of one epoch: it has nothing to train, and its files stay;
+    // without its last model too, it is refused.
     let one_epoch = root.join("one-epoch");
     run_training(&tiny_settings(1, 600), dataset, &one_epoch, false, false);
     std::fs::remove_file(one_epoch.join("resume.safetensors")).unwrap();
+    // Every file but the .lock, which holds the PID of the last process that took it.
+    let run_files = |dir: &Path| -> std::collections::BTreeMap<std::ffi::OsString, Vec<u8>> {
+        (std::fs::read_dir(dir).unwrap())
+            .map(|entry| entry.unwrap())
+            .filter(|entry| entry.file_name() != ".lock")
+            .map(|entry| (entry.file_name(), std::fs::read(entry.path()).unwrap()))
+            .collect()
+    };
+    let files_before = run_files(&one_epoch);
     let flag = AtomicBool::new(false);
-    let resumed = train::train(
-        &tiny_settings(1, 600),
-        dataset,
-        &options(&one_epoch, true, &flag),
-    );
-    let error = format!("{:#}", resumed.err().expect("the resume must be refused"));
+    let resume = || {
+        train::train(
+            &tiny_settings(1, 600),
+            dataset,
+            &options(&one_epoch, true, &flag),
+        )
+    };
+    assert!(matches!(resume(), Ok(Outcome::Finished)));
+    assert_eq!(run_files(&one_epoch), files_before);
+    std::fs::remove_file(one_epoch.join("last_model.safetensors")).unwrap();
+    let error = format!("{:#}", resume().err().expect("the resume must be refused"));
     assert!(error.contains("resume.safetensors is missing"), "{error}");
 
-    // A run that saved more, then lost its resume state, is not started over.
+    // A run that saved more, then lost its resume state and its last model (so that it
+    // cannot be told finished), is not started over.
     std::fs::remove_file(killed.join("resume.safetensors")).unwrap();
+    std::fs::remove_file(killed.join("last_model.safetensors")).unwrap();
     let best_model = std::fs::read(killed.join("best_model.safetensors")).unwrap();
     let error = refused_resume(&settings, dataset, &killed);
     assert!(

@@ -48,6 +48,13 @@ pub(super) fn metrics_rows(dir: &Path) -> usize {
     std::fs::read_to_string(path).map_or(0, |text| metrics_records(&text).records.len())
 }
 
+/// The rows of metrics.csv (`text`) that are rows vit writes, in order (any other line,
+/// and a last row cut short, left out).
+pub(super) fn epoch_rows(text: &str) -> Vec<EpochMetrics> {
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    reader.deserialize().filter_map(Result::ok).collect()
+}
+
 /// metrics.csv as a resume reads it.
 pub(super) struct MetricsText {
     /// Whether it starts with the header vit writes.

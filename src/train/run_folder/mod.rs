@@ -8,7 +8,7 @@ mod metrics;
 
 use super::command::StartCommand;
 use super::ema::Ema;
-use super::{RunOptions, TrainSettings};
+use super::{is_new_best, RunOptions, TrainSettings};
 use crate::checkpoint::{TensorFile, PROGRESS_KEY};
 use crate::cli::device_name;
 use crate::data::DataIdentity;
@@ -25,7 +25,7 @@ use checks::{
     saved_config, saved_results,
 };
 use lock::{ensure_folder_locked, resume_lock, RunLock, LOCK_FILE};
-use metrics::{header_line_end, metrics_records, metrics_rows, MetricsText};
+use metrics::{epoch_rows, header_line_end, metrics_records, metrics_rows, MetricsText};
 pub(crate) use metrics::{line_at, metrics_header, EpochMetrics};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -442,7 +442,7 @@ impl RunFolder {
         ensure_run_file_is_a_file(&self.path(METRICS_CSV))?;
         let path = self.path(RESUME_STATE);
         if !path.exists() {
-            return self.resume_without_state(epochs);
+            return self.resume_without_state(epochs, ema.is_some());
         }
         ensure_run_file_is_a_file(&path)?;
         // A file that cannot be opened says so; what is in it is what may be foreign.
@@ -461,12 +461,19 @@ impl RunFolder {
         Ok(progress)
     }
 
-    /// Where a run of `epochs` epochs without a resume state starts: over, when it stopped
-    /// before its first state landed (killed before or while saving its first epoch, which
-    /// it then trains again, as a resume from a later state would). A finished run, or one
-    /// further on, lost its state, and starting over would replace what it saved.
-    fn resume_without_state(&self, epochs: usize) -> Result<Progress> {
+    /// Where a run of `epochs` epochs (`with_ema`) without a resume state starts: over,
+    /// when it stopped before its first state landed (killed before or while saving its
+    /// first epoch, which it then trains again, as a resume from a later state would); at
+    /// its end, when it finished and its last models are there (the state, which only an
+    /// unfinished run needs, removed since). One further on lost its state, and starting
+    /// over would replace what it saved.
+    fn resume_without_state(&self, epochs: usize, with_ema: bool) -> Result<Progress> {
         let rows = metrics_rows(&self.dir);
+        let last_models_kept =
+            kept_models(with_ema).all(|ema| self.path(ModelFiles::of(ema).last).is_file());
+        if rows >= epochs && last_models_kept {
+            return self.finished_progress(epochs);
+        }
         let results = saved_results(&self.dir, rows);
         ensure!(
             rows == 0 || (rows == 1 && epochs > 1),
@@ -491,6 +498,28 @@ impl RunFolder {
         }
         self.truncate_metrics(0, true)?;
         Ok(Progress::default())
+    }
+
+    /// The progress of a finished run of `epochs` epochs, read from its metrics.csv (its
+    /// resume state gone): its best test accuracies, the model's and the EMA's, by the rule
+    /// that kept its best models.
+    fn finished_progress(&self, epochs: usize) -> Result<Progress> {
+        let path = self.path(METRICS_CSV);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot resume: cannot read {}", path.display()))?;
+        let mut progress = Progress {
+            epochs_done: epochs,
+            ..Progress::default()
+        };
+        for (epoch, row) in epoch_rows(&text).into_iter().take(epochs).enumerate() {
+            for (ema, accuracy) in [(false, Some(row.test_acc)), (true, row.ema_test_acc)] {
+                let Some(accuracy) = accuracy else { continue };
+                if is_new_best(accuracy, progress.best(ema).0, epoch) {
+                    progress.set_best(ema, accuracy, epoch + 1);
+                }
+            }
+        }
+        Ok(progress)
     }
 
     /// Refuses to resume a run of `epochs` epochs whose best model (or best EMA model) was
