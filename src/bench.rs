@@ -6,8 +6,8 @@
 //! (bench/compare.py).
 
 use crate::cli::{
-    AdamWKernel, BenchArgs, CudaGraphScope, DEFAULT_CLIP_GRAD, DEFAULT_LABEL_SMOOTHING, DEFAULT_LR,
-    DEFAULT_WEIGHT_DECAY,
+    AdamWKernel, BenchArgs, CudaGraphScope, Precision, DEFAULT_CLIP_GRAD, DEFAULT_LABEL_SMOOTHING,
+    DEFAULT_LR, DEFAULT_WEIGHT_DECAY,
 };
 use crate::ffi;
 use crate::listing::noun_for;
@@ -40,7 +40,8 @@ pub struct BenchReport {
     /// false for a model without dropout, which draws none.
     pub libtorch_dropout: bool,
     /// CPU linear layers through libtorch's `linear` instead of oneDNN: `--libtorch-linear`,
-    /// or this CPU's default without it or `--onednn-linear` (see `onednn_linear_by_default`).
+    /// or this CPU's default without it or `--onednn-linear` (see `onednn_linear_by_default`),
+    /// or where no product would run in oneDNN (see [`products_reach_onednn`]).
     pub libtorch_linear: bool,
     /// Training steps replayed as a CUDA graph (`--cuda-graph`).
     pub cuda_graph: bool,
@@ -83,6 +84,18 @@ pub struct PhaseTimes {
     pub optimizer: f64,
 }
 
+/// Whether the largest linear products of `config`'s model, a block's qkv and MLP products
+/// over a batch of `batch_size` images, run in oneDNN where the model asks for it
+/// (`ffi::onednn_linear`): in fp32 (bf16 autocast runs libtorch's `linear`), with at least
+/// [`ffi::ONEDNN_MIN_MULTIPLY_ADDS`] multiply-adds. (The head's product, a token an image,
+/// may stay below where these reach it.)
+fn products_reach_onednn(config: &ViTConfig, batch_size: i64, precision: Precision) -> bool {
+    let tokens = batch_size * ((config.image_size / config.patch_size).pow(2) + 1);
+    let largest = (tokens.saturating_mul(config.embed_dim))
+        .saturating_mul((3 * config.embed_dim).max(config.mlp_dim));
+    precision == Precision::Fp32 && largest >= ffi::ONEDNN_MIN_MULTIPLY_ADDS
+}
+
 /// A training step's FLOPs per forward FLOP: the forward, and a backward pass of about
 /// twice its work (the gradients of each product's input and of its weight).
 const TRAINING_FLOPS_PER_FORWARD: f64 = 3.0;
@@ -107,6 +120,8 @@ impl BenchReport {
         let config = model.config.clone();
         let forward_flops_per_image = config.forward_flops();
         let draws_dropout_masks = config.dropout > 0.0;
+        let linear_in_onednn = model.onednn_linear()
+            && products_reach_onednn(&config, args.batch_size, args.precision);
         BenchReport {
             config: args.model.preset.clone(),
             model: config,
@@ -119,7 +134,7 @@ impl BenchReport {
             fused_attention: model.fused_attention(),
             fused_adamw: optimizer.fused,
             libtorch_dropout: model.libtorch_dropout() && draws_dropout_masks,
-            libtorch_linear: !model.onednn_linear(),
+            libtorch_linear: !linear_in_onednn,
             cuda_graph: args.cuda_graph,
             parameters: crate::model::parameter_total(vs),
             last_step_loss: measured.last_step_loss,
@@ -227,6 +242,23 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         eprintln!(
             "warning: --libtorch-dropout changes nothing here: the model has no dropout \
              (--dropout 0), so no masks are drawn; add --dropout P to time them"
+        );
+    }
+    let onednn_idle =
+        device == Device::Cpu && !products_reach_onednn(&config, args.batch_size, args.precision);
+    if args.onednn_linear && onednn_idle {
+        eprintln!(
+            "warning: --onednn-linear changes nothing here: {}, so the linear layers run in \
+             libtorch's linear",
+            match args.precision {
+                Precision::Bf16 => {
+                    "oneDNN's path is for fp32 products, not bf16 autocast's".to_string()
+                }
+                Precision::Fp32 => format!(
+                    "the products are under the {} multiply-adds that oneDNN's set-up pays for",
+                    ffi::ONEDNN_MIN_MULTIPLY_ADDS
+                ),
+            }
         );
     }
     tch::manual_seed(0);

@@ -196,8 +196,10 @@ fn vit_bench_reports_throughput_and_memory_for_each_setting() {
         assert_eq!(report["fused_adamw"], fused_adamw, "{report}");
         assert_eq!(report["fused_attention"], fused_attention, "{report}");
         assert_eq!(report["libtorch_dropout"], libtorch_kernels, "{report}");
-        // Unasked, the linear layers run as vit train runs them on this CPU.
-        let libtorch_linear = libtorch_kernels || !vit_tch::model::onednn_linear_by_default();
+        // Unasked, the linear layers run as vit train runs them on this CPU, in fp32 (see
+        // bench_reports_the_linear_kernel_that_ran).
+        let libtorch_linear =
+            libtorch_kernels || !vit_tch::model::onednn_linear_by_default() || precision == "bf16";
         assert_eq!(report["libtorch_linear"], libtorch_linear, "{report}");
         assert_eq!(report["threads"], 1);
         // What the run took, so that the record says how to repeat it.
@@ -391,6 +393,40 @@ fn each_bench_switch_changes_what_runs_and_not_what_it_computes() {
     // In float32 on the CPU, libtorch's fused attention computes these small shapes with
     // the explicit formula, bit for bit; under bf16 autocast the two differ.
     switch_changes(&["--precision=bf16"], "--explicit-attention", 1e-3, true);
+}
+
+/// The report names the linear kernel that ran: oneDNN where asked (as by default on AMD's
+/// CPUs) for the fp32 products of the tiny model at batch 32 (its largest, qkv, has 32 x 65
+/// x 32 x 96 multiply-adds); libtorch's `linear` under bf16 autocast, and at batch 2, whose
+/// products are all under oneDNN's threshold, where `--onednn-linear` is warned to change
+/// nothing.
+#[test]
+fn bench_reports_the_linear_kernel_that_ran() {
+    let bench = |extra: &[&str]| {
+        #[rustfmt::skip]
+        let mut args = vec![
+            "bench", "--config", "tiny", "--steps", "1", "--warmup", "0", "--device", "cpu",
+            "--threads", "1", "--json", "--onednn-linear",
+        ];
+        args.extend(extra);
+        let output = vit(&args);
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (report["libtorch_linear"].clone(), stderr)
+    };
+    let batch_32 = ["--batch-size", "32"];
+    let changes_nothing = "warning: --onednn-linear changes nothing here: ";
+    let (libtorch_linear, stderr) = bench(&batch_32);
+    assert_eq!(libtorch_linear, false, "{stderr}");
+    assert!(!stderr.contains(changes_nothing), "{stderr}");
+    let (libtorch_linear, stderr) = bench(&[&batch_32[..], &["--precision", "bf16"]].concat());
+    assert_eq!(libtorch_linear, true, "{stderr}");
+    let bf16 = format!("{changes_nothing}oneDNN's path is for fp32 products");
+    assert!(stderr.contains(&bf16), "{stderr}");
+    let (libtorch_linear, stderr) = bench(&["--batch-size", "2"]);
+    assert_eq!(libtorch_linear, true, "{stderr}");
+    let small = format!("{changes_nothing}the products are under the 4259840");
+    assert!(stderr.contains(&small), "{stderr}");
 }
 
 /// Whether vit's oneDNN linear layer and libtorch's `linear` give different float32 bits on

@@ -109,11 +109,6 @@ at::Tensor onednn_matmul_t(const at::Tensor& a, const at::Tensor& b,
                                   std::nullopt);
 }
 
-// Products smaller than this many multiply-adds stay with at::linear: below it, measured on
-// this project's AMD EPYC (bench/cpu_kernels.py), oneDNN's set-up per call costs more than
-// its faster product saves. It is a batch of one notebook-size image, [65, 256] x [256, 256].
-constexpr int64_t kOneDnnMinMultiplyAdds = 65 * 256 * 256;
-
 // A linear layer, input [..., in] x weight [out, in] (+ bias [out]) -> [..., out], whose
 // forward product and input gradient run in oneDNN (the weight gradient as libtorch's
 // linear computes it, below). The operator has no gradient of its own, hence this autograd
@@ -307,10 +302,11 @@ bool vit_onednn_linear_available() { return onednn_linear_op().has_value(); }
 
 // torch.nn.functional.linear(input, weight, bias) (bias may be null) into *output, a new
 // tensor the caller owns. Float32 CPU tensors outside autocast whose product has at least
-// kOneDnnMinMultiplyAdds go through OneDnnLinear; everything else (CUDA, other dtypes,
-// autocast, small or empty products, a libtorch without oneDNN) through at::linear, as
-// PyTorch runs it.
-int vit_onednn_linear(void* input, void* weight, void* bias, void** output) {
+// min_multiply_adds (ffi::ONEDNN_MIN_MULTIPLY_ADDS) go through OneDnnLinear; everything else
+// (CUDA, other dtypes, autocast, small or empty products, a libtorch without oneDNN)
+// through at::linear, as PyTorch runs it.
+int vit_onednn_linear(void* input, void* weight, void* bias, int64_t min_multiply_adds,
+                      void** output) {
   return guarded([&] {
     const auto& x = *static_cast<at::Tensor*>(input);
     const auto& w = *static_cast<at::Tensor*>(weight);
@@ -320,7 +316,7 @@ int vit_onednn_linear(void* input, void* weight, void* bias, void** output) {
                         x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat &&
                         (!b || b->scalar_type() == at::kFloat) &&
                         !at::autocast::is_autocast_enabled(at::kCPU) && w.dim() == 2 &&
-                        rows * w.size(0) * w.size(1) >= kOneDnnMinMultiplyAdds;
+                        rows * w.size(0) * w.size(1) >= min_multiply_adds;
     *output = new at::Tensor(onednn ? OneDnnLinear::apply(x, w, b) : at::linear(x, w, b));
   });
 }

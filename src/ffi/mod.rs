@@ -41,6 +41,7 @@ extern "C" {
         input: *mut c_void,
         weight: *mut c_void,
         bias: *mut c_void,
+        min_multiply_adds: i64,
         output: *mut *mut c_void,
     ) -> i32;
     fn vit_foreach_norm(tensors: *const *mut c_void, count: i64, norms: *mut *mut c_void) -> i32;
@@ -268,6 +269,12 @@ pub fn foreach_lerp_(tensors: &[Tensor], ends: &[Tensor], weight: f64) -> Result
     check(status, "foreach lerp")
 }
 
+/// Products smaller than this many multiply-adds stay with libtorch's `linear` in
+/// [`onednn_linear`]: below it, measured on this project's AMD EPYC
+/// (bench/cpu_kernels.py), oneDNN's set-up per call costs more than its faster product
+/// saves. It is a batch of one notebook-size image, [65, 256] x [256, 256].
+pub const ONEDNN_MIN_MULTIPLY_ADDS: i64 = 65 * 256 * 256;
+
 /// `torch.nn.functional.linear(input, weight, bias)`: [..., in_dim] x [out_dim, in_dim]
 /// (+ `[out_dim]`) -> [..., out_dim]. For float32 CPU tensors outside autocast, the product
 /// and the input's gradient run in oneDNN, which on this project's AMD EPYC machine is up
@@ -275,8 +282,7 @@ pub fn foreach_lerp_(tensors: &[Tensor], ends: &[Tensor], weight: f64) -> Result
 /// the weight's gradient is MKL's, as in `linear`, where oneDNN was the slower. (On an
 /// Intel Xeon MKL's products were the faster: the model's linear layers call this on AMD's
 /// CPUs alone, `model::onednn_linear_by_default`.) Otherwise, and for products under
-/// 65 x 256 x 256 multiply-adds (where oneDNN's set-up per call costs more than it saves),
-/// it is libtorch's `linear`.
+/// [`ONEDNN_MIN_MULTIPLY_ADDS`], it is libtorch's `linear`.
 pub fn onednn_linear(input: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let bias = bias.map_or(std::ptr::null_mut(), |b| b.as_ptr() as *mut c_void);
     let mut output = std::ptr::null_mut();
@@ -287,6 +293,7 @@ pub fn onednn_linear(input: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> 
             input.as_ptr() as *mut c_void,
             weight.as_ptr() as *mut c_void,
             bias,
+            ONEDNN_MIN_MULTIPLY_ADDS,
             &mut output,
         )
     };
