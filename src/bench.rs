@@ -41,7 +41,7 @@ pub struct BenchReport {
     pub libtorch_dropout: bool,
     /// CPU linear layers through libtorch's `linear` instead of oneDNN: `--libtorch-linear`,
     /// or this CPU's default without it or `--onednn-linear` (see `onednn_linear_by_default`),
-    /// or where no product would run in oneDNN (see [`products_reach_onednn`]).
+    /// or where no product would run in oneDNN (see `products_reach_onednn`).
     pub libtorch_linear: bool,
     /// Training steps replayed as a CUDA graph (`--cuda-graph`).
     pub cuda_graph: bool,

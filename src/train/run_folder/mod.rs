@@ -361,7 +361,7 @@ impl RunFolder {
     }
 
     /// Fails, saying what happened, unless the folder is still the one this run locked:
-    /// the run writes nothing into a folder that replaced it (see [`LockPlace`]).
+    /// the run writes nothing into a folder that replaced it (see [`lock::LockPlace`]).
     fn ensure_still_locked(&self) -> Result<()> {
         ensure_folder_locked(&self.dir, self.lock.as_ref().map(|lock| &lock.place))
     }
