@@ -104,8 +104,9 @@ $(error DATASET=$(DATASET): make train takes DATASET=cifar10, cifar100 or folder
 endif
 endif
 DATA_FLAGS = --dataset $(call quote,$(DATASET)) --data-dir $(call quote,$(DATA_DIR))
-# vit's advice names its flags; under make, two of them are variables.
-UNDER_MAKE_HINT := echo "make train: where the error above says --dataset or --data-dir, pass DATASET=... or DATA_DIR=... to make"; exit 1
+# vit's advice names its flags; under make, two of them are variables. Not after a stop
+# (status 130: Ctrl-C, or a signal), which the error above is not.
+UNDER_MAKE_HINT := status=$$?; test $$status -eq 130 || echo "make train: where the error above says --dataset or --data-dir, pass DATASET=... or DATA_DIR=... to make"; exit $$status
 # `ARGS=--help` shows vit train's flags without downloading a dataset first.
 train: build
 	$(if $(filter folder,$(DATASET))$(filter -h --help,$(ARGS)),,$(VIT) download $(DATA_FLAGS) || { $(UNDER_MAKE_HINT); })

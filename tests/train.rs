@@ -4358,8 +4358,16 @@ fn make_train_refuses_dataset_flags_in_args() {
     let output = make(&["-o", "build", "train", "VIT=false"]);
     let printed = String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success());
+    // The hint's line (make also echoes the recipe, which holds its text).
+    let hint = "make train: where the error above says --dataset or --data-dir, pass \
+                DATASET=... or DATA_DIR=... to make";
+    let hinted = |printed: &str| printed.lines().any(|line| line == hint);
+    assert!(hinted(&printed), "{printed}");
+    // Not after a stop (a vit that ends with status 130, as after Ctrl-C or SIGTERM).
+    let output = make(&["-o", "build", "train", "VIT=sh -c 'exit 130'"]);
+    let printed = String::from_utf8_lossy(&output.stdout);
     assert!(
-        printed.contains("where the error above says --dataset or --data-dir, pass DATASET=... or DATA_DIR=... to make"),
+        output.status.code() == Some(2) && !hinted(&printed),
         "{printed}"
     );
 }
