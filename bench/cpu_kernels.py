@@ -36,10 +36,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     onednn = torch.ops.mkldnn._linear_pointwise
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} thread{'' if threads == 1 else 's'}")
     print("linear [rows, in] x [in, out] + bias: microseconds per call")
     print(f"{'rows':>6} {'in':>4} {'out':>4} {'multiply-adds':>14} {'libtorch':>10} {'oneDNN':>10} {'ratio':>6}")
     shapes = [
