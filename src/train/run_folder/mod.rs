@@ -13,8 +13,8 @@ use crate::checkpoint::{TensorFile, PROGRESS_KEY};
 use crate::cli::device_name;
 use crate::data::DataIdentity;
 use crate::fsutil::{
-    append_whole, create_folder, ensure_out_is_a_folder, kind_if_not_a_file,
-    remove_stale_temporaries, unwritable, write_atomic, BackgroundWrites, Remedy,
+    append_whole, create_folder, ensure_out_is_a_folder, remove_stale_temporaries, unwritable,
+    write_atomic, BackgroundWrites, Remedy,
 };
 use crate::listing::noun_for;
 use crate::optim::AdamW;
@@ -726,16 +726,10 @@ pub(super) fn stopped_before_its_config(dir: &Path) -> bool {
     !missing(LOCK_FILE) && RUN_FILES.into_iter().all(missing)
 }
 
-/// The settings the run in `dir` records in its config.json, where that is a file vit can
-/// read as one (a pipe is not read: its read would wait for a writer).
+/// The settings the run in `dir` records in its config.json, where [`saved_config`] reads
+/// one (a pipe is not read: its read would wait for a writer).
 pub(crate) fn recorded_settings(dir: &Path) -> Option<TrainSettings> {
-    let path = dir.join(CONFIG_JSON);
-    if kind_if_not_a_file(&path).is_some() {
-        return None;
-    }
-    let text = std::fs::read_to_string(path).ok()?;
-    let config: RunConfig = serde_json::from_str(&text).ok()?;
-    Some(config.settings)
+    saved_config(dir).ok().map(|config| config.settings)
 }
 
 /// config.json: the settings plus what produced them.
