@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fixture, fixture_batch, load_params, max_abs_error, seeded, vit_fails};
+use common::{cuda_device, fixture, fixture_batch, load_params, max_abs_error, seeded, vit_fails};
 use tch::{nn, Device, Kind, Tensor};
 use vit_tch::cli::{CudaGraphScope, Precision};
 use vit_tch::data::augment::Policy;
@@ -123,12 +123,10 @@ fn cuda_graphs_are_refused_off_cuda() {
 /// model has no dropout, so only the kernels' rounding may differ.
 #[test]
 fn graph_steps_follow_the_eager_steps_on_cuda() {
-    if !tch::Cuda::is_available() {
-        eprintln!("skipped: no CUDA device");
+    let Some(device) = cuda_device("skipped") else {
         return;
-    }
+    };
     let _turn = seeded(0);
-    let device = Device::Cuda(0);
     let batch = fixture_batch(&fixture("adamw_steps"), device);
     graph_steps_follow_eager_steps(device, &batch, &[&TrainBatch::shallow_clone], 0.0, true);
 }
@@ -153,12 +151,10 @@ fn graph_steps_with_the_strong_augmentation_before_the_graph_follow_the_eager_st
 }
 
 fn strong_graph_steps_follow_eager_steps(augment_in_graph: bool) {
-    if !tch::Cuda::is_available() {
-        eprintln!("skipped: no CUDA device");
+    let Some(device) = cuda_device("skipped") else {
         return;
-    }
+    };
     let _turn = seeded(0);
-    let device = Device::Cuda(0);
     let config = fixture("adamw_steps").config().unwrap();
     let side = config.image_size;
     let inputs = TrainBatch {

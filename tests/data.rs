@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{cifar10_files, pixel, record, write_cifar10, TempDir, CIFAR10_CLASSES};
+use common::{cifar10_files, cuda_device, pixel, record, write_cifar10, TempDir, CIFAR10_CLASSES};
 
 use flate2::{write::GzEncoder, Compression};
 use md5::{Digest, Md5};
@@ -2640,12 +2640,10 @@ fn ctrl_c_during_a_download_removes_the_partial_archive() {
 /// The same invariants on the GPU, where there is one (skipped otherwise).
 #[test]
 fn transforms_on_cuda_when_available() {
-    if !tch::Cuda::is_available() {
-        eprintln!("no CUDA device: skipped");
+    let Some(cuda) = cuda_device("skipped") else {
         return;
-    }
+    };
     let _lock = common::seeded(5);
-    let cuda = Device::Cuda(0);
     let out = transforms::random_crop(&coordinate_images(600, 32, 32).to_device(cuda), 4);
     assert_eq!(out.device(), cuda);
     let (seen_dy, seen_dx) = check_crops(&out, 32, 32, 4);

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{assert_close, fixture, fixture_batch, load_params, seeded};
+use common::{assert_close, cuda_device, devices, fixture, fixture_batch, load_params, seeded};
 use tch::{nn, nn::Module, nn::ModuleT, Device, Kind, Tensor};
 use vit_tch::cli::Precision;
 use vit_tch::data::{transforms, Split};
@@ -91,12 +91,6 @@ fn a_bf16_training_step_tracks_the_fp32_one() {
 fn a_test_pass_counts_its_predictions_and_bf16_tracks_fp32() {
     let file = fixture("adamw_steps");
     let config = file.config().unwrap();
-    let mut devices = vec![Device::Cpu];
-    if tch::Cuda::is_available() {
-        devices.push(Device::Cuda(0));
-    } else {
-        eprintln!("no CUDA device: CPU half only");
-    }
     let _rng = seeded(0);
     let images = Tensor::randint(
         256,
@@ -104,7 +98,7 @@ fn a_test_pass_counts_its_predictions_and_bf16_tracks_fp32() {
         (Kind::Uint8, Device::Cpu),
     );
     let labels = Tensor::randint(config.num_classes, [64], (Kind::Int64, Device::Cpu));
-    for device in devices {
+    for device in devices() {
         let vs = nn::VarStore::new(device);
         let model = VisionTransformer::new(&vs.root(), &config).unwrap();
         load_params(&file, &vs);
@@ -301,10 +295,7 @@ fn per_class_accuracy_is_the_diagonal_over_the_row() {
 #[test]
 fn peak_device_memory_is_only_reported_for_cuda() {
     assert!(peak_memory(Device::Cpu).unwrap().is_none());
-    if !tch::Cuda::is_available() {
-        eprintln!("no CUDA device: CPU half only");
-    } else {
-        let device = Device::Cuda(0);
+    if let Some(device) = cuda_device("the CPU half only") {
         vit_tch::ffi::reset_peak_memory(device).unwrap();
         let before = peak_memory(device).unwrap().unwrap();
         let big = Tensor::zeros([1 << 20], (Kind::Float, device));

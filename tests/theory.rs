@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{assert_close, vit};
+use common::{assert_close, seeded, vit};
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 use vit_tch::model::{
     scaled_dot_product_attention, MultiHeadSelfAttention, TransformerBlock, ViTConfig,
@@ -36,10 +36,12 @@ fn randomize(vs: &nn::VarStore) {
     });
 }
 
-/// f(x[:, perm]) == f(x)[:, perm] for a random permutation of the tokens.
+/// f(x[:, perm]) == f(x)[:, perm] for a permutation that moves every one of the tokens (a
+/// random one could be the identity, which every function passes).
 fn assert_permutation_equivariant(what: &str, f: impl Fn(&Tensor) -> Tensor) {
     let tokens = randn(&[2, NUM_TOKENS, EMBED_DIM]);
-    let perm = Tensor::randperm(NUM_TOKENS, (Kind::Int64, Device::Cpu));
+    let perm = Tensor::from_slice(&[3i64, 6, 0, 5, 1, 4, 2]);
+    assert_eq!(perm.size(), [NUM_TOKENS]);
     let permuted_then_f = f(&tokens.index_select(1, &perm));
     let f_then_permuted = f(&tokens).index_select(1, &perm);
     assert_close(what, &permuted_then_f, &f_then_permuted, TOL);
@@ -47,7 +49,7 @@ fn assert_permutation_equivariant(what: &str, f: impl Fn(&Tensor) -> Tensor) {
 
 #[test]
 fn self_attention_is_permutation_equivariant() {
-    tch::manual_seed(0);
+    let _rng = seeded(0);
     let vs = cpu_store();
     let mut attn = MultiHeadSelfAttention::new(vs.root(), EMBED_DIM, NUM_HEADS);
     randomize(&vs);
@@ -61,7 +63,7 @@ fn self_attention_is_permutation_equivariant() {
 
 #[test]
 fn transformer_block_is_permutation_equivariant() {
-    tch::manual_seed(1);
+    let _rng = seeded(1);
     let vs = cpu_store();
     let mut block = TransformerBlock::new(vs.root(), EMBED_DIM, NUM_HEADS, 32, 0.0);
     randomize(&vs);
@@ -84,7 +86,7 @@ fn aligned_qkv() -> (Tensor, Tensor, Tensor) {
 
 #[test]
 fn sharp_attention_preserves_the_aligned_keys_value() {
-    tch::manual_seed(2);
+    let _rng = seeded(2);
     let (q, k, v) = aligned_qkv();
     for fused in [true, false] {
         let out = scaled_dot_product_attention(&q, &k, &v, 1e4, 0.0, fused);
@@ -95,7 +97,7 @@ fn sharp_attention_preserves_the_aligned_keys_value() {
 
 #[test]
 fn flat_attention_diffuses_into_the_mean_value() {
-    tch::manual_seed(3);
+    let _rng = seeded(3);
     let (q, k, v) = aligned_qkv();
     let mean = v.mean_dim(2, true, None::<Kind>).expand_as(&v);
     for fused in [true, false] {
@@ -134,7 +136,7 @@ fn module_with_aligned_tokens() -> (nn::VarStore, MultiHeadSelfAttention, Tensor
 
 #[test]
 fn sharp_attention_module_preserves_each_tokens_value() {
-    tch::manual_seed(4);
+    let _rng = seeded(4);
     let (_vs, mut attn, tokens, own_values) = module_with_aligned_tokens();
     attn.scale = 1e4;
     for fused in [true, false] {
@@ -147,7 +149,7 @@ fn sharp_attention_module_preserves_each_tokens_value() {
 
 #[test]
 fn flat_attention_module_diffuses_into_the_mean_value() {
-    tch::manual_seed(5);
+    let _rng = seeded(5);
     let (_vs, mut attn, tokens, own_values) = module_with_aligned_tokens();
     attn.scale = 0.0;
     // proj is affine, so proj(mean of values) = mean of proj(values).
@@ -391,9 +393,7 @@ fn invalid_configs_are_rejected_with_a_clear_error() {
 /// naming the flags.
 #[test]
 fn a_model_that_fits_but_cannot_train_is_refused_for_training() {
-    let Some(memory) = vit_tch::runtime::memory_bytes() else {
-        return;
-    };
+    let memory = vit_tch::runtime::memory_bytes().expect("Linux tells its memory in /proc/meminfo");
     let tiny = ViTConfig::tiny();
     // The head holds embed_dim + 1 weights a class.
     let classes = memory as f64 / 2.0 / 4.0 / (tiny.embed_dim as f64 + 1.0);

@@ -701,8 +701,8 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
 }
 
 /// The training loss in metrics.csv (and the epoch line) is the mean over the epoch's
-/// images, not their sum: a tiny model's first epoch of 600 images stays below twice the
-/// loss of a uniform guess over 10 classes (ln 10).
+/// images, not their sum: a tiny model's first epoch of 600 images stays between half and
+/// twice the loss of a uniform guess over 10 classes (ln 10; it is 2.25 here).
 #[test]
 fn the_training_loss_is_a_mean_per_image() {
     let (root, data_dir) = colour_cifar10("mean-train-loss");
@@ -713,8 +713,9 @@ fn the_training_loss_is_a_mean_per_image() {
     let (header, rows) = read_metrics(&run);
     let column = header.iter().position(|name| name == "train_loss").unwrap();
     let train_loss: f64 = rows[0][column].parse().unwrap();
+    // Summed, it would be 100 times as large; divided by the batch twice, 100 times as small.
     assert!(
-        train_loss > 0.0 && train_loss < 2.0 * 10f64.ln(),
+        train_loss > 0.5 * 10f64.ln() && train_loss < 2.0 * 10f64.ln(),
         "train loss {train_loss}"
     );
 }
@@ -3539,9 +3540,7 @@ fn a_class_count_cifar_cannot_match_is_refused_before_its_data_is_read() {
 /// The head, sized by the folder's class count, is checked again once that is known.
 #[test]
 fn a_model_too_big_to_train_is_refused_before_the_data_is_read() {
-    let Some(memory) = vit_tch::runtime::memory_bytes() else {
-        return;
-    };
+    let memory = vit_tch::runtime::memory_bytes().expect("Linux tells its memory in /proc/meminfo");
     let root = TempDir::new("memory-first");
     let no_data = root.join("no-data");
     let no_data = no_data.to_str().unwrap();

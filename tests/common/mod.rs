@@ -147,13 +147,24 @@ pub fn strong_augmentation() -> Regularization {
 /// The CPU, and the first GPU where there is one: the data pipeline runs on the training
 /// device, so checks that do not depend on the random generator run on both.
 pub fn devices() -> Vec<tch::Device> {
-    let mut devices = vec![tch::Device::Cpu];
+    std::iter::once(tch::Device::Cpu)
+        .chain(cuda_device("the CPU only"))
+        .collect()
+}
+
+/// The first GPU, or None where there is none: then a check of CUDA passes without having
+/// checked it, and says so on stderr ("no CUDA device: `checked` then"). Where
+/// VIT_REQUIRE_CUDA=1 (bench/gpu.sh's test runs), no GPU fails the test instead.
+pub fn cuda_device(checked: &str) -> Option<tch::Device> {
     if tch::Cuda::is_available() {
-        devices.push(tch::Device::Cuda(0));
-    } else {
-        eprintln!("no CUDA device: CPU only");
+        return Some(tch::Device::Cuda(0));
     }
-    devices
+    assert!(
+        std::env::var_os("VIT_REQUIRE_CUDA").is_none_or(|value| value != "1"),
+        "no CUDA device, and VIT_REQUIRE_CUDA=1"
+    );
+    eprintln!("no CUDA device: {checked}");
+    None
 }
 
 /// Whether this CPU lacks the AVX-512 BF16 instructions, as Linux's /proc/cpuinfo flags

@@ -48,6 +48,15 @@ CASES = [
     ("Contrast", -0.5, "nearest"),
     ("Sharpness", 0.9, "nearest"),
     ("Sharpness", -0.6, "nearest"),
+    # The largest magnitudes (bin 30 of 31), factors 0.1 and 1.9: at 1.9 the float results
+    # leave [0, 255], and are clamped (not wrapped) before the cast to uint8.
+    ("Brightness", 0.9, "nearest"),
+    ("Brightness", -0.9, "nearest"),
+    ("Color", 0.9, "nearest"),
+    ("Color", -0.9, "nearest"),
+    ("Contrast", 0.9, "nearest"),
+    ("Contrast", -0.9, "nearest"),
+    ("Sharpness", -0.9, "nearest"),
     ("Posterize", 4.0, "nearest"),
     ("Posterize", 2.0, "nearest"),
     ("Solarize", 128.0, "nearest"),
@@ -116,6 +125,9 @@ def main() -> None:
         out = _apply_op(x.clone(), op, magnitude, interpolation=mode, fill=None)
         assert out.dtype == torch.uint8 and out.shape == x.shape, op
         assert op == "Identity" or not torch.equal(out, x), f"{op} {magnitude} changed nothing"
+        if magnitude == 0.9:
+            # The case tests the clamp: more pixels saturate than in the input.
+            assert (out == 255).sum() > (x == 255).sum(), f"{op} {magnitude} clamped nothing"
         tensors[f"case{i}"] = out.contiguous()
     for size in RESIZES:
         resize = Resize((size, size), interpolation=InterpolationMode.BILINEAR, antialias=True)
