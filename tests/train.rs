@@ -1531,10 +1531,13 @@ fn resume_at_an_epoch_boundary_is_exact() {
     let header_only = format!("{}\n", saved.lines().next().unwrap());
     std::fs::write(&metrics, &header_only).unwrap();
     let error = runs.refused_resume();
+    // (Its rows written before the state, this is rows removed, or another run's state.)
     assert!(
         error.contains(
             "finished 1 epoch, so metrics.csv should hold its header and the row of epoch 1, \
-         but its rows are for epochs []"
+         but its rows are for epochs []: rows were removed from metrics.csv, or \
+         resume.safetensors is another run's. Put back the run's own files, or start a new \
+         run with another --out"
         ),
         "{error}"
     );
@@ -1549,7 +1552,10 @@ fn resume_at_an_epoch_boundary_is_exact() {
     std::fs::write(&metrics, &swapped).unwrap();
     let error = runs.refused_resume();
     assert!(
-        error.contains("but its first line is not the header vit writes"),
+        error.contains(
+            "but its first line is not the header vit writes. Put back the run's own \
+             metrics.csv, or start a new run with another --out"
+        ),
         "{error}"
     );
     assert_eq!(std::fs::read_to_string(&metrics).unwrap(), swapped);

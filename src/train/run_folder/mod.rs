@@ -611,6 +611,16 @@ impl RunFolder {
                 .collect();
             format!("its rows are for epochs [{}]", epochs.join(", "))
         };
+        // An epoch's row is written before its state: the first rows alone are rows removed
+        // since, or a state ahead of them, another run's.
+        let first_rows_only = header_is_vits && rows.len() < epochs && expected.starts_with(rows);
+        let put_back = match first_rows_only {
+            true => {
+                ": rows were removed from metrics.csv, or resume.safetensors is another \
+                 run's. Put back the run's own files"
+            }
+            false => ". Put back the run's own metrics.csv",
+        };
         let rows = match epochs {
             0 => "only its header".to_string(),
             1 => "its header and the row of epoch 1".to_string(),
@@ -618,8 +628,7 @@ impl RunFolder {
         };
         bail!(
             "cannot resume {}: the saved state has finished {epochs} {}, so metrics.csv \
-             should hold {rows}, but {found}. Put back the run's own metrics.csv, or start \
-             a new run with another --out",
+             should hold {rows}, but {found}{put_back}, or start a new run with another --out",
             self.dir.display(),
             noun_for(epochs, "epoch")
         );
