@@ -1671,22 +1671,29 @@ fn resume_with_changed_settings_is_refused() {
     // Another precision of the test passes: its metrics and best model would mix two.
     changed.eval_precision = Precision::Bf16;
     // Each difference by name, and nothing else.
-    let error = refused_resume(&changed, &dataset, &run);
+    assert_settings_differ(
+        &refused_resume(&changed, &dataset, &run),
+        &[
+            "  eval_precision (--eval-precision): saved \"fp32\", given \"bf16\"",
+            "  lr (--lr): saved 0.003, given 0.01",
+            "  model.embed_dim (--embed-dim): saved 32, given 64",
+        ],
+    );
+}
+
+/// Asserts that `error`, a resume refused for changed settings, names `differences` (one a
+/// line) and nothing else, between its first line and the command that resumes the run.
+fn assert_settings_differ(error: &str, differences: &[&str]) {
     let lines: Vec<&str> = error.lines().collect();
+    let after = differences.len() + 1;
+    assert!(lines.len() > after, "{error}");
     assert!(
         lines[0].ends_with("the settings differ from the saved run's:"),
         "{error}"
     );
-    assert_eq!(
-        lines[1..4],
-        [
-            "  eval_precision (--eval-precision): saved \"fp32\", given \"bf16\"",
-            "  lr (--lr): saved 0.003, given 0.01",
-            "  model.embed_dim (--embed-dim): saved 32, given 64"
-        ]
-    );
+    assert_eq!(lines[1..after], *differences, "{error}");
     assert!(
-        lines[4].starts_with("Resume with the same flags"),
+        lines[after].starts_with("Resume with the same flags"),
         "{error}"
     );
 }
@@ -1799,22 +1806,15 @@ fn resume_with_changed_strong_recipe_names_its_flags() {
     augment.erasing.as_mut().unwrap().p = 0.3;
     changed.regularization.mix.as_mut().unwrap().mixup_alpha = 0.5;
     changed.regularization.ema = None;
-    let error = refused_resume(&changed, &dataset, &run);
-    let lines: Vec<&str> = error.lines().collect();
-    assert_eq!(
-        lines[1..5],
-        [
+    assert_settings_differ(
+        &refused_resume(&changed, &dataset, &run),
+        &[
             "  regularization.augment.erasing.p (--random-erasing): saved 0.25, given 0.3",
             "  regularization.augment.policy (--augment-policy): saved autoaugment, given \
              randaugment (2 ops, magnitude 9)",
             "  regularization.ema (--ema): saved 0.999, given off",
             "  regularization.mix.mixup_alpha (--mixup): saved 0.8, given 0.5",
         ],
-        "{error}"
-    );
-    assert!(
-        lines[5].starts_with("Resume with the same flags"),
-        "{error}"
     );
 }
 
