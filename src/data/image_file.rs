@@ -9,7 +9,7 @@ use crate::listing::{and_more, first_and_more};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::io::Read;
 use std::path::Path;
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 /// The most pixels an image may have, PIL's `DecompressionBombError` threshold: its RGB
 /// copy stays under 512 MiB (a greyscale bomb passes the decoder's own limit, then triples).
@@ -355,36 +355,22 @@ pub fn decode_readable(files: &[&Path], size: u32) -> Result<Decoded> {
 /// (its image left as it was).
 fn decode_all(files: &[&Path], size: u32) -> Result<(Tensor, Vec<(usize, anyhow::Error)>)> {
     let (n, side) = (files.len() as i64, size as i64);
-    // Refused with an error rather than an abort: a --image-size too large for memory.
-    let images = Tensor::f_empty([n, 3, side, side], (Kind::Uint8, Device::Cpu)).map_err(|_| {
-        anyhow!(
-            "{n} images of {size}x{size} pixels need {:.1} GB, more memory than there is; \
-             use a smaller --image-size",
-            (3 * n) as f64 * (side * side) as f64 / 1e9
-        )
-    })?;
-    let per_image = 3 * size as usize * size as usize;
     // As many as libtorch's CPU threads: `--threads` limits both.
     let threads = tch::get_num_threads().max(1) as usize;
-    // Decoded a block at a time into one buffer, then copied in: memory stays at the
-    // dataset plus a block, not twice the dataset.
-    let block = threads * 64;
-    let mut pixels = vec![0u8; block.min(files.len()) * per_image];
-    let mut failures = Vec::new();
-    for (index, block_files) in files.chunks(block).enumerate() {
-        let block_pixels = &mut pixels[..block_files.len() * per_image];
-        let block_failures = decode_in_parallel(block_files, size, block_pixels, threads)?;
-        failures.extend(
-            block_failures
-                .into_iter()
-                .map(|(position, error)| (index * block + position, error)),
-        );
-        let count = block_files.len() as i64;
-        images
-            .narrow(0, (index * block) as i64, count)
-            .copy_(&Tensor::from_slice(block_pixels).view([count, 3, side, side]));
-    }
-    Ok((images, failures))
+    // Decoded straight into the tensor: memory for the images once, not twice. Refused with
+    // an error rather than an abort: a --image-size too large for memory.
+    let (images, failures) =
+        crate::ffi::new_cpu_tensor(&[n, 3, side, side], |pixels: &mut [u8]| {
+            decode_in_parallel(files, size, pixels, threads)
+        })
+        .map_err(|_| {
+            anyhow!(
+                "{n} images of {size}x{size} pixels need {:.1} GB, more memory than there \
+                 is; use a smaller --image-size",
+                (3 * n) as f64 * (side * side) as f64 / 1e9
+            )
+        })?;
+    Ok((images, failures?))
 }
 
 /// Decodes `files` into `pixels` (one image's CHW bytes after another), split over

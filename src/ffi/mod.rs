@@ -4,7 +4,8 @@
 //! reports it, the fused AdamW kernel, and the multi-tensor norm and scaling of
 //! `clip_grad_norm_` and lerp of a weight average (one kernel launch for all tensors on
 //! CUDA instead of one each), a linear layer whose matrix products run in oneDNN, and CUDA
-//! graphs (`torch.cuda.graph`).
+//! graphs (`torch.cuda.graph`); and a new CPU tensor written in place from Rust threads,
+//! which tch has no safe way to do.
 
 use crate::cli::Precision;
 use anyhow::{anyhow, bail, ensure, Result};
@@ -314,6 +315,25 @@ fn cuda_index(device: Device, what: &str) -> Result<i8> {
         Device::Cuda(index) => Ok(index as i8),
         other => bail!("{what} needs a CUDA device, not {other:?}"),
     }
+}
+
+/// A new contiguous CPU tensor of `shape` and `T`s, its elements written in place by `fill`
+/// (decoded images, a dropout mask: no second buffer to copy from), with what `fill` gives.
+/// An error where libtorch cannot allocate it.
+pub fn new_cpu_tensor<T: tch::kind::Element, R>(
+    shape: &[i64],
+    fill: impl FnOnce(&mut [T]) -> R,
+) -> Result<(Tensor, R), tch::TchError> {
+    let tensor = Tensor::f_empty(shape, (T::KIND, Device::Cpu))?;
+    let len = tensor.numel();
+    let given = match len {
+        // An empty tensor has no data pointer to make a slice of.
+        0 => fill(&mut []),
+        // SAFETY: a fresh, contiguous CPU tensor of `len` `T`s, which nothing else sees
+        // until this function returns it, after the slice is gone.
+        _ => fill(unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut T, len) }),
+    };
+    Ok((tensor, given))
 }
 
 /// Runs `f` with a side stream of the CUDA `device` current, ordered after the work queued

@@ -55,16 +55,11 @@ pub fn keep_mask(shape: &[i64], prob: f64) -> Tensor {
     let seed = Tensor::empty([], (Kind::Int64, Device::Cpu))
         .random_()
         .int64_value(&[]) as u64;
-    let mask = Tensor::empty(shape, (Kind::Float, Device::Cpu));
-    let len = mask.numel();
-    if len == 0 {
-        // An empty tensor has no data pointer to make a slice of.
-        return mask;
-    }
-    // SAFETY: a fresh, contiguous float tensor of `len` elements, which nothing else sees
-    // until this function returns it.
-    let values = unsafe { std::slice::from_raw_parts_mut(mask.data_ptr() as *mut f32, len) };
-    fill_keep_mask(values, prob, seed, tch::get_num_threads().max(1) as usize);
+    let threads = tch::get_num_threads().max(1) as usize;
+    let (mask, ()) = crate::ffi::new_cpu_tensor(shape, |values: &mut [f32]| {
+        fill_keep_mask(values, prob, seed, threads)
+    })
+    .expect("memory for a dropout mask the size of its activations");
     mask
 }
 
