@@ -289,6 +289,31 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         "eval {accuracy} vs training's best {best}"
     );
     assert_eq!(report["images"].as_i64(), Some(200));
+    // The class names and the test batch are all that eval reads: without the training
+    // batches, the same figures.
+    let test_only = root.join("test-only");
+    let batches = test_only.join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&batches).unwrap();
+    for name in ["batches.meta.txt", "test_batch.bin"] {
+        let from = data_dir.join("cifar-10-batches-bin").join(name);
+        std::fs::copy(from, batches.join(name)).unwrap();
+    }
+    let output = vit(&[
+        "eval",
+        "--checkpoint",
+        best_model.to_str().unwrap(),
+        "--data-dir",
+        test_only.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--json",
+        "--out",
+        test_only.join("results").to_str().unwrap(),
+    ]);
+    let test_only_report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for figure in ["accuracy", "top5_accuracy", "loss", "images"] {
+        assert_eq!(test_only_report[figure], report[figure], "{figure}");
+    }
     // The same evaluation done the notebook's way in PyTorch: its own CIFAR reader,
     // torchvision's ToTensor + Normalize, timm's model. The same loss, and the same
     // accuracy and top-5 accuracy (to one image: a near-tie may fall either way). Top-5

@@ -111,42 +111,29 @@ pub const CIFAR100_COARSE_FORMAT: RecordFormat = RecordFormat {
     class_names_file: "coarse_label_names.txt",
 };
 
-/// Reads `DATA_DIR/cifar-10-batches-bin/`: 50,000 training and 10,000 test images.
-pub fn load_cifar10(data_dir: &Path) -> Result<Dataset> {
-    load(data_dir, &CIFAR10_FORMAT, super::CIFAR10)
-}
-
-/// Reads `DATA_DIR/cifar-100-binary/`: 50,000 training and 10,000 test images with the
-/// 100 fine labels, or the 20 coarse superclasses when `coarse_labels`.
-pub fn load_cifar100(data_dir: &Path, coarse_labels: bool) -> Result<Dataset> {
-    let name = match coarse_labels {
-        true => super::CIFAR100_COARSE,
-        false => super::CIFAR100,
-    };
-    load(data_dir, cifar100_format(coarse_labels), name)
-}
-
-/// CIFAR-100's records read for the 100 fine labels, or the 20 coarse superclasses when
-/// `coarse_labels`.
-pub fn cifar100_format(coarse_labels: bool) -> &'static RecordFormat {
-    match coarse_labels {
-        true => &CIFAR100_COARSE_FORMAT,
-        false => &CIFAR100_FINE_FORMAT,
-    }
-}
-
-/// Reads `format`'s release under `data_dir` as the dataset `name`, with a warning when
-/// its classes are not the official release's even counts.
-fn load(data_dir: &Path, format: &RecordFormat, name: &str) -> Result<Dataset> {
+/// Reads `format`'s release under `data_dir` (`DATA_DIR/cifar-10-batches-bin/`, or
+/// `DATA_DIR/cifar-100-binary/`: 50,000 training and 10,000 test images) as the dataset
+/// `name`, with a warning when its classes are not the official release's even counts.
+pub fn load(data_dir: &Path, format: &RecordFormat, name: &str) -> Result<Dataset> {
     let dataset = read(data_dir, format, name)?;
-    if let Some(uneven) = uneven_classes(&dataset, format) {
-        let dir = data_dir.join(format.release.folder());
-        eprintln!(
-            "warning: {uneven}; to replace it, {}",
-            download_again(&dir.join(format.class_names_file), format, data_dir)
-        );
-    }
+    warn_if_uneven(
+        data_dir,
+        format,
+        &dataset.classes,
+        &official_splits(&dataset, format),
+    );
     Ok(dataset)
+}
+
+/// The class names and test images of `format`'s release under `data_dir`, without its
+/// training batches (`vit eval` needs none of them), with [`load`]'s warning.
+pub fn load_test(data_dir: &Path, format: &RecordFormat) -> Result<(Vec<String>, Split)> {
+    let dir = data_dir.join(format.release.folder());
+    let classes = read_class_names(&dir.join(format.class_names_file), format, data_dir)?;
+    let test = read_test(&dir, format, data_dir)?;
+    let official = ("test", &test, format.release.test_file.1);
+    warn_if_uneven(data_dir, format, &classes, &[official]);
+    Ok((classes, test))
 }
 
 /// [`load`] without the class counts' check.
@@ -165,8 +152,7 @@ fn read(data_dir: &Path, format: &RecordFormat, name: &str) -> Result<Dataset> {
         labels: Tensor::cat(&parts.iter().map(|s| &s.labels).collect::<Vec<_>>(), 0),
     };
     drop(parts);
-    let (test_file, test_images) = release.test_file;
-    let test = read_batch(&dir.join(test_file), format, test_images, data_dir)?;
+    let test = read_test(&dir, format, data_dir)?;
     Ok(Dataset {
         name: name.into(),
         train,
@@ -175,22 +161,57 @@ fn read(data_dir: &Path, format: &RecordFormat, name: &str) -> Result<Dataset> {
     })
 }
 
-/// Where a split of the official size has not its even share of images in every class (as
-/// a file of zeros has, all of class 0): what differs, for a message.
-fn uneven_classes(dataset: &Dataset, format: &RecordFormat) -> Option<String> {
+/// The test batch of the release in `dir`.
+fn read_test(dir: &Path, format: &RecordFormat, data_dir: &Path) -> Result<Split> {
+    let (test_file, test_images) = format.release.test_file;
+    read_batch(&dir.join(test_file), format, test_images, data_dir)
+}
+
+/// A split read (what it is, for a message), and the number of images the official
+/// release has in it.
+type OfficialSplit<'a> = (&'static str, &'a Split, usize);
+
+/// The splits of `dataset`, read from `format`'s release, with their official sizes.
+fn official_splits<'a>(dataset: &'a Dataset, format: &RecordFormat) -> [OfficialSplit<'a>; 2] {
     let release = format.release;
     let train_images = release.train_files.iter().map(|&(_, images)| images).sum();
-    let splits = [
+    [
         ("training", &dataset.train, train_images),
         ("test", &dataset.test, release.test_file.1),
-    ];
-    splits.into_iter().find_map(|(what, split, official)| {
+    ]
+}
+
+/// Warns where [`uneven_classes`] finds a split uneven.
+fn warn_if_uneven(
+    data_dir: &Path,
+    format: &RecordFormat,
+    classes: &[String],
+    splits: &[OfficialSplit],
+) {
+    if let Some(uneven) = uneven_classes(classes, splits, format) {
+        let dir = data_dir.join(format.release.folder());
+        eprintln!(
+            "warning: {uneven}; to replace it, {}",
+            download_again(&dir.join(format.class_names_file), format, data_dir)
+        );
+    }
+}
+
+/// Where a split of the official size has not its even share of images in every class (as
+/// a file of zeros has, all of class 0): what differs, for a message.
+fn uneven_classes(
+    classes: &[String],
+    splits: &[OfficialSplit],
+    format: &RecordFormat,
+) -> Option<String> {
+    let release = format.release;
+    splits.iter().find_map(|&(what, split, official)| {
         let per_class = (official / format.num_classes) as i64;
         if split.len() != official as i64 {
             return None; // Not the official files: their reader already warned.
         }
         let counts = split.class_counts(format.num_classes);
-        let uneven: Vec<String> = (dataset.classes.iter().zip(counts))
+        let uneven: Vec<String> = (classes.iter().zip(counts))
             .filter(|&(_, count)| count != per_class)
             .map(|(class, count)| format!("{class} {count}"))
             .collect();
@@ -240,7 +261,7 @@ pub fn check_release(data_dir: &Path, format: &RecordFormat) -> Result<()> {
         ensure!(path.is_file(), "{}", missing(&path, format, data_dir));
     }
     let dataset = read(data_dir, format, format.dataset)?;
-    match uneven_classes(&dataset, format) {
+    match uneven_classes(&dataset.classes, &official_splits(&dataset, format), format) {
         Some(uneven) => bail!("{uneven}"),
         None => Ok(()),
     }

@@ -273,10 +273,20 @@ pub fn dataset_name(args: &DatasetArgs) -> &'static str {
 /// is 32x32; resizing is left to the transforms).
 pub fn load(args: &DatasetArgs, image_size: i64) -> Result<Dataset> {
     ensure_coarse_labels_apply(args)?;
-    match args.dataset {
-        DatasetName::Cifar10 => cifar::load_cifar10(&args.data_dir),
-        DatasetName::Cifar100 => cifar::load_cifar100(&args.data_dir, args.coarse_labels),
-        DatasetName::Folder => folder::load(&args.data_dir, image_size),
+    match cifar_records(args) {
+        Some(format) => cifar::load(&args.data_dir, format, dataset_name(args)),
+        None => folder::load(&args.data_dir, image_size),
+    }
+}
+
+/// The CIFAR records the CLI flags choose. None for a folder dataset (and for
+/// --coarse-labels with cifar10, which [`load`] refuses).
+fn cifar_records(args: &DatasetArgs) -> Option<&'static cifar::RecordFormat> {
+    match (args.dataset, args.coarse_labels) {
+        (DatasetName::Cifar10, false) => Some(&cifar::CIFAR10_FORMAT),
+        (DatasetName::Cifar100, false) => Some(&cifar::CIFAR100_FINE_FORMAT),
+        (DatasetName::Cifar100, true) => Some(&cifar::CIFAR100_COARSE_FORMAT),
+        (DatasetName::Cifar10, true) | (DatasetName::Folder, _) => None,
     }
 }
 
@@ -284,13 +294,7 @@ pub fn load(args: &DatasetArgs, image_size: i64) -> Result<Dataset> {
 /// without reading it: CIFAR's. None for a folder dataset, whose classes are its folders
 /// (and for --coarse-labels with cifar10, which [`load`] refuses).
 pub fn known_class_count(args: &DatasetArgs) -> Option<usize> {
-    match (args.dataset, args.coarse_labels) {
-        (DatasetName::Cifar10, false) => Some(cifar::CIFAR10_FORMAT.num_classes),
-        (DatasetName::Cifar100, coarse_labels) => {
-            Some(cifar::cifar100_format(coarse_labels).num_classes)
-        }
-        _ => None,
-    }
+    cifar_records(args).map(|format| format.num_classes)
 }
 
 /// Fails for `--coarse-labels` with a dataset other than CIFAR-100 (given with `--dataset`,
@@ -307,15 +311,14 @@ fn ensure_coarse_labels_apply(args: &DatasetArgs) -> Result<()> {
 /// Loads the test split of a dataset chosen by the CLI flags (see [`load`]).
 pub fn load_test(args: &DatasetArgs, image_size: i64) -> Result<TestSet> {
     ensure_coarse_labels_apply(args)?;
-    if args.dataset == DatasetName::Folder {
+    let Some(format) = cifar_records(args) else {
         return folder::load_test(&args.data_dir, image_size);
-    }
-    // A CIFAR release is read whole in a fraction of a second.
-    let dataset = load(args, image_size)?;
+    };
+    let (classes, test) = cifar::load_test(&args.data_dir, format)?;
     Ok(TestSet {
-        name: dataset.name,
-        test: dataset.test,
-        classes: dataset.classes,
+        name: dataset_name(args).to_string(),
+        test,
+        classes,
         files: None,
     })
 }
