@@ -2420,6 +2420,16 @@ fn http_download_and_interrupted_transfers() {
         "{err}"
     );
     assert_no_data_folder(&data_dir);
+    // As is a file:// URL of another machine's file, not looked for as the path HOST/PATH.
+    let err = error_of(fetch("file://mirror/cifar.tgz", &data_dir, &spec));
+    assert!(
+        err.contains(
+            "cannot fetch file://mirror/cifar.tgz: a file:// URL names a file of this machine \
+             (file:///PATH), not of mirror; copy cifar-10-binary.tar.gz here"
+        ),
+        "{err}"
+    );
+    assert_no_data_folder(&data_dir);
 
     // A server that answers, but not with the archive: the URL is wrong, not the network.
     let url = serve_once_with_status("404 Not Found", b"no such file".to_vec(), Some(12));

@@ -73,12 +73,21 @@ pub fn fetch(source: &str, data_dir: &Path, spec: &ArchiveSpec) -> Result<Fetche
             bail!("{} is a dataset's folder: {advice}", data_dir.display());
         }
     }
-    // ftp:// and the like would be read as a file's path, and reported missing.
-    if let Some((scheme, _)) = url_parts(source) {
+    // ftp:// and the like would be read as a file's path, and reported missing; as would
+    // file://HOST/PATH, as the path HOST/PATH.
+    if let Some((scheme, rest)) = url_parts(source) {
         ensure!(
             matches!(scheme.as_str(), "http" | "https" | "file"),
             "cannot fetch {source}: vit fetches http:// and https:// URLs, file:// URLs and \
              paths, not {scheme}://; fetch {} another way and pass its path with --from (or \
+             in VIT_DATA_MIRROR)",
+            spec.file_name
+        );
+        let host = rest.split('/').next().unwrap_or_default();
+        ensure!(
+            scheme != "file" || host.is_empty() || host.eq_ignore_ascii_case("localhost"),
+            "cannot fetch {source}: a file:// URL names a file of this machine \
+             (file:///PATH), not of {host}; copy {} here and pass its path with --from (or \
              in VIT_DATA_MIRROR)",
             spec.file_name
         );
@@ -138,16 +147,17 @@ fn resolve_source(source: &str, spec: &ArchiveSpec) -> String {
 }
 
 /// The file a local `source` names: a path, or a `file://` URL (`file:///data/a%20b.tar.gz`,
-/// `file://localhost/...`), whose `%XX` escapes are decoded.
+/// `file://localhost/...`, any host taken for this machine), whose `%XX` escapes are
+/// decoded.
 fn local_path(source: &str) -> PathBuf {
     use std::os::unix::ffi::OsStringExt;
     let Some((_, url_path)) = url_parts(source).filter(|(scheme, _)| scheme == "file") else {
         return PathBuf::from(source);
     };
-    let url_path = match url_path.strip_prefix("localhost") {
-        Some(path) if path.starts_with('/') => path,
-        _ => url_path,
-    };
+    // After a host, which `fetch` has checked is this machine.
+    let url_path = url_path
+        .find('/')
+        .map_or(url_path, |slash| &url_path[slash..]);
     let mut decoded = Vec::with_capacity(url_path.len());
     let mut rest = url_path.as_bytes();
     while let Some((&byte, tail)) = rest.split_first() {
@@ -672,6 +682,7 @@ mod tests {
         }
         assert!(is_url("HTTP://m/a") && !is_url("file:///a") && !is_url("ftp://m"));
         assert_eq!(local_path("FILE:///a%20b"), PathBuf::from("/a b"));
+        assert_eq!(local_path("file://LocalHost/a"), PathBuf::from("/a"));
         assert_eq!(local_path("./a://b"), PathBuf::from("./a://b"));
     }
 
