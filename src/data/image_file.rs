@@ -381,8 +381,11 @@ fn decode_in_parallel(
     pixels: &mut [u8],
     threads: usize,
 ) -> Result<Vec<(usize, anyhow::Error)>> {
-    let per_image = pixels.len() / files.len().max(1);
-    let chunk = files.len().div_ceil(threads).max(1);
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let per_image = pixels.len() / files.len();
+    let chunk = files.len().div_ceil(threads);
     std::thread::scope(|scope| {
         let workers: Vec<_> = files
             .chunks(chunk)
