@@ -773,6 +773,32 @@ fn accuracies_in_percent_are_refused_naming_the_cell() {
     );
 }
 
+/// A loss larger than float32's largest (an edit: vit train's losses are float32) is
+/// refused naming its cell: near f64's largest, the loss axis's top overflowed to infinity
+/// and plotters never finished dividing it into ticks. Float32's largest still draws.
+#[test]
+fn losses_beyond_float32_are_refused_naming_the_cell() {
+    let dir = TempDir::new("huge-loss");
+    let path = dir.join("metrics.csv");
+    std::fs::write(
+        &path,
+        format!("{HEADER}\n1,0.001,1.75e308,0.1,2.0,0.1,3.0,100\n"),
+    )
+    .unwrap();
+    let err = format!("{:#}", plot::read_metrics(&path).unwrap_err());
+    assert!(
+        err.contains("train_loss is 1.75e308 on line 2, larger than any loss vit train writes"),
+        "{err}"
+    );
+    std::fs::write(
+        &path,
+        format!("{HEADER}\n1,0.001,3.4e38,0.1,2.0,0.1,3.0,100\n2,0.001,2.0,0.2,1.9,0.2,3.0,100\n"),
+    )
+    .unwrap();
+    plot::curves(&[dir.to_path_buf()], &dir.join("curves.png")).unwrap();
+    assert_eq!(png_size(&dir.join("curves.png")), CURVES_SIZE);
+}
+
 /// A refused row is named by its line as an editor numbers it, whatever ends the lines
 /// (a spreadsheet saves CRLF) and however many blank lines come before it: csv's own count
 /// said line 2 for the CRLF file's third line, line 1 for the CR-only one's.

@@ -1,7 +1,8 @@
 //! Loss and accuracy curves from `metrics.csv` (`vit plot`, `vit train --plot`).
 
 use super::{
-    drawing, ensure_png_output, ensure_replaceable, render_png, render_svg, FONT, OTHER_PNG,
+    drawing, ensure_png_output, ensure_replaceable, fit_text, render_png, render_svg, text_width,
+    Keep, FONT, OTHER_PNG,
 };
 use crate::cli::PlotArgs;
 use crate::fsutil::same_file;
@@ -15,6 +16,13 @@ use std::path::{Path, PathBuf};
 
 /// Width and height of `curves.png` (and of its SVG), in pixels.
 pub const CURVES_SIZE: (u32, u32) = (1200, 500);
+
+/// The legend's font size, in points.
+const LEGEND_FONT: f64 = 14.0;
+
+/// The widest a legend entry's text may be, in pixels: what a panel (half of
+/// [`CURVES_SIZE`]'s width) holds beside its y axis and the entry's line sample.
+const LEGEND_TEXT_WIDTH: u32 = 400;
 
 /// Ten distinguishable colours (Tableau 10), cycled over runs.
 const PALETTE: [RGBColor; 10] = [
@@ -196,6 +204,22 @@ fn metrics_row(
                  from 0 to 1 (vit train writes 0.25 for 25%); if the column holds percentages, \
                  divide it by 100",
                 path.display()
+            );
+        }
+    }
+    // vit train's losses are float32: a larger one (an edit) would stretch the loss axis
+    // past the largest float, which plotters cannot divide into ticks.
+    for (name, loss) in [
+        ("train_loss", train_loss),
+        ("test_loss", test_loss),
+        ("ema_test_loss", ema_test_loss),
+    ] {
+        if let Some(loss) = loss.filter(|l| l.is_finite() && l.abs() > f64::from(f32::MAX)) {
+            bail!(
+                "{}: {name} is {loss:e} on line {line}, larger than any loss vit train writes \
+                 (float32, up to {:e}); correct or remove that line",
+                path.display(),
+                f32::MAX
             );
         }
     }
@@ -614,11 +638,8 @@ fn draw_panel<DB: DrawingBackend>(
     for (run_index, run) in runs.iter().enumerate() {
         let colour = PALETTE[run_index % PALETTE.len()];
         for (curve, (name, line)) in CURVES.into_iter().enumerate() {
-            let points: Vec<(f64, f64)> = run
-                .epochs
-                .iter()
-                .filter_map(|row| panel.values(row)[curve].map(|value| (row.epoch, value)))
-                .collect();
+            let segments = curve_segments(run, panel, curve);
+            let points = segments.concat();
             if points.is_empty() {
                 continue;
             }
@@ -628,13 +649,12 @@ fn draw_panel<DB: DrawingBackend>(
                 (Panel::Accuracy, 1 | 2) => best_point(&points),
                 _ => None,
             };
-            let label = match best {
-                Some((epoch, accuracy)) => {
-                    format!("{} {name} (best {accuracy:.2}%, epoch {epoch})", run.label)
-                }
-                None => format!("{} {name}", run.label),
+            let curve_name = match best {
+                Some((epoch, accuracy)) => format!("{name} (best {accuracy:.2}%, epoch {epoch})"),
+                None => name.to_string(),
             };
-            draw_curve(&mut chart, points, label, colour, line)?;
+            let label = legend_label(&run.label, &curve_name);
+            draw_curve(&mut chart, &segments, label, colour, line)?;
             if let Some(best) = best {
                 let ring = Circle::new(best, 6, colour.stroke_width(2));
                 drawing(chart.draw_series(std::iter::once(ring)))?;
@@ -645,12 +665,37 @@ fn draw_panel<DB: DrawingBackend>(
         chart
             .configure_series_labels()
             .position(axes.legend_at)
-            .label_font((FONT, 14))
+            .label_font((FONT, LEGEND_FONT))
             .background_style(WHITE.mix(0.85))
             .border_style(RGBColor(180, 180, 180))
             .draw(),
     )?;
     Ok(())
+}
+
+/// The points (epoch, value) of a run's `curve` (of [`CURVES`]) in `panel`, as lines of
+/// consecutive epochs: a row without the value (a cell not a number) breaks the line.
+fn curve_segments(run: &RunMetrics, panel: Panel, curve: usize) -> Vec<Vec<(f64, f64)>> {
+    let mut segments = vec![Vec::new()];
+    for row in &run.epochs {
+        match panel.values(row)[curve] {
+            Some(value) => segments.last_mut().unwrap().push((row.epoch, value)),
+            None => segments.push(Vec::new()),
+        }
+    }
+    segments.retain(|segment| !segment.is_empty());
+    segments
+}
+
+/// The legend entry "RUN CURVE" of a run's curve: a long run name cut at its start, so
+/// that the entry stays within the panel with the figures `curve_name` gives.
+fn legend_label(run_label: &str, curve_name: &str) -> String {
+    let curve_name = format!(" {curve_name}");
+    let room = LEGEND_TEXT_WIDTH.saturating_sub(text_width(&curve_name, LEGEND_FONT));
+    format!(
+        "{}{curve_name}",
+        fit_text(run_label, LEGEND_FONT, room, Keep::End)
+    )
 }
 
 /// The point (epoch, accuracy) of the epoch whose model `vit train` keeps as the best:
@@ -706,32 +751,37 @@ fn panel_chart<'a, DB: DrawingBackend>(
     Ok(chart)
 }
 
-/// One curve through `points` (epoch, value) in `colour` and `line`, with its legend entry
-/// `label`, and markers on its points when there are few.
+/// One curve through the points (epoch, value) of its `segments` (each a line of its own)
+/// in `colour` and `line`, with its legend entry `label`, and markers on its points when
+/// there are few.
 fn draw_curve<'a, DB: DrawingBackend + 'a>(
     chart: &mut PanelChart<'a, DB>,
-    points: Vec<(f64, f64)>,
+    segments: &[Vec<(f64, f64)>],
     label: String,
     colour: RGBColor,
     line: Line,
 ) -> Result<()> {
     let style = colour.stroke_width(2);
-    let series = match line {
-        Line::Solid => drawing(chart.draw_series(LineSeries::new(points.clone(), style)))?,
-        Line::Dashed => {
-            drawing(chart.draw_series(DashedLineSeries::new(points.clone(), 8, 5, style)))?
+    let mut label = Some(label);
+    for segment in segments {
+        let points = segment.iter().copied();
+        let series = match line {
+            Line::Solid => drawing(chart.draw_series(LineSeries::new(points, style)))?,
+            Line::Dashed => drawing(chart.draw_series(DashedLineSeries::new(points, 8, 5, style)))?,
+            Line::Dotted => drawing(chart.draw_series(DashedLineSeries::new(points, 3, 5, style)))?,
+        };
+        // One legend entry for the curve.
+        if let Some(label) = label.take() {
+            series.label(label).legend(move |(x, y)| {
+                let style = colour.stroke_width(2);
+                let [first, second, third] = line
+                    .legend_strokes()
+                    .map(|(start, end)| PathElement::new(vec![(start, 0), (end, 0)], style));
+                EmptyElement::at((x, y)) + first + second + third
+            });
         }
-        Line::Dotted => {
-            drawing(chart.draw_series(DashedLineSeries::new(points.clone(), 3, 5, style)))?
-        }
-    };
-    series.label(label).legend(move |(x, y)| {
-        let style = colour.stroke_width(2);
-        let [first, second, third] = line
-            .legend_strokes()
-            .map(|(start, end)| PathElement::new(vec![(start, 0), (end, 0)], style));
-        EmptyElement::at((x, y)) + first + second + third
-    });
+    }
+    let points = segments.concat();
     // Markers, so that a short run (a single epoch, say) still shows.
     if points.len() > 30 {
         return Ok(());
@@ -778,6 +828,40 @@ mod tests {
             cells(2).describe(),
             r#"test_acc (2 cells, the first on line 3: "n/a")"#
         );
+    }
+
+    /// A row without a curve's value breaks the curve's line there, rather than joining
+    /// its neighbours; each curve breaks at its own gaps.
+    #[test]
+    fn a_curve_breaks_where_a_row_has_no_value() {
+        let mut run = run(0.1, 0.5);
+        run.epochs[2].test_acc = None;
+        run.epochs[3].test_acc = Some(f64::NAN);
+        run.epochs[0].train_acc = None;
+        let epochs = |segments: Vec<Vec<(f64, f64)>>| -> Vec<Vec<f64>> {
+            let epoch_of = |segment: Vec<(f64, f64)>| segment.iter().map(|p| p.0).collect();
+            segments.into_iter().map(epoch_of).collect()
+        };
+        let test = curve_segments(&run, Panel::Accuracy, 1);
+        assert_eq!(epochs(test), [vec![1.0, 2.0], vec![5.0]]);
+        let train = curve_segments(&run, Panel::Accuracy, 0);
+        assert_eq!(epochs(train), [vec![2.0, 3.0, 4.0, 5.0]]);
+        assert_eq!(curve_segments(&run, Panel::Loss, 1).len(), 1);
+    }
+
+    /// A legend entry keeps its curve's name and figures whole and within the panel,
+    /// cutting a long run name at its start; a short one is left as it is.
+    #[test]
+    fn a_legend_entry_cuts_a_long_run_name_to_fit() {
+        let figures = "test (best 58.90%, epoch 100)";
+        assert_eq!(legend_label("seed0", figures), format!("seed0 {figures}"));
+        let long = "runs/cifar100/a_really_quite_long_run_folder_name_for_the_strong_recipe_seed0";
+        let label = legend_label(long, figures);
+        assert!(
+            text_width(&label, LEGEND_FONT) <= LEGEND_TEXT_WIDTH,
+            "{label}"
+        );
+        assert!(label.starts_with('…') && label.ends_with(&format!("_seed0 {figures}")));
     }
 
     /// One run whose train, test and EMA accuracies (fractions) rise from `first` to
