@@ -750,17 +750,21 @@ fn metrics_with_blank_or_missing_columns_still_plot() {
     assert_eq!(png_size(&dir.join("curves.png")), CURVES_SIZE);
 }
 
+/// The error of `vit plot`'s reader for a metrics.csv at `path` of vit's header and `rows`.
+fn refusal(path: &Path, rows: &str) -> String {
+    std::fs::write(path, format!("{HEADER}\n{rows}")).unwrap();
+    format!("{:#}", plot::read_metrics(path).unwrap_err())
+}
+
 #[test]
 fn accuracies_in_percent_are_refused_naming_the_cell() {
     let dir = TempDir::new("percent");
     let path = dir.join("metrics.csv");
     // The ends of the range are accuracies; 25 (percent) is not.
-    std::fs::write(
+    let err = refusal(
         &path,
-        format!("{HEADER}\n1,0.001,2.1,0,2.0,1,3.0,100\n2,0.001,2.0,0.5,1.9,25,3.0,100\n"),
-    )
-    .unwrap();
-    let err = format!("{:#}", plot::read_metrics(&path).unwrap_err());
+        "1,0.001,2.1,0,2.0,1,3.0,100\n2,0.001,2.0,0.5,1.9,25,3.0,100\n",
+    );
     assert!(
         err.contains("test_acc is 25 on line 3") && err.contains("divide it by 100"),
         "{err}"
@@ -780,12 +784,7 @@ fn accuracies_in_percent_are_refused_naming_the_cell() {
 fn losses_beyond_float32_are_refused_naming_the_cell() {
     let dir = TempDir::new("huge-loss");
     let path = dir.join("metrics.csv");
-    std::fs::write(
-        &path,
-        format!("{HEADER}\n1,0.001,1.75e308,0.1,2.0,0.1,3.0,100\n"),
-    )
-    .unwrap();
-    let err = format!("{:#}", plot::read_metrics(&path).unwrap_err());
+    let err = refusal(&path, "1,0.001,1.75e308,0.1,2.0,0.1,3.0,100\n");
     assert!(
         err.contains("train_loss is 1.75e308 on line 2, larger than any loss vit train writes"),
         "{err}"
