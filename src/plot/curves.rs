@@ -513,6 +513,8 @@ struct PanelAxes {
     title: &'static str,
     y_desc: &'static str,
     x: (f64, f64),
+    /// The lowest epoch labelled: none in the room left before the first.
+    first_label: f64,
     y: (f64, f64),
     /// Decimals of the y tick labels.
     decimals: usize,
@@ -526,10 +528,17 @@ fn panel_axes(runs: &[RunMetrics], panel: Panel) -> PanelAxes {
     let (first, last) = epochs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), e| {
         (lo.min(e), hi.max(e))
     });
-    let (x0, x1) = if first.is_finite() {
-        (first.min(1.0).min(last - 1.0), last)
-    } else {
-        (0.0, 1.0)
+    let (x0, x1, first_label) = match (first.is_finite(), last - first < 1.0) {
+        (false, _) => (0.5, 1.5, 1.0),
+        // One epoch: in the middle, with no epoch 0 on the axis.
+        (true, true) => (first - 0.5, last + 0.5, first),
+        (true, false) => {
+            // From epoch 1, with room at both ends for the first and last epochs' markers
+            // and rings (6 pixels of a plot ~500 wide), which the plot's edge cut in half.
+            let (x0, x1) = (first.min(1.0), last);
+            let pad = (x1 - x0) * 0.02;
+            (x0 - pad, x1 + pad, x0)
+        }
     };
     let values: Vec<f64> = runs
         .iter()
@@ -564,6 +573,7 @@ fn panel_axes(runs: &[RunMetrics], panel: Panel) -> PanelAxes {
         title,
         y_desc,
         x: (x0, x1),
+        first_label,
         y: (y0, y1),
         decimals,
         legend_at,
@@ -720,6 +730,7 @@ fn panel_chart<'a, DB: DrawingBackend>(
     axes: &PanelAxes,
 ) -> Result<PanelChart<'a, DB>> {
     let ((x0, x1), (y0, y1), decimals) = (axes.x, axes.y, axes.decimals);
+    let first_label = axes.first_label;
     let mut chart = drawing(
         ChartBuilder::on(area)
             .caption(axes.title, (FONT, 22))
@@ -737,7 +748,7 @@ fn panel_chart<'a, DB: DrawingBackend>(
             .label_style((FONT, 14))
             .axis_desc_style((FONT, 16))
             .x_label_formatter(&|x| {
-                if x.fract() == 0.0 {
+                if x.fract() == 0.0 && *x >= first_label {
                     format!("{x:.0}")
                 } else {
                     String::new()
@@ -828,6 +839,22 @@ mod tests {
             cells(2).describe(),
             r#"test_acc (2 cells, the first on line 3: "n/a")"#
         );
+    }
+
+    /// The epoch axis leaves room beyond the first and last epochs, whose markers and rings
+    /// the plot's edge cut in half, labelling no epoch before the first; a single epoch sits
+    /// in the middle, with no epoch 0.
+    #[test]
+    fn the_epoch_axis_has_room_for_the_first_and_last_markers() {
+        let five = [run(0.1, 0.5)];
+        let axes = panel_axes(&five, Panel::Accuracy);
+        let (x0, x1) = axes.x;
+        assert!(x0 < 1.0 && x1 > 5.0 && x1 - 5.0 < 0.2, "{x0}..{x1}");
+        assert_eq!(axes.first_label, 1.0);
+        let mut one = run(0.1, 0.5);
+        one.epochs.truncate(1);
+        let axes = panel_axes(&[one], Panel::Loss);
+        assert_eq!((axes.x, axes.first_label), ((0.5, 1.5), 1.0));
     }
 
     /// A row without a curve's value breaks the curve's line there, rather than joining
