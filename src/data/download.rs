@@ -83,7 +83,7 @@ pub fn fetch(source: &str, data_dir: &Path, spec: &ArchiveSpec) -> Result<Fetche
              in VIT_DATA_MIRROR)",
             spec.file_name
         );
-        let host = rest.split('/').next().unwrap_or_default();
+        let (host, _) = host_and_path(rest);
         ensure!(
             scheme != "file" || host.is_empty() || host.eq_ignore_ascii_case("localhost"),
             "cannot fetch {source}: a file:// URL names a file of this machine \
@@ -155,9 +155,7 @@ fn local_path(source: &str) -> PathBuf {
         return PathBuf::from(source);
     };
     // After a host, which `fetch` has checked is this machine.
-    let url_path = url_path
-        .find('/')
-        .map_or(url_path, |slash| &url_path[slash..]);
+    let (_, url_path) = host_and_path(url_path);
     let mut decoded = Vec::with_capacity(url_path.len());
     let mut rest = url_path.as_bytes();
     while let Some((&byte, tail)) = rest.split_first() {
@@ -177,6 +175,12 @@ fn local_path(source: &str) -> PathBuf {
         }
     }
     PathBuf::from(std::ffi::OsString::from_vec(decoded))
+}
+
+/// What follows a URL's `://` (see [`url_parts`]) split into its host and its path, which
+/// starts at the first `/` ("" without one).
+fn host_and_path(rest: &str) -> (&str, &str) {
+    rest.split_at(rest.find('/').unwrap_or(rest.len()))
 }
 
 fn is_url(source: &str) -> bool {

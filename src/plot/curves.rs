@@ -792,16 +792,16 @@ fn draw_curve<'a, DB: DrawingBackend + 'a>(
             });
         }
     }
-    let points = segments.concat();
+    let points = segments.iter().flatten();
     // Markers, so that a short run (a single epoch, say) still shows.
-    if points.len() > 30 {
+    if points.clone().count() > 30 {
         return Ok(());
     }
     let marker = match line {
         Line::Solid => colour.filled(),
         Line::Dashed | Line::Dotted => colour.stroke_width(1),
     };
-    drawing(chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, marker))))?;
+    drawing(chart.draw_series(points.map(|&p| Circle::new(p, 3, marker))))?;
     Ok(())
 }
 
