@@ -350,11 +350,15 @@ fn a_cell_that_is_not_a_number_is_left_out_and_an_epoch_must_be_one() {
     .unwrap();
     let rows = plot::read_metrics(&path).unwrap();
     assert_eq!((rows[0].test_loss, rows[0].test_acc), (None, Some(0.3)));
-    assert!(
-        rows[1].train_loss.unwrap().is_nan(),
-        "NaN is a number vit writes"
-    );
-    assert_eq!(rows[1].test_acc, Some(0.4));
+    // vit train stops at a loss that is not finite, so "NaN" and "inf" are edits.
+    assert_eq!((rows[1].train_loss, rows[1].test_acc), (None, Some(0.4)));
+    std::fs::write(
+        &path,
+        format!("{HEADER}\n1,0.001,inf,0.2,-inf,0.3,3.0,100\n"),
+    )
+    .unwrap();
+    let rows = plot::read_metrics(&path).unwrap();
+    assert_eq!((rows[0].train_loss, rows[0].test_loss), (None, None));
     // Names with spaces around them are found; an empty row (as spreadsheets write) is
     // skipped.
     let spaced = HEADER.replace(',', ", ");
@@ -754,6 +758,92 @@ fn metrics_with_blank_or_missing_columns_still_plot() {
 fn refusal(path: &Path, rows: &str) -> String {
     std::fs::write(path, format!("{HEADER}\n{rows}")).unwrap();
     format!("{:#}", plot::read_metrics(path).unwrap_err())
+}
+
+/// Epochs are whole numbers from 1, each row's above the one before: a row repeated,
+/// moved or made up is refused naming its line (it drew the curve back over itself, and a
+/// repeated epoch was the best one twice).
+#[test]
+fn epochs_out_of_order_or_not_whole_are_refused_naming_the_line() {
+    let dir = TempDir::new("epochs");
+    let path = dir.join("metrics.csv");
+    let row = |epoch: &str| format!("{epoch},0.001,2.1,0.2,2.0,0.3,3.0,100\n");
+    for (epochs, expected) in [
+        (["1", "1"], "line 3's epoch 1 comes after epoch 1"),
+        (["3", "1"], "line 3's epoch 1 comes after epoch 3"),
+        (
+            ["1", "1.5"],
+            "line 3's epoch is 1.5, but vit train numbers its epochs 1, 2, 3",
+        ),
+        (["0", "1"], "line 2's epoch is 0, but"),
+        (["-1", "2"], "line 2's epoch is -1, but"),
+    ] {
+        let err = refusal(&path, &epochs.map(row).concat());
+        assert!(err.contains(expected), "{epochs:?}: {err}");
+        assert!(
+            err.contains("remove or correct that line")
+                || err.contains("correct or remove that line"),
+            "{err}"
+        );
+    }
+    // A gap (epochs a run's resume lost, say) is drawn as it is.
+    std::fs::write(&path, format!("{HEADER}\n{}{}", row("1"), row("3"))).unwrap();
+    assert_eq!(plot::read_metrics(&path).unwrap().len(), 2);
+}
+
+/// A negative accuracy or loss is refused naming its cell, without the advice for
+/// percentages, which is for accuracies above 1.
+#[test]
+fn negative_accuracies_and_losses_are_refused_naming_the_cell() {
+    let dir = TempDir::new("negative");
+    let path = dir.join("metrics.csv");
+    let err = refusal(&path, "1,0.001,2.1,-0.1,2.0,0.3,3.0,100\n");
+    assert!(
+        err.contains("train_acc is -0.1 on line 2, but accuracies there are fractions from 0 to 1")
+            && !err.contains("percentages"),
+        "{err}"
+    );
+    let err = refusal(&path, "1,0.001,2.1,0.1,-5,0.3,3.0,100\n");
+    assert!(
+        err.contains(
+            "test_loss is -5 on line 2, but losses there are cross-entropies, never below 0"
+        ),
+        "{err}"
+    );
+    // Zero is a loss and an accuracy.
+    std::fs::write(&path, format!("{HEADER}\n1,0.001,0,0,0,0,3.0,100\n")).unwrap();
+    let rows = plot::read_metrics(&path).unwrap();
+    assert_eq!(
+        (rows[0].train_loss, rows[0].test_acc),
+        (Some(0.0), Some(0.0))
+    );
+}
+
+/// More runs than colours are refused before anything is read or drawn: two runs would
+/// share a colour, and the legends would cover the curves. Ten draw.
+#[test]
+fn more_runs_than_colours_are_refused() {
+    let dir = TempDir::new("many-runs");
+    let runs: Vec<PathBuf> = (1..=11).map(|run| dir.join(format!("run{run}"))).collect();
+    for run in &runs {
+        write_metrics(run, 2, 1.0);
+    }
+    let output = dir.join("curves.png");
+    let err = plot::run(&PlotArgs {
+        runs: runs.clone(),
+        output: output.clone(),
+    })
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains(
+            "vit plot draws up to 10 runs, one colour each, and was given 11: plot them in \
+             groups of at most 10"
+        ),
+        "{err:#}"
+    );
+    assert!(!output.exists());
+    plot::curves(&runs[..10], &output).unwrap();
+    assert_eq!(png_size(&output), CURVES_SIZE);
 }
 
 #[test]

@@ -24,7 +24,7 @@ const LEGEND_FONT: f64 = 14.0;
 /// [`CURVES_SIZE`]'s width) holds beside its y axis and the entry's line sample.
 const LEGEND_TEXT_WIDTH: u32 = 400;
 
-/// Ten distinguishable colours (Tableau 10), cycled over runs.
+/// Ten distinguishable colours (Tableau 10), one per run: `vit plot` draws up to ten.
 const PALETTE: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
@@ -102,7 +102,7 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
     let header = reader.byte_headers().cloned().unwrap_or_default();
     check_columns(path, &header)?;
     let mut not_numbers = Vec::new();
-    let mut rows = Vec::new();
+    let mut rows: Vec<MetricsRow> = Vec::new();
     for record in reader.byte_records() {
         let record = record.with_context(|| format!("cannot read {}", path.display()))?;
         if record.iter().all(|cell| cell.is_empty()) {
@@ -111,10 +111,32 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
         let line = record
             .position()
             .map_or(0, |position| line_at(&text, position));
-        rows.push(metrics_row(path, &header, &record, line, &mut not_numbers)?);
+        let row = metrics_row(path, &header, &record, line, &mut not_numbers)?;
+        check_epoch(path, row.epoch, rows.last().map(|row| row.epoch), line)?;
+        rows.push(row);
     }
     note_not_numbers(path, &not_numbers);
     Ok(rows)
+}
+
+/// Refuses an `epoch` on `line` that is not one vit train would write after the `previous`
+/// row's: a whole number from 1, each row's above the one before (a row repeated or moved
+/// would draw the curve back over itself).
+fn check_epoch(path: &Path, epoch: f64, previous: Option<f64>, line: usize) -> Result<()> {
+    ensure!(
+        epoch >= 1.0 && epoch.fract() == 0.0,
+        "{}: line {line}'s epoch is {epoch}, but vit train numbers its epochs 1, 2, 3, ...; \
+         correct or remove that line",
+        path.display()
+    );
+    if let Some(previous) = previous.filter(|&previous| epoch <= previous) {
+        bail!(
+            "{}: line {line}'s epoch {epoch} comes after epoch {previous}, but vit train writes \
+             each epoch once, in order; remove or correct that line",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Where the column `name` is in `header`.
@@ -167,7 +189,9 @@ fn metrics_row(
 ) -> Result<MetricsRow> {
     let mut cell = |name: &'static str| {
         let text = String::from_utf8_lossy(column(header, name).and_then(|c| record.get(c))?);
-        let value = text.parse::<f64>().ok();
+        // vit train writes finite numbers only (it stops at a loss that is not): "inf" and
+        // "NaN" are edits, left out as the other cells that are no number.
+        let value = text.parse::<f64>().ok().filter(|value| value.is_finite());
         if value.is_none() && !text.is_empty() {
             match not_numbers.iter_mut().find(|cells| cells.column == name) {
                 Some(cells) => cells.count += 1,
@@ -181,47 +205,56 @@ fn metrics_row(
         }
         value
     };
-    let epoch = cell("epoch")
-        .filter(|epoch| epoch.is_finite())
-        .with_context(|| {
-            format!(
-                "{}: line {line} has no finite epoch number: vit plot draws the rows vit \
+    let epoch = cell("epoch").with_context(|| {
+        format!(
+            "{}: line {line} has no finite epoch number: vit plot draws the rows vit \
                  train wrote; remove or correct that line",
-                path.display()
-            )
-        })?;
+            path.display()
+        )
+    })?;
     let [train_loss, train_acc, test_loss, test_acc, ema_test_loss, ema_test_acc] =
         METRIC_COLUMNS.map(&mut cell);
-    // A percentage (typed in a spreadsheet, say) would be drawn 100 times too high.
     for (name, accuracy) in [
         ("train_acc", train_acc),
         ("test_acc", test_acc),
         ("ema_test_acc", ema_test_acc),
     ] {
-        if let Some(accuracy) = accuracy.filter(|a| a.is_finite() && !(0.0..=1.0).contains(a)) {
-            bail!(
-                "{}: {name} is {accuracy} on line {line}, but accuracies there are fractions \
-                 from 0 to 1 (vit train writes 0.25 for 25%); if the column holds percentages, \
-                 divide it by 100",
-                path.display()
-            );
-        }
+        let Some(accuracy) = accuracy.filter(|a| !(0.0..=1.0).contains(a)) else {
+            continue;
+        };
+        // A percentage (typed in a spreadsheet, say) would be drawn 100 times too high.
+        let percentage_hint = match accuracy > 1.0 {
+            true => "; if the column holds percentages, divide it by 100",
+            false => "; correct or remove that line",
+        };
+        bail!(
+            "{}: {name} is {accuracy} on line {line}, but accuracies there are fractions \
+             from 0 to 1 (vit train writes 0.25 for 25%){percentage_hint}",
+            path.display()
+        );
     }
-    // vit train's losses are float32: a larger one (an edit) would stretch the loss axis
-    // past the largest float, which plotters cannot divide into ticks.
     for (name, loss) in [
         ("train_loss", train_loss),
         ("test_loss", test_loss),
         ("ema_test_loss", ema_test_loss),
     ] {
-        if let Some(loss) = loss.filter(|l| l.is_finite() && l.abs() > f64::from(f32::MAX)) {
-            bail!(
-                "{}: {name} is {loss:e} on line {line}, larger than any loss vit train writes \
-                 (float32, up to {:e}); correct or remove that line",
-                path.display(),
-                f32::MAX
-            );
-        }
+        let Some(loss) = loss else { continue };
+        // Cross-entropies are never negative.
+        ensure!(
+            loss >= 0.0,
+            "{}: {name} is {loss} on line {line}, but losses there are cross-entropies, never \
+             below 0; correct or remove that line",
+            path.display()
+        );
+        // vit train's losses are float32: a larger one (an edit) would stretch the loss
+        // axis past the largest float, which plotters cannot divide into ticks.
+        ensure!(
+            loss <= f64::from(f32::MAX),
+            "{}: {name} is {loss:e} on line {line}, larger than any loss vit train writes \
+             (float32, up to {:e}); correct or remove that line",
+            path.display(),
+            f32::MAX
+        );
     }
     Ok(MetricsRow {
         epoch,
@@ -234,14 +267,14 @@ fn metrics_row(
     })
 }
 
-/// Notes the columns with cells that are not numbers, which the curves leave out.
+/// Notes the columns with cells that are not finite numbers, which the curves leave out.
 fn note_not_numbers(path: &Path, not_numbers: &[NotNumbers]) {
     if not_numbers.is_empty() {
         return;
     }
     let columns: Vec<String> = not_numbers.iter().map(NotNumbers::describe).collect();
     eprintln!(
-        "note: {}: cells that are not numbers are left out of the curves: {}",
+        "note: {}: cells that are not finite numbers are left out of the curves: {}",
         path.display(),
         columns.join(", ")
     );
@@ -252,6 +285,14 @@ fn note_not_numbers(path: &Path, not_numbers: &[NotNumbers]) {
 pub fn read_runs<P: AsRef<Path>>(runs: &[P]) -> Result<Vec<RunMetrics>> {
     ensure!(!runs.is_empty(), "no run folders given");
     let distinct = distinct_runs(runs);
+    // Beyond them, runs would share a colour, and their legends would cover the curves.
+    ensure!(
+        distinct.len() <= PALETTE.len(),
+        "vit plot draws up to {} runs, one colour each, and was given {}: plot them in groups \
+         of at most {0}",
+        PALETTE.len(),
+        distinct.len()
+    );
     let names: Vec<String> = distinct.iter().map(|run| folder_name(run)).collect();
     let (mut read, mut left_out, mut without_numbers) = (Vec::new(), Vec::new(), Vec::new());
     for (run, name) in distinct.iter().zip(&names) {
@@ -646,7 +687,7 @@ fn draw_panel<DB: DrawingBackend>(
     let axes = panel_axes(runs, panel);
     let mut chart = panel_chart(area, &axes)?;
     for (run_index, run) in runs.iter().enumerate() {
-        let colour = PALETTE[run_index % PALETTE.len()];
+        let colour = PALETTE[run_index];
         for (curve, (name, line)) in CURVES.into_iter().enumerate() {
             let segments = curve_segments(run, panel, curve);
             let points = segments.concat();
