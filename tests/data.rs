@@ -1750,9 +1750,25 @@ fn images_cut_short_or_too_large_are_refused() {
     let err = error_of(decode("garbled.jpg", &garbled));
     assert!(
         err.starts_with("cannot decode")
-            && err.contains("garbled.jpg")
+            && err.contains("garbled.jpg, a damaged JPEG file: replace it")
             && err.matches("12 bits").count() == 1
             && !err.contains('\n'),
+        "{err}"
+    );
+    // A PNG whose image data fails its checksum (CRC) is damaged too, not a format to
+    // convert, and its chunk is named by its name (the decoder wrote "ChunkType { type:
+    // IDAT, critical: true, ... }").
+    let mut bad_crc = png_file(1, 1, 0, &[(b"IDAT", &zlib(&[0, 7])), (b"IEND", &[])]);
+    let idat_crc = bad_crc.len() - 12 - 4;
+    bad_crc[idat_crc] ^= 0xFF;
+    let err = error_of(decode("crc.png", &bad_crc));
+    assert!(
+        err.starts_with("cannot decode")
+            && err.contains("crc.png, a damaged PNG file")
+            && err.contains("CRC error")
+            && err.contains("IDAT chunk")
+            && !err.contains("ChunkType")
+            && !err.contains("convert"),
         "{err}"
     );
 

@@ -47,23 +47,61 @@ pub fn decode_rgb(path: &Path) -> Result<image::RgbImage> {
     let reader = image::ImageReader::with_format(std::io::Cursor::new(bytes.as_slice()), format);
     let decoder = reader
         .into_decoder()
-        .map_err(|error| undecodable(path, error))?;
+        .map_err(|error| image_error(path, format, error))?;
     let (width, height) = decoder.dimensions();
     check_size(path, width, height)?;
-    let image =
-        image::DynamicImage::from_decoder(decoder).map_err(|error| undecodable(path, error))?;
+    let image = image::DynamicImage::from_decoder(decoder)
+        .map_err(|error| image_error(path, format, error))?;
     Ok(image.into_rgb8())
 }
 
-/// A decoder's `error` about `path`, on one line: the decoders' messages may hold line
-/// breaks, and `image`'s repeat their cause after themselves.
+/// A decoder's `error` about `path`, a file of no format vit reads, on one line.
 fn undecodable(path: &Path, error: impl std::fmt::Display) -> anyhow::Error {
-    let message = error.to_string();
-    let words: Vec<&str> = message.split_whitespace().collect();
-    anyhow!("{}", words.join(" ")).context(format!(
+    anyhow!("{}", decoder_words(error)).context(format!(
         "cannot decode {} (vit reads PNG and JPEG): convert, replace or remove it",
         path.display()
     ))
+}
+
+/// The decoder's `error` about `path`, a PNG or JPEG (`format`) whose data does not decode,
+/// on one line: converting it would not help.
+fn damaged(path: &Path, format: &str, error: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("{}", decoder_words(error)).context(format!(
+        "cannot decode {}, a damaged {format} file: replace it, or save it again from its source",
+        path.display()
+    ))
+}
+
+/// The image crate's error about `path`, a `format` file: a JPEG's data that does not
+/// decode is damaged; anything else (a format vit does not read) is to convert.
+fn image_error(path: &Path, format: image::ImageFormat, error: image::ImageError) -> anyhow::Error {
+    match (format, error) {
+        (image::ImageFormat::Jpeg, error @ image::ImageError::Decoding(_)) => {
+            damaged(path, "JPEG", error)
+        }
+        (_, error) => undecodable(path, error),
+    }
+}
+
+/// A decoder's message on one line (the decoders' messages may hold line breaks, and
+/// `image`'s repeat their cause after themselves), a PNG chunk named by its name (the png
+/// crate writes "ChunkType { type: IDAT, critical: true, ... }").
+fn decoder_words(error: impl std::fmt::Display) -> String {
+    const CHUNK: &str = "ChunkType { type: ";
+    let mut message = error.to_string();
+    while let Some(start) = message.find(CHUNK) {
+        let fields = start + CHUNK.len();
+        let Some(end) = message[fields..].find('}') else {
+            break;
+        };
+        let name = message[fields..fields + end]
+            .split(',')
+            .next()
+            .unwrap_or("");
+        let name = name.trim().to_string();
+        message.replace_range(start..fields + end + 1, &name);
+    }
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn cut_short(path: &Path) -> anyhow::Error {
@@ -118,6 +156,7 @@ fn png_error(path: &Path, error: png::DecodingError) -> anyhow::Error {
             "{}: its rows are wider than vit decodes (512 MiB a row): downscale it",
             path.display()
         ),
+        error @ png::DecodingError::Format(_) => damaged(path, "PNG", error),
         error => undecodable(path, error),
     }
 }
@@ -157,8 +196,9 @@ fn check_palette(path: &Path, info: &png::Info) -> Result<()> {
             .as_ref()
             .is_some_and(|palette| palette.len() % 3 != 0)
     {
-        return Err(undecodable(
+        return Err(damaged(
             path,
+            "PNG",
             "its palette (PLTE chunk) is not whole RGB entries",
         ));
     }
