@@ -3197,6 +3197,14 @@ fn a_loss_that_diverges_after_the_first_epoch_points_to_its_weights() {
     #[rustfmt::skip]
     args.extend(["--epochs", "2", "--batch-size", "300", "--train-subset", "300", "--lr", "1", "--weight-decay", "1e9", "--warmup-epochs", "0", "--clip-grad", "0"]);
     let stderr = vit_fails(&args);
+    // The run is warned at its start that such a decay wrecks the weights.
+    assert!(
+        stderr.contains(
+            "warning: --lr 1 times --weight-decay 1000000000 is 1000000000: AdamW multiplies \
+             the weights by 1 - lr x weight decay each step"
+        ),
+        "{stderr}"
+    );
     let last_model = run.join("last_model.safetensors");
     let expected = format!(
         " in epoch 2; stopped (the last good weights are in {}). Train again with a lower \

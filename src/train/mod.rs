@@ -206,6 +206,20 @@ fn warn_about_settings_without_effect(settings: &TrainSettings, train_images: i6
             settings.warmup_epochs, settings.epochs
         );
     }
+    // AdamW scales each decayed weight by 1 - lr * weight_decay a step.
+    let decay = settings.lr * settings.weight_decay;
+    if decay >= 1.0 {
+        eprintln!(
+            "warning: --lr {} times --weight-decay {} is {decay}: AdamW multiplies the weights \
+             by 1 - lr x weight decay each step, which from 1 on zeroes them or flips their \
+             sign, so the run learns nothing or diverges; give a product below 1 (the \
+             defaults: {} x {})",
+            settings.lr,
+            settings.weight_decay,
+            crate::cli::DEFAULT_LR,
+            crate::cli::DEFAULT_WEIGHT_DECAY
+        );
+    }
     if settings.batch_size > train_images {
         eprintln!(
             "note: --batch-size {} is more than the {train_images} training {}: each epoch \
