@@ -2981,12 +2981,25 @@ fn user_errors_say_what_to_do() {
         "{stderr}"
     );
     // A broken class list: eval warns as predict does, and reports the dataset's names.
-    let stderr = eval_stderr("[\"one\"]".to_string());
-    assert!(
-        stderr
-            .contains("lettered.safetensors has `classes` metadata that is not a list of 10 names"),
-        "{stderr}"
-    );
+    // So is one with a name that is empty or not one line: eval printed it as it was.
+    let mut broken_line = letters.clone();
+    broken_line[3] = "x\ny".to_string();
+    let mut empty = letters.clone();
+    empty[0] = String::new();
+    for classes in [
+        "[\"one\"]".to_string(),
+        serde_json::to_string(&broken_line).unwrap(),
+        serde_json::to_string(&empty).unwrap(),
+    ] {
+        let stderr = eval_stderr(classes.clone());
+        assert!(
+            stderr.contains(
+                "lettered.safetensors has `classes` metadata that is not a list of 10 names \
+                 (each a line of text, not empty)"
+            ) && !stderr.contains("x\ny"),
+            "{classes}: {stderr}"
+        );
+    }
     // An --out that cannot take the confusion matrix is refused before the test pass.
     for (out, error) in [
         ("/proc/vit-eval", "cannot create"),

@@ -596,8 +596,8 @@ fn warn_about_contents(path: &Path, file: &TensorFile, num_classes: i64) {
         && recorded_class_names(&file.metadata, num_classes).is_none()
     {
         eprintln!(
-            "warning: {} has `classes` metadata that is not a list of {num_classes} names; \
-             it is ignored",
+            "warning: {} has `classes` metadata that is not a list of {num_classes} names (each \
+             a line of text, not empty); it is ignored",
             path.display()
         );
     }
@@ -683,13 +683,15 @@ pub fn unnamed_class(index: i64) -> String {
     format!("class {index}")
 }
 
-/// The `classes` metadata when it is a list of `num_classes` names (`load` warns about
-/// one that is not).
+/// The `classes` metadata when it is a list of `num_classes` names, each a line of text
+/// (`load` warns about one that is not): a name with a line break or another control
+/// character, or none at all, would garble the reports that print one class a line.
 fn recorded_class_names(
     metadata: &HashMap<String, String>,
     num_classes: i64,
 ) -> Option<Vec<String>> {
+    let is_a_name = |name: &String| !name.is_empty() && !name.chars().any(char::is_control);
     serde_json::from_str::<Vec<String>>(metadata.get(CLASSES_KEY)?)
         .ok()
-        .filter(|names| names.len() as i64 == num_classes)
+        .filter(|names| names.len() as i64 == num_classes && names.iter().all(is_a_name))
 }
