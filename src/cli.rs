@@ -198,8 +198,9 @@ fn with_preset_values(arg: clap::Arg, presets: &[(&str, serde_json::Value)]) -> 
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Print the resolved model config, a per-module parameter table and the forward FLOPs
-    /// per image, and run the notebook's shape check.
+    /// Print the resolved model config (or a checkpoint's, with what it was trained on), a
+    /// per-module parameter table and the forward FLOPs per image, and run the notebook's
+    /// shape check.
     Info(InfoArgs),
     /// Fetch a CIFAR archive, verify its MD5, and unpack it into the data folder.
     Download(DownloadArgs),
@@ -513,6 +514,17 @@ fn named_device(name: &str, cuda_count: usize) -> Result<tch::Device> {
 pub struct InfoArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Describe this checkpoint's model instead (vit's, or a timm/PyTorch one vit loads):
+    /// its config, what it was trained on, its parameters and the shape check on its weights.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = [
+            "preset", "image_size", "patch_size", "in_channels", "embed_dim", "num_heads",
+            "mlp_dim", "num_layers", "num_classes", "dropout",
+        ]
+    )]
+    pub checkpoint: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -73,14 +73,28 @@ fn parameter_table(vs: &nn::VarStore, num_layers: i64) -> Vec<(String, i64)> {
         .collect()
 }
 
-/// `vit info`: the config, its parameters module by module, its forward FLOPs per image,
-/// the notebook's shape check and whether CUDA is there.
+/// `vit info`: the config (the flags', or a checkpoint's with what it was trained on), its
+/// parameters module by module, its forward FLOPs per image, the notebook's shape check and
+/// whether CUDA is there.
 pub fn run(args: &InfoArgs) -> Result<()> {
-    let config = args.model.resolve()?;
-    println!("Config ({}):", config.described_as(&args.model.preset));
-    println!("{}", serde_json::to_string_pretty(&config)?);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = VisionTransformer::new(&vs.root(), &config)?;
+    let (vs, model) = match &args.checkpoint {
+        Some(path) => {
+            let loaded = crate::checkpoint::load(path, Device::Cpu)?;
+            println!("Config (from {}):", path.display());
+            println!("{}", serde_json::to_string_pretty(&loaded.model.config)?);
+            println!("\n{}", trained_on(&loaded));
+            (loaded.vs, loaded.model)
+        }
+        None => {
+            let config = args.model.resolve()?;
+            println!("Config ({}):", config.described_as(&args.model.preset));
+            println!("{}", serde_json::to_string_pretty(&config)?);
+            let vs = nn::VarStore::new(Device::Cpu);
+            let model = VisionTransformer::new(&vs.root(), &config)?;
+            (vs, model)
+        }
+    };
+    let config = &model.config;
     let table = parameter_table(&vs, config.num_layers);
     println!("\n{:<14} {:>12}", "module", "parameters");
     for (module, count) in &table {
@@ -111,6 +125,22 @@ pub fn run(args: &InfoArgs) -> Result<()> {
     let devices = tch::Cuda::device_count();
     println!("{}", cuda_line(tch::Cuda::is_available(), devices));
     Ok(())
+}
+
+/// What a checkpoint records of its training data: the dataset and the class names, each
+/// or "not recorded" (a timm or PyTorch file without vit's metadata).
+fn trained_on(loaded: &crate::checkpoint::LoadedModel) -> String {
+    let num_classes = loaded.model.config.num_classes;
+    let dataset = loaded.dataset().unwrap_or("not recorded");
+    let classes = match loaded.recorded_classes() {
+        Some(names) => names.join(", "),
+        None => format!(
+            "not recorded (vit eval and vit predict say {} to {})",
+            crate::checkpoint::unnamed_class(0),
+            crate::checkpoint::unnamed_class(num_classes - 1)
+        ),
+    };
+    format!("Trained on: {dataset}\nClasses ({num_classes}): {classes}")
 }
 
 /// `vit info`'s last line: whether libtorch can use CUDA, and on how many devices.

@@ -521,6 +521,64 @@ fn info_describes_the_model_the_flags_give() {
     );
 }
 
+/// `vit info --checkpoint` describes the checkpoint's model, not a preset's: its config,
+/// the dataset and class names it records ("not recorded" where a file has none, as a
+/// timm file), its parameters as the file holds them, and the shape check on its weights.
+/// Model flags beside it are refused: they would describe another model.
+#[test]
+fn info_describes_a_checkpoints_model_and_what_it_was_trained_on() {
+    let dir = common::TempDir::new("info-checkpoint");
+    let config = ViTConfig {
+        num_classes: 3,
+        num_layers: 1,
+        ..ViTConfig::tiny()
+    };
+    let vs = cpu_store();
+    VisionTransformer::new(&vs.root(), &config).unwrap();
+    let classes = serde_json::to_string(&["cat", "dog", "fish"]).unwrap();
+    let named = dir.join("named.safetensors");
+    let metadata = [("dataset", "folder".to_string()), ("classes", classes)];
+    vit_tch::checkpoint::save(&vs, &config, &metadata, &named).unwrap();
+    let output = vit(&["info", "--checkpoint", named.to_str().unwrap()]);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let (header, rest) = stdout.split_once('\n').unwrap();
+    assert_eq!(header, format!("Config (from {}):", named.display()));
+    let described: ViTConfig = serde_json::from_str(rest.split("\n\n").next().unwrap()).unwrap();
+    assert_eq!(described, config, "{stdout}");
+    let total = vit_tch::model::parameter_total(&vs);
+    for line in [
+        "\nTrained on: folder\nClasses (3): cat, dog, fish\n".to_string(),
+        format!("\n{:<14} {total:>12}\n", "total"),
+        "\nShape check: randn[1, 3, 32, 32] -> [1, 3]\n".to_string(),
+    ] {
+        assert!(stdout.contains(&line), "{line:?}: {stdout}");
+    }
+    let bare = dir.join("bare.safetensors");
+    vit_tch::checkpoint::save(&vs, &config, &[], &bare).unwrap();
+    let output = vit(&["info", "--checkpoint", bare.to_str().unwrap()]);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.contains(
+            "\nTrained on: not recorded\nClasses (3): not recorded (vit eval and vit predict \
+             say class 0 to class 2)\n"
+        ),
+        "{stdout}"
+    );
+    let output = common::run_vit(&[
+        "info",
+        "--checkpoint",
+        bare.to_str().unwrap(),
+        "--num-layers",
+        "2",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the argument '--checkpoint <FILE>' cannot be used with '--num-layers"),
+        "{stderr}"
+    );
+}
+
 /// `vit info` of a config whose shape check is slow (the notebook's model on 256x256
 /// images in 2x2 patches: 1.75 TFLOPs, measured at 18 s on two cores) says about how long
 /// it will take before the check starts. The test stops `vit info` once that is printed.

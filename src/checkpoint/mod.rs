@@ -538,6 +538,17 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
+    /// The dataset the checkpoint records it was trained on, if any.
+    pub fn dataset(&self) -> Option<&str> {
+        self.metadata.get(DATASET_KEY).map(String::as_str)
+    }
+
+    /// The class names the checkpoint records, when they are the model's (see
+    /// [`class_names`] for names in every case).
+    pub fn recorded_classes(&self) -> Option<Vec<String>> {
+        recorded_class_names(&self.metadata, self.model.config.num_classes)
+    }
+
     /// Fails unless the model from `path` takes RGB images, the only ones vit reads.
     pub fn ensure_rgb(&self, path: &Path) -> Result<()> {
         let channels = self.model.config.in_channels;

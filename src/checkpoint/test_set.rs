@@ -19,8 +19,7 @@ impl LoadedModel {
         self.ensure_rgb(path)?;
         let dataset_args = dataset_args(&self.metadata, args)
             .with_context(|| format!("choosing the test split for {}", path.display()))?;
-        let trained_on_folder =
-            self.metadata.get(DATASET_KEY).map(String::as_str) == Some(crate::data::FOLDER);
+        let trained_on_folder = self.dataset() == Some(crate::data::FOLDER);
         if trained_on_folder && dataset_args.dataset == crate::cli::DatasetName::Folder {
             ensure_folder_data_given(path, &dataset_args.data_dir)?;
         }
