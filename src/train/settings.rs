@@ -224,9 +224,10 @@ pub(super) fn epoch_steps(settings: &TrainSettings, train_images: i64) -> Result
             .checked_mul(settings.epochs.max(settings.warmup_epochs))
             .is_some(),
         "--epochs {} (or --warmup-epochs {}) of {steps_per_epoch} steps each are more \
-         steps than vit counts",
+         steps than vit counts: give at most {} epochs",
         settings.epochs,
-        settings.warmup_epochs
+        settings.warmup_epochs,
+        usize::MAX / steps_per_epoch
     );
     Ok(steps_per_epoch)
 }
