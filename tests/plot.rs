@@ -791,34 +791,6 @@ fn epochs_out_of_order_or_not_whole_are_refused_naming_the_line() {
     assert_eq!(plot::read_metrics(&path).unwrap().len(), 2);
 }
 
-/// A negative accuracy or loss is refused naming its cell, without the advice for
-/// percentages, which is for accuracies above 1.
-#[test]
-fn negative_accuracies_and_losses_are_refused_naming_the_cell() {
-    let dir = TempDir::new("negative");
-    let path = dir.join("metrics.csv");
-    let err = refusal(&path, "1,0.001,2.1,-0.1,2.0,0.3,3.0,100\n");
-    assert!(
-        err.contains("train_acc is -0.1 on line 2, but accuracies there are fractions from 0 to 1")
-            && !err.contains("percentages"),
-        "{err}"
-    );
-    let err = refusal(&path, "1,0.001,2.1,0.1,-5,0.3,3.0,100\n");
-    assert!(
-        err.contains(
-            "test_loss is -5 on line 2, but losses there are cross-entropies, never below 0"
-        ),
-        "{err}"
-    );
-    // Zero is a loss and an accuracy.
-    std::fs::write(&path, format!("{HEADER}\n1,0.001,0,0,0,0,3.0,100\n")).unwrap();
-    let rows = plot::read_metrics(&path).unwrap();
-    assert_eq!(
-        (rows[0].train_loss, rows[0].test_acc),
-        (Some(0.0), Some(0.0))
-    );
-}
-
 /// More runs than colours are refused before anything is read or drawn: two runs would
 /// share a colour, and the legends would cover the curves. Ten draw.
 #[test]
@@ -859,6 +831,13 @@ fn accuracies_in_percent_are_refused_naming_the_cell() {
         err.contains("test_acc is 25 on line 3") && err.contains("divide it by 100"),
         "{err}"
     );
+    // Below 0 it is no percentage: the advice is not given.
+    let err = refusal(&path, "1,0.001,2.1,-0.1,2.0,0.3,3.0,100\n");
+    assert!(
+        err.contains("train_acc is -0.1 on line 2, but accuracies there are fractions from 0 to 1")
+            && !err.contains("percentages"),
+        "{err}"
+    );
     std::fs::write(&path, format!("{HEADER}\n1,0.001,2.1,0,2.0,1,3.0,100\n")).unwrap();
     let rows = plot::read_metrics(&path).unwrap();
     assert_eq!(
@@ -869,9 +848,10 @@ fn accuracies_in_percent_are_refused_naming_the_cell() {
 
 /// A loss larger than float32's largest (an edit: vit train's losses are float32) is
 /// refused naming its cell: near f64's largest, the loss axis's top overflowed to infinity
-/// and plotters never finished dividing it into ticks. Float32's largest still draws.
+/// and plotters never finished dividing it into ticks. So is a negative one (a
+/// cross-entropy is not). Float32's largest and 0 still draw.
 #[test]
-fn losses_beyond_float32_are_refused_naming_the_cell() {
+fn losses_beyond_float32_or_below_0_are_refused_naming_the_cell() {
     let dir = TempDir::new("huge-loss");
     let path = dir.join("metrics.csv");
     let err = refusal(&path, "1,0.001,1.75e308,0.1,2.0,0.1,3.0,100\n");
@@ -879,9 +859,16 @@ fn losses_beyond_float32_are_refused_naming_the_cell() {
         err.contains("train_loss is 1.75e308 on line 2, larger than any loss vit train writes"),
         "{err}"
     );
+    let err = refusal(&path, "1,0.001,2.1,0.1,-5,0.3,3.0,100\n");
+    assert!(
+        err.contains(
+            "test_loss is -5 on line 2, but losses there are cross-entropies, never below 0"
+        ),
+        "{err}"
+    );
     std::fs::write(
         &path,
-        format!("{HEADER}\n1,0.001,3.4e38,0.1,2.0,0.1,3.0,100\n2,0.001,2.0,0.2,1.9,0.2,3.0,100\n"),
+        format!("{HEADER}\n1,0.001,3.4e38,0.1,2.0,0.1,3.0,100\n2,0.001,2.0,0.2,0,0.2,3.0,100\n"),
     )
     .unwrap();
     plot::curves(&[dir.to_path_buf()], &dir.join("curves.png")).unwrap();
