@@ -424,6 +424,28 @@ fn a_checkpoint_is_refused_from_its_header_and_a_special_file_unopened() {
             && error.contains("incomplete metadata, file not fully covered"),
         "{error}"
     );
+    // Shapes libtorch cannot make, of tensors with no elements (which safetensors
+    // accepts): refused naming the tensor, not passed to libtorch (as a negative size, or
+    // to its overflowing storage size and a C++ backtrace).
+    for shape in ["[9223372036854775808,0]", "[0,4294967296,4294967296]"] {
+        let json = format!(r#"{{"w":{{"dtype":"F32","shape":{shape},"data_offsets":[0,0]}}}}"#);
+        let huge = dir.join("huge-shape.safetensors");
+        let bytes = [&(json.len() as u64).to_le_bytes()[..], json.as_bytes()].concat();
+        std::fs::write(&huge, bytes).unwrap();
+        let error = match TensorFile::read(&huge) {
+            Ok(_) => panic!("a tensor of shape {shape} was read"),
+            Err(e) => format!("{e:#}"),
+        };
+        let shape = shape.replace(',', ", ");
+        assert!(
+            error.contains(&format!(
+                "{}: tensor w: its shape {shape} is larger than a tensor may be (at most \
+                 2^63 - 1 in all, not counting sizes of 0): the file is damaged",
+                huge.display()
+            )),
+            "{error}"
+        );
+    }
     // A TorchScript file larger than the bytes read from its ends to tell what it is: its
     // zip names constants.pkl only in its directory, at its end.
     run_python(
@@ -1010,6 +1032,37 @@ fn a_checkpoint_with_infinite_weights_is_refused() {
             "{value}: {error}"
         );
     }
+}
+
+/// A float64 checkpoint (a timm model saved in double precision) whose value is finite in
+/// float64 but beyond float32's range loads as infinity, so it is refused as an infinite
+/// one is; a float64 file within range loads.
+#[test]
+fn a_float64_checkpoint_beyond_float32_range_is_refused() {
+    let (tensors, metadata) = checkpoint_tensors();
+    let file_with = |value: f64| {
+        let tensors: BTreeMap<String, Tensor> = tensors
+            .iter()
+            .map(|(name, t)| (name.clone(), t.to_kind(Kind::Double)))
+            .collect();
+        let _ = tensors["head.bias"].narrow(0, 0, 1).fill_(value);
+        TensorFile {
+            tensors,
+            metadata: metadata.clone(),
+        }
+    };
+    let error = load_error("float64-huge", file_with(1e300));
+    assert!(
+        error.contains("has NaN or infinite values in [\"head.bias\"]"),
+        "{error}"
+    );
+    let dir = TempDir::new("float64-in-range");
+    let path = dir.join("model.safetensors");
+    file_with(0.5).write(&path).unwrap();
+    let loaded = checkpoint::load(&path, Device::Cpu).unwrap();
+    let head_bias = &loaded.vs.variables()["head.bias"];
+    assert_eq!(head_bias.kind(), Kind::Float);
+    assert_eq!(head_bias.double_value(&[0]), 0.5);
 }
 
 /// `vit predict` lists each guess as its class name and number, or, from a checkpoint that

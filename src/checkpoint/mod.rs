@@ -130,6 +130,29 @@ fn kind_of(dtype: Dtype) -> Result<Kind> {
 }
 
 /// What to say when a folder is given as a checkpoint: the checkpoints in it, if any.
+/// A header's shape as libtorch takes it, or an error where libtorch could not make the
+/// tensor: safetensors accepts any sizes whose product is 0 (a tensor with no elements),
+/// however large the others, and libtorch refuses those whose product without the zeros
+/// does not fit in an i64.
+fn tensor_shape(shape: &[usize]) -> Result<Vec<i64>> {
+    let too_large = || {
+        anyhow!(
+            "its shape {shape:?} is larger than a tensor may be (at most 2^63 - 1 in all, \
+             not counting sizes of 0): the file is damaged"
+        )
+    };
+    let sizes: Vec<i64> = shape
+        .iter()
+        .map(|&size| i64::try_from(size))
+        .collect::<Result<_, _>>()
+        .map_err(|_| too_large())?;
+    sizes
+        .iter()
+        .try_fold(1i64, |product, &size| product.checked_mul(size.max(1)))
+        .ok_or_else(too_large)?;
+    Ok(sizes)
+}
+
 fn folder_given(dir: &Path) -> String {
     let mut checkpoints: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
@@ -346,9 +369,9 @@ impl TensorFile {
         let metadata = header.metadata().clone().unwrap_or_default();
         let mut tensors = BTreeMap::new();
         for (name, info) in header.tensors() {
-            let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
-            let kind = kind_of(info.dtype)
-                .with_context(|| format!("{}: tensor {name}", path.display()))?;
+            let in_tensor = || format!("{}: tensor {name}", path.display());
+            let shape = tensor_shape(&info.shape).with_context(in_tensor)?;
+            let kind = kind_of(info.dtype).with_context(in_tensor)?;
             let (start, end) = info.data_offsets;
             let tensor = Tensor::f_from_data_size(&data[start..end], &shape, kind)?;
             tensors.insert(name, tensor);
@@ -401,10 +424,15 @@ impl TensorFile {
 
     /// The names of the tensors that hold NaN or infinite values, which vit train never
     /// saves (a loss that is not finite stops a run before its weights are written).
+    /// Judged in float32, the kind vit computes in: a float64 value beyond float32's
+    /// range (1e300, say) loads as infinity.
     pub fn not_finite(&self) -> Vec<&String> {
         self.tensors
             .iter()
-            .filter(|(_, t)| t.is_floating_point() && t.isfinite().all().int64_value(&[]) == 0)
+            .filter(|(_, t)| {
+                t.is_floating_point()
+                    && t.to_kind(Kind::Float).isfinite().all().int64_value(&[]) == 0
+            })
             .map(|(name, _)| name)
             .collect()
     }
