@@ -4,6 +4,9 @@
 //! gradients as libtorch's `linear`, really computed by another library, and libtorch's
 //! `linear` wherever oneDNN does not apply (autocast, other dtypes).
 //!
+//! The fused AdamW kernel (`vit_tch::ffi::fused_adamw`): one step as AdamW computes it,
+//! and tensors the kernel would read past the end of (or as host memory) refused.
+//!
 //! Dropout's mask sampler (`vit_tch::model::keep_mask`): it keeps each element with
 //! probability 1 - p and scales it as libtorch's dropout does, its chunks and generator
 //! lanes draw independent numbers, its masks follow the seed and not the thread count,
@@ -14,7 +17,9 @@ mod common;
 use common::{assert_binomial_count, assert_close, seeded};
 use std::sync::MutexGuard;
 use tch::{nn::ModuleT, Device, Kind, Tensor};
-use vit_tch::ffi::{autocast_bf16, onednn_linear, onednn_linear_available};
+use vit_tch::ffi::{
+    autocast_bf16, fused_adamw, onednn_linear, onednn_linear_available, AdamWSlot, LearningRate,
+};
 use vit_tch::model::{fill_keep_mask, keep_mask, Dropout, DROPOUT_CHUNK};
 
 /// The length of the rows `linear_operands` multiply. oneDNN and MKL round products of
@@ -352,5 +357,65 @@ fn libtorch_masks_are_torch_dropouts_own() {
     assert!(
         !theirs.equal(&torch_own),
         "the default sampler draws its own masks"
+    );
+}
+
+/// One fused AdamW step from zero moments moves each weight by lr (times
+/// g / (|g| + eps) ~ sign(g)), after decaying it by lr * weight_decay; a gradient or moment
+/// that is not the parameter's shape, a strided one, and a step of several elements are
+/// refused before the kernel, which checks none of them on the CPU and would read past
+/// the smaller tensor's end.
+#[test]
+fn fused_adamw_steps_as_adamw_and_refuses_tensors_it_would_overrun() {
+    let zeros = |shape: &[i64]| Tensor::zeros(shape, (Kind::Float, Device::Cpu));
+    let step = Tensor::ones([], (Kind::Float, Device::Cpu));
+    let run = |param: &Tensor, grad: &Tensor, moments: &[i64], step: &Tensor| {
+        let (exp_avg, exp_avg_sq) = (zeros(moments), zeros(moments));
+        let slot = AdamWSlot {
+            param,
+            grad,
+            exp_avg: &exp_avg,
+            exp_avg_sq: &exp_avg_sq,
+        };
+        fused_adamw(
+            &[slot],
+            step,
+            LearningRate::Value(0.1),
+            0.9,
+            0.999,
+            0.5,
+            1e-8,
+        )
+        .map_err(|e| format!("{e:#}"))
+    };
+    let param = Tensor::from_slice(&[1.0f32, 1.0, -2.0]);
+    let grad = Tensor::from_slice(&[3.0f32, -0.5, 0.0]);
+    run(&param, &grad, &[3], &step).unwrap();
+    // Decay first: w * (1 - 0.1 * 0.5), then w - 0.1 * g / (|g| + eps).
+    let expected = Tensor::from_slice(&[0.95f32 - 0.1, 0.95 + 0.1, -1.9]);
+    assert_close("one fused AdamW step", &param, &expected, 1e-6);
+
+    let shape_error = "fused AdamW: parameter 0's tensors (parameter, gradient and moments) \
+                       must all be contiguous, of its shape [1000] and dtype, on Cpu";
+    let large = zeros(&[1000]);
+    let error = run(&large, &zeros(&[10]), &[1000], &step).unwrap_err();
+    assert!(error.contains(shape_error), "{error}");
+    let error = run(&large, &zeros(&[1000]), &[10], &step).unwrap_err();
+    assert!(error.contains(shape_error), "{error}");
+    let transposed = zeros(&[10, 100]).transpose(0, 1);
+    let error = run(&transposed, &zeros(&[100, 10]), &[100, 10], &step).unwrap_err();
+    assert!(
+        error.contains("must all be contiguous, of its shape [100, 10]"),
+        "{error}"
+    );
+    let error = run(&large, &zeros(&[1000]), &[1000], &zeros(&[3])).unwrap_err();
+    assert!(
+        error.contains("fused AdamW: the step must be a float32 tensor of one element on Cpu"),
+        "{error}"
+    );
+    assert_eq!(
+        large.abs().sum(Kind::Float).double_value(&[]),
+        0.0,
+        "an update ran"
     );
 }

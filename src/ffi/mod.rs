@@ -199,6 +199,7 @@ pub fn fused_adamw(
     if slots.is_empty() {
         return Ok(());
     }
+    check_adamw_tensors(slots, step, lr)?;
     let params = handles(slots.iter().map(|s| s.param));
     let grads = handles(slots.iter().map(|s| s.grad));
     let exp_avgs = handles(slots.iter().map(|s| s.exp_avg));
@@ -226,6 +227,46 @@ pub fn fused_adamw(
         )
     };
     check(status, "fused AdamW")
+}
+
+/// Refuses what libtorch's fused AdamW kernel would not: it walks each parameter's memory
+/// for the parameter's element count, reading and writing the other three tensors of its
+/// slot alike, so a smaller or strided one would be read past its end (on the CPU it
+/// checks neither shapes nor strides), and one on another device dereferenced as host
+/// memory.
+fn check_adamw_tensors(slots: &[AdamWSlot], step: &Tensor, lr: LearningRate) -> Result<()> {
+    let device = slots[0].param.device();
+    let scalar = |tensor: &Tensor, what: &str| {
+        ensure!(
+            tensor.defined()
+                && tensor.kind() == tch::Kind::Float
+                && tensor.numel() == 1
+                && tensor.device() == device,
+            "fused AdamW: {what} must be a float32 tensor of one element on {device:?}"
+        );
+        Ok(())
+    };
+    scalar(step, "the step")?;
+    if let LearningRate::Tensor(lr) = lr {
+        scalar(lr, "the learning rate")?;
+    }
+    for (index, slot) in slots.iter().enumerate() {
+        let tensors = [slot.param, slot.grad, slot.exp_avg, slot.exp_avg_sq];
+        ensure!(
+            tensors.iter().all(|t| t.defined()),
+            "fused AdamW: parameter {index} has an undefined tensor"
+        );
+        let shape = slot.param.size();
+        ensure!(
+            tensors.iter().all(|t| t.device() == device
+                && t.kind() == slot.param.kind()
+                && t.size() == shape
+                && t.is_contiguous()),
+            "fused AdamW: parameter {index}'s tensors (parameter, gradient and moments) must \
+             all be contiguous, of its shape {shape:?} and dtype, on {device:?}"
+        );
+    }
+    Ok(())
 }
 
 /// `torch._foreach_norm(tensors, 2)`: each tensor's L2 norm, shape [] and the tensor's dtype.
