@@ -8,6 +8,7 @@
 use crate::listing::{and_more, first_and_more};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::io::Read;
+use std::mem::MaybeUninit;
 use std::path::Path;
 use tch::Tensor;
 
@@ -392,33 +393,38 @@ pub fn decode_readable(files: &[&Path], size: u32) -> Result<Decoded> {
 
 /// Decodes the files (on libtorch's CPU threads, `--threads`) into uint8 [files.len(), 3,
 /// size, size]; returns it with the index and error of each file that cannot be decoded
-/// (its image left as it was).
+/// (its image black).
 fn decode_all(files: &[&Path], size: u32) -> Result<(Tensor, Vec<(usize, anyhow::Error)>)> {
     let (n, side) = (files.len() as i64, size as i64);
     // As many as libtorch's CPU threads: `--threads` limits both.
     let threads = tch::get_num_threads().max(1) as usize;
     // Decoded straight into the tensor: memory for the images once, not twice. Refused with
     // an error rather than an abort: a --image-size too large for memory.
-    let (images, failures) =
-        crate::ffi::new_cpu_tensor(&[n, 3, side, side], |pixels: &mut [u8]| {
+    // SAFETY: `decode_in_parallel` writes every byte (a failed image's as zeros), or
+    // returns an error, on which the tensor is dropped unread (`failures?` below).
+    let (images, failures) = unsafe {
+        crate::ffi::new_cpu_tensor(&[n, 3, side, side], |pixels: &mut [MaybeUninit<u8>]| {
             decode_in_parallel(files, size, pixels, threads)
         })
-        .map_err(|_| {
-            anyhow!(
-                "{n} images of {size}x{size} pixels need {:.1} GB, more memory than there \
+    }
+    .map_err(|_| {
+        anyhow!(
+            "{n} images of {size}x{size} pixels need {:.1} GB, more memory than there \
                  is; use a smaller --image-size",
-                (3 * n) as f64 * (side * side) as f64 / 1e9
-            )
-        })?;
+            (3 * n) as f64 * (side * side) as f64 / 1e9
+        )
+    })?;
     Ok((images, failures?))
 }
 
 /// Decodes `files` into `pixels` (one image's CHW bytes after another), split over
-/// `threads` threads; returns the index and error of each file that cannot be decoded.
+/// `threads` threads; returns the index and error of each file that cannot be decoded,
+/// whose image it leaves black. Every byte is written, unless a thread panics (the error
+/// returned then).
 fn decode_in_parallel(
     files: &[&Path],
     size: u32,
-    pixels: &mut [u8],
+    pixels: &mut [MaybeUninit<u8>],
     threads: usize,
 ) -> Result<Vec<(usize, anyhow::Error)>> {
     if files.is_empty() {
@@ -437,6 +443,7 @@ fn decode_in_parallel(
                     jobs.enumerate()
                         .filter_map(|(position, (path, dst))| {
                             let error = decode_into(path, size, dst).err()?;
+                            dst.fill(MaybeUninit::new(0));
                             Some((worker * chunk + position, error))
                         })
                         .collect::<Vec<_>>()
@@ -484,7 +491,7 @@ fn resize_turned(image: &image::RgbImage, size: u32) -> image::RgbImage {
 
 /// Decodes one image file as RGB, resized to `size`×`size`, into `dst` in CHW order. A
 /// decoder that panics on a malformed file fails that file only.
-fn decode_into(path: &Path, size: u32, dst: &mut [u8]) -> Result<()> {
+fn decode_into(path: &Path, size: u32, dst: &mut [MaybeUninit<u8>]) -> Result<()> {
     let image = std::panic::catch_unwind(|| decode_rgb(path)).unwrap_or_else(|_| {
         Err(anyhow!(
             "cannot decode {} (the decoder failed on it): convert, replace or remove it",
@@ -497,9 +504,9 @@ fn decode_into(path: &Path, size: u32, dst: &mut [u8]) -> Result<()> {
     };
     let plane = size as usize * size as usize;
     for (i, pixel) in image.pixels().enumerate() {
-        dst[i] = pixel.0[0];
-        dst[plane + i] = pixel.0[1];
-        dst[2 * plane + i] = pixel.0[2];
+        dst[i].write(pixel.0[0]);
+        dst[plane + i].write(pixel.0[1]);
+        dst[2 * plane + i].write(pixel.0[2]);
     }
     Ok(())
 }

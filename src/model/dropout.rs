@@ -7,6 +7,7 @@
 //! times faster (bench/results/2026-11-29-cpu-kernels.txt). On CUDA, libtorch's fused
 //! dropout kernel is already fast and is used as is.
 
+use std::mem::MaybeUninit;
 use tch::{nn::ModuleT, Device, Kind, Tensor};
 
 /// Dropout: while training, zeroes each element with probability `prob` and scales the
@@ -56,9 +57,12 @@ pub fn keep_mask(shape: &[i64], prob: f64) -> Tensor {
         .random_()
         .int64_value(&[]) as u64;
     let threads = tch::get_num_threads().max(1) as usize;
-    let (mask, ()) = crate::ffi::new_cpu_tensor(shape, |values: &mut [f32]| {
-        fill_keep_mask(values, prob, seed, threads)
-    })
+    // SAFETY: `fill_mask` writes every element.
+    let (mask, ()) = unsafe {
+        crate::ffi::new_cpu_tensor(shape, |values: &mut [MaybeUninit<f32>]| {
+            fill_mask(values, prob, seed, threads)
+        })
+    }
     .expect("memory for a dropout mask the size of its activations");
     mask
 }
@@ -71,9 +75,17 @@ const LANES: usize = 16;
 
 /// Fills `values` as `keep_mask` describes, from `seed`, on up to `threads` threads.
 pub fn fill_keep_mask(values: &mut [f32], prob: f64, seed: u64, threads: usize) {
+    // SAFETY: the same memory, into which `fill_mask` writes only initialised floats.
+    let values = unsafe { &mut *(values as *mut [f32] as *mut [MaybeUninit<f32>]) };
+    fill_mask(values, prob, seed, threads)
+}
+
+/// `fill_keep_mask` into memory not yet initialised (a new tensor's): it writes every
+/// element and reads none.
+fn fill_mask(values: &mut [MaybeUninit<f32>], prob: f64, seed: u64, threads: usize) {
     if prob == 0.0 {
         // The threshold below cannot express "always".
-        values.fill(1.0);
+        values.fill(MaybeUninit::new(1.0));
         return;
     }
     // Kept when a uniform 32-bit draw is below (1 - prob) 2^32.
@@ -96,14 +108,20 @@ pub fn fill_keep_mask(values: &mut [f32], prob: f64, seed: u64, threads: usize) 
 }
 
 /// Fills consecutive chunks, the first of which is chunk number `first_chunk`.
-fn fill_chunks(values: &mut [f32], first_chunk: usize, threshold: u32, scale: f32, seed: u64) {
+fn fill_chunks(
+    values: &mut [MaybeUninit<f32>],
+    first_chunk: usize,
+    threshold: u32,
+    scale: f32,
+    seed: u64,
+) {
     let mut draws = [0u32; LANES];
     for (i, chunk) in values.chunks_mut(CHUNK).enumerate() {
         let mut generators = Xoshiro128PlusPlus::new(seed, first_chunk + i);
         for block in chunk.chunks_mut(LANES) {
             generators.next(&mut draws);
             for (value, &draw) in block.iter_mut().zip(&draws) {
-                *value = if draw < threshold { scale } else { 0.0 };
+                value.write(if draw < threshold { scale } else { 0.0 });
             }
         }
     }
