@@ -354,6 +354,32 @@ fn missing_files_name_the_download_command() {
         )),
         "{err}"
     );
+
+    // A named pipe there: refused before it is opened, whose open would wait for a writer
+    // forever (on a thread, so that a regression fails the test rather than hang it).
+    std::fs::remove_dir(&batch).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&batch)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let data_dir = folder_in_place.0.clone();
+    std::thread::spawn(move || {
+        let loaded = data::load(&args(DatasetName::Cifar10, &data_dir, false), 32);
+        let _ = sender.send(error_of(loaded));
+    });
+    let err = receiver
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("a named pipe as a batch file was opened and waited on");
+    assert!(
+        err.contains(&format!(
+            "cannot read {}: it is a named pipe (FIFO), not the dataset's file; delete {}",
+            batch.display(),
+            dir.display()
+        )),
+        "{err}"
+    );
 }
 
 #[test]

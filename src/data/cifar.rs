@@ -380,6 +380,14 @@ fn download_again(path: &Path, format: &RecordFormat, data_dir: &Path) -> String
 }
 
 fn read_file(path: &Path, format: &RecordFormat, data_dir: &Path) -> Result<Vec<u8>> {
+    // Looked at before it is opened: a named pipe's open would wait for a writer forever.
+    if let Some(kind) = crate::fsutil::kind_if_not_a_file(path) {
+        bail!(
+            "cannot read {}: it is {kind}, not the dataset's file; {}",
+            path.display(),
+            download_again(path, format, data_dir)
+        );
+    }
     match std::fs::read(path) {
         Ok(bytes) => Ok(bytes),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -404,11 +412,6 @@ fn read_file(path: &Path, format: &RecordFormat, data_dir: &Path) -> Result<Vec<
                 file.display()
             )
         }
-        Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => bail!(
-            "cannot read {}: it is a folder, not the dataset's file; {}",
-            path.display(),
-            download_again(path, format, data_dir)
-        ),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }
