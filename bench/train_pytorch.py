@@ -264,15 +264,21 @@ def seed_bits(seed):
     return seed if seed <= 0xFFFFFFFF else splitmix64_finalizer(seed) & 0xFFFFFFFF
 
 
-def step_seed(seed, epoch, step):
-    """src/train/mod.rs::step_seed (splitmix64 finaliser of seed, epoch, step)."""
-    step &= MASK64
-    rotated = ((step << 32) | (step >> 32)) & MASK64
-    x = seed_bits(seed) ^ ((epoch * 0x9E3779B97F4A7C15) & MASK64) ^ rotated
-    return splitmix64_finalizer(x) >> 1
+def mix32(x):
+    """src/train/mod.rs::mix32 (lowbias32, a bijection of the 32-bit numbers)."""
+    x = ((x ^ (x >> 16)) * 0x7FEB352D) & 0xFFFFFFFF
+    x = ((x ^ (x >> 15)) * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
 
 
-USIZE_MAX = MASK64
+def draw_seed(seed, epoch, step, steps_per_epoch):
+    """src/train/mod.rs::draw_seed: the seed of epoch `epoch`'s shuffle (step None) or of
+    its step `step`'s augmentation and dropout, draws numbered in order and mapped by a
+    32-bit permutation keyed by the run's seed."""
+    draw = (epoch * (steps_per_epoch + 1) + (0 if step is None else step + 1)) & MASK64
+    key = splitmix64_finalizer(seed_bits(seed))
+    mixed = mix32((draw ^ key) & 0xFFFFFFFF)
+    return mix32((mixed + (key >> 32)) & 0xFFFFFFFF)
 
 
 @torch.no_grad()
@@ -342,7 +348,7 @@ def main():
     for epoch in range(args.epochs):
         started = time.perf_counter()
         model.train()
-        torch.manual_seed(step_seed(args.seed, epoch, USIZE_MAX))
+        torch.manual_seed(draw_seed(args.seed, epoch, None, steps_per_epoch))
         order = torch.randperm(n_train, device=device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -350,7 +356,7 @@ def main():
         lr = 0.0
         for step in range(steps_per_epoch):
             index = order[step * args.batch_size : (step + 1) * args.batch_size]
-            torch.manual_seed(step_seed(args.seed, epoch, step))
+            torch.manual_seed(draw_seed(args.seed, epoch, step, steps_per_epoch))
             images = train_transform(train_x.index_select(0, index))
             labels = train_y.index_select(0, index)
             lr = learning_rate(args.lr, epoch * steps_per_epoch + step, warmup_steps, total_steps)

@@ -879,3 +879,40 @@ fn bench_on_the_cpu_refuses_a_model_that_cannot_train_in_memory() {
         "{stderr}"
     );
 }
+
+/// bench/train_pytorch.py seeds each shuffle and step as vit train does: its port of
+/// `draw_seed` gives vit's seeds, for seeds below and above 2^32, shuffles and steps, and
+/// epochs far enough in for the draw number to pass 2^32.
+#[test]
+fn train_pytorch_py_seeds_its_draws_as_vit_does() {
+    let mut cases = Vec::new();
+    for seed in [0u64, 1, 42, u64::from(u32::MAX) + 7, u64::MAX] {
+        for (epoch, step, steps_per_epoch) in [
+            (0, None, 196),
+            (0, Some(0), 196),
+            (3, Some(195), 196),
+            (321, None, 391),
+            (9_000_000, Some(500), 1000),
+        ] {
+            let seed_of = vit_tch::train::draw_seed(seed, epoch, step, steps_per_epoch);
+            cases.push((seed, epoch, step, steps_per_epoch, seed_of));
+        }
+    }
+    const PORT: &str = r#"
+import json, runpy, sys
+draw_seed = runpy.run_path(sys.argv[1])["draw_seed"]
+print(json.dumps([draw_seed(*case) for case in json.loads(sys.argv[2])]))
+"#;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/train_pytorch.py");
+    let inputs: Vec<_> = cases.iter().map(|c| (c.0, c.1, c.2, c.3)).collect();
+    let output = Command::new(python())
+        .args(["-c", PORT, script, &serde_json::to_string(&inputs).unwrap()])
+        .output()
+        .unwrap();
+    let ported: Vec<i64> = serde_json::from_str(&succeeded("the port", output)).unwrap();
+    let expected: Vec<i64> = cases.iter().map(|c| c.4).collect();
+    assert_eq!(
+        ported, expected,
+        "for (seed, epoch, step, steps per epoch) {inputs:?}"
+    );
+}

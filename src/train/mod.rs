@@ -808,8 +808,9 @@ fn epoch_order(seed: u64, epoch: usize, steps_per_epoch: usize, n: i64, device: 
 /// its seed by a permutation of the 32-bit numbers that the run's seed picks: libtorch's
 /// CPU generator (mt19937) keeps only a seed's low 32 bits, so seeds distinct in 64 bits
 /// could still give two steps the same draws; as 32-bit numbers, no two of a run's first
-/// 2^32 draws share a seed.
-fn draw_seed(seed: u64, epoch: usize, step: Option<usize>, steps_per_epoch: usize) -> i64 {
+/// 2^32 draws share a seed. (Public for the test that bench/train_pytorch.py's port of it
+/// gives the same seeds.)
+pub fn draw_seed(seed: u64, epoch: usize, step: Option<usize>, steps_per_epoch: usize) -> i64 {
     let draws_per_epoch = steps_per_epoch as u64 + 1;
     let draw = (epoch as u64)
         .wrapping_mul(draws_per_epoch)
