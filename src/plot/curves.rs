@@ -606,8 +606,7 @@ fn panel_axes(runs: &[RunMetrics], panel: Panel) -> PanelAxes {
         }
     };
     let decimals = match panel {
-        Panel::Loss if y1 - y0 < 1.0 => 2,
-        Panel::Loss => 1,
+        Panel::Loss => loss_decimals(y1 - y0),
         Panel::Accuracy => 0,
     };
     PanelAxes {
@@ -639,6 +638,13 @@ fn legend_share(runs: &[RunMetrics], panel: Panel) -> f64 {
 
 /// The loss axis for values in `lo..=hi` (none: infinite), with `room` above them for the
 /// legend.
+/// The decimals the loss axis's labels need over a range of `span`: its ~10 ticks fall on
+/// steps of a tenth of it, rounded to 1, 2 or 5 times a power of ten, and two ticks must
+/// not read the same (a loss near 0, spanning 0.05, has ticks 0.005 apart).
+fn loss_decimals(span: f64) -> usize {
+    (-(span / 10.0).log10()).ceil().clamp(1.0, 6.0) as usize
+}
+
 fn loss_range(lo: f64, hi: f64, room: impl Fn(f64) -> f64) -> (f64, f64) {
     if !lo.is_finite() {
         return (0.0, 1.0);
@@ -849,6 +855,30 @@ fn draw_curve<'a, DB: DrawingBackend + 'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two loss ticks never read the same: the labels' decimals resolve a step of a tenth
+    /// of the axis rounded down to 1, 2 or 5 times a power of ten, whose smallest is that
+    /// power of ten.
+    #[test]
+    fn loss_ticks_have_the_decimals_their_step_needs() {
+        for (span, decimals) in [
+            (3.0, 1),
+            (1.0, 1),
+            (0.9, 2),
+            (0.1, 2),
+            (0.055, 3),
+            (2e-4, 5),
+        ] {
+            assert_eq!(loss_decimals(span), decimals, "span {span}");
+            let step = 10f64.powf((span / 10.0).log10().floor());
+            let (a, b) = (1.0, 1.0 + step);
+            assert_ne!(
+                format!("{a:.decimals$}"),
+                format!("{b:.decimals$}"),
+                "span {span}"
+            );
+        }
+    }
 
     /// What `vit plot` draws is in the columns `vit train` writes: a field of
     /// `EpochMetrics` renamed without its name here would leave a curve out, silently.
