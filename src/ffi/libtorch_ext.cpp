@@ -371,21 +371,24 @@ int vit_cuda_side_stream_leave(void* scope) {
   });
 }
 
-// As entering `with torch.cuda.graph(g)`: waits for the device, frees cached blocks, makes
-// a side stream current and starts capturing it into a new graph (*graph). Autocast's
+// As entering `with torch.cuda.graph(g)`: makes `device` and a side stream of it current,
+// waits for the device, frees cached blocks and starts capturing the side stream into a
+// new graph (*graph). Autocast's
 // cast-weight cache is turned off until the capture ends, as PyTorch requires: a cached
 // cast made during capture would outlive the graph memory it sits in.
 int vit_cuda_graph_capture_begin(int8_t device, void** graph) {
   return guarded([&] {
 #ifdef VIT_CUDA
-    const auto guard = cuda_device_guard(device);
-    c10::cuda::device_synchronize();
-    c10::cuda::CUDACachingAllocator::emptyCache();
     auto captured = std::make_unique<Graph>(device);
-    captured->capture_stream.emplace(device);
     captured->autocast_cache_enabled = at::autocast::is_autocast_cache_enabled();
-    at::autocast::set_autocast_cache_enabled(false);
+    // The side stream first: its guard makes `device` current until the capture ends and
+    // then restores the caller's (a guard local to this function would restore it here,
+    // and the capture would run on another device's current state).
+    captured->capture_stream.emplace(device);
     try {
+      c10::cuda::device_synchronize();
+      c10::cuda::CUDACachingAllocator::emptyCache();
+      at::autocast::set_autocast_cache_enabled(false);
       captured->graph.capture_begin();
     } catch (...) {
       captured->restore();
