@@ -191,6 +191,18 @@ impl AdamW {
         });
     }
 
+    /// The memory addresses of the tensors an update reads and writes (parameters, moments,
+    /// step counter): a CUDA graph of the update replays on those, so a replay checks that
+    /// it is given the optimizer it captured (whose tensors are then alive).
+    pub fn tensor_addresses(&self) -> Vec<usize> {
+        self.params
+            .iter()
+            .flat_map(|state| [&state.param, &state.exp_avg, &state.exp_avg_sq])
+            .chain([&self.step_counter])
+            .map(|tensor| tensor.data_ptr() as usize)
+            .collect()
+    }
+
     /// The moment estimates as named tensors (`exp_avg.NAME`, `exp_avg_sq.NAME`), each of
     /// its parameter's shape.
     pub fn state_tensors(&self) -> BTreeMap<String, Tensor> {

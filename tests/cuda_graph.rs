@@ -64,6 +64,10 @@ fn the_captured_update_is_the_ordinary_step() {
     let (eager_vs, eager_model, mut eager) = fixture_model(Device::Cpu);
     let (device_vs, device_model, mut on_device) = fixture_model(Device::Cpu);
     let lr_tensor = Tensor::from(lr as f32);
+    // Where a graph captures the optimizer's tensors: they stay there through its steps
+    // and a restored state (a replay checks it is given them), and are not another's.
+    let captured_at = on_device.tensor_addresses();
+    assert_ne!(captured_at, eager.tensor_addresses());
     for _ in 0..3 {
         let expected = train_step(&eager_model, &mut eager, &batch, lr, OPTIONS);
         on_device.zero_grad();
@@ -85,6 +89,8 @@ fn the_captured_update_is_the_ordinary_step() {
     for (name, tensor) in &a {
         assert_eq!(tensor, &b[name], "{name}");
     }
+    on_device.load_state(&b, 3).unwrap();
+    assert_eq!(on_device.tensor_addresses(), captured_at);
 
     // The loop kernel has no update on the device.
     let (_, _, mut looping) = fixture_model(Device::Cpu);
@@ -258,4 +264,22 @@ fn graph_steps_follow_eager_steps(
     assert_eq!(graphed.steps_taken(), 6 * prepares.len() as i64);
     let (error, name) = largest_difference(&graph_vs, &eager_vs);
     assert!(error < 1e-4, "{name} off by {error}");
+    // Another optimizer is refused: the graph would update the captured one's memory.
+    let error = graph
+        .step(
+            &eager_model,
+            &mut eager,
+            inputs,
+            prepares[prepares.len() - 1],
+            1e-3,
+            OPTIONS,
+        )
+        .err()
+        .expect("a replay given another optimizer ran");
+    assert!(
+        error
+            .to_string()
+            .contains("pass the optimizer it was captured with"),
+        "{error}"
+    );
 }

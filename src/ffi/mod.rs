@@ -456,7 +456,12 @@ impl CudaGraph {
     }
 
     /// Launches the captured kernels once more, on the current stream.
-    pub fn replay(&self) -> Result<()> {
+    ///
+    /// # Safety
+    /// Every tensor the captured work reads or writes that was allocated outside the
+    /// capture (a model's parameters, an optimizer's state, the inputs copied in) must
+    /// still be alive: the replay reads and writes their memory, whatever holds it now.
+    pub unsafe fn replay(&self) -> Result<()> {
         // SAFETY: a graph whose capture ended.
         check(
             unsafe { vit_cuda_graph_replay(self.handle) },

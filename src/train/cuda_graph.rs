@@ -139,6 +139,9 @@ struct CapturedStep {
     options: StepOptions,
     /// What the captured step leaves, rewritten by each replay.
     output: StepOutput,
+    /// Where the optimizer's tensors (the model's parameters among them) were when captured
+    /// ([`AdamW::tensor_addresses`]).
+    optimizer_tensors: Vec<usize>,
 }
 
 impl CapturedStep {
@@ -177,6 +180,7 @@ impl CapturedStep {
             lr,
             options,
             output,
+            optimizer_tensors: optimizer.tensor_addresses(),
         })
     }
 
@@ -204,7 +208,15 @@ impl CapturedStep {
             }
             let _ = self.lr.shallow_clone().fill_(lr);
         });
-        self.graph.replay()?;
+        ensure!(
+            optimizer.tensor_addresses() == self.optimizer_tensors,
+            "a CUDA graph replays the step it captured: pass the optimizer it was captured with"
+        );
+        // SAFETY: the graph's own inputs, learning rate and outputs are held here; the
+        // optimizer's tensors, the model's parameters among them, are `optimizer`'s (checked
+        // above), borrowed for the call. Whatever else the step used outside the capture
+        // was libtorch's (cuBLAS workspaces) or lives as long as the process.
+        unsafe { self.graph.replay() }?;
         optimizer.count_step();
         Ok(StepOutput {
             loss: self.output.loss.shallow_clone(),
