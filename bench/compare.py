@@ -305,7 +305,7 @@ class Side:
     def timed(self, work, train):
         """Seconds for --steps calls of `work` after --warmup untimed ones, the model in
         training mode or not. The mode is set once, as a training loop sets it once an
-        epoch: `model.train()` walks every module, 0.1 to 0.2 ms a call here, as much as
+        epoch: `model.train()` walks every module, 0.1 to 0.25 ms a call here, as much as
         a tenth of a small model's step."""
         self.model.train(train)
         for _ in range(self.args.warmup):

@@ -413,6 +413,29 @@ fn fused_adamw_steps_as_adamw_and_refuses_tensors_it_would_overrun() {
         error.contains("fused AdamW: the step must be a float32 tensor of one element on Cpu"),
         "{error}"
     );
+    let (exp_avg, exp_avg_sq, grad) = (zeros(&[1000]), zeros(&[1000]), zeros(&[1000]));
+    let slot = AdamWSlot {
+        param: &large,
+        grad: &grad,
+        exp_avg: &exp_avg,
+        exp_avg_sq: &exp_avg_sq,
+    };
+    let two_rates = Tensor::from_slice(&[0.1f32, 0.2]);
+    let error = fused_adamw(
+        &[slot],
+        &step,
+        LearningRate::Tensor(&two_rates),
+        0.9,
+        0.999,
+        0.0,
+        1e-8,
+    )
+    .unwrap_err();
+    assert!(
+        format!("{error:#}")
+            .contains("fused AdamW: the learning rate must be a float32 tensor of one element"),
+        "{error:#}"
+    );
     assert_eq!(
         large.abs().sum(Kind::Float).double_value(&[]),
         0.0,

@@ -129,11 +129,11 @@ fn kind_of(dtype: Dtype) -> Result<Kind> {
     }
 }
 
-/// What to say when a folder is given as a checkpoint: the checkpoints in it, if any.
-/// A header's shape as libtorch takes it, or an error where libtorch could not make the
+/// A header's shape as libtorch takes it, or an error where libtorch may not make the
 /// tensor: safetensors accepts any sizes whose product is 0 (a tensor with no elements),
-/// however large the others, and libtorch refuses those whose product without the zeros
-/// does not fit in an i64.
+/// however large the others, and libtorch refuses sizes past i64's range and those whose
+/// product without the zeros overflows 64 bits. vit refuses a product past i64's range,
+/// which no real tensor comes near.
 fn tensor_shape(shape: &[usize]) -> Result<Vec<i64>> {
     let too_large = || {
         anyhow!(
@@ -153,6 +153,7 @@ fn tensor_shape(shape: &[usize]) -> Result<Vec<i64>> {
     Ok(sizes)
 }
 
+/// What to say when a folder is given as a checkpoint: the checkpoints in it, if any.
 fn folder_given(dir: &Path) -> String {
     let mut checkpoints: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
