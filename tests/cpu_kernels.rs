@@ -360,6 +360,30 @@ fn libtorch_masks_are_torch_dropouts_own() {
     );
 }
 
+/// Zeros of `shape`, float32 on the CPU.
+fn zeros(shape: &[i64]) -> Tensor {
+    Tensor::zeros(shape, (Kind::Float, Device::Cpu))
+}
+
+/// One fused AdamW update of `param` (beta 0.9 / 0.999, weight decay 0.5, eps 1e-8) with
+/// zero moments of shape `moments`, or the error, in full.
+fn fused_adamw_step(
+    lr: LearningRate,
+    param: &Tensor,
+    grad: &Tensor,
+    moments: &[i64],
+    step: &Tensor,
+) -> Result<(), String> {
+    let (exp_avg, exp_avg_sq) = (zeros(moments), zeros(moments));
+    let slot = AdamWSlot {
+        param,
+        grad,
+        exp_avg: &exp_avg,
+        exp_avg_sq: &exp_avg_sq,
+    };
+    fused_adamw(&[slot], step, lr, 0.9, 0.999, 0.5, 1e-8).map_err(|e| format!("{e:#}"))
+}
+
 /// One fused AdamW step from zero moments moves each weight by lr (times
 /// g / (|g| + eps) ~ sign(g)), after decaying it by lr * weight_decay; a gradient or moment
 /// that is not the parameter's shape, a strided one, and a step of several elements are
@@ -367,26 +391,9 @@ fn libtorch_masks_are_torch_dropouts_own() {
 /// the smaller tensor's end.
 #[test]
 fn fused_adamw_steps_as_adamw_and_refuses_tensors_it_would_overrun() {
-    let zeros = |shape: &[i64]| Tensor::zeros(shape, (Kind::Float, Device::Cpu));
     let step = Tensor::ones([], (Kind::Float, Device::Cpu));
     let run = |param: &Tensor, grad: &Tensor, moments: &[i64], step: &Tensor| {
-        let (exp_avg, exp_avg_sq) = (zeros(moments), zeros(moments));
-        let slot = AdamWSlot {
-            param,
-            grad,
-            exp_avg: &exp_avg,
-            exp_avg_sq: &exp_avg_sq,
-        };
-        fused_adamw(
-            &[slot],
-            step,
-            LearningRate::Value(0.1),
-            0.9,
-            0.999,
-            0.5,
-            1e-8,
-        )
-        .map_err(|e| format!("{e:#}"))
+        fused_adamw_step(LearningRate::Value(0.1), param, grad, moments, step)
     };
     let param = Tensor::from_slice(&[1.0f32, 1.0, -2.0]);
     let grad = Tensor::from_slice(&[3.0f32, -0.5, 0.0]);
@@ -413,28 +420,12 @@ fn fused_adamw_steps_as_adamw_and_refuses_tensors_it_would_overrun() {
         error.contains("fused AdamW: the step must be a float32 tensor of one element on Cpu"),
         "{error}"
     );
-    let (exp_avg, exp_avg_sq, grad) = (zeros(&[1000]), zeros(&[1000]), zeros(&[1000]));
-    let slot = AdamWSlot {
-        param: &large,
-        grad: &grad,
-        exp_avg: &exp_avg,
-        exp_avg_sq: &exp_avg_sq,
-    };
     let two_rates = Tensor::from_slice(&[0.1f32, 0.2]);
-    let error = fused_adamw(
-        &[slot],
-        &step,
-        LearningRate::Tensor(&two_rates),
-        0.9,
-        0.999,
-        0.0,
-        1e-8,
-    )
-    .unwrap_err();
+    let rates = LearningRate::Tensor(&two_rates);
+    let error = fused_adamw_step(rates, &large, &zeros(&[1000]), &[1000], &step).unwrap_err();
     assert!(
-        format!("{error:#}")
-            .contains("fused AdamW: the learning rate must be a float32 tensor of one element"),
-        "{error:#}"
+        error.contains("fused AdamW: the learning rate must be a float32 tensor of one element"),
+        "{error}"
     );
     assert_eq!(
         large.abs().sum(Kind::Float).double_value(&[]),

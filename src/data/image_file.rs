@@ -95,11 +95,13 @@ fn decoder_words(error: impl std::fmt::Display) -> String {
         let Some(end) = message[fields..].find('}') else {
             break;
         };
-        let name = message[fields..fields + end]
+        let fields_text = &message[fields..fields + end];
+        let name = fields_text
             .split(',')
             .next()
-            .unwrap_or("");
-        let name = name.trim().to_string();
+            .unwrap_or("")
+            .trim()
+            .to_string();
         message.replace_range(start..fields + end + 1, &name);
     }
     message.split_whitespace().collect::<Vec<_>>().join(" ")
