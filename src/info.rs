@@ -135,7 +135,8 @@ fn trained_on(loaded: &crate::checkpoint::LoadedModel) -> String {
     let classes = match loaded.recorded_classes() {
         Some(names) => names.join(", "),
         None => format!(
-            "not recorded (vit eval and vit predict say {} to {})",
+            "not recorded (vit predict says {} to {}; vit eval takes the names of the test \
+             set it reads)",
             crate::checkpoint::unnamed_class(0),
             crate::checkpoint::unnamed_class(num_classes - 1)
         ),

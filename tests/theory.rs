@@ -559,8 +559,8 @@ fn info_describes_a_checkpoints_model_and_what_it_was_trained_on() {
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(
         stdout.contains(
-            "\nTrained on: not recorded\nClasses (3): not recorded (vit eval and vit predict \
-             say class 0 to class 2)\n"
+            "\nTrained on: not recorded\nClasses (3): not recorded (vit predict says class 0 \
+             to class 2; vit eval takes the names of the test set it reads)\n"
         ),
         "{stdout}"
     );
