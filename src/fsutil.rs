@@ -50,7 +50,7 @@ pub fn ensure_out_is_a_folder(dir: &Path) -> Result<()> {
 /// disk block (an empty file takes no space, so it would pass on a full disk).
 pub fn ensure_writable_folder(dir: &Path) -> Result<()> {
     ensure_out_is_a_folder(dir)?;
-    ensure_can_write_in(dir)
+    ensure_can_write_in(dir, Remedy::AnotherFolder)
 }
 
 /// Whether files can be written in `dir` once it is made, checked without making any of
@@ -68,7 +68,7 @@ pub fn ensure_can_create_in(dir: &Path) -> Result<()> {
         .ancestors()
         .find(|folder| folder.as_os_str().is_empty() || folder.is_dir())
         .unwrap_or(Path::new(""));
-    ensure_can_write_in(existing)
+    ensure_can_write_in(existing, Remedy::AnotherFolder)
 }
 
 /// `dir` as a message shows it: the current folder, "", as ".".
@@ -81,8 +81,8 @@ pub fn shown_folder(dir: &Path) -> &Path {
 }
 
 /// Creates the folder `dir` if missing, and proves that a file can be written there (see
-/// [`ensure_writable_folder`]).
-fn ensure_can_write_in(dir: &Path) -> Result<()> {
+/// [`ensure_writable_folder`]); an error ends with what to do, as `remedy` says.
+pub fn ensure_can_write_in(dir: &Path, remedy: Remedy) -> Result<()> {
     let shown = shown_folder(dir);
     create_folder(shown)?;
     let probe = temporary_sibling(&shown.join(WRITE_CHECK));
@@ -91,7 +91,7 @@ fn ensure_can_write_in(dir: &Path) -> Result<()> {
     let _ = std::fs::remove_file(&probe);
     written.map_err(|error| {
         let failed = format!("cannot write to {}", shown.display());
-        unwritable(error, failed, Remedy::AnotherFolder)
+        unwritable(error, failed, remedy)
     })
 }
 

@@ -895,6 +895,65 @@ fn interrupts_are_taken_by_the_handler_thread_alone() {
     );
 }
 
+/// A resume in a folder that takes no file is refused before it trains: its first write
+/// comes at the end of an epoch, whose training would be lost. Here the files vit may
+/// write are limited to 1 KiB (RLIMIT_FSIZE, which binds root too, unlike permissions),
+/// and the run keeps what it saved.
+#[test]
+fn a_resume_in_a_folder_that_takes_no_file_is_refused_before_it_trains() {
+    use std::os::unix::process::CommandExt;
+    let (root, data_dir) = colour_cifar10("resume-unwritable");
+    let run = root.join("run");
+    let mut args = tiny_run_args(data_dir.to_str().unwrap(), run.to_str().unwrap());
+    #[rustfmt::skip]
+    args.extend(["--epochs", "50", "--batch-size", "1", "--train-subset", "100"]);
+    let child = start_training(&args, &run);
+    wait_for_first_epoch(&run);
+    send("-INT", &child);
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130), "{output:?}");
+    let saved =
+        ["metrics.csv", "resume.safetensors"].map(|name| std::fs::read(run.join(name)).unwrap());
+
+    args.push("--resume");
+    let mut command = Command::new(common::vit_binary());
+    command.args(&args);
+    // SAFETY: between fork and exec, signal() and setrlimit are system calls on values on
+    // the stack.
+    unsafe {
+        command.pre_exec(|| {
+            // A write past the limit fails with EFBIG, instead of killing the process.
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: 1 << 10,
+                rlim_max: 1 << 10,
+            };
+            match libc::setrlimit(libc::RLIMIT_FSIZE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        })
+    };
+    let output = command.output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(
+        !output.status.success() && !stdout.contains("Epoch: "),
+        "{stdout}\n{stderr}"
+    );
+    let expected = format!(
+        "cannot write to {} (is it writable? Once it is, resume the run (--out {} --resume)",
+        run.display(),
+        run.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    let kept =
+        ["metrics.csv", "resume.safetensors"].map(|name| std::fs::read(run.join(name)).unwrap());
+    assert!(kept == saved, "the resume changed the run's files");
+}
+
 /// Settings that are allowed but do nothing on the run given are said at its start: a batch
 /// larger than the images trained on, MixUp in batches of one image (mixed with itself),
 /// and stochastic depth in a one-block model (whose rate at the first block is 0). At the
@@ -1704,6 +1763,72 @@ fn resume_with_changed_settings_is_refused() {
             "  model.embed_dim (--embed-dim): saved 32, given 64",
         ],
     );
+}
+
+/// A resume.safetensors that is not the run's is refused, and the run's files kept: one of
+/// a run with other settings (named), and one older than metrics.csv's rows (a crash leaves
+/// at most one row after the state), which the resume would have dropped.
+#[test]
+fn a_resume_state_of_another_run_or_an_older_one_is_refused() {
+    let _turn = seeded(0);
+    let dataset = colour_dataset();
+    let root = TempDir::new("resume-foreign");
+    let settings = tiny_settings(4, 600);
+    // One step per epoch: each interrupted run or resume stops at the end of an epoch.
+    let (run, other) = (root.join("run"), root.join("other"));
+    run_training(&settings, &dataset, &run, false, true);
+    let first_state = std::fs::read(run.join("resume.safetensors")).unwrap();
+    run_training(&settings, &dataset, &run, true, true);
+    run_training(&settings, &dataset, &run, true, true);
+    assert_eq!(read_metrics(&run).1.len(), 3);
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let own_state = std::fs::read(run.join("resume.safetensors")).unwrap();
+
+    let other_settings = TrainSettings {
+        seed: 8,
+        ..settings.clone()
+    };
+    run_training(&other_settings, &dataset, &other, false, true);
+    std::fs::copy(
+        other.join("resume.safetensors"),
+        run.join("resume.safetensors"),
+    )
+    .unwrap();
+    let error = refused_resume(&settings, &dataset, &run);
+    assert!(
+        error.contains(
+            "its resume.safetensors is damaged or not this run's; start a new run with \
+             another --out"
+        ) && error.contains(
+            "it was saved by a run with other settings (saved: the state's, given: this \
+             run's):\n  seed (--seed): saved 8, given 7"
+        ),
+        "{error}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(run.join("metrics.csv")).unwrap(),
+        metrics
+    );
+
+    std::fs::write(run.join("resume.safetensors"), &first_state).unwrap();
+    let error = refused_resume(&settings, &dataset, &run);
+    assert!(
+        error.contains(
+            "its metrics.csv holds the rows of epochs 2 to 3 after those of the 1 epoch its \
+             resume.safetensors has finished, but a run's rows are never more than one \
+             epoch ahead of its state: that state is an older one, or another run's"
+        ),
+        "{error}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(run.join("metrics.csv")).unwrap(),
+        metrics
+    );
+
+    // With its own state back, the run goes on.
+    std::fs::write(run.join("resume.safetensors"), &own_state).unwrap();
+    run_training(&settings, &dataset, &run, true, false);
+    assert_eq!(read_metrics(&run).1.len(), 4);
 }
 
 /// Asserts that `error`, a resume refused for changed settings, names `differences` (one a
@@ -3300,6 +3425,36 @@ fn a_loss_that_diverges_after_a_saved_state_advises_another_out() {
             && error.contains("; use another --out: this one keeps what the run saved"),
         "{error}"
     );
+}
+
+/// A step that sends the weights to infinity has a finite loss (computed before its
+/// update): an interrupt right after it stops the run as a diverged loss does, and saves no
+/// state (which a resume would refuse as damaged).
+#[test]
+fn weights_the_step_before_an_interrupt_sent_to_infinity_are_not_saved() {
+    let _turn = seeded(0);
+    let dataset = colour_dataset();
+    let root = TempDir::new("diverged-weights");
+    let run = root.join("run");
+    // Three steps an epoch, so that the interrupt saves in the middle of it.
+    let settings = TrainSettings {
+        lr: 1e300,
+        batch_size: 200,
+        ..diverging_settings()
+    };
+    let interrupt = AtomicBool::new(true);
+    let Err(error) = train::train(&settings, &dataset, &options(&run, false, &interrupt)) else {
+        panic!("a run interrupted after its weights became infinite saved them");
+    };
+    let error = format!("{error:#}");
+    assert!(
+        error.contains("the weights' norm became ")
+            && error.contains(
+                " in epoch 1; stopped (no epoch finished, so there are no weights to keep)"
+            ),
+        "{error}"
+    );
+    assert!(!run.join("resume.safetensors").exists());
 }
 
 /// Without --out, a diverged run's advice names no --out: the same command trains into a

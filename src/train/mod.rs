@@ -555,15 +555,22 @@ impl<'a> Trainer<'a> {
         started: Instant,
     ) -> Result<()> {
         let loss_sum = sums.loss.double_value(&[]);
-        // Diverged weights must not replace the last good resume state.
+        // Diverged weights must not replace the last good resume state. The loss so far
+        // predates the last step's update, which may have sent them to infinity.
         self.mean_training_loss(loss_sum, epoch)?;
+        self.ensure_finite("weights' norm", weights_norm(&self.vs), epoch)?;
         let progress = &mut self.progress;
         progress.step_in_epoch = steps;
         progress.loss_sum = loss_sum;
         progress.correct = sums.correct.int64_value(&[]);
         progress.seconds += started.elapsed().as_secs_f64();
-        let state =
-            run_folder::resume_state(&self.vs, &self.optimizer, self.ema.as_ref(), progress)?;
+        let state = run_folder::resume_state(
+            &self.vs,
+            &self.optimizer,
+            self.ema.as_ref(),
+            progress,
+            self.settings,
+        )?;
         self.run.save(vec![(RESUME_STATE, state)])
     }
 
@@ -714,10 +721,30 @@ impl<'a> Trainer<'a> {
         let ema = self.ema.as_ref();
         files.push((
             RESUME_STATE,
-            run_folder::resume_state(&self.vs, &self.optimizer, ema, &self.progress)?,
+            run_folder::resume_state(
+                &self.vs,
+                &self.optimizer,
+                ema,
+                &self.progress,
+                self.settings,
+            )?,
         ));
         Ok(files)
     }
+}
+
+/// The L2 norm of all the weights in `vs`, in float64 (where the squares of finite
+/// float32 weights cannot overflow): NaN or infinite where a weight is.
+fn weights_norm(vs: &nn::VarStore) -> f64 {
+    let squares: Vec<Tensor> = vs
+        .trainable_variables()
+        .iter()
+        .map(|weights| weights.to_kind(Kind::Double).square().sum(Kind::Double))
+        .collect();
+    Tensor::stack(&squares, 0)
+        .sum(Kind::Double)
+        .double_value(&[])
+        .sqrt()
 }
 
 /// Where a run starts: at epoch 1, or for a resumed `run` where its saved state says (loaded
@@ -732,7 +759,7 @@ fn starting_progress(
     steps_per_epoch: usize,
 ) -> Result<Progress> {
     let progress = match run.resumed() {
-        true => run.load_resume(vs, optimizer, ema, settings.epochs)?,
+        true => run.load_resume(vs, optimizer, ema, settings)?,
         false => Progress::default(),
     };
     // Runs of earlier versions recorded no data identity: fewer images show here.

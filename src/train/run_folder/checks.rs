@@ -223,7 +223,7 @@ pub(super) fn note_another_machine(dir: &Path, saved: &RunConfig, device: Device
 /// `off`, leaving out the [`FIXED_SETTINGS`] no flag changes and the
 /// [`QUALIFYING_SETTINGS`]; one with a flag of its own (`--augment-policy`,
 /// `--random-erasing`) is summarised as [`shown`] says.
-fn differing_settings(
+pub(super) fn differing_settings(
     path: &str,
     saved: &serde_json::Value,
     given: &serde_json::Value,

@@ -13,16 +13,16 @@ use crate::checkpoint::{TensorFile, PROGRESS_KEY};
 use crate::cli::device_name;
 use crate::data::DataIdentity;
 use crate::fsutil::{
-    append_whole, create_folder, ensure_out_is_a_folder, remove_stale_temporaries, unwritable,
-    write_atomic, BackgroundWrites, Remedy,
+    append_whole, create_folder, ensure_can_write_in, ensure_out_is_a_folder,
+    remove_stale_temporaries, unwritable, write_atomic, BackgroundWrites, Remedy,
 };
 use crate::listing::noun_for;
 use crate::optim::AdamW;
 use anyhow::{bail, ensure, Context, Result};
 pub(super) use checks::{check_curves_replaceable, check_resumed_dataset};
 use checks::{
-    check_fresh, check_same_run, ensure_run_file_is_a_file, holds_results, note_another_machine,
-    saved_config, saved_results,
+    check_fresh, check_same_run, differing_settings, ensure_run_file_is_a_file, holds_results,
+    note_another_machine, saved_config, saved_progress, saved_results,
 };
 use lock::{ensure_folder_locked, resume_lock, RunLock, LOCK_FILE};
 use metrics::{epoch_rows, header_line_end, metrics_records, metrics_rows, MetricsText};
@@ -262,6 +262,11 @@ impl RunFolder {
             RunLock::take(dir, Remedy::ResumeRun(dir)),
         )?;
         check_same_run(dir, &saved, settings, data)?;
+        // The run writes next at the end of an epoch: a folder that takes no file is
+        // refused now, not after that epoch's training. A finished run writes nothing.
+        if saved_progress(dir).is_none_or(|saved| saved.epochs_done < settings.epochs) {
+            ensure_can_write_in(dir, Remedy::ResumeRun(dir))?;
+        }
         note_another_machine(dir, &saved, device);
         if lock.is_some() {
             remove_stale_temporaries(dir, &RUN_FILES);
@@ -436,8 +441,9 @@ impl RunFolder {
         vs: &nn::VarStore,
         optimizer: &mut AdamW,
         ema: Option<&Ema>,
-        epochs: usize,
+        settings: &TrainSettings,
     ) -> Result<Progress> {
+        let epochs = settings.epochs;
         // metrics.csv first: before the state is loaded, and before a note counts its rows.
         ensure_run_file_is_a_file(&self.path(METRICS_CSV))?;
         let path = self.path(RESUME_STATE);
@@ -447,15 +453,16 @@ impl RunFolder {
         ensure_run_file_is_a_file(&path)?;
         // A file that cannot be opened says so; what is in it is what may be foreign.
         std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let progress = read_resume_state(&path, vs, optimizer, ema).with_context(|| {
-            format!(
-                "cannot resume {}: its resume.safetensors is damaged or not this run's; start \
+        let progress =
+            read_resume_state(&path, vs, optimizer, ema, settings).with_context(|| {
+                format!(
+                    "cannot resume {}: its resume.safetensors is damaged or not this run's; start \
                  a new run with another --out (this folder's checkpoints stay as they are)",
-                self.dir.display()
-            )
-        })?;
+                    self.dir.display()
+                )
+            })?;
         self.check_best_models(&progress, ema.is_some(), epochs)?;
-        // Rows written after the saved state (a crash between the two writes) are dropped
+        // A row written after the saved state (a crash between the two writes) is dropped
         // where the run goes on; a finished run writes nothing.
         self.truncate_metrics(progress.epochs_done, progress.epochs_done < epochs)?;
         Ok(progress)
@@ -548,10 +555,10 @@ impl RunFolder {
 
     /// Refuses a metrics.csv that does not begin with the header and the rows of the first
     /// `epochs` epochs (edited, or cut short), which the resumed run would extend into one
-    /// with gaps that `vit plot` cannot read. Where the run `goes_on`, the rows of later
-    /// epochs after them (written before a crash) are dropped, and anything else there (a
-    /// line of the user's, which dropping would delete) is refused; a finished run's file is
-    /// left as it is.
+    /// with gaps that `vit plot` cannot read. Where the run `goes_on`, the row of the next
+    /// epoch after them (written before a crash) is dropped, and anything else there (a
+    /// line of the user's, or rows of more epochs, which dropping would delete) is refused;
+    /// a finished run's file is left as it is.
     fn truncate_metrics(&self, epochs: usize, goes_on: bool) -> Result<()> {
         let path = self.path(METRICS_CSV);
         let text = std::fs::read_to_string(&path).with_context(|| {
@@ -573,6 +580,22 @@ impl RunFolder {
             return Ok(());
         }
         self.ensure_only_later_rows_after(epochs, &text, after)?;
+        // A row lands at most one epoch before its state (see append_metrics): with more,
+        // the state is an older one or another run's, and dropping them would lose them.
+        if after.len() > 1 {
+            bail!(
+                "cannot resume {}: its metrics.csv holds the rows of epochs {} to {} after \
+                 those of the {epochs} {} its resume.safetensors has finished, but a run's \
+                 rows are never more than one epoch ahead of its state: that state is an \
+                 older one, or another run's. Put back the run's own resume.safetensors, or start a new \
+                 run with another --out (to go back to epoch {epochs} on purpose, move the \
+                 later rows out of metrics.csv first)",
+                self.dir.display(),
+                epochs + 1,
+                epochs + after.len(),
+                noun_for(epochs, "epoch")
+            );
+        }
         // Cut where the first row after them starts, or a row cut short; the resumed rows
         // are appended after a line's end.
         let cut = after
@@ -664,18 +687,21 @@ impl RunFolder {
 }
 
 /// In resume.safetensors: the prefixes of the model's and the EMA's tensors (the optimizer's
-/// have their own names), and the metadata key of the optimizer's step count (beside
-/// [`PROGRESS_KEY`]).
+/// have their own names), and the metadata keys of the optimizer's step count and of the
+/// run's settings (beside [`PROGRESS_KEY`]).
 const MODEL_PREFIX: &str = "model";
 const EMA_PREFIX: &str = "ema";
 const OPTIMIZER_STEP_KEY: &str = "optimizer_step";
+const SETTINGS_KEY: &str = "settings";
 
-/// resume.safetensors: the model, optimizer and EMA state, and `progress`.
+/// resume.safetensors: the model, optimizer and EMA state, `progress`, and the `settings`
+/// of the run, by which a resume knows a state of another run.
 pub(super) fn resume_state(
     vs: &nn::VarStore,
     optimizer: &AdamW,
     ema: Option<&Ema>,
     progress: &Progress,
+    settings: &TrainSettings,
 ) -> Result<Vec<u8>> {
     let mut tensors = optimizer.state_tensors();
     let mut add = |prefix: &str, vs: &nn::VarStore| {
@@ -693,20 +719,52 @@ pub(super) fn resume_state(
             OPTIMIZER_STEP_KEY.to_string(),
             optimizer.steps_taken().to_string(),
         ),
+        (
+            SETTINGS_KEY.to_string(),
+            serde_json::to_string(&state_settings(settings))?,
+        ),
     ]
     .into();
     TensorFile { tensors, metadata }.to_bytes()
 }
 
+/// The settings a resume state records: the run's, but for the data folder, which a
+/// resume may move (config.json records the images themselves).
+fn state_settings(settings: &TrainSettings) -> TrainSettings {
+    TrainSettings {
+        data_dir: PathBuf::new(),
+        ..settings.clone()
+    }
+}
+
 /// The state a resume.safetensors at `path` holds (as [`resume_state`] writes it), loaded
-/// into the weights in `vs`, the optimizer and the EMA; its progress.
+/// into the weights in `vs`, the optimizer and the EMA; its progress. A state that
+/// records other `settings` than the run's is refused, naming them.
 fn read_resume_state(
     path: &Path,
     vs: &nn::VarStore,
     optimizer: &mut AdamW,
     ema: Option<&Ema>,
+    settings: &TrainSettings,
 ) -> Result<Progress> {
     let file = TensorFile::read(path)?;
+    // States saved by earlier versions record no settings.
+    if let Some(saved) = file.metadata.get(SETTINGS_KEY) {
+        let saved: TrainSettings = serde_json::from_str(saved)
+            .with_context(|| format!("cannot read the `{SETTINGS_KEY}` it records"))?;
+        let given = state_settings(settings);
+        ensure!(
+            saved == given,
+            "it was saved by a run with other settings (saved: the state's, given: this \
+             run's):\n  {}",
+            differing_settings(
+                "",
+                &serde_json::to_value(&saved)?,
+                &serde_json::to_value(&given)?
+            )
+            .join("\n  ")
+        );
+    }
     let not_finite = file.not_finite();
     ensure!(
         not_finite.is_empty(),
@@ -809,10 +867,11 @@ mod tests {
         }
     }
 
-    /// After the rows the saved state has finished, a resume drops the rows of later
-    /// epochs (a crash between the two writes), but refuses by its line one that is not a
-    /// later epoch's row, an earlier epoch's row again or a line vit did not write, and
-    /// leaves the file as it is; a finished run's file is left as it is too.
+    /// After the rows the saved state has finished, a resume drops the row of the next
+    /// epoch (a crash between the two writes), but refuses by its line one that is not a
+    /// later epoch's row, an earlier epoch's row again or a line vit did not write, refuses
+    /// rows of two later epochs, and leaves the file as it is; a finished run's file is
+    /// left as it is too.
     #[test]
     fn rows_after_the_saved_state_are_dropped_only_for_later_epochs() {
         let (_dir, run) = temporary_run("metrics");
@@ -823,7 +882,11 @@ mod tests {
         let path = dir.join(METRICS_CSV);
         for (after, refused) in [
             (vec![row("2")], None),
-            (vec![row("2"), row("3")], None),
+            // More than one: the state is older than the rows (or another run's).
+            (
+                vec![row("2"), row("3")],
+                Some("holds the rows of epochs 2 to 3 after those of the 1 epoch"),
+            ),
             (
                 vec![row("2"), "# a note".into()],
                 Some("line 4 of its metrics.csv"),
