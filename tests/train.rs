@@ -901,7 +901,6 @@ fn interrupts_are_taken_by_the_handler_thread_alone() {
 /// and the run keeps what it saved.
 #[test]
 fn a_resume_in_a_folder_that_takes_no_file_is_refused_before_it_trains() {
-    use std::os::unix::process::CommandExt;
     let (root, data_dir) = colour_cifar10("resume-unwritable");
     let run = root.join("run");
     let mut args = tiny_run_args(data_dir.to_str().unwrap(), run.to_str().unwrap());
@@ -917,24 +916,9 @@ fn a_resume_in_a_folder_that_takes_no_file_is_refused_before_it_trains() {
 
     args.push("--resume");
     let mut command = Command::new(common::vit_binary());
-    command.args(&args);
-    // SAFETY: between fork and exec, signal() and setrlimit are system calls on values on
-    // the stack.
-    unsafe {
-        command.pre_exec(|| {
-            // A write past the limit fails with EFBIG, instead of killing the process.
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            let limit = libc::rlimit {
-                rlim_cur: 1 << 10,
-                rlim_max: 1 << 10,
-            };
-            match libc::setrlimit(libc::RLIMIT_FSIZE, &limit) {
-                0 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            }
-        })
-    };
-    let output = command.output().unwrap();
+    let output = common::with_limit(command.args(&args), libc::RLIMIT_FSIZE, 1 << 10)
+        .output()
+        .unwrap();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr),

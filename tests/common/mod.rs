@@ -232,27 +232,41 @@ pub fn run_vit(args: &[&str]) -> std::process::Output {
 /// memory, so that the test fails instead of hanging or taking the machine's memory.
 /// SIGKILL, as vit takes SIGTERM for a stop at the next step, which a wait never reaches.
 pub fn run_vit_bounded(args: &[&str]) -> std::process::Output {
-    use std::os::unix::process::CommandExt;
     let mut command = std::process::Command::new("timeout");
     command
         .args(["-s", "KILL", "60"])
         .arg(vit_binary())
         .args(args);
-    // SAFETY: between fork and exec, setrlimit is one system call on a value on the stack.
+    // The heap and anonymous maps, not the address space libtorch's libraries take.
+    with_limit(&mut command, libc::RLIMIT_DATA, 2 << 30)
+        .output()
+        .expect("cannot run timeout")
+}
+
+/// `command`, with the process it starts limited to `bytes` of `resource` (RLIMIT_DATA,
+/// RLIMIT_FSIZE, ...). A write past RLIMIT_FSIZE then fails (EFBIG) instead of killing the
+/// process with SIGXFSZ.
+pub fn with_limit(
+    command: &mut std::process::Command,
+    resource: libc::__rlimit_resource_t,
+    bytes: libc::rlim_t,
+) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec, signal() and setrlimit are system calls on values on
+    // the stack.
     unsafe {
-        command.pre_exec(|| {
-            // The heap and anonymous maps, not the address space libtorch's libraries take.
+        command.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
             let limit = libc::rlimit {
-                rlim_cur: 2 << 30,
-                rlim_max: 2 << 30,
+                rlim_cur: bytes,
+                rlim_max: bytes,
             };
-            match libc::setrlimit(libc::RLIMIT_DATA, &limit) {
+            match libc::setrlimit(resource, &limit) {
                 0 => Ok(()),
                 _ => Err(std::io::Error::last_os_error()),
             }
         })
-    };
-    command.output().expect("cannot run timeout")
+    }
 }
 
 /// Runs the `vit` binary with `args`, expecting success (the output says why not).
