@@ -898,7 +898,8 @@ fn interrupts_are_taken_by_the_handler_thread_alone() {
 /// A resume in a folder that takes no file is refused before it trains: its first write
 /// comes at the end of an epoch, whose training would be lost. Here the files vit may
 /// write are limited to 1 KiB (RLIMIT_FSIZE, which binds root too, unlike permissions),
-/// and the run keeps what it saved.
+/// and the run keeps what it saved. A finished run's resume, which writes nothing, is not
+/// refused.
 #[test]
 fn a_resume_in_a_folder_that_takes_no_file_is_refused_before_it_trains() {
     let (root, data_dir) = colour_cifar10("resume-unwritable");
@@ -914,11 +915,17 @@ fn a_resume_in_a_folder_that_takes_no_file_is_refused_before_it_trains() {
     let saved =
         ["metrics.csv", "resume.safetensors"].map(|name| std::fs::read(run.join(name)).unwrap());
 
-    args.push("--resume");
-    let mut command = Command::new(common::vit_binary());
-    let output = common::with_limit(command.args(&args), libc::RLIMIT_FSIZE, 1 << 10)
+    let resume_limited = |args: &[&str]| {
+        let mut command = Command::new(common::vit_binary());
+        common::with_limit(
+            command.args(args).arg("--resume"),
+            libc::RLIMIT_FSIZE,
+            1 << 10,
+        )
         .output()
-        .unwrap();
+        .unwrap()
+    };
+    let output = resume_limited(&args);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr),
@@ -936,6 +943,21 @@ fn a_resume_in_a_folder_that_takes_no_file_is_refused_before_it_trains() {
     let kept =
         ["metrics.csv", "resume.safetensors"].map(|name| std::fs::read(run.join(name)).unwrap());
     assert!(kept == saved, "the resume changed the run's files");
+
+    // A finished run writes nothing: its resume goes on there, also without its state
+    // (which only an unfinished run needs).
+    let finished = root.join("finished");
+    let mut args = tiny_run_args(data_dir.to_str().unwrap(), finished.to_str().unwrap());
+    #[rustfmt::skip]
+    args.extend(["--epochs", "1", "--batch-size", "100", "--train-subset", "100"]);
+    vit(&args);
+    std::fs::remove_file(finished.join("resume.safetensors")).unwrap();
+    let output = resume_limited(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stderr.contains("nothing to train"),
+        "{stderr}"
+    );
 }
 
 /// Settings that are allowed but do nothing on the run given are said at its start: a batch

@@ -22,7 +22,7 @@ use anyhow::{bail, ensure, Context, Result};
 pub(super) use checks::{check_curves_replaceable, check_resumed_dataset};
 use checks::{
     check_fresh, check_same_run, differing_settings, ensure_run_file_is_a_file, holds_results,
-    note_another_machine, saved_config, saved_progress, saved_results,
+    note_another_machine, saved_config, saved_results,
 };
 use lock::{ensure_folder_locked, resume_lock, RunLock, LOCK_FILE};
 use metrics::{epoch_rows, header_line_end, metrics_records, metrics_rows, MetricsText};
@@ -262,11 +262,6 @@ impl RunFolder {
             RunLock::take(dir, Remedy::ResumeRun(dir)),
         )?;
         check_same_run(dir, &saved, settings, data)?;
-        // The run writes next at the end of an epoch: a folder that takes no file is
-        // refused now, not after that epoch's training. A finished run writes nothing.
-        if saved_progress(dir).is_none_or(|saved| saved.epochs_done < settings.epochs) {
-            ensure_can_write_in(dir, Remedy::ResumeRun(dir))?;
-        }
         note_another_machine(dir, &saved, device);
         if lock.is_some() {
             remove_stale_temporaries(dir, &RUN_FILES);
@@ -435,8 +430,25 @@ impl RunFolder {
     }
 
     /// The state `resume.safetensors` holds, loaded into the model, optimizer and EMA, for
-    /// a run of `epochs` epochs.
+    /// a run of `settings` (a state saved with others is refused). Where epochs are left,
+    /// the folder must take a file: the run writes next at the end of an epoch, and a
+    /// folder that takes none is refused now, not after that epoch's training.
     pub(super) fn load_resume(
+        &self,
+        vs: &nn::VarStore,
+        optimizer: &mut AdamW,
+        ema: Option<&Ema>,
+        settings: &TrainSettings,
+    ) -> Result<Progress> {
+        let progress = self.load_saved_state(vs, optimizer, ema, settings)?;
+        if progress.epochs_done < settings.epochs {
+            ensure_can_write_in(&self.dir, Remedy::ResumeRun(&self.dir))?;
+        }
+        Ok(progress)
+    }
+
+    /// [`Self::load_resume`], but for the check that the folder takes a file.
+    fn load_saved_state(
         &self,
         vs: &nn::VarStore,
         optimizer: &mut AdamW,
