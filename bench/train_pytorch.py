@@ -243,7 +243,8 @@ def vit_init(model):
 
 
 def learning_rate(base_lr, step, warmup_steps, total_steps):
-    """src/optim.rs::learning_rate: linear warm-up from 0, then cosine to 0."""
+    """src/optim.rs::learning_rate: a linear warm-up from base_lr / warmup_steps at step 0
+    to base_lr at step warmup_steps - 1, then a cosine decay to 0."""
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     decay_steps = max(total_steps - warmup_steps, 1)
