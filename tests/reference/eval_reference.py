@@ -2,10 +2,12 @@
 
     eval_reference.py CHECKPOINT DATA_DIR
 
-Reads CIFAR-10's test_batch.bin from DATA_DIR/cifar-10-batches-bin with numpy (its own
-reader, not vit's), turns each image into a PIL image and through the notebook's test
-transform (torchvision's ToTensor and Normalize with the notebook's constants), loads
-CHECKPOINT into timm's VisionTransformer with strict=True, and prints one JSON object:
+Reads the test images of the dataset CHECKPOINT records (CIFAR-10's test_batch.bin from
+DATA_DIR/cifar-10-batches-bin, or CIFAR-100's test.bin from DATA_DIR/cifar-100-binary with
+its fine labels, or its coarse ones for cifar100-coarse) with numpy (its own reader, not
+vit's), turns each image into a PIL image and through the notebook's test transform
+(torchvision's ToTensor and Normalize with the notebook's constants), loads CHECKPOINT into
+timm's VisionTransformer with strict=True, and prints one JSON object:
 {"accuracy": ..., "top5_accuracy": ..., "loss": ..., "images": ...} (loss: mean
 cross-entropy, no smoothing; top5_accuracy as timm's validation counts Acc@5).
 """
@@ -24,25 +26,34 @@ from torchvision import transforms
 from vit_reference import MEAN, STD, timm_model
 
 
+# Each dataset's test file, the number of label bytes before each image's 3,072 (CIFAR-100:
+# the coarse label, then the fine one), and which of them is this dataset's label.
+TEST_FILES = {
+    "cifar10": ("cifar-10-batches-bin/test_batch.bin", 1, 0),
+    "cifar100": ("cifar-100-binary/test.bin", 2, 1),
+    "cifar100-coarse": ("cifar-100-binary/test.bin", 2, 0),
+}
 
-def cifar10_test(data_dir):
+
+def cifar_test(data_dir, dataset):
     """uint8 images [N, 32, 32, 3] (HWC, as PIL takes them) and int64 labels [N]."""
-    path = os.path.join(data_dir, "cifar-10-batches-bin", "test_batch.bin")
-    records = np.fromfile(path, dtype=np.uint8).reshape(-1, 1 + 3 * 32 * 32)
-    images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return images, torch.from_numpy(records[:, 0].astype(np.int64))
+    name, label_bytes, label = TEST_FILES[dataset]
+    records = np.fromfile(os.path.join(data_dir, name), dtype=np.uint8).reshape(-1, label_bytes + 3 * 32 * 32)
+    images = records[:, label_bytes:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return images, torch.from_numpy(records[:, label].astype(np.int64))
 
 
 def main(checkpoint, data_dir):
     with safe_open(checkpoint, "pt") as f:
         metadata = f.metadata()
-    if metadata.get("dataset", "cifar10") != "cifar10":
-        sys.exit(f"{checkpoint} was trained on {metadata['dataset']}; this script reads CIFAR-10 only")
+    dataset = metadata.get("dataset", "cifar10")
+    if dataset not in TEST_FILES:
+        sys.exit(f"{checkpoint} was trained on {dataset}; this script reads {', '.join(TEST_FILES)}")
     config = json.loads(metadata["config"])
     model = timm_model(config).eval()
     model.load_state_dict(load_file(checkpoint), strict=True)
     test_transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
-    images, labels = cifar10_test(data_dir)
+    images, labels = cifar_test(data_dir, dataset)
     inputs = torch.stack([test_transform(Image.fromarray(image)) for image in images])
     loss, correct, correct5 = 0.0, 0, 0
     with torch.no_grad():
