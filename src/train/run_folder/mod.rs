@@ -280,7 +280,8 @@ impl RunFolder {
         };
         // A vit run's folder is locked before it is checked, so that a live run's is "in
         // use"; any other folder is checked before the lock file is made, so that a refused
-        // one is left as it was.
+        // one is left as it was, and again once locked: a run that started there since may
+        // have saved its files, and ended, before this one took the lock.
         let vit_run = dir.join(LOCK_FILE).exists();
         match (vit_run, dir.is_dir()) {
             (true, _) => {}
@@ -288,9 +289,7 @@ impl RunFolder {
             (false, false) => create_folder(&dir)?,
         }
         let lock = RunLock::take(&dir, Remedy::AnotherFolder)?;
-        if vit_run {
-            check_fresh(&dir)?;
-        }
+        check_fresh(&dir)?;
         remove_stale_temporaries(&dir, &RUN_FILES);
         let run = Self::new(dir, Some(lock));
         let record = RunConfig {
