@@ -1123,6 +1123,41 @@ fn random_erasing_erases_one_rectangle_in_the_scale_range() {
     assert!(erased >= 120, "only {erased} of {b} images erased");
 }
 
+/// Random erasing's probability is each image's own draw: at p = 0.25, a quarter of a large
+/// batch is erased (not all, nor none), and batches of four are erased in part as often as
+/// independent draws make them. Rectangles of one aspect and a tenth to a fifth of the
+/// image always fit, so that p alone decides.
+#[test]
+fn random_erasing_erases_each_image_with_probability_p() {
+    let _g = seeded(23);
+    let cfg = RandomErasing {
+        p: 0.25,
+        scale: (0.1, 0.2),
+        ratio: (1.0, 1.0),
+        value: 0.0,
+    };
+    let erased_in = |batch: i64| -> Vec<bool> {
+        let images = Tensor::ones([batch, 1, 16, 16], (Kind::Float, Device::Cpu));
+        erased_rectangles(&augment::random_erasing(&images, &cfg))
+            .into_iter()
+            .map(|(_, _, height, width)| height * width > 0)
+            .collect()
+    };
+    let n = 20_000;
+    let erased = erased_in(n as i64).into_iter().filter(|&e| e).count();
+    common::assert_binomial_count("images erased", erased, n, 0.25);
+    // Batches of four: some but not all erased with probability 1 - 0.75^4 - 0.25^4.
+    let batches = 2000;
+    let mixed = (0..batches)
+        .filter(|_| {
+            let erased = erased_in(4);
+            erased.iter().any(|&e| e) && !erased.iter().all(|&e| e)
+        })
+        .count();
+    let p_mixed = 1.0 - 0.75f64.powi(4) - 0.25f64.powi(4);
+    common::assert_binomial_count("batches erased in part", mixed, batches, p_mixed);
+}
+
 /// The rectangle random erasing set to 0 in each image of a batch of ones: (top, left,
 /// height, width) of the zeros of channel 0 (height and width 0 where nothing was erased).
 fn erased_rectangles(out: &Tensor) -> Vec<(i64, i64, i64, i64)> {
