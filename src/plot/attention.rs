@@ -107,6 +107,15 @@ fn max_over_min(map: &Tensor) -> f64 {
     map.max().double_value(&[]) / map.min().double_value(&[])
 }
 
+/// A max/min ratio for a caption: two decimals, or in scientific notation from 10,000 on
+/// (an untrained model's maps reach 1e30, whose digits would run across the next caption).
+fn ratio_text(ratio: f64) -> String {
+    match ratio < 1e4 {
+        true => format!("{ratio:.2}"),
+        false => format!("{ratio:.1e}"),
+    }
+}
+
 /// The heat map of `map` (`[num_patches]`) over `base`, a little more heat than image.
 fn overlay(base: &Picture, map: &Tensor) -> Result<Picture> {
     const HEAT_WEIGHT: f64 = 0.55;
@@ -191,7 +200,7 @@ fn captioned_panels(
     // Each map is stretched to the full colour scale, so its caption says how uneven it
     // really is: near-uniform attention (max/min 1.00) would look as sharp as a peak.
     let map_panel = |name: String, map: &Tensor| -> Result<(String, Vec<u8>)> {
-        let caption = format!("{name}, max/min {:.2}", max_over_min(map));
+        let caption = format!("{name}, max/min {}", ratio_text(max_over_min(map)));
         Ok((caption, overlay(base, map)?.rgb))
     };
     let mut panels = vec![
@@ -227,6 +236,17 @@ mod tests {
         assert!((max_over_min(&uniform) - 1.0).abs() < 1e-12);
         let peaked = Tensor::from_slice(&[0.1f32, 0.2, 0.4, 0.3]);
         assert!((max_over_min(&peaked) - 4.0).abs() < 1e-6);
+    }
+
+    /// Ratios up to 10,000 read with two decimals; larger ones (and a map with a zero,
+    /// infinite) stay short.
+    #[test]
+    fn large_ratios_are_captioned_in_scientific_notation() {
+        assert_eq!(ratio_text(1.0), "1.00");
+        assert_eq!(ratio_text(2362.404), "2362.40");
+        assert_eq!(ratio_text(9999.994), "9999.99");
+        assert_eq!(ratio_text(7.6426e31), "7.6e31");
+        assert_eq!(ratio_text(f64::INFINITY), "inf");
     }
 
     /// The heat map keeps the patch grid's orientation (row by row, as the tokens are laid
