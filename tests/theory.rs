@@ -342,7 +342,8 @@ fn invalid_configs_are_rejected_with_a_clear_error() {
         cases.push((
             deep.clone(),
             "the model would take at least 505.6 GB: 8.544e10 parameters (341.8 GB in \
-             float32) and libtorch's bookkeeping for 10000000 blocks; this process may use"
+             float32, its largest tensor twice while it is initialised) and libtorch's \
+             bookkeeping for 10000000 blocks; this process may use"
                 .into(),
         ));
         // The advice names what sets the largest part: the blocks, the patches' position

@@ -222,7 +222,7 @@ impl ViTConfig {
             4.0 * count / 1e9,
             match training {
                 true => ", held four times: weights, gradients and AdamW's two moments",
-                false => "",
+                false => ", its largest tensor twice while it is initialised",
             },
             self.num_layers,
             noun_for(self.num_layers as usize, "block"),
@@ -262,11 +262,33 @@ impl ViTConfig {
     }
 
     /// A lower bound on the memory the model takes, built or, `training`, trained (on top,
-    /// activations grow with the batch): its float32 weights, held once or four times, and
-    /// libtorch's bookkeeping for each block.
+    /// activations grow with the batch): its float32 weights, held four times to train, and
+    /// once to build plus the initial values of its largest tensor (which are copied into
+    /// it; less than the three more copies training holds), and libtorch's bookkeeping for
+    /// each block.
     fn memory_needed(&self, training: bool) -> f64 {
         let (copies, block_bytes) = Self::memory_per(training);
-        copies * 4.0 * self.parameter_count() + block_bytes * self.num_layers as f64
+        let weights = match training {
+            true => copies * self.parameter_count(),
+            false => self.parameter_count() + self.largest_tensor(),
+        };
+        4.0 * weights + block_bytes * self.num_layers as f64
+    }
+
+    /// The elements of the model's largest tensor: the position embedding, the patch
+    /// embedding's kernel, a block's qkv or MLP weight, or the head's.
+    fn largest_tensor(&self) -> f64 {
+        let [image, patch, channels, embed, mlp, _, classes] = self.float_sizes();
+        let tokens = (image / patch).powi(2) + 1.0;
+        [
+            tokens * embed,
+            channels * patch * patch * embed,
+            3.0 * embed * embed,
+            embed * mlp,
+            embed * classes,
+        ]
+        .into_iter()
+        .fold(0.0, f64::max)
     }
 
     /// How many copies of the weights the model's memory holds, and the bytes of
@@ -451,6 +473,35 @@ mod tests {
                 "training the model would take at least {:.1} GB: ",
                 needed / 1e9
             )) && error.ends_with("use a smaller --embed-dim, --mlp-dim or --num-layers"),
+            "{error}"
+        );
+    }
+
+    /// Building counts the largest tensor twice (its initial values are copied into it): a
+    /// position embedding of 0.6 times the memory here is refused, as building it would
+    /// take 1.2 times (the kernel killed `vit info` where only one copy was counted).
+    #[test]
+    fn building_counts_the_largest_tensor_twice() {
+        let memory =
+            crate::runtime::memory_bytes().expect("Linux tells its memory in /proc/meminfo");
+        let embed_dim = 64;
+        // 4 bytes for each of (image_size^2 + 1) * embed_dim position weights.
+        let image_size = (0.6 * memory as f64 / 4.0 / embed_dim as f64).sqrt() as i64;
+        let config = ViTConfig {
+            image_size,
+            patch_size: 1,
+            embed_dim,
+            num_heads: 1,
+            mlp_dim: 1,
+            num_layers: 1,
+            ..ViTConfig::tiny()
+        };
+        let positions = 4.0 * (image_size * image_size + 1) as f64 * embed_dim as f64;
+        assert!(positions < memory as f64 && 2.0 * positions > memory as f64);
+        let error = format!("{:#}", config.validate().unwrap_err());
+        assert!(
+            error.contains("its largest tensor twice while it is initialised")
+                && error.ends_with("use a larger patch_size or a smaller image_size"),
             "{error}"
         );
     }
