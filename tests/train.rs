@@ -935,7 +935,8 @@ fn a_resume_in_a_folder_that_takes_no_file_is_refused_before_it_trains() {
 
 /// Settings that are allowed but do nothing on the run given are said at its start: a batch
 /// larger than the images trained on, MixUp in batches of one image (mixed with itself),
-/// and stochastic depth in a one-block model (whose rate at the first block is 0). At the
+/// stochastic depth in a one-block model (whose rate at the first block is 0), and MixUp or
+/// CutMix never picked (a --switch-prob of 1 or 0 with both on). At the
 /// edges: a warm-up as long as the run never decays (warned), while a batch of exactly the
 /// images trained on, and a one-block model without stochastic depth, are nothing to say.
 #[test]
@@ -989,6 +990,36 @@ fn settings_without_effect_are_said() {
     for message in ["--batch-size", "--drop-path"] {
         assert!(!said.contains(message), "{message}: {said}");
     }
+    // With MixUp and CutMix both on, a --switch-prob of 0 or 1 leaves one of them out.
+    let mixing = [
+        "--train-subset",
+        "4",
+        "--batch-size",
+        "2",
+        "--warmup-epochs",
+        "0",
+    ];
+    for (name, switch_prob, message) in [
+        (
+            "never-cutmix",
+            "0",
+            "warning: --switch-prob 0 never picks CutMix over MixUp: --cutmix 1 does nothing; \
+             give a --switch-prob above 0, or --cutmix 0",
+        ),
+        (
+            "always-cutmix",
+            "1",
+            "warning: --switch-prob 1 always picks CutMix over MixUp: --mixup 0.8 does \
+             nothing; give a --switch-prob below 1, or --mixup 0",
+        ),
+    ] {
+        #[rustfmt::skip]
+        let said = stderr(name, &[&mixing[..], &["--mixup", "0.8", "--cutmix", "1", "--switch-prob", switch_prob]].concat());
+        assert!(said.contains(message), "{said}");
+    }
+    #[rustfmt::skip]
+    let said = stderr("switching", &[&mixing[..], &["--mixup", "0.8", "--cutmix", "1", "--switch-prob", "0.5"]].concat());
+    assert!(!said.contains("--switch-prob"), "{said}");
 }
 
 /// Every --seed draws its own weights: libtorch's CPU generator keeps only 32 bits of a

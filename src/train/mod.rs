@@ -240,6 +240,23 @@ fn warn_about_settings_without_effect(settings: &TrainSettings, train_images: i6
              --batch-size of 2 or more"
         );
     }
+    if let Some(mix) = &regularization.mix {
+        // With both on, each mix is CutMix with probability --switch-prob.
+        let idle = match mix.switch_prob {
+            0.0 => Some(("never", "--cutmix", mix.cutmix_alpha, "above 0")),
+            1.0 => Some(("always", "--mixup", mix.mixup_alpha, "below 1")),
+            _ => None,
+        };
+        if let Some((when, flag, alpha, instead)) =
+            idle.filter(|_| mix.mixup_alpha > 0.0 && mix.cutmix_alpha > 0.0)
+        {
+            eprintln!(
+                "warning: --switch-prob {} {when} picks CutMix over MixUp: {flag} {alpha} \
+                 does nothing; give a --switch-prob {instead}, or {flag} 0",
+                mix.switch_prob
+            );
+        }
+    }
     if regularization.drop_path > 0.0 && settings.model.num_layers == 1 {
         eprintln!(
             "warning: --drop-path {} drops nothing in a model of one block: its rate rises \
