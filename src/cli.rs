@@ -269,7 +269,7 @@ pub struct ModelArgs {
     pub num_classes: Option<i64>,
     /// Dropout probability after the positional embedding, the attention's projection and
     /// in the MLP (vit train --recipe strong: 0 unless given).
-    #[arg(long)]
+    #[arg(long, value_parser = number)]
     pub dropout: Option<f64>,
 }
 
@@ -350,6 +350,25 @@ fn whole_number<T: WholeNumber>(least: Option<u8>) -> impl Fn(&str) -> Result<T,
         }
     }
 }
+
+/// A fractional flag's parser, whose error says what it takes (Rust's own says "invalid
+/// float literal"); vit's checks then say which numbers the flag allows.
+fn number(value: &str) -> Result<f64, String> {
+    value
+        .parse()
+        .map_err(|_| "expected a number, such as 0.1 or 1e-3".to_string())
+}
+
+/// `--threads`' parser: a whole number from 1 to [`MAX_THREADS`].
+fn thread_count(value: &str) -> Result<i32, String> {
+    match value.parse() {
+        Ok(threads) if (1..=MAX_THREADS).contains(&threads) => Ok(threads),
+        _ => Err(format!("expected a whole number from 1 to {MAX_THREADS}")),
+    }
+}
+
+/// The most CPU threads `--threads` takes.
+const MAX_THREADS: i32 = 1024;
 
 /// The integer types of whole-number flags, with the largest value each holds.
 trait WholeNumber: std::str::FromStr + PartialOrd + From<u8> + std::fmt::Display {
@@ -447,7 +466,7 @@ impl DeviceArgs {
 pub struct ThreadsArgs {
     /// CPU threads for libtorch, and for decoding image files where the command reads them
     /// (default: libtorch's choice).
-    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024))]
+    #[arg(long, value_parser = thread_count)]
     pub threads: Option<i32>,
 }
 
@@ -579,20 +598,20 @@ pub struct TrainArgs {
     #[arg(long, value_parser = whole_number::<i64>(Some(1)), default_value_t = 256)]
     pub batch_size: i64,
     /// AdamW's peak learning rate, reached after the warm-up, then cosine-decayed to 0.
-    #[arg(long, default_value_t = DEFAULT_LR)]
+    #[arg(long, value_parser = number, default_value_t = DEFAULT_LR)]
     pub lr: f64,
     /// AdamW's decoupled weight decay (not on biases, norms, class token or positions).
-    #[arg(long, default_value_t = DEFAULT_WEIGHT_DECAY)]
+    #[arg(long, value_parser = number, default_value_t = DEFAULT_WEIGHT_DECAY)]
     pub weight_decay: f64,
     /// Epochs over which the learning rate rises linearly to --lr (its first step at --lr
     /// divided by the warm-up's steps).
     #[arg(long, value_parser = whole_number::<usize>(Some(0)), default_value_t = 5)]
     pub warmup_epochs: usize,
     /// Label smoothing of the cross-entropy loss (0 = off).
-    #[arg(long, default_value_t = DEFAULT_LABEL_SMOOTHING)]
+    #[arg(long, value_parser = number, default_value_t = DEFAULT_LABEL_SMOOTHING)]
     pub label_smoothing: f64,
     /// Clip the global gradient norm to this value (0 = off).
-    #[arg(long, default_value_t = DEFAULT_CLIP_GRAD)]
+    #[arg(long, value_parser = number, default_value_t = DEFAULT_CLIP_GRAD)]
     pub clip_grad: f64,
     /// Seeds the weights, shuffles, augmentations and dropout (on the CPU, the same seed,
     /// flags and thread count train the same run). libtorch's generator takes 32 bits: a
@@ -624,33 +643,33 @@ pub struct TrainArgs {
     #[arg(long, value_parser = whole_number::<i64>(None))]
     pub randaugment_magnitude: Option<i64>,
     /// Random erasing probability (strong: 0.25).
-    #[arg(long)]
+    #[arg(long, value_parser = number)]
     pub random_erasing: Option<f64>,
     /// MixUp Beta(alpha, alpha); 0 = off (strong: 0.8).
-    #[arg(long)]
+    #[arg(long, value_parser = number)]
     pub mixup: Option<f64>,
     /// CutMix Beta(alpha, alpha); 0 = off (strong: 1.0).
-    #[arg(long)]
+    #[arg(long, value_parser = number)]
     pub cutmix: Option<f64>,
     /// Probability of mixing a batch (strong: 1.0).
-    #[arg(long)]
+    #[arg(long, value_parser = number)]
     pub mix_prob: Option<f64>,
     /// Probability of CutMix rather than MixUp when both are on (default 0.5).
-    #[arg(long)]
+    #[arg(long, value_parser = number)]
     pub switch_prob: Option<f64>,
     /// Mix only the first EPOCHS epochs; the later ones train on single images, with the
     /// same loss (timm's mixup_off_epoch; default: every epoch mixes).
     #[arg(long, value_parser = whole_number::<usize>(Some(0)), value_name = "EPOCHS")]
     pub mix_off_epoch: Option<usize>,
     /// Stochastic depth of the last block, rising linearly from 0 (strong: 0.1).
-    #[arg(long)]
+    #[arg(long, value_parser = number)]
     pub drop_path: Option<f64>,
     /// Dropout on the attention probabilities (strong: 0).
-    #[arg(long)]
+    #[arg(long, value_parser = number)]
     pub attn_dropout: Option<f64>,
     /// Keep an exponential moving average of the weights with this decay, evaluated and
     /// saved as its own checkpoint; 0 = off (strong: 0.999).
-    #[arg(long)]
+    #[arg(long, value_parser = number)]
     pub ema: Option<f64>,
     /// Warm the EMA's decay up from 0 as timm's ModelEmaV3 does, min(DECAY, 1 - (1 +
     /// step)^(-2/3)), so that the average of a short run is not mostly its first weights.

@@ -2793,7 +2793,24 @@ fn user_errors_say_what_to_do() {
             "--augment-policy=randaugment --randaugment-ops=17",
             "--randaugment-ops must be in 1..=16, got 17",
         ),
-        ("--threads=2000", "2000 is not in 1..=1024"),
+        (
+            "--threads=2000",
+            "invalid value '2000' for '--threads <THREADS>': expected a whole number from 1 \
+             to 1024",
+        ),
+        (
+            "--threads=two",
+            "invalid value 'two' for '--threads <THREADS>': expected a whole number from 1 \
+             to 1024",
+        ),
+        (
+            "--lr=fast",
+            "invalid value 'fast' for '--lr <LR>': expected a number, such as 0.1 or 1e-3",
+        ),
+        (
+            "--mixup=",
+            "invalid value '' for '--mixup <MIXUP>': expected a number, such as 0.1 or 1e-3",
+        ),
         ("--cuda-graph", "--cuda-graph needs a CUDA device"),
         ("--cuda-graph=step", "--cuda-graph needs a CUDA device"),
         (
