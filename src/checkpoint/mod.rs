@@ -424,7 +424,8 @@ impl TensorFile {
     }
 
     /// The names of the tensors that hold NaN or infinite values, which vit train never
-    /// saves (a loss that is not finite stops a run before its weights are written).
+    /// saves (a loss, or at a Ctrl-C weights, that are not finite stop a run before its
+    /// weights are written).
     /// Judged in float32, the kind vit computes in: a float64 value beyond float32's
     /// range (1e300, say) loads as infinity.
     pub fn not_finite(&self) -> Vec<&String> {

@@ -122,9 +122,6 @@ pub(super) fn check_same_run(
     settings: &TrainSettings,
     data: &DataIdentity,
 ) -> Result<()> {
-    let differences = |path: &str, saved: serde_json::Value, given: serde_json::Value| {
-        differing_settings(path, &saved, &given).join("\n  ")
-    };
     let mut given = settings.clone();
     if saved.data.is_some() {
         given.data_dir = saved.settings.data_dir.clone();
@@ -136,11 +133,7 @@ pub(super) fn check_same_run(
              the augmentations and the metrics all follow from them; --epochs included), \
              or start a new run with another --out{}",
             dir.display(),
-            differences(
-                "",
-                serde_json::to_value(&saved.settings)?,
-                serde_json::to_value(&given)?
-            ),
+            differences("", &saved.settings, &given)?,
             match &saved.command {
                 Some(command) => format!(
                     ".\nTo resume it with its own flags: {}",
@@ -164,11 +157,7 @@ pub(super) fn check_same_run(
              \n  {}\nGive --data-dir the run's data, or start a new run with another --out",
             dir.display(),
             is.display(),
-            differences(
-                "data",
-                serde_json::to_value(saved_data)?,
-                serde_json::to_value(data)?
-            )
+            differences("data", saved_data, data)?
         );
     }
     if was != is {
@@ -216,6 +205,17 @@ pub(super) fn note_another_machine(dir: &Path, saved: &RunConfig, device: Device
     }
 }
 
+/// The lines of [`differing_settings`] between `saved` and `given` (settings, or the
+/// part of them at `path`), one a line for a message, indented as a list.
+pub(super) fn differences(
+    path: &str,
+    saved: &impl serde::Serialize,
+    given: &impl serde::Serialize,
+) -> Result<String> {
+    let (saved, given) = (serde_json::to_value(saved)?, serde_json::to_value(given)?);
+    Ok(differing_settings(path, &saved, &given).join("\n  "))
+}
+
 /// A line `name: saved X, given Y` for each setting that differs, with nested settings
 /// named by their path and, where `vit train` has one, the flag that sets them
 /// (`model.embed_dim (--embed-dim)`, see [`flag_for`]). A part switched on or off
@@ -223,7 +223,7 @@ pub(super) fn note_another_machine(dir: &Path, saved: &RunConfig, device: Device
 /// `off`, leaving out the [`FIXED_SETTINGS`] no flag changes and the
 /// [`QUALIFYING_SETTINGS`]; one with a flag of its own (`--augment-policy`,
 /// `--random-erasing`) is summarised as [`shown`] says.
-pub(super) fn differing_settings(
+fn differing_settings(
     path: &str,
     saved: &serde_json::Value,
     given: &serde_json::Value,

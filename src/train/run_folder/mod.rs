@@ -21,7 +21,7 @@ use crate::optim::AdamW;
 use anyhow::{bail, ensure, Context, Result};
 pub(super) use checks::{check_curves_replaceable, check_resumed_dataset};
 use checks::{
-    check_fresh, check_same_run, differing_settings, ensure_run_file_is_a_file, holds_results,
+    check_fresh, check_same_run, differences, ensure_run_file_is_a_file, holds_results,
     note_another_machine, saved_config, saved_results,
 };
 use lock::{ensure_folder_locked, resume_lock, RunLock, LOCK_FILE};
@@ -467,8 +467,9 @@ impl RunFolder {
         let progress =
             read_resume_state(&path, vs, optimizer, ema, settings).with_context(|| {
                 format!(
-                    "cannot resume {}: its resume.safetensors is damaged or not this run's; start \
-                 a new run with another --out (this folder's checkpoints stay as they are)",
+                    "cannot resume {}: its resume.safetensors is damaged or not this run's; \
+                     start a new run with another --out (this folder's checkpoints stay as \
+                     they are)",
                     self.dir.display()
                 )
             })?;
@@ -598,9 +599,9 @@ impl RunFolder {
                 "cannot resume {}: its metrics.csv holds the rows of epochs {} to {} after \
                  those of the {epochs} {} its resume.safetensors has finished, but a run's \
                  rows are never more than one epoch ahead of its state: that state is an \
-                 older one, or another run's. Put back the run's own resume.safetensors, or start a new \
-                 run with another --out (to go back to epoch {epochs} on purpose, move the \
-                 later rows out of metrics.csv first)",
+                 older one, or another run's. Put back the run's own resume.safetensors, or \
+                 start a new run with another --out (to go back to epoch {epochs} on \
+                 purpose, move the later rows out of metrics.csv first)",
                 self.dir.display(),
                 epochs + 1,
                 epochs + after.len(),
@@ -768,12 +769,7 @@ fn read_resume_state(
             saved == given,
             "it was saved by a run with other settings (saved: the state's, given: this \
              run's):\n  {}",
-            differing_settings(
-                "",
-                &serde_json::to_value(&saved)?,
-                &serde_json::to_value(&given)?
-            )
-            .join("\n  ")
+            differences("", &saved, &given)?
         );
     }
     let not_finite = file.not_finite();
