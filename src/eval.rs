@@ -204,13 +204,15 @@ fn report_folder(args: &EvalArgs) -> Result<Option<PathBuf>> {
 pub fn run(args: &EvalArgs) -> Result<()> {
     let device = args.device.set_up()?;
     let loaded = checkpoint::load(&args.checkpoint, device)?;
-    let dataset = loaded.test_set(&args.checkpoint, &args.data)?;
+    // Before the test set is read (a folder dataset is decoded, which takes a while): a
+    // refused --out or file is said at once.
     let out_dir = report_folder(args)?;
     let name = report_name(&args.checkpoint, args.out.as_deref());
     let paths = out_dir.map(|dir| ReportPaths::new(&dir, &name));
     if let Some(paths) = &paths {
         paths.ensure_replaceable(args.plot, args.out.is_some())?;
     }
+    let dataset = loaded.test_set(&args.checkpoint, &args.data)?;
     let image_size = loaded.model.config.image_size;
     dataset.test.note_resizing(&dataset.name, image_size);
     let test = dataset.test.to_device(device);

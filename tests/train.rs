@@ -2746,6 +2746,12 @@ fn user_errors_say_what_to_do() {
             "--embed-dim (30) must be divisible by --num-heads (4)",
         ),
         ("--dropout=1", "--dropout must be in [0, 1), got 1"),
+        // Values far from everyday sizes are shown in scientific notation, not digit by digit.
+        ("--dropout=1e308", "--dropout must be in [0, 1), got 1e308"),
+        (
+            "--lr -1e-300",
+            "--lr must be a positive finite number, got -1e-300",
+        ),
         ("--mlp-dim=0", "--mlp-dim must be positive, got 0"),
         // A negative value after a space is a value, not a flag clap does not know.
         ("--clip-grad -1", "--clip-grad must be a finite number >= 0"),
@@ -2761,7 +2767,7 @@ fn user_errors_say_what_to_do() {
         // Beta(alpha, alpha) of a tiny alpha lands at 0 or 1, and its draws underflow.
         (
             "--cutmix=1e-6",
-            "--cutmix takes a finite alpha of at least 0.01, or 0 to turn it off; got 0.000001",
+            "--cutmix takes a finite alpha of at least 0.01, or 0 to turn it off; got 1e-6",
         ),
         (
             "--mixup=0.8 --mix-prob=0",
@@ -3173,6 +3179,15 @@ fn user_errors_say_what_to_do() {
             "{stderr}"
         );
     }
+    // Before the test set is read, too (a folder dataset is decoded first, which takes a
+    // while): with no test set there, the --out is what is refused.
+    let no_data = root.join("no-test-set");
+    #[rustfmt::skip]
+    let stderr = vit_fails(&["eval", "--checkpoint", lettered.to_str().unwrap(), "--data-dir", no_data.to_str().unwrap(), "--device", "cpu", "--out", "/proc/self"]);
+    assert!(
+        stderr.contains("--out is where the confusion matrix goes: cannot write to /proc/self"),
+        "{stderr}"
+    );
     // A folder where the matrix's file goes, found only when it is written: the figures
     // are printed, and the exit status says the file is not; with --plot the picture is
     // drawn all the same.

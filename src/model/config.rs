@@ -182,7 +182,7 @@ impl ViTConfig {
             (0.0..1.0).contains(&self.dropout),
             "{} must be in [0, 1), got {}",
             name("dropout"),
-            self.dropout
+            crate::cli::shown(self.dropout)
         );
         self.check_fits_in_memory(name, false)
     }

@@ -27,7 +27,7 @@ pub use step::{
 };
 
 use crate::checkpoint;
-use crate::cli::{CudaGraphScope, Precision, TrainArgs};
+use crate::cli::{shown, CudaGraphScope, Precision, TrainArgs};
 use crate::data::mix::MixConfig;
 use crate::data::{self, Dataset, Split};
 use crate::eval::evaluate;
@@ -210,12 +210,13 @@ fn warn_about_settings_without_effect(settings: &TrainSettings, train_images: i6
     let decay = settings.lr * settings.weight_decay;
     if decay >= 1.0 {
         eprintln!(
-            "warning: --lr {} times --weight-decay {} is {decay}: AdamW multiplies the weights \
+            "warning: --lr {} times --weight-decay {} is {}: AdamW multiplies the weights \
              by 1 - lr x weight decay each step, which from 1 on zeroes them or flips their \
              sign, so the run learns nothing or diverges; give a product below 1 (the \
              defaults: {} x {})",
-            settings.lr,
-            settings.weight_decay,
+            shown(settings.lr),
+            shown(settings.weight_decay),
+            shown(decay),
             crate::cli::DEFAULT_LR,
             crate::cli::DEFAULT_WEIGHT_DECAY
         );
@@ -251,9 +252,10 @@ fn warn_about_settings_without_effect(settings: &TrainSettings, train_images: i6
             idle.filter(|_| mix.mixup_alpha > 0.0 && mix.cutmix_alpha > 0.0)
         {
             eprintln!(
-                "warning: --switch-prob {} {when} picks CutMix over MixUp: {flag} {alpha} \
+                "warning: --switch-prob {} {when} picks CutMix over MixUp: {flag} {} \
                  does nothing; give a --switch-prob {instead}, or {flag} 0",
-                mix.switch_prob
+                mix.switch_prob,
+                shown(alpha)
             );
         }
     }

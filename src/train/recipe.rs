@@ -1,7 +1,7 @@
 //! `--recipe`: what the strong recipe adds to the notebook's training, and the flags that
 //! override it one by one.
 
-use crate::cli::{AugmentPolicy, Recipe, TrainArgs};
+use crate::cli::{shown, AugmentPolicy, Recipe, TrainArgs};
 use crate::data::augment::{AugmentConfig, Policy, RandAugment, RandomErasing};
 use crate::data::mix::MixConfig;
 use crate::model::ViTConfig;
@@ -97,7 +97,8 @@ impl Regularization {
             let upper = if one_allowed { "1]" } else { "1)" };
             ensure!(
                 value >= 0.0 && (value < 1.0 || (one_allowed && value == 1.0)),
-                "{flag} must be in [0, {upper}, got {value}"
+                "{flag} must be in [0, {upper}, got {}",
+                shown(value)
             );
         }
         // After the range check: a negative --ema is out of range, not off.
@@ -173,7 +174,8 @@ fn mix_config(
         ensure!(
             alpha == 0.0 || (alpha >= MIN_MIX_ALPHA && alpha.is_finite()),
             "{flag} takes a finite alpha of at least {MIN_MIX_ALPHA}, or 0 to turn it off; \
-             got {alpha}"
+             got {}",
+            shown(alpha)
         );
     }
     let turned_off = match strong {

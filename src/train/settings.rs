@@ -2,7 +2,7 @@
 //! checked before the data is read, and the dataset they choose.
 
 use super::recipe::{self, Regularization};
-use crate::cli::{Precision, Recipe, TrainArgs};
+use crate::cli::{shown, Precision, Recipe, TrainArgs};
 use crate::data::{self, Dataset};
 use crate::listing::noun_for;
 use crate::model::ViTConfig;
@@ -180,7 +180,7 @@ fn check_optimizer_flags(args: &TrainArgs) -> Result<()> {
     ensure!(
         args.lr > 0.0 && args.lr.is_finite(),
         "--lr must be a positive finite number, got {}",
-        args.lr
+        shown(args.lr)
     );
     for (flag, value) in [
         ("--weight-decay", args.weight_decay),
@@ -188,13 +188,14 @@ fn check_optimizer_flags(args: &TrainArgs) -> Result<()> {
     ] {
         ensure!(
             value >= 0.0 && value.is_finite(),
-            "{flag} must be a finite number >= 0 (0 turns it off), got {value}"
+            "{flag} must be a finite number >= 0 (0 turns it off), got {}",
+            shown(value)
         );
     }
     ensure!(
         (0.0..1.0).contains(&args.label_smoothing),
         "--label-smoothing must be in [0, 1), got {}",
-        args.label_smoothing
+        shown(args.label_smoothing)
     );
     Ok(())
 }
