@@ -255,6 +255,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let result = (|| {
         use std::io::Write;
         let mut file = std::fs::File::create(&tmp)?;
+        lock_temporary(&file);
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -324,11 +325,68 @@ fn process_ended(pid: u32) -> bool {
         && !Path::new("/proc").join(pid.to_string()).exists()
 }
 
+/// Locks `file`, a temporary this process writes (or the folder it unpacks into), until it
+/// and every handle cloned from it are closed: an exclusive `flock`, which the kernel drops
+/// when the process ends, killed or not. A vit that cannot see this process (in another
+/// container, or on another host sharing the folder) takes its PID for ended, and the lock
+/// is what keeps its sweep off. Best effort: a file system without locks goes without.
+pub fn lock_temporary(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock only reads the descriptor, which `file` keeps open.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+}
+
+/// How long a temporary that cannot be locked (a file system without locks) is taken for
+/// its writer's after its last change: a live download or unpack changes it all the time.
+const UNLOCKABLE_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Whether the temporary at `path`, written by process `pid`, is abandoned: its process has
+/// ended as far as this one can see, and no process holds its [`lock_temporary`] lock.
+fn writer_ended(path: &Path, pid: u32) -> bool {
+    if !process_ended(pid) {
+        return false;
+    }
+    match locked_by_a_writer(path) {
+        Some(locked) => !locked,
+        None => path
+            .symlink_metadata()
+            .and_then(|metadata| metadata.modified())
+            .is_ok_and(|modified| {
+                modified
+                    .elapsed()
+                    .is_ok_and(|age| age > UNLOCKABLE_KEPT_FOR)
+            }),
+    }
+}
+
+/// Whether a process holds the [`lock_temporary`] lock on `path`; None where that cannot
+/// be told (it cannot be opened, or its file system has no locks).
+fn locked_by_a_writer(path: &Path) -> Option<bool> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    // For writing where it can be (NFS takes an exclusive flock only on such a file), and
+    // non-blocking (a FIFO by a temporary's name would wait for a writer).
+    let open = |write| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+    };
+    let file = open(true).or_else(|_| open(false)).ok()?;
+    // SAFETY: as in lock_temporary; a lock taken here goes with `file` at the return.
+    match unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } {
+        0 => Some(false),
+        _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => Some(true),
+        _ => None,
+    }
+}
+
 /// Removes from `dir` the temporaries of `temporary_sibling` for the files or folders
-/// called `names` (files of `write_atomic`, downloads and unpacked folders) whose process
-/// is gone (killed mid-write): hidden, up to a dataset's size each, and never read. Only
-/// those of names vit writes there: a user's file that merely looks alike is kept. Best
-/// effort: one it cannot remove is a warning.
+/// called `names` (files of `write_atomic`, downloads and unpacked folders) whose writer
+/// has ended (killed mid-write; see [`writer_ended`]): hidden, up to a dataset's size each,
+/// and never read. Only those of names vit writes there: a user's file that merely looks
+/// alike is kept. Best effort: one it cannot remove is a warning.
 pub fn remove_stale_temporaries(dir: &Path, names: &[&str]) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -336,7 +394,7 @@ pub fn remove_stale_temporaries(dir: &Path, names: &[&str]) {
     for path in entries.flatten().map(|entry| entry.path()) {
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         let stale = temporary_writer(&name).is_some_and(|(of, pid)| {
-            (names.contains(&of) || of == WRITE_CHECK) && process_ended(pid)
+            (names.contains(&of) || of == WRITE_CHECK) && writer_ended(&path, pid)
         });
         if !stale {
             continue;

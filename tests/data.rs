@@ -824,12 +824,93 @@ fn only_temporaries_of_ended_processes_are_swept() {
     let users_folder = tmp.0.join(".photos.tmp-4294967295");
     std::fs::create_dir(&users_folder).unwrap();
     std::fs::write(users_folder.join("a.jpg"), b"precious").unwrap();
-    let names = ["cifar-10-binary.tar.gz", "cifar-100-binary.tar.gz"];
+    // A download of a process this one cannot see (another container's PIDs, another host
+    // sharing the folder): its PID reads as ended, but it holds its temporaries locked.
+    let elsewhere = ".cifar-10-binary.tar.gz.tmp-4294967294";
+    let elsewhere_unpacking = ".cifar-10-batches-bin.tmp-4294967294";
+    std::fs::write(tmp.0.join(elsewhere), b"partial").unwrap();
+    std::fs::create_dir(tmp.0.join(elsewhere_unpacking)).unwrap();
+    let locks: Vec<std::fs::File> = [elsewhere, elsewhere_unpacking]
+        .iter()
+        .map(|name| {
+            let file = std::fs::File::open(tmp.0.join(name)).unwrap();
+            vit_tch::fsutil::lock_temporary(&file);
+            file
+        })
+        .collect();
+    let names = [
+        "cifar-10-binary.tar.gz",
+        "cifar-100-binary.tar.gz",
+        "cifar-10-batches-bin",
+    ];
+    vit_tch::fsutil::remove_stale_temporaries(&tmp.0, &names);
+    let mut expected = [
+        running.as_str(),
+        users,
+        ".photos.tmp-4294967295",
+        elsewhere,
+        elsewhere_unpacking,
+    ];
+    expected.sort();
+    assert_eq!(entries(&tmp.0), expected);
+    assert!(users_folder.join("a.jpg").exists());
+    // Once their writer ends (its locks go with it), they are stale.
+    drop(locks);
     vit_tch::fsutil::remove_stale_temporaries(&tmp.0, &names);
     let mut expected = [running.as_str(), users, ".photos.tmp-4294967295"];
     expected.sort();
     assert_eq!(entries(&tmp.0), expected);
-    assert!(users_folder.join("a.jpg").exists());
+}
+
+/// Whether a process holds an flock on `path` (one this test cannot take).
+fn locked(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).unwrap();
+    // SAFETY: flock on a descriptor `file` keeps open; the lock (if taken) goes with it.
+    let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    !taken
+}
+
+/// A download holds its archive's temporary locked while it writes it, so that the sweep
+/// of a vit that cannot see its PID leaves it alone (see the test above).
+#[test]
+fn a_download_locks_its_temporary_while_it_writes() {
+    let tmp = TempDir::new("download-lock");
+    let archive = tar_gz(&[("cifar-10-batches-bin/data_batch_1.bin", &[7u8; 5000])]);
+    let md5 = md5_hex(&archive);
+    let fifo = tmp.0.join("archive.fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.unwrap().success());
+    let data_dir = tmp.0.join("data");
+    let partial = data_dir.join(format!(
+        ".cifar-10-binary.tar.gz.tmp-{}",
+        std::process::id()
+    ));
+    let writer = {
+        let (fifo, archive, partial) = (fifo.clone(), archive.clone(), partial.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut pipe = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
+            let (first, rest) = archive.split_at(archive.len() / 2);
+            pipe.write_all(first).unwrap();
+            // Bytes in the file come after its lock.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while partial.metadata().map_or(true, |m| m.len() == 0) {
+                assert!(std::time::Instant::now() < deadline, "nothing written");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let locked_while_written = locked(&partial);
+            pipe.write_all(rest).unwrap();
+            locked_while_written
+        })
+    };
+    let fetched = fetch(fifo.to_str().unwrap(), &data_dir, &spec_for(&archive, &md5));
+    assert!(matches!(fetched.unwrap(), Fetched::Unpacked(_)));
+    assert!(
+        writer.join().unwrap(),
+        "the partial download was not locked"
+    );
+    assert_eq!(entries(&data_dir), ["cifar-10-batches-bin"]);
 }
 
 /// Every atomic write (a confusion matrix of `vit eval`, a picture of `vit plot`, a run's

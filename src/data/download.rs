@@ -10,7 +10,8 @@
 //! folders the download created for the data folder go too, where still empty.
 
 use crate::fsutil::{
-    create_folder, remove_file_or_folder, remove_stale_temporaries, temporary_sibling,
+    create_folder, lock_temporary, remove_file_or_folder, remove_stale_temporaries,
+    temporary_sibling,
 };
 use crate::listing::noun_for;
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -103,19 +104,19 @@ pub fn fetch(source: &str, data_dir: &Path, spec: &ArchiveSpec) -> Result<Fetche
     let created = CreatedFolders::create(data_dir)?;
     remove_stale_temporaries(data_dir, &[spec.file_name, spec.folder]);
 
-    let archive = TempPath::new(temporary_sibling(&data_dir.join(spec.file_name)));
+    let mut archive = TempPath::new(temporary_sibling(&data_dir.join(spec.file_name)));
     let source = resolve_source(source, spec);
-    download(&source, &archive.0, spec)?;
+    download(&source, &mut archive, spec)?;
 
-    let unpack_dir = TempPath::new(temporary_sibling(&data_dir.join(spec.folder)));
-    unpack(&archive.0, &unpack_dir.0, spec).with_context(|| {
+    let mut unpack_dir = TempPath::new(temporary_sibling(&data_dir.join(spec.folder)));
+    unpack(&archive.path, &mut unpack_dir, spec).with_context(|| {
         format!(
             "cannot unpack {source}; nothing was written to {}",
             data_dir.display()
         )
     })?;
     drop(archive);
-    let unpacked = unpack_dir.0.join(spec.folder);
+    let unpacked = unpack_dir.path.join(spec.folder);
     if target.exists() {
         bail!(
             "{} appeared while unpacking (another `vit download`?)",
@@ -200,7 +201,12 @@ fn url_parts(source: &str) -> Option<(String, &str)> {
 
 /// A temporary file or folder, removed when dropped (after success or failure alike), or
 /// by the Ctrl-C handler.
-struct TempPath(PathBuf);
+struct TempPath {
+    path: PathBuf,
+    /// The file or folder, open and locked once made, until it is removed (see
+    /// [`TempPath::hold`]).
+    lock: Option<File>,
+}
 
 /// The temporaries that exist now, for the Ctrl-C handler: ending the process skips drops.
 static TEMPORARIES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
@@ -208,14 +214,23 @@ static TEMPORARIES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 impl TempPath {
     fn new(path: PathBuf) -> Self {
         lock(&TEMPORARIES).push(path.clone());
-        Self(path)
+        Self { path, lock: None }
+    }
+
+    /// Locks `file`, the temporary just made (see [`lock_temporary`]), until it is removed:
+    /// another vit's sweep leaves it alone for the whole download and unpack.
+    fn hold(&mut self, file: &File) -> std::io::Result<()> {
+        lock_temporary(file);
+        self.lock = Some(file.try_clone()?);
+        Ok(())
     }
 }
 
 impl Drop for TempPath {
     fn drop(&mut self) {
-        lock(&TEMPORARIES).retain(|path| *path != self.0);
-        let _ = remove_file_or_folder(&self.0);
+        lock(&TEMPORARIES).retain(|path| *path != self.path);
+        // Removed while still locked: `lock` closes after this.
+        let _ = remove_file_or_folder(&self.path);
     }
 }
 
@@ -311,9 +326,9 @@ fn remove_temporaries_on_interrupt() -> Result<()> {
     installed.clone().map_err(|e| anyhow::anyhow!(e))
 }
 
-/// Streams `source` into `dest`, with a progress bar, checking size and MD5. On any error
-/// `dest` is left for the caller's [`TempPath`] to remove.
-fn download(source: &str, dest: &Path, spec: &ArchiveSpec) -> Result<()> {
+/// Streams `source` into the file `dest`, with a progress bar, checking size and MD5. On
+/// any error the file is left for `dest` to remove.
+fn download(source: &str, dest: &mut TempPath, spec: &ArchiveSpec) -> Result<()> {
     let (reader, announced) = open_source(source, spec)?;
     if let Some(length) = announced {
         check_announced_size(source, length, spec)?;
@@ -453,17 +468,19 @@ fn names_a_host(url: &str) -> bool {
         .is_some_and(|(_, rest)| !rest.contains('/'))
 }
 
-/// Copies `reader` (of `source`) into `dest` with a progress bar, then checks the size
-/// and the MD5 of what came.
+/// Copies `reader` (of `source`) into the file `dest` with a progress bar, then checks the
+/// size and the MD5 of what came.
 fn copy_and_verify(
     mut reader: Box<dyn Read>,
     source: &str,
-    dest: &Path,
+    dest: &mut TempPath,
     spec: &ArchiveSpec,
 ) -> Result<()> {
     let bar = progress_bar(spec);
-    let mut out =
-        File::create(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    let mut out = File::create(&dest.path)
+        .and_then(|file| dest.hold(&file).map(|()| file))
+        .with_context(|| format!("cannot create {}", dest.path.display()))?;
+    let dest = &dest.path;
     let mut hasher = Md5::new();
     let mut buffer = vec![0u8; 1 << 20];
     let mut received: u64 = 0;
@@ -537,11 +554,14 @@ fn progress_bar(spec: &ArchiveSpec) -> indicatif::ProgressBar {
     bar
 }
 
-/// Unpacks the .tar.gz `archive` into `dir` (created here). Only directories and regular
-/// files under `spec.folder/` are accepted; an entry with `..`, an absolute path, a link
-/// or a device is refused, and so is one outside `spec.folder/`.
-fn unpack(archive: &Path, dir: &Path, spec: &ArchiveSpec) -> Result<()> {
-    std::fs::create_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+/// Unpacks the .tar.gz `archive` into the folder `dir` (created here). Only directories and
+/// regular files under `spec.folder/` are accepted; an entry with `..`, an absolute path, a
+/// link or a device is refused, and so is one outside `spec.folder/`.
+fn unpack(archive: &Path, dir: &mut TempPath, spec: &ArchiveSpec) -> Result<()> {
+    std::fs::create_dir(&dir.path)
+        .and_then(|()| dir.hold(&File::open(&dir.path)?))
+        .with_context(|| format!("cannot create {}", dir.path.display()))?;
+    let dir = &dir.path;
     let file = File::open(archive).with_context(|| format!("cannot open {}", archive.display()))?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file)));
     for entry in tar.entries().context("not a tar.gz archive")? {
