@@ -180,7 +180,12 @@ fn chosen_file(args: &AttentionArgs, loaded: &LoadedModel, path: &Path) -> Resul
     loaded.ensure_rgb(&args.checkpoint)?;
     let image_size = loaded.model.config.image_size;
     Ok(ChosenImage {
-        image: image_file::decode_images(&[path], image_size as u32)?.get(0),
+        image: image_file::decode_images(
+            &[path],
+            image_size as u32,
+            "the checkpoint sets the image size: its model is too large for this machine",
+        )?
+        .get(0),
         source: path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

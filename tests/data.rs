@@ -1702,7 +1702,7 @@ fn image_folder_names_undecodable_files() {
         "{err}"
     );
     let empty = tmp.0.join("train/a/empty.png");
-    let err = error_of(image_file::decode_images(&[empty.as_path()], 4));
+    let err = error_of(decode_images(&[empty.as_path()], 4));
     assert!(
         err.contains(&format!(
             "{} is empty (0 bytes): replace or remove it",
@@ -1714,8 +1714,36 @@ fn image_folder_names_undecodable_files() {
     std::fs::remove_file(tmp.0.join("test/a/text.jpeg")).unwrap();
     // A size no memory holds is an error before any file is read (not an abort).
     let broken = tmp.0.join("train/a/broken.jpg");
-    let err = error_of(image_file::decode_images(&[broken.as_path()], 1 << 24));
-    assert!(err.contains("more memory than there is"), "{err}");
+    let err = error_of(decode_images(&[broken.as_path()], 1 << 24));
+    assert!(
+        err.contains(&format!(
+            "1 image of 16777216x16777216 pixels needs 844424.9 GB, more memory than there \
+             is; {REMEDY}"
+        )),
+        "{err}"
+    );
+    // Training's flag sets the size; a checkpoint's test folder can change only its count.
+    let err = error_of(folder::load(&tmp.0, 1 << 24));
+    assert!(
+        err.contains("more memory than there is; use a smaller --image-size"),
+        "{err}"
+    );
+    let err = error_of(folder::load_test(&tmp.0, 1 << 24));
+    assert!(
+        err.contains(
+            "more memory than there is; the checkpoint sets the image size, so evaluate on a \
+             test folder of fewer images"
+        ),
+        "{err}"
+    );
+}
+
+/// What the tests' decodes say to do where the images do not fit in memory.
+const REMEDY: &str = "(what to do)";
+
+/// [`image_file::decode_images`], with [`REMEDY`].
+fn decode_images(files: &[&Path], size: u32) -> anyhow::Result<Tensor> {
+    image_file::decode_images(files, size, REMEDY)
 }
 
 /// Of many files that cannot be decoded, the error names ten besides the first (whose
@@ -1809,7 +1837,7 @@ fn images_cut_short_or_too_large_are_refused() {
     let decode = |name: &str, bytes: &[u8]| {
         let path = tmp.0.join(name);
         std::fs::write(&path, bytes).unwrap();
-        image_file::decode_images(&[path.as_path()], 8).map(|_| ())
+        decode_images(&[path.as_path()], 8).map(|_| ())
     };
     let jpeg = jpeg_bytes();
     decode("whole.jpg", &jpeg).unwrap();
@@ -1904,7 +1932,7 @@ fn images_cut_short_or_too_large_are_refused() {
     let strip = png_file(9_000_000, 1, 0, &[(b"IDAT", &zlib(&row)), (b"IEND", &[])]);
     let path = tmp.0.join("strip.png");
     std::fs::write(&path, &strip).unwrap();
-    let resized = image_file::decode_images(&[path.as_path()], 8).unwrap();
+    let resized = decode_images(&[path.as_path()], 8).unwrap();
     assert_eq!(resized.size(), [1, 3, 8, 8]);
     let columns = i64s(&resized.get(0).get(0).get(0));
     // Every row and channel alike.
@@ -1928,9 +1956,9 @@ fn images_cut_short_or_too_large_are_refused() {
         let (fifo, jpeg) = (fifo.clone(), jpeg.clone());
         std::thread::spawn(move || std::fs::write(fifo, jpeg).unwrap())
     };
-    let piped = image_file::decode_images(&[fifo.as_path()], 8).unwrap();
+    let piped = decode_images(&[fifo.as_path()], 8).unwrap();
     writer.join().unwrap();
-    let whole = image_file::decode_images(&[tmp.0.join("whole.jpg").as_path()], 8).unwrap();
+    let whole = decode_images(&[tmp.0.join("whole.jpg").as_path()], 8).unwrap();
     assert!(piped.equal(&whole));
 }
 
@@ -1949,12 +1977,12 @@ fn jpegs_decode_whole_and_are_refused_where_pil_refuses_them_cut() {
         let bytes = Vec::<u8>::try_from(file).unwrap();
         let path = tmp.0.join(format!("{name}.jpg"));
         std::fs::write(&path, &bytes).unwrap();
-        if let Err(error) = image_file::decode_images(&[path.as_path()], 8) {
+        if let Err(error) = decode_images(&[path.as_path()], 8) {
             panic!("{name}: {error:#}");
         }
         for cut in Vec::<i64>::try_from(cuts).unwrap() {
             std::fs::write(&path, &bytes[..cut as usize]).unwrap();
-            let decoded = image_file::decode_images(&[path.as_path()], 8);
+            let decoded = decode_images(&[path.as_path()], 8);
             assert!(
                 decoded.is_err(),
                 "{name}, cut to {cut} of {} bytes, was decoded",
@@ -1994,7 +2022,7 @@ fn jpegs_decode_close_to_pils_pixels() {
         assert_eq!(pixels.size(), [side, side, 3], "{name}: a square image");
         let path = tmp.0.join(format!("{name}.jpg"));
         std::fs::write(&path, Vec::<u8>::try_from(file).unwrap()).unwrap();
-        let decoded = image_file::decode_images(&[path.as_path()], side as u32)
+        let decoded = decode_images(&[path.as_path()], side as u32)
             .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         let error = (decoded.to_kind(Kind::Int64) - expected).abs();
         let bounds = bounds(name);
@@ -2044,7 +2072,7 @@ fn pngs_decode_to_pils_pixels_and_are_refused_where_pil_refuses_them_cut() {
             .chain(lengths("decoded").unwrap())
         {
             std::fs::write(&path, &bytes[..length as usize]).unwrap();
-            match image_file::decode_images(&[path.as_path()], side) {
+            match decode_images(&[path.as_path()], side) {
                 Ok(images) => assert!(
                     images.equal(&expected),
                     "{name}, {length} of {} bytes: pixels differ from PIL's",
@@ -2055,7 +2083,7 @@ fn pngs_decode_to_pils_pixels_and_are_refused_where_pil_refuses_them_cut() {
         }
         for length in lengths("refused").unwrap() {
             std::fs::write(&path, &bytes[..length as usize]).unwrap();
-            let Err(err) = image_file::decode_images(&[path.as_path()], side) else {
+            let Err(err) = decode_images(&[path.as_path()], side) else {
                 panic!(
                     "{name}, cut to {length} of {} bytes, was decoded",
                     bytes.len()
@@ -2086,7 +2114,7 @@ fn pngs_decode_to_pils_pixels_and_are_refused_where_pil_refuses_them_cut() {
     );
     let path = tmp.0.join("palette.png");
     std::fs::write(&path, &png).unwrap();
-    let err = error_of(image_file::decode_images(&[path.as_path()], 1));
+    let err = error_of(decode_images(&[path.as_path()], 1));
     assert!(
         err.contains("palette.png") && err.contains("not whole RGB entries"),
         "{err}"
@@ -2103,7 +2131,7 @@ fn pngs_decode_to_pils_pixels_and_are_refused_where_pil_refuses_them_cut() {
         ],
     );
     std::fs::write(&path, &png).unwrap();
-    let image = image_file::decode_images(&[path.as_path()], 1).unwrap();
+    let image = decode_images(&[path.as_path()], 1).unwrap();
     assert_eq!(Vec::<u8>::try_from(image.reshape([-1])).unwrap(), [1, 2, 3]);
 }
 
@@ -2146,7 +2174,7 @@ fn pngs_at_the_edges_of_the_format_are_decoded_or_refused_as_pil_does() {
     let decode = |name: &str, bytes: &[u8], size: u32| {
         let path = tmp.0.join(name);
         std::fs::write(&path, bytes).unwrap();
-        image_file::decode_images(&[path.as_path()], size)
+        decode_images(&[path.as_path()], size)
     };
     for side in 1..=9usize {
         let pixels: Vec<Vec<[u8; 3]>> = (0..side)
@@ -2308,7 +2336,7 @@ fn images_of_several_decoding_blocks_keep_their_order() {
         })
         .collect();
     let files: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
-    let decoded = image_file::decode_readable(&files, 1).unwrap();
+    let decoded = image_file::decode_readable(&files, 1, REMEDY).unwrap();
     let failed: Vec<usize> = decoded.failures.iter().map(|(index, _)| *index).collect();
     assert_eq!(failed, [broken]);
     let readable: Vec<usize> = (0..n).filter(|&i| i != broken).collect();
@@ -2318,7 +2346,7 @@ fn images_of_several_decoding_blocks_keep_their_order() {
         .flat_map(|&i| [i as u8, (i / 256) as u8, 9])
         .collect();
     assert_eq!(u8s(&decoded.images), expected);
-    let err = error_of(image_file::decode_images(&files, 1));
+    let err = error_of(decode_images(&files, 1));
     assert!(err.contains(&format!("{broken:05}.png")), "{err}");
 }
 

@@ -34,7 +34,11 @@ pub fn load(root: &Path, image_size: i64) -> Result<Dataset> {
     ensure_same_classes(root, &classes, &test_classes)?;
     // Both splits in one pass, so that one error names every bad file of either.
     let (train_count, test_count) = (train_files.len() as i64, test_files.len() as i64);
-    let both = decode_labeled(&[train_files, test_files].concat(), size)?;
+    let both = decode_labeled(
+        &[train_files, test_files].concat(),
+        size,
+        "use a smaller --image-size",
+    )?;
     let split = |start: i64, count: i64| Split {
         images: both.images.narrow(0, start, count),
         labels: both.labels.narrow(0, start, count),
@@ -82,13 +86,16 @@ fn ensure_same_classes(
     );
 }
 
-/// Reads `root/test` alone: `root/train` may be missing.
+/// Reads `root/test` alone, at a checkpoint's image size: `root/train` may be missing.
 pub fn load_test(root: &Path, image_size: i64) -> Result<TestSet> {
     let size = checked_size(image_size)?;
     let (classes, files) = scan_split(&root.join("test"))?;
+    // The size is the model's: only the count can change.
+    let remedy = "the checkpoint sets the image size, so evaluate on a test folder of fewer \
+                  images";
     Ok(TestSet {
         name: super::FOLDER.into(),
-        test: decode_labeled(&files, size)?,
+        test: decode_labeled(&files, size, remedy)?,
         classes,
         files: Some(files.into_iter().map(|(path, _)| path).collect()),
     })
@@ -103,12 +110,12 @@ fn checked_size(image_size: i64) -> Result<u32> {
 }
 
 /// Decodes the files into uint8 images [files.len(), 3, size, size] and their labels,
-/// int64 `[files.len()]`.
-fn decode_labeled(files: &[LabeledFile], size: u32) -> Result<Split> {
+/// int64 `[files.len()]`; `remedy` is what to do where they do not fit in memory.
+fn decode_labeled(files: &[LabeledFile], size: u32, remedy: &str) -> Result<Split> {
     let paths: Vec<&Path> = files.iter().map(|(path, _)| path.as_path()).collect();
     let labels: Vec<i64> = files.iter().map(|(_, label)| *label).collect();
     Ok(Split {
-        images: image_file::decode_images(&paths, size)?,
+        images: image_file::decode_images(&paths, size, remedy)?,
         labels: Tensor::from_slice(&labels),
     })
 }

@@ -5,7 +5,7 @@
 //! decoded in parallel and resized into one uint8 batch ([`decode_images`],
 //! [`decode_readable`]).
 
-use crate::listing::{and_more, first_and_more};
+use crate::listing::{and_more, first_and_more, noun_for};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::io::Read;
 use std::mem::MaybeUninit;
@@ -338,9 +338,9 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
 /// Decodes image files (on libtorch's CPU threads, `--threads`) into uint8 [files.len(), 3,
 /// size, size]. Fails with the number of files that cannot be decoded, the first one's error
 /// and the names of up to ten others, so that one run shows how many there are and names
-/// the first eleven.
-pub fn decode_images(files: &[&Path], size: u32) -> Result<Tensor> {
-    let (images, failures) = decode_all(files, size)?;
+/// the first eleven. `remedy` is what to do where they do not fit in memory.
+pub fn decode_images(files: &[&Path], size: u32, remedy: &str) -> Result<Tensor> {
+    let (images, failures) = decode_all(files, size, remedy)?;
     let mut failures = failures.into_iter();
     let Some((_, first)) = failures.next() else {
         return Ok(images);
@@ -372,9 +372,9 @@ pub struct Decoded {
 }
 
 /// Decodes the files that can be decoded (on libtorch's CPU threads, `--threads`), in their
-/// order.
-pub fn decode_readable(files: &[&Path], size: u32) -> Result<Decoded> {
-    let (images, failures) = decode_all(files, size)?;
+/// order. `remedy` is what to do where they do not fit in memory.
+pub fn decode_readable(files: &[&Path], size: u32, remedy: &str) -> Result<Decoded> {
+    let (images, failures) = decode_all(files, size, remedy)?;
     let mut readable = vec![true; files.len()];
     for (failed, _) in &failures {
         readable[*failed] = false;
@@ -395,13 +395,17 @@ pub fn decode_readable(files: &[&Path], size: u32) -> Result<Decoded> {
 
 /// Decodes the files (on libtorch's CPU threads, `--threads`) into uint8 [files.len(), 3,
 /// size, size]; returns it with the index and error of each file that cannot be decoded
-/// (its image black).
-fn decode_all(files: &[&Path], size: u32) -> Result<(Tensor, Vec<(usize, anyhow::Error)>)> {
+/// (its image black). `remedy` ends the error where they do not fit in memory.
+fn decode_all(
+    files: &[&Path],
+    size: u32,
+    remedy: &str,
+) -> Result<(Tensor, Vec<(usize, anyhow::Error)>)> {
     let (n, side) = (files.len() as i64, size as i64);
     // As many as libtorch's CPU threads: `--threads` limits both.
     let threads = tch::get_num_threads().max(1) as usize;
     // Decoded straight into the tensor: memory for the images once, not twice. Refused with
-    // an error rather than an abort: a --image-size too large for memory.
+    // an error rather than an abort: an image size or a count too large for memory.
     // SAFETY: `decode_in_parallel` writes every byte (a failed image's as zeros), or
     // returns an error, on which the tensor is dropped unread (`failures?` below).
     let (images, failures) = unsafe {
@@ -411,8 +415,10 @@ fn decode_all(files: &[&Path], size: u32) -> Result<(Tensor, Vec<(usize, anyhow:
     }
     .map_err(|_| {
         anyhow!(
-            "{n} images of {size}x{size} pixels need {:.1} GB, more memory than there \
-                 is; use a smaller --image-size",
+            "{n} {} of {size}x{size} pixels need{} {:.1} GB, more memory than there is; \
+             {remedy}",
+            noun_for(n, "image"),
+            if n == 1 { "s" } else { "" },
             (3 * n) as f64 * (side * side) as f64 / 1e9
         )
     })?;
