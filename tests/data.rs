@@ -1906,6 +1906,14 @@ fn images_cut_short_or_too_large_are_refused() {
             && !err.contains("convert"),
         "{err}"
     );
+    // A damaged chunk name is written with escapes, whose braces end no name.
+    let mut odd_name = png_file(1, 1, 0, &[(b"IDAT", &zlib(&[0, 7])), (b"IEND", &[])]);
+    odd_name[14] = 1;
+    let err = error_of(decode("name.png", &odd_name));
+    assert!(
+        err.contains(r"IH\u{1}R chunk") && !err.contains("critical"),
+        "{err}"
+    );
 
     // A greyscale PNG of 20000x10000 (a 200 MB image from a header of a few bytes): only
     // its header is written, so only the header can be what refuses it.

@@ -86,23 +86,22 @@ fn image_error(path: &Path, format: image::ImageFormat, error: image::ImageError
 
 /// A decoder's message on one line (the decoders' messages may hold line breaks, and
 /// `image`'s repeat their cause after themselves), a PNG chunk named by its name (the png
-/// crate writes "ChunkType { type: IDAT, critical: true, ... }").
+/// crate writes "ChunkType { type: IDAT, critical: true, ... }", and a damaged name with
+/// escapes such as `\u{1}`, whose braces are not the struct's).
 fn decoder_words(error: impl std::fmt::Display) -> String {
     const CHUNK: &str = "ChunkType { type: ";
+    const NAME_END: &str = ", critical: ";
     let mut message = error.to_string();
     while let Some(start) = message.find(CHUNK) {
         let fields = start + CHUNK.len();
-        let Some(end) = message[fields..].find('}') else {
+        let (Some(name_end), Some(end)) = (
+            message[fields..].find(NAME_END),
+            message[fields..].find(" }"),
+        ) else {
             break;
         };
-        let fields_text = &message[fields..fields + end];
-        let name = fields_text
-            .split(',')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string();
-        message.replace_range(start..fields + end + 1, &name);
+        let name = message[fields..fields + name_end].to_string();
+        message.replace_range(start..fields + end + 2, &name);
     }
     message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
