@@ -754,6 +754,33 @@ fn metrics_with_blank_or_missing_columns_still_plot() {
     assert_eq!(png_size(&dir.join("curves.png")), CURVES_SIZE);
 }
 
+/// A metrics.csv saved again by a spreadsheet reads as vit wrote it: with semicolons and
+/// decimal commas (a locale whose decimal mark is a comma), a byte-order mark and CRLF
+/// line ends, or with tabs and quoted names.
+#[test]
+fn a_metrics_csv_saved_by_a_spreadsheet_with_semicolons_or_tabs_still_plots() {
+    let dir = TempDir::new("spreadsheet");
+    let written = dir.join("metrics.csv");
+    let rows = "1,0.001,2.1,0.25,2.0,0.3,3.0,100\n2,0.001,1.9,0.375,1.8,0.5,3.0,100\n";
+    std::fs::write(&written, format!("{HEADER}\n{rows}")).unwrap();
+    let expected = plot::read_metrics(&written).unwrap();
+    assert_eq!(expected[1].test_acc, Some(0.5));
+    let semicolons = format!(
+        "\u{feff}{}\r\n1;0,001;2,1;0,25;2;0,3;3;100\r\n2;0,001;1,9;0,375;1,8;0,5;3;100\r\n",
+        HEADER.replace(',', ";")
+    );
+    let tabs = format!(
+        "\"{}\"\n{}",
+        HEADER.replace(',', "\"\t\""),
+        rows.replace(',', "\t")
+    );
+    for text in [semicolons, tabs] {
+        let saved = dir.join("saved.csv");
+        std::fs::write(&saved, &text).unwrap();
+        assert_eq!(plot::read_metrics(&saved).unwrap(), expected, "{text:?}");
+    }
+}
+
 /// The error of `vit plot`'s reader for a metrics.csv at `path` of vit's header and `rows`.
 fn refusal(path: &Path, rows: &str) -> String {
     std::fs::write(path, format!("{HEADER}\n{rows}")).unwrap();

@@ -81,10 +81,11 @@ const METRIC_COLUMNS: [&str; 6] = [
 const GIVE_RUNS: &str = "give vit train's run folders, or their metrics.csv files";
 
 /// Reads a `metrics.csv` written by `vit train` (columns are found by name; extra ones are
-/// ignored; cells and names may have spaces around them). A cell that is not a number
-/// (edited in a spreadsheet, say) is left out of the curves with a note, an empty row is
-/// skipped, a short row has empty cells, and a row without a finite epoch number is an
-/// error.
+/// ignored; cells and names may have spaces around them), or saved again by a spreadsheet
+/// with semicolons or tabs between its columns (see [`delimiter_of`]). A cell that is not a
+/// number (edited in a spreadsheet, say) is left out of the curves with a note, an empty
+/// row is skipped, a short row has empty cells, and a row without a finite epoch number is
+/// an error.
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
     // A pipe's read would wait for a writer forever.
     if let Some(kind) = crate::fsutil::kind_if_not_a_file(path) {
@@ -95,7 +96,9 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
     }
     // Read whole, so that a message can name a row's line as an editor numbers it.
     let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let delimiter = delimiter_of(&text);
     let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
         .trim(csv::Trim::All)
         .flexible(true)
         .from_reader(text.as_slice());
@@ -111,7 +114,12 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
         let line = record
             .position()
             .map_or(0, |position| line_at(&text, position));
-        let row = metrics_row(path, &header, &record, line, &mut not_numbers)?;
+        let cells = Cells {
+            header: &header,
+            record: &record,
+            decimal_comma: delimiter != b',',
+        };
+        let row = metrics_row(path, &cells, line, &mut not_numbers)?;
         check_epoch(path, row.epoch, rows.last().map(|row| row.epoch), line)?;
         rows.push(row);
     }
@@ -137,6 +145,54 @@ fn check_epoch(path: &Path, epoch: f64, previous: Option<f64>, line: usize) -> R
         );
     }
     Ok(())
+}
+
+/// The byte between `text`'s columns: the comma vit writes, or the semicolon or tab that a
+/// spreadsheet saves with (the semicolon in a locale whose decimal mark is a comma): the
+/// first whose split of the header line has an `epoch` column.
+fn delimiter_of(text: &[u8]) -> u8 {
+    let text = text.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(text);
+    let header = text.split(|&byte| byte == b'\n' || byte == b'\r').next();
+    let names_epoch = |delimiter: u8| {
+        header
+            .unwrap_or_default()
+            .split(|&byte| byte == delimiter)
+            .any(|name| {
+                let name = name.trim_ascii();
+                let unquoted = name.strip_prefix(b"\"").and_then(|n| n.strip_suffix(b"\""));
+                unquoted.unwrap_or(name) == b"epoch"
+            })
+    };
+    [b',', b';', b'\t']
+        .into_iter()
+        .find(|&delimiter| names_epoch(delimiter))
+        .unwrap_or(b',')
+}
+
+/// One row's cells under the header's column names.
+struct Cells<'a> {
+    header: &'a csv::ByteRecord,
+    record: &'a csv::ByteRecord,
+    /// Numbers may be written with a decimal comma (0,25): the columns are not split by
+    /// commas.
+    decimal_comma: bool,
+}
+
+impl Cells<'_> {
+    /// The text of column `name`; None where the header or the row lacks it.
+    fn text(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        let cell = column(self.header, name).and_then(|c| self.record.get(c))?;
+        Some(String::from_utf8_lossy(cell))
+    }
+
+    /// `text` as a number, with a decimal comma where the row may have one.
+    fn number(&self, text: &str) -> Option<f64> {
+        let point = match self.decimal_comma && text.matches(',').count() == 1 {
+            true => std::borrow::Cow::Owned(text.replace(',', ".")),
+            false => std::borrow::Cow::Borrowed(text),
+        };
+        point.parse().ok()
+    }
 }
 
 /// Where the column `name` is in `header`.
@@ -178,20 +234,19 @@ impl NotNumbers {
     }
 }
 
-/// One non-empty `record`, on `line` of the file at `path` (under `header`), as a row, each
-/// cell that is not a number counted in `not_numbers`.
+/// One non-empty row's `cells`, on `line` of the file at `path`, as a row, each cell that
+/// is not a number counted in `not_numbers`.
 fn metrics_row(
     path: &Path,
-    header: &csv::ByteRecord,
-    record: &csv::ByteRecord,
+    cells: &Cells,
     line: usize,
     not_numbers: &mut Vec<NotNumbers>,
 ) -> Result<MetricsRow> {
     let mut cell = |name: &'static str| {
-        let text = String::from_utf8_lossy(column(header, name).and_then(|c| record.get(c))?);
+        let text = cells.text(name)?;
         // vit train writes finite numbers only (it stops at a loss that is not): "inf" and
         // "NaN" are edits, left out as the other cells that are no number.
-        let value = text.parse::<f64>().ok().filter(|value| value.is_finite());
+        let value = cells.number(&text).filter(|value| value.is_finite());
         if value.is_none() && !text.is_empty() {
             match not_numbers.iter_mut().find(|cells| cells.column == name) {
                 Some(cells) => cells.count += 1,
