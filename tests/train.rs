@@ -420,6 +420,26 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         stderr.contains("best_model.confusion_matrix.png is from an earlier evaluation"),
         "{stderr}"
     );
+    // Without --data-dir, where the default folder has no test set, the folder the run read
+    // (config.json beside the checkpoint) is named beside the download.
+    let output = std::process::Command::new(common::vit_binary())
+        .args(["eval", "--device", "cpu", "--checkpoint"])
+        .arg(&best_model)
+        .current_dir(&run)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let recorded = std::fs::canonicalize(&data_dir).unwrap();
+    assert!(
+        !output.status.success()
+            && stderr.contains("run `vit download --dataset cifar10 --data-dir data`; or pass")
+            && stderr.contains(&format!(
+                "or pass --data-dir {}, the folder the checkpoint's run read (as the \
+                 config.json beside it records)",
+                recorded.display()
+            )),
+        "{stderr}"
+    );
 
     // `vit predict` on test images saved as PNG files: the top class is mostly the label
     // (as eval's accuracy says), and the answers, at any batch size, are the model's

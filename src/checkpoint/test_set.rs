@@ -4,9 +4,9 @@
 use super::{recorded_class_names, LoadedModel, DATASET_KEY};
 use crate::data::TestSet;
 use crate::listing::noun_for;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 impl LoadedModel {
     /// The test split this model (from `path`) is evaluated on: the dataset `args` name, or
@@ -29,7 +29,18 @@ impl LoadedModel {
             let name = crate::data::dataset_name(&dataset_args);
             self.ensure_class_count(path, count, name)?;
         }
-        let mut dataset = crate::data::load_test(&dataset_args, self.model.config.image_size)?;
+        let image_size = self.model.config.image_size;
+        let mut dataset =
+            crate::data::load_test(&dataset_args, image_size).map_err(
+                |error| match run_data_dir(path, &dataset_args.data_dir, false) {
+                    Some(dir) => anyhow!(
+                    "{error:#}; or pass --data-dir {}, the folder the checkpoint's run read (as \
+                     the config.json beside it records)",
+                    dir.display()
+                ),
+                    None => error,
+                },
+            )?;
         self.fit_dataset(path, &mut dataset, &args.data_dir)?;
         Ok(dataset)
     }
@@ -100,10 +111,7 @@ fn ensure_folder_data_given(path: &Path, data_dir: &Path) -> Result<()> {
     if data_dir != Path::new(DEFAULT_DATA_DIR) || data_dir.join("test").is_dir() {
         return Ok(());
     }
-    let run_data_dir = crate::train::recorded_settings(crate::fsutil::folder_of(path))
-        .filter(|settings| settings.dataset == crate::data::FOLDER)
-        .map(|settings| settings.data_dir);
-    let give = match run_data_dir {
+    let give = match run_data_dir(path, data_dir, true) {
         Some(dir) => format!(
             "{}, the folder its run read (as the config.json beside it records)",
             dir.display()
@@ -115,6 +123,20 @@ fn ensure_folder_data_given(path: &Path, data_dir: &Path) -> Result<()> {
          {DEFAULT_DATA_DIR} (the default, for CIFAR): pass --data-dir {give}",
         path.display()
     )
+}
+
+/// The data folder that the run of the checkpoint at `path` read (a folder dataset's or
+/// CIFAR's, as `folder` says), as the config.json beside the checkpoint records it, where
+/// `data_dir` is the default --data-dir and that folder is another one, still there.
+fn run_data_dir(path: &Path, data_dir: &Path, folder: bool) -> Option<PathBuf> {
+    if data_dir != Path::new(crate::cli::DEFAULT_DATA_DIR) {
+        return None;
+    }
+    let settings = crate::train::recorded_settings(crate::fsutil::folder_of(path))?;
+    let recorded = settings.data_dir;
+    let elsewhere = std::fs::canonicalize(data_dir).ok().as_ref() != Some(&recorded);
+    let same_kind = (settings.dataset == crate::data::FOLDER) == folder;
+    (same_kind && elsewhere && recorded.is_dir()).then_some(recorded)
 }
 
 /// The dataset a checkpoint is evaluated on: `--dataset` when given, else the one its
