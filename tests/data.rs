@@ -1890,21 +1890,33 @@ fn images_cut_short_or_too_large_are_refused() {
             && !err.contains('\n'),
         "{err}"
     );
-    // A PNG whose image data fails its checksum (CRC) is damaged too, not a format to
-    // convert, and its chunk is named by its name (the decoder wrote "ChunkType { type:
-    // IDAT, critical: true, ... }").
-    let mut bad_crc = png_file(1, 1, 0, &[(b"IDAT", &zlib(&[0, 7])), (b"IEND", &[])]);
-    let idat_crc = bad_crc.len() - 12 - 4;
-    bad_crc[idat_crc] ^= 0xFF;
+    // A PNG one of whose chunks before the image data fails its checksum (CRC) is damaged
+    // too, not a format to convert, and its chunk is named; from the image data on, PIL
+    // checks no CRC, nor does vit.
+    let text = (&b"tEXt"[..], &b"a\0b"[..]);
+    let mut bad_crc = png_file(1, 1, 0, &[text, (b"IDAT", &zlib(&[0, 7])), (b"IEND", &[])]);
+    let text_crc = 8 + 25 + 8 + 3;
+    bad_crc[text_crc] ^= 0xFF;
     let err = error_of(decode("crc.png", &bad_crc));
     assert!(
         err.starts_with("cannot decode")
             && err.contains("crc.png, a damaged PNG file")
-            && err.contains("CRC error")
-            && err.contains("IDAT chunk")
-            && !err.contains("ChunkType")
+            && err.contains("CRC error in its tEXt chunk")
             && !err.contains("convert"),
         "{err}"
+    );
+    let idat = zlib(&[0, 7]);
+    let mut after_crc = png_file(1, 1, 0, &[(b"IDAT", &idat), text, (b"IEND", &[])]);
+    let idat_end = 8 + 25 + 12 + idat.len();
+    for chunk_end in [idat_end, idat_end + 15, after_crc.len()] {
+        after_crc[chunk_end - 4] ^= 0xFF;
+    }
+    let path = tmp.0.join("after.png");
+    std::fs::write(&path, &after_crc).unwrap();
+    let image = decode_images(&[path.as_path()], 1).unwrap();
+    assert_eq!(
+        Vec::<u8>::try_from(image.flatten(0, -1)).unwrap(),
+        [7, 7, 7]
     );
     // A damaged chunk name is written with escapes, whose braces end no name.
     let mut odd_name = png_file(1, 1, 0, &[(b"IDAT", &zlib(&[0, 7])), (b"IEND", &[])]);
@@ -2236,9 +2248,8 @@ fn pngs_at_the_edges_of_the_format_are_decoded_or_refused_as_pil_does() {
     let err = error_of(decode("bad-checksum.png", &png, 1));
     assert!(err.contains("bad-checksum.png"), "{err}");
     // The image data split in two chunks, the second only the checksum, which comes after
-    // every row: decoded; with one bit of that chunk's CRC flipped, refused, as `image`
-    // refuses it: the decoder reads on to the end of the image data. (PIL, which does not
-    // check an IDAT chunk's CRC, decodes it.)
+    // every row: decoded; with one bit of either chunk's CRC flipped, decoded too, as PIL
+    // does, which checks no CRC from the image data on (`image` refuses it).
     let (data, checksum) = rows.split_at(rows.len() - 4);
     let mut png = png_file(
         1,
@@ -2247,14 +2258,11 @@ fn pngs_at_the_edges_of_the_format_are_decoded_or_refused_as_pil_does() {
         &[(b"IDAT", data), (b"IDAT", checksum), (b"IEND", &[])],
     );
     assert_eq!(u8s(&decode("split.png", &png, 1).unwrap()), [10, 20, 30]);
-    // The second IDAT's CRC: before IEND's 12 bytes.
-    let crc = png.len() - 12 - 4;
-    png[crc] ^= 1;
-    let err = error_of(decode("bad-last-crc.png", &png, 1));
-    assert!(
-        err.contains("bad-last-crc.png") && err.contains("CRC error"),
-        "{err}"
-    );
+    // The second IDAT's CRC (before IEND's 12 bytes), then the first's.
+    for crc in [png.len() - 12 - 4, 8 + 25 + 8 + data.len()] {
+        png[crc] ^= 1;
+        assert_eq!(u8s(&decode("bad-crc.png", &png, 1).unwrap()), [10, 20, 30]);
+    }
 
     // The pixel limit, told from the header: a few bytes of image data follow it (both
     // files are far short of their first row, so either is refused, for one reason or the

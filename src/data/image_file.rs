@@ -132,6 +132,7 @@ fn check_size(path: &Path, width: u32, height: u32) -> Result<()> {
 fn decode_png_rgb(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
     use png::Transformations;
     check_png_header_size(path, bytes)?;
+    check_crcs_before_image_data(path, bytes)?;
     let mut decoder =
         png::Decoder::new_with_options(std::io::Cursor::new(bytes), pil_decode_options());
     // For a row's buffers (an image is bounded by `check_size`): as `image` had it.
@@ -166,14 +167,45 @@ fn png_error(path: &Path, error: png::DecodingError) -> anyhow::Error {
 /// The decoder's options: its checks as PIL's, and the chunks vit never reads skipped.
 fn pil_decode_options() -> png::DecodeOptions {
     let mut options = png::DecodeOptions::default();
-    // Checks as PIL does: every chunk's CRC before the image data, not only the critical
-    // ones', and the zlib stream's checksum where the file holds it.
-    options.set_skip_ancillary_crc_failures(false);
+    // Checks as PIL does: the chunks' CRCs before the image data (checked first, by
+    // `check_crcs_before_image_data`), none from the image data on, and the zlib stream's
+    // checksum where the file holds it.
+    options.set_ignore_crc(true);
     options.set_ignore_adler32(false);
     // Never used here, and a compressed one can inflate to gigabytes.
     options.set_ignore_text_chunk(true);
     options.set_ignore_iccp_chunk(true);
     options
+}
+
+/// Refuses a PNG one of whose chunks before the image data (IDAT) fails its checksum (CRC),
+/// ancillary or not, as PIL does; it never checks those from the image data on. A chunk
+/// cut short ends the walk: the decoder says so.
+fn check_crcs_before_image_data(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut at = 8;
+    while let Some(header) = bytes.get(at..at + 8) {
+        let (length, name) = header.split_at(4);
+        if name == b"IDAT" {
+            break;
+        }
+        let length = u32::from_be_bytes(length.try_into().expect("4 bytes")) as usize;
+        let data_end = at + 8 + length;
+        let (Some(chunk), Some(stored)) = (
+            bytes.get(at + 4..data_end),
+            bytes.get(data_end..data_end + 4),
+        ) else {
+            break;
+        };
+        let mut crc = flate2::Crc::new();
+        crc.update(chunk);
+        if crc.sum().to_be_bytes() != stored {
+            let name = String::from_utf8_lossy(name);
+            let error = format!("CRC error in its {} chunk", name.escape_debug());
+            return Err(damaged(path, "PNG", error));
+        }
+        at = data_end + 4;
+    }
+    Ok(())
 }
 
 /// The size from the PNG's header, checked before the decoder allocates anything for it.
