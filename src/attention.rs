@@ -5,7 +5,6 @@
 use crate::checkpoint::{self, LoadedModel};
 use crate::cli::{AttentionArgs, DEFAULT_DATA_DIR};
 use crate::data::{self, image_file};
-use crate::listing::noun_for;
 use anyhow::{bail, ensure, Result};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -199,35 +198,19 @@ fn chosen_file(args: &AttentionArgs, loaded: &LoadedModel, path: &Path) -> Resul
 /// Test image `--index` (0 by default) of `--dataset` or of the checkpoint's dataset.
 fn chosen_test_image(args: &AttentionArgs, loaded: &LoadedModel) -> Result<ChosenImage> {
     let index = args.index.unwrap_or(0);
-    let data = loaded.test_set(&args.checkpoint, &args.data)?;
-    check_index(index, data.test.len())?;
-    let file = data.files.map(|files| files[index as usize].clone());
+    let data = loaded.test_set(&args.checkpoint, &args.data, Some(index))?;
+    let file = data.files.and_then(|files| files.into_iter().next());
     let shown = match &file {
         Some(file) => format!(" ({})", file.display()),
         None => String::new(),
     };
     Ok(ChosenImage {
-        image: data.test.images.get(index),
+        image: data.test.images.get(0),
         source: format!("{} test image {index}{shown}", data.name),
         file,
-        label: Some(data.test.labels.int64_value(&[index])),
+        label: Some(data.test.labels.int64_value(&[0])),
         classes: Some(data.classes),
     })
-}
-
-/// Fails unless `index` is one of a test split's `count` images, naming how many it holds.
-fn check_index(index: i64, count: i64) -> Result<()> {
-    ensure!(
-        (0..count).contains(&index),
-        "--index {index} is outside the test split, which holds {count} {}{}",
-        noun_for(count, "image"),
-        match count {
-            0 => String::new(),
-            1 => ", numbered 0".to_string(),
-            _ => format!(", numbered 0 to {}", count - 1),
-        }
-    );
-    Ok(())
 }
 
 /// Runs the model once on one uint8 [3, H, W] image (test transform, on `device`) and

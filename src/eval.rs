@@ -212,7 +212,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     if let Some(paths) = &paths {
         paths.ensure_replaceable(args.plot, args.out.is_some())?;
     }
-    let dataset = loaded.test_set(&args.checkpoint, &args.data)?;
+    let dataset = loaded.test_set(&args.checkpoint, &args.data, None)?;
     let image_size = loaded.model.config.image_size;
     dataset.test.note_resizing(&dataset.name, image_size);
     let test = dataset.test.to_device(device);

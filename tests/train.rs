@@ -4878,6 +4878,12 @@ fn a_test_only_folder_is_evaluated_and_index_names_its_file() {
             && stdout.contains("true class dog"),
         "{stdout}"
     );
+    // That test image alone is decoded: a file after it that cannot be stops it no more.
+    let broken = photos.join("test/dog/zz-broken.png");
+    std::fs::write(&broken, b"not a png").unwrap();
+    let stdout = String::from_utf8(vit(&attention).stdout).unwrap();
+    assert!(stdout.contains("true class dog"), "{stdout}");
+    std::fs::remove_file(&broken).unwrap();
     // -o naming that very photo would replace it with the picture: refused, as any PNG
     // vit did not draw.
     let photo = std::fs::read(&file).unwrap();

@@ -10,11 +10,13 @@ use std::path::{Path, PathBuf};
 
 impl LoadedModel {
     /// The test split this model (from `path`) is evaluated on: the dataset `args` name, or
-    /// the one the checkpoint records, fitted to the model (see `fit_dataset`).
+    /// the one the checkpoint records, fitted to the model (see `fit_dataset`); with `only`,
+    /// that test image alone (see [`crate::data::load_test`]).
     pub fn test_set(
         &self,
         path: &Path,
         args: &crate::cli::CheckpointDatasetArgs,
+        only: Option<i64>,
     ) -> Result<TestSet> {
         self.ensure_rgb(path)?;
         let dataset_args = dataset_args(&self.metadata, args)
@@ -30,17 +32,8 @@ impl LoadedModel {
             self.ensure_class_count(path, count, name)?;
         }
         let image_size = self.model.config.image_size;
-        let mut dataset =
-            crate::data::load_test(&dataset_args, image_size).map_err(
-                |error| match run_data_dir(path, &dataset_args.data_dir, false) {
-                    Some(dir) => anyhow!(
-                    "{error:#}; or pass --data-dir {}, the folder the checkpoint's run read (as \
-                     the config.json beside it records)",
-                    dir.display()
-                ),
-                    None => error,
-                },
-            )?;
+        let mut dataset = crate::data::load_test(&dataset_args, image_size, only)
+            .map_err(|error| naming_run_data_dir(error, path, &dataset_args.data_dir))?;
         self.fit_dataset(path, &mut dataset, &args.data_dir)?;
         Ok(dataset)
     }
@@ -123,6 +116,19 @@ fn ensure_folder_data_given(path: &Path, data_dir: &Path) -> Result<()> {
          {DEFAULT_DATA_DIR} (the default, for CIFAR): pass --data-dir {give}",
         path.display()
     )
+}
+
+/// `error`, of the test set in `data_dir`, followed by the CIFAR folder that the run of the
+/// checkpoint at `path` read, where [`run_data_dir`] finds one.
+fn naming_run_data_dir(error: anyhow::Error, path: &Path, data_dir: &Path) -> anyhow::Error {
+    match run_data_dir(path, data_dir, false) {
+        Some(dir) => anyhow!(
+            "{error:#}; or pass --data-dir {}, the folder the checkpoint's run read (as the \
+             config.json beside it records)",
+            dir.display()
+        ),
+        None => error,
+    }
 }
 
 /// The data folder that the run of the checkpoint at `path` read (a folder dataset's or

@@ -87,9 +87,14 @@ fn ensure_same_classes(
 }
 
 /// Reads `root/test` alone, at a checkpoint's image size: `root/train` may be missing.
-pub fn load_test(root: &Path, image_size: i64) -> Result<TestSet> {
+/// With `only`, decodes that test image alone (see [`super::load_test`]).
+pub fn load_test(root: &Path, image_size: i64, only: Option<i64>) -> Result<TestSet> {
     let size = checked_size(image_size)?;
-    let (classes, files) = scan_split(&root.join("test"))?;
+    let (classes, mut files) = scan_split(&root.join("test"))?;
+    if let Some(index) = only {
+        super::check_test_index(index, files.len() as i64)?;
+        files = vec![files.swap_remove(index as usize)];
+    }
     // The size is the model's: only the count can change.
     let remedy = "the checkpoint sets the image size, so evaluate on a test folder of fewer \
                   images";

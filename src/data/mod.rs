@@ -308,19 +308,43 @@ fn ensure_coarse_labels_apply(args: &DatasetArgs) -> Result<()> {
     Ok(())
 }
 
-/// Loads the test split of a dataset chosen by the CLI flags (see [`load`]).
-pub fn load_test(args: &DatasetArgs, image_size: i64) -> Result<TestSet> {
+/// Loads the test split of a dataset chosen by the CLI flags (see [`load`]); with `only`,
+/// that test image alone (a folder dataset decodes no other file), refusing a number that
+/// is not one of the split's.
+pub fn load_test(args: &DatasetArgs, image_size: i64, only: Option<i64>) -> Result<TestSet> {
     ensure_coarse_labels_apply(args)?;
     let Some(format) = cifar_records(args) else {
-        return folder::load_test(&args.data_dir, image_size);
+        return folder::load_test(&args.data_dir, image_size, only);
     };
-    let (classes, test) = cifar::load_test(&args.data_dir, format)?;
+    let (classes, mut test) = cifar::load_test(&args.data_dir, format)?;
+    if let Some(index) = only {
+        check_test_index(index, test.len())?;
+        test = Split {
+            images: test.images.narrow(0, index, 1),
+            labels: test.labels.narrow(0, index, 1),
+        };
+    }
     Ok(TestSet {
         name: dataset_name(args).to_string(),
         test,
         classes,
         files: None,
     })
+}
+
+/// Fails unless `index` is one of a test split's `count` images, naming how many it holds.
+fn check_test_index(index: i64, count: i64) -> Result<()> {
+    ensure!(
+        (0..count).contains(&index),
+        "--index {index} is outside the test split, which holds {count} {}{}",
+        noun_for(count, "image"),
+        match count {
+            0 => String::new(),
+            1 => ", numbered 0".to_string(),
+            _ => format!(", numbered 0 to {}", count - 1),
+        }
+    );
+    Ok(())
 }
 
 /// `vit download`: fetch, verify and unpack a CIFAR archive into `--data-dir`.
