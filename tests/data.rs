@@ -1554,7 +1554,7 @@ fn image_folder_reads_classes_in_name_order() {
         let given = args(DatasetName::Folder, &tmp.0.join(split), false);
         for err in [
             error_of(data::load(&given, 8)),
-            error_of(data::load_test(&given, 8)),
+            error_of(data::load_test(&given, 8, None)),
         ] {
             assert!(
                 err.contains(&format!(
@@ -1593,7 +1593,7 @@ fn image_folder_reads_classes_in_name_order() {
     // A size of 0 is refused by the reader too, not only by the command line.
     for err in [
         error_of(folder::load(&tmp.0, 0)),
-        error_of(folder::load_test(&tmp.0, 0)),
+        error_of(folder::load_test(&tmp.0, 0, None)),
     ] {
         assert!(
             err.contains("--image-size must be positive, got 0"),
@@ -1728,7 +1728,7 @@ fn image_folder_names_undecodable_files() {
         err.contains("more memory than there is; use a smaller --image-size"),
         "{err}"
     );
-    let err = error_of(folder::load_test(&tmp.0, 1 << 24));
+    let err = error_of(folder::load_test(&tmp.0, 1 << 24, None));
     assert!(
         err.contains(
             "more memory than there is; the checkpoint sets the image size, so evaluate on a \
@@ -2425,7 +2425,7 @@ fn image_folder_refuses_link_loops_and_explains_skipped_files() {
         "{err}"
     );
     // So it is for `vit eval`, which reads test/ alone (a class without a folder is fine).
-    let err = error_of(folder::load_test(&tmp.0, 4));
+    let err = error_of(folder::load_test(&tmp.0, 4, None));
     assert!(
         err.contains("no .png, .jpg or .jpeg files in class folder `dog`"),
         "{err}"

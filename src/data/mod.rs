@@ -438,3 +438,25 @@ pub fn run_summary(args: &DataArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::check_test_index;
+
+    /// An --index outside the test split is refused with how many images the split holds
+    /// ("1 image", "200 images") and their numbers.
+    #[test]
+    fn an_index_outside_the_test_split_names_its_count() {
+        assert!(check_test_index(0, 1).is_ok() && check_test_index(199, 200).is_ok());
+        let outside = "is outside the test split, which holds";
+        for (index, count, says) in [
+            (200, 200, "200 images, numbered 0 to 199"),
+            (-1, 200, "200 images, numbered 0 to 199"),
+            (1, 1, "1 image, numbered 0"),
+            (0, 0, "0 images"),
+        ] {
+            let error = check_test_index(index, count).unwrap_err().to_string();
+            assert_eq!(error, format!("--index {index} {outside} {says}"));
+        }
+    }
+}
