@@ -384,7 +384,7 @@ fn locked_by_a_writer(path: &Path) -> Option<bool> {
 
 /// Removes from `dir` the temporaries of `temporary_sibling` for the files or folders
 /// called `names` (files of `write_atomic`, downloads and unpacked folders) whose writer
-/// has ended (killed mid-write; see [`writer_ended`]): hidden, up to a dataset's size each,
+/// has ended (killed mid-write; see `writer_ended`): hidden, up to a dataset's size each,
 /// and never read. Only those of names vit writes there: a user's file that merely looks
 /// alike is kept. Best effort: one it cannot remove is a warning.
 pub fn remove_stale_temporaries(dir: &Path, names: &[&str]) {

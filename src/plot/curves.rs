@@ -82,7 +82,7 @@ const GIVE_RUNS: &str = "give vit train's run folders, or their metrics.csv file
 
 /// Reads a `metrics.csv` written by `vit train` (columns are found by name; extra ones are
 /// ignored; cells and names may have spaces around them), or saved again by a spreadsheet
-/// with semicolons or tabs between its columns (see [`delimiter_of`]). A cell that is not a
+/// with semicolons or tabs between its columns (see `delimiter_of`). A cell that is not a
 /// number (edited in a spreadsheet, say) is left out of the curves with a note, an empty
 /// row is skipped, a short row has empty cells, and a row without a finite epoch number is
 /// an error.
