@@ -182,7 +182,7 @@ fn chosen_file(args: &AttentionArgs, loaded: &LoadedModel, path: &Path) -> Resul
         image: image_file::decode_images(
             &[path],
             image_size as u32,
-            "the checkpoint sets the image size: its model is too large for this machine",
+            image_file::ONE_CHECKPOINT_IMAGE,
         )?
         .get(0),
         source: path

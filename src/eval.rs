@@ -165,10 +165,12 @@ fn report_name(checkpoint: &Path, out: Option<&Path>) -> String {
     }
 }
 
-/// Where the confusion matrix goes, checked before the test pass (which may take a while).
-/// A folder the user named with --out must take it, as must the checkpoint's when --plot
-/// asks for its picture; otherwise a checkpoint's read-only folder (a shared models folder)
-/// only means that the figures are reported without the matrix: `None`.
+/// Where the confusion matrix goes, checked before the test set is read (which may take a
+/// while) but not made: the evaluation may still fail before it writes (see
+/// `write_files`). A folder the user named with --out must take it, as must the
+/// checkpoint's when --plot asks for its picture; otherwise a checkpoint's read-only folder
+/// (a shared models folder) only means that the figures are reported without the matrix:
+/// `None`.
 fn report_folder(args: &EvalArgs) -> Result<Option<PathBuf>> {
     // A bare file name's folder is "" (shown as such in the files' names), not "./".
     let folder = args
@@ -177,7 +179,9 @@ fn report_folder(args: &EvalArgs) -> Result<Option<PathBuf>> {
         .map(PathBuf::from)
         .unwrap_or_default();
     let out = args.out.as_ref().unwrap_or(&folder);
-    match crate::fsutil::ensure_writable_folder(out) {
+    let takes_files = crate::fsutil::ensure_out_is_a_folder(out)
+        .and_then(|()| crate::fsutil::ensure_can_create_in(out));
+    match takes_files {
         Ok(()) => Ok(Some(out.clone())),
         // The error already says what to do about the folder.
         Err(e) if args.out.is_some() => {
@@ -354,6 +358,11 @@ fn write_files(
 ) -> ReportFiles {
     let ReportPaths { csv, png } = paths;
     let mut files = ReportFiles::default();
+    // Made only now that there is something to write in it (see `report_folder`).
+    if let Err(error) = crate::fsutil::create_folder(crate::fsutil::folder_of(&csv)) {
+        files.errors.push(error);
+        return files;
+    }
     let replaced = csv.exists();
     match evaluation.write_confusion_csv(classes, &csv) {
         Ok(()) if replaced => {

@@ -336,8 +336,9 @@ pub fn lock_temporary(file: &std::fs::File) {
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
 }
 
-/// How long a temporary that cannot be locked (a file system without locks) is taken for
-/// its writer's after its last change: a live download or unpack changes it all the time.
+/// How long a temporary that cannot be locked (a file system without locks, or a folder on
+/// NFS) is taken for its writer's after its last change: a live download changes its file
+/// all the time, and an unpack takes seconds.
 const UNLOCKABLE_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Whether the temporary at `path`, written by process `pid`, is abandoned: its process has

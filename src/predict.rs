@@ -130,7 +130,10 @@ fn classify(
     top_k: i64,
 ) -> Result<Vec<Result<Prediction>>> {
     let config = &loaded.model.config;
-    let remedy = "pass a smaller --batch-size (the images are read a batch at a time)";
+    let remedy = match files.len() {
+        1 => image_file::ONE_CHECKPOINT_IMAGE,
+        _ => "pass a smaller --batch-size (the images are read a batch at a time)",
+    };
     let decoded = image_file::decode_readable(files, config.image_size as u32, remedy)?;
     let mut outcomes: Vec<Option<Result<Prediction>>> = files.iter().map(|_| None).collect();
     if !decoded.indices.is_empty() {

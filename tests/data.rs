@@ -1918,7 +1918,16 @@ fn images_cut_short_or_too_large_are_refused() {
         Vec::<u8>::try_from(image.flatten(0, -1)).unwrap(),
         [7, 7, 7]
     );
-    // A damaged chunk name is written with escapes, whose braces end no name.
+    // A chunk's name is cut at the end of its name, not at a brace or a " }" in it: one
+    // written with escapes, one with a space and a brace.
+    let odd = png_file(
+        1,
+        1,
+        0,
+        &[(b"A }B", b""), (b"IDAT", &zlib(&[0, 7])), (b"IEND", &[])],
+    );
+    let err = error_of(decode("brace.png", &odd));
+    assert!(err.contains("A }B") && !err.contains("critical:"), "{err}");
     let mut odd_name = png_file(1, 1, 0, &[(b"IDAT", &zlib(&[0, 7])), (b"IEND", &[])]);
     odd_name[14] = 1;
     let err = error_of(decode("name.png", &odd_name));

@@ -570,6 +570,35 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         stderr.contains("which holds 200 images, numbered 0 to 199"),
         "{stderr}"
     );
+    // So from a copy of the data in the default folder: the run's own data folder is named
+    // only where the test set is missing.
+    let elsewhere = root.join("elsewhere");
+    let copy = elsewhere.join("data/cifar-10-batches-bin");
+    std::fs::create_dir_all(&copy).unwrap();
+    for file in std::fs::read_dir(data_dir.join("cifar-10-batches-bin")).unwrap() {
+        let file = file.unwrap().path();
+        std::fs::copy(&file, copy.join(file.file_name().unwrap())).unwrap();
+    }
+    let output = Command::new(common::vit_binary())
+        .args([
+            "attention",
+            "--index",
+            "200",
+            "--device",
+            "cpu",
+            "--checkpoint",
+        ])
+        .arg(&best_model)
+        .arg("-o")
+        .arg(&picture)
+        .current_dir(&elsewhere)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("which holds 200 images") && !stderr.contains("or pass --data-dir"),
+        "{stderr}"
+    );
 
     // A fresh run into the same folder must not overwrite it.
     let refused = Command::new(common::vit_binary())
@@ -3185,16 +3214,17 @@ fn user_errors_say_what_to_do() {
             "{classes}: {stderr}"
         );
     }
-    // An --out that cannot take the confusion matrix is refused before the test pass.
+    // An --out that cannot take the confusion matrix is refused before the test pass (one
+    // to make, by the folder it would be made in).
     for (out, error) in [
-        ("/proc/vit-eval", "cannot create"),
-        ("/proc/self", "cannot write to"),
+        ("/proc/vit-eval", "cannot write to /proc (is it writable?"),
+        ("/proc/self", "cannot write to /proc/self"),
     ] {
         #[rustfmt::skip]
         let stderr = vit_fails(&["eval", "--checkpoint", lettered.to_str().unwrap(), "--data-dir", data, "--device", "cpu", "--out", out]);
         assert!(
             stderr.contains(&format!(
-                "--out is where the confusion matrix goes: {error} {out}"
+                "--out is where the confusion matrix goes: {error}"
             )) && stderr.matches("choose another").count() == 1,
             "{stderr}"
         );
@@ -3206,6 +3236,14 @@ fn user_errors_say_what_to_do() {
     let stderr = vit_fails(&["eval", "--checkpoint", lettered.to_str().unwrap(), "--data-dir", no_data.to_str().unwrap(), "--device", "cpu", "--out", "/proc/self"]);
     assert!(
         stderr.contains("--out is where the confusion matrix goes: cannot write to /proc/self"),
+        "{stderr}"
+    );
+    // A new --out is made only once there is something to write in it.
+    let never_made = root.join("never-made");
+    #[rustfmt::skip]
+    let stderr = vit_fails(&["eval", "--checkpoint", lettered.to_str().unwrap(), "--data-dir", no_data.to_str().unwrap(), "--device", "cpu", "--out", never_made.join("deep").to_str().unwrap()]);
+    assert!(
+        stderr.contains("is missing: run `vit download") && !never_made.exists(),
         "{stderr}"
     );
     // A folder where the matrix's file goes, found only when it is written: the figures

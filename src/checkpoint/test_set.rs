@@ -32,8 +32,13 @@ impl LoadedModel {
             self.ensure_class_count(path, count, name)?;
         }
         let image_size = self.model.config.image_size;
-        let mut dataset = crate::data::load_test(&dataset_args, image_size, only)
-            .map_err(|error| naming_run_data_dir(error, path, &dataset_args.data_dir))?;
+        let missing = !crate::data::has_test_folder(&dataset_args);
+        let mut dataset = crate::data::load_test(&dataset_args, image_size, only).map_err(
+            |error| match missing {
+                true => naming_run_data_dir(error, path, &dataset_args.data_dir),
+                false => error,
+            },
+        )?;
         self.fit_dataset(path, &mut dataset, &args.data_dir)?;
         Ok(dataset)
     }
@@ -118,8 +123,8 @@ fn ensure_folder_data_given(path: &Path, data_dir: &Path) -> Result<()> {
     )
 }
 
-/// `error`, of the test set in `data_dir`, followed by the CIFAR folder that the run of the
-/// checkpoint at `path` read, where [`run_data_dir`] finds one.
+/// `error`, of a test set missing from `data_dir`, followed by the CIFAR folder that the
+/// run of the checkpoint at `path` read, where [`run_data_dir`] finds one.
 fn naming_run_data_dir(error: anyhow::Error, path: &Path, data_dir: &Path) -> anyhow::Error {
     match run_data_dir(path, data_dir, false) {
         Some(dir) => anyhow!(

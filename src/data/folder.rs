@@ -96,8 +96,10 @@ pub fn load_test(root: &Path, image_size: i64, only: Option<i64>) -> Result<Test
         files = vec![files.swap_remove(index as usize)];
     }
     // The size is the model's: only the count can change.
-    let remedy = "the checkpoint sets the image size, so evaluate on a test folder of fewer \
-                  images";
+    let remedy = match only {
+        Some(_) => image_file::ONE_CHECKPOINT_IMAGE,
+        None => "the checkpoint sets the image size, so evaluate on a test folder of fewer images",
+    };
     Ok(TestSet {
         name: super::FOLDER.into(),
         test: decode_labeled(&files, size, remedy)?,

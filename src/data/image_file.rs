@@ -94,14 +94,14 @@ fn decoder_words(error: impl std::fmt::Display) -> String {
     let mut message = error.to_string();
     while let Some(start) = message.find(CHUNK) {
         let fields = start + CHUNK.len();
-        let (Some(name_end), Some(end)) = (
-            message[fields..].find(NAME_END),
-            message[fields..].find(" }"),
-        ) else {
+        let Some(name_end) = message[fields..].find(NAME_END).map(|at| fields + at) else {
             break;
         };
-        let name = message[fields..fields + name_end].to_string();
-        message.replace_range(start..fields + end + 2, &name);
+        let Some(end) = message[name_end..].find(" }").map(|at| name_end + at + 2) else {
+            break;
+        };
+        let name = message[fields..name_end].to_string();
+        message.replace_range(start..end, &name);
     }
     message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -189,7 +189,9 @@ fn check_crcs_before_image_data(path: &Path, bytes: &[u8]) -> Result<()> {
             break;
         }
         let length = u32::from_be_bytes(length.try_into().expect("4 bytes")) as usize;
-        let data_end = at + 8 + length;
+        let Some(data_end) = (at + 8).checked_add(length) else {
+            break;
+        };
         let (Some(chunk), Some(stored)) = (
             bytes.get(at + 4..data_end),
             bytes.get(data_end..data_end + 4),
@@ -365,6 +367,11 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
         }
     }
 }
+
+/// What to do where one image at a checkpoint's size does not fit in memory (a remedy for
+/// [`decode_images`]): nothing but another machine, as the checkpoint fixes the size.
+pub const ONE_CHECKPOINT_IMAGE: &str =
+    "the checkpoint sets the image size: its model is too large for this machine";
 
 /// Decodes image files (on libtorch's CPU threads, `--threads`) into uint8 [files.len(), 3,
 /// size, size]. Fails with the number of files that cannot be decoded, the first one's error

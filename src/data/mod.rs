@@ -297,6 +297,13 @@ pub fn known_class_count(args: &DatasetArgs) -> Option<usize> {
     cifar_records(args).map(|format| format.num_classes)
 }
 
+/// Whether `args.data_dir` holds the folder of the dataset's test split: CIFAR's release
+/// folder, or a folder dataset's `test/`.
+pub fn has_test_folder(args: &DatasetArgs) -> bool {
+    let folder = cifar_records(args).map_or("test", |format| format.release.folder());
+    args.data_dir.join(folder).is_dir()
+}
+
 /// Fails for `--coarse-labels` with a dataset other than CIFAR-100 (given with `--dataset`,
 /// or recorded by the checkpoint evaluated), rather than ignoring it.
 fn ensure_coarse_labels_apply(args: &DatasetArgs) -> Result<()> {

@@ -263,7 +263,7 @@ fn warn_about_settings_without_effect(settings: &TrainSettings, train_images: i6
         eprintln!(
             "warning: --drop-path {} drops nothing in a model of one block: its rate rises \
              from 0 at the first block to --drop-path at the last (as timm's)",
-            regularization.drop_path
+            shown(regularization.drop_path)
         );
     }
 }
