@@ -236,7 +236,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let device = args.device.set_up()?;
     let config = args.model.resolve()?;
     if device == Device::Cpu {
-        config.check_trains_in_memory()?;
+        config.check_steps_fit_in_memory(args.batch_size)?;
     }
     if args.libtorch_dropout && config.dropout == 0.0 {
         eprintln!(

@@ -862,7 +862,7 @@ fn a_pytorch_training_run_ends_with_its_best_epoch() {
 
 /// On the CPU, a model whose weights fit in the memory here but whose training state
 /// (four copies of them) does not is refused before it is built, naming the flag to lower
-/// (the kernel would kill the bench without a word).
+/// (the kernel would kill the bench without a word), and so is a batch too large.
 #[test]
 fn bench_on_the_cpu_refuses_a_model_that_cannot_train_in_memory() {
     let memory = vit_tch::runtime::memory_bytes().expect("Linux tells its memory in /proc/meminfo");
@@ -876,6 +876,17 @@ fn bench_on_the_cpu_refuses_a_model_that_cannot_train_in_memory() {
     assert!(
         stderr.starts_with("Error: training the model would take at least")
             && stderr.contains("use a smaller --num-classes or --embed-dim"),
+        "{stderr}"
+    );
+    // So is a batch whose step cannot fit (2^40 images: libtorch's allocator would fail,
+    // a smaller one too many be killed), naming --batch-size.
+    #[rustfmt::skip]
+    let output = common::run_vit(&["bench", "--config", "tiny", "--batch-size", "1099511627776", "--device", "cpu", "--steps", "1", "--warmup", "0"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("Error: a training step on batches of 1099511627776 images")
+            && stderr.contains("use a smaller --batch-size"),
         "{stderr}"
     );
 }

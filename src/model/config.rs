@@ -196,6 +196,43 @@ impl ViTConfig {
         self.check_fits_in_memory(crate::cli::flag_name, true)
     }
 
+    /// [`Self::check_trains_in_memory`], and then with a training step on batches of
+    /// `batch_size` images counted too: the activations it keeps for the backward pass, at
+    /// the least (see `step_bytes_per_image`). Where they outgrow the memory, the advice is
+    /// the largest --batch-size that might fit.
+    pub fn check_steps_fit_in_memory(&self, batch_size: i64) -> Result<()> {
+        self.check_trains_in_memory()?;
+        let Some(memory) = crate::runtime::memory_bytes() else {
+            return Ok(());
+        };
+        let (state, per_image) = (self.memory_needed(true), self.step_bytes_per_image());
+        let step = batch_size as f64 * per_image;
+        if state + step <= memory as f64 {
+            return Ok(());
+        }
+        let largest = ((memory as f64 - state) / per_image).floor().max(1.0);
+        bail!(
+            "a training step on batches of {batch_size} images would take at least {:.1} GB \
+             ({:.1} GB of activations kept for the backward pass, {:.1} GB of training \
+             state); this process may use {:.1} GB of memory: use a smaller --batch-size \
+             (one over {largest} cannot fit: these are the least a step keeps)",
+            (state + step) / 1e9,
+            step / 1e9,
+            state / 1e9,
+            memory as f64 / 1e9
+        )
+    }
+
+    /// The bytes a training step keeps for each image of its batch, at the least: the image
+    /// in float32, and every block's input (the residual stream, float32 under autocast too),
+    /// which its backward pass needs. The attention and MLP activations (several times
+    /// more) are left out, so that only a batch that cannot fit is refused.
+    fn step_bytes_per_image(&self) -> f64 {
+        let [image, patch, channels, embed, _, layers, _] = self.float_sizes();
+        let tokens = (image / patch).powi(2) + 1.0;
+        4.0 * (channels * image * image + layers * tokens * embed)
+    }
+
     /// Refused here rather than found by building it: a model of millions of small layers
     /// would fill the memory one layer at a time, for minutes, and a process that takes
     /// more than its cgroup allows is killed without a word. The advice names what sets
@@ -475,6 +512,26 @@ mod tests {
             )) && error.ends_with("use a smaller --embed-dim, --mlp-dim or --num-layers"),
             "{error}"
         );
+    }
+
+    /// A training step's batch counts too: the notebook model's step on a batch whose
+    /// float32 images and block inputs alone outgrow the memory is refused naming
+    /// --batch-size, and one of 256 is not.
+    #[test]
+    fn a_batch_that_cannot_fit_is_refused_naming_batch_size() {
+        let memory =
+            crate::runtime::memory_bytes().expect("Linux tells its memory in /proc/meminfo");
+        let config = ViTConfig::notebook();
+        // 32x32 RGB images, and 6 blocks' inputs of 65 tokens of 256 floats.
+        let per_image = 4 * (3 * 32 * 32 + 6 * 65 * 256);
+        let batch = (memory / per_image + 1) as i64;
+        let error = format!("{:#}", config.check_steps_fit_in_memory(batch).unwrap_err());
+        assert!(
+            error.starts_with(&format!("a training step on batches of {batch} images"))
+                && error.contains("use a smaller --batch-size"),
+            "{error}"
+        );
+        config.check_steps_fit_in_memory(256).unwrap();
     }
 
     /// Building counts the largest tensor twice (its initial values are copied into it): a

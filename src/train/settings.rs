@@ -68,10 +68,13 @@ pub(super) fn settings_and_dataset(
     let data_dir = recorded_data_dir(&args.data.data_dir)?;
     let dataset = load_dataset(args, config.image_size, &data_dir, resumed_data_dir)?;
     config.num_classes = class_count(args, &dataset)?;
-    if check_memory {
-        config.check_trains_in_memory()?;
-    }
     let settings = TrainSettings::from_args(args, config, regularization, &dataset.name, data_dir);
+    if check_memory {
+        let batch_size = settings
+            .batch_size
+            .min(training_images(&settings, &dataset)?);
+        settings.model.check_steps_fit_in_memory(batch_size)?;
+    }
     Ok((settings, dataset))
 }
 
