@@ -406,7 +406,8 @@ if wanted epoch; then
 fi
 # Runs a strong-recipe training command (after RUN LEFT) for at most LEFT seconds, its
 # output time-stamped into LOG: a SIGINT at the limit makes vit finish its step (or
-# evaluation), save its state and stop (a second or two); SIGKILL 15 s later. The callers
+# evaluation), save its state and stop (a second or two); SIGKILL 15 s later (a slow
+# evaluation: its epoch is lost, but the state of the one before is there). The callers
 # hold back RESERVE_S of the budget for that and the last packing. Returns vit's status (124: the
 # limit), recorded in failures.txt, or in strong-plan.txt when a resumed call is planned.
 train_strong() {
@@ -419,6 +420,17 @@ train_strong() {
         echo "== $run started"
         timeout --foreground -s INT -k 15 "$left" "$@"
     } 2>&1 | stamp | tee "$log" || status=$?
+    # The run folder (after --out), where a run killed after the SIGINT left its state.
+    local out="" previous=""
+    for arg in "$@"; do
+        [ "$previous" != --out ] || out=$arg
+        previous=$arg
+    done
+    if [ "$status" -eq 137 ] && [ -e "$out/resume.safetensors" ]; then
+        echo "$run killed 15 s after its SIGINT; the state of an earlier epoch is saved" \
+            | tee -a "$WORK/failures.txt"
+        status=124
+    fi
     if [ "$status" -eq 124 ] && [ "$EXTRA_S" -gt 0 ]; then
         echo "$run stopped at this call's limit (${left} s), state saved, for PHASES=resume" \
             | tee -a "$WORK/strong-plan.txt"
