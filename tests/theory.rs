@@ -265,8 +265,8 @@ fn a_config_json_may_write_sizes_as_whole_floats() {
     // another number.
     for (size, expected) in [
         ("9223372036854775808", "9223372036854775808 is too large"),
-        ("1e20", "100000000000000000000 is too large"),
-        ("-1e20", "-100000000000000000000 is too large"),
+        ("1e20", "(1e20 is too large"),
+        ("-1e308", "(-1e308 is too large"),
     ] {
         let json = json.replace(&format!("{}.0,", tiny.mlp_dim), &format!("{size},"));
         let error = format!("{:#}", ViTConfig::parse_json(&json).unwrap_err());

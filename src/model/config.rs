@@ -48,12 +48,13 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64
         fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<i64, E> {
             // Whole floats up to 2^53 are exact, far beyond any size `validate` allows;
             // past it floats skip whole numbers (and `as i64` would saturate).
+            let shown = crate::cli::shown(value);
             if value.abs() >= 2f64.powi(53) {
-                Err(E::custom(format!("{value} is too large")))
+                Err(E::custom(format!("{shown} is too large")))
             } else if value.fract() == 0.0 {
                 Ok(value as i64)
             } else {
-                Err(E::custom(format!("expected a whole number, got {value}")))
+                Err(E::custom(format!("expected a whole number, got {shown}")))
             }
         }
     }
