@@ -413,20 +413,22 @@ fi
 train_strong() {
     local run=$1 left=$2 log=$3
     shift 3
-    local status=0
+    local status=0 started=$SECONDS
     # --foreground: SIGINT to vit alone (a second one, to its process group, would make it
     # quit without saving).
     {
         echo "== $run started"
         timeout --foreground -s INT -k 15 "$left" "$@"
     } 2>&1 | stamp | tee "$log" || status=$?
-    # The run folder (after --out), where a run killed after the SIGINT left its state.
+    # The run folder (after --out), where a run killed after the SIGINT left its state. A
+    # kill before the limit (the kernel's, out of memory) is a failure.
     local out="" previous=""
     for arg in "$@"; do
         [ "$previous" != --out ] || out=$arg
         previous=$arg
     done
-    if [ "$status" -eq 137 ] && [ -e "$out/resume.safetensors" ]; then
+    if [ "$status" -eq 137 ] && [ $((SECONDS - started)) -ge "$left" ] \
+        && [ -e "$out/resume.safetensors" ]; then
         echo "$run killed 15 s after its SIGINT; the state of an earlier epoch is saved" \
             | tee -a "$WORK/failures.txt"
         status=124

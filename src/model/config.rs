@@ -199,28 +199,42 @@ impl ViTConfig {
 
     /// [`Self::check_trains_in_memory`], and then with a training step on batches of
     /// `batch_size` images counted too: the activations it keeps for the backward pass, at
-    /// the least (see `step_bytes_per_image`). Where they outgrow the memory, the advice is
-    /// the largest --batch-size that might fit.
+    /// the least (see `step_bytes_per_image`), beside the weights and AdamW's two moments
+    /// (the gradients are none until the backward pass, which frees the activations as it
+    /// goes). Where they outgrow the memory, the advice is the largest --batch-size that
+    /// might fit, or the flags that size an image's activations where none fits.
     pub fn check_steps_fit_in_memory(&self, batch_size: i64) -> Result<()> {
         self.check_trains_in_memory()?;
         let Some(memory) = crate::runtime::memory_bytes() else {
             return Ok(());
         };
-        let (state, per_image) = (self.memory_needed(true), self.step_bytes_per_image());
+        let memory = memory as f64;
+        // The training state less one float32 copy of the weights: their gradients.
+        let held = self.memory_needed(true) - 4.0 * self.parameter_count();
+        let per_image = self.step_bytes_per_image();
         let step = batch_size as f64 * per_image;
-        if state + step <= memory as f64 {
+        if held + step <= memory {
             return Ok(());
         }
-        let largest = ((memory as f64 - state) / per_image).floor().max(1.0);
+        let largest = ((memory - held) / per_image).floor();
+        let advice = match largest >= 1.0 {
+            true => format!(
+                "use a smaller --batch-size (one over {largest} cannot fit: these are the least \
+                 a step keeps)"
+            ),
+            false => "not even one image fits: use a smaller --image-size, --embed-dim or \
+                      --num-layers, or a larger --patch-size"
+                .to_string(),
+        };
         bail!(
-            "a training step on batches of {batch_size} images would take at least {:.1} GB \
-             ({:.1} GB of activations kept for the backward pass, {:.1} GB of training \
-             state); this process may use {:.1} GB of memory: use a smaller --batch-size \
-             (one over {largest} cannot fit: these are the least a step keeps)",
-            (state + step) / 1e9,
+            "a training step on batches of {batch_size} {} would take at least {:.1} GB ({:.1} \
+             GB of activations kept for the backward pass, {:.1} GB of weights and AdamW's \
+             moments); this process may use {:.1} GB of memory: {advice}",
+            noun_for(batch_size, "image"),
+            (held + step) / 1e9,
             step / 1e9,
-            state / 1e9,
-            memory as f64 / 1e9
+            held / 1e9,
+            memory / 1e9
         )
     }
 
@@ -533,6 +547,26 @@ mod tests {
             "{error}"
         );
         config.check_steps_fit_in_memory(256).unwrap();
+        // Images whose float32 copy alone outgrows the memory: no batch fits.
+        let mut image_size = 64;
+        while 12 * image_size * image_size <= memory {
+            image_size *= 2;
+        }
+        let config = ViTConfig {
+            image_size: image_size as i64,
+            patch_size: image_size as i64 / 64,
+            embed_dim: 4,
+            num_heads: 1,
+            mlp_dim: 4,
+            num_layers: 1,
+            ..ViTConfig::tiny()
+        };
+        let error = format!("{:#}", config.check_steps_fit_in_memory(1).unwrap_err());
+        assert!(
+            error.starts_with("a training step on batches of 1 image would take")
+                && error.contains("not even one image fits: use a smaller --image-size"),
+            "{error}"
+        );
     }
 
     /// Building counts the largest tensor twice (its initial values are copied into it): a
