@@ -326,14 +326,13 @@ fn process_ended(pid: u32) -> bool {
 }
 
 /// Locks `file`, a temporary this process writes (or the folder it unpacks into), until it
-/// and every handle cloned from it are closed: an exclusive `flock`, which the kernel drops
+/// and every handle cloned from it are closed: an exclusive lock (`File::try_lock`, flock
+/// on Linux, as the run folder's lock), which the kernel drops
 /// when the process ends, killed or not. A vit that cannot see this process (in another
 /// container, or on another host sharing the folder) takes its PID for ended, and the lock
 /// is what keeps its sweep off. Best effort: a file system without locks goes without.
 pub fn lock_temporary(file: &std::fs::File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock only reads the descriptor, which `file` keeps open.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    let _ = file.try_lock();
 }
 
 /// How long a temporary that cannot be locked (a file system without locks, or a folder on
@@ -363,7 +362,6 @@ fn writer_ended(path: &Path, pid: u32) -> bool {
 /// Whether a process holds the [`lock_temporary`] lock on `path`; None where that cannot
 /// be told (it cannot be opened, or its file system has no locks).
 fn locked_by_a_writer(path: &Path) -> Option<bool> {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     // For writing where it can be (NFS takes an exclusive flock only on such a file), and
     // non-blocking (a FIFO by a temporary's name would wait for a writer).
@@ -375,11 +373,11 @@ fn locked_by_a_writer(path: &Path) -> Option<bool> {
             .open(path)
     };
     let file = open(true).or_else(|_| open(false)).ok()?;
-    // SAFETY: as in lock_temporary; a lock taken here goes with `file` at the return.
-    match unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } {
-        0 => Some(false),
-        _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => Some(true),
-        _ => None,
+    // A lock taken here goes with `file` at the return.
+    match file.try_lock() {
+        Ok(()) => Some(false),
+        Err(std::fs::TryLockError::WouldBlock) => Some(true),
+        Err(std::fs::TryLockError::Error(_)) => None,
     }
 }
 

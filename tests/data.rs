@@ -862,13 +862,11 @@ fn only_temporaries_of_ended_processes_are_swept() {
     assert_eq!(entries(&tmp.0), expected);
 }
 
-/// Whether a process holds an flock on `path` (one this test cannot take).
+/// Whether a process holds a lock on `path` (one this test cannot take; the lock, if
+/// taken, goes with `file`).
 fn locked(path: &Path) -> bool {
-    use std::os::fd::AsRawFd;
     let file = std::fs::File::open(path).unwrap();
-    // SAFETY: flock on a descriptor `file` keeps open; the lock (if taken) goes with it.
-    let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-    !taken
+    file.try_lock().is_err()
 }
 
 /// A download holds its archive's temporary locked while it writes it, so that the sweep

@@ -243,9 +243,8 @@ impl ViTConfig {
     /// which its backward pass needs. The attention and MLP activations (several times
     /// more) are left out, so that only a batch that cannot fit is refused.
     fn step_bytes_per_image(&self) -> f64 {
-        let [image, patch, channels, embed, _, layers, _] = self.float_sizes();
-        let tokens = (image / patch).powi(2) + 1.0;
-        4.0 * (channels * image * image + layers * tokens * embed)
+        let [image, _, channels, embed, _, layers, _] = self.float_sizes();
+        4.0 * (channels * image * image + layers * self.tokens() * embed)
     }
 
     /// Refused here rather than found by building it: a model of millions of small layers
@@ -330,10 +329,9 @@ impl ViTConfig {
     /// The elements of the model's largest tensor: the position embedding, the patch
     /// embedding's kernel, a block's qkv or MLP weight, or the head's.
     fn largest_tensor(&self) -> f64 {
-        let [image, patch, channels, embed, mlp, _, classes] = self.float_sizes();
-        let tokens = (image / patch).powi(2) + 1.0;
+        let [_, patch, channels, embed, mlp, _, classes] = self.float_sizes();
         [
-            tokens * embed,
+            self.tokens() * embed,
             channels * patch * patch * embed,
             3.0 * embed * embed,
             embed * mlp,
@@ -362,6 +360,11 @@ impl ViTConfig {
         parts.patch_embed + parts.positions + parts.blocks + parts.head
     }
 
+    /// The class token and the patches, as a float (see [`Self::float_sizes`]).
+    fn tokens(&self) -> f64 {
+        (self.image_size as f64 / self.patch_size as f64).powi(2) + 1.0
+    }
+
     /// The sizes the counts below multiply, as floats (absurd sizes must not overflow):
     /// image, patch, channels, embed, mlp, layers, classes.
     fn float_sizes(&self) -> [f64; 7] {
@@ -379,8 +382,8 @@ impl ViTConfig {
 
     /// [`Self::parameter_count`] by part of the model.
     fn parameter_parts(&self) -> ParameterParts {
-        let [image, patch, channels, embed, mlp, layers, classes] = self.float_sizes();
-        let tokens = (image / patch).powi(2) + 1.0;
+        let [_, patch, channels, embed, mlp, layers, classes] = self.float_sizes();
+        let tokens = self.tokens();
         let block = 2.0 * embed // norm1
             + 3.0 * embed * embed + 3.0 * embed // qkv
             + embed * embed + embed // proj

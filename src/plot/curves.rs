@@ -187,11 +187,10 @@ impl Cells<'_> {
 
     /// `text` as a number, with a decimal comma where the row may have one.
     fn number(&self, text: &str) -> Option<f64> {
-        let point = match self.decimal_comma && text.matches(',').count() == 1 {
-            true => std::borrow::Cow::Owned(text.replace(',', ".")),
-            false => std::borrow::Cow::Borrowed(text),
-        };
-        point.parse().ok()
+        match self.decimal_comma && text.matches(',').count() == 1 {
+            true => text.replace(',', ".").parse().ok(),
+            false => text.parse().ok(),
+        }
     }
 }
 
