@@ -61,7 +61,6 @@ pub fn run(args: &AttentionArgs) -> Result<()> {
     crate::plot::ensure_png_output(&args.output)?;
     let device = args.device.set_up()?;
     let loaded = checkpoint::load(&args.checkpoint, device)?;
-    let config = &loaded.model.config;
     let chosen = choose_image(args, &loaded)?;
     if let Some(file) = &chosen.file {
         ensure!(
@@ -70,9 +69,7 @@ pub fn run(args: &AttentionArgs) -> Result<()> {
             args.output.display()
         );
     }
-    let classes = chosen
-        .classes
-        .unwrap_or_else(|| checkpoint::class_names(&loaded.metadata, config.num_classes));
+    let classes = chosen.classes.unwrap_or_else(|| loaded.class_names());
     let result = analyse(&loaded.model, &chosen.image, device)?;
     let title = figure_title(
         &chosen.source,

@@ -90,7 +90,7 @@ pub struct PhaseTimes {
 /// [`ffi::ONEDNN_MIN_MULTIPLY_ADDS`] multiply-adds. (The head's product, a token an image,
 /// may stay below where these reach it.)
 fn products_reach_onednn(config: &ViTConfig, batch_size: i64, precision: Precision) -> bool {
-    let tokens = batch_size * ((config.image_size / config.patch_size).pow(2) + 1);
+    let tokens = batch_size * config.num_tokens();
     let largest = (tokens.saturating_mul(config.embed_dim))
         .saturating_mul((3 * config.embed_dim).max(config.mlp_dim));
     precision == Precision::Fp32 && largest >= ffi::ONEDNN_MIN_MULTIPLY_ADDS

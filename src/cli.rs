@@ -359,17 +359,6 @@ fn number(value: &str) -> Result<f64, String> {
         .map_err(|_| "expected a number, such as 0.1 or 1e-3".to_string())
 }
 
-/// A fractional flag's value as a message shows it: as given for everyday sizes, and in
-/// scientific notation beyond them, where Rust's `{}` writes every digit (1e308 has 309).
-pub fn shown(value: f64) -> String {
-    let magnitude = value.abs();
-    if magnitude == 0.0 || (1e-4..1e16).contains(&magnitude) || !value.is_finite() {
-        value.to_string()
-    } else {
-        format!("{value:e}")
-    }
-}
-
 /// `--threads`' parser: a whole number from 1 to [`MAX_THREADS`].
 fn thread_count(value: &str) -> Result<i32, String> {
     match value.parse() {
@@ -487,11 +476,6 @@ impl ThreadsArgs {
     pub fn set_up(&self) {
         crate::runtime::apply_threads(self.threads);
     }
-}
-
-/// The flag that sets the setting called `field`: `--embed-dim` for `embed_dim`.
-pub fn flag_name(field: &str) -> String {
-    format!("--{}", field.replace('_', "-"))
 }
 
 /// The name a flag takes for `value` (`strong` for `Recipe::Strong`), as `--help` lists it.
@@ -889,7 +873,7 @@ pub(crate) fn train_args(args: &[&str]) -> TrainArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::{named_device, negative_values_attached, shown, whole_number, Cli};
+    use super::{named_device, negative_values_attached, whole_number, Cli};
     use clap::CommandFactory;
 
     /// The help of `vit SUBCOMMAND`'s argument `id`, as `vit SUBCOMMAND --help` shows it.
@@ -898,26 +882,6 @@ mod tests {
         let arg = subcommand.get_arguments().find(|arg| arg.get_id() == id);
         let help = arg.expect(id).get_help().map(|help| help.to_string());
         help.unwrap_or_default()
-    }
-
-    /// Everyday values read as given; far from them, scientific notation, not 309 digits.
-    #[test]
-    fn values_far_from_everyday_sizes_are_shown_in_scientific_notation() {
-        for (value, expected) in [
-            (0.0, "0"),
-            (0.1, "0.1"),
-            (-0.001, "-0.001"),
-            (1e-4, "0.0001"),
-            (2.5e15, "2500000000000000"),
-            (1e-5, "1e-5"),
-            (1e16, "1e16"),
-            (-1.5e300, "-1.5e300"),
-            (f64::MAX, "1.7976931348623157e308"),
-            (f64::INFINITY, "inf"),
-            (f64::NAN, "NaN"),
-        ] {
-            assert_eq!(shown(value), expected, "{value:?}");
-        }
     }
 
     /// Every flag and argument of every command says in `--help` what it is (the preset

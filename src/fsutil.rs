@@ -45,18 +45,10 @@ pub fn ensure_out_is_a_folder(dir: &Path) -> Result<()> {
     }
 }
 
-/// Creates the `--out` folder `dir` if missing, and proves that files can be written there
-/// (permissions, a read-only or full disk) by writing and removing a temporary one of one
-/// disk block (an empty file takes no space, so it would pass on a full disk).
-pub fn ensure_writable_folder(dir: &Path) -> Result<()> {
-    ensure_out_is_a_folder(dir)?;
-    ensure_can_write_in(dir, Remedy::AnotherFolder)
-}
-
 /// Whether files can be written in `dir` once it is made, checked without making any of
 /// its folders (the command may still fail before it writes): no file stands where a
 /// folder of it should be, and the nearest of its folders that exists takes a file (a
-/// probe file written there and removed, as [`ensure_writable_folder`] does).
+/// probe file written there and removed, as [`ensure_can_write_in`] does).
 pub fn ensure_can_create_in(dir: &Path) -> Result<()> {
     if let Some(file) = file_in_the_way(dir) {
         bail!(
@@ -80,8 +72,10 @@ pub fn shown_folder(dir: &Path) -> &Path {
     }
 }
 
-/// Creates the folder `dir` if missing, and proves that a file can be written there (see
-/// [`ensure_writable_folder`]); an error ends with what to do, as `remedy` says.
+/// Creates the folder `dir` if missing, and proves that files can be written there
+/// (permissions, a read-only or full disk) by writing and removing a temporary one of one
+/// disk block (an empty file takes no space, so it would pass on a full disk); an error
+/// ends with what to do, as `remedy` says.
 pub fn ensure_can_write_in(dir: &Path, remedy: Remedy) -> Result<()> {
     let shown = shown_folder(dir);
     create_folder(shown)?;
@@ -513,17 +507,25 @@ pub fn is_missing(path: &Path) -> bool {
 
 /// Whether `a` and `b` name one existing file (through links, `..` or another spelling).
 pub fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
     match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        (Ok(a), Ok(b)) => file_id(&a) == file_id(&b),
         _ => false,
     }
+}
+
+/// A file's identity on disk: its device and inode.
+pub type FileId = (u64, u64);
+
+/// The identity of the file `metadata` describes.
+pub fn file_id(metadata: &std::fs::Metadata) -> FileId {
+    use std::os::unix::fs::MetadataExt;
+    (metadata.dev(), metadata.ino())
 }
 
 #[cfg(test)]
 mod tests {
     use super::{
-        append_or_cut_back, append_whole, ensure_writable_folder, kind_if_not_a_file,
+        append_or_cut_back, append_whole, ensure_can_write_in, kind_if_not_a_file,
         temporary_sibling, unwritable, Remedy, WRITE_CHECK,
     };
     use crate::temp_dir::TempDir;
@@ -561,7 +563,10 @@ mod tests {
         let dir = TempDir::new("full-disk");
         let probe = temporary_sibling(&dir.join(WRITE_CHECK));
         std::os::unix::fs::symlink("/dev/full", &probe).unwrap();
-        let error = format!("{:#}", ensure_writable_folder(&dir).unwrap_err());
+        let error = format!(
+            "{:#}",
+            ensure_can_write_in(&dir, Remedy::AnotherFolder).unwrap_err()
+        );
         assert!(
             error.starts_with(&format!(
                 "cannot write to {}: the disk is full; free some space on it",

@@ -8,7 +8,8 @@
 //! Shared by the subcommands:
 //! - `checkpoint`: model files (safetensors, with timm's tensor names and the config);
 //! - `optim`: AdamW, gradient clipping and the learning-rate schedule;
-//! - `ffi`: the libtorch C++ APIs tch leaves out (bf16 autocast on the CPU and CUDA, fused AdamW, CUDA graphs);
+//! - `ffi`: the libtorch C++ APIs tch leaves out (bf16 autocast on the CPU and CUDA, fused
+//!   AdamW, multi-tensor ops, oneDNN linear layers, CUDA graphs);
 //! - `fsutil`: writes that never leave a half-written file, and checks that a folder can
 //!   be written;
 //! - `listing`: how a message lists many things (the first few, and how many more), and

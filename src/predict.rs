@@ -44,7 +44,7 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     let device = args.device.set_up()?;
     let loaded = checkpoint::load(&args.checkpoint, device)?;
     loaded.ensure_rgb(&args.checkpoint)?;
-    let classes = checkpoint::class_names(&loaded.metadata, loaded.model.config.num_classes);
+    let classes = loaded.class_names();
     let entries = entries(&args.images);
     let images = entries
         .iter()

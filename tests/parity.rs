@@ -10,8 +10,8 @@
 mod common;
 
 use common::{
-    assert_close, assert_within_6_sigma, fixture, fixture_batch, formula_fill, load_params, seeded,
-    with_prefix,
+    assert_close, assert_within_6_sigma, cpu_store, fixture, fixture_batch, formula_fill,
+    load_params, seeded, with_prefix,
 };
 use tch::{nn, nn::Module, nn::ModuleT, Device, Kind, Tensor};
 use vit_tch::checkpoint::TensorFile;
@@ -36,10 +36,6 @@ const STEP_OPTIONS: StepOptions = StepOptions {
 };
 const WEIGHT_DECAY: f64 = 0.05;
 const STEP_LRS: [f64; 3] = [1e-3, 5e-3, 2e-3];
-
-fn cpu_store() -> nn::VarStore {
-    nn::VarStore::new(tch::Device::Cpu)
-}
 
 /// `build()`, holding the generator's lock (`common::seeded`): a module draws its initial
 /// parameters from libtorch's global generator, and the dropout test's masks are what that

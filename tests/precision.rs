@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::{assert_close, cuda_device, devices, fixture, fixture_batch, load_params, seeded};
+use common::{
+    assert_close, cuda_device, devices, fixture, fixture_batch, load_params, randomize, seeded,
+};
 use tch::{nn, nn::Module, nn::ModuleT, Device, Kind, Tensor};
 use vit_tch::cli::Precision;
 use vit_tch::data::{transforms, Split};
@@ -207,15 +209,8 @@ fn twenty_class_model() -> (ViTConfig, nn::VarStore, VisionTransformer) {
 fn top5_accuracy_counts_labels_among_the_five_highest_logits() {
     let _rng = seeded(0);
     let (config, vs, model) = twenty_class_model();
-    // Logits spread wider than a fresh head's, so that the ranking is far from a tie
-    // (drawn in name order, so that every run draws the same).
-    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    variables.sort_by(|a, b| a.0.cmp(&b.0));
-    tch::no_grad(|| {
-        for (_, var) in &variables {
-            var.shallow_clone().copy_(&(var.randn_like() * 0.5));
-        }
-    });
+    // Logits spread wider than a fresh head's, so that the ranking is far from a tie.
+    randomize(&vs, 0.5);
     let split = Split {
         images: Tensor::randint(256, [100, 3, 8, 8], (Kind::Uint8, Device::Cpu)),
         labels: Tensor::randint(20, [100], (Kind::Int64, Device::Cpu)),

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_close, python, run_python, TempDir};
+use common::{assert_close, perturb, python, run_python, seeded, TempDir};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,14 +30,10 @@ fn tiny_config() -> ViTConfig {
 /// A tiny model with timm's initialisation plus noise, so that every LayerNorm and bias
 /// differs and a parameter stored under the wrong name changes the logits.
 fn tiny_model() -> (nn::VarStore, VisionTransformer) {
-    tch::manual_seed(0);
+    let _rng = seeded(0);
     let vs = nn::VarStore::new(Device::Cpu);
     let model = VisionTransformer::new(&vs.root(), &tiny_config()).unwrap();
-    tch::no_grad(|| {
-        for var in vs.variables().values() {
-            let _ = var.shallow_clone().g_add_(&(var.randn_like() * 0.1));
-        }
-    });
+    perturb(&vs, 0.1);
     (vs, model)
 }
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{assert_close, seeded, vit};
+use common::{assert_close, cpu_store, randomize, seeded, vit};
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 use vit_tch::model::{
     scaled_dot_product_attention, MultiHeadSelfAttention, TransformerBlock, ViTConfig,
@@ -18,22 +18,8 @@ const NUM_HEADS: i64 = 4;
 const HEAD_DIM: i64 = EMBED_DIM / NUM_HEADS;
 const NUM_TOKENS: i64 = 7;
 
-fn cpu_store() -> nn::VarStore {
-    nn::VarStore::new(Device::Cpu)
-}
-
 fn randn(shape: &[i64]) -> Tensor {
     Tensor::randn(shape, (Kind::Float, Device::Cpu))
-}
-
-/// Gives every parameter random values (zero biases and unit LayerNorms would hide
-/// nothing here, but random ones make the check general).
-fn randomize(vs: &nn::VarStore) {
-    tch::no_grad(|| {
-        for var in vs.variables().values() {
-            var.shallow_clone().copy_(&(var.randn_like() * 0.3));
-        }
-    });
 }
 
 /// f(x[:, perm]) == f(x)[:, perm] for a permutation that moves every one of the tokens (a
@@ -52,7 +38,7 @@ fn self_attention_is_permutation_equivariant() {
     let _rng = seeded(0);
     let vs = cpu_store();
     let mut attn = MultiHeadSelfAttention::new(vs.root(), EMBED_DIM, NUM_HEADS);
-    randomize(&vs);
+    randomize(&vs, 0.3);
     for fused in [true, false] {
         attn.fused = fused;
         assert_permutation_equivariant(&format!("attention (fused {fused})"), |x| {
@@ -66,7 +52,7 @@ fn transformer_block_is_permutation_equivariant() {
     let _rng = seeded(1);
     let vs = cpu_store();
     let mut block = TransformerBlock::new(vs.root(), EMBED_DIM, NUM_HEADS, 32, 0.0);
-    randomize(&vs);
+    randomize(&vs, 0.3);
     for fused in [true, false] {
         block.attn.fused = fused;
         assert_permutation_equivariant(&format!("block (fused {fused})"), |x| {
@@ -113,7 +99,7 @@ fn flat_attention_diffuses_into_the_mean_value() {
 fn module_with_aligned_tokens() -> (nn::VarStore, MultiHeadSelfAttention, Tensor, Tensor) {
     let vs = cpu_store();
     let attn = MultiHeadSelfAttention::new(vs.root(), EMBED_DIM, NUM_HEADS);
-    randomize(&vs);
+    randomize(&vs, 0.3);
     let variables = vs.variables();
     let (qkv_w, qkv_b) = (&variables["qkv.weight"], &variables["qkv.bias"]);
     let identity = Tensor::eye(EMBED_DIM, (Kind::Float, Device::Cpu));

@@ -574,9 +574,17 @@ impl LoadedModel {
     }
 
     /// The class names the checkpoint records, when they are the model's (see
-    /// [`class_names`] for names in every case).
+    /// [`Self::class_names`] for names in every case).
     pub fn recorded_classes(&self) -> Option<Vec<String>> {
         recorded_class_names(&self.metadata, self.model.config.num_classes)
+    }
+
+    /// The recorded class names, or `class 0`, `class 1`, ... when the checkpoint has none
+    /// (one saved from timm, say) or a broken one.
+    pub fn class_names(&self) -> Vec<String> {
+        let num_classes = self.model.config.num_classes;
+        self.recorded_classes()
+            .unwrap_or_else(|| (0..num_classes).map(unnamed_class).collect())
     }
 
     /// Fails unless the model from `path` takes RGB images, the only ones vit reads.
@@ -710,13 +718,6 @@ pub fn to_bytes(
         metadata,
     }
     .to_bytes()
-}
-
-/// Class names from the `classes` metadata, or `class 0`, `class 1`, ... when it has none
-/// (a checkpoint saved from timm, say) or a broken one.
-pub fn class_names(metadata: &HashMap<String, String>, num_classes: i64) -> Vec<String> {
-    recorded_class_names(metadata, num_classes)
-        .unwrap_or_else(|| (0..num_classes).map(unnamed_class).collect())
 }
 
 /// What class `index` is called where a checkpoint records no class names.

@@ -76,7 +76,7 @@ impl AugOp {
     }
 
     /// Rotate, shear and translate: ops that resample through an affine grid.
-    pub fn is_geometric(self) -> bool {
+    fn is_geometric(self) -> bool {
         matches!(
             self,
             AugOp::ShearX | AugOp::ShearY | AugOp::TranslateX | AugOp::TranslateY | AugOp::Rotate
@@ -480,14 +480,14 @@ pub fn adjust_contrast(images: &Tensor, factor: &Tensor) -> Tensor {
 
 /// `adjust_saturation` (the "Color" op) of uint8 [B, 3, H, W] with per-image factors `[B]`:
 /// blend with the image's (uint8) grayscale.
-pub fn adjust_saturation(images: &Tensor, factor: &Tensor) -> Tensor {
+fn adjust_saturation(images: &Tensor, factor: &Tensor) -> Tensor {
     blend(images, &rgb_to_grayscale(images), factor)
 }
 
 /// `adjust_sharpness` of uint8 [B, C, H, W] with per-image factors `[B]`: blend with the
 /// image smoothed by [[1, 1, 1], [1, 5, 1], [1, 1, 1]]/13 (rounded to uint8), whose border
 /// pixels are the image's.
-pub fn adjust_sharpness(images: &Tensor, factor: &Tensor) -> Tensor {
+fn adjust_sharpness(images: &Tensor, factor: &Tensor) -> Tensor {
     let (_, c, h, w) = images.size4().expect("adjust_sharpness expects [B,C,H,W]");
     if h <= 2 || w <= 2 {
         return images.shallow_clone();
@@ -515,7 +515,7 @@ pub fn adjust_sharpness(images: &Tensor, factor: &Tensor) -> Tensor {
 
 /// `posterize` of uint8 [B, C, H, W] with per-image bit counts `[B]` (1..=8): keeps the
 /// `bits` high bits.
-pub fn posterize(images: &Tensor, bits: &Tensor) -> Tensor {
+fn posterize(images: &Tensor, bits: &Tensor) -> Tensor {
     let step = (double_per_image(bits, images).neg() + 8.0).exp2();
     let x = images.to_kind(Kind::Double);
     ((x / &step).floor() * step).to_kind(Kind::Uint8)

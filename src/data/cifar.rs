@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
 /// Bytes of one 32x32 RGB image.
-pub const IMAGE_BYTES: usize = 3 * 32 * 32;
+const IMAGE_BYTES: usize = 3 * 32 * 32;
 /// The folder `cifar-10-binary.tar.gz` unpacks to.
 pub const CIFAR10_FOLDER: &str = "cifar-10-batches-bin";
 /// The folder `cifar-100-binary.tar.gz` unpacks to.
@@ -81,7 +81,7 @@ pub struct RecordFormat {
 }
 
 impl RecordFormat {
-    pub fn record_bytes(&self) -> usize {
+    fn record_bytes(&self) -> usize {
         self.label_bytes + IMAGE_BYTES
     }
 }

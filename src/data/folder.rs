@@ -9,9 +9,9 @@
 //! into one uint8 tensor ([`image_file::decode_images`], on libtorch's CPU threads).
 
 use super::{image_file, Dataset, Split, TestSet};
+use crate::fsutil::{file_id, FileId};
 use crate::listing::noun_for;
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
@@ -296,10 +296,10 @@ impl FolderImages {
     /// (device, inode): a symbolic link back to one of them would repeat their images
     /// (under one class's label, for a class folder) without end. An error is `dir`'s own;
     /// its subfolders' go to `unreadable`.
-    fn collect(&mut self, dir: &Path, ancestors: &mut Vec<((u64, u64), PathBuf)>) -> Result<()> {
+    fn collect(&mut self, dir: &Path, ancestors: &mut Vec<(FileId, PathBuf)>) -> Result<()> {
         let metadata =
             std::fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
-        let id = (metadata.dev(), metadata.ino());
+        let id = file_id(&metadata);
         if let Some((_, ancestor)) = ancestors.iter().find(|(folder, _)| *folder == id) {
             bail!(
                 "{} is {} again, through a symbolic link: remove the link that makes this loop",

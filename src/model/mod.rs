@@ -7,6 +7,7 @@
 
 mod config;
 mod dropout;
+mod memory;
 mod multi_head_self_attention;
 mod patch_embedding;
 mod transformer_block;

@@ -7,7 +7,7 @@ use tch::{nn, nn::Module, Tensor};
 #[derive(Debug)]
 pub struct PatchEmbedding {
     proj: nn::Conv2D,
-    /// (image_size / patch_size)^2, the tokens per image.
+    /// (image_size / patch_size)^2, the patches per image (the class token not counted).
     pub num_patches: i64,
 }
 

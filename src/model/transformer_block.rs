@@ -5,7 +5,7 @@ use tch::{nn, nn::ModuleT, Tensor};
 
 /// fc1 -> GELU (exact erf) -> dropout -> fc2 -> dropout (timm's `Mlp`).
 #[derive(Debug)]
-pub struct Mlp {
+pub(super) struct Mlp {
     pub(super) fc1: Linear,
     pub(super) fc2: Linear,
     pub(super) drop: Dropout,
@@ -14,7 +14,7 @@ pub struct Mlp {
 impl Mlp {
     /// Parameters: `fc1.weight` [mlp_dim, embed_dim], `fc1.bias` `[mlp_dim]`,
     /// `fc2.weight` [embed_dim, mlp_dim], `fc2.bias` `[embed_dim]`.
-    pub fn new(path: nn::Path, embed_dim: i64, mlp_dim: i64, dropout: f64) -> Self {
+    pub(super) fn new(path: nn::Path, embed_dim: i64, mlp_dim: i64, dropout: f64) -> Self {
         Self {
             fc1: Linear::new(&path / "fc1", embed_dim, mlp_dim),
             fc2: Linear::new(&path / "fc2", mlp_dim, embed_dim),

@@ -12,6 +12,7 @@ mod ema;
 mod interrupt;
 mod recipe;
 mod run_folder;
+mod seeds;
 mod settings;
 mod step;
 
@@ -21,14 +22,14 @@ pub use recipe::Regularization;
 #[cfg(test)] // For `vit plot`'s test that it draws the columns written.
 pub(crate) use run_folder::metrics_header;
 use run_folder::EpochMetrics;
+pub use seeds::draw_seed;
 pub use settings::TrainSettings;
 pub use step::{
     forward_backward_update, train_step, training_loss, StepOptions, StepOutput, TrainBatch,
 };
 
 use crate::checkpoint;
-use crate::cli::{shown, CudaGraphScope, Precision, TrainArgs};
-use crate::data::mix::MixConfig;
+use crate::cli::{CudaGraphScope, Precision, TrainArgs};
 use crate::data::{self, Dataset, Split};
 use crate::eval::evaluate;
 use crate::listing::noun_for;
@@ -41,7 +42,10 @@ use run_folder::{default_run_dir, ModelFiles, Progress, RunFolder, CURVES_PNG};
 // The run folder's file names and recorded settings, for commands that read it; and how
 // metrics.csv's lines are numbered, for `vit plot`'s messages.
 pub(crate) use run_folder::{line_at, recorded_settings, METRICS_CSV, MODEL_FILES, RESUME_STATE};
-use settings::{epoch_steps, settings_and_dataset, training_images};
+use seeds::{epoch_order, seed_bits};
+use settings::{
+    epoch_steps, settings_and_dataset, training_images, warn_about_settings_without_effect,
+};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -193,79 +197,6 @@ pub fn train(settings: &TrainSettings, dataset: &Dataset, options: &RunOptions) 
         trainer.say_best_models();
     }
     Ok(outcome)
-}
-
-/// Warnings (and a note) for settings that are allowed, for a smoke test, but do not do what
-/// they say on a run of `train_images` images: each a common slip.
-fn warn_about_settings_without_effect(settings: &TrainSettings, train_images: i64) {
-    if settings.warmup_epochs >= settings.epochs {
-        eprintln!(
-            "warning: --warmup-epochs {} is not below --epochs {}: the learning rate rises \
-             for the whole run, reaching --lr only at its end if at all, and never decays; \
-             pass a smaller --warmup-epochs for a short run",
-            settings.warmup_epochs, settings.epochs
-        );
-    }
-    // AdamW scales each decayed weight by 1 - lr * weight_decay a step.
-    let decay = settings.lr * settings.weight_decay;
-    if decay >= 1.0 {
-        eprintln!(
-            "warning: --lr {} times --weight-decay {} is {}: AdamW multiplies the weights \
-             by 1 - lr x weight decay each step, which from 1 on zeroes them or flips their \
-             sign, so the run learns nothing or diverges; give a product below 1 (the \
-             defaults: {} x {})",
-            shown(settings.lr),
-            shown(settings.weight_decay),
-            shown(decay),
-            crate::cli::DEFAULT_LR,
-            crate::cli::DEFAULT_WEIGHT_DECAY
-        );
-    }
-    if settings.batch_size > train_images {
-        eprintln!(
-            "note: --batch-size {} is more than the {train_images} training {}: each epoch \
-             is one batch of {train_images}",
-            settings.batch_size,
-            noun_for(train_images, "image")
-        );
-    }
-    let regularization = &settings.regularization;
-    let mixes = regularization
-        .mix
-        .as_ref()
-        .is_some_and(MixConfig::is_active);
-    if mixes && settings.batch_size.min(train_images) == 1 {
-        eprintln!(
-            "warning: MixUp and CutMix mix each image with another of its batch: in batches \
-             of one image each is mixed with itself, which changes nothing; use a \
-             --batch-size of 2 or more"
-        );
-    }
-    if let Some(mix) = &regularization.mix {
-        // With both on, each mix is CutMix with probability --switch-prob.
-        let idle = match mix.switch_prob {
-            0.0 => Some(("never", "--cutmix", mix.cutmix_alpha, "above 0")),
-            1.0 => Some(("always", "--mixup", mix.mixup_alpha, "below 1")),
-            _ => None,
-        };
-        if let Some((when, flag, alpha, instead)) =
-            idle.filter(|_| mix.mixup_alpha > 0.0 && mix.cutmix_alpha > 0.0)
-        {
-            eprintln!(
-                "warning: --switch-prob {} {when} picks CutMix over MixUp: {flag} {} \
-                 does nothing; give a --switch-prob {instead}, or {flag} 0",
-                mix.switch_prob,
-                shown(alpha)
-            );
-        }
-    }
-    if regularization.drop_path > 0.0 && settings.model.num_layers == 1 {
-        eprintln!(
-            "warning: --drop-path {} drops nothing in a model of one block: its rate rises \
-             from 0 at the first block to --drop-path at the last (as timm's)",
-            shown(regularization.drop_path)
-        );
-    }
 }
 
 /// How `Trainer::train_epoch` ended.
@@ -583,14 +514,21 @@ impl<'a> Trainer<'a> {
         progress.loss_sum = loss_sum;
         progress.correct = sums.correct.int64_value(&[]);
         progress.seconds += started.elapsed().as_secs_f64();
-        let state = run_folder::resume_state(
+        let state = self.resume_state()?;
+        self.run.save(vec![(RESUME_STATE, state)])
+    }
+
+    /// resume.safetensors' bytes for the training as it stands (see
+    /// [`run_folder::resume_state`]).
+    fn resume_state(&self) -> Result<Vec<u8>> {
+        let ema = self.ema.as_ref();
+        run_folder::resume_state(
             &self.vs,
             &self.optimizer,
-            self.ema.as_ref(),
-            progress,
+            ema,
+            &self.progress,
             self.settings,
-        )?;
-        self.run.save(vec![(RESUME_STATE, state)])
+        )
     }
 
     /// The end of `epoch`: evaluation, the metrics row, the checkpoints, the resume state,
@@ -729,25 +667,14 @@ impl<'a> Trainer<'a> {
             let bytes = checkpoint::to_bytes(vs, &self.settings.model, &self.metadata)?;
             let ModelFiles { best, last } = ModelFiles::of(is_ema);
             // The last model, and the best when it is that too.
-            if is_new_best(accuracy, self.progress.best(is_ema).0, epoch) {
-                self.progress.set_best(is_ema, accuracy, epoch + 1);
+            if self.progress.record_best(is_ema, accuracy, epoch) {
                 files.push((*best, bytes.clone()));
             }
             files.push((*last, bytes));
         }
         self.progress = self.progress.after_epochs(epoch + 1);
         // Last: until it lands, a resume replays this epoch from the previous state.
-        let ema = self.ema.as_ref();
-        files.push((
-            RESUME_STATE,
-            run_folder::resume_state(
-                &self.vs,
-                &self.optimizer,
-                ema,
-                &self.progress,
-                self.settings,
-            )?,
-        ));
+        files.push((RESUME_STATE, self.resume_state()?));
         Ok(files)
     }
 }
@@ -829,53 +756,6 @@ fn note_earlier_evaluations(run: &RunFolder) {
     }
 }
 
-/// The 32 bits of `--seed` that the run's draws derive from: libtorch's CPU generator
-/// (mt19937) keeps only a seed's low 32 bits, so a seed above them is hashed into them
-/// (seeds that differed above bit 31 drew the same weights). Seeds below 2^32 are used as
-/// they are, as `torch.manual_seed` uses them.
-fn seed_bits(seed: u64) -> u64 {
-    match seed <= u64::from(u32::MAX) {
-        true => seed,
-        false => crate::model::splitmix64_finalizer(seed) & u64::from(u32::MAX),
-    }
-}
-
-/// The order of the `n` training images in `epoch` (0-based) of the run seeded `seed`, of
-/// `steps_per_epoch` steps: int64 indices on `device`, a permutation drawn anew each epoch
-/// from its own seed.
-fn epoch_order(seed: u64, epoch: usize, steps_per_epoch: usize, n: i64, device: Device) -> Tensor {
-    tch::manual_seed(draw_seed(seed, epoch, None, steps_per_epoch));
-    Tensor::randperm(n, (Kind::Int64, device))
-}
-
-/// The seed of a random draw of the run seeded `seed`, of `steps_per_epoch` steps an
-/// epoch: `epoch`'s shuffle (`step` None) or the augmentation and dropout of its step
-/// `step`. The draws are numbered in the order they happen, and each number is mapped to
-/// its seed by a permutation of the 32-bit numbers that the run's seed picks: libtorch's
-/// CPU generator (mt19937) keeps only a seed's low 32 bits, so seeds distinct in 64 bits
-/// could still give two steps the same draws; as 32-bit numbers, no two of a run's first
-/// 2^32 draws share a seed. (Public for the test that bench/train_pytorch.py's port of it
-/// gives the same seeds.)
-pub fn draw_seed(seed: u64, epoch: usize, step: Option<usize>, steps_per_epoch: usize) -> i64 {
-    let draws_per_epoch = steps_per_epoch as u64 + 1;
-    let draw = (epoch as u64)
-        .wrapping_mul(draws_per_epoch)
-        .wrapping_add(step.map_or(0, |step| step as u64 + 1));
-    let key = crate::model::splitmix64_finalizer(seed_bits(seed));
-    // Two rounds keyed by the run's seed: runs seeded apart draw unrelated sequences (with
-    // one round, or a key added alone, one run's draws would be another's, shifted).
-    let mixed = mix32(draw as u32 ^ key as u32);
-    i64::from(mix32(mixed.wrapping_add((key >> 32) as u32)))
-}
-
-/// A bijection of the 32-bit numbers in which nearby inputs give unrelated outputs (Chris
-/// Wellons' "lowbias32": each xor-shift and each odd multiplication can be undone).
-fn mix32(x: u32) -> u32 {
-    let x = (x ^ (x >> 16)).wrapping_mul(0x7feb_352d);
-    let x = (x ^ (x >> 15)).wrapping_mul(0x846c_a68b);
-    x ^ (x >> 16)
-}
-
 /// The notebook's rule for `best_model`: epoch `epoch`'s (0-based) model is the best so far
 /// when its test accuracy beats `best_accuracy`, every earlier epoch's (a tie keeps the
 /// earlier model). The first epoch's always is, so that a best model exists even at 0%.
@@ -885,68 +765,7 @@ pub(crate) fn is_new_best(accuracy: f64, best_accuracy: f64, epoch: usize) -> bo
 
 #[cfg(test)]
 mod tests {
-    use super::{draw_seed, epoch_order, is_new_best};
-    use std::collections::HashSet;
-    use tch::{Device, Kind, Tensor};
-
-    /// Each epoch trains on the images in a new order (the same order every epoch would
-    /// pass the resume tests, which compare a run with itself), and runs seeded apart
-    /// shuffle apart.
-    #[test]
-    fn every_epoch_shuffles_anew() {
-        let n = 50;
-        let orders: Vec<Tensor> = (0..3)
-            .map(|epoch| epoch_order(0, epoch, 1, n, Device::Cpu))
-            .collect();
-        let identity = Tensor::arange(n, (Kind::Int64, Device::Cpu));
-        for (epoch, order) in orders.iter().enumerate() {
-            assert!(
-                order.sort(0, false).0.equal(&identity),
-                "epoch {epoch}: {order}"
-            );
-        }
-        for (a, b) in [(0, 1), (1, 2), (0, 2)] {
-            assert!(
-                !orders[a].equal(&orders[b]),
-                "epochs {a} and {b} share an order"
-            );
-        }
-        assert!(
-            !epoch_order(1, 0, 1, n, Device::Cpu).equal(&orders[0]),
-            "seeds 0 and 1"
-        );
-    }
-
-    /// The seeds of a run's shuffles and steps never repeat as the CPU generator reads them
-    /// (their low 32 bits): no two steps draw the same augmentation and dropout masks. Seed
-    /// 0's run of 322 epochs of 196 steps had two steps with the same low 32 bits (epoch
-    /// 169's step 41 and epoch 197's step 5) when the seeds were 63-bit hashes.
-    #[test]
-    fn draw_seeds_do_not_repeat_in_32_bits() {
-        let (epochs, steps) = (322, 196);
-        let run = |seed| {
-            let mut seen = HashSet::new();
-            for epoch in 0..epochs {
-                for step in [None].into_iter().chain((0..steps).map(Some)) {
-                    let drawn = draw_seed(seed, epoch, step, steps);
-                    assert!(
-                        (0..1 << 32).contains(&drawn),
-                        "{drawn}: the CPU generator keeps 32 bits"
-                    );
-                    assert!(
-                        seen.insert(drawn),
-                        "seed {seed}, epoch {epoch}, step {step:?}"
-                    );
-                }
-            }
-            seen
-        };
-        let runs: Vec<HashSet<i64>> = [0, 1, 3, u64::MAX].into_iter().map(run).collect();
-        // Runs seeded apart share about as many seeds as two random sets of 63,434 32-bit
-        // numbers (one, on average), not a sequence shifted by a few draws.
-        let shared = runs[0].intersection(&runs[1]).count();
-        assert!(shared < 10, "seeds 0 and 1 share {shared} draw seeds");
-    }
+    use super::is_new_best;
 
     #[test]
     fn the_best_model_is_the_first_epoch_with_the_highest_accuracy() {

@@ -1,9 +1,10 @@
 //! `--recipe`: what the strong recipe adds to the notebook's training, and the flags that
 //! override it one by one.
 
-use crate::cli::{shown, AugmentPolicy, Recipe, TrainArgs};
+use crate::cli::{AugmentPolicy, Recipe, TrainArgs};
 use crate::data::augment::{AugmentConfig, Policy, RandAugment, RandomErasing};
 use crate::data::mix::MixConfig;
+use crate::listing::shown_number;
 use crate::model::ViTConfig;
 use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
@@ -98,7 +99,7 @@ impl Regularization {
             ensure!(
                 value >= 0.0 && (value < 1.0 || (one_allowed && value == 1.0)),
                 "{flag} must be in [0, {upper}, got {}",
-                shown(value)
+                shown_number(value)
             );
         }
         // After the range check: a negative --ema is out of range, not off.
@@ -175,7 +176,7 @@ fn mix_config(
             alpha == 0.0 || (alpha >= MIN_MIX_ALPHA && alpha.is_finite()),
             "{flag} takes a finite alpha of at least {MIN_MIX_ALPHA}, or 0 to turn it off; \
              got {}",
-            shown(alpha)
+            shown_number(alpha)
         );
     }
     let turned_off = match strong {

@@ -2,9 +2,10 @@
 //! checked before the data is read, and the dataset they choose.
 
 use super::recipe::{self, Regularization};
-use crate::cli::{shown, Precision, Recipe, TrainArgs};
+use crate::cli::{Precision, Recipe, TrainArgs};
+use crate::data::mix::MixConfig;
 use crate::data::{self, Dataset};
-use crate::listing::noun_for;
+use crate::listing::{noun_for, shown_number};
 use crate::model::ViTConfig;
 use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
@@ -183,7 +184,7 @@ fn check_optimizer_flags(args: &TrainArgs) -> Result<()> {
     ensure!(
         args.lr > 0.0 && args.lr.is_finite(),
         "--lr must be a positive finite number, got {}",
-        shown(args.lr)
+        shown_number(args.lr)
     );
     for (flag, value) in [
         ("--weight-decay", args.weight_decay),
@@ -192,13 +193,13 @@ fn check_optimizer_flags(args: &TrainArgs) -> Result<()> {
         ensure!(
             value >= 0.0 && value.is_finite(),
             "{flag} must be a finite number >= 0 (0 turns it off), got {}",
-            shown(value)
+            shown_number(value)
         );
     }
     ensure!(
         (0.0..1.0).contains(&args.label_smoothing),
         "--label-smoothing must be in [0, 1), got {}",
-        shown(args.label_smoothing)
+        shown_number(args.label_smoothing)
     );
     Ok(())
 }
@@ -234,6 +235,79 @@ pub(super) fn epoch_steps(settings: &TrainSettings, train_images: i64) -> Result
         usize::MAX / steps_per_epoch
     );
     Ok(steps_per_epoch)
+}
+
+/// Warnings (and a note) for settings that are allowed, for a smoke test, but do not do what
+/// they say on a run of `train_images` images: each a common slip.
+pub(super) fn warn_about_settings_without_effect(settings: &TrainSettings, train_images: i64) {
+    if settings.warmup_epochs >= settings.epochs {
+        eprintln!(
+            "warning: --warmup-epochs {} is not below --epochs {}: the learning rate rises \
+             for the whole run, reaching --lr only at its end if at all, and never decays; \
+             pass a smaller --warmup-epochs for a short run",
+            settings.warmup_epochs, settings.epochs
+        );
+    }
+    // AdamW scales each decayed weight by 1 - lr * weight_decay a step.
+    let decay = settings.lr * settings.weight_decay;
+    if decay >= 1.0 {
+        eprintln!(
+            "warning: --lr {} times --weight-decay {} is {}: AdamW multiplies the weights \
+             by 1 - lr x weight decay each step, which from 1 on zeroes them or flips their \
+             sign, so the run learns nothing or diverges; give a product below 1 (the \
+             defaults: {} x {})",
+            shown_number(settings.lr),
+            shown_number(settings.weight_decay),
+            shown_number(decay),
+            crate::cli::DEFAULT_LR,
+            crate::cli::DEFAULT_WEIGHT_DECAY
+        );
+    }
+    if settings.batch_size > train_images {
+        eprintln!(
+            "note: --batch-size {} is more than the {train_images} training {}: each epoch \
+             is one batch of {train_images}",
+            settings.batch_size,
+            noun_for(train_images, "image")
+        );
+    }
+    let regularization = &settings.regularization;
+    let mixes = regularization
+        .mix
+        .as_ref()
+        .is_some_and(MixConfig::is_active);
+    if mixes && settings.batch_size.min(train_images) == 1 {
+        eprintln!(
+            "warning: MixUp and CutMix mix each image with another of its batch: in batches \
+             of one image each is mixed with itself, which changes nothing; use a \
+             --batch-size of 2 or more"
+        );
+    }
+    if let Some(mix) = &regularization.mix {
+        // With both on, each mix is CutMix with probability --switch-prob.
+        let idle = match mix.switch_prob {
+            0.0 => Some(("never", "--cutmix", mix.cutmix_alpha, "above 0")),
+            1.0 => Some(("always", "--mixup", mix.mixup_alpha, "below 1")),
+            _ => None,
+        };
+        if let Some((when, flag, alpha, instead)) =
+            idle.filter(|_| mix.mixup_alpha > 0.0 && mix.cutmix_alpha > 0.0)
+        {
+            eprintln!(
+                "warning: --switch-prob {} {when} picks CutMix over MixUp: {flag} {} \
+                 does nothing; give a --switch-prob {instead}, or {flag} 0",
+                mix.switch_prob,
+                shown_number(alpha)
+            );
+        }
+    }
+    if regularization.drop_path > 0.0 && settings.model.num_layers == 1 {
+        eprintln!(
+            "warning: --drop-path {} drops nothing in a model of one block: its rate rises \
+             from 0 at the first block to --drop-path at the last (as timm's)",
+            shown_number(regularization.drop_path)
+        );
+    }
 }
 
 #[cfg(test)]

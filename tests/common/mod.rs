@@ -128,6 +128,32 @@ pub fn seeded(seed: i64) -> MutexGuard<'static, ()> {
     guard
 }
 
+/// An empty store on the CPU.
+pub fn cpu_store() -> nn::VarStore {
+    nn::VarStore::new(Device::Cpu)
+}
+
+/// Gives every parameter of `vs` new values, `std` times N(0, 1) (zero biases and unit
+/// LayerNorms would hide a wrong name or a wrong order), drawn in name order so that a
+/// seeded test draws the same ones every run (the store's map has no order).
+pub fn randomize(vs: &nn::VarStore, std: f64) {
+    for_each_by_name(vs, |var| {
+        var.shallow_clone().copy_(&(var.randn_like() * std));
+    });
+}
+
+/// [`randomize`], adding the draws to the values there (timm's initialisation plus noise).
+pub fn perturb(vs: &nn::VarStore, std: f64) {
+    for_each_by_name(vs, |var| {
+        let _ = var.shallow_clone().g_add_(&(var.randn_like() * std));
+    });
+}
+
+fn for_each_by_name(vs: &nn::VarStore, mut change: impl FnMut(&Tensor)) {
+    let variables: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    tch::no_grad(|| variables.values().for_each(&mut change));
+}
+
 /// The strong recipe's batch: AutoAugment (CIFAR-10 policy), random erasing and
 /// MixUp/CutMix with their default settings, mixing in the first epoch only (of a test's
 /// two, the second trains on single images).

@@ -222,7 +222,7 @@ pub(super) fn differences(
 /// (`regularization.mix`) is compared setting by setting, the missing side's settings
 /// `off`, leaving out the [`FIXED_SETTINGS`] no flag changes and the
 /// [`QUALIFYING_SETTINGS`]; one with a flag of its own (`--augment-policy`,
-/// `--random-erasing`) is summarised as [`shown`] says.
+/// `--random-erasing`) is summarised as [`setting_shown`] says.
 fn differing_settings(
     path: &str,
     saved: &serde_json::Value,
@@ -280,7 +280,7 @@ fn compare_settings(
                 Some(flag) => format!("{path} ({flag})"),
                 None => path.to_string(),
             };
-            let (saved, given) = (shown(path, saved), shown(path, given));
+            let (saved, given) = (setting_shown(path, saved), setting_shown(path, given));
             // `--cutmix 0` is CutMix off, as a run without mixing has it.
             if saved != given {
                 out.push(format!("{name}: saved {saved}, given {given}"))
@@ -335,14 +335,14 @@ fn flag_for(path: &str) -> Option<String> {
     if let Some((_, flag)) = NESTED_FLAGS.iter().find(|(nested, _)| *nested == path) {
         return Some(flag.to_string());
     }
-    let flag = crate::cli::flag_name(path.rsplit('.').next().unwrap_or(path));
+    let flag = crate::listing::flag_name(path.rsplit('.').next().unwrap_or(path));
     train_flags().contains(&flag[2..]).then_some(flag)
 }
 
 /// A setting's value for a message: as config.json has it, except an augmentation
 /// policy (by its `--augment-policy` name), random erasing (its probability), the whole
 /// training set (`all`), and any other setting a flag turns off (`off`).
-fn shown(path: &str, value: &serde_json::Value) -> String {
+fn setting_shown(path: &str, value: &serde_json::Value) -> String {
     use crate::cli::AugmentPolicy;
     use crate::data::augment::{Policy, RandomErasing};
     use serde_json::{from_value, Value};

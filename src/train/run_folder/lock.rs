@@ -2,7 +2,8 @@
 //! only into the folder it locked.
 
 use super::checks::saved_progress;
-use crate::fsutil::{io_error_kind, kind_if_not_a_file, unwritable, Remedy};
+use super::run_folder_unwritable;
+use crate::fsutil::{file_id, io_error_kind, kind_if_not_a_file, FileId, Remedy};
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::Path;
 
@@ -45,13 +46,7 @@ impl RunLock {
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|e| {
-                unwritable(
-                    e,
-                    format!("cannot write to the run folder {}", dir.display()),
-                    remedy,
-                )
-            })?;
+            .map_err(|e| run_folder_unwritable(dir, e, remedy))?;
         match try_lock_for_a_moment(&file) {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -99,14 +94,6 @@ impl RunLock {
         };
         Ok(Self { _file: file, place })
     }
-}
-
-/// A file's identity on disk: its device and inode.
-type FileId = (u64, u64);
-
-fn file_id(metadata: &std::fs::Metadata) -> FileId {
-    use std::os::unix::fs::MetadataExt;
-    (metadata.dev(), metadata.ino())
 }
 
 /// Where a run took its lock: the identities of the `.lock` it locked and of its folder.

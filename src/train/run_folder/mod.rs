@@ -64,13 +64,19 @@ impl Progress {
         }
     }
 
-    /// Records `accuracy`, of epoch `epoch` (1-based), as the best of the model or, with
-    /// `ema`, of its moving average.
-    pub(super) fn set_best(&mut self, ema: bool, accuracy: f64, epoch: usize) {
-        match ema {
-            false => (self.best_accuracy, self.best_epoch) = (accuracy, epoch),
-            true => (self.best_ema_accuracy, self.best_ema_epoch) = (accuracy, epoch),
+    /// Takes epoch `epoch`'s (0-based) test `accuracy`, of the model or, with `ema`, of its
+    /// moving average, as the best where the notebook's rule says it is ([`is_new_best`]),
+    /// and says whether it did.
+    pub(super) fn record_best(&mut self, ema: bool, accuracy: f64, epoch: usize) -> bool {
+        if !is_new_best(accuracy, self.best(ema).0, epoch) {
+            return false;
         }
+        let best = (accuracy, epoch + 1);
+        match ema {
+            false => (self.best_accuracy, self.best_epoch) = best,
+            true => (self.best_ema_accuracy, self.best_ema_epoch) = best,
+        }
+        true
     }
 
     /// Where the loop is once `epochs_done` epochs have finished: the best models kept,
@@ -225,6 +231,8 @@ impl RunFolder {
         data: &DataIdentity,
     ) -> Result<Self> {
         let dir = options.out;
+        // `vit train` made these checks before reading the data; `train` (the library's
+        // entry, and the tests') may come here without them.
         ensure_out_is_a_folder(dir)?;
         let saved_nothing = options.resume && stopped_before_its_config(dir);
         if saved_nothing {
@@ -329,8 +337,7 @@ impl RunFolder {
     /// `error`, from a write into the folder, naming the folder and why it took no file
     /// (a full disk, say), then what to do, as `remedy` says.
     fn write_failed(&self, error: anyhow::Error, remedy: Remedy) -> anyhow::Error {
-        let failed = format!("cannot write to the run folder {}", self.dir.display());
-        unwritable(error, failed, remedy)
+        run_folder_unwritable(&self.dir, error, remedy)
     }
 
     /// `error`, from a write of the run as it trains: its folder removed or replaced
@@ -533,9 +540,7 @@ impl RunFolder {
         for (epoch, row) in epoch_rows(&text).into_iter().take(epochs).enumerate() {
             for (ema, accuracy) in [(false, Some(row.test_acc)), (true, row.ema_test_acc)] {
                 let Some(accuracy) = accuracy else { continue };
-                if is_new_best(accuracy, progress.best(ema).0, epoch) {
-                    progress.set_best(ema, accuracy, epoch + 1);
-                }
+                progress.record_best(ema, accuracy, epoch);
             }
         }
         Ok(progress)
@@ -824,6 +829,17 @@ struct RunConfig {
     /// that resumes it (none in runs of earlier versions, or where it was not text).
     #[serde(default)]
     command: Option<StartCommand>,
+}
+
+/// `error`, from a write into the run folder `dir`, naming the folder and why it took no
+/// file (a full disk, say), then what to do, as `remedy` says.
+fn run_folder_unwritable(
+    dir: &Path,
+    error: impl Into<anyhow::Error>,
+    remedy: Remedy,
+) -> anyhow::Error {
+    let failed = format!("cannot write to the run folder {}", dir.display());
+    unwritable(error, failed, remedy)
 }
 
 #[cfg(test)]
