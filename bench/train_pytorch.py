@@ -260,20 +260,20 @@ def splitmix64_finalizer(x):
 
 
 def seed_bits(seed):
-    """src/train/mod.rs::seed_bits: the seed below 2^32, or hashed to 32 bits (the CPU
+    """src/train/seeds.rs::seed_bits: the seed below 2^32, or hashed to 32 bits (the CPU
     generator keeps 32)."""
     return seed if seed <= 0xFFFFFFFF else splitmix64_finalizer(seed) & 0xFFFFFFFF
 
 
 def mix32(x):
-    """src/train/mod.rs::mix32 (lowbias32, a bijection of the 32-bit numbers)."""
+    """src/train/seeds.rs::mix32 (lowbias32, a bijection of the 32-bit numbers)."""
     x = ((x ^ (x >> 16)) * 0x7FEB352D) & 0xFFFFFFFF
     x = ((x ^ (x >> 15)) * 0x846CA68B) & 0xFFFFFFFF
     return x ^ (x >> 16)
 
 
 def draw_seed(seed, epoch, step, steps_per_epoch):
-    """src/train/mod.rs::draw_seed: the seed of epoch `epoch`'s shuffle (step None) or of
+    """src/train/seeds.rs::draw_seed: the seed of epoch `epoch`'s shuffle (step None) or of
     its step `step`'s augmentation and dropout, draws numbered in order and mapped by a
     32-bit permutation keyed by the run's seed."""
     draw = (epoch * (steps_per_epoch + 1) + (0 if step is None else step + 1)) & MASK64
