@@ -265,9 +265,11 @@ pub fn clip_grad_norm<'a>(params: impl Iterator<Item = &'a Tensor>, max_norm: f6
 
 /// The learning rate of step `step` (counted from 0): a linear warm-up that reaches
 /// `base_lr` at step `warmup_steps - 1`, then a cosine decay from `base_lr` to 0 at
-/// `total_steps`, updated every step. Unlike timm's `CosineLRScheduler` (whose warm-up
-/// starts at `warmup_lr_init`, 0 by default), step 0 already gets base_lr / warmup_steps:
-/// no step is spent at a learning rate of 0. `bench/train_pytorch.py` uses this formula.
+/// `total_steps`, updated every step. The cosine spans the steps after the warm-up, as
+/// timm's `CosineLRScheduler` with `warmup_prefix=True` (its default spans the whole run,
+/// from step 0); unlike timm's warm-up (from `warmup_lr_init`, 0 by default), step 0
+/// already gets base_lr / warmup_steps: no step is spent at a learning rate of 0.
+/// `bench/train_pytorch.py` uses this formula.
 pub fn learning_rate(base_lr: f64, step: usize, warmup_steps: usize, total_steps: usize) -> f64 {
     if step < warmup_steps {
         return base_lr * (step + 1) as f64 / warmup_steps as f64;
