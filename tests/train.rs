@@ -61,30 +61,20 @@ fn cifar10_records(split: &Split) -> Vec<u8> {
 /// Writes `dataset` as a cifar-10-batches-bin folder (the training split spread over the
 /// five batch files), so the `vit` binary can read it.
 fn write_as_cifar10(dataset: &Dataset, data_dir: &Path) {
-    let folder = data_dir.join("cifar-10-batches-bin");
-    std::fs::create_dir_all(&folder).unwrap();
     let per_file = dataset.train.len() / 5;
-    for i in 0..5 {
-        let part = Split {
-            images: dataset.train.images.narrow(0, i * per_file, per_file),
-            labels: dataset.train.labels.narrow(0, i * per_file, per_file),
-        };
-        std::fs::write(
-            folder.join(format!("data_batch_{}.bin", i + 1)),
-            cifar10_records(&part),
-        )
-        .unwrap();
-    }
-    std::fs::write(
-        folder.join("test_batch.bin"),
-        cifar10_records(&dataset.test),
-    )
-    .unwrap();
-    std::fs::write(
-        folder.join("batches.meta.txt"),
-        dataset.classes.join("\n") + "\n",
-    )
-    .unwrap();
+    let mut files: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| {
+            let part = Split {
+                images: dataset.train.images.narrow(0, i * per_file, per_file),
+                labels: dataset.train.labels.narrow(0, i * per_file, per_file),
+            };
+            (format!("data_batch_{}.bin", i + 1), cifar10_records(&part))
+        })
+        .collect();
+    files.push(("test_batch.bin".into(), cifar10_records(&dataset.test)));
+    let class_names = dataset.classes.join("\n") + "\n";
+    files.push(("batches.meta.txt".into(), class_names.into_bytes()));
+    common::write_cifar10_files(data_dir, files);
 }
 
 /// A temporary folder holding the colour dataset as `data/cifar-10-batches-bin`, and

@@ -408,9 +408,15 @@ pub fn cifar10_files() -> Vec<(String, Vec<u8>)> {
 
 /// Writes [`cifar10_files`] into `data_dir`; gives their folder.
 pub fn write_cifar10(data_dir: &Path) -> PathBuf {
+    write_cifar10_files(data_dir, cifar10_files())
+}
+
+/// Writes `files` (name, bytes) into `data_dir`'s CIFAR-10 folder, as a download unpacks
+/// them; gives the folder.
+pub fn write_cifar10_files(data_dir: &Path, files: Vec<(String, Vec<u8>)>) -> PathBuf {
     let dir = data_dir.join("cifar-10-batches-bin");
     std::fs::create_dir_all(&dir).unwrap();
-    for (name, bytes) in cifar10_files() {
+    for (name, bytes) in files {
         std::fs::write(dir.join(name), bytes).unwrap();
     }
     dir
