@@ -89,6 +89,49 @@ fn checkpoints_round_trip_through_timm() {
     );
 }
 
+/// A model of timm's own registry, not one built to a vit config: `vit_tiny_patch16_224`
+/// (224x224 images in 16x16 patches, 12 blocks 192 wide with 3 heads, 1000 classes; its
+/// weights moved off their initial values), saved with its config, loads in vit and gives
+/// timm's logits.
+#[test]
+fn a_model_of_timms_registry_loads_with_timms_logits() {
+    let dir = TempDir::new("timm-registry");
+    run_python(
+        &dir,
+        "import json, torch, timm\n\
+         from safetensors.torch import save_file\n\
+         torch.manual_seed(0)\n\
+         model = timm.create_model('vit_tiny_patch16_224', pretrained=False).eval()\n\
+         with torch.no_grad():\n\
+         \x20   for p in model.parameters():\n\
+         \x20       p.add_(torch.randn_like(p) * 0.05)\n\
+         \x20   images = torch.randn(2, 3, 224, 224)\n\
+         \x20   logits = model(images)\n\
+         config = dict(image_size=224, patch_size=16, in_channels=3, embed_dim=192,\n\
+         \x20   num_heads=3, mlp_dim=768, num_layers=12, num_classes=1000, dropout=0.0)\n\
+         weights = {name: t.contiguous() for name, t in model.state_dict().items()}\n\
+         save_file(weights, 'model.safetensors', metadata={'config': json.dumps(config)})\n\
+         save_file({'images': images, 'logits': logits}, 'io.safetensors')\n\
+         print(float(logits.abs().max()))",
+    );
+    let loaded = checkpoint::load(&dir.join("model.safetensors"), Device::Cpu).unwrap();
+    assert_eq!(loaded.model.config.parameter_count(), 5_717_416.0);
+    let io = TensorFile::read(&dir.join("io.safetensors")).unwrap();
+    let logits =
+        tch::no_grad(|| loaded.model.f_forward_t(io.get("images").unwrap(), false)).unwrap();
+    let expected = io.get("logits").unwrap();
+    assert!(
+        expected.std(false).double_value(&[]) > 0.1,
+        "logits too alike to tell a misplaced weight"
+    );
+    assert_close(
+        "timm's vit_tiny_patch16_224 in vit",
+        &logits,
+        expected,
+        1e-4,
+    );
+}
+
 /// The timm model the tests and benchmarks compare with (and README.md's loading snippet)
 /// has vit's MLP width for any sizes: timm builds int(embed_dim * mlp_ratio) hidden units,
 /// and 61 / 14 * 14 is 60.99999999999999.
