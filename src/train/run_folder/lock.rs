@@ -47,37 +47,7 @@ impl RunLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| run_folder_unwritable(dir, e, remedy))?;
-        match try_lock_for_a_moment(&file) {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let pid = match read_lock(&mut file) {
-                    Ok(LockContent::Vits(Some(pid))) => pid.to_string(),
-                    // Being written at this moment, perhaps.
-                    _ => "unknown".to_string(),
-                };
-                bail!(
-                    "{} is in use by another vit process (PID {pid}): wait for it to end, or \
-                     choose another --out",
-                    dir.display()
-                );
-            }
-            Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
-                eprintln!(
-                    "warning: the file system of {} has no file locks: nothing keeps a second \
-                     vit process out of this run folder",
-                    dir.display()
-                );
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "cannot lock {}: its file system refused a file lock; choose another \
-                         --out (on a local disk)",
-                        path.display()
-                    )
-                });
-            }
-        }
+        lock_or_refuse(&mut file, dir, &path)?;
         match read_lock(&mut file).with_context(|| format!("cannot read {}", path.display()))? {
             LockContent::Vits(_) => {}
             LockContent::Other => return Err(not_vits()),
@@ -93,6 +63,42 @@ impl RunLock {
             folder: file_id(&folder),
         };
         Ok(Self { _file: file, place })
+    }
+}
+
+/// Locks `file`, the `.lock` at `path` in the run folder `dir`, or refuses where another
+/// vit process holds it (naming its PID) or the file system refuses locks; where it has
+/// none, warns and goes on unlocked.
+fn lock_or_refuse(file: &mut std::fs::File, dir: &Path, path: &Path) -> Result<()> {
+    match try_lock_for_a_moment(file) {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let pid = match read_lock(file) {
+                Ok(LockContent::Vits(Some(pid))) => pid.to_string(),
+                // Being written at this moment, perhaps.
+                _ => "unknown".to_string(),
+            };
+            bail!(
+                "{} is in use by another vit process (PID {pid}): wait for it to end, or \
+                 choose another --out",
+                dir.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+            eprintln!(
+                "warning: the file system of {} has no file locks: nothing keeps a second \
+                 vit process out of this run folder",
+                dir.display()
+            );
+            Ok(())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| {
+            format!(
+                "cannot lock {}: its file system refused a file lock; choose another --out \
+                 (on a local disk)",
+                path.display()
+            )
+        }),
     }
 }
 
