@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{python, vit};
+use common::{assert_contains, python, vit};
 use serde_json::Value;
 use std::process::{Command, Output};
 use tch::{Device, Kind, Tensor};
@@ -422,11 +422,11 @@ fn bench_reports_the_linear_kernel_that_ran() {
     let (libtorch_linear, stderr) = bench(&[&batch_32[..], &["--precision", "bf16"]].concat());
     assert_eq!(libtorch_linear, true, "{stderr}");
     let bf16 = format!("{changes_nothing}oneDNN's path is for fp32 products");
-    assert!(stderr.contains(&bf16), "{stderr}");
+    assert_contains(&stderr, &bf16);
     let (libtorch_linear, stderr) = bench(&["--batch-size", "2"]);
     assert_eq!(libtorch_linear, true, "{stderr}");
     let small = format!("{changes_nothing}the products are under the 4259840");
-    assert!(stderr.contains(&small), "{stderr}");
+    assert_contains(&stderr, &small);
 }
 
 /// Whether vit's oneDNN linear layer and libtorch's `linear` give different float32 bits on
@@ -450,7 +450,7 @@ fn more_threads_than_cores_is_a_warning() {
     ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let warning = format!("--threads {threads} is more than the {cores} cores here");
-    assert!(stderr.contains(&warning), "{stderr}");
+    assert_contains(&stderr, &warning);
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(
         report["threads"],
@@ -537,7 +537,7 @@ fn compare_py_passes_on_a_sides_warnings_once() {
     ]);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     let stdout = succeeded("compare.py", output);
-    assert!(stdout.contains("vit/vit-noisy"), "{stdout}");
+    assert_contains(&stdout, "vit/vit-noisy");
     assert_eq!(
         stderr
             .matches("vit-noisy: warning: a side said this\n")
@@ -569,8 +569,8 @@ fn compare_py_keeps_the_sides_that_ran_when_one_fails() {
         "a failed side must fail the run:\n{stdout}"
     );
     assert!(stdout.contains("train images/s"), "{stdout}\n{stderr}");
-    assert!(stdout.contains("vit-broken: failed, left out"), "{stdout}");
-    assert!(stderr.contains("side(s) vit-broken failed"), "{stderr}");
+    assert_contains(&stdout, "vit-broken: failed, left out");
+    assert_contains(&stderr, "side(s) vit-broken failed");
 
     // Sides that fail otherwise: an older vit whose report lacks a figure, one refusing a
     // flag (its reason is its error line, not the hint after it), and one that ran once,
@@ -596,7 +596,7 @@ fn compare_py_keeps_the_sides_that_ran_when_one_fails() {
     let output = compare_py(&["--batch-size", "2", "--steps", "1", "--sides", "vit", "--also-vit", &old, "--also-vit", &picky]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success(), "{stdout}");
-    assert!(stdout.contains("train images/s"), "{stdout}");
+    assert_contains(&stdout, "train images/s");
     for reason in [
         "vit-old: failed, left out (`",
         "printed a report without train_images_per_s, infer_images_per_s)",
@@ -698,7 +698,7 @@ fn bench_scripts_refuse_bad_paths_before_running() {
     let output = train_pytorch_py(&["--out", dir.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(stderr.contains("already holds a metrics.csv"), "{stderr}");
+    assert_contains(&stderr, "already holds a metrics.csv");
     assert!(!stderr.contains("Traceback"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&metrics).unwrap(), "the user's");
 

@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{assert_binomial_count, assert_close, seeded};
+use common::{assert_binomial_count, assert_close, assert_contains, seeded};
 use std::sync::MutexGuard;
 use tch::{nn::ModuleT, Device, Kind, Tensor};
 use vit_tch::ffi::{
@@ -406,26 +406,23 @@ fn fused_adamw_steps_as_adamw_and_refuses_tensors_it_would_overrun() {
                        must all be contiguous, of its shape [1000] and dtype, on Cpu";
     let large = zeros(&[1000]);
     let error = run(&large, &zeros(&[10]), &[1000], &step).unwrap_err();
-    assert!(error.contains(shape_error), "{error}");
+    assert_contains(&error, shape_error);
     let error = run(&large, &zeros(&[1000]), &[10], &step).unwrap_err();
-    assert!(error.contains(shape_error), "{error}");
+    assert_contains(&error, shape_error);
     let transposed = zeros(&[10, 100]).transpose(0, 1);
     let error = run(&transposed, &zeros(&[100, 10]), &[100, 10], &step).unwrap_err();
-    assert!(
-        error.contains("must all be contiguous, of its shape [100, 10]"),
-        "{error}"
-    );
+    assert_contains(&error, "must all be contiguous, of its shape [100, 10]");
     let error = run(&large, &zeros(&[1000]), &[1000], &zeros(&[3])).unwrap_err();
-    assert!(
-        error.contains("fused AdamW: the step must be a float32 tensor of one element on Cpu"),
-        "{error}"
+    assert_contains(
+        &error,
+        "fused AdamW: the step must be a float32 tensor of one element on Cpu",
     );
     let two_rates = Tensor::from_slice(&[0.1f32, 0.2]);
     let rates = LearningRate::Tensor(&two_rates);
     let error = fused_adamw_step(rates, &large, &zeros(&[1000]), &[1000], &step).unwrap_err();
-    assert!(
-        error.contains("fused AdamW: the learning rate must be a float32 tensor of one element"),
-        "{error}"
+    assert_contains(
+        &error,
+        "fused AdamW: the learning rate must be a float32 tensor of one element",
     );
     assert_eq!(
         large.abs().sum(Kind::Float).double_value(&[]),

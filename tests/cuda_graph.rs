@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::{cuda_device, fixture, fixture_batch, load_params, max_abs_error, seeded, vit_fails};
+use common::{
+    assert_contains, cuda_device, fixture, fixture_batch, load_params, max_abs_error, seeded,
+    vit_fails,
+};
 use tch::{nn, Device, Kind, Tensor};
 use vit_tch::cli::{CudaGraphScope, Precision};
 use vit_tch::data::augment::Policy;
@@ -118,10 +121,7 @@ fn cuda_graphs_are_refused_off_cuda() {
         "cpu",
         "--cuda-graph",
     ]);
-    assert!(
-        stderr.contains("--cuda-graph needs a CUDA device"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "--cuda-graph needs a CUDA device");
 }
 
 /// Where CUDA is: six steps through a graph (three eager warm-up steps, the capture, then

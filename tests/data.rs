@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::{cifar10_files, cuda_device, pixel, record, write_cifar10, TempDir, CIFAR10_CLASSES};
+use common::{
+    assert_contains, cifar10_files, cuda_device, pixel, record, write_cifar10, TempDir,
+    CIFAR10_CLASSES,
+};
 
 use flate2::{write::GzEncoder, Compression};
 use md5::{Digest, Md5};
@@ -163,7 +166,7 @@ fn cifar100_fine_and_coarse_labels() {
     );
     assert_eq!(u8s(&coarse.train.images), u8s(&fine.train.images));
     let err = error_of(data::load(&args(DatasetName::Cifar10, &tmp.0, true), 32));
-    assert!(err.contains("--coarse-labels"), "{err}");
+    assert_contains(&err, "--coarse-labels");
 }
 
 #[test]
@@ -176,16 +179,16 @@ fn missing_files_name_the_download_command() {
     );
     // An absolute path is shown as it is, with no "(in the current folder, ...)".
     let meta = tmp.0.join("cifar-10-batches-bin/batches.meta.txt");
-    assert!(
-        err.contains(&format!("{} is missing: run `{command}`", meta.display())),
-        "{err}"
+    assert_contains(
+        &err,
+        &format!("{} is missing: run `{command}`", meta.display()),
     );
     let err = error_of(data::load(&args(DatasetName::Cifar100, &tmp.0, false), 32));
     let command = format!(
         "vit download --dataset cifar100 --data-dir {}",
         tmp.0.display()
     );
-    assert!(err.contains(&command), "{err}");
+    assert_contains(&err, &command);
     // The default `--data-dir data` is relative: the message says where vit looked for it.
     let output = std::process::Command::new(common::vit_binary())
         .args(["data", "--dataset", "cifar10"])
@@ -198,7 +201,7 @@ fn missing_files_name_the_download_command() {
         tmp.0.display()
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains(&where_vit_runs), "{stderr}");
+    assert_contains(&stderr, &where_vit_runs);
     // A ~ the shell did not expand (after `=`) is a folder named ~ there: said so.
     let output = std::process::Command::new(common::vit_binary())
         .args(["data", "--dataset", "cifar10", "--data-dir=~/data"])
@@ -236,7 +239,7 @@ fn missing_files_name_the_download_command() {
         tmp.0.display(),
         archive.display()
     );
-    assert!(err.contains(&unpack), "{err}");
+    assert_contains(&err, &unpack);
     std::fs::remove_file(&archive).unwrap();
 
     // One batch missing from an otherwise complete tree.
@@ -252,7 +255,7 @@ fn missing_files_name_the_download_command() {
         "{} is incomplete: delete {0}, then run `vit download",
         dir.display()
     );
-    assert!(err.contains(&incomplete), "{err}");
+    assert_contains(&err, &incomplete);
 
     // --data-dir naming the dataset's own folder: the parent is what it takes.
     let err = error_of(data::load(&args(DatasetName::Cifar10, &dir, false), 32));
@@ -260,7 +263,7 @@ fn missing_files_name_the_download_command() {
         "--data-dir takes the folder that holds cifar-10-batches-bin: pass --data-dir {}",
         tmp.0.display()
     );
-    assert!(err.contains(&parent), "{err}");
+    assert_contains(&err, &parent);
 
     // CIFAR-100 asked of CIFAR-10's own folder: the folder holding it is the one to
     // pass, for either (a download into CIFAR-10's folder would nest one in the other).
@@ -272,13 +275,13 @@ fn missing_files_name_the_download_command() {
         dir.display(),
         tmp.0.display()
     );
-    assert!(err.contains(&parent), "{err}");
+    assert_contains(&err, &parent);
 
     // Left without --dataset (CIFAR-100) where CIFAR-10 is: that one is named first.
     let err = error_of(data::load(&args(DatasetName::Cifar100, &tmp.0, false), 32));
-    assert!(
-        err.contains("holds cifar-10-batches-bin: pass --dataset cifar10 for it; for cifar100"),
-        "{err}"
+    assert_contains(
+        &err,
+        "holds cifar-10-batches-bin: pass --dataset cifar10 for it; for cifar100",
     );
 
     // The reverse, CIFAR-10 asked where only CIFAR-100 is, or of CIFAR-100's own folder:
@@ -290,9 +293,9 @@ fn missing_files_name_the_download_command() {
         &args(DatasetName::Cifar10, &only_100.0, false),
         32,
     ));
-    assert!(
-        err.contains("holds cifar-100-binary: pass --dataset cifar100 for it; for cifar10"),
-        "{err}"
+    assert_contains(
+        &err,
+        "holds cifar-100-binary: pass --dataset cifar100 for it; for cifar10",
     );
     let err = error_of(data::load(
         &args(DatasetName::Cifar10, &cifar100, false),
@@ -396,15 +399,15 @@ fn bad_sizes_and_labels_are_named() {
         err.contains("test_batch.bin") && err.contains("not a positive multiple"),
         "{err}"
     );
-    assert!(err.contains("3073"), "{err}");
+    assert_contains(&err, "3073");
     let advice = format!("delete {}, then run `vit download", dir.display());
-    assert!(err.contains(&advice), "{err}");
+    assert_contains(&err, &advice);
     // An empty file is no batch, though 0 is a multiple of the record size.
     std::fs::write(dir.join("test_batch.bin"), []).unwrap();
     let err = load();
-    assert!(
-        err.contains("test_batch.bin: size 0 bytes is not a positive multiple"),
-        "{err}"
+    assert_contains(
+        &err,
+        "test_batch.bin: size 0 bytes is not a positive multiple",
     );
     // Counts of one read as one.
     std::fs::write(dir.join("test_batch.bin"), [0u8]).unwrap();
@@ -427,7 +430,7 @@ fn bad_sizes_and_labels_are_named() {
     );
     std::fs::write(dir.join("batches.meta.txt"), "a\n").unwrap();
     let err = load();
-    assert!(err.contains("1 class name, expected 10"), "{err}");
+    assert_contains(&err, "1 class name, expected 10");
     std::fs::write(dir.join("batches.meta.txt"), [0xff, 0xfe, 0x00]).unwrap();
     let err = load();
     assert!(
@@ -463,7 +466,7 @@ fn bad_sizes_and_labels_are_named() {
         err.contains("data_batch_2.bin") && err.contains("record 1 has label 10"),
         "{err}"
     );
-    assert!(err.contains("out of range"), "{err}");
+    assert_contains(&err, "out of range");
 
     let dir = write_cifar100(&tmp.0);
     let mut bytes = std::fs::read(dir.join("train.bin")).unwrap();
@@ -485,7 +488,7 @@ fn bad_sizes_and_labels_are_named() {
     );
     std::fs::write(dir.join("train.bin"), vec![0u8; 3073]).unwrap();
     let err = error_of(data::load(&args(DatasetName::Cifar100, &tmp.0, false), 32));
-    assert!(err.contains("3074"), "{err}");
+    assert_contains(&err, "3074");
 }
 
 #[test]
@@ -514,10 +517,7 @@ fn files_of_other_sizes_than_the_official_release_are_read_with_a_warning() {
     let output = common::run_vit(&["data", "--data-dir", data_dir, "--image-size", "0"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("expected a whole number of 1 or more"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "expected a whole number of 1 or more");
     write_cifar100(&tmp.0);
     let output = common::vit(&["data", "--dataset", "cifar100", "--data-dir", data_dir]);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -775,7 +775,7 @@ fn checksum_mismatch_and_truncation_leave_nothing() {
     std::fs::write(&truncated, &archive[..archive.len() / 2]).unwrap();
     let spec = spec_for(&archive, &md5);
     let err = error_of(fetch(truncated.to_str().unwrap(), &data_dir, &spec));
-    assert!(err.contains("bytes"), "{err}");
+    assert_contains(&err, "bytes");
     assert_no_data_folder(&data_dir);
 
     // A source larger than the expected size.
@@ -783,12 +783,12 @@ fn checksum_mismatch_and_truncation_leave_nothing() {
     longer.extend([0u8; 10]);
     std::fs::write(&truncated, &longer).unwrap();
     let err = error_of(fetch(truncated.to_str().unwrap(), &data_dir, &spec));
-    assert!(err.contains("bytes"), "{err}");
+    assert_contains(&err, "bytes");
     assert_no_data_folder(&data_dir);
 
     // A missing source.
     let err = error_of(fetch("/nonexistent/a.tar.gz", &data_dir, &spec));
-    assert!(err.contains("/nonexistent/a.tar.gz"), "{err}");
+    assert_contains(&err, "/nonexistent/a.tar.gz");
     assert_no_data_folder(&data_dir);
 
     // Stale temporaries of a killed run (a PID that cannot be running) are swept.
@@ -947,7 +947,7 @@ fn escaping_or_stray_entries_are_refused() {
     for entries_in in cases {
         let archive = tar_gz(entries_in);
         let err = refused_archive(&archive, &tmp.0.join("evil.tar.gz"), &data_dir);
-        assert!(err.contains("refusing"), "{err}");
+        assert_contains(&err, "refusing");
         assert_no_data_folder(&data_dir);
         assert!(!tmp.0.join("evil").exists() && !tmp.0.join("data/evil").exists());
     }
@@ -963,10 +963,7 @@ fn an_archive_without_the_dataset_folder_is_refused() {
     for entries_in in [&[][..], root_alone] {
         let archive = tar_gz(entries_in);
         let err = refused_archive(&archive, &tmp.0.join("empty.tar.gz"), &data_dir);
-        assert!(
-            err.contains("the archive holds no cifar-10-batches-bin/ folder"),
-            "{err}"
-        );
+        assert_contains(&err, "the archive holds no cifar-10-batches-bin/ folder");
         assert_no_data_folder(&data_dir);
     }
 }
@@ -1043,7 +1040,7 @@ fn sources_of_the_wrong_size_are_refused_by_their_size() {
     // A server's address alone (its host has dots, as a file name would) is a folder too.
     let host_url = serve_once(page.clone(), Some(page.len()));
     let err = error_of(fetch(host_url.trim_end_matches('/'), &data_dir, &spec));
-    assert!(err.contains("end its URL with / and vit appends"), "{err}");
+    assert_contains(&err, "end its URL with / and vit appends");
     // A URL that names a file is no mirror's folder either, even where its query holds a
     // path (as a signed link's may): the file is named before the `?`.
     for file in ["other.tar.gz", "other.tar.gz?from=/mirror"] {
@@ -1566,9 +1563,9 @@ fn image_folder_reads_classes_in_name_order() {
     assert_eq!(ds.classes, ["bird", "cat", "zebra"]);
     // The same folder without --dataset folder: the error says to pass it.
     let err = error_of(data::load(&args(DatasetName::Cifar100, &tmp.0, false), 32));
-    assert!(
-        err.contains("holds a test/ folder: for your own images, pass --dataset folder"),
-        "{err}"
+    assert_contains(
+        &err,
+        "holds a test/ folder: for your own images, pass --dataset folder",
     );
     // Classes interleaved, so that any first N images cover every class.
     assert_eq!(i64s(&ds.train.labels), [0, 1, 2, 0, 2]);
@@ -1593,10 +1590,7 @@ fn image_folder_reads_classes_in_name_order() {
         error_of(folder::load(&tmp.0, 0)),
         error_of(folder::load_test(&tmp.0, 0, None)),
     ] {
-        assert!(
-            err.contains("--image-size must be positive, got 0"),
-            "{err}"
-        );
+        assert_contains(&err, "--image-size must be positive, got 0");
     }
 
     // Resized on load.
@@ -1620,10 +1614,7 @@ fn image_folder_reads_classes_in_name_order() {
     std::fs::remove_dir_all(tmp.0.join("test")).unwrap();
     let err = error_of(data::load(&args(DatasetName::Folder, &tmp.0, false), 8));
     let needs = "is missing: a folder dataset needs DIR/train/<class>/*.png|jpg|jpeg";
-    assert!(
-        err.contains(&format!("{} {needs}", tmp.0.join("test").display())),
-        "{err}"
-    );
+    assert_contains(&err, &format!("{} {needs}", tmp.0.join("test").display()));
     // A relative --data-dir is read from the folder vit runs in: the message names it.
     let relative = Path::new("no-such-folder-dataset");
     let err = error_of(data::load(&args(DatasetName::Folder, relative, false), 8));
@@ -1652,9 +1643,9 @@ fn image_folder_reads_classes_in_name_order() {
         loose.join("train").display(),
         loose.display()
     );
-    assert!(err.contains(&expected), "{err}");
+    assert_contains(&err, &expected);
     let predict = format!("`vit predict --checkpoint FILE {}`", loose.display());
-    assert!(err.contains(&predict), "{err}");
+    assert_contains(&err, &predict);
     // A file given as the folder is named as one.
     let file = tmp.0.join("test.txt");
     std::fs::write(&file, b"").unwrap();
@@ -1663,7 +1654,7 @@ fn image_folder_reads_classes_in_name_order() {
         "{} is a file, not a folder: --data-dir takes the folder that holds train/ and test/",
         file.display()
     );
-    assert!(err.contains(&expected), "{err}");
+    assert_contains(&err, &expected);
     // A CIFAR download read as a folder dataset: the --dataset it needs, or the --data-dir
     // the user meant (the default, data, is where CIFAR goes).
     let cifar = tmp.0.join("downloads");
@@ -1687,8 +1678,8 @@ fn image_folder_names_undecodable_files() {
     write_png(&tmp.0, "test", "a", "ok", 1, 4);
     std::fs::write(tmp.0.join("train/a/broken.jpg"), b"not a jpeg").unwrap();
     let err = error_of(folder::load(&tmp.0, 4));
-    assert!(err.contains("broken.jpg"), "{err}");
-    assert!(err.contains("convert, replace or remove it"), "{err}");
+    assert_contains(&err, "broken.jpg");
+    assert_contains(&err, "convert, replace or remove it");
     // Every bad file of either split is named at once, not one per run.
     std::fs::write(tmp.0.join("train/a/empty.png"), b"").unwrap();
     std::fs::write(tmp.0.join("test/a/text.jpeg"), b"text").unwrap();
@@ -1722,9 +1713,9 @@ fn image_folder_names_undecodable_files() {
     );
     // Training's flag sets the size; a checkpoint's test folder can change only its count.
     let err = error_of(folder::load(&tmp.0, 1 << 24));
-    assert!(
-        err.contains("more memory than there is; use a smaller --image-size"),
-        "{err}"
+    assert_contains(
+        &err,
+        "more memory than there is; use a smaller --image-size",
     );
     let err = error_of(folder::load_test(&tmp.0, 1 << 24, None));
     assert!(
@@ -1756,9 +1747,9 @@ fn image_folder_lists_ten_undecodable_files_and_counts_the_others() {
         std::fs::write(path, b"not a jpeg").unwrap();
     }
     let err = error_of(folder::load(&tmp.0, 4));
-    assert!(
-        err.contains("13 files cannot be decoded: the first is below, the others are "),
-        "{err}"
+    assert_contains(
+        &err,
+        "13 files cannot be decoded: the first is below, the others are ",
     );
     let (listed, _) = err.split_once(" and 2 more").expect(&err);
     let (_, listed) = listed.split_once("the others are ").unwrap();
@@ -1950,7 +1941,7 @@ fn images_cut_short_or_too_large_are_refused() {
     );
     let header_only = png_file(i32::MAX as u32, 1, 6, &[]);
     let err = error_of(decode("wide.png", &header_only));
-    assert!(err.contains("wide.png is 2147483647x1 pixels"), "{err}");
+    assert_contains(&err, "wide.png is 2147483647x1 pixels");
     // A strip under the pixel limit, too wide for the resize's column pass (its float
     // buffer, width x 8 x 16 bytes, would be 1.15 GB), is resized with the passes turned:
     // black on the left, white on the right, and the middle between.
@@ -2247,13 +2238,13 @@ fn pngs_at_the_edges_of_the_format_are_decoded_or_refused_as_pil_does() {
     let gamma_crc = png.windows(4).position(|w| w == b"gAMA").unwrap() + 8;
     png[gamma_crc] ^= 1;
     let err = error_of(decode("bad-crc.png", &png, 1));
-    assert!(err.contains("bad-crc.png"), "{err}");
+    assert_contains(&err, "bad-crc.png");
     // The zlib stream's Adler-32 checksum (its last 4 bytes) with one bit flipped.
     let mut bad_checksum = rows.clone();
     *bad_checksum.last_mut().unwrap() ^= 1;
     let png = png_file(1, 1, 2, &[(b"IDAT", &bad_checksum), (b"IEND", &[])]);
     let err = error_of(decode("bad-checksum.png", &png, 1));
-    assert!(err.contains("bad-checksum.png"), "{err}");
+    assert_contains(&err, "bad-checksum.png");
     // The image data split in two chunks, the second only the checksum, which comes after
     // every row: decoded; with one bit of either chunk's CRC flipped, decoded too, as PIL
     // does, which checks no CRC from the image data on (`image` refuses it).
@@ -2370,7 +2361,7 @@ fn images_of_several_decoding_blocks_keep_their_order() {
         .collect();
     assert_eq!(u8s(&decoded.images), expected);
     let err = error_of(decode_images(&files, 1));
-    assert!(err.contains(&format!("{broken:05}.png")), "{err}");
+    assert_contains(&err, &format!("{broken:05}.png"));
 }
 
 /// A symbolic link back to a folder above it is refused (it would repeat images without
@@ -2420,7 +2411,7 @@ fn image_folder_refuses_link_loops_and_explains_skipped_files() {
         "train: skipped 1 image name of a pipe, socket or device, not a file, such as {}",
         pipe.display()
     );
-    assert!(stderr.contains(&note), "{stderr}");
+    assert_contains(&stderr, &note);
     std::fs::remove_file(&pipe).unwrap();
     // Alone in its class, it is an error that says why.
     std::fs::remove_file(tmp.0.join("test/dog/0.png")).unwrap();
@@ -2433,10 +2424,7 @@ fn image_folder_refuses_link_loops_and_explains_skipped_files() {
     );
     // So it is for `vit eval`, which reads test/ alone (a class without a folder is fine).
     let err = error_of(folder::load_test(&tmp.0, 4, None));
-    assert!(
-        err.contains("no .png, .jpg or .jpeg files in class folder `dog`"),
-        "{err}"
-    );
+    assert_contains(&err, "no .png, .jpg or .jpeg files in class folder `dog`");
     // Images straight in the split's folder: each class needs a folder of its own.
     let loose = TempDir::new("folder-loose");
     for split in ["train", "test"] {
@@ -2448,9 +2436,9 @@ fn image_folder_refuses_link_loops_and_explains_skipped_files() {
         .unwrap();
     }
     let err = error_of(folder::load(&loose.0, 4));
-    assert!(
-        err.contains("no class folders found: put each class's images in a folder of its own"),
-        "{err}"
+    assert_contains(
+        &err,
+        "no class folders found: put each class's images in a folder of its own",
     );
     // A class folder whose name is not UTF-8 (Latin-1 "café") is told to be renamed.
     let latin1 = loose
@@ -2509,7 +2497,7 @@ fn a_folder_of_only_an_unreadable_subfolder_names_that_subfolder() {
     let folders: Vec<&Path> = unreadable.iter().map(|(path, _)| path.as_path()).collect();
     assert_eq!(folders, [sub.join("up")]);
     let error = format!("{:#}", unreadable[0].1);
-    assert!(error.contains("through a symbolic link"), "{error}");
+    assert_contains(&error, "through a symbolic link");
 }
 
 /// Serves one HTTP request on localhost: `body`, announced as `length` bytes (or with no
@@ -2622,13 +2610,13 @@ fn http_download_and_interrupted_transfers() {
     // The connection drops after half of the announced bytes.
     let url = serve_once(half.clone(), Some(archive.len()));
     let err = error_of(fetch(&url, &data_dir, &spec));
-    assert!(err.contains("removed the partial file"), "{err}");
+    assert_contains(&err, "removed the partial file");
     assert_no_data_folder(&data_dir);
 
     // No Content-Length: the short body is noticed at the end.
     let url = serve_once(half, None);
     let err = error_of(fetch(&url, &data_dir, &spec));
-    assert!(err.contains("incomplete transfer"), "{err}");
+    assert_contains(&err, "incomplete transfer");
     assert_no_data_folder(&data_dir);
 
     // A server that labels the .tar.gz as gzip-encoded (some static servers do): the bytes
@@ -2707,7 +2695,7 @@ fn a_failed_download_removes_the_folders_it_created_and_only_those() {
     ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("cannot fetch"), "{stderr}");
+    assert_contains(&stderr, "cannot fetch");
     assert!(!new.exists(), "{} is left", new.display());
 
     let mine = tmp.0.join("mine");
@@ -2717,7 +2705,7 @@ fn a_failed_download_removes_the_folders_it_created_and_only_those() {
     let spec = spec_for(&archive, &md5);
     for data_dir in [mine.clone(), mine.join("data")] {
         let err = error_of(fetch("/nonexistent/a.tar.gz", &data_dir, &spec));
-        assert!(err.contains("/nonexistent/a.tar.gz"), "{err}");
+        assert_contains(&err, "/nonexistent/a.tar.gz");
         assert_eq!(entries(&mine), Vec::<String>::new());
     }
 }
@@ -2814,10 +2802,7 @@ fn ctrl_c_during_a_download_removes_the_partial_archive() {
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(130), "{stderr}");
-    assert!(
-        stderr.contains("the partial download is removed"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "the partial download is removed");
     assert_no_data_folder(&data_dir);
 }
 
@@ -3013,6 +2998,6 @@ fn cli_entry_points() {
         DownloadableDataset::Cifar100,
         &from,
     )));
-    assert!(err.contains("168513733"), "{err}");
+    assert_contains(&err, "168513733");
     assert_eq!(entries(&tmp.0), ["cifar-10-batches-bin", "small.tar.gz"]);
 }

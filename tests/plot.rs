@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::TempDir;
+use common::{assert_contains, TempDir};
 
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
@@ -260,7 +260,7 @@ fn a_metrics_file_that_is_a_pipe_is_refused_at_once() {
         "{} is a named pipe (FIFO), not the metrics file vit train writes",
         pipe.display()
     );
-    assert!(stderr.contains(&expected), "{stderr}");
+    assert_contains(&stderr, &expected);
     assert!(!output_png.exists());
 }
 
@@ -395,7 +395,7 @@ fn pictures_are_written_only_as_png() {
             output: output.clone(),
         });
         let err = format!("{:#}", plotted.unwrap_err());
-        assert!(err.contains("does not end in .png"), "{err}");
+        assert_contains(&err, "does not end in .png");
         assert!(!output.exists());
     }
 }
@@ -451,7 +451,7 @@ fn a_png_or_svg_that_vit_did_not_draw_is_kept() {
     std::fs::remove_file(&svg).unwrap();
     std::fs::create_dir(&svg).unwrap();
     let err = format!("{:#}", plot::run(&args).unwrap_err());
-    assert!(err.contains("cannot check whether"), "{err}");
+    assert_contains(&err, "cannot check whether");
     assert!(svg.is_dir());
 
     // A file where the output's folder should be: no SVG can be there, and the PNG's
@@ -466,7 +466,7 @@ fn a_png_or_svg_that_vit_did_not_draw_is_kept() {
         })
         .unwrap_err()
     );
-    assert!(err.contains("a-file is a file, not a folder"), "{err}");
+    assert_contains(&err, "a-file is a file, not a folder");
     // It is found before any run is read.
     let err = format!(
         "{:#}",
@@ -476,7 +476,7 @@ fn a_png_or_svg_that_vit_did_not_draw_is_kept() {
         })
         .unwrap_err()
     );
-    assert!(err.contains("a-file is a file, not a folder"), "{err}");
+    assert_contains(&err, "a-file is a file, not a folder");
 
     // A folder named as the picture is refused, before any run is read.
     let folder = dir.join("pictures.png");
@@ -489,10 +489,7 @@ fn a_png_or_svg_that_vit_did_not_draw_is_kept() {
         })
         .unwrap_err()
     );
-    assert!(
-        err.contains("pictures.png is a folder: name a file, such as"),
-        "{err}"
-    );
+    assert_contains(&err, "pictures.png is a folder: name a file, such as");
     // A command that fails leaves no folder of the picture's behind.
     let new_folder = dir.join("new");
     let result = plot::run(&PlotArgs {
@@ -646,9 +643,9 @@ fn attention_figure_from_a_checkpoint_and_an_image_file() {
     let before = std::fs::read(&input).unwrap();
     let err = attention::run(&args(input.clone())).unwrap_err();
     let err = format!("{err:#}");
-    assert!(
-        err.contains("input.png is already there, and is not a picture vit drew"),
-        "{err}"
+    assert_contains(
+        &err,
+        "input.png is already there, and is not a picture vit drew",
     );
     assert_eq!(std::fs::read(&input).unwrap(), before);
     // One vit drew is replaced, unless it is the input image (spelled another way).
@@ -882,9 +879,9 @@ fn losses_beyond_float32_or_below_0_are_refused_naming_the_cell() {
     let dir = TempDir::new("huge-loss");
     let path = dir.join("metrics.csv");
     let err = refusal(&path, "1,0.001,1.75e308,0.1,2.0,0.1,3.0,100\n");
-    assert!(
-        err.contains("train_loss is 1.75e308 on line 2, larger than any loss vit train writes"),
-        "{err}"
+    assert_contains(
+        &err,
+        "train_loss is 1.75e308 on line 2, larger than any loss vit train writes",
     );
     let err = refusal(&path, "1,0.001,2.1,0.1,-5,0.3,3.0,100\n");
     assert!(
@@ -947,6 +944,6 @@ fn accuracies_outside_0_to_1_are_refused_in_each_accuracy_column() {
         let text = format!("{HEADER},ema_test_loss,ema_test_acc\n{row}\n");
         std::fs::write(&path, text).unwrap();
         let err = format!("{:#}", plot::read_metrics(&path).unwrap_err());
-        assert!(err.contains(refused), "{err}");
+        assert_contains(&err, refused);
     }
 }

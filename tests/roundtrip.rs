@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_close, perturb, python, run_python, seeded, TempDir};
+use common::{assert_close, assert_contains, perturb, python, run_python, seeded, TempDir};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -245,10 +245,7 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
         ),
     ] {
         let error = load_error(name);
-        assert!(
-            error.contains(&format!("is a PyTorch file ({kind})")),
-            "{error}"
-        );
+        assert_contains(&error, &format!("is a PyTorch file ({kind})"));
         // The advice, as a user would paste it, with their config as `cfg`.
         let conversion = error.split('`').nth(1).expect("a command in backticks");
         run_python(&dir, &format!("cfg = {}\n{conversion}", config.to_json()));
@@ -285,7 +282,7 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
             .display()
             .to_string()
     );
-    assert!(error.contains(&free), "{error}");
+    assert_contains(&error, &free);
     // A zip that no PyTorch function wrote is named as an archive, not as a damaged
     // safetensors file (whose header length its magic number would be).
     let error = load_error("arrays.npz");
@@ -307,9 +304,9 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
         "{error}"
     );
     let error = load_error("notes.zip");
-    assert!(
-        error.contains("notes.zip is a zip archive that PyTorch did not save, not a checkpoint"),
-        "{error}"
+    assert_contains(
+        &error,
+        "notes.zip is a zip archive that PyTorch did not save, not a checkpoint",
     );
     // Nor is a tar of the folder that torch.save's zip unpacks to: outside a zip, the
     // names it holds tell nothing.
@@ -331,9 +328,9 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
         .save(dir.join("photo.png"))
         .unwrap();
     let error = load_error("photo.png");
-    assert!(
-        error.contains("photo.png is an image (Png), not a checkpoint: --checkpoint takes"),
-        "{error}"
+    assert_contains(
+        &error,
+        "photo.png is an image (Png), not a checkpoint: --checkpoint takes",
     );
     // A safetensors file cut short whose header length (13,648) begins with PNM's magic
     // number, `P5`, is not.
@@ -365,10 +362,7 @@ fn a_pytorch_file_is_refused_with_the_conversion_that_works() {
     // ...and a missing `.pth` (the notebook's name) points at the checkpoint beside it.
     let error = load_error("vit.pth");
     let beside = dir.join("vit.safetensors");
-    assert!(
-        error.contains(&format!("did you mean {}?", beside.display())),
-        "{error}"
-    );
+    assert_contains(&error, &format!("did you mean {}?", beside.display()));
     // A missing `.pth` with no checkpoint beside it is only said to be unreadable: a file
     // that is not there either is no suggestion.
     let error = load_error("other.pth");
@@ -496,10 +490,7 @@ fn a_checkpoint_is_refused_from_its_header_and_a_special_file_unopened() {
         Ok(_) => panic!("a TorchScript file loaded"),
         Err(e) => format!("{e:#}"),
     };
-    assert!(
-        error.contains("is a PyTorch file (torch.jit.save)"),
-        "{error}"
-    );
+    assert_contains(&error, "is a PyTorch file (torch.jit.save)");
 }
 
 /// The same weights and metadata give the same bytes, whatever order the metadata's
@@ -737,7 +728,7 @@ fn a_checkpoint_of_another_timm_layout_is_told_what_differs() {
             "it says embed_dim {embed_dim}, the tensors' shapes embed_dim {}",
             tiny_config().embed_dim
         );
-        assert!(error.contains(&expected), "{error}");
+        assert_contains(&error, &expected);
     }
 }
 
@@ -751,7 +742,7 @@ fn checkpoint_without_config_names_what_is_missing() {
             metadata: HashMap::new(),
         },
     );
-    assert!(error.contains("no `config` metadata"), "{error}");
+    assert_contains(&error, "no `config` metadata");
     // What the shapes give, which with the head count filled in is the model's config.
     let json = error
         .split("shapes give ")
@@ -1045,9 +1036,9 @@ fn only_metadata_that_is_there_and_wrong_is_warned_about() {
     let stderr = stderr_of("timm.safetensors", &[]);
     assert!(!stderr.contains("warning"), "{stderr}");
     let stderr = stderr_of("broken-mean.safetensors", &[("mean", "[0.5]".into())]);
-    assert!(
-        stderr.contains("records normalisation mean [0.5], but vit normalises inputs"),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        "records normalisation mean [0.5], but vit normalises inputs",
     );
 }
 
@@ -1091,10 +1082,7 @@ fn a_float64_checkpoint_beyond_float32_range_is_refused() {
         }
     };
     let error = load_error("float64-huge", file_with(1e300));
-    assert!(
-        error.contains("has NaN or infinite values in [\"head.bias\"]"),
-        "{error}"
-    );
+    assert_contains(&error, "has NaN or infinite values in [\"head.bias\"]");
     let dir = TempDir::new("float64-in-range");
     let path = dir.join("model.safetensors");
     file_with(0.5).write(&path).unwrap();
@@ -1177,10 +1165,7 @@ fn a_run_folder_given_as_a_checkpoint_suggests_its_best_model() {
     )
     .unwrap();
     let message = error(&only_resume);
-    assert!(
-        message.contains("is a folder, not a checkpoint, and holds none"),
-        "{message}"
-    );
+    assert_contains(&message, "is a folder, not a checkpoint, and holds none");
 }
 
 /// The state dict of a wrapped timm model (timm's ModelEma, torch's AveragedModel, with its
@@ -1240,17 +1225,14 @@ fn a_wrapped_models_checkpoint_is_refused_with_the_line_that_strips_its_prefix()
             .unwrap_or_else(|| panic!("{name}: no command in: {error}"));
         run_python(&dir, command);
         let stripped = dir.join(format!("{name}.converted.safetensors"));
-        assert!(
-            error.contains(&format!("then give {}", stripped.display())),
-            "{error}"
-        );
+        assert_contains(&error, &format!("then give {}", stripped.display()));
         if name == "both" {
             // Saved without a config: the stripped file is told the one its shapes give.
             let error = match checkpoint::load(&stripped, Device::Cpu) {
                 Ok(_) => panic!("{name} loaded without a config"),
                 Err(e) => format!("{e:#}"),
             };
-            assert!(error.contains("The tensors' shapes give"), "{error}");
+            assert_contains(&error, "The tensors' shapes give");
             continue;
         }
         let loaded = checkpoint::load(&stripped, Device::Cpu).unwrap();

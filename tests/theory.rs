@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{assert_close, cpu_store, randomize, seeded, vit};
+use common::{assert_close, assert_contains, cpu_store, randomize, seeded, vit};
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 use vit_tch::model::{
     scaled_dot_product_attention, MultiHeadSelfAttention, TransformerBlock, ViTConfig,
@@ -230,13 +230,13 @@ fn a_config_json_may_write_sizes_as_whole_floats() {
         &format!("\"mlp_dim\":{}", tiny.mlp_dim),
         &format!("\"mlp_dim\":{}.0", tiny.mlp_dim),
     );
-    assert!(json.contains(".0,"), "{json}");
+    assert_contains(&json, ".0,");
     assert_eq!(ViTConfig::from_json(&json).unwrap(), tiny);
     let halved = json.replace(".0,", ".5,");
     let error = format!("{:#}", ViTConfig::from_json(&halved).unwrap_err());
-    assert!(
-        error.contains(&format!("expected a whole number, got {}.5", tiny.mlp_dim)),
-        "{error}"
+    assert_contains(
+        &error,
+        &format!("expected a whole number, got {}.5", tiny.mlp_dim),
     );
     // A whole number is read exactly, however large (validate refuses it then), and a
     // string is not a size.
@@ -245,7 +245,7 @@ fn a_config_json_may_write_sizes_as_whole_floats() {
     assert_eq!(read.mlp_dim, 9007199254740993);
     let quoted = json.replace(&format!("{}.0,", tiny.mlp_dim), "\"64\",");
     let error = format!("{:#}", ViTConfig::from_json(&quoted).unwrap_err());
-    assert!(error.contains("expected a whole number"), "{error}");
+    assert_contains(&error, "expected a whole number");
     // Past any size: a whole number above i64's, and a float from 2^53 up (where floats
     // skip whole numbers), are refused as they are read, not wrapped or saturated into
     // another number.
@@ -256,7 +256,7 @@ fn a_config_json_may_write_sizes_as_whole_floats() {
     ] {
         let json = json.replace(&format!("{}.0,", tiny.mlp_dim), &format!("{size},"));
         let error = format!("{:#}", ViTConfig::parse_json(&json).unwrap_err());
-        assert!(error.contains(expected), "{error}");
+        assert_contains(&error, expected);
     }
 }
 
@@ -455,10 +455,7 @@ fn info_counts_the_notebook_model() {
         stdout.contains("\nForward pass: 0.437 GFLOPs per image ("),
         "{stdout}"
     );
-    assert!(
-        stdout.contains("\nShape check: randn[1, 3, 32, 32] -> [1, 100]\n"),
-        "{stdout}"
-    );
+    assert_contains(&stdout, "\nShape check: randn[1, 3, 32, 32] -> [1, 100]\n");
     assert!(!stdout.contains("The shape check below"), "{stdout}");
 }
 
@@ -497,10 +494,7 @@ fn info_describes_the_model_the_flags_give() {
         .filter(|module| module.starts_with("blocks."))
         .collect();
     assert_eq!(blocks, ["blocks.0", "blocks.1", "blocks.2"], "{stdout}");
-    assert!(
-        stdout.contains("\nShape check: randn[1, 1, 16, 16] -> [1, 7]\n"),
-        "{stdout}"
-    );
+    assert_contains(&stdout, "\nShape check: randn[1, 1, 16, 16] -> [1, 7]\n");
     let cuda = format!("CUDA available: {} (", tch::Cuda::is_available());
     assert!(
         stdout.lines().last().unwrap().starts_with(&cuda),
@@ -560,9 +554,9 @@ fn info_describes_a_checkpoints_model_and_what_it_was_trained_on() {
     ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("the argument '--checkpoint <FILE>' cannot be used with '--num-layers"),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        "the argument '--checkpoint <FILE>' cannot be used with '--num-layers",
     );
 }
 

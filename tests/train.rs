@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{seeded, send, vit, vit_fails, TempDir};
+use common::{assert_contains, seeded, send, vit, vit_fails, TempDir};
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -406,9 +406,9 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     #[rustfmt::skip]
     let output = vit(&["eval", "--checkpoint", best_model.to_str().unwrap(), "--data-dir", data, "--device", "cpu"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("best_model.confusion_matrix.png is from an earlier evaluation"),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        "best_model.confusion_matrix.png is from an earlier evaluation",
     );
     // Without --data-dir, where the default folder has no test set, the folder the run read
     // (config.json beside the checkpoint) is named beside the download.
@@ -537,10 +537,7 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     let resume_state = run.join("resume.safetensors");
     #[rustfmt::skip]
     let stderr = vit_fails(&["eval", "--checkpoint", resume_state.to_str().unwrap(), "--data-dir", data]);
-    assert!(
-        stderr.contains("resume state, not a checkpoint: use best_model"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "resume state, not a checkpoint: use best_model");
 
     // A test image of the dataset the checkpoint records, picked by --index alone.
     let picture = run.join("attention.png");
@@ -556,10 +553,7 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         "attention", "--checkpoint", best_model.to_str().unwrap(), "--data-dir", data,
         "--index", "200", "--device", "cpu", "-o", picture.to_str().unwrap(),
     ]);
-    assert!(
-        stderr.contains("which holds 200 images, numbered 0 to 199"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "which holds 200 images, numbered 0 to 199");
     // So from a copy of the data in the default folder: the run's own data folder is named
     // only where the test set is missing.
     let elsewhere = root.join("elsewhere");
@@ -597,9 +591,9 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
         .unwrap();
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        stderr.contains("already holds a run that finished its 4 epochs; choose another --out"),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        "already holds a run that finished its 4 epochs; choose another --out",
     );
 
     // A resume without the run's flags names the dataset before any data is read (the
@@ -646,7 +640,7 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     // run recorded on another device resumes with a note that the replay is not exact.
     let config_path = run.join("config.json");
     let config = std::fs::read_to_string(&config_path).unwrap();
-    assert!(config.contains("\"device\": \"cpu\""), "{config}");
+    assert_contains(&config, "\"device\": \"cpu\"");
     let data_again = format!("{data}/../data");
     let mut args = tiny_run_args(&data_again, out);
     #[rustfmt::skip]
@@ -688,21 +682,12 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     let mut two_threads = args.clone();
     two_threads.extend(["--threads", "2"]);
     let stderr = String::from_utf8_lossy(&vit(&two_threads).stderr).into_owned();
-    assert!(
-        stderr.contains("was trained with 1 CPU thread and resumes with 2:"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "was trained with 1 CPU thread and resumes with 2:");
     std::fs::write(&config_path, config.replace("\"cpu\"", "\"cuda:0\"")).unwrap();
     let resumed = vit(&args);
     let stderr = String::from_utf8_lossy(&resumed.stderr);
-    assert!(
-        stderr.contains("was trained on cuda:0 and resumes on cpu"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("already finished its 4 epochs; nothing to train"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "was trained on cuda:0 and resumes on cpu");
+    assert_contains(&stderr, "already finished its 4 epochs; nothing to train");
     assert_eq!(read_metrics(&run).1.len(), 4, "the finished run changed");
     // With --plot, the curves --plot asks for are drawn, though no epoch ends.
     for picture in ["curves.png", "curves.svg"] {
@@ -710,24 +695,18 @@ fn trains_to_90_percent_and_eval_reproduces_it() {
     }
     let plotted = vit(&[&args[..], &["--plot"]].concat());
     let stderr = String::from_utf8_lossy(&plotted.stderr);
-    assert!(stderr.contains("nothing to train"), "{stderr}");
+    assert_contains(&stderr, "nothing to train");
     assert!(run.join("curves.png").is_file() && run.join("curves.svg").is_file());
     assert_eq!(read_metrics(&run).1.len(), 4, "the finished run changed");
     // Its resume state removed (only an unfinished run needs it), the finished run still
     // has nothing to train, and its best models are told from its metrics.csv as from the
     // state.
     let best_from_state = String::from_utf8_lossy(&plotted.stdout).into_owned();
-    assert!(
-        best_from_state.contains("Best Validation Accuracy: "),
-        "{best_from_state}"
-    );
+    assert_contains(&best_from_state, "Best Validation Accuracy: ");
     std::fs::remove_file(run.join("resume.safetensors")).unwrap();
     let without_state = vit(&args);
     let stderr = String::from_utf8_lossy(&without_state.stderr);
-    assert!(
-        stderr.contains("already finished its 4 epochs; nothing to train"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "already finished its 4 epochs; nothing to train");
     assert_eq!(
         String::from_utf8_lossy(&without_state.stdout),
         best_from_state
@@ -951,7 +930,7 @@ fn a_resume_in_a_folder_that_takes_no_file_is_refused_before_it_trains() {
         run.display(),
         run.display()
     );
-    assert!(stderr.contains(&expected), "{stderr}");
+    assert_contains(&stderr, &expected);
     let kept =
         ["metrics.csv", "resume.safetensors"].map(|name| std::fs::read(run.join(name)).unwrap());
     assert!(kept == saved, "the resume changed the run's files");
@@ -1054,7 +1033,7 @@ fn settings_without_effect_are_said() {
     ] {
         #[rustfmt::skip]
         let said = stderr(name, &[&mixing[..], &["--mixup", "0.8", "--cutmix", "1", "--switch-prob", switch_prob]].concat());
-        assert!(said.contains(message), "{said}");
+        assert_contains(&said, message);
     }
     #[rustfmt::skip]
     let said = stderr("switching", &[&mixing[..], &["--mixup", "0.8", "--cutmix", "1", "--switch-prob", "0.5"]].concat());
@@ -1133,7 +1112,7 @@ fn a_data_folder_not_named_in_utf8_is_refused_unless_linked() {
     let stderr = String::from_utf8_lossy(&trained.stderr);
     assert!(trained.status.success(), "{stderr}");
     let config = std::fs::read_to_string(run.join("config.json")).unwrap();
-    assert!(config.contains(link.to_str().unwrap()), "{config}");
+    assert_contains(&config, link.to_str().unwrap());
 }
 
 /// The command a refused resume gives works from wherever it is given: relative paths are
@@ -1265,16 +1244,16 @@ fn resume_follows_the_images_not_their_folder() {
     );
     // A fresh run into the finished one's folder is refused, in the singular too.
     let stderr = vit_fails(&args(&data_dir, &run, false));
-    assert!(
-        stderr.contains("already holds a run that finished its 1 epoch; choose another --out"),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        "already holds a run that finished its 1 epoch; choose another --out",
     );
     // A --data-dir without the data (say, the default where it was left out): the folder
     // the run read is named, not a download.
     let stderr = vit_fails(&args(&root.join("elsewhere"), &run, true));
     let started = std::fs::canonicalize(&data_dir).unwrap();
     let advice = format!("pass --data-dir {} to resume it", started.display());
-    assert!(stderr.contains(&advice), "{stderr}");
+    assert_contains(&stderr, &advice);
     // The run's own folder, its data damaged: the error is the data's, with no advice to
     // pass the folder that was given.
     let batch = data_dir.join("cifar-10-batches-bin/test_batch.bin");
@@ -1301,10 +1280,7 @@ fn resume_follows_the_images_not_their_folder() {
     dataset.test = dataset.test.subset(150);
     write_as_cifar10(&dataset, &moved);
     let stderr = vit_fails(&args(&moved, &run, true));
-    assert!(
-        stderr.contains("data.test_images: saved 200, given 150"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "data.test_images: saved 200, given 150");
 
     // config.json of an earlier version: no record of the images, so the folder counts;
     // no --eval-precision either, so the test passes were fp32.
@@ -1321,7 +1297,7 @@ fn resume_follows_the_images_not_their_folder() {
     };
     write_as_cifar10(&original, &moved);
     let stderr = vit_fails(&args(&moved, &run, true));
-    assert!(stderr.contains("data_dir (--data-dir): saved"), "{stderr}");
+    assert_contains(&stderr, "data_dir (--data-dir): saved");
     vit(&args(&data_dir, &run, true));
 
     // A resume state cut short names itself and says what to do.
@@ -1329,9 +1305,9 @@ fn resume_follows_the_images_not_their_folder() {
     let bytes = std::fs::read(&state).unwrap();
     std::fs::write(&state, &bytes[..bytes.len() / 2]).unwrap();
     let stderr = vit_fails(&args(&data_dir, &run, true));
-    assert!(
-        stderr.contains("its resume.safetensors is damaged or not this run's; start a new run"),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        "its resume.safetensors is damaged or not this run's; start a new run",
     );
     // So is one whole but with a NaN in it, which training on would spread (a NaN in the
     // EMA weights trained to the end, saving NaN weights).
@@ -1478,16 +1454,16 @@ fn a_second_ctrl_c_quits_at_once() {
         let output = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(130), "try {attempt}: {stderr}");
-        assert!(
-            stderr.contains("a second Ctrl-C (or signal), half a second or more later, quits"),
-            "{stderr}"
+        assert_contains(
+            &stderr,
+            "a second Ctrl-C (or signal), half a second or more later, quits",
         );
         assert!(!stderr.contains("Error"), "{stderr}");
         if !stderr.contains("the state is saved in") {
             quit_at_once += 1;
-            assert!(
-                stderr.contains("Quit at once, without saving: the run folder keeps the state"),
-                "{stderr}"
+            assert_contains(
+                &stderr,
+                "Quit at once, without saving: the run folder keeps the state",
             );
             // With the command that resumes it.
             let resume = format!(" --out {} --resume\n", run.display());
@@ -1708,13 +1684,13 @@ fn resume_at_an_epoch_boundary_is_exact() {
         "{:#}",
         fresh.err().expect("a fresh run over an unfinished one")
     );
-    assert!(error.contains("pass --resume to continue it"), "{error}");
+    assert_contains(&error, "pass --resume to continue it");
     // A line of the user's after that row would have the resumed rows after it: refused,
     // and kept.
     let with_note = format!("{crashed}# a note\n");
     std::fs::write(&metrics, &with_note).unwrap();
     let error = runs.refused_resume();
-    assert!(error.contains("line 4 of its metrics.csv"), "{error}");
+    assert_contains(&error, "line 4 of its metrics.csv");
     assert_eq!(std::fs::read_to_string(&metrics).unwrap(), with_note);
     std::fs::write(&metrics, &crashed).unwrap();
 
@@ -2247,9 +2223,9 @@ fn strong_recipe_runs_from_the_command_line() {
     );
     // One epoch with the default 5 warm-up epochs: it runs, and says what that means.
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("warning: --warmup-epochs 5 is not below --epochs 1"),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        "warning: --warmup-epochs 5 is not below --epochs 1",
     );
     // Resumed once finished, it trains nothing, and warns of nothing it would train.
     let mut resume = args.clone();
@@ -2452,7 +2428,7 @@ fn eval_precision_changes_only_the_test_passes() {
         assert!(read(&fp32) == read(&bf16), "{name} differs");
     }
     let config = std::fs::read_to_string(bf16.join("config.json")).unwrap();
-    assert!(config.contains("\"eval_precision\": \"bf16\""), "{config}");
+    assert_contains(&config, "\"eval_precision\": \"bf16\"");
     // vit eval repeats either pass's last test loss, given its precision and batch: the
     // model's of last_model, the EMA's of last_ema_model (which is another model).
     let last = |rows: &[Vec<String>], name: &str| -> f64 { rows[1][column(name)].parse().unwrap() };
@@ -2537,10 +2513,7 @@ fn user_errors_say_what_to_do() {
     let mut args = tiny_run_args(empty.to_str().unwrap(), run.to_str().unwrap());
     args.extend(["--epochs", "1"]);
     let stderr = vit_fails(&args);
-    assert!(
-        stderr.contains("vit download --dataset cifar10"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "vit download --dataset cifar10");
     // The warm-up's warning comes once a run starts, not before an error that stops it.
     assert!(!stderr.contains("--warmup-epochs"), "{stderr}");
 
@@ -2550,25 +2523,22 @@ fn user_errors_say_what_to_do() {
     let mut args = tiny_run_args(data, nowhere.to_str().unwrap());
     args.push("--resume");
     let stderr = vit_fails(&args);
-    assert!(
-        stderr.contains("nowhere does not exist; check --out, or leave out --resume"),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        "nowhere does not exist; check --out, or leave out --resume",
     );
     std::fs::create_dir_all(&nowhere).unwrap();
     let stderr = vit_fails(&["train", "--out", nowhere.to_str().unwrap(), "--resume"]);
-    assert!(
-        stderr.contains("has no config.json, so it holds no vit run; check --out"),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        "has no config.json, so it holds no vit run; check --out",
     );
     // A metrics.csv may be anyone's, but a resume state tells a run's folder: its
     // config.json gone, or damaged, is to be put back.
     let resume = ["train", "--out", nowhere.to_str().unwrap(), "--resume"];
     std::fs::write(nowhere.join("metrics.csv"), "epoch\n").unwrap();
     let stderr = vit_fails(&resume);
-    assert!(
-        stderr.contains("has no config.json, so it holds no vit run"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "has no config.json, so it holds no vit run");
     std::fs::write(nowhere.join("resume.safetensors"), "state").unwrap();
     let stderr = vit_fails(&resume);
     assert!(
@@ -2578,9 +2548,9 @@ fn user_errors_say_what_to_do() {
     );
     std::fs::write(nowhere.join("config.json"), "{broken").unwrap();
     let stderr = vit_fails(&resume);
-    assert!(
-        stderr.contains("config.json is not a vit run config; put back the one the run wrote"),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        "config.json is not a vit run config; put back the one the run wrote",
     );
     for file in ["metrics.csv", "resume.safetensors", "config.json"] {
         std::fs::remove_file(nowhere.join(file)).unwrap();
@@ -2647,10 +2617,7 @@ fn user_errors_say_what_to_do() {
         stderr.contains("Error: libtorch: ") && stderr.contains("can't allocate memory"),
         "{stderr}"
     );
-    assert!(
-        stderr.contains("use a smaller --batch-size or model"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "use a smaller --batch-size or model");
     assert!(
         !stderr.contains("frame #") && !stderr.contains("panicked"),
         "{stderr}"
@@ -2661,10 +2628,7 @@ fn user_errors_say_what_to_do() {
     std::fs::create_dir_all(partial.join("cifar-10-batches-bin")).unwrap();
     #[rustfmt::skip]
     let stderr = vit_fails(&["download", "--dataset", "cifar10", "--data-dir", partial.to_str().unwrap()]);
-    assert!(
-        stderr.contains("is there but not a whole dataset: delete it"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "is there but not a whole dataset: delete it");
     // Nor one of whole records that is not the release (this test's small copy).
     #[rustfmt::skip]
     let stderr = vit_fails(&["download", "--dataset", "cifar10", "--data-dir", data]);
@@ -2678,7 +2642,7 @@ fn user_errors_say_what_to_do() {
     let a_file = root.join("a-file");
     std::fs::write(&a_file, "the user's").unwrap();
     let stderr = vit_fails(&tiny_run_args(data, a_file.to_str().unwrap()));
-    assert!(stderr.contains("is a file; it takes a folder"), "{stderr}");
+    assert_contains(&stderr, "is a file; it takes a folder");
     assert_eq!(std::fs::read_to_string(&a_file).unwrap(), "the user's");
 
     // A missing --out named as a file (vit eval's too) is refused, not made a folder; an
@@ -2690,7 +2654,7 @@ fn user_errors_say_what_to_do() {
          where the files go: name a folder",
         named_as_a_file.display()
     );
-    assert!(stderr.contains(&said), "{stderr}");
+    assert_contains(&stderr, &said);
     let model = root.join("model.safetensors");
     save_fresh_model(&ViTConfig::tiny(), &[("dataset", "cifar10".into())], &model);
     #[rustfmt::skip]
@@ -2725,9 +2689,9 @@ fn user_errors_say_what_to_do() {
     let mut args = tiny_run_args(data, run.to_str().unwrap());
     args.extend(["--num-classes", "100"]);
     let stderr = vit_fails(&args);
-    assert!(
-        stderr.contains("--num-classes 100 does not match cifar10, which has 10 classes: leave out --num-classes"),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        "--num-classes 100 does not match cifar10, which has 10 classes: leave out --num-classes",
     );
 
     let mut args = tiny_run_args(data, run.to_str().unwrap());
@@ -2924,9 +2888,9 @@ fn user_errors_say_what_to_do() {
     let below_a_file = root.join("a-file").join("run");
     #[rustfmt::skip]
     let stderr = vit_fails(&tiny_run_args(nowhere.to_str().unwrap(), below_a_file.to_str().unwrap()));
-    assert!(
-        stderr.contains("a-file is a file, not a folder; move it away, or choose another --out"),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        "a-file is a file, not a folder; move it away, or choose another --out",
     );
     assert!(
         !run.exists(),
@@ -2951,8 +2915,8 @@ fn user_errors_say_what_to_do() {
     for name in ["config.json", "best_model.safetensors"] {
         std::fs::write(run.join(name), "the user's").unwrap();
         let stderr = vit_fails(&tiny_run_args(data, run.to_str().unwrap()));
-        assert!(stderr.contains("is not a vit run folder"), "{stderr}");
-        assert!(stderr.contains(name), "{stderr}");
+        assert_contains(&stderr, "is not a vit run folder");
+        assert_contains(&stderr, name);
         assert_eq!(
             std::fs::read_to_string(run.join(name)).unwrap(),
             "the user's"
@@ -3000,10 +2964,7 @@ fn user_errors_say_what_to_do() {
     holder.try_lock().unwrap();
     std::fs::write(run.join(".lock"), "12345").unwrap();
     let stderr = vit_fails(&resume);
-    assert!(
-        stderr.contains("is in use by another vit process (PID 12345)"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "is in use by another vit process (PID 12345)");
     let stderr = vit_fails(&resume[..resume.len() - 1]);
     assert!(
         stderr.contains("is in use by another vit process"),
@@ -3020,7 +2981,7 @@ fn user_errors_say_what_to_do() {
             .map(|a| if a == "cpu" { "cuda:0" } else { a })
             .collect();
         let stderr = vit_fails(&args);
-        assert!(stderr.contains("use --device cpu"), "{stderr}");
+        assert_contains(&stderr, "use --device cpu");
     }
 
     // A checkpoint of another class count than the dataset's.
@@ -3039,7 +3000,7 @@ fn user_errors_say_what_to_do() {
         "--device",
         "cpu",
     ]);
-    assert!(stderr.contains("has 5 classes but cifar10"), "{stderr}");
+    assert_contains(&stderr, "has 5 classes but cifar10");
     // attention too: a test image's true class would otherwise get another dataset's name.
     let picture = root.join("five.png");
     #[rustfmt::skip]
@@ -3047,7 +3008,7 @@ fn user_errors_say_what_to_do() {
         "attention", "--checkpoint", checkpoint.to_str().unwrap(), "--data-dir", data,
         "--index", "0", "--device", "cpu", "-o", picture.to_str().unwrap(),
     ]);
-    assert!(stderr.contains("has 5 classes but cifar10"), "{stderr}");
+    assert_contains(&stderr, "has 5 classes but cifar10");
     assert!(!picture.exists());
     // An IMAGE with a test image's flag names the flag given; a folder as IMAGE is refused.
     let checkpoint_arg = checkpoint.to_str().unwrap();
@@ -3185,10 +3146,7 @@ fn user_errors_say_what_to_do() {
     };
     let letters: Vec<String> = ('a'..='j').map(String::from).collect();
     let stderr = eval_stderr(serde_json::to_string(&letters).unwrap());
-    assert!(
-        stderr.contains("was trained on the classes [\"a\""),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "was trained on the classes [\"a\"");
     // A broken class list: eval warns as predict does, and reports the dataset's names.
     // So is one with a name that is empty or not one line: eval printed it as it was.
     let mut broken_line = letters.clone();
@@ -3229,9 +3187,9 @@ fn user_errors_say_what_to_do() {
     let no_data = root.join("no-test-set");
     #[rustfmt::skip]
     let stderr = vit_fails(&["eval", "--checkpoint", lettered.to_str().unwrap(), "--data-dir", no_data.to_str().unwrap(), "--device", "cpu", "--out", "/proc/self"]);
-    assert!(
-        stderr.contains("--out is where the confusion matrix goes: cannot write to /proc/self"),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        "--out is where the confusion matrix goes: cannot write to /proc/self",
     );
     // A new --out is made only once there is something to write in it.
     let never_made = root.join("never-made");
@@ -3284,9 +3242,9 @@ fn user_errors_say_what_to_do() {
     let output = vit(&["eval", "--checkpoint", &in_read_only, "--data-dir", data, "--device", "cpu", "--json"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("so the confusion matrix is not saved: pass --out DIR to save it"),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        "so the confusion matrix is not saved: pass --out DIR to save it",
     );
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     // Both keys are there, null: the report's shape does not change with what was written.
@@ -3296,9 +3254,9 @@ fn user_errors_say_what_to_do() {
     assert!(report["accuracy"].as_f64().is_some(), "{report}");
     #[rustfmt::skip]
     let stderr = vit_fails(&["eval", "--checkpoint", &in_read_only, "--data-dir", data, "--device", "cpu", "--plot"]);
-    assert!(
-        stderr.contains("the confusion matrix (and its --plot picture) goes there: pass --out DIR"),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        "the confusion matrix (and its --plot picture) goes there: pass --out DIR",
     );
 
     // A file that cannot be read is named and skipped; the others are classified, and the
@@ -3313,10 +3271,7 @@ fn user_errors_say_what_to_do() {
         stderr.contains("skipped: cannot decode") && stderr.contains("notes.png"),
         "{stderr}"
     );
-    assert!(
-        stderr.contains("1 of 3 files could not be read"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "1 of 3 files could not be read");
     assert_eq!(predicted_files(&output), [picture, colour]);
     // With --json each input gets its line: the file that could not be read its error.
     #[rustfmt::skip]
@@ -3347,22 +3302,13 @@ fn user_errors_say_what_to_do() {
         [&in_album("b.png"), &in_album("sub/a.PNG"), picture]
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("skipped 1 image file in formats vit does not read"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "skipped 1 image file in formats vit does not read");
     let empty = root.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     #[rustfmt::skip]
     let stderr = vit_fails(&["predict", "--checkpoint", checkpoint.to_str().unwrap(), "--device", "cpu", empty.to_str().unwrap()]);
-    assert!(
-        stderr.contains("empty: no .png, .jpg or .jpeg files"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("1 folder could not be read or held no images"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "empty: no .png, .jpg or .jpeg files");
+    assert_contains(&stderr, "1 folder could not be read or held no images");
     // With --json, the folder's line comes where it was given, among the files.
     #[rustfmt::skip]
     let output = common::run_vit(&["predict", "--checkpoint", checkpoint.to_str().unwrap(), "--device", "cpu", "--json", picture, empty.to_str().unwrap(), colour]);
@@ -3452,7 +3398,7 @@ fn a_loss_that_diverges_after_the_first_epoch_points_to_its_weights() {
          this one keeps what the run saved",
         last_model.display()
     );
-    assert!(stderr.contains(&expected), "{stderr}");
+    assert_contains(&stderr, &expected);
     assert_eq!(read_metrics(&run).1.len(), 1);
     args.push("--resume");
     let resumed = vit_fails(&args);
@@ -3726,15 +3672,9 @@ fn eval_names_both_confusion_matrix_files_it_cannot_write() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     for folder in &blocked {
-        assert!(
-            stderr.contains(&format!("cannot write {}", folder.display())),
-            "{stderr}"
-        );
+        assert_contains(&stderr, &format!("cannot write {}", folder.display()));
     }
-    assert!(
-        stderr.contains("the evaluation's figures are printed all the same"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "the evaluation's figures are printed all the same");
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(report["accuracy"].as_f64().is_some(), "{report}");
     assert!(report["confusion_matrix_csv"].is_null(), "{report}");
@@ -3909,16 +3849,13 @@ fn a_class_count_cifar_cannot_match_is_refused_before_its_data_is_read() {
     ] {
         let stderr = eval(&ten_classes, dataset);
         let expected = format!("{} has 10 classes but {expected}", ten_classes.display());
-        assert!(stderr.contains(&expected), "{stderr}");
+        assert_contains(&stderr, &expected);
         assert!(!stderr.contains("vit download"), "{stderr}");
     }
     let stderr = eval(&twenty_classes, &[]);
-    assert!(
-        stderr.contains("vit download --dataset cifar100"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "vit download --dataset cifar100");
     let stderr = eval(&twenty_classes, &["--dataset", "cifar10"]);
-    assert!(stderr.contains("has 20 classes but cifar10"), "{stderr}");
+    assert_contains(&stderr, "has 20 classes but cifar10");
 }
 
 /// On the CPU, a model too big to train here is refused before the data is read (a folder
@@ -4116,14 +4053,14 @@ fn a_resume_state_that_is_a_pipe_is_refused_at_once() {
     let resumed = common::run_vit_bounded(&[&args[..], &["--resume"]].concat());
     let stderr = String::from_utf8_lossy(&resumed.stderr);
     assert_eq!(resumed.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("resume.safetensors is a named pipe (FIFO), not the file the run wrote"),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        "resume.safetensors is a named pipe (FIFO), not the file the run wrote",
     );
     let fresh = common::run_vit_bounded(&args);
     let stderr = String::from_utf8_lossy(&fresh.stderr);
     assert_eq!(fresh.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("choose another --out"), "{stderr}");
+    assert_contains(&stderr, "choose another --out");
 }
 
 /// A config.json or metrics.csv that is a named pipe (whose read would wait for a writer
@@ -4143,7 +4080,7 @@ fn a_config_or_metrics_file_that_is_a_pipe_is_refused_at_once() {
         let output = common::run_vit_bounded(args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{stderr}");
-        assert!(stderr.contains(message), "{stderr}");
+        assert_contains(&stderr, message);
         stderr.into_owned()
     };
     let not_the_runs = |name: &str| {
@@ -4227,7 +4164,7 @@ fn a_lock_file_of_the_users_is_kept() {
     let mut args = tiny_run_args(data, out.to_str().unwrap());
     args.extend(["--epochs", "1", "--batch-size", "100"]);
     let stderr = vit_fails(&args);
-    assert!(stderr.contains("is not a lock vit made"), "{stderr}");
+    assert_contains(&stderr, "is not a lock vit made");
     assert!(std::fs::symlink_metadata(out.join(".lock"))
         .unwrap()
         .file_type()
@@ -4239,7 +4176,7 @@ fn a_lock_file_of_the_users_is_kept() {
     let mut args = tiny_run_args(data, out.to_str().unwrap());
     args.extend(["--epochs", "1", "--batch-size", "100"]);
     let stderr = vit_fails(&args);
-    assert!(stderr.contains("is not a lock vit made"), "{stderr}");
+    assert_contains(&stderr, "is not a lock vit made");
     assert_eq!(
         std::fs::read_to_string(out.join(".lock/notes")).unwrap(),
         "mine"
@@ -4325,7 +4262,7 @@ fn resume_of_a_run_killed_before_its_first_save_starts_over() {
     assert_eq!(run_files(&one_epoch), files_before);
     std::fs::remove_file(one_epoch.join("last_model.safetensors")).unwrap();
     let error = format!("{:#}", resume().err().expect("the resume must be refused"));
-    assert!(error.contains("resume.safetensors is missing"), "{error}");
+    assert_contains(&error, "resume.safetensors is missing");
 
     // A run that saved more, then lost its resume state and its last model (so that it
     // cannot be told finished), is not started over.
@@ -4409,7 +4346,7 @@ fn background_writes_land_in_order_and_report_errors() {
     let failing = || vec![(unwritable.clone(), vec![1]), (dir.join("b"), vec![2])];
     let names_the_file = |error: anyhow::Error| {
         let error = format!("{error:#}");
-        assert!(error.contains(&unwritable.display().to_string()), "{error}");
+        assert_contains(&error, &unwritable.display().to_string());
     };
     writes.start(failing()).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -4693,10 +4630,7 @@ fn make_train_refuses_dataset_flags_in_args() {
         let output = plan(args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{args}");
-        assert!(
-            stderr.contains("pass DATASET=... or DATA_DIR=..."),
-            "{stderr}"
-        );
+        assert_contains(&stderr, "pass DATASET=... or DATA_DIR=...");
         assert!(output.stdout.is_empty(), "{args}: make planned commands");
     }
     let output = plan("--epochs 2");
@@ -4726,9 +4660,9 @@ fn make_train_refuses_dataset_flags_in_args() {
     let output = make(&["-n", "train", "DATASET=imagenet"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && output.stdout.is_empty());
-    assert!(
-        stderr.contains("DATASET=imagenet: make train takes DATASET=cifar10, cifar100 or folder"),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        "DATASET=imagenet: make train takes DATASET=cifar10, cifar100 or folder",
     );
     // `ARGS=--help` shows train's flags: nothing is downloaded for it.
     let output = make(&["-o", "build", "train", "VIT=printf '[%s]'", "ARGS=--help"]);
@@ -4815,7 +4749,7 @@ fn make_clean_removes_builds_and_only_a_real_venv() {
         !project.join(".device").exists(),
         "make device's copies are left"
     );
-    assert!(printed.contains(".venv is not a Python venv"), "{printed}");
+    assert_contains(&printed, ".venv is not a Python venv");
     for kept in [
         ".venv/mine.txt",
         "data/cifar-10-batches-bin/data_batch_1.bin",
@@ -4915,16 +4849,16 @@ fn a_test_only_folder_is_evaluated_and_index_names_its_file() {
     let broken = photos.join("test/dog/zz-broken.png");
     std::fs::write(&broken, b"not a png").unwrap();
     let stdout = String::from_utf8(vit(&attention).stdout).unwrap();
-    assert!(stdout.contains("true class dog"), "{stdout}");
+    assert_contains(&stdout, "true class dog");
     std::fs::remove_file(&broken).unwrap();
     // -o naming that very photo would replace it with the picture: refused, as any PNG
     // vit did not draw.
     let photo = std::fs::read(&file).unwrap();
     #[rustfmt::skip]
     let stderr = vit_fails(&["attention", "--checkpoint", model, "--data-dir", photos_dir, "--index", "1", "-o", file.to_str().unwrap(), "--device", "cpu"]);
-    assert!(
-        stderr.contains("0.png is already there, and is not a picture vit drew"),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        "0.png is already there, and is not a picture vit drew",
     );
     assert_eq!(std::fs::read(&file).unwrap(), photo);
 
@@ -4956,7 +4890,7 @@ fn a_test_only_folder_is_evaluated_and_index_names_its_file() {
     #[rustfmt::skip]
     let output = vit(&["eval", "--checkpoint", model, "--data-dir", photos_dir, "--device", "cpu"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("was trained on the classes"), "{stderr}");
+    assert_contains(&stderr, "was trained on the classes");
 }
 
 /// `vit train --dataset folder` end to end; a dataset of one class trains (the model
@@ -4996,7 +4930,7 @@ fn a_folder_dataset_trains_and_one_class_is_warned_about() {
     ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let warning = format!("warning: {} has one class (cat)", photos.display());
-    assert!(stderr.contains(&warning), "{stderr}");
+    assert_contains(&stderr, &warning);
     assert_eq!(read_metrics(&run).1.len(), 1);
     // The model has the dataset's one class, not the tiny preset's ten.
     let config: serde_json::Value =
@@ -5013,7 +4947,7 @@ fn a_folder_dataset_trains_and_one_class_is_warned_about() {
     let cifar_config = std::fs::read_to_string(run.join("config.json"))
         .unwrap()
         .replace("\"dataset\": \"folder\"", "\"dataset\": \"cifar10\"");
-    assert!(cifar_config.contains("cifar10"), "{cifar_config}");
+    assert_contains(&cifar_config, "cifar10");
     std::fs::write(beside_cifar.join("config.json"), cifar_config).unwrap();
     std::fs::copy(&lone, beside_cifar.join("best_model.safetensors")).unwrap();
     for (checkpoint, give) in [

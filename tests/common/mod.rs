@@ -119,6 +119,15 @@ pub fn formula_fill(vs: &nn::VarStore) {
     });
 }
 
+/// Panics unless `haystack` contains `needle`, showing both.
+#[track_caller]
+pub fn assert_contains(haystack: &str, needle: &str) {
+    assert!(
+        haystack.contains(needle),
+        "{haystack}\n--- does not contain ---\n{needle}"
+    );
+}
+
 /// libtorch's random generator is global to the process and the harness runs tests on
 /// parallel threads: a test that seeds it holds this guard until its last draw.
 pub fn seeded(seed: i64) -> MutexGuard<'static, ()> {
