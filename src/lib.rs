@@ -12,8 +12,8 @@
 //!   AdamW, multi-tensor ops, oneDNN linear layers, CUDA graphs);
 //! - `fsutil`: writes that never leave a half-written file, and checks that a folder can
 //!   be written;
-//! - `listing`: how a message lists many things (the first few, and how many more), and
-//!   counts them ("1 thread", "4 threads").
+//! - `listing`: how a message shows things: lists (the first few, and how many more),
+//!   counts ("1 thread", "4 threads"), numbers, and the flag of a setting.
 
 pub mod attention;
 pub mod bench;

@@ -132,8 +132,9 @@ impl ViTConfig {
     }
 
     /// Checks the size rules the modules rely on, and that building the model fits in
-    /// memory, so a bad config fails here with a message rather than deep inside libtorch. The message names the config's fields
-    /// (`embed_dim`), as a checkpoint's config spells them.
+    /// memory, so a bad config fails here with a message rather than deep inside libtorch.
+    /// The message names the config's fields (`embed_dim`), as a checkpoint's config
+    /// spells them.
     pub fn validate(&self) -> Result<()> {
         self.check(|field| field.to_string())
     }

@@ -1,5 +1,6 @@
-//! Whether a config trains in the memory this process may use: refused before training
-//! starts, with advice, rather than killed by the kernel partway.
+//! Whether a config's model can be built, trained, and trained on a batch in the memory
+//! this process may use: refused before it starts, with advice, rather than killed by the
+//! kernel partway.
 
 use super::config::FloatSizes;
 use super::ViTConfig;

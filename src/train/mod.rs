@@ -521,11 +521,10 @@ impl<'a> Trainer<'a> {
     /// resume.safetensors' bytes for the training as it stands (see
     /// [`run_folder::resume_state`]).
     fn resume_state(&self) -> Result<Vec<u8>> {
-        let ema = self.ema.as_ref();
         run_folder::resume_state(
             &self.vs,
             &self.optimizer,
-            ema,
+            self.ema.as_ref(),
             &self.progress,
             self.settings,
         )

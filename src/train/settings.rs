@@ -1,5 +1,6 @@
 //! `vit train`'s flags as a run's settings (what it computes, compared on `--resume`),
-//! checked before the data is read, and the dataset they choose.
+//! checked before the data is read, and the dataset they choose; and the warnings, once
+//! the training set's size is known, for settings that would not do what they say.
 
 use super::recipe::{self, Regularization};
 use crate::cli::{Precision, Recipe, TrainArgs};

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: fixture files, strict parameter loading,
-//! error measures, the deterministic parameter formula of `make_fixtures.py`, temporary
-//! folders, the lock on the global random generator, and the Python interpreter.
+//! error measures and assertions, the deterministic parameter formula of
+//! `make_fixtures.py`, random parameters, temporary folders, the lock on the global random
+//! generator, CIFAR files, and the Python interpreter.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
