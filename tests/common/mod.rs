@@ -145,7 +145,7 @@ pub fn cpu_store() -> nn::VarStore {
 
 /// Gives every parameter of `vs` new values, `std` times N(0, 1) (zero biases and unit
 /// LayerNorms would hide a wrong name or a wrong order), drawn in name order so that a
-/// seeded test draws the same ones every run (the store's map has no order).
+/// test holding [`seeded`] draws the same ones every run (the store's map has no order).
 pub fn randomize(vs: &nn::VarStore, std: f64) {
     for_each_by_name(vs, |var| {
         var.shallow_clone().copy_(&(var.randn_like() * std));
