@@ -460,15 +460,12 @@ fn rss_bytes(key: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{Cli, Command};
-    use clap::Parser;
+    use crate::cli::Command;
 
     /// `vit bench ARGS` parsed.
     fn bench_args(args: &[&str]) -> BenchArgs {
-        match Cli::try_parse_from(["vit", "bench"].iter().chain(args)).unwrap() {
-            Cli {
-                command: Command::Bench(args),
-            } => args,
+        match crate::cli::parsed(&[&["bench"], args].concat()) {
+            Command::Bench(args) => args,
             other => panic!("{other:?}"),
         }
     }

@@ -860,13 +860,20 @@ pub struct AttentionArgs {
     pub device: DeviceArgs,
 }
 
-/// `vit train ARGS` parsed, for the unit tests of what takes its flags.
+/// `vit WORDS` parsed, for the unit tests of what takes its flags.
+#[cfg(test)]
+pub(crate) fn parsed(words: &[&str]) -> Command {
+    let line = ["vit"].iter().chain(words);
+    Cli::try_parse_from(line)
+        .unwrap_or_else(|e| panic!("vit {words:?}: {e}"))
+        .command
+}
+
+/// `vit train ARGS` parsed.
 #[cfg(test)]
 pub(crate) fn train_args(args: &[&str]) -> TrainArgs {
-    match Cli::try_parse_from(["vit", "train"].iter().chain(args)).unwrap() {
-        Cli {
-            command: Command::Train(args),
-        } => *args,
+    match parsed(&[&["train"], args].concat()) {
+        Command::Train(args) => *args,
         other => panic!("{other:?}"),
     }
 }
