@@ -321,10 +321,10 @@ fn process_ended(pid: u32) -> bool {
 
 /// Locks `file`, a temporary this process writes (or the folder it unpacks into), until it
 /// and every handle cloned from it are closed: an exclusive lock (`File::try_lock`, flock
-/// on Linux, as the run folder's lock), which the kernel drops
-/// when the process ends, killed or not. A vit that cannot see this process (in another
-/// container, or on another host sharing the folder) takes its PID for ended, and the lock
-/// is what keeps its sweep off. Best effort: a file system without locks goes without.
+/// on Linux, as the run folder's lock), which the kernel drops when the process ends,
+/// killed or not. A vit that cannot see this process (in another container, or on another
+/// host sharing the folder) takes its PID for ended, and the lock is what keeps its sweep
+/// off. Best effort: a file system without locks goes without.
 pub fn lock_temporary(file: &std::fs::File) {
     let _ = file.try_lock();
 }
