@@ -1,4 +1,4 @@
-"""`vit eval` done the notebook's way, for `tests/train.rs` and the README's check on real data.
+"""`vit eval` done the notebook's way, for `tests/train/` and the README's check on real data.
 
     eval_reference.py CHECKPOINT DATA_DIR
 

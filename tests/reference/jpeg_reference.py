@@ -1,13 +1,13 @@
 """Writes `tests/fixtures/jpeg_files.safetensors`: JPEG files made by PIL (libjpeg) in the
 variants cameras and tools write, PIL's pixels for each, and PIL's verdict on them cut
-short, which `tests/data.rs` checks vit's reader against.
+short, which `tests/data/` checks vit's reader against.
 
     .venv/bin/python tests/reference/jpeg_reference.py
 
 For each variant NAME (a square image, so that vit decodes it at its own size):
 - `NAME`: the whole file (uint8 bytes, which PIL decodes);
 - `NAME.pixels`: PIL's `convert("RGB")` of it, uint8 [S, S, 3], which vit's decode must be
-  close to (its decoder rounds differently from libjpeg; `tests/data.rs` has the bounds);
+  close to (its decoder rounds differently from libjpeg; `tests/data/` has the bounds);
 - `NAME.cuts` (int64): lengths at which PIL refuses the file cut there ("image file is
   truncated", "broken data stream"), at every 7th byte from the first scan on and at each
   of the last 8.

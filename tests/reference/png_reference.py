@@ -1,5 +1,5 @@
 """Writes `tests/fixtures/png_files.safetensors`: PNG files in the variants tools write,
-PIL's pixels for each, and PIL's verdict on them cut short, which `tests/data.rs` checks
+PIL's pixels for each, and PIL's verdict on them cut short, which `tests/data/` checks
 vit's reader against.
 
     .venv/bin/python tests/reference/png_reference.py
